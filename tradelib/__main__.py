@@ -1,0 +1,3 @@
+from tradelib.cli import main
+
+raise SystemExit(main())
