@@ -56,7 +56,8 @@ class Config:
     prefetch_factor: int = 4
     pin_memory: bool = True
     persistent_workers: bool = True
-    dense: bool = False  # causal models: a prediction and a loss at every position of a chunk
+    dense: bool = False  # causal models (tcn): a prediction and a loss at every position of a chunk
+    dense_chunk: int = 256  # dense mode: rows per chunk (each chunk trains on length - receptive_field + 1)
     seed: int = 0
     run_id: str = ""  # "" = a new time-stamped id
     log_every: int = 25  # optimizer steps between metric rows (the only host syncs)

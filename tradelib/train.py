@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 from tradelib import cache
 from tradelib.config import Config
 from tradelib.features import FeatureSet
+from tradelib.loaders import DataLoaderData
 from tradelib.models import build_model, n_params, training_flops_per_sample
 from tradelib.paths import new_run_id, run_dir
-from tradelib.windows import DeviceData
+from tradelib.windows import DenseData, DeviceData
 
 
 class TrainingDiverged(RuntimeError):
@@ -168,8 +169,10 @@ class Trainer:
         seed_everything(cfg.seed)
         self.fs = fs if fs is not None else cache.prepare(cfg, verbose=self.rank == 0)
         self.cache_key = self.fs.meta.get("cache_key", "")
-        self.data = DeviceData(self.fs, cfg.window, self.device, self.fs.meta.get("target_scale", 1.0))
-        n_train = len(self.data.ends(0)) // self.world
+        self.model = build_model(cfg.model, self.fs.n_features, cfg.window, cfg.hidden, cfg.layers,
+                                 cfg.dropout, cfg.init_gain, cfg.output_clip).to(self.device)
+        self.data, self.source = make_sources(self.fs, self.model, cfg, self.device)
+        n_train = self.source.n_items() // self.world
         if n_train == 0:
             raise ValueError("no training windows: the data is shorter than one window per split")
         self.global_batch = cfg.batch_size * cfg.grad_accum_steps
@@ -178,9 +181,6 @@ class Trainer:
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-        self.model = build_model(cfg.model, self.fs.n_features, cfg.window, cfg.hidden, cfg.layers,
-                                 cfg.dropout, cfg.init_gain, cfg.output_clip).to(self.device)
         self.lr = scaled_lr(cfg, self.world)
         self.opt = make_optimizer(self.model, cfg, self.lr, self.device)
         self.fused = bool(self.opt.defaults.get("fused"))
@@ -197,8 +197,13 @@ class Trainer:
             self._resume()
         elif self.rank == 0:
             self.metrics.write_text("")
-        probe = self.data.gather(self.data.ends(0)[: min(2, n_train)])[0]
+        probe = self.data.gather(self.data.ends(0)[:2])[0]
         self.fwd, self.compiled = maybe_compile(self.model, cfg, self.device, probe)
+        # dense mode trains through forward_dense; evaluation stays per window (the same function)
+        self.train_fwd = self.fwd
+        if cfg.dense:
+            dense_probe = self.source.batch(torch.arange(min(2, n_train), device=self.device))[0]
+            self.train_fwd, _ = maybe_compile(self.model.forward_dense, cfg, self.device, dense_probe)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -273,13 +278,15 @@ class Trainer:
                 f.write(json.dumps(row) + "\n")
 
     # -- the loop ------------------------------------------------------------------------------------
-    def micro_step(self, ends: torch.Tensor, n_total: int) -> torch.Tensor:
-        """Forward and backward of one micro-batch; returns its summed squared error (on the device)."""
-        x, y = self.data.gather(ends)
+    def micro_step(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
+                   n_valid: int | torch.Tensor) -> torch.Tensor:
+        """Forward and backward of one micro-batch; adds sum(error^2) / n_valid to the gradients, n_valid
+        counting the valid targets of the whole accumulated batch. Returns the sum (on the device)."""
         with autocast(self.device, self.cfg.precision):
-            pred = self.fwd(x)
-        sse = ((pred.float() - y) ** 2).sum()
-        (sse / n_total).backward()
+            pred = self.train_fwd(x)
+        err = (pred.float() - y) ** 2
+        sse = (err * mask).sum() if mask is not None else err.sum()
+        (sse / n_valid).backward()
         return sse.detach()
 
     def optimizer_step(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,48 +309,49 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {cfg.model}", unit="step",
                    disable=not self.progress or self.rank != 0, dynamic_ncols=True)
         zero = torch.zeros((), device=self.device)
-        sse_acc, n_acc, bad_run, skipped_acc, norm_last = zero.clone(), 0, zero.clone(), zero.clone(), zero
-        t_log, wait, steps_since, samples_since = time.perf_counter(), 0.0, 0, 0
-        epoch_start, epoch_sse, epoch_n = time.perf_counter(), zero.clone(), 0
+        sse_acc, n_acc, bad_run, skipped_acc, norm_last = zero.clone(), zero.clone(), zero.clone(), zero.clone(), zero
+        t_log, wait, steps_since = time.perf_counter(), 0.0, 0
+        epoch_start, epoch_sse, epoch_n = time.perf_counter(), zero.clone(), zero.clone()
         stop = False
         try:
             while self.epoch < cfg.epochs and not stop:
-                order = self.data.order(0, self.epoch, cfg.seed, self.rank, self.world)
+                order = self.source.order(0, self.epoch, cfg.seed, self.rank, self.world)
                 n = len(order)
+                if hasattr(self.source, "start"):
+                    self.source.start(order[self.pos :])
                 while self.pos < n:
-                    if self.total_steps and self.step >= self.total_steps:
+                    if self.step >= self.total_steps:
                         stop = True
                         break
-                    t0 = time.perf_counter()
-                    chunk = order[self.pos : self.pos + self.global_batch]
-                    n_total = len(chunk)
-                    micro = chunk.split(B)
-                    wait += time.perf_counter() - t0
-                    for mb in micro:
-                        sse = self.micro_step(mb, n_total)
-                        sse_acc += sse
-                        epoch_sse += sse
+                    group = order[self.pos : self.pos + self.global_batch]
+                    n_valid = self.source.count(group)
+                    for ids in group.split(B):
+                        t0 = time.perf_counter()
+                        x, y, mask = self.source.batch(ids)
+                        wait += time.perf_counter() - t0
+                        sse_acc += self.micro_step(x, y, mask, n_valid)
                     norm_last, bad = self.optimizer_step()
                     bad_run = (bad_run + bad) * bad  # consecutive non-finite steps, on the device
                     skipped_acc += bad
-                    self.pos += n_total
+                    n_acc += n_valid
+                    self.pos += len(group)
                     self.step += 1
-                    n_acc += n_total
-                    epoch_n += n_total
-                    self.samples_seen += n_total * self.world
                     steps_since += 1
-                    samples_since += n_total * self.world
                     bar.update(1)
                     if self.step % cfg.log_every == 0 or self.pos >= n or self.step == self.total_steps:
                         if self.device.type == "cuda":
                             torch.cuda.synchronize(self.device)
                         dt = time.perf_counter() - t_log
                         self.train_time += dt
-                        loss = float(sse_acc) / max(n_acc, 1)
+                        n_samples = int(n_acc) * self.world
+                        self.samples_seen += n_samples
+                        loss = float(sse_acc) / max(int(n_acc), 1)
+                        epoch_sse += sse_acc
+                        epoch_n += n_acc
                         self.skipped += int(skipped_acc)
                         row = {"kind": "step", "step": self.step, "epoch": self.epoch,
                                "samples": self.samples_seen, "loss": loss, "lr": self.sched.get_last_lr()[0],
-                               "grad_norm": float(norm_last), "samples_per_s": samples_since / dt,
+                               "grad_norm": float(norm_last), "samples_per_s": n_samples / dt,
                                "it_per_s": steps_since * K / dt, "data_wait_share": wait / dt,
                                "skipped_steps": self.skipped, "elapsed_s": self.train_time}
                         self.log(row)
@@ -354,14 +362,17 @@ class Trainer:
                                 f"(step {self.step}); stopping. The last good checkpoints stay in "
                                 f"{self.dir / 'checkpoints'}")
                         sse_acc.zero_()
+                        n_acc.zero_()
                         skipped_acc.zero_()
-                        n_acc, wait, steps_since, samples_since = 0, 0.0, 0, 0
+                        wait, steps_since = 0.0, 0
                         t_log = time.perf_counter()
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                         self.save_checkpoint(f"step-{self.step}")
                 if self.pos >= n:
-                    stop = self.end_epoch(float(epoch_sse) / max(epoch_n, 1), time.perf_counter() - epoch_start)
-                    epoch_start, epoch_sse, epoch_n = time.perf_counter(), zero.clone(), 0
+                    stop = self.end_epoch(float(epoch_sse) / max(int(epoch_n), 1), time.perf_counter() - epoch_start)
+                    epoch_start = time.perf_counter()
+                    epoch_sse.zero_()
+                    epoch_n.zero_()
                     t_log = time.perf_counter()
         except KeyboardInterrupt:
             path = self.save_checkpoint("interrupted")
@@ -377,7 +388,7 @@ class Trainer:
         val = evaluate_loss(self.fwd, self.data, 1, self.cfg, self.device)
         self.log({"kind": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss,
                   "val_loss": val, "epoch_time_s": seconds,
-                  "samples_per_s": len(self.data.ends(0)) / max(seconds, 1e-9)})
+                  "samples_per_s": float(epoch_samples(self)) / max(seconds, 1e-9)})
         self.epoch += 1
         self.pos = 0
         improved = val < self.best_val
@@ -437,7 +448,7 @@ class Trainer:
             "lr": self.lr, "compiled": self.compiled, "fused_adamw": self.fused,
             "samples_per_s": sps,
             "it_per_s": float(np.median([r["it_per_s"] for r in steps])) if steps else float("nan"),
-            "batches_per_epoch": self.steps_per_epoch * self.cfg.grad_accum_steps,
+            "batches_per_epoch": self.steps_per_epoch * self.cfg.grad_accum_steps, "dense": self.cfg.dense,
             "data_wait_share": float(np.median([r["data_wait_share"] for r in steps])) if steps else float("nan"),
             "peak_mem_bytes": peak_memory_bytes(self.device),
             "gpu_util": None,
@@ -447,9 +458,35 @@ class Trainer:
             "train_time_s": self.train_time, "optimizer_steps": self.step, "skipped_steps": self.skipped,
             "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
             "cache_key": self.cache_key, "cache_dir": self.fs.meta.get("cache_dir", ""),
-            "train_windows": int(len(self.data.ends(0))), "test_windows": int(len(self.data.ends(2))),
+            "train_windows": int(len(self.data.ends(0))), "train_samples_per_epoch": epoch_samples(self), "test_windows": int(len(self.data.ends(2))),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+
+
+def epoch_samples(trainer: Trainer) -> float:
+    """Targets trained per epoch (all ranks): windows, or valid chunk positions in dense mode."""
+    src = trainer.source
+    return float(src.count(torch.arange(src.n_items(), device=trainer.device))) if trainer.cfg.dense \
+        else src.n_items()
+
+
+def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg: Config, device: torch.device):
+    """(evaluation data, training batch source): device windows, dense chunks, or the seed's DataLoader."""
+    scale = fs.meta.get("target_scale", 1.0)
+    if cfg.dense:
+        if not hasattr(model, "forward_dense"):
+            raise ValueError(f"dense=True needs a causal model with forward_dense (tcn), not {cfg.model!r}")
+        if cfg.loader != "device":
+            raise ValueError("dense=True gathers chunks on the device: use loader='device'")
+        data = DenseData(fs, cfg.window, device, scale, cfg.dense_chunk, model.receptive_field)
+        return data, data
+    data = DeviceData(fs, cfg.window, device, scale)
+    if cfg.loader == "device":
+        return data, data
+    if cfg.loader == "dataloader":
+        return data, DataLoaderData(fs, cfg.window, device, scale, cfg.batch_size, cfg.num_workers,
+                                    cfg.pin_memory, cfg.prefetch_factor, cfg.persistent_workers)
+    raise ValueError(f"loader must be 'device' or 'dataloader', got {cfg.loader!r}")
 
 
 def peak_flops(device: torch.device) -> float | None:

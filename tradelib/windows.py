@@ -60,5 +60,85 @@ class DeviceData:
         n = (len(perm) // world) * world  # equal shares: every rank runs the same number of steps
         return ends[perm[rank:n:world]]
 
+    def count(self, ends: torch.Tensor) -> int:
+        """Valid targets among these windows: all of them (ends are chosen with a known target)."""
+        return len(ends)
+
+    def batch(self, ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        x, y = self.gather(ends)
+        return x, y, None
+
+    def n_items(self) -> int:
+        return len(self._ends[0])
+
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.X, self.y, *self._ends.values()))
+
+
+def dense_chunks(fs: FeatureSet, split: int, length: int, receptive_field: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk starts and the first row each chunk trains on, for dense training of a causal model.
+
+    A chunk is `length` contiguous rows of one segment and split; it predicts at every row from its
+    (receptive_field - 1)-th on, where the model has its full history. Chunks step by the number of rows
+    they predict, so every target of a run is trained once per epoch; the last chunk of a run is aligned
+    to the run's end and predicts only the rows its predecessor left.
+    """
+    if length < receptive_field:
+        raise ValueError(f"dense chunk length {length} is shorter than the receptive field {receptive_field}")
+    n = len(fs)
+    key_change = np.r_[True, (fs.segment[1:] != fs.segment[:-1]) | (fs.split[1:] != fs.split[:-1])]
+    run_start = np.flatnonzero(key_change)
+    run_end = np.r_[run_start[1:], n] - 1
+    step = length - receptive_field + 1
+    starts, first = [], []
+    for a, b in zip(run_start, run_end):
+        if fs.split[a] != split or b - a + 1 < length:
+            continue
+        s = np.arange(a, b - length + 2, step)
+        starts.append(s)
+        first.append(s + receptive_field - 1)
+        covered = s[-1] + length - 1
+        if covered < b:
+            starts.append(np.array([b - length + 1]))
+            first.append(np.array([covered + 1]))
+    if not starts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(starts).astype(np.int64), np.concatenate(first).astype(np.int64)
+
+
+class DenseData(DeviceData):
+    """Chunks for dense training: x [B, L, F], y [B, L] and a mask of the positions that train."""
+
+    def __init__(self, fs: FeatureSet, window: int, device: torch.device, target_scale: float,
+                 length: int, receptive_field: int) -> None:
+        super().__init__(fs, window, device, target_scale)
+        self.length = length
+        starts, first = dense_chunks(fs, 0, length, receptive_field)
+        self.chunk_starts = torch.from_numpy(starts).to(device)
+        self.chunk_first = torch.from_numpy(first).to(device)
+        self.valid = torch.from_numpy(np.isfinite(fs.y)).to(device)
+        self.chunk_offsets = torch.arange(length, device=device)
+
+    def order(self, split: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+        """Shuffled chunk ids (training split only) for this rank."""
+        if split != 0:
+            raise ValueError("dense chunks are built for the training split; evaluate per window")
+        perm = epoch_order(len(self.chunk_starts), epoch, seed).to(self.device)
+        n = (len(perm) // world) * world
+        return perm[rank:n:world]
+
+    def chunk_mask(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.chunk_starts[ids, None] + self.chunk_offsets
+        mask = (rows >= self.chunk_first[ids, None]) & self.valid[rows]
+        return rows, mask
+
+    def count(self, ids: torch.Tensor) -> torch.Tensor:
+        """Valid targets in these chunks, on the device (no sync)."""
+        return self.chunk_mask(ids)[1].sum()
+
+    def batch(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows, mask = self.chunk_mask(ids)
+        return self.X[rows], self.y[rows], mask
+
+    def n_items(self) -> int:
+        return len(self.chunk_starts)
