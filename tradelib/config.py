@@ -17,7 +17,7 @@ import yaml
 @dataclass
 class Config:
     # data
-    data_path: str = "synthetic"  # "synthetic" or a CSV/Parquet file or folder
+    data_path: str = "synthetic"  # synthetic (the embedded market) or a CSV/Parquet file or folder
     synth_symbols: int = 8  # synthetic market: number of symbols
     synth_bars: int = 12_000  # synthetic market: 5-minute bars per symbol
     data_seed: int = 7  # synthetic market: seed
@@ -59,7 +59,7 @@ class Config:
     dense: bool = False  # causal models (tcn): a prediction and a loss at every position of a chunk
     dense_chunk: int = 256  # dense mode: rows per chunk (each chunk trains on length - receptive_field + 1)
     seed: int = 0
-    run_id: str = ""  # "" = a new time-stamped id
+    run_id: str = ""  # run folder name under outputs/ (empty: a new time-stamped id)
     log_every: int = 25  # optimizer steps between metric rows (the only host syncs)
     eval_batch_size: int = 4096
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0 = only at epoch ends)

@@ -1,0 +1,65 @@
+"""Run the numbered notebooks with papermill into one run folder, then render the report to HTML."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tradelib.config import read_params
+from tradelib.paths import new_run_id, notebooks_dir, run_dir
+
+NOTEBOOKS = ("01_data_cleaning", "02_profiling", "03_train", "04_report")
+
+
+def notebook_parameters(path: Path) -> dict[str, dict]:
+    """The names, types, defaults and help of a notebook's `parameters` cell (papermill's own reading)."""
+    import papermill as pm
+
+    return pm.inspect_notebook(str(path))
+
+
+def split_params(params: dict, notebooks: dict[str, dict]) -> dict[str, dict]:
+    """Each notebook gets the parameters it declares; a name no notebook declares is an error."""
+    declared = set().union(*(set(p) for p in notebooks.values()))
+    unknown = sorted(set(params) - declared)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}: no notebook declares them "
+                         f"(see `papermill --help-notebook notebooks/03_train.ipynb`)")
+    return {name: {k: v for k, v in params.items() if k in decl} for name, decl in notebooks.items()}
+
+
+def render_html(notebook: Path, html: Path) -> Path:
+    """The executed notebook as HTML without code cells: what a researcher reads."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    html.write_text(body, encoding="utf-8")
+    return html
+
+
+def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None,
+                 notebooks: tuple[str, ...] = NOTEBOOKS, progress: bool = True) -> dict[str, Path]:
+    """Execute the notebooks in order into outputs/<run_id>/ and render the report; returns the paths."""
+    import papermill as pm
+
+    params = read_params(files, overrides)
+    run_id = str(params.get("run_id") or new_run_id())
+    params["run_id"] = run_id
+    src = {name: notebooks_dir() / f"{name}.ipynb" for name in notebooks}
+    per_nb = split_params(params, {name: notebook_parameters(p) for name, p in src.items()})
+    out = run_dir(run_id)
+    paths: dict[str, Path] = {}
+    for name in notebooks:
+        t0 = time.perf_counter()
+        print(f"[pipeline] {name} -> {out / (name + '.ipynb')}", flush=True)
+        pm.execute_notebook(str(src[name]), str(out / f"{name}.ipynb"), parameters=per_nb[name],
+                            cwd=str(notebooks_dir()), progress_bar=progress, log_output=False)
+        print(f"[pipeline] {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
+        paths[name] = out / f"{name}.ipynb"
+    if "04_report" in notebooks:
+        paths["report.html"] = render_html(out / "04_report.ipynb", out / "report.html")
+        paths["report.json"] = out / "report.json"
+    paths["run_dir"] = out
+    return paths
