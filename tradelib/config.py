@@ -35,7 +35,7 @@ class Config:
     layers: int = 2  # recurrent layers, MLP hidden layers, or TCN blocks
     dropout: float = 0.0
     init_gain: float = 0.5  # xavier gain of the weights (the seed's 0.5)
-    output_clip: float = 0.0  # clip predictions to +-output_clip (0 = off)
+    output_clip: float = 0.0  # clip predictions to +-output_clip (0: off)
     # training
     batch_size: int = 256  # micro-batch size
     grad_accum_steps: int = 1  # micro-batches per optimizer step
@@ -46,8 +46,8 @@ class Config:
     warmup_steps: int = 50  # optimizer steps of linear warm-up, then cosine decay
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     epochs: int = 2
-    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
-    grad_clip: float = 1.0  # clip the gradient norm (0 = off)
+    max_steps: int = 0  # stop after this many optimizer steps (0: no limit)
+    grad_clip: float = 1.0  # clip the gradient norm (0: off)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     compile: str = "auto"  # auto (on for CUDA) | on | off
@@ -62,10 +62,10 @@ class Config:
     run_id: str = ""  # run folder name under outputs/ (empty: a new time-stamped id)
     log_every: int = 25  # optimizer steps between metric rows (the only host syncs)
     eval_batch_size: int = 4096
-    checkpoint_every: int = 0  # optimizer steps between checkpoints (0 = only at epoch ends)
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at epoch ends)
     keep_checkpoints: int = 3  # step checkpoints kept besides last.pt and best.pt
     resume: bool = False  # continue the run `run_id` from its latest checkpoint
-    patience: int = 0  # early stopping: epochs without a better val loss (0 = off)
+    patience: int = 0  # early stopping: epochs without a better val loss (0: off)
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     n_gpus: int = 1  # >1: 03_train launches torchrun with this many processes
     extra: dict = field(default_factory=dict)  # free-form notes kept with the run
@@ -123,11 +123,13 @@ def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
 
 
 def parse_value(text: str) -> Any:
-    """A -p value as papermill reads it: YAML scalars (1024, 1e-3, True), else the string itself."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    """A -p value as papermill reads it: int, then float, then True/False/None, else the string itself."""
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False, "None": None, "true": True, "false": False}.get(text, text)
 
 
 def read_params(files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None) -> dict:

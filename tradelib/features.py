@@ -107,16 +107,21 @@ def _shift(x: np.ndarray, k: int, seg: np.ndarray) -> np.ndarray:
 
 
 def _rolling_mean(x: np.ndarray, length: int, seg: np.ndarray) -> np.ndarray:
-    """Trailing mean over up to `length` rows (t included) of the same segment, ignoring NaN."""
+    """Trailing mean over up to `length` rows (t included) of the same segment, ignoring NaN.
+
+    The running sums restart at every segment: one cumulative sum over all symbols would carry a 1e15-volume
+    token's total into the next symbol's sums and cancel its digits away.
+    """
     ok = np.isfinite(x)
-    vals = np.where(ok, x, 0.0)
-    cs = np.concatenate([[0.0], np.cumsum(vals)])
-    cc = np.concatenate([[0], np.cumsum(ok)])
+    cs = pd.Series(np.where(ok, x, 0.0)).groupby(seg).cumsum().to_numpy()
+    cc = pd.Series(ok.astype(np.int64)).groupby(seg).cumsum().to_numpy()
     idx = np.arange(len(x))
-    seg_start = np.r_[0, np.flatnonzero(np.diff(seg)) + 1]
-    start = np.maximum(idx - length + 1, seg_start[seg])
-    total = cs[idx + 1] - cs[start]
-    count = cc[idx + 1] - cc[start]
+    seg_start = np.r_[0, np.flatnonzero(np.diff(seg)) + 1][seg]
+    start = np.maximum(idx - length + 1, seg_start)
+    before = start - 1
+    inside = start > seg_start  # the window starts after the segment's first row: subtract the prefix
+    total = cs - np.where(inside, cs[np.maximum(before, 0)], 0.0)
+    count = cc - np.where(inside, cc[np.maximum(before, 0)], 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 

@@ -1,0 +1,347 @@
+"""evaluate.py against numbers worked out by hand on small arrays, plus a few invariants."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tradelib import evaluate as ev
+
+HOUR = 3600.0
+
+
+def frame(ts, symbols, pred, target=None, ret_next=None, **extra) -> pd.DataFrame:
+    """A predictions frame in the design.md layout from short lists."""
+    n = len(pred)
+    df = pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime(ts, utc=True),
+            "symbol": symbols,
+            "prediction": np.asarray(pred, dtype=float),
+            "target": np.zeros(n) if target is None else np.asarray(target, dtype=float),
+            "ret_next": np.zeros(n) if ret_next is None else np.asarray(ret_next, dtype=float),
+        }
+    )
+    for k, v in extra.items():
+        df[k] = v
+    return df
+
+
+def planted(n_sym=3, n_days=2, rho=0.3, seed=0) -> pd.DataFrame:
+    """5-minute bars; the prediction correlates rho with the target, the oracle more."""
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range("2024-03-01", periods=288 * n_days, freq="5min", tz="UTC")
+    n = len(ts) * n_sym
+    z = rng.standard_normal(n)
+    return pd.DataFrame(
+        {
+            "timestamp": np.tile(ts, n_sym),
+            "symbol": np.repeat([f"S{i}" for i in range(n_sym)], len(ts)),
+            "prediction": rho * z + math.sqrt(1 - rho**2) * rng.standard_normal(n),
+            "target": z,
+            "ret_next": 1e-3 * z,
+            "last_return": 1e-3 * rng.standard_normal(n),
+            "oracle": 0.7 * z + math.sqrt(1 - 0.49) * rng.standard_normal(n),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# IC
+
+
+def test_ic_hand_values():
+    assert ev.ic([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+    assert ev.rank_ic([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+    # centred sums: sxy = 14, sxx = 5, syy = 50 -> 14 / sqrt(250); ranks agree perfectly
+    assert ev.ic([1, 2, 3, 4], [1, 2, 3, 10]) == pytest.approx(14 / math.sqrt(250))
+    assert ev.rank_ic([1, 2, 3, 4], [1, 2, 3, 10]) == pytest.approx(1.0)
+    assert math.isnan(ev.ic([1, 2], [2, 1]))  # fewer than 3 pairs
+    assert math.isnan(ev.ic([1, 1, 1], [1, 2, 3]))  # constant side
+    assert ev.ic([1, 2, np.nan, 3], [1, 3, 5, 2]) == pytest.approx(0.5)  # NaN pair left out
+
+
+def test_ic_by_period_intraday_pools_symbols_per_utc_day():
+    d1, d2, d3, d4 = "2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"
+    ts = [f"{d1} 00:00", f"{d1} 00:05", f"{d1} 00:00"]  # day 1: A, A, B -> pooled n = 3
+    ts += [f"{d2} 23:50", f"{d2} 23:55", f"{d2} 23:50", f"{d2} 23:55"]  # day 2: n = 4
+    ts += [f"{d3} 00:00", f"{d3} 00:05"]  # day 3: n = 2 -> dropped
+    ts += [f"{d4} 00:00", f"{d4} 00:05", f"{d4} 00:10"]  # day 4: constant prediction -> dropped
+    sym = ["A", "A", "B", "A", "A", "B", "B", "A", "A", "A", "A", "A"]
+    pred = [1, 2, 3, 1, 2, 3, 4, 1, 2, 5, 5, 5]
+    tgt = [1, 3, 2, 1, 2, 3, 10, 1, 2, 1, 2, 3]
+    out = ev.ic_by_period(frame(ts, sym, pred, tgt), bar_seconds=300)
+    assert list(out.columns) == ["period", "ic", "rank_ic", "n"]
+    assert list(out["period"]) == [pd.Timestamp(d1, tz="UTC"), pd.Timestamp(d2, tz="UTC")]
+    np.testing.assert_allclose(out["ic"], [0.5, 14 / math.sqrt(250)])
+    np.testing.assert_allclose(out["rank_ic"], [0.5, 1.0])
+    assert list(out["n"]) == [3, 4]
+
+
+def test_ic_by_period_daily_cross_section():
+    ts = ["2024-01-01"] * 3 + ["2024-01-02"] * 3
+    out = ev.ic_by_period(frame(ts, list("ABCABC"), [1, 2, 3, 3, 2, 1], [1, 3, 2, 1, 2, 3]), bar_seconds=86400)
+    assert list(out["period"]) == list(pd.to_datetime(["2024-01-01", "2024-01-02"], utc=True))
+    np.testing.assert_allclose(out["ic"], [0.5, -1.0])
+    assert ev.period_kind(86400, 3) == "timestamp"
+
+
+def test_ic_by_period_single_symbol_daily_is_monthly():
+    ts = ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04", "2024-02-01", "2024-02-02", "2024-02-03"]
+    df = frame(ts, ["A"] * 7, [1, 2, 3, 4, 1, 2, 3], [1, 2, 3, 10, 1, 3, 2])
+    out = ev.ic_by_period(df)  # bar size inferred: 1 day
+    assert list(out["period"]) == list(pd.to_datetime(["2024-01-01", "2024-02-01"], utc=True))
+    np.testing.assert_allclose(out["ic"], [14 / math.sqrt(250), 0.5])
+    assert ev.period_kind(86400, 1) == "month"
+
+
+DF_AFFINE = planted(n_sym=2, n_days=3, rho=0.2, seed=3)
+IC_AFFINE = ev.ic_by_period(DF_AFFINE, bar_seconds=300)
+
+
+@settings(max_examples=25, deadline=None)
+@given(a=st.floats(0.01, 100.0), b=st.floats(-100.0, 100.0), flip=st.booleans())
+def test_ic_invariant_to_affine_prediction(a, b, flip):
+    sign = -1.0 if flip else 1.0
+    out = ev.ic_by_period(DF_AFFINE.assign(prediction=sign * a * DF_AFFINE["prediction"] + b), bar_seconds=300)
+    np.testing.assert_allclose(out["ic"], sign * IC_AFFINE["ic"], atol=1e-9)
+    np.testing.assert_allclose(out["rank_ic"], sign * IC_AFFINE["rank_ic"], atol=1e-9)
+
+
+def test_ic_summary_hand_values():
+    ic_df = pd.DataFrame({"ic": [0.1, 0.3, -0.1, 0.1], "rank_ic": [0.2, 0.2, 0.0, 0.0]})
+    s = ev.ic_summary(ic_df)
+    # mean 0.1; deviations 0, .2, -.2, 0 -> var .08/3 -> std .1632993; ICIR .6123724; t = ICIR * 2
+    assert s["ic"] == pytest.approx(0.1)
+    assert s["rank_ic"] == pytest.approx(0.1)
+    assert s["ic_std"] == pytest.approx(0.1632993, rel=1e-6)
+    assert s["icir"] == pytest.approx(0.6123724, rel=1e-6)
+    assert s["t_stat"] == pytest.approx(1.2247449, rel=1e-6)
+    assert s["n_periods"] == 4
+    assert s["positive_share"] == pytest.approx(0.75)
+    empty = ev.ic_summary(pd.DataFrame({"ic": [], "rank_ic": []}))
+    assert empty["n_periods"] == 0 and math.isnan(empty["ic"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# direction, deciles, per symbol
+
+
+def test_directional_accuracy_skips_zero_prediction_and_zero_target():
+    pred = [1, -1, 2, 0, 1, -3]
+    tgt = [1, 1, -1, 1, 0, -2]  # counted rows 0 (right), 1 (wrong), 2 (wrong), 5 (right)
+    assert ev.directional_accuracy(pred, tgt) == pytest.approx(0.5)
+    assert math.isnan(ev.directional_accuracy([0, 0, 0], [1, -1, 1]))
+    assert ev.coverage(pred) == pytest.approx(5 / 6)
+
+
+def test_decile_table_on_20_rows():
+    p = np.random.default_rng(0).permutation(20).astype(float)
+    df = frame(["2024-01-01"] * 20, ["A"] * 20, p, p**2)
+    out = ev.decile_table(df)
+    assert list(out["decile"]) == list(range(1, 11))
+    assert list(out["n"]) == [2] * 10
+    # decile k holds predictions 2k-2 and 2k-1
+    np.testing.assert_allclose(out["pred_mean"], [0.5, 2.5, 4.5, 6.5, 8.5, 10.5, 12.5, 14.5, 16.5, 18.5])
+    np.testing.assert_allclose(out["realised_mean"], [0.5, 6.5, 20.5, 42.5, 72.5, 110.5, 156.5, 210.5, 272.5, 342.5])
+
+
+def test_per_symbol_metrics_and_pooled_row():
+    ts = ["2024-01-01 00:00", "2024-01-01 00:05", "2024-01-01 00:10"] + [
+        "2024-01-01 00:00",
+        "2024-01-01 00:05",
+        "2024-01-01 00:10",
+        "2024-01-01 00:15",
+    ]
+    pred = [1, 2, 3, 1, 2, 3, 4]
+    tgt = [1, 3, 2, -1, -2, -3, -10]
+    out = ev.per_symbol_metrics(frame(ts, list("AAABBBB"), pred, tgt)).set_index("symbol")
+    assert list(out.index) == ["A", "B", "ALL"]
+    assert out.loc["A", "ic"] == pytest.approx(0.5)
+    assert out.loc["B", "ic"] == pytest.approx(-14 / math.sqrt(250))
+    assert out.loc["B", "rank_ic"] == pytest.approx(-1.0)
+    assert out.loc["A", "directional_accuracy"] == 1.0 and out.loc["B", "directional_accuracy"] == 0.0
+    assert out.loc["ALL", "directional_accuracy"] == pytest.approx(3 / 7)
+    assert out.loc["ALL", "ic"] == pytest.approx(np.corrcoef(pred, tgt)[0, 1])
+    assert list(out["n"]) == [3, 4, 7]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# baselines
+
+
+def test_ridge_closed_form_by_hand():
+    # x centred already; yc = [-2, 0, 2]: w = sum(x*yc) / (sum(x^2) + alpha) = 4 / (2 + 2) = 1, b = mean(y) = 2
+    w, b = ev.ridge_fit(np.array([[-1.0], [0.0], [1.0]]), np.array([0.0, 2.0, 4.0]), alpha=2.0)
+    assert w == pytest.approx([1.0]) and b == pytest.approx(2.0)
+    # intercept unpenalised, exact linear data recovered with a tiny alpha, NaN targets left out
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((50, 2))
+    y = 2 * X[:, 0] - X[:, 1] + 3
+    y[::7] = np.nan
+    w, b = ev.ridge_fit(X, y, alpha=1e-9)
+    np.testing.assert_allclose(w, [2.0, -1.0], atol=1e-6)
+    assert b == pytest.approx(3.0)
+
+
+def test_baseline_predictions():
+    df = frame(
+        ["2024-01-01"] * 4,
+        ["A"] * 4,
+        [0.1, 0.2, 0.3, 0.4],
+        last_return=[0.5, -0.2, np.nan, 0.0],
+        oracle=[np.nan] * 4,
+    )
+    b = ev.baseline_predictions(df)
+    assert set(b) == {"zero", "momentum"}  # no X -> no ridge; all-NaN oracle -> no oracle
+    np.testing.assert_array_equal(b["zero"], [0, 0, 0, 0])
+    np.testing.assert_array_equal(b["momentum"], [1, -1, 0, 0])
+    X_train = np.array([[-1.0], [0.0], [1.0]])
+    y_train = np.array([0.0, 2.0, 4.0])
+    b = ev.baseline_predictions(
+        df.assign(oracle=[0.1, np.nan, 0.2, 0.3]), X_train, y_train, np.array([[3.0], [0], [1], [-1]]), 2.0
+    )
+    np.testing.assert_allclose(b["ridge"], [5.0, 2.0, 3.0, 1.0])
+    assert "oracle" in b
+    with pytest.raises(ValueError, match="X_test"):
+        ev.baseline_predictions(df, X_train, y_train, np.zeros((3, 1)))
+
+
+def test_evaluate_all_model_first_and_baselines_on_same_rows():
+    df = planted(n_sym=3, n_days=2, rho=0.3)
+    out = ev.evaluate_all(df, ev.baseline_predictions(df), cost_bps=0.0)
+    assert list(out["predictor"]) == ["model", "zero", "momentum", "oracle"]
+    for col in ["ic", "rank_ic", "icir", "t_stat", "directional_accuracy", "sharpe_net"]:
+        assert col in out
+    row = out.set_index("predictor")
+    assert math.isnan(row.loc["zero", "ic"]) and row.loc["zero", "n_periods"] == 0
+    assert row.loc["zero", "sharpe_net"] == 0.0 and row.loc["zero", "total_return_net"] == 0.0
+    assert row.loc["zero", "coverage"] == 0.0
+    assert 0.2 < row.loc["model", "ic"] < 0.4
+    assert row.loc["oracle", "ic"] > row.loc["model", "ic"] > abs(row.loc["momentum", "ic"])
+    assert row.loc["model", "directional_accuracy"] > 0.55
+
+
+# ---------------------------------------------------------------------------------------------------------
+# backtest
+
+
+def test_backtest_four_bars_by_hand():
+    ts = pd.date_range("2024-01-01", periods=4, freq="h")
+    simple = np.array([0.01, -0.02, -0.01, 0.02])
+    df = frame(ts, ["A"] * 4, [1.0, 0.5, -2.0, -1.0], ret_next=np.log1p(simple))
+    bt = ev.backtest(df, cost_bps=10.0, bar_seconds=HOUR)
+    # positions +1 +1 -1 -1: gross = pos * r; |dpos| = 1, 0, 2, 0 -> costs 0.001, 0, 0.002, 0
+    np.testing.assert_allclose(bt.pnl["gross"], [0.01, -0.02, 0.01, -0.02])
+    np.testing.assert_allclose(bt.pnl["net"], [0.009, -0.02, 0.008, -0.02])
+    np.testing.assert_allclose(bt.pnl["buy_hold"], [0.009, -0.02, -0.01, 0.02])  # entry cost only
+    s = bt.stats
+    assert s["net"]["total_return"] == pytest.approx(1.009 * 0.98 * 1.008 * 0.98 - 1)  # -0.0232040512
+    assert s["gross"]["total_return"] == pytest.approx(1.01 * 0.98 * 1.01 * 0.98 - 1)
+    assert s["buy_hold"]["total_return"] == pytest.approx(1.009 * 0.98 * 0.99 * 1.02 - 1)
+    assert s["net"]["turnover"] == pytest.approx(0.75)
+    assert s["net"]["hit_rate"] == pytest.approx(0.5)
+    assert s["net"]["max_drawdown"] == pytest.approx(1 - 0.98 * 1.008 * 0.98)  # peak 1.009 after bar 1
+    assert s["periods_per_year"] == pytest.approx(8766.0)
+    assert list(bt.pnl["timestamp"]) == list(pd.to_datetime(ts, utc=True))
+
+
+def test_backtest_equal_weight_and_flat_when_a_symbol_leaves():
+    ts = pd.to_datetime(["2024-01-01 00:00", "2024-01-01 01:00", "2024-01-01 02:00"])
+    df = frame(
+        [ts[0], ts[1], ts[2], ts[0], ts[1]],
+        ["A", "A", "A", "B", "B"],
+        [1, 1, 1, -1, -1],
+        ret_next=np.log1p([0.02, 0.01, 0.03, 0.04, -0.01]),
+    )
+    bt = ev.backtest(df, cost_bps=20.0, bar_seconds=HOUR)
+    # weights: A .5 .5 1, B -.5 -.5 (flat at t2: its close is a trade)
+    np.testing.assert_allclose(bt.pnl["gross"], [-0.01, 0.01, 0.03])
+    np.testing.assert_allclose(bt.pnl["turnover"], [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(bt.pnl["net"], [-0.012, 0.01, 0.028])
+    np.testing.assert_allclose(bt.pnl["buy_hold"], [0.028, 0.0, 0.03])
+    np.testing.assert_allclose(bt.pnl["exposure"], [1.0, 1.0, 1.0])
+    assert bt.stats["net"]["max_drawdown"] == pytest.approx(0.012)  # a first-bar loss counts: the peak is 1
+
+
+def test_scaled_positions_use_past_median_and_cap():
+    ts = pd.date_range("2024-01-01", periods=4, freq="h")
+    df = frame(ts, ["A"] * 4, [1.0, 2.0, 4.0, -8.0])
+    # window 2 needs 2 past rows: t2 scale median(1, 2) = 1.5; t3 median(2, 4) = 3
+    np.testing.assert_allclose(ev.positions(df, mode="scaled", cap=3.0, scale_window=2), [0, 0, 4 / 1.5, -8 / 3])
+    np.testing.assert_allclose(ev.positions(df, mode="scaled", cap=1.0, scale_window=2), [0, 0, 1, -1])
+    np.testing.assert_allclose(ev.positions(df[::-1], mode="scaled", cap=3.0, scale_window=2), [-8 / 3, 4 / 1.5, 0, 0])
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), cost=st.floats(0.1, 50.0), mode=st.sampled_from(["sign", "scaled"]))
+def test_costs_only_ever_lower_pnl(seed, cost, mode):
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range("2024-01-01", periods=30, freq="h")
+    df = frame(
+        np.tile(ts, 2), np.repeat(["A", "B"], 30), rng.standard_normal(60), ret_next=0.01 * rng.standard_normal(60)
+    )
+    kw = {"bar_seconds": HOUR, "mode": mode, "scale_window": 5}
+    with_cost = ev.backtest(df, cost_bps=cost, **kw)
+    free = ev.backtest(df, cost_bps=0.0, **kw)
+    assert (with_cost.pnl["net"] <= with_cost.pnl["gross"] + 1e-15).all()
+    assert (with_cost.pnl["net"] < with_cost.pnl["gross"])[with_cost.pnl["turnover"] > 0].all()
+    np.testing.assert_array_equal(free.pnl["net"], free.pnl["gross"])
+    np.testing.assert_allclose(free.pnl["gross"], with_cost.pnl["gross"])
+
+
+def test_zero_prediction_gives_zero_pnl():
+    ts = pd.date_range("2024-01-01", periods=10, freq="h")
+    df = frame(ts, ["A"] * 10, np.zeros(10), ret_next=np.linspace(-0.02, 0.03, 10))
+    bt = ev.backtest(df, cost_bps=10.0, bar_seconds=HOUR)
+    assert (bt.pnl[["gross", "net", "cost", "turnover"]] == 0).all().all()
+    assert bt.stats["net"]["total_return"] == 0.0 and bt.stats["net"]["sharpe"] == 0.0
+    assert bt.stats["net"]["max_drawdown"] == 0.0 and math.isnan(bt.stats["net"]["hit_rate"])
+
+
+def test_sharpe_and_drawdown_by_hand():
+    # mean .005, sample std sqrt(5e-4 / 3) = .0129099; 4 bars a year -> x2
+    assert ev.sharpe([0.01, -0.01, 0.02, 0.0], 4) == pytest.approx(0.7745967, rel=1e-6)
+    assert ev.bars_per_year(365.25 * 86400 / 4) == pytest.approx(4.0)
+    assert ev.sharpe(np.zeros(5), 252) == 0.0
+    assert math.isnan(ev.sharpe([0.01, 0.01], 252)) and math.isnan(ev.sharpe([0.01], 252))
+    assert ev.max_drawdown([1.0, 1.1, 0.88, 0.99, 1.21]) == pytest.approx(0.2)  # 1.1 -> 0.88
+    assert ev.max_drawdown([1.0, 1.1, 1.2]) == 0.0
+    np.testing.assert_allclose(ev.equity_curve([0.1, -0.2]), [1.1, 0.88])
+
+
+def test_infer_bar_seconds_ignores_gaps_and_reads_int_ns():
+    ts = pd.to_datetime(["2024-01-01 00:00", "2024-01-01 00:05", "2024-01-01 00:10", "2024-01-03 00:00"], utc=True)
+    df = frame(ts, ["A"] * 4, [0, 0, 0, 0])
+    assert ev.infer_bar_seconds(df) == 300.0
+    assert ev.infer_bar_seconds(df.assign(timestamp=ts.as_unit("ns").asi8)) == 300.0
+    with pytest.raises(ValueError, match="bar size"):
+        ev.infer_bar_seconds(df.iloc[:1])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# training curves
+
+
+def test_training_curves_split_kinds_ema_and_survive_a_torn_line(tmp_path):
+    rows = [
+        {"kind": "step", "step": 1, "epoch": 0, "loss": 1.0, "lr": 1e-3, "grad_norm": 2.0},
+        {"kind": "step", "step": 2, "epoch": 0, "loss": 0.0, "lr": 1e-3, "grad_norm": 1.0},
+        {"kind": "gpu", "util": 0.9},
+        {"kind": "epoch", "epoch": 0, "train_loss": 0.5, "val_loss": 0.6, "epoch_time_s": 3.0},
+        {"kind": "step", "step": 3, "epoch": 1, "loss": 0.0, "lr": 5e-4, "grad_norm": 1.0},
+    ]
+    text = "\n".join(json.dumps(r) for r in rows) + '\n{"kind": "step", "st'
+    (tmp_path / "metrics.jsonl").write_text(text)
+    steps, epochs = ev.training_curves(tmp_path, ema_alpha=0.5)
+    assert list(steps["step"]) == [1, 2, 3] and len(epochs) == 1
+    # bias-corrected EMA, alpha .5: 1; (0 + .5) / 1.5; (0 + 0 + .25) / 1.75
+    np.testing.assert_allclose(steps["loss_ema"], [1.0, 1 / 3, 1 / 7])
+    assert steps["skipped_steps"].isna().all()  # design column present even when not logged
+    assert epochs.loc[0, "val_loss"] == 0.6
+    empty_steps, empty_epochs = ev.training_curves(tmp_path / "missing")
+    assert len(empty_steps) == 0 and "loss_ema" in empty_steps and "val_loss" in empty_epochs

@@ -1,0 +1,146 @@
+"""report.py on synthetic run folders with a planted correlation, and runs_table over several folders."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tradelib import evaluate as ev
+from tradelib import report as rp
+
+RHO = 0.3  # planted corr(prediction, target)
+
+
+def make_run(run_dir, seed=0, rho=RHO, summary_extra=None, n_sym=4, n_days=3):
+    """A run folder as train.py writes it: summary.json, metrics.jsonl, predictions.parquet (5-minute bars)."""
+    rng = np.random.default_rng(seed)
+    run_dir.mkdir(parents=True)
+    ts = pd.date_range("2024-05-01", periods=288 * n_days, freq="5min", tz="UTC")
+    n = len(ts) * n_sym
+    z = rng.standard_normal(n)
+    feature = z + rng.standard_normal(n)  # the ridge baseline's one feature: corr 1/sqrt(2) with the target
+    pd.DataFrame(
+        {
+            "row": np.arange(n),
+            "timestamp": np.tile(ts, n_sym),
+            "symbol": np.repeat([f"S{i}" for i in range(n_sym)], len(ts)),
+            "prediction": rho * z + math.sqrt(1 - rho**2) * rng.standard_normal(n),
+            "target": z,
+            "fwd_return": 1e-3 * z,
+            "ret_next": 1e-3 * z,
+            "last_return": 1e-3 * rng.standard_normal(n),
+            "oracle": 0.8 * z + 0.6 * rng.standard_normal(n),
+        }
+    ).to_parquet(run_dir / "predictions.parquet", index=False)
+    lines = [
+        {"kind": "step", "step": s, "epoch": 0, "loss": 1.0 / s, "lr": 1e-3, "grad_norm": 1.0,
+         "samples_per_s": 5e4, "data_wait_share": 0.02, "skipped_steps": 0}
+        for s in range(1, 6)
+    ]  # fmt: skip
+    lines.append({"kind": "epoch", "epoch": 0, "train_loss": 0.5, "val_loss": 0.7, "epoch_time_s": 4.0})
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    summary = {
+        "run_id": run_dir.name, "config": {"batch_size": 1024}, "device": "cuda", "device_name": "NVIDIA H200",
+        "loader": "device", "model": "lstm", "batch_size": 1024, "grad_accum_steps": 1, "samples_per_s": 5e4,
+        "it_per_s": 48.8, "batches_per_epoch": 100, "data_wait_share": 0.02, "peak_mem_bytes": 2_500_000_000,
+        "gpu_util": None, "mfu": 0.12, "epoch_time_s": 4.0, "test_ic": 0.3, "finished": "2024-06-01T10:00:00",
+    }  # fmt: skip
+    summary.update(summary_extra or {})
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    features = {"X_train": feature[:, None], "y_train": z, "X_test": feature[:, None]}
+    return run_dir, features
+
+
+def strict_json(path):
+    """Parse as strict JSON: NaN/Infinity literals raise."""
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_build_report_writes_strict_json_with_planted_ic(tmp_path):
+    run, feats = make_run(tmp_path / "run-a")
+    report = rp.build_report(run, cost_bps=5.0, **feats)
+    on_disk = strict_json(run / "report.json")
+    assert on_disk["summary"] == report["summary"]
+    for key in ["summary", "ic", "ic_by_period", "predictors", "per_symbol", "deciles", "backtest", "training"]:
+        assert key in on_disk
+    assert "compare" not in on_disk
+    s = on_disk["summary"]
+    assert s["test_ic"] == pytest.approx(RHO, abs=0.05)
+    assert s["oracle_ic"] == pytest.approx(0.8, abs=0.05)
+    assert s["ic_period"] == "day" and s["n_periods"] == 3 and s["bar_seconds"] == 300.0
+    assert s["directional_accuracy"] > 0.55 and s["net_sharpe"] is not None
+    assert s["samples_per_s"] == 5e4 and s["peak_mem_gb"] == pytest.approx(2.5)
+    assert s["device"] == "cuda" and s["gpu_util"] is None  # null in summary.json stays null
+    assert s["baseline_ic"]["zero"] is None  # undefined IC -> null, not NaN
+    assert s["baseline_ic"]["ridge"] == pytest.approx(math.sqrt(0.5), abs=0.05)
+    assert [p["predictor"] for p in on_disk["predictors"]] == ["model", "zero", "momentum", "ridge", "oracle"]
+    assert len(on_disk["deciles"]) == 10 and on_disk["per_symbol"][-1]["symbol"] == "ALL"
+    assert on_disk["backtest"]["net"]["sharpe"] <= on_disk["backtest"]["gross"]["sharpe"]
+    assert on_disk["training"]["best_val_loss"] == 0.7
+
+
+def test_build_report_without_features_skips_ridge(tmp_path):
+    run, _ = make_run(tmp_path / "run-a")
+    report = rp.build_report(run)
+    assert "ridge" not in report["summary"]["baseline_ic"]
+    assert "ridge" not in [p["predictor"] for p in report["predictors"]]
+
+
+def test_compare_block_and_markdown(tmp_path):
+    slow = {"samples_per_s": 1900.0, "loader": "dataloader"}
+    base, _ = make_run(tmp_path / "baseline", seed=1, rho=0.1, summary_extra=slow)
+    run, feats = make_run(tmp_path / "fast", seed=2)
+    report = rp.build_report(run, compare_with=base, **feats)
+    cmp = strict_json(run / "report.json")["compare"]
+    assert cmp["run_id"] == "baseline" and cmp["other"]["loader"] == "dataloader"
+    sps = cmp["metrics"]["samples_per_s"]
+    assert (sps["this"], sps["other"]) == (5e4, 1900.0)
+    assert sps["ratio"] == pytest.approx(5e4 / 1900)
+    assert cmp["metrics"]["test_ic"]["other"] == pytest.approx(0.1, abs=0.05)
+    assert cmp["metrics"]["test_ic"]["delta"] == pytest.approx(
+        report["summary"]["test_ic"] - cmp["metrics"]["test_ic"]["other"]
+    )
+    md = rp.summary_markdown(report)
+    assert f"Test IC **{report['summary']['test_ic']:.3f}**" in md
+    assert "| zero | n/a |" in md and "| ridge |" in md and md.count("oracle 0.") == 1
+    assert "baseline" in md and "26.3" in md  # the speed-up 5e4 / 1900
+
+
+def test_runs_table_over_run_folders(tmp_path):
+    make_run(tmp_path / "b-late", summary_extra={"finished": "2024-06-02T09:00:00"})
+    make_run(tmp_path / "c-early", seed=1, summary_extra={"finished": "2024-06-01T09:00:00", "samples_per_s": 1900})
+    (tmp_path / "a-killed").mkdir()  # no summary.json: skipped
+    (tmp_path / "a-killed" / "metrics.jsonl").write_text("")
+    (tmp_path / "d-torn").mkdir()
+    (tmp_path / "d-torn" / "summary.json").write_text('{"run_id": "d", "samp')  # torn write: skipped
+    summary = json.loads((tmp_path / "b-late" / "summary.json").read_text())
+    del summary["mfu"], summary["loader"]
+    (tmp_path / "b-late" / "summary.json").write_text(json.dumps(summary))
+
+    runs = ev.runs_table(tmp_path)
+    assert list(runs["run_id"]) == ["c-early", "b-late"]  # by finish time, not name
+    for col in ["run_id", "model", "loader", "device", "batch_size", "grad_accum_steps", "samples_per_s",
+                "it_per_s", "batches_per_epoch", "data_wait_share", "gpu_util", "peak_mem_gb", "mfu",
+                "epoch_time_s", "finished"]:  # fmt: skip
+        assert col in runs
+    assert list(runs["samples_per_s"]) == [1900.0, 5e4]
+    assert runs.loc[1, "peak_mem_gb"] == pytest.approx(2.5)
+    assert math.isnan(runs.loc[1, "mfu"]) and runs.loc[0, "mfu"] == 0.12
+    assert runs["gpu_util"].isna().all() and pd.isna(runs.loc[1, "loader"])
+    assert len(ev.runs_table(tmp_path / "nowhere")) == 0
+
+
+def test_make_figures_writes_pngs(tmp_path):
+    run, _ = make_run(tmp_path / "run-a", n_sym=2, n_days=2)
+    inputs = rp.load_inputs(run)
+    inputs.quality = {"counts": [{"rule": "nonpositive_price", "symbol": "S0", "action": "dropped", "rows": 3}]}
+    figs = rp.make_figures(inputs, run)
+    assert set(figs) == {"training", "equity", "deciles", "ic", "throughput", "quality"}
+    for name in figs:
+        assert (run / f"{name}.png").stat().st_size > 1000

@@ -1,0 +1,191 @@
+"""The report's figures: each function draws one small figure, returns it, and saves a PNG when asked.
+
+Numbers come from `evaluate`; nothing here computes a metric the report states.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+
+def _ensure_backend() -> None:
+    """Headless scripts and tests get Agg; a notebook (or MPLBACKEND, or an explicit choice) keeps its own."""
+    if os.environ.get("MPLBACKEND") or "ipykernel" in sys.modules:
+        return
+    getter = getattr(matplotlib.rcParams, "_get_backend_or_none", None)
+    if getter is not None and getter() is None:
+        matplotlib.use("Agg")
+
+
+_ensure_backend()
+
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from tradelib.evaluate import BacktestResult, equity_curve  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def _save(fig: plt.Figure, save_to: str | Path | None) -> plt.Figure:
+    fig.tight_layout()
+    if save_to is not None:
+        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save_to, dpi=110, bbox_inches="tight")
+    return fig
+
+
+def _empty(ax: plt.Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
+def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, save_to: str | Path | None = None) -> plt.Figure:
+    """2x2: per-step loss (raw, EMA), train/val loss per epoch, learning rate, grad norm (+ skipped steps)."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    ax = axes[0, 0]
+    if steps["loss"].notna().any():
+        ax.plot(steps["step"], steps["loss"], alpha=0.3, lw=0.8, label="loss")
+        ax.plot(steps["step"], steps["loss_ema"], lw=1.5, label="EMA")
+        ax.legend()
+    else:
+        _empty(ax, "no step rows")
+    ax.set(title="training loss per step", xlabel="optimizer step")
+    ax = axes[0, 1]
+    if len(epochs):
+        for col in ("train_loss", "val_loss"):
+            if epochs[col].notna().any():
+                ax.plot(epochs["epoch"], epochs[col], marker="o", label=col.replace("_", " "))
+        ax.legend()
+    else:
+        _empty(ax, "no epoch rows")
+    ax.set(title="loss per epoch", xlabel="epoch")
+    ax = axes[1, 0]
+    ax.plot(steps["step"], steps["lr"]) if steps["lr"].notna().any() else _empty(ax, "no lr logged")
+    ax.set(title="learning rate", xlabel="optimizer step")
+    ax = axes[1, 1]
+    if steps["grad_norm"].notna().any():
+        ax.plot(steps["step"], steps["grad_norm"], lw=0.8)
+        ax.set_yscale("log")
+    else:
+        _empty(ax, "no grad norm logged")
+    skipped = steps["skipped_steps"].fillna(0)
+    if (skipped > 0).any():
+        twin = ax.twinx()
+        twin.step(steps["step"], skipped, color="tab:red", where="post")
+        twin.set_ylabel("skipped steps (cumulative)", color="tab:red")
+        twin.grid(False)
+    ax.set(title="gradient norm (before clipping)", xlabel="optimizer step")
+    return _save(fig, save_to)
+
+
+def plot_equity(bt: BacktestResult, save_to: str | Path | None = None) -> plt.Figure:
+    """Compounded equity of the long/short signal before and after costs, and of buy-and-hold."""
+    fig, ax = plt.subplots(figsize=(10, 4))
+    pnl = bt.pnl
+    labels = {
+        "gross": "gross",
+        "net": f"net of {bt.stats.get('cost_bps', 0):g} bps",
+        "buy_hold": "buy & hold",
+    }
+    for col, label in labels.items():
+        ax.plot(pnl["timestamp"], equity_curve(pnl[col]), label=label, lw=1.2)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set(title="equity (1 invested, compounded)", ylabel="wealth")
+    ax.legend()
+    fig.autofmt_xdate()
+    return _save(fig, save_to)
+
+
+def plot_deciles(decile_df: pd.DataFrame, save_to: str | Path | None = None) -> plt.Figure:
+    """Realised mean target per prediction decile (bars, +-1 s.e.) against the predicted mean (line)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = decile_df["decile"].to_numpy()
+    ax.bar(x, decile_df["realised_mean"], yerr=decile_df["realised_se"], color="tab:blue", alpha=0.7,
+           capsize=3, label="realised")  # fmt: skip
+    ax.plot(x, decile_df["pred_mean"], color="tab:orange", marker="o", label="predicted")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set(title="target by prediction decile", xlabel="prediction decile", ylabel="mean target", xticks=x)
+    ax.legend()
+    return _save(fig, save_to)
+
+
+def plot_ic(ic_df: pd.DataFrame, save_to: str | Path | None = None, window: int | None = None) -> plt.Figure:
+    """IC per period (bars) with a rolling mean and the overall mean; rank IC as dots."""
+    fig, ax = plt.subplots(figsize=(10, 4))
+    if len(ic_df) == 0:
+        _empty(ax, "no period with a defined IC")
+        return _save(fig, save_to)
+    x = np.arange(len(ic_df))
+    window = window or max(1, min(20, len(ic_df) // 5))
+    colours = np.where(ic_df["ic"] > 0, "tab:green", "tab:red")
+    ax.bar(x, ic_df["ic"], color=colours, alpha=0.6, label="IC")
+    ax.plot(x, ic_df["rank_ic"], "k.", ms=3, label="rank IC")
+    ax.plot(
+        x,
+        ic_df["ic"].rolling(window, min_periods=1).mean(),
+        color="tab:blue",
+        label=f"rolling mean ({window})",
+    )
+    ax.axhline(ic_df["ic"].mean(), color="tab:blue", ls="--", lw=0.8, label=f"mean {ic_df['ic'].mean():.3f}")
+    ticks = x[:: max(1, len(x) // 8)]
+    ax.set_xticks(ticks, [pd.Timestamp(ic_df["period"].iloc[i]).strftime("%Y-%m-%d") for i in ticks], rotation=30)
+    ax.set(title="information coefficient per period", ylabel="IC")
+    ax.legend(fontsize="small")
+    return _save(fig, save_to)
+
+
+def plot_throughput(runs_df: pd.DataFrame, save_to: str | Path | None = None) -> plt.Figure:
+    """Training samples/s per run, coloured by loader: the figure that answers 'did the GPU work?'."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(runs_df) + 3), 4))
+    d = runs_df.dropna(subset=["samples_per_s"]).assign(loader=lambda f: f["loader"].fillna("unknown").astype(str))
+    if len(d) == 0:
+        _empty(ax, "no run with samples/s")
+        return _save(fig, save_to)
+    sns.barplot(data=d, x="run_id", y="samples_per_s", hue="loader", dodge=False, ax=ax)
+    for bars in ax.containers:
+        ax.bar_label(bars, fmt="{:,.0f}", fontsize="small")
+    ax.set(title="training throughput", xlabel="run", ylabel="samples / s")
+    ax.tick_params(axis="x", rotation=45)
+    return _save(fig, save_to)
+
+
+def _quality_counts(report: dict) -> pd.DataFrame:
+    """(what, rule, rows) from a QualityReport dict: its `counts` list of {rule, symbol, action, rows} summed
+    over symbols; failing that, nested {'dropped': {rule: n}} or flat {rule: n} numbers."""
+    counts = report.get("counts")
+    if isinstance(counts, list):
+        frame = pd.DataFrame(counts, columns=["rule", "symbol", "action", "rows"])
+        frame["rows"] = pd.to_numeric(frame["rows"], errors="coerce")
+        out = frame.groupby(["action", "rule"], as_index=False)["rows"].sum()
+        return out.rename(columns={"action": "what"})[["what", "rule", "rows"]]
+    rows = []
+    for key, value in report.items():
+        if isinstance(value, dict):
+            rows += [
+                (key, str(k), v) for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            ]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append(("count", key, value))
+    return pd.DataFrame(rows, columns=["what", "rule", "rows"])
+
+
+def plot_quality(report_dict: dict, save_to: str | Path | None = None) -> plt.Figure:
+    """Rows dropped or changed per cleaning rule (horizontal bars, log scale when counts span decades)."""
+    counts = _quality_counts(report_dict)
+    counts = counts[counts["rows"] > 0]
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(counts) + 1)))
+    if len(counts) == 0:
+        _empty(ax, "no row dropped or changed")
+        return _save(fig, save_to)
+    counts = counts.sort_values("rows", ascending=False)
+    sns.barplot(data=counts, y="rule", x="rows", hue="what", dodge=False, orient="h", ax=ax)
+    if counts["rows"].max() > 100 * max(counts["rows"].min(), 1):
+        ax.set_xscale("log")
+    ax.set(title="data quality: rows per rule", xlabel="rows", ylabel="")
+    return _save(fig, save_to)
