@@ -29,7 +29,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     fs = prepare(cfg, force=args.force_recreate)
     q = fs.meta.get("quality", {})
     print(f"{len(fs):,} feature rows x {fs.n_features} features; rows per split {fs.meta['rows_per_split']}; "
-          f"rows in {q.get('rows_in', '?'):,}, kept {q.get('rows_kept', '?'):,}, dropped {q.get('rows_dropped', '?'):,}")
+          f"rows in {q.get('rows_in', 0):,}, kept {q.get('rows_kept', 0):,}, dropped {q.get('rows_dropped', 0):,}")
     print(f"cache: {fs.meta['cache_dir']}")
     return 0
 
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("pipeline", help="run notebooks 01-04 with papermill into outputs/<run_id>/ and render the report")
+    p = sub.add_parser("pipeline", help="run notebooks 01-04 with papermill into outputs/<run_id>/, render the report")
     add_param_args(p)
     p.set_defaults(func=cmd_pipeline)
 

@@ -367,3 +367,20 @@ def load_featureset(run_dir: Path):
               f"(rebuild it with `python -m tradelib prepare` and the run's parameters)")
         return None
     return cache.load(folder)
+
+
+def run_to_report(run: str = "") -> Path:
+    """The run folder to report on. With no run named and none under outputs/ (a fresh clone), trains one
+    with the default parameters first, so that the report notebook also runs alone."""
+    from tradelib.paths import latest_run, resolve_run
+
+    if run:
+        return resolve_run(run)
+    try:
+        return latest_run()
+    except FileNotFoundError:
+        from tradelib.config import Config
+        from tradelib.train import train
+
+        print("no run under outputs/ yet: training one with the default parameters (as 03_train would)")
+        return train(Config()).run_dir

@@ -1,0 +1,70 @@
+"""The feature cache is keyed on the data, the parameters and the feature code: it cannot go stale."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tradelib import cache
+from tradelib.config import Config
+
+from .conftest import TINY
+
+
+def test_prepare_caches_and_reloads_identically(capsys):
+    cfg = Config(**TINY)
+    first = cache.prepare(cfg)
+    assert "features built" in capsys.readouterr().out
+    second = cache.prepare(cfg)
+    assert "cache hit" in capsys.readouterr().out
+    for name in first.ARRAYS:
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+    assert first.meta["cache_key"] == second.meta["cache_key"]
+    cache.prepare(cfg, force=True)
+    assert "features built" in capsys.readouterr().out
+
+
+def test_key_changes_with_data_and_feature_parameters(tmp_path):
+    base = Config(**TINY)
+    key = cache.cache_key(base)
+    assert cache.cache_key(base.replace(window=17)) != key
+    assert cache.cache_key(base.replace(data_seed=8)) != key
+    assert cache.cache_key(base.replace(lr=0.5, batch_size=7)) == key  # training knobs do not touch features
+    f = tmp_path / "a.csv"
+    f.write_text("timestamp,open,high,low,close,volume\n2024-01-01,1,1,1,1,1\n")
+    k1 = cache.cache_key(base.replace(data_path=str(f)))
+    f.write_text("timestamp,open,high,low,close,volume\n2024-01-01,1,1,1,2,1\n")
+    assert cache.cache_key(base.replace(data_path=str(f))) != k1
+
+
+def test_editing_the_feature_code_invalidates_the_cache(tmp_path):
+    """A copy of the package with one edit to features.py computes another key and rebuilds."""
+    pkg = Path(cache.__file__).parent
+    for variant in ("orig", "edited"):
+        shutil.copytree(pkg, tmp_path / variant / "tradelib", ignore=shutil.ignore_patterns("__pycache__"))
+    feats = tmp_path / "edited" / "tradelib" / "features.py"
+    feats.write_text(feats.read_text().replace("VOLUME_WINDOW = 64", "VOLUME_WINDOW = 63"))
+    script = ("from tradelib import cache; from tradelib.config import Config; "
+              f"cfg = Config(**{TINY!r}); fs = cache.prepare(cfg); print('KEY', fs.meta['cache_key'])")
+    env = dict(os.environ, TRADELIB_OUTPUTS=str(tmp_path / "out"))
+    outs = {}
+    for variant in ("orig", "edited", "orig"):
+        res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path / variant, env=env,
+                             capture_output=True, text=True, check=True)
+        outs.setdefault(variant, []).append(res.stdout)
+    key = {v: [line for line in o[0].splitlines() if line.startswith("KEY")][0] for v, o in outs.items()}
+    assert key["orig"] != key["edited"]
+    assert "features built" in outs["edited"][0]  # the edit forced a rebuild
+    assert "cache hit" in outs["orig"][1]  # the untouched code still finds its own cache
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    import pytest
+
+    from tradelib.data import DataError
+
+    with pytest.raises(DataError, match="no such file"):
+        cache.prepare(Config(**TINY, data_path=str(tmp_path / "nope.csv")))
