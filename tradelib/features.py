@@ -197,9 +197,11 @@ def build_features(clean: pd.DataFrame, fcfg: FeatureConfig, quality: dict | Non
     sym = clean["symbol"].to_numpy()
     codes, symbols = pd.factorize(sym)  # first-appearance order == sorted order
     ts = pd.DatetimeIndex(clean["timestamp"]).tz_convert("UTC").as_unit("ns").asi8
-    bar_by_symbol = {
-        s: int(infer_bar_size(g.to_numpy()).value) for s, g in clean.groupby("symbol", sort=False)["timestamp"]
-    }
+    bar_by_symbol = {s: infer_bar_size(g) for s, g in clean.groupby("symbol", sort=False)["timestamp"]}
+    short = [s for s, b in bar_by_symbol.items() if pd.isna(b)]
+    if short:
+        raise ValueError(f"symbol(s) {', '.join(map(str, short))}: fewer than two timestamps, no bar size")
+    bar_by_symbol = {s: int(b.value) for s, b in bar_by_symbol.items()}
     bar_ns = np.array([bar_by_symbol[s] for s in symbols], dtype=np.int64)[codes]
     seg = segment_ids(codes, ts, bar_ns, fcfg.max_gap_bars)
 

@@ -1,0 +1,763 @@
+"""tradelib.data: loading and cleaning of hostile OHLCV files; every file is generated here under tmp_path."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tradelib.data import RULES, DataError, QualityReport, clean_ohlcv, infer_bar_size, load_ohlcv
+
+CANON = ["timestamp", "symbol", "open", "high", "low", "close", "volume"]
+PRICES = ["open", "high", "low", "close"]
+NUMS = PRICES + ["volume"]
+UTC = "UTC"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "data.md"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def make_frame(n: int = 200, symbol: str = "AAA", freq: str = "1h", start: str = "2024-01-01",
+               price: float = 100.0, volume: float = 1000.0, seed: int = 0) -> pd.DataFrame:
+    """A valid canonical frame: a quiet random walk (0.5% per bar) with consistent OHLC."""
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range(start, periods=n, freq=freq, tz=UTC).as_unit("ns")
+    close = price * np.exp(np.cumsum(rng.normal(0, 0.005, n)))
+    open_ = np.r_[close[0], close[:-1]] * np.exp(rng.normal(0, 0.001, n))
+    high = np.maximum(open_, close) * (1 + rng.uniform(0, 0.003, n))
+    low = np.minimum(open_, close) * (1 - rng.uniform(0, 0.003, n))
+    vol = volume * rng.uniform(0.5, 1.5, n)
+    return pd.DataFrame({"timestamp": ts, "symbol": pd.array([symbol] * n, dtype="str"), "open": open_,
+                         "high": high, "low": low, "close": close, "volume": vol})
+
+
+def two_symbols(n: int = 200) -> pd.DataFrame:
+    return pd.concat([make_frame(n, "AAA", seed=1), make_frame(n, "BBB", price=20.0, seed=2)],
+                     ignore_index=True)
+
+
+def assert_clean(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> None:
+    """Every promise a clean frame makes."""
+    assert list(df.columns) == CANON + list(extra)
+    assert str(df["timestamp"].dtype) == "datetime64[ns, UTC]"
+    assert pd.api.types.is_string_dtype(df["symbol"].dtype)
+    for c in PRICES + ["volume"]:
+        assert df[c].dtype == np.float64, c
+    x = df[PRICES].to_numpy()
+    assert np.isfinite(x).all() and (x > 0).all()
+    v = df["volume"].to_numpy()
+    assert np.isfinite(v).all() and (v >= 0).all()
+    hi, lo = df[["open", "close"]].max(axis=1), df[["open", "close"]].min(axis=1)
+    assert (df["high"] >= hi).all() and (hi >= lo).all() and (lo >= df["low"]).all()
+    assert df["timestamp"].notna().all() and df["symbol"].notna().all()
+    key = df[["symbol", "timestamp"]]
+    assert not key.duplicated().any()
+    assert key.equals(key.sort_values(["symbol", "timestamp"]))
+    assert isinstance(df.index, pd.RangeIndex)
+
+
+def assert_counts(rep: QualityReport) -> None:
+    dropped = sum(c["rows"] for c in rep.counts if c["action"] == "dropped")
+    assert rep.rows_in == rep.rows_kept + rep.rows_dropped
+    assert rep.rows_dropped == dropped
+    assert all(c["rows"] > 0 and c["rule"] in RULES for c in rep.counts)
+    assert all(c["action"] == RULES[c["rule"]].split(":")[0].replace("drop", "dropped") for c in rep.counts)
+
+
+def by_rule(rep: QualityReport) -> dict[str, int]:
+    return rep.totals()
+
+
+def by_rule_symbol(rep: QualityReport) -> dict[tuple[str, str], int]:
+    return {(c["rule"], c["symbol"]): c["rows"] for c in rep.counts}
+
+
+def clean(raw: pd.DataFrame, source: str = "test", **kw) -> tuple[pd.DataFrame, QualityReport]:
+    out, rep = clean_ohlcv(raw, source, **kw)
+    assert_clean(out, tuple(kw.get("keep", ())))
+    assert_counts(rep)
+    assert rep.rows_kept == len(out)
+    json.dumps(rep.to_dict())  # always serialisable
+    return out, rep
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def epoch(ts: pd.Series, unit: str) -> pd.Series:
+    return (ts - pd.Timestamp(0, tz=UTC)) // pd.Timedelta(1, unit)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# planted problems: each returns the expected rule counts; rows are chosen apart so problems do not interact
+
+
+def plant_duplicates(df: pd.DataFrame, rows: list[int]) -> tuple[pd.DataFrame, dict]:
+    """Append altered copies of `rows` at the end: the copies are the last, so they are kept."""
+    dup = df.loc[rows].copy()
+    dup["volume"] = 7.0
+    return pd.concat([df, dup], ignore_index=True), {"duplicate": len(rows), "unsorted": len(rows)}
+
+
+def plant_bad_close(df, rows):
+    for r, v in zip(rows, [0.0, -1.0, np.nan, np.inf, -np.inf], strict=False):
+        df.loc[r, "close"] = v
+    return df, {"bad_close": len(rows)}
+
+
+def plant_bad_ohl(df, rows):
+    for r, (col, v) in zip(rows, [("open", np.nan), ("high", -1.0), ("low", 0.0), ("open", np.inf)],
+                           strict=False):
+        df.loc[r, "open"] = df.loc[r, "close"]  # so that fixing from close needs no widening
+        df.loc[r, col] = v
+    return df, {"bad_ohl": len(rows)}
+
+
+def plant_high_below_low(df, rows):
+    df.loc[rows, ["high", "low"]] = df.loc[rows, ["low", "high"]].to_numpy()
+    return df, {"high_below_low": len(rows)}
+
+
+def plant_outside_range(df, rows):
+    for i, r in enumerate(rows):
+        df.loc[r, "open"] = df.loc[r, "high"] * 1.02 if i % 2 else df.loc[r, "low"] * 0.98
+    return df, {"ohlc_outside_range": len(rows)}
+
+
+def plant_bad_volume(df, rows):
+    for r, v in zip(rows, [-5.0, np.nan, np.inf, -np.inf], strict=False):
+        df.loc[r, "volume"] = v
+    return df, {"bad_volume": len(rows)}
+
+
+def plant_absurd(df, rows):
+    for r, (col, v) in zip(rows, [("close", 1e13), ("volume", 1e21), ("high", 5e12)], strict=False):
+        df.loc[r, col] = v
+    return df, {"absurd_magnitude": len(rows)}
+
+
+def plant_spike(df, rows):
+    for r in rows:
+        df.loc[r, PRICES] = df.loc[r, PRICES] * 8.0
+    return df, {"price_spike": len(rows)}
+
+
+PLANTS = {
+    "duplicate": (plant_duplicates, 4),
+    "bad_close": (plant_bad_close, 5),
+    "bad_ohl": (plant_bad_ohl, 4),
+    "high_below_low": (plant_high_below_low, 3),
+    "outside_range": (plant_outside_range, 4),
+    "bad_volume": (plant_bad_volume, 4),
+    "absurd": (plant_absurd, 3),
+    "spike": (plant_spike, 2),
+}
+
+
+def plant(df: pd.DataFrame, names: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Apply the named plants to one symbol ('AAA', rows 10..180), each on its own rows, 5 apart."""
+    df = df.copy()
+    expected: dict[str, int] = {}
+    slots = iter(range(10, 185, 5))
+    dup_rows = None
+    for name in names:
+        fn, k = PLANTS[name]
+        rows = [next(slots) for _ in range(k)]
+        if name == "duplicate":  # appended at the end: apply after the others
+            dup_rows = rows
+            continue
+        df, exp = fn(df, rows)
+        expected.update(exp)
+    if dup_rows is not None:
+        df, exp = plant_duplicates(df, dup_rows)
+        expected.update(exp)
+    return df, expected
+
+
+# ---------------------------------------------------------------------------------------------------------
+# cleaning: each problem alone, then combined
+
+
+def test_clean_valid_frame_is_untouched():
+    raw = two_symbols()
+    out, rep = clean(raw)
+    pd.testing.assert_frame_equal(out, raw)
+    assert rep.counts == [] and rep.rows_dropped == 0 and rep.gaps == {}
+    assert rep.bar_size_s == {"AAA": 3600.0, "BBB": 3600.0}
+
+
+@pytest.mark.parametrize("name", list(PLANTS))
+def test_clean_single_problem(name):
+    raw, expected = plant(two_symbols(), [name])
+    out, rep = clean(raw)
+    assert by_rule(rep) == expected
+    assert {sym for (_, sym) in by_rule_symbol(rep)} == {"AAA"}  # BBB is clean and stays untouched
+    pd.testing.assert_frame_equal(out[out.symbol == "BBB"].reset_index(drop=True),
+                                  raw[raw.symbol == "BBB"].reset_index(drop=True))
+
+
+def test_clean_all_problems_combined():
+    raw, expected = plant(two_symbols(), list(PLANTS))
+    out, rep = clean(raw)
+    assert by_rule(rep) == expected
+    n_dropped = sum(v for k, v in expected.items() if RULES[k].startswith("drop"))
+    assert rep.rows_dropped == n_dropped == len(raw) - len(out)
+    assert "price_spike" in rep.summary() and "duplicate" in rep.summary()
+
+
+def test_duplicates_keep_the_last_row():
+    raw, _ = plant_duplicates(two_symbols(), [20, 21, 22])
+    out, rep = clean(raw)
+    assert by_rule_symbol(rep) == {("duplicate", "AAA"): 3, ("unsorted", "AAA"): 3}
+    kept = out[out.timestamp.isin(raw.loc[[20, 21, 22], "timestamp"]) & (out.symbol == "AAA")]
+    assert (kept["volume"] == 7.0).all() and len(kept) == 3
+
+
+def test_duplicate_keeps_last_usable_row():
+    """A later copy with a broken close is dropped as bad_close; the earlier good copy survives."""
+    raw = two_symbols()
+    dup = raw.loc[[30]].copy()
+    dup["close"] = np.nan
+    out, rep = clean(pd.concat([raw, dup], ignore_index=True))
+    assert by_rule(rep) == {"bad_close": 1, "unsorted": 1}
+    assert out.loc[30, "close"] == raw.loc[30, "close"]
+
+
+def test_bad_rows_are_repaired_as_documented():
+    raw = two_symbols()
+    raw, _ = plant_bad_ohl(raw, [20, 30, 40])
+    raw, _ = plant_bad_volume(raw, [50, 60])
+    raw, _ = plant_high_below_low(raw, [70])
+    raw.loc[80, "open"] = raw.loc[80, "high"] * 1.5
+    raw.loc[90, "volume"] = 0.0
+    out, rep = clean(raw)
+    assert out.loc[20, "open"] == raw.loc[20, "close"]
+    assert out.loc[30, "high"] == raw.loc[30, "close"]
+    assert out.loc[40, "low"] == raw.loc[40, "close"]
+    assert out.loc[50, "volume"] == 0.0 and out.loc[60, "volume"] == 0.0
+    assert out.loc[70, "high"] == raw.loc[70, "low"] and out.loc[70, "low"] == raw.loc[70, "high"]
+    assert out.loc[80, "high"] == raw.loc[80, "open"] and out.loc[80, "low"] == raw.loc[80, "low"]
+    assert out.loc[90, "volume"] == 0.0  # zero volume is legitimate: kept, not counted
+    assert by_rule(rep) == {"bad_ohl": 3, "bad_volume": 2, "high_below_low": 1, "ohlc_outside_range": 1}
+
+
+def test_micro_priced_token_is_kept_unchanged():
+    micro = make_frame(300, "MICRO", price=1e-8, volume=1e15, seed=3)
+    raw = pd.concat([two_symbols(), micro], ignore_index=True)
+    out, rep = clean(raw)
+    assert rep.counts == []
+    pd.testing.assert_frame_equal(out[out.symbol == "MICRO"].reset_index(drop=True), micro)
+    assert rep.ranges_after["volume"]["max"] == pytest.approx(micro.volume.max())
+
+
+def test_absurd_magnitude_dropped_but_big_legit_values_kept():
+    raw = two_symbols()
+    raw.loc[10, "volume"] = 9e19  # large but below the limit: kept
+    raw, exp = plant_absurd(raw, [20, 30, 40])
+    out, rep = clean(raw)
+    assert by_rule(rep) == exp == {"absurd_magnitude": 3}
+    assert out.loc[10, "volume"] == 9e19
+    assert rep.ranges_before["close"]["max"] == 1e13 and rep.ranges_after["close"]["max"] < 1e3
+
+
+def test_price_spike_set_to_previous_close():
+    raw, _ = plant_spike(two_symbols(), [100])
+    out, rep = clean(raw)
+    assert by_rule_symbol(rep) == {("price_spike", "AAA"): 1}
+    assert (out.loc[100, PRICES] == raw.loc[99, "close"]).all()
+    assert out.loc[100, "volume"] == raw.loc[100, "volume"]
+    assert out.loc[101, "close"] == raw.loc[101, "close"]
+
+
+def test_level_shift_and_small_moves_are_not_spikes():
+    raw = two_symbols()
+    raw.loc[100:199, PRICES] *= 8.0  # a permanent jump (e.g. a split) does not revert
+    raw.loc[50, PRICES] *= 1.03  # a 3% blip is below the 5% floor
+    _, rep = clean(raw)
+    assert "price_spike" not in by_rule(rep)
+    _, rep = clean(raw, spike_sigmas=float("inf"))
+    assert rep.counts == []
+
+
+def test_spike_sigmas_controls_detection():
+    raw, _ = plant_spike(two_symbols(), [100])
+    _, rep = clean(raw, spike_sigmas=1e6)  # absurdly strict: nothing is a spike
+    assert "price_spike" not in by_rule(rep)
+
+
+def test_long_gap_counted_and_kept():
+    raw = two_symbols()
+    raw = raw.drop(index=range(60, 160)).reset_index(drop=True)  # 100 missing 1h bars in AAA
+    raw = raw.drop(index=range(20, 30)).reset_index(drop=True)  # 10 missing bars: not long
+    out, rep = clean(raw, max_gap_bars=50)
+    assert rep.gaps == {"AAA": 1}
+    assert by_rule_symbol(rep) == {("long_gap", "AAA"): 1}
+    assert rep.rows_dropped == 0 and len(out) == len(raw)
+    _, rep = clean(raw, max_gap_bars=5)
+    assert rep.gaps == {"AAA": 2}
+
+
+def test_too_short_symbol_dropped():
+    raw = pd.concat([two_symbols(), make_frame(5, "TINY")], ignore_index=True)
+    out, rep = clean(raw, min_rows=20)
+    assert by_rule_symbol(rep) == {("too_short", "TINY"): 5}
+    assert set(out.symbol) == {"AAA", "BBB"} and "TINY" not in rep.bar_size_s
+    out, rep = clean(raw)  # min_rows=0: kept
+    assert "TINY" in set(out.symbol)
+
+
+def test_bad_timestamp_and_bad_symbol_dropped():
+    raw = two_symbols()
+    raw["timestamp"] = raw["timestamp"].astype("datetime64[ns, UTC]")
+    raw.loc[[5, 6], "timestamp"] = pd.NaT
+    raw.loc[7, "symbol"] = np.nan
+    raw.loc[8, "symbol"] = ""
+    _, rep = clean(raw)
+    assert by_rule_symbol(rep) == {("bad_timestamp", "AAA"): 2, ("bad_symbol", ""): 2}
+
+
+def test_unsorted_frame_is_reordered_and_counted():
+    raw = two_symbols()
+    moved = raw.loc[[10, 20, 30]]
+    raw = pd.concat([raw.drop(index=[10, 20, 30]), moved], ignore_index=True)  # 3 rows arrive late
+    raw = pd.concat([raw[raw.symbol == "BBB"], raw[raw.symbol == "AAA"]], ignore_index=True)  # not unsorted
+    out, rep = clean(raw)
+    assert by_rule_symbol(rep) == {("unsorted", "AAA"): 3}
+    pd.testing.assert_frame_equal(out, two_symbols())
+
+
+def test_clean_accepts_other_dtypes_of_a_frame():
+    """Naive or microsecond timestamps and categorical or integer symbols still give the canonical frame."""
+    base = pd.concat([make_frame(50, "10", seed=1), make_frame(50, "9", seed=2)], ignore_index=True)
+    base = base.sort_values(["symbol", "timestamp"], ignore_index=True)  # "10" < "9" as strings
+    naive = base.assign(timestamp=base.timestamp.dt.tz_localize(None).astype("datetime64[us]"))
+    out, _ = clean(naive)
+    pd.testing.assert_frame_equal(out, base)
+    cat = base.assign(symbol=pd.Categorical(base.symbol, categories=["9", "10"]))
+    out, _ = clean(cat.iloc[::-1].reset_index(drop=True))
+    pd.testing.assert_frame_equal(out, base)
+    ints = base.assign(symbol=base.symbol.astype(int), timestamp=base.timestamp.dt.tz_convert("Asia/Tokyo"))
+    out, _ = clean(ints)
+    pd.testing.assert_frame_equal(out, base)
+
+
+def test_everything_dropped_gives_empty_clean_frame():
+    raw = two_symbols(20)
+    raw["close"] = np.nan
+    out, rep = clean(raw)
+    assert len(out) == 0 and rep.rows_dropped == 40 and by_rule(rep) == {"bad_close": 40}
+
+
+def test_keep_columns_are_carried_row_aligned():
+    raw = two_symbols()
+    raw["oracle"] = np.arange(len(raw), dtype=float)
+    raw, _ = plant_bad_close(raw, [10, 11])
+    raw = raw.iloc[::-1].reset_index(drop=True)
+    out, rep = clean(raw, keep=("oracle",))
+    expected = two_symbols().assign(oracle=np.arange(400.0)).drop(index=[10, 11]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(out, expected)
+    out, rep = clean(raw)  # not kept: named as an extra column
+    assert "oracle" not in out.columns and "oracle" in rep.extra_columns
+
+
+def test_clean_never_mutates_raw():
+    raw, _ = plant(two_symbols(), list(PLANTS))
+    raw.attrs = {"source": "x", "unsorted_by_symbol": {"AAA": 2}}
+    before = raw.copy(deep=True)
+    attrs = json.dumps(raw.attrs)
+    clean_ohlcv(raw)
+    pd.testing.assert_frame_equal(raw, before)
+    assert json.dumps(raw.attrs) == attrs
+
+
+def test_clean_rejects_non_canonical_frame():
+    raw = two_symbols().drop(columns="volume")
+    with pytest.raises(DataError, match=r"^src: frame is missing column\(s\) 'volume'"):
+        clean_ohlcv(raw, "src")
+    with pytest.raises(DataError, match="'oracle'"):
+        clean_ohlcv(two_symbols(), "src", keep=("oracle",))
+    with pytest.raises(DataError, match="not datetime"):
+        clean_ohlcv(two_symbols().assign(timestamp="2024-01-01"), "src")
+
+
+def test_report_methods():
+    raw, expected = plant(two_symbols(), ["bad_close", "bad_volume"])
+    _, rep = clean(raw)
+    table = rep.to_frame()
+    assert list(table.columns) == ["rule", "symbol", "action", "rows"]
+    assert dict(zip(table.rule, table.rows, strict=True)) == expected
+    d = json.loads(json.dumps(rep.to_dict()))
+    assert d["rows_in"] == 400 and d["rows_dropped"] == 5 and d["ranges_before"]["close"]["nan"] == 1
+    assert d["ranges_before"]["close"]["inf"] == 2 and d["ranges_after"]["close"]["inf"] == 0
+    assert d["ranges_before"]["volume"]["negative"] == 2 and d["ranges_after"]["volume"]["zero"] == 4
+    text = rep.summary()
+    assert "400 rows in, 395 kept, 5 dropped" in text and "bad_close 5" in text and "bad_volume 4" in text
+    with pytest.raises(AssertionError):
+        QualityReport("x", rows_in=10, rows_kept=9, rows_dropped=1, counts=[])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# property: random corruption of a valid frame
+
+
+HOSTILE = [np.nan, np.inf, -np.inf, 0.0, -1.0, 1e13, 1e21, 1e-12, 1e9]
+KINDS = ["open", "high", "low", "close", "volume", "dup", "move", "nat", "swap_hl"]
+
+
+def reference_kept(raw: pd.DataFrame) -> dict:
+    """A slow, obvious re-statement of the drop rules (bad_symbol/_timestamp, absurd, bad_close, duplicate):
+    (symbol, timestamp) -> the position of the row that must survive."""
+    last: dict = {}
+    for i, r in enumerate(raw.itertuples(index=False)):
+        if pd.isna(r.timestamp) or pd.isna(r.symbol) or r.symbol == "":
+            continue
+        px = [r.open, r.high, r.low, r.close]
+        if any(np.isfinite(p) and p > 1e12 for p in px) or (np.isfinite(r.volume) and r.volume > 1e20):
+            continue
+        if not (np.isfinite(r.close) and r.close > 0):
+            continue
+        last[(r.symbol, r.timestamp)] = i  # later rows win
+    return last
+
+
+def is_valid_row(r) -> bool:
+    px = np.array([r.open, r.high, r.low, r.close])
+    return bool(np.isfinite(px).all() and (px > 0).all() and px.max() < 1e12 and np.isfinite(r.volume)
+                and 0 <= r.volume < 1e20 and r.high >= max(r.open, r.close) and r.low <= min(r.open, r.close))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 79), st.sampled_from(KINDS), st.sampled_from(HOSTILE)),
+                max_size=25), st.integers(0, 3))
+def test_random_corruption_property(edits, seed):
+    raw = pd.concat([make_frame(40, "AAA", seed=seed), make_frame(40, "ZZ", price=1e-6, seed=seed + 1)],
+                    ignore_index=True)
+    raw["timestamp"] = raw["timestamp"].astype("datetime64[ns, UTC]")
+    extra = []
+    for row, kind, value in edits:
+        if row not in raw.index:  # moved away earlier
+            continue
+        if kind in ("open", "high", "low", "close", "volume"):
+            raw.loc[row, kind] = value
+        elif kind == "dup":
+            extra.append(raw.loc[[row]].assign(volume=value))
+        elif kind == "move":
+            extra.append(raw.loc[[row]])
+            raw = raw.drop(index=row)
+        elif kind == "nat":
+            raw.loc[row, "timestamp"] = pd.NaT
+        else:
+            raw.loc[row, ["high", "low"]] = raw.loc[row, ["low", "high"]].to_numpy()
+    raw = pd.concat([raw, *extra], ignore_index=True)
+    before = raw.copy(deep=True)
+
+    out, rep = clean(raw)
+    pd.testing.assert_frame_equal(raw, before)
+    assert rep.rows_in == len(raw)
+    ref = reference_kept(raw)
+    assert set(zip(out.symbol, out.timestamp, strict=True)) == set(ref)
+    if "price_spike" not in rep.totals():  # then a valid surviving row comes through exactly
+        got = out.set_index(["symbol", "timestamp"])
+        for key, i in ref.items():
+            r = raw.iloc[i]
+            if is_valid_row(r):
+                assert got.loc[key, NUMS].tolist() == r[NUMS].tolist()  # micro-priced ZZ rows included
+
+
+# ---------------------------------------------------------------------------------------------------------
+# layouts
+
+
+def long_file_frame() -> pd.DataFrame:
+    df = two_symbols(50)
+    return df.sort_values(["timestamp", "symbol"], kind="stable").reset_index(drop=True)  # interleaved
+
+
+def test_long_csv_with_symbol_column(tmp_path):
+    path = tmp_path / "long.csv"
+    long_file_frame().to_csv(path, index=False)
+    raw = load_ohlcv(path)
+    assert list(raw.columns) == CANON and str(raw.timestamp.dtype) == "datetime64[ns, UTC]"
+    assert raw.attrs["unsorted_rows"] == 0 and raw.attrs["source"] == str(path)
+    pd.testing.assert_frame_equal(raw, two_symbols(50), check_exact=False, rtol=1e-12)
+    assert load_ohlcv(path, symbol="BBB").symbol.unique().tolist() == ["BBB"]
+    with pytest.raises(DataError, match="no rows for symbol 'CCC'"):
+        load_ohlcv(path, symbol="CCC")
+
+
+def test_csv_gz_single_symbol_from_stem(tmp_path):
+    path = tmp_path / "AAPL.csv.gz"
+    make_frame(30).drop(columns="symbol").to_csv(path, index=False)
+    with gzip.open(path) as f:
+        assert f.read(9) == b"timestamp"
+    raw = load_ohlcv(path)
+    assert raw.symbol.unique().tolist() == ["AAPL"] and len(raw) == 30
+    assert load_ohlcv(path, symbol="MSFT").symbol.unique().tolist() == ["MSFT"]
+    make_frame(30).drop(columns="symbol").to_csv(tmp_path / "SPY.tsv.gz", sep="\t", index=False)
+    pd.testing.assert_frame_equal(load_ohlcv(tmp_path / "SPY.tsv.gz").drop(columns="symbol"),
+                                  raw.drop(columns="symbol"))
+
+
+def test_parquet_long_and_with_time_index(tmp_path):
+    df = two_symbols(40)
+    df.to_parquet(tmp_path / "long.parquet")
+    pd.testing.assert_frame_equal(load_ohlcv(tmp_path / "long.parquet"), df)
+    single = make_frame(40).drop(columns="symbol").set_index("timestamp")
+    single.to_parquet(tmp_path / "ETH-USD.parquet")
+    raw = load_ohlcv(tmp_path / "ETH-USD.parquet")
+    assert raw.symbol.unique().tolist() == ["ETH-USD"]
+    pd.testing.assert_series_equal(raw.timestamp, make_frame(40).timestamp)
+
+
+def test_directory_of_per_symbol_files(tmp_path):
+    make_frame(30, seed=1).drop(columns="symbol").to_csv(tmp_path / "AAA.csv", index=False)
+    make_frame(20, seed=2).drop(columns="symbol").to_csv(tmp_path / "BBB.csv.gz", index=False)
+    make_frame(10, seed=3).drop(columns="symbol").to_parquet(tmp_path / "CCC.parquet")
+    (tmp_path / "README.txt").write_text("not data")
+    (tmp_path / ".hidden.csv").write_text("junk")
+    digests = {p.name: sha(p) for p in tmp_path.iterdir()}
+    raw = load_ohlcv(tmp_path)
+    assert raw.groupby("symbol").size().to_dict() == {"AAA": 30, "BBB": 20, "CCC": 10}
+    assert raw.attrs["skipped_files"] == ["README.txt"] and raw.attrs["n_files"] == 3
+    out, rep = clean_ohlcv(raw)
+    assert rep.source == str(tmp_path) and rep.load_notes["skipped_files"] == ["README.txt"]
+    assert_clean(out)
+    assert {p.name: sha(p) for p in tmp_path.iterdir()} == digests  # raw files are never modified
+
+
+def test_aliases_mixed_case_and_extra_columns(tmp_path):
+    df = make_frame(30)
+    alias = pd.DataFrame({"Date": df.timestamp, "Ticker": "x", "O": df.open, "H": df.high, "L": df.low,
+                          "Last": df.close, "Adj Close": df.close * 0.9, "VOL": df.volume, "note": "n"})
+    alias.to_csv(tmp_path / "a.csv", index=False)
+    raw = load_ohlcv(tmp_path / "a.csv")
+    assert raw.attrs["extra_columns"] == ["Adj Close", "note"]
+    np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
+    _, rep = clean_ohlcv(raw)
+    assert rep.extra_columns == ["Adj Close", "note"] and "Adj Close" in rep.summary()
+
+    other = pd.DataFrame({"DATETIME": df.timestamp, "Instrument": "y", "OPEN": df.open, "High": df.high,
+                          "low": df.low, "Price": df.close, "qty": df.volume})
+    other.to_csv(tmp_path / "b.csv", sep=";", index=False)
+    raw = load_ohlcv(tmp_path / "b.csv")
+    assert raw.symbol.iloc[0] == "y"
+    np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
+
+
+def test_unnamed_first_column_is_the_time(tmp_path):
+    make_frame(20).drop(columns="symbol").set_index("timestamp").rename_axis(None).to_csv(tmp_path / "u.csv")
+    raw = load_ohlcv(tmp_path / "u.csv")
+    pd.testing.assert_series_equal(raw.timestamp, make_frame(20).timestamp)
+
+
+def test_date_and_time_columns_are_combined(tmp_path):
+    ts = make_frame(20).timestamp
+    df = make_frame(20).drop(columns=["symbol", "timestamp"])
+    df.insert(0, "time", ts.dt.strftime("%H:%M:%S"))
+    df.insert(0, "date", ts.dt.strftime("%Y-%m-%d"))
+    df.to_csv(tmp_path / "dt.csv", index=False)
+    pd.testing.assert_series_equal(load_ohlcv(tmp_path / "dt.csv").timestamp, ts)
+
+
+@pytest.mark.parametrize("fmt", ["iso_offset", "iso_z", "naive", "date", "s", "ms", "us", "ns", "yyyymmdd",
+                                 "parquet_tz", "parquet_naive"])
+def test_timestamp_formats_normalised_to_utc(tmp_path, fmt):
+    freq = "1D" if fmt in ("date", "yyyymmdd") else "1h"
+    df = make_frame(30, freq=freq).drop(columns="symbol")
+    ts = df.timestamp
+    col = {
+        "iso_offset": ts.dt.tz_convert("Etc/GMT-2").dt.strftime("%Y-%m-%dT%H:%M:%S%z").str.replace(
+            r"(\d\d)(\d\d)$", r"\1:\2", regex=True),  # +02:00 local time
+        "iso_z": ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "naive": ts.dt.strftime("%Y-%m-%d %H:%M:%S"),
+        "date": ts.dt.strftime("%Y-%m-%d"),
+        "yyyymmdd": ts.dt.strftime("%Y%m%d").astype(int),
+        "parquet_tz": ts.dt.tz_convert("America/New_York"),
+        "parquet_naive": ts.dt.tz_localize(None),
+    }.get(fmt)
+    if col is None:
+        col = epoch(ts, fmt)
+    df["timestamp"] = col
+    if fmt == "iso_offset":
+        assert df.timestamp.iloc[0].endswith("+02:00") and df.timestamp.iloc[0][11:13] == "02"
+    path = tmp_path / ("t.parquet" if fmt.startswith("parquet") else "t.csv")
+    df.to_parquet(path) if fmt.startswith("parquet") else df.to_csv(path, index=False)
+    raw = load_ohlcv(path)
+    assert str(raw.timestamp.dtype) == "datetime64[ns, UTC]"
+    pd.testing.assert_series_equal(raw.timestamp, ts)
+
+
+@pytest.mark.parametrize("freq,seconds", [("1min", 60), ("5min", 300), ("1h", 3600), ("1D", 86400)])
+def test_bar_size_detected(freq, seconds):
+    df = make_frame(500, freq=freq)
+    df = df.drop(index=list(range(100, 180)) + [200, 201, 300]).reset_index(drop=True)  # robust to gaps
+    assert infer_bar_size(df.timestamp) == pd.Timedelta(seconds, "s")
+    assert infer_bar_size(df.timestamp.to_numpy()) == pd.Timedelta(seconds, "s")
+    _, rep = clean(df)
+    assert rep.bar_size_s == {"AAA": float(seconds)} and rep.gaps == {"AAA": 1}
+
+
+def test_bar_size_daily_with_weekends_and_irregular():
+    days = pd.bdate_range("2024-01-01", periods=300, tz=UTC)  # weekdays only: 1-day and 3-day steps
+    assert infer_bar_size(pd.Series(days)) == pd.Timedelta("1D")
+    rng = np.random.default_rng(0)
+    jitter = pd.Timestamp("2024-01-01", tz=UTC) + pd.to_timedelta(np.cumsum(rng.uniform(50, 70, 500)), "s")
+    assert pd.Timedelta("55s") < infer_bar_size(pd.Series(jitter)) < pd.Timedelta("65s")  # median
+    assert infer_bar_size(pd.Series(days[:1])) is pd.NaT
+
+
+# ---------------------------------------------------------------------------------------------------------
+# files end to end
+
+
+def test_hostile_csv_end_to_end(tmp_path):
+    """All problems in one shuffled CSV, with inf/NaN text, a few bad timestamps and a micro token."""
+    raw, expected = plant(two_symbols(), list(PLANTS))
+    raw = pd.concat([raw, make_frame(100, "MICRO", price=1e-8, volume=1e15, seed=9)], ignore_index=True)
+    raw["timestamp"] = raw.timestamp.dt.strftime("%Y-%m-%d %H:%M:%S")
+    raw.loc[[3, 4], "timestamp"] = ["not a time", ""]
+    raw = raw.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    path = tmp_path / "hostile.csv"
+    raw.to_csv(path, index=False)
+    digest = sha(path)
+
+    loaded = load_ohlcv(path)
+    assert loaded.attrs["bad_timestamps"] == 2 and loaded.attrs["unsorted_rows"] > 0
+    out, rep = clean(loaded, source="")  # the source comes from the frame's attrs
+    got = by_rule(rep)
+    assert got.pop("unsorted") == loaded.attrs["unsorted_rows"]
+    expected.pop("unsorted")
+    assert got == {**expected, "bad_timestamp": 2}
+    assert rep.rows_in == len(raw) and rep.source == str(path)
+    micro = out[out.symbol == "MICRO"]
+    assert len(micro) == 100 and micro.close.max() < 1e-7 and micro.volume.min() > 1e14
+    assert sha(path) == digest  # the raw file is never modified
+
+
+def test_missing_symbol_in_long_file_is_dropped(tmp_path):
+    df = two_symbols(30).astype({"symbol": object})
+    df.loc[[3, 40], "symbol"] = None
+    df.loc[41, "symbol"] = " BBB "  # whitespace is not part of a ticker
+    df.to_csv(tmp_path / "long.csv", index=False)
+    _, rep = clean(load_ohlcv(tmp_path / "long.csv"))
+    assert by_rule_symbol(rep) == {("bad_symbol", ""): 2} and rep.rows_kept == 58
+
+
+def test_other_time_formats_are_guessed(tmp_path):
+    df = make_frame(40).drop(columns="symbol")
+    ts = df.timestamp
+    df["timestamp"] = ts.dt.strftime("%m/%d/%Y %H:%M")
+    df.loc[7, "timestamp"] = "garbage"
+    df.to_csv(tmp_path / "us.csv", index=False)
+    raw = load_ohlcv(tmp_path / "us.csv")
+    assert raw.attrs["bad_timestamps"] == 1 and raw.attrs["timestamp_format"] == ["format %m/%d/%Y %H:%M"]
+    pd.testing.assert_series_equal(raw.timestamp.drop(index=39), ts.drop(index=7).reset_index(drop=True),
+                                   check_index=False)
+
+
+def test_non_numeric_cells_become_nan_and_are_counted(tmp_path):
+    df = make_frame(50).drop(columns="symbol")
+    df["close"] = df["close"].astype(object)
+    df.loc[5, "close"] = "abc"
+    df.to_csv(tmp_path / "X.csv", index=False)
+    raw = load_ohlcv(tmp_path / "X.csv")
+    assert raw.attrs["non_numeric"] == {"close": 1}
+    _, rep = clean(raw)
+    assert by_rule(rep) == {"bad_close": 1} and rep.load_notes["non_numeric"] == {"close": 1}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# errors: one line, naming the file and the problem
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(DataError) as e:
+        load_ohlcv(path)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(path) + ": ")
+    return msg
+
+
+def test_error_missing_path(tmp_path):
+    assert "path does not exist" in load_error(tmp_path / "nope.csv")
+    assert issubclass(DataError, ValueError)
+
+
+def test_error_empty_and_header_only(tmp_path):
+    (tmp_path / "e.csv").write_bytes(b"")
+    assert "empty file" in load_error(tmp_path / "e.csv")
+    (tmp_path / "h.csv").write_text("date,open,high,low,close,volume\n")
+    assert "no rows" in load_error(tmp_path / "h.csv")
+    make_frame(3).iloc[:0].to_parquet(tmp_path / "e.parquet")
+    assert "no rows" in load_error(tmp_path / "e.parquet")
+
+
+@pytest.mark.parametrize("name,content,problem", [
+    ("x.txt", b"garbage \x00 garbage", "not a CSV or Parquet file"),
+    ("x.json", b'{"open": 1}', "not a CSV or Parquet file (suffix '.json'"),
+    ("x.csv", bytes(range(256)) * 20, "cannot parse as CSV"),
+    ("x.csv.gz", b"this is not gzip", "cannot parse as CSV"),
+    ("x.parquet", b"timestamp,open\n1,2\n", "cannot read as Parquet"),
+])
+def test_error_not_csv_or_parquet(tmp_path, name, content, problem):
+    (tmp_path / name).write_bytes(content)
+    assert problem in load_error(tmp_path / name)
+
+
+def test_error_missing_column_lists_found(tmp_path):
+    df = make_frame(5).drop(columns=["symbol", "close"]).rename(columns={"timestamp": "date",
+                                                                        "volume": "vol"})
+    df.to_csv(tmp_path / "x.csv", index=False)
+    assert load_error(tmp_path / "x.csv") == (
+        f"{tmp_path / 'x.csv'}: missing required column 'close' (found: date, open, high, low, vol)")
+    df.drop(columns="vol").to_csv(tmp_path / "y.csv", index=False)
+    assert "missing required columns 'close', 'volume'" in load_error(tmp_path / "y.csv")
+
+
+def test_error_unparseable_timestamps(tmp_path):
+    df = make_frame(10).drop(columns="symbol")
+    df["timestamp"] = ["soon"] * 8 + ["2024-01-01", "2024-01-02"]
+    df.to_csv(tmp_path / "x.csv", index=False)
+    msg = load_error(tmp_path / "x.csv")
+    assert "column 'timestamp': 8 of 10 timestamps are unparseable (e.g. 'soon')" in msg
+
+
+def test_error_mostly_non_numeric(tmp_path):
+    df = make_frame(10).drop(columns="symbol").assign(volume="lots")
+    df.to_csv(tmp_path / "x.csv", index=False)
+    assert "column 'volume': 10 of 10 values are not numbers (e.g. 'lots')" in load_error(tmp_path / "x.csv")
+
+
+def test_error_directory_without_data(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    assert "no CSV or Parquet files" in load_error(tmp_path)
+
+
+def test_error_in_directory_names_the_file(tmp_path):
+    make_frame(10).to_csv(tmp_path / "AAA.csv", index=False)
+    (tmp_path / "BBB.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match=r"BBB\.csv: missing required columns"):
+        load_ohlcv(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# docs
+
+
+def test_every_rule_documented():
+    text = DOCS.read_text()
+    for rule, action in RULES.items():
+        assert f"`{rule}`" in text, rule
+        assert action in text, f"docs/data.md out of sync with RULES[{rule!r}]"
+
+

@@ -1,0 +1,711 @@
+"""Ingestion and validation of OHLCV data: raw file -> raw frame -> clean frame, never silently.
+
+`load_ohlcv` reads CSV / Parquet files (long, per-symbol directory or single symbol) into the canonical raw
+frame and repairs nothing. `clean_ohlcv` applies the documented `RULES` in a fixed order and returns a new
+clean frame plus a `QualityReport` that counts every dropped or changed row, per rule and symbol.
+
+Canonical frame (see docs/design.md): columns `timestamp` (datetime64[ns, UTC]), `symbol` (str), `open`,
+`high`, `low`, `close`, `volume` (float64), sorted by (symbol, timestamp).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PRICE_COLS = ("open", "high", "low", "close")
+NUM_COLS = PRICE_COLS + ("volume",)
+COLUMNS = ("timestamp", "symbol") + NUM_COLS
+
+# Column aliases, matched on the lower-cased, stripped name with spaces/dashes as underscores; first wins.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "timestamp": ("timestamp", "datetime", "date", "time", "ts", "date_time", "open_time"),
+    "symbol": ("symbol", "ticker", "asset", "instrument"),
+    "open": ("open", "o"),
+    "high": ("high", "h"),
+    "low": ("low", "l"),
+    "close": ("close", "c", "last", "price"),  # "price" only counts when there is no close/c/last
+    "volume": ("volume", "vol", "v", "qty", "quantity"),
+}
+INDEX_LIKE = ("unnamed:_0", "index", "")  # an unnamed first CSV column or a Parquet index, tried as time
+
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+
+# Thresholds (documented in docs/data.md).
+MAX_PRICE = 1e12  # no traded instrument is quoted above this: a unit or parsing bug
+MAX_VOLUME = 1e20  # micro-priced tokens legitimately trade ~1e15 units per bar; 1e20 is not physical
+MAX_BAD_SHARE = 0.5  # when more than this share of a column is unparseable the file is rejected
+SPIKE_MIN_LOG_MOVE = 0.05  # a spike must also move the close by > 5% (log) in and out: ignores tick bounces
+SPIKE_MIN_RETURNS = 10  # robust sigma needs at least this many non-zero returns per symbol
+BAR_MODE_SHARE = 0.1  # the most common bar diff is the bar size when it covers >= 10% of diffs, else median
+
+RULES: dict[str, str] = {
+    "bad_symbol": "drop: symbol missing or empty",
+    "bad_timestamp": "drop: timestamp missing or unparseable",
+    "unsorted": "changed: reordered by time",
+    "absurd_magnitude": "drop: price above 1e12 or volume above 1e20 (not physical)",
+    "bad_close": "drop: close non-finite or <= 0",
+    "duplicate": "drop: same symbol and timestamp; keep the last",
+    "too_short": "drop: symbol has fewer rows than min_rows",
+    "bad_ohl": "changed: open/high/low non-finite or <= 0 set from close",
+    "bad_volume": "changed: negative or non-finite volume set to 0",
+    "high_below_low": "changed: swapped",
+    "ohlc_outside_range": "changed: high/low widened to contain open and close",
+    "price_spike": "changed: a one-bar spike that reverts (abs log move > spike_sigmas robust sigmas, and > "
+    "0.05, both in and out) set to the previous close (o/h/l/c)",
+    "long_gap": "kept: gap longer than max_gap_bars bars; windows do not cross it",
+}
+
+
+class DataError(ValueError):
+    """Unusable input. The message is one line naming the file (and column) and the problem."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in CSV_SUFFIXES + PARQUET_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return "".join(path.suffixes[-2:]).lower() or "(none)"
+
+
+def _stem(path: Path) -> str:
+    """`AAPL.csv.gz` -> `AAPL`: the file name without its data suffix."""
+    s = _suffix(path)
+    return path.name[: -len(s)] if path.name.lower().endswith(s) else path.stem
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """Read one CSV or Parquet file as-is; every failure becomes a one-line DataError naming the file."""
+    suffix = _suffix(path)
+    if suffix in PARQUET_SUFFIXES:
+        try:
+            df = pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises many types for a corrupt file
+            raise DataError(f"{path}: cannot read as Parquet ({_short(e)})") from None
+        if not isinstance(df.index, pd.RangeIndex):  # a time index saved by pandas becomes a column
+            df = df.reset_index()
+    elif suffix in CSV_SUFFIXES:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file")
+        try:
+            opener = gzip.open if suffix.endswith(".gz") else open
+            with opener(path, "rt", encoding="utf-8-sig") as f:
+                first = f.readline()
+            seps = [",", ";", "\t", "|"]
+            sep = "\t" if suffix.startswith(".tsv") else max(seps, key=first.count)
+            df = pd.read_csv(path, sep=sep, low_memory=False, encoding="utf-8-sig")
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: empty file") from None
+        except Exception as e:  # binary garbage, bad gzip, ragged rows ...
+            raise DataError(f"{path}: cannot parse as CSV ({_short(e)})") from None
+    else:
+        raise DataError(f"{path}: not a CSV or Parquet file (suffix '{suffix}'; expected .csv, .csv.gz, "
+                        f".tsv or .parquet)")
+    if len(df) == 0:
+        raise DataError(f"{path}: no rows")
+    return df
+
+
+def _norm(name) -> str:
+    return str(name).strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def _match_columns(df: pd.DataFrame) -> dict[str, str]:
+    """Map canonical name -> actual column name (case-insensitive, aliases in priority order)."""
+    by_norm: dict[str, str] = {}
+    for col in df.columns:
+        by_norm.setdefault(_norm(col), col)
+    found: dict[str, str] = {}
+    for canon, aliases in ALIASES.items():
+        for a in aliases:
+            if a in by_norm and by_norm[a] not in found.values():
+                found[canon] = by_norm[a]
+                break
+    if "timestamp" not in found:
+        for a in INDEX_LIKE:
+            if a in by_norm:
+                found["timestamp"] = by_norm[a]
+                break
+    return found
+
+
+def _epoch_unit(values: np.ndarray) -> str:
+    """Epoch seconds / ms / us / ns told apart by magnitude (valid for dates after 1973)."""
+    med = float(np.median(np.abs(values)))
+    return "s" if med < 1e11 else "ms" if med < 1e14 else "us" if med < 1e17 else "ns"
+
+
+def _parse_numeric_time(s: pd.Series) -> tuple[pd.Series, str]:
+    v = s.to_numpy(dtype="float64", na_value=np.nan)
+    fin = v[np.isfinite(v)]
+    if len(fin) == 0:
+        return pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns, UTC]"), "epoch"
+    if fin.min() >= 1e7 and fin.max() < 3e7 and np.all(fin == np.round(fin)):  # yyyymmdd integers
+        txt = s.astype("Int64").astype("str")
+        return pd.to_datetime(txt, format="%Y%m%d", utc=True, errors="coerce"), "yyyymmdd"
+    unit = _epoch_unit(fin)
+    if unit == "ns" and pd.api.types.is_integer_dtype(s.dtype):  # exact, no float rounding
+        return pd.to_datetime(s.astype("int64"), unit="ns", utc=True, errors="coerce"), "epoch_ns"
+    return pd.to_datetime(v, unit=unit, utc=True, errors="coerce").to_series(index=s.index), f"epoch_{unit}"
+
+
+def _guess_format(s: pd.Series) -> str | None:
+    """The strftime format most values of a sample follow, or None (never a slow per-value parse)."""
+    try:
+        from pandas.tseries.api import guess_datetime_format
+    except ImportError:  # pandas < 2.2
+        return None
+    sample = s.dropna().astype("str")
+    sample = sample.iloc[np.linspace(0, len(sample) - 1, min(len(sample), 50)).astype(int)] if len(sample) else []
+    guesses = pd.Series([guess_datetime_format(x) for x in sample]).dropna()
+    return str(guesses.mode().iloc[0]) if len(guesses) else None
+
+
+def _parse_time(s: pd.Series) -> tuple[pd.Series, str]:
+    """Any accepted timestamp column -> UTC datetimes (naive = UTC); unparseable values become NaT."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        return s.dt.tz_convert("UTC"), "datetime"
+    if pd.api.types.is_datetime64_dtype(s.dtype):
+        return s.dt.tz_localize("UTC"), "datetime"
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        return _parse_numeric_time(s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        best = pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601"), "iso"
+        if best[0].isna().mean() > MAX_BAD_SHARE / 10:
+            num = pd.to_numeric(s, errors="coerce")
+            if num.notna().mean() > 0.5:
+                cand = _parse_numeric_time(num)
+                if cand[0].isna().sum() < best[0].isna().sum():
+                    best = cand
+        if best[0].isna().mean() > MAX_BAD_SHARE / 10:  # e.g. "01/02/2024 10:00": guess the format
+            fmt = _guess_format(s)
+            if fmt:
+                cand = pd.to_datetime(s, utc=True, errors="coerce", format=fmt), f"format {fmt}"
+                if cand[0].isna().sum() < best[0].isna().sum():
+                    best = cand
+    return best
+
+
+def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None) -> tuple[pd.DataFrame, dict]:
+    """One file's table -> canonical columns (unsorted, nothing repaired) and facts for the report."""
+    found = _match_columns(df)
+    missing = [c for c in COLUMNS if c not in found and c != "symbol"]
+    if missing:
+        names = ", ".join(f"'{c}'" for c in missing)
+        what = "column" if len(missing) == 1 else "columns"
+        cols = ", ".join(str(c) for c in df.columns)
+        raise DataError(f"{path}: missing required {what} {names} (found: {cols})")
+
+    tcol = found["timestamp"]
+    raw_t = df[tcol]
+    if _norm(tcol) == "date":  # a separate time-of-day column belongs to the date
+        by_norm = {_norm(c): c for c in df.columns}
+        if "time" in by_norm and by_norm["time"] not in found.values():
+            found["time_of_day"] = by_norm["time"]
+            raw_t = raw_t.astype("str") + " " + df[by_norm["time"]].astype("str")
+    ts, fmt = _parse_time(raw_t)
+    bad = ts.isna().to_numpy()
+    n_bad = int(bad.sum())
+    if n_bad > MAX_BAD_SHARE * len(df):
+        present = bad & raw_t.notna().to_numpy()
+        example = repr(str(raw_t[present].iloc[0])) if present.any() else "empty"
+        raise DataError(f"{path}: column '{tcol}': {n_bad} of {len(df)} timestamps are unparseable "
+                        f"(e.g. {example})")
+
+    out = {"timestamp": ts.astype("datetime64[ns, UTC]").array}
+    facts: dict = {"timestamp_format": fmt, "bad_timestamps": n_bad, "non_numeric": {}}
+    for c in NUM_COLS:
+        col = df[found[c]]
+        if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+            v = col.to_numpy(dtype="float64", na_value=np.nan)
+        else:
+            num = pd.to_numeric(col, errors="coerce")
+            non_num = (num.isna() & col.notna()).to_numpy()
+            if non_num.sum() > MAX_BAD_SHARE * len(df):
+                example = repr(str(col[non_num].iloc[0]))
+                raise DataError(f"{path}: column '{found[c]}': {int(non_num.sum())} of {len(df)} values are "
+                                f"not numbers (e.g. {example})")
+            if non_num.any():
+                facts["non_numeric"][c] = int(non_num.sum())
+            v = num.to_numpy(dtype="float64", na_value=np.nan)
+        out[c] = v
+    frame = pd.DataFrame(out)
+    if "symbol" in found:
+        col = df[found["symbol"]]
+        sym = col.astype("str").str.strip().mask(col.isna())  # missing stays missing: rule bad_symbol
+        frame.insert(1, "symbol", sym.to_numpy())
+        if symbol is not None:
+            frame = frame[(sym == symbol).to_numpy()].reset_index(drop=True)
+            if len(frame) == 0:
+                raise DataError(f"{path}: no rows for symbol '{symbol}' in column '{found['symbol']}'")
+    else:
+        frame.insert(1, "symbol", symbol if symbol is not None else _stem(path))
+    frame["symbol"] = frame["symbol"].astype("str")
+    facts["extra_columns"] = [str(c) for c in df.columns if c not in found.values()]
+    return frame, facts
+
+
+def _ns(t: pd.Series) -> np.ndarray:
+    """Datetimes (tz-aware, or naive = UTC) -> int64 ns since the epoch, NaT as int64 min; no object arrays."""
+    return pd.DatetimeIndex(t).as_unit("ns").asi8
+
+
+def _symbol_codes(sym: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """Symbols as strings, their integer codes in lexical order (-1 for missing) and the distinct names.
+
+    Non-string symbols (categorical, ints) are compared as strings, so the order is the same for any dtype.
+    """
+    if not isinstance(sym.dtype, pd.StringDtype):
+        sym = sym.astype("str").mask(sym.isna())
+    codes, uniques = pd.factorize(sym, sort=True)
+    return sym, codes.astype(np.int64), np.asarray(uniques, dtype=object)
+
+
+def _unsorted_rows(ts: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Per row: True when an earlier row (in the given order) of the same symbol has a later timestamp."""
+    if len(ts) < 2:
+        return np.zeros(len(ts), dtype=bool)
+    t = pd.Series(ts.view("int64"))
+    prev_max = t.groupby(codes, sort=False).cummax().to_numpy()
+    return ts.view("int64") < prev_max
+
+
+def load_ohlcv(path: str | Path, symbol: str | None = None) -> pd.DataFrame:
+    """Read a CSV/Parquet file or a directory of per-symbol files into the canonical raw frame.
+
+    Nothing is repaired here: bad values are kept (NaN/NaT included) so `clean_ohlcv` can count them. The
+    frame is stably sorted by (symbol, timestamp); how many rows were out of order in the file as read is
+    kept in `attrs` for the quality report. `symbol` names a single-symbol file without a symbol column
+    (default: the file stem) or selects one symbol from a long file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: path does not exist")
+    files: list[Path] = []
+    skipped: list[Path] = []
+    if path.is_dir():
+        for p in sorted(path.iterdir()):
+            if p.name.startswith(".") or p.is_dir():
+                continue
+            (files if _suffix(p) in CSV_SUFFIXES + PARQUET_SUFFIXES else skipped).append(p)
+        if not files:
+            raise DataError(f"{path}: directory has no CSV or Parquet files")
+        parts = [_frame_from_table(_read_table(p), p, None) for p in files]
+    else:
+        parts = [_frame_from_table(_read_table(path), path, symbol)]
+
+    frame = pd.concat([f for f, _ in parts], ignore_index=True) if len(parts) > 1 else parts[0][0]
+    ts = _ns(frame["timestamp"]).view("datetime64[ns]")
+    _, codes, uniques = _symbol_codes(frame["symbol"])
+    ok = ~np.isnat(ts)
+    unsorted = np.zeros(len(frame), dtype=bool)
+    unsorted[ok] = _unsorted_rows(ts[ok], codes[ok])
+    by_sym = np.bincount(codes[unsorted & (codes >= 0)], minlength=len(uniques))
+    if not _is_sorted(codes, ts.view("int64")):  # NaT and missing symbols go last (int64 max)
+        key_ts = np.where(ok, ts.view("int64"), np.iinfo(np.int64).max)
+        key_code = np.where(codes >= 0, codes, len(uniques))
+        frame = frame.take(_sort_order(key_code, key_ts)).reset_index(drop=True)
+
+    extra = sorted({c for _, f in parts for c in f["extra_columns"]})
+    non_numeric: dict[str, int] = {}
+    for _, f in parts:
+        for c, n in f["non_numeric"].items():
+            non_numeric[c] = non_numeric.get(c, 0) + n
+    frame.attrs = {
+        "source": str(path),
+        "n_files": len(parts),
+        "skipped_files": [p.name for p in skipped],
+        "extra_columns": extra,
+        "timestamp_format": sorted({f["timestamp_format"] for _, f in parts}),
+        "bad_timestamps": int(sum(f["bad_timestamps"] for _, f in parts)),
+        "non_numeric": non_numeric,
+        "unsorted_rows": int(unsorted.sum()),
+        "unsorted_by_symbol": {str(uniques[i]): int(n) for i, n in enumerate(by_sym) if n},
+    }
+    return frame
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bar size
+
+
+def _is_sorted(codes: np.ndarray, ts: np.ndarray) -> bool:
+    """Sorted by (code, ts) with NaT (min int64) never inside a symbol's run."""
+    if len(codes) < 2:
+        return True
+    dc = np.diff(codes)
+    if (dc < 0).any():
+        return False
+    same = dc == 0
+    return not (np.diff(ts)[same] < 0).any()
+
+
+def _sort_order(codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Stable order by (code, ts): ties keep their input order, so "keep the last" means last in the file."""
+    if codes.max(initial=0) < np.iinfo(np.int16).max:  # two stable passes; the second is a radix sort
+        by_time = np.argsort(ts, kind="stable")
+        return by_time[np.argsort(codes[by_time].astype(np.int16), kind="stable")]
+    return np.lexsort((ts, codes))
+
+
+def _bar_sizes_ns(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray:
+    """Per symbol code: the bar size in ns (mode of positive diffs, or median when no diff dominates).
+
+    Expects rows sorted by (code, ts). Symbols with fewer than two distinct timestamps get 0.
+    """
+    out = np.zeros(n_sym, dtype=np.int64)
+    if len(ts) < 2:
+        return out
+    d = np.diff(ts)
+    ok = (np.diff(codes) == 0) & (d > 0)
+    d, c = d[ok], codes[1:][ok]
+    if len(d) == 0:
+        return out
+    d_ms = d // 1_000_000  # ms resolution is plenty for 1 min .. 1 day bars and keeps the key in int64
+    key = pd.Series(c.astype(np.int64) * 10**13 + np.minimum(d_ms, 10**13 - 1))
+    vc = key.value_counts()  # sorted by count, descending: the first per symbol is its mode
+    top = pd.DataFrame({"c": vc.index.to_numpy() // 10**13, "d": vc.index.to_numpy() % 10**13,
+                        "n": vc.to_numpy()}).drop_duplicates("c")
+    total = np.bincount(c, minlength=n_sym)
+    dominant = top[(top["n"].to_numpy() >= 2) & (top["n"].to_numpy() >= BAR_MODE_SHARE * total[top["c"]])]
+    out[dominant["c"].to_numpy()] = dominant["d"].to_numpy() * 1_000_000
+    irregular = (total > 0) & (out == 0)  # no step dominates: the median step
+    if irregular.any():
+        sel = irregular[c]
+        med = pd.Series(d[sel]).groupby(c[sel]).median()
+        out[med.index.to_numpy()] = med.to_numpy().astype(np.int64)
+    return out
+
+
+def infer_bar_size(ts: pd.Series | np.ndarray) -> pd.Timedelta:
+    """The bar size of one symbol's timestamps: the most common positive step, robust to gaps.
+
+    Falls back to the median positive step when no step dominates (irregular data). NaT if fewer than two
+    distinct timestamps.
+    """
+    t = pd.to_datetime(ts if isinstance(ts, pd.Series) else pd.Series(ts), utc=True).dropna()
+    v = np.sort(_ns(t))
+    ns = _bar_sizes_ns(np.zeros(len(v), dtype=np.int64), v, 1)[0]
+    return pd.Timedelta(int(ns), unit="ns") if ns > 0 else pd.NaT
+
+
+# ----------------------------------------------------------------------------------------------------------
+# quality report
+
+
+def _ranges(cols: dict[str, np.ndarray], ts: np.ndarray) -> dict:
+    """Per column: min/max over finite values and counts of NaN, inf, negative and zero values."""
+    out: dict = {}
+    for name, v in cols.items():
+        fin = np.isfinite(v)
+        nfin = int(fin.sum())
+        nan = int(np.isnan(v).sum()) if nfin < len(v) else 0
+        fv = v if nfin == len(v) else v[fin]
+        out[name] = {
+            "min": float(fv.min()) if nfin else None,
+            "max": float(fv.max()) if nfin else None,
+            "nan": nan,
+            "inf": len(v) - nfin - nan,
+            "negative": int((v < 0).sum()),
+            "zero": int((v == 0).sum()),
+        }
+    t = ts[ts != np.iinfo(np.int64).min]
+    out["timestamp"] = {
+        "min": str(pd.Timestamp(int(t.min()), tz="UTC")) if len(t) else None,
+        "max": str(pd.Timestamp(int(t.max()), tz="UTC")) if len(t) else None,
+        "nat": int(len(ts) - len(t)),
+    }
+    return out
+
+
+@dataclass
+class QualityReport:
+    """What cleaning did: rows in = kept + dropped; every dropped/changed row counted by rule and symbol."""
+
+    source: str
+    rows_in: int
+    rows_kept: int
+    rows_dropped: int
+    counts: list[dict] = field(default_factory=list)  # {"rule", "symbol", "action", "rows"}
+    extra_columns: list[str] = field(default_factory=list)
+    bar_size_s: dict[str, float | None] = field(default_factory=dict)
+    gaps: dict[str, int] = field(default_factory=dict)  # long gaps per symbol (only symbols with any)
+    ranges_before: dict = field(default_factory=dict)
+    ranges_after: dict = field(default_factory=dict)
+    load_notes: dict = field(default_factory=dict)  # facts from load_ohlcv: files, formats, non-numeric cells
+
+    def __post_init__(self):
+        dropped = sum(c["rows"] for c in self.counts if c["action"] == "dropped")
+        assert self.rows_in == self.rows_kept + self.rows_dropped, "rows_in != rows_kept + rows_dropped"
+        assert self.rows_dropped == dropped, f"rows_dropped {self.rows_dropped} != dropped counts {dropped}"
+
+    def to_frame(self) -> pd.DataFrame:
+        """The counts table: one row per (rule, symbol, action) with a non-zero count."""
+        return pd.DataFrame(self.counts, columns=["rule", "symbol", "action", "rows"])
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable copy (plain Python types only)."""
+        return asdict(self)
+
+    def totals(self) -> dict[str, int]:
+        """Rows per rule, summed over symbols."""
+        out: dict[str, int] = {}
+        for c in self.counts:
+            out[c["rule"]] = out.get(c["rule"], 0) + c["rows"]
+        return out
+
+    def summary(self) -> str:
+        """A few human lines: rows in/kept/dropped and the rules that fired most."""
+        share = self.rows_dropped / self.rows_in if self.rows_in else 0.0
+        lines = [f"{self.source or '<frame>'}: {self.rows_in:,} rows in, {self.rows_kept:,} kept, "
+                 f"{self.rows_dropped:,} dropped ({share:.2%}); {len(self.bar_size_s)} symbols"]
+        for action in ("dropped", "changed", "kept"):
+            agg: dict[str, int] = {}
+            for c in self.counts:
+                if c["action"] == action:
+                    agg[c["rule"]] = agg.get(c["rule"], 0) + c["rows"]
+            if agg:
+                top = sorted(agg.items(), key=lambda kv: -kv[1])[:6]
+                label = {"kept": "flagged (kept)"}.get(action, action)
+                lines.append(f"  {label}: " + ", ".join(f"{r} {n:,}" for r, n in top))
+        if self.extra_columns:
+            lines.append("  ignored columns: " + ", ".join(self.extra_columns))
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cleaning
+
+
+def _take(a: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, np.ndarray]:
+    """Row selection for every working array (a boolean keep-mask or an order)."""
+    if sel.dtype == bool:
+        sel = np.flatnonzero(sel)
+    return {k: v.take(sel) for k, v in a.items()}
+
+
+def clean_ohlcv(
+    raw: pd.DataFrame,
+    source: str = "",
+    *,
+    min_rows: int = 0,
+    max_gap_bars: int = 50,
+    spike_sigmas: float = 12.0,
+    keep: tuple[str, ...] = (),
+) -> tuple[pd.DataFrame, QualityReport]:
+    """Apply `RULES` in order and return a new clean frame plus the report; `raw` is never modified.
+
+    Order: bad_symbol, bad_timestamp, unsorted, absurd_magnitude, bad_close, duplicate, too_short (drops,
+    so that a duplicate keeps the last *usable* row and repairs are only counted on kept rows), then the
+    repairs bad_ohl, bad_volume, high_below_low, ohlc_outside_range, price_spike, and finally long_gap
+    (counted, kept). `keep` names extra columns carried along row-aligned (e.g. the synthetic `oracle`).
+    """
+    source = source or str(raw.attrs.get("source", ""))
+    missing = [c for c in COLUMNS + tuple(keep) if c not in raw.columns]
+    if missing:
+        raise DataError(f"{source or '<frame>'}: frame is missing column(s) {', '.join(map(repr, missing))} "
+                        f"(found: {', '.join(map(str, raw.columns))})")
+    n_in = len(raw)
+    counts: list[dict] = []
+
+    tcol = raw["timestamp"]
+    if not isinstance(tcol.dtype, pd.DatetimeTZDtype) and not pd.api.types.is_datetime64_dtype(tcol.dtype):
+        raise DataError(f"{source or '<frame>'}: column 'timestamp' is {tcol.dtype}, not datetime "
+                        "(read files with load_ohlcv)")
+    # Work on plain numpy copies: the raw frame is only read.
+    ts = _ns(tcol)  # naive = UTC
+    sym, codes, symbols = _symbol_codes(raw["symbol"])
+    a = {"idx": np.arange(n_in), "ts": ts, "code": codes}
+    for c in NUM_COLS:
+        a[c] = np.array(pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype="float64", na_value=np.nan),
+                        dtype=np.float64, copy=True)
+    ranges_before = _ranges({c: a[c] for c in NUM_COLS}, ts)
+
+    def count(rule: str, action: str, mask: np.ndarray, code: np.ndarray) -> None:
+        per = np.bincount(code[mask], minlength=len(symbols))
+        for i in np.flatnonzero(per):
+            counts.append({"rule": rule, "symbol": str(symbols[i]), "action": action, "rows": int(per[i])})
+
+    # 1. bad_symbol: NaN or empty symbol (factorize gives NaN code -1).
+    empty = np.flatnonzero(symbols == "")
+    bad_sym = (a["code"] < 0) | np.isin(a["code"], empty)
+    if bad_sym.any():
+        counts.append({"rule": "bad_symbol", "symbol": "", "action": "dropped", "rows": int(bad_sym.sum())})
+    # 2. bad_timestamp
+    bad_ts = (a["ts"] == np.iinfo(np.int64).min) & ~bad_sym
+    count("bad_timestamp", "dropped", bad_ts, np.where(bad_ts, a["code"], 0))
+    if (bad_sym | bad_ts).any():
+        a = _take(a, ~(bad_sym | bad_ts))
+
+    # 3. unsorted: rows out of order in the file (counted by load_ohlcv, which already sorted) or in `raw`.
+    code_of = {s: i for i, s in enumerate(symbols)}
+    for s, n in raw.attrs.get("unsorted_by_symbol", {}).items():
+        if s in code_of and n:
+            counts.append({"rule": "unsorted", "symbol": str(s), "action": "changed", "rows": int(n)})
+    if not _is_sorted(a["code"], a["ts"]):
+        count("unsorted", "changed", _unsorted_rows(a["ts"], a["code"]), a["code"])
+        a = _take(a, _sort_order(a["code"], a["ts"]))
+
+    # 4. absurd_magnitude (finite but not physical), 5. bad_close
+    o, h, lo, c, v = (a[k] for k in NUM_COLS)
+    with np.errstate(invalid="ignore"):
+        absurd = np.isfinite(v) & (v > MAX_VOLUME)
+        for x in (o, h, lo, c):
+            absurd |= np.isfinite(x) & (x > MAX_PRICE)
+        bad_close = ~absurd & ~(np.isfinite(c) & (c > 0))
+    count("absurd_magnitude", "dropped", absurd, a["code"])
+    count("bad_close", "dropped", bad_close, a["code"])
+    if (absurd | bad_close).any():
+        a = _take(a, ~(absurd | bad_close))
+
+    # 6. duplicate: same (symbol, timestamp); rows are stably sorted so the last one is the file's last.
+    n = len(a["ts"])
+    dup = np.zeros(n, dtype=bool)
+    if n > 1:
+        dup[:-1] = (a["code"][:-1] == a["code"][1:]) & (a["ts"][:-1] == a["ts"][1:])
+    count("duplicate", "dropped", dup, a["code"])
+    # 7. too_short
+    per_sym = np.bincount(a["code"][~dup], minlength=len(symbols))
+    short = (per_sym[a["code"]] < min_rows) & ~dup if min_rows > 0 else np.zeros(n, dtype=bool)
+    count("too_short", "dropped", short, a["code"])
+    if (dup | short).any():
+        a = _take(a, ~(dup | short))
+
+    # 8. bad_ohl: open/high/low unusable -> close (close is finite and > 0 here).
+    o, h, lo, c, v, code = a["open"], a["high"], a["low"], a["close"], a["volume"], a["code"]
+    with np.errstate(invalid="ignore"):
+        bad = [~(np.isfinite(x) & (x > 0)) for x in (o, h, lo)]
+    for x, b in zip((o, h, lo), bad, strict=True):
+        x[b] = c[b]
+    count("bad_ohl", "changed", bad[0] | bad[1] | bad[2], code)
+    # 9. bad_volume
+    with np.errstate(invalid="ignore"):
+        bad_v = ~(np.isfinite(v) & (v >= 0))
+    v[bad_v] = 0.0
+    count("bad_volume", "changed", bad_v, code)
+    # 10. high_below_low
+    swap = h < lo
+    h[swap], lo[swap] = lo[swap], h[swap].copy()
+    count("high_below_low", "changed", swap, code)
+    # 11. ohlc_outside_range
+    top, bottom = np.maximum(o, c), np.minimum(o, c)
+    outside = (h < top) | (lo > bottom)
+    np.maximum(h, top, out=h)
+    np.minimum(lo, bottom, out=lo)
+    count("ohlc_outside_range", "changed", outside, code)
+
+    # Bar sizes and long gaps (timestamps no longer change from here on).
+    ts, n = a["ts"], len(a["ts"])
+    bar = _bar_sizes_ns(code, ts, len(symbols))
+    new_sym = np.ones(n, dtype=bool)
+    new_sym[1:] = code[1:] != code[:-1]
+    gap = np.zeros(n, dtype=bool)
+    if n > 1 and max_gap_bars > 0:
+        limit = bar[code[1:]].astype(np.float64) * max_gap_bars
+        gap[1:] = ~new_sym[1:] & (bar[code[1:]] > 0) & (np.diff(ts) > limit)
+
+    # 12. price_spike: a close that jumps > k robust sigmas and jumps back on the next bar.
+    spike = _spikes(c, code, new_sym | gap, spike_sigmas, len(symbols))
+    if spike.any():
+        # The previous good close; a chain of spikes takes the close before the chain. A symbol's first bar
+        # is never a spike (its return is undefined), so the good row is always of the same symbol.
+        last_ok = np.maximum.accumulate(np.where(spike, 0, np.arange(n)))
+        prev = c[last_ok[spike]]
+        for x in (o, h, lo, c):
+            x[spike] = prev
+    count("price_spike", "changed", spike, code)
+    # 13. long_gap: kept, counted (windows must not cross it).
+    count("long_gap", "kept", gap, code)
+
+    out = pd.DataFrame({
+        "timestamp": pd.DatetimeIndex(ts.view("datetime64[ns]")).tz_localize("UTC"),
+    })
+    out["symbol"] = sym.iloc[a["idx"]].astype("str").reset_index(drop=True)
+    for k in NUM_COLS:
+        out[k] = a[k]
+    for k in keep:
+        out[k] = raw[k].iloc[a["idx"]].reset_index(drop=True)
+
+    kept_syms = np.unique(code)
+    extra = list(raw.attrs.get("extra_columns", []))
+    extra += [str(col) for col in raw.columns if col not in COLUMNS and col not in keep]
+    load_notes = {k: raw.attrs[k] for k in ("n_files", "skipped_files", "timestamp_format", "bad_timestamps",
+                                            "non_numeric") if k in raw.attrs}
+    report = QualityReport(
+        source=source,
+        rows_in=n_in,
+        rows_kept=len(out),
+        rows_dropped=n_in - len(out),
+        counts=counts,
+        extra_columns=extra,
+        bar_size_s={str(symbols[i]): (float(bar[i]) / 1e9 if bar[i] > 0 else None) for i in kept_syms},
+        gaps={str(symbols[i]): int(g) for i, g in enumerate(np.bincount(code[gap], minlength=len(symbols)))
+              if g},
+        ranges_before=ranges_before,
+        ranges_after=_ranges({k: a[k] for k in NUM_COLS}, ts),
+        load_notes=load_notes,
+    )
+    _check_clean(a)
+    out.attrs = {"source": source, "bar_size_s": report.bar_size_s}
+    return out, report
+
+
+def _spikes(c: np.ndarray, code: np.ndarray, breaks: np.ndarray, k: float, n_sym: int) -> np.ndarray:
+    """Rows whose close is a one-bar spike: |r_t| and |r_t+1| above threshold with opposite signs.
+
+    r_t = log(c_t / c_t-1), undefined at a symbol start or after a long gap. The threshold per symbol is
+    max(k * 1.4826 * MAD of its non-zero returns, SPIKE_MIN_LOG_MOVE).
+    """
+    n = len(c)
+    spike = np.zeros(n, dtype=bool)
+    if n < 3 or not math.isfinite(k) or k <= 0:
+        return spike
+    r = np.full(n, np.nan)
+    r[1:] = np.log(c[1:] / c[:-1])
+    r[breaks] = np.nan
+    sigma = np.full(n_sym, np.nan)
+    bounds = np.r_[0, np.flatnonzero(np.diff(code)) + 1, n]
+    for s, e in zip(bounds[:-1], bounds[1:], strict=True):  # one numpy median per symbol (rows are contiguous)
+        x = r[s:e]
+        x = x[np.isfinite(x) & (x != 0)]
+        if len(x) >= SPIKE_MIN_RETURNS:
+            sigma[code[s]] = 1.4826 * np.median(np.abs(x - np.median(x)))
+    thr = np.maximum(k * sigma, SPIKE_MIN_LOG_MOVE)[code]  # NaN sigma -> NaN thr -> no spike
+    with np.errstate(invalid="ignore"):
+        big = np.abs(r) > thr
+        spike[:-1] = big[:-1] & big[1:] & (np.sign(r[:-1]) == -np.sign(r[1:]))
+    return spike
+
+
+def _check_clean(a: dict[str, np.ndarray]) -> None:
+    """The clean frame's promises; cheap enough to check on every call."""
+    o, h, lo, c, v = (a[k] for k in NUM_COLS)
+    # lo > 0 and h < inf with lo <= o, c <= h imply all four prices finite and positive (NaN fails any test)
+    assert (lo > 0).all() and (h < np.inf).all(), "non-finite or non-positive price after cleaning"
+    assert ((lo <= o) & (o <= h)).all() and ((lo <= c) & (c <= h)).all(), "OHLC out of range after cleaning"
+    assert ((v >= 0) & (v < np.inf)).all(), "bad volume after cleaning"
+    code, ts = a["code"], a["ts"]
+    if len(ts) > 1:
+        dc = np.diff(code)
+        assert (dc >= 0).all() and (np.diff(ts)[dc == 0] > 0).all(), "not sorted/unique after cleaning"
