@@ -369,7 +369,7 @@ def _sort_order(codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return np.lexsort((ts, codes))
 
 
-def _bar_sizes_ns(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray:
+def bar_sizes_ns(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray:
     """Per symbol code: the bar size in ns (mode of positive diffs, or median when no diff dominates).
 
     Expects rows sorted by (code, ts). Symbols with fewer than two distinct timestamps get 0.
@@ -406,7 +406,7 @@ def infer_bar_size(ts: pd.Series | np.ndarray) -> pd.Timedelta:
     """
     t = pd.to_datetime(ts if isinstance(ts, pd.Series) else pd.Series(ts), utc=True).dropna()
     v = np.sort(_ns(t))
-    ns = _bar_sizes_ns(np.zeros(len(v), dtype=np.int64), v, 1)[0]
+    ns = bar_sizes_ns(np.zeros(len(v), dtype=np.int64), v, 1)[0]
     return pd.Timedelta(int(ns), unit="ns") if ns > 0 else pd.NaT
 
 
@@ -576,21 +576,26 @@ def clean_ohlcv(
         bad_close = ~absurd & ~(np.isfinite(c) & (c > 0))
     count("absurd_magnitude", "dropped", absurd, a["code"])
     count("bad_close", "dropped", bad_close, a["code"])
-    if (absurd | bad_close).any():
-        a = _take(a, ~(absurd | bad_close))
+    first = absurd | bad_close
 
-    # 6. duplicate: same (symbol, timestamp); rows are stably sorted so the last one is the file's last.
-    n = len(a["ts"])
-    dup = np.zeros(n, dtype=bool)
+    # 6. duplicate: same (symbol, timestamp) among the rows still kept; rows are stably sorted, so the last one
+    # is the file's last. Detected on the survivors' keys only, so every array is taken once for all drops.
+    surv = np.flatnonzero(~first)
+    sc, st = a["code"][surv], a["ts"][surv]
+    n = len(surv)
+    dup_s = np.zeros(n, dtype=bool)
     if n > 1:
-        dup[:-1] = (a["code"][:-1] == a["code"][1:]) & (a["ts"][:-1] == a["ts"][1:])
-    count("duplicate", "dropped", dup, a["code"])
+        dup_s[:-1] = (sc[:-1] == sc[1:]) & (st[:-1] == st[1:])
     # 7. too_short
-    per_sym = np.bincount(a["code"][~dup], minlength=len(symbols))
-    short = (per_sym[a["code"]] < min_rows) & ~dup if min_rows > 0 else np.zeros(n, dtype=bool)
+    per_sym = np.bincount(sc[~dup_s], minlength=len(symbols))
+    short_s = (per_sym[sc] < min_rows) & ~dup_s if min_rows > 0 else np.zeros(n, dtype=bool)
+    dup = np.zeros(len(first), dtype=bool)
+    short = np.zeros(len(first), dtype=bool)
+    dup[surv], short[surv] = dup_s, short_s
+    count("duplicate", "dropped", dup, a["code"])
     count("too_short", "dropped", short, a["code"])
-    if (dup | short).any():
-        a = _take(a, ~(dup | short))
+    if (first | dup | short).any():
+        a = _take(a, ~(first | dup | short))
 
     # 8. bad_ohl: open/high/low unusable -> close (close is finite and > 0 here).
     o, h, lo, c, v, code = a["open"], a["high"], a["low"], a["close"], a["volume"], a["code"]
@@ -617,7 +622,7 @@ def clean_ohlcv(
 
     # Bar sizes and long gaps (timestamps no longer change from here on).
     ts, n = a["ts"], len(a["ts"])
-    bar = _bar_sizes_ns(code, ts, len(symbols))
+    bar = bar_sizes_ns(code, ts, len(symbols))
     new_sym = np.ones(n, dtype=bool)
     new_sym[1:] = code[1:] != code[:-1]
     gap = np.zeros(n, dtype=bool)

@@ -8,6 +8,7 @@ clipped. Nothing at row t uses data after t: rolling statistics restart at every
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -17,6 +18,10 @@ RETURN_LAGS = (1, 4, 16, 64)
 VOL_WINDOWS = (8, 32)
 VOLUME_WINDOW = 64
 MAD_SCALE = 1.4826
+FEATURE_NAMES = (
+    [f"ret_{k}" for k in RETURN_LAGS] + [f"rvol_{w}" for w in VOL_WINDOWS]
+    + ["log_range", "close_loc", "body", "log_volume_rel", "tod_sin", "tod_cos"]
+)
 
 
 @dataclass(frozen=True)
@@ -114,64 +119,74 @@ def _rolling_mean(x: np.ndarray, length: int, seg: np.ndarray) -> np.ndarray:
     """
     ok = np.isfinite(x)
     cs = pd.Series(np.where(ok, x, 0.0)).groupby(seg).cumsum().to_numpy()
-    cc = pd.Series(ok.astype(np.int64)).groupby(seg).cumsum().to_numpy()
-    idx = np.arange(len(x))
-    seg_start = np.r_[0, np.flatnonzero(np.diff(seg)) + 1][seg]
-    start = np.maximum(idx - length + 1, seg_start)
-    before = start - 1
-    inside = start > seg_start  # the window starts after the segment's first row: subtract the prefix
-    total = cs - np.where(inside, cs[np.maximum(before, 0)], 0.0)
-    count = cc - np.where(inside, cc[np.maximum(before, 0)], 0)
+    cc = pd.Series(ok.astype(np.float64)).groupby(seg).cumsum().to_numpy()
+    # window (t-length, t] = cs[t] - cs[t-length], or cs[t] alone where t-length is before the segment
+    total = cs - np.nan_to_num(_shift(cs, length, seg), nan=0.0)
+    count = cc - np.nan_to_num(_shift(cc, length, seg), nan=0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def raw_features(clean: pd.DataFrame, seg: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Unscaled, scale-free features, float64 [n, F]; NaN where history is too short."""
-    o, h, lo, c, v = (clean[k].to_numpy(np.float64) for k in ("open", "high", "low", "close", "volume"))
-    lc = np.log(c)
-    cols, names = [], []
+def raw_columns(clean: pd.DataFrame, seg: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+    """Unscaled, scale-free features one float64 column at a time (NaN where history is too short), so that
+    no [n, F] float64 matrix is ever held."""
+    lc = np.log(clean["close"].to_numpy(np.float64))
     r1 = lc - _shift(lc, 1, seg)
     for k in RETURN_LAGS:
-        cols.append(lc - _shift(lc, k, seg))
-        names.append(f"ret_{k}")
+        yield f"ret_{k}", (r1 if k == 1 else lc - _shift(lc, k, seg))
     for w in VOL_WINDOWS:
-        cols.append(np.sqrt(_rolling_mean(r1**2, w, seg)))
-        names.append(f"rvol_{w}")
-    cols.append(np.log(h / lo))
-    names.append("log_range")
+        yield f"rvol_{w}", np.sqrt(_rolling_mean(r1**2, w, seg))
+    del r1
+    h, lo = clean["high"].to_numpy(np.float64), clean["low"].to_numpy(np.float64)
+    yield "log_range", np.log(h / lo)
+    c = clean["close"].to_numpy(np.float64)
     span = h - lo
     with np.errstate(invalid="ignore", divide="ignore"):
-        cols.append(np.where(span > 0, (c - lo) / span, 0.5))
-    names.append("close_loc")
-    cols.append(np.log(c / o))
-    names.append("body")
+        yield "close_loc", np.where(span > 0, (c - lo) / span, 0.5)
+    del span, h, lo
+    yield "body", lc - np.log(clean["open"].to_numpy(np.float64))
+    v = clean["volume"].to_numpy(np.float64)
     level = _rolling_mean(v, VOLUME_WINDOW, seg)
     with np.errstate(invalid="ignore", divide="ignore"):
         # the floor is relative to the level, so multiplying volume by any constant changes nothing
-        cols.append(np.where(level > 0, np.log((v + 1e-3 * level) / level), 0.0))
-    names.append("log_volume_rel")
-    tod = clean["timestamp"].dt.hour.to_numpy() * 60 + clean["timestamp"].dt.minute.to_numpy()
-    cols.append(np.sin(2 * np.pi * tod / 1440))
-    cols.append(np.cos(2 * np.pi * tod / 1440))
-    names += ["tod_sin", "tod_cos"]
-    return np.column_stack(cols), names
+        yield "log_volume_rel", np.where(level > 0, np.log((v + 1e-3 * level) / level), 0.0)
+    del v, level
+    minutes = (pd.DatetimeIndex(clean["timestamp"]).as_unit("ns").asi8 // 60_000_000_000) % 1440
+    yield "tod_sin", np.sin(2 * np.pi * minutes / 1440)
+    yield "tod_cos", np.cos(2 * np.pi * minutes / 1440)
 
 
-def fit_robust(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column median and 1.4826*MAD, ignoring NaN; a constant column gets scale 1."""
-    med = np.nanmedian(x, axis=0)
-    mad = MAD_SCALE * np.nanmedian(np.abs(x - med), axis=0)
-    med = np.where(np.isfinite(med), med, 0.0)
-    mad = np.where(np.isfinite(mad) & (mad > 1e-12), mad, 1.0)
-    return med, mad
+def raw_features(clean: pd.DataFrame, seg: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """All raw columns as one float64 [n, F] matrix: for looking at them and for tests."""
+    names, cols = zip(*raw_columns(clean, seg))
+    return np.column_stack(cols), list(names)
 
 
-def apply_robust(x: np.ndarray, med: np.ndarray, mad: np.ndarray, clip: float) -> np.ndarray:
+def fit_robust(x: np.ndarray, max_rows: int = 2_000_000) -> tuple[float, float]:
+    """Median and 1.4826*MAD of one column's finite values; a constant or empty column gets scale 1.
+
+    Beyond `max_rows` values the statistics come from an evenly spaced sample of that many (deterministic;
+    the sampling error of a median of 2M values is far below the features' own noise).
+    """
+    if len(x) > max_rows:
+        x = x[:: -(-len(x) // max_rows)]
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return 0.0, 1.0
+    med = float(np.median(x))
+    mad = MAD_SCALE * float(np.median(np.abs(x - med)))
+    return med, (mad if mad > 1e-12 else 1.0)
+
+
+def apply_robust(x: np.ndarray, med: float, mad: float, clip: float, out: np.ndarray | None = None) -> np.ndarray:
     """Scale, clip, and fill what is still unknown with 0 (the training median), as float32."""
     z = (x - med) / mad
-    z = np.clip(z, -clip, clip)
-    return np.nan_to_num(z, nan=0.0, posinf=clip, neginf=-clip).astype(np.float32)
+    np.clip(z, -clip, clip, out=z)
+    z[np.isnan(z)] = 0.0
+    if out is None:
+        return z.astype(np.float32)
+    out[...] = z
+    return out
 
 
 def split_rows(ts_ns: np.ndarray, bar_ns: np.ndarray, fcfg: FeatureConfig) -> tuple[np.ndarray, dict]:
@@ -190,49 +205,56 @@ def split_rows(ts_ns: np.ndarray, bar_ns: np.ndarray, fcfg: FeatureConfig) -> tu
 
 def build_features(clean: pd.DataFrame, fcfg: FeatureConfig, quality: dict | None = None) -> FeatureSet:
     """Clean frame (sorted by symbol, timestamp) -> FeatureSet, normalised on the training split only."""
-    from tradelib.data import infer_bar_size
+    from tradelib.data import bar_sizes_ns
 
     if clean.empty:
         raise ValueError("no rows left after cleaning: nothing to build features from")
-    sym = clean["symbol"].to_numpy()
-    codes, symbols = pd.factorize(sym)  # first-appearance order == sorted order
+    codes, symbols = pd.factorize(clean["symbol"].to_numpy())  # first-appearance order == sorted order
     ts = pd.DatetimeIndex(clean["timestamp"]).tz_convert("UTC").as_unit("ns").asi8
-    bar_by_symbol = {s: infer_bar_size(g) for s, g in clean.groupby("symbol", sort=False)["timestamp"]}
-    short = [s for s, b in bar_by_symbol.items() if pd.isna(b)]
-    if short:
-        raise ValueError(f"symbol(s) {', '.join(map(str, short))}: fewer than two timestamps, no bar size")
-    bar_by_symbol = {s: int(b.value) for s, b in bar_by_symbol.items()}
-    bar_ns = np.array([bar_by_symbol[s] for s in symbols], dtype=np.int64)[codes]
+    bar_of_code = bar_sizes_ns(codes, ts, len(symbols))
+    if (bar_of_code <= 0).any():
+        short = [str(symbols[i]) for i in np.flatnonzero(bar_of_code <= 0)]
+        raise ValueError(f"symbol(s) {', '.join(short)}: fewer than two timestamps, no bar size")
+    bar_by_symbol = {str(s): int(b) for s, b in zip(symbols, bar_of_code)}
+    bar_ns = bar_of_code[codes]
     seg = segment_ids(codes, ts, bar_ns, fcfg.max_gap_bars)
 
-    raw, names = raw_features(clean, seg)
+    split, cuts = split_rows(ts, bar_ns, fcfg)
+    train = split == 0
+    if not train.any():
+        raise ValueError("the training split is empty: too little data for the split fractions")
+    X = np.empty((len(clean), len(FEATURE_NAMES)), dtype=np.float32)
+    med, mad, names = [], [], []
+    for j, (name, col) in enumerate(raw_columns(clean, seg)):
+        m, scale = fit_robust(col[train])
+        apply_robust(col, m, scale, fcfg.clip, out=X[:, j])
+        med.append(m)
+        mad.append(scale)
+        names.append(name)
+        if name == f"rvol_{VOL_WINDOWS[-1]}":
+            rvol = col
     lc = np.log(clean["close"].to_numpy(np.float64))
     fwd = _shift(lc, -fcfg.horizon, seg) - lc
     ret_next = _shift(lc, -1, seg) - lc
     last_ret = lc - _shift(lc, 1, seg)
     target = fwd.copy()
     if fcfg.vol_scaled_target:
-        rvol = raw[:, names.index(f"rvol_{VOL_WINDOWS[-1]}")] * np.sqrt(fcfg.horizon)
+        rvol = rvol * np.sqrt(fcfg.horizon)
         with np.errstate(invalid="ignore", divide="ignore"):
             target = np.where(rvol > 0, fwd / rvol, np.nan)
+    del rvol
 
-    split, cuts = split_rows(ts, bar_ns, fcfg)
-    train = split == 0
-    if not train.any():
-        raise ValueError("the training split is empty: too little data for the split fractions")
-    med, mad = fit_robust(raw[train])
-    X = apply_robust(raw, med, mad, fcfg.clip)
     y = target.astype(np.float32)
     y[~np.isfinite(y)] = np.nan
-    tmed, tmad = fit_robust(target[train & np.isfinite(target)][:, None])
+    target_scale = fit_robust(target[train])[1]
     oracle = clean["oracle"].to_numpy(np.float32) if "oracle" in clean else np.full(len(y), np.nan, np.float32)
     if "oracle" in clean and fcfg.horizon != 1:
         oracle = np.full(len(y), np.nan, np.float32)  # the planted component is known for one bar ahead only
 
     meta = {
         "feature_config": asdict(fcfg),
-        "norm": {"median": med.tolist(), "scale": mad.tolist()},
-        "target_scale": float(tmad[0]),
+        "norm": {"median": med, "scale": mad},
+        "target_scale": target_scale,
         "bar_seconds": {s: b / 1e9 for s, b in bar_by_symbol.items()},
         "splits": cuts,
         "rows_per_split": {name: int((split == i).sum()) for i, name in ((0, "train"), (1, "val"), (2, "test"))},

@@ -1,0 +1,76 @@
+"""The data-side benchmark (`python -m tradelib bench --data`): cleaning + features on 10M rows, peak
+memory against the raw frame, and the warm load of a cached full-profile dataset."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+import tracemalloc
+from pathlib import Path
+
+from tradelib import cache, data, features, synth
+from tradelib.config import load_config
+from tradelib.paths import repo_root
+
+
+def clean_and_build(raw, fcfg: features.FeatureConfig) -> features.FeatureSet:
+    clean, report = data.clean_ohlcv(raw, "bench", min_rows=fcfg.window + fcfg.horizon + 1,
+                                     max_gap_bars=fcfg.max_gap_bars, keep=("oracle",))
+    return features.build_features(clean, fcfg, report.to_dict())
+
+
+def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, full_profile: bool = True,
+               verbose: bool = True) -> dict:
+    """Rows/s of raw -> clean -> features (median of `repeats`), peak traced memory over the raw frame's
+    size, and the warm-cache load time of params/full.yaml (median of `repeats`)."""
+    say = print if verbose else (lambda *a, **k: None)
+    say(f"generating {n_symbols} x {n_bars:,} synthetic bars ...")
+    raw = synth.generate_market(n_symbols=n_symbols, n_bars=n_bars, seed=1)
+    raw_bytes = int(raw.memory_usage(deep=True).sum())
+    fcfg = features.FeatureConfig()
+    clean_and_build(raw.head(50_000), fcfg)  # warm-up: imports and first-call costs
+    times = []
+    for i in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        fs = clean_and_build(raw, fcfg)
+        times.append(time.perf_counter() - t0)
+        say(f"  run {i + 1}: {len(raw) / times[-1]:,.0f} rows/s")
+        del fs
+    gc.collect()
+    tracemalloc.start()
+    fs = clean_and_build(raw, fcfg)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    result = {
+        "rows": len(raw), "symbols": n_symbols, "seconds_median": statistics.median(times),
+        "rows_per_s": len(raw) / statistics.median(times), "raw_frame_bytes": raw_bytes,
+        "peak_traced_bytes": int(peak), "peak_over_raw": peak / raw_bytes, "feature_rows": len(fs),
+    }
+    del fs, raw
+    gc.collect()
+    if full_profile:
+        cfg = load_config([str(repo_root() / "params" / "full.yaml")])
+        t0 = time.perf_counter()
+        fs = cache.prepare(cfg, verbose=False)
+        result["full_build_s"] = time.perf_counter() - t0
+        folder = fs.meta["cache_dir"]
+        del fs
+        loads = []
+        for _ in range(repeats):
+            gc.collect()
+            t0 = time.perf_counter()
+            fs = cache.load(Path(folder))
+            loads.append(time.perf_counter() - t0)
+            n = len(fs)
+            del fs
+        result.update(full_rows=n, full_cache_dir=folder, warm_load_s_median=statistics.median(loads))
+    say(f"clean + features: {result['rows']:,} rows in {result['seconds_median']:.2f} s "
+        f"= {result['rows_per_s']:,.0f} rows/s (median of {repeats}); peak memory {peak / 1e9:.2f} GB = "
+        f"{result['peak_over_raw']:.2f} x the raw frame ({raw_bytes / 1e9:.2f} GB)")
+    if full_profile:
+        say(f"full.yaml cache: {result['full_rows']:,} rows, warm load {result['warm_load_s_median']:.2f} s "
+            f"(median of {repeats})")
+    return result
+
