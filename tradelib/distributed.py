@@ -1,0 +1,132 @@
+"""Several processes, one run: torchrun's environment, the process group, and launching torchrun from Python.
+
+torchrun starts one process per GPU (per node) and sets RANK, WORLD_SIZE and LOCAL_RANK. Each process trains
+on its own share of every epoch's windows; DistributedDataParallel averages the gradients on the last
+micro-step of each accumulation window. Only rank 0 writes to the run folder. See docs/distributed.md.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from tradelib.config import Config
+from tradelib.paths import new_run_id, outputs_dir
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the run, as torchrun describes it (one process without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_env() -> DistEnv:
+    env = os.environ
+    return DistEnv(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(env: DistEnv, device: torch.device) -> torch.device:
+    """Join the process group (NCCL on CUDA, gloo on the CPU); on CUDA each local rank gets its own GPU."""
+    if env.world == 1:
+        return device
+    if device.type == "cuda":
+        if env.local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} GPUs on this node: "
+                               f"use --nproc_per_node <= the number of GPUs")
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        if device.type == "cuda":  # device_id binds the communicator to this rank's GPU
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    return device
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s object on every rank (pickled): run ids, checkpoints, validation losses."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place sum or max over ranks, on the device (no host sync); a no-op in one process."""
+    if active():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def needs_launch(cfg: Config) -> bool:
+    """True where `cfg` asks for several GPUs and this process was not itself started by torchrun."""
+    return cfg.n_gpus > 1 and "WORLD_SIZE" not in os.environ
+
+
+def torchrun_command(config_file: Path, nproc: int) -> list[str]:
+    """`torchrun --standalone --nproc_per_node N -m tradelib train -f FILE` via this interpreter."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "tradelib", "train", "-f", str(config_file)]
+
+
+def launch_distributed(cfg: Config) -> Path:
+    """Run `cfg` under torchrun with `n_gpus` processes on this machine, streaming its output; the run folder.
+
+    The whole config goes to the children as one YAML file in the run folder (`launch.yaml`), so every
+    value reaches them exactly as given. A Ctrl-C (or a Jupyter interrupt) is passed on to torchrun.
+    """
+    run_id = cfg.run_id or new_run_id()
+    folder = outputs_dir() / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    config_file = folder / "launch.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.replace(run_id=run_id).to_dict(), sort_keys=False))
+    cmd = torchrun_command(config_file, cfg.n_gpus)
+    print("launching: torchrun " + " ".join(cmd[3:]), flush=True)
+    env = dict(os.environ)
+    package_parent = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        # bytes as they come (tqdm redraws with \r, not \n), so progress shows live in a terminal or notebook
+        for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)  # torchrun passes it on to the workers
+        proc.wait()
+        raise
+    if rc != 0:
+        raise RuntimeError(f"torchrun exited with code {rc} (run {run_id}); its output is above")
+    return folder
