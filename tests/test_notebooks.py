@@ -68,7 +68,7 @@ def test_pipeline_runs_all_notebooks_and_renders_the_report(outputs):
         assert (run / f"{name}.ipynb").exists(), name
     html = (run / "report.html").read_text()
     assert "Test IC" in html or "test IC" in html
-    assert "<div class=\"jp-InputArea" not in html  # no code cells in the report
+    assert "run_to_report" not in html and "from tradelib" not in html  # no code cells in the report
     report = json.loads((run / "report.json").read_text())
     assert {"summary", "predictors", "backtest"} <= set(report)
     assert (run / "checkpoints" / "last.pt").exists() and (run / "predictions.parquet").exists()

@@ -36,10 +36,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tradelib.config import load_config
+    from tradelib.distributed import launch_distributed, needs_launch
     from tradelib.train import train
 
     cfg = load_config(args.files, [tuple(p) for p in args.params])
-    train(cfg)
+    if needs_launch(cfg):
+        launch_distributed(cfg)  # n_gpus > 1 outside torchrun: start torchrun with this config
+    else:
+        train(cfg)
     return 0
 
 
@@ -85,10 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tradelib.data import DataError
+    from tradelib.train import TrainingDiverged
 
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, FileNotFoundError, TrainingDiverged) as exc:
         if os.environ.get("TRADELIB_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)

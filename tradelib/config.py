@@ -57,7 +57,7 @@ class Config:
     pin_memory: bool = True  # dataloader loader only: page-locked host batches (CUDA)
     persistent_workers: bool = True  # dataloader loader only: keep workers across epochs
     dense: bool = False  # causal models (tcn): a prediction and a loss at every position of a chunk
-    dense_chunk: int = 256  # dense mode: rows per chunk (each chunk trains on length - receptive_field + 1)
+    dense_chunk: int = 512  # dense mode: rows per chunk (each chunk trains on length - receptive_field + 1)
     seed: int = 0  # seeds weights, shuffling and dropout: CPU runs repeat bit for bit
     deterministic: bool = False  # CUDA: deterministic algorithms (slower), CUBLAS_WORKSPACE_CONFIG set
     run_id: str = ""  # run folder name under outputs/ (empty: a new time-stamped id)

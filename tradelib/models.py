@@ -80,7 +80,6 @@ class CausalBlock(nn.Module):
         self.pad = (kernel - 1) * dilation
         self.conv1 = nn.Conv1d(channels, channels, kernel, dilation=dilation)
         self.conv2 = nn.Conv1d(channels, channels, kernel, dilation=dilation)
-        self.norm = nn.GroupNorm(1, channels)  # normalises over channels and time of one sample: no batch stats
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,87 @@
+"""The bench runs end to end on the CPU and writes honest records; the GPU monitor is off without a GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from tradelib import monitor
+from tradelib.bench import REQUIRED_KEYS, make_setups, parse_model_spec
+from tradelib.cli import main
+from tradelib.config import Config
+from tradelib.monitor import GpuMonitor, summarise
+
+
+def test_bench_cli_end_to_end_on_cpu(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    rc = main(["bench", "--device", "cpu", "--model", "mlp", "--model", "tcn:window=16,layers=2",
+               "--symbols", "3", "--bars", "1500", "-p", "window", "16", "-p", "hidden", "8",
+               "--batch-size", "64", "--steps", "2", "--warmup", "1", "--repeats", "2", "--workers", "2",
+               "--json", str(path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "samples/s" in out and str(path) in out
+    records = json.loads(path.read_text())
+    assert {r["label"] for r in records} == {"mlp/dataloader", "mlp/device", "tcn/dataloader", "tcn/device",
+                                             "tcn/dense"}
+    for r in records:
+        assert set(REQUIRED_KEYS) <= set(r), set(REQUIRED_KEYS) - set(r)
+        assert r["samples_per_s"] > 0 and r["it_per_s"] > 0 and r["batches_per_epoch"] > 0
+        assert 0 <= r["data_wait_share"] <= 1
+        assert r["peak_mem_bytes"] > 0 and r["peak_mem_kind"].startswith("cpu")
+        assert r["mfu"] > 0 and r["peak_flops_source"].startswith("measured")
+        assert r["device"] == "cpu" and r["gpu_busy_pct"] is None
+        assert len(r["samples_per_s_runs"]) == 2
+    by = {r["label"]: r for r in records}
+    assert by["mlp/dataloader"]["num_workers"] == min(2, os.cpu_count() or 1)  # the seed's workers, capped
+    assert by["mlp/device"]["speedup"] == pytest.approx(
+        by["mlp/device"]["samples_per_s"] / by["mlp/dataloader"]["samples_per_s"])
+    assert by["tcn/dense"]["speedup"] == pytest.approx(
+        by["tcn/dense"]["samples_per_s"] / by["tcn/device"]["samples_per_s"])
+    assert set(by["tcn/device"]["ratios"]) >= {"device/dataloader", "dense/per_window"}
+    # same data, same model and the same global batch (in trained targets) side by side
+    assert by["tcn/device"]["receptive_field"] == 13 and by["tcn/device"]["window"] == 16
+    assert by["tcn/dense"]["batch_unit"] == "chunks"
+    assert by["mlp/device"]["data"] == by["mlp/dataloader"]["data"]
+
+
+def test_model_specs_and_the_dense_batch_in_targets(capsys):
+    assert parse_model_spec("tcn:window=64,layers=4") == ("tcn", {"window": "64", "layers": "4"})
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_model_spec("tcn:window")
+    setups = make_setups(Config(batch_size=1024, dense_chunk=256), "tcn:window=64,layers=4")
+    dense = {s.loader: s for s in setups}["dense"]
+    # receptive field 61, chunks of 256 train 196 targets each: 5 chunks ~ 1024 windows
+    assert dense.cfg.batch_size == 5 and dense.cfg.dense and dense.cfg.window == 64 and dense.cfg.layers == 4
+    assert [s.loader for s in make_setups(Config(), "lstm")] == ["dataloader", "device"]
+    assert "no dense mode for lstm" in capsys.readouterr().out
+
+
+def test_monitor_is_off_without_a_gpu_and_says_so_once(monkeypatch, capsys):
+    monkeypatch.setattr(monitor, "_reported", set())
+    for _ in range(2):
+        with GpuMonitor(device="cpu") as mon:
+            pass
+        stats = mon.stop()
+        assert not mon.available
+        assert stats["gpu_util_median"] is None and stats["gpu_samples"] == 0 and stats["reason"]
+        assert mon.read()["gpu_samples"] == 0
+    assert capsys.readouterr().out.count("GPU monitor off") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_monitor_without_cuda_names_the_reason(monkeypatch, capsys):
+    monkeypatch.setattr(monitor, "_reported", set())
+    mon = GpuMonitor().start()
+    stats = mon.stop()
+    if not mon.available:  # NVML without a driver, or no nvidia-ml-py
+        assert "GPU monitor off" in capsys.readouterr().out
+        assert stats["reason"]
+
+
+def test_summarise():
+    s = summarise([(0.0, 10.0, 100), (0.5, 90.0, 300), (1.0, 80.0, 200)])
+    assert s == {"gpu_util_median": 80.0, "gpu_util_mean": 60.0, "gpu_mem_used_max_bytes": 300, "gpu_samples": 3}

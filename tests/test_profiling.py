@@ -1,0 +1,53 @@
+"""02_profiling's functions on the CPU: the sweep, the trace, the largest batch within a budget; and the LR
+scaling rule recorded in a run's summary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tradelib.profiling import SWEEP_COLUMNS, batch_size_sweep, find_max_batch, profile_step, step_memory_bytes
+from tradelib.train import train
+
+
+def test_batch_size_sweep(tiny_cfg):
+    df = batch_size_sweep(tiny_cfg, [32, 128], steps=2, warmup=1)
+    assert list(df.columns) == SWEEP_COLUMNS
+    assert sorted(zip(df["loader"], df["batch_size"])) == [("dataloader", 32), ("dataloader", 128),
+                                                          ("device", 32), ("device", 128)]
+    assert (df["samples_per_s"] > 0).all() and df["data_wait_share"].between(0, 1).all()
+    per_epoch = df.set_index(["loader", "batch_size"])["batches_per_epoch"]
+    assert per_epoch["device", 32] > per_epoch["device", 128] == per_epoch["dataloader", 128]
+
+
+def test_profile_step_writes_a_trace_and_a_top_ops_table(tiny_cfg, tmp_path):
+    path = tmp_path / "trace" / "step.json"
+    df = profile_step(tiny_cfg, steps=2, trace_path=path, warmup=1)
+    names = {e.get("name") for e in json.loads(path.read_text())["traceEvents"]}
+    assert {"train step", "fetch batch"} <= names
+    assert len(df) > 3 and {"op", "calls", "self_cpu_ms", "share_of_self_time"} <= set(df.columns)
+    assert df["self_cpu_ms"].is_monotonic_decreasing
+
+
+def test_find_max_batch_on_cpu_respects_its_budget(tiny_cfg):
+    cfg = tiny_cfg.replace(model="mlp")
+    budget = 2 * step_memory_bytes(cfg, 256)
+    best = find_max_batch(cfg, start=64, limit=1 << 14, budget_bytes=budget, verbose=False)
+    assert 256 <= best < 1 << 14
+    assert step_memory_bytes(cfg, best) <= budget < step_memory_bytes(cfg, 2 * best)
+    assert find_max_batch(cfg, start=64, limit=100, budget_bytes=1 << 40, verbose=False) == 100
+    with pytest.raises(RuntimeError, match="not even a batch of 1"):
+        find_max_batch(cfg, start=4, limit=64, budget_bytes=1, verbose=False)
+
+
+def test_lr_scaling_is_logged_in_the_summary(tiny_cfg):
+    cfg = tiny_cfg.replace(model="mlp", batch_size=32, grad_accum_steps=2, reference_batch=16, lr=1e-3,
+                           lr_scaling="sqrt", max_steps=2, run_id="lr-scaling")
+    res = train(cfg, progress=False)
+    s = json.loads((res.run_dir / "summary.json").read_text())
+    assert s["lr_scaling"] == "sqrt" and s["base_lr"] == 1e-3 and s["reference_batch"] == 16
+    assert s["lr"] == pytest.approx(2e-3)  # sqrt(64 / 16) = 2
+    rows = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["lr"] for r in rows if r["kind"] == "step") <= 2e-3 + 1e-12
+    assert "gpu_util" in s and (s["gpu_util"] is None) == (not any(r["kind"] == "gpu" for r in rows))

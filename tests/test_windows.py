@@ -1,0 +1,143 @@
+"""Device windows, dense chunks and the seed-style DataLoader: the same data, whichever way it is batched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tradelib.loaders import DataLoaderData
+from tradelib.models import build_model
+from tradelib.windows import DenseData, DeviceData, dense_chunks, naive_window, window_ends
+
+CPU = torch.device("cpu")
+W = 16  # TINY's window
+CHUNK = 40
+
+
+def runs(fs) -> list[tuple[int, int]]:
+    """Maximal blocks of rows with one segment and one split, as (first row, last row)."""
+    out, a = [], 0
+    for t in range(1, len(fs) + 1):
+        if t == len(fs) or fs.segment[t] != fs.segment[a] or fs.split[t] != fs.split[a]:
+            out.append((a, t - 1))
+            a = t
+    return out
+
+
+def brute_force_ends(fs, split: int, window: int) -> np.ndarray:
+    ok = []
+    for t in range(window - 1, len(fs)):
+        rows = slice(t - window + 1, t + 1)
+        if (len(set(fs.segment[rows])) == 1 and len(set(fs.symbol_id[rows])) == 1
+                and (fs.split[rows] == split).all() and np.isfinite(fs.y[t])):
+            ok.append(t)
+    return np.array(ok, dtype=np.int64)
+
+
+@pytest.mark.parametrize("split", [0, 1, 2])
+def test_window_ends_never_cross_a_symbol_segment_or_split(tiny_fs, split):
+    fs = tiny_fs
+    assert len(runs(fs)) > 3 * 3, "the tiny market should hold several runs (symbols x splits, plus gaps)"
+    np.testing.assert_array_equal(window_ends(fs, split, W), brute_force_ends(fs, split, W))
+
+
+def test_device_windows_equal_naive_slices(tiny_fs):
+    fs = tiny_fs
+    scale = fs.meta.get("target_scale", 1.0)
+    data = DeviceData(fs, W, CPU, scale)
+    rng = np.random.default_rng(0)
+    for split in (0, 1, 2):
+        ends = data.ends(split)
+        pick = ends[torch.from_numpy(rng.integers(0, len(ends), 300))]
+        x, y = data.gather(pick)
+        assert x.shape == (300, W, fs.n_features)
+        for i, e in enumerate(pick.tolist()):
+            assert torch.equal(x[i], torch.from_numpy(naive_window(fs, e, W)))
+            assert y[i] == np.float32(fs.y[e] / scale)
+            rows = slice(e - W + 1, e + 1)
+            assert len(set(fs.segment[rows])) == 1 and (fs.split[rows] == split).all()
+
+
+def dense_targets(fs, rf: int, length: int) -> tuple[set[int], set[int]]:
+    """(rows dense training must cover once: train split, known target, full history inside a run of at
+    least `length` rows; train rows with a known target in runs too short for one chunk)."""
+    want, short = set(), set()
+    for a, b in runs(fs):
+        if fs.split[a] != 0:
+            continue
+        rows = [r for r in range(a, b + 1) if np.isfinite(fs.y[r])]
+        if b - a + 1 >= length:
+            want |= {r for r in rows if r - a >= rf - 1}
+        else:
+            short |= set(rows)
+    return want, short
+
+
+@pytest.mark.parametrize("length", [CHUNK, 300])  # 300: longer than one training run (277 rows), left out
+def test_dense_chunks_cover_every_training_target_once_per_epoch(tiny_fs, length):
+    fs = tiny_fs
+    rf = build_model("tcn", fs.n_features, W, 8, 2).receptive_field
+    data = DenseData(fs, W, CPU, 1.0, length, rf)
+    rows, mask = data.chunk_mask(data.order(0, epoch=0, seed=0))
+    covered = rows[mask].tolist()
+    want, short = dense_targets(fs, rf, length)
+    assert bool(short) == (length == 300)
+    assert len(covered) == len(set(covered)), "a target is trained twice in one epoch"
+    assert set(covered) == want
+    assert not set(covered) & short
+    assert int(data.count(torch.arange(data.n_items()))) == len(want)
+    # every per-window training target in a long-enough run is trained by dense mode too
+    long_rows = {r for a, b in runs(fs) if b - a + 1 >= length for r in range(a, b + 1)}
+    assert {int(e) for e in window_ends(fs, 0, W) if e in long_rows} <= want
+    # chunks are contiguous rows of one run
+    starts, _ = dense_chunks(fs, 0, length, rf)
+    for s in starts:
+        blk = slice(s, s + length)
+        assert len(set(fs.segment[blk])) == 1 and (fs.split[blk] == 0).all()
+
+
+def test_dense_predictions_equal_per_window_predictions(tiny_fs):
+    fs = tiny_fs
+    torch.manual_seed(0)
+    model = build_model("tcn", fs.n_features, W, hidden=8, layers=2, init_gain=1.0).eval()
+    rf = model.receptive_field
+    data = DenseData(fs, W, CPU, 1.0, CHUNK, rf)
+    ids = torch.arange(data.n_items())
+    x, _, mask = data.batch(ids)
+    rows, _ = data.chunk_mask(ids)
+    with torch.no_grad():
+        dense = model.forward_dense(x)[mask]
+        trained = rows[mask].numpy()
+        # the per-window function on the last receptive field of every trained row ...
+        xw = torch.from_numpy(np.stack([fs.X[r - rf + 1 : r + 1] for r in trained]))
+        torch.testing.assert_close(dense, model(xw), rtol=1e-4, atol=1e-5)
+        # ... and on the full windows the per-window loader trains on, where those are valid
+        ends = set(window_ends(fs, 0, W).tolist())
+        sel = np.array([r in ends for r in trained])
+        full = torch.from_numpy(np.stack([naive_window(fs, r, W) for r in trained[sel]]))
+        torch.testing.assert_close(dense[torch.from_numpy(sel)], model(full), rtol=1e-4, atol=1e-5)
+        assert sel.sum() > 1000
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_dataloader_yields_the_device_loaders_batches(tiny_fs, workers):
+    fs, B, seed = tiny_fs, 64, 3
+    scale = fs.meta.get("target_scale", 1.0)
+    dev = DeviceData(fs, W, CPU, scale)
+    src = DataLoaderData(fs, W, CPU, scale, B, num_workers=workers, pin_memory=False, prefetch_factor=2,
+                         persistent_workers=workers > 0)
+    assert src.n_items() == dev.n_items()
+    for epoch in (0, 1):
+        ids, ends = src.order(0, epoch, seed), dev.order(0, epoch, seed)
+        assert torch.equal(dev.ends(0)[ids], ends)
+        src.start(ids)
+        n = 0
+        for ids_b, ends_b in zip(ids.split(B), ends.split(B)):
+            x, y, mask = src.batch(ids_b)
+            xd, yd, _ = dev.batch(ends_b)
+            assert mask is None and torch.equal(x, xd) and torch.equal(y, yd)
+            n += 1
+        assert n == -(-len(ids) // B)
+        with pytest.raises(StopIteration):
+            src.batch(ids[:B])

@@ -1,0 +1,206 @@
+"""What the 02_profiling notebook calls: a batch-size sweep per loader, a torch.profiler trace of the real
+training step, and the largest batch that fits in memory.
+
+The seed raised its batch from 128 to 1024 and read it/s; samples/s and the data-wait share are the figures
+that say whether the input pipeline or the model is the limit. Everything here drives the Trainer's own
+step through `bench.Runner`, so the sweep, the trace and the bench all measure the same code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from tradelib import cache
+from tradelib.bench import Runner, make_setups, measure, remove_scratch, scratch_run_id, step_peak_bytes, sync
+from tradelib.config import Config
+from tradelib.train import pick_device
+
+SWEEP_COLUMNS = ["loader", "batch_size", "samples_per_s", "it_per_s", "data_wait_share", "batches_per_epoch",
+                 "peak_mem_bytes", "mfu", "gpu_busy_pct", "step_time_s"]
+
+
+def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int], loaders: Sequence[str] = ("device", "dataloader"),
+                     steps: int = 20, warmup: int = 3, repeats: int = 1, verbose: bool = False) -> pd.DataFrame:
+    """samples/s, it/s, memory, data-wait share and batches per epoch for each loader and batch size.
+
+    All (loader, batch size) pairs are measured interleaved on the same data; "dense" (causal models) uses
+    batch sizes in chunks. One row per pair; the full bench records are in the `records` attribute."""
+    cfg = cfg.replace(device=str(pick_device(cfg.device, verbose=False)))
+    setups = []
+    for bs in batch_sizes:
+        base = cfg.replace(batch_size=int(bs))
+        for s in make_setups(base, cfg.model, loaders, dense_batch=int(bs), verbose=verbose):
+            s.label = f"{s.label}@{bs}"
+            setups.append(s)
+    records = measure(setups, steps=steps, warmup=warmup, repeats=repeats, verbose=verbose)
+    df = pd.DataFrame(records)[SWEEP_COLUMNS].sort_values(["loader", "batch_size"], ignore_index=True)
+    df.attrs["records"] = records
+    return df
+
+
+def _runner(cfg: Config, tag: str) -> tuple[Runner, str]:
+    """A Runner on a scratch run id (removed by the caller) for this config's data."""
+    run_id = scratch_run_id(tag)
+    cfg = cfg.replace(device=str(pick_device(cfg.device, verbose=False)))
+    setup = make_setups(cfg, cfg.model, ["dense" if cfg.dense else cfg.loader],
+                        dense_batch=cfg.batch_size if cfg.dense else None, verbose=False)[0]
+    return Runner(setup, cache.prepare(cfg, verbose=False), run_id), run_id
+
+
+def profile_step(cfg: Config, steps: int = 5, trace_path: str | Path | None = None, warmup: int = 2,
+                 top: int = 25) -> pd.DataFrame:
+    """torch.profiler over `steps` training steps (CPU and, where present, CUDA activities) after `warmup`
+    untimed ones. Writes a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing) to
+    `trace_path` and returns the top ops by self time (device time on CUDA) as a DataFrame. The trace marks
+    each "train step" and its "fetch batch" so the data wait is visible beside the kernels."""
+    runner, run_id = _runner(cfg, "trace")
+    try:
+        device = runner.trainer.device
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        runner.run(warmup, 1)
+        with profile(activities=activities, record_shapes=False) as prof:
+            runner.run(0, steps)
+        if trace_path:
+            Path(trace_path).parent.mkdir(parents=True, exist_ok=True)
+            prof.export_chrome_trace(str(trace_path))
+        rows = []
+        for e in prof.key_averages():
+            dev_total = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0))
+            dev_self = getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
+            rows.append({"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                         "cpu_total_ms": e.cpu_time_total / 1e3, "self_device_ms": dev_self / 1e3,
+                         "device_total_ms": dev_total / 1e3})
+        df = pd.DataFrame(rows)
+        key = "self_device_ms" if device.type == "cuda" else "self_cpu_ms"
+        df = df.sort_values(key, ascending=False, ignore_index=True).head(top)
+        df["share_of_self_time"] = df[key] / max(sum(r[key] for r in rows), 1e-12)
+        return df
+    finally:
+        runner.close()
+        remove_scratch(run_id)
+
+
+def _release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    else:
+        try:  # hand freed heap pages back to the OS (glibc); best effort
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def default_cpu_budget() -> int:
+    """A quarter of the memory available now (Linux /proc/meminfo), else 4 GiB."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 // 4
+    except OSError:
+        pass
+    return 4 << 30
+
+
+class StepProbe:
+    """Runs single training steps at any micro-batch size and reports their peak memory."""
+
+    def __init__(self, cfg: Config) -> None:
+        cfg = cfg.replace(loader="device", device=str(pick_device(cfg.device, verbose=False)))
+        self.cfg = cfg
+        self.runner, self.run_id = _runner(cfg, "probe")
+        self.trainer = self.runner.trainer
+        self.cuda = self.trainer.device.type == "cuda"
+        self.gen = torch.Generator().manual_seed(0)
+        self.step(min(cfg.batch_size, 8))  # optimizer state and lazy allocations exist before measuring
+
+    def step(self, batch: int) -> None:
+        tr = self.trainer
+        ids = torch.randint(0, tr.source.n_items(), (batch,), generator=self.gen).to(tr.device)  # any size
+        x, y, mask = tr.source.batch(ids)
+        tr.micro_step(x, y, mask, tr.source.count(ids))
+        tr.optimizer_step()
+        sync(tr.device)
+
+    def peak_bytes(self, batch: int) -> int | None:
+        """CUDA: max_memory_allocated over one step (None on out-of-memory); CPU: peak bytes of the CPU
+        tensors the step allocates (torch.profiler memory events; resident data not counted)."""
+        _release_memory(self.trainer.device)
+        if not self.cuda:
+            return step_peak_bytes(lambda: self.step(batch))
+        torch.cuda.reset_peak_memory_stats(self.trainer.device)
+        try:
+            self.step(batch)
+        except torch.cuda.OutOfMemoryError:
+            self.trainer.opt.zero_grad(set_to_none=True)
+            return None
+        return int(torch.cuda.max_memory_allocated(self.trainer.device))
+
+    def close(self) -> None:
+        self.runner.close()
+        _release_memory(self.trainer.device)
+        remove_scratch(self.run_id)
+
+
+def step_memory_bytes(cfg: Config, batch: int) -> int | None:
+    """Peak memory of one training step at this micro-batch (see StepProbe.peak_bytes)."""
+    probe = StepProbe(cfg)
+    try:
+        return probe.peak_bytes(batch)
+    finally:
+        probe.close()
+
+
+def find_max_batch(cfg: Config, start: int = 256, limit: int = 1 << 20, budget_bytes: int | None = None,
+                   rel_tol: float = 1 / 32, verbose: bool = True) -> int:
+    """The largest micro-batch (windows, or chunks with dense=True) whose training step fits in memory.
+
+    Doubles from `start` until a step fails (or `limit`), then bisects to within `rel_tol`. On CUDA a step
+    fails on torch.cuda.OutOfMemoryError, or when `budget_bytes` is given and max_memory_allocated exceeds
+    it; the feature matrix resident on the device counts, as in training with the device loader. On the CPU
+    nothing runs out, so the bound is `budget_bytes` (default a quarter of the available RAM) on the peak
+    bytes of CPU tensors one step allocates (torch.profiler memory events), resident data not counted."""
+    probe = StepProbe(cfg)
+    if not probe.cuda and budget_bytes is None:
+        budget_bytes = default_cpu_budget()
+    if verbose:
+        where = f"{torch.cuda.get_device_name(probe.trainer.device)} memory" if probe.cuda else "the CPU"
+        bound = f" within a budget of {budget_bytes / 2**20:,.1f} MiB" if budget_bytes else ""
+        extra = "" if probe.cuda else " (CPU: nothing runs out of memory, so the bound is the budget on one step)"
+        print(f"find_max_batch: {cfg.model} on {where}{bound}{extra}")
+
+    def fits(b: int) -> bool:
+        used = probe.peak_bytes(b)
+        ok = used is not None and (budget_bytes is None or used <= budget_bytes)
+        if verbose:
+            mem = "out of memory" if used is None else f"{used / 2**20:,.2f} MiB"
+            print(f"  batch {b:>9,}: {'fits' if ok else 'does not fit'} ({mem})")
+        return ok
+
+    try:
+        lo, hi, b = 0, limit + 1, min(start, limit)
+        while b <= limit:  # double until a failure brackets the answer
+            if not fits(b):
+                hi = b
+                break
+            lo = b
+            if b == limit:
+                break
+            b = min(2 * b, limit)
+        while hi <= limit and hi - lo > max(1, int(lo * rel_tol)):  # bisect inside (lo, hi)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        if lo == 0:
+            raise RuntimeError(f"find_max_batch: not even a batch of 1 fits ({cfg.model}, budget {budget_bytes} bytes)")
+        if verbose:
+            print(f"find_max_batch: {lo:,}" + (" (the limit)" if lo == limit else ""))
+        return lo
+    finally:
+        probe.close()
