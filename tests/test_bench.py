@@ -85,3 +85,11 @@ def test_monitor_without_cuda_names_the_reason(monkeypatch, capsys):
 def test_summarise():
     s = summarise([(0.0, 10.0, 100), (0.5, 90.0, 300), (1.0, 80.0, 200)])
     assert s == {"gpu_util_median": 80.0, "gpu_util_mean": 60.0, "gpu_mem_used_max_bytes": 300, "gpu_samples": 3}
+
+
+def test_features_bench_measures_rows_memory_and_warm_load(tmp_path):
+    from tradelib.databench import bench_data
+
+    r = bench_data(n_symbols=2, n_bars=3000, repeats=1, full_profile=False, verbose=False)
+    assert r["rows"] > 5000 and 0 < r["feature_rows"] <= r["rows"]
+    assert r["rows_per_s"] > 0 and r["peak_traced_bytes"] > r["raw_frame_bytes"] * 0.5

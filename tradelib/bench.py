@@ -425,6 +425,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symbols", type=int, default=None, help="synthetic market: symbols (a bigger set)")
     p.add_argument("--bars", type=int, default=None, help="synthetic market: bars per symbol")
     p.add_argument("--json", default=None, help="output JSON (default outputs/bench/bench-<timestamp>.json)")
+    p.add_argument("--features", action="store_true",
+                   help="measure the data side instead: raw -> clean -> features on --symbols x --bars (default "
+                        "100 x 100,000 = 10M rows), its peak memory, and the warm load of params/full.yaml's cache")
     p.add_argument("-f", "--parameters-file", dest="files", action="append", default=[], metavar="FILE",
                    help="YAML parameter file for everything else (repeatable), as with papermill -f")
     p.add_argument("-p", "--parameter", dest="params", action="append", nargs=2, default=[],
@@ -432,6 +435,16 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
+    if args.features:
+        from tradelib.databench import bench_data
+
+        result = bench_data(args.symbols or 100, args.bars or 100_000, repeats=args.repeats)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path(args.json) if args.json else outputs_dir() / "bench" / f"features-{stamp}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+        print(f"wrote {path}")
+        return 0
     base = load_config(args.files, [tuple(p) for p in args.params])
     loaders = [s.strip() for s in re.split(r"[,\s]+", args.loaders) if s.strip()]
     run_bench(device=args.device, models=args.models or DEFAULT_MODELS, batch_size=args.batch_size,

@@ -8,7 +8,9 @@ clipped. Nothing at row t uses data after t: rolling statistics restart at every
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,10 +20,8 @@ RETURN_LAGS = (1, 4, 16, 64)
 VOL_WINDOWS = (8, 32)
 VOLUME_WINDOW = 64
 MAD_SCALE = 1.4826
-FEATURE_NAMES = (
-    [f"ret_{k}" for k in RETURN_LAGS] + [f"rvol_{w}" for w in VOL_WINDOWS]
-    + ["log_range", "close_loc", "body", "log_volume_rel", "tod_sin", "tod_cos"]
-)
+FEATURE_NAMES = [f"ret_{k}" for k in RETURN_LAGS] + [f"rvol_{w}" for w in VOL_WINDOWS] + [
+    "log_range", "close_loc", "body", "log_volume_rel", "tod_sin", "tod_cos"]
 
 
 @dataclass(frozen=True)
@@ -127,39 +127,51 @@ def _rolling_mean(x: np.ndarray, length: int, seg: np.ndarray) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def raw_columns(clean: pd.DataFrame, seg: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
-    """Unscaled, scale-free features one float64 column at a time (NaN where history is too short), so that
-    no [n, F] float64 matrix is ever held."""
-    lc = np.log(clean["close"].to_numpy(np.float64))
+def feature_makers(clean: pd.DataFrame, seg: np.ndarray) -> dict[str, Callable[[], np.ndarray]]:
+    """Name -> a function computing that unscaled, scale-free float64 column (NaN where history is too short).
+
+    Columns are made one at a time, so no [n, F] float64 matrix is ever held, and independently, so that
+    build_features can make them on several cores (numpy and pandas release the GIL in these loops).
+    """
+    col = {k: clean[k].to_numpy(np.float64) for k in ("open", "high", "low", "close", "volume")}
+    lc = np.log(col["close"])
     r1 = lc - _shift(lc, 1, seg)
-    for k in RETURN_LAGS:
-        yield f"ret_{k}", (r1 if k == 1 else lc - _shift(lc, k, seg))
-    for w in VOL_WINDOWS:
-        yield f"rvol_{w}", np.sqrt(_rolling_mean(r1**2, w, seg))
-    del r1
-    h, lo = clean["high"].to_numpy(np.float64), clean["low"].to_numpy(np.float64)
-    yield "log_range", np.log(h / lo)
-    c = clean["close"].to_numpy(np.float64)
-    span = h - lo
-    with np.errstate(invalid="ignore", divide="ignore"):
-        yield "close_loc", np.where(span > 0, (c - lo) / span, 0.5)
-    del span, h, lo
-    yield "body", lc - np.log(clean["open"].to_numpy(np.float64))
-    v = clean["volume"].to_numpy(np.float64)
-    level = _rolling_mean(v, VOLUME_WINDOW, seg)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # the floor is relative to the level, so multiplying volume by any constant changes nothing
-        yield "log_volume_rel", np.where(level > 0, np.log((v + 1e-3 * level) / level), 0.0)
-    del v, level
-    minutes = (pd.DatetimeIndex(clean["timestamp"]).as_unit("ns").asi8 // 60_000_000_000) % 1440
-    yield "tod_sin", np.sin(2 * np.pi * minutes / 1440)
-    yield "tod_cos", np.cos(2 * np.pi * minutes / 1440)
+
+    def close_loc() -> np.ndarray:
+        span = col["high"] - col["low"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(span > 0, (col["close"] - col["low"]) / span, 0.5)
+
+    def log_volume_rel() -> np.ndarray:
+        v = col["volume"]
+        level = _rolling_mean(v, VOLUME_WINDOW, seg)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # the floor is relative to the level, so multiplying volume by any constant changes nothing
+            return np.where(level > 0, np.log((v + 1e-3 * level) / level), 0.0)
+
+    def time_of_day(fn: Callable) -> Callable[[], np.ndarray]:
+        ts = pd.DatetimeIndex(clean["timestamp"]).as_unit("ns").asi8
+        return lambda: fn(2 * np.pi * ((ts // 60_000_000_000) % 1440) / 1440)
+
+    makers: dict[str, Callable[[], np.ndarray]] = {"ret_1": lambda: r1}
+    makers |= {f"ret_{k}": (lambda k=k: lc - _shift(lc, k, seg)) for k in RETURN_LAGS if k != 1}
+    makers |= {f"rvol_{w}": (lambda w=w: np.sqrt(_rolling_mean(r1**2, w, seg))) for w in VOL_WINDOWS}
+    makers |= {
+        "log_range": lambda: np.log(col["high"] / col["low"]),
+        "close_loc": close_loc,
+        "body": lambda: lc - np.log(col["open"]),
+        "log_volume_rel": log_volume_rel,
+        "tod_sin": time_of_day(np.sin),
+        "tod_cos": time_of_day(np.cos),
+    }
+    assert list(makers) == FEATURE_NAMES
+    return makers
 
 
 def raw_features(clean: pd.DataFrame, seg: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """All raw columns as one float64 [n, F] matrix: for looking at them and for tests."""
-    names, cols = zip(*raw_columns(clean, seg))
-    return np.column_stack(cols), list(names)
+    makers = feature_makers(clean, seg)
+    return np.column_stack([make() for make in makers.values()]), list(makers)
 
 
 def fit_robust(x: np.ndarray, max_rows: int = 2_000_000) -> tuple[float, float]:
@@ -224,15 +236,19 @@ def build_features(clean: pd.DataFrame, fcfg: FeatureConfig, quality: dict | Non
     if not train.any():
         raise ValueError("the training split is empty: too little data for the split fractions")
     X = np.empty((len(clean), len(FEATURE_NAMES)), dtype=np.float32)
-    med, mad, names = [], [], []
-    for j, (name, col) in enumerate(raw_columns(clean, seg)):
+    makers = feature_makers(clean, seg)
+
+    def make_and_scale(j: int, name: str) -> tuple[float, float, np.ndarray | None]:
+        col = makers[name]()
         m, scale = fit_robust(col[train])
         apply_robust(col, m, scale, fcfg.clip, out=X[:, j])
-        med.append(m)
-        mad.append(scale)
-        names.append(name)
-        if name == f"rvol_{VOL_WINDOWS[-1]}":
-            rvol = col
+        return m, scale, (col if name == f"rvol_{VOL_WINDOWS[-1]}" else None)
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        done = list(pool.map(make_and_scale, range(len(makers)), makers))
+    med, mad = [d[0] for d in done], [d[1] for d in done]
+    rvol = next(d[2] for d in done if d[2] is not None)
+    names = list(makers)
     lc = np.log(clean["close"].to_numpy(np.float64))
     fwd = _shift(lc, -fcfg.horizon, seg) - lc
     ret_next = _shift(lc, -1, seg) - lc
