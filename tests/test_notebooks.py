@@ -38,7 +38,7 @@ def test_notebook_is_stripped_tagged_and_typed(path):
         assert p["help"], f"{name} has no comment"
 
 
-@pytest.mark.parametrize("name", ["01_data_cleaning", "03_train"])
+@pytest.mark.parametrize("name", ["01_data_cleaning", "02_profiling", "03_train"])
 def test_parameter_defaults_mirror_config(name):
     """The notebooks' defaults are Config's defaults: one truth, checked."""
     defaults = {f.name: f.default for f in dataclasses.fields(Config) if f.default is not dataclasses.MISSING}
@@ -70,7 +70,7 @@ def test_pipeline_runs_all_notebooks_and_renders_the_report(outputs):
     assert "Test IC" in html or "test IC" in html
     assert "run_to_report" not in html and "from tradelib" not in html  # no code cells in the report
     report = json.loads((run / "report.json").read_text())
-    assert {"summary", "predictors", "backtest"} <= set(report)
+    assert {"summary", "predictors", "backtest", "loader_sweep"} <= set(report)
     assert (run / "checkpoints" / "last.pt").exists() and (run / "predictions.parquet").exists()
     assert str(run / "report.html") in res.stdout
 

@@ -144,3 +144,15 @@ def test_make_figures_writes_pngs(tmp_path):
     assert set(figs) == {"training", "equity", "deciles", "ic", "throughput", "quality"}
     for name in figs:
         assert (run / f"{name}.png").stat().st_size > 1000
+
+
+def test_loader_sweep_sets_the_two_loaders_side_by_side(tmp_path):
+    from tradelib.report import loader_sweep
+
+    assert loader_sweep(tmp_path) is None
+    pd.DataFrame({"loader": ["dataloader", "device", "dataloader", "device"], "batch_size": [64, 64, 256, 256],
+                  "samples_per_s": [100.0, 400.0, 200.0, 300.0], "data_wait_share": [0.5, 0.01, 0.3, 0.01]}
+                 ).to_csv(tmp_path / "batch_size_sweep.csv", index=False)
+    sweep = loader_sweep(tmp_path)
+    ratio = sweep.drop_duplicates("batch_size").set_index("batch_size")["device_over_dataloader"]
+    assert ratio.to_dict() == {64: 4.0, 256: 1.5}

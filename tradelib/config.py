@@ -19,7 +19,7 @@ class Config:
     # data
     data_path: str = "synthetic"  # synthetic (the embedded market) or a CSV/Parquet file or folder
     synth_symbols: int = 8  # synthetic market: number of symbols
-    synth_bars: int = 12_000  # synthetic market: 5-minute bars per symbol
+    synth_bars: int = 30_000  # synthetic market: 5-minute bars per symbol (30,000: about 104 days)
     data_seed: int = 7  # synthetic market: seed
     # features
     window: int = 32  # bars of history per sample
@@ -45,7 +45,7 @@ class Config:
     weight_decay: float = 0.01  # AdamW weight decay (not on biases and norms)
     warmup_steps: int = 50  # optimizer steps of linear warm-up, then cosine decay
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    epochs: int = 2  # passes over the training windows
+    epochs: int = 3  # passes over the training windows
     max_steps: int = 0  # stop after this many optimizer steps (0: no limit)
     grad_clip: float = 1.0  # clip the gradient norm (0: off)
     device: str = "auto"  # auto | cpu | cuda | cuda:N

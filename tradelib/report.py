@@ -215,6 +215,23 @@ def compare_block(this: dict, other_dir: Path, cost_bps: float) -> dict:
     }
 
 
+def loader_sweep(run_dir: Path) -> pd.DataFrame | None:
+    """02_profiling's batch-size sweep of this run (the seed's DataLoader and the device loader measured side
+    by side on this device), with the device / dataloader ratio per batch size; None when 02 did not run."""
+    path = Path(run_dir) / "batch_size_sweep.csv"
+    if not path.exists():
+        return None
+    sweep = pd.read_csv(path)
+    keep = [c for c in ("loader", "batch_size", "samples_per_s", "it_per_s", "data_wait_share", "batches_per_epoch",
+                        "peak_mem_bytes", "mfu", "gpu_busy_pct", "device") if c in sweep]
+    sweep = sweep[keep]
+    wide = sweep.pivot_table(index="batch_size", columns="loader", values="samples_per_s")
+    if {"device", "dataloader"} <= set(wide.columns):
+        ratio = (wide["device"] / wide["dataloader"]).rename("device_over_dataloader")
+        sweep = sweep.merge(ratio, left_on="batch_size", right_index=True, how="left")
+    return sweep
+
+
 def build_report(
     run_dir: Path,
     compare_with: Path | None = None,
@@ -252,6 +269,9 @@ def build_report(
         "run": {k: v for k, v in inputs.summary.items() if k != "config"},
         "config": inputs.summary.get("config", {}),
     }
+    sweep = loader_sweep(run_dir)
+    if sweep is not None:
+        report["loader_sweep"] = sweep
     if compare_with is not None:
         report["compare"] = compare_block(summary, Path(compare_with), inputs.cost_bps)
     report = to_jsonable(report)
