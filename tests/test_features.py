@@ -121,3 +121,17 @@ def test_vol_scaled_target():
 def test_config_to_feature_config():
     fcfg = FeatureConfig.from_config(Config(window=48, horizon=2))
     assert fcfg.window == 48 and fcfg.horizon == 2
+
+
+def test_feature_ranges_before_scaling_are_recorded_and_finite():
+    """01 shows each feature's range before and after scaling; before is finite even on hostile data."""
+    from tradelib.explore import feature_table
+
+    fs = build_features(clean_market(), FCFG)
+    raw = fs.meta["raw_ranges"]
+    assert list(raw) == fs.feature_names
+    assert all(np.isfinite([r["min"], r["max"]]).all() and r["min"] <= r["max"] for r in raw.values())
+    assert raw["ret_64"]["unknown"] >= 64  # the first 64 rows of each series have no 64-bar history
+    table = feature_table(fs)
+    assert {"raw_min", "raw_max", "min", "max", "at_clip"} <= set(table.columns)
+    assert (table["max"] <= FCFG.clip).all() and (table["non_finite"] == 0).all()

@@ -55,3 +55,12 @@ def test_cpu_device_is_said(capsys):
         return
     assert pick_device("auto").type == "cpu"
     assert "CUDA is not available" in capsys.readouterr().out
+
+
+def test_unknown_compile_mode_is_refused(tiny_cfg):
+    import pytest
+
+    from tradelib.train import maybe_compile
+
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        maybe_compile(torch.nn.Linear(2, 1), tiny_cfg.replace(compile="fast"), torch.device("cpu"), torch.zeros(1, 2))

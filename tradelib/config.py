@@ -50,7 +50,7 @@ class Config:
     grad_clip: float = 1.0  # clip the gradient norm (0: off)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: str = "auto"  # auto (on for CUDA) | on | off
+    compile: str = "auto"  # auto (on for CUDA) | on | off | reduce-overhead (adds CUDA graphs, small models)
     loader: str = "device"  # device (windows gathered on the device) | dataloader (seed-style baseline)
     num_workers: int = 8  # dataloader loader only: worker processes (the seed's 8, capped at the cores)
     prefetch_factor: int = 4  # dataloader loader only: batches prefetched per worker

@@ -30,15 +30,19 @@ def counts_table(quality: dict) -> pd.DataFrame:
 
 
 def feature_table(fs: FeatureSet) -> pd.DataFrame:
-    """Per feature and split: range, median, spread, non-finite count and the share sitting at the clip."""
+    """Per feature and split: the range before scaling (all rows) and after (this split), median, spread,
+    non-finite count and the share sitting at the clip."""
     clip = fs.meta["feature_config"]["clip"]
+    before = fs.meta.get("raw_ranges", {})
     rows = []
     for s, name in ((0, "train"), (1, "val"), (2, "test")):
         X = fs.X[fs.split == s]
         for j, f in enumerate(fs.feature_names):
             x = X[:, j]
-            rows.append({"split": name, "feature": f, "min": float(x.min()) if len(x) else np.nan,
-                         "max": float(x.max()) if len(x) else np.nan,
+            b = before.get(f, {})
+            rows.append({"split": name, "feature": f, "raw_min": b.get("min", np.nan), "raw_max": b.get("max", np.nan),
+                         "no_history": b.get("unknown", np.nan),
+                         "min": float(x.min()) if len(x) else np.nan, "max": float(x.max()) if len(x) else np.nan,
                          "median": float(np.median(x)) if len(x) else np.nan,
                          "std": float(x.std()) if len(x) else np.nan,
                          "non_finite": int((~np.isfinite(x)).sum()),

@@ -238,16 +238,21 @@ def build_features(clean: pd.DataFrame, fcfg: FeatureConfig, quality: dict | Non
     X = np.empty((len(clean), len(FEATURE_NAMES)), dtype=np.float32)
     makers = feature_makers(clean, seg)
 
-    def make_and_scale(j: int, name: str) -> tuple[float, float, np.ndarray | None]:
+    def make_and_scale(j: int, name: str) -> tuple[float, float, dict, np.ndarray | None]:
         col = makers[name]()
         m, scale = fit_robust(col[train])
+        with np.errstate(invalid="ignore"):
+            finite = np.isfinite(col)
+            before = {"min": float(np.min(col, where=finite, initial=np.inf)),
+                      "max": float(np.max(col, where=finite, initial=-np.inf)), "unknown": int((~finite).sum())}
         apply_robust(col, m, scale, fcfg.clip, out=X[:, j])
-        return m, scale, (col if name == f"rvol_{VOL_WINDOWS[-1]}" else None)
+        return m, scale, before, (col if name == f"rvol_{VOL_WINDOWS[-1]}" else None)
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         done = list(pool.map(make_and_scale, range(len(makers)), makers))
     med, mad = [d[0] for d in done], [d[1] for d in done]
-    rvol = next(d[2] for d in done if d[2] is not None)
+    raw_ranges = {name: d[2] for name, d in zip(makers, done)}
+    rvol = next(d[3] for d in done if d[3] is not None)
     names = list(makers)
     lc = np.log(clean["close"].to_numpy(np.float64))
     fwd = _shift(lc, -fcfg.horizon, seg) - lc
@@ -270,6 +275,7 @@ def build_features(clean: pd.DataFrame, fcfg: FeatureConfig, quality: dict | Non
     meta = {
         "feature_config": asdict(fcfg),
         "norm": {"median": med, "scale": mad},
+        "raw_ranges": raw_ranges,  # each feature before scaling: min, max, rows without history (filled with 0)
         "target_scale": target_scale,
         "bar_seconds": {s: b / 1e9 for s, b in bar_by_symbol.items()},
         "splits": cuts,
