@@ -29,7 +29,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from tradelib import cache
-from tradelib.config import Config, load_config
+from tradelib.config import Config, add_param_args, load_config
 from tradelib.features import FeatureConfig, FeatureSet
 from tradelib.models import build_model, n_params, training_flops_per_sample
 from tradelib.monitor import GpuMonitor
@@ -428,10 +428,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", action="store_true",
                    help="measure the data side instead: raw -> clean -> features on --symbols x --bars (default "
                         "100 x 100,000 = 10M rows), its peak memory, and the warm load of params/full.yaml's cache")
-    p.add_argument("-f", "--parameters-file", dest="files", action="append", default=[], metavar="FILE",
-                   help="YAML parameter file for everything else (repeatable), as with papermill -f")
-    p.add_argument("-p", "--parameter", dest="params", action="append", nargs=2, default=[],
-                   metavar=("NAME", "VALUE"), help="one parameter, as with papermill -p (repeatable)")
+    add_param_args(p)
 
 
 def bench_command(args: argparse.Namespace) -> int:

@@ -10,12 +10,7 @@ import argparse
 import os
 import sys
 
-
-def add_param_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-f", "--parameters-file", dest="files", action="append", default=[], metavar="FILE",
-                   help="YAML parameter file (repeatable; later files win), as with papermill -f")
-    p.add_argument("-p", "--parameter", dest="params", action="append", nargs=2, default=[],
-                   metavar=("NAME", "VALUE"), help="one parameter, as with papermill -p (repeatable)")
+from tradelib.config import add_param_args
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ Values come from defaults, then YAML files (`-f`), then `-p NAME VALUE` override
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 from dataclasses import dataclass, field, fields
@@ -144,6 +145,14 @@ def read_params(files: list[str] | None = None, overrides: list[tuple[str, str]]
     for name, value in overrides or []:
         merged[name] = parse_value(value) if isinstance(value, str) else value
     return merged
+
+
+def add_param_args(parser: argparse.ArgumentParser) -> None:
+    """`-f FILE` and `-p NAME VALUE`, as papermill takes them, for every command that takes a config."""
+    parser.add_argument("-f", "--parameters-file", dest="files", action="append", default=[], metavar="FILE",
+                        help="YAML parameter file (repeatable; later files win), as with papermill -f")
+    parser.add_argument("-p", "--parameter", dest="params", action="append", nargs=2, default=[],
+                        metavar=("NAME", "VALUE"), help="one parameter, as with papermill -p (repeatable)")
 
 
 def load_config(files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None) -> Config:

@@ -695,7 +695,7 @@ class Trainer:
         atomic_save({**self.state(), "restored_best": restored}, self.ckpt_dir / "last.pt")
         summary = self.summary()
         self.write_predictions()
-        summary.update(test_metrics(self.dir / "predictions.parquet"))
+        summary.update(pooled_test_ic(self.dir / "predictions.parquet"))
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         return summary
 
@@ -783,7 +783,7 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in table.items() if k in name), None)
 
 
-def test_metrics(pred_path: Path) -> dict:
+def pooled_test_ic(pred_path: Path) -> dict:
     """Pooled test IC of the model and of the oracle on the same rows, for the summary line."""
     df = pd.read_parquet(pred_path)
     ic = df["prediction"].corr(df["target"]) if len(df) > 2 and df["prediction"].std() > 0 else float("nan")
@@ -811,6 +811,7 @@ def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True) -> R
     finally:
         cleanup_distributed()
     if trainer.main:
+        oracle = summary.get("oracle_ic_test")
         print(f"done: {summary['samples_per_s']:,.0f} samples/s, test IC {summary.get('test_ic', float('nan')):.4f}"
-              f" (oracle {summary.get('oracle_ic_test')}), outputs in {trainer.dir}")
+              + (f" (oracle {oracle:.4f})" if oracle is not None else "") + f", outputs in {trainer.dir}")
     return RunResult(trainer.dir, summary, trainer.model, trainer.fs)
