@@ -97,3 +97,12 @@ def _tiny() -> dict:
 
     params = yaml.safe_load(Path(TINY_PARAMS).read_text())
     return {k: v for k, v in params.items() if k in declared("03_train")}
+
+
+def test_a_failing_notebook_stops_the_pipeline_with_one_line(outputs):
+    res = subprocess.run([sys.executable, "-m", "tradelib", "pipeline", "-f", TINY_PARAMS, "-p", "model", "tcn",
+                          "-p", "layers", "9", "-p", "run_id", "bad"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 02_profiling failed in cell") and "receptive field" in last
+    assert str(outputs / "bad" / "02_profiling.ipynb") in last

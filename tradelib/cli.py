@@ -84,12 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tradelib.data import DataError
+    from tradelib.pipeline import NotebookFailed
     from tradelib.train import TrainingDiverged
 
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError, TrainingDiverged) as exc:
+    except (DataError, ValueError, FileNotFoundError, TrainingDiverged, NotebookFailed) as exc:
         if os.environ.get("TRADELIB_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, (TrainingDiverged, NotebookFailed)) else 2

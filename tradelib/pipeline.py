@@ -11,6 +11,10 @@ from tradelib.paths import new_run_id, notebooks_dir, run_dir
 NOTEBOOKS = ("01_data_cleaning", "02_profiling", "03_train", "04_report")
 
 
+class NotebookFailed(RuntimeError):
+    """A notebook raised: the pipeline stops there, naming the cell and the saved notebook."""
+
+
 def notebook_parameters(path: Path) -> dict[str, dict]:
     """The names, types, defaults and help of a notebook's `parameters` cell (papermill's own reading)."""
     import papermill as pm
@@ -54,8 +58,12 @@ def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]
     for name in notebooks:
         t0 = time.perf_counter()
         print(f"[pipeline] {name} -> {out / (name + '.ipynb')}", flush=True)
-        pm.execute_notebook(str(src[name]), str(out / f"{name}.ipynb"), parameters=per_nb[name],
-                            cwd=str(notebooks_dir()), progress_bar=progress, log_output=False)
+        try:
+            pm.execute_notebook(str(src[name]), str(out / f"{name}.ipynb"), parameters=per_nb[name],
+                                cwd=str(notebooks_dir()), progress_bar=progress, log_output=False)
+        except pm.PapermillExecutionError as exc:
+            raise NotebookFailed(f"{name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
+                                 f"(the executed notebook with the traceback: {out / (name + '.ipynb')})") from None
         print(f"[pipeline] {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
         paths[name] = out / f"{name}.ipynb"
     if "04_report" in notebooks:
