@@ -179,6 +179,7 @@ class Runner:
             seconds = time.perf_counter() - t0
         finally:
             tr.source = timed.inner
+            tr.fetch_marks.clear()  # the trainer's own CUDA fetch marks: this bench times fetches itself
         micro = sum(math.ceil(len(g) / tr.cfg.batch_size) for g in groups[n_warmup:])
         return {"seconds": seconds, "wait_s": timed.wait, "micro_batches": micro,
                 "samples": int(round(float(tr.n_acc) - n0))}

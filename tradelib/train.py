@@ -351,6 +351,7 @@ class Trainer:
         self.sse_acc, self.nl_acc, self.n_acc, self.skipped_acc = acc(), acc(), acc(), acc()
         self.bad_run, self.bad_max, self.norm_last = acc(), acc(), torch.zeros((), device=self.device)
         self.wait, self.steps_since, self.t_log = 0.0, 0, time.perf_counter()
+        self.fetch_marks: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # CUDA only: see _cuda_mark
         self.on_step: Callable[[Trainer], None] | None = None  # called between optimizer steps (tests, notebooks)
         self._stop_requested, self._clean, self._saved_step = False, True, -1
         self.metrics = self.dir / "metrics.jsonl"
@@ -499,6 +500,16 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         return norm.detach(), bad
 
+    def _cuda_mark(self) -> torch.cuda.Event | None:
+        """A timing event on the CUDA stream (None on the CPU). Between the marks around a fetch the stream
+        spends the gather kernel's time, plus any time it sat idle because the host had no batch yet: the
+        GPU's honest data wait, which host timers miss (a launch returns at once)."""
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
     def global_count(self, group: torch.Tensor) -> int | torch.Tensor:
         """Valid targets of this optimizer step over all ranks: known from the size for windows (every
         rank's group has the same length), summed on the device for dense chunks."""
@@ -514,8 +525,11 @@ class Trainer:
         sse = torch.zeros((), device=self.device)
         for i, ids in enumerate(chunks):
             t0 = time.perf_counter()
+            start = self._cuda_mark()
             x, y, mask = self.source.batch(ids)
             self.wait += time.perf_counter() - t0
+            if start is not None:
+                self.fetch_marks.append((start, self._cuda_mark()))
             sse = sse + self.micro_step(x, y, mask, n_valid, sync=i == len(chunks) - 1)
         norm, bad = self.optimizer_step(sse)
         good = ~bad
@@ -588,6 +602,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - self.t_log
+        if self.fetch_marks:  # on CUDA: the stream's time between the marks around each fetch (synchronised above)
+            self.wait = sum(a.elapsed_time(b) for a, b in self.fetch_marks) / 1e3
+            self.fetch_marks.clear()
         all_reduce(self.sse_acc)  # the loss over all ranks (the counts already are global)
         sse, nl, n, skipped, bad_max, norm = torch.stack([
             self.sse_acc, self.nl_acc, self.n_acc, self.skipped_acc, self.bad_max, self.norm_last.double(),
