@@ -232,26 +232,16 @@ def loader_sweep(run_dir: Path) -> pd.DataFrame | None:
     return sweep
 
 
-def build_report(
-    run_dir: Path,
-    compare_with: Path | None = None,
-    cost_bps: float = 5.0,
-    fs=None,
-    *,
-    X_train: np.ndarray | None = None,
-    y_train: np.ndarray | None = None,
-    X_test: np.ndarray | None = None,
-    bar_seconds: float | None = None,
-    mode: str = "sign",
-    inputs: ReportInputs | None = None,
-) -> dict:
+def build_report(run_dir: Path, compare_with: Path | None = None, cost_bps: float = 5.0, *,
+                 inputs: ReportInputs | None = None, **load_kwargs) -> dict:
     """Compute the report of one run, write it to run_dir/report.json (strict JSON, NaN -> null), return it.
 
-    Pass `inputs` from `load_inputs` to reuse them for `make_figures`; otherwise they are loaded here.
+    Pass `inputs` from `load_inputs` to reuse them for `make_figures`; otherwise they are loaded here, with
+    `load_kwargs` (fs, X_train, y_train, X_test, bar_seconds, mode) passed on to `load_inputs`.
     """
     run_dir = Path(run_dir)
     if inputs is None:
-        inputs = load_inputs(run_dir, cost_bps, fs, X_train, y_train, X_test, bar_seconds, mode)
+        inputs = load_inputs(run_dir, cost_bps, **load_kwargs)
     summary = summary_block(inputs)
     bt = inputs.backtest
     report = {
