@@ -66,5 +66,18 @@ def test_missing_path_is_a_clear_error(tmp_path):
 
     from tradelib.data import DataError
 
-    with pytest.raises(DataError, match="no such file"):
+    with pytest.raises(DataError, match="path does not exist"):
         cache.prepare(Config(**TINY, data_path=str(tmp_path / "nope.csv")))
+
+
+def test_key_follows_only_the_files_the_loader_reads(tmp_path):
+    folder = tmp_path / "daily"
+    folder.mkdir()
+    (folder / "AAA.csv").write_text("timestamp,open,high,low,close,volume\n2024-01-01,1,1,1,1,1\n")
+    cfg = Config(**TINY, data_path=str(folder))
+    key = cache.cache_key(cfg)
+    (folder / "README.txt").write_text("notes")  # skipped by the loader
+    (folder / ".DS_Store").write_text("x")
+    assert cache.cache_key(cfg) == key
+    (folder / "BBB.csv").write_text("timestamp,open,high,low,close,volume\n2024-01-01,2,2,2,2,2\n")
+    assert cache.cache_key(cfg) != key

@@ -43,16 +43,15 @@ def synth_params(cfg: Config) -> dict:
 
 
 def data_fingerprint(cfg: Config) -> str:
-    """Content hash of the raw files (name, size and bytes), or the generator's parameters."""
+    """Content hash of the raw files the loader reads (name, size and bytes), or the generator's parameters."""
     if is_synthetic(cfg.data_path):
         return "synthetic:" + json.dumps(synth_params(cfg), sort_keys=True)
     path = Path(cfg.data_path).expanduser()
     if not path.exists():
-        raise data.DataError(f"{path}: no such file or directory")
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        raise data.DataError(f"{path}: path does not exist")
     h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{f.stat().st_size}".encode())
+    for f in data.data_files(path)[0]:  # what load_ohlcv reads, nothing else
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
         with f.open("rb") as fh:
             while chunk := fh.read(1 << 22):
                 h.update(chunk)

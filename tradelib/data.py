@@ -291,6 +291,20 @@ def _unsorted_rows(ts: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return ts.view("int64") < prev_max
 
 
+def data_files(path: Path) -> tuple[list[Path], list[Path]]:
+    """The files `load_ohlcv` reads from `path` and the ones it skips (a folder: its CSV/Parquet files, not
+    sub-folders or hidden files). The feature cache hashes exactly these."""
+    if not path.is_dir():
+        return [path], []
+    files: list[Path] = []
+    skipped: list[Path] = []
+    for p in sorted(path.iterdir()):
+        if p.name.startswith(".") or p.is_dir():
+            continue
+        (files if _suffix(p) in CSV_SUFFIXES + PARQUET_SUFFIXES else skipped).append(p)
+    return files, skipped
+
+
 def load_ohlcv(path: str | Path, symbol: str | None = None) -> pd.DataFrame:
     """Read a CSV/Parquet file or a directory of per-symbol files into the canonical raw frame.
 
@@ -302,13 +316,8 @@ def load_ohlcv(path: str | Path, symbol: str | None = None) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: path does not exist")
-    files: list[Path] = []
-    skipped: list[Path] = []
+    files, skipped = data_files(path)
     if path.is_dir():
-        for p in sorted(path.iterdir()):
-            if p.name.startswith(".") or p.is_dir():
-                continue
-            (files if _suffix(p) in CSV_SUFFIXES + PARQUET_SUFFIXES else skipped).append(p)
         if not files:
             raise DataError(f"{path}: directory has no CSV or Parquet files")
         parts = [_frame_from_table(_read_table(p), p, None) for p in files]
