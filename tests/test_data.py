@@ -289,6 +289,15 @@ def test_level_shift_and_small_moves_are_not_spikes():
     assert rep.counts == []
 
 
+def test_big_opposite_moves_that_do_not_cancel_are_not_spikes():
+    """A volatile stretch: -20% then +12% is two real moves, not a bad print that comes back."""
+    raw = two_symbols()
+    raw.loc[100:, PRICES] *= 0.8
+    raw.loc[101:199, PRICES] *= 1.12
+    _, rep = clean(raw)
+    assert "price_spike" not in by_rule(rep)
+
+
 def test_spike_sigmas_controls_detection():
     raw, _ = plant_spike(two_symbols(), [100])
     _, rep = clean(raw, spike_sigmas=1e6)  # absurdly strict: nothing is a spike

@@ -43,6 +43,7 @@ MAX_PRICE = 1e12  # no traded instrument is quoted above this: a unit or parsing
 MAX_VOLUME = 1e20  # micro-priced tokens legitimately trade ~1e15 units per bar; 1e20 is not physical
 MAX_BAD_SHARE = 0.5  # when more than this share of a column is unparseable the file is rejected
 SPIKE_MIN_LOG_MOVE = 0.05  # a spike must also move the close by > 5% (log) in and out: ignores tick bounces
+SPIKE_MAX_RESIDUAL = 0.25  # the return out undoes the return in to within a quarter of the move
 SPIKE_MIN_RETURNS = 10  # robust sigma needs at least this many non-zero returns per symbol
 BAR_MODE_SHARE = 0.1  # the most common bar diff is the bar size when it covers >= 10% of diffs, else median
 
@@ -59,7 +60,8 @@ RULES: dict[str, str] = {
     "high_below_low": "changed: swapped",
     "ohlc_outside_range": "changed: high/low widened to contain open and close",
     "price_spike": "changed: a one-bar spike that reverts (abs log move > spike_sigmas robust sigmas, and > "
-    "0.05, both in and out) set to the previous close (o/h/l/c)",
+    "0.05, both in and out, the move out undoing the move in to within a quarter) set to the previous close "
+    "(o/h/l/c)",
     "long_gap": "kept: gap longer than max_gap_bars bars; windows do not cross it",
 }
 
@@ -686,7 +688,8 @@ def clean_ohlcv(
 
 
 def _spikes(c: np.ndarray, code: np.ndarray, breaks: np.ndarray, k: float, n_sym: int) -> np.ndarray:
-    """Rows whose close is a one-bar spike: |r_t| and |r_t+1| above threshold with opposite signs.
+    """Rows whose close is a one-bar spike: |r_t| and |r_t+1| above threshold, and the next bar undoes the
+    move (|r_t + r_t+1| within SPIKE_MAX_RESIDUAL of the smaller move), so a volatile stretch is not taken for one.
 
     r_t = log(c_t / c_t-1), undefined at a symbol start or after a long gap. The threshold per symbol is
     max(k * 1.4826 * MAD of its non-zero returns, SPIKE_MIN_LOG_MOVE).
@@ -708,7 +711,8 @@ def _spikes(c: np.ndarray, code: np.ndarray, breaks: np.ndarray, k: float, n_sym
     thr = np.maximum(k * sigma, SPIKE_MIN_LOG_MOVE)[code]  # NaN sigma -> NaN thr -> no spike
     with np.errstate(invalid="ignore"):
         big = np.abs(r) > thr
-        spike[:-1] = big[:-1] & big[1:] & (np.sign(r[:-1]) == -np.sign(r[1:]))
+        back = np.abs(r[:-1] + r[1:]) <= SPIKE_MAX_RESIDUAL * np.minimum(np.abs(r[:-1]), np.abs(r[1:]))
+        spike[:-1] = big[:-1] & big[1:] & back  # opposite moves that cancel: the price came back
     return spike
 
 
