@@ -135,3 +135,24 @@ def test_feature_ranges_before_scaling_are_recorded_and_finite():
     table = feature_table(fs)
     assert {"raw_min", "raw_max", "min", "max", "at_clip"} <= set(table.columns)
     assert (table["max"] <= FCFG.clip).all() and (table["non_finite"] == 0).all()
+
+
+HOSTILE = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -1.0, 1e-12, 1e15, 1e19])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cells=st.lists(st.tuples(st.integers(0, 1599), st.sampled_from(["open", "high", "low", "close", "volume"]),
+                                HOSTILE), min_size=1, max_size=60),
+       scale=st.sampled_from([1e-8, 1.0, 1e6]))
+def test_features_finite_and_bounded_on_hostile_input(cells, scale):
+    """Any mix of NaN, inf, zeros, negatives and absurd magnitudes in the raw bars: after cleaning, every
+    feature is finite and within the clip, and every row is accounted for."""
+    raw = generate_market(n_symbols=2, n_bars=800, seed=2, hostile=False)
+    raw[["open", "high", "low", "close"]] *= scale
+    for row, col, value in cells:
+        raw.loc[row, col] = value
+    clean, report = data.clean_ohlcv(raw, "hostile", keep=("oracle",))
+    assert report.rows_in == report.rows_kept + report.rows_dropped == len(raw)
+    fs = build_features(clean, FCFG)
+    assert np.isfinite(fs.X).all() and np.abs(fs.X).max() <= FCFG.clip
+    assert np.isfinite(fs.y[window_ends(fs, 0, FCFG.window)]).all()
