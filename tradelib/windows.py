@@ -71,8 +71,6 @@ class DeviceData:
     def n_items(self) -> int:
         return len(self._ends[0])
 
-    def memory_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.X, self.y, *self._ends.values()))
 
 
 def dense_chunks(fs: FeatureSet, split: int, length: int, receptive_field: int) -> tuple[np.ndarray, np.ndarray]:
