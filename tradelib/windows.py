@@ -72,7 +72,6 @@ class DeviceData:
         return len(self._ends[0])
 
 
-
 def dense_chunks(fs: FeatureSet, split: int, length: int, receptive_field: int) -> tuple[np.ndarray, np.ndarray]:
     """Chunk starts and the first row each chunk trains on, for dense training of a causal model.
 
