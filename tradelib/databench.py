@@ -1,4 +1,4 @@
-"""The data-side benchmark (`python -m tradelib bench --data`): cleaning + features on 10M rows, peak
+"""The data-side benchmark (`python -m tradelib bench --features`): cleaning + features on 10M rows, peak
 memory against the raw frame, and the warm load of a cached full-profile dataset."""
 
 from __future__ import annotations
@@ -9,15 +9,9 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from tradelib import cache, data, features, synth
-from tradelib.config import load_config
+from tradelib import cache, synth
+from tradelib.config import Config, load_config
 from tradelib.paths import repo_root
-
-
-def clean_and_build(raw, fcfg: features.FeatureConfig) -> features.FeatureSet:
-    clean, report = data.clean_ohlcv(raw, "bench", min_rows=fcfg.window + fcfg.horizon + 1,
-                                     max_gap_bars=fcfg.max_gap_bars, keep=("oracle",))
-    return features.build_features(clean, fcfg, report.to_dict())
 
 
 def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, full_profile: bool = True,
@@ -28,19 +22,19 @@ def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, fu
     say(f"generating {n_symbols} x {n_bars:,} synthetic bars ...")
     raw = synth.generate_market(n_symbols=n_symbols, n_bars=n_bars, seed=1)
     raw_bytes = int(raw.memory_usage(deep=True).sum())
-    fcfg = features.FeatureConfig()
-    clean_and_build(raw.head(50_000), fcfg)  # warm-up: imports and first-call costs
+    cfg = Config()  # the default feature parameters; cache.build is the path prepare() takes, minus the cache
+    cache.build(cfg, raw.head(50_000))  # warm-up: imports and first-call costs
     times = []
     for i in range(repeats):
         gc.collect()
         t0 = time.perf_counter()
-        fs = clean_and_build(raw, fcfg)
+        fs = cache.build(cfg, raw)[0]
         times.append(time.perf_counter() - t0)
         say(f"  run {i + 1}: {len(raw) / times[-1]:,.0f} rows/s")
         del fs
     gc.collect()
     tracemalloc.start()
-    fs = clean_and_build(raw, fcfg)
+    fs = cache.build(cfg, raw)[0]
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     result = {

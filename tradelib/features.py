@@ -258,7 +258,7 @@ def build_features(clean: pd.DataFrame, fcfg: FeatureConfig, quality: dict | Non
     fwd = _shift(lc, -fcfg.horizon, seg) - lc
     ret_next = _shift(lc, -1, seg) - lc
     last_ret = lc - _shift(lc, 1, seg)
-    target = fwd.copy()
+    target = fwd
     if fcfg.vol_scaled_target:
         rvol = rvol * np.sqrt(fcfg.horizon)
         with np.errstate(invalid="ignore", divide="ignore"):

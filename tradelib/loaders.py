@@ -71,9 +71,7 @@ class DataLoaderData:
 
     def order(self, split: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
         """Positions into the training windows, in the same shuffled order as the device loader."""
-        perm = epoch_order(len(self.ends_np), epoch, seed)
-        n = (len(perm) // world) * world
-        return perm[rank:n:world]
+        return epoch_order(len(self.ends_np), epoch, seed, rank, world)
 
     def start(self, ids: torch.Tensor) -> None:
         """Begin iterating the DataLoader over these dataset positions (an epoch, or its rest on resume)."""

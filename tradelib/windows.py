@@ -28,10 +28,12 @@ def naive_window(fs: FeatureSet, end: int, window: int) -> np.ndarray:
     return fs.X[end - window + 1 : end + 1]
 
 
-def epoch_order(n: int, epoch: int, seed: int) -> torch.Tensor:
-    """A permutation of range(n), a pure function of (seed, epoch): resume and DDP ranks agree on it."""
+def epoch_order(n: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's share of a permutation of range(n) that is a pure function of (seed, epoch), so resume and
+    DDP ranks agree on it. Shares are equal (the remainder is left out): every rank runs as many steps."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
+    perm = torch.randperm(n, generator=g)
+    return perm[rank : (n // world) * world : world]
 
 
 class DeviceData:
@@ -56,9 +58,7 @@ class DeviceData:
     def order(self, split: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
         """This epoch's shuffled window ends (without replacement), this rank's share, on the device."""
         ends = self._ends[split]
-        perm = epoch_order(len(ends), epoch, seed).to(self.device)
-        n = (len(perm) // world) * world  # equal shares: every rank runs the same number of steps
-        return ends[perm[rank:n:world]]
+        return ends[epoch_order(len(ends), epoch, seed, rank, world).to(self.device)]
 
     def count(self, ends: torch.Tensor) -> int:
         """Valid targets among these windows: all of them (ends are chosen with a known target)."""
@@ -120,9 +120,7 @@ class DenseData(DeviceData):
         """Shuffled chunk ids (training split only) for this rank."""
         if split != 0:
             raise ValueError("dense chunks are built for the training split; evaluate per window")
-        perm = epoch_order(len(self.chunk_starts), epoch, seed).to(self.device)
-        n = (len(perm) // world) * world
-        return perm[rank:n:world]
+        return epoch_order(len(self.chunk_starts), epoch, seed, rank, world).to(self.device)
 
     def chunk_mask(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.chunk_starts[ids, None] + self.chunk_offsets
