@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tradelib import cache
+from tradelib import dataset
 from tradelib.config import Config
 
 TINY = dict(synth_symbols=3, synth_bars=1500, window=16, hidden=16, layers=1, batch_size=64, epochs=1,
@@ -26,4 +26,4 @@ def tiny_cfg() -> Config:
 @pytest.fixture(scope="session")
 def tiny_fs(tmp_path_factory):
     """A small synthetic FeatureSet built once per session (no cache involved)."""
-    return cache.build(Config(**TINY))[0]
+    return dataset.build(Config(**TINY))[0]

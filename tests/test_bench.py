@@ -9,18 +9,18 @@ import pytest
 import torch
 
 from tradelib import monitor
-from tradelib.bench import REQUIRED_KEYS, make_setups, parse_model_spec
 from tradelib.cli import main
 from tradelib.config import Config
+from tradelib.measure import REQUIRED_KEYS, add_ratios, make_setups, parse_model_spec
 from tradelib.monitor import GpuMonitor, summarise
 
 
 def test_bench_cli_end_to_end_on_cpu(tmp_path, capsys):
     path = tmp_path / "bench.json"
-    rc = main(["bench", "--device", "cpu", "--model", "mlp", "--model", "tcn:window=16,layers=2",
-               "--symbols", "3", "--bars", "1500", "-p", "window", "16", "-p", "hidden", "8",
-               "--batch-size", "64", "--steps", "2", "--warmup", "1", "--repeats", "2", "--workers", "2",
-               "--json", str(path)])
+    params = {"device": "cpu", "bench_models": "mlp tcn:window=16,layers=2", "synth_symbols": 3,
+              "synth_bars": 1500, "window": 16, "hidden": 8, "batch_size": 64, "steps": 2, "warmup": 1,
+              "repeats": 2, "num_workers": 2}
+    rc = main(["bench", *[a for k, v in params.items() for a in ("-p", k, str(v))], "--json", str(path)])
     assert rc == 0
     out = capsys.readouterr().out
     assert "samples/s" in out and str(path) in out
@@ -58,6 +58,16 @@ def test_model_specs_and_the_dense_batch_in_targets(capsys):
     assert dense.cfg.batch_size == 5 and dense.cfg.dense and dense.cfg.window == 64 and dense.cfg.layers == 4
     assert [s.loader for s in make_setups(Config(), "lstm")] == ["dataloader", "device"]
     assert "no dense mode for lstm" in capsys.readouterr().out
+
+
+def test_ratios_pair_each_loader_with_its_baseline_within_a_group():
+    rec = lambda group, loader, sps: {"group": group, "loader": loader, "samples_per_s": sps,
+                                      "samples_per_s_runs": [sps, sps]}
+    records = [rec("@64", "dataloader", 100.0), rec("@64", "device", 400.0), rec("@256", "dataloader", 200.0),
+               rec("@256", "device", 300.0), rec("@256", "dense", 600.0)]
+    add_ratios(records)
+    assert [r["speedup"] for r in records] == [None, 4.0, None, 1.5, 2.0]
+    assert records[3]["ratios"]["device/dataloader_runs"] == [1.5, 1.5]
 
 
 def test_monitor_is_off_without_a_gpu_and_says_so_once(monkeypatch, capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tradelib import cache
+from tradelib import cache, dataset
 from tradelib.config import Config
 
 from .conftest import TINY
@@ -16,14 +16,14 @@ from .conftest import TINY
 
 def test_prepare_caches_and_reloads_identically(capsys):
     cfg = Config(**TINY)
-    first = cache.prepare(cfg)
+    first = dataset.prepare(cfg)
     assert "features built" in capsys.readouterr().out
-    second = cache.prepare(cfg)
+    second = dataset.prepare(cfg)
     assert "cache hit" in capsys.readouterr().out
     for name in first.ARRAYS:
         np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
     assert first.meta["cache_key"] == second.meta["cache_key"]
-    cache.prepare(cfg, force=True)
+    dataset.prepare(cfg, force=True)
     assert "features built" in capsys.readouterr().out
 
 
@@ -32,7 +32,8 @@ def test_key_changes_with_data_and_feature_parameters(tmp_path):
     key = cache.cache_key(base)
     assert cache.cache_key(base.replace(window=17)) != key
     assert cache.cache_key(base.replace(data_seed=8)) != key
-    assert cache.cache_key(base.replace(lr=0.5, batch_size=7)) == key  # training knobs do not touch features
+    assert cache.cache_key(base.replace(lr=0.5, batch_size=7, cost_bps=3.0)) == key  # nor other knobs
+    assert cache.cache_key(base.replace(spike_sigmas=8.0)) != key  # cleaning shapes the features too
     f = tmp_path / "a.csv"
     f.write_text("timestamp,open,high,low,close,volume\n2024-01-01,1,1,1,1,1\n")
     k1 = cache.cache_key(base.replace(data_path=str(f)))
@@ -47,8 +48,8 @@ def test_editing_the_feature_code_invalidates_the_cache(tmp_path):
         shutil.copytree(pkg, tmp_path / variant / "tradelib", ignore=shutil.ignore_patterns("__pycache__"))
     feats = tmp_path / "edited" / "tradelib" / "features.py"
     feats.write_text(feats.read_text().replace("VOLUME_WINDOW = 64", "VOLUME_WINDOW = 63"))
-    script = ("from tradelib import cache; from tradelib.config import Config; "
-              f"cfg = Config(**{TINY!r}); fs = cache.prepare(cfg); print('KEY', fs.meta['cache_key'])")
+    script = ("from tradelib import dataset; from tradelib.config import Config; "
+              f"cfg = Config(**{TINY!r}); fs = dataset.prepare(cfg); print('KEY', fs.meta['cache_key'])")
     env = dict(os.environ, TRADELIB_OUTPUTS=str(tmp_path / "out"))
     outs = {}
     for variant in ("orig", "edited", "orig"):
@@ -67,7 +68,7 @@ def test_missing_path_is_a_clear_error(tmp_path):
     from tradelib.data import DataError
 
     with pytest.raises(DataError, match="path does not exist"):
-        cache.prepare(Config(**TINY, data_path=str(tmp_path / "nope.csv")))
+        dataset.prepare(Config(**TINY, data_path=str(tmp_path / "nope.csv")))
 
 
 def test_key_follows_only_the_files_the_loader_reads(tmp_path):

@@ -13,7 +13,8 @@ import torch
 from tradelib.config import Config
 from tradelib.distributed import launch_distributed, needs_launch
 from tradelib.models import build_model
-from tradelib.train import seed_everything, train
+from tradelib.train import train
+from tradelib.trainer import seed_everything
 
 BASE = dict(synth_symbols=3, synth_bars=400, window=16, hidden=8, layers=2, device="cpu", compile="off",
             precision="fp32", dropout=0.0, epochs=1, max_steps=3, log_every=1, warmup_steps=2, seed=5)

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tradelib import evaluate as ev
+from tradelib import runs
 
 HOUR = 3600.0
 
@@ -337,11 +338,11 @@ def test_training_curves_split_kinds_ema_and_survive_a_torn_line(tmp_path):
     ]
     text = "\n".join(json.dumps(r) for r in rows) + '\n{"kind": "step", "st'
     (tmp_path / "metrics.jsonl").write_text(text)
-    steps, epochs = ev.training_curves(tmp_path, ema_alpha=0.5)
+    steps, epochs = runs.training_curves(tmp_path, ema_alpha=0.5)
     assert list(steps["step"]) == [1, 2, 3] and len(epochs) == 1
     # bias-corrected EMA, alpha .5: 1; (0 + .5) / 1.5; (0 + 0 + .25) / 1.75
     np.testing.assert_allclose(steps["loss_ema"], [1.0, 1 / 3, 1 / 7])
     assert steps["skipped_steps"].isna().all()  # design column present even when not logged
     assert epochs.loc[0, "val_loss"] == 0.6
-    empty_steps, empty_epochs = ev.training_curves(tmp_path / "missing")
+    empty_steps, empty_epochs = runs.training_curves(tmp_path / "missing")
     assert len(empty_steps) == 0 and "loss_ema" in empty_steps and "val_loss" in empty_epochs

@@ -5,13 +5,13 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tradelib import data, features
+from tradelib import data
 from tradelib.config import Config
-from tradelib.features import FeatureConfig, build_features, raw_features, segment_ids
+from tradelib.features import build_features, feature_makers, feature_params, segment_ids
+from tradelib.sources import window_ends
 from tradelib.synth import generate_market
-from tradelib.windows import window_ends
 
-FCFG = FeatureConfig(window=16, horizon=1)
+FCFG = Config(window=16, horizon=1)
 
 
 def clean_market(n_symbols=3, n_bars=800, seed=1, hostile=True):
@@ -23,7 +23,12 @@ def raw_feature_matrix(clean: pd.DataFrame) -> np.ndarray:
     codes = pd.factorize(clean["symbol"])[0]
     ts = pd.DatetimeIndex(clean["timestamp"]).as_unit("ns").asi8
     seg = segment_ids(codes, ts, np.full(len(ts), 300 * 10**9), 50)
-    return raw_features(clean, seg)[0]
+    return raw_features(clean, seg)
+
+
+def raw_features(clean: pd.DataFrame, seg: np.ndarray) -> np.ndarray:
+    """Every feature before scaling, as one float64 [n, F] matrix."""
+    return np.column_stack([make() for make in feature_makers(clean, seg).values()])
 
 
 def test_features_finite_bounded_float32_on_hostile_synthetic():
@@ -78,7 +83,7 @@ def test_micro_token_features_match_a_large_cap():
 
 
 def test_splits_are_chronological_and_purged():
-    fcfg = FeatureConfig(window=16, horizon=3)
+    fcfg = Config(window=16, horizon=3)
     fs = build_features(clean_market(n_bars=1200), fcfg)
     ts = fs.timestamp
     assert ts[fs.split == 0].max() < ts[fs.split == 1].min() < ts[fs.split == 1].max() < ts[fs.split == 2].min()
@@ -102,7 +107,7 @@ def test_normalisation_is_fitted_on_training_rows_only():
 
 
 def test_unknown_targets_stay_nan_not_zero():
-    fs = build_features(clean_market(n_symbols=2, n_bars=500), FeatureConfig(window=8, horizon=4))
+    fs = build_features(clean_market(n_symbols=2, n_bars=500), Config(window=8, horizon=4))
     for s in np.unique(fs.symbol_id):
         last4 = np.flatnonzero(fs.symbol_id == s)[-4:]
         assert np.isnan(fs.y[last4]).all()
@@ -112,15 +117,16 @@ def test_unknown_targets_stay_nan_not_zero():
 def test_vol_scaled_target():
     clean = clean_market(n_symbols=2, n_bars=600, hostile=False)
     plain = build_features(clean, FCFG)
-    scaled = build_features(clean, FeatureConfig(window=16, vol_scaled_target=True))
-    rvol = features.raw_features(clean, plain.segment)[0][:, plain.feature_names.index("rvol_32")]
+    scaled = build_features(clean, Config(window=16, vol_scaled_target=True))
+    rvol = raw_features(clean, plain.segment)[:, plain.feature_names.index("rvol_32")]
     ok = np.isfinite(scaled.y) & (rvol > 0)
     np.testing.assert_allclose(scaled.y[ok], (plain.fwd_return[ok] / rvol[ok]).astype(np.float32), rtol=1e-4)
 
 
-def test_config_to_feature_config():
-    fcfg = FeatureConfig.from_config(Config(window=48, horizon=2))
-    assert fcfg.window == 48 and fcfg.horizon == 2
+def test_feature_parameters_are_configs_features_group():
+    params = feature_params(Config(window=48, horizon=2))
+    assert params["window"] == 48 and params["horizon"] == 2 and "lr" not in params and "data_path" not in params
+    assert build_features(clean_market(n_bars=600), Config(window=48, horizon=2)).meta["feature_config"] == params
 
 
 def test_feature_ranges_before_scaling_are_recorded_and_finite():

@@ -49,3 +49,25 @@ def test_tcn_refuses_a_window_shorter_than_its_receptive_field():
 def test_unknown_model():
     with pytest.raises(ValueError, match="choose one of"):
         build_model("transformer9000", 3, 8)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_at_initialisation_depends_on_its_input(name):
+    """Init by module type: norms keep weight 1 (the MLP's LayerNorms, named body.1, body.5, ..., were once
+    zeroed by a name test, and the MLP then gave exactly 0 for every input)."""
+    torch.manual_seed(0)
+    model = build_model(name, n_features=5, window=32, hidden=16, layers=2)
+    out = model(torch.randn(64, 32, 5))
+    assert out.std() > 1e-4, out[:5]
+    for m in model.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias))
+
+
+def test_config_model_choices_are_the_models():
+    import dataclasses
+
+    from tradelib.config import Config
+
+    field = next(f for f in dataclasses.fields(Config) if f.name == "model")
+    assert field.metadata["choices"] == MODELS

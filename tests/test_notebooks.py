@@ -10,7 +10,7 @@ import nbformat
 import papermill as pm
 import pytest
 
-from tradelib.config import Config
+from tradelib.config import NOTEBOOK_PARAMS, Config, parameter_lines
 from tradelib.paths import repo_root
 
 ROOT = repo_root()
@@ -38,15 +38,18 @@ def test_notebook_is_stripped_tagged_and_typed(path):
         assert p["help"], f"{name} has no comment"
 
 
-@pytest.mark.parametrize("name", ["01_data_cleaning", "02_profiling", "03_train"])
-def test_parameter_defaults_mirror_config(name):
-    """The notebooks' defaults are Config's defaults: one truth, checked."""
-    defaults = {f.name: f.default for f in dataclasses.fields(Config) if f.default is not dataclasses.MISSING}
-    for pname, p in declared(name).items():
-        if pname in defaults:
-            assert eval(p["default"]) == defaults[pname], pname  # noqa: S307 - literals from our own notebook
-    if name == "03_train":
-        assert set(defaults) <= set(declared(name)) | {"extra"}
+@pytest.mark.parametrize("name", list(NOTEBOOK_PARAMS))
+def test_parameter_cells_are_configs_fields(name):
+    """Each notebook declares exactly its groups' Config fields, with Config's defaults and help: one truth."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    params = declared(name)
+    assert list(params) == [line.split(":")[0] for line in parameter_lines(*NOTEBOOK_PARAMS[name])]
+    for pname, p in params.items():
+        assert eval(p["default"]) == fields[pname].default, pname  # noqa: S307 - literals from our own notebook
+        assert p["help"] == fields[pname].metadata["help"], pname
+    if name == "03_train":  # every knob of a training run
+        train = {"data", "features", "model", "training", "system"}
+        assert {n for n, f in fields.items() if f.metadata["group"] in train} - {"extra"} == set(params)
 
 
 def test_train_notebook_from_repo_root_with_papermill_cli(tmp_path, outputs):
@@ -68,7 +71,7 @@ def test_pipeline_runs_all_notebooks_and_renders_the_report(outputs):
         assert (run / f"{name}.ipynb").exists(), name
     html = (run / "report.html").read_text()
     assert "Test IC" in html or "test IC" in html
-    assert "run_to_report" not in html and "from tradelib" not in html  # no code cells in the report
+    assert "resolve_run" not in html and "from tradelib" not in html  # no code cells in the report
     report = json.loads((run / "report.json").read_text())
     assert {"summary", "predictors", "backtest", "loader_sweep"} <= set(report)
     assert (run / "checkpoints" / "last.pt").exists() and (run / "predictions.parquet").exists()

@@ -7,23 +7,26 @@ import json
 
 import pytest
 
-from tradelib.profiling import SWEEP_COLUMNS, batch_size_sweep, find_max_batch, profile_step, step_memory_bytes
+from tradelib.profiling import SWEEP_COLUMNS, StepProbe, batch_size_sweep, find_max_batch, profile_step
 from tradelib.train import train
 
 
 def test_batch_size_sweep(tiny_cfg):
-    df = batch_size_sweep(tiny_cfg, [32, 128], steps=2, warmup=1)
+    df = batch_size_sweep(tiny_cfg.replace(steps=2, warmup=1, loaders="device,dataloader"), [32, 128])
     assert list(df.columns) == SWEEP_COLUMNS
     assert sorted(zip(df["loader"], df["batch_size"])) == [("dataloader", 32), ("dataloader", 128),
                                                           ("device", 32), ("device", 128)]
     assert (df["samples_per_s"] > 0).all() and df["data_wait_share"].between(0, 1).all()
     per_epoch = df.set_index(["loader", "batch_size"])["batches_per_epoch"]
     assert per_epoch["device", 32] > per_epoch["device", 128] == per_epoch["dataloader", 128]
+    speedup = df.set_index(["loader", "batch_size"])["speedup"]
+    assert speedup["device", 32] == pytest.approx(
+        df.set_index(["loader", "batch_size"])["samples_per_s"].pipe(lambda s: s["device", 32] / s["dataloader", 32]))
 
 
 def test_profile_step_writes_a_trace_and_a_top_ops_table(tiny_cfg, tmp_path):
     path = tmp_path / "trace" / "step.json"
-    df = profile_step(tiny_cfg, steps=2, trace_path=path, warmup=1)
+    df = profile_step(tiny_cfg.replace(profile_steps=2, warmup=1), trace_path=path)
     names = {e.get("name") for e in json.loads(path.read_text())["traceEvents"]}
     assert {"train step", "fetch batch"} <= names
     assert len(df) > 3 and {"op", "calls", "self_cpu_ms", "share_of_self_time"} <= set(df.columns)
@@ -32,10 +35,15 @@ def test_profile_step_writes_a_trace_and_a_top_ops_table(tiny_cfg, tmp_path):
 
 def test_find_max_batch_on_cpu_respects_its_budget(tiny_cfg):
     cfg = tiny_cfg.replace(model="mlp")
-    budget = 2 * step_memory_bytes(cfg, 256)
-    best = find_max_batch(cfg, start=64, limit=1 << 14, budget_bytes=budget, verbose=False)
-    assert 256 <= best < 1 << 14
-    assert step_memory_bytes(cfg, best) <= budget < step_memory_bytes(cfg, 2 * best)
+    probe = StepProbe(cfg)
+    try:
+        step_bytes = probe.peak_bytes
+        budget = 2 * step_bytes(256)
+        best = find_max_batch(cfg, start=64, limit=1 << 14, budget_bytes=budget, verbose=False)
+        assert 256 <= best < 1 << 14
+        assert step_bytes(best) <= budget < step_bytes(2 * best)
+    finally:
+        probe.close()
     assert find_max_batch(cfg, start=64, limit=100, budget_bytes=1 << 40, verbose=False) == 100
     with pytest.raises(RuntimeError, match="not even a batch of 1"):
         find_max_batch(cfg, start=4, limit=64, budget_bytes=1, verbose=False)

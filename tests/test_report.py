@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tradelib import evaluate as ev
 from tradelib import report as rp
+from tradelib import runs as rn
 
 RHO = 0.3  # planted corr(prediction, target)
 
@@ -45,7 +45,7 @@ def make_run(run_dir, seed=0, rho=RHO, summary_extra=None, n_sym=4, n_days=3):
         "run_id": run_dir.name, "config": {"batch_size": 1024}, "device": "cuda", "device_name": "NVIDIA H200",
         "loader": "device", "model": "lstm", "batch_size": 1024, "grad_accum_steps": 1, "samples_per_s": 5e4,
         "it_per_s": 48.8, "batches_per_epoch": 100, "data_wait_share": 0.02, "peak_mem_bytes": 2_500_000_000,
-        "gpu_util": None, "mfu": 0.12, "epoch_time_s": 4.0, "test_ic": 0.3, "finished": "2024-06-01T10:00:00",
+        "gpu_util": None, "mfu": 0.12, "epoch_time_s": 4.0, "pooled_ic": 0.3, "finished": "2024-06-01T10:00:00",
     }  # fmt: skip
     summary.update(summary_extra or {})
     (run_dir / "summary.json").write_text(json.dumps(summary))
@@ -71,7 +71,7 @@ def test_build_report_writes_strict_json_with_planted_ic(tmp_path):
         assert key in on_disk
     assert "compare" not in on_disk
     s = on_disk["summary"]
-    assert s["test_ic"] == pytest.approx(RHO, abs=0.05)
+    assert s["period_ic"] == pytest.approx(RHO, abs=0.05) and s["pooled_ic"] == pytest.approx(RHO, abs=0.05)
     assert s["oracle_ic"] == pytest.approx(0.8, abs=0.05)
     assert s["ic_period"] == "day" and s["n_periods"] == 3 and s["bar_seconds"] == 300.0
     assert s["directional_accuracy"] > 0.55 and s["net_sharpe"] is not None
@@ -102,12 +102,11 @@ def test_compare_block_and_markdown(tmp_path):
     sps = cmp["metrics"]["samples_per_s"]
     assert (sps["this"], sps["other"]) == (5e4, 1900.0)
     assert sps["ratio"] == pytest.approx(5e4 / 1900)
-    assert cmp["metrics"]["test_ic"]["other"] == pytest.approx(0.1, abs=0.05)
-    assert cmp["metrics"]["test_ic"]["delta"] == pytest.approx(
-        report["summary"]["test_ic"] - cmp["metrics"]["test_ic"]["other"]
-    )
+    for name in ("period_ic", "pooled_ic"):  # like with like: each figure against the same figure
+        assert cmp["metrics"][name]["other"] == pytest.approx(0.1, abs=0.05)
+        assert cmp["metrics"][name]["delta"] == pytest.approx(report["summary"][name] - cmp["metrics"][name]["other"])
     md = rp.summary_markdown(report)
-    assert f"Test IC **{report['summary']['test_ic']:.3f}**" in md
+    assert f"Test IC **{report['summary']['period_ic']:.3f}**" in md
     assert "| zero | n/a |" in md and "| ridge |" in md and md.count("oracle 0.") == 1
     assert "baseline" in md and "26.3" in md  # the speed-up 5e4 / 1900
 
@@ -123,7 +122,7 @@ def test_runs_table_over_run_folders(tmp_path):
     del summary["mfu"], summary["loader"]
     (tmp_path / "b-late" / "summary.json").write_text(json.dumps(summary))
 
-    runs = ev.runs_table(tmp_path)
+    runs = rn.runs_table(tmp_path)
     assert list(runs["run_id"]) == ["c-early", "b-late"]  # by finish time, not name
     for col in ["run_id", "model", "loader", "device", "batch_size", "grad_accum_steps", "samples_per_s",
                 "it_per_s", "batches_per_epoch", "data_wait_share", "gpu_util", "peak_mem_gb", "mfu",
@@ -133,7 +132,7 @@ def test_runs_table_over_run_folders(tmp_path):
     assert runs.loc[1, "peak_mem_gb"] == pytest.approx(2.5)
     assert math.isnan(runs.loc[1, "mfu"]) and runs.loc[0, "mfu"] == 0.12
     assert runs["gpu_util"].isna().all() and pd.isna(runs.loc[1, "loader"])
-    assert len(ev.runs_table(tmp_path / "nowhere")) == 0
+    assert len(rn.runs_table(tmp_path / "nowhere")) == 0
 
 
 def test_make_figures_writes_pngs(tmp_path):
@@ -151,8 +150,9 @@ def test_loader_sweep_sets_the_two_loaders_side_by_side(tmp_path):
 
     assert loader_sweep(tmp_path) is None
     pd.DataFrame({"loader": ["dataloader", "device", "dataloader", "device"], "batch_size": [64, 64, 256, 256],
-                  "samples_per_s": [100.0, 400.0, 200.0, 300.0], "data_wait_share": [0.5, 0.01, 0.3, 0.01]}
+                  "samples_per_s": [100.0, 400.0, 200.0, 300.0], "speedup": [None, 4.0, None, 1.5],
+                  "data_wait_share": [0.5, 0.01, 0.3, 0.01], "step_time_s": [1, 1, 1, 1]}
                  ).to_csv(tmp_path / "batch_size_sweep.csv", index=False)
     sweep = loader_sweep(tmp_path)
-    ratio = sweep.drop_duplicates("batch_size").set_index("batch_size")["device_over_dataloader"]
-    assert ratio.to_dict() == {64: 4.0, 256: 1.5}
+    assert "step_time_s" not in sweep
+    assert sweep.dropna(subset=["speedup"]).set_index("batch_size")["speedup"].to_dict() == {64: 4.0, 256: 1.5}

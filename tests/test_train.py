@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from tradelib import cache
+from tradelib import cache, dataset
 from tradelib.config import Config
-from tradelib.train import Trainer, TrainingDiverged, lr_factor, train
+from tradelib.train import TrainingDiverged, TrainingRun, train
+from tradelib.trainer import Trainer, lr_factor
 
 # 595 training windows, 32 per optimizer step: 19 steps per epoch (the last one partial, 19 windows), 38 in all
 TINY = dict(synth_symbols=3, synth_bars=400, window=8, hidden=8, layers=1, model="mlp", dropout=0.1,
@@ -92,9 +93,9 @@ def test_checkpoints_hold_the_full_state_and_rotate(outputs, reference):
     assert (folder / "best.pt").exists() and (folder / "last.pt").exists()
     assert not list(folder.glob("*.tmp"))
     last = torch.load(folder / "last.pt", weights_only=False)
-    for key in ("model", "optimizer", "scheduler", "scaler", "step", "epoch", "pos", "rng", "config", "cache_key"):
+    for key in ("model", "optimizer", "scheduler", "step", "epoch", "pos", "rng", "config", "cache_key"):
         assert key in last
-    assert last["scaler"] is None and (last["step"], last["epoch"], last["pos"]) == (38, 2, 0)
+    assert (last["step"], last["epoch"], last["pos"]) == (38, 2, 0)
     assert set(last["rng"]) == {"python", "numpy", "torch", "cuda"}
     assert last["config"]["seed"] == 3 and last["cache_key"] == cache.cache_key(tiny("reference"))
     assert last["scheduler"]["last_epoch"] == 38
@@ -123,18 +124,18 @@ def test_same_seed_same_bits_other_seed_other_bits(outputs, reference):
 KILLED_CHILD = r"""
 import json, sys, time
 from tradelib.config import Config
-from tradelib.train import Trainer
+from tradelib.train import TrainingRun
 cfg = Config.from_dict(json.loads(sys.argv[1]))
 pause_at, marker = int(sys.argv[2]), sys.argv[3]
 
-def hold(trainer):
-    if trainer.step == pause_at:
+def hold(run):
+    if run.step == pause_at:
         open(marker, "w").close()
         time.sleep(600)  # the test kills this process here, three steps past the step-10 checkpoint
 
-trainer = Trainer(cfg, progress=False)
-trainer.on_step = hold
-trainer.fit()
+run = TrainingRun(cfg, progress=False)
+run.on_step = hold
+run.fit()
 """
 
 
@@ -168,19 +169,19 @@ def test_sigkill_mid_run_then_resume_gives_the_same_bits(outputs, reference, tmp
 def test_interrupt_writes_a_checkpoint_and_resumes_to_the_same_bits(outputs, reference, capsys, how):
     ref_model, _ = reference
     run_id = f"interrupted-{how}"
-    trainer = Trainer(tiny(run_id), progress=False)
+    run = TrainingRun(tiny(run_id), progress=False)
     handler_before = signal.getsignal(signal.SIGINT)
 
-    def interrupt(t: Trainer) -> None:
+    def interrupt(t: TrainingRun) -> None:
         if t.step == 23:
             if how == "signal":  # what Jupyter's interrupt button and Ctrl-C do
                 os.kill(os.getpid(), signal.SIGINT)
             else:
                 raise KeyboardInterrupt
 
-    trainer.on_step = interrupt
+    run.on_step = interrupt
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+        run.fit()
     assert signal.getsignal(signal.SIGINT) is handler_before
     out = capsys.readouterr().out
     assert "interrupted at step 23" in out and f"-p run_id {run_id} -p resume True" in out
@@ -205,16 +206,16 @@ def test_resume_refuses_another_feature_cache(outputs, short_run, monkeypatch):
     # what a fix to the feature code does: a new code fingerprint, so a new cache key
     monkeypatch.setattr(cache, "code_fingerprint", lambda: "feature-code-after-a-fix")
     with pytest.raises(ValueError, match=r"resume refused: .* trained on feature cache .* give cache"):
-        Trainer(tiny(short_run, epochs=1, resume=True), progress=False)
+        TrainingRun(tiny(short_run, epochs=1, resume=True), progress=False)
 
 
 def test_resume_refuses_a_changed_setting_and_a_fresh_run_over_checkpoints(outputs, short_run):
     with pytest.raises(ValueError, match=r"resume refused: .*hidden was 8, now 16.*lr was 0.002, now 0.01"):
-        Trainer(tiny(short_run, epochs=1, hidden=16, lr=0.01, resume=True), progress=False)
+        TrainingRun(tiny(short_run, epochs=1, hidden=16, lr=0.01, resume=True), progress=False)
     with pytest.raises(ValueError, match="already has checkpoints .* pass resume=True"):
-        Trainer(tiny(short_run, epochs=1), progress=False)
+        TrainingRun(tiny(short_run, epochs=1), progress=False)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        Trainer(tiny("never-ran", resume=True), progress=False)
+        TrainingRun(tiny("never-ran", resume=True), progress=False)
     # length and bookkeeping may change: this one continues
     result = train(tiny(short_run, epochs=1, max_steps=5, log_every=1, resume=True), progress=False)
     assert result.summary["optimizer_steps"] == 5
@@ -243,39 +244,40 @@ def test_early_stopping_restores_the_best_weights_and_stays_stopped_on_resume(ou
 # non-finite losses and gradients
 
 
-def poison_outputs(trainer: Trainer, bad: callable) -> None:
+def poison_outputs(run: TrainingRun, bad: callable) -> None:
     """Turn the model's training outputs to NaN for the optimizer steps where bad(step being taken)."""
     def hook(module, inputs, output):
-        if module.training and bad(trainer.step + 1):
+        if module.training and bad(run.step + 1):
             return output * float("nan")
         return None
-    trainer.model.register_forward_hook(hook)
+    run.model.register_forward_hook(hook)
 
 
 def test_nan_loss_skips_the_step_without_touching_weights_or_adam(outputs):
-    trainer = Trainer(tiny("nan-loss", epochs=1, checkpoint_every=0), progress=False)
+    run = TrainingRun(tiny("nan-loss", epochs=1, checkpoint_every=0), progress=False)
+    trainer = run.trainer
     bad_steps = {3, 4, 9}
-    poison_outputs(trainer, lambda s: s in bad_steps)
-    states = {0: snapshot(trainer.model)}
+    poison_outputs(run, lambda s: s in bad_steps)
+    states = {0: snapshot(run.model)}
     moments = {}
     norms = {}
 
-    def record(t: Trainer) -> None:
+    def record(t: TrainingRun) -> None:
         states[t.step] = snapshot(t.model)
-        moments[t.step] = [s["exp_avg"].clone() for s in t.opt.state.values()]
-        norms[t.step] = float(t.norm_last)
+        moments[t.step] = [s["exp_avg"].clone() for s in t.trainer.opt.state.values()]
+        norms[t.step] = float(t.tally.norm_last)
 
-    trainer.on_step = record
-    trainer.fit()
+    run.on_step = record
+    run.fit()
     for s in bad_steps:  # a NaN loss gives a NaN gradient norm, and the fused step is skipped on the device
         assert not np.isfinite(norms[s])
         assert_bitwise(states[s], states[s - 1])
         assert all(torch.equal(a, b) for a, b in zip(moments[s], moments[s - 1]))
     assert not any(torch.equal(states[5][k], states[4][k]) for k in states[5] if "weight" in k)
-    assert trainer.skipped == 3 and metric_rows(outputs, "nan-loss")[-2]["skipped_steps"] == 3
+    assert run.skipped == 3 and metric_rows(outputs, "nan-loss")[-2]["skipped_steps"] == 3
     assert adam_steps(trainer) == {19.0 - 3}  # Adam's own step count (bias correction) skips too
     assert trainer.sched.last_epoch == 19  # the LR schedule follows the optimizer-step counter
-    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
+    assert all(torch.isfinite(v).all() for v in run.model.state_dict().values())
     # the logged loss is over the steps taken: NaN only for the interval (steps 3-4) where none was
     losses = {r["step"]: r["loss"] for r in metric_rows(outputs, "nan-loss") if r["kind"] == "step"}
     assert [s for s, v in losses.items() if not np.isfinite(v)] == [4]
@@ -283,40 +285,41 @@ def test_nan_loss_skips_the_step_without_touching_weights_or_adam(outputs):
 
 def test_nonfinite_features_skip_exactly_the_steps_that_read_them(outputs):
     cfg = tiny("poisoned-data", epochs=1, checkpoint_every=0, dropout=0.0)
-    fs = cache.prepare(cfg, verbose=False)
+    fs = dataset.prepare(cfg, verbose=False)
     fs = dataclasses.replace(fs, X=fs.X.copy(), meta=dict(fs.meta))
     rows = np.flatnonzero(fs.split == 0)[[100, 300, 500]]
     fs.X[rows[0], 0], fs.X[rows[1], 3], fs.X[rows[2], 5] = np.nan, np.inf, -np.inf
-    trainer = Trainer(cfg, fs=fs, progress=False)
-    order = trainer.source.order(0, 0, cfg.seed).numpy()
+    run = TrainingRun(cfg, fs=fs, progress=False)
+    src = run.trainer.source
+    order = src.ends[src.epoch(0, cfg.seed)].numpy()  # the window ends of epoch 0, in training order
     reads = lambda ends: any(((e - cfg.window < rows) & (rows <= e)).any() for e in ends)
     expected = sum(reads(order[i : i + 32]) for i in range(0, len(order), 32))
-    assert 0 < expected < trainer.steps_per_epoch
-    trainer.fit()
-    assert trainer.skipped == expected
-    assert adam_steps(trainer) == {float(trainer.step - expected)}
-    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert 0 < expected < run.trainer.steps_per_epoch
+    run.fit()
+    assert run.skipped == expected
+    assert adam_steps(run.trainer) == {float(run.step - expected)}
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())
 
 
 def test_an_overflowing_loss_with_finite_gradients_is_skipped(outputs):
-    trainer = Trainer(tiny("inf-loss", epochs=1), progress=False)
-    x, y, _ = trainer.source.batch(trainer.data.ends(0)[:16])
+    trainer = TrainingRun(tiny("inf-loss", epochs=1), progress=False).trainer
+    batch = trainer.source.fetch(torch.arange(16))
     before = snapshot(trainer.model)
-    trainer.micro_step(x, y, None, 16)
-    norm, bad = trainer.optimizer_step(loss=torch.tensor(float("inf")))
+    trainer.backward(batch, torch.tensor(16.0))
+    norm, bad = trainer.update(loss=torch.tensor(float("inf")))
     assert torch.isfinite(norm) and bool(bad)
     assert_bitwise(snapshot(trainer.model), before)
     assert adam_steps(trainer) == {0.0} and trainer.sched.last_epoch == 1
 
 
 def test_too_many_bad_steps_stop_with_a_message_and_the_last_good_checkpoint(outputs):
-    trainer = Trainer(tiny("diverged", epochs=1, log_every=1, max_bad_steps=4), progress=False)
-    poison_outputs(trainer, lambda s: s >= 6)  # steps 6, 7, 8, 9 fail; step-5.pt is the last checkpoint
+    run = TrainingRun(tiny("diverged", epochs=1, log_every=1, max_bad_steps=4), progress=False)
+    poison_outputs(run, lambda s: s >= 6)  # steps 6, 7, 8, 9 fail; step-5.pt is the last checkpoint
     with pytest.raises(TrainingDiverged, match=r"at step 9: 4 optimizer steps in a row .*max_bad_steps=4.*step-5\.pt"):
-        trainer.fit()
+        run.fit()
     folder = outputs / "diverged" / "checkpoints"
-    assert sorted(p.name for p in folder.iterdir()) == ["step-5.pt"]
-    assert_bitwise(torch.load(folder / "step-5.pt", weights_only=False)["model"], snapshot(trainer.model))
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["step-5.pt"]
+    assert_bitwise(torch.load(folder / "step-5.pt", weights_only=False)["model"], snapshot(run.model))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -342,7 +345,7 @@ def per_micro_mean_grads(trainer: Trainer, ids: torch.Tensor, b: int, k: int) ->
     model = copy.deepcopy(trainer.model)
     model.zero_grad(set_to_none=True)
     for part in ids.split(b):
-        x, y, mask = trainer.source.batch(part)
+        x, y, mask = trainer.source.fetch(part)
         pred = model.forward_dense(x) if mask is not None else model(x)
         err = (pred - y) ** 2
         ((err[mask].mean() if mask is not None else err.mean()) / k).backward()
@@ -354,31 +357,29 @@ def close(a: dict, b: dict, tol: float = 1e-6) -> bool:
 
 
 def accumulate(trainer: Trainer, group: torch.Tensor) -> dict:
-    """The trainer's own micro-steps over `group`, as train_group runs them; the summed gradients."""
-    n_valid = trainer.global_count(group)
-    for ids in group.split(trainer.cfg.batch_size):
-        trainer.micro_step(*trainer.source.batch(ids), n_valid)
+    """The trainer's own micro-steps over `group`, as Trainer.step runs them; the summed gradients."""
+    trainer.accumulate(group)
     return grads(trainer.model)
 
 
 def test_k_micro_batches_equal_one_batch_of_k_times_b(outputs):
-    small = Trainer(tiny("acc-8x4", batch_size=8, grad_accum_steps=4, dropout=0.0), progress=False)
-    big = Trainer(tiny("acc-32x1", batch_size=32, grad_accum_steps=1, dropout=0.0), progress=False)
+    small = TrainingRun(tiny("acc-8x4", batch_size=8, grad_accum_steps=4, dropout=0.0), progress=False).trainer
+    big = TrainingRun(tiny("acc-32x1", batch_size=32, grad_accum_steps=1, dropout=0.0), progress=False).trainer
     assert_bitwise(snapshot(small.model), snapshot(big.model))
-    group = small.source.order(0, 0, 3)[:32]
+    group = small.source.epoch(0, 3)[:32]
     g_small, g_big = accumulate(small, group), accumulate(big, group)
-    assert close(g_small, g_big) and close(g_small, mean_loss_grads(small, *small.source.batch(group)[:2]))
-    small.optimizer_step()
-    big.optimizer_step()
+    assert close(g_small, g_big) and close(g_small, mean_loss_grads(small, *small.source.fetch(group)[:2]))
+    small.update()
+    big.update()
     assert close(snapshot(small.model), snapshot(big.model))
 
 
 def test_the_partial_last_window_of_an_epoch_is_weighted_by_its_size(outputs):
-    trainer = Trainer(tiny("acc-partial", batch_size=8, grad_accum_steps=4, dropout=0.0), progress=False)
-    order = trainer.source.order(0, 0, 3)
+    trainer = TrainingRun(tiny("acc-partial", batch_size=8, grad_accum_steps=4, dropout=0.0), progress=False).trainer
+    order = trainer.source.epoch(0, 3)
     last = order[(trainer.steps_per_epoch - 1) * 32 :]
     assert len(last) == 19  # micro-batches of 8, 8 and 3
-    true = mean_loss_grads(trainer, *trainer.source.batch(last)[:2])
+    true = mean_loss_grads(trainer, *trainer.source.fetch(last)[:2])
     assert close(accumulate(trainer, last), true)
     assert not close(per_micro_mean_grads(trainer, last, 8, 4), true, tol=1e-4)  # the test can tell
 
@@ -386,14 +387,14 @@ def test_the_partial_last_window_of_an_epoch_is_weighted_by_its_size(outputs):
 def test_masked_targets_are_normalised_over_the_whole_accumulated_batch(outputs):
     cfg = tiny("acc-dense", model="tcn", layers=2, window=16, dense=True, dense_chunk=32, batch_size=2,
                grad_accum_steps=3, dropout=0.0)
-    fs = cache.prepare(cfg, verbose=False)
+    fs = dataset.prepare(cfg, verbose=False)
     fs = dataclasses.replace(fs, y=fs.y.copy(), meta=dict(fs.meta))
     fs.y[np.random.default_rng(0).random(len(fs.y)) < 0.3] = np.nan  # 30% of the targets unknown
-    trainer = Trainer(cfg, fs=fs, progress=False)
-    group = trainer.source.order(0, 0, 3)[:6]
+    trainer = TrainingRun(cfg, fs=fs, progress=False).trainer
+    group = trainer.source.epoch(0, 3)[:6]
     counts = [int(trainer.source.count(ids)) for ids in group.split(2)]
     assert len(set(counts)) > 1, counts  # micro-batches with different numbers of valid targets
-    x, y, mask = trainer.source.batch(group)
+    x, y, mask = trainer.source.fetch(group)
     true = mean_loss_grads(trainer, x, y, mask)
     assert close(accumulate(trainer, group), true)
     assert not close(per_micro_mean_grads(trainer, group, 2, 3), true, tol=1e-4)
@@ -402,12 +403,13 @@ def test_masked_targets_are_normalised_over_the_whole_accumulated_batch(outputs)
 def test_a_whole_epoch_with_accumulation_matches_big_batches_and_steps_the_schedule_per_update(outputs):
     runs = {}
     for b, k in ((8, 4), (32, 1)):
-        t = Trainer(tiny(f"epoch-{b}x{k}", batch_size=b, grad_accum_steps=k, epochs=1, dropout=0.0), progress=False)
-        t.fit()
-        runs[k] = t
+        run = TrainingRun(tiny(f"epoch-{b}x{k}", batch_size=b, grad_accum_steps=k, epochs=1, dropout=0.0),
+                          progress=False)
+        run.fit()
+        runs[k] = run
     assert close(snapshot(runs[4].model), snapshot(runs[1].model), tol=1e-5)
-    t = runs[4]
-    assert t.step == t.steps_per_epoch == 19  # ceil(595 / 32), not 595 / 8 micro-batches
+    run, t = runs[4], runs[4].trainer
+    assert run.step == t.steps_per_epoch == 19  # ceil(595 / 32), not 595 / 8 micro-batches
     assert t.sched.last_epoch == 19 and adam_steps(t) == {19.0}
     warmup = min(t.cfg.warmup_steps, max(1, t.total_steps // 10))
     assert t.opt.param_groups[0]["lr"] == pytest.approx(t.lr * lr_factor(19, warmup, 19, t.cfg.min_lr_ratio))

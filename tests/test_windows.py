@@ -1,4 +1,5 @@
-"""Device windows, dense chunks and the seed-style DataLoader: the same data, whichever way it is batched."""
+"""Batch sources: device windows, dense chunks and the seed-style DataLoader give the same data, whichever way it
+is batched, through one protocol."""
 
 from __future__ import annotations
 
@@ -6,13 +7,25 @@ import numpy as np
 import pytest
 import torch
 
-from tradelib.loaders import DataLoaderData
 from tradelib.models import build_model
-from tradelib.windows import DenseData, DeviceData, dense_chunks, naive_window, window_ends
+from tradelib.sources import (
+    BatchSource,
+    DataLoaderSource,
+    DenseSource,
+    Windows,
+    WindowSource,
+    dense_chunks,
+    window_ends,
+)
 
 CPU = torch.device("cpu")
 W = 16  # TINY's window
 CHUNK = 40
+
+
+def naive_window(fs, end: int, window: int) -> np.ndarray:
+    """The obvious slice: the reference the device gather is tested against."""
+    return fs.X[end - window + 1 : end + 1]
 
 
 def runs(fs) -> list[tuple[int, int]]:
@@ -45,7 +58,7 @@ def test_window_ends_never_cross_a_symbol_segment_or_split(tiny_fs, split):
 def test_device_windows_equal_naive_slices(tiny_fs):
     fs = tiny_fs
     scale = fs.meta.get("target_scale", 1.0)
-    data = DeviceData(fs, W, CPU, scale)
+    data = Windows(fs, W, CPU)
     rng = np.random.default_rng(0)
     for split in (0, 1, 2):
         ends = data.ends(split)
@@ -78,15 +91,15 @@ def dense_targets(fs, rf: int, length: int) -> tuple[set[int], set[int]]:
 def test_dense_chunks_cover_every_training_target_once_per_epoch(tiny_fs, length):
     fs = tiny_fs
     rf = build_model("tcn", fs.n_features, W, 8, 2).receptive_field
-    data = DenseData(fs, W, CPU, 1.0, length, rf)
-    rows, mask = data.chunk_mask(data.order(0, epoch=0, seed=0))
+    data = DenseSource(Windows(fs, W, CPU), length, rf)
+    rows, mask = data.rows_and_mask(data.epoch(epoch=0, seed=0))
     covered = rows[mask].tolist()
     want, short = dense_targets(fs, rf, length)
     assert bool(short) == (length == 300)
     assert len(covered) == len(set(covered)), "a target is trained twice in one epoch"
     assert set(covered) == want
     assert not set(covered) & short
-    assert int(data.count(torch.arange(data.n_items()))) == len(want)
+    assert int(data.count(torch.arange(len(data)))) == len(want)
     # every per-window training target in a long-enough run is trained by dense mode too
     long_rows = {r for a, b in runs(fs) if b - a + 1 >= length for r in range(a, b + 1)}
     assert {int(e) for e in window_ends(fs, 0, W) if e in long_rows} <= want
@@ -102,10 +115,10 @@ def test_dense_predictions_equal_per_window_predictions(tiny_fs):
     torch.manual_seed(0)
     model = build_model("tcn", fs.n_features, W, hidden=8, layers=2, init_gain=1.0).eval()
     rf = model.receptive_field
-    data = DenseData(fs, W, CPU, 1.0, CHUNK, rf)
-    ids = torch.arange(data.n_items())
-    x, _, mask = data.batch(ids)
-    rows, _ = data.chunk_mask(ids)
+    data = DenseSource(Windows(fs, W, CPU), CHUNK, rf)
+    ids = torch.arange(len(data))
+    x, _, mask = data.fetch(ids)
+    rows, _ = data.rows_and_mask(ids)
     with torch.no_grad():
         dense = model.forward_dense(x)[mask]
         trained = rows[mask].numpy()
@@ -123,21 +136,44 @@ def test_dense_predictions_equal_per_window_predictions(tiny_fs):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_dataloader_yields_the_device_loaders_batches(tiny_fs, workers):
     fs, B, seed = tiny_fs, 64, 3
-    scale = fs.meta.get("target_scale", 1.0)
-    dev = DeviceData(fs, W, CPU, scale)
-    src = DataLoaderData(fs, W, CPU, scale, B, num_workers=workers, pin_memory=False, prefetch_factor=2,
-                         persistent_workers=workers > 0)
-    assert src.n_items() == dev.n_items()
+    dev = WindowSource(Windows(fs, W, CPU))
+    src = DataLoaderSource(fs, W, CPU, B, num_workers=workers, pin_memory=False, prefetch_factor=2,
+                           persistent_workers=workers > 0)
+    assert len(src) == len(dev)
     for epoch in (0, 1):
-        ids, ends = src.order(0, epoch, seed), dev.order(0, epoch, seed)
-        assert torch.equal(dev.ends(0)[ids], ends)
-        src.start(ids)
+        ids, ids_dev = src.epoch(epoch, seed), dev.epoch(epoch, seed)
+        assert torch.equal(ids, ids_dev)
+        src.begin(ids)
         n = 0
-        for ids_b, ends_b in zip(ids.split(B), ends.split(B)):
-            x, y, mask = src.batch(ids_b)
-            xd, yd, _ = dev.batch(ends_b)
+        for part in ids.split(B):
+            x, y, mask = src.fetch(part)
+            xd, yd, _ = dev.fetch(part)
             assert mask is None and torch.equal(x, xd) and torch.equal(y, yd)
+            assert float(src.count(part)) == float(dev.count(part)) == len(part)
             n += 1
         assert n == -(-len(ids) // B)
         with pytest.raises(StopIteration):
-            src.batch(ids[:B])
+            src.fetch(ids[:B])
+    src.close()
+
+
+def test_every_source_implements_the_protocol(tiny_fs):
+    windows = Windows(tiny_fs, W, CPU)
+    rf = build_model("tcn", tiny_fs.n_features, W, 8, 2).receptive_field
+    sources = [WindowSource(windows), DenseSource(windows, CHUNK, rf),
+               DataLoaderSource(tiny_fs, W, CPU, 8, num_workers=0)]
+    for src in sources:
+        assert isinstance(src, BatchSource)
+        ids = src.epoch(0, seed=1)[:8]
+        src.begin(ids)
+        batch = src.fetch(ids)
+        count = src.count(ids)
+        assert batch.x.shape[0] == 8 and count.dtype == torch.float64 and count.dim() == 0
+        if batch.mask is None:
+            assert float(count) == 8 and batch.y.shape == (8,)
+        else:
+            assert float(count) == float(batch.mask.sum()) and batch.y.shape == batch.mask.shape
+        # ranks share an epoch: equal, disjoint shares of one permutation
+        shares = [src.epoch(0, 1, rank, 2) for rank in (0, 1)]
+        assert len(shares[0]) == len(shares[1]) == len(src) // 2
+        assert not set(shares[0].tolist()) & set(shares[1].tolist())

@@ -1,6 +1,9 @@
-"""One flat config for a run: data, features, model, training. The notebooks' parameter cells mirror it.
+"""One flat config for everything a run, a measurement or a report can change: the one truth.
 
-Values come from defaults, then YAML files (`-f`), then `-p NAME VALUE` overrides, as with papermill.
+Every knob is a field of `Config` with its help text, group and rules in the field's metadata. From those
+fields come the notebooks' parameter cells (`tools/make_notebooks.py`), the CLI's `--help`, what may change
+on resume, and the checks that refuse a bad value with one line. Values come from defaults, then YAML files
+(`-f`), then `-p NAME VALUE` overrides, as with papermill.
 """
 
 from __future__ import annotations
@@ -8,69 +11,155 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+# which groups of fields each numbered notebook declares in its parameters cell (plus single names)
+NOTEBOOK_PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "01_data_cleaning": (("data", "features"), ("run_id",)),
+    "02_profiling": (("data", "features", "model", "training", "system", "measure", "profile"), ()),
+    "03_train": (("data", "features", "model", "training", "system"), ()),
+    "04_report": (("report",), ("run_id",)),
+}
+# groups whose fields never change what a run trains: free to change on resume
+FREE_GROUPS = ("measure", "profile", "bench", "report")
+
+
+def knob(default: Any, help: str, group: str, *, resume: bool = False, choices: tuple = (),
+         lo: float | None = None, lo_open: bool = False, hi: float | None = None, hi_open: bool = False,
+         finite: bool = False) -> Any:
+    """A Config field. `resume`: may change when a run is resumed. `choices`: the allowed values. `lo`/`hi`:
+    bounds (inclusive unless `lo_open`/`hi_open`). `finite`: refuse inf and NaN."""
+    meta = {"help": help, "group": group, "resume": resume or group in FREE_GROUPS, "choices": choices,
+            "lo": lo, "lo_open": lo_open, "hi": hi, "hi_open": hi_open, "finite": finite}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 @dataclass
 class Config:
-    # data
-    data_path: str = "synthetic"  # synthetic (the embedded market) or a CSV/Parquet file or folder
-    synth_symbols: int = 8  # synthetic market: number of symbols
-    synth_bars: int = 30_000  # synthetic market: 5-minute bars per symbol (30,000: about 104 days)
-    data_seed: int = 7  # synthetic market: seed
-    # features
-    window: int = 32  # bars of history per sample
-    horizon: int = 1  # target: forward log return over this many bars
-    vol_scaled_target: bool = False  # divide the target by trailing realised volatility
-    clip: float = 5.0  # normalised features are clipped to +-clip
-    max_gap_bars: int = 50  # a gap longer than this many bars splits a series; windows never cross it
-    train_frac: float = 0.7  # chronological split by time across all symbols
-    val_frac: float = 0.15  # validation share of time; the rest after a purge gap is the test split
+    # data: where the bars come from and how they are cleaned
+    data_path: str = knob("synthetic", "synthetic (the embedded market) or a CSV/Parquet file or folder", "data")
+    synth_symbols: int = knob(8, "synthetic market: number of symbols", "data", lo=1)
+    synth_bars: int = knob(30_000, "synthetic market: 5-minute bars per symbol (30,000: about 104 days)", "data",
+                           lo=2)
+    data_seed: int = knob(7, "synthetic market: seed", "data")
+    force_recreate: bool = knob(False, "rebuild the feature cache even if a valid one exists", "data",
+                                resume=True)
+    # features: what the model sees and predicts, and the splits (the feature cache is keyed on these)
+    spike_sigmas: float = knob(12.0, "cleaning: a one-bar spike that reverts beyond this many robust sigmas is "
+                                     "repaired (inf: off)", "features", lo=0, lo_open=True)
+    window: int = knob(32, "bars of history per sample", "features", lo=1)
+    horizon: int = knob(1, "target: forward log return over this many bars", "features", lo=1)
+    vol_scaled_target: bool = knob(False, "divide the target by trailing realised volatility", "features")
+    clip: float = knob(5.0, "normalised features are clipped to +-clip", "features", lo=0, lo_open=True,
+                       finite=True)
+    max_gap_bars: int = knob(50, "a gap longer than this many bars splits a series; windows never cross it",
+                             "features", lo=0)
+    train_frac: float = knob(0.7, "chronological split by time across all symbols", "features", lo=0,
+                             lo_open=True, hi=1, hi_open=True)
+    val_frac: float = knob(0.15, "validation share of time; the rest after a purge gap is the test split",
+                           "features", lo=0, hi=1, hi_open=True)
     # model
-    model: str = "lstm"  # mlp | lstm | gru | tcn
-    hidden: int = 64  # hidden width / channels
-    layers: int = 2  # recurrent layers, MLP hidden layers, or TCN blocks
-    dropout: float = 0.0  # dropout probability between layers
-    init_gain: float = 0.5  # xavier gain of the weights (the seed's 0.5)
-    output_clip: float = 0.0  # clip predictions to +-output_clip (0: off)
+    model: str = knob("lstm", "mlp | lstm | gru | tcn", "model", choices=("mlp", "lstm", "gru", "tcn"))
+    hidden: int = knob(64, "hidden width / channels", "model", lo=1)
+    layers: int = knob(2, "recurrent layers, MLP hidden layers, or TCN blocks", "model", lo=1)
+    dropout: float = knob(0.0, "dropout probability between layers", "model", lo=0, hi=1, hi_open=True)
+    init_gain: float = knob(0.5, "xavier gain of the weights (the seed's 0.5)", "model", lo=0, lo_open=True,
+                            finite=True)
+    output_clip: float = knob(0.0, "clip predictions to +-output_clip (0: off)", "model", lo=0, finite=True)
     # training
-    batch_size: int = 256  # micro-batch size
-    grad_accum_steps: int = 1  # micro-batches per optimizer step
-    lr: float = 2e-3  # peak learning rate
-    lr_scaling: str = "none"  # none | linear | sqrt: scale lr with the global batch against reference_batch
-    reference_batch: int = 256  # global batch that `lr` was tuned for
-    weight_decay: float = 0.01  # AdamW weight decay (not on biases and norms)
-    warmup_steps: int = 50  # optimizer steps of linear warm-up, then cosine decay
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    epochs: int = 3  # passes over the training windows
-    max_steps: int = 0  # stop after this many optimizer steps (0: no limit)
-    grad_clip: float = 1.0  # clip the gradient norm (0: off)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: str = "auto"  # auto (on for CUDA) | on | off | reduce-overhead (adds CUDA graphs, small models)
-    loader: str = "device"  # device (windows gathered on the device) | dataloader (seed-style baseline)
-    num_workers: int = 8  # dataloader loader only: worker processes (the seed's 8, capped at the cores)
-    prefetch_factor: int = 4  # dataloader loader only: batches prefetched per worker
-    pin_memory: bool = True  # dataloader loader only: page-locked host batches (CUDA)
-    persistent_workers: bool = True  # dataloader loader only: keep workers across epochs
-    dense: bool = False  # causal models (tcn): a prediction and a loss at every position of a chunk
-    dense_chunk: int = 512  # dense mode: rows per chunk (each chunk trains on length - receptive_field + 1)
-    seed: int = 0  # seeds weights, shuffling and dropout: CPU runs repeat bit for bit
-    deterministic: bool = False  # CUDA: deterministic algorithms (slower), CUBLAS_WORKSPACE_CONFIG set
-    run_id: str = ""  # run folder name under outputs/ (empty: a new time-stamped id)
-    log_every: int = 25  # optimizer steps between metric rows (the only host syncs)
-    eval_batch_size: int = 4096  # windows per forward pass when evaluating
-    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at epoch ends)
-    keep_checkpoints: int = 3  # step checkpoints kept besides last.pt and best.pt
-    resume: bool = False  # continue the run `run_id` from its latest checkpoint
-    patience: int = 0  # early stopping: epochs without a better val loss (0: off)
-    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
-    n_gpus: int = 1  # >1: 03_train launches torchrun with this many processes
-    extra: dict = field(default_factory=dict)  # free-form notes kept with the run
+    batch_size: int = knob(256, "micro-batch size (windows; chunks with dense)", "training", lo=1)
+    grad_accum_steps: int = knob(1, "micro-batches per optimizer step", "training", lo=1)
+    lr: float = knob(2e-3, "peak learning rate", "training", lo=0, lo_open=True, finite=True)
+    lr_scaling: str = knob("none", "none | linear | sqrt: scale lr with the global batch against reference_batch",
+                           "training", choices=("none", "linear", "sqrt"))
+    reference_batch: int = knob(256, "global batch that `lr` was tuned for", "training", lo=1)
+    weight_decay: float = knob(0.01, "AdamW weight decay (not on biases and norms)", "training", lo=0,
+                               finite=True)
+    warmup_steps: int = knob(50, "optimizer steps of linear warm-up, then cosine decay", "training", lo=0)
+    min_lr_ratio: float = knob(0.1, "cosine decays to lr * min_lr_ratio", "training", lo=0, hi=1)
+    epochs: int = knob(3, "passes over the training windows", "training", lo=1, resume=True)
+    max_steps: int = knob(0, "stop after this many optimizer steps (0: no limit)", "training", lo=0, resume=True)
+    grad_clip: float = knob(1.0, "clip the gradient norm (0: off)", "training", lo=0)
+    loader: str = knob("device", "device (windows gathered on the device) | dataloader (seed-style baseline)",
+                       "training", choices=("device", "dataloader"), resume=True)
+    num_workers: int = knob(8, "dataloader loader only: worker processes (the seed's 8, capped at the cores)",
+                            "training", lo=0, resume=True)
+    prefetch_factor: int = knob(4, "dataloader loader only: batches prefetched per worker", "training", lo=1,
+                                resume=True)
+    pin_memory: bool = knob(True, "dataloader loader only: page-locked host batches (CUDA)", "training",
+                            resume=True)
+    persistent_workers: bool = knob(True, "dataloader loader only: keep workers across epochs", "training",
+                                    resume=True)
+    dense: bool = knob(False, "causal models (tcn): a prediction and a loss at every position of a chunk",
+                       "training")
+    dense_chunk: int = knob(512, "dense mode: rows per chunk (each chunk trains on length - receptive_field + 1)",
+                            "training", lo=2)
+    seed: int = knob(0, "seeds weights, shuffling and dropout: CPU runs repeat bit for bit", "training")
+    log_every: int = knob(25, "optimizer steps between metric rows (the only host syncs)", "training", lo=1,
+                          resume=True)
+    eval_batch_size: int = knob(4096, "windows per forward pass when evaluating", "training", lo=1, resume=True)
+    checkpoint_every: int = knob(0, "optimizer steps between checkpoints (0: only at epoch ends)", "training",
+                                 lo=0, resume=True)
+    keep_checkpoints: int = knob(3, "step checkpoints kept besides last.pt and best.pt", "training", lo=1,
+                                 resume=True)
+    resume: bool = knob(False, "continue the run `run_id` from its latest checkpoint", "training", resume=True)
+    patience: int = knob(0, "early stopping: epochs without a better val loss (0: off)", "training", lo=0,
+                         resume=True)
+    max_bad_steps: int = knob(20, "consecutive non-finite steps before the run stops", "training", lo=1,
+                              resume=True)
+    # system: where and how it runs
+    device: str = knob("auto", "auto | cpu | cuda | cuda:N", "system", resume=True)
+    precision: str = knob("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16", "system",
+                          choices=("auto", "fp32", "bf16"))
+    compile: str = knob("auto", "auto (on for CUDA) | on | off | reduce-overhead (adds CUDA graphs, small models)",
+                        "system", choices=("auto", "on", "off", "reduce-overhead"), resume=True)
+    deterministic: bool = knob(False, "CUDA: deterministic algorithms (slower), CUBLAS_WORKSPACE_CONFIG set",
+                               "system", resume=True)
+    n_gpus: int = knob(1, ">1: train launches torchrun with this many processes", "system", lo=1, resume=True)
+    run_id: str = knob("", "run folder name under outputs/ (empty: a new time-stamped id; 04_report: the latest "
+                       "run)", "system", resume=True)
+    # measure: the timed steps of 02_profiling's sweep and of `tradelib bench`
+    loaders: str = knob("device,dataloader,dense", "comma list of loaders to measure: device, dataloader (the "
+                        "seed's pipeline), dense (causal models only)", "measure")
+    steps: int = knob(20, "timed optimizer steps per configuration and repetition", "measure", lo=1)
+    warmup: int = knob(5, "untimed steps before each timed stretch (worker start-up, compilation)", "measure",
+                       lo=0)
+    repeats: int = knob(1, "interleaved repetitions of every configuration (medians are reported)", "measure",
+                        lo=1)
+    # profile: 02_profiling only
+    batch_sizes: str = knob("64,256,1024", "comma list of micro-batch sizes to sweep (windows; chunks for dense)",
+                            "profile")
+    profile_steps: int = knob(5, "training steps recorded by torch.profiler", "profile", lo=1)
+    max_batch_limit: int = knob(65_536, "search the largest micro-batch that fits, up to this (0: skip)",
+                                "profile", lo=0)
+    cpu_budget_mb: int = knob(256, "CPU only: the largest-batch search bounds one step's tensor memory by this",
+                              "profile", lo=1)
+    # bench: `tradelib bench` only
+    bench_models: str = knob("lstm tcn:window=64,layers=4", "space-separated model specs NAME or "
+                             "NAME:key=value,... measured side by side", "bench")
+    dense_batch: int = knob(0, "chunks per dense batch (0: as many as make batch_size trained targets)", "bench",
+                            lo=0)
+    # report: 04_report and `tradelib report`
+    compare_with: str = knob("", "another run id or folder to set beside this one (empty: none)", "report")
+    cost_bps: float = knob(5.0, "transaction cost per unit of position change, in basis points", "report", lo=0,
+                           finite=True)
+    position_mode: str = knob("sign", "backtest positions: sign of the prediction, or scaled (capped at 1)",
+                              "report", choices=("sign", "scaled"))
+    extra: dict = knob({}, "free-form notes kept with the run", "system", resume=True)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_value(f, getattr(self, f.name))
+        if self.train_frac + self.val_frac >= 1:
+            raise ConfigError(f"train_frac + val_frac must be below 1 (the test split is the rest), got "
+                              f"{self.train_frac} + {self.val_frac}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "parameters") -> Config:
@@ -79,10 +168,7 @@ class Config:
         kwargs = {}
         for name, value in values.items():
             if name not in known:
-                hint = difflib.get_close_matches(name, known, n=1)
-                raise ValueError(
-                    f"{source}: unknown parameter {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                )
+                raise ConfigError(f"{source}: {unknown_message(name, known)}")
             kwargs[name] = _coerce(name, value, known[name].type, source)
         return cls(**kwargs)
 
@@ -98,6 +184,40 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
+    def group(self, *names: str) -> dict[str, Any]:
+        """The values of the fields in these groups, e.g. cfg.group("features"): what the feature cache keys on."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["group"] in names}
+
+
+class ConfigError(ValueError):
+    """A bad parameter: one line naming it, the value and what is allowed."""
+
+
+def unknown_message(name: str, known) -> str:
+    hint = difflib.get_close_matches(name, list(known), n=1)
+    return f"unknown parameter {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+
+
+def check_value(f: dataclasses.Field, value: Any) -> None:
+    """Refuse a value outside the field's choices or bounds."""
+    m = f.metadata
+    if m["choices"] and value not in m["choices"]:
+        raise ConfigError(f"parameter {f.name!r} is {value!r}; allowed: {' | '.join(map(str, m['choices']))}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if m["finite"] and not math.isfinite(value):
+        raise ConfigError(f"parameter {f.name!r} is {value!r}; it must be a finite number")
+    lo, hi = m["lo"], m["hi"]
+    bad_lo = lo is not None and (value <= lo if m["lo_open"] else value < lo)
+    bad_hi = hi is not None and (value >= hi if m["hi_open"] else value > hi)
+    if bad_lo or bad_hi or value != value:
+        parts = []
+        if lo is not None:
+            parts.append(f"{'>' if m['lo_open'] else '>='} {lo:g}")
+        if hi is not None:
+            parts.append(f"{'<' if m['hi_open'] else '<='} {hi:g}")
+        raise ConfigError(f"parameter {f.name!r} is {value!r}; it must be {' and '.join(parts)}")
+
 
 def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
     typ = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
@@ -108,19 +228,23 @@ def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
                 if low not in {"true", "false", "1", "0", "yes", "no"}:
                     raise ValueError(value)
                 return low in {"true", "1", "yes"}
+            if not isinstance(value, (bool, int)) or value not in (0, 1):
+                raise ValueError(value)
             return bool(value)
         if typ == "int":
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             return int(value)
         if typ == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
             return float(value)
         if typ == "str":
             return "" if value is None else str(value)
         if typ == "dict":
             return dict(value or {})
-    except (TypeError, ValueError):
-        raise ValueError(f"{source}: parameter {name!r} expects {typ}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{source}: parameter {name!r} expects {typ}, got {value!r}") from None
     return value
 
 
@@ -138,22 +262,52 @@ def read_params(files: list[str] | None = None, overrides: list[tuple[str, str]]
     """Merge YAML parameter files then NAME VALUE overrides into one dict (not yet validated)."""
     merged: dict[str, Any] = {}
     for f in files or []:
-        data = yaml.safe_load(Path(f).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(f).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{f}: cannot read the parameter file ({exc.strerror or exc})") from None
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            raise ConfigError(f"{f}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{f}: a parameter file must hold a mapping of NAME: VALUE")
+            raise ConfigError(f"{f}: a parameter file must hold a mapping of NAME: VALUE")
         merged.update(data)
     for name, value in overrides or []:
         merged[name] = parse_value(value) if isinstance(value, str) else value
     return merged
 
 
-def add_param_args(parser: argparse.ArgumentParser) -> None:
-    """`-f FILE` and `-p NAME VALUE`, as papermill takes them, for every command that takes a config."""
+def add_param_args(parser: argparse.ArgumentParser, groups: tuple[str, ...] = ()) -> None:
+    """`-f FILE` and `-p NAME VALUE`, as papermill takes them; `--help` lists the fields of `groups`."""
     parser.add_argument("-f", "--parameters-file", dest="files", action="append", default=[], metavar="FILE",
                         help="YAML parameter file (repeatable; later files win), as with papermill -f")
     parser.add_argument("-p", "--parameter", dest="params", action="append", nargs=2, default=[],
                         metavar=("NAME", "VALUE"), help="one parameter, as with papermill -p (repeatable)")
+    if groups:
+        parser.epilog = "parameters (-p NAME VALUE):\n" + "\n".join(
+            f"  {line}" for line in parameter_lines(groups, ()))
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def load_config(files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None) -> Config:
     return Config.from_dict(read_params(files, overrides), source=", ".join(files or []) or "parameters")
+
+
+# -- notebooks ----------------------------------------------------------------------------------------------
+def _literal(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
+        return f"{value:_}"
+    return repr(value)
+
+
+def parameter_lines(groups: tuple[str, ...], names: tuple[str, ...]) -> list[str]:
+    """`name: type = default  # help` for the fields in `groups` or `names`, in Config's order: the lines of a
+    notebook's parameters cell (papermill reads type, default and help from them) and of the CLI's --help."""
+    return [f"{f.name}: {f.type} = {_literal(f.default)}  # {f.metadata['help']}" for f in fields(Config)
+            if f.type in ("int", "float", "str", "bool") and (f.metadata["group"] in groups or f.name in names)]
+
+
+def resume_may_change() -> frozenset[str]:
+    """Settings a resumed run may change: length, bookkeeping, hardware, loader plumbing, reporting."""
+    return frozenset(f.name for f in fields(Config) if f.metadata["resume"])

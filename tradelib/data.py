@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,25 +47,6 @@ SPIKE_MIN_LOG_MOVE = 0.05  # a spike must also move the close by > 5% (log) in a
 SPIKE_MAX_RESIDUAL = 0.25  # the return out undoes the return in to within a quarter of the move
 SPIKE_MIN_RETURNS = 10  # robust sigma needs at least this many non-zero returns per symbol
 BAR_MODE_SHARE = 0.1  # the most common bar diff is the bar size when it covers >= 10% of diffs, else median
-
-RULES: dict[str, str] = {
-    "bad_symbol": "drop: symbol missing or empty",
-    "bad_timestamp": "drop: timestamp missing or unparseable",
-    "unsorted": "changed: reordered by time",
-    "absurd_magnitude": "drop: price above 1e12 or volume above 1e20 (not physical)",
-    "bad_close": "drop: close non-finite or <= 0",
-    "duplicate": "drop: same symbol and timestamp; keep the last",
-    "too_short": "drop: symbol has fewer rows than min_rows",
-    "bad_ohl": "changed: open/high/low non-finite or <= 0 set from close",
-    "bad_volume": "changed: negative or non-finite volume set to 0",
-    "high_below_low": "changed: swapped",
-    "ohlc_outside_range": "changed: high/low widened to contain open and close",
-    "price_spike": "changed: a one-bar spike that reverts (abs log move > spike_sigmas robust sigmas, and > "
-    "0.05, both in and out, the move out undoing the move in to within a quarter) set to the previous close "
-    "(o/h/l/c)",
-    "long_gap": "kept: gap longer than max_gap_bars bars; windows do not cross it",
-}
-
 
 class DataError(ValueError):
     """Unusable input. The message is one line naming the file (and column) and the problem."""
@@ -268,8 +250,9 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None) -> tuple
     return frame, facts
 
 
-def _ns(t: pd.Series) -> np.ndarray:
-    """Datetimes (tz-aware, or naive = UTC) -> int64 ns since the epoch, NaT as int64 min; no object arrays."""
+def ns_since_epoch(t) -> np.ndarray:
+    """Datetimes (tz-aware, or naive = UTC) -> int64 ns since the epoch, NaT as int64 min; no object arrays.
+    The one conversion every module uses (pandas 3 may hold datetimes in us)."""
     return pd.DatetimeIndex(t).as_unit("ns").asi8
 
 
@@ -327,7 +310,7 @@ def load_ohlcv(path: str | Path, symbol: str | None = None) -> pd.DataFrame:
         parts = [_frame_from_table(_read_table(path), path, symbol)]
 
     frame = pd.concat([f for f, _ in parts], ignore_index=True) if len(parts) > 1 else parts[0][0]
-    ts = _ns(frame["timestamp"]).view("datetime64[ns]")
+    ts = ns_since_epoch(frame["timestamp"]).view("datetime64[ns]")
     _, codes, uniques = _symbol_codes(frame["symbol"])
     ok = ~np.isnat(ts)
     unsorted = np.zeros(len(frame), dtype=bool)
@@ -416,7 +399,7 @@ def infer_bar_size(ts: pd.Series | np.ndarray) -> pd.Timedelta:
     distinct timestamps.
     """
     t = pd.to_datetime(ts if isinstance(ts, pd.Series) else pd.Series(ts), utc=True).dropna()
-    v = np.sort(_ns(t))
+    v = np.sort(ns_since_epoch(t))
     ns = bar_sizes_ns(np.zeros(len(v), dtype=np.int64), v, 1)[0]
     return pd.Timedelta(int(ns), unit="ns") if ns > 0 else pd.NaT
 
@@ -509,11 +492,203 @@ class QualityReport:
 # cleaning
 
 
-def _take(a: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, np.ndarray]:
-    """Row selection for every working array (a boolean keep-mask or an order)."""
-    if sel.dtype == bool:
-        sel = np.flatnonzero(sel)
-    return {k: v.take(sel) for k, v in a.items()}
+class Work:
+    """The frame being cleaned, as numpy arrays (`a`: idx, ts, code, open, high, low, close, volume), with the
+    rows still kept (`alive`) and the counts so far. Rules read and repair `a`; the raw frame is never touched."""
+
+    def __init__(self, raw: pd.DataFrame, params: dict) -> None:
+        self.raw, self.params = raw, params
+        self.sym, codes, self.symbols = _symbol_codes(raw["symbol"])
+        self.a = {"idx": np.arange(len(raw)), "ts": ns_since_epoch(raw["timestamp"]), "code": codes}
+        for c in NUM_COLS:
+            self.a[c] = np.array(pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype="float64", na_value=np.nan),
+                                 dtype=np.float64, copy=True)
+        self.alive = np.ones(len(raw), dtype=bool)
+        self.counts: list[dict] = []
+        self._bar: np.ndarray | None = None
+        self.gap = np.zeros(0, dtype=bool)
+
+    def count(self, rule: str, action: str, mask: np.ndarray) -> None:
+        """Rows per symbol of `mask` (a missing symbol counts under '')."""
+        per = np.bincount(self.a["code"][mask] + 1, minlength=len(self.symbols) + 1)
+        by_name: dict[str, int] = {}
+        for i in np.flatnonzero(per):
+            name = "" if i == 0 else str(self.symbols[i - 1])  # an empty symbol also counts under ''
+            by_name[name] = by_name.get(name, 0) + int(per[i])
+        self.counts += [{"rule": rule, "symbol": k, "action": action, "rows": n} for k, n in by_name.items()]
+
+    def take(self, sel: np.ndarray) -> None:
+        """Keep (boolean mask) or reorder (index array) every working array."""
+        if sel.dtype == bool:
+            sel = np.flatnonzero(sel)
+        self.a = {k: v.take(sel) for k, v in self.a.items()}
+        self.alive = self.alive.take(sel)
+
+    def compact(self) -> None:
+        if not self.alive.all():
+            self.take(self.alive)
+
+    @property
+    def bar(self) -> np.ndarray:
+        """Bar size in ns per symbol code (after the drops: timestamps no longer change)."""
+        if self._bar is None:
+            self._bar = bar_sizes_ns(self.a["code"], self.a["ts"], len(self.symbols))
+        return self._bar
+
+    @property
+    def new_symbol(self) -> np.ndarray:
+        code = self.a["code"]
+        return np.r_[True, code[1:] != code[:-1]] if len(code) else np.zeros(0, dtype=bool)
+
+
+# -- the rules, in the order they run. Drop rules see only the rows still kept; the first drop counts. -----------
+def _bad_symbol(w: Work) -> np.ndarray:
+    return (w.a["code"] < 0) | np.isin(w.a["code"], np.flatnonzero(w.symbols == ""))
+
+
+def _bad_timestamp(w: Work) -> np.ndarray:
+    return w.a["ts"] == np.iinfo(np.int64).min
+
+
+def _unsorted(w: Work) -> np.ndarray:
+    """Rows out of order in the file (counted by load_ohlcv, which already sorted) or in the frame given."""
+    code_of = {s: i for i, s in enumerate(w.symbols)}
+    for s, n in w.raw.attrs.get("unsorted_by_symbol", {}).items():
+        if s in code_of and n:
+            w.counts.append({"rule": "unsorted", "symbol": str(s), "action": "changed", "rows": int(n)})
+    if _is_sorted(w.a["code"], w.a["ts"]):
+        return np.zeros(len(w.alive), dtype=bool)
+    moved = _unsorted_rows(w.a["ts"], w.a["code"])
+    order = _sort_order(w.a["code"], w.a["ts"])
+    w.take(order)
+    return moved[order]
+
+
+def _absurd_magnitude(w: Work) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        out = np.isfinite(w.a["volume"]) & (w.a["volume"] > MAX_VOLUME)
+        for c in PRICE_COLS:
+            out |= np.isfinite(w.a[c]) & (w.a[c] > MAX_PRICE)
+    return out
+
+
+def _bad_close(w: Work) -> np.ndarray:
+    c = w.a["close"]
+    with np.errstate(invalid="ignore"):
+        return ~(np.isfinite(c) & (c > 0))
+
+
+def _duplicate(w: Work) -> np.ndarray:
+    """Same (symbol, timestamp) as the next kept row: rows are stably sorted, so the last one is the file's."""
+    surv = np.flatnonzero(w.alive)
+    sc, st = w.a["code"][surv], w.a["ts"][surv]
+    out = np.zeros(len(w.alive), dtype=bool)
+    out[surv[:-1]] = (sc[:-1] == sc[1:]) & (st[:-1] == st[1:])
+    return out
+
+
+def _too_short(w: Work) -> np.ndarray:
+    if w.params["min_rows"] <= 0:
+        return np.zeros(len(w.alive), dtype=bool)
+    code = w.a["code"]
+    per_sym = np.bincount(code[w.alive], minlength=len(w.symbols))
+    return per_sym[code] < w.params["min_rows"]
+
+
+def _bad_ohl(w: Work) -> np.ndarray:
+    """Open/high/low unusable -> close (close is finite and > 0 here)."""
+    c, changed = w.a["close"], np.zeros(len(w.alive), dtype=bool)
+    for k in ("open", "high", "low"):
+        x = w.a[k]
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.isfinite(x) & (x > 0))
+        x[bad] = c[bad]
+        changed |= bad
+    return changed
+
+
+def _bad_volume(w: Work) -> np.ndarray:
+    v = w.a["volume"]
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(v) & (v >= 0))
+    v[bad] = 0.0
+    return bad
+
+
+def _high_below_low(w: Work) -> np.ndarray:
+    h, lo = w.a["high"], w.a["low"]
+    swap = h < lo
+    h[swap], lo[swap] = lo[swap], h[swap].copy()
+    return swap
+
+
+def _ohlc_outside_range(w: Work) -> np.ndarray:
+    o, h, lo, c = (w.a[k] for k in PRICE_COLS)
+    top, bottom = np.maximum(o, c), np.minimum(o, c)
+    outside = (h < top) | (lo > bottom)
+    np.maximum(h, top, out=h)
+    np.minimum(lo, bottom, out=lo)
+    return outside
+
+
+def _long_gaps(w: Work) -> np.ndarray:
+    """Rows that follow a gap longer than max_gap_bars bars of their symbol (computed once, then reused)."""
+    if len(w.gap) != len(w.alive):
+        ts, code, n = w.a["ts"], w.a["code"], len(w.alive)
+        w.gap = np.zeros(n, dtype=bool)
+        if n > 1 and w.params["max_gap_bars"] > 0:
+            bar = w.bar[code[1:]]
+            limit = bar.astype(np.float64) * w.params["max_gap_bars"]
+            w.gap[1:] = ~w.new_symbol[1:] & (bar > 0) & (np.diff(ts) > limit)
+    return w.gap
+
+
+def _price_spike(w: Work) -> np.ndarray:
+    """A close that jumps > k robust sigmas and back on the next bar: o/h/l/c set to the previous good close."""
+    c, code = w.a["close"], w.a["code"]
+    spike = _spikes(c, code, w.new_symbol | _long_gaps(w), w.params["spike_sigmas"], len(w.symbols))
+    if spike.any():
+        # The previous good close; a chain of spikes takes the close before the chain. A symbol's first bar
+        # is never a spike (its return is undefined), so the good row is always of the same symbol.
+        last_ok = np.maximum.accumulate(np.where(spike, 0, np.arange(len(c))))
+        prev = c[last_ok[spike]]
+        for k in PRICE_COLS:
+            w.a[k][spike] = prev
+    return spike
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One cleaning rule: its name, what it does to the rows it finds, the sentence docs/data.md carries, and
+    the function that finds (and, for "changed", repairs) them."""
+
+    name: str
+    action: str  # dropped | changed | kept
+    doc: str
+    find: Callable[[Work], np.ndarray]
+
+    @property
+    def text(self) -> str:
+        return {"dropped": "drop", "changed": "changed", "kept": "kept"}[self.action] + ": " + self.doc
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("bad_symbol", "dropped", "symbol missing or empty", _bad_symbol),
+    Rule("bad_timestamp", "dropped", "timestamp missing or unparseable", _bad_timestamp),
+    Rule("unsorted", "changed", "reordered by time", _unsorted),
+    Rule("absurd_magnitude", "dropped", "price above 1e12 or volume above 1e20 (not physical)", _absurd_magnitude),
+    Rule("bad_close", "dropped", "close non-finite or <= 0", _bad_close),
+    Rule("duplicate", "dropped", "same symbol and timestamp; keep the last", _duplicate),
+    Rule("too_short", "dropped", "symbol has fewer rows than min_rows", _too_short),
+    Rule("bad_ohl", "changed", "open/high/low non-finite or <= 0 set from close", _bad_ohl),
+    Rule("bad_volume", "changed", "negative or non-finite volume set to 0", _bad_volume),
+    Rule("high_below_low", "changed", "swapped", _high_below_low),
+    Rule("ohlc_outside_range", "changed", "high/low widened to contain open and close", _ohlc_outside_range),
+    Rule("price_spike", "changed", "a one-bar spike that reverts (abs log move > spike_sigmas robust sigmas, and > "
+         "0.05, both in and out, the move out undoing the move in to within a quarter) set to the previous close "
+         "(o/h/l/c)", _price_spike),
+    Rule("long_gap", "kept", "gap longer than max_gap_bars bars; windows do not cross it", _long_gaps),
+)
 
 
 def clean_ohlcv(
@@ -525,166 +700,71 @@ def clean_ohlcv(
     spike_sigmas: float = 12.0,
     keep: tuple[str, ...] = (),
 ) -> tuple[pd.DataFrame, QualityReport]:
-    """Apply `RULES` in order and return a new clean frame plus the report; `raw` is never modified.
+    """Walk `RULES` in order and return a new clean frame plus the report; `raw` is never modified.
 
-    Order: bad_symbol, bad_timestamp, unsorted, absurd_magnitude, bad_close, duplicate, too_short (drops,
-    so that a duplicate keeps the last *usable* row and repairs are only counted on kept rows), then the
-    repairs bad_ohl, bad_volume, high_below_low, ohlc_outside_range, price_spike, and finally long_gap
-    (counted, kept). `keep` names extra columns carried along row-aligned (e.g. the synthetic `oracle`).
+    Drops come first, so that a duplicate keeps the last *usable* row and repairs are only counted on kept
+    rows; a dropped row is counted by the first rule that drops it. `keep` names extra columns carried along
+    row-aligned (e.g. the synthetic `oracle`).
     """
     source = source or str(raw.attrs.get("source", ""))
     missing = [c for c in COLUMNS + tuple(keep) if c not in raw.columns]
     if missing:
         raise DataError(f"{source or '<frame>'}: frame is missing column(s) {', '.join(map(repr, missing))} "
                         f"(found: {', '.join(map(str, raw.columns))})")
-    n_in = len(raw)
-    counts: list[dict] = []
-
     tcol = raw["timestamp"]
     if not isinstance(tcol.dtype, pd.DatetimeTZDtype) and not pd.api.types.is_datetime64_dtype(tcol.dtype):
         raise DataError(f"{source or '<frame>'}: column 'timestamp' is {tcol.dtype}, not datetime "
                         "(read files with load_ohlcv)")
-    # Work on plain numpy copies: the raw frame is only read.
-    ts = _ns(tcol)  # naive = UTC
-    sym, codes, symbols = _symbol_codes(raw["symbol"])
-    a = {"idx": np.arange(n_in), "ts": ts, "code": codes}
-    for c in NUM_COLS:
-        a[c] = np.array(pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype="float64", na_value=np.nan),
-                        dtype=np.float64, copy=True)
-    ranges_before = _ranges({c: a[c] for c in NUM_COLS}, ts)
+    w = Work(raw, {"min_rows": min_rows, "max_gap_bars": max_gap_bars, "spike_sigmas": spike_sigmas})
+    ranges_before = _ranges({c: w.a[c] for c in NUM_COLS}, w.a["ts"])
+    for rule in RULES:
+        if rule.action != "dropped":
+            w.compact()
+        found = rule.find(w)
+        if rule.action == "dropped":
+            found &= w.alive
+            w.alive &= ~found
+        w.count(rule.name, rule.action, found)
+    w.compact()
+    out = _clean_frame(w, keep)
+    report = _quality_report(w, raw, source, keep, ranges_before)
+    _check_clean(w.a)
+    out.attrs = {"source": source, "bar_size_s": report.bar_size_s}
+    return out, report
 
-    def count(rule: str, action: str, mask: np.ndarray, code: np.ndarray) -> None:
-        per = np.bincount(code[mask], minlength=len(symbols))
-        for i in np.flatnonzero(per):
-            counts.append({"rule": rule, "symbol": str(symbols[i]), "action": action, "rows": int(per[i])})
 
-    # 1. bad_symbol: NaN or empty symbol (factorize gives NaN code -1).
-    empty = np.flatnonzero(symbols == "")
-    bad_sym = (a["code"] < 0) | np.isin(a["code"], empty)
-    if bad_sym.any():
-        counts.append({"rule": "bad_symbol", "symbol": "", "action": "dropped", "rows": int(bad_sym.sum())})
-    # 2. bad_timestamp
-    bad_ts = (a["ts"] == np.iinfo(np.int64).min) & ~bad_sym
-    count("bad_timestamp", "dropped", bad_ts, np.where(bad_ts, a["code"], 0))
-    if (bad_sym | bad_ts).any():
-        a = _take(a, ~(bad_sym | bad_ts))
-
-    # 3. unsorted: rows out of order in the file (counted by load_ohlcv, which already sorted) or in `raw`.
-    code_of = {s: i for i, s in enumerate(symbols)}
-    for s, n in raw.attrs.get("unsorted_by_symbol", {}).items():
-        if s in code_of and n:
-            counts.append({"rule": "unsorted", "symbol": str(s), "action": "changed", "rows": int(n)})
-    if not _is_sorted(a["code"], a["ts"]):
-        count("unsorted", "changed", _unsorted_rows(a["ts"], a["code"]), a["code"])
-        a = _take(a, _sort_order(a["code"], a["ts"]))
-
-    # 4. absurd_magnitude (finite but not physical), 5. bad_close
-    o, h, lo, c, v = (a[k] for k in NUM_COLS)
-    with np.errstate(invalid="ignore"):
-        absurd = np.isfinite(v) & (v > MAX_VOLUME)
-        for x in (o, h, lo, c):
-            absurd |= np.isfinite(x) & (x > MAX_PRICE)
-        bad_close = ~absurd & ~(np.isfinite(c) & (c > 0))
-    count("absurd_magnitude", "dropped", absurd, a["code"])
-    count("bad_close", "dropped", bad_close, a["code"])
-    first = absurd | bad_close
-
-    # 6. duplicate: same (symbol, timestamp) among the rows still kept; rows are stably sorted, so the last one
-    # is the file's last. Detected on the survivors' keys only, so every array is taken once for all drops.
-    surv = np.flatnonzero(~first)
-    sc, st = a["code"][surv], a["ts"][surv]
-    n = len(surv)
-    dup_s = np.zeros(n, dtype=bool)
-    if n > 1:
-        dup_s[:-1] = (sc[:-1] == sc[1:]) & (st[:-1] == st[1:])
-    # 7. too_short
-    per_sym = np.bincount(sc[~dup_s], minlength=len(symbols))
-    short_s = (per_sym[sc] < min_rows) & ~dup_s if min_rows > 0 else np.zeros(n, dtype=bool)
-    dup = np.zeros(len(first), dtype=bool)
-    short = np.zeros(len(first), dtype=bool)
-    dup[surv], short[surv] = dup_s, short_s
-    count("duplicate", "dropped", dup, a["code"])
-    count("too_short", "dropped", short, a["code"])
-    if (first | dup | short).any():
-        a = _take(a, ~(first | dup | short))
-
-    # 8. bad_ohl: open/high/low unusable -> close (close is finite and > 0 here).
-    o, h, lo, c, v, code = a["open"], a["high"], a["low"], a["close"], a["volume"], a["code"]
-    with np.errstate(invalid="ignore"):
-        bad = [~(np.isfinite(x) & (x > 0)) for x in (o, h, lo)]
-    for x, b in zip((o, h, lo), bad, strict=True):
-        x[b] = c[b]
-    count("bad_ohl", "changed", bad[0] | bad[1] | bad[2], code)
-    # 9. bad_volume
-    with np.errstate(invalid="ignore"):
-        bad_v = ~(np.isfinite(v) & (v >= 0))
-    v[bad_v] = 0.0
-    count("bad_volume", "changed", bad_v, code)
-    # 10. high_below_low
-    swap = h < lo
-    h[swap], lo[swap] = lo[swap], h[swap].copy()
-    count("high_below_low", "changed", swap, code)
-    # 11. ohlc_outside_range
-    top, bottom = np.maximum(o, c), np.minimum(o, c)
-    outside = (h < top) | (lo > bottom)
-    np.maximum(h, top, out=h)
-    np.minimum(lo, bottom, out=lo)
-    count("ohlc_outside_range", "changed", outside, code)
-
-    # Bar sizes and long gaps (timestamps no longer change from here on).
-    ts, n = a["ts"], len(a["ts"])
-    bar = bar_sizes_ns(code, ts, len(symbols))
-    new_sym = np.ones(n, dtype=bool)
-    new_sym[1:] = code[1:] != code[:-1]
-    gap = np.zeros(n, dtype=bool)
-    if n > 1 and max_gap_bars > 0:
-        limit = bar[code[1:]].astype(np.float64) * max_gap_bars
-        gap[1:] = ~new_sym[1:] & (bar[code[1:]] > 0) & (np.diff(ts) > limit)
-
-    # 12. price_spike: a close that jumps > k robust sigmas and jumps back on the next bar.
-    spike = _spikes(c, code, new_sym | gap, spike_sigmas, len(symbols))
-    if spike.any():
-        # The previous good close; a chain of spikes takes the close before the chain. A symbol's first bar
-        # is never a spike (its return is undefined), so the good row is always of the same symbol.
-        last_ok = np.maximum.accumulate(np.where(spike, 0, np.arange(n)))
-        prev = c[last_ok[spike]]
-        for x in (o, h, lo, c):
-            x[spike] = prev
-    count("price_spike", "changed", spike, code)
-    # 13. long_gap: kept, counted (windows must not cross it).
-    count("long_gap", "kept", gap, code)
-
-    out = pd.DataFrame({
-        "timestamp": pd.DatetimeIndex(ts.view("datetime64[ns]")).tz_localize("UTC"),
-    })
-    out["symbol"] = sym.iloc[a["idx"]].astype("str").reset_index(drop=True)
+def _clean_frame(w: Work, keep: tuple[str, ...]) -> pd.DataFrame:
+    a = w.a
+    out = pd.DataFrame({"timestamp": pd.DatetimeIndex(a["ts"].view("datetime64[ns]")).tz_localize("UTC")})
+    out["symbol"] = w.sym.iloc[a["idx"]].astype("str").reset_index(drop=True)
     for k in NUM_COLS:
         out[k] = a[k]
     for k in keep:
-        out[k] = raw[k].iloc[a["idx"]].reset_index(drop=True)
+        out[k] = w.raw[k].iloc[a["idx"]].reset_index(drop=True)
+    return out
 
-    kept_syms = np.unique(code)
+
+def _quality_report(w: Work, raw: pd.DataFrame, source: str, keep: tuple[str, ...], ranges_before: dict
+                    ) -> QualityReport:
+    code, symbols = w.a["code"], w.symbols
+    bar = w.bar
     extra = list(raw.attrs.get("extra_columns", []))
     extra += [str(col) for col in raw.columns if col not in COLUMNS and col not in keep]
     load_notes = {k: raw.attrs[k] for k in ("n_files", "skipped_files", "timestamp_format", "bad_timestamps",
                                             "non_numeric") if k in raw.attrs}
-    report = QualityReport(
+    return QualityReport(
         source=source,
-        rows_in=n_in,
-        rows_kept=len(out),
-        rows_dropped=n_in - len(out),
-        counts=counts,
+        rows_in=len(raw),
+        rows_kept=len(code),
+        rows_dropped=len(raw) - len(code),
+        counts=w.counts,
         extra_columns=extra,
-        bar_size_s={str(symbols[i]): (float(bar[i]) / 1e9 if bar[i] > 0 else None) for i in kept_syms},
-        gaps={str(symbols[i]): int(g) for i, g in enumerate(np.bincount(code[gap], minlength=len(symbols)))
-              if g},
+        bar_size_s={str(symbols[i]): (float(bar[i]) / 1e9 if bar[i] > 0 else None) for i in np.unique(code)},
+        gaps={str(symbols[i]): int(g) for i, g in enumerate(np.bincount(code[w.gap], minlength=len(symbols))) if g},
         ranges_before=ranges_before,
-        ranges_after=_ranges({k: a[k] for k in NUM_COLS}, ts),
+        ranges_after=_ranges({k: w.a[k] for k in NUM_COLS}, w.a["ts"]),
         load_notes=load_notes,
     )
-    _check_clean(a)
-    out.attrs = {"source": source, "bar_size_s": report.bar_size_s}
-    return out, report
 
 
 def _spikes(c: np.ndarray, code: np.ndarray, breaks: np.ndarray, k: float, n_sym: int) -> np.ndarray:

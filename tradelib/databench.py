@@ -1,4 +1,4 @@
-"""The data-side benchmark (`python -m tradelib bench --features`): cleaning + features on 10M rows, peak
+"""The data-side benchmark (`tradelib bench --features`): cleaning + features on 10M rows, peak
 memory against the raw frame, and the warm load of a cached full-profile dataset."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from tradelib import cache, synth
+from tradelib import cache, dataset, synth
 from tradelib.config import Config, load_config
 from tradelib.paths import repo_root
 
@@ -22,19 +22,19 @@ def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, fu
     say(f"generating {n_symbols} x {n_bars:,} synthetic bars ...")
     raw = synth.generate_market(n_symbols=n_symbols, n_bars=n_bars, seed=1)
     raw_bytes = int(raw.memory_usage(deep=True).sum())
-    cfg = Config()  # the default feature parameters; cache.build is the path prepare() takes, minus the cache
-    cache.build(cfg, raw.head(50_000))  # warm-up: imports and first-call costs
+    cfg = Config()  # the default feature parameters; dataset.build is the path prepare() takes, minus the cache
+    dataset.build(cfg, raw.head(50_000))  # warm-up: imports and first-call costs
     times = []
     for i in range(repeats):
         gc.collect()
         t0 = time.perf_counter()
-        fs = cache.build(cfg, raw)[0]
+        fs = dataset.build(cfg, raw)[0]
         times.append(time.perf_counter() - t0)
         say(f"  run {i + 1}: {len(raw) / times[-1]:,.0f} rows/s")
         del fs
     gc.collect()
     tracemalloc.start()
-    fs = cache.build(cfg, raw)[0]
+    fs = dataset.build(cfg, raw)[0]
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     result = {
@@ -47,7 +47,7 @@ def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, fu
     if full_profile:
         cfg = load_config([str(repo_root() / "params" / "full.yaml")])
         t0 = time.perf_counter()
-        fs = cache.prepare(cfg, verbose=False)
+        fs = dataset.prepare(cfg, verbose=False)
         result["full_build_s"] = time.perf_counter() - t0
         folder = fs.meta["cache_dir"]
         del fs

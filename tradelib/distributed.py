@@ -20,7 +20,8 @@ import torch.distributed as dist
 import yaml
 
 from tradelib.config import Config
-from tradelib.paths import new_run_id, outputs_dir
+from tradelib.paths import outputs_dir
+from tradelib.runs import new_run_id
 
 
 @dataclass(frozen=True)

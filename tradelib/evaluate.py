@@ -1,7 +1,7 @@
 """Did the model learn anything real, would the signal survive costs, did the GPU work?
 
-Everything here reads the run folder of docs/design.md (`predictions.parquet`, `summary.json`,
-`metrics.jsonl`) and returns plain pandas frames and dicts; `report.py` assembles them, `plots.py` draws them.
+Metrics only: functions of a predictions frame (`runs.read_predictions`) that return plain pandas frames and
+dicts; `report.py` assembles them, `plots.py` draws them, `runs.py` reads the files.
 
 Conventions (the numbers in the report depend on them):
 - IC is a per-period correlation averaged over periods (as Qlib does), never one pooled correlation that a few
@@ -16,13 +16,13 @@ Conventions (the numbers in the report depend on them):
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from tradelib.data import bar_sizes_ns, ns_since_epoch
 
 SECONDS_PER_YEAR = 365.25 * 86400.0
 DAY_SECONDS = 86400.0
@@ -41,8 +41,8 @@ def _timestamps(col: pd.Series) -> pd.Series:
 
 
 def _ts_ns(col: pd.Series) -> np.ndarray:
-    """int64 ns since epoch (sortable, fast to compare); pandas 3 may hold datetimes in us."""
-    return _timestamps(col).dt.as_unit("ns").astype("int64").to_numpy()
+    """int64 ns since epoch (sortable, fast to compare)."""
+    return ns_since_epoch(_timestamps(col))
 
 
 def _finite_rows(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
@@ -53,15 +53,16 @@ def _finite_rows(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
 
 
 def infer_bar_seconds(df: pd.DataFrame) -> float:
-    """Median spacing between consecutive rows of a symbol: the bar size, robust to gaps and test windows."""
-    d = df[["symbol", "timestamp"]].copy()
-    d["timestamp"] = _timestamps(d["timestamp"])
-    d = d.sort_values(["symbol", "timestamp"], kind="stable")
-    gaps = d.groupby("symbol", sort=False)["timestamp"].diff().dt.total_seconds().to_numpy()
-    gaps = gaps[np.isfinite(gaps) & (gaps > 0)]
-    if gaps.size == 0:
+    """The bar size: the median over symbols of each symbol's bar size (data.bar_sizes_ns, the rule cleaning
+    uses: the most common step, robust to gaps and test windows)."""
+    codes, uniques = pd.factorize(df["symbol"])
+    ts = _ts_ns(df["timestamp"])
+    order = np.lexsort((ts, codes))
+    bars = bar_sizes_ns(codes[order], ts[order], len(uniques))
+    bars = bars[bars > 0]
+    if bars.size == 0:
         raise ValueError("cannot infer the bar size: no symbol has two rows at different times; pass bar_seconds")
-    return float(np.median(gaps))
+    return float(np.median(bars)) / 1e9
 
 
 def bars_per_year(bar_seconds: float) -> float:
@@ -167,6 +168,13 @@ def ic_summary(ic_df: pd.DataFrame) -> dict:
         "n_periods": n,
         "positive_share": float((ics > 0).mean()) if n else nan,
     }
+
+
+def pooled_ic(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target") -> dict:
+    """One Pearson correlation over every (symbol, time) row pooled, for the model and for the oracle on the
+    same rows: the run summary's quick figure. The report's per-period ICs are the ones to read."""
+    oracle = ic(df["oracle"], df[target_col]) if "oracle" in df and df["oracle"].notna().any() else None
+    return {"pooled_ic": ic(df[pred_col], df[target_col]), "oracle_pooled_ic": oracle, "test_rows": int(len(df))}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -492,106 +500,3 @@ def backtest(
         "periods_per_year": ppy,
     }
     return BacktestResult(pnl=pnl, stats=stats)
-
-
-# ----------------------------------------------------------------------------------------------------
-# run folders: throughput and training curves
-
-RUN_COLUMNS = [
-    "run_id", "model", "loader", "device", "device_name", "batch_size", "grad_accum_steps", "samples_per_s",
-    "it_per_s", "batches_per_epoch", "data_wait_share", "gpu_util", "peak_mem_gb", "mfu", "epoch_time_s",
-    "test_ic", "finished",
-]  # fmt: skip
-_NUMERIC_RUN_COLUMNS = [
-    "batch_size", "grad_accum_steps", "samples_per_s", "it_per_s", "batches_per_epoch", "data_wait_share",
-    "gpu_util", "peak_mem_gb", "mfu", "epoch_time_s", "test_ic",
-]  # fmt: skip
-
-
-def _parse_time(value) -> pd.Timestamp:
-    """ISO strings or epoch seconds -> UTC Timestamp; anything else -> NaT."""
-    if value is None:
-        return pd.NaT
-    try:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return pd.Timestamp(value, unit="s", tz="UTC")
-        return pd.to_datetime(value, utc=True)
-    except (ValueError, TypeError, OverflowError):
-        return pd.NaT
-
-
-def read_summary(run_dir: Path) -> dict | None:
-    """summary.json as a dict; None when missing or unreadable (a run killed while writing it)."""
-    path = Path(run_dir) / "summary.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def runs_table(outputs_dir: Path) -> pd.DataFrame:
-    """One row per run folder with a readable summary.json, sorted by finish time (unfinished last).
-
-    Missing keys are NaN; peak_mem_gb is peak_mem_bytes / 1e9.
-    """
-    rows = []
-    root = Path(outputs_dir)
-    for run in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        s = read_summary(run)
-        if s is None:
-            continue
-        row = {c: s.get(c) for c in RUN_COLUMNS}
-        row["run_id"] = run.name
-        mem = s.get("peak_mem_bytes")
-        row["peak_mem_gb"] = mem / 1e9 if isinstance(mem, (int, float)) and not isinstance(mem, bool) else None
-        row["finished"] = _parse_time(s.get("finished"))
-        rows.append(row)
-    out = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    for c in _NUMERIC_RUN_COLUMNS:
-        out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
-    out["finished"] = pd.to_datetime(out["finished"], utc=True)
-    return out.sort_values("finished", na_position="last", kind="stable").reset_index(drop=True)
-
-
-STEP_COLUMNS = ["step", "epoch", "samples", "loss", "lr", "grad_norm", "samples_per_s", "it_per_s",
-                "data_wait_share", "skipped_steps", "elapsed_s"]  # fmt: skip
-EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "epoch_time_s", "samples_per_s"]
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """metrics.jsonl rows; blank or truncated lines (a run killed mid-write) are skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            rows.append(obj)
-    return rows
-
-
-def _rows_frame(rows: list[dict], kind: str, columns: list[str]) -> pd.DataFrame:
-    """Rows of one kind with the design's columns always present (numeric, NaN when missing)."""
-    frame = pd.DataFrame([r for r in rows if r.get("kind") == kind]).drop(columns="kind", errors="ignore")
-    frame = frame.reindex(columns=list(dict.fromkeys(columns + list(frame.columns))))
-    for c in columns:
-        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(float)
-    return frame
-
-
-def training_curves(run_dir: Path, ema_alpha: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(step rows, epoch rows) from metrics.jsonl; steps get `loss_ema`, a bias-corrected EMA of the loss.
-
-    A resumed run logs again from its checkpoint: for a repeated step or epoch the last row wins.
-    """
-    rows = read_metrics(run_dir)
-    steps = _rows_frame(rows, "step", STEP_COLUMNS).drop_duplicates("step", keep="last")
-    steps = steps.sort_values("step", kind="stable").reset_index(drop=True)
-    steps["loss_ema"] = steps["loss"].ewm(alpha=ema_alpha, adjust=True, ignore_na=True).mean()
-    epochs = _rows_frame(rows, "epoch", EPOCH_COLUMNS).drop_duplicates("epoch", keep="last")
-    return steps, epochs.sort_values("epoch", kind="stable").reset_index(drop=True)

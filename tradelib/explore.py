@@ -1,8 +1,7 @@
-"""What 01_data_cleaning shows: raw value ranges against cleaned features, as tables and one figure."""
+"""What 01_data_cleaning shows as tables: raw value ranges, rows per cleaning rule, features per split (its
+figure is plots.plot_raw_vs_features)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -48,29 +47,3 @@ def feature_table(fs: FeatureSet) -> pd.DataFrame:
                          "non_finite": int((~np.isfinite(x)).sum()),
                          "at_clip": float((np.abs(x) >= clip).mean()) if len(x) else np.nan})
     return pd.DataFrame(rows)
-
-
-def plot_raw_vs_features(raw: pd.DataFrame, fs: FeatureSet, save_to: Path | None = None,
-                         features: tuple[str, ...] = ("ret_1", "log_volume_rel")):
-    """Raw close and volume per symbol on a log scale (where the 1e-8 prices and 1e15 volumes show) next to
-    the cleaned features per symbol (where they are gone)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    fig, axes = plt.subplots(2, 2, figsize=(13, 7))
-    finite = raw[np.isfinite(raw["close"]) & np.isfinite(raw["volume"])]
-    for ax, col in zip(axes[0], ("close", "volume")):
-        vals = finite[finite[col] > 0]
-        sns.boxplot(data=vals, x="symbol", y=col, ax=ax, log_scale=True, fliersize=1)
-        ax.set_title(f"raw {col} (log scale): spans {vals[col].min():.1e} to {vals[col].max():.1e}")
-        ax.tick_params(axis="x", rotation=45)
-    frame = fs.frame()
-    frame = frame[frame["split"] == 0]
-    for ax, col in zip(axes[1], features):
-        sns.boxplot(data=frame, x="symbol", y=col, ax=ax, fliersize=1)
-        ax.set_title(f"feature {col}, scaled (train split): one scale for all")
-        ax.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
-    if save_to is not None:
-        fig.savefig(save_to, dpi=110)
-    return fig

@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
+from tradelib.data import bar_sizes_ns, ns_since_epoch
 
 RETURN_LAGS = (1, 4, 16, 64)
 VOL_WINDOWS = (8, 32)
@@ -22,29 +24,6 @@ VOLUME_WINDOW = 64
 MAD_SCALE = 1.4826
 FEATURE_NAMES = [f"ret_{k}" for k in RETURN_LAGS] + [f"rvol_{w}" for w in VOL_WINDOWS] + [
     "log_range", "close_loc", "body", "log_volume_rel", "tod_sin", "tod_cos"]
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    window: int = 32
-    horizon: int = 1
-    vol_scaled_target: bool = False
-    clip: float = 5.0
-    max_gap_bars: int = 50
-    train_frac: float = 0.7
-    val_frac: float = 0.15
-
-    @classmethod
-    def from_config(cls, cfg) -> FeatureConfig:
-        return cls(**{k: getattr(cfg, k) for k in cls.__dataclass_fields__})
-
-    def __post_init__(self) -> None:
-        if self.window < 1 or self.horizon < 1:
-            raise ValueError(f"window and horizon must be >= 1, got {self.window} and {self.horizon}")
-        if not (0 < self.train_frac and 0 <= self.val_frac and self.train_frac + self.val_frac < 1):
-            raise ValueError(f"bad split fractions: train {self.train_frac}, val {self.val_frac}")
-        if self.clip <= 0:
-            raise ValueError(f"clip must be > 0, got {self.clip}")
 
 
 @dataclass
@@ -150,7 +129,7 @@ def feature_makers(clean: pd.DataFrame, seg: np.ndarray) -> dict[str, Callable[[
             return np.where(level > 0, np.log((v + 1e-3 * level) / level), 0.0)
 
     def time_of_day(fn: Callable) -> Callable[[], np.ndarray]:
-        ts = pd.DatetimeIndex(clean["timestamp"]).as_unit("ns").asi8
+        ts = ns_since_epoch(clean["timestamp"])
         return lambda: fn(2 * np.pi * ((ts // 60_000_000_000) % 1440) / 1440)
 
     makers: dict[str, Callable[[], np.ndarray]] = {"ret_1": lambda: r1}
@@ -166,12 +145,6 @@ def feature_makers(clean: pd.DataFrame, seg: np.ndarray) -> dict[str, Callable[[
     }
     assert list(makers) == FEATURE_NAMES
     return makers
-
-
-def raw_features(clean: pd.DataFrame, seg: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """All raw columns as one float64 [n, F] matrix: for looking at them and for tests."""
-    makers = feature_makers(clean, seg)
-    return np.column_stack([make() for make in makers.values()]), list(makers)
 
 
 def fit_robust(x: np.ndarray, max_rows: int = 2_000_000) -> tuple[float, float]:
@@ -201,11 +174,11 @@ def apply_robust(x: np.ndarray, med: float, mad: float, clip: float, out: np.nda
     return out
 
 
-def split_rows(ts_ns: np.ndarray, bar_ns: np.ndarray, fcfg: FeatureConfig) -> tuple[np.ndarray, dict]:
+def split_rows(ts_ns: np.ndarray, bar_ns: np.ndarray, cfg) -> tuple[np.ndarray, dict]:
     """Chronological split by time across all symbols, with a purge of (horizon + window) bars between
     parts, so no training window or target overlaps a validation or test target."""
-    t_train, t_val = np.quantile(ts_ns, [fcfg.train_frac, fcfg.train_frac + fcfg.val_frac]).astype(np.int64)
-    purge = int((fcfg.horizon + fcfg.window) * bar_ns.max())
+    t_train, t_val = np.quantile(ts_ns, [cfg.train_frac, cfg.train_frac + cfg.val_frac]).astype(np.int64)
+    purge = int((cfg.horizon + cfg.window) * bar_ns.max())
     split = np.full(len(ts_ns), -1, dtype=np.int8)
     split[ts_ns <= t_train] = 0
     split[(ts_ns > t_train + purge) & (ts_ns <= t_val)] = 1
@@ -215,69 +188,92 @@ def split_rows(ts_ns: np.ndarray, bar_ns: np.ndarray, fcfg: FeatureConfig) -> tu
     return split, cut
 
 
-def build_features(clean: pd.DataFrame, fcfg: FeatureConfig, quality: dict | None = None) -> FeatureSet:
-    """Clean frame (sorted by symbol, timestamp) -> FeatureSet, normalised on the training split only."""
-    from tradelib.data import bar_sizes_ns
+@dataclass
+class Layout:
+    """Where each row of a clean frame sits: its symbol, time, bar size and contiguous segment."""
 
-    if clean.empty:
-        raise ValueError("no rows left after cleaning: nothing to build features from")
+    codes: np.ndarray  # int32 symbol code per row, in the frame's (sorted) symbol order
+    symbols: list[str]
+    ts: np.ndarray  # int64 ns since the epoch, UTC
+    bar_ns: np.ndarray  # int64 bar size of the row's symbol
+    seg: np.ndarray  # int32 segment id: breaks at a symbol change or a gap longer than max_gap_bars
+    bar_seconds: dict[str, float]
+
+
+def row_layout(clean: pd.DataFrame, max_gap_bars: int) -> Layout:
     codes, symbols = pd.factorize(clean["symbol"].to_numpy())  # first-appearance order == sorted order
-    ts = pd.DatetimeIndex(clean["timestamp"]).tz_convert("UTC").as_unit("ns").asi8
+    ts = ns_since_epoch(clean["timestamp"])
     bar_of_code = bar_sizes_ns(codes, ts, len(symbols))
     if (bar_of_code <= 0).any():
         short = [str(symbols[i]) for i in np.flatnonzero(bar_of_code <= 0)]
         raise ValueError(f"symbol(s) {', '.join(short)}: fewer than two timestamps, no bar size")
-    bar_by_symbol = {str(s): int(b) for s, b in zip(symbols, bar_of_code)}
     bar_ns = bar_of_code[codes]
-    seg = segment_ids(codes, ts, bar_ns, fcfg.max_gap_bars)
+    return Layout(codes.astype(np.int32), [str(s) for s in symbols], ts, bar_ns,
+                  segment_ids(codes, ts, bar_ns, max_gap_bars),
+                  {str(s): int(b) / 1e9 for s, b in zip(symbols, bar_of_code)})
 
-    split, cuts = split_rows(ts, bar_ns, fcfg)
-    train = split == 0
-    if not train.any():
-        raise ValueError("the training split is empty: too little data for the split fractions")
+
+def scaled_features(clean: pd.DataFrame, seg: np.ndarray, train: np.ndarray, clip: float
+                    ) -> tuple[np.ndarray, dict, dict]:
+    """(X float32 [n, F] robust-scaled on the training rows and clipped, {median, scale} per feature, the
+    raw range of each feature before scaling). Columns are made and scaled on several cores."""
     X = np.empty((len(clean), len(FEATURE_NAMES)), dtype=np.float32)
     makers = feature_makers(clean, seg)
 
-    def make_and_scale(j: int, name: str) -> tuple[float, float, dict, np.ndarray | None]:
+    def make_and_scale(j: int, name: str) -> tuple[float, float, dict]:
         col = makers[name]()
         m, scale = fit_robust(col[train])
         with np.errstate(invalid="ignore"):
             finite = np.isfinite(col)
             before = {"min": float(np.min(col, where=finite, initial=np.inf)),
                       "max": float(np.max(col, where=finite, initial=-np.inf)), "unknown": int((~finite).sum())}
-        apply_robust(col, m, scale, fcfg.clip, out=X[:, j])
-        return m, scale, before, (col if name == f"rvol_{VOL_WINDOWS[-1]}" else None)
+        apply_robust(col, m, scale, clip, out=X[:, j])
+        return m, scale, before
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         done = list(pool.map(make_and_scale, range(len(makers)), makers))
-    med, mad = [d[0] for d in done], [d[1] for d in done]
-    raw_ranges = {name: d[2] for name, d in zip(makers, done)}
-    rvol = next(d[3] for d in done if d[3] is not None)
-    names = list(makers)
+    norm = {"median": [d[0] for d in done], "scale": [d[1] for d in done]}
+    return X, norm, {name: d[2] for name, d in zip(makers, done)}
+
+
+def targets(clean: pd.DataFrame, seg: np.ndarray, cfg) -> dict[str, np.ndarray]:
+    """The forward log return over `horizon` (the target, optionally over trailing volatility), the next
+    one-bar return (backtest PnL) and the last one (the momentum baseline); NaN where unknown."""
     lc = np.log(clean["close"].to_numpy(np.float64))
-    fwd = _shift(lc, -fcfg.horizon, seg) - lc
-    ret_next = _shift(lc, -1, seg) - lc
-    last_ret = lc - _shift(lc, 1, seg)
+    fwd = _shift(lc, -cfg.horizon, seg) - lc
     target = fwd
-    if fcfg.vol_scaled_target:
-        rvol = rvol * np.sqrt(fcfg.horizon)
+    if cfg.vol_scaled_target:
+        rvol = feature_makers(clean, seg)[f"rvol_{VOL_WINDOWS[-1]}"]() * np.sqrt(cfg.horizon)
         with np.errstate(invalid="ignore", divide="ignore"):
             target = np.where(rvol > 0, fwd / rvol, np.nan)
-    del rvol
+    return {"target": target, "fwd_return": fwd, "ret_next": _shift(lc, -1, seg) - lc,
+            "last_return": lc - _shift(lc, 1, seg)}
 
-    y = target.astype(np.float32)
+
+def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None) -> FeatureSet:
+    """Clean frame (sorted by symbol, timestamp) -> FeatureSet, normalised on the training split only.
+    `cfg` is a Config: its "features" group (window, horizon, clip, splits, ...) is what matters."""
+    if clean.empty:
+        raise ValueError("no rows left after cleaning: nothing to build features from")
+    lay = row_layout(clean, cfg.max_gap_bars)
+    seg = lay.seg
+    split, cuts = split_rows(lay.ts, lay.bar_ns, cfg)
+    train = split == 0
+    if not train.any():
+        raise ValueError("the training split is empty: too little data for the split fractions")
+    X, norm, raw_ranges = scaled_features(clean, seg, train, cfg.clip)
+    t = targets(clean, seg, cfg)
+    y = t["target"].astype(np.float32)
     y[~np.isfinite(y)] = np.nan
-    target_scale = fit_robust(target[train])[1]
     oracle = clean["oracle"].to_numpy(np.float32) if "oracle" in clean else np.full(len(y), np.nan, np.float32)
-    if "oracle" in clean and fcfg.horizon != 1:
+    if "oracle" in clean and cfg.horizon != 1:
         oracle = np.full(len(y), np.nan, np.float32)  # the planted component is known for one bar ahead only
-
     meta = {
-        "feature_config": asdict(fcfg),
-        "norm": {"median": med, "scale": mad},
+        "feature_config": feature_params(cfg),
+        "norm": norm,
         "raw_ranges": raw_ranges,  # each feature before scaling: min, max, rows without history (filled with 0)
-        "target_scale": target_scale,
-        "bar_seconds": {s: b / 1e9 for s, b in bar_by_symbol.items()},
+        "target_scale": fit_robust(t["target"][train])[1],
+        "bar_seconds": lay.bar_seconds,
         "splits": cuts,
         "rows_per_split": {name: int((split == i).sum()) for i, name in ((0, "train"), (1, "val"), (2, "test"))},
         "purged_rows": int((split == -1).sum()),
@@ -285,7 +281,12 @@ def build_features(clean: pd.DataFrame, fcfg: FeatureConfig, quality: dict | Non
         "quality": quality or {},
     }
     return FeatureSet(
-        X=X, y=y, fwd_return=fwd.astype(np.float32), ret_next=ret_next.astype(np.float32),
-        last_return=last_ret.astype(np.float32), oracle=oracle, timestamp=ts, symbol_id=codes.astype(np.int32),
-        segment=seg, split=split, symbols=list(symbols), feature_names=names, meta=meta,
+        X=X, y=y, fwd_return=t["fwd_return"].astype(np.float32), ret_next=t["ret_next"].astype(np.float32),
+        last_return=t["last_return"].astype(np.float32), oracle=oracle, timestamp=lay.ts, symbol_id=lay.codes,
+        segment=seg, split=split, symbols=lay.symbols, feature_names=list(FEATURE_NAMES), meta=meta,
     )
+
+
+def feature_params(cfg) -> dict:
+    """The parameters that shape the features: the cache key hashes them, the FeatureSet records them."""
+    return cfg.group("features")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-MODELS = ("mlp", "lstm", "gru", "tcn")
+MODELS = ("mlp", "lstm", "gru", "tcn")  # Config.model's choices name the same four
 
 
 class Head(nn.Module):
@@ -118,14 +118,19 @@ class TCN(nn.Module):
 
 
 def init_weights(model: nn.Module, gain: float) -> None:
-    """Xavier-uniform weights with the given gain (the seed's 0.5), zero biases; norms keep ones/zeros."""
-    for name, p in model.named_parameters():
-        if "norm" in name:
-            continue
-        if p.dim() >= 2:
-            nn.init.xavier_uniform_(p, gain=gain)
-        else:
-            nn.init.zeros_(p)
+    """By module type, as nanoGPT's `_init_weights`: Xavier-uniform weights with the given gain (the seed's 0.5)
+    and zero biases for linear, convolution and recurrent layers; norms keep weight 1 and bias 0."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            nn.init.xavier_uniform_(module.weight, gain=gain)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.LSTM, nn.GRU)):
+            for name, p in module.named_parameters():
+                (nn.init.xavier_uniform_(p, gain=gain) if name.startswith("weight") else nn.init.zeros_(p))
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 def build_model(name: str, n_features: int, window: int, hidden: int = 64, layers: int = 2,
@@ -154,3 +159,9 @@ def training_flops_per_sample(model: nn.Module) -> float:
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def model_for(cfg, n_features: int) -> nn.Module:
+    """The model a Config asks for."""
+    return build_model(cfg.model, n_features, cfg.window, cfg.hidden, cfg.layers, cfg.dropout, cfg.init_gain,
+                       cfg.output_clip)

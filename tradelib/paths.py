@@ -1,4 +1,5 @@
-"""Where things live, independent of the working directory (notebooks run from the root or notebooks/)."""
+"""Where things live, independent of the working directory (notebooks run from the root or notebooks/), and
+how a file is written so that a kill never leaves half of it."""
 
 from __future__ import annotations
 
@@ -25,36 +26,19 @@ def notebooks_dir() -> Path:
     return repo_root() / "notebooks"
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
+def unique_tmp(path: Path) -> Path:
+    """A temporary name beside `path` that no other process or call uses (pid and a clock in it)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
 
 
-def run_dir(run_id: str) -> Path:
-    path = outputs_dir() / run_id
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def latest_run() -> Path:
-    """The most recently finished (else started) run folder under outputs/."""
-    runs = [p for p in outputs_dir().iterdir() if p.is_dir() and (p / "metrics.jsonl").exists()]
-    if not runs:
-        raise FileNotFoundError(f"no run folder with metrics.jsonl under {outputs_dir()}: train a model first")
-
-    def stamp(p: Path) -> float:
-        s = p / "summary.json"
-        return (s if s.exists() else p / "metrics.jsonl").stat().st_mtime
-
-    return max(runs, key=stamp)
-
-
-def resolve_run(run: str | os.PathLike | None) -> Path:
-    """A run id, a path, or '' / None for the latest run."""
-    if not run:
-        return latest_run()
-    p = Path(run)
-    if p.is_dir():
-        return p
-    if (outputs_dir() / str(run)).is_dir():
-        return outputs_dir() / str(run)
-    raise FileNotFoundError(f"run {run!r} not found (looked for {p} and {outputs_dir() / str(run)})")
+def atomic_write_bytes(data: bytes, path: Path) -> None:
+    """Write to a unique temporary file, flush it to disk, then rename: a kill mid-write leaves the old file."""
+    tmp = unique_tmp(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

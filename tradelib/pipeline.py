@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 from tradelib.config import read_params
-from tradelib.paths import new_run_id, notebooks_dir, run_dir
+from tradelib.paths import notebooks_dir
+from tradelib.runs import new_run_id, run_dir
 
 NOTEBOOKS = ("01_data_cleaning", "02_profiling", "03_train", "04_report")
 
@@ -28,7 +29,7 @@ def split_params(params: dict, notebooks: dict[str, dict]) -> dict[str, dict]:
     unknown = sorted(set(params) - declared)
     if unknown:
         raise ValueError(f"unknown parameter(s) {', '.join(unknown)}: no notebook declares them "
-                         f"(see `papermill --help-notebook notebooks/03_train.ipynb`)")
+                         f"(see `tradelib pipeline --help`)")
     return {name: {k: v for k, v in params.items() if k in decl} for name, decl in notebooks.items()}
 
 

@@ -189,3 +189,23 @@ def plot_quality(report_dict: dict, save_to: str | Path | None = None) -> plt.Fi
         ax.set_xscale("log")
     ax.set(title="data quality: rows per rule", xlabel="rows", ylabel="")
     return _save(fig, save_to)
+
+
+def plot_raw_vs_features(raw: pd.DataFrame, fs, save_to: Path | None = None,
+                         features: tuple[str, ...] = ("ret_1", "log_volume_rel")):
+    """Raw close and volume per symbol on a log scale (where the 1e-8 prices and 1e15 volumes show) next to
+    the cleaned features per symbol (where they are gone)."""
+    fig, axes = plt.subplots(2, 2, figsize=(13, 7))
+    finite = raw[np.isfinite(raw["close"]) & np.isfinite(raw["volume"])]
+    for ax, col in zip(axes[0], ("close", "volume")):
+        vals = finite[finite[col] > 0]
+        sns.boxplot(data=vals, x="symbol", y=col, ax=ax, log_scale=True, fliersize=1)
+        ax.set_title(f"raw {col} (log scale): spans {vals[col].min():.1e} to {vals[col].max():.1e}")
+        ax.tick_params(axis="x", rotation=45)
+    frame = fs.frame()
+    frame = frame[frame["split"] == 0]
+    for ax, col in zip(axes[1], features):
+        sns.boxplot(data=frame, x="symbol", y=col, ax=ax, fliersize=1)
+        ax.set_title(f"feature {col}, scaled (train split): one scale for all")
+        ax.tick_params(axis="x", rotation=45)
+    return _save(fig, save_to)

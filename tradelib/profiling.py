@@ -3,7 +3,7 @@ training step, and the largest batch that fits in memory.
 
 The seed raised its batch from 128 to 1024 and read it/s; samples/s and the data-wait share are the figures
 that say whether the input pipeline or the model is the limit. Everything here drives the Trainer's own
-step through `bench.Runner`, so the sweep, the trace and the bench all measure the same code.
+step through measure.py's `Runner`, so the sweep, the trace and the bench all measure the same code.
 """
 
 from __future__ import annotations
@@ -17,56 +17,58 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tradelib import cache
-from tradelib.bench import Runner, make_setups, measure, remove_scratch, scratch_run_id, step_peak_bytes, sync
+from tradelib import dataset
 from tradelib.config import Config
-from tradelib.train import pick_device
+from tradelib.hardware import pick_device, sync
+from tradelib.measure import Runner, make_setups, measure, split_list, step_peak_bytes
 
-SWEEP_COLUMNS = ["loader", "batch_size", "samples_per_s", "it_per_s", "data_wait_share", "batches_per_epoch",
-                 "peak_mem_bytes", "mfu", "gpu_busy_pct", "step_time_s"]
+SWEEP_COLUMNS = ["loader", "batch_size", "samples_per_s", "speedup", "it_per_s", "data_wait_share",
+                 "batches_per_epoch", "peak_mem_bytes", "mfu", "gpu_busy_pct", "step_time_s"]
 
 
-def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int], loaders: Sequence[str] = ("device", "dataloader"),
-                     steps: int = 20, warmup: int = 3, repeats: int = 1, verbose: bool = False) -> pd.DataFrame:
-    """samples/s, it/s, memory, data-wait share and batches per epoch for each loader and batch size.
+def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, loaders: Sequence[str] | None = None,
+                     verbose: bool = False) -> pd.DataFrame:
+    """samples/s, it/s, memory, data-wait share and batches per epoch for each loader and batch size (default:
+    cfg.batch_sizes and cfg.loaders), with cfg.steps, cfg.warmup and cfg.repeats.
 
     All (loader, batch size) pairs are measured interleaved on the same data; "dense" (causal models) uses
-    batch sizes in chunks. One row per pair; the full bench records are in the `records` attribute."""
+    batch sizes in chunks. One row per pair, `speedup` against the seed's DataLoader at the same batch size
+    (dense: against per-window); the full records are in the `records` attribute."""
     cfg = cfg.replace(device=str(pick_device(cfg.device, verbose=False)))
+    sizes = sorted({int(b) for b in (batch_sizes or split_list(cfg.batch_sizes))})
     setups = []
-    for bs in batch_sizes:
-        base = cfg.replace(batch_size=int(bs))
-        for s in make_setups(base, cfg.model, loaders, dense_batch=int(bs), verbose=verbose):
+    for bs in sizes:
+        base = cfg.replace(batch_size=bs)
+        for s in make_setups(base, cfg.model, loaders or split_list(cfg.loaders), dense_batch=bs, group=f"@{bs}",
+                             verbose=verbose):
             s.label = f"{s.label}@{bs}"
             setups.append(s)
-    records = measure(setups, steps=steps, warmup=warmup, repeats=repeats, verbose=verbose)
+    records = measure(setups, steps=cfg.steps, warmup=cfg.warmup, repeats=cfg.repeats, verbose=verbose)
     df = pd.DataFrame(records)[SWEEP_COLUMNS].sort_values(["loader", "batch_size"], ignore_index=True)
     df.attrs["records"] = records
     return df
 
 
-def _runner(cfg: Config, tag: str) -> tuple[Runner, str]:
-    """A Runner on a scratch run id (removed by the caller) for this config's data."""
-    run_id = scratch_run_id(tag)
+def _runner(cfg: Config) -> Runner:
+    """A Runner for this config's data, model and loader."""
     cfg = cfg.replace(device=str(pick_device(cfg.device, verbose=False)))
     setup = make_setups(cfg, cfg.model, ["dense" if cfg.dense else cfg.loader],
-                        dense_batch=cfg.batch_size if cfg.dense else None, verbose=False)[0]
-    return Runner(setup, cache.prepare(cfg, verbose=False), run_id), run_id
+                        dense_batch=cfg.batch_size if cfg.dense else 0, verbose=False)[0]
+    return Runner(setup, dataset.prepare(cfg, verbose=False))
 
 
-def profile_step(cfg: Config, steps: int = 5, trace_path: str | Path | None = None, warmup: int = 2,
-                 top: int = 25) -> pd.DataFrame:
-    """torch.profiler over `steps` training steps (CPU and, where present, CUDA activities) after `warmup`
-    untimed ones. Writes a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing) to
+def profile_step(cfg: Config, trace_path: str | Path | None = None, top: int = 25) -> pd.DataFrame:
+    """torch.profiler over cfg.profile_steps training steps (CPU and, where present, CUDA activities) after
+    cfg.warmup untimed ones. Writes a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing) to
     `trace_path` and returns the top ops by self time (device time on CUDA) as a DataFrame. The trace marks
     each "train step" and its "fetch batch" so the data wait is visible beside the kernels."""
-    runner, run_id = _runner(cfg, "trace")
+    runner = _runner(cfg)
     try:
-        device = runner.trainer.device
+        device = runner.device
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        runner.run(warmup, 1)
+        runner.run(cfg.warmup, 1)
         with profile(activities=activities, record_shapes=False) as prof:
-            runner.run(0, steps)
+            runner.run(0, cfg.profile_steps)
         if trace_path:
             Path(trace_path).parent.mkdir(parents=True, exist_ok=True)
             prof.export_chrome_trace(str(trace_path))
@@ -84,7 +86,6 @@ def profile_step(cfg: Config, steps: int = 5, trace_path: str | Path | None = No
         return df
     finally:
         runner.close()
-        remove_scratch(run_id)
 
 
 def _release_memory(device: torch.device) -> None:
@@ -112,50 +113,37 @@ def default_cpu_budget() -> int:
 class StepProbe:
     """Runs single training steps at any micro-batch size and reports their peak memory."""
 
-    def __init__(self, cfg: Config) -> None:
-        cfg = cfg.replace(loader="device", device=str(pick_device(cfg.device, verbose=False)))
-        self.cfg = cfg
-        self.runner, self.run_id = _runner(cfg, "probe")
-        self.trainer = self.runner.trainer
-        self.cuda = self.trainer.device.type == "cuda"
+    def __init__(self, cfg: Config, limit: int = 1 << 20) -> None:
+        # one micro-batch per step whatever its size: batch_size is the largest size probed
+        self.runner = _runner(cfg.replace(loader="device", batch_size=max(limit, cfg.batch_size),
+                                          grad_accum_steps=1))
+        self.trainer, self.device = self.runner.trainer, self.runner.device
+        self.cuda = self.device.type == "cuda"
         self.gen = torch.Generator().manual_seed(0)
         self.step(min(cfg.batch_size, 8))  # optimizer state and lazy allocations exist before measuring
 
     def step(self, batch: int) -> None:
-        tr = self.trainer
-        ids = torch.randint(0, tr.source.n_items(), (batch,), generator=self.gen).to(tr.device)  # any size
-        x, y, mask = tr.source.batch(ids)
-        tr.micro_step(x, y, mask, tr.source.count(ids))
-        tr.optimizer_step()
-        sync(tr.device)
+        ids = torch.randint(0, len(self.trainer.source), (batch,), generator=self.gen).to(self.device)  # any size
+        self.trainer.step(ids)
+        sync(self.device)
 
     def peak_bytes(self, batch: int) -> int | None:
         """CUDA: max_memory_allocated over one step (None on out-of-memory); CPU: peak bytes of the CPU
         tensors the step allocates (torch.profiler memory events; resident data not counted)."""
-        _release_memory(self.trainer.device)
+        _release_memory(self.device)
         if not self.cuda:
             return step_peak_bytes(lambda: self.step(batch))
-        torch.cuda.reset_peak_memory_stats(self.trainer.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
         try:
             self.step(batch)
         except torch.cuda.OutOfMemoryError:
             self.trainer.opt.zero_grad(set_to_none=True)
             return None
-        return int(torch.cuda.max_memory_allocated(self.trainer.device))
+        return int(torch.cuda.max_memory_allocated(self.device))
 
     def close(self) -> None:
         self.runner.close()
-        _release_memory(self.trainer.device)
-        remove_scratch(self.run_id)
-
-
-def step_memory_bytes(cfg: Config, batch: int) -> int | None:
-    """Peak memory of one training step at this micro-batch (see StepProbe.peak_bytes)."""
-    probe = StepProbe(cfg)
-    try:
-        return probe.peak_bytes(batch)
-    finally:
-        probe.close()
+        _release_memory(self.device)
 
 
 def find_max_batch(cfg: Config, start: int = 256, limit: int = 1 << 20, budget_bytes: int | None = None,
@@ -167,11 +155,11 @@ def find_max_batch(cfg: Config, start: int = 256, limit: int = 1 << 20, budget_b
     it; the feature matrix resident on the device counts, as in training with the device loader. On the CPU
     nothing runs out, so the bound is `budget_bytes` (default a quarter of the available RAM) on the peak
     bytes of CPU tensors one step allocates (torch.profiler memory events), resident data not counted."""
-    probe = StepProbe(cfg)
+    probe = StepProbe(cfg, limit)
     if not probe.cuda and budget_bytes is None:
         budget_bytes = default_cpu_budget()
     if verbose:
-        where = f"{torch.cuda.get_device_name(probe.trainer.device)} memory" if probe.cuda else "the CPU"
+        where = f"{torch.cuda.get_device_name(probe.device)} memory" if probe.cuda else "the CPU"
         bound = f" within a budget of {budget_bytes / 2**20:,.1f} MiB" if budget_bytes else ""
         extra = "" if probe.cuda else " (CPU: nothing runs out of memory, so the bound is the budget on one step)"
         print(f"find_max_batch: {cfg.model} on {where}{bound}{extra}")

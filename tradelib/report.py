@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from tradelib import evaluate as ev
+from tradelib import runs
 
 SUMMARY_NUMBERS = [
-    "test_ic", "test_rank_ic", "icir", "ic_t_stat", "pooled_ic", "oracle_ic", "directional_accuracy",
+    "period_ic", "period_rank_ic", "icir", "ic_t_stat", "pooled_ic", "oracle_ic", "directional_accuracy",
     "net_sharpe", "gross_sharpe", "buy_hold_sharpe", "net_total_return", "max_drawdown", "turnover",
     "samples_per_s", "data_wait_share", "gpu_util", "mfu", "peak_mem_gb", "epoch_time_s",
 ]  # fmt: skip
@@ -70,12 +71,9 @@ def load_inputs(
     without either it is skipped. The bar size comes from `bar_seconds`, else fs.meta, else the timestamps.
     """
     run_dir = Path(run_dir)
-    pred_path = run_dir / "predictions.parquet"
-    if not pred_path.exists():
-        raise FileNotFoundError(f"{pred_path} not found: the run has not finished (train writes it last)")
-    df = pd.read_parquet(pred_path)
-    summary = ev.read_summary(run_dir) or {}
-    steps, epochs = ev.training_curves(run_dir)
+    df = runs.read_predictions(run_dir)
+    summary = runs.read_summary(run_dir) or {}
+    steps, epochs = runs.training_curves(run_dir)
     if fs is not None and X_train is None:
         train = np.asarray(fs.split) == 0
         X_train, y_train = fs.X[train], fs.y[train]
@@ -153,12 +151,12 @@ def summary_block(inputs: ReportInputs) -> dict:
         "bar_seconds": inputs.bar_seconds,
         "ic_period": ev.period_kind(inputs.bar_seconds, n_symbols),
         "n_periods": ics["n_periods"],
-        "test_ic": ics["ic"],
-        "test_rank_ic": ics["rank_ic"],
+        "period_ic": ics["ic"],
+        "period_rank_ic": ics["rank_ic"],
         "icir": ics["icir"],
         "ic_t_stat": ics["t_stat"],
         "pooled_ic": float(pooled["ic"].iloc[0]) if len(pooled) else float("nan"),
-        "oracle_ic": oracle_ic if np.isfinite(oracle_ic) else _num(s.get("oracle_ic_test")),
+        "oracle_ic": oracle_ic,
         "baseline_ic": {name: _predictor(p, name, "ic") for name in p["predictor"] if name != "model"},
         "directional_accuracy": _predictor(p, "model", "directional_accuracy"),
         "cost_bps": inputs.cost_bps,
@@ -198,9 +196,9 @@ def compare_block(this: dict, other_dir: Path, cost_bps: float) -> dict:
     try:
         other = summary_block(load_inputs(other_dir, cost_bps=cost_bps))
     except (FileNotFoundError, ValueError):  # a throughput-only run: compare what summary.json holds
-        s = ev.read_summary(other_dir) or {}
-        other = {k: _num(s.get(k)) for k in SUMMARY_NUMBERS}
-        other.update(peak_mem_gb=_num(s.get("peak_mem_bytes")) / 1e9, test_ic=_num(s.get("test_ic")))
+        s = runs.read_summary(other_dir) or {}
+        other = {k: _num(s.get(k)) for k in SUMMARY_NUMBERS}  # pooled_ic is the one test figure it holds
+        other.update(peak_mem_gb=_num(s.get("peak_mem_bytes")) / 1e9)
         other.update({k: s.get(k) for k in ("device", "device_name", "model", "loader")})
     metrics = {}
     for k in SUMMARY_NUMBERS:
@@ -217,19 +215,13 @@ def compare_block(this: dict, other_dir: Path, cost_bps: float) -> dict:
 
 def loader_sweep(run_dir: Path) -> pd.DataFrame | None:
     """02_profiling's batch-size sweep of this run (the seed's DataLoader and the device loader measured side
-    by side on this device), with the device / dataloader ratio per batch size; None when 02 did not run."""
+    by side on this device, `speedup` = device / dataloader at each batch size); None when 02 did not run."""
     path = Path(run_dir) / "batch_size_sweep.csv"
     if not path.exists():
         return None
     sweep = pd.read_csv(path)
-    keep = [c for c in ("loader", "batch_size", "samples_per_s", "it_per_s", "data_wait_share", "batches_per_epoch",
-                        "peak_mem_bytes", "mfu", "gpu_busy_pct", "device") if c in sweep]
-    sweep = sweep[keep]
-    wide = sweep.pivot_table(index="batch_size", columns="loader", values="samples_per_s")
-    if {"device", "dataloader"} <= set(wide.columns):
-        ratio = (wide["device"] / wide["dataloader"]).rename("device_over_dataloader")
-        sweep = sweep.merge(ratio, left_on="batch_size", right_index=True, how="left")
-    return sweep
+    return sweep[[c for c in ("loader", "batch_size", "samples_per_s", "speedup", "it_per_s", "data_wait_share",
+                              "batches_per_epoch", "peak_mem_bytes", "mfu", "gpu_busy_pct") if c in sweep]]
 
 
 def build_report(run_dir: Path, compare_with: Path | None = None, cost_bps: float = 5.0, *,
@@ -300,8 +292,9 @@ def summary_markdown(report: dict) -> str:
         f"**Run `{g('run_id')}`**: {g('model')} on {g('device_name') or g('device')}, "
         f"loader `{g('loader')}`, {g('n_test_rows'):,} test rows, {g('n_symbols')} symbols.",
         "",
-        f"Test IC **{_f(g('test_ic'))}** (rank IC {_f(g('test_rank_ic'))}, ICIR {_f(g('icir'), '.2f')}, "
-        f"t {_f(t, '.2f')} over {g('n_periods')} {g('ic_period')} periods: {verdict}; "
+        f"Test IC **{_f(g('period_ic'))}**, the mean of per-{g('ic_period')} ICs (rank IC "
+        f"{_f(g('period_rank_ic'))}, ICIR {_f(g('icir'), '.2f')}, t {_f(t, '.2f')} over {g('n_periods')} "
+        f"{g('ic_period')} periods: {verdict}; pooled over all rows {_f(g('pooled_ic'))}; "
         f"oracle {_f(g('oracle_ic'))}{others}). "
         f"Directional accuracy {_f(g('directional_accuracy'), '.1%')}.",
         "",
@@ -321,8 +314,8 @@ def summary_markdown(report: dict) -> str:
         lines += [
             "",
             f"Against run `{cmp['run_id']}` (loader `{cmp['other'].get('loader')}`): samples/s "
-            f"{_rate(sps['other'])} -> {_rate(sps['this'])} (x{_f(sps['ratio'], '.1f')}), test IC "
-            f"{_f(m['test_ic']['other'])} -> {_f(m['test_ic']['this'])}, net Sharpe "
+            f"{_rate(sps['other'])} -> {_rate(sps['this'])} (x{_f(sps['ratio'], '.1f')}), pooled test IC "
+            f"{_f(m['pooled_ic']['other'])} -> {_f(m['pooled_ic']['this'])}, net Sharpe "
             f"{_f(m['net_sharpe']['other'], '.2f')} -> {_f(m['net_sharpe']['this'], '.2f')}.",
         ]
     lines += [
@@ -352,7 +345,7 @@ def make_figures(inputs: ReportInputs, run_dir: Path | None = None, runs_df: pd.
 
     run_dir = Path(run_dir or inputs.run_dir)
     if runs_df is None:
-        runs_df = ev.runs_table(run_dir.parent)
+        runs_df = runs.runs_table(run_dir.parent)
     figs = {
         "training": plots.plot_training(inputs.steps, inputs.epochs, run_dir / "training.png"),
         "equity": plots.plot_equity(inputs.backtest, run_dir / "equity.png"),
@@ -370,27 +363,10 @@ def load_featureset(run_dir: Path):
     the cache is gone, in which case the ridge baseline and the data-quality section are left out."""
     from tradelib import cache
 
-    summary = ev.read_summary(Path(run_dir)) or {}
+    summary = runs.read_summary(Path(run_dir)) or {}
     folder = Path(summary.get("cache_dir") or "")
-    if not summary.get("cache_dir") or not (folder / "manifest.json").exists():
+    if not summary.get("cache_dir") or not cache.has(folder):
         print(f"feature cache {folder} not found: ridge baseline and data quality left out "
-              f"(rebuild it with `python -m tradelib prepare` and the run's parameters)")
+              f"(rebuild it with `tradelib prepare` and the run's parameters)")
         return None
     return cache.load(folder)
-
-
-def run_to_report(run: str = "") -> Path:
-    """The run folder to report on. With no run named and none under outputs/ (a fresh clone), trains one
-    with the default parameters first, so that the report notebook also runs alone."""
-    from tradelib.paths import latest_run, resolve_run
-
-    if run:
-        return resolve_run(run)
-    try:
-        return latest_run()
-    except FileNotFoundError:
-        from tradelib.config import Config
-        from tradelib.train import train
-
-        print("no run under outputs/ yet: training one with the default parameters (as 03_train would)")
-        return train(Config()).run_dir

@@ -29,27 +29,7 @@ def generate_market(
     phase = (np.arange(n_bars) % bars_per_day) / bars_per_day
     # intraday cycle: busier around 14:00 UTC, quiet at night
     season = 1.0 + 0.45 * np.cos(2 * np.pi * (phase - 14 / 24))
-
-    daily_vol = rng.uniform(0.01, 0.04, n_symbols)
-    bar_var = (daily_vol**2) / bars_per_day
-    alpha, beta = 0.08, 0.9
-    omega = bar_var * (1 - alpha - beta)
-    df_t = 4.0
-    shocks = rng.standard_t(df_t, size=(n_bars, n_symbols)) / np.sqrt(df_t / (df_t - 2))
-
-    ret = np.zeros((n_bars, n_symbols))
-    sigma = np.zeros((n_bars, n_symbols))
-    mu = np.zeros((n_bars, n_symbols))
-    var = bar_var.copy()
-    k = signal_lookback
-    for t in range(n_bars):
-        s = np.sqrt(var) * season[t]
-        if t >= k:
-            move = ret[t - k : t].sum(axis=0) / (s * np.sqrt(k))
-            mu[t] = -signal_strength * s * np.tanh(move)
-        ret[t] = mu[t] + s * shocks[t]
-        sigma[t] = s
-        var = omega + alpha * (ret[t] / season[t]) ** 2 + beta * var
+    ret, sigma, mu = _garch_returns(rng, n_bars, n_symbols, season, bars_per_day, signal_strength, signal_lookback)
 
     base_price = np.exp(rng.uniform(np.log(5), np.log(500), n_symbols))
     close = base_price * np.exp(np.cumsum(ret, axis=0))
@@ -93,6 +73,31 @@ def generate_market(
     if hostile:
         frame = _make_hostile(frame, rng, n_bars)
     return frame.reset_index(drop=True)
+
+
+def _garch_returns(rng: np.random.Generator, n_bars: int, n_symbols: int, season: np.ndarray, bars_per_day: int,
+                   signal_strength: float, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(returns, volatility, planted mean) [n_bars, n_symbols]: GARCH(1,1) with Student-t shocks, scaled by the
+    intraday season, plus mean reversion of the last k bars' move."""
+    daily_vol = rng.uniform(0.01, 0.04, n_symbols)
+    bar_var = (daily_vol**2) / bars_per_day
+    alpha, beta = 0.08, 0.9
+    omega = bar_var * (1 - alpha - beta)
+    df_t = 4.0
+    shocks = rng.standard_t(df_t, size=(n_bars, n_symbols)) / np.sqrt(df_t / (df_t - 2))
+    ret = np.zeros((n_bars, n_symbols))
+    sigma = np.zeros((n_bars, n_symbols))
+    mu = np.zeros((n_bars, n_symbols))
+    var = bar_var.copy()
+    for t in range(n_bars):
+        s = np.sqrt(var) * season[t]
+        if t >= k:
+            move = ret[t - k : t].sum(axis=0) / (s * np.sqrt(k))
+            mu[t] = -signal_strength * s * np.tanh(move)
+        ret[t] = mu[t] + s * shocks[t]
+        sigma[t] = s
+        var = omega + alpha * (ret[t] / season[t]) ** 2 + beta * var
+    return ret, sigma, mu
 
 
 def _make_hostile(frame: pd.DataFrame, rng: np.random.Generator, n_bars: int) -> pd.DataFrame:

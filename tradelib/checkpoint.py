@@ -1,0 +1,120 @@
+"""Checkpoint files: atomic saves, rotation, verified loads with fallback, and the resume compatibility check.
+
+A run folder's `checkpoints/` holds `step-N.pt` (the training state after N optimizer steps, the newest
+`keep_checkpoints` kept), `best.pt` (the best validation loss) and `last.pt` (the final weights).
+`manifest.json` beside them records each file's size and SHA-256, so a damaged file is recognised and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from tradelib.config import Config, resume_may_change
+from tradelib.paths import atomic_write_bytes
+
+MANIFEST = "manifest.json"
+
+
+def _manifest(folder: Path) -> dict:
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save(state: dict, path: Path) -> Path:
+    """Write a checkpoint atomically and record its size and checksum in the folder's manifest."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(data, path)
+    entries = _manifest(path.parent)
+    entries[path.name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    entries = {k: v for k, v in entries.items() if (path.parent / k).exists()}
+    atomic_write_bytes(json.dumps(entries, indent=1).encode(), path.parent / MANIFEST)
+    return path
+
+
+def step_checkpoints(folder: Path) -> dict[int, Path]:
+    """step-N.pt files by N."""
+    found = {}
+    for p in folder.glob("step-*.pt"):
+        m = re.fullmatch(r"step-(\d+)", p.stem)
+        if m:
+            found[int(m.group(1))] = p
+    return found
+
+
+def rotate(folder: Path, keep: int) -> None:
+    """Delete all but the newest `keep` step-N.pt files."""
+    steps = sorted(step_checkpoints(folder).items())
+    for _, old in steps[: max(0, len(steps) - max(1, keep))]:
+        old.unlink(missing_ok=True)
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint, verified against the manifest where it has an entry. Raises ValueError naming the file
+    and what is wrong with it."""
+    entry = _manifest(path.parent).get(path.name)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if entry is not None:
+        if len(data) != entry.get("bytes"):
+            raise ValueError(f"{path}: {len(data):,} bytes, the manifest says {entry.get('bytes'):,} (truncated?)")
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise ValueError(f"{path}: checksum differs from the manifest (the file is damaged)")
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - unpickling a damaged file raises many types
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{path}: not a tradelib checkpoint (no model state)")
+    return state
+
+
+def resume_candidates(folder: Path) -> list[Path]:
+    """Step files newest first: the real training states. last.pt may hold the restored best weights and
+    best.pt an older state, so last.pt comes only after them (runs from before step files)."""
+    steps = [p for _, p in sorted(step_checkpoints(folder).items(), reverse=True)]
+    last = folder / "last.pt"
+    return steps + ([last] if last.exists() else [])
+
+
+def load_latest(folder: Path) -> tuple[dict | None, Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint that loads: (state, its path, [(skipped path, why)]); (None, None, skipped) when
+    none does."""
+    skipped = []
+    for path in resume_candidates(folder):
+        try:
+            return load(path), path, skipped
+        except ValueError as exc:
+            skipped.append((path, str(exc)))
+    return None, None, skipped
+
+
+def check_resumable(ck: dict, path: Path | str, cfg: Config, cache_key: str, world: int) -> None:
+    """Refuse a resume that would not continue the same training: other features, settings or world size."""
+    if ck["cache_key"] != cache_key:
+        raise ValueError(
+            f"resume refused: {path} was trained on feature cache {ck['cache_key']}, but this run's data, feature "
+            f"parameters and feature code give cache {cache_key}. Continuing would mix two feature definitions: "
+            f"start a new run (another run_id), or go back to the data and code the run was started with.")
+    free = resume_may_change()
+    old = {**Config().to_dict(), **ck["config"]}  # settings added since the checkpoint take their defaults
+    diff = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if k not in free and old.get(k) != v}
+    if diff:
+        raise ValueError(f"resume refused: the config differs from {path} in settings that change the training: " +
+                         ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()) +
+                         f". Only these may change on resume: {', '.join(sorted(free))}")
+    if ck.get("world", 1) != world:
+        raise ValueError(f"resume refused: {path} was written by {ck.get('world', 1)} processes, this run has {world}: "
+                         f"each process's place in the epoch depends on it; resume with the same number")

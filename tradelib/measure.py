@@ -1,0 +1,340 @@
+"""Measuring the training step: configurations side by side, with honest data waits, as medians.
+
+`bench` (the command) and 02_profiling (the sweep, the trace, the largest batch) both measure through here.
+Each configuration is a real `Trainer` driven through its public `step`: what is timed is the training step
+itself, not a copy. Repetitions are interleaved (A B C A B C ...) so that drift (clocks, heat, other load)
+hits all configurations alike; warm-up steps (worker start-up, torch.compile, allocator growth) are not
+timed; the figures are medians over the repetitions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from tradelib import cache, dataset
+from tradelib.config import Config
+from tradelib.features import FeatureSet
+from tradelib.hardware import device_name, mfu, peak_flops, pick_device, sync, torch_flags, uses_bf16
+from tradelib.models import model_for, n_params
+from tradelib.monitor import GpuMonitor
+from tradelib.sources import Batch, BatchSource, make_sources
+from tradelib.trainer import Trainer, seed_everything
+
+LOADERS = ("dataloader", "device", "dense")
+REQUIRED_KEYS = ("loader", "model", "batch_size", "samples_per_s", "data_wait_share", "it_per_s",
+                 "batches_per_epoch", "peak_mem_bytes", "mfu", "device")
+# (faster, baseline) pairs whose samples/s ratio is reported
+RATIOS = {"device/dataloader": ("device", "dataloader"), "dense/per_window": ("dense", "device")}
+
+
+# -- configurations ----------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    """One configuration to measure: a label, the loader kind, the full run config, the model spec it came
+    from, and the group whose members are compared as ratios (one model spec, or one batch size of a sweep)."""
+
+    label: str
+    loader: str  # dataloader | device | dense
+    cfg: Config
+    spec: str  # e.g. "tcn:window=64,layers=4"
+    group: str
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict]:
+    """'tcn:window=64,layers=4' -> ('tcn', {'window': '64', 'layers': '4'}): a model and its config overrides."""
+    name, _, rest = spec.partition(":")
+    overrides = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"model spec {spec!r}: expected NAME=VALUE after ':', got {item!r}")
+        overrides[key.strip()] = value.strip()
+    return name.strip().lower(), overrides
+
+
+def split_list(text: str | int) -> list[str]:
+    """'a,b c' -> ['a', 'b', 'c'] (a papermill -p of one number arrives as an int)."""
+    return [s for s in str(text).replace(",", " ").split() if s]
+
+
+def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS, dense_batch: int = 0,
+                group: str | None = None, verbose: bool = True) -> list[Setup]:
+    """The configurations of one model spec. Dense mode (causal models only) gets as many chunks per batch
+    as make about the same number of trained targets as `base.batch_size` windows: the same global batch."""
+    from tradelib.models import build_model
+
+    name, overrides = parse_model_spec(spec)
+    cfg = Config.from_dict({**base.to_dict(), **overrides, "model": name}, source=f"model spec {spec!r}")
+    setups = []
+    for loader in loaders:
+        if loader not in LOADERS:
+            raise ValueError(f"unknown loader {loader!r}: choose from {', '.join(LOADERS)}")
+        label = f"{name}/{loader}"
+        if loader == "dense":
+            probe = build_model(cfg.model, 1, cfg.window, cfg.hidden, cfg.layers)
+            if not hasattr(probe, "forward_dense"):
+                if verbose:
+                    print(f"measure: no dense mode for {cfg.model} (not a causal convolution model); skipped")
+                continue
+            per_chunk = cfg.dense_chunk - probe.receptive_field + 1
+            chunks = dense_batch or max(1, round(cfg.batch_size / max(per_chunk, 1)))
+            run = cfg.replace(dense=True, loader="device", batch_size=chunks)
+        else:
+            run = cfg.replace(dense=False, loader=loader)
+        setups.append(Setup(label, loader, run, spec, group or spec))
+    return setups
+
+
+# -- driving the trainer's step ------------------------------------------------------------------------------
+class TimedSource:
+    """A batch source whose fetches are timed; on CUDA the device is synchronised before and after each, so
+    the figure counts the gather and the host-to-device copy, not just their launch (an honest wait, at the
+    cost of a sync per micro-batch)."""
+
+    def __init__(self, inner: BatchSource) -> None:
+        self.inner, self.device, self.wait = inner, inner.device, 0.0
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def epoch(self, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+        return self.inner.epoch(epoch, seed, rank, world)
+
+    def begin(self, ids: torch.Tensor) -> None:
+        self.inner.begin(ids)
+
+    def fetch(self, ids: torch.Tensor) -> Batch:
+        sync(self.device)
+        t0 = time.perf_counter()
+        with record_function("fetch batch"):
+            out = self.inner.fetch(ids)
+            sync(self.device)
+        self.wait += time.perf_counter() - t0
+        return out
+
+    def count(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.inner.count(ids)
+
+
+class Runner:
+    """One configuration: its Trainer (the real step, fed through a TimedSource) and the stream of its
+    batches, epoch after epoch."""
+
+    def __init__(self, setup: Setup, fs: FeatureSet) -> None:
+        self.setup, cfg = setup, setup.cfg
+        self.device = pick_device(cfg.device, verbose=False)
+        seed_everything(cfg.seed)
+        model = model_for(cfg, fs.n_features).to(self.device)
+        windows, source = make_sources(fs, model, cfg, self.device)
+        self.source = TimedSource(source)
+        self.trainer = Trainer(cfg, model, windows, self.source, self.device, verbose=False)
+        self.fs, self.epoch = fs, 0
+        self.queue: torch.Tensor | None = None
+
+    def take(self, n_steps: int) -> list[torch.Tensor]:
+        """The next n_steps global batches of items in training order (shuffled epochs, one after another)."""
+        tr = self.trainer
+        need = n_steps * tr.global_batch
+        parts = [] if self.queue is None else [self.queue]
+        have = sum(len(p) for p in parts)
+        while have < need:
+            order = self.source.epoch(self.epoch, tr.cfg.seed)
+            self.epoch += 1
+            parts.append(order)
+            have += len(order)
+        ids = torch.cat(parts)
+        self.queue = ids[need:]
+        return list(ids[:need].split(tr.global_batch))
+
+    def run(self, n_warmup: int, n_steps: int) -> dict:
+        """n_warmup untimed then n_steps timed optimizer steps, each `Trainer.step` (micro-batches, gradient
+        accumulation, clipping, the optimizer and the LR). Data wait is the time blocked in the source's
+        fetch (the DataLoader's next(), or the device gather)."""
+        tr = self.trainer
+        groups = self.take(n_warmup + n_steps)
+        self.source.begin(torch.cat(groups))  # the DataLoader gets exactly these batches: no prefetch beyond
+        for group in groups[:n_warmup]:
+            tr.step(group)
+        sync(self.device)
+        self.source.wait, counts, micro = 0.0, [], 0
+        t0 = time.perf_counter()
+        for group in groups[n_warmup:]:
+            with record_function("train step"):
+                stats = tr.step(group)
+            counts.append(stats.n_valid)
+            micro += stats.micro_batches
+        sync(self.device)
+        seconds = time.perf_counter() - t0
+        samples = int(round(float(torch.stack(counts).sum()))) if counts else 0
+        return {"seconds": seconds, "wait_s": self.source.wait, "micro_batches": micro, "samples": samples}
+
+    def close(self) -> None:
+        close = getattr(self.source.inner, "close", None)
+        if close is not None:
+            close()
+
+
+def step_peak_bytes(fn) -> int:
+    """Peak bytes held by CPU tensors allocated while `fn()` runs, relative to its start (torch.profiler
+    memory events). The CPU stand-in for torch.cuda.max_memory_allocated: deterministic, unlike RSS; the
+    batch counts, memory outside this process's tensors (the DataLoader workers' own) does not."""
+    with tempfile.TemporaryDirectory() as tmp:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text()).get("traceEvents", [])
+    mem = sorted((e["ts"], e["args"]["Bytes"]) for e in events
+                 if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0)
+    total = peak = 0
+    for _, nbytes in mem:
+        total += nbytes
+        peak = max(peak, total)
+    return int(peak)
+
+
+def feature_sets(setups: Sequence[Setup], verbose: bool) -> dict[str, FeatureSet]:
+    """One FeatureSet per distinct cache key among the setups (the same data is built or loaded once)."""
+    out: dict[str, FeatureSet] = {}
+    for s in setups:
+        key = cache.cache_key(s.cfg)
+        if key not in out:
+            out[key] = dataset.prepare(s.cfg, verbose=verbose)
+    return out
+
+
+# -- measuring ------------------------------------------------------------------------------------------------
+def measure(setups: Sequence[Setup], steps: int = 20, warmup: int = 5, repeats: int = 1,
+            monitor_interval_s: float = 0.1, verbose: bool = True) -> list[dict]:
+    """Measure every setup, interleaved: repeat r runs setup 1, 2, ... in turn. One record per setup."""
+    runners: list[Runner] = []
+    with torch_flags():
+        try:
+            fsets = feature_sets(setups, verbose)
+            runners = [Runner(s, fsets[cache.cache_key(s.cfg)]) for s in setups]
+            device = runners[0].device
+            peak, peak_src = peak_flops(device, measure=True)
+            if verbose:
+                print(f"MFU peak: {peak / 1e9:,.1f} GFLOP/s ({peak_src})")
+            monitor = GpuMonitor(interval_s=monitor_interval_s, device=device, verbose=verbose).start()
+            runs: list[list[dict]] = [[] for _ in runners]
+            for rep in range(repeats):
+                for runner, out in zip(runners, runs):
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(device)
+                    monitor.read()
+                    res = runner.run(warmup, steps)
+                    res["gpu"] = monitor.read()
+                    if device.type == "cuda":
+                        res["peak_mem"] = int(torch.cuda.max_memory_allocated(device))
+                    out.append(res)
+                    if verbose:
+                        print(f"measure {rep + 1}/{repeats} {runner.setup.label:22s} "
+                              f"{res['samples'] / res['seconds']:>12,.0f} samples/s  "
+                              f"wait {res['wait_s'] / res['seconds']:6.1%}")
+            monitor.stop()
+            records = []
+            for runner, out in zip(runners, runs):
+                if device.type == "cuda":
+                    mem, mem_kind = max(r["peak_mem"] for r in out), "cuda: torch.cuda.max_memory_allocated"
+                else:  # one more (untimed) step under the memory profiler
+                    mem = step_peak_bytes(lambda r=runner: r.run(0, 1))
+                    mem_kind = ("cpu: peak bytes of CPU tensors allocated during one training step "
+                                "(torch.profiler memory events; DataLoader workers not counted)")
+                records.append(make_record(runner, out, mem, mem_kind, peak, peak_src, steps, warmup, repeats))
+            add_ratios(records)
+            return records
+        finally:
+            for runner in runners:
+                runner.close()
+
+
+def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak: float, peak_src: str,
+                steps: int, warmup: int, repeats: int) -> dict:
+    tr, s = runner.trainer, runner.setup
+    sps = [r["samples"] / r["seconds"] for r in runs]
+    busy = [r["gpu"]["gpu_util_median"] for r in runs if r["gpu"].get("gpu_util_median") is not None]
+    gmem = [r["gpu"]["gpu_mem_used_max_bytes"] for r in runs if r["gpu"].get("gpu_mem_used_max_bytes")]
+    flops = tr.flops_per_sample()
+    med = statistics.median(sps)
+    return {
+        "label": s.label, "spec": s.spec, "group": s.group, "loader": s.loader, "model": s.cfg.model,
+        "batch_size": s.cfg.batch_size, "batch_unit": "chunks" if s.loader == "dense" else "windows",
+        "targets_per_batch": statistics.median(r["samples"] / r["micro_batches"] for r in runs),
+        "grad_accum_steps": s.cfg.grad_accum_steps,
+        "samples_per_s": med, "samples_per_s_runs": sps,
+        "data_wait_share": statistics.median(r["wait_s"] / r["seconds"] for r in runs),
+        "it_per_s": statistics.median(r["micro_batches"] / r["seconds"] for r in runs),
+        "batches_per_epoch": tr.steps_per_epoch * s.cfg.grad_accum_steps,
+        "step_time_s": statistics.median(r["seconds"] / r["micro_batches"] for r in runs),
+        "peak_mem_bytes": int(mem), "peak_mem_kind": mem_kind,
+        "flops_per_sample": flops, "peak_flops": peak, "peak_flops_source": peak_src,
+        "mfu": mfu(med, flops, peak),
+        "gpu_busy_pct": statistics.median(busy) if busy else None,
+        "gpu_mem_used_max_bytes": max(gmem) if gmem else None,
+        "device": str(runner.device), "device_name": device_name(runner.device),
+        "num_workers": getattr(runner.source.inner, "settings", {}).get("num_workers", 0),
+        "window": s.cfg.window, "hidden": s.cfg.hidden, "layers": s.cfg.layers,
+        "receptive_field": getattr(tr.model, "receptive_field", None),
+        "dense_chunk": s.cfg.dense_chunk if s.loader == "dense" else None,
+        "n_params": n_params(tr.model), "compiled": tr.compiled,
+        "precision": "bf16" if uses_bf16(s.cfg.precision, runner.device) else "fp32",
+        "train_items_per_epoch": len(runner.source),
+        "data": {"data_path": s.cfg.data_path, "synth_symbols": s.cfg.synth_symbols,
+                 "synth_bars": s.cfg.synth_bars, "rows": len(runner.fs)},
+        "steps": steps, "warmup": warmup, "repeats": repeats,
+        "torch": torch.__version__, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def add_ratios(records: list[dict]) -> None:
+    """Per group: device / dataloader and dense / per-window (device), as ratios of the medians and per
+    interleaved repetition. Every record of a group carries its group's ratios; `speedup` is the record's
+    own against its baseline (dataloader for the device loader, the per-window device loader for dense)."""
+    by_group: dict[str, dict[str, dict]] = {}
+    for r in records:
+        by_group.setdefault(r["group"], {})[r["loader"]] = r
+    for group in by_group.values():
+        ratios = {}
+        for name, (num, den) in RATIOS.items():
+            if num in group and den in group:
+                a, b = group[num], group[den]
+                ratios[name] = a["samples_per_s"] / b["samples_per_s"]
+                ratios[name + "_runs"] = [x / y for x, y in zip(a["samples_per_s_runs"], b["samples_per_s_runs"])]
+        for r in group.values():
+            r["ratios"] = ratios
+            key = next((name for name, (num, _) in RATIOS.items() if num == r["loader"]), None)
+            r["speedup"] = ratios.get(key) if key else None
+
+
+def format_table(records: list[dict]) -> str:
+    rows = [{
+        "config": r["label"], "batch": f"{r['batch_size']} {r['batch_unit']}",
+        "samples/s": f"{r['samples_per_s']:,.0f}",
+        "speedup": f"{r['speedup']:.2f}x" if r.get("speedup") else "",
+        "data wait": f"{r['data_wait_share']:.1%}", "it/s": f"{r['it_per_s']:.1f}",
+        "batches/epoch": r["batches_per_epoch"], "peak mem MB": f"{r['peak_mem_bytes'] / 2**20:,.0f}",
+        "MFU": f"{r['mfu']:.2%}" if r["mfu"] is not None else "n/a",
+        "GPU busy": f"{r['gpu_busy_pct']:.0f}%" if r["gpu_busy_pct"] is not None else "n/a",
+    } for r in records]
+    return pd.DataFrame(rows).to_string(index=False)
+
+
+def speedup_lines(records: list[dict]) -> list[str]:
+    names = {"device": "seed DataLoader", "dense": "per-window"}
+    return [f"{r['label']}: {r['speedup']:.2f}x the {names[r['loader']]} samples/s (median of {r['repeats']})"
+            for r in records if r.get("speedup")]
+

@@ -1,0 +1,196 @@
+"""Run folders: `outputs/<run_id>/` and the files in it, written and read here and nowhere else.
+
+    metrics.jsonl        one JSON row per log interval ("step"), per epoch ("epoch") and GPU reading ("gpu")
+    summary.json         the run's configuration, throughput, memory and test figures
+    predictions.parquet  the test split: row, timestamp, symbol, prediction, target, ...
+    checkpoints/         see checkpoint.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tradelib.paths import atomic_write_bytes, outputs_dir
+
+STEP_COLUMNS = ["step", "epoch", "samples", "loss", "lr", "grad_norm", "samples_per_s", "it_per_s",
+                "data_wait_share", "skipped_steps", "elapsed_s"]  # fmt: skip
+EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "epoch_time_s", "samples_per_s"]
+RUN_COLUMNS = [
+    "run_id", "model", "loader", "device", "device_name", "batch_size", "grad_accum_steps", "samples_per_s",
+    "it_per_s", "batches_per_epoch", "data_wait_share", "gpu_util", "peak_mem_gb", "mfu", "epoch_time_s",
+    "pooled_ic", "finished",
+]  # fmt: skip
+_NUMERIC_RUN_COLUMNS = [
+    "batch_size", "grad_accum_steps", "samples_per_s", "it_per_s", "batches_per_epoch", "data_wait_share",
+    "gpu_util", "peak_mem_gb", "mfu", "epoch_time_s", "pooled_ic",
+]  # fmt: skip
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def run_dir(run_id: str) -> Path:
+    path = outputs_dir() / run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def has_runs() -> bool:
+    return any(p.is_dir() and (p / "metrics.jsonl").exists() for p in outputs_dir().iterdir())
+
+
+def latest_run() -> Path:
+    """The most recently finished (else started) run folder under outputs/."""
+    runs = [p for p in outputs_dir().iterdir() if p.is_dir() and (p / "metrics.jsonl").exists()]
+    if not runs:
+        raise FileNotFoundError(f"no run folder with metrics.jsonl under {outputs_dir()}: train a model first "
+                                f"(notebook 03_train, or `tradelib train`)")
+
+    def stamp(p: Path) -> float:
+        s = p / "summary.json"
+        return (s if s.exists() else p / "metrics.jsonl").stat().st_mtime
+
+    return max(runs, key=stamp)
+
+
+def resolve_run(run: str | os.PathLike | None) -> Path:
+    """A run id, a path, or '' / None for the latest run."""
+    if not run:
+        return latest_run()
+    p = Path(run)
+    if p.is_dir():
+        return p
+    if (outputs_dir() / str(run)).is_dir():
+        return outputs_dir() / str(run)
+    raise FileNotFoundError(f"run {run!r} not found (looked for {p} and {outputs_dir() / str(run)})")
+
+
+# -- metrics.jsonl --------------------------------------------------------------------------------------------
+def append_metrics(run: Path, row: dict) -> None:
+    with (Path(run) / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """metrics.jsonl rows; blank or truncated lines (a run killed mid-write) are skipped."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            rows.append(obj)
+    return rows
+
+
+def truncate_metrics(run: Path, step: int) -> int:
+    """Keep only the metric rows logged up to `step` (the rest will be logged again), atomically; rows kept."""
+    keep = [r for r in read_metrics(run) if r.get("step", -1) <= step]
+    atomic_write_bytes("".join(json.dumps(r) + "\n" for r in keep).encode(), Path(run) / "metrics.jsonl")
+    return len(keep)
+
+
+def _rows_frame(rows: list[dict], kind: str, columns: list[str]) -> pd.DataFrame:
+    """Rows of one kind with the design's columns always present (numeric, NaN when missing)."""
+    frame = pd.DataFrame([r for r in rows if r.get("kind") == kind]).drop(columns="kind", errors="ignore")
+    frame = frame.reindex(columns=list(dict.fromkeys(columns + list(frame.columns))))
+    for c in columns:
+        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(float)
+    return frame
+
+
+def training_curves(run: Path, ema_alpha: float = 0.1, rows: list[dict] | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(step rows, epoch rows) from metrics.jsonl; steps get `loss_ema`, a bias-corrected EMA of the loss.
+
+    A resumed run logs again from its checkpoint: for a repeated step or epoch the last row wins.
+    """
+    rows = read_metrics(run) if rows is None else rows
+    steps = _rows_frame(rows, "step", STEP_COLUMNS).drop_duplicates("step", keep="last")
+    steps = steps.sort_values("step", kind="stable").reset_index(drop=True)
+    steps["loss_ema"] = steps["loss"].ewm(alpha=ema_alpha, adjust=True, ignore_na=True).mean()
+    epochs = _rows_frame(rows, "epoch", EPOCH_COLUMNS).drop_duplicates("epoch", keep="last")
+    return steps, epochs.sort_values("epoch", kind="stable").reset_index(drop=True)
+
+
+# -- summary.json and the runs table --------------------------------------------------------------------------
+def write_summary(run: Path, summary: dict) -> None:
+    atomic_write_bytes(json.dumps(summary, indent=1, default=str).encode(), Path(run) / "summary.json")
+
+
+def read_summary(run: Path) -> dict | None:
+    """summary.json as a dict; None when missing or unreadable (a run killed while writing it)."""
+    try:
+        data = json.loads((Path(run) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _parse_time(value) -> pd.Timestamp:
+    """ISO strings or epoch seconds -> UTC Timestamp; anything else -> NaT."""
+    if value is None:
+        return pd.NaT
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return pd.Timestamp(value, unit="s", tz="UTC")
+        return pd.to_datetime(value, utc=True)
+    except (ValueError, TypeError, OverflowError):
+        return pd.NaT
+
+
+def runs_table(root: Path) -> pd.DataFrame:
+    """One row per run folder with a readable summary.json, sorted by finish time (unfinished last).
+
+    Missing keys are NaN; peak_mem_gb is peak_mem_bytes / 1e9.
+    """
+    rows = []
+    root = Path(root)
+    for run in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        s = read_summary(run)
+        if s is None:
+            continue
+        row = {c: s.get(c) for c in RUN_COLUMNS}
+        row["run_id"] = run.name
+        mem = s.get("peak_mem_bytes")
+        row["peak_mem_gb"] = mem / 1e9 if isinstance(mem, (int, float)) and not isinstance(mem, bool) else None
+        row["finished"] = _parse_time(s.get("finished"))
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    for c in _NUMERIC_RUN_COLUMNS:
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
+    out["finished"] = pd.to_datetime(out["finished"], utc=True)
+    return out.sort_values("finished", na_position="last", kind="stable").reset_index(drop=True)
+
+
+# -- predictions.parquet --------------------------------------------------------------------------------------
+def write_predictions(run: Path, fs, rows: np.ndarray, prediction: np.ndarray) -> Path:
+    """The test split's predictions beside everything the report needs of those rows."""
+    path = Path(run) / "predictions.parquet"
+    pd.DataFrame({
+        "row": rows,
+        "timestamp": pd.to_datetime(fs.timestamp[rows], utc=True),
+        "symbol": np.asarray(fs.symbols, dtype=object)[fs.symbol_id[rows]],
+        "prediction": prediction,
+        "target": fs.y[rows], "fwd_return": fs.fwd_return[rows], "ret_next": fs.ret_next[rows],
+        "last_return": fs.last_return[rows], "oracle": fs.oracle[rows],
+    }).to_parquet(path, index=False)
+    return path
+
+
+def read_predictions(run: Path) -> pd.DataFrame:
+    path = Path(run) / "predictions.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: the run has not finished (train writes it last)")
+    return pd.read_parquet(path)

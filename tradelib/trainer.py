@@ -1,0 +1,258 @@
+"""The training step: a model, its optimizer and LR schedule, and one exact, accumulating optimizer step.
+
+One optimizer step = `grad_accum_steps` micro-batches. Each micro-batch adds sum(squared error) / N to the
+gradients, N being the number of valid targets in the whole accumulated batch (over all DDP ranks), so the
+step equals one big batch of N: also for the last, partial window of an epoch and for masked dense targets.
+The LR schedule advances once per optimizer step. A non-finite loss or gradient norm skips the step on the
+device (fused AdamW's `found_inf`), with no host sync.
+
+`Trainer.step(ids)` is the whole step and the only thing the run loop, the bench and 02_profiling call; it
+knows nothing of files, epochs or logging (train.py holds those).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from tradelib.config import Config
+from tradelib.distributed import all_reduce
+from tradelib.hardware import autocast
+from tradelib.sources import Batch, BatchSource, Windows
+
+
+@dataclass
+class StepStats:
+    """One optimizer step's figures. Tensors stay on the device: reading them syncs, so read at log points."""
+
+    sse: torch.Tensor  # sum of squared errors over this rank's valid targets
+    n_valid: torch.Tensor  # valid targets of the step over all ranks (float64)
+    norm: torch.Tensor  # gradient norm before clipping
+    skipped: torch.Tensor  # True where the loss or the gradient was non-finite: the update was skipped
+    micro_batches: int
+    fetch_s: float  # host seconds inside source.fetch
+    fetch_marks: list = field(default_factory=list)  # CUDA: stream events around each fetch (see _cuda_mark)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def scaled_lr(cfg: Config, world: int = 1) -> float:
+    """The LR scaling rule, applied only when asked: linear or square root in the global batch."""
+    ratio = cfg.batch_size * cfg.grad_accum_steps * world / cfg.reference_batch
+    return {"none": cfg.lr, "linear": cfg.lr * ratio, "sqrt": cfg.lr * math.sqrt(ratio)}[cfg.lr_scaling]
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up over `warmup` optimizer steps, then cosine decay to min_ratio at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config, lr: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, fused where the device supports it; no weight decay on biases and norm parameters."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError) as exc:  # fused needs a supported device and dtype
+        print(f"fused AdamW unavailable on {device} ({exc}): using the foreach implementation")
+        return torch.optim.AdamW(groups, lr=lr, foreach=True)
+
+
+def maybe_compile(model: torch.nn.Module, cfg: Config, device: torch.device, probe: torch.Tensor):
+    """torch.compile when asked (auto: on CUDA); falls back to eager and says why if it fails.
+
+    `reduce-overhead` adds CUDA graphs: one replay instead of a launch per kernel, for small models whose
+    step is launch-bound on a GPU."""
+    want = cfg.compile in ("on", "reduce-overhead") or (cfg.compile == "auto" and device.type == "cuda")
+    if not want:
+        return model, "off"
+    mode = "reduce-overhead" if cfg.compile == "reduce-overhead" else None
+    try:
+        compiled = torch.compile(model, mode=mode)
+        with torch.no_grad(), autocast(device, cfg.precision):
+            compiled(probe)
+        return compiled, mode or "on"
+    except Exception as exc:  # noqa: BLE001 - any compiler failure means eager, reported
+        print(f"torch.compile failed, training eagerly: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        return model, f"failed: {type(exc).__name__}"
+
+
+class DenseForward(torch.nn.Module):
+    """The model's forward_dense as a module's forward, so that DDP (which hooks forward) can wrap it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_dense(x)
+
+
+def unused_parameters(module: torch.nn.Module, x: torch.Tensor, device: torch.device) -> list[str]:
+    """Parameters that get no gradient from a forward and backward (DDP must be told, or it waits for them).
+    The RNG is put back afterwards (dropout draws), so the run continues as a one-process run would."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        module(x).float().sum().backward()
+    unused = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    module.zero_grad(set_to_none=True)
+    return unused
+
+
+class Trainer:
+    """The model, its optimizer and LR schedule, and the step. `source` feeds training; `windows` evaluation."""
+
+    def __init__(self, cfg: Config, model: torch.nn.Module, windows: Windows, source: BatchSource,
+                 device: torch.device, world: int = 1, verbose: bool = True) -> None:
+        self.cfg, self.model, self.windows, self.source = cfg, model, windows, source
+        self.device, self.world = device, world
+        n_train = len(source) // world
+        if n_train == 0:
+            raise ValueError("no training windows: the data is shorter than one window per split")
+        self.global_batch = cfg.batch_size * cfg.grad_accum_steps  # per rank; x world for the whole step
+        self.steps_per_epoch = math.ceil(n_train / self.global_batch)
+        total = self.steps_per_epoch * cfg.epochs
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
+        self.lr = scaled_lr(cfg, world)
+        self.opt = make_optimizer(model, cfg, self.lr, device)
+        self.fused = bool(self.opt.defaults.get("fused"))
+        self.warmup = min(cfg.warmup_steps, max(1, self.total_steps // 10))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, self.warmup, self.total_steps, cfg.min_lr_ratio))
+        probe = windows.gather(windows.ends(0)[:2])[0]
+        self.fwd, self.compiled = maybe_compile(model, cfg, device, probe)
+        # dense mode trains through forward_dense; evaluation stays per window (the same function)
+        train_module, train_probe, self.train_fwd = model, probe, self.fwd
+        if cfg.dense:
+            train_module = DenseForward(model)
+            train_probe = source.fetch(torch.arange(min(2, len(source)), device=device)).x
+            self.train_fwd, _ = maybe_compile(train_module, cfg, device, train_probe)
+        if world > 1:  # evaluation keeps self.fwd: only rank 0 evaluates, with no collective
+            unused = unused_parameters(train_module, train_probe, device)
+            if unused and verbose:
+                print(f"DDP: {', '.join(unused)} get no gradient (unused in forward): find_unused_parameters=True, "
+                      f"which walks the graph every step; a model without unused parameters avoids it")
+            ids = [device.index] if device.type == "cuda" else None
+            self.train_fwd = DDP(self.train_fwd, device_ids=ids, find_unused_parameters=bool(unused))
+
+    # -- the step ------------------------------------------------------------------------------------------
+    def step(self, ids: torch.Tensor) -> StepStats:
+        """One optimizer step over these items (this rank's share of the step), in micro-batches of batch_size."""
+        stats = self.accumulate(ids)
+        stats.norm, stats.skipped = self.update(stats.sse)
+        return stats
+
+    def accumulate(self, ids: torch.Tensor) -> StepStats:
+        """Forward and backward of every micro-batch of `ids`: the gradients of the mean loss over the whole
+        step are left in the parameters' .grad (DDP syncs them on the last micro-batch only)."""
+        n_valid = all_reduce(self.source.count(ids).clone()).clamp_(min=1)
+        chunks = ids.split(self.cfg.batch_size)
+        sse = torch.zeros((), device=self.device)
+        fetch_s, marks = 0.0, []
+        for i, part in enumerate(chunks):
+            t0, start = time.perf_counter(), self._cuda_mark()
+            batch = self.source.fetch(part)
+            fetch_s += time.perf_counter() - t0
+            if start is not None:
+                marks.append((start, self._cuda_mark()))
+            sse = sse + self.backward(batch, n_valid, sync=i == len(chunks) - 1)
+        nothing = torch.zeros((), device=self.device)
+        return StepStats(sse, n_valid, nothing, nothing.bool(), len(chunks), fetch_s, marks)
+
+    def backward(self, batch: Batch, n_valid: torch.Tensor, sync: bool = True) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns its sum of squared errors (on the device).
+
+        The gradient gets sum(error^2) / n_valid from this micro-batch, n_valid counting the valid targets of
+        the whole accumulated batch over all ranks: the K micro-batches of a step then add up to the mean over
+        the whole batch, however the valid targets fall. DDP averages over ranks, hence the factor world.
+        `sync=False` (all but the last micro-step) leaves the gradients unsynchronised.
+        """
+        ctx = self.train_fwd.no_sync() if self.world > 1 and not sync else contextlib.nullcontext()
+        with ctx:
+            with autocast(self.device, self.cfg.precision):
+                pred = self.train_fwd(batch.x)
+            err = (pred.float() - batch.y) ** 2
+            sse = torch.where(batch.mask, err, 0.0).sum() if batch.mask is not None else err.sum()
+            (sse * self.world / n_valid.float()).backward()  # fp32, as the loss; counts < 2^24 are exact
+        return sse.detach()
+
+    def update(self, loss: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip, skip on a non-finite norm or loss (decided on the device), step, advance the schedule.
+
+        Fused AdamW takes the skip flag as `found_inf` (GradScaler's hook): it leaves weights, moments and
+        its own step count untouched, with no host sync. The LR schedule advances on a skipped step too:
+        it follows the optimizer-step counter, which counts the batches consumed, so a skip costs one
+        update, not a shift of the whole schedule. Returns (pre-clip gradient norm, skipped flag).
+        """
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        bad = ~torch.isfinite(norm)  # a NaN or inf loss gives a non-finite gradient and so a non-finite norm
+        if loss is not None:
+            bad = bad | ~torch.isfinite(loss)  # and an overflowing loss whose gradient stayed finite
+        if self.world > 1:  # the gradients agree after DDP's all-reduce, the local losses need not
+            bad = all_reduce(bad.float(), "max").bool()
+        if self.fused:
+            self.opt.found_inf = bad.float()  # fused AdamW skips the update when this is non-zero
+            self.opt.step()
+        elif not bool(bad):  # host sync: only without fused AdamW
+            self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return norm.detach(), bad
+
+    def _cuda_mark(self) -> torch.cuda.Event | None:
+        """A timing event on the CUDA stream (None on the CPU). Between the marks around a fetch the stream
+        spends the gather kernel's time, plus any time it sat idle because the host had no batch yet: the
+        GPU's honest data wait, which host timers miss (a launch returns at once)."""
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, ends: torch.Tensor) -> torch.Tensor:
+        """Predictions in scaled target units for these window ends, on the device (eval mode, autocast)."""
+        self.model.eval()
+        with autocast(self.device, self.cfg.precision):
+            out = [self.fwd(self.windows.gather(part)[0]).float() for part in ends.split(self.cfg.eval_batch_size)]
+        self.model.train()
+        return torch.cat(out) if out else torch.zeros(0, device=self.device)
+
+    def loss(self, split: int) -> float:
+        """Mean squared error (scaled target units) over a split's windows; NaN when it has none."""
+        ends = self.windows.ends(split)
+        if len(ends) == 0:
+            return float("nan")
+        return float(((self.predict(ends) - self.windows.y[ends]) ** 2).mean())
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+
+    def flops_per_sample(self) -> float:
+        from tradelib.models import training_flops_per_sample
+
+        return training_flops_per_sample(self.model)
