@@ -112,3 +112,20 @@ def test_targets_are_judged_on_a_gpu_only():
     on_cpu = gpu_check.judge({"device": "cpu", "figures": figures})
     assert all(t["met"] is None and t["note"] for t in on_cpu)
     assert [t["shown"] for t in on_cpu] == ["93%", "3.10%", "3.40x", "8.5 s", "12.00x"]
+
+
+def test_the_epoch_stage_runs_a_whole_epoch_when_the_bench_says_it_fits(tmp_path):
+    ctx = gpu_check.Ctx(gpu_check.make_plan("cuda", quick=False), tmp_path)
+
+    def steps() -> str | None:
+        cmd = gpu_check.epoch_command(ctx)
+        return cmd[cmd.index("max_steps") + 1] if "max_steps" in cmd else None
+
+    assert steps() == "1000"  # no bench figure: about a third of an epoch
+    lstm = {"label": "lstm/device", "train_items_per_epoch": 2_771_000, "batch_size": 1024}
+    ctx.figures["bench"] = {"records": [{**lstm, "samples_per_s": 300_000.0}]}  # 9 s an epoch
+    assert steps() is None
+    ctx.figures["bench"] = {"records": [{**lstm, "samples_per_s": 20_000.0}]}  # 139 s: 45 s of it
+    assert steps() == str(int(45 * 20_000 / 1024))
+    cmd = gpu_check.epoch_command(ctx)
+    assert cmd[cmd.index("-f") + 1] == "params/full.yaml" and cmd[cmd.index("device") + 1] == "cuda"
