@@ -74,7 +74,7 @@ def make_plan(device: str, quick: bool) -> Plan:
                     budgets={"env": 45, "prepare": 75, "cuda_tests": 150, "bench": 120, "epoch": 100, "sweep": 100},
                     total_s=460)
     data = {"synth_symbols": 3, "synth_bars": 1500, "window": 16, "hidden": 16, "batch_size": 64, "log_every": 2}
-    # test_cuda.py's CPU side runs in the suite itself: here two of its quick tests prove that the stage works
+    # test_cuda.py's CPU side runs whole in the suite itself: here four of its quick tests prove the stage works
     return Plan(device, True, data=data, bench_models="lstm tcn:layers=2", workers=2,
                 bench={"steps": 2, "warmup": 1, "repeats": 1},
                 tests=["-m", "on_cpu", "-k", "naive_slices or without_a_host_sync"],
@@ -90,7 +90,7 @@ def flags(values: dict) -> list[str]:
 
 # -- running a stage ------------------------------------------------------------------------------------------------
 class Log:
-    """Prints a line and appends it to the log file."""
+    """Prints a line and writes it to the log file."""
 
     def __init__(self, path: Path) -> None:
         self.file = open(path, "w", buffering=1, encoding="utf-8")
@@ -112,10 +112,12 @@ def kill_group(pid: int) -> None:
 
 def run_process(cmd: list[str], timeout_s: float, log: Log, env: dict) -> tuple[int, float, bool, list[str]]:
     """Run `cmd` in its own process group with its output streamed to the log; kill the group at `timeout_s`.
-    Returns (exit code, seconds, timed out, output lines)."""
+    Returns (exit code, seconds, timed out, output lines). A process group, not a new session: whatever ends
+    the check's own session (the device tool at its time limit) ends the stage too."""
     t0, lines = time.monotonic(), []
+    group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", start_new_session=True)
+                            errors="replace", **group)
 
     def pump() -> None:  # text mode reads a progress bar's carriage returns as line ends
         for line in proc.stdout:
@@ -578,9 +580,15 @@ def run_check(args: argparse.Namespace) -> int:
               "invalid_mfu": [], "passed": None}
     log(f"=== tradelib GPU check: device {plan.device}{' (quick)' if plan.quick else ''}, budget "
         f"{end - t0:.0f} s, work folder {work}, results in {out}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # the running stage's group goes too
     for name in STAGES:
-        result["stages"][name] = run_stage(name, ctx, log, result["stages"], end) if name in only else \
-            {"status": "not run"}
+        try:
+            result["stages"][name] = run_stage(name, ctx, log, result["stages"], end) if name in only else \
+                {"status": "not run"}
+        except (KeyboardInterrupt, SystemExit):
+            result["stages"][name] = {"status": "interrupted", "reason": "the check was stopped from outside"}
+            write_result(result, out)
+            raise
         result["duration_s"] = time.monotonic() - t0
         write_result(result, out)
     env = ctx.figures.get("env") or {}
