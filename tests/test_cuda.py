@@ -408,7 +408,7 @@ def test_resume_after_sigkill_is_exact_with_deterministic(outputs, tmp_path, dev
     marker = tmp_path / "paused"
     child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, json.dumps(cfg.to_dict()), "7", str(marker)],
                              cwd=ROOT)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 120
     try:
         while not marker.exists():
             assert child.poll() is None, "the training process ended before the kill"
