@@ -129,3 +129,31 @@ def test_the_epoch_stage_runs_a_whole_epoch_when_the_bench_says_it_fits(tmp_path
     assert steps() == str(int(45 * 20_000 / 1024))
     cmd = gpu_check.epoch_command(ctx)
     assert cmd[cmd.index("-f") + 1] == "params/full.yaml" and cmd[cmd.index("device") + 1] == "cuda"
+
+
+@pytest.mark.parametrize("device,quick", [("cuda", False), ("cpu", True)])
+def test_every_stage_command_parses_into_a_valid_config(tmp_path, device, quick):
+    """The GPU plan's commands only run on a GPU: their parameters are checked here, against the CLI and Config
+    (an unknown name or a bad value would otherwise surface only there)."""
+    from tradelib.cli import build_parser
+    from tradelib.config import Config, load_config
+    from tradelib.measure import make_setups, split_list
+
+    ctx = gpu_check.Ctx(gpu_check.make_plan(device, quick), tmp_path)
+    for name in ("prepare", "bench", "epoch"):
+        cmd = gpu_check.SPECS[name].command(ctx)
+        assert cmd[1:3] == ["-m", "tradelib"], cmd
+        args = build_parser().parse_args(cmd[3:])
+        cfg = load_config(args.files, [tuple(p) for p in args.params])
+        assert cfg.device == device and cfg.data_path == "synthetic"
+        if name == "bench":
+            loaders = split_list(cfg.loaders)
+            labels = [s.label for spec in cfg.bench_models.split()
+                      for s in make_setups(cfg, spec, loaders, verbose=False)]
+            assert labels == ["lstm/dataloader", "lstm/device", "tcn/dataloader", "tcn/device", "tcn/dense"]
+            assert cfg.num_workers == (2 if quick else 8) and cfg.batch_size == (64 if quick else 1024)
+    plan = ctx.plan
+    cfg = load_config([gpu_check.FULL], list({"device": device, **plan.data, **plan.sweep}.items()))
+    assert isinstance(cfg, Config) and max(plan.sweep_sizes) == (128 if quick else 16_384)
+    assert sum(plan.budgets.values()) >= plan.total_s  # the overall budget is what binds
+    assert quick or plan.total_s <= 8 * 60
