@@ -97,7 +97,9 @@ def say_determinism(device: torch.device, deterministic: bool) -> None:
     _said_nondeterminism.append(True)
     if deterministic:
         print("deterministic=True: deterministic CUDA kernels (a warning names any op without one); "
-              "torch.compile's kernel choice and, under DDP, NCCL's reduction order can still vary")
+              "torch.compile's kernel choice and, under DDP, NCCL's reduction order can still vary, and cuDNN "
+              "keeps the RNG of an LSTM/GRU's own dropout (layers > 1) to itself, so a resumed run draws other "
+              "masks there")
     else:
         print("GPU runs are not bit-for-bit reproducible: cuDNN/cuBLAS pick kernels and split reductions "
               "at run time (LSTM/GRU, the TCN's convolutions, matmul workspaces), torch.compile may choose "

@@ -82,6 +82,12 @@ def maybe_compile(model: torch.nn.Module, cfg: Config, device: torch.device, pro
     if not want:
         return model, "off"
     mode = "reduce-overhead" if cfg.compile == "reduce-overhead" else None
+    if mode and device.type == "cuda" and cfg.grad_accum_steps > 1:
+        # the first micro-batch's gradient becomes .grad as the graph's own output buffer, which the next
+        # replay overwrites: accumulation breaks (pytorch/pytorch#169545, #96693)
+        print("compile=reduce-overhead with grad_accum_steps > 1: CUDA graphs would overwrite the gradient "
+              "accumulated so far with each micro-batch's; compiling without CUDA graphs (compile=on)")
+        mode = None
     try:
         compiled = torch.compile(model, mode=mode)
         with torch.no_grad(), autocast(device, cfg.precision):
@@ -230,10 +236,14 @@ class Trainer:
     def predict(self, ends: torch.Tensor) -> torch.Tensor:
         """Predictions in scaled target units for these window ends, on the device (eval mode, autocast)."""
         self.model.eval()
+        out = torch.empty(len(ends), device=self.device)
+        size = self.cfg.eval_batch_size
         with autocast(self.device, self.cfg.precision):
-            out = [self.fwd(self.windows.gather(part)[0]).float() for part in ends.split(self.cfg.eval_batch_size)]
+            for i, part in enumerate(ends.split(size)):
+                # copied out at once: under CUDA graphs the next replay overwrites the graph's output buffer
+                out[i * size : i * size + len(part)] = self.fwd(self.windows.gather(part)[0])
         self.model.train()
-        return torch.cat(out) if out else torch.zeros(0, device=self.device)
+        return out
 
     def loss(self, split: int) -> float:
         """Mean squared error (scaled target units) over a split's windows; NaN when it has none."""

@@ -1,0 +1,159 @@
+"""The prepared GPU check (tools/gpu_check.sh) runs here as its CPU dry run, so it cannot rot while no GPU is at
+hand: every stage, the same commands, a tiny market and a few steps."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "tools" / "gpu_check.py")
+gpu_check = sys.modules["gpu_check"] = importlib.util.module_from_spec(_spec)  # (dataclasses look it up)
+_spec.loader.exec_module(gpu_check)
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    """One CPU dry run of the whole check, as the one command a user types."""
+    base = tmp_path_factory.mktemp("gpu-check")
+    out, work = base / "out", base / "work"
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", "tools/gpu_check.sh", str(out), "--device", "cpu", "--quick", "--work", str(work)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return done, out
+
+
+def test_cpu_dry_run_passes_every_stage_and_writes_one_json_and_one_log(dry_run):
+    done, out = dry_run
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log"]
+    result = json.loads((out / "gpu_check.json").read_text())
+    assert list(result["stages"]) == list(gpu_check.STAGES) and result["passed"] is True
+    for name, stage in result["stages"].items():
+        assert stage["status"] == "passed" and stage["returncode"] == 0, (name, stage)
+        assert 0 < stage["duration_s"] <= stage["budget_s"], (name, stage)
+    assert result["duration_s"] <= result["budget_s"]
+    log = (out / "gpu_check.log").read_text()
+    assert all(f"=== stage {name}: passed" in log for name in gpu_check.STAGES)
+    assert "=== PASSED" in log and log.strip().endswith("every stage passed")
+    assert result["versions"]["torch"] and result["versions"]["device_name"] == "cpu"
+    assert "papermill" in result["blocked_imports"]  # the stages ran without what the GPU machine lacks
+
+
+def test_cpu_dry_run_figures_are_present_and_sane(dry_run):
+    _, out = dry_run
+    result = json.loads((out / "gpu_check.json").read_text())
+    f = result["figures"]
+    assert f["env"]["cpu_count"] >= 1 and f["env"]["peak_flops"] > 0
+    assert f["prepare"]["rows"] > 1000
+    assert f["cuda_tests"]["passed"] >= 2 and f["cuda_tests"]["failure"] == 0
+    throughputs = [*f["bench"]["records"], f["epoch"], *f["sweep"]["rows"]]
+    assert {r["label"] for r in f["bench"]["records"]} >= {"lstm/dataloader", "lstm/device", "tcn/device", "tcn/dense"}
+    assert {(r["loader"], r["batch_size"]) for r in f["sweep"]["rows"]} == {
+        (loader, b) for loader in ("device", "dataloader") for b in (32, 128)}
+    for r in throughputs:
+        assert r["samples_per_s"] > 0 and 0 <= r["data_wait_share"] <= 1
+        assert "mfu" in r  # beside every throughput: a figure in [0, 1], or flagged invalid and kept out
+        assert (r["mfu"] is not None and 0 < r["mfu"] <= 1) or "mfu_invalid" in r, r
+    assert f["bench"]["lstm_device_over_dataloader"] > 0 and f["bench"]["tcn_dense_over_per_window"] > 0
+    e = f["epoch"]
+    assert e["optimizer_steps"] == 6 and not e["epoch_complete"] and e["projected_epoch_s"] > 0
+    assert e["projected_epoch_s"] == pytest.approx(e["train_samples_per_epoch"] / e["samples_per_s"])
+    assert len(result["targets"]) == 5 and all(t["met"] is None for t in result["targets"])  # a CPU is not judged
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to read its status is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_hung_stage_is_killed_with_its_workers_at_its_budget(tmp_path):
+    """A stage that hangs (here with a worker process of its own) is killed, whole process group, at its budget."""
+    log = gpu_check.Log(tmp_path / "log")
+    hang = ("import subprocess, sys, time\n"
+            "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+            "print('worker', w.pid, flush=True)\n"
+            "time.sleep(300)\n")
+    rc, seconds, timed_out, lines = gpu_check.run_process([sys.executable, "-c", hang], 3, log, dict(os.environ))
+    assert timed_out and rc != 0 and 3 <= seconds < 30
+    worker = int(lines[0].split()[1])
+    deadline = time.monotonic() + 10
+    while alive(worker):
+        assert time.monotonic() < deadline, "the stage's worker outlived the stage"
+        time.sleep(0.1)
+    assert "timed out after 3 s" in (tmp_path / "log").read_text()
+
+
+def test_an_mfu_above_one_is_flagged_never_a_figure():
+    assert gpu_check.checked_mfu(0.25) == {"mfu": 0.25}
+    assert gpu_check.checked_mfu(None) == {"mfu": None}
+    bad = gpu_check.checked_mfu(1.7)
+    assert bad == {"mfu": None, "mfu_invalid": 1.7}
+    assert "INVALID" in gpu_check.mfu_text(bad) and "170" not in gpu_check.mfu_text(bad)
+    figures = {"bench": {"records": [{"label": "lstm/device", **bad}]}, "sweep": {"rows": []}, "epoch": {"mfu": 0.1}}
+    assert gpu_check.invalid_mfus(figures) == ["bench lstm/device"]
+
+
+def test_targets_are_judged_on_a_gpu_only():
+    figures = {"epoch": {"gpu_busy_pct": 93.0, "data_wait_share": 0.031, "projected_epoch_s": 8.5},
+               "bench": {"lstm_device_over_dataloader": 3.4, "tcn_dense_over_per_window": 12.0}}
+    met = {t["want"]: t["met"] for t in gpu_check.judge({"device": "cuda", "figures": figures})}
+    assert met == {">= 90%": True, "<= 2%": False, ">= 3x": True, "<= 10 s": True, ">= 30x": False}
+    on_cpu = gpu_check.judge({"device": "cpu", "figures": figures})
+    assert all(t["met"] is None and t["note"] for t in on_cpu)
+    assert [t["shown"] for t in on_cpu] == ["93%", "3.10%", "3.40x", "8.5 s", "12.00x"]
+
+
+def test_the_epoch_stage_runs_a_whole_epoch_when_the_bench_says_it_fits(tmp_path):
+    ctx = gpu_check.Ctx(gpu_check.make_plan("cuda", quick=False), tmp_path)
+
+    def steps() -> str | None:
+        cmd = gpu_check.epoch_command(ctx)
+        return cmd[cmd.index("max_steps") + 1] if "max_steps" in cmd else None
+
+    assert steps() == "1000"  # no bench figure: about a third of an epoch
+    lstm = {"label": "lstm/device", "train_items_per_epoch": 2_771_000, "batch_size": 1024}
+    ctx.figures["bench"] = {"records": [{**lstm, "samples_per_s": 300_000.0}]}  # 9 s an epoch
+    assert steps() is None
+    ctx.figures["bench"] = {"records": [{**lstm, "samples_per_s": 20_000.0}]}  # 139 s: 45 s of it
+    assert steps() == str(int(45 * 20_000 / 1024))
+    cmd = gpu_check.epoch_command(ctx)
+    assert cmd[cmd.index("-f") + 1] == "params/full.yaml" and cmd[cmd.index("device") + 1] == "cuda"
+
+
+@pytest.mark.parametrize("device,quick", [("cuda", False), ("cpu", True)])
+def test_every_stage_command_parses_into_a_valid_config(tmp_path, device, quick):
+    """The GPU plan's commands only run on a GPU: their parameters are checked here, against the CLI and Config
+    (an unknown name or a bad value would otherwise surface only there)."""
+    from tradelib.cli import build_parser
+    from tradelib.config import Config, load_config
+    from tradelib.measure import make_setups, split_list
+
+    ctx = gpu_check.Ctx(gpu_check.make_plan(device, quick), tmp_path)
+    for name in ("prepare", "bench", "epoch"):
+        cmd = gpu_check.SPECS[name].command(ctx)
+        assert cmd[1:3] == ["-m", "tradelib"], cmd
+        args = build_parser().parse_args(cmd[3:])
+        cfg = load_config(args.files, [tuple(p) for p in args.params])
+        assert cfg.device == device and cfg.data_path == "synthetic"
+        if name == "bench":
+            loaders = split_list(cfg.loaders)
+            labels = [s.label for spec in cfg.bench_models.split()
+                      for s in make_setups(cfg, spec, loaders, verbose=False)]
+            assert labels == ["lstm/dataloader", "lstm/device", "tcn/dataloader", "tcn/device", "tcn/dense"]
+            assert cfg.num_workers == (2 if quick else 8) and cfg.batch_size == (64 if quick else 1024)
+    plan = ctx.plan
+    cfg = load_config([gpu_check.FULL], list({"device": device, **plan.data, **plan.sweep}.items()))
+    assert isinstance(cfg, Config) and max(plan.sweep_sizes) == (128 if quick else 16_384)
+    assert sum(plan.budgets.values()) >= plan.total_s  # the overall budget is what binds
+    assert quick or plan.total_s <= 8 * 60
