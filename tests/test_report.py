@@ -84,8 +84,10 @@ def test_build_report_writes_strict_json_with_planted_ic(tmp_path):
     assert s["samples_per_s"] == 5e4 and s["peak_mem_gb"] == pytest.approx(2.5)
     assert s["device"] == "cuda" and s["gpu_util"] is None  # null in summary.json stays null
     assert s["baseline_ic"]["zero"] is None  # undefined IC -> null, not NaN
-    assert s["baseline_ic"]["ridge"] == pytest.approx(math.sqrt(0.5), abs=0.05)
     assert [p["predictor"] for p in on_disk["predictors"]] == ["model", "zero", "momentum", "ridge", "oracle"]
+    ridge = on_disk["predictors"][3]
+    assert ridge["daily_ic"] == pytest.approx(math.sqrt(0.5), abs=0.05)
+    assert s["baseline_ic"]["ridge"] == ridge["cross_sectional_ic"]  # the baselines in the headline's IC
     assert len(on_disk["deciles"]) == 10 and on_disk["per_symbol"][-1]["symbol"] == "ALL"
     assert on_disk["backtest"]["net"]["sharpe"] <= on_disk["backtest"]["gross"]["sharpe"]
     assert on_disk["training"]["best_val_loss"] == 0.7
