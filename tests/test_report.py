@@ -149,7 +149,7 @@ def test_compare_block_and_markdown(tmp_path):
     assert cmp["this"]["periods_per_year"] == cmp["other"]["periods_per_year"]  # annualised alike
     md = rp.summary_markdown(report)
     assert f"cross-sectional IC (per timestamp) {report['summary']['cross_sectional_ic']:.3f}**" in md
-    assert "| zero | n/a |" in md and "| ridge |" in md and md.count("Oracle 0.") == 1
+    assert "| zero | n/a |" in md and "| ridge |" in md and md.count("oracle 0.") == 1
     assert "baseline" in md and "26.3" in md  # the speed-up 5e4 / 1900
 
 

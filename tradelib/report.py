@@ -31,6 +31,8 @@ SUMMARY_NUMBERS = IC_NUMBERS + [
 ]  # fmt: skip
 FAMILY_WORDS = {"cross_sectional": "cross-sectional IC (per timestamp)", "daily": "per-day IC",
                 "pooled": "pooled IC (all test rows)"}
+PERIOD_WORDS = {"cross_sectional": "per-timestamp ICs", "daily": "per-day ICs",
+                "pooled": "per-timestamp terms of the pooled correlation"}
 
 
 @dataclass
@@ -280,8 +282,8 @@ def conventions(inputs: ReportInputs) -> dict:
             "daily": "correlation over every row of a UTC day (all symbols and bars), averaged over days",
             "pooled": "one correlation over every test row",
         },
-        "t_stat": f"{head['t_method']} in {inputs.family} periods; the target spans {inputs.horizon} bar(s) "
-                  f"(horizon from {inputs.horizon_source})",
+        "t_stat": f"{head['t_method']}, over {PERIOD_WORDS[inputs.family]}; the target spans {inputs.horizon} "
+                  f"bar(s) (horizon from {inputs.horizon_source})",
         "significance": "|t| >= 2 on the overlap-robust t only",
         "horizon_bars": inputs.horizon,
         "annualisation": inputs.annualisation,
@@ -426,8 +428,8 @@ def _signal_lines(report: dict) -> list[str]:
     return [
         f"{lead}; t {_f(t, '.2f')}, {g('ic_t_method')}: {_verdict(t)}). Why this IC: {g('headline_reason')}.",
         "",
-        f"The other two: {'; '.join(rest)}. Oracle {_f(g(f'oracle_{fam}_ic'))}{others} (the same {word}). "
-        f"Directional accuracy {_f(g('directional_accuracy'), '.1%')}.",
+        f"The other two: {'; '.join(rest)}. Baselines on the same {word}: oracle {_f(g(f'oracle_{fam}_ic'))}"
+        f"{others}. Directional accuracy {_f(g('directional_accuracy'), '.1%')}.",
     ]
 
 
@@ -448,6 +450,10 @@ def _book_lines(report: dict) -> list[str]:
     ]
 
 
+def _periods(value) -> str:
+    return _f(value, ",.0f") if isinstance(value, (int, float)) and value >= 100 else _f(value, ".2f")
+
+
 def _convention_lines(report: dict) -> list[str]:
     c = report.get("conventions") or {}
     sp = c.get("splits") or {}
@@ -459,7 +465,7 @@ def _convention_lines(report: dict) -> list[str]:
         dates = f"test {sp.get('test_start')} to {sp.get('test_end')} (train/validation dates need the feature cache)"
     return [
         f"*Conventions*: headline IC = {c.get('headline_ic_words')}; t = {c.get('t_stat')}; significance on that t "
-        f"only. Annualisation: {_f(ann.get('periods_per_year'), ',.1f')} periods a year, {ann.get('description')}. "
+        f"only. Annualisation: {_periods(ann.get('periods_per_year'))} periods a year, {ann.get('description')}. "
         f"Trade delay {c.get('trade_delay_bars')} bar(s), cost {_f(c.get('cost_bps'), 'g')} bps per unit of weight "
         f"traded, positions `{c.get('position_mode')}`. Splits by {sp.get('method')}: {dates}. "
         f"See docs/metrics.md.",
