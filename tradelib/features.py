@@ -234,7 +234,7 @@ class Layout:
     bar_ns: np.ndarray  # int64 bar size of the row's symbol
     seg: np.ndarray  # int32 segment id: breaks at a symbol change or a gap longer than max_gap_bars
     bar_seconds: dict[str, float]
-    pos: np.ndarray  # int64 bar number on the market calendar (sessions.bar_positions)
+    pos: np.ndarray  # int64 bar number within the symbol, missing bars counted (sessions.bar_positions)
     calendar: sessions.Calendar
 
 
@@ -250,7 +250,7 @@ def row_layout(clean: pd.DataFrame, max_gap_bars: int) -> Layout:
     return Layout(codes.astype(np.int32), [str(s) for s in symbols], ts, bar_ns,
                   segment_ids(codes, ts, bar_ns, max_gap_bars),
                   {str(s): int(b) / 1e9 for s, b in zip(symbols, bar_of_code)},
-                  sessions.bar_positions(ts, bar_ns, cal.continuous), cal)
+                  sessions.bar_positions(ts, codes, bar_ns, cal.continuous), cal)
 
 
 def scaled_features(clean: pd.DataFrame, seg: np.ndarray, train: np.ndarray, clip: float
@@ -280,8 +280,8 @@ def targets(clean: pd.DataFrame, lay: Layout, cfg) -> dict[str, np.ndarray]:
     """The forward log return over `horizon` bars (the target, optionally over trailing volatility), the next
     one-bar return (backtest PnL) and the last one (the momentum baseline); NaN where unknown.
 
-    The horizon is in bars of the market calendar (`sessions.bar_positions`): a target that would span a
-    missing bar is masked, not stretched over more time. A target or return that starts or ends at a
+    The horizon is in bars (`sessions.bar_positions`: missing bars counted, session breaks not): a target that
+    would span a missing bar is masked, not stretched over more time. A target or return that starts or ends at a
     confirmed price spike (`data.spike_rows`, which needs the next bar) is masked too: the label side is the
     one place where information from after t may act. `ret_next` runs to the symbol's next row (a position is
     held across a missing bar) and is masked only at spikes.

@@ -3,7 +3,7 @@
 A session is a UTC calendar date with at least one bar. Exchange-traded data skips weekends and holidays
 (about 252 sessions a year, with 78 five-minute bars in a US equity session); a 24/7 market has every date
 (365.25 a year) and every bar of it. Both the annualisation of the report (`Calendar.periods_per_year`) and
-the horizon of the targets (`bar_positions`: a target spans `horizon` bars of this calendar) come from here,
+the horizon of the targets (`bar_positions`: a target spans `horizon` bars, not rows) come from here,
 so a researcher's data is measured on its own calendar, never on an assumed one.
 """
 
@@ -66,22 +66,26 @@ def calendar(ts_ns: np.ndarray, bar_seconds: float) -> Calendar:
                     continuous=bool(spy > CONTINUOUS_SESSIONS))
 
 
-def bar_positions(ts_ns: np.ndarray, bar_ns: np.ndarray, continuous: bool) -> np.ndarray:
-    """Each row's bar number on the market calendar, so that `horizon` bars can be counted in bars.
+def bar_positions(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuous: bool) -> np.ndarray:
+    """Each row's bar number within its symbol, so that `horizon` bars can be counted in bars, not rows.
 
-    The calendar is the union of every symbol's timestamps (per bar size). A step longer than one bar
-    counts as the bars it skips when the market is continuous or when both ends fall on the same UTC date
-    (bars missing inside a session), and as one bar otherwise (overnight, a weekend, a holiday: no bar is
-    missing there). A symbol that lacks a timestamp of the calendar therefore skips a bar number too.
+    Rows sorted by (symbol, time). A step to the symbol's next row counts the bars it spans by the clock
+    (round(step / bar)) on a continuous market or inside a UTC date (bars missing inside a session). A step
+    across dates on an exchange calendar counts as one bar (overnight, a weekend, a holiday: nothing is
+    missing there) plus one for every session in between that other symbols of the same bar size traded
+    and this one lacks (a missing day).
     """
     ts_ns, bar_ns = np.asarray(ts_ns, dtype=np.int64), np.asarray(bar_ns, dtype=np.int64)
-    out = np.zeros(len(ts_ns), dtype=np.int64)
-    for bar in np.unique(bar_ns):
-        rows = bar_ns == bar
-        u = np.unique(ts_ns[rows])
-        step = np.maximum(1, np.rint(np.diff(u) / max(int(bar), 1))).astype(np.int64)
-        if not continuous:
-            step = np.where(u[1:] // DAY_NS == u[:-1] // DAY_NS, step, 1)
-        pos = np.r_[0, np.cumsum(step)]
-        out[rows] = pos[np.searchsorted(u, ts_ns[rows])]
-    return out
+    n = len(ts_ns)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    step = np.maximum(1, np.rint(np.diff(ts_ns) / np.maximum(bar_ns[1:], 1))).astype(np.int64)
+    if not continuous:
+        day = ts_ns // DAY_NS
+        session = np.zeros(n, dtype=np.int64)  # the row's session number among its bar size's sessions
+        for bar in np.unique(bar_ns):
+            rows = bar_ns == bar
+            session[rows] = np.searchsorted(np.unique(day[rows]), day[rows])
+        step = np.where(day[1:] == day[:-1], step, np.diff(session))
+    step = np.where(codes[1:] == codes[:-1], step, 0)
+    return np.r_[0, np.cumsum(step)].astype(np.int64)
