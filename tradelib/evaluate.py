@@ -230,8 +230,9 @@ def pooled_summary(df: pd.DataFrame, pred_col: str = "prediction", target_col: s
 
 
 def named_ics(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target") -> dict:
-    """The three named test ICs of a predictions frame, and the oracle's where there is one: what
-    summary.json and the runs table hold (the report adds their t-statistics and the baselines)."""
+    """The three named test ICs of a predictions frame, and the oracle's (None without one): what summary.json
+    and the runs table hold (the report adds their t-statistics and the baselines). NaN where undefined."""
+    nan = float("nan")
     out: dict = {}
     oracle = "oracle" in df and df["oracle"].notna().any()
     for who, col in (("", pred_col), ("oracle_", "oracle")):
@@ -239,14 +240,13 @@ def named_ics(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = 
             out.update({f"oracle_{f}_ic": None for f in IC_FAMILIES})
             continue
         cs, day = ic_by_timestamp(df, col, target_col), ic_by_day(df, col, target_col)
-        out[f"{who}cross_sectional_ic"] = float(cs["ic"].mean()) if len(cs) else None
-        out[f"{who}daily_ic"] = float(day["ic"].mean()) if len(day) else None
+        out[f"{who}cross_sectional_ic"] = float(cs["ic"].mean()) if len(cs) else nan
+        out[f"{who}daily_ic"] = float(day["ic"].mean()) if len(day) else nan
         out[f"{who}pooled_ic"] = ic(df[col], df[target_col])
         if not who:
-            out["cross_sectional_rank_ic"] = float(cs["rank_ic"].mean()) if len(cs) else None
-            out["daily_rank_ic"] = float(day["rank_ic"].mean()) if len(day) else None
+            out["cross_sectional_rank_ic"] = float(cs["rank_ic"].mean()) if len(cs) else nan
+            out["daily_rank_ic"] = float(day["rank_ic"].mean()) if len(day) else nan
             out["pooled_rank_ic"] = rank_ic(df[col], df[target_col])
-    out = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
     return {**out, "test_rows": int(len(df))}
 
 

@@ -137,7 +137,9 @@ def plot_ic(ic_df: pd.DataFrame, save_to: str | Path | None = None, window: int 
     )
     ax.axhline(ic_df["ic"].mean(), color="tab:blue", ls="--", lw=0.8, label=f"mean {ic_df['ic'].mean():.3f}")
     ticks = x[:: max(1, len(x) // 8)]
-    ax.set_xticks(ticks, [pd.Timestamp(ic_df["period"].iloc[i]).strftime("%Y-%m-%d") for i in ticks], rotation=30)
+    stamps = pd.to_datetime(ic_df["period"])
+    fmt = "%Y-%m-%d" if (stamps == stamps.dt.normalize()).all() else "%m-%d %H:%M"  # per day, or intraday
+    ax.set_xticks(ticks, [stamps.iloc[i].strftime(fmt) for i in ticks], rotation=30)
     ax.set(title=label + (f"\n{note}" if note else ""), ylabel="IC")
     ax.legend(fontsize="small")
     return _save(fig, save_to)

@@ -65,7 +65,7 @@ class ReportInputs:
 
     @property
     def ic_series(self) -> pd.DataFrame:
-        """The headline family's IC per period (none for the pooled IC)."""
+        """The headline family's IC per period (the per-timestamp one when the headline is the pooled IC)."""
         return self.ic_day if self.family == "daily" else self.ic_timestamp
 
 
@@ -546,8 +546,7 @@ def make_figures(inputs: ReportInputs, run_dir: Path | None = None, runs_df: pd.
         "costs": plots.plot_cost_sensitivity(inputs.costs, inputs.break_even_bps, inputs.cost_bps,
                                              run_dir / "costs.png"),
         "deciles": plots.plot_deciles(inputs.deciles, run_dir / "deciles.png"),
-        "ic": plots.plot_ic(inputs.ic_day if fam == "daily" else inputs.ic_timestamp, run_dir / "ic.png",
-                            label=FAMILY_WORDS[fam], note=note),
+        "ic": plots.plot_ic(inputs.ic_series, run_dir / "ic.png", label=FAMILY_WORDS[fam], note=note),
         "throughput": plots.plot_throughput(runs_df, run_dir / "throughput.png"),
     }
     if inputs.quality:
