@@ -799,15 +799,15 @@ def trailing_sigma(r: np.ndarray, code: np.ndarray, rows: np.ndarray) -> np.ndar
     first = np.searchsorted(c, code[rows], side="left")  # the symbol's first return (c is sorted)
     j = np.searchsorted(ok, rows, side="left") - first  # the symbol's returns before the row
     b = j // SPIKE_WINDOW
-    lo = np.where(b >= 1, first + (b - 1) * SPIKE_WINDOW, first)
-    hi = np.where(b >= 1, first + b * SPIKE_WINDOW, first + j)
     sigma = np.full(len(rows), np.nan)
-    medians: dict[tuple[int, int], float] = {}
-    for i, (s, e) in enumerate(zip(lo.tolist(), hi.tolist())):  # candidates are few: one median each
-        if e - s >= SPIKE_MIN_RETURNS:
-            if (s, e) not in medians:
-                medians[(s, e)] = 1.4826 * float(np.median(a[s:e]))
-            sigma[i] = medians[(s, e)]
+    later = np.flatnonzero(b >= 1)  # the previous full block: shared by many rows, medians taken together
+    starts, where = np.unique(first[later] + (b[later] - 1) * SPIKE_WINDOW, return_inverse=True)
+    med = np.empty(len(starts))
+    for part in np.array_split(np.arange(len(starts)), max(1, len(starts) // 256)):  # bounded memory
+        med[part] = np.median(a[starts[part][:, None] + np.arange(SPIKE_WINDOW)], axis=1)
+    sigma[later] = 1.4826 * med[where.ravel()]
+    for i in np.flatnonzero((b == 0) & (j >= SPIKE_MIN_RETURNS)):  # the first block: at most its size a symbol
+        sigma[i] = 1.4826 * float(np.median(a[first[i]: first[i] + j[i]]))
     return sigma
 
 
