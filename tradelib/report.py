@@ -87,7 +87,12 @@ def _horizon(summary: dict, fs) -> tuple[int, str]:
 
 
 def _iso(ns) -> str | None:
-    return None if ns is None else pd.Timestamp(int(ns), tz="UTC").isoformat()
+    """ISO time; an inclusive end of day (a date given as train_end / val_end) as the date itself."""
+    if ns is None:
+        return None
+    if (int(ns) + 1) % (86_400 * 10**9) == 0:
+        return pd.Timestamp(int(ns), tz="UTC").strftime("%Y-%m-%d") + " (whole day, UTC)"
+    return pd.Timestamp(int(ns), tz="UTC").isoformat()
 
 
 def split_dates(summary: dict, fs, predictions: pd.DataFrame) -> dict:
