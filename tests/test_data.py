@@ -167,10 +167,11 @@ PLANTS = {
 
 
 def plant(df: pd.DataFrame, names: list[str]) -> tuple[pd.DataFrame, dict]:
-    """Apply the named plants to one symbol ('AAA', rows 10..180), each on its own rows, 5 apart."""
+    """Apply the named plants to one symbol ('AAA', rows 20..185: a spike needs 10 returns before it to be
+    judged), each on its own rows, 5 apart."""
     df = df.copy()
     expected: dict[str, int] = {}
-    slots = iter(range(10, 185, 5))
+    slots = iter(range(20, 190, 5))
     dup_rows = None
     for name in names:
         fn, k = PLANTS[name]
@@ -272,13 +273,30 @@ def test_absurd_magnitude_dropped_but_big_legit_values_kept():
     assert rep.ranges_before["close"]["max"] == 1e13 and rep.ranges_after["close"]["max"] < 1e3
 
 
-def test_price_spike_set_to_previous_close():
+def test_price_spike_is_flagged_and_prices_are_kept():
+    """Confirming a spike needs the next bar, so cleaning may not rewrite the close at t (the features at t
+    would use the future): the rule flags it and the prices stay what the feed printed."""
     raw, _ = plant_spike(two_symbols(), [100])
     out, rep = clean(raw)
     assert by_rule_symbol(rep) == {("price_spike", "AAA"): 1}
-    assert (out.loc[100, PRICES] == raw.loc[99, "close"]).all()
-    assert out.loc[100, "volume"] == raw.loc[100, "volume"]
-    assert out.loc[101, "close"] == raw.loc[101, "close"]
+    assert ACTIONS["price_spike"] == "kept"
+    pd.testing.assert_frame_equal(out, raw)
+
+
+def test_spike_threshold_comes_from_trailing_returns_only():
+    """A spike followed by a wild stretch: a full-history MAD (the stretch included) would set the bar far
+    above the spike; the trailing one, from returns before it, still sees it. Nothing after t+1 counts."""
+    raw, _ = plant_spike(two_symbols(), [100])
+    wild = raw.copy()
+    rng = np.random.default_rng(5)
+    wild.loc[102:199, PRICES] = wild.loc[102:199, PRICES].mul(np.exp(np.cumsum(rng.normal(0, 0.4, 98))), axis=0)
+    from tradelib.data import spike_rows
+
+    for frame in (raw, wild):
+        aaa = frame[frame.symbol == "AAA"]
+        flags = spike_rows(aaa["close"].to_numpy(), np.zeros(len(aaa), dtype=np.int64),
+                           np.r_[True, np.zeros(len(aaa) - 1, dtype=bool)], 12.0)
+        assert flags[100] and flags[:100].sum() == 0
 
 
 def test_level_shift_and_small_moves_are_not_spikes():
@@ -477,12 +495,11 @@ def test_random_corruption_property(edits, seed):
     assert rep.rows_in == len(raw)
     ref = reference_kept(raw)
     assert set(zip(out.symbol, out.timestamp, strict=True)) == set(ref)
-    if "price_spike" not in rep.totals():  # then a valid surviving row comes through exactly
-        got = out.set_index(["symbol", "timestamp"])
-        for key, i in ref.items():
-            r = raw.iloc[i]
-            if is_valid_row(r):
-                assert got.loc[key, NUMS].tolist() == r[NUMS].tolist()  # micro-priced ZZ rows included
+    got = out.set_index(["symbol", "timestamp"])  # a valid surviving row comes through exactly (spikes too)
+    for key, i in ref.items():
+        r = raw.iloc[i]
+        if is_valid_row(r):
+            assert got.loc[key, NUMS].tolist() == r[NUMS].tolist()  # micro-priced ZZ rows included
 
 
 # ---------------------------------------------------------------------------------------------------------

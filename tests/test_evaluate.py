@@ -66,7 +66,7 @@ def test_ic_hand_values():
     assert ev.ic([1, 2, np.nan, 3], [1, 3, 5, 2]) == pytest.approx(0.5)  # NaN pair left out
 
 
-def test_ic_by_period_intraday_pools_symbols_per_utc_day():
+def test_ic_by_day_pools_symbols_per_utc_day():
     d1, d2, d3, d4 = "2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"
     ts = [f"{d1} 00:00", f"{d1} 00:05", f"{d1} 00:00"]  # day 1: A, A, B -> pooled n = 3
     ts += [f"{d2} 23:50", f"{d2} 23:55", f"{d2} 23:50", f"{d2} 23:55"]  # day 2: n = 4
@@ -75,42 +75,59 @@ def test_ic_by_period_intraday_pools_symbols_per_utc_day():
     sym = ["A", "A", "B", "A", "A", "B", "B", "A", "A", "A", "A", "A"]
     pred = [1, 2, 3, 1, 2, 3, 4, 1, 2, 5, 5, 5]
     tgt = [1, 3, 2, 1, 2, 3, 10, 1, 2, 1, 2, 3]
-    out = ev.ic_by_period(frame(ts, sym, pred, tgt), bar_seconds=300)
+    out = ev.ic_by_day(frame(ts, sym, pred, tgt))
     assert list(out.columns) == ["period", "ic", "rank_ic", "n"]
     assert list(out["period"]) == [pd.Timestamp(d1, tz="UTC"), pd.Timestamp(d2, tz="UTC")]
     np.testing.assert_allclose(out["ic"], [0.5, 14 / math.sqrt(250)])
     np.testing.assert_allclose(out["rank_ic"], [0.5, 1.0])
     assert list(out["n"]) == [3, 4]
+    assert len(ev.ic_by_timestamp(frame(ts, sym, pred, tgt))) == 0  # never 3 symbols at one timestamp
 
 
-def test_ic_by_period_daily_cross_section():
-    ts = ["2024-01-01"] * 3 + ["2024-01-02"] * 3
-    out = ev.ic_by_period(frame(ts, list("ABCABC"), [1, 2, 3, 3, 2, 1], [1, 3, 2, 1, 2, 3]), bar_seconds=86400)
+def test_ic_by_timestamp_is_the_cross_section():
+    ts = ["2024-01-01"] * 3 + ["2024-01-02"] * 3 + ["2024-01-03"] * 2  # the third has 2 symbols: dropped
+    out = ev.ic_by_timestamp(frame(ts, list("ABCABCAB"), [1, 2, 3, 3, 2, 1, 1, 2], [1, 3, 2, 1, 2, 3, 1, 2]))
     assert list(out["period"]) == list(pd.to_datetime(["2024-01-01", "2024-01-02"], utc=True))
     np.testing.assert_allclose(out["ic"], [0.5, -1.0])
-    assert ev.period_kind(86400, 3) == "timestamp"
 
 
-def test_ic_by_period_single_symbol_daily_is_monthly():
-    ts = ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04", "2024-02-01", "2024-02-02", "2024-02-03"]
-    df = frame(ts, ["A"] * 7, [1, 2, 3, 4, 1, 2, 3], [1, 2, 3, 10, 1, 3, 2])
-    out = ev.ic_by_period(df)  # bar size inferred: 1 day
-    assert list(out["period"]) == list(pd.to_datetime(["2024-01-01", "2024-02-01"], utc=True))
-    np.testing.assert_allclose(out["ic"], [14 / math.sqrt(250), 0.5])
-    assert ev.period_kind(86400, 1) == "month"
+def test_cross_sectional_ic_equals_a_hand_computation_per_timestamp():
+    """Intraday, 6 symbols, some missing: the mean of pandas' own per-timestamp Pearson and Spearman."""
+    df = planted(n_sym=6, n_days=1, rho=0.3, seed=4).sample(frac=0.9, random_state=1)
+    out = ev.ic_by_timestamp(df)
+    g = df.groupby("timestamp")
+    hand = g.apply(lambda x: x["prediction"].corr(x["target"]) if len(x) >= 3 else np.nan).dropna()
+    hand_rank = g.apply(lambda x: x["prediction"].corr(x["target"], "spearman") if len(x) >= 3 else np.nan).dropna()
+    np.testing.assert_allclose(out["ic"], hand.to_numpy(), atol=1e-12)
+    np.testing.assert_allclose(out["rank_ic"], hand_rank.to_numpy(), atol=1e-12)
+    named = ev.named_ics(df)
+    assert named["cross_sectional_ic"] == pytest.approx(hand.mean())
+    assert named["daily_ic"] == pytest.approx(df["prediction"].corr(df["target"]))  # one day: the pooled IC
+    assert named["pooled_ic"] == pytest.approx(df["prediction"].corr(df["target"]))
+    assert named["oracle_cross_sectional_ic"] > named["cross_sectional_ic"] and named["test_rows"] == len(df)
 
 
-DF_AFFINE = planted(n_sym=2, n_days=3, rho=0.2, seed=3)
-IC_AFFINE = ev.ic_by_period(DF_AFFINE, bar_seconds=300)
+def test_headline_family_follows_the_universe():
+    assert ev.headline_family(planted(n_sym=4, n_days=1))[0] == "cross_sectional"
+    assert ev.headline_family(planted(n_sym=2, n_days=1))[0] == "daily"
+    days = frame(pd.date_range("2024-01-01", periods=30, freq="D"), ["A"] * 30, np.arange(30.0))
+    family, reason = ev.headline_family(days)
+    assert family == "pooled" and "time-series" in reason
+
+
+DF_AFFINE = planted(n_sym=4, n_days=3, rho=0.2, seed=3)
+IC_AFFINE = {f: fn(DF_AFFINE) for f, fn in (("ts", ev.ic_by_timestamp), ("day", ev.ic_by_day))}
 
 
 @settings(max_examples=25, deadline=None)
 @given(a=st.floats(0.01, 100.0), b=st.floats(-100.0, 100.0), flip=st.booleans())
 def test_ic_invariant_to_affine_prediction(a, b, flip):
     sign = -1.0 if flip else 1.0
-    out = ev.ic_by_period(DF_AFFINE.assign(prediction=sign * a * DF_AFFINE["prediction"] + b), bar_seconds=300)
-    np.testing.assert_allclose(out["ic"], sign * IC_AFFINE["ic"], atol=1e-9)
-    np.testing.assert_allclose(out["rank_ic"], sign * IC_AFFINE["rank_ic"], atol=1e-9)
+    moved = DF_AFFINE.assign(prediction=sign * a * DF_AFFINE["prediction"] + b)
+    for f, fn in (("ts", ev.ic_by_timestamp), ("day", ev.ic_by_day)):
+        out = fn(moved)
+        np.testing.assert_allclose(out["ic"], sign * IC_AFFINE[f]["ic"], atol=1e-9)
+        np.testing.assert_allclose(out["rank_ic"], sign * IC_AFFINE[f]["rank_ic"], atol=1e-9)
 
 
 def test_ic_summary_hand_values():
@@ -121,11 +138,63 @@ def test_ic_summary_hand_values():
     assert s["rank_ic"] == pytest.approx(0.1)
     assert s["ic_std"] == pytest.approx(0.1632993, rel=1e-6)
     assert s["icir"] == pytest.approx(0.6123724, rel=1e-6)
-    assert s["t_stat"] == pytest.approx(1.2247449, rel=1e-6)
-    assert s["n_periods"] == 4
+    assert s["t_stat"] == pytest.approx(1.2247449, rel=1e-6) == s["t_stat_iid"]  # no lags: the plain t
+    assert s["n_periods"] == 4 and s["lags"] == 0 and s["t_method"].startswith("iid")
     assert s["positive_share"] == pytest.approx(0.75)
     empty = ev.ic_summary(pd.DataFrame({"ic": [], "rank_ic": []}))
-    assert empty["n_periods"] == 0 and math.isnan(empty["ic"])
+    assert empty["n_periods"] == 0 and math.isnan(empty["ic"]) and math.isnan(empty["t_stat"])
+
+
+def test_hac_t_stat_by_hand():
+    x = np.array([0.1, 0.3, -0.1, 0.1, 0.2])
+    # mean .12; d = -.02 .18 -.22 -.02 .08; gamma0 = .088/5; gamma1 = (-.0036 -.0396 .0044 -.0016)/5 = -.0404/5
+    # Hansen-Hodrick, 1 lag: (gamma0 + 2 gamma1) * 5/4 = (.088 - .0808)/4 = .0018; t = .12 / sqrt(.0018 / 5)
+    t, method = ev.hac_t_stat(x, 1)
+    assert t == pytest.approx(0.12 / math.sqrt(0.0018 / 5)) and method == "Hansen-Hodrick HAC, 1 lags"
+    # a series whose equal-weight variance is negative falls back to Newey-West (Bartlett weights, 2 lags)
+    alt = np.array([1.0, -1.0] * 10) + 0.01
+    t, method = ev.hac_t_stat(alt, 1)
+    assert method == "Newey-West HAC, 2 lags" and math.isfinite(t)
+    assert math.isnan(ev.hac_t_stat(x, 5)[0])  # more lags than the series can carry
+    assert ev.overlap_lags(5, "cross_sectional") == 4 and ev.overlap_lags(5, "pooled") == 4
+    assert ev.overlap_lags(1, "daily", 288) == 0 and ev.overlap_lags(12, "daily", 78) == 1
+    assert ev.overlap_lags(5, "daily", 1) == 4
+
+
+def test_overlap_robust_t_on_a_useless_persistent_signal():
+    """The issue's simulation: daily bars, 5 symbols, a 5-bar target, a persistent signal (AR(1), 0.98)
+    unrelated to the returns, 450 independent samples of 450 days. Consecutive ICs share 4 days of return, so
+    the naive t (ICIR x sqrt(n)) calls it significant far too often; the HAC t with h-1 = 4 lags keeps
+    |t| >= 2 near the nominal 5% (at most about 8%)."""
+    rng = np.random.default_rng(2024)
+    seeds, days, n_sym, h = 450, 450, 5, 5
+    eps = rng.standard_normal((seeds, days + h, n_sym))
+    cum = np.cumsum(eps, axis=1)
+    target = cum[:, h:] - cum[:, :-h]  # the sum of the next h daily returns, [seeds, days, n_sym]
+    sig = np.empty((seeds, days, n_sym))
+    sig[:, 0] = rng.standard_normal((seeds, n_sym))
+    shocks = rng.standard_normal((seeds, days, n_sym)) * math.sqrt(1 - 0.98**2)
+    for t in range(1, days):
+        sig[:, t] = 0.98 * sig[:, t - 1] + shocks[:, t]
+    stamps = pd.Timestamp("1678-01-01", tz="UTC") + pd.to_timedelta(np.arange(seeds * days), unit="D")
+    df = pd.DataFrame({"timestamp": np.repeat(stamps, n_sym), "symbol": np.tile([f"S{i}" for i in range(n_sym)],
+                                                                                 seeds * days),
+                       "prediction": sig.ravel(), "target": target.ravel()})  # sample s owns days s*450 ..
+    ics = ev.ic_by_timestamp(df)["ic"].to_numpy().reshape(seeds, days)
+    lags = ev.overlap_lags(h, "cross_sectional")
+    robust = np.array([ev.ic_summary(pd.DataFrame({"ic": x, "rank_ic": x}), lags)["t_stat"] for x in ics])
+    naive = np.array([ev.ic_summary(pd.DataFrame({"ic": x, "rank_ic": x}))["t_stat"] for x in ics])
+    assert (np.abs(naive) >= 2).mean() > 0.25  # the problem is real (about 36%)
+    assert (np.abs(robust) >= 2).mean() <= 0.08  # about 5-6%
+
+
+def test_pooled_t_is_the_mean_of_per_timestamp_products():
+    df = planted(n_sym=3, n_days=2, rho=0.3, seed=6)
+    s = ev.pooled_summary(df)
+    assert s["ic"] == pytest.approx(df["prediction"].corr(df["target"]))
+    assert s["t_stat"] > 5 and s["n_periods"] == df["timestamp"].nunique()
+    noise = df.assign(prediction=np.random.default_rng(0).standard_normal(len(df)))
+    assert abs(ev.pooled_summary(noise)["t_stat"]) < 3
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,16 +283,19 @@ def test_baseline_predictions():
 
 def test_evaluate_all_model_first_and_baselines_on_same_rows():
     df = planted(n_sym=3, n_days=2, rho=0.3)
-    out = ev.evaluate_all(df, ev.baseline_predictions(df), cost_bps=0.0)
+    out = ev.evaluate_all(df, ev.baseline_predictions(df), family="cross_sectional", cost_bps=0.0)
     assert list(out["predictor"]) == ["model", "zero", "momentum", "oracle"]
-    for col in ["ic", "rank_ic", "icir", "t_stat", "directional_accuracy", "sharpe_net"]:
+    for col in ["cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "daily_rank_ic", "pooled_ic", "icir",
+                "t_stat", "directional_accuracy", "sharpe_net"]:
         assert col in out
     row = out.set_index("predictor")
-    assert math.isnan(row.loc["zero", "ic"]) and row.loc["zero", "n_periods"] == 0
+    assert math.isnan(row.loc["zero", "cross_sectional_ic"]) and row.loc["zero", "n_periods"] == 0
     assert row.loc["zero", "sharpe_net"] == 0.0 and row.loc["zero", "total_return_net"] == 0.0
     assert row.loc["zero", "coverage"] == 0.0
-    assert 0.2 < row.loc["model", "ic"] < 0.4
-    assert row.loc["oracle", "ic"] > row.loc["model", "ic"] > abs(row.loc["momentum", "ic"])
+    for col in ("cross_sectional_ic", "daily_ic", "pooled_ic"):
+        assert 0.2 < row.loc["model", col] < 0.4
+        assert row.loc["oracle", col] > row.loc["model", col] > abs(row.loc["momentum", col])
+    assert row.loc["model", "cross_sectional_ic"] == pytest.approx(ev.ic_by_timestamp(df)["ic"].mean())
     assert row.loc["model", "directional_accuracy"] > 0.55
 
 
@@ -235,7 +307,7 @@ def test_backtest_four_bars_by_hand():
     ts = pd.date_range("2024-01-01", periods=4, freq="h")
     simple = np.array([0.01, -0.02, -0.01, 0.02])
     df = frame(ts, ["A"] * 4, [1.0, 0.5, -2.0, -1.0], ret_next=np.log1p(simple))
-    bt = ev.backtest(df, cost_bps=10.0, bar_seconds=HOUR)
+    bt = ev.backtest(df, cost_bps=10.0, bar_seconds=HOUR, trade_delay=0)
     # positions +1 +1 -1 -1: gross = pos * r; |dpos| = 1, 0, 2, 0 -> costs 0.001, 0, 0.002, 0
     np.testing.assert_allclose(bt.pnl["gross"], [0.01, -0.02, 0.01, -0.02])
     np.testing.assert_allclose(bt.pnl["net"], [0.009, -0.02, 0.008, -0.02])
@@ -247,7 +319,8 @@ def test_backtest_four_bars_by_hand():
     assert s["net"]["turnover"] == pytest.approx(0.75)
     assert s["net"]["hit_rate"] == pytest.approx(0.5)
     assert s["net"]["max_drawdown"] == pytest.approx(1 - 0.98 * 1.008 * 0.98)  # peak 1.009 after bar 1
-    assert s["periods_per_year"] == pytest.approx(8766.0)
+    assert s["periods_per_year"] == pytest.approx(8766.0)  # hourly bars, every day: continuous, 24 x 365.25
+    assert s["net"]["annual_volatility"] == pytest.approx(np.std(bt.pnl["net"], ddof=1) * math.sqrt(8766.0))
     assert list(bt.pnl["timestamp"]) == list(pd.to_datetime(ts, utc=True))
 
 
@@ -259,13 +332,14 @@ def test_backtest_equal_weight_and_flat_when_a_symbol_leaves():
         [1, 1, 1, -1, -1],
         ret_next=np.log1p([0.02, 0.01, 0.03, 0.04, -0.01]),
     )
-    bt = ev.backtest(df, cost_bps=20.0, bar_seconds=HOUR)
+    bt = ev.backtest(df, cost_bps=20.0, bar_seconds=HOUR, trade_delay=0)
     # weights: A .5 .5 1, B -.5 -.5 (flat at t2: its close is a trade)
     np.testing.assert_allclose(bt.pnl["gross"], [-0.01, 0.01, 0.03])
     np.testing.assert_allclose(bt.pnl["turnover"], [1.0, 0.0, 1.0])
     np.testing.assert_allclose(bt.pnl["net"], [-0.012, 0.01, 0.028])
     np.testing.assert_allclose(bt.pnl["buy_hold"], [0.028, 0.0, 0.03])
     np.testing.assert_allclose(bt.pnl["exposure"], [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(bt.pnl["net_exposure"], [0.0, 0.0, 1.0])
     assert bt.stats["net"]["max_drawdown"] == pytest.approx(0.012)  # a first-bar loss counts: the peak is 1
 
 
@@ -279,20 +353,68 @@ def test_scaled_positions_use_past_median_and_cap():
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), cost=st.floats(0.1, 50.0), mode=st.sampled_from(["sign", "scaled"]))
+@given(seed=st.integers(0, 10_000), cost=st.floats(0.1, 50.0), mode=st.sampled_from(["sign", "scaled", "neutral"]))
 def test_costs_only_ever_lower_pnl(seed, cost, mode):
     rng = np.random.default_rng(seed)
     ts = pd.date_range("2024-01-01", periods=30, freq="h")
     df = frame(
         np.tile(ts, 2), np.repeat(["A", "B"], 30), rng.standard_normal(60), ret_next=0.01 * rng.standard_normal(60)
     )
-    kw = {"bar_seconds": HOUR, "mode": mode, "scale_window": 5}
+    kw = {"bar_seconds": HOUR, "mode": mode, "scale_window": 5, "trade_delay": seed % 3}
     with_cost = ev.backtest(df, cost_bps=cost, **kw)
     free = ev.backtest(df, cost_bps=0.0, **kw)
     assert (with_cost.pnl["net"] <= with_cost.pnl["gross"] + 1e-15).all()
-    assert (with_cost.pnl["net"] < with_cost.pnl["gross"])[with_cost.pnl["turnover"] > 0].all()
+    assert (with_cost.pnl["net"] < with_cost.pnl["gross"])[with_cost.pnl["turnover"] > 1e-12].all()
     np.testing.assert_array_equal(free.pnl["net"], free.pnl["gross"])
     np.testing.assert_allclose(free.pnl["gross"], with_cost.pnl["gross"])
+
+
+def test_trade_delay_trades_the_signal_one_bar_later():
+    """The signal at the close of t trades at the close of t+1 and earns the bar after that."""
+    ts = pd.date_range("2024-01-01", periods=4, freq="h")
+    simple = np.array([0.01, -0.02, -0.01, 0.02])
+    df = frame(ts, ["A"] * 4, [1.0, -1.0, -1.0, 1.0], ret_next=np.log1p(simple))
+    bt = ev.backtest(df, cost_bps=10.0, bar_seconds=HOUR, trade_delay=1)
+    # held: 0 (no signal yet), +1, -1, -1 -> gross 0, -.02, .01, -.02; |dw| 0, 1, 2, 0
+    np.testing.assert_allclose(bt.pnl["gross"], [0.0, -0.02, 0.01, -0.02])
+    np.testing.assert_allclose(bt.pnl["turnover"], [0.0, 1.0, 2.0, 0.0])
+    np.testing.assert_allclose(bt.pnl["net"], [0.0, -0.021, 0.008, -0.02])
+    assert bt.stats["trade_delay"] == 1
+    # a delay of 2 on two symbols: each symbol's own signal, two timestamps later
+    two = pd.concat([df, df.assign(symbol="B", prediction=-df["prediction"])], ignore_index=True)
+    bt2 = ev.backtest(two, cost_bps=0.0, bar_seconds=HOUR, trade_delay=2)
+    np.testing.assert_allclose(bt2.pnl["gross"], [0.0, 0.0, 0.0, 0.0])  # the two books cancel
+    np.testing.assert_allclose(bt2.pnl["exposure"], [0.0, 0.0, 1.0, 1.0])
+
+
+def test_neutral_book_is_demeaned_with_gross_one():
+    ts = ["2024-01-01 00:00"] * 3 + ["2024-01-01 01:00"] * 3
+    df = frame(ts, list("ABCABC"), [1.0, 2.0, 3.0, 5.0, 5.0, 5.0], ret_next=np.log1p([0.01, 0.02, 0.04, 0, 0, 0]))
+    w = ev.signal_weights(df, mode="neutral")
+    np.testing.assert_allclose(w, [-0.5, 0.0, 0.5, 0.0, 0.0, 0.0])  # demeaned [-1, 0, 1] / 2; all equal: flat
+    bt = ev.backtest(df, cost_bps=0.0, bar_seconds=HOUR, mode="neutral", trade_delay=0)
+    np.testing.assert_allclose(bt.pnl["gross"], [0.015, 0.0])
+    np.testing.assert_allclose(bt.pnl["net_exposure"], [0.0, 0.0], atol=1e-15)
+    df = planted(n_sym=5, n_days=1, seed=2)
+    sign, neutral = (ev.backtest(df, bar_seconds=300, mode=m) for m in ("sign", "neutral"))
+    assert sign.stats["abs_net_exposure"] > 0.2  # the sign book leans with the predictions
+    assert neutral.stats["abs_net_exposure"] < 1e-12
+    np.testing.assert_allclose(neutral.pnl["exposure"][1:], 1.0)  # flat at the first bar: nothing to trade yet
+
+
+def test_cost_sweep_and_break_even():
+    df = planted(n_sym=4, n_days=2, rho=0.3, seed=8)  # a one-bar signal: it pays only if traded at once
+    bt = ev.backtest(df, cost_bps=5.0, bar_seconds=300, trade_delay=0)
+    sweep = ev.cost_sensitivity(bt)
+    assert list(sweep["cost_bps"]) == [0, 1, 2, 5, 10, 20]
+    assert sweep.set_index("cost_bps").loc[5.0, "net_sharpe"] == pytest.approx(bt.stats["net"]["sharpe"])
+    assert sweep.set_index("cost_bps").loc[0.0, "net_sharpe"] == pytest.approx(bt.stats["gross"]["sharpe"])
+    assert (np.diff(sweep["net_sharpe"]) < 0).all()
+    be = ev.break_even_bps(bt)
+    at_be = ev.cost_sensitivity(bt, [be]).loc[0, "net_sharpe"]
+    assert be > 0 and abs(at_be) < 1e-9
+    flat = ev.backtest(df.assign(prediction=0.0), bar_seconds=300)
+    assert math.isnan(ev.break_even_bps(flat))
 
 
 def test_zero_prediction_gives_zero_pnl():
@@ -307,12 +429,14 @@ def test_zero_prediction_gives_zero_pnl():
 def test_sharpe_and_drawdown_by_hand():
     # mean .005, sample std sqrt(5e-4 / 3) = .0129099; 4 bars a year -> x2
     assert ev.sharpe([0.01, -0.01, 0.02, 0.0], 4) == pytest.approx(0.7745967, rel=1e-6)
-    assert ev.bars_per_year(365.25 * 86400 / 4) == pytest.approx(4.0)
     assert ev.sharpe(np.zeros(5), 252) == 0.0
     assert math.isnan(ev.sharpe([0.01, 0.01], 252)) and math.isnan(ev.sharpe([0.01], 252))
     assert ev.max_drawdown([1.0, 1.1, 0.88, 0.99, 1.21]) == pytest.approx(0.2)  # 1.1 -> 0.88
     assert ev.max_drawdown([1.0, 1.1, 1.2]) == 0.0
     np.testing.assert_allclose(ev.equity_curve([0.1, -0.2]), [1.1, 0.88])
+    np.testing.assert_allclose(ev.drawdown_curve([-0.1, 0.1, 0.5, -0.2]), [-0.1, -0.01, 0.0, -0.2])
+    r = np.random.default_rng(0).normal(0, 0.01, 200)
+    assert -ev.drawdown_curve(r).min() == pytest.approx(ev.max_drawdown(np.r_[1.0, ev.equity_curve(r)]))
 
 
 def test_infer_bar_seconds_ignores_gaps_and_reads_int_ns():

@@ -2,11 +2,12 @@
 
 import numpy as np
 import pandas as pd
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tradelib import data
-from tradelib.config import Config
+from tradelib import data, dataset
+from tradelib.config import Config, ConfigError
 from tradelib.features import build_features, feature_makers, feature_params, segment_ids
 from tradelib.sources import window_ends
 from tradelib.synth import generate_market
@@ -162,3 +163,97 @@ def test_features_finite_and_bounded_on_hostile_input(cells, scale):
     fs = build_features(clean, FCFG)
     assert np.isfinite(fs.X).all() and np.abs(fs.X).max() <= FCFG.clip
     assert np.isfinite(fs.y[window_ends(fs, 0, FCFG.window)]).all()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# causality of cleaning + features, horizons and purges in bars, date splits
+
+
+def _iso(raw: pd.DataFrame, row: int) -> str:
+    return pd.Timestamp(raw["timestamp"].iloc[row]).isoformat()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(cut=1200, cells=[], spikes=[], dups=[])
+@given(cut=st.integers(1100, 1480),
+       cells=st.lists(st.tuples(st.integers(0, 2999), st.sampled_from(["open", "high", "low", "close", "volume"]),
+                                HOSTILE), max_size=30),
+       spikes=st.lists(st.integers(-6, 6), max_size=4), dups=st.lists(st.integers(0, 2999), max_size=3))
+def test_cleaning_and_features_never_look_ahead(cut, cells, spikes, dups):
+    """The raw data cut at T, cleaned and turned into features, gives for every row up to T exactly what the
+    full history gives: hostile cells anywhere, reverting price spikes around T (one at T itself, which only
+    the bar after T confirms), duplicate rows. Split dates are fixed, so the normalisation is the same.
+    Labels look ahead by definition: they must agree wherever their end and its confirming bar are <= T."""
+    raw = generate_market(n_symbols=2, n_bars=1500, seed=11, hostile=False)  # rows 0..1499: S0, then S1
+    when = raw.loc[cut, "timestamp"]
+    cfg = Config(window=16, horizon=2, train_end=_iso(raw, 600), val_end=_iso(raw, 900))
+    for off in [0, *spikes]:  # a 30x print that reverts on the next bar, on symbol 0
+        raw.loc[cut + off, ["open", "high", "low", "close"]] *= 30.0
+    for row, col, value in cells:
+        raw.loc[row, col] = value
+    raw = pd.concat([raw, raw.loc[dups].assign(volume=7.0)]).sort_values(["symbol", "timestamp"], kind="stable")
+    full = dataset.build(cfg, raw.reset_index(drop=True))[0]
+    part = dataset.build(cfg, raw[raw["timestamp"] <= when].reset_index(drop=True))[0]
+    upto = full.timestamp <= pd.Timestamp(when).value
+    assert upto.sum() == len(part)
+    for name in ("X", "timestamp", "symbol_id", "segment", "split", "last_return"):
+        np.testing.assert_array_equal(getattr(full, name)[upto], getattr(part, name), err_msg=name)
+    assert full.meta["norm"] == part.meta["norm"] and full.meta["target_scale"] == part.meta["target_scale"]
+    idx, sid = np.arange(len(part)), part.symbol_id
+    for name, ahead in (("y", cfg.horizon + 1), ("fwd_return", cfg.horizon + 1), ("ret_next", 2)):
+        known = (idx + ahead < len(part)) & (sid[np.minimum(idx + ahead, len(part) - 1)] == sid)
+        np.testing.assert_array_equal(getattr(full, name)[upto][known], getattr(part, name)[known], err_msg=name)
+    if not cells and not spikes:  # the spike at T alone: the full history (the bar after T) confirms it ...
+        assert full.meta["masked_targets"]["spike_rows"] == part.meta["masked_targets"]["spike_rows"] + 1 == 1
+        t = int(np.flatnonzero(part.timestamp == pd.Timestamp(when).value)[0])  # ... so the target ending at T
+        assert np.isnan(full.y[t - cfg.horizon]) and np.isfinite(part.y[t - cfg.horizon])  # is masked there only
+
+
+def test_a_hole_just_under_max_gap_bars_is_never_spanned():
+    """41 missing bars (under max_gap_bars = 50, so the segment goes on) right before validation: with a purge
+    in clock time and targets in rows, the last training targets would end inside validation. Targets are in
+    bars of the calendar (a target over the hole is masked) and the purge is horizon + window rows of each
+    symbol, so none does."""
+    raw = generate_market(n_symbols=1, n_bars=2400, seed=4, hostile=False)
+    cfg = Config(window=16, horizon=3, max_gap_bars=50, train_end=_iso(raw, 1000), val_end=_iso(raw, 1700))
+    holed = raw.drop(index=range(990, 1031)).reset_index(drop=True)  # bars 990..1030 missing
+    fs = build_features(data.clean_ohlcv(holed, "holed", keep=("oracle",))[0], cfg)
+    assert fs.segment.max() == 0  # one segment: windows may cross the hole, targets may not
+    last_train = np.flatnonzero(fs.split == 0)[-1]  # bar 989
+    np.testing.assert_array_equal(np.isnan(fs.y[last_train - 3: last_train + 1]), [False, True, True, True])
+    assert fs.meta["masked_targets"]["spans_missing_bar"] == 3
+    bar = 300 * 10**9
+    ends = window_ends(fs, 0, cfg.window)
+    assert fs.timestamp[ends].max() + cfg.horizon * bar < fs.timestamp[fs.split == 1].min()
+    purged = np.flatnonzero(fs.split == -1)
+    assert purged[: cfg.horizon + cfg.window].tolist() == list(range(last_train + 1, last_train + 20))
+    # the old rule, (horizon + window) bars of clock time, would have started validation right after the hole
+    assert fs.timestamp[last_train + 1] - fs.timestamp[last_train] == 42 * bar > (cfg.horizon + cfg.window) * bar
+
+
+def test_date_splits_keep_whole_days_and_are_stated():
+    raw = generate_market(n_symbols=2, n_bars=2000, seed=5, hostile=False)  # 2024-01-01 .. 2024-01-07, 5 minutes
+    fs = build_features(data.clean_ohlcv(raw, "dated", keep=("oracle",))[0],
+                        Config(window=8, horizon=1, train_end="2024-01-03", val_end="2024-01-05 12:00"))
+    ts = pd.to_datetime(fs.timestamp, utc=True)
+    assert ts[fs.split == 0].max() == pd.Timestamp("2024-01-03 23:55", tz="UTC")  # the whole of Jan 3rd
+    assert ts[fs.split == 1].min() > pd.Timestamp("2024-01-04", tz="UTC")
+    assert ts[fs.split == 1].max() <= pd.Timestamp("2024-01-05 12:00", tz="UTC") < ts[fs.split == 2].min()
+    cut = fs.meta["splits"]
+    assert cut["method"] == "dates" and cut["purge_bars"] == 9
+    assert pd.Timestamp(cut["test_start"], tz="UTC") == ts[fs.split == 2].min()
+    # every symbol purges horizon + window of its own rows after each of the two boundaries
+    assert (np.bincount(fs.symbol_id[fs.split == -1]) == 2 * 9).all()
+    with pytest.raises(ValueError, match="test split is empty"):
+        build_features(data.clean_ohlcv(raw, "dated")[0], Config(train_end="2024-01-03", val_end="2024-02-01"))
+
+
+@pytest.mark.parametrize("values, problem", [
+    ({"train_end": "2024-01-03"}, "go together"),
+    ({"train_end": "2024-01-05", "val_end": "2024-01-03"}, "must come before"),
+    ({"train_end": "yesterday-ish", "val_end": "2024-01-03"}, "expected a date"),
+    ({"cost_grid_bps": "0,-1"}, "cost_grid_bps"),
+])
+def test_bad_split_dates_and_cost_grid_are_refused(values, problem):
+    with pytest.raises(ConfigError, match=problem):
+        Config(**values)

@@ -70,10 +70,12 @@ def test_pipeline_runs_all_notebooks_and_renders_the_report(outputs):
     for name in ("01_data_cleaning", "02_profiling", "03_train", "04_report"):
         assert (run / f"{name}.ipynb").exists(), name
     html = (run / "report.html").read_text()
-    assert "Test IC" in html or "test IC" in html
+    assert "cross-sectional IC (per timestamp)" in html and "Why this IC" in html and "Conventions" in html
+    for figure in ("underwater", "costs", "ic"):
+        assert (run / f"{figure}.png").exists(), figure
     assert "resolve_run" not in html and "from tradelib" not in html  # no code cells in the report
     report = json.loads((run / "report.json").read_text())
-    assert {"summary", "predictors", "backtest", "loader_sweep"} <= set(report)
+    assert {"summary", "conventions", "predictors", "backtest", "costs", "loader_sweep"} <= set(report)
     assert (run / "checkpoints" / "last.pt").exists() and (run / "predictions.parquet").exists()
     assert str(run / "report.html") in res.stdout
 

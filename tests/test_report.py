@@ -45,7 +45,8 @@ def make_run(run_dir, seed=0, rho=RHO, summary_extra=None, n_sym=4, n_days=3):
         "run_id": run_dir.name, "config": {"batch_size": 1024}, "device": "cuda", "device_name": "NVIDIA H200",
         "loader": "device", "model": "lstm", "batch_size": 1024, "grad_accum_steps": 1, "samples_per_s": 5e4,
         "it_per_s": 48.8, "batches_per_epoch": 100, "data_wait_share": 0.02, "peak_mem_bytes": 2_500_000_000,
-        "gpu_util": None, "mfu": 0.12, "epoch_time_s": 4.0, "pooled_ic": 0.3, "finished": "2024-06-01T10:00:00",
+        "gpu_util": None, "mfu": 0.12, "epoch_time_s": 4.0, "cross_sectional_ic": 0.3, "daily_ic": 0.3,
+        "pooled_ic": 0.3, "finished": "2024-06-01T10:00:00",
     }  # fmt: skip
     summary.update(summary_extra or {})
     (run_dir / "summary.json").write_text(json.dumps(summary))
@@ -67,22 +68,62 @@ def test_build_report_writes_strict_json_with_planted_ic(tmp_path):
     report = rp.build_report(run, cost_bps=5.0, **feats)
     on_disk = strict_json(run / "report.json")
     assert on_disk["summary"] == report["summary"]
-    for key in ["summary", "ic", "ic_by_period", "predictors", "per_symbol", "deciles", "backtest", "training"]:
+    for key in ["summary", "conventions", "ic", "ic_by_timestamp", "ic_by_day", "predictors", "per_symbol",
+                "deciles", "backtest", "costs", "training"]:
         assert key in on_disk
     assert "compare" not in on_disk
     s = on_disk["summary"]
-    assert s["period_ic"] == pytest.approx(RHO, abs=0.05) and s["pooled_ic"] == pytest.approx(RHO, abs=0.05)
-    assert s["oracle_ic"] == pytest.approx(0.8, abs=0.05)
-    assert s["ic_period"] == "day" and s["n_periods"] == 3 and s["bar_seconds"] == 300.0
+    for name in ("daily_ic", "pooled_ic"):
+        assert s[name] == pytest.approx(RHO, abs=0.05), name
+    assert 0.15 < s["cross_sectional_ic"] < RHO  # a correlation over 4 symbols is biased towards 0
+    assert s["headline_ic"] == "cross_sectional" and "4 symbols" in s["headline_reason"]
+    assert s["cross_sectional_periods"] == 288 * 3 and s["daily_periods"] == 3 and s["bar_seconds"] == 300.0
+    assert s["ic_t_stat"] == s["cross_sectional_t_stat"] > 2 and s["ic_t_method"].startswith("iid")  # horizon 1
+    assert s["oracle_daily_ic"] == pytest.approx(0.8, abs=0.05) and s["oracle_cross_sectional_ic"] > 0.6
     assert s["directional_accuracy"] > 0.55 and s["net_sharpe"] is not None
     assert s["samples_per_s"] == 5e4 and s["peak_mem_gb"] == pytest.approx(2.5)
     assert s["device"] == "cuda" and s["gpu_util"] is None  # null in summary.json stays null
     assert s["baseline_ic"]["zero"] is None  # undefined IC -> null, not NaN
-    assert s["baseline_ic"]["ridge"] == pytest.approx(math.sqrt(0.5), abs=0.05)
     assert [p["predictor"] for p in on_disk["predictors"]] == ["model", "zero", "momentum", "ridge", "oracle"]
+    ridge = on_disk["predictors"][3]
+    assert ridge["daily_ic"] == pytest.approx(math.sqrt(0.5), abs=0.05)
+    assert s["baseline_ic"]["ridge"] == ridge["cross_sectional_ic"]  # the baselines in the headline's IC
     assert len(on_disk["deciles"]) == 10 and on_disk["per_symbol"][-1]["symbol"] == "ALL"
     assert on_disk["backtest"]["net"]["sharpe"] <= on_disk["backtest"]["gross"]["sharpe"]
     assert on_disk["training"]["best_val_loss"] == 0.7
+    costs = on_disk["costs"]["net_sharpe_by_cost"]
+    assert [c["cost_bps"] for c in costs] == [0, 1, 2, 5, 10, 20]
+    assert costs[3]["net_sharpe"] == pytest.approx(s["net_sharpe"])
+
+
+def test_report_states_its_conventions(tmp_path):
+    """Which IC, which t, which annualisation, the delay, the cost, the positions and the split dates."""
+    run, _ = make_run(tmp_path / "run-a", summary_extra={"config": {"horizon": 3, "train_frac": 0.7,
+                                                                     "val_frac": 0.15}})
+    report = rp.build_report(run, cost_bps=2.0, mode="neutral", trade_delay=2)
+    c = report["conventions"]
+    assert c["headline_ic"] == "cross_sectional" and c["horizon_bars"] == 3
+    assert c["t_stat"].startswith("Hansen-Hodrick HAC, 2 lags")  # a 3-bar target overlaps 2 timestamps
+    assert c["annualisation"]["method"] == "continuous"  # 5-minute bars on every day of the week
+    assert c["annualisation"]["periods_per_year"] == pytest.approx(365.25 * 288)
+    assert (c["trade_delay_bars"], c["cost_bps"], c["position_mode"]) == (2, 2.0, "neutral")
+    assert c["splits"]["method"] == "fractions" and c["splits"]["test_start"].startswith("2024-05-01")
+    assert report["summary"]["abs_net_exposure"] < 1e-9  # the neutral book
+    md = rp.summary_markdown(report)
+    for text in ("cross-sectional IC (per timestamp)", "Why this IC", "Hansen-Hodrick HAC, 2 lags",
+                 "traded 2 bar(s) after", "break-even cost", "*Conventions*", "Splits by fractions", "neutral"):
+        assert text in md, text
+
+
+def test_periods_per_year_overrides_the_calendar(tmp_path):
+    run, _ = make_run(tmp_path / "run-a")
+    auto = rp.build_report(run)["summary"]
+    given = rp.build_report(run, periods_per_year=252.0)
+    assert given["summary"]["periods_per_year"] == 252.0
+    assert given["conventions"]["annualisation"]["method"] == "given"
+    ratio = math.sqrt(252.0 / (365.25 * 288))
+    assert given["summary"]["net_sharpe"] == pytest.approx(auto["net_sharpe"] * ratio)
+    assert given["summary"]["cross_sectional_ic"] == auto["cross_sectional_ic"]  # ICs do not annualise
 
 
 def test_build_report_without_features_skips_ridge(tmp_path):
@@ -102,13 +143,26 @@ def test_compare_block_and_markdown(tmp_path):
     sps = cmp["metrics"]["samples_per_s"]
     assert (sps["this"], sps["other"]) == (5e4, 1900.0)
     assert sps["ratio"] == pytest.approx(5e4 / 1900)
-    for name in ("period_ic", "pooled_ic"):  # like with like: each figure against the same figure
+    for name in ("cross_sectional_ic", "daily_ic", "pooled_ic"):  # like with like: each against the same figure
         assert cmp["metrics"][name]["other"] == pytest.approx(0.1, abs=0.05)
         assert cmp["metrics"][name]["delta"] == pytest.approx(report["summary"][name] - cmp["metrics"][name]["other"])
+    assert cmp["this"]["periods_per_year"] == cmp["other"]["periods_per_year"]  # annualised alike
     md = rp.summary_markdown(report)
-    assert f"Test IC **{report['summary']['period_ic']:.3f}**" in md
+    assert f"cross-sectional IC (per timestamp) {report['summary']['cross_sectional_ic']:.3f}**" in md
     assert "| zero | n/a |" in md and "| ridge |" in md and md.count("oracle 0.") == 1
     assert "baseline" in md and "26.3" in md  # the speed-up 5e4 / 1900
+
+
+def test_compare_with_a_throughput_only_run_uses_its_named_ics(tmp_path):
+    """A run without predictions compares what its summary.json holds, figure by figure."""
+    other = tmp_path / "bench-only"
+    other.mkdir()
+    (other / "summary.json").write_text(json.dumps({"samples_per_s": 1000.0, "cross_sectional_ic": 0.05,
+                                                    "pooled_ic": 0.07, "loader": "dataloader"}))
+    run, _ = make_run(tmp_path / "run")
+    m = rp.build_report(run, compare_with=other)["compare"]["metrics"]
+    assert m["cross_sectional_ic"]["other"] == 0.05 and m["pooled_ic"]["other"] == 0.07
+    assert m["daily_ic"]["other"] is None  # not in that summary: nothing to compare, never another IC
 
 
 def test_runs_table_over_run_folders(tmp_path):
@@ -126,7 +180,8 @@ def test_runs_table_over_run_folders(tmp_path):
     assert list(runs["run_id"]) == ["c-early", "b-late"]  # by finish time, not name
     for col in ["run_id", "model", "loader", "device", "batch_size", "grad_accum_steps", "samples_per_s",
                 "it_per_s", "batches_per_epoch", "data_wait_share", "gpu_util", "peak_mem_gb", "mfu",
-                "epoch_time_s", "finished"]:  # fmt: skip
+                "epoch_time_s", "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "pooled_ic",
+                "finished"]:  # fmt: skip
         assert col in runs
     assert list(runs["samples_per_s"]) == [1900.0, 5e4]
     assert runs.loc[1, "peak_mem_gb"] == pytest.approx(2.5)
@@ -140,7 +195,7 @@ def test_make_figures_writes_pngs(tmp_path):
     inputs = rp.load_inputs(run)
     inputs.quality = {"counts": [{"rule": "nonpositive_price", "symbol": "S0", "action": "dropped", "rows": 3}]}
     figs = rp.make_figures(inputs, run)
-    assert set(figs) == {"training", "equity", "deciles", "ic", "throughput", "quality"}
+    assert set(figs) == {"training", "equity", "underwater", "costs", "deciles", "ic", "throughput", "quality"}
     for name in figs:
         assert (run / f"{name}.png").stat().st_size > 1000
 

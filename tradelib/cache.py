@@ -22,7 +22,7 @@ from tradelib import data
 from tradelib.features import FeatureSet, feature_params
 from tradelib.paths import outputs_dir
 
-CODE_MODULES = ("tradelib.data", "tradelib.features", "tradelib.synth", "tradelib.dataset")
+CODE_MODULES = ("tradelib.data", "tradelib.features", "tradelib.sessions", "tradelib.synth", "tradelib.dataset")
 CACHE_VERSION = 1
 
 

@@ -52,8 +52,8 @@ class Config:
     force_recreate: bool = knob(False, "rebuild the feature cache even if a valid one exists", "data",
                                 resume=True)
     # features: what the model sees and predicts, and the splits (the feature cache is keyed on these)
-    spike_sigmas: float = knob(12.0, "cleaning: a one-bar spike that reverts beyond this many robust sigmas is "
-                                     "repaired (inf: off)", "features", lo=0, lo_open=True)
+    spike_sigmas: float = knob(12.0, "a reverting one-bar spike beyond this many trailing sigmas masks its targets "
+                                     "(inf: off)", "features", lo=0, lo_open=True)
     window: int = knob(32, "bars of history per sample", "features", lo=1)
     horizon: int = knob(1, "target: forward log return over this many bars", "features", lo=1)
     vol_scaled_target: bool = knob(False, "divide the target by trailing realised volatility", "features")
@@ -65,6 +65,10 @@ class Config:
                              lo_open=True, hi=1, hi_open=True)
     val_frac: float = knob(0.15, "validation share of time; the rest after a purge gap is the test split",
                            "features", lo=0, hi=1, hi_open=True)
+    train_end: str = knob("", "last training time, e.g. 2022-12-31 (whole day, UTC); with val_end (empty: fractions)",
+                          "features")
+    val_end: str = knob("", "last validation time, e.g. 2023-12-31; the test split follows (empty: fractions)",
+                        "features")
     # model
     model: str = knob("lstm", "mlp | lstm | gru | tcn", "model", choices=("mlp", "lstm", "gru", "tcn"))
     hidden: int = knob(64, "hidden width / channels", "model", lo=1)
@@ -150,8 +154,14 @@ class Config:
     compare_with: str = knob("", "another run id or folder to set beside this one (empty: none)", "report")
     cost_bps: float = knob(5.0, "transaction cost per unit of position change, in basis points", "report", lo=0,
                            finite=True)
-    position_mode: str = knob("sign", "backtest positions: sign of the prediction, or scaled (capped at 1)",
-                              "report", choices=("sign", "scaled"))
+    position_mode: str = knob("sign", "backtest positions: sign, scaled (capped at 1), or neutral (demeaned, gross 1)",
+                              "report", choices=("sign", "scaled", "neutral"))
+    periods_per_year: float = knob(0.0, "annualisation (0: from the data's calendar, ~252 for daily stock bars)",
+                                   "report", lo=0, finite=True)
+    trade_delay: int = knob(1, "bars between a signal and its trade (1: the signal at the close of t trades at "
+                            "the close of t+1)", "report", lo=0)
+    cost_grid_bps: str = knob("0,1,2,5,10,20", "comma list of costs (bps) at which the net Sharpe is reported",
+                              "report")
     extra: dict = knob({}, "free-form notes kept with the run", "system", resume=True)
 
     def __post_init__(self) -> None:
@@ -160,6 +170,8 @@ class Config:
         if self.train_frac + self.val_frac >= 1:
             raise ConfigError(f"train_frac + val_frac must be below 1 (the test split is the rest), got "
                               f"{self.train_frac} + {self.val_frac}")
+        _check_split_dates(self.train_end, self.val_end)
+        _check_cost_grid(self.cost_grid_bps)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "parameters") -> Config:
@@ -191,6 +203,37 @@ class Config:
 
 class ConfigError(ValueError):
     """A bad parameter: one line naming it, the value and what is allowed."""
+
+
+def _check_split_dates(train_end: str, val_end: str) -> None:
+    """Both split dates or neither; each a timestamp pandas reads; train_end before val_end."""
+    if not train_end and not val_end:
+        return
+    if not (train_end and val_end):
+        raise ConfigError(f"train_end and val_end go together (got train_end={train_end!r}, val_end={val_end!r}); "
+                          f"leave both empty to split by train_frac / val_frac")
+    import pandas as pd
+
+    when = {}
+    for name, text in (("train_end", train_end), ("val_end", val_end)):
+        try:
+            when[name] = pd.Timestamp(text)
+        except (ValueError, TypeError):
+            raise ConfigError(f"parameter {name!r} is {text!r}; expected a date or timestamp such as 2022-12-31") \
+                from None
+    if when["train_end"].tzinfo is not None or when["val_end"].tzinfo is not None:
+        when = {k: (v.tz_localize("UTC") if v.tzinfo is None else v) for k, v in when.items()}
+    if when["train_end"] >= when["val_end"]:
+        raise ConfigError(f"train_end {train_end!r} must come before val_end {val_end!r}")
+
+
+def _check_cost_grid(text: str) -> None:
+    try:
+        costs = [float(c) for c in str(text).split(",") if c.strip()]
+    except ValueError:
+        costs = []
+    if not costs or any(not math.isfinite(c) or c < 0 for c in costs):
+        raise ConfigError(f"parameter 'cost_grid_bps' is {text!r}; expected a comma list of costs >= 0 in bps")
 
 
 def unknown_message(name: str, known) -> str:

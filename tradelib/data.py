@@ -46,6 +46,7 @@ MAX_BAD_SHARE = 0.5  # when more than this share of a column is unparseable the 
 SPIKE_MIN_LOG_MOVE = 0.05  # a spike must also move the close by > 5% (log) in and out: ignores tick bounces
 SPIKE_MAX_RESIDUAL = 0.25  # the return out undoes the return in to within a quarter of the move
 SPIKE_MIN_RETURNS = 10  # robust sigma needs at least this many non-zero returns per symbol
+SPIKE_WINDOW = 1000  # robust sigma of bar t: the median |r| of the symbol's previous block of this many returns
 BAR_MODE_SHARE = 0.1  # the most common bar diff is the bar size when it covers >= 10% of diffs, else median
 
 class DataError(ValueError):
@@ -644,17 +645,10 @@ def _long_gaps(w: Work) -> np.ndarray:
 
 
 def _price_spike(w: Work) -> np.ndarray:
-    """A close that jumps > k robust sigmas and back on the next bar: o/h/l/c set to the previous good close."""
-    c, code = w.a["close"], w.a["code"]
-    spike = _spikes(c, code, w.new_symbol | _long_gaps(w), w.params["spike_sigmas"], len(w.symbols))
-    if spike.any():
-        # The previous good close; a chain of spikes takes the close before the chain. A symbol's first bar
-        # is never a spike (its return is undefined), so the good row is always of the same symbol.
-        last_ok = np.maximum.accumulate(np.where(spike, 0, np.arange(len(c))))
-        prev = c[last_ok[spike]]
-        for k in PRICE_COLS:
-            w.a[k][spike] = prev
-    return spike
+    """A close that jumps > k trailing robust sigmas and back on the next bar. Flagged, not repaired: the
+    features at t keep the print a live feed showed (repairing it needs the next bar, after t); the targets
+    and returns that start or end at it are masked on the label side (features.targets)."""
+    return spike_rows(w.a["close"], w.a["code"], w.new_symbol | _long_gaps(w), w.params["spike_sigmas"])
 
 
 @dataclass(frozen=True)
@@ -684,9 +678,9 @@ RULES: tuple[Rule, ...] = (
     Rule("bad_volume", "changed", "negative or non-finite volume set to 0", _bad_volume),
     Rule("high_below_low", "changed", "swapped", _high_below_low),
     Rule("ohlc_outside_range", "changed", "high/low widened to contain open and close", _ohlc_outside_range),
-    Rule("price_spike", "changed", "a one-bar spike that reverts (abs log move > spike_sigmas robust sigmas, and > "
-         "0.05, both in and out, the move out undoing the move in to within a quarter) set to the previous close "
-         "(o/h/l/c)", _price_spike),
+    Rule("price_spike", "kept", "a one-bar spike that reverts (abs log move > spike_sigmas trailing robust sigmas, "
+         "and > 0.05, both in and out, the move out undoing the move in to within a quarter); prices kept, the "
+         "targets and returns that start or end at it masked", _price_spike),
     Rule("long_gap", "kept", "gap longer than max_gap_bars bars; windows do not cross it", _long_gaps),
 )
 
@@ -767,33 +761,54 @@ def _quality_report(w: Work, raw: pd.DataFrame, source: str, keep: tuple[str, ..
     )
 
 
-def _spikes(c: np.ndarray, code: np.ndarray, breaks: np.ndarray, k: float, n_sym: int) -> np.ndarray:
-    """Rows whose close is a one-bar spike: |r_t| and |r_t+1| above threshold, and the next bar undoes the
-    move (|r_t + r_t+1| within SPIKE_MAX_RESIDUAL of the smaller move), so a volatile stretch is not taken for one.
+def spike_rows(c: np.ndarray, code: np.ndarray, breaks: np.ndarray, k: float) -> np.ndarray:
+    """Rows whose close is a one-bar spike: |r_t| and |r_t+1| above the threshold of t, and the next bar
+    undoes the move (|r_t + r_t+1| within SPIKE_MAX_RESIDUAL of the smaller move), so a volatile stretch is
+    not taken for one. Rows sorted by (code, time); `breaks` marks rows whose return is undefined.
 
-    r_t = log(c_t / c_t-1), undefined at a symbol start or after a long gap. The threshold per symbol is
-    max(k * 1.4826 * MAD of its non-zero returns, SPIKE_MIN_LOG_MOVE).
+    r_t = log(c_t / c_t-1). The threshold of t is max(k * sigma_t, SPIKE_MIN_LOG_MOVE), sigma_t from returns
+    before t only (`trailing_sigma`). Confirming needs r_t+1, so a spike is known one bar late: use the flag
+    on the label side only (targets), never to change what the features at t see.
     """
     n = len(c)
     spike = np.zeros(n, dtype=bool)
     if n < 3 or not math.isfinite(k) or k <= 0:
         return spike
     r = np.full(n, np.nan)
-    r[1:] = np.log(c[1:] / c[:-1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r[1:] = np.log(c[1:] / c[:-1])
     r[breaks] = np.nan
-    sigma = np.full(n_sym, np.nan)
-    bounds = np.r_[0, np.flatnonzero(np.diff(code)) + 1, n]
-    for s, e in zip(bounds[:-1], bounds[1:], strict=True):  # one numpy median per symbol (rows are contiguous)
-        x = r[s:e]
-        x = x[np.isfinite(x) & (x != 0)]
-        if len(x) >= SPIKE_MIN_RETURNS:
-            sigma[code[s]] = 1.4826 * np.median(np.abs(x - np.median(x)))
-    thr = np.maximum(k * sigma, SPIKE_MIN_LOG_MOVE)[code]  # NaN sigma -> NaN thr -> no spike
-    with np.errstate(invalid="ignore"):
-        big = np.abs(r) > thr
-        back = np.abs(r[:-1] + r[1:]) <= SPIKE_MAX_RESIDUAL * np.minimum(np.abs(r[:-1]), np.abs(r[1:]))
-        spike[:-1] = big[:-1] & big[1:] & back  # opposite moves that cancel: the price came back
+    a_in, a_out = np.abs(r[:-1]), np.abs(r[1:])
+    with np.errstate(invalid="ignore"):  # the floor and the reversal first: cheap, and rare to pass
+        back = np.abs(r[:-1] + r[1:]) <= SPIKE_MAX_RESIDUAL * np.minimum(a_in, a_out)
+        rows = np.flatnonzero((a_in > SPIKE_MIN_LOG_MOVE) & (a_out > SPIKE_MIN_LOG_MOVE) & back)
+    if rows.size:
+        thr = np.maximum(k * trailing_sigma(r, code, rows), SPIKE_MIN_LOG_MOVE)  # NaN sigma -> no spike
+        with np.errstate(invalid="ignore"):
+            spike[rows] = (a_in[rows] > thr) & (a_out[rows] > thr)  # the move out, against t's threshold
     return spike
+
+
+def trailing_sigma(r: np.ndarray, code: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """At each of `rows`: 1.4826 x a median |r| of the symbol's non-zero returns from before the row, never
+    the row's own or a later one. A symbol's returns are taken in blocks of SPIKE_WINDOW: a row with j
+    earlier returns uses the median of block j // SPIKE_WINDOW - 1 (the last full block before its own began)
+    or, in the first block, of all j earlier returns (NaN below SPIKE_MIN_RETURNS). Rows sorted by symbol."""
+    ok = np.flatnonzero(np.isfinite(r) & (r != 0))
+    a, c = np.abs(r[ok]), code[ok]
+    first = np.searchsorted(c, code[rows], side="left")  # the symbol's first return (c is sorted)
+    j = np.searchsorted(ok, rows, side="left") - first  # the symbol's returns before the row
+    b = j // SPIKE_WINDOW
+    sigma = np.full(len(rows), np.nan)
+    later = np.flatnonzero(b >= 1)  # the previous full block: shared by many rows, medians taken together
+    starts, where = np.unique(first[later] + (b[later] - 1) * SPIKE_WINDOW, return_inverse=True)
+    med = np.empty(len(starts))
+    for part in np.array_split(np.arange(len(starts)), max(1, len(starts) // 256)):  # bounded memory
+        med[part] = np.median(a[starts[part][:, None] + np.arange(SPIKE_WINDOW)], axis=1)
+    sigma[later] = 1.4826 * med[where.ravel()]
+    for i in np.flatnonzero((b == 0) & (j >= SPIKE_MIN_RETURNS)):  # the first block: at most its size a symbol
+        sigma[i] = 1.4826 * float(np.median(a[first[i]: first[i] + j[i]]))
+    return sigma
 
 
 def _check_clean(a: dict[str, np.ndarray]) -> None:

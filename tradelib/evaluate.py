@@ -1,17 +1,22 @@
 """Did the model learn anything real, would the signal survive costs, did the GPU work?
 
 Metrics only: functions of a predictions frame (`runs.read_predictions`) that return plain pandas frames and
-dicts; `report.py` assembles them, `plots.py` draws them, `runs.py` reads the files.
+dicts; `report.py` assembles them, `plots.py` draws them, `runs.py` reads the files. docs/metrics.md says
+which figure is which and how each is computed.
 
 Conventions (the numbers in the report depend on them):
-- IC is a per-period correlation averaged over periods (as Qlib does), never one pooled correlation that a few
-  volatile days dominate. The period depends on the data: intraday bars -> the UTC day, pooling every symbol's
-  bars of that day; daily or longer bars with >= 3 symbols -> one cross-section per timestamp; daily bars with
-  1-2 symbols -> the calendar month over time. Periods with fewer than 3 rows or a constant side are dropped.
-- Annualisation assumes 24/7 markets: bars per year = 365.25 * 86400 / bar_seconds. For exchange-traded daily
-  bars (~252 sessions a year) pass `periods_per_year` to `backtest` instead.
-- Backtest positions are taken at the close of bar t and earn the simple return exp(ret_next) - 1 of the
-  next bar; portfolios are equal weight over the symbols present at t; a symbol without a row at t is flat.
+- Three ICs, each named for what it is. `cross_sectional`: the correlation across symbols at each timestamp
+  (timestamps with >= 3 symbols), averaged over timestamps: what alphalens and Qlib call IC. `daily`: the
+  correlation over every row of a UTC day (all symbols and bars pooled), averaged over days. `pooled`: one
+  correlation over every test row. Each comes as Pearson (`ic`) and Spearman (`rank_ic`).
+- t-statistics are overlap-robust: a target over h bars shares h-1 bars with the next one, so consecutive IC
+  periods are correlated. `hac_t_stat` uses the Hansen-Hodrick HAC variance (equal weights on the lags the
+  targets overlap, h-1 for per-timestamp ICs). "Significant" is said only of that figure.
+- Annualisation comes from the data's own calendar (`sessions.calendar`): sessions a year x bars a session
+  for exchange data (~252 for daily stock bars), 365.25 x 86400 / bar seconds for a 24/7 market; or a
+  `periods_per_year` given by the researcher.
+- Backtest: the signal at the close of t trades `trade_delay` bars later (default 1: at the close of t+1) and
+  earns the simple return exp(ret_next) - 1 of the bar after that; costs on every change of weight.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ import numpy as np
 import pandas as pd
 
 from tradelib.data import bar_sizes_ns, ns_since_epoch
+from tradelib.sessions import calendar
 
-SECONDS_PER_YEAR = 365.25 * 86400.0
-DAY_SECONDS = 86400.0
 MIN_PERIOD_ROWS = 3  # a correlation over fewer rows is noise, and over 2 rows it is always +-1
+IC_FAMILIES = ("cross_sectional", "daily", "pooled")
+COST_GRID_BPS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -65,9 +71,14 @@ def infer_bar_seconds(df: pd.DataFrame) -> float:
     return float(np.median(bars)) / 1e9
 
 
-def bars_per_year(bar_seconds: float) -> float:
-    """24/7 convention: every bar of the calendar year trades (crypto-style data)."""
-    return SECONDS_PER_YEAR / float(bar_seconds)
+def annualisation(df: pd.DataFrame, bar_seconds: float | None = None, periods_per_year: float = 0.0) -> dict:
+    """Periods per year and how they were found: `periods_per_year` when given (> 0), else the calendar of
+    the frame's timestamps (`sessions.calendar`; pass the longest span you have, e.g. every split)."""
+    if periods_per_year and periods_per_year > 0:
+        return {"periods_per_year": float(periods_per_year), "method": "given",
+                "description": f"given: periods_per_year = {float(periods_per_year):g}"}
+    bar = float(bar_seconds) if bar_seconds else infer_bar_seconds(df)
+    return calendar(_ts_ns(df["timestamp"]), bar).to_dict()
 
 
 def ic(x: np.ndarray, y: np.ndarray) -> float:
@@ -103,41 +114,15 @@ def _group_corr(codes: np.ndarray, n_groups: int, x: np.ndarray, y: np.ndarray) 
 
 
 # ----------------------------------------------------------------------------------------------------
-# information coefficient
+# information coefficient: three families
 
 
-def period_kind(bar_seconds: float, n_symbols: int) -> str:
-    """Which period an IC is measured over: 'day' (intraday bars), 'timestamp' (cross-section), 'month'."""
-    if bar_seconds < DAY_SECONDS:
-        return "day"
-    return "timestamp" if n_symbols >= MIN_PERIOD_ROWS else "month"
-
-
-def _period_key(ts: pd.Series, kind: str) -> pd.Series:
-    if kind == "day":
-        return ts.dt.floor("D")
-    if kind == "timestamp":
-        return ts
-    return ts.dt.tz_convert(None).dt.to_period("M").dt.start_time.dt.tz_localize("UTC")
-
-
-def ic_by_period(
-    df: pd.DataFrame,
-    pred_col: str = "prediction",
-    target_col: str = "target",
-    bar_seconds: float | None = None,
-) -> pd.DataFrame:
-    """Pearson IC and Spearman rank IC per period (see the module docstring); columns period, ic, rank_ic, n.
-
-    `bar_seconds=None` infers the bar size from the timestamps. Rows with a non-finite prediction or target
-    are left out; periods with n < 3 or a constant prediction/target are dropped, not kept as NaN.
-    """
+def _ic_by_key(d: pd.DataFrame, key: pd.Series, pred_col: str, target_col: str) -> pd.DataFrame:
+    """Pearson and Spearman IC per distinct key over the (finite) rows of d; periods with n < 3 or a
+    constant side dropped."""
     cols = ["period", "ic", "rank_ic", "n"]
-    d = _finite_rows(df, [pred_col, target_col])
     if len(d) == 0:
         return pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
-    bar = float(bar_seconds) if bar_seconds else infer_bar_seconds(d)
-    key = _period_key(_timestamps(d["timestamp"]), period_kind(bar, d["symbol"].nunique()))
     codes, periods = pd.factorize(key, sort=True)  # integer codes: grouping on them is fast
     x, y = d[pred_col].to_numpy(dtype=float), d[target_col].to_numpy(dtype=float)
     ic_, n = _group_corr(codes, len(periods), x, y)
@@ -148,33 +133,135 @@ def ic_by_period(
     return out.dropna(subset=["ic", "rank_ic"]).reset_index(drop=True)[cols]
 
 
-def ic_summary(ic_df: pd.DataFrame) -> dict:
-    """Mean IC and its significance across periods: ICIR = mean/std, t = ICIR * sqrt(n_periods)."""
+def ic_by_timestamp(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target") -> pd.DataFrame:
+    """The cross-sectional IC: one correlation across symbols per timestamp (>= 3 symbols with a finite
+    prediction and target), as alphalens' `factor_information_coefficient` and Qlib compute it. Columns
+    period (the timestamp), ic, rank_ic, n."""
+    d = _finite_rows(df, [pred_col, target_col])
+    return _ic_by_key(d, _timestamps(d["timestamp"]), pred_col, target_col)
+
+
+def ic_by_day(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target") -> pd.DataFrame:
+    """The per-day IC: one correlation over every row of a UTC day, all symbols and bars pooled (for daily
+    bars this is the cross-sectional IC). Columns period (the day), ic, rank_ic, n."""
+    d = _finite_rows(df, [pred_col, target_col])
+    return _ic_by_key(d, _timestamps(d["timestamp"]).dt.floor("D"), pred_col, target_col)
+
+
+def hac_t_stat(x: np.ndarray, lags: int) -> tuple[float, str]:
+    """t-statistic of the mean of a series whose neighbours up to `lags` apart may be correlated.
+
+    Hansen-Hodrick: the long-run variance gamma_0 + 2 * sum_{k=1..lags} gamma_k (equal weights: the right
+    ones for the overlap of h-bar targets, which correlates lags 1..h-1 and no further), scaled by n/(n-1) so
+    that lags = 0 gives the ordinary t. When that variance is not positive (short, noisy series) Newey-West's
+    Bartlett weights over 2 x lags take over. Returns (t, the method in words).
+    """
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    n, lags = x.size, max(int(lags), 0)
+    if n < 2 or n <= lags + 1:
+        return float("nan"), f"too few periods ({n}) for {lags} lags"
+    d = x - x.mean()
+    gamma = np.array([d[k:] @ d[: n - k] / n for k in range(lags + 1)])
+    lrv, method = gamma[0] + 2 * gamma[1:].sum(), f"Hansen-Hodrick HAC, {lags} lags"
+    if lags == 0:
+        method = "iid (no overlap between IC periods)"
+    elif lrv <= 0:
+        wide = 2 * lags
+        g = np.array([d[k:] @ d[: n - k] / n for k in range(min(wide, n - 1) + 1)])
+        w = 1 - np.arange(len(g)) / (wide + 1)
+        lrv, method = g[0] + 2 * (w[1:] * g[1:]).sum(), f"Newey-West HAC, {wide} lags"
+    lrv *= n / (n - 1)
+    if lrv <= 0:
+        return (0.0 if x.mean() == 0 else float("nan")), method
+    return float(x.mean() / math.sqrt(lrv / n)), method
+
+
+def overlap_lags(horizon: int, family: str, bars_per_session: float = 1.0) -> int:
+    """How many IC periods one target overlaps: h-1 timestamps (cross-sectional, pooled), or the sessions
+    that h-1 bars reach into (daily: 0 for one-bar targets on intraday bars, h-1 on daily bars)."""
+    h = max(int(horizon), 1)
+    if family == "daily":
+        return int(math.ceil((h - 1) / max(bars_per_session, 1.0)))
+    return h - 1
+
+
+def ic_summary(ic_df: pd.DataFrame, lags: int = 0) -> dict:
+    """Mean IC and rank IC over periods, ICIR = mean/std, and the overlap-robust t of each (`hac_t_stat`
+    with `lags`); `t_stat_iid` is the naive ICIR x sqrt(n), kept only to show what overlap does to it."""
     ics = ic_df["ic"].to_numpy(dtype=float) if len(ic_df) else np.array([])
     ranks = ic_df["rank_ic"].to_numpy(dtype=float) if len(ic_df) else np.array([])
     n = int(ics.size)
     nan = float("nan")
-    mean = float(ics.mean()) if n else nan
     std = float(ics.std(ddof=1)) if n >= 2 else nan
-    icir = mean / std if n >= 2 and std > 0 else nan
     rstd = float(ranks.std(ddof=1)) if n >= 2 else nan
+    icir = float(ics.mean()) / std if n >= 2 and std > 0 else nan
+    t, method = hac_t_stat(ics, lags)
     return {
-        "ic": mean,
+        "ic": float(ics.mean()) if n else nan,
         "rank_ic": float(ranks.mean()) if n else nan,
         "ic_std": std,
         "icir": icir,
         "rank_icir": float(ranks.mean()) / rstd if n >= 2 and rstd > 0 else nan,
-        "t_stat": icir * math.sqrt(n) if n >= 2 else nan,
+        "t_stat": t,
+        "rank_t_stat": hac_t_stat(ranks, lags)[0],
+        "t_method": method,
+        "lags": int(lags),
+        "t_stat_iid": icir * math.sqrt(n) if n >= 2 else nan,
         "n_periods": n,
         "positive_share": float((ics > 0).mean()) if n else nan,
     }
 
 
-def pooled_ic(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target") -> dict:
-    """One Pearson correlation over every (symbol, time) row pooled, for the model and for the oracle on the
-    same rows: the run summary's quick figure. The report's per-period ICs are the ones to read."""
-    oracle = ic(df["oracle"], df[target_col]) if "oracle" in df and df["oracle"].notna().any() else None
-    return {"pooled_ic": ic(df[pred_col], df[target_col]), "oracle_pooled_ic": oracle, "test_rows": int(len(df))}
+def pooled_summary(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target",
+                   lags: int = 0) -> dict:
+    """The pooled IC (one correlation over every row) and its t: the pooled correlation is the mean over
+    timestamps of s_t = sum_i zx_it * zy_it / N (z: globally standardised), whose HAC t is taken."""
+    d = _finite_rows(df, [pred_col, target_col])
+    x, y = d[pred_col].to_numpy(dtype=float), d[target_col].to_numpy(dtype=float)
+    out = {"ic": ic(x, y), "rank_ic": rank_ic(x, y), "n_rows": int(len(d))}
+    if not math.isfinite(out["ic"]):
+        return {**out, "t_stat": float("nan"), "t_method": "undefined IC", "lags": int(lags), "n_periods": 0}
+    z = (x - x.mean()) / x.std() * (y - y.mean()) / y.std()
+    codes, times = pd.factorize(_ts_ns(d["timestamp"]), sort=True)
+    s = np.bincount(codes, z, len(times)) * len(times) / len(z)  # mean of s == the pooled correlation
+    t, method = hac_t_stat(s, lags)
+    return {**out, "t_stat": t, "t_method": method, "lags": int(lags), "n_periods": int(len(times))}
+
+
+def named_ics(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target") -> dict:
+    """The three named test ICs of a predictions frame, and the oracle's (None without one): what summary.json
+    and the runs table hold (the report adds their t-statistics and the baselines). NaN where undefined."""
+    nan = float("nan")
+    out: dict = {}
+    oracle = "oracle" in df and df["oracle"].notna().any()
+    for who, col in (("", pred_col), ("oracle_", "oracle")):
+        if who and not oracle:
+            out.update({f"oracle_{f}_ic": None for f in IC_FAMILIES})
+            continue
+        cs, day = ic_by_timestamp(df, col, target_col), ic_by_day(df, col, target_col)
+        out[f"{who}cross_sectional_ic"] = float(cs["ic"].mean()) if len(cs) else nan
+        out[f"{who}daily_ic"] = float(day["ic"].mean()) if len(day) else nan
+        out[f"{who}pooled_ic"] = ic(df[col], df[target_col])
+        if not who:
+            out["cross_sectional_rank_ic"] = float(cs["rank_ic"].mean()) if len(cs) else nan
+            out["daily_rank_ic"] = float(day["rank_ic"].mean()) if len(day) else nan
+            out["pooled_rank_ic"] = rank_ic(df[col], df[target_col])
+    return {**out, "test_rows": int(len(df))}
+
+
+def headline_family(df: pd.DataFrame) -> tuple[str, str]:
+    """Which IC the report leads with for this universe, and why, in words."""
+    per_ts = df.groupby(_ts_ns(df["timestamp"]))["symbol"].nunique()
+    median = float(per_ts.median()) if len(per_ts) else 0.0
+    if median >= MIN_PERIOD_ROWS:
+        return "cross_sectional", (f"{median:g} symbols at a typical timestamp: the cross-sectional IC ranks them "
+                                   f"against each other at each timestamp, as alphalens and Qlib compute it")
+    if len(per_ts) and (per_ts.index // 86_400_000_000_000).value_counts().median() >= MIN_PERIOD_ROWS:
+        return "daily", (f"{median:g} symbol(s) at a typical timestamp, too few to rank: the per-day IC pools "
+                         f"each UTC day's bars")
+    return "pooled", (f"{median:g} symbol(s) and too few bars a day for a per-timestamp or per-day IC: the pooled "
+                      f"IC is one correlation over all test rows (a time-series IC)")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -296,14 +383,15 @@ def baseline_predictions(
 def evaluate_all(
     df: pd.DataFrame,
     baselines: dict[str, np.ndarray],
-    bar_seconds: float | None = None,
-    cost_bps: float = 5.0,
-    mode: str = "sign",
+    family: str = "cross_sectional",
+    lags: int = 0,
     pred_col: str = "prediction",
     target_col: str = "target",
+    **backtest_kw,
 ) -> pd.DataFrame:
-    """One row per predictor (the model first, then the baselines), every number on the same rows."""
-    bar = float(bar_seconds) if bar_seconds else infer_bar_seconds(df)
+    """One row per predictor (the model first, then the baselines), every number on the same rows: the
+    three named ICs, the ICIR and overlap-robust t of `family` (with `lags`), direction and the net Sharpe
+    of `backtest(**backtest_kw)`."""
     preds = {
         "model": df[pred_col].to_numpy(dtype=float),
         **{k: np.asarray(v, dtype=float) for k, v in baselines.items()},
@@ -311,16 +399,22 @@ def evaluate_all(
     rows = []
     for name, p in preds.items():
         d = df.assign(_p=p)
-        s = ic_summary(ic_by_period(d, "_p", target_col, bar))
-        bt = backtest(d, "_p", cost_bps, bar, mode=mode)
+        cs = ic_summary(ic_by_timestamp(d, "_p", target_col), lags if family == "cross_sectional" else 0)
+        day = ic_summary(ic_by_day(d, "_p", target_col), lags if family == "daily" else 0)
+        pooled = pooled_summary(d, "_p", target_col, lags if family == "pooled" else 0)
+        head = {"cross_sectional": cs, "daily": day, "pooled": pooled}[family]
+        bt = backtest(d, "_p", **backtest_kw)
         rows.append(
             {
                 "predictor": name,
-                "ic": s["ic"],
-                "rank_ic": s["rank_ic"],
-                "icir": s["icir"],
-                "t_stat": s["t_stat"],
-                "n_periods": s["n_periods"],
+                "cross_sectional_ic": cs["ic"],
+                "cross_sectional_rank_ic": cs["rank_ic"],
+                "daily_ic": day["ic"],
+                "daily_rank_ic": day["rank_ic"],
+                "pooled_ic": pooled["ic"],
+                "icir": head.get("icir", float("nan")),
+                "t_stat": head["t_stat"],
+                "n_periods": head["n_periods"],
                 "directional_accuracy": directional_accuracy(p, d[target_col].to_numpy(dtype=float)),
                 "coverage": coverage(p),
                 "sharpe_net": bt.stats["net"]["sharpe"],
@@ -335,7 +429,8 @@ def evaluate_all(
 
 
 def sharpe(returns: np.ndarray, periods_per_year: float) -> float:
-    """Annualised Sharpe mean/std(ddof=1) * sqrt(periods_per_year), zero risk-free rate.
+    """Annualised Sharpe mean/std(ddof=1) * sqrt(periods_per_year), zero risk-free rate (empyrical's
+    `sharpe_ratio` with `annualization=periods_per_year`).
 
     A series that is all zero (never traded) has Sharpe 0; a constant non-zero one, or < 2 bars, has NaN.
     """
@@ -362,6 +457,13 @@ def max_drawdown(equity: np.ndarray) -> float:
     return float(np.max(1.0 - e / np.maximum.accumulate(e)))
 
 
+def drawdown_curve(returns: np.ndarray | pd.Series) -> np.ndarray:
+    """Underwater curve: equity / its running peak - 1 after each bar (0 at a new high, -0.2 = 20% below);
+    the peak starts at the 1 invested, so a first-bar loss is a drawdown."""
+    e = np.r_[1.0, equity_curve(returns)]
+    return (e / np.maximum.accumulate(e) - 1.0)[1:]
+
+
 def positions(
     df: pd.DataFrame,
     pred_col: str = "prediction",
@@ -379,7 +481,7 @@ def positions(
     if mode == "sign":
         return np.sign(np.nan_to_num(p, nan=0.0))
     if mode != "scaled":
-        raise ValueError(f"mode must be 'sign' or 'scaled', got {mode!r}")
+        raise ValueError(f"mode must be 'sign', 'scaled' or 'neutral', got {mode!r}")
     order = np.lexsort((_ts_ns(df["timestamp"]), pd.factorize(df["symbol"])[0]))
     absp = pd.Series(np.abs(p[order]))
     sym = df["symbol"].to_numpy()[order]
@@ -394,14 +496,47 @@ def positions(
     return np.where(np.isfinite(pos) & (scale > 0), pos, 0.0)
 
 
+def signal_weights(df: pd.DataFrame, pred_col: str = "prediction", mode: str = "sign", cap: float = 1.0,
+                   scale_window: int = 500) -> np.ndarray:
+    """Portfolio weight per row at the row's own timestamp, before the trade delay, in df's row order.
+
+    sign / scaled: the position (`positions`) / N_t, N_t the symbols with a row at t. neutral: the prediction
+    demeaned across the symbols with a finite prediction at t, over the sum of |demeaned| (net 0, gross 1;
+    flat when they all agree).
+    """
+    tcode = pd.factorize(_ts_ns(df["timestamp"]))[0]
+    if mode != "neutral":
+        return positions(df, pred_col, mode, cap, scale_window) / np.bincount(tcode)[tcode]
+    p = df[pred_col].to_numpy(dtype=float)
+    ok = np.isfinite(p)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.bincount(tcode[ok], p[ok], tcode.max() + 1) / np.bincount(tcode[ok], minlength=tcode.max() + 1)
+        dev = np.where(ok, p - mean[tcode], 0.0)
+        gross = np.bincount(tcode, np.abs(dev))[tcode]
+        return np.where(gross > 0, dev / gross, 0.0)
+
+
 @dataclass
 class BacktestResult:
     """pnl: per timestamp `gross`, `net`, `buy_hold` simple portfolio returns, and `cost`, `turnover`,
-    `exposure`. stats: {'gross': {...}, 'net': {...}, 'buy_hold': {...}} each with total_return, sharpe,
-    max_drawdown, turnover, hit_rate, n_bars; plus the settings used."""
+    `exposure` (gross), `net_exposure`. stats: {'gross': {...}, 'net': {...}, 'buy_hold': {...}} each with
+    total_return, annual_return, annual_volatility, sharpe, max_drawdown, turnover, hit_rate, n_bars; plus
+    the settings used and the mean exposures."""
 
     pnl: pd.DataFrame
     stats: dict = field(default_factory=dict)
+
+
+def _delayed(codes: np.ndarray, tidx: np.ndarray, w: np.ndarray, delay: int, n_times: int) -> np.ndarray:
+    """The weight held at each row: the signal weight of the same symbol `delay` timestamps earlier (flat
+    when that row is missing). Rows sorted by (symbol, time), so the keys below are sorted."""
+    if delay == 0 or len(w) == 0:
+        return w
+    span = n_times + delay + 1
+    src = codes.astype(np.int64) * span + tidx + delay  # the row each signal is executed at
+    dst = codes.astype(np.int64) * span + tidx
+    i = np.minimum(np.searchsorted(src, dst), len(src) - 1)
+    return np.where(src[i] == dst, w[i], 0.0)
 
 
 def _trade_flows(tidx: np.ndarray, sym: np.ndarray, w: np.ndarray, n_times: int) -> np.ndarray:
@@ -421,8 +556,11 @@ def _trade_flows(tidx: np.ndarray, sym: np.ndarray, w: np.ndarray, n_times: int)
 def _stats(r: np.ndarray, turnover: np.ndarray, exposure: np.ndarray, ppy: float) -> dict:
     equity = np.r_[1.0, equity_curve(r)]  # start at 1 so a loss on the first bar is a drawdown
     held = exposure > 0
+    years = r.size / ppy if ppy > 0 else float("nan")
     return {
         "total_return": float(equity[-1] - 1.0),
+        "annual_return": float(equity[-1] ** (1.0 / years) - 1.0) if r.size and equity[-1] > 0 else float("nan"),
+        "annual_volatility": float(r.std(ddof=1) * math.sqrt(ppy)) if r.size >= 2 else float("nan"),
         "sharpe": sharpe(r, ppy),
         "max_drawdown": max_drawdown(equity),
         "turnover": float(turnover.mean()) if turnover.size else float("nan"),
@@ -440,25 +578,27 @@ def backtest(
     cap: float = 1.0,
     scale_window: int = 500,
     periods_per_year: float | None = None,
+    trade_delay: int = 1,
 ) -> BacktestResult:
-    """Long/short equal-weight backtest of a prediction column, with costs on every change of position.
+    """Long/short backtest of a prediction column, with costs on every change of weight.
 
-    At each timestamp t every symbol present gets weight position/N_t (N_t = symbols with a row at t;
-    positions from `positions`), held over the next bar for the simple return exp(ret_next) - 1 (ret_next is
-    a log return; NaN -> 0). gross_t = sum w * r; cost_t = cost_bps/1e4 * sum |w_t - w_{t-1}| (the first
-    position is a change from 0, a symbol without a row is flat, the book is not liquidated after the last
-    bar); net = gross - cost. Equity compounds: cumprod(1 + net). Sharpe uses bars per year =
-    365.25*86400/bar_seconds (24/7) unless `periods_per_year` is given. Buy-and-hold is long 1/N_t of every
-    symbol present, pays cost_bps once at entry and rebalances for free.
+    The weights of timestamp t (`signal_weights`: equal weight sign or scaled positions, or market-neutral)
+    are traded `trade_delay` timestamps later, at that bar's close, and held over the next bar for the simple
+    return exp(ret_next) - 1 (ret_next a log return; NaN -> 0). gross_t = sum w * r; cost_t = cost_bps/1e4 *
+    sum |w_t - w_{t-1}| (the first position is a change from 0, a symbol without a row is flat, the book is
+    not liquidated after the last bar); net = gross - cost; equity compounds: cumprod(1 + net). Sharpe,
+    annual return and volatility use `periods_per_year`, else the calendar of df's timestamps
+    (`annualisation`). Buy-and-hold is long 1/N_t of every symbol present, pays cost_bps once at entry and
+    rebalances for free.
     """
     bar = float(bar_seconds) if bar_seconds else infer_bar_seconds(df)
-    ppy = float(periods_per_year) if periods_per_year else bars_per_year(bar)
-    pos_all = positions(df, pred_col, mode, cap, scale_window)
+    ann = annualisation(df, bar, periods_per_year or 0.0)
+    ppy = ann["periods_per_year"]
     d = pd.DataFrame(
         {
             "timestamp": _ts_ns(df["timestamp"]),
             "symbol": df["symbol"].to_numpy(),
-            "pos": pos_all,
+            "w": signal_weights(df, pred_col, mode, cap, scale_window),
             "r": np.expm1(np.nan_to_num(df["ret_next"].to_numpy(dtype=float), nan=0.0)),
         }
     ).sort_values(["symbol", "timestamp"], kind="stable")
@@ -466,37 +606,53 @@ def backtest(
     tidx = tidx.ravel()
     n_t = np.bincount(tidx, minlength=len(times))
     sym = d["symbol"].to_numpy()
-    w = d["pos"].to_numpy() / n_t[tidx]
+    w = _delayed(pd.factorize(sym)[0], tidx, d["w"].to_numpy(), int(trade_delay), len(times))
     r = d["r"].to_numpy()
     gross = np.bincount(tidx, weights=w * r, minlength=len(times))
     turnover = _trade_flows(tidx, sym, w, len(times))
-    cost = cost_bps / 1e4 * turnover
-    net = gross - cost
+    net = gross - cost_bps / 1e4 * turnover
     exposure = np.bincount(tidx, weights=np.abs(w), minlength=len(times))
+    net_exposure = np.bincount(tidx, weights=w, minlength=len(times))
     wb = 1.0 / n_t[tidx]
     bh = np.bincount(tidx, weights=wb * r, minlength=len(times))
     bh_turnover = _trade_flows(tidx, sym, wb, len(times))
     if len(bh):
         bh[0] -= cost_bps / 1e4 * bh_turnover[0]
-    pnl = pd.DataFrame(
-        {
-            "timestamp": pd.to_datetime(times, utc=True),
-            "gross": gross,
-            "net": net,
-            "buy_hold": bh,
-            "cost": cost,
-            "turnover": turnover,
-            "exposure": exposure,
-        }
-    )
-    ones = np.ones(len(times))
+    pnl = pd.DataFrame({"timestamp": pd.to_datetime(times, utc=True), "gross": gross, "net": net, "buy_hold": bh,
+                        "cost": cost_bps / 1e4 * turnover, "turnover": turnover, "exposure": exposure,
+                        "net_exposure": net_exposure})
     stats = {
         "gross": _stats(gross, turnover, exposure, ppy),
         "net": _stats(net, turnover, exposure, ppy),
-        "buy_hold": _stats(bh, bh_turnover, ones, ppy),
+        "buy_hold": _stats(bh, bh_turnover, np.ones(len(times)), ppy),
         "cost_bps": float(cost_bps),
         "mode": mode,
+        "trade_delay": int(trade_delay),
         "bar_seconds": bar,
         "periods_per_year": ppy,
+        "annualisation": ann["description"],
+        "gross_exposure": float(exposure.mean()) if len(times) else float("nan"),
+        "net_exposure": float(net_exposure.mean()) if len(times) else float("nan"),
+        "abs_net_exposure": float(np.abs(net_exposure).mean()) if len(times) else float("nan"),
     }
     return BacktestResult(pnl=pnl, stats=stats)
+
+
+def cost_sensitivity(bt: BacktestResult, costs_bps=COST_GRID_BPS) -> pd.DataFrame:
+    """Net Sharpe, annual and total return of the same book at each cost (bps per unit of weight traded):
+    net = gross - cost/1e4 * turnover, bar by bar."""
+    gross, turnover = bt.pnl["gross"].to_numpy(), bt.pnl["turnover"].to_numpy()
+    exposure, ppy = bt.pnl["exposure"].to_numpy(), bt.stats["periods_per_year"]
+    rows = []
+    for c in costs_bps:
+        s = _stats(gross - float(c) / 1e4 * turnover, turnover, exposure, ppy)
+        rows.append({"cost_bps": float(c), "net_sharpe": s["sharpe"], "net_annual_return": s["annual_return"],
+                     "net_total_return": s["total_return"]})
+    return pd.DataFrame(rows)
+
+
+def break_even_bps(bt: BacktestResult) -> float:
+    """The cost at which the net Sharpe reaches 0: net mean 0 <=> cost = 1e4 x mean(gross) / mean(turnover).
+    NaN when the book loses before costs or never trades."""
+    g, t = float(bt.pnl["gross"].mean()), float(bt.pnl["turnover"].mean())
+    return 1e4 * g / t if len(bt.pnl) and g > 0 and t > 0 else float("nan")

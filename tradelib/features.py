@@ -3,7 +3,8 @@
 Every input is a log ratio or a ratio of like quantities, so a token priced 1e-8 with volumes of 1e15 gives
 the same features as a large-cap stock (the seed's 1e15 inputs came from raw prices and volumes). Scaling
 is Qlib's RobustZScoreNorm, (x - median) / (1.4826 * MAD), fitted on the training period only, then
-clipped. Nothing at row t uses data after t: rolling statistics restart at every segment.
+clipped. Nothing at row t uses data after t: rolling statistics restart at every segment. Horizons and
+purges are counted in bars (of the market calendar, and of each symbol), never in clock time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from tradelib import data, sessions
 from tradelib.data import bar_sizes_ns, ns_since_epoch
 
 RETURN_LAGS = (1, 4, 16, 64)
@@ -174,17 +176,51 @@ def apply_robust(x: np.ndarray, med: float, mad: float, clip: float, out: np.nda
     return out
 
 
-def split_rows(ts_ns: np.ndarray, bar_ns: np.ndarray, cfg) -> tuple[np.ndarray, dict]:
-    """Chronological split by time across all symbols, with a purge of (horizon + window) bars between
-    parts, so no training window or target overlaps a validation or test target."""
+def split_time(text: str) -> int:
+    """A split boundary (`train_end`, `val_end`) as int ns UTC, inclusive. A date alone means the whole day
+    (`2022-12-31` keeps every bar of that day); a naive time is UTC."""
+    ts = pd.Timestamp(str(text).strip())
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    if ":" not in str(text) and ts == ts.normalize():
+        return int((ts + pd.Timedelta(days=1)).as_unit("ns").value) - 1
+    return int(ts.as_unit("ns").value)
+
+
+def split_bounds(ts_ns: np.ndarray, cfg) -> tuple[int, int, str]:
+    """(last train time, last validation time, how they were set): `train_end`/`val_end` when given, else
+    the `train_frac` / `train_frac + val_frac` quantiles of the rows' timestamps."""
+    if cfg.train_end or cfg.val_end:
+        return split_time(cfg.train_end), split_time(cfg.val_end), "dates"
     t_train, t_val = np.quantile(ts_ns, [cfg.train_frac, cfg.train_frac + cfg.val_frac]).astype(np.int64)
-    purge = int((cfg.horizon + cfg.window) * bar_ns.max())
-    split = np.full(len(ts_ns), -1, dtype=np.int8)
-    split[ts_ns <= t_train] = 0
-    split[(ts_ns > t_train + purge) & (ts_ns <= t_val)] = 1
-    split[ts_ns > t_val + purge] = 2
-    cut = {"train_end": int(t_train), "val_start": int(t_train + purge), "val_end": int(t_val),
-           "test_start": int(t_val + purge), "purge_ns": purge}
+    return int(t_train), int(t_val), "fractions"
+
+
+def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg) -> tuple[np.ndarray, dict]:
+    """Chronological split by time across all symbols, then a purge of the first (horizon + window) rows of
+    every symbol after each boundary, counted in that symbol's own bars (not in clock time, which a weekend or
+    a hole would shorten). With targets that never span a missing bar (`targets`), no training target or
+    window reaches a validation or test target. Rows are sorted by (symbol, time)."""
+    t_train, t_val, how = split_bounds(ts_ns, cfg)
+    part = np.where(ts_ns <= t_train, 0, np.where(ts_ns <= t_val, 1, 2)).astype(np.int8)
+    n = len(part)
+    block = np.ones(n, dtype=bool)
+    block[1:] = (codes[1:] != codes[:-1]) | (part[1:] != part[:-1])
+    first = np.flatnonzero(block)
+    rank = np.arange(n) - first[np.cumsum(block) - 1]  # row number within its (symbol, part) run
+    purge = cfg.horizon + cfg.window
+    split = part.copy()
+    split[(part > 0) & (rank < purge)] = -1
+
+    def first_time(s: int) -> int | None:
+        return int(ts_ns[split == s].min()) if (split == s).any() else None
+
+    cut = {"method": how, "train_end": t_train, "val_start": first_time(1), "val_end": t_val,
+           "test_start": first_time(2), "test_end": int(ts_ns.max()) if n else None, "purge_bars": purge}
+    if how == "dates":
+        for s, name in ((1, "validation"), (2, "test")):
+            if cut[("val_start", "test_start")[s - 1]] is None:
+                raise ValueError(f"train_end={cfg.train_end!r}, val_end={cfg.val_end!r}: the {name} split is "
+                                 f"empty (the data runs to {pd.Timestamp(int(ts_ns.max()), tz='UTC')})")
     return split, cut
 
 
@@ -198,6 +234,8 @@ class Layout:
     bar_ns: np.ndarray  # int64 bar size of the row's symbol
     seg: np.ndarray  # int32 segment id: breaks at a symbol change or a gap longer than max_gap_bars
     bar_seconds: dict[str, float]
+    pos: np.ndarray  # int64 bar number within the symbol, missing bars counted (sessions.bar_positions)
+    calendar: sessions.Calendar
 
 
 def row_layout(clean: pd.DataFrame, max_gap_bars: int) -> Layout:
@@ -208,9 +246,11 @@ def row_layout(clean: pd.DataFrame, max_gap_bars: int) -> Layout:
         short = [str(symbols[i]) for i in np.flatnonzero(bar_of_code <= 0)]
         raise ValueError(f"symbol(s) {', '.join(short)}: fewer than two timestamps, no bar size")
     bar_ns = bar_of_code[codes]
+    cal = sessions.calendar(ts, float(np.median(bar_of_code)) / 1e9)
     return Layout(codes.astype(np.int32), [str(s) for s in symbols], ts, bar_ns,
                   segment_ids(codes, ts, bar_ns, max_gap_bars),
-                  {str(s): int(b) / 1e9 for s, b in zip(symbols, bar_of_code)})
+                  {str(s): int(b) / 1e9 for s, b in zip(symbols, bar_of_code)},
+                  sessions.bar_positions(ts, codes, bar_ns, cal.continuous), cal)
 
 
 def scaled_features(clean: pd.DataFrame, seg: np.ndarray, train: np.ndarray, clip: float
@@ -236,18 +276,32 @@ def scaled_features(clean: pd.DataFrame, seg: np.ndarray, train: np.ndarray, cli
     return X, norm, {name: d[2] for name, d in zip(makers, done)}
 
 
-def targets(clean: pd.DataFrame, seg: np.ndarray, cfg) -> dict[str, np.ndarray]:
-    """The forward log return over `horizon` (the target, optionally over trailing volatility), the next
-    one-bar return (backtest PnL) and the last one (the momentum baseline); NaN where unknown."""
+def targets(clean: pd.DataFrame, lay: Layout, cfg) -> dict[str, np.ndarray]:
+    """The forward log return over `horizon` bars (the target, optionally over trailing volatility), the next
+    one-bar return (backtest PnL) and the last one (the momentum baseline); NaN where unknown.
+
+    The horizon is in bars (`sessions.bar_positions`: missing bars counted, session breaks not): a target that
+    would span a missing bar is masked, not stretched over more time. A target or return that starts or ends at a
+    confirmed price spike (`data.spike_rows`, which needs the next bar) is masked too: the label side is the
+    one place where information from after t may act. `ret_next` runs to the symbol's next row (a position is
+    held across a missing bar) and is masked only at spikes.
+    """
+    seg = lay.seg
     lc = np.log(clean["close"].to_numpy(np.float64))
-    fwd = _shift(lc, -cfg.horizon, seg) - lc
+    spike = data.spike_rows(clean["close"].to_numpy(np.float64), lay.codes, np.r_[True, seg[1:] != seg[:-1]],
+                            cfg.spike_sigmas).astype(np.float64)
+    bad_end = _shift(spike, -cfg.horizon, seg) > 0  # the target ends at a spike
+    bad_next = _shift(spike, -1, seg) > 0
+    whole = (_shift(lay.pos.astype(np.float64), -cfg.horizon, seg) - lay.pos) == cfg.horizon
+    fwd = np.where(whole & ~bad_end & (spike == 0), _shift(lc, -cfg.horizon, seg) - lc, np.nan)
     target = fwd
     if cfg.vol_scaled_target:
         rvol = feature_makers(clean, seg)[f"rvol_{VOL_WINDOWS[-1]}"]() * np.sqrt(cfg.horizon)
         with np.errstate(invalid="ignore", divide="ignore"):
             target = np.where(rvol > 0, fwd / rvol, np.nan)
-    return {"target": target, "fwd_return": fwd, "ret_next": _shift(lc, -1, seg) - lc,
-            "last_return": lc - _shift(lc, 1, seg)}
+    ret_next = np.where(~bad_next & (spike == 0), _shift(lc, -1, seg) - lc, np.nan)
+    return {"target": target, "fwd_return": fwd, "ret_next": ret_next, "last_return": lc - _shift(lc, 1, seg),
+            "spike": spike > 0, "spans_missing_bar": np.isfinite(_shift(lc, -cfg.horizon, seg)) & ~whole}
 
 
 def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None) -> FeatureSet:
@@ -257,12 +311,13 @@ def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None) -> Fea
         raise ValueError("no rows left after cleaning: nothing to build features from")
     lay = row_layout(clean, cfg.max_gap_bars)
     seg = lay.seg
-    split, cuts = split_rows(lay.ts, lay.bar_ns, cfg)
+    split, cuts = split_rows(lay.ts, lay.codes, cfg)
     train = split == 0
     if not train.any():
-        raise ValueError("the training split is empty: too little data for the split fractions")
+        raise ValueError(f"the training split is empty: too little data before the train end "
+                         f"({pd.Timestamp(cuts['train_end'], tz='UTC')}, set by {cuts['method']})")
     X, norm, raw_ranges = scaled_features(clean, seg, train, cfg.clip)
-    t = targets(clean, seg, cfg)
+    t = targets(clean, lay, cfg)
     y = t["target"].astype(np.float32)
     y[~np.isfinite(y)] = np.nan
     oracle = clean["oracle"].to_numpy(np.float32) if "oracle" in clean else np.full(len(y), np.nan, np.float32)
@@ -274,9 +329,12 @@ def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None) -> Fea
         "raw_ranges": raw_ranges,  # each feature before scaling: min, max, rows without history (filled with 0)
         "target_scale": fit_robust(t["target"][train])[1],
         "bar_seconds": lay.bar_seconds,
+        "calendar": lay.calendar.to_dict(),  # sessions a year, bars a session: the data's own annualisation
         "splits": cuts,
         "rows_per_split": {name: int((split == i).sum()) for i, name in ((0, "train"), (1, "val"), (2, "test"))},
         "purged_rows": int((split == -1).sum()),
+        "masked_targets": {"spike_rows": int(t["spike"].sum()),  # targets masked at a spike or a missing bar
+                           "spans_missing_bar": int(t["spans_missing_bar"].sum())},
         "n_segments": int(seg.max() + 1),
         "quality": quality or {},
     }

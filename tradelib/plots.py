@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
@@ -28,7 +29,7 @@ _ensure_backend()
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from tradelib.evaluate import BacktestResult, equity_curve  # noqa: E402
+from tradelib.evaluate import BacktestResult, drawdown_curve, equity_curve  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -115,8 +116,10 @@ def plot_deciles(decile_df: pd.DataFrame, save_to: str | Path | None = None) -> 
     return _save(fig, save_to)
 
 
-def plot_ic(ic_df: pd.DataFrame, save_to: str | Path | None = None, window: int | None = None) -> plt.Figure:
-    """IC per period (bars) with a rolling mean and the overall mean; rank IC as dots."""
+def plot_ic(ic_df: pd.DataFrame, save_to: str | Path | None = None, window: int | None = None,
+            label: str = "IC per period", note: str = "") -> plt.Figure:
+    """IC per period (bars) with a rolling mean and the overall mean; rank IC as dots. `label` names the IC
+    family, `note` (the mean and its overlap-robust t, with the method) goes beside it in the title."""
     fig, ax = plt.subplots(figsize=(10, 4))
     if len(ic_df) == 0:
         _empty(ax, "no period with a defined IC")
@@ -134,8 +137,40 @@ def plot_ic(ic_df: pd.DataFrame, save_to: str | Path | None = None, window: int 
     )
     ax.axhline(ic_df["ic"].mean(), color="tab:blue", ls="--", lw=0.8, label=f"mean {ic_df['ic'].mean():.3f}")
     ticks = x[:: max(1, len(x) // 8)]
-    ax.set_xticks(ticks, [pd.Timestamp(ic_df["period"].iloc[i]).strftime("%Y-%m-%d") for i in ticks], rotation=30)
-    ax.set(title="information coefficient per period", ylabel="IC")
+    stamps = pd.to_datetime(ic_df["period"])
+    fmt = "%Y-%m-%d" if (stamps == stamps.dt.normalize()).all() else "%m-%d %H:%M"  # per day, or intraday
+    ax.set_xticks(ticks, [stamps.iloc[i].strftime(fmt) for i in ticks], rotation=30)
+    ax.set(title=label + (f"\n{note}" if note else ""), ylabel="IC")
+    ax.legend(fontsize="small")
+    return _save(fig, save_to)
+
+
+def plot_underwater(bt: BacktestResult, save_to: str | Path | None = None) -> plt.Figure:
+    """Drawdown of the net book below its running peak, over time (0 at a new high)."""
+    fig, ax = plt.subplots(figsize=(10, 3))
+    pnl = bt.pnl
+    dd = drawdown_curve(pnl["net"])
+    ax.fill_between(pnl["timestamp"], dd, 0.0, color="tab:red", alpha=0.4, step="post")
+    ax.plot(pnl["timestamp"], dd, color="tab:red", lw=0.8)
+    worst = float(dd.min()) if len(dd) else 0.0
+    ax.set(title=f"underwater: net drawdown from the running peak (worst {worst:.1%})", ylabel="drawdown")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    fig.autofmt_xdate()
+    return _save(fig, save_to)
+
+
+def plot_cost_sensitivity(costs: pd.DataFrame, break_even: float, cost_bps: float | None = None,
+                          save_to: str | Path | None = None) -> plt.Figure:
+    """Net Sharpe against the cost per unit traded (bps), with the break-even cost and the report's cost."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(costs["cost_bps"], costs["net_sharpe"], marker="o", color="tab:blue", label="net Sharpe")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    if np.isfinite(break_even):
+        ax.axvline(break_even, color="tab:red", ls="--", lw=1, label=f"break-even {break_even:.1f} bps")
+    if cost_bps is not None:
+        ax.axvline(cost_bps, color="tab:green", ls=":", lw=1, label=f"report's cost {cost_bps:g} bps")
+    ax.set(title="net Sharpe by trading cost", xlabel="cost (bps per unit of weight traded)",
+           ylabel="net Sharpe (annualised)")
     ax.legend(fontsize="small")
     return _save(fig, save_to)
 

@@ -1,8 +1,9 @@
 """Assemble one run's evaluation into `report.json` (numbers) and PNGs (figures), for 04_report to display.
 
-The notebook calls, in order: `inputs = load_inputs(run_dir, cost_bps, fs=fs)` (frames: predictions, IC,
-backtest, curves), `report = build_report(run_dir, inputs=inputs)` (a dict, also run_dir/report.json),
-`make_figures(inputs, run_dir)` (Figures, also run_dir/*.png) and `summary_markdown(report)`.
+The notebook calls, in order: `inputs = load_inputs(run_dir, cost_bps, fs=fs, ...)` (frames: predictions,
+ICs, backtest, costs, curves), `report = build_report(run_dir, inputs=inputs)` (a dict, also
+run_dir/report.json), `make_figures(inputs, run_dir)` (Figures, also run_dir/*.png) and
+`summary_markdown(report)`. docs/metrics.md says which figure is which.
 """
 
 from __future__ import annotations
@@ -19,11 +20,19 @@ import pandas as pd
 from tradelib import evaluate as ev
 from tradelib import runs
 
-SUMMARY_NUMBERS = [
-    "period_ic", "period_rank_ic", "icir", "ic_t_stat", "pooled_ic", "oracle_ic", "directional_accuracy",
-    "net_sharpe", "gross_sharpe", "buy_hold_sharpe", "net_total_return", "max_drawdown", "turnover",
-    "samples_per_s", "data_wait_share", "gpu_util", "mfu", "peak_mem_gb", "epoch_time_s",
+IC_NUMBERS = [
+    "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "daily_rank_ic", "pooled_ic",
+    "oracle_cross_sectional_ic", "oracle_daily_ic", "oracle_pooled_ic",
 ]  # fmt: skip
+SUMMARY_NUMBERS = IC_NUMBERS + [
+    "directional_accuracy", "net_sharpe", "gross_sharpe", "buy_hold_sharpe", "net_total_return", "max_drawdown",
+    "turnover", "break_even_bps", "samples_per_s", "data_wait_share", "gpu_util", "mfu", "peak_mem_gb",
+    "epoch_time_s",
+]  # fmt: skip
+FAMILY_WORDS = {"cross_sectional": "cross-sectional IC (per timestamp)", "daily": "per-day IC",
+                "pooled": "pooled IC (all test rows)"}
+PERIOD_WORDS = {"cross_sectional": "per-timestamp ICs", "daily": "per-day ICs",
+                "pooled": "per-timestamp terms of the pooled correlation"}
 
 
 @dataclass
@@ -37,12 +46,27 @@ class ReportInputs:
     epochs: pd.DataFrame
     bar_seconds: float
     cost_bps: float
-    ic: pd.DataFrame
+    horizon: int
+    horizon_source: str
+    annualisation: dict
+    family: str  # the headline IC family
+    family_reason: str
+    ic_timestamp: pd.DataFrame  # cross-sectional IC per timestamp
+    ic_day: pd.DataFrame  # IC per UTC day
+    ic: dict  # family -> ev.ic_summary / ev.pooled_summary
     deciles: pd.DataFrame
     per_symbol: pd.DataFrame
     predictors: pd.DataFrame
     backtest: ev.BacktestResult
+    costs: pd.DataFrame
+    break_even_bps: float
+    splits: dict
     quality: dict | None = None
+
+    @property
+    def ic_series(self) -> pd.DataFrame:
+        """The headline family's IC per period (the per-timestamp one when the headline is the pooled IC)."""
+        return self.ic_day if self.family == "daily" else self.ic_timestamp
 
 
 def _bar_seconds_from_fs(fs) -> float | None:
@@ -51,6 +75,54 @@ def _bar_seconds_from_fs(fs) -> float | None:
         vals = [float(v) for v in bars.values() if v is not None and np.isfinite(v)]
         return float(np.median(vals)) if vals else None
     return float(bars) if isinstance(bars, (int, float)) else None
+
+
+def _horizon(summary: dict, fs) -> tuple[int, str]:
+    """The target horizon in bars: the run's config, else the feature set's, else 1 (and the report says so)."""
+    for source, conf in (("the run's config", summary.get("config") or {}),
+                         ("the feature set", ((getattr(fs, "meta", None) or {}).get("feature_config") or {}))):
+        if isinstance(conf.get("horizon"), int):
+            return int(conf["horizon"]), source
+    return 1, "not recorded: assumed 1"
+
+
+def _iso(ns) -> str | None:
+    """ISO time; an inclusive end of day (a date given as train_end / val_end) as the date itself."""
+    if ns is None:
+        return None
+    if (int(ns) + 1) % (86_400 * 10**9) == 0:
+        return pd.Timestamp(int(ns), tz="UTC").strftime("%Y-%m-%d") + " (whole day, UTC)"
+    return pd.Timestamp(int(ns), tz="UTC").isoformat()
+
+
+def split_dates(summary: dict, fs, predictions: pd.DataFrame) -> dict:
+    """The split boundaries as ISO times, whichever way they were set (fs.meta, else the run's config and
+    the test rows' own span)."""
+    cuts = ((getattr(fs, "meta", None) or {}).get("splits")) if fs is not None else None
+    if cuts:
+        out = {k: (_iso(v) if k not in ("method", "purge_bars") else v) for k, v in cuts.items()}
+        return {**out, "source": "feature set"}
+    conf = summary.get("config") or {}
+    ts = pd.to_datetime(predictions["timestamp"], utc=True)
+    dated = bool(conf.get("train_end"))
+    return {"method": "dates" if dated else "fractions", "train_end": conf.get("train_end") or None,
+            "val_end": conf.get("val_end") or None, "train_frac": None if dated else conf.get("train_frac"),
+            "val_frac": None if dated else conf.get("val_frac"),
+            "test_start": ts.min().isoformat() if len(ts) else None,
+            "test_end": ts.max().isoformat() if len(ts) else None, "source": "run config and test rows"}
+
+
+def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float) -> tuple[dict, float]:
+    """(annualisation dict, bars per session): the given periods_per_year, else the calendar of every split
+    (fs.meta), else of the test rows."""
+    cal = ((getattr(fs, "meta", None) or {}).get("calendar")) if fs is not None else None
+    if cal:
+        cal = {**cal, "description": cal["description"] + " (all splits)"}
+    else:
+        cal = ev.annualisation(df, bar)
+        cal = {**cal, "description": cal["description"] + " (test rows only)"}
+    given = ev.annualisation(df, bar, periods_per_year) if periods_per_year else cal
+    return given, float(cal.get("bars_per_session") or 1.0)
 
 
 def load_inputs(
@@ -63,12 +135,16 @@ def load_inputs(
     bar_seconds: float | None = None,
     mode: str = "sign",
     ridge_alpha: float = 1.0,
+    periods_per_year: float = 0.0,
+    trade_delay: int = 1,
+    cost_grid_bps=ev.COST_GRID_BPS,
 ) -> ReportInputs:
     """Read a run folder and compute every table the report shows.
 
     The ridge baseline needs features: pass `X_train, y_train, X_test` (X_test row-aligned with the
     predictions), or a FeatureSet `fs` to take them from (its train rows, and fs.X[predictions.row]);
-    without either it is skipped. The bar size comes from `bar_seconds`, else fs.meta, else the timestamps.
+    without either it is skipped. The bar size comes from `bar_seconds`, else fs.meta, else the timestamps;
+    periods per year from `periods_per_year` (> 0), else the data's calendar (see `_annualisation`).
     """
     run_dir = Path(run_dir)
     df = runs.read_predictions(run_dir)
@@ -79,22 +155,27 @@ def load_inputs(
         X_train, y_train = fs.X[train], fs.y[train]
         X_test = fs.X[df["row"].to_numpy()] if "row" in df else None
     bar = bar_seconds or (_bar_seconds_from_fs(fs) if fs is not None else None) or ev.infer_bar_seconds(df)
+    ann, bars_per_session = _annualisation(df, fs, float(bar), periods_per_year)
+    horizon, horizon_source = _horizon(summary, fs)
+    family, reason = ev.headline_family(df)
+    lags = {f: ev.overlap_lags(horizon, f, bars_per_session) for f in ev.IC_FAMILIES}
+    by_ts, by_day = ev.ic_by_timestamp(df), ev.ic_by_day(df)
+    book = {"cost_bps": cost_bps, "bar_seconds": bar, "mode": mode, "periods_per_year": ann["periods_per_year"],
+            "trade_delay": trade_delay}
+    bt = ev.backtest(df, "prediction", **book)
     baselines = ev.baseline_predictions(df, X_train, y_train, X_test, ridge_alpha)
     quality = (getattr(fs, "meta", None) or {}).get("quality") if fs is not None else None
     return ReportInputs(
-        run_dir=run_dir,
-        summary=summary,
-        predictions=df,
-        steps=steps,
-        epochs=epochs,
-        bar_seconds=float(bar),
-        cost_bps=float(cost_bps),
-        ic=ev.ic_by_period(df, bar_seconds=bar),
-        deciles=ev.decile_table(df),
-        per_symbol=ev.per_symbol_metrics(df),
-        predictors=ev.evaluate_all(df, baselines, bar, cost_bps, mode),
-        backtest=ev.backtest(df, "prediction", cost_bps, bar, mode=mode),
-        quality=quality or None,
+        run_dir=run_dir, summary=summary, predictions=df, steps=steps, epochs=epochs, bar_seconds=float(bar),
+        cost_bps=float(cost_bps), horizon=horizon, horizon_source=horizon_source, annualisation=ann,
+        family=family, family_reason=reason, ic_timestamp=by_ts, ic_day=by_day,
+        ic={"cross_sectional": ev.ic_summary(by_ts, lags["cross_sectional"]),
+            "daily": ev.ic_summary(by_day, lags["daily"]),
+            "pooled": ev.pooled_summary(df, lags=lags["pooled"])},
+        deciles=ev.decile_table(df), per_symbol=ev.per_symbol_metrics(df),
+        predictors=ev.evaluate_all(df, baselines, family, lags[family], **book),
+        backtest=bt, costs=ev.cost_sensitivity(bt, cost_grid_bps), break_even_bps=ev.break_even_bps(bt),
+        splits=split_dates(summary, fs, df), quality=quality or None,
     )
 
 
@@ -134,45 +215,87 @@ def _predictor(predictors: pd.DataFrame, name: str, col: str) -> float:
 
 
 def summary_block(inputs: ReportInputs) -> dict:
-    """The numbers that matter, flat: signal quality, tradability after costs, and training throughput."""
-    s, bt, p = inputs.summary, inputs.backtest.stats, inputs.predictors
-    ics = ev.ic_summary(inputs.ic)
-    pooled = inputs.per_symbol.loc[inputs.per_symbol["symbol"] == "ALL"]
-    oracle_ic = _predictor(p, "oracle", "ic")
-    n_symbols = int(inputs.predictions["symbol"].nunique())
-    return {
+    """The numbers that matter, flat: the three named ICs, which one leads and why, tradability after
+    costs, and training throughput."""
+    s, bt, p, icd = inputs.summary, inputs.backtest.stats, inputs.predictors, inputs.ic
+    head = icd[inputs.family]
+    out = {
         "run_id": s.get("run_id") or inputs.run_dir.name,
         "device": s.get("device"),
         "device_name": s.get("device_name"),
         "model": s.get("model"),
         "loader": s.get("loader"),
         "n_test_rows": int(len(inputs.predictions)),
-        "n_symbols": n_symbols,
+        "n_symbols": int(inputs.predictions["symbol"].nunique()),
         "bar_seconds": inputs.bar_seconds,
-        "ic_period": ev.period_kind(inputs.bar_seconds, n_symbols),
-        "n_periods": ics["n_periods"],
-        "period_ic": ics["ic"],
-        "period_rank_ic": ics["rank_ic"],
-        "icir": ics["icir"],
-        "ic_t_stat": ics["t_stat"],
-        "pooled_ic": float(pooled["ic"].iloc[0]) if len(pooled) else float("nan"),
-        "oracle_ic": oracle_ic,
-        "baseline_ic": {name: _predictor(p, name, "ic") for name in p["predictor"] if name != "model"},
+        "horizon_bars": inputs.horizon,
+        "headline_ic": inputs.family,
+        "headline_reason": inputs.family_reason,
+        "ic_t_stat": head["t_stat"],  # overlap-robust, of the headline family
+        "ic_t_method": head["t_method"],
+    }
+    for fam in ("cross_sectional", "daily"):
+        f = icd[fam]
+        out.update({f"{fam}_ic": f["ic"], f"{fam}_rank_ic": f["rank_ic"], f"{fam}_icir": f["icir"],
+                    f"{fam}_t_stat": f["t_stat"], f"{fam}_periods": f["n_periods"]})
+    out.update({"pooled_ic": icd["pooled"]["ic"], "pooled_rank_ic": icd["pooled"]["rank_ic"],
+                "pooled_t_stat": icd["pooled"]["t_stat"]})
+    for fam in ev.IC_FAMILIES:
+        out[f"oracle_{fam}_ic"] = _predictor(p, "oracle", f"{fam}_ic")
+    out["baseline_ic"] = {name: _predictor(p, name, f"{inputs.family}_ic") for name in p["predictor"]
+                          if name != "model"}
+    out.update({
         "directional_accuracy": _predictor(p, "model", "directional_accuracy"),
         "cost_bps": inputs.cost_bps,
-        "backtest_mode": bt["mode"],
+        "position_mode": bt["mode"],
+        "trade_delay": bt["trade_delay"],
+        "periods_per_year": bt["periods_per_year"],
         "net_sharpe": bt["net"]["sharpe"],
         "gross_sharpe": bt["gross"]["sharpe"],
         "buy_hold_sharpe": bt["buy_hold"]["sharpe"],
         "net_total_return": bt["net"]["total_return"],
+        "net_annual_return": bt["net"]["annual_return"],
+        "net_annual_volatility": bt["net"]["annual_volatility"],
         "max_drawdown": bt["net"]["max_drawdown"],
         "turnover": bt["net"]["turnover"],
+        "gross_exposure": bt["gross_exposure"],
+        "net_exposure": bt["net_exposure"],
+        "abs_net_exposure": bt["abs_net_exposure"],
+        "break_even_bps": inputs.break_even_bps,
         "samples_per_s": _num(s.get("samples_per_s")),
         "data_wait_share": _num(s.get("data_wait_share")),
         "gpu_util": _num(s.get("gpu_util")),
         "mfu": _num(s.get("mfu")),
         "peak_mem_gb": _num(s.get("peak_mem_bytes")) / 1e9,
         "epoch_time_s": _num(s.get("epoch_time_s")),
+    })
+    return out
+
+
+def conventions(inputs: ReportInputs) -> dict:
+    """What the numbers mean here: which IC leads and why, the t-statistic, the annualisation, the book
+    (delay, cost, positions) and the split dates. The report states all of it."""
+    head = inputs.ic[inputs.family]
+    bt = inputs.backtest.stats
+    return {
+        "headline_ic": inputs.family,
+        "headline_ic_words": FAMILY_WORDS[inputs.family],
+        "headline_reason": inputs.family_reason,
+        "ic_families": {
+            "cross_sectional": "Pearson (and Spearman) correlation across symbols at each timestamp with >= 3 "
+                               "symbols, averaged over timestamps (alphalens, Qlib)",
+            "daily": "correlation over every row of a UTC day (all symbols and bars), averaged over days",
+            "pooled": "one correlation over every test row",
+        },
+        "t_stat": f"{head['t_method']}, over {PERIOD_WORDS[inputs.family]}; the target spans {inputs.horizon} "
+                  f"bar(s) (horizon from {inputs.horizon_source})",
+        "significance": "|t| >= 2 on the overlap-robust t only",
+        "horizon_bars": inputs.horizon,
+        "annualisation": inputs.annualisation,
+        "trade_delay_bars": bt["trade_delay"],
+        "cost_bps": bt["cost_bps"],
+        "position_mode": bt["mode"],
+        "splits": inputs.splits,
     }
 
 
@@ -190,25 +313,32 @@ def _training_block(inputs: ReportInputs) -> dict:
     }
 
 
-def compare_block(this: dict, other_dir: Path, cost_bps: float) -> dict:
-    """This run's summary numbers beside another run's: delta = this - other, ratio = this / other."""
+def compare_block(this: dict, other_dir: Path) -> dict:
+    """This run's summary numbers beside another run's, each figure against the same figure (delta = this -
+    other, ratio = this / other). The other run is evaluated with this run's book (cost, positions, delay)
+    and, on data of the same bar size, this run's periods per year, so the two are measured alike."""
     other_dir = Path(other_dir)
     try:
-        other = summary_block(load_inputs(other_dir, cost_bps=cost_bps))
+        bar = ev.infer_bar_seconds(runs.read_predictions(other_dir))
+        same_bar = math.isclose(bar, _num(this.get("bar_seconds")), rel_tol=1e-6)
+        other = summary_block(load_inputs(
+            other_dir, cost_bps=this["cost_bps"], mode=this["position_mode"], trade_delay=this["trade_delay"],
+            periods_per_year=this["periods_per_year"] if same_bar else 0.0))
     except (FileNotFoundError, ValueError):  # a throughput-only run: compare what summary.json holds
         s = runs.read_summary(other_dir) or {}
-        other = {k: _num(s.get(k)) for k in SUMMARY_NUMBERS}  # pooled_ic is the one test figure it holds
+        other = {k: _num(s.get(k)) for k in SUMMARY_NUMBERS}  # its named test ICs, the throughput
         other.update(peak_mem_gb=_num(s.get("peak_mem_bytes")) / 1e9)
         other.update({k: s.get(k) for k in ("device", "device_name", "model", "loader")})
     metrics = {}
     for k in SUMMARY_NUMBERS:
         a, b = _num(this.get(k)), _num(other.get(k))
         metrics[k] = {"this": a, "other": b, "delta": a - b, "ratio": a / b if b != 0 else float("nan")}
+    keys = ("device", "device_name", "model", "loader", "headline_ic", "periods_per_year", "bar_seconds")
     return {
         "run_id": other_dir.name,
         "run_dir": str(other_dir),
-        "this": {k: this.get(k) for k in ("device", "device_name", "model", "loader")},
-        "other": {k: other.get(k) for k in ("device", "device_name", "model", "loader")},
+        "this": {k: this.get(k) for k in keys},
+        "other": {k: other.get(k) for k in keys},
         "metrics": metrics,
     }
 
@@ -229,24 +359,27 @@ def build_report(run_dir: Path, compare_with: Path | None = None, cost_bps: floa
     """Compute the report of one run, write it to run_dir/report.json (strict JSON, NaN -> null), return it.
 
     Pass `inputs` from `load_inputs` to reuse them for `make_figures`; otherwise they are loaded here, with
-    `load_kwargs` (fs, X_train, y_train, X_test, bar_seconds, mode) passed on to `load_inputs`.
+    `load_kwargs` (fs, X_train, y_train, X_test, bar_seconds, mode, periods_per_year, trade_delay,
+    cost_grid_bps) passed on to `load_inputs`.
     """
     run_dir = Path(run_dir)
     if inputs is None:
         inputs = load_inputs(run_dir, cost_bps, **load_kwargs)
     summary = summary_block(inputs)
-    bt = inputs.backtest
     report = {
         "run_id": summary["run_id"],
         "run_dir": str(run_dir),
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "summary": summary,
-        "ic": ev.ic_summary(inputs.ic),
-        "ic_by_period": inputs.ic,
+        "conventions": conventions(inputs),
+        "ic": {**inputs.ic, "headline": inputs.family},
+        "ic_by_timestamp": inputs.ic_timestamp,
+        "ic_by_day": inputs.ic_day,
         "predictors": inputs.predictors,
         "per_symbol": inputs.per_symbol,
         "deciles": inputs.deciles,
-        "backtest": bt.stats,
+        "backtest": inputs.backtest.stats,
+        "costs": {"net_sharpe_by_cost": inputs.costs, "break_even_bps": inputs.break_even_bps},
         "training": _training_block(inputs),
         "run": {k: v for k, v in inputs.summary.items() if k != "config"},
         "config": inputs.summary.get("config", {}),
@@ -255,7 +388,7 @@ def build_report(run_dir: Path, compare_with: Path | None = None, cost_bps: floa
     if sweep is not None:
         report["loader_sweep"] = sweep
     if compare_with is not None:
-        report["compare"] = compare_block(summary, Path(compare_with), inputs.cost_bps)
+        report["compare"] = compare_block(summary, Path(compare_with))
     report = to_jsonable(report)
     (run_dir / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
     return report
@@ -278,55 +411,117 @@ def _rate(value) -> str:
     return f"{value:.3g}"
 
 
-def summary_markdown(report: dict) -> str:
-    """A few lines and one table for the top of the HTML report: signal, baselines, costs, throughput."""
-    s = report["summary"]
-    g = s.get
+def _verdict(t) -> str:
+    if t is None:
+        return "n/a"
+    return "significant (|t| >= 2)" if abs(t) >= 2 else "not distinguishable from zero (|t| < 2)"
+
+
+def _signal_lines(report: dict) -> list[str]:
+    """The headline IC, named, why it leads, its robust t; then the other two and the baselines."""
+    g = report["summary"].get
+    fam = g("headline_ic")
+    word = FAMILY_WORDS.get(fam, fam)
     others = "".join(f", {k} {_f(v)}" for k, v in (g("baseline_ic") or {}).items() if k != "oracle")
     t = g("ic_t_stat")
-    if t is None:
-        verdict = "n/a"
+    if fam == "pooled":
+        lead = f"Test **{word} {_f(g('pooled_ic'))}** (rank IC {_f(g('pooled_rank_ic'))}"
     else:
-        verdict = "significant (|t| >= 2)" if abs(t) >= 2 else "not distinguishable from zero (|t| < 2)"
+        lead = (f"Test **{word} {_f(g(f'{fam}_ic'))}** (rank IC {_f(g(f'{fam}_rank_ic'))}, ICIR "
+                f"{_f(g(f'{fam}_icir'), '.2f')} over {g(f'{fam}_periods')} periods")
+    rest = [f"{FAMILY_WORDS[f]} {_f(g(f'{f}_ic'))}" for f in ev.IC_FAMILIES if f != fam]
+    return [
+        f"{lead}; t {_f(t, '.2f')}, {g('ic_t_method')}: {_verdict(t)}). Why this IC: {g('headline_reason')}.",
+        "",
+        f"The other two: {'; '.join(rest)}. Baselines on the same {word}: oracle {_f(g(f'oracle_{fam}_ic'))}"
+        f"{others}. Directional accuracy {_f(g('directional_accuracy'), '.1%')}.",
+    ]
+
+
+def _book_lines(report: dict) -> list[str]:
+    g = report["summary"].get
+    grid = report.get("costs", {}).get("net_sharpe_by_cost") or []
+    sweep = ", ".join(f"{_f(r['cost_bps'], 'g')} bps {_f(r['net_sharpe'], '.2f')}" for r in grid)
+    return [
+        f"Long/short `{g('position_mode')}` book, traded {g('trade_delay')} bar(s) after the signal, at "
+        f"{_f(g('cost_bps'), 'g')} bps: net Sharpe **{_f(g('net_sharpe'), '.2f')}** (gross "
+        f"{_f(g('gross_sharpe'), '.2f')}, buy & hold {_f(g('buy_hold_sharpe'), '.2f')}), net annual return "
+        f"{_f(g('net_annual_return'), '.1%')} at volatility {_f(g('net_annual_volatility'), '.1%')}, max drawdown "
+        f"{_f(g('max_drawdown'), '.1%')}, turnover {_f(g('turnover'), '.2f')} per bar, net exposure "
+        f"{_f(g('net_exposure'), '+.2f')} on average (|net| {_f(g('abs_net_exposure'), '.2f')}, gross "
+        f"{_f(g('gross_exposure'), '.2f')}).",
+        "",
+        f"Net Sharpe by cost: {sweep}; break-even cost **{_f(g('break_even_bps'), '.1f')} bps**.",
+    ]
+
+
+def _periods(value) -> str:
+    return _f(value, ",.0f") if isinstance(value, (int, float)) and value >= 100 else _f(value, ".2f")
+
+
+def _convention_lines(report: dict) -> list[str]:
+    c = report.get("conventions") or {}
+    sp = c.get("splits") or {}
+    ann = c.get("annualisation") or {}
+    if sp.get("method") == "dates" or sp.get("val_start"):
+        dates = (f"train to {sp.get('train_end')}, validation {sp.get('val_start') or ''} to {sp.get('val_end')}, "
+                 f"test {sp.get('test_start')} to {sp.get('test_end')}")
+    else:
+        dates = f"test {sp.get('test_start')} to {sp.get('test_end')} (train/validation dates need the feature cache)"
+    return [
+        f"*Conventions*: headline IC = {c.get('headline_ic_words')}; t = {c.get('t_stat')}; significance on that t "
+        f"only. Annualisation: {_periods(ann.get('periods_per_year'))} periods a year, {ann.get('description')}. "
+        f"Trade delay {c.get('trade_delay_bars')} bar(s), cost {_f(c.get('cost_bps'), 'g')} bps per unit of weight "
+        f"traded, positions `{c.get('position_mode')}`. Splits by {sp.get('method')}: {dates}. "
+        f"See docs/metrics.md.",
+    ]
+
+
+def _compare_lines(report: dict) -> list[str]:
+    cmp = report.get("compare")
+    if not cmp:
+        return []
+    m = cmp["metrics"]
+    fam = report["summary"].get("headline_ic")
+    sps, ic_ = m["samples_per_s"], m.get(f"{fam}_ic", m["pooled_ic"])
+    return [
+        "",
+        f"Against run `{cmp['run_id']}` (loader `{cmp['other'].get('loader')}`): samples/s "
+        f"{_rate(sps['other'])} -> {_rate(sps['this'])} (x{_f(sps['ratio'], '.1f')}), {FAMILY_WORDS.get(fam, fam)} "
+        f"{_f(ic_['other'])} -> {_f(ic_['this'])}, net Sharpe "
+        f"{_f(m['net_sharpe']['other'], '.2f')} -> {_f(m['net_sharpe']['this'], '.2f')}.",
+    ]
+
+
+def summary_markdown(report: dict) -> str:
+    """A few lines and one table for the top of the HTML report: signal, baselines, costs, conventions,
+    throughput."""
+    g = report["summary"].get
     lines = [
         f"**Run `{g('run_id')}`**: {g('model')} on {g('device_name') or g('device')}, "
-        f"loader `{g('loader')}`, {g('n_test_rows'):,} test rows, {g('n_symbols')} symbols.",
+        f"loader `{g('loader')}`, {g('n_test_rows'):,} test rows, {g('n_symbols')} symbols of "
+        f"{_f(g('bar_seconds'), 'g')} s bars, target {g('horizon_bars')} bar(s) ahead.",
         "",
-        f"Test IC **{_f(g('period_ic'))}**, the mean of per-{g('ic_period')} ICs (rank IC "
-        f"{_f(g('period_rank_ic'))}, ICIR {_f(g('icir'), '.2f')}, t {_f(t, '.2f')} over {g('n_periods')} "
-        f"{g('ic_period')} periods: {verdict}; pooled over all rows {_f(g('pooled_ic'))}; "
-        f"oracle {_f(g('oracle_ic'))}{others}). "
-        f"Directional accuracy {_f(g('directional_accuracy'), '.1%')}.",
+        *_signal_lines(report),
         "",
-        f"Long/short {g('backtest_mode', 'sign')} backtest at {_f(g('cost_bps'), 'g')} bps: "
-        f"net Sharpe **{_f(g('net_sharpe'), '.2f')}** (gross {_f(g('gross_sharpe'), '.2f')}, "
-        f"buy & hold {_f(g('buy_hold_sharpe'), '.2f')}), net return {_f(g('net_total_return'), '.1%')}, "
-        f"max drawdown {_f(g('max_drawdown'), '.1%')}, turnover {_f(g('turnover'), '.2f')} per bar.",
+        *_book_lines(report),
+        "",
+        *_convention_lines(report),
         "",
         f"Training: **{_rate(g('samples_per_s'))} samples/s**, data wait {_f(g('data_wait_share'), '.1%')}, "
         f"GPU util {_f(g('gpu_util'), '.0%')}, MFU {_f(g('mfu'), '.1%')}, "
         f"peak memory {_f(g('peak_mem_gb'), '.2f')} GB, epoch {_f(g('epoch_time_s'), '.1f')} s.",
-    ]
-    cmp = report.get("compare")
-    if cmp:
-        m = cmp["metrics"]
-        sps = m["samples_per_s"]
-        lines += [
-            "",
-            f"Against run `{cmp['run_id']}` (loader `{cmp['other'].get('loader')}`): samples/s "
-            f"{_rate(sps['other'])} -> {_rate(sps['this'])} (x{_f(sps['ratio'], '.1f')}), pooled test IC "
-            f"{_f(m['pooled_ic']['other'])} -> {_f(m['pooled_ic']['this'])}, net Sharpe "
-            f"{_f(m['net_sharpe']['other'], '.2f')} -> {_f(m['net_sharpe']['this'], '.2f')}.",
-        ]
-    lines += [
+        *_compare_lines(report),
         "",
-        "| predictor | IC | rank IC | ICIR | t | dir. acc. | net Sharpe |",
-        "|---|---|---|---|---|---|---|",
+        f"| predictor | cross-sectional IC | rank IC | per-day IC | pooled IC | t ({g('headline_ic')}, HAC) "
+        f"| dir. acc. | net Sharpe |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report.get("predictors", []):
         cells = [
-            r["predictor"], _f(r["ic"]), _f(r["rank_ic"]), _f(r["icir"], ".2f"), _f(r["t_stat"], ".2f"),
-            _f(r["directional_accuracy"], ".1%"), _f(r["sharpe_net"], ".2f"),
+            r["predictor"], _f(r["cross_sectional_ic"]), _f(r["cross_sectional_rank_ic"]), _f(r["daily_ic"]),
+            _f(r["pooled_ic"]), _f(r["t_stat"], ".2f"), _f(r["directional_accuracy"], ".1%"),
+            _f(r["sharpe_net"], ".2f"),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -346,11 +541,17 @@ def make_figures(inputs: ReportInputs, run_dir: Path | None = None, runs_df: pd.
     run_dir = Path(run_dir or inputs.run_dir)
     if runs_df is None:
         runs_df = runs.runs_table(run_dir.parent)
+    fam = "daily" if inputs.family == "daily" else "cross_sectional"  # the pooled IC has no series
+    head = inputs.ic[fam]
+    note = f"mean {_f(head['ic'])}, t {_f(head['t_stat'], '.2f')} ({head['t_method']})"
     figs = {
         "training": plots.plot_training(inputs.steps, inputs.epochs, run_dir / "training.png"),
         "equity": plots.plot_equity(inputs.backtest, run_dir / "equity.png"),
+        "underwater": plots.plot_underwater(inputs.backtest, run_dir / "underwater.png"),
+        "costs": plots.plot_cost_sensitivity(inputs.costs, inputs.break_even_bps, inputs.cost_bps,
+                                             run_dir / "costs.png"),
         "deciles": plots.plot_deciles(inputs.deciles, run_dir / "deciles.png"),
-        "ic": plots.plot_ic(inputs.ic, run_dir / "ic.png"),
+        "ic": plots.plot_ic(inputs.ic_series, run_dir / "ic.png", label=FAMILY_WORDS[fam], note=note),
         "throughput": plots.plot_throughput(runs_df, run_dir / "throughput.png"),
     }
     if inputs.quality:

@@ -401,7 +401,7 @@ class TrainingRun:
         ends = self.windows.ends(2)
         pred = self.trainer.predict(ends).cpu().numpy() * self.windows.target_scale
         runs.write_predictions(self.dir, self.fs, ends.cpu().numpy(), pred)
-        summary = {**self.summary(), **evaluate.pooled_ic(runs.read_predictions(self.dir))}
+        summary = {**self.summary(), **evaluate.named_ics(runs.read_predictions(self.dir))}
         runs.write_summary(self.dir, summary)
         return summary
 
