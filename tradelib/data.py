@@ -150,7 +150,8 @@ def _parse_numeric_time(s: pd.Series) -> tuple[pd.Series, str]:
     fin = v[np.isfinite(v)]
     if len(fin) == 0:
         return pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns, UTC]"), "epoch"
-    if fin.min() >= 1e7 and fin.max() < 3e7 and np.all(fin == np.round(fin)):  # yyyymmdd integers
+    # yyyymmdd integers: 8 digits (a year-9999 placeholder too: it becomes a bad_timestamp), mostly 1000-2999
+    if fin.min() >= 1e7 and fin.max() < 1e8 and np.median(fin) < 3e7 and np.all(fin == np.round(fin)):
         txt = s.astype("Int64").astype("str")
         return pd.to_datetime(txt, format="%Y%m%d", utc=True, errors="coerce"), "yyyymmdd"
     unit = _epoch_unit(fin)

@@ -32,6 +32,18 @@ def unique_tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
 
 
+def write_bytes(data: bytes, path: Path) -> None:
+    """Write a file in place (a device, a path the user named); an error names the file (a failed write alone
+    does not: ENOSPC from /dev/full)."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+
+
 def atomic_write_bytes(data: bytes, path: Path) -> None:
     """Write to a unique temporary file, flush it to disk, then rename: a kill mid-write leaves the old file."""
     tmp = unique_tmp(path)

@@ -277,14 +277,17 @@ class TrainingRun:
         ck, path = None, None
         if self.main:  # only rank 0 may see the run folder (another node's disk): it hands the state to all
             ck, path, skipped = checkpoint.load_latest(self.ckpt_dir)
-            for bad, why in skipped:
-                print(f"resume: skipped {bad.name}: {why}")
             if ck is None and skipped:
                 raise FileNotFoundError(f"resume: none of the {len(skipped)} checkpoints in {self.ckpt_dir} loads "
-                                        f"(run_id {self.run_id!r}); start a new run")
+                                        f"({'; '.join(why for _, why in skipped)}); start the run again without "
+                                        f"resume, or with another run_id")
+            for bad, why in skipped:  # moved aside, out of the rotation, kept for a look
+                aside = checkpoint.set_aside(bad)
+                print(f"resume: skipped {why}; kept as {aside.name}")
         ck, path = broadcast_object((ck, path))
         if ck is None:
-            raise FileNotFoundError(f"resume: no checkpoint in {self.ckpt_dir} (run_id {self.run_id!r})")
+            raise FileNotFoundError(f"resume: no checkpoint in {self.ckpt_dir} (run_id {self.run_id!r}): the run wrote "
+                                    f"none before it stopped; start it again without resume")
         checkpoint.check_resumable(ck, path, self.cfg, self.cache_key, self.world)
         self.trainer.load_state_dict(ck)
         for k in LOOP_STATE:
