@@ -611,3 +611,28 @@ def test_a_real_process_writes_one_line_and_debug_shows_the_traceback(tmp_path):
     assert res.returncode == 2 and res.stderr == "error: parameter 'lr' is inf; it must be a finite number\n"
     res = subprocess.run(cmd, cwd=ROOT, env={**env, "TRADELIB_DEBUG": "1"}, capture_output=True, text=True)
     assert res.returncode != 0 and "Traceback" in res.stderr and "ConfigError" in res.stderr
+
+
+@pytest.mark.parametrize("moment", ["early", "while writing"])
+def test_prepare_killed_at_any_moment_leaves_a_valid_cache(outputs, moment):
+    """kill -9 of `tradelib prepare` part-way (after 2 s, or as soon as its temporary cache folder appears):
+    the next prepare finds a valid cache or none, never a half one, and loads or builds it; the dead builder's
+    leftovers are swept."""
+    params = dict(synth_symbols=8, synth_bars=50_000, window=8)
+    proc = subprocess.Popen([sys.executable, "-m", "tradelib", "prepare",
+                             *[a for k, v in params.items() for a in ("-p", k, str(v))]],
+                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + (2.0 if moment == "early" else 60)
+    while time.monotonic() < deadline and proc.poll() is None:
+        if moment == "while writing" and any((outputs / "cache").glob(".*.tmp")):
+            break
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    if moment == "while writing":
+        assert any((outputs / "cache").glob(".*.tmp"))  # it was killed with a half-written temporary folder
+    fs = dataset.prepare(Config(**params), verbose=False)
+    folder = Path(fs.meta["cache_dir"])
+    cache.load(folder)
+    assert [p.name for p in folder.parent.iterdir() if p.is_dir()] == [folder.name]

@@ -92,6 +92,7 @@ def checksum(a: np.ndarray) -> str:
 def save(fs: FeatureSet, folder: Path) -> None:
     """Arrays as .npy plus a JSON manifest with their sizes and checksums, written to a temporary folder of a
     name no other process uses, then renamed into place (no half caches)."""
+    _sweep(folder)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     tmp.mkdir(parents=True)
     try:
@@ -107,6 +108,24 @@ def save(fs: FeatureSet, folder: Path) -> None:
         _swap_in(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sweep(folder: Path) -> None:
+    """Delete what a killed builder of this key left: `.<key>.<pid>.<ns>.tmp` / `.old` folders of a dead pid."""
+    for p in list(folder.parent.glob(f".{folder.name}.*.tmp")) + list(folder.parent.glob(f".{folder.name}.*.old")):
+        pid = p.name[len(folder.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _swap_in(tmp: Path, folder: Path) -> None:
