@@ -119,6 +119,13 @@ def test_dates_that_read_alike_both_ways_are_refused_until_date_format_is_set(tm
     assert counts(out)[0] == len(df)
 
 
+def test_a_date_format_that_does_not_fit_is_named(tmp_path, capsys):
+    path = write_csv(tmp_path / "x.csv", bars(50), date_fmt="%Y-%m-%d")
+    code, out, err = cli(capsys, "prepare", "--data", path, "-p", "date_format", "%d/%m/%Y")
+    line = one_error(err)
+    assert code == 2 and "50 of 50 timestamps are unparseable with date_format '%d/%m/%Y'" in line
+
+
 def test_bom_and_crlf(tmp_path, capsys):
     df = bars(150)
     path = write_csv(tmp_path / "AAA.csv", df, date_fmt="%Y-%m-%d", bom=True, crlf=True)
@@ -290,6 +297,14 @@ def test_bad_parameter_values_are_one_line_exit_2(capsys, name, value, allowed):
         code, out, err = cli(capsys, command, "-p", name, value)
         line = one_error(err)
         assert code == 2 and f"parameter {name!r} is" in line and allowed in line, line
+
+
+@pytest.mark.parametrize("args", [["train", "--bogus"], ["train", "-p", "lr"], []])
+def test_a_usage_error_is_one_line(capsys, args):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "--help" in err
 
 
 def test_train_plus_val_fraction_must_leave_a_test_split(capsys):

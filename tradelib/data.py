@@ -290,7 +290,8 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
     if n_bad > MAX_BAD_SHARE * len(df):
         present = bad & raw_t.notna().to_numpy()
         example = repr(str(raw_t[present].iloc[0])) if present.any() else "empty"
-        raise DataError(f"{path}: column '{tcol}': {n_bad} of {len(df)} timestamps are unparseable "
+        how = f" with date_format {date_format!r}" if date_format else ""
+        raise DataError(f"{path}: column '{tcol}': {n_bad} of {len(df)} timestamps are unparseable{how} "
                         f"(e.g. {example})")
 
     out = {"timestamp": ts.array}

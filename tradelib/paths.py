@@ -100,7 +100,10 @@ class FileLock:
             self.fd = None
 
     def __del__(self) -> None:  # a lock object dropped without release() (an abandoned run) lets go too
-        self.release()
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - at interpreter exit os may be gone; the kernel drops the lock anyway
+            pass
 
     def __enter__(self) -> FileLock:
         return self if self.fd is not None else self.acquire()
