@@ -135,7 +135,9 @@ class Config:
                        "run)", "system", resume=True)
     # measure: the timed steps of 02_profiling's sweep and of `tradelib bench`
     loaders: str = knob("device,dataloader,dense", "comma list of loaders to measure: device, dataloader (the "
-                        "seed's pipeline), dense (causal models only)", "measure")
+                        "seed's pipeline), dense (causal models only)", "measure",
+                        pattern=r"\s*(device|dataloader|dense)([\s,]+(device|dataloader|dense))*\s*",
+                        allowed="a comma list of device, dataloader, dense")
     steps: int = knob(20, "timed optimizer steps per configuration and repetition", "measure", lo=1)
     warmup: int = knob(5, "untimed steps before each timed stretch (worker start-up, compilation)", "measure",
                        lo=0)
@@ -143,7 +145,8 @@ class Config:
                         lo=1)
     # profile: 02_profiling only
     batch_sizes: str = knob("64,256,1024", "comma list of micro-batch sizes to sweep (windows; chunks for dense)",
-                            "profile")
+                            "profile", pattern=r"\s*[1-9]\d*([\s,]+[1-9]\d*)*\s*",
+                            allowed="a comma list of sizes >= 1, e.g. 64,256,1024")
     profile_steps: int = knob(5, "training steps recorded by torch.profiler", "profile", lo=1)
     max_batch_limit: int = knob(65_536, "search the largest micro-batch that fits, up to this (0: skip)",
                                 "profile", lo=0)
