@@ -1,3 +1,3 @@
-from tradelib.cli import main
+from tradelib.cli import run
 
-raise SystemExit(main())
+run()

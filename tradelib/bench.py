@@ -18,7 +18,7 @@ from pathlib import Path
 from tradelib.config import Config, add_param_args, load_config
 from tradelib.hardware import pick_device
 from tradelib.measure import format_table, make_setups, measure, speedup_lines, split_list
-from tradelib.paths import outputs_dir
+from tradelib.paths import outputs_dir, write_bytes
 
 
 def run_bench(cfg: Config, json_path: str | Path | None = None, verbose: bool = True) -> list[dict]:
@@ -39,7 +39,7 @@ def run_bench(cfg: Config, json_path: str | Path | None = None, verbose: bool = 
         print(f"MFU peak: {records[0]['peak_flops_source']}")
     path = Path(json_path) if json_path else outputs_dir() / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(records, indent=1, default=str))
+    write_bytes(json.dumps(records, indent=1, default=str).encode(), path)
     if verbose:
         print(f"wrote {path}")
     return records
@@ -63,7 +63,7 @@ def bench_command(args: argparse.Namespace) -> int:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path(args.json) if args.json else outputs_dir() / "bench" / f"features-{stamp}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
+        write_bytes(json.dumps(result, indent=1).encode(), path)
         print(f"wrote {path}")
         return 0
     run_bench(cfg, args.json)

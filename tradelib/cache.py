@@ -4,6 +4,10 @@ The seed's stale cache survived a fix to feature_engineering.py. Here the key ha
 modules that shape features (cleaning, features, the generator, the composition in dataset.py), so a code
 fix invalidates old caches by itself; `force_recreate` rebuilds anyway. This module only stores and finds;
 dataset.py builds.
+
+A cache is written to a temporary folder and renamed into place (a kill leaves no half cache), one builder
+per key at a time (`build_lock`). Its manifest records each array's file size, dtype, shape and CRC-32, and
+`load` checks them and that the features are finite and within +-clip: a damaged cache is never used.
 """
 
 from __future__ import annotations
@@ -12,18 +16,29 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 import shutil
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from tradelib import data
 from tradelib.features import FeatureSet, feature_params
-from tradelib.paths import outputs_dir
+from tradelib.paths import Busy, FileLock, outputs_dir
 
 CODE_MODULES = ("tradelib.data", "tradelib.features", "tradelib.sessions", "tradelib.synth", "tradelib.dataset")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: checksums in the manifest
+
+
+class CacheError(ValueError):
+    """A damaged feature cache: names the file and what is wrong with it."""
+
+    def __init__(self, file: Path, why: str) -> None:
+        super().__init__(f"{file}: {why}: the feature cache is damaged; rebuild it with `tradelib prepare "
+                         f"--force-recreate` and the same parameters")
+        self.file, self.why = Path(file), why
 
 
 def code_fingerprint() -> str:
@@ -60,6 +75,8 @@ def data_fingerprint(cfg) -> str:
 def cache_key(cfg) -> str:
     parts = {"data": data_fingerprint(cfg), "features": feature_params(cfg), "code": code_fingerprint(),
              "v": CACHE_VERSION}
+    if not is_synthetic(cfg.data_path) and cfg.date_format:  # it changes how the files are read
+        parts["date_format"] = cfg.date_format
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -67,22 +84,129 @@ def folder_for(key: str) -> Path:
     return outputs_dir() / "cache" / key
 
 
+def checksum(a: np.ndarray) -> str:
+    """CRC-32 of an array's bytes: about 2 GB/s, so the verified warm load stays fast (docs/perf.md)."""
+    return f"{zlib.crc32(memoryview(np.ascontiguousarray(a)).cast('B')):08x}"
+
+
 def save(fs: FeatureSet, folder: Path) -> None:
-    """Arrays as .npy plus a JSON manifest, written to a temp folder then renamed (no half caches)."""
-    tmp = folder.with_name(folder.name + f".tmp{time.time_ns()}")
+    """Arrays as .npy plus a JSON manifest with their sizes and checksums, written to a temporary folder of a
+    name no other process uses, then renamed into place (no half caches)."""
+    _sweep(folder)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     tmp.mkdir(parents=True)
-    for name in FeatureSet.ARRAYS:
-        np.save(tmp / f"{name}.npy", getattr(fs, name))
-    manifest = {"symbols": fs.symbols, "feature_names": fs.feature_names, "meta": fs.meta, "rows": len(fs)}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
-    if folder.exists():
-        shutil.rmtree(folder)
+    try:
+        arrays = {}
+        for name in FeatureSet.ARRAYS:
+            a = np.ascontiguousarray(getattr(fs, name))
+            np.save(tmp / f"{name}.npy", a)
+            arrays[name] = {"bytes": (tmp / f"{name}.npy").stat().st_size, "dtype": a.dtype.str,
+                            "shape": list(a.shape), "crc32": checksum(a)}
+        manifest = {"symbols": fs.symbols, "feature_names": fs.feature_names, "meta": fs.meta, "rows": len(fs),
+                    "arrays": arrays}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+        _swap_in(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sweep(folder: Path) -> None:
+    """Delete what a killed builder of this key left: `.<key>.<pid>.<ns>.tmp` / `.old` folders of a dead pid."""
+    for p in list(folder.parent.glob(f".{folder.name}.*.tmp")) + list(folder.parent.glob(f".{folder.name}.*.old")):
+        pid = p.name[len(folder.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Rename `tmp` to `folder`, moving an existing one aside first and deleting it after."""
+    old = folder.with_name(f".{folder.name}.{os.getpid()}.{time.monotonic_ns()}.old")
+    try:
+        folder.rename(old)
+    except FileNotFoundError:
+        old = None
     tmp.rename(folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_lock(folder: Path, verbose: bool = True) -> FileLock:
+    """The lock one builder of this cache key holds (`<key>.lock` beside it): a second process building the same
+    key waits for the first, then finds its cache. Dropped by the kernel if the builder dies."""
+    lock = FileLock(folder.with_name(folder.name + ".lock"))
+    try:
+        return lock.acquire()
+    except Busy as busy:
+        if verbose:
+            print(f"waiting for process {busy.holder}, which is building the feature cache {folder} ...", flush=True)
+        return lock.acquire(wait=True)
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except OSError as exc:
+        raise CacheError(path, f"unreadable ({exc.strerror or exc})") from None
+    except ValueError:
+        raise CacheError(path, "not valid JSON (truncated?)") from None
+    need = {"symbols", "feature_names", "meta", "rows", "arrays"}
+    if not isinstance(manifest, dict) or not need <= set(manifest):
+        raise CacheError(path, f"missing entries ({', '.join(sorted(need - set(manifest or {})))})")
+    return manifest
+
+
+def _load_array(path: Path, entry: dict, rows: int) -> np.ndarray:
+    """One array, checked against its manifest entry: size, a readable .npy, dtype, shape, checksum."""
+    try:
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise CacheError(path, f"{size:,} bytes, the manifest says {entry['bytes']:,} (truncated?)")
+        a = np.load(path, allow_pickle=False)
+    except CacheError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:  # a zeroed or garbled header, a missing file
+        raise CacheError(path, f"not a readable array ({type(exc).__name__})") from None
+    if a.dtype.str != entry["dtype"] or list(a.shape) != entry["shape"] or (a.ndim and len(a) != rows):
+        raise CacheError(path, f"holds {a.dtype.str} {list(a.shape)}, the manifest says {entry['dtype']} "
+                               f"{entry['shape']}")
+    if checksum(a) != entry["crc32"]:
+        raise CacheError(path, "checksum differs from the manifest (the bytes changed)")
+    return a
 
 
 def load(folder: Path) -> FeatureSet:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    arrays = {name: np.load(folder / f"{name}.npy") for name in FeatureSet.ARRAYS}
+    """The FeatureSet of a cache folder, verified: every array against the manifest, the features finite and
+    within +-clip, symbols and splits in range. Raises CacheError naming the file and what is wrong."""
+    manifest = _read_manifest(folder)
+    rows = int(manifest["rows"])
+    arrays = {}
+    for name in FeatureSet.ARRAYS:
+        entry = manifest["arrays"].get(name)
+        if not isinstance(entry, dict) or not {"bytes", "dtype", "shape", "crc32"} <= set(entry):
+            raise CacheError(folder / "manifest.json", f"no complete entry for {name}.npy")
+        arrays[name] = _load_array(folder / f"{name}.npy", entry, rows)
+    clip = float(manifest["meta"].get("feature_config", {}).get("clip", np.inf))
+    X = arrays["X"]
+    lo, hi = (float(X.min()), float(X.max())) if X.size else (0.0, 0.0)  # NaN propagates through min/max
+    if not (-clip <= lo and hi <= clip):
+        raise CacheError(folder / "X.npy", f"features range over [{lo:g}, {hi:g}], outside +-clip ({clip:g}) or "
+                                           f"not finite")
+    sid, split = arrays["symbol_id"], arrays["split"]
+    if len(sid) and (sid.min() < 0 or sid.max() >= len(manifest["symbols"])):
+        raise CacheError(folder / "symbol_id.npy", "a symbol id out of range")
+    if len(split) and (split.min() < -1 or split.max() > 2):
+        raise CacheError(folder / "split.npy", "a split code other than -1, 0, 1, 2")
     return FeatureSet(**arrays, symbols=manifest["symbols"], feature_names=manifest["feature_names"],
                       meta=manifest["meta"])
 

@@ -89,6 +89,13 @@ def resume_candidates(folder: Path) -> list[Path]:
     return steps + ([last] if last.exists() else [])
 
 
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to `<name>.damaged`: no longer a resume candidate nor rotated, not deleted."""
+    aside = path.with_name(path.name + ".damaged")
+    path.replace(aside)
+    return aside
+
+
 def load_latest(folder: Path) -> tuple[dict | None, Path | None, list[tuple[Path, str]]]:
     """The newest checkpoint that loads: (state, its path, [(skipped path, why)]); (None, None, skipped) when
     none does."""

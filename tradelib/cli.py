@@ -1,14 +1,19 @@
 """`tradelib COMMAND` (or `python -m tradelib COMMAND`): prepare, train, pipeline, bench.
 
-Bad input (a missing file, a column, a parameter) ends with one line naming the problem and exit code 2;
-set TRADELIB_DEBUG=1 for the traceback.
+Every failure ends with one line on stderr, `error: ...`, naming the file or parameter and what to do, and an
+exit code: 2 for bad input or an unusable environment (a parameter, a data file, a damaged cache, a busy run
+folder, a read-only or full disk, CUDA asked for but absent), 1 for a run that failed (training diverged or
+trained nothing, a notebook raised, torchrun failed, an internal error), 130 when interrupted. Set
+TRADELIB_DEBUG=1 for the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
+from pathlib import Path
 
 from tradelib import bench
 from tradelib.config import add_param_args, load_config
@@ -47,8 +52,15 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line too."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tradelib", description=__doc__.splitlines()[0])
+    parser = Parser(prog="tradelib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="clean the data, build and cache the features, print the quality summary")
@@ -71,16 +83,69 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error(exc: OSError) -> str:
+    """An operating-system error as one line: the file, the system's reason, and what to do about it."""
+    if exc.errno is None:  # raised by tradelib with its own message
+        return str(exc)
+    where = exc.filename or "a file"
+    outputs = Path(os.environ.get("TRADELIB_OUTPUTS") or Path(__file__).resolve().parents[1] / "outputs")
+    ours = str(where).startswith(str(outputs)) or str(where).startswith(str(outputs.resolve()))
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        todo = "free some space, or set TRADELIB_OUTPUTS to a folder on another disk"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        todo = ("the outputs folder must be writable: fix its permissions, or set TRADELIB_OUTPUTS to a writable "
+                f"folder (now {outputs})") if ours else "check the file's permissions"
+    else:
+        todo = "check the path"
+    return f"{where}: {exc.strerror or exc}: {todo}"
+
+
+def explain(exc: BaseException) -> tuple[int, str]:
+    """(exit code, one line) for an exception that ends a command."""
+    from tradelib.distributed import LaunchFailed
+    from tradelib.paths import Busy
+    from tradelib.pipeline import NotebookFailed
+    from tradelib.runs import RunBusy
+    from tradelib.train import TrainingFailed
+
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted"
+    if isinstance(exc, (TrainingFailed, NotebookFailed, LaunchFailed)):
+        code, text = 1, str(exc)
+    elif isinstance(exc, (ValueError, RunBusy, Busy)):  # ConfigError, DataError, CacheError are ValueErrors
+        code, text = 2, str(exc)
+    elif isinstance(exc, OSError):
+        code, text = 2, _os_error(exc)
+    else:
+        code, text = 1, (f"internal error: {type(exc).__name__}: {str(exc).strip()[:300]} (set TRADELIB_DEBUG=1 "
+                         f"for the traceback)")
+    return code, " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from tradelib.data import DataError
-    from tradelib.pipeline import NotebookFailed
-    from tradelib.train import TrainingDiverged
-
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError, TrainingDiverged, NotebookFailed) as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
         if os.environ.get("TRADELIB_DEBUG"):
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 1 if isinstance(exc, (TrainingDiverged, NotebookFailed)) else 2
+        code, text = explain(exc)
+    except KeyboardInterrupt as exc:
+        if os.environ.get("TRADELIB_DEBUG"):
+            raise
+        code, text = explain(exc)
+    rank = int(os.environ.get("RANK", 0))
+    print(f"error: {'' if rank == 0 else f'[rank {rank}] '}{text}", file=sys.stderr)
+    return code
+
+
+def run() -> None:
+    """The process entry point. A torchrun worker leaves with os._exit once its work is flushed and its process
+    group destroyed: torch 2.13's gloo threads, kept alive by DDP past destroy_process_group, otherwise race the
+    interpreter's teardown and can abort an otherwise finished rank (SIGABRT, and torchrun fails the job)."""
+    code = main()
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)

@@ -9,9 +9,11 @@ on resume, and the checks that refuse a bad value with one line. Values come fro
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -31,11 +33,13 @@ FREE_GROUPS = ("measure", "profile", "bench", "report")
 
 def knob(default: Any, help: str, group: str, *, resume: bool = False, choices: tuple = (),
          lo: float | None = None, lo_open: bool = False, hi: float | None = None, hi_open: bool = False,
-         finite: bool = False) -> Any:
+         finite: bool = False, pattern: str = "", allowed: str = "") -> Any:
     """A Config field. `resume`: may change when a run is resumed. `choices`: the allowed values. `lo`/`hi`:
-    bounds (inclusive unless `lo_open`/`hi_open`). `finite`: refuse inf and NaN."""
+    bounds (inclusive unless `lo_open`/`hi_open`). `finite`: refuse inf and NaN. `pattern`: a regular
+    expression a string value must match in full, described to the user as `allowed`."""
     meta = {"help": help, "group": group, "resume": resume or group in FREE_GROUPS, "choices": choices,
-            "lo": lo, "lo_open": lo_open, "hi": hi, "hi_open": hi_open, "finite": finite}
+            "lo": lo, "lo_open": lo_open, "hi": hi, "hi_open": hi_open, "finite": finite, "pattern": pattern,
+            "allowed": allowed}
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -51,6 +55,9 @@ class Config:
     data_seed: int = knob(7, "synthetic market: seed", "data")
     force_recreate: bool = knob(False, "rebuild the feature cache even if a valid one exists", "data",
                                 resume=True)
+    date_format: str = knob("", "strftime format of text timestamps, e.g. %d/%m/%Y (empty: inferred; needed when "
+                            "dates read both day-first and month-first)", "data", pattern=r"|.*%.*",
+                            allowed="empty, or a strftime format such as %d/%m/%Y %H:%M")
     # features: what the model sees and predicts, and the splits (the feature cache is keyed on these)
     spike_sigmas: float = knob(12.0, "a reverting one-bar spike beyond this many trailing sigmas masks its targets "
                                      "(inf: off)", "features", lo=0, lo_open=True)
@@ -64,7 +71,7 @@ class Config:
     train_frac: float = knob(0.7, "chronological split by time across all symbols", "features", lo=0,
                              lo_open=True, hi=1, hi_open=True)
     val_frac: float = knob(0.15, "validation share of time; the rest after a purge gap is the test split",
-                           "features", lo=0, hi=1, hi_open=True)
+                           "features", lo=0, lo_open=True, hi=1, hi_open=True)
     train_end: str = knob("", "last training time, e.g. 2022-12-31 (whole day, UTC); with val_end (empty: fractions)",
                           "features")
     val_end: str = knob("", "last validation time, e.g. 2023-12-31; the test split follows (empty: fractions)",
@@ -119,7 +126,8 @@ class Config:
     max_bad_steps: int = knob(20, "consecutive non-finite steps before the run stops", "training", lo=1,
                               resume=True)
     # system: where and how it runs
-    device: str = knob("auto", "auto | cpu | cuda | cuda:N", "system", resume=True)
+    device: str = knob("auto", "auto | cpu | cuda | cuda:N", "system", resume=True, pattern=r"auto|cpu|cuda(:\d+)?",
+                       allowed="auto | cpu | cuda | cuda:N")
     precision: str = knob("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16", "system",
                           choices=("auto", "fp32", "bf16"))
     compile: str = knob("auto", "auto (on for CUDA) | on | off | reduce-overhead (adds CUDA graphs, small models)",
@@ -131,7 +139,9 @@ class Config:
                        "run)", "system", resume=True)
     # measure: the timed steps of 02_profiling's sweep and of `tradelib bench`
     loaders: str = knob("device,dataloader,dense", "comma list of loaders to measure: device, dataloader (the "
-                        "seed's pipeline), dense (causal models only)", "measure")
+                        "seed's pipeline), dense (causal models only)", "measure",
+                        pattern=r"\s*(device|dataloader|dense)([\s,]+(device|dataloader|dense))*\s*",
+                        allowed="a comma list of device, dataloader, dense")
     steps: int = knob(20, "timed optimizer steps per configuration and repetition", "measure", lo=1)
     warmup: int = knob(5, "untimed steps before each timed stretch (worker start-up, compilation)", "measure",
                        lo=0)
@@ -139,7 +149,8 @@ class Config:
                         lo=1)
     # profile: 02_profiling only
     batch_sizes: str = knob("64,256,1024", "comma list of micro-batch sizes to sweep (windows; chunks for dense)",
-                            "profile")
+                            "profile", pattern=r"\s*[1-9]\d*([\s,]+[1-9]\d*)*\s*",
+                            allowed="a comma list of sizes >= 1, e.g. 64,256,1024")
     profile_steps: int = knob(5, "training steps recorded by torch.profiler", "profile", lo=1)
     max_batch_limit: int = knob(65_536, "search the largest micro-batch that fits, up to this (0: skip)",
                                 "profile", lo=0)
@@ -185,10 +196,10 @@ class Config:
         return cls(**kwargs)
 
     @classmethod
-    def from_namespace(cls, ns: dict[str, Any]) -> Config:
-        """The notebook path: pick this config's names out of a notebook's globals()."""
+    def from_namespace(cls, ns: dict[str, Any], source: str = "notebook parameters") -> Config:
+        """Pick this config's names out of a notebook's globals() (see `notebook_config`)."""
         names = {f.name for f in fields(cls)}
-        return cls.from_dict({k: v for k, v in ns.items() if k in names})
+        return cls.from_dict({k: v for k, v in ns.items() if k in names}, source=source)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -246,6 +257,8 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
     m = f.metadata
     if m["choices"] and value not in m["choices"]:
         raise ConfigError(f"parameter {f.name!r} is {value!r}; allowed: {' | '.join(map(str, m['choices']))}")
+    if m["pattern"] and isinstance(value, str) and not re.fullmatch(m["pattern"], value):
+        raise ConfigError(f"parameter {f.name!r} is {value!r}; allowed: {m['allowed']}")
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     if m["finite"] and not math.isfinite(value):
@@ -349,6 +362,38 @@ def parameter_lines(groups: tuple[str, ...], names: tuple[str, ...]) -> list[str
     notebook's parameters cell (papermill reads type, default and help from them) and of the CLI's --help."""
     return [f"{f.name}: {f.type} = {_literal(f.default)}  # {f.metadata['help']}" for f in fields(Config)
             if f.type in ("int", "float", "str", "bool") and (f.metadata["group"] in groups or f.name in names)]
+
+
+def declared_parameters(notebook: str) -> list[str]:
+    """The names a numbered notebook's parameters cell declares."""
+    return [line.split(":")[0] for line in parameter_lines(*NOTEBOOK_PARAMS[notebook])]
+
+
+def injected_parameters(ns: dict[str, Any]) -> list[str]:
+    """The names papermill assigned in its `injected-parameters` cell ("# Parameters" then NAME = VALUE lines),
+    read from IPython's input history `In`; none outside a papermill run."""
+    names: list[str] = []
+    for source in ns.get("In", []) or []:
+        if not isinstance(source, str) or not source.lstrip().startswith("# Parameters"):
+            continue
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        names += [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                  if isinstance(t, ast.Name)]
+    return names
+
+
+def notebook_config(ns: dict[str, Any], notebook: str) -> Config:
+    """The first code cell of a numbered notebook: refuse a parameter it does not declare (papermill only warns
+    about one and runs on with the default), as the CLI does, then build and check the Config."""
+    declared = declared_parameters(notebook)
+    for name in injected_parameters(ns):
+        if name not in declared:
+            raise ConfigError(f"{notebook}: {unknown_message(name, declared)}; this notebook's parameters: "
+                              f"papermill --help-notebook notebooks/{notebook}.ipynb")
+    return Config.from_namespace(ns, source=f"{notebook} parameters")
 
 
 def resume_may_change() -> frozenset[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,15 +40,17 @@ INDEX_LIKE = ("unnamed:_0", "index", "")  # an unnamed first CSV column or a Par
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 
-# Thresholds (documented in docs/data.md).
-MAX_PRICE = 1e12  # no traded instrument is quoted above this: a unit or parsing bug
-MAX_VOLUME = 1e20  # micro-priced tokens legitimately trade ~1e15 units per bar; 1e20 is not physical
+# Thresholds (documented in docs/data.md). There is none on the size of a price or a volume: anything finite and
+# positive is a possible market (a token at 1e-20 trading 1e20 units); outliers are judged against the symbol's
+# own scale (price_spike).
 MAX_BAD_SHARE = 0.5  # when more than this share of a column is unparseable the file is rejected
 SPIKE_MIN_LOG_MOVE = 0.05  # a spike must also move the close by > 5% (log) in and out: ignores tick bounces
 SPIKE_MAX_RESIDUAL = 0.25  # the return out undoes the return in to within a quarter of the move
 SPIKE_MIN_RETURNS = 10  # robust sigma needs at least this many non-zero returns per symbol
 SPIKE_WINDOW = 1000  # robust sigma of bar t: the median |r| of the symbol's previous block of this many returns
 BAR_MODE_SHARE = 0.1  # the most common bar diff is the bar size when it covers >= 10% of diffs, else median
+DATE_ORDER_RATIO = 1.5  # day-first vs month-first: the chosen reading's grid regularity is at least 1.5x the other's
+NS_MIN, NS_MAX = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")  # datetime64[ns] range
 
 class DataError(ValueError):
     """Unusable input. The message is one line naming the file (and column) and the problem."""
@@ -95,10 +98,13 @@ def _read_table(path: Path) -> pd.DataFrame:
         try:
             opener = gzip.open if suffix.endswith(".gz") else open
             with opener(path, "rt", encoding="utf-8-sig") as f:
-                first = f.readline()
+                first, second = f.readline(), f.readline()
             seps = [",", ";", "\t", "|"]
             sep = "\t" if suffix.startswith(".tsv") else max(seps, key=first.count)
-            df = pd.read_csv(path, sep=sep, low_memory=False, encoding="utf-8-sig")
+            # "187,15" in a file whose fields are not comma-separated: a decimal comma (European exports)
+            decimal = "," if sep != "," and re.search(r"\d,\d", second) else "."
+            df = pd.read_csv(path, sep=sep, decimal=decimal, low_memory=False, encoding="utf-8-sig")
+            df.attrs["decimal_comma"] = decimal == ","
         except pd.errors.EmptyDataError:
             raise DataError(f"{path}: empty file") from None
         except Exception as e:  # binary garbage, bad gzip, ragged rows ...
@@ -145,7 +151,8 @@ def _parse_numeric_time(s: pd.Series) -> tuple[pd.Series, str]:
     fin = v[np.isfinite(v)]
     if len(fin) == 0:
         return pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns, UTC]"), "epoch"
-    if fin.min() >= 1e7 and fin.max() < 3e7 and np.all(fin == np.round(fin)):  # yyyymmdd integers
+    # yyyymmdd integers: 8 digits (a year-9999 placeholder too: it becomes a bad_timestamp), mostly 1000-2999
+    if fin.min() >= 1e7 and fin.max() < 1e8 and np.median(fin) < 3e7 and np.all(fin == np.round(fin)):
         txt = s.astype("Int64").astype("str")
         return pd.to_datetime(txt, format="%Y%m%d", utc=True, errors="coerce"), "yyyymmdd"
     unit = _epoch_unit(fin)
@@ -166,14 +173,80 @@ def _guess_format(s: pd.Series) -> str | None:
     return str(guesses.mode().iloc[0]) if len(guesses) else None
 
 
-def _parse_time(s: pd.Series) -> tuple[pd.Series, str]:
-    """Any accepted timestamp column -> UTC datetimes (naive = UTC); unparseable values become NaT."""
+def _to_ns(ts: pd.Series) -> pd.Series:
+    """UTC datetimes of any unit -> datetime64[ns, UTC]. A value ns cannot hold (before 1677 or after 2262, such
+    as a year 9999; pandas 3 parses it to microseconds) becomes NaT, a counted `bad_timestamp` row."""
+    if ts.dt.unit != "ns":
+        ts = ts.where(ts.isna() | ((ts >= NS_MIN) & (ts <= NS_MAX)))
+    return ts.astype("datetime64[ns, UTC]")
+
+
+def _day_month_swapped(fmt: str) -> str | None:
+    """`fmt` with day and month exchanged where both come before the year (01/02/2024: the 1st of February or
+    the 2nd of January); None where the order is not in doubt (no day or month, or the year first, as ISO)."""
+    d, m, y = fmt.find("%d"), fmt.find("%m"), fmt.find("%Y")
+    if d < 0 or m < 0 or 0 <= y < max(d, m):
+        return None
+    return fmt.replace("%d", "\0").replace("%m", "%d").replace("\0", "%m")
+
+
+def _grid_regularity(ts: pd.Series, groups: np.ndarray | None) -> tuple[float, int]:
+    """(how close a symbol's distinct timestamps are to one regular bar grid, number of steps). The score is the
+    share of steps equal to the most common one, times the share of the time span those steps would cover
+    (at most 1): 1.0 for a regular grid; hourly bars of two days read month-for-day jump a month once (0.05),
+    daily bars read so step by a month (about 0.5)."""
+    t = _to_ns(ts)
+    ok = t.notna().to_numpy()
+    g = np.zeros(int(ok.sum()), dtype=np.int64) if groups is None else pd.factorize(groups[ok])[0]
+    frame = pd.DataFrame({"g": g, "t": ns_since_epoch(t[ok])}).drop_duplicates().sort_values(["g", "t"])
+    gv, tv = frame["g"].to_numpy(), frame["t"].to_numpy()
+    steps = np.diff(tv)[gv[1:] == gv[:-1]]
+    if len(steps) == 0:
+        return 0.0, 0
+    counts = pd.Series(steps).value_counts()
+    share = counts.iloc[0] / len(steps)
+    coverage = min(1.0, len(steps) * float(counts.index[0]) / float(steps.sum()))
+    return float(share * coverage), len(steps)
+
+
+def _read_day_month(s: pd.Series, fmt: str, groups: np.ndarray | None, where: str) -> tuple[pd.Series, str, str]:
+    """Parse with `fmt`; where day and month could be swapped, take the reading that parses more values, or,
+    when both parse the same, the one with the more regular bar grid (said in the note); else refuse."""
+    a = pd.to_datetime(s, utc=True, errors="coerce", format=fmt)
+    other = _day_month_swapped(fmt)
+    if other is None:
+        return a, f"format {fmt}", ""
+    b = pd.to_datetime(s, utc=True, errors="coerce", format=other)
+    if int(a.isna().sum()) != int(b.isna().sum()):  # a value such as 13/02 settles the order
+        return (a, f"format {fmt}", "") if a.isna().sum() < b.isna().sum() else (b, f"format {other}", "")
+    (ra, na), (rb, nb) = _grid_regularity(a, groups), _grid_regularity(b, groups)
+    day_first, month_first = (fmt, other) if fmt.find("%d") < fmt.find("%m") else (other, fmt)
+    if max(na, nb) < 2 or max(ra, rb) <= DATE_ORDER_RATIO * min(ra, rb):
+        example = str(s[a.notna()].iloc[0]) if a.notna().any() else str(s.iloc[0])
+        raise DataError(f"{where}: dates such as {example!r} read both day-first ({day_first}) and month-first "
+                        f"({month_first}), and neither reading gives a more regular bar grid: set date_format "
+                        f"(e.g. -p date_format '{day_first}')")
+    (best, best_fmt, r1, r2) = (a, fmt, ra, rb) if ra > rb else (b, other, rb, ra)
+    order = "day-first" if best_fmt == day_first else "month-first"
+    note = (f"dates read {order} ({best_fmt}): every value also parses the other way, but this reading gives the "
+            f"regular bar grid (regularity {r1:.2f} against {r2:.2f}); set date_format to choose")
+    return best, f"format {best_fmt}", note
+
+
+def _parse_time(s: pd.Series, date_format: str = "", groups: np.ndarray | None = None,
+                where: str = "timestamps") -> tuple[pd.Series, str, str]:
+    """Any accepted timestamp column -> (UTC datetimes (naive = UTC), how it was read, a note for the report).
+    Unparseable values become NaT. `date_format` (strftime) is used as given on text and numbers."""
     if isinstance(s.dtype, pd.DatetimeTZDtype):
-        return s.dt.tz_convert("UTC"), "datetime"
+        return s.dt.tz_convert("UTC"), "datetime", ""
     if pd.api.types.is_datetime64_dtype(s.dtype):
-        return s.dt.tz_localize("UTC"), "datetime"
+        return s.dt.tz_localize("UTC"), "datetime", ""
+    if date_format:
+        text = s.astype("str").mask(s.isna())
+        return pd.to_datetime(text, utc=True, errors="coerce", format=date_format), f"format {date_format}", ""
     if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
-        return _parse_numeric_time(s)
+        return (*_parse_numeric_time(s), "")
+    note = ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         best = pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601"), "iso"
@@ -186,13 +259,14 @@ def _parse_time(s: pd.Series) -> tuple[pd.Series, str]:
         if best[0].isna().mean() > MAX_BAD_SHARE / 10:  # e.g. "01/02/2024 10:00": guess the format
             fmt = _guess_format(s)
             if fmt:
-                cand = pd.to_datetime(s, utc=True, errors="coerce", format=fmt), f"format {fmt}"
+                *cand, cand_note = _read_day_month(s, fmt, groups, where)
                 if cand[0].isna().sum() < best[0].isna().sum():
-                    best = cand
-    return best
+                    best, note = tuple(cand), cand_note
+    return best[0], best[1], note
 
 
-def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None) -> tuple[pd.DataFrame, dict]:
+def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_format: str = ""
+                      ) -> tuple[pd.DataFrame, dict]:
     """One file's table -> canonical columns (unsorted, nothing repaired) and facts for the report."""
     found = _match_columns(df)
     missing = [c for c in COLUMNS if c not in found and c != "symbol"]
@@ -209,17 +283,21 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None) -> tuple
         if "time" in by_norm and by_norm["time"] not in found.values():
             found["time_of_day"] = by_norm["time"]
             raw_t = raw_t.astype("str") + " " + df[by_norm["time"]].astype("str")
-    ts, fmt = _parse_time(raw_t)
+    groups = df[found["symbol"]].astype("str").to_numpy() if "symbol" in found else None
+    ts, fmt, note = _parse_time(raw_t, date_format, groups, where=f"{path}: column '{tcol}'")
+    ts = _to_ns(ts)
     bad = ts.isna().to_numpy()
     n_bad = int(bad.sum())
     if n_bad > MAX_BAD_SHARE * len(df):
         present = bad & raw_t.notna().to_numpy()
         example = repr(str(raw_t[present].iloc[0])) if present.any() else "empty"
-        raise DataError(f"{path}: column '{tcol}': {n_bad} of {len(df)} timestamps are unparseable "
+        how = f" with date_format {date_format!r}" if date_format else ""
+        raise DataError(f"{path}: column '{tcol}': {n_bad} of {len(df)} timestamps are unparseable{how} "
                         f"(e.g. {example})")
 
-    out = {"timestamp": ts.astype("datetime64[ns, UTC]").array}
-    facts: dict = {"timestamp_format": fmt, "bad_timestamps": n_bad, "non_numeric": {}}
+    out = {"timestamp": ts.array}
+    facts: dict = {"timestamp_format": fmt, "timestamp_note": note, "bad_timestamps": n_bad, "non_numeric": {},
+                   "decimal_comma": bool(df.attrs.get("decimal_comma"))}
     for c in NUM_COLS:
         col = df[found[c]]
         if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
@@ -291,13 +369,14 @@ def data_files(path: Path) -> tuple[list[Path], list[Path]]:
     return files, skipped
 
 
-def load_ohlcv(path: str | Path, symbol: str | None = None) -> pd.DataFrame:
+def load_ohlcv(path: str | Path, symbol: str | None = None, date_format: str = "") -> pd.DataFrame:
     """Read a CSV/Parquet file or a directory of per-symbol files into the canonical raw frame.
 
     Nothing is repaired here: bad values are kept (NaN/NaT included) so `clean_ohlcv` can count them. The
     frame is stably sorted by (symbol, timestamp); how many rows were out of order in the file as read is
     kept in `attrs` for the quality report. `symbol` names a single-symbol file without a symbol column
-    (default: the file stem) or selects one symbol from a long file.
+    (default: the file stem) or selects one symbol from a long file. `date_format` (strftime) reads text
+    timestamps as given instead of inferring the format.
     """
     path = Path(path)
     if not path.exists():
@@ -306,9 +385,9 @@ def load_ohlcv(path: str | Path, symbol: str | None = None) -> pd.DataFrame:
     if path.is_dir():
         if not files:
             raise DataError(f"{path}: directory has no CSV or Parquet files")
-        parts = [_frame_from_table(_read_table(p), p, None) for p in files]
+        parts = [_frame_from_table(_read_table(p), p, None, date_format) for p in files]
     else:
-        parts = [_frame_from_table(_read_table(path), path, symbol)]
+        parts = [_frame_from_table(_read_table(path), path, symbol, date_format)]
 
     frame = pd.concat([f for f, _ in parts], ignore_index=True) if len(parts) > 1 else parts[0][0]
     ts = ns_since_epoch(frame["timestamp"]).view("datetime64[ns]")
@@ -333,6 +412,9 @@ def load_ohlcv(path: str | Path, symbol: str | None = None) -> pd.DataFrame:
         "skipped_files": [p.name for p in skipped],
         "extra_columns": extra,
         "timestamp_format": sorted({f["timestamp_format"] for _, f in parts}),
+        "timestamp_notes": [(f"{p.name}: " if len(parts) > 1 else "") + f["timestamp_note"]
+                            for p, (_, f) in zip(files, parts) if f["timestamp_note"]],
+        "decimal_comma": [p.name for p, (_, f) in zip(files, parts) if f["decimal_comma"]],
         "bad_timestamps": int(sum(f["bad_timestamps"] for _, f in parts)),
         "non_numeric": non_numeric,
         "unsorted_rows": int(unsorted.sum()),
@@ -486,6 +568,7 @@ class QualityReport:
                 lines.append(f"  {label}: " + ", ".join(f"{r} {n:,}" for r, n in top))
         if self.extra_columns:
             lines.append("  ignored columns: " + ", ".join(self.extra_columns))
+        lines += [f"  timestamps: {note}" for note in self.load_notes.get("timestamp_notes", [])]
         return "\n".join(lines)
 
 
@@ -563,14 +646,6 @@ def _unsorted(w: Work) -> np.ndarray:
     order = _sort_order(w.a["code"], w.a["ts"])
     w.take(order)
     return moved[order]
-
-
-def _absurd_magnitude(w: Work) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        out = np.isfinite(w.a["volume"]) & (w.a["volume"] > MAX_VOLUME)
-        for c in PRICE_COLS:
-            out |= np.isfinite(w.a[c]) & (w.a[c] > MAX_PRICE)
-    return out
 
 
 def _bad_close(w: Work) -> np.ndarray:
@@ -668,9 +743,9 @@ class Rule:
 
 RULES: tuple[Rule, ...] = (
     Rule("bad_symbol", "dropped", "symbol missing or empty", _bad_symbol),
-    Rule("bad_timestamp", "dropped", "timestamp missing or unparseable", _bad_timestamp),
+    Rule("bad_timestamp", "dropped", "timestamp missing, unparseable or out of range (before 1677, after 2262)",
+         _bad_timestamp),
     Rule("unsorted", "changed", "reordered by time", _unsorted),
-    Rule("absurd_magnitude", "dropped", "price above 1e12 or volume above 1e20 (not physical)", _absurd_magnitude),
     Rule("bad_close", "dropped", "close non-finite or <= 0", _bad_close),
     Rule("duplicate", "dropped", "same symbol and timestamp; keep the last", _duplicate),
     Rule("too_short", "dropped", "symbol has fewer rows than min_rows", _too_short),
@@ -744,8 +819,8 @@ def _quality_report(w: Work, raw: pd.DataFrame, source: str, keep: tuple[str, ..
     bar = w.bar
     extra = list(raw.attrs.get("extra_columns", []))
     extra += [str(col) for col in raw.columns if col not in COLUMNS and col not in keep]
-    load_notes = {k: raw.attrs[k] for k in ("n_files", "skipped_files", "timestamp_format", "bad_timestamps",
-                                            "non_numeric") if k in raw.attrs}
+    load_notes = {k: raw.attrs[k] for k in ("n_files", "skipped_files", "timestamp_format", "timestamp_notes",
+                                            "bad_timestamps", "non_numeric", "decimal_comma") if k in raw.attrs}
     return QualityReport(
         source=source,
         rows_in=len(raw),

@@ -7,6 +7,7 @@ micro-step of each accumulation window. Only rank 0 writes to the run folder. Se
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -20,8 +21,12 @@ import torch.distributed as dist
 import yaml
 
 from tradelib.config import Config
-from tradelib.paths import outputs_dir
-from tradelib.runs import new_run_id
+from tradelib.paths import atomic_write_bytes, outputs_dir
+from tradelib.runs import check_run_free, new_run_id
+
+
+class LaunchFailed(RuntimeError):
+    """torchrun ended with a non-zero code; the workers' own one-line error is in its output."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,21 @@ def init_distributed(env: DistEnv, device: torch.device) -> torch.device:
     return device
 
 
-def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup_distributed(clean: bool = True) -> None:
+    """Leave the process group. After a clean finish every rank first meets the others at a barrier, so none
+    exits while rank 0 still writes the run's outputs; then the group is destroyed. After an error there is no
+    barrier (the other ranks may never reach it): torchrun stops them when this process exits."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if clean and active():
+        dist.barrier()
+    gc.collect()  # objects that hold the group (DDP's reducer) go first
+    dist.destroy_process_group()
+
+
+def is_worker() -> bool:
+    """True in a process torchrun started for a run of several processes."""
+    return dist_env().world > 1
 
 
 def active() -> bool:
@@ -109,9 +126,9 @@ def launch_distributed(cfg: Config) -> Path:
     """
     run_id = cfg.run_id or new_run_id()
     folder = outputs_dir() / run_id
-    folder.mkdir(parents=True, exist_ok=True)
+    check_run_free(folder)  # say it now, not after torchrun has started every process
     config_file = folder / "launch.yaml"
-    config_file.write_text(yaml.safe_dump(cfg.replace(run_id=run_id).to_dict(), sort_keys=False))
+    atomic_write_bytes(yaml.safe_dump(cfg.replace(run_id=run_id).to_dict(), sort_keys=False).encode(), config_file)
     cmd = torchrun_command(config_file, cfg.n_gpus)
     print("launching: torchrun " + " ".join(cmd[3:]), flush=True)
     env = dict(os.environ)
@@ -129,5 +146,5 @@ def launch_distributed(cfg: Config) -> Path:
         proc.wait()
         raise
     if rc != 0:
-        raise RuntimeError(f"torchrun exited with code {rc} (run {run_id}); its output is above")
+        raise LaunchFailed(f"torchrun exited with code {rc} (run {run_id}); its output is above")
     return folder

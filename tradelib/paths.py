@@ -3,6 +3,7 @@ how a file is written so that a kill never leaves half of it."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from pathlib import Path
@@ -31,6 +32,18 @@ def unique_tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
 
 
+def write_bytes(data: bytes, path: Path) -> None:
+    """Write a file in place (a device, a path the user named); an error names the file (a failed write alone
+    does not: ENOSPC from /dev/full)."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+
+
 def atomic_write_bytes(data: bytes, path: Path) -> None:
     """Write to a unique temporary file, flush it to disk, then rename: a kill mid-write leaves the old file."""
     tmp = unique_tmp(path)
@@ -42,3 +55,58 @@ def atomic_write_bytes(data: bytes, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class Busy(RuntimeError):
+    """A lock another live process holds: `holder` is its PID as it wrote it (None if not yet written)."""
+
+    def __init__(self, path: Path, holder: int | None) -> None:
+        super().__init__(f"{path} is held by process {holder if holder is not None else '(starting)'}")
+        self.path, self.holder = path, holder
+
+
+class FileLock:
+    """An exclusive `fcntl.flock` on a lock file, holding the owner's PID. The kernel drops it when the holding
+    process ends, however it ends (kill -9 included), so a lock never outlives its process. `acquire(wait=False)`
+    raises Busy when another process holds it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def holder(self) -> int | None:
+        try:
+            text = self.path.read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def acquire(self, wait: bool = False) -> FileLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            raise Busy(self.path, self.holder()) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+    def __del__(self) -> None:  # a lock object dropped without release() (an abandoned run) lets go too
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - at interpreter exit os may be gone; the kernel drops the lock anyway
+            pass
+
+    def __enter__(self) -> FileLock:
+        return self if self.fd is not None else self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

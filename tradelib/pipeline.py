@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tradelib.config import read_params
+from tradelib.config import Config, read_params
+from tradelib.hardware import pick_device
 from tradelib.paths import notebooks_dir
-from tradelib.runs import new_run_id, run_dir
+from tradelib.runs import holding_run, new_run_id, run_dir
 
 NOTEBOOKS = ("01_data_cleaning", "02_profiling", "03_train", "04_report")
 
@@ -46,15 +47,27 @@ def render_html(notebook: Path, html: Path) -> Path:
 
 def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None,
                  notebooks: tuple[str, ...] = NOTEBOOKS, progress: bool = True) -> dict[str, Path]:
-    """Execute the notebooks in order into outputs/<run_id>/ and render the report; returns the paths."""
-    import papermill as pm
+    """Execute the notebooks in order into outputs/<run_id>/ and render the report; returns the paths.
 
+    Every parameter is checked before the first notebook starts (its name, its value, the device), so a bad
+    one ends with one line, not a failed notebook. The run folder is locked for the pipeline's life; its
+    notebooks' kernels inherit the lock."""
     params = read_params(files, overrides)
     run_id = str(params.get("run_id") or new_run_id())
     params["run_id"] = run_id
     src = {name: notebooks_dir() / f"{name}.ipynb" for name in notebooks}
     per_nb = split_params(params, {name: notebook_parameters(p) for name, p in src.items()})
+    cfg = Config.from_dict(params, source=", ".join(files or []) or "parameters")
+    pick_device(cfg.device, verbose=False)  # CUDA asked for but absent: say so now
     out = run_dir(run_id)
+    with holding_run(out):
+        return _execute(src, per_nb, out, progress)
+
+
+def _execute(src: dict[str, Path], per_nb: dict[str, dict], out: Path, progress: bool) -> dict[str, Path]:
+    import papermill as pm
+
+    notebooks = tuple(src)
     paths: dict[str, Path] = {}
     for name in notebooks:
         t0 = time.perf_counter()

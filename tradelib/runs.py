@@ -4,19 +4,29 @@
     summary.json         the run's configuration, throughput, memory and test figures
     predictions.parquet  the test split: row, timestamp, symbol, prediction, target, ...
     checkpoints/         see checkpoint.py
+    .lock                held (fcntl.flock) by the process that trains or runs the pipeline into the folder
+
+Every file is written whole or not at all (paths.atomic_write_bytes), except metrics.jsonl, appended a row
+at a time by the one process that holds the folder's lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tradelib.paths import atomic_write_bytes, outputs_dir
+from tradelib.paths import Busy, FileLock, atomic_write_bytes, outputs_dir
+
+# "<pid>:<lock path>": the run folder a parent process (the pipeline) holds on behalf of the processes it starts
+RUN_LOCK_ENV = "TRADELIB_RUN_LOCK"
 
 STEP_COLUMNS = ["step", "epoch", "samples", "loss", "lr", "grad_norm", "samples_per_s", "it_per_s",
                 "data_wait_share", "skipped_steps", "elapsed_s"]  # fmt: skip
@@ -41,6 +51,50 @@ def run_dir(run_id: str) -> Path:
     path = outputs_dir() / run_id
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class RunBusy(RuntimeError):
+    """Another live process trains (or runs the pipeline) into this run folder."""
+
+
+def lock_run(folder: Path) -> FileLock | None:
+    """Hold `folder`/.lock for the run's life, so that a second run with the same run_id stops at once with one
+    line naming the holder, instead of interleaving its metrics and checkpoints with the first's. Returns the
+    lock (release it at the end; a killed process releases it by dying), or None when the process that started
+    this one holds it on our behalf (the pipeline for its notebooks; RUN_LOCK_ENV says so)."""
+    lock = FileLock(Path(folder) / ".lock")
+    try:
+        return lock.acquire()
+    except Busy as busy:
+        if busy.holder is not None and os.environ.get(RUN_LOCK_ENV) == f"{busy.holder}:{lock.path.resolve()}":
+            return None
+        raise RunBusy(f"run {Path(folder).name!r} is in use by process {busy.holder} ({lock.path}): wait for it to "
+                      f"end, or choose another run_id") from None
+
+
+def check_run_free(folder: Path) -> None:
+    """Raise RunBusy now if another process holds `folder` (a check, the lock is not kept)."""
+    lock = lock_run(folder)
+    if lock is not None:
+        lock.release()
+
+
+@contextlib.contextmanager
+def holding_run(folder: Path) -> Iterator[None]:
+    """Hold `folder`'s lock for the block and hand it down to the processes started in it (RUN_LOCK_ENV)."""
+    lock = lock_run(folder)
+    previous = os.environ.get(RUN_LOCK_ENV)
+    if lock is not None:
+        os.environ[RUN_LOCK_ENV] = f"{os.getpid()}:{lock.path.resolve()}"
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+            if previous is None:
+                os.environ.pop(RUN_LOCK_ENV, None)
+            else:
+                os.environ[RUN_LOCK_ENV] = previous
 
 
 def has_runs() -> bool:
@@ -177,8 +231,9 @@ def runs_table(root: Path) -> pd.DataFrame:
 
 # -- predictions.parquet --------------------------------------------------------------------------------------
 def write_predictions(run: Path, fs, rows: np.ndarray, prediction: np.ndarray) -> Path:
-    """The test split's predictions beside everything the report needs of those rows."""
+    """The test split's predictions beside everything the report needs of those rows (written atomically)."""
     path = Path(run) / "predictions.parquet"
+    buf = io.BytesIO()
     pd.DataFrame({
         "row": rows,
         "timestamp": pd.to_datetime(fs.timestamp[rows], utc=True),
@@ -186,7 +241,8 @@ def write_predictions(run: Path, fs, rows: np.ndarray, prediction: np.ndarray) -
         "prediction": prediction,
         "target": fs.y[rows], "fwd_return": fs.fwd_return[rows], "ret_next": fs.ret_next[rows],
         "last_return": fs.last_return[rows], "oracle": fs.oracle[rows],
-    }).to_parquet(path, index=False)
+    }).to_parquet(buf, index=False)
+    atomic_write_bytes(buf.getvalue(), path)
     return path
 
 

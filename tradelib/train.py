@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from tradelib import checkpoint, dataset, evaluate, runs
@@ -53,8 +54,19 @@ from tradelib.sources import make_sources
 from tradelib.trainer import StepStats, Trainer, seed_everything
 
 
-class TrainingDiverged(RuntimeError):
-    pass
+class TrainingFailed(RuntimeError):
+    """The run trained but its result is not usable (no step taken, non-finite weights or predictions): no
+    summary is written, so nothing downstream takes it for a finished run."""
+
+
+class TrainingDiverged(TrainingFailed):
+    """Too many non-finite steps in a row, or non-finite weights: the last finite checkpoint is named."""
+
+
+class ProgressBar(tqdm):
+    """The training bar, without tqdm's monitor thread (a thread that would outlive the run)."""
+
+    monitor_interval = 0
 
 
 @dataclass
@@ -161,6 +173,16 @@ class TrainingRun:
         self.run_id = cfg.run_id or broadcast_object(runs.new_run_id())  # every rank writes to rank 0's folder
         self.dir = outputs_dir() / self.run_id
         self.ckpt_dir = self.dir / "checkpoints"
+        self.trainer: Trainer | None = None
+        self.lock = runs.lock_run(self.dir) if self.main else None  # held for the run's life (close releases it)
+        try:
+            self._setup(fs, env)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, fs: FeatureSet | None, env: DistEnv) -> None:
+        cfg = self.cfg
         if self.main and not cfg.resume:  # (a resume finds its checkpoints in _resume, or says it found none)
             if any(self.ckpt_dir.glob("*.pt")):
                 raise ValueError(f"run {self.run_id!r} already has checkpoints in {self.ckpt_dir}: pass resume=True "
@@ -193,6 +215,19 @@ class TrainingRun:
     def model(self) -> torch.nn.Module:
         return self.trainer.model
 
+    def close(self) -> None:
+        """Stop what runs beside the loop and let go of what the run holds: the DataLoader's worker processes,
+        DDP's wrapper (its reducer holds the process group), the run folder's lock. Safe to call twice."""
+        if self.trainer is not None:
+            stop_workers = getattr(self.trainer.source, "close", None)
+            if stop_workers is not None:
+                stop_workers()
+            if isinstance(self.trainer.train_fwd, DDP):
+                self.trainer.train_fwd = self.trainer.train_fwd.module
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     # -- checkpoints ---------------------------------------------------------------------------------------
     def state(self) -> dict:
         """Everything needed to continue bit for bit: the trainer, the loop's position and sums, the RNG."""
@@ -212,14 +247,27 @@ class TrainingRun:
         }
 
     def save_checkpoint(self, tag: str) -> Path | None:
-        """Rank 0 writes `tag`.pt; of the step-N.pt files the newest keep_checkpoints stay."""
+        """Rank 0 writes `tag`.pt; of the step-N.pt files the newest keep_checkpoints stay. Weights that are no
+        longer finite are never written (nor do they push a finite checkpoint out of the rotation)."""
         if not self.main:
             return None
+        self.check_finite_weights()
         path = checkpoint.save(self.state(), self.ckpt_dir / f"{tag}.pt")
         if tag.startswith("step-"):
             self._saved_step = self.step
             checkpoint.rotate(self.ckpt_dir, self.cfg.keep_checkpoints)
         return path
+
+    def check_finite_weights(self) -> None:
+        """Raise TrainingDiverged, naming the last checkpoint (the last finite state), when a weight is NaN or inf."""
+        floats = {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}
+        if not floats or bool(torch.stack([torch.isfinite(v).all() for v in floats.values()]).all()):
+            return
+        bad = [k for k, v in floats.items() if not bool(torch.isfinite(v).all())]
+        raise TrainingDiverged(
+            f"run {self.run_id!r} stopped at step {self.step}: the weights are no longer finite ({', '.join(bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''}); nothing more is written and the last checkpoint, "
+            f"{self.latest_checkpoint()}, holds the last finite state. Lower lr or set grad_clip, and check the data.")
 
     def latest_checkpoint(self) -> Path | None:
         found = checkpoint.resume_candidates(self.ckpt_dir)
@@ -229,14 +277,17 @@ class TrainingRun:
         ck, path = None, None
         if self.main:  # only rank 0 may see the run folder (another node's disk): it hands the state to all
             ck, path, skipped = checkpoint.load_latest(self.ckpt_dir)
-            for bad, why in skipped:
-                print(f"resume: skipped {bad.name}: {why}")
             if ck is None and skipped:
                 raise FileNotFoundError(f"resume: none of the {len(skipped)} checkpoints in {self.ckpt_dir} loads "
-                                        f"(run_id {self.run_id!r}); start a new run")
+                                        f"({'; '.join(why for _, why in skipped)}); start the run again without "
+                                        f"resume, or with another run_id")
+            for bad, why in skipped:  # moved aside, out of the rotation, kept for a look
+                aside = checkpoint.set_aside(bad)
+                print(f"resume: skipped {why}; kept as {aside.name}")
         ck, path = broadcast_object((ck, path))
         if ck is None:
-            raise FileNotFoundError(f"resume: no checkpoint in {self.ckpt_dir} (run_id {self.run_id!r})")
+            raise FileNotFoundError(f"resume: no checkpoint in {self.ckpt_dir} (run_id {self.run_id!r}): the run wrote "
+                                    f"none before it stopped; start it again without resume")
         checkpoint.check_resumable(ck, path, self.cfg, self.cache_key, self.world)
         self.trainer.load_state_dict(ck)
         for k in LOOP_STATE:
@@ -266,22 +317,27 @@ class TrainingRun:
         return self.epoch >= self.cfg.epochs or self.step >= self.trainer.total_steps or early
 
     def fit(self) -> dict:
-        # mininterval: a notebook keeps every text refresh as an output, so refresh once a second, not ten times
-        self.bar = tqdm(total=self.trainer.total_steps, initial=self.step, desc=f"train {self.cfg.model}",
-                        unit="step", disable=not self.progress or not self.main, dynamic_ncols=True, mininterval=1.0)
-        self.monitor = GpuMonitor(device=self.device, enabled=self.main, verbose=self.main).start()
-        self.t_log = time.perf_counter()
+        """Train to the end, then finish(); the run is closed afterwards, also after an error or an interrupt."""
         try:
-            with StopRequests(enabled=self.world == 1) as stop:
-                try:
-                    self._loop(stop)
-                except KeyboardInterrupt:
-                    self._on_interrupt()
-                    raise
+            # mininterval: a notebook keeps every text refresh as an output, so refresh once a second, not ten
+            self.bar = ProgressBar(total=self.trainer.total_steps, initial=self.step, desc=f"train {self.cfg.model}",
+                                   unit="step", disable=not self.progress or not self.main, dynamic_ncols=True,
+                                   mininterval=1.0)
+            self.monitor = GpuMonitor(device=self.device, enabled=self.main, verbose=self.main).start()
+            self.t_log = time.perf_counter()
+            try:
+                with StopRequests(enabled=self.world == 1) as stop:
+                    try:
+                        self._loop(stop)
+                    except KeyboardInterrupt:
+                        self._on_interrupt()
+                        raise
+            finally:
+                self.gpu_stats = self.monitor.stop()
+                self.bar.close()
+            return self.finish()
         finally:
-            self.gpu_stats = self.monitor.stop()
-            self.bar.close()
-        return self.finish()
+            self.close()
 
     def _loop(self, stop: StopRequests) -> None:
         cfg, tr = self.cfg, self.trainer
@@ -388,18 +444,30 @@ class TrainingRun:
     # -- the end -------------------------------------------------------------------------------------------
     def finish(self) -> dict:
         """Write the final state as step-N.pt (the resume point), restore the best weights when early
-        stopping is on, write last.pt (those weights), predictions and the summary."""
+        stopping is on, write last.pt (those weights), predictions and the summary. A run that took no step,
+        or whose weights or predictions are not finite, raises instead (TrainingFailed): no summary, no false
+        success, and the checkpoints keep the last finite state."""
         if not self.main:
             return {"run_id": self.run_id, "rank": self.rank}
+        if self.step - self.skipped <= 0:
+            raise TrainingFailed(
+                f"run {self.run_id!r} trained nothing: {self.step} optimizer steps, {self.skipped} of them skipped "
+                f"(non-finite loss or gradient); no predictions or summary written. Check the data and lr.")
         if self._saved_step != self.step:
             self.save_checkpoint(f"step-{self.step}")
         best = self.ckpt_dir / "best.pt"
         restored = bool(self.cfg.patience) and best.exists()
         if restored:
             self.model.load_state_dict(checkpoint.load(best, self.device)["model"])
+        self.check_finite_weights()
         checkpoint.save({**self.state(), "restored_best": restored}, self.ckpt_dir / "last.pt")
         ends = self.windows.ends(2)
         pred = self.trainer.predict(ends).cpu().numpy() * self.windows.target_scale
+        if not np.isfinite(pred).all():
+            raise TrainingFailed(
+                f"run {self.run_id!r}: {int((~np.isfinite(pred)).sum()):,} of {len(pred):,} test predictions are not "
+                f"finite although the weights are; no predictions or summary written (checkpoints kept in "
+                f"{self.ckpt_dir}). Set output_clip, or lower lr.")
         runs.write_predictions(self.dir, self.fs, ends.cpu().numpy(), pred)
         summary = {**self.summary(), **evaluate.named_ics(runs.read_predictions(self.dir))}
         runs.write_summary(self.dir, summary)
@@ -439,10 +507,13 @@ class TrainingRun:
 def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True) -> RunResult:
     """Train one run end to end; the function 03_train and `tradelib train` both call.
 
-    Under torchrun every process calls it: each joins the process group, trains its share, and leaves the
-    group at the end (also on an error). Only rank 0 prints and writes. Torch's global flags (TF32,
-    determinism) are set for the run and put back afterwards.
+    Under torchrun every process calls it: each joins the process group, trains its share, and at the end
+    stops its DataLoader workers, waits at a barrier until every rank (rank 0 writing the outputs) is done,
+    and leaves the group (also on an error, then without the barrier). Only rank 0 prints and writes, and it
+    holds the run folder's lock for the run's life. Torch's global flags (TF32, determinism) are set for the
+    run and put back afterwards.
     """
+    run, finished = None, False
     with torch_flags(cfg.deterministic):
         try:
             run = TrainingRun(cfg, fs, progress)
@@ -454,8 +525,11 @@ def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True) -> R
                       f"{f' x {run.world} ranks' if run.world > 1 else ''}), {tr.total_steps} optimizer steps, "
                       f"lr {tr.lr:g}, device {run.device}")
             summary = run.fit()
+            finished = True
         finally:
-            cleanup_distributed()
+            if run is not None:
+                run.close()
+            cleanup_distributed(clean=finished)
     if run.main:
         oracle = summary.get("oracle_pooled_ic")
         print(f"done: {summary['samples_per_s']:,.0f} samples/s, pooled test IC {summary['pooled_ic']:.4f}"

@@ -1,0 +1,654 @@
+"""A hostile corpus, tried as a user would: data files generated here under tmp_path, bad parameters, damaged
+caches, a read-only or full disk, a busy run folder. Each case asserts the exit code, a single `error:` line
+(no traceback) where it fails, and counts that add up (rows in = kept + dropped) where it loads.
+
+The CLI runs in this process (`cli.main`, the function `python -m tradelib` calls); a few cases also run it as
+a real process, where the one-line promise is about everything the process writes to stderr.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from tradelib import cache, dataset
+from tradelib.cli import main
+from tradelib.config import Config
+from tradelib.data import load_ohlcv
+from tradelib.paths import FileLock, repo_root
+
+ROOT = repo_root()
+SMALL = ["-p", "window", "4", "-p", "max_gap_bars", "50"]
+COUNTS = re.compile(r"rows in ([\d,]+), kept ([\d,]+), dropped ([\d,]+)")
+TINY_TRAIN = ["-p", "synth_symbols", "3", "-p", "synth_bars", "400", "-p", "window", "8", "-p", "hidden", "8",
+              "-p", "layers", "1", "-p", "model", "mlp", "-p", "device", "cpu", "-p", "compile", "off",
+              "-p", "batch_size", "32", "-p", "epochs", "1", "-p", "log_every", "2"]
+
+
+@pytest.fixture(autouse=True)
+def no_debug(monkeypatch):
+    monkeypatch.delenv("TRADELIB_DEBUG", raising=False)
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error(err: str) -> str:
+    """The one `error:` line, last on stderr (a progress bar may come before it); never a traceback."""
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err[-2000:]
+    assert err.strip().splitlines()[-1] == errors[0]
+    return errors[0]
+
+
+def counts(out: str) -> tuple[int, int, int]:
+    rows_in, kept, dropped = (int(x.replace(",", "")) for x in COUNTS.search(out).groups())
+    assert rows_in == kept + dropped
+    return rows_in, kept, dropped
+
+
+def bars(n: int = 200, start: str = "2024-01-01", freq: str = "1D", seed: int = 0, price: float = 100.0,
+         volume: float = 1e6) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    close = price * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    open_ = np.r_[close[0], close[:-1]]
+    return pd.DataFrame({"timestamp": pd.date_range(start, periods=n, freq=freq, tz="UTC"), "open": open_,
+                         "high": np.maximum(open_, close) * 1.002, "low": np.minimum(open_, close) * 0.998,
+                         "close": close, "volume": volume * rng.uniform(0.5, 1.5, n)})
+
+
+def write_csv(path: Path, df: pd.DataFrame, date_fmt: str = "%Y-%m-%d %H:%M", sep: str = ",", decimal: str = ".",
+              bom: bool = False, crlf: bool = False) -> Path:
+    text = df.assign(timestamp=df.timestamp.dt.strftime(date_fmt)).to_csv(
+        sep=sep, decimal=decimal, index=False, lineterminator="\r\n" if crlf else "\n")
+    path.write_bytes((("\ufeff" if bom else "") + text).encode())
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data files
+
+
+def test_ambiguous_day_first_dates_take_the_regular_grid_and_say_so(tmp_path, capsys):
+    """Hourly bars of 1-10 January written day-first: every date also parses month-first (all days <= 12), which
+    would jump a month at each midnight; the day-first reading is the regular one, and the summary says so."""
+    df = bars(240, freq="1h")
+    path = write_csv(tmp_path / "EURUSD.csv", df, date_fmt="%d/%m/%Y %H:%M")
+    code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
+    assert code == 0, err
+    assert counts(out) == (240, 240, 0)
+    assert "timestamps: dates read day-first (%d/%m/%Y %H:%M)" in out
+    pd.testing.assert_series_equal(load_ohlcv(path).timestamp, df.timestamp.astype("datetime64[ns, UTC]"))
+
+
+def test_seven_daily_bars_day_first_are_not_read_as_months(tmp_path):
+    """The issue's case: 01/01/2024 .. 07/01/2024 are seven days, not January to July."""
+    df = bars(7)
+    raw = load_ohlcv(write_csv(tmp_path / "x.csv", df, date_fmt="%d/%m/%Y"))
+    assert raw.timestamp.dt.day.tolist() == list(range(1, 8)) and (raw.timestamp.dt.month == 1).all()
+    assert raw.attrs["timestamp_notes"] and "day-first" in raw.attrs["timestamp_notes"][0]
+
+
+def test_dates_that_read_alike_both_ways_are_refused_until_date_format_is_set(tmp_path, capsys):
+    """01/01, 02/02, ... 12/12: both orders give the same dates, so neither is more regular: one line asking for
+    date_format; with it the file loads."""
+    days = pd.DatetimeIndex([pd.Timestamp(2024, m, m, h, tz="UTC") for m in range(1, 13) for h in range(24)])
+    df = bars(len(days)).assign(timestamp=days)
+    path = write_csv(tmp_path / "amb.csv", df, date_fmt="%d/%m/%Y %H:%M")
+    code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
+    line = one_error(err)
+    assert code == 2 and str(path) in line and "set date_format" in line and "%d/%m/%Y %H:%M" in line
+    code, out, err = cli(capsys, "prepare", "--data", path, *SMALL, "-p", "date_format", "%d/%m/%Y %H:%M")
+    assert code == 0, err
+    assert counts(out)[0] == len(df)
+
+
+def test_a_date_format_that_does_not_fit_is_named(tmp_path, capsys):
+    path = write_csv(tmp_path / "x.csv", bars(50), date_fmt="%Y-%m-%d")
+    code, out, err = cli(capsys, "prepare", "--data", path, "-p", "date_format", "%d/%m/%Y")
+    line = one_error(err)
+    assert code == 2 and "50 of 50 timestamps are unparseable with date_format '%d/%m/%Y'" in line
+
+
+def test_bom_and_crlf(tmp_path, capsys):
+    df = bars(150)
+    path = write_csv(tmp_path / "AAA.csv", df, date_fmt="%Y-%m-%d", bom=True, crlf=True)
+    assert path.read_bytes().startswith(b"\xef\xbb\xbftimestamp") and b"\r\n" in path.read_bytes()
+    code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
+    assert code == 0, err
+    assert counts(out) == (150, 150, 0)
+    np.testing.assert_allclose(load_ohlcv(path).close, df.close, rtol=1e-12)
+
+
+def test_semicolons_with_decimal_commas(tmp_path, capsys):
+    df = bars(150)
+    path = write_csv(tmp_path / "DAX.csv", df, date_fmt="%Y-%m-%d", sep=";", decimal=",")
+    assert re.search(r";\d+,\d+;", path.read_text())
+    code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
+    assert code == 0, err
+    assert counts(out) == (150, 150, 0)
+    raw = load_ohlcv(path)
+    np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
+    assert raw.attrs["decimal_comma"] == ["DAX.csv"]
+
+
+def test_semicolons_with_decimal_points(tmp_path):
+    df = bars(50)
+    raw = load_ohlcv(write_csv(tmp_path / "x.csv", df, sep=";"))
+    np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
+
+
+def test_year_9999_among_2000_rows_is_one_counted_bad_timestamp(tmp_path, capsys):
+    df = bars(2000, freq="1h")
+    text = write_csv(tmp_path / "x.csv", df).read_text().splitlines()
+    text[1000] = "9999-12-31 00:00" + text[1000][16:]  # pandas 3 reads it (in microseconds); ns cannot hold it
+    path = tmp_path / "y9999.csv"
+    path.write_text("\n".join(text) + "\n")
+    code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
+    assert code == 0, err
+    assert counts(out) == (2000, 1999, 1)
+    assert "dropped: bad_timestamp 1" in out
+
+
+@pytest.mark.parametrize("fmt", ["epoch_s", "yyyymmdd", "dmy"])
+def test_out_of_range_timestamps_in_other_formats(tmp_path, fmt):
+    df = bars(100)
+    col = {"epoch_s": (df.timestamp - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "s"),
+           "yyyymmdd": df.timestamp.dt.strftime("%Y%m%d").astype(int),
+           "dmy": df.timestamp.dt.strftime("%d/%m/%Y")}[fmt]
+    bad = {"epoch_s": 253402214400, "yyyymmdd": 99991231, "dmy": "31/12/9999"}[fmt]
+    col = col.astype(object)
+    col[50] = bad
+    df.assign(timestamp=col).to_csv(tmp_path / "x.csv", index=False)
+    raw = load_ohlcv(tmp_path / "x.csv")
+    assert raw.attrs["bad_timestamps"] == 1 and raw.timestamp.isna().sum() == 1
+
+
+def test_a_few_unparseable_timestamps_are_counted(tmp_path, capsys):
+    df = bars(300, freq="1h")
+    lines = write_csv(tmp_path / "x.csv", df).read_text().splitlines()
+    for i in (5, 50, 150):
+        lines[i] = "not a time" + lines[i][16:]
+    path = tmp_path / "garbled.csv"
+    path.write_text("\n".join(lines) + "\n")
+    code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
+    assert code == 0, err
+    assert counts(out) == (300, 297, 3) and "bad_timestamp 3" in out
+
+
+def test_truncated_gzip_is_one_line_naming_the_file(tmp_path, capsys):
+    path = tmp_path / "AAA.csv.gz"
+    path.write_bytes(gzip.compress(write_csv(tmp_path / "a.csv", bars(3000)).read_bytes())[:4000])
+    code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
+    line = one_error(err)
+    assert code == 2 and str(path) in line and "cannot parse as CSV" in line
+
+
+def test_one_corrupt_file_in_a_per_symbol_folder_is_named(tmp_path, capsys):
+    folder = tmp_path / "daily"
+    folder.mkdir()
+    for i, name in enumerate(("AAA", "BBB", "CCC")):
+        write_csv(folder / f"{name}.csv", bars(120, seed=i), date_fmt="%Y-%m-%d")
+    (folder / "BBB.csv").write_bytes(bytes(range(256)) * 8)
+    code, out, err = cli(capsys, "prepare", "--data", folder, *SMALL)
+    line = one_error(err)
+    assert code == 2 and str(folder / "BBB.csv") in line
+    write_csv(folder / "BBB.csv", bars(120, seed=1), date_fmt="%Y-%m-%d")  # repaired: the folder loads
+    code, out, err = cli(capsys, "prepare", "--data", folder, *SMALL)
+    assert code == 0 and counts(out) == (360, 360, 0)
+
+
+@pytest.mark.parametrize("content,problem", [(b"", "empty file"), (b"\x00\x01\x02 garbage", "no rows"),
+                                             (b"date,open\n2024-01-01,1\n", "missing required columns")])
+def test_unusable_files(tmp_path, capsys, content, problem):
+    path = tmp_path / "x.csv"
+    path.write_bytes(content)
+    code, out, err = cli(capsys, "prepare", "--data", path)
+    line = one_error(err)
+    assert code == 2 and str(path) in line and problem in line
+
+
+def test_no_rows_left_names_the_file_and_the_rules(tmp_path, capsys):
+    df = bars(100)
+    df.loc[:59, "close"] = -1.0
+    path = write_csv(tmp_path / "short.csv", df.iloc[:75])
+    code, out, err = cli(capsys, "prepare", "--data", path, "-p", "window", "32")
+    line = one_error(err)
+    assert code == 2 and str(path) in line and "no rows left after cleaning: 75 rows in" in line
+    assert "bad_close 60" in line and "too_short 15" in line
+
+
+def test_nan_and_huge_values_in_a_file_are_counted(tmp_path, capsys):
+    df = bars(200)
+    df.loc[10, "close"] = np.nan
+    df.loc[20, "volume"] = 1e30  # a size alone is never a reason to drop
+    df.loc[30, "open"] = np.inf
+    path = write_csv(tmp_path / "x.csv", df)
+    code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
+    assert code == 0, err
+    assert counts(out) == (200, 199, 1) and "bad_close 1" in out and "bad_ohl 1" in out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scale-free cleaning
+
+
+REAL = ROOT / "tests" / "data" / "real" / "MSFT.csv.gz"
+
+
+@pytest.fixture(scope="module")
+def msft() -> tuple[pd.DataFrame, Config, object, object]:
+    """Real daily bars (MSFT 1986-2017, early prices near 0.07), loaded and built once."""
+    raw = load_ohlcv(REAL)
+    cfg = Config(data_path=str(REAL))
+    return (raw, cfg, *dataset.build(cfg, raw))
+
+
+@settings(max_examples=6, deadline=None)
+@example(a=-12, b=14)  # the corners, and the issue's micro-priced token (1e-8 prices, 1e12 x volumes)
+@example(a=6, b=-6)
+@example(a=-8, b=12)
+@given(a=st.integers(-12, 6), b=st.integers(-6, 14))
+def test_prices_and_volumes_of_any_scale_keep_the_same_rows_and_features(msft, a, b):
+    """Prices x 10^a and volumes x 10^b: the same rows survive cleaning and the features agree to float32
+    rounding (the issue: 1e-8 prices with 1e18-1e20 volumes lost rows to an absolute volume limit)."""
+    raw, cfg, base, base_rep = msft
+    scaled = raw.copy()
+    scaled[["open", "high", "low", "close"]] *= 10.0**a
+    scaled["volume"] *= 10.0**b
+    fs, rep = dataset.build(cfg, scaled)
+    assert (rep.rows_in, rep.rows_kept) == (base_rep.rows_in, base_rep.rows_kept)
+    np.testing.assert_array_equal(fs.timestamp, base.timestamp)
+    np.testing.assert_array_equal(fs.split, base.split)
+    np.testing.assert_allclose(fs.X, base.X, rtol=0, atol=2e-4)
+    np.testing.assert_allclose(fs.y, base.y, rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# parameters
+
+
+@pytest.mark.parametrize("name,value,allowed", [
+    ("lr", "inf", "finite"), ("lr", "0", "> 0"), ("batch_size", "-5", ">= 1"), ("batch_size", "0", ">= 1"),
+    ("grad_accum_steps", "-2", ">= 1"), ("grad_accum_steps", "0", ">= 1"), ("epochs", "0", ">= 1"),
+    ("epochs", "-1", ">= 1"), ("precision", "fp8", "auto | fp32 | bf16"), ("dropout", "1", "< 1"),
+    ("train_frac", "0", "> 0"), ("val_frac", "1.5", "< 1"), ("model", "transformer", "mlp | lstm"),
+    ("loader", "gpu", "device | dataloader"), ("lr_scaling", "cubic", "none | linear | sqrt"),
+    ("position_mode", "kelly", "sign | scaled"), ("device", "gpu0", "cuda:N"), ("date_format", "dd/mm", "strftime"),
+    ("loaders", "gpu", "device, dataloader, dense"), ("batch_sizes", "0,64", "sizes >= 1"),
+])
+def test_bad_parameter_values_are_one_line_exit_2(capsys, name, value, allowed):
+    for command in ("train", "pipeline"):
+        code, out, err = cli(capsys, command, "-p", name, value)
+        line = one_error(err)
+        assert code == 2 and f"parameter {name!r} is" in line and allowed in line, line
+
+
+@pytest.mark.parametrize("args", [["train", "--bogus"], ["train", "-p", "lr"], []])
+def test_a_usage_error_is_one_line(capsys, args):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "--help" in err
+
+
+def test_train_plus_val_fraction_must_leave_a_test_split(capsys):
+    code, out, err = cli(capsys, "train", "-p", "train_frac", "0.9", "-p", "val_frac", "0.1")
+    assert code == 2 and "train_frac + val_frac must be below 1" in one_error(err)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["train", "pipeline", "bench"])
+def test_cuda_asked_for_but_absent(capsys, command):
+    code, out, err = cli(capsys, command, "-p", "device", "cuda")
+    line = one_error(err)
+    assert code == 2 and "CUDA is not available" in line and "-p device cpu" in line
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "pipeline", "bench"])
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys, command):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("batch_size: 64\nmodel: [lstm\n")
+    code, out, err = cli(capsys, command, "-f", bad)
+    line = one_error(err)
+    assert code == 2 and str(bad) in line and "not valid YAML at line" in line
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "pipeline", "bench"])
+def test_an_unknown_parameter_is_refused_with_a_suggestion(capsys, command):
+    code, out, err = cli(capsys, command, "-p", "batchsize", "64")
+    line = one_error(err)
+    assert code == 2 and "batchsize" in line
+
+
+def test_papermill_refuses_what_the_notebook_does_not_declare(tmp_path, outputs):
+    """papermill itself only warns about `-p batchsize 64` and would train with the default batch: the
+    notebook's first cell refuses it, with a suggestion, before anything runs."""
+    res = subprocess.run([sys.executable, "-m", "papermill", "notebooks/03_train.ipynb", str(tmp_path / "o.ipynb"),
+                          "-p", "batchsize", "64", "--no-progress-bar"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode != 0 and "ConfigError" in res.stderr
+    assert "03_train: unknown parameter 'batchsize' (did you mean 'batch_size'?)" in res.stderr
+    assert not any(outputs.glob("*/metrics.jsonl"))  # nothing trained
+
+
+def test_notebook_config_reads_what_papermill_injected():
+    """The first cell's check on an IPython namespace: `In` holds the executed cells, papermill's injected one
+    starting with "# Parameters". Outside papermill (no such cell) user variables are left alone."""
+    from tradelib.config import ConfigError, notebook_config
+
+    params = {"batch_size": 64, "lr": 2e-3, "run_id": ""}
+    ns = {**params, "In": ["", "batch_size: int = 256  # ...", "# Parameters\nbatch_size = 64\nlr = 0.002\n"]}
+    assert notebook_config(ns, "03_train").batch_size == 64
+    with pytest.raises(ConfigError, match=r"03_train: unknown parameter 'cost_bps'"):  # 04's, not 03's
+        notebook_config({**ns, "cost_bps": 3.0, "In": ns["In"] + ["# Parameters\ncost_bps = 3.0\n"]}, "03_train")
+    with pytest.raises(ConfigError, match=r"parameter 'lr' is inf; it must be a finite number"):
+        notebook_config({**ns, "lr": float("inf")}, "03_train")
+    assert notebook_config({**ns, "raw": object(), "In": ["x = 1"]}, "03_train").lr == 2e-3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the disk
+
+
+def unwritable_outputs(tmp_path: Path) -> Path:
+    """A folder this process cannot write: a read-only one, or (as root, who may write anywhere the modes
+    allow) a path under /sys, where even root cannot create a folder."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").mkdir()
+    except OSError:
+        return folder
+    (folder / "probe").rmdir()
+    sysfs = Path("/sys/tradelib-outputs")
+    try:
+        sysfs.mkdir()
+    except OSError:
+        return sysfs
+    sysfs.rmdir()
+    pytest.skip("no unwritable folder on this machine")
+
+
+@pytest.mark.parametrize("command", ["prepare", "train"])
+def test_read_only_outputs_is_one_line_naming_the_folder(tmp_path, capsys, monkeypatch, command):
+    ro = unwritable_outputs(tmp_path)
+    monkeypatch.setenv("TRADELIB_OUTPUTS", str(ro))
+    code, out, err = cli(capsys, command, *TINY_TRAIN)
+    line = one_error(err)
+    assert code == 2 and str(ro) in line and "TRADELIB_OUTPUTS" in line
+
+
+def test_full_disk_is_one_line(capsys):
+    """/dev/full answers every write with ENOSPC: the bench's JSON goes there."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    code, out, err = cli(capsys, "bench", "-p", "synth_symbols", "2", "-p", "synth_bars", "300", "-p", "window",
+                         "8", "-p", "hidden", "4", "-p", "layers", "1", "-p", "bench_models", "mlp", "-p", "loaders",
+                         "device", "-p", "steps", "1", "-p", "warmup", "0", "-p", "device", "cpu", "-p", "compile",
+                         "off", "--json", "/dev/full")
+    line = one_error(err)
+    assert code == 2 and "/dev/full" in line and "No space left on device" in line and "free some space" in line
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the feature cache
+
+
+@pytest.fixture
+def cached(outputs):
+    cfg = Config(synth_symbols=2, synth_bars=600, window=8)
+    fs = dataset.prepare(cfg, verbose=False)
+    return cfg, Path(fs.meta["cache_dir"]), fs
+
+
+def nan_bytes(folder: Path) -> None:
+    a = np.load(folder / "X.npy")
+    a[5, 2] = np.nan
+    np.save(folder / "X.npy", a)  # same size, other bytes
+
+
+def huge_values(folder: Path) -> None:
+    """1e30 written into X.npy, and the manifest's checksum updated to match: the range check still refuses."""
+    a = np.load(folder / "X.npy")
+    a[7, 0] = 1e30
+    np.save(folder / "X.npy", a)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["arrays"]["X"]["crc32"] = cache.checksum(a)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def truncated(folder: Path) -> None:
+    data = (folder / "X.npy").read_bytes()
+    (folder / "X.npy").write_bytes(data[: len(data) // 2])
+
+
+def zeroed_header(folder: Path) -> None:
+    data = bytearray((folder / "y.npy").read_bytes())
+    data[:128] = bytes(128)
+    (folder / "y.npy").write_bytes(bytes(data))
+
+
+def truncated_manifest(folder: Path) -> None:
+    text = (folder / "manifest.json").read_text()
+    (folder / "manifest.json").write_text(text[: len(text) // 3])
+
+
+DAMAGE = {"nan_bytes": (nan_bytes, "X.npy", "checksum differs"), "huge": (huge_values, "X.npy", "outside +-clip"),
+          "truncated": (truncated, "X.npy", "truncated"), "zeroed": (zeroed_header, "y.npy", "not a readable array"),
+          "manifest": (truncated_manifest, "manifest.json", "not valid JSON")}
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_damaged_cache_is_named_and_rebuilt(cached, capsys, kind):
+    cfg, folder, fs = cached
+    damage, file, why = DAMAGE[kind]
+    damage(folder)
+    with pytest.raises(cache.CacheError) as exc:
+        cache.load(folder)
+    assert str(exc.value).startswith(f"{folder / file}: ") and why in str(exc.value)
+    assert "--force-recreate" in str(exc.value) and "\n" not in str(exc.value)
+    capsys.readouterr()
+    again = dataset.prepare(cfg)  # the data is still there: rebuilt, said
+    out = capsys.readouterr().out
+    assert f"{folder / file}: " in out and "rebuilding it from the synthetic market" in out
+    assert "features built" in out
+    np.testing.assert_array_equal(again.X, fs.X)
+    cache.load(folder)  # whole again
+
+
+def test_a_damaged_cache_of_raw_data_that_is_gone_is_one_line(tmp_path, capsys):
+    """The data file is gone: `prepare` names it (the cache key hashes the data, so no cache can be found for
+    it), and the damaged cache itself, loaded by its folder (as the report does), names its file and
+    --force-recreate."""
+    path = write_csv(tmp_path / "AAA.csv", bars(150))
+    code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
+    assert code == 0
+    folder = Path(out.split("cache: ")[1].strip())
+    nan_bytes(folder)
+    path.unlink()
+    code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
+    line = one_error(err)
+    assert code == 2 and str(path) in line  # the key needs the data: it names the missing file
+    with pytest.raises(cache.CacheError, match=r"X\.npy: checksum differs.*--force-recreate"):
+        cache.load(folder)
+
+
+def test_two_processes_building_one_cache_key_end_with_one_valid_cache(outputs):
+    """Both start while a third holds the key's build lock: when it lets go, one builds, the other waits for it
+    and loads its cache. One folder, valid, no temporary leftovers."""
+    cfg = Config(synth_symbols=3, synth_bars=3000, window=8)
+    folder = cache.folder_for(cache.cache_key(cfg))
+    script = ("from tradelib import dataset; from tradelib.config import Config; "
+              "fs = dataset.prepare(Config(synth_symbols=3, synth_bars=3000, window=8)); print('ROWS', len(fs))")
+    env = dict(os.environ, TRADELIB_OUTPUTS=str(outputs), PYTHONPATH=str(ROOT))
+    with FileLock(folder.with_name(folder.name + ".lock")):
+        procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        time.sleep(3)  # both are waiting on the lock now (imports take a second or two)
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum("features built" in o for o in outs) == 1 and sum("cache hit" in o for o in outs) == 1
+    assert len({o.split("ROWS")[1] for o in outs}) == 1
+    assert [p.name for p in folder.parent.iterdir() if p.is_dir()] == [folder.name]
+    cache.load(folder)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# run folders, checkpoints, false success
+
+
+def test_a_second_run_with_the_same_id_names_the_holder_and_the_lock_dies_with_it(outputs, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from tradelib.runs import lock_run; from tradelib.paths import outputs_dir; "
+        "lock = lock_run(outputs_dir() / 'busy'); print('HELD', flush=True); time.sleep(60)")],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        code, out, err = cli(capsys, "train", *TINY_TRAIN, "-p", "run_id", "busy", "-p", "max_steps", "2")
+        line = one_error(err)
+        assert code == 2 and f"in use by process {holder.pid}" in line and "choose another run_id" in line
+        code, out, err = cli(capsys, "pipeline", "-f", ROOT / "params" / "tiny.yaml", "-p", "run_id", "busy")
+        assert code == 2 and f"in use by process {holder.pid}" in one_error(err)
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs, the kernel drops the lock
+        holder.wait()
+    code, out, err = cli(capsys, "train", *TINY_TRAIN, "-p", "run_id", "busy", "-p", "max_steps", "2")
+    assert code == 0, err
+
+
+def tiny_run(outputs, capsys, run_id: str, *extra: str) -> Path:
+    code, out, err = cli(capsys, "train", *TINY_TRAIN, "-p", "run_id", run_id, "-p", "checkpoint_every", "2",
+                         "-p", "keep_checkpoints", "5", *extra)
+    assert code == 0, err
+    return outputs / run_id / "checkpoints"
+
+
+CORRUPT = {
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:1000]),
+    "zeroed": lambda p: p.write_bytes(bytes(p.stat().st_size)),
+    "garbage": lambda p: p.write_bytes(np.random.default_rng(0).bytes(p.stat().st_size)),
+}
+
+
+@pytest.mark.parametrize("kind", CORRUPT)
+def test_resume_falls_back_to_the_newest_checkpoint_that_loads(outputs, capsys, kind):
+    ckpts = tiny_run(outputs, capsys, f"fallback-{kind}", "-p", "max_steps", "6")
+    assert sorted(p.name for p in ckpts.glob("step-*.pt")) == ["step-2.pt", "step-4.pt", "step-6.pt"]
+    CORRUPT[kind](ckpts / "step-6.pt")
+    code, out, err = cli(capsys, "train", *TINY_TRAIN, "-p", "run_id", f"fallback-{kind}", "-p", "checkpoint_every",
+                         "2", "-p", "keep_checkpoints", "5", "-p", "max_steps", "8", "-p", "resume", "True")
+    assert code == 0, err
+    assert re.search(r"resume: skipped .*step-6\.pt: .*; kept as step-6\.pt\.damaged", out)
+    assert "resumed fallback-" in out and "from step-4.pt at step 4" in out
+    assert (ckpts / "step-6.pt.damaged").exists() and (ckpts / "step-8.pt").exists()
+
+
+def test_resume_when_no_checkpoint_loads_is_one_line(outputs, capsys):
+    ckpts = tiny_run(outputs, capsys, "all-bad", "-p", "max_steps", "4")
+    for p in ckpts.glob("*.pt"):
+        CORRUPT["zeroed"](p)
+    code, out, err = cli(capsys, "train", *TINY_TRAIN, "-p", "run_id", "all-bad", "-p", "checkpoint_every", "2",
+                         "-p", "keep_checkpoints", "5", "-p", "max_steps", "4", "-p", "resume", "True")
+    line = one_error(err)
+    assert code == 2 and "none of the 3 checkpoints" in line and "start the run again without resume" in line
+
+
+@pytest.mark.parametrize("param,value,says", [
+    ("init_gain", "1e30", "trained nothing: 8 optimizer steps, 8 of them skipped"),
+    ("lr", "1e30", "test predictions are not finite"),
+])
+def test_no_false_success(outputs, capsys, param, value, says):
+    """A run whose every step was non-finite, or whose predictions end non-finite, exits 1 with one line; no
+    summary is written, and the checkpoints it kept load and hold finite weights."""
+    code, out, err = cli(capsys, "train", *TINY_TRAIN, "-p", "run_id", "bad", "-p", "max_steps", "8",
+                         "-p", "checkpoint_every", "2", "-p", param, value)
+    line = one_error(err)
+    assert code == 1 and says in line
+    run = outputs / "bad"
+    assert not (run / "summary.json").exists() and not (run / "predictions.parquet").exists()
+    import torch
+
+    from tradelib import checkpoint
+
+    for p in (run / "checkpoints").glob("step-*.pt"):
+        state = checkpoint.load(p)
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_weights_that_turn_non_finite_are_never_checkpointed(outputs, capsys):
+    """Weights poisoned mid-run (as an overflow would): the next checkpoint refuses, the run exits 1 naming the
+    last finite checkpoint, which stays."""
+    import torch
+
+    from tradelib.train import TrainingDiverged, TrainingRun
+
+    run = TrainingRun(Config(synth_symbols=3, synth_bars=400, window=8, hidden=8, layers=1, model="mlp",
+                             device="cpu", compile="off", batch_size=32, epochs=1, checkpoint_every=2, log_every=2,
+                             max_steps=8, run_id="poisoned"), progress=False)
+
+    def poison(t) -> None:
+        if t.step == 3:
+            with torch.no_grad():
+                next(t.model.parameters()).fill_(float("inf"))
+
+    run.on_step = poison
+    with pytest.raises(TrainingDiverged, match=r"weights are no longer finite .*step-2\.pt.*last finite state"):
+        run.fit()
+    names = sorted(p.name for p in (outputs / "poisoned" / "checkpoints").glob("*.pt"))
+    assert names == ["step-2.pt"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# as a real process: stderr is one line, unless TRADELIB_DEBUG=1
+
+
+def test_a_real_process_writes_one_line_and_debug_shows_the_traceback(tmp_path):
+    cmd = [sys.executable, "-m", "tradelib", "train", "-p", "lr", "inf"]
+    env = dict(os.environ, TRADELIB_OUTPUTS=str(tmp_path / "o"))
+    env.pop("TRADELIB_DEBUG", None)
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr == "error: parameter 'lr' is inf; it must be a finite number\n"
+    res = subprocess.run(cmd, cwd=ROOT, env={**env, "TRADELIB_DEBUG": "1"}, capture_output=True, text=True)
+    assert res.returncode != 0 and "Traceback" in res.stderr and "ConfigError" in res.stderr
+
+
+@pytest.mark.parametrize("moment", ["early", "while writing"])
+def test_prepare_killed_at_any_moment_leaves_a_valid_cache(outputs, moment):
+    """kill -9 of `tradelib prepare` part-way (after 2 s, or as soon as its temporary cache folder appears):
+    the next prepare finds a valid cache or none, never a half one, and loads or builds it; the dead builder's
+    leftovers are swept."""
+    params = dict(synth_symbols=8, synth_bars=50_000, window=8)
+    proc = subprocess.Popen([sys.executable, "-m", "tradelib", "prepare",
+                             *[a for k, v in params.items() for a in ("-p", k, str(v))]],
+                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + (2.0 if moment == "early" else 60)
+    while time.monotonic() < deadline and proc.poll() is None:
+        if moment == "while writing" and any((outputs / "cache").glob(".*.tmp")):
+            break
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    if moment == "while writing":
+        assert any((outputs / "cache").glob(".*.tmp"))  # it was killed with a half-written temporary folder
+    fs = dataset.prepare(Config(**params), verbose=False)
+    folder = Path(fs.meta["cache_dir"])
+    cache.load(folder)
+    assert [p.name for p in folder.parent.iterdir() if p.is_dir()] == [folder.name]
