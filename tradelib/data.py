@@ -10,11 +10,16 @@ Canonical frame (see docs/design.md): columns `timestamp` (datetime64[ns, UTC]),
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import gzip
 import math
+import os
 import re
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -329,21 +334,72 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
     return frame, facts
 
 
+@contextlib.contextmanager
+def freed_memory_reused(top_pad: int = 1 << 30):
+    """Inside: glibc's malloc keeps the memory numpy frees (up to `top_pad` bytes) for the next allocation,
+    instead of handing it back to the kernel and faulting it in again page by page. Cleaning and features
+    allocate many short-lived arrays of a shard's size; the page faults of those fresh pages took more time than
+    the arithmetic (docs/perf.md). Afterwards the defaults are put back and the kept memory returned. A no-op
+    where malloc is not glibc's."""
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # arrays up to 32 MB from the heap (glibc's largest setting)
+    libc.mallopt(m_trim_threshold, top_pad)
+    try:
+        yield
+    finally:  # where glibc's own dynamic thresholds end up once arrays of 32 MB or more were freed
+        libc.mallopt(m_trim_threshold, 64 << 20)
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _glibc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
 def ns_since_epoch(t) -> np.ndarray:
     """Datetimes (tz-aware, or naive = UTC) -> int64 ns since the epoch, NaT as int64 min; no object arrays.
     The one conversion every module uses (pandas 3 may hold datetimes in us)."""
     return pd.DatetimeIndex(t).as_unit("ns").asi8
 
 
-def _symbol_codes(sym: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+def symbol_codes(sym: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
     """Symbols as strings, their integer codes in lexical order (-1 for missing) and the distinct names.
 
     Non-string symbols (categorical, ints) are compared as strings, so the order is the same for any dtype.
+    A column grouped by symbol in lexical order (as loaded, and every clean frame) is coded from its runs.
     """
     if not isinstance(sym.dtype, pd.StringDtype):
         sym = sym.astype("str").mask(sym.isna())
+    runs = _sorted_runs(sym)
+    if runs is not None:
+        return sym, *runs
     codes, uniques = pd.factorize(sym, sort=True)
-    return sym, codes.astype(np.int64), np.asarray(uniques, dtype=object)
+    return sym, codes.astype(np.int32), np.asarray(uniques, dtype=object)
+
+
+def _sorted_runs(sym: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """(codes, names) of a string column that is grouped by symbol in lexical order with nothing missing,
+    found by comparing neighbours (no hashing of every string); None otherwise."""
+    if len(sym) < 2 or getattr(sym.dtype, "storage", "") != "pyarrow" or sym.isna().any():
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pa.array(sym.array)
+    change = pc.not_equal(arr.slice(1), arr.slice(0, len(arr) - 1)).to_numpy(zero_copy_only=False)
+    starts = np.r_[0, np.flatnonzero(change) + 1]
+    names = np.asarray(arr.take(pa.array(starts)).to_pylist(), dtype=object)
+    if any(names[i] >= names[i + 1] for i in range(len(names) - 1)):  # a symbol twice, or out of order
+        return None
+    return np.repeat(np.arange(len(starts), dtype=np.int32), np.diff(np.r_[starts, len(arr)])), names
 
 
 def _unsorted_rows(ts: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -391,7 +447,7 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, date_format: str = "
 
     frame = pd.concat([f for f, _ in parts], ignore_index=True) if len(parts) > 1 else parts[0][0]
     ts = ns_since_epoch(frame["timestamp"]).view("datetime64[ns]")
-    _, codes, uniques = _symbol_codes(frame["symbol"])
+    _, codes, uniques = symbol_codes(frame["symbol"])
     ok = ~np.isnat(ts)
     unsorted = np.zeros(len(frame), dtype=bool)
     unsorted[ok] = _unsorted_rows(ts[ok], codes[ok])
@@ -431,11 +487,9 @@ def _is_sorted(codes: np.ndarray, ts: np.ndarray) -> bool:
     """Sorted by (code, ts) with NaT (min int64) never inside a symbol's run."""
     if len(codes) < 2:
         return True
-    dc = np.diff(codes)
-    if (dc < 0).any():
+    if (codes[1:] < codes[:-1]).any():
         return False
-    same = dc == 0
-    return not (np.diff(ts)[same] < 0).any()
+    return not ((ts[1:] < ts[:-1]) & (codes[1:] == codes[:-1])).any()
 
 
 def _sort_order(codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -455,7 +509,7 @@ def bar_sizes_ns(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray:
     if len(ts) < 2:
         return out
     d = np.diff(ts)
-    ok = (np.diff(codes) == 0) & (d > 0)
+    ok = (codes[1:] == codes[:-1]) & (d > 0)
     d, c = d[ok], codes[1:][ok]
     if len(d) == 0:
         return out
@@ -491,28 +545,50 @@ def infer_bar_size(ts: pd.Series | np.ndarray) -> pd.Timedelta:
 # quality report
 
 
-def _ranges(cols: dict[str, np.ndarray], ts: np.ndarray) -> dict:
-    """Per column: min/max over finite values and counts of NaN, inf, negative and zero values."""
+def _range_stats(cols: dict[str, np.ndarray], ts: np.ndarray) -> dict:
+    """Per column: min/max over finite values and counts of NaN, inf, negative and zero values; the timestamps'
+    range in ns. Stats of parts of the rows merge into the whole's (`_merge_ranges`)."""
     out: dict = {}
     for name, v in cols.items():
-        fin = np.isfinite(v)
-        nfin = int(fin.sum())
-        nan = int(np.isnan(v).sum()) if nfin < len(v) else 0
-        fv = v if nfin == len(v) else v[fin]
+        lo, hi = (float(v.min()), float(v.max())) if len(v) else (0.0, 0.0)
+        if math.isfinite(lo) and math.isfinite(hi):  # NaN propagates through min and max: all finite
+            nfin, nan, fv = len(v), 0, v
+        else:
+            fin = np.isfinite(v)
+            nfin = int(np.count_nonzero(fin))
+            nan = int(np.count_nonzero(np.isnan(v)))
+            fv = v[fin]
+            lo, hi = (float(fv.min()), float(fv.max())) if nfin else (None, None)
         out[name] = {
-            "min": float(fv.min()) if nfin else None,
-            "max": float(fv.max()) if nfin else None,
+            "min": lo if nfin else None,
+            "max": hi if nfin else None,
             "nan": nan,
             "inf": len(v) - nfin - nan,
-            "negative": int((v < 0).sum()),
-            "zero": int((v == 0).sum()),
+            "negative": 0 if nfin == len(v) and lo >= 0 else int(np.count_nonzero(v < 0)),
+            "zero": 0 if nfin == len(v) and (lo > 0 or hi < 0) else int(np.count_nonzero(v == 0)),
         }
-    t = ts[ts != np.iinfo(np.int64).min]
-    out["timestamp"] = {
-        "min": str(pd.Timestamp(int(t.min()), tz="UTC")) if len(t) else None,
-        "max": str(pd.Timestamp(int(t.max()), tz="UTC")) if len(t) else None,
-        "nat": int(len(ts) - len(t)),
-    }
+    nat = np.iinfo(np.int64).min
+    t = ts if len(ts) == 0 or ts.min() != nat else ts[ts != nat]
+    out["timestamp"] = {"min": int(t.min()) if len(t) else None, "max": int(t.max()) if len(t) else None,
+                        "nat": int(len(ts) - len(t))}
+    return out
+
+
+def _merge_ranges(parts: list[dict]) -> dict:
+    """The range stats of the rows of all `parts` together, timestamps as text."""
+    def pick(fn, values):
+        values = [v for v in values if v is not None]
+        return fn(values) if values else None
+
+    out: dict = {}
+    for name in parts[0]:
+        rows = [p[name] for p in parts]
+        out[name] = {"min": pick(min, [r["min"] for r in rows]), "max": pick(max, [r["max"] for r in rows]),
+                     **{k: sum(r[k] for r in rows) for k in rows[0] if k not in ("min", "max")}}
+    for end in ("min", "max"):
+        t = out["timestamp"][end]
+        out["timestamp"][end] = str(pd.Timestamp(t, tz="UTC")) if t is not None else None
+    out["timestamp"] = {k: out["timestamp"][k] for k in ("min", "max", "nat")}
     return out
 
 
@@ -577,20 +653,32 @@ class QualityReport:
 
 
 class Work:
-    """The frame being cleaned, as numpy arrays (`a`: idx, ts, code, open, high, low, close, volume), with the
-    rows still kept (`alive`) and the counts so far. Rules read and repair `a`; the raw frame is never touched."""
+    """The rows of some whole symbols being cleaned, as numpy arrays (`a`: idx (the row in the raw frame), ts,
+    code, open, high, low, close, volume), with the rows still kept (`alive`) and the counts so far. Rules read
+    and repair `a`, which holds copies: the raw frame is never touched. Symbols never share a rule's decision,
+    so the shards of a frame are cleaned apart (and at once) and their counts merged (`clean_shards`)."""
 
-    def __init__(self, raw: pd.DataFrame, params: dict) -> None:
-        self.raw, self.params = raw, params
-        self.sym, codes, self.symbols = _symbol_codes(raw["symbol"])
-        self.a = {"idx": np.arange(len(raw)), "ts": ns_since_epoch(raw["timestamp"]), "code": codes}
-        for c in NUM_COLS:
-            self.a[c] = np.array(pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype="float64", na_value=np.nan),
-                                 dtype=np.float64, copy=True)
-        self.alive = np.ones(len(raw), dtype=bool)
+    def __init__(self, a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict, params: dict) -> None:
+        self.a, self.symbols, self.own, self.attrs, self.params = a, symbols, own, attrs, params
+        self.alive = np.ones(len(a["ts"]), dtype=bool)
         self.counts: list[dict] = []
+        self.keys: list[tuple] = []  # per count: (rule position, 0 for a loader's note / 1 for the rule's finding)
         self._bar: np.ndarray | None = None
         self.gap = np.zeros(0, dtype=bool)
+        self.owned: set[str] = {"idx"}  # the arrays copied already: the others may be views of the raw frame
+        self.before: dict = {}
+        self.after: dict = {}
+
+    def writable(self, k: str) -> np.ndarray:
+        """`a[k]`, copied first unless it is a copy already (copy on write: most rows need no repair)."""
+        if k not in self.owned:
+            self.a[k] = self.a[k].copy()
+            self.owned.add(k)
+        return self.a[k]
+
+    def note(self, rule: str, symbol: str, action: str, rows: int, phase: int = 1) -> None:
+        self.counts.append({"rule": rule, "symbol": symbol, "action": action, "rows": rows})
+        self.keys.append((RULE_POS[rule], phase, symbol))  # where one pass over the whole frame puts it
 
     def count(self, rule: str, action: str, mask: np.ndarray) -> None:
         """Rows per symbol of `mask` (a missing symbol counts under '')."""
@@ -599,14 +687,17 @@ class Work:
         for i in np.flatnonzero(per):
             name = "" if i == 0 else str(self.symbols[i - 1])  # an empty symbol also counts under ''
             by_name[name] = by_name.get(name, 0) + int(per[i])
-        self.counts += [{"rule": rule, "symbol": k, "action": action, "rows": n} for k, n in by_name.items()]
+        for k, n in by_name.items():
+            self.note(rule, k, action, n)
 
     def take(self, sel: np.ndarray) -> None:
         """Keep (boolean mask) or reorder (index array) every working array."""
         if sel.dtype == bool:
-            sel = np.flatnonzero(sel)
-        self.a = {k: v.take(sel) for k, v in self.a.items()}
-        self.alive = self.alive.take(sel)
+            self.a = {k: v[sel] for k, v in self.a.items()}
+        else:
+            self.a = {k: v.take(sel) for k, v in self.a.items()}
+        self.alive = self.alive[sel]
+        self.owned = set(self.a)
 
     def compact(self) -> None:
         if not self.alive.all():
@@ -626,8 +717,21 @@ class Work:
 
 
 # -- the rules, in the order they run. Drop rules see only the rows still kept; the first drop counts. -----------
+def _none(w: Work) -> np.ndarray:
+    return np.zeros(len(w.alive), dtype=bool)
+
+
+def _positive_finite(x: np.ndarray, zero_ok: bool = False) -> bool:
+    """Every value finite and > 0 (>= 0 with zero_ok), in two passes (NaN fails both tests)."""
+    lo = x.min() if len(x) else 1.0
+    return bool((lo >= 0 if zero_ok else lo > 0) and (not len(x) or x.max() < np.inf))
+
+
 def _bad_symbol(w: Work) -> np.ndarray:
-    return (w.a["code"] < 0) | np.isin(w.a["code"], np.flatnonzero(w.symbols == ""))
+    code, empty = w.a["code"], np.flatnonzero(w.symbols == "")
+    if (not len(code) or code.min() >= 0) and not any(e in w.own for e in empty):
+        return _none(w)
+    return (code < 0) | np.isin(code, empty)
 
 
 def _bad_timestamp(w: Work) -> np.ndarray:
@@ -636,12 +740,12 @@ def _bad_timestamp(w: Work) -> np.ndarray:
 
 def _unsorted(w: Work) -> np.ndarray:
     """Rows out of order in the file (counted by load_ohlcv, which already sorted) or in the frame given."""
-    code_of = {s: i for i, s in enumerate(w.symbols)}
-    for s, n in w.raw.attrs.get("unsorted_by_symbol", {}).items():
-        if s in code_of and n:
-            w.counts.append({"rule": "unsorted", "symbol": str(s), "action": "changed", "rows": int(n)})
+    present = {str(w.symbols[c]) for c in w.own}  # this shard's symbols
+    for s, n in w.attrs.get("unsorted_by_symbol", {}).items():
+        if s in present and n:
+            w.note("unsorted", str(s), "changed", int(n), phase=0)
     if _is_sorted(w.a["code"], w.a["ts"]):
-        return np.zeros(len(w.alive), dtype=bool)
+        return _none(w)
     moved = _unsorted_rows(w.a["ts"], w.a["code"])
     order = _sort_order(w.a["code"], w.a["ts"])
     w.take(order)
@@ -650,61 +754,75 @@ def _unsorted(w: Work) -> np.ndarray:
 
 def _bad_close(w: Work) -> np.ndarray:
     c = w.a["close"]
+    if _positive_finite(c):
+        return _none(w)
     with np.errstate(invalid="ignore"):
         return ~(np.isfinite(c) & (c > 0))
 
 
 def _duplicate(w: Work) -> np.ndarray:
     """Same (symbol, timestamp) as the next kept row: rows are stably sorted, so the last one is the file's."""
-    surv = np.flatnonzero(w.alive)
-    sc, st = w.a["code"][surv], w.a["ts"][surv]
-    out = np.zeros(len(w.alive), dtype=bool)
-    out[surv[:-1]] = (sc[:-1] == sc[1:]) & (st[:-1] == st[1:])
+    out = _none(w)
+    if w.alive.all():
+        sc, st, at = w.a["code"], w.a["ts"], slice(0, len(out) - 1)
+    else:
+        surv = np.flatnonzero(w.alive)
+        sc, st, at = w.a["code"][surv], w.a["ts"][surv], surv[:-1]
+    out[at] = (sc[:-1] == sc[1:]) & (st[:-1] == st[1:])
     return out
 
 
 def _too_short(w: Work) -> np.ndarray:
     if w.params["min_rows"] <= 0:
-        return np.zeros(len(w.alive), dtype=bool)
+        return _none(w)
     code = w.a["code"]
-    per_sym = np.bincount(code[w.alive], minlength=len(w.symbols))
+    per_sym = np.bincount(code if w.alive.all() else code[w.alive], minlength=len(w.symbols))
+    short = np.flatnonzero((per_sym > 0) & (per_sym < w.params["min_rows"]))
+    if not len(short):  # (a symbol with no row left has none to drop)
+        return _none(w)
     return per_sym[code] < w.params["min_rows"]
 
 
 def _bad_ohl(w: Work) -> np.ndarray:
     """Open/high/low unusable -> close (close is finite and > 0 here)."""
-    c, changed = w.a["close"], np.zeros(len(w.alive), dtype=bool)
+    c, changed = w.a["close"], _none(w)
     for k in ("open", "high", "low"):
-        x = w.a[k]
+        if _positive_finite(w.a[k]):
+            continue
         with np.errstate(invalid="ignore"):
-            bad = ~(np.isfinite(x) & (x > 0))
-        x[bad] = c[bad]
+            bad = ~(np.isfinite(w.a[k]) & (w.a[k] > 0))
+        w.writable(k)[bad] = c[bad]
         changed |= bad
     return changed
 
 
 def _bad_volume(w: Work) -> np.ndarray:
     v = w.a["volume"]
+    if _positive_finite(v, zero_ok=True):
+        return _none(w)
     with np.errstate(invalid="ignore"):
         bad = ~(np.isfinite(v) & (v >= 0))
-    v[bad] = 0.0
+    w.writable("volume")[bad] = 0.0
     return bad
 
 
 def _high_below_low(w: Work) -> np.ndarray:
-    h, lo = w.a["high"], w.a["low"]
-    swap = h < lo
-    h[swap], lo[swap] = lo[swap], h[swap].copy()
+    swap = w.a["high"] < w.a["low"]
+    if swap.any():
+        h, lo = w.writable("high"), w.writable("low")
+        h[swap], lo[swap] = lo[swap], h[swap].copy()
     return swap
 
 
 def _ohlc_outside_range(w: Work) -> np.ndarray:
     o, h, lo, c = (w.a[k] for k in PRICE_COLS)
     top, bottom = np.maximum(o, c), np.minimum(o, c)
-    outside = (h < top) | (lo > bottom)
-    np.maximum(h, top, out=h)
-    np.minimum(lo, bottom, out=lo)
-    return outside
+    above, below = h < top, lo > bottom
+    if above.any():  # high widened to max(open, close)
+        w.writable("high")[above] = top[above]
+    if below.any():
+        w.writable("low")[below] = bottom[below]
+    return above | below
 
 
 def _long_gaps(w: Work) -> np.ndarray:
@@ -758,6 +876,119 @@ RULES: tuple[Rule, ...] = (
          "targets and returns that start or end at it masked", _price_spike),
     Rule("long_gap", "kept", "gap longer than max_gap_bars bars; windows do not cross it", _long_gaps),
 )
+RULE_POS = {rule.name: i for i, rule in enumerate(RULES)}
+
+
+@dataclass
+class CleanShard:
+    """The clean rows of some whole symbols, as arrays: what the features of those symbols are made from.
+
+    `a` holds `ts` (int64 ns UTC), `code` (the symbol's position in `symbols`, the raw frame's distinct symbols in
+    lexical order) and the float64 `open` .. `volume`, sorted by (code, ts); `keep` the extra columns asked for,
+    row-aligned (numpy arrays of the raw column's values)."""
+
+    a: dict[str, np.ndarray]
+    symbols: np.ndarray
+    keep: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.a["ts"])
+
+
+def symbol_shards(codes: np.ndarray, n_symbols: int, shard_rows: int) -> list[tuple[slice | np.ndarray, range]]:
+    """The rows cut into shards of whole symbols, about `shard_rows` rows each, in symbol order: per shard, its
+    rows (a slice where they are contiguous, else their positions in frame order) and its symbol codes. Rows
+    without a symbol go with the first shard."""
+    grouped = len(codes) < 2 or bool((codes[1:] >= codes[:-1]).all())  # as loaded: sorted by symbol
+    if grouped:  # rows per symbol without a pass over the rows
+        per = np.diff(np.searchsorted(codes, np.arange(-1, n_symbols + 1)))
+    else:
+        per = np.bincount(codes + 1, minlength=n_symbols + 1)
+    start = np.cumsum(per[1:]) - per[1:]  # rows before each symbol
+    group = np.unique(start // max(shard_rows, 1), return_inverse=True)[1].ravel()
+    n_shards = int(group.max()) + 1 if n_symbols else 1
+    first = np.searchsorted(group, np.arange(n_shards + 1))  # shard k holds codes first[k] .. first[k+1]-1
+    own = [range(int(first[k]), int(first[k + 1])) for k in range(n_shards)]
+    if n_shards == 1:
+        return [(slice(0, len(codes)), own[0])]
+    if grouped:  # slices: no copy
+        edges = np.r_[0, np.searchsorted(codes, first[1:-1], side="left"), len(codes)]
+        return [(slice(int(edges[k]), int(edges[k + 1])), own[k]) for k in range(n_shards)]
+    shard_of_row = np.r_[0, group].astype(np.int32)[codes + 1]
+    order = np.argsort(shard_of_row, kind="stable")  # each shard's rows in frame order
+    cuts = np.cumsum(np.bincount(shard_of_row, minlength=n_shards))[:-1]
+    return list(zip(np.split(order, cuts), own))
+
+
+def _float_column(col: pd.Series) -> np.ndarray:
+    """A column as float64 numbers (what is not a number becomes NaN); float64 columns are not copied."""
+    if col.dtype == np.float64:
+        return col.to_numpy()
+    return pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _clean_shard(a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict, params: dict) -> Work:
+    """Walk `RULES` over the rows of some whole symbols (see clean_ohlcv)."""
+    w = Work(a, symbols, own, attrs, params)
+    w.before = _range_stats({c: w.a[c] for c in NUM_COLS}, w.a["ts"])
+    for rule in RULES:
+        if rule.action != "dropped":
+            w.compact()
+        found = rule.find(w)
+        if rule.action == "dropped":
+            found &= w.alive
+            w.alive &= ~found
+        w.count(rule.name, rule.action, found)
+    w.compact()
+    w.after = _range_stats({c: w.a[c] for c in NUM_COLS}, w.a["ts"])
+    _check_clean(w.a, w.after)
+    return w
+
+
+def clean_shards(
+    raw: pd.DataFrame,
+    source: str = "",
+    *,
+    min_rows: int = 0,
+    max_gap_bars: int = 50,
+    spike_sigmas: float = 12.0,
+    keep: tuple[str, ...] = (),
+    shard_rows: int = 1_000_000,
+    workers: int = 0,
+    only: set[int] | None = None,
+) -> tuple[list[CleanShard], QualityReport]:
+    """`clean_ohlcv` without the frame: the clean rows as shards of whole symbols (about `shard_rows` rows each),
+    cleaned on `workers` threads (0: every core), and the report of them all. `only` cleans just those shards
+    (the others come back as None and the report covers the ones cleaned)."""
+    source = source or str(raw.attrs.get("source", ""))
+    missing = [c for c in COLUMNS + tuple(keep) if c not in raw.columns]
+    if missing:
+        raise DataError(f"{source or '<frame>'}: frame is missing column(s) {', '.join(map(repr, missing))} "
+                        f"(found: {', '.join(map(str, raw.columns))})")
+    tcol = raw["timestamp"]
+    if not isinstance(tcol.dtype, pd.DatetimeTZDtype) and not pd.api.types.is_datetime64_dtype(tcol.dtype):
+        raise DataError(f"{source or '<frame>'}: column 'timestamp' is {tcol.dtype}, not datetime "
+                        "(read files with load_ohlcv)")
+    _, codes, symbols = symbol_codes(raw["symbol"])
+    ts = ns_since_epoch(raw["timestamp"])
+    num = {c: _float_column(raw[c]) for c in NUM_COLS}
+    params = {"min_rows": min_rows, "max_gap_bars": max_gap_bars, "spike_sigmas": spike_sigmas}
+    shards = symbol_shards(codes, len(symbols), shard_rows)
+
+    def one(k: int) -> tuple[dict, CleanShard] | None:
+        if only is not None and k not in only:
+            return None
+        rows, own = shards[k]
+        idx = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
+        a = {"idx": idx, "ts": ts[rows], "code": codes[rows]} | {c: num[c][rows] for c in NUM_COLS}
+        w = _clean_shard(a, symbols, own, raw.attrs, params)
+        kept = {k: raw[k].to_numpy()[w.a["idx"]] for k in keep}
+        return _shard_part(w, len(idx)), CleanShard({k: v for k, v in w.a.items() if k != "idx"}, symbols, kept)
+
+    with freed_memory_reused(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        done = list(pool.map(one, range(len(shards))))
+    report = quality_report([d[0] for d in done if d is not None], raw, source, keep)
+    return [d[1] if d is not None else None for d in done], report
 
 
 def clean_ohlcv(
@@ -768,70 +999,83 @@ def clean_ohlcv(
     max_gap_bars: int = 50,
     spike_sigmas: float = 12.0,
     keep: tuple[str, ...] = (),
+    shard_rows: int = 1_000_000,
+    workers: int = 0,
 ) -> tuple[pd.DataFrame, QualityReport]:
     """Walk `RULES` in order and return a new clean frame plus the report; `raw` is never modified.
 
     Drops come first, so that a duplicate keeps the last *usable* row and repairs are only counted on kept
     rows; a dropped row is counted by the first rule that drops it. `keep` names extra columns carried along
-    row-aligned (e.g. the synthetic `oracle`).
+    row-aligned (e.g. the synthetic `oracle`). No rule looks across symbols, so the frame is cleaned in shards of
+    whole symbols on several cores (`clean_shards`); the result does not depend on how it was cut.
     """
-    source = source or str(raw.attrs.get("source", ""))
-    missing = [c for c in COLUMNS + tuple(keep) if c not in raw.columns]
-    if missing:
-        raise DataError(f"{source or '<frame>'}: frame is missing column(s) {', '.join(map(repr, missing))} "
-                        f"(found: {', '.join(map(str, raw.columns))})")
-    tcol = raw["timestamp"]
-    if not isinstance(tcol.dtype, pd.DatetimeTZDtype) and not pd.api.types.is_datetime64_dtype(tcol.dtype):
-        raise DataError(f"{source or '<frame>'}: column 'timestamp' is {tcol.dtype}, not datetime "
-                        "(read files with load_ohlcv)")
-    w = Work(raw, {"min_rows": min_rows, "max_gap_bars": max_gap_bars, "spike_sigmas": spike_sigmas})
-    ranges_before = _ranges({c: w.a[c] for c in NUM_COLS}, w.a["ts"])
-    for rule in RULES:
-        if rule.action != "dropped":
-            w.compact()
-        found = rule.find(w)
-        if rule.action == "dropped":
-            found &= w.alive
-            w.alive &= ~found
-        w.count(rule.name, rule.action, found)
-    w.compact()
-    out = _clean_frame(w, keep)
-    report = _quality_report(w, raw, source, keep, ranges_before)
-    _check_clean(w.a)
-    out.attrs = {"source": source, "bar_size_s": report.bar_size_s}
+    shards, report = clean_shards(raw, source, min_rows=min_rows, max_gap_bars=max_gap_bars,
+                                  spike_sigmas=spike_sigmas, keep=keep, shard_rows=shard_rows, workers=workers)
+    out = clean_frame(shards, keep, raw)
+    out.attrs = {"source": report.source, "bar_size_s": report.bar_size_s}
     return out, report
 
 
-def _clean_frame(w: Work, keep: tuple[str, ...]) -> pd.DataFrame:
-    a = w.a
-    out = pd.DataFrame({"timestamp": pd.DatetimeIndex(a["ts"].view("datetime64[ns]")).tz_localize("UTC")})
-    out["symbol"] = w.sym.iloc[a["idx"]].astype("str").reset_index(drop=True)
+def clean_frame(shards: list[CleanShard], keep: tuple[str, ...] = (), raw: pd.DataFrame | None = None
+                ) -> pd.DataFrame:
+    """The canonical clean frame of these shards (in order); kept columns keep the raw frame's dtype."""
+    cat = lambda k: np.concatenate([s.a[k] for s in shards])
+    code = cat("code")
+    out = pd.DataFrame({"timestamp": pd.DatetimeIndex(cat("ts").view("datetime64[ns]")).tz_localize("UTC")})
+    names = pd.array(np.asarray(shards[0].symbols, dtype=object), dtype="str")
+    out["symbol"] = names.take(code) if len(code) else pd.array([], dtype="str")
     for k in NUM_COLS:
-        out[k] = a[k]
+        out[k] = cat(k)
     for k in keep:
-        out[k] = w.raw[k].iloc[a["idx"]].reset_index(drop=True)
+        values = np.concatenate([s.keep[k] for s in shards])
+        out[k] = pd.Series(values, dtype=raw[k].dtype) if raw is not None else values
     return out
 
 
-def _quality_report(w: Work, raw: pd.DataFrame, source: str, keep: tuple[str, ...], ranges_before: dict
-                    ) -> QualityReport:
-    code, symbols = w.a["code"], w.symbols
-    bar = w.bar
+def _shard_part(w: Work, rows_in: int) -> dict:
+    """What the quality report needs of one cleaned shard, JSON-serialisable (a sharded build stores it)."""
+    symbols, code, bar = w.symbols, w.a["code"], w.bar
+    kept = code[np.r_[True, code[1:] != code[:-1]]] if len(code) else code  # sorted: the distinct codes
+    per = np.bincount(code[w.gap], minlength=len(symbols)) if len(w.gap) == len(code) else np.zeros(0, int)
+    return {"rows_in": rows_in, "rows_kept": len(code),
+            "counts": [[*key, c["action"], c["rule"], c["rows"]] for key, c in zip(w.keys, w.counts)],
+            "bar_size_s": {str(symbols[i]): (float(bar[i]) / 1e9 if bar[i] > 0 else None) for i in kept},
+            "gaps": {str(symbols[i]): int(per[i]) for i in np.flatnonzero(per)},
+            "before": w.before, "after": w.after}
+
+
+def _merged_counts(parts: list[dict]) -> list[dict]:
+    """The counts of all shards in the order one pass over the whole frame gives: by rule, then the loader's
+    notes before the rule's findings, then by symbol ('' first); a name counted in two shards (a missing and an
+    empty symbol) added up."""
+    merged: dict[tuple, int] = {}
+    for part in parts:
+        for pos, phase, symbol, action, rule, rows in part["counts"]:
+            key = (pos, phase, symbol, action, rule)
+            merged[key] = merged.get(key, 0) + rows
+    return [{"rule": k[4], "symbol": k[2], "action": k[3], "rows": merged[k]} for k in sorted(merged)]
+
+
+def quality_report(parts: list[dict], raw: pd.DataFrame, source: str, keep: tuple[str, ...] = ()
+                   ) -> QualityReport:
+    """The report of the shards whose parts these are (`_shard_part`, in shard order), for this raw frame."""
     extra = list(raw.attrs.get("extra_columns", []))
     extra += [str(col) for col in raw.columns if col not in COLUMNS and col not in keep]
     load_notes = {k: raw.attrs[k] for k in ("n_files", "skipped_files", "timestamp_format", "timestamp_notes",
                                             "bad_timestamps", "non_numeric", "decimal_comma") if k in raw.attrs}
+    empty = _range_stats({c: np.zeros(0) for c in NUM_COLS}, np.zeros(0, dtype=np.int64))
+    rows_in, kept = sum(p["rows_in"] for p in parts), sum(p["rows_kept"] for p in parts)
     return QualityReport(
         source=source,
-        rows_in=len(raw),
-        rows_kept=len(code),
-        rows_dropped=len(raw) - len(code),
-        counts=w.counts,
+        rows_in=rows_in,
+        rows_kept=kept,
+        rows_dropped=rows_in - kept,
+        counts=_merged_counts(parts),
         extra_columns=extra,
-        bar_size_s={str(symbols[i]): (float(bar[i]) / 1e9 if bar[i] > 0 else None) for i in np.unique(code)},
-        gaps={str(symbols[i]): int(g) for i, g in enumerate(np.bincount(code[w.gap], minlength=len(symbols))) if g},
-        ranges_before=ranges_before,
-        ranges_after=_ranges({k: w.a[k] for k in NUM_COLS}, w.a["ts"]),
+        bar_size_s={k: v for p in parts for k, v in p["bar_size_s"].items()},
+        gaps={k: v for p in parts for k, v in p["gaps"].items()},
+        ranges_before=_merge_ranges([p["before"] for p in parts] or [empty]),
+        ranges_after=_merge_ranges([p["after"] for p in parts] or [empty]),
         load_notes=load_notes,
     )
 
@@ -853,14 +1097,20 @@ def spike_rows(c: np.ndarray, code: np.ndarray, breaks: np.ndarray, k: float) ->
     with np.errstate(invalid="ignore", divide="ignore"):
         r[1:] = np.log(c[1:] / c[:-1])
     r[breaks] = np.nan
-    a_in, a_out = np.abs(r[:-1]), np.abs(r[1:])
-    with np.errstate(invalid="ignore"):  # the floor and the reversal first: cheap, and rare to pass
-        back = np.abs(r[:-1] + r[1:]) <= SPIKE_MAX_RESIDUAL * np.minimum(a_in, a_out)
-        rows = np.flatnonzero((a_in > SPIKE_MIN_LOG_MOVE) & (a_out > SPIKE_MIN_LOG_MOVE) & back)
+    with np.errstate(invalid="ignore"):  # the floor first: cheap, and rare to pass in and out
+        big = np.abs(r) > SPIKE_MIN_LOG_MOVE
+    rows = np.flatnonzero(big[:-1] & big[1:])
+    if rows.size:  # the reversal, then the threshold from the candidates' symbols' returns alone
+        a_in, a_out = np.abs(r[rows]), np.abs(r[rows + 1])
+        rows = rows[np.abs(r[rows] + r[rows + 1]) <= SPIKE_MAX_RESIDUAL * np.minimum(a_in, a_out)]
     if rows.size:
-        thr = np.maximum(k * trailing_sigma(r, code, rows), SPIKE_MIN_LOG_MOVE)  # NaN sigma -> no spike
+        syms = np.unique(code[rows])
+        lo, hi = np.searchsorted(code, syms, side="left"), np.searchsorted(code, syms, side="right")
+        sub = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])  # rows of those symbols (sorted by code)
+        sigma = trailing_sigma(r[sub], code[sub], np.searchsorted(sub, rows))
+        thr = np.maximum(k * sigma, SPIKE_MIN_LOG_MOVE)  # NaN sigma -> no spike
         with np.errstate(invalid="ignore"):
-            spike[rows] = (a_in[rows] > thr) & (a_out[rows] > thr)  # the move out, against t's threshold
+            spike[rows] = (np.abs(r[rows]) > thr) & (np.abs(r[rows + 1]) > thr)  # the move out, against t's threshold
     return spike
 
 
@@ -886,14 +1136,15 @@ def trailing_sigma(r: np.ndarray, code: np.ndarray, rows: np.ndarray) -> np.ndar
     return sigma
 
 
-def _check_clean(a: dict[str, np.ndarray]) -> None:
-    """The clean frame's promises; cheap enough to check on every call."""
-    o, h, lo, c, v = (a[k] for k in NUM_COLS)
-    # lo > 0 and h < inf with lo <= o, c <= h imply all four prices finite and positive (NaN fails any test)
-    assert (lo > 0).all() and (h < np.inf).all(), "non-finite or non-positive price after cleaning"
-    assert ((lo <= o) & (o <= h)).all() and ((lo <= c) & (c <= h)).all(), "OHLC out of range after cleaning"
-    assert ((v >= 0) & (v < np.inf)).all(), "bad volume after cleaning"
+def _check_clean(a: dict[str, np.ndarray], stats: dict) -> None:
+    """The clean rows' promises, from their range stats and a few passes; cheap enough to check on every call."""
+    assert not any(stats[k]["nan"] or stats[k]["inf"] for k in NUM_COLS), "non-finite value after cleaning"
+    assert not len(a["low"]) or (stats["low"]["min"] > 0 and stats["volume"]["min"] >= 0), \
+        "non-positive price or negative volume after cleaning"
+    o, h, lo, c = (a[k] for k in PRICE_COLS)
+    assert (np.minimum(o, c) >= lo).all() and (np.maximum(o, c) <= h).all(), "OHLC out of range after cleaning"
     code, ts = a["code"], a["ts"]
     if len(ts) > 1:
-        dc = np.diff(code)
-        assert (dc >= 0).all() and (np.diff(ts)[dc == 0] > 0).all(), "not sorted/unique after cleaning"
+        same = code[1:] == code[:-1]
+        assert (code[1:] >= code[:-1]).all() and ((ts[1:] > ts[:-1]) | ~same).all(), \
+            "not sorted/unique after cleaning"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from tradelib import cache, data, synth
-from tradelib.features import FeatureSet, build_features
+from tradelib.features import FeatureSet, build_from_shards
 
 
 def load_raw(cfg) -> pd.DataFrame:
@@ -24,14 +24,15 @@ def load_raw(cfg) -> pd.DataFrame:
 
 
 def build(cfg, raw: pd.DataFrame | None = None) -> tuple[FeatureSet, data.QualityReport]:
-    """Raw -> clean -> features, no cache involved. A symbol too short for one window and its target is
-    dropped by cleaning (rule too_short). Data that leaves nothing to learn from is a DataError naming the
-    source and the rules that dropped its rows."""
+    """Raw -> clean -> features, no cache involved, in shards of whole symbols on every core (no clean frame is
+    made). A symbol too short for one window and its target is dropped by cleaning (rule too_short). Data that
+    leaves nothing to learn from is a DataError naming the source and the rules that dropped its rows."""
     raw = load_raw(cfg) if raw is None else raw
     source = "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
-    clean, report = data.clean_ohlcv(
+    shards, report = data.clean_shards(
         raw, source, min_rows=cfg.window + cfg.horizon + 1, max_gap_bars=cfg.max_gap_bars,
-        spike_sigmas=cfg.spike_sigmas, keep=("oracle",) if "oracle" in raw else (),
+        spike_sigmas=cfg.spike_sigmas, keep=("oracle",) if "oracle" in raw else (), shard_rows=cfg.shard_rows,
+        workers=cfg.build_workers,
     )
     dropped = ", ".join(f"{rule} {n:,}" for rule, n in report.totals().items()
                         if any(c["rule"] == rule and c["action"] == "dropped" for c in report.counts))
@@ -40,7 +41,7 @@ def build(cfg, raw: pd.DataFrame | None = None) -> tuple[FeatureSet, data.Qualit
                              f"{dropped or 'no rule'} (window + horizon + 1 = {cfg.window + cfg.horizon + 1} rows "
                              f"per symbol are needed; docs/data.md lists the rules)")
     try:
-        fs = build_features(clean, cfg, quality=report.to_dict())
+        fs = build_from_shards(shards, cfg, quality=report.to_dict(), workers=cfg.build_workers)
     except ValueError as exc:  # too little data for a split or a bar size
         raise data.DataError(f"{source}: {exc} ({report.rows_kept:,} of {report.rows_in:,} rows kept after "
                              f"cleaning; dropped: {dropped or 'none'})") from None

@@ -9,6 +9,8 @@ purges are counted in bars (of the market calendar, and of each symbol), never i
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -78,45 +80,98 @@ def segment_ids(symbol_codes: np.ndarray, ts_ns: np.ndarray, bar_ns: np.ndarray,
 
 def _shift(x: np.ndarray, k: int, seg: np.ndarray) -> np.ndarray:
     """x[t-k] within the same segment (k > 0 looks back, k < 0 forward), else NaN."""
-    out = np.full_like(x, np.nan, dtype=np.float64)
+    out = np.empty(len(x), dtype=np.float64)
     n = len(x)
     if abs(k) >= n:
+        out[:] = np.nan
         return out
     if k > 0:
-        ok = seg[k:] == seg[:-k]
-        out[k:] = np.where(ok, x[:-k], np.nan)
+        out[:k] = np.nan
+        out[k:] = np.where(seg[k:] == seg[:-k], x[:-k], np.nan)
     else:
         k = -k
-        ok = seg[:-k] == seg[k:]
-        out[:-k] = np.where(ok, x[k:], np.nan)
+        out[n - k :] = np.nan
+        out[:-k] = np.where(seg[:-k] == seg[k:], x[k:], np.nan)
     return out
 
 
-def _rolling_mean(x: np.ndarray, length: int, seg: np.ndarray) -> np.ndarray:
-    """Trailing mean over up to `length` rows (t included) of the same segment, ignoring NaN.
+def _ahead(flag: np.ndarray, k: int, seg: np.ndarray) -> np.ndarray:
+    """flag[t+k] within the same segment, else False (k > 0)."""
+    out = np.zeros(len(flag), dtype=bool)
+    if k < len(flag):
+        out[:-k] = flag[k:] & (seg[k:] == seg[:-k])
+    return out
 
-    The running sums restart at every segment: one cumulative sum over all symbols would carry a 1e15-volume
-    token's total into the next symbol's sums and cancel its digits away.
-    """
+
+def segment_rank(seg: np.ndarray) -> np.ndarray:
+    """Each row's number within its segment (0 at the segment's first row), as int32."""
+    new = np.ones(len(seg), dtype=bool)
+    new[1:] = seg[1:] != seg[:-1]
+    starts = np.flatnonzero(new).astype(np.int32)
+    return np.arange(len(seg), dtype=np.int32) - starts[np.cumsum(new, dtype=np.int32) - 1]
+
+
+def _trailing_sums(x: np.ndarray, lengths: tuple[int, ...], rank: np.ndarray, masks: dict | None = None
+                   ) -> list[np.ndarray]:
+    """Per length L: the sum of x over rows max(t - L + 1, segment start)..t, by doubling. Sums over the last
+    1, 2, 4, ... rows are each made of two halves where the earlier half is still in t's segment (log2(L)
+    passes, shared by all lengths); L is then the sum of the parts its bits name. Every sum holds rows of one
+    segment only and at most L of them, so no digit of another symbol's total (a 1e15-volume token's) can
+    cancel it, as one running sum over all rows would, and the value at t depends on rows up to t alone.
+    `masks` caches `rank[m:] >= m` per offset m for the next call on the same rows."""
+    masks = {} if masks is None else masks
+    inside = lambda m: masks[m] if m in masks else masks.setdefault(m, rank[m:] >= m)  # t - m in t's segment
+    levels, m = {1: x}, 1
+    while 2 * m <= max(lengths):
+        doubled = levels[m].copy()
+        np.add(doubled[m:], levels[m][:-m], out=doubled[m:], where=inside(m))
+        levels[2 * m] = doubled
+        m *= 2
+    out = []
+    for length in lengths:
+        bits = [b for b in sorted(levels, reverse=True) if length & b]
+        total, covered = levels[bits[0]], bits[0]
+        if len(bits) > 1:
+            total = total.copy()
+        for b in bits[1:]:  # the b rows just before the `covered` ones, where t - covered is in the segment
+            np.add(total[covered:], levels[b][:-covered], out=total[covered:], where=inside(covered))
+            covered += b
+        out.append(total)
+    return out
+
+
+def _rolling_means(x: np.ndarray, lengths: tuple[int, ...], rank: np.ndarray, masks: dict | None = None
+                   ) -> list[np.ndarray]:
+    """Per length: the trailing mean over up to that many rows (t included) of the same segment, ignoring NaN;
+    `rank` is `segment_rank(seg)`. The counts of finite rows are exact integers."""
     ok = np.isfinite(x)
-    cs = pd.Series(np.where(ok, x, 0.0)).groupby(seg).cumsum().to_numpy()
-    cc = pd.Series(ok.astype(np.float64)).groupby(seg).cumsum().to_numpy()
-    # window (t-length, t] = cs[t] - cs[t-length], or cs[t] alone where t-length is before the segment
-    total = cs - np.nan_to_num(_shift(cs, length, seg), nan=0.0)
-    count = cc - np.nan_to_num(_shift(cc, length, seg), nan=0.0)
+    if ok.all():  # every row counts: the window's rows
+        totals = _trailing_sums(x, lengths, rank, masks)
+        return [total / np.minimum(rank + 1, length) for length, total in zip(lengths, totals)]
+    totals = _trailing_sums(np.where(ok, x, 0.0), lengths, rank, masks)
+    counts = _trailing_sums(ok.astype(np.int16 if max(lengths) < 2**15 else np.int64), lengths, rank, masks)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        return [np.where(count > 0, total / np.maximum(count, 1), np.nan) for total, count in zip(totals, counts)]
 
 
-def feature_makers(clean: pd.DataFrame, seg: np.ndarray) -> dict[str, Callable[[], np.ndarray]]:
+def _ns(t) -> np.ndarray:
+    """Timestamps as int64 ns since the epoch (a clean frame's column, or int64 ns already)."""
+    t = np.asarray(t) if not isinstance(t, pd.Series) else t
+    return t if isinstance(t, np.ndarray) and t.dtype == np.int64 else ns_since_epoch(t)
+
+
+def feature_makers(clean: pd.DataFrame | dict, seg: np.ndarray) -> dict[str, Callable[[], np.ndarray]]:
     """Name -> a function computing that unscaled, scale-free float64 column (NaN where history is too short).
 
     Columns are made one at a time, so no [n, F] float64 matrix is ever held, and independently, so that
     build_features can make them on several cores (numpy and pandas release the GIL in these loops).
     """
-    col = {k: clean[k].to_numpy(np.float64) for k in ("open", "high", "low", "close", "volume")}
+    col = {k: np.asarray(clean[k], dtype=np.float64) for k in ("open", "high", "low", "close", "volume")}
+    rank, masks = segment_rank(seg), {}
     lc = np.log(col["close"])
     r1 = lc - _shift(lc, 1, seg)
+    rvol = functools.cache(lambda: dict(zip(VOL_WINDOWS, _rolling_means(r1**2, VOL_WINDOWS, rank, masks))))
+    minute = functools.cache(lambda: (_ns(clean["timestamp"]) // 60_000_000_000) % 1440)  # UTC minute of the day
 
     def close_loc() -> np.ndarray:
         span = col["high"] - col["low"]
@@ -125,18 +180,17 @@ def feature_makers(clean: pd.DataFrame, seg: np.ndarray) -> dict[str, Callable[[
 
     def log_volume_rel() -> np.ndarray:
         v = col["volume"]
-        level = _rolling_mean(v, VOLUME_WINDOW, seg)
+        level = _rolling_means(v, (VOLUME_WINDOW,), rank, masks)[0]
         with np.errstate(invalid="ignore", divide="ignore"):
             # the floor is relative to the level, so multiplying volume by any constant changes nothing
             return np.where(level > 0, np.log((v + 1e-3 * level) / level), 0.0)
 
     def time_of_day(fn: Callable) -> Callable[[], np.ndarray]:
-        ts = ns_since_epoch(clean["timestamp"])
-        return lambda: fn(2 * np.pi * ((ts // 60_000_000_000) % 1440) / 1440)
+        return lambda: fn(2 * np.pi * np.arange(1440) / 1440)[minute()]  # one value per minute of the day
 
     makers: dict[str, Callable[[], np.ndarray]] = {"ret_1": lambda: r1}
     makers |= {f"ret_{k}": (lambda k=k: lc - _shift(lc, k, seg)) for k in RETURN_LAGS if k != 1}
-    makers |= {f"rvol_{w}": (lambda w=w: np.sqrt(_rolling_mean(r1**2, w, seg))) for w in VOL_WINDOWS}
+    makers |= {f"rvol_{w}": (lambda w=w: np.sqrt(rvol()[w])) for w in VOL_WINDOWS}
     makers |= {
         "log_range": lambda: np.log(col["high"] / col["low"]),
         "close_loc": close_loc,
@@ -186,21 +240,27 @@ def split_time(text: str) -> int:
     return int(ts.as_unit("ns").value)
 
 
-def split_bounds(ts_ns: np.ndarray, cfg) -> tuple[int, int, str]:
-    """(last train time, last validation time, how they were set): `train_end`/`val_end` when given, else
-    the `train_frac` / `train_frac + val_frac` quantiles of the rows' timestamps."""
+def split_bounds(ts_ns: np.ndarray, cfg, counts: np.ndarray | None = None) -> tuple[int, int, str]:
+    """(last train time, last validation time, how they were set): `train_end`/`val_end` when given, else the
+    times of the rows at the `train_frac` and `train_frac + val_frac` quantiles (rows in time order; the row at
+    rank floor(q * (n - 1))). `ts_ns` may be the distinct times with their row `counts`."""
     if cfg.train_end or cfg.val_end:
         return split_time(cfg.train_end), split_time(cfg.val_end), "dates"
-    t_train, t_val = np.quantile(ts_ns, [cfg.train_frac, cfg.train_frac + cfg.val_frac]).astype(np.int64)
-    return int(t_train), int(t_val), "fractions"
+    if counts is None:
+        ts_ns, counts = np.unique(ts_ns, return_counts=True)
+    cum = np.cumsum(counts)
+    at = lambda q: int(ts_ns[np.searchsorted(cum, math.floor(q * (int(cum[-1]) - 1)), side="right")])
+    return at(cfg.train_frac), at(cfg.train_frac + cfg.val_frac), "fractions"
 
 
-def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg) -> tuple[np.ndarray, dict]:
+def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, bounds: tuple[int, int, str] | None = None
+               ) -> tuple[np.ndarray, dict]:
     """Chronological split by time across all symbols, then a purge of the first (horizon + window) rows of
     every symbol after each boundary, counted in that symbol's own bars (not in clock time, which a weekend or
     a hole would shorten). With targets that never span a missing bar (`targets`), no training target or
-    window reaches a validation or test target. Rows are sorted by (symbol, time)."""
-    t_train, t_val, how = split_bounds(ts_ns, cfg)
+    window reaches a validation or test target. Rows are sorted by (symbol, time). `bounds` (split_bounds of
+    all the rows) when these are some symbols of them; the cut then covers these rows only (`merge_cuts`)."""
+    t_train, t_val, how = bounds or split_bounds(ts_ns, cfg)
     part = np.where(ts_ns <= t_train, 0, np.where(ts_ns <= t_val, 1, 2)).astype(np.int8)
     n = len(part)
     block = np.ones(n, dtype=bool)
@@ -216,67 +276,182 @@ def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg) -> tuple[np.ndarray, d
 
     cut = {"method": how, "train_end": t_train, "val_start": first_time(1), "val_end": t_val,
            "test_start": first_time(2), "test_end": int(ts_ns.max()) if n else None, "purge_bars": purge}
-    if how == "dates":
-        for s, name in ((1, "validation"), (2, "test")):
-            if cut[("val_start", "test_start")[s - 1]] is None:
-                raise ValueError(f"train_end={cfg.train_end!r}, val_end={cfg.val_end!r}: the {name} split is "
-                                 f"empty (the data runs to {pd.Timestamp(int(ts_ns.max()), tz='UTC')})")
+    if bounds is None:
+        check_cut(cut, cfg)
     return split, cut
+
+
+def merge_cuts(cuts: list[dict]) -> dict:
+    """The cut of all rows from the cuts of parts of them (split_rows with the same bounds)."""
+    pick = lambda fn, k: fn([c[k] for c in cuts if c[k] is not None], default=None)
+    return {**cuts[0], "val_start": pick(min, "val_start"), "test_start": pick(min, "test_start"),
+            "test_end": pick(max, "test_end")}
+
+
+def check_cut(cut: dict, cfg) -> None:
+    """Split dates that leave the validation or the test split empty are an error naming them."""
+    if cut["method"] == "dates":
+        for key, name in (("val_start", "validation"), ("test_start", "test")):
+            if cut[key] is None:
+                raise ValueError(f"train_end={cfg.train_end!r}, val_end={cfg.val_end!r}: the {name} split is "
+                                 f"empty (the data runs to {pd.Timestamp(int(cut['test_end']), tz='UTC')})")
 
 
 @dataclass
 class Layout:
-    """Where each row of a clean frame sits: its symbol, time, bar size and contiguous segment."""
+    """Where each row of some whole symbols sits: its symbol, time, contiguous segment, split and bar number.
+    The arrays are the shard's rows of the FeatureSet's own (written once, read in place)."""
 
-    codes: np.ndarray  # int32 symbol code per row, in the frame's (sorted) symbol order
-    symbols: list[str]
+    codes: np.ndarray  # int32 symbol id per row (an index into the FeatureSet's symbols)
     ts: np.ndarray  # int64 ns since the epoch, UTC
-    bar_ns: np.ndarray  # int64 bar size of the row's symbol
+    bar_of_code: np.ndarray  # int64 bar size of each symbol id (0 for the symbols of other shards)
     seg: np.ndarray  # int32 segment id: breaks at a symbol change or a gap longer than max_gap_bars
-    bar_seconds: dict[str, float]
-    pos: np.ndarray  # int64 bar number within the symbol, missing bars counted (sessions.bar_positions)
-    calendar: sessions.Calendar
+    split: np.ndarray | None = None  # int8: 0 train, 1 val, 2 test, -1 purged
+    cut: dict | None = None  # split_rows' cut of these rows
+    pos: np.ndarray | None = None  # int64 bar number within the symbol, missing bars counted (while made)
+
+    @property
+    def bar_ns(self) -> np.ndarray:
+        """The bar size of each row's symbol."""
+        return self.bar_of_code[self.codes]
 
 
-def row_layout(clean: pd.DataFrame, max_gap_bars: int) -> Layout:
-    codes, symbols = pd.factorize(clean["symbol"].to_numpy())  # first-appearance order == sorted order
-    ts = ns_since_epoch(clean["timestamp"])
-    bar_of_code = bar_sizes_ns(codes, ts, len(symbols))
-    if (bar_of_code <= 0).any():
-        short = [str(symbols[i]) for i in np.flatnonzero(bar_of_code <= 0)]
+@dataclass
+class Facts:
+    """What only all the rows together know and every shard's features need: the distinct timestamps and their
+    row counts (the split quantiles, the calendar), each symbol's bar size, and the days each bar size traded
+    (bar numbers across a missing day). Facts of parts of the rows merge into the whole's exactly."""
+
+    times: np.ndarray  # int64 distinct timestamps, sorted
+    counts: np.ndarray  # int64 rows at each
+    bars: np.ndarray  # int64 bar size of each symbol, in symbol order
+    days: dict[int, np.ndarray]  # bar size (ns) -> sorted distinct UTC days (ns // DAY_NS) with a row of that size
+
+    @staticmethod
+    def of(lay: Layout) -> Facts:
+        times, counts = _distinct(lay.ts)
+        first = np.r_[True, lay.codes[1:] != lay.codes[:-1]] if len(lay.codes) else np.zeros(0, dtype=bool)
+        day = lay.ts // sessions.DAY_NS
+        new = first.copy()
+        new[1:] |= day[1:] != day[:-1]  # (symbol, day) pairs: rows are in time order within a symbol
+        pair_day, pair_bar = day[new], lay.bar_of_code[lay.codes[new]]
+        days = {int(b): np.unique(pair_day[pair_bar == b]) for b in np.unique(pair_bar)}
+        return Facts(times, counts, lay.bar_of_code[lay.codes[first]], days)
+
+    @staticmethod
+    def merge(parts: list[Facts]) -> Facts:
+        times, counts = _distinct(np.concatenate([p.times for p in parts]), np.concatenate([p.counts for p in parts]))
+        days: dict[int, list] = {}
+        for p in parts:
+            for b, d in p.days.items():
+                days.setdefault(b, []).append(d)
+        return Facts(times, counts, np.concatenate([p.bars for p in parts]),
+                     {b: np.unique(np.concatenate(d)) for b, d in sorted(days.items())})
+
+    def calendar(self) -> sessions.Calendar:
+        return sessions.calendar(self.times, float(np.median(self.bars)) / 1e9)
+
+
+def _distinct(t: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values of t, rows (or summed weights) at each). A stable sort merges the sorted runs of
+    rows in (symbol, time) order quickly."""
+    if not len(t):
+        return t.astype(np.int64), np.zeros(0, dtype=np.int64)
+    order = np.argsort(t, kind="stable")
+    t = t[order]
+    new = np.r_[True, t[1:] != t[:-1]]
+    at = np.flatnonzero(new)
+    counts = np.diff(np.r_[at, len(t)]) if weights is None else np.add.reduceat(weights[order], at)
+    return t[at], counts.astype(np.int64)
+
+
+def shard_layout(shard: data.CleanShard, sym_id: np.ndarray, max_gap_bars: int, out: dict[str, np.ndarray]
+                 ) -> Layout:
+    """The layout of a shard's rows as far as they alone tell it (symbol ids, `sym_id` mapping the raw frame's
+    symbol codes to the FeatureSet's; bar sizes; segments numbered from 0), written into `out`, the shard's
+    rows of the FeatureSet's arrays. The shard's timestamps are taken over (released from the shard)."""
+    ts, codes = out["timestamp"], out["symbol_id"]
+    ts[:] = shard.a.pop("ts")
+    codes[:] = sym_id[shard.a.pop("code")]
+    first = np.r_[True, codes[1:] != codes[:-1]] if len(codes) else np.zeros(0, dtype=bool)
+    present = codes[first]
+    bar_of_code = bar_sizes_ns(codes, ts, int(present.max()) + 1 if len(present) else 0)
+    if (bar_of_code[present] <= 0).any():
+        names = np.asarray(shard.symbols, dtype=object)[np.flatnonzero(sym_id >= 0)]
+        short = [str(names[c]) for c in present[bar_of_code[present] <= 0]]
         raise ValueError(f"symbol(s) {', '.join(short)}: fewer than two timestamps, no bar size")
-    bar_ns = bar_of_code[codes]
-    cal = sessions.calendar(ts, float(np.median(bar_of_code)) / 1e9)
-    return Layout(codes.astype(np.int32), [str(s) for s in symbols], ts, bar_ns,
-                  segment_ids(codes, ts, bar_ns, max_gap_bars),
-                  {str(s): int(b) / 1e9 for s, b in zip(symbols, bar_of_code)},
-                  sessions.bar_positions(ts, codes, bar_ns, cal.continuous), cal)
+    out["segment"][:] = segment_ids(codes, ts, bar_of_code[codes], max_gap_bars)
+    return Layout(codes, ts, bar_of_code, out["segment"])
 
 
-def scaled_features(clean: pd.DataFrame, seg: np.ndarray, train: np.ndarray, clip: float
-                    ) -> tuple[np.ndarray, dict, dict]:
-    """(X float32 [n, F] robust-scaled on the training rows and clipped, {median, scale} per feature, the
-    raw range of each feature before scaling). Columns are made and scaled on several cores."""
-    X = np.empty((len(clean), len(FEATURE_NAMES)), dtype=np.float32)
-    makers = feature_makers(clean, seg)
-
-    def make_and_scale(j: int, name: str) -> tuple[float, float, dict]:
-        col = makers[name]()
-        m, scale = fit_robust(col[train])
-        with np.errstate(invalid="ignore"):
-            finite = np.isfinite(col)
-            before = {"min": float(np.min(col, where=finite, initial=np.inf)),
-                      "max": float(np.max(col, where=finite, initial=-np.inf)), "unknown": int((~finite).sum())}
-        apply_robust(col, m, scale, clip, out=X[:, j])
-        return m, scale, before
-
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        done = list(pool.map(make_and_scale, range(len(makers)), makers))
-    norm = {"median": [d[0] for d in done], "scale": [d[1] for d in done]}
-    return X, norm, {name: d[2] for name, d in zip(makers, done)}
+def place(lay: Layout, bounds: tuple[int, int, str], seg_offset: int, out: dict[str, np.ndarray], cfg) -> None:
+    """Complete a shard's layout with what needs all rows: its splits (`bounds` of all rows) and segment ids
+    counted from `seg_offset` (the segments of the shards before)."""
+    split, lay.cut = split_rows(lay.ts, lay.codes, cfg, bounds=bounds)
+    out["split"][:] = split
+    lay.split = out["split"]
+    lay.seg += np.int32(seg_offset)
 
 
-def targets(clean: pd.DataFrame, lay: Layout, cfg) -> dict[str, np.ndarray]:
+def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous: bool, cfg,
+                   out: dict[str, np.ndarray], sample: np.ndarray, block: int = 1 << 14) -> dict:
+    """Fill `out` (this shard's rows of the FeatureSet's arrays; X unscaled) and return what the fit and the
+    meta need: the values at the sampled training rows `sample` (float64), each feature's range, the masked-target
+    counts. Columns are made one at a time (no [n, F] float64 matrix is held), then written into X's rows a
+    cache-sized block at a time. The shard's arrays are released afterwards."""
+    cols = {k: shard.a[k] for k in ("open", "high", "low", "close", "volume")} | {"timestamp": lay.ts}
+    makers = feature_makers(cols, lay.seg)
+    made = np.empty((len(makers), len(lay.ts)), dtype=np.float32)
+    samples, ranges = [], {}
+    for j, (name, make) in enumerate(makers.items()):
+        col = make()
+        samples.append(col[sample])
+        ranges[name] = _finite_range(col)
+        made[j] = col
+    X = out["X"]
+    for i in range(0, len(X), block):
+        np.copyto(X[i : i + block], made[:, i : i + block].T)
+    del made
+    lay.pos = sessions.bar_positions(lay.ts, lay.codes, lay.bar_ns, continuous, days=facts.days)
+    t = targets(cols, lay, cfg)
+    lay.pos = None
+    y = out["y"]
+    y[:] = t["target"]
+    y[~np.isfinite(y)] = np.nan  # also a target too large for float32
+    for k in ("fwd_return", "ret_next", "last_return"):
+        out[k][:] = t[k]
+    oracle = shard.keep.get("oracle")
+    out["oracle"][:] = oracle if oracle is not None and cfg.horizon == 1 else np.nan  # planted: one bar ahead only
+    shard.a.clear()
+    shard.keep.clear()
+    return {"x_sample": samples, "y_sample": t["target"][sample], "ranges": ranges,
+            "spike_rows": int(t["spike"].sum()), "spans_missing_bar": int(t["spans_missing_bar"].sum())}
+
+
+def _finite_range(col: np.ndarray) -> dict:
+    """min and max over the finite values, and how many are not finite."""
+    lo, hi = (float(np.fmin.reduce(col)), float(np.fmax.reduce(col))) if len(col) else (np.inf, -np.inf)
+    if math.isfinite(lo) and math.isfinite(hi) or not len(col):  # no inf: only NaN can be unknown
+        return {"min": lo, "max": hi, "unknown": int(np.count_nonzero(np.isnan(col)))}
+    finite = np.isfinite(col)
+    return {"min": float(np.min(col, where=finite, initial=np.inf)),
+            "max": float(np.max(col, where=finite, initial=-np.inf)), "unknown": int(len(col) - finite.sum())}
+
+
+def scale_rows(X: np.ndarray, norm: dict, clip: float, block: int = 1 << 14) -> None:
+    """Robust-scale X in place, a block of rows at a time: (x - median) / scale, clipped, and what is still
+    unknown filled with 0 (the training median)."""
+    med = np.asarray(norm["median"], dtype=np.float32)
+    scale = np.asarray(norm["scale"], dtype=np.float32)
+    for i in range(0, len(X), block):
+        z = X[i : i + block]
+        np.subtract(z, med, out=z)
+        np.divide(z, scale, out=z)
+        np.clip(z, -clip, clip, out=z)
+        np.copyto(z, 0.0, where=np.isnan(z))
+
+
+def targets(clean: pd.DataFrame | dict, lay: Layout, cfg) -> dict[str, np.ndarray]:
     """The forward log return over `horizon` bars (the target, optionally over trailing volatility), the next
     one-bar return (backtest PnL) and the last one (the momentum baseline); NaN where unknown.
 
@@ -286,63 +461,139 @@ def targets(clean: pd.DataFrame, lay: Layout, cfg) -> dict[str, np.ndarray]:
     one place where information from after t may act. `ret_next` runs to the symbol's next row (a position is
     held across a missing bar) and is masked only at spikes.
     """
-    seg = lay.seg
-    lc = np.log(clean["close"].to_numpy(np.float64))
-    spike = data.spike_rows(clean["close"].to_numpy(np.float64), lay.codes, np.r_[True, seg[1:] != seg[:-1]],
-                            cfg.spike_sigmas).astype(np.float64)
-    bad_end = _shift(spike, -cfg.horizon, seg) > 0  # the target ends at a spike
-    bad_next = _shift(spike, -1, seg) > 0
-    whole = (_shift(lay.pos.astype(np.float64), -cfg.horizon, seg) - lay.pos) == cfg.horizon
-    fwd = np.where(whole & ~bad_end & (spike == 0), _shift(lc, -cfg.horizon, seg) - lc, np.nan)
+    seg, h = lay.seg, cfg.horizon
+    close = np.asarray(clean["close"], dtype=np.float64)
+    lc = np.log(close)
+    spike = data.spike_rows(close, lay.codes, np.r_[True, seg[1:] != seg[:-1]], cfg.spike_sigmas)
+    clear = ~spike & ~_ahead(spike, h, seg)  # neither the start nor the end of the target is a spike
+    pos = lay.pos
+    whole = np.zeros(len(pos), dtype=bool)  # the target spans `horizon` bars: no bar missing in between
+    if h < len(pos):
+        whole[:-h] = (pos[h:] - pos[:-h] == h) & (seg[h:] == seg[:-h])
+    lc_h = _shift(lc, -h, seg)
+    fwd = np.where(whole & clear, lc_h - lc, np.nan)
     target = fwd
     if cfg.vol_scaled_target:
-        rvol = feature_makers(clean, seg)[f"rvol_{VOL_WINDOWS[-1]}"]() * np.sqrt(cfg.horizon)
+        rvol = feature_makers(clean, seg)[f"rvol_{VOL_WINDOWS[-1]}"]() * np.sqrt(h)
         with np.errstate(invalid="ignore", divide="ignore"):
             target = np.where(rvol > 0, fwd / rvol, np.nan)
-    ret_next = np.where(~bad_next & (spike == 0), _shift(lc, -1, seg) - lc, np.nan)
+    ret_next = np.where(~spike & ~_ahead(spike, 1, seg), _shift(lc, -1, seg) - lc, np.nan)
     return {"target": target, "fwd_return": fwd, "ret_next": ret_next, "last_return": lc - _shift(lc, 1, seg),
-            "spike": spike > 0, "spans_missing_bar": np.isfinite(_shift(lc, -cfg.horizon, seg)) & ~whole}
+            "spike": spike, "spans_missing_bar": np.isfinite(lc_h) & ~whole}
 
 
-def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None) -> FeatureSet:
+def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None, shard_rows: int = 1_000_000,
+                   workers: int = 0) -> FeatureSet:
     """Clean frame (sorted by symbol, timestamp) -> FeatureSet, normalised on the training split only.
-    `cfg` is a Config: its "features" group (window, horizon, clip, splits, ...) is what matters."""
+    `cfg` is a Config: its "features" group (window, horizon, clip, splits, ...) is what matters. Built in
+    shards of whole symbols (`build_from_shards`); the result does not depend on how it was cut."""
     if clean.empty:
         raise ValueError("no rows left after cleaning: nothing to build features from")
-    lay = row_layout(clean, cfg.max_gap_bars)
-    seg = lay.seg
-    split, cuts = split_rows(lay.ts, lay.codes, cfg)
-    train = split == 0
-    if not train.any():
-        raise ValueError(f"the training split is empty: too little data before the train end "
-                         f"({pd.Timestamp(cuts['train_end'], tz='UTC')}, set by {cuts['method']})")
-    X, norm, raw_ranges = scaled_features(clean, seg, train, cfg.clip)
-    t = targets(clean, lay, cfg)
-    y = t["target"].astype(np.float32)
-    y[~np.isfinite(y)] = np.nan
-    oracle = clean["oracle"].to_numpy(np.float32) if "oracle" in clean else np.full(len(y), np.nan, np.float32)
-    if "oracle" in clean and cfg.horizon != 1:
-        oracle = np.full(len(y), np.nan, np.float32)  # the planted component is known for one bar ahead only
-    meta = {
+    _, codes, symbols = data.symbol_codes(clean["symbol"])
+    ts = ns_since_epoch(clean["timestamp"])
+    cols = {k: clean[k].to_numpy(np.float64) for k in ("open", "high", "low", "close", "volume")}
+    keep = {"oracle": clean["oracle"].to_numpy(np.float32)} if "oracle" in clean else {}
+    shards = []
+    for rows, _ in data.symbol_shards(codes, len(symbols), shard_rows):
+        a = {"ts": ts[rows], "code": codes[rows]} | {k: v[rows] for k, v in cols.items()}
+        shards.append(data.CleanShard(a, symbols, {k: v[rows] for k, v in keep.items()}))
+    return build_from_shards(shards, cfg, quality, workers)
+
+
+def symbol_ids(shards: list[data.CleanShard]) -> tuple[list[str], np.ndarray]:
+    """The symbols with clean rows, in order, and the map from the raw frame's symbol codes to their ids."""
+    symbols = shards[0].symbols
+    present = np.zeros(len(symbols), dtype=bool)
+    for s in shards:
+        code = s.a["code"]
+        present[code[np.r_[True, code[1:] != code[:-1]]] if len(code) else code] = True
+    sym_id = np.full(len(symbols), -1, dtype=np.int64)
+    sym_id[present] = np.arange(int(present.sum()))
+    return [str(x) for x in symbols[present]], sym_id
+
+
+def build_from_shards(shards: list[data.CleanShard], cfg, quality: dict | None = None, workers: int = 0
+                      ) -> FeatureSet:
+    """Clean shards of whole symbols (in symbol order) -> one FeatureSet, each stage on `workers` threads
+    (0: every core): the layout of each shard, the facts of all, each shard's features and targets written
+    into the FeatureSet's arrays, one normalisation fitted on the training rows of all, then scaling. Every
+    row's values depend on its own symbol's rows and on the facts alone, so any cut gives the same result.
+    The shards are consumed: each one's arrays are released as soon as they are used."""
+    shards = [s for s in shards if len(s)]
+    if not shards:
+        raise ValueError("no rows left after cleaning: nothing to build features from")
+    names, sym_id = symbol_ids(shards)
+    rows = np.cumsum([0] + [len(s) for s in shards])
+    fs = empty_feature_set(int(rows[-1]), names)
+    view = lambda i: {k: getattr(fs, k)[rows[i] : rows[i + 1]] for k in FeatureSet.ARRAYS}
+    each = range(len(shards))
+    with data.freed_memory_reused(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        lays = list(pool.map(lambda i: shard_layout(shards[i], sym_id, cfg.max_gap_bars, view(i)), each))
+        facts = Facts.merge(list(pool.map(Facts.of, lays)))
+        bounds = split_bounds(facts.times, cfg, facts.counts)
+        offsets = np.cumsum([0] + [int(lay.seg[-1]) + 1 for lay in lays])
+        list(pool.map(lambda i: place(lays[i], bounds, int(offsets[i]), view(i), cfg), each))
+        cut = merge_cuts([lay.cut for lay in lays])
+        check_cut(cut, cfg)
+        trains = [np.flatnonzero(lay.split == 0) for lay in lays]
+        if not any(len(t) for t in trains):
+            raise ValueError(f"the training split is empty: too little data before the train end "
+                             f"({pd.Timestamp(cut['train_end'], tz='UTC')}, set by {cut['method']})")
+        samples = sample_positions([len(t) for t in trains])
+        cal = facts.calendar()
+        parts = list(pool.map(lambda i: shard_features(shards[i], lays[i], facts, cal.continuous, cfg, view(i),
+                                                       trains[i][samples[i]]), each))
+        norm, raw_ranges, target_scale = fit_parts(parts, pool)
+        list(pool.map(lambda i: scale_rows(view(i)["X"], norm, cfg.clip), each))
+    fs.meta = {
         "feature_config": feature_params(cfg),
         "norm": norm,
         "raw_ranges": raw_ranges,  # each feature before scaling: min, max, rows without history (filled with 0)
-        "target_scale": fit_robust(t["target"][train])[1],
-        "bar_seconds": lay.bar_seconds,
-        "calendar": lay.calendar.to_dict(),  # sessions a year, bars a session: the data's own annualisation
-        "splits": cuts,
-        "rows_per_split": {name: int((split == i).sum()) for i, name in ((0, "train"), (1, "val"), (2, "test"))},
-        "purged_rows": int((split == -1).sum()),
-        "masked_targets": {"spike_rows": int(t["spike"].sum()),  # targets masked at a spike or a missing bar
-                           "spans_missing_bar": int(t["spans_missing_bar"].sum())},
-        "n_segments": int(seg.max() + 1),
+        "target_scale": target_scale,
+        "bar_seconds": {name: int(b) / 1e9 for name, b in zip(names, facts.bars)},
+        "calendar": cal.to_dict(),  # sessions a year, bars a session: the data's own annualisation
+        "splits": cut,
+        "rows_per_split": {name: int(sum(np.count_nonzero(lay.split == i) for lay in lays))
+                           for i, name in ((0, "train"), (1, "val"), (2, "test"))},
+        "purged_rows": int(sum(np.count_nonzero(lay.split == -1) for lay in lays)),
+        "masked_targets": {k: sum(p[k] for p in parts) for k in ("spike_rows", "spans_missing_bar")},
+        "n_segments": int(offsets[-1]),
         "quality": quality or {},
     }
-    return FeatureSet(
-        X=X, y=y, fwd_return=t["fwd_return"].astype(np.float32), ret_next=t["ret_next"].astype(np.float32),
-        last_return=t["last_return"].astype(np.float32), oracle=oracle, timestamp=lay.ts, symbol_id=lay.codes,
-        segment=seg, split=split, symbols=lay.symbols, feature_names=list(FEATURE_NAMES), meta=meta,
-    )
+    return fs
+
+
+def sample_positions(n_train: list[int], max_rows: int = 2_000_000) -> list[np.ndarray | slice]:
+    """Per shard, which of its training rows (in order) the fit reads: the evenly spaced sample of at most
+    `max_rows` of all training rows that fit_robust takes of them in one array, every step-th from the first."""
+    total = sum(n_train)
+    step = -(-total // max_rows) if total > max_rows else 1
+    out, before = [], 0
+    for n in n_train:
+        out.append(slice((-before) % step, None, step))
+        before += n
+    return out
+
+
+def fit_parts(parts: list[dict], pool: ThreadPoolExecutor | None = None) -> tuple[dict, dict, float]:
+    """(normalisation {median, scale} per feature, raw range per feature, target scale) from the shards'
+    samples of the training rows (in row order) and ranges; the features on `pool`'s threads."""
+    fit = lambda j: fit_robust(np.concatenate([p["x_sample"][j] for p in parts]))
+    fits = list((pool.map if pool is not None else map)(fit, range(len(FEATURE_NAMES))))
+    ranges = {name: {"min": min(p["ranges"][name]["min"] for p in parts),
+                     "max": max(p["ranges"][name]["max"] for p in parts),
+                     "unknown": sum(p["ranges"][name]["unknown"] for p in parts)} for name in FEATURE_NAMES}
+    norm = {"median": [f[0] for f in fits], "scale": [f[1] for f in fits]}
+    return norm, ranges, fit_robust(np.concatenate([p["y_sample"] for p in parts]))[1]
+
+
+def empty_feature_set(n: int, symbols: list[str]) -> FeatureSet:
+    """A FeatureSet of n rows to fill in."""
+    f32 = lambda: np.empty(n, dtype=np.float32)
+    return FeatureSet(X=np.empty((n, len(FEATURE_NAMES)), dtype=np.float32), y=f32(), fwd_return=f32(),
+                      ret_next=f32(), last_return=f32(), oracle=f32(), timestamp=np.empty(n, dtype=np.int64),
+                      symbol_id=np.empty(n, dtype=np.int32), segment=np.empty(n, dtype=np.int32),
+                      split=np.empty(n, dtype=np.int8), symbols=symbols, feature_names=list(FEATURE_NAMES))
 
 
 def feature_params(cfg) -> dict:

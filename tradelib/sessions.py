@@ -66,26 +66,32 @@ def calendar(ts_ns: np.ndarray, bar_seconds: float) -> Calendar:
                     continuous=bool(spy > CONTINUOUS_SESSIONS))
 
 
-def bar_positions(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuous: bool) -> np.ndarray:
+def bar_positions(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuous: bool,
+                  days: dict[int, np.ndarray] | None = None) -> np.ndarray:
     """Each row's bar number within its symbol, so that `horizon` bars can be counted in bars, not rows.
 
     Rows sorted by (symbol, time). A step to the symbol's next row counts the bars it spans by the clock
     (round(step / bar)) on a continuous market or inside a UTC date (bars missing inside a session). A step
     across dates on an exchange calendar counts as one bar (overnight, a weekend, a holiday: nothing is
     missing there) plus one for every session in between that other symbols of the same bar size traded
-    and this one lacks (a missing day).
+    and this one lacks (a missing day). `days` (bar size -> the sorted UTC days it traded) when these rows are
+    some symbols of the data: the sessions are counted over all of them.
     """
     ts_ns, bar_ns = np.asarray(ts_ns, dtype=np.int64), np.asarray(bar_ns, dtype=np.int64)
     n = len(ts_ns)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    step = np.maximum(1, np.rint(np.diff(ts_ns) / np.maximum(bar_ns[1:], 1))).astype(np.int64)
+    d = np.diff(ts_ns)
+    step = np.ones(n - 1, dtype=np.int64)  # one bar, except where the step is not the bar size
+    odd = np.flatnonzero(d != bar_ns[1:])
+    step[odd] = np.maximum(1, np.rint(d[odd] / np.maximum(bar_ns[1:][odd], 1)))
     if not continuous:
         day = ts_ns // DAY_NS
         session = np.zeros(n, dtype=np.int64)  # the row's session number among its bar size's sessions
         for bar in np.unique(bar_ns):
             rows = bar_ns == bar
-            session[rows] = np.searchsorted(np.unique(day[rows]), day[rows])
+            traded = days[int(bar)] if days is not None else np.unique(day[rows])
+            session[rows] = np.searchsorted(traded, day[rows])
         step = np.where(day[1:] == day[:-1], step, np.diff(session))
     step = np.where(codes[1:] == codes[:-1], step, 0)
     return np.r_[0, np.cumsum(step)].astype(np.int64)
