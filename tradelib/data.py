@@ -890,6 +890,7 @@ class CleanShard:
     a: dict[str, np.ndarray]
     symbols: np.ndarray
     keep: dict[str, np.ndarray] = field(default_factory=dict)
+    bar: np.ndarray | None = None  # bar size in ns per symbol code (bar_sizes_ns of these rows), when known
 
     def __len__(self) -> int:
         return len(self.a["ts"])
@@ -983,7 +984,8 @@ def clean_shards(
         a = {"idx": idx, "ts": ts[rows], "code": codes[rows]} | {c: num[c][rows] for c in NUM_COLS}
         w = _clean_shard(a, symbols, own, raw.attrs, params)
         kept = {k: raw[k].to_numpy()[w.a["idx"]] for k in keep}
-        return _shard_part(w, len(idx)), CleanShard({k: v for k, v in w.a.items() if k != "idx"}, symbols, kept)
+        a = {k: v for k, v in w.a.items() if k != "idx"}
+        return _shard_part(w, len(idx)), CleanShard(a, symbols, kept, w.bar)
 
     with freed_memory_reused(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         done = list(pool.map(one, range(len(shards))))

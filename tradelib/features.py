@@ -28,6 +28,7 @@ VOLUME_WINDOW = 64
 MAD_SCALE = 1.4826
 FEATURE_NAMES = [f"ret_{k}" for k in RETURN_LAGS] + [f"rvol_{w}" for w in VOL_WINDOWS] + [
     "log_range", "close_loc", "body", "log_volume_rel", "tod_sin", "tod_cos"]
+LOOKBACK = max(*RETURN_LAGS, *VOL_WINDOWS, VOLUME_WINDOW)  # the rows before t a feature at t may read
 
 
 @dataclass
@@ -160,14 +161,16 @@ def _ns(t) -> np.ndarray:
     return t if isinstance(t, np.ndarray) and t.dtype == np.int64 else ns_since_epoch(t)
 
 
-def feature_makers(clean: pd.DataFrame | dict, seg: np.ndarray) -> dict[str, Callable[[], np.ndarray]]:
+def feature_makers(clean: pd.DataFrame | dict, seg: np.ndarray, rank: np.ndarray | None = None
+                   ) -> dict[str, Callable[[], np.ndarray]]:
     """Name -> a function computing that unscaled, scale-free float64 column (NaN where history is too short).
 
-    Columns are made one at a time, so no [n, F] float64 matrix is ever held, and independently, so that
-    build_features can make them on several cores (numpy and pandas release the GIL in these loops).
+    Columns are made one at a time, so no [n, F] float64 matrix is ever held. A value at t reads rows t - LOOKBACK
+    .. t only, so a block of rows is made from itself and the LOOKBACK rows before it, given their true `rank`
+    in the segment (`segment_rank` of all rows; default: of these).
     """
     col = {k: np.asarray(clean[k], dtype=np.float64) for k in ("open", "high", "low", "close", "volume")}
-    rank, masks = segment_rank(seg), {}
+    rank, masks = segment_rank(seg) if rank is None else rank, {}
     lc = np.log(col["close"])
     r1 = lc - _shift(lc, 1, seg)
     rvol = functools.cache(lambda: dict(zip(VOL_WINDOWS, _rolling_means(r1**2, VOL_WINDOWS, rank, masks))))
@@ -372,10 +375,15 @@ def shard_layout(shard: data.CleanShard, sym_id: np.ndarray, max_gap_bars: int, 
     rows of the FeatureSet's arrays. The shard's timestamps are taken over (released from the shard)."""
     ts, codes = out["timestamp"], out["symbol_id"]
     ts[:] = shard.a.pop("ts")
-    codes[:] = sym_id[shard.a.pop("code")]
+    raw_codes = shard.a.pop("code")
+    codes[:] = sym_id[raw_codes]
     first = np.r_[True, codes[1:] != codes[:-1]] if len(codes) else np.zeros(0, dtype=bool)
     present = codes[first]
-    bar_of_code = bar_sizes_ns(codes, ts, int(present.max()) + 1 if len(present) else 0)
+    bar_of_code = np.zeros(int(present.max()) + 1 if len(present) else 0, dtype=np.int64)
+    if shard.bar is not None:  # cleaning found them on these very rows
+        bar_of_code[present] = shard.bar[raw_codes[first]]
+    else:
+        bar_of_code = bar_sizes_ns(codes, ts, len(bar_of_code))
     if (bar_of_code[present] <= 0).any():
         names = np.asarray(shard.symbols, dtype=object)[np.flatnonzero(sym_id >= 0)]
         short = [str(names[c]) for c in present[bar_of_code[present] <= 0]]
@@ -394,26 +402,28 @@ def place(lay: Layout, bounds: tuple[int, int, str], seg_offset: int, out: dict[
 
 
 def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous: bool, cfg,
-                   out: dict[str, np.ndarray], sample: np.ndarray, block: int = 1 << 14) -> dict:
+                   out: dict[str, np.ndarray], sample: np.ndarray, block: int = 1 << 16) -> dict:
     """Fill `out` (this shard's rows of the FeatureSet's arrays; X unscaled) and return what the fit and the
     meta need: the values at the sampled training rows `sample` (float64), each feature's range, the masked-target
-    counts. Columns are made one at a time (no [n, F] float64 matrix is held), then written into X's rows a
-    cache-sized block at a time. The shard's arrays are released afterwards."""
-    cols = {k: shard.a[k] for k in ("open", "high", "low", "close", "volume")} | {"timestamp": lay.ts}
-    makers = feature_makers(cols, lay.seg)
-    made = np.empty((len(makers), len(lay.ts)), dtype=np.float32)
-    samples, ranges = [], {}
-    for j, (name, make) in enumerate(makers.items()):
-        col = make()
-        samples.append(col[sample])
-        ranges[name] = _finite_range(col)
-        made[j] = col
-    X = out["X"]
-    for i in range(0, len(X), block):
-        np.copyto(X[i : i + block], made[:, i : i + block].T)
-    del made
+    counts. Features are made a block of rows at a time (with the LOOKBACK rows before it), so that every
+    temporary stays in the cache and no fresh memory is touched but X's own. The shard is released afterwards."""
+    rank = segment_rank(lay.seg)
+    X, n = out["X"], len(lay.ts)
+    samples: list[list[np.ndarray]] = [[] for _ in FEATURE_NAMES]
+    ranges: list[dict] = []
+    for b0 in range(0, n, block):
+        lo, b1 = max(b0 - LOOKBACK, 0), min(b0 + block, n)
+        cols = {k: shard.a[k][lo:b1] for k in ("open", "high", "low", "close", "volume")} | {"timestamp": lay.ts[lo:b1]}
+        makers = feature_makers(cols, lay.seg[lo:b1], rank[lo:b1])
+        at = sample[np.searchsorted(sample, b0) : np.searchsorted(sample, b1)] - b0
+        for j, make in enumerate(makers.values()):
+            col = make()[b0 - lo :]
+            samples[j].append(col[at])
+            ranges.append(_finite_range(col))
+            X[b0:b1, j] = col
     lay.pos = sessions.bar_positions(lay.ts, lay.codes, lay.bar_ns, continuous, days=facts.days)
-    t = targets(cols, lay, cfg)
+    t = targets({"close": shard.a["close"], **{k: shard.a[k] for k in ("open", "high", "low", "volume")},
+                 "timestamp": lay.ts}, lay, cfg)
     lay.pos = None
     y = out["y"]
     y[:] = t["target"]
@@ -424,8 +434,15 @@ def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous
     out["oracle"][:] = oracle if oracle is not None and cfg.horizon == 1 else np.nan  # planted: one bar ahead only
     shard.a.clear()
     shard.keep.clear()
-    return {"x_sample": samples, "y_sample": t["target"][sample], "ranges": ranges,
+    per = len(FEATURE_NAMES)
+    return {"x_sample": [np.concatenate(x) for x in samples], "y_sample": t["target"][sample],
+            "ranges": {name: _merge_range(ranges[j::per]) for j, name in enumerate(FEATURE_NAMES)},
             "spike_rows": int(t["spike"].sum()), "spans_missing_bar": int(t["spans_missing_bar"].sum())}
+
+
+def _merge_range(parts: list[dict]) -> dict:
+    return {"min": min(p["min"] for p in parts), "max": max(p["max"] for p in parts),
+            "unknown": sum(p["unknown"] for p in parts)}
 
 
 def _finite_range(col: np.ndarray) -> dict:
@@ -580,9 +597,7 @@ def fit_parts(parts: list[dict], pool: ThreadPoolExecutor | None = None) -> tupl
     samples of the training rows (in row order) and ranges; the features on `pool`'s threads."""
     fit = lambda j: fit_robust(np.concatenate([p["x_sample"][j] for p in parts]))
     fits = list((pool.map if pool is not None else map)(fit, range(len(FEATURE_NAMES))))
-    ranges = {name: {"min": min(p["ranges"][name]["min"] for p in parts),
-                     "max": max(p["ranges"][name]["max"] for p in parts),
-                     "unknown": sum(p["ranges"][name]["unknown"] for p in parts)} for name in FEATURE_NAMES}
+    ranges = {name: _merge_range([p["ranges"][name] for p in parts]) for name in FEATURE_NAMES}
     norm = {"median": [f[0] for f in fits], "scale": [f[1] for f in fits]}
     return norm, ranges, fit_robust(np.concatenate([p["y_sample"] for p in parts]))[1]
 
