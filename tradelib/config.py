@@ -101,8 +101,9 @@ class Config:
     epochs: int = knob(3, "passes over the training windows", "training", lo=1, resume=True)
     max_steps: int = knob(0, "stop after this many optimizer steps (0: no limit)", "training", lo=0, resume=True)
     grad_clip: float = knob(1.0, "clip the gradient norm (0: off)", "training", lo=0)
-    loader: str = knob("device", "device (windows gathered on the device) | dataloader (seed-style baseline)",
-                       "training", choices=("device", "dataloader"), resume=True)
+    loader: str = knob("device", "device (windows gathered on the device; streamed in blocks when the data exceeds "
+                       "device_memory_budget) | stream (always streamed) | dataloader (seed-style baseline)",
+                       "training", choices=("device", "stream", "dataloader"), resume=True)
     num_workers: int = knob(8, "dataloader loader only: worker processes (the seed's 8, capped at the cores)",
                             "training", lo=0, resume=True)
     prefetch_factor: int = knob(4, "dataloader loader only: batches prefetched per worker", "training", lo=1,
@@ -140,6 +141,11 @@ class Config:
     n_gpus: int = knob(1, ">1: train launches torchrun with this many processes", "system", lo=1, resume=True)
     run_id: str = knob("", "run folder name under outputs/ (empty: a new time-stamped id; 04_report: the latest "
                        "run)", "system", resume=True)
+    device_memory_budget: float = knob(0.5, "device memory the data may take: a fraction (<= 1) of the device's "
+                                       "memory, or bytes; above it the data is streamed in blocks", "system", lo=0,
+                                       lo_open=True, finite=True)
+    stream_block_rows: int = knob(262_144, "streamed data: rows per block copied to the device (blocks are "
+                                  "shuffled, then the windows of the resident ones)", "system", lo=1)
     # measure: the timed steps of 02_profiling's sweep and of `tradelib bench`
     loaders: str = knob("device,dataloader,dense", "comma list of loaders to measure: device, dataloader (the "
                         "seed's pipeline), dense (causal models only)", "measure",

@@ -312,6 +312,7 @@ class Layout:
     split: np.ndarray | None = None  # int8: 0 train, 1 val, 2 test, -1 purged
     cut: dict | None = None  # split_rows' cut of these rows
     pos: np.ndarray | None = None  # int64 bar number within the symbol, missing bars counted (while made)
+    names: list[str] = field(default_factory=list)  # the shard's symbols, in order
 
     @property
     def bar_ns(self) -> np.ndarray:
@@ -329,6 +330,8 @@ class Facts:
     counts: np.ndarray  # int64 rows at each
     bars: np.ndarray  # int64 bar size of each symbol, in symbol order
     days: dict[int, np.ndarray]  # bar size (ns) -> sorted distinct UTC days (ns // DAY_NS) with a row of that size
+    names: list[str]  # the symbols, in order
+    segments: int  # contiguous segments
 
     @staticmethod
     def of(lay: Layout) -> Facts:
@@ -339,7 +342,8 @@ class Facts:
         new[1:] |= day[1:] != day[:-1]  # (symbol, day) pairs: rows are in time order within a symbol
         pair_day, pair_bar = day[new], lay.bar_of_code[lay.codes[new]]
         days = {int(b): np.unique(pair_day[pair_bar == b]) for b in np.unique(pair_bar)}
-        return Facts(times, counts, lay.bar_of_code[lay.codes[first]], days)
+        return Facts(times, counts, lay.bar_of_code[lay.codes[first]], days, list(lay.names),
+                     int(lay.seg[-1]) + 1 if len(lay.seg) else 0)
 
     @staticmethod
     def merge(parts: list[Facts]) -> Facts:
@@ -349,7 +353,8 @@ class Facts:
             for b, d in p.days.items():
                 days.setdefault(b, []).append(d)
         return Facts(times, counts, np.concatenate([p.bars for p in parts]),
-                     {b: np.unique(np.concatenate(d)) for b, d in sorted(days.items())})
+                     {b: np.unique(np.concatenate(d)) for b, d in sorted(days.items())},
+                     [n for p in parts for n in p.names], sum(p.segments for p in parts))
 
     def calendar(self) -> sessions.Calendar:
         return sessions.calendar(self.times, float(np.median(self.bars)) / 1e9)
@@ -368,57 +373,55 @@ def _distinct(t: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndar
     return t[at], counts.astype(np.int64)
 
 
-def shard_layout(shard: data.CleanShard, sym_id: np.ndarray, max_gap_bars: int, out: dict[str, np.ndarray]
-                 ) -> Layout:
-    """The layout of a shard's rows as far as they alone tell it (symbol ids, `sym_id` mapping the raw frame's
-    symbol codes to the FeatureSet's; bar sizes; segments numbered from 0), written into `out`, the shard's
-    rows of the FeatureSet's arrays. The shard's timestamps are taken over (released from the shard)."""
+def shard_layout(shard: data.CleanShard, max_gap_bars: int, out: dict[str, np.ndarray]) -> Layout:
+    """The layout of a shard's rows as far as they alone tell it (symbol ids and segments numbered from 0 within
+    the shard, bar sizes), written into `out`, the shard's rows of the FeatureSet's arrays. The shard's timestamps
+    and codes are taken over (released from the shard)."""
     ts, codes = out["timestamp"], out["symbol_id"]
     ts[:] = shard.a.pop("ts")
     raw_codes = shard.a.pop("code")
-    codes[:] = sym_id[raw_codes]
-    first = np.r_[True, codes[1:] != codes[:-1]] if len(codes) else np.zeros(0, dtype=bool)
-    present = codes[first]
-    bar_of_code = np.zeros(int(present.max()) + 1 if len(present) else 0, dtype=np.int64)
+    first = np.r_[True, raw_codes[1:] != raw_codes[:-1]] if len(raw_codes) else np.zeros(0, dtype=bool)
+    codes[:] = np.cumsum(first) - 1
+    present = raw_codes[first]
     if shard.bar is not None:  # cleaning found them on these very rows
-        bar_of_code[present] = shard.bar[raw_codes[first]]
+        bar_of_code = shard.bar[present].astype(np.int64)
     else:
-        bar_of_code = bar_sizes_ns(codes, ts, len(bar_of_code))
-    if (bar_of_code[present] <= 0).any():
-        names = np.asarray(shard.symbols, dtype=object)[np.flatnonzero(sym_id >= 0)]
-        short = [str(names[c]) for c in present[bar_of_code[present] <= 0]]
+        bar_of_code = bar_sizes_ns(codes, ts, len(present))
+    names = [str(shard.symbols[c]) for c in present]
+    if (bar_of_code <= 0).any():
+        short = [names[i] for i in np.flatnonzero(bar_of_code <= 0)]
         raise ValueError(f"symbol(s) {', '.join(short)}: fewer than two timestamps, no bar size")
     out["segment"][:] = segment_ids(codes, ts, bar_of_code[codes], max_gap_bars)
-    return Layout(codes, ts, bar_of_code, out["segment"])
+    return Layout(codes, ts, bar_of_code, out["segment"], names=names)
 
 
-def place(lay: Layout, bounds: tuple[int, int, str], seg_offset: int, out: dict[str, np.ndarray], cfg) -> None:
-    """Complete a shard's layout with what needs all rows: its splits (`bounds` of all rows) and segment ids
-    counted from `seg_offset` (the segments of the shards before)."""
+def place(lay: Layout, bounds: tuple[int, int, str], seg_offset: int, sym_offset: int, out: dict[str, np.ndarray],
+          cfg) -> None:
+    """Complete a shard's layout with what needs all rows: its splits (`bounds` of all rows), and segment and
+    symbol ids counted from the offsets (the segments and symbols of the shards before)."""
     split, lay.cut = split_rows(lay.ts, lay.codes, cfg, bounds=bounds)
     out["split"][:] = split
     lay.split = out["split"]
     lay.seg += np.int32(seg_offset)
+    lay.codes += np.int32(sym_offset)
+    lay.bar_of_code = np.r_[np.zeros(sym_offset, dtype=np.int64), lay.bar_of_code]
 
 
 def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous: bool, cfg,
-                   out: dict[str, np.ndarray], sample: np.ndarray, block: int = 1 << 16) -> dict:
-    """Fill `out` (this shard's rows of the FeatureSet's arrays; X unscaled) and return what the fit and the
-    meta need: the values at the sampled training rows `sample` (float64), each feature's range, the masked-target
-    counts. Features are made a block of rows at a time (with the LOOKBACK rows before it), so that every
-    temporary stays in the cache and no fresh memory is touched but X's own. The shard is released afterwards."""
+                   out: dict[str, np.ndarray], block: int = 1 << 16) -> dict:
+    """Fill `out` (this shard's rows of the FeatureSet's arrays; X unscaled) and return what the meta needs:
+    each feature's range before scaling, the masked-target counts, the rows per split. Features are made a block
+    of rows at a time (with the LOOKBACK rows before it), so that every temporary stays in the cache and no fresh
+    memory is touched but X's own. The shard is released afterwards."""
     rank = segment_rank(lay.seg)
     X, n = out["X"], len(lay.ts)
-    samples: list[list[np.ndarray]] = [[] for _ in FEATURE_NAMES]
     ranges: list[dict] = []
     for b0 in range(0, n, block):
         lo, b1 = max(b0 - LOOKBACK, 0), min(b0 + block, n)
         cols = {k: shard.a[k][lo:b1] for k in ("open", "high", "low", "close", "volume")} | {"timestamp": lay.ts[lo:b1]}
         makers = feature_makers(cols, lay.seg[lo:b1], rank[lo:b1])
-        at = sample[np.searchsorted(sample, b0) : np.searchsorted(sample, b1)] - b0
         for j, make in enumerate(makers.values()):
             col = make()[b0 - lo :]
-            samples[j].append(col[at])
             ranges.append(_finite_range(col))
             X[b0:b1, j] = col
     lay.pos = sessions.bar_positions(lay.ts, lay.codes, lay.bar_ns, continuous, days=facts.days)
@@ -435,9 +438,9 @@ def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous
     shard.a.clear()
     shard.keep.clear()
     per = len(FEATURE_NAMES)
-    return {"x_sample": [np.concatenate(x) for x in samples], "y_sample": t["target"][sample],
-            "ranges": {name: _merge_range(ranges[j::per]) for j, name in enumerate(FEATURE_NAMES)},
-            "spike_rows": int(t["spike"].sum()), "spans_missing_bar": int(t["spans_missing_bar"].sum())}
+    return {"ranges": {name: _merge_range(ranges[j::per]) for j, name in enumerate(FEATURE_NAMES)},
+            "spike_rows": int(t["spike"].sum()), "spans_missing_bar": int(t["spans_missing_bar"].sum()),
+            "rows_per_split": [int(np.count_nonzero(lay.split == i)) for i in (-1, 0, 1, 2)]}
 
 
 def _merge_range(parts: list[dict]) -> dict:
@@ -517,89 +520,86 @@ def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None, shard_
     return build_from_shards(shards, cfg, quality, workers)
 
 
-def symbol_ids(shards: list[data.CleanShard]) -> tuple[list[str], np.ndarray]:
-    """The symbols with clean rows, in order, and the map from the raw frame's symbol codes to their ids."""
-    symbols = shards[0].symbols
-    present = np.zeros(len(symbols), dtype=bool)
-    for s in shards:
-        code = s.a["code"]
-        present[code[np.r_[True, code[1:] != code[:-1]]] if len(code) else code] = True
-    sym_id = np.full(len(symbols), -1, dtype=np.int64)
-    sym_id[present] = np.arange(int(present.sum()))
-    return [str(x) for x in symbols[present]], sym_id
-
-
 def build_from_shards(shards: list[data.CleanShard], cfg, quality: dict | None = None, workers: int = 0
                       ) -> FeatureSet:
     """Clean shards of whole symbols (in symbol order) -> one FeatureSet, each stage on `workers` threads
     (0: every core): the layout of each shard, the facts of all, each shard's features and targets written
     into the FeatureSet's arrays, one normalisation fitted on the training rows of all, then scaling. Every
-    row's values depend on its own symbol's rows and on the facts alone, so any cut gives the same result.
-    The shards are consumed: each one's arrays are released as soon as they are used."""
+    row's values depend on its own symbol's rows and on the facts alone, so any cut gives the same result
+    (the on-disk build of shards.py runs the same stages). The shards are consumed: each one's arrays are
+    released as soon as they are used."""
     shards = [s for s in shards if len(s)]
     if not shards:
         raise ValueError("no rows left after cleaning: nothing to build features from")
-    names, sym_id = symbol_ids(shards)
     rows = np.cumsum([0] + [len(s) for s in shards])
-    fs = empty_feature_set(int(rows[-1]), names)
+    fs = empty_feature_set(int(rows[-1]), [])
     view = lambda i: {k: getattr(fs, k)[rows[i] : rows[i + 1]] for k in FeatureSet.ARRAYS}
     each = range(len(shards))
     with data.freed_memory_reused(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        lays = list(pool.map(lambda i: shard_layout(shards[i], sym_id, cfg.max_gap_bars, view(i)), each))
-        facts = Facts.merge(list(pool.map(Facts.of, lays)))
-        bounds = split_bounds(facts.times, cfg, facts.counts)
-        offsets = np.cumsum([0] + [int(lay.seg[-1]) + 1 for lay in lays])
-        list(pool.map(lambda i: place(lays[i], bounds, int(offsets[i]), view(i), cfg), each))
+        lays = list(pool.map(lambda i: shard_layout(shards[i], cfg.max_gap_bars, view(i)), each))
+        parts = list(pool.map(Facts.of, lays))
+        facts = Facts.merge(parts)
+        bounds, cal = split_bounds(facts.times, cfg, facts.counts), facts.calendar()
+        segs, syms = offsets(parts)
+        list(pool.map(lambda i: place(lays[i], bounds, segs[i], syms[i], view(i), cfg), each))
         cut = merge_cuts([lay.cut for lay in lays])
         check_cut(cut, cfg)
-        trains = [np.flatnonzero(lay.split == 0) for lay in lays]
-        if not any(len(t) for t in trains):
-            raise ValueError(f"the training split is empty: too little data before the train end "
-                             f"({pd.Timestamp(cut['train_end'], tz='UTC')}, set by {cut['method']})")
-        samples = sample_positions([len(t) for t in trains])
-        cal = facts.calendar()
-        parts = list(pool.map(lambda i: shard_features(shards[i], lays[i], facts, cal.continuous, cfg, view(i),
-                                                       trains[i][samples[i]]), each))
-        norm, raw_ranges, target_scale = fit_parts(parts, pool)
-        list(pool.map(lambda i: scale_rows(view(i)["X"], norm, cfg.clip), each))
-    fs.meta = {
-        "feature_config": feature_params(cfg),
-        "norm": norm,
-        "raw_ranges": raw_ranges,  # each feature before scaling: min, max, rows without history (filled with 0)
-        "target_scale": target_scale,
-        "bar_seconds": {name: int(b) / 1e9 for name, b in zip(names, facts.bars)},
-        "calendar": cal.to_dict(),  # sessions a year, bars a session: the data's own annualisation
-        "splits": cut,
-        "rows_per_split": {name: int(sum(np.count_nonzero(lay.split == i) for lay in lays))
-                           for i, name in ((0, "train"), (1, "val"), (2, "test"))},
-        "purged_rows": int(sum(np.count_nonzero(lay.split == -1) for lay in lays)),
-        "masked_targets": {k: sum(p[k] for p in parts) for k in ("spike_rows", "spans_missing_bar")},
-        "n_segments": int(offsets[-1]),
-        "quality": quality or {},
-    }
+        made = list(pool.map(lambda i: shard_features(shards[i], lays[i], facts, cal.continuous, cfg, view(i)), each))
+        views = [view(i) for i in each]
+        norm, target_scale = fit_shards([v["X"] for v in views], [v["y"] for v in views],
+                                        [v["split"] for v in views], cut, pool)
+        list(pool.map(lambda v: scale_rows(v["X"], norm, cfg.clip), views))
+    fs.symbols = facts.names
+    fs.meta = feature_meta(cfg, facts, cal, cut, made, norm, target_scale, quality)
     return fs
 
 
-def sample_positions(n_train: list[int], max_rows: int = 2_000_000) -> list[np.ndarray | slice]:
-    """Per shard, which of its training rows (in order) the fit reads: the evenly spaced sample of at most
-    `max_rows` of all training rows that fit_robust takes of them in one array, every step-th from the first."""
-    total = sum(n_train)
-    step = -(-total // max_rows) if total > max_rows else 1
-    out, before = [], 0
-    for n in n_train:
-        out.append(slice((-before) % step, None, step))
-        before += n
-    return out
+def offsets(parts: list[Facts]) -> tuple[list[int], list[int]]:
+    """Per shard: the segments and the symbols of the shards before it."""
+    segs = np.cumsum([0] + [p.segments for p in parts])[:-1]
+    syms = np.cumsum([0] + [len(p.names) for p in parts])[:-1]
+    return [int(x) for x in segs], [int(x) for x in syms]
 
 
-def fit_parts(parts: list[dict], pool: ThreadPoolExecutor | None = None) -> tuple[dict, dict, float]:
-    """(normalisation {median, scale} per feature, raw range per feature, target scale) from the shards'
-    samples of the training rows (in row order) and ranges; the features on `pool`'s threads."""
-    fit = lambda j: fit_robust(np.concatenate([p["x_sample"][j] for p in parts]))
-    fits = list((pool.map if pool is not None else map)(fit, range(len(FEATURE_NAMES))))
-    ranges = {name: _merge_range([p["ranges"][name] for p in parts]) for name in FEATURE_NAMES}
+def fit_shards(xs: list[np.ndarray], ys: list[np.ndarray], splits: list[np.ndarray], cut: dict,
+               pool: ThreadPoolExecutor | None = None, max_rows: int = 2_000_000) -> tuple[dict, float]:
+    """(normalisation {median, scale} per feature, target scale) fitted on the training rows of all shards,
+    whose unscaled X, targets and splits these are (in row order): at most `max_rows` evenly spaced rows, every
+    step-th training row from the first, as fit_robust takes of one array."""
+    trains = [np.flatnonzero(sp == 0) for sp in splits]
+    if not any(len(t) for t in trains):
+        raise ValueError(f"the training split is empty: too little data before the train end "
+                         f"({pd.Timestamp(cut['train_end'], tz='UTC')}, set by {cut['method']})")
+    total = sum(len(t) for t in trains)
+    step, before, rows = (-(-total // max_rows) if total > max_rows else 1), 0, []
+    for t in trains:
+        rows.append(t[(-before) % step :: step])
+        before += len(t)
+    sample = lambda arrays, j=None: np.concatenate([(a[r] if j is None else a[r, j]) for a, r in zip(arrays, rows)])
+    fit = lambda j: fit_robust(sample(xs, j).astype(np.float64))
+    fits = list((pool.map if pool is not None else map)(fit, range(xs[0].shape[1])))
     norm = {"median": [f[0] for f in fits], "scale": [f[1] for f in fits]}
-    return norm, ranges, fit_robust(np.concatenate([p["y_sample"] for p in parts]))[1]
+    return norm, fit_robust(sample(ys).astype(np.float64))[1]
+
+
+def feature_meta(cfg, facts: Facts, cal: sessions.Calendar, cut: dict, made: list[dict], norm: dict,
+                 target_scale: float, quality: dict | None) -> dict:
+    """The FeatureSet's meta from what the stages found (see docs/design.md)."""
+    per_split = np.sum([m["rows_per_split"] for m in made], axis=0)
+    return {
+        "feature_config": feature_params(cfg),
+        "norm": norm,
+        "raw_ranges": {name: _merge_range([m["ranges"][name] for m in made]) for name in FEATURE_NAMES},
+        "target_scale": target_scale,
+        "bar_seconds": {name: int(b) / 1e9 for name, b in zip(facts.names, facts.bars)},
+        "calendar": cal.to_dict(),  # sessions a year, bars a session: the data's own annualisation
+        "splits": cut,
+        "rows_per_split": {name: int(per_split[i + 1]) for i, name in ((0, "train"), (1, "val"), (2, "test"))},
+        "purged_rows": int(per_split[0]),
+        "masked_targets": {k: sum(m[k] for m in made) for k in ("spike_rows", "spans_missing_bar")},
+        "n_segments": int(facts.segments),
+        "quality": quality or {},
+    }
 
 
 def empty_feature_set(n: int, symbols: list[str]) -> FeatureSet:

@@ -28,7 +28,8 @@ from tradelib.features import FeatureSet
 from tradelib.hardware import device_name, mfu, peak_flops, pick_device, sync, torch_flags, uses_bf16
 from tradelib.models import model_for, n_params
 from tradelib.monitor import GpuMonitor
-from tradelib.sources import Batch, BatchSource, make_sources
+from tradelib.sources import Batch, BatchSource
+from tradelib.stream import make_sources
 from tradelib.trainer import Trainer, seed_everything
 
 LOADERS = ("dataloader", "device", "dense")

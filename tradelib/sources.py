@@ -92,6 +92,16 @@ class Windows:
         """[B] window-end rows -> x [B, W, F], y [B]."""
         return self.X[ends[:, None] + self.offsets], self.y[ends]
 
+    def batches(self, ends: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x, y) for these window ends, in order, `size` at a time (what evaluation reads; stream.StreamWindows
+        streams the same)."""
+        for part in ends.split(size):
+            yield self.gather(part)
+
+    def targets(self, ends: torch.Tensor) -> torch.Tensor:
+        """Scaled targets at these ends (0 where unknown)."""
+        return self.y[ends]
+
 
 class WindowSource:
     """One item per valid window of a split, gathered on the device."""
@@ -261,7 +271,8 @@ class DataLoaderSource:
 
 
 def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.device) -> tuple[Windows, BatchSource]:
-    """(the evaluation windows, the training batch source) that `cfg` asks for."""
+    """(the evaluation windows, the training batch source) that `cfg` asks for, the data resident on the device
+    (stream.make_sources decides between this and streaming)."""
     windows = Windows(fs, cfg.window, device)
     if cfg.dense:
         if not hasattr(model, "forward_dense"):

@@ -50,7 +50,7 @@ from tradelib.hardware import (
 from tradelib.models import model_for, n_params
 from tradelib.monitor import GpuMonitor
 from tradelib.paths import outputs_dir
-from tradelib.sources import make_sources
+from tradelib.stream import make_sources
 from tradelib.trainer import StepStats, Trainer, seed_everything
 
 
@@ -194,7 +194,7 @@ class TrainingRun:
         self.fs = fs if fs is not None else prepare_features(cfg, env)
         self.cache_key = self.fs.meta.get("cache_key", "")
         model = model_for(cfg, self.fs.n_features).to(self.device)
-        self.windows, source = make_sources(self.fs, model, cfg, self.device)
+        self.windows, source = make_sources(self.fs, model, cfg, self.device, verbose=self.main)
         self.trainer = Trainer(cfg, model, self.windows, source, self.device, self.world, verbose=self.main)
         self.step, self.epoch, self.pos = 0, 0, 0
         self.skipped, self.best_val, self.epochs_since_best = 0, float("inf"), 0

@@ -26,6 +26,7 @@ from tradelib.config import Config
 from tradelib.distributed import all_reduce
 from tradelib.hardware import autocast
 from tradelib.sources import Batch, BatchSource, Windows
+from tradelib.stream import StreamWindows
 
 
 @dataclass
@@ -122,7 +123,7 @@ def unused_parameters(module: torch.nn.Module, x: torch.Tensor, device: torch.de
 class Trainer:
     """The model, its optimizer and LR schedule, and the step. `source` feeds training; `windows` evaluation."""
 
-    def __init__(self, cfg: Config, model: torch.nn.Module, windows: Windows, source: BatchSource,
+    def __init__(self, cfg: Config, model: torch.nn.Module, windows: Windows | StreamWindows, source: BatchSource,
                  device: torch.device, world: int = 1, verbose: bool = True) -> None:
         self.cfg, self.model, self.windows, self.source = cfg, model, windows, source
         self.device, self.world = device, world
@@ -139,7 +140,7 @@ class Trainer:
         self.warmup = min(cfg.warmup_steps, max(1, self.total_steps // 10))
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, self.warmup, self.total_steps, cfg.min_lr_ratio))
-        probe = windows.gather(windows.ends(0)[:2])[0]
+        probe = next(windows.batches(windows.ends(0)[:2], 2))[0]
         self.fwd, self.compiled = maybe_compile(model, cfg, device, probe)
         # dense mode trains through forward_dense; evaluation stays per window (the same function)
         train_module, train_probe, self.train_fwd = model, probe, self.fwd
@@ -237,11 +238,12 @@ class Trainer:
         """Predictions in scaled target units for these window ends, on the device (eval mode, autocast)."""
         self.model.eval()
         out = torch.empty(len(ends), device=self.device)
-        size = self.cfg.eval_batch_size
+        i = 0
         with autocast(self.device, self.cfg.precision):
-            for i, part in enumerate(ends.split(size)):
+            for x, _ in self.windows.batches(ends, self.cfg.eval_batch_size):
                 # copied out at once: under CUDA graphs the next replay overwrites the graph's output buffer
-                out[i * size : i * size + len(part)] = self.fwd(self.windows.gather(part)[0])
+                out[i : i + len(x)] = self.fwd(x)
+                i += len(x)
         self.model.train()
         return out
 
@@ -250,7 +252,7 @@ class Trainer:
         ends = self.windows.ends(split)
         if len(ends) == 0:
             return float("nan")
-        return float(((self.predict(ends) - self.windows.y[ends]) ** 2).mean())
+        return float(((self.predict(ends) - self.windows.targets(ends)) ** 2).mean())
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

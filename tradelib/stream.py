@@ -1,0 +1,418 @@
+"""Data larger than the device: the feature arrays stay on the host (memory-mapped from the cache) and contiguous
+blocks of rows are copied to the device ahead of use, where windows are gathered inside them.
+
+The device holds two slots of `K` blocks each (`BlockStream`): training reads one while a loader thread fills the
+other (on CUDA: from pinned host buffers on a side stream, ordered by events, so the training thread never waits
+on the host for a copy). A block carries the `span - 1` rows before it, so every window (or dense chunk) ending
+in it is whole there. `device_memory_budget` decides: the data resident when it fits (`sources.make_sources`),
+streamed otherwise; `make_sources` here says which and why.
+
+Shuffling is on two levels: an epoch permutes the blocks, takes them `K` at a time (a group, resident together),
+and permutes the items of each group. Unlike a full shuffle, consecutive batches draw from the same `K` blocks
+(rows close in time, or the same symbols) until the group is used up: batches within a group are more alike
+than uniformly shuffled ones, and an item's neighbours in the epoch are drawn from K x block_rows rows, not from
+all. When one group holds every block, the order is the resident path's own: both train alike, step for step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tradelib.features import FeatureSet
+from tradelib.sources import Batch, BatchSource, Windows, dense_chunks, epoch_order, window_ends
+from tradelib.sources import make_sources as resident_sources
+
+ROW_BYTES_EXTRA = 4 + 1  # per row on the device besides the features: the scaled target (float32), its validity
+
+
+def device_memory(device: torch.device) -> int:
+    """The device's memory in bytes (on a CPU: the machine's physical memory)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def budget_bytes(value: float, device: torch.device) -> int:
+    """`device_memory_budget` in bytes: a fraction of the device's memory when at most 1, else bytes."""
+    return int(value * device_memory(device)) if value <= 1 else int(value)
+
+
+def resident_bytes(fs: FeatureSet, cfg) -> int:
+    """What the resident path puts on the device: the features and scaled targets of every row, the window
+    ends of the three splits (int64), and in dense mode a validity flag per row and two int64 per chunk."""
+    n = len(fs)
+    total = n * (fs.n_features * 4 + 4)
+    total += 8 * sum(len(window_ends(fs, s, cfg.window)) for s in (0, 1, 2))
+    if cfg.dense:
+        total += n + 16 * (n // max(1, cfg.dense_chunk // 2) + 1)
+    return total
+
+
+class Ledger:
+    """Bytes of every device tensor the stream allocates, counted while each one lives (released when it is
+    garbage collected), and their peak: the measured data footprint the budget bounds."""
+
+    def __init__(self) -> None:
+        self.now = self.peak = 0
+        self._lock = threading.Lock()
+
+    def track(self, t: torch.Tensor) -> torch.Tensor:
+        n = t.numel() * t.element_size()
+        with self._lock:
+            self.now += n
+            self.peak = max(self.peak, self.now)
+        weakref.finalize(t, self._release, n)
+        return t
+
+    def _release(self, n: int) -> None:
+        with self._lock:
+            self.now -= n
+
+
+@dataclass
+class Slot:
+    """One half of the device buffer: the blocks it holds (or is loading) and the events that order its use."""
+
+    index: int
+    group: tuple = ()
+    issued: threading.Event | None = None  # set once its copy is enqueued (CPU: done)
+    copied: object = None  # CUDA event recorded on the copy stream after the copy
+    released: object = None  # CUDA event recorded on the compute stream once training left the slot
+
+
+class BlockStream:
+    """Two device slots of `blocks_per_slot` blocks of `block_rows` rows (each block with the `halo` rows before
+    it), filled from host arrays by a loader thread. `request(group)` makes a group of blocks resident and returns
+    where each block's rows start on the device; `prefetch(group)` starts loading the next one."""
+
+    def __init__(self, fs: FeatureSet, halo: int, block_rows: int, blocks_per_slot: int, device: torch.device,
+                 ledger: Ledger) -> None:
+        self.fs, self.halo, self.block_rows, self.k, self.device = fs, halo, block_rows, blocks_per_slot, device
+        self.scale = float(fs.meta.get("target_scale", 1.0))
+        self.n_blocks = max(1, math.ceil(len(fs) / block_rows))
+        self.slot_rows = blocks_per_slot * (block_rows + halo)
+        cuda = device.type == "cuda"
+        self.X = ledger.track(torch.empty(2 * self.slot_rows, fs.n_features, device=device))
+        self.y = ledger.track(torch.empty(2 * self.slot_rows, device=device))
+        self.valid = ledger.track(torch.zeros(2 * self.slot_rows, dtype=torch.bool, device=device))
+        pin = {"pin_memory": True} if cuda else {}  # host staging, one per slot, page-locked for async copies
+        self.staging = [(torch.empty(self.slot_rows, fs.n_features, **pin), torch.empty(self.slot_rows, **pin),
+                         torch.empty(self.slot_rows, dtype=torch.bool, **pin)) for _ in range(2)] if cuda else None
+        self.copy_stream = torch.cuda.Stream(device) if cuda else None
+        self.slots = [Slot(0), Slot(1)]
+        self.base = np.full(self.n_blocks, -1, dtype=np.int64)  # device row of each resident block's first row
+        self.current: Slot | None = None
+        self.loads = 0  # groups loaded (a measure of the stream's traffic)
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="tradelib-stream", daemon=True)
+        self._thread.start()
+
+    # -- rows ------------------------------------------------------------------------------------------------
+    def rows_of(self, block: int) -> tuple[int, int]:
+        """The host rows block `block` brings to the device: its own and the `halo` before them."""
+        return max(0, block * self.block_rows - self.halo), min(len(self.fs), (block + 1) * self.block_rows)
+
+    def local(self, rows: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+        """Device rows of host `rows`, each read from the resident block `blocks` names."""
+        starts = np.maximum(0, blocks * self.block_rows - self.halo)
+        return self.base[blocks] + rows - starts
+
+    # -- residency -------------------------------------------------------------------------------------------
+    def request(self, group: tuple, keep: tuple = ()) -> None:
+        """Make `group` resident (loading it into a slot that holds neither it nor `keep` when needed); on CUDA the
+        compute stream then waits for its copy (no host wait on the device)."""
+        slot = self._holding(group) or self._load(group, avoid=keep)
+        slot.issued.wait()
+        if slot.copied is not None:
+            torch.cuda.current_stream(self.device).wait_event(slot.copied)
+        self.current = slot
+
+    def prefetch(self, group: tuple, keep: tuple) -> None:
+        """Start loading `group` into the slot that does not hold `keep` (the group in use)."""
+        if group and self._holding(group) is None:
+            self._load(group, avoid=keep)
+
+    def _holding(self, group: tuple) -> Slot | None:
+        return next((s for s in self.slots if s.group == group), None)
+
+    def _load(self, group: tuple, avoid: tuple) -> Slot:
+        free = [s for s in self.slots if not avoid or s.group != avoid]
+        slot = next((s for s in free if s is not self.current), free[0])
+        if slot.issued is not None:
+            slot.issued.wait()  # its previous load is enqueued before it is overwritten
+        if self.device.type == "cuda":  # training may still read it: the copy waits for that, on the device
+            slot.released = torch.cuda.Event()
+            slot.released.record(torch.cuda.current_stream(self.device))
+        self.base[[b for b in slot.group]] = -1
+        slot.group, slot.issued = group, threading.Event()
+        pos = slot.index * self.slot_rows
+        for b in group:
+            self.base[b] = pos
+            a, z = self.rows_of(b)
+            pos += z - a
+        self.loads += 1
+        self._jobs.put((slot, group))
+        return slot
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            slot, group = job
+            try:
+                self._copy(slot, group)
+            finally:
+                slot.issued.set()
+
+    def _copy(self, slot: Slot, group: tuple) -> None:
+        """Host rows of the group's blocks -> the slot: straight into the buffer on a CPU; through the slot's
+        pinned staging and the copy stream on CUDA."""
+        if self.copy_stream is None:
+            dst = (self.X[slot.index * self.slot_rows:], self.y[slot.index * self.slot_rows:],
+                   self.valid[slot.index * self.slot_rows:])
+        else:
+            if slot.copied is not None:
+                slot.copied.synchronize()  # the staging's last copy to the device is done (loader thread only)
+            dst = self.staging[slot.index]
+        pos = 0
+        for b in group:
+            a, z = self.rows_of(b)
+            y = np.asarray(self.fs.y[a:z], dtype=np.float32)
+            ok = np.isfinite(y)
+            dst[0][pos : pos + z - a].numpy()[:] = self.fs.X[a:z]
+            dst[1][pos : pos + z - a].numpy()[:] = np.where(ok, y / self.scale, 0.0)
+            dst[2][pos : pos + z - a].numpy()[:] = ok
+            pos += z - a
+        if self.copy_stream is not None:
+            start = slot.index * self.slot_rows
+            with torch.cuda.stream(self.copy_stream):
+                self.copy_stream.wait_event(slot.released)
+                for buf, src in zip((self.X, self.y, self.valid), dst):
+                    buf[start : start + pos].copy_(src[:pos], non_blocking=True)
+                slot.copied = torch.cuda.Event()
+                slot.copied.record(self.copy_stream)
+
+    def close(self) -> None:
+        """Stop the loader thread (after the load it is doing)."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+
+
+class Items:
+    """Training items (windows or dense chunks) of a stream: the row each ends at (its anchor, ascending), and
+    their blocks."""
+
+    def __init__(self, anchors: np.ndarray, block_rows: int, n_blocks: int) -> None:
+        self.anchors = anchors
+        self.block = (anchors // block_rows).astype(np.int64)
+        self.first = np.searchsorted(self.block, np.arange(n_blocks + 1))  # items of block b: first[b]..first[b+1]
+        self.n_blocks = n_blocks
+
+
+class StreamSource:
+    """The BatchSource of streamed data: items numbered in row order, shuffled on two levels (module doc)."""
+
+    def __init__(self, stream: BlockStream, items: Items, span: int, ledger: Ledger, dense_first: np.ndarray | None
+                 = None, rank_weight: int = 1) -> None:
+        self.stream, self.items, self.span, self.ledger = stream, items, span, ledger
+        self.device = stream.device
+        self.dense_first = dense_first  # dense mode: the first row each chunk trains on
+        self.offsets = torch.arange(-span + 1, 1, device=self.device)
+        self.group_of_block = np.zeros(items.n_blocks, dtype=np.int64)
+        self.groups: list[tuple] = [tuple(range(items.n_blocks))]
+        self.seq: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.items.anchors)
+
+    @property
+    def n_groups(self) -> int:
+        return math.ceil(self.items.n_blocks / self.stream.k)
+
+    def epoch(self, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+        """This rank's share of each group's permuted items, group after group; the resident order when one group
+        holds every block."""
+        k, nb = self.stream.k, self.items.n_blocks
+        if self.n_groups == 1:
+            self._set_groups([tuple(range(nb))])
+            return epoch_order(len(self), epoch, seed, rank, world)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        blocks = torch.randperm(nb, generator=g).numpy()
+        self._set_groups([tuple(sorted(blocks[i : i + k].tolist())) for i in range(0, nb, k)])
+        parts = []
+        for group in self.groups:
+            ids = np.concatenate([np.arange(self.items.first[b], self.items.first[b + 1]) for b in group])
+            perm = torch.from_numpy(ids)[torch.randperm(len(ids), generator=g)]
+            parts.append(perm[rank : (len(perm) // world) * world : world])
+        return torch.cat(parts)
+
+    def _set_groups(self, groups: list[tuple]) -> None:
+        self.groups = groups
+        for j, group in enumerate(groups):
+            self.group_of_block[list(group)] = j
+
+    def begin(self, ids: torch.Tensor) -> None:
+        """The groups these items visit, in order (prefetching follows it), and the first one's load."""
+        g = self.group_of_block[self.items.block[ids.numpy()]]
+        self.seq = g[np.r_[True, g[1:] != g[:-1]]].tolist() if len(g) else []
+        if self.seq:
+            self.stream.prefetch(self.groups[self.seq[0]], keep=())
+
+    def _resident(self, ids: np.ndarray) -> np.ndarray:
+        """Make the groups of these items resident (at most two: a batch across a group boundary), prefetch the
+        next one into the free slot, and return the items' device rows."""
+        blocks = self.items.block[ids]
+        g = self.group_of_block[blocks]
+        used = list(dict.fromkeys(g.tolist()))
+        if len(used) > 2:
+            raise RuntimeError("a batch spans more than two resident groups: raise device_memory_budget, or lower "
+                               "stream_block_rows or batch_size")
+        for j, gid in enumerate(used):
+            self.stream.request(self.groups[gid], keep=self.groups[used[0]] if j else ())
+        last = used[-1]
+        if len(used) == 1 and last in self.seq:
+            nxt = self.seq.index(last) + 1
+            if nxt < len(self.seq):
+                self.stream.prefetch(self.groups[self.seq[nxt]], keep=self.groups[last])
+        return self.stream.local(self.items.anchors[ids], blocks)
+
+    def fetch(self, ids: torch.Tensor) -> Batch:
+        ends = torch.from_numpy(self._resident(ids.numpy()))
+        ends = self.ledger.track(ends.to(self.device, non_blocking=True))
+        rows = self.ledger.track(ends[:, None] + self.offsets)
+        s = self.stream
+        if self.dense_first is None:
+            return Batch(self.ledger.track(s.X[rows]), self.ledger.track(s.y[ends]), None)
+        first = self.dense_first[ids.numpy()] - self.items.anchors[ids.numpy()]  # <= 0: relative to the anchor
+        first = self.ledger.track(torch.from_numpy(first).to(self.device, non_blocking=True))
+        mask = self.ledger.track((self.offsets[None, :] >= first[:, None]) & s.valid[rows])
+        return Batch(self.ledger.track(s.X[rows]), self.ledger.track(s.y[rows]), mask)
+
+    def count(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.dense_first is None:
+            return torch.full((), float(len(ids)), dtype=torch.float64, device=self.device)
+        i = ids.numpy()
+        a, e = self.dense_first[i], self.items.anchors[i]
+        rows = e[:, None] + np.arange(-self.span + 1, 1)
+        n = int((np.isfinite(self.stream.fs.y[rows]) & (rows >= a[:, None])).sum())  # host arrays: no device sync
+        return torch.full((), float(n), dtype=torch.float64, device=self.device)
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+class StreamWindows:
+    """Evaluation's view of streamed data (Windows' interface): the window ends of each split on the host, and
+    batches of windows streamed through the same device slots, block after block in row order."""
+
+    def __init__(self, fs: FeatureSet, window: int, stream: BlockStream, ledger: Ledger) -> None:
+        self.fs, self.window, self.stream, self.ledger = fs, window, stream, ledger
+        self.device = stream.device
+        self.target_scale = float(fs.meta.get("target_scale", 1.0))
+        self.offsets = torch.arange(-window + 1, 1, device=self.device)
+        self._ends = {s: torch.from_numpy(window_ends(fs, s, window)) for s in (0, 1, 2)}
+
+    def ends(self, split: int) -> torch.Tensor:
+        return self._ends[split]
+
+    def batches(self, ends: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x, y) for these window ends (ascending), in order, `size` at a time, each batch within one group of
+        consecutive blocks; the next group loads while this one is read."""
+        e = ends.cpu().numpy()
+        if not len(e):
+            return
+        s = self.stream
+        block = e // s.block_rows
+        groups = []  # consecutive blocks that hold these ends, k at a time
+        present = np.unique(block)
+        for i in range(0, len(present), s.k):
+            groups.append(tuple(present[i : i + s.k].tolist()))
+        cut = np.searchsorted(block, [g[0] for g in groups] + [block[-1] + 1])
+        for j, group in enumerate(groups):
+            s.request(group, keep=groups[j - 1] if j else ())
+            if j + 1 < len(groups):
+                s.prefetch(groups[j + 1], keep=group)
+            for a in range(cut[j], cut[j + 1], size):
+                z = min(a + size, cut[j + 1])
+                local = torch.from_numpy(s.local(e[a:z], block[a:z]))
+                local = self.ledger.track(local.to(self.device, non_blocking=True))
+                rows = self.ledger.track(local[:, None] + self.offsets)
+                yield self.ledger.track(s.X[rows]), self.ledger.track(s.y[local])
+
+    def targets(self, ends: torch.Tensor) -> torch.Tensor:
+        """Scaled targets at these ends, on the device (0 where unknown, as in training)."""
+        y = np.asarray(self.fs.y[ends.cpu().numpy()], dtype=np.float32)
+        y = np.where(np.isfinite(y), y / self.target_scale, 0.0).astype(np.float32)
+        return self.ledger.track(torch.from_numpy(y).to(self.device))
+
+
+@dataclass
+class Plan:
+    """How the data goes to the device: resident or streamed, and why."""
+
+    streamed: bool
+    data_bytes: int
+    budget: int
+    block_rows: int = 0
+    blocks_per_slot: int = 0
+    reason: str = ""
+
+
+def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
+    """Resident when the data fits the budget (unless loader=stream), else streamed with as many blocks per slot
+    as the budget holds after room for three batches of the larger of a training and an evaluation batch."""
+    data, budget = resident_bytes(fs, cfg), budget_bytes(cfg.device_memory_budget, device)
+    gb = lambda b: f"{b / 1e9:,.2f} GB"
+    if cfg.loader != "stream" and data <= budget:
+        return Plan(False, data, budget, reason=f"data resident on {device}: {gb(data)} within the budget {gb(budget)}")
+    row = fs.n_features * 4 + ROW_BYTES_EXTRA
+    f4 = fs.n_features * 4
+    train = cfg.batch_size * (span * (f4 + 8 + (5 if cfg.dense else 0)) + 16)  # x, row indices, y/mask, ends
+    batch = max(train, cfg.eval_batch_size * (cfg.window * (f4 + 8) + 12))
+    block_rows = min(cfg.stream_block_rows, max(1, len(fs)))
+    halo = span - 1
+    free = budget - 3 * batch
+    k = min(free // (2 * (block_rows + halo) * row) if free > 0 else 0, math.ceil(len(fs) / block_rows))
+    if k < 1:
+        need = 3 * batch + 2 * (block_rows + halo) * row
+        raise ValueError(f"parameter 'device_memory_budget' ({gb(budget)}) holds not even one block of "
+                         f"{block_rows:,} rows per slot and three batches ({gb(need)} needed): raise it, or lower "
+                         f"stream_block_rows, batch_size or eval_batch_size")
+    why = "loader=stream" if cfg.loader == "stream" else f"the data ({gb(data)}) exceeds the budget {gb(budget)}"
+    return Plan(True, data, budget, block_rows, int(k),
+                f"data streamed to {device} ({why}): 2 slots of {int(k)} blocks of {block_rows:,} rows, "
+                f"{gb(2 * int(k) * (block_rows + halo) * row)} resident")
+
+
+def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.device, verbose: bool = False
+                 ) -> tuple[Windows | StreamWindows, BatchSource]:
+    """(evaluation windows, training source) for `cfg`: resident (`sources.make_sources`) when the data fits
+    `device_memory_budget`, else streamed; says which when `verbose`."""
+    span = cfg.dense_chunk if cfg.dense else cfg.window
+    p = plan(fs, cfg, device, span)
+    if verbose:
+        print(p.reason)
+    if not p.streamed:
+        return resident_sources(fs, model, cfg, device)
+    if cfg.dense and not hasattr(model, "forward_dense"):
+        raise ValueError(f"dense=True needs a causal model with forward_dense (tcn), not {cfg.model!r}")
+    ledger = Ledger()
+    stream = BlockStream(fs, span - 1, p.block_rows, p.blocks_per_slot, device, ledger)
+    windows = StreamWindows(fs, cfg.window, stream, ledger)
+    if cfg.dense:
+        starts, first = dense_chunks(fs, 0, cfg.dense_chunk, model.receptive_field)
+        source = StreamSource(stream, Items(starts + cfg.dense_chunk - 1, p.block_rows, stream.n_blocks), span,
+                              ledger, dense_first=first)
+    else:
+        source = StreamSource(stream, Items(window_ends(fs, 0, cfg.window), p.block_rows, stream.n_blocks), span,
+                              ledger)
+    source.plan = p
+    return windows, source
