@@ -7,7 +7,10 @@ dataset.py builds.
 
 A cache is written to a temporary folder and renamed into place (a kill leaves no half cache), one builder
 per key at a time (`build_lock`). Its manifest records each array's file size, dtype, shape and CRC-32, and
-`load` checks them and that the features are finite and within +-clip: a damaged cache is never used.
+per shard of whole symbols (shards.py builds them) its rows, symbols and the CRC-32 of its rows of each array.
+`load` maps the arrays from disk (nothing is read twice into memory) and checks them, whole or a run of shards
+(`part`: what one DDP rank reads), and that the features are finite and within +-clip: a damaged cache is never
+used.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from tradelib import data
-from tradelib.features import FeatureSet, feature_params
+from tradelib.features import FEATURE_NAMES, FeatureSet, feature_params, scale_rows
 from tradelib.paths import Busy, FileLock, outputs_dir
 
-CODE_MODULES = ("tradelib.data", "tradelib.features", "tradelib.sessions", "tradelib.synth", "tradelib.dataset")
-CACHE_VERSION = 2  # 2: checksums in the manifest
+CODE_MODULES = ("tradelib.data", "tradelib.features", "tradelib.sessions", "tradelib.synth", "tradelib.dataset",
+                "tradelib.shards")
+CACHE_VERSION = 3  # 2: checksums in the manifest; 3: shards
 
 
 class CacheError(ValueError):
@@ -86,39 +90,59 @@ def folder_for(key: str) -> Path:
 
 def checksum(a: np.ndarray) -> str:
     """CRC-32 of an array's bytes: about 2 GB/s, so the verified warm load stays fast (docs/perf.md)."""
-    return f"{zlib.crc32(memoryview(np.ascontiguousarray(a)).cast('B')):08x}"
+    return f"{zlib.crc32(_bytes(a)):08x}"
 
 
-def save(fs: FeatureSet, folder: Path) -> None:
-    """Arrays as .npy plus a JSON manifest with their sizes and checksums, written to a temporary folder of a
-    name no other process uses, then renamed into place (no half caches)."""
+def write(folder: Path, symbols: list[str], meta: dict, shards: list[dict[str, np.ndarray]], norm: dict,
+          clip: float) -> None:
+    """The cache of these shards' FeatureSet arrays (in row order; X unscaled, scaled here with `norm`), each
+    array's CRC-32 and each shard's, written to a temporary folder and renamed into place."""
     _sweep(folder)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     tmp.mkdir(parents=True)
     try:
+        rows = np.cumsum([0] + [len(s["y"]) for s in shards])
+        table = [{"rows": [int(rows[i]), int(rows[i + 1])],
+                  "symbols": [int(s["symbol_id"][0]), int(s["symbol_id"][-1]) + 1], "crc32": {}}
+                 for i, s in enumerate(shards)]
         arrays = {}
         for name in FeatureSet.ARRAYS:
-            a = np.ascontiguousarray(getattr(fs, name))
-            np.save(tmp / f"{name}.npy", a)
-            arrays[name] = {"bytes": (tmp / f"{name}.npy").stat().st_size, "dtype": a.dtype.str,
-                            "shape": list(a.shape), "crc32": checksum(a)}
-        manifest = {"symbols": fs.symbols, "feature_names": fs.feature_names, "meta": fs.meta, "rows": len(fs),
-                    "arrays": arrays}
+            first = shards[0][name]
+            shape = (int(rows[-1]), *first.shape[1:])
+            dest = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=first.dtype, shape=shape)
+            crc = 0
+            for i, s in enumerate(shards):
+                part = dest[rows[i] : rows[i + 1]]
+                part[...] = s[name]
+                if name == "X":
+                    scale_rows(part, norm, clip)
+                table[i]["crc32"][name] = checksum(part)
+                crc = zlib.crc32(_bytes(part), crc)  # running over the rows: the whole array's
+            dest.flush()
+            del dest
+            arrays[name] = {"bytes": (tmp / f"{name}.npy").stat().st_size, "dtype": first.dtype.str,
+                            "shape": list(shape), "crc32": f"{crc:08x}"}
+        manifest = {"symbols": symbols, "feature_names": list(FEATURE_NAMES), "meta": meta, "rows": int(rows[-1]),
+                    "arrays": arrays, "shards": table}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
         _swap_in(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _bytes(a: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(a)).cast("B")
+
+
 def _sweep(folder: Path) -> None:
     """Delete what a killed builder of this key left: `.<key>.<pid>.<ns>.tmp` / `.old` folders of a dead pid."""
     for p in list(folder.parent.glob(f".{folder.name}.*.tmp")) + list(folder.parent.glob(f".{folder.name}.*.old")):
         pid = p.name[len(folder.name) + 2:].split(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -166,13 +190,14 @@ def _read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def _load_array(path: Path, entry: dict, rows: int) -> np.ndarray:
-    """One array, checked against its manifest entry: size, a readable .npy, dtype, shape, checksum."""
+def _load_array(path: Path, entry: dict, rows: int, whole: bool, mmap: bool) -> np.ndarray:
+    """One array, read (or mapped, `mmap`) from disk and checked against its manifest entry: size, a readable
+    .npy, dtype, shape, and (`whole`) its checksum."""
     try:
         size = path.stat().st_size
         if size != entry["bytes"]:
             raise CacheError(path, f"{size:,} bytes, the manifest says {entry['bytes']:,} (truncated?)")
-        a = np.load(path, allow_pickle=False)
+        a = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except CacheError:
         raise
     except (OSError, ValueError, EOFError) as exc:  # a zeroed or garbled header, a missing file
@@ -180,35 +205,52 @@ def _load_array(path: Path, entry: dict, rows: int) -> np.ndarray:
     if a.dtype.str != entry["dtype"] or list(a.shape) != entry["shape"] or (a.ndim and len(a) != rows):
         raise CacheError(path, f"holds {a.dtype.str} {list(a.shape)}, the manifest says {entry['dtype']} "
                                f"{entry['shape']}")
-    if checksum(a) != entry["crc32"]:
+    if whole and checksum(a) != entry["crc32"]:
         raise CacheError(path, "checksum differs from the manifest (the bytes changed)")
     return a
 
 
-def load(folder: Path) -> FeatureSet:
+def shards_of(folder: Path) -> list[dict]:
+    """The cache's shards: rows [lo, hi), symbol ids [lo, hi) and checksums of each."""
+    manifest = _read_manifest(folder)
+    return manifest.get("shards") or [{"rows": [0, int(manifest["rows"])], "symbols": [0, len(manifest["symbols"])]}]
+
+
+def load(folder: Path, part: tuple[int, int] | None = None, mmap: bool = False) -> FeatureSet:
     """The FeatureSet of a cache folder, verified: every array against the manifest, the features finite and
-    within +-clip, symbols and splits in range. Raises CacheError naming the file and what is wrong."""
+    within +-clip, symbols and splits in range. `part` = (first, end) shard: only those shards' rows, checked
+    by their own checksums (`meta["rows"]` says which rows). `mmap`: the arrays mapped from disk, read-only, not
+    read into memory (what streaming reads from; a run holds only the pages it touches). Raises CacheError
+    naming the file and what is wrong."""
     manifest = _read_manifest(folder)
     rows = int(manifest["rows"])
+    table = manifest.get("shards") or [{"rows": [0, rows]}]
+    lo, hi = (0, rows) if part is None else (table[part[0]]["rows"][0], table[part[1] - 1]["rows"][1])
     arrays = {}
     for name in FeatureSet.ARRAYS:
         entry = manifest["arrays"].get(name)
         if not isinstance(entry, dict) or not {"bytes", "dtype", "shape", "crc32"} <= set(entry):
             raise CacheError(folder / "manifest.json", f"no complete entry for {name}.npy")
-        arrays[name] = _load_array(folder / f"{name}.npy", entry, rows)
+        a = _load_array(folder / f"{name}.npy", entry, rows, part is None, mmap or part is not None)
+        for shard in ([] if part is None else table[part[0] : part[1]]):
+            a_lo, a_hi = shard["rows"]
+            if checksum(a[a_lo:a_hi]) != shard["crc32"][name]:
+                raise CacheError(folder / f"{name}.npy", f"checksum of rows {a_lo:,}..{a_hi:,} differs from the "
+                                                         f"manifest (the bytes changed)")
+        arrays[name] = a[lo:hi] if mmap or part is None else np.array(a[lo:hi])
     clip = float(manifest["meta"].get("feature_config", {}).get("clip", np.inf))
     X = arrays["X"]
-    lo, hi = (float(X.min()), float(X.max())) if X.size else (0.0, 0.0)  # NaN propagates through min/max
-    if not (-clip <= lo and hi <= clip):
-        raise CacheError(folder / "X.npy", f"features range over [{lo:g}, {hi:g}], outside +-clip ({clip:g}) or "
-                                           f"not finite")
+    lo_x, hi_x = (float(X.min()), float(X.max())) if X.size else (0.0, 0.0)  # NaN propagates through min/max
+    if not (-clip <= lo_x and hi_x <= clip):
+        raise CacheError(folder / "X.npy", f"features range over [{lo_x:g}, {hi_x:g}], outside +-clip ({clip:g}) "
+                                           f"or not finite")
     sid, split = arrays["symbol_id"], arrays["split"]
     if len(sid) and (sid.min() < 0 or sid.max() >= len(manifest["symbols"])):
         raise CacheError(folder / "symbol_id.npy", "a symbol id out of range")
     if len(split) and (split.min() < -1 or split.max() > 2):
         raise CacheError(folder / "split.npy", "a split code other than -1, 0, 1, 2")
-    return FeatureSet(**arrays, symbols=manifest["symbols"], feature_names=manifest["feature_names"],
-                      meta=manifest["meta"])
+    meta = {**manifest["meta"], "rows": [lo, hi]}
+    return FeatureSet(**arrays, symbols=manifest["symbols"], feature_names=manifest["feature_names"], meta=meta)
 
 
 def has(folder: Path) -> bool:

@@ -956,12 +956,20 @@ def clean_shards(
     keep: tuple[str, ...] = (),
     shard_rows: int = 1_000_000,
     workers: int = 0,
-    only: set[int] | None = None,
 ) -> tuple[list[CleanShard], QualityReport]:
     """`clean_ohlcv` without the frame: the clean rows as shards of whole symbols (about `shard_rows` rows each),
-    cleaned on `workers` threads (0: every core), and the report of them all. `only` cleans just those shards
-    (the others come back as None and the report covers the ones cleaned)."""
+    cleaned on `workers` threads (0: every core), and the report of them all."""
     source = source or str(raw.attrs.get("source", ""))
+    done = clean_parts(raw, source, min_rows=min_rows, max_gap_bars=max_gap_bars, spike_sigmas=spike_sigmas,
+                       keep=keep, shard_rows=shard_rows, workers=workers)
+    return [d[1] for d in done], quality_report([d[0] for d in done], raw, source, keep)
+
+
+def clean_parts(raw: pd.DataFrame, source: str = "", *, min_rows: int = 0, max_gap_bars: int = 50,
+                spike_sigmas: float = 12.0, keep: tuple[str, ...] = (), shard_rows: int = 1_000_000,
+                workers: int = 0, only: set[int] | None = None) -> list[tuple[dict, CleanShard] | None]:
+    """Per shard of whole symbols (`symbol_shards`): its report part (`quality_report` merges them) and its clean
+    rows; only the shards in `only` (the others None)."""
     missing = [c for c in COLUMNS + tuple(keep) if c not in raw.columns]
     if missing:
         raise DataError(f"{source or '<frame>'}: frame is missing column(s) {', '.join(map(repr, missing))} "
@@ -988,9 +996,7 @@ def clean_shards(
         return _shard_part(w, len(idx)), CleanShard(a, symbols, kept, w.bar)
 
     with freed_memory_reused(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        done = list(pool.map(one, range(len(shards))))
-    report = quality_report([d[0] for d in done if d is not None], raw, source, keep)
-    return [d[1] if d is not None else None for d in done], report
+        return list(pool.map(one, range(len(shards))))
 
 
 def clean_ohlcv(

@@ -7,12 +7,13 @@ looking at the raw data (01) or building without the cache (tests, the data benc
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from tradelib import cache, data, synth
+from tradelib import cache, data, distributed, shards, synth
 from tradelib.features import FeatureSet, build_from_shards
 
 
@@ -23,37 +24,45 @@ def load_raw(cfg) -> pd.DataFrame:
     return data.load_ohlcv(Path(cfg.data_path).expanduser(), date_format=cfg.date_format)
 
 
-def build(cfg, raw: pd.DataFrame | None = None) -> tuple[FeatureSet, data.QualityReport]:
-    """Raw -> clean -> features, no cache involved, in shards of whole symbols on every core (no clean frame is
-    made). A symbol too short for one window and its target is dropped by cleaning (rule too_short). Data that
-    leaves nothing to learn from is a DataError naming the source and the rules that dropped its rows."""
-    raw = load_raw(cfg) if raw is None else raw
-    source = "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
-    shards, report = data.clean_shards(
-        raw, source, min_rows=cfg.window + cfg.horizon + 1, max_gap_bars=cfg.max_gap_bars,
-        spike_sigmas=cfg.spike_sigmas, keep=("oracle",) if "oracle" in raw else (), shard_rows=cfg.shard_rows,
-        workers=cfg.build_workers,
-    )
+def _check_rows(report: data.QualityReport, cfg, source: str) -> str:
+    """A DataError when cleaning left no row, naming the rules that dropped them; else the rules that dropped
+    any, as text."""
     dropped = ", ".join(f"{rule} {n:,}" for rule, n in report.totals().items()
                         if any(c["rule"] == rule and c["action"] == "dropped" for c in report.counts))
     if report.rows_kept == 0:
         raise data.DataError(f"{source}: no rows left after cleaning: {report.rows_in:,} rows in, dropped by "
                              f"{dropped or 'no rule'} (window + horizon + 1 = {cfg.window + cfg.horizon + 1} rows "
                              f"per symbol are needed; docs/data.md lists the rules)")
+    return dropped
+
+
+def build(cfg, raw: pd.DataFrame | None = None) -> tuple[FeatureSet, data.QualityReport]:
+    """Raw -> clean -> features, no cache involved, in shards of whole symbols on every core (no clean frame is
+    made). A symbol too short for one window and its target is dropped by cleaning (rule too_short). Data that
+    leaves nothing to learn from is a DataError naming the source and the rules that dropped its rows."""
+    raw = load_raw(cfg) if raw is None else raw
+    source = "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
+    clean, report = data.clean_shards(
+        raw, source, min_rows=cfg.window + cfg.horizon + 1, max_gap_bars=cfg.max_gap_bars,
+        spike_sigmas=cfg.spike_sigmas, keep=("oracle",) if "oracle" in raw else (), shard_rows=cfg.shard_rows,
+        workers=cfg.build_workers,
+    )
+    dropped = _check_rows(report, cfg, source)
     try:
-        fs = build_from_shards(shards, cfg, quality=report.to_dict(), workers=cfg.build_workers)
+        fs = build_from_shards(clean, cfg, quality=report.to_dict(), workers=cfg.build_workers)
     except ValueError as exc:  # too little data for a split or a bar size
         raise data.DataError(f"{source}: {exc} ({report.rows_kept:,} of {report.rows_in:,} rows kept after "
                              f"cleaning; dropped: {dropped or 'none'})") from None
     return fs, report
 
 
-def _cached(folder: Path, source: str, verbose: bool) -> FeatureSet | None:
+def _cached(folder: Path, source: str, verbose: bool, part: tuple[int, int] | None = None, mmap: bool = False
+            ) -> FeatureSet | None:
     """The cache in `folder` if it is there and intact; None when missing, or damaged (said: it is rebuilt)."""
     if not cache.has(folder):
         return None
     try:
-        fs = cache.load(folder)
+        fs = cache.load(folder, part, mmap)
     except cache.CacheError as exc:
         print(f"{exc.file}: {exc.why}: the feature cache is damaged; rebuilding it from {source}", flush=True)
         return None
@@ -62,24 +71,35 @@ def _cached(folder: Path, source: str, verbose: bool) -> FeatureSet | None:
     return fs
 
 
-def prepare(cfg, force: bool | None = None, verbose: bool = True) -> FeatureSet:
+def prepare(cfg, force: bool | None = None, verbose: bool = True, part: tuple[int, int] | None = None,
+            spread: bool = False, mmap: bool = False) -> FeatureSet:
     """The cached FeatureSet for this data, feature parameters and code; built when missing or damaged (or
-    when `force`, which defaults to cfg.force_recreate). One process builds a key at a time: another one
-    waits for it, then loads its cache."""
+    when `force`, which defaults to cfg.force_recreate), in shards on every core (shards.py). One process builds a
+    key at a time: another one waits for it, then loads its cache. `part` = (first, end) shard: only their rows
+    (a DDP rank's share). `spread`: every torchrun process runs this together and builds its share of the shards
+    (`tradelib prepare` under torchrun). `mmap`: the arrays mapped from the cache, not read into memory."""
     force = cfg.force_recreate if force is None else force
     key = cache.cache_key(cfg)
     folder = cache.folder_for(key)
     source = "the synthetic market" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
-    fs = None if force else _cached(folder, source, verbose)
-    if fs is None:
-        with cache.build_lock(folder, verbose):
-            fs = None if force else _cached(folder, source, verbose)  # built by the process we waited for
-            if fs is None:
+    lead = not spread or distributed.dist_env().rank == 0
+    say = verbose and lead
+    fs = None if force else _cached(folder, source, say, part, mmap)
+    if distributed.broadcast_object(fs is None) if spread else fs is None:
+        with cache.build_lock(folder, say) if lead else contextlib.nullcontext():
+            fs = None if force else _cached(folder, source, say, part, mmap)  # built by the process we waited for
+            if distributed.broadcast_object(fs is None) if spread else fs is None:
                 t0 = time.perf_counter()
-                fs, report = build(cfg)
-                fs.meta["cache_key"] = key
-                cache.save(fs, folder)
-                if verbose:
+                name = "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
+                try:
+                    report = shards.build(cfg, load_raw(cfg), folder, name, say)
+                except data.DataError:
+                    raise
+                except ValueError as exc:  # too little data for a split or a bar size
+                    raise data.DataError(f"{name}: {exc}") from None
+                _check_rows(report, cfg, name)
+                fs = cache.load(folder, part, mmap)
+                if say:
                     print(report.summary())
                     print(f"features built in {time.perf_counter() - t0:.1f}s, cached at {folder}")
     fs.meta["cache_key"] = key
