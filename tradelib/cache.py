@@ -216,12 +216,28 @@ def shards_of(folder: Path) -> list[dict]:
     return manifest.get("shards") or [{"rows": [0, int(manifest["rows"])], "symbols": [0, len(manifest["symbols"])]}]
 
 
-def load(folder: Path, part: tuple[int, int] | None = None, mmap: bool = False) -> FeatureSet:
+def rank_part(table: list[dict], rank: int, world: int) -> tuple[int, int]:
+    """(first, end) shard of rank `rank` of `world`: a contiguous run of shards with about a world-th of the rows
+    (each shard whole symbols), so the ranks' shares are whole symbols and cover every row once."""
+    ends = np.array([s["rows"][1] for s in table])
+    if len(table) < world:
+        raise ValueError(f"shard_data: {world} processes but the cache has {len(table)} shards (of whole symbols): "
+                         f"lower shard_rows and rebuild it (--force-recreate), or use fewer processes")
+    cuts = [0]
+    for k in range(1, world):  # the shard boundary nearest k/world of the rows, at least one shard per rank
+        at = int(np.argmin(np.abs(ends - k * ends[-1] / world))) + 1
+        cuts.append(min(max(at, cuts[-1] + 1), len(table) - (world - k)))
+    cuts.append(len(table))
+    return cuts[rank], cuts[rank + 1]
+
+
+def load(folder: Path, part: tuple[int, int] | None = None, mmap: bool = False, verify: bool = True) -> FeatureSet:
     """The FeatureSet of a cache folder, verified: every array against the manifest, the features finite and
     within +-clip, symbols and splits in range. `part` = (first, end) shard: only those shards' rows, checked
     by their own checksums (`meta["rows"]` says which rows). `mmap`: the arrays mapped from disk, read-only, not
-    read into memory (what streaming reads from; a run holds only the pages it touches). Raises CacheError
-    naming the file and what is wrong."""
+    read into memory (what streaming reads from; a run holds only the pages it touches). `verify=False` skips
+    the checksums and the range check (rows other processes verified). Raises CacheError naming the file and
+    what is wrong."""
     manifest = _read_manifest(folder)
     rows = int(manifest["rows"])
     table = manifest.get("shards") or [{"rows": [0, rows]}]
@@ -231,8 +247,8 @@ def load(folder: Path, part: tuple[int, int] | None = None, mmap: bool = False) 
         entry = manifest["arrays"].get(name)
         if not isinstance(entry, dict) or not {"bytes", "dtype", "shape", "crc32"} <= set(entry):
             raise CacheError(folder / "manifest.json", f"no complete entry for {name}.npy")
-        a = _load_array(folder / f"{name}.npy", entry, rows, part is None, mmap or part is not None)
-        for shard in ([] if part is None else table[part[0] : part[1]]):
+        a = _load_array(folder / f"{name}.npy", entry, rows, verify and part is None, mmap or part is not None)
+        for shard in ([] if part is None or not verify else table[part[0] : part[1]]):
             a_lo, a_hi = shard["rows"]
             if checksum(a[a_lo:a_hi]) != shard["crc32"][name]:
                 raise CacheError(folder / f"{name}.npy", f"checksum of rows {a_lo:,}..{a_hi:,} differs from the "
@@ -240,7 +256,7 @@ def load(folder: Path, part: tuple[int, int] | None = None, mmap: bool = False) 
         arrays[name] = a[lo:hi] if mmap or part is None else np.array(a[lo:hi])
     clip = float(manifest["meta"].get("feature_config", {}).get("clip", np.inf))
     X = arrays["X"]
-    lo_x, hi_x = (float(X.min()), float(X.max())) if X.size else (0.0, 0.0)  # NaN propagates through min/max
+    lo_x, hi_x = (float(X.min()), float(X.max())) if X.size and verify else (0.0, 0.0)  # NaN propagates
     if not (-clip <= lo_x and hi_x <= clip):
         raise CacheError(folder / "X.npy", f"features range over [{lo_x:g}, {hi_x:g}], outside +-clip ({clip:g}) "
                                            f"or not finite")

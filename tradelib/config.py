@@ -146,6 +146,8 @@ class Config:
                                        lo_open=True, finite=True)
     stream_block_rows: int = knob(262_144, "streamed data: rows per block copied to the device (blocks are "
                                   "shuffled, then the windows of the resident ones)", "system", lo=1)
+    shard_data: bool = knob(False, "DDP: each process holds only its share of the rows (whole symbols), so the data "
+                            "can be the number of processes times one device's", "system")
     # measure: the timed steps of 02_profiling's sweep and of `tradelib bench`
     loaders: str = knob("device,dataloader,dense", "comma list of loaders to measure: device, dataloader (the "
                         "seed's pipeline), dense (causal models only)", "measure",

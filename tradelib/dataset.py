@@ -56,13 +56,14 @@ def build(cfg, raw: pd.DataFrame | None = None) -> tuple[FeatureSet, data.Qualit
     return fs, report
 
 
-def _cached(folder: Path, source: str, verbose: bool, part: tuple[int, int] | None = None, mmap: bool = False
+def _cached(folder: Path, source: str, verbose: bool, share: tuple[int, int] | None = None, mmap: bool = False
             ) -> FeatureSet | None:
-    """The cache in `folder` if it is there and intact; None when missing, or damaged (said: it is rebuilt)."""
+    """The cache in `folder` if it is there and intact (`share`: rank, world: that rank's shards of it); None
+    when missing, or damaged (said: it is rebuilt)."""
     if not cache.has(folder):
         return None
     try:
-        fs = cache.load(folder, part, mmap)
+        fs = _load(folder, share, mmap)
     except cache.CacheError as exc:
         print(f"{exc.file}: {exc.why}: the feature cache is damaged; rebuilding it from {source}", flush=True)
         return None
@@ -71,34 +72,40 @@ def _cached(folder: Path, source: str, verbose: bool, part: tuple[int, int] | No
     return fs
 
 
-def prepare(cfg, force: bool | None = None, verbose: bool = True, part: tuple[int, int] | None = None,
+def _load(folder: Path, share: tuple[int, int] | None, mmap: bool) -> FeatureSet:
+    part = cache.rank_part(cache.shards_of(folder), *share) if share else None
+    return cache.load(folder, part, mmap)
+
+
+def prepare(cfg, force: bool | None = None, verbose: bool = True, share: tuple[int, int] | None = None,
             spread: bool = False, mmap: bool = False) -> FeatureSet:
     """The cached FeatureSet for this data, feature parameters and code; built when missing or damaged (or
     when `force`, which defaults to cfg.force_recreate), in shards on every core (shards.py). One process builds a
-    key at a time: another one waits for it, then loads its cache. `part` = (first, end) shard: only their rows
-    (a DDP rank's share). `spread`: every torchrun process runs this together and builds its share of the shards
-    (`tradelib prepare` under torchrun). `mmap`: the arrays mapped from the cache, not read into memory."""
+    key at a time: another one waits for it, then loads its cache. `share` = (rank, world): only that rank's run
+    of whole shards (shard_data: a DDP rank's rows; `meta["rows"]`). `spread`: every torchrun process runs this
+    together and builds its share of the shards (`tradelib prepare` under torchrun). `mmap`: the arrays mapped
+    from the cache, not read into memory."""
     force = cfg.force_recreate if force is None else force
     key = cache.cache_key(cfg)
     folder = cache.folder_for(key)
     source = "the synthetic market" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
     lead = not spread or distributed.dist_env().rank == 0
     say = verbose and lead
-    fs = None if force else _cached(folder, source, say, part, mmap)
+    fs = None if force else _cached(folder, source, say, share, mmap)
     if distributed.broadcast_object(fs is None) if spread else fs is None:
         with cache.build_lock(folder, say) if lead else contextlib.nullcontext():
-            fs = None if force else _cached(folder, source, say, part, mmap)  # built by the process we waited for
+            fs = None if force else _cached(folder, source, say, share, mmap)  # built by the process we waited for
             if distributed.broadcast_object(fs is None) if spread else fs is None:
                 t0 = time.perf_counter()
                 name = "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
                 try:
-                    report = shards.build(cfg, load_raw(cfg), folder, name, say)
+                    report = shards.build(cfg, load_raw(cfg), folder, name, say, spread)
                 except data.DataError:
                     raise
                 except ValueError as exc:  # too little data for a split or a bar size
                     raise data.DataError(f"{name}: {exc}") from None
                 _check_rows(report, cfg, name)
-                fs = cache.load(folder, part, mmap)
+                fs = _load(folder, share, mmap)
                 if say:
                     print(report.summary())
                     print(f"features built in {time.perf_counter() - t0:.1f}s, cached at {folder}")

@@ -7,6 +7,7 @@ micro-step of each accumulation window. Only rank 0 writes to the run folder. Se
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -105,6 +107,44 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
 def barrier() -> None:
     if active():
         dist.barrier()
+
+
+def gather_object(obj: Any, dst: int = 0) -> list | None:
+    """Every rank's object, in rank order, on rank `dst` (None elsewhere); [obj] in one process."""
+    if not active():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+def rank_rows(symbol_id: np.ndarray, rank: int, world: int) -> tuple[int, int]:
+    """Rank `rank`'s rows [lo, hi) of a FeatureSet when every rank keeps only its share (shard_data): a run of
+    whole symbols with about a world-th of the rows (rows are in symbol order)."""
+    starts = np.r_[np.flatnonzero(np.r_[True, symbol_id[1:] != symbol_id[:-1]]), len(symbol_id)]
+    if len(starts) - 1 < world:
+        raise ValueError(f"shard_data: {world} processes but only {len(starts) - 1} symbols; each process needs at "
+                         f"least one")
+    cuts = [0]
+    for k in range(1, world):
+        at = int(np.argmin(np.abs(starts - k * len(symbol_id) / world)))
+        cuts.append(min(max(at, cuts[-1] + 1), len(starts) - 1 - (world - k)))
+    cuts.append(len(starts) - 1)
+    return int(starts[cuts[rank]]), int(starts[cuts[rank + 1]])
+
+
+@contextlib.contextmanager
+def cpu_group():
+    """torchrun's processes joined in a gloo group for barriers and small exchanges (a spread `prepare`), and
+    the group left at the end (without the barrier after an error)."""
+    env = dist_env()
+    init_distributed(env, torch.device("cpu"))
+    ok = False
+    try:
+        yield env
+        ok = True
+    finally:
+        cleanup_distributed(clean=ok)
 
 
 def needs_launch(cfg: Config) -> bool:

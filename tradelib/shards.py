@@ -49,17 +49,20 @@ from tradelib.paths import atomic_write_bytes
 CLEAN = ("ts", "code", "open", "high", "low", "close", "volume")
 
 
-def build(cfg, raw: pd.DataFrame, folder: Path, source: str, verbose: bool = True) -> data.QualityReport:
-    """Build the feature cache of `cfg` from `raw` into `folder` (this process's share under torchrun); returns
-    the quality report. The caller holds the key's build lock (rank 0 does)."""
-    env = distributed.dist_env()
+def build(cfg, raw: pd.DataFrame, folder: Path, source: str, verbose: bool = True, spread: bool = False
+          ) -> data.QualityReport:
+    """Build the feature cache of `cfg` from `raw` into `folder` and return the quality report; `spread`: this is
+    one of torchrun's processes, which all run this together, each building its share. The caller holds the
+    key's build lock (rank 0 does)."""
+    env = distributed.dist_env() if spread else distributed.DistEnv()
+    barrier = distributed.barrier if spread else (lambda: None)
     work = folder.with_name(f".{folder.name}.build")
     keep = ("oracle",) if "oracle" in raw else ()
     _, codes, symbols = data.symbol_codes(raw["symbol"])
     plan = data.symbol_shards(codes, len(symbols), cfg.shard_rows)
     if env.rank == 0:
         _start(work, {"rows": len(raw), "shards": [[own.start, own.stop] for _, own in plan]}, verbose)
-    distributed.barrier()
+    barrier()
     mine = [k for k in range(len(plan)) if k % env.world == env.rank]
     workers = cfg.build_workers or os.cpu_count() or 1
     opts = dict(min_rows=cfg.window + cfg.horizon + 1, max_gap_bars=cfg.max_gap_bars, spike_sigmas=cfg.spike_sigmas,
@@ -68,7 +71,7 @@ def build(cfg, raw: pd.DataFrame, folder: Path, source: str, verbose: bool = Tru
     with data.freed_memory_reused(), ThreadPoolExecutor(max_workers=workers) as pool:
         done = data.clean_parts(raw, source, only=todo, **opts) if todo else [None] * len(plan)
         list(pool.map(lambda k: _clean_stage(work, k, *done[k], cfg), sorted(todo)))
-        distributed.barrier()
+        barrier()
         parts = [_read_facts(work, k) for k in range(len(plan))]
         report = data.quality_report([p[1] for p in parts], raw, source, keep)
         if report.rows_kept == 0:
@@ -80,10 +83,10 @@ def build(cfg, raw: pd.DataFrame, folder: Path, source: str, verbose: bool = Tru
         left = [k for k in mine if k in at and not (work / f"shard-{k}").exists()]
         list(pool.map(lambda k: _feature_stage(work, k, facts, bounds, cal.continuous, segs[at[k]], syms[at[k]],
                                                cfg), left))
-        distributed.barrier()
+        barrier()
         if env.rank == 0:
             _assemble(work, folder, sorted(at), facts, cal, cfg, report, pool)
-    distributed.barrier()
+    barrier()
     return report
 
 

@@ -14,6 +14,7 @@ Items are numbered 0..len(source)-1; `epoch()` gives this rank's share of a shuf
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -79,7 +80,9 @@ class Windows:
     def __init__(self, fs: FeatureSet, window: int, device: torch.device) -> None:
         self.fs, self.window, self.device = fs, window, device
         self.target_scale = float(fs.meta.get("target_scale", 1.0))
-        self.X = torch.from_numpy(fs.X).to(device)
+        with warnings.catch_warnings():  # a cache mapped read-only: shared as it is on a CPU, never written
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.X = torch.from_numpy(fs.X).to(device)
         y = np.nan_to_num(fs.y / self.target_scale, nan=0.0).astype(np.float32)
         self.y = torch.from_numpy(y).to(device)
         self.offsets = torch.arange(-window + 1, 1, device=device)
@@ -268,6 +271,57 @@ class DataLoaderSource:
         it = getattr(self.loader, "_iterator", None)
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
+
+
+class PaddedSource:
+    """A DDP rank's own items when every rank holds only its share of the data (shard_data), padded so that each
+    rank has `per_rank` items an epoch and takes as many steps as the others. The rank's items come first, in its
+    own shuffle; the padding after them is not trained (not fetched, not counted), so every item of every rank is
+    trained once an epoch. A micro-batch of padding alone gets one of the rank's items with its loss masked out:
+    DDP still needs this rank's gradients for the step."""
+
+    def __init__(self, inner: BatchSource, per_rank: int, world: int) -> None:
+        self.inner, self.device, self.per_rank, self.world = inner, inner.device, per_rank, world
+        self.n = len(inner)
+
+    def __len__(self) -> int:
+        return self.per_rank * self.world
+
+    def epoch(self, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+        own = self.inner.epoch(epoch, seed * 7_919 + rank, 0, 1).cpu()  # a shuffle of this rank's own
+        return torch.cat([own, torch.arange(self.n, self.per_rank)])
+
+    def _real(self, ids: torch.Tensor) -> torch.Tensor:
+        """The rank's own items among `ids` (on the host: no device sync), where the inner source takes them."""
+        return ids[ids < self.n].to(self.inner_ids_device)
+
+    def begin(self, ids: torch.Tensor) -> None:
+        self.inner.begin(self._real(ids))
+
+    def fetch(self, ids: torch.Tensor) -> Batch:
+        real = self._real(ids)
+        if len(real):
+            return self.inner.fetch(real)
+        b = self.inner.fetch(torch.tensor([self.n - 1], device=self.inner_ids_device))  # a stand-in, masked out
+        mask = torch.zeros(b.y.shape, dtype=torch.bool, device=b.y.device)
+        return Batch(b.x, b.y, mask)
+
+    def count(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.inner.count(self._real(ids))
+
+    @property
+    def order_key(self):
+        return getattr(self.inner, "order_key", None)
+
+    @property
+    def inner_ids_device(self) -> torch.device:
+        """Where the inner source takes its item ids: the device for the resident sources, the host otherwise."""
+        return self.device if isinstance(self.inner, (WindowSource, DenseSource)) else torch.device("cpu")
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
 
 
 def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.device) -> tuple[Windows, BatchSource]:

@@ -237,6 +237,11 @@ class StreamSource:
     def n_groups(self) -> int:
         return math.ceil(self.items.n_blocks / self.stream.k)
 
+    @property
+    def order_key(self) -> tuple[int, int] | None:
+        """What the epoch's order depends on beyond (seed, epoch): None when it is the resident path's."""
+        return None if self.n_groups == 1 else (self.stream.block_rows, self.stream.k)
+
     def epoch(self, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
         """This rank's share of each group's permuted items, group after group; the resident order when one group
         holds every block."""

@@ -10,6 +10,7 @@ distributed.py); only rank 0 writes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import signal
@@ -24,7 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from tradelib import checkpoint, dataset, evaluate, runs
+from tradelib import cache, checkpoint, dataset, evaluate, runs
 from tradelib.config import Config
 from tradelib.distributed import (
     DistEnv,
@@ -33,9 +34,11 @@ from tradelib.distributed import (
     broadcast_object,
     cleanup_distributed,
     dist_env,
+    gather_object,
     init_distributed,
     launch_distributed,
     needs_launch,
+    rank_rows,
 )
 from tradelib.features import FeatureSet
 from tradelib.hardware import (
@@ -50,6 +53,7 @@ from tradelib.hardware import (
 from tradelib.models import model_for, n_params
 from tradelib.monitor import GpuMonitor
 from tradelib.paths import outputs_dir
+from tradelib.sources import DenseSource, PaddedSource, WindowSource
 from tradelib.stream import make_sources
 from tradelib.trainer import StepStats, Trainer, seed_everything
 
@@ -77,16 +81,23 @@ class RunResult:
     fs: FeatureSet
 
 
-def prepare_features(cfg: Config, env: DistEnv) -> FeatureSet:
-    """The feature cache, built by one process at a time: rank 0 first, then one process per other node
-    (a hit where the outputs folder is shared), then the rest (hits), so no two builds race on one folder."""
+def prepare_features(cfg: Config, env: DistEnv, sharded: bool = False) -> FeatureSet:
+    """The feature cache, mapped from disk, built by one process at a time: rank 0 first, then one process per
+    other node (a hit where the outputs folder is shared), then the rest (hits), so no two builds race on one
+    folder. `sharded`: each process maps and verifies only its own run of shards."""
     turn = 0 if env.rank == 0 else 1 if env.local_rank == 0 else 2
     fs = None
     for t in range(3 if env.world > 1 else 1):
         if t == turn:
-            fs = dataset.prepare(cfg, verbose=env.main)
+            fs = dataset.prepare(cfg, verbose=env.main, mmap=True, share=(env.rank, env.world) if sharded else None)
         barrier()
     return fs
+
+
+def rows_of(fs: FeatureSet, lo: int, hi: int) -> FeatureSet:
+    """Rows lo..hi of a FeatureSet (views), `meta["rows"]` saying which."""
+    return dataclasses.replace(fs, **{k: getattr(fs, k)[lo:hi] for k in FeatureSet.ARRAYS},
+                               meta={**fs.meta, "rows": [lo, hi]})
 
 
 class Tally:
@@ -191,10 +202,26 @@ class TrainingRun:
         seed_everything(cfg.seed)
         if self.main:
             say_determinism(self.device, cfg.deterministic)
-        self.fs = fs if fs is not None else prepare_features(cfg, env)
+        self.sharded = self.world > 1 and cfg.shard_data
+        if self.sharded and cfg.loader == "dataloader":
+            raise ValueError("shard_data=True needs loader device or stream (the seed-style DataLoader reads all rows)")
+        self.fs = fs if fs is not None else prepare_features(cfg, env, self.sharded)
+        self._fs_all = self.fs if "rows" not in self.fs.meta or self.fs.meta["rows"][0] == 0 and \
+            self.fs.meta["rows"][1] == len(self.fs) else None
+        if self.sharded and self._fs_all is not None:  # given whole (in memory): this rank's run of symbols
+            self.fs = rows_of(self.fs, *rank_rows(self.fs.symbol_id, self.rank, self.world))
+        self.row0 = self.fs.meta.get("rows", [0])[0]  # the first of this process's rows in the whole FeatureSet
         self.cache_key = self.fs.meta.get("cache_key", "")
         model = model_for(cfg, self.fs.n_features).to(self.device)
         self.windows, source = make_sources(self.fs, model, cfg, self.device, verbose=self.main)
+        if self.sharded:  # every rank as many items an epoch (padding after its own): the same number of steps
+            most = all_reduce(torch.tensor(float(len(source)), device=self.device), "max")
+            batch = cfg.batch_size * cfg.grad_accum_steps
+            source = PaddedSource(source, math.ceil(float(most) / batch) * batch, self.world)
+            ids = torch.arange(len(source))
+            self._epoch_targets = float(all_reduce(source.count(ids).to(self.device)))  # every rank's, added up
+        counts = torch.tensor([float(len(self.windows.ends(s))) for s in (0, 1, 2)], device=self.device)
+        self.n_windows = [int(c) for c in (all_reduce(counts) if self.sharded else counts).tolist()]  # all ranks
         self.trainer = Trainer(cfg, model, self.windows, source, self.device, self.world, verbose=self.main)
         self.step, self.epoch, self.pos = 0, 0, 0
         self.skipped, self.best_val, self.epochs_since_best = 0, float("inf"), 0
@@ -241,6 +268,7 @@ class TrainingRun:
                 "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             },
             "config": self.cfg.to_dict(),
+            "order": getattr(self.trainer.source, "order_key", None),
             "cache_key": self.cache_key,
             "feature_names": self.fs.feature_names,
             "target_scale": self.windows.target_scale,
@@ -289,6 +317,11 @@ class TrainingRun:
             raise FileNotFoundError(f"resume: no checkpoint in {self.ckpt_dir} (run_id {self.run_id!r}): the run wrote "
                                     f"none before it stopped; start it again without resume")
         checkpoint.check_resumable(ck, path, self.cfg, self.cache_key, self.world)
+        if ck.get("order") != self.state_order():
+            raise ValueError(f"resume refused: {path} was trained streaming its data in groups of {ck.get('order')} "
+                             f"(block rows, blocks per group), this run would stream {self.state_order()}: the "
+                             f"epoch's order would change. Resume on the same device with the same "
+                             f"device_memory_budget, stream_block_rows and batch sizes")
         self.trainer.load_state_dict(ck)
         for k in LOOP_STATE:
             setattr(self, k, ck[k])
@@ -305,6 +338,9 @@ class TrainingRun:
                   f"{self.pos} items into its order); metrics.jsonl keeps its {kept} rows up to that step")
             if self.done():
                 print("the run had already finished: rewriting its outputs (raise epochs or max_steps to go on)")
+
+    def state_order(self):
+        return getattr(self.trainer.source, "order_key", None)
 
     def log(self, row: dict) -> None:
         if self.main:
@@ -421,13 +457,20 @@ class TrainingRun:
         self.t_log = time.perf_counter()
 
     def validate(self) -> float:
-        """Validation loss, computed on rank 0 and shared, so every rank takes the same early-stop decision."""
+        """Validation loss, computed on rank 0 and shared, so every rank takes the same early-stop decision; with
+        shard_data each rank's part of it, added up on every rank."""
+        if self.sharded:
+            sse, n = (float(x) for x in all_reduce(torch.stack(self.trainer.sse_count(1))).tolist())
+            return sse / n if n else float("nan")
         return float(broadcast_object(self.trainer.loss(1) if self.main else 0.0))
 
     def targets_per_epoch(self) -> float:
         """Targets trained per epoch (all ranks): windows, or valid chunk positions in dense mode."""
-        src = self.trainer.source
-        return float(src.count(torch.arange(len(src), device=src.device)))
+        if not hasattr(self, "_epoch_targets"):
+            src = self.trainer.source
+            ids = torch.arange(len(src), device=src.device if isinstance(src, (WindowSource, DenseSource)) else "cpu")
+            self._epoch_targets = float(src.count(ids))  # (shard_data: this rank's, set for all in _setup)
+        return self._epoch_targets
 
     def _on_interrupt(self) -> None:
         if self.world == 1 and self._clean:
@@ -447,6 +490,8 @@ class TrainingRun:
         stopping is on, write last.pt (those weights), predictions and the summary. A run that took no step,
         or whose weights or predictions are not finite, raises instead (TrainingFailed): no summary, no false
         success, and the checkpoints keep the last finite state."""
+        if self.sharded:
+            return self._finish_sharded()
         if not self.main:
             return {"run_id": self.run_id, "rank": self.rank}
         if self.step - self.skipped <= 0:
@@ -472,6 +517,46 @@ class TrainingRun:
         summary = {**self.summary(), **evaluate.named_ics(runs.read_predictions(self.dir))}
         runs.write_summary(self.dir, summary)
         return summary
+
+    def _finish_sharded(self) -> dict:
+        """finish() when every rank holds its own windows (shard_data): each predicts its test windows with the
+        final weights (rank 0's best.pt, when early stopping restores it, sent to all) and rank 0 writes them all."""
+        if self.step - self.skipped <= 0:  # the same on every rank
+            raise TrainingFailed(f"run {self.run_id!r} trained nothing: {self.step} optimizer steps, {self.skipped} of "
+                                 f"them skipped (non-finite loss or gradient); nothing written.")
+        best = None
+        if self.main:
+            if self._saved_step != self.step:
+                self.save_checkpoint(f"step-{self.step}")
+            if self.cfg.patience and (self.ckpt_dir / "best.pt").exists():
+                best = checkpoint.load(self.ckpt_dir / "best.pt", torch.device("cpu"))["model"]
+        best = broadcast_object(best)
+        if best is not None:
+            self.model.load_state_dict(best)
+        ends = self.windows.ends(2)
+        pred = self.trainer.predict(ends).cpu().numpy() * self.windows.target_scale
+        parts = gather_object((self.row0 + ends.cpu().numpy(), pred))
+        if not self.main:
+            return {"run_id": self.run_id, "rank": self.rank}
+        self.check_finite_weights()
+        checkpoint.save({**self.state(), "restored_best": best is not None}, self.ckpt_dir / "last.pt")
+        rows, pred = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        if not np.isfinite(pred).all():
+            raise TrainingFailed(f"run {self.run_id!r}: {int((~np.isfinite(pred)).sum()):,} of {len(pred):,} test "
+                                 f"predictions are not finite; no predictions or summary written. Set output_clip, "
+                                 f"or lower lr.")
+        order = np.argsort(rows, kind="stable")
+        runs.write_predictions(self.dir, self.fs_all(), rows[order], pred[order])
+        summary = {**self.summary(), **evaluate.named_ics(runs.read_predictions(self.dir))}
+        runs.write_summary(self.dir, summary)
+        return summary
+
+    def fs_all(self) -> FeatureSet:
+        """The whole FeatureSet (rank 0's predictions need every rank's rows): as given, or mapped from the cache
+        unverified (each rank verified its own shards)."""
+        if self._fs_all is None:
+            self._fs_all = cache.load(Path(self.fs.meta["cache_dir"]), mmap=True, verify=False)
+        return self._fs_all
 
     def summary(self) -> dict:
         rows = runs.read_metrics(self.dir)
@@ -499,8 +584,9 @@ class TrainingRun:
             "optimizer_steps": self.step, "skipped_steps": self.skipped,
             "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
             "cache_key": self.cache_key, "cache_dir": self.fs.meta.get("cache_dir", ""),
-            "train_windows": int(len(self.windows.ends(0))), "train_samples_per_epoch": self.targets_per_epoch(),
-            "test_windows": int(len(self.windows.ends(2))), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "train_windows": self.n_windows[0], "train_samples_per_epoch": self.targets_per_epoch(),
+            "test_windows": self.n_windows[2], "shard_data": self.sharded,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
 
 
@@ -520,7 +606,7 @@ def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True) -> R
             tr = run.trainer
             if run.main:
                 print(f"run {run.run_id}: {cfg.model}, {n_params(run.model):,} parameters, "
-                      f"{len(run.windows.ends(0)):,} training windows, global batch {tr.global_batch * run.world} "
+                      f"{run.n_windows[0]:,} training windows, global batch {tr.global_batch * run.world} "
                       f"({cfg.batch_size} x {cfg.grad_accum_steps} accumulation"
                       f"{f' x {run.world} ranks' if run.world > 1 else ''}), {tr.total_steps} optimizer steps, "
                       f"lr {tr.lr:g}, device {run.device}")

@@ -247,6 +247,16 @@ class Trainer:
         self.model.train()
         return out
 
+    def sse_count(self, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of squared errors, windows) over a split's windows, float64 on the device: the parts of a mean
+        that ranks holding different windows add up (shard_data)."""
+        ends = self.windows.ends(split)
+        if len(ends) == 0:
+            return torch.zeros((), dtype=torch.float64, device=self.device), torch.zeros((), dtype=torch.float64,
+                                                                                       device=self.device)
+        err = ((self.predict(ends) - self.windows.targets(ends)) ** 2).sum(dtype=torch.float64)
+        return err, torch.full((), float(len(ends)), dtype=torch.float64, device=self.device)
+
     def loss(self, split: int) -> float:
         """Mean squared error (scaled target units) over a split's windows; NaN when it has none."""
         ends = self.windows.ends(split)
