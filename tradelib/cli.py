@@ -21,15 +21,25 @@ from tradelib.config import add_param_args, load_config
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tradelib.dataset import prepare
+    from tradelib.distributed import cpu_group, is_worker
 
     overrides = [tuple(p) for p in args.params]
     if args.data:
         overrides.append(("data_path", args.data))
     if args.force_recreate:
         overrides.append(("force_recreate", "True"))
-    fs = prepare(load_config(args.files, overrides))
+    cfg = load_config(args.files, overrides)
+    if is_worker():  # under torchrun: every process builds its share of the shards
+        with cpu_group() as env:
+            fs = prepare(cfg, spread=True, verbose=env.main, share=(env.rank, env.world))
+        if not env.main:
+            return 0
+    else:
+        fs = prepare(cfg)
     q = fs.meta.get("quality", {})
-    print(f"{len(fs):,} feature rows x {fs.n_features} features; rows per split {fs.meta['rows_per_split']}; "
+    whole = f"{len(fs):,}" if fs.meta.get("rows", [0])[0] == 0 and len(fs) == q.get("rows_kept", len(fs)) else \
+        f"{len(fs):,} of {q.get('rows_kept', 0):,} (this process's shards)"
+    print(f"{whole} feature rows x {fs.n_features} features; rows per split {fs.meta['rows_per_split']}; "
           f"rows in {q.get('rows_in', 0):,}, kept {q.get('rows_kept', 0):,}, dropped {q.get('rows_dropped', 0):,}")
     print(f"cache: {fs.meta['cache_dir']}")
     return 0

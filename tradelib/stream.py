@@ -109,7 +109,7 @@ class BlockStream:
                          torch.empty(self.slot_rows, dtype=torch.bool, **pin)) for _ in range(2)] if cuda else None
         self.copy_stream = torch.cuda.Stream(device) if cuda else None
         self.slots = [Slot(0), Slot(1)]
-        self.base = np.full(self.n_blocks, -1, dtype=np.int64)  # device row of each resident block's first row
+        self.base = np.full((2, self.n_blocks), -1, dtype=np.int64)  # per slot: device row of each block's first
         self.current: Slot | None = None
         self.loads = 0  # groups loaded (a measure of the stream's traffic)
         self._jobs: queue.Queue = queue.Queue()
@@ -121,20 +121,21 @@ class BlockStream:
         """The host rows block `block` brings to the device: its own and the `halo` before them."""
         return max(0, block * self.block_rows - self.halo), min(len(self.fs), (block + 1) * self.block_rows)
 
-    def local(self, rows: np.ndarray, blocks: np.ndarray) -> np.ndarray:
-        """Device rows of host `rows`, each read from the resident block `blocks` names."""
+    def local(self, rows: np.ndarray, blocks: np.ndarray, slot: Slot) -> np.ndarray:
+        """Device rows of host `rows`, each read from block `blocks` as `slot` holds it."""
         starts = np.maximum(0, blocks * self.block_rows - self.halo)
-        return self.base[blocks] + rows - starts
+        return self.base[slot.index, blocks] + rows - starts
 
     # -- residency -------------------------------------------------------------------------------------------
-    def request(self, group: tuple, keep: tuple = ()) -> None:
-        """Make `group` resident (loading it into a slot that holds neither it nor `keep` when needed); on CUDA the
-        compute stream then waits for its copy (no host wait on the device)."""
+    def request(self, group: tuple, keep: tuple = ()) -> Slot:
+        """Make `group` resident (loading it into a slot that holds neither it nor `keep` when needed) and return
+        its slot; on CUDA the compute stream then waits for its copy (no host wait on the device)."""
         slot = self._holding(group) or self._load(group, avoid=keep)
         slot.issued.wait()
         if slot.copied is not None:
             torch.cuda.current_stream(self.device).wait_event(slot.copied)
         self.current = slot
+        return slot
 
     def prefetch(self, group: tuple, keep: tuple) -> None:
         """Start loading `group` into the slot that does not hold `keep` (the group in use)."""
@@ -152,11 +153,11 @@ class BlockStream:
         if self.device.type == "cuda":  # training may still read it: the copy waits for that, on the device
             slot.released = torch.cuda.Event()
             slot.released.record(torch.cuda.current_stream(self.device))
-        self.base[[b for b in slot.group]] = -1
+        self.base[slot.index] = -1
         slot.group, slot.issued = group, threading.Event()
         pos = slot.index * self.slot_rows
         for b in group:
-            self.base[b] = pos
+            self.base[slot.index, b] = pos
             a, z = self.rows_of(b)
             pos += z - a
         self.loads += 1
@@ -271,32 +272,36 @@ class StreamSource:
         if self.seq:
             self.stream.prefetch(self.groups[self.seq[0]], keep=())
 
-    def _resident(self, ids: np.ndarray) -> np.ndarray:
-        """Make the groups of these items resident (at most two: a batch across a group boundary), prefetch the
-        next one into the free slot, and return the items' device rows."""
-        blocks = self.items.block[ids]
+    def fetch(self, ids: torch.Tensor) -> Batch:
+        """The batch of these items: their group made resident (a batch across groups gathers each part while
+        its group is, then puts them back in order), the next group of the epoch prefetched into the free slot."""
+        i = ids.numpy()
+        blocks = self.items.block[i]
         g = self.group_of_block[blocks]
         used = list(dict.fromkeys(g.tolist()))
-        if len(used) > 2:
-            raise RuntimeError("a batch spans more than two resident groups: raise device_memory_budget, or lower "
-                               "stream_block_rows or batch_size")
-        for j, gid in enumerate(used):
-            self.stream.request(self.groups[gid], keep=self.groups[used[0]] if j else ())
-        last = used[-1]
-        if len(used) == 1 and last in self.seq:
-            nxt = self.seq.index(last) + 1
+        parts = []
+        for gid in used:
+            slot = self.stream.request(self.groups[gid])
+            at = np.flatnonzero(g == gid) if len(used) > 1 else slice(None)
+            parts.append((at, self._gather(i[at], self.stream.local(self.items.anchors[i[at]], blocks[at], slot))))
+        if used[-1] in self.seq:
+            nxt = self.seq.index(used[-1]) + 1
             if nxt < len(self.seq):
-                self.stream.prefetch(self.groups[self.seq[nxt]], keep=self.groups[last])
-        return self.stream.local(self.items.anchors[ids], blocks)
+                self.stream.prefetch(self.groups[self.seq[nxt]], keep=self.groups[used[-1]])
+        if len(parts) == 1:
+            return parts[0][1]
+        order = torch.from_numpy(np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")).to(self.device)
+        cat = lambda k: self.ledger.track(torch.cat([getattr(p[1], k) for p in parts])[order])
+        return Batch(cat("x"), cat("y"), cat("mask") if self.dense_first is not None else None)
 
-    def fetch(self, ids: torch.Tensor) -> Batch:
-        ends = torch.from_numpy(self._resident(ids.numpy()))
-        ends = self.ledger.track(ends.to(self.device, non_blocking=True))
+    def _gather(self, i: np.ndarray, local: np.ndarray) -> Batch:
+        """Items `i` whose anchors sit at device rows `local`: windows (x, y), or chunks (x, y, mask)."""
+        ends = self.ledger.track(torch.from_numpy(local).to(self.device, non_blocking=True))
         rows = self.ledger.track(ends[:, None] + self.offsets)
         s = self.stream
         if self.dense_first is None:
             return Batch(self.ledger.track(s.X[rows]), self.ledger.track(s.y[ends]), None)
-        first = self.dense_first[ids.numpy()] - self.items.anchors[ids.numpy()]  # <= 0: relative to the anchor
+        first = self.dense_first[i] - self.items.anchors[i]  # <= 0: the first trained row, from the anchor
         first = self.ledger.track(torch.from_numpy(first).to(self.device, non_blocking=True))
         mask = self.ledger.track((self.offsets[None, :] >= first[:, None]) & s.valid[rows])
         return Batch(self.ledger.track(s.X[rows]), self.ledger.track(s.y[rows]), mask)
@@ -342,12 +347,12 @@ class StreamWindows:
             groups.append(tuple(present[i : i + s.k].tolist()))
         cut = np.searchsorted(block, [g[0] for g in groups] + [block[-1] + 1])
         for j, group in enumerate(groups):
-            s.request(group, keep=groups[j - 1] if j else ())
+            slot = s.request(group, keep=groups[j - 1] if j else ())
             if j + 1 < len(groups):
                 s.prefetch(groups[j + 1], keep=group)
             for a in range(cut[j], cut[j + 1], size):
                 z = min(a + size, cut[j + 1])
-                local = torch.from_numpy(s.local(e[a:z], block[a:z]))
+                local = torch.from_numpy(s.local(e[a:z], block[a:z], slot))
                 local = self.ledger.track(local.to(self.device, non_blocking=True))
                 rows = self.ledger.track(local[:, None] + self.offsets)
                 yield self.ledger.track(s.X[rows]), self.ledger.track(s.y[local])
@@ -371,11 +376,18 @@ class Plan:
     reason: str = ""
 
 
+def human_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n:,.0f} B"
+
+
 def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
     """Resident when the data fits the budget (unless loader=stream), else streamed with as many blocks per slot
     as the budget holds after room for three batches of the larger of a training and an evaluation batch."""
     data, budget = resident_bytes(fs, cfg), budget_bytes(cfg.device_memory_budget, device)
-    gb = lambda b: f"{b / 1e9:,.2f} GB"
+    gb = human_bytes
     if cfg.loader != "stream" and data <= budget:
         return Plan(False, data, budget, reason=f"data resident on {device}: {gb(data)} within the budget {gb(budget)}")
     row = fs.n_features * 4 + ROW_BYTES_EXTRA
