@@ -1,0 +1,123 @@
+"""Cleaning and features in shards of whole symbols, and the feature cache built in shards: however the rows are
+cut (shard_rows, threads, torchrun processes), the result is the one-shard result, and a build that fails resumes
+from the shards already done."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tradelib import cache, data, dataset, shards
+from tradelib.config import Config
+from tradelib.features import build_features
+from tradelib.synth import generate_market
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def hostile_raw() -> pd.DataFrame:
+    """Five symbols, out of order, a missing and an empty symbol, duplicates, spikes, a short symbol."""
+    raw = generate_market(n_symbols=5, n_bars=900, seed=4)
+    raw.loc[7, "symbol"] = None
+    raw.loc[8, "symbol"] = ""
+    raw = pd.concat([raw.iloc[300:], raw.iloc[:300], raw.iloc[[5, 6]]]).reset_index(drop=True)
+    short = raw[raw["symbol"] == "SYM01"].head(20).assign(symbol="TINY")
+    return pd.concat([raw, short]).reset_index(drop=True)
+
+
+def assert_same_features(a, b) -> None:
+    for name in a.ARRAYS:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.symbols == b.symbols
+    keep = lambda m: {k: v for k, v in m.items() if k not in ("rows", "cache_key", "cache_dir")}
+    assert keep(a.meta) == keep(b.meta)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shard_rows=st.integers(1, 5000), workers=st.integers(1, 3))
+def test_cleaning_and_features_do_not_depend_on_the_shards(shard_rows, workers):
+    """clean_ohlcv and build_features cut into shards of whole symbols (one symbol a shard, up to one shard) on
+    1-3 threads give the one-shard frame, report and FeatureSet exactly."""
+    raw = hostile_raw()
+    one, rep_one = data.clean_ohlcv(raw, "x", min_rows=40, keep=("oracle",), shard_rows=10**9, workers=1)
+    cut, rep_cut = data.clean_ohlcv(raw, "x", min_rows=40, keep=("oracle",), shard_rows=shard_rows, workers=workers)
+    pd.testing.assert_frame_equal(one, cut)
+    assert rep_one.to_dict() == rep_cut.to_dict()
+    assert {"bad_symbol", "unsorted", "duplicate", "too_short"} <= set(rep_one.totals())
+    cfg = Config(window=16)
+    assert_same_features(build_features(one, cfg, shard_rows=10**9, workers=1),
+                         build_features(cut, cfg, shard_rows=shard_rows, workers=workers))
+
+
+def test_the_cache_built_in_shards_is_the_in_memory_build(outputs):
+    """prepare (shards on disk, several of them) gives exactly dataset.build's FeatureSet; the manifest records
+    every shard, and a run of shards loads alone, checked by its own checksums."""
+    cfg = Config(synth_symbols=5, synth_bars=1200, window=16, shard_rows=1000)
+    fs = dataset.prepare(cfg, verbose=False)
+    assert_same_features(fs, dataset.build(cfg)[0])
+    folder = Path(fs.meta["cache_dir"])
+    table = cache.shards_of(folder)
+    assert len(table) == 5 and table[-1]["rows"][1] == len(fs)  # one symbol each
+    part = cache.load(folder, (1, 3), mmap=True)
+    lo, hi = part.meta["rows"]
+    assert (lo, hi) == (table[1]["rows"][0], table[2]["rows"][1]) and isinstance(part.X, np.memmap)
+    np.testing.assert_array_equal(part.X, fs.X[lo:hi])
+    assert [p.name for p in folder.parent.iterdir() if p.is_dir()] == [folder.name]  # no build folder left
+
+
+def test_a_failed_build_resumes_from_the_shards_done(outputs, monkeypatch, capsys):
+    """The features of the third of four shards fail: prepare fails, the shards done stay; the next prepare
+    builds only the rest and gives exactly a fresh build's cache."""
+    cfg = Config(synth_symbols=4, synth_bars=1200, window=16, shard_rows=1000, build_workers=1)
+    built, failed = [], []
+    stage = shards._feature_stage
+
+    def flaky(work, k, *args):
+        if k == 2 and not failed:
+            failed.append(k)
+            raise RuntimeError("disk unplugged")
+        built.append(k)
+        return stage(work, k, *args)
+
+    monkeypatch.setattr(shards, "_feature_stage", flaky)
+    with pytest.raises(RuntimeError, match="disk unplugged"):
+        dataset.prepare(cfg, verbose=False)
+    first = set(built)  # the threads may have finished the shard after it
+    assert {0, 1} <= first and 2 not in first
+    built.clear()
+    fs = dataset.prepare(cfg)
+    out = capsys.readouterr().out
+    assert "resuming the feature build" in out and f"{len(first)} of 4 shards done" in out
+    assert sorted(built) == sorted({0, 1, 2, 3} - first)
+    assert_same_features(fs, dataset.build(cfg)[0])
+    cache.load(Path(fs.meta["cache_dir"]))
+
+
+def test_two_torchrun_processes_build_the_same_cache_as_one(tmp_path):
+    """`tradelib prepare` under torchrun (2 gloo processes, each its share of the shards, meeting at barriers)
+    writes byte for byte the cache one process writes."""
+    args = ["prepare", "-p", "synth_symbols", "5", "-p", "synth_bars", "1500", "-p", "window", "16",
+            "-p", "shard_rows", "2000"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    one = subprocess.run([sys.executable, "-m", "tradelib", *args], capture_output=True, text=True, timeout=300,
+                         env={**env, "TRADELIB_OUTPUTS": str(tmp_path / "a")})
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "tradelib", *args], env={**env, "TRADELIB_OUTPUTS": str(tmp_path / "b")},
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    assert "this process's shards" in two.stdout  # rank 0 loads its own shards only
+    (a,), (b,) = [list((tmp_path / side / "cache").glob("*/manifest.json")) for side in ("a", "b")]
+    assert a.parent.name == b.parent.name and json.loads(a.read_text()) == json.loads(b.read_text())
+    assert len(json.loads(a.read_text())["shards"]) == 3  # shards 0 and 2 on rank 0, 1 on rank 1
+    for npy in a.parent.glob("*.npy"):
+        assert npy.read_bytes() == (b.parent / npy.name).read_bytes(), npy.name
+    assert [p.name for p in b.parent.parent.iterdir() if p.is_dir()] == [b.parent.name]
