@@ -11,13 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from tradelib import dataset
+from tradelib import dataset, stream
 from tradelib.config import Config
 from tradelib.distributed import launch_distributed, needs_launch
 from tradelib.models import build_model
+from tradelib.sources import window_ends
 from tradelib.train import train
 from tradelib.trainer import seed_everything
 
@@ -75,3 +78,53 @@ def test_repeated_two_rank_torchrun_launches_all_exit_0(outputs):
             assert p.returncode == 0, out[-3000:]
             assert out.count("done: ") == 1 and "terminate called" not in out
     assert len(list(outputs.glob("launch-*/summary.json"))) == 10
+
+
+SHARDED = """
+import json, os, sys
+import numpy as np
+from tradelib.config import Config
+from tradelib.train import TrainingRun
+from tradelib.distributed import cleanup_distributed
+
+run = TrainingRun(Config(**json.loads(sys.argv[1])), progress=False)
+src, seen = run.trainer.source, []
+fetch = src.fetch
+src.fetch = lambda ids: seen.append(ids[ids < src.n].cpu().numpy().copy()) or fetch(ids)
+summary = run.fit()
+ends = run.windows.ends(0).cpu().numpy()
+out = {"rows": (run.row0 + ends[np.concatenate(seen)]).tolist(), "lo": run.row0, "n": len(run.fs),
+       "steps": run.step, "val_loss": run.best_val, "summary": sorted(summary)}
+json.dump(out, open(os.path.join(os.environ["OUT"], f"rank{run.rank}.json"), "w"))
+cleanup_distributed()
+"""
+
+
+@pytest.mark.parametrize("loader", ["device", "stream"])
+def test_sharded_ranks_visit_every_window_of_an_epoch_once(outputs, tmp_path, loader):
+    """shard_data: 2 gloo ranks, each mapping only its own run of whole-symbol shards of the cache (streamed, too,
+    with a budget below its share). Over one epoch the windows the two ranks fetch are, together, the
+    single-process epoch's windows, each once; the ranks take the same steps, agree on the validation loss,
+    and rank 0 writes the predictions of every test window."""
+    params = dict(synth_symbols=4, synth_bars=1000, window=16, hidden=8, layers=1, model="mlp", device="cpu",
+                  compile="off", batch_size=16, eval_batch_size=16, epochs=1, log_every=5, shard_rows=1000,
+                  shard_data=True, loader=loader, run_id="sharded", stream_block_rows=200)
+    fs = dataset.prepare(Config(**params), verbose=False)
+    if loader == "stream":
+        params["device_memory_budget"] = 0.35 * stream.resident_bytes(fs, Config(**params))  # 70% of a share
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OUT=str(tmp_path))
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), json.dumps(params)], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert ("data streamed to cpu (the data" in res.stdout) == (loader == "stream")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    rows = np.concatenate([r["rows"] for r in ranks])
+    np.testing.assert_array_equal(np.sort(rows), window_ends(fs, 0, 16))  # all of them, each once
+    assert ranks[0]["lo"] == 0 and ranks[1]["lo"] == ranks[0]["n"] and ranks[1]["lo"] + ranks[1]["n"] == len(fs)
+    assert ranks[0]["steps"] == ranks[1]["steps"] and ranks[0]["val_loss"] == ranks[1]["val_loss"]
+    summary = json.loads((outputs / "sharded" / "summary.json").read_text())
+    assert summary["shard_data"] and summary["test_windows"] == len(window_ends(fs, 2, 16))
+    predictions = pd.read_parquet(outputs / "sharded" / "predictions.parquet")
+    np.testing.assert_array_equal(predictions["row"], window_ends(fs, 2, 16))

@@ -265,7 +265,7 @@ def load(folder: Path, part: tuple[int, int] | None = None, mmap: bool = False, 
         raise CacheError(folder / "symbol_id.npy", "a symbol id out of range")
     if len(split) and (split.min() < -1 or split.max() > 2):
         raise CacheError(folder / "split.npy", "a split code other than -1, 0, 1, 2")
-    meta = {**manifest["meta"], "rows": [lo, hi]}
+    meta = {**manifest["meta"], "rows": [lo, hi], "rows_total": rows}
     return FeatureSet(**arrays, symbols=manifest["symbols"], feature_names=manifest["feature_names"], meta=meta)
 
 

@@ -97,7 +97,7 @@ def prepare_features(cfg: Config, env: DistEnv, sharded: bool = False) -> Featur
 def rows_of(fs: FeatureSet, lo: int, hi: int) -> FeatureSet:
     """Rows lo..hi of a FeatureSet (views), `meta["rows"]` saying which."""
     return dataclasses.replace(fs, **{k: getattr(fs, k)[lo:hi] for k in FeatureSet.ARRAYS},
-                               meta={**fs.meta, "rows": [lo, hi]})
+                               meta={**fs.meta, "rows": [lo, hi], "rows_total": len(fs)})
 
 
 class Tally:
@@ -206,8 +206,8 @@ class TrainingRun:
         if self.sharded and cfg.loader == "dataloader":
             raise ValueError("shard_data=True needs loader device or stream (the seed-style DataLoader reads all rows)")
         self.fs = fs if fs is not None else prepare_features(cfg, env, self.sharded)
-        self._fs_all = self.fs if "rows" not in self.fs.meta or self.fs.meta["rows"][0] == 0 and \
-            self.fs.meta["rows"][1] == len(self.fs) else None
+        whole = self.fs.meta.get("rows", [0, len(self.fs)]) == [0, self.fs.meta.get("rows_total", len(self.fs))]
+        self._fs_all = self.fs if whole else None
         if self.sharded and self._fs_all is not None:  # given whole (in memory): this rank's run of symbols
             self.fs = rows_of(self.fs, *rank_rows(self.fs.symbol_id, self.rank, self.world))
         self.row0 = self.fs.meta.get("rows", [0])[0]  # the first of this process's rows in the whole FeatureSet
