@@ -100,17 +100,17 @@ cleanup_distributed()
 """
 
 
-@pytest.mark.parametrize("loader", ["device", "stream"])
-def test_sharded_ranks_visit_every_window_of_an_epoch_once(outputs, tmp_path, loader):
+@pytest.mark.parametrize("path", ["resident", "streamed"])
+def test_sharded_ranks_visit_every_window_of_an_epoch_once(outputs, tmp_path, path):
     """shard_data: 2 gloo ranks, each mapping only its own run of whole-symbol shards of the cache (streamed, too,
     with a budget below its share). Over one epoch the windows the two ranks fetch are, together, the
     single-process epoch's windows, each once; the ranks take the same steps, agree on the validation loss,
     and rank 0 writes the predictions of every test window."""
     params = dict(synth_symbols=4, synth_bars=1000, window=16, hidden=8, layers=1, model="mlp", device="cpu",
                   compile="off", batch_size=16, eval_batch_size=16, epochs=1, log_every=5, shard_rows=1000,
-                  shard_data=True, loader=loader, run_id="sharded", stream_block_rows=200)
+                  shard_data=True, run_id="sharded", stream_block_rows=200)
     fs = dataset.prepare(Config(**params), verbose=False)
-    if loader == "stream":
+    if path == "streamed":
         params["device_memory_budget"] = 0.35 * stream.resident_bytes(fs, Config(**params))  # 70% of a share
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OUT=str(tmp_path))
     script = tmp_path / "sharded.py"
@@ -118,7 +118,7 @@ def test_sharded_ranks_visit_every_window_of_an_epoch_once(outputs, tmp_path, lo
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           str(script), json.dumps(params)], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    assert ("data streamed to cpu (the data" in res.stdout) == (loader == "stream")
+    assert ("data streamed to cpu (the data" in res.stdout) == (path == "streamed")  # the budget chose
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     rows = np.concatenate([r["rows"] for r in ranks])
     np.testing.assert_array_equal(np.sort(rows), window_ends(fs, 0, 16))  # all of them, each once
