@@ -38,7 +38,7 @@ def assert_same_features(a, b) -> None:
     for name in a.ARRAYS:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
     assert a.symbols == b.symbols
-    keep = lambda m: {k: v for k, v in m.items() if k not in ("rows", "cache_key", "cache_dir")}
+    keep = lambda m: {k: v for k, v in m.items() if k not in ("rows", "rows_total", "cache_key", "cache_dir")}
     assert keep(a.meta) == keep(b.meta)
 
 
