@@ -5,6 +5,7 @@ untimed warm-up, medians). Every knob is a Config parameter (-f FILE, -p NAME VA
 (`bench_models`), the loaders, steps, warm-up, repeats, the batch and the data.
 
     tradelib bench -p device cuda -p batch_size 1024 -p repeats 3 [--json FILE]
+    tradelib bench --stream          # resident against streamed data, same data and model
     tradelib bench --features        # the data side: raw -> clean -> features, rows/s and memory
 """
 
@@ -47,6 +48,9 @@ def run_bench(cfg: Config, json_path: str | Path | None = None, verbose: bool = 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="output JSON (default outputs/bench/<kind>-<timestamp>.json)")
+    p.add_argument("--stream", action="store_true",
+                   help="resident against streamed data (a budget of stream_budget of the data): samples/s and the "
+                        "streamed path's data-wait share, per model of bench_models")
     p.add_argument("--features", action="store_true",
                    help="measure the data side instead: raw -> clean -> features on synth_symbols x synth_bars "
                         "(use -p synth_symbols 100 -p synth_bars 100000 for 10M rows), its peak memory, and the "
@@ -59,12 +63,12 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.features:
         from tradelib.databench import bench_data
 
-        result = bench_data(cfg.synth_symbols, cfg.synth_bars, repeats=cfg.repeats)
+        result = bench_data(cfg.synth_symbols, cfg.synth_bars, repeats=cfg.repeats, ingest=cfg.ingest_files)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path(args.json) if args.json else outputs_dir() / "bench" / f"features-{stamp}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes(json.dumps(result, indent=1).encode(), path)
         print(f"wrote {path}")
         return 0
-    run_bench(cfg, args.json)
+    run_bench(cfg.replace(loaders="device,stream") if args.stream else cfg, args.json)
     return 0

@@ -150,9 +150,10 @@ class Config:
                             "can be the number of processes times one device's", "system")
     # measure: the timed steps of 02_profiling's sweep and of `tradelib bench`
     loaders: str = knob("device,dataloader,dense", "comma list of loaders to measure: device, dataloader (the "
-                        "seed's pipeline), dense (causal models only)", "measure",
-                        pattern=r"\s*(device|dataloader|dense)([\s,]+(device|dataloader|dense))*\s*",
-                        allowed="a comma list of device, dataloader, dense")
+                        "seed's pipeline), dense (causal models only), stream (streamed through stream_budget)",
+                        "measure", pattern=r"\s*(device|dataloader|dense|stream)"
+                                           r"([\s,]+(device|dataloader|dense|stream))*\s*",
+                        allowed="a comma list of device, dataloader, dense, stream")
     steps: int = knob(20, "timed optimizer steps per configuration and repetition", "measure", lo=1)
     warmup: int = knob(5, "untimed steps before each timed stretch (worker start-up, compilation)", "measure",
                        lo=0)
@@ -172,6 +173,10 @@ class Config:
                              "NAME:key=value,... measured side by side", "bench")
     dense_batch: int = knob(0, "chunks per dense batch (0: as many as make batch_size trained targets)", "bench",
                             lo=0)
+    stream_budget: float = knob(0.25, "bench --stream: the streamed configuration's device_memory_budget, as a share "
+                                "of the data's size on the device", "bench", lo=0, lo_open=True, hi=1)
+    ingest_files: bool = knob(True, "bench --features: also time reading the raw rows from CSV and Parquet files to "
+                              "the clean frame", "bench")
     # report: 04_report and `tradelib report`
     compare_with: str = knob("", "another run id or folder to set beside this one (empty: none)", "report")
     cost_bps: float = knob(5.0, "transaction cost per unit of position change, in basis points", "report", lo=0,

@@ -1,23 +1,29 @@
 """The data-side benchmark (`tradelib bench --features`): cleaning + features on 10M rows, peak
-memory against the raw frame, and the warm load of a cached full-profile dataset."""
+memory against the raw frame, reading the same rows from CSV and Parquet files to the clean frame, and the warm
+load of a cached full-profile dataset."""
 
 from __future__ import annotations
 
 import gc
+import os
+import shutil
 import statistics
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
-from tradelib import cache, dataset, synth
+from tradelib import cache, data, dataset, synth
 from tradelib.config import Config, load_config
-from tradelib.paths import repo_root
+from tradelib.paths import outputs_dir, repo_root
 
 
 def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, full_profile: bool = True,
-               verbose: bool = True) -> dict:
+               verbose: bool = True, ingest: bool = False) -> dict:
     """Rows/s of raw -> clean -> features (median of `repeats`), peak traced memory over the raw frame's
-    size, and the warm-cache load time of params/full.yaml (median of `repeats`)."""
+    size, (`ingest`) rows/s from a CSV and a Parquet file of the same rows to the clean frame, and the
+    warm-cache load time of params/full.yaml (median of `repeats`). Every figure with the load average of the
+    machine over the minute before it."""
     say = print if verbose else (lambda *a, **k: None)
     say(f"generating {n_symbols} x {n_bars:,} synthetic bars ...")
     raw = synth.generate_market(n_symbols=n_symbols, n_bars=n_bars, seed=1)
@@ -39,10 +45,15 @@ def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, fu
     tracemalloc.stop()
     result = {
         "rows": len(raw), "symbols": n_symbols, "seconds_median": statistics.median(times),
-        "rows_per_s": len(raw) / statistics.median(times), "raw_frame_bytes": raw_bytes,
-        "peak_traced_bytes": int(peak), "peak_over_raw": peak / raw_bytes, "feature_rows": len(fs),
+        "rows_per_s": len(raw) / statistics.median(times), "rows_per_s_runs": [len(raw) / t for t in times],
+        "raw_frame_bytes": raw_bytes, "peak_traced_bytes": int(peak), "peak_over_raw": peak / raw_bytes,
+        "feature_rows": len(fs), "cores": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    del fs, raw
+    del fs
+    if ingest:
+        result["ingest"] = ingest_rates(raw, repeats, say)
+    del raw
     gc.collect()
     if full_profile:
         cfg = load_config([str(repo_root() / "params" / "full.yaml")])
@@ -66,5 +77,40 @@ def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, fu
     if full_profile:
         say(f"full.yaml cache: {result['full_rows']:,} rows, warm load {result['warm_load_s_median']:.2f} s "
             f"(median of {repeats})")
+    if ingest:
+        for kind, r in result["ingest"].items():
+            say(f"{kind} file -> clean frame: {r['rows_per_s']:,.0f} rows/s (read {r['read_s']:.1f} s, clean "
+                f"{r['clean_s']:.1f} s; {r['file_bytes'] / 1e9:.2f} GB file)")
     return result
 
+
+def ingest_rates(raw, repeats: int, say) -> dict:
+    """The raw rows written once as a CSV and a Parquet file (a temporary folder under outputs/bench), then read
+    with `data.load_ohlcv` and cleaned with `data.clean_ohlcv` `repeats` times: rows/s file -> clean frame
+    (median), and the read and clean seconds of that run."""
+    (outputs_dir() / "bench").mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="ingest-", dir=outputs_dir() / "bench"))
+    out = {}
+    try:
+        frame = raw.drop(columns=[c for c in raw.columns if c not in data.COLUMNS])
+        for kind, write in (("parquet", lambda p: frame.to_parquet(p, index=False)),
+                            ("csv", lambda p: frame.to_csv(p, index=False))):
+            path = folder / f"prices.{kind}"
+            say(f"writing {len(frame):,} rows as {kind} ...")
+            write(path)
+            runs = []
+            for _ in range(repeats):
+                gc.collect()
+                t0 = time.perf_counter()
+                loaded = data.load_ohlcv(path)
+                t1 = time.perf_counter()
+                data.clean_ohlcv(loaded, str(path))
+                runs.append((time.perf_counter() - t0, t1 - t0))
+                del loaded
+            total, read = sorted(runs)[len(runs) // 2]
+            out[kind] = {"rows_per_s": len(frame) / total, "seconds": total, "read_s": read, "clean_s": total - read,
+                         "file_bytes": path.stat().st_size, "load_avg_1min": os.getloadavg()[0]}
+            say(f"  {kind}: {out[kind]['rows_per_s']:,.0f} rows/s")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return out

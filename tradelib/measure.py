@@ -29,14 +29,15 @@ from tradelib.hardware import device_name, mfu, peak_flops, pick_device, sync, t
 from tradelib.models import model_for, n_params
 from tradelib.monitor import GpuMonitor
 from tradelib.sources import Batch, BatchSource
-from tradelib.stream import make_sources
+from tradelib.stream import make_sources, min_budget, resident_bytes
 from tradelib.trainer import Trainer, seed_everything
 
-LOADERS = ("dataloader", "device", "dense")
+LOADERS = ("dataloader", "device", "dense", "stream")
 REQUIRED_KEYS = ("loader", "model", "batch_size", "samples_per_s", "data_wait_share", "it_per_s",
                  "batches_per_epoch", "peak_mem_bytes", "mfu", "device")
 # (faster, baseline) pairs whose samples/s ratio is reported
-RATIOS = {"device/dataloader": ("device", "dataloader"), "dense/per_window": ("dense", "device")}
+RATIOS = {"device/dataloader": ("device", "dataloader"), "dense/per_window": ("dense", "device"),
+          "stream/resident": ("stream", "device")}
 
 
 # -- configurations ----------------------------------------------------------------------------------------
@@ -46,7 +47,7 @@ class Setup:
     from, and the group whose members are compared as ratios (one model spec, or one batch size of a sweep)."""
 
     label: str
-    loader: str  # dataloader | device | dense
+    loader: str  # dataloader | device | dense | stream
     cfg: Config
     spec: str  # e.g. "tcn:window=64,layers=4"
     group: str
@@ -69,7 +70,7 @@ def split_list(text: str | int) -> list[str]:
     return [s for s in str(text).replace(",", " ").split() if s]
 
 
-def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS, dense_batch: int = 0,
+def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], dense_batch: int = 0,
                 group: str | None = None, verbose: bool = True) -> list[Setup]:
     """The configurations of one model spec. Dense mode (causal models only) gets as many chunks per batch
     as make about the same number of trained targets as `base.batch_size` windows: the same global batch."""
@@ -91,7 +92,7 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS, dense
             per_chunk = cfg.dense_chunk - probe.receptive_field + 1
             chunks = dense_batch or max(1, round(cfg.batch_size / max(per_chunk, 1)))
             run = cfg.replace(dense=True, loader="device", batch_size=chunks)
-        else:
+        else:  # stream: the windows streamed in blocks, through a budget of cfg.stream_budget of the data (Runner)
             run = cfg.replace(dense=False, loader=loader)
         setups.append(Setup(label, loader, run, spec, group or spec))
     return setups
@@ -135,6 +136,11 @@ class Runner:
     def __init__(self, setup: Setup, fs: FeatureSet) -> None:
         self.setup, cfg = setup, setup.cfg
         self.device = pick_device(cfg.device, verbose=False)
+        if setup.loader == "stream":  # a budget of a share of the data, at least 32 blocks: the data really streams
+            cfg = cfg.replace(stream_block_rows=max(1, min(cfg.stream_block_rows, len(fs) // 32)),
+                              eval_batch_size=cfg.batch_size)  # (the bench does not evaluate)
+            budget = max(cfg.stream_budget * resident_bytes(fs, cfg), min_budget(fs, cfg, cfg.window))
+            cfg = setup.cfg = cfg.replace(device_memory_budget=float(budget))
         seed_everything(cfg.seed)
         model = model_for(cfg, fs.n_features).to(self.device)
         windows, source = make_sources(fs, model, cfg, self.device)
@@ -292,6 +298,7 @@ def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak:
         "n_params": n_params(tr.model), "compiled": tr.compiled,
         "precision": "bf16" if uses_bf16(s.cfg.precision, runner.device) else "fp32",
         "train_items_per_epoch": len(runner.source),
+        "stream": getattr(getattr(runner.source.inner, "plan", None), "reason", None),
         "data": {"data_path": s.cfg.data_path, "synth_symbols": s.cfg.synth_symbols,
                  "synth_bars": s.cfg.synth_bars, "rows": len(runner.fs)},
         "steps": steps, "warmup": warmup, "repeats": repeats,
@@ -335,7 +342,7 @@ def format_table(records: list[dict]) -> str:
 
 
 def speedup_lines(records: list[dict]) -> list[str]:
-    names = {"device": "seed DataLoader", "dense": "per-window"}
+    names = {"device": "seed DataLoader", "dense": "per-window", "stream": "resident"}
     return [f"{r['label']}: {r['speedup']:.2f}x the {names[r['loader']]} samples/s (median of {r['repeats']})"
             for r in records if r.get("speedup")]
 

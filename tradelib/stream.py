@@ -383,6 +383,19 @@ def human_bytes(n: float) -> str:
     return f"{n:,.0f} B"
 
 
+def batch_bytes(fs: FeatureSet, cfg, span: int) -> int:
+    """Device bytes of the larger of a training and an evaluation batch: x, row indices, targets (and mask)."""
+    f4 = fs.n_features * 4
+    train = cfg.batch_size * (span * (f4 + 8 + (5 if cfg.dense else 0)) + 16)
+    return max(train, cfg.eval_batch_size * (cfg.window * (f4 + 8) + 12))
+
+
+def min_budget(fs: FeatureSet, cfg, span: int) -> int:
+    """The smallest budget that streams: three batches and two slots of one block each."""
+    rows = min(cfg.stream_block_rows, max(1, len(fs))) + span - 1
+    return 3 * batch_bytes(fs, cfg, span) + 2 * rows * (fs.n_features * 4 + ROW_BYTES_EXTRA)
+
+
 def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
     """Resident when the data fits the budget (unless loader=stream), else streamed with as many blocks per slot
     as the budget holds after room for three batches of the larger of a training and an evaluation batch."""
@@ -390,19 +403,14 @@ def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
     gb = human_bytes
     if cfg.loader != "stream" and data <= budget:
         return Plan(False, data, budget, reason=f"data resident on {device}: {gb(data)} within the budget {gb(budget)}")
-    row = fs.n_features * 4 + ROW_BYTES_EXTRA
-    f4 = fs.n_features * 4
-    train = cfg.batch_size * (span * (f4 + 8 + (5 if cfg.dense else 0)) + 16)  # x, row indices, y/mask, ends
-    batch = max(train, cfg.eval_batch_size * (cfg.window * (f4 + 8) + 12))
     block_rows = min(cfg.stream_block_rows, max(1, len(fs)))
-    halo = span - 1
+    row, halo, batch = fs.n_features * 4 + ROW_BYTES_EXTRA, span - 1, batch_bytes(fs, cfg, span)
     free = budget - 3 * batch
     k = min(free // (2 * (block_rows + halo) * row) if free > 0 else 0, math.ceil(len(fs) / block_rows))
     if k < 1:
-        need = 3 * batch + 2 * (block_rows + halo) * row
         raise ValueError(f"parameter 'device_memory_budget' ({gb(budget)}) holds not even one block of "
-                         f"{block_rows:,} rows per slot and three batches ({gb(need)} needed): raise it, or lower "
-                         f"stream_block_rows, batch_size or eval_batch_size")
+                         f"{block_rows:,} rows per slot and three batches ({gb(min_budget(fs, cfg, span))} needed): "
+                         f"raise it, or lower stream_block_rows, batch_size or eval_batch_size")
     why = "loader=stream" if cfg.loader == "stream" else f"the data ({gb(data)}) exceeds the budget {gb(budget)}"
     return Plan(True, data, budget, block_rows, int(k),
                 f"data streamed to {device} ({why}): 2 slots of {int(k)} blocks of {block_rows:,} rows, "
