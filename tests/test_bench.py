@@ -103,3 +103,29 @@ def test_features_bench_measures_rows_memory_and_warm_load(tmp_path):
     r = bench_data(n_symbols=2, n_bars=3000, repeats=1, full_profile=False, verbose=False)
     assert r["rows"] > 5000 and 0 < r["feature_rows"] <= r["rows"]
     assert r["rows_per_s"] > 0 and r["peak_traced_bytes"] > r["raw_frame_bytes"] * 0.5
+
+
+def test_bench_stream_sets_resident_and_streamed_side_by_side(tmp_path, capsys):
+    """`bench --stream`: the same model on the same data, resident and streamed through a budget of a quarter
+    of the data (at least what one block per slot needs), with the streamed path's data wait and the ratio."""
+    path = tmp_path / "stream.json"
+    params = {"device": "cpu", "bench_models": "mlp", "synth_symbols": 3, "synth_bars": 3000, "window": 16,
+              "hidden": 8, "batch_size": 64, "steps": 3, "warmup": 1, "repeats": 2}
+    rc = main(["bench", "--stream", *[a for k, v in params.items() for a in ("-p", k, str(v))], "--json", str(path)])
+    assert rc == 0 and "mlp/stream:" in capsys.readouterr().out
+    by = {r["label"]: r for r in json.loads(path.read_text())}
+    assert set(by) == {"mlp/device", "mlp/stream"}
+    assert by["mlp/device"]["stream"] is None and by["mlp/stream"]["stream"].startswith("data streamed to cpu")
+    assert 0 <= by["mlp/stream"]["data_wait_share"] <= 1 and by["mlp/stream"]["samples_per_s"] > 0
+    assert by["mlp/stream"]["speedup"] == pytest.approx(
+        by["mlp/stream"]["samples_per_s"] / by["mlp/device"]["samples_per_s"])
+
+
+def test_features_bench_times_csv_and_parquet_ingestion(outputs):
+    from tradelib.databench import bench_data
+
+    r = bench_data(n_symbols=2, n_bars=2000, repeats=1, full_profile=False, verbose=False, ingest=True)
+    for kind in ("csv", "parquet"):
+        got = r["ingest"][kind]
+        assert got["rows_per_s"] > 0 and got["file_bytes"] > 0 and 0 < got["read_s"] <= got["seconds"]
+    assert not list((outputs / "bench").glob("ingest-*"))  # the files are gone

@@ -35,6 +35,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from tradelib import stream
 from tradelib.config import Config
 from tradelib.models import build_model, model_for
 from tradelib.sources import DataLoaderSource, DenseSource, Windows, WindowSource, dense_chunks, make_sources
@@ -425,3 +426,44 @@ def test_resume_after_sigkill_is_exact_with_deterministic(outputs, tmp_path, dev
     assert "resumed killed from step-5.pt at step 5" in done.stdout
     assert_bitwise(final_weights(outputs, "killed"), final_weights(outputs, "reference"))
     assert run_rows(outputs, "killed") == run_rows(outputs, "reference")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# streamed data
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["windows", "dense"])
+def test_streamed_steps_equal_resident_steps_without_a_host_sync(tiny_fs, device, case):
+    """Data streamed through two slots of one 300-row block each, the smallest budget that streams (on CUDA the
+    loader thread copies through pinned buffers on a side stream, ordered by events). Fed the resident order's
+    items, nearly every micro-batch spans several blocks, loaded one after the other into slots a gather may
+    still be reading: the steps leave the weights the resident source's steps leave, bit for bit (fp32 without
+    TF32), and so does evaluation; a step reads no value on the host (on CUDA: makes no blocking copy either);
+    the device bytes the stream holds, counted tensor by tensor, stay within the budget."""
+    spec = ({"model": "mlp", "batch_size": 16} if case == "windows" else
+            {"model": "tcn", "layers": 2, "dense": True, "dense_chunk": CHUNK, "batch_size": 2})
+    dev = torch.device(device)
+    cfg = Config(**{**BASE, "device": device, **spec, "eval_batch_size": 16, "grad_accum_steps": 2,
+                    "stream_block_rows": 300, "loader": "stream"})
+    budget = stream.min_budget(tiny_fs, cfg, CHUNK if case == "dense" else W)
+    with exact_fp32():
+        res = make_trainer(tiny_fs, device, eval_batch_size=16, grad_accum_steps=2, **spec)
+        seed_everything(cfg.seed)
+        model = model_for(cfg, tiny_fs.n_features).to(dev)
+        cfg = cfg.replace(device_memory_budget=float(budget))
+        windows, src = stream.make_sources(tiny_fs, model, cfg, dev)
+        try:
+            st = Trainer(cfg, model, windows, src, dev, verbose=False)
+            assert isinstance(src, stream.StreamSource) and src.n_groups > 3
+            groups = res.source.epoch(0, seed=0).split(res.global_batch)[:4]
+            for i, ids in enumerate(groups):
+                res.step(ids)
+                with no_host_sync(dev) if i else contextlib.nullcontext():  # (the first step warms up)
+                    st.step(ids.cpu())
+                assert_bitwise(snapshot(st.model), snapshot(res.model))
+            assert st.loss(1) == res.loss(1) and torch.equal(st.predict(windows.ends(2)),
+                                                               res.predict(res.windows.ends(2)))
+            assert src.ledger.peak <= budget, (src.ledger.peak, budget)
+        finally:
+            src.close()

@@ -20,6 +20,7 @@ import math
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -164,7 +165,17 @@ class BlockStream:
         self._jobs.put((slot, group))
         return slot
 
+    def upload(self, a: np.ndarray, ledger: Ledger) -> torch.Tensor:
+        """A small host array (indices) on the device, copied without a host sync: through page-locked memory
+        on CUDA (PyTorch's caching host allocator reuses it once the copy is done)."""
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if self.device.type == "cuda":
+            t = torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t)
+        return ledger.track(t.to(self.device, non_blocking=True))
+
     def _work(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         while (job := self._jobs.get()) is not None:
             slot, group = job
             try:
@@ -179,8 +190,8 @@ class BlockStream:
             dst = (self.X[slot.index * self.slot_rows:], self.y[slot.index * self.slot_rows:],
                    self.valid[slot.index * self.slot_rows:])
         else:
-            if slot.copied is not None:
-                slot.copied.synchronize()  # the staging's last copy to the device is done (loader thread only)
+            while slot.copied is not None and not slot.copied.query():  # the staging's last copy is done
+                time.sleep(0.0002)  # (polled: no synchronising call, on the loader thread only)
             dst = self.staging[slot.index]
         pos = 0
         for b in group:
@@ -228,7 +239,9 @@ class StreamSource:
         self.dense_first = dense_first  # dense mode: the first row each chunk trains on
         self.offsets = torch.arange(-span + 1, 1, device=self.device)
         self.group_of_block = np.zeros(items.n_blocks, dtype=np.int64)
-        self.groups: list[tuple] = [tuple(range(items.n_blocks))]
+        self.groups: list[tuple] = []
+        k, nb = stream.k, items.n_blocks  # until an epoch shuffles them: consecutive blocks, k a group
+        self._set_groups([tuple(range(i, min(i + k, nb))) for i in range(0, nb, k)])
         self.seq: list[int] = []
 
     def __len__(self) -> int:
@@ -290,19 +303,19 @@ class StreamSource:
                 self.stream.prefetch(self.groups[self.seq[nxt]], keep=self.groups[used[-1]])
         if len(parts) == 1:
             return parts[0][1]
-        order = torch.from_numpy(np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")).to(self.device)
+        order = self.stream.upload(np.argsort(np.concatenate([p[0] for p in parts]), kind="stable"), self.ledger)
         cat = lambda k: self.ledger.track(torch.cat([getattr(p[1], k) for p in parts])[order])
         return Batch(cat("x"), cat("y"), cat("mask") if self.dense_first is not None else None)
 
     def _gather(self, i: np.ndarray, local: np.ndarray) -> Batch:
         """Items `i` whose anchors sit at device rows `local`: windows (x, y), or chunks (x, y, mask)."""
-        ends = self.ledger.track(torch.from_numpy(local).to(self.device, non_blocking=True))
+        ends = self.stream.upload(local, self.ledger)
         rows = self.ledger.track(ends[:, None] + self.offsets)
         s = self.stream
         if self.dense_first is None:
             return Batch(self.ledger.track(s.X[rows]), self.ledger.track(s.y[ends]), None)
         first = self.dense_first[i] - self.items.anchors[i]  # <= 0: the first trained row, from the anchor
-        first = self.ledger.track(torch.from_numpy(first).to(self.device, non_blocking=True))
+        first = self.stream.upload(first, self.ledger)
         mask = self.ledger.track((self.offsets[None, :] >= first[:, None]) & s.valid[rows])
         return Batch(self.ledger.track(s.X[rows]), self.ledger.track(s.y[rows]), mask)
 
@@ -334,34 +347,38 @@ class StreamWindows:
         return self._ends[split]
 
     def batches(self, ends: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(x, y) for these window ends (ascending), in order, `size` at a time, each batch within one group of
-        consecutive blocks; the next group loads while this one is read."""
+        """(x, y) for these window ends (ascending), `size` at a time as the resident Windows cuts them (so the
+        model sees the same batches); the blocks that hold them go through the slots k at a time, in row order,
+        the next group loading while one is read."""
         e = ends.cpu().numpy()
         if not len(e):
             return
         s = self.stream
         block = e // s.block_rows
-        groups = []  # consecutive blocks that hold these ends, k at a time
         present = np.unique(block)
-        for i in range(0, len(present), s.k):
-            groups.append(tuple(present[i : i + s.k].tolist()))
-        cut = np.searchsorted(block, [g[0] for g in groups] + [block[-1] + 1])
-        for j, group in enumerate(groups):
-            slot = s.request(group, keep=groups[j - 1] if j else ())
-            if j + 1 < len(groups):
-                s.prefetch(groups[j + 1], keep=group)
-            for a in range(cut[j], cut[j + 1], size):
-                z = min(a + size, cut[j + 1])
-                local = torch.from_numpy(s.local(e[a:z], block[a:z], slot))
-                local = self.ledger.track(local.to(self.device, non_blocking=True))
+        groups = [tuple(present[i : i + s.k].tolist()) for i in range(0, len(present), s.k)]
+        gid = np.searchsorted(present, block) // s.k  # ascending, as the ends are
+        for a in range(0, len(e), size):
+            z, parts = min(a + size, len(e)), []
+            for j in range(int(gid[a]), int(gid[z - 1]) + 1):
+                slot = s.request(groups[j])
+                if j + 1 < len(groups):
+                    s.prefetch(groups[j + 1], keep=groups[j])
+                lo, hi = a + np.searchsorted(gid[a:z], [j, j + 1])
+                local = s.upload(s.local(e[lo:hi], block[lo:hi], slot), self.ledger)
                 rows = self.ledger.track(local[:, None] + self.offsets)
-                yield self.ledger.track(s.X[rows]), self.ledger.track(s.y[local])
+                parts.append((self.ledger.track(s.X[rows]), self.ledger.track(s.y[local])))
+            if len(parts) == 1:
+                yield parts[0]
+            else:  # a batch across groups: each part gathered while its group was resident
+                yield (self.ledger.track(torch.cat([p[0] for p in parts])),
+                       self.ledger.track(torch.cat([p[1] for p in parts])))
 
     def targets(self, ends: torch.Tensor) -> torch.Tensor:
         """Scaled targets at these ends, on the device (0 where unknown, as in training)."""
         y = np.asarray(self.fs.y[ends.cpu().numpy()], dtype=np.float32)
         y = np.where(np.isfinite(y), y / self.target_scale, 0.0).astype(np.float32)
-        return self.ledger.track(torch.from_numpy(y).to(self.device))
+        return self.stream.upload(y, self.ledger)
 
 
 @dataclass
