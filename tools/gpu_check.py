@@ -15,6 +15,8 @@ helpers (which import tradelib); nothing needs papermill or Jupyter, nothing is 
               the device loader, and the TCN per window vs dense, in one interleaved run
   epoch       `python -m tradelib train` on full.yaml: a whole epoch when the bench says it fits the budget,
               else as many steps as fit; samples/s, the projected epoch time, NVML busy and data-wait shares
+  stream      `python -m tradelib bench --stream` on full.yaml: the LSTM at batch 1024 with its data resident and
+              streamed (a quarter of it on the GPU at a time: pinned buffers, a side stream), and the data wait
   sweep       02's batch-size sweep (`profiling.batch_size_sweep`) up to 16,384, device loader vs DataLoader
 
 OUTDIR gets two files: gpu_check.json (every figure with its MFU, each stage's status, exit code and duration,
@@ -42,7 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = "params/full.yaml"
-STAGES = ("env", "prepare", "cuda_tests", "bench", "epoch", "sweep")
+STAGES = ("env", "prepare", "cuda_tests", "bench", "epoch", "stream", "sweep")
 
 
 # -- what is measured, on the GPU and in the quick CPU dry run ----------------------------------------------------
@@ -71,7 +73,8 @@ def make_plan(device: str, quick: bool) -> Plan:
                     bench={"steps": 200, "warmup": 20, "repeats": 3},
                     tests=["-m", "on_cuda" if device.startswith("cuda") else "on_cpu"],
                     sweep_sizes=(256, 1024, 4096, 16384), sweep={"steps": 40, "warmup": 8, "repeats": 1},
-                    budgets={"env": 40, "prepare": 60, "cuda_tests": 200, "bench": 120, "epoch": 100, "sweep": 100},
+                    budgets={"env": 40, "prepare": 60, "cuda_tests": 200, "bench": 120, "epoch": 100, "stream": 60,
+                             "sweep": 100},
                     total_s=460)
     data = {"synth_symbols": 3, "synth_bars": 1500, "window": 16, "hidden": 16, "batch_size": 64, "log_every": 2}
     # test_cuda.py's CPU side runs whole in the suite itself: here four of its quick tests prove the stage works
@@ -79,7 +82,8 @@ def make_plan(device: str, quick: bool) -> Plan:
                 bench={"steps": 2, "warmup": 1, "repeats": 1},
                 tests=["-m", "on_cpu", "-k", "naive_slices or without_a_host_sync"],
                 sweep_sizes=(32, 128), sweep={"steps": 2, "warmup": 1, "repeats": 1},
-                budgets={"env": 60, "prepare": 60, "cuda_tests": 90, "bench": 90, "epoch": 60, "sweep": 60},
+                budgets={"env": 60, "prepare": 60, "cuda_tests": 90, "bench": 90, "epoch": 60, "stream": 60,
+                         "sweep": 60},
                 total_s=300, epoch_max_steps=6)
 
 
@@ -278,6 +282,28 @@ def collect_bench(ctx: Ctx, lines: list[str]) -> dict:
             tcn["dense/per_window_runs"]}
 
 
+def stream_command(ctx: Ctx) -> list[str]:
+    measured = {"bench_models": "lstm", **ctx.plan.bench}
+    return ctx.tradelib("bench", "--stream", *flags(measured), "--json", str(ctx.work / f"stream-{ctx.stamp}.json"))
+
+
+def collect_stream(ctx: Ctx, lines: list[str]) -> dict:
+    records = read_json(ctx.work / f"stream-{ctx.stamp}.json")
+    by = {r["label"]: r for r in records}
+    plan = str(by.get("lstm/stream", {}).get("stream"))
+    if set(by) != {"lstm/device", "lstm/stream"} or not plan.startswith("data streamed"):
+        raise CheckError(f"stream bench records: {sorted(by)}, the streamed one's plan: {plan}")
+    out = []
+    for r in records:
+        sane_rate(r["samples_per_s"], f"stream {r['label']} samples/s")
+        sane_share(r["data_wait_share"], f"stream {r['label']} data-wait share")
+        out.append({**{k: r.get(k) for k in BENCH_KEYS}, "stream": r.get("stream"), **checked_mfu(r["mfu"])})
+    ratios = by["lstm/stream"]["ratios"]
+    return {"records": out, "streamed_data_wait_share": by["lstm/stream"]["data_wait_share"],
+            "stream_over_resident": ratios["stream/resident"], "stream_over_resident_runs":
+            ratios["stream/resident_runs"], "plan": by["lstm/stream"]["stream"]}
+
+
 def epoch_command(ctx: Ctx) -> list[str]:
     """A whole epoch when the bench's device-loader LSTM says it takes epoch_target_s or less; else the steps
     that fit in that time (the projected epoch time is read from samples/s either way)."""
@@ -352,6 +378,7 @@ SPECS = {
     "cuda_tests": Spec(tests_command, collect_tests),
     "bench": Spec(bench_command, collect_bench, needs=("prepare",)),
     "epoch": Spec(epoch_command, collect_epoch, needs=("prepare",)),
+    "stream": Spec(stream_command, collect_stream, needs=("prepare",)),
     "sweep": Spec(lambda c: c.helper("sweep"), collect_sweep, needs=("prepare",)),
 }
 
@@ -488,7 +515,7 @@ def run_stage(name: str, ctx: Ctx, log: Log, stages: dict, end: float) -> dict:
 def judge(result: dict) -> list[dict]:
     """The GPU targets (issue 14) against the figures; on a CPU they are shown but not judged."""
     f, gpu = result["figures"], result["device"].startswith("cuda")
-    epoch, bench = f.get("epoch") or {}, f.get("bench") or {}
+    epoch, bench, streamed = f.get("epoch") or {}, f.get("bench") or {}, f.get("stream") or {}
     pct, share, times, secs = "{:.0f}%".format, "{:.2%}".format, "{:.2f}x".format, "{:.1f} s".format
     rows = [
         ("GPU busy while training full.yaml (NVML, median after the first log interval)", ">= 90%",
@@ -501,6 +528,8 @@ def judge(result: dict) -> list[dict]:
          epoch.get("projected_epoch_s"), lambda v: v <= 10, secs),
         ("TCN dense / per window, same global batch (issue 4)", ">= 30x",
          bench.get("tcn_dense_over_per_window"), lambda v: v >= 30, times),
+        ("data wait of streamed data, LSTM at batch 1024, a quarter of the data on the GPU (issue 13)", "<= 2%",
+         streamed.get("streamed_data_wait_share"), lambda v: v <= 0.02, share),
     ]
     return [{"target": name, "want": want, "value": value, "shown": fmt(value) if value is not None else "n/a",
              "met": (bool(ok(value)) if gpu else None) if value is not None else None,
@@ -509,7 +538,8 @@ def judge(result: dict) -> list[dict]:
 
 
 def invalid_mfus(figures: dict) -> list[str]:
-    out = [f"bench {r['label']}" for r in (figures.get("bench") or {}).get("records", []) if "mfu_invalid" in r]
+    out = [f"{kind} {r['label']}" for kind in ("bench", "stream") for r in (figures.get(kind) or {}).get("records", [])
+           if "mfu_invalid" in r]
     out += [f"sweep {r['loader']}@{r['batch_size']}" for r in (figures.get("sweep") or {}).get("rows", [])
             if "mfu_invalid" in r]
     return out + (["epoch"] if "mfu_invalid" in (figures.get("epoch") or {}) else [])
@@ -518,9 +548,10 @@ def invalid_mfus(figures: dict) -> list[str]:
 def throughput_lines(figures: dict) -> list[str]:
     """Every throughput figure, each with its MFU beside it."""
     lines = []
-    for r in (figures.get("bench") or {}).get("records", []):
+    for kind, r in [("bench", r) for r in (figures.get("bench") or {}).get("records", [])] + \
+            [("stream", r) for r in (figures.get("stream") or {}).get("records", [])]:
         busy = f"GPU busy {r['gpu_busy_pct']:.0f}%" if r.get("gpu_busy_pct") is not None else "GPU busy n/a"
-        lines.append(f"bench {r['label']:16s} {r['batch_size']:>6} {r['batch_unit']:8s} {r['samples_per_s']:>12,.0f}"
+        lines.append(f"{kind} {r['label']:16s} {r['batch_size']:>6} {r['batch_unit']:8s} {r['samples_per_s']:>12,.0f}"
                      f" samples/s  data wait {r['data_wait_share']:6.1%}  {busy}  {mfu_text(r)}")
     e = figures.get("epoch")
     if e:
