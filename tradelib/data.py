@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import gc
 import gzip
 import math
 import os
@@ -337,13 +338,20 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
 @contextlib.contextmanager
 def freed_memory_reused(top_pad: int = 1 << 30):
     """Inside: glibc's malloc keeps the memory numpy frees (up to `top_pad` bytes) for the next allocation,
-    instead of handing it back to the kernel and faulting it in again page by page. Cleaning and features
+    instead of handing it back to the kernel and faulting it in again page by page, and Python's cyclic garbage
+    collector pauses. Cleaning and features
     allocate many short-lived arrays of a shard's size; the page faults of those fresh pages took more time than
     the arithmetic (docs/perf.md). Afterwards the defaults are put back and the kept memory returned. A no-op
     where malloc is not glibc's."""
     libc = _glibc()
+    collecting = gc.isenabled()
+    gc.disable()  # nothing here makes reference cycles; the collector's passes over many new arrays cost time
     if libc is None:
-        yield
+        try:
+            yield
+        finally:
+            if collecting:
+                gc.enable()
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 32 << 20)  # arrays up to 32 MB from the heap (glibc's largest setting)
@@ -353,6 +361,8 @@ def freed_memory_reused(top_pad: int = 1 << 30):
     finally:  # where glibc's own dynamic thresholds end up once arrays of 32 MB or more were freed
         libc.mallopt(m_trim_threshold, 64 << 20)
         libc.malloc_trim(0)
+        if collecting:
+            gc.enable()
 
 
 @functools.cache
