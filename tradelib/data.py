@@ -15,9 +15,11 @@ import ctypes
 import functools
 import gc
 import gzip
+import importlib
 import math
 import os
 import re
+import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -335,34 +337,55 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
     return frame, facts
 
 
+_BUILDING = threading.local()  # how deep in freed_memory_reused this thread is
+
+
 @contextlib.contextmanager
 def freed_memory_reused(top_pad: int = 1 << 30):
-    """Inside: glibc's malloc keeps the memory numpy frees (up to `top_pad` bytes) for the next allocation,
-    instead of handing it back to the kernel and faulting it in again page by page, and Python's cyclic garbage
-    collector pauses. Cleaning and features
-    allocate many short-lived arrays of a shard's size; the page faults of those fresh pages took more time than
-    the arithmetic (docs/perf.md). Afterwards the defaults are put back and the kept memory returned. A no-op
-    where malloc is not glibc's."""
-    libc = _glibc()
-    collecting = gc.isenabled()
-    gc.disable()  # nothing here makes reference cycles; the collector's passes over many new arrays cost time
-    if libc is None:
+    """Settings for making many arrays fast, put back afterwards (the outermost of nested uses decides).
+
+    Cleaning and features allocate many short-lived arrays of a shard's size; on the 2-core machine the kernel's
+    work to hand out fresh pages took more time than the arithmetic (docs/perf.md). Inside: glibc's malloc keeps
+    the memory numpy frees (up to `top_pad` bytes) for the next array instead of returning it and faulting it in
+    again; numpy does not ask for transparent huge pages (where the kernel compacts memory to find them, the
+    first touch of each big array stalls); Python's cyclic garbage collector pauses (nothing here makes cycles).
+    Afterwards the kept memory is returned. glibc's part is a no-op where malloc is not glibc's."""
+    depth = getattr(_BUILDING, "depth", 0)
+    _BUILDING.depth = depth + 1
+    if depth:
         try:
             yield
         finally:
-            if collecting:
-                gc.enable()
+            _BUILDING.depth = depth
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 << 20)  # arrays up to 32 MB from the heap (glibc's largest setting)
-    libc.mallopt(m_trim_threshold, top_pad)
+    libc, huge, collecting = _glibc(), _hugepage_switch(), gc.isenabled()
+    gc.disable()
+    was_huge = huge(False) if huge else None
+    if libc is not None:
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: arrays up to 32 MB from the heap (glibc's largest)
+        libc.mallopt(-1, top_pad)  # M_TRIM_THRESHOLD
     try:
         yield
-    finally:  # where glibc's own dynamic thresholds end up once arrays of 32 MB or more were freed
-        libc.mallopt(m_trim_threshold, 64 << 20)
-        libc.malloc_trim(0)
+    finally:
+        _BUILDING.depth = depth
+        if libc is not None:  # where glibc's own dynamic thresholds end once arrays of 32 MB were freed
+            libc.mallopt(-1, 64 << 20)
+            libc.malloc_trim(0)
+        if huge:
+            huge(was_huge)
         if collecting:
             gc.enable()
+
+
+def _hugepage_switch():
+    """numpy's switch for madvise(MADV_HUGEPAGE) on big arrays (private: None where it is missing); it returns
+    the setting it replaces."""
+    for where in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return getattr(importlib.import_module(where), "_set_madvise_hugepage", None)
+        except ImportError:
+            continue
+    return None
 
 
 @functools.cache

@@ -41,6 +41,11 @@ def build(cfg, raw: pd.DataFrame | None = None) -> tuple[FeatureSet, data.Qualit
     made). A symbol too short for one window and its target is dropped by cleaning (rule too_short). Data that
     leaves nothing to learn from is a DataError naming the source and the rules that dropped its rows."""
     raw = load_raw(cfg) if raw is None else raw
+    with data.freed_memory_reused():  # one setting for both stages: cleaning's freed memory serves the features
+        return _build(cfg, raw)
+
+
+def _build(cfg, raw: pd.DataFrame) -> tuple[FeatureSet, data.QualityReport]:
     source = "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
     clean, report = data.clean_shards(
         raw, source, min_rows=cfg.window + cfg.horizon + 1, max_gap_bars=cfg.max_gap_bars,
