@@ -365,11 +365,14 @@ def _distinct(t: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndar
     rows in (symbol, time) order quickly."""
     if not len(t):
         return t.astype(np.int64), np.zeros(0, dtype=np.int64)
-    order = np.argsort(t, kind="stable")
-    t = t[order]
+    if weights is None:
+        t = np.sort(t, kind="stable")
+    else:
+        order = np.argsort(t, kind="stable")
+        t, weights = t[order], weights[order]
     new = np.r_[True, t[1:] != t[:-1]]
     at = np.flatnonzero(new)
-    counts = np.diff(np.r_[at, len(t)]) if weights is None else np.add.reduceat(weights[order], at)
+    counts = np.diff(np.r_[at, len(t)]) if weights is None else np.add.reduceat(weights, at)
     return t[at], counts.astype(np.int64)
 
 
