@@ -203,3 +203,24 @@ def test_resume_continues_the_folds_with_checkpoints_and_trains_the_rest(walked)
     assert again.summary["folds"][2]["optimizer_steps"] == 6
     with pytest.raises(ValueError, match="already has checkpoints"):
         walk_forward(Config(**WF, run_id="wf"), progress=False)
+
+
+def test_two_ranks_walk_the_folds_like_one_process(outputs, capfd):
+    """`tradelib train -p n_gpus 2 -p folds 2`: torchrun, every rank walks the folds in one process group; each
+    fold's weights match one process with the same global batch, and rank 0 alone writes."""
+    from tradelib.distributed import launch_distributed
+
+    base = {**WF, "folds": 2, "max_steps": 3, "fold_init": "warm"}
+    folder = launch_distributed(Config(**{**base, "batch_size": 16, "grad_accum_steps": 2, "n_gpus": 2,
+                                          "run_id": "ddp-wf"}))
+    out = capfd.readouterr().out
+    assert out.count("walk-forward: 2 folds") == 1 and out.count("done: ") == 2
+    one = walk_forward(Config(**{**base, "batch_size": 32, "grad_accum_steps": 2, "run_id": "one-wf"}), progress=False)
+    for k in range(2):
+        ddp = torch.load(folder / f"fold-{k}" / "checkpoints" / "last.pt", weights_only=False)["model"]
+        single = torch.load(one.run_dir / f"fold-{k}" / "checkpoints" / "last.pt", weights_only=False)["model"]
+        for name, v in single.items():
+            assert torch.allclose(ddp[name], v, rtol=1e-5, atol=1e-6), (k, name)
+    summary = runs.read_summary(folder)
+    assert summary["world_size"] == 2 and len(summary["folds"]) == 2
+    assert len(runs.read_predictions(folder)) == len(runs.read_predictions(one.run_dir))

@@ -65,6 +65,8 @@ def walk_forward(cfg: Config, progress: bool = True) -> RunResult:
     """Train every fold in order, then stitch their test predictions and write the run's top-level files.
     Returns the run (its summary, the last fold's model and feature set)."""
     env = dist_env()
+    if cfg.resume and not cfg.run_id:
+        raise ValueError("resume=True needs the run_id of the walk-forward to continue")
     if env.world > 1 and not cfg.run_id:
         raise ValueError("a walk-forward under torchrun needs run_id (tradelib train -p n_gpus N sets one)")
     run_id = cfg.run_id or runs.new_run_id()
@@ -100,6 +102,7 @@ def train_fold(cfg: Config, run_id: str, k: int, previous: FoldResult | None, pr
     init = None
     if cfg.fold_init == "warm" and previous is not None and not resume:
         init = {name: t.detach().clone() for name, t in previous.run.model.state_dict().items()}
+    # under torchrun every rank trains each fold, joining the process group for it and leaving it afterwards
     return FoldResult(k, train(cfg.replace(run_id=fid, resume=resume), fs=fs, progress=progress, init_state=init))
 
 
