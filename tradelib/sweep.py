@@ -168,6 +168,8 @@ def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list
         _check_name(name, allowed)
     axes = grid_axes(grid, linked or [], shared, allowed)
     axis_names = [n for names, _ in axes for n in names]
+    for name in axis_names:  # a file's value of a swept parameter is replaced in every run
+        shared.pop(name, None)
     combos = [dict(zip(axis_names, (v for row in rows for v in row)))
               for rows in itertools.product(*(rows for _, rows in axes))]
     sweep_id = sweep_id or default_id(shared, [("+".join(n), r) for n, r in axes])
@@ -271,8 +273,15 @@ HEADERS = {"samples_per_s": "samples/s", "it_per_s": "it/s", "global_batch": "gl
            "break_even_bps": "break-even (bps)"}
 
 
+# what sweep.md and sweep.html show of the table (sweep.csv has every column): it fits a 1400 px page
+SHOWN = ["samples_per_s", "global_batch", "data_wait_share", "peak_mem_gb", "gpu_util", "mfu", "cross_sectional_ic",
+         "daily_ic", "pooled_ic", "net_sharpe", "break_even_bps"]
+
+
 def readable(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as text: integers as integers, shares as percentages, ICs to 4 places, '-' where unknown."""
+    """The table for reading: the varying values, the status and SHOWN, integers as integers, shares as
+    percentages, ICs to 4 places, '-' where unknown."""
+    table = table[[c for c in table.columns if c not in NUMBERS and c != "run"] + SHOWN]
     out = pd.DataFrame(index=table.index)
     for c in table.columns:
         fmt = FORMATS.get(c, "{:.4f}" if c in NUMBERS else None)
