@@ -66,7 +66,7 @@ def test_a_sweep_runs_notebook_03_per_combination_and_compares_them(outputs, tmp
     """Two runs through papermill, one of them a walk-forward; the table, figure and page; a rerun skips both;
     the same name with other parameters is refused; 04 reports a run of the sweep fold by fold."""
     res = subprocess.run([sys.executable, "-m", "tradelib", "sweep", "--name", "s", "-f", TINY, "-p", "folds", "0,2",
-                          "-p", "max_steps", "4", "-p", "device", "cpu", "-p", "compile", "off"],
+                          "-p", "max_steps", "4", "-p", "device", "cpu", "-p", "compile", "off", "-p", "cost_bps", "2"],
                          cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     folder = outputs / "s"
@@ -84,7 +84,8 @@ def test_a_sweep_runs_notebook_03_per_combination_and_compares_them(outputs, tmp
     assert str(folder / "sweep.html") in res.stdout
 
     stamp = (folder / "folds=2" / "03_train.ipynb").stat().st_mtime_ns
-    plan = make_plan([TINY], [("folds", "0,2"), ("max_steps", "4"), ("device", "cpu"), ("compile", "off")], [], "s")
+    plan = make_plan([TINY], [("folds", "0,2"), ("max_steps", "4"), ("device", "cpu"), ("compile", "off"),
+                              ("cost_bps", "2")], [], "s")
     again = run_sweep(plan, progress=False)
     assert set(again["status"]) == {"done earlier"}
     assert (folder / "folds=2" / "03_train.ipynb").stat().st_mtime_ns == stamp

@@ -187,7 +187,9 @@ def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list
 
 # -- running ------------------------------------------------------------------------------------------------
 def _differences(done: dict, want: dict) -> list[str]:
-    return [f"{k}: {done.get(k)!r} -> {v!r}" for k, v in want.items() if k != "resume" and done.get(k) != v]
+    """The training parameters (03's) in which a finished run's config differs from the one wanted."""
+    trained = set(declared_parameters(NOTEBOOK)) - {"resume"}
+    return [f"{k}: {done.get(k)!r} -> {v!r}" for k, v in want.items() if k in trained and done.get(k) != v]
 
 
 def run_one(plan: Plan, i: int, progress: bool) -> str:
