@@ -231,13 +231,15 @@ def plot_sweep(table: pd.DataFrame, save_to: str | Path | None = None) -> plt.Fi
             for j, (c, word) in enumerate(ics):
                 ax.barh(y + (j - 1) * 0.27, table[c], height=0.27, label=word)
             ax.axvline(0, color="black", lw=0.8)
-            ax.legend(fontsize="x-small")
+            ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
         else:
             vals = table[col]
             bars = ax.barh(y, vals.fillna(0), color="tab:red" if col == "net_sharpe" else "tab:blue")
             ax.bar_label(bars, labels=["-" if pd.isna(v) else fmt.format(v) for v in vals], fontsize="x-small",
                          padding=2)
             ax.margins(x=0.25)
+        if col == "data_wait_share":
+            ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         ax.set_title(title, fontsize="medium")
     axs[0].set_yticks(y, label, fontsize="small")
     axs[0].invert_yaxis()

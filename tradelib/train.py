@@ -507,10 +507,13 @@ class TrainingRun:
         }
 
 
-def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init_state: dict | None = None
-          ) -> RunResult:
+def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init_state: dict | None = None,
+          leave_group: bool = True) -> RunResult:
     """Train one run end to end; the function 03_train and `tradelib train` both call (through
     walkforward.train_or_walk). `init_state`: the model's starting weights (a warm-started walk-forward fold).
+    `leave_group` False: under torchrun, after a clean finish the ranks meet at a barrier but keep the process
+    group for the next run of the same processes (a walk-forward's next fold; joining a group again after
+    leaving it can hang in gloo's rendezvous). After an error the group is always left.
 
     Under torchrun every process calls it: each joins the process group, trains its share, and at the end
     stops its DataLoader workers, waits at a barrier until every rank (rank 0 writing the outputs) is done,
@@ -534,7 +537,10 @@ def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init
         finally:
             if run is not None:
                 run.close()
-            cleanup_distributed(clean=finished)
+            if leave_group or not finished:
+                cleanup_distributed(clean=finished)
+            else:
+                barrier()
     if run.main:
         oracle = summary.get("oracle_pooled_ic")
         print(f"done: {summary['samples_per_s']:,.0f} samples/s, pooled test IC {summary['pooled_ic']:.4f}"

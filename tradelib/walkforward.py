@@ -102,8 +102,9 @@ def train_fold(cfg: Config, run_id: str, k: int, previous: FoldResult | None, pr
     init = None
     if cfg.fold_init == "warm" and previous is not None and not resume:
         init = {name: t.detach().clone() for name, t in previous.run.model.state_dict().items()}
-    # under torchrun every rank trains each fold, joining the process group for it and leaving it afterwards
-    return FoldResult(k, train(cfg.replace(run_id=fid, resume=resume), fs=fs, progress=progress, init_state=init))
+    # under torchrun the ranks keep one process group through all the folds and leave it after the last one
+    return FoldResult(k, train(cfg.replace(run_id=fid, resume=resume), fs=fs, progress=progress, init_state=init,
+                               leave_group=k == cfg.folds - 1))
 
 
 def stitched_predictions(folds: list[FoldResult]) -> pd.DataFrame:
