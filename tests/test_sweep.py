@@ -101,3 +101,15 @@ def test_a_sweep_runs_notebook_03_per_combination_and_compares_them(outputs, tmp
     shown = (tmp_path / "04.ipynb").read_text()
     assert "Walk-forward" in shown and "The sweep `s` this run belongs to" in shown
     assert (folder / "folds=2" / "folds.png").exists()
+
+
+def test_a_failed_run_is_marked_the_others_go_on_and_the_command_fails(outputs):
+    res = subprocess.run([sys.executable, "-m", "tradelib", "sweep", "--name", "f", "-f", TINY, "-p", "model", "tcn",
+                          "-p", "layers", "9,1", "-p", "max_steps", "2", "-p", "device", "cpu", "-p", "compile", "off"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: sweep 'f': 1 of 2 runs failed (layers=9)")
+    assert str(outputs / "f" / "sweep.html") in last
+    table = pd.read_csv(outputs / "f" / "sweep.csv")
+    assert table["status"].tolist() == ["failed", "ran"] and table["samples_per_s"].isna().tolist() == [True, False]
