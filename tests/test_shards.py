@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from tradelib import cache, data, dataset, shards
 from tradelib.config import Config
-from tradelib.features import build_features
+from tradelib.features import build_features, fold_bounds, split_bounds
 from tradelib.synth import generate_market
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,3 +121,50 @@ def test_two_torchrun_processes_build_the_same_cache_as_one(tmp_path):
     for npy in a.parent.glob("*.npy"):
         assert npy.read_bytes() == (b.parent / npy.name).read_bytes(), npy.name
     assert [p.name for p in b.parent.parent.iterdir() if p.is_dir()] == [b.parent.name]
+
+
+def fold_bounds_of_rows(ts: np.ndarray, cfg) -> list[dict]:
+    """Walk-forward bounds straight from the rows, with numpy's quantile: the single-process definition."""
+    t_train, t_val, how = split_bounds(ts, cfg)
+    k_folds = max(cfg.folds, 1)
+    at = lambda q: int(np.quantile(ts, min(max(q, 0.0), 1.0), method="inverted_cdf"))  # noqa: E731
+    q_train, q_val = float(np.mean(ts <= t_train)), float(np.mean(ts <= t_val))
+    step = (1.0 - q_val) / k_folds
+    return [{"method": how if k_folds == 1 else f"walk-forward over {how}",
+             "train_start": at(k * step) if cfg.fold_window == "rolling" and k > 0 else None,
+             "train_end": t_train if k == 0 else at(q_train + k * step),
+             "val_end": t_val if k == 0 else at(q_val + k * step),
+             "test_end": int(ts.max()) if k == k_folds - 1 else at(q_val + (k + 1) * step)} for k in range(k_folds)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(times=st.lists(st.integers(0, 60), min_size=1, max_size=300), folds=st.integers(0, 6),
+       rolling=st.booleans(), train_frac=st.floats(0.05, 0.8), val_frac=st.floats(0.01, 0.19))
+def test_fold_bounds_from_the_distinct_times_are_the_rows_own(times, folds, rolling, train_frac, val_frac):
+    """What the shards of a build know of all rows (each distinct time and its row count) gives exactly the
+    walk-forward bounds numpy's quantiles give on the rows themselves."""
+    ts = np.sort(np.asarray(times, dtype=np.int64) * 300 * 10**9)
+    cfg = Config(folds=folds, fold_window="rolling" if rolling else "expanding", train_frac=train_frac,
+                 val_frac=val_frac)
+    distinct, counts = np.unique(ts, return_counts=True)
+    assert fold_bounds(distinct, cfg, counts) == fold_bounds(ts, cfg) == fold_bounds_of_rows(ts, cfg)
+
+
+@pytest.mark.parametrize("window", ["expanding", "rolling"])
+def test_walk_forward_folds_do_not_depend_on_the_shards(outputs, window):
+    """Every fold of a walk-forward built in shards of one symbol on 2 threads is the one-shard build, and the
+    on-disk sharded cache of a fold is the in-memory build of that fold; a fold without a test window is the
+    same one-line error either way."""
+    cfg = Config(synth_symbols=4, synth_bars=1500, window=16, horizon=2, folds=3, fold_window=window,
+                 train_frac=0.4, val_frac=0.1, shard_rows=1000)
+    raw = hostile_raw()
+    clean, _ = data.clean_ohlcv(raw, "x", min_rows=40, keep=("oracle",))
+    for k in range(3):
+        assert_same_features(build_features(clean, cfg, shard_rows=10**9, workers=1, fold=k),
+                             build_features(clean, cfg, shard_rows=1, workers=2, fold=k))
+    fs = dataset.prepare(cfg, verbose=False, fold=1)
+    assert len(cache.shards_of(Path(fs.meta["cache_dir"]))) == 4 and fs.meta["splits"]["fold"] == 1
+    assert_same_features(fs, dataset.build(cfg, fold=1)[0])
+    for shard_rows in (1, 10**9):
+        with pytest.raises(ValueError, match="walk-forward fold 0 of 40: the test split holds no window of 16 bars"):
+            build_features(clean, cfg.replace(folds=40), shard_rows=shard_rows)

@@ -36,16 +36,17 @@ def _check_rows(report: data.QualityReport, cfg, source: str) -> str:
     return dropped
 
 
-def build(cfg, raw: pd.DataFrame | None = None) -> tuple[FeatureSet, data.QualityReport]:
-    """Raw -> clean -> features, no cache involved, in shards of whole symbols on every core (no clean frame is
-    made). A symbol too short for one window and its target is dropped by cleaning (rule too_short). Data that
-    leaves nothing to learn from is a DataError naming the source and the rules that dropped its rows."""
+def build(cfg, raw: pd.DataFrame | None = None, fold: int = 0) -> tuple[FeatureSet, data.QualityReport]:
+    """Raw -> clean -> features (of walk-forward fold `fold`), no cache involved, in shards of whole symbols on
+    every core (no clean frame is made). A symbol too short for one window and its target is dropped by
+    cleaning (rule too_short). Data that leaves nothing to learn from is a DataError naming the source and the
+    rules that dropped its rows."""
     raw = load_raw(cfg) if raw is None else raw
     with data.freed_memory_reused():  # one setting for both stages: cleaning's freed memory serves the features
-        return _build(cfg, raw)
+        return _build(cfg, raw, fold)
 
 
-def _build(cfg, raw: pd.DataFrame) -> tuple[FeatureSet, data.QualityReport]:
+def _build(cfg, raw: pd.DataFrame, fold: int) -> tuple[FeatureSet, data.QualityReport]:
     source = "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
     clean, report = data.clean_shards(
         raw, source, min_rows=cfg.window + cfg.horizon + 1, max_gap_bars=cfg.max_gap_bars,
@@ -54,7 +55,7 @@ def _build(cfg, raw: pd.DataFrame) -> tuple[FeatureSet, data.QualityReport]:
     )
     dropped = _check_rows(report, cfg, source)
     try:
-        fs = build_from_shards(clean, cfg, quality=report.to_dict(), workers=cfg.build_workers)
+        fs = build_from_shards(clean, cfg, quality=report.to_dict(), workers=cfg.build_workers, fold=fold)
     except ValueError as exc:  # too little data for a split or a bar size
         raise data.DataError(f"{source}: {exc} ({report.rows_kept:,} of {report.rows_in:,} rows kept after "
                              f"cleaning; dropped: {dropped or 'none'})") from None
@@ -83,15 +84,16 @@ def _load(folder: Path, share: tuple[int, int] | None, mmap: bool) -> FeatureSet
 
 
 def prepare(cfg, force: bool | None = None, verbose: bool = True, share: tuple[int, int] | None = None,
-            spread: bool = False, mmap: bool = False) -> FeatureSet:
-    """The cached FeatureSet for this data, feature parameters and code; built when missing or damaged (or
-    when `force`, which defaults to cfg.force_recreate), in shards on every core (shards.py). One process builds a
-    key at a time: another one waits for it, then loads its cache. `share` = (rank, world): only that rank's run
-    of whole shards (shard_data: a DDP rank's rows; `meta["rows"]`). `spread`: every torchrun process runs this
-    together and builds its share of the shards (`tradelib prepare` under torchrun). `mmap`: the arrays mapped
-    from the cache, not read into memory."""
+            spread: bool = False, mmap: bool = False, fold: int = 0) -> FeatureSet:
+    """The cached FeatureSet for this data, feature parameters and code (and walk-forward fold `fold` when
+    `folds` > 1: each fold is scaled on its own training rows); built when missing or damaged (or when `force`,
+    which defaults to cfg.force_recreate), in shards on every core (shards.py). One process builds a key at a
+    time: another one waits for it, then loads its cache. `share` = (rank, world): only that rank's run of whole
+    shards (shard_data: a DDP rank's rows; `meta["rows"]`). `spread`: every torchrun process runs this together
+    and builds its share of the shards (`tradelib prepare` under torchrun). `mmap`: the arrays mapped from the
+    cache, not read into memory."""
     force = cfg.force_recreate if force is None else force
-    key = cache.cache_key(cfg)
+    key = cache.cache_key(cfg, fold)
     folder = cache.folder_for(key)
     source = "the synthetic market" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
     lead = not spread or distributed.dist_env().rank == 0
@@ -104,7 +106,7 @@ def prepare(cfg, force: bool | None = None, verbose: bool = True, share: tuple[i
                 t0 = time.perf_counter()
                 name = "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
                 try:
-                    report = shards.build(cfg, load_raw(cfg), folder, name, say, spread)
+                    report = shards.build(cfg, load_raw(cfg), folder, name, say, spread, fold)
                 except data.DataError:
                     raise
                 except ValueError as exc:  # too little data for a split or a bar size

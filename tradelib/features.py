@@ -256,15 +256,75 @@ def split_bounds(ts_ns: np.ndarray, cfg, counts: np.ndarray | None = None) -> tu
     return at(cfg.train_frac), at(cfg.train_frac + cfg.val_frac), "fractions"
 
 
-def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, bounds: tuple[int, int, str] | None = None
+def fold_bounds(ts_ns: np.ndarray, cfg, counts: np.ndarray | None = None) -> list[dict]:
+    """The boundary times of every walk-forward fold (one fold when `folds` <= 1: today's single split).
+
+    Fold 0 is the single split (`split_bounds`). The rows after its validation end, the out-of-sample span, are
+    cut into `folds` test periods of equal row counts (time quantiles over all rows); each later fold moves its
+    validation and training ends forward by one test period, so fold k's test period follows its validation
+    period and the test periods tile the out-of-sample span. The training window starts at the beginning
+    (`fold_window` expanding) or moves forward with the rest, keeping the first fold's share of the rows
+    (rolling). Times are inclusive ends: fold k trains on (train_start, train_end], validates on (train_end,
+    val_end], tests on (val_end, test_end]; train_start is None for "from the first row". `ts_ns` may be the
+    distinct times with their row `counts` (what the shards of a build know of all rows): the same bounds."""
+    if counts is None:
+        ts_ns, counts = np.unique(ts_ns, return_counts=True)
+    t_train, t_val, how = split_bounds(ts_ns, cfg, counts)
+    k_folds = max(int(cfg.folds), 1)
+    if len(ts_ns) == 0:
+        return [{"method": how, "train_start": None, "train_end": t_train, "val_end": t_val, "test_end": None}]
+    cum = np.cumsum(counts)
+    n = int(cum[-1])
+    share = lambda t: int(np.r_[0, cum][np.searchsorted(ts_ns, t, side="right")]) / n  # noqa: E731 - rows <= t
+    at = lambda q: _time_at(ts_ns, cum, q)  # noqa: E731 - a row's time
+    q_train, q_val = share(t_train), share(t_val)
+    step = (1.0 - q_val) / k_folds
+    folds = []
+    for k in range(k_folds):
+        rolling = cfg.fold_window == "rolling" and k > 0
+        folds.append({
+            "method": how if k_folds == 1 else f"walk-forward over {how}",
+            "train_start": at(k * step) if rolling else None,
+            "train_end": t_train if k == 0 else at(q_train + k * step),
+            "val_end": t_val if k == 0 else at(q_val + k * step),
+            "test_end": int(ts_ns[-1]) if k == k_folds - 1 else at(q_val + (k + 1) * step),
+        })
+    return folds
+
+
+def _time_at(times: np.ndarray, cum: np.ndarray, q: float) -> int:
+    """np.quantile(the rows' times, q, method="inverted_cdf") from the distinct `times` and their cumulative
+    row counts: the row numpy picks (its float arithmetic, exactly), found among the distinct times."""
+    idx = int(cum[-1]) * min(max(q, 0.0), 1.0) - 1
+    row = max(math.ceil(idx), 0)  # numpy: floor(idx), or the next row when idx is not a whole number
+    return int(times[np.searchsorted(cum, row, side="right")])
+
+
+def fold_bound(bounds: list[dict], fold: int, cfg) -> dict:
+    """Fold `fold`'s bounds of `fold_bounds` with its number, or an error naming the folds there are."""
+    if not 0 <= fold < len(bounds):
+        raise ValueError(f"fold {fold} does not exist: folds={cfg.folds} gives folds 0..{len(bounds) - 1}")
+    return {**bounds[fold], "fold": fold}
+
+
+def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, fold: int = 0, bound: dict | None = None
                ) -> tuple[np.ndarray, dict]:
     """Chronological split by time across all symbols, then a purge of the first (horizon + window) rows of
     every symbol after each boundary, counted in that symbol's own bars (not in clock time, which a weekend or
     a hole would shorten). With targets that never span a missing bar (`targets`), no training target or
-    window reaches a validation or test target. Rows are sorted by (symbol, time). `bounds` (split_bounds of
-    all the rows) when these are some symbols of them; the cut then covers these rows only (`merge_cuts`)."""
-    t_train, t_val, how = bounds or split_bounds(ts_ns, cfg)
+    window reaches a validation or test target. Rows are sorted by (symbol, time).
+
+    With `folds` > 1 this is walk-forward fold `fold` (`fold_bounds`): rows outside its training, validation
+    and test periods (before a rolling window, after its test period) are -1, like purged rows. `bound` (the
+    fold's bounds of all the rows) when these are some symbols of them; the cut then covers these rows only
+    (`merge_cuts`) and is checked once merged (`check_cut`); `fold` is then the bound's."""
+    b = bound if bound is not None else fold_bound(fold_bounds(ts_ns, cfg), fold, cfg)
+    t_train, t_val = b["train_end"], b["val_end"]
     part = np.where(ts_ns <= t_train, 0, np.where(ts_ns <= t_val, 1, 2)).astype(np.int8)
+    if b["train_start"] is not None:
+        part[ts_ns <= b["train_start"]] = -1
+    if b["test_end"] is not None:
+        part[ts_ns > b["test_end"]] = -1
     n = len(part)
     block = np.ones(n, dtype=bool)
     block[1:] = (codes[1:] != codes[:-1]) | (part[1:] != part[:-1])
@@ -277,9 +337,13 @@ def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, bounds: tuple[int, int
     def first_time(s: int) -> int | None:
         return int(ts_ns[split == s].min()) if (split == s).any() else None
 
-    cut = {"method": how, "train_end": t_train, "val_start": first_time(1), "val_end": t_val,
-           "test_start": first_time(2), "test_end": int(ts_ns.max()) if n else None, "purge_bars": purge}
-    if bounds is None:
+    cut = {"method": b["method"], "train_end": t_train, "val_start": first_time(1), "val_end": t_val,
+           "test_start": first_time(2), "test_end": b["test_end"], "purge_bars": purge}
+    if cfg.folds > 1:
+        windowed = lambda s: int(np.count_nonzero((part == s) & (rank >= purge + cfg.window - 1)))  # noqa: E731
+        cut.update(fold=b["fold"], folds=int(cfg.folds), fold_window=cfg.fold_window, train_start=b["train_start"],
+                   outside_rows=int((part == -1).sum()), window_rows=[windowed(1), windowed(2)])
+    if bound is None:
         check_cut(cut, cfg)
     return split, cut
 
@@ -287,17 +351,25 @@ def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, bounds: tuple[int, int
 def merge_cuts(cuts: list[dict]) -> dict:
     """The cut of all rows from the cuts of parts of them (split_rows with the same bounds)."""
     pick = lambda fn, k: fn([c[k] for c in cuts if c[k] is not None], default=None)
-    return {**cuts[0], "val_start": pick(min, "val_start"), "test_start": pick(min, "test_start"),
-            "test_end": pick(max, "test_end")}
+    out = {**cuts[0], "val_start": pick(min, "val_start"), "test_start": pick(min, "test_start"),
+           "test_end": pick(max, "test_end")}
+    if "outside_rows" in out:  # walk-forward folds
+        out["outside_rows"] = sum(c["outside_rows"] for c in cuts)
+        out["window_rows"] = [sum(c["window_rows"][i] for c in cuts) for i in (0, 1)]
+    return out
 
 
 def check_cut(cut: dict, cfg) -> None:
-    """Split dates that leave the validation or the test split empty are an error naming them."""
-    if cut["method"] == "dates":
-        for key, name in (("val_start", "validation"), ("test_start", "test")):
-            if cut[key] is None:
-                raise ValueError(f"train_end={cfg.train_end!r}, val_end={cfg.val_end!r}: the {name} split is "
-                                 f"empty (the data runs to {pd.Timestamp(int(cut['test_end']), tz='UTC')})")
+    """A walk-forward fold whose validation or test split holds no whole window, and split dates that leave
+    the validation or the test split empty, are an error naming them."""
+    for i, (key, name) in enumerate((("val_start", "validation"), ("test_start", "test"))):
+        if "window_rows" in cut and cut["window_rows"][i] == 0:
+            raise ValueError(f"walk-forward fold {cut['fold']} of {cut['folds']}: the {name} split holds no window "
+                             f"of {cfg.window} bars after the purge of {cut['purge_bars']} bars per symbol: use fewer "
+                             f"folds, or more data")
+        if cut[key] is None and cut["method"] == "dates":
+            raise ValueError(f"train_end={cfg.train_end!r}, val_end={cfg.val_end!r}: the {name} split is "
+                             f"empty (the data runs to {pd.Timestamp(int(cut['test_end']), tz='UTC')})")
 
 
 @dataclass
@@ -398,11 +470,11 @@ def shard_layout(shard: data.CleanShard, max_gap_bars: int, out: dict[str, np.nd
     return Layout(codes, ts, bar_of_code, out["segment"], names=names)
 
 
-def place(lay: Layout, bounds: tuple[int, int, str], seg_offset: int, sym_offset: int, out: dict[str, np.ndarray],
-          cfg) -> None:
-    """Complete a shard's layout with what needs all rows: its splits (`bounds` of all rows), and segment and
-    symbol ids counted from the offsets (the segments and symbols of the shards before)."""
-    split, lay.cut = split_rows(lay.ts, lay.codes, cfg, bounds=bounds)
+def place(lay: Layout, bound: dict, seg_offset: int, sym_offset: int, out: dict[str, np.ndarray], cfg) -> None:
+    """Complete a shard's layout with what needs all rows: its splits (`bound`: the fold's bounds of all rows,
+    `fold_bounds`), and segment and symbol ids counted from the offsets (the segments and symbols of the shards
+    before)."""
+    split, lay.cut = split_rows(lay.ts, lay.codes, cfg, bound=bound)
     out["split"][:] = split
     lay.split = out["split"]
     lay.seg += np.int32(seg_offset)
@@ -506,10 +578,11 @@ def targets(clean: pd.DataFrame | dict, lay: Layout, cfg) -> dict[str, np.ndarra
 
 
 def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None, shard_rows: int = 1_000_000,
-                   workers: int = 0) -> FeatureSet:
-    """Clean frame (sorted by symbol, timestamp) -> FeatureSet, normalised on the training split only.
-    `cfg` is a Config: its "features" group (window, horizon, clip, splits, ...) is what matters. Built in
-    shards of whole symbols (`build_from_shards`); the result does not depend on how it was cut."""
+                   workers: int = 0, fold: int = 0) -> FeatureSet:
+    """Clean frame (sorted by symbol, timestamp) -> FeatureSet, normalised on the training split only (of
+    walk-forward fold `fold` when `folds` > 1). `cfg` is a Config: its "features" group (window, horizon, clip,
+    splits, folds, ...) is what matters. Built in shards of whole symbols (`build_from_shards`); the result does
+    not depend on how it was cut."""
     if clean.empty:
         raise ValueError("no rows left after cleaning: nothing to build features from")
     _, codes, symbols = data.symbol_codes(clean["symbol"])
@@ -520,11 +593,11 @@ def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None, shard_
     for rows, _ in data.symbol_shards(codes, len(symbols), shard_rows):
         a = {"ts": ts[rows], "code": codes[rows]} | {k: v[rows] for k, v in cols.items()}
         shards.append(data.CleanShard(a, symbols, {k: v[rows] for k, v in keep.items()}))
-    return build_from_shards(shards, cfg, quality, workers)
+    return build_from_shards(shards, cfg, quality, workers, fold)
 
 
-def build_from_shards(shards: list[data.CleanShard], cfg, quality: dict | None = None, workers: int = 0
-                      ) -> FeatureSet:
+def build_from_shards(shards: list[data.CleanShard], cfg, quality: dict | None = None, workers: int = 0,
+                      fold: int = 0) -> FeatureSet:
     """Clean shards of whole symbols (in symbol order) -> one FeatureSet, each stage on `workers` threads
     (0: every core): the layout of each shard, the facts of all, each shard's features and targets written
     into the FeatureSet's arrays, one normalisation fitted on the training rows of all, then scaling. Every
@@ -542,9 +615,9 @@ def build_from_shards(shards: list[data.CleanShard], cfg, quality: dict | None =
         lays = list(pool.map(lambda i: shard_layout(shards[i], cfg.max_gap_bars, view(i)), each))
         parts = list(pool.map(Facts.of, lays))
         facts = Facts.merge(parts)
-        bounds, cal = split_bounds(facts.times, cfg, facts.counts), facts.calendar()
+        bound, cal = fold_bound(fold_bounds(facts.times, cfg, facts.counts), fold, cfg), facts.calendar()
         segs, syms = offsets(parts)
-        list(pool.map(lambda i: place(lays[i], bounds, segs[i], syms[i], view(i), cfg), each))
+        list(pool.map(lambda i: place(lays[i], bound, segs[i], syms[i], view(i), cfg), each))
         cut = merge_cuts([lay.cut for lay in lays])
         check_cut(cut, cfg)
         made = list(pool.map(lambda i: shard_features(shards[i], lays[i], facts, cal.continuous, cfg, view(i)), each))
@@ -553,7 +626,7 @@ def build_from_shards(shards: list[data.CleanShard], cfg, quality: dict | None =
                                         [v["split"] for v in views], cut, pool)
         list(pool.map(lambda v: scale_rows(v["X"], norm, cfg.clip), views))
     fs.symbols = facts.names
-    fs.meta = feature_meta(cfg, facts, cal, cut, made, norm, target_scale, quality)
+    fs.meta = feature_meta(cfg, facts, cal, cut, made, norm, target_scale, quality, fold)
     return fs
 
 
@@ -586,11 +659,11 @@ def fit_shards(xs: list[np.ndarray], ys: list[np.ndarray], splits: list[np.ndarr
 
 
 def feature_meta(cfg, facts: Facts, cal: sessions.Calendar, cut: dict, made: list[dict], norm: dict,
-                 target_scale: float, quality: dict | None) -> dict:
+                 target_scale: float, quality: dict | None, fold: int = 0) -> dict:
     """The FeatureSet's meta from what the stages found (see docs/design.md)."""
     per_split = np.sum([m["rows_per_split"] for m in made], axis=0)
     return {
-        "feature_config": feature_params(cfg),
+        "feature_config": feature_params(cfg, fold),
         "norm": norm,
         "raw_ranges": {name: _merge_range([m["ranges"][name] for m in made]) for name in FEATURE_NAMES},
         "target_scale": target_scale,
@@ -598,7 +671,7 @@ def feature_meta(cfg, facts: Facts, cal: sessions.Calendar, cut: dict, made: lis
         "calendar": cal.to_dict(),  # sessions a year, bars a session: the data's own annualisation
         "splits": cut,
         "rows_per_split": {name: int(per_split[i + 1]) for i, name in ((0, "train"), (1, "val"), (2, "test"))},
-        "purged_rows": int(per_split[0]),
+        "purged_rows": int(per_split[0]) - cut.get("outside_rows", 0),  # not the rows outside a fold
         "masked_targets": {k: sum(m[k] for m in made) for k in ("spike_rows", "spans_missing_bar")},
         "n_segments": int(facts.segments),
         "quality": quality or {},
@@ -614,6 +687,10 @@ def empty_feature_set(n: int, symbols: list[str]) -> FeatureSet:
                       split=np.empty(n, dtype=np.int8), symbols=symbols, feature_names=list(FEATURE_NAMES))
 
 
-def feature_params(cfg) -> dict:
-    """The parameters that shape the features: the cache key hashes them, the FeatureSet records them."""
-    return cfg.group("features")
+def feature_params(cfg, fold: int = 0) -> dict:
+    """The parameters that shape the features: the cache key hashes them, the FeatureSet records them. The
+    walk-forward knobs count only with `folds` > 1, and then with the fold (each fold scales on its own rows)."""
+    params = cfg.group("features")
+    if params["folds"] <= 1:
+        return {k: v for k, v in params.items() if k not in ("folds", "fold_window")}
+    return {**params, "fold": fold}

@@ -37,23 +37,24 @@ from tradelib.features import (
     empty_feature_set,
     feature_meta,
     fit_shards,
+    fold_bound,
+    fold_bounds,
     merge_cuts,
     offsets,
     place,
     shard_features,
     shard_layout,
-    split_bounds,
 )
 from tradelib.paths import atomic_write_bytes
 
 CLEAN = ("ts", "code", "open", "high", "low", "close", "volume")
 
 
-def build(cfg, raw: pd.DataFrame, folder: Path, source: str, verbose: bool = True, spread: bool = False
-          ) -> data.QualityReport:
-    """Build the feature cache of `cfg` from `raw` into `folder` and return the quality report; `spread`: this is
-    one of torchrun's processes, which all run this together, each building its share. The caller holds the
-    key's build lock (rank 0 does)."""
+def build(cfg, raw: pd.DataFrame, folder: Path, source: str, verbose: bool = True, spread: bool = False,
+          fold: int = 0) -> data.QualityReport:
+    """Build the feature cache of `cfg` (walk-forward fold `fold`) from `raw` into `folder` and return the quality
+    report; `spread`: this is one of torchrun's processes, which all run this together, each building its share.
+    The caller holds the key's build lock (rank 0 does)."""
     env = distributed.dist_env() if spread else distributed.DistEnv()
     barrier = distributed.barrier if spread else (lambda: None)
     work = folder.with_name(f".{folder.name}.build")
@@ -77,15 +78,15 @@ def build(cfg, raw: pd.DataFrame, folder: Path, source: str, verbose: bool = Tru
         if report.rows_kept == 0:
             return report  # dataset names the rules that dropped every row
         facts = Facts.merge([p[0] for p in parts if p[0] is not None])
-        bounds, cal = split_bounds(facts.times, cfg, facts.counts), facts.calendar()
+        bound, cal = fold_bound(fold_bounds(facts.times, cfg, facts.counts), fold, cfg), facts.calendar()
         segs, syms = offsets([p[0] for p in parts if p[0] is not None])
         at = {k: i for i, k in enumerate(k for k, p in enumerate(parts) if p[0] is not None)}
         left = [k for k in mine if k in at and not (work / f"shard-{k}").exists()]
-        list(pool.map(lambda k: _feature_stage(work, k, facts, bounds, cal.continuous, segs[at[k]], syms[at[k]],
+        list(pool.map(lambda k: _feature_stage(work, k, facts, bound, cal.continuous, segs[at[k]], syms[at[k]],
                                                cfg), left))
         barrier()
         if env.rank == 0:
-            _assemble(work, folder, sorted(at), facts, cal, cfg, report, pool)
+            _assemble(work, folder, sorted(at), facts, cal, cfg, report, pool, fold)
     barrier()
     return report
 
@@ -158,7 +159,7 @@ def _read_facts(work: Path, k: int) -> tuple[Facts | None, dict]:
                      int(z["segments"][0])), part
 
 
-def _feature_stage(work: Path, k: int, facts: Facts, bounds: tuple, continuous: bool, seg_offset: int,
+def _feature_stage(work: Path, k: int, facts: Facts, bound: dict, continuous: bool, seg_offset: int,
                    sym_offset: int, cfg) -> None:
     """Stage 2 of shard k: its FeatureSet arrays (X unscaled) from its clean rows, written whole; then its clean
     rows deleted."""
@@ -170,7 +171,7 @@ def _feature_stage(work: Path, k: int, facts: Facts, bounds: tuple, continuous: 
                                            shape=(len(shard), *getattr(template, name).shape[1:]))
            for name in FeatureSet.ARRAYS}
     lay = shard_layout(shard, cfg.max_gap_bars, out)
-    place(lay, bounds, seg_offset, sym_offset, out, cfg)
+    place(lay, bound, seg_offset, sym_offset, out, cfg)
     made = shard_features(shard, lay, facts, continuous, cfg, out)
     for a in out.values():
         a.flush()
@@ -180,7 +181,7 @@ def _feature_stage(work: Path, k: int, facts: Facts, bounds: tuple, continuous: 
 
 
 def _assemble(work: Path, folder: Path, ks: list[int], facts: Facts, cal, cfg, report: data.QualityReport,
-              pool: ThreadPoolExecutor) -> None:
+              pool: ThreadPoolExecutor, fold: int = 0) -> None:
     """Stage 3: fit on the training rows of all shards, write the cache (X scaled), delete the build folder."""
     shards = [_read_folder(work / f"shard-{k}") for k in ks]
     made = [json.loads((work / f"shard-{k}" / "made.json").read_text()) for k in ks]
@@ -188,7 +189,7 @@ def _assemble(work: Path, folder: Path, ks: list[int], facts: Facts, cal, cfg, r
     check_cut(cut, cfg)
     norm, target_scale = fit_shards([s["X"] for s in shards], [s["y"] for s in shards],
                                     [s["split"] for s in shards], cut, pool)
-    meta = feature_meta(cfg, facts, cal, cut, made, norm, target_scale, report.to_dict())
+    meta = feature_meta(cfg, facts, cal, cut, made, norm, target_scale, report.to_dict(), fold)
     meta["cache_key"] = folder.name
     cache.write(folder, facts.names, meta, shards, norm, cfg.clip)
     shutil.rmtree(work, ignore_errors=True)
