@@ -46,6 +46,16 @@ def test_the_plan_is_the_grid_and_links_the_zipped_parameters(outputs):
     assert not any(outputs.iterdir()), "planning writes nothing"
 
 
+def test_a_sweep_varies_how_the_data_reaches_the_device(outputs):
+    """Streamed data and sharded data are parameters of 03 like any other: a sweep plans runs that differ in
+    them (each run is a 03 run, so a streamed or sharded sweep run is a streamed or sharded run)."""
+    plan = make_plan(None, [("loader", "device,stream"), ("device_memory_budget", "0.5;2e6"),
+                            ("shard_data", "True"), ("stream_block_rows", "4096")], [])
+    got = [(c.loader, c.device_memory_budget, c.shard_data, c.stream_block_rows) for c in plan.configs]
+    assert got == [(lo, b, True, 4096) for lo in ("device", "stream") for b in (0.5, 2e6)]
+    assert plan.names[3] == "loader=stream,device_memory_budget=2000000.0"
+
+
 @pytest.mark.parametrize("grid, linked, problem", [
     ([("batch_size", "64,0")], [], "sweep run batch_size=0: parameter 'batch_size' is 0; it must be >= 1"),
     ([("batchsize", "64,128")], [], "did you mean 'batch_size'"),

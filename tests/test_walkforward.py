@@ -1,6 +1,7 @@
 """Walk-forward: fold splits that tile the out-of-sample span, scaling fitted per fold, stitched predictions."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -231,3 +232,32 @@ def test_two_ranks_walk_the_folds_like_one_process(outputs):
     assert summary["world_size"] == 2 and len(summary["folds"]) == 2
     assert len(runs.read_predictions(folder)) == len(runs.read_predictions(one.run_dir))
 
+
+def test_a_streamed_walk_forward_is_the_resident_one(walked):
+    """Every fold trained and evaluated through streamed data (blocks of 500 rows, all of them resident at once)
+    gives the resident walk-forward's predictions bit for bit: the two combine."""
+    streamed = walk_forward(Config(**WF, run_id="wf-stream", fold_init="warm", loader="stream",
+                                   stream_block_rows=500), progress=False)
+    a, b = runs.read_predictions(walked.run_dir), runs.read_predictions(streamed.run_dir)
+    pd.testing.assert_frame_equal(a, b)
+    assert all(f["loader"] == "stream" for f in (runs.read_summary(streamed.run_dir / f"fold-{k}") for k in range(3)))
+
+
+def test_two_sharded_ranks_walk_the_folds(outputs):
+    """`-p shard_data True` with 2 ranks and 2 folds: each rank maps only its shards of each fold's cache, and
+    the stitched predictions cover exactly the test windows one process predicts, fold by fold, with the same
+    per-fold ridge (rank 0 reads every row of the fold's cache)."""
+    base = {**WF, "folds": 2, "max_steps": 3, "shard_rows": 2500, "data_seed": 8}  # caches of its own: 3 shards
+    two = {**base, "batch_size": 16, "n_gpus": 2, "shard_data": True, "run_id": "sharded-wf"}
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    args = [a for k, v in two.items() for a in ("-p", k, str(v))]
+    res = subprocess.run([sys.executable, "-m", "tradelib", "train", *args], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    held = re.findall(r"holds its own symbols' rows \(this one ([\d,]+) of ([\d,]+)\)", res.stdout)
+    assert len(held) == 2 and all(int(a.replace(",", "")) < int(b.replace(",", "")) for a, b in held)  # rank 0's part
+    one = walk_forward(Config(**{**base, "run_id": "one-sharded-wf"}), progress=False)
+    a, b = runs.read_predictions(outputs / "sharded-wf"), runs.read_predictions(one.run_dir)
+    cols = ["row", "fold", "timestamp", "symbol", "target", "ridge"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    assert all(runs.read_summary(outputs / "sharded-wf" / f"fold-{k}")["shard_data"] for k in range(2))

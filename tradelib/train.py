@@ -214,6 +214,9 @@ class TrainingRun:
         if self.sharded and self._fs_all is not None:  # given whole (in memory): this rank's run of symbols
             self.fs = rows_of(self.fs, *rank_rows(self.fs.symbol_id, self.rank, self.world))
         self.row0 = self.fs.meta.get("rows", [0])[0]  # the first of this process's rows in the whole FeatureSet
+        if self.sharded and self.main:
+            print(f"shard_data: each of the {self.world} processes holds its own symbols' rows (this one "
+                  f"{len(self.fs):,} of {self.fs.meta.get('rows_total', len(self.fs)):,})")
         self.cache_key = self.fs.meta.get("cache_key", "")
         model = model_for(cfg, self.fs.n_features).to(self.device)
         if self.init_state is not None and not cfg.resume:  # warm start (walk-forward); a resume has its own
@@ -633,7 +636,8 @@ def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init
         oracle = summary.get("oracle_pooled_ic")
         print(f"done: {summary['samples_per_s']:,.0f} samples/s, pooled test IC {summary['pooled_ic']:.4f}"
               + (f" (oracle {oracle:.4f})" if oracle is not None else "") + f", outputs in {run.dir}")
-    return RunResult(run.dir, summary, run.model, run.fs)
+    # a sharded run's predictions index all rows: rank 0's result holds them all
+    return RunResult(run.dir, summary, run.model, run.fs_all() if run.sharded and run.main else run.fs)
 
 
 def train_or_launch(cfg: Config) -> Path:

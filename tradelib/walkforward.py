@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tradelib import dataset, evaluate, runs
+from tradelib import evaluate, runs
 from tradelib.config import Config
 from tradelib.distributed import dist_env, launch_distributed, needs_launch
 from tradelib.features import FeatureSet
 from tradelib.paths import outputs_dir
-from tradelib.train import RunResult, train, train_or_launch
+from tradelib.train import RunResult, prepare_features, train, train_or_launch
 
 # summary.json figures of a walk-forward: the median over folds, the sum, or the largest
 MEDIAN_OVER_FOLDS = ("samples_per_s", "it_per_s", "data_wait_share", "gpu_util", "mfu", "epoch_time_s")
@@ -91,14 +91,15 @@ def walk_forward(cfg: Config, progress: bool = True) -> RunResult:
 
 
 def train_fold(cfg: Config, run_id: str, k: int, previous: FoldResult | None, progress: bool) -> FoldResult:
-    """Fold k: its feature set (scaled on its training rows), then a normal run in outputs/<run_id>/fold-k/."""
+    """Fold k: its feature set (scaled on its training rows; with shard_data under torchrun, this rank's shards of
+    it), then a normal run in outputs/<run_id>/fold-k/."""
     env = dist_env()
     fid = fold_run_id(run_id, k)
     resume = cfg.resume and any((outputs_dir() / fid / "checkpoints").glob("*.pt"))
     if env.main:
         print(f"\nwalk-forward fold {k + 1} of {cfg.folds} ({cfg.fold_window} training window, "
               f"{cfg.fold_init} start){': resuming' if resume else ''}", flush=True)
-    fs = dataset.prepare(cfg, verbose=env.main, fold=k)
+    fs = prepare_features(cfg, env, sharded=cfg.shard_data and env.world > 1, fold=k)
     init = None
     if cfg.fold_init == "warm" and previous is not None and not resume:
         init = {name: t.detach().clone() for name, t in previous.run.model.state_dict().items()}
