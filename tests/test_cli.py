@@ -63,7 +63,7 @@ def test_a_typo_gets_the_nearest_name_in_one_line(argv, hint, capsys):
     try:
         code = main(argv)  # a bad parameter: main's one line
     except SystemExit as done:  # a bad command or option: argparse's, made one line
-        code = done.value.code
+        code = done.code
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and hint in err, err
     if argv[1:2] and argv[1].startswith("--"):  # the command's own help, not the top level's
