@@ -50,7 +50,7 @@ def test_auto_mode_outside_a_kernel_depends_on_the_terminal(monkeypatch):
     assert choose_mode("auto") == "lines"  # a log file keeps every redraw of a bar
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert choose_mode("auto") == "bar"
-    assert choose_mode("off") == "off"
+    assert choose_mode("off") == "off" and choose_mode("widget") == "bar"  # no widget outside Jupyter
     with pytest.raises(ValueError, match="progress mode 'loud'"):
         choose_mode("loud")
 

@@ -51,11 +51,12 @@ def has_widgets() -> bool:
 
 def choose_mode(mode: str) -> str:
     """`auto`: a widget in a Jupyter kernel that has ipywidgets, lines in one without; a bar on a terminal;
-    lines when the output is a file or a pipe (where every redraw would be kept)."""
+    lines when the output is a file or a pipe (where every redraw would be kept). `widget` where no widget can
+    show is `auto`."""
     if mode not in MODES:
         raise ValueError(f"progress mode {mode!r}; allowed: {' | '.join(MODES)}")
-    if mode == "widget" and not has_widgets():
-        return "lines"
+    if mode == "widget" and not (in_kernel() and has_widgets()):  # no widget without Jupyter and ipywidgets
+        mode = "auto"
     if mode != "auto":
         return mode
     if in_kernel():
