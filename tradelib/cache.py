@@ -72,8 +72,9 @@ def data_fingerprint(cfg) -> str:
     return "file:" + h.hexdigest()
 
 
-def cache_key(cfg) -> str:
-    parts = {"data": data_fingerprint(cfg), "features": feature_params(cfg), "code": code_fingerprint(),
+def cache_key(cfg, fold: int = 0) -> str:
+    """The key of `cfg`'s features (walk-forward fold `fold` of them when `folds` > 1)."""
+    parts = {"data": data_fingerprint(cfg), "features": feature_params(cfg, fold), "code": code_fingerprint(),
              "v": CACHE_VERSION}
     if not is_synthetic(cfg.data_path) and cfg.date_format:  # it changes how the files are read
         parts["date_format"] = cfg.date_format

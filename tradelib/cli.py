@@ -1,4 +1,4 @@
-"""`tradelib COMMAND` (or `python -m tradelib COMMAND`): prepare, train, pipeline, report, bench.
+"""`tradelib COMMAND` (or `python -m tradelib COMMAND`): prepare, train, pipeline, sweep, report, bench.
 
 Every failure ends with one line on stderr, `error: ...`, naming the file or parameter and what to do, and an
 exit code: 2 for bad input or an unusable environment (a parameter, a data file, a damaged cache, a busy run
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tradelib import bench
 from tradelib.config import add_param_args, load_config
+from tradelib.sweep import add_sweep_args, sweep_command
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -38,9 +39,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tradelib.train import train_or_launch
+    from tradelib.walkforward import train_or_walk
 
-    train_or_launch(load_config(args.files, [tuple(p) for p in args.params]))
+    train_or_walk(load_config(args.files, [tuple(p) for p in args.params]))
     return 0
 
 
@@ -123,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="run notebooks 01-04 with papermill into outputs/<run_id>/, render the report")
     add_param_args(p, ("data", "features", "model", "training", "system", "measure", "profile", "report"))
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("sweep", help="a grid of training runs (notebook 03 each) into one folder, and their "
+                                     "comparison table and figure")
+    add_sweep_args(p)
+    p.set_defaults(func=sweep_command)
 
     p = sub.add_parser("report", help="render 04_report for a run into its folder: report.html and report.json")
     p.add_argument("run", nargs="?", default="", metavar="RUN",

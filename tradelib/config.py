@@ -76,6 +76,10 @@ class Config:
                           "features")
     val_end: str = knob("", "last validation time, e.g. 2023-12-31; the test split follows (empty: fractions)",
                         "features")
+    folds: int = knob(0, "walk-forward: test periods the out-of-sample span is cut into, one model per fold (0 or 1: "
+                      "the single split above)", "features", lo=0)
+    fold_window: str = knob("expanding", "walk-forward training window: expanding (from the start of the data) or "
+                            "rolling (the first fold's length)", "features", choices=("expanding", "rolling"))
     # model
     model: str = knob("lstm", "mlp | lstm | gru | tcn", "model", choices=("mlp", "lstm", "gru", "tcn"))
     hidden: int = knob(64, "hidden width / channels", "model", lo=1)
@@ -128,6 +132,8 @@ class Config:
     tensorboard: bool = knob(True, "also write the logged figures as TensorBoard events in the run folder "
                              "(tensorboard --logdir outputs/; needs the tensorboard package)", "training",
                              resume=True)
+    fold_init: str = knob("scratch", "walk-forward: each fold's model starts from new weights (scratch) or from the "
+                          "previous fold's final weights (warm)", "training", choices=("scratch", "warm"))
     # system: where and how it runs
     device: str = knob("auto", "auto | cpu | cuda | cuda:N", "system", resume=True, pattern=r"auto|cpu|cuda(:\d+)?",
                        allowed="auto | cpu | cuda | cuda:N")

@@ -23,10 +23,10 @@ def load_raw(cfg) -> pd.DataFrame:
     return data.load_ohlcv(Path(cfg.data_path).expanduser(), date_format=cfg.date_format)
 
 
-def build(cfg, raw: pd.DataFrame | None = None) -> tuple[FeatureSet, data.QualityReport]:
-    """Raw -> clean -> features, no cache involved. A symbol too short for one window and its target is
-    dropped by cleaning (rule too_short). Data that leaves nothing to learn from is a DataError naming the
-    source and the rules that dropped its rows."""
+def build(cfg, raw: pd.DataFrame | None = None, fold: int = 0) -> tuple[FeatureSet, data.QualityReport]:
+    """Raw -> clean -> features (of walk-forward fold `fold`), no cache involved. A symbol too short for one
+    window and its target is dropped by cleaning (rule too_short). Data that leaves nothing to learn from is a
+    DataError naming the source and the rules that dropped its rows."""
     raw = load_raw(cfg) if raw is None else raw
     source = "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
     clean, report = data.clean_ohlcv(
@@ -40,7 +40,7 @@ def build(cfg, raw: pd.DataFrame | None = None) -> tuple[FeatureSet, data.Qualit
                              f"{dropped or 'no rule'} (window + horizon + 1 = {cfg.window + cfg.horizon + 1} rows "
                              f"per symbol are needed; docs/data.md lists the rules)")
     try:
-        fs = build_features(clean, cfg, quality=report.to_dict())
+        fs = build_features(clean, cfg, quality=report.to_dict(), fold=fold)
     except ValueError as exc:  # too little data for a split or a bar size
         raise data.DataError(f"{source}: {exc} ({report.rows_kept:,} of {report.rows_in:,} rows kept after "
                              f"cleaning; dropped: {dropped or 'none'})") from None
@@ -61,12 +61,13 @@ def _cached(folder: Path, source: str, verbose: bool) -> FeatureSet | None:
     return fs
 
 
-def prepare(cfg, force: bool | None = None, verbose: bool = True) -> FeatureSet:
-    """The cached FeatureSet for this data, feature parameters and code; built when missing or damaged (or
-    when `force`, which defaults to cfg.force_recreate). One process builds a key at a time: another one
-    waits for it, then loads its cache."""
+def prepare(cfg, force: bool | None = None, verbose: bool = True, fold: int = 0) -> FeatureSet:
+    """The cached FeatureSet for this data, feature parameters and code (and walk-forward fold `fold` when
+    `folds` > 1: each fold is scaled on its own training rows); built when missing or damaged (or when
+    `force`, which defaults to cfg.force_recreate). One process builds a key at a time: another one waits for
+    it, then loads its cache."""
     force = cfg.force_recreate if force is None else force
-    key = cache.cache_key(cfg)
+    key = cache.cache_key(cfg, fold)
     folder = cache.folder_for(key)
     source = "the synthetic market" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
     fs = None if force else _cached(folder, source, verbose)
@@ -75,7 +76,7 @@ def prepare(cfg, force: bool | None = None, verbose: bool = True) -> FeatureSet:
             fs = None if force else _cached(folder, source, verbose)  # built by the process we waited for
             if fs is None:
                 t0 = time.perf_counter()
-                fs, report = build(cfg)
+                fs, report = build(cfg, fold=fold)
                 fs.meta["cache_key"] = key
                 cache.save(fs, folder)
                 if verbose:

@@ -362,8 +362,9 @@ def baseline_predictions(
     """What the model must beat, on the same rows as `df`.
 
     zero: predicts 0 (IC undefined, PnL 0). momentum: sign of the last one-bar return (NaN -> 0).
-    ridge: linear model on the feature row at t, fitted on the train rows only (skipped without X/y; X_test
-    must be row-aligned with df, e.g. fs.X[df.row]). oracle: the planted expected target (synthetic only).
+    ridge: linear model on the feature row at t, fitted on the train rows only (X_test row-aligned with df,
+    e.g. fs.X[df.row]); without X/y, df's own `ridge` column if it has one (a walk-forward's, fitted per fold),
+    else skipped. oracle: the planted expected target (synthetic only).
     """
     n = len(df)
     out: dict[str, np.ndarray] = {"zero": np.zeros(n)}
@@ -375,6 +376,8 @@ def baseline_predictions(
             raise ValueError(f"X_test has {len(X_test)} rows, predictions have {n}: pass X[df.row]")
         w, b = ridge_fit(X_train, y_train, ridge_alpha)
         out["ridge"] = X_test @ w + b
+    elif "ridge" in df:
+        out["ridge"] = df["ridge"].to_numpy(dtype=float)
     if "oracle" in df and np.isfinite(df["oracle"].to_numpy(dtype=float)).any():
         out["oracle"] = df["oracle"].to_numpy(dtype=float)
     return out

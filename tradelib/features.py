@@ -195,13 +195,55 @@ def split_bounds(ts_ns: np.ndarray, cfg) -> tuple[int, int, str]:
     return int(t_train), int(t_val), "fractions"
 
 
-def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg) -> tuple[np.ndarray, dict]:
+def fold_bounds(ts_ns: np.ndarray, cfg) -> list[dict]:
+    """The boundary times of every walk-forward fold (one fold when `folds` <= 1: today's single split).
+
+    Fold 0 is the single split (`split_bounds`). The rows after its validation end, the out-of-sample span, are
+    cut into `folds` test periods of equal row counts (time quantiles over all rows); each later fold moves its
+    validation and training ends forward by one test period, so fold k's test period follows its validation
+    period and the test periods tile the out-of-sample span. The training window starts at the beginning
+    (`fold_window` expanding) or moves forward with the rest, keeping the first fold's share of the rows
+    (rolling). Times are inclusive ends: fold k trains on (train_start, train_end], validates on (train_end,
+    val_end], tests on (val_end, test_end]; train_start is None for "from the first row"."""
+    t_train, t_val, how = split_bounds(ts_ns, cfg)
+    k_folds = max(int(cfg.folds), 1)
+    if len(ts_ns) == 0:
+        return [{"method": how, "train_start": None, "train_end": t_train, "val_end": t_val, "test_end": None}]
+    share = lambda t: float(np.mean(ts_ns <= t))  # noqa: E731 - the empirical CDF of the rows' times
+    at = lambda q: int(np.quantile(ts_ns, min(max(q, 0.0), 1.0), method="inverted_cdf"))  # noqa: E731 - a row's time
+    q_train, q_val = share(t_train), share(t_val)
+    step = (1.0 - q_val) / k_folds
+    folds = []
+    for k in range(k_folds):
+        rolling = cfg.fold_window == "rolling" and k > 0
+        folds.append({
+            "method": how if k_folds == 1 else f"walk-forward over {how}",
+            "train_start": at(k * step) if rolling else None,
+            "train_end": t_train if k == 0 else at(q_train + k * step),
+            "val_end": t_val if k == 0 else at(q_val + k * step),
+            "test_end": int(ts_ns.max()) if k == k_folds - 1 else at(q_val + (k + 1) * step),
+        })
+    return folds
+
+
+def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, fold: int = 0) -> tuple[np.ndarray, dict]:
     """Chronological split by time across all symbols, then a purge of the first (horizon + window) rows of
     every symbol after each boundary, counted in that symbol's own bars (not in clock time, which a weekend or
     a hole would shorten). With targets that never span a missing bar (`targets`), no training target or
-    window reaches a validation or test target. Rows are sorted by (symbol, time)."""
-    t_train, t_val, how = split_bounds(ts_ns, cfg)
+    window reaches a validation or test target. Rows are sorted by (symbol, time).
+
+    With `folds` > 1 this is walk-forward fold `fold` (`fold_bounds`): rows outside its training, validation
+    and test periods (before a rolling window, after its test period) are -1, like purged rows."""
+    bounds = fold_bounds(ts_ns, cfg)
+    if not 0 <= fold < len(bounds):
+        raise ValueError(f"fold {fold} does not exist: folds={cfg.folds} gives folds 0..{len(bounds) - 1}")
+    b = bounds[fold]
+    t_train, t_val = b["train_end"], b["val_end"]
     part = np.where(ts_ns <= t_train, 0, np.where(ts_ns <= t_val, 1, 2)).astype(np.int8)
+    if b["train_start"] is not None:
+        part[ts_ns <= b["train_start"]] = -1
+    if b["test_end"] is not None:
+        part[ts_ns > b["test_end"]] = -1
     n = len(part)
     block = np.ones(n, dtype=bool)
     block[1:] = (codes[1:] != codes[:-1]) | (part[1:] != part[:-1])
@@ -214,13 +256,19 @@ def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg) -> tuple[np.ndarray, d
     def first_time(s: int) -> int | None:
         return int(ts_ns[split == s].min()) if (split == s).any() else None
 
-    cut = {"method": how, "train_end": t_train, "val_start": first_time(1), "val_end": t_val,
-           "test_start": first_time(2), "test_end": int(ts_ns.max()) if n else None, "purge_bars": purge}
-    if how == "dates":
-        for s, name in ((1, "validation"), (2, "test")):
-            if cut[("val_start", "test_start")[s - 1]] is None:
-                raise ValueError(f"train_end={cfg.train_end!r}, val_end={cfg.val_end!r}: the {name} split is "
-                                 f"empty (the data runs to {pd.Timestamp(int(ts_ns.max()), tz='UTC')})")
+    cut = {"method": b["method"], "train_end": t_train, "val_start": first_time(1), "val_end": t_val,
+           "test_start": first_time(2), "test_end": b["test_end"], "purge_bars": purge}
+    if len(bounds) > 1:
+        cut.update(fold=fold, folds=len(bounds), fold_window=cfg.fold_window, train_start=b["train_start"],
+                   outside_rows=int((part == -1).sum()))
+    for s, name in ((1, "validation"), (2, "test")):
+        if len(bounds) > 1 and not ((part == s) & (rank >= purge + cfg.window - 1)).any():
+            raise ValueError(f"walk-forward fold {fold} of {len(bounds)}: the {name} split holds no window of "
+                             f"{cfg.window} bars after the purge of {purge} bars per symbol: use fewer folds, or more "
+                             f"data")
+        if cut[("val_start", "test_start")[s - 1]] is None and b["method"] == "dates":
+            raise ValueError(f"train_end={cfg.train_end!r}, val_end={cfg.val_end!r}: the {name} split is empty (the "
+                             f"data runs to {pd.Timestamp(int(ts_ns.max()), tz='UTC')})")
     return split, cut
 
 
@@ -304,14 +352,15 @@ def targets(clean: pd.DataFrame, lay: Layout, cfg) -> dict[str, np.ndarray]:
             "spike": spike > 0, "spans_missing_bar": np.isfinite(_shift(lc, -cfg.horizon, seg)) & ~whole}
 
 
-def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None) -> FeatureSet:
-    """Clean frame (sorted by symbol, timestamp) -> FeatureSet, normalised on the training split only.
-    `cfg` is a Config: its "features" group (window, horizon, clip, splits, ...) is what matters."""
+def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None, fold: int = 0) -> FeatureSet:
+    """Clean frame (sorted by symbol, timestamp) -> FeatureSet, normalised on the training split only (of
+    walk-forward fold `fold` when `folds` > 1). `cfg` is a Config: its "features" group (window, horizon, clip,
+    splits, folds, ...) is what matters."""
     if clean.empty:
         raise ValueError("no rows left after cleaning: nothing to build features from")
     lay = row_layout(clean, cfg.max_gap_bars)
     seg = lay.seg
-    split, cuts = split_rows(lay.ts, lay.codes, cfg)
+    split, cuts = split_rows(lay.ts, lay.codes, cfg, fold)
     train = split == 0
     if not train.any():
         raise ValueError(f"the training split is empty: too little data before the train end "
@@ -324,7 +373,7 @@ def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None) -> Fea
     if "oracle" in clean and cfg.horizon != 1:
         oracle = np.full(len(y), np.nan, np.float32)  # the planted component is known for one bar ahead only
     meta = {
-        "feature_config": feature_params(cfg),
+        "feature_config": feature_params(cfg, fold),
         "norm": norm,
         "raw_ranges": raw_ranges,  # each feature before scaling: min, max, rows without history (filled with 0)
         "target_scale": fit_robust(t["target"][train])[1],
@@ -332,7 +381,7 @@ def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None) -> Fea
         "calendar": lay.calendar.to_dict(),  # sessions a year, bars a session: the data's own annualisation
         "splits": cuts,
         "rows_per_split": {name: int((split == i).sum()) for i, name in ((0, "train"), (1, "val"), (2, "test"))},
-        "purged_rows": int((split == -1).sum()),
+        "purged_rows": int((split == -1).sum()) - cuts.get("outside_rows", 0),
         "masked_targets": {"spike_rows": int(t["spike"].sum()),  # targets masked at a spike or a missing bar
                            "spans_missing_bar": int(t["spans_missing_bar"].sum())},
         "n_segments": int(seg.max() + 1),
@@ -345,6 +394,10 @@ def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None) -> Fea
     )
 
 
-def feature_params(cfg) -> dict:
-    """The parameters that shape the features: the cache key hashes them, the FeatureSet records them."""
-    return cfg.group("features")
+def feature_params(cfg, fold: int = 0) -> dict:
+    """The parameters that shape the features: the cache key hashes them, the FeatureSet records them. The
+    walk-forward knobs count only with `folds` > 1, and then with the fold (each fold scales on its own rows)."""
+    params = cfg.group("features")
+    if params["folds"] <= 1:
+        return {k: v for k, v in params.items() if k not in ("folds", "fold_window")}
+    return {**params, "fold": fold}

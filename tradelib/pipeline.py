@@ -68,13 +68,11 @@ def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]
     params["run_id"] = run_id
     src = {name: notebooks_dir() / f"{name}.ipynb" for name in notebooks}
     per_nb = split_params(params, {name: notebook_parameters(p) for name, p in src.items()})
-    if TRAINS in per_nb and "progress" not in params:
-        per_nb[TRAINS]["progress"] = "lines"  # a few lines in the saved notebook; the terminal shows the bar
     cfg = Config.from_dict(params, source=", ".join(files or []) or "parameters")
     pick_device(cfg.device, verbose=False)  # CUDA asked for but absent: say so now
     out = run_dir(run_id)
     with holding_run(out):
-        return _execute(src, per_nb, out, progress)
+        return execute_notebooks(src, per_nb, out, progress)
 
 
 def run_report(run: str = "", files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None,
@@ -92,14 +90,18 @@ def run_report(run: str = "", files: list[str] | None = None, overrides: list[tu
                                 f"has not finished; train it to the end first (or resume it)")
     per_nb["04_report"]["run_id"] = str(folder)
     with holding_run(folder):
-        return _execute(src, per_nb, folder, progress, label="[report]")
+        return execute_notebooks(src, per_nb, folder, progress, label="[report]")
 
 
-def _execute(src: dict[str, Path], per_nb: dict[str, dict], out: Path, progress: bool,
-             label: str = "[pipeline]") -> dict[str, Path]:
+def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, progress: bool,
+                      label: str = "[pipeline]") -> dict[str, Path]:
+    """Each notebook of `src` executed in order by papermill into `out` with its parameters; 03's training
+    progress followed in the terminal. 04 is rendered to report.html."""
     import papermill as pm
 
     notebooks = tuple(src)
+    if TRAINS in per_nb and "progress" not in per_nb[TRAINS]:
+        per_nb[TRAINS]["progress"] = "lines"  # a few lines in the saved notebook; the terminal shows the bar
     paths: dict[str, Path] = {}
     for i, name in enumerate(notebooks, 1):
         t0 = time.perf_counter()

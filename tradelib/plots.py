@@ -269,6 +269,62 @@ def plot_runs(runs_df: pd.DataFrame, save_to: str | Path | None = None) -> plt.F
     return _save(fig, save_to)
 
 
+def plot_folds(folds: pd.DataFrame, family: str, save_to: str | Path | None = None) -> plt.Figure:
+    """A walk-forward fold by fold, then all folds together (the stitched record, hatched): the headline IC of
+    each test period beside the ridge baseline refitted per fold, and the net Sharpe."""
+    labels = [f"{'fold ' + r.fold if r.fold != 'all' else 'all folds'}\n{str(r.test_start)[:10]}\n"
+              f"to {str(r.test_end)[:10]}" for r in folds.itertuples()]
+    x = np.arange(len(folds))
+    hatch = ["//" if f == "all" else "" for f in folds["fold"]]
+    col, word = f"{family}_ic", family.replace("_", "-") + " IC"
+    fig, axes = plt.subplots(1, 2, figsize=(max(10, 2.2 * len(folds) + 3), 4))
+    ax = axes[0]
+    ax.bar(x - 0.2, folds[col], width=0.4, label="model", hatch=hatch, edgecolor="white")
+    ax.bar(x + 0.2, folds["ridge_ic"], width=0.4, label="ridge (refitted per fold)", color="tab:grey", hatch=hatch,
+           edgecolor="white")
+    ax.set(title=f"test {word} per fold", ylabel=word)
+    ax.margins(y=0.3)  # room for the legend
+    ax.legend(fontsize="small", loc="upper left", ncol=2)
+    ax = axes[1]
+    ax.bar(x, folds["net_sharpe"], width=0.5, hatch=hatch, edgecolor="white",
+           color=np.where(folds["net_sharpe"] >= 0, "tab:green", "tab:red"))
+    ax.set(title="net Sharpe per fold (annualised)", ylabel="net Sharpe")
+    for ax in axes:
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(x, labels, fontsize="small")
+    return _save(fig, save_to)
+
+
+def plot_sweep(table: pd.DataFrame, save_to: str | Path | None = None) -> plt.Figure:
+    """A sweep's runs side by side, one bar per run in each panel: samples/s, data-wait share, peak memory, the
+    three named test ICs and the net Sharpe. Runs are labelled by their folder names (the values that vary)."""
+    label = table["run"].astype(str).str.replace(",", ", ")
+    y = np.arange(len(table))
+    panels = [("samples_per_s", "samples / s", "{:,.0f}"), ("data_wait_share", "data-wait share", "{:.1%}"),
+              ("peak_mem_gb", "peak memory (GB)", "{:.2f}"), (None, "test IC", None),
+              ("net_sharpe", "net Sharpe (annualised)", "{:.2f}")]
+    fig, axs = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 2, 0.45 * len(table) + 2), sharey=True)
+    for ax, (col, title, fmt) in zip(axs, panels):
+        if col is None:
+            ics = [("cross_sectional_ic", "cross-sectional"), ("daily_ic", "per-day"), ("pooled_ic", "pooled")]
+            for j, (c, word) in enumerate(ics):
+                ax.barh(y + (j - 1) * 0.27, table[c], height=0.27, label=word)
+            ax.axvline(0, color="black", lw=0.8)
+            ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
+        else:
+            vals = table[col]
+            bars = ax.barh(y, vals.fillna(0), color="tab:red" if col == "net_sharpe" else "tab:blue")
+            ax.bar_label(bars, labels=["-" if pd.isna(v) else fmt.format(v) for v in vals], fontsize="x-small",
+                         padding=2)
+            ax.margins(x=0.25)
+        if col == "data_wait_share":
+            ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.set_title(title, fontsize="medium")
+    axs[0].set_yticks(y, label, fontsize="small")
+    axs[0].invert_yaxis()
+    return _save(fig, save_to)
+
+
 def _quality_counts(report: dict) -> pd.DataFrame:
     """(what, rule, rows) from a QualityReport dict: its `counts` list of {rule, symbol, action, rows} summed
     over symbols; failing that, nested {'dropped': {rule: n}} or flat {rule: n} numbers."""

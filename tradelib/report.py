@@ -100,7 +100,9 @@ def _iso(ns) -> str | None:
 
 def split_dates(summary: dict, fs, predictions: pd.DataFrame) -> dict:
     """The split boundaries as ISO times, whichever way they were set (fs.meta, else the run's config and
-    the test rows' own span)."""
+    the test rows' own span); a walk-forward's from its summary, fold by fold."""
+    if summary.get("folds"):
+        return walk_forward_splits(summary)
     cuts = ((getattr(fs, "meta", None) or {}).get("splits")) if fs is not None else None
     if cuts:
         out = {k: (_iso(v) if k not in ("method", "purge_bars") else v) for k, v in cuts.items()}
@@ -113,6 +115,16 @@ def split_dates(summary: dict, fs, predictions: pd.DataFrame) -> dict:
             "val_frac": None if dated else conf.get("val_frac"),
             "test_start": ts.min().isoformat() if len(ts) else None,
             "test_end": ts.max().isoformat() if len(ts) else None, "source": "run config and test rows"}
+
+
+def walk_forward_splits(summary: dict) -> dict:
+    """A walk-forward's periods: the out-of-sample span its test periods tile, and each fold's periods."""
+    folds = summary["folds"]
+    keys = ("train_start", "train_end", "val_start", "val_end", "test_start", "test_end")
+    return {"method": "walk-forward", "n_folds": len(folds), "fold_window": summary.get("fold_window"),
+            "fold_init": summary.get("fold_init"), "test_start": folds[0].get("test_start"),
+            "test_end": folds[-1].get("test_end"), "folds": [{"fold": f["fold"], **{k: f.get(k) for k in keys}}
+                                                            for f in folds], "source": "run summary"}
 
 
 def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float) -> tuple[dict, float]:
@@ -153,7 +165,7 @@ def load_inputs(
     df = runs.read_predictions(run_dir)
     summary = runs.read_summary(run_dir) or {}
     steps, epochs = runs.training_curves(run_dir)
-    if fs is not None and X_train is None:
+    if fs is not None and X_train is None and "ridge" not in df:  # a walk-forward brings its ridge, fitted per fold
         train = np.asarray(fs.split) == 0
         X_train, y_train = fs.X[train], fs.y[train]
         X_test = fs.X[df["row"].to_numpy()] if "row" in df else None
@@ -420,6 +432,8 @@ def build_report(run_dir: Path, compare_with: Path | None = None, cost_bps: floa
     sweep = loader_sweep(run_dir)
     if sweep is not None:
         report["loader_sweep"] = sweep
+    if "fold" in inputs.predictions:
+        report["folds"] = fold_block(inputs)
     if compare_with is not None:
         report["compare"] = compare_block(summary, Path(compare_with))
     report = to_jsonable(report)
@@ -583,6 +597,93 @@ def book_markdown(report: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
+# walk-forward: per fold
+
+
+FOLD_ICS = ("cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "daily_rank_ic", "pooled_ic")
+
+
+def _has(d: pd.DataFrame, col: str) -> bool:
+    return col in d and bool(np.isfinite(d[col].to_numpy(dtype=float)).any())
+
+
+def _family_summary(d: pd.DataFrame, family: str, lags: int, col: str) -> dict:
+    if family == "cross_sectional":
+        return ev.ic_summary(ev.ic_by_timestamp(d, col), lags)
+    if family == "daily":
+        return ev.ic_summary(ev.ic_by_day(d, col), lags)
+    return ev.pooled_summary(d, col, lags=lags)
+
+
+def fold_table(inputs: ReportInputs) -> pd.DataFrame:
+    """A walk-forward's figures per fold and over all folds (`fold` "all": the stitched predictions), each on
+    that fold's test rows with the report's book: the three named ICs, the headline IC's overlap-robust t, the
+    ridge baseline (fitted per fold) and the oracle on the headline IC, and the backtest."""
+    df, fam = inputs.predictions, inputs.family
+    lags = inputs.ic[fam]["lags"]
+    bt = inputs.backtest.stats
+    book = {"cost_bps": inputs.cost_bps, "bar_seconds": inputs.bar_seconds, "mode": bt["mode"],
+            "periods_per_year": bt["periods_per_year"], "trade_delay": bt["trade_delay"]}
+    periods = {f["fold"]: f for f in inputs.summary.get("folds") or []}
+    everything = {"test_start": (periods.get(0) or {}).get("test_start"),
+                  "test_end": (periods.get(len(periods) - 1) or {}).get("test_end")}
+    rows = []
+    for k, d in [*df.groupby("fold", sort=True), ("all", df)]:
+        when = everything if k == "all" else periods.get(int(k), {})
+        head = _family_summary(d, fam, lags, "prediction")
+        book_k = ev.backtest(d, "prediction", **book)
+        net, gross = book_k.stats["net"], book_k.stats["gross"]
+        rows.append({
+            "fold": str(k), "train_start": when.get("train_start"), "train_end": when.get("train_end"),
+            "test_start": when.get("test_start"), "test_end": when.get("test_end"), "test_rows": int(len(d)),
+            **{key: v for key, v in ev.named_ics(d).items() if key in FOLD_ICS},
+            "t_stat": head["t_stat"],
+            "ridge_ic": _family_summary(d, fam, lags, "ridge")["ic"] if _has(d, "ridge") else float("nan"),
+            "oracle_ic": _family_summary(d, fam, lags, "oracle")["ic"] if _has(d, "oracle") else float("nan"),
+            "net_sharpe": net["sharpe"], "gross_sharpe": gross["sharpe"], "net_total_return": net["total_return"],
+            "max_drawdown": net["max_drawdown"], "turnover": net["turnover"],
+            "break_even_bps": ev.break_even_bps(book_k),
+        })
+    return pd.DataFrame(rows)
+
+
+def fold_block(inputs: ReportInputs) -> dict:
+    """report.json's `folds`: how the walk-forward was set up, and `fold_table`."""
+    s = inputs.summary
+    return {"n_folds": len(s.get("folds") or []), "fold_window": s.get("fold_window"), "fold_init": s.get("fold_init"),
+            "headline_ic": inputs.family, "t_method": inputs.ic[inputs.family]["t_method"],
+            "table": fold_table(inputs)}
+
+
+def folds_markdown(report: dict) -> str:
+    """The walk-forward in a few lines and a table, for 04: does the result hold in every test period?"""
+    block = report["folds"]
+    fam = block["headline_ic"]
+    col = f"{fam}_ic"
+    per = [r for r in block["table"] if r["fold"] != "all"]
+    every = next(r for r in block["table"] if r["fold"] == "all")
+    short = {"cross_sectional": "cross-sectional IC", "daily": "per-day IC", "pooled": "pooled IC"}.get(fam, fam)
+    positive = sum(1 for r in per if (r.get(col) or 0) > 0)
+    lines = [
+        f"**Walk-forward**: {block['n_folds']} folds, {block['fold_window']} training window, each fold's model "
+        f"started {'from the previous fold' if block['fold_init'] == 'warm' else 'from new weights'}. "
+        f"{FAMILY_WORDS.get(fam, fam)} positive in **{positive} of {len(per)}** test periods; over all of them "
+        f"{_f(every.get(col))} (t {_f(every.get('t_stat'), '.2f')}), net Sharpe {_f(every.get('net_sharpe'), '.2f')}.",
+        "",
+        f"| fold | test period (UTC) | test rows | cross-sectional IC | per-day IC | pooled IC | t of the {short} "
+        f"(HAC) | ridge, {short} | net Sharpe | max drawdown |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in block["table"]:
+        span = f"{str(r.get('test_start'))[:16]} to {str(r.get('test_end'))[:16]}".replace("T", " ")
+        cells = [r["fold"], span, f"{r['test_rows']:,}", _f(r.get("cross_sectional_ic")), _f(r.get("daily_ic")),
+                 _f(r.get("pooled_ic")), _f(r.get("t_stat"), ".2f"), _f(r.get("ridge_ic")),
+                 _f(r.get("net_sharpe"), ".2f"), _f(r.get("max_drawdown"), ".1%")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
 # human summary
 
 
@@ -656,7 +757,11 @@ def _convention_lines(report: dict) -> list[str]:
     c = report.get("conventions") or {}
     sp = c.get("splits") or {}
     ann = c.get("annualisation") or {}
-    if sp.get("method") == "dates" or sp.get("val_start"):
+    if sp.get("method") == "walk-forward":
+        dates = (f"{sp.get('n_folds')} folds ({sp.get('fold_window')} training window), test periods tiling "
+                 f"{_when(sp.get('test_start'))} to {_when(sp.get('test_end'))} (UTC), each fold's model trained and "
+                 f"validated on the data before its test period, features scaled on its own training rows")
+    elif sp.get("method") == "dates" or sp.get("val_start"):
         dates = (f"training to {_when(sp.get('train_end'))}, validation {_when(sp.get('val_start'))} to "
                  f"{_when(sp.get('val_end'))}, test {_when(sp.get('test_start'))} to {_when(sp.get('test_end'))} (UTC)")
     else:
@@ -765,6 +870,8 @@ def make_figures(inputs: ReportInputs, run_dir: Path | None = None, runs_df: pd.
     figs.update(throughput_figures(inputs, run_dir, runs_df))
     if inputs.quality:
         figs["quality"] = plots.plot_quality(inputs.quality, run_dir / "quality.png")
+    if "fold" in inputs.predictions:
+        figs["folds"] = plots.plot_folds(fold_table(inputs), inputs.family, run_dir / "folds.png")
     return figs
 
 

@@ -196,8 +196,13 @@ def read_metrics(run: Path) -> list[dict]:
 def truncate_metrics(run: Path, step: int) -> int:
     """Keep only the metric rows logged up to `step` (the rest will be logged again), atomically; rows kept."""
     keep = [r for r in read_metrics(run) if r.get("step", -1) <= step]
-    atomic_write_bytes("".join(json.dumps(r) + "\n" for r in keep).encode(), Path(run) / "metrics.jsonl")
+    write_metrics(run, keep)
     return len(keep)
+
+
+def write_metrics(run: Path, rows: list[dict]) -> None:
+    """metrics.jsonl made of these rows, written whole (a walk-forward's folds, one after another)."""
+    atomic_write_bytes("".join(json.dumps(r) + "\n" for r in rows).encode(), Path(run) / "metrics.jsonl")
 
 
 def _rows_frame(rows: list[dict], kind: str, columns: list[str]) -> pd.DataFrame:
@@ -276,16 +281,21 @@ def runs_table(root: Path) -> pd.DataFrame:
 # -- predictions.parquet --------------------------------------------------------------------------------------
 def write_predictions(run: Path, fs, rows: np.ndarray, prediction: np.ndarray) -> Path:
     """The test split's predictions beside everything the report needs of those rows (written atomically)."""
-    path = Path(run) / "predictions.parquet"
-    buf = io.BytesIO()
-    pd.DataFrame({
+    return write_prediction_frame(run, pd.DataFrame({
         "row": rows,
         "timestamp": pd.to_datetime(fs.timestamp[rows], utc=True),
         "symbol": np.asarray(fs.symbols, dtype=object)[fs.symbol_id[rows]],
         "prediction": prediction,
         "target": fs.y[rows], "fwd_return": fs.fwd_return[rows], "ret_next": fs.ret_next[rows],
         "last_return": fs.last_return[rows], "oracle": fs.oracle[rows],
-    }).to_parquet(buf, index=False)
+    }))
+
+
+def write_prediction_frame(run: Path, frame: pd.DataFrame) -> Path:
+    """predictions.parquet from a frame in that layout (a walk-forward adds `fold` and `ridge`), atomically."""
+    path = Path(run) / "predictions.parquet"
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
     atomic_write_bytes(buf.getvalue(), path)
     return path
 

@@ -157,8 +157,9 @@ class TrainingRun:
     optimizer steps: `step` steps were taken and `pos` items of this epoch's order (this rank's share) consumed.
     Checkpoints are written at log points, so the metric sums they carry are complete up to `step`."""
 
-    def __init__(self, cfg: Config, fs: FeatureSet | None = None, progress: bool = True) -> None:
-        self.cfg, self.progress = cfg, progress
+    def __init__(self, cfg: Config, fs: FeatureSet | None = None, progress: bool = True,
+                 init_state: dict | None = None) -> None:
+        self.cfg, self.progress, self.init_state = cfg, progress, init_state
         env = dist_env()
         self.rank, self.world, self.main = env.rank, env.world, env.main
         self.device = init_distributed(env, pick_device(cfg.device, verbose=self.main))
@@ -188,6 +189,8 @@ class TrainingRun:
         self.fs = fs if fs is not None else prepare_features(cfg, env)
         self.cache_key = self.fs.meta.get("cache_key", "")
         model = model_for(cfg, self.fs.n_features).to(self.device)
+        if self.init_state is not None and not cfg.resume:  # warm start (walk-forward); a resume has its own
+            model.load_state_dict(self.init_state)
         self.windows, source = make_sources(self.fs, model, cfg, self.device)
         self.trainer = Trainer(cfg, model, self.windows, source, self.device, self.world, verbose=self.main)
         self.step, self.epoch, self.pos = 0, 0, 0
@@ -511,8 +514,13 @@ class TrainingRun:
         }
 
 
-def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True) -> RunResult:
-    """Train one run end to end; the function 03_train and `tradelib train` both call.
+def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init_state: dict | None = None,
+          leave_group: bool = True) -> RunResult:
+    """Train one run end to end; the function 03_train and `tradelib train` both call (through
+    walkforward.train_or_walk). `init_state`: the model's starting weights (a warm-started walk-forward fold).
+    `leave_group` False: under torchrun, after a clean finish the ranks meet at a barrier but keep the process
+    group for the next run of the same processes (a walk-forward's next fold; joining a group again after
+    leaving it can hang in gloo's rendezvous). After an error the group is always left.
 
     Under torchrun every process calls it: each joins the process group, trains its share, and at the end
     stops its DataLoader workers, waits at a barrier until every rank (rank 0 writing the outputs) is done,
@@ -523,7 +531,7 @@ def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True) -> R
     run, finished = None, False
     with torch_flags(cfg.deterministic):
         try:
-            run = TrainingRun(cfg, fs, progress)
+            run = TrainingRun(cfg, fs, progress, init_state)
             tr = run.trainer
             if run.main:
                 print(f"run {run.run_id}: {cfg.model}, {n_params(run.model):,} parameters, "
@@ -536,7 +544,10 @@ def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True) -> R
         finally:
             if run is not None:
                 run.close()
-            cleanup_distributed(clean=finished)
+            if leave_group or not finished:
+                cleanup_distributed(clean=finished)
+            else:
+                barrier()
     if run.main:
         oracle = summary.get("oracle_pooled_ic")
         print(f"done: {summary['samples_per_s']:,.0f} samples/s, pooled test IC {summary['pooled_ic']:.4f}"

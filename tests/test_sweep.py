@@ -1,0 +1,115 @@
+"""`tradelib sweep`: the grid as planned (and refused before anything runs), then end to end through papermill."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import papermill as pm
+import pytest
+
+from tradelib import runs
+from tradelib.config import ConfigError
+from tradelib.paths import repo_root
+from tradelib.sweep import make_plan, run_sweep, split_values
+
+ROOT = repo_root()
+TINY = str(ROOT / "params" / "tiny.yaml")
+
+
+@pytest.mark.parametrize("name, text, values", [
+    ("batch_size", "128,512,1024", [128, 512, 1024]),
+    ("model", "lstm, tcn", ["lstm", "tcn"]),  # a parameter with fixed choices
+    ("dense", "True,False", [True, False]),
+    ("lr", "1e-3;2e-3", [0.001, 0.002]),  # `;` works for every parameter
+    ("cost_grid_bps", "0,5,10", ["0,5,10"]),  # a text parameter keeps its commas: one value
+    ("cost_grid_bps", "0,5;1,2", ["0,5", "1,2"]),
+    ("data_path", "prices,2024.csv", ["prices,2024.csv"]),
+    ("batch_size", "256", [256]),
+])
+def test_values_split_on_commas_only_where_a_value_cannot_hold_one(name, text, values):
+    assert split_values(name, text) == values
+
+
+def test_the_plan_is_the_grid_and_links_the_zipped_parameters(outputs):
+    """The seed's before/after table (128; 512 x 2; 1024) for both loaders: six runs, not eighteen."""
+    plan = make_plan(None, [("loader", "dataloader,device"), ("lr", "0.001")],
+                     [("batch_size", "128,512,1024"), ("grad_accum_steps", "1,2,1")], "seed")
+    pairs = [(c.loader, c.batch_size, c.grad_accum_steps) for c in plan.configs]
+    assert pairs == [(lo, b, g) for lo in ("dataloader", "device") for b, g in ((128, 1), (512, 2), (1024, 1))]
+    assert all(c.lr == 0.001 for c in plan.configs) and plan.shared == {"lr": 0.001}
+    assert plan.names[1] == "loader=dataloader,batch_size=512,grad_accum_steps=2"
+    assert [c.run_id for c in plan.configs][:1] == ["seed/loader=dataloader,batch_size=128,grad_accum_steps=1"]
+    same = make_plan(None, [("model", "lstm,tcn")], [])
+    assert make_plan(None, [("model", "lstm,tcn")], []).sweep_id == same.sweep_id  # the same command, the same id
+    assert make_plan(None, [("model", "lstm,gru")], []).sweep_id != same.sweep_id
+    assert not any(outputs.iterdir()), "planning writes nothing"
+
+
+@pytest.mark.parametrize("grid, linked, problem", [
+    ([("batch_size", "64,0")], [], "sweep run batch_size=0: parameter 'batch_size' is 0; it must be >= 1"),
+    ([("batchsize", "64,128")], [], "did you mean 'batch_size'"),
+    ([("cost_bps", "1,5")], [], "'cost_bps' is a report parameter"),
+    ([("steps", "5,10")], [], "'steps' does not shape a training run"),
+    ([("run_id", "a")], [], "'run_id' is set by the sweep"),
+    ([("model", "lstm,cnn")], [], "parameter 'model' is 'cnn'; allowed: mlp | lstm | gru | tcn"),
+    ([("lr", "1,2")], [("lr", "3,4")], "'lr' is given twice"),
+    ([], [("batch_size", "1,2"), ("grad_accum_steps", "1,2,3")], "need as many values each"),
+])
+def test_a_bad_combination_is_refused_before_anything_runs(outputs, grid, linked, problem):
+    with pytest.raises(ConfigError, match=problem.replace("|", r"\|").replace("(", r"\(")):
+        make_plan(None, grid, linked)
+    assert not outputs.exists() or not any(outputs.iterdir())
+
+
+def test_a_sweep_runs_notebook_03_per_combination_and_compares_them(outputs, tmp_path):
+    """Two runs through papermill, one of them a walk-forward; the table, figure and page; a rerun skips both;
+    the same name with other parameters is refused; 04 reports a run of the sweep fold by fold."""
+    res = subprocess.run([sys.executable, "-m", "tradelib", "sweep", "--name", "s", "-f", TINY, "-p", "folds", "0,2",
+                          "-p", "max_steps", "4", "-p", "device", "cpu", "-p", "compile", "off", "-p", "cost_bps", "2"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    folder = outputs / "s"
+    table = pd.read_csv(folder / "sweep.csv")
+    assert table["run"].tolist() == ["folds=0", "folds=2"] and set(table["status"]) == {"ran"}
+    assert (table["samples_per_s"] > 0).all() and table["pooled_ic"].notna().all() and table["net_sharpe"].notna().all()
+    for run in ("folds=0", "folds=2"):
+        summary = runs.read_summary(folder / run)
+        assert summary["run_id"] == f"s/{run}" and (folder / run / "03_train.ipynb").exists()
+        assert summary["pooled_ic"] == pytest.approx(table.set_index("run").loc[run, "pooled_ic"])
+    assert len(runs.read_summary(folder / "folds=2")["folds"]) == 2 and (folder / "folds=2" / "fold-1").is_dir()
+    page = (folder / "sweep.html").read_text()
+    assert "samples/s" in page and "net Sharpe" in page and "data:image/png;base64," in page
+    assert (folder / "sweep.png").stat().st_size > 0 and (folder / "sweep.md").read_text().count("| ran |") == 2
+    assert str(folder / "sweep.html") in res.stdout
+
+    stamp = (folder / "folds=2" / "03_train.ipynb").stat().st_mtime_ns
+    plan = make_plan([TINY], [("folds", "0,2"), ("max_steps", "4"), ("device", "cpu"), ("compile", "off"),
+                              ("cost_bps", "2")], [], "s")
+    again = run_sweep(plan, progress=False)
+    assert set(again["status"]) == {"done earlier"}
+    assert (folder / "folds=2" / "03_train.ipynb").stat().st_mtime_ns == stamp
+    other = make_plan([TINY], [("folds", "0,2"), ("max_steps", "4"), ("device", "cpu"), ("lr", "0.01")], [], "s")
+    with pytest.raises(ConfigError, match="finished with other parameters"):
+        run_sweep(other, progress=False)
+
+    nb = ROOT / "notebooks"
+    pm.execute_notebook(str(nb / "04_report.ipynb"), str(tmp_path / "04.ipynb"), cwd=str(nb), progress_bar=False,
+                        parameters={"run_id": "s/folds=2"})
+    report = json.loads((folder / "folds=2" / "report.json").read_text())
+    assert [r["fold"] for r in report["folds"]["table"]] == ["0", "1", "all"]
+    shown = (tmp_path / "04.ipynb").read_text()
+    assert "Walk-forward" in shown and "The sweep `s` this run belongs to" in shown
+    assert (folder / "folds=2" / "folds.png").exists()
+
+
+def test_a_failed_run_is_marked_the_others_go_on_and_the_command_fails(outputs):
+    res = subprocess.run([sys.executable, "-m", "tradelib", "sweep", "--name", "f", "-f", TINY, "-p", "model", "tcn",
+                          "-p", "layers", "9,1", "-p", "max_steps", "2", "-p", "device", "cpu", "-p", "compile", "off"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: sweep 'f': 1 of 2 runs failed (layers=9)")
+    assert str(outputs / "f" / "sweep.html") in last
+    table = pd.read_csv(outputs / "f" / "sweep.csv")
+    assert table["status"].tolist() == ["failed", "ran"] and table["samples_per_s"].isna().tolist() == [True, False]

@@ -1,0 +1,231 @@
+"""Walk-forward: fold splits that tile the out-of-sample span, scaling fitted per fold, stitched predictions."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tradelib import cache, dataset, evaluate, report, runs
+from tradelib.config import Config
+from tradelib.features import build_features, feature_makers, fit_robust
+from tradelib.train import TrainingRun, train
+from tradelib.walkforward import walk_forward
+
+from .test_features import clean_market
+
+BAR = 300 * 10**9
+FOLDS = dict(window=16, horizon=2, folds=3, train_frac=0.4, val_frac=0.1)
+# a tiny, fast walk-forward run: 3 symbols x 2,500 bars, an MLP, a few steps per fold
+WF = dict(synth_symbols=3, synth_bars=2500, window=8, hidden=8, layers=1, model="mlp", batch_size=64, epochs=1,
+          max_steps=6, log_every=2, device="cpu", compile="off", precision="fp32", seed=5, warmup_steps=1,
+          folds=3, train_frac=0.4, val_frac=0.1)
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return clean_market(n_symbols=4, n_bars=1500)
+
+
+@pytest.mark.parametrize("window", ["expanding", "rolling"])
+def test_each_folds_test_period_follows_its_training_and_the_test_periods_tile(clean, window):
+    cfg = Config(**FOLDS, fold_window=window)
+    sets = [build_features(clean, cfg, fold=k) for k in range(3)]
+    ts = sets[0].timestamp
+    single = build_features(clean, Config(window=16, horizon=2, train_frac=0.4, val_frac=0.1))
+    gap = (cfg.horizon + cfg.window) * BAR  # the purge, in bars of each symbol: at least this much time
+    cuts = [fs.meta["splits"] for fs in sets]
+    for k, fs in enumerate(sets):
+        t = {s: ts[fs.split == s] for s in (0, 1, 2)}
+        assert t[0].max() < t[1].min() and t[1].max() < t[2].min()  # train, then validation, then test
+        assert t[1].min() - t[0].max() >= gap and t[2].min() - t[1].max() >= gap  # purged at each boundary
+        assert cuts[k]["val_end"] < t[2].min() and t[2].max() <= cuts[k]["test_end"]
+        assert t[0].max() <= cuts[k]["train_end"] < cuts[k]["val_end"]
+        if window == "rolling" and k > 0:
+            assert t[0].min() > cuts[k]["train_start"] > ts.min()
+        else:
+            assert t[0].min() == ts.min()
+    # fold 0 is the single split; each test period starts where the previous one ended; the last ends the data
+    assert cuts[0]["train_end"] == single.meta["splits"]["train_end"]
+    assert cuts[0]["val_end"] == single.meta["splits"]["val_end"]
+    assert all(cuts[k + 1]["val_end"] == cuts[k]["test_end"] for k in range(2))
+    assert cuts[-1]["test_end"] == ts.max()
+    periods = [(ts > c["val_end"]) & (ts <= c["test_end"]) for c in cuts]
+    assert (sum(p.astype(int) for p in periods) == (ts > cuts[0]["val_end"])).all()  # no overlap, no hole
+    tested = [set(zip(ts[fs.split == 2], fs.symbol_id[fs.split == 2])) for fs in sets]
+    assert not (tested[0] & tested[1]) and not (tested[1] & tested[2]) and not (tested[0] & tested[2])
+    if window == "rolling":  # the training window keeps the first fold's share of the rows
+        sizes = [int((fs.split == 0).sum()) for fs in sets]
+        assert max(sizes) - min(sizes) < 0.02 * sizes[0]
+
+
+def test_each_fold_is_scaled_on_its_own_training_rows_only(clean):
+    """The stored median and scale of every feature equal a fit on that fold's training rows, and differ by
+    fold; moving only rows after a fold's training period changes nothing of that fold's scaling."""
+    cfg = Config(**FOLDS)
+    sets = [build_features(clean, cfg, fold=k) for k in range(3)]
+    makers = feature_makers(clean, sets[0].segment)
+    for fs in sets:
+        for j, name in enumerate(fs.feature_names):
+            med, scale = fit_robust(makers[name]()[fs.split == 0])
+            assert fs.meta["norm"]["median"][j] == med and fs.meta["norm"]["scale"][j] == scale
+    assert sets[0].meta["norm"] != sets[1].meta["norm"] != sets[2].meta["norm"]
+    late = clean.copy()
+    after = sets[1].timestamp > sets[1].meta["splits"]["train_end"]
+    late.loc[after, "volume"] *= 1000  # only rows after fold 1's training period move
+    assert build_features(late, cfg, fold=1).meta["norm"] == sets[1].meta["norm"]
+    assert build_features(late, cfg, fold=2).meta["norm"] != sets[2].meta["norm"]
+
+
+def test_one_fold_is_the_single_split_and_the_cache_keys_on_the_fold(clean):
+    plain = build_features(clean, Config(window=16))
+    one = build_features(clean, Config(window=16, folds=1, fold_window="rolling"))
+    assert (plain.split == one.split).all() and plain.meta["splits"] == one.meta["splits"]
+    assert plain.meta["feature_config"] == one.meta["feature_config"]
+    base = Config(synth_symbols=3, synth_bars=600)
+    assert cache.cache_key(base) == cache.cache_key(base.replace(folds=1, fold_window="rolling"))
+    three = base.replace(folds=3)
+    keys = {cache.cache_key(three, k) for k in range(3)} | {cache.cache_key(base)}
+    assert len(keys) == 4 and cache.cache_key(three.replace(fold_window="rolling"), 1) not in keys
+    with pytest.raises(ValueError, match="fold 3 does not exist"):
+        build_features(clean, Config(**FOLDS), fold=3)
+    with pytest.raises(ValueError, match="walk-forward fold 0 of 40: the test split holds no window of 16 bars"):
+        build_features(clean, Config(**{**FOLDS, "folds": 40}))
+
+
+def test_a_run_starts_from_the_weights_it_is_given(tiny_cfg, tiny_fs):
+    cfg = tiny_cfg.replace(run_id="warm", model="mlp")
+    donor = TrainingRun(cfg.replace(run_id="donor", seed=9), tiny_fs, progress=False)
+    given = {k: v + 1.0 for k, v in donor.model.state_dict().items()}
+    donor.close()
+    run = TrainingRun(cfg, tiny_fs, progress=False, init_state=given)
+    try:
+        assert all(torch.equal(v, given[k]) for k, v in run.model.state_dict().items())
+    finally:
+        run.close()
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """One outputs/ for the whole module (overriding conftest's folder per test): the walk-forward is shared."""
+    old = os.environ.get("TRADELIB_OUTPUTS")
+    path = tmp_path_factory.mktemp("outputs")
+    os.environ["TRADELIB_OUTPUTS"] = str(path)
+    yield path
+    if old is None:
+        del os.environ["TRADELIB_OUTPUTS"]
+    else:
+        os.environ["TRADELIB_OUTPUTS"] = old
+
+
+@pytest.fixture(scope="module")
+def walked(outputs):
+    return walk_forward(Config(**WF, run_id="wf", fold_init="warm"), progress=False)
+
+
+def test_stitched_predictions_are_the_folds_predictions_in_their_test_periods(walked):
+    top = walked.run_dir
+    stitched = runs.read_predictions(top)
+    folds = walked.summary["folds"]
+    assert [f["run_id"] for f in folds] == [f"wf/fold-{k}" for k in range(3)]
+    per = [runs.read_predictions(top / f"fold-{k}") for k in range(3)]
+    cols = ["row", "timestamp", "symbol", "prediction", "target", "ret_next"]
+    pd.testing.assert_frame_equal(stitched[cols], pd.concat(per, ignore_index=True)[cols])
+    assert stitched["fold"].tolist() == [k for k, p in enumerate(per) for _ in range(len(p))]
+    assert not stitched.duplicated(["timestamp", "symbol"]).any()
+    for k, f in enumerate(folds):
+        when = pd.to_datetime(stitched.loc[stitched["fold"] == k, "timestamp"], utc=True)
+        assert when.min() > pd.Timestamp(f["test_period_start"]) and when.max() <= pd.Timestamp(f["test_end"])
+        assert pd.Timestamp(f["train_end"]) < pd.Timestamp(f["val_end"]) < when.min()
+    assert folds[0]["norm_median"] != folds[1]["norm_median"] != folds[2]["norm_median"]
+    # the summary's named ICs are the stitched predictions', each fold's its own rows'
+    ics = evaluate.named_ics(stitched)
+    assert walked.summary["pooled_ic"] == ics["pooled_ic"] and walked.summary["test_rows"] == len(stitched)
+    assert folds[1]["pooled_ic"] == evaluate.named_ics(per[1])["pooled_ic"]
+    steps = [r["step"] for r in runs.read_metrics(top) if r["kind"] == "step"]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == 18
+
+
+def test_the_ridge_baseline_is_refitted_on_each_folds_training_rows(walked):
+    stitched = runs.read_predictions(walked.run_dir)
+    for k in range(3):
+        fs = dataset.prepare(Config(**WF), verbose=False, fold=k)
+        train = (fs.split == 0) & np.isfinite(fs.y)
+        X = np.c_[np.ones(train.sum()), fs.X[train].astype(np.float64)]
+        coef = np.linalg.solve(X.T @ X + np.diag([0.0] + [1.0] * fs.n_features), X.T @ fs.y[train])
+        mine = stitched[stitched["fold"] == k]
+        expected = np.c_[np.ones(len(mine)), fs.X[mine["row"]].astype(np.float64)] @ coef
+        np.testing.assert_allclose(mine["ridge"], expected, rtol=1e-6, atol=1e-9)
+
+
+def test_warm_folds_continue_from_the_previous_folds_weights(walked):
+    """Fold 1 of the warm walk-forward equals a run of fold 1 started from fold 0's final weights, bit for bit."""
+    top = walked.run_dir
+    fold0 = torch.load(top / "fold-0" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    fs1 = dataset.prepare(Config(**WF), verbose=False, fold=1)
+    again = train(Config(**WF, run_id="again", fold_init="warm"), fs=fs1, progress=False, init_state=fold0)
+    fold1 = torch.load(top / "fold-1" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(v, fold1[k]) for k, v in again.model.state_dict().items())
+    scratch = train(Config(**WF, run_id="scratch"), fs=fs1, progress=False)
+    assert not all(torch.equal(v, fold1[k]) for k, v in scratch.model.state_dict().items())
+
+
+def test_the_report_has_every_fold_and_all_of_them(walked):
+    top = walked.run_dir
+    inputs = report.load_inputs(top, fs=report.load_featureset(top))
+    rep = report.build_report(top, inputs=inputs)
+    table = pd.DataFrame(rep["folds"]["table"])
+    assert table["fold"].tolist() == ["0", "1", "2", "all"] and rep["folds"]["n_folds"] == 3
+    stitched = inputs.predictions
+    for k in range(3):
+        mine = stitched[stitched["fold"] == k]
+        row = table.iloc[k]
+        assert row["test_rows"] == len(mine)
+        assert row["pooled_ic"] == pytest.approx(evaluate.named_ics(mine)["pooled_ic"])
+        assert row["net_sharpe"] == pytest.approx(evaluate.backtest(
+            mine, periods_per_year=rep["summary"]["periods_per_year"]).stats["net"]["sharpe"])
+    assert table.iloc[3]["net_sharpe"] == pytest.approx(rep["summary"]["net_sharpe"])
+    assert rep["conventions"]["splits"]["method"] == "walk-forward"
+    assert "ridge" in set(inputs.predictors["predictor"])  # the per-fold ridge, though no single feature set
+    text = report.folds_markdown(rep)
+    assert "3 folds" in text and text.count("\n| ") == 5  # header + 3 folds + all
+
+
+def test_resume_continues_the_folds_with_checkpoints_and_trains_the_rest(walked):
+    top = walked.run_dir
+    before = runs.read_predictions(top)
+    shutil.rmtree(top / "fold-2")
+    again = walk_forward(Config(**WF, run_id="wf", fold_init="warm", resume=True), progress=False)
+    after = runs.read_predictions(top)
+    pd.testing.assert_frame_equal(before, after)  # folds 0, 1 resumed at their end; fold 2 trained the same
+    assert again.summary["folds"][2]["optimizer_steps"] == 6
+    with pytest.raises(ValueError, match="already has checkpoints"):
+        walk_forward(Config(**WF, run_id="wf"), progress=False)
+
+
+def test_two_ranks_walk_the_folds_like_one_process(outputs):
+    """`tradelib train -p n_gpus 2 -p folds 2`: torchrun, every rank walks the folds in one process group; each
+    fold's weights match one process with the same global batch, and rank 0 alone writes."""
+    base = {**WF, "folds": 2, "max_steps": 3, "fold_init": "warm"}
+    two = {**base, "batch_size": 16, "grad_accum_steps": 2, "n_gpus": 2, "run_id": "ddp-wf"}
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    args = [a for k, v in two.items() for a in ("-p", k, str(v))]
+    res = subprocess.run([sys.executable, "-m", "tradelib", "train", *args], env=env, capture_output=True, text=True,
+                         timeout=300)  # a hang fails the test, never blocks the suite
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert res.stdout.count("walk-forward: 2 folds") == 1 and res.stdout.count("done: ") == 2
+    folder = outputs / "ddp-wf"
+    one = walk_forward(Config(**{**base, "batch_size": 32, "grad_accum_steps": 2, "run_id": "one-wf"}), progress=False)
+    for k in range(2):
+        ddp = torch.load(folder / f"fold-{k}" / "checkpoints" / "last.pt", weights_only=False)["model"]
+        single = torch.load(one.run_dir / f"fold-{k}" / "checkpoints" / "last.pt", weights_only=False)["model"]
+        for name, v in single.items():
+            assert torch.allclose(ddp[name], v, rtol=1e-5, atol=1e-6), (k, name)
+    summary = runs.read_summary(folder)
+    assert summary["world_size"] == 2 and len(summary["folds"]) == 2
+    assert len(runs.read_predictions(folder)) == len(runs.read_predictions(one.run_dir))

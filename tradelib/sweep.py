@@ -1,0 +1,387 @@
+"""`tradelib sweep`: a grid of training runs, each notebook 03 executed by papermill, and their comparison.
+
+    tradelib sweep -f params/default.yaml -p batch_size 128,512 -p model lstm,tcn -p max_steps 50
+    tradelib sweep -z batch_size 128,512,1024 -z grad_accum_steps 1,2,1 -p loader dataloader,device
+
+Each `-p NAME VALUES` is an axis of the grid: every combination of the axes' values is one run (a single
+value: the same in every run). `-z NAME VALUES` links parameters position by position: `-z batch_size
+128,512,1024 -z grad_accum_steps 1,2,1` is three runs (128 x 1, 512 x 2, 1024 x 1), not nine, and the linked
+set is one more axis of the grid.
+
+How VALUES is split: `,` separates the values of a number, a true/false, or a parameter with fixed choices
+(`model`, `loader`, `fold_window`, ...). Every other text parameter keeps its commas, since its own value may
+hold them (`loaders`, `batch_sizes`, `cost_grid_bps`, `bench_models`, a `data_path`): only `;` separates its
+values (`-p data_path 'a.csv;b.csv'`). `;` works for every parameter; a value with `;` splits on `;` only.
+
+Every combination is checked (names, values, the device) before the first run starts. The runs go into one
+sweep folder; each is a normal run folder, so every tool that reads a run reads it (04_report with run_id
+`<sweep_id>/<run>`):
+
+    outputs/<sweep_id>/
+      <run>/               e.g. batch_size=512,model=tcn: 03_train.ipynb as executed, and the run's own files
+      sweep.json           the sweep's definition: shared parameters, axes, runs
+      sweep.csv            one row per run: its values, status, throughput, memory, the named ICs, net Sharpe
+      sweep.md, sweep.html, sweep.png    the same table for reading, and its figure
+
+The sweep id is named by `--name`, else made from the parameters (the same command gives the same id).
+Rerunning the same command skips the runs that finished with the same parameters, resumes any that was
+interrupted, and writes the table again. A run that fails is reported in the table and the sweep goes on;
+the command then ends with exit code 1. Net Sharpe and the ICs are the report's (report.summary_block), with
+the report parameters given to the sweep (cost_bps, position_mode, trade_delay, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import hashlib
+import html
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tradelib import report, runs
+from tradelib.config import (
+    Config,
+    ConfigError,
+    declared_parameters,
+    parameter_lines,
+    parse_value,
+    read_params,
+    unknown_message,
+)
+from tradelib.hardware import pick_device
+from tradelib.paths import atomic_write_bytes, notebooks_dir, outputs_dir
+from tradelib.pipeline import NotebookFailed, execute_notebooks
+
+NOTEBOOK = "03_train"
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+MANAGED = ("run_id", "resume")  # the sweep names each run and resumes it
+# the comparison table's figures, after each run's values and status (report.summary_block's names)
+NUMBERS = ["samples_per_s", "it_per_s", "global_batch", "data_wait_share", "peak_mem_gb", "gpu_util", "mfu",
+           "train_time_s", "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "pooled_ic", "net_sharpe",
+           "gross_sharpe", "break_even_bps"]
+
+
+@dataclass
+class Plan:
+    """A sweep before it runs: every run's name, varying values and checked Config."""
+
+    sweep_id: str
+    folder: Path
+    shared: dict  # the parameters every run gets (files, then single-valued -p)
+    axes: list[str]  # the names that vary, in the order given
+    names: list[str]  # run folder names
+    values: list[dict]  # each run's varying values
+    configs: list[Config]
+
+
+def splits_on_comma(name: str) -> bool:
+    """Whether `,` separates a parameter's sweep values: numbers, booleans and fixed choices never hold one."""
+    f = FIELDS[name]
+    return f.type in ("int", "float", "bool") or bool(f.metadata["choices"])
+
+
+def split_values(name: str, text) -> list:
+    """The values one -p / -z gives a parameter (see the module's doc for `,` and `;`), typed as papermill
+    types them."""
+    if not isinstance(text, str):
+        return [text]
+    sep = ";" if ";" in text else "," if splits_on_comma(name) else None
+    parts = [text] if sep is None else [p.strip() for p in text.split(sep)]
+    if any(p == "" for p in parts) and len(parts) > 1:
+        raise ConfigError(f"sweep: parameter {name!r} has an empty value in {text!r}")
+    return [parse_value(p) for p in parts]
+
+
+def _check_name(name: str, allowed: set[str]) -> None:
+    if name not in FIELDS:
+        raise ConfigError(f"sweep: {unknown_message(name, FIELDS)}")
+    if name in MANAGED:
+        raise ConfigError(f"sweep: parameter {name!r} is set by the sweep for each run (name the sweep with --name)")
+    if name not in allowed and FIELDS[name].metadata["group"] != "report":
+        raise ConfigError(f"sweep: parameter {name!r} does not shape a training run ({NOTEBOOK} does not declare "
+                          f"it; `tradelib sweep --help` lists those that do)")
+
+
+def _slug(value) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(value)).strip("_") or "_"
+
+
+def run_name(values: dict) -> str:
+    """A run's folder name: its varying values, e.g. batch_size=512,model=tcn ("run" when nothing varies)."""
+    return ",".join(f"{k}={_slug(v)}" for k, v in values.items()) or "run"
+
+
+def default_id(shared: dict, axes: list[tuple[str, list]]) -> str:
+    """The same parameters give the same sweep id, so rerunning a command finds its finished runs."""
+    blob = json.dumps({"shared": shared, "axes": axes}, sort_keys=True, default=str).encode()
+    return "sweep-" + "-".join(name for name, _ in axes)[:60] + ("-" if axes else "") + \
+        hashlib.sha256(blob).hexdigest()[:8]
+
+
+def grid_axes(grid: list[tuple[str, str]], linked: list[tuple[str, str]], shared: dict, allowed: set[str]
+              ) -> list[tuple[tuple[str, ...], list[tuple]]]:
+    """The grid's axes as (names, rows of values): one per -p NAME with several values, and one for all the -z
+    NAMEs together, position by position. A -p NAME with one value goes into `shared` instead."""
+    seen: set[str] = set()
+
+    def values(name: str, text: str, linked_: bool) -> list:
+        if name in seen:
+            raise ConfigError(f"sweep: parameter {name!r} is given twice")
+        seen.add(name)
+        _check_name(name, allowed)
+        vals = split_values(name, text)
+        if FIELDS[name].metadata["group"] == "report" and (len(vals) > 1 or linked_):
+            raise ConfigError(f"sweep: {name!r} is a report parameter: every run is evaluated with one value of it "
+                              f"(cost_grid_bps reports the net Sharpe at several costs); sweep training parameters")
+        return vals
+
+    axes = []
+    for name, text in grid:
+        vals = values(name, text, False)
+        if len(vals) == 1:
+            shared[name] = vals[0]
+        else:
+            axes.append(((name,), [(v,) for v in vals]))
+    if linked:
+        cols = {name: values(name, text, True) for name, text in linked}
+        if len({len(v) for v in cols.values()}) > 1:
+            raise ConfigError("sweep: the -z parameters go together position by position and need as many values "
+                              "each; got " + ", ".join(f"{k} {len(v)}" for k, v in cols.items()))
+        axes.append((tuple(cols), list(zip(*cols.values()))))
+    return axes
+
+
+def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list[tuple[str, str]] | None = None,
+              sweep_id: str = "") -> Plan:
+    """Read and check the whole sweep: every name, and the Config of every combination, before anything runs."""
+    allowed = set(declared_parameters(NOTEBOOK))
+    shared = read_params(files)
+    for name in shared:
+        _check_name(name, allowed)
+    axes = grid_axes(grid, linked or [], shared, allowed)
+    axis_names = [n for names, _ in axes for n in names]
+    for name in axis_names:  # a file's value of a swept parameter is replaced in every run
+        shared.pop(name, None)
+    combos = [dict(zip(axis_names, (v for row in rows for v in row)))
+              for rows in itertools.product(*(rows for _, rows in axes))]
+    sweep_id = sweep_id or default_id(shared, [("+".join(n), r) for n, r in axes])
+    run_names = [run_name(c) for c in combos]
+    configs = []
+    for run, values in zip(run_names, combos):
+        try:
+            configs.append(Config.from_dict({**shared, **values, "run_id": f"{sweep_id}/{run}"}, source="sweep"))
+        except ConfigError as exc:
+            raise ConfigError(f"sweep run {run}: {exc}") from None
+    for device in {c.device for c in configs}:
+        pick_device(device, verbose=False)  # CUDA asked for but absent: say so now
+    return Plan(sweep_id, outputs_dir() / sweep_id, shared, axis_names, run_names, combos, configs)
+
+
+# -- running ------------------------------------------------------------------------------------------------
+def _differences(done: dict, want: dict) -> list[str]:
+    """The training parameters (03's) in which a finished run's config differs from the one wanted."""
+    trained = set(declared_parameters(NOTEBOOK)) - {"resume"}
+    return [f"{k}: {done.get(k)!r} -> {v!r}" for k, v in want.items() if k in trained and done.get(k) != v]
+
+
+def run_one(plan: Plan, i: int, progress: bool) -> str:
+    """Run i of the plan through notebook 03 into its folder: "ran", "done earlier" (finished with these
+    parameters), or "failed: ..." (the notebook's error; the sweep goes on)."""
+    name, cfg = plan.names[i], plan.configs[i]
+    folder = plan.folder / name
+    head = f"[sweep] {i + 1}/{len(plan.names)} {name}"
+    done = runs.read_summary(folder)
+    if done is not None:
+        diff = _differences(done.get("config") or {}, cfg.to_dict())
+        if not diff:
+            print(f"{head}: finished earlier with these parameters, skipped", flush=True)
+            return "done earlier"
+        raise ConfigError(f"sweep {plan.sweep_id!r}: run {name!r} finished with other parameters ({'; '.join(diff)})"
+                          f": name this sweep differently with --name")
+    resume = any(folder.glob("checkpoints/*.pt")) or any(folder.glob("fold-*/checkpoints/*.pt"))
+    declared = set(declared_parameters(NOTEBOOK))
+    params = {k: v for k, v in {**plan.shared, **plan.values[i]}.items() if k in declared}
+    params.update(run_id=cfg.run_id, resume=resume)
+    print(f"{head}: {'resuming' if resume else 'running'} {NOTEBOOK}", flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        execute_notebooks({NOTEBOOK: notebooks_dir() / f"{NOTEBOOK}.ipynb"}, {NOTEBOOK: params}, folder, progress,
+                          label="[sweep]")
+    except NotebookFailed as exc:
+        print(f"{head}: failed: {exc}", flush=True)
+        return f"failed: {exc}"
+    return "ran"
+
+
+def run_sweep(plan: Plan, progress: bool = True) -> pd.DataFrame:
+    """Every run of the plan in turn (the sweep folder locked meanwhile), then the comparison table and its
+    figure. Raises NotebookFailed, after writing the table, when a run failed."""
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    with runs.holding_run(plan.folder):
+        atomic_write_bytes(json.dumps({"sweep_id": plan.sweep_id, "shared": plan.shared, "axes": plan.axes,
+                                       "runs": dict(zip(plan.names, plan.values))}, indent=1, default=str).encode(),
+                           plan.folder / "sweep.json")
+        status = [run_one(plan, i, progress) for i in range(len(plan.names))]
+        table = sweep_table(plan, status)
+        write_outputs(plan, table)
+    failed = [n for n, s in zip(plan.names, status) if s.startswith("failed")]
+    if failed:
+        raise NotebookFailed(f"sweep {plan.sweep_id!r}: {len(failed)} of {len(plan.names)} runs failed "
+                             f"({', '.join(failed)}); the table of the others: {plan.folder / 'sweep.html'}")
+    return table
+
+
+def run_figures(folder: Path, cfg: Config) -> dict:
+    """One finished run's numbers for the table, computed as its report computes them (report.summary_block
+    with the sweep's report parameters)."""
+    inputs = report.load_inputs(
+        folder, cost_bps=cfg.cost_bps, fs=report.load_featureset(folder), mode=cfg.position_mode,
+        periods_per_year=cfg.periods_per_year, trade_delay=cfg.trade_delay,
+        cost_grid_bps=[float(c) for c in cfg.cost_grid_bps.split(",") if c.strip()])
+    block = report.summary_block(inputs)
+    return {k: block.get(k, inputs.summary.get(k)) for k in NUMBERS}
+
+
+def sweep_table(plan: Plan, status: list[str]) -> pd.DataFrame:
+    """One row per run: its varying values, run folder, status, and NUMBERS (NaN for a run without results)."""
+    rows = []
+    for name, values, cfg, st in zip(plan.names, plan.values, plan.configs, status):
+        row = {**values, "run": name, "status": st.split(":")[0]}
+        if runs.read_summary(plan.folder / name) is not None:
+            row.update(run_figures(plan.folder / name, cfg))
+        rows.append(row)
+    table = pd.DataFrame(rows).reindex(columns=[*plan.axes, "run", "status", *NUMBERS])
+    for c in NUMBERS:
+        table[c] = pd.to_numeric(table[c], errors="coerce").astype(float)
+    return table
+
+
+# -- the table for reading ----------------------------------------------------------------------------------
+FORMATS = {"samples_per_s": "{:,.0f}", "it_per_s": "{:,.1f}", "global_batch": "{:,.0f}", "data_wait_share": "{:.1%}",
+           "peak_mem_gb": "{:.2f}", "gpu_util": "{:.0f}", "mfu": "{:.1%}", "train_time_s": "{:,.1f}",
+           "net_sharpe": "{:.2f}", "gross_sharpe": "{:.2f}", "break_even_bps": "{:.1f}"}
+HEADERS = {"samples_per_s": "samples/s", "it_per_s": "it/s", "global_batch": "global batch",
+           "data_wait_share": "data wait", "peak_mem_gb": "peak memory (GB)", "gpu_util": "GPU busy (%)",
+           "mfu": "MFU", "train_time_s": "train time (s)", "cross_sectional_ic": "cross-sectional IC",
+           "cross_sectional_rank_ic": "cross-sectional rank IC", "daily_ic": "per-day IC",
+           "pooled_ic": "pooled IC", "net_sharpe": "net Sharpe", "gross_sharpe": "gross Sharpe",
+           "break_even_bps": "break-even (bps)"}
+
+
+# what sweep.md and sweep.html show of the table (sweep.csv has every column): it fits a 1400 px page
+SHOWN = ["samples_per_s", "global_batch", "data_wait_share", "peak_mem_gb", "gpu_util", "mfu", "cross_sectional_ic",
+         "daily_ic", "pooled_ic", "net_sharpe", "break_even_bps"]
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """The table for reading: the varying values, the status and SHOWN, integers as integers, shares as
+    percentages, ICs to 4 places, '-' where unknown."""
+    table = table[[c for c in table.columns if c not in NUMBERS and c != "run"] + SHOWN]
+    out = pd.DataFrame(index=table.index)
+    for c in table.columns:
+        fmt = FORMATS.get(c, "{:.4f}" if c in NUMBERS else None)
+        col = table[c]
+        if fmt is None:
+            out[c] = col.map(lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+        else:
+            out[c] = col.map(lambda v, f=fmt: "-" if pd.isna(v) else f.format(v))
+    return out.rename(columns=HEADERS)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    text = readable(table)
+    lines = ["| " + " | ".join(text.columns) + " |", "|" + "---|" * len(text.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in text.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
+body {{font-family: sans-serif; max-width: 1360px; margin: 1em auto; padding: 0 1em; color: #222}}
+.scroll {{overflow-x: auto}} table {{border-collapse: collapse; font-size: 13px}}
+th, td {{border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: right; white-space: nowrap}}
+th {{background: #f4f4f4}} img {{max-width: 100%}} code {{background: #f4f4f4; padding: 0 3px}}
+</style></head><body><h1>{title}</h1><p>{intro}</p><div class="scroll">{table}</div><p>{notes}</p>
+<img src="data:image/png;base64,{png}" alt="the sweep's figure"></body></html>
+"""
+
+
+def write_outputs(plan: Plan, table: pd.DataFrame) -> dict[str, Path]:
+    """sweep.csv (the numbers), sweep.md and sweep.html (for reading), sweep.png (the figure)."""
+    from tradelib import plots
+
+    folder = plan.folder
+    paths = {"csv": folder / "sweep.csv", "md": folder / "sweep.md", "html": folder / "sweep.html",
+             "png": folder / "sweep.png"}
+    atomic_write_bytes(table.to_csv(index=False).encode(), paths["csv"])
+    fig = plots.plot_sweep(table, paths["png"])
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    shared = ", ".join(f"{k}={v}" for k, v in plan.shared.items()) or "the defaults"
+    intro = (f"{len(plan.names)} runs of notebook {NOTEBOOK}, each a run folder under {folder} (report one with "
+             f"<code>tradelib report {plan.sweep_id}/RUN</code>, or 04_report with that run_id). Varying: "
+             f"{', '.join(plan.axes) or 'nothing'}. Shared: {html.escape(shared)}.")
+    notes = ("samples/s, it/s and the data-wait share are medians over each run's log intervals; memory is the "
+             "peak of the training device; the ICs are on the test split (docs/metrics.md); net Sharpe is the "
+             "report's long/short book after costs.")
+    atomic_write_bytes(f"# Sweep {plan.sweep_id}\n\n{intro}\n\n{markdown_table(table)}\n\n{notes}\n".encode(),
+                       paths["md"])
+    body = readable(table).to_html(index=False, escape=True, border=0)
+    png = base64.b64encode(paths["png"].read_bytes()).decode()
+    atomic_write_bytes(PAGE.format(title=f"Sweep {html.escape(plan.sweep_id)}", intro=intro, table=body,
+                                   notes=notes, png=png).encode(), paths["html"])
+    return paths
+
+
+def read_sweep(folder: Path) -> tuple[pd.DataFrame, Path] | None:
+    """A sweep folder's table and figure (04 shows them for a run inside a sweep); None when not a sweep."""
+    folder = Path(folder)
+    if not (folder / "sweep.csv").exists():
+        return None
+    return pd.read_csv(folder / "sweep.csv"), folder / "sweep.png"
+
+
+# -- the command --------------------------------------------------------------------------------------------
+def add_sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--parameters-file", dest="files", action="append", default=[], metavar="FILE",
+                   help="YAML parameter file shared by every run (repeatable; later files win)")
+    p.add_argument("-p", "--parameter", dest="params", action="append", nargs=2, default=[],
+                   metavar=("NAME", "VALUES"), help="an axis of the grid: VALUES separated by , (numbers, true/false, "
+                   "choices) or ; (any parameter); one value: the same in every run")
+    p.add_argument("-z", "--zip", dest="linked", action="append", nargs=2, default=[], metavar=("NAME", "VALUES"),
+                   help="parameters taken together position by position (equally many VALUES each): one axis")
+    p.add_argument("--name", default="", help="the sweep id, its folder under outputs/ (default: made from the "
+                                              "parameters, so the same command finds its finished runs)")
+    p.add_argument("--dry-run", action="store_true", help="check every combination and list the runs; run none")
+    p.epilog = ("VALUES: `,` separates the values of numbers, true/false and parameters with fixed choices; the "
+                "other text parameters (loaders, batch_sizes, cost_grid_bps, data_path, ...) keep their commas and "
+                "split on `;` only; `;` works for every parameter.\n"
+                "e.g. the seed's before/after table: tradelib sweep -f params/full.yaml -z batch_size 128,512,1024 "
+                "-z grad_accum_steps 1,2,1 -p loader dataloader,device -p max_steps 200\n\n"
+                "parameters (03_train's, and the report's for the table):\n"
+                + "\n".join(f"  {line}" for line in parameter_lines(
+                    ("data", "features", "model", "training", "system", "report"), ())
+                             if line.split(":")[0] not in MANAGED))
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    plan = make_plan(args.files, [tuple(p) for p in args.params], [tuple(p) for p in args.linked], args.name)
+    print(f"sweep {plan.sweep_id}: {len(plan.names)} runs into {plan.folder}", flush=True)
+    for name in plan.names:
+        print(f"  {name}")
+    if args.dry_run:
+        return 0
+    table = run_sweep(plan)
+    print(f"\nsweep {plan.sweep_id}:\n{markdown_table(table)}\n")
+    for kind in ("csv", "md", "html", "png"):
+        print(f"  sweep.{kind:5s} {plan.folder / f'sweep.{kind}'}")
+    return 0
