@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 
@@ -69,6 +70,24 @@ def test_follower_shows_another_process_progress_to_its_end(tmp_path, capsys):
     assert out[0].startswith("[pipeline] 03_train: train lstm:") and "/120 steps" in out[0]
     assert out[-1].startswith("[pipeline] 03_train: train lstm: 100% 120/120 steps, epoch 3/3, loss 0.5000")
     assert len(out) <= len(LINE_FRACTIONS) + 2
+
+
+def test_follower_shows_each_fold_of_a_walk_forward_as_its_own_bar(tmp_path, capsys):
+    """A walk-forward trains fold-0/, fold-1/ ... one after another: each fold's progress is followed to its end."""
+    with Follower(tmp_path / PROGRESS_FILE, "[pipeline] 03_train", mode="lines", poll_s=0.01):
+        for k in range(2):
+            (tmp_path / f"fold-{k}").mkdir()
+            run = Progress(40, desc="train lstm", mode="off", epochs=1, path=tmp_path / f"fold-{k}" / PROGRESS_FILE,
+                           file_interval_s=0.0)
+            for _ in range(40):
+                run.advance()
+                run.figures(0, 0.25 * (k + 1), 1000.0)
+            run.close()
+            time.sleep(0.1)  # the follower sees the finished fold before the next one starts
+    out = capsys.readouterr().out.splitlines()
+    ends = [line for line in out if "100% 40/40 steps" in line]
+    assert [line.split(":")[1].strip() for line in ends] == ["fold-0 train lstm", "fold-1 train lstm"], out
+    assert "loss 0.2500" in ends[0] and "loss 0.5000" in ends[1]
 
 
 def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:

@@ -187,37 +187,64 @@ def read_progress(path: Path) -> dict | None:
 
 class Follower:
     """Shows the progress of a run that another process trains (03_train in papermill's kernel) in this
-    terminal, from its progress.json: a thread polls the file and drives a `Progress` of its own."""
+    terminal, from its progress.json: a thread polls the file and drives a `Progress` of its own. A walk-forward
+    trains one fold at a time in `fold-k/` beside the file: the newest of those files is followed, a bar each."""
 
     def __init__(self, path: Path, label: str, mode: str = "auto", poll_s: float = 0.5) -> None:
         self.path, self.label, self.mode, self.poll_s = Path(path), label, mode, poll_s
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="tradelib-progress", daemon=True)
         self.shown: Progress | None = None
+        self.source: Path | None = None  # the file the shown bar follows
+
+    def _files(self) -> list[Path]:
+        return [self.path, *self.path.parent.glob(f"fold-*/{self.path.name}")]
+
+    def _newest(self) -> Path | None:
+        times = {}
+        for f in self._files():
+            try:
+                times[f] = f.stat().st_mtime_ns
+            except OSError:  # not written yet, or replaced just now
+                continue
+        return max(times, key=times.get) if times else None
 
     def __enter__(self) -> Follower:
-        self.path.unlink(missing_ok=True)  # a previous run's file in the same folder is not this run's progress
+        for f in self._files():  # a previous run's files in the same folder are not this run's progress
+            f.unlink(missing_ok=True)
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop_event.set()
         self.thread.join(timeout=5)
-        data = read_progress(self.path)
-        self._show(data)
+        data = self._poll()
         if self.shown is not None:  # the run's own last word, else: its notebook stopped while it ran
             state = (data or {}).get("state", "running")
             self.shown.close("stopped" if state == "running" else state)
 
     def _run(self) -> None:
         while not self.stop_event.wait(self.poll_s):
-            self._show(read_progress(self.path))
+            self._poll()
 
-    def _show(self, data: dict | None) -> None:
+    def _poll(self) -> dict | None:
+        path = self._newest()
+        data = read_progress(path) if path is not None else None
         if data is None:
-            return
+            return None
+        if self.shown is not None and path != self.source:  # the next fold started: the last one's bar ends
+            last = read_progress(self.source)
+            if last is not None:
+                self._show(last, "")
+            self.shown.close((last or {}).get("state", "done"))
+            self.shown = None
+        self.source = path
+        self._show(data, path.parent.name if path.parent != self.path.parent else "")
+        return data
+
+    def _show(self, data: dict, fold: str) -> None:
         if self.shown is None:
-            desc = f"{self.label}: {data.get('desc', 'train')}"
+            desc = f"{self.label}: {fold + ' ' if fold else ''}{data.get('desc', 'train')}"
             self.shown = Progress(data["total"], data["step"], desc, self.mode, data.get("epochs") or 0)
         gap = int(data["step"]) - self.shown.step
         if gap > 0:
