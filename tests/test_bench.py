@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -140,10 +142,22 @@ def test_an_mfu_that_cannot_be_right_is_flagged_never_a_figure():
     assert "invalid" in table and "20.00%" not in table
 
 
-def burner(seconds: float) -> subprocess.Popen:
-    """Another process keeping one core busy."""
-    code = f"import time\nt = time.time()\nwhile time.time() - t < {seconds}: pass"
-    return subprocess.Popen([sys.executable, "-c", code])
+class burner:
+    """Another process keeping one core busy for `seconds`. Not a child of this one: CpuElsewhere counts this
+    process's children (the DataLoader's workers) as its own, so a child would not be "elsewhere"."""
+
+    def __init__(self, seconds: float) -> None:
+        code = f"import time; t = time.time(); [0 for _ in iter(lambda: time.time() - t < {seconds}, False)]"
+        shell = subprocess.run(["sh", "-c", f'"{sys.executable}" -c "{code}" >/dev/null 2>&1 & echo $!'],
+                               capture_output=True, text=True, check=True)
+        self.pid, self.end = int(shell.stdout), time.time() + seconds
+
+    def wait(self) -> None:
+        time.sleep(max(0.0, self.end - time.time()))
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
 
 
 def test_cpu_elsewhere_counts_other_processes_not_this_one():
