@@ -63,7 +63,7 @@ def test_train_notebook_from_repo_root_with_papermill_cli(tmp_path, outputs):
     summary = json.loads((outputs / "from-root" / "summary.json").read_text())
     assert summary["batch_size"] == 32
     # in a kernel with ipywidgets the training bar is one widget: one output, whatever the number of steps
-    train_cell = next(c for c in nbformat.read(out, as_version=4).cells if "train_or_launch(cfg)" in c.source)
+    train_cell = next(c for c in nbformat.read(out, as_version=4).cells if "train_or_walk(cfg)" in c.source)
     widgets = [o for o in train_cell.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert len(widgets) == 1
     assert not [o for o in train_cell.outputs if o.get("name") == "stderr"], "no progress redraws, no warnings"
@@ -154,7 +154,7 @@ def assert_few_progress_outputs(run: Path) -> None:
     """The executed 03 holds a handful of progress lines (the start, each quarter, the end), not a redraw per
     step; no notebook holds a stderr output (no progress debris, no IProgress warning, no profiler lines)."""
     nb = {name: nbformat.read(run / f"{name}.ipynb", as_version=4) for name in ("02_profiling", "03_train")}
-    train_cell = next(c for c in nb["03_train"].cells if "train_or_launch(cfg)" in c.source)
+    train_cell = next(c for c in nb["03_train"].cells if "train_or_walk(cfg)" in c.source)
     text = "".join(o.get("text", "") for o in train_cell.outputs if o.output_type == "stream")
     progress = [line for line in text.splitlines() if line.startswith("train lstm:")]
     assert 2 <= len(progress) <= 5 and len(train_cell.outputs) <= 10, train_cell.outputs

@@ -100,8 +100,8 @@ def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, 
     import papermill as pm
 
     notebooks = tuple(src)
-    if TRAINS in per_nb and "progress" not in per_nb[TRAINS]:
-        per_nb[TRAINS]["progress"] = "lines"  # a few lines in the saved notebook; the terminal shows the bar
+    if TRAINS in per_nb and "progress" not in per_nb[TRAINS]:  # a few lines in the saved notebook; the bar here
+        per_nb = {**per_nb, TRAINS: {**per_nb[TRAINS], "progress": "lines"}}
     paths: dict[str, Path] = {}
     for i, name in enumerate(notebooks, 1):
         t0 = time.perf_counter()

@@ -187,8 +187,9 @@ def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list
 
 # -- running ------------------------------------------------------------------------------------------------
 def _differences(done: dict, want: dict) -> list[str]:
-    """The training parameters (03's) in which a finished run's config differs from the one wanted."""
-    trained = set(declared_parameters(NOTEBOOK)) - {"resume"}
+    """The training parameters (03's) in which a finished run's config differs from the one wanted; how a run
+    shows its progress or whether it wrote TensorBoard events changes nothing it trained."""
+    trained = set(declared_parameters(NOTEBOOK)) - {"resume", "progress", "tensorboard"}
     return [f"{k}: {done.get(k)!r} -> {v!r}" for k, v in want.items() if k in trained and done.get(k) != v]
 
 
