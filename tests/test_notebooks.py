@@ -88,6 +88,7 @@ def test_pipeline_runs_all_notebooks_and_renders_the_report(outputs):
     # the terminal: each notebook, and 03's training progress from its progress.json; no profiler chatter
     assert "[pipeline] 3/4 03_train" in res.stdout and "[pipeline] 03_train: train lstm: 100% 8/8 steps" in res.stdout
     assert "USDT" not in res.stdout + res.stderr and "without encryption" not in res.stderr
+    assert "KeyboardInterrupt" not in res.stdout + res.stderr  # (jupyter_client interrupts a kernel to stop it)
     assert_few_progress_outputs(run)
     assert_reads_at_1400px(html)
     marked = set()  # the rows of the cells the predictor table marks best (a CSS rule names them)

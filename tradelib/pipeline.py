@@ -17,7 +17,9 @@ NOTEBOOKS = ("01_data_cleaning", "02_profiling", "03_train", "04_report")
 TRAINS = "03_train"  # the notebook whose training progress the pipeline shows in the terminal
 # papermill's kernels: their own log at ERROR (ipykernel 7 warns on every start that its local TCP sockets are
 # not encrypted; the kernel runs on this machine for this process only)
-KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+# jupyter_client interrupts every kernel as it shuts it down; ipykernel logs that as "ERROR | KeyboardInterrupt
+# caught in kernel" when it lands between cells. A notebook's own errors come back through papermill either way.
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
 class NotebookFailed(RuntimeError):

@@ -476,12 +476,13 @@ def run_configuration(summary: dict, splits: dict) -> list[tuple[str, str]]:
     data = (f"synthetic market: {c.get('synth_symbols')} symbols x {_count(c.get('synth_bars'))} 5-minute bars "
             f"(seed {c.get('data_seed')})" if c.get("data_path") == "synthetic" else str(c.get("data_path")))
     target = "vol-scaled forward log return" if c.get("vol_scaled_target") else "forward log return"
-    steps = f", at most {_count(c['max_steps'])} steps" if c.get("max_steps") else ""
+    per_fold = " per fold" if g("folds") else ""
+    steps = f", at most {_count(c['max_steps'])} steps{per_fold}" if c.get("max_steps") else ""
     purge = f", {splits['purge_bars']} bars purged at each boundary" if splits.get("purge_bars") else ""
     return [
         ("data", data),
         ("windows", f"{c.get('window')} bars of history each; {_count(g('train_windows'))} training and "
-                    f"{_count(g('test_windows'))} test windows"),
+                    f"{_count(g('test_windows'))} test windows" + (" (training: the last fold's)" if per_fold else "")),
         ("target", f"{target} over {c.get('horizon')} bar(s)"),
         ("model", f"{g('model')}: hidden {c.get('hidden')}, {c.get('layers')} layer(s), dropout {c.get('dropout')}; "
                   f"{_count(g('n_params'))} parameters"),
@@ -494,10 +495,18 @@ def run_configuration(summary: dict, splits: dict) -> list[tuple[str, str]]:
                    f"({_count(g('skipped_steps'))} skipped), seed {c.get('seed')}"),
         ("device", f"{g('device_name')} ({g('device')}), precision {c.get('precision')}, compile "
                    f"{g('compiled')}, loader {g('loader')}"),
-        ("splits", f"by {splits.get('method')}: training to {_when(splits.get('train_end'))}, validation "
-                   f"{_when(splits.get('val_start'))} to {_when(splits.get('val_end'))}, test "
-                   f"{_when(splits.get('test_start'))} to {_when(splits.get('test_end'))} (UTC){purge}"),
+        ("splits", _split_words(splits, purge)),
     ]
+
+
+def _split_words(splits: dict, purge: str) -> str:
+    if splits.get("method") == "walk-forward":
+        return (f"walk-forward: {splits.get('n_folds')} folds, {splits.get('fold_window')} training window, "
+                f"{splits.get('fold_init')} start; test periods {_when(splits.get('test_start'))} to "
+                f"{_when(splits.get('test_end'))} (UTC){purge}; each fold's dates under 'Does it hold through time?'")
+    return (f"by {splits.get('method')}: training to {_when(splits.get('train_end'))}, validation "
+            f"{_when(splits.get('val_start'))} to {_when(splits.get('val_end'))}, test "
+            f"{_when(splits.get('test_start'))} to {_when(splits.get('test_end'))} (UTC){purge}")
 
 
 def loss_context(inputs: ReportInputs, fs) -> dict:
@@ -740,8 +749,15 @@ def _book_lines(report: dict) -> list[str]:
         f"{_f(g('net_exposure'), '+.2f')} on average (|net| {_f(g('abs_net_exposure'), '.2f')}, gross "
         f"{_f(g('gross_exposure'), '.2f')}).",
         "",
-        f"Net Sharpe by cost: {sweep}; break-even cost **{_f(g('break_even_bps'), '.1f')} bps**.",
+        f"Net Sharpe by cost: {sweep}; {break_even_text(g('break_even_bps'))}.",
     ]
+
+
+def break_even_text(bps) -> str:
+    """The break-even cost in words; there is none when the book loses (or never trades) before costs."""
+    if bps is None or not math.isfinite(bps):
+        return "no break-even cost: the book does not make money before costs"
+    return f"break-even cost **{bps:.1f} bps** per unit of weight traded (the cost at which the net Sharpe reaches 0)"
 
 
 def _periods(value) -> str:
