@@ -2,8 +2,10 @@
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
@@ -60,6 +62,11 @@ def test_train_notebook_from_repo_root_with_papermill_cli(tmp_path, outputs):
                    cwd=ROOT, check=True, capture_output=True)
     summary = json.loads((outputs / "from-root" / "summary.json").read_text())
     assert summary["batch_size"] == 32
+    # in a kernel with ipywidgets the training bar is one widget: one output, whatever the number of steps
+    train_cell = next(c for c in nbformat.read(out, as_version=4).cells if "train_or_walk(cfg)" in c.source)
+    widgets = [o for o in train_cell.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widgets) == 1
+    assert not [o for o in train_cell.outputs if o.get("name") == "stderr"], "no progress redraws, no warnings"
 
 
 def test_pipeline_runs_all_notebooks_and_renders_the_report(outputs):
@@ -78,6 +85,83 @@ def test_pipeline_runs_all_notebooks_and_renders_the_report(outputs):
     assert {"summary", "conventions", "predictors", "backtest", "costs", "loader_sweep"} <= set(report)
     assert (run / "checkpoints" / "last.pt").exists() and (run / "predictions.parquet").exists()
     assert str(run / "report.html") in res.stdout
+    # the terminal: each notebook, and 03's training progress from its progress.json; no profiler chatter
+    assert "[pipeline] 3/4 03_train" in res.stdout and "[pipeline] 03_train: train lstm: 100% 8/8 steps" in res.stdout
+    assert "USDT" not in res.stdout + res.stderr and "without encryption" not in res.stderr
+    assert "KeyboardInterrupt" not in res.stdout + res.stderr  # (jupyter_client interrupts a kernel to stop it)
+    assert_few_progress_outputs(run)
+    assert_reads_at_1400px(html)
+    marked = set()  # the rows of the cells the predictor table marks best (a CSS rule names them)
+    for rule in re.finditer(r"\{\s*background-color: #c7e9c0", html):
+        selectors = html[html.rfind("}", 0, rule.start()) + 1 : rule.start()]
+        marked |= {int(row) for row in re.findall(r"_row(\d+)_col\d+", selectors)}
+    assert marked and not marked & {1, 4}  # never zero (row 1) nor the oracle (row 4)
+
+
+class Tables(HTMLParser):
+    """Every <table> of a page, as rows of cell texts (header cells included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables, self.open, self.cell = [], [], None
+
+    def handle_starttag(self, tag, attrs) -> None:
+        if tag == "table":
+            self.open.append([])
+        elif tag == "tr" and self.open:
+            self.open[-1].append([])
+        elif tag in ("td", "th") and self.open:
+            self.cell = []
+
+    def handle_endtag(self, tag) -> None:
+        if tag in ("td", "th") and self.cell is not None and self.open and self.open[-1]:
+            self.open[-1][-1].append(" ".join("".join(self.cell).split()))
+            self.cell = None
+        elif tag == "table" and self.open:
+            self.tables.append(self.open.pop())
+
+    def handle_data(self, data) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def assert_reads_at_1400px(html: str) -> None:
+    """The report's tables: none twice, none wider than a 1400 px page (an estimate from the longest text of each
+    column, 7.8 px a character plus padding, for tables whose cells do not wrap), integers never printed as
+    floats (256.000, 4431.0000, as pandas prints them), headers in words (never a snake_case key), memory in GB,
+    no NaN."""
+    parser = Tables()
+    parser.feed(html)
+    tables = [t for t in parser.tables if t]
+    assert len(tables) >= 8
+    flat = [tuple(map(tuple, t)) for t in tables]
+    assert len(set(flat)) == len(flat), "a table appears twice"
+    for t in tables:
+        header, cells = t[0], [c for row in t[1:] for c in row]
+        if len(header) > 2:
+            width = sum(max(len(r[i]) for r in t if i < len(r)) * 7.8 + 16 for i in range(len(header)))
+            assert width <= 1300, (round(width), header)
+        assert not [h for h in header if re.fullmatch(r"[a-z]+(_[a-z0-9]+)+", h)], header
+        assert not [c for c in cells if re.fullmatch(r"-?[1-9]\d*(,\d{3})*\.000+", c)], (header, cells)
+        assert not [c for c in cells if c.lower() in ("nan", "none", "nat")], (header, cells)
+        for h in header:
+            if "memory" in h:
+                assert all(c.endswith(" GB") or c == "–" for c in (r[header.index(h)] for r in t[1:])), h
+    predictors = next(t for t in tables if t[0][0] == "predictor")
+    assert [r[0] for r in predictors[1:]] == ["model", "zero", "momentum", "ridge", "oracle"]
+
+
+def assert_few_progress_outputs(run: Path) -> None:
+    """The executed 03 holds a handful of progress lines (the start, each quarter, the end), not a redraw per
+    step; no notebook holds a stderr output (no progress debris, no IProgress warning, no profiler lines)."""
+    nb = {name: nbformat.read(run / f"{name}.ipynb", as_version=4) for name in ("02_profiling", "03_train")}
+    train_cell = next(c for c in nb["03_train"].cells if "train_or_walk(cfg)" in c.source)
+    text = "".join(o.get("text", "") for o in train_cell.outputs if o.output_type == "stream")
+    progress = [line for line in text.splitlines() if line.startswith("train lstm:")]
+    assert 2 <= len(progress) <= 5 and len(train_cell.outputs) <= 10, train_cell.outputs
+    for name, book in nb.items():
+        stderr = [o.text for c in book.cells if c.cell_type == "code" for o in c.outputs if o.get("name") == "stderr"]
+        assert not stderr, (name, stderr[:3])
 
 
 def test_train_then_report_from_notebooks_dir_reports_the_latest_run(tmp_path, outputs, monkeypatch):

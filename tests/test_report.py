@@ -109,9 +109,10 @@ def test_report_states_its_conventions(tmp_path):
     assert (c["trade_delay_bars"], c["cost_bps"], c["position_mode"]) == (2, 2.0, "neutral")
     assert c["splits"]["method"] == "fractions" and c["splits"]["test_start"].startswith("2024-05-01")
     assert report["summary"]["abs_net_exposure"] < 1e-9  # the neutral book
-    md = rp.summary_markdown(report)
+    md = rp.summary_markdown(report) + "\n" + rp.conventions_markdown(report)
     for text in ("cross-sectional IC (per timestamp)", "Why this IC", "Hansen-Hodrick HAC, 2 lags",
-                 "traded 2 bar(s) after", "break-even cost", "*Conventions*", "Splits by fractions", "neutral"):
+                 "traded 2 bar(s) after", "break-even cost", "Headline IC =", "Splits by fractions", "neutral",
+                 "test 2024-05-01 00:00 to"):
         assert text in md, text
 
 
@@ -149,7 +150,8 @@ def test_compare_block_and_markdown(tmp_path):
     assert cmp["this"]["periods_per_year"] == cmp["other"]["periods_per_year"]  # annualised alike
     md = rp.summary_markdown(report)
     assert f"cross-sectional IC (per timestamp) {report['summary']['cross_sectional_ic']:.3f}**" in md
-    assert "| zero | n/a |" in md and "| ridge |" in md and md.count("oracle 0.") == 1
+    assert "zero n/a" in md and ", ridge 0." in md and md.count("oracle 0.") == 1
+    assert "| model |" not in md and "|---" not in md  # the predictor table: once, in its own section
     assert "baseline" in md and "26.3" in md  # the speed-up 5e4 / 1900
 
 
@@ -209,5 +211,84 @@ def test_loader_sweep_sets_the_two_loaders_side_by_side(tmp_path):
                   "data_wait_share": [0.5, 0.01, 0.3, 0.01], "step_time_s": [1, 1, 1, 1]}
                  ).to_csv(tmp_path / "batch_size_sweep.csv", index=False)
     sweep = loader_sweep(tmp_path)
-    assert "step_time_s" not in sweep
+    assert list(sweep.columns) == ["loader", "batch_size", "samples_per_s", "speedup", "data_wait_share",
+                                   "step_time_s"]
     assert sweep.dropna(subset=["speedup"]).set_index("batch_size")["speedup"].to_dict() == {64: 4.0, 256: 1.5}
+
+
+def test_best_predictors_never_the_oracle_nor_a_predictor_that_never_trades():
+    predictors = pd.DataFrame({"predictor": ["model", "zero", "momentum", "ridge", "oracle"],
+                               "cross_sectional_ic": [0.02, np.nan, 0.01, 0.03, 0.4],
+                               "sharpe_net": [-3.0, 0.0, -5.0, -1.0, 9.0], "coverage": [1.0, 0.0, 1.0, 1.0, 1.0]})
+    # zero's Sharpe of 0 and the oracle's 9 are the largest: neither is a result to beat
+    assert rp.best_predictors(predictors, "cross_sectional") == {"cross_sectional_ic": "ridge", "sharpe_net": "ridge"}
+    from tradelib import tables
+
+    cells = tables.predictor_highlight(predictors, {"cross_sectional_ic": "ridge", "sharpe_net": "ridge"})
+    assert cells == ((3, "cross-sectional IC"), (3, "net Sharpe"))
+
+
+def test_lr_schedule_from_step_0_reproduces_every_logged_value(outputs):
+    from tradelib.config import Config
+    from tradelib.train import train
+
+    from .conftest import TINY
+
+    result = train(Config(**{**TINY, "run_id": "lr", "warmup_steps": 6, "epochs": 3, "max_steps": 60,
+                             "log_every": 4}), progress=False)
+    steps, _ = rn.training_curves(result.run_dir)
+    curve = rp.lr_schedule(result.summary, steps)
+    assert curve is not None and curve["step"].iloc[0] == 0 and len(curve) == 61
+    lr = result.summary["lr"]
+    assert curve["lr"].iloc[0] == pytest.approx(lr / 6)  # the first update's rate: warm-up from step 0
+    assert curve["lr"].max() == pytest.approx(lr) and steps["step"].min() == 4  # the log starts past step 0
+    logged = curve.set_index("step").loc[steps["step"], "lr"].to_numpy()
+    assert logged == pytest.approx(steps["lr"].to_numpy(), rel=1e-9)
+    changed = {**result.summary, "config": {**result.summary["config"], "max_steps": 90}}
+    assert rp.lr_schedule(changed, steps) is None  # a schedule that does not reproduce the log is not drawn
+
+
+def test_loss_context_measures_why_validation_sits_below_training(tiny_fs):
+    """The zero-prediction yardstick per split against a naive loop over the windows, and the reasons named."""
+    from types import SimpleNamespace
+
+    window, scale = 16, float(tiny_fs.meta["target_scale"])
+
+    def naive_zero_mse(split: int) -> float:
+        ys = [tiny_fs.y[t] / scale for t in range(window - 1, len(tiny_fs))
+              if np.isfinite(tiny_fs.y[t]) and all(tiny_fs.segment[u] == tiny_fs.segment[t]
+                                                   and tiny_fs.split[u] == split for u in range(t - window + 1, t + 1))]
+        return float(np.mean(np.square(ys, dtype=np.float64)))
+
+    epochs = pd.DataFrame({"epoch": [0.0], "train_loss": [5.0], "val_loss": [0.1]})
+    inputs = SimpleNamespace(summary={"config": {"window": window, "dropout": 0.2}}, epochs=epochs)
+    ctx = rp.loss_context(inputs, tiny_fs)
+    assert ctx["zero_mse"]["train"] == pytest.approx(naive_zero_mse(0), rel=1e-9)
+    assert ctx["zero_mse"]["val"] == pytest.approx(naive_zero_mse(1), rel=1e-9)
+    assert ctx["val_below_train"] and any("dropout 0.2" in r for r in ctx["reasons"])
+    quieter = ctx["zero_mse"]["val"] < ctx["zero_mse"]["train"]
+    assert quieter == any("validation period is quieter" in r for r in ctx["reasons"])
+    inputs.epochs = epochs.assign(val_loss=6.0)
+    assert rp.loss_context(inputs, tiny_fs)["reasons"] == []  # validation above training needs no excuse
+
+
+def test_tables_print_integers_as_integers_and_flag_what_cannot_be_right():
+    from tradelib import tables
+
+    stats = {b: {"total_return": 0.01, "annual_return": 2.5e5, "annual_volatility": 0.2, "sharpe": 1.234,
+                 "max_drawdown": 0.05, "turnover": 0.5, "hit_rate": 0.51, "n_bars": 4431.0}
+             for b in ("gross", "net", "buy_hold")}
+    bt = tables.backtest_table(stats)
+    assert list(bt["bars"]) == ["4,431"] * 3 and bt["annual return"][0] == "+2.5e+07%"
+    sweep = pd.DataFrame({"loader": ["dataloader", "device"], "batch_size": [64.0, 64.0],
+                          "samples_per_s": [7145.2, 471.0], "speedup": [np.nan, 0.066], "mfu": [np.nan, 0.1],
+                          "mfu_invalid": [2.433, np.nan], "peak_mem_bytes": [1_705_732, 1_705_732],
+                          "gpu_busy_pct": [None, None]})
+    shown = tables.sweep_table(sweep)
+    assert list(shown["micro-batch"]) == ["64", "64"] and list(shown["MFU"]) == ["invalid", "10.00%"]
+    assert list(shown["peak memory"]) == ["0.00171 GB"] * 2 and "2.43" not in shown.to_string()
+    runs = pd.DataFrame({"run_id": ["a"], "batch_size": [256.0], "grad_accum_steps": [2.0], "mfu": [1.7],
+                         "samples_per_s": [1900.0], "peak_mem_gb": [0.84]})
+    row = tables.runs_table(runs).iloc[0]
+    assert (row["batch x accum"], row["MFU"], row["samples/s"], row["peak memory"]) == ("256 x 2", "invalid",
+                                                                                        "1,900", "0.84 GB")

@@ -178,9 +178,18 @@ def checked_mfu(value: float | None) -> dict:
     return {"mfu": value}
 
 
+def measured_mfu(record: dict) -> dict:
+    """A bench or sweep record's MFU: one that measure.py already flagged (above 1, or a CPU peak measured while
+    other processes were busy) stays flagged, with its reason; else checked here."""
+    bad = record.get("mfu_invalid")
+    if isinstance(bad, (int, float)) and bad == bad:  # (NaN: a sweep row that was not flagged)
+        return {"mfu": None, "mfu_invalid": bad, "mfu_invalid_reason": record.get("mfu_invalid_reason")}
+    return checked_mfu(record.get("mfu"))
+
+
 def mfu_text(fig: dict) -> str:
     if fig.get("mfu_invalid") is not None:
-        return "MFU INVALID (above 1: a bug in the FLOP count or the peak)"
+        return f"MFU INVALID ({fig.get('mfu_invalid_reason') or 'above 1: a bug in the FLOP count or the peak'})"
     return f"MFU {fig['mfu']:.2%}" if fig.get("mfu") is not None else "MFU n/a"
 
 
@@ -261,7 +270,7 @@ def bench_command(ctx: Ctx) -> list[str]:
 BENCH_KEYS = ("label", "loader", "model", "batch_size", "batch_unit", "samples_per_s", "samples_per_s_runs",
               "data_wait_share", "it_per_s", "gpu_busy_pct", "peak_mem_bytes", "speedup", "compiled", "precision",
               "num_workers", "n_params", "flops_per_sample", "peak_flops", "peak_flops_source",
-              "train_items_per_epoch", "steps", "warmup", "repeats", "load_avg")
+              "train_items_per_epoch", "steps", "warmup", "repeats", "load_avg", "other_cores", "busy_note")
 
 
 def collect_bench(ctx: Ctx, lines: list[str]) -> dict:
@@ -270,7 +279,7 @@ def collect_bench(ctx: Ctx, lines: list[str]) -> dict:
     for r in records:
         sane_rate(r["samples_per_s"], f"bench {r['label']} samples/s")
         sane_share(r["data_wait_share"], f"bench {r['label']} data-wait share")
-        out.append({**{k: r.get(k) for k in BENCH_KEYS}, **checked_mfu(r["mfu"])})
+        out.append({**{k: r.get(k) for k in BENCH_KEYS}, **measured_mfu(r)})
     by = {r["label"]: r for r in records}
     missing = {"lstm/dataloader", "lstm/device", "tcn/device", "tcn/dense"} - set(by)
     if missing:
@@ -357,7 +366,7 @@ def collect_sweep(ctx: Ctx, lines: list[str]) -> dict:
     for r in data["rows"]:
         sane_rate(r["samples_per_s"], f"sweep {r['loader']}@{r['batch_size']} samples/s")
         sane_share(r["data_wait_share"], f"sweep {r['loader']}@{r['batch_size']} data-wait share")
-        rows.append({**{k: v for k, v in r.items() if k != "mfu"}, **checked_mfu(r["mfu"])})
+        rows.append({**{k: v for k, v in r.items() if not k.startswith("mfu")}, **measured_mfu(r)})
     want = {(loader, b) for loader in ("device", "dataloader") for b in ctx.plan.sweep_sizes}
     missing = want - {(r["loader"], r["batch_size"]) for r in rows}
     if missing:
@@ -459,7 +468,8 @@ def helper_sweep(plan: Plan, work: Path) -> None:
 
 
 # -- the check -----------------------------------------------------------------------------------------------------
-ABSENT_ON_GPU = ("papermill", "nbformat", "nbconvert", "ipykernel", "jupyter_client", "jupyterlab", "notebook")
+ABSENT_ON_GPU = ("papermill", "nbformat", "nbconvert", "ipykernel", "jupyter_client", "jupyterlab", "notebook",
+                 "ipywidgets", "tensorboard")
 BLOCKER = f"""# written by tools/gpu_check.py --quick: the dry run cannot import what the GPU machine lacks
 import sys
 
@@ -583,7 +593,8 @@ def summarise(result: dict, log: Log) -> None:
         mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
         log(f"  [{mark:6s}] {t['target']}: {t['shown']} (target {t['want']})")
     for where in result["invalid_mfu"]:
-        log(f"  !!! MFU above 1 at {where}: invalid (a bug in the FLOP count or the peak), not reported as a figure")
+        log(f"  !!! MFU invalid at {where} (above 1, or over a peak measured on a busy machine): not reported as "
+            f"a figure")
     log(f"=== {'PASSED' if result['passed'] else 'FAILED'}: every stage passed" if result["passed"] else
         "=== FAILED: " + ", ".join(f"{n} {s['status']}" for n, s in result["stages"].items()
                                    if s["status"] not in ("passed", "not run")))

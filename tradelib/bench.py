@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tradelib.config import Config, add_param_args, load_config
 from tradelib.hardware import pick_device
-from tradelib.measure import format_table, make_setups, measure, speedup_lines, split_list
+from tradelib.measure import format_table, invalid_lines, make_setups, measure, speedup_lines, split_list
 from tradelib.paths import outputs_dir, write_bytes
 
 
@@ -31,11 +31,12 @@ def run_bench(cfg: Config, json_path: str | Path | None = None, verbose: bool = 
                                                                             verbose=verbose)]
     if not setups:
         raise ValueError("nothing to measure: no (model, loader) configuration applies")
-    records = measure(setups, cfg.steps, cfg.warmup, cfg.repeats, verbose=verbose)
+    records = measure(setups, cfg.steps, cfg.warmup, cfg.repeats, verbose=verbose,
+                      max_other_load=cfg.max_other_load)
     if verbose:
         print()
         print(format_table(records))
-        print("\n".join(speedup_lines(records)))
+        print("\n".join(speedup_lines(records) + invalid_lines(records)))
         print(f"peak memory: {records[0]['peak_mem_kind']}")
         print(f"MFU peak: {records[0]['peak_flops_source']}")
     path = Path(json_path) if json_path else outputs_dir() / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -55,7 +56,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="measure the data side instead: raw -> clean -> features on synth_symbols x synth_bars "
                         "(use -p synth_symbols 100 -p synth_bars 100000 for 10M rows), its peak memory, and the "
                         "warm load of params/full.yaml's cache")
-    add_param_args(p, ("data", "model", "training", "system", "measure", "bench"))
+    add_param_args(p, ("data", "features", "model", "training", "system", "measure", "bench"))
 
 
 def bench_command(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""`tradelib COMMAND` (or `python -m tradelib COMMAND`): prepare, train, pipeline, sweep, bench.
+"""`tradelib COMMAND` (or `python -m tradelib COMMAND`): prepare, train, pipeline, sweep, report, bench.
 
 Every failure ends with one line on stderr, `error: ...`, naming the file or parameter and what to do, and an
 exit code: 2 for bad input or an unusable environment (a parameter, a data file, a damaged cache, a busy run
@@ -10,8 +10,10 @@ TRADELIB_DEBUG=1 for the traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -63,16 +65,61 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from tradelib.pipeline import run_report
+
+    overrides = [tuple(p) for p in args.params]
+    if args.compare_with:
+        overrides.append(("compare_with", args.compare_with))
+    paths = run_report(args.run, args.files, overrides)
+    print(f"\nreport: {paths['report.html']}\nnumbers: {paths['report.json']}")
+    return 0
+
+
+def nearest(word: str, names) -> str | None:
+    """The name a typo most likely meant: one it starts, else the closest by spelling."""
+    names = sorted(set(names))
+    starts = [n for n in names if n.startswith(word) or word.startswith(n)] if len(word) > 2 else []
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.5)
+    return (starts or close or [None])[0]
+
+
+def suggestion(message: str, options) -> str:
+    """' (did you mean ...?)' for argparse's invalid-choice and unrecognized-argument messages."""
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        hint = nearest(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+        return f" (did you mean {hint!r}?)" if hint else ""
+    extra = re.match(r"unrecognized arguments: (.*)", message)
+    if extra:
+        typos = {arg: hint for arg in extra.group(1).split() if arg.startswith("-") and (hint := nearest(arg, options))}
+        if len(typos) == 1:
+            return f" (did you mean {next(iter(typos.values()))}?)"
+        return f" (did you mean {', '.join(f'{a} -> {h}' for a, h in typos.items())}?)" if typos else ""
+    return ""
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, with a usage error as one line too."""
+    """argparse, with a usage error as one line, naming the nearest command or option to a typo."""
+
+    commands: dict[str, argparse.ArgumentParser] = {}
 
     def error(self, message: str) -> None:
+        message += suggestion(message, [o for o in self._option_string_actions if o.startswith("--")])
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None) -> argparse.Namespace:
+        """An option the command does not have is reported by that command (its options, its --help)."""
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            (self.commands.get(getattr(ns, "command", None)) or self).error(
+                f"unrecognized arguments: {' '.join(extra)}")
+        return ns
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="tradelib", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="tradelib", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("prepare", help="clean the data, build and cache the features, print the quality summary")
     p.add_argument("--data", help="CSV/Parquet file or folder, or 'synthetic' (default: the data_path parameter)")
@@ -93,9 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_args(p)
     p.set_defaults(func=sweep_command)
 
+    p = sub.add_parser("report", help="render 04_report for a run into its folder: report.html and report.json")
+    p.add_argument("run", nargs="?", default="", metavar="RUN",
+                   help="run id or folder (default: the latest run under outputs/)")
+    p.add_argument("--compare-with", default="", metavar="RUN", help="another run id or folder to set beside it")
+    add_param_args(p, ("report",))
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("bench", help="training throughput: seed-style DataLoader vs device loader vs dense")
     bench.add_bench_args(p)
     p.set_defaults(func=bench.bench_command)
+    parser.commands = dict(sub.choices)
     return parser
 
 

@@ -133,6 +133,9 @@ class Config:
                          resume=True)
     max_bad_steps: int = knob(20, "consecutive non-finite steps before the run stops", "training", lo=1,
                               resume=True)
+    tensorboard: bool = knob(True, "also write the logged figures as TensorBoard events in the run folder "
+                             "(tensorboard --logdir outputs/; needs the tensorboard package)", "training",
+                             resume=True)
     fold_init: str = knob("scratch", "walk-forward: each fold's model starts from new weights (scratch) or from the "
                           "previous fold's final weights (warm)", "training", choices=("scratch", "warm"))
     # system: where and how it runs
@@ -154,6 +157,9 @@ class Config:
                                   "shuffled, then the windows of the resident ones)", "system", lo=1)
     shard_data: bool = knob(False, "DDP: each process holds only its share of the rows (whole symbols), so the data "
                             "can be the number of processes times one device's", "system")
+    progress: str = knob("auto", "training progress: auto (a bar in a terminal, a widget in Jupyter, a line each "
+                         "quarter in a log or headless notebook) | bar | widget | lines | off", "system",
+                         choices=("auto", "bar", "widget", "lines", "off"), resume=True)
     # measure: the timed steps of 02_profiling's sweep and of `tradelib bench`
     loaders: str = knob("device,dataloader,dense", "comma list of loaders to measure: device, dataloader (the "
                         "seed's pipeline), dense (causal models only), stream (streamed through stream_budget)",
@@ -165,6 +171,9 @@ class Config:
                        lo=0)
     repeats: int = knob(1, "interleaved repetitions of every configuration (medians are reported)", "measure",
                         lo=1)
+    max_other_load: float = knob(0.1, "a CPU peak FLOP/s measured while other processes kept more than this share "
+                                 "of the cores busy is not trusted: MFU is flagged invalid, not reported", "measure",
+                                 lo=0, hi=1)
     # profile: 02_profiling only
     batch_sizes: str = knob("64,256,1024", "comma list of micro-batch sizes to sweep (windows; chunks for dense)",
                             "profile", pattern=r"\s*[1-9]\d*([\s,]+[1-9]\d*)*\s*",
@@ -363,9 +372,51 @@ def add_param_args(parser: argparse.ArgumentParser, groups: tuple[str, ...] = ()
     parser.add_argument("-p", "--parameter", dest="params", action="append", nargs=2, default=[],
                         metavar=("NAME", "VALUE"), help="one parameter, as with papermill -p (repeatable)")
     if groups:
-        parser.epilog = "parameters (-p NAME VALUE):\n" + "\n".join(
-            f"  {line}" for line in parameter_lines(groups, ()))
+        parser.epilog = parameters_help(groups)
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+GROUP_TITLES = {
+    "data": "data: where the bars come from and how they are cleaned",
+    "features": "features: what the model sees and predicts, and the splits (the feature cache is keyed on these)",
+    "model": "model", "training": "training", "system": "system: where and how it runs",
+    "measure": "measure: the timed steps of 02_profiling's sweep and of `tradelib bench`",
+    "profile": "profile: 02_profiling only", "bench": "bench: `tradelib bench` only",
+    "report": "report: 04_report and `tradelib report`",
+}  # fmt: skip
+
+
+def _bounds(m: dict) -> str:
+    """'>=1', '>0,<1': no space, so that wrapping never splits it."""
+    parts = []
+    if m["lo"] is not None:
+        parts.append(f"{'>' if m['lo_open'] else '>='}{m['lo']:g}")
+    if m["hi"] is not None:
+        parts.append(f"{'<' if m['hi_open'] else '<='}{m['hi']:g}")
+    return ",".join(parts)
+
+
+def parameters_help(groups: tuple[str, ...], width: int = 100) -> str:
+    """The parameters a command takes, by group: `name: type = default`, then the help (with the allowed values
+    or bounds where the help does not give them), wrapped: the CLI's --help, from Config's fields."""
+    import textwrap
+
+    out = ["parameters (-p NAME VALUE, repeatable; or -f FILE, a YAML file of NAME: VALUE lines):"]
+    for group in dict.fromkeys(f.metadata["group"] for f in fields(Config)):
+        if group not in groups:
+            continue
+        out += ["", f"  {GROUP_TITLES.get(group, group)}"]
+        for f in fields(Config):
+            if f.metadata["group"] != group or f.type not in ("int", "float", "str", "bool"):
+                continue
+            m, text = f.metadata, f.metadata["help"]
+            if m["choices"] and not all(str(c) in text for c in m["choices"]):
+                text += f" (one of: {' | '.join(map(str, m['choices']))})"
+            if _bounds(m):
+                text += f" [{_bounds(m)}]"
+            out.append(f"    {f.name}: {f.type} = {_literal(f.default)}")
+            out += textwrap.wrap(text, width, initial_indent=" " * 8, subsequent_indent=" " * 8)
+    return "\n".join(out)
 
 
 def load_config(files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None) -> Config:

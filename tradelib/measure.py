@@ -9,12 +9,15 @@ timed; the figures are medians over the repetitions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,12 +195,44 @@ class Runner:
             close()
 
 
+# what torch.profiler's kineto prints on the process's stderr at every start and stop of a profile
+PROFILER_NOISE = re.compile(r"^(USDT|STAGE):\S+ \S+ \d+:\d+ \S+\] |^\[W\S* \S+ CPUAllocator\.cpp:\d+\] Memory block "
+                            r"of unknown size was allocated before the profiling started")
+
+
+@contextlib.contextmanager
+def quiet_profiler() -> Iterator[None]:
+    """Hold the process's stderr (file descriptor 2) in a file while torch.profiler runs, then pass on all of it
+    but kineto's `USDT: ... profiler_start / profiler_stop` lines (two per profile, dozens in a sweep, in the
+    terminal and in the notebook). KINETO_LOG_LEVEL could hide them only with kineto's errors."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to hold
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
+                    if not PROFILER_NOISE.match(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def step_peak_bytes(fn) -> int:
     """Peak bytes held by CPU tensors allocated while `fn()` runs, relative to its start (torch.profiler
     memory events). The CPU stand-in for torch.cuda.max_memory_allocated: deterministic, unlike RSS; the
     batch counts, memory outside this process's tensors (the DataLoader workers' own) does not."""
     with tempfile.TemporaryDirectory() as tmp:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
@@ -209,6 +244,93 @@ def step_peak_bytes(fn) -> int:
         total += nbytes
         peak = max(peak, total)
     return int(peak)
+
+
+# -- measurements that cannot be right ---------------------------------------------------------------------------
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine spent busy since boot (Linux /proc/stat: all but idle and iowait); None
+    elsewhere."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process (all its threads) and of its live children (the DataLoader's workers)."""
+    me, tick, children = os.getpid(), os.sysconf("SC_CLK_TCK"), 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 12 and fields[1] == str(me):
+            children += int(fields[11]) + int(fields[12])  # utime, stime
+    return time.process_time() + children / tick
+
+
+class CpuElsewhere:
+    """`with CpuElsewhere() as other:` ... `other.cores`: the cores other processes kept busy while the block ran
+    (the machine's busy CPU time less this process's and its children's, over the wall time); None where the
+    machine does not say (not Linux)."""
+
+    cores: float | None = None
+
+    def __enter__(self) -> CpuElsewhere:
+        self.t0, self.own0, self.busy0 = time.perf_counter(), own_cpu_seconds(), busy_cpu_seconds()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy, own, wall = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter() - self.t0
+        if busy is not None and self.busy0 is not None and wall > 0:
+            self.cores = max(0.0, (busy - self.busy0 - (own - self.own0)) / wall)
+
+
+def untrusted_peak(source: str, other_cores: float | None, max_other_load: float) -> str | None:
+    """Why a peak FLOP/s measured on this machine cannot be trusted (None when it can): other processes took
+    cores from the matmul, so the peak reads low and every MFU over it high."""
+    cores = os.cpu_count() or 1
+    if not source.startswith("measured: ") or "CPU" not in source or other_cores is None:
+        return None
+    if other_cores <= max_other_load * cores:
+        return None
+    return (f"the CPU peak FLOP/s was measured while other processes kept {other_cores:.1f} of the {cores} cores "
+            f"busy (more than max_other_load {max_other_load:.0%}): it reads low and MFU high")
+
+
+def busy_fields(other_cores: list[float | None], max_other_load: float) -> dict:
+    """`other_cores`: the most cores other processes kept busy during a configuration's timed steps; `busy_note`
+    when above max_other_load of the machine: its samples/s (and every ratio to it) is not comparable."""
+    known = [c for c in other_cores if c is not None]
+    worst = max(known) if known else None
+    cores = os.cpu_count() or 1
+    note = (f"timed while other processes kept {worst:.1f} of the {cores} cores busy: samples/s and its ratios are "
+            f"not comparable (rerun on an idle machine)" if worst is not None and worst > max_other_load * cores
+            else None)
+    return {"other_cores": worst, "busy_note": note}
+
+
+def mfu_fields(value: float | None, peak_note: str | None) -> dict:
+    """MFU as a figure only where it can be right: above 1 (impossible) or over an untrusted peak it is
+    `mfu_invalid` with `mfu_invalid_reason`, and `mfu` is None, as tools/gpu_check.py reports it."""
+    if value is None:
+        return {"mfu": None}
+    if value > 1:
+        return {"mfu": None, "mfu_invalid": value,
+                "mfu_invalid_reason": f"MFU {value:.2f} is above 1, which is impossible: the FLOP count or the peak "
+                                      f"is wrong" + (f" ({peak_note})" if peak_note else "")}
+    if peak_note:
+        return {"mfu": None, "mfu_invalid": value, "mfu_invalid_reason": peak_note}
+    return {"mfu": value}
+
+
+def mfu_text(record: dict, spec: str = ".2%") -> str:
+    """The MFU cell of a table: the figure, `invalid`, or n/a."""
+    if record.get("mfu_invalid") is not None and record.get("mfu") is None:
+        return "invalid"
+    value = record.get("mfu")
+    return format(value, spec) if isinstance(value, (int, float)) and value == value else "n/a"
 
 
 def feature_sets(setups: Sequence[Setup], verbose: bool) -> dict[str, FeatureSet]:
@@ -223,17 +345,23 @@ def feature_sets(setups: Sequence[Setup], verbose: bool) -> dict[str, FeatureSet
 
 # -- measuring ------------------------------------------------------------------------------------------------
 def measure(setups: Sequence[Setup], steps: int = 20, warmup: int = 5, repeats: int = 1,
-            monitor_interval_s: float = 0.1, verbose: bool = True) -> list[dict]:
-    """Measure every setup, interleaved: repeat r runs setup 1, 2, ... in turn. One record per setup."""
+            monitor_interval_s: float = 0.1, verbose: bool = True,
+            max_other_load: float = Config.__dataclass_fields__["max_other_load"].default) -> list[dict]:
+    """Measure every setup, interleaved: repeat r runs setup 1, 2, ... in turn. One record per setup. An MFU
+    that cannot be right (above 1, or over a CPU peak measured while other processes were busy) is flagged
+    (`mfu_invalid`, `mfu_invalid_reason`), never given as `mfu`."""
     runners: list[Runner] = []
     with torch_flags():
         try:
             fsets = feature_sets(setups, verbose)
             runners = [Runner(s, fsets[cache.cache_key(s.cfg)]) for s in setups]
             device = runners[0].device
-            peak, peak_src = peak_flops(device, measure=True)
+            with CpuElsewhere() as other:
+                peak, peak_src = peak_flops(device, measure=True)
+            peak_note = untrusted_peak(peak_src, other.cores, max_other_load)
             if verbose:
-                print(f"MFU peak: {peak / 1e9:,.1f} GFLOP/s ({peak_src})")
+                print(f"MFU peak: {peak / 1e9:,.1f} GFLOP/s ({peak_src})"
+                      + (f"; NOT TRUSTED: {peak_note}" if peak_note else ""))
             monitor = GpuMonitor(interval_s=monitor_interval_s, device=device, verbose=verbose).start()
             runs: list[list[dict]] = [[] for _ in runners]
             for rep in range(repeats):
@@ -241,8 +369,9 @@ def measure(setups: Sequence[Setup], steps: int = 20, warmup: int = 5, repeats: 
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
                     monitor.read()
-                    res = runner.run(warmup, steps)
-                    res["gpu"] = monitor.read()
+                    with CpuElsewhere() as others:
+                        res = runner.run(warmup, steps)
+                    res["gpu"], res["other_cores"] = monitor.read(), others.cores
                     if device.type == "cuda":
                         res["peak_mem"] = int(torch.cuda.max_memory_allocated(device))
                     out.append(res)
@@ -259,7 +388,10 @@ def measure(setups: Sequence[Setup], steps: int = 20, warmup: int = 5, repeats: 
                     mem = step_peak_bytes(lambda r=runner: r.run(0, 1))
                     mem_kind = ("cpu: peak bytes of CPU tensors allocated during one training step "
                                 "(torch.profiler memory events; DataLoader workers not counted)")
-                records.append(make_record(runner, out, mem, mem_kind, peak, peak_src, steps, warmup, repeats))
+                rec = make_record(runner, out, mem, mem_kind, peak, peak_src, steps, warmup, repeats)
+                rec.update(peak_other_cores=other.cores, **mfu_fields(rec["mfu"], peak_note),
+                           **busy_fields([r["other_cores"] for r in out], max_other_load))
+                records.append(rec)
             add_ratios(records)
             return records
         finally:
@@ -335,10 +467,17 @@ def format_table(records: list[dict]) -> str:
         "speedup": f"{r['speedup']:.2f}x" if r.get("speedup") else "",
         "data wait": f"{r['data_wait_share']:.1%}", "it/s": f"{r['it_per_s']:.1f}",
         "batches/epoch": r["batches_per_epoch"], "peak mem MB": f"{r['peak_mem_bytes'] / 2**20:,.0f}",
-        "MFU": f"{r['mfu']:.2%}" if r["mfu"] is not None else "n/a",
+        "MFU": mfu_text(r),
         "GPU busy": f"{r['gpu_busy_pct']:.0f}%" if r["gpu_busy_pct"] is not None else "n/a",
     } for r in records]
     return pd.DataFrame(rows).to_string(index=False)
+
+
+def invalid_lines(records: list[dict]) -> list[str]:
+    """One line per distinct reason an MFU of the table was flagged invalid, and one per busy configuration."""
+    reasons = dict.fromkeys(r["mfu_invalid_reason"] for r in records if r.get("mfu_invalid_reason"))
+    return ([f"MFU invalid, not reported: {why}" for why in reasons]
+            + [f"{r['label']}: {r['busy_note']}" for r in records if r.get("busy_note")])
 
 
 def speedup_lines(records: list[dict]) -> list[str]:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import time
 from pathlib import Path
 
 from tradelib.config import Config, read_params
 from tradelib.hardware import pick_device
 from tradelib.paths import notebooks_dir
-from tradelib.runs import holding_run, new_run_id, run_dir
+from tradelib.progress import PROGRESS_FILE, Follower
+from tradelib.runs import holding_run, new_run_id, read_summary, resolve_run, run_dir
 
 NOTEBOOKS = ("01_data_cleaning", "02_profiling", "03_train", "04_report")
+TRAINS = "03_train"  # the notebook whose training progress the pipeline shows in the terminal
+# papermill's kernels: their own log at ERROR (ipykernel 7 warns on every start that its local TCP sockets are
+# not encrypted; the kernel runs on this machine for this process only)
+# jupyter_client interrupts every kernel as it shuts it down; ipykernel logs that as "ERROR | KeyboardInterrupt
+# caught in kernel" when it lands between cells. A notebook's own errors come back through papermill either way.
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
 class NotebookFailed(RuntimeError):
@@ -29,8 +38,12 @@ def split_params(params: dict, notebooks: dict[str, dict]) -> dict[str, dict]:
     declared = set().union(*(set(p) for p in notebooks.values()))
     unknown = sorted(set(params) - declared)
     if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}: no notebook declares them "
-                         f"(see `tradelib pipeline --help`)")
+        hints = {name: hint[0] for name in unknown if (hint := difflib.get_close_matches(name, sorted(declared), n=1))}
+        said = (repr(next(iter(hints.values()))) if len(hints) == 1 and len(unknown) == 1
+                else ", ".join(f"{k!r} -> {v!r}" for k, v in hints.items()))
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}: no notebook declares them"
+                         + (f" (did you mean {said}?)" if hints else "")
+                         + f" (see `tradelib {'pipeline' if len(notebooks) > 1 else 'report'} --help`)")
     return {name: {k: v for k, v in params.items() if k in decl} for name, decl in notebooks.items()}
 
 
@@ -61,24 +74,51 @@ def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]
     pick_device(cfg.device, verbose=False)  # CUDA asked for but absent: say so now
     out = run_dir(run_id)
     with holding_run(out):
-        return _execute(src, per_nb, out, progress)
+        return execute_notebooks(src, per_nb, out, progress)
 
 
-def _execute(src: dict[str, Path], per_nb: dict[str, dict], out: Path, progress: bool) -> dict[str, Path]:
+def run_report(run: str = "", files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None,
+               progress: bool = True) -> dict[str, Path]:
+    """`tradelib report`: 04_report for one finished run (an id or a folder; the latest when empty), executed
+    with papermill into the run's folder and rendered to report.html beside report.json. The report's parameters
+    (-f / -p, e.g. compare_with, cost_bps) are checked first, and the folder is held while it is written."""
+    params = read_params(files, overrides)
+    src = {"04_report": notebooks_dir() / "04_report.ipynb"}
+    per_nb = split_params(params, {"04_report": notebook_parameters(src["04_report"])})
+    Config.from_dict(params, source=", ".join(files or []) or "parameters")
+    folder = resolve_run(run or params.get("run_id") or None)
+    if read_summary(folder) is None or not (folder / "predictions.parquet").exists():
+        raise FileNotFoundError(f"run {folder.name!r} has no summary.json and predictions.parquet ({folder}): it "
+                                f"has not finished; train it to the end first (or resume it)")
+    per_nb["04_report"]["run_id"] = str(folder)
+    with holding_run(folder):
+        return execute_notebooks(src, per_nb, folder, progress, label="[report]")
+
+
+def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, progress: bool,
+                      label: str = "[pipeline]") -> dict[str, Path]:
+    """Each notebook of `src` executed in order by papermill into `out` with its parameters; 03's training
+    progress followed in the terminal. 04 is rendered to report.html."""
     import papermill as pm
 
     notebooks = tuple(src)
+    if TRAINS in per_nb and "progress" not in per_nb[TRAINS]:  # a few lines in the saved notebook; the bar here
+        per_nb = {**per_nb, TRAINS: {**per_nb[TRAINS], "progress": "lines"}}
     paths: dict[str, Path] = {}
-    for name in notebooks:
+    for i, name in enumerate(notebooks, 1):
         t0 = time.perf_counter()
-        print(f"[pipeline] {name} -> {out / (name + '.ipynb')}", flush=True)
+        print(f"{label} {i}/{len(notebooks)} {name} -> {out / (name + '.ipynb')}", flush=True)
+        # 03_train: the training's own bar (step, epoch, loss, samples/s, ETA) instead of papermill's cell count
+        follow = Follower(out / PROGRESS_FILE, f"{label} {name}") if progress and name == TRAINS else None
         try:
-            pm.execute_notebook(str(src[name]), str(out / f"{name}.ipynb"), parameters=per_nb[name],
-                                cwd=str(notebooks_dir()), progress_bar=progress, log_output=False)
+            with follow or contextlib.nullcontext():
+                pm.execute_notebook(str(src[name]), str(out / f"{name}.ipynb"), parameters=per_nb[name],
+                                    cwd=str(notebooks_dir()), progress_bar=progress and follow is None,
+                                    log_output=False, extra_arguments=KERNEL_ARGS)
         except pm.PapermillExecutionError as exc:
             raise NotebookFailed(f"{name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
                                  f"(the executed notebook with the traceback: {out / (name + '.ipynb')})") from None
-        print(f"[pipeline] {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
+        print(f"{label} {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
         paths[name] = out / f"{name}.ipynb"
     if "04_report" in notebooks:
         paths["report.html"] = render_html(out / "04_report.ipynb", out / "report.html")

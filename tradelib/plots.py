@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.dates
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
@@ -34,8 +35,9 @@ from tradelib.evaluate import BacktestResult, drawdown_curve, equity_curve  # no
 sns.set_theme(style="whitegrid", context="notebook")
 
 
-def _save(fig: plt.Figure, save_to: str | Path | None) -> plt.Figure:
-    fig.tight_layout()
+def _save(fig: plt.Figure, save_to: str | Path | None, tight: bool = True) -> plt.Figure:
+    if tight:
+        fig.tight_layout()
     if save_to is not None:
         Path(save_to).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(save_to, dpi=110, bbox_inches="tight")
@@ -46,30 +48,56 @@ def _empty(ax: plt.Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
-def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, save_to: str | Path | None = None) -> plt.Figure:
-    """2x2: per-step loss (raw, EMA), train/val loss per epoch, learning rate, grad norm (+ skipped steps)."""
+def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, save_to: str | Path | None = None,
+                  schedule: pd.DataFrame | None = None, loss_label: str = "loss") -> plt.Figure:
+    """2x2: per-step loss (raw, EMA), train/val loss per epoch, learning rate (the whole schedule from step 0
+    when `schedule` is given, the logged values as dots), grad norm (+ skipped steps). `loss_label` is the
+    loss's unit, for the y axes."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     ax = axes[0, 0]
     if steps["loss"].notna().any():
-        ax.plot(steps["step"], steps["loss"], alpha=0.3, lw=0.8, label="loss")
+        ax.plot(steps["step"], steps["loss"], alpha=0.3, lw=0.8, label="per log interval")
         ax.plot(steps["step"], steps["loss_ema"], lw=1.5, label="EMA")
-        ax.legend()
+        ax.legend(fontsize="small")
     else:
         _empty(ax, "no step rows")
-    ax.set(title="training loss per step", xlabel="optimizer step")
+    ax.set(title="training loss", xlabel="optimizer step", ylabel=loss_label)
     ax = axes[0, 1]
-    if len(epochs):
-        for col in ("train_loss", "val_loss"):
+    if len(epochs) and epochs[["train_loss", "val_loss"]].notna().any().any():
+        for col, label in (("train_loss", "training (mean over the epoch)"), ("val_loss", "validation (at its end)")):
             if epochs[col].notna().any():
-                ax.plot(epochs["epoch"], epochs[col], marker="o", label=col.replace("_", " "))
-        ax.legend()
+                ax.plot(epochs["epoch"] + 1, epochs[col], marker="o", label=label)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.legend(fontsize="small")
     else:
-        _empty(ax, "no epoch rows")
-    ax.set(title="loss per epoch", xlabel="epoch")
-    ax = axes[1, 0]
-    ax.plot(steps["step"], steps["lr"]) if steps["lr"].notna().any() else _empty(ax, "no lr logged")
-    ax.set(title="learning rate", xlabel="optimizer step")
-    ax = axes[1, 1]
+        _empty(ax, "no epoch finished\n(max_steps ended the run first)")
+    ax.set(title="loss per epoch", xlabel="epoch", ylabel=loss_label)
+    _plot_lr(axes[1, 0], steps, schedule)
+    _plot_grad_norm(axes[1, 1], steps)
+    for ax in (axes[0, 0], axes[1, 0], axes[1, 1]):  # optimizer steps are whole numbers
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    return _save(fig, save_to)
+
+
+def _plot_lr(ax: plt.Axes, steps: pd.DataFrame, schedule: pd.DataFrame | None) -> None:
+    logged = steps.dropna(subset=["lr"])
+    if schedule is not None and len(schedule):
+        ax.plot(schedule["step"], schedule["lr"], lw=1.2, label="schedule")
+        warmup = schedule.attrs.get("warmup")
+        title = f"learning rate: {warmup} warm-up step{'s' * (warmup != 1)}, then cosine" if warmup else "learning rate"
+    else:
+        title = "learning rate (logged values)"
+    if len(logged):
+        ax.plot(logged["step"], logged["lr"], "o", ms=3, label="logged")
+    if schedule is None and not len(logged):
+        _empty(ax, "no lr logged")
+    else:
+        ax.legend(fontsize="small")
+    ax.set_xlim(left=0)
+    ax.set(title=title, xlabel="optimizer step", ylabel="learning rate")
+
+
+def _plot_grad_norm(ax: plt.Axes, steps: pd.DataFrame) -> None:
     if steps["grad_norm"].notna().any():
         ax.plot(steps["step"], steps["grad_norm"], lw=0.8)
         ax.set_yscale("log")
@@ -81,8 +109,14 @@ def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, save_to: str | Path
         twin.step(steps["step"], skipped, color="tab:red", where="post")
         twin.set_ylabel("skipped steps (cumulative)", color="tab:red")
         twin.grid(False)
-    ax.set(title="gradient norm (before clipping)", xlabel="optimizer step")
-    return _save(fig, save_to)
+    ax.set(title="gradient norm (before clipping)", xlabel="optimizer step", ylabel="L2 norm")
+
+
+def _dates(ax: plt.Axes) -> None:
+    """Short, non-overlapping date labels on a time axis (the year and day said once, at the start)."""
+    locator = matplotlib.dates.AutoDateLocator(minticks=3, maxticks=8)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(matplotlib.dates.ConciseDateFormatter(locator))
 
 
 def plot_equity(bt: BacktestResult, save_to: str | Path | None = None) -> plt.Figure:
@@ -97,13 +131,14 @@ def plot_equity(bt: BacktestResult, save_to: str | Path | None = None) -> plt.Fi
     for col, label in labels.items():
         ax.plot(pnl["timestamp"], equity_curve(pnl[col]), label=label, lw=1.2)
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set(title="equity (1 invested, compounded)", ylabel="wealth")
-    ax.legend()
-    fig.autofmt_xdate()
+    ax.set(title="equity (1 invested, compounded)", ylabel="wealth (1 = the start)")
+    ax.legend(fontsize="small")
+    _dates(ax)
     return _save(fig, save_to)
 
 
-def plot_deciles(decile_df: pd.DataFrame, save_to: str | Path | None = None) -> plt.Figure:
+def plot_deciles(decile_df: pd.DataFrame, save_to: str | Path | None = None,
+                 unit: str = "forward log return") -> plt.Figure:
     """Realised mean target per prediction decile (bars, +-1 s.e.) against the predicted mean (line)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     x = decile_df["decile"].to_numpy()
@@ -111,37 +146,33 @@ def plot_deciles(decile_df: pd.DataFrame, save_to: str | Path | None = None) -> 
            capsize=3, label="realised")  # fmt: skip
     ax.plot(x, decile_df["pred_mean"], color="tab:orange", marker="o", label="predicted")
     ax.axhline(0.0, color="grey", lw=0.8)
-    ax.set(title="target by prediction decile", xlabel="prediction decile", ylabel="mean target", xticks=x)
+    ax.set(title="target by prediction decile", xlabel="prediction decile (1: lowest predictions)",
+           ylabel=f"mean target ({unit})", xticks=x)
     ax.legend()
     return _save(fig, save_to)
 
 
 def plot_ic(ic_df: pd.DataFrame, save_to: str | Path | None = None, window: int | None = None,
             label: str = "IC per period", note: str = "") -> plt.Figure:
-    """IC per period (bars) with a rolling mean and the overall mean; rank IC as dots. `label` names the IC
-    family, `note` (the mean and its overlap-robust t, with the method) goes beside it in the title."""
+    """IC per period (bars, on a time axis) with a rolling mean and the overall mean; rank IC as dots. `label`
+    names the IC family, `note` (the mean and its overlap-robust t, with the method) goes beside it in the title."""
     fig, ax = plt.subplots(figsize=(10, 4))
     if len(ic_df) == 0:
         _empty(ax, "no period with a defined IC")
         return _save(fig, save_to)
-    x = np.arange(len(ic_df))
+    when = pd.to_datetime(ic_df["period"]).reset_index(drop=True)
+    gaps = when.diff().dropna()
+    width = 0.8 * (gaps.median() if len(gaps) else pd.Timedelta(days=1))
     window = window or max(1, min(20, len(ic_df) // 5))
     colours = np.where(ic_df["ic"] > 0, "tab:green", "tab:red")
-    ax.bar(x, ic_df["ic"], color=colours, alpha=0.6, label="IC")
-    ax.plot(x, ic_df["rank_ic"], "k.", ms=3, label="rank IC")
-    ax.plot(
-        x,
-        ic_df["ic"].rolling(window, min_periods=1).mean(),
-        color="tab:blue",
-        label=f"rolling mean ({window})",
-    )
+    ax.bar(when, ic_df["ic"].to_numpy(), width=width, color=colours, alpha=0.6, label="IC")
+    ax.plot(when, ic_df["rank_ic"].to_numpy(), "k.", ms=3, label="rank IC")
+    ax.plot(when, ic_df["ic"].rolling(window, min_periods=1).mean().to_numpy(), color="tab:blue",
+            label=f"rolling mean ({window} periods)")
     ax.axhline(ic_df["ic"].mean(), color="tab:blue", ls="--", lw=0.8, label=f"mean {ic_df['ic'].mean():.3f}")
-    ticks = x[:: max(1, len(x) // 8)]
-    stamps = pd.to_datetime(ic_df["period"])
-    fmt = "%Y-%m-%d" if (stamps == stamps.dt.normalize()).all() else "%m-%d %H:%M"  # per day, or intraday
-    ax.set_xticks(ticks, [stamps.iloc[i].strftime(fmt) for i in ticks], rotation=30)
-    ax.set(title=label + (f"\n{note}" if note else ""), ylabel="IC")
-    ax.legend(fontsize="small")
+    _dates(ax)
+    ax.set(title=label + (f"\n{note}" if note else ""), ylabel="IC (correlation)")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, save_to)
 
 
@@ -155,7 +186,7 @@ def plot_underwater(bt: BacktestResult, save_to: str | Path | None = None) -> pl
     worst = float(dd.min()) if len(dd) else 0.0
     ax.set(title=f"underwater: net drawdown from the running peak (worst {worst:.1%})", ylabel="drawdown")
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    fig.autofmt_xdate()
+    _dates(ax)
     return _save(fig, save_to)
 
 
@@ -175,18 +206,66 @@ def plot_cost_sensitivity(costs: pd.DataFrame, break_even: float, cost_bps: floa
     return _save(fig, save_to)
 
 
-def plot_throughput(runs_df: pd.DataFrame, save_to: str | Path | None = None) -> plt.Figure:
-    """Training samples/s per run, coloured by loader: the figure that answers 'did the GPU work?'."""
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(runs_df) + 3), 4))
-    d = runs_df.dropna(subset=["samples_per_s"]).assign(loader=lambda f: f["loader"].fillna("unknown").astype(str))
+LOADER_NAMES = {"dataloader": "seed-style DataLoader", "device": "device loader", "dense": "dense chunks"}
+LOADER_COLOURS = {"dataloader": "tab:orange", "device": "tab:blue", "dense": "tab:green"}
+
+
+def _k(value: float) -> str:
+    return f"{value / 1e3:,.1f}k" if value >= 1e4 else f"{value:,.0f}"
+
+
+def plot_loader_sweep(sweep: pd.DataFrame, save_to: str | Path | None = None,
+                      training: tuple[float, str] | None = None) -> plt.Figure:
+    """02_profiling's sweep: samples/s of each loader at each micro-batch, side by side (the seed-style DataLoader
+    beside the device loader, with the device loader's speed-up over it), and the share of step time spent
+    waiting for data. `training` = (samples/s, label) draws a run's own training throughput across the first
+    panel."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    loaders = [name for name in LOADER_NAMES if name in set(sweep["loader"])]
+    sizes = sorted(sweep["batch_size"].unique())
+    x, width = np.arange(len(sizes)), 0.8 / max(len(loaders), 1)
+    by = sweep.set_index(["loader", "batch_size"])
+    for panel, col in ((0, "samples_per_s"), (1, "data_wait_share")):
+        ax = axes[panel]
+        for i, loader in enumerate(loaders):
+            vals = [by[col].get((loader, b), np.nan) for b in sizes]
+            bars = ax.bar(x + (i - (len(loaders) - 1) / 2) * width, vals, width, label=LOADER_NAMES[loader],
+                          color=LOADER_COLOURS[loader])
+            labels = [_k(v) if col == "samples_per_s" else f"{v:.0%}" for v in vals]
+            ax.bar_label(bars, labels=["" if np.isnan(v) else t for v, t in zip(vals, labels)], fontsize="x-small")
+        ax.set_xticks(x, [f"{b:,}" for b in sizes])
+        ax.set_xlabel("micro-batch (windows; chunks for dense)")
+    if training is not None and np.isfinite(training[0]):
+        axes[0].axhline(training[0], color="black", ls="--", lw=1, label=training[1])
+    axes[0].set(title="training throughput by loader", ylabel="samples / s")
+    axes[0].yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _k(v)))
+    axes[1].set(title="share of step time waiting for data", ylabel="data wait")
+    axes[1].yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    for ax in axes:
+        ax.margins(y=0.15)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return _save(fig, save_to, tight=False)
+
+
+def plot_runs(runs_df: pd.DataFrame, save_to: str | Path | None = None) -> plt.Figure:
+    """Training samples/s of every run side by side, one horizontal bar each, named with its loader and batch."""
+    d = runs_df.dropna(subset=["samples_per_s"]).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(10, max(2.0, 0.4 * len(d) + 1.2)))
     if len(d) == 0:
         _empty(ax, "no run with samples/s")
         return _save(fig, save_to)
-    sns.barplot(data=d, x="run_id", y="samples_per_s", hue="loader", dodge=False, ax=ax)
-    for bars in ax.containers:
-        ax.bar_label(bars, fmt="{:,.0f}", fontsize="small")
-    ax.set(title="training throughput", xlabel="run", ylabel="samples / s")
-    ax.tick_params(axis="x", rotation=45)
+    names = [f"{r.run_id}  ({LOADER_NAMES.get(r.loader, r.loader)}, batch {r.batch_size:,.0f} x "
+             f"{r.grad_accum_steps:,.0f})" for r in d.itertuples()]
+    colours = [LOADER_COLOURS.get(v, "tab:grey") for v in d["loader"]]
+    bars = ax.barh(np.arange(len(d)), d["samples_per_s"], color=colours)
+    ax.bar_label(bars, labels=[_k(v) for v in d["samples_per_s"]], fontsize="small", padding=3)
+    ax.set_yticks(np.arange(len(d)), names)
+    ax.invert_yaxis()
+    ax.margins(x=0.12)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _k(v)))
+    ax.set(title="training throughput of every run", xlabel="samples / s")
     return _save(fig, save_to)
 
 

@@ -20,10 +20,12 @@ from torch.profiler import ProfilerActivity, profile
 from tradelib import dataset
 from tradelib.config import Config
 from tradelib.hardware import pick_device, sync
-from tradelib.measure import Runner, make_setups, measure, split_list, step_peak_bytes
+from tradelib.measure import Runner, make_setups, measure, quiet_profiler, split_list, step_peak_bytes
 
 SWEEP_COLUMNS = ["loader", "batch_size", "samples_per_s", "speedup", "it_per_s", "data_wait_share",
-                 "batches_per_epoch", "peak_mem_bytes", "mfu", "gpu_busy_pct", "step_time_s"]
+                 "batches_per_epoch", "peak_mem_bytes", "mfu", "gpu_busy_pct", "step_time_s", "mfu_invalid",
+                 "mfu_invalid_reason", "other_cores", "busy_note"]
+# (an MFU that cannot be right: mfu empty, the value and why beside it; busy_note: timed on a busy machine)
 
 
 def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, loaders: Sequence[str] | None = None,
@@ -43,8 +45,10 @@ def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, load
                              verbose=verbose):
             s.label = f"{s.label}@{bs}"
             setups.append(s)
-    records = measure(setups, steps=cfg.steps, warmup=cfg.warmup, repeats=cfg.repeats, verbose=verbose)
-    df = pd.DataFrame(records)[SWEEP_COLUMNS].sort_values(["loader", "batch_size"], ignore_index=True)
+    records = measure(setups, steps=cfg.steps, warmup=cfg.warmup, repeats=cfg.repeats, verbose=verbose,
+                      max_other_load=cfg.max_other_load)
+    df = pd.DataFrame(records).reindex(columns=SWEEP_COLUMNS)
+    df = df.sort_values(["loader", "batch_size"], ignore_index=True)
     df.attrs["records"] = records
     return df
 
@@ -67,7 +71,7 @@ def profile_step(cfg: Config, trace_path: str | Path | None = None, top: int = 2
         device = runner.device
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         runner.run(cfg.warmup, 1)
-        with profile(activities=activities, record_shapes=False) as prof:
+        with quiet_profiler(), profile(activities=activities, record_shapes=False) as prof:
             runner.run(0, cfg.profile_steps)
         if trace_path:
             Path(trace_path).parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ SUMMARY_NUMBERS = IC_NUMBERS + [
 ]  # fmt: skip
 FAMILY_WORDS = {"cross_sectional": "cross-sectional IC (per timestamp)", "daily": "per-day IC",
                 "pooled": "pooled IC (all test rows)"}
+LOSS_LABEL = "MSE (target / its training scale)"  # the training loss's unit on every axis
 PERIOD_WORDS = {"cross_sectional": "per-timestamp ICs", "daily": "per-day ICs",
                 "pooled": "per-timestamp terms of the pooled correlation"}
 
@@ -62,6 +64,7 @@ class ReportInputs:
     break_even_bps: float
     splits: dict
     quality: dict | None = None
+    loss: dict | None = None  # loss_context: the loss's unit, and why validation sits below training
 
     @property
     def ic_series(self) -> pd.DataFrame:
@@ -177,7 +180,7 @@ def load_inputs(
     bt = ev.backtest(df, "prediction", **book)
     baselines = ev.baseline_predictions(df, X_train, y_train, X_test, ridge_alpha)
     quality = (getattr(fs, "meta", None) or {}).get("quality") if fs is not None else None
-    return ReportInputs(
+    inputs = ReportInputs(
         run_dir=run_dir, summary=summary, predictions=df, steps=steps, epochs=epochs, bar_seconds=float(bar),
         cost_bps=float(cost_bps), horizon=horizon, horizon_source=horizon_source, annualisation=ann,
         family=family, family_reason=reason, ic_timestamp=by_ts, ic_day=by_day,
@@ -189,6 +192,8 @@ def load_inputs(
         backtest=bt, costs=ev.cost_sensitivity(bt, cost_grid_bps), break_even_bps=ev.break_even_bps(bt),
         splits=split_dates(summary, fs, df), quality=quality or None,
     )
+    inputs.loss = loss_context(inputs, fs)
+    return inputs
 
 
 def to_jsonable(obj):
@@ -226,6 +231,11 @@ def _predictor(predictors: pd.DataFrame, name: str, col: str) -> float:
     return float(row.iloc[0]) if len(row) else float("nan")
 
 
+def _span_days(df: pd.DataFrame) -> float:
+    ts = pd.to_datetime(df["timestamp"], utc=True)
+    return float((ts.max() - ts.min()) / pd.Timedelta(days=1)) if len(ts) else float("nan")
+
+
 def summary_block(inputs: ReportInputs) -> dict:
     """The numbers that matter, flat: the three named ICs, which one leads and why, tradability after
     costs, and training throughput."""
@@ -238,6 +248,7 @@ def summary_block(inputs: ReportInputs) -> dict:
         "model": s.get("model"),
         "loader": s.get("loader"),
         "n_test_rows": int(len(inputs.predictions)),
+        "test_days": _span_days(inputs.predictions),
         "n_symbols": int(inputs.predictions["symbol"].nunique()),
         "bar_seconds": inputs.bar_seconds,
         "horizon_bars": inputs.horizon,
@@ -277,7 +288,8 @@ def summary_block(inputs: ReportInputs) -> dict:
         "samples_per_s": _num(s.get("samples_per_s")),
         "data_wait_share": _num(s.get("data_wait_share")),
         "gpu_util": _num(s.get("gpu_util")),
-        "mfu": _num(s.get("mfu")),
+        "mfu": _num(s.get("mfu")) if not _num(s.get("mfu")) > 1 else float("nan"),  # above 1: impossible
+        "mfu_invalid": _num(s.get("mfu")) if _num(s.get("mfu")) > 1 else None,
         "peak_mem_gb": _num(s.get("peak_mem_bytes")) / 1e9,
         "epoch_time_s": _num(s.get("epoch_time_s")),
     })
@@ -315,6 +327,8 @@ def _training_block(inputs: ReportInputs) -> dict:
     steps, epochs = inputs.steps, inputs.epochs
     val = epochs["val_loss"].dropna() if len(epochs) else pd.Series(dtype=float)
     return {
+        "loss": inputs.loss or {},
+        "lr_from_step_0": lr_schedule(inputs.summary, steps) is not None,
         "n_step_rows": int(len(steps)),
         "last_step": float(steps["step"].iloc[-1]) if len(steps) else float("nan"),
         "final_loss_ema": float(steps["loss_ema"].iloc[-1]) if len(steps) else float("nan"),
@@ -363,7 +377,24 @@ def loader_sweep(run_dir: Path) -> pd.DataFrame | None:
         return None
     sweep = pd.read_csv(path)
     return sweep[[c for c in ("loader", "batch_size", "samples_per_s", "speedup", "it_per_s", "data_wait_share",
-                              "batches_per_epoch", "peak_mem_bytes", "mfu", "gpu_busy_pct") if c in sweep]]
+                              "batches_per_epoch", "peak_mem_bytes", "mfu", "gpu_busy_pct", "step_time_s",
+                              "mfu_invalid", "mfu_invalid_reason", "other_cores", "busy_note") if c in sweep]]
+
+
+def sweep_notes(sweep: pd.DataFrame) -> list[str]:
+    """What a reader must know about 02's figures: why an MFU is marked invalid, and which configurations were
+    timed while other processes were busy (their samples/s are not comparable)."""
+    notes = [f"MFU marked *invalid*: {why}." for why in dict.fromkeys(sweep.get("mfu_invalid_reason", pd.Series(
+        dtype=object)).dropna())]
+    busy = sweep.dropna(subset=["busy_note"]) if "busy_note" in sweep else sweep.iloc[:0]
+    if len(busy):
+        which = "every configuration" if len(busy) == len(sweep) else ", ".join(
+            f"{r.loader} at {r.batch_size:,}" for r in busy.itertuples())
+        cores = os.cpu_count() or 1
+        notes.append(f"Timed while other processes kept up to {busy['other_cores'].max():.1f} of the {cores} cores "
+                     f"busy ({which}): those samples/s and their ratios are not comparable; rerun on an idle "
+                     f"machine.")
+    return notes
 
 
 def build_report(run_dir: Path, compare_with: Path | None = None, cost_bps: float = 5.0, *,
@@ -388,6 +419,7 @@ def build_report(run_dir: Path, compare_with: Path | None = None, cost_bps: floa
         "ic_by_timestamp": inputs.ic_timestamp,
         "ic_by_day": inputs.ic_day,
         "predictors": inputs.predictors,
+        "best_predictors": best_predictors(inputs.predictors, inputs.family),
         "per_symbol": inputs.per_symbol,
         "deciles": inputs.deciles,
         "backtest": inputs.backtest.stats,
@@ -395,6 +427,7 @@ def build_report(run_dir: Path, compare_with: Path | None = None, cost_bps: floa
         "training": _training_block(inputs),
         "run": {k: v for k, v in inputs.summary.items() if k != "config"},
         "config": inputs.summary.get("config", {}),
+        "configuration": [list(kv) for kv in run_configuration(inputs.summary, inputs.splits)],
     }
     sweep = loader_sweep(run_dir)
     if sweep is not None:
@@ -406,6 +439,170 @@ def build_report(run_dir: Path, compare_with: Path | None = None, cost_bps: floa
     report = to_jsonable(report)
     (run_dir / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
     return report
+
+
+# ----------------------------------------------------------------------------------------------------
+# what the sections of 04 say beside their tables and figures
+
+
+def best_predictors(predictors: pd.DataFrame, family: str) -> dict[str, str]:
+    """{column: predictor} with the best headline IC and the best net Sharpe among the predictors that compete:
+    the oracle is the planted signal (a ceiling, not a rival) and `zero` never trades (its Sharpe of 0 is no
+    result), so neither is ever marked best."""
+    rivals = predictors[(predictors["predictor"] != "oracle") & (predictors["coverage"] > 0)]
+    best = {}
+    for col in (f"{family}_ic", "sharpe_net"):
+        values = rivals[col].dropna() if col in rivals else pd.Series(dtype=float)
+        if len(values):
+            best[col] = str(rivals.loc[values.idxmax(), "predictor"])
+    return best
+
+
+def _when(text) -> str:
+    """An ISO time as '2024-01-08 09:21' (UTC); a whole-day date as it came."""
+    if not text or "whole day" in str(text):
+        return str(text or "n/a")
+    return pd.Timestamp(text).tz_convert("UTC").strftime("%Y-%m-%d %H:%M") if pd.Timestamp(text).tzinfo else str(text)
+
+
+def _count(value) -> str:
+    return f"{int(value):,}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def run_configuration(summary: dict, splits: dict) -> list[tuple[str, str]]:
+    """The run's configuration as (setting, value) lines: data, windows, model, batch, learning rate, length,
+    device, split dates."""
+    c, g = summary.get("config") or {}, summary.get
+    data = (f"synthetic market: {c.get('synth_symbols')} symbols x {_count(c.get('synth_bars'))} 5-minute bars "
+            f"(seed {c.get('data_seed')})" if c.get("data_path") == "synthetic" else str(c.get("data_path")))
+    target = "vol-scaled forward log return" if c.get("vol_scaled_target") else "forward log return"
+    per_fold = " per fold" if g("folds") else ""
+    steps = f", at most {_count(c['max_steps'])} steps{per_fold}" if c.get("max_steps") else ""
+    purge = f", {splits['purge_bars']} bars purged at each boundary" if splits.get("purge_bars") else ""
+    return [
+        ("data", data),
+        ("windows", f"{c.get('window')} bars of history each; {_count(g('train_windows'))} training and "
+                    f"{_count(g('test_windows'))} test windows" + (" (training: the last fold's)" if per_fold else "")),
+        ("target", f"{target} over {c.get('horizon')} bar(s)"),
+        ("model", f"{g('model')}: hidden {c.get('hidden')}, {c.get('layers')} layer(s), dropout {c.get('dropout')}; "
+                  f"{_count(g('n_params'))} parameters"),
+        ("batch", f"{_count(g('batch_size'))} windows x {_count(g('grad_accum_steps'))} accumulation x "
+                  f"{_count(g('world_size') or 1)} rank(s) = {_count(g('global_batch'))} per optimizer step"),
+        ("learning rate", f"{_f(g('lr'), 'g')} peak (lr {_f(c.get('lr'), 'g')}, scaling {c.get('lr_scaling')}), "
+                          f"{c.get('warmup_steps')} warm-up steps at most, cosine to {c.get('min_lr_ratio')} x; "
+                          f"AdamW, weight decay {c.get('weight_decay')}, gradient clip {c.get('grad_clip')}"),
+        ("length", f"{c.get('epochs')} epoch(s){steps}: {_count(g('optimizer_steps'))} optimizer steps taken "
+                   f"({_count(g('skipped_steps'))} skipped), seed {c.get('seed')}"),
+        ("device", f"{g('device_name')} ({g('device')}), precision {c.get('precision')}, compile "
+                   f"{g('compiled')}, loader {g('loader')}"),
+        ("splits", _split_words(splits, purge)),
+    ]
+
+
+def _split_words(splits: dict, purge: str) -> str:
+    if splits.get("method") == "walk-forward":
+        return (f"walk-forward: {splits.get('n_folds')} folds, {splits.get('fold_window')} training window, "
+                f"{splits.get('fold_init')} start; test periods {_when(splits.get('test_start'))} to "
+                f"{_when(splits.get('test_end'))} (UTC){purge}; each fold's dates under 'Does it hold through time?'")
+    return (f"by {splits.get('method')}: training to {_when(splits.get('train_end'))}, validation "
+            f"{_when(splits.get('val_start'))} to {_when(splits.get('val_end'))}, test "
+            f"{_when(splits.get('test_start'))} to {_when(splits.get('test_end'))} (UTC){purge}")
+
+
+def loss_context(inputs: ReportInputs, fs) -> dict:
+    """The training loss's unit, and, when validation sits below training, why, from measurements: what
+    predicting 0 scores on each split's windows (a quieter validation period scores lower), dropout (on in
+    training only), and the training figure being a mean over an epoch of improving weights."""
+    conf = inputs.summary.get("config") or {}
+    out = {"unit": "mean squared error of the target in units of its training scale", "target_scale": None,
+           "zero_mse": {}, "val_below_train": None, "reasons": []}
+    if fs is not None:
+        from tradelib.sources import window_ends
+
+        scale = float(fs.meta.get("target_scale", 1.0))
+        out["target_scale"] = scale
+        for name, split in (("train", 0), ("val", 1)):
+            y = fs.y[window_ends(fs, split, int(conf.get("window") or 1))] / scale
+            out["zero_mse"][name] = float(np.mean(y.astype(np.float64) ** 2)) if len(y) else float("nan")
+    ep = inputs.epochs.dropna(subset=["train_loss", "val_loss"])
+    if not len(ep):
+        return out
+    train, val = float(ep["train_loss"].iloc[-1]), float(ep["val_loss"].iloc[-1])
+    out.update(last_train_loss=train, last_val_loss=val, val_below_train=val < train)
+    if val >= train:
+        return out
+    z = out["zero_mse"]
+    if z and z["val"] < z["train"]:
+        rel_val, rel_train = val / z["val"], train / z["train"]
+        out["reasons"].append(
+            f"the validation period is quieter: predicting 0 scores {z['val']:.3f} on its windows against "
+            f"{z['train']:.3f} on the training windows; against that yardstick validation is {rel_val:.3f} and "
+            f"training {rel_train:.3f}" + (", so the gap is the period's, not the model's" if rel_val >= rel_train
+                                          else ""))
+    if float(conf.get("dropout") or 0) > 0:
+        out["reasons"].append(f"dropout {conf['dropout']} is on while training and off for validation")
+    out["reasons"].append(("also, " if out["reasons"] else "") + "the training loss is the mean over an epoch in "
+                          "which the weights were still improving, the validation loss that of the weights at its end")
+    return out
+
+
+def lr_schedule(summary: dict, steps: pd.DataFrame) -> pd.DataFrame | None:
+    """The learning rate at every optimizer step from 0 (the warm-up included, which the logged values, one per
+    log interval, miss), rebuilt from the run's settings with the trainer's own schedule; None when it does not
+    reproduce every logged value (a resume that changed the run's length, an older run)."""
+    from tradelib.trainer import lr_factor
+
+    c = summary.get("config") or {}
+    try:
+        total = int(summary["batches_per_epoch"]) // int(summary["grad_accum_steps"]) * int(c["epochs"])
+        total = min(total, int(c["max_steps"])) if int(c.get("max_steps") or 0) > 0 else total
+        warmup, lr, ratio = min(int(c["warmup_steps"]), max(1, total // 10)), float(summary["lr"]), c["min_lr_ratio"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    rate = lambda step: lr * lr_factor(int(step), warmup, total, float(ratio))
+    logged = steps.dropna(subset=["lr"])
+    if not np.allclose([rate(s) for s in logged["step"]], logged["lr"], rtol=1e-6, atol=0):
+        return None
+    last = int(max(logged["step"].max() if len(logged) else 0, summary.get("optimizer_steps") or 0))
+    curve = pd.DataFrame({"step": np.arange(last + 1)})
+    curve["lr"] = [rate(s) for s in curve["step"]]
+    curve.attrs["warmup"] = warmup
+    return curve
+
+
+def training_markdown(report: dict) -> str:
+    """The loss's unit, and why validation sits below training when it does."""
+    t = report.get("training") or {}
+    ctx = t.get("loss") or {}
+    z, scale = ctx.get("zero_mse") or {}, ctx.get("target_scale")
+    unit = ("**Loss**: the mean squared error of the target divided by its training scale s (1.4826 x the median "
+            "absolute deviation of the training targets" + (f", s = {scale:.3g} log return" if scale else "") +
+            "): a loss of 1 is an RMS error of one s.")
+    if z.get("train") is not None:
+        unit += (f" Predicting 0 scores {_f(z.get('train'))} on the training windows and {_f(z.get('val'))} on "
+                 f"the validation windows: the yardstick for the curves below.")
+    lines = [unit]
+    if ctx.get("val_below_train"):
+        lines += ["", f"Validation ({_f(ctx.get('last_val_loss'), '.4f')}) ends below training "
+                      f"({_f(ctx.get('last_train_loss'), '.4f')}) because " + "; and ".join(ctx["reasons"]) + "."]
+    lines += ["", "The learning rate is drawn from step 0, the warm-up included, with the trainer's own schedule "
+                  "(the dots are the values logged at each log interval)."
+              if t.get("lr_from_step_0") else "The learning rate shows the logged values only."]
+    return "\n".join(lines)
+
+
+def book_markdown(report: dict) -> str:
+    """The book's settings, said once for the backtest table below, and the test period's length."""
+    b, s = report["backtest"], report["summary"]
+    span = ""
+    if s.get("test_days") is not None and s["test_days"] < 0.25 * 365.25:
+        span = (f" The test split spans {s['test_days']:.1f} days: annualised figures extrapolate it "
+                f"{365.25 / max(s['test_days'], 1e-9):,.0f}-fold.")
+    ann = (report.get("conventions") or {}).get("annualisation") or {}
+    return (f"Book: `{b['mode']}` positions, traded {b['trade_delay']} bar(s) after the signal, "
+            f"{_f(b['cost_bps'], 'g')} bps per unit of weight traded, {_f(b['bar_seconds'], 'g')} s bars, "
+            f"{_periods(b['periods_per_year'])} periods a year ({ann.get('description') or b['annualisation']})."
+            f"{span}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -552,12 +749,24 @@ def _book_lines(report: dict) -> list[str]:
         f"{_f(g('net_exposure'), '+.2f')} on average (|net| {_f(g('abs_net_exposure'), '.2f')}, gross "
         f"{_f(g('gross_exposure'), '.2f')}).",
         "",
-        f"Net Sharpe by cost: {sweep}; break-even cost **{_f(g('break_even_bps'), '.1f')} bps**.",
+        f"Net Sharpe by cost: {sweep}; {break_even_text(g('break_even_bps'))}.",
     ]
+
+
+def break_even_text(bps) -> str:
+    """The break-even cost in words; there is none when the book loses (or never trades) before costs."""
+    if bps is None or not math.isfinite(bps):
+        return "no break-even cost: the book does not make money before costs"
+    return f"break-even cost **{bps:.1f} bps** per unit of weight traded (the cost at which the net Sharpe reaches 0)"
 
 
 def _periods(value) -> str:
     return _f(value, ",.0f") if isinstance(value, (int, float)) and value >= 100 else _f(value, ".2f")
+
+
+def conventions_markdown(report: dict) -> str:
+    """What the numbers mean here: which IC and t, the annualisation, the book, the split dates."""
+    return "\n".join(_convention_lines(report))
 
 
 def _convention_lines(report: dict) -> list[str]:
@@ -566,15 +775,16 @@ def _convention_lines(report: dict) -> list[str]:
     ann = c.get("annualisation") or {}
     if sp.get("method") == "walk-forward":
         dates = (f"{sp.get('n_folds')} folds ({sp.get('fold_window')} training window), test periods tiling "
-                 f"{sp.get('test_start')} to {sp.get('test_end')}, each fold's model trained and validated on the data "
-                 f"before its test period, features scaled on its own training rows")
+                 f"{_when(sp.get('test_start'))} to {_when(sp.get('test_end'))} (UTC), each fold's model trained and "
+                 f"validated on the data before its test period, features scaled on its own training rows")
     elif sp.get("method") == "dates" or sp.get("val_start"):
-        dates = (f"train to {sp.get('train_end')}, validation {sp.get('val_start') or ''} to {sp.get('val_end')}, "
-                 f"test {sp.get('test_start')} to {sp.get('test_end')}")
+        dates = (f"training to {_when(sp.get('train_end'))}, validation {_when(sp.get('val_start'))} to "
+                 f"{_when(sp.get('val_end'))}, test {_when(sp.get('test_start'))} to {_when(sp.get('test_end'))} (UTC)")
     else:
-        dates = f"test {sp.get('test_start')} to {sp.get('test_end')} (train/validation dates need the feature cache)"
+        dates = (f"test {_when(sp.get('test_start'))} to {_when(sp.get('test_end'))} (UTC; the training and "
+                 f"validation dates need the feature cache)")
     return [
-        f"*Conventions*: headline IC = {c.get('headline_ic_words')}; t = {c.get('t_stat')}; significance on that t "
+        f"Headline IC = {c.get('headline_ic_words')}; t = {c.get('t_stat')}; significance on that t "
         f"only. Annualisation: {_periods(ann.get('periods_per_year'))} periods a year, {ann.get('description')}. "
         f"Trade delay {c.get('trade_delay_bars')} bar(s), cost {_f(c.get('cost_bps'), 'g')} bps per unit of weight "
         f"traded, positions `{c.get('position_mode')}`. Splits by {sp.get('method')}: {dates}. "
@@ -599,8 +809,8 @@ def _compare_lines(report: dict) -> list[str]:
 
 
 def summary_markdown(report: dict) -> str:
-    """A few lines and one table for the top of the HTML report: signal, baselines, costs, conventions,
-    throughput."""
+    """A few lines for the top of the HTML report: the run, the signal and its baselines, the book after costs,
+    the throughput, and a comparison when asked. (The predictor table follows in its own section, once.)"""
     g = report["summary"].get
     lines = [
         f"**Run `{g('run_id')}`**: {g('model')} on {g('device_name') or g('device')}, "
@@ -611,25 +821,36 @@ def summary_markdown(report: dict) -> str:
         "",
         *_book_lines(report),
         "",
-        *_convention_lines(report),
-        "",
-        f"Training: **{_rate(g('samples_per_s'))} samples/s**, data wait {_f(g('data_wait_share'), '.1%')}, "
-        f"GPU util {_f(g('gpu_util'), '.0%')}, MFU {_f(g('mfu'), '.1%')}, "
-        f"peak memory {_f(g('peak_mem_gb'), '.2f')} GB, epoch {_f(g('epoch_time_s'), '.1f')} s.",
+        _throughput_line(report),
         *_compare_lines(report),
-        "",
-        f"| predictor | cross-sectional IC | rank IC | per-day IC | pooled IC | t ({g('headline_ic')}, HAC) "
-        f"| dir. acc. | net Sharpe |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in report.get("predictors", []):
-        cells = [
-            r["predictor"], _f(r["cross_sectional_ic"]), _f(r["cross_sectional_rank_ic"]), _f(r["daily_ic"]),
-            _f(r["pooled_ic"]), _f(r["t_stat"], ".2f"), _f(r["directional_accuracy"], ".1%"),
-            _f(r["sharpe_net"], ".2f"),
-        ]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def mfu_words(mfu: float | None, note: str | None = None) -> str:
+    """MFU for a sentence: the figure, or why there is none; above 1 it is impossible and flagged invalid."""
+    if note:
+        return f"MFU invalid ({note})"
+    if mfu is None or not math.isfinite(mfu):
+        return "MFU n/a (no peak FLOP/s known for this device)"
+    if mfu > 1:
+        return f"MFU invalid ({mfu:.2f} is above 1, which is impossible: the FLOP count or the peak is wrong)"
+    return f"MFU {mfu:.1%}"
+
+
+def _throughput_line(report: dict) -> str:
+    g = report["summary"].get
+    on_gpu = str(g("device") or "").startswith("cuda")
+    memory = ("torch.cuda.max_memory_allocated" if on_gpu else "the training process's peak resident memory")
+    busy = f"GPU busy {_f(g('gpu_util'), '.0f')}%" if on_gpu else "GPU busy n/a (a CPU run)"
+    epoch = (f"an epoch {_f(g('epoch_time_s'), ',.1f')} s" if g("epoch_time_s") is not None
+             else "no epoch finished")
+    return (f"Training: **{_rate(g('samples_per_s'))} samples/s**, data wait {_f(g('data_wait_share'), '.1%')}, "
+            f"{busy}, {mfu_words(g('mfu'))}, peak memory {_gb(g('peak_mem_gb'))} ({memory}), {epoch}.")
+
+
+def _gb(value) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3g} GB"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -650,19 +871,44 @@ def make_figures(inputs: ReportInputs, run_dir: Path | None = None, runs_df: pd.
     head = inputs.ic[fam]
     note = f"mean {_f(head['ic'])}, t {_f(head['t_stat'], '.2f')} ({head['t_method']})"
     figs = {
-        "training": plots.plot_training(inputs.steps, inputs.epochs, run_dir / "training.png"),
+        "training": plots.plot_training(inputs.steps, inputs.epochs, run_dir / "training.png",
+                                        schedule=lr_schedule(inputs.summary, inputs.steps),
+                                        loss_label=LOSS_LABEL),
         "equity": plots.plot_equity(inputs.backtest, run_dir / "equity.png"),
         "underwater": plots.plot_underwater(inputs.backtest, run_dir / "underwater.png"),
         "costs": plots.plot_cost_sensitivity(inputs.costs, inputs.break_even_bps, inputs.cost_bps,
                                              run_dir / "costs.png"),
-        "deciles": plots.plot_deciles(inputs.deciles, run_dir / "deciles.png"),
+        "deciles": plots.plot_deciles(inputs.deciles, run_dir / "deciles.png", unit=(
+            "vol-scaled log return" if (inputs.summary.get("config") or {}).get("vol_scaled_target")
+            else "forward log return")),
         "ic": plots.plot_ic(inputs.ic_series, run_dir / "ic.png", label=FAMILY_WORDS[fam], note=note),
-        "throughput": plots.plot_throughput(runs_df, run_dir / "throughput.png"),
     }
+    figs.update(throughput_figures(inputs, run_dir, runs_df))
     if inputs.quality:
         figs["quality"] = plots.plot_quality(inputs.quality, run_dir / "quality.png")
     if "fold" in inputs.predictions:
         figs["folds"] = plots.plot_folds(fold_table(inputs), inputs.family, run_dir / "folds.png")
+    return figs
+
+
+def throughput_figures(inputs: ReportInputs, run_dir: Path, runs_df: pd.DataFrame) -> dict:
+    """`throughput`: 02's sweep (the seed-style DataLoader beside the device loader at each micro-batch) with this
+    run's training samples/s across it, or, without a sweep, every run's samples/s; `runs`: every run's
+    samples/s, when there are two or more."""
+    from tradelib import plots
+
+    sweep = loader_sweep(run_dir)
+    s = inputs.summary
+    figs = {}
+    if sweep is not None and len(sweep):
+        label = (f"this run's training: {s.get('model')}, {s.get('loader')} loader, batch "
+                 f"{_count(s.get('batch_size'))} x {_count(s.get('grad_accum_steps'))}")
+        figs["throughput"] = plots.plot_loader_sweep(sweep, run_dir / "throughput.png",
+                                                     training=(_num(s.get("samples_per_s")), label))
+    else:
+        figs["throughput"] = plots.plot_runs(runs_df, run_dir / "throughput.png")
+    if len(runs_df.dropna(subset=["samples_per_s"])) >= 2:
+        figs["runs"] = plots.plot_runs(runs_df, run_dir / "runs.png")
     return figs
 
 

@@ -1,6 +1,8 @@
 """Run folders: `outputs/<run_id>/` and the files in it, written and read here and nowhere else.
 
     metrics.jsonl        one JSON row per log interval ("step"), per epoch ("epoch") and GPU reading ("gpu")
+    events.out.tfevents.*  the same figures as TensorBoard events (`tensorboard --logdir outputs/`)
+    progress.json        the training's progress (step, total, epoch, loss, samples/s), see progress.py
     summary.json         the run's configuration, throughput, memory and test figures
     predictions.parquet  the test split: row, timestamp, symbol, prediction, target, ...
     checkpoints/         see checkpoint.py
@@ -131,6 +133,48 @@ def resolve_run(run: str | os.PathLike | None) -> Path:
 def append_metrics(run: Path, row: dict) -> None:
     with (Path(run) / "metrics.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+# metrics.jsonl's figures that go to TensorBoard too: {row kind: {key: tag}}; the x axis is the optimizer step
+TENSORBOARD_TAGS = {
+    "step": {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
+             "samples_per_s": "train/samples_per_s", "data_wait_share": "train/data_wait_share"},
+    "epoch": {"train_loss": "epoch/train_loss", "val_loss": "epoch/val_loss"},
+    "gpu": {"gpu_util_median": "gpu/busy_pct", "gpu_mem_used_max_bytes": "gpu/mem_used_max_bytes"},
+}  # fmt: skip
+
+
+class TensorBoardLog:
+    """TensorBoard event files in the run folder, written from the rows metrics.jsonl gets (the same figures, no
+    read of its own). Without the tensorboard package it says so in one line and writes nothing; a resumed run
+    purges the events logged after its checkpoint (TensorBoard drops them, as metrics.jsonl is truncated)."""
+
+    def __init__(self, run: Path, purge_step: int | None = None) -> None:
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # (the GPU check's machine has no tensorboard)
+            why = "the tensorboard package is not installed" if exc.name in ("tensorboard", None) else str(exc)
+            print(f"TensorBoard events off: {why[:200]} (pip install tensorboard, or -p tensorboard False); "
+                  f"metrics.jsonl holds every figure")
+            return
+        if purge_step is None:  # a fresh start: older events in the folder are not this run's
+            for old in Path(run).glob("events.out.tfevents.*"):
+                old.unlink()
+        self.writer = SummaryWriter(log_dir=str(run), purge_step=purge_step, flush_secs=10)
+
+    def add(self, row: dict) -> None:
+        if self.writer is None:
+            return
+        for key, tag in TENSORBOARD_TAGS.get(row.get("kind"), {}).items():
+            value = row.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+                self.writer.add_scalar(tag, value, global_step=int(row["step"]))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()  # flushes, and ends its writer thread
+            self.writer = None
 
 
 def read_metrics(run: Path) -> list[dict]:

@@ -58,7 +58,7 @@ from tradelib.config import (
 )
 from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, notebooks_dir, outputs_dir
-from tradelib.pipeline import NotebookFailed, _execute
+from tradelib.pipeline import NotebookFailed, execute_notebooks
 
 NOTEBOOK = "03_train"
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -187,8 +187,9 @@ def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list
 
 # -- running ------------------------------------------------------------------------------------------------
 def _differences(done: dict, want: dict) -> list[str]:
-    """The training parameters (03's) in which a finished run's config differs from the one wanted."""
-    trained = set(declared_parameters(NOTEBOOK)) - {"resume"}
+    """The training parameters (03's) in which a finished run's config differs from the one wanted; how a run
+    shows its progress or whether it wrote TensorBoard events changes nothing it trained."""
+    trained = set(declared_parameters(NOTEBOOK)) - {"resume", "progress", "tensorboard"}
     return [f"{k}: {done.get(k)!r} -> {v!r}" for k, v in want.items() if k in trained and done.get(k) != v]
 
 
@@ -213,7 +214,8 @@ def run_one(plan: Plan, i: int, progress: bool) -> str:
     print(f"{head}: {'resuming' if resume else 'running'} {NOTEBOOK}", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        _execute({NOTEBOOK: notebooks_dir() / f"{NOTEBOOK}.ipynb"}, {NOTEBOOK: params}, folder, progress)
+        execute_notebooks({NOTEBOOK: notebooks_dir() / f"{NOTEBOOK}.ipynb"}, {NOTEBOOK: params}, folder, progress,
+                          label="[sweep]")
     except NotebookFailed as exc:
         print(f"{head}: failed: {exc}", flush=True)
         return f"failed: {exc}"

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
 
 from tradelib import cache, checkpoint, dataset, evaluate, runs
 from tradelib.config import Config
@@ -53,6 +52,7 @@ from tradelib.hardware import (
 from tradelib.models import model_for, n_params
 from tradelib.monitor import GpuMonitor
 from tradelib.paths import outputs_dir
+from tradelib.progress import PROGRESS_FILE, Progress
 from tradelib.sources import DenseSource, PaddedSource, WindowSource
 from tradelib.stream import make_sources
 from tradelib.trainer import StepStats, Trainer, seed_everything
@@ -65,12 +65,6 @@ class TrainingFailed(RuntimeError):
 
 class TrainingDiverged(TrainingFailed):
     """Too many non-finite steps in a row, or non-finite weights: the last finite checkpoint is named."""
-
-
-class ProgressBar(tqdm):
-    """The training bar, without tqdm's monitor thread (a thread that would outlive the run)."""
-
-    monitor_interval = 0
 
 
 @dataclass
@@ -240,6 +234,7 @@ class TrainingRun:
         self.on_step: Callable[[TrainingRun], None] | None = None  # called between optimizer steps (tests)
         self._clean, self._saved_step = True, -1
         self.gpu_stats: dict = {}
+        self.events: runs.TensorBoardLog | None = None  # opened by fit()
         # after the compile probe, which may draw dropout masks: the restored RNG is then exactly the saved one
         if cfg.resume:
             self._resume()
@@ -259,6 +254,9 @@ class TrainingRun:
                 stop_workers()
             if isinstance(self.trainer.train_fwd, DDP):
                 self.trainer.train_fwd = self.trainer.train_fwd.module
+        if getattr(self, "events", None) is not None:
+            self.events.close()
+            self.events = None
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -353,6 +351,8 @@ class TrainingRun:
     def log(self, row: dict) -> None:
         if self.main:
             runs.append_metrics(self.dir, row)
+            if self.events is not None:
+                self.events.add(row)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def done(self) -> bool:
@@ -363,22 +363,28 @@ class TrainingRun:
     def fit(self) -> dict:
         """Train to the end, then finish(); the run is closed afterwards, also after an error or an interrupt."""
         try:
-            # mininterval: a notebook keeps every text refresh as an output, so refresh once a second, not ten
-            self.bar = ProgressBar(total=self.trainer.total_steps, initial=self.step, desc=f"train {self.cfg.model}",
-                                   unit="step", disable=not self.progress or not self.main, dynamic_ncols=True,
-                                   mininterval=1.0)
+            show = self.progress and self.main
+            self.bar = Progress(self.trainer.total_steps, self.step, f"train {self.cfg.model}",
+                                self.cfg.progress if show else "off", self.cfg.epochs,
+                                path=self.dir / PROGRESS_FILE if self.main else None)
+            self.bar.set_epoch(self.epoch)
+            if self.main and self.cfg.tensorboard:
+                self.events = runs.TensorBoardLog(self.dir, self.step + 1 if self.cfg.resume else None)
             self.monitor = GpuMonitor(device=self.device, enabled=self.main, verbose=self.main).start()
             self.t_log = time.perf_counter()
+            state = "failed"
             try:
                 with StopRequests(enabled=self.world == 1) as stop:
                     try:
                         self._loop(stop)
                     except KeyboardInterrupt:
+                        state = "interrupted"
                         self._on_interrupt()
                         raise
+                state = "done"
             finally:
                 self.gpu_stats = self.monitor.stop()
-                self.bar.close()
+                self.bar.close(state)
             return self.finish()
         finally:
             self.close()
@@ -398,7 +404,7 @@ class TrainingRun:
                 self.tally.add(tr.step(group))
                 self.pos += len(group)
                 self.step += 1
-                self.bar.update(1)
+                self.bar.advance()
                 epoch_end = self.pos >= n
                 ckpt_due = cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0 and not epoch_end
                 if ckpt_due or epoch_end or self.step % cfg.log_every == 0 or self.step >= tr.total_steps:
@@ -433,7 +439,7 @@ class TrainingRun:
         gpu = self.monitor.read()  # GPU busy % and memory over this log interval (NVML)
         if gpu["gpu_samples"]:
             self.log({"kind": "gpu", "step": self.step, "elapsed_s": self.train_time, **gpu})
-        self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{row['samples_per_s']:,.0f}")
+        self.bar.figures(self.epoch, loss, row["samples_per_s"])
         self.t_log = time.perf_counter()
         if t["bad_max"] >= self.cfg.max_bad_steps:
             last = self.latest_checkpoint() if self.main else None
@@ -451,6 +457,7 @@ class TrainingRun:
                   "val_loss": val, "epoch_time_s": self.epoch_time,
                   "samples_per_s": self.targets_per_epoch() / max(self.epoch_time, 1e-9)})
         self.epoch += 1
+        self.bar.set_epoch(self.epoch)
         self.pos = 0
         self.epoch_sse, self.epoch_n, self.epoch_time = 0.0, 0.0, 0.0
         if val < self.best_val:

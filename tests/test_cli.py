@@ -1,0 +1,98 @@
+"""The CLI documents itself from Config, names the nearest command or option to a typo, and renders a report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+
+from tradelib.cli import build_parser, main
+from tradelib.config import Config
+
+COMMAND_GROUPS = {
+    "prepare": ("data", "features"),
+    "train": ("data", "features", "model", "training", "system"),
+    "pipeline": ("data", "features", "model", "training", "system", "measure", "profile", "report"),
+    "bench": ("data", "features", "model", "training", "system", "measure", "bench"),
+    "report": ("report",),
+}
+
+
+def help_text(command: str, capsys) -> str:
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args([command, "--help"])
+    assert done.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", list(COMMAND_GROUPS))
+def test_help_lists_every_parameter_with_its_type_default_and_help(command, capsys):
+    text = help_text(command, capsys)
+    assert text.startswith(f"usage: tradelib {command} ")
+    flat = " ".join(text.split())  # the help is wrapped
+    fields = [f for f in dataclasses.fields(Config) if f.metadata["group"] in COMMAND_GROUPS[command]
+              and f.type in ("int", "float", "str", "bool")]
+    assert len(fields) >= 6
+    for f in fields:
+        default = f"{f.default:_}" if f.type == "int" and abs(f.default) >= 10_000 else repr(f.default)
+        assert f"    {f.name}: {f.type} = {default}\n" in text, f.name
+        assert " ".join(f.metadata["help"].split()) in flat, f.name
+    assert "[>=1]" in flat or command == "report"  # bounds where the help does not give them
+
+
+def test_the_program_is_tradelib_and_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert text.startswith("usage: tradelib ")
+    for command in ("prepare", "train", "pipeline", "report", "bench"):
+        assert re.search(rf"^\s+{command}\s+\S", text, re.M), command
+
+
+@pytest.mark.parametrize("argv,hint", [
+    (["trian"], "did you mean 'train'?"),
+    (["pipline"], "did you mean 'pipeline'?"),
+    (["prepare", "--forse-recreate"], "did you mean --force-recreate?"),
+    (["report", "--compare-wth", "x"], "did you mean --compare-with?"),
+    (["bench", "--jsn", "x.json"], "did you mean --json?"),
+    (["train", "-p", "batchsize", "3"], "did you mean 'batch_size'?"),
+])  # fmt: skip
+def test_a_typo_gets_the_nearest_name_in_one_line(argv, hint, capsys):
+    try:
+        code = main(argv)  # a bad parameter: main's one line
+    except SystemExit as done:  # a bad command or option: argparse's, made one line
+        code = done.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and hint in err, err
+    if argv[1:2] and argv[1].startswith("--"):  # the command's own help, not the top level's
+        assert f"(see `tradelib {argv[0]} --help`)" in err
+
+
+def test_pipeline_names_the_nearest_parameter(capsys):
+    assert main(["pipeline", "-p", "batchsize", "3"]) == 2
+    assert "did you mean 'batch_size'?" in capsys.readouterr().err
+
+
+def test_report_renders_04_for_a_run_into_its_folder(outputs, capsys):
+    from tradelib.train import train
+
+    from .conftest import TINY
+
+    for run_id in ("first", "second"):
+        train(Config(**{**TINY, "run_id": run_id, "max_steps": 6}), progress=False)
+    assert main(["report", "second", "--compare-with", "first", "-p", "cost_bps", "2"]) == 0
+    out = capsys.readouterr().out
+    run = outputs / "second"
+    assert f"report: {run / 'report.html'}" in out and (run / "04_report.ipynb").exists()
+    report = json.loads((run / "report.json").read_text())
+    assert report["summary"]["cost_bps"] == 2.0 and report["compare"]["run_id"] == "first"
+    html = (run / "report.html").read_text()
+    assert "Against run <code>first</code>" in html and "from tradelib" not in html
+    assert main(["report", "no-such-run"]) == 2
+    assert "run 'no-such-run' not found" in capsys.readouterr().err
+    (outputs / "unfinished").mkdir()
+    (outputs / "unfinished" / "metrics.jsonl").write_text("")
+    assert main(["report", "unfinished"]) == 2
+    assert "has not finished" in capsys.readouterr().err

@@ -1,0 +1,151 @@
+"""Training progress (lines, the progress file the pipeline follows) and the TensorBoard events of a run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from tradelib import runs
+from tradelib.config import Config
+from tradelib.progress import LINE_FRACTIONS, PROGRESS_FILE, Follower, Progress, choose_mode, read_progress
+from tradelib.train import TrainingRun, train
+
+TINY = dict(synth_symbols=3, synth_bars=400, window=8, hidden=8, layers=1, model="mlp", batch_size=16, epochs=2,
+            device="cpu", compile="off", log_every=2, checkpoint_every=5, seed=3, warmup_steps=5)
+
+
+def test_lines_mode_prints_a_handful_and_the_file_follows_every_step(tmp_path, capsys):
+    path = tmp_path / PROGRESS_FILE
+    p = Progress(400, desc="train mlp", mode="lines", epochs=2, path=path, file_interval_s=0.0)
+    for step in range(1, 401):
+        p.advance()
+        if step % 50 == 0:
+            p.figures(step // 200, 1.0 / step, 12_345.0)
+        assert read_progress(path)["step"] == step  # (no throttle here: every step reaches the file)
+    p.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(LINE_FRACTIONS) + 2  # the start, each quarter, the end: not one per step
+    assert lines[0].startswith("train mlp:   0% 0/400 steps, epoch 1/2")
+    # a quarter line carries the figures of the last log point before it (here step 150)
+    assert lines[2].startswith("train mlp:  50% 200/400 steps, epoch 1/2, loss 0.0067, 12.3k samples/s")
+    assert "ETA" in lines[1] and lines[-1].startswith("train mlp: 100% 400/400 steps") and "ETA" not in lines[-1]
+    final = read_progress(path)
+    assert (final["state"], final["step"], final["total"], final["epochs"]) == ("done", 400, 400, 2)
+
+
+def test_the_file_is_written_at_most_once_per_interval(tmp_path):
+    path = tmp_path / PROGRESS_FILE
+    p = Progress(1000, mode="off", path=path, file_interval_s=3600.0)
+    for _ in range(999):
+        p.advance()
+    assert read_progress(path)["step"] == 0  # written at the start, then held back by the interval
+    p.close("interrupted")
+    assert read_progress(path)["step"] == 999 and read_progress(path)["state"] == "interrupted"
+
+
+def test_auto_mode_outside_a_kernel_depends_on_the_terminal(monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert choose_mode("auto") == "lines"  # a log file keeps every redraw of a bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert choose_mode("auto") == "bar"
+    assert choose_mode("off") == "off" and choose_mode("widget") == "bar"  # no widget outside Jupyter
+    with pytest.raises(ValueError, match="progress mode 'loud'"):
+        choose_mode("loud")
+
+
+def test_follower_shows_another_process_progress_to_its_end(tmp_path, capsys):
+    """What the pipeline does while 03_train runs in its kernel: follow progress.json to the run's end."""
+    path = tmp_path / PROGRESS_FILE
+    path.write_text(json.dumps({"step": 99, "total": 100, "state": "done"}))  # a previous run's: ignored
+    with Follower(path, "[pipeline] 03_train", mode="lines", poll_s=0.01):
+        run = Progress(120, desc="train lstm", mode="off", epochs=3, path=path, file_interval_s=0.0)
+        for step in range(120):
+            run.advance()
+            run.figures(step // 40, 0.5, 2000.0)
+        run.close()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("[pipeline] 03_train: train lstm:") and "/120 steps" in out[0]
+    assert out[-1].startswith("[pipeline] 03_train: train lstm: 100% 120/120 steps, epoch 3/3, loss 0.5000")
+    assert len(out) <= len(LINE_FRACTIONS) + 2
+
+
+def test_follower_shows_each_fold_of_a_walk_forward_as_its_own_bar(tmp_path, capsys):
+    """A walk-forward trains fold-0/, fold-1/ ... one after another: each fold's progress is followed to its end."""
+    with Follower(tmp_path / PROGRESS_FILE, "[pipeline] 03_train", mode="lines", poll_s=0.01):
+        for k in range(2):
+            (tmp_path / f"fold-{k}").mkdir()
+            run = Progress(40, desc="train lstm", mode="off", epochs=1, path=tmp_path / f"fold-{k}" / PROGRESS_FILE,
+                           file_interval_s=0.0)
+            for _ in range(40):
+                run.advance()
+                run.figures(0, 0.25 * (k + 1), 1000.0)
+            run.close()
+            time.sleep(0.1)  # the follower sees the finished fold before the next one starts
+    out = capsys.readouterr().out.splitlines()
+    ends = [line for line in out if "100% 40/40 steps" in line]
+    assert [line.split(":")[1].strip() for line in ends] == ["fold-0 train lstm", "fold-1 train lstm"], out
+    assert "loss 0.2500" in ends[0] and "loss 0.5000" in ends[1]
+
+
+def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every event
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def jsonl_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for row in runs.read_metrics(folder):
+        for key, tag in runs.TENSORBOARD_TAGS.get(row["kind"], {}).items():
+            if row.get(key) is not None:
+                out.setdefault(tag, []).append((row["step"], row[key]))
+    return out
+
+
+def assert_same(events: dict, jsonl: dict) -> None:
+    assert set(events) == set(jsonl)
+    for tag, points in jsonl.items():
+        assert [s for s, _ in events[tag]] == [s for s, _ in points], tag
+        assert [v for _, v in events[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag  # float32
+
+
+def test_tensorboard_events_equal_metrics_jsonl(outputs):
+    result = train(Config(**TINY, run_id="tb"), progress=False)
+    events, jsonl = tensorboard_scalars(result.run_dir), jsonl_scalars(result.run_dir)
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "train/data_wait_share",
+            "epoch/train_loss", "epoch/val_loss"} <= set(events)
+    assert len(events["epoch/val_loss"]) == 2 and len(events["train/loss"]) >= 10
+    assert_same(events, jsonl)
+
+
+def test_a_resumed_run_purges_the_events_after_its_checkpoint(outputs):
+    """Interrupted at step 7 (after the step-5 checkpoint), resumed: the events TensorBoard shows are exactly the
+    rows metrics.jsonl keeps, none twice."""
+    run = TrainingRun(Config(**TINY, run_id="tb-resumed"), progress=False)
+
+    def stop(t: TrainingRun) -> None:
+        if t.step == 7:
+            raise KeyboardInterrupt
+
+    run.on_step = stop
+    with pytest.raises(KeyboardInterrupt):
+        run.fit()
+    train(Config(**TINY, run_id="tb-resumed", resume=True), progress=False)
+    folder = outputs / "tb-resumed"
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 2
+    assert_same(tensorboard_scalars(folder), jsonl_scalars(folder))
+
+
+def test_without_tensorboard_a_run_says_so_in_one_line_and_trains(outputs, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # the package is absent: its import fails
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    result = train(Config(**{**TINY, "run_id": "no-tb", "epochs": 1}), progress=False)
+    notice = [line for line in capsys.readouterr().out.splitlines() if "TensorBoard" in line]
+    assert notice == ["TensorBoard events off: the tensorboard package is not installed (pip install tensorboard, "
+                      "or -p tensorboard False); metrics.jsonl holds every figure"]
+    assert result.summary["optimizer_steps"] > 0 and not list(result.run_dir.glob("events.out.tfevents.*"))

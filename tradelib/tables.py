@@ -1,0 +1,246 @@
+"""The notebooks' tables as a researcher reads them: chosen columns, a unit in every header that has one, integers
+as integers, shares as percentages, memory in GB everywhere, and a figure that cannot be right shown as `invalid`
+(never as a number). Each function turns a frame or dict of report.py, runs.py or profiling.py into a frame of
+strings; `show` renders one compactly (no index, no wrapping inside a cell), so that the HTML report reads at
+1400 px without scrolling sideways. Nothing here computes a figure.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+NA = "–"
+
+
+def _ok(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def num(v, digits: int = 3) -> str:
+    return f"{v:,.{digits}f}" if _ok(v) else NA
+
+
+def integer(v) -> str:
+    return f"{int(round(v)):,}" if _ok(v) else NA
+
+
+def pct(v, digits: int = 1) -> str:
+    return f"{v:.{digits}%}" if _ok(v) else NA
+
+
+def busy(v) -> str:
+    """A GPU busy percentage as NVML gives it (0-100)."""
+    return f"{v:.0f}%" if _ok(v) else NA
+
+
+def signed_pct(v, digits: int = 1) -> str:
+    """A return: +1.2%, -100.0%; one beyond 10,000% as a power of ten (an annualised few days)."""
+    if not _ok(v):
+        return NA
+    return f"{v:+.{digits}%}" if abs(v) < 100 else f"{v * 100:+.1e}%"
+
+
+def gb(nbytes) -> str:
+    """Bytes in GB (1e9), with three significant figures: 0.00144 GB, 0.544 GB, 2.5 GB."""
+    return f"{nbytes / 1e9:.3g} GB" if _ok(nbytes) else NA
+
+
+def rate(v) -> str:
+    return f"{v:,.0f}" if _ok(v) else NA
+
+
+def mfu(value, invalid=None) -> str:
+    """MFU as a percentage; `invalid` (the flagged value) wins: an MFU that cannot be right is no figure."""
+    if _ok(invalid):
+        return "invalid"
+    return pct(value, 2)
+
+
+def show(df: pd.DataFrame, caption: str = "", highlight: tuple[tuple[int, str], ...] = (), text: bool = False):
+    """A compact Styler: no index, cells on one line, numbers right-aligned (`text`: everything left-aligned and
+    allowed to wrap, for a table of sentences); `highlight` marks (row, column) cells."""
+    style = df.style.hide(axis="index")
+    cell = "padding: 2px 8px; " + ("text-align: left;" if text else "text-align: right; white-space: nowrap;")
+    style = style.set_table_styles([
+        {"selector": "th", "props": cell},
+        {"selector": "td", "props": cell},
+        {"selector": "th:first-child, td:first-child", "props": "text-align: left; white-space: nowrap;"},
+        {"selector": "caption", "props": "caption-side: bottom; text-align: left; color: #555; padding-top: 4px;"},
+    ])  # fmt: skip
+    if caption:
+        style = style.set_caption(caption)
+    for row, col in highlight:
+        style = style.set_properties(subset=pd.IndexSlice[[row], [col]], **{"background-color": "#c7e9c0",
+                                                                           "font-weight": "bold"})
+    return style
+
+
+# -- the report's tables ------------------------------------------------------------------------------------------
+def ic_table(ic: dict, headline: str) -> pd.DataFrame:
+    """The three named ICs, one row each, the headline first."""
+    names = {"cross_sectional": "cross-sectional (per timestamp)", "daily": "per day", "pooled": "pooled (all rows)"}
+    order = [headline] + [f for f in names if f != headline]
+    rows = []
+    for fam in order:
+        f = ic[fam]
+        rows.append({"IC": names[fam] + (" (headline)" if fam == headline else ""), "mean IC": num(f.get("ic"), 4),
+                     "rank IC": num(f.get("rank_ic"), 4), "ICIR": num(f.get("icir"), 2),
+                     "t (HAC)": num(f.get("t_stat"), 2), "lags": integer(f.get("lags")),
+                     "periods": integer(f.get("n_periods", f.get("n_rows"))),
+                     "IC > 0": pct(f.get("positive_share"), 0)})
+    return pd.DataFrame(rows)
+
+
+PREDICTOR_COLUMNS = {"cross_sectional_ic": "cross-sectional IC", "cross_sectional_rank_ic": "rank IC",
+                     "daily_ic": "per-day IC", "pooled_ic": "pooled IC", "t_stat": "t (HAC)",
+                     "directional_accuracy": "direction right", "coverage": "calls made", "sharpe_net": "net Sharpe",
+                     "total_return_net": "net return"}  # fmt: skip
+
+
+def predictor_table(predictors: pd.DataFrame, t_family: str) -> pd.DataFrame:
+    """The model and the baselines on the same rows; `t (HAC)` is of the headline family `t_family`."""
+    out = pd.DataFrame({"predictor": predictors["predictor"].astype(str)})
+    for col, name in PREDICTOR_COLUMNS.items():
+        values = predictors[col] if col in predictors else pd.Series([float("nan")] * len(predictors))
+        if col in ("directional_accuracy", "coverage"):
+            out[name] = [pct(v) for v in values]
+        elif col == "total_return_net":
+            out[name] = [signed_pct(v) for v in values]
+        else:
+            out[name] = [num(v, 2 if col in ("t_stat", "sharpe_net") else 4) for v in values]
+    return out.rename(columns={"t (HAC)": f"t ({t_family.replace('_', '-')}, HAC)"})
+
+
+def predictor_highlight(predictors: pd.DataFrame, best: dict[str, str]) -> tuple[tuple[int, str], ...]:
+    """The (row, column) cells of predictor_table to mark, from report.best_predictors' {column: predictor}."""
+    names = {"cross_sectional_ic": "cross-sectional IC", "daily_ic": "per-day IC", "pooled_ic": "pooled IC",
+             "sharpe_net": "net Sharpe"}
+    rows = {str(p): i for i, p in enumerate(predictors["predictor"])}
+    return tuple((rows[name], names[col]) for col, name in best.items() if col in names and name in rows)
+
+
+BOOKS = {"gross": "gross (before costs)", "net": "net of costs", "buy_hold": "buy & hold"}
+
+
+def backtest_table(stats: dict) -> pd.DataFrame:
+    """Gross, net and buy-and-hold, one row each; the book's settings are said once, beside the table."""
+    rows = []
+    for key, name in BOOKS.items():
+        b = stats[key]
+        rows.append({"book": name, "total return": signed_pct(b["total_return"]),
+                     "annual return": signed_pct(b["annual_return"]), "annual volatility": pct(b["annual_volatility"]),
+                     "Sharpe": num(b["sharpe"], 2), "max drawdown": pct(b["max_drawdown"]),
+                     "turnover / bar": num(b["turnover"], 3), "hit rate": pct(b["hit_rate"]),
+                     "bars": integer(b["n_bars"])})
+    return pd.DataFrame(rows)
+
+
+def costs_table(costs: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"cost (bps)": [f"{c:g}" if _ok(c) else NA for c in costs["cost_bps"]],
+                         "net Sharpe": [num(v, 2) for v in costs["net_sharpe"]],
+                         "net annual return": [signed_pct(v) for v in costs["net_annual_return"]],
+                         "net total return": [signed_pct(v, 2) for v in costs["net_total_return"]]})
+
+
+def per_symbol_table(per_symbol: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"symbol": per_symbol["symbol"].astype(str), "IC": [num(v, 4) for v in per_symbol["ic"]],
+                         "rank IC": [num(v, 4) for v in per_symbol["rank_ic"]],
+                         "direction right": [pct(v) for v in per_symbol["directional_accuracy"]],
+                         "test rows": [integer(v) for v in per_symbol["n"]]})
+
+
+def epochs_table(epochs: pd.DataFrame, loss_unit: str = "MSE") -> pd.DataFrame:
+    return pd.DataFrame({"epoch": [integer(e + 1) for e in epochs["epoch"]],
+                         f"train loss ({loss_unit})": [num(v, 4) for v in epochs["train_loss"]],
+                         f"val loss ({loss_unit})": [num(v, 4) for v in epochs["val_loss"]],
+                         "time (s)": [num(v, 1) for v in epochs["epoch_time_s"]],
+                         "samples/s": [rate(v) for v in epochs["samples_per_s"]]})
+
+
+def config_table(rows: list[tuple[str, str]]) -> pd.DataFrame:
+    """(setting, value) pairs, as report.run_configuration lists them."""
+    return pd.DataFrame(rows, columns=["setting", "value"])
+
+
+# -- throughput ---------------------------------------------------------------------------------------------------
+LOADER_NAMES = {"dataloader": "seed-style DataLoader", "device": "device loader", "dense": "dense chunks"}
+LOADER_SHORT = {"dataloader": "DataLoader", "device": "device", "dense": "dense"}
+
+
+def sweep_table(sweep: pd.DataFrame) -> pd.DataFrame:
+    """02_profiling's sweep: each loader at each micro-batch, with the speed-up over the seed's pipeline."""
+    g = lambda col: sweep[col] if col in sweep else pd.Series([float("nan")] * len(sweep), index=sweep.index)
+    return pd.DataFrame({
+        "loader": [LOADER_NAMES.get(v, v) for v in sweep["loader"]],
+        "micro-batch": [integer(v) for v in sweep["batch_size"]],
+        "samples/s": [rate(v) for v in sweep["samples_per_s"]],
+        "vs seed": [f"{v:.2f}x" if _ok(v) else NA for v in g("speedup")],
+        "data wait": [pct(v) for v in g("data_wait_share")],
+        "step (ms)": [num(v * 1e3, 1) for v in g("step_time_s")],
+        "batches / epoch": [integer(v) for v in g("batches_per_epoch")],
+        "peak memory": [gb(v) for v in g("peak_mem_bytes")],
+        "MFU": [mfu(m, bad) for m, bad in zip(g("mfu"), g("mfu_invalid"))],
+        "GPU busy": [busy(v) for v in g("gpu_busy_pct")],
+        "others' CPU": [f"{v:.1f} cores" + (" (busy)" if isinstance(n, str) else "") if _ok(v) else NA
+                        for v, n in zip(g("other_cores"), g("busy_note"))],
+    })  # fmt: skip
+
+
+def runs_table(runs_df: pd.DataFrame) -> pd.DataFrame:
+    """Every run under outputs/, side by side: the throughput figures and the named test ICs."""
+    g = lambda col: runs_df[col] if col in runs_df else pd.Series([float("nan")] * len(runs_df), index=runs_df.index)
+    when = pd.to_datetime(g("finished"), utc=True, errors="coerce")
+    return pd.DataFrame({
+        "run": runs_df["run_id"].astype(str),
+        "model": [v if isinstance(v, str) else NA for v in g("model")],
+        "loader": [LOADER_SHORT.get(v, v) if isinstance(v, str) else NA for v in g("loader")],
+        "device": [v if isinstance(v, str) else NA for v in g("device")],
+        "batch x accum": [f"{integer(b)} x {integer(a)}" for b, a in zip(g("batch_size"), g("grad_accum_steps"))],
+        "samples/s": [rate(v) for v in g("samples_per_s")],
+        "data wait": [pct(v) for v in g("data_wait_share")],
+        "GPU busy": [busy(v) for v in g("gpu_util")],
+        "MFU": [mfu(v, v if _ok(v) and v > 1 else None) for v in g("mfu")],
+        "peak memory": [f"{v:.3g} GB" if _ok(v) else NA for v in g("peak_mem_gb")],
+        "epoch (s)": [num(v, 1) for v in g("epoch_time_s")],
+        "cross-sect. IC": [num(v, 4) for v in g("cross_sectional_ic")],
+        "pooled IC": [num(v, 4) for v in g("pooled_ic")],
+        "finished (UTC)": [t.strftime("%Y-%m-%d %H:%M") if not pd.isna(t) else NA for t in when],
+    })  # fmt: skip
+
+
+def run_summary_table(summary: dict) -> pd.DataFrame:
+    """One run's figures from its summary.json, each with its unit (03_train's summary)."""
+    g = summary.get
+    bad = g("mfu") if _ok(g("mfu")) and g("mfu") > 1 else None
+    rows = [
+        ("model", f"{g('model')}, {integer(g('n_params'))} parameters"),
+        ("device", f"{g('device_name')} ({g('device')}), loader {g('loader')}, compile {g('compiled')}"),
+        ("batch", f"{integer(g('batch_size'))} x {integer(g('grad_accum_steps'))} accumulation x "
+                  f"{integer(g('world_size') or 1)} rank(s) = {integer(g('global_batch'))} windows per step"),
+        ("learning rate", f"{g('lr'):g} (lr_scaling {g('lr_scaling')})" if _ok(g("lr")) else NA),
+        ("optimizer steps", f"{integer(g('optimizer_steps'))} ({integer(g('skipped_steps'))} skipped)"),
+        ("samples/s", f"{rate(g('samples_per_s'))} (median over the log intervals)"),
+        ("data wait", pct(g("data_wait_share"))),
+        ("GPU busy", busy(g("gpu_util")) if _ok(g("gpu_util")) else f"{NA} (no NVML reading)"),
+        ("MFU", mfu(g("mfu"), bad) if g("mfu") is not None else f"{NA} (no peak FLOP/s known for this device)"),
+        ("peak memory", gb(g("peak_mem_bytes"))),
+        ("epoch time", f"{num(g('epoch_time_s'), 1)} s" if _ok(g("epoch_time_s")) else f"{NA} (no epoch finished)"),
+        ("training time", f"{num(g('train_time_s'), 1)} s"),
+        ("best validation loss", num(g("best_val_loss"), 4)),
+        ("test ICs", f"cross-sectional {num(g('cross_sectional_ic'), 4)}, per day {num(g('daily_ic'), 4)}, "
+                     f"pooled {num(g('pooled_ic'), 4)} over {integer(g('test_rows') or g('test_windows'))} rows"),
+    ]
+    return pd.DataFrame(rows, columns=["figure", "value"])
+
+
+def ops_table(top: pd.DataFrame) -> pd.DataFrame:
+    """02's torch.profiler top ops: milliseconds over the profiled steps, and each op's share of the self time."""
+    g = lambda col: top[col] if col in top else pd.Series([float("nan")] * len(top), index=top.index)
+    return pd.DataFrame({"op": top["op"].astype(str), "calls": [integer(v) for v in g("calls")],
+                         "self CPU (ms)": [num(v, 2) for v in g("self_cpu_ms")],
+                         "CPU total (ms)": [num(v, 2) for v in g("cpu_total_ms")],
+                         "self device (ms)": [num(v, 2) for v in g("self_device_ms")],
+                         "device total (ms)": [num(v, 2) for v in g("device_total_ms")],
+                         "share of self time": [pct(v) for v in g("share_of_self_time")]})
