@@ -184,6 +184,7 @@ class burner:
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
+        self.end = time.time()
 
 
 def test_cpu_elsewhere_counts_other_processes_not_this_one():
