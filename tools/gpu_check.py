@@ -306,7 +306,7 @@ def collect_stream(ctx: Ctx, lines: list[str]) -> dict:
     for r in records:
         sane_rate(r["samples_per_s"], f"stream {r['label']} samples/s")
         sane_share(r["data_wait_share"], f"stream {r['label']} data-wait share")
-        out.append({**{k: r.get(k) for k in BENCH_KEYS}, "stream": r.get("stream"), **checked_mfu(r["mfu"])})
+        out.append({**{k: r.get(k) for k in BENCH_KEYS}, "stream": r.get("stream"), **measured_mfu(r)})
     ratios = by["lstm/stream"]["ratios"]
     return {"records": out, "streamed_data_wait_share": by["lstm/stream"]["data_wait_share"],
             "stream_over_resident": ratios["stream/resident"], "stream_over_resident_runs":
