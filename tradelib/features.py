@@ -206,20 +206,33 @@ def feature_makers(clean: pd.DataFrame | dict, seg: np.ndarray, rank: np.ndarray
     return makers
 
 
-def fit_robust(x: np.ndarray, max_rows: int = 2_000_000) -> tuple[float, float]:
+def fit_robust(x: np.ndarray, max_rows: int = 2_000_000, scratch: bool = False) -> tuple[float, float]:
     """Median and 1.4826*MAD of one column's finite values; a constant or empty column gets scale 1.
 
     Beyond `max_rows` values the statistics come from an evenly spaced sample of that many (deterministic;
-    the sampling error of a median of 2M values is far below the features' own noise).
+    the sampling error of a median of 2M values is far below the features' own noise). float32 values give the
+    statistics of their float64 copies, without making them: a median depends on the values' order alone and
+    the MAD is taken in float64. `scratch`: x may be reordered (it is partitioned in place, not copied).
     """
     if len(x) > max_rows:
-        x = x[:: -(-len(x) // max_rows)]
-    x = x[np.isfinite(x)]
+        x, scratch = x[:: -(-len(x) // max_rows)], False
+    finite = np.isfinite(x)
+    x = (x if scratch else x.copy()) if finite.all() else x[finite]
     if len(x) == 0:
         return 0.0, 1.0
-    med = float(np.median(x))
-    mad = MAD_SCALE * float(np.median(np.abs(x - med)))
+    med = _median_inplace(x)
+    dev = np.subtract(x, med, dtype=np.float64)
+    mad = MAD_SCALE * _median_inplace(np.abs(dev, out=dev))
     return med, (mad if mad > 1e-12 else 1.0)
+
+
+def _median_inplace(x: np.ndarray) -> float:
+    """np.median of x's float64 values (x finite, not empty), partitioning x in place: the middle value, or the
+    mean of the middle two taken as np.median takes it."""
+    half = len(x) // 2
+    kth = [half - 1, half] if len(x) % 2 == 0 else [half]
+    x.partition(kth)
+    return float(np.median(x[kth].astype(np.float64)))
 
 
 def apply_robust(x: np.ndarray, med: float, mad: float, clip: float, out: np.ndarray | None = None) -> np.ndarray:
@@ -651,11 +664,17 @@ def fit_shards(xs: list[np.ndarray], ys: list[np.ndarray], splits: list[np.ndarr
     for t in trains:
         rows.append(t[(-before) % step :: step])
         before += len(t)
-    sample = lambda arrays, j=None: np.concatenate([(a[r] if j is None else a[r, j]) for a, r in zip(arrays, rows)])
-    fit = lambda j: fit_robust(sample(xs, j).astype(np.float64))
-    fits = list((pool.map if pool is not None else map)(fit, range(xs[0].shape[1])))
+    run = pool.map if pool is not None else map
+    at = np.cumsum([0] + [len(r) for r in rows])
+    sample = np.empty((xs[0].shape[1], int(at[-1])), dtype=np.float32)  # one contiguous row per feature
+
+    def gather(i: int) -> None:
+        sample[:, at[i] : at[i + 1]] = xs[i][rows[i]].T
+
+    list(run(gather, range(len(rows))))
+    fits = list(run(lambda j: fit_robust(sample[j], scratch=True), range(len(sample))))
     norm = {"median": [f[0] for f in fits], "scale": [f[1] for f in fits]}
-    return norm, fit_robust(sample(ys).astype(np.float64))[1]
+    return norm, fit_robust(np.concatenate([a[r] for a, r in zip(ys, rows)]), scratch=True)[1]
 
 
 def feature_meta(cfg, facts: Facts, cal: sessions.Calendar, cut: dict, made: list[dict], norm: dict,
