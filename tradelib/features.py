@@ -112,20 +112,46 @@ def segment_rank(seg: np.ndarray) -> np.ndarray:
     return np.arange(len(seg), dtype=np.int32) - starts[np.cumsum(new, dtype=np.int32) - 1]
 
 
-def _trailing_sums(x: np.ndarray, lengths: tuple[int, ...], rank: np.ndarray, masks: dict | None = None
+def _outside(rank: np.ndarray, m: int, cache: dict | None) -> np.ndarray:
+    """The rows t >= m whose row t - m lies before t's segment (rank[t] < m): a segment's first m rows, so few.
+    Sums and differences of rows m apart are taken over all rows and then put right at these. `cache` keeps them
+    per m for the next call on the same rows."""
+    if cache is None or m not in cache:
+        rows = np.flatnonzero(rank[m:] < m) + m
+        if cache is None:
+            return rows
+        cache[m] = rows
+    return cache[m]
+
+
+def _lag_diff(x: np.ndarray, k: int, rank: np.ndarray, cache: dict | None = None) -> np.ndarray:
+    """x[t] - x[t-k] where row t-k is in t's segment, else NaN (k > 0): `x - _shift(x, k, seg)` in one pass."""
+    out = np.empty(len(x), dtype=np.float64)
+    if k >= len(x):
+        out[:] = np.nan
+        return out
+    out[:k] = np.nan
+    np.subtract(x[k:], x[:-k], out=out[k:])
+    out[_outside(rank, k, cache)] = np.nan
+    return out
+
+
+def _trailing_sums(x: np.ndarray, lengths: tuple[int, ...], rank: np.ndarray, cache: dict | None = None
                    ) -> list[np.ndarray]:
     """Per length L: the sum of x over rows max(t - L + 1, segment start)..t, by doubling. Sums over the last
     1, 2, 4, ... rows are each made of two halves where the earlier half is still in t's segment (log2(L)
     passes, shared by all lengths); L is then the sum of the parts its bits name. Every sum holds rows of one
     segment only and at most L of them, so no digit of another symbol's total (a 1e15-volume token's) can
     cancel it, as one running sum over all rows would, and the value at t depends on rows up to t alone.
-    `masks` caches `rank[m:] >= m` per offset m for the next call on the same rows."""
-    masks = {} if masks is None else masks
-    inside = lambda m: masks[m] if m in masks else masks.setdefault(m, rank[m:] >= m)  # t - m in t's segment
+    `cache`: `_outside`'s, for the next call on the same rows."""
+    cache = {} if cache is None else cache
     levels, m = {1: x}, 1
     while 2 * m <= max(lengths):
-        doubled = levels[m].copy()
-        np.add(doubled[m:], levels[m][:-m], out=doubled[m:], where=inside(m))
+        half, cut = levels[m], _outside(rank, m, cache)
+        doubled = np.empty_like(half)
+        doubled[:m] = half[:m]
+        np.add(half[m:], half[:-m], out=doubled[m:])
+        doubled[cut] = half[cut]  # t - m before the segment: the later half alone
         levels[2 * m] = doubled
         m *= 2
     out = []
@@ -135,24 +161,31 @@ def _trailing_sums(x: np.ndarray, lengths: tuple[int, ...], rank: np.ndarray, ma
         if len(bits) > 1:
             total = total.copy()
         for b in bits[1:]:  # the b rows just before the `covered` ones, where t - covered is in the segment
-            np.add(total[covered:], levels[b][:-covered], out=total[covered:], where=inside(covered))
+            cut = _outside(rank, covered, cache)
+            kept = total[cut]
+            np.add(total[covered:], levels[b][:-covered], out=total[covered:])
+            total[cut] = kept
             covered += b
         out.append(total)
     return out
 
 
-def _rolling_means(x: np.ndarray, lengths: tuple[int, ...], rank: np.ndarray, masks: dict | None = None
+def _rolling_means(x: np.ndarray, lengths: tuple[int, ...], rank: np.ndarray, cache: dict | None = None
                    ) -> list[np.ndarray]:
     """Per length: the trailing mean over up to that many rows (t included) of the same segment, ignoring NaN;
     `rank` is `segment_rank(seg)`. The counts of finite rows are exact integers."""
     ok = np.isfinite(x)
     if ok.all():  # every row counts: the window's rows
-        totals = _trailing_sums(x, lengths, rank, masks)
+        totals = _trailing_sums(x, lengths, rank, cache)
         return [total / np.minimum(rank + 1, length) for length, total in zip(lengths, totals)]
-    totals = _trailing_sums(np.where(ok, x, 0.0), lengths, rank, masks)
-    counts = _trailing_sums(ok.astype(np.int16 if max(lengths) < 2**15 else np.int64), lengths, rank, masks)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return [np.where(count > 0, total / np.maximum(count, 1), np.nan) for total, count in zip(totals, counts)]
+    totals = _trailing_sums(np.where(ok, x, 0.0), lengths, rank, cache)
+    count_type = np.int8 if max(lengths) < 2**7 else np.int16 if max(lengths) < 2**15 else np.int64
+    counts = _trailing_sums(ok.astype(count_type), lengths, rank, cache)
+    means = []
+    for total, count in zip(totals, counts):
+        mean = np.full(len(x), np.nan)
+        means.append(np.divide(total, count, out=mean, where=count > 0))
+    return means
 
 
 def _ns(t) -> np.ndarray:
@@ -170,10 +203,10 @@ def feature_makers(clean: pd.DataFrame | dict, seg: np.ndarray, rank: np.ndarray
     in the segment (`segment_rank` of all rows; default: of these).
     """
     col = {k: np.asarray(clean[k], dtype=np.float64) for k in ("open", "high", "low", "close", "volume")}
-    rank, masks = segment_rank(seg) if rank is None else rank, {}
+    rank, cache = segment_rank(seg) if rank is None else rank, {}
     lc = np.log(col["close"])
-    r1 = lc - _shift(lc, 1, seg)
-    rvol = functools.cache(lambda: dict(zip(VOL_WINDOWS, _rolling_means(r1**2, VOL_WINDOWS, rank, masks))))
+    r1 = _lag_diff(lc, 1, rank, cache)
+    rvol = functools.cache(lambda: dict(zip(VOL_WINDOWS, _rolling_means(r1**2, VOL_WINDOWS, rank, cache))))
     minute = functools.cache(lambda: (_ns(clean["timestamp"]) // 60_000_000_000) % 1440)  # UTC minute of the day
 
     def close_loc() -> np.ndarray:
@@ -183,7 +216,7 @@ def feature_makers(clean: pd.DataFrame | dict, seg: np.ndarray, rank: np.ndarray
 
     def log_volume_rel() -> np.ndarray:
         v = col["volume"]
-        level = _rolling_means(v, (VOLUME_WINDOW,), rank, masks)[0]
+        level = _rolling_means(v, (VOLUME_WINDOW,), rank, cache)[0]
         with np.errstate(invalid="ignore", divide="ignore"):
             # the floor is relative to the level, so multiplying volume by any constant changes nothing
             return np.where(level > 0, np.log((v + 1e-3 * level) / level), 0.0)
@@ -192,7 +225,7 @@ def feature_makers(clean: pd.DataFrame | dict, seg: np.ndarray, rank: np.ndarray
         return lambda: fn(2 * np.pi * np.arange(1440) / 1440)[minute()]  # one value per minute of the day
 
     makers: dict[str, Callable[[], np.ndarray]] = {"ret_1": lambda: r1}
-    makers |= {f"ret_{k}": (lambda k=k: lc - _shift(lc, k, seg)) for k in RETURN_LAGS if k != 1}
+    makers |= {f"ret_{k}": (lambda k=k: _lag_diff(lc, k, rank, cache)) for k in RETURN_LAGS if k != 1}
     makers |= {f"rvol_{w}": (lambda w=w: np.sqrt(rvol()[w])) for w in VOL_WINDOWS}
     makers |= {
         "log_range": lambda: np.log(col["high"] / col["low"]),
