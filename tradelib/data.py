@@ -727,7 +727,11 @@ class Work:
 
     def take(self, sel: np.ndarray) -> None:
         """Keep (boolean mask) or reorder (index array) every working array."""
-        if sel.dtype == bool:
+        drop = np.flatnonzero(~sel) if sel.dtype == bool else None
+        if drop is not None and len(drop) <= 1024:  # a few rows dropped: copy the runs between them
+            runs = [slice(a, b) for a, b in zip([0, *(drop + 1)], [*drop, len(sel)])]
+            self.a = {k: np.concatenate([v[r] for r in runs]) for k, v in self.a.items()}
+        elif drop is not None:
             self.a = {k: v[sel] for k, v in self.a.items()}
         else:
             self.a = {k: v.take(sel) for k, v in self.a.items()}
