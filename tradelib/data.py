@@ -587,20 +587,23 @@ def _range_stats(cols: dict[str, np.ndarray], ts: np.ndarray) -> dict:
     for name, v in cols.items():
         lo, hi = (float(v.min()), float(v.max())) if len(v) else (0.0, 0.0)
         if math.isfinite(lo) and math.isfinite(hi):  # NaN propagates through min and max: all finite
-            nfin, nan, fv = len(v), 0, v
+            nfin, nan = len(v), 0
         else:
-            fin = np.isfinite(v)
-            nfin = int(np.count_nonzero(fin))
             nan = int(np.count_nonzero(np.isnan(v)))
-            fv = v[fin]
-            lo, hi = (float(fv.min()), float(fv.max())) if nfin else (None, None)
+            lo, hi = float(np.fmin.reduce(v)), float(np.fmax.reduce(v))  # NaN skipped
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo != 0 and hi != 0):  # inf too, or a zero's sign
+                fin = np.isfinite(v)
+                nfin = int(np.count_nonzero(fin))
+                lo, hi = (float(v[fin].min()), float(v[fin].max())) if nfin else (None, None)
+            else:
+                nfin = len(v) - nan
         out[name] = {
             "min": lo if nfin else None,
             "max": hi if nfin else None,
             "nan": nan,
             "inf": len(v) - nfin - nan,
-            "negative": 0 if nfin == len(v) and lo >= 0 else int(np.count_nonzero(v < 0)),
-            "zero": 0 if nfin == len(v) and (lo > 0 or hi < 0) else int(np.count_nonzero(v == 0)),
+            "negative": 0 if nfin and nfin + nan == len(v) and lo >= 0 else int(np.count_nonzero(v < 0)),
+            "zero": 0 if nfin and nfin + nan == len(v) and (lo > 0 or hi < 0) else int(np.count_nonzero(v == 0)),
         }
     nat = np.iinfo(np.int64).min
     t = ts if len(ts) == 0 or ts.min() != nat else ts[ts != nat]
