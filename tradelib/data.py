@@ -944,7 +944,7 @@ def symbol_shards(codes: np.ndarray, n_symbols: int, shard_rows: int) -> list[tu
     without a symbol go with the first shard."""
     grouped = len(codes) < 2 or bool((codes[1:] >= codes[:-1]).all())  # as loaded: sorted by symbol
     if grouped:  # rows per symbol without a pass over the rows
-        per = np.diff(np.searchsorted(codes, np.arange(-1, n_symbols + 1)))
+        per = np.diff(np.searchsorted(codes, np.arange(-1, n_symbols + 1, dtype=codes.dtype)))  # (no cast of codes)
     else:
         per = np.bincount(codes + 1, minlength=n_symbols + 1)
     start = np.cumsum(per[1:]) - per[1:]  # rows before each symbol
@@ -955,7 +955,7 @@ def symbol_shards(codes: np.ndarray, n_symbols: int, shard_rows: int) -> list[tu
     if n_shards == 1:
         return [(slice(0, len(codes)), own[0])]
     if grouped:  # slices: no copy
-        edges = np.r_[0, np.searchsorted(codes, first[1:-1], side="left"), len(codes)]
+        edges = np.r_[0, np.searchsorted(codes, first[1:-1].astype(codes.dtype), side="left"), len(codes)]
         return [(slice(int(edges[k]), int(edges[k + 1])), own[k]) for k in range(n_shards)]
     shard_of_row = np.r_[0, group].astype(np.int32)[codes + 1]
     order = np.argsort(shard_of_row, kind="stable")  # each shard's rows in frame order
