@@ -548,8 +548,11 @@ def bar_sizes_ns(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray:
     d, c = d[ok], codes[1:][ok]
     if len(d) == 0:
         return out
-    d_ms = d // 1_000_000  # ms resolution is plenty for 1 min .. 1 day bars and keeps the key in int64
-    key = pd.Series(c.astype(np.int64) * 10**13 + np.minimum(d_ms, 10**13 - 1))
+    d_ms = np.minimum(d // 1_000_000, 10**13 - 1)  # ms resolution is plenty for 1 min .. 1 day bars
+    majority = _majority_steps(c, d_ms, n_sym)
+    if majority is not None:
+        return majority
+    key = pd.Series(c.astype(np.int64) * 10**13 + d_ms)
     vc = key.value_counts()  # sorted by count, descending: the first per symbol is its mode
     top = pd.DataFrame({"c": vc.index.to_numpy() // 10**13, "d": vc.index.to_numpy() % 10**13,
                         "n": vc.to_numpy()}).drop_duplicates("c")
@@ -562,6 +565,20 @@ def bar_sizes_ns(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray:
         med = pd.Series(d[sel]).groupby(c[sel]).median()
         out[med.index.to_numpy()] = med.to_numpy().astype(np.int64)
     return out
+
+
+def _majority_steps(c: np.ndarray, d_ms: np.ndarray, n_sym: int) -> np.ndarray | None:
+    """bar_sizes_ns' answer when each symbol with steps has one step in more than half of them (its mode, then,
+    and the only one: regular bars), found without counting every distinct step; else None. Each symbol's
+    middle step is the candidate; the steps are sorted by symbol (checked)."""
+    if len(c) > 1 and (c[1:] < c[:-1]).any():
+        return None
+    edges = np.searchsorted(c, np.arange(n_sym + 1, dtype=c.dtype))
+    total = np.diff(edges)
+    cand = d_ms[np.minimum(edges[:-1] + total // 2, len(d_ms) - 1)]
+    hits = total - np.bincount(c[np.flatnonzero(d_ms != np.repeat(cand, total))], minlength=n_sym)
+    mode = (hits >= 2) & (2 * hits > total) & (hits >= BAR_MODE_SHARE * total)
+    return np.where(total > 0, cand * 1_000_000, 0) if (mode | (total == 0)).all() else None
 
 
 def infer_bar_size(ts: pd.Series | np.ndarray) -> pd.Timedelta:
