@@ -261,11 +261,12 @@ def fit_robust(x: np.ndarray, max_rows: int = 2_000_000, scratch: bool = False) 
 
 def _median_inplace(x: np.ndarray) -> float:
     """np.median of x's float64 values (x finite, not empty), partitioning x in place: the middle value, or the
-    mean of the middle two taken as np.median takes it."""
+    mean of the middle two taken as np.median takes it. One partition at the upper middle, the lower one being
+    the largest value before it (numpy's partition at two places took five times as long)."""
     half = len(x) // 2
-    kth = [half - 1, half] if len(x) % 2 == 0 else [half]
-    x.partition(kth)
-    return float(np.median(x[kth].astype(np.float64)))
+    x.partition(half)
+    middle = [x[half]] if len(x) % 2 else [x[:half].max(), x[half]]
+    return float(np.median(np.asarray(middle, dtype=np.float64)))
 
 
 def apply_robust(x: np.ndarray, med: float, mad: float, clip: float, out: np.ndarray | None = None) -> np.ndarray:
@@ -703,8 +704,10 @@ def fit_shards(xs: list[np.ndarray], ys: list[np.ndarray], splits: list[np.ndarr
     at = np.cumsum([0] + [len(r) for r in rows])
     sample = np.empty((xs[0].shape[1], int(at[-1])), dtype=np.float32)  # one contiguous row per feature
 
-    def gather(i: int) -> None:
-        sample[:, at[i] : at[i + 1]] = xs[i][rows[i]].T
+    def gather(i: int, block: int = 4096) -> None:  # a block of rows at a time: its transpose stays in the cache
+        for b0 in range(0, len(rows[i]), block):
+            part = rows[i][b0 : b0 + block]
+            sample[:, at[i] + b0 : at[i] + b0 + len(part)] = xs[i][part].T
 
     list(run(gather, range(len(rows))))
     fits = list(run(lambda j: fit_robust(sample[j], scratch=True), range(len(sample))))
