@@ -835,7 +835,8 @@ def _too_short(w: Work) -> np.ndarray:
     if w.params["min_rows"] <= 0:
         return _none(w)
     code = w.a["code"]
-    per_sym = np.bincount(code if w.alive.all() else code[w.alive], minlength=len(w.symbols))
+    kept = code if w.alive.all() else code[w.alive]  # sorted by the rule unsorted, no missing symbol left
+    per_sym = np.diff(np.searchsorted(kept, np.arange(len(w.symbols) + 1, dtype=kept.dtype)))
     short = np.flatnonzero((per_sym > 0) & (per_sym < w.params["min_rows"]))
     if not len(short):  # (a symbol with no row left has none to drop)
         return _none(w)
