@@ -548,8 +548,11 @@ def bar_sizes_ns(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray:
     d, c = d[ok], codes[1:][ok]
     if len(d) == 0:
         return out
-    d_ms = d // 1_000_000  # ms resolution is plenty for 1 min .. 1 day bars and keeps the key in int64
-    key = pd.Series(c.astype(np.int64) * 10**13 + np.minimum(d_ms, 10**13 - 1))
+    d_ms = np.minimum(d // 1_000_000, 10**13 - 1)  # ms resolution is plenty for 1 min .. 1 day bars
+    majority = _majority_steps(c, d_ms, n_sym)
+    if majority is not None:
+        return majority
+    key = pd.Series(c.astype(np.int64) * 10**13 + d_ms)
     vc = key.value_counts()  # sorted by count, descending: the first per symbol is its mode
     top = pd.DataFrame({"c": vc.index.to_numpy() // 10**13, "d": vc.index.to_numpy() % 10**13,
                         "n": vc.to_numpy()}).drop_duplicates("c")
@@ -562,6 +565,20 @@ def bar_sizes_ns(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray:
         med = pd.Series(d[sel]).groupby(c[sel]).median()
         out[med.index.to_numpy()] = med.to_numpy().astype(np.int64)
     return out
+
+
+def _majority_steps(c: np.ndarray, d_ms: np.ndarray, n_sym: int) -> np.ndarray | None:
+    """bar_sizes_ns' answer when each symbol with steps has one step in more than half of them (its mode, then,
+    and the only one: regular bars), found without counting every distinct step; else None. Each symbol's
+    middle step is the candidate; the steps are sorted by symbol (checked)."""
+    if len(c) > 1 and (c[1:] < c[:-1]).any():
+        return None
+    edges = np.searchsorted(c, np.arange(n_sym + 1, dtype=c.dtype))
+    total = np.diff(edges)
+    cand = d_ms[np.minimum(edges[:-1] + total // 2, len(d_ms) - 1)]
+    hits = total - np.bincount(c[np.flatnonzero(d_ms != np.repeat(cand, total))], minlength=n_sym)
+    mode = (hits >= 2) & (2 * hits > total) & (hits >= BAR_MODE_SHARE * total)
+    return np.where(total > 0, cand * 1_000_000, 0) if (mode | (total == 0)).all() else None
 
 
 def infer_bar_size(ts: pd.Series | np.ndarray) -> pd.Timedelta:
@@ -587,20 +604,23 @@ def _range_stats(cols: dict[str, np.ndarray], ts: np.ndarray) -> dict:
     for name, v in cols.items():
         lo, hi = (float(v.min()), float(v.max())) if len(v) else (0.0, 0.0)
         if math.isfinite(lo) and math.isfinite(hi):  # NaN propagates through min and max: all finite
-            nfin, nan, fv = len(v), 0, v
+            nfin, nan = len(v), 0
         else:
-            fin = np.isfinite(v)
-            nfin = int(np.count_nonzero(fin))
             nan = int(np.count_nonzero(np.isnan(v)))
-            fv = v[fin]
-            lo, hi = (float(fv.min()), float(fv.max())) if nfin else (None, None)
+            lo, hi = float(np.fmin.reduce(v)), float(np.fmax.reduce(v))  # NaN skipped
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo != 0 and hi != 0):  # inf too, or a zero's sign
+                fin = np.isfinite(v)
+                nfin = int(np.count_nonzero(fin))
+                lo, hi = (float(v[fin].min()), float(v[fin].max())) if nfin else (None, None)
+            else:
+                nfin = len(v) - nan
         out[name] = {
             "min": lo if nfin else None,
             "max": hi if nfin else None,
             "nan": nan,
             "inf": len(v) - nfin - nan,
-            "negative": 0 if nfin == len(v) and lo >= 0 else int(np.count_nonzero(v < 0)),
-            "zero": 0 if nfin == len(v) and (lo > 0 or hi < 0) else int(np.count_nonzero(v == 0)),
+            "negative": 0 if nfin and nfin + nan == len(v) and lo >= 0 else int(np.count_nonzero(v < 0)),
+            "zero": 0 if nfin and nfin + nan == len(v) and (lo > 0 or hi < 0) else int(np.count_nonzero(v == 0)),
         }
     nat = np.iinfo(np.int64).min
     t = ts if len(ts) == 0 or ts.min() != nat else ts[ts != nat]
@@ -727,7 +747,11 @@ class Work:
 
     def take(self, sel: np.ndarray) -> None:
         """Keep (boolean mask) or reorder (index array) every working array."""
-        if sel.dtype == bool:
+        drop = np.flatnonzero(~sel) if sel.dtype == bool else None
+        if drop is not None and len(drop) <= 1024:  # a few rows dropped: copy the runs between them
+            runs = [slice(a, b) for a, b in zip([0, *(drop + 1)], [*drop, len(sel)])]
+            self.a = {k: np.concatenate([v[r] for r in runs]) for k, v in self.a.items()}
+        elif drop is not None:
             self.a = {k: v[sel] for k, v in self.a.items()}
         else:
             self.a = {k: v.take(sel) for k, v in self.a.items()}
@@ -811,7 +835,8 @@ def _too_short(w: Work) -> np.ndarray:
     if w.params["min_rows"] <= 0:
         return _none(w)
     code = w.a["code"]
-    per_sym = np.bincount(code if w.alive.all() else code[w.alive], minlength=len(w.symbols))
+    kept = code if w.alive.all() else code[w.alive]  # sorted by the rule unsorted, no missing symbol left
+    per_sym = np.diff(np.searchsorted(kept, np.arange(len(w.symbols) + 1, dtype=kept.dtype)))
     short = np.flatnonzero((per_sym > 0) & (per_sym < w.params["min_rows"]))
     if not len(short):  # (a symbol with no row left has none to drop)
         return _none(w)
@@ -937,7 +962,7 @@ def symbol_shards(codes: np.ndarray, n_symbols: int, shard_rows: int) -> list[tu
     without a symbol go with the first shard."""
     grouped = len(codes) < 2 or bool((codes[1:] >= codes[:-1]).all())  # as loaded: sorted by symbol
     if grouped:  # rows per symbol without a pass over the rows
-        per = np.diff(np.searchsorted(codes, np.arange(-1, n_symbols + 1)))
+        per = np.diff(np.searchsorted(codes, np.arange(-1, n_symbols + 1, dtype=codes.dtype)))  # (no cast of codes)
     else:
         per = np.bincount(codes + 1, minlength=n_symbols + 1)
     start = np.cumsum(per[1:]) - per[1:]  # rows before each symbol
@@ -948,7 +973,7 @@ def symbol_shards(codes: np.ndarray, n_symbols: int, shard_rows: int) -> list[tu
     if n_shards == 1:
         return [(slice(0, len(codes)), own[0])]
     if grouped:  # slices: no copy
-        edges = np.r_[0, np.searchsorted(codes, first[1:-1], side="left"), len(codes)]
+        edges = np.r_[0, np.searchsorted(codes, first[1:-1].astype(codes.dtype), side="left"), len(codes)]
         return [(slice(int(edges[k]), int(edges[k + 1])), own[k]) for k in range(n_shards)]
     shard_of_row = np.r_[0, group].astype(np.int32)[codes + 1]
     order = np.argsort(shard_of_row, kind="stable")  # each shard's rows in frame order

@@ -112,20 +112,46 @@ def segment_rank(seg: np.ndarray) -> np.ndarray:
     return np.arange(len(seg), dtype=np.int32) - starts[np.cumsum(new, dtype=np.int32) - 1]
 
 
-def _trailing_sums(x: np.ndarray, lengths: tuple[int, ...], rank: np.ndarray, masks: dict | None = None
+def _outside(rank: np.ndarray, m: int, cache: dict | None) -> np.ndarray:
+    """The rows t >= m whose row t - m lies before t's segment (rank[t] < m): a segment's first m rows, so few.
+    Sums and differences of rows m apart are taken over all rows and then put right at these. `cache` keeps them
+    per m for the next call on the same rows."""
+    if cache is None or m not in cache:
+        rows = np.flatnonzero(rank[m:] < m) + m
+        if cache is None:
+            return rows
+        cache[m] = rows
+    return cache[m]
+
+
+def _lag_diff(x: np.ndarray, k: int, rank: np.ndarray, cache: dict | None = None) -> np.ndarray:
+    """x[t] - x[t-k] where row t-k is in t's segment, else NaN (k > 0): `x - _shift(x, k, seg)` in one pass."""
+    out = np.empty(len(x), dtype=np.float64)
+    if k >= len(x):
+        out[:] = np.nan
+        return out
+    out[:k] = np.nan
+    np.subtract(x[k:], x[:-k], out=out[k:])
+    out[_outside(rank, k, cache)] = np.nan
+    return out
+
+
+def _trailing_sums(x: np.ndarray, lengths: tuple[int, ...], rank: np.ndarray, cache: dict | None = None
                    ) -> list[np.ndarray]:
     """Per length L: the sum of x over rows max(t - L + 1, segment start)..t, by doubling. Sums over the last
     1, 2, 4, ... rows are each made of two halves where the earlier half is still in t's segment (log2(L)
     passes, shared by all lengths); L is then the sum of the parts its bits name. Every sum holds rows of one
     segment only and at most L of them, so no digit of another symbol's total (a 1e15-volume token's) can
     cancel it, as one running sum over all rows would, and the value at t depends on rows up to t alone.
-    `masks` caches `rank[m:] >= m` per offset m for the next call on the same rows."""
-    masks = {} if masks is None else masks
-    inside = lambda m: masks[m] if m in masks else masks.setdefault(m, rank[m:] >= m)  # t - m in t's segment
+    `cache`: `_outside`'s, for the next call on the same rows."""
+    cache = {} if cache is None else cache
     levels, m = {1: x}, 1
     while 2 * m <= max(lengths):
-        doubled = levels[m].copy()
-        np.add(doubled[m:], levels[m][:-m], out=doubled[m:], where=inside(m))
+        half, cut = levels[m], _outside(rank, m, cache)
+        doubled = np.empty_like(half)
+        doubled[:m] = half[:m]
+        np.add(half[m:], half[:-m], out=doubled[m:])
+        doubled[cut] = half[cut]  # t - m before the segment: the later half alone
         levels[2 * m] = doubled
         m *= 2
     out = []
@@ -135,24 +161,31 @@ def _trailing_sums(x: np.ndarray, lengths: tuple[int, ...], rank: np.ndarray, ma
         if len(bits) > 1:
             total = total.copy()
         for b in bits[1:]:  # the b rows just before the `covered` ones, where t - covered is in the segment
-            np.add(total[covered:], levels[b][:-covered], out=total[covered:], where=inside(covered))
+            cut = _outside(rank, covered, cache)
+            kept = total[cut]
+            np.add(total[covered:], levels[b][:-covered], out=total[covered:])
+            total[cut] = kept
             covered += b
         out.append(total)
     return out
 
 
-def _rolling_means(x: np.ndarray, lengths: tuple[int, ...], rank: np.ndarray, masks: dict | None = None
+def _rolling_means(x: np.ndarray, lengths: tuple[int, ...], rank: np.ndarray, cache: dict | None = None
                    ) -> list[np.ndarray]:
     """Per length: the trailing mean over up to that many rows (t included) of the same segment, ignoring NaN;
     `rank` is `segment_rank(seg)`. The counts of finite rows are exact integers."""
     ok = np.isfinite(x)
     if ok.all():  # every row counts: the window's rows
-        totals = _trailing_sums(x, lengths, rank, masks)
+        totals = _trailing_sums(x, lengths, rank, cache)
         return [total / np.minimum(rank + 1, length) for length, total in zip(lengths, totals)]
-    totals = _trailing_sums(np.where(ok, x, 0.0), lengths, rank, masks)
-    counts = _trailing_sums(ok.astype(np.int16 if max(lengths) < 2**15 else np.int64), lengths, rank, masks)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return [np.where(count > 0, total / np.maximum(count, 1), np.nan) for total, count in zip(totals, counts)]
+    totals = _trailing_sums(np.where(ok, x, 0.0), lengths, rank, cache)
+    count_type = np.int8 if max(lengths) < 2**7 else np.int16 if max(lengths) < 2**15 else np.int64
+    counts = _trailing_sums(ok.astype(count_type), lengths, rank, cache)
+    means = []
+    for total, count in zip(totals, counts):
+        mean = np.full(len(x), np.nan)
+        means.append(np.divide(total, count, out=mean, where=count > 0))
+    return means
 
 
 def _ns(t) -> np.ndarray:
@@ -170,10 +203,10 @@ def feature_makers(clean: pd.DataFrame | dict, seg: np.ndarray, rank: np.ndarray
     in the segment (`segment_rank` of all rows; default: of these).
     """
     col = {k: np.asarray(clean[k], dtype=np.float64) for k in ("open", "high", "low", "close", "volume")}
-    rank, masks = segment_rank(seg) if rank is None else rank, {}
+    rank, cache = segment_rank(seg) if rank is None else rank, {}
     lc = np.log(col["close"])
-    r1 = lc - _shift(lc, 1, seg)
-    rvol = functools.cache(lambda: dict(zip(VOL_WINDOWS, _rolling_means(r1**2, VOL_WINDOWS, rank, masks))))
+    r1 = _lag_diff(lc, 1, rank, cache)
+    rvol = functools.cache(lambda: dict(zip(VOL_WINDOWS, _rolling_means(r1**2, VOL_WINDOWS, rank, cache))))
     minute = functools.cache(lambda: (_ns(clean["timestamp"]) // 60_000_000_000) % 1440)  # UTC minute of the day
 
     def close_loc() -> np.ndarray:
@@ -183,7 +216,7 @@ def feature_makers(clean: pd.DataFrame | dict, seg: np.ndarray, rank: np.ndarray
 
     def log_volume_rel() -> np.ndarray:
         v = col["volume"]
-        level = _rolling_means(v, (VOLUME_WINDOW,), rank, masks)[0]
+        level = _rolling_means(v, (VOLUME_WINDOW,), rank, cache)[0]
         with np.errstate(invalid="ignore", divide="ignore"):
             # the floor is relative to the level, so multiplying volume by any constant changes nothing
             return np.where(level > 0, np.log((v + 1e-3 * level) / level), 0.0)
@@ -192,7 +225,7 @@ def feature_makers(clean: pd.DataFrame | dict, seg: np.ndarray, rank: np.ndarray
         return lambda: fn(2 * np.pi * np.arange(1440) / 1440)[minute()]  # one value per minute of the day
 
     makers: dict[str, Callable[[], np.ndarray]] = {"ret_1": lambda: r1}
-    makers |= {f"ret_{k}": (lambda k=k: lc - _shift(lc, k, seg)) for k in RETURN_LAGS if k != 1}
+    makers |= {f"ret_{k}": (lambda k=k: _lag_diff(lc, k, rank, cache)) for k in RETURN_LAGS if k != 1}
     makers |= {f"rvol_{w}": (lambda w=w: np.sqrt(rvol()[w])) for w in VOL_WINDOWS}
     makers |= {
         "log_range": lambda: np.log(col["high"] / col["low"]),
@@ -206,20 +239,34 @@ def feature_makers(clean: pd.DataFrame | dict, seg: np.ndarray, rank: np.ndarray
     return makers
 
 
-def fit_robust(x: np.ndarray, max_rows: int = 2_000_000) -> tuple[float, float]:
+def fit_robust(x: np.ndarray, max_rows: int = 2_000_000, scratch: bool = False) -> tuple[float, float]:
     """Median and 1.4826*MAD of one column's finite values; a constant or empty column gets scale 1.
 
     Beyond `max_rows` values the statistics come from an evenly spaced sample of that many (deterministic;
-    the sampling error of a median of 2M values is far below the features' own noise).
+    the sampling error of a median of 2M values is far below the features' own noise). float32 values give the
+    statistics of their float64 copies, without making them: a median depends on the values' order alone and
+    the MAD is taken in float64. `scratch`: x may be reordered (it is partitioned in place, not copied).
     """
     if len(x) > max_rows:
-        x = x[:: -(-len(x) // max_rows)]
-    x = x[np.isfinite(x)]
+        x, scratch = x[:: -(-len(x) // max_rows)], False
+    finite = np.isfinite(x)
+    x = (x if scratch else x.copy()) if finite.all() else x[finite]
     if len(x) == 0:
         return 0.0, 1.0
-    med = float(np.median(x))
-    mad = MAD_SCALE * float(np.median(np.abs(x - med)))
+    med = _median_inplace(x)
+    dev = np.subtract(x, med, dtype=np.float64)
+    mad = MAD_SCALE * _median_inplace(np.abs(dev, out=dev))
     return med, (mad if mad > 1e-12 else 1.0)
+
+
+def _median_inplace(x: np.ndarray) -> float:
+    """np.median of x's float64 values (x finite, not empty), partitioning x in place: the middle value, or the
+    mean of the middle two taken as np.median takes it. One partition at the upper middle, the lower one being
+    the largest value before it (numpy's partition at two places took five times as long)."""
+    half = len(x) // 2
+    x.partition(half)
+    middle = [x[half]] if len(x) % 2 else [x[:half].max(), x[half]]
+    return float(np.median(np.asarray(middle, dtype=np.float64)))
 
 
 def apply_robust(x: np.ndarray, med: float, mad: float, clip: float, out: np.ndarray | None = None) -> np.ndarray:
@@ -491,6 +538,7 @@ def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous
     rank = segment_rank(lay.seg)
     X, n = out["X"], len(lay.ts)
     ranges: list[dict] = []
+    cols_t = np.empty((X.shape[1], min(block, n)), dtype=np.float32)  # the block's columns, each contiguous
     for b0 in range(0, n, block):
         lo, b1 = max(b0 - LOOKBACK, 0), min(b0 + block, n)
         cols = {k: shard.a[k][lo:b1] for k in ("open", "high", "low", "close", "volume")} | {"timestamp": lay.ts[lo:b1]}
@@ -498,7 +546,8 @@ def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous
         for j, make in enumerate(makers.values()):
             col = make()[b0 - lo :]
             ranges.append(_finite_range(col))
-            X[b0:b1, j] = col
+            cols_t[j, : b1 - b0] = col
+        X[b0:b1] = cols_t[:, : b1 - b0].T  # one transposing copy: twice as fast as a strided write per column
     lay.pos = sessions.bar_positions(lay.ts, lay.codes, lay.bar_ns, continuous, days=facts.days)
     t = targets({"close": shard.a["close"], **{k: shard.a[k] for k in ("open", "high", "low", "volume")},
                  "timestamp": lay.ts}, lay, cfg)
@@ -651,11 +700,19 @@ def fit_shards(xs: list[np.ndarray], ys: list[np.ndarray], splits: list[np.ndarr
     for t in trains:
         rows.append(t[(-before) % step :: step])
         before += len(t)
-    sample = lambda arrays, j=None: np.concatenate([(a[r] if j is None else a[r, j]) for a, r in zip(arrays, rows)])
-    fit = lambda j: fit_robust(sample(xs, j).astype(np.float64))
-    fits = list((pool.map if pool is not None else map)(fit, range(xs[0].shape[1])))
+    run = pool.map if pool is not None else map
+    at = np.cumsum([0] + [len(r) for r in rows])
+    sample = np.empty((xs[0].shape[1], int(at[-1])), dtype=np.float32)  # one contiguous row per feature
+
+    def gather(i: int, block: int = 4096) -> None:  # a block of rows at a time: its transpose stays in the cache
+        for b0 in range(0, len(rows[i]), block):
+            part = rows[i][b0 : b0 + block]
+            sample[:, at[i] + b0 : at[i] + b0 + len(part)] = xs[i][part].T
+
+    list(run(gather, range(len(rows))))
+    fits = list(run(lambda j: fit_robust(sample[j], scratch=True), range(len(sample))))
     norm = {"median": [f[0] for f in fits], "scale": [f[1] for f in fits]}
-    return norm, fit_robust(sample(ys).astype(np.float64))[1]
+    return norm, fit_robust(np.concatenate([a[r] for a, r in zip(ys, rows)]), scratch=True)[1]
 
 
 def feature_meta(cfg, facts: Facts, cal: sessions.Calendar, cut: dict, made: list[dict], norm: dict,

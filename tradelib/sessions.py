@@ -93,5 +93,8 @@ def bar_positions(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, cont
             traded = days[int(bar)] if days is not None else np.unique(day[rows])
             session[rows] = np.searchsorted(traded, day[rows])
         step = np.where(day[1:] == day[:-1], step, np.diff(session))
-    step = np.where(codes[1:] == codes[:-1], step, 0)
-    return np.r_[0, np.cumsum(step)].astype(np.int64)
+    step[codes[1:] != codes[:-1]] = 0
+    pos = np.empty(n, dtype=np.int64)
+    pos[0] = 0
+    np.cumsum(step, out=pos[1:])
+    return pos
