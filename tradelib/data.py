@@ -388,6 +388,23 @@ def _hugepage_switch():
     return None
 
 
+def prefault(arrays) -> None:
+    """Ask the kernel for the pages of fresh arrays in one call each (madvise MADV_POPULATE_WRITE, Linux 5.14+)
+    before they are written: it maps and zeroes them in a loop instead of taking a fault on every 4 KiB page at
+    the first write, a third less kernel time (docs/perf.md). Called by the thread that fills those rows, so the
+    cores fault in their own shards at once. Values are untouched; a no-op where the call is missing."""
+    libc = _glibc()
+    if libc is None:
+        return
+    for a in arrays:
+        if a.nbytes < 1 << 16 or not a.flags.c_contiguous:
+            continue
+        start = (a.ctypes.data + 4095) & ~4095  # whole pages inside the array only
+        end = (a.ctypes.data + a.nbytes) & ~4095
+        if end > start:
+            libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 23)  # MADV_POPULATE_WRITE
+
+
 @functools.cache
 def _glibc():
     try:
@@ -427,8 +444,15 @@ def _sorted_runs(sym: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
     import pyarrow.compute as pc
 
     arr = pa.array(sym.array)
-    change = pc.not_equal(arr.slice(1), arr.slice(0, len(arr) - 1)).to_numpy(zero_copy_only=False)
-    starts = np.r_[0, np.flatnonzero(change) + 1]
+    cut = np.linspace(1, len(arr), (os.cpu_count() or 1) + 1).astype(np.int64)  # one part per core (Arrow frees
+    #   the GIL): the rows where the symbol differs from the row before
+
+    def changes(a: int, b: int) -> np.ndarray:
+        return np.flatnonzero(pc.not_equal(arr.slice(a, b - a), arr.slice(a - 1, b - a)).to_numpy(
+            zero_copy_only=False)) + a
+
+    with ThreadPoolExecutor(max_workers=len(cut) - 1) as pool:
+        starts = np.concatenate([[0], *pool.map(changes, cut[:-1], cut[1:])])
     names = np.asarray(arr.take(pa.array(starts)).to_pylist(), dtype=object)
     if any(names[i] >= names[i + 1] for i in range(len(names) - 1)):  # a symbol twice, or out of order
         return None
@@ -1039,7 +1063,7 @@ def clean_parts(raw: pd.DataFrame, source: str = "", *, min_rows: int = 0, max_g
         raise DataError(f"{source or '<frame>'}: column 'timestamp' is {tcol.dtype}, not datetime "
                         "(read files with load_ohlcv)")
     _, codes, symbols = symbol_codes(raw["symbol"])
-    ts = ns_since_epoch(raw["timestamp"])
+    times = tcol.array  # each shard's converted to int64 ns on its own thread
     num = {c: _float_column(raw[c]) for c in NUM_COLS}
     params = {"min_rows": min_rows, "max_gap_bars": max_gap_bars, "spike_sigmas": spike_sigmas}
     shards = symbol_shards(codes, len(symbols), shard_rows)
@@ -1049,7 +1073,7 @@ def clean_parts(raw: pd.DataFrame, source: str = "", *, min_rows: int = 0, max_g
             return None
         rows, own = shards[k]
         idx = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
-        a = {"idx": idx, "ts": ts[rows], "code": codes[rows]} | {c: num[c][rows] for c in NUM_COLS}
+        a = {"idx": idx, "ts": ns_since_epoch(times[rows]), "code": codes[rows]} | {c: num[c][rows] for c in NUM_COLS}
         w = _clean_shard(a, symbols, own, raw.attrs, params)
         kept = {k: raw[k].to_numpy()[w.a["idx"]] for k in keep}
         a = {k: v for k, v in w.a.items() if k != "idx"}
