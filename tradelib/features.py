@@ -70,13 +70,25 @@ class FeatureSet:
         return df
 
 
-def segment_ids(symbol_codes: np.ndarray, ts_ns: np.ndarray, bar_ns: np.ndarray, max_gap_bars: int) -> np.ndarray:
-    """Contiguous runs: a new segment at every symbol change or gap longer than max_gap_bars bars."""
+def segment_ids(symbol_codes: np.ndarray, ts_ns: np.ndarray, bar_ns: np.ndarray, max_gap_bars: int,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """Contiguous runs: a new segment at every symbol change or gap longer than max_gap_bars bars (int32, into
+    `out` when given)."""
     new = np.ones(len(ts_ns), dtype=bool)
     if len(ts_ns) > 1:
         gap = np.diff(ts_ns) > max_gap_bars * bar_ns[1:]
-        new[1:] = (symbol_codes[1:] != symbol_codes[:-1]) | gap
-    return (np.cumsum(new) - 1).astype(np.int32)
+        np.not_equal(symbol_codes[1:], symbol_codes[:-1], out=new[1:])
+        new[1:] |= gap
+    return _run_ids(new, out)
+
+
+def _run_ids(new: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """0, 1, ... numbering the runs that start where `new` is True (new[0] True), as int32 (`np.cumsum(new) - 1`
+    without its int64 temporaries)."""
+    out = np.empty(len(new), dtype=np.int32) if out is None else out
+    np.cumsum(new, dtype=np.int32, out=out)
+    out -= 1
+    return out
 
 
 def _shift(x: np.ndarray, k: int, seg: np.ndarray) -> np.ndarray:
@@ -475,7 +487,12 @@ class Facts:
 
     @staticmethod
     def merge(parts: list[Facts]) -> Facts:
-        times, counts = _distinct(np.concatenate([p.times for p in parts]), np.concatenate([p.counts for p in parts]))
+        first = parts[0].times
+        if all(len(p.times) == len(first) and np.array_equal(p.times, first) for p in parts[1:]):
+            times, counts = first.copy(), np.sum([p.counts for p in parts], axis=0, dtype=np.int64)  # one time grid
+        else:
+            times, counts = _distinct(np.concatenate([p.times for p in parts]),
+                                      np.concatenate([p.counts for p in parts]))
         days: dict[int, list] = {}
         for p in parts:
             for b, d in p.days.items():
@@ -512,7 +529,7 @@ def shard_layout(shard: data.CleanShard, max_gap_bars: int, out: dict[str, np.nd
     ts[:] = shard.a.pop("ts")
     raw_codes = shard.a.pop("code")
     first = np.r_[True, raw_codes[1:] != raw_codes[:-1]] if len(raw_codes) else np.zeros(0, dtype=bool)
-    codes[:] = np.cumsum(first) - 1
+    _run_ids(first, codes)
     present = raw_codes[first]
     if shard.bar is not None:  # cleaning found them on these very rows
         bar_of_code = shard.bar[present].astype(np.int64)
@@ -522,7 +539,7 @@ def shard_layout(shard: data.CleanShard, max_gap_bars: int, out: dict[str, np.nd
     if (bar_of_code <= 0).any():
         short = [names[i] for i in np.flatnonzero(bar_of_code <= 0)]
         raise ValueError(f"symbol(s) {', '.join(short)}: fewer than two timestamps, no bar size")
-    out["segment"][:] = segment_ids(codes, ts, bar_of_code[codes], max_gap_bars)
+    segment_ids(codes, ts, bar_of_code[codes], max_gap_bars, out["segment"])
     return Layout(codes, ts, bar_of_code, out["segment"], names=names)
 
 
@@ -670,18 +687,20 @@ def build_from_shards(shards: list[data.CleanShard], cfg, quality: dict | None =
     view = lambda i: {k: getattr(fs, k)[rows[i] : rows[i + 1]] for k in FeatureSet.ARRAYS}
     each = range(len(shards))
     with data.freed_memory_reused(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        def layout(i: int) -> Layout:
+        def layout(i: int) -> tuple[Layout, Facts]:
             data.prefault(view(i).values())  # this thread writes these rows: its core takes their page faults
-            return shard_layout(shards[i], cfg.max_gap_bars, view(i))
+            lay = shard_layout(shards[i], cfg.max_gap_bars, view(i))
+            return lay, Facts.of(lay)
 
-        lays = list(pool.map(layout, each))
-        parts = list(pool.map(Facts.of, lays))
+        lays, parts = map(list, zip(*pool.map(layout, each)))
         facts = Facts.merge(parts)
-        bound, cal = fold_bound(fold_bounds(facts.times, cfg, facts.counts), fold, cfg), facts.calendar()
+        bound = fold_bound(fold_bounds(facts.times, cfg, facts.counts), fold, cfg)
+        calendar = pool.submit(facts.calendar)  # made beside the placing, not before it
         segs, syms = offsets(parts)
         list(pool.map(lambda i: place(lays[i], bound, segs[i], syms[i], view(i), cfg), each))
         cut = merge_cuts([lay.cut for lay in lays])
         check_cut(cut, cfg)
+        cal = calendar.result()
         made = list(pool.map(lambda i: shard_features(shards[i], lays[i], facts, cal.continuous, cfg, view(i)), each))
         views = [view(i) for i in each]
         norm, target_scale = fit_shards([v["X"] for v in views], [v["y"] for v in views],
