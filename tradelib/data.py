@@ -744,6 +744,7 @@ class Work:
         self.keys: list[tuple] = []  # per count: (rule position, 0 for a loader's note / 1 for the rule's finding)
         self._bar: np.ndarray | None = None
         self.gap = np.zeros(0, dtype=bool)
+        self.spike: np.ndarray | None = None  # the price_spike rule's rows (no row is dropped after it)
         self.owned: set[str] = {"idx"}  # the arrays copied already: the others may be views of the raw frame
         self.before: dict = {}
         self.after: dict = {}
@@ -925,7 +926,8 @@ def _price_spike(w: Work) -> np.ndarray:
     """A close that jumps > k trailing robust sigmas and back on the next bar. Flagged, not repaired: the
     features at t keep the print a live feed showed (repairing it needs the next bar, after t); the targets
     and returns that start or end at it are masked on the label side (features.targets)."""
-    return spike_rows(w.a["close"], w.a["code"], w.new_symbol | _long_gaps(w), w.params["spike_sigmas"])
+    w.spike = spike_rows(w.a["close"], w.a["code"], w.new_symbol | _long_gaps(w), w.params["spike_sigmas"])
+    return w.spike
 
 
 @dataclass(frozen=True)
@@ -975,6 +977,7 @@ class CleanShard:
     symbols: np.ndarray
     keep: dict[str, np.ndarray] = field(default_factory=dict)
     bar: np.ndarray | None = None  # bar size in ns per symbol code (bar_sizes_ns of these rows), when known
+    spike: tuple | None = None  # (spike_rows of these rows, spike_sigmas, max_gap_bars), when cleaning found them
 
     def __len__(self) -> int:
         return len(self.a["ts"])
@@ -1077,7 +1080,7 @@ def clean_parts(raw: pd.DataFrame, source: str = "", *, min_rows: int = 0, max_g
         w = _clean_shard(a, symbols, own, raw.attrs, params)
         kept = {k: raw[k].to_numpy()[w.a["idx"]] for k in keep}
         a = {k: v for k, v in w.a.items() if k != "idx"}
-        return _shard_part(w, len(idx)), CleanShard(a, symbols, kept, w.bar)
+        return _shard_part(w, len(idx)), CleanShard(a, symbols, kept, w.bar, (w.spike, spike_sigmas, max_gap_bars))
 
     with freed_memory_reused(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(one, range(len(shards))))

@@ -576,7 +576,7 @@ def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous
         X[b0:b1] = cols_t[:, : b1 - b0].T  # one transposing copy: twice as fast as a strided write per column
     lay.pos = sessions.bar_positions(lay.ts, lay.codes, lay.bar_ns, continuous, days=facts.days)
     t = targets({"close": shard.a["close"], **{k: shard.a[k] for k in ("open", "high", "low", "volume")},
-                 "timestamp": lay.ts}, lay, cfg)
+                 "timestamp": lay.ts}, lay, cfg, _cleaning_spikes(shard, lay, cfg))
     lay.pos = None
     y = out["y"]
     y[:] = t["target"]
@@ -587,10 +587,25 @@ def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous
     out["oracle"][:] = oracle if oracle is not None and cfg.horizon == 1 else np.nan  # planted: one bar ahead only
     shard.a.clear()
     shard.keep.clear()
+    shard.spike = None
     per = len(FEATURE_NAMES)
     return {"ranges": {name: _merge_range(ranges[j::per]) for j, name in enumerate(FEATURE_NAMES)},
             "spike_rows": int(t["spike"].sum()), "spans_missing_bar": int(t["spans_missing_bar"].sum()),
             "rows_per_split": [int(np.count_nonzero(lay.split == i)) for i in (-1, 0, 1, 2)]}
+
+
+def _cleaning_spikes(shard: data.CleanShard, lay: Layout, cfg) -> np.ndarray | None:
+    """The price_spike rows cleaning found on these very rows, where they are what `targets` would find again: the
+    same spike_sigmas, and returns broken where the segments break (a symbol change or a gap of more than
+    max_gap_bars > 0 bars, a limit float64 holds exactly). None otherwise: targets then finds them."""
+    if shard.spike is None:
+        return None
+    rows, sigmas, gap_bars = shard.spike
+    if rows is None or len(rows) != len(lay.ts) or sigmas != cfg.spike_sigmas or gap_bars != cfg.max_gap_bars:
+        return None
+    if gap_bars <= 0 or int(lay.bar_of_code.max(initial=0)) * gap_bars >= 2**53:
+        return None
+    return rows
 
 
 def _merge_range(parts: list[dict]) -> dict:
@@ -621,7 +636,7 @@ def scale_rows(X: np.ndarray, norm: dict, clip: float, block: int = 1 << 14) -> 
         np.copyto(z, 0.0, where=np.isnan(z))
 
 
-def targets(clean: pd.DataFrame | dict, lay: Layout, cfg) -> dict[str, np.ndarray]:
+def targets(clean: pd.DataFrame | dict, lay: Layout, cfg, spike: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The forward log return over `horizon` bars (the target, optionally over trailing volatility), the next
     one-bar return (backtest PnL) and the last one (the momentum baseline); NaN where unknown.
 
@@ -629,12 +644,14 @@ def targets(clean: pd.DataFrame | dict, lay: Layout, cfg) -> dict[str, np.ndarra
     would span a missing bar is masked, not stretched over more time. A target or return that starts or ends at a
     confirmed price spike (`data.spike_rows`, which needs the next bar) is masked too: the label side is the
     one place where information from after t may act. `ret_next` runs to the symbol's next row (a position is
-    held across a missing bar) and is masked only at spikes.
+    held across a missing bar) and is masked only at spikes. `spike`: those rows when cleaning found them already
+    (`_cleaning_spikes`).
     """
     seg, h = lay.seg, cfg.horizon
     close = np.asarray(clean["close"], dtype=np.float64)
     lc = np.log(close)
-    spike = data.spike_rows(close, lay.codes, np.r_[True, seg[1:] != seg[:-1]], cfg.spike_sigmas)
+    if spike is None:
+        spike = data.spike_rows(close, lay.codes, np.r_[True, seg[1:] != seg[:-1]], cfg.spike_sigmas)
     clear = ~spike & ~_ahead(spike, h, seg)  # neither the start nor the end of the target is a spike
     pos = lay.pos
     whole = np.zeros(len(pos), dtype=bool)  # the target spans `horizon` bars: no bar missing in between
