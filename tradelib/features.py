@@ -388,7 +388,11 @@ def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, fold: int = 0, bound: 
     (`merge_cuts`) and is checked once merged (`check_cut`); `fold` is then the bound's."""
     b = bound if bound is not None else fold_bound(fold_bounds(ts_ns, cfg), fold, cfg)
     t_train, t_val = b["train_end"], b["val_end"]
-    part = np.where(ts_ns <= t_train, 0, np.where(ts_ns <= t_val, 1, 2)).astype(np.int8)
+    if t_train <= t_val:  # 0, 1, 2 as two comparisons summed: no int64 temporaries
+        part = np.greater(ts_ns, t_train).view(np.int8)
+        part += ts_ns > t_val
+    else:
+        part = np.where(ts_ns <= t_train, 0, np.where(ts_ns <= t_val, 1, 2)).astype(np.int8)
     if b["train_start"] is not None:
         part[ts_ns <= b["train_start"]] = -1
     if b["test_end"] is not None:
@@ -397,13 +401,16 @@ def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, fold: int = 0, bound: 
     block = np.ones(n, dtype=bool)
     block[1:] = (codes[1:] != codes[:-1]) | (part[1:] != part[:-1])
     first = np.flatnonzero(block)
-    rank = np.arange(n) - first[np.cumsum(block) - 1]  # row number within its (symbol, part) run
+    idx = np.int32 if n < 2**31 else np.int64
+    rank = np.arange(n, dtype=idx) - first.astype(idx)[np.cumsum(block, dtype=idx) - 1]  # number in its (symbol,
+    #   part) run
     purge = cfg.horizon + cfg.window
     split = part.copy()
     split[(part > 0) & (rank < purge)] = -1
 
     def first_time(s: int) -> int | None:
-        return int(ts_ns[split == s].min()) if (split == s).any() else None
+        t = ts_ns[split == s]
+        return int(t.min()) if len(t) else None
 
     cut = {"method": b["method"], "train_end": t_train, "val_start": first_time(1), "val_end": t_val,
            "test_start": first_time(2), "test_end": b["test_end"], "purge_bars": purge}
