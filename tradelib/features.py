@@ -91,8 +91,9 @@ def _run_ids(new: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def _shift(x: np.ndarray, k: int, seg: np.ndarray) -> np.ndarray:
-    """x[t-k] within the same segment (k > 0 looks back, k < 0 forward), else NaN."""
+def _shift(x: np.ndarray, k: int, seg: np.ndarray, same: np.ndarray | None = None) -> np.ndarray:
+    """x[t-k] within the same segment (k > 0 looks back, k < 0 forward), else NaN. `same`: seg[|k|:] ==
+    seg[:-|k|], when known."""
     out = np.empty(len(x), dtype=np.float64)
     n = len(x)
     if abs(k) >= n:
@@ -100,19 +101,19 @@ def _shift(x: np.ndarray, k: int, seg: np.ndarray) -> np.ndarray:
         return out
     if k > 0:
         out[:k] = np.nan
-        out[k:] = np.where(seg[k:] == seg[:-k], x[:-k], np.nan)
+        out[k:] = np.where(seg[k:] == seg[:-k] if same is None else same, x[:-k], np.nan)
     else:
         k = -k
         out[n - k :] = np.nan
-        out[:-k] = np.where(seg[:-k] == seg[k:], x[k:], np.nan)
+        out[:-k] = np.where(seg[:-k] == seg[k:] if same is None else same, x[k:], np.nan)
     return out
 
 
-def _ahead(flag: np.ndarray, k: int, seg: np.ndarray) -> np.ndarray:
-    """flag[t+k] within the same segment, else False (k > 0)."""
+def _ahead(flag: np.ndarray, k: int, seg: np.ndarray, same: np.ndarray | None = None) -> np.ndarray:
+    """flag[t+k] within the same segment, else False (k > 0). `same`: seg[k:] == seg[:-k], when known."""
     out = np.zeros(len(flag), dtype=bool)
     if k < len(flag):
-        out[:-k] = flag[k:] & (seg[k:] == seg[:-k])
+        out[:-k] = flag[k:] & (seg[k:] == seg[:-k] if same is None else same)
     return out
 
 
@@ -657,22 +658,24 @@ def targets(clean: pd.DataFrame | dict, lay: Layout, cfg, spike: np.ndarray | No
     seg, h = lay.seg, cfg.horizon
     close = np.asarray(clean["close"], dtype=np.float64)
     lc = np.log(close)
+    same = functools.cache(lambda k: seg[k:] == seg[:-k])  # rows t and t + k in one segment: made once per k
     if spike is None:
-        spike = data.spike_rows(close, lay.codes, np.r_[True, seg[1:] != seg[:-1]], cfg.spike_sigmas)
-    clear = ~spike & ~_ahead(spike, h, seg)  # neither the start nor the end of the target is a spike
+        spike = data.spike_rows(close, lay.codes, np.r_[True, ~same(1)], cfg.spike_sigmas)
+    clear = ~spike & ~_ahead(spike, h, seg, same(h))  # neither the start nor the end of the target is a spike
     pos = lay.pos
     whole = np.zeros(len(pos), dtype=bool)  # the target spans `horizon` bars: no bar missing in between
     if h < len(pos):
-        whole[:-h] = (pos[h:] - pos[:-h] == h) & (seg[h:] == seg[:-h])
-    lc_h = _shift(lc, -h, seg)
+        whole[:-h] = (pos[h:] - pos[:-h] == h) & same(h)
+    lc_h = _shift(lc, -h, seg, same(h))
     fwd = np.where(whole & clear, lc_h - lc, np.nan)
     target = fwd
     if cfg.vol_scaled_target:
         rvol = feature_makers(clean, seg)[f"rvol_{VOL_WINDOWS[-1]}"]() * np.sqrt(h)
         with np.errstate(invalid="ignore", divide="ignore"):
             target = np.where(rvol > 0, fwd / rvol, np.nan)
-    ret_next = np.where(~spike & ~_ahead(spike, 1, seg), _shift(lc, -1, seg) - lc, np.nan)
-    return {"target": target, "fwd_return": fwd, "ret_next": ret_next, "last_return": lc - _shift(lc, 1, seg),
+    ret_next = np.where(~spike & ~_ahead(spike, 1, seg, same(1)), _shift(lc, -1, seg, same(1)) - lc, np.nan)
+    return {"target": target, "fwd_return": fwd, "ret_next": ret_next,
+            "last_return": lc - _shift(lc, 1, seg, same(1)),
             "spike": spike, "spans_missing_bar": np.isfinite(lc_h) & ~whole}
 
 
