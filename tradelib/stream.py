@@ -98,6 +98,8 @@ class BlockStream:
     def __init__(self, fs: FeatureSet, halo: int, block_rows: int, blocks_per_slot: int, device: torch.device,
                  ledger: Ledger) -> None:
         self.fs, self.halo, self.block_rows, self.k, self.device = fs, halo, block_rows, blocks_per_slot, device
+        if device.type == "cuda" and device.index is None:  # the loader thread must name the device it copies to
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.scale = float(fs.meta.get("target_scale", 1.0))
         self.n_blocks = max(1, math.ceil(len(fs) / block_rows))
         self.slot_rows = blocks_per_slot * (block_rows + halo)
