@@ -459,8 +459,9 @@ def test_streamed_steps_equal_resident_steps_without_a_host_sync(tiny_fs, device
             groups = res.source.epoch(0, seed=0).split(res.global_batch)[:4]
             for i, ids in enumerate(groups):
                 res.step(ids)
+                host_ids = ids.cpu()  # the streamed source's items are on the host (a copy back is a sync)
                 with no_host_sync(dev) if i else contextlib.nullcontext():  # (the first step warms up)
-                    st.step(ids.cpu())
+                    st.step(host_ids)
                 assert_bitwise(snapshot(st.model), snapshot(res.model))
             assert st.loss(1) == res.loss(1) and torch.equal(st.predict(windows.ends(2)),
                                                                res.predict(res.windows.ends(2)))
