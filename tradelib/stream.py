@@ -282,7 +282,7 @@ class StreamSource:
 
     def begin(self, ids: torch.Tensor) -> None:
         """The groups these items visit, in order (prefetching follows it), and the first one's load."""
-        g = self.group_of_block[self.items.block[ids.numpy()]]
+        g = self.group_of_block[self.items.block[ids.cpu().numpy()]]
         self.seq = g[np.r_[True, g[1:] != g[:-1]]].tolist() if len(g) else []
         if self.seq:
             self.stream.prefetch(self.groups[self.seq[0]], keep=())
@@ -290,7 +290,7 @@ class StreamSource:
     def fetch(self, ids: torch.Tensor) -> Batch:
         """The batch of these items: their group made resident (a batch across groups gathers each part while
         its group is, then puts them back in order), the next group of the epoch prefetched into the free slot."""
-        i = ids.numpy()
+        i = ids.cpu().numpy()  # items live on the host (the trainer's start-up probe passes device ids)
         blocks = self.items.block[i]
         g = self.group_of_block[blocks]
         used = list(dict.fromkeys(g.tolist()))
@@ -324,7 +324,7 @@ class StreamSource:
     def count(self, ids: torch.Tensor) -> torch.Tensor:
         if self.dense_first is None:
             return torch.full((), float(len(ids)), dtype=torch.float64, device=self.device)
-        i = ids.numpy()
+        i = ids.cpu().numpy()
         a, e = self.dense_first[i], self.items.anchors[i]
         rows = e[:, None] + np.arange(-self.span + 1, 1)
         n = int((np.isfinite(self.stream.fs.y[rows]) & (rows >= a[:, None])).sum())  # host arrays: no device sync
