@@ -18,6 +18,16 @@ def outputs(tmp_path, monkeypatch):
     return out
 
 
+@pytest.fixture(scope="module")
+def module_outputs(tmp_path_factory):
+    """One outputs/ for a whole module, for modules that override `outputs` with it to share runs and feature
+    caches between their tests; subprocesses inherit it through the environment."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("outputs")
+        mp.setenv("TRADELIB_OUTPUTS", str(path))
+        yield path
+
+
 @pytest.fixture
 def tiny_cfg() -> Config:
     return Config(**TINY)

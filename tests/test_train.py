@@ -34,17 +34,10 @@ def tiny(run_id: str, **changes) -> Config:
 
 
 @pytest.fixture(scope="module")
-def outputs(tmp_path_factory):
+def outputs(module_outputs):
     """One outputs/ for the whole module (overriding conftest's folder per test), so that the reference run
     and the feature caches are shared; subprocesses inherit it through the environment."""
-    old = os.environ.get("TRADELIB_OUTPUTS")
-    path = tmp_path_factory.mktemp("outputs")
-    os.environ["TRADELIB_OUTPUTS"] = str(path)
-    yield path
-    if old is None:
-        del os.environ["TRADELIB_OUTPUTS"]
-    else:
-        os.environ["TRADELIB_OUTPUTS"] = old
+    return module_outputs
 
 
 @pytest.fixture(scope="module")

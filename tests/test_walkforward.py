@@ -113,16 +113,9 @@ def test_a_run_starts_from_the_weights_it_is_given(tiny_cfg, tiny_fs):
 
 
 @pytest.fixture(scope="module")
-def outputs(tmp_path_factory):
+def outputs(module_outputs):
     """One outputs/ for the whole module (overriding conftest's folder per test): the walk-forward is shared."""
-    old = os.environ.get("TRADELIB_OUTPUTS")
-    path = tmp_path_factory.mktemp("outputs")
-    os.environ["TRADELIB_OUTPUTS"] = str(path)
-    yield path
-    if old is None:
-        del os.environ["TRADELIB_OUTPUTS"]
-    else:
-        os.environ["TRADELIB_OUTPUTS"] = old
+    return module_outputs
 
 
 @pytest.fixture(scope="module")
