@@ -468,3 +468,83 @@ def test_streamed_steps_equal_resident_steps_without_a_host_sync(tiny_fs, device
             assert src.ledger.peak <= budget, (src.ledger.peak, budget)
         finally:
             src.close()
+
+
+STREAM_SPECS = {"windows": {"model": "mlp", "batch_size": 16},
+                "dense": {"model": "tcn", "layers": 2, "dense": True, "dense_chunk": CHUNK, "batch_size": 2}}
+
+
+def streamed_and_resident(fs, device: str, case: str):
+    """The streamed training source of the smallest budget that streams (two slots of one 300-row block), the
+    resident source of the same items, on `device`, and the uploads the stream makes (each call's length)."""
+    dev = torch.device(device)
+    cfg = Config(**{**BASE, "device": device, **STREAM_SPECS[case], "eval_batch_size": 16,
+                    "stream_block_rows": 300, "loader": "stream"})
+    cfg = cfg.replace(device_memory_budget=float(stream.min_budget(fs, cfg, CHUNK if case == "dense" else W)))
+    model = model_for(cfg, fs.n_features).to(dev)
+    _, src = stream.make_sources(fs, model, cfg, dev)
+    res = Windows(fs, W, dev)
+    resident = DenseSource(res, CHUNK, model.receptive_field) if case == "dense" else WindowSource(res, 0)
+    uploads, upload = [], src.stream.upload
+    src.stream.upload = lambda a, ledger: uploads.append(len(a)) or upload(a, ledger)
+    return src, resident, cfg.batch_size, uploads
+
+
+def assert_same_batch(a, b) -> None:
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    assert (a.mask is None and b.mask is None) or torch.equal(a.mask, b.mask)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["windows", "dense"])
+def test_a_streamed_fetch_in_steady_state_uploads_nothing_and_makes_no_host_sync(tiny_fs, device, case):
+    """The epoch announced by `begin`: within one run (items of one resident group), after the batch that entered
+    it, a fetch is a slice of the run's device index and the gather kernels. No upload (the rows were uploaded
+    once, pinned and non-blocking, when the group was prefetched), no host sync (CUDA: sync debug mode "error";
+    both devices: no tensor value read into Python); the batches equal the resident source's."""
+    src, resident, batch_size, uploads = streamed_and_resident(tiny_fs, device, case)
+    dev = torch.device(device)
+    try:
+        assert isinstance(src, stream.StreamSource) and src.n_groups > 3
+        order = src.epoch(0, seed=0)
+        src.begin(order)
+        a, z = int(src.run_start[1]), int(src.run_start[2])  # the second run: prefetched while the first was read
+        pos, steady = 0, []
+        for ids in order.split(batch_size):
+            if a < pos and pos + len(ids) <= z:
+                before = len(uploads)
+                with no_host_sync(dev):
+                    got = src.fetch(ids)
+                assert len(uploads) == before, "a steady-state fetch uploaded"
+                steady.append((ids, got))
+            elif pos >= z:
+                break
+            else:
+                src.fetch(ids)
+            pos += len(ids)
+        assert len(steady) >= 3, len(steady)
+        for ids, got in steady:
+            assert_same_batch(resident.fetch(ids.to(dev)), got)
+    finally:
+        src.close()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["windows", "dense"])
+def test_streamed_batches_of_an_announced_order_equal_the_resident_ones(tiny_fs, device, case):
+    """Two epochs of rank 1 of 2 announced at once from part-way in (what the bench and a resume do), fetched in
+    turn through the run indices (batches across runs too): the resident source's batches and counts, exactly;
+    one index upload per run (dense: two), whatever the number of batches."""
+    src, resident, batch_size, uploads = streamed_and_resident(tiny_fs, device, case)
+    dev = torch.device(device)
+    try:
+        order = torch.cat([src.epoch(e, seed=4, rank=1, world=2) for e in (0, 1)])[5:]
+        src.begin(order)
+        batches = order.split(batch_size)
+        for ids in batches:
+            assert_same_batch(resident.fetch(ids.to(dev)), src.fetch(ids))
+            assert float(resident.count(ids.to(dev))) == float(src.count(ids))
+        runs = len(src.run_group)
+        assert len(uploads) == runs * (2 if case == "dense" else 1) and len(batches) > 2 * runs
+    finally:
+        src.close()

@@ -149,3 +149,43 @@ def test_the_budget_chooses_resident_or_streamed(tiny_fs):
     assert not stream.plan(tiny_fs, cfg.replace(device_memory_budget=data + 1), CPU, 16).streamed
     assert stream.plan(tiny_fs, cfg.replace(device_memory_budget=data - 1), CPU, 16).streamed
     assert stream.budget_bytes(0.5, CPU) == stream.device_memory(CPU) // 2
+
+
+@settings(max_examples=12, deadline=None)
+@given(block_rows=st.integers(60, 700), k=st.integers(1, 3), batch=st.integers(4, 90), world=st.integers(1, 2),
+       epochs=st.integers(1, 2), skip=st.integers(0, 50), dense=st.booleans())
+def test_an_announced_order_is_fetched_from_one_index_upload_per_run(tiny_fs, block_rows, k, batch, world, epochs,
+                                                                     skip, dense):
+    """`begin` announces the order (here as the bench does: several epochs at once, the groups being the last
+    one's; and as a resume does: from part-way in); its batches, fetched in turn, equal the resident gathers of
+    the same items, and the stream uploads each run's index once (rows; dense: and the first trained offsets),
+    not once a batch. A run is never longer than its group's items: what the budget leaves room for."""
+    fs, ledger = tiny_fs, stream.Ledger()
+    rf = build_model("tcn", fs.n_features, 16, 8, 2).receptive_field
+    span = 40 if dense else 16
+    blocks = stream.BlockStream(fs, span - 1, block_rows, k, CPU, ledger)
+    try:
+        res = Windows(fs, 16, CPU)
+        if dense:
+            starts, first = stream.dense_chunks(fs, 0, 40, rf)
+            items, resident = stream.Items(starts + 39, block_rows, blocks.n_blocks), DenseSource(res, 40, rf)
+        else:
+            items, first = stream.Items(window_ends(fs, 0, 16), block_rows, blocks.n_blocks), None
+            resident = WindowSource(res, 0)
+        src = stream.StreamSource(blocks, items, span, ledger, dense_first=first)
+        order = torch.cat([src.epoch(e, 7, world - 1, world) for e in range(epochs)])[skip:]
+        uploads = []
+        upload = blocks.upload
+        blocks.upload = lambda a, led: uploads.append(len(a)) or upload(a, led)
+        src.begin(order)
+        for ids in order.split(batch):
+            a, b = resident.fetch(ids), src.fetch(ids)
+            assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+            assert (a.mask is None and b.mask is None) or torch.equal(a.mask, b.mask)
+            assert float(resident.count(ids)) == float(src.count(ids))
+        runs = len(src.run_group)
+        assert len(uploads) == runs * (2 if dense else 1) and src.pos == len(order)
+        in_group = np.bincount(src.group_of_block[items.block], minlength=len(src.groups))
+        assert (np.diff(src.run_start) <= in_group[src.run_group]).all()
+    finally:
+        blocks.close()

@@ -105,10 +105,11 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], d
 class TimedSource:
     """A batch source whose fetches are timed; on CUDA the device is synchronised before and after each, so
     the figure counts the gather and the host-to-device copy, not just their launch (an honest wait, at the
-    cost of a sync per micro-batch)."""
+    cost of a sync per micro-batch). `host` holds each fetch's host time alone: the call, up to its return
+    (on CUDA the launches and the source's own bookkeeping; on a CPU the gather too)."""
 
     def __init__(self, inner: BatchSource) -> None:
-        self.inner, self.device, self.wait = inner, inner.device, 0.0
+        self.inner, self.device, self.wait, self.host = inner, inner.device, 0.0, []
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -124,8 +125,10 @@ class TimedSource:
         t0 = time.perf_counter()
         with record_function("fetch batch"):
             out = self.inner.fetch(ids)
+            t1 = time.perf_counter()
             sync(self.device)
         self.wait += time.perf_counter() - t0
+        self.host.append(t1 - t0)
         return out
 
     def count(self, ids: torch.Tensor) -> torch.Tensor:
@@ -177,7 +180,7 @@ class Runner:
         for group in groups[:n_warmup]:
             tr.step(group)
         sync(self.device)
-        self.source.wait, counts, micro = 0.0, [], 0
+        self.source.wait, self.source.host, counts, micro = 0.0, [], [], 0
         t0 = time.perf_counter()
         for group in groups[n_warmup:]:
             with record_function("train step"):
@@ -187,7 +190,8 @@ class Runner:
         sync(self.device)
         seconds = time.perf_counter() - t0
         samples = int(round(float(torch.stack(counts).sum()))) if counts else 0
-        return {"seconds": seconds, "wait_s": self.source.wait, "micro_batches": micro, "samples": samples}
+        return {"seconds": seconds, "wait_s": self.source.wait, "micro_batches": micro, "samples": samples,
+                "fetch_host_s": statistics.median(self.source.host) if self.source.host else None}
 
     def close(self) -> None:
         close = getattr(self.source.inner, "close", None)
@@ -376,9 +380,11 @@ def measure(setups: Sequence[Setup], steps: int = 20, warmup: int = 5, repeats: 
                         res["peak_mem"] = int(torch.cuda.max_memory_allocated(device))
                     out.append(res)
                     if verbose:
+                        host = res["fetch_host_s"]
                         print(f"measure {rep + 1}/{repeats} {runner.setup.label:22s} "
                               f"{res['samples'] / res['seconds']:>12,.0f} samples/s  "
-                              f"wait {res['wait_s'] / res['seconds']:6.1%}")
+                              f"wait {res['wait_s'] / res['seconds']:6.1%}  "
+                              f"host {host * 1e6 if host is not None else float('nan'):8,.1f} us/fetch")
             monitor.stop()
             records = []
             for runner, out in zip(runners, runs):
@@ -407,6 +413,7 @@ def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak:
     gmem = [r["gpu"]["gpu_mem_used_max_bytes"] for r in runs if r["gpu"].get("gpu_mem_used_max_bytes")]
     flops = tr.flops_per_sample()
     med = statistics.median(sps)
+    hosts = [r["fetch_host_s"] for r in runs if r.get("fetch_host_s") is not None]
     return {
         "label": s.label, "spec": s.spec, "group": s.group, "loader": s.loader, "model": s.cfg.model,
         "batch_size": s.cfg.batch_size, "batch_unit": "chunks" if s.loader == "dense" else "windows",
@@ -414,6 +421,7 @@ def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak:
         "grad_accum_steps": s.cfg.grad_accum_steps,
         "samples_per_s": med, "samples_per_s_runs": sps,
         "data_wait_share": statistics.median(r["wait_s"] / r["seconds"] for r in runs),
+        "fetch_host_us": statistics.median(hosts) * 1e6 if hosts else None,  # the median repetition's median
         "it_per_s": statistics.median(r["micro_batches"] / r["seconds"] for r in runs),
         "batches_per_epoch": tr.steps_per_epoch * s.cfg.grad_accum_steps,
         "step_time_s": statistics.median(r["seconds"] / r["micro_batches"] for r in runs),
@@ -465,7 +473,9 @@ def format_table(records: list[dict]) -> str:
         "config": r["label"], "batch": f"{r['batch_size']} {r['batch_unit']}",
         "samples/s": f"{r['samples_per_s']:,.0f}",
         "speedup": f"{r['speedup']:.2f}x" if r.get("speedup") else "",
-        "data wait": f"{r['data_wait_share']:.1%}", "it/s": f"{r['it_per_s']:.1f}",
+        "data wait": f"{r['data_wait_share']:.1%}",
+        "host us/fetch": f"{r['fetch_host_us']:,.1f}" if r.get("fetch_host_us") is not None else "n/a",
+        "it/s": f"{r['it_per_s']:.1f}",
         "batches/epoch": r["batches_per_epoch"], "peak mem MB": f"{r['peak_mem_bytes'] / 2**20:,.0f}",
         "MFU": mfu_text(r),
         "GPU busy": f"{r['gpu_busy_pct']:.0f}%" if r["gpu_busy_pct"] is not None else "n/a",

@@ -35,6 +35,12 @@ from tradelib.sources import make_sources as resident_sources
 ROW_BYTES_EXTRA = 4 + 1  # per row on the device besides the features: the scaled target (float32), its validity
 
 
+def index_bytes(cfg) -> int:
+    """Device bytes per slot row for the index of the items a slot's group trains (at most one item per row): the
+    device row each ends at (int64), and in dense mode the offset of its first trained row (int64)."""
+    return 16 if cfg.dense else 8
+
+
 def device_memory(device: torch.device) -> int:
     """The device's memory in bytes (on a CPU: the machine's physical memory)."""
     if device.type == "cuda":
@@ -133,6 +139,8 @@ class BlockStream:
     def request(self, group: tuple, keep: tuple = ()) -> Slot:
         """Make `group` resident (loading it into a slot that holds neither it nor `keep` when needed) and return
         its slot; on CUDA the compute stream then waits for its copy (no host wait on the device)."""
+        if self.current is not None and self.current.group == group:  # resident, and waited for already
+            return self.current
         slot = self._holding(group) or self._load(group, avoid=keep)
         slot.issued.wait()
         if slot.copied is not None:
@@ -140,10 +148,16 @@ class BlockStream:
         self.current = slot
         return slot
 
-    def prefetch(self, group: tuple, keep: tuple) -> None:
-        """Start loading `group` into the slot that does not hold `keep` (the group in use)."""
-        if group and self._holding(group) is None:
-            self._load(group, avoid=keep)
+    def prefetch(self, group: tuple, keep: tuple) -> Slot | None:
+        """Start loading `group` into the slot that does not hold `keep` (the group in use); its slot."""
+        if not group:
+            return None
+        return self._holding(group) or self._load(group, avoid=keep)
+
+    def layout(self, group: tuple) -> np.ndarray:
+        """Where each block of `group` starts within a slot that holds the group (the slot's first row: 0)."""
+        sizes = [z - a for a, z in map(self.rows_of, group)]
+        return np.cumsum([0, *sizes[:-1]]).astype(np.int64)
 
     def _holding(self, group: tuple) -> Slot | None:
         return next((s for s in self.slots if s.group == group), None)
@@ -153,16 +167,14 @@ class BlockStream:
         slot = next((s for s in free if s is not self.current), free[0])
         if slot.issued is not None:
             slot.issued.wait()  # its previous load is enqueued before it is overwritten
+        if slot is self.current:
+            self.current = None  # the next request of the group it held waits for a reload
         if self.device.type == "cuda":  # training may still read it: the copy waits for that, on the device
             slot.released = torch.cuda.Event()
             slot.released.record(torch.cuda.current_stream(self.device))
         self.base[slot.index] = -1
         slot.group, slot.issued = group, threading.Event()
-        pos = slot.index * self.slot_rows
-        for b in group:
-            self.base[slot.index, b] = pos
-            a, z = self.rows_of(b)
-            pos += z - a
+        self.base[slot.index, list(group)] = slot.index * self.slot_rows + self.layout(group)
         self.loads += 1
         self._jobs.put((slot, group))
         return slot
@@ -232,19 +244,28 @@ class Items:
 
 
 class StreamSource:
-    """The BatchSource of streamed data: items numbered in row order, shuffled on two levels (module doc)."""
+    """The BatchSource of streamed data: items numbered in row order, shuffled on two levels (module doc).
+
+    `begin(ids)` cuts the order into runs (stretches of items of one group) and computes, once, the row each item
+    ends at within its group's slot; each run's rows go to the device once (pinned, non-blocking on CUDA) when its
+    group becomes current or is prefetched. A fetch of the next items of that order is then a slice of the run's
+    device index and the gather kernels: no per-batch upload, no host sync, O(1) bookkeeping beyond checking that
+    the ids are the announced ones. Other ids (a probe, or no `begin`) take the general path, one upload a batch."""
 
     def __init__(self, stream: BlockStream, items: Items, span: int, ledger: Ledger, dense_first: np.ndarray | None
                  = None, rank_weight: int = 1) -> None:
         self.stream, self.items, self.span, self.ledger = stream, items, span, ledger
         self.device = stream.device
         self.dense_first = dense_first  # dense mode: the first row each chunk trains on
+        if dense_first is not None:  # its valid targets: known targets from its first trained row to its anchor
+            known = np.r_[0, np.cumsum(np.isfinite(stream.fs.y))]
+            self.n_valid = known[items.anchors + 1] - known[dense_first]
         self.offsets = torch.arange(-span + 1, 1, device=self.device)
         self.group_of_block = np.zeros(items.n_blocks, dtype=np.int64)
         self.groups: list[tuple] = []
         k, nb = stream.k, items.n_blocks  # until an epoch shuffles them: consecutive blocks, k a group
         self._set_groups([tuple(range(i, min(i + k, nb))) for i in range(0, nb, k)])
-        self.seq: list[int] = []
+        self.pos, self.run, self.index = 0, 0, {}
 
     def __len__(self) -> int:
         return len(self.items.anchors)
@@ -279,18 +300,85 @@ class StreamSource:
         self.groups = groups
         for j, group in enumerate(groups):
             self.group_of_block[list(group)] = j
+        self.order, self.index = None, {}  # an order announced before was cut by the groups it had: no longer
 
+    # -- the announced order ---------------------------------------------------------------------------------
     def begin(self, ids: torch.Tensor) -> None:
-        """The groups these items visit, in order (prefetching follows it), and the first one's load."""
-        g = self.group_of_block[self.items.block[ids.cpu().numpy()]]
-        self.seq = g[np.r_[True, g[1:] != g[:-1]]].tolist() if len(g) else []
-        if self.seq:
-            self.stream.prefetch(self.groups[self.seq[0]], keep=())
+        """The order these items come in: its runs (each at most its group's items long, so that a run's index
+        fits the room the budget leaves it), each item's row within its group's slot, and the first group's load."""
+        i = ids.cpu().numpy().astype(np.int64)  # a copy: the indices below hold for it, whatever becomes of `ids`
+        blocks = self.items.block[i]
+        g = self.group_of_block[blocks]
+        cap = np.bincount(self.group_of_block[self.items.block], minlength=len(self.groups))  # items of each group
+        change = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if len(g) else np.zeros(0, np.int64)
+        starts = [np.arange(a, z, cap[g[a]]) for a, z in zip(change, np.r_[change[1:], len(g)])]
+        starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+        self.run_start, self.run_group = [*starts.tolist(), len(g)], g[starts].tolist()  # (Python ints: cheap)
+        place = np.zeros(self.items.n_blocks, dtype=np.int64)  # each block's first row within its group's slot
+        for group in {self.groups[j] for j in self.run_group}:
+            place[list(group)] = self.stream.layout(group)
+        self.within = place[blocks] + self.items.anchors[i] - np.maximum(0, blocks * self.stream.block_rows
+                                                                          - self.stream.halo)
+        self.first = None if self.dense_first is None else self.dense_first[i] - self.items.anchors[i]  # <= 0
+        self.order, self.pos, self.run, self.index = i, 0, 0, {}
+        if len(i):
+            self._enter(0)
 
+    def _enter(self, r: int) -> None:
+        """Run `r` is current: the indices of the runs before it go; the next run's group is prefetched and its
+        index uploaded for the slot it goes to (the first run's too, at `begin`)."""
+        self.run = r
+        for done in [j for j in self.index if j < r]:
+            del self.index[done]
+        group = lambda j: self.groups[self.run_group[j]]
+        if r == 0:
+            self._run_index(0, self.stream.prefetch(group(0), keep=()))
+        if r + 1 < len(self.run_group):
+            self._run_index(r + 1, self.stream.prefetch(group(r + 1), keep=group(r)))
+
+    def _run_index(self, r: int, slot: Slot) -> tuple:
+        """(device rows the items of run `r` end at, as `slot` holds the run's group; dense: their first trained
+        offsets), uploaded once per run and slot."""
+        have = self.index.get(r)
+        if have is None or have[0] != slot.index:
+            self.index.pop(r, None)  # the old one goes before the new one comes (the ledger's peak)
+            a, z = self.run_start[r], self.run_start[r + 1]
+            ends = self.stream.upload(self.within[a:z] + slot.index * self.stream.slot_rows, self.ledger)
+            first = None if self.first is None else self.stream.upload(self.first[a:z], self.ledger)
+            self.index[r] = have = (slot.index, ends, first)
+        return have
+
+    def _part(self, r: int, a: int, n: int) -> Batch:
+        """Items a..a+n of run `r` (positions within the run), gathered with its group resident."""
+        slot = self.stream.request(self.groups[self.run_group[r]])
+        _, ends, first = self._run_index(r, slot)
+        return self._batch(ends[a : a + n], None if first is None else first[a : a + n])
+
+    # -- batches ---------------------------------------------------------------------------------------------
     def fetch(self, ids: torch.Tensor) -> Batch:
-        """The batch of these items: their group made resident (a batch across groups gathers each part while
-        its group is, then puts them back in order), the next group of the epoch prefetched into the free slot."""
+        """The batch of these items. The next ones of the announced order: slices of their runs' device indices
+        (a batch across runs gathers each part while its group is resident). Any others: the general path."""
         i = ids.cpu().numpy()  # items live on the host (the trainer's start-up probe passes device ids)
+        p, n = self.pos, len(i)
+        if self.order is None or not n or p + n > len(self.order) or not np.array_equal(i, self.order[p : p + n]):
+            return self._fetch_any(i)
+        self.pos, parts = p + n, []
+        while p < self.pos:
+            r = self.run
+            while self.run_start[r + 1] <= p:
+                r += 1
+            if r != self.run:
+                self._enter(r)
+            z = min(self.pos, self.run_start[r + 1])
+            parts.append(self._part(r, p - self.run_start[r], z - p))
+            p = z
+        if len(parts) == 1:
+            return parts[0]
+        cat = lambda k: self.ledger.track(torch.cat([getattr(b, k) for b in parts]))
+        return Batch(cat("x"), cat("y"), cat("mask") if self.dense_first is not None else None)
+
+    def _fetch_any(self, i: np.ndarray) -> Batch:
+        """Any items: each group's part with its group resident (its rows uploaded), then put back in order."""
         blocks = self.items.block[i]
         g = self.group_of_block[blocks]
         used = list(dict.fromkeys(g.tolist()))
@@ -298,36 +386,30 @@ class StreamSource:
         for gid in used:
             slot = self.stream.request(self.groups[gid])
             at = np.flatnonzero(g == gid) if len(used) > 1 else slice(None)
-            parts.append((at, self._gather(i[at], self.stream.local(self.items.anchors[i[at]], blocks[at], slot))))
-        if used[-1] in self.seq:
-            nxt = self.seq.index(used[-1]) + 1
-            if nxt < len(self.seq):
-                self.stream.prefetch(self.groups[self.seq[nxt]], keep=self.groups[used[-1]])
+            ends = self.stream.upload(self.stream.local(self.items.anchors[i[at]], blocks[at], slot), self.ledger)
+            first = None
+            if self.dense_first is not None:
+                first = self.stream.upload(self.dense_first[i[at]] - self.items.anchors[i[at]], self.ledger)
+            parts.append((at, self._batch(ends, first)))
         if len(parts) == 1:
             return parts[0][1]
         order = self.stream.upload(np.argsort(np.concatenate([p[0] for p in parts]), kind="stable"), self.ledger)
         cat = lambda k: self.ledger.track(torch.cat([getattr(p[1], k) for p in parts])[order])
         return Batch(cat("x"), cat("y"), cat("mask") if self.dense_first is not None else None)
 
-    def _gather(self, i: np.ndarray, local: np.ndarray) -> Batch:
-        """Items `i` whose anchors sit at device rows `local`: windows (x, y), or chunks (x, y, mask)."""
-        ends = self.stream.upload(local, self.ledger)
+    def _batch(self, ends: torch.Tensor, first: torch.Tensor | None) -> Batch:
+        """Items whose anchors sit at device rows `ends`: windows (x, y), or chunks (x, y, mask), `first` the
+        offset of each chunk's first trained row from its anchor."""
         rows = self.ledger.track(ends[:, None] + self.offsets)
         s = self.stream
-        if self.dense_first is None:
+        if first is None:
             return Batch(self.ledger.track(s.X[rows]), self.ledger.track(s.y[ends]), None)
-        first = self.dense_first[i] - self.items.anchors[i]  # <= 0: the first trained row, from the anchor
-        first = self.stream.upload(first, self.ledger)
         mask = self.ledger.track((self.offsets[None, :] >= first[:, None]) & s.valid[rows])
         return Batch(self.ledger.track(s.X[rows]), self.ledger.track(s.y[rows]), mask)
 
     def count(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.dense_first is None:
-            return torch.full((), float(len(ids)), dtype=torch.float64, device=self.device)
-        i = ids.cpu().numpy()
-        a, e = self.dense_first[i], self.items.anchors[i]
-        rows = e[:, None] + np.arange(-self.span + 1, 1)
-        n = int((np.isfinite(self.stream.fs.y[rows]) & (rows >= a[:, None])).sum())  # host arrays: no device sync
+        """Valid targets of these items, from host tables (no device sync)."""
+        n = len(ids) if self.dense_first is None else int(self.n_valid[ids.cpu().numpy()].sum())
         return torch.full((), float(n), dtype=torch.float64, device=self.device)
 
     def close(self) -> None:
@@ -410,9 +492,9 @@ def batch_bytes(fs: FeatureSet, cfg, span: int) -> int:
 
 
 def min_budget(fs: FeatureSet, cfg, span: int) -> int:
-    """The smallest budget that streams: three batches and two slots of one block each."""
+    """The smallest budget that streams: three batches and two slots of one block each (with their items' index)."""
     rows = min(cfg.stream_block_rows, max(1, len(fs))) + span - 1
-    return 3 * batch_bytes(fs, cfg, span) + 2 * rows * (fs.n_features * 4 + ROW_BYTES_EXTRA)
+    return 3 * batch_bytes(fs, cfg, span) + 2 * rows * (fs.n_features * 4 + ROW_BYTES_EXTRA + index_bytes(cfg))
 
 
 def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
@@ -423,7 +505,7 @@ def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
     if cfg.loader != "stream" and data <= budget:
         return Plan(False, data, budget, reason=f"data resident on {device}: {gb(data)} within the budget {gb(budget)}")
     block_rows = min(cfg.stream_block_rows, max(1, len(fs)))
-    row, halo, batch = fs.n_features * 4 + ROW_BYTES_EXTRA, span - 1, batch_bytes(fs, cfg, span)
+    row, halo, batch = fs.n_features * 4 + ROW_BYTES_EXTRA + index_bytes(cfg), span - 1, batch_bytes(fs, cfg, span)
     free = budget - 3 * batch
     k = min(free // (2 * (block_rows + halo) * row) if free > 0 else 0, math.ceil(len(fs) / block_rows))
     if k < 1:
