@@ -189,3 +189,25 @@ def test_an_announced_order_is_fetched_from_one_index_upload_per_run(tiny_fs, bl
         assert (np.diff(src.run_start) <= in_group[src.run_group]).all()
     finally:
         blocks.close()
+
+
+def test_evaluation_between_fetches_of_an_announced_order_leaves_the_batches_right(tiny_fs):
+    """Streamed evaluation in the middle of an announced order (its blocks take both slots, and the run's index
+    was uploaded for a slot that now holds other rows): the batches after it still equal the resident ones."""
+    fs, ledger = tiny_fs, stream.Ledger()
+    blocks = stream.BlockStream(fs, 15, 250, 2, CPU, ledger)
+    try:
+        res = Windows(fs, 16, CPU)
+        src = stream.StreamSource(blocks, stream.Items(window_ends(fs, 0, 16), 250, blocks.n_blocks), 16, ledger)
+        sw, resident = stream.StreamWindows(fs, 16, blocks, ledger), WindowSource(res, 0)
+        order = src.epoch(3, 1)
+        src.begin(order)
+        assert len(src.run_group) > 2
+        for j, ids in enumerate(order.split(40)):
+            if j in (3, 11):
+                list(sw.batches(sw.ends(1), 64))
+                list(sw.batches(sw.ends(0)[-100:], 64))
+            a, b = resident.fetch(ids), src.fetch(ids)
+            assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y), j
+    finally:
+        blocks.close()

@@ -325,14 +325,14 @@ class StreamSource:
             self._enter(0)
 
     def _enter(self, r: int) -> None:
-        """Run `r` is current: the indices of the runs before it go; the next run's group is prefetched and its
-        index uploaded for the slot it goes to (the first run's too, at `begin`)."""
+        """Run `r` is current: the indices of the runs before it go; its group (loaded already, unless this is the
+        first run or evaluation took the slots) and then the next run's are prefetched, each run's index uploaded
+        for the slot its group goes to."""
         self.run = r
         for done in [j for j in self.index if j < r]:
             del self.index[done]
         group = lambda j: self.groups[self.run_group[j]]
-        if r == 0:
-            self._run_index(0, self.stream.prefetch(group(0), keep=()))
+        self._run_index(r, self.stream.prefetch(group(r), keep=()))
         if r + 1 < len(self.run_group):
             self._run_index(r + 1, self.stream.prefetch(group(r + 1), keep=group(r)))
 
