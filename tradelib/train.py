@@ -51,7 +51,7 @@ from tradelib.hardware import (
 )
 from tradelib.models import model_for, n_params
 from tradelib.monitor import GpuMonitor
-from tradelib.paths import outputs_dir
+from tradelib.paths import outputs_dir, remove_stale_tmp
 from tradelib.progress import PROGRESS_FILE, Progress
 from tradelib.sources import DenseSource, PaddedSource, WindowSource
 from tradelib.stream import make_sources
@@ -191,6 +191,10 @@ class TrainingRun:
 
     def _setup(self, fs: FeatureSet | None, env: DistEnv) -> None:
         cfg = self.cfg
+        if self.main and self.ckpt_dir.is_dir():  # the run folder is locked: no writer of ours is alive in it
+            n = remove_stale_tmp(self.ckpt_dir)
+            if n:
+                print(f"removed {n} unfinished checkpoint file(s) of an earlier, killed write in {self.ckpt_dir}")
         if self.main and not cfg.resume:  # (a resume finds its checkpoints in _resume, or says it found none)
             if any(self.ckpt_dir.glob("*.pt")):
                 raise ValueError(f"run {self.run_id!r} already has checkpoints in {self.ckpt_dir}: pass resume=True "
