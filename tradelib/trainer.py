@@ -379,8 +379,9 @@ class StepGraph:
         tr.opt.zero_grad(set_to_none=True)  # the recorded backward makes its gradients in the graph's memory
         self.graph = torch.cuda.CUDAGraph() if capture else None
         if self.graph is not None:
+            # the warm-up's stream: cuBLAS workspaces and such are made per stream, so none is made mid-recording;
             # thread_local: the streaming loader's and pinned-memory threads may use CUDA meanwhile
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
                 self.out = self.body(capturing=True)
 
     def fits(self, batch: Batch) -> bool:
