@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import functools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -39,7 +40,7 @@ from tradelib import stream
 from tradelib.config import Config
 from tradelib.models import build_model, model_for
 from tradelib.sources import DataLoaderSource, DenseSource, Windows, WindowSource, dense_chunks, make_sources
-from tradelib.trainer import Trainer, seed_everything
+from tradelib.trainer import Trainer, graphs_refused, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 W, CHUNK = 16, 40  # conftest's TINY window; dense chunk rows
@@ -341,6 +342,89 @@ def test_compiled_and_cuda_graph_paths_give_the_eager_loss(tiny_fs, monkeypatch,
     rel = max(abs(a - b) / abs(a) for w, g in zip(want, got) for a, b in zip(w, g))
     assert rel <= tol, (want, got)
     assert abs(val[0] - val[1]) <= tol * abs(val[0]), val
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the step graph (cuda_graphs): the whole optimizer step recorded once and replayed
+
+GRAPH_CASES = {  # eager forward (compile off) without dropout: the graph replays eager's very kernels
+    "lstm-fp32": dict(model="lstm", precision="fp32", batch_size=32),
+    "lstm-bf16": dict(model="lstm", precision="bf16", batch_size=32),
+    "tcn-dense": dict(model="tcn", layers=2, dense=True, dense_chunk=CHUNK, batch_size=4),
+}
+GRAPH_TOL = {"fp32": 1e-5, "bf16": 1e-3}  # CUDA; the CPU side runs the same operations: bit for bit
+
+
+def graph_run(tr: Trainer, groups, bad_step: int) -> list[tuple[float, float, bool]]:
+    """(loss, gradient norm, skipped) of each step; a NaN feature in the batch of step `bad_step`. Every step
+    after the first (the one that records) is checked for host syncs."""
+    out = []
+    for i, g in enumerate(groups):
+        row = a_row_read_by(tr.source, g[-1])
+        clean = tr.windows.X[row].clone()
+        if i == bad_step:
+            tr.windows.X[row, 0] = float("nan")
+        with no_host_sync(tr.device) if i > 0 else contextlib.nullcontext():
+            s = tr.step(g)
+        tr.windows.X[row] = clean
+        out.append((float(s.sse / s.n_valid), float(s.norm), bool(s.skipped)))
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(GRAPH_CASES))
+def test_the_step_graph_gives_the_eager_steps(tiny_fs, device, case):
+    """Full batches replayed, a last partial batch stepped eagerly, the learning rate changing at every step, a
+    non-finite step skipped inside the graph, and a state loaded mid-run (the graph is recorded again): losses,
+    norms, skips, weights and AdamW's moments equal eager's, and replays make no host sync. On the CPU nothing
+    can be recorded (CUDA graphs are CUDA's): the same fixed-buffer steps run eagerly, which checks that the
+    recording's warm-up steps are undone exactly, that the learning rates reach the step, and the fallback."""
+    spec = GRAPH_CASES[case]
+    precision = spec.get("precision", "fp32")
+    if device == "cpu" and precision == "bf16":
+        pytest.skip("bf16 autocast is the GPU's: the CPU side runs the fp32 cases")
+    spec = {**spec, "precision": precision, "warmup_steps": 3}
+    with exact_fp32():
+        eager = make_trainer(tiny_fs, device, **spec)
+        graphed = make_trainer(tiny_fs, device, cuda_graphs=device == "cuda", **spec)
+        if device == "cpu":
+            graphed.graphs = True  # refused on the CPU (no CUDA): the fixed-buffer steps without the recording
+        order = eager.source.epoch(0, seed=1)
+        size = eager.global_batch
+        groups = list(order[: 5 * size + size // 2].split(size))  # five full batches, then a partial one
+        want, got = graph_run(eager, groups, bad_step=2), graph_run(graphed, groups, bad_step=2)
+        assert graphed.graph is not None and graphed.graph_steps == 5, graphed.graph_steps
+        assert [w[2] for w in want] == [g[2] for g in got] == [False, False, True, False, False, False]
+        graphed.load_state_dict(copy.deepcopy(eager.state_dict()))  # resume-like: new optimizer state tensors
+        assert graphed.graph is None
+        more = list(order[6 * size : 8 * size].split(size))
+        want += graph_run(eager, more, bad_step=-1)
+        got += graph_run(graphed, more, bad_step=-1)
+        assert graphed.graph_steps == 7
+    nan_equal = lambda a, b, tol=0.0: a == b or (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=tol)
+    if device == "cpu":
+        for i, (w, g) in enumerate(zip(want, got)):
+            assert w[2] == g[2] and nan_equal(w[0], g[0]) and nan_equal(w[1], g[1]), (i, w, g)
+        assert_bitwise(snapshot(graphed.model), snapshot(eager.model))
+        assert all(torch.equal(a, b) for a, b in zip(adam_state(graphed), adam_state(eager)))
+        return
+    tol = GRAPH_TOL[precision]
+    for w, g in zip(want, got):
+        assert w[2] == g[2] and all(nan_equal(a, b, tol) for a, b in zip(w[:2], g[:2])), (want, got)
+    for k, v in snapshot(eager.model).items():
+        torch.testing.assert_close(snapshot(graphed.model)[k], v, rtol=tol * 10, atol=tol * 1e-2)
+
+
+def test_the_step_graph_is_refused_where_it_cannot_work(tiny_fs, capsys):
+    """cuda_graphs=true where no graph can be recorded trains eagerly and says why."""
+    tr = make_trainer(tiny_fs, "cpu", cuda_graphs=True)
+    assert not tr.graphs and "CUDA graphs need a CUDA device" in capsys.readouterr().out
+    cuda, ok = torch.device("cuda"), Config(cuda_graphs=True)
+    assert graphs_refused(ok, cuda, 1, True) is None
+    assert "DDP" in graphs_refused(ok, cuda, 2, True)
+    assert "grad_accum_steps" in graphs_refused(ok.replace(grad_accum_steps=2), cuda, 1, True)
+    assert "reduce-overhead" in graphs_refused(ok.replace(compile="reduce-overhead"), cuda, 1, True)
+    assert "fused AdamW" in graphs_refused(ok, cuda, 1, False)
 
 
 # ---------------------------------------------------------------------------------------------------------

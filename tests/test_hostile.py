@@ -23,7 +23,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tradelib import cache, dataset
+from tradelib import cache, dataset, report
 from tradelib.cli import main
 from tradelib.config import Config
 from tradelib.data import load_ohlcv
@@ -488,6 +488,14 @@ def test_a_damaged_cache_of_raw_data_that_is_gone_is_one_line(tmp_path, capsys):
     assert code == 2 and str(path) in line  # the key needs the data: it names the missing file
     with pytest.raises(cache.CacheError, match=r"X\.npy: checksum differs.*--force-recreate"):
         cache.load(folder)
+    run = tmp_path / "run"  # the report of a run that trained on it: its own figures, without the ridge baseline
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"cache_dir": str(folder)}))
+    capsys.readouterr()
+    assert report.load_featureset(run) is None
+    out = capsys.readouterr().out
+    assert f"feature cache {folder} is damaged ({folder / 'X.npy'}: checksum differs" in out
+    assert "ridge baseline and data quality left out" in out
 
 
 def test_two_processes_building_one_cache_key_end_with_one_valid_cache(outputs):
@@ -538,6 +546,24 @@ def tiny_run(outputs, capsys, run_id: str, *extra: str) -> Path:
                          "-p", "keep_checkpoints", "5", *extra)
     assert code == 0, err
     return outputs / run_id / "checkpoints"
+
+
+def test_a_resumed_run_removes_what_a_killed_checkpoint_write_left(outputs, capsys):
+    """A SIGKILL during a checkpoint's write leaves its temporary file (never read); the next run in the folder,
+    which holds the folder's lock, deletes those of dead processes and says so; a live writer's is kept."""
+    ckpts = tiny_run(outputs, capsys, "leftover", "-p", "max_steps", "2")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = ckpts / f".step-4.pt.{dead.pid}.123.tmp"
+    live = ckpts / f".step-4.pt.{os.getpid()}.456.tmp"  # this process is alive
+    other = ckpts / "notes.tmp"  # not one of ours
+    for p in (left, live, other):
+        p.write_bytes(b"partial")
+    code, out, err = cli(capsys, "train", *TINY_TRAIN, "-p", "run_id", "leftover", "-p", "checkpoint_every", "2",
+                         "-p", "max_steps", "4", "-p", "resume", "True")
+    assert code == 0, err
+    assert f"removed 1 unfinished checkpoint file(s) of an earlier, killed write in {ckpts}" in out
+    assert not left.exists() and live.exists() and other.exists()
 
 
 CORRUPT = {

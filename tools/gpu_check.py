@@ -12,9 +12,10 @@ helpers (which import tradelib); nothing needs papermill or Jupyter, nothing is 
   prepare     the params/full.yaml feature cache, timed (`python -m tradelib prepare`)
   cuda_tests  pytest on tests/test_cuda.py: its CUDA side (`-m on_cuda`); on the CPU its CPU side
   bench       `python -m tradelib bench` on full.yaml: LSTM at batch 1024, seed-style DataLoader (8 workers) vs
-              the device loader, and the TCN per window vs dense, in one interleaved run
-  epoch       `python -m tradelib train` on full.yaml: a whole epoch when the bench says it fits the budget,
-              else as many steps as fit; samples/s, the projected epoch time, NVML busy and data-wait shares
+              the device loader, eager and with the step graph (cuda_graphs), and the TCN per window vs dense,
+              in one interleaved run
+  epoch       `python -m tradelib train` on full.yaml with the step graph: a whole epoch when the bench says it fits
+              the budget, else as many steps as fit; samples/s, the projected epoch time, NVML busy and data wait
   stream      `python -m tradelib bench --stream` on full.yaml: the LSTM at batch 1024 with its data resident and
               streamed (a quarter of it on the GPU at a time: pinned buffers, a side stream), and the data wait
   sweep       02's batch-size sweep (`profiling.batch_size_sweep`) up to 16,384, device loader vs DataLoader
@@ -45,6 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FULL = "params/full.yaml"
 STAGES = ("env", "prepare", "cuda_tests", "bench", "epoch", "stream", "sweep")
+GRAPHED = "lstm:cuda_graphs=true,loaders=device"  # the LSTM's step recorded as one CUDA graph (label lstm+graphs)
+GRAPHED_TCN = "tcn:layers={},cuda_graphs=true,loaders=device+dense"  # per window and dense, with the step graph
 
 
 # -- what is measured, on the GPU and in the quick CPU dry run ----------------------------------------------------
@@ -69,8 +72,8 @@ class Plan:
 
 def make_plan(device: str, quick: bool) -> Plan:
     if not quick:  # an H200 from a cold start: feature build ~20 s, torch.compile ~10-20 s per model
-        return Plan(device, False, data={}, bench_models="lstm tcn:layers=4", workers=8,
-                    bench={"steps": 200, "warmup": 20, "repeats": 3},
+        return Plan(device, False, data={}, bench_models=f"lstm {GRAPHED} tcn:layers=4 {GRAPHED_TCN.format(4)}",
+                    workers=8, bench={"steps": 150, "warmup": 20, "repeats": 3},
                     tests=["-m", "on_cuda" if device.startswith("cuda") else "on_cpu"],
                     sweep_sizes=(256, 1024, 4096, 16384), sweep={"steps": 40, "warmup": 8, "repeats": 1},
                     budgets={"env": 40, "prepare": 60, "cuda_tests": 200, "bench": 120, "epoch": 100, "stream": 60,
@@ -78,7 +81,8 @@ def make_plan(device: str, quick: bool) -> Plan:
                     total_s=460)
     data = {"synth_symbols": 3, "synth_bars": 1500, "window": 16, "hidden": 16, "batch_size": 64, "log_every": 2}
     # test_cuda.py's CPU side runs whole in the suite itself: here four of its quick tests prove the stage works
-    return Plan(device, True, data=data, bench_models="lstm tcn:layers=2", workers=2,
+    return Plan(device, True, data=data, bench_models=f"lstm {GRAPHED} tcn:layers=2 {GRAPHED_TCN.format(2)}",
+                workers=2,
                 bench={"steps": 2, "warmup": 1, "repeats": 1},
                 tests=["-m", "on_cpu", "-k", "naive_slices or without_a_host_sync"],
                 sweep_sizes=(32, 128), sweep={"steps": 2, "warmup": 1, "repeats": 1},
@@ -281,14 +285,20 @@ def collect_bench(ctx: Ctx, lines: list[str]) -> dict:
         sane_share(r["data_wait_share"], f"bench {r['label']} data-wait share")
         out.append({**{k: r.get(k) for k in BENCH_KEYS}, **measured_mfu(r)})
     by = {r["label"]: r for r in records}
-    missing = {"lstm/dataloader", "lstm/device", "tcn/device", "tcn/dense"} - set(by)
+    missing = {"lstm/dataloader", "lstm/device", "lstm+graphs/device", "tcn/device", "tcn/dense", "tcn+graphs/device",
+               "tcn+graphs/dense"} - set(by)
     if missing:
         raise CheckError(f"bench records missing: {sorted(missing)}")
-    lstm, tcn = by["lstm/device"]["ratios"], by["tcn/dense"]["ratios"]
+    lstm, tcn, tcn_graphs = by["lstm/device"]["ratios"], by["tcn/dense"]["ratios"], by["tcn+graphs/dense"]["ratios"]
+    graphed, seed = by["lstm+graphs/device"], by["lstm/dataloader"]  # measured side by side, interleaved
     return {"records": out, "lstm_device_over_dataloader": lstm["device/dataloader"],
             "lstm_device_over_dataloader_runs": lstm["device/dataloader_runs"],
+            "lstm_graphs_over_dataloader": graphed["samples_per_s"] / seed["samples_per_s"],
+            "lstm_graphs_over_dataloader_runs": [a / b for a, b in zip(graphed["samples_per_s_runs"],
+                                                                       seed["samples_per_s_runs"])],
             "tcn_dense_over_per_window": tcn["dense/per_window"], "tcn_dense_over_per_window_runs":
-            tcn["dense/per_window_runs"]}
+            tcn["dense/per_window_runs"], "tcn_graphs_dense_over_per_window": tcn_graphs["dense/per_window"],
+            "tcn_graphs_dense_over_per_window_runs": tcn_graphs["dense/per_window_runs"]}
 
 
 def stream_command(ctx: Ctx) -> list[str]:
@@ -317,7 +327,8 @@ def epoch_command(ctx: Ctx) -> list[str]:
     """A whole epoch when the bench's device-loader LSTM says it takes epoch_target_s or less; else the steps
     that fit in that time (the projected epoch time is read from samples/s either way)."""
     plan, steps = ctx.plan, []
-    lstm = next((r for r in (ctx.figures.get("bench") or {}).get("records", []) if r["label"] == "lstm/device"), None)
+    records = (ctx.figures.get("bench") or {}).get("records", [])
+    lstm = next((r for r in records if r["label"] == "lstm+graphs/device"), None)
     if plan.epoch_max_steps:
         steps = ["-p", "max_steps", str(plan.epoch_max_steps)]
     elif lstm is None:
@@ -325,7 +336,7 @@ def epoch_command(ctx: Ctx) -> list[str]:
     elif lstm["train_items_per_epoch"] / lstm["samples_per_s"] > plan.epoch_target_s:
         fit = int(plan.epoch_target_s * lstm["samples_per_s"] / lstm["batch_size"])
         steps = ["-p", "max_steps", str(max(100, fit))]
-    return ctx.tradelib("train", "-p", "run_id", f"gpu-check-{ctx.stamp}", *steps)
+    return ctx.tradelib("train", "-p", "run_id", f"gpu-check-{ctx.stamp}", "-p", "cuda_graphs", "true", *steps)
 
 
 def collect_epoch(ctx: Ctx, lines: list[str]) -> dict:
@@ -343,6 +354,7 @@ def collect_epoch(ctx: Ctx, lines: list[str]) -> dict:
     fig = {
         "run_id": summary["run_id"], "model": summary["model"], "loader": summary["loader"],
         "batch_size": summary["batch_size"], "compiled": summary["compiled"], "device_name": summary["device_name"],
+        "graph_steps": summary.get("graph_steps"),
         "optimizer_steps": summary["optimizer_steps"], "batches_per_epoch": summary["batches_per_epoch"],
         "train_samples_per_epoch": per_epoch, "epoch_complete": bool(epochs),
         "samples_per_s": sps, "samples_per_s_run_median": summary["samples_per_s"],
@@ -534,10 +546,14 @@ def judge(result: dict) -> list[dict]:
          epoch.get("data_wait_share"), lambda v: v <= 0.02, share),
         ("device loader / seed-style DataLoader (8 workers), LSTM at batch 1024", ">= 3x",
          bench.get("lstm_device_over_dataloader"), lambda v: v >= 3, times),
-        ("one full.yaml epoch, default LSTM (train windows / steady samples/s)", "<= 10 s",
+        ("device loader with the step graph / seed-style DataLoader, LSTM at batch 1024", ">= 3x",
+         bench.get("lstm_graphs_over_dataloader"), lambda v: v >= 3, times),
+        ("one full.yaml epoch, default LSTM with the step graph (train windows / steady samples/s)", "<= 10 s",
          epoch.get("projected_epoch_s"), lambda v: v <= 10, secs),
         ("TCN dense / per window, same global batch (issue 4)", ">= 30x",
          bench.get("tcn_dense_over_per_window"), lambda v: v >= 30, times),
+        ("TCN dense / per window, both with the step graph", ">= 30x",
+         bench.get("tcn_graphs_dense_over_per_window"), lambda v: v >= 30, times),
         ("data wait of streamed data, LSTM at batch 1024, a quarter of the data on the GPU (issue 13)", "<= 2%",
          streamed.get("streamed_data_wait_share"), lambda v: v <= 0.02, share),
     ]
@@ -568,7 +584,9 @@ def throughput_lines(figures: dict) -> list[str]:
         busy = f"{e['gpu_busy_pct']:.0f}%" if e.get("gpu_busy_pct") is not None else "n/a"
         measured = (f"measured {e['epoch_time_s']:.1f} s with the first step's compile" if e.get("epoch_time_s")
                     is not None else f"{e['optimizer_steps']} of its {e['batches_per_epoch']} steps run")
-        lines.append(f"epoch {e['model']}/{e['loader']} batch {e['batch_size']}: {e['samples_per_s']:,.0f} samples/s "
+        graph = f"step graph replayed {e['graph_steps']} steps" if e.get("graph_steps") else "step graph NOT used"
+        lines.append(f"epoch {e['model']}/{e['loader']} batch {e['batch_size']} ({graph}): "
+                     f"{e['samples_per_s']:,.0f} samples/s "
                      f"(steady), projected epoch {e['projected_epoch_s']:.1f} s for "
                      f"{e['train_samples_per_epoch']:,.0f} windows ({measured}), GPU busy {busy}, "
                      f"data wait {e['data_wait_share']:.1%}, {mfu_text(e)}")

@@ -29,7 +29,7 @@ import numpy as np
 
 from tradelib import data
 from tradelib.features import FEATURE_NAMES, FeatureSet, feature_params, scale_rows
-from tradelib.paths import Busy, FileLock, outputs_dir
+from tradelib.paths import Busy, FileLock, outputs_dir, pid_alive
 
 CODE_MODULES = ("tradelib.data", "tradelib.features", "tradelib.sessions", "tradelib.synth", "tradelib.dataset",
                 "tradelib.shards")
@@ -139,18 +139,8 @@ def _sweep(folder: Path) -> None:
     """Delete what a killed builder of this key left: `.<key>.<pid>.<ns>.tmp` / `.old` folders of a dead pid."""
     for p in list(folder.parent.glob(f".{folder.name}.*.tmp")) + list(folder.parent.glob(f".{folder.name}.*.old")):
         pid = p.name[len(folder.name) + 2:].split(".")[0]
-        if pid.isdigit() and not alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _swap_in(tmp: Path, folder: Path) -> None:

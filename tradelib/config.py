@@ -160,6 +160,9 @@ class Config:
     progress: str = knob("auto", "training progress: auto (a bar in a terminal, a widget in Jupyter, a line each "
                          "quarter in a log or headless notebook) | bar | widget | lines | off", "system",
                          choices=("auto", "bar", "widget", "lines", "off"), resume=True)
+    cuda_graphs: bool = knob(False, "CUDA: record the whole optimizer step (forward, backward, clipping, AdamW) "
+                             "once as a CUDA graph and replay it, one launch a step instead of hundreds, for models "
+                             "too small to keep a GPU busy (one process, grad_accum_steps 1)", "system", resume=True)
     # measure: the timed steps of 02_profiling's sweep and of `tradelib bench`
     loaders: str = knob("device,dataloader,dense", "comma list of loaders to measure: device, dataloader (the "
                         "seed's pipeline), dense (causal models only), stream (streamed through stream_budget)",
@@ -185,7 +188,8 @@ class Config:
                               "profile", lo=1)
     # bench: `tradelib bench` only
     bench_models: str = knob("lstm tcn:window=64,layers=4", "space-separated model specs NAME or "
-                             "NAME:key=value,... measured side by side", "bench")
+                             "NAME:key=value,... measured side by side (a spec's loaders=a+b: its own loaders)",
+                             "bench")
     dense_batch: int = knob(0, "chunks per dense batch (0: as many as make batch_size trained targets)", "bench",
                             lo=0)
     stream_budget: float = knob(0.25, "bench --stream: the streamed configuration's device_memory_budget, as a share "

@@ -50,8 +50,11 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
-def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, device))
+def autocast(device: torch.device, precision: str, cache: bool = True):
+    """bf16 autocast where the precision asks for it. `cache=False` while recording a CUDA graph: autocast's
+    cache of cast weights would outlive the recording and be read stale at replay."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, device),
+                          cache_enabled=cache)
 
 
 def sync(device: torch.device) -> None:

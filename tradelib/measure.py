@@ -75,17 +75,22 @@ def split_list(text: str | int) -> list[str]:
 
 def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], dense_batch: int = 0,
                 group: str | None = None, verbose: bool = True) -> list[Setup]:
-    """The configurations of one model spec. Dense mode (causal models only) gets as many chunks per batch
-    as make about the same number of trained targets as `base.batch_size` windows: the same global batch."""
+    """The configurations of one model spec (a spec's own `loaders=a+b` replaces `loaders`). Dense mode (causal
+    models only) gets as many chunks per batch as make about the same number of trained targets as
+    `base.batch_size` windows: the same global batch. A spec with the step graph is labelled NAME+graphs."""
     from tradelib.models import build_model
 
     name, overrides = parse_model_spec(spec)
+    if "loaders" in overrides:
+        overrides["loaders"] = overrides["loaders"].replace("+", ",")
     cfg = Config.from_dict({**base.to_dict(), **overrides, "model": name}, source=f"model spec {spec!r}")
+    if "loaders" in overrides:
+        loaders = split_list(cfg.loaders)
     setups = []
     for loader in loaders:
         if loader not in LOADERS:
             raise ValueError(f"unknown loader {loader!r}: choose from {', '.join(LOADERS)}")
-        label = f"{name}/{loader}"
+        label = f"{name}{'+graphs' if cfg.cuda_graphs else ''}/{loader}"
         if loader == "dense":
             probe = build_model(cfg.model, 1, cfg.window, cfg.hidden, cfg.layers)
             if not hasattr(probe, "forward_dense"):
@@ -435,7 +440,7 @@ def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak:
         "window": s.cfg.window, "hidden": s.cfg.hidden, "layers": s.cfg.layers,
         "receptive_field": getattr(tr.model, "receptive_field", None),
         "dense_chunk": s.cfg.dense_chunk if s.loader == "dense" else None,
-        "n_params": n_params(tr.model), "compiled": tr.compiled,
+        "n_params": n_params(tr.model), "compiled": tr.compiled, "graph_steps": tr.graph_steps,
         "precision": "bf16" if uses_bf16(s.cfg.precision, runner.device) else "fp32",
         "train_items_per_epoch": len(runner.source),
         "stream": getattr(getattr(runner.source.inner, "plan", None), "reason", None),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from pathlib import Path
 
@@ -30,6 +31,28 @@ def notebooks_dir() -> Path:
 def unique_tmp(path: Path) -> Path:
     """A temporary name beside `path` that no other process or call uses (pid and a clock in it)."""
     return path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+
+
+def remove_stale_tmp(folder: Path) -> int:
+    """Delete the temporary files (unique_tmp's) that a killed writer left in `folder`: those whose process is
+    gone. Returns how many."""
+    removed = 0
+    for tmp in folder.glob(".*.tmp"):
+        m = re.fullmatch(r"\..+\.(\d+)\.\d+\.tmp", tmp.name)
+        if m and not pid_alive(int(m.group(1))):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def write_bytes(data: bytes, path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tradelib.config import Config, read_params
 from tradelib.hardware import pick_device
-from tradelib.paths import notebooks_dir
+from tradelib.paths import atomic_write_bytes, notebooks_dir
 from tradelib.progress import PROGRESS_FILE, Follower
 from tradelib.runs import holding_run, new_run_id, read_summary, resolve_run, run_dir
 
@@ -54,7 +54,7 @@ def render_html(notebook: Path, html: Path) -> Path:
 
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
-    html.write_text(body, encoding="utf-8")
+    atomic_write_bytes(body.encode("utf-8"), html)
     return html
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 
 from tradelib import evaluate as ev
 from tradelib import runs
+from tradelib.paths import atomic_write_bytes
 
 IC_NUMBERS = [
     "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "daily_rank_ic", "pooled_ic",
@@ -437,7 +438,7 @@ def build_report(run_dir: Path, compare_with: Path | None = None, cost_bps: floa
     if compare_with is not None:
         report["compare"] = compare_block(summary, Path(compare_with))
     report = to_jsonable(report)
-    (run_dir / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
+    atomic_write_bytes(json.dumps(report, indent=1, allow_nan=False).encode(), run_dir / "report.json")
     return report
 
 
@@ -914,13 +915,18 @@ def throughput_figures(inputs: ReportInputs, run_dir: Path, runs_df: pd.DataFram
 
 def load_featureset(run_dir: Path):
     """The FeatureSet a run trained on, from the cache folder its summary names; None (and says why) when
-    the cache is gone, in which case the ridge baseline and the data-quality section are left out."""
+    the cache is gone or damaged, in which case the ridge baseline and the data-quality section are left out:
+    the run's own figures do not need it."""
     from tradelib import cache
 
     summary = runs.read_summary(Path(run_dir)) or {}
     folder = Path(summary.get("cache_dir") or "")
+    rebuild = "rebuild it with `tradelib prepare` and the run's parameters"
     if not summary.get("cache_dir") or not cache.has(folder):
-        print(f"feature cache {folder} not found: ridge baseline and data quality left out "
-              f"(rebuild it with `tradelib prepare` and the run's parameters)")
+        print(f"feature cache {folder} not found: ridge baseline and data quality left out ({rebuild})")
         return None
-    return cache.load(folder)
+    try:
+        return cache.load(folder)
+    except cache.CacheError as exc:
+        print(f"feature cache {folder} is damaged ({exc}): ridge baseline and data quality left out ({rebuild})")
+        return None

@@ -45,7 +45,7 @@ from tradelib.features import (
     shard_features,
     shard_layout,
 )
-from tradelib.paths import atomic_write_bytes
+from tradelib.paths import atomic_write_bytes, pid_alive
 
 CLEAN = ("ts", "code", "open", "high", "low", "close", "volume")
 
@@ -100,7 +100,7 @@ def _start(work: Path, plan: dict, verbose: bool) -> None:
     work.mkdir(parents=True, exist_ok=True)
     for tmp in work.glob("*.tmp"):
         pid = tmp.name.split(".")[-3]
-        if pid.isdigit() and not cache.alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
     if not plan_file.exists():
         atomic_write_bytes(json.dumps(plan).encode(), plan_file)

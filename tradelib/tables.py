@@ -216,7 +216,8 @@ def run_summary_table(summary: dict) -> pd.DataFrame:
     bad = g("mfu") if _ok(g("mfu")) and g("mfu") > 1 else None
     rows = [
         ("model", f"{g('model')}, {integer(g('n_params'))} parameters"),
-        ("device", f"{g('device_name')} ({g('device')}), loader {g('loader')}, compile {g('compiled')}"),
+        ("device", f"{g('device_name')} ({g('device')}), loader {g('loader')}, compile {g('compiled')}"
+                   + (f", CUDA step graph ({integer(g('graph_steps'))} steps replayed)" if g("graph_steps") else "")),
         ("batch", f"{integer(g('batch_size'))} x {integer(g('grad_accum_steps'))} accumulation x "
                   f"{integer(g('world_size') or 1)} rank(s) = {integer(g('global_batch'))} windows per step"),
         ("learning rate", f"{g('lr'):g} (lr_scaling {g('lr_scaling')})" if _ok(g("lr")) else NA),

@@ -51,7 +51,7 @@ from tradelib.hardware import (
 )
 from tradelib.models import model_for, n_params
 from tradelib.monitor import GpuMonitor
-from tradelib.paths import outputs_dir
+from tradelib.paths import outputs_dir, remove_stale_tmp
 from tradelib.progress import PROGRESS_FILE, Progress
 from tradelib.sources import DenseSource, PaddedSource, WindowSource
 from tradelib.stream import make_sources
@@ -191,6 +191,10 @@ class TrainingRun:
 
     def _setup(self, fs: FeatureSet | None, env: DistEnv) -> None:
         cfg = self.cfg
+        if self.main and self.ckpt_dir.is_dir():  # the run folder is locked: no writer of ours is alive in it
+            n = remove_stale_tmp(self.ckpt_dir)
+            if n:
+                print(f"removed {n} unfinished checkpoint file(s) of an earlier, killed write in {self.ckpt_dir}")
         if self.main and not cfg.resume:  # (a resume finds its checkpoints in _resume, or says it found none)
             if any(self.ckpt_dir.glob("*.pt")):
                 raise ValueError(f"run {self.run_id!r} already has checkpoints in {self.ckpt_dir}: pass resume=True "
@@ -589,7 +593,8 @@ class TrainingRun:
             "grad_accum_steps": self.cfg.grad_accum_steps, "world_size": self.world,
             "global_batch": tr.global_batch * self.world, "lr": tr.lr, "base_lr": self.cfg.lr,
             "lr_scaling": self.cfg.lr_scaling, "reference_batch": self.cfg.reference_batch,
-            "compiled": tr.compiled, "fused_adamw": tr.fused, "samples_per_s": sps, "it_per_s": med(steps, "it_per_s"),
+            "compiled": tr.compiled, "graph_steps": tr.graph_steps, "fused_adamw": tr.fused, "samples_per_s": sps,
+            "it_per_s": med(steps, "it_per_s"),
             "batches_per_epoch": tr.steps_per_epoch * self.cfg.grad_accum_steps, "dense": self.cfg.dense,
             "data_wait_share": med(steps, "data_wait_share"), "peak_mem_bytes": peak_memory_bytes(self.device),
             "gpu_util": self.gpu_stats.get("gpu_util_median"),  # NVML busy %, median

@@ -155,13 +155,56 @@ class Trainer:
                       f"which walks the graph every step; a model without unused parameters avoids it")
             ids = [device.index] if device.type == "cuda" else None
             self.train_fwd = DDP(self.train_fwd, device_ids=ids, find_unused_parameters=bool(unused))
+        why_not = graphs_refused(cfg, device, world, self.fused) if cfg.cuda_graphs else None
+        if why_not:
+            print(f"cuda_graphs: {why_not}; training without the step graph")
+        self.graphs = cfg.cuda_graphs and why_not is None  # the step graph is recorded at the first step
+        self.graph: StepGraph | None = None
+        self.graph_steps = 0  # steps taken by replaying the step graph
 
     # -- the step ------------------------------------------------------------------------------------------
     def step(self, ids: torch.Tensor) -> StepStats:
         """One optimizer step over these items (this rank's share of the step), in micro-batches of batch_size."""
+        if self.graphs:
+            return self.graph_step(ids)
         stats = self.accumulate(ids)
         stats.norm, stats.skipped = self.update(stats.sse)
         return stats
+
+    def graph_step(self, ids: torch.Tensor) -> StepStats:
+        """The step by replaying the step graph (recorded at the first call). A batch of another shape (an
+        epoch's last, partial one) steps eagerly: the same weights, optimizer state and schedule."""
+        n_valid = self.source.count(ids).clamp(min=1)
+        batch, fetch_s, marks = self.fetch(ids)
+        if self.graph is None and len(ids) == self.cfg.batch_size:  # recorded for full batches
+            self.graph = self.record(batch, n_valid)
+        if self.graph is not None and self.graph.fits(batch):
+            sse, norm, bad = self.graph.run(batch, n_valid)
+            self.sched.step()
+            self.graph_steps += 1
+        else:
+            sse = self.backward(batch, n_valid)
+            norm, bad = self.update(sse)
+        return StepStats(sse, n_valid, norm, bad, 1, fetch_s, marks)
+
+    def record(self, batch: Batch, n_valid: torch.Tensor) -> StepGraph | None:
+        """The step graph for batches shaped like this one; None, said and for the rest of the run, if the
+        recording fails (the run goes on eagerly from the same state)."""
+        try:
+            return StepGraph(self, batch, n_valid, capture=self.device.type == "cuda")
+        except Exception as exc:  # noqa: BLE001 - any capture failure means eager, reported
+            self.graphs = False
+            self.opt.zero_grad(set_to_none=True)
+            print(f"cuda_graphs: recording the step failed, training without the step graph: "
+                  f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            return None
+
+    def fetch(self, ids: torch.Tensor) -> tuple[Batch, float, list]:
+        """The source's batch, the host seconds it took and, on CUDA, the stream events around it."""
+        t0, start = time.perf_counter(), self._cuda_mark()
+        batch = self.source.fetch(ids)
+        seconds = time.perf_counter() - t0
+        return batch, seconds, [] if start is None else [(start, self._cuda_mark())]
 
     def accumulate(self, ids: torch.Tensor) -> StepStats:
         """Forward and backward of every micro-batch of `ids`: the gradients of the mean loss over the whole
@@ -171,26 +214,24 @@ class Trainer:
         sse = torch.zeros((), device=self.device)
         fetch_s, marks = 0.0, []
         for i, part in enumerate(chunks):
-            t0, start = time.perf_counter(), self._cuda_mark()
-            batch = self.source.fetch(part)
-            fetch_s += time.perf_counter() - t0
-            if start is not None:
-                marks.append((start, self._cuda_mark()))
+            batch, seconds, mark = self.fetch(part)
+            fetch_s, marks = fetch_s + seconds, marks + mark
             sse = sse + self.backward(batch, n_valid, sync=i == len(chunks) - 1)
         nothing = torch.zeros((), device=self.device)
         return StepStats(sse, n_valid, nothing, nothing.bool(), len(chunks), fetch_s, marks)
 
-    def backward(self, batch: Batch, n_valid: torch.Tensor, sync: bool = True) -> torch.Tensor:
+    def backward(self, batch: Batch, n_valid: torch.Tensor, sync: bool = True, cache: bool = True) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its sum of squared errors (on the device).
 
         The gradient gets sum(error^2) / n_valid from this micro-batch, n_valid counting the valid targets of
         the whole accumulated batch over all ranks: the K micro-batches of a step then add up to the mean over
         the whole batch, however the valid targets fall. DDP averages over ranks, hence the factor world.
-        `sync=False` (all but the last micro-step) leaves the gradients unsynchronised.
+        `sync=False` (all but the last micro-step) leaves the gradients unsynchronised; `cache=False` turns
+        autocast's weight cache off (while recording the step graph).
         """
         ctx = self.train_fwd.no_sync() if self.world > 1 and not sync else contextlib.nullcontext()
         with ctx:
-            with autocast(self.device, self.cfg.precision):
+            with autocast(self.device, self.cfg.precision, cache):
                 pred = self.train_fwd(batch.x)
             err = (pred.float() - batch.y) ** 2
             sse = torch.where(batch.mask, err, 0.0).sum() if batch.mask is not None else err.sum()
@@ -199,12 +240,18 @@ class Trainer:
 
     def update(self, loss: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip, skip on a non-finite norm or loss (decided on the device), step, advance the schedule.
+        Returns (pre-clip gradient norm, skipped flag).
 
-        Fused AdamW takes the skip flag as `found_inf` (GradScaler's hook): it leaves weights, moments and
-        its own step count untouched, with no host sync. The LR schedule advances on a skipped step too:
-        it follows the optimizer-step counter, which counts the batches consumed, so a skip costs one
-        update, not a shift of the whole schedule. Returns (pre-clip gradient norm, skipped flag).
-        """
+        The LR schedule advances on a skipped step too: it follows the optimizer-step counter, which counts
+        the batches consumed, so a skip costs one update, not a shift of the whole schedule."""
+        norm, bad = self.apply(loss)
+        self.sched.step()
+        return norm, bad
+
+    def apply(self, loss: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The update without the schedule (what the step graph records). Fused AdamW takes the skip flag as
+        `found_inf` (GradScaler's hook): it leaves weights, moments and its own step count untouched, with no
+        host sync."""
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
@@ -218,7 +265,6 @@ class Trainer:
             self.opt.step()
         elif not bool(bad):  # host sync: only without fused AdamW
             self.opt.step()
-        self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         return norm.detach(), bad
 
@@ -271,10 +317,125 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
+        self.opt.load_state_dict(state["optimizer"])  # new optimizer state tensors: a step graph reads the old
         self.sched.load_state_dict(state["scheduler"])
+        self.graph = None  # recorded again at the next step
 
     def flops_per_sample(self) -> float:
         from tradelib.models import training_flops_per_sample
 
         return training_flops_per_sample(self.model)
+
+
+def graphs_refused(cfg: Config, device: torch.device, world: int, fused: bool) -> str | None:
+    """Why the step graph cannot be used here, or None when it can."""
+    if device.type != "cuda":
+        return f"CUDA graphs need a CUDA device, this run is on {device}"
+    if world > 1:
+        return "not with DDP (its gradient all-reduce is not recorded)"
+    if cfg.grad_accum_steps > 1:
+        return "not with grad_accum_steps > 1 (the graph holds one micro-batch)"
+    if cfg.compile == "reduce-overhead":
+        return "compile=reduce-overhead already replays the forward and backward as CUDA graphs"
+    if not fused:
+        return "it needs fused AdamW, which skips a non-finite step on the device"
+    return None
+
+
+class StepGraph:
+    """The whole optimizer step (forward, loss, backward, clipping, the skip decision, fused AdamW) recorded once
+    as a CUDA graph and replayed: one launch a step instead of one per kernel, for models whose kernels are too
+    short to hide the host's launches. Replays read the batch, the valid count and the learning rates from
+    fixed buffers, which `run` fills; the schedule stays a float on the host.
+
+    Recording needs a few eager steps first (lazy allocations, cuDNN and cuBLAS set-up, compilation), on a side
+    stream; they run on this batch and are then undone (weights, optimizer moments and step counts, RNG), so the
+    run's result does not depend on them. The optimizer's state must exist before recording and is reset to
+    zeros in place when it did not: allocated during the recording, it would be re-zeroed at every replay.
+    `capture=False` runs the same steps without recording (what the CPU tests check).
+    """
+
+    WARMUP = 3
+
+    def __init__(self, tr: Trainer, batch: Batch, n_valid: torch.Tensor, capture: bool = True) -> None:
+        self.tr = tr
+        self.x, self.y = batch.x.clone(), batch.y.clone()
+        self.mask = None if batch.mask is None else batch.mask.clone()
+        self.n_valid = n_valid.clone()
+        # CUDA's fused AdamW reads a float32 learning rate from a tensor (an eager step passes a double: replays
+        # differ from eager steps by lr's rounding, ~1e-8 relative); the CPU's reads a double
+        dtype = torch.float32 if tr.device.type == "cuda" else torch.float64
+        self.lrs = [torch.tensor(float(g["lr"]), dtype=dtype, device=tr.device) for g in tr.opt.param_groups]
+        saved = self.save()
+        side = torch.cuda.Stream(tr.device) if capture else None
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream(tr.device))
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            for _ in range(self.WARMUP):
+                self.body(capturing=False)
+        if side is not None:
+            torch.cuda.current_stream(tr.device).wait_stream(side)
+        self.restore(saved)
+        tr.opt.zero_grad(set_to_none=True)  # the recorded backward makes its gradients in the graph's memory
+        self.graph = torch.cuda.CUDAGraph() if capture else None
+        if self.graph is not None:
+            # the warm-up's stream: cuBLAS workspaces and such are made per stream, so none is made mid-recording;
+            # thread_local: the streaming loader's and pinned-memory threads may use CUDA meanwhile
+            with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
+                self.out = self.body(capturing=True)
+
+    def fits(self, batch: Batch) -> bool:
+        same = lambda a, b: (a is None) == (b is None) and (a is None or (a.shape == b.shape and a.dtype == b.dtype))
+        return same(batch.x, self.x) and same(batch.y, self.y) and same(batch.mask, self.mask)
+
+    def run(self, batch: Batch, n_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step on this batch: (sum of squared errors, gradient norm, skipped), copied out of the graph's
+        buffers, which the next replay overwrites."""
+        self.x.copy_(batch.x)
+        self.y.copy_(batch.y)
+        if self.mask is not None:
+            self.mask.copy_(batch.mask)
+        self.n_valid.copy_(n_valid)
+        for t, group in zip(self.lrs, self.tr.opt.param_groups):
+            t.fill_(group["lr"])
+        if self.graph is None:
+            return tuple(t.clone() for t in self.body(capturing=False))
+        self.graph.replay()
+        return tuple(t.clone() for t in self.out)
+
+    def body(self, capturing: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The step on the fixed buffers, with the learning rates read from device tensors."""
+        groups = self.tr.opt.param_groups
+        floats = [g["lr"] for g in groups]
+        for g, t in zip(groups, self.lrs):
+            g["lr"], g["capturable"] = t, capturing  # capturable: AdamW refuses to be recorded without it
+        try:
+            sse = self.tr.backward(Batch(self.x, self.y, self.mask), self.n_valid, cache=False)
+            norm, bad = self.tr.apply(sse)
+        finally:
+            for g, f in zip(groups, floats):
+                g["lr"], g["capturable"] = f, False
+        return sse, norm, bad
+
+    def save(self) -> dict:
+        tr = self.tr
+        cuda = tr.device.type == "cuda"
+        return {"model": {k: v.detach().clone() for k, v in tr.model.state_dict().items()},
+                "opt": {p: {k: v.clone() for k, v in st.items()} for p, st in tr.opt.state.items()},
+                "cpu_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(tr.device) if cuda else None}
+
+    def restore(self, saved: dict) -> None:
+        tr = self.tr
+        with torch.no_grad():
+            for k, v in tr.model.state_dict().items():
+                v.copy_(saved["model"][k])
+            for p, st in tr.opt.state.items():  # in place: the graph will read these very tensors
+                before = saved["opt"].get(p)
+                for k, v in st.items():
+                    if before is None:
+                        v.zero_()  # the state a first step makes: zero moments, step 0
+                    else:
+                        v.copy_(before[k])
+        torch.set_rng_state(saved["cpu_rng"])
+        if saved["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], tr.device)
