@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tradelib import data, sessions
-from tradelib.data import bar_sizes_ns, ns_since_epoch
+from tradelib.data import bar_sizes_ns, ns_since_epoch, run_bounds
 
 RETURN_LAGS = (1, 4, 16, 64)
 VOL_WINDOWS = (8, 32)
@@ -70,24 +70,40 @@ class FeatureSet:
         return df
 
 
-def segment_ids(symbol_codes: np.ndarray, ts_ns: np.ndarray, bar_ns: np.ndarray, max_gap_bars: int,
+def segment_ids(symbol_codes: np.ndarray, ts_ns: np.ndarray, bar_of_code: np.ndarray, max_gap_bars: int,
                 out: np.ndarray | None = None) -> np.ndarray:
     """Contiguous runs: a new segment at every symbol change or gap longer than max_gap_bars bars (int32, into
-    `out` when given)."""
+    `out` when given). `bar_of_code`: the bar size (ns) of each symbol code."""
     new = np.ones(len(ts_ns), dtype=bool)
-    if len(ts_ns) > 1:
-        gap = np.diff(ts_ns) > max_gap_bars * bar_ns[1:]
-        np.not_equal(symbol_codes[1:], symbol_codes[:-1], out=new[1:])
-        new[1:] |= gap
+    np.not_equal(symbol_codes[1:], symbol_codes[:-1], out=new[1:])
+    starts, ends, few = run_bounds(new)
+    if not few:
+        new[1:] |= np.diff(ts_ns) > max_gap_bars * bar_of_code[symbol_codes[1:]]
+    for a, b in zip(starts, ends) if few else ():  # a symbol's steps against its own bar size
+        np.greater(np.diff(ts_ns[a:b]), max_gap_bars * bar_of_code[symbol_codes[a]], out=new[a + 1 : b])
     return _run_ids(new, out)
 
 
 def _run_ids(new: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """0, 1, ... numbering the runs that start where `new` is True (new[0] True), as int32 (`np.cumsum(new) - 1`
-    without its int64 temporaries)."""
+    """0, 1, ... numbering the runs that start where `new` is True (new[0] True), as int32 (`np.cumsum(new) - 1`)."""
     out = np.empty(len(new), dtype=np.int32) if out is None else out
-    np.cumsum(new, dtype=np.int32, out=out)
-    out -= 1
+    starts, ends, few = run_bounds(new)
+    if not few:
+        out[:] = np.repeat(np.arange(len(starts), dtype=np.int32), np.subtract(ends, starts))
+    for i, (a, b) in enumerate(zip(starts, ends) if few else ()):
+        out[a:b] = i
+    return out
+
+
+def _run_rank(new: np.ndarray, dtype=np.int32) -> np.ndarray:
+    """Each row's number within its run (0 where `new` is True; new[0] True)."""
+    starts, ends, few = run_bounds(new)
+    if not few:
+        return np.arange(len(new), dtype=dtype) - np.repeat(np.asarray(starts, dtype=dtype), np.subtract(ends, starts))
+    out = np.empty(len(new), dtype=dtype)
+    count = np.arange(max((b - a for a, b in zip(starts, ends)), default=0), dtype=dtype)
+    for a, b in zip(starts, ends):
+        out[a:b] = count[: b - a]
     return out
 
 
@@ -120,9 +136,8 @@ def _ahead(flag: np.ndarray, k: int, seg: np.ndarray, same: np.ndarray | None = 
 def segment_rank(seg: np.ndarray) -> np.ndarray:
     """Each row's number within its segment (0 at the segment's first row), as int32."""
     new = np.ones(len(seg), dtype=bool)
-    new[1:] = seg[1:] != seg[:-1]
-    starts = np.flatnonzero(new).astype(np.int32)
-    return np.arange(len(seg), dtype=np.int32) - starts[np.cumsum(new, dtype=np.int32) - 1]
+    np.not_equal(seg[1:], seg[:-1], out=new[1:])
+    return _run_rank(new)
 
 
 def _outside(rank: np.ndarray, m: int, cache: dict | None) -> np.ndarray:
@@ -401,10 +416,7 @@ def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, fold: int = 0, bound: 
     n = len(part)
     block = np.ones(n, dtype=bool)
     block[1:] = (codes[1:] != codes[:-1]) | (part[1:] != part[:-1])
-    first = np.flatnonzero(block)
-    idx = np.int32 if n < 2**31 else np.int64
-    rank = np.arange(n, dtype=idx) - first.astype(idx)[np.cumsum(block, dtype=idx) - 1]  # number in its (symbol,
-    #   part) run
+    rank = _run_rank(block, np.int32 if n < 2**31 else np.int64)  # number in its (symbol, part) run
     purge = cfg.horizon + cfg.window
     split = part.copy()
     split[(part > 0) & (rank < purge)] = -1
@@ -547,7 +559,7 @@ def shard_layout(shard: data.CleanShard, max_gap_bars: int, out: dict[str, np.nd
     if (bar_of_code <= 0).any():
         short = [names[i] for i in np.flatnonzero(bar_of_code <= 0)]
         raise ValueError(f"symbol(s) {', '.join(short)}: fewer than two timestamps, no bar size")
-    segment_ids(codes, ts, bar_of_code[codes], max_gap_bars, out["segment"])
+    segment_ids(codes, ts, bar_of_code, max_gap_bars, out["segment"])
     return Layout(codes, ts, bar_of_code, out["segment"], names=names)
 
 
