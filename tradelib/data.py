@@ -780,20 +780,23 @@ class QualityReport:
 
 
 class Work:
-    """The rows of some whole symbols being cleaned, as numpy arrays (`a`: idx (the row in the raw frame), ts,
-    code, open, high, low, close, volume), with the rows still kept (`alive`) and the counts so far. Rules read
-    and repair `a`, which holds copies: the raw frame is never touched. Symbols never share a rule's decision,
-    so the shards of a frame are cleaned apart (and at once) and their counts merged (`clean_shards`)."""
+    """The rows of some whole symbols being cleaned, as numpy arrays (`a`: ts, code, open, high, low, close,
+    volume; `keep`: the extra columns carried along, which no rule reads), with the rows still kept (`alive`) and
+    the counts so far. Rules read and repair `a`, copying an array before its first repair: the raw frame is never
+    touched. Symbols never share a rule's decision, so the shards of a frame are cleaned apart (and at once) and
+    their counts merged (`clean_shards`)."""
 
-    def __init__(self, a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict, params: dict) -> None:
+    def __init__(self, a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict, params: dict,
+                 keep: dict[str, np.ndarray] | None = None) -> None:
         self.a, self.symbols, self.own, self.attrs, self.params = a, symbols, own, attrs, params
+        self.keep = keep or {}
         self.alive = np.ones(len(a["ts"]), dtype=bool)
         self.counts: list[dict] = []
         self.keys: list[tuple] = []  # per count: (rule position, 0 for a loader's note / 1 for the rule's finding)
         self._bar: np.ndarray | None = None
         self.gap = np.zeros(0, dtype=bool)
         self.spike: np.ndarray | None = None  # the price_spike rule's rows (no row is dropped after it)
-        self.owned: set[str] = {"idx"}  # the arrays copied already: the others may be views of the raw frame
+        self.owned: set[str] = set()  # the arrays copied already: the others may be views of the raw frame
         self.before: dict = {}
         self.after: dict = {}
 
@@ -823,11 +826,11 @@ class Work:
         drop = np.flatnonzero(~sel) if sel.dtype == bool else None
         if drop is not None and len(drop) <= 1024:  # a few rows dropped: copy the runs between them
             runs = [slice(a, b) for a, b in zip([0, *(drop + 1)], [*drop, len(sel)])]
-            self.a = {k: np.concatenate([v[r] for r in runs]) for k, v in self.a.items()}
-        elif drop is not None:
-            self.a = {k: v[sel] for k, v in self.a.items()}
+            pick = lambda v: np.concatenate([v[r] for r in runs])  # noqa: E731
         else:
-            self.a = {k: v.take(sel) for k, v in self.a.items()}
+            pick = (lambda v: v[sel]) if drop is not None else (lambda v: v.take(sel))  # noqa: E731
+        self.a = {k: pick(v) for k, v in self.a.items()}
+        self.keep = {k: pick(v) for k, v in self.keep.items()}
         self.alive = self.alive[sel]
         self.owned = set(self.a)
 
@@ -1068,9 +1071,10 @@ def _float_column(col: pd.Series) -> np.ndarray:
     return pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 
 
-def _clean_shard(a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict, params: dict) -> Work:
+def _clean_shard(a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict, params: dict,
+                 keep: dict[str, np.ndarray] | None = None) -> Work:
     """Walk `RULES` over the rows of some whole symbols (see clean_ohlcv)."""
-    w = Work(a, symbols, own, attrs, params)
+    w = Work(a, symbols, own, attrs, params, keep)
     w.before = _range_stats({c: w.a[c] for c in NUM_COLS}, w.a["ts"])
     for rule in RULES:
         if rule.action != "dropped":
@@ -1121,6 +1125,7 @@ def clean_parts(raw: pd.DataFrame, source: str = "", *, min_rows: int = 0, max_g
     _, codes, symbols = symbol_codes(raw["symbol"])
     times = tcol.array  # each shard's converted to int64 ns on its own thread
     num = {c: _float_column(raw[c]) for c in NUM_COLS}
+    extra = {k: raw[k].to_numpy() for k in keep}
     params = {"min_rows": min_rows, "max_gap_bars": max_gap_bars, "spike_sigmas": spike_sigmas}
     shards = symbol_shards(codes, len(symbols), shard_rows)
 
@@ -1128,12 +1133,10 @@ def clean_parts(raw: pd.DataFrame, source: str = "", *, min_rows: int = 0, max_g
         if only is not None and k not in only:
             return None
         rows, own = shards[k]
-        idx = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
-        a = {"idx": idx, "ts": ns_since_epoch(times[rows]), "code": codes[rows]} | {c: num[c][rows] for c in NUM_COLS}
-        w = _clean_shard(a, symbols, own, raw.attrs, params)
-        kept = {k: raw[k].to_numpy()[w.a["idx"]] for k in keep}
-        a = {k: v for k, v in w.a.items() if k != "idx"}
-        return _shard_part(w, len(idx)), CleanShard(a, symbols, kept, w.bar, (w.spike, spike_sigmas, max_gap_bars))
+        a = {"ts": ns_since_epoch(times[rows]), "code": codes[rows]} | {c: num[c][rows] for c in NUM_COLS}
+        rows_in = len(a["ts"])
+        w = _clean_shard(a, symbols, own, raw.attrs, params, {k: v[rows] for k, v in extra.items()})
+        return _shard_part(w, rows_in), CleanShard(w.a, symbols, w.keep, w.bar, (w.spike, spike_sigmas, max_gap_bars))
 
     with freed_memory_reused(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(one, range(len(shards))))

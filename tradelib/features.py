@@ -635,8 +635,14 @@ def _merge_range(parts: list[dict]) -> dict:
 
 def _finite_range(col: np.ndarray) -> dict:
     """min and max over the finite values, and how many are not finite."""
-    lo, hi = (float(np.fmin.reduce(col)), float(np.fmax.reduce(col))) if len(col) else (np.inf, -np.inf)
-    if math.isfinite(lo) and math.isfinite(hi) or not len(col):  # no inf: only NaN can be unknown
+    if not len(col):
+        return {"min": np.inf, "max": -np.inf, "unknown": 0}
+    lo = float(col.min())  # NaN propagates: a NaN (most blocks have none) is known from one pass
+    hi = float(col.max()) if not math.isnan(lo) else lo
+    if math.isfinite(lo) and math.isfinite(hi):
+        return {"min": lo, "max": hi, "unknown": 0}
+    lo, hi = float(np.fmin.reduce(col)), float(np.fmax.reduce(col))
+    if math.isfinite(lo) and math.isfinite(hi):  # no inf: only NaN can be unknown
         return {"min": lo, "max": hi, "unknown": int(np.count_nonzero(np.isnan(col)))}
     finite = np.isfinite(col)
     return {"min": float(np.min(col, where=finite, initial=np.inf)),
