@@ -417,6 +417,9 @@ def _glibc():
 def ns_since_epoch(t) -> np.ndarray:
     """Datetimes (tz-aware, or naive = UTC) -> int64 ns since the epoch, NaT as int64 min; no object arrays.
     The one conversion every module uses (pandas 3 may hold datetimes in us)."""
+    arr = t.array if isinstance(t, (pd.Series, pd.Index)) else t
+    if isinstance(arr, pd.arrays.DatetimeArray):  # a quarter of the time of going through a DatetimeIndex
+        return arr.as_unit("ns").asi8
     return pd.DatetimeIndex(t).as_unit("ns").asi8
 
 

@@ -592,11 +592,13 @@ def place(lay: Layout, bound: dict, seg_offset: int, sym_offset: int, out: dict[
 
 
 def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous: bool, cfg,
-                   out: dict[str, np.ndarray], block: int = 1 << 16) -> dict:
+                   out: dict[str, np.ndarray], block: int = 1 << 16, sample: tuple[Sample, int] | None = None
+                   ) -> dict:
     """Fill `out` (this shard's rows of the FeatureSet's arrays; X unscaled) and return what the meta needs:
     each feature's range before scaling, the masked-target counts, the rows per split. Features are made a block
     of rows at a time (with the LOOKBACK rows before it), so that every temporary stays in the cache and no fresh
-    memory is touched but X's own. The shard is released afterwards."""
+    memory is touched but X's own. `sample`: (the normalisation's Sample, this shard's number), whose rows'
+    features are put there as they are made. The shard is released afterwards."""
     rank = segment_rank(lay.seg)
     X, n = out["X"], len(lay.ts)
     ranges: list[dict] = []
@@ -609,6 +611,8 @@ def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous
             col = make()[b0 - lo :]
             ranges.append(_finite_range(col))
             cols_t[j, : b1 - b0] = col
+        if sample is not None:  # (the fit's rows of these, while they are in the cache)
+            sample[0].put(sample[1], cols_t[:, : b1 - b0], b0)
         for c0 in range(b0, b1, 1 << 13):  # transposing copies, each within the cache: a third of the time of one
             #   copy of the block (whose rows of X span more than the cache) and of a strided write per column
             c1 = min(c0 + (1 << 13), b1)
@@ -768,10 +772,12 @@ def build_from_shards(shards: list[data.CleanShard], cfg, quality: dict | None =
         cut = merge_cuts([lay.cut for lay in lays])
         check_cut(cut, cfg)
         cal = calendar.result()
-        made = list(pool.map(lambda i: shard_features(shards[i], lays[i], facts, cal.continuous, cfg, view(i)), each))
         views = [view(i) for i in each]
+        sample = Sample.of([v["split"] for v in views], cut, len(FEATURE_NAMES), pool.map)
+        made = list(pool.map(lambda i: shard_features(shards[i], lays[i], facts, cal.continuous, cfg, view(i),
+                                                      sample=(sample, i)), each))
         norm, target_scale = fit_shards([v["X"] for v in views], [v["y"] for v in views],
-                                        [v["split"] for v in views], cut, pool)
+                                        [v["split"] for v in views], cut, pool, sample=sample)
         list(pool.map(lambda v: scale_rows(v["X"], norm, cfg.clip), views))
     fs.symbols = facts.names
     fs.meta = feature_meta(cfg, facts, cal, cut, made, norm, target_scale, quality, fold)
@@ -785,33 +791,56 @@ def offsets(parts: list[Facts]) -> tuple[list[int], list[int]]:
     return [int(x) for x in segs], [int(x) for x in syms]
 
 
+@dataclass
+class Sample:
+    """The training rows the normalisation is fitted on: at most `max_rows` evenly spaced, every step-th training
+    row of all shards from the first (as fit_robust takes of one array), and their unscaled features, one
+    contiguous float32 row per feature (`X`, filled a shard at a time: `put`)."""
+
+    rows: list[np.ndarray]  # per shard: its sampled rows
+    at: np.ndarray  # where each shard's rows begin in X's columns
+    X: np.ndarray
+
+    @staticmethod
+    def of(splits: list[np.ndarray], cut: dict, n_features: int, run=map, max_rows: int = 2_000_000) -> Sample:
+        trains = list(run(lambda sp: np.flatnonzero(sp == 0), splits))
+        if not any(len(t) for t in trains):
+            raise ValueError(f"the training split is empty: too little data before the train end "
+                             f"({pd.Timestamp(cut['train_end'], tz='UTC')}, set by {cut['method']})")
+        total = sum(len(t) for t in trains)
+        step, before, rows = (-(-total // max_rows) if total > max_rows else 1), 0, []
+        for t in trains:
+            rows.append(t[(-before) % step :: step])
+            before += len(t)
+        at = np.cumsum([0] + [len(r) for r in rows])
+        return Sample(rows, at, np.empty((n_features, int(at[-1])), dtype=np.float32))
+
+    def put(self, i: int, cols: np.ndarray, b0: int) -> None:
+        """Shard i's sampled rows among rows b0.. of its features `cols` ([feature, row], unscaled float32)."""
+        rows = self.rows[i]
+        j0, j1 = np.searchsorted(rows, (b0, b0 + cols.shape[1]))
+        self.X[:, self.at[i] + j0 : self.at[i] + j1] = cols[:, rows[j0:j1] - b0]
+
+
 def fit_shards(xs: list[np.ndarray], ys: list[np.ndarray], splits: list[np.ndarray], cut: dict,
-               pool: ThreadPoolExecutor | None = None, max_rows: int = 2_000_000) -> tuple[dict, float]:
+               pool: ThreadPoolExecutor | None = None, max_rows: int = 2_000_000, sample: Sample | None = None
+               ) -> tuple[dict, float]:
     """(normalisation {median, scale} per feature, target scale) fitted on the training rows of all shards,
-    whose unscaled X, targets and splits these are (in row order): at most `max_rows` evenly spaced rows, every
-    step-th training row from the first, as fit_robust takes of one array."""
+    whose unscaled X, targets and splits these are (in row order): the rows of `Sample.of`, their features
+    taken from `xs` unless `sample` holds them already (`shard_features` fills it as it makes them)."""
     run = pool.map if pool is not None else map
-    trains = list(run(lambda sp: np.flatnonzero(sp == 0), splits))
-    if not any(len(t) for t in trains):
-        raise ValueError(f"the training split is empty: too little data before the train end "
-                         f"({pd.Timestamp(cut['train_end'], tz='UTC')}, set by {cut['method']})")
-    total = sum(len(t) for t in trains)
-    step, before, rows = (-(-total // max_rows) if total > max_rows else 1), 0, []
-    for t in trains:
-        rows.append(t[(-before) % step :: step])
-        before += len(t)
-    at = np.cumsum([0] + [len(r) for r in rows])
-    sample = np.empty((xs[0].shape[1], int(at[-1])), dtype=np.float32)  # one contiguous row per feature
+    if sample is None:
+        sample = Sample.of(splits, cut, xs[0].shape[1], run, max_rows)
 
-    def gather(i: int, block: int = 4096) -> None:  # a block of rows at a time: its transpose stays in the cache
-        for b0 in range(0, len(rows[i]), block):
-            part = rows[i][b0 : b0 + block]
-            sample[:, at[i] + b0 : at[i] + b0 + len(part)] = xs[i][part].T
+        def gather(i: int, block: int = 4096) -> None:  # a block of rows at a time: its transpose stays in the cache
+            for b0 in range(0, len(xs[i]), block):
+                sample.put(i, xs[i][b0 : b0 + block].T, b0)
 
-    list(run(gather, range(len(rows))))
+        list(run(gather, range(len(xs))))
+    rows = sample.rows
     y_fit = lambda: fit_robust(np.concatenate([a[r] for a, r in zip(ys, rows)]), scratch=True)  # noqa: E731
     # the target's fit is one more task beside the features', not a serial step after them
-    fits = list(run(lambda j: y_fit() if j < 0 else fit_robust(sample[j], scratch=True), range(-1, len(sample))))
+    fits = list(run(lambda j: y_fit() if j < 0 else fit_robust(sample.X[j], scratch=True), range(-1, len(sample.X))))
     norm = {"median": [f[0] for f in fits[1:]], "scale": [f[1] for f in fits[1:]]}
     return norm, fits[0][1]
 
