@@ -800,6 +800,7 @@ class Sample:
     rows: list[np.ndarray]  # per shard: its sampled rows
     at: np.ndarray  # where each shard's rows begin in X's columns
     X: np.ndarray
+    step: int = 1  # the sampled rows are every step-th training row: at least `step` rows apart
 
     @staticmethod
     def of(splits: list[np.ndarray], cut: dict, n_features: int, run=map, max_rows: int = 2_000_000) -> Sample:
@@ -813,13 +814,19 @@ class Sample:
             rows.append(t[(-before) % step :: step])
             before += len(t)
         at = np.cumsum([0] + [len(r) for r in rows])
-        return Sample(rows, at, np.empty((n_features, int(at[-1])), dtype=np.float32))
+        return Sample(rows, at, np.empty((n_features, int(at[-1])), dtype=np.float32), step)
 
     def put(self, i: int, cols: np.ndarray, b0: int) -> None:
         """Shard i's sampled rows among rows b0.. of its features `cols` ([feature, row], unscaled float32)."""
-        rows = self.rows[i]
+        rows, at = self.rows[i], int(self.at[i])
+        if b0 == 0:  # the shard's first block: the pages of its part of X asked for at once (data.prefault)
+            data.prefault([x[at : int(self.at[i + 1])] for x in self.X])
         j0, j1 = np.searchsorted(rows, (b0, b0 + cols.shape[1]))
-        self.X[:, self.at[i] + j0 : self.at[i] + j1] = cols[:, rows[j0:j1] - b0]
+        if j1 > j0 and rows[j1 - 1] - rows[j0] == (j1 - j0 - 1) * self.step:  # evenly spaced (training rows
+            #   in a row): a strided copy, twice as fast as gathering them
+            self.X[:, at + j0 : at + j1] = cols[:, rows[j0] - b0 : rows[j1 - 1] - b0 + 1 : self.step]
+        else:
+            self.X[:, at + j0 : at + j1] = cols[:, rows[j0:j1] - b0]
 
 
 def fit_shards(xs: list[np.ndarray], ys: list[np.ndarray], splits: list[np.ndarray], cut: dict,
