@@ -665,43 +665,81 @@ def infer_bar_size(ts: pd.Series | np.ndarray) -> pd.Timedelta:
 def _range_stats(cols: dict[str, np.ndarray], ts: np.ndarray) -> dict:
     """Per column: min/max over finite values and counts of NaN, inf, negative and zero values; the timestamps'
     range in ns. Stats of parts of the rows merge into the whole's (`_merge_ranges`)."""
-    out: dict = {}
-    for name, v in cols.items():
-        lo, hi = map(float, _min_max(v)) if len(v) else (0.0, 0.0)
-        if math.isfinite(lo) and math.isfinite(hi):  # NaN propagates through min and max: all finite
-            nfin, nan = len(v), 0
+    return {name: _column_stats(v) for name, v in cols.items()} | {"timestamp": _time_stats(ts)}
+
+
+def _column_stats(v: np.ndarray) -> dict:
+    """_range_stats of one numeric column."""
+    lo, hi = map(float, _min_max(v)) if len(v) else (0.0, 0.0)
+    if math.isfinite(lo) and math.isfinite(hi):  # NaN propagates through min and max: all finite
+        nfin, nan = len(v), 0
+    else:
+        nan = int(np.count_nonzero(np.isnan(v)))
+        lo, hi = float(np.fmin.reduce(v)), float(np.fmax.reduce(v))  # NaN skipped
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo != 0 and hi != 0):  # inf too, or a zero's sign
+            fin = np.isfinite(v)
+            nfin = int(np.count_nonzero(fin))
+            lo, hi = (float(v[fin].min()), float(v[fin].max())) if nfin else (None, None)
         else:
-            nan = int(np.count_nonzero(np.isnan(v)))
-            lo, hi = float(np.fmin.reduce(v)), float(np.fmax.reduce(v))  # NaN skipped
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo != 0 and hi != 0):  # inf too, or a zero's sign
-                fin = np.isfinite(v)
-                nfin = int(np.count_nonzero(fin))
-                lo, hi = (float(v[fin].min()), float(v[fin].max())) if nfin else (None, None)
-            else:
-                nfin = len(v) - nan
-        out[name] = {
-            "min": lo if nfin else None,
-            "max": hi if nfin else None,
-            "nan": nan,
-            "inf": len(v) - nfin - nan,
-            "negative": 0 if nfin and nfin + nan == len(v) and lo >= 0 else int(np.count_nonzero(v < 0)),
-            "zero": 0 if nfin and nfin + nan == len(v) and (lo > 0 or hi < 0) else int(np.count_nonzero(v == 0)),
-        }
+            nfin = len(v) - nan
+    return {
+        "min": lo if nfin else None,
+        "max": hi if nfin else None,
+        "nan": nan,
+        "inf": len(v) - nfin - nan,
+        "negative": 0 if nfin and nfin + nan == len(v) and lo >= 0 else int(np.count_nonzero(v < 0)),
+        "zero": 0 if nfin and nfin + nan == len(v) and (lo > 0 or hi < 0) else int(np.count_nonzero(v == 0)),
+    }
+
+
+def _time_stats(ts: np.ndarray) -> dict:
+    """_range_stats of the timestamps (int64 ns, NaT as int64 min)."""
     nat = np.iinfo(np.int64).min
     t, (lo, hi) = ts, (_min_max(ts) if len(ts) else (None, None))
     if lo == nat:
         t = ts[ts != nat]
         lo, hi = _min_max(t) if len(t) else (None, None)
-    out["timestamp"] = {"min": None if lo is None else int(lo), "max": None if hi is None else int(hi),
-                        "nat": int(len(ts) - len(t))}
+    return {"min": None if lo is None else int(lo), "max": None if hi is None else int(hi),
+            "nat": int(len(ts) - len(t))}
+
+
+def _stats_after(w: Work) -> dict:
+    """_range_stats of the clean rows, without a pass over a column no rule repaired where the values of the
+    dropped rows are known (`Work.dropped`): it holds the rows it held before less those, so its counts are the
+    counts before less theirs, and its range is the range before unless a dropped row held the smallest or the
+    largest finite value (or that is a zero, whose sign depends on the rows reduced). Else computed afresh."""
+    out = {}
+    for name in (*NUM_COLS, "ts"):
+        key, v = ("timestamp" if name == "ts" else name), w.a[name]
+        stats = None if w.dropped is None or name in w.changed else _less(w.before[key], w.dropped.get(name))
+        out[key] = stats or (_time_stats(v) if name == "ts" else _column_stats(v))
+        if stats and len(v) == stats.get("nat", 0) + stats.get("nan", 0) + stats.get("inf", 0):  # none finite
+            stats["min"] = stats["max"] = None
     return out
+
+
+def _less(before: dict, dropped: list[np.ndarray] | None) -> dict | None:
+    """Range stats (`_column_stats` or `_time_stats`) of some rows less the `dropped` values; None where the
+    range may have changed."""
+    d = np.concatenate(dropped) if dropped else np.zeros(0)
+    known = np.isfinite(d) if "nan" in before else d != np.iinfo(np.int64).min
+    ends = [x for x in (before["min"], before["max"]) if x is not None]
+    if 0 in ends or np.isin(d[known], ends).any():
+        return None
+    if "nat" in before:
+        return {"min": before["min"], "max": before["max"], "nat": before["nat"] - int(len(d) - known.sum())}
+    nan = int(np.isnan(d).sum())
+    return {"min": before["min"], "max": before["max"], "nan": before["nan"] - nan,
+            "inf": before["inf"] - int(len(d) - known.sum() - nan), "negative": before["negative"] - int((d < 0).sum()),
+            "zero": before["zero"] - int((d == 0).sum())}
 
 
 def _min_max(v: np.ndarray, block: int = 1 << 15) -> tuple:
     """(v.min(), v.max()) of a non-empty array in one pass of cache-sized blocks (a third less time than two
     passes over a shard's column); NaN propagates as in numpy's."""
     parts = np.array([(x.min(), x.max()) for x in (v[i : i + block] for i in range(0, len(v), block))])
-    return parts[:, 0].min(), parts[:, 1].max()
+    lo, hi = parts[:, 0].min(), parts[:, 1].max()
+    return (v.min() if lo == 0 else lo), (v.max() if hi == 0 else hi)  # a zero's sign as numpy's pass gives it
 
 
 def _merge_ranges(parts: list[dict]) -> dict:
@@ -802,6 +840,8 @@ class Work:
         self.owned: set[str] = set()  # the arrays copied already: the others may be views of the raw frame
         self.ohlc_checked = False  # ohlc_outside_range left every row's high and low around its open and close, and
         #   no array changed since
+        self.changed: set[str] = set()  # the columns a rule repaired
+        self.dropped: dict[str, list[np.ndarray]] | None = {}  # the dropped rows' values (None: too many kept)
         self.before: dict = {}
         self.after: dict = {}
 
@@ -811,6 +851,7 @@ class Work:
             self.a[k] = self.a[k].copy()
             self.owned.add(k)
         self.ohlc_checked = False
+        self.changed.add(k)
         return self.a[k]
 
     def note(self, rule: str, symbol: str, action: str, rows: int, phase: int = 1) -> None:
@@ -834,9 +875,12 @@ class Work:
         drop = np.flatnonzero(~sel) if sel.dtype == bool else None
         if drop is not None and len(drop) <= 1024:  # a few rows dropped: copy the runs between them
             runs = [slice(a, b) for a, b in zip([0, *(drop + 1)], [*drop, len(sel)])]
+            for k in (*NUM_COLS, "ts") if self.dropped is not None else ():
+                self.dropped.setdefault(k, []).append(self.a[k][drop])
             pick = lambda v: np.concatenate([v[r] for r in runs])  # noqa: E731
         else:
             pick = (lambda v: v[sel]) if drop is not None else (lambda v: v.take(sel))  # noqa: E731
+            self.dropped = self.dropped if drop is None else None  # (a reordering keeps every value)
         self.a = {k: pick(v) for k, v in self.a.items()}
         self.keep = {k: pick(v) for k, v in self.keep.items()}
         self.alive = self.alive[sel]
@@ -1095,7 +1139,7 @@ def _clean_shard(a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attr
             w.alive &= ~found
         w.count(rule.name, rule.action, found)
     w.compact()
-    w.after = _range_stats({c: w.a[c] for c in NUM_COLS}, w.a["ts"])
+    w.after = _stats_after(w)
     _check_clean(w.a, w.after, ohlc=not w.ohlc_checked)
     return w
 
