@@ -155,10 +155,14 @@ def _outside(rank: np.ndarray, m: int, cache: dict | None) -> np.ndarray:
         if "first" not in cache:
             cache["first"] = np.flatnonzero(rank == 0)
         first = cache["first"]
-        if len(first) * m <= len(rank) // 16:
+        if not len(first):
+            cache[m] = first
+        elif len(first) * m <= len(rank) // 16:
             near = (first[:, None] + np.arange(m)).ravel()
             near = near[(near >= m) & (near < len(rank))]
-            cache[m] = np.unique(near[rank[near] < m])  # (a segment shorter than m rows: its successor's twice)
+            near = near[rank[near] < m]
+            short = len(first) > 1 and bool((np.diff(first) < m).any())  # a segment shorter than m rows: its
+            cache[m] = np.unique(near) if short else near  # successor's rows twice, out of order
         else:
             cache[m] = np.flatnonzero(rank[m:] < m) + m
     return cache[m]
