@@ -712,9 +712,11 @@ def _stats_after(w: Work) -> dict:
     for name in (*NUM_COLS, "ts"):
         key, v = ("timestamp" if name == "ts" else name), w.a[name]
         stats = None if w.dropped is None or name in w.changed else _less(w.before[key], w.dropped.get(name))
-        out[key] = stats or (_time_stats(v) if name == "ts" else _column_stats(v))
-        if stats and len(v) == stats.get("nat", 0) + stats.get("nan", 0) + stats.get("inf", 0):  # none finite
+        if stats is None:
+            stats = _time_stats(v) if name == "ts" else _column_stats(v)
+        elif len(v) == stats.get("nat", 0) + stats.get("nan", 0) + stats.get("inf", 0):  # no finite value kept
             stats["min"] = stats["max"] = None
+        out[key] = stats
     return out
 
 
