@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tradelib import data, sessions
-from tradelib.data import bar_sizes_ns, ns_since_epoch
+from tradelib.data import bar_sizes_ns, ns_since_epoch, run_bounds
 
 RETURN_LAGS = (1, 4, 16, 64)
 VOL_WINDOWS = (8, 32)
@@ -70,42 +70,62 @@ class FeatureSet:
         return df
 
 
-def segment_ids(symbol_codes: np.ndarray, ts_ns: np.ndarray, bar_ns: np.ndarray, max_gap_bars: int,
+def segment_ids(symbol_codes: np.ndarray, ts_ns: np.ndarray, bar_of_code: np.ndarray, max_gap_bars: int,
                 out: np.ndarray | None = None) -> np.ndarray:
     """Contiguous runs: a new segment at every symbol change or gap longer than max_gap_bars bars (int32, into
-    `out` when given)."""
+    `out` when given). `bar_of_code`: the bar size (ns) of each symbol code."""
     new = np.ones(len(ts_ns), dtype=bool)
-    if len(ts_ns) > 1:
-        gap = np.diff(ts_ns) > max_gap_bars * bar_ns[1:]
-        np.not_equal(symbol_codes[1:], symbol_codes[:-1], out=new[1:])
-        new[1:] |= gap
+    np.not_equal(symbol_codes[1:], symbol_codes[:-1], out=new[1:])
+    starts, ends, few = run_bounds(new)
+    if not few:
+        new[1:] |= np.diff(ts_ns) > max_gap_bars * bar_of_code[symbol_codes[1:]]
+    for a, b in zip(starts, ends) if few else ():  # a symbol's steps against its own bar size
+        np.greater(np.diff(ts_ns[a:b]), max_gap_bars * bar_of_code[symbol_codes[a]], out=new[a + 1 : b])
     return _run_ids(new, out)
 
 
 def _run_ids(new: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """0, 1, ... numbering the runs that start where `new` is True (new[0] True), as int32 (`np.cumsum(new) - 1`
-    without its int64 temporaries)."""
+    """0, 1, ... numbering the runs that start where `new` is True (new[0] True), as int32 (`np.cumsum(new) - 1`)."""
     out = np.empty(len(new), dtype=np.int32) if out is None else out
-    np.cumsum(new, dtype=np.int32, out=out)
-    out -= 1
+    starts, ends, few = run_bounds(new)
+    if not few:
+        out[:] = np.repeat(np.arange(len(starts), dtype=np.int32), np.subtract(ends, starts))
+    for i, (a, b) in enumerate(zip(starts, ends) if few else ()):
+        out[a:b] = i
+    return out
+
+
+def _run_rank(new: np.ndarray, dtype=np.int32) -> np.ndarray:
+    """Each row's number within its run (0 where `new` is True; new[0] True)."""
+    starts, ends, few = run_bounds(new)
+    if not few:
+        return np.arange(len(new), dtype=dtype) - np.repeat(np.asarray(starts, dtype=dtype), np.subtract(ends, starts))
+    out = np.empty(len(new), dtype=dtype)
+    count = np.arange(max((b - a for a, b in zip(starts, ends)), default=0), dtype=dtype)
+    for a, b in zip(starts, ends):
+        out[a:b] = count[: b - a]
     return out
 
 
 def _shift(x: np.ndarray, k: int, seg: np.ndarray, same: np.ndarray | None = None) -> np.ndarray:
     """x[t-k] within the same segment (k > 0 looks back, k < 0 forward), else NaN. `same`: seg[|k|:] ==
-    seg[:-|k|], when known."""
+    seg[:-|k|], when known. A copy, then NaN where the segments differ (few rows): a third of the time of a
+    `np.where`."""
     out = np.empty(len(x), dtype=np.float64)
     n = len(x)
     if abs(k) >= n:
         out[:] = np.nan
         return out
+    same = (seg[abs(k):] == seg[: -abs(k)]) if same is None else same
     if k > 0:
         out[:k] = np.nan
-        out[k:] = np.where(seg[k:] == seg[:-k] if same is None else same, x[:-k], np.nan)
+        out[k:] = x[:-k]
+        out[k:][~same] = np.nan
     else:
         k = -k
         out[n - k :] = np.nan
-        out[:-k] = np.where(seg[:-k] == seg[k:] if same is None else same, x[k:], np.nan)
+        out[:-k] = x[k:]
+        out[:-k][~same] = np.nan
     return out
 
 
@@ -120,20 +140,31 @@ def _ahead(flag: np.ndarray, k: int, seg: np.ndarray, same: np.ndarray | None = 
 def segment_rank(seg: np.ndarray) -> np.ndarray:
     """Each row's number within its segment (0 at the segment's first row), as int32."""
     new = np.ones(len(seg), dtype=bool)
-    new[1:] = seg[1:] != seg[:-1]
-    starts = np.flatnonzero(new).astype(np.int32)
-    return np.arange(len(seg), dtype=np.int32) - starts[np.cumsum(new, dtype=np.int32) - 1]
+    np.not_equal(seg[1:], seg[:-1], out=new[1:])
+    return _run_rank(new)
 
 
 def _outside(rank: np.ndarray, m: int, cache: dict | None) -> np.ndarray:
     """The rows t >= m whose row t - m lies before t's segment (rank[t] < m): a segment's first m rows, so few.
-    Sums and differences of rows m apart are taken over all rows and then put right at these. `cache` keeps them
-    per m for the next call on the same rows."""
-    if cache is None or m not in cache:
-        rows = np.flatnonzero(rank[m:] < m) + m
-        if cache is None:
-            return rows
-        cache[m] = rows
+    Sums and differences of rows m apart are taken over all rows and then put right at these. Where the segments
+    are few, only the m rows from each one's first row (rank 0; a segment begun before these rows has none
+    t >= m) are looked at, not every row once per m. `cache` keeps them per m, and the first rows, for the next
+    call on the same rows."""
+    cache = {} if cache is None else cache
+    if m not in cache:
+        if "first" not in cache:
+            cache["first"] = np.flatnonzero(rank == 0)
+        first = cache["first"]
+        if not len(first):
+            cache[m] = first
+        elif len(first) * m <= len(rank) // 16:
+            near = (first[:, None] + np.arange(m)).ravel()
+            near = near[(near >= m) & (near < len(rank))]
+            near = near[rank[near] < m]
+            short = len(first) > 1 and bool((np.diff(first) < m).any())  # a segment shorter than m rows: its
+            cache[m] = np.unique(near) if short else near  # successor's rows twice, out of order
+        else:
+            cache[m] = np.flatnonzero(rank[m:] < m) + m
     return cache[m]
 
 
@@ -401,10 +432,7 @@ def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, fold: int = 0, bound: 
     n = len(part)
     block = np.ones(n, dtype=bool)
     block[1:] = (codes[1:] != codes[:-1]) | (part[1:] != part[:-1])
-    first = np.flatnonzero(block)
-    idx = np.int32 if n < 2**31 else np.int64
-    rank = np.arange(n, dtype=idx) - first.astype(idx)[np.cumsum(block, dtype=idx) - 1]  # number in its (symbol,
-    #   part) run
+    rank = _run_rank(block, np.int32 if n < 2**31 else np.int64)  # number in its (symbol, part) run
     purge = cfg.horizon + cfg.window
     split = part.copy()
     split[(part > 0) & (rank < purge)] = -1
@@ -464,8 +492,12 @@ class Layout:
 
     @property
     def bar_ns(self) -> np.ndarray:
-        """The bar size of each row's symbol."""
-        return self.bar_of_code[self.codes]
+        """The bar size of each row's symbol (repeated over the symbols' runs: faster than gathering per row)."""
+        new = np.empty(len(self.codes), dtype=bool)
+        new[:1] = True
+        np.not_equal(self.codes[1:], self.codes[:-1], out=new[1:])
+        starts, ends, _ = run_bounds(new)
+        return np.repeat(self.bar_of_code[self.codes[starts]], np.subtract(ends, starts))
 
 
 @dataclass
@@ -547,7 +579,7 @@ def shard_layout(shard: data.CleanShard, max_gap_bars: int, out: dict[str, np.nd
     if (bar_of_code <= 0).any():
         short = [names[i] for i in np.flatnonzero(bar_of_code <= 0)]
         raise ValueError(f"symbol(s) {', '.join(short)}: fewer than two timestamps, no bar size")
-    segment_ids(codes, ts, bar_of_code[codes], max_gap_bars, out["segment"])
+    segment_ids(codes, ts, bar_of_code, max_gap_bars, out["segment"])
     return Layout(codes, ts, bar_of_code, out["segment"], names=names)
 
 
@@ -564,11 +596,13 @@ def place(lay: Layout, bound: dict, seg_offset: int, sym_offset: int, out: dict[
 
 
 def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous: bool, cfg,
-                   out: dict[str, np.ndarray], block: int = 1 << 16) -> dict:
+                   out: dict[str, np.ndarray], block: int = 1 << 16, sample: tuple[Sample, int] | None = None
+                   ) -> dict:
     """Fill `out` (this shard's rows of the FeatureSet's arrays; X unscaled) and return what the meta needs:
     each feature's range before scaling, the masked-target counts, the rows per split. Features are made a block
     of rows at a time (with the LOOKBACK rows before it), so that every temporary stays in the cache and no fresh
-    memory is touched but X's own. The shard is released afterwards."""
+    memory is touched but X's own. `sample`: (the normalisation's Sample, this shard's number), whose rows'
+    features are put there as they are made. The shard is released afterwards."""
     rank = segment_rank(lay.seg)
     X, n = out["X"], len(lay.ts)
     ranges: list[dict] = []
@@ -581,7 +615,12 @@ def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous
             col = make()[b0 - lo :]
             ranges.append(_finite_range(col))
             cols_t[j, : b1 - b0] = col
-        X[b0:b1] = cols_t[:, : b1 - b0].T  # one transposing copy: twice as fast as a strided write per column
+        if sample is not None:  # (the fit's rows of these, while they are in the cache)
+            sample[0].put(sample[1], cols_t[:, : b1 - b0], b0)
+        for c0 in range(b0, b1, 1 << 13):  # transposing copies, each within the cache: a third of the time of one
+            #   copy of the block (whose rows of X span more than the cache) and of a strided write per column
+            c1 = min(c0 + (1 << 13), b1)
+            X[c0:c1] = cols_t[:, c0 - b0 : c1 - b0].T
     lay.pos = sessions.bar_positions(lay.ts, lay.codes, lay.bar_ns, continuous, days=facts.days)
     t = targets({"close": shard.a["close"], **{k: shard.a[k] for k in ("open", "high", "low", "volume")},
                  "timestamp": lay.ts}, lay, cfg, _cleaning_spikes(shard, lay, cfg))
@@ -623,8 +662,14 @@ def _merge_range(parts: list[dict]) -> dict:
 
 def _finite_range(col: np.ndarray) -> dict:
     """min and max over the finite values, and how many are not finite."""
-    lo, hi = (float(np.fmin.reduce(col)), float(np.fmax.reduce(col))) if len(col) else (np.inf, -np.inf)
-    if math.isfinite(lo) and math.isfinite(hi) or not len(col):  # no inf: only NaN can be unknown
+    if not len(col):
+        return {"min": np.inf, "max": -np.inf, "unknown": 0}
+    lo = float(col.min())  # NaN propagates: a NaN (most blocks have none) is known from one pass
+    hi = float(col.max()) if not math.isnan(lo) else lo
+    if math.isfinite(lo) and math.isfinite(hi):
+        return {"min": lo, "max": hi, "unknown": 0}
+    lo, hi = float(np.fmin.reduce(col)), float(np.fmax.reduce(col))
+    if math.isfinite(lo) and math.isfinite(hi):  # no inf: only NaN can be unknown
         return {"min": lo, "max": hi, "unknown": int(np.count_nonzero(np.isnan(col)))}
     finite = np.isfinite(col)
     return {"min": float(np.min(col, where=finite, initial=np.inf)),
@@ -666,14 +711,17 @@ def targets(clean: pd.DataFrame | dict, lay: Layout, cfg, spike: np.ndarray | No
     whole = np.zeros(len(pos), dtype=bool)  # the target spans `horizon` bars: no bar missing in between
     if h < len(pos):
         whole[:-h] = (pos[h:] - pos[:-h] == h) & same(h)
-    lc_h = _shift(lc, -h, seg, same(h))
-    fwd = np.where(whole & clear, lc_h - lc, np.nan)
+    ahead = functools.cache(lambda k: _shift(lc, -k, seg, same(k)))  # lc k rows later, in the segment
+    lc_h = ahead(h)
+    fwd = lc_h - lc
+    fwd[~(whole & clear)] = np.nan
     target = fwd
     if cfg.vol_scaled_target:
         rvol = feature_makers(clean, seg)[f"rvol_{VOL_WINDOWS[-1]}"]() * np.sqrt(h)
         with np.errstate(invalid="ignore", divide="ignore"):
             target = np.where(rvol > 0, fwd / rvol, np.nan)
-    ret_next = np.where(~spike & ~_ahead(spike, 1, seg, same(1)), _shift(lc, -1, seg, same(1)) - lc, np.nan)
+    ret_next = ahead(1) - lc
+    ret_next[spike | _ahead(spike, 1, seg, same(1))] = np.nan
     return {"target": target, "fwd_return": fwd, "ret_next": ret_next,
             "last_return": lc - _shift(lc, 1, seg, same(1)),
             "spike": spike, "spans_missing_bar": np.isfinite(lc_h) & ~whole}
@@ -728,10 +776,12 @@ def build_from_shards(shards: list[data.CleanShard], cfg, quality: dict | None =
         cut = merge_cuts([lay.cut for lay in lays])
         check_cut(cut, cfg)
         cal = calendar.result()
-        made = list(pool.map(lambda i: shard_features(shards[i], lays[i], facts, cal.continuous, cfg, view(i)), each))
         views = [view(i) for i in each]
+        sample = Sample.of([v["split"] for v in views], cut, len(FEATURE_NAMES), pool.map)
+        made = list(pool.map(lambda i: shard_features(shards[i], lays[i], facts, cal.continuous, cfg, view(i),
+                                                      sample=(sample, i)), each))
         norm, target_scale = fit_shards([v["X"] for v in views], [v["y"] for v in views],
-                                        [v["split"] for v in views], cut, pool)
+                                        [v["split"] for v in views], cut, pool, sample=sample)
         list(pool.map(lambda v: scale_rows(v["X"], norm, cfg.clip), views))
     fs.symbols = facts.names
     fs.meta = feature_meta(cfg, facts, cal, cut, made, norm, target_scale, quality, fold)
@@ -745,33 +795,63 @@ def offsets(parts: list[Facts]) -> tuple[list[int], list[int]]:
     return [int(x) for x in segs], [int(x) for x in syms]
 
 
+@dataclass
+class Sample:
+    """The training rows the normalisation is fitted on: at most `max_rows` evenly spaced, every step-th training
+    row of all shards from the first (as fit_robust takes of one array), and their unscaled features, one
+    contiguous float32 row per feature (`X`, filled a shard at a time: `put`)."""
+
+    rows: list[np.ndarray]  # per shard: its sampled rows
+    at: np.ndarray  # where each shard's rows begin in X's columns
+    X: np.ndarray
+    step: int = 1  # the sampled rows are every step-th training row: at least `step` rows apart
+
+    @staticmethod
+    def of(splits: list[np.ndarray], cut: dict, n_features: int, run=map, max_rows: int = 2_000_000) -> Sample:
+        trains = list(run(lambda sp: np.flatnonzero(sp == 0), splits))
+        if not any(len(t) for t in trains):
+            raise ValueError(f"the training split is empty: too little data before the train end "
+                             f"({pd.Timestamp(cut['train_end'], tz='UTC')}, set by {cut['method']})")
+        total = sum(len(t) for t in trains)
+        step, before, rows = (-(-total // max_rows) if total > max_rows else 1), 0, []
+        for t in trains:
+            rows.append(t[(-before) % step :: step])
+            before += len(t)
+        at = np.cumsum([0] + [len(r) for r in rows])
+        return Sample(rows, at, np.empty((n_features, int(at[-1])), dtype=np.float32), step)
+
+    def put(self, i: int, cols: np.ndarray, b0: int) -> None:
+        """Shard i's sampled rows among rows b0.. of its features `cols` ([feature, row], unscaled float32)."""
+        rows, at = self.rows[i], int(self.at[i])
+        if b0 == 0:  # the shard's first block: the pages of its part of X asked for at once (data.prefault)
+            data.prefault([x[at : int(self.at[i + 1])] for x in self.X])
+        j0, j1 = np.searchsorted(rows, (b0, b0 + cols.shape[1]))
+        if j1 > j0 and rows[j1 - 1] - rows[j0] == (j1 - j0 - 1) * self.step:  # evenly spaced (training rows
+            #   in a row): a strided copy, twice as fast as gathering them
+            self.X[:, at + j0 : at + j1] = cols[:, rows[j0] - b0 : rows[j1 - 1] - b0 + 1 : self.step]
+        else:
+            self.X[:, at + j0 : at + j1] = cols[:, rows[j0:j1] - b0]
+
+
 def fit_shards(xs: list[np.ndarray], ys: list[np.ndarray], splits: list[np.ndarray], cut: dict,
-               pool: ThreadPoolExecutor | None = None, max_rows: int = 2_000_000) -> tuple[dict, float]:
+               pool: ThreadPoolExecutor | None = None, max_rows: int = 2_000_000, sample: Sample | None = None
+               ) -> tuple[dict, float]:
     """(normalisation {median, scale} per feature, target scale) fitted on the training rows of all shards,
-    whose unscaled X, targets and splits these are (in row order): at most `max_rows` evenly spaced rows, every
-    step-th training row from the first, as fit_robust takes of one array."""
+    whose unscaled X, targets and splits these are (in row order): the rows of `Sample.of`, their features
+    taken from `xs` unless `sample` holds them already (`shard_features` fills it as it makes them)."""
     run = pool.map if pool is not None else map
-    trains = list(run(lambda sp: np.flatnonzero(sp == 0), splits))
-    if not any(len(t) for t in trains):
-        raise ValueError(f"the training split is empty: too little data before the train end "
-                         f"({pd.Timestamp(cut['train_end'], tz='UTC')}, set by {cut['method']})")
-    total = sum(len(t) for t in trains)
-    step, before, rows = (-(-total // max_rows) if total > max_rows else 1), 0, []
-    for t in trains:
-        rows.append(t[(-before) % step :: step])
-        before += len(t)
-    at = np.cumsum([0] + [len(r) for r in rows])
-    sample = np.empty((xs[0].shape[1], int(at[-1])), dtype=np.float32)  # one contiguous row per feature
+    if sample is None:
+        sample = Sample.of(splits, cut, xs[0].shape[1], run, max_rows)
 
-    def gather(i: int, block: int = 4096) -> None:  # a block of rows at a time: its transpose stays in the cache
-        for b0 in range(0, len(rows[i]), block):
-            part = rows[i][b0 : b0 + block]
-            sample[:, at[i] + b0 : at[i] + b0 + len(part)] = xs[i][part].T
+        def gather(i: int, block: int = 4096) -> None:  # a block of rows at a time: its transpose stays in the cache
+            for b0 in range(0, len(xs[i]), block):
+                sample.put(i, xs[i][b0 : b0 + block].T, b0)
 
-    list(run(gather, range(len(rows))))
+        list(run(gather, range(len(xs))))
+    rows = sample.rows
     y_fit = lambda: fit_robust(np.concatenate([a[r] for a, r in zip(ys, rows)]), scratch=True)  # noqa: E731
     # the target's fit is one more task beside the features', not a serial step after them
-    fits = list(run(lambda j: y_fit() if j < 0 else fit_robust(sample[j], scratch=True), range(-1, len(sample))))
+    fits = list(run(lambda j: y_fit() if j < 0 else fit_robust(sample.X[j], scratch=True), range(-1, len(sample.X))))
     norm = {"median": [f[0] for f in fits[1:]], "scale": [f[1] for f in fits[1:]]}
     return norm, fits[0][1]
 
