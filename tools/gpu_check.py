@@ -76,7 +76,7 @@ def make_plan(device: str, quick: bool) -> Plan:
                     workers=8, bench={"steps": 150, "warmup": 20, "repeats": 3},
                     tests=["-m", "on_cuda" if device.startswith("cuda") else "on_cpu"],
                     sweep_sizes=(256, 1024, 4096, 16384), sweep={"steps": 40, "warmup": 8, "repeats": 1},
-                    budgets={"env": 40, "prepare": 60, "cuda_tests": 200, "bench": 120, "epoch": 100, "stream": 60,
+                    budgets={"env": 40, "prepare": 60, "cuda_tests": 200, "bench": 170, "epoch": 100, "stream": 60,
                              "sweep": 100},
                     total_s=460)
     data = {"synth_symbols": 3, "synth_bars": 1500, "window": 16, "hidden": 16, "batch_size": 64, "log_every": 2}
