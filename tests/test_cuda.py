@@ -40,7 +40,7 @@ from tradelib import stream
 from tradelib.config import Config
 from tradelib.models import build_model, model_for
 from tradelib.sources import DataLoaderSource, DenseSource, Windows, WindowSource, dense_chunks, make_sources
-from tradelib.trainer import Trainer, graphs_refused, seed_everything
+from tradelib.trainer import StepGraph, Trainer, graphs_refused, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 W, CHUNK = 16, 40  # conftest's TINY window; dense chunk rows
@@ -413,6 +413,33 @@ def test_the_step_graph_gives_the_eager_steps(tiny_fs, device, case):
         assert w[2] == g[2] and all(nan_equal(a, b, tol) for a, b in zip(w[:2], g[:2])), (want, got)
     for k, v in snapshot(eager.model).items():
         torch.testing.assert_close(snapshot(graphed.model)[k], v, rtol=tol * 10, atol=tol * 1e-2)
+
+
+@pytest.mark.on_cpu
+def test_a_failed_recording_trains_on_eagerly_from_the_state_it_had(tiny_fs, monkeypatch, capsys):
+    """A recording that fails part-way through its warm-up (its steps partly taken) says why, and the run goes on
+    eagerly as if the graph had never been tried: the same losses, weights and AdamW state as an eager run."""
+    spec = dict(model="lstm", precision="fp32", batch_size=32, warmup_steps=3)
+    eager, graphed = make_trainer(tiny_fs, "cpu", **spec), make_trainer(tiny_fs, "cpu", **spec)
+    graphed.graphs = True  # (refused on the CPU: the fixed-buffer steps without the recording)
+    calls, body = [], StepGraph.body
+
+    def fails_second(self, capturing):
+        calls.append(capturing)
+        if len(calls) == 2:
+            raise RuntimeError("operation not permitted when stream is capturing\nthe rest of the message")
+        return body(self, capturing)
+
+    monkeypatch.setattr(StepGraph, "body", fails_second)
+    groups = list(eager.source.epoch(0, seed=1)[: 3 * 32].split(32))
+    want, got = graph_run(eager, groups, bad_step=-1), graph_run(graphed, groups, bad_step=-1)
+    out = capsys.readouterr().out
+    assert ("cuda_graphs: recording the step failed, training without the step graph: RuntimeError: operation not "
+            "permitted when stream is capturing\n") in out
+    assert len(calls) == 2 and not graphed.graphs and graphed.graph is None and graphed.graph_steps == 0
+    assert want == got
+    assert_bitwise(snapshot(graphed.model), snapshot(eager.model))
+    assert all(torch.equal(a, b) for a, b in zip(adam_state(graphed), adam_state(eager)))
 
 
 def test_the_step_graph_is_refused_where_it_cannot_work(tiny_fs, capsys):

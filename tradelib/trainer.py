@@ -370,12 +370,14 @@ class StepGraph:
         side = torch.cuda.Stream(tr.device) if capture else None
         if side is not None:
             side.wait_stream(torch.cuda.current_stream(tr.device))
-        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-            for _ in range(self.WARMUP):
-                self.body(capturing=False)
-        if side is not None:
-            torch.cuda.current_stream(tr.device).wait_stream(side)
-        self.restore(saved)
+        try:
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                for _ in range(self.WARMUP):
+                    self.body(capturing=False)
+        finally:  # also when a warm-up step fails: the run goes on eagerly from the state it had
+            if side is not None:
+                torch.cuda.current_stream(tr.device).wait_stream(side)
+            self.restore(saved)
         tr.opt.zero_grad(set_to_none=True)  # the recorded backward makes its gradients in the graph's memory
         self.graph = torch.cuda.CUDAGraph() if capture else None
         if self.graph is not None:
