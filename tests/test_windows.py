@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from tradelib.models import build_model
 from tradelib.sources import (
@@ -15,6 +17,7 @@ from tradelib.sources import (
     Windows,
     WindowSource,
     dense_chunks,
+    take_spans,
     window_ends,
 )
 
@@ -177,3 +180,23 @@ def test_every_source_implements_the_protocol(tiny_fs):
         shares = [src.epoch(0, 1, rank, 2) for rank in (0, 1)]
         assert len(shares[0]) == len(shares[1]) == len(src) // 2
         assert not set(shares[0].tolist()) & set(shares[1].tolist())
+
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 60), length=st.integers(1, 8), width=st.integers(0, 3), kind=st.sampled_from(["f", "b"]),
+       seed=st.integers(0, 2**16))
+def test_take_spans_equals_stacked_slices(n, length, width, kind, seed):
+    """One index_select over the overlapping view of every span gives what slicing each span gives."""
+    assume(length <= n)
+    g = torch.Generator().manual_seed(seed)
+    shape = (n,) if width == 0 else (n, width)
+    t = torch.randn(shape, generator=g) if kind == "f" else torch.rand(shape, generator=g) < 0.5
+    starts = torch.randint(0, n - length + 1, (5,), generator=g)
+    want = torch.stack([t[s : s + length] for s in starts.tolist()])
+    assert torch.equal(take_spans(t, starts, length), want)
+
+
+def test_take_spans_refuses_a_strided_tensor():
+    with pytest.raises(ValueError, match="contiguous"):
+        take_spans(torch.zeros(4, 3).t(), torch.zeros(1, dtype=torch.long), 1)

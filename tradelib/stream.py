@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from tradelib.features import FeatureSet
-from tradelib.sources import Batch, BatchSource, Windows, dense_chunks, epoch_order, window_ends
+from tradelib.sources import Batch, BatchSource, Windows, dense_chunks, epoch_order, take_spans, window_ends
 from tradelib.sources import make_sources as resident_sources
 
 ROW_BYTES_EXTRA = 4 + 1  # per row on the device besides the features: the scaled target (float32), its validity
@@ -400,12 +400,13 @@ class StreamSource:
     def _batch(self, ends: torch.Tensor, first: torch.Tensor | None) -> Batch:
         """Items whose anchors sit at device rows `ends`: windows (x, y), or chunks (x, y, mask), `first` the
         offset of each chunk's first trained row from its anchor."""
-        rows = self.ledger.track(ends[:, None] + self.offsets)
-        s = self.stream
+        s, starts = self.stream, self.ledger.track(ends - (self.span - 1))
+        x = self.ledger.track(take_spans(s.X, starts, self.span))
         if first is None:
-            return Batch(self.ledger.track(s.X[rows]), self.ledger.track(s.y[ends]), None)
-        mask = self.ledger.track((self.offsets[None, :] >= first[:, None]) & s.valid[rows])
-        return Batch(self.ledger.track(s.X[rows]), self.ledger.track(s.y[rows]), mask)
+            return Batch(x, self.ledger.track(s.y[ends]), None)
+        valid = self.ledger.track(take_spans(s.valid, starts, self.span))
+        mask = self.ledger.track((self.offsets[None, :] >= first[:, None]) & valid)
+        return Batch(x, self.ledger.track(take_spans(s.y, starts, self.span)), mask)
 
     def count(self, ids: torch.Tensor) -> torch.Tensor:
         """Valid targets of these items, from host tables (no device sync)."""
@@ -424,7 +425,6 @@ class StreamWindows:
         self.fs, self.window, self.stream, self.ledger = fs, window, stream, ledger
         self.device = stream.device
         self.target_scale = float(fs.meta.get("target_scale", 1.0))
-        self.offsets = torch.arange(-window + 1, 1, device=self.device)
         self._ends = {s: torch.from_numpy(window_ends(fs, s, window)) for s in (0, 1, 2)}
 
     def ends(self, split: int) -> torch.Tensor:
@@ -450,8 +450,8 @@ class StreamWindows:
                     s.prefetch(groups[j + 1], keep=groups[j])
                 lo, hi = a + np.searchsorted(gid[a:z], [j, j + 1])
                 local = s.upload(s.local(e[lo:hi], block[lo:hi], slot), self.ledger)
-                rows = self.ledger.track(local[:, None] + self.offsets)
-                parts.append((self.ledger.track(s.X[rows]), self.ledger.track(s.y[local])))
+                x = take_spans(s.X, self.ledger.track(local - (self.window - 1)), self.window)
+                parts.append((self.ledger.track(x), self.ledger.track(s.y[local])))
             if len(parts) == 1:
                 yield parts[0]
             else:  # a batch across groups: each part gathered while its group was resident
