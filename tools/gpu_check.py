@@ -406,11 +406,18 @@ SPECS = {
 
 # -- the --stage helpers: run as subprocesses of the check, they import torch and tradelib -------------------------
 def git_commit() -> str | None:
+    """HEAD, and whether the tracked files differ from it: a copied working tree may carry older git metadata
+    (the device tool's copy named the session's first commit while running later code)."""
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        return (done.stdout.strip() or None) if done.returncode == 0 else None
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        diff = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
+    if head.returncode != 0 or not head.stdout.strip():
+        return None
+    changed = len(diff.stdout.splitlines()) if diff.returncode == 0 else None
+    return head.stdout.strip() + ("" if changed == 0 else f" + {changed or 'unknown'} changed tracked file(s)")
 
 
 def nvml_driver() -> str | None:
