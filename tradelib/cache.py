@@ -29,7 +29,7 @@ import numpy as np
 
 from tradelib import data
 from tradelib.features import FEATURE_NAMES, FeatureSet, feature_params, scale_rows
-from tradelib.paths import Busy, FileLock, outputs_dir, pid_alive
+from tradelib.paths import Busy, FileLock, left_by_dead_writer, outputs_dir
 
 CODE_MODULES = ("tradelib.data", "tradelib.features", "tradelib.sessions", "tradelib.synth", "tradelib.dataset",
                 "tradelib.shards")
@@ -138,8 +138,7 @@ def _bytes(a: np.ndarray) -> memoryview:
 def _sweep(folder: Path) -> None:
     """Delete what a killed builder of this key left: `.<key>.<pid>.<ns>.tmp` / `.old` folders of a dead pid."""
     for p in list(folder.parent.glob(f".{folder.name}.*.tmp")) + list(folder.parent.glob(f".{folder.name}.*.old")):
-        pid = p.name[len(folder.name) + 2:].split(".")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
+        if left_by_dead_writer(p):
             shutil.rmtree(p, ignore_errors=True)
 
 

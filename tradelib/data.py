@@ -562,6 +562,14 @@ def _sort_order(codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return np.lexsort((ts, codes))
 
 
+def run_starts(a: np.ndarray) -> np.ndarray:
+    """True at row 0 and wherever a row differs from the row before: the first rows of a's runs."""
+    new = np.empty(len(a), dtype=bool)
+    new[:1] = True
+    np.not_equal(a[1:], a[:-1], out=new[1:])
+    return new
+
+
 def run_bounds(new: np.ndarray) -> tuple[list[int], list[int], bool]:
     """(first rows, end rows) of the runs that start where `new` is True (new[0] True), and whether they are few
     and long (symbols, segments): a slice of each is then worked on in the cache, a few times faster than
@@ -616,17 +624,14 @@ def _majority_steps(c: np.ndarray, d_ms: np.ndarray, n_sym: int) -> np.ndarray |
     total = np.diff(edges)
     cand = d_ms[np.minimum(edges[:-1] + total // 2, len(d_ms) - 1)]
     hits = total - np.bincount(c[np.flatnonzero(d_ms != np.repeat(cand, total))], minlength=n_sym)
-    mode = (hits >= 2) & (2 * hits > total) & (hits >= BAR_MODE_SHARE * total)
+    mode = _is_majority(hits, total)
     return np.where(total > 0, cand * 1_000_000, 0) if (mode | (total == 0)).all() else None
 
 
 def _majority_by_symbol(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray | None:
     """`_majority_steps` a symbol at a time on its own rows (few symbols, grouped in code order), not on all
     steps filtered and divided at once; None where a symbol's middle step is not positive or not a majority."""
-    new = np.empty(len(codes), dtype=bool)
-    new[0] = True
-    np.not_equal(codes[1:], codes[:-1], out=new[1:])
-    starts, ends, few = run_bounds(new)
+    starts, ends, few = run_bounds(run_starts(codes))
     present = codes[starts]
     if not few or (present[1:] <= present[:-1]).any() or present[0] < 0:
         return None
@@ -640,10 +645,16 @@ def _majority_by_symbol(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.nda
             return None
         total = np.count_nonzero(d > 0)
         hits = np.count_nonzero((d >= max(step_ms * 1_000_000, 1)) & (d < (step_ms + 1) * 1_000_000))
-        if not (hits >= 2 and 2 * hits > total and hits >= BAR_MODE_SHARE * total):
+        if not _is_majority(hits, total):
             return None
         out[c] = step_ms * 1_000_000
     return out
+
+
+def _is_majority(hits: np.ndarray | int, total: np.ndarray | int) -> np.ndarray | bool:
+    """A step that `hits` of a symbol's `total` positive steps take is its bar size without counting the others:
+    more than half of them (so it is the mode), at least two, and the mode's own share (arrays or ints)."""
+    return (hits >= 2) & (2 * hits > total) & (hits >= BAR_MODE_SHARE * total)
 
 
 def infer_bar_size(ts: pd.Series | np.ndarray) -> pd.Timedelta:
@@ -902,8 +913,7 @@ class Work:
 
     @property
     def new_symbol(self) -> np.ndarray:
-        code = self.a["code"]
-        return np.r_[True, code[1:] != code[:-1]] if len(code) else np.zeros(0, dtype=bool)
+        return run_starts(self.a["code"])
 
 
 # -- the rules, in the order they run. Drop rules see only the rows still kept; the first drop counts. -----------
@@ -1242,7 +1252,7 @@ def clean_frame(shards: list[CleanShard], keep: tuple[str, ...] = (), raw: pd.Da
 def _shard_part(w: Work, rows_in: int) -> dict:
     """What the quality report needs of one cleaned shard, JSON-serialisable (a sharded build stores it)."""
     symbols, code, bar = w.symbols, w.a["code"], w.bar
-    kept = code[np.r_[True, code[1:] != code[:-1]]] if len(code) else code  # sorted: the distinct codes
+    kept = code[run_starts(code)]  # sorted: the distinct codes
     per = np.bincount(code[w.gap], minlength=len(symbols)) if len(w.gap) == len(code) else np.zeros(0, int)
     return {"rows_in": rows_in, "rows_kept": len(code),
             "counts": [[*key, c["action"], c["rule"], c["rows"]] for key, c in zip(w.keys, w.counts)],

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tradelib import data, sessions
-from tradelib.data import bar_sizes_ns, ns_since_epoch, run_bounds
+from tradelib.data import bar_sizes_ns, ns_since_epoch, run_bounds, run_starts
 
 RETURN_LAGS = (1, 4, 16, 64)
 VOL_WINDOWS = (8, 32)
@@ -74,8 +74,7 @@ def segment_ids(symbol_codes: np.ndarray, ts_ns: np.ndarray, bar_of_code: np.nda
                 out: np.ndarray | None = None) -> np.ndarray:
     """Contiguous runs: a new segment at every symbol change or gap longer than max_gap_bars bars (int32, into
     `out` when given). `bar_of_code`: the bar size (ns) of each symbol code."""
-    new = np.ones(len(ts_ns), dtype=bool)
-    np.not_equal(symbol_codes[1:], symbol_codes[:-1], out=new[1:])
+    new = run_starts(symbol_codes)
     starts, ends, few = run_bounds(new)
     if not few:
         new[1:] |= np.diff(ts_ns) > max_gap_bars * bar_of_code[symbol_codes[1:]]
@@ -139,9 +138,7 @@ def _ahead(flag: np.ndarray, k: int, seg: np.ndarray, same: np.ndarray | None = 
 
 def segment_rank(seg: np.ndarray) -> np.ndarray:
     """Each row's number within its segment (0 at the segment's first row), as int32."""
-    new = np.ones(len(seg), dtype=bool)
-    np.not_equal(seg[1:], seg[:-1], out=new[1:])
-    return _run_rank(new)
+    return _run_rank(run_starts(seg))
 
 
 def _outside(rank: np.ndarray, m: int, cache: dict | None) -> np.ndarray:
@@ -493,10 +490,7 @@ class Layout:
     @property
     def bar_ns(self) -> np.ndarray:
         """The bar size of each row's symbol (repeated over the symbols' runs: faster than gathering per row)."""
-        new = np.empty(len(self.codes), dtype=bool)
-        new[:1] = True
-        np.not_equal(self.codes[1:], self.codes[:-1], out=new[1:])
-        starts, ends, _ = run_bounds(new)
+        starts, ends, _ = run_bounds(run_starts(self.codes))
         return np.repeat(self.bar_of_code[self.codes[starts]], np.subtract(ends, starts))
 
 
@@ -516,7 +510,7 @@ class Facts:
     @staticmethod
     def of(lay: Layout) -> Facts:
         times, counts = _distinct(lay.ts)
-        first = np.r_[True, lay.codes[1:] != lay.codes[:-1]] if len(lay.codes) else np.zeros(0, dtype=bool)
+        first = run_starts(lay.codes)
         day = lay.ts // sessions.DAY_NS
         new = first.copy()
         new[1:] |= day[1:] != day[:-1]  # (symbol, day) pairs: rows are in time order within a symbol
@@ -568,7 +562,7 @@ def shard_layout(shard: data.CleanShard, max_gap_bars: int, out: dict[str, np.nd
     ts, codes = out["timestamp"], out["symbol_id"]
     ts[:] = shard.a.pop("ts")
     raw_codes = shard.a.pop("code")
-    first = np.r_[True, raw_codes[1:] != raw_codes[:-1]] if len(raw_codes) else np.zeros(0, dtype=bool)
+    first = run_starts(raw_codes)
     _run_ids(first, codes)
     present = raw_codes[first]
     if shard.bar is not None:  # cleaning found them on these very rows

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import time
 from pathlib import Path
 
@@ -33,16 +32,19 @@ def unique_tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
 
 
+def left_by_dead_writer(path: Path) -> bool:
+    """Whether `path` is named as unique_tmp names things (`<name>.<pid>.<ns>.<suffix>`, .tmp or a moved-aside
+    .old) by a process that is gone: what a killed writer left, which no live one will finish."""
+    parts = path.name.rsplit(".", 3)
+    return len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit() and not pid_alive(int(parts[1]))
+
+
 def remove_stale_tmp(folder: Path) -> int:
-    """Delete the temporary files (unique_tmp's) that a killed writer left in `folder`: those whose process is
-    gone. Returns how many."""
-    removed = 0
-    for tmp in folder.glob(".*.tmp"):
-        m = re.fullmatch(r"\..+\.(\d+)\.\d+\.tmp", tmp.name)
-        if m and not pid_alive(int(m.group(1))):
-            tmp.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    """Delete the temporary files (unique_tmp's) that a killed writer left in `folder`. Returns how many."""
+    stale = [tmp for tmp in folder.glob(".*.tmp") if left_by_dead_writer(tmp)]
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
 
 
 def pid_alive(pid: int) -> bool:

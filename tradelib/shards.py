@@ -45,7 +45,7 @@ from tradelib.features import (
     shard_features,
     shard_layout,
 )
-from tradelib.paths import atomic_write_bytes, pid_alive
+from tradelib.paths import atomic_write_bytes, left_by_dead_writer
 
 CLEAN = ("ts", "code", "open", "high", "low", "close", "volume")
 
@@ -99,8 +99,7 @@ def _start(work: Path, plan: dict, verbose: bool) -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     for tmp in work.glob("*.tmp"):
-        pid = tmp.name.split(".")[-3]
-        if pid.isdigit() and not pid_alive(int(pid)):
+        if left_by_dead_writer(tmp):
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
     if not plan_file.exists():
         atomic_write_bytes(json.dumps(plan).encode(), plan_file)
@@ -114,7 +113,7 @@ def _clean_stage(work: Path, k: int, part: dict, shard: data.CleanShard, cfg) ->
     """Stage 1 of shard k: its clean rows (symbols recoded 0.. within the shard) and its facts, each written
     whole."""
     code = shard.a["code"]
-    first = np.r_[True, code[1:] != code[:-1]] if len(code) else np.zeros(0, dtype=bool)
+    first = data.run_starts(code)
     present = code[first]
     arrays = {name: shard.a[name] for name in CLEAN} | {f"keep_{n}": v for n, v in shard.keep.items()}
     arrays |= {"code": (np.cumsum(first) - 1).astype(np.int32), "bar": shard.bar[present],
