@@ -194,18 +194,23 @@ class DenseSource:
         pass
 
     def rows_and_mask(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.chunk_starts[ids, None] + self.chunk_offsets
-        return rows, (rows >= self.chunk_first[ids, None]) & self.valid[rows]
+        """The chunks' rows [B, L] and the positions that train (`mask`)."""
+        starts = self.chunk_starts[ids]
+        return starts[:, None] + self.chunk_offsets, self.mask(ids, starts)
+
+    def mask(self, ids: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """[B, L]: from each chunk's first trained row on, where the target is known (`starts`: the chunks' first
+        rows)."""
+        return (self.chunk_offsets >= (self.chunk_first[ids] - starts)[:, None]) & take_spans(self.valid, starts,
+                                                                                             self.length)
 
     def fetch(self, ids: torch.Tensor) -> Batch:
-        starts = self.chunk_starts[ids]
-        mask = (self.chunk_offsets >= (self.chunk_first[ids] - starts)[:, None]) & take_spans(self.valid, starts,
-                                                                                            self.length)
-        w = self.windows
-        return Batch(take_spans(w.X, starts, self.length), take_spans(w.y, starts, self.length), mask)
+        starts, w = self.chunk_starts[ids], self.windows
+        return Batch(take_spans(w.X, starts, self.length), take_spans(w.y, starts, self.length),
+                     self.mask(ids, starts))
 
     def count(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.rows_and_mask(ids)[1].sum(dtype=torch.float64)
+        return self.mask(ids, self.chunk_starts[ids]).sum(dtype=torch.float64)
 
 
 class WindowDataset(Dataset):
