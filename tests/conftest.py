@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tradelib import dataset
 from tradelib.config import Config
+from tradelib.data import dataset
 
 TINY = dict(synth_symbols=3, synth_bars=1500, window=16, hidden=16, layers=1, batch_size=64, epochs=1,
             log_every=4, device="cpu", compile="off")

@@ -16,7 +16,8 @@ import torch
 from tradelib import monitor
 from tradelib.cli import main
 from tradelib.config import Config
-from tradelib.measure import (
+from tradelib.monitor import GpuMonitor, summarise
+from tradelib.perf.measure import (
     REQUIRED_KEYS,
     CpuElsewhere,
     add_ratios,
@@ -26,7 +27,6 @@ from tradelib.measure import (
     parse_model_spec,
     untrusted_peak,
 )
-from tradelib.monitor import GpuMonitor, summarise
 
 
 def test_bench_cli_end_to_end_on_cpu(tmp_path, capsys):
@@ -114,7 +114,7 @@ def test_summarise():
 
 
 def test_features_bench_measures_rows_memory_and_warm_load(tmp_path):
-    from tradelib.databench import bench_data
+    from tradelib.perf.databench import bench_data
 
     r = bench_data(n_symbols=2, n_bars=3000, repeats=1, full_profile=False, verbose=False)
     assert r["rows"] > 5000 and 0 < r["feature_rows"] <= r["rows"]
@@ -138,7 +138,7 @@ def test_bench_stream_sets_resident_and_streamed_side_by_side(tmp_path, capsys):
 
 
 def test_features_bench_times_csv_and_parquet_ingestion(outputs):
-    from tradelib.databench import bench_data
+    from tradelib.perf.databench import bench_data
 
     r = bench_data(n_symbols=2, n_bars=2000, repeats=1, full_profile=False, verbose=False, ingest=True)
     for kind in ("csv", "parquet"):
@@ -204,7 +204,7 @@ def test_cpu_elsewhere_counts_other_processes_not_this_one():
 
 
 def test_a_peak_measured_beside_a_busy_process_flags_every_mfu(tiny_cfg):
-    from tradelib.profiling import batch_size_sweep
+    from tradelib.perf.profiling import batch_size_sweep
 
     cfg = tiny_cfg.replace(steps=1, warmup=0, loaders="device", max_other_load=0.0)
     proc = burner(30)

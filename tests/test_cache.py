@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tradelib import cache, dataset
 from tradelib.config import Config
+from tradelib.data import cache, dataset
 
 from .conftest import TINY
 
@@ -43,12 +43,12 @@ def test_key_changes_with_data_and_feature_parameters(tmp_path):
 
 def test_editing_the_feature_code_invalidates_the_cache(tmp_path):
     """A copy of the package with one edit to features.py computes another key and rebuilds."""
-    pkg = Path(cache.__file__).parent
+    pkg = Path(cache.__file__).parents[1]
     for variant in ("orig", "edited"):
         shutil.copytree(pkg, tmp_path / variant / "tradelib", ignore=shutil.ignore_patterns("__pycache__"))
-    feats = tmp_path / "edited" / "tradelib" / "features.py"
+    feats = tmp_path / "edited" / "tradelib" / "data" / "features.py"
     feats.write_text(feats.read_text().replace("VOLUME_WINDOW = 64", "VOLUME_WINDOW = 63"))
-    script = ("from tradelib import dataset; from tradelib.config import Config; "
+    script = ("from tradelib.data import dataset; from tradelib.config import Config; "
               f"cfg = Config(**{TINY!r}); fs = dataset.prepare(cfg); print('KEY', fs.meta['cache_key'])")
     env = dict(os.environ, TRADELIB_OUTPUTS=str(tmp_path / "out"))
     outs = {}
@@ -65,7 +65,7 @@ def test_editing_the_feature_code_invalidates_the_cache(tmp_path):
 def test_missing_path_is_a_clear_error(tmp_path):
     import pytest
 
-    from tradelib.data import DataError
+    from tradelib.data.load import DataError
 
     with pytest.raises(DataError, match="path does not exist"):
         dataset.prepare(Config(**TINY, data_path=str(tmp_path / "nope.csv")))

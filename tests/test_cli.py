@@ -76,7 +76,7 @@ def test_pipeline_names_the_nearest_parameter(capsys):
 
 
 def test_report_renders_04_for_a_run_into_its_folder(outputs, capsys):
-    from tradelib.train import train
+    from tradelib.train.run import train
 
     from .conftest import TINY
 

@@ -36,11 +36,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tradelib import stream
 from tradelib.config import Config
-from tradelib.models import build_model, model_for
-from tradelib.sources import DataLoaderSource, DenseSource, Windows, WindowSource, dense_chunks, make_sources
-from tradelib.trainer import StepGraph, Trainer, graphs_refused, seed_everything
+from tradelib.train import stream
+from tradelib.train.models import build_model, model_for
+from tradelib.train.sources import DataLoaderSource, DenseSource, Windows, WindowSource, dense_chunks, make_sources
+from tradelib.train.trainer import StepGraph, Trainer, graphs_refused, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 W, CHUNK = 16, 40  # conftest's TINY window; dense chunk rows
@@ -472,7 +472,7 @@ KILLED_CHILD = r"""
 import json, sys, time
 from tradelib.config import Config
 from tradelib.hardware import torch_flags
-from tradelib.train import TrainingRun
+from tradelib.train.run import TrainingRun
 cfg = Config.from_dict(json.loads(sys.argv[1]))
 pause_at, marker = int(sys.argv[2]), sys.argv[3]
 

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tradelib.data import RULES, DataError, QualityReport, clean_ohlcv, infer_bar_size, load_ohlcv
+from tradelib.data.clean import RULES, QualityReport, clean_ohlcv, infer_bar_size
+from tradelib.data.load import DataError, load_ohlcv
 
 ACTIONS = {r.name: r.action for r in RULES}
 
@@ -285,7 +286,7 @@ def test_spike_threshold_comes_from_trailing_returns_only():
     wild = raw.copy()
     rng = np.random.default_rng(5)
     wild.loc[102:199, PRICES] = wild.loc[102:199, PRICES].mul(np.exp(np.cumsum(rng.normal(0, 0.4, 98))), axis=0)
-    from tradelib.data import spike_rows
+    from tradelib.data.clean import spike_rows
 
     for frame in (raw, wild):
         aaa = frame[frame.symbol == "AAA"]

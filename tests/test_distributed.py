@@ -16,13 +16,14 @@ import pandas as pd
 import pytest
 import torch
 
-from tradelib import dataset, stream
 from tradelib.config import Config
+from tradelib.data import dataset
 from tradelib.distributed import launch_distributed, needs_launch
-from tradelib.models import build_model
-from tradelib.sources import window_ends
-from tradelib.train import train
-from tradelib.trainer import seed_everything
+from tradelib.train import stream
+from tradelib.train.models import build_model
+from tradelib.train.run import train
+from tradelib.train.sources import window_ends
+from tradelib.train.trainer import seed_everything
 
 BASE = dict(synth_symbols=3, synth_bars=400, window=16, hidden=8, layers=2, device="cpu", compile="off",
             precision="fp32", dropout=0.0, epochs=1, max_steps=3, log_every=1, warmup_steps=2, seed=5)
@@ -84,7 +85,7 @@ SHARDED = """
 import json, os, sys
 import numpy as np
 from tradelib.config import Config
-from tradelib.train import TrainingRun
+from tradelib.train.run import TrainingRun
 from tradelib.distributed import cleanup_distributed
 
 run = TrainingRun(Config(**json.loads(sys.argv[1])), progress=False)

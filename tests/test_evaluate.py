@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tradelib import evaluate as ev
 from tradelib import runs
+from tradelib.report import metrics as ev
 
 HOUR = 3600.0
 

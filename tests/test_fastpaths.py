@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tradelib import data, features, synth
+from tradelib.data import clean, features, load, synth
 
 
 def _runs(n: int, n_runs: int, rng) -> np.ndarray:
@@ -73,10 +73,10 @@ def test_bar_sizes_a_symbol_at_a_time_match_the_counting_path(kind, monkeypatch)
     elif kind == "tie":  # two steps equally common: no majority
         steps = steps * np.tile([1, 2], len(steps) // 2)
     ts = np.concatenate([np.cumsum(steps[codes == c]) for c in range(5)])
-    fast = data.bar_sizes_ns(codes, ts, 6)
-    monkeypatch.setattr(data, "_majority_by_symbol", lambda *a: None)
-    monkeypatch.setattr(data, "_majority_steps", lambda *a: None)
-    assert np.array_equal(fast, data.bar_sizes_ns(codes, ts, 6))
+    fast = clean.bar_sizes_ns(codes, ts, 6)
+    monkeypatch.setattr(clean, "_majority_by_symbol", lambda *a: None)
+    monkeypatch.setattr(clean, "_majority_steps", lambda *a: None)
+    assert np.array_equal(fast, clean.bar_sizes_ns(codes, ts, 6))
 
 
 def test_clean_range_stats_derived_from_dropped_rows_match_a_fresh_pass():
@@ -86,7 +86,7 @@ def test_clean_range_stats_derived_from_dropped_rows_match_a_fresh_pass():
     for seed in range(6):
         rng = np.random.default_rng(seed)
         raw = synth.generate_market(n_symbols=3, n_bars=2_000, seed=seed)
-        for col in data.NUM_COLS:
+        for col in load.NUM_COLS:
             v = raw[col].to_numpy().copy()
             at = rng.choice(len(v), 4, replace=False)
             v[at] = rng.choice([np.nan, np.inf, -np.inf, 0.0, -0.0, -1.0, np.nanmin(v), np.nanmax(v)], 4)
@@ -95,8 +95,8 @@ def test_clean_range_stats_derived_from_dropped_rows_match_a_fresh_pass():
         close[int(np.nanargmax(np.where(np.isfinite(close), close, np.nan)))] = np.nan  # drops the largest close
         raw["close"] = close
         raw = pd.concat([raw.iloc[:1], raw]).reset_index(drop=True)  # a duplicate
-        for part, shard in data.clean_parts(raw, "x", min_rows=20, shard_rows=2_500):
-            fresh = data._range_stats({c: shard.a[c] for c in data.NUM_COLS}, shard.a["ts"])
+        for part, shard in clean.clean_parts(raw, "x", min_rows=20, shard_rows=2_500):
+            fresh = clean._range_stats({c: shard.a[c] for c in load.NUM_COLS}, shard.a["ts"])
             assert repr(part["after"]) == repr(fresh)  # values, None, ints and the sign of a zero alike
             derived += part["rows_in"] > part["rows_kept"]
     assert derived  # shards with dropped rows were checked

@@ -6,18 +6,18 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tradelib import data, dataset
 from tradelib.config import Config, ConfigError
-from tradelib.features import build_features, feature_makers, feature_params, segment_ids
-from tradelib.sources import window_ends
-from tradelib.synth import generate_market
+from tradelib.data import clean, dataset
+from tradelib.data.features import build_features, feature_makers, feature_params, segment_ids
+from tradelib.data.synth import generate_market
+from tradelib.train.sources import window_ends
 
 FCFG = Config(window=16, horizon=1)
 
 
 def clean_market(n_symbols=3, n_bars=800, seed=1, hostile=True):
     raw = generate_market(n_symbols=n_symbols, n_bars=n_bars, seed=seed, hostile=hostile)
-    return data.clean_ohlcv(raw, "synthetic", keep=("oracle",))[0]
+    return clean.clean_ohlcv(raw, "synthetic", keep=("oracle",))[0]
 
 
 def raw_feature_matrix(clean: pd.DataFrame) -> np.ndarray:
@@ -132,7 +132,7 @@ def test_feature_parameters_are_configs_features_group():
 
 def test_feature_ranges_before_scaling_are_recorded_and_finite():
     """01 shows each feature's range before and after scaling; before is finite even on hostile data."""
-    from tradelib.explore import feature_table
+    from tradelib.report.explore import feature_table
 
     fs = build_features(clean_market(), FCFG)
     raw = fs.meta["raw_ranges"]
@@ -158,9 +158,9 @@ def test_features_finite_and_bounded_on_hostile_input(cells, scale):
     raw[["open", "high", "low", "close"]] *= scale
     for row, col, value in cells:
         raw.loc[row, col] = value
-    clean, report = data.clean_ohlcv(raw, "hostile", keep=("oracle",))
+    frame, report = clean.clean_ohlcv(raw, "hostile", keep=("oracle",))
     assert report.rows_in == report.rows_kept + report.rows_dropped == len(raw)
-    fs = build_features(clean, FCFG)
+    fs = build_features(frame, FCFG)
     assert np.isfinite(fs.X).all() and np.abs(fs.X).max() <= FCFG.clip
     assert np.isfinite(fs.y[window_ends(fs, 0, FCFG.window)]).all()
 
@@ -217,7 +217,7 @@ def test_a_hole_just_under_max_gap_bars_is_never_spanned():
     raw = generate_market(n_symbols=1, n_bars=2400, seed=4, hostile=False)
     cfg = Config(window=16, horizon=3, max_gap_bars=50, train_end=_iso(raw, 1000), val_end=_iso(raw, 1700))
     holed = raw.drop(index=range(990, 1031)).reset_index(drop=True)  # bars 990..1030 missing
-    fs = build_features(data.clean_ohlcv(holed, "holed", keep=("oracle",))[0], cfg)
+    fs = build_features(clean.clean_ohlcv(holed, "holed", keep=("oracle",))[0], cfg)
     assert fs.segment.max() == 0  # one segment: windows may cross the hole, targets may not
     last_train = np.flatnonzero(fs.split == 0)[-1]  # bar 989
     np.testing.assert_array_equal(np.isnan(fs.y[last_train - 3: last_train + 1]), [False, True, True, True])
@@ -233,7 +233,7 @@ def test_a_hole_just_under_max_gap_bars_is_never_spanned():
 
 def test_date_splits_keep_whole_days_and_are_stated():
     raw = generate_market(n_symbols=2, n_bars=2000, seed=5, hostile=False)  # 2024-01-01 .. 2024-01-07, 5 minutes
-    fs = build_features(data.clean_ohlcv(raw, "dated", keep=("oracle",))[0],
+    fs = build_features(clean.clean_ohlcv(raw, "dated", keep=("oracle",))[0],
                         Config(window=8, horizon=1, train_end="2024-01-03", val_end="2024-01-05 12:00"))
     ts = pd.to_datetime(fs.timestamp, utc=True)
     assert ts[fs.split == 0].max() == pd.Timestamp("2024-01-03 23:55", tz="UTC")  # the whole of Jan 3rd
@@ -245,7 +245,7 @@ def test_date_splits_keep_whole_days_and_are_stated():
     # every symbol purges horizon + window of its own rows after each of the two boundaries
     assert (np.bincount(fs.symbol_id[fs.split == -1]) == 2 * 9).all()
     with pytest.raises(ValueError, match="test split is empty"):
-        build_features(data.clean_ohlcv(raw, "dated")[0], Config(train_end="2024-01-03", val_end="2024-02-01"))
+        build_features(clean.clean_ohlcv(raw, "dated")[0], Config(train_end="2024-01-03", val_end="2024-02-01"))
 
 
 @pytest.mark.parametrize("values, problem", [

@@ -148,7 +148,7 @@ def test_every_stage_command_parses_into_a_valid_config(tmp_path, device, quick)
     (an unknown name or a bad value would otherwise surface only there)."""
     from tradelib.cli import build_parser
     from tradelib.config import Config, load_config
-    from tradelib.measure import make_setups, split_list
+    from tradelib.perf.measure import make_setups, split_list
 
     ctx = gpu_check.Ctx(gpu_check.make_plan(device, quick), tmp_path)
     for name in ("prepare", "bench", "epoch"):

@@ -23,11 +23,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tradelib import cache, dataset, report
 from tradelib.cli import main
 from tradelib.config import Config
-from tradelib.data import load_ohlcv
+from tradelib.data import cache, dataset
+from tradelib.data.load import load_ohlcv
 from tradelib.paths import FileLock, repo_root
+from tradelib.report import report
 
 ROOT = repo_root()
 SMALL = ["-p", "window", "4", "-p", "max_gap_bars", "50"]
@@ -503,7 +504,7 @@ def test_two_processes_building_one_cache_key_end_with_one_valid_cache(outputs):
     and loads its cache. One folder, valid, no temporary leftovers."""
     cfg = Config(synth_symbols=3, synth_bars=3000, window=8)
     folder = cache.folder_for(cache.cache_key(cfg))
-    script = ("from tradelib import dataset; from tradelib.config import Config; "
+    script = ("from tradelib.data import dataset; from tradelib.config import Config; "
               "fs = dataset.prepare(Config(synth_symbols=3, synth_bars=3000, window=8)); print('ROWS', len(fs))")
     env = dict(os.environ, TRADELIB_OUTPUTS=str(outputs), PYTHONPATH=str(ROOT))
     with FileLock(folder.with_name(folder.name + ".lock")):
@@ -611,7 +612,7 @@ def test_no_false_success(outputs, capsys, param, value, says):
     assert not (run / "summary.json").exists() and not (run / "predictions.parquet").exists()
     import torch
 
-    from tradelib import checkpoint
+    from tradelib.train import checkpoint
 
     for p in (run / "checkpoints").glob("step-*.pt"):
         state = checkpoint.load(p)
@@ -623,7 +624,7 @@ def test_weights_that_turn_non_finite_are_never_checkpointed(outputs, capsys):
     last finite checkpoint, which stays."""
     import torch
 
-    from tradelib.train import TrainingDiverged, TrainingRun
+    from tradelib.train.run import TrainingDiverged, TrainingRun
 
     run = TrainingRun(Config(synth_symbols=3, synth_bars=400, window=8, hidden=8, layers=1, model="mlp",
                              device="cpu", compile="off", batch_size=32, epochs=1, checkpoint_every=2, log_every=2,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tradelib.models import MODELS, build_model, n_params, training_flops_per_sample
+from tradelib.train.models import MODELS, build_model, n_params, training_flops_per_sample
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tradelib.profiling import SWEEP_COLUMNS, StepProbe, batch_size_sweep, find_max_batch, profile_step
-from tradelib.train import train
+from tradelib.perf.profiling import SWEEP_COLUMNS, StepProbe, batch_size_sweep, find_max_batch, profile_step
+from tradelib.train.run import train
 
 
 def test_batch_size_sweep(tiny_cfg):

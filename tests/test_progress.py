@@ -10,8 +10,8 @@ import pytest
 
 from tradelib import runs
 from tradelib.config import Config
-from tradelib.progress import LINE_FRACTIONS, PROGRESS_FILE, Follower, Progress, choose_mode, read_progress
-from tradelib.train import TrainingRun, train
+from tradelib.train.progress import LINE_FRACTIONS, PROGRESS_FILE, Follower, Progress, choose_mode, read_progress
+from tradelib.train.run import TrainingRun, train
 
 TINY = dict(synth_symbols=3, synth_bars=400, window=8, hidden=8, layers=1, model="mlp", batch_size=16, epochs=2,
             device="cpu", compile="off", log_every=2, checkpoint_every=5, seed=3, warmup_steps=5)

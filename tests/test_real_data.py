@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 from alphalens.performance import factor_information_coefficient
 
-from tradelib import dataset, runs
-from tradelib import evaluate as ev
-from tradelib import report as rp
+from tradelib import runs
 from tradelib.config import Config
+from tradelib.data import dataset
+from tradelib.report import metrics as ev
+from tradelib.report import report as rp
 
 REAL = Path(__file__).resolve().parent / "data" / "real"
 CFG = Config(data_path=str(REAL), window=16, horizon=1)

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tradelib import report as rp
 from tradelib import runs as rn
+from tradelib.report import report as rp
 
 RHO = 0.3  # planted corr(prediction, target)
 
@@ -203,7 +203,7 @@ def test_make_figures_writes_pngs(tmp_path):
 
 
 def test_loader_sweep_sets_the_two_loaders_side_by_side(tmp_path):
-    from tradelib.report import loader_sweep
+    from tradelib.report.report import loader_sweep
 
     assert loader_sweep(tmp_path) is None
     pd.DataFrame({"loader": ["dataloader", "device", "dataloader", "device"], "batch_size": [64, 64, 256, 256],
@@ -222,7 +222,7 @@ def test_best_predictors_never_the_oracle_nor_a_predictor_that_never_trades():
                                "sharpe_net": [-3.0, 0.0, -5.0, -1.0, 9.0], "coverage": [1.0, 0.0, 1.0, 1.0, 1.0]})
     # zero's Sharpe of 0 and the oracle's 9 are the largest: neither is a result to beat
     assert rp.best_predictors(predictors, "cross_sectional") == {"cross_sectional_ic": "ridge", "sharpe_net": "ridge"}
-    from tradelib import tables
+    from tradelib.report import tables
 
     cells = tables.predictor_highlight(predictors, {"cross_sectional_ic": "ridge", "sharpe_net": "ridge"})
     assert cells == ((3, "cross-sectional IC"), (3, "net Sharpe"))
@@ -230,7 +230,7 @@ def test_best_predictors_never_the_oracle_nor_a_predictor_that_never_trades():
 
 def test_lr_schedule_from_step_0_reproduces_every_logged_value(outputs):
     from tradelib.config import Config
-    from tradelib.train import train
+    from tradelib.train.run import train
 
     from .conftest import TINY
 
@@ -273,7 +273,7 @@ def test_loss_context_measures_why_validation_sits_below_training(tiny_fs):
 
 
 def test_tables_print_integers_as_integers_and_flag_what_cannot_be_right():
-    from tradelib import tables
+    from tradelib.report import tables
 
     stats = {b: {"total_return": 0.01, "annual_return": 2.5e5, "annual_volatility": 0.2, "sharpe": 1.234,
                  "max_drawdown": 0.05, "turnover": 0.5, "hit_rate": 0.51, "n_bars": 4431.0}

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tradelib.sessions import bar_positions, calendar
+from tradelib.data.sessions import bar_positions, calendar
 
 MIN5 = 300 * 10**9
 DAY = 86_400 * 10**9

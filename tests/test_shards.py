@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tradelib import cache, data, dataset, shards
 from tradelib.config import Config
-from tradelib.features import build_features, fold_bounds, split_bounds
-from tradelib.synth import generate_market
+from tradelib.data import cache, clean, dataset, shards
+from tradelib.data.features import build_features, fold_bounds, split_bounds
+from tradelib.data.synth import generate_market
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,8 +48,8 @@ def test_cleaning_and_features_do_not_depend_on_the_shards(shard_rows, workers):
     """clean_ohlcv and build_features cut into shards of whole symbols (one symbol a shard, up to one shard) on
     1-3 threads give the one-shard frame, report and FeatureSet exactly."""
     raw = hostile_raw()
-    one, rep_one = data.clean_ohlcv(raw, "x", min_rows=40, keep=("oracle",), shard_rows=10**9, workers=1)
-    cut, rep_cut = data.clean_ohlcv(raw, "x", min_rows=40, keep=("oracle",), shard_rows=shard_rows, workers=workers)
+    one, rep_one = clean.clean_ohlcv(raw, "x", min_rows=40, keep=("oracle",), shard_rows=10**9, workers=1)
+    cut, rep_cut = clean.clean_ohlcv(raw, "x", min_rows=40, keep=("oracle",), shard_rows=shard_rows, workers=workers)
     pd.testing.assert_frame_equal(one, cut)
     assert rep_one.to_dict() == rep_cut.to_dict()
     assert {"bad_symbol", "unsorted", "duplicate", "too_short"} <= set(rep_one.totals())
@@ -158,13 +158,13 @@ def test_walk_forward_folds_do_not_depend_on_the_shards(outputs, window):
     cfg = Config(synth_symbols=4, synth_bars=1500, window=16, horizon=2, folds=3, fold_window=window,
                  train_frac=0.4, val_frac=0.1, shard_rows=1000)
     raw = hostile_raw()
-    clean, _ = data.clean_ohlcv(raw, "x", min_rows=40, keep=("oracle",))
+    frame, _ = clean.clean_ohlcv(raw, "x", min_rows=40, keep=("oracle",))
     for k in range(3):
-        assert_same_features(build_features(clean, cfg, shard_rows=10**9, workers=1, fold=k),
-                             build_features(clean, cfg, shard_rows=1, workers=2, fold=k))
+        assert_same_features(build_features(frame, cfg, shard_rows=10**9, workers=1, fold=k),
+                             build_features(frame, cfg, shard_rows=1, workers=2, fold=k))
     fs = dataset.prepare(cfg, verbose=False, fold=1)
     assert len(cache.shards_of(Path(fs.meta["cache_dir"]))) == 4 and fs.meta["splits"]["fold"] == 1
     assert_same_features(fs, dataset.build(cfg, fold=1)[0])
     for shard_rows in (1, 10**9):
         with pytest.raises(ValueError, match="walk-forward fold 0 of 40: the test split holds no window of 16 bars"):
-            build_features(clean, cfg.replace(folds=40), shard_rows=shard_rows)
+            build_features(frame, cfg.replace(folds=40), shard_rows=shard_rows)

@@ -15,11 +15,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tradelib import dataset, stream
 from tradelib.config import Config
-from tradelib.models import build_model
-from tradelib.sources import DenseSource, Windows, WindowSource, window_ends
-from tradelib.train import TrainingRun, train
+from tradelib.data import dataset
+from tradelib.train import stream
+from tradelib.train.models import build_model
+from tradelib.train.run import TrainingRun, train
+from tradelib.train.sources import DenseSource, Windows, WindowSource, window_ends
 
 CPU = torch.device("cpu")
 BASE = dict(synth_symbols=6, synth_bars=6000, window=16, hidden=16, layers=1, batch_size=32, eval_batch_size=32,

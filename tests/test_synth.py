@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tradelib.synth import generate_market
+from tradelib.data.synth import generate_market
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from tradelib import cache, dataset
 from tradelib.config import Config
-from tradelib.train import TrainingDiverged, TrainingRun, train
-from tradelib.trainer import Trainer, lr_factor
+from tradelib.data import cache, dataset
+from tradelib.train.run import TrainingDiverged, TrainingRun, train
+from tradelib.train.trainer import Trainer, lr_factor
 
 # 595 training windows, 32 per optimizer step: 19 steps per epoch (the last one partial, 19 windows), 38 in all
 TINY = dict(synth_symbols=3, synth_bars=400, window=8, hidden=8, layers=1, model="mlp", dropout=0.1,
@@ -117,7 +117,7 @@ def test_same_seed_same_bits_other_seed_other_bits(outputs, reference):
 KILLED_CHILD = r"""
 import json, sys, time
 from tradelib.config import Config
-from tradelib.train import TrainingRun
+from tradelib.train.run import TrainingRun
 cfg = Config.from_dict(json.loads(sys.argv[1]))
 pause_at, marker = int(sys.argv[2]), sys.argv[3]
 

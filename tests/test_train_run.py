@@ -8,8 +8,8 @@ import torch
 
 from tradelib.config import Config, ConfigError
 from tradelib.hardware import pick_device
-from tradelib.train import train
-from tradelib.trainer import lr_factor, scaled_lr
+from tradelib.train.run import train
+from tradelib.train.trainer import lr_factor, scaled_lr
 
 from .conftest import TINY
 

@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
-from tradelib import cache, dataset, evaluate, report, runs
+from tradelib import runs
 from tradelib.config import Config
-from tradelib.features import build_features, feature_makers, fit_robust
-from tradelib.train import TrainingRun, train
-from tradelib.walkforward import walk_forward
+from tradelib.data import cache, dataset
+from tradelib.data.features import build_features, feature_makers, fit_robust
+from tradelib.report import metrics, report
+from tradelib.train.run import TrainingRun, train
+from tradelib.train.walkforward import walk_forward
 
 from .test_features import clean_market
 
@@ -139,9 +141,9 @@ def test_stitched_predictions_are_the_folds_predictions_in_their_test_periods(wa
         assert pd.Timestamp(f["train_end"]) < pd.Timestamp(f["val_end"]) < when.min()
     assert folds[0]["norm_median"] != folds[1]["norm_median"] != folds[2]["norm_median"]
     # the summary's named ICs are the stitched predictions', each fold's its own rows'
-    ics = evaluate.named_ics(stitched)
+    ics = metrics.named_ics(stitched)
     assert walked.summary["pooled_ic"] == ics["pooled_ic"] and walked.summary["test_rows"] == len(stitched)
-    assert folds[1]["pooled_ic"] == evaluate.named_ics(per[1])["pooled_ic"]
+    assert folds[1]["pooled_ic"] == metrics.named_ics(per[1])["pooled_ic"]
     steps = [r["step"] for r in runs.read_metrics(top) if r["kind"] == "step"]
     assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == 18
 
@@ -181,8 +183,8 @@ def test_the_report_has_every_fold_and_all_of_them(walked):
         mine = stitched[stitched["fold"] == k]
         row = table.iloc[k]
         assert row["test_rows"] == len(mine)
-        assert row["pooled_ic"] == pytest.approx(evaluate.named_ics(mine)["pooled_ic"])
-        assert row["net_sharpe"] == pytest.approx(evaluate.backtest(
+        assert row["pooled_ic"] == pytest.approx(metrics.named_ics(mine)["pooled_ic"])
+        assert row["net_sharpe"] == pytest.approx(metrics.backtest(
             mine, periods_per_year=rep["summary"]["periods_per_year"]).stats["net"]["sharpe"])
     assert table.iloc[3]["net_sharpe"] == pytest.approx(rep["summary"]["net_sharpe"])
     assert rep["conventions"]["splits"]["method"] == "walk-forward"

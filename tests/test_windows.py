@@ -9,8 +9,8 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tradelib.models import build_model
-from tradelib.sources import (
+from tradelib.train.models import build_model
+from tradelib.train.sources import (
     BatchSource,
     DataLoaderSource,
     DenseSource,

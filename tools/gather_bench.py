@@ -1,5 +1,5 @@
 """GPU time of one batch's window gather: advanced indexing (a row index per element) against index_select of the
-windows' contiguous spans (`tradelib.sources.take_spans`), full.yaml's shape (3.96M rows x 12 features, windows of
+windows' contiguous spans (`tradelib.train.sources.take_spans`), full.yaml's shape (3.96M rows x 12 features, windows of
 64, batch 1024). The GPU sleeps while all 300 gathers are queued, so the events time the GPU alone.
 
     python tools/gather_bench.py        # needs CUDA

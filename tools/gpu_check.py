@@ -474,7 +474,7 @@ def helper_env(plan: Plan, work: Path) -> None:
 
 def helper_sweep(plan: Plan, work: Path) -> None:
     from tradelib.config import load_config
-    from tradelib.profiling import batch_size_sweep
+    from tradelib.perf.profiling import batch_size_sweep
 
     overrides = {"device": plan.device, **plan.data, "num_workers": plan.workers, **plan.sweep}
     cfg = load_config([FULL], list(overrides.items()))

@@ -17,13 +17,13 @@ import re
 import sys
 from pathlib import Path
 
-from tradelib import bench
 from tradelib.config import add_param_args, load_config
+from tradelib.perf import bench
 from tradelib.sweep import add_sweep_args, sweep_command
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from tradelib.dataset import prepare
+    from tradelib.data.dataset import prepare
     from tradelib.distributed import cpu_group, is_worker
 
     overrides = [tuple(p) for p in args.params]
@@ -49,7 +49,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tradelib.walkforward import train_or_walk
+    from tradelib.train.walkforward import train_or_walk
 
     train_or_walk(load_config(args.files, [tuple(p) for p in args.params]))
     return 0
@@ -177,7 +177,7 @@ def explain(exc: BaseException) -> tuple[int, str]:
     from tradelib.paths import Busy
     from tradelib.pipeline import NotebookFailed
     from tradelib.runs import RunBusy
-    from tradelib.train import TrainingFailed
+    from tradelib.train.run import TrainingFailed
 
     if isinstance(exc, KeyboardInterrupt):
         return 130, "interrupted"

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tradelib import report, runs
+from tradelib import runs
 from tradelib.config import (
     Config,
     ConfigError,
@@ -59,6 +59,7 @@ from tradelib.config import (
 from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, notebooks_dir, outputs_dir
 from tradelib.pipeline import NotebookFailed, execute_notebooks
+from tradelib.report import report
 
 NOTEBOOK = "03_train"
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -316,7 +317,7 @@ th {{background: #f4f4f4}} img {{max-width: 100%}} code {{background: #f4f4f4; p
 
 def write_outputs(plan: Plan, table: pd.DataFrame) -> dict[str, Path]:
     """sweep.csv (the numbers), sweep.md and sweep.html (for reading), sweep.png (the figure)."""
-    from tradelib import plots
+    from tradelib.report import plots
 
     folder = plan.folder
     paths = {"csv": folder / "sweep.csv", "md": folder / "sweep.md", "html": folder / "sweep.html",

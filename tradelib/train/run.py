@@ -24,8 +24,10 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from tradelib import cache, checkpoint, dataset, evaluate, runs
+from tradelib import runs
 from tradelib.config import Config
+from tradelib.data import cache, dataset
+from tradelib.data.features import FeatureSet
 from tradelib.distributed import (
     DistEnv,
     all_reduce,
@@ -39,7 +41,6 @@ from tradelib.distributed import (
     needs_launch,
     rank_rows,
 )
-from tradelib.features import FeatureSet
 from tradelib.hardware import (
     device_name,
     mfu,
@@ -49,13 +50,15 @@ from tradelib.hardware import (
     say_determinism,
     torch_flags,
 )
-from tradelib.models import model_for, n_params
 from tradelib.monitor import GpuMonitor
 from tradelib.paths import outputs_dir, remove_stale_tmp
-from tradelib.progress import PROGRESS_FILE, Progress
-from tradelib.sources import DenseSource, PaddedSource, WindowSource
-from tradelib.stream import make_sources
-from tradelib.trainer import StepStats, Trainer, seed_everything
+from tradelib.report import metrics
+from tradelib.train import checkpoint
+from tradelib.train.models import model_for, n_params
+from tradelib.train.progress import PROGRESS_FILE, Progress
+from tradelib.train.sources import DenseSource, PaddedSource, WindowSource
+from tradelib.train.stream import make_sources
+from tradelib.train.trainer import StepStats, Trainer, seed_everything
 
 
 class TrainingFailed(RuntimeError):
@@ -533,7 +536,7 @@ class TrainingRun:
                 f"finite although the weights are; no predictions or summary written (checkpoints kept in "
                 f"{self.ckpt_dir}). Set output_clip, or lower lr.")
         runs.write_predictions(self.dir, self.fs, ends.cpu().numpy(), pred)
-        summary = {**self.summary(), **evaluate.named_ics(runs.read_predictions(self.dir))}
+        summary = {**self.summary(), **metrics.named_ics(runs.read_predictions(self.dir))}
         runs.write_summary(self.dir, summary)
         return summary
 
@@ -566,7 +569,7 @@ class TrainingRun:
                                  f"or lower lr.")
         order = np.argsort(rows, kind="stable")
         runs.write_predictions(self.dir, self.fs_all(), rows[order], pred[order])
-        summary = {**self.summary(), **evaluate.named_ics(runs.read_predictions(self.dir))}
+        summary = {**self.summary(), **metrics.named_ics(runs.read_predictions(self.dir))}
         runs.write_summary(self.dir, summary)
         return summary
 

@@ -25,15 +25,15 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from tradelib import cache, dataset
 from tradelib.config import Config
-from tradelib.features import FeatureSet
+from tradelib.data import cache, dataset
+from tradelib.data.features import FeatureSet
 from tradelib.hardware import device_name, mfu, peak_flops, pick_device, sync, torch_flags, uses_bf16
-from tradelib.models import model_for, n_params
 from tradelib.monitor import GpuMonitor
-from tradelib.sources import Batch, BatchSource
-from tradelib.stream import make_sources, min_budget, resident_bytes
-from tradelib.trainer import Trainer, seed_everything
+from tradelib.train.models import model_for, n_params
+from tradelib.train.sources import Batch, BatchSource
+from tradelib.train.stream import make_sources, min_budget, resident_bytes
+from tradelib.train.trainer import Trainer, seed_everything
 
 LOADERS = ("dataloader", "device", "dense", "stream")
 REQUIRED_KEYS = ("loader", "model", "batch_size", "samples_per_s", "data_wait_share", "it_per_s",
@@ -78,7 +78,7 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], d
     """The configurations of one model spec (a spec's own `loaders=a+b` replaces `loaders`). Dense mode (causal
     models only) gets as many chunks per batch as make about the same number of trained targets as
     `base.batch_size` windows: the same global batch. A spec with the step graph is labelled NAME+graphs."""
-    from tradelib.models import build_model
+    from tradelib.train.models import build_model
 
     name, overrides = parse_model_spec(spec)
     if "loaders" in overrides:

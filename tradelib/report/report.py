@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tradelib import evaluate as ev
 from tradelib import runs
 from tradelib.paths import atomic_write_bytes
+from tradelib.report import metrics as ev
 
 IC_NUMBERS = [
     "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "daily_rank_ic", "pooled_ic",
@@ -518,7 +518,7 @@ def loss_context(inputs: ReportInputs, fs) -> dict:
     out = {"unit": "mean squared error of the target in units of its training scale", "target_scale": None,
            "zero_mse": {}, "val_below_train": None, "reasons": []}
     if fs is not None:
-        from tradelib.sources import window_ends
+        from tradelib.train.sources import window_ends
 
         scale = float(fs.meta.get("target_scale", 1.0))
         out["target_scale"] = scale
@@ -551,7 +551,7 @@ def lr_schedule(summary: dict, steps: pd.DataFrame) -> pd.DataFrame | None:
     """The learning rate at every optimizer step from 0 (the warm-up included, which the logged values, one per
     log interval, miss), rebuilt from the run's settings with the trainer's own schedule; None when it does not
     reproduce every logged value (a resume that changed the run's length, an older run)."""
-    from tradelib.trainer import lr_factor
+    from tradelib.train.trainer import lr_factor
 
     c = summary.get("config") or {}
     try:
@@ -863,7 +863,7 @@ def make_figures(inputs: ReportInputs, run_dir: Path | None = None, runs_df: pd.
 
     The throughput figure covers the sibling runs under run_dir's parent unless `runs_df` is given.
     """
-    from tradelib import plots  # matplotlib/seaborn only when drawing
+    from tradelib.report import plots  # matplotlib/seaborn only when drawing
 
     run_dir = Path(run_dir or inputs.run_dir)
     if runs_df is None:
@@ -896,7 +896,7 @@ def throughput_figures(inputs: ReportInputs, run_dir: Path, runs_df: pd.DataFram
     """`throughput`: 02's sweep (the seed-style DataLoader beside the device loader at each micro-batch) with this
     run's training samples/s across it, or, without a sweep, every run's samples/s; `runs`: every run's
     samples/s, when there are two or more."""
-    from tradelib import plots
+    from tradelib.report import plots
 
     sweep = loader_sweep(run_dir)
     s = inputs.summary
@@ -917,7 +917,7 @@ def load_featureset(run_dir: Path):
     """The FeatureSet a run trained on, from the cache folder its summary names; None (and says why) when
     the cache is gone or damaged, in which case the ridge baseline and the data-quality section are left out:
     the run's own figures do not need it."""
-    from tradelib import cache
+    from tradelib.data import cache
 
     summary = runs.read_summary(Path(run_dir)) or {}
     folder = Path(summary.get("cache_dir") or "")

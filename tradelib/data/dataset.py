@@ -13,51 +13,52 @@ from pathlib import Path
 
 import pandas as pd
 
-from tradelib import cache, data, distributed, shards, synth
-from tradelib.features import FeatureSet, build_from_shards
+from tradelib import distributed
+from tradelib.data import cache, clean, load, shards, synth
+from tradelib.data.features import FeatureSet, build_from_shards
 
 
 def load_raw(cfg) -> pd.DataFrame:
     """The raw frame, untouched: the generator's output or the researcher's files as read."""
     if cache.is_synthetic(cfg.data_path):
         return synth.generate_market(**cache.synth_params(cfg))
-    return data.load_ohlcv(Path(cfg.data_path).expanduser(), date_format=cfg.date_format)
+    return load.load_ohlcv(Path(cfg.data_path).expanduser(), date_format=cfg.date_format)
 
 
-def _check_rows(report: data.QualityReport, cfg, source: str) -> str:
+def _check_rows(report: clean.QualityReport, cfg, source: str) -> str:
     """A DataError when cleaning left no row, naming the rules that dropped them; else the rules that dropped
     any, as text."""
     dropped = ", ".join(f"{rule} {n:,}" for rule, n in report.totals().items()
                         if any(c["rule"] == rule and c["action"] == "dropped" for c in report.counts))
     if report.rows_kept == 0:
-        raise data.DataError(f"{source}: no rows left after cleaning: {report.rows_in:,} rows in, dropped by "
+        raise load.DataError(f"{source}: no rows left after cleaning: {report.rows_in:,} rows in, dropped by "
                              f"{dropped or 'no rule'} (window + horizon + 1 = {cfg.window + cfg.horizon + 1} rows "
                              f"per symbol are needed; docs/data.md lists the rules)")
     return dropped
 
 
-def build(cfg, raw: pd.DataFrame | None = None, fold: int = 0) -> tuple[FeatureSet, data.QualityReport]:
+def build(cfg, raw: pd.DataFrame | None = None, fold: int = 0) -> tuple[FeatureSet, clean.QualityReport]:
     """Raw -> clean -> features (of walk-forward fold `fold`), no cache involved, in shards of whole symbols on
     every core (no clean frame is made). A symbol too short for one window and its target is dropped by
     cleaning (rule too_short). Data that leaves nothing to learn from is a DataError naming the source and the
     rules that dropped its rows."""
     raw = load_raw(cfg) if raw is None else raw
-    with data.freed_memory_reused():  # one setting for both stages: cleaning's freed memory serves the features
+    with load.freed_memory_reused():  # one setting for both stages: cleaning's freed memory serves the features
         return _build(cfg, raw, fold)
 
 
-def _build(cfg, raw: pd.DataFrame, fold: int) -> tuple[FeatureSet, data.QualityReport]:
+def _build(cfg, raw: pd.DataFrame, fold: int) -> tuple[FeatureSet, clean.QualityReport]:
     source = "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
-    clean, report = data.clean_shards(
+    shards, report = clean.clean_shards(
         raw, source, min_rows=cfg.window + cfg.horizon + 1, max_gap_bars=cfg.max_gap_bars,
         spike_sigmas=cfg.spike_sigmas, keep=("oracle",) if "oracle" in raw else (), shard_rows=cfg.shard_rows,
         workers=cfg.build_workers,
     )
     dropped = _check_rows(report, cfg, source)
     try:
-        fs = build_from_shards(clean, cfg, quality=report.to_dict(), workers=cfg.build_workers, fold=fold)
+        fs = build_from_shards(shards, cfg, quality=report.to_dict(), workers=cfg.build_workers, fold=fold)
     except ValueError as exc:  # too little data for a split or a bar size
-        raise data.DataError(f"{source}: {exc} ({report.rows_kept:,} of {report.rows_in:,} rows kept after "
+        raise load.DataError(f"{source}: {exc} ({report.rows_kept:,} of {report.rows_in:,} rows kept after "
                              f"cleaning; dropped: {dropped or 'none'})") from None
     return fs, report
 
@@ -107,10 +108,10 @@ def prepare(cfg, force: bool | None = None, verbose: bool = True, share: tuple[i
                 name = "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
                 try:
                     report = shards.build(cfg, load_raw(cfg), folder, name, say, spread, fold)
-                except data.DataError:
+                except load.DataError:
                     raise
                 except ValueError as exc:  # too little data for a split or a bar size
-                    raise data.DataError(f"{name}: {exc}") from None
+                    raise load.DataError(f"{name}: {exc}") from None
                 _check_rows(report, cfg, name)
                 fs = _load(folder, share, mmap)
                 if say:

@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tradelib import evaluate, runs
+from tradelib import runs
 from tradelib.config import Config
+from tradelib.data.features import FeatureSet
 from tradelib.distributed import dist_env, launch_distributed, needs_launch
-from tradelib.features import FeatureSet
 from tradelib.paths import outputs_dir
-from tradelib.train import RunResult, prepare_features, train, train_or_launch
+from tradelib.report import metrics
+from tradelib.train.run import RunResult, prepare_features, train, train_or_launch
 
 # summary.json figures of a walk-forward: the median over folds, the sum, or the largest
 MEDIAN_OVER_FOLDS = ("samples_per_s", "it_per_s", "data_wait_share", "gpu_util", "mfu", "epoch_time_s")
@@ -116,7 +117,7 @@ def stitched_predictions(folds: list[FoldResult]) -> pd.DataFrame:
         df = runs.read_predictions(f.run.run_dir)
         fs: FeatureSet = f.run.fs
         train_rows = fs.split == 0
-        w, b = evaluate.ridge_fit(fs.X[train_rows], fs.y[train_rows])
+        w, b = metrics.ridge_fit(fs.X[train_rows], fs.y[train_rows])
         df.insert(1, "fold", np.int32(f.fold))
         df["ridge"] = fs.X[df["row"].to_numpy()].astype(np.float64) @ w + b
         frames.append(df)
@@ -159,7 +160,7 @@ def fold_entry(f: FoldResult, predictions: pd.DataFrame) -> dict:
         "optimizer_steps": s.get("optimizer_steps"), "best_val_loss": s.get("best_val_loss"),
         "samples_per_s": s.get("samples_per_s"), "cache_dir": s.get("cache_dir"),
         "norm_median": f.run.fs.meta["norm"]["median"], "norm_scale": f.run.fs.meta["norm"]["scale"],
-        **evaluate.named_ics(mine),
+        **metrics.named_ics(mine),
     }
 
 
@@ -186,7 +187,7 @@ def write_outputs(cfg: Config, top: Path, folds: list[FoldResult]) -> dict:
         "cache_dir": per[-1].get("cache_dir"), "cache_key": per[-1].get("cache_key"),
         "folds": [fold_entry(f, pred) for f in folds], "fold_window": cfg.fold_window, "fold_init": cfg.fold_init,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **evaluate.named_ics(pred),
+        **metrics.named_ics(pred),
     })
     runs.write_summary(top, summary)
     return summary

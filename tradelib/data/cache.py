@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tradelib import data
-from tradelib.features import FEATURE_NAMES, FeatureSet, feature_params, scale_rows
+from tradelib.data.features import FEATURE_NAMES, FeatureSet, feature_params, scale_rows
+from tradelib.data.load import DataError, data_files
 from tradelib.paths import Busy, FileLock, left_by_dead_writer, outputs_dir
 
-CODE_MODULES = ("tradelib.data", "tradelib.features", "tradelib.sessions", "tradelib.synth", "tradelib.dataset",
-                "tradelib.shards")
+CODE_MODULES = ("tradelib.data.load", "tradelib.data.clean", "tradelib.data.features", "tradelib.data.sessions",
+                "tradelib.data.synth", "tradelib.data.dataset", "tradelib.data.shards")
 CACHE_VERSION = 3  # 2: checksums in the manifest; 3: shards
 
 
@@ -66,9 +66,9 @@ def data_fingerprint(cfg) -> str:
         return "synthetic:" + json.dumps(synth_params(cfg), sort_keys=True)
     path = Path(cfg.data_path).expanduser()
     if not path.exists():
-        raise data.DataError(f"{path}: path does not exist")
+        raise DataError(f"{path}: path does not exist")
     h = hashlib.sha256()
-    for f in data.data_files(path)[0]:  # what load_ohlcv reads, nothing else
+    for f in data_files(path)[0]:  # what load_ohlcv reads, nothing else
         h.update(f"{f.name}:{f.stat().st_size}".encode())
         with f.open("rb") as fh:
             while chunk := fh.read(1 << 22):

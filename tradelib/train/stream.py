@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tradelib.features import FeatureSet
-from tradelib.sources import Batch, BatchSource, Windows, dense_chunks, epoch_order, take_spans, window_ends
-from tradelib.sources import make_sources as resident_sources
+from tradelib.data.features import FeatureSet
+from tradelib.train.sources import Batch, BatchSource, Windows, dense_chunks, epoch_order, take_spans, window_ends
+from tradelib.train.sources import make_sources as resident_sources
 
 ROW_BYTES_EXTRA = 4 + 1  # per row on the device besides the features: the scaled target (float32), its validity
 

@@ -17,10 +17,10 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tradelib import dataset
 from tradelib.config import Config
+from tradelib.data import dataset
 from tradelib.hardware import pick_device, sync
-from tradelib.measure import Runner, make_setups, measure, quiet_profiler, split_list, step_peak_bytes
+from tradelib.perf.measure import Runner, make_setups, measure, quiet_profiler, split_list, step_peak_bytes
 
 SWEEP_COLUMNS = ["loader", "batch_size", "samples_per_s", "speedup", "it_per_s", "data_wait_share",
                  "batches_per_epoch", "peak_mem_bytes", "mfu", "gpu_busy_pct", "step_time_s", "mfu_invalid",

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tradelib.config import Config, add_param_args, load_config
 from tradelib.hardware import pick_device
-from tradelib.measure import format_table, invalid_lines, make_setups, measure, speedup_lines, split_list
 from tradelib.paths import outputs_dir, write_bytes
+from tradelib.perf.measure import format_table, invalid_lines, make_setups, measure, speedup_lines, split_list
 
 
 def run_bench(cfg: Config, json_path: str | Path | None = None, verbose: bool = True) -> list[dict]:
@@ -62,7 +62,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
 def bench_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.files, [tuple(p) for p in args.params])
     if args.features:
-        from tradelib.databench import bench_data
+        from tradelib.perf.databench import bench_data
 
         result = bench_data(cfg.synth_symbols, cfg.synth_bars, repeats=cfg.repeats, ingest=cfg.ingest_files)
         stamp = time.strftime("%Y%m%d-%H%M%S")

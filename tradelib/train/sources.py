@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tradelib.features import FeatureSet
+from tradelib.data.features import FeatureSet
 
 
 class Batch(NamedTuple):

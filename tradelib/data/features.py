@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tradelib import data, sessions
-from tradelib.data import bar_sizes_ns, ns_since_epoch, run_bounds, run_starts
+from tradelib.data import sessions
+from tradelib.data.clean import CleanShard, bar_sizes_ns, run_bounds, run_starts, spike_rows, symbol_shards
+from tradelib.data.load import freed_memory_reused, ns_since_epoch, prefault, symbol_codes
 
 RETURN_LAGS = (1, 4, 16, 64)
 VOL_WINDOWS = (8, 32)
@@ -555,7 +556,7 @@ def _distinct(t: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndar
     return t[at], counts.astype(np.int64)
 
 
-def shard_layout(shard: data.CleanShard, max_gap_bars: int, out: dict[str, np.ndarray]) -> Layout:
+def shard_layout(shard: CleanShard, max_gap_bars: int, out: dict[str, np.ndarray]) -> Layout:
     """The layout of a shard's rows as far as they alone tell it (symbol ids and segments numbered from 0 within
     the shard, bar sizes), written into `out`, the shard's rows of the FeatureSet's arrays. The shard's timestamps
     and codes are taken over (released from the shard)."""
@@ -589,7 +590,7 @@ def place(lay: Layout, bound: dict, seg_offset: int, sym_offset: int, out: dict[
     lay.bar_of_code = np.r_[np.zeros(sym_offset, dtype=np.int64), lay.bar_of_code]
 
 
-def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous: bool, cfg,
+def shard_features(shard: CleanShard, lay: Layout, facts: Facts, continuous: bool, cfg,
                    out: dict[str, np.ndarray], block: int = 1 << 16, sample: tuple[Sample, int] | None = None
                    ) -> dict:
     """Fill `out` (this shard's rows of the FeatureSet's arrays; X unscaled) and return what the meta needs:
@@ -635,7 +636,7 @@ def shard_features(shard: data.CleanShard, lay: Layout, facts: Facts, continuous
             "rows_per_split": [int(np.count_nonzero(lay.split == i)) for i in (-1, 0, 1, 2)]}
 
 
-def _cleaning_spikes(shard: data.CleanShard, lay: Layout, cfg) -> np.ndarray | None:
+def _cleaning_spikes(shard: CleanShard, lay: Layout, cfg) -> np.ndarray | None:
     """The price_spike rows cleaning found on these very rows, where they are what `targets` would find again: the
     same spike_sigmas, and returns broken where the segments break (a symbol change or a gap of more than
     max_gap_bars > 0 bars, a limit float64 holds exactly). None otherwise: targets then finds them."""
@@ -689,7 +690,7 @@ def targets(clean: pd.DataFrame | dict, lay: Layout, cfg, spike: np.ndarray | No
 
     The horizon is in bars (`sessions.bar_positions`: missing bars counted, session breaks not): a target that
     would span a missing bar is masked, not stretched over more time. A target or return that starts or ends at a
-    confirmed price spike (`data.spike_rows`, which needs the next bar) is masked too: the label side is the
+    confirmed price spike (`spike_rows`, which needs the next bar) is masked too: the label side is the
     one place where information from after t may act. `ret_next` runs to the symbol's next row (a position is
     held across a missing bar) and is masked only at spikes. `spike`: those rows when cleaning found them already
     (`_cleaning_spikes`).
@@ -699,7 +700,7 @@ def targets(clean: pd.DataFrame | dict, lay: Layout, cfg, spike: np.ndarray | No
     lc = np.log(close)
     same = functools.cache(lambda k: seg[k:] == seg[:-k])  # rows t and t + k in one segment: made once per k
     if spike is None:
-        spike = data.spike_rows(close, lay.codes, np.r_[True, ~same(1)], cfg.spike_sigmas)
+        spike = spike_rows(close, lay.codes, np.r_[True, ~same(1)], cfg.spike_sigmas)
     clear = ~spike & ~_ahead(spike, h, seg, same(h))  # neither the start nor the end of the target is a spike
     pos = lay.pos
     whole = np.zeros(len(pos), dtype=bool)  # the target spans `horizon` bars: no bar missing in between
@@ -729,18 +730,18 @@ def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None, shard_
     not depend on how it was cut."""
     if clean.empty:
         raise ValueError("no rows left after cleaning: nothing to build features from")
-    _, codes, symbols = data.symbol_codes(clean["symbol"])
+    _, codes, symbols = symbol_codes(clean["symbol"])
     ts = ns_since_epoch(clean["timestamp"])
     cols = {k: clean[k].to_numpy(np.float64) for k in ("open", "high", "low", "close", "volume")}
     keep = {"oracle": clean["oracle"].to_numpy(np.float32)} if "oracle" in clean else {}
     shards = []
-    for rows, _ in data.symbol_shards(codes, len(symbols), shard_rows):
+    for rows, _ in symbol_shards(codes, len(symbols), shard_rows):
         a = {"ts": ts[rows], "code": codes[rows]} | {k: v[rows] for k, v in cols.items()}
-        shards.append(data.CleanShard(a, symbols, {k: v[rows] for k, v in keep.items()}))
+        shards.append(CleanShard(a, symbols, {k: v[rows] for k, v in keep.items()}))
     return build_from_shards(shards, cfg, quality, workers, fold)
 
 
-def build_from_shards(shards: list[data.CleanShard], cfg, quality: dict | None = None, workers: int = 0,
+def build_from_shards(shards: list[CleanShard], cfg, quality: dict | None = None, workers: int = 0,
                       fold: int = 0) -> FeatureSet:
     """Clean shards of whole symbols (in symbol order) -> one FeatureSet, each stage on `workers` threads
     (0: every core): the layout of each shard, the facts of all, each shard's features and targets written
@@ -755,9 +756,9 @@ def build_from_shards(shards: list[data.CleanShard], cfg, quality: dict | None =
     fs = empty_feature_set(int(rows[-1]), [])
     view = lambda i: {k: getattr(fs, k)[rows[i] : rows[i + 1]] for k in FeatureSet.ARRAYS}
     each = range(len(shards))
-    with data.freed_memory_reused(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    with freed_memory_reused(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         def layout(i: int) -> tuple[Layout, Facts]:
-            data.prefault(view(i).values())  # this thread writes these rows: its core takes their page faults
+            prefault(view(i).values())  # this thread writes these rows: its core takes their page faults
             lay = shard_layout(shards[i], cfg.max_gap_bars, view(i))
             return lay, Facts.of(lay)
 
@@ -817,8 +818,8 @@ class Sample:
     def put(self, i: int, cols: np.ndarray, b0: int) -> None:
         """Shard i's sampled rows among rows b0.. of its features `cols` ([feature, row], unscaled float32)."""
         rows, at = self.rows[i], int(self.at[i])
-        if b0 == 0:  # the shard's first block: the pages of its part of X asked for at once (data.prefault)
-            data.prefault([x[at : int(self.at[i + 1])] for x in self.X])
+        if b0 == 0:  # the shard's first block: the pages of its part of X asked for at once (prefault)
+            prefault([x[at : int(self.at[i + 1])] for x in self.X])
         j0, j1 = np.searchsorted(rows, (b0, b0 + cols.shape[1]))
         if j1 > j0 and rows[j1 - 1] - rows[j0] == (j1 - j0 - 1) * self.step:  # evenly spaced (training rows
             #   in a row): a strided copy, twice as fast as gathering them

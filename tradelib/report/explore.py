@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tradelib.features import FeatureSet
+from tradelib.data.features import FeatureSet
 
 PRICE_COLS = ("open", "high", "low", "close", "volume")
 

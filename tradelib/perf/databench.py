@@ -13,8 +13,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from tradelib import cache, data, dataset, synth
 from tradelib.config import Config, load_config
+from tradelib.data import cache, clean, dataset, load, synth
 from tradelib.paths import outputs_dir, repo_root
 
 
@@ -86,13 +86,13 @@ def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, fu
 
 def ingest_rates(raw, repeats: int, say) -> dict:
     """The raw rows written once as a CSV and a Parquet file (a temporary folder under outputs/bench), then read
-    with `data.load_ohlcv` and cleaned with `data.clean_ohlcv` `repeats` times: rows/s file -> clean frame
+    with `load.load_ohlcv` and cleaned with `clean.clean_ohlcv` `repeats` times: rows/s file -> clean frame
     (median), and the read and clean seconds of that run."""
     (outputs_dir() / "bench").mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="ingest-", dir=outputs_dir() / "bench"))
     out = {}
     try:
-        frame = raw.drop(columns=[c for c in raw.columns if c not in data.COLUMNS])
+        frame = raw.drop(columns=[c for c in raw.columns if c not in load.COLUMNS])
         for kind, write in (("parquet", lambda p: frame.to_parquet(p, index=False)),
                             ("csv", lambda p: frame.to_csv(p, index=False))):
             path = folder / f"prices.{kind}"
@@ -102,9 +102,9 @@ def ingest_rates(raw, repeats: int, say) -> dict:
             for _ in range(repeats):
                 gc.collect()
                 t0 = time.perf_counter()
-                loaded = data.load_ohlcv(path)
+                loaded = load.load_ohlcv(path)
                 t1 = time.perf_counter()
-                data.clean_ohlcv(loaded, str(path))
+                clean.clean_ohlcv(loaded, str(path))
                 runs.append((time.perf_counter() - t0, t1 - t0))
                 del loaded
             total, read = sorted(runs)[len(runs) // 2]

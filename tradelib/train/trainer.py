@@ -25,8 +25,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tradelib.config import Config
 from tradelib.distributed import all_reduce
 from tradelib.hardware import autocast
-from tradelib.sources import Batch, BatchSource, Windows
-from tradelib.stream import StreamWindows
+from tradelib.train.sources import Batch, BatchSource, Windows
+from tradelib.train.stream import StreamWindows
 
 
 @dataclass
@@ -322,7 +322,7 @@ class Trainer:
         self.graph = None  # recorded again at the next step
 
     def flops_per_sample(self) -> float:
-        from tradelib.models import training_flops_per_sample
+        from tradelib.train.models import training_flops_per_sample
 
         return training_flops_per_sample(self.model)
 

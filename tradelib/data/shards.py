@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tradelib import cache, data, distributed
-from tradelib.features import (
+from tradelib import distributed
+from tradelib.data import cache, clean, load
+from tradelib.data.features import (
     Facts,
     FeatureSet,
     check_cut,
@@ -51,7 +52,7 @@ CLEAN = ("ts", "code", "open", "high", "low", "close", "volume")
 
 
 def build(cfg, raw: pd.DataFrame, folder: Path, source: str, verbose: bool = True, spread: bool = False,
-          fold: int = 0) -> data.QualityReport:
+          fold: int = 0) -> clean.QualityReport:
     """Build the feature cache of `cfg` (walk-forward fold `fold`) from `raw` into `folder` and return the quality
     report; `spread`: this is one of torchrun's processes, which all run this together, each building its share.
     The caller holds the key's build lock (rank 0 does)."""
@@ -59,8 +60,8 @@ def build(cfg, raw: pd.DataFrame, folder: Path, source: str, verbose: bool = Tru
     barrier = distributed.barrier if spread else (lambda: None)
     work = folder.with_name(f".{folder.name}.build")
     keep = ("oracle",) if "oracle" in raw else ()
-    _, codes, symbols = data.symbol_codes(raw["symbol"])
-    plan = data.symbol_shards(codes, len(symbols), cfg.shard_rows)
+    _, codes, symbols = load.symbol_codes(raw["symbol"])
+    plan = clean.symbol_shards(codes, len(symbols), cfg.shard_rows)
     if env.rank == 0:
         _start(work, {"rows": len(raw), "shards": [[own.start, own.stop] for _, own in plan]}, verbose)
     barrier()
@@ -69,12 +70,12 @@ def build(cfg, raw: pd.DataFrame, folder: Path, source: str, verbose: bool = Tru
     opts = dict(min_rows=cfg.window + cfg.horizon + 1, max_gap_bars=cfg.max_gap_bars, spike_sigmas=cfg.spike_sigmas,
                 keep=keep, shard_rows=cfg.shard_rows, workers=workers)
     todo = {k for k in mine if not (work / f"facts-{k}.npz").exists()}
-    with data.freed_memory_reused(), ThreadPoolExecutor(max_workers=workers) as pool:
-        done = data.clean_parts(raw, source, only=todo, **opts) if todo else [None] * len(plan)
+    with load.freed_memory_reused(), ThreadPoolExecutor(max_workers=workers) as pool:
+        done = clean.clean_parts(raw, source, only=todo, **opts) if todo else [None] * len(plan)
         list(pool.map(lambda k: _clean_stage(work, k, *done[k], cfg), sorted(todo)))
         barrier()
         parts = [_read_facts(work, k) for k in range(len(plan))]
-        report = data.quality_report([p[1] for p in parts], raw, source, keep)
+        report = clean.quality_report([p[1] for p in parts], raw, source, keep)
         if report.rows_kept == 0:
             return report  # dataset names the rules that dropped every row
         facts = Facts.merge([p[0] for p in parts if p[0] is not None])
@@ -109,11 +110,11 @@ def _start(work: Path, plan: dict, verbose: bool) -> None:
         print(f"resuming the feature build in {work}: {done} of {n} shards done", flush=True)
 
 
-def _clean_stage(work: Path, k: int, part: dict, shard: data.CleanShard, cfg) -> None:
+def _clean_stage(work: Path, k: int, part: dict, shard: clean.CleanShard, cfg) -> None:
     """Stage 1 of shard k: its clean rows (symbols recoded 0.. within the shard) and its facts, each written
     whole."""
     code = shard.a["code"]
-    first = data.run_starts(code)
+    first = clean.run_starts(code)
     present = code[first]
     arrays = {name: shard.a[name] for name in CLEAN} | {f"keep_{n}": v for n, v in shard.keep.items()}
     arrays |= {"code": (np.cumsum(first) - 1).astype(np.int32), "bar": shard.bar[present],
@@ -130,11 +131,11 @@ def _clean_stage(work: Path, k: int, part: dict, shard: data.CleanShard, cfg) ->
     tmp.rename(work / f"facts-{k}.npz")
 
 
-def _clean_shard(arrays: dict[str, np.ndarray]) -> data.CleanShard:
+def _clean_shard(arrays: dict[str, np.ndarray]) -> clean.CleanShard:
     """A shard's clean rows as stage 1 wrote them (symbol codes local to the shard)."""
     names = np.asarray(json.loads(np.asarray(arrays["symbols"]).tobytes()), dtype=object)
     keep = {n[5:]: v for n, v in arrays.items() if n.startswith("keep_")}
-    return data.CleanShard({n: arrays[n] for n in CLEAN}, names, keep, np.asarray(arrays["bar"]))
+    return clean.CleanShard({n: arrays[n] for n in CLEAN}, names, keep, np.asarray(arrays["bar"]))
 
 
 def _facts_arrays(facts: Facts | None) -> dict:
@@ -179,7 +180,7 @@ def _feature_stage(work: Path, k: int, facts: Facts, bound: dict, continuous: bo
     shutil.rmtree(work / f"clean-{k}", ignore_errors=True)
 
 
-def _assemble(work: Path, folder: Path, ks: list[int], facts: Facts, cal, cfg, report: data.QualityReport,
+def _assemble(work: Path, folder: Path, ks: list[int], facts: Facts, cal, cfg, report: clean.QualityReport,
               pool: ThreadPoolExecutor, fold: int = 0) -> None:
     """Stage 3: fit on the training rows of all shards, write the cache (X scaled), delete the build folder."""
     shards = [_read_folder(work / f"shard-{k}") for k in ks]

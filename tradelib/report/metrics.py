@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tradelib.data import bar_sizes_ns, ns_since_epoch
-from tradelib.sessions import calendar
+from tradelib.data.clean import bar_sizes_ns
+from tradelib.data.load import ns_since_epoch
+from tradelib.data.sessions import calendar
 
 MIN_PERIOD_ROWS = 3  # a correlation over fewer rows is noise, and over 2 rows it is always +-1
 IC_FAMILIES = ("cross_sectional", "daily", "pooled")

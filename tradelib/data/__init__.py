@@ -1,0 +1,1 @@
+"""The data path: raw files -> clean frame -> features -> the cache."""

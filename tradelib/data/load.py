@@ -1,0 +1,552 @@
+"""Ingestion and validation of OHLCV data: raw file -> raw frame -> clean frame, never silently.
+
+`load_ohlcv` reads CSV / Parquet files (long, per-symbol directory or single symbol) into the canonical raw
+frame and repairs nothing. `clean_ohlcv` applies the documented `RULES` in a fixed order and returns a new
+clean frame plus a `QualityReport` that counts every dropped or changed row, per rule and symbol.
+
+Canonical frame (see docs/design.md): columns `timestamp` (datetime64[ns, UTC]), `symbol` (str), `open`,
+`high`, `low`, `close`, `volume` (float64), sorted by (symbol, timestamp).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import gc
+import gzip
+import importlib
+import os
+import re
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PRICE_COLS = ("open", "high", "low", "close")
+NUM_COLS = PRICE_COLS + ("volume",)
+COLUMNS = ("timestamp", "symbol") + NUM_COLS
+
+# Column aliases, matched on the lower-cased, stripped name with spaces/dashes as underscores; first wins.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "timestamp": ("timestamp", "datetime", "date", "time", "ts", "date_time", "open_time"),
+    "symbol": ("symbol", "ticker", "asset", "instrument"),
+    "open": ("open", "o"),
+    "high": ("high", "h"),
+    "low": ("low", "l"),
+    "close": ("close", "c", "last", "price"),  # "price" only counts when there is no close/c/last
+    "volume": ("volume", "vol", "v", "qty", "quantity"),
+}
+INDEX_LIKE = ("unnamed:_0", "index", "")  # an unnamed first CSV column or a Parquet index, tried as time
+
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+
+# Thresholds (documented in docs/data.md). There is none on the size of a price or a volume: anything finite and
+# positive is a possible market (a token at 1e-20 trading 1e20 units); outliers are judged against the symbol's
+# own scale (price_spike).
+MAX_BAD_SHARE = 0.5  # when more than this share of a column is unparseable the file is rejected
+DATE_ORDER_RATIO = 1.5  # day-first vs month-first: the chosen reading's grid regularity is at least 1.5x the other's
+NS_MIN, NS_MAX = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")  # datetime64[ns] range
+
+class DataError(ValueError):
+    """Unusable input. The message is one line naming the file (and column) and the problem."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in CSV_SUFFIXES + PARQUET_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return "".join(path.suffixes[-2:]).lower() or "(none)"
+
+
+def _stem(path: Path) -> str:
+    """`AAPL.csv.gz` -> `AAPL`: the file name without its data suffix."""
+    s = _suffix(path)
+    return path.name[: -len(s)] if path.name.lower().endswith(s) else path.stem
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """Read one CSV or Parquet file as-is; every failure becomes a one-line DataError naming the file."""
+    suffix = _suffix(path)
+    if suffix in PARQUET_SUFFIXES:
+        try:
+            df = pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises many types for a corrupt file
+            raise DataError(f"{path}: cannot read as Parquet ({_short(e)})") from None
+        if not isinstance(df.index, pd.RangeIndex):  # a time index saved by pandas becomes a column
+            df = df.reset_index()
+    elif suffix in CSV_SUFFIXES:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file")
+        try:
+            opener = gzip.open if suffix.endswith(".gz") else open
+            with opener(path, "rt", encoding="utf-8-sig") as f:
+                first, second = f.readline(), f.readline()
+            seps = [",", ";", "\t", "|"]
+            sep = "\t" if suffix.startswith(".tsv") else max(seps, key=first.count)
+            # "187,15" in a file whose fields are not comma-separated: a decimal comma (European exports)
+            decimal = "," if sep != "," and re.search(r"\d,\d", second) else "."
+            df = pd.read_csv(path, sep=sep, decimal=decimal, low_memory=False, encoding="utf-8-sig")
+            df.attrs["decimal_comma"] = decimal == ","
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: empty file") from None
+        except Exception as e:  # binary garbage, bad gzip, ragged rows ...
+            raise DataError(f"{path}: cannot parse as CSV ({_short(e)})") from None
+    else:
+        raise DataError(f"{path}: not a CSV or Parquet file (suffix '{suffix}'; expected .csv, .csv.gz, "
+                        f".tsv or .parquet)")
+    if len(df) == 0:
+        raise DataError(f"{path}: no rows")
+    return df
+
+
+def _norm(name) -> str:
+    return str(name).strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def _match_columns(df: pd.DataFrame) -> dict[str, str]:
+    """Map canonical name -> actual column name (case-insensitive, aliases in priority order)."""
+    by_norm: dict[str, str] = {}
+    for col in df.columns:
+        by_norm.setdefault(_norm(col), col)
+    found: dict[str, str] = {}
+    for canon, aliases in ALIASES.items():
+        for a in aliases:
+            if a in by_norm and by_norm[a] not in found.values():
+                found[canon] = by_norm[a]
+                break
+    if "timestamp" not in found:
+        for a in INDEX_LIKE:
+            if a in by_norm:
+                found["timestamp"] = by_norm[a]
+                break
+    return found
+
+
+def _epoch_unit(values: np.ndarray) -> str:
+    """Epoch seconds / ms / us / ns told apart by magnitude (valid for dates after 1973)."""
+    med = float(np.median(np.abs(values)))
+    return "s" if med < 1e11 else "ms" if med < 1e14 else "us" if med < 1e17 else "ns"
+
+
+def _parse_numeric_time(s: pd.Series) -> tuple[pd.Series, str]:
+    v = s.to_numpy(dtype="float64", na_value=np.nan)
+    fin = v[np.isfinite(v)]
+    if len(fin) == 0:
+        return pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns, UTC]"), "epoch"
+    # yyyymmdd integers: 8 digits (a year-9999 placeholder too: it becomes a bad_timestamp), mostly 1000-2999
+    if fin.min() >= 1e7 and fin.max() < 1e8 and np.median(fin) < 3e7 and np.all(fin == np.round(fin)):
+        txt = s.astype("Int64").astype("str")
+        return pd.to_datetime(txt, format="%Y%m%d", utc=True, errors="coerce"), "yyyymmdd"
+    unit = _epoch_unit(fin)
+    if unit == "ns" and pd.api.types.is_integer_dtype(s.dtype):  # exact, no float rounding
+        return pd.to_datetime(s.astype("int64"), unit="ns", utc=True, errors="coerce"), "epoch_ns"
+    return pd.to_datetime(v, unit=unit, utc=True, errors="coerce").to_series(index=s.index), f"epoch_{unit}"
+
+
+def _guess_format(s: pd.Series) -> str | None:
+    """The strftime format most values of a sample follow, or None (never a slow per-value parse)."""
+    try:
+        from pandas.tseries.api import guess_datetime_format
+    except ImportError:  # pandas < 2.2
+        return None
+    sample = s.dropna().astype("str")
+    sample = sample.iloc[np.linspace(0, len(sample) - 1, min(len(sample), 50)).astype(int)] if len(sample) else []
+    guesses = pd.Series([guess_datetime_format(x) for x in sample]).dropna()
+    return str(guesses.mode().iloc[0]) if len(guesses) else None
+
+
+def _to_ns(ts: pd.Series) -> pd.Series:
+    """UTC datetimes of any unit -> datetime64[ns, UTC]. A value ns cannot hold (before 1677 or after 2262, such
+    as a year 9999; pandas 3 parses it to microseconds) becomes NaT, a counted `bad_timestamp` row."""
+    if ts.dt.unit != "ns":
+        ts = ts.where(ts.isna() | ((ts >= NS_MIN) & (ts <= NS_MAX)))
+    return ts.astype("datetime64[ns, UTC]")
+
+
+def _day_month_swapped(fmt: str) -> str | None:
+    """`fmt` with day and month exchanged where both come before the year (01/02/2024: the 1st of February or
+    the 2nd of January); None where the order is not in doubt (no day or month, or the year first, as ISO)."""
+    d, m, y = fmt.find("%d"), fmt.find("%m"), fmt.find("%Y")
+    if d < 0 or m < 0 or 0 <= y < max(d, m):
+        return None
+    return fmt.replace("%d", "\0").replace("%m", "%d").replace("\0", "%m")
+
+
+def _grid_regularity(ts: pd.Series, groups: np.ndarray | None) -> tuple[float, int]:
+    """(how close a symbol's distinct timestamps are to one regular bar grid, number of steps). The score is the
+    share of steps equal to the most common one, times the share of the time span those steps would cover
+    (at most 1): 1.0 for a regular grid; hourly bars of two days read month-for-day jump a month once (0.05),
+    daily bars read so step by a month (about 0.5)."""
+    t = _to_ns(ts)
+    ok = t.notna().to_numpy()
+    g = np.zeros(int(ok.sum()), dtype=np.int64) if groups is None else pd.factorize(groups[ok])[0]
+    frame = pd.DataFrame({"g": g, "t": ns_since_epoch(t[ok])}).drop_duplicates().sort_values(["g", "t"])
+    gv, tv = frame["g"].to_numpy(), frame["t"].to_numpy()
+    steps = np.diff(tv)[gv[1:] == gv[:-1]]
+    if len(steps) == 0:
+        return 0.0, 0
+    counts = pd.Series(steps).value_counts()
+    share = counts.iloc[0] / len(steps)
+    coverage = min(1.0, len(steps) * float(counts.index[0]) / float(steps.sum()))
+    return float(share * coverage), len(steps)
+
+
+def _read_day_month(s: pd.Series, fmt: str, groups: np.ndarray | None, where: str) -> tuple[pd.Series, str, str]:
+    """Parse with `fmt`; where day and month could be swapped, take the reading that parses more values, or,
+    when both parse the same, the one with the more regular bar grid (said in the note); else refuse."""
+    a = pd.to_datetime(s, utc=True, errors="coerce", format=fmt)
+    other = _day_month_swapped(fmt)
+    if other is None:
+        return a, f"format {fmt}", ""
+    b = pd.to_datetime(s, utc=True, errors="coerce", format=other)
+    if int(a.isna().sum()) != int(b.isna().sum()):  # a value such as 13/02 settles the order
+        return (a, f"format {fmt}", "") if a.isna().sum() < b.isna().sum() else (b, f"format {other}", "")
+    (ra, na), (rb, nb) = _grid_regularity(a, groups), _grid_regularity(b, groups)
+    day_first, month_first = (fmt, other) if fmt.find("%d") < fmt.find("%m") else (other, fmt)
+    if max(na, nb) < 2 or max(ra, rb) <= DATE_ORDER_RATIO * min(ra, rb):
+        example = str(s[a.notna()].iloc[0]) if a.notna().any() else str(s.iloc[0])
+        raise DataError(f"{where}: dates such as {example!r} read both day-first ({day_first}) and month-first "
+                        f"({month_first}), and neither reading gives a more regular bar grid: set date_format "
+                        f"(e.g. -p date_format '{day_first}')")
+    (best, best_fmt, r1, r2) = (a, fmt, ra, rb) if ra > rb else (b, other, rb, ra)
+    order = "day-first" if best_fmt == day_first else "month-first"
+    note = (f"dates read {order} ({best_fmt}): every value also parses the other way, but this reading gives the "
+            f"regular bar grid (regularity {r1:.2f} against {r2:.2f}); set date_format to choose")
+    return best, f"format {best_fmt}", note
+
+
+def _parse_time(s: pd.Series, date_format: str = "", groups: np.ndarray | None = None,
+                where: str = "timestamps") -> tuple[pd.Series, str, str]:
+    """Any accepted timestamp column -> (UTC datetimes (naive = UTC), how it was read, a note for the report).
+    Unparseable values become NaT. `date_format` (strftime) is used as given on text and numbers."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        return s.dt.tz_convert("UTC"), "datetime", ""
+    if pd.api.types.is_datetime64_dtype(s.dtype):
+        return s.dt.tz_localize("UTC"), "datetime", ""
+    if date_format:
+        text = s.astype("str").mask(s.isna())
+        return pd.to_datetime(text, utc=True, errors="coerce", format=date_format), f"format {date_format}", ""
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        return (*_parse_numeric_time(s), "")
+    note = ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        best = pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601"), "iso"
+        if best[0].isna().mean() > MAX_BAD_SHARE / 10:
+            num = pd.to_numeric(s, errors="coerce")
+            if num.notna().mean() > 0.5:
+                cand = _parse_numeric_time(num)
+                if cand[0].isna().sum() < best[0].isna().sum():
+                    best = cand
+        if best[0].isna().mean() > MAX_BAD_SHARE / 10:  # e.g. "01/02/2024 10:00": guess the format
+            fmt = _guess_format(s)
+            if fmt:
+                *cand, cand_note = _read_day_month(s, fmt, groups, where)
+                if cand[0].isna().sum() < best[0].isna().sum():
+                    best, note = tuple(cand), cand_note
+    return best[0], best[1], note
+
+
+def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_format: str = ""
+                      ) -> tuple[pd.DataFrame, dict]:
+    """One file's table -> canonical columns (unsorted, nothing repaired) and facts for the report."""
+    found = _match_columns(df)
+    missing = [c for c in COLUMNS if c not in found and c != "symbol"]
+    if missing:
+        names = ", ".join(f"'{c}'" for c in missing)
+        what = "column" if len(missing) == 1 else "columns"
+        cols = ", ".join(str(c) for c in df.columns)
+        raise DataError(f"{path}: missing required {what} {names} (found: {cols})")
+
+    tcol = found["timestamp"]
+    raw_t = df[tcol]
+    if _norm(tcol) == "date":  # a separate time-of-day column belongs to the date
+        by_norm = {_norm(c): c for c in df.columns}
+        if "time" in by_norm and by_norm["time"] not in found.values():
+            found["time_of_day"] = by_norm["time"]
+            raw_t = raw_t.astype("str") + " " + df[by_norm["time"]].astype("str")
+    groups = df[found["symbol"]].astype("str").to_numpy() if "symbol" in found else None
+    ts, fmt, note = _parse_time(raw_t, date_format, groups, where=f"{path}: column '{tcol}'")
+    ts = _to_ns(ts)
+    bad = ts.isna().to_numpy()
+    n_bad = int(bad.sum())
+    if n_bad > MAX_BAD_SHARE * len(df):
+        present = bad & raw_t.notna().to_numpy()
+        example = repr(str(raw_t[present].iloc[0])) if present.any() else "empty"
+        how = f" with date_format {date_format!r}" if date_format else ""
+        raise DataError(f"{path}: column '{tcol}': {n_bad} of {len(df)} timestamps are unparseable{how} "
+                        f"(e.g. {example})")
+
+    out = {"timestamp": ts.array}
+    facts: dict = {"timestamp_format": fmt, "timestamp_note": note, "bad_timestamps": n_bad, "non_numeric": {},
+                   "decimal_comma": bool(df.attrs.get("decimal_comma"))}
+    for c in NUM_COLS:
+        col = df[found[c]]
+        if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+            v = col.to_numpy(dtype="float64", na_value=np.nan)
+        else:
+            num = pd.to_numeric(col, errors="coerce")
+            non_num = (num.isna() & col.notna()).to_numpy()
+            if non_num.sum() > MAX_BAD_SHARE * len(df):
+                example = repr(str(col[non_num].iloc[0]))
+                raise DataError(f"{path}: column '{found[c]}': {int(non_num.sum())} of {len(df)} values are "
+                                f"not numbers (e.g. {example})")
+            if non_num.any():
+                facts["non_numeric"][c] = int(non_num.sum())
+            v = num.to_numpy(dtype="float64", na_value=np.nan)
+        out[c] = v
+    frame = pd.DataFrame(out)
+    if "symbol" in found:
+        col = df[found["symbol"]]
+        sym = col.astype("str").str.strip().mask(col.isna())  # missing stays missing: rule bad_symbol
+        frame.insert(1, "symbol", sym.to_numpy())
+        if symbol is not None:
+            frame = frame[(sym == symbol).to_numpy()].reset_index(drop=True)
+            if len(frame) == 0:
+                raise DataError(f"{path}: no rows for symbol '{symbol}' in column '{found['symbol']}'")
+    else:
+        frame.insert(1, "symbol", symbol if symbol is not None else _stem(path))
+    frame["symbol"] = frame["symbol"].astype("str")
+    facts["extra_columns"] = [str(c) for c in df.columns if c not in found.values()]
+    return frame, facts
+
+
+_BUILDING = threading.local()  # how deep in freed_memory_reused this thread is
+
+
+@contextlib.contextmanager
+def freed_memory_reused(top_pad: int = 1 << 30):
+    """Settings for making many arrays fast, put back afterwards (the outermost of nested uses decides).
+
+    Cleaning and features allocate many short-lived arrays of a shard's size; on the 2-core machine the kernel's
+    work to hand out fresh pages took more time than the arithmetic (docs/perf.md). Inside: glibc's malloc keeps
+    the memory numpy frees (up to `top_pad` bytes) for the next array instead of returning it and faulting it in
+    again; numpy does not ask for transparent huge pages (where the kernel compacts memory to find them, the
+    first touch of each big array stalls); Python's cyclic garbage collector pauses (nothing here makes cycles).
+    Afterwards the kept memory is returned. glibc's part is a no-op where malloc is not glibc's."""
+    depth = getattr(_BUILDING, "depth", 0)
+    _BUILDING.depth = depth + 1
+    if depth:
+        try:
+            yield
+        finally:
+            _BUILDING.depth = depth
+        return
+    libc, huge, collecting = _glibc(), _hugepage_switch(), gc.isenabled()
+    gc.disable()
+    was_huge = huge(False) if huge else None
+    if libc is not None:
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: arrays up to 32 MB from the heap (glibc's largest)
+        libc.mallopt(-1, top_pad)  # M_TRIM_THRESHOLD
+    try:
+        yield
+    finally:
+        _BUILDING.depth = depth
+        if libc is not None:  # where glibc's own dynamic thresholds end once arrays of 32 MB were freed
+            libc.mallopt(-1, 64 << 20)
+            libc.malloc_trim(0)
+        if huge:
+            huge(was_huge)
+        if collecting:
+            gc.enable()
+
+
+def _hugepage_switch():
+    """numpy's switch for madvise(MADV_HUGEPAGE) on big arrays (private: None where it is missing); it returns
+    the setting it replaces."""
+    for where in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return getattr(importlib.import_module(where), "_set_madvise_hugepage", None)
+        except ImportError:
+            continue
+    return None
+
+
+def prefault(arrays) -> None:
+    """Ask the kernel for the pages of fresh arrays in one call each (madvise MADV_POPULATE_WRITE, Linux 5.14+)
+    before they are written: it maps and zeroes them in a loop instead of taking a fault on every 4 KiB page at
+    the first write, a third less kernel time (docs/perf.md). Called by the thread that fills those rows, so the
+    cores fault in their own shards at once. Values are untouched; a no-op where the call is missing."""
+    libc = _glibc()
+    if libc is None:
+        return
+    for a in arrays:
+        if a.nbytes < 1 << 16 or not a.flags.c_contiguous:
+            continue
+        start = (a.ctypes.data + 4095) & ~4095  # whole pages inside the array only
+        end = (a.ctypes.data + a.nbytes) & ~4095
+        if end > start:
+            libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 23)  # MADV_POPULATE_WRITE
+
+
+@functools.cache
+def _glibc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def ns_since_epoch(t) -> np.ndarray:
+    """Datetimes (tz-aware, or naive = UTC) -> int64 ns since the epoch, NaT as int64 min; no object arrays.
+    The one conversion every module uses (pandas 3 may hold datetimes in us)."""
+    arr = t.array if isinstance(t, (pd.Series, pd.Index)) else t
+    if isinstance(arr, pd.arrays.DatetimeArray):  # a quarter of the time of going through a DatetimeIndex
+        return arr.as_unit("ns").asi8
+    return pd.DatetimeIndex(t).as_unit("ns").asi8
+
+
+def symbol_codes(sym: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """Symbols as strings, their integer codes in lexical order (-1 for missing) and the distinct names.
+
+    Non-string symbols (categorical, ints) are compared as strings, so the order is the same for any dtype.
+    A column grouped by symbol in lexical order (as loaded, and every clean frame) is coded from its runs.
+    """
+    if not isinstance(sym.dtype, pd.StringDtype):
+        sym = sym.astype("str").mask(sym.isna())
+    runs = _sorted_runs(sym)
+    if runs is not None:
+        return sym, *runs
+    codes, uniques = pd.factorize(sym, sort=True)
+    return sym, codes.astype(np.int32), np.asarray(uniques, dtype=object)
+
+
+def _sorted_runs(sym: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """(codes, names) of a string column that is grouped by symbol in lexical order with nothing missing,
+    found by comparing neighbours (no hashing of every string); None otherwise."""
+    if len(sym) < 2 or getattr(sym.dtype, "storage", "") != "pyarrow" or sym.isna().any():
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pa.array(sym.array)
+    cut = np.linspace(1, len(arr), (os.cpu_count() or 1) + 1).astype(np.int64)  # one part per core (Arrow frees
+    #   the GIL): the rows where the symbol differs from the row before
+
+    def changes(a: int, b: int) -> np.ndarray:
+        return np.flatnonzero(pc.not_equal(arr.slice(a, b - a), arr.slice(a - 1, b - a)).to_numpy(
+            zero_copy_only=False)) + a
+
+    with ThreadPoolExecutor(max_workers=len(cut) - 1) as pool:
+        starts = np.concatenate([[0], *pool.map(changes, cut[:-1], cut[1:])])
+    names = np.asarray(arr.take(pa.array(starts)).to_pylist(), dtype=object)
+    if any(names[i] >= names[i + 1] for i in range(len(names) - 1)):  # a symbol twice, or out of order
+        return None
+    return np.repeat(np.arange(len(starts), dtype=np.int32), np.diff(np.r_[starts, len(arr)])), names
+
+
+def unsorted_rows(ts: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Per row: True when an earlier row (in the given order) of the same symbol has a later timestamp."""
+    if len(ts) < 2:
+        return np.zeros(len(ts), dtype=bool)
+    t = pd.Series(ts.view("int64"))
+    prev_max = t.groupby(codes, sort=False).cummax().to_numpy()
+    return ts.view("int64") < prev_max
+
+
+def data_files(path: Path) -> tuple[list[Path], list[Path]]:
+    """The files `load_ohlcv` reads from `path` and the ones it skips (a folder: its CSV/Parquet files, not
+    sub-folders or hidden files). The feature cache hashes exactly these."""
+    if not path.is_dir():
+        return [path], []
+    files: list[Path] = []
+    skipped: list[Path] = []
+    for p in sorted(path.iterdir()):
+        if p.name.startswith(".") or p.is_dir():
+            continue
+        (files if _suffix(p) in CSV_SUFFIXES + PARQUET_SUFFIXES else skipped).append(p)
+    return files, skipped
+
+
+def load_ohlcv(path: str | Path, symbol: str | None = None, date_format: str = "") -> pd.DataFrame:
+    """Read a CSV/Parquet file or a directory of per-symbol files into the canonical raw frame.
+
+    Nothing is repaired here: bad values are kept (NaN/NaT included) so `clean_ohlcv` can count them. The
+    frame is stably sorted by (symbol, timestamp); how many rows were out of order in the file as read is
+    kept in `attrs` for the quality report. `symbol` names a single-symbol file without a symbol column
+    (default: the file stem) or selects one symbol from a long file. `date_format` (strftime) reads text
+    timestamps as given instead of inferring the format.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: path does not exist")
+    files, skipped = data_files(path)
+    if path.is_dir():
+        if not files:
+            raise DataError(f"{path}: directory has no CSV or Parquet files")
+        parts = [_frame_from_table(_read_table(p), p, None, date_format) for p in files]
+    else:
+        parts = [_frame_from_table(_read_table(path), path, symbol, date_format)]
+
+    frame = pd.concat([f for f, _ in parts], ignore_index=True) if len(parts) > 1 else parts[0][0]
+    ts = ns_since_epoch(frame["timestamp"]).view("datetime64[ns]")
+    _, codes, uniques = symbol_codes(frame["symbol"])
+    ok = ~np.isnat(ts)
+    unsorted = np.zeros(len(frame), dtype=bool)
+    ordered = is_sorted(codes, ts.view("int64"))
+    if not ordered:  # (in order, no row has an earlier one of its symbol with a later time)
+        unsorted[ok] = unsorted_rows(ts[ok], codes[ok])
+    by_sym = np.bincount(codes[unsorted & (codes >= 0)], minlength=len(uniques))
+    if not ordered:  # NaT and missing symbols go last (int64 max)
+        key_ts = np.where(ok, ts.view("int64"), np.iinfo(np.int64).max)
+        key_code = np.where(codes >= 0, codes, len(uniques))
+        frame = frame.take(sort_order(key_code, key_ts)).reset_index(drop=True)
+
+    extra = sorted({c for _, f in parts for c in f["extra_columns"]})
+    non_numeric: dict[str, int] = {}
+    for _, f in parts:
+        for c, n in f["non_numeric"].items():
+            non_numeric[c] = non_numeric.get(c, 0) + n
+    frame.attrs = {
+        "source": str(path),
+        "n_files": len(parts),
+        "skipped_files": [p.name for p in skipped],
+        "extra_columns": extra,
+        "timestamp_format": sorted({f["timestamp_format"] for _, f in parts}),
+        "timestamp_notes": [(f"{p.name}: " if len(parts) > 1 else "") + f["timestamp_note"]
+                            for p, (_, f) in zip(files, parts) if f["timestamp_note"]],
+        "decimal_comma": [p.name for p, (_, f) in zip(files, parts) if f["decimal_comma"]],
+        "bad_timestamps": int(sum(f["bad_timestamps"] for _, f in parts)),
+        "non_numeric": non_numeric,
+        "unsorted_rows": int(unsorted.sum()),
+        "unsorted_by_symbol": {str(uniques[i]): int(n) for i, n in enumerate(by_sym) if n},
+    }
+    return frame
+
+
+
+
+def is_sorted(codes: np.ndarray, ts: np.ndarray) -> bool:
+    """Sorted by (code, ts) with NaT (min int64) never inside a symbol's run."""
+    if len(codes) < 2:
+        return True
+    if (codes[1:] < codes[:-1]).any():
+        return False
+    return not ((ts[1:] < ts[:-1]) & (codes[1:] == codes[:-1])).any()
+
+
+def sort_order(codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Stable order by (code, ts): ties keep their input order, so "keep the last" means last in the file."""
+    if codes.max(initial=0) < np.iinfo(np.int16).max:  # two stable passes; the second is a radix sort
+        by_time = np.argsort(ts, kind="stable")
+        return by_time[np.argsort(codes[by_time].astype(np.int16), kind="stable")]
+    return np.lexsort((ts, codes))

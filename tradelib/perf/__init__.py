@@ -1,0 +1,1 @@
+"""Measuring: the step side by side, profiling, the benchmarks."""

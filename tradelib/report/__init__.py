@@ -1,0 +1,1 @@
+"""The report of a run: metrics of the predictions, figures, tables."""

@@ -1,0 +1,1 @@
+"""Training: models, batch sources, the optimizer step, the run loop, checkpoints, walk-forward."""
