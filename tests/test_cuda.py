@@ -50,7 +50,7 @@ DEVICES = [
                                 pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]),
 ]
 BASE = dict(synth_symbols=3, synth_bars=1500, window=W, hidden=8, layers=1, batch_size=8, epochs=1,
-            compile="off", precision="fp32", dropout=0.0, seed=0)
+            compile="off", precision="fp32", dropout=0.0, seed=0, cuda_graphs="false")  # eager unless a test asks
 
 
 def make_trainer(fs, device: str, **changes) -> Trainer:
@@ -386,7 +386,7 @@ def test_the_step_graph_gives_the_eager_steps(tiny_fs, device, case):
     spec = {**spec, "precision": precision, "warmup_steps": 3}
     with exact_fp32():
         eager = make_trainer(tiny_fs, device, **spec)
-        graphed = make_trainer(tiny_fs, device, cuda_graphs=device == "cuda", **spec)
+        graphed = make_trainer(tiny_fs, device, cuda_graphs="true" if device == "cuda" else "false", **spec)
         if device == "cpu":
             graphed.graphs = True  # refused on the CPU (no CUDA): the fixed-buffer steps without the recording
         order = eager.source.epoch(0, seed=1)
@@ -444,12 +444,12 @@ def test_a_failed_recording_trains_on_eagerly_from_the_state_it_had(tiny_fs, mon
 
 def test_the_step_graph_is_refused_where_it_cannot_work(tiny_fs, capsys):
     """cuda_graphs=true where no graph can be recorded trains eagerly and says why."""
-    tr = make_trainer(tiny_fs, "cpu", cuda_graphs=True)
-    assert not tr.graphs and "CUDA graphs need a CUDA device" in capsys.readouterr().out
-    cuda, ok = torch.device("cuda"), Config(cuda_graphs=True)
+    tr = make_trainer(tiny_fs, "cpu", cuda_graphs="true")
+    assert not tr.graphs and "cuda_graphs: off (CUDA graphs need a CUDA device" in capsys.readouterr().out
+    cuda, ok = torch.device("cuda"), Config(cuda_graphs="true")
     assert graphs_refused(ok, cuda, 1, True) is None
+    assert graphs_refused(ok.replace(grad_accum_steps=2), cuda, 1, True) is None  # accumulation is recorded too
     assert "DDP" in graphs_refused(ok, cuda, 2, True)
-    assert "grad_accum_steps" in graphs_refused(ok.replace(grad_accum_steps=2), cuda, 1, True)
     assert "reduce-overhead" in graphs_refused(ok.replace(compile="reduce-overhead"), cuda, 1, True)
     assert "fused AdamW" in graphs_refused(ok, cuda, 1, False)
 

@@ -141,8 +141,8 @@ class Config:
     # system: where and how it runs
     device: str = knob("auto", "auto | cpu | cuda | cuda:N", "system", resume=True, pattern=r"auto|cpu|cuda(:\d+)?",
                        allowed="auto | cpu | cuda | cuda:N")
-    precision: str = knob("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16", "system",
-                          choices=("auto", "fp32", "bf16"))
+    precision: str = knob("auto", "auto (bf16 on a CUDA card with native bf16, else fp16 with a GradScaler; fp32 on "
+                          "the CPU) | fp32 | bf16 | fp16", "system", choices=("auto", "fp32", "bf16", "fp16"))
     compile: str = knob("auto", "auto (on for CUDA) | on | off | reduce-overhead (adds CUDA graphs, small models)",
                         "system", choices=("auto", "on", "off", "reduce-overhead"), resume=True)
     deterministic: bool = knob(False, "CUDA: deterministic algorithms (slower), CUBLAS_WORKSPACE_CONFIG set",
@@ -160,10 +160,11 @@ class Config:
     progress: str = knob("auto", "training progress: auto (a bar in a terminal, a widget in Jupyter, a line each "
                          "quarter in a log or headless notebook) | bar | widget | lines | off", "system",
                          choices=("auto", "bar", "widget", "lines", "off"), resume=True)
-    cuda_graphs: bool = knob(False, "CUDA: record the whole optimizer step (forward, backward, clipping, AdamW) "
-                             "once as a CUDA graph and replay it, one launch a step instead of hundreds, for models "
-                             "too small to keep a GPU busy (one process, grad_accum_steps 1; on an H200 3.3x the "
-                             "eager LSTM at batch 1024)", "system", resume=True)
+    cuda_graphs: str = knob("auto", "CUDA: record the whole optimizer step (its micro-batches' forward and backward, "
+                            "clipping, AdamW) once as a CUDA graph and replay it, one launch a step instead of "
+                            "hundreds (on an H200 3.3x the eager LSTM at batch 1024): auto (wherever it is allowed: "
+                            "one CUDA process) | true | false", "system", resume=True,
+                            choices=("auto", "true", "false"))
     # measure: the timed steps of 02_profiling's sweep and of `tradelib bench`
     loaders: str = knob("device,dataloader,dense", "comma list of loaders to measure: device, dataloader (the "
                         "seed's pipeline), dense (causal models only), stream (streamed through stream_budget)",
@@ -332,6 +333,8 @@ def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
                 raise ValueError(value)
             return float(value)
         if typ == "str":
+            if isinstance(value, bool):  # YAML's and papermill's true/false, for a choice such as cuda_graphs
+                return "true" if value else "false"
             return "" if value is None else str(value)
         if typ == "dict":
             return dict(value or {})

@@ -45,15 +45,37 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # fp32: no autocast
+
+
+def precision_for(precision: str, device_type: str, bf16_native: bool) -> str:
+    """The precision a run computes in: fp32, bf16 or fp16 (autocast). `auto`: bf16 on a CUDA card that computes
+    it natively (Ampere and later), else fp16 (V100, T4), whose narrow range needs a GradScaler; fp32 on the CPU."""
+    if precision != "auto":
+        return precision
+    if device_type != "cuda":
+        return "fp32"
+    return "bf16" if bf16_native else "fp16"
+
+
+def resolved_precision(precision: str, device: torch.device) -> str:
+    """`precision_for` on this device: asks the card whether it has native bf16 (emulated bf16 is slow)."""
+    native = False
+    if device.type == "cuda" and precision == "auto":
+        with torch.cuda.device(device):
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return precision_for(precision, device.type, native)
+
+
 def uses_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast when asked, or by default on CUDA; fp32 on the CPU by default."""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return resolved_precision(precision, device) == "bf16"
 
 
 def autocast(device: torch.device, precision: str, cache: bool = True):
-    """bf16 autocast where the precision asks for it. `cache=False` while recording a CUDA graph: autocast's
+    """Autocast to the precision's dtype (off for fp32). `cache=False` while recording a CUDA graph: autocast's
     cache of cast weights would outlive the recording and be read stale at replay."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, device),
+    dtype = AUTOCAST_DTYPES.get(resolved_precision(precision, device))
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None,
                           cache_enabled=cache)
 
 

@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from tradelib.config import Config
 from tradelib.data import cache, dataset
 from tradelib.data.features import FeatureSet
-from tradelib.hardware import device_name, mfu, peak_flops, pick_device, sync, torch_flags, uses_bf16
+from tradelib.hardware import device_name, mfu, peak_flops, pick_device, resolved_precision, sync, torch_flags
 from tradelib.monitor import GpuMonitor
 from tradelib.train.models import model_for, n_params
 from tradelib.train.sources import Batch, BatchSource
@@ -90,7 +90,7 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], d
     for loader in loaders:
         if loader not in LOADERS:
             raise ValueError(f"unknown loader {loader!r}: choose from {', '.join(LOADERS)}")
-        label = f"{name}{'+graphs' if cfg.cuda_graphs else ''}/{loader}"
+        label = f"{name}{'+graphs' if cfg.cuda_graphs == 'true' else ''}/{loader}"
         if loader == "dense":
             probe = build_model(cfg.model, 1, cfg.window, cfg.hidden, cfg.layers)
             if not hasattr(probe, "forward_dense"):
@@ -441,7 +441,7 @@ def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak:
         "receptive_field": getattr(tr.model, "receptive_field", None),
         "dense_chunk": s.cfg.dense_chunk if s.loader == "dense" else None,
         "n_params": n_params(tr.model), "compiled": tr.compiled, "graph_steps": tr.graph_steps,
-        "precision": "bf16" if uses_bf16(s.cfg.precision, runner.device) else "fp32",
+        "precision": resolved_precision(s.cfg.precision, runner.device),
         "train_items_per_epoch": len(runner.source),
         "stream": getattr(getattr(runner.source.inner, "plan", None), "reason", None),
         "data": {"data_path": s.cfg.data_path, "synth_symbols": s.cfg.synth_symbols,

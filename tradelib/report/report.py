@@ -495,7 +495,8 @@ def run_configuration(summary: dict, splits: dict) -> list[tuple[str, str]]:
         ("length", f"{c.get('epochs')} epoch(s){steps}: {_count(g('optimizer_steps'))} optimizer steps taken "
                    f"({_count(g('skipped_steps'))} skipped), seed {c.get('seed')}"),
         ("device", f"{g('device_name')} ({g('device')}), precision {c.get('precision')}, compile "
-                   f"{g('compiled')}, loader {g('loader')}"),
+                   f"{g('compiled')}, loader {g('loader')}"
+                   + (f"; step graph {g('cuda_graphs')} ({g('cuda_graphs_reason')})" if g("cuda_graphs") else "")),
         ("splits", _split_words(splits, purge)),
     ]
 

@@ -597,6 +597,7 @@ class TrainingRun:
             "global_batch": tr.global_batch * self.world, "lr": tr.lr, "base_lr": self.cfg.lr,
             "lr_scaling": self.cfg.lr_scaling, "reference_batch": self.cfg.reference_batch,
             "compiled": tr.compiled, "graph_steps": tr.graph_steps, "fused_adamw": tr.fused, "samples_per_s": sps,
+            "cuda_graphs": "on" if tr.graphs else "off", "cuda_graphs_reason": tr.graphs_reason,
             "it_per_s": med(steps, "it_per_s"),
             "batches_per_epoch": tr.steps_per_epoch * self.cfg.grad_accum_steps, "dense": self.cfg.dense,
             "data_wait_share": med(steps, "data_wait_share"), "peak_mem_bytes": peak_memory_bytes(self.device),

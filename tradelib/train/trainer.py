@@ -4,7 +4,7 @@ One optimizer step = `grad_accum_steps` micro-batches. Each micro-batch adds sum
 gradients, N being the number of valid targets in the whole accumulated batch (over all DDP ranks), so the
 step equals one big batch of N: also for the last, partial window of an epoch and for masked dense targets.
 The LR schedule advances once per optimizer step. A non-finite loss or gradient norm skips the step on the
-device (fused AdamW's `found_inf`), with no host sync.
+device (fused AdamW's `found_inf`), with no host sync. The loss is `masked_sse`, which validation calls too.
 
 `Trainer.step(ids)` is the whole step and the only thing the run loop, the bench and 02_profiling call; it
 knows nothing of files, epochs or logging (train.py holds those).
@@ -16,6 +16,8 @@ import contextlib
 import math
 import random
 import time
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tradelib.config import Config
 from tradelib.distributed import all_reduce
-from tradelib.hardware import autocast
+from tradelib.hardware import autocast, resolved_precision
 from tradelib.train.sources import Batch, BatchSource, Windows
 from tradelib.train.stream import StreamWindows
 
@@ -40,6 +42,17 @@ class StepStats:
     micro_batches: int
     fetch_s: float  # host seconds inside source.fetch
     fetch_marks: list = field(default_factory=list)  # CUDA: stream events around each fetch (see _cuda_mark)
+
+
+def masked_sse(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None,
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss, defined once: (sum of squared errors over the valid targets, their number), summed in `dtype`.
+    A valid target is one where `mask` is True (every target without a mask). Training divides the sum by the
+    valid targets of the whole optimizer step, validation by the split's: both are the mean squared error."""
+    err = (pred.float() - y) ** 2
+    if mask is None:
+        return err.sum(dtype=dtype), torch.full((), err.numel(), dtype=dtype, device=err.device)
+    return torch.where(mask, err, 0.0).sum(dtype=dtype), mask.sum(dtype=dtype)
 
 
 def seed_everything(seed: int) -> None:
@@ -135,6 +148,16 @@ class Trainer:
         total = self.steps_per_epoch * cfg.epochs
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
         self.lr = scaled_lr(cfg, world)
+        self.precision = resolved_precision(cfg.precision, device)  # fp32, bf16 or fp16
+        if self.precision == "fp16" and device.type == "cpu" and any(
+                isinstance(m, torch.nn.RNNBase) for m in model.modules()):
+            raise ValueError(f"precision fp16 with model {cfg.model} on the CPU: oneDNN has no fp16 LSTM/GRU kernel; "
+                             f"use precision fp32 or bf16 on the CPU")
+        # fp16's range is too narrow for small gradients: the loss is scaled up, the gradients back down
+        self.scaler = make_scaler(device) if self.precision == "fp16" else None
+        if verbose and cfg.precision == "auto" and device.type == "cuda":
+            print(f"precision auto: {self.precision} autocast" + (
+                " with a GradScaler (this card has no native bf16)" if self.scaler else ""))
         self.opt = make_optimizer(model, cfg, self.lr, device)
         self.fused = bool(self.opt.defaults.get("fused"))
         self.warmup = min(cfg.warmup_steps, max(1, self.total_steps // 10))
@@ -155,46 +178,54 @@ class Trainer:
                       f"which walks the graph every step; a model without unused parameters avoids it")
             ids = [device.index] if device.type == "cuda" else None
             self.train_fwd = DDP(self.train_fwd, device_ids=ids, find_unused_parameters=bool(unused))
-        why_not = graphs_refused(cfg, device, world, self.fused) if cfg.cuda_graphs else None
-        if why_not:
-            print(f"cuda_graphs: {why_not}; training without the step graph")
-        self.graphs = cfg.cuda_graphs and why_not is None  # the step graph is recorded at the first step
+        # the step graph is recorded at the first step; graphs_reason says why it is on or off
+        self.graphs, self.graphs_reason = use_step_graph(cfg, device, world, self.fused)
+        if verbose or (cfg.cuda_graphs == "true" and not self.graphs):
+            print(f"cuda_graphs: {'on' if self.graphs else 'off'} ({self.graphs_reason})")
         self.graph: StepGraph | None = None
         self.graph_steps = 0  # steps taken by replaying the step graph
+        reseed_rnn_dropout(device)  # the steps' dropout masks do not depend on the set-up's forward passes
 
     # -- the step ------------------------------------------------------------------------------------------
     def step(self, ids: torch.Tensor) -> StepStats:
         """One optimizer step over these items (this rank's share of the step), in micro-batches of batch_size."""
-        if self.graphs:
+        if self.graphs and len(ids) == self.global_batch:
             return self.graph_step(ids)
-        stats = self.accumulate(ids)
+        stats = self.accumulate(ids)  # without the graph, or an epoch's last, partial step
         stats.norm, stats.skipped = self.update(stats.sse)
         return stats
 
     def graph_step(self, ids: torch.Tensor) -> StepStats:
-        """The step by replaying the step graph (recorded at the first call). A batch of another shape (an
-        epoch's last, partial one) steps eagerly: the same weights, optimizer state and schedule."""
+        """The step by replaying the step graph (recorded at the first call): its micro-batches are fetched first,
+        then copied into the graph's buffers. If the recording failed, the same step eagerly."""
         n_valid = self.source.count(ids).clamp(min=1)
-        batch, fetch_s, marks = self.fetch(ids)
-        if self.graph is None and len(ids) == self.cfg.batch_size:  # recorded for full batches
-            self.graph = self.record(batch, n_valid)
-        if self.graph is not None and self.graph.fits(batch):
-            sse, norm, bad = self.graph.run(batch, n_valid)
+        fetched = [self.fetch(part) for part in ids.split(self.cfg.batch_size)]
+        batches = [batch for batch, _, _ in fetched]
+        fetch_s, marks = sum(s for _, s, _ in fetched), [m for _, _, ms in fetched for m in ms]
+        if self.graph is None:
+            self.graph = self.record(batches, n_valid)
+        if self.graph is not None and self.graph.fits(batches):
+            sse, norm, bad = self.graph.run(batches, n_valid)
             self.sched.step()
             self.graph_steps += 1
         else:
-            sse = self.backward(batch, n_valid)
+            sse = self.backward_all(batches, len(batches), n_valid)
             norm, bad = self.update(sse)
-        return StepStats(sse, n_valid, norm, bad, 1, fetch_s, marks)
+        return StepStats(sse, n_valid, norm, bad, len(batches), fetch_s, marks)
 
-    def record(self, batch: Batch, n_valid: torch.Tensor) -> StepGraph | None:
-        """The step graph for batches shaped like this one; None, said and for the rest of the run, if the
+    def record(self, batches: list[Batch], n_valid: torch.Tensor) -> StepGraph | None:
+        """The step graph for steps shaped like this one; None, said and for the rest of the run, if the
         recording fails (the run goes on eagerly from the same state)."""
         try:
-            return StepGraph(self, batch, n_valid, capture=self.device.type == "cuda")
+            return StepGraph(self, batches, n_valid, capture=self.device.type == "cuda")
         except Exception as exc:  # noqa: BLE001 - any capture failure means eager, reported
             self.graphs = False
+            self.graphs_reason = f"recording the step failed: {type(exc).__name__}"
             self.opt.zero_grad(set_to_none=True)
+            if self.scaler is not None:  # a recording that failed mid-step can leave the scaler's bookkeeping there
+                fresh = make_scaler(self.device)
+                fresh.load_state_dict(self.scaler.state_dict())
+                self.scaler = fresh
             print(f"cuda_graphs: recording the step failed, training without the step graph: "
                   f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
             return None
@@ -207,18 +238,32 @@ class Trainer:
         return batch, seconds, [] if start is None else [(start, self._cuda_mark())]
 
     def accumulate(self, ids: torch.Tensor) -> StepStats:
-        """Forward and backward of every micro-batch of `ids`: the gradients of the mean loss over the whole
-        step are left in the parameters' .grad (DDP syncs them on the last micro-batch only)."""
+        """Forward and backward of every micro-batch of `ids`, each fetched just before its forward: the
+        gradients of the mean loss over the whole step are left in the parameters' .grad."""
         n_valid = all_reduce(self.source.count(ids).clone()).clamp_(min=1)
         chunks = ids.split(self.cfg.batch_size)
-        sse = torch.zeros((), device=self.device)
-        fetch_s, marks = 0.0, []
-        for i, part in enumerate(chunks):
-            batch, seconds, mark = self.fetch(part)
-            fetch_s, marks = fetch_s + seconds, marks + mark
-            sse = sse + self.backward(batch, n_valid, sync=i == len(chunks) - 1)
+        timings = []  # (host seconds, CUDA marks) of each fetch
+
+        def batches() -> Iterable[Batch]:
+            for part in chunks:
+                batch, seconds, marks = self.fetch(part)
+                timings.append((seconds, marks))
+                yield batch
+
+        sse = self.backward_all(batches(), len(chunks), n_valid)
         nothing = torch.zeros((), device=self.device)
-        return StepStats(sse, n_valid, nothing, nothing.bool(), len(chunks), fetch_s, marks)
+        return StepStats(sse, n_valid, nothing, nothing.bool(), len(chunks), sum(s for s, _ in timings),
+                         [m for _, ms in timings for m in ms])
+
+    def backward_all(self, batches: Iterable[Batch], count: int, n_valid: torch.Tensor,
+                     cache: bool = True) -> torch.Tensor:
+        """The micro-steps of one optimizer step (the eager step's and the step graph's): forward and backward
+        of each of the `count` micro-batches; returns their summed squared errors. DDP syncs the gradients on
+        the last micro-batch only."""
+        sse = torch.zeros((), device=self.device)
+        for i, batch in enumerate(batches):
+            sse = sse + self.backward(batch, n_valid, sync=i == count - 1, cache=cache)
+        return sse
 
     def backward(self, batch: Batch, n_valid: torch.Tensor, sync: bool = True, cache: bool = True) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its sum of squared errors (on the device).
@@ -226,16 +271,17 @@ class Trainer:
         The gradient gets sum(error^2) / n_valid from this micro-batch, n_valid counting the valid targets of
         the whole accumulated batch over all ranks: the K micro-batches of a step then add up to the mean over
         the whole batch, however the valid targets fall. DDP averages over ranks, hence the factor world.
+        fp16: the loss is scaled by the GradScaler's factor (`apply` unscales the gradients).
         `sync=False` (all but the last micro-step) leaves the gradients unsynchronised; `cache=False` turns
         autocast's weight cache off (while recording the step graph).
         """
         ctx = self.train_fwd.no_sync() if self.world > 1 and not sync else contextlib.nullcontext()
         with ctx:
-            with autocast(self.device, self.cfg.precision, cache):
+            with autocast(self.device, self.precision, cache):
                 pred = self.train_fwd(batch.x)
-            err = (pred.float() - batch.y) ** 2
-            sse = torch.where(batch.mask, err, 0.0).sum() if batch.mask is not None else err.sum()
-            (sse * self.world / n_valid.float()).backward()  # fp32, as the loss; counts < 2^24 are exact
+            sse, _ = masked_sse(pred, batch.y, batch.mask)
+            loss = sse * self.world / n_valid.float()  # fp32, as the loss; counts < 2^24 are exact
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         return sse.detach()
 
     def update(self, loss: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,7 +297,11 @@ class Trainer:
     def apply(self, loss: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The update without the schedule (what the step graph records). Fused AdamW takes the skip flag as
         `found_inf` (GradScaler's hook): it leaves weights, moments and its own step count untouched, with no
-        host sync."""
+        host sync. fp16: the GradScaler unscales the gradients first; an fp16 overflow leaves an inf or NaN in
+        them and so in the norm, which joins the overflow to this one skip. The scaler then backs its factor
+        off (or grows it after growth_interval clean steps), on the device."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
@@ -265,6 +315,8 @@ class Trainer:
             self.opt.step()
         elif not bool(bad):  # host sync: only without fused AdamW
             self.opt.step()
+        if self.scaler is not None:
+            self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
         return norm.detach(), bad
 
@@ -285,7 +337,7 @@ class Trainer:
         self.model.eval()
         out = torch.empty(len(ends), device=self.device)
         i = 0
-        with autocast(self.device, self.cfg.precision):
+        with autocast(self.device, self.precision):
             for x, _ in self.windows.batches(ends, self.cfg.eval_batch_size):
                 # copied out at once: under CUDA graphs the next replay overwrites the graph's output buffer
                 out[i : i + len(x)] = self.fwd(x)
@@ -293,32 +345,37 @@ class Trainer:
         self.model.train()
         return out
 
-    def sse_count(self, split: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of squared errors, windows) over a split's windows, float64 on the device: the parts of a mean
-        that ranks holding different windows add up (shard_data)."""
+    def sse_count(self, split: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of squared errors, windows) over a split's windows (`masked_sse`), on the device: the parts of a
+        mean that ranks holding different windows add up (shard_data), summed in float64 by default."""
         ends = self.windows.ends(split)
         if len(ends) == 0:
-            return torch.zeros((), dtype=torch.float64, device=self.device), torch.zeros((), dtype=torch.float64,
-                                                                                       device=self.device)
-        err = ((self.predict(ends) - self.windows.targets(ends)) ** 2).sum(dtype=torch.float64)
-        return err, torch.full((), float(len(ends)), dtype=torch.float64, device=self.device)
+            zero = torch.zeros((), dtype=dtype, device=self.device)
+            return zero, zero.clone()
+        return masked_sse(self.predict(ends), self.windows.targets(ends), dtype=dtype)
 
     def loss(self, split: int) -> float:
-        """Mean squared error (scaled target units) over a split's windows; NaN when it has none."""
-        ends = self.windows.ends(split)
-        if len(ends) == 0:
+        """Mean squared error (scaled target units) over a split's windows; NaN when it has none. Summed in
+        float32, as every run so far has logged it."""
+        if len(self.windows.ends(split)) == 0:
             return float("nan")
-        return float(((self.predict(ends) - self.windows.targets(ends)) ** 2).mean())
+        sse, n = self.sse_count(split, torch.float32)
+        return float(sse / n)
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict()}
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict()}
+        if self.scaler is not None:  # fp16
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])  # new optimizer state tensors: a step graph reads the old
         self.sched.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.graph = None  # recorded again at the next step
 
     def flops_per_sample(self) -> float:
@@ -327,14 +384,18 @@ class Trainer:
         return training_flops_per_sample(self.model)
 
 
+def make_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """fp16's loss scaling, torch's defaults (2^16, halved after an overflow, doubled after 2000 clean steps)."""
+    return torch.amp.GradScaler(device.type)
+
+
 def graphs_refused(cfg: Config, device: torch.device, world: int, fused: bool) -> str | None:
     """Why the step graph cannot be used here, or None when it can."""
     if device.type != "cuda":
         return f"CUDA graphs need a CUDA device, this run is on {device}"
     if world > 1:
-        return "not with DDP (its gradient all-reduce is not recorded)"
-    if cfg.grad_accum_steps > 1:
-        return "not with grad_accum_steps > 1 (the graph holds one micro-batch)"
+        return ("not with DDP: its gradient all-reduce would have to be recorded in the graph, which needs a fixed "
+                "bucket layout and NCCL set up for capture, not done or tested here (docs/distributed.md)")
     if cfg.compile == "reduce-overhead":
         return "compile=reduce-overhead already replays the forward and backward as CUDA graphs"
     if not fused:
@@ -342,25 +403,73 @@ def graphs_refused(cfg: Config, device: torch.device, world: int, fused: bool) -
     return None
 
 
+def use_step_graph(cfg: Config, device: torch.device, world: int, fused: bool) -> tuple[bool, str]:
+    """(whether the step graph is used, why): `auto` and `true` use it wherever `graphs_refused` allows it,
+    `false` never."""
+    if cfg.cuda_graphs == "false":
+        return False, "cuda_graphs=false"
+    why_not = graphs_refused(cfg, device, world, fused)
+    if why_not:
+        return False, why_not
+    return True, f"cuda_graphs={cfg.cuda_graphs}: one CUDA process with fused AdamW"
+
+
+def cudnn_dropout_rnns(model: torch.nn.Module) -> list[torch.nn.RNNBase]:
+    """The model's LSTMs/GRUs with dropout between their layers: cuDNN draws those masks itself (see below)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.RNNBase) and m.dropout > 0 and m.num_layers > 1]
+
+
+def reseed_rnn_dropout(device: torch.device) -> None:
+    """Have cuDNN re-seed its LSTM/GRU dropout state from torch's CUDA generator at the next training call.
+
+    cuDNN keeps the random state of an LSTM's or GRU's inter-layer dropout in a buffer of its own, which
+    setting the generator's state re-seeds (PyTorch's `get_dropout_state`). The trainer does so when its steps
+    begin: the set-up's forward passes and the step graph's warm-up steps then leave no trace in the masks."""
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(torch.cuda.get_rng_state(device), device)
+
+
+def seed_rnn_dropout_now(model: torch.nn.Module, device: torch.device) -> None:
+    """Re-seed cuDNN's dropout state now, as the next training call of the model's LSTM/GRU would (reading the
+    seed to the host: not allowed while a CUDA graph records), without drawing a mask: a one-layer LSTM called
+    in training mode with dropout sets the state up, and cuDNN only drops between layers."""
+    rnns = cudnn_dropout_rnns(model)
+    if device.type != "cuda" or not rnns:
+        return
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # weights from the CPU generator
+        warnings.simplefilter("ignore")  # "dropout expects num_layers greater than 1": that is the point
+        probe = torch.nn.LSTM(1, 1, num_layers=1, dropout=rnns[0].dropout).to(device)
+    with torch.no_grad():
+        probe(torch.zeros(1, 1, 1, device=device))
+
+
 class StepGraph:
-    """The whole optimizer step (forward, loss, backward, clipping, the skip decision, fused AdamW) recorded once
-    as a CUDA graph and replayed: one launch a step instead of one per kernel, for models whose kernels are too
-    short to hide the host's launches. Replays read the batch, the valid count and the learning rates from
-    fixed buffers, which `run` fills; the schedule stays a float on the host.
+    """The whole optimizer step (the forward and backward of its K micro-batches, the loss, clipping, the skip
+    decision, fused AdamW, fp16's loss scaling) recorded once as a CUDA graph and replayed: one launch a step
+    instead of one per kernel, for models whose kernels are too short to hide the host's launches. Replays read
+    the micro-batches, the valid count and the learning rates from fixed buffers, which `run` fills; the
+    schedule stays a float on the host. The micro-steps are the eager step's own (`Trainer.backward_all`): the
+    gradients accumulate in place over the K backward passes, inside the one graph.
 
     Recording needs a few eager steps first (lazy allocations, cuDNN and cuBLAS set-up, compilation), on a side
-    stream; they run on this batch and are then undone (weights, optimizer moments and step counts, RNG), so the
-    run's result does not depend on them. The optimizer's state must exist before recording and is reset to
-    zeros in place when it did not: allocated during the recording, it would be re-zeroed at every replay.
+    stream; they run on this step's batches and are then undone (weights, optimizer moments and step counts,
+    the GradScaler's factor, the RNG), so the run's result does not depend on them. The optimizer's state must
+    exist before recording and is reset to zeros in place when it did not: allocated during the recording, it
+    would be re-zeroed at every replay.
+
+    Dropout: torch's own dropout draws from the CUDA generator's Philox offsets, which a replay advances as the
+    eager step would, so replays draw the eager step's masks. cuDNN's LSTM/GRU dropout keeps its own state,
+    which the warm-up advanced: it is re-seeded from the restored generator before recording, as the eager
+    run's first step re-seeds it (`reseed_rnn_dropout`), and then advances in place at each replay.
+
     `capture=False` runs the same steps without recording (what the CPU tests check).
     """
 
     WARMUP = 3
 
-    def __init__(self, tr: Trainer, batch: Batch, n_valid: torch.Tensor, capture: bool = True) -> None:
+    def __init__(self, tr: Trainer, batches: list[Batch], n_valid: torch.Tensor, capture: bool = True) -> None:
         self.tr = tr
-        self.x, self.y = batch.x.clone(), batch.y.clone()
-        self.mask = None if batch.mask is None else batch.mask.clone()
+        self.batches = [Batch(b.x.clone(), b.y.clone(), None if b.mask is None else b.mask.clone()) for b in batches]
         self.n_valid = n_valid.clone()
         # CUDA's fused AdamW reads a float32 learning rate from a tensor (an eager step passes a double: replays
         # differ from eager steps by lr's rounding, ~1e-8 relative); the CPU's reads a double
@@ -381,22 +490,25 @@ class StepGraph:
         tr.opt.zero_grad(set_to_none=True)  # the recorded backward makes its gradients in the graph's memory
         self.graph = torch.cuda.CUDAGraph() if capture else None
         if self.graph is not None:
+            seed_rnn_dropout_now(tr.model, tr.device)
             # the warm-up's stream: cuBLAS workspaces and such are made per stream, so none is made mid-recording;
             # thread_local: the streaming loader's and pinned-memory threads may use CUDA meanwhile
             with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
                 self.out = self.body(capturing=True)
 
-    def fits(self, batch: Batch) -> bool:
+    def fits(self, batches: list[Batch]) -> bool:
         same = lambda a, b: (a is None) == (b is None) and (a is None or (a.shape == b.shape and a.dtype == b.dtype))
-        return same(batch.x, self.x) and same(batch.y, self.y) and same(batch.mask, self.mask)
+        return len(batches) == len(self.batches) and all(
+            same(b.x, f.x) and same(b.y, f.y) and same(b.mask, f.mask) for b, f in zip(batches, self.batches))
 
-    def run(self, batch: Batch, n_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One step on this batch: (sum of squared errors, gradient norm, skipped), copied out of the graph's
-        buffers, which the next replay overwrites."""
-        self.x.copy_(batch.x)
-        self.y.copy_(batch.y)
-        if self.mask is not None:
-            self.mask.copy_(batch.mask)
+    def run(self, batches: list[Batch], n_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step on these micro-batches: (sum of squared errors, gradient norm, skipped), copied out of the
+        graph's buffers, which the next replay overwrites."""
+        for b, f in zip(batches, self.batches):
+            f.x.copy_(b.x)
+            f.y.copy_(b.y)
+            if f.mask is not None:
+                f.mask.copy_(b.mask)
         self.n_valid.copy_(n_valid)
         for t, group in zip(self.lrs, self.tr.opt.param_groups):
             t.fill_(group["lr"])
@@ -412,7 +524,7 @@ class StepGraph:
         for g, t in zip(groups, self.lrs):
             g["lr"], g["capturable"] = t, capturing  # capturable: AdamW refuses to be recorded without it
         try:
-            sse = self.tr.backward(Batch(self.x, self.y, self.mask), self.n_valid, cache=False)
+            sse = self.tr.backward_all(self.batches, len(self.batches), self.n_valid, cache=False)
             norm, bad = self.tr.apply(sse)
         finally:
             for g, f in zip(groups, floats):
@@ -424,6 +536,7 @@ class StepGraph:
         cuda = tr.device.type == "cuda"
         return {"model": {k: v.detach().clone() for k, v in tr.model.state_dict().items()},
                 "opt": {p: {k: v.clone() for k, v in st.items()} for p, st in tr.opt.state.items()},
+                "scaler": None if tr.scaler is None else tr.scaler.state_dict(),
                 "cpu_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(tr.device) if cuda else None}
 
     def restore(self, saved: dict) -> None:
@@ -438,6 +551,8 @@ class StepGraph:
                         v.zero_()  # the state a first step makes: zero moments, step 0
                     else:
                         v.copy_(before[k])
+        if saved["scaler"] is not None:
+            tr.scaler.load_state_dict(saved["scaler"])  # in place (fill_) once the factor's tensor exists
         torch.set_rng_state(saved["cpu_rng"])
         if saved["cuda_rng"] is not None:
             torch.cuda.set_rng_state(saved["cuda_rng"], tr.device)
