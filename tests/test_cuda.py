@@ -38,7 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tradelib.config import Config
 from tradelib.train import stream
-from tradelib.train.models import build_model, model_for
+from tradelib.train.models import MODELS, build_model, model_for
 from tradelib.train.sources import DataLoaderSource, DenseSource, Windows, WindowSource, dense_chunks, make_sources
 from tradelib.train.trainer import StepGraph, Trainer, graphs_refused, seed_everything
 
@@ -415,6 +415,167 @@ def test_the_step_graph_gives_the_eager_steps(tiny_fs, device, case):
         torch.testing.assert_close(snapshot(graphed.model)[k], v, rtol=tol * 10, atol=tol * 1e-2)
 
 
+ACCUM_CASES = {  # (spec, micro-batch, K): the seed report's 512 x 2, and dense chunks with masked targets
+    "lstm": (dict(model="lstm"), 512, 2),
+    "tcn-dense": (dict(model="tcn", layers=2, dense=True, dense_chunk=CHUNK), 8, 2),
+}
+
+
+def rel_diff(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(ACCUM_CASES))
+def test_the_step_graph_with_accumulation_gives_the_eager_accumulating_steps(holey_fs, device, case):
+    """K micro-batches an optimizer step through the step graph (on the CPU its fixed-buffer steps): four full
+    steps replayed (a non-finite one among them, skipped in the graph), then an epoch's partial step taken
+    eagerly. Against eager K x B: the same losses, norms, skips, weights and AdamW state (CPU: bit for bit).
+    Against eager one batch of K x B: the losses and gradient norms within the accumulation test's tolerance
+    (the micro-batches hold different numbers of valid targets, so a wrongly weighted sum would show)."""
+    spec, b, k = ACCUM_CASES[case]
+    spec = {**spec, "warmup_steps": 3}
+    cuda = device == "cuda"
+    with exact_fp32():
+        eager = make_trainer(holey_fs, device, batch_size=b, grad_accum_steps=k, **spec)
+        graphed = make_trainer(holey_fs, device, batch_size=b, grad_accum_steps=k,
+                               cuda_graphs="true" if cuda else "false", **spec)
+        graphed.graphs = True  # (refused on the CPU: the fixed-buffer steps without the recording)
+        one = make_trainer(holey_fs, device, batch_size=b * k, **spec)
+        order = torch.cat([eager.source.epoch(e, seed=1) for e in range(3)])
+        size = eager.global_batch
+        groups = list(order[: 4 * size + size // 3].split(size))
+        if spec.get("dense"):
+            counts = {float(eager.source.count(p)) for g in groups[:4] for p in g.split(b)}
+            assert len(counts) > 1, counts  # micro-batches with different numbers of valid targets
+        want, got, big = (graph_run(tr, groups, bad_step=2) for tr in (eager, graphed, one))
+        assert graphed.graph is not None and graphed.graph_steps == 4 and len(graphed.graph.batches) == k
+    assert [w[2] for w in want] == [g[2] for g in got] == [x[2] for x in big] == [False, False, True, False, False]
+    nan_equal = lambda a, b, tol=0.0: a == b or (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=tol)
+    for i, (w, g) in enumerate(zip(want, got)):
+        assert all(nan_equal(a, b, GRAPH_TOL["fp32"] if cuda else 0.0) for a, b in zip(w[:2], g[:2])), (i, w, g)
+    if not cuda:
+        assert_bitwise(snapshot(graphed.model), snapshot(eager.model))
+        assert all(torch.equal(a, b) for a, b in zip(adam_state(graphed), adam_state(eager)))
+    else:
+        for key, v in snapshot(eager.model).items():
+            torch.testing.assert_close(snapshot(graphed.model)[key], v, rtol=1e-4, atol=1e-7)
+    for w, x in zip(got, big):
+        if not w[2]:
+            assert rel_diff(w[0], x[0]) <= FP32_TOL and rel_diff(w[1], x[1]) <= FP32_TOL, (got, big)
+
+
+FP16 = dict(model="mlp", layers=2, hidden=16, batch_size=16, grad_accum_steps=2, precision="fp16")
+
+
+def scaler_state(tr: Trainer) -> tuple[float, int]:
+    state = tr.scaler.state_dict()
+    return state["scale"], state["_growth_tracker"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp16_scales_the_loss_and_an_overflow_joins_the_on_device_skip(tiny_fs, device):
+    """fp16 autocast with a GradScaler (torch.amp's, on the CPU too): the gradients are unscaled before clipping
+    (a clean step's norm is fp32's within fp16 rounding, not 2^16 times it); a factor so large that the fp16
+    backward overflows gives inf gradients, and that step is skipped on the device like a non-finite loss
+    (weights and AdamW state untouched, with no host sync) while the scaler halves its factor; the next step
+    trains. The scaler's state is part of the trainer's state dict."""
+    dev = torch.device(device)
+    tr, ref = make_trainer(tiny_fs, device, **FP16), make_trainer(tiny_fs, device, **{**FP16, "precision": "fp32"})
+    assert tr.precision == "fp16" and tr.scaler is not None and ref.scaler is None and tr.fused
+    groups = tr.source.epoch(0, seed=0).split(tr.global_batch)
+    clean, want = tr.step(groups[0]), ref.step(groups[0])
+    assert not bool(clean.skipped) and rel_diff(float(clean.norm), float(want.norm)) < 3e-2, (clean.norm, want.norm)
+    assert scaler_state(tr) == (2.0**16, 1)  # grows only after growth_interval (2000) clean steps
+
+    tr.scaler.load_state_dict({**tr.scaler.state_dict(), "scale": 2.0**40})  # the fp16 backward overflows
+    weights, state = snapshot(tr.model), adam_state(tr)
+    with no_host_sync(dev):
+        over = tr.step(groups[1])
+    assert bool(over.skipped) and torch.isfinite(over.sse) and not torch.isfinite(over.norm)
+    assert_bitwise(snapshot(tr.model), weights)
+    assert all(torch.equal(a, b) for a, b in zip(adam_state(tr), state))
+    assert scaler_state(tr) == (2.0**39, 0)  # backed off, on the device
+
+    tr.scaler.load_state_dict({**tr.scaler.state_dict(), "scale": 2.0**16})
+    with no_host_sync(dev):
+        good = tr.step(groups[2])
+    assert not bool(good.skipped) and scaler_state(tr) == (2.0**16, 1)
+    assert not any(torch.equal(snapshot(tr.model)[k], weights[k]) for k in weights if k.endswith("weight"))
+    assert tr.state_dict()["scaler"]["scale"] == 2.0**16 and "scaler" not in ref.state_dict()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_step_graph_with_fp16_gives_the_eager_steps_and_scaler_state(tiny_fs, device):
+    """fp16 through the step graph (CPU: its fixed-buffer steps): the warm-up's scaler updates are undone, and
+    the replays scale, unscale, skip and update the factor as eager steps do (an overflowing step among them)."""
+    cuda = device == "cuda"
+    eager = make_trainer(tiny_fs, device, **FP16)
+    graphed = make_trainer(tiny_fs, device, **{**FP16, "cuda_graphs": "true" if cuda else "false"})
+    graphed.graphs = True
+    size = eager.global_batch
+    groups = list(eager.source.epoch(0, seed=1)[: 5 * size].split(size))
+    out = {}
+    for name, tr in (("eager", eager), ("graphed", graphed)):
+        out[name] = graph_run(tr, groups[:2], bad_step=-1)
+        tr.scaler.load_state_dict({**tr.scaler.state_dict(), "scale": 2.0**40})  # the next step overflows
+        out[name] += graph_run(tr, groups[2:3], bad_step=-1)
+        tr.scaler.load_state_dict({**tr.scaler.state_dict(), "scale": 2.0**16})
+        out[name] += graph_run(tr, groups[3:], bad_step=-1)
+    assert graphed.graph is not None and graphed.graph_steps == 5
+    assert [w[2] for w in out["eager"]] == [g[2] for g in out["graphed"]] == [False, False, True, False, False]
+    assert scaler_state(graphed) == scaler_state(eager) == (2.0**16, 2)
+    tol = 1e-3 if cuda else 0.0
+    for w, g in zip(out["eager"], out["graphed"]):
+        assert all(a == b or math.isclose(a, b, rel_tol=tol) or (math.isnan(a) and math.isnan(b))
+                   for a, b in zip(w, g)), (out["eager"], out["graphed"])
+    if not cuda:
+        assert_bitwise(snapshot(graphed.model), snapshot(eager.model))
+        assert all(torch.equal(a, b) for a, b in zip(adam_state(graphed), adam_state(eager)))
+
+
+# The step graph where it is used: compile auto, bf16, full.yaml's LSTM size, dropout. Eager and graphed steps run
+# the same kernels on the same batches with the same dropout masks (torch's Philox offsets; cuDNN's RNN dropout
+# re-seeded alike); they differ by the learning rate's float32 rounding in the graph (~1e-8 relative), which 300
+# bf16 AdamW steps may amplify: 3e-2 relative is a few bf16 roundings (2^-8) on the losses and weights.
+USED_STEPS, USED_TOL = 300, 3e-2
+
+
+@pytest.mark.on_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model", MODELS)  # every family models.py has, the transformer included
+def test_the_step_graph_gives_the_eager_run_where_it_is_used(tiny_fs, model):
+    """300 optimizer steps of a 2-layer, hidden-128 model with dropout 0.1, compile auto and bf16, eager and with
+    the step graph chosen by `auto` (an epoch's partial last step eager in both): per-step losses and final
+    weights within USED_TOL, the validation loss within 1%."""
+    spec = dict(model=model, hidden=128, layers=2, dropout=0.1, window=64, compile="auto", precision="bf16",
+                batch_size=256, warmup_steps=30, eval_batch_size=4096)
+    eager = make_trainer(tiny_fs, "cuda", **spec)
+    graphed = make_trainer(tiny_fs, "cuda", **{**spec, "cuda_graphs": "auto"})
+    assert graphed.graphs and not eager.graphs, graphed.graphs_reason
+    groups, epoch = [], 0
+    while len(groups) < USED_STEPS:
+        groups += list(eager.source.epoch(epoch, seed=2).split(eager.global_batch))
+        epoch += 1
+    groups = groups[:USED_STEPS]
+    losses, rng = {}, torch.cuda.get_rng_state()
+    for name, tr in (("eager", eager), ("graphed", graphed)):
+        torch.cuda.set_rng_state(rng)  # the same dropout masks (it re-seeds cuDNN's RNN dropout too)
+        stats = [tr.step(g) for g in groups]
+        losses[name] = torch.stack([s.sse / s.n_valid for s in stats]).double().cpu()
+        assert not any(bool(s.skipped) for s in stats)
+    assert graphed.graph_steps == sum(len(g) == graphed.global_batch for g in groups)
+    rel = ((losses["graphed"] - losses["eager"]).abs() / losses["eager"]).max()
+    assert rel <= USED_TOL, (float(rel), losses["eager"][-5:], losses["graphed"][-5:])
+    want = snapshot(eager.model)
+    for key, got in snapshot(graphed.model).items():
+        if got.is_floating_point():
+            err = float((got.double() - want[key].double()).norm() / want[key].double().norm().clamp(min=1e-12))
+            assert err <= USED_TOL, (key, err)
+    val = eager.loss(1), graphed.loss(1)
+    assert abs(val[1] - val[0]) <= 0.01 * val[0], val
+
+
 @pytest.mark.on_cpu
 def test_a_failed_recording_trains_on_eagerly_from_the_state_it_had(tiny_fs, monkeypatch, capsys):
     """A recording that fails part-way through its warm-up (its steps partly taken) says why, and the run goes on
@@ -512,7 +673,8 @@ def test_resume_after_sigkill_is_exact_with_deterministic(outputs, tmp_path, dev
     """Three fresh processes, as a user has them: an uninterrupted run, a run killed (SIGKILL) two steps after
     its step-5 checkpoint, and its resume. The resumed run's weights and metric rows equal the uninterrupted
     run's bit for bit: the model, AdamW, the schedule, the loop's position and the RNG (dropout) all come
-    back. Eager (compile=off): compiled kernels may be chosen by timing, so exactness is not claimed."""
+    back. compile=off (compiled kernels may be chosen by timing, so exactness is not claimed); on CUDA with the
+    default step graph (cuda_graphs auto), which the resumed run records anew from the checkpoint's state."""
     if device == "cpu" and model == "lstm":
         pytest.skip("the CPU side runs the TCN case (tests/test_train.py resumes the CPU runs)")
     base = {**RESUME, "device": device, "model": model, "dropout": dropout}
