@@ -406,3 +406,80 @@ def test_a_whole_epoch_with_accumulation_matches_big_batches_and_steps_the_sched
     assert t.sched.last_epoch == 19 and adam_steps(t) == {19.0}
     warmup = min(t.cfg.warmup_steps, max(1, t.total_steps // 10))
     assert t.opt.param_groups[0]["lr"] == pytest.approx(t.lr * lr_factor(19, warmup, 19, t.cfg.min_lr_ratio))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the loss once; the step graph and the precision chosen by `auto`
+
+
+def test_training_and_validation_take_the_loss_from_masked_sse(outputs, monkeypatch):
+    """masked_sse is the squared error summed over valid targets with their count; the training step's
+    gradient and logged sum and the validation loss all come from it (counted here by wrapping the real
+    function), so a change to the loss reaches both."""
+    from tradelib.train import trainer as trainer_module
+
+    pred, y = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0.0, 2.0, 1.0])
+    mask = torch.tensor([True, False, True])
+    assert [float(t) for t in trainer_module.masked_sse(pred, y)] == [10.0, 3.0]
+    assert [float(t) for t in trainer_module.masked_sse(pred, y, mask, torch.float64)] == [10.0, 2.0]
+
+    tr = TrainingRun(tiny("loss-once", dropout=0.0), progress=False).trainer
+    calls, real = [], trainer_module.masked_sse
+    monkeypatch.setattr(trainer_module, "masked_sse", lambda *a, **k: calls.append(k.get("dtype")) or real(*a, **k))
+    group = tr.source.epoch(0, 3)[: tr.global_batch]
+    x, y, _ = tr.source.fetch(group)
+    with torch.no_grad():
+        want_sse, n = real(tr.model(x), y)
+    stats = tr.step(group)
+    assert calls == [None, None] and float(n) == len(group)  # one call a micro-batch
+    assert torch.allclose(stats.sse, want_sse, rtol=1e-6)
+    val = tr.loss(1)
+    assert calls[2:] == [torch.float32]
+    sse, count = real(tr.predict(tr.windows.ends(1)), tr.windows.targets(tr.windows.ends(1)))
+    assert val == float(sse / count)
+    monkeypatch.setattr(trainer_module, "masked_sse",  # a different loss: absolute error
+                        lambda p, t, m=None, dtype=torch.float32: ((p.float() - t).abs().sum(dtype=dtype),
+                                                                    torch.full((), p.numel(), dtype=dtype)))
+    assert tr.loss(1) == pytest.approx(float((tr.predict(tr.windows.ends(1)) - tr.windows.targets(
+        tr.windows.ends(1))).abs().mean()), rel=1e-5)
+
+
+def test_auto_uses_the_step_graph_wherever_it_is_allowed(outputs, reference):
+    """`auto` (the default) and `true` choose the step graph exactly where graphs_refused finds no reason, on a
+    CUDA device (decided without one); `false` never; on the CPU off, with the reason, in the trainer and in
+    summary.json. YAML's and papermill's booleans read as true/false."""
+    from tradelib.train.trainer import graphs_refused, use_step_graph
+
+    cuda = torch.device("cuda")
+    assert Config().cuda_graphs == "auto"
+    for changes in ({}, {"grad_accum_steps": 2}, {"compile": "reduce-overhead"}, {"compile": "on"}, {"dense": True}):
+        for world in (1, 2):
+            for fused in (True, False):
+                for mode in ("auto", "true"):
+                    cfg = Config(**changes, cuda_graphs=mode)
+                    on, why = use_step_graph(cfg, cuda, world, fused)
+                    refused = graphs_refused(cfg, cuda, world, fused)
+                    assert on == (refused is None) and (on or why == refused), (changes, world, fused)
+                assert use_step_graph(Config(**changes, cuda_graphs="false"), cuda, world, fused)[0] is False
+    assert use_step_graph(Config(), cuda, 1, True)[0] and use_step_graph(Config(grad_accum_steps=2), cuda, 1, True)[0]
+    on, why = use_step_graph(Config(), torch.device("cpu"), 1, True)
+    assert not on and why.startswith("CUDA graphs need a CUDA device")
+    summary = json.loads((outputs / "reference" / "summary.json").read_text())
+    assert summary["cuda_graphs"] == "off" and summary["cuda_graphs_reason"].startswith("CUDA graphs need a CUDA")
+    assert Config.from_dict({"cuda_graphs": True}).cuda_graphs == "true"
+    assert Config.from_dict({"cuda_graphs": False}).cuda_graphs == "false"
+
+
+def test_precision_auto_is_bf16_where_the_card_has_it_else_fp16_and_fp32_on_the_cpu(outputs):
+    from tradelib.hardware import precision_for, resolved_precision
+
+    assert precision_for("auto", "cuda", bf16_native=True) == "bf16"
+    assert precision_for("auto", "cuda", bf16_native=False) == "fp16"  # V100, T4: with a GradScaler
+    assert precision_for("auto", "cpu", bf16_native=False) == "fp32"
+    assert all(precision_for(p, d, n) == p for p in ("fp32", "bf16", "fp16") for d in ("cpu", "cuda")
+               for n in (True, False))
+    assert resolved_precision("auto", torch.device("cpu")) == "fp32"
+    tr = TrainingRun(tiny("precision-cpu"), progress=False).trainer
+    assert tr.precision == "fp32" and tr.scaler is None  # CPU results unchanged
+    with pytest.raises(ValueError, match="precision fp16 with model lstm on the CPU: oneDNN has no fp16 LSTM"):
+        TrainingRun(tiny("fp16-lstm", model="lstm", precision="fp16"), progress=False)
