@@ -184,7 +184,7 @@ class Trainer:
             print(f"cuda_graphs: {'on' if self.graphs else 'off'} ({self.graphs_reason})")
         self.graph: StepGraph | None = None
         self.graph_steps = 0  # steps taken by replaying the step graph
-        reseed_rnn_dropout(device)  # the steps' dropout masks do not depend on the set-up's forward passes
+        reseed_rnn_dropout(model, device)  # the steps' dropout masks do not depend on the set-up's forward passes
 
     # -- the step ------------------------------------------------------------------------------------------
     def step(self, ids: torch.Tensor) -> StepStats:
@@ -419,13 +419,13 @@ def cudnn_dropout_rnns(model: torch.nn.Module) -> list[torch.nn.RNNBase]:
     return [m for m in model.modules() if isinstance(m, torch.nn.RNNBase) and m.dropout > 0 and m.num_layers > 1]
 
 
-def reseed_rnn_dropout(device: torch.device) -> None:
+def reseed_rnn_dropout(model: torch.nn.Module, device: torch.device) -> None:
     """Have cuDNN re-seed its LSTM/GRU dropout state from torch's CUDA generator at the next training call.
 
     cuDNN keeps the random state of an LSTM's or GRU's inter-layer dropout in a buffer of its own, which
     setting the generator's state re-seeds (PyTorch's `get_dropout_state`). The trainer does so when its steps
     begin: the set-up's forward passes and the step graph's warm-up steps then leave no trace in the masks."""
-    if device.type == "cuda":
+    if device.type == "cuda" and cudnn_dropout_rnns(model):
         torch.cuda.set_rng_state(torch.cuda.get_rng_state(device), device)
 
 
