@@ -426,7 +426,7 @@ def rel_diff(a: float, b: float) -> float:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", list(ACCUM_CASES))
+@pytest.mark.parametrize("case", [pytest.param("lstm", marks=pytest.mark.slow), "tcn-dense"])  # lstm: ~10 s on a CPU
 def test_the_step_graph_with_accumulation_gives_the_eager_accumulating_steps(holey_fs, device, case):
     """K micro-batches an optimizer step through the step graph (on the CPU its fixed-buffer steps): four full
     steps replayed (a non-finite one among them, skipped in the graph), then an epoch's partial step taken
@@ -542,6 +542,7 @@ USED_STEPS, USED_TOL = 300, 3e-2
 
 
 @pytest.mark.on_cuda
+@pytest.mark.slow  # two compilations and 600 steps a model family: minutes in all
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("model", MODELS)  # every family models.py has, the transformer included
 def test_the_step_graph_gives_the_eager_run_where_it_is_used(tiny_fs, model):
