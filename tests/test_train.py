@@ -448,21 +448,26 @@ def test_auto_uses_the_step_graph_wherever_it_is_allowed(outputs, reference):
     """`auto` (the default) and `true` choose the step graph exactly where graphs_refused finds no reason, on a
     CUDA device (decided without one); `false` never; on the CPU off, with the reason, in the trainer and in
     summary.json. YAML's and papermill's booleans read as true/false."""
+    from tradelib.train.models import model_for
     from tradelib.train.trainer import graphs_refused, use_step_graph
 
     cuda = torch.device("cuda")
     assert Config().cuda_graphs == "auto"
+    models = {(m, d): model_for(Config(model=m, dropout=d, window=8), 4) for m in ("lstm", "mlp") for d in (0.0, 0.1)}
     for changes in ({}, {"grad_accum_steps": 2}, {"compile": "reduce-overhead"}, {"compile": "on"}, {"dense": True}):
-        for world in (1, 2):
-            for fused in (True, False):
-                for mode in ("auto", "true"):
-                    cfg = Config(**changes, cuda_graphs=mode)
-                    on, why = use_step_graph(cfg, cuda, world, fused)
-                    refused = graphs_refused(cfg, cuda, world, fused)
-                    assert on == (refused is None) and (on or why == refused), (changes, world, fused)
-                assert use_step_graph(Config(**changes, cuda_graphs="false"), cuda, world, fused)[0] is False
-    assert use_step_graph(Config(), cuda, 1, True)[0] and use_step_graph(Config(grad_accum_steps=2), cuda, 1, True)[0]
-    on, why = use_step_graph(Config(), torch.device("cpu"), 1, True)
+        for (world, fused, model) in [(w, f, m) for w in (1, 2) for f in (True, False) for m in models.values()]:
+            for mode in ("auto", "true"):
+                cfg = Config(**changes, cuda_graphs=mode)
+                on, why = use_step_graph(cfg, cuda, world, fused, model)
+                refused = graphs_refused(cfg, cuda, world, fused, model)
+                assert on == (refused is None) and (on or why == refused), (changes, world, fused)
+            assert use_step_graph(Config(**changes, cuda_graphs="false"), cuda, world, fused, model)[0] is False
+    default = models["lstm", 0.0]  # the default configuration, accumulating or not; torch's own dropout too
+    assert use_step_graph(Config(), cuda, 1, True, default)[0]
+    assert use_step_graph(Config(grad_accum_steps=2), cuda, 1, True, default)[0]
+    assert use_step_graph(Config(dropout=0.1), cuda, 1, True, models["mlp", 0.1])[0]
+    assert not use_step_graph(Config(dropout=0.1), cuda, 1, True, models["lstm", 0.1])[0]  # cuDNN's dropout
+    on, why = use_step_graph(Config(), torch.device("cpu"), 1, True, default)
     assert not on and why.startswith("CUDA graphs need a CUDA device")
     summary = json.loads((outputs / "reference" / "summary.json").read_text())
     assert summary["cuda_graphs"] == "off" and summary["cuda_graphs_reason"].startswith("CUDA graphs need a CUDA")

@@ -16,7 +16,6 @@ import contextlib
 import math
 import random
 import time
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -179,12 +178,11 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.train_fwd = DDP(self.train_fwd, device_ids=ids, find_unused_parameters=bool(unused))
         # the step graph is recorded at the first step; graphs_reason says why it is on or off
-        self.graphs, self.graphs_reason = use_step_graph(cfg, device, world, self.fused)
+        self.graphs, self.graphs_reason = use_step_graph(cfg, device, world, self.fused, model)
         if verbose or (cfg.cuda_graphs == "true" and not self.graphs):
             print(f"cuda_graphs: {'on' if self.graphs else 'off'} ({self.graphs_reason})")
         self.graph: StepGraph | None = None
         self.graph_steps = 0  # steps taken by replaying the step graph
-        reseed_rnn_dropout(model, device)  # the steps' dropout masks do not depend on the set-up's forward passes
 
     # -- the step ------------------------------------------------------------------------------------------
     def step(self, ids: torch.Tensor) -> StepStats:
@@ -389,7 +387,7 @@ def make_scaler(device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type)
 
 
-def graphs_refused(cfg: Config, device: torch.device, world: int, fused: bool) -> str | None:
+def graphs_refused(cfg: Config, device: torch.device, world: int, fused: bool, model: torch.nn.Module) -> str | None:
     """Why the step graph cannot be used here, or None when it can."""
     if device.type != "cuda":
         return f"CUDA graphs need a CUDA device, this run is on {device}"
@@ -400,47 +398,30 @@ def graphs_refused(cfg: Config, device: torch.device, world: int, fused: bool) -
         return "compile=reduce-overhead already replays the forward and backward as CUDA graphs"
     if not fused:
         return "it needs fused AdamW, which skips a non-finite step on the device"
+    if rnns := cudnn_dropout_rnns(model):
+        # PyTorch's get_dropout_state: the state is re-seeded (a new buffer) at the first training call after the
+        # generator's state is set, e.g. by seeding another run in the same process
+        return (f"not with cuDNN's LSTM/GRU dropout ({rnns[0] or 'the model'}, dropout > 0): cuDNN keeps its masks' "
+                f"random state in a buffer that re-seeding torch's generator replaces, and a recorded graph would "
+                f"go on writing to the freed one (torch's own dropout, as in mlp and tcn, is fine)")
     return None
 
 
-def use_step_graph(cfg: Config, device: torch.device, world: int, fused: bool) -> tuple[bool, str]:
+def use_step_graph(cfg: Config, device: torch.device, world: int, fused: bool,
+                   model: torch.nn.Module) -> tuple[bool, str]:
     """(whether the step graph is used, why): `auto` and `true` use it wherever `graphs_refused` allows it,
     `false` never."""
     if cfg.cuda_graphs == "false":
         return False, "cuda_graphs=false"
-    why_not = graphs_refused(cfg, device, world, fused)
+    why_not = graphs_refused(cfg, device, world, fused, model)
     if why_not:
         return False, why_not
     return True, f"cuda_graphs={cfg.cuda_graphs}: one CUDA process with fused AdamW"
 
 
-def cudnn_dropout_rnns(model: torch.nn.Module) -> list[torch.nn.RNNBase]:
-    """The model's LSTMs/GRUs with dropout between their layers: cuDNN draws those masks itself (see below)."""
-    return [m for m in model.modules() if isinstance(m, torch.nn.RNNBase) and m.dropout > 0 and m.num_layers > 1]
-
-
-def reseed_rnn_dropout(model: torch.nn.Module, device: torch.device) -> None:
-    """Have cuDNN re-seed its LSTM/GRU dropout state from torch's CUDA generator at the next training call.
-
-    cuDNN keeps the random state of an LSTM's or GRU's inter-layer dropout in a buffer of its own, which
-    setting the generator's state re-seeds (PyTorch's `get_dropout_state`). The trainer does so when its steps
-    begin: the set-up's forward passes and the step graph's warm-up steps then leave no trace in the masks."""
-    if device.type == "cuda" and cudnn_dropout_rnns(model):
-        torch.cuda.set_rng_state(torch.cuda.get_rng_state(device), device)
-
-
-def seed_rnn_dropout_now(model: torch.nn.Module, device: torch.device) -> None:
-    """Re-seed cuDNN's dropout state now, as the next training call of the model's LSTM/GRU would (reading the
-    seed to the host: not allowed while a CUDA graph records), without drawing a mask: a one-layer LSTM called
-    in training mode with dropout sets the state up, and cuDNN only drops between layers."""
-    rnns = cudnn_dropout_rnns(model)
-    if device.type != "cuda" or not rnns:
-        return
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # weights from the CPU generator
-        warnings.simplefilter("ignore")  # "dropout expects num_layers greater than 1": that is the point
-        probe = torch.nn.LSTM(1, 1, num_layers=1, dropout=rnns[0].dropout).to(device)
-    with torch.no_grad():
-        probe(torch.zeros(1, 1, 1, device=device))
+def cudnn_dropout_rnns(model: torch.nn.Module) -> list[str]:
+    """The model's LSTMs/GRUs that apply dropout: cuDNN draws those masks from a state buffer of its own."""
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.RNNBase) and m.dropout > 0]
 
 
 class StepGraph:
@@ -458,9 +439,8 @@ class StepGraph:
     would be re-zeroed at every replay.
 
     Dropout: torch's own dropout draws from the CUDA generator's Philox offsets, which a replay advances as the
-    eager step would, so replays draw the eager step's masks. cuDNN's LSTM/GRU dropout keeps its own state,
-    which the warm-up advanced: it is re-seeded from the restored generator before recording, as the eager
-    run's first step re-seeds it (`reseed_rnn_dropout`), and then advances in place at each replay.
+    eager step would, so replays draw the eager step's masks (cuDNN's LSTM/GRU dropout is refused, see
+    `graphs_refused`).
 
     `capture=False` runs the same steps without recording (what the CPU tests check).
     """
@@ -490,7 +470,6 @@ class StepGraph:
         tr.opt.zero_grad(set_to_none=True)  # the recorded backward makes its gradients in the graph's memory
         self.graph = torch.cuda.CUDAGraph() if capture else None
         if self.graph is not None:
-            seed_rnn_dropout_now(tr.model, tr.device)
             # the warm-up's stream: cuBLAS workspaces and such are made per stream, so none is made mid-recording;
             # thread_local: the streaming loader's and pinned-memory threads may use CUDA meanwhile
             with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
