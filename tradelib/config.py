@@ -72,7 +72,7 @@ class Config:
     corporate_actions: str = knob("mask", "a split-like jump that stays: flag (count it), mask (the series restarts "
                                   "there: no feature, window or target spans it) or adjust (back-adjust the prices "
                                   "before it, volumes inversely)", "features", choices=("flag", "mask", "adjust"))
-    split_sigmas: float = knob(25.0, "a jump to the open that stays, beyond this many trailing sigmas, is a corporate "
+    split_sigmas: float = knob(20.0, "a jump to the open that stays, beyond this many trailing sigmas, is a corporate "
                                "action even when its ratio is not a split's (inf: ratios only)", "features", lo=0,
                                lo_open=True)
     window: int = knob(32, "bars of history per sample", "features", lo=1)

@@ -37,7 +37,8 @@ SPLIT_RATIOS = (2, 3, 4, 5, 10)  # a corporate action's jump: one of these ratio
 SPLIT_TOLERANCE = 0.01  # ... to within 1%
 SPLIT_MIN_SIGMAS = 4.0  # ... and beyond this many trailing sigmas (prices a few ticks in size jump by 2x)
 SPLIT_MIN_MOVE = 0.1  # any corporate action's jump is beyond this abs log move (about 10%)
-SPLIT_CONFIRM = 10  # the median close of the jump's bar and the 9 after it, against the 10 before, keeps half of it
+SPLIT_CONFIRM = 10  # the median close of the jump's bar and the 9 after it, against the 10 before, ...
+SPLIT_STAYS = 0.75  # ... keeps this share of the jump
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -962,29 +963,34 @@ def trailing_level(x: np.ndarray, code: np.ndarray) -> np.ndarray:
     """Per row t: the median of the symbol's values in the last full block of LEVEL_BLOCK rows before t's own
     block (blocks counted from the symbol's first row), or in the first block, of all the symbol's earlier rows
     (NaN with fewer than LEVEL_MIN_ROWS). Never row t or a later one, so a level is known at t. Rows sorted by
-    symbol."""
-    n, B = len(x), LEVEL_BLOCK
-    level = np.full(n, np.nan)
-    if n == 0:
-        return level
-    starts, ends, _ = run_bounds(run_starts(code))
-    starts, ends = np.asarray(starts), np.asarray(ends)
-    length = ends - starts
-    full = length // B  # full blocks per symbol
-    if full.any():  # each full block's median, then rows of block b >= 1 take block b - 1's
-        first_block = np.cumsum(full) - full  # the global number of each symbol's first full block
-        rows = np.concatenate([np.arange(a, a + f * B) for a, f in zip(starts, full) if f])
-        med = np.median(x[rows].reshape(-1, B), axis=1)
-        j = np.arange(n) - np.repeat(starts, length)  # the row's number in its symbol
-        sym = np.repeat(np.arange(len(starts)), length)
-        later = np.flatnonzero(j >= B)
-        level[later] = med[first_block[sym[later]] + j[later] // B - 1]
-    for j in range(LEVEL_MIN_ROWS, B):  # the first block: the median of the j rows before, all symbols at once
+    symbol. (The definition; `bad_print_rows` compares against it a block at a time.)"""
+    level = np.full(len(x), np.nan)
+    starts, ends, _ = run_bounds(run_starts(code)) if len(x) else ([], [], True)
+    for a, b in zip(starts, ends):
+        for t in range(a + LEVEL_MIN_ROWS, b):
+            j = t - a
+            lo = a + (j // LEVEL_BLOCK - 1) * LEVEL_BLOCK if j >= LEVEL_BLOCK else a
+            level[t] = np.median(x[lo : lo + LEVEL_BLOCK] if j >= LEVEL_BLOCK else x[a:t])
+    return level
+
+
+def _first_block_levels(x: np.ndarray, starts: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """`trailing_level` of the rows of each symbol's first block ([symbols, LEVEL_BLOCK], NaN where it has none),
+    all symbols at once a row number at a time."""
+    out = np.full((len(starts), LEVEL_BLOCK), np.nan)
+    for j in range(LEVEL_MIN_ROWS, LEVEL_BLOCK):
         have = np.flatnonzero(length > j)
         if not len(have):
             break
-        level[starts[have] + j] = np.median(x[starts[have][:, None] + np.arange(j)], axis=1)
-    return level
+        out[have, j] = np.median(x[starts[have][:, None] + np.arange(j)], axis=1)
+    return out
+
+
+def _block_medians(x: np.ndarray) -> np.ndarray:
+    """np.median of each row of a [blocks, LEVEL_BLOCK] array, from a sort (numpy sorts short rows many times
+    faster than it partitions them)."""
+    s, h = np.sort(x, axis=1), LEVEL_BLOCK // 2
+    return (s[:, h - 1] + s[:, h]) / 2
 
 
 def bad_print_rows(a: dict[str, np.ndarray], code: np.ndarray, price_decades: float, volume_decades: float
@@ -994,21 +1000,38 @@ def bad_print_rows(a: dict[str, np.ndarray], code: np.ndarray, price_decades: fl
     or a volume more than `volume_decades` above its trailing level of volumes (`trailing_level`; a small volume
     is always possible, and a zero level judges nothing). Judged on ratios, so a 1e-8 token trading 1e15 units
     is as ordinary as a stock; the level comes from earlier rows only, so the verdict at t is known at t.
-    inf turns a test off."""
-    out = {}
+    inf turns a test off. Each symbol's blocks are compared with the level of the block before at once."""
+    out: dict[str, np.ndarray] = {}
+    n, B = len(code), LEVEL_BLOCK
+    if n == 0:
+        return out
+    starts, ends, _ = run_bounds(run_starts(code))
+    starts, ends = np.asarray(starts), np.asarray(ends)
     checks = [(PRICE_COLS, "close", price_decades, True), (("volume",), "volume", volume_decades, False)]
     for cols, of, decades, both in checks:
-        if not math.isfinite(decades) or not len(code):
+        if not math.isfinite(decades):
             continue
-        level = trailing_level(a[of], code)
-        with np.errstate(invalid="ignore", over="ignore", under="ignore"):
-            hi, lo = level * 10.0**decades, level * 10.0**-decades
+        up, down = 10.0**decades, 10.0**-decades
+        first = _first_block_levels(a[of], starts, ends - starts)
+        for i, (s0, s1) in enumerate(zip(starts.tolist(), ends.tolist())):
+            nb = (s1 - s0) // B
+            med = _block_medians(a[of][s0 : s0 + nb * B].reshape(nb, B)) if s1 - s0 > B else None
             for k in cols:
-                bad = (a[k] > hi) & (level > 0)
-                if both:
-                    bad |= a[k] < lo
-                if bad.any():
-                    out[k] = bad
+                x = a[k]
+                parts = [(s0, min(s1, s0 + B), first[i, : min(s1 - s0, B)])]  # (rows from, to, their levels)
+                if med is not None:  # block b >= 1 against block b - 1; then the rows after the last full block
+                    parts.append((s0 + B, s0 + nb * B, med[: nb - 1, None]))
+                    parts.append((s0 + nb * B, s1, med[nb - 1]))
+                for r0, r1, lev in parts:
+                    if r1 <= r0:
+                        continue
+                    v = x[r0:r1].reshape(-1, B) if np.ndim(lev) == 2 else x[r0:r1]
+                    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+                        bad = (v > lev * up) & (lev > 0)
+                        if both:
+                            bad |= v < lev * down
+                    if bad.any():
+                        out.setdefault(k, np.zeros(n, dtype=bool))[r0:r1] = bad.ravel()
     return out
 
 
@@ -1020,7 +1043,7 @@ def corporate_action_rows(a: dict[str, np.ndarray], code: np.ndarray, new_symbol
     SPLIT_RATIO or its inverse and beyond SPLIT_MIN_SIGMAS trailing sigmas (a price a tick or two in size moves
     by such ratios all the time), or it is beyond `k` trailing sigmas (`trailing_sigma` of the close-to-close
     returns before t); and it stays: the median log close of bars t .. t+SPLIT_CONFIRM-1 is away from that of the
-    SPLIT_CONFIRM bars before t by at least half of it, the same way (a bad print before t, or one that reverts,
+    SPLIT_CONFIRM bars before t by at least SPLIT_STAYS of it, the same way (a bad print before t, or one that reverts,
     moves neither median). Judging needs those bars, so a symbol's first and last SPLIT_CONFIRM bars are never
     one."""
     n = len(code)
@@ -1051,7 +1074,7 @@ def corporate_action_rows(a: dict[str, np.ndarray], code: np.ndarray, new_symbol
         big = (near & (np.abs(gc) > SPLIT_MIN_SIGMAS * sigma)) | (np.abs(gc) > k * sigma)
         span = np.arange(SPLIT_CONFIRM)
         stay = np.median(lc[cand[:, None] + span], axis=1) - np.median(lc[cand[:, None] - 1 - span], axis=1)
-        kept = big & (np.sign(stay) == np.sign(gc)) & (np.abs(stay) >= 0.5 * np.abs(gc))
+        kept = big & (np.sign(stay) == np.sign(gc)) & (np.abs(stay) >= SPLIT_STAYS * np.abs(gc))
     hit = cand[kept]
     rows[hit] = True
     exact = np.asarray(SPLIT_RATIOS, dtype=float)[np.argmin(np.abs(move[kept][:, None] / np.asarray(
