@@ -472,31 +472,6 @@ def test_bad_print_is_causal_and_scale_free():
     assert np.isnan(clean(wild)[0].loc[200, "close"])
 
 
-def test_bad_print_rows_match_their_definition():
-    """bad_print_rows compares a block of rows at a time; trailing_level is the per-row definition."""
-    from tradelib.data.clean import PRICE_COLS, bad_print_rows, trailing_level
-
-    rng = np.random.default_rng(1)
-    for _ in range(20):
-        lens = rng.integers(1, 300, rng.integers(1, 6))
-        code = np.repeat(np.arange(len(lens), dtype=np.int32), lens)
-        n = len(code)
-        close = np.exp(rng.normal(0, 0.3, n).cumsum())
-        a = {k: close * np.exp(rng.normal(0, 0.01, n)) for k in ("open", "high", "low")}
-        a |= {"close": close, "volume": rng.lognormal(5, 1, n) * (rng.random(n) > 0.3)}
-        for k in a:
-            a[k][rng.integers(0, n, 5)] *= 10.0 ** rng.choice([-6, -2, 2, 8], 5)
-        want: dict[str, np.ndarray] = {}
-        lev, vol = trailing_level(a["close"], code), trailing_level(a["volume"], code)
-        for k in PRICE_COLS:
-            want[k] = (a[k] > lev * 10**1.5) | (a[k] < lev * 10**-1.5)
-        want["volume"] = (a["volume"] > vol * 100.0) & (vol > 0)
-        got = bad_print_rows(a, code, 1.5, 2.0)
-        assert set(got) == {k for k, v in want.items() if v.any()}
-        for k, v in got.items():
-            np.testing.assert_array_equal(v, want[k], err_msg=k)
-
-
 def test_micro_token_with_huge_volumes_keeps_every_row_and_value():
     micro = make_frame(2000, "MICRO", price=1e-8, volume=1e15, seed=8)
     out, rep = clean(micro)

@@ -89,7 +89,7 @@ def _read_table(path: Path, date_format: str = "") -> pd.DataFrame:
     suffix = _suffix(path)
     if suffix in PARQUET_SUFFIXES:
         try:
-            df = pd.read_parquet(path)
+            df = _read_parquet(path)
         except Exception as e:  # pyarrow raises many types for a corrupt file
             raise DataError(f"{path}: cannot read as Parquet ({_short(e)})") from None
         if not isinstance(df.index, pd.RangeIndex):  # a time index saved by pandas becomes a column
@@ -118,6 +118,18 @@ def _read_table(path: Path, date_format: str = "") -> pd.DataFrame:
                         f".tsv or .parquet)")
     if len(df) == 0:
         raise DataError(f"{path}: no rows")
+    return df
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file as pandas would read it (its index restored from pandas' metadata), each column handed
+    over as it is converted and not copied again into one block per dtype (pd.read_parquet does: a copy of
+    every price column); the reader's freed buffers handed back to the system."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = pq.read_table(path).to_pandas(split_blocks=True, self_destruct=True)
+    pa.default_memory_pool().release_unused()
     return df
 
 
