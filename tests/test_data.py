@@ -491,11 +491,13 @@ def real_raw() -> pd.DataFrame:
     return load_ohlcv(REAL)
 
 
-def plant_splits(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, pd.Timestamp]]:
+def plant_splits(raw: pd.DataFrame, spin_off: bool = False) -> tuple[pd.DataFrame, dict[str, pd.Timestamp]]:
     """A 2-for-1 split of MSFT in 2005 and a 1-for-3 reverse split of SP500 in 2010: every price from that day
-    on divided by 2 (x3), every volume multiplied by 2 (/3), as an unadjusted feed prints them."""
+    on divided by 2 (x3), every volume multiplied by 2 (/3), as an unadjusted feed prints them. `spin_off`: also
+    NASDAQ's prices x 0.6 from 2012 on (no split's ratio: found by its size in trailing sigmas)."""
     out, when = raw.copy(), {}
-    for symbol, day, ratio in (("MSFT", "2005-06-01", 0.5), ("SP500", "2010-03-01", 3.0)):
+    plants = [("MSFT", "2005-06-01", 0.5), ("SP500", "2010-03-01", 3.0)] + [("NASDAQ", "2012-06-01", 0.6)] * spin_off
+    for symbol, day, ratio in plants:
         rows = (out.symbol == symbol) & (out.timestamp >= pd.Timestamp(day, tz=UTC))
         out.loc[rows, PRICES] *= ratio
         out.loc[rows, "volume"] /= ratio
@@ -511,12 +513,14 @@ def test_real_prices_have_no_corporate_action_found(real_raw):
 
 @pytest.mark.parametrize("mode", ["flag", "mask", "adjust"])
 def test_planted_splits_are_found_counted_and_handled(real_raw, mode):
-    raw, when = plant_splits(real_raw)
+    raw, when = plant_splits(real_raw, spin_off=True)
     out, rep = clean_ohlcv(raw, "real", corporate_actions=mode)
     assert_clean(out)
     action = "changed" if mode == "adjust" else "kept"
     assert [c for c in rep.counts if c["rule"] == "corporate_action"] == [
-        {"rule": "corporate_action", "symbol": s, "action": action, "rows": 1} for s in ("MSFT", "SP500")]
+        {"rule": "corporate_action", "symbol": s, "action": action, "rows": 1} for s in ("MSFT", "NASDAQ", "SP500")]
+    _, rep = clean_ohlcv(raw, "real", corporate_actions=mode, split_sigmas=float("inf"))  # split ratios only
+    assert {c["symbol"] for c in rep.counts if c["rule"] == "corporate_action"} == {"MSFT", "SP500"}
     assert ("restart" in out) == (mode == "mask")
     if mode == "mask":
         assert set(out.loc[out.restart, "timestamp"]) == set(when.values())

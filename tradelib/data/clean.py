@@ -1062,23 +1062,26 @@ def corporate_action_rows(a: dict[str, np.ndarray], code: np.ndarray, new_symbol
     cand = cand[(cand + SPLIT_CONFIRM <= end) & (cand - SPLIT_CONFIRM >= start)]
     if not len(cand):
         return rows, ratio
+    syms = np.unique(code[cand])  # the candidates' symbols' rows alone (few)
+    lo, hi = np.searchsorted(code, syms, side="left"), np.searchsorted(code, syms, side="right")
+    sub = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])
+    at = np.searchsorted(sub, cand)  # the candidates among them
     with np.errstate(invalid="ignore", divide="ignore"):
-        lc = np.log(c)
+        lc = np.log(c[sub])
         r = np.r_[np.nan, np.diff(lc)]
-    r[new_symbol] = np.nan
-    sigma = trailing_sigma(r, code, cand)
+    r[new_symbol[sub]] = np.nan
+    sigma = trailing_sigma(r, code[sub], at)
     gc = g[cand]
-    move = np.exp(np.abs(gc))
-    near = np.min(np.abs(move[:, None] / np.asarray(SPLIT_RATIOS, dtype=float) - 1), axis=1) <= SPLIT_TOLERANCE
+    split = np.asarray(SPLIT_RATIOS, dtype=float)
+    off = np.abs(np.exp(np.abs(gc))[:, None] / split - 1)  # how far the jump's ratio is from each split's
+    near = off.min(axis=1) <= SPLIT_TOLERANCE
+    span = np.arange(SPLIT_CONFIRM)
     with np.errstate(invalid="ignore"):
         big = (near & (np.abs(gc) > SPLIT_MIN_SIGMAS * sigma)) | (np.abs(gc) > k * sigma)
-        span = np.arange(SPLIT_CONFIRM)
-        stay = np.median(lc[cand[:, None] + span], axis=1) - np.median(lc[cand[:, None] - 1 - span], axis=1)
+        stay = np.median(lc[at[:, None] + span], axis=1) - np.median(lc[at[:, None] - 1 - span], axis=1)
         kept = big & (np.sign(stay) == np.sign(gc)) & (np.abs(stay) >= SPLIT_STAYS * np.abs(gc))
-    hit = cand[kept]
+    hit, exact = cand[kept], split[off[kept].argmin(axis=1)]
     rows[hit] = True
-    exact = np.asarray(SPLIT_RATIOS, dtype=float)[np.argmin(np.abs(move[kept][:, None] / np.asarray(
-        SPLIT_RATIOS, dtype=float) - 1), axis=1)]
     ratio[hit] = np.where(near[kept], np.where(gc[kept] > 0, exact, 1 / exact), np.exp(gc[kept]))
     return rows, ratio
 
