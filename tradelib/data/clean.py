@@ -1051,10 +1051,10 @@ def corporate_action_rows(a: dict[str, np.ndarray], code: np.ndarray, new_symbol
     if n < SPLIT_CONFIRM + 1:
         return rows, ratio
     c, o = a["close"], a["open"]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        g = np.r_[np.nan, np.log(o[1:] / c[:-1])]
-        g[new_symbol] = np.nan
-        cand = np.flatnonzero(np.abs(g) > SPLIT_MIN_MOVE)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        q = o[1:] / c[:-1]  # the ratios first (a log of every row costs more than the division)
+        cand = np.flatnonzero((q > math.exp(SPLIT_MIN_MOVE)) | (q < math.exp(-SPLIT_MIN_MOVE))) + 1
+    cand = cand[~new_symbol[cand]]
     if not len(cand):
         return rows, ratio
     end = np.searchsorted(code, code[cand], side="right")  # each candidate's symbol's end and start
@@ -1071,7 +1071,7 @@ def corporate_action_rows(a: dict[str, np.ndarray], code: np.ndarray, new_symbol
         r = np.r_[np.nan, np.diff(lc)]
     r[new_symbol[sub]] = np.nan
     sigma = trailing_sigma(r, code[sub], at)
-    gc = g[cand]
+    gc = np.log(q[cand - 1])
     split = np.asarray(SPLIT_RATIOS, dtype=float)
     off = np.abs(np.exp(np.abs(gc))[:, None] / split - 1)  # how far the jump's ratio is from each split's
     near = off.min(axis=1) <= SPLIT_TOLERANCE
