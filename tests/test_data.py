@@ -552,6 +552,22 @@ def test_a_masked_split_restarts_the_series_so_no_feature_or_target_spans_it(rea
     assert flagged.segment.max() == base.segment.max()  # ... while flag only counts
 
 
+def test_prepare_in_shards_on_disk_restarts_where_the_in_memory_build_does(real_raw, tmp_path, outputs):
+    """The restart rows travel with a shard's clean rows through prepare's files: the cache is dataset.build's."""
+    from tradelib.config import Config
+    from tradelib.data import dataset
+
+    raw, _ = plant_splits(real_raw, spin_off=True)
+    path = tmp_path / "planted.parquet"
+    raw.to_parquet(path)
+    cfg = Config(data_path=str(path), window=16, shard_rows=6000)
+    fs = dataset.prepare(cfg, verbose=False)
+    mem, rep = dataset.build(cfg)
+    assert rep.totals()["corporate_action"] == 3
+    for name in ("X", "y", "segment", "timestamp", "symbol_id"):
+        np.testing.assert_array_equal(getattr(fs, name), getattr(mem, name), err_msg=name)
+
+
 def test_adjusted_splits_give_the_features_of_the_unsplit_prices(real_raw):
     from tradelib.config import Config
     from tradelib.data import dataset
