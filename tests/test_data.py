@@ -50,17 +50,20 @@ def two_symbols(n: int = 200) -> pd.DataFrame:
 
 def assert_clean(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> None:
     """Every promise a clean frame makes."""
-    assert list(df.columns) == CANON + list(extra)
+    assert [c for c in df.columns if c != "restart"] == CANON + list(extra)  # restart: corporate actions masked
+    assert "restart" not in df or (df["restart"].dtype == bool and df["restart"].any())
     assert str(df["timestamp"].dtype) == "datetime64[ns, UTC]"
     assert pd.api.types.is_string_dtype(df["symbol"].dtype)
     for c in PRICES + ["volume"]:
         assert df[c].dtype == np.float64, c
-    x = df[PRICES].to_numpy()
+    known = df[NUMS].notna().all(axis=1)  # a bad print is masked: NaN (clean() checks they are counted)
+    x = df.loc[known, PRICES].to_numpy()
     assert np.isfinite(x).all() and (x > 0).all()
-    v = df["volume"].to_numpy()
+    v = df.loc[known, "volume"].to_numpy()
     assert np.isfinite(v).all() and (v >= 0).all()
-    hi, lo = df[["open", "close"]].max(axis=1), df[["open", "close"]].min(axis=1)
-    assert (df["high"] >= hi).all() and (hi >= lo).all() and (lo >= df["low"]).all()
+    whole = df[known]
+    hi, lo = whole[["open", "close"]].max(axis=1), whole[["open", "close"]].min(axis=1)
+    assert (whole["high"] >= hi).all() and (hi >= lo).all() and (lo >= whole["low"]).all()
     assert df["timestamp"].notna().all() and df["symbol"].notna().all()
     key = df[["symbol", "timestamp"]]
     assert not key.duplicated().any()
@@ -89,6 +92,7 @@ def clean(raw: pd.DataFrame, source: str = "test", **kw) -> tuple[pd.DataFrame, 
     assert_clean(out, tuple(kw.get("keep", ())))
     assert_counts(rep)
     assert rep.rows_kept == len(out)
+    assert out[NUMS].isna().any(axis=1).sum() == by_rule(rep).get("bad_print", 0)  # masked rows, all counted
     json.dumps(rep.to_dict())  # always serialisable
     return out, rep
 
@@ -259,14 +263,17 @@ def test_micro_priced_token_is_kept_unchanged():
 
 def test_no_magnitude_is_absurd_in_itself():
     """Any finite positive size is a possible market: a whole symbol at 1e13 with 1e22 volumes, or at 1e-20 with
-    1e-6, is kept unchanged; a single huge volume is kept too (volume features are relative to its own level)."""
+    1e-6, is kept unchanged. A single volume 22 powers of ten above its own symbol's level is no market's: a bad
+    print, masked (the row stays)."""
     huge = make_frame(300, "HUGE", price=1e13, volume=1e22, seed=4)
     tiny = make_frame(300, "TINY", price=1e-20, volume=1e-6, seed=5)
     raw = pd.concat([two_symbols(), huge, tiny], ignore_index=True)
     raw.loc[10, "volume"] = 1e25
     out, rep = clean(raw)
-    assert rep.counts == [] and len(out) == len(raw)
-    assert out.loc[10, "volume"] == 1e25 and rep.ranges_after["close"]["max"] == huge.close.max()
+    assert rep.counts == [{"rule": "bad_print", "symbol": "AAA", "action": "masked", "rows": 1}]
+    assert len(out) == len(raw) and np.isnan(out.loc[10, "volume"])
+    pd.testing.assert_frame_equal(out.drop(index=10), raw.drop(index=10))
+    assert rep.ranges_after["close"]["max"] == huge.close.max()
 
 
 def test_price_spike_is_flagged_and_prices_are_kept():
@@ -302,7 +309,7 @@ def test_level_shift_and_small_moves_are_not_spikes():
     _, rep = clean(raw)
     assert "price_spike" not in by_rule(rep)
     _, rep = clean(raw, spike_sigmas=float("inf"))
-    assert rep.counts == []
+    assert by_rule(rep) == {"corporate_action": 1}  # the jump that stays: a split-like action, not a spike
 
 
 def test_big_opposite_moves_that_do_not_cancel_are_not_spikes():
@@ -432,6 +439,186 @@ def test_report_methods():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# bad prints: judged against the symbol's own trailing level, in powers of ten, from what is known at t
+
+
+def test_bad_prints_are_masked_and_counted_per_symbol():
+    raw = two_symbols()
+    raw.loc[100, "close"] = 1e300  # AAA near 100
+    raw.loc[120, "high"] = 1e13
+    raw.loc[140, "volume"] = 1e300
+    raw.loc[300, "low"] = 1e-9  # BBB near 20
+    out, rep = clean(raw)
+    assert by_rule_symbol(rep) == {("bad_print", "AAA"): 3, ("bad_print", "BBB"): 1}
+    assert all(np.isnan(out.loc[r, c]) for r, c in ((100, "close"), (120, "high"), (140, "volume"), (300, "low")))
+    assert out[NUMS].isna().sum().sum() == 4 and rep.ranges_after["close"]["nan"] == 1
+    assert "masked: bad_print 4" in rep.summary()
+    _, rep = clean(raw, bad_print_decades=float("inf"), bad_volume_decades=float("inf"))
+    assert "bad_print" not in by_rule(rep)
+
+
+def test_bad_print_is_causal_and_scale_free():
+    """The verdict at t uses rows before t only: the rows after a print change nothing about it; and a symbol
+    at any scale (a 1e-8 token trading 1e15 units) is judged alike."""
+    raw = make_frame(400, "AAA", seed=3)
+    raw.loc[200, "close"] = raw.loc[200, "close"] * 1e4
+    micro = raw.assign(symbol="MICRO", **{c: raw[c] * 1e-10 for c in PRICES}, volume=raw.volume * 1e12)
+    out, rep = clean(pd.concat([raw, micro], ignore_index=True))
+    assert by_rule_symbol(rep) == {("bad_print", "AAA"): 1, ("bad_print", "MICRO"): 1}
+    cut, _ = clean(raw.iloc[:201])  # the history up to the print alone
+    assert np.isnan(cut.loc[200, "close"])
+    wild = raw.copy()
+    wild.loc[201:, PRICES] *= 50.0  # whatever comes after
+    assert np.isnan(clean(wild)[0].loc[200, "close"])
+
+
+def test_micro_token_with_huge_volumes_keeps_every_row_and_value():
+    micro = make_frame(2000, "MICRO", price=1e-8, volume=1e15, seed=8)
+    out, rep = clean(micro)
+    assert rep.counts == [] and len(out) == 2000
+    pd.testing.assert_frame_equal(out, micro)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# corporate actions: real daily prices (tests/data/real) with splits planted
+
+
+REAL = Path(__file__).resolve().parent / "data" / "real"
+
+
+@pytest.fixture(scope="module")
+def real_raw() -> pd.DataFrame:
+    return load_ohlcv(REAL)
+
+
+def plant_splits(raw: pd.DataFrame, spin_off: bool = False) -> tuple[pd.DataFrame, dict[str, pd.Timestamp]]:
+    """A 2-for-1 split of MSFT in 2005 and a 1-for-3 reverse split of SP500 in 2010: every price from that day
+    on divided by 2 (x3), every volume multiplied by 2 (/3), as an unadjusted feed prints them. `spin_off`: also
+    NASDAQ's prices x 0.6 from 2012 on (no split's ratio: found by its size in trailing sigmas)."""
+    out, when = raw.copy(), {}
+    plants = [("MSFT", "2005-06-01", 0.5), ("SP500", "2010-03-01", 3.0)] + [("NASDAQ", "2012-06-01", 0.6)] * spin_off
+    for symbol, day, ratio in plants:
+        rows = (out.symbol == symbol) & (out.timestamp >= pd.Timestamp(day, tz=UTC))
+        out.loc[rows, PRICES] *= ratio
+        out.loc[rows, "volume"] /= ratio
+        when[symbol] = out.loc[rows, "timestamp"].min()
+    return out, when
+
+
+def test_real_prices_have_no_corporate_action_found(real_raw):
+    """Split-adjusted MSFT (1986-2017, crashes of 1987, 2000 and 2008 included) and two indices: nothing."""
+    _, rep = clean(real_raw)
+    assert "corporate_action" not in by_rule(rep) and "bad_print" not in by_rule(rep)
+
+
+@pytest.mark.parametrize("mode", ["flag", "mask", "adjust"])
+def test_planted_splits_are_found_counted_and_handled(real_raw, mode):
+    raw, when = plant_splits(real_raw, spin_off=True)
+    out, rep = clean_ohlcv(raw, "real", corporate_actions=mode)
+    assert_clean(out)
+    action = "changed" if mode == "adjust" else "kept"
+    assert [c for c in rep.counts if c["rule"] == "corporate_action"] == [
+        {"rule": "corporate_action", "symbol": s, "action": action, "rows": 1} for s in ("MSFT", "NASDAQ", "SP500")]
+    _, rep = clean_ohlcv(raw, "real", corporate_actions=mode, split_sigmas=float("inf"))  # split ratios only
+    assert {c["symbol"] for c in rep.counts if c["rule"] == "corporate_action"} == {"MSFT", "SP500"}
+    assert ("restart" in out) == (mode == "mask")
+    if mode == "mask":
+        assert set(out.loc[out.restart, "timestamp"]) == set(when.values())
+    if mode == "adjust":  # back-adjusted: the prices before each split scaled to join the prices after it
+        base, _ = clean_ohlcv(real_raw, "real")
+        for symbol, ratio in (("MSFT", 0.5), ("SP500", 3.0)):
+            got, ref = out[out.symbol == symbol], base[base.symbol == symbol]
+            np.testing.assert_allclose(got[PRICES].to_numpy(), ref[PRICES].to_numpy() * ratio, rtol=1e-12)
+            np.testing.assert_allclose(got.volume.to_numpy(), ref.volume.to_numpy() / ratio, rtol=1e-12)
+
+
+def test_a_masked_split_restarts_the_series_so_no_feature_or_target_spans_it(real_raw):
+    from tradelib.config import Config
+    from tradelib.data import dataset
+
+    raw, when = plant_splits(real_raw)
+    cfg = Config(data_path=str(REAL), window=16, horizon=3)
+    fs, rep = dataset.build(cfg, raw)
+    base, _ = dataset.build(cfg, real_raw)
+    assert rep.totals()["corporate_action"] == 2
+    assert fs.segment.max() == base.segment.max() + 2
+    for symbol, t in when.items():
+        at = int(np.flatnonzero((fs.timestamp == t.value) & (fs.symbol_id == fs.symbols.index(symbol)))[0])
+        assert fs.segment[at] == fs.segment[at - 1] + 1
+        assert np.isnan(fs.y[at - 3 : at]).all() and np.isfinite(fs.y[at - 4])  # no target over the split
+        assert (fs.X[at : at + 3] != base.X[at : at + 3]).any()  # the features restart there ...
+    assert np.isfinite(fs.X).all() and np.abs(fs.X).max() <= cfg.clip
+    flagged, _ = dataset.build(cfg.replace(corporate_actions="flag"), raw)
+    assert flagged.segment.max() == base.segment.max()  # ... while flag only counts
+
+
+def test_prepare_in_shards_on_disk_restarts_where_the_in_memory_build_does(real_raw, tmp_path, outputs):
+    """The restart rows travel with a shard's clean rows through prepare's files: the cache is dataset.build's."""
+    from tradelib.config import Config
+    from tradelib.data import dataset
+
+    raw, _ = plant_splits(real_raw, spin_off=True)
+    path = tmp_path / "planted.parquet"
+    raw.to_parquet(path)
+    cfg = Config(data_path=str(path), window=16, shard_rows=6000)
+    fs = dataset.prepare(cfg, verbose=False)
+    mem, rep = dataset.build(cfg)
+    assert rep.totals()["corporate_action"] == 3
+    for name in ("X", "y", "segment", "timestamp", "symbol_id"):
+        np.testing.assert_array_equal(getattr(fs, name), getattr(mem, name), err_msg=name)
+
+
+def test_adjusted_splits_give_the_features_of_the_unsplit_prices(real_raw):
+    from tradelib.config import Config
+    from tradelib.data import dataset
+
+    raw, _ = plant_splits(real_raw)
+    cfg = Config(data_path=str(REAL), window=16, corporate_actions="adjust")
+    fs, _ = dataset.build(cfg, raw)
+    base, _ = dataset.build(cfg, real_raw)
+    np.testing.assert_array_equal(fs.segment, base.segment)
+    np.testing.assert_allclose(fs.X, base.X, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(fs.y, base.y, rtol=1e-6, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the rule interface
+
+
+def test_a_rule_only_judges_and_the_walker_keeps_the_books(monkeypatch):
+    """A new rule that repairs a price after ohlc_outside_range ran: the walker copies the column (the raw frame
+    is untouched), counts the rows, and checks OHLC again (the repair broke it: the check fails loudly)."""
+    from tradelib.data import clean as cl
+
+    def lift_open(w):
+        rows = np.zeros(len(w.alive), dtype=bool)
+        rows[5] = True
+        return cl.Verdict(rows, repair={"open": (rows, w.a["high"][rows] * 2)})
+
+    rules = (*cl.RULES, cl.Rule("lift_open", "changed", "test", lift_open))
+    monkeypatch.setattr(cl, "RULES", rules)
+    monkeypatch.setitem(cl.RULE_POS, "lift_open", len(rules) - 1)
+    raw = make_frame(50)
+    before = raw.copy()
+    with pytest.raises(AssertionError, match="OHLC out of range"):
+        clean_ohlcv(raw)
+    pd.testing.assert_frame_equal(raw, before)
+
+    def halve_volume(w):
+        rows = np.arange(len(w.alive)) < 3
+        return cl.Verdict(rows, repair={"volume": (rows, w.a["volume"][rows] / 2)})
+
+    rules = (*cl.RULES[:-1], cl.Rule("halve_volume", "changed", "test", halve_volume))
+    monkeypatch.setattr(cl, "RULES", rules)
+    monkeypatch.setitem(cl.RULE_POS, "halve_volume", len(rules) - 1)
+    out, rep = clean_ohlcv(raw)
+    assert rep.counts == [{"rule": "halve_volume", "symbol": "AAA", "action": "changed", "rows": 3}]
+    np.testing.assert_array_equal(out.volume[:3], raw.volume[:3] / 2)
+    assert rep.ranges_after["volume"]["min"] == out.volume.min()  # statistics of the repaired column made afresh
+    pd.testing.assert_frame_equal(raw, before)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # property: random corruption of a valid frame
 
 
@@ -488,11 +675,12 @@ def test_random_corruption_property(edits, seed):
     assert rep.rows_in == len(raw)
     ref = reference_kept(raw)
     assert set(zip(out.symbol, out.timestamp, strict=True)) == set(ref)
-    got = out.set_index(["symbol", "timestamp"])  # a valid surviving row comes through exactly (spikes too)
-    for key, i in ref.items():
+    got = out.set_index(["symbol", "timestamp"])  # a valid surviving row comes through exactly (spikes too),
+    for key, i in ref.items():  # but for a value orders of magnitude from its symbol's level: masked (NaN)
         r = raw.iloc[i]
         if is_valid_row(r):
-            assert got.loc[key, NUMS].tolist() == r[NUMS].tolist()  # micro-priced ZZ rows included
+            values = got.loc[key, NUMS]
+            assert values[values.notna()].tolist() == r[NUMS][values.notna()].tolist()  # micro-priced ZZ included
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The build's faster paths (docs/perf.md, issue 13's fourth pass) against the direct definitions they replace:
 run ids and ranks filled per run, `_outside` from the segments' first rows, shifts without `np.where`, segments and
-bar sizes a symbol at a time, and the clean rows' range stats derived from the dropped rows."""
+bar sizes a symbol at a time, the clean rows' range stats derived from the dropped rows, and bad prints judged a
+block of rows at a time."""
 
 import numpy as np
 import pandas as pd
@@ -100,3 +101,26 @@ def test_clean_range_stats_derived_from_dropped_rows_match_a_fresh_pass():
             assert repr(part["after"]) == repr(fresh)  # values, None, ints and the sign of a zero alike
             derived += part["rows_in"] > part["rows_kept"]
     assert derived  # shards with dropped rows were checked
+
+
+def test_bad_print_rows_match_their_definition():
+    """bad_print_rows compares a block of rows at a time; trailing_level is the per-row definition."""
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        lens = rng.integers(1, 300, rng.integers(1, 6))
+        code = np.repeat(np.arange(len(lens), dtype=np.int32), lens)
+        n = len(code)
+        close = np.exp(rng.normal(0, 0.3, n).cumsum())
+        a = {k: close * np.exp(rng.normal(0, 0.01, n)) for k in ("open", "high", "low")}
+        a |= {"close": close, "volume": rng.lognormal(5, 1, n) * (rng.random(n) > 0.3)}
+        for k in a:
+            a[k][rng.integers(0, n, 5)] *= 10.0 ** rng.choice([-6, -2, 2, 8], 5)
+        want: dict[str, np.ndarray] = {}
+        lev, vol = clean.trailing_level(a["close"], code), clean.trailing_level(a["volume"], code)
+        for k in clean.PRICE_COLS:
+            want[k] = (a[k] > lev * 10**1.5) | (a[k] < lev * 10**-1.5)
+        want["volume"] = (a["volume"] > vol * 100.0) & (vol > 0)
+        got = clean.bad_print_rows(a, code, 1.5, 2.0)
+        assert set(got) == {k for k, v in want.items() if v.any()}
+        for k, v in got.items():
+            np.testing.assert_array_equal(v, want[k], err_msg=k)

@@ -246,6 +246,29 @@ def test_nan_and_huge_values_in_a_file_are_counted(tmp_path, capsys):
     assert counts(out) == (200, 199, 1) and "bad_close 1" in out and "bad_ohl 1" in out
 
 
+def bad_print_file(path: Path, seed: int = 0) -> tuple[Path, set]:
+    """Three symbols near 88 (hourly bars), with 20 closes of 1e300, 20 volumes of 1e300 and 20 highs of 1e13
+    planted on rows of their own (after each symbol's first 64), as the issue's hostile file had them."""
+    rng = np.random.default_rng(seed)
+    df = pd.concat([bars(1500, freq="1h", seed=seed + i, price=88.0).assign(symbol=f"S{i}") for i in range(3)],
+                   ignore_index=True)
+    rows = rng.choice(np.flatnonzero(df.index % 1500 >= 64), 60, replace=False)
+    df.loc[rows[:20], "close"] = 1e300
+    df.loc[rows[20:40], "volume"] = 1e300
+    df.loc[rows[40:], "high"] = 1e13
+    return write_csv(path, df), set(rows.tolist())
+
+
+def test_bad_prints_are_counted_and_keep_the_features_off_the_clip(tmp_path):
+    path, planted = bad_print_file(tmp_path / "bad_prints.csv")
+    cfg = Config(data_path=str(path), window=16)
+    fs, rep = dataset.build(cfg)
+    assert rep.totals() == {"bad_print": len(planted)} and rep.rows_kept == rep.rows_in == 4500
+    assert np.isfinite(fs.X).all() and np.abs(fs.X).max() <= cfg.clip
+    at_clip = (np.abs(fs.X) >= cfg.clip).any(axis=1).mean()
+    assert at_clip <= 0.05, at_clip
+
+
 # ---------------------------------------------------------------------------------------------------------
 # scale-free cleaning
 

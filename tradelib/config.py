@@ -64,6 +64,17 @@ class Config:
     # features: what the model sees and predicts, and the splits (the feature cache is keyed on these)
     spike_sigmas: float = knob(12.0, "a reverting one-bar spike beyond this many trailing sigmas masks its targets "
                                      "(inf: off)", "features", lo=0, lo_open=True)
+    bad_print_decades: float = knob(3.0, "a price this many powers of ten from its symbol's trailing median close "
+                                    "is a bad print, masked as missing (inf: off)", "features", lo=0, lo_open=True)
+    bad_volume_decades: float = knob(6.0, "a volume this many powers of ten above its symbol's trailing median "
+                                     "volume is a bad print, masked as missing (inf: off)", "features", lo=0,
+                                     lo_open=True)
+    corporate_actions: str = knob("mask", "a split-like jump that stays: flag (count it), mask (the series restarts "
+                                  "there: no feature, window or target spans it) or adjust (back-adjust the prices "
+                                  "before it, volumes inversely)", "features", choices=("flag", "mask", "adjust"))
+    split_sigmas: float = knob(20.0, "a jump to the open that stays, beyond this many trailing sigmas, is a corporate "
+                               "action even when its ratio is not a split's (inf: ratios only)", "features", lo=0,
+                               lo_open=True)
     window: int = knob(32, "bars of history per sample", "features", lo=1)
     horizon: int = knob(1, "target: forward log return over this many bars", "features", lo=1)
     vol_scaled_target: bool = knob(False, "divide the target by trailing realised volatility", "features")

@@ -6,11 +6,12 @@ import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import pandas as pd
 
+from tradelib.config import Config
 from tradelib.data.load import (
     COLUMNS,
     NUM_COLS,
@@ -30,6 +31,14 @@ SPIKE_MAX_RESIDUAL = 0.25  # the return out undoes the return in to within a qua
 SPIKE_MIN_RETURNS = 10  # robust sigma needs at least this many non-zero returns per symbol
 SPIKE_WINDOW = 1000  # robust sigma of bar t: the median |r| of the symbol's previous block of this many returns
 BAR_MODE_SHARE = 0.1  # the most common bar diff is the bar size when it covers >= 10% of diffs, else median
+LEVEL_BLOCK = 64  # a bad print's level: the median of the symbol's previous block of this many rows
+LEVEL_MIN_ROWS = 5  # ... or, in a symbol's first block, of at least this many earlier rows
+SPLIT_RATIOS = (2, 3, 4, 5, 10)  # a corporate action's jump: one of these ratios or their inverses ...
+SPLIT_TOLERANCE = 0.01  # ... to within 1%
+SPLIT_MIN_SIGMAS = 4.0  # ... and beyond this many trailing sigmas (prices a few ticks in size jump by 2x)
+SPLIT_MIN_MOVE = 0.1  # any corporate action's jump is beyond this abs log move (about 10%)
+SPLIT_CONFIRM = 10  # the median close of the jump's bar and the 9 after it, against the 10 before, ...
+SPLIT_STAYS = 0.75  # ... keeps this share of the jump
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -289,7 +298,7 @@ class QualityReport:
         share = self.rows_dropped / self.rows_in if self.rows_in else 0.0
         lines = [f"{self.source or '<frame>'}: {self.rows_in:,} rows in, {self.rows_kept:,} kept, "
                  f"{self.rows_dropped:,} dropped ({share:.2%}); {len(self.bar_size_s)} symbols"]
-        for action in ("dropped", "changed", "kept"):
+        for action in ("dropped", "changed", "masked", "kept"):
             agg: dict[str, int] = {}
             for c in self.counts:
                 if c["action"] == action:
@@ -308,37 +317,91 @@ class QualityReport:
 # cleaning
 
 
+@dataclass(frozen=True)
+class CleanSettings:
+    """What cleaning reads: Config's cleaning knobs (where their defaults live) and the rows a symbol needs
+    (`min_rows`: the build asks for a window and its target; 0: any)."""
+
+    max_gap_bars: int
+    spike_sigmas: float
+    bad_print_decades: float
+    bad_volume_decades: float
+    corporate_actions: str
+    split_sigmas: float
+    min_rows: int = 0
+
+    def __post_init__(self):
+        if self.corporate_actions not in ("flag", "mask", "adjust"):
+            raise ValueError(f"corporate_actions must be flag, mask or adjust, not {self.corporate_actions!r}")
+
+    @classmethod
+    def of(cls, cfg: Config | None = None, **overrides) -> CleanSettings:
+        """The settings of `cfg` (default: Config's defaults), with `overrides` by name."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise TypeError(f"unknown cleaning setting(s) {', '.join(unknown)} (known: {', '.join(names)})")
+        cfg = Config() if cfg is None else cfg
+        return cls(**{n: getattr(cfg, n) for n in names if n != "min_rows"} | overrides)
+
+
 class Work:
     """The rows of some whole symbols being cleaned, as numpy arrays (`a`: ts, code, open, high, low, close,
     volume; `keep`: the extra columns carried along, which no rule reads), with the rows still kept (`alive`) and
-    the counts so far. Rules read and repair `a`, copying an array before its first repair: the raw frame is never
-    touched. Symbols never share a rule's decision, so the shards of a frame are cleaned apart (and at once) and
-    their counts merged (`clean_shards`)."""
+    the counts so far. Rules only read it and return a `Verdict`; `apply` carries the verdict out (copying an
+    array before its first change: the raw frame is never touched) and counts it. Symbols never share a rule's
+    decision, so the shards of a frame are cleaned apart (and at once) and their counts merged (`clean_shards`)."""
 
-    def __init__(self, a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict, params: dict,
-                 keep: dict[str, np.ndarray] | None = None) -> None:
-        self.a, self.symbols, self.own, self.attrs, self.params = a, symbols, own, attrs, params
+    def __init__(self, a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict,
+                 settings: CleanSettings, keep: dict[str, np.ndarray] | None = None) -> None:
+        self.a, self.symbols, self.own, self.attrs, self.settings = a, symbols, own, attrs, settings
         self.keep = keep or {}
         self.alive = np.ones(len(a["ts"]), dtype=bool)
         self.counts: list[dict] = []
         self.keys: list[tuple] = []  # per count: (rule position, 0 for a loader's note / 1 for the rule's finding)
+        self.flags: dict[str, np.ndarray] = {}  # the rows each "kept" rule found (row-aligned, like `a`)
         self._bar: np.ndarray | None = None
-        self.gap = np.zeros(0, dtype=bool)
-        self.spike: np.ndarray | None = None  # the price_spike rule's rows (no row is dropped after it)
+        self._gap: np.ndarray | None = None
         self.owned: set[str] = set()  # the arrays copied already: the others may be views of the raw frame
-        self.ohlc_checked = False  # ohlc_outside_range left every row's high and low around its open and close, and
-        #   no array changed since
-        self.changed: set[str] = set()  # the columns a rule repaired
+        self.ohlc_checked = False  # a rule that ensures_ohlc ran and no price changed since
+        self.changed: set[str] = set()  # the columns a rule repaired or masked
+        self.masked = dict.fromkeys(NUM_COLS, 0)  # values masked (NaN) per column
         self.dropped: dict[str, list[np.ndarray]] | None = {}  # the dropped rows' values (None: too many kept)
         self.before: dict = {}
         self.after: dict = {}
 
-    def writable(self, k: str) -> np.ndarray:
+    def apply(self, rule: Rule, v: Verdict) -> None:
+        """Carry out a rule's verdict and count it: its notes, then a new order, the drops (of rows still kept;
+        a dropped row is counted by the first rule that drops it), the repairs and masks."""
+        action = v.action
+        for symbol, n in v.notes.items():  # what the loader did, under the rule's own action
+            self.note(rule.name, symbol, rule.action, n, phase=0)
+        if v.order is not None:
+            self.take(v.order)
+        found = v.found
+        if v.drop and found is not None:
+            found = found & self.alive
+            self.alive &= ~found
+        for k, (rows, values) in v.repair.items():
+            self._writable(k)[rows] = values
+        for k, rows in v.mask.items():
+            col = self._writable(k)
+            self.masked[k] += int(np.count_nonzero(~np.isnan(col[rows])))
+            col[rows] = np.nan
+        if rule.ensures_ohlc:
+            self.ohlc_checked = True
+        if found is not None:
+            if action == "kept":
+                self.flags[rule.name] = found
+            self.count(rule.name, action, found)
+
+    def _writable(self, k: str) -> np.ndarray:
         """`a[k]`, copied first unless it is a copy already (copy on write: most rows need no repair)."""
         if k not in self.owned:
             self.a[k] = self.a[k].copy()
             self.owned.add(k)
-        self.ohlc_checked = False
+        if k in PRICE_COLS:
+            self.ohlc_checked = False
         self.changed.add(k)
         return self.a[k]
 
@@ -371,9 +434,10 @@ class Work:
             self.dropped = self.dropped if drop is None else None  # (a reordering keeps every value)
         self.a = {k: pick(v) for k, v in self.a.items()}
         self.keep = {k: pick(v) for k, v in self.keep.items()}
+        self.flags = {k: pick(v) for k, v in self.flags.items()}
         self.alive = self.alive[sel]
         self.owned = set(self.a)
-        self.ohlc_checked = False
+        self._bar = self._gap = None
 
     def compact(self) -> None:
         if not self.alive.all():
@@ -390,10 +454,36 @@ class Work:
     def new_symbol(self) -> np.ndarray:
         return run_starts(self.a["code"])
 
+    @property
+    def gap(self) -> np.ndarray:
+        """Rows that follow a gap longer than max_gap_bars bars of their symbol (made once for these rows)."""
+        if self._gap is None:
+            self._gap = long_gap_rows(self.a["ts"], self.a["code"], self.bar, self.settings.max_gap_bars)
+        return self._gap
 
-# -- the rules, in the order they run. Drop rules see only the rows still kept; the first drop counts. -----------
-def _none(w: Work) -> np.ndarray:
-    return np.zeros(len(w.alive), dtype=bool)
+
+@dataclass
+class Verdict:
+    """What a rule found and what is to be done about it. The rule only reads the rows; `Work.apply` does what
+    the verdict says and counts `found` per symbol under its `action`, so no rule can upset another's
+    bookkeeping (the copies, the counts, the rows kept, the statistics of what changed)."""
+
+    found: np.ndarray | None = None  # the rows counted (bool per row); None: none
+    drop: bool = False  # drop the found rows
+    repair: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # column -> (rows, new values)
+    mask: dict[str, np.ndarray] = field(default_factory=dict)  # column -> rows whose value is unknown (NaN)
+    order: np.ndarray | None = None  # a new order of all rows (`found` then marks the moved rows, in the new order)
+    notes: dict[str, int] = field(default_factory=dict)  # rows per symbol the loader already changed (counted first)
+
+    @property
+    def action(self) -> str:
+        """How the found rows are counted: dropped, changed (repaired or moved), masked, or kept (flagged)."""
+        if self.drop:
+            return "dropped"
+        return "changed" if self.repair or self.order is not None else "masked" if self.mask else "kept"
+
+
+NOTHING = Verdict()
 
 
 def _positive_finite(x: np.ndarray, zero_ok: bool = False) -> bool:
@@ -402,144 +492,180 @@ def _positive_finite(x: np.ndarray, zero_ok: bool = False) -> bool:
     return bool((lo >= 0 if zero_ok else lo > 0) and hi < np.inf)
 
 
-def _bad_symbol(w: Work) -> np.ndarray:
+# -- the rules, in the order they run. Drop rules see only the rows still kept; the first drop counts. -----------
+
+
+def _bad_symbol(w: Work) -> Verdict:
     code, empty = w.a["code"], np.flatnonzero(w.symbols == "")
     if (not len(code) or code.min() >= 0) and not any(e in w.own for e in empty):
-        return _none(w)
-    return (code < 0) | np.isin(code, empty)
+        return NOTHING
+    return Verdict((code < 0) | np.isin(code, empty), drop=True)
 
 
-def _bad_timestamp(w: Work) -> np.ndarray:
-    return w.a["ts"] == np.iinfo(np.int64).min
+def _bad_timestamp(w: Work) -> Verdict:
+    bad = w.a["ts"] == np.iinfo(np.int64).min
+    return Verdict(bad, drop=True) if bad.any() else NOTHING
 
 
-def _unsorted(w: Work) -> np.ndarray:
+def _unsorted(w: Work) -> Verdict:
     """Rows out of order in the file (counted by load_ohlcv, which already sorted) or in the frame given."""
     present = {str(w.symbols[c]) for c in w.own}  # this shard's symbols
-    for s, n in w.attrs.get("unsorted_by_symbol", {}).items():
-        if s in present and n:
-            w.note("unsorted", str(s), "changed", int(n), phase=0)
+    notes = {str(s): int(n) for s, n in w.attrs.get("unsorted_by_symbol", {}).items() if s in present and n}
     if is_sorted(w.a["code"], w.a["ts"]):
-        return _none(w)
+        return Verdict(notes=notes)
     moved = unsorted_rows(w.a["ts"], w.a["code"])
     order = sort_order(w.a["code"], w.a["ts"])
-    w.take(order)
-    return moved[order]
+    return Verdict(moved[order], order=order, notes=notes)
 
 
-def _bad_close(w: Work) -> np.ndarray:
+def _bad_close(w: Work) -> Verdict:
     c = w.a["close"]
     if _positive_finite(c):
-        return _none(w)
+        return NOTHING
     with np.errstate(invalid="ignore"):
-        return ~(np.isfinite(c) & (c > 0))
+        return Verdict(~(np.isfinite(c) & (c > 0)), drop=True)
 
 
-def _duplicate(w: Work) -> np.ndarray:
+def _duplicate(w: Work) -> Verdict:
     """Same (symbol, timestamp) as the next kept row: rows are stably sorted, so the last one is the file's."""
-    out = _none(w)
+    out = np.zeros(len(w.alive), dtype=bool)
     if w.alive.all():
         sc, st, at = w.a["code"], w.a["ts"], slice(0, len(out) - 1)
     else:
         surv = np.flatnonzero(w.alive)
         sc, st, at = w.a["code"][surv], w.a["ts"][surv], surv[:-1]
     out[at] = (sc[:-1] == sc[1:]) & (st[:-1] == st[1:])
-    return out
+    return Verdict(out, drop=True)
 
 
-def _too_short(w: Work) -> np.ndarray:
-    if w.params["min_rows"] <= 0:
-        return _none(w)
+def _too_short(w: Work) -> Verdict:
+    min_rows = w.settings.min_rows
+    if min_rows <= 0:
+        return NOTHING
     code = w.a["code"]
     kept = code if w.alive.all() else code[w.alive]  # sorted by the rule unsorted, no missing symbol left
     per_sym = np.diff(np.searchsorted(kept, np.arange(len(w.symbols) + 1, dtype=kept.dtype)))
-    short = np.flatnonzero((per_sym > 0) & (per_sym < w.params["min_rows"]))
+    short = np.flatnonzero((per_sym > 0) & (per_sym < min_rows))
     if not len(short):  # (a symbol with no row left has none to drop)
-        return _none(w)
-    return per_sym[code] < w.params["min_rows"]
+        return NOTHING
+    return Verdict(per_sym[code] < min_rows, drop=True)
 
 
-def _bad_ohl(w: Work) -> np.ndarray:
+def _bad_ohl(w: Work) -> Verdict:
     """Open/high/low unusable -> close (close is finite and > 0 here)."""
-    c, changed = w.a["close"], _none(w)
+    c, changed, repair = w.a["close"], np.zeros(len(w.alive), dtype=bool), {}
     for k in ("open", "high", "low"):
         if _positive_finite(w.a[k]):
             continue
         with np.errstate(invalid="ignore"):
             bad = ~(np.isfinite(w.a[k]) & (w.a[k] > 0))
-        w.writable(k)[bad] = c[bad]
+        repair[k] = (bad, c[bad])
         changed |= bad
-    return changed
+    return Verdict(changed, repair=repair) if repair else NOTHING
 
 
-def _bad_volume(w: Work) -> np.ndarray:
+def _bad_volume(w: Work) -> Verdict:
     v = w.a["volume"]
     if _positive_finite(v, zero_ok=True):
-        return _none(w)
+        return NOTHING
     with np.errstate(invalid="ignore"):
         bad = ~(np.isfinite(v) & (v >= 0))
-    w.writable("volume")[bad] = 0.0
-    return bad
+    return Verdict(bad, repair={"volume": (bad, 0.0)})
 
 
-def _high_below_low(w: Work) -> np.ndarray:
-    swap = w.a["high"] < w.a["low"]
-    if swap.any():
-        h, lo = w.writable("high"), w.writable("low")
-        h[swap], lo[swap] = lo[swap], h[swap].copy()
-    return swap
+def _bad_print(w: Work) -> Verdict:
+    """Values no market prints in one bar, judged against the symbol's own trailing level (`bad_print_rows`);
+    masked (NaN), so the features and targets that read them see a missing value."""
+    s = w.settings
+    mask = bad_print_rows(w.a, w.a["code"], s.bad_print_decades, s.bad_volume_decades)
+    if not mask:
+        return NOTHING
+    found = np.zeros(len(w.alive), dtype=bool)
+    for rows in mask.values():
+        found |= rows
+    return Verdict(found, mask=mask)
 
 
-def _ohlc_outside_range(w: Work) -> np.ndarray:
+def _high_below_low(w: Work) -> Verdict:
+    h, lo = w.a["high"], w.a["low"]
+    swap = h < lo
+    if not swap.any():
+        return NOTHING
+    return Verdict(swap, repair={"high": (swap, lo[swap]), "low": (swap, h[swap])})
+
+
+def _ohlc_outside_range(w: Work) -> Verdict:
     o, h, lo, c = (w.a[k] for k in PRICE_COLS)
     top, bottom = np.maximum(o, c), np.minimum(o, c)
     above, below = h < top, lo > bottom
+    repair = {}
     if above.any():  # high widened to max(open, close)
-        w.writable("high")[above] = top[above]
+        repair["high"] = (above, top[above])
     if below.any():
-        w.writable("low")[below] = bottom[below]
-    w.ohlc_checked = True
-    return above | below
+        repair["low"] = (below, bottom[below])
+    return Verdict(above | below, repair=repair) if repair else NOTHING
 
 
-def _long_gaps(w: Work) -> np.ndarray:
-    """Rows that follow a gap longer than max_gap_bars bars of their symbol (computed once, then reused)."""
-    if len(w.gap) != len(w.alive):
-        ts, code, n, k = w.a["ts"], w.a["code"], len(w.alive), w.params["max_gap_bars"]
-        w.gap = np.zeros(n, dtype=bool)
-        starts, ends, few = run_bounds(w.new_symbol)
-        if n > 1 and k > 0 and not few:
-            bar = w.bar[code[1:]]
-            limit = bar.astype(np.float64) * k
-            w.gap[1:] = ~w.new_symbol[1:] & (bar > 0) & (np.diff(ts) > limit)
-        for a, b in zip(starts, ends) if n > 1 and k > 0 and few else ():  # a symbol at a time, in the cache
-            bar = w.bar[code[a]]
-            if bar > 0:
-                np.greater(np.diff(ts[a:b]), np.float64(bar) * k, out=w.gap[a + 1 : b])
-    return w.gap
+def _corporate_action(w: Work) -> Verdict:
+    """A split-like jump that stays (`corporate_action_rows`). flag: counted only; mask: the series restarts
+    there (features.segment_ids), so no feature, window or target spans it; adjust: the prices before it
+    scaled by the jump and the volumes inversely (back-adjusted), counted as changed."""
+    s = w.settings
+    rows, ratio = corporate_action_rows(w.a, w.a["code"], w.new_symbol, s.split_sigmas)
+    if not rows.any():
+        return NOTHING
+    if s.corporate_actions != "adjust":
+        return Verdict(rows)
+    factor = back_adjustment(rows, ratio, w.a["code"])
+    repair = {k: (slice(None), w.a[k] * factor) for k in PRICE_COLS}
+    return Verdict(rows, repair=repair | {"volume": (slice(None), w.a["volume"] / factor)})
 
 
-def _price_spike(w: Work) -> np.ndarray:
+def _price_spike(w: Work) -> Verdict:
     """A close that jumps > k trailing robust sigmas and back on the next bar. Flagged, not repaired: the
     features at t keep the print a live feed showed (repairing it needs the next bar, after t); the targets
     and returns that start or end at it are masked on the label side (features.targets)."""
-    w.spike = spike_rows(w.a["close"], w.a["code"], w.new_symbol | _long_gaps(w), w.params["spike_sigmas"])
-    return w.spike
+    breaks = w.new_symbol | w.gap
+    if w.settings.corporate_actions == "mask" and "corporate_action" in w.flags:
+        breaks |= w.flags["corporate_action"]  # where the features' segments break: what targets would find
+    return Verdict(spike_rows(w.a["close"], w.a["code"], breaks, w.settings.spike_sigmas))
+
+
+def _long_gaps(w: Work) -> Verdict:
+    return Verdict(w.gap)
+
+
+def long_gap_rows(ts: np.ndarray, code: np.ndarray, bar: np.ndarray, k: int) -> np.ndarray:
+    """Rows that follow a gap longer than `k` bars of their symbol (`bar`: ns per code); none when k <= 0."""
+    n = len(ts)
+    gap = np.zeros(n, dtype=bool)
+    if n < 2 or k <= 0:
+        return gap
+    starts, ends, few = run_bounds(run_starts(code))
+    if not few:
+        step = bar[code[1:]]
+        gap[1:] = (code[1:] == code[:-1]) & (step > 0) & (np.diff(ts) > step.astype(np.float64) * k)
+    for a, b in zip(starts, ends) if few else ():  # a symbol at a time, in the cache
+        if bar[code[a]] > 0:
+            np.greater(np.diff(ts[a:b]), np.float64(bar[code[a]]) * k, out=gap[a + 1 : b])
+    return gap
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One cleaning rule: its name, what it does to the rows it finds, the sentence docs/data.md carries, and
-    the function that finds (and, for "changed", repairs) them."""
+    """One cleaning rule: its name, what it does to the rows it finds (as docs/data.md says; the counts carry
+    what its verdict did), the sentence docs/data.md carries, and the function that judges the rows."""
 
     name: str
-    action: str  # dropped | changed | kept
+    action: str  # dropped | changed | masked | kept
     doc: str
-    find: Callable[[Work], np.ndarray]
+    judge: Callable[[Work], Verdict]
+    ensures_ohlc: bool = False  # after it, every row's high and low lie around its open and close
 
     @property
     def text(self) -> str:
-        return {"dropped": "drop", "changed": "changed", "kept": "kept"}[self.action] + ": " + self.doc
+        return {"dropped": "drop", "changed": "changed", "masked": "masked", "kept": "kept"}[self.action] + ": " \
+            + self.doc
 
 
 RULES: tuple[Rule, ...] = (
@@ -552,8 +678,16 @@ RULES: tuple[Rule, ...] = (
     Rule("too_short", "dropped", "symbol has fewer rows than min_rows", _too_short),
     Rule("bad_ohl", "changed", "open/high/low non-finite or <= 0 set from close", _bad_ohl),
     Rule("bad_volume", "changed", "negative or non-finite volume set to 0", _bad_volume),
+    Rule("bad_print", "masked", "a price more than bad_print_decades powers of ten from the symbol's trailing "
+         "median close, or a volume more than bad_volume_decades above its trailing median volume; set to NaN "
+         "(missing)", _bad_print),
     Rule("high_below_low", "changed", "swapped", _high_below_low),
-    Rule("ohlc_outside_range", "changed", "high/low widened to contain open and close", _ohlc_outside_range),
+    Rule("ohlc_outside_range", "changed", "high/low widened to contain open and close", _ohlc_outside_range,
+         ensures_ohlc=True),
+    Rule("corporate_action", "kept", "a split-like jump from the last close to the open that stays (ratio within "
+         "1% of 2, 3, 4, 5, 10 or their inverses, or beyond split_sigmas trailing sigmas); corporate_actions: "
+         "flag, mask (the series restarts there) or adjust (prices before it back-adjusted: changed)",
+         _corporate_action),
     Rule("price_spike", "kept", "a one-bar spike that reverts (abs log move > spike_sigmas trailing robust sigmas, "
          "and > 0.05, both in and out, the move out undoing the move in to within a quarter); prices kept, the "
          "targets and returns that start or end at it masked", _price_spike),
@@ -575,6 +709,7 @@ class CleanShard:
     keep: dict[str, np.ndarray] = field(default_factory=dict)
     bar: np.ndarray | None = None  # bar size in ns per symbol code (bar_sizes_ns of these rows), when known
     spike: tuple | None = None  # (spike_rows of these rows, spike_sigmas, max_gap_bars), when cleaning found them
+    restart: np.ndarray | None = None  # rows where the series restarts (corporate actions, corporate_actions mask)
 
     def __len__(self) -> int:
         return len(self.a["ts"])
@@ -612,49 +747,41 @@ def _float_column(col: pd.Series) -> np.ndarray:
     return pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 
 
-def _clean_shard(a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict, params: dict,
+def _clean_shard(a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict, settings: CleanSettings,
                  keep: dict[str, np.ndarray] | None = None) -> Work:
-    """Walk `RULES` over the rows of some whole symbols (see clean_ohlcv)."""
-    w = Work(a, symbols, own, attrs, params, keep)
+    """Walk `RULES` over the rows of some whole symbols (see clean_ohlcv): each rule judges, the walker applies."""
+    w = Work(a, symbols, own, attrs, settings, keep)
     w.before = _range_stats({c: w.a[c] for c in NUM_COLS}, w.a["ts"])
     for rule in RULES:
-        if rule.action != "dropped":
+        if rule.action != "dropped":  # a rule that keeps rows sees only the rows kept
             w.compact()
-        found = rule.find(w)
-        if rule.action == "dropped" and found.any():
-            found &= w.alive
-            w.alive &= ~found
-        w.count(rule.name, rule.action, found)
+        w.apply(rule, rule.judge(w))
     w.compact()
     w.after = _stats_after(w)
-    _check_clean(w.a, w.after, ohlc=not w.ohlc_checked)
+    _check_clean(w.a, w.after, w.masked, ohlc=not w.ohlc_checked)
     return w
 
 
-def clean_shards(
-    raw: pd.DataFrame,
-    source: str = "",
-    *,
-    min_rows: int = 0,
-    max_gap_bars: int = 50,
-    spike_sigmas: float = 12.0,
-    keep: tuple[str, ...] = (),
-    shard_rows: int = 1_000_000,
-    workers: int = 0,
-) -> tuple[list[CleanShard], QualityReport]:
+def clean_shards(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, *, keep: tuple[str, ...] = (),
+                 shard_rows: int | None = None, workers: int | None = None, **settings
+                 ) -> tuple[list[CleanShard], QualityReport]:
     """`clean_ohlcv` without the frame: the clean rows as shards of whole symbols (about `shard_rows` rows each),
     cleaned on `workers` threads (0: every core), and the report of them all."""
     source = source or str(raw.attrs.get("source", ""))
-    done = clean_parts(raw, source, min_rows=min_rows, max_gap_bars=max_gap_bars, spike_sigmas=spike_sigmas,
-                       keep=keep, shard_rows=shard_rows, workers=workers)
+    done = clean_parts(raw, source, cfg, keep=keep, shard_rows=shard_rows, workers=workers, **settings)
     return [d[1] for d in done], quality_report([d[0] for d in done], raw, source, keep)
 
 
-def clean_parts(raw: pd.DataFrame, source: str = "", *, min_rows: int = 0, max_gap_bars: int = 50,
-                spike_sigmas: float = 12.0, keep: tuple[str, ...] = (), shard_rows: int = 1_000_000,
-                workers: int = 0, only: set[int] | None = None) -> list[tuple[dict, CleanShard] | None]:
+def clean_parts(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, *, keep: tuple[str, ...] = (),
+                shard_rows: int | None = None, workers: int | None = None, only: set[int] | None = None,
+                **settings) -> list[tuple[dict, CleanShard] | None]:
     """Per shard of whole symbols (`symbol_shards`): its report part (`quality_report` merges them) and its clean
-    rows; only the shards in `only` (the others None)."""
+    rows; only the shards in `only` (the others None). `cfg` (default: Config's defaults) gives the cleaning
+    knobs, `shard_rows` and `workers` (its build_workers) unless given; `settings` override CleanSettings."""
+    cfg = Config() if cfg is None else cfg
+    s = CleanSettings.of(cfg, **settings)
+    shard_rows = cfg.shard_rows if shard_rows is None else shard_rows
+    workers = cfg.build_workers if workers is None else workers
     missing = [c for c in COLUMNS + tuple(keep) if c not in raw.columns]
     if missing:
         raise DataError(f"{source or '<frame>'}: frame is missing column(s) {', '.join(map(repr, missing))} "
@@ -667,7 +794,6 @@ def clean_parts(raw: pd.DataFrame, source: str = "", *, min_rows: int = 0, max_g
     times = tcol.array  # each shard's converted to int64 ns on its own thread
     num = {c: _float_column(raw[c]) for c in NUM_COLS}
     extra = {k: raw[k].to_numpy() for k in keep}
-    params = {"min_rows": min_rows, "max_gap_bars": max_gap_bars, "spike_sigmas": spike_sigmas}
     shards = symbol_shards(codes, len(symbols), shard_rows)
 
     def one(k: int) -> tuple[dict, CleanShard] | None:
@@ -676,33 +802,30 @@ def clean_parts(raw: pd.DataFrame, source: str = "", *, min_rows: int = 0, max_g
         rows, own = shards[k]
         a = {"ts": ns_since_epoch(times[rows]), "code": codes[rows]} | {c: num[c][rows] for c in NUM_COLS}
         rows_in = len(a["ts"])
-        w = _clean_shard(a, symbols, own, raw.attrs, params, {k: v[rows] for k, v in extra.items()})
-        return _shard_part(w, rows_in), CleanShard(w.a, symbols, w.keep, w.bar, (w.spike, spike_sigmas, max_gap_bars))
+        w = _clean_shard(a, symbols, own, raw.attrs, s, {k: v[rows] for k, v in extra.items()})
+        restart = w.flags.get("corporate_action") if s.corporate_actions == "mask" else None
+        return _shard_part(w, rows_in), CleanShard(w.a, symbols, w.keep, w.bar,
+                                                   (w.flags.get("price_spike"), s.spike_sigmas, s.max_gap_bars),
+                                                   restart)
 
     with freed_memory_reused(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(one, range(len(shards))))
 
 
-def clean_ohlcv(
-    raw: pd.DataFrame,
-    source: str = "",
-    *,
-    min_rows: int = 0,
-    max_gap_bars: int = 50,
-    spike_sigmas: float = 12.0,
-    keep: tuple[str, ...] = (),
-    shard_rows: int = 1_000_000,
-    workers: int = 0,
-) -> tuple[pd.DataFrame, QualityReport]:
+def clean_ohlcv(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, *, keep: tuple[str, ...] = (),
+                shard_rows: int | None = None, workers: int | None = None, **settings
+                ) -> tuple[pd.DataFrame, QualityReport]:
     """Walk `RULES` in order and return a new clean frame plus the report; `raw` is never modified.
 
     Drops come first, so that a duplicate keeps the last *usable* row and repairs are only counted on kept
-    rows; a dropped row is counted by the first rule that drops it. `keep` names extra columns carried along
-    row-aligned (e.g. the synthetic `oracle`). No rule looks across symbols, so the frame is cleaned in shards of
-    whole symbols on several cores (`clean_shards`); the result does not depend on how it was cut.
+    rows; a dropped row is counted by the first rule that drops it. `cfg` gives the cleaning knobs (default:
+    Config's defaults); `settings` override them by name (`CleanSettings`: max_gap_bars, spike_sigmas, min_rows,
+    ...). `keep` names extra columns carried along row-aligned (e.g. the synthetic `oracle`). No rule looks
+    across symbols, so the frame is cleaned in shards of whole symbols on several cores (`clean_shards`); the
+    result does not depend on how it was cut. Where corporate_actions is mask and one was found, the frame has
+    a boolean column `restart` (True where the series restarts).
     """
-    shards, report = clean_shards(raw, source, min_rows=min_rows, max_gap_bars=max_gap_bars,
-                                  spike_sigmas=spike_sigmas, keep=keep, shard_rows=shard_rows, workers=workers)
+    shards, report = clean_shards(raw, source, cfg, keep=keep, shard_rows=shard_rows, workers=workers, **settings)
     out = clean_frame(shards, keep, raw)
     out.attrs = {"source": report.source, "bar_size_s": report.bar_size_s}
     return out, report
@@ -721,6 +844,9 @@ def clean_frame(shards: list[CleanShard], keep: tuple[str, ...] = (), raw: pd.Da
     for k in keep:
         values = np.concatenate([s.keep[k] for s in shards])
         out[k] = pd.Series(values, dtype=raw[k].dtype) if raw is not None else values
+    if any(s.restart is not None and s.restart.any() for s in shards):
+        out["restart"] = np.concatenate([s.restart if s.restart is not None else np.zeros(len(s), bool)
+                                         for s in shards])
     return out
 
 
@@ -728,7 +854,7 @@ def _shard_part(w: Work, rows_in: int) -> dict:
     """What the quality report needs of one cleaned shard, JSON-serialisable (a sharded build stores it)."""
     symbols, code, bar = w.symbols, w.a["code"], w.bar
     kept = code[run_starts(code)]  # sorted: the distinct codes
-    per = np.bincount(code[w.gap], minlength=len(symbols)) if len(w.gap) == len(code) else np.zeros(0, int)
+    per = np.bincount(code[w.gap], minlength=len(symbols))
     return {"rows_in": rows_in, "rows_kept": len(code),
             "counts": [[*key, c["action"], c["rule"], c["rows"]] for key, c in zip(w.keys, w.counts)],
             "bar_size_s": {str(symbols[i]): (float(bar[i]) / 1e9 if bar[i] > 0 else None) for i in kept},
@@ -829,15 +955,159 @@ def trailing_sigma(r: np.ndarray, code: np.ndarray, rows: np.ndarray) -> np.ndar
     return sigma
 
 
-def _check_clean(a: dict[str, np.ndarray], stats: dict, ohlc: bool = True) -> None:
+# ----------------------------------------------------------------------------------------------------------
+# bad prints and corporate actions
+
+
+def trailing_level(x: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """Per row t: the median of the symbol's values in the last full block of LEVEL_BLOCK rows before t's own
+    block (blocks counted from the symbol's first row), or in the first block, of all the symbol's earlier rows
+    (NaN with fewer than LEVEL_MIN_ROWS). Never row t or a later one, so a level is known at t. Rows sorted by
+    symbol. (The definition; `bad_print_rows` compares against it a block at a time.)"""
+    level = np.full(len(x), np.nan)
+    starts, ends, _ = run_bounds(run_starts(code)) if len(x) else ([], [], True)
+    for a, b in zip(starts, ends):
+        for t in range(a + LEVEL_MIN_ROWS, b):
+            j = t - a
+            lo = a + (j // LEVEL_BLOCK - 1) * LEVEL_BLOCK if j >= LEVEL_BLOCK else a
+            level[t] = np.median(x[lo : lo + LEVEL_BLOCK] if j >= LEVEL_BLOCK else x[a:t])
+    return level
+
+
+def _first_block_levels(x: np.ndarray, starts: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """`trailing_level` of the rows of each symbol's first block ([symbols, LEVEL_BLOCK], NaN where it has none),
+    all symbols at once a row number at a time."""
+    out = np.full((len(starts), LEVEL_BLOCK), np.nan)
+    for j in range(LEVEL_MIN_ROWS, LEVEL_BLOCK):
+        have = np.flatnonzero(length > j)
+        if not len(have):
+            break
+        out[have, j] = np.median(x[starts[have][:, None] + np.arange(j)], axis=1)
+    return out
+
+
+def _block_medians(x: np.ndarray) -> np.ndarray:
+    """np.median of each row of a [blocks, LEVEL_BLOCK] array, from a sort (numpy sorts short rows many times
+    faster than it partitions them)."""
+    s, h = np.sort(x, axis=1), LEVEL_BLOCK // 2
+    return (s[:, h - 1] + s[:, h]) / 2
+
+
+def bad_print_rows(a: dict[str, np.ndarray], code: np.ndarray, price_decades: float, volume_decades: float
+                   ) -> dict[str, np.ndarray]:
+    """Per column (only those with any), the rows whose value no market prints in one bar: a price (open, high,
+    low or close) more than `price_decades` powers of ten above or below the symbol's trailing level of closes,
+    or a volume more than `volume_decades` above its trailing level of volumes (`trailing_level`; a small volume
+    is always possible, and a zero level judges nothing). Judged on ratios, so a 1e-8 token trading 1e15 units
+    is as ordinary as a stock; the level comes from earlier rows only, so the verdict at t is known at t.
+    inf turns a test off. Each symbol's blocks are compared with the level of the block before at once."""
+    out: dict[str, np.ndarray] = {}
+    n, B = len(code), LEVEL_BLOCK
+    if n == 0:
+        return out
+    starts, ends, _ = run_bounds(run_starts(code))
+    starts, ends = np.asarray(starts), np.asarray(ends)
+    checks = [(PRICE_COLS, "close", price_decades, True), (("volume",), "volume", volume_decades, False)]
+    for cols, of, decades, both in checks:
+        if not math.isfinite(decades):
+            continue
+        up, down = 10.0**decades, 10.0**-decades
+        first = _first_block_levels(a[of], starts, ends - starts)
+        for i, (s0, s1) in enumerate(zip(starts.tolist(), ends.tolist())):
+            nb = (s1 - s0) // B
+            med = _block_medians(a[of][s0 : s0 + nb * B].reshape(nb, B)) if s1 - s0 > B else None
+            for k in cols:
+                x = a[k]
+                parts = [(s0, min(s1, s0 + B), first[i, : min(s1 - s0, B)])]  # (rows from, to, their levels)
+                if med is not None:  # block b >= 1 against block b - 1; then the rows after the last full block
+                    parts.append((s0 + B, s0 + nb * B, med[: nb - 1, None]))
+                    parts.append((s0 + nb * B, s1, med[nb - 1]))
+                for r0, r1, lev in parts:
+                    if r1 <= r0:
+                        continue
+                    v = x[r0:r1].reshape(-1, B) if np.ndim(lev) == 2 else x[r0:r1]
+                    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+                        bad = (v > lev * up) & (lev > 0)
+                        if both:
+                            bad |= v < lev * down
+                    if bad.any():
+                        out.setdefault(k, np.zeros(n, dtype=bool))[r0:r1] = bad.ravel()
+    return out
+
+
+def corporate_action_rows(a: dict[str, np.ndarray], code: np.ndarray, new_symbol: np.ndarray, k: float
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows t where a symbol's price jumps from the close of t-1 to the open of t as a split or a similar action
+    does, and the ratio of that jump (the split's exact ratio where it is one). The jump g = log(open_t /
+    close_t-1) counts when it is beyond SPLIT_MIN_MOVE and either its ratio is within SPLIT_TOLERANCE of a
+    SPLIT_RATIO or its inverse and beyond SPLIT_MIN_SIGMAS trailing sigmas (a price a tick or two in size moves
+    by such ratios all the time), or it is beyond `k` trailing sigmas (`trailing_sigma` of the close-to-close
+    returns before t); and it stays: the median log close of bars t .. t+SPLIT_CONFIRM-1 is away from that of the
+    SPLIT_CONFIRM bars before t by at least SPLIT_STAYS of it, the same way (a bad print before t, or one that reverts,
+    moves neither median). Judging needs those bars, so a symbol's first and last SPLIT_CONFIRM bars are never
+    one."""
+    n = len(code)
+    rows, ratio = np.zeros(n, dtype=bool), np.ones(n)
+    if n < SPLIT_CONFIRM + 1:
+        return rows, ratio
+    c, o = a["close"], a["open"]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        q = o[1:] / c[:-1]  # the ratios first (a log of every row costs more than the division)
+        cand = np.flatnonzero((q > math.exp(SPLIT_MIN_MOVE)) | (q < math.exp(-SPLIT_MIN_MOVE))) + 1
+    cand = cand[~new_symbol[cand]]
+    if not len(cand):
+        return rows, ratio
+    end = np.searchsorted(code, code[cand], side="right")  # each candidate's symbol's end and start
+    start = np.searchsorted(code, code[cand], side="left")
+    cand = cand[(cand + SPLIT_CONFIRM <= end) & (cand - SPLIT_CONFIRM >= start)]
+    if not len(cand):
+        return rows, ratio
+    syms = np.unique(code[cand])  # the candidates' symbols' rows alone (few)
+    lo, hi = np.searchsorted(code, syms, side="left"), np.searchsorted(code, syms, side="right")
+    sub = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])
+    at = np.searchsorted(sub, cand)  # the candidates among them
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lc = np.log(c[sub])
+        r = np.r_[np.nan, np.diff(lc)]
+    r[new_symbol[sub]] = np.nan
+    sigma = trailing_sigma(r, code[sub], at)
+    gc = np.log(q[cand - 1])
+    split = np.asarray(SPLIT_RATIOS, dtype=float)
+    off = np.abs(np.exp(np.abs(gc))[:, None] / split - 1)  # how far the jump's ratio is from each split's
+    near = off.min(axis=1) <= SPLIT_TOLERANCE
+    span = np.arange(SPLIT_CONFIRM)
+    with np.errstate(invalid="ignore"):
+        big = (near & (np.abs(gc) > SPLIT_MIN_SIGMAS * sigma)) | (np.abs(gc) > k * sigma)
+        stay = np.median(lc[at[:, None] + span], axis=1) - np.median(lc[at[:, None] - 1 - span], axis=1)
+        kept = big & (np.sign(stay) == np.sign(gc)) & (np.abs(stay) >= SPLIT_STAYS * np.abs(gc))
+    hit, exact = cand[kept], split[off[kept].argmin(axis=1)]
+    rows[hit] = True
+    ratio[hit] = np.where(near[kept], np.where(gc[kept] > 0, exact, 1 / exact), np.exp(gc[kept]))
+    return rows, ratio
+
+
+def back_adjustment(rows: np.ndarray, ratio: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """Per row: the product of the `ratio`s of its symbol's actions after it (1 after the last one), by which
+    its prices are multiplied to join the prices after them (and its volumes divided)."""
+    lr = np.where(rows, np.log(ratio), 0.0)
+    total = np.cumsum(lr)
+    last = np.r_[np.flatnonzero(code[1:] != code[:-1]), len(code) - 1]  # each symbol's last row
+    at_end = np.repeat(total[last], np.diff(np.r_[-1, last]))
+    return np.exp(at_end - total)
+
+
+def _check_clean(a: dict[str, np.ndarray], stats: dict, masked: dict[str, int], ohlc: bool = True) -> None:
     """The clean rows' promises, from their range stats and a few passes; cheap enough to check on every call.
-    `ohlc`: check high and low around open and close again (not where ohlc_outside_range's own pass over every
-    row made them so and nothing changed since: its four passes over the prices were 6% of cleaning)."""
-    assert not any(stats[k]["nan"] or stats[k]["inf"] for k in NUM_COLS), "non-finite value after cleaning"
-    assert not len(a["low"]) or (stats["low"]["min"] > 0 and stats["volume"]["min"] >= 0), \
+    Every value is finite or a masked bad print (NaN; `masked` counts them per column). `ohlc`: check high and
+    low around open and close again (not where ohlc_outside_range's own pass over every row made them so and no
+    price changed since: its four passes over the prices were 6% of cleaning)."""
+    assert all(stats[k]["nan"] == masked[k] and not stats[k]["inf"] for k in NUM_COLS), \
+        "non-finite value after cleaning (other than a masked bad print)"
+    lows = [stats[k]["min"] for k in PRICE_COLS if stats[k]["min"] is not None]
+    assert all(m > 0 for m in lows) and (stats["volume"]["min"] is None or stats["volume"]["min"] >= 0), \
         "non-positive price or negative volume after cleaning"
     o, h, lo, c = (a[k] for k in PRICE_COLS)
-    assert not ohlc or ((np.minimum(o, c) >= lo).all() and (np.maximum(o, c) <= h).all()), \
+    assert not ohlc or not ((np.minimum(o, c) < lo).any() or (np.maximum(o, c) > h).any()), \
         "OHLC out of range after cleaning"
     code, ts = a["code"], a["ts"]
     if len(ts) > 1:

@@ -49,11 +49,8 @@ def build(cfg, raw: pd.DataFrame | None = None, fold: int = 0) -> tuple[FeatureS
 
 def _build(cfg, raw: pd.DataFrame, fold: int) -> tuple[FeatureSet, clean.QualityReport]:
     source = "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
-    shards, report = clean.clean_shards(
-        raw, source, min_rows=cfg.window + cfg.horizon + 1, max_gap_bars=cfg.max_gap_bars,
-        spike_sigmas=cfg.spike_sigmas, keep=("oracle",) if "oracle" in raw else (), shard_rows=cfg.shard_rows,
-        workers=cfg.build_workers,
-    )
+    shards, report = clean.clean_shards(raw, source, cfg, min_rows=cfg.window + cfg.horizon + 1,
+                                        keep=("oracle",) if "oracle" in raw else ())
     dropped = _check_rows(report, cfg, source)
     try:
         fs = build_from_shards(shards, cfg, quality=report.to_dict(), workers=cfg.build_workers, fold=fold)

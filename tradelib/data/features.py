@@ -72,15 +72,18 @@ class FeatureSet:
 
 
 def segment_ids(symbol_codes: np.ndarray, ts_ns: np.ndarray, bar_of_code: np.ndarray, max_gap_bars: int,
-                out: np.ndarray | None = None) -> np.ndarray:
-    """Contiguous runs: a new segment at every symbol change or gap longer than max_gap_bars bars (int32, into
-    `out` when given). `bar_of_code`: the bar size (ns) of each symbol code."""
+                out: np.ndarray | None = None, restart: np.ndarray | None = None) -> np.ndarray:
+    """Contiguous runs: a new segment at every symbol change or gap longer than max_gap_bars bars, and at the
+    `restart` rows (cleaning's corporate actions) (int32, into `out` when given). `bar_of_code`: the bar size
+    (ns) of each symbol code."""
     new = run_starts(symbol_codes)
     starts, ends, few = run_bounds(new)
     if not few:
         new[1:] |= np.diff(ts_ns) > max_gap_bars * bar_of_code[symbol_codes[1:]]
     for a, b in zip(starts, ends) if few else ():  # a symbol's steps against its own bar size
         np.greater(np.diff(ts_ns[a:b]), max_gap_bars * bar_of_code[symbol_codes[a]], out=new[a + 1 : b])
+    if restart is not None:
+        new |= restart
     return _run_ids(new, out)
 
 
@@ -574,7 +577,7 @@ def shard_layout(shard: CleanShard, max_gap_bars: int, out: dict[str, np.ndarray
     if (bar_of_code <= 0).any():
         short = [names[i] for i in np.flatnonzero(bar_of_code <= 0)]
         raise ValueError(f"symbol(s) {', '.join(short)}: fewer than two timestamps, no bar size")
-    segment_ids(codes, ts, bar_of_code, max_gap_bars, out["segment"])
+    segment_ids(codes, ts, bar_of_code, max_gap_bars, out["segment"], shard.restart)
     return Layout(codes, ts, bar_of_code, out["segment"], names=names)
 
 
@@ -734,10 +737,12 @@ def build_features(clean: pd.DataFrame, cfg, quality: dict | None = None, shard_
     ts = ns_since_epoch(clean["timestamp"])
     cols = {k: clean[k].to_numpy(np.float64) for k in ("open", "high", "low", "close", "volume")}
     keep = {"oracle": clean["oracle"].to_numpy(np.float32)} if "oracle" in clean else {}
+    restart = clean["restart"].to_numpy(bool) if "restart" in clean else None
     shards = []
     for rows, _ in symbol_shards(codes, len(symbols), shard_rows):
         a = {"ts": ts[rows], "code": codes[rows]} | {k: v[rows] for k, v in cols.items()}
-        shards.append(CleanShard(a, symbols, {k: v[rows] for k, v in keep.items()}))
+        shards.append(CleanShard(a, symbols, {k: v[rows] for k, v in keep.items()},
+                                 restart=None if restart is None else restart[rows]))
     return build_from_shards(shards, cfg, quality, workers, fold)
 
 

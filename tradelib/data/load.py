@@ -51,6 +51,8 @@ PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 MAX_BAD_SHARE = 0.5  # when more than this share of a column is unparseable the file is rejected
 DATE_ORDER_RATIO = 1.5  # day-first vs month-first: the chosen reading's grid regularity is at least 1.5x the other's
 NS_MIN, NS_MAX = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")  # datetime64[ns] range
+NA_STRINGS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+              "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]  # a missing value in a CSV cell (pandas' list)
 
 class DataError(ValueError):
     """Unusable input. The message is one line naming the file (and column) and the problem."""
@@ -82,12 +84,12 @@ def _short(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, date_format: str = "") -> pd.DataFrame:
     """Read one CSV or Parquet file as-is; every failure becomes a one-line DataError naming the file."""
     suffix = _suffix(path)
     if suffix in PARQUET_SUFFIXES:
         try:
-            df = pd.read_parquet(path)
+            df = _read_parquet(path)
         except Exception as e:  # pyarrow raises many types for a corrupt file
             raise DataError(f"{path}: cannot read as Parquet ({_short(e)})") from None
         if not isinstance(df.index, pd.RangeIndex):  # a time index saved by pandas becomes a column
@@ -103,10 +105,12 @@ def _read_table(path: Path) -> pd.DataFrame:
             sep = "\t" if suffix.startswith(".tsv") else max(seps, key=first.count)
             # "187,15" in a file whose fields are not comma-separated: a decimal comma (European exports)
             decimal = "," if sep != "," and re.search(r"\d,\d", second) else "."
-            df = pd.read_csv(path, sep=sep, decimal=decimal, low_memory=False, encoding="utf-8-sig")
+            if not second:  # a header and nothing else
+                raise DataError(f"{path}: no rows")
+            df = _read_csv(path, sep, decimal, first, date_format)
             df.attrs["decimal_comma"] = decimal == ","
-        except pd.errors.EmptyDataError:
-            raise DataError(f"{path}: empty file") from None
+        except DataError:
+            raise
         except Exception as e:  # binary garbage, bad gzip, ragged rows ...
             raise DataError(f"{path}: cannot parse as CSV ({_short(e)})") from None
     else:
@@ -114,6 +118,55 @@ def _read_table(path: Path) -> pd.DataFrame:
                         f".tsv or .parquet)")
     if len(df) == 0:
         raise DataError(f"{path}: no rows")
+    return df
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file as pandas would read it (its index restored from pandas' metadata), each column handed
+    over as it is converted and not copied again into one block per dtype (pd.read_parquet does: a copy of
+    every price column); the reader's freed buffers handed back to the system."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = pq.read_table(path).to_pandas(split_blocks=True, self_destruct=True)
+    pa.default_memory_pool().release_unused()
+    return df
+
+
+def _read_csv(path: Path, sep: str, decimal: str, header: str, date_format: str) -> pd.DataFrame:
+    """A CSV file as it is, with pyarrow's reader: types inferred per column (numbers, ISO timestamps and dates,
+    else text, which `_frame_from_table` reads as pandas would), pandas' strings for a missing value. Kept as
+    text: a `time` column beside a `date` column (the two are joined) and, where a `date_format` is given, every
+    column that may hold the timestamps (read with that format); read as float64: the price and volume columns.
+    Read a block at a time with the types of the
+    first block (a third of the memory of reading the whole file at once); where a later block does not fit
+    them (text in a number column further down), the whole file is read again with types inferred from all of
+    it: the same frame either way."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    names = [n.strip().strip('"') for n in header.lstrip("\ufeff").rstrip("\r\n").split(sep)]
+    normed = [_norm(n) for n in names]
+    timelike = ALIASES["timestamp"] + INDEX_LIKE if date_format else ()
+    texts = {n: pa.string() for n, m in zip(names, normed) if (m == "time" and "date" in normed) or m in timelike}
+    found = _match_columns(pd.DataFrame(columns=names))
+    numbers = {found[c]: pa.float64() for c in NUM_COLS if c in found and found[c] not in texts}
+    parse = pacsv.ParseOptions(delimiter=sep)
+
+    def convert(types: dict) -> pacsv.ConvertOptions:
+        return pacsv.ConvertOptions(decimal_point=decimal, null_values=NA_STRINGS, strings_can_be_null=True,
+                                    column_types=types)
+
+    try:
+        table = pacsv.open_csv(path, parse_options=parse, convert_options=convert(texts | numbers)).read_all()
+    except pa.ArrowInvalid as e:
+        if "conversion error" not in str(e):
+            raise
+        table = pacsv.read_csv(path, parse_options=parse, convert_options=convert(texts))
+    # each column handed over as it is converted (numbers without a missing value without a copy); the reader's
+    # freed buffers handed back to the system, for what follows (numpy does not allocate from Arrow's pool)
+    df = table.to_pandas(date_as_object=False, split_blocks=True, self_destruct=True)
+    pa.default_memory_pool().release_unused()
     return df
 
 
@@ -176,7 +229,7 @@ def _guess_format(s: pd.Series) -> str | None:
 def _to_ns(ts: pd.Series) -> pd.Series:
     """UTC datetimes of any unit -> datetime64[ns, UTC]. A value ns cannot hold (before 1677 or after 2262, such
     as a year 9999; pandas 3 parses it to microseconds) becomes NaT, a counted `bad_timestamp` row."""
-    if ts.dt.unit != "ns":
+    if ts.dt.unit != "ns" and not (NS_MIN <= ts.min() and ts.max() <= NS_MAX):  # (NaT: skipped by both)
         ts = ts.where(ts.isna() | ((ts >= NS_MIN) & (ts <= NS_MAX)))
     return ts.astype("datetime64[ns, UTC]")
 
@@ -190,14 +243,15 @@ def _day_month_swapped(fmt: str) -> str | None:
     return fmt.replace("%d", "\0").replace("%m", "%d").replace("\0", "%m")
 
 
-def _grid_regularity(ts: pd.Series, groups: np.ndarray | None) -> tuple[float, int]:
+def _grid_regularity(ts: pd.Series, groups: pd.Series | None) -> tuple[float, int]:
     """(how close a symbol's distinct timestamps are to one regular bar grid, number of steps). The score is the
     share of steps equal to the most common one, times the share of the time span those steps would cover
     (at most 1): 1.0 for a regular grid; hourly bars of two days read month-for-day jump a month once (0.05),
     daily bars read so step by a month (about 0.5)."""
     t = _to_ns(ts)
     ok = t.notna().to_numpy()
-    g = np.zeros(int(ok.sum()), dtype=np.int64) if groups is None else pd.factorize(groups[ok])[0]
+    g = np.zeros(int(ok.sum()), dtype=np.int64) if groups is None else pd.factorize(
+        groups.astype("str").to_numpy()[ok])[0]
     frame = pd.DataFrame({"g": g, "t": ns_since_epoch(t[ok])}).drop_duplicates().sort_values(["g", "t"])
     gv, tv = frame["g"].to_numpy(), frame["t"].to_numpy()
     steps = np.diff(tv)[gv[1:] == gv[:-1]]
@@ -209,7 +263,7 @@ def _grid_regularity(ts: pd.Series, groups: np.ndarray | None) -> tuple[float, i
     return float(share * coverage), len(steps)
 
 
-def _read_day_month(s: pd.Series, fmt: str, groups: np.ndarray | None, where: str) -> tuple[pd.Series, str, str]:
+def _read_day_month(s: pd.Series, fmt: str, groups: pd.Series | None, where: str) -> tuple[pd.Series, str, str]:
     """Parse with `fmt`; where day and month could be swapped, take the reading that parses more values, or,
     when both parse the same, the one with the more regular bar grid (said in the note); else refuse."""
     a = pd.to_datetime(s, utc=True, errors="coerce", format=fmt)
@@ -233,7 +287,7 @@ def _read_day_month(s: pd.Series, fmt: str, groups: np.ndarray | None, where: st
     return best, f"format {best_fmt}", note
 
 
-def _parse_time(s: pd.Series, date_format: str = "", groups: np.ndarray | None = None,
+def _parse_time(s: pd.Series, date_format: str = "", groups: pd.Series | None = None,
                 where: str = "timestamps") -> tuple[pd.Series, str, str]:
     """Any accepted timestamp column -> (UTC datetimes (naive = UTC), how it was read, a note for the report).
     Unparseable values become NaT. `date_format` (strftime) is used as given on text and numbers."""
@@ -283,7 +337,7 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
         if "time" in by_norm and by_norm["time"] not in found.values():
             found["time_of_day"] = by_norm["time"]
             raw_t = raw_t.astype("str") + " " + df[by_norm["time"]].astype("str")
-    groups = df[found["symbol"]].astype("str").to_numpy() if "symbol" in found else None
+    groups = df[found["symbol"]] if "symbol" in found else None
     ts, fmt, note = _parse_time(raw_t, date_format, groups, where=f"{path}: column '{tcol}'")
     ts = _to_ns(ts)
     bad = ts.isna().to_numpy()
@@ -300,7 +354,9 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
                    "decimal_comma": bool(df.attrs.get("decimal_comma"))}
     for c in NUM_COLS:
         col = df[found[c]]
-        if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+        if col.dtype == np.float64:  # NaN already: no copy
+            v = col.to_numpy()
+        elif pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
             v = col.to_numpy(dtype="float64", na_value=np.nan)
         else:
             num = pd.to_numeric(col, errors="coerce")
@@ -313,11 +369,11 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
                 facts["non_numeric"][c] = int(non_num.sum())
             v = num.to_numpy(dtype="float64", na_value=np.nan)
         out[c] = v
-    frame = pd.DataFrame(out)
+    frame = pd.DataFrame(out, copy=False)  # (a dict of arrays is copied into one block by default)
     if "symbol" in found:
         col = df[found["symbol"]]
         sym = col.astype("str").str.strip().mask(col.isna())  # missing stays missing: rule bad_symbol
-        frame.insert(1, "symbol", sym.to_numpy())
+        frame.insert(1, "symbol", sym.array)
         if symbol is not None:
             frame = frame[(sym == symbol).to_numpy()].reset_index(drop=True)
             if len(frame) == 0:
@@ -493,9 +549,9 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, date_format: str = "
     if path.is_dir():
         if not files:
             raise DataError(f"{path}: directory has no CSV or Parquet files")
-        parts = [_frame_from_table(_read_table(p), p, None, date_format) for p in files]
+        parts = [_frame_from_table(_read_table(p, date_format), p, None, date_format) for p in files]
     else:
-        parts = [_frame_from_table(_read_table(path), path, symbol, date_format)]
+        parts = [_frame_from_table(_read_table(path, date_format), path, symbol, date_format)]
 
     frame = pd.concat([f for f, _ in parts], ignore_index=True) if len(parts) > 1 else parts[0][0]
     ts = ns_since_epoch(frame["timestamp"]).view("datetime64[ns]")

@@ -67,8 +67,7 @@ def build(cfg, raw: pd.DataFrame, folder: Path, source: str, verbose: bool = Tru
     barrier()
     mine = [k for k in range(len(plan)) if k % env.world == env.rank]
     workers = cfg.build_workers or os.cpu_count() or 1
-    opts = dict(min_rows=cfg.window + cfg.horizon + 1, max_gap_bars=cfg.max_gap_bars, spike_sigmas=cfg.spike_sigmas,
-                keep=keep, shard_rows=cfg.shard_rows, workers=workers)
+    opts = dict(cfg=cfg, min_rows=cfg.window + cfg.horizon + 1, keep=keep, workers=workers)
     todo = {k for k in mine if not (work / f"facts-{k}.npz").exists()}
     with load.freed_memory_reused(), ThreadPoolExecutor(max_workers=workers) as pool:
         done = clean.clean_parts(raw, source, only=todo, **opts) if todo else [None] * len(plan)
@@ -119,6 +118,8 @@ def _clean_stage(work: Path, k: int, part: dict, shard: clean.CleanShard, cfg) -
     arrays = {name: shard.a[name] for name in CLEAN} | {f"keep_{n}": v for n, v in shard.keep.items()}
     arrays |= {"code": (np.cumsum(first) - 1).astype(np.int32), "bar": shard.bar[present],
                "symbols": np.frombuffer(json.dumps([str(shard.symbols[c]) for c in present]).encode(), np.uint8)}
+    if shard.restart is not None:
+        arrays["restart"] = shard.restart
     _write_folder(work / f"clean-{k}", arrays)
     facts = None
     if len(shard):
@@ -135,7 +136,8 @@ def _clean_shard(arrays: dict[str, np.ndarray]) -> clean.CleanShard:
     """A shard's clean rows as stage 1 wrote them (symbol codes local to the shard)."""
     names = np.asarray(json.loads(np.asarray(arrays["symbols"]).tobytes()), dtype=object)
     keep = {n[5:]: v for n, v in arrays.items() if n.startswith("keep_")}
-    return clean.CleanShard({n: arrays[n] for n in CLEAN}, names, keep, np.asarray(arrays["bar"]))
+    restart = np.asarray(arrays["restart"]) if "restart" in arrays else None
+    return clean.CleanShard({n: arrays[n] for n in CLEAN}, names, keep, np.asarray(arrays["bar"]), restart=restart)
 
 
 def _facts_arrays(facts: Facts | None) -> dict:
