@@ -1,4 +1,6 @@
-"""`tradelib bench`: the seed's DataLoader pipeline, the device loader and dense chunks, side by side.
+"""`tradelib bench`: the seed's DataLoader pipeline, the device loader and dense chunks, side by side, each with
+the step's kernels launched one by one (eager) and, on CUDA, replayed as the step graph (graph), so the loader's
+gain and the graph's are seen apart.
 
 Same data, same model, same global batch, one process, measured by measure.py (interleaved repetitions,
 untimed warm-up, medians). Every knob is a Config parameter (-f FILE, -p NAME VALUE): the models measured
@@ -27,8 +29,9 @@ def run_bench(cfg: Config, json_path: str | Path | None = None, verbose: bool = 
     table and write the records as JSON (default outputs/bench/bench-<timestamp>.json). Returns the records."""
     cfg = cfg.replace(device=str(pick_device(cfg.device, verbose=verbose)))
     loaders = split_list(cfg.loaders)
+    modes = split_list(cfg.graph_modes)
     setups = [s for spec in cfg.bench_models.split() for s in make_setups(cfg, spec, loaders, cfg.dense_batch,
-                                                                            verbose=verbose)]
+                                                                            verbose=verbose, modes=modes)]
     if not setups:
         raise ValueError("nothing to measure: no (model, loader) configuration applies")
     records = measure(setups, cfg.steps, cfg.warmup, cfg.repeats, verbose=verbose,

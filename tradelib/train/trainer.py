@@ -321,10 +321,10 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.graph = None  # recorded again at the next step
 
-    def flops_per_sample(self) -> float:
+    def flops_per_sample(self) -> float | None:
         from tradelib.train.models import training_flops_per_sample
 
-        return training_flops_per_sample(self.model)
+        return training_flops_per_sample(self.model, self.cfg.dense)
 
 
 def graphs_refused(cfg: Config, device: torch.device, world: int, fused: bool) -> str | None:
