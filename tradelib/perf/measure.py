@@ -30,7 +30,7 @@ from tradelib.data import cache, dataset
 from tradelib.data.features import FeatureSet
 from tradelib.hardware import device_name, mfu, peak_flops, pick_device, sync, torch_flags, uses_bf16
 from tradelib.monitor import GpuMonitor
-from tradelib.train.models import USER_MODEL, model_for, n_params, training_flops_per_sample
+from tradelib.train.models import MODELS, USER_MODEL, model_for, n_params, training_flops_per_sample
 from tradelib.train.sources import Batch, BatchSource
 from tradelib.train.stream import make_sources, min_budget, resident_bytes
 from tradelib.train.trainer import Trainer, seed_everything
@@ -63,7 +63,7 @@ def parse_model_spec(spec: str) -> tuple[str, dict]:
     """'tcn:window=64,layers=4' -> ('tcn', {'window': '64', 'layers': '4'}): a model and its config overrides.
     A model of the user's keeps its class: 'mypkg.nets:Net:window=64' -> ('mypkg.nets:Net', {'window': '64'})."""
     user = USER_MODEL.match(spec.strip())
-    if user:
+    if user and spec.strip()[user.end():user.end() + 1] in ("", ":") and user.group(0).split(":")[0] not in MODELS:
         name, rest = user.group(0), spec.strip()[user.end():].removeprefix(":")
     else:
         name, _, rest = spec.partition(":")
