@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -197,3 +198,42 @@ def test_a_user_model_by_import_path(tmp_path, monkeypatch):
         build_model("mine_models_a:Absent", 3, 8)
     with pytest.raises(ValueError, match="cannot import 'nowhere_to_be_found'"):
         build_model("nowhere_to_be_found:Net", 3, 8)
+
+
+def test_a_user_model_trains_checkpoints_resumes_and_reports_like_a_built_in(tmp_path, monkeypatch, outputs):
+    """`model: package.module:Class` through the run: interrupted at step 5 and resumed, it ends bit for bit where
+    one uninterrupted run ends (CPU); the checkpoint and summary.json hold the import path (a string); the report
+    is built; resuming with another model is refused."""
+    from tradelib.config import Config
+    from tradelib.report.report import build_report
+    from tradelib.train import checkpoint
+    from tradelib.train.run import TrainingRun, train
+
+    from .conftest import TINY
+
+    (tmp_path / "mine_models_b.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = lambda run_id, **kw: Config(**{**TINY, "model": "mine_models_b:Net", "hidden": 8, "max_steps": 12,
+                                         "run_id": run_id, **kw})
+    whole = train(cfg("mine-whole"), progress=False)
+    assert whole.summary["model"] == "mine_models_b:Net" and whole.summary["optimizer_steps"] == 12
+    assert whole.summary["flops_per_sample"] == 3 * 2.0 * (16 * whole.fs.n_features * 8 + 8)
+    run = TrainingRun(cfg("mine-cut"), progress=False)
+
+    def interrupt(t: TrainingRun) -> None:
+        if t.step == 5:
+            raise KeyboardInterrupt
+
+    run.on_step = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        run.fit()
+    ck = checkpoint.load(outputs / "mine-cut" / "checkpoints" / "step-5.pt")
+    assert ck["config"]["model"] == "mine_models_b:Net"
+    resumed = train(cfg("mine-cut", resume=True), progress=False)
+    last = lambda run_id: checkpoint.load(outputs / run_id / "checkpoints" / "last.pt")["model"]
+    a, b = last("mine-whole"), last("mine-cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    build_report(resumed.run_dir)
+    assert json.loads((resumed.run_dir / "report.json").read_text())
+    with pytest.raises(ValueError, match="model"):
+        train(cfg("mine-cut", resume=True, model="mlp", max_steps=20), progress=False)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+
 @dataclass(frozen=True)
 class Peak:
     """One card's dense (no sparsity) bf16/fp16 tensor-core peak, FP32 accumulate, as its vendor datasheet gives
