@@ -94,10 +94,12 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], d
     `base.batch_size` windows: the same global batch. `modes` (eager, graph) measures each loader with the
     step's kernels launched one by one and with the step graph, labelled NAME/LOADER/MODE; the graph needs
     CUDA, so on another device its rows are skipped with the reason; a spec that sets cuda_graphs itself
-    keeps it. Without `modes` the config's own cuda_graphs is measured, labelled NAME/LOADER."""
+    keeps it. Without `modes` the config's own cuda_graphs is measured, labelled NAME/LOADER. A spec's `as=LABEL`
+    replaces NAME in its labels."""
     from tradelib.train.models import build_model
 
     name, overrides = parse_model_spec(spec)
+    shown = overrides.pop("as", name)  # `as=NAME` names a spec's rows (two specs of one model side by side)
     if "loaders" in overrides:
         overrides["loaders"] = overrides["loaders"].replace("+", ",")
     cfg = Config.from_dict({**base.to_dict(), **overrides, "model": name}, source=f"model spec {spec!r}")
@@ -110,7 +112,7 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], d
             raise ValueError(f"unknown step mode {mode!r}: choose from {', '.join(MODES)}")
     if modes and "graph" in modes and not str(cfg.device).startswith("cuda"):
         if verbose:
-            print(f"measure: {name}'s graph rows skipped: the step graph is a CUDA graph and this runs on "
+            print(f"measure: {shown}'s graph rows skipped: the step graph is a CUDA graph and this runs on "
                   f"{cfg.device}")
         modes = [m for m in modes if m != "graph"]
         if not modes:
@@ -132,7 +134,7 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], d
         else:  # stream: the windows streamed in blocks, through a budget of cfg.stream_budget of the data (Runner)
             run = cfg.replace(dense=False, loader=loader)
         for mode in modes or [""]:
-            label = f"{name}/{loader}" + (f"/{mode}" if mode else "")
+            label = f"{shown}/{loader}" + (f"/{mode}" if mode else "")
             setups.append(Setup(label, loader, with_graphs(run, mode == "graph") if mode else run, spec,
                                 group or spec, mode))
     return setups
