@@ -180,3 +180,26 @@ def test_every_stage_command_parses_into_a_valid_config(tmp_path, device, quick)
     assert isinstance(cfg, Config) and max(plan.sweep_sizes) == (128 if quick else 16_384)
     assert sum(plan.budgets.values()) >= plan.total_s  # the overall budget is what binds
     assert quick or plan.total_s <= 8 * 60
+
+
+_tables = importlib.util.spec_from_file_location("make_perf_tables", ROOT / "tools" / "make_perf_tables.py")
+make_perf_tables = importlib.util.module_from_spec(_tables)
+_tables.loader.exec_module(make_perf_tables)
+
+
+def test_perf_md_tables_are_made_from_the_run_files(dry_run, tmp_path):
+    """Every GPU figure of docs/perf.md traced to a file: the tables are made from the check's JSON, named by it,
+    the projected epoch said to be projected, NVML busy beside MFU; the page in the repository is what its
+    docs/gpu-runs gives."""
+    _, out, path = dry_run
+    doc = tmp_path / "perf.md"
+    doc.write_text(f"# page\n\n{make_perf_tables.BEGIN}\nold\n{make_perf_tables.END}\n\nafter\n")
+    assert make_perf_tables.main(["--runs", str(out), "--doc", str(doc), "--check"]) == 1
+    assert make_perf_tables.main(["--runs", str(out), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("# page\n") and text.endswith("\n\nafter\n") and "old" not in text
+    assert f"### `{path.stem}.json` (quick dry run: not GPU figures)" in text and f"`{path.stem}.log`" in text
+    assert "| bench row | batch | samples/s | data wait | MFU | NVML busy |" in text
+    assert "| lstm/device/eager | 64 windows |" in text and "**projected** from the steady rate" in text
+    assert make_perf_tables.main(["--runs", str(out), "--doc", str(doc), "--check"]) == 0
+    assert make_perf_tables.main(["--check"]) == 0  # docs/perf.md as docs/gpu-runs/ makes it
