@@ -122,7 +122,7 @@ def test_targets_are_judged_on_a_gpu_only():
     figures = {"epoch": {"gpu_busy_pct": 93.0, "data_wait_share": 0.031, "projected_epoch_s": 4.0,
                          "epoch_time_s": 5.6},
                "bench": {"lstm_graph_device_over_dataloader": 3.4, "lstm_accum_over_single": 0.93,
-                         "transformer_mfu": 0.21, "tcn_graph_dense_over_per_window": 31.0},
+                         "transformer_mfu": 0.21, "tcn_dense_over_per_window": 31.0},
                "stream": {"streamed_data_wait_share": 0.015}}
     met = [(t["want"], t["met"]) for t in gpu_check.judge({"device": "cuda", "figures": figures})]
     # the epoch is judged on its measured time, not the projected one
@@ -170,10 +170,9 @@ def test_every_stage_command_parses_into_a_valid_config(tmp_path, device, quick)
             loaders, modes = split_list(cfg.loaders), split_list(cfg.graph_modes)
             labels = [s.label for spec in cfg.bench_models.split()
                       for s in make_setups(cfg, spec, loaders, verbose=False, modes=modes)]
-            rows = ["lstm/dataloader", "lstm/device", "lstm-accum/device", "tcn/device", "tcn/dense",
-                    "transformer/device"]
-            assert labels == [f"{r}/{m}" for r in rows for m in (("eager", "graph") if device == "cuda" else
-                                                                  ("eager",))]
+            steps = ("eager", "graph") if device == "cuda" else ("eager",)
+            both = [f"{r}/{m}" for r in ("lstm/dataloader", "lstm/device", "lstm-accum/device") for m in steps]
+            assert labels == [*both, "tcn/device/eager", "tcn/dense/eager", *[f"transformer/device/{m}" for m in steps]]
             assert cfg.num_workers == (2 if quick else 8) and cfg.batch_size == (64 if quick else 1024)
     plan = ctx.plan
     cfg = load_config([gpu_check.FULL], list({"device": device, **plan.data, **plan.sweep}.items()))
