@@ -78,6 +78,19 @@ def test_memory_full_and_headroom():
     assert mid.kind == "memory"
 
 
+def test_device_seconds_count_the_device_side_events_once():
+    """A CPU op's device time repeats its kernels': only the device-side events are summed."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from tradelib.perf.doctor import device_seconds
+
+    ev = lambda kind, us: SimpleNamespace(device_type=kind, time_range=SimpleNamespace(elapsed_us=lambda: us))
+    events = [ev(DeviceType.CPU, 900.0), ev(DeviceType.CUDA, 300.0), ev(DeviceType.CUDA, 200.0)]
+    assert device_seconds(events) == pytest.approx(500e-6)
+
+
 def test_largest_matmul_of_each_family():
     x = torch.randn(8, 16, 5)
     assert largest_matmul(build_model("mlp", 5, 16, hidden=32, layers=2), x) == (8, 80, 32)

@@ -228,7 +228,7 @@ def timed_steps(runner: Runner, seconds: float) -> dict:
 def host_and_device(runner: Runner, n: int = 5) -> tuple[float, float]:
     """CUDA: (host seconds to issue one step, GPU kernel seconds per step). Issued with the device idle and the
     source unsynchronised, a step's host time is its launches (and the host's own work); the kernels' time is
-    torch.profiler's device self time over n steps."""
+    torch.profiler's device-side events over n more steps."""
     tr, device = runner.trainer, runner.device
     ids = runner.take(2 * n)
     runner.source.begin(torch.cat(ids))  # (the seed-style DataLoader serves the announced order)
@@ -247,8 +247,15 @@ def host_and_device(runner: Runner, n: int = 5) -> tuple[float, float]:
             sync(device)
     finally:
         tr.source = timed
-    kernels = sum(getattr(e, "self_device_time_total", 0.0) for e in prof.key_averages())  # microseconds
-    return statistics.median(hosts), kernels / 1e6 / n
+    return statistics.median(hosts), device_seconds(prof.events()) / n
+
+
+def device_seconds(events) -> float:
+    """Seconds of the device-side events of a torch.profiler trace (kernels, copies, graph replays' kernels).
+    Only those: a CPU op's device time is its kernels' again, so summing every row would count them twice."""
+    from torch.autograd import DeviceType
+
+    return sum(e.time_range.elapsed_us() for e in events if e.device_type == DeviceType.CUDA) / 1e6
 
 
 def total_memory(device: torch.device) -> int | None:
