@@ -202,18 +202,15 @@ def measured_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float
 
 def peak_flops(device: torch.device, measure: bool = False, peak_tflops: float = 0.0) -> tuple[float | None, str]:
     """(peak FLOP/s, where it came from) for MFU: `peak_tflops` when the user set it (Config.peak_tflops); else
-    the chip's table figure; else, with `measure`, a matmul rate measured now (bf16 on a GPU, fp32 on the CPU);
-    else (None, why)."""
+    the chip's table figure; else, on a CPU with `measure`, an fp32 matmul rate measured now; else (None, why):
+    a GPU not in the table gets no MFU rather than one over a matmul rate that is not its peak."""
     if peak_tflops > 0:
         return peak_tflops * 1e12, f"peak_tflops: {peak_tflops:g} TFLOP/s, set by the user for {device_name(device)}"
     table, why = table_peak_flops(device)
     if table:
         return table, why
-    if not measure:
+    if not measure or device.type == "cuda":
         return None, why
-    if device.type == "cuda":
-        return (measured_matmul_flops(device, torch.bfloat16, 4096),
-                f"measured: bf16 4096x4096 matmul on this GPU ({why})")
     return (measured_matmul_flops(device, torch.float32, 1024),
             f"measured: fp32 1024x1024 matmul on this CPU ({torch.get_num_threads()} threads)")
 

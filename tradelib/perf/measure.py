@@ -403,7 +403,7 @@ def measure(setups: Sequence[Setup], steps: int = 20, warmup: int = 5, repeats: 
                 peak, peak_src = peak_flops(device, measure=True, peak_tflops=setups[0].cfg.peak_tflops)
             peak_note = untrusted_peak(peak_src, other.cores, max_other_load)
             if verbose:
-                print(f"MFU peak: {peak / 1e9:,.1f} GFLOP/s ({peak_src})"
+                print((f"MFU peak: {peak / 1e9:,.1f} GFLOP/s ({peak_src})" if peak else f"MFU n/a: {peak_src}")
                       + (f"; NOT TRUSTED: {peak_note}" if peak_note else ""))
             monitor = GpuMonitor(interval_s=monitor_interval_s, device=device, verbose=verbose).start()
             runs: list[list[dict]] = [[] for _ in runners]
