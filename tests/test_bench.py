@@ -29,6 +29,7 @@ from tradelib.perf.measure import (
 )
 
 
+@pytest.mark.slow
 def test_bench_cli_end_to_end_on_cpu(tmp_path, capsys):
     path = tmp_path / "bench.json"
     params = {"device": "cpu", "bench_models": "mlp tcn:window=16,layers=2", "synth_symbols": 3,

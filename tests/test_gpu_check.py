@@ -31,6 +31,7 @@ def dry_run(tmp_path_factory):
     return done, out, next(out.glob("*.json"), out / "missing.json")
 
 
+@pytest.mark.slow
 def test_cpu_dry_run_passes_every_stage_and_writes_one_json_and_one_log(dry_run):
     done, out, path = dry_run
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
@@ -51,6 +52,7 @@ def test_cpu_dry_run_passes_every_stage_and_writes_one_json_and_one_log(dry_run)
     assert "papermill" in result["blocked_imports"]  # the stages ran without what the GPU machine lacks
 
 
+@pytest.mark.slow
 def test_cpu_dry_run_figures_are_present_and_sane(dry_run):
     _, _, path = dry_run
     result = json.loads(path.read_text())
@@ -186,6 +188,7 @@ make_perf_tables = importlib.util.module_from_spec(_tables)
 _tables.loader.exec_module(make_perf_tables)
 
 
+@pytest.mark.slow
 def test_perf_md_tables_are_made_from_the_run_files(dry_run, tmp_path):
     """Every GPU figure of docs/perf.md traced to a file: the tables are made from the check's JSON, named by it,
     the projected epoch said to be projected, NVML busy beside MFU; the page in the repository is what its
