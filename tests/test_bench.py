@@ -29,6 +29,7 @@ from tradelib.perf.measure import (
 )
 
 
+@pytest.mark.slow
 def test_bench_cli_end_to_end_on_cpu(tmp_path, capsys):
     path = tmp_path / "bench.json"
     params = {"device": "cpu", "bench_models": "mlp tcn:window=16,layers=2", "synth_symbols": 3,
@@ -39,8 +40,10 @@ def test_bench_cli_end_to_end_on_cpu(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "samples/s" in out and str(path) in out
     records = json.loads(path.read_text())
-    assert {r["label"] for r in records} == {"mlp/dataloader", "mlp/device", "tcn/dataloader", "tcn/device",
-                                             "tcn/dense"}
+    # eager rows named as such; the graph rows need CUDA and are skipped here with the reason
+    assert {r["label"] for r in records} == {"mlp/dataloader/eager", "mlp/device/eager", "tcn/dataloader/eager",
+                                             "tcn/device/eager", "tcn/dense/eager"}
+    assert "graph rows skipped: the step graph is a CUDA graph and this runs on cpu" in out
     for r in records:
         assert set(REQUIRED_KEYS) <= set(r), set(REQUIRED_KEYS) - set(r)
         assert r["samples_per_s"] > 0 and r["it_per_s"] > 0 and r["batches_per_epoch"] > 0
@@ -51,7 +54,8 @@ def test_bench_cli_end_to_end_on_cpu(tmp_path, capsys):
         assert (r["mfu"] is not None and 0 < r["mfu"] <= 1) or (r["mfu"] is None and r["mfu_invalid_reason"]), r
         assert r["device"] == "cpu" and r["gpu_busy_pct"] is None
         assert len(r["samples_per_s_runs"]) == 2
-    by = {r["label"]: r for r in records}
+    by = {r["label"].removesuffix("/eager"): r for r in records}
+    assert all(r["mode"] == "eager" and r["graph_speedup"] is None for r in records)
     assert by["mlp/dataloader"]["num_workers"] == min(2, os.cpu_count() or 1)  # the seed's workers, capped
     assert by["mlp/device"]["speedup"] == pytest.approx(
         by["mlp/device"]["samples_per_s"] / by["mlp/dataloader"]["samples_per_s"])
@@ -66,6 +70,8 @@ def test_bench_cli_end_to_end_on_cpu(tmp_path, capsys):
 
 def test_model_specs_and_the_dense_batch_in_targets(capsys):
     assert parse_model_spec("tcn:window=64,layers=4") == ("tcn", {"window": "64", "layers": "4"})
+    assert parse_model_spec("my_pkg.nets:Net") == ("my_pkg.nets:Net", {})
+    assert parse_model_spec("my_pkg.nets:Net:window=64") == ("my_pkg.nets:Net", {"window": "64"})
     with pytest.raises(ValueError, match="NAME=VALUE"):
         parse_model_spec("tcn:window")
     setups = make_setups(Config(batch_size=1024, dense_chunk=256), "tcn:window=64,layers=4")
@@ -74,6 +80,35 @@ def test_model_specs_and_the_dense_batch_in_targets(capsys):
     assert dense.cfg.batch_size == 5 and dense.cfg.dense and dense.cfg.window == 64 and dense.cfg.layers == 4
     assert [s.loader for s in make_setups(Config(), "lstm")] == ["dataloader", "device"]
     assert "no dense mode for lstm" in capsys.readouterr().out
+    # the transformer trains dense on window-long chunks, every position a target: 1024 / 64 = 16 chunks
+    tf = {s.loader: s for s in make_setups(Config(batch_size=1024), "transformer:window=64,hidden=32,heads=4")}
+    assert tf["dense"].cfg.dense_chunk == 64 and tf["dense"].cfg.batch_size == 16
+
+
+def test_the_bench_sets_eager_and_graph_rows_of_each_loader_on_cuda():
+    """The loader's gain and the graph's apart: dataloader, dataloader + graph, device, device + graph (built for a
+    CUDA device without needing one: the setups are configurations)."""
+    base = Config(device="cuda", batch_size=64)
+    setups = make_setups(base, "lstm", ["dataloader", "device"], modes=["eager", "graph"], verbose=False)
+    assert [(s.label, s.mode) for s in setups] == [("lstm/dataloader/eager", "eager"),
+                                                   ("lstm/dataloader/graph", "graph"),
+                                                   ("lstm/device/eager", "eager"), ("lstm/device/graph", "graph")]
+    assert [str(s.cfg.cuda_graphs).lower() for s in setups] == ["false", "true", "false", "true"]
+    # a spec that sets the graph itself keeps it
+    own = make_setups(base, "lstm:cuda_graphs=true", ["device"], modes=["eager", "graph"], verbose=False)
+    assert [s.label for s in own] == ["lstm/device/graph"]
+    with pytest.raises(ValueError, match="unknown step mode"):
+        make_setups(base, "lstm", ["device"], modes=["compiled"])
+
+
+def test_ratios_are_taken_within_a_step_mode_and_graph_over_eager_per_loader():
+    rec = lambda loader, mode, sps: {"group": "g", "loader": loader, "mode": mode, "samples_per_s": sps,
+                                     "samples_per_s_runs": [sps]}
+    records = [rec("dataloader", "eager", 100.0), rec("dataloader", "graph", 150.0), rec("device", "eager", 300.0),
+               rec("device", "graph", 900.0)]
+    add_ratios(records)
+    assert [r["speedup"] for r in records] == [None, None, 3.0, 6.0]  # the loader's gain, eager and under the graph
+    assert [r["graph_speedup"] for r in records] == [None, 1.5, None, 3.0]  # the graph's gain, per loader
 
 
 def test_ratios_pair_each_loader_with_its_baseline_within_a_group():
@@ -84,6 +119,57 @@ def test_ratios_pair_each_loader_with_its_baseline_within_a_group():
     add_ratios(records)
     assert [r["speedup"] for r in records] == [None, 4.0, None, 1.5, 2.0]
     assert records[3]["ratios"]["device/dataloader_runs"] == [1.5, 1.5]
+
+
+# real torch.cuda.get_device_name strings, with their total memory as torch reports it (bytes), and the dense
+# bf16/fp16 peak each must get (TFLOP/s), or None: not matched, MFU n/a with the reason
+DEVICES = [
+    ("NVIDIA H100 80GB HBM3", 85_520_809_984, 989.5),  # SXM
+    ("NVIDIA H100 PCIe", 85_520_809_984, 756.5),
+    ("NVIDIA H100 NVL", 100_485_038_080, 835.5),
+    ("NVIDIA H200", 150_754_820_096, 989.5),
+    ("NVIDIA A100-SXM4-80GB", 85_198_045_184, 312),
+    ("NVIDIA A100-SXM4-40GB", 42_505_273_344, 312),
+    ("NVIDIA A100-PCIE-40GB", 42_505_273_344, 312),
+    ("NVIDIA A100 80GB PCIe", 85_198_045_184, 312),
+    ("NVIDIA L4", 23_580_639_232, 121),
+    ("NVIDIA L40S", 47_697_362_944, 362.05),
+    ("NVIDIA L40", 47_697_362_944, 181.05),
+    ("NVIDIA GeForce RTX 4090", 25_386_352_640, 165.2),
+    ("NVIDIA GeForce RTX 5090", 34_190_458_880, 209.5),
+    ("NVIDIA RTX 6000 Ada Generation", 51_527_024_640, 364.2),
+    ("NVIDIA A10", 23_836_098_560, 125),
+    ("NVIDIA B200", 191_537_037_312, 2250),
+    ("Tesla T4", 15_828_320_256, 65),
+    ("Tesla V100-SXM2-16GB", 16_935_682_048, 125),
+    ("Tesla V100-PCIE-32GB", 34_089_730_048, 112),
+    ("NVIDIA A10G", 23_836_098_560, None),  # AWS's card: no vendor datasheet gives its tensor peak
+    ("NVIDIA GeForce RTX 4090 D", 25_386_352_640, None),  # a cut-down 4090: not the 4090's peak
+    ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", 5_100_000_000, None),  # a partition: a seventh of the chip
+    ("NVIDIA A100-SXM4-80GB", 42_505_273_344, None),  # the name and the memory disagree
+]
+
+
+@pytest.mark.parametrize("name,memory,tflops", DEVICES)
+def test_the_mfu_peak_is_the_exact_cards(name, memory, tflops):
+    from tradelib.hardware import lookup_peak
+
+    peak, source = lookup_peak(name, memory)
+    if tflops is None:
+        assert peak is None and "peak_tflops" in source and repr(name) in source
+    else:
+        assert peak == pytest.approx(tflops * 1e12) and source.startswith(f"table: {name}, dense")
+        assert "datasheet" in source or "whitepaper" in source
+
+
+def test_the_user_peak_wins_and_no_peak_gives_no_mfu():
+    from tradelib.hardware import mfu, peak_flops
+
+    peak, source = peak_flops(torch.device("cpu"), peak_tflops=2.5)
+    assert peak == 2.5e12 and source.startswith("peak_tflops: 2.5 TFLOP/s, set by the user")
+    assert peak_flops(torch.device("cpu"))[0] is None
+    assert mfu(1000.0, None, 1e12) is None and mfu(1000.0, 1e6, None) is None
+    assert mfu(1000.0, 1e6, 1e12) == pytest.approx(1e-3)
 
 
 def test_monitor_is_off_without_a_gpu_and_says_so_once(monkeypatch, capsys):

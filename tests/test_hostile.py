@@ -312,7 +312,7 @@ def test_prices_and_volumes_of_any_scale_keep_the_same_rows_and_features(msft, a
     ("lr", "inf", "finite"), ("lr", "0", "> 0"), ("batch_size", "-5", ">= 1"), ("batch_size", "0", ">= 1"),
     ("grad_accum_steps", "-2", ">= 1"), ("grad_accum_steps", "0", ">= 1"), ("epochs", "0", ">= 1"),
     ("epochs", "-1", ">= 1"), ("precision", "fp8", "auto | fp32 | bf16"), ("dropout", "1", "< 1"),
-    ("train_frac", "0", "> 0"), ("val_frac", "1.5", "< 1"), ("model", "transformer", "mlp | lstm"),
+    ("train_frac", "0", "> 0"), ("val_frac", "1.5", "< 1"), ("model", "transformer9000", "mlp | lstm"),
     ("loader", "gpu", "device | stream | dataloader"), ("lr_scaling", "cubic", "none | linear | sqrt"),
     ("position_mode", "kelly", "sign | scaled"), ("device", "gpu0", "cuda:N"), ("date_format", "dd/mm", "strftime"),
     ("loaders", "gpu", "device, dataloader, dense"), ("batch_sizes", "0,64", "sizes >= 1"),

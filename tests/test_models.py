@@ -1,5 +1,10 @@
+import json
+import re
+
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from tradelib.train.models import MODELS, build_model, n_params, training_flops_per_sample
 
@@ -64,10 +69,171 @@ def test_every_model_at_initialisation_depends_on_its_input(name):
             assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias))
 
 
-def test_config_model_choices_are_the_models():
+def test_config_model_names_are_the_models_and_a_user_class():
     import dataclasses
 
-    from tradelib.config import Config
+    from tradelib.config import Config, ConfigError
 
     field = next(f for f in dataclasses.fields(Config) if f.name == "model")
-    assert field.metadata["choices"] == MODELS
+    named = field.metadata["pattern"].split("|")[: len(MODELS)]
+    assert tuple(named) == MODELS
+    assert re.fullmatch(field.metadata["pattern"], "my_pkg.nets:Net")
+    Config(model="my_pkg.nets:Net")
+    with pytest.raises(ConfigError, match="package.module:Class"):
+        Config(model="transformer9000")
+
+
+def counted_flops(fn, x: torch.Tensor) -> float:
+    """torch's own count (the math attention kernel: the CPU's fused one is not counted)."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn(x)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_transformer_flops_match_torchs_counter(positions):
+    model = build_model("transformer", 12, 32, hidden=64, layers=3, heads=4, positions=positions)
+    x = torch.randn(3, 32, 12)
+    assert model.flops_per_sample() == pytest.approx(counted_flops(model, x) / 3, rel=0.03)
+    # dense: a window-long chunk's FLOPs shared among its 32 trained positions
+    assert model.flops_per_sample(dense=True) == pytest.approx(counted_flops(model.forward_dense, x) / (3 * 32),
+                                                               rel=0.03)
+    assert training_flops_per_sample(model) == 3 * model.flops_per_sample()
+
+
+@pytest.mark.parametrize("name", ["mlp", "tcn"])
+def test_built_in_flops_match_torchs_counter(name):
+    """The models whose kernels torch's counter sees (it does not count the fused LSTM/GRU kernels); the TCN's
+    per-window forward pays its whole receptive field (its causal padding's zeros counted by torch: within 10%)."""
+    model = build_model(name, 5, 32, hidden=16, layers=2)
+    x = torch.randn(4, 32, 5)
+    assert model.flops_per_sample() == pytest.approx(counted_flops(model, x) / 4, rel=0.1)
+
+
+def test_transformer_is_causal_and_dense_is_the_window_forward():
+    torch.manual_seed(0)
+    model = build_model("transformer", 4, 16, hidden=32, layers=2, heads=4).eval()
+    x = torch.randn(2, 16, 4)
+    dense = model.forward_dense(x)
+    torch.testing.assert_close(dense[:, -1], model(x))
+    y = x.clone()
+    y[:, 10:] += 1.0  # the future of position 9
+    torch.testing.assert_close(model.forward_dense(y)[:, :10], dense[:, :10])
+    assert not torch.allclose(model.forward_dense(y)[:, 10:], dense[:, 10:])
+    assert model.receptive_field == 1 and model.max_chunk == 16
+    with pytest.raises(ValueError, match="dense_chunk"):
+        model.forward_dense(torch.randn(1, 17, 4))
+    with pytest.raises(ValueError, match="multiple of heads"):
+        build_model("transformer", 4, 16, hidden=30, layers=1, heads=4)
+
+
+def test_transformer_runs_in_bf16_autocast():
+    model = build_model("transformer", 4, 16, hidden=32, layers=1, heads=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(3, 16, 4))
+    out.float().sum().backward()
+    assert out.shape == (3,) and all(p.grad is not None for p in model.parameters())
+
+
+def test_the_gpu_sized_transformer_projection():
+    """The bench's transformer (window 64, hidden 512, 4 layers) on full.yaml's features: about 1.6 GFLOP a window
+    forward, 4.9 training; the projection in docs/perf.md is computed from this count."""
+    model = build_model("transformer", 12, 64, hidden=512, layers=4, heads=8)
+    assert 1.6e9 < model.flops_per_sample() < 1.7e9
+    assert 4.8e9 < training_flops_per_sample(model) < 5.1e9
+
+
+USER_MODULE = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, n_features, window, cfg):
+        super().__init__()
+        self.lin = nn.Linear(n_features * window, cfg.hidden)
+        self.out = nn.Linear(cfg.hidden, 1)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.lin(x.flatten(1)))).squeeze(-1)
+
+    def flops_per_sample(self, dense=False):
+        return 2.0 * (self.lin.in_features * self.lin.out_features + self.lin.out_features)
+
+
+class NoCfg(nn.Module):
+    def __init__(self, n_features, window):
+        super().__init__()
+        self.lin = nn.Linear(n_features, 1)
+
+    def forward(self, x):
+        return self.lin(x[:, -1]).squeeze(-1)
+
+
+class Wrong(nn.Module):
+    def __init__(self, n_features, window):
+        super().__init__()
+        self.lin = nn.Linear(n_features, 1)
+
+    def forward(self, x):
+        return self.lin(x)
+"""
+
+
+def test_a_user_model_by_import_path(tmp_path, monkeypatch):
+    from tradelib.config import Config
+    from tradelib.train.models import model_for
+
+    (tmp_path / "mine_models_a.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = Config(model="mine_models_a:Net", hidden=7, window=8)
+    model = model_for(cfg, 3)
+    assert model.lin.out_features == 7 and model(torch.randn(5, 8, 3)).shape == (5,)
+    assert training_flops_per_sample(model) == 3 * 2.0 * (24 * 7 + 7)
+    plain = build_model("mine_models_a:NoCfg", 3, 8)
+    assert training_flops_per_sample(plain) is None  # MFU n/a for it
+    with pytest.raises(ValueError, match=r"gave \(2, 8, 1\); the protocol is"):
+        build_model("mine_models_a:Wrong", 3, 8)
+    with pytest.raises(ValueError, match="no nn.Module subclass named 'Absent'"):
+        build_model("mine_models_a:Absent", 3, 8)
+    with pytest.raises(ValueError, match="cannot import 'nowhere_to_be_found'"):
+        build_model("nowhere_to_be_found:Net", 3, 8)
+
+
+def test_a_user_model_trains_checkpoints_resumes_and_reports_like_a_built_in(tmp_path, monkeypatch, outputs):
+    """`model: package.module:Class` through the run: interrupted at step 5 and resumed, it ends bit for bit where
+    one uninterrupted run ends (CPU); the checkpoint and summary.json hold the import path (a string); the report
+    is built; resuming with another model is refused."""
+    from tradelib.config import Config
+    from tradelib.report.report import build_report
+    from tradelib.train import checkpoint
+    from tradelib.train.run import TrainingRun, train
+
+    from .conftest import TINY
+
+    (tmp_path / "mine_models_b.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = lambda run_id, **kw: Config(**{**TINY, "model": "mine_models_b:Net", "hidden": 8, "max_steps": 12,
+                                         "run_id": run_id, **kw})
+    whole = train(cfg("mine-whole"), progress=False)
+    assert whole.summary["model"] == "mine_models_b:Net" and whole.summary["optimizer_steps"] == 12
+    assert whole.summary["flops_per_sample"] == 3 * 2.0 * (16 * whole.fs.n_features * 8 + 8)
+    run = TrainingRun(cfg("mine-cut"), progress=False)
+
+    def interrupt(t: TrainingRun) -> None:
+        if t.step == 5:
+            raise KeyboardInterrupt
+
+    run.on_step = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        run.fit()
+    ck = checkpoint.load(outputs / "mine-cut" / "checkpoints" / "step-5.pt")
+    assert ck["config"]["model"] == "mine_models_b:Net"
+    resumed = train(cfg("mine-cut", resume=True), progress=False)
+    last = lambda run_id: checkpoint.load(outputs / run_id / "checkpoints" / "last.pt")["model"]
+    a, b = last("mine-whole"), last("mine-cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    build_report(resumed.run_dir)
+    assert json.loads((resumed.run_dir / "report.json").read_text())
+    with pytest.raises(ValueError, match="model"):
+        train(cfg("mine-cut", resume=True, model="mlp", max_steps=20), progress=False)

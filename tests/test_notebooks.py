@@ -70,8 +70,8 @@ def test_train_notebook_from_repo_root_with_papermill_cli(tmp_path, outputs):
 
 
 def test_pipeline_runs_all_notebooks_and_renders_the_report(outputs):
-    res = subprocess.run([sys.executable, "-m", "tradelib", "pipeline", "-f", TINY_PARAMS, "-p", "run_id", "pipe"],
-                         cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "tradelib", "pipeline", "-f", TINY_PARAMS, "-p", "run_id", "pipe",
+                          "-p", "doctor_seconds", "1"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     run = outputs / "pipe"
     for name in ("01_data_cleaning", "02_profiling", "03_train", "04_report"):

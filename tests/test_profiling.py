@@ -11,6 +11,7 @@ from tradelib.perf.profiling import SWEEP_COLUMNS, StepProbe, batch_size_sweep, 
 from tradelib.train.run import train
 
 
+@pytest.mark.slow
 def test_batch_size_sweep(tiny_cfg):
     df = batch_size_sweep(tiny_cfg.replace(steps=2, warmup=1, loaders="device,dataloader"), [32, 128])
     assert list(df.columns) == SWEEP_COLUMNS
@@ -33,6 +34,7 @@ def test_profile_step_writes_a_trace_and_a_top_ops_table(tiny_cfg, tmp_path):
     assert df["self_cpu_ms"].is_monotonic_decreasing
 
 
+@pytest.mark.slow
 def test_find_max_batch_on_cpu_respects_its_budget(tiny_cfg):
     cfg = tiny_cfg.replace(model="mlp")
     probe = StepProbe(cfg)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check, as one command from a bare machine (no install: tradelib is imported from this checkout).
-#   bash tools/gpu_check.sh OUTDIR                        # on the GPU machine: about 6 minutes, at most 8
+#   bash tools/gpu_check.sh                               # on the GPU machine: about 7 minutes, at most 8
 #   bash tools/gpu_check.sh OUTDIR --device cpu --quick   # the CPU dry run (tests/test_gpu_check.py runs it)
-# Writes OUTDIR/gpu_check.json and OUTDIR/gpu_check.log; `python tools/gpu_check.py --help` for the options.
+# Writes OUTDIR (default docs/gpu-runs)/<date>-<device>-<commit>.{json,log}; `python tools/gpu_check.py --help` for the options.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

@@ -1,4 +1,4 @@
-"""`tradelib COMMAND` (or `python -m tradelib COMMAND`): prepare, train, pipeline, sweep, report, bench.
+"""`tradelib COMMAND` (or `python -m tradelib COMMAND`): prepare, train, pipeline, sweep, report, bench, doctor.
 
 Every failure ends with one line on stderr, `error: ...`, naming the file or parameter and what to do, and an
 exit code: 2 for bad input or an unusable environment (a parameter, a data file, a damaged cache, a busy run
@@ -76,6 +76,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from tradelib.perf.doctor import doctor_command
+
+    return doctor_command(args)
+
+
 def nearest(word: str, names) -> str | None:
     """The name a typo most likely meant: one it starts, else the closest by spelling."""
     names = sorted(set(names))
@@ -150,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="training throughput: seed-style DataLoader vs device loader vs dense")
     bench.add_bench_args(p)
     p.set_defaults(func=bench.bench_command)
+    p = sub.add_parser("doctor", help="about doctor_seconds of this configuration on this device, then what limits "
+                                      "it (input, launches, compute, memory) and the change that would help")
+    p.add_argument("--json", default=None, help="also write the measured figures and the verdict to this file")
+    add_param_args(p, ("data", "features", "model", "training", "system", "measure"))
+    p.set_defaults(func=cmd_doctor)
     parser.commands = dict(sub.choices)
     return parser
 

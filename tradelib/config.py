@@ -95,13 +95,19 @@ class Config:
     fold_window: str = knob("expanding", "walk-forward training window: expanding (from the start of the data) or "
                             "rolling (the first fold's length)", "features", choices=("expanding", "rolling"))
     # model
-    model: str = knob("lstm", "mlp | lstm | gru | tcn", "model", choices=("mlp", "lstm", "gru", "tcn"))
+    model: str = knob("lstm", "mlp | lstm | gru | tcn | transformer, or your own class as package.module:Class "
+                      "(importable from the working directory or PYTHONPATH; the protocol: tradelib/train/models.py)",
+                      "model", pattern=r"mlp|lstm|gru|tcn|transformer|[A-Za-z_][\w.]*:[A-Za-z_]\w*",
+                      allowed="mlp | lstm | gru | tcn | transformer | package.module:Class")
     hidden: int = knob(64, "hidden width / channels", "model", lo=1)
     layers: int = knob(2, "recurrent layers, MLP hidden layers, or TCN blocks", "model", lo=1)
     dropout: float = knob(0.0, "dropout probability between layers", "model", lo=0, hi=1, hi_open=True)
     init_gain: float = knob(0.5, "xavier gain of the weights (the seed's 0.5)", "model", lo=0, lo_open=True,
                             finite=True)
     output_clip: float = knob(0.0, "clip predictions to +-output_clip (0: off)", "model", lo=0, finite=True)
+    heads: int = knob(8, "transformer: attention heads (hidden must be a multiple)", "model", lo=1)
+    positions: str = knob("learned", "transformer: learned | sinusoidal position embeddings", "model",
+                          choices=("learned", "sinusoidal"))
     # training
     batch_size: int = knob(256, "micro-batch size (windows; chunks with dense)", "training", lo=1)
     grad_accum_steps: int = knob(1, "micro-batches per optimizer step", "training", lo=1)
@@ -176,12 +182,18 @@ class Config:
                             "hundreds (on an H200 3.3x the eager LSTM at batch 1024): auto (wherever it is allowed: "
                             "one CUDA process) | true | false", "system", resume=True,
                             choices=("auto", "true", "false"))
+    peak_tflops: float = knob(0.0, "MFU: the device's dense bf16/fp16 peak in TFLOP/s, for a card not in "
+                              "hardware.PEAKS (0: from that table)", "system", lo=0, finite=True, resume=True)
     # measure: the timed steps of 02_profiling's sweep and of `tradelib bench`
     loaders: str = knob("device,dataloader,dense", "comma list of loaders to measure: device, dataloader (the "
                         "seed's pipeline), dense (causal models only), stream (streamed through stream_budget)",
                         "measure", pattern=r"\s*(device|dataloader|dense|stream)"
                                            r"([\s,]+(device|dataloader|dense|stream))*\s*",
                         allowed="a comma list of device, dataloader, dense, stream")
+    graph_modes: str = knob("eager,graph", "bench: comma list of step modes measured for each loader: eager (the "
+                            "step's kernels launched one by one) and graph (the step graph, cuda_graphs true; CUDA "
+                            "only, skipped elsewhere with the reason)", "measure",
+                            pattern=r"\s*(eager|graph)([\s,]+(eager|graph))*\s*", allowed="eager, graph or eager,graph")
     steps: int = knob(20, "timed optimizer steps per configuration and repetition", "measure", lo=1)
     warmup: int = knob(5, "untimed steps before each timed stretch (worker start-up, compilation)", "measure",
                        lo=0)
@@ -190,6 +202,8 @@ class Config:
     max_other_load: float = knob(0.1, "a CPU peak FLOP/s measured while other processes kept more than this share "
                                  "of the cores busy is not trusted: MFU is flagged invalid, not reported", "measure",
                                  lo=0, hi=1)
+    doctor_seconds: float = knob(30.0, "tradelib doctor: seconds of timed training steps before the verdict",
+                                 "measure", lo=0, lo_open=True, finite=True)
     # profile: 02_profiling only
     batch_sizes: str = knob("64,256,1024", "comma list of micro-batch sizes to sweep (windows; chunks for dense)",
                             "profile", pattern=r"\s*[1-9]\d*([\s,]+[1-9]\d*)*\s*",
@@ -200,7 +214,8 @@ class Config:
     cpu_budget_mb: int = knob(256, "CPU only: the largest-batch search bounds one step's tensor memory by this",
                               "profile", lo=1)
     # bench: `tradelib bench` only
-    bench_models: str = knob("lstm tcn:window=64,layers=4", "space-separated model specs NAME or "
+    bench_models: str = knob("lstm tcn:window=64,layers=4 transformer:window=64,hidden=512,layers=4,heads=8",
+                             "space-separated model specs NAME or "
                              "NAME:key=value,... measured side by side (a spec's loaders=a+b: its own loaders)",
                              "bench")
     dense_batch: int = knob(0, "chunks per dense batch (0: as many as make batch_size trained targets)", "bench",

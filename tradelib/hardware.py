@@ -9,11 +9,53 @@ import os
 import resource
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
-# dense bf16 tensor-core peaks (FLOP/s) by a substring of the device name
-PEAK_FLOPS = {"h200": 989e12, "h100": 989e12, "a100": 312e12, "l4": 121e12, "4090": 165e12, "5090": 209e12}
+
+@dataclass(frozen=True)
+class Peak:
+    """One card's dense (no sparsity) bf16/fp16 tensor-core peak, FP32 accumulate, as its vendor datasheet gives
+    it; `memory_gb` (decimal GB, as the datasheet) tells apart the variants a name alone does not, and a partition
+    or a variant whose memory is far from it is not matched."""
+
+    tflops: float
+    memory_gb: float
+    source: str
+
+
+# keyed on the exact torch.cuda.get_device_name string (never a substring: "NVIDIA L4" is not "NVIDIA L40S")
+H100_DS = "NVIDIA H100 datasheet"
+PEAKS: dict[str, Peak] = {
+    "NVIDIA B200": Peak(2250, 180, "NVIDIA HGX B200 datasheet (4.5 PFLOPS sparse per GPU)"),
+    "NVIDIA H200": Peak(989.5, 141, "NVIDIA H200 datasheet, SXM (1,979 sparse)"),
+    "NVIDIA H200 NVL": Peak(835.5, 141, "NVIDIA H200 datasheet, NVL (1,671 sparse)"),
+    "NVIDIA H100 80GB HBM3": Peak(989.5, 80, f"{H100_DS}, SXM (1,979 sparse)"),
+    "NVIDIA H100 PCIe": Peak(756.5, 80, f"{H100_DS}, PCIe (1,513 sparse)"),
+    "NVIDIA H100 NVL": Peak(835.5, 94, f"{H100_DS}, NVL (1,671 sparse)"),
+    "NVIDIA A100-SXM4-40GB": Peak(312, 40, "NVIDIA A100 datasheet, SXM 40GB (624 sparse)"),
+    "NVIDIA A100-SXM4-80GB": Peak(312, 80, "NVIDIA A100 datasheet, SXM 80GB (624 sparse)"),
+    "NVIDIA A100-PCIE-40GB": Peak(312, 40, "NVIDIA A100 datasheet, PCIe 40GB (624 sparse)"),
+    "NVIDIA A100 80GB PCIe": Peak(312, 80, "NVIDIA A100 datasheet, PCIe 80GB (624 sparse)"),
+    "NVIDIA A10": Peak(125, 24, "NVIDIA A10 datasheet (250 sparse)"),
+    "NVIDIA L4": Peak(121, 24, "NVIDIA L4 datasheet (242 sparse)"),
+    "NVIDIA L40": Peak(181.05, 48, "NVIDIA L40 datasheet (362.1 sparse)"),
+    "NVIDIA L40S": Peak(362.05, 48, "NVIDIA L40S datasheet (733 sparse)"),
+    "NVIDIA RTX 6000 Ada Generation": Peak(364.2, 48, "NVIDIA Ada Lovelace architecture whitepaper (728.5 sparse)"),
+    "NVIDIA GeForce RTX 4090": Peak(165.2, 24, "NVIDIA Ada Lovelace architecture whitepaper, FP32 accumulate "
+                                              "(330.4 sparse)"),
+    "NVIDIA GeForce RTX 5090": Peak(209.5, 32, "NVIDIA RTX Blackwell GPU architecture whitepaper, FP32 accumulate "
+                                              "(419 sparse)"),
+    "NVIDIA GeForce RTX 3090": Peak(71, 24, "NVIDIA Ampere GA102 whitepaper, FP32 accumulate (142 sparse)"),
+    "Tesla T4": Peak(65, 16, "NVIDIA T4 datasheet, FP16 mixed precision (no bf16)"),
+    "Tesla V100-SXM2-16GB": Peak(125, 16, "NVIDIA V100 datasheet, SXM2 FP16 tensor (no bf16)"),
+    "Tesla V100-SXM2-32GB": Peak(125, 32, "NVIDIA V100 datasheet, SXM2 FP16 tensor (no bf16)"),
+    "Tesla V100-PCIE-16GB": Peak(112, 16, "NVIDIA V100 datasheet, PCIe FP16 tensor (no bf16)"),
+    "Tesla V100-PCIE-32GB": Peak(112, 32, "NVIDIA V100 datasheet, PCIe FP16 tensor (no bf16)"),
+    "Tesla V100S-PCIE-32GB": Peak(130, 32, "NVIDIA V100S datasheet, FP16 tensor (no bf16)"),
+}
+MEMORY_TOLERANCE = 0.15  # torch reports the usable bytes (GiB-rounded by the driver), the datasheet decimal GB
 
 
 def pick_device(name: str = "auto", verbose: bool = True) -> torch.device:
@@ -139,12 +181,27 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def table_peak_flops(device: torch.device) -> float | None:
-    """The chip's dense bf16 peak from PEAK_FLOPS; None for a CPU or a chip not in the table."""
+def lookup_peak(name: str, memory_bytes: int | None) -> tuple[float | None, str]:
+    """(dense bf16/fp16 peak FLOP/s, its source) for a device name as torch.cuda.get_device_name gives it, and
+    its total memory; (None, why) for a name not in PEAKS or a memory the datasheet's variant does not have
+    (a MIG partition reports another name, and is not matched either)."""
+    peak = PEAKS.get(name.strip())
+    if peak is None:
+        return None, (f"{name!r} is not in hardware.PEAKS (matched on the exact device name): set peak_tflops to "
+                      f"its dense bf16 peak in TFLOP/s from its datasheet")
+    if memory_bytes:
+        gb = memory_bytes / 1e9
+        if abs(gb - peak.memory_gb) > MEMORY_TOLERANCE * peak.memory_gb:
+            return None, (f"{name!r} reports {gb:.0f} GB of memory, the datasheet's card {peak.memory_gb:g} GB: "
+                          f"another variant or a partition; set peak_tflops to its dense bf16 peak in TFLOP/s")
+    return peak.tflops * 1e12, f"table: {name}, dense bf16/fp16 tensor peak {peak.tflops:g} TFLOP/s ({peak.source})"
+
+
+def table_peak_flops(device: torch.device) -> tuple[float | None, str]:
+    """The chip's dense peak from PEAKS, by its exact name and memory; (None, why) for a CPU or a chip not in it."""
     if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device).lower()
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+        return None, f"no peak table for {device.type}"
+    return lookup_peak(torch.cuda.get_device_name(device), torch.cuda.get_device_properties(device).total_memory)
 
 
 def measured_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024,
@@ -165,21 +222,22 @@ def measured_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float
     return best
 
 
-def peak_flops(device: torch.device, measure: bool = False) -> tuple[float | None, str]:
-    """(peak FLOP/s, where it came from) for MFU: the chip's table figure; else, with `measure`, a matmul
-    rate measured now (bf16 on a GPU, fp32 on the CPU); else (None, why)."""
-    table = table_peak_flops(device)
+def peak_flops(device: torch.device, measure: bool = False, peak_tflops: float = 0.0) -> tuple[float | None, str]:
+    """(peak FLOP/s, where it came from) for MFU: `peak_tflops` when the user set it (Config.peak_tflops); else
+    the chip's table figure; else, on a CPU with `measure`, an fp32 matmul rate measured now; else (None, why):
+    a GPU not in the table gets no MFU rather than one over a matmul rate that is not its peak."""
+    if peak_tflops > 0:
+        return peak_tflops * 1e12, f"peak_tflops: {peak_tflops:g} TFLOP/s, set by the user for {device_name(device)}"
+    table, why = table_peak_flops(device)
     if table:
-        return table, f"table: dense bf16 peak of {torch.cuda.get_device_name(device)}"
-    if not measure:
-        return None, f"no peak known for {device_name(device)}"
-    if device.type == "cuda":
-        return (measured_matmul_flops(device, torch.bfloat16, 4096),
-                "measured: bf16 4096x4096 matmul on this GPU (chip not in the peak table)")
+        return table, why
+    if not measure or device.type == "cuda":
+        return None, why
     return (measured_matmul_flops(device, torch.float32, 1024),
             f"measured: fp32 1024x1024 matmul on this CPU ({torch.get_num_threads()} threads)")
 
 
-def mfu(samples_per_s: float, flops_per_sample: float, peak: float | None) -> float | None:
-    """Model-FLOP utilisation: achieved training FLOP/s over the peak (None without a peak)."""
-    return samples_per_s * flops_per_sample / peak if peak else None
+def mfu(samples_per_s: float, flops_per_sample: float | None, peak: float | None) -> float | None:
+    """Model-FLOP utilisation: achieved training FLOP/s over the peak (None without a peak or a FLOP count: a
+    model of the user's that gives no flops_per_sample)."""
+    return samples_per_s * flops_per_sample / peak if peak and flops_per_sample else None

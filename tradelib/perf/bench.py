@@ -1,4 +1,6 @@
-"""`tradelib bench`: the seed's DataLoader pipeline, the device loader and dense chunks, side by side.
+"""`tradelib bench`: the seed's DataLoader pipeline, the device loader and dense chunks, side by side, each with
+the step's kernels launched one by one (eager) and, on CUDA, replayed as the step graph (graph), so the loader's
+gain and the graph's are seen apart.
 
 Same data, same model, same global batch, one process, measured by measure.py (interleaved repetitions,
 untimed warm-up, medians). Every knob is a Config parameter (-f FILE, -p NAME VALUE): the models measured
@@ -22,13 +24,16 @@ from tradelib.paths import outputs_dir, write_bytes
 from tradelib.perf.measure import format_table, invalid_lines, make_setups, measure, speedup_lines, split_list
 
 
-def run_bench(cfg: Config, json_path: str | Path | None = None, verbose: bool = True) -> list[dict]:
-    """Measure every (model spec, loader) configuration of `cfg` on the same data and global batch; print a
-    table and write the records as JSON (default outputs/bench/bench-<timestamp>.json). Returns the records."""
+def run_bench(cfg: Config, json_path: str | Path | None = None, verbose: bool = True, modes: bool = True
+              ) -> list[dict]:
+    """Measure every (model spec, loader, step mode of graph_modes) configuration of `cfg` on the same data and
+    global batch (`modes=False`: the config's own step, labelled NAME/LOADER); print a table and write the
+    records as JSON (default outputs/bench/bench-<timestamp>.json). Returns the records."""
     cfg = cfg.replace(device=str(pick_device(cfg.device, verbose=verbose)))
     loaders = split_list(cfg.loaders)
+    steps = split_list(cfg.graph_modes) if modes else None
     setups = [s for spec in cfg.bench_models.split() for s in make_setups(cfg, spec, loaders, cfg.dense_batch,
-                                                                            verbose=verbose)]
+                                                                            verbose=verbose, modes=steps)]
     if not setups:
         raise ValueError("nothing to measure: no (model, loader) configuration applies")
     records = measure(setups, cfg.steps, cfg.warmup, cfg.repeats, verbose=verbose,
@@ -71,5 +76,8 @@ def bench_command(args: argparse.Namespace) -> int:
         write_bytes(json.dumps(result, indent=1).encode(), path)
         print(f"wrote {path}")
         return 0
-    run_bench(cfg.replace(loaders="device,stream") if args.stream else cfg, args.json)
+    if args.stream:  # resident against streamed, each with the config's own step
+        run_bench(cfg.replace(loaders="device,stream"), args.json, modes=False)
+    else:
+        run_bench(cfg, args.json)
     return 0

@@ -30,15 +30,16 @@ from tradelib.data import cache, dataset
 from tradelib.data.features import FeatureSet
 from tradelib.hardware import device_name, mfu, peak_flops, pick_device, resolved_precision, sync, torch_flags
 from tradelib.monitor import GpuMonitor
-from tradelib.train.models import model_for, n_params
+from tradelib.train.models import MODELS, USER_MODEL, model_for, n_params, training_flops_per_sample
 from tradelib.train.sources import Batch, BatchSource
 from tradelib.train.stream import make_sources, min_budget, resident_bytes
 from tradelib.train.trainer import Trainer, seed_everything
 
 LOADERS = ("dataloader", "device", "dense", "stream")
+MODES = ("eager", "graph")  # the step's kernels launched one by one, or the step graph replayed (cuda_graphs)
 REQUIRED_KEYS = ("loader", "model", "batch_size", "samples_per_s", "data_wait_share", "it_per_s",
                  "batches_per_epoch", "peak_mem_bytes", "mfu", "device")
-# (faster, baseline) pairs whose samples/s ratio is reported
+# (faster, baseline) pairs of loaders whose samples/s ratio is reported, within one step mode
 RATIOS = {"device/dataloader": ("device", "dataloader"), "dense/per_window": ("dense", "device"),
           "stream/resident": ("stream", "device")}
 
@@ -47,25 +48,33 @@ RATIOS = {"device/dataloader": ("device", "dataloader"), "dense/per_window": ("d
 @dataclass
 class Setup:
     """One configuration to measure: a label, the loader kind, the full run config, the model spec it came
-    from, and the group whose members are compared as ratios (one model spec, or one batch size of a sweep)."""
+    from, the group whose members are compared as ratios (one model spec, or one batch size of a sweep), and the
+    step mode asked for (eager, graph, or "" for what the config says)."""
 
     label: str
     loader: str  # dataloader | device | dense | stream
     cfg: Config
     spec: str  # e.g. "tcn:window=64,layers=4"
     group: str
+    mode: str = ""
 
 
 def parse_model_spec(spec: str) -> tuple[str, dict]:
-    """'tcn:window=64,layers=4' -> ('tcn', {'window': '64', 'layers': '4'}): a model and its config overrides."""
-    name, _, rest = spec.partition(":")
+    """'tcn:window=64,layers=4' -> ('tcn', {'window': '64', 'layers': '4'}): a model and its config overrides.
+    A model of the user's keeps its class: 'mypkg.nets:Net:window=64' -> ('mypkg.nets:Net', {'window': '64'})."""
+    user = USER_MODEL.match(spec.strip())
+    if user and spec.strip()[user.end():user.end() + 1] in ("", ":") and user.group(0).split(":")[0] not in MODELS:
+        name, rest = user.group(0), spec.strip()[user.end():].removeprefix(":")
+    else:
+        name, _, rest = spec.partition(":")
+        name = name.strip().lower()
     overrides = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"model spec {spec!r}: expected NAME=VALUE after ':', got {item!r}")
         overrides[key.strip()] = value.strip()
-    return name.strip().lower(), overrides
+    return name.strip(), overrides
 
 
 def split_list(text: str | int) -> list[str]:
@@ -73,36 +82,61 @@ def split_list(text: str | int) -> list[str]:
     return [s for s in str(text).replace(",", " ").split() if s]
 
 
+def with_graphs(cfg: Config, on: bool) -> Config:
+    """`cfg` with the step graph asked for or not, in the words Config reads (a bool or auto|true|false)."""
+    return Config.from_dict({**cfg.to_dict(), "cuda_graphs": "true" if on else "false"})
+
+
 def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], dense_batch: int = 0,
-                group: str | None = None, verbose: bool = True) -> list[Setup]:
+                group: str | None = None, verbose: bool = True, modes: Sequence[str] | None = None) -> list[Setup]:
     """The configurations of one model spec (a spec's own `loaders=a+b` replaces `loaders`). Dense mode (causal
     models only) gets as many chunks per batch as make about the same number of trained targets as
-    `base.batch_size` windows: the same global batch. A spec with the step graph is labelled NAME+graphs."""
+    `base.batch_size` windows: the same global batch. `modes` (eager, graph) measures each loader with the
+    step's kernels launched one by one and with the step graph, labelled NAME/LOADER/MODE; the graph needs
+    CUDA, so on another device its rows are skipped with the reason; a spec that sets cuda_graphs itself
+    keeps it. Without `modes` the config's own cuda_graphs is measured, labelled NAME/LOADER. A spec's `as=LABEL`
+    replaces NAME in its labels."""
     from tradelib.train.models import build_model
 
     name, overrides = parse_model_spec(spec)
+    shown = overrides.pop("as", name)  # `as=NAME` names a spec's rows (two specs of one model side by side)
     if "loaders" in overrides:
         overrides["loaders"] = overrides["loaders"].replace("+", ",")
     cfg = Config.from_dict({**base.to_dict(), **overrides, "model": name}, source=f"model spec {spec!r}")
     if "loaders" in overrides:
         loaders = split_list(cfg.loaders)
+    if modes is not None and "cuda_graphs" in overrides:
+        modes = ["graph" if str(cfg.cuda_graphs).lower() in ("true", "on") else "eager"]
+    for mode in modes or ():
+        if mode not in MODES:
+            raise ValueError(f"unknown step mode {mode!r}: choose from {', '.join(MODES)}")
+    if modes and "graph" in modes and not str(cfg.device).startswith("cuda"):
+        if verbose:
+            print(f"measure: {shown}'s graph rows skipped: the step graph is a CUDA graph and this runs on "
+                  f"{cfg.device}")
+        modes = [m for m in modes if m != "graph"]
+        if not modes:
+            return []
     setups = []
     for loader in loaders:
         if loader not in LOADERS:
             raise ValueError(f"unknown loader {loader!r}: choose from {', '.join(LOADERS)}")
-        label = f"{name}{'+graphs' if cfg.cuda_graphs == 'true' else ''}/{loader}"
         if loader == "dense":
-            probe = build_model(cfg.model, 1, cfg.window, cfg.hidden, cfg.layers)
+            probe = build_model(cfg.model, 1, cfg.window, cfg.hidden, cfg.layers, heads=cfg.heads, cfg=cfg)
             if not hasattr(probe, "forward_dense"):
                 if verbose:
-                    print(f"measure: no dense mode for {cfg.model} (not a causal convolution model); skipped")
+                    print(f"measure: no dense mode for {cfg.model} (not a causal model); skipped")
                 continue
-            per_chunk = cfg.dense_chunk - probe.receptive_field + 1
+            chunk = min(cfg.dense_chunk, getattr(probe, "max_chunk", cfg.dense_chunk))
+            per_chunk = chunk - probe.receptive_field + 1
             chunks = dense_batch or max(1, round(cfg.batch_size / max(per_chunk, 1)))
-            run = cfg.replace(dense=True, loader="device", batch_size=chunks)
+            run = cfg.replace(dense=True, loader="device", batch_size=chunks, dense_chunk=chunk)
         else:  # stream: the windows streamed in blocks, through a budget of cfg.stream_budget of the data (Runner)
             run = cfg.replace(dense=False, loader=loader)
-        setups.append(Setup(label, loader, run, spec, group or spec))
+        for mode in modes or [""]:
+            label = f"{shown}/{loader}" + (f"/{mode}" if mode else "")
+            setups.append(Setup(label, loader, with_graphs(run, mode == "graph") if mode else run, spec,
+                                group or spec, mode))
     return setups
 
 
@@ -366,10 +400,10 @@ def measure(setups: Sequence[Setup], steps: int = 20, warmup: int = 5, repeats: 
             runners = [Runner(s, fsets[cache.cache_key(s.cfg)]) for s in setups]
             device = runners[0].device
             with CpuElsewhere() as other:
-                peak, peak_src = peak_flops(device, measure=True)
+                peak, peak_src = peak_flops(device, measure=True, peak_tflops=setups[0].cfg.peak_tflops)
             peak_note = untrusted_peak(peak_src, other.cores, max_other_load)
             if verbose:
-                print(f"MFU peak: {peak / 1e9:,.1f} GFLOP/s ({peak_src})"
+                print((f"MFU peak: {peak / 1e9:,.1f} GFLOP/s ({peak_src})" if peak else f"MFU n/a: {peak_src}")
                       + (f"; NOT TRUSTED: {peak_note}" if peak_note else ""))
             monitor = GpuMonitor(interval_s=monitor_interval_s, device=device, verbose=verbose).start()
             runs: list[list[dict]] = [[] for _ in runners]
@@ -416,11 +450,12 @@ def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak:
     sps = [r["samples"] / r["seconds"] for r in runs]
     busy = [r["gpu"]["gpu_util_median"] for r in runs if r["gpu"].get("gpu_util_median") is not None]
     gmem = [r["gpu"]["gpu_mem_used_max_bytes"] for r in runs if r["gpu"].get("gpu_mem_used_max_bytes")]
-    flops = tr.flops_per_sample()
+    flops = training_flops_per_sample(tr.model, s.cfg.dense)
     med = statistics.median(sps)
     hosts = [r["fetch_host_s"] for r in runs if r.get("fetch_host_s") is not None]
     return {
         "label": s.label, "spec": s.spec, "group": s.group, "loader": s.loader, "model": s.cfg.model,
+        "mode": s.mode or ("graph" if tr.graphs else "eager"), "graph_refused": None if tr.graphs else graph_note(tr),
         "batch_size": s.cfg.batch_size, "batch_unit": "chunks" if s.loader == "dense" else "windows",
         "targets_per_batch": statistics.median(r["samples"] / r["micro_batches"] for r in runs),
         "grad_accum_steps": s.cfg.grad_accum_steps,
@@ -453,13 +488,22 @@ def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak:
     }
 
 
+def graph_note(tr: Trainer) -> str | None:
+    """Why a configuration that asked for the step graph ran without it: the trainer printed the reason."""
+    if str(tr.cfg.cuda_graphs).lower() not in ("true", "on"):
+        return None
+    return "the step graph was asked for but not used: the trainer's printed line says why"
+
+
 def add_ratios(records: list[dict]) -> None:
-    """Per group: device / dataloader and dense / per-window (device), as ratios of the medians and per
-    interleaved repetition. Every record of a group carries its group's ratios; `speedup` is the record's
-    own against its baseline (dataloader for the device loader, the per-window device loader for dense)."""
-    by_group: dict[str, dict[str, dict]] = {}
+    """Per group and step mode: device / dataloader, dense / per-window (device) and stream / resident, as ratios
+    of the medians and per interleaved repetition; per group and loader, graph / eager. Every record carries its
+    group's loader ratios (`ratios`, those of its own mode); `speedup` is the record's own against its baseline
+    loader (dataloader for the device loader, the per-window device loader for dense); `graph_speedup` a graph
+    row's against the same loader's eager row."""
+    by_group: dict[tuple[str, str], dict[str, dict]] = {}
     for r in records:
-        by_group.setdefault(r["group"], {})[r["loader"]] = r
+        by_group.setdefault((r["group"], r.get("mode", "")), {})[r["loader"]] = r
     for group in by_group.values():
         ratios = {}
         for name, (num, den) in RATIOS.items():
@@ -471,6 +515,12 @@ def add_ratios(records: list[dict]) -> None:
             r["ratios"] = ratios
             key = next((name for name, (num, _) in RATIOS.items() if num == r["loader"]), None)
             r["speedup"] = ratios.get(key) if key else None
+    eager = {(r["group"], r["loader"]): r for r in records if r.get("mode") == "eager"}
+    for r in records:
+        base = eager.get((r["group"], r["loader"])) if r.get("mode") == "graph" else None
+        r["graph_speedup"] = base and r["samples_per_s"] / base["samples_per_s"]
+        if base:
+            r["graph_speedup_runs"] = [x / y for x, y in zip(r["samples_per_s_runs"], base["samples_per_s_runs"])]
 
 
 def format_table(records: list[dict]) -> str:
@@ -478,6 +528,7 @@ def format_table(records: list[dict]) -> str:
         "config": r["label"], "batch": f"{r['batch_size']} {r['batch_unit']}",
         "samples/s": f"{r['samples_per_s']:,.0f}",
         "speedup": f"{r['speedup']:.2f}x" if r.get("speedup") else "",
+        "graph/eager": f"{r['graph_speedup']:.2f}x" if r.get("graph_speedup") else "",
         "data wait": f"{r['data_wait_share']:.1%}",
         "host us/fetch": f"{r['fetch_host_us']:,.1f}" if r.get("fetch_host_us") is not None else "n/a",
         "it/s": f"{r['it_per_s']:.1f}",
@@ -497,6 +548,9 @@ def invalid_lines(records: list[dict]) -> list[str]:
 
 def speedup_lines(records: list[dict]) -> list[str]:
     names = {"device": "seed DataLoader", "dense": "per-window", "stream": "resident"}
-    return [f"{r['label']}: {r['speedup']:.2f}x the {names[r['loader']]} samples/s (median of {r['repeats']})"
-            for r in records if r.get("speedup")]
+    same = lambda r: f" ({r['mode']}, both)" if r.get("mode") else ""
+    return ([f"{r['label']}: {r['speedup']:.2f}x the {names[r['loader']]} samples/s{same(r)} (median of "
+             f"{r['repeats']})" for r in records if r.get("speedup")]
+            + [f"{r['label']}: {r['graph_speedup']:.2f}x the same loader's eager step (median of {r['repeats']})"
+               for r in records if r.get("graph_speedup")])
 

@@ -2,15 +2,39 @@
 
 LayerNorm rather than BatchNorm everywhere: BatchNorm statistics are per micro-batch, which breaks the
 equivalence of gradient accumulation with one big batch (pytorch #46516).
+
+Your own model: `model: package.module:Class` (importable from the working directory or PYTHONPATH) trains
+through the same device windows, step graph, accumulation, checkpoints, report and doctor as a built-in, given
+this protocol:
+
+- `Class(n_features, window)`, or `Class(n_features, window, cfg)` when its constructor has a parameter named
+  `cfg` (the run's `Config`: hidden, layers, dropout, ... are yours to read). Your class initialises its own
+  weights (tradelib's `init_gain` is not applied to it);
+- `forward(x)`: x `[batch, window, n_features]` (float32; bf16 inside autocast) -> `[batch]`, one prediction per
+  window. No host syncs (`.item()`, data-dependent shapes) if it is to run under the step graph;
+- optional `flops_per_sample(dense=False) -> float`: forward FLOPs per prediction (2 per multiply-add), for MFU
+  (without it MFU is n/a, and says why);
+- optional dense training (`dense: true`): `receptive_field: int` (an output sees that many rows, itself
+  included) and `forward_dense(x) -> [batch, length]`, a prediction at every position of a chunk.
+
+The import path is the `model` string of the run's Config, which the checkpoint and summary.json record (a
+string, never a pickled class: checkpoints load with weights_only=True); resuming with another `model` is
+refused like any other changed setting.
 """
 
 from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import re
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-MODELS = ("mlp", "lstm", "gru", "tcn")  # Config.model's choices name the same four
+MODELS = ("mlp", "lstm", "gru", "tcn", "transformer")  # Config.model's pattern names the same five
+USER_MODEL = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # package.module:Class
 
 
 class Head(nn.Module):
@@ -42,7 +66,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x.flatten(1)))
 
-    def flops_per_sample(self) -> float:
+    def flops_per_sample(self, dense: bool = False) -> float:
         """Forward matmul FLOPs per window (2 per multiply-add)."""
         d = self.n_features * self.window
         return 2.0 * (d * self.hidden + (self.layers - 1) * self.hidden**2 + self.hidden)
@@ -64,7 +88,7 @@ class RNN(nn.Module):
         out, _ = self.rnn(x)
         return self.head(self.norm(out[:, -1]))
 
-    def flops_per_sample(self) -> float:
+    def flops_per_sample(self, dense: bool = False) -> float:
         per_step = sum(
             2.0 * self.gates * ((self.n_features if i == 0 else self.hidden) + self.hidden) * self.hidden
             for i in range(self.layers)
@@ -110,11 +134,99 @@ class TCN(nn.Module):
         # only the last receptive field matters for the last output: slice it off and save the FLOPs
         return self.forward_dense(x[:, -self.receptive_field :])[:, -1]
 
-    def flops_per_sample(self) -> float:
-        """Per prediction (one output position): what dense mode pays per trained target."""
+    def flops_per_sample(self, dense: bool = False) -> float:
+        """Per prediction: dense mode pays one output position per trained target; `forward` computes the whole
+        receptive field to give its last position."""
         per_pos = 2.0 * self.n_features * self.hidden
         per_pos += sum(2 * 2.0 * self.kernel * self.hidden**2 for _ in self.blocks) + 2.0 * self.hidden
-        return per_pos
+        return per_pos if dense else per_pos * self.receptive_field
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm: x + attention(norm(x)), then x + MLP(norm(x)); attention causal, so position t sees 0..t."""
+
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # flash / efficient kernels on a GPU
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, d)))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+def sinusoidal(length: int, d: int) -> torch.Tensor:
+    """The fixed sin/cos position table of "Attention is all you need" [length, d]."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10_000.0) / d))
+    table = torch.zeros(length, d)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: d // 2])
+    return table
+
+
+class Transformer(nn.Module):
+    """A causal pre-norm transformer encoder over the window: the model a GPU is built for (its matmuls are
+    [batch x window, hidden] by [hidden, hidden]-sized, where the recurrent models' are a row per time step).
+
+    Causal attention makes dense training GPT's: `forward_dense` predicts at every position of a chunk of at most
+    `window` rows, each from its prefix, and `forward` is the last position of a window (the same function).
+    Hence `receptive_field` 1: every position of a chunk trains; chunks must be no longer than the window,
+    where the positions were learned and where evaluation looks (set `dense_chunk` to `window`).
+    """
+
+    def __init__(self, n_features: int, window: int, d_model: int, layers: int, heads: int, dropout: float,
+                 output_clip: float, positions: str = "learned") -> None:
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"transformer: hidden {d_model} is not a multiple of heads {heads}")
+        self.inp = nn.Linear(n_features, d_model)
+        if positions == "learned":
+            self.pos = nn.Parameter(torch.randn(window, d_model) * 0.02)
+        elif positions == "sinusoidal":
+            self.register_buffer("pos", sinusoidal(window, d_model), persistent=False)
+        else:
+            raise ValueError(f"transformer: positions {positions!r}; choose learned or sinusoidal")
+        self.blocks = nn.ModuleList(EncoderBlock(d_model, heads, dropout) for _ in range(max(layers, 1)))
+        self.norm = nn.LayerNorm(d_model)
+        self.head = Head(d_model, output_clip)
+        self.receptive_field = 1
+        self.max_chunk = window  # dense chunks no longer than this
+        self.n_features, self.window, self.d, self.layers = n_features, window, d_model, max(layers, 1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        if t > self.window:
+            raise ValueError(f"transformer: a chunk of {t} rows is longer than the window {self.window} its positions "
+                             f"cover: set dense_chunk to the window ({self.window})")
+        h = self.inp(x) + self.pos[:t]
+        for block in self.blocks:
+            h = block(h)
+        return self.norm(h)
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(x)[:, -1])
+
+    def flops_per_sample(self, dense: bool = False) -> float:
+        """Forward matmul FLOPs per prediction (2 per multiply-add): the input projection, per layer the QKV and
+        output projections, attention's two matmuls (q k^T and att v, counted whole over the window's square, as
+        nanoGPT and torch's FlopCounterMode do, though a causal kernel skips about half) and the 4x MLP, and
+        the head. A window pays all of it for one prediction; dense mode shares a window-long chunk's body
+        among its `window` trained positions."""
+        w, d, f = self.window, self.d, self.n_features
+        per_layer = 2.0 * w * d * 3 * d + 2.0 * w * w * d * 2 + 2.0 * w * d * d + 2.0 * w * d * 4 * d * 2
+        body = 2.0 * w * f * d + self.layers * per_layer
+        return (body / w if dense else body) + 2.0 * d
 
 
 def init_weights(model: nn.Module, gain: float) -> None:
@@ -134,7 +246,12 @@ def init_weights(model: nn.Module, gain: float) -> None:
 
 
 def build_model(name: str, n_features: int, window: int, hidden: int = 64, layers: int = 2,
-                dropout: float = 0.0, init_gain: float = 0.5, output_clip: float = 0.0) -> nn.Module:
+                dropout: float = 0.0, init_gain: float = 0.5, output_clip: float = 0.0, heads: int = 8,
+                positions: str = "learned", cfg=None) -> nn.Module:
+    """A built-in model by name, initialised; or the user's `package.module:Class` (see the module's docstring),
+    built with `cfg` where its constructor takes one."""
+    if USER_MODEL.fullmatch(name):
+        return user_model(name, n_features, window, cfg)
     name = name.lower()
     if name == "mlp":
         model = MLP(n_features, window, hidden, layers, dropout, output_clip)
@@ -146,15 +263,61 @@ def build_model(name: str, n_features: int, window: int, hidden: int = 64, layer
         if model.receptive_field > window:
             raise ValueError(f"tcn: receptive field {model.receptive_field} exceeds window {window}: "
                              f"use fewer layers or a longer window")
+    elif name == "transformer":
+        model = Transformer(n_features, window, hidden, layers, heads, dropout, output_clip, positions)
     else:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}, or package.module:Class")
     init_weights(model, init_gain)
     return model
 
 
-def training_flops_per_sample(model: nn.Module) -> float:
-    """Forward + backward ~ 3x the forward FLOPs (the usual 6N-per-token rule for matmuls)."""
-    return 3.0 * model.flops_per_sample()
+def user_class(path: str) -> type:
+    """The class named by `package.module:Class`, imported from the working directory or PYTHONPATH."""
+    import sys
+    from pathlib import Path
+
+    module_name, _, class_name = path.partition(":")
+    cwd = str(Path.cwd())
+    if cwd not in sys.path and "" not in sys.path:  # `python -m` and scripts put their own folder first, not cwd
+        sys.path.append(cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"model {path!r}: cannot import {module_name!r} ({exc}); it must be importable from the "
+                         f"working directory or PYTHONPATH") from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"model {path!r}: {module_name} ({getattr(module, '__file__', '?')}) has no nn.Module "
+                         f"subclass named {class_name!r}")
+    return cls
+
+
+def user_model(path: str, n_features: int, window: int, cfg=None) -> nn.Module:
+    """The user's model, checked against the protocol on a probe batch of 2 windows (CPU, no gradient)."""
+    cls = user_class(path)
+    takes_cfg = "cfg" in inspect.signature(cls).parameters
+    model = cls(n_features, window, cfg) if takes_cfg else cls(n_features, window)
+    probe = torch.zeros(2, window, n_features)
+    model.eval()  # no dropout draws: the probe leaves the RNG as it found it
+    with torch.no_grad():
+        out = model(probe)
+    model.train()
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model {path!r}: forward of [batch 2, window {window}, features {n_features}] gave "
+                         f"{shape}; the protocol is [batch, window, features] -> [batch]")
+    if hasattr(model, "forward_dense") and not isinstance(getattr(model, "receptive_field", None), int):
+        raise ValueError(f"model {path!r}: forward_dense needs an int receptive_field (rows an output sees)")
+    return model
+
+
+def training_flops_per_sample(model: nn.Module, dense: bool = False) -> float | None:
+    """Forward + backward ~ 3x the forward FLOPs (the usual 6N-per-token rule for matmuls), per trained target;
+    None for a model of the user's without `flops_per_sample`."""
+    count = getattr(model, "flops_per_sample", None)
+    if count is None:
+        return None
+    return 3.0 * (count(dense=True) if dense else count())
 
 
 def n_params(model: nn.Module) -> int:
@@ -164,4 +327,4 @@ def n_params(model: nn.Module) -> int:
 def model_for(cfg, n_features: int) -> nn.Module:
     """The model a Config asks for."""
     return build_model(cfg.model, n_features, cfg.window, cfg.hidden, cfg.layers, cfg.dropout, cfg.init_gain,
-                       cfg.output_clip)
+                       cfg.output_clip, cfg.heads, cfg.positions, cfg)

@@ -587,7 +587,7 @@ class TrainingRun:
         med = lambda rs, k: float(np.median([r[k] for r in rs])) if rs else float("nan")
         sps = med(steps, "samples_per_s")
         flops = self.trainer.flops_per_sample()
-        peak, peak_source = peak_flops(self.device)
+        peak, peak_source = peak_flops(self.device, peak_tflops=self.cfg.peak_tflops)
         tr = self.trainer
         return {
             "run_id": self.run_id, "config": self.cfg.to_dict(), "device": str(self.device),

@@ -376,10 +376,10 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.graph = None  # recorded again at the next step
 
-    def flops_per_sample(self) -> float:
+    def flops_per_sample(self) -> float | None:
         from tradelib.train.models import training_flops_per_sample
 
-        return training_flops_per_sample(self.model)
+        return training_flops_per_sample(self.model, self.cfg.dense)
 
 
 def make_scaler(device: torch.device) -> torch.amp.GradScaler:

@@ -1,0 +1,166 @@
+"""`tradelib doctor`: each verdict from figures stated on purpose (the verdict is a pure function of them), and
+measured on the CPU: a batch source that sleeps reads input-bound; a user's model is diagnosed like a built-in."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import pytest
+import torch
+
+from tradelib.cli import main
+from tradelib.perf.doctor import INPUT_BOUND, Measured, examine, largest_matmul, verdict
+from tradelib.perf.profiling import _runner
+from tradelib.train.models import build_model
+
+GPU = Measured(device="cuda", device_name="NVIDIA H100 80GB HBM3", model="lstm", loader="device", batch_size=1024,
+               grad_accum_steps=1, graphs=False, graphs_refused=None, precision="bf16", samples_per_s=100_000.0,
+               step_s=0.01, wait_share=0.01, host_s=0.002, device_s=0.008, mfu=0.05, mfu_ceiling=0.6,
+               largest_matmul="[1024 x 128] @ [128 x 512]", mem_peak_bytes=int(50e9), mem_total_bytes=int(80e9))
+
+
+def case(**changes) -> Measured:
+    return dataclasses.replace(GPU, **changes)
+
+
+def test_input_bound_names_the_loader_and_the_gain():
+    first, _ = verdict(case(loader="dataloader", wait_share=0.6))
+    assert first.kind == "input-bound" and first.change == {"loader": "device"}
+    assert first.gain == pytest.approx(2.5)
+    assert first.text.startswith("input-bound: 60% of each step waits for data (dataloader loader): set loader "
+                                 "device (about 2.5x")
+    streamed, _ = verdict(case(loader="stream", wait_share=0.3))
+    assert streamed.change == {"device_memory_budget": 1.0}
+
+
+def test_launch_bound_says_set_cuda_graphs_with_the_ratio():
+    first, _ = verdict(case(host_s=0.0062, device_s=0.0020))
+    assert first.text == "launch-bound: 6.2 ms on the host per 2.0 ms on the GPU: set cuda_graphs true (about 3.1x)"
+    assert first.change == {"cuda_graphs": True} and first.gain == pytest.approx(3.1)
+
+
+def test_launch_bound_with_the_graph_refused_or_on_asks_for_a_larger_batch():
+    refused, _ = verdict(case(host_s=0.006, device_s=0.002, graphs_refused="not with DDP"))
+    assert refused.kind == "launch-bound" and "the step graph is off here (not with DDP)" in refused.text
+    assert refused.change == {"batch_size": 2048} and refused.gain == pytest.approx(2 * 6 / 6)
+    on, _ = verdict(case(host_s=0.003, device_s=0.002, graphs=True))
+    assert "with the step graph already" in on.text and on.gain == pytest.approx(2 * 3 / 4)
+
+
+def test_compute_bound_near_what_the_models_matmul_allows():
+    first, _ = verdict(case(mfu=0.31, mfu_ceiling=0.45))
+    assert first.kind == "compute-bound" and "MFU 31.0%" in first.text and "45.0%" in first.text
+    assert first.change == {}
+    fp32, _ = verdict(case(mfu=0.31, mfu_ceiling=0.45, precision="fp32"))
+    assert fp32.change == {"precision": "auto"} and fp32.gain == 2.0
+    small, _ = verdict(case(mfu=0.02, mfu_ceiling=0.03))
+    assert small.kind == "compute-bound" and "too small for this device" in small.text
+
+
+def test_between_bounds_when_nothing_dominates_and_mfu_na_is_said():
+    first, _ = verdict(case(mfu=0.05, mfu_ceiling=0.6))
+    assert first.kind == "between bounds" and "MFU 5.0% of the 60.0%" in first.text
+    na, _ = verdict(case(mfu=None, mfu_ceiling=None, mfu_note="mine:Net gives no flops_per_sample"))
+    assert "MFU n/a (mine:Net gives no flops_per_sample)" in na.text
+
+
+def test_memory_full_and_headroom():
+    _, full = verdict(case(mem_peak_bytes=int(76e9)))
+    assert full.kind == "memory-full" and full.change == {"batch_size": 512, "grad_accum_steps": 2}
+    assert "95% of 80.0 GB at batch 1024" in full.text
+    _, room = verdict(case(mem_peak_bytes=int(8e9)))
+    assert room.kind == "memory headroom" and "a larger batch_size fits" in room.text
+    _, room_input = verdict(case(mem_peak_bytes=int(8e9), wait_share=0.5))
+    assert "no speed to gain from a larger batch while input-bound" in room_input.text
+    _, mid = verdict(case())
+    assert mid.kind == "memory"
+
+
+def test_device_seconds_count_the_device_side_events_once():
+    """A CPU op's device time repeats its kernels': only the device-side events are summed."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from tradelib.perf.doctor import device_seconds
+
+    ev = lambda kind, us: SimpleNamespace(device_type=kind, time_range=SimpleNamespace(elapsed_us=lambda: us))
+    events = [ev(DeviceType.CPU, 900.0), ev(DeviceType.CUDA, 300.0), ev(DeviceType.CUDA, 200.0)]
+    assert device_seconds(events) == pytest.approx(500e-6)
+
+
+def test_largest_matmul_of_each_family():
+    x = torch.randn(8, 16, 5)
+    assert largest_matmul(build_model("mlp", 5, 16, hidden=32, layers=2), x) == (8, 80, 32)
+    assert largest_matmul(build_model("lstm", 5, 16, hidden=32, layers=1), x) == (8, 32, 128)
+    assert largest_matmul(build_model("transformer", 5, 16, hidden=32, layers=1, heads=4), x) == (128, 32, 128)
+
+
+class Sleepy:
+    """A batch source whose fetch sleeps: the input pipeline made slow on purpose."""
+
+    def __init__(self, inner, seconds: float) -> None:
+        self.inner, self.seconds, self.device = inner, seconds, inner.device
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def epoch(self, *args):
+        return self.inner.epoch(*args)
+
+    def begin(self, ids) -> None:
+        self.inner.begin(ids)
+
+    def fetch(self, ids):
+        time.sleep(self.seconds)
+        return self.inner.fetch(ids)
+
+    def count(self, ids):
+        return self.inner.count(ids)
+
+
+def test_a_sleeping_source_reads_input_bound(tiny_cfg, outputs):
+    cfg = tiny_cfg.replace(device="cpu", warmup=1, model="mlp", hidden=8)
+    runner = _runner(cfg)
+    runner.source.inner = Sleepy(runner.source.inner, 0.2)
+    try:
+        measured = examine(cfg, seconds=1.0, runner=runner, verbose=False)
+    finally:
+        runner.close()
+    assert measured.wait_share >= INPUT_BOUND and measured.samples_per_s > 0 and measured.host_s is None
+    first, mem = verdict(measured)
+    assert first.kind == "input-bound" and first.change == {"batch_size": 2 * cfg.batch_size}
+    assert mem.kind in ("memory headroom", "memory")
+
+
+USER_MODULE = """
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self, n_features, window):
+        super().__init__()
+        self.lin = nn.Linear(n_features, 1)
+
+    def forward(self, x):
+        return self.lin(x[:, -1]).squeeze(-1)
+"""
+
+
+def test_the_doctor_diagnoses_a_users_model(tmp_path, monkeypatch, tiny_cfg, outputs, capsys):
+    (tmp_path / "mine_doctor.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "doctor.json"
+    params = {"synth_symbols": 3, "synth_bars": 1500, "window": 16, "batch_size": 64, "device": "cpu",
+              "model": "mine_doctor:Tiny", "doctor_seconds": 0.5, "warmup": 1}
+    assert main(["doctor", *[a for k, v in params.items() for a in ("-p", k, str(v))], "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "doctor: mine_doctor:Tiny on cpu, batch 64 x 1, device loader" in out
+    report = json.loads(path.read_text())
+    assert report["measured"]["model"] == "mine_doctor:Tiny" and report["measured"]["mfu"] is None
+    assert report["measured"]["mfu_note"] == "mine_doctor:Tiny gives no flops_per_sample"
+    assert report["findings"][0]["kind"] in ("input-bound", "compute-bound", "between bounds")
+    assert report["findings"][0]["text"] in out
