@@ -13,25 +13,29 @@ from tradelib.report import report as rp
 RHO = 0.3  # planted corr(prediction, target)
 
 
-def make_run(run_dir, seed=0, rho=RHO, summary_extra=None, n_sym=4, n_days=3):
-    """A run folder as train.py writes it: summary.json, metrics.jsonl, predictions.parquet (5-minute bars)."""
+def make_run(run_dir, seed=0, rho=RHO, summary_extra=None, n_sym=4, n_days=3, lag=1):
+    """A run folder as train.py writes it: summary.json, metrics.jsonl, predictions.parquet (5-minute bars).
+    The prediction is planted at corr `rho` with the target `lag` bars later (the return a book trading with
+    trade_delay = lag earns), and nothing else: its lag-0 IC is noise."""
     rng = np.random.default_rng(seed)
     run_dir.mkdir(parents=True)
     ts = pd.date_range("2024-05-01", periods=288 * n_days, freq="5min", tz="UTC")
     n = len(ts) * n_sym
-    z = rng.standard_normal(n)
-    feature = z + rng.standard_normal(n)  # the ridge baseline's one feature: corr 1/sqrt(2) with the target
+    z = rng.standard_normal((n_sym, len(ts)))
+    ahead = np.concatenate([z[:, lag:], rng.standard_normal((n_sym, lag))], axis=1).ravel()  # the target lag later
+    z = z.ravel()
+    feature = ahead + rng.standard_normal(n)  # the ridge baseline's one feature: corr 1/sqrt(2) with it
     pd.DataFrame(
         {
             "row": np.arange(n),
             "timestamp": np.tile(ts, n_sym),
             "symbol": np.repeat([f"S{i}" for i in range(n_sym)], len(ts)),
-            "prediction": rho * z + math.sqrt(1 - rho**2) * rng.standard_normal(n),
+            "prediction": rho * ahead + math.sqrt(1 - rho**2) * rng.standard_normal(n),
             "target": z,
             "fwd_return": 1e-3 * z,
             "ret_next": 1e-3 * z,
             "last_return": 1e-3 * rng.standard_normal(n),
-            "oracle": 0.8 * z + 0.6 * rng.standard_normal(n),
+            "oracle": 0.8 * ahead + 0.6 * rng.standard_normal(n),
         }
     ).to_parquet(run_dir / "predictions.parquet", index=False)
     lines = [
@@ -50,7 +54,7 @@ def make_run(run_dir, seed=0, rho=RHO, summary_extra=None, n_sym=4, n_days=3):
     }  # fmt: skip
     summary.update(summary_extra or {})
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    features = {"X_train": feature[:, None], "y_train": z, "X_test": feature[:, None]}
+    features = {"X_train": feature[:, None], "y_train": ahead, "X_test": feature[:, None]}
     return run_dir, features
 
 
@@ -73,11 +77,15 @@ def test_build_report_writes_strict_json_with_planted_ic(tmp_path):
         assert key in on_disk
     assert "compare" not in on_disk
     s = on_disk["summary"]
+    assert s["ic_lag"] == 1  # every IC against the return the book earns, one bar after the signal
     for name in ("daily_ic", "pooled_ic"):
         assert s[name] == pytest.approx(RHO, abs=0.05), name
+        assert s[name + "_lag0"] == pytest.approx(0.0, abs=0.05), name  # before the trade delay: nothing planted
+    decay = {r["lag"]: r["ic"] for r in on_disk["ic_decay"]}
+    assert list(decay) == list(range(11)) and decay[1] == s["cross_sectional_ic"] and abs(decay[0]) < 0.05
     assert 0.15 < s["cross_sectional_ic"] < RHO  # a correlation over 4 symbols is biased towards 0
     assert s["headline_ic"] == "cross_sectional" and "4 symbols" in s["headline_reason"]
-    assert s["cross_sectional_periods"] == 288 * 3 and s["daily_periods"] == 3 and s["bar_seconds"] == 300.0
+    assert s["cross_sectional_periods"] == 288 * 3 - 1 and s["daily_periods"] == 3 and s["bar_seconds"] == 300.0
     assert s["ic_t_stat"] == s["cross_sectional_t_stat"] > 2 and s["ic_t_method"].startswith("iid")  # horizon 1
     assert s["oracle_daily_ic"] == pytest.approx(0.8, abs=0.05) and s["oracle_cross_sectional_ic"] > 0.6
     assert s["directional_accuracy"] > 0.55 and s["net_sharpe"] is not None
@@ -197,7 +205,8 @@ def test_make_figures_writes_pngs(tmp_path):
     inputs = rp.load_inputs(run)
     inputs.quality = {"counts": [{"rule": "nonpositive_price", "symbol": "S0", "action": "dropped", "rows": 3}]}
     figs = rp.make_figures(inputs, run)
-    assert set(figs) == {"training", "equity", "underwater", "costs", "deciles", "ic", "throughput", "quality"}
+    assert set(figs) == {"training", "equity", "underwater", "costs", "deciles", "ic", "ic_decay", "throughput",
+                         "quality"}
     for name in figs:
         assert (run / f"{name}.png").stat().st_size > 1000
 
