@@ -228,9 +228,20 @@ def test_loader_sweep_sets_the_two_loaders_side_by_side(tmp_path):
 def test_best_predictors_never_the_oracle_nor_a_predictor_that_never_trades():
     predictors = pd.DataFrame({"predictor": ["model", "zero", "momentum", "ridge", "oracle"],
                                "cross_sectional_ic": [0.02, np.nan, 0.01, 0.03, 0.4],
-                               "sharpe_net": [-3.0, 0.0, -5.0, -1.0, 9.0], "coverage": [1.0, 0.0, 1.0, 1.0, 1.0]})
+                               "t_stat": [3.0, np.nan, 1.0, 4.0, 30.0],
+                               "sharpe_net": [2.0, 0.0, 1.0, 3.0, 9.0], "coverage": [1.0, 0.0, 1.0, 1.0, 1.0],
+                               "sharpe_net_period": [0.2, 0.0, 0.1, 0.3, 0.9],
+                               "sharpe_net_se_period": [0.05, np.nan, 0.05, 0.05, 0.05]})
+    trials = rp.trial_count(predictors, sweep_runs=1)
+    assert trials["n_trials"] == 3 and trials["predictors"] == 3  # model, momentum, ridge compete
     # zero's Sharpe of 0 and the oracle's 9 are the largest: neither is a result to beat
-    assert rp.best_predictors(predictors, "cross_sectional") == {"cross_sectional_ic": "ridge", "sharpe_net": "ridge"}
+    assert rp.best_predictors(predictors, "cross_sectional", trials) == {"cross_sectional_ic": "ridge",
+                                                                          "sharpe_net": "ridge"}
+    many = rp.trial_count(predictors, sweep_runs=10_000)  # after ten thousand tries, t = 4 is what luck gives
+    assert rp.best_predictors(predictors, "cross_sectional", many) == {}
+    losing = predictors.assign(sharpe_net=[-2.0, 0.0, -5.0, -1.0, 9.0], sharpe_net_period=[-0.2, 0, -0.5, -0.1, 0.9],
+                               cross_sectional_ic=[-0.02, np.nan, -0.01, -0.03, 0.4])
+    assert rp.best_predictors(losing, "cross_sectional", trials) == {}  # never on a loss
     from tradelib.report import tables
 
     cells = tables.predictor_highlight(predictors, {"cross_sectional_ic": "ridge", "sharpe_net": "ridge"})
@@ -238,6 +249,7 @@ def test_best_predictors_never_the_oracle_nor_a_predictor_that_never_trades():
 
 
 def test_lr_schedule_from_step_0_reproduces_every_logged_value(outputs):
+    """Training writes the LR of every optimizer step (train_facts.json); the report draws it from there."""
     from tradelib.config import Config
     from tradelib.train.run import train
 
@@ -246,20 +258,33 @@ def test_lr_schedule_from_step_0_reproduces_every_logged_value(outputs):
     result = train(Config(**{**TINY, "run_id": "lr", "warmup_steps": 6, "epochs": 3, "max_steps": 60,
                              "log_every": 4}), progress=False)
     steps, _ = rn.training_curves(result.run_dir)
-    curve = rp.lr_schedule(result.summary, steps)
+    facts = rp.read_facts(result.run_dir)
+    curve = rp.lr_schedule(facts, steps, result.summary["optimizer_steps"])
     assert curve is not None and curve["step"].iloc[0] == 0 and len(curve) == 61
     lr = result.summary["lr"]
     assert curve["lr"].iloc[0] == pytest.approx(lr / 6)  # the first update's rate: warm-up from step 0
     assert curve["lr"].max() == pytest.approx(lr) and steps["step"].min() == 4  # the log starts past step 0
     logged = curve.set_index("step").loc[steps["step"], "lr"].to_numpy()
     assert logged == pytest.approx(steps["lr"].to_numpy(), rel=1e-9)
-    changed = {**result.summary, "config": {**result.summary["config"], "max_steps": 90}}
+    assert facts["windows"]["test"] == result.summary["test_windows"]
+    changed = {**facts, "lr": [v * 1.01 for v in facts["lr"]]}
     assert rp.lr_schedule(changed, steps) is None  # a schedule that does not reproduce the log is not drawn
+    assert rp.lr_schedule(None, steps) is None  # a run without train_facts.json: the logged values only
+    import ast
+
+    from tradelib.report import report as module
+
+    tree = ast.parse(open(module.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any(m and m.startswith("tradelib.train") for m in imported)  # the report never imports training
 
 
 def test_loss_context_measures_why_validation_sits_below_training(tiny_fs):
-    """The zero-prediction yardstick per split against a naive loop over the windows, and the reasons named."""
+    """The zero-prediction yardstick per split (written by training) against a naive loop over the windows, and
+    the reasons named."""
     from types import SimpleNamespace
+
+    from tradelib.train.facts import split_windows
 
     window, scale = 16, float(tiny_fs.meta["target_scale"])
 
@@ -269,16 +294,17 @@ def test_loss_context_measures_why_validation_sits_below_training(tiny_fs):
                                                    and tiny_fs.split[u] == split for u in range(t - window + 1, t + 1))]
         return float(np.mean(np.square(ys, dtype=np.float64)))
 
+    facts = split_windows(tiny_fs, window)
     epochs = pd.DataFrame({"epoch": [0.0], "train_loss": [5.0], "val_loss": [0.1]})
-    inputs = SimpleNamespace(summary={"config": {"window": window, "dropout": 0.2}}, epochs=epochs)
-    ctx = rp.loss_context(inputs, tiny_fs)
+    inputs = SimpleNamespace(summary={"config": {"window": window, "dropout": 0.2}}, epochs=epochs, facts=facts)
+    ctx = rp.loss_context(inputs)
     assert ctx["zero_mse"]["train"] == pytest.approx(naive_zero_mse(0), rel=1e-9)
     assert ctx["zero_mse"]["val"] == pytest.approx(naive_zero_mse(1), rel=1e-9)
     assert ctx["val_below_train"] and any("dropout 0.2" in r for r in ctx["reasons"])
     quieter = ctx["zero_mse"]["val"] < ctx["zero_mse"]["train"]
     assert quieter == any("validation period is quieter" in r for r in ctx["reasons"])
     inputs.epochs = epochs.assign(val_loss=6.0)
-    assert rp.loss_context(inputs, tiny_fs)["reasons"] == []  # validation above training needs no excuse
+    assert rp.loss_context(inputs)["reasons"] == []  # validation above training needs no excuse
 
 
 def test_tables_print_integers_as_integers_and_flag_what_cannot_be_right():

@@ -858,6 +858,8 @@ def fold_table(inputs: ReportInputs) -> pd.DataFrame:
     rows = []
     for k, d in [*df.groupby("fold", sort=True), ("all", df)]:
         when = everything if k == "all" else periods.get(int(k), {})
+        if k != "all":  # a fold's own rows: its last targets do not reach into the next fold (as in summary.json)
+            d = d.assign(**{TRADED: ev.lagged_target(d, bt["trade_delay"])})
         head = ev.family_summary(d, fam, lags, target_col=TRADED)
         book_k = ev.backtest(d, "prediction", **book)
         net, gross = book_k.stats["net"], book_k.stats["gross"]
