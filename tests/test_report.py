@@ -13,13 +13,13 @@ from tradelib.report import report as rp
 RHO = 0.3  # planted corr(prediction, target)
 
 
-def make_run(run_dir, seed=0, rho=RHO, summary_extra=None, n_sym=4, n_days=3, lag=1):
+def make_run(run_dir, seed=0, rho=RHO, summary_extra=None, n_sym=4, n_days=3, lag=1, freq="5min", n_bars=None):
     """A run folder as train.py writes it: summary.json, metrics.jsonl, predictions.parquet (5-minute bars).
     The prediction is planted at corr `rho` with the target `lag` bars later (the return a book trading with
     trade_delay = lag earns), and nothing else: its lag-0 IC is noise."""
     rng = np.random.default_rng(seed)
     run_dir.mkdir(parents=True)
-    ts = pd.date_range("2024-05-01", periods=288 * n_days, freq="5min", tz="UTC")
+    ts = pd.date_range("2024-05-01", periods=n_bars or 288 * n_days, freq=freq, tz="UTC")
     n = len(ts) * n_sym
     z = rng.standard_normal((n_sym, len(ts)))
     ahead = np.concatenate([z[:, lag:], rng.standard_normal((n_sym, lag))], axis=1).ravel()  # the target lag later
@@ -133,6 +133,60 @@ def test_periods_per_year_overrides_the_calendar(tmp_path):
     ratio = math.sqrt(252.0 / (365.25 * 288))
     assert given["summary"]["net_sharpe"] == pytest.approx(auto["net_sharpe"] * ratio)
     assert given["summary"]["cross_sectional_ic"] == auto["cross_sectional_ic"]  # ICs do not annualise
+
+
+def test_annualisation_is_the_test_spans_own_and_says_so(tmp_path):
+    """Holes in the training years (a calendar of 234 periods over all splits) do not move the test span's
+    annualisation; report.json says 'measured' or 'given' as it was."""
+    from types import SimpleNamespace
+
+    run, feats = make_run(tmp_path / "daily", freq="B", n_bars=300, n_sym=6)
+    holes = {"periods_per_year": 234.2, "method": "sessions", "description": "exchange calendar (holes)",
+             "bar_seconds": 86_400.0, "n_sessions": 2000, "span_days": 3100.0, "sessions_per_year": 234.2,
+             "bars_per_session": 1.0}
+    fs = SimpleNamespace(meta={"calendar": holes})
+    rep = rp.build_report(run, fs=fs, **feats)
+    ann = rep["conventions"]["annualisation"]
+    assert ann["source"] == "measured on the test span" and 255 < ann["periods_per_year"] < 265  # 5 days a week
+    assert rep["backtest"]["annualisation"].startswith("measured on the test span")
+    assert "given" not in rep["backtest"]["annualisation"] and rep["backtest"]["annualisation_method"] == "sessions"
+    given = rp.build_report(run, fs=fs, periods_per_year=252.0, **feats)
+    assert given["backtest"]["annualisation"].startswith("given") and given["summary"]["periods_per_year"] == 252.0
+    assert rep["summary"]["bar"] == "1 day" and "6 symbols of 1 day bars" in rp.summary_markdown(rep)
+    assert rep["summary"]["position_mode"] == "neutral" and "auto: 6 symbols" in rep["summary"]["position_mode_reason"]
+
+
+def test_warnings_for_a_short_span_few_symbols_and_a_warm_up_as_long_as_the_run(tmp_path):
+    run, _ = make_run(tmp_path / "short", freq="B", n_bars=40, n_sym=3,
+                      summary_extra={"config": {"warmup_steps": 50}, "optimizer_steps": 21})
+    rep = rp.build_report(run)
+    warnings = " | ".join(rep["warnings"])
+    assert "warmup_steps 50 reaches the run's 21 optimizer steps" in warnings
+    assert "holds 40 periods (< 60)" in warnings
+    assert "3 symbols at a typical timestamp (< 5)" in warnings
+    assert rep["summary"]["position_mode"] == "sign"  # auto, below min_symbols_cs
+    md = rp.summary_markdown(rep)
+    assert md.count("**Warning**") == 3
+    run2, _ = make_run(tmp_path / "long", freq="B", n_bars=300, n_sym=6,
+                       summary_extra={"config": {"warmup_steps": 5}, "optimizer_steps": 500})
+    assert rp.build_report(run2)["warnings"] == []
+
+
+def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(tmp_path):
+    """Three days of 5-minute bars with a planted signal annualise to an impossible Sharpe: flagged with a reason;
+    'survives costs' is said only when the break-even interval lies above the cost."""
+    run, _ = make_run(tmp_path / "run-a")
+    rep = rp.build_report(run, cost_bps=5.0)
+    s = rep["summary"]
+    assert s["gross_sharpe"] > 10 and "gross_sharpe" in s["flags"] and "beyond 10" in s["flags"]["gross_sharpe"]
+    assert "flagged: Sharpe" in rp.summary_markdown(rep)
+    low, high = s["break_even_ci"]
+    assert s["survives_costs"] is (True if low > 5.0 else False if high < 5.0 else None)
+    noise, _ = make_run(tmp_path / "noise", rho=0.0, seed=3, freq="B", n_bars=300, n_sym=6)
+    quiet = rp.build_report(noise, cost_bps=0.5)["summary"]
+    assert quiet["survives_costs"] is not True and quiet["flags"] == {}
+    if quiet["survives_costs"] is None:
+        assert "cannot tell" in rp.summary_markdown(rp.build_report(noise, cost_bps=0.5))
 
 
 def test_build_report_without_features_skips_ridge(tmp_path):
