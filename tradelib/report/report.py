@@ -27,6 +27,7 @@ from tradelib.report import metrics as ev
 IC_NUMBERS = [
     "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "daily_rank_ic", "pooled_ic",
     "oracle_cross_sectional_ic", "oracle_daily_ic", "oracle_pooled_ic",
+    "cross_sectional_ic_lag0", "daily_ic_lag0", "pooled_ic_lag0",
 ]  # fmt: skip
 SUMMARY_NUMBERS = IC_NUMBERS + [
     "directional_accuracy", "net_sharpe", "gross_sharpe", "buy_hold_sharpe", "net_total_return", "max_drawdown",
@@ -149,12 +150,10 @@ def walk_forward_splits(summary: dict) -> dict:
                                                             for f in folds], "source": "run summary"}
 
 
-def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float) -> dict:
-    """Periods a year: the given periods_per_year, else the calendar of the test span itself (holes in the
-    training years do not move it). A test span too short to see weekends (< 4 weeks) takes the whole data's
-    verdict on whether the market trades 24/7 (fs.meta, when the cache is there)."""
-    if periods_per_year and periods_per_year > 0:
-        return {**ev.annualisation(df, bar, periods_per_year), "source": "given"}
+def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float) -> tuple[dict, float]:
+    """(annualisation dict, bars per session): the given periods_per_year, else the calendar of the test span
+    itself (holes in the training years do not move it). A test span too short to see weekends (< 4 weeks)
+    takes the whole data's verdict on whether the market trades 24/7 (fs.meta, when the cache is there)."""
     test = ev.annualisation(df, bar)
     full = ((getattr(fs, "meta", None) or {}).get("calendar")) if fs is not None else None
     if full and test["span_days"] < SHORT_SPAN_DAYS and (full["method"] == "continuous") != (
@@ -163,8 +162,11 @@ def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float) ->
                                      "bars_per_session")}
         test = Calendar(**keep, continuous=full["method"] == "continuous").to_dict()
         test["description"] += f" (whether weekends trade: from all {full['n_sessions']:,} sessions of the data)"
+    bars_per_session = float(test.get("bars_per_session") or 1.0)
+    if periods_per_year and periods_per_year > 0:
+        return {**ev.annualisation(df, bar, periods_per_year), "source": "given"}, bars_per_session
     return {**test, "source": "measured on the test span",
-            "description": f"measured on the test span: {test['description']}"}
+            "description": f"measured on the test span: {test['description']}"}, bars_per_session
 
 
 def _knob(name: str):
@@ -239,8 +241,7 @@ def load_inputs(
         X_train, y_train = fs.X[train], fs.y[train]
         X_test = fs.X[df["row"].to_numpy()] if "row" in df else None
     bar = bar_seconds or (_bar_seconds_from_fs(fs) if fs is not None else None) or ev.infer_bar_seconds(df)
-    ann = _annualisation(df, fs, float(bar), periods_per_year)
-    bars_per_session = float(ann.get("bars_per_session") or 1.0)
+    ann, bars_per_session = _annualisation(df, fs, float(bar), periods_per_year)
     horizon, horizon_source = _horizon(summary, fs)
     family, reason = ev.headline_family(df)
     mode, mode_reason = ev.resolve_position_mode(df, mode, min_symbols_cs)
