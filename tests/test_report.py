@@ -189,6 +189,17 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
         assert "cannot tell" in rp.summary_markdown(rp.build_report(noise, cost_bps=0.5))
 
 
+def test_the_deflated_sharpe_counts_the_sweep_the_run_belongs_to(tmp_path):
+    run, _ = make_run(tmp_path / "sweep-x" / "run-b")
+    alone = rp.load_inputs(run).trials
+    assert alone == {**alone, "predictors": 2, "sweep_runs": 1, "n_trials": 2}  # model and momentum trade
+    (tmp_path / "sweep-x" / "sweep.json").write_text(json.dumps({"runs": {"run-a": {}, "run-b": {}, "run-c": {}}}))
+    inputs = rp.load_inputs(run)
+    assert inputs.trials["sweep_runs"] == 3 and inputs.trials["n_trials"] == 6
+    s = rp.summary_block(inputs)
+    assert s["dsr_trials"] == 6 and s["net_sharpe_dsr"] <= s["net_sharpe_psr"]
+
+
 def test_build_report_without_features_skips_ridge(tmp_path):
     run, _ = make_run(tmp_path / "run-a")
     report = rp.build_report(run)
