@@ -180,6 +180,11 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
     s = rep["summary"]
     assert s["gross_sharpe"] > 10 and "gross_sharpe" in s["flags"] and "beyond 10" in s["flags"]["gross_sharpe"]
     assert "flagged: Sharpe" in rp.summary_markdown(rep)
+    from tradelib.report import tables
+
+    shown = tables.backtest_table(rep["backtest"], s["flags"]).set_index("book")
+    assert shown.loc["gross (before costs)", "Sharpe"].endswith("(implausible)")
+    assert not shown.loc["buy & hold", "Sharpe"].endswith("(implausible)")
     low, high = s["break_even_ci"]
     assert s["survives_costs"] is (True if low > 5.0 else False if high < 5.0 else None)
     noise, _ = make_run(tmp_path / "noise", rho=0.0, seed=3, freq="B", n_bars=300, n_sym=6)

@@ -139,14 +139,18 @@ def predictor_highlight(predictors: pd.DataFrame, best: dict[str, str]) -> tuple
 BOOKS = {"gross": "gross (before costs)", "net": "net of costs", "buy_hold": "buy & hold"}
 
 
-def backtest_table(stats: dict) -> pd.DataFrame:
-    """Gross, net and buy-and-hold, one row each; the book's settings are said once, beside the table."""
+def backtest_table(stats: dict, flags: dict | None = None) -> pd.DataFrame:
+    """Gross, net and buy-and-hold, one row each; the book's settings are said once, beside the table. A figure
+    the report flags (report.json's `summary.flags`, e.g. `net_sharpe`) reads "implausible" beside it."""
+    flags = flags or {}
+    mark = lambda text, key: f"{text} (implausible)" if key in flags else text  # noqa: E731
     rows = []
     for key, name in BOOKS.items():
         b = stats[key]
         rows.append({"book": name, "total return": signed_pct(b["total_return"]),
-                     "annual return": signed_pct(b["annual_return"]), "annual volatility": pct(b["annual_volatility"]),
-                     "Sharpe": num(b["sharpe"], 2), "max drawdown": pct(b["max_drawdown"]),
+                     "annual return": mark(signed_pct(b["annual_return"]), f"{key}_annual_return"),
+                     "annual volatility": pct(b["annual_volatility"]),
+                     "Sharpe": mark(num(b["sharpe"], 2), f"{key}_sharpe"), "max drawdown": pct(b["max_drawdown"]),
                      "turnover / bar": num(b["turnover"], 3), "hit rate": pct(b["hit_rate"]),
                      "bars": integer(b["n_bars"])})
     return pd.DataFrame(rows)
