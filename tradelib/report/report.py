@@ -496,7 +496,7 @@ def conventions(inputs: ReportInputs) -> dict:
                   f"bar(s) (horizon from {inputs.horizon_source})",
         "significance": "|t| >= 2 on the overlap-robust t only",
         "ic_lag": f"every IC against the target {inputs.ic_lag} bar(s) after the signal (the return from t+"
-                  f"{inputs.ic_lag} to t+{inputs.ic_lag}+{inputs.horizon}, the one a book trading "
+                  f"{inputs.ic_lag} to t+{inputs.ic_lag + inputs.horizon}, the one a book trading "
                   f"{inputs.ic_lag} bar(s) later earns); the lag-0 figures (before the trade delay) beside them",
         "sharpe_interval": "Lo (2002) non-IID standard error (delta method, Newey-West covariance of the first two "
                            "moments): allows for autocorrelation and fat tails; 95% interval SR +- 1.96 SE",
@@ -957,7 +957,7 @@ def _signal_lines(report: dict) -> list[str]:
     lag = g("ic_lag") or 0
     others = "".join(f", {k} {_f(v)}" for k, v in (g("baseline_ic") or {}).items() if k != "oracle")
     t = g("ic_t_stat")
-    at = f"at lag {lag} (the return the book earns, t+{lag} to t+{lag}+{g('horizon_bars')})"
+    at = f"at lag {lag} (the return the book earns, t+{lag} to t+{lag + (g('horizon_bars') or 1)})"
     if fam == "pooled":
         lead = f"Test **{word} {_f(g('pooled_ic'))}** {at} (rank IC {_f(g('pooled_rank_ic'))}"
     else:
