@@ -100,7 +100,7 @@ def test_cross_sectional_ic_equals_a_hand_computation_per_timestamp():
     hand_rank = g.apply(lambda x: x["prediction"].corr(x["target"], "spearman") if len(x) >= 3 else np.nan).dropna()
     np.testing.assert_allclose(out["ic"], hand.to_numpy(), atol=1e-12)
     np.testing.assert_allclose(out["rank_ic"], hand_rank.to_numpy(), atol=1e-12)
-    named = ev.named_ics(df)
+    named = ev.named_ics(df, 0)
     assert named["cross_sectional_ic"] == pytest.approx(hand.mean())
     assert named["daily_ic"] == pytest.approx(df["prediction"].corr(df["target"]))  # one day: the pooled IC
     assert named["pooled_ic"] == pytest.approx(df["prediction"].corr(df["target"]))

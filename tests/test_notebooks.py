@@ -95,7 +95,9 @@ def test_pipeline_runs_all_notebooks_and_renders_the_report(outputs):
     for rule in re.finditer(r"\{\s*background-color: #c7e9c0", html):
         selectors = html[html.rfind("}", 0, rule.start()) + 1 : rule.start()]
         marked |= {int(row) for row in re.findall(r"_row(\d+)_col\d+", selectors)}
-    assert marked and not marked & {1, 4}  # never zero (row 1) nor the oracle (row 4)
+    rows = {p["predictor"]: i for i, p in enumerate(report["predictors"])}
+    assert marked == {rows[name] for name in report["best_predictors"].values()}  # only what survives deflation
+    assert not marked & {1, 4}  # never zero (row 1) nor the oracle (row 4)
 
 
 class Tables(HTMLParser):

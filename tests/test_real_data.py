@@ -82,8 +82,76 @@ def test_cross_sectional_ic_equals_alphalens_on_real_predictions(real_run, real_
     np.testing.assert_array_equal(ours["period"].to_numpy(), theirs.index.to_numpy())
     np.testing.assert_allclose(ours["rank_ic"].to_numpy(), theirs.to_numpy(), atol=1e-12)
     s = rp.build_report(real_run, fs=real_fs)["summary"]
-    assert s["headline_ic"] == "cross_sectional"
+    assert s["headline_ic"] == "cross_sectional" and s["ic_lag"] == 1
+    assert s["cross_sectional_rank_ic_lag0"] == pytest.approx(theirs.mean(), abs=1e-12)  # before the trade delay
+
+
+def test_the_headline_ic_is_alphalens_on_returns_shifted_by_the_trade_delay(real_run, real_fs):
+    """trade_delay 1: the headline IC is against the t+1 to t+2 return, alphalens-reloaded's IC on each asset's
+    forward returns shifted one date (pandas' pivot and shift, not tradelib's lookup)."""
+    df = runs.read_predictions(real_run)
+    wide = df.pivot(index="timestamp", columns="symbol", values="target").sort_index()
+    shifted = wide.shift(-1).stack().rename("shifted")
+    df = df.join(shifted, on=["timestamp", "symbol"]).dropna(subset=["shifted"])
+    enough = df.groupby("timestamp")["symbol"].transform("nunique") >= 3
+    theirs = alphalens_rank_ic(df[enough].drop(columns="target").rename(columns={"shifted": "target"}))
+    s = rp.build_report(real_run, fs=real_fs, trade_delay=1)["summary"]
+    assert len(theirs) > 500
     assert s["cross_sectional_rank_ic"] == pytest.approx(theirs.mean(), abs=1e-12)
+    assert s["cross_sectional_rank_ic"] != pytest.approx(s["cross_sectional_rank_ic_lag0"], abs=1e-6)
+
+
+def test_the_sharpe_interval_and_psr_equal_a_hand_computation_on_real_daily_returns(real_run, real_fs):
+    """Lo (2002) with a Newey-West covariance (statsmodels) of the net book's daily returns, and PSR = Phi(SR/SE)."""
+    from scipy import stats
+    from statsmodels.stats.sandwich_covariance import S_hac_simple
+
+    inputs = rp.load_inputs(real_run, cost_bps=5.0, fs=real_fs)
+    s = rp.build_report(real_run, inputs=inputs)["summary"]
+    r, ppy = inputs.backtest.pnl["net"].to_numpy(), s["periods_per_year"]
+    n, d = len(r), r - r.mean()
+    var = d @ d / n
+    S = S_hac_simple(np.column_stack([d, d * d - var])) / n
+    g = np.array([1 / np.sqrt(var), -r.mean() / (2 * var**1.5)])
+    se = np.sqrt(g @ S @ g / (n - 1))
+    sr = r.mean() / r.std(ddof=1)
+    assert s["net_sharpe_se"] == pytest.approx(se * np.sqrt(ppy), rel=1e-10)
+    assert s["net_sharpe_ci"] == pytest.approx([(sr - 1.96 * se) * np.sqrt(ppy), (sr + 1.96 * se) * np.sqrt(ppy)],
+                                               rel=1e-10)
+    assert s["net_sharpe_psr"] == pytest.approx(stats.norm.cdf(sr / se), rel=1e-10)
+    assert s["survives_costs"] in (True, False, None) and len(s["break_even_ci"]) == 2
+
+
+def test_the_test_span_as_traded_on_real_daily_bars(real_run, real_fs):
+    """First and last prediction, the rows purged after validation and the window's warm-up, counted by hand."""
+    from tradelib.train.sources import window_ends
+
+    ends = window_ends(real_fs, 2, CFG.window)
+    summary = {"run_id": real_run.name, "config": CFG.to_dict(), "test_windows": int(len(ends))}
+    runs.write_summary(real_run, summary)
+    span = rp.load_inputs(real_run, fs=real_fs).test_span
+    cut = real_fs.meta["splits"]
+    t = real_fs.timestamp
+    purged = (real_fs.split == -1) & (t > cut["val_end"])
+    assert span["purged_rows"] == int(purged.sum()) == 3 * (CFG.horizon + CFG.window)  # per symbol
+    targets = int(((real_fs.split == 2) & np.isfinite(real_fs.y)).sum())
+    assert span["warmup_rows"] == targets - len(ends) >= 3 * (CFG.window - 1)
+    first = pd.Timestamp(span["first_prediction"])
+    assert first == pd.Timestamp(int(real_fs.timestamp[real_fs.split == 2].min()), tz="UTC")  # predictions: every row
+    assert span["periods"] > 500
+
+
+def test_the_daily_profile_sizes_the_run_for_daily_bars():
+    """params/daily.yaml on the real daily bars: the warm-up is a small share of the run's optimizer steps, and
+    the report reads the bars as '1 day'."""
+    from tradelib.config import load_config
+    from tradelib.train.sources import window_ends
+
+    cfg = load_config([str(Path(__file__).resolve().parents[1] / "params" / "daily.yaml")])
+    fs = dataset.build(cfg.replace(data_path=str(REAL)))[0]
+    steps = len(window_ends(fs, 0, cfg.window)) // (cfg.batch_size * cfg.grad_accum_steps) * cfg.epochs
+    assert steps >= 10 * cfg.warmup_steps
+    assert ev.bar_words(rp._bar_seconds_from_fs(fs)) == "1 day"
 
 
 def test_cross_sectional_ic_equals_alphalens_on_a_wide_universe():
@@ -97,4 +165,4 @@ def test_cross_sectional_ic_equals_alphalens_on_a_wide_universe():
     theirs = alphalens_rank_ic(df)
     ours = ev.ic_by_timestamp(df)
     np.testing.assert_allclose(ours["rank_ic"].to_numpy(), theirs.to_numpy(), atol=1e-12)
-    assert ev.named_ics(df)["cross_sectional_rank_ic"] == pytest.approx(theirs.mean(), abs=1e-12)
+    assert ev.named_ics(df, 0)["cross_sectional_rank_ic"] == pytest.approx(theirs.mean(), abs=1e-12)

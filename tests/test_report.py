@@ -13,25 +13,29 @@ from tradelib.report import report as rp
 RHO = 0.3  # planted corr(prediction, target)
 
 
-def make_run(run_dir, seed=0, rho=RHO, summary_extra=None, n_sym=4, n_days=3):
-    """A run folder as train.py writes it: summary.json, metrics.jsonl, predictions.parquet (5-minute bars)."""
+def make_run(run_dir, seed=0, rho=RHO, summary_extra=None, n_sym=4, n_days=3, lag=1, freq="5min", n_bars=None):
+    """A run folder as train.py writes it: summary.json, metrics.jsonl, predictions.parquet (5-minute bars).
+    The prediction is planted at corr `rho` with the target `lag` bars later (the return a book trading with
+    trade_delay = lag earns), and nothing else: its lag-0 IC is noise."""
     rng = np.random.default_rng(seed)
     run_dir.mkdir(parents=True)
-    ts = pd.date_range("2024-05-01", periods=288 * n_days, freq="5min", tz="UTC")
+    ts = pd.date_range("2024-05-01", periods=n_bars or 288 * n_days, freq=freq, tz="UTC")
     n = len(ts) * n_sym
-    z = rng.standard_normal(n)
-    feature = z + rng.standard_normal(n)  # the ridge baseline's one feature: corr 1/sqrt(2) with the target
+    z = rng.standard_normal((n_sym, len(ts)))
+    ahead = np.concatenate([z[:, lag:], rng.standard_normal((n_sym, lag))], axis=1).ravel()  # the target lag later
+    z = z.ravel()
+    feature = ahead + rng.standard_normal(n)  # the ridge baseline's one feature: corr 1/sqrt(2) with it
     pd.DataFrame(
         {
             "row": np.arange(n),
             "timestamp": np.tile(ts, n_sym),
             "symbol": np.repeat([f"S{i}" for i in range(n_sym)], len(ts)),
-            "prediction": rho * z + math.sqrt(1 - rho**2) * rng.standard_normal(n),
+            "prediction": rho * ahead + math.sqrt(1 - rho**2) * rng.standard_normal(n),
             "target": z,
             "fwd_return": 1e-3 * z,
             "ret_next": 1e-3 * z,
             "last_return": 1e-3 * rng.standard_normal(n),
-            "oracle": 0.8 * z + 0.6 * rng.standard_normal(n),
+            "oracle": 0.8 * ahead + 0.6 * rng.standard_normal(n),
         }
     ).to_parquet(run_dir / "predictions.parquet", index=False)
     lines = [
@@ -50,7 +54,7 @@ def make_run(run_dir, seed=0, rho=RHO, summary_extra=None, n_sym=4, n_days=3):
     }  # fmt: skip
     summary.update(summary_extra or {})
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    features = {"X_train": feature[:, None], "y_train": z, "X_test": feature[:, None]}
+    features = {"X_train": feature[:, None], "y_train": ahead, "X_test": feature[:, None]}
     return run_dir, features
 
 
@@ -73,11 +77,15 @@ def test_build_report_writes_strict_json_with_planted_ic(tmp_path):
         assert key in on_disk
     assert "compare" not in on_disk
     s = on_disk["summary"]
+    assert s["ic_lag"] == 1  # every IC against the return the book earns, one bar after the signal
     for name in ("daily_ic", "pooled_ic"):
         assert s[name] == pytest.approx(RHO, abs=0.05), name
+        assert s[name + "_lag0"] == pytest.approx(0.0, abs=0.05), name  # before the trade delay: nothing planted
+    decay = {r["lag"]: r["ic"] for r in on_disk["ic_decay"]}
+    assert list(decay) == list(range(11)) and decay[1] == s["cross_sectional_ic"] and abs(decay[0]) < 0.05
     assert 0.15 < s["cross_sectional_ic"] < RHO  # a correlation over 4 symbols is biased towards 0
     assert s["headline_ic"] == "cross_sectional" and "4 symbols" in s["headline_reason"]
-    assert s["cross_sectional_periods"] == 288 * 3 and s["daily_periods"] == 3 and s["bar_seconds"] == 300.0
+    assert s["cross_sectional_periods"] == 288 * 3 - 1 and s["daily_periods"] == 3 and s["bar_seconds"] == 300.0
     assert s["ic_t_stat"] == s["cross_sectional_t_stat"] > 2 and s["ic_t_method"].startswith("iid")  # horizon 1
     assert s["oracle_daily_ic"] == pytest.approx(0.8, abs=0.05) and s["oracle_cross_sectional_ic"] > 0.6
     assert s["directional_accuracy"] > 0.55 and s["net_sharpe"] is not None
@@ -125,6 +133,76 @@ def test_periods_per_year_overrides_the_calendar(tmp_path):
     ratio = math.sqrt(252.0 / (365.25 * 288))
     assert given["summary"]["net_sharpe"] == pytest.approx(auto["net_sharpe"] * ratio)
     assert given["summary"]["cross_sectional_ic"] == auto["cross_sectional_ic"]  # ICs do not annualise
+
+
+def test_annualisation_is_the_test_spans_own_and_says_so(tmp_path):
+    """Holes in the training years (a calendar of 234 periods over all splits) do not move the test span's
+    annualisation; report.json says 'measured' or 'given' as it was."""
+    from types import SimpleNamespace
+
+    run, feats = make_run(tmp_path / "daily", freq="B", n_bars=300, n_sym=6)
+    holes = {"periods_per_year": 234.2, "method": "sessions", "description": "exchange calendar (holes)",
+             "bar_seconds": 86_400.0, "n_sessions": 2000, "span_days": 3100.0, "sessions_per_year": 234.2,
+             "bars_per_session": 1.0}
+    fs = SimpleNamespace(meta={"calendar": holes})
+    rep = rp.build_report(run, fs=fs, **feats)
+    ann = rep["conventions"]["annualisation"]
+    assert ann["source"] == "measured on the test span" and 255 < ann["periods_per_year"] < 265  # 5 days a week
+    assert rep["backtest"]["annualisation"].startswith("measured on the test span")
+    assert "given" not in rep["backtest"]["annualisation"] and rep["backtest"]["annualisation_method"] == "sessions"
+    given = rp.build_report(run, fs=fs, periods_per_year=252.0, **feats)
+    assert given["backtest"]["annualisation"].startswith("given") and given["summary"]["periods_per_year"] == 252.0
+    assert rep["summary"]["bar"] == "1 day" and "6 symbols of 1 day bars" in rp.summary_markdown(rep)
+    assert rep["summary"]["position_mode"] == "neutral" and "auto: 6 symbols" in rep["summary"]["position_mode_reason"]
+
+
+def test_warnings_for_a_short_span_few_symbols_and_a_warm_up_as_long_as_the_run(tmp_path):
+    run, _ = make_run(tmp_path / "short", freq="B", n_bars=40, n_sym=3,
+                      summary_extra={"config": {"warmup_steps": 50}, "optimizer_steps": 21})
+    rep = rp.build_report(run)
+    warnings = " | ".join(rep["warnings"])
+    assert "warmup_steps 50 reaches the run's 21 optimizer steps" in warnings
+    assert "holds 40 periods (< 60)" in warnings
+    assert "3 symbols at a typical timestamp (< 5)" in warnings
+    assert rep["summary"]["position_mode"] == "sign"  # auto, below min_symbols_cs
+    md = rp.summary_markdown(rep)
+    assert md.count("**Warning**") == 3
+    run2, _ = make_run(tmp_path / "long", freq="B", n_bars=300, n_sym=6,
+                       summary_extra={"config": {"warmup_steps": 5}, "optimizer_steps": 500})
+    assert rp.build_report(run2)["warnings"] == []
+
+
+def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(tmp_path):
+    """Three days of 5-minute bars with a planted signal annualise to an impossible Sharpe: flagged with a reason;
+    'survives costs' is said only when the break-even interval lies above the cost."""
+    run, _ = make_run(tmp_path / "run-a")
+    rep = rp.build_report(run, cost_bps=5.0)
+    s = rep["summary"]
+    assert s["gross_sharpe"] > 10 and "gross_sharpe" in s["flags"] and "beyond 10" in s["flags"]["gross_sharpe"]
+    assert "flagged: Sharpe" in rp.summary_markdown(rep)
+    from tradelib.report import tables
+
+    shown = tables.backtest_table(rep["backtest"], s["flags"]).set_index("book")
+    assert shown.loc["gross (before costs)", "Sharpe"].endswith("(implausible)")
+    assert not shown.loc["buy & hold", "Sharpe"].endswith("(implausible)")
+    low, high = s["break_even_ci"]
+    assert s["survives_costs"] is (True if low > 5.0 else False if high < 5.0 else None)
+    noise, _ = make_run(tmp_path / "noise", rho=0.0, seed=3, freq="B", n_bars=300, n_sym=6)
+    quiet = rp.build_report(noise, cost_bps=0.5)["summary"]
+    assert quiet["survives_costs"] is not True and quiet["flags"] == {}
+    if quiet["survives_costs"] is None:
+        assert "cannot tell" in rp.summary_markdown(rp.build_report(noise, cost_bps=0.5))
+
+
+def test_the_deflated_sharpe_counts_the_sweep_the_run_belongs_to(tmp_path):
+    run, _ = make_run(tmp_path / "sweep-x" / "run-b")
+    alone = rp.load_inputs(run).trials
+    assert alone == {**alone, "predictors": 2, "sweep_runs": 1, "n_trials": 2}  # model and momentum trade
+    (tmp_path / "sweep-x" / "sweep.json").write_text(json.dumps({"runs": {"run-a": {}, "run-b": {}, "run-c": {}}}))
+    inputs = rp.load_inputs(run)
+    assert inputs.trials["sweep_runs"] == 3 and inputs.trials["n_trials"] == 6
+    s = rp.summary_block(inputs)
+    assert s["dsr_trials"] == 6 and s["net_sharpe_dsr"] <= s["net_sharpe_psr"]
 
 
 def test_build_report_without_features_skips_ridge(tmp_path):
@@ -197,7 +275,8 @@ def test_make_figures_writes_pngs(tmp_path):
     inputs = rp.load_inputs(run)
     inputs.quality = {"counts": [{"rule": "nonpositive_price", "symbol": "S0", "action": "dropped", "rows": 3}]}
     figs = rp.make_figures(inputs, run)
-    assert set(figs) == {"training", "equity", "underwater", "costs", "deciles", "ic", "throughput", "quality"}
+    assert set(figs) == {"training", "equity", "underwater", "costs", "deciles", "ic", "ic_decay", "throughput",
+                         "quality"}
     for name in figs:
         assert (run / f"{name}.png").stat().st_size > 1000
 
@@ -219,9 +298,20 @@ def test_loader_sweep_sets_the_two_loaders_side_by_side(tmp_path):
 def test_best_predictors_never_the_oracle_nor_a_predictor_that_never_trades():
     predictors = pd.DataFrame({"predictor": ["model", "zero", "momentum", "ridge", "oracle"],
                                "cross_sectional_ic": [0.02, np.nan, 0.01, 0.03, 0.4],
-                               "sharpe_net": [-3.0, 0.0, -5.0, -1.0, 9.0], "coverage": [1.0, 0.0, 1.0, 1.0, 1.0]})
+                               "t_stat": [3.0, np.nan, 1.0, 4.0, 30.0],
+                               "sharpe_net": [2.0, 0.0, 1.0, 3.0, 9.0], "coverage": [1.0, 0.0, 1.0, 1.0, 1.0],
+                               "sharpe_net_period": [0.2, 0.0, 0.1, 0.3, 0.9],
+                               "sharpe_net_se_period": [0.05, np.nan, 0.05, 0.05, 0.05]})
+    trials = rp.trial_count(predictors, sweep_runs=1)
+    assert trials["n_trials"] == 3 and trials["predictors"] == 3  # model, momentum, ridge compete
     # zero's Sharpe of 0 and the oracle's 9 are the largest: neither is a result to beat
-    assert rp.best_predictors(predictors, "cross_sectional") == {"cross_sectional_ic": "ridge", "sharpe_net": "ridge"}
+    assert rp.best_predictors(predictors, "cross_sectional", trials) == {"cross_sectional_ic": "ridge",
+                                                                          "sharpe_net": "ridge"}
+    many = rp.trial_count(predictors, sweep_runs=10_000)  # after ten thousand tries, t = 4 is what luck gives
+    assert rp.best_predictors(predictors, "cross_sectional", many) == {}
+    losing = predictors.assign(sharpe_net=[-2.0, 0.0, -5.0, -1.0, 9.0], sharpe_net_period=[-0.2, 0, -0.5, -0.1, 0.9],
+                               cross_sectional_ic=[-0.02, np.nan, -0.01, -0.03, 0.4])
+    assert rp.best_predictors(losing, "cross_sectional", trials) == {}  # never on a loss
     from tradelib.report import tables
 
     cells = tables.predictor_highlight(predictors, {"cross_sectional_ic": "ridge", "sharpe_net": "ridge"})
@@ -229,6 +319,7 @@ def test_best_predictors_never_the_oracle_nor_a_predictor_that_never_trades():
 
 
 def test_lr_schedule_from_step_0_reproduces_every_logged_value(outputs):
+    """Training writes the LR of every optimizer step (train_facts.json); the report draws it from there."""
     from tradelib.config import Config
     from tradelib.train.run import train
 
@@ -237,20 +328,33 @@ def test_lr_schedule_from_step_0_reproduces_every_logged_value(outputs):
     result = train(Config(**{**TINY, "run_id": "lr", "warmup_steps": 6, "epochs": 3, "max_steps": 60,
                              "log_every": 4}), progress=False)
     steps, _ = rn.training_curves(result.run_dir)
-    curve = rp.lr_schedule(result.summary, steps)
+    facts = rp.read_facts(result.run_dir)
+    curve = rp.lr_schedule(facts, steps, result.summary["optimizer_steps"])
     assert curve is not None and curve["step"].iloc[0] == 0 and len(curve) == 61
     lr = result.summary["lr"]
     assert curve["lr"].iloc[0] == pytest.approx(lr / 6)  # the first update's rate: warm-up from step 0
     assert curve["lr"].max() == pytest.approx(lr) and steps["step"].min() == 4  # the log starts past step 0
     logged = curve.set_index("step").loc[steps["step"], "lr"].to_numpy()
     assert logged == pytest.approx(steps["lr"].to_numpy(), rel=1e-9)
-    changed = {**result.summary, "config": {**result.summary["config"], "max_steps": 90}}
+    assert facts["windows"]["test"] == result.summary["test_windows"]
+    changed = {**facts, "lr": [v * 1.01 for v in facts["lr"]]}
     assert rp.lr_schedule(changed, steps) is None  # a schedule that does not reproduce the log is not drawn
+    assert rp.lr_schedule(None, steps) is None  # a run without train_facts.json: the logged values only
+    import ast
+
+    from tradelib.report import report as module
+
+    tree = ast.parse(open(module.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any(m and m.startswith("tradelib.train") for m in imported)  # the report never imports training
 
 
 def test_loss_context_measures_why_validation_sits_below_training(tiny_fs):
-    """The zero-prediction yardstick per split against a naive loop over the windows, and the reasons named."""
+    """The zero-prediction yardstick per split (written by training) against a naive loop over the windows, and
+    the reasons named."""
     from types import SimpleNamespace
+
+    from tradelib.train.facts import split_windows
 
     window, scale = 16, float(tiny_fs.meta["target_scale"])
 
@@ -260,16 +364,17 @@ def test_loss_context_measures_why_validation_sits_below_training(tiny_fs):
                                                    and tiny_fs.split[u] == split for u in range(t - window + 1, t + 1))]
         return float(np.mean(np.square(ys, dtype=np.float64)))
 
+    facts = split_windows(tiny_fs, window)
     epochs = pd.DataFrame({"epoch": [0.0], "train_loss": [5.0], "val_loss": [0.1]})
-    inputs = SimpleNamespace(summary={"config": {"window": window, "dropout": 0.2}}, epochs=epochs)
-    ctx = rp.loss_context(inputs, tiny_fs)
+    inputs = SimpleNamespace(summary={"config": {"window": window, "dropout": 0.2}}, epochs=epochs, facts=facts)
+    ctx = rp.loss_context(inputs)
     assert ctx["zero_mse"]["train"] == pytest.approx(naive_zero_mse(0), rel=1e-9)
     assert ctx["zero_mse"]["val"] == pytest.approx(naive_zero_mse(1), rel=1e-9)
     assert ctx["val_below_train"] and any("dropout 0.2" in r for r in ctx["reasons"])
     quieter = ctx["zero_mse"]["val"] < ctx["zero_mse"]["train"]
     assert quieter == any("validation period is quieter" in r for r in ctx["reasons"])
     inputs.epochs = epochs.assign(val_loss=6.0)
-    assert rp.loss_context(inputs, tiny_fs)["reasons"] == []  # validation above training needs no excuse
+    assert rp.loss_context(inputs)["reasons"] == []  # validation above training needs no excuse
 
 
 def test_tables_print_integers_as_integers_and_flag_what_cannot_be_right():

@@ -28,7 +28,8 @@ def test_training_beats_zero_on_planted_signal():
     assert ic > 0.04, ic
     assert ((pred["prediction"] - pred["target"]) ** 2).mean() < (pred["target"] ** 2).mean()
     summary = json.loads((d / "summary.json").read_text())
-    assert summary["pooled_ic"] == ic or np.isclose(summary["pooled_ic"], ic)
+    assert summary["pooled_ic_lag0"] == ic or np.isclose(summary["pooled_ic_lag0"], ic)  # before the trade delay
+    assert summary["ic_lag"] == 1 and summary["pooled_ic"] > 0.04  # the planted signal lasts past the delay
     assert summary["oracle_pooled_ic"] > 0
     ckpt = torch.load(d / "checkpoints" / "last.pt", weights_only=False)
     assert set(ckpt["model"]) == set(res.model.state_dict())

@@ -141,9 +141,9 @@ def test_stitched_predictions_are_the_folds_predictions_in_their_test_periods(wa
         assert pd.Timestamp(f["train_end"]) < pd.Timestamp(f["val_end"]) < when.min()
     assert folds[0]["norm_median"] != folds[1]["norm_median"] != folds[2]["norm_median"]
     # the summary's named ICs are the stitched predictions', each fold's its own rows'
-    ics = metrics.named_ics(stitched)
+    ics = metrics.named_ics(stitched, walked.summary["ic_lag"])
     assert walked.summary["pooled_ic"] == ics["pooled_ic"] and walked.summary["test_rows"] == len(stitched)
-    assert folds[1]["pooled_ic"] == metrics.named_ics(per[1])["pooled_ic"]
+    assert folds[1]["pooled_ic"] == metrics.named_ics(per[1], walked.summary["ic_lag"])["pooled_ic"]
     steps = [r["step"] for r in runs.read_metrics(top) if r["kind"] == "step"]
     assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == 18
 
@@ -183,9 +183,10 @@ def test_the_report_has_every_fold_and_all_of_them(walked):
         mine = stitched[stitched["fold"] == k]
         row = table.iloc[k]
         assert row["test_rows"] == len(mine)
-        assert row["pooled_ic"] == pytest.approx(metrics.named_ics(mine)["pooled_ic"])
+        assert row["pooled_ic"] == pytest.approx(metrics.named_ics(mine, rep["summary"]["ic_lag"])["pooled_ic"])
         assert row["net_sharpe"] == pytest.approx(metrics.backtest(
-            mine, periods_per_year=rep["summary"]["periods_per_year"]).stats["net"]["sharpe"])
+            mine, periods_per_year=rep["summary"]["periods_per_year"],
+            mode=rep["summary"]["position_mode"]).stats["net"]["sharpe"])
     assert table.iloc[3]["net_sharpe"] == pytest.approx(rep["summary"]["net_sharpe"])
     assert rep["conventions"]["splits"]["method"] == "walk-forward"
     assert "ridge" in set(inputs.predictors["predictor"])  # the per-fold ridge, though no single feature set

@@ -228,14 +228,22 @@ class Config:
     compare_with: str = knob("", "another run id or folder to set beside this one (empty: none)", "report")
     cost_bps: float = knob(5.0, "transaction cost per unit of position change, in basis points", "report", lo=0,
                            finite=True)
-    position_mode: str = knob("sign", "backtest positions: sign, scaled (capped at 1), or neutral (demeaned, gross 1)",
-                              "report", choices=("sign", "scaled", "neutral"))
+    position_mode: str = knob("auto", "backtest positions: auto (neutral with at least min_symbols_cs symbols, else "
+                              "sign), sign, scaled (capped at 1), or neutral (demeaned, gross 1)", "report",
+                              choices=("auto", "sign", "scaled", "neutral"))
+    min_symbols_cs: int = knob(5, "symbols at a typical timestamp for a cross-section: position_mode auto trades it "
+                               "neutral from here, and fewer get a warning beside the cross-sectional figures",
+                               "report", lo=2)
     periods_per_year: float = knob(0.0, "annualisation (0: from the data's calendar, ~252 for daily stock bars)",
                                    "report", lo=0, finite=True)
     trade_delay: int = knob(1, "bars between a signal and its trade (1: the signal at the close of t trades at "
                             "the close of t+1)", "report", lo=0)
     cost_grid_bps: str = knob("0,1,2,5,10,20", "comma list of costs (bps) at which the net Sharpe is reported",
                               "report")
+    bootstrap_samples: int = knob(1000, "block-bootstrap resamples of the break-even cost's 95% interval", "report",
+                                  lo=1)
+    bootstrap_seed: int = knob(0, "seed of the break-even cost's block bootstrap (the interval repeats exactly)",
+                               "report")
     extra: dict = knob({}, "free-form notes kept with the run", "system", resume=True)
 
     def __post_init__(self) -> None:

@@ -244,10 +244,7 @@ def run_sweep(plan: Plan, progress: bool = True) -> pd.DataFrame:
 def run_figures(folder: Path, cfg: Config) -> dict:
     """One finished run's numbers for the table, computed as its report computes them (report.summary_block
     with the sweep's report parameters)."""
-    inputs = report.load_inputs(
-        folder, cost_bps=cfg.cost_bps, fs=report.load_featureset(folder), mode=cfg.position_mode,
-        periods_per_year=cfg.periods_per_year, trade_delay=cfg.trade_delay,
-        cost_grid_bps=[float(c) for c in cfg.cost_grid_bps.split(",") if c.strip()])
+    inputs = report.load_inputs(folder, fs=report.load_featureset(folder), **report.report_params(cfg))
     block = report.summary_block(inputs)
     return {k: block.get(k, inputs.summary.get(k)) for k in NUMBERS}
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -230,25 +231,70 @@ def pooled_summary(df: pd.DataFrame, pred_col: str = "prediction", target_col: s
     return {**out, "t_stat": t, "t_method": method, "lags": int(lags), "n_periods": int(len(times))}
 
 
-def named_ics(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target") -> dict:
-    """The three named test ICs of a predictions frame, and the oracle's (None without one): what summary.json
-    and the runs table hold (the report adds their t-statistics and the baselines). NaN where undefined."""
+def lagged_target(df: pd.DataFrame, lag: int, target_col: str = "target") -> np.ndarray:
+    """The target of the same symbol `lag` timestamps later (counted over the frame's distinct timestamps, as
+    the backtest counts its delay), in df's row order; NaN where that row is missing. With `lag` = trade_delay
+    d and an h-bar target this is the return from t+d to t+d+h: the one a book trading d bars after the signal
+    earns. lag 0 is the target itself."""
+    y = df[target_col].to_numpy(dtype=float)
+    if int(lag) == 0 or len(df) == 0:
+        return y
+    times, tidx = np.unique(_ts_ns(df["timestamp"]), return_inverse=True)
+    span = np.int64(len(times) + int(lag) + 1)
+    key = pd.factorize(df["symbol"])[0].astype(np.int64) * span + tidx.ravel()
+    order = np.argsort(key, kind="stable")
+    want = key + int(lag)
+    i = np.minimum(np.searchsorted(key[order], want), len(key) - 1)
+    return np.where(key[order][i] == want, y[order][i], np.nan)
+
+
+def named_ics(df: pd.DataFrame, lag: int, pred_col: str = "prediction", target_col: str = "target") -> dict:
+    """The three named test ICs of a predictions frame against the target `lag` bars later (`lagged_target`,
+    lag = the run's trade_delay: the return the book earns), and the oracle's at the same lag (None without
+    one); the model's lag-0 figures beside them as `*_lag0` ("before the trade delay"). What summary.json and
+    the runs table hold. NaN where undefined."""
     nan = float("nan")
-    out: dict = {}
+    out: dict = {"ic_lag": int(lag)}
     oracle = "oracle" in df and df["oracle"].notna().any()
-    for who, col in (("", pred_col), ("oracle_", "oracle")):
+    traded = df.assign(_traded=lagged_target(df, lag, target_col))
+    for who, col, d, tcol, tail in (("", pred_col, traded, "_traded", ""), ("oracle_", "oracle", traded, "_traded", ""),
+                                    ("", pred_col, df, target_col, "_lag0")):
         if who and not oracle:
             out.update({f"oracle_{f}_ic": None for f in IC_FAMILIES})
             continue
-        cs, day = ic_by_timestamp(df, col, target_col), ic_by_day(df, col, target_col)
-        out[f"{who}cross_sectional_ic"] = float(cs["ic"].mean()) if len(cs) else nan
-        out[f"{who}daily_ic"] = float(day["ic"].mean()) if len(day) else nan
-        out[f"{who}pooled_ic"] = ic(df[col], df[target_col])
+        cs, day = ic_by_timestamp(d, col, tcol), ic_by_day(d, col, tcol)
+        out[f"{who}cross_sectional_ic{tail}"] = float(cs["ic"].mean()) if len(cs) else nan
+        out[f"{who}daily_ic{tail}"] = float(day["ic"].mean()) if len(day) else nan
+        out[f"{who}pooled_ic{tail}"] = ic(d[col], d[tcol])
         if not who:
-            out["cross_sectional_rank_ic"] = float(cs["rank_ic"].mean()) if len(cs) else nan
-            out["daily_rank_ic"] = float(day["rank_ic"].mean()) if len(day) else nan
-            out["pooled_rank_ic"] = rank_ic(df[col], df[target_col])
+            out[f"cross_sectional_rank_ic{tail}"] = float(cs["rank_ic"].mean()) if len(cs) else nan
+            out[f"daily_rank_ic{tail}"] = float(day["rank_ic"].mean()) if len(day) else nan
+            out[f"pooled_rank_ic{tail}"] = rank_ic(d[col], d[tcol])
     return {**out, "test_rows": int(len(df))}
+
+
+def family_summary(d: pd.DataFrame, family: str, lags: int, pred_col: str = "prediction",
+                   target_col: str = "target") -> dict:
+    """`ic_summary` (or `pooled_summary`) of one IC family."""
+    if family == "cross_sectional":
+        return ic_summary(ic_by_timestamp(d, pred_col, target_col), lags)
+    if family == "daily":
+        return ic_summary(ic_by_day(d, pred_col, target_col), lags)
+    return pooled_summary(d, pred_col, target_col, lags)
+
+
+def ic_decay(df: pd.DataFrame, family: str, overlap: int, max_lag: int = 10, pred_col: str = "prediction",
+             target_col: str = "target") -> pd.DataFrame:
+    """The IC of one family against the target 0..max_lag bars later (alphalens' "mean IC by period"): how
+    long the signal lasts, and so what a delayed book can still take. Every lag's targets overlap their
+    neighbours as the lag-0 ones do, so each t uses the same `overlap` HAC lags."""
+    rows = []
+    for lag in range(max_lag + 1):
+        s = family_summary(df.assign(_lagged=lagged_target(df, lag, target_col)), family, overlap, pred_col,
+                           "_lagged")
+        rows.append({"lag": lag, "ic": s["ic"], "rank_ic": s["rank_ic"], "t_stat": s["t_stat"],
+                     "n_periods": s["n_periods"]})
+    return pd.DataFrame(rows)
 
 
 def headline_family(df: pd.DataFrame) -> tuple[str, str]:
@@ -394,8 +440,9 @@ def evaluate_all(
     **backtest_kw,
 ) -> pd.DataFrame:
     """One row per predictor (the model first, then the baselines), every number on the same rows: the
-    three named ICs, the ICIR and overlap-robust t of `family` (with `lags`), direction and the net Sharpe
-    of `backtest(**backtest_kw)`."""
+    three named ICs (against `target_col`: the report passes the target at the traded lag), the ICIR and
+    overlap-robust t of `family` (with `lags`), direction, and the net Sharpe of `backtest(**backtest_kw)`
+    with its standard error and PSR (`sharpe_inference`; per period too, for the deflated Sharpe)."""
     preds = {
         "model": df[pred_col].to_numpy(dtype=float),
         **{k: np.asarray(v, dtype=float) for k, v in baselines.items()},
@@ -408,6 +455,7 @@ def evaluate_all(
         pooled = pooled_summary(d, "_p", target_col, lags if family == "pooled" else 0)
         head = {"cross_sectional": cs, "daily": day, "pooled": pooled}[family]
         bt = backtest(d, "_p", **backtest_kw)
+        inf = sharpe_inference(bt.pnl["net"].to_numpy(), bt.stats["periods_per_year"])
         rows.append(
             {
                 "predictor": name,
@@ -422,6 +470,10 @@ def evaluate_all(
                 "directional_accuracy": directional_accuracy(p, d[target_col].to_numpy(dtype=float)),
                 "coverage": coverage(p),
                 "sharpe_net": bt.stats["net"]["sharpe"],
+                "sharpe_net_se": inf["se"],
+                "sharpe_net_psr": inf["psr"],
+                "sharpe_net_period": inf["sharpe_period"],
+                "sharpe_net_se_period": inf["se_period"],
                 "total_return_net": bt.stats["net"]["total_return"],
             }
         )
@@ -583,6 +635,7 @@ def backtest(
     scale_window: int = 500,
     periods_per_year: float | None = None,
     trade_delay: int = 1,
+    annualised: dict | None = None,
 ) -> BacktestResult:
     """Long/short backtest of a prediction column, with costs on every change of weight.
 
@@ -592,11 +645,12 @@ def backtest(
     sum |w_t - w_{t-1}| (the first position is a change from 0, a symbol without a row is flat, the book is
     not liquidated after the last bar); net = gross - cost; equity compounds: cumprod(1 + net). Sharpe,
     annual return and volatility use `periods_per_year`, else the calendar of df's timestamps
-    (`annualisation`). Buy-and-hold is long 1/N_t of every symbol present, pays cost_bps once at entry and
-    rebalances for free.
+    (`annualisation`), or `annualised` (an `annualisation` dict the caller measured; its description is
+    kept). Buy-and-hold is long 1/N_t of every symbol present, pays cost_bps once at entry and rebalances for
+    free. `market_beta`: the net book's beta to buy-and-hold (the equal-weight market).
     """
     bar = float(bar_seconds) if bar_seconds else infer_bar_seconds(df)
-    ann = annualisation(df, bar, periods_per_year or 0.0)
+    ann = annualised or annualisation(df, bar, periods_per_year or 0.0)
     ppy = ann["periods_per_year"]
     d = pd.DataFrame(
         {
@@ -635,6 +689,8 @@ def backtest(
         "bar_seconds": bar,
         "periods_per_year": ppy,
         "annualisation": ann["description"],
+        "annualisation_method": ann["method"],
+        "market_beta": market_beta(net, bh),
         "gross_exposure": float(exposure.mean()) if len(times) else float("nan"),
         "net_exposure": float(net_exposure.mean()) if len(times) else float("nan"),
         "abs_net_exposure": float(np.abs(net_exposure).mean()) if len(times) else float("nan"),
@@ -660,3 +716,154 @@ def break_even_bps(bt: BacktestResult) -> float:
     NaN when the book loses before costs or never trades."""
     g, t = float(bt.pnl["gross"].mean()), float(bt.pnl["turnover"].mean())
     return 1e4 * g / t if len(bt.pnl) and g > 0 and t > 0 else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------
+# error bars and multiple testing
+
+EULER_GAMMA = 0.5772156649015329
+_NORMAL = NormalDist()
+
+
+def newey_west_lags(n: int) -> int:
+    """The usual plug-in bandwidth floor(4 (n/100)^(2/9)) (Newey and West 1994)."""
+    return int(4 * (max(n, 1) / 100) ** (2 / 9))
+
+
+def sharpe_inference(returns: np.ndarray, periods_per_year: float, lags: int | None = None) -> dict:
+    """The Sharpe ratio with a standard error that allows for autocorrelation and fat tails, its 95% interval
+    and the probabilistic Sharpe ratio against 0.
+
+    Lo (2002), non-IID returns: SR = mu / sigma is a function of the moments (mu, sigma^2); its variance is
+    g' S g / (n - 1) with g = (1/sigma, -mu / (2 sigma^3)) the gradient and S the long-run (Newey-West,
+    Bartlett weights over `lags`, default `newey_west_lags`) covariance of (r - mu, (r - mu)^2 - sigma^2).
+    With lags 0 this is Mertens' (2002) / Opdyke's (2007) IID formula (1 - skew SR + (kurtosis - 1)/4 SR^2) /
+    (n - 1). PSR = Phi(SR / SE) (Bailey and Lopez de Prado 2012, with this SE). Per period, then annualised by
+    sqrt(periods_per_year) (the interval; PSR does not depend on it).
+    """
+    r = np.asarray(returns, dtype=float)
+    r = r[np.isfinite(r)]
+    n = r.size
+    nan = float("nan")
+    out = {"sharpe": sharpe(r, periods_per_year), "se": nan, "ci_low": nan, "ci_high": nan, "psr": nan,
+           "sharpe_period": nan, "se_period": nan, "lags": None, "n": int(n)}
+    if n < 3 or r.std() == 0:
+        return out
+    lags = newey_west_lags(n) if lags is None else max(int(lags), 0)
+    mu, d = r.mean(), r - r.mean()
+    var = d @ d / n
+    m = np.column_stack([d, d * d - var])
+    S = m.T @ m / n
+    for k in range(1, min(lags, n - 1) + 1):
+        g = m[k:].T @ m[:-k] / n
+        S += (1 - k / (lags + 1)) * (g + g.T)
+    grad = np.array([1 / math.sqrt(var), -mu / (2 * var**1.5)])
+    se_p = math.sqrt(max(grad @ S @ grad, 0.0) / (n - 1))
+    sr_p = float(r.mean() / r.std(ddof=1))
+    root = math.sqrt(periods_per_year)
+    out.update(sharpe_period=sr_p, se_period=se_p, se=se_p * root, ci_low=(sr_p - 1.96 * se_p) * root,
+               ci_high=(sr_p + 1.96 * se_p) * root, psr=_NORMAL.cdf(sr_p / se_p) if se_p > 0 else nan, lags=lags)
+    return out
+
+
+def expected_max_z(n_trials: int) -> float:
+    """E[max of n_trials independent standard normals], Bailey and Lopez de Prado's (2014) approximation
+    (1 - gamma) Phi^-1(1 - 1/N) + gamma Phi^-1(1 - 1/(N e)); 0 for one trial."""
+    n = int(n_trials)
+    if n <= 1:
+        return 0.0
+    return (1 - EULER_GAMMA) * _NORMAL.inv_cdf(1 - 1 / n) + EULER_GAMMA * _NORMAL.inv_cdf(1 - 1 / (n * math.e))
+
+
+def deflated_sharpe(sharpe_period: float, se_period: float, n_trials: int, trial_variance: float) -> dict:
+    """The deflated Sharpe ratio (Bailey and Lopez de Prado 2014): the PSR against SR0 = sqrt(V) E[max z of
+    N trials], the Sharpe the best of N skill-less trials would show, V the variance of the trials' Sharpe
+    ratios (per period). One trial: the PSR against 0."""
+    sr0 = math.sqrt(max(trial_variance, 0.0)) * expected_max_z(n_trials) if n_trials > 1 else 0.0
+    ok = math.isfinite(sharpe_period) and math.isfinite(se_period) and se_period > 0
+    return {"dsr": _NORMAL.cdf((sharpe_period - sr0) / se_period) if ok else float("nan"),
+            "sr0_period": sr0, "n_trials": int(n_trials)}
+
+
+def deflated_t(t: float, n_trials: int) -> float:
+    """The IC's t-statistic deflated the same way: Phi(t - E[max z of N trials]), the probability that the
+    best of N null t-statistics (variance 1) would not reach it."""
+    return _NORMAL.cdf(t - expected_max_z(n_trials)) if math.isfinite(t) else float("nan")
+
+
+def break_even_interval(bt: BacktestResult, block: int, samples: int, seed: int) -> dict:
+    """A 95% moving-block bootstrap interval of the break-even cost 1e4 mean(gross) / mean(turnover): blocks
+    of `block` bars of (gross, turnover) pairs resampled `samples` times (numpy's generator seeded with
+    `seed`, so the interval is the same every time). Negative bounds: losing before costs."""
+    g, t = bt.pnl["gross"].to_numpy(dtype=float), bt.pnl["turnover"].to_numpy(dtype=float)
+    n = g.size
+    nan = float("nan")
+    if n < 2 or samples < 1 or not t.sum() > 0:
+        return {"low": nan, "high": nan, "block": int(block), "samples": int(samples), "seed": int(seed)}
+    block = int(min(max(block, 1), n))
+    k = -(-n // block)
+    starts = np.random.default_rng(seed).integers(0, n - block + 1, size=(samples, k))
+    idx = (starts[:, :, None] + np.arange(block)).reshape(samples, -1)[:, :n]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        be = 1e4 * g[idx].mean(axis=1) / t[idx].mean(axis=1)
+    be = be[np.isfinite(be)]
+    low, high = (np.quantile(be, [0.025, 0.975]) if be.size else (nan, nan))
+    return {"low": float(low), "high": float(high), "block": block, "samples": int(samples), "seed": int(seed)}
+
+
+def bootstrap_block(n: int, horizon: int, trade_delay: int) -> int:
+    """Block length: n^(1/3) bars (the usual rate), at least the bars one position's return spans."""
+    return max(int(round(max(n, 1) ** (1 / 3))), int(horizon) + int(trade_delay))
+
+
+def market_beta(book: np.ndarray, market: np.ndarray) -> float:
+    """The book's beta to the equal-weight market: cov(book, market) / var(market) over the bars."""
+    b, m = np.asarray(book, dtype=float), np.asarray(market, dtype=float)
+    ok = np.isfinite(b) & np.isfinite(m)
+    if ok.sum() < 3 or m[ok].std() == 0:
+        return float("nan")
+    b, m = b[ok], m[ok]
+    return float(((b - b.mean()) @ (m - m.mean())) / ((m - m.mean()) @ (m - m.mean())))
+
+
+# ----------------------------------------------------------------------------------------------------
+# words for what the data is, and for figures that cannot be right
+
+MAX_PLAUSIBLE_SHARPE = 10.0
+MAX_PLAUSIBLE_ANNUAL_RETURN = 10.0  # 1000%
+
+
+def resolve_position_mode(df: pd.DataFrame, mode: str, min_symbols: int) -> tuple[str, str]:
+    """`auto`: neutral when a typical timestamp has at least `min_symbols` symbols (a cross-section to rank),
+    else sign. Returns (mode, why in words)."""
+    if mode != "auto":
+        return mode, "as given"
+    per_ts = df.groupby(_ts_ns(df["timestamp"]))["symbol"].nunique()
+    median = float(per_ts.median()) if len(per_ts) else 0.0
+    if median >= min_symbols:
+        return "neutral", f"auto: {median:g} symbols at a typical timestamp (>= {min_symbols}): market-neutral"
+    return "sign", f"auto: {median:g} symbol(s) at a typical timestamp (< {min_symbols}): sign of each prediction"
+
+
+def bar_words(seconds: float) -> str:
+    """A bar size as a reader says it: '1 day', '5 min', '1 hour', '30 s'."""
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        return "unknown"
+    for unit, size in (("week", 604_800), ("day", 86_400), ("hour", 3_600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            k = int(seconds // size)
+            return f"{k} {unit}" + ("s" if k > 1 and unit != "min" else "")
+    return f"{seconds:g} s"
+
+
+def implausible(sharpe_value: float | None, annual_return: float | None) -> list[str]:
+    """Reasons why a book's figures cannot be taken at face value: an annualised return above 1000% or a
+    Sharpe above 10 is no market's (a short test span extrapolated, a look-ahead, a bad print)."""
+    out = []
+    if annual_return is not None and math.isfinite(annual_return) and annual_return > MAX_PLAUSIBLE_ANNUAL_RETURN:
+        out.append(f"annual return {annual_return * 100:,.4g}% is above {MAX_PLAUSIBLE_ANNUAL_RETURN:.0%}: a short "
+                   f"test span compounded to a year, a look-ahead, or a bad print")
+    if sharpe_value is not None and math.isfinite(sharpe_value) and abs(sharpe_value) > MAX_PLAUSIBLE_SHARPE:
+        out.append(f"Sharpe {sharpe_value:.3g} is beyond {MAX_PLAUSIBLE_SHARPE:g}: no traded book holds one; look "
+                   f"for a look-ahead, a zero-cost trade at the signal's own close, or too few periods")
+    return out

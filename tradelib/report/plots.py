@@ -176,6 +176,27 @@ def plot_ic(ic_df: pd.DataFrame, save_to: str | Path | None = None, window: int 
     return _save(fig, save_to)
 
 
+def plot_ic_decay(decay: pd.DataFrame, save_to: str | Path | None = None, label: str = "IC",
+                  traded_lag: int | None = None) -> plt.Figure:
+    """The mean IC and rank IC against the target 0..L bars after the signal (alphalens' "mean IC by period"):
+    how long the signal lasts. Bars whose HAC |t| >= 2 are solid; the traded lag is marked."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    if len(decay) == 0 or not np.isfinite(decay["ic"].to_numpy(dtype=float)).any():
+        _empty(ax, "no lag with a defined IC")
+        return _save(fig, save_to)
+    sig = np.abs(decay["t_stat"].to_numpy(dtype=float)) >= 2
+    ax.bar(decay["lag"], decay["ic"], color=np.where(sig, "tab:blue", "lightsteelblue"),
+           label="mean IC (solid: |t| >= 2)")
+    ax.plot(decay["lag"], decay["rank_ic"], "k.", label="rank IC")
+    if traded_lag is not None:
+        ax.axvline(traded_lag, color="tab:red", ls="--", lw=1, label=f"traded lag ({traded_lag})")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set(title=f"{label} by lag", xlabel="lag (bars between the signal and the start of its target)",
+           ylabel="mean IC", xticks=decay["lag"])
+    ax.legend(fontsize="small")
+    return _save(fig, save_to)
+
+
 def plot_underwater(bt: BacktestResult, save_to: str | Path | None = None) -> plt.Figure:
     """Drawdown of the net book below its running peak, over time (0 at a new high)."""
     fig, ax = plt.subplots(figsize=(10, 3))

@@ -78,24 +78,38 @@ def show(df: pd.DataFrame, caption: str = "", highlight: tuple[tuple[int, str], 
 
 
 # -- the report's tables ------------------------------------------------------------------------------------------
-def ic_table(ic: dict, headline: str) -> pd.DataFrame:
-    """The three named ICs, one row each, the headline first."""
+def ic_table(ic: dict, headline: str, before: dict | None = None) -> pd.DataFrame:
+    """The three named ICs at the traded lag (`ic["lag"]`), one row each, the headline first; with `before`
+    (report.json's `ic_lag0`), the same figure before the trade delay beside each."""
     names = {"cross_sectional": "cross-sectional (per timestamp)", "daily": "per day", "pooled": "pooled (all rows)"}
     order = [headline] + [f for f in names if f != headline]
+    lag = ic.get("lag", 0)
     rows = []
     for fam in order:
         f = ic[fam]
-        rows.append({"IC": names[fam] + (" (headline)" if fam == headline else ""), "mean IC": num(f.get("ic"), 4),
-                     "rank IC": num(f.get("rank_ic"), 4), "ICIR": num(f.get("icir"), 2),
-                     "t (HAC)": num(f.get("t_stat"), 2), "lags": integer(f.get("lags")),
-                     "periods": integer(f.get("n_periods", f.get("n_rows"))),
-                     "IC > 0": pct(f.get("positive_share"), 0)})
+        row = {"IC": names[fam] + (" (headline)" if fam == headline else ""),
+               f"mean IC, lag {lag}": num(f.get("ic"), 4), "rank IC": num(f.get("rank_ic"), 4),
+               "ICIR": num(f.get("icir"), 2), "t (HAC)": num(f.get("t_stat"), 2), "lags": integer(f.get("lags")),
+               "periods": integer(f.get("n_periods", f.get("n_rows"))), "IC > 0": pct(f.get("positive_share"), 0)}
+        if before and lag:
+            row.update({"IC before the delay (lag 0)": num(before[fam].get("ic"), 4),
+                        "t, lag 0": num(before[fam].get("t_stat"), 2)})
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def decay_table(decay: list[dict] | pd.DataFrame) -> pd.DataFrame:
+    """The headline IC at each lag (report.json's `ic_decay`)."""
+    d = pd.DataFrame(decay)
+    return pd.DataFrame({"lag (bars)": [integer(v) for v in d["lag"]], "mean IC": [num(v, 4) for v in d["ic"]],
+                         "rank IC": [num(v, 4) for v in d["rank_ic"]], "t (HAC)": [num(v, 2) for v in d["t_stat"]],
+                         "periods": [integer(v) for v in d["n_periods"]]})
 
 
 PREDICTOR_COLUMNS = {"cross_sectional_ic": "cross-sectional IC", "cross_sectional_rank_ic": "rank IC",
                      "daily_ic": "per-day IC", "pooled_ic": "pooled IC", "t_stat": "t (HAC)",
                      "directional_accuracy": "direction right", "coverage": "calls made", "sharpe_net": "net Sharpe",
+                     "sharpe_net_se": "SE (Lo)", "sharpe_net_psr": "P(Sharpe > 0)",
                      "total_return_net": "net return"}  # fmt: skip
 
 
@@ -109,7 +123,8 @@ def predictor_table(predictors: pd.DataFrame, t_family: str) -> pd.DataFrame:
         elif col == "total_return_net":
             out[name] = [signed_pct(v) for v in values]
         else:
-            out[name] = [num(v, 2 if col in ("t_stat", "sharpe_net") else 4) for v in values]
+            out[name] = [num(v, 2 if col in ("t_stat", "sharpe_net", "sharpe_net_se", "sharpe_net_psr") else 4)
+                         for v in values]
     return out.rename(columns={"t (HAC)": f"t ({t_family.replace('_', '-')}, HAC)"})
 
 
@@ -124,14 +139,18 @@ def predictor_highlight(predictors: pd.DataFrame, best: dict[str, str]) -> tuple
 BOOKS = {"gross": "gross (before costs)", "net": "net of costs", "buy_hold": "buy & hold"}
 
 
-def backtest_table(stats: dict) -> pd.DataFrame:
-    """Gross, net and buy-and-hold, one row each; the book's settings are said once, beside the table."""
+def backtest_table(stats: dict, flags: dict | None = None) -> pd.DataFrame:
+    """Gross, net and buy-and-hold, one row each; the book's settings are said once, beside the table. A figure
+    the report flags (report.json's `summary.flags`, e.g. `net_sharpe`) reads "implausible" beside it."""
+    flags = flags or {}
+    mark = lambda text, key: f"{text} (implausible)" if key in flags else text  # noqa: E731
     rows = []
     for key, name in BOOKS.items():
         b = stats[key]
         rows.append({"book": name, "total return": signed_pct(b["total_return"]),
-                     "annual return": signed_pct(b["annual_return"]), "annual volatility": pct(b["annual_volatility"]),
-                     "Sharpe": num(b["sharpe"], 2), "max drawdown": pct(b["max_drawdown"]),
+                     "annual return": mark(signed_pct(b["annual_return"]), f"{key}_annual_return"),
+                     "annual volatility": pct(b["annual_volatility"]),
+                     "Sharpe": mark(num(b["sharpe"], 2), f"{key}_sharpe"), "max drawdown": pct(b["max_drawdown"]),
                      "turnover / bar": num(b["turnover"], 3), "hit rate": pct(b["hit_rate"]),
                      "bars": integer(b["n_bars"])})
     return pd.DataFrame(rows)

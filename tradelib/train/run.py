@@ -54,6 +54,7 @@ from tradelib.monitor import GpuMonitor
 from tradelib.paths import outputs_dir, remove_stale_tmp
 from tradelib.report import metrics
 from tradelib.train import checkpoint
+from tradelib.train.facts import write_train_facts
 from tradelib.train.models import model_for, n_params
 from tradelib.train.progress import PROGRESS_FILE, Progress
 from tradelib.train.sources import DenseSource, PaddedSource, WindowSource
@@ -512,6 +513,8 @@ class TrainingRun:
         stopping is on, write last.pt (those weights), predictions and the summary. A run that took no step,
         or whose weights or predictions are not finite, raises instead (TrainingFailed): no summary, no false
         success, and the checkpoints keep the last finite state."""
+        if self.main:  # what the report needs from training: report.py reads train_facts.json, never imports us
+            write_train_facts(self.dir, self.trainer, self.fs_all() if self.sharded else self.fs, self.cfg)
         if self.sharded:
             return self._finish_sharded()
         if not self.main:
@@ -536,7 +539,7 @@ class TrainingRun:
                 f"finite although the weights are; no predictions or summary written (checkpoints kept in "
                 f"{self.ckpt_dir}). Set output_clip, or lower lr.")
         runs.write_predictions(self.dir, self.fs, ends.cpu().numpy(), pred)
-        summary = {**self.summary(), **metrics.named_ics(runs.read_predictions(self.dir))}
+        summary = {**self.summary(), **metrics.named_ics(runs.read_predictions(self.dir), self.cfg.trade_delay)}
         runs.write_summary(self.dir, summary)
         return summary
 
@@ -569,7 +572,7 @@ class TrainingRun:
                                  f"or lower lr.")
         order = np.argsort(rows, kind="stable")
         runs.write_predictions(self.dir, self.fs_all(), rows[order], pred[order])
-        summary = {**self.summary(), **metrics.named_ics(runs.read_predictions(self.dir))}
+        summary = {**self.summary(), **metrics.named_ics(runs.read_predictions(self.dir), self.cfg.trade_delay)}
         runs.write_summary(self.dir, summary)
         return summary
 
@@ -649,8 +652,9 @@ def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init
             else:
                 barrier()
     if run.main:
-        oracle = summary.get("oracle_pooled_ic")
-        print(f"done: {summary['samples_per_s']:,.0f} samples/s, pooled test IC {summary['pooled_ic']:.4f}"
+        oracle = summary.get("oracle_cross_sectional_ic")
+        print(f"done: {summary['samples_per_s']:,.0f} samples/s, test IC at the traded lag {summary['ic_lag']}: "
+              f"cross-sectional {summary['cross_sectional_ic']:.4f}, pooled {summary['pooled_ic']:.4f}"
               + (f" (oracle {oracle:.4f})" if oracle is not None else "") + f", outputs in {run.dir}")
     # a sharded run's predictions index all rows: rank 0's result holds them all
     return RunResult(run.dir, summary, run.model, run.fs_all() if run.sharded and run.main else run.fs)

@@ -160,7 +160,7 @@ def fold_entry(f: FoldResult, predictions: pd.DataFrame) -> dict:
         "optimizer_steps": s.get("optimizer_steps"), "best_val_loss": s.get("best_val_loss"),
         "samples_per_s": s.get("samples_per_s"), "cache_dir": s.get("cache_dir"),
         "norm_median": f.run.fs.meta["norm"]["median"], "norm_scale": f.run.fs.meta["norm"]["scale"],
-        **metrics.named_ics(mine),
+        **metrics.named_ics(mine, s["config"]["trade_delay"]),
     }
 
 
@@ -187,7 +187,7 @@ def write_outputs(cfg: Config, top: Path, folds: list[FoldResult]) -> dict:
         "cache_dir": per[-1].get("cache_dir"), "cache_key": per[-1].get("cache_key"),
         "folds": [fold_entry(f, pred) for f in folds], "fold_window": cfg.fold_window, "fold_init": cfg.fold_init,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **metrics.named_ics(pred),
+        **metrics.named_ics(pred, cfg.trade_delay),
     })
     runs.write_summary(top, summary)
     return summary
