@@ -5,7 +5,8 @@ drives it and keeps the run's position, so that a run survives: full-state check
 `checkpoint_every` steps and at each epoch's end) let `resume=True` continue bit for bit on the CPU, also after
 a kill; Ctrl-C / a Jupyter interrupt stops at the next optimizer step with a checkpoint. Metrics are summed on
 the device and read at log points, the only host syncs. Under torchrun the same code runs DDP (see
-distributed.py); only rank 0 writes.
+distributed.py); only rank 0 writes, through its RunFolder (runfolder.py: the lock, metrics, checkpoints, the
+results).
 """
 
 from __future__ import annotations
@@ -42,20 +43,15 @@ from tradelib.distributed import (
     rank_rows,
 )
 from tradelib.hardware import (
-    device_name,
-    mfu,
-    peak_flops,
-    peak_memory_bytes,
     pick_device,
     say_determinism,
     torch_flags,
 )
 from tradelib.monitor import GpuMonitor
-from tradelib.paths import outputs_dir, remove_stale_tmp
-from tradelib.report import metrics
 from tradelib.train import checkpoint
 from tradelib.train.models import model_for, n_params
-from tradelib.train.progress import PROGRESS_FILE, Progress
+from tradelib.train.progress import Progress
+from tradelib.train.runfolder import RunFolder
 from tradelib.train.sources import DenseSource, PaddedSource, WindowSource
 from tradelib.train.stream import make_sources
 from tradelib.train.trainer import StepStats, Trainer, seed_everything
@@ -182,10 +178,9 @@ class TrainingRun:
         if cfg.resume and not cfg.run_id:
             raise ValueError("resume=True needs the run_id of the run to continue")
         self.run_id = cfg.run_id or broadcast_object(runs.new_run_id())  # every rank writes to rank 0's folder
-        self.dir = outputs_dir() / self.run_id
-        self.ckpt_dir = self.dir / "checkpoints"
         self.trainer: Trainer | None = None
-        self.lock = runs.lock_run(self.dir) if self.main else None  # held for the run's life (close releases it)
+        self.folder = RunFolder(self.run_id, self.main)
+        self.dir, self.ckpt_dir = self.folder.dir, self.folder.ckpt_dir
         try:
             self._setup(fs, env)
         except BaseException:
@@ -194,15 +189,7 @@ class TrainingRun:
 
     def _setup(self, fs: FeatureSet | None, env: DistEnv) -> None:
         cfg = self.cfg
-        if self.main and self.ckpt_dir.is_dir():  # the run folder is locked: no writer of ours is alive in it
-            n = remove_stale_tmp(self.ckpt_dir)
-            if n:
-                print(f"removed {n} unfinished checkpoint file(s) of an earlier, killed write in {self.ckpt_dir}")
-        if self.main and not cfg.resume:  # (a resume finds its checkpoints in _resume, or says it found none)
-            if any(self.ckpt_dir.glob("*.pt")):
-                raise ValueError(f"run {self.run_id!r} already has checkpoints in {self.ckpt_dir}: pass resume=True "
-                                 f"to continue it, or choose another run_id")
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.folder.open(cfg.resume)
         seed_everything(cfg.seed)
         if self.main:
             say_determinism(self.device, cfg.deterministic)
@@ -241,12 +228,11 @@ class TrainingRun:
         self.on_step: Callable[[TrainingRun], None] | None = None  # called between optimizer steps (tests)
         self._clean, self._saved_step = True, -1
         self.gpu_stats: dict = {}
-        self.events: runs.TensorBoardLog | None = None  # opened by fit()
         # after the compile probe, which may draw dropout masks: the restored RNG is then exactly the saved one
         if cfg.resume:
             self._resume()
-        elif self.main:
-            (self.dir / "metrics.jsonl").write_text("")
+        else:
+            self.folder.start_metrics()
 
     @property
     def model(self) -> torch.nn.Module:
@@ -261,12 +247,8 @@ class TrainingRun:
                 stop_workers()
             if isinstance(self.trainer.train_fwd, DDP):
                 self.trainer.train_fwd = self.trainer.train_fwd.module
-        if getattr(self, "events", None) is not None:
-            self.events.close()
-            self.events = None
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
+        if self.folder is not None:
+            self.folder.close()
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -293,10 +275,10 @@ class TrainingRun:
         if not self.main:
             return None
         self.check_finite_weights()
-        path = checkpoint.save(self.state(), self.ckpt_dir / f"{tag}.pt")
+        path = self.folder.save(self.state(), tag)
         if tag.startswith("step-"):
             self._saved_step = self.step
-            checkpoint.rotate(self.ckpt_dir, self.cfg.keep_checkpoints)
+            self.folder.rotate(self.cfg.keep_checkpoints)
         return path
 
     def check_finite_weights(self) -> None:
@@ -311,21 +293,11 @@ class TrainingRun:
             f"{self.latest_checkpoint()}, holds the last finite state. Lower lr or set grad_clip, and check the data.")
 
     def latest_checkpoint(self) -> Path | None:
-        found = checkpoint.resume_candidates(self.ckpt_dir)
-        return found[0] if found else None
+        return self.folder.latest_checkpoint()
 
     def _resume(self) -> None:
-        ck, path = None, None
-        if self.main:  # only rank 0 may see the run folder (another node's disk): it hands the state to all
-            ck, path, skipped = checkpoint.load_latest(self.ckpt_dir)
-            if ck is None and skipped:
-                raise FileNotFoundError(f"resume: none of the {len(skipped)} checkpoints in {self.ckpt_dir} loads "
-                                        f"({'; '.join(why for _, why in skipped)}); start the run again without "
-                                        f"resume, or with another run_id")
-            for bad, why in skipped:  # moved aside, out of the rotation, kept for a look
-                aside = checkpoint.set_aside(bad)
-                print(f"resume: skipped {why}; kept as {aside.name}")
-        ck, path = broadcast_object((ck, path))
+        # only rank 0 may see the run folder (another node's disk): it hands the state to all
+        ck, path = broadcast_object(self.folder.load_resume_point() if self.main else (None, None))
         if ck is None:
             raise FileNotFoundError(f"resume: no checkpoint in {self.ckpt_dir} (run_id {self.run_id!r}): the run wrote "
                                     f"none before it stopped; start it again without resume")
@@ -346,7 +318,7 @@ class TrainingRun:
         if ck["rng"]["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
         if self.main:
-            kept = runs.truncate_metrics(self.dir, self.step)
+            kept = self.folder.truncate_metrics(self.step)
             print(f"resumed {self.run_id} from {Path(path).name} at step {self.step} (epoch {self.epoch}, "
                   f"{self.pos} items into its order); metrics.jsonl keeps its {kept} rows up to that step")
             if self.done():
@@ -356,10 +328,7 @@ class TrainingRun:
         return getattr(self.trainer.source, "order_key", None)
 
     def log(self, row: dict) -> None:
-        if self.main:
-            runs.append_metrics(self.dir, row)
-            if self.events is not None:
-                self.events.add(row)
+        self.folder.log(row)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def done(self) -> bool:
@@ -372,11 +341,10 @@ class TrainingRun:
         try:
             show = self.progress and self.main
             self.bar = Progress(self.trainer.total_steps, self.step, f"train {self.cfg.model}",
-                                self.cfg.progress if show else "off", self.cfg.epochs,
-                                path=self.dir / PROGRESS_FILE if self.main else None)
+                                self.cfg.progress if show else "off", self.cfg.epochs, path=self.folder.progress_path)
             self.bar.set_epoch(self.epoch)
-            if self.main and self.cfg.tensorboard:
-                self.events = runs.TensorBoardLog(self.dir, self.step + 1 if self.cfg.resume else None)
+            if self.cfg.tensorboard:
+                self.folder.open_events(self.step + 1 if self.cfg.resume else None)
             self.monitor = GpuMonitor(device=self.device, enabled=self.main, verbose=self.main).start()
             self.t_log = time.perf_counter()
             state = "failed"
@@ -522,12 +490,12 @@ class TrainingRun:
                 f"(non-finite loss or gradient); no predictions or summary written. Check the data and lr.")
         if self._saved_step != self.step:
             self.save_checkpoint(f"step-{self.step}")
-        best = self.ckpt_dir / "best.pt"
-        restored = bool(self.cfg.patience) and best.exists()
+        best = self.folder.best_weights(self.device) if self.cfg.patience else None
+        restored = best is not None
         if restored:
-            self.model.load_state_dict(checkpoint.load(best, self.device)["model"])
+            self.model.load_state_dict(best)
         self.check_finite_weights()
-        checkpoint.save({**self.state(), "restored_best": restored}, self.ckpt_dir / "last.pt")
+        self.folder.save({**self.state(), "restored_best": restored}, "last")
         ends = self.windows.ends(2)
         pred = self.trainer.predict(ends).cpu().numpy() * self.windows.target_scale
         if not np.isfinite(pred).all():
@@ -535,10 +503,7 @@ class TrainingRun:
                 f"run {self.run_id!r}: {int((~np.isfinite(pred)).sum()):,} of {len(pred):,} test predictions are not "
                 f"finite although the weights are; no predictions or summary written (checkpoints kept in "
                 f"{self.ckpt_dir}). Set output_clip, or lower lr.")
-        runs.write_predictions(self.dir, self.fs, ends.cpu().numpy(), pred)
-        summary = {**self.summary(), **metrics.named_ics(runs.read_predictions(self.dir))}
-        runs.write_summary(self.dir, summary)
-        return summary
+        return self.folder.write_results(self.fs, ends.cpu().numpy(), pred, self.folder.summary(self))
 
     def _finish_sharded(self) -> dict:
         """finish() when every rank holds its own windows (shard_data): each predicts its test windows with the
@@ -550,8 +515,8 @@ class TrainingRun:
         if self.main:
             if self._saved_step != self.step:
                 self.save_checkpoint(f"step-{self.step}")
-            if self.cfg.patience and (self.ckpt_dir / "best.pt").exists():
-                best = checkpoint.load(self.ckpt_dir / "best.pt", torch.device("cpu"))["model"]
+            if self.cfg.patience:
+                best = self.folder.best_weights(torch.device("cpu"))
         best = broadcast_object(best)
         if best is not None:
             self.model.load_state_dict(best)
@@ -561,17 +526,14 @@ class TrainingRun:
         if not self.main:
             return {"run_id": self.run_id, "rank": self.rank}
         self.check_finite_weights()
-        checkpoint.save({**self.state(), "restored_best": best is not None}, self.ckpt_dir / "last.pt")
+        self.folder.save({**self.state(), "restored_best": best is not None}, "last")
         rows, pred = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         if not np.isfinite(pred).all():
             raise TrainingFailed(f"run {self.run_id!r}: {int((~np.isfinite(pred)).sum()):,} of {len(pred):,} test "
                                  f"predictions are not finite; no predictions or summary written. Set output_clip, "
                                  f"or lower lr.")
         order = np.argsort(rows, kind="stable")
-        runs.write_predictions(self.dir, self.fs_all(), rows[order], pred[order])
-        summary = {**self.summary(), **metrics.named_ics(runs.read_predictions(self.dir))}
-        runs.write_summary(self.dir, summary)
-        return summary
+        return self.folder.write_results(self.fs_all(), rows[order], pred[order], self.folder.summary(self))
 
     def fs_all(self) -> FeatureSet:
         """The whole FeatureSet (rank 0's predictions need every rank's rows): as given, or mapped from the cache
@@ -579,38 +541,6 @@ class TrainingRun:
         if self._fs_all is None:
             self._fs_all = cache.load(Path(self.fs.meta["cache_dir"]), mmap=True, verify=False)
         return self._fs_all
-
-    def summary(self) -> dict:
-        rows = runs.read_metrics(self.dir)
-        steps = [r for r in rows if r["kind"] == "step"]
-        epochs = [r for r in rows if r["kind"] == "epoch"]
-        med = lambda rs, k: float(np.median([r[k] for r in rs])) if rs else float("nan")
-        sps = med(steps, "samples_per_s")
-        flops = self.trainer.flops_per_sample()
-        peak, peak_source = peak_flops(self.device)
-        tr = self.trainer
-        return {
-            "run_id": self.run_id, "config": self.cfg.to_dict(), "device": str(self.device),
-            "device_name": device_name(self.device), "loader": self.cfg.loader, "model": self.cfg.model,
-            "n_params": n_params(self.model), "batch_size": self.cfg.batch_size,
-            "grad_accum_steps": self.cfg.grad_accum_steps, "world_size": self.world,
-            "global_batch": tr.global_batch * self.world, "lr": tr.lr, "base_lr": self.cfg.lr,
-            "lr_scaling": self.cfg.lr_scaling, "reference_batch": self.cfg.reference_batch,
-            "compiled": tr.compiled, "graph_steps": tr.graph_steps, "fused_adamw": tr.fused, "samples_per_s": sps,
-            "it_per_s": med(steps, "it_per_s"),
-            "batches_per_epoch": tr.steps_per_epoch * self.cfg.grad_accum_steps, "dense": self.cfg.dense,
-            "data_wait_share": med(steps, "data_wait_share"), "peak_mem_bytes": peak_memory_bytes(self.device),
-            "gpu_util": self.gpu_stats.get("gpu_util_median"),  # NVML busy %, median
-            "gpu_mem_used_max_bytes": self.gpu_stats.get("gpu_mem_used_max_bytes"),
-            "flops_per_sample": flops, "mfu": mfu(sps, flops, peak), "peak_flops_source": peak_source,
-            "epoch_time_s": med(epochs, "epoch_time_s"), "train_time_s": self.train_time,
-            "optimizer_steps": self.step, "skipped_steps": self.skipped,
-            "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
-            "cache_key": self.cache_key, "cache_dir": self.fs.meta.get("cache_dir", ""),
-            "train_windows": self.n_windows[0], "train_samples_per_epoch": self.targets_per_epoch(),
-            "test_windows": self.n_windows[2], "shard_data": self.sharded,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
 
 
 def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init_state: dict | None = None,
