@@ -3,7 +3,8 @@
 Every failure ends with one line on stderr, `error: ...`, naming the file or parameter and what to do, and an
 exit code: 2 for bad input or an unusable environment (a parameter, a data file, a damaged cache, a busy run
 folder, a read-only or full disk, CUDA asked for but absent), 1 for a run that failed (training diverged or
-trained nothing, a notebook raised, torchrun failed, an internal error), 130 when interrupted. Set
+trained nothing, a notebook raised, torchrun failed, an internal error), 130 when interrupted (Ctrl-C), 143 when
+stopped by SIGTERM, 129 by SIGHUP (training stops at a step with a checkpoint first). Set
 TRADELIB_DEBUG=1 for the traceback.
 """
 
@@ -179,8 +180,9 @@ def explain(exc: BaseException) -> tuple[int, str]:
     from tradelib.runs import RunBusy
     from tradelib.train.run import TrainingFailed
 
-    if isinstance(exc, KeyboardInterrupt):
-        return 130, "interrupted"
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or a stop on SIGTERM / SIGHUP (train.stops): 128 + signal
+        signum = getattr(exc, "signum", 2)
+        return 128 + signum, "interrupted" if signum == 2 else f"stopped by {exc} (the resume command is above)"
     if isinstance(exc, (TrainingFailed, NotebookFailed, LaunchFailed)):
         code, text = 1, str(exc)
     elif isinstance(exc, (ValueError, RunBusy, Busy)):  # ConfigError, DataError, CacheError are ValueErrors

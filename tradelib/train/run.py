@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +51,7 @@ from tradelib.train.models import model_for, n_params
 from tradelib.train.progress import Progress
 from tradelib.train.runfolder import RunFolder
 from tradelib.train.sources import DenseSource, PaddedSource, WindowSource
+from tradelib.train.stops import StopRequested, StopRequests, progress_state, signal_name
 from tradelib.train.stream import make_sources
 from tradelib.train.trainer import StepStats, Trainer, seed_everything
 
@@ -134,31 +133,6 @@ class Tally:
         return out
 
 
-class StopRequests:
-    """Ctrl-C / Jupyter's interrupt asks to stop at the next optimizer step, where a checkpoint is exact; a
-    second one stops at once. Only in one process on the main thread (under DDP torchrun owns the signal)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> StopRequests:
-        if self.enabled:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
-
-    def _handler(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\ninterrupt: stopping after this optimizer step (interrupt again to stop at once)", flush=True)
-
-
 # the loop's position and the sums behind its metrics: all of it goes into a checkpoint
 LOOP_STATE = ("step", "epoch", "pos", "skipped", "best_val", "epochs_since_best", "train_time", "samples_seen",
               "epoch_sse", "epoch_n", "epoch_time")
@@ -224,9 +198,12 @@ class TrainingRun:
         self.train_time, self.samples_seen = 0.0, 0
         self.epoch_sse, self.epoch_n, self.epoch_time = 0.0, 0.0, 0.0
         self.tally = Tally(self.device)
-        self.t_log = time.perf_counter()
+        self.clock: Callable[[], float] = time.perf_counter  # every duration of the run (tests give a fake one)
+        self.t_log = self.t_ckpt = self.clock()
         self.on_step: Callable[[TrainingRun], None] | None = None  # called between optimizer steps (tests)
         self._clean, self._saved_step = True, -1
+        self.stop = StopRequests(enabled=False)  # fit() enters a live one
+        self._agreed_stop: int | None = None  # DDP: the signal every rank stops on at the same step
         self.gpu_stats: dict = {}
         # after the compile probe, which may draw dropout masks: the restored RNG is then exactly the saved one
         if cfg.resume:
@@ -258,20 +235,19 @@ class TrainingRun:
             **{k: getattr(self, k) for k in LOOP_STATE},
             "world": self.world,
             "bad_run": float(self.tally.bad_run),
-            "rng": {
-                "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            },
+            "rng": checkpoint.rng_state(self.device),
             "config": self.cfg.to_dict(),
             "order": getattr(self.trainer.source, "order_key", None),
             "cache_key": self.cache_key,
             "feature_names": self.fs.feature_names,
-            "target_scale": self.windows.target_scale,
+            "target_scale": float(self.windows.target_scale),
         }
 
     def save_checkpoint(self, tag: str) -> Path | None:
         """Rank 0 writes `tag`.pt; of the step-N.pt files the newest keep_checkpoints stay. Weights that are no
         longer finite are never written (nor do they push a finite checkpoint out of the rotation)."""
+        if tag.startswith("step-"):
+            self.t_ckpt = self.clock()  # (every rank: the next time-due checkpoint is agreed on)
         if not self.main:
             return None
         self.check_finite_weights()
@@ -312,11 +288,7 @@ class TrainingRun:
             setattr(self, k, ck[k])
         self.tally.bad_run.fill_(ck["bad_run"])
         self._saved_step = self.step
-        random.setstate(ck["rng"]["python"])
-        np.random.set_state(ck["rng"]["numpy"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        if ck["rng"]["cuda"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
+        checkpoint.set_rng_state(ck["rng"], self.device)
         if self.main:
             kept = self.folder.truncate_metrics(self.step)
             print(f"resumed {self.run_id} from {Path(path).name} at step {self.step} (epoch {self.epoch}, "
@@ -332,9 +304,16 @@ class TrainingRun:
 
     # -- the loop ------------------------------------------------------------------------------------------
     def done(self) -> bool:
-        """Finished by epochs, max_steps or early stopping: a function of the state, so a resume agrees."""
+        """Finished by epochs, max_steps, the max_minutes budget or early stopping: a function of the state (the
+        train time moves only at log points, agreed there under DDP), so a resume and every rank agree."""
+        return self.reached_end() or self.out_of_time()
+
+    def reached_end(self) -> bool:
         early = self.cfg.patience > 0 and self.epochs_since_best >= self.cfg.patience
         return self.epoch >= self.cfg.epochs or self.step >= self.trainer.total_steps or early
+
+    def out_of_time(self) -> bool:
+        return self.cfg.max_minutes > 0 and self.train_time >= 60 * self.cfg.max_minutes
 
     def fit(self) -> dict:
         """Train to the end, then finish(); the run is closed afterwards, also after an error or an interrupt."""
@@ -346,15 +325,16 @@ class TrainingRun:
             if self.cfg.tensorboard:
                 self.folder.open_events(self.step + 1 if self.cfg.resume else None)
             self.monitor = GpuMonitor(device=self.device, enabled=self.main, verbose=self.main).start()
-            self.t_log = time.perf_counter()
+            self.t_log = self.t_ckpt = self.clock()
             state = "failed"
             try:
-                with StopRequests(enabled=self.world == 1) as stop:
+                with StopRequests(enabled=True, escalate=self.world == 1) as self.stop:
                     try:
-                        self._loop(stop)
-                    except KeyboardInterrupt:
-                        state = "interrupted"
-                        self._on_interrupt()
+                        self._loop()
+                    except KeyboardInterrupt as exc:
+                        signum = getattr(exc, "signum", signal.SIGINT)
+                        state = progress_state(signum)
+                        self._on_interrupt(signum)
                         raise
                 state = "done"
             finally:
@@ -364,7 +344,7 @@ class TrainingRun:
         finally:
             self.close()
 
-    def _loop(self, stop: StopRequests) -> None:
+    def _loop(self) -> None:
         cfg, tr = self.cfg, self.trainer
         while not self.done():
             order = tr.source.epoch(self.epoch, cfg.seed, self.rank, self.world)
@@ -372,8 +352,8 @@ class TrainingRun:
             tr.source.begin(order[self.pos :])
             while self.pos < n and not self.done():
                 self._clean = True  # between optimizer steps: a checkpoint here is exact
-                if stop.requested:
-                    raise KeyboardInterrupt
+                if self._agreed_stop or (self.world == 1 and self.stop.requested):
+                    raise StopRequested(self._agreed_stop or self.stop.requested)
                 self._clean = False
                 group = order[self.pos : self.pos + tr.global_batch]
                 self.tally.add(tr.step(group))
@@ -383,22 +363,28 @@ class TrainingRun:
                 epoch_end = self.pos >= n
                 ckpt_due = cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0 and not epoch_end
                 if ckpt_due or epoch_end or self.step % cfg.log_every == 0 or self.step >= tr.total_steps:
-                    self.log_point()
+                    time_due = self.log_point()
+                    ckpt_due = (ckpt_due or time_due) and not epoch_end
                 if ckpt_due:  # (at an epoch's end, end_epoch writes it after validation)
                     self.save_checkpoint(f"step-{self.step}")
-                    self.t_log = time.perf_counter()  # checkpoint I/O is not training time
+                    self.t_log = self.clock()  # checkpoint I/O is not training time
                 self._clean = True
                 if self.on_step is not None:
                     self.on_step(self)
+            self._clean = False
             if self.pos >= n:
-                self._clean = False
                 self.end_epoch()
-                self._clean = True
+            else:  # ended inside the epoch (max_steps, max_minutes): validated once all the same
+                self.end_inside_epoch()
+            self._clean = True
 
-    def log_point(self) -> None:
-        """One host sync: a metrics row, a GPU row, and the divergence check."""
+    def log_point(self) -> bool:
+        """One host sync: a metrics row, a GPU row, and the divergence check. Under DDP the ranks also agree here
+        on the train time (the max_minutes budget), a time-due checkpoint and a stop request. Returns whether a
+        checkpoint is due by time (checkpoint_minutes since the last one)."""
         t = self.tally.read()
-        dt = time.perf_counter() - self.t_log
+        now = self.clock()
+        dt = max(now - self.t_log, 1e-9)
         self.train_time += dt
         self.epoch_time += dt
         self.samples_seen += int(t["n"])
@@ -415,7 +401,15 @@ class TrainingRun:
         if gpu["gpu_samples"]:
             self.log({"kind": "gpu", "step": self.step, "elapsed_s": self.train_time, **gpu})
         self.bar.figures(self.epoch, loss, row["samples_per_s"])
-        self.t_log = time.perf_counter()
+        due = self.cfg.checkpoint_minutes > 0 and now - self.t_ckpt >= 60 * self.cfg.checkpoint_minutes
+        if self.world > 1:
+            agreed = all_reduce(torch.tensor([self.train_time, float(due), float(self.stop.requested or 0)],
+                                             dtype=torch.float64, device=self.device), "max").tolist()
+            self.train_time, due, self._agreed_stop = agreed[0], bool(agreed[1]), int(agreed[2]) or None
+        if self.main and self.out_of_time() and not self.reached_end():
+            print(f"max_minutes: the training budget of {self.cfg.max_minutes:g} min is spent at step {self.step}; "
+                  f"ending with a validation, a checkpoint and the results", flush=True)
+        self.t_log = self.clock()
         if t["bad_max"] >= self.cfg.max_bad_steps:
             last = self.latest_checkpoint() if self.main else None
             raise TrainingDiverged(
@@ -423,6 +417,7 @@ class TrainingRun:
                 f"non-finite loss or gradient (max_bad_steps={self.cfg.max_bad_steps}); {self.skipped} skipped in "
                 f"all. Skipped steps leave the weights untouched, so the last checkpoint ({last}) holds the last "
                 f"good weights. Look for non-finite features or targets, lower lr, or set grad_clip.")
+        return due
 
     def end_epoch(self) -> None:
         """Validation, the best checkpoint, an epoch checkpoint, early stopping (seen by done())."""
@@ -444,7 +439,21 @@ class TrainingRun:
         if self.main and self.cfg.patience and self.epochs_since_best >= self.cfg.patience:
             print(f"early stop after epoch {self.epoch}: val loss has not improved for {self.epochs_since_best} "
                   f"epochs (best {self.best_val:.5f})")
-        self.t_log = time.perf_counter()
+        self.t_log = self.clock()
+
+    def end_inside_epoch(self) -> None:
+        """A run that ends inside an epoch (max_steps, max_minutes) validates once: a partial epoch row, best.pt
+        when it is the best so far, and a step checkpoint. The position stays, so a longer resume goes on."""
+        val = self.validate()
+        self.log({"kind": "epoch", "epoch": self.epoch, "step": self.step, "partial": True,
+                  "train_loss": self.epoch_sse / self.epoch_n if self.epoch_n else float("nan"),
+                  "val_loss": val, "epoch_time_s": self.epoch_time,
+                  "samples_per_s": self.epoch_n / max(self.epoch_time, 1e-9)})
+        if val < self.best_val:
+            self.best_val = val
+            self.save_checkpoint("best")
+        self.save_checkpoint(f"step-{self.step}")
+        self.t_log = self.clock()
 
     def validate(self) -> float:
         """Validation loss, computed on rank 0 and shared, so every rank takes the same early-stop decision; with
@@ -462,15 +471,16 @@ class TrainingRun:
             self._epoch_targets = float(src.count(ids))  # (shard_data: this rank's, set for all in _setup)
         return self._epoch_targets
 
-    def _on_interrupt(self) -> None:
-        if self.world == 1 and self._clean:
+    def _on_interrupt(self, signum: int) -> None:
+        if self._clean and (self.world == 1 or self._agreed_stop):
             if self.tally.steps:
                 self.log_point()  # the metric sums up to this step go into the checkpoint
             where = f"checkpoint {self.save_checkpoint(f'step-{self.step}')}"
         else:  # stopped inside a step (or under DDP): the last checkpoint is the resume point
             where = f"no checkpoint written mid-step; resume starts from {self.latest_checkpoint()}"
         if self.main:
-            print(f"\ninterrupted at step {self.step} (epoch {self.epoch}); {where}.\n"
+            what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
+            print(f"\n{what} at step {self.step} (epoch {self.epoch}); {where}.\n"
                   f"Resume: run_id={self.run_id!r}, resume=True (notebook or papermill: -p run_id {self.run_id} "
                   f"-p resume True; CLI: tradelib train ... -p run_id {self.run_id} -p resume True)", flush=True)
 
