@@ -215,6 +215,35 @@ def cli_params(cfg: Config) -> list[str]:
     return [a for k, v in cfg.to_dict().items() if k in TINY or k in ("run_id", "resume") for a in ("-p", k, str(v))]
 
 
+class Payload:
+    """What a crafted checkpoint holds: unpickling it runs a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_never_run(outputs, short_run, tmp_path):
+    marker = tmp_path / "MARKER"
+    folder = outputs / "crafted" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"model": Payload(marker)}, folder / "step-999.pt")
+    done = subprocess.run([sys.executable, "-m", "tradelib", "train", *cli_params(tiny("crafted", resume=True))],
+                          capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: resume: none of the 1 checkpoints") and "refused: it holds posix.system" in last
+    assert not marker.exists()
+    # beside a run's own checkpoints: set aside with a line, and the resume goes on from the newest real one
+    torch.save({"model": Payload(marker)}, outputs / short_run / "checkpoints" / "step-999.pt")
+    run = TrainingRun(tiny(short_run, epochs=1, resume=True), progress=False)
+    run.close()
+    assert run.step in (3, 5) and not marker.exists()
+    assert (outputs / short_run / "checkpoints" / "step-999.pt.damaged").exists()
+
+
 @pytest.mark.slow
 def test_sigterm_mid_epoch_stops_with_a_checkpoint_and_resumes_to_the_same_bits(outputs, reference, tmp_path):
     """What a scheduler, `docker stop` or systemd do: SIGTERM at step 13 (mid-epoch, past the step-10 checkpoint)

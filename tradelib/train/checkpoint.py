@@ -82,7 +82,7 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
         raise ValueError(f"{path}: refused: it holds {found.group(1) if found else 'a Python object'}, not only "
                          f"tensors and plain values; loading it could run code (a crafted file, or not a tradelib "
                          f"checkpoint), so it is not loaded") from None
