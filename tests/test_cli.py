@@ -17,6 +17,7 @@ COMMAND_GROUPS = {
     "pipeline": ("data", "features", "model", "training", "system", "measure", "profile", "report"),
     "bench": ("data", "features", "model", "training", "system", "measure", "bench"),
     "report": ("report",),
+    "sweep": ("data", "features", "model", "training", "system", "report"),
 }
 
 

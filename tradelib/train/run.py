@@ -46,6 +46,7 @@ from tradelib.hardware import (
     torch_flags,
 )
 from tradelib.monitor import GpuMonitor
+from tradelib.perf.measure import CpuElsewhere
 from tradelib.train import checkpoint
 from tradelib.train.models import model_for, n_params
 from tradelib.train.progress import Progress
@@ -205,6 +206,7 @@ class TrainingRun:
         self.stop = StopRequests(enabled=False)  # fit() enters a live one
         self._agreed_stop: int | None = None  # DDP: the signal every rank stops on at the same step
         self.gpu_stats: dict = {}
+        self.other_cores: float | None = None  # the cores other processes kept busy while it trained (CPU runs)
         # after the compile probe, which may draw dropout masks: the restored RNG is then exactly the saved one
         if cfg.resume:
             self._resume()
@@ -328,7 +330,7 @@ class TrainingRun:
             self.t_log = self.t_ckpt = self.clock()
             state = "failed"
             try:
-                with StopRequests(enabled=True, escalate=self.world == 1) as self.stop:
+                with StopRequests(enabled=True, escalate=self.world == 1) as self.stop, CpuElsewhere() as other:
                     try:
                         self._loop()
                     except KeyboardInterrupt as exc:
@@ -338,6 +340,7 @@ class TrainingRun:
                         raise
                 state = "done"
             finally:
+                self.other_cores = other.cores if self.device.type == "cpu" else None  # (the GPU's time is its own)
                 self.gpu_stats = self.monitor.stop()
                 self.bar.close(state)
             return self.finish()

@@ -16,6 +16,7 @@ import torch
 from tradelib import runs
 from tradelib.hardware import device_name, mfu, peak_flops, peak_memory_bytes
 from tradelib.paths import outputs_dir, remove_stale_tmp
+from tradelib.perf.measure import busy_fields
 from tradelib.report import metrics
 from tradelib.train import checkpoint
 from tradelib.train.models import n_params
@@ -127,6 +128,7 @@ class RunFolder:
             "cache_key": run.cache_key, "cache_dir": run.fs.meta.get("cache_dir", ""),
             "train_windows": run.n_windows[0], "train_samples_per_epoch": run.targets_per_epoch(),
             "test_windows": run.n_windows[2], "shard_data": run.sharded,
+            **busy_fields([run.other_cores], cfg.max_other_load),  # samples/s timed on a busy machine: flagged
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
 
