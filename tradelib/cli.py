@@ -57,23 +57,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from tradelib.pipeline import run_pipeline
+    from tradelib.pipeline import headline, run_pipeline, select_notebooks
 
-    paths = run_pipeline(args.files, [tuple(p) for p in args.params])
+    paths = run_pipeline(args.files, [tuple(p) for p in args.params], select_notebooks(args.skip, args.only))
     print("\noutputs:")
     for name, path in paths.items():
         print(f"  {name:18s} {path}")
+    if "report.json" in paths:
+        print("\n" + "\n".join([*headline(paths["report.json"]), f"open: {paths['report.html']}"]))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tradelib.pipeline import run_report
+    from tradelib.pipeline import headline, run_report
 
     overrides = [tuple(p) for p in args.params]
     if args.compare_with:
         overrides.append(("compare_with", args.compare_with))
     paths = run_report(args.run, args.files, overrides)
-    print(f"\nreport: {paths['report.html']}\nnumbers: {paths['report.json']}")
+    print("\n" + "\n".join(headline(paths["report.json"])))
+    print(f"report: {paths['report.html']}\nnumbers: {paths['report.json']}")
     return 0
 
 
@@ -133,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("pipeline", help="run notebooks 01-04 with papermill into outputs/<run_id>/, render the report")
+    p.add_argument("--skip", default="", metavar="NB", help="notebooks to leave out, by number or name: e.g. 02 or "
+                                                           "02,04 or profiling")
+    p.add_argument("--only", default="", metavar="NB", help="the notebooks to run, by number or name: e.g. 01,03")
     add_param_args(p, ("data", "features", "model", "training", "system", "measure", "profile", "report"))
     p.set_defaults(func=cmd_pipeline)
 
