@@ -169,7 +169,8 @@ def _os_error(exc: OSError) -> str:
     outputs = Path(os.environ.get("TRADELIB_OUTPUTS") or Path(__file__).resolve().parents[1] / "outputs")
     ours = str(where).startswith(str(outputs)) or str(where).startswith(str(outputs.resolve()))
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        todo = "free some space, or set TRADELIB_OUTPUTS to a folder on another disk"
+        return (f"{where}: disk full ({exc.strerror or exc}): free some space, or set TRADELIB_OUTPUTS to a folder "
+                f"on another disk (now {outputs})")
     elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         todo = ("the outputs folder must be writable: fix its permissions, or set TRADELIB_OUTPUTS to a writable "
                 f"folder (now {outputs})") if ours else "check the file's permissions"
