@@ -38,9 +38,10 @@ def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, load
     batch sizes in chunks. One row per pair, `speedup` against the seed's DataLoader at the same batch size
     (dense: against per-window); the full records are in the `records` attribute.
 
-    `seconds` > 0: a time budget. The batch sizes are then measured one after another, smallest first, and a
-    size whose measurement would end past the budget (judged from the last one's time, scaled by the batch) is
-    left out, named in the `skipped_sizes` attribute."""
+    `seconds` > 0: a time budget the work is sized to. A pilot (one warm-up and two timed steps of each loader
+    at the smallest batch size) gives the time a step costs; the timed steps per configuration are then as many
+    as fit (at least 3, at most cfg.steps), and the batch sizes, measured one after another smallest first,
+    stop where the next would end past the budget (named in the `skipped_sizes` attribute)."""
     cfg = cfg.replace(device=str(pick_device(cfg.device, verbose=False)))
     sizes = sorted({int(b) for b in (batch_sizes or split_list(cfg.batch_sizes))})
 
@@ -54,22 +55,32 @@ def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, load
                 setups.append(s)
         return setups
 
-    run = lambda group: measure(setups_at(group), steps=cfg.steps, warmup=cfg.warmup, repeats=cfg.repeats,
-                                verbose=verbose, max_other_load=cfg.max_other_load)
+    def run(group: list[int], steps: int, warmup: int) -> list[dict]:
+        return measure(setups_at(group), steps=steps, warmup=warmup, repeats=cfg.repeats, verbose=verbose,
+                       max_other_load=cfg.max_other_load)
+
     skipped: list[int] = []
     if seconds <= 0:
-        records = run(sizes)
+        records = run(sizes, cfg.steps, cfg.warmup)
     else:
-        records, t0, last = [], time.perf_counter(), None
+        t0 = time.perf_counter()
+        run(sizes[:1], 2, 1)  # the pilot: its figures are not kept
+        per_step = (time.perf_counter() - t0) / 3 / sizes[0]  # seconds per step per window, set-up included
+        left = seconds - (time.perf_counter() - t0)
+        work = sum(sizes) * per_step * cfg.repeats
+        steps = max(3, min(cfg.steps, int(left / work) - cfg.warmup)) if work > 0 else cfg.steps
+        if steps < cfg.steps:
+            print(f"profile_seconds {seconds:.0f} s: {steps} timed steps per configuration (steps={cfg.steps} "
+                  f"would not fit; a step takes about {per_step * sizes[0]:.2f} s at batch {sizes[0]})")
+        records = []
         for i, bs in enumerate(sizes):
             elapsed = time.perf_counter() - t0
-            if last is not None and elapsed + last[1] * bs / last[0] > seconds:
+            if records and elapsed + (steps + cfg.warmup) * per_step * bs * cfg.repeats > seconds:
                 skipped = sizes[i:]
                 print(f"batch sizes {', '.join(map(str, skipped))} left out: they would not finish within the "
                       f"profile_seconds budget of {seconds:.0f} s ({elapsed:.0f} s spent)")
                 break
-            records += run([bs])
-            last = (bs, time.perf_counter() - t0 - elapsed)
+            records += run([bs], steps, cfg.warmup)
     df = pd.DataFrame(records).reindex(columns=SWEEP_COLUMNS)
     df.attrs["skipped_sizes"] = skipped
     df = df.sort_values(["loader", "batch_size"], ignore_index=True)
