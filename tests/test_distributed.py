@@ -30,6 +30,7 @@ BASE = dict(synth_symbols=3, synth_bars=400, window=16, hidden=8, layers=2, devi
 CASES = {"dense": dict(model="tcn", dense=True, dense_chunk=32), "windows": dict(model="mlp")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_two_processes_match_one_process_with_the_same_global_batch(outputs, capfd, case):
     base = {**BASE, **CASES[case]}
@@ -59,6 +60,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(outputs, cap
     assert summary["world_size"] == 2 and summary["global_batch"] == 8
 
 
+@pytest.mark.slow
 def test_repeated_two_rank_torchrun_launches_all_exit_0(outputs):
     """The issue: 2 of 8 two-rank runs trained, printed "done", then one rank aborted at exit ("terminate called
     without an active exception") and torchrun failed the job. Every rank now meets the others at a barrier,
@@ -101,6 +103,7 @@ cleanup_distributed()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["resident", "streamed"])
 def test_sharded_ranks_visit_every_window_of_an_epoch_once(outputs, tmp_path, path):
     """shard_data: 2 gloo ranks, each mapping only its own run of whole-symbol shards of the cache (streamed, too,

@@ -30,6 +30,7 @@ def dry_run(tmp_path_factory):
     return done, out
 
 
+@pytest.mark.slow
 def test_cpu_dry_run_passes_every_stage_and_writes_one_json_and_one_log(dry_run):
     done, out = dry_run
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
@@ -47,6 +48,7 @@ def test_cpu_dry_run_passes_every_stage_and_writes_one_json_and_one_log(dry_run)
     assert "papermill" in result["blocked_imports"]  # the stages ran without what the GPU machine lacks
 
 
+@pytest.mark.slow
 def test_cpu_dry_run_figures_are_present_and_sane(dry_run):
     _, out = dry_run
     result = json.loads((out / "gpu_check.json").read_text())

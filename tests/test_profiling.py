@@ -33,6 +33,7 @@ def test_profile_step_writes_a_trace_and_a_top_ops_table(tiny_cfg, tmp_path):
     assert df["self_cpu_ms"].is_monotonic_decreasing
 
 
+@pytest.mark.slow
 def test_find_max_batch_on_cpu_respects_its_budget(tiny_cfg):
     cfg = tiny_cfg.replace(model="mlp")
     probe = StepProbe(cfg)

@@ -114,6 +114,7 @@ def assert_same(events: dict, jsonl: dict) -> None:
         assert [v for _, v in events[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag  # float32
 
 
+@pytest.mark.slow
 def test_tensorboard_events_equal_metrics_jsonl(outputs):
     result = train(Config(**TINY, run_id="tb"), progress=False)
     events, jsonl = tensorboard_scalars(result.run_dir), jsonl_scalars(result.run_dir)
@@ -123,6 +124,7 @@ def test_tensorboard_events_equal_metrics_jsonl(outputs):
     assert_same(events, jsonl)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_purges_the_events_after_its_checkpoint(outputs):
     """Interrupted at step 7 (after the step-5 checkpoint), resumed: the events TensorBoard shows are exactly the
     rows metrics.jsonl keeps, none twice."""

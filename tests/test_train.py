@@ -101,6 +101,7 @@ def test_checkpoints_hold_the_full_state_and_rotate(outputs, reference):
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [0, 1]
 
 
+@pytest.mark.slow
 def test_same_seed_same_bits_other_seed_other_bits(outputs, reference):
     ref_model, ref_rows = reference
     train(tiny("again"), progress=False)
@@ -132,6 +133,7 @@ run.fit()
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_same_bits(outputs, reference, tmp_path):
     ref_model, ref_rows = reference
     cfg = tiny("killed")
@@ -158,6 +160,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_bits(outputs, reference, tmp
     assert comparable(metric_rows(outputs, "killed")) == comparable(ref_rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["signal", "raise"])
 def test_interrupt_writes_a_checkpoint_and_resumes_to_the_same_bits(outputs, reference, capsys, how):
     ref_model, _ = reference
@@ -379,6 +382,7 @@ def test_resume_refuses_a_changed_setting_and_a_fresh_run_over_checkpoints(outpu
     assert result.summary["optimizer_steps"] == 5
 
 
+@pytest.mark.slow
 def test_early_stopping_restores_the_best_weights_and_stays_stopped_on_resume(outputs, capsys):
     cfg = tiny("early", epochs=6, patience=1, lr=0.02, checkpoint_every=0)
     first = train(cfg, progress=False)
@@ -558,6 +562,7 @@ def test_masked_targets_are_normalised_over_the_whole_accumulated_batch(outputs)
     assert not close(per_micro_mean_grads(trainer, group, 2, 3), true, tol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_whole_epoch_with_accumulation_matches_big_batches_and_steps_the_schedule_per_update(outputs):
     runs = {}
     for b, k in ((8, 4), (32, 1)):
