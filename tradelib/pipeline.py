@@ -24,10 +24,6 @@ TRAINS = "03_train"  # the notebook whose training progress the pipeline shows i
 KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
-def label_of(folder: Path) -> str:
-    return f"run {folder.name!r}"
-
-
 class NotebookFailed(RuntimeError):
     """A notebook raised: the pipeline stops there, naming the cell and the saved notebook."""
 
@@ -159,7 +155,7 @@ def run_report(run: str = "", files: list[str] | None = None, overrides: list[tu
     folder = resolve_run(named)
     if not named:  # the latest finished run; say so where a newer one is still going, or was stopped
         for other, state in newer_unfinished(folder):
-            print(f"{label_of(other)} is newer but {state}: reporting the latest finished run, {folder.name}",
+            print(f"run {other.name!r} is newer but {state}: reporting the latest finished run, {folder.name!r}",
                   flush=True)
     if read_summary(folder) is None or not (folder / "predictions.parquet").exists():
         raise FileNotFoundError(f"run {folder.name!r} has no summary.json and predictions.parquet ({folder}): it "

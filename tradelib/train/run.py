@@ -576,7 +576,7 @@ def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init
             run = TrainingRun(cfg, fs, progress, init_state)
             tr = run.trainer
             if run.main:
-                print(f"run {run.run_id}: {cfg.model}, {n_params(run.model):,} parameters, "
+                print(f"run {run.run_id} (folder {run.dir}): {cfg.model}, {n_params(run.model):,} parameters, "
                       f"{run.n_windows[0]:,} training windows, global batch {tr.global_batch * run.world} "
                       f"({cfg.batch_size} x {cfg.grad_accum_steps} accumulation"
                       f"{f' x {run.world} ranks' if run.world > 1 else ''}), {tr.total_steps} optimizer steps, "
