@@ -84,8 +84,8 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
     except pickle.UnpicklingError as exc:
         found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
         raise ValueError(f"{path}: refused: it holds {found.group(1) if found else 'a Python object'}, not only "
-                         f"tensors and plain values; loading it could run code (a crafted file, or not a tradelib "
-                         f"checkpoint), so it is not loaded") from None
+                         f"tensors and plain values, and loading it could run code (a crafted file, another "
+                         f"program's, or a tradelib checkpoint older than weights_only loading); not loaded") from None
     except Exception as exc:  # noqa: BLE001 - unpickling a damaged file raises many types
         raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or "model" not in state:

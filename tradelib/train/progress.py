@@ -160,8 +160,8 @@ class Progress:
             self.bar.set_postfix_str(self._postfix(), refresh=False)
             self.bar.close()
             self.bar = None
-        elif self.mode == "lines":
-            self._say("" if state == "done" else state)
+        elif self.mode == "lines":  # (a run ended short of its total, by a budget or early stopping: "(done)")
+            self._say("" if state == "done" and self.step >= self.total else state)
         self._write(state, force=True)
 
     # -- rendering ---------------------------------------------------------------------------------------------
