@@ -133,3 +133,40 @@ def test_sharded_ranks_visit_every_window_of_an_epoch_once(outputs, tmp_path, pa
     assert summary["shard_data"] and summary["test_windows"] == len(window_ends(fs, 2, 16))
     predictions = pd.read_parquet(outputs / "sharded" / "predictions.parquet")
     np.testing.assert_array_equal(predictions["row"], window_ends(fs, 2, 16))
+
+
+STOPPED = """
+import json, os, signal, sys
+from tradelib.config import Config
+from tradelib.distributed import cleanup_distributed
+from tradelib.train.run import TrainingRun
+from tradelib.train.stops import StopRequested
+
+run = TrainingRun(Config(**json.loads(sys.argv[1])), progress=False)
+run.on_step = lambda t: os.kill(os.getpid(), signal.SIGTERM) if t.rank == 1 and t.step == 3 else None
+try:
+    run.fit()
+    stopped = None
+except StopRequested as exc:
+    stopped = exc.signum
+json.dump({"step": run.step, "signal": stopped}, open(os.path.join(os.environ["OUT"], f"rank{run.rank}.json"), "w"))
+cleanup_distributed()
+"""
+
+
+@pytest.mark.slow
+def test_a_sigterm_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(outputs, tmp_path):
+    """Under DDP the ranks agree at the next log point: rank 1 alone gets SIGTERM after step 3; with a log point
+    every 2 steps all ranks stop after step 4, and rank 0 writes that step's checkpoint."""
+    params = {**BASE, "model": "mlp", "batch_size": 4, "max_steps": 0, "log_every": 2, "checkpoint_every": 0,
+              "run_id": "ddp-stopped"}
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OUT=str(tmp_path))
+    script = tmp_path / "stopped.py"
+    script.write_text(STOPPED)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), json.dumps(params)], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks == [{"step": 4, "signal": 15}] * 2
+    assert "stopped by SIGTERM at step 4" in res.stdout
+    assert (outputs / "ddp-stopped" / "checkpoints" / "step-4.pt").exists()
