@@ -17,6 +17,7 @@ COMMAND_GROUPS = {
     "pipeline": ("data", "features", "model", "training", "system", "measure", "profile", "report"),
     "bench": ("data", "features", "model", "training", "system", "measure", "bench"),
     "report": ("report",),
+    "sweep": ("data", "features", "model", "training", "system", "report"),
 }
 
 
@@ -75,6 +76,7 @@ def test_pipeline_names_the_nearest_parameter(capsys):
     assert "did you mean 'batch_size'?" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_renders_04_for_a_run_into_its_folder(outputs, capsys):
     from tradelib.train.run import train
 

@@ -676,6 +676,7 @@ def final_weights(outputs: Path, run_id: str) -> dict:
     return torch.load(outputs / run_id / "checkpoints" / "last.pt", weights_only=False, map_location="cpu")["model"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("model,dropout", RESUME_CASES)
 def test_resume_after_sigkill_is_exact_with_deterministic(outputs, tmp_path, device, model, dropout):

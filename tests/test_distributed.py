@@ -30,6 +30,7 @@ BASE = dict(synth_symbols=3, synth_bars=400, window=16, hidden=8, layers=2, devi
 CASES = {"dense": dict(model="tcn", dense=True, dense_chunk=32), "windows": dict(model="mlp")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_two_processes_match_one_process_with_the_same_global_batch(outputs, capfd, case):
     base = {**BASE, **CASES[case]}
@@ -53,12 +54,14 @@ def test_two_processes_match_one_process_with_the_same_global_batch(outputs, cap
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "step"] == [1, 2, 3]  # rank 0 alone writes
     one_rows = [json.loads(line) for line in (one.run_dir / "metrics.jsonl").read_text().splitlines()]
-    for a, b in zip(rows, one_rows):  # the loss and the sample count are global
+    steps = lambda rs: [r for r in rs if r["kind"] == "step"]  # (then the one validation of a run ended mid-epoch)
+    for a, b in zip(steps(rows), steps(one_rows), strict=True):  # the loss and the sample count are global
         assert a["samples"] == b["samples"] and abs(a["loss"] - b["loss"]) < 1e-5
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch"] == 8
 
 
+@pytest.mark.slow
 def test_repeated_two_rank_torchrun_launches_all_exit_0(outputs):
     """The issue: 2 of 8 two-rank runs trained, printed "done", then one rank aborted at exit ("terminate called
     without an active exception") and torchrun failed the job. Every rank now meets the others at a barrier,
@@ -101,6 +104,7 @@ cleanup_distributed()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["resident", "streamed"])
 def test_sharded_ranks_visit_every_window_of_an_epoch_once(outputs, tmp_path, path):
     """shard_data: 2 gloo ranks, each mapping only its own run of whole-symbol shards of the cache (streamed, too,
@@ -129,3 +133,40 @@ def test_sharded_ranks_visit_every_window_of_an_epoch_once(outputs, tmp_path, pa
     assert summary["shard_data"] and summary["test_windows"] == len(window_ends(fs, 2, 16))
     predictions = pd.read_parquet(outputs / "sharded" / "predictions.parquet")
     np.testing.assert_array_equal(predictions["row"], window_ends(fs, 2, 16))
+
+
+STOPPED = """
+import json, os, signal, sys
+from tradelib.config import Config
+from tradelib.distributed import cleanup_distributed
+from tradelib.train.run import TrainingRun
+from tradelib.train.stops import StopRequested
+
+run = TrainingRun(Config(**json.loads(sys.argv[1])), progress=False)
+run.on_step = lambda t: os.kill(os.getpid(), signal.SIGTERM) if t.rank == 1 and t.step == 3 else None
+try:
+    run.fit()
+    stopped = None
+except StopRequested as exc:
+    stopped = exc.signum
+json.dump({"step": run.step, "signal": stopped}, open(os.path.join(os.environ["OUT"], f"rank{run.rank}.json"), "w"))
+cleanup_distributed()
+"""
+
+
+@pytest.mark.slow
+def test_a_sigterm_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(outputs, tmp_path):
+    """Under DDP the ranks agree at the next log point: rank 1 alone gets SIGTERM after step 3; with a log point
+    every 2 steps all ranks stop after step 4, and rank 0 writes that step's checkpoint."""
+    params = {**BASE, "model": "mlp", "batch_size": 4, "max_steps": 0, "log_every": 2, "checkpoint_every": 0,
+              "run_id": "ddp-stopped"}
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OUT=str(tmp_path))
+    script = tmp_path / "stopped.py"
+    script.write_text(STOPPED)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), json.dumps(params)], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks == [{"step": 4, "signal": 15}] * 2
+    assert "stopped by SIGTERM at step 4" in res.stdout
+    assert (outputs / "ddp-stopped" / "checkpoints" / "step-4.pt").exists()

@@ -361,6 +361,7 @@ def test_an_unknown_parameter_is_refused_with_a_suggestion(capsys, command):
     assert code == 2 and "batchsize" in line
 
 
+@pytest.mark.slow
 def test_papermill_refuses_what_the_notebook_does_not_declare(tmp_path, outputs):
     """papermill itself only warns about `-p batchsize 64` and would train with the default batch: the
     notebook's first cell refuses it, with a suggestion, before anything runs."""
@@ -522,6 +523,7 @@ def test_a_damaged_cache_of_raw_data_that_is_gone_is_one_line(tmp_path, capsys):
     assert "ridge baseline and data quality left out" in out
 
 
+@pytest.mark.slow
 def test_two_processes_building_one_cache_key_end_with_one_valid_cache(outputs):
     """Both start while a third holds the key's build lock: when it lets go, one builds, the other waits for it
     and loads its cache. One folder, valid, no temporary leftovers."""
@@ -669,6 +671,7 @@ def test_weights_that_turn_non_finite_are_never_checkpointed(outputs, capsys):
 # as a real process: stderr is one line, unless TRADELIB_DEBUG=1
 
 
+@pytest.mark.slow
 def test_a_real_process_writes_one_line_and_debug_shows_the_traceback(tmp_path):
     cmd = [sys.executable, "-m", "tradelib", "train", "-p", "lr", "inf"]
     env = dict(os.environ, TRADELIB_OUTPUTS=str(tmp_path / "o"))
@@ -679,6 +682,7 @@ def test_a_real_process_writes_one_line_and_debug_shows_the_traceback(tmp_path):
     assert res.returncode != 0 and "Traceback" in res.stderr and "ConfigError" in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["early", "while writing"])
 def test_prepare_killed_at_any_moment_leaves_a_valid_cache(outputs, moment):
     """kill -9 of `tradelib prepare` part-way (after 2 s, or as soon as its temporary cache folder appears):

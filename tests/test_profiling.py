@@ -61,3 +61,17 @@ def test_lr_scaling_is_logged_in_the_summary(tiny_cfg):
     rows = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert max(r["lr"] for r in rows if r["kind"] == "step") <= 2e-3 + 1e-12
     assert "gpu_util" in s and (s["gpu_util"] is None) == (not any(r["kind"] == "gpu" for r in rows))
+
+
+def test_a_time_budget_sizes_the_sweep_and_the_search(tiny_cfg, capsys):
+    """profile_seconds: with a budget nothing fits in, the sweep times the smallest size with the fewest steps
+    and names the sizes it left out; the search stops after its first fit, saying so."""
+    cfg = tiny_cfg.replace(steps=20, warmup=1, loaders="device")
+    df = batch_size_sweep(cfg, [32, 64, 128], seconds=1e-6)
+    assert df["batch_size"].tolist() == [32] and df.attrs["skipped_sizes"] == [64, 128]
+    out = capsys.readouterr().out
+    assert "3 timed steps per configuration" in out and "batch sizes 64, 128 left out" in out
+    assert [r["steps"] for r in df.attrs["records"]] == [3]
+    found = find_max_batch(cfg.replace(model="mlp"), start=32, limit=4096, budget_bytes=1 << 40, seconds=1e-6,
+                           verbose=False)
+    assert found == 32 and "at least 32 fits" in capsys.readouterr().out

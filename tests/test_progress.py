@@ -114,6 +114,7 @@ def assert_same(events: dict, jsonl: dict) -> None:
         assert [v for _, v in events[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag  # float32
 
 
+@pytest.mark.slow
 def test_tensorboard_events_equal_metrics_jsonl(outputs):
     result = train(Config(**TINY, run_id="tb"), progress=False)
     events, jsonl = tensorboard_scalars(result.run_dir), jsonl_scalars(result.run_dir)
@@ -123,6 +124,7 @@ def test_tensorboard_events_equal_metrics_jsonl(outputs):
     assert_same(events, jsonl)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_purges_the_events_after_its_checkpoint(outputs):
     """Interrupted at step 7 (after the step-5 checkpoint), resumed: the events TensorBoard shows are exactly the
     rows metrics.jsonl keeps, none twice."""
@@ -149,3 +151,26 @@ def test_without_tensorboard_a_run_says_so_in_one_line_and_trains(outputs, monke
     assert notice == ["TensorBoard events off: the tensorboard package is not installed (pip install tensorboard, "
                       "or -p tensorboard False); metrics.jsonl holds every figure"]
     assert result.summary["optimizer_steps"] > 0 and not list(result.run_dir.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_auto_mode_gives_lines_in_a_kernel_that_papermill_runs(tmp_path):
+    """papermill (nbclient) runs the kernel headless: no widget, whose saved state would read `0% 0/483`. The
+    signal is nbclient's in-memory history: the same kernel with a history file (as JupyterLab's) gets the widget."""
+    pytest.importorskip("ipywidgets")
+    import nbformat
+    import papermill as pm
+
+    from tradelib.train.progress import HEADLESS_HISTORY, headless_kernel
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("from tradelib.train.progress import choose_mode, has_widgets, in_kernel\n"
+                                          "print(choose_mode('auto'), in_kernel(), has_widgets())")]
+    nbformat.write(nb, tmp_path / "probe.ipynb")
+    for history, mode in (None, "lines"), (tmp_path / "history.sqlite", "widget"):
+        pm.execute_notebook(str(tmp_path / "probe.ipynb"), str(tmp_path / "out.ipynb"), progress_bar=False,
+                            kernel_name="python3",
+                            extra_arguments=[f"--HistoryManager.hist_file={history}"] if history else [])
+        text = "".join(o.get("text", "") for o in nbformat.read(tmp_path / "out.ipynb", 4).cells[0].outputs)
+        assert text.split() == [mode, "True", "True"]
+    assert not headless_kernel() and HEADLESS_HISTORY not in sys.argv  # this process is no kernel

@@ -270,6 +270,7 @@ def test_runs_table_over_run_folders(tmp_path):
     assert len(rn.runs_table(tmp_path / "nowhere")) == 0
 
 
+@pytest.mark.slow
 def test_make_figures_writes_pngs(tmp_path):
     run, _ = make_run(tmp_path / "run-a", n_sym=2, n_days=2)
     inputs = rp.load_inputs(run)
@@ -318,6 +319,7 @@ def test_best_predictors_never_the_oracle_nor_a_predictor_that_never_trades():
     assert cells == ((3, "cross-sectional IC"), (3, "net Sharpe"))
 
 
+@pytest.mark.slow
 def test_lr_schedule_from_step_0_reproduces_every_logged_value(outputs):
     """Training writes the LR of every optimizer step (train_facts.json); the report draws it from there."""
     from tradelib.config import Config

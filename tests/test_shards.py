@@ -102,6 +102,7 @@ def test_a_failed_build_resumes_from_the_shards_done(outputs, monkeypatch, capsy
     cache.load(Path(fs.meta["cache_dir"]))
 
 
+@pytest.mark.slow
 def test_two_torchrun_processes_build_the_same_cache_as_one(tmp_path):
     """`tradelib prepare` under torchrun (2 gloo processes, each its share of the shards, meeting at barriers)
     writes byte for byte the cache one process writes."""

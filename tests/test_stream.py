@@ -36,6 +36,7 @@ def weights(run_dir) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [dict(model="mlp"), dict(model="tcn", layers=2, dense=True, dense_chunk=48)])
 def test_the_streamed_path_trains_exactly_as_the_resident_one_when_the_budget_covers_the_data(outputs, case):
     """loader=stream with blocks of 500 rows (several blocks, all in one resident group): the same batches from
@@ -50,6 +51,7 @@ def test_the_streamed_path_trains_exactly_as_the_resident_one_when_the_budget_co
     assert a.summary["pooled_ic"] == b.summary["pooled_ic"]
 
 
+@pytest.mark.slow
 def test_data_ten_times_the_budget_trains_within_it(outputs, capsys):
     """A whole epoch and the evaluations on data ten times `device_memory_budget`: the path is chosen by itself
     and said; the peak of the bytes the stream holds on the device (every buffer, index and batch tensor it

@@ -72,6 +72,7 @@ def test_a_bad_combination_is_refused_before_anything_runs(outputs, grid, linked
     assert not outputs.exists() or not any(outputs.iterdir())
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_notebook_03_per_combination_and_compares_them(outputs, tmp_path):
     """Two runs through papermill, one of them a walk-forward; the table, figure and page; a rerun skips both;
     the same name with other parameters is refused; 04 reports a run of the sweep fold by fold."""
@@ -113,6 +114,7 @@ def test_a_sweep_runs_notebook_03_per_combination_and_compares_them(outputs, tmp
     assert (folder / "folds=2" / "folds.png").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_marked_the_others_go_on_and_the_command_fails(outputs):
     res = subprocess.run([sys.executable, "-m", "tradelib", "sweep", "--name", "f", "-f", TINY, "-p", "model", "tcn",
                           "-p", "layers", "9,1", "-p", "max_steps", "2", "-p", "device", "cpu", "-p", "compile", "off"],

@@ -101,6 +101,7 @@ def test_checkpoints_hold_the_full_state_and_rotate(outputs, reference):
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [0, 1]
 
 
+@pytest.mark.slow
 def test_same_seed_same_bits_other_seed_other_bits(outputs, reference):
     ref_model, ref_rows = reference
     train(tiny("again"), progress=False)
@@ -132,6 +133,7 @@ run.fit()
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_same_bits(outputs, reference, tmp_path):
     ref_model, ref_rows = reference
     cfg = tiny("killed")
@@ -158,6 +160,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_bits(outputs, reference, tmp
     assert comparable(metric_rows(outputs, "killed")) == comparable(ref_rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["signal", "raise"])
 def test_interrupt_writes_a_checkpoint_and_resumes_to_the_same_bits(outputs, reference, capsys, how):
     ref_model, _ = reference
@@ -189,6 +192,168 @@ def test_interrupt_writes_a_checkpoint_and_resumes_to_the_same_bits(outputs, ref
     assert steps == sorted(set(steps)) and steps[-1] == 38
 
 
+STOPPED_CHILD = r"""
+import json, os, sys, time
+import tradelib.train.run as run_module
+from tradelib.cli import main
+pause_at, marker, go = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+fit = run_module.TrainingRun.fit
+
+def hold(run):
+    if run.step == pause_at:  # the test signals this process here, mid-epoch, then lets it go on
+        open(marker, "w").close()
+        while not os.path.exists(go):
+            time.sleep(0.01)
+
+def fit_held(run):
+    run.on_step = hold
+    return fit(run)
+
+run_module.TrainingRun.fit = fit_held
+sys.exit(main(["train", *sys.argv[4:]]))
+"""
+
+
+def cli_params(cfg: Config) -> list[str]:
+    return [a for k, v in cfg.to_dict().items() if k in TINY or k in ("run_id", "resume") for a in ("-p", k, str(v))]
+
+
+class Payload:
+    """What a crafted checkpoint holds: unpickling it runs a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_never_run(outputs, short_run, tmp_path):
+    marker = tmp_path / "MARKER"
+    folder = outputs / "crafted" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"model": Payload(marker)}, folder / "step-999.pt")
+    done = subprocess.run([sys.executable, "-m", "tradelib", "train", *cli_params(tiny("crafted", resume=True))],
+                          capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: resume: none of the 1 checkpoints") and "refused: it holds posix.system" in last
+    assert not marker.exists()
+    # beside a run's own checkpoints: set aside with a line, and the resume goes on from the newest real one
+    torch.save({"model": Payload(marker)}, outputs / short_run / "checkpoints" / "step-999.pt")
+    run = TrainingRun(tiny(short_run, epochs=1, resume=True), progress=False)
+    run.close()
+    assert run.step in (3, 5) and not marker.exists()
+    assert (outputs / short_run / "checkpoints" / "step-999.pt.damaged").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_stops_with_a_checkpoint_and_resumes_to_the_same_bits(outputs, reference, tmp_path):
+    """What a scheduler, `docker stop` or systemd do: SIGTERM at step 13 (mid-epoch, past the step-10 checkpoint)
+    stops the CLI at that step with an exact checkpoint, exit 143, progress.json "stopped", the resume command
+    printed; resumed, the final weights equal the uninterrupted run's bit for bit."""
+    ref_model, _ = reference
+    cfg = tiny("terminated")
+    marker, go = tmp_path / "paused", tmp_path / "go"
+    child = subprocess.Popen([sys.executable, "-c", STOPPED_CHILD, "13", str(marker), str(go), *cli_params(cfg)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert child.poll() is None, child.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the training process never reached step 13"
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGTERM)
+    go.touch()
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM at step 13" in out and "-p run_id terminated -p resume True" in out
+    assert err.strip().splitlines()[-1] == "error: stopped by SIGTERM (the resume command is above)"
+    folder = outputs / "terminated"
+    assert json.loads((folder / "progress.json").read_text())["state"] == "stopped"
+    ck = torch.load(folder / "checkpoints" / "step-13.pt", weights_only=True)
+    assert (ck["step"], ck["epoch"], ck["pos"]) == (13, 0, 13 * 32)
+    assert not (folder / "checkpoints" / "last.pt").exists()
+
+    done = subprocess.run([sys.executable, "-m", "tradelib", "train", *cli_params(cfg.replace(resume=True))],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed terminated from step-13.pt at step 13" in done.stdout
+    assert_bitwise(final_model(outputs, "terminated"), ref_model)
+    steps = [r["step"] for r in metric_rows(outputs, "terminated") if r["kind"] == "step"]
+    assert steps == sorted(set(steps)) and steps[-1] == 38
+
+
+def test_sighup_stops_like_ctrl_c_and_lets_go_of_the_run_folder(outputs, capsys):
+    from tradelib import runs
+    from tradelib.cli import explain
+    from tradelib.train.stops import StopRequested
+
+    handlers_before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    run = TrainingRun(tiny("hung-up"), progress=False)
+    run.on_step = lambda t: os.kill(os.getpid(), signal.SIGHUP) if t.step == 7 else None
+    with pytest.raises(StopRequested) as stopped:
+        run.fit()
+    assert explain(stopped.value) == (129, "stopped by SIGHUP (the resume command is above)")
+    assert {s: signal.getsignal(s) for s in handlers_before} == handlers_before
+    assert "stopped by SIGHUP at step 7" in capsys.readouterr().out
+    folder = outputs / "hung-up"
+    assert (folder / "checkpoints" / "step-7.pt").exists()
+    assert json.loads((folder / "progress.json").read_text())["state"] == "stopped"
+    runs.check_run_free(folder)  # the lock is released: another process may take the folder
+
+
+class FakeClock:
+    """A clock the test moves: a minute per optimizer step."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, run: TrainingRun) -> None:
+        self.now += 60.0
+
+
+def test_checkpoints_by_time_follow_the_clock_and_change_nothing_trained(outputs, reference):
+    """checkpoint_minutes 3, a minute per step, checked at the log points (every 2 steps): a checkpoint when 3
+    minutes have passed since the last one (the epoch ends' included). The weights are the reference's."""
+    clock = FakeClock()
+    run = TrainingRun(tiny("by-time", checkpoint_every=0, checkpoint_minutes=3, keep_checkpoints=50), progress=False)
+    run.clock, run.on_step = clock, clock.tick
+    run.fit()
+    folder = outputs / "by-time" / "checkpoints"
+    # the log of step k reads minute k - 1; the epoch end's checkpoint (19) comes after its step's tick, minute 19
+    assert sorted(checkpoint_steps(folder)) == [4, 8, 12, 16, 19, 24, 28, 32, 36, 38]
+    assert_bitwise(final_model(outputs, "by-time"), reference[0])
+    off = TrainingRun(tiny("by-time-off", checkpoint_every=0, checkpoint_minutes=0), progress=False)
+    clock = FakeClock()
+    off.clock, off.on_step = clock, clock.tick
+    off.fit()
+    assert sorted(checkpoint_steps(outputs / "by-time-off" / "checkpoints")) == [19, 38]
+
+
+def checkpoint_steps(folder: Path) -> list[int]:
+    return [int(p.stem.split("-")[1]) for p in folder.glob("step-*.pt")]
+
+
+def test_max_minutes_ends_the_run_cleanly_inside_an_epoch(outputs, capsys):
+    """A 10-minute budget, a minute per step, read at the log points (every 2 steps): the log of step 12 reads
+    minute 11, the first past the budget, so the run ends there, inside epoch 0, with a validation, best.pt, a
+    checkpoint, the predictions and the summary."""
+    clock = FakeClock()
+    run = TrainingRun(tiny("budget", checkpoint_every=0, checkpoint_minutes=0, max_minutes=10), progress=False)
+    run.clock, run.on_step = clock, clock.tick
+    summary = run.fit()
+    assert summary["optimizer_steps"] == 12 and summary["best_val_loss"] is not None
+    assert "training budget of 10 min is spent at step 12" in capsys.readouterr().out
+    folder = outputs / "budget"
+    assert (folder / "checkpoints" / "best.pt").exists() and (folder / "checkpoints" / "step-12.pt").exists()
+    assert (folder / "predictions.parquet").exists() and (folder / "summary.json").exists()
+    epochs = [r for r in metric_rows(outputs, "budget") if r["kind"] == "epoch"]
+    assert len(epochs) == 1 and epochs[0]["partial"] and epochs[0]["step"] == 12 and np.isfinite(epochs[0]["val_loss"])
+
+
 @pytest.fixture(scope="module")
 def short_run(outputs):
     train(tiny("short", epochs=1, max_steps=3), progress=False)
@@ -209,11 +374,15 @@ def test_resume_refuses_a_changed_setting_and_a_fresh_run_over_checkpoints(outpu
         TrainingRun(tiny(short_run, epochs=1), progress=False)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         TrainingRun(tiny("never-ran", resume=True), progress=False)
+    # ended by max_steps inside its epoch: validated once all the same
+    assert (outputs / short_run / "checkpoints" / "best.pt").exists()
+    assert [r["partial"] for r in metric_rows(outputs, short_run) if r["kind"] == "epoch"] == [True]
     # length and bookkeeping may change: this one continues
     result = train(tiny(short_run, epochs=1, max_steps=5, log_every=1, resume=True), progress=False)
     assert result.summary["optimizer_steps"] == 5
 
 
+@pytest.mark.slow
 def test_early_stopping_restores_the_best_weights_and_stays_stopped_on_resume(outputs, capsys):
     cfg = tiny("early", epochs=6, patience=1, lr=0.02, checkpoint_every=0)
     first = train(cfg, progress=False)
@@ -393,6 +562,7 @@ def test_masked_targets_are_normalised_over_the_whole_accumulated_batch(outputs)
     assert not close(per_micro_mean_grads(trainer, group, 2, 3), true, tol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_whole_epoch_with_accumulation_matches_big_batches_and_steps_the_schedule_per_update(outputs):
     runs = {}
     for b, k in ((8, 4), (32, 1)):

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from tradelib.config import Config, ConfigError
@@ -14,6 +15,7 @@ from tradelib.train.trainer import lr_factor, scaled_lr
 from .conftest import TINY
 
 
+@pytest.mark.slow
 def test_training_beats_zero_on_planted_signal():
     cfg = Config(**{**TINY, "synth_symbols": 4, "synth_bars": 4000, "hidden": 32, "epochs": 2, "model": "lstm",
                     "batch_size": 128, "log_every": 20, "run_id": "beat-zero"})

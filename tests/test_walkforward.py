@@ -206,6 +206,7 @@ def test_resume_continues_the_folds_with_checkpoints_and_trains_the_rest(walked)
         walk_forward(Config(**WF, run_id="wf"), progress=False)
 
 
+@pytest.mark.slow
 def test_two_ranks_walk_the_folds_like_one_process(outputs):
     """`tradelib train -p n_gpus 2 -p folds 2`: torchrun, every rank walks the folds in one process group; each
     fold's weights match one process with the same global batch, and rank 0 alone writes."""
@@ -239,6 +240,7 @@ def test_a_streamed_walk_forward_is_the_resident_one(walked):
     assert all(f["loader"] == "stream" for f in (runs.read_summary(streamed.run_dir / f"fold-{k}") for k in range(3)))
 
 
+@pytest.mark.slow
 def test_two_sharded_ranks_walk_the_folds(outputs):
     """`-p shard_data True` with 2 ranks and 2 folds: each rank maps only its shards of each fold's cache, and
     the stitched predictions cover exactly the test windows one process predicts, fold by fold, with the same

@@ -3,7 +3,8 @@
 Every failure ends with one line on stderr, `error: ...`, naming the file or parameter and what to do, and an
 exit code: 2 for bad input or an unusable environment (a parameter, a data file, a damaged cache, a busy run
 folder, a read-only or full disk, CUDA asked for but absent), 1 for a run that failed (training diverged or
-trained nothing, a notebook raised, torchrun failed, an internal error), 130 when interrupted. Set
+trained nothing, a notebook raised, torchrun failed, an internal error), 130 when interrupted (Ctrl-C), 143 when
+stopped by SIGTERM, 129 by SIGHUP (training stops at a step with a checkpoint first). Set
 TRADELIB_DEBUG=1 for the traceback.
 """
 
@@ -56,23 +57,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from tradelib.pipeline import run_pipeline
+    from tradelib.pipeline import headline, run_pipeline, select_notebooks
 
-    paths = run_pipeline(args.files, [tuple(p) for p in args.params])
+    paths = run_pipeline(args.files, [tuple(p) for p in args.params], select_notebooks(args.skip, args.only))
     print("\noutputs:")
     for name, path in paths.items():
         print(f"  {name:18s} {path}")
+    if "report.json" in paths:
+        print("\n" + "\n".join([*headline(paths["report.json"]), f"open: {paths['report.html']}"]))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tradelib.pipeline import run_report
+    from tradelib.pipeline import headline, run_report
 
     overrides = [tuple(p) for p in args.params]
     if args.compare_with:
         overrides.append(("compare_with", args.compare_with))
     paths = run_report(args.run, args.files, overrides)
-    print(f"\nreport: {paths['report.html']}\nnumbers: {paths['report.json']}")
+    print("\n" + "\n".join(headline(paths["report.json"])))
+    print(f"report: {paths['report.html']}\nnumbers: {paths['report.json']}")
     return 0
 
 
@@ -138,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("pipeline", help="run notebooks 01-04 with papermill into outputs/<run_id>/, render the report")
+    p.add_argument("--skip", default="", metavar="NB", help="notebooks to leave out, by number or name: e.g. 02 or "
+                                                           "02,04 or profiling")
+    p.add_argument("--only", default="", metavar="NB", help="the notebooks to run, by number or name: e.g. 01,03")
     add_param_args(p, ("data", "features", "model", "training", "system", "measure", "profile", "report"))
     p.set_defaults(func=cmd_pipeline)
 
@@ -173,7 +180,8 @@ def _os_error(exc: OSError) -> str:
     outputs = Path(os.environ.get("TRADELIB_OUTPUTS") or Path(__file__).resolve().parents[1] / "outputs")
     ours = str(where).startswith(str(outputs)) or str(where).startswith(str(outputs.resolve()))
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        todo = "free some space, or set TRADELIB_OUTPUTS to a folder on another disk"
+        return (f"{where}: disk full ({exc.strerror or exc}): free some space, or set TRADELIB_OUTPUTS to a folder "
+                f"on another disk (now {outputs})")
     elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         todo = ("the outputs folder must be writable: fix its permissions, or set TRADELIB_OUTPUTS to a writable "
                 f"folder (now {outputs})") if ours else "check the file's permissions"
@@ -190,8 +198,9 @@ def explain(exc: BaseException) -> tuple[int, str]:
     from tradelib.runs import RunBusy
     from tradelib.train.run import TrainingFailed
 
-    if isinstance(exc, KeyboardInterrupt):
-        return 130, "interrupted"
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or a stop on SIGTERM / SIGHUP (train.stops): 128 + signal
+        signum = getattr(exc, "signum", 2)
+        return 128 + signum, "interrupted" if signum == 2 else f"stopped by {exc} (the resume command is above)"
     if isinstance(exc, (TrainingFailed, NotebookFailed, LaunchFailed)):
         code, text = 1, str(exc)
     elif isinstance(exc, (ValueError, RunBusy, Busy)):  # ConfigError, DataError, CacheError are ValueErrors

@@ -143,6 +143,12 @@ class Config:
     eval_batch_size: int = knob(4096, "windows per forward pass when evaluating", "training", lo=1, resume=True)
     checkpoint_every: int = knob(0, "optimizer steps between checkpoints (0: only at epoch ends)", "training",
                                  lo=0, resume=True)
+    checkpoint_minutes: float = knob(10.0, "minutes of training between step checkpoints, checked at log points, so "
+                                     "a kill loses at most about that much (0: off)", "training", lo=0, finite=True,
+                                     resume=True)
+    max_minutes: float = knob(0.0, "training budget: at the first log point past it the run stops cleanly with a "
+                              "checkpoint, a validation and its results (0: none)", "training", lo=0, finite=True,
+                              resume=True)
     keep_checkpoints: int = knob(3, "step checkpoints kept besides last.pt and best.pt", "training", lo=1,
                                  resume=True)
     resume: bool = knob(False, "continue the run `run_id` from its latest checkpoint", "training", resume=True)
@@ -208,6 +214,9 @@ class Config:
     batch_sizes: str = knob("64,256,1024", "comma list of micro-batch sizes to sweep (windows; chunks for dense)",
                             "profile", pattern=r"\s*[1-9]\d*([\s,]+[1-9]\d*)*\s*",
                             allowed="a comma list of sizes >= 1, e.g. 64,256,1024")
+    profile_seconds: float = knob(20.0, "02_profiling's time budget for its batch-size sweep, largest-batch search "
+                                  "and profiler trace together: each sized to its share (0: no budget)", "profile",
+                                  lo=0, finite=True)
     profile_steps: int = knob(5, "training steps recorded by torch.profiler", "profile", lo=1)
     max_batch_limit: int = knob(65_536, "search the largest micro-batch that fits, up to this (0: skip)",
                                 "profile", lo=0)

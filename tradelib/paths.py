@@ -3,9 +3,13 @@ how a file is written so that a kill never leaves half of it."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -57,23 +61,32 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def write_bytes(data: bytes, path: Path) -> None:
-    """Write a file in place (a device, a path the user named); an error names the file (a failed write alone
-    does not: ENOSPC from /dev/full)."""
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """An OSError of the writes in the block names `path`: a failed write(2) or fsync alone names no file
+    (ENOSPC), and numpy's short write says only "N requested and M written", which is a full disk."""
     try:
-        with open(path, "wb") as f:
-            f.write(data)
+        yield
     except OSError as exc:
-        if exc.filename is None:
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise
+        if exc.filename is not None:
+            raise
+        if exc.errno is None and re.fullmatch(r"\d+ requested and \d+ written", str(exc)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+
+
+def write_bytes(data: bytes, path: Path) -> None:
+    """Write a file in place (a device, a path the user named); an error names the file."""
+    with writing(path), open(path, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_bytes(data: bytes, path: Path) -> None:
-    """Write to a unique temporary file, flush it to disk, then rename: a kill mid-write leaves the old file."""
+    """Write to a unique temporary file, flush it to disk, then rename: a kill mid-write leaves the old file.
+    An error names `path` (a full disk included)."""
     tmp = unique_tmp(path)
     try:
-        with open(tmp, "wb") as f:
+        with writing(path), open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
+import math
 import time
 from pathlib import Path
 
 from tradelib.config import Config, read_params
 from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, notebooks_dir
-from tradelib.runs import holding_run, new_run_id, read_summary, resolve_run, run_dir
+from tradelib.runs import holding_run, new_run_id, newer_unfinished, read_summary, resolve_run, run_dir, run_state
 from tradelib.train.progress import PROGRESS_FILE, Follower
 
 NOTEBOOKS = ("01_data_cleaning", "02_profiling", "03_train", "04_report")
@@ -47,6 +49,67 @@ def split_params(params: dict, notebooks: dict[str, dict]) -> dict[str, dict]:
     return {name: {k: v for k, v in params.items() if k in decl} for name, decl in notebooks.items()}
 
 
+def select_notebooks(skip: str = "", only: str = "") -> tuple[str, ...]:
+    """The notebooks a `--skip` or `--only` list leaves, in order: comma-separated numbers (02, 2) or names
+    (02_profiling, profiling)."""
+    if skip and only:
+        raise ValueError("pipeline: give --skip or --only, not both")
+
+    def pick(text: str, option: str) -> set[str]:
+        chosen = set()
+        for word in (w.strip() for w in text.split(",") if w.strip()):
+            found = [n for n in NOTEBOOKS if word in (n, n[:2], n[3:]) or (word.isdigit() and int(word) == int(n[:2]))]
+            if not found:
+                raise ValueError(f"pipeline: {option} {word!r} names no notebook; the notebooks: "
+                                 f"{', '.join(NOTEBOOKS)} (a number or a name)")
+            chosen.update(found)
+        return chosen
+
+    if only:
+        return tuple(n for n in NOTEBOOKS if n in pick(only, "--only"))
+    skipped = pick(skip, "--skip") if skip else set()
+    return tuple(n for n in NOTEBOOKS if n not in skipped)
+
+
+def headline(report_json: Path) -> list[str]:
+    """The result in a few lines, from report.json (read by key: a figure it lacks is left out): the headline IC
+    with its t-statistic, the net Sharpe with its interval where the report gives one."""
+    try:
+        s = json.loads(Path(report_json).read_text()).get("summary") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    lines = []
+    family = s.get("headline_ic")
+    ic, t = s.get(f"{family}_ic"), s.get("ic_t_stat")
+    if num(ic):
+        lines.append(f"headline IC ({str(family).replace('_', '-')}, test split): {ic:.4f}"
+                     + (f", t {t:.2f} ({s.get('ic_t_method')})" if num(t) and s.get("ic_t_method") else
+                        f", t {t:.2f}" if num(t) else ""))
+    sharpe = s.get("net_sharpe")
+    if num(sharpe):
+        ci = sharpe_interval(s)
+        cost = f" after {s['cost_bps']:g} bps costs" if num(s.get("cost_bps")) else ""
+        lines.append(f"net Sharpe{cost}: {sharpe:.2f}" + (f", interval {ci[0]:.2f} to {ci[1]:.2f}" if ci else ""))
+    return lines
+
+
+def sharpe_interval(s: dict) -> tuple[float, float] | None:
+    """The net Sharpe's interval from report.json's summary, under the names it may have: net_sharpe_ci as a
+    pair or {low, high}, or net_sharpe_ci_low / _high (also sharpe_ci...)."""
+    for key in ("net_sharpe_ci", "sharpe_ci"):
+        v = s.get(key)
+        if isinstance(v, (list, tuple)) and len(v) == 2:
+            lo, hi = v
+        elif isinstance(v, dict):
+            lo, hi = v.get("low", v.get("lo")), v.get("high", v.get("hi"))
+        else:
+            lo, hi = s.get(f"{key}_low", s.get(f"{key}_lo")), s.get(f"{key}_high", s.get(f"{key}_hi"))
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in (lo, hi)):
+            return float(lo), float(hi)
+    return None
+
+
 def render_html(notebook: Path, html: Path) -> Path:
     """The executed notebook as HTML without code cells: what a researcher reads."""
     import nbformat
@@ -60,16 +123,18 @@ def render_html(notebook: Path, html: Path) -> Path:
 
 def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None,
                  notebooks: tuple[str, ...] = NOTEBOOKS, progress: bool = True) -> dict[str, Path]:
-    """Execute the notebooks in order into outputs/<run_id>/ and render the report; returns the paths.
+    """Execute `notebooks` (all four, or those select_notebooks left) in order into outputs/<run_id>/ and render
+    the report; returns the paths.
 
     Every parameter is checked before the first notebook starts (its name, its value, the device), so a bad
-    one ends with one line, not a failed notebook. The run folder is locked for the pipeline's life; its
-    notebooks' kernels inherit the lock."""
+    one ends with one line, not a failed notebook; one that only a skipped notebook takes is accepted. The run
+    folder is locked for the pipeline's life; its notebooks' kernels inherit the lock."""
     params = read_params(files, overrides)
     run_id = str(params.get("run_id") or new_run_id())
     params["run_id"] = run_id
-    src = {name: notebooks_dir() / f"{name}.ipynb" for name in notebooks}
-    per_nb = split_params(params, {name: notebook_parameters(p) for name, p in src.items()})
+    every = {name: notebooks_dir() / f"{name}.ipynb" for name in NOTEBOOKS}
+    per_nb = split_params(params, {name: notebook_parameters(p) for name, p in every.items()})
+    src = {name: every[name] for name in notebooks}
     cfg = Config.from_dict(params, source=", ".join(files or []) or "parameters")
     pick_device(cfg.device, verbose=False)  # CUDA asked for but absent: say so now
     out = run_dir(run_id)
@@ -86,7 +151,12 @@ def run_report(run: str = "", files: list[str] | None = None, overrides: list[tu
     src = {"04_report": notebooks_dir() / "04_report.ipynb"}
     per_nb = split_params(params, {"04_report": notebook_parameters(src["04_report"])})
     Config.from_dict(params, source=", ".join(files or []) or "parameters")
-    folder = resolve_run(run or params.get("run_id") or None)
+    named = run or params.get("run_id") or None
+    folder = resolve_run(named)
+    if not named:  # the latest finished run; say so where a newer one is still going, or was stopped
+        for other, state in newer_unfinished(folder):
+            print(f"run {other.name!r} is newer but {state}: reporting the latest finished run, {folder.name!r}",
+                  flush=True)
     if read_summary(folder) is None or not (folder / "predictions.parquet").exists():
         raise FileNotFoundError(f"run {folder.name!r} has no summary.json and predictions.parquet ({folder}): it "
                                 f"has not finished; train it to the end first (or resume it)")
@@ -118,6 +188,12 @@ def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, 
         except pm.PapermillExecutionError as exc:
             raise NotebookFailed(f"{name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
                                  f"(the executed notebook with the traceback: {out / (name + '.ipynb')})") from None
+        except RuntimeError as exc:  # the kernel died (killed, out of memory): nbclient's DeadKernelError
+            if type(exc).__name__ != "DeadKernelError":
+                raise
+            training = f"; its training {run_state(out)}" if name == TRAINS else ""
+            raise NotebookFailed(f"{name}: the notebook's kernel died ({exc}){training} (the notebook as far as it "
+                                 f"ran: {out / (name + '.ipynb')})") from None
         print(f"{label} {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
         paths[name] = out / f"{name}.ipynb"
     if "04_report" in notebooks:

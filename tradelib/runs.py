@@ -99,22 +99,52 @@ def holding_run(folder: Path) -> Iterator[None]:
                 os.environ[RUN_LOCK_ENV] = previous
 
 
+def run_folders(root: Path | None = None) -> list[Path]:
+    """The run folders directly under outputs/ (those a training wrote metrics.jsonl into)."""
+    root = Path(root) if root is not None else outputs_dir()
+    return [p for p in root.iterdir() if p.is_dir() and (p / "metrics.jsonl").exists()] if root.is_dir() else []
+
+
+def run_state(folder: Path) -> str:
+    """"finished" (summary.json), else what progress.json says: "running (process N)", "stopped (process gone)"
+    (it says running but its writer is dead: killed, or its machine went down), "interrupted", "stopped",
+    "failed"; "not started" without either file."""
+    from tradelib.train.progress import PROGRESS_FILE, read_progress
+
+    if (Path(folder) / "summary.json").exists():
+        return "finished"
+    data = read_progress(Path(folder) / PROGRESS_FILE)
+    if data is None:
+        return "not started"
+    return f"running (process {data['pid']})" if data["state"] == "running" else str(data["state"])
+
+
 def has_runs() -> bool:
-    return any(p.is_dir() and (p / "metrics.jsonl").exists() for p in outputs_dir().iterdir())
+    """Whether outputs/ holds a finished run."""
+    return any((p / "summary.json").exists() for p in run_folders())
+
+
+def _stamp(p: Path) -> float:
+    s = p / "summary.json"
+    return (s if s.exists() else p / "metrics.jsonl").stat().st_mtime
 
 
 def latest_run() -> Path:
-    """The most recently finished (else started) run folder under outputs/."""
-    runs = [p for p in outputs_dir().iterdir() if p.is_dir() and (p / "metrics.jsonl").exists()]
-    if not runs:
-        raise FileNotFoundError(f"no run folder with metrics.jsonl under {outputs_dir()}: train a model first "
-                                f"(notebook 03_train, or `tradelib train`)")
+    """The most recently finished run folder under outputs/ (a run that stopped or still trains is no report's)."""
+    folders = run_folders()
+    finished = [p for p in folders if (p / "summary.json").exists()]
+    if not finished:
+        others = ", ".join(f"{p.name} {run_state(p)}" for p in sorted(folders, key=_stamp)[-3:])
+        raise FileNotFoundError(f"no finished run under {outputs_dir()}" + (f" ({others})" if others else "") +
+                                ": train a model first (notebook 03_train, or `tradelib train`), or resume one")
+    return max(finished, key=_stamp)
 
-    def stamp(p: Path) -> float:
-        s = p / "summary.json"
-        return (s if s.exists() else p / "metrics.jsonl").stat().st_mtime
 
-    return max(runs, key=stamp)
+def newer_unfinished(than: Path) -> list[tuple[Path, str]]:
+    """Run folders started after `than` finished that have not finished, with their state (newest first)."""
+    t = _stamp(than)
+    later = [p for p in run_folders(Path(than).parent) if _stamp(p) > t and not (p / "summary.json").exists()]
+    return [(p, run_state(p)) for p in sorted(later, key=_stamp, reverse=True)]
 
 
 def resolve_run(run: str | os.PathLike | None) -> Path:
@@ -254,8 +284,10 @@ def _parse_time(value) -> pd.Timestamp:
         return pd.NaT
 
 
-def runs_table(root: Path) -> pd.DataFrame:
-    """One row per run folder with a readable summary.json, sorted by finish time (unfinished last).
+def runs_table(root: Path, unfinished: bool = False) -> pd.DataFrame:
+    """One row per run folder with a readable summary.json, sorted by finish time; `state` says "finished".
+    `unfinished`: also the run folders without one, last, with their state (run_state: running, stopped, stopped
+    (process gone), ...) and NaN figures.
 
     Missing keys are NaN; peak_mem_gb is peak_mem_bytes / 1e9.
     """
@@ -264,14 +296,17 @@ def runs_table(root: Path) -> pd.DataFrame:
     for run in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         s = read_summary(run)
         if s is None:
+            if unfinished and (run / "metrics.jsonl").exists():
+                rows.append({"run_id": run.name, "state": run_state(run)})
             continue
         row = {c: s.get(c) for c in RUN_COLUMNS}
         row["run_id"] = run.name
         mem = s.get("peak_mem_bytes")
         row["peak_mem_gb"] = mem / 1e9 if isinstance(mem, (int, float)) and not isinstance(mem, bool) else None
         row["finished"] = _parse_time(s.get("finished"))
+        row["state"] = "finished"
         rows.append(row)
-    out = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    out = pd.DataFrame(rows, columns=[*RUN_COLUMNS, "state"])
     for c in _NUMERIC_RUN_COLUMNS:
         out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
     out["finished"] = pd.to_datetime(out["finished"], utc=True)

@@ -41,6 +41,7 @@ import itertools
 import json
 import math
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,7 @@ from tradelib.config import (
     Config,
     ConfigError,
     declared_parameters,
-    parameter_lines,
+    parameters_help,
     parse_value,
     read_params,
     unknown_message,
@@ -254,13 +255,23 @@ def sweep_table(plan: Plan, status: list[str]) -> pd.DataFrame:
     rows = []
     for name, values, cfg, st in zip(plan.names, plan.values, plan.configs, status):
         row = {**values, "run": name, "status": st.split(":")[0]}
-        if runs.read_summary(plan.folder / name) is not None:
+        summary = runs.read_summary(plan.folder / name)
+        if summary is not None:
             row.update(run_figures(plan.folder / name, cfg))
+            row["busy"] = busy_flag(summary)
         rows.append(row)
-    table = pd.DataFrame(rows).reindex(columns=[*plan.axes, "run", "status", *NUMBERS])
+    table = pd.DataFrame(rows).reindex(columns=[*plan.axes, "run", "status", "busy", *NUMBERS])
     for c in NUMBERS:
         table[c] = pd.to_numeric(table[c], errors="coerce").astype(float)
     return table
+
+
+def busy_flag(summary: dict) -> str:
+    """'busy (1.8 cores)' where the run was timed while other processes kept the machine busy (its samples/s is
+    not comparable, as 02 and the report say), 'no' where it was not, '' where the run does not say."""
+    if summary.get("busy_note"):
+        return f"busy ({summary.get('other_cores', 0):.1f} cores)"
+    return "no" if "busy_note" in summary else ""
 
 
 # -- the table for reading ----------------------------------------------------------------------------------
@@ -325,12 +336,16 @@ def write_outputs(plan: Plan, table: pd.DataFrame) -> dict[str, Path]:
 
     plt.close(fig)
     shared = ", ".join(f"{k}={v}" for k, v in plan.shared.items()) or "the defaults"
-    intro = (f"{len(plan.names)} runs of notebook {NOTEBOOK}, each a run folder under {folder} (report one with "
-             f"<code>tradelib report {plan.sweep_id}/RUN</code>, or 04_report with that run_id). Varying: "
-             f"{', '.join(plan.axes) or 'nothing'}. Shared: {html.escape(shared)}.")
+    intro = (f"{len(plan.names)} runs of notebook {NOTEBOOK}, each a run folder under {html.escape(str(folder))} "
+             f"(report one with <code>tradelib report {html.escape(plan.sweep_id)}/RUN</code>, or 04_report with "
+             f"that run_id). Varying: {html.escape(', '.join(plan.axes) or 'nothing')}. Shared: "
+             f"{html.escape(shared)}.")
     notes = ("samples/s, it/s and the data-wait share are medians over each run's log intervals; memory is the "
              "peak of the training device; the ICs are on the test split (docs/metrics.md); net Sharpe is the "
              "report's long/short book after costs.")
+    if table["busy"].astype(str).str.startswith("busy").any():
+        notes += (" Runs marked busy were timed while other processes kept more than max_other_load of the cores "
+                  "busy: their samples/s are not comparable; rerun them on an idle machine.")
     atomic_write_bytes(f"# Sweep {plan.sweep_id}\n\n{intro}\n\n{markdown_table(table)}\n\n{notes}\n".encode(),
                        paths["md"])
     body = readable(table).to_html(index=False, escape=True, border=0)
@@ -360,15 +375,13 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="", help="the sweep id, its folder under outputs/ (default: made from the "
                                               "parameters, so the same command finds its finished runs)")
     p.add_argument("--dry-run", action="store_true", help="check every combination and list the runs; run none")
-    p.epilog = ("VALUES: `,` separates the values of numbers, true/false and parameters with fixed choices; the "
-                "other text parameters (loaders, batch_sizes, cost_grid_bps, data_path, ...) keep their commas and "
-                "split on `;` only; `;` works for every parameter.\n"
-                "e.g. the seed's before/after table: tradelib sweep -f params/full.yaml -z batch_size 128,512,1024 "
-                "-z grad_accum_steps 1,2,1 -p loader dataloader,device -p max_steps 200\n\n"
-                "parameters (03_train's, and the report's for the table):\n"
-                + "\n".join(f"  {line}" for line in parameter_lines(
-                    ("data", "features", "model", "training", "system", "report"), ())
-                             if line.split(":")[0] not in MANAGED))
+    said = ["VALUES: `,` separates the values of numbers, true/false and parameters with fixed choices; the other "
+            "text parameters (loaders, batch_sizes, cost_grid_bps, data_path, ...) keep their commas and split on `;` "
+            "only; `;` works for every parameter. The sweep sets run_id and resume of each run itself.",
+            "e.g. the seed's before/after table: tradelib sweep -f params/full.yaml -z batch_size 128,512,1024 "
+            "-z grad_accum_steps 1,2,1 -p loader dataloader,device -p max_steps 200"]
+    p.epilog = ("\n".join(textwrap.fill(t, 100) for t in said) + "\n\n"
+                + parameters_help(("data", "features", "model", "training", "system", "report")))
     p.formatter_class = argparse.RawDescriptionHelpFormatter
 
 

@@ -46,7 +46,7 @@ from tradelib.data.features import (
     shard_features,
     shard_layout,
 )
-from tradelib.paths import atomic_write_bytes, left_by_dead_writer
+from tradelib.paths import atomic_write_bytes, left_by_dead_writer, writing
 
 CLEAN = ("ts", "code", "open", "high", "low", "close", "volume")
 
@@ -127,7 +127,7 @@ def _clean_stage(work: Path, k: int, part: dict, shard: clean.CleanShard, cfg) -
                "segment": np.empty(len(shard), dtype=np.int32)}
         facts = Facts.of(shard_layout(_clean_shard(arrays), cfg.max_gap_bars, out))
     tmp = work / f"facts-{k}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    with open(tmp, "wb") as f:
+    with writing(tmp), open(tmp, "wb") as f:
         np.savez(f, **_facts_arrays(facts), part=np.frombuffer(json.dumps(part).encode(), dtype=np.uint8))
     tmp.rename(work / f"facts-{k}.npz")
 
@@ -202,7 +202,8 @@ def _write_folder(dest: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     tmp.mkdir()
     for name, a in arrays.items():
-        np.save(tmp / f"{name}.npy", a)
+        with writing(tmp / f"{name}.npy"):
+            np.save(tmp / f"{name}.npy", a)
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)

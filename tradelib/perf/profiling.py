@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,25 +30,59 @@ SWEEP_COLUMNS = ["loader", "batch_size", "samples_per_s", "speedup", "it_per_s",
 
 
 def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, loaders: Sequence[str] | None = None,
-                     verbose: bool = False) -> pd.DataFrame:
+                     verbose: bool = False, seconds: float = 0.0) -> pd.DataFrame:
     """samples/s, it/s, memory, data-wait share and batches per epoch for each loader and batch size (default:
     cfg.batch_sizes and cfg.loaders), with cfg.steps, cfg.warmup and cfg.repeats.
 
     All (loader, batch size) pairs are measured interleaved on the same data; "dense" (causal models) uses
     batch sizes in chunks. One row per pair, `speedup` against the seed's DataLoader at the same batch size
-    (dense: against per-window); the full records are in the `records` attribute."""
+    (dense: against per-window); the full records are in the `records` attribute.
+
+    `seconds` > 0: a time budget the work is sized to. A pilot (one warm-up and two timed steps of each loader
+    at the smallest batch size) gives the time a step costs; the timed steps per configuration are then as many
+    as fit (at least 3, at most cfg.steps), and the batch sizes, measured one after another smallest first,
+    stop where the next would end past the budget (named in the `skipped_sizes` attribute)."""
     cfg = cfg.replace(device=str(pick_device(cfg.device, verbose=False)))
     sizes = sorted({int(b) for b in (batch_sizes or split_list(cfg.batch_sizes))})
-    setups = []
-    for bs in sizes:
-        base = cfg.replace(batch_size=bs)
-        for s in make_setups(base, cfg.model, loaders or split_list(cfg.loaders), dense_batch=bs, group=f"@{bs}",
-                             verbose=verbose):
-            s.label = f"{s.label}@{bs}"
-            setups.append(s)
-    records = measure(setups, steps=cfg.steps, warmup=cfg.warmup, repeats=cfg.repeats, verbose=verbose,
-                      max_other_load=cfg.max_other_load)
+
+    def setups_at(group: list[int]) -> list:
+        setups = []
+        for bs in group:
+            base = cfg.replace(batch_size=bs)
+            for s in make_setups(base, cfg.model, loaders or split_list(cfg.loaders), dense_batch=bs,
+                                 group=f"@{bs}", verbose=verbose):
+                s.label = f"{s.label}@{bs}"
+                setups.append(s)
+        return setups
+
+    def run(group: list[int], steps: int, warmup: int) -> list[dict]:
+        return measure(setups_at(group), steps=steps, warmup=warmup, repeats=cfg.repeats, verbose=verbose,
+                       max_other_load=cfg.max_other_load)
+
+    skipped: list[int] = []
+    if seconds <= 0:
+        records = run(sizes, cfg.steps, cfg.warmup)
+    else:
+        t0 = time.perf_counter()
+        run(sizes[:1], 2, 1)  # the pilot: its figures are not kept
+        per_step = (time.perf_counter() - t0) / 3 / sizes[0]  # seconds per step per window, set-up included
+        left = seconds - (time.perf_counter() - t0)
+        work = sum(sizes) * per_step * cfg.repeats
+        steps = max(3, min(cfg.steps, int(left / work) - cfg.warmup)) if work > 0 else cfg.steps
+        if steps < cfg.steps:
+            print(f"profile_seconds {seconds:.0f} s: {steps} timed steps per configuration (steps={cfg.steps} "
+                  f"would not fit; a step takes about {per_step * sizes[0]:.2f} s at batch {sizes[0]})")
+        records = []
+        for i, bs in enumerate(sizes):
+            elapsed = time.perf_counter() - t0
+            if records and elapsed + (steps + cfg.warmup) * per_step * bs * cfg.repeats > seconds:
+                skipped = sizes[i:]
+                print(f"batch sizes {', '.join(map(str, skipped))} left out: they would not finish within the "
+                      f"profile_seconds budget of {seconds:.0f} s ({elapsed:.0f} s spent)")
+                break
+            records += run([bs], steps, cfg.warmup)
     df = pd.DataFrame(records).reindex(columns=SWEEP_COLUMNS)
+    df.attrs["skipped_sizes"] = skipped
     df = df.sort_values(["loader", "batch_size"], ignore_index=True)
     df.attrs["records"] = records
     return df
@@ -151,14 +186,16 @@ class StepProbe:
 
 
 def find_max_batch(cfg: Config, start: int = 256, limit: int = 1 << 20, budget_bytes: int | None = None,
-                   rel_tol: float = 1 / 32, verbose: bool = True) -> int:
+                   rel_tol: float = 1 / 32, verbose: bool = True, seconds: float = 0.0) -> int:
     """The largest micro-batch (windows, or chunks with dense=True) whose training step fits in memory.
 
     Doubles from `start` until a step fails (or `limit`), then bisects to within `rel_tol`. On CUDA a step
     fails on torch.cuda.OutOfMemoryError, or when `budget_bytes` is given and max_memory_allocated exceeds
     it; the feature matrix resident on the device counts, as in training with the device loader. On the CPU
     nothing runs out, so the bound is `budget_bytes` (default a quarter of the available RAM) on the peak
-    bytes of CPU tensors one step allocates (torch.profiler memory events), resident data not counted."""
+    bytes of CPU tensors one step allocates (torch.profiler memory events), resident data not counted.
+    `seconds` > 0: a time budget; the search stops when it is spent, with the largest batch found to fit."""
+    deadline = time.perf_counter() + seconds if seconds > 0 else float("inf")
     probe = StepProbe(cfg, limit)
     if not probe.cuda and budget_bytes is None:
         budget_bytes = default_cpu_budget()
@@ -169,6 +206,8 @@ def find_max_batch(cfg: Config, start: int = 256, limit: int = 1 << 20, budget_b
         print(f"find_max_batch: {cfg.model} on {where}{bound}{extra}")
 
     def fits(b: int) -> bool:
+        if lo and time.perf_counter() > deadline:
+            raise TimeoutError
         used = probe.peak_bytes(b)
         ok = used is not None and (budget_bytes is None or used <= budget_bytes)
         if verbose:
@@ -176,19 +215,23 @@ def find_max_batch(cfg: Config, start: int = 256, limit: int = 1 << 20, budget_b
             print(f"  batch {b:>9,}: {'fits' if ok else 'does not fit'} ({mem})")
         return ok
 
+    lo, hi, b = 0, limit + 1, min(start, limit)
     try:
-        lo, hi, b = 0, limit + 1, min(start, limit)
-        while b <= limit:  # double until a failure brackets the answer
-            if not fits(b):
-                hi = b
-                break
-            lo = b
-            if b == limit:
-                break
-            b = min(2 * b, limit)
-        while hi <= limit and hi - lo > max(1, int(lo * rel_tol)):  # bisect inside (lo, hi)
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        try:
+            while b <= limit:  # double until a failure brackets the answer
+                if not fits(b):
+                    hi = b
+                    break
+                lo = b
+                if b == limit:
+                    break
+                b = min(2 * b, limit)
+            while hi <= limit and hi - lo > max(1, int(lo * rel_tol)):  # bisect inside (lo, hi)
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        except TimeoutError:
+            print(f"find_max_batch: the time budget of {seconds:.0f} s is spent: at least {lo:,} fits (not searched "
+                  f"further; raise profile_seconds for the exact figure)")
         if lo == 0:
             raise RuntimeError(f"find_max_batch: not even a batch of 1 fits ({cfg.model}, budget {budget_bytes} bytes)")
         if verbose:

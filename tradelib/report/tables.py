@@ -61,7 +61,7 @@ def mfu(value, invalid=None) -> str:
 def show(df: pd.DataFrame, caption: str = "", highlight: tuple[tuple[int, str], ...] = (), text: bool = False):
     """A compact Styler: no index, cells on one line, numbers right-aligned (`text`: everything left-aligned and
     allowed to wrap, for a table of sentences); `highlight` marks (row, column) cells."""
-    style = df.style.hide(axis="index")
+    style = df.style.hide(axis="index").format(escape="html").format_index(escape="html", axis=1)  # data's text
     cell = "padding: 2px 8px; " + ("text-align: left;" if text else "text-align: right; white-space: nowrap;")
     style = style.set_table_styles([
         {"selector": "th", "props": cell},

@@ -3,6 +3,10 @@
 A run folder's `checkpoints/` holds `step-N.pt` (the training state after N optimizer steps, the newest
 `keep_checkpoints` kept), `best.pt` (the best validation loss) and `last.pt` (the final weights).
 `manifest.json` beside them records each file's size and SHA-256, so a damaged file is recognised and skipped.
+
+A checkpoint holds only tensors and plain values (dicts, lists, tuples, str, int, float, bool, None) and is
+loaded with `torch.load(..., weights_only=True)`: a file from a colleague or a shared drive cannot run code
+when loaded; one that would need more (a crafted pickle) is refused.
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
+import random
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tradelib.config import Config, resume_may_change
@@ -73,12 +80,37 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
         if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
             raise ValueError(f"{path}: checksum differs from the manifest (the file is damaged)")
     try:
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
+        raise ValueError(f"{path}: refused: it holds {found.group(1) if found else 'a Python object'}, not only "
+                         f"tensors and plain values, and loading it could run code (a crafted file, another "
+                         f"program's, or a tradelib checkpoint older than weights_only loading); not loaded") from None
     except Exception as exc:  # noqa: BLE001 - unpickling a damaged file raises many types
         raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{path}: not a tradelib checkpoint (no model state)")
     return state
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every random generator's state in plain types (weights_only loads them): Python's, numpy's, torch's."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                   int(has_gauss), float(gauss)],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(rng: dict, device: torch.device) -> None:
+    """Put back what rng_state saved."""
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 def resume_candidates(folder: Path) -> list[Path]:

@@ -20,8 +20,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tradelib.config import Config
+from tradelib.paths import pid_alive
 
 PROGRESS_FILE = "progress.json"
+GONE = "stopped (process gone)"  # what a reader makes of "running" written by a process that no longer exists
 MODES = Config.__dataclass_fields__["progress"].metadata["choices"]  # auto, bar, widget, lines, off
 LINE_FRACTIONS = (0.25, 0.5, 0.75)  # lines mode: a line at the start, at these shares of the steps, at the end
 
@@ -45,14 +47,29 @@ def in_kernel() -> bool:
     return bool(get and get() is not None and "IPKernelApp" in get().config)
 
 
+HEADLESS_HISTORY = "--HistoryManager.hist_file=:memory:"
+
+
+def headless_kernel() -> bool:
+    """A kernel that nbclient started: papermill or `jupyter nbconvert --execute`, where no one watches a widget
+    and the saved notebook would keep it half drawn. nbclient starts every ipykernel with an in-memory history
+    (`--HistoryManager.hist_file=:memory:`, its `ipython_hist_file` default); JupyterLab's kernels keep a file."""
+    if HEADLESS_HISTORY in sys.argv:
+        return True
+    get = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    shell = get() if get else None
+    hist = shell.config.get("HistoryManager", {}).get("hist_file") if shell is not None else None
+    return str(hist) == ":memory:"
+
+
 def has_widgets() -> bool:
     return importlib.util.find_spec("ipywidgets") is not None
 
 
 def choose_mode(mode: str) -> str:
-    """`auto`: a widget in a Jupyter kernel that has ipywidgets, lines in one without; a bar on a terminal;
-    lines when the output is a file or a pipe (where every redraw would be kept). `widget` where no widget can
-    show is `auto`."""
+    """`auto`: a widget in a Jupyter kernel that has ipywidgets, lines in one without or in one that papermill or
+    nbconvert runs headless; a bar on a terminal; lines when the output is a file or a pipe (where every redraw
+    would be kept). `widget` where no widget can show is `auto`."""
     if mode not in MODES:
         raise ValueError(f"progress mode {mode!r}; allowed: {' | '.join(MODES)}")
     if mode == "widget" and not (in_kernel() and has_widgets()):  # no widget without Jupyter and ipywidgets
@@ -60,8 +77,17 @@ def choose_mode(mode: str) -> str:
     if mode != "auto":
         return mode
     if in_kernel():
-        return "widget" if has_widgets() else "lines"
+        return "widget" if has_widgets() and not headless_kernel() else "lines"
     return "bar" if sys.stderr.isatty() else "lines"
+
+
+def to_terminal(line: str) -> None:
+    """A line on the terminal that started the kernel (papermill's, nbconvert's), not into the notebook: ipykernel
+    hands out the original stream's descriptor as sys.stderr.fileno()."""
+    try:
+        os.write(sys.stderr.fileno(), (line + "\n").encode())
+    except (OSError, ValueError, AttributeError):  # (io.UnsupportedOperation is an OSError and a ValueError)
+        pass
 
 
 def clock(seconds: float) -> str:
@@ -90,6 +116,8 @@ class Progress:
                  path: Path | None = None, file_interval_s: float = 1.0) -> None:
         self.total, self.step, self.desc, self.epochs = int(total), int(initial), desc, epochs
         self.mode = choose_mode(mode)
+        # papermill / nbconvert run by hand (`auto`; the pipeline asks for `lines`): the lines reach their terminal too
+        self.echo = mode == "auto" and self.mode == "lines" and in_kernel() and headless_kernel()
         self.epoch, self.loss, self.samples_per_s = 0, float("nan"), float("nan")
         self.path, self.file_interval_s, self._written = path, file_interval_s, 0.0
         self.t0, self.step0 = time.perf_counter(), self.step
@@ -132,8 +160,8 @@ class Progress:
             self.bar.set_postfix_str(self._postfix(), refresh=False)
             self.bar.close()
             self.bar = None
-        elif self.mode == "lines":
-            self._say("" if state == "done" else state)
+        elif self.mode == "lines":  # (a run ended short of its total, by a budget or early stopping: "(done)")
+            self._say("" if state == "done" and self.step >= self.total else state)
         self._write(state, force=True)
 
     # -- rendering ---------------------------------------------------------------------------------------------
@@ -156,8 +184,13 @@ class Progress:
         elapsed = time.perf_counter() - self.t0
         eta = self.eta_s()
         eta = f", ETA {clock(eta)}" if math.isfinite(eta) and self.step < self.total and not state else ""
-        print(f"{self.desc}: {share:4.0%} {self.step}/{self.total} steps, {self._postfix()}, {clock(elapsed)} "
-              f"elapsed{eta}{f' ({state})' if state else ''}", flush=True)
+        first_or_last = self.step == self.step0 or self.step >= self.total or state
+        where = f", run folder {self.path.parent}" if self.path is not None and first_or_last else ""
+        line = (f"{self.desc}: {share:4.0%} {self.step}/{self.total} steps, {self._postfix()}, {clock(elapsed)} "
+                f"elapsed{eta}{f' ({state})' if state else ''}{where}")
+        print(line, flush=True)
+        if self.echo:
+            to_terminal(line)
 
     def _write(self, state: str, force: bool = False) -> None:
         """progress.json, replaced whole (a reader never sees half of it), at most once per file_interval_s."""
@@ -178,11 +211,17 @@ class Progress:
 
 
 def read_progress(path: Path) -> dict | None:
+    """progress.json; a "running" whose writing process is gone (killed, or its kernel died) reads "stopped
+    (process gone)": nothing will write it again."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and {"step", "total", "state"} <= set(data) else None
+    if not (isinstance(data, dict) and {"step", "total", "state"} <= set(data)):
+        return None
+    if data["state"] == "running" and isinstance(data.get("pid"), int) and not pid_alive(data["pid"]):
+        data["state"] = GONE
+    return data
 
 
 class Follower:

@@ -5,16 +5,15 @@ drives it and keeps the run's position, so that a run survives: full-state check
 `checkpoint_every` steps and at each epoch's end) let `resume=True` continue bit for bit on the CPU, also after
 a kill; Ctrl-C / a Jupyter interrupt stops at the next optimizer step with a checkpoint. Metrics are summed on
 the device and read at log points, the only host syncs. Under torchrun the same code runs DDP (see
-distributed.py); only rank 0 writes.
+distributed.py); only rank 0 writes, through its RunFolder (runfolder.py: the lock, metrics, checkpoints, the
+results).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,22 +41,19 @@ from tradelib.distributed import (
     rank_rows,
 )
 from tradelib.hardware import (
-    device_name,
-    mfu,
-    peak_flops,
-    peak_memory_bytes,
     pick_device,
     say_determinism,
     torch_flags,
 )
 from tradelib.monitor import GpuMonitor
-from tradelib.paths import outputs_dir, remove_stale_tmp
-from tradelib.report import metrics
+from tradelib.perf.measure import CpuElsewhere
 from tradelib.train import checkpoint
 from tradelib.train.facts import write_train_facts
 from tradelib.train.models import model_for, n_params
-from tradelib.train.progress import PROGRESS_FILE, Progress
+from tradelib.train.progress import Progress
+from tradelib.train.runfolder import RunFolder
 from tradelib.train.sources import DenseSource, PaddedSource, WindowSource
+from tradelib.train.stops import StopRequested, StopRequests, progress_state, signal_name
 from tradelib.train.stream import make_sources
 from tradelib.train.trainer import StepStats, Trainer, seed_everything
 
@@ -139,31 +135,6 @@ class Tally:
         return out
 
 
-class StopRequests:
-    """Ctrl-C / Jupyter's interrupt asks to stop at the next optimizer step, where a checkpoint is exact; a
-    second one stops at once. Only in one process on the main thread (under DDP torchrun owns the signal)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> StopRequests:
-        if self.enabled:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
-
-    def _handler(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\ninterrupt: stopping after this optimizer step (interrupt again to stop at once)", flush=True)
-
-
 # the loop's position and the sums behind its metrics: all of it goes into a checkpoint
 LOOP_STATE = ("step", "epoch", "pos", "skipped", "best_val", "epochs_since_best", "train_time", "samples_seen",
               "epoch_sse", "epoch_n", "epoch_time")
@@ -183,10 +154,9 @@ class TrainingRun:
         if cfg.resume and not cfg.run_id:
             raise ValueError("resume=True needs the run_id of the run to continue")
         self.run_id = cfg.run_id or broadcast_object(runs.new_run_id())  # every rank writes to rank 0's folder
-        self.dir = outputs_dir() / self.run_id
-        self.ckpt_dir = self.dir / "checkpoints"
         self.trainer: Trainer | None = None
-        self.lock = runs.lock_run(self.dir) if self.main else None  # held for the run's life (close releases it)
+        self.folder = RunFolder(self.run_id, self.main)
+        self.dir, self.ckpt_dir = self.folder.dir, self.folder.ckpt_dir
         try:
             self._setup(fs, env)
         except BaseException:
@@ -195,15 +165,7 @@ class TrainingRun:
 
     def _setup(self, fs: FeatureSet | None, env: DistEnv) -> None:
         cfg = self.cfg
-        if self.main and self.ckpt_dir.is_dir():  # the run folder is locked: no writer of ours is alive in it
-            n = remove_stale_tmp(self.ckpt_dir)
-            if n:
-                print(f"removed {n} unfinished checkpoint file(s) of an earlier, killed write in {self.ckpt_dir}")
-        if self.main and not cfg.resume:  # (a resume finds its checkpoints in _resume, or says it found none)
-            if any(self.ckpt_dir.glob("*.pt")):
-                raise ValueError(f"run {self.run_id!r} already has checkpoints in {self.ckpt_dir}: pass resume=True "
-                                 f"to continue it, or choose another run_id")
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.folder.open(cfg.resume)
         seed_everything(cfg.seed)
         if self.main:
             say_determinism(self.device, cfg.deterministic)
@@ -238,16 +200,19 @@ class TrainingRun:
         self.train_time, self.samples_seen = 0.0, 0
         self.epoch_sse, self.epoch_n, self.epoch_time = 0.0, 0.0, 0.0
         self.tally = Tally(self.device)
-        self.t_log = time.perf_counter()
+        self.clock: Callable[[], float] = time.perf_counter  # every duration of the run (tests give a fake one)
+        self.t_log = self.t_ckpt = self.clock()
         self.on_step: Callable[[TrainingRun], None] | None = None  # called between optimizer steps (tests)
         self._clean, self._saved_step = True, -1
+        self.stop = StopRequests(enabled=False)  # fit() enters a live one
+        self._agreed_stop: int | None = None  # DDP: the signal every rank stops on at the same step
         self.gpu_stats: dict = {}
-        self.events: runs.TensorBoardLog | None = None  # opened by fit()
+        self.other_cores: float | None = None  # the cores other processes kept busy while it trained (CPU runs)
         # after the compile probe, which may draw dropout masks: the restored RNG is then exactly the saved one
         if cfg.resume:
             self._resume()
-        elif self.main:
-            (self.dir / "metrics.jsonl").write_text("")
+        else:
+            self.folder.start_metrics()
 
     @property
     def model(self) -> torch.nn.Module:
@@ -262,12 +227,8 @@ class TrainingRun:
                 stop_workers()
             if isinstance(self.trainer.train_fwd, DDP):
                 self.trainer.train_fwd = self.trainer.train_fwd.module
-        if getattr(self, "events", None) is not None:
-            self.events.close()
-            self.events = None
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
+        if self.folder is not None:
+            self.folder.close()
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -277,27 +238,26 @@ class TrainingRun:
             **{k: getattr(self, k) for k in LOOP_STATE},
             "world": self.world,
             "bad_run": float(self.tally.bad_run),
-            "rng": {
-                "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            },
+            "rng": checkpoint.rng_state(self.device),
             "config": self.cfg.to_dict(),
             "order": getattr(self.trainer.source, "order_key", None),
             "cache_key": self.cache_key,
             "feature_names": self.fs.feature_names,
-            "target_scale": self.windows.target_scale,
+            "target_scale": float(self.windows.target_scale),
         }
 
     def save_checkpoint(self, tag: str) -> Path | None:
         """Rank 0 writes `tag`.pt; of the step-N.pt files the newest keep_checkpoints stay. Weights that are no
         longer finite are never written (nor do they push a finite checkpoint out of the rotation)."""
+        if tag.startswith("step-"):
+            self.t_ckpt = self.clock()  # (every rank: the next time-due checkpoint is agreed on)
         if not self.main:
             return None
         self.check_finite_weights()
-        path = checkpoint.save(self.state(), self.ckpt_dir / f"{tag}.pt")
+        path = self.folder.save(self.state(), tag)
         if tag.startswith("step-"):
             self._saved_step = self.step
-            checkpoint.rotate(self.ckpt_dir, self.cfg.keep_checkpoints)
+            self.folder.rotate(self.cfg.keep_checkpoints)
         return path
 
     def check_finite_weights(self) -> None:
@@ -312,21 +272,11 @@ class TrainingRun:
             f"{self.latest_checkpoint()}, holds the last finite state. Lower lr or set grad_clip, and check the data.")
 
     def latest_checkpoint(self) -> Path | None:
-        found = checkpoint.resume_candidates(self.ckpt_dir)
-        return found[0] if found else None
+        return self.folder.latest_checkpoint()
 
     def _resume(self) -> None:
-        ck, path = None, None
-        if self.main:  # only rank 0 may see the run folder (another node's disk): it hands the state to all
-            ck, path, skipped = checkpoint.load_latest(self.ckpt_dir)
-            if ck is None and skipped:
-                raise FileNotFoundError(f"resume: none of the {len(skipped)} checkpoints in {self.ckpt_dir} loads "
-                                        f"({'; '.join(why for _, why in skipped)}); start the run again without "
-                                        f"resume, or with another run_id")
-            for bad, why in skipped:  # moved aside, out of the rotation, kept for a look
-                aside = checkpoint.set_aside(bad)
-                print(f"resume: skipped {why}; kept as {aside.name}")
-        ck, path = broadcast_object((ck, path))
+        # only rank 0 may see the run folder (another node's disk): it hands the state to all
+        ck, path = broadcast_object(self.folder.load_resume_point() if self.main else (None, None))
         if ck is None:
             raise FileNotFoundError(f"resume: no checkpoint in {self.ckpt_dir} (run_id {self.run_id!r}): the run wrote "
                                     f"none before it stopped; start it again without resume")
@@ -341,13 +291,9 @@ class TrainingRun:
             setattr(self, k, ck[k])
         self.tally.bad_run.fill_(ck["bad_run"])
         self._saved_step = self.step
-        random.setstate(ck["rng"]["python"])
-        np.random.set_state(ck["rng"]["numpy"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        if ck["rng"]["cuda"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
+        checkpoint.set_rng_state(ck["rng"], self.device)
         if self.main:
-            kept = runs.truncate_metrics(self.dir, self.step)
+            kept = self.folder.truncate_metrics(self.step)
             print(f"resumed {self.run_id} from {Path(path).name} at step {self.step} (epoch {self.epoch}, "
                   f"{self.pos} items into its order); metrics.jsonl keeps its {kept} rows up to that step")
             if self.done():
@@ -357,47 +303,52 @@ class TrainingRun:
         return getattr(self.trainer.source, "order_key", None)
 
     def log(self, row: dict) -> None:
-        if self.main:
-            runs.append_metrics(self.dir, row)
-            if self.events is not None:
-                self.events.add(row)
+        self.folder.log(row)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def done(self) -> bool:
-        """Finished by epochs, max_steps or early stopping: a function of the state, so a resume agrees."""
+        """Finished by epochs, max_steps, the max_minutes budget or early stopping: a function of the state (the
+        train time moves only at log points, agreed there under DDP), so a resume and every rank agree."""
+        return self.reached_end() or self.out_of_time()
+
+    def reached_end(self) -> bool:
         early = self.cfg.patience > 0 and self.epochs_since_best >= self.cfg.patience
         return self.epoch >= self.cfg.epochs or self.step >= self.trainer.total_steps or early
+
+    def out_of_time(self) -> bool:
+        return self.cfg.max_minutes > 0 and self.train_time >= 60 * self.cfg.max_minutes
 
     def fit(self) -> dict:
         """Train to the end, then finish(); the run is closed afterwards, also after an error or an interrupt."""
         try:
             show = self.progress and self.main
             self.bar = Progress(self.trainer.total_steps, self.step, f"train {self.cfg.model}",
-                                self.cfg.progress if show else "off", self.cfg.epochs,
-                                path=self.dir / PROGRESS_FILE if self.main else None)
+                                self.cfg.progress if show else "off", self.cfg.epochs, path=self.folder.progress_path)
             self.bar.set_epoch(self.epoch)
-            if self.main and self.cfg.tensorboard:
-                self.events = runs.TensorBoardLog(self.dir, self.step + 1 if self.cfg.resume else None)
+            if self.cfg.tensorboard:
+                self.folder.open_events(self.step + 1 if self.cfg.resume else None)
             self.monitor = GpuMonitor(device=self.device, enabled=self.main, verbose=self.main).start()
-            self.t_log = time.perf_counter()
+            self.t_log = self.t_ckpt = self.clock()
             state = "failed"
             try:
-                with StopRequests(enabled=self.world == 1) as stop:
+                with StopRequests(enabled=True, escalate=self.world == 1) as self.stop, CpuElsewhere() as other:
                     try:
-                        self._loop(stop)
-                    except KeyboardInterrupt:
-                        state = "interrupted"
-                        self._on_interrupt()
+                        self._loop()
+                    except KeyboardInterrupt as exc:
+                        signum = getattr(exc, "signum", signal.SIGINT)
+                        state = progress_state(signum)
+                        self._on_interrupt(signum)
                         raise
                 state = "done"
             finally:
+                self.other_cores = other.cores if self.device.type == "cpu" else None  # (the GPU's time is its own)
                 self.gpu_stats = self.monitor.stop()
                 self.bar.close(state)
             return self.finish()
         finally:
             self.close()
 
-    def _loop(self, stop: StopRequests) -> None:
+    def _loop(self) -> None:
         cfg, tr = self.cfg, self.trainer
         while not self.done():
             order = tr.source.epoch(self.epoch, cfg.seed, self.rank, self.world)
@@ -405,8 +356,8 @@ class TrainingRun:
             tr.source.begin(order[self.pos :])
             while self.pos < n and not self.done():
                 self._clean = True  # between optimizer steps: a checkpoint here is exact
-                if stop.requested:
-                    raise KeyboardInterrupt
+                if self._agreed_stop or (self.world == 1 and self.stop.requested):
+                    raise StopRequested(self._agreed_stop or self.stop.requested)
                 self._clean = False
                 group = order[self.pos : self.pos + tr.global_batch]
                 self.tally.add(tr.step(group))
@@ -416,22 +367,28 @@ class TrainingRun:
                 epoch_end = self.pos >= n
                 ckpt_due = cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0 and not epoch_end
                 if ckpt_due or epoch_end or self.step % cfg.log_every == 0 or self.step >= tr.total_steps:
-                    self.log_point()
+                    time_due = self.log_point()
+                    ckpt_due = (ckpt_due or time_due) and not epoch_end
                 if ckpt_due:  # (at an epoch's end, end_epoch writes it after validation)
                     self.save_checkpoint(f"step-{self.step}")
-                    self.t_log = time.perf_counter()  # checkpoint I/O is not training time
+                    self.t_log = self.clock()  # checkpoint I/O is not training time
                 self._clean = True
                 if self.on_step is not None:
                     self.on_step(self)
+            self._clean = False
             if self.pos >= n:
-                self._clean = False
                 self.end_epoch()
-                self._clean = True
+            else:  # ended inside the epoch (max_steps, max_minutes): validated once all the same
+                self.end_inside_epoch()
+            self._clean = True
 
-    def log_point(self) -> None:
-        """One host sync: a metrics row, a GPU row, and the divergence check."""
+    def log_point(self) -> bool:
+        """One host sync: a metrics row, a GPU row, and the divergence check. Under DDP the ranks also agree here
+        on the train time (the max_minutes budget), a time-due checkpoint and a stop request. Returns whether a
+        checkpoint is due by time (checkpoint_minutes since the last one)."""
         t = self.tally.read()
-        dt = time.perf_counter() - self.t_log
+        now = self.clock()
+        dt = max(now - self.t_log, 1e-9)
         self.train_time += dt
         self.epoch_time += dt
         self.samples_seen += int(t["n"])
@@ -448,7 +405,15 @@ class TrainingRun:
         if gpu["gpu_samples"]:
             self.log({"kind": "gpu", "step": self.step, "elapsed_s": self.train_time, **gpu})
         self.bar.figures(self.epoch, loss, row["samples_per_s"])
-        self.t_log = time.perf_counter()
+        due = self.cfg.checkpoint_minutes > 0 and now - self.t_ckpt >= 60 * self.cfg.checkpoint_minutes
+        if self.world > 1:
+            agreed = all_reduce(torch.tensor([self.train_time, float(due), float(self.stop.requested or 0)],
+                                             dtype=torch.float64, device=self.device), "max").tolist()
+            self.train_time, due, self._agreed_stop = agreed[0], bool(agreed[1]), int(agreed[2]) or None
+        if self.main and self.out_of_time() and not self.reached_end():
+            print(f"max_minutes: the training budget of {self.cfg.max_minutes:g} min is spent at step {self.step}; "
+                  f"ending with a validation, a checkpoint and the results", flush=True)
+        self.t_log = self.clock()
         if t["bad_max"] >= self.cfg.max_bad_steps:
             last = self.latest_checkpoint() if self.main else None
             raise TrainingDiverged(
@@ -456,6 +421,7 @@ class TrainingRun:
                 f"non-finite loss or gradient (max_bad_steps={self.cfg.max_bad_steps}); {self.skipped} skipped in "
                 f"all. Skipped steps leave the weights untouched, so the last checkpoint ({last}) holds the last "
                 f"good weights. Look for non-finite features or targets, lower lr, or set grad_clip.")
+        return due
 
     def end_epoch(self) -> None:
         """Validation, the best checkpoint, an epoch checkpoint, early stopping (seen by done())."""
@@ -477,7 +443,21 @@ class TrainingRun:
         if self.main and self.cfg.patience and self.epochs_since_best >= self.cfg.patience:
             print(f"early stop after epoch {self.epoch}: val loss has not improved for {self.epochs_since_best} "
                   f"epochs (best {self.best_val:.5f})")
-        self.t_log = time.perf_counter()
+        self.t_log = self.clock()
+
+    def end_inside_epoch(self) -> None:
+        """A run that ends inside an epoch (max_steps, max_minutes) validates once: a partial epoch row, best.pt
+        when it is the best so far, and a step checkpoint. The position stays, so a longer resume goes on."""
+        val = self.validate()
+        self.log({"kind": "epoch", "epoch": self.epoch, "step": self.step, "partial": True,
+                  "train_loss": self.epoch_sse / self.epoch_n if self.epoch_n else float("nan"),
+                  "val_loss": val, "epoch_time_s": self.epoch_time,
+                  "samples_per_s": self.epoch_n / max(self.epoch_time, 1e-9)})
+        if val < self.best_val:
+            self.best_val = val
+            self.save_checkpoint("best")
+        self.save_checkpoint(f"step-{self.step}")
+        self.t_log = self.clock()
 
     def validate(self) -> float:
         """Validation loss, computed on rank 0 and shared, so every rank takes the same early-stop decision; with
@@ -495,15 +475,16 @@ class TrainingRun:
             self._epoch_targets = float(src.count(ids))  # (shard_data: this rank's, set for all in _setup)
         return self._epoch_targets
 
-    def _on_interrupt(self) -> None:
-        if self.world == 1 and self._clean:
+    def _on_interrupt(self, signum: int) -> None:
+        if self._clean and (self.world == 1 or self._agreed_stop):
             if self.tally.steps:
                 self.log_point()  # the metric sums up to this step go into the checkpoint
             where = f"checkpoint {self.save_checkpoint(f'step-{self.step}')}"
         else:  # stopped inside a step (or under DDP): the last checkpoint is the resume point
             where = f"no checkpoint written mid-step; resume starts from {self.latest_checkpoint()}"
         if self.main:
-            print(f"\ninterrupted at step {self.step} (epoch {self.epoch}); {where}.\n"
+            what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
+            print(f"\n{what} at step {self.step} (epoch {self.epoch}); {where}.\n"
                   f"Resume: run_id={self.run_id!r}, resume=True (notebook or papermill: -p run_id {self.run_id} "
                   f"-p resume True; CLI: tradelib train ... -p run_id {self.run_id} -p resume True)", flush=True)
 
@@ -525,12 +506,12 @@ class TrainingRun:
                 f"(non-finite loss or gradient); no predictions or summary written. Check the data and lr.")
         if self._saved_step != self.step:
             self.save_checkpoint(f"step-{self.step}")
-        best = self.ckpt_dir / "best.pt"
-        restored = bool(self.cfg.patience) and best.exists()
+        best = self.folder.best_weights(self.device) if self.cfg.patience else None
+        restored = best is not None
         if restored:
-            self.model.load_state_dict(checkpoint.load(best, self.device)["model"])
+            self.model.load_state_dict(best)
         self.check_finite_weights()
-        checkpoint.save({**self.state(), "restored_best": restored}, self.ckpt_dir / "last.pt")
+        self.folder.save({**self.state(), "restored_best": restored}, "last")
         ends = self.windows.ends(2)
         pred = self.trainer.predict(ends).cpu().numpy() * self.windows.target_scale
         if not np.isfinite(pred).all():
@@ -538,10 +519,7 @@ class TrainingRun:
                 f"run {self.run_id!r}: {int((~np.isfinite(pred)).sum()):,} of {len(pred):,} test predictions are not "
                 f"finite although the weights are; no predictions or summary written (checkpoints kept in "
                 f"{self.ckpt_dir}). Set output_clip, or lower lr.")
-        runs.write_predictions(self.dir, self.fs, ends.cpu().numpy(), pred)
-        summary = {**self.summary(), **metrics.named_ics(runs.read_predictions(self.dir), self.cfg.trade_delay)}
-        runs.write_summary(self.dir, summary)
-        return summary
+        return self.folder.write_results(self.fs, ends.cpu().numpy(), pred, self.folder.summary(self))
 
     def _finish_sharded(self) -> dict:
         """finish() when every rank holds its own windows (shard_data): each predicts its test windows with the
@@ -553,8 +531,8 @@ class TrainingRun:
         if self.main:
             if self._saved_step != self.step:
                 self.save_checkpoint(f"step-{self.step}")
-            if self.cfg.patience and (self.ckpt_dir / "best.pt").exists():
-                best = checkpoint.load(self.ckpt_dir / "best.pt", torch.device("cpu"))["model"]
+            if self.cfg.patience:
+                best = self.folder.best_weights(torch.device("cpu"))
         best = broadcast_object(best)
         if best is not None:
             self.model.load_state_dict(best)
@@ -564,17 +542,14 @@ class TrainingRun:
         if not self.main:
             return {"run_id": self.run_id, "rank": self.rank}
         self.check_finite_weights()
-        checkpoint.save({**self.state(), "restored_best": best is not None}, self.ckpt_dir / "last.pt")
+        self.folder.save({**self.state(), "restored_best": best is not None}, "last")
         rows, pred = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         if not np.isfinite(pred).all():
             raise TrainingFailed(f"run {self.run_id!r}: {int((~np.isfinite(pred)).sum()):,} of {len(pred):,} test "
                                  f"predictions are not finite; no predictions or summary written. Set output_clip, "
                                  f"or lower lr.")
         order = np.argsort(rows, kind="stable")
-        runs.write_predictions(self.dir, self.fs_all(), rows[order], pred[order])
-        summary = {**self.summary(), **metrics.named_ics(runs.read_predictions(self.dir), self.cfg.trade_delay)}
-        runs.write_summary(self.dir, summary)
-        return summary
+        return self.folder.write_results(self.fs_all(), rows[order], pred[order], self.folder.summary(self))
 
     def fs_all(self) -> FeatureSet:
         """The whole FeatureSet (rank 0's predictions need every rank's rows): as given, or mapped from the cache
@@ -582,39 +557,6 @@ class TrainingRun:
         if self._fs_all is None:
             self._fs_all = cache.load(Path(self.fs.meta["cache_dir"]), mmap=True, verify=False)
         return self._fs_all
-
-    def summary(self) -> dict:
-        rows = runs.read_metrics(self.dir)
-        steps = [r for r in rows if r["kind"] == "step"]
-        epochs = [r for r in rows if r["kind"] == "epoch"]
-        med = lambda rs, k: float(np.median([r[k] for r in rs])) if rs else float("nan")
-        sps = med(steps, "samples_per_s")
-        flops = self.trainer.flops_per_sample()
-        peak, peak_source = peak_flops(self.device, peak_tflops=self.cfg.peak_tflops)
-        tr = self.trainer
-        return {
-            "run_id": self.run_id, "config": self.cfg.to_dict(), "device": str(self.device),
-            "device_name": device_name(self.device), "loader": self.cfg.loader, "model": self.cfg.model,
-            "n_params": n_params(self.model), "batch_size": self.cfg.batch_size,
-            "grad_accum_steps": self.cfg.grad_accum_steps, "world_size": self.world,
-            "global_batch": tr.global_batch * self.world, "lr": tr.lr, "base_lr": self.cfg.lr,
-            "lr_scaling": self.cfg.lr_scaling, "reference_batch": self.cfg.reference_batch,
-            "compiled": tr.compiled, "graph_steps": tr.graph_steps, "fused_adamw": tr.fused, "samples_per_s": sps,
-            "cuda_graphs": "on" if tr.graphs else "off", "cuda_graphs_reason": tr.graphs_reason,
-            "it_per_s": med(steps, "it_per_s"),
-            "batches_per_epoch": tr.steps_per_epoch * self.cfg.grad_accum_steps, "dense": self.cfg.dense,
-            "data_wait_share": med(steps, "data_wait_share"), "peak_mem_bytes": peak_memory_bytes(self.device),
-            "gpu_util": self.gpu_stats.get("gpu_util_median"),  # NVML busy %, median
-            "gpu_mem_used_max_bytes": self.gpu_stats.get("gpu_mem_used_max_bytes"),
-            "flops_per_sample": flops, "mfu": mfu(sps, flops, peak), "peak_flops_source": peak_source,
-            "epoch_time_s": med(epochs, "epoch_time_s"), "train_time_s": self.train_time,
-            "optimizer_steps": self.step, "skipped_steps": self.skipped,
-            "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
-            "cache_key": self.cache_key, "cache_dir": self.fs.meta.get("cache_dir", ""),
-            "train_windows": self.n_windows[0], "train_samples_per_epoch": self.targets_per_epoch(),
-            "test_windows": self.n_windows[2], "shard_data": self.sharded,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
 
 
 def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init_state: dict | None = None,
@@ -637,7 +579,7 @@ def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init
             run = TrainingRun(cfg, fs, progress, init_state)
             tr = run.trainer
             if run.main:
-                print(f"run {run.run_id}: {cfg.model}, {n_params(run.model):,} parameters, "
+                print(f"run {run.run_id} (folder {run.dir}): {cfg.model}, {n_params(run.model):,} parameters, "
                       f"{run.n_windows[0]:,} training windows, global batch {tr.global_batch * run.world} "
                       f"({cfg.batch_size} x {cfg.grad_accum_steps} accumulation"
                       f"{f' x {run.world} ranks' if run.world > 1 else ''}), {tr.total_steps} optimizer steps, "

@@ -1,0 +1,132 @@
+"""Run folders as others see them: a dead run told apart from a live one, the latest finished run, a full disk
+named as such, the pipeline's notebook selection and its headline."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tradelib import paths, runs
+from tradelib.cli import explain
+from tradelib.pipeline import NOTEBOOKS, headline, select_notebooks
+from tradelib.train.progress import GONE, PROGRESS_FILE, Progress, read_progress
+
+
+def gone_pid() -> int:
+    """The PID of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def make_run(folder, finished: bool, pid: int | None = None, state: str = "running") -> None:
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("")
+    if pid is not None:
+        (folder / PROGRESS_FILE).write_text(json.dumps({"step": 5, "total": 10, "state": state, "pid": pid}))
+    if finished:
+        runs.write_summary(folder, {"run_id": folder.name, "finished": "2026-01-01T00:00:00"})
+
+
+def test_a_run_whose_writer_is_gone_reads_stopped_process_gone(outputs):
+    make_run(outputs / "killed", False, gone_pid())
+    make_run(outputs / "alive", False, os.getpid())
+    make_run(outputs / "stopped", False, gone_pid(), state="stopped")
+    assert read_progress(outputs / "killed" / PROGRESS_FILE)["state"] == GONE == "stopped (process gone)"
+    assert runs.run_state(outputs / "alive") == f"running (process {os.getpid()})"
+    assert runs.run_state(outputs / "stopped") == "stopped"  # its own last word stands
+    table = runs.runs_table(outputs, unfinished=True).set_index("run_id")
+    assert table.loc["killed", "state"] == GONE and table.loc["alive", "state"].startswith("running")
+    assert runs.runs_table(outputs).empty  # by default: the finished runs only
+
+
+def test_report_takes_the_latest_finished_run_and_names_a_newer_running_one(outputs, capsys):
+    make_run(outputs / "old", True)
+    time.sleep(0.01)
+    make_run(outputs / "done", True)
+    time.sleep(0.01)
+    make_run(outputs / "dead", False, gone_pid())
+    time.sleep(0.01)
+    make_run(outputs / "training", False, os.getpid())
+    assert runs.latest_run() == outputs / "done"
+    assert [(p.name, s) for p, s in runs.newer_unfinished(outputs / "done")] == [
+        ("training", f"running (process {os.getpid()})"), ("dead", GONE)]
+    assert runs.has_runs()
+    for name in ("old", "done"):
+        (outputs / name / "summary.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no finished run under .*dead stopped \(process gone\)"):
+        runs.latest_run()
+    assert not runs.has_runs()
+
+
+def test_a_full_disk_names_the_file_and_the_outputs_folder(outputs, monkeypatch):
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what write(2) or fsync raise: no file named
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = outputs / "run" / "summary.json"
+    target.parent.mkdir(parents=True)
+    with pytest.raises(OSError) as raised:
+        paths.atomic_write_bytes(b"{}", target)
+    code, line = explain(raised.value)
+    assert code == 2 and line.startswith(f"{target}: disk full (No space left on device)")
+    assert "TRADELIB_OUTPUTS" in line and str(outputs) in line
+    assert not list(target.parent.iterdir())  # no temporary file left behind
+
+
+def test_numpys_short_write_reads_as_a_full_disk(tmp_path):
+    short = OSError("237301 requested and 35312 written")  # numpy's words for a write the disk cut short
+    with pytest.raises(OSError) as raised, paths.writing(tmp_path / "x.npy"):
+        raise short
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "x.npy")
+    assert "disk full" in explain(raised.value)[1]
+    with paths.writing(tmp_path / "y.npy"):
+        np.save(tmp_path / "y.npy", np.zeros(3))
+
+
+@pytest.mark.parametrize("skip, only, left", [
+    ("02", "", ("01_data_cleaning", "03_train", "04_report")),
+    ("profiling,4", "", ("01_data_cleaning", "03_train")),
+    ("", "01,03_train", ("01_data_cleaning", "03_train")),
+    ("", "", NOTEBOOKS),
+])  # fmt: skip
+def test_the_pipeline_runs_the_notebooks_named(skip, only, left):
+    assert select_notebooks(skip, only) == left
+
+
+def test_a_notebook_name_that_names_none_is_refused():
+    with pytest.raises(ValueError, match=r"--skip '05' names no notebook; the notebooks: 01_data_cleaning"):
+        select_notebooks("05")
+    with pytest.raises(ValueError, match="not both"):
+        select_notebooks("02", "03")
+
+
+def test_the_headline_reads_what_report_json_has(tmp_path):
+    path = tmp_path / "report.json"
+    summary = {"headline_ic": "cross_sectional", "cross_sectional_ic": 0.0123, "ic_t_stat": 2.5,
+               "ic_t_method": "HAC, 3 lags", "net_sharpe": 1.234, "cost_bps": 1.0}
+    path.write_text(json.dumps({"summary": summary}))
+    assert headline(path) == ["headline IC (cross-sectional, test split): 0.0123, t 2.50 (HAC, 3 lags)",
+                              "net Sharpe after 1 bps costs: 1.23"]
+    path.write_text(json.dumps({"summary": {**summary, "net_sharpe_ci": [0.5, 2.0]}}))
+    assert headline(path)[1] == "net Sharpe after 1 bps costs: 1.23, interval 0.50 to 2.00"
+    path.write_text(json.dumps({"summary": {"net_sharpe": None}}))
+    assert headline(path) == []
+    assert headline(tmp_path / "missing.json") == []
+
+
+def test_progress_lines_name_the_run_folder_first_and_last(tmp_path, capsys):
+    p = Progress(8, mode="lines", path=tmp_path / PROGRESS_FILE)
+    for _ in range(8):
+        p.advance()
+    p.close()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith(f"run folder {tmp_path}") and out[-1].endswith(f"run folder {tmp_path}")
+    assert not any(line.endswith(str(tmp_path)) for line in out[1:-1])

@@ -1,0 +1,150 @@
+"""A training run's folder, `outputs/<run_id>/`, as the run holds it: the lock, metrics rows and their TensorBoard
+events, checkpoints (saving, rotation, the resume point), and the results written at the finish.
+
+run.py drives the loop and asks this module to write; only rank 0 holds a RunFolder that writes (`main`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tradelib import runs
+from tradelib.hardware import device_name, mfu, peak_flops, peak_memory_bytes
+from tradelib.paths import outputs_dir, remove_stale_tmp
+from tradelib.perf.measure import busy_fields
+from tradelib.report import metrics
+from tradelib.train import checkpoint
+from tradelib.train.models import n_params
+from tradelib.train.progress import PROGRESS_FILE
+
+
+class RunFolder:
+    """outputs/<run_id>/ for one run; on rank 0 (`main`) it holds the folder's lock until close()."""
+
+    def __init__(self, run_id: str, main: bool) -> None:
+        self.run_id, self.main = run_id, main
+        self.dir = outputs_dir() / run_id
+        self.ckpt_dir = self.dir / "checkpoints"
+        self.events: runs.TensorBoardLog | None = None
+        self.lock = runs.lock_run(self.dir) if main else None  # held for the run's life (close releases it)
+
+    @property
+    def progress_path(self) -> Path | None:
+        return self.dir / PROGRESS_FILE if self.main else None
+
+    def open(self, resume: bool) -> None:
+        """Clear what a killed writer left; a fresh run refuses a folder that already has checkpoints."""
+        if not self.main:
+            return
+        if self.ckpt_dir.is_dir():  # the run folder is locked: no writer of ours is alive in it
+            n = remove_stale_tmp(self.ckpt_dir)
+            if n:
+                print(f"removed {n} unfinished checkpoint file(s) of an earlier, killed write in {self.ckpt_dir}")
+        if not resume:  # (a resume finds its checkpoints in load_resume_point, or says it found none)
+            if any(self.ckpt_dir.glob("*.pt")):
+                raise ValueError(f"run {self.run_id!r} already has checkpoints in {self.ckpt_dir}: pass resume=True "
+                                 f"to continue it, or choose another run_id")
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    def start_metrics(self) -> None:
+        if self.main:
+            (self.dir / "metrics.jsonl").write_text("")
+
+    def open_events(self, purge_step: int | None) -> None:
+        if self.main:
+            self.events = runs.TensorBoardLog(self.dir, purge_step)
+
+    def log(self, row: dict) -> None:
+        if self.main:
+            runs.append_metrics(self.dir, row)
+            if self.events is not None:
+                self.events.add(row)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def save(self, state: dict, tag: str) -> Path:
+        """`tag`.pt; of the step-N.pt files the newest keep_checkpoints stay (rotate with `rotate`)."""
+        return checkpoint.save(state, self.ckpt_dir / f"{tag}.pt")
+
+    def rotate(self, keep: int) -> None:
+        checkpoint.rotate(self.ckpt_dir, keep)
+
+    def latest_checkpoint(self) -> Path | None:
+        found = checkpoint.resume_candidates(self.ckpt_dir)
+        return found[0] if found else None
+
+    def load_resume_point(self) -> tuple[dict | None, Path | None]:
+        """The newest checkpoint that loads (rank 0); the ones that do not are set aside, saying why."""
+        ck, path, skipped = checkpoint.load_latest(self.ckpt_dir)
+        if ck is None and skipped:
+            raise FileNotFoundError(f"resume: none of the {len(skipped)} checkpoints in {self.ckpt_dir} loads "
+                                    f"({'; '.join(why for _, why in skipped)}); start the run again without "
+                                    f"resume, or with another run_id")
+        for bad, why in skipped:  # moved aside, out of the rotation, kept for a look
+            aside = checkpoint.set_aside(bad)
+            print(f"resume: skipped {why}; kept as {aside.name}")
+        return ck, path
+
+    def best_weights(self, device: torch.device) -> dict | None:
+        best = self.ckpt_dir / "best.pt"
+        return checkpoint.load(best, device)["model"] if best.exists() else None
+
+    def truncate_metrics(self, step: int) -> int:
+        return runs.truncate_metrics(self.dir, step)
+
+    # -- the finish ----------------------------------------------------------------------------------------
+    def summary(self, run) -> dict:
+        """summary.json's figures (before the test ICs): the configuration, throughput medians over metrics.jsonl,
+        memory, MFU and the loop's totals, of `run` (the TrainingRun writing into this folder)."""
+        rows = runs.read_metrics(self.dir)
+        steps = [r for r in rows if r["kind"] == "step"]
+        epochs = [r for r in rows if r["kind"] == "epoch"]
+        med = lambda rs, k: float(np.median([r[k] for r in rs])) if rs else float("nan")
+        sps = med(steps, "samples_per_s")
+        tr, cfg, device = run.trainer, run.cfg, run.device
+        flops = tr.flops_per_sample()
+        peak, peak_source = peak_flops(device, peak_tflops=cfg.peak_tflops)
+        return {
+            "run_id": self.run_id, "config": cfg.to_dict(), "device": str(device),
+            "device_name": device_name(device), "loader": cfg.loader, "model": cfg.model,
+            "n_params": n_params(run.model), "batch_size": cfg.batch_size,
+            "grad_accum_steps": cfg.grad_accum_steps, "world_size": run.world,
+            "global_batch": tr.global_batch * run.world, "lr": tr.lr, "base_lr": cfg.lr,
+            "lr_scaling": cfg.lr_scaling, "reference_batch": cfg.reference_batch,
+            "compiled": tr.compiled, "graph_steps": tr.graph_steps, "fused_adamw": tr.fused, "samples_per_s": sps,
+            "cuda_graphs": "on" if tr.graphs else "off", "cuda_graphs_reason": tr.graphs_reason,
+            "it_per_s": med(steps, "it_per_s"),
+            "batches_per_epoch": tr.steps_per_epoch * cfg.grad_accum_steps, "dense": cfg.dense,
+            "data_wait_share": med(steps, "data_wait_share"), "peak_mem_bytes": peak_memory_bytes(device),
+            "gpu_util": run.gpu_stats.get("gpu_util_median"),  # NVML busy %, median
+            "gpu_mem_used_max_bytes": run.gpu_stats.get("gpu_mem_used_max_bytes"),
+            "flops_per_sample": flops, "mfu": mfu(sps, flops, peak), "peak_flops_source": peak_source,
+            "epoch_time_s": med(epochs, "epoch_time_s"), "train_time_s": run.train_time,
+            "optimizer_steps": run.step, "skipped_steps": run.skipped,
+            "best_val_loss": run.best_val if math.isfinite(run.best_val) else None,
+            "cache_key": run.cache_key, "cache_dir": run.fs.meta.get("cache_dir", ""),
+            "train_windows": run.n_windows[0], "train_samples_per_epoch": run.targets_per_epoch(),
+            "test_windows": run.n_windows[2], "shard_data": run.sharded,
+            **busy_fields([run.other_cores], cfg.max_other_load),  # samples/s timed on a busy machine: flagged
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+    def write_results(self, fs, rows: np.ndarray, pred: np.ndarray, summary: dict) -> dict:
+        """predictions.parquet, then summary.json with the named test ICs added; returns the summary."""
+        runs.write_predictions(self.dir, fs, rows, pred)
+        summary = {**summary, **metrics.named_ics(runs.read_predictions(self.dir), summary["config"]["trade_delay"])}
+        runs.write_summary(self.dir, summary)
+        return summary
+
+    def close(self) -> None:
+        """Let go of the events writer and the lock. Safe to call twice."""
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None

@@ -1,0 +1,65 @@
+"""Stopping a run on a signal the way Ctrl-C does: at the next optimizer step, with a checkpoint of the exact state.
+
+SIGINT is Ctrl-C and Jupyter's interrupt; SIGTERM is what a cluster scheduler, `docker stop` or systemd send
+before they kill; SIGHUP a closed terminal or ssh session. Each asks the run to stop between two optimizer
+steps (one process: the next one; under DDP: the next log point, where the ranks agree on the step), where
+the checkpoint is exact. The run then raises StopRequested, which the CLI turns into exit code 128 + the signal
+(130, 143, 129).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopRequested(KeyboardInterrupt):
+    """A run stopped on a signal (`signum`); a KeyboardInterrupt, so whatever stops on Ctrl-C stops on it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal_name(signum))
+        self.signum = signum
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def progress_state(signum: int) -> str:
+    """What progress.json says of a run stopped by `signum`."""
+    return "interrupted" if signum == signal.SIGINT else "stopped"
+
+
+class StopRequests:
+    """While entered (main thread only), SIGINT / SIGTERM / SIGHUP set `requested` (the signal's number) instead of
+    ending the process. A second one stops at once when `escalate` (one process); under DDP it is left to the
+    agreed stop, since torchrun passes its own signal on again and kills late workers after its timeout."""
+
+    def __init__(self, enabled: bool, escalate: bool = True) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.escalate = escalate
+        self.requested: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequests:
+        if self.enabled:
+            for s in STOP_SIGNALS:
+                self._previous[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, previous in self._previous.items():
+            signal.signal(s, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested is not None:
+            if self.escalate:
+                raise StopRequested(signum)
+            return
+        self.requested = signum
+        again = f"{'interrupt' if signum == signal.SIGINT else 'signal'} again to stop at once" if self.escalate \
+            else "the ranks agree on the step at the next log point"
+        print(f"\n{signal_name(signum)}: stopping after this optimizer step with a checkpoint ({again})", flush=True)
