@@ -22,7 +22,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from tradelib.config import Config
-from tradelib.hardware import device_name, mfu, peak_flops, peak_memory_bytes, sync, torch_flags, uses_bf16
+from tradelib.hardware import device_name, mfu, peak_flops, peak_memory_bytes, sync, torch_flags
 from tradelib.perf.measure import Runner, quiet_profiler
 from tradelib.perf.profiling import _runner
 from tradelib.train.models import training_flops_per_sample
@@ -290,12 +290,12 @@ def examine(cfg: Config, seconds: float | None = None, runner: Runner | None = N
             value = mfu(sps, flops, peak)
             note = "" if value is not None else (peak_src if not peak else
                                                   f"{tr.cfg.model} gives no flops_per_sample")
-            precision = "bf16" if uses_bf16(tr.cfg.precision, device) else "fp32"
+            precision = tr.precision  # fp32, bf16 or fp16, as the trainer resolved it
             ends = tr.windows.ends(0)[: tr.cfg.batch_size]
             shape = largest_matmul(tr.model, next(tr.windows.batches(ends, len(ends)))[0])
             ceiling, largest = None, ""
             if shape and peak:
-                ceiling = matmul_ceiling(device, shape, torch.bfloat16 if precision == "bf16" else torch.float32,
+                ceiling = matmul_ceiling(device, shape, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32),
                                          peak, peak_src)
                 largest = f"[{shape[0]} x {shape[1]}] @ [{shape[1]} x {shape[2]}]"
             why_not = None if tr.graphs else graphs_reason(tr)
@@ -321,7 +321,7 @@ def graphs_reason(tr) -> str | None:
     """Why the step graph is not used here (None where it could be): the trainer's own rule."""
     from tradelib.train.trainer import graphs_refused
 
-    return graphs_refused(tr.cfg, tr.device, tr.world, tr.fused)
+    return graphs_refused(tr.cfg, tr.device, tr.world, tr.fused, tr.model)
 
 
 def diagnose(cfg: Config, seconds: float | None = None, verbose: bool = True) -> tuple[Measured, list[Finding]]:
