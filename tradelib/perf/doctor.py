@@ -295,8 +295,8 @@ def examine(cfg: Config, seconds: float | None = None, runner: Runner | None = N
             shape = largest_matmul(tr.model, next(tr.windows.batches(ends, len(ends)))[0])
             ceiling, largest = None, ""
             if shape and peak:
-                ceiling = matmul_ceiling(device, shape, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32),
-                                         peak, peak_src)
+                dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+                ceiling = matmul_ceiling(device, shape, dtype, peak, peak_src)
                 largest = f"[{shape[0]} x {shape[1]}] @ [{shape[1]} x {shape[2]}]"
             why_not = None if tr.graphs else graphs_reason(tr)
             measured = Measured(
