@@ -1,320 +1,45 @@
-"""Cleaning of the raw frame: bar sizes, the ordered RULES that clean_ohlcv walks, the QualityReport."""
+"""Cleaning of the raw frame: the ordered `RULES` that `clean_ohlcv` walks over shards of whole symbols.
+
+Each rule only judges: it reads the rows (`Work`) and returns a `Verdict` (what it found, and to drop, repair,
+mask or reorder them). The walker (`Work.apply`) carries the verdict out, copying a column before its first
+change (the raw frame is never touched), and keeps the counts and statistics of the `QualityReport`. What the
+rules detect (bar sizes, spikes, bad prints, corporate actions) is in `detect`; the report in `quality`.
+"""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
 
 from tradelib.config import Config
+from tradelib.data.detect import (
+    back_adjustment,
+    bad_print_rows,
+    bar_sizes_ns,
+    corporate_action_rows,
+    long_gap_rows,
+    run_bounds,  # noqa: F401 (features imports it from here; its home is detect)
+    run_starts,
+    spike_rows,
+)
 from tradelib.data.load import (
     COLUMNS,
     NUM_COLS,
     PRICE_COLS,
     DataError,
-    freed_memory_reused,
     is_sorted,
     ns_since_epoch,
     sort_order,
     symbol_codes,
     unsorted_rows,
 )
-
-# Thresholds (documented in docs/data.md)
-SPIKE_MIN_LOG_MOVE = 0.05  # a spike must also move the close by > 5% (log) in and out: ignores tick bounces
-SPIKE_MAX_RESIDUAL = 0.25  # the return out undoes the return in to within a quarter of the move
-SPIKE_MIN_RETURNS = 10  # robust sigma needs at least this many non-zero returns per symbol
-SPIKE_WINDOW = 1000  # robust sigma of bar t: the median |r| of the symbol's previous block of this many returns
-BAR_MODE_SHARE = 0.1  # the most common bar diff is the bar size when it covers >= 10% of diffs, else median
-LEVEL_BLOCK = 64  # a bad print's level: the median of the symbol's previous block of this many rows
-LEVEL_MIN_ROWS = 5  # ... or, in a symbol's first block, of at least this many earlier rows
-SPLIT_RATIOS = (2, 3, 4, 5, 10)  # a corporate action's jump: one of these ratios or their inverses ...
-SPLIT_TOLERANCE = 0.01  # ... to within 1%
-SPLIT_MIN_SIGMAS = 4.0  # ... and beyond this many trailing sigmas (prices a few ticks in size jump by 2x)
-SPLIT_MIN_MOVE = 0.1  # any corporate action's jump is beyond this abs log move (about 10%)
-SPLIT_CONFIRM = 10  # the median close of the jump's bar and the 9 after it, against the 10 before, ...
-SPLIT_STAYS = 0.75  # ... keeps this share of the jump
-
-
-# ----------------------------------------------------------------------------------------------------------
-# bar size
-
-
-
-def run_starts(a: np.ndarray) -> np.ndarray:
-    """True at row 0 and wherever a row differs from the row before: the first rows of a's runs."""
-    new = np.empty(len(a), dtype=bool)
-    new[:1] = True
-    np.not_equal(a[1:], a[:-1], out=new[1:])
-    return new
-
-
-def run_bounds(new: np.ndarray) -> tuple[list[int], list[int], bool]:
-    """(first rows, end rows) of the runs that start where `new` is True (new[0] True), and whether they are few
-    and long (symbols, segments): a slice of each is then worked on in the cache, a few times faster than
-    passes over all rows with their temporaries."""
-    starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:], len(new)]
-    return starts.tolist(), ends.tolist(), len(starts) <= len(new) // 256
-
-
-def bar_sizes_ns(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray:
-    """Per symbol code: the bar size in ns (mode of positive diffs, or median when no diff dominates).
-
-    Expects rows sorted by (code, ts). Symbols with fewer than two distinct timestamps get 0.
-    """
-    out = np.zeros(n_sym, dtype=np.int64)
-    if len(ts) < 2:
-        return out
-    regular = _majority_by_symbol(codes, ts, n_sym)
-    if regular is not None:
-        return regular
-    d = np.diff(ts)
-    ok = (codes[1:] == codes[:-1]) & (d > 0)
-    d, c = d[ok], codes[1:][ok]
-    if len(d) == 0:
-        return out
-    d_ms = np.minimum(d // 1_000_000, 10**13 - 1)  # ms resolution is plenty for 1 min .. 1 day bars
-    majority = _majority_steps(c, d_ms, n_sym)
-    if majority is not None:
-        return majority
-    key = pd.Series(c.astype(np.int64) * 10**13 + d_ms)
-    vc = key.value_counts()  # sorted by count, descending: the first per symbol is its mode
-    top = pd.DataFrame({"c": vc.index.to_numpy() // 10**13, "d": vc.index.to_numpy() % 10**13,
-                        "n": vc.to_numpy()}).drop_duplicates("c")
-    total = np.bincount(c, minlength=n_sym)
-    dominant = top[(top["n"].to_numpy() >= 2) & (top["n"].to_numpy() >= BAR_MODE_SHARE * total[top["c"]])]
-    out[dominant["c"].to_numpy()] = dominant["d"].to_numpy() * 1_000_000
-    irregular = (total > 0) & (out == 0)  # no step dominates: the median step
-    if irregular.any():
-        sel = irregular[c]
-        med = pd.Series(d[sel]).groupby(c[sel]).median()
-        out[med.index.to_numpy()] = med.to_numpy().astype(np.int64)
-    return out
-
-
-def _majority_steps(c: np.ndarray, d_ms: np.ndarray, n_sym: int) -> np.ndarray | None:
-    """bar_sizes_ns' answer when each symbol with steps has one step in more than half of them (its mode, then,
-    and the only one: regular bars), found without counting every distinct step; else None. Each symbol's
-    middle step is the candidate; the steps are sorted by symbol (checked)."""
-    if len(c) > 1 and (c[1:] < c[:-1]).any():
-        return None
-    edges = np.searchsorted(c, np.arange(n_sym + 1, dtype=c.dtype))
-    total = np.diff(edges)
-    cand = d_ms[np.minimum(edges[:-1] + total // 2, len(d_ms) - 1)]
-    hits = total - np.bincount(c[np.flatnonzero(d_ms != np.repeat(cand, total))], minlength=n_sym)
-    mode = _is_majority(hits, total)
-    return np.where(total > 0, cand * 1_000_000, 0) if (mode | (total == 0)).all() else None
-
-
-def _majority_by_symbol(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray | None:
-    """`_majority_steps` a symbol at a time on its own rows (few symbols, grouped in code order), not on all
-    steps filtered and divided at once; None where a symbol's middle step is not positive or not a majority."""
-    starts, ends, few = run_bounds(run_starts(codes))
-    present = codes[starts]
-    if not few or (present[1:] <= present[:-1]).any() or present[0] < 0:
-        return None
-    out = np.zeros(n_sym, dtype=np.int64)
-    for c, a, b in zip(present.tolist(), starts, ends):
-        d = np.diff(ts[a:b])
-        if len(d) == 0:
-            continue
-        step_ms = int(d[len(d) // 2]) // 1_000_000  # the candidate, in bar_sizes_ns' ms resolution
-        if d[len(d) // 2] <= 0 or step_ms + 1 > np.iinfo(np.int64).max // 1_000_000:
-            return None
-        total = np.count_nonzero(d > 0)
-        hits = np.count_nonzero((d >= max(step_ms * 1_000_000, 1)) & (d < (step_ms + 1) * 1_000_000))
-        if not _is_majority(hits, total):
-            return None
-        out[c] = step_ms * 1_000_000
-    return out
-
-
-def _is_majority(hits: np.ndarray | int, total: np.ndarray | int) -> np.ndarray | bool:
-    """A step that `hits` of a symbol's `total` positive steps take is its bar size without counting the others:
-    more than half of them (so it is the mode), at least two, and the mode's own share (arrays or ints)."""
-    return (hits >= 2) & (2 * hits > total) & (hits >= BAR_MODE_SHARE * total)
-
-
-def infer_bar_size(ts: pd.Series | np.ndarray) -> pd.Timedelta:
-    """The bar size of one symbol's timestamps: the most common positive step, robust to gaps.
-
-    Falls back to the median positive step when no step dominates (irregular data). NaT if fewer than two
-    distinct timestamps.
-    """
-    t = pd.to_datetime(ts if isinstance(ts, pd.Series) else pd.Series(ts), utc=True).dropna()
-    v = np.sort(ns_since_epoch(t))
-    ns = bar_sizes_ns(np.zeros(len(v), dtype=np.int64), v, 1)[0]
-    return pd.Timedelta(int(ns), unit="ns") if ns > 0 else pd.NaT
-
-
-# ----------------------------------------------------------------------------------------------------------
-# quality report
-
-
-def _range_stats(cols: dict[str, np.ndarray], ts: np.ndarray) -> dict:
-    """Per column: min/max over finite values and counts of NaN, inf, negative and zero values; the timestamps'
-    range in ns. Stats of parts of the rows merge into the whole's (`_merge_ranges`)."""
-    return {name: _column_stats(v) for name, v in cols.items()} | {"timestamp": _time_stats(ts)}
-
-
-def _column_stats(v: np.ndarray) -> dict:
-    """_range_stats of one numeric column."""
-    lo, hi = map(float, _min_max(v)) if len(v) else (0.0, 0.0)
-    if math.isfinite(lo) and math.isfinite(hi):  # NaN propagates through min and max: all finite
-        nfin, nan = len(v), 0
-    else:
-        nan = int(np.count_nonzero(np.isnan(v)))
-        lo, hi = float(np.fmin.reduce(v)), float(np.fmax.reduce(v))  # NaN skipped
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo != 0 and hi != 0):  # inf too, or a zero's sign
-            fin = np.isfinite(v)
-            nfin = int(np.count_nonzero(fin))
-            lo, hi = (float(v[fin].min()), float(v[fin].max())) if nfin else (None, None)
-        else:
-            nfin = len(v) - nan
-    return {
-        "min": lo if nfin else None,
-        "max": hi if nfin else None,
-        "nan": nan,
-        "inf": len(v) - nfin - nan,
-        "negative": 0 if nfin and nfin + nan == len(v) and lo >= 0 else int(np.count_nonzero(v < 0)),
-        "zero": 0 if nfin and nfin + nan == len(v) and (lo > 0 or hi < 0) else int(np.count_nonzero(v == 0)),
-    }
-
-
-def _time_stats(ts: np.ndarray) -> dict:
-    """_range_stats of the timestamps (int64 ns, NaT as int64 min)."""
-    nat = np.iinfo(np.int64).min
-    t, (lo, hi) = ts, (_min_max(ts) if len(ts) else (None, None))
-    if lo == nat:
-        t = ts[ts != nat]
-        lo, hi = _min_max(t) if len(t) else (None, None)
-    return {"min": None if lo is None else int(lo), "max": None if hi is None else int(hi),
-            "nat": int(len(ts) - len(t))}
-
-
-def _stats_after(w: Work) -> dict:
-    """_range_stats of the clean rows, without a pass over a column no rule repaired where the values of the
-    dropped rows are known (`Work.dropped`): it holds the rows it held before less those, so its counts are the
-    counts before less theirs, and its range is the range before unless a dropped row held the smallest or the
-    largest finite value (or that is a zero, whose sign depends on the rows reduced). Else computed afresh."""
-    out = {}
-    for name in (*NUM_COLS, "ts"):
-        key, v = ("timestamp" if name == "ts" else name), w.a[name]
-        stats = None if w.dropped is None or name in w.changed else _less(w.before[key], w.dropped.get(name))
-        if stats is None:
-            stats = _time_stats(v) if name == "ts" else _column_stats(v)
-        elif len(v) == stats.get("nat", 0) + stats.get("nan", 0) + stats.get("inf", 0):  # no finite value kept
-            stats["min"] = stats["max"] = None
-        out[key] = stats
-    return out
-
-
-def _less(before: dict, dropped: list[np.ndarray] | None) -> dict | None:
-    """Range stats (`_column_stats` or `_time_stats`) of some rows less the `dropped` values; None where the
-    range may have changed."""
-    d = np.concatenate(dropped) if dropped else np.zeros(0)
-    known = np.isfinite(d) if "nan" in before else d != np.iinfo(np.int64).min
-    ends = [x for x in (before["min"], before["max"]) if x is not None]
-    if 0 in ends or np.isin(d[known], ends).any():
-        return None
-    if "nat" in before:
-        return {"min": before["min"], "max": before["max"], "nat": before["nat"] - int(len(d) - known.sum())}
-    nan = int(np.isnan(d).sum())
-    return {"min": before["min"], "max": before["max"], "nan": before["nan"] - nan,
-            "inf": before["inf"] - int(len(d) - known.sum() - nan), "negative": before["negative"] - int((d < 0).sum()),
-            "zero": before["zero"] - int((d == 0).sum())}
-
-
-def _min_max(v: np.ndarray, block: int = 1 << 15) -> tuple:
-    """(v.min(), v.max()) of a non-empty array in one pass of cache-sized blocks (a third less time than two
-    passes over a shard's column); NaN propagates as in numpy's."""
-    parts = np.array([(x.min(), x.max()) for x in (v[i : i + block] for i in range(0, len(v), block))])
-    lo, hi = parts[:, 0].min(), parts[:, 1].max()
-    return (v.min() if lo == 0 else lo), (v.max() if hi == 0 else hi)  # a zero's sign as numpy's pass gives it
-
-
-def _merge_ranges(parts: list[dict]) -> dict:
-    """The range stats of the rows of all `parts` together, timestamps as text."""
-    def pick(fn, values):
-        values = [v for v in values if v is not None]
-        return fn(values) if values else None
-
-    out: dict = {}
-    for name in parts[0]:
-        rows = [p[name] for p in parts]
-        out[name] = {"min": pick(min, [r["min"] for r in rows]), "max": pick(max, [r["max"] for r in rows]),
-                     **{k: sum(r[k] for r in rows) for k in rows[0] if k not in ("min", "max")}}
-    for end in ("min", "max"):
-        t = out["timestamp"][end]
-        out["timestamp"][end] = str(pd.Timestamp(t, tz="UTC")) if t is not None else None
-    out["timestamp"] = {k: out["timestamp"][k] for k in ("min", "max", "nat")}
-    return out
-
-
-@dataclass
-class QualityReport:
-    """What cleaning did: rows in = kept + dropped; every dropped/changed row counted by rule and symbol."""
-
-    source: str
-    rows_in: int
-    rows_kept: int
-    rows_dropped: int
-    counts: list[dict] = field(default_factory=list)  # {"rule", "symbol", "action", "rows"}
-    extra_columns: list[str] = field(default_factory=list)
-    bar_size_s: dict[str, float | None] = field(default_factory=dict)
-    gaps: dict[str, int] = field(default_factory=dict)  # long gaps per symbol (only symbols with any)
-    ranges_before: dict = field(default_factory=dict)
-    ranges_after: dict = field(default_factory=dict)
-    load_notes: dict = field(default_factory=dict)  # facts from load_ohlcv: files, formats, non-numeric cells
-
-    def __post_init__(self):
-        dropped = sum(c["rows"] for c in self.counts if c["action"] == "dropped")
-        assert self.rows_in == self.rows_kept + self.rows_dropped, "rows_in != rows_kept + rows_dropped"
-        assert self.rows_dropped == dropped, f"rows_dropped {self.rows_dropped} != dropped counts {dropped}"
-
-    def to_frame(self) -> pd.DataFrame:
-        """The counts table: one row per (rule, symbol, action) with a non-zero count."""
-        return pd.DataFrame(self.counts, columns=["rule", "symbol", "action", "rows"])
-
-    def to_dict(self) -> dict:
-        """JSON-serialisable copy (plain Python types only)."""
-        return asdict(self)
-
-    def totals(self) -> dict[str, int]:
-        """Rows per rule, summed over symbols."""
-        out: dict[str, int] = {}
-        for c in self.counts:
-            out[c["rule"]] = out.get(c["rule"], 0) + c["rows"]
-        return out
-
-    def summary(self) -> str:
-        """A few human lines: rows in/kept/dropped and the rules that fired most."""
-        share = self.rows_dropped / self.rows_in if self.rows_in else 0.0
-        lines = [f"{self.source or '<frame>'}: {self.rows_in:,} rows in, {self.rows_kept:,} kept, "
-                 f"{self.rows_dropped:,} dropped ({share:.2%}); {len(self.bar_size_s)} symbols"]
-        for action in ("dropped", "changed", "masked", "kept"):
-            agg: dict[str, int] = {}
-            for c in self.counts:
-                if c["action"] == action:
-                    agg[c["rule"]] = agg.get(c["rule"], 0) + c["rows"]
-            if agg:
-                top = sorted(agg.items(), key=lambda kv: -kv[1])[:6]
-                label = {"kept": "flagged (kept)"}.get(action, action)
-                lines.append(f"  {label}: " + ", ".join(f"{r} {n:,}" for r, n in top))
-        if self.extra_columns:
-            lines.append("  ignored columns: " + ", ".join(self.extra_columns))
-        lines += [f"  timestamps: {note}" for note in self.load_notes.get("timestamp_notes", [])]
-        return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# cleaning
+from tradelib.data.memory import freed_memory_reused
+from tradelib.data.quality import QualityReport, min_max, quality_report, range_stats, stats_after
 
 
 @dataclass(frozen=True)
@@ -488,7 +213,7 @@ NOTHING = Verdict()
 
 def _positive_finite(x: np.ndarray, zero_ok: bool = False) -> bool:
     """Every value finite and > 0 (>= 0 with zero_ok), in two passes (NaN fails both tests)."""
-    lo, hi = _min_max(x) if len(x) else (1.0, 1.0)
+    lo, hi = min_max(x) if len(x) else (1.0, 1.0)
     return bool((lo >= 0 if zero_ok else lo > 0) and hi < np.inf)
 
 
@@ -635,22 +360,6 @@ def _long_gaps(w: Work) -> Verdict:
     return Verdict(w.gap)
 
 
-def long_gap_rows(ts: np.ndarray, code: np.ndarray, bar: np.ndarray, k: int) -> np.ndarray:
-    """Rows that follow a gap longer than `k` bars of their symbol (`bar`: ns per code); none when k <= 0."""
-    n = len(ts)
-    gap = np.zeros(n, dtype=bool)
-    if n < 2 or k <= 0:
-        return gap
-    starts, ends, few = run_bounds(run_starts(code))
-    if not few:
-        step = bar[code[1:]]
-        gap[1:] = (code[1:] == code[:-1]) & (step > 0) & (np.diff(ts) > step.astype(np.float64) * k)
-    for a, b in zip(starts, ends) if few else ():  # a symbol at a time, in the cache
-        if bar[code[a]] > 0:
-            np.greater(np.diff(ts[a:b]), np.float64(bar[code[a]]) * k, out=gap[a + 1 : b])
-    return gap
-
-
 @dataclass(frozen=True)
 class Rule:
     """One cleaning rule: its name, what it does to the rows it finds (as docs/data.md says; the counts carry
@@ -751,13 +460,13 @@ def _clean_shard(a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attr
                  keep: dict[str, np.ndarray] | None = None) -> Work:
     """Walk `RULES` over the rows of some whole symbols (see clean_ohlcv): each rule judges, the walker applies."""
     w = Work(a, symbols, own, attrs, settings, keep)
-    w.before = _range_stats({c: w.a[c] for c in NUM_COLS}, w.a["ts"])
+    w.before = range_stats({c: w.a[c] for c in NUM_COLS}, w.a["ts"])
     for rule in RULES:
         if rule.action != "dropped":  # a rule that keeps rows sees only the rows kept
             w.compact()
         w.apply(rule, rule.judge(w))
     w.compact()
-    w.after = _stats_after(w)
+    w.after = stats_after(w.a, w.before, w.dropped, w.changed)
     _check_clean(w.a, w.after, w.masked, ohlc=not w.ohlc_checked)
     return w
 
@@ -861,239 +570,6 @@ def _shard_part(w: Work, rows_in: int) -> dict:
             "gaps": {str(symbols[i]): int(per[i]) for i in np.flatnonzero(per)},
             "before": w.before, "after": w.after}
 
-
-def _merged_counts(parts: list[dict]) -> list[dict]:
-    """The counts of all shards in the order one pass over the whole frame gives: by rule, then the loader's
-    notes before the rule's findings, then by symbol ('' first); a name counted in two shards (a missing and an
-    empty symbol) added up."""
-    merged: dict[tuple, int] = {}
-    for part in parts:
-        for pos, phase, symbol, action, rule, rows in part["counts"]:
-            key = (pos, phase, symbol, action, rule)
-            merged[key] = merged.get(key, 0) + rows
-    return [{"rule": k[4], "symbol": k[2], "action": k[3], "rows": merged[k]} for k in sorted(merged)]
-
-
-def quality_report(parts: list[dict], raw: pd.DataFrame, source: str, keep: tuple[str, ...] = ()
-                   ) -> QualityReport:
-    """The report of the shards whose parts these are (`_shard_part`, in shard order), for this raw frame."""
-    extra = list(raw.attrs.get("extra_columns", []))
-    extra += [str(col) for col in raw.columns if col not in COLUMNS and col not in keep]
-    load_notes = {k: raw.attrs[k] for k in ("n_files", "skipped_files", "timestamp_format", "timestamp_notes",
-                                            "bad_timestamps", "non_numeric", "decimal_comma") if k in raw.attrs}
-    empty = _range_stats({c: np.zeros(0) for c in NUM_COLS}, np.zeros(0, dtype=np.int64))
-    rows_in, kept = sum(p["rows_in"] for p in parts), sum(p["rows_kept"] for p in parts)
-    return QualityReport(
-        source=source,
-        rows_in=rows_in,
-        rows_kept=kept,
-        rows_dropped=rows_in - kept,
-        counts=_merged_counts(parts),
-        extra_columns=extra,
-        bar_size_s={k: v for p in parts for k, v in p["bar_size_s"].items()},
-        gaps={k: v for p in parts for k, v in p["gaps"].items()},
-        ranges_before=_merge_ranges([p["before"] for p in parts] or [empty]),
-        ranges_after=_merge_ranges([p["after"] for p in parts] or [empty]),
-        load_notes=load_notes,
-    )
-
-
-def spike_rows(c: np.ndarray, code: np.ndarray, breaks: np.ndarray, k: float) -> np.ndarray:
-    """Rows whose close is a one-bar spike: |r_t| and |r_t+1| above the threshold of t, and the next bar
-    undoes the move (|r_t + r_t+1| within SPIKE_MAX_RESIDUAL of the smaller move), so a volatile stretch is
-    not taken for one. Rows sorted by (code, time); `breaks` marks rows whose return is undefined.
-
-    r_t = log(c_t / c_t-1). The threshold of t is max(k * sigma_t, SPIKE_MIN_LOG_MOVE), sigma_t from returns
-    before t only (`trailing_sigma`). Confirming needs r_t+1, so a spike is known one bar late: use the flag
-    on the label side only (targets), never to change what the features at t see.
-    """
-    n = len(c)
-    spike = np.zeros(n, dtype=bool)
-    if n < 3 or not math.isfinite(k) or k <= 0:
-        return spike
-    r = np.empty(n)
-    r[0] = np.nan
-    with np.errstate(invalid="ignore", divide="ignore"):
-        np.log(np.divide(c[1:], c[:-1], out=r[1:]), out=r[1:])
-    r[breaks] = np.nan
-    with np.errstate(invalid="ignore"):  # the floor first: cheap, and rare to pass in and out
-        big = np.abs(r) > SPIKE_MIN_LOG_MOVE
-    rows = np.flatnonzero(big[:-1] & big[1:])
-    if rows.size:  # the reversal, then the threshold from the candidates' symbols' returns alone
-        a_in, a_out = np.abs(r[rows]), np.abs(r[rows + 1])
-        rows = rows[np.abs(r[rows] + r[rows + 1]) <= SPIKE_MAX_RESIDUAL * np.minimum(a_in, a_out)]
-    if rows.size:
-        syms = np.unique(code[rows])
-        lo, hi = np.searchsorted(code, syms, side="left"), np.searchsorted(code, syms, side="right")
-        sub = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])  # rows of those symbols (sorted by code)
-        sigma = trailing_sigma(r[sub], code[sub], np.searchsorted(sub, rows))
-        thr = np.maximum(k * sigma, SPIKE_MIN_LOG_MOVE)  # NaN sigma -> no spike
-        with np.errstate(invalid="ignore"):
-            spike[rows] = (np.abs(r[rows]) > thr) & (np.abs(r[rows + 1]) > thr)  # the move out, against t's threshold
-    return spike
-
-
-def trailing_sigma(r: np.ndarray, code: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """At each of `rows`: 1.4826 x a median |r| of the symbol's non-zero returns from before the row, never
-    the row's own or a later one. A symbol's returns are taken in blocks of SPIKE_WINDOW: a row with j
-    earlier returns uses the median of block j // SPIKE_WINDOW - 1 (the last full block before its own began)
-    or, in the first block, of all j earlier returns (NaN below SPIKE_MIN_RETURNS). Rows sorted by symbol."""
-    ok = np.flatnonzero(np.isfinite(r) & (r != 0))
-    a, c = np.abs(r[ok]), code[ok]
-    first = np.searchsorted(c, code[rows], side="left")  # the symbol's first return (c is sorted)
-    j = np.searchsorted(ok, rows, side="left") - first  # the symbol's returns before the row
-    b = j // SPIKE_WINDOW
-    sigma = np.full(len(rows), np.nan)
-    later = np.flatnonzero(b >= 1)  # the previous full block: shared by many rows, medians taken together
-    starts, where = np.unique(first[later] + (b[later] - 1) * SPIKE_WINDOW, return_inverse=True)
-    med = np.empty(len(starts))
-    for part in np.array_split(np.arange(len(starts)), max(1, len(starts) // 256)):  # bounded memory
-        med[part] = np.median(a[starts[part][:, None] + np.arange(SPIKE_WINDOW)], axis=1)
-    sigma[later] = 1.4826 * med[where.ravel()]
-    for i in np.flatnonzero((b == 0) & (j >= SPIKE_MIN_RETURNS)):  # the first block: at most its size a symbol
-        sigma[i] = 1.4826 * float(np.median(a[first[i]: first[i] + j[i]]))
-    return sigma
-
-
-# ----------------------------------------------------------------------------------------------------------
-# bad prints and corporate actions
-
-
-def trailing_level(x: np.ndarray, code: np.ndarray) -> np.ndarray:
-    """Per row t: the median of the symbol's values in the last full block of LEVEL_BLOCK rows before t's own
-    block (blocks counted from the symbol's first row), or in the first block, of all the symbol's earlier rows
-    (NaN with fewer than LEVEL_MIN_ROWS). Never row t or a later one, so a level is known at t. Rows sorted by
-    symbol. (The definition; `bad_print_rows` compares against it a block at a time.)"""
-    level = np.full(len(x), np.nan)
-    starts, ends, _ = run_bounds(run_starts(code)) if len(x) else ([], [], True)
-    for a, b in zip(starts, ends):
-        for t in range(a + LEVEL_MIN_ROWS, b):
-            j = t - a
-            lo = a + (j // LEVEL_BLOCK - 1) * LEVEL_BLOCK if j >= LEVEL_BLOCK else a
-            level[t] = np.median(x[lo : lo + LEVEL_BLOCK] if j >= LEVEL_BLOCK else x[a:t])
-    return level
-
-
-def _first_block_levels(x: np.ndarray, starts: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """`trailing_level` of the rows of each symbol's first block ([symbols, LEVEL_BLOCK], NaN where it has none),
-    all symbols at once a row number at a time."""
-    out = np.full((len(starts), LEVEL_BLOCK), np.nan)
-    for j in range(LEVEL_MIN_ROWS, LEVEL_BLOCK):
-        have = np.flatnonzero(length > j)
-        if not len(have):
-            break
-        out[have, j] = np.median(x[starts[have][:, None] + np.arange(j)], axis=1)
-    return out
-
-
-def _block_medians(x: np.ndarray) -> np.ndarray:
-    """np.median of each row of a [blocks, LEVEL_BLOCK] array, from a sort (numpy sorts short rows many times
-    faster than it partitions them)."""
-    s, h = np.sort(x, axis=1), LEVEL_BLOCK // 2
-    return (s[:, h - 1] + s[:, h]) / 2
-
-
-def bad_print_rows(a: dict[str, np.ndarray], code: np.ndarray, price_decades: float, volume_decades: float
-                   ) -> dict[str, np.ndarray]:
-    """Per column (only those with any), the rows whose value no market prints in one bar: a price (open, high,
-    low or close) more than `price_decades` powers of ten above or below the symbol's trailing level of closes,
-    or a volume more than `volume_decades` above its trailing level of volumes (`trailing_level`; a small volume
-    is always possible, and a zero level judges nothing). Judged on ratios, so a 1e-8 token trading 1e15 units
-    is as ordinary as a stock; the level comes from earlier rows only, so the verdict at t is known at t.
-    inf turns a test off. Each symbol's blocks are compared with the level of the block before at once."""
-    out: dict[str, np.ndarray] = {}
-    n, B = len(code), LEVEL_BLOCK
-    if n == 0:
-        return out
-    starts, ends, _ = run_bounds(run_starts(code))
-    starts, ends = np.asarray(starts), np.asarray(ends)
-    checks = [(PRICE_COLS, "close", price_decades, True), (("volume",), "volume", volume_decades, False)]
-    for cols, of, decades, both in checks:
-        if not math.isfinite(decades):
-            continue
-        up, down = 10.0**decades, 10.0**-decades
-        first = _first_block_levels(a[of], starts, ends - starts)
-        for i, (s0, s1) in enumerate(zip(starts.tolist(), ends.tolist())):
-            nb = (s1 - s0) // B
-            med = _block_medians(a[of][s0 : s0 + nb * B].reshape(nb, B)) if s1 - s0 > B else None
-            for k in cols:
-                x = a[k]
-                parts = [(s0, min(s1, s0 + B), first[i, : min(s1 - s0, B)])]  # (rows from, to, their levels)
-                if med is not None:  # block b >= 1 against block b - 1; then the rows after the last full block
-                    parts.append((s0 + B, s0 + nb * B, med[: nb - 1, None]))
-                    parts.append((s0 + nb * B, s1, med[nb - 1]))
-                for r0, r1, lev in parts:
-                    if r1 <= r0:
-                        continue
-                    v = x[r0:r1].reshape(-1, B) if np.ndim(lev) == 2 else x[r0:r1]
-                    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
-                        bad = (v > lev * up) & (lev > 0)
-                        if both:
-                            bad |= v < lev * down
-                    if bad.any():
-                        out.setdefault(k, np.zeros(n, dtype=bool))[r0:r1] = bad.ravel()
-    return out
-
-
-def corporate_action_rows(a: dict[str, np.ndarray], code: np.ndarray, new_symbol: np.ndarray, k: float
-                          ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows t where a symbol's price jumps from the close of t-1 to the open of t as a split or a similar action
-    does, and the ratio of that jump (the split's exact ratio where it is one). The jump g = log(open_t /
-    close_t-1) counts when it is beyond SPLIT_MIN_MOVE and either its ratio is within SPLIT_TOLERANCE of a
-    SPLIT_RATIO or its inverse and beyond SPLIT_MIN_SIGMAS trailing sigmas (a price a tick or two in size moves
-    by such ratios all the time), or it is beyond `k` trailing sigmas (`trailing_sigma` of the close-to-close
-    returns before t); and it stays: the median log close of bars t .. t+SPLIT_CONFIRM-1 is away from that of the
-    SPLIT_CONFIRM bars before t by at least SPLIT_STAYS of it, the same way (a bad print before t, or one that reverts,
-    moves neither median). Judging needs those bars, so a symbol's first and last SPLIT_CONFIRM bars are never
-    one."""
-    n = len(code)
-    rows, ratio = np.zeros(n, dtype=bool), np.ones(n)
-    if n < SPLIT_CONFIRM + 1:
-        return rows, ratio
-    c, o = a["close"], a["open"]
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        q = o[1:] / c[:-1]  # the ratios first (a log of every row costs more than the division)
-        cand = np.flatnonzero((q > math.exp(SPLIT_MIN_MOVE)) | (q < math.exp(-SPLIT_MIN_MOVE))) + 1
-    cand = cand[~new_symbol[cand]]
-    if not len(cand):
-        return rows, ratio
-    end = np.searchsorted(code, code[cand], side="right")  # each candidate's symbol's end and start
-    start = np.searchsorted(code, code[cand], side="left")
-    cand = cand[(cand + SPLIT_CONFIRM <= end) & (cand - SPLIT_CONFIRM >= start)]
-    if not len(cand):
-        return rows, ratio
-    syms = np.unique(code[cand])  # the candidates' symbols' rows alone (few)
-    lo, hi = np.searchsorted(code, syms, side="left"), np.searchsorted(code, syms, side="right")
-    sub = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])
-    at = np.searchsorted(sub, cand)  # the candidates among them
-    with np.errstate(invalid="ignore", divide="ignore"):
-        lc = np.log(c[sub])
-        r = np.r_[np.nan, np.diff(lc)]
-    r[new_symbol[sub]] = np.nan
-    sigma = trailing_sigma(r, code[sub], at)
-    gc = np.log(q[cand - 1])
-    split = np.asarray(SPLIT_RATIOS, dtype=float)
-    off = np.abs(np.exp(np.abs(gc))[:, None] / split - 1)  # how far the jump's ratio is from each split's
-    near = off.min(axis=1) <= SPLIT_TOLERANCE
-    span = np.arange(SPLIT_CONFIRM)
-    with np.errstate(invalid="ignore"):
-        big = (near & (np.abs(gc) > SPLIT_MIN_SIGMAS * sigma)) | (np.abs(gc) > k * sigma)
-        stay = np.median(lc[at[:, None] + span], axis=1) - np.median(lc[at[:, None] - 1 - span], axis=1)
-        kept = big & (np.sign(stay) == np.sign(gc)) & (np.abs(stay) >= SPLIT_STAYS * np.abs(gc))
-    hit, exact = cand[kept], split[off[kept].argmin(axis=1)]
-    rows[hit] = True
-    ratio[hit] = np.where(near[kept], np.where(gc[kept] > 0, exact, 1 / exact), np.exp(gc[kept]))
-    return rows, ratio
-
-
-def back_adjustment(rows: np.ndarray, ratio: np.ndarray, code: np.ndarray) -> np.ndarray:
-    """Per row: the product of the `ratio`s of its symbol's actions after it (1 after the last one), by which
-    its prices are multiplied to join the prices after them (and its volumes divided)."""
-    lr = np.where(rows, np.log(ratio), 0.0)
-    total = np.cumsum(lr)
-    last = np.r_[np.flatnonzero(code[1:] != code[:-1]), len(code) - 1]  # each symbol's last row
-    at_end = np.repeat(total[last], np.diff(np.r_[-1, last]))
-    return np.exp(at_end - total)
 
 
 def _check_clean(a: dict[str, np.ndarray], stats: dict, masked: dict[str, int], ohlc: bool = True) -> None:

@@ -1,30 +1,26 @@
-"""Ingestion and validation of OHLCV data: raw file -> raw frame -> clean frame, never silently.
+"""Ingestion of OHLCV files: CSV / Parquet (a long file, a folder of per-symbol files or a single symbol) ->
+the canonical raw frame, nothing repaired, with what the quality report needs from the files in its `attrs`;
+every unusable input a one-line `DataError`. Also the frame's rows as numpy: timestamps as int64 ns, symbols as
+codes in lexical order, the (symbol, time) order.
 
-`load_ohlcv` reads CSV / Parquet files (long, per-symbol directory or single symbol) into the canonical raw
-frame and repairs nothing. `clean_ohlcv` applies the documented `RULES` in a fixed order and returns a new
-clean frame plus a `QualityReport` that counts every dropped or changed row, per rule and symbol.
-
-Canonical frame (see docs/design.md): columns `timestamp` (datetime64[ns, UTC]), `symbol` (str), `open`,
-`high`, `low`, `close`, `volume` (float64), sorted by (symbol, timestamp).
+Canonical frame (see docs/data.md): columns `timestamp` (datetime64[ns, UTC]), `symbol` (str), `open`, `high`,
+`low`, `close`, `volume` (float64), stably sorted by (symbol, timestamp).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
-import gc
 import gzip
-import importlib
 import os
 import re
-import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+# features, shards and dataset import these two from here (their home is memory)
+from tradelib.data.memory import freed_memory_reused, prefault  # noqa: F401
 
 PRICE_COLS = ("open", "high", "low", "close")
 NUM_COLS = PRICE_COLS + ("volume",)
@@ -385,83 +381,6 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
     return frame, facts
 
 
-_BUILDING = threading.local()  # how deep in freed_memory_reused this thread is
-
-
-@contextlib.contextmanager
-def freed_memory_reused(top_pad: int = 1 << 30):
-    """Settings for making many arrays fast, put back afterwards (the outermost of nested uses decides).
-
-    Cleaning and features allocate many short-lived arrays of a shard's size; on the 2-core machine the kernel's
-    work to hand out fresh pages took more time than the arithmetic (docs/perf.md). Inside: glibc's malloc keeps
-    the memory numpy frees (up to `top_pad` bytes) for the next array instead of returning it and faulting it in
-    again; numpy does not ask for transparent huge pages (where the kernel compacts memory to find them, the
-    first touch of each big array stalls); Python's cyclic garbage collector pauses (nothing here makes cycles).
-    Afterwards the kept memory is returned. glibc's part is a no-op where malloc is not glibc's."""
-    depth = getattr(_BUILDING, "depth", 0)
-    _BUILDING.depth = depth + 1
-    if depth:
-        try:
-            yield
-        finally:
-            _BUILDING.depth = depth
-        return
-    libc, huge, collecting = _glibc(), _hugepage_switch(), gc.isenabled()
-    gc.disable()
-    was_huge = huge(False) if huge else None
-    if libc is not None:
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: arrays up to 32 MB from the heap (glibc's largest)
-        libc.mallopt(-1, top_pad)  # M_TRIM_THRESHOLD
-    try:
-        yield
-    finally:
-        _BUILDING.depth = depth
-        if libc is not None:  # where glibc's own dynamic thresholds end once arrays of 32 MB were freed
-            libc.mallopt(-1, 64 << 20)
-            libc.malloc_trim(0)
-        if huge:
-            huge(was_huge)
-        if collecting:
-            gc.enable()
-
-
-def _hugepage_switch():
-    """numpy's switch for madvise(MADV_HUGEPAGE) on big arrays (private: None where it is missing); it returns
-    the setting it replaces."""
-    for where in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            return getattr(importlib.import_module(where), "_set_madvise_hugepage", None)
-        except ImportError:
-            continue
-    return None
-
-
-def prefault(arrays) -> None:
-    """Ask the kernel for the pages of fresh arrays in one call each (madvise MADV_POPULATE_WRITE, Linux 5.14+)
-    before they are written: it maps and zeroes them in a loop instead of taking a fault on every 4 KiB page at
-    the first write, a third less kernel time (docs/perf.md). Called by the thread that fills those rows, so the
-    cores fault in their own shards at once. Values are untouched; a no-op where the call is missing."""
-    libc = _glibc()
-    if libc is None:
-        return
-    for a in arrays:
-        if a.nbytes < 1 << 16 or not a.flags.c_contiguous:
-            continue
-        start = (a.ctypes.data + 4095) & ~4095  # whole pages inside the array only
-        end = (a.ctypes.data + a.nbytes) & ~4095
-        if end > start:
-            libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 23)  # MADV_POPULATE_WRITE
-
-
-@functools.cache
-def _glibc():
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
 def ns_since_epoch(t) -> np.ndarray:
     """Datetimes (tz-aware, or naive = UTC) -> int64 ns since the epoch, NaT as int64 min; no object arrays.
     The one conversion every module uses (pandas 3 may hold datetimes in us)."""
@@ -587,8 +506,6 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, date_format: str = "
         "unsorted_by_symbol": {str(uniques[i]): int(n) for i, n in enumerate(by_sym) if n},
     }
     return frame
-
-
 
 
 def is_sorted(codes: np.ndarray, ts: np.ndarray) -> bool:

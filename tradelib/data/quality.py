@@ -1,0 +1,202 @@
+"""The QualityReport: what cleaning did, every dropped, changed, masked or flagged row counted by rule and
+symbol, with the range statistics of the rows before and after. Each shard of whole symbols is cleaned on its
+own (`clean.clean_parts`) and reports a part; `quality_report` merges the parts into the report one pass over
+the whole frame would give."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tradelib.data.load import COLUMNS, NUM_COLS
+
+
+def range_stats(cols: dict[str, np.ndarray], ts: np.ndarray) -> dict:
+    """Per column: min/max over finite values and counts of NaN, inf, negative and zero values; the timestamps'
+    range in ns. Stats of parts of the rows merge into the whole's (`_merge_ranges`)."""
+    return {name: _column_stats(v) for name, v in cols.items()} | {"timestamp": _time_stats(ts)}
+
+
+def _column_stats(v: np.ndarray) -> dict:
+    """range_stats of one numeric column."""
+    lo, hi = map(float, min_max(v)) if len(v) else (0.0, 0.0)
+    if math.isfinite(lo) and math.isfinite(hi):  # NaN propagates through min and max: all finite
+        nfin, nan = len(v), 0
+    else:
+        nan = int(np.count_nonzero(np.isnan(v)))
+        lo, hi = float(np.fmin.reduce(v)), float(np.fmax.reduce(v))  # NaN skipped
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo != 0 and hi != 0):  # inf too, or a zero's sign
+            fin = np.isfinite(v)
+            nfin = int(np.count_nonzero(fin))
+            lo, hi = (float(v[fin].min()), float(v[fin].max())) if nfin else (None, None)
+        else:
+            nfin = len(v) - nan
+    return {
+        "min": lo if nfin else None,
+        "max": hi if nfin else None,
+        "nan": nan,
+        "inf": len(v) - nfin - nan,
+        "negative": 0 if nfin and nfin + nan == len(v) and lo >= 0 else int(np.count_nonzero(v < 0)),
+        "zero": 0 if nfin and nfin + nan == len(v) and (lo > 0 or hi < 0) else int(np.count_nonzero(v == 0)),
+    }
+
+
+def _time_stats(ts: np.ndarray) -> dict:
+    """range_stats of the timestamps (int64 ns, NaT as int64 min)."""
+    nat = np.iinfo(np.int64).min
+    t, (lo, hi) = ts, (min_max(ts) if len(ts) else (None, None))
+    if lo == nat:
+        t = ts[ts != nat]
+        lo, hi = min_max(t) if len(t) else (None, None)
+    return {"min": None if lo is None else int(lo), "max": None if hi is None else int(hi),
+            "nat": int(len(ts) - len(t))}
+
+
+def stats_after(a: dict[str, np.ndarray], before: dict, dropped: dict[str, list[np.ndarray]] | None,
+                changed: set[str]) -> dict:
+    """range_stats of the clean rows `a`, without a pass over a column no rule `changed` where the values of the
+    `dropped` rows are known (None: not kept): it holds the rows it held `before` less those, so its counts are
+    the counts before less theirs, and its range is the range before unless a dropped row held the smallest or
+    the largest finite value (or that is a zero, whose sign depends on the rows reduced). Else computed afresh."""
+    out = {}
+    for name in (*NUM_COLS, "ts"):
+        key, v = ("timestamp" if name == "ts" else name), a[name]
+        stats = None if dropped is None or name in changed else _less(before[key], dropped.get(name))
+        if stats is None:
+            stats = _time_stats(v) if name == "ts" else _column_stats(v)
+        elif len(v) == stats.get("nat", 0) + stats.get("nan", 0) + stats.get("inf", 0):  # no finite value kept
+            stats["min"] = stats["max"] = None
+        out[key] = stats
+    return out
+
+
+def _less(before: dict, dropped: list[np.ndarray] | None) -> dict | None:
+    """Range stats (`_column_stats` or `_time_stats`) of some rows less the `dropped` values; None where the
+    range may have changed."""
+    d = np.concatenate(dropped) if dropped else np.zeros(0)
+    known = np.isfinite(d) if "nan" in before else d != np.iinfo(np.int64).min
+    ends = [x for x in (before["min"], before["max"]) if x is not None]
+    if 0 in ends or np.isin(d[known], ends).any():
+        return None
+    if "nat" in before:
+        return {"min": before["min"], "max": before["max"], "nat": before["nat"] - int(len(d) - known.sum())}
+    nan = int(np.isnan(d).sum())
+    return {"min": before["min"], "max": before["max"], "nan": before["nan"] - nan,
+            "inf": before["inf"] - int(len(d) - known.sum() - nan), "negative": before["negative"] - int((d < 0).sum()),
+            "zero": before["zero"] - int((d == 0).sum())}
+
+
+def min_max(v: np.ndarray, block: int = 1 << 15) -> tuple:
+    """(v.min(), v.max()) of a non-empty array in one pass of cache-sized blocks (a third less time than two
+    passes over a shard's column); NaN propagates as in numpy's."""
+    parts = np.array([(x.min(), x.max()) for x in (v[i : i + block] for i in range(0, len(v), block))])
+    lo, hi = parts[:, 0].min(), parts[:, 1].max()
+    return (v.min() if lo == 0 else lo), (v.max() if hi == 0 else hi)  # a zero's sign as numpy's pass gives it
+
+
+def _merge_ranges(parts: list[dict]) -> dict:
+    """The range stats of the rows of all `parts` together, timestamps as text."""
+    def pick(fn, values):
+        values = [v for v in values if v is not None]
+        return fn(values) if values else None
+
+    out: dict = {}
+    for name in parts[0]:
+        rows = [p[name] for p in parts]
+        out[name] = {"min": pick(min, [r["min"] for r in rows]), "max": pick(max, [r["max"] for r in rows]),
+                     **{k: sum(r[k] for r in rows) for k in rows[0] if k not in ("min", "max")}}
+    for end in ("min", "max"):
+        t = out["timestamp"][end]
+        out["timestamp"][end] = str(pd.Timestamp(t, tz="UTC")) if t is not None else None
+    out["timestamp"] = {k: out["timestamp"][k] for k in ("min", "max", "nat")}
+    return out
+
+
+@dataclass
+class QualityReport:
+    """What cleaning did: rows in = kept + dropped; every dropped/changed row counted by rule and symbol."""
+
+    source: str
+    rows_in: int
+    rows_kept: int
+    rows_dropped: int
+    counts: list[dict] = field(default_factory=list)  # {"rule", "symbol", "action", "rows"}
+    extra_columns: list[str] = field(default_factory=list)
+    bar_size_s: dict[str, float | None] = field(default_factory=dict)
+    gaps: dict[str, int] = field(default_factory=dict)  # long gaps per symbol (only symbols with any)
+    ranges_before: dict = field(default_factory=dict)
+    ranges_after: dict = field(default_factory=dict)
+    load_notes: dict = field(default_factory=dict)  # facts from load_ohlcv: files, formats, non-numeric cells
+
+    def __post_init__(self):
+        dropped = sum(c["rows"] for c in self.counts if c["action"] == "dropped")
+        assert self.rows_in == self.rows_kept + self.rows_dropped, "rows_in != rows_kept + rows_dropped"
+        assert self.rows_dropped == dropped, f"rows_dropped {self.rows_dropped} != dropped counts {dropped}"
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable copy (plain Python types only)."""
+        return asdict(self)
+
+    def totals(self, action: str | None = None) -> dict[str, int]:
+        """Rows per rule (of one `action` only, if given), summed over symbols."""
+        out: dict[str, int] = {}
+        for c in self.counts:
+            if action is None or c["action"] == action:
+                out[c["rule"]] = out.get(c["rule"], 0) + c["rows"]
+        return out
+
+    def summary(self) -> str:
+        """A few human lines: rows in/kept/dropped and the rules that fired most."""
+        share = self.rows_dropped / self.rows_in if self.rows_in else 0.0
+        lines = [f"{self.source or '<frame>'}: {self.rows_in:,} rows in, {self.rows_kept:,} kept, "
+                 f"{self.rows_dropped:,} dropped ({share:.2%}); {len(self.bar_size_s)} symbols"]
+        for action in ("dropped", "changed", "masked", "kept"):
+            agg = self.totals(action)
+            if agg:
+                top = sorted(agg.items(), key=lambda kv: -kv[1])[:6]
+                label = {"kept": "flagged (kept)"}.get(action, action)
+                lines.append(f"  {label}: " + ", ".join(f"{r} {n:,}" for r, n in top))
+        if self.extra_columns:
+            lines.append("  ignored columns: " + ", ".join(self.extra_columns))
+        lines += [f"  timestamps: {note}" for note in self.load_notes.get("timestamp_notes", [])]
+        return "\n".join(lines)
+
+
+def _merged_counts(parts: list[dict]) -> list[dict]:
+    """The counts of all shards in the order one pass over the whole frame gives: by rule, then the loader's
+    notes before the rule's findings, then by symbol ('' first); a name counted in two shards (a missing and an
+    empty symbol) added up."""
+    merged: dict[tuple, int] = {}
+    for part in parts:
+        for pos, phase, symbol, action, rule, rows in part["counts"]:
+            key = (pos, phase, symbol, action, rule)
+            merged[key] = merged.get(key, 0) + rows
+    return [{"rule": k[4], "symbol": k[2], "action": k[3], "rows": merged[k]} for k in sorted(merged)]
+
+
+def quality_report(parts: list[dict], raw: pd.DataFrame, source: str, keep: tuple[str, ...] = ()
+                   ) -> QualityReport:
+    """The report of the shards whose parts these are (`clean._shard_part`, in shard order), for this raw frame."""
+    extra = list(raw.attrs.get("extra_columns", []))
+    extra += [str(col) for col in raw.columns if col not in COLUMNS and col not in keep]
+    load_notes = {k: raw.attrs[k] for k in ("n_files", "skipped_files", "timestamp_format", "timestamp_notes",
+                                            "bad_timestamps", "non_numeric", "decimal_comma") if k in raw.attrs}
+    empty = range_stats({c: np.zeros(0) for c in NUM_COLS}, np.zeros(0, dtype=np.int64))
+    rows_in, kept = sum(p["rows_in"] for p in parts), sum(p["rows_kept"] for p in parts)
+    return QualityReport(
+        source=source,
+        rows_in=rows_in,
+        rows_kept=kept,
+        rows_dropped=rows_in - kept,
+        counts=_merged_counts(parts),
+        extra_columns=extra,
+        bar_size_s={k: v for p in parts for k, v in p["bar_size_s"].items()},
+        gaps={k: v for p in parts for k, v in p["gaps"].items()},
+        ranges_before=_merge_ranges([p["before"] for p in parts] or [empty]),
+        ranges_after=_merge_ranges([p["after"] for p in parts] or [empty]),
+        load_notes=load_notes,
+    )
+
