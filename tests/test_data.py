@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tradelib.data.clean import RULES, QualityReport, clean_ohlcv, infer_bar_size
+from tradelib.data.clean import RULES, clean_ohlcv
 from tradelib.data.load import DataError, load_ohlcv
+from tradelib.data.quality import QualityReport
 
 ACTIONS = {r.name: r.action for r in RULES}
 
@@ -293,7 +294,7 @@ def test_spike_threshold_comes_from_trailing_returns_only():
     wild = raw.copy()
     rng = np.random.default_rng(5)
     wild.loc[102:199, PRICES] = wild.loc[102:199, PRICES].mul(np.exp(np.cumsum(rng.normal(0, 0.4, 98))), axis=0)
-    from tradelib.data.clean import spike_rows
+    from tradelib.data.detect import spike_rows
 
     for frame in (raw, wild):
         aaa = frame[frame.symbol == "AAA"]
@@ -425,9 +426,9 @@ def test_clean_rejects_non_canonical_frame():
 def test_report_methods():
     raw, expected = plant(two_symbols(), ["bad_close", "bad_volume"])
     _, rep = clean(raw)
-    table = rep.to_frame()
-    assert list(table.columns) == ["rule", "symbol", "action", "rows"]
-    assert dict(zip(table.rule, table.rows, strict=True)) == expected
+    assert all(list(c) == ["rule", "symbol", "action", "rows"] for c in rep.counts)
+    assert {c["rule"]: c["rows"] for c in rep.counts} == rep.totals() == expected
+    assert rep.totals("dropped") == {"bad_close": 5} and rep.totals("changed") == {"bad_volume": 4}
     d = json.loads(json.dumps(rep.to_dict()))
     assert d["rows_in"] == 400 and d["rows_dropped"] == 5 and d["ranges_before"]["close"]["nan"] == 1
     assert d["ranges_before"]["close"]["inf"] == 2 and d["ranges_after"]["close"]["inf"] == 0
@@ -810,19 +811,25 @@ def test_timestamp_formats_normalised_to_utc(tmp_path, fmt):
 def test_bar_size_detected(freq, seconds):
     df = make_frame(500, freq=freq)
     df = df.drop(index=list(range(100, 180)) + [200, 201, 300]).reset_index(drop=True)  # robust to gaps
-    assert infer_bar_size(df.timestamp) == pd.Timedelta(seconds, "s")
-    assert infer_bar_size(df.timestamp.to_numpy()) == pd.Timedelta(seconds, "s")
     _, rep = clean(df)
     assert rep.bar_size_s == {"AAA": float(seconds)} and rep.gaps == {"AAA": 1}
+    _, shuffled = clean(df.sample(frac=1.0, random_state=0))
+    assert shuffled.bar_size_s == rep.bar_size_s and shuffled.gaps == rep.gaps
+
+
+def bar_size_of(ts) -> float | None:
+    """The bar size in seconds cleaning finds for one symbol with these timestamps."""
+    df = make_frame(len(ts)).assign(timestamp=pd.DatetimeIndex(ts).as_unit("ns"))
+    return clean(df)[1].bar_size_s["AAA"]
 
 
 def test_bar_size_daily_with_weekends_and_irregular():
     days = pd.bdate_range("2024-01-01", periods=300, tz=UTC)  # weekdays only: 1-day and 3-day steps
-    assert infer_bar_size(pd.Series(days)) == pd.Timedelta("1D")
+    assert bar_size_of(days) == 86400.0
     rng = np.random.default_rng(0)
     jitter = pd.Timestamp("2024-01-01", tz=UTC) + pd.to_timedelta(np.cumsum(rng.uniform(50, 70, 500)), "s")
-    assert pd.Timedelta("55s") < infer_bar_size(pd.Series(jitter)) < pd.Timedelta("65s")  # median
-    assert infer_bar_size(pd.Series(days[:1])) is pd.NaT
+    assert 55.0 < bar_size_of(jitter) < 65.0  # no step dominates: the median step
+    assert bar_size_of(days[:1]) is None
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tradelib.data import clean, features, load, synth
+from tradelib.data import clean, detect, features, load, quality, synth
 
 
 def _runs(n: int, n_runs: int, rng) -> np.ndarray:
@@ -74,10 +74,10 @@ def test_bar_sizes_a_symbol_at_a_time_match_the_counting_path(kind, monkeypatch)
     elif kind == "tie":  # two steps equally common: no majority
         steps = steps * np.tile([1, 2], len(steps) // 2)
     ts = np.concatenate([np.cumsum(steps[codes == c]) for c in range(5)])
-    fast = clean.bar_sizes_ns(codes, ts, 6)
-    monkeypatch.setattr(clean, "_majority_by_symbol", lambda *a: None)
-    monkeypatch.setattr(clean, "_majority_steps", lambda *a: None)
-    assert np.array_equal(fast, clean.bar_sizes_ns(codes, ts, 6))
+    fast = detect.bar_sizes_ns(codes, ts, 6)
+    monkeypatch.setattr(detect, "_majority_by_symbol", lambda *a: None)
+    monkeypatch.setattr(detect, "_majority_steps", lambda *a: None)
+    assert np.array_equal(fast, detect.bar_sizes_ns(codes, ts, 6))
 
 
 def test_clean_range_stats_derived_from_dropped_rows_match_a_fresh_pass():
@@ -97,7 +97,7 @@ def test_clean_range_stats_derived_from_dropped_rows_match_a_fresh_pass():
         raw["close"] = close
         raw = pd.concat([raw.iloc[:1], raw]).reset_index(drop=True)  # a duplicate
         for part, shard in clean.clean_parts(raw, "x", min_rows=20, shard_rows=2_500):
-            fresh = clean._range_stats({c: shard.a[c] for c in load.NUM_COLS}, shard.a["ts"])
+            fresh = quality.range_stats({c: shard.a[c] for c in load.NUM_COLS}, shard.a["ts"])
             assert repr(part["after"]) == repr(fresh)  # values, None, ints and the sign of a zero alike
             derived += part["rows_in"] > part["rows_kept"]
     assert derived  # shards with dropped rows were checked
@@ -116,11 +116,11 @@ def test_bad_print_rows_match_their_definition():
         for k in a:
             a[k][rng.integers(0, n, 5)] *= 10.0 ** rng.choice([-6, -2, 2, 8], 5)
         want: dict[str, np.ndarray] = {}
-        lev, vol = clean.trailing_level(a["close"], code), clean.trailing_level(a["volume"], code)
-        for k in clean.PRICE_COLS:
+        lev, vol = detect.trailing_level(a["close"], code), detect.trailing_level(a["volume"], code)
+        for k in load.PRICE_COLS:
             want[k] = (a[k] > lev * 10**1.5) | (a[k] < lev * 10**-1.5)
         want["volume"] = (a["volume"] > vol * 100.0) & (vol > 0)
-        got = clean.bad_print_rows(a, code, 1.5, 2.0)
+        got = detect.bad_print_rows(a, code, 1.5, 2.0)
         assert set(got) == {k for k, v in want.items() if v.any()}
         for k, v in got.items():
             np.testing.assert_array_equal(v, want[k], err_msg=k)

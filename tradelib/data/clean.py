@@ -471,6 +471,26 @@ def _clean_shard(a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attr
     return w
 
 
+def _check_clean(a: dict[str, np.ndarray], stats: dict, masked: dict[str, int], ohlc: bool = True) -> None:
+    """The clean rows' promises, from their range stats and a few passes; cheap enough to check on every call.
+    Every value is finite or a masked bad print (NaN; `masked` counts them per column). `ohlc`: check high and
+    low around open and close again (not where ohlc_outside_range's own pass over every row made them so and no
+    price changed since: its four passes over the prices were 6% of cleaning)."""
+    assert all(stats[k]["nan"] == masked[k] and not stats[k]["inf"] for k in NUM_COLS), \
+        "non-finite value after cleaning (other than a masked bad print)"
+    lows = [stats[k]["min"] for k in PRICE_COLS if stats[k]["min"] is not None]
+    assert all(m > 0 for m in lows) and (stats["volume"]["min"] is None or stats["volume"]["min"] >= 0), \
+        "non-positive price or negative volume after cleaning"
+    o, h, lo, c = (a[k] for k in PRICE_COLS)
+    assert not ohlc or not ((np.minimum(o, c) < lo).any() or (np.maximum(o, c) > h).any()), \
+        "OHLC out of range after cleaning"
+    code, ts = a["code"], a["ts"]
+    if len(ts) > 1:
+        same = code[1:] == code[:-1]
+        assert (code[1:] >= code[:-1]).all() and ((ts[1:] > ts[:-1]) | ~same).all(), \
+            "not sorted/unique after cleaning"
+
+
 def clean_shards(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, *, keep: tuple[str, ...] = (),
                  shard_rows: int | None = None, workers: int | None = None, **settings
                  ) -> tuple[list[CleanShard], QualityReport]:
@@ -569,24 +589,3 @@ def _shard_part(w: Work, rows_in: int) -> dict:
             "bar_size_s": {str(symbols[i]): (float(bar[i]) / 1e9 if bar[i] > 0 else None) for i in kept},
             "gaps": {str(symbols[i]): int(per[i]) for i in np.flatnonzero(per)},
             "before": w.before, "after": w.after}
-
-
-
-def _check_clean(a: dict[str, np.ndarray], stats: dict, masked: dict[str, int], ohlc: bool = True) -> None:
-    """The clean rows' promises, from their range stats and a few passes; cheap enough to check on every call.
-    Every value is finite or a masked bad print (NaN; `masked` counts them per column). `ohlc`: check high and
-    low around open and close again (not where ohlc_outside_range's own pass over every row made them so and no
-    price changed since: its four passes over the prices were 6% of cleaning)."""
-    assert all(stats[k]["nan"] == masked[k] and not stats[k]["inf"] for k in NUM_COLS), \
-        "non-finite value after cleaning (other than a masked bad print)"
-    lows = [stats[k]["min"] for k in PRICE_COLS if stats[k]["min"] is not None]
-    assert all(m > 0 for m in lows) and (stats["volume"]["min"] is None or stats["volume"]["min"] >= 0), \
-        "non-positive price or negative volume after cleaning"
-    o, h, lo, c = (a[k] for k in PRICE_COLS)
-    assert not ohlc or not ((np.minimum(o, c) < lo).any() or (np.maximum(o, c) > h).any()), \
-        "OHLC out of range after cleaning"
-    code, ts = a["code"], a["ts"]
-    if len(ts) > 1:
-        same = code[1:] == code[:-1]
-        assert (code[1:] >= code[:-1]).all() and ((ts[1:] > ts[:-1]) | ~same).all(), \
-            "not sorted/unique after cleaning"
