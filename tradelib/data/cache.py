@@ -31,8 +31,9 @@ from tradelib.data.features import FEATURE_NAMES, FeatureSet, feature_params, sc
 from tradelib.data.load import DataError, data_files
 from tradelib.paths import Busy, FileLock, left_by_dead_writer, outputs_dir
 
-CODE_MODULES = ("tradelib.data.load", "tradelib.data.clean", "tradelib.data.features", "tradelib.data.sessions",
-                "tradelib.data.synth", "tradelib.data.dataset", "tradelib.data.shards")
+CODE_MODULES = ("tradelib.data.load", "tradelib.data.clean", "tradelib.data.detect", "tradelib.data.quality",
+                "tradelib.data.features", "tradelib.data.sessions", "tradelib.data.synth", "tradelib.data.dataset",
+                "tradelib.data.shards")
 CACHE_VERSION = 3  # 2: checksums in the manifest; 3: shards
 
 
