@@ -41,7 +41,7 @@ def build_report(run_dir: Path, compare_with: Path | None = None, cost_bps: floa
                  inputs: ReportInputs | None = None, **load_kwargs) -> dict:
     """Compute the report of one run, write it to run_dir/report.json (strict JSON, NaN -> null), return it.
 
-    Pass `inputs` from `load_inputs` to reuse them for `make_figures`; otherwise they are loaded here, with
+    Pass `inputs` from `load_inputs` to reuse them for `figures.make_figures`; otherwise they are loaded here, with
     `load_kwargs` (fs, X_train, y_train, X_test, bar_seconds, mode, periods_per_year, trade_delay,
     cost_grid_bps) passed on to `load_inputs`.
     """
