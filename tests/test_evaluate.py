@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tradelib import runs
+from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
 
 HOUR = 3600.0
@@ -283,7 +284,7 @@ def test_baseline_predictions():
 
 def test_evaluate_all_model_first_and_baselines_on_same_rows():
     df = planted(n_sym=3, n_days=2, rho=0.3)
-    out = ev.evaluate_all(df, ev.baseline_predictions(df), family="cross_sectional", cost_bps=0.0)
+    out = bk.evaluate_all(df, ev.baseline_predictions(df), family="cross_sectional", cost_bps=0.0)
     assert list(out["predictor"]) == ["model", "zero", "momentum", "oracle"]
     for col in ["cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "daily_rank_ic", "pooled_ic", "icir",
                 "t_stat", "directional_accuracy", "sharpe_net"]:
@@ -307,7 +308,7 @@ def test_backtest_four_bars_by_hand():
     ts = pd.date_range("2024-01-01", periods=4, freq="h")
     simple = np.array([0.01, -0.02, -0.01, 0.02])
     df = frame(ts, ["A"] * 4, [1.0, 0.5, -2.0, -1.0], ret_next=np.log1p(simple))
-    bt = ev.backtest(df, cost_bps=10.0, bar_seconds=HOUR, trade_delay=0)
+    bt = bk.backtest(df, cost_bps=10.0, bar_seconds=HOUR, trade_delay=0)
     # positions +1 +1 -1 -1: gross = pos * r; |dpos| = 1, 0, 2, 0 -> costs 0.001, 0, 0.002, 0
     np.testing.assert_allclose(bt.pnl["gross"], [0.01, -0.02, 0.01, -0.02])
     np.testing.assert_allclose(bt.pnl["net"], [0.009, -0.02, 0.008, -0.02])
@@ -332,7 +333,7 @@ def test_backtest_equal_weight_and_flat_when_a_symbol_leaves():
         [1, 1, 1, -1, -1],
         ret_next=np.log1p([0.02, 0.01, 0.03, 0.04, -0.01]),
     )
-    bt = ev.backtest(df, cost_bps=20.0, bar_seconds=HOUR, trade_delay=0)
+    bt = bk.backtest(df, cost_bps=20.0, bar_seconds=HOUR, trade_delay=0)
     # weights: A .5 .5 1, B -.5 -.5 (flat at t2: its close is a trade)
     np.testing.assert_allclose(bt.pnl["gross"], [-0.01, 0.01, 0.03])
     np.testing.assert_allclose(bt.pnl["turnover"], [1.0, 0.0, 1.0])
@@ -347,9 +348,9 @@ def test_scaled_positions_use_past_median_and_cap():
     ts = pd.date_range("2024-01-01", periods=4, freq="h")
     df = frame(ts, ["A"] * 4, [1.0, 2.0, 4.0, -8.0])
     # window 2 needs 2 past rows: t2 scale median(1, 2) = 1.5; t3 median(2, 4) = 3
-    np.testing.assert_allclose(ev.positions(df, mode="scaled", cap=3.0, scale_window=2), [0, 0, 4 / 1.5, -8 / 3])
-    np.testing.assert_allclose(ev.positions(df, mode="scaled", cap=1.0, scale_window=2), [0, 0, 1, -1])
-    np.testing.assert_allclose(ev.positions(df[::-1], mode="scaled", cap=3.0, scale_window=2), [-8 / 3, 4 / 1.5, 0, 0])
+    np.testing.assert_allclose(bk.positions(df, mode="scaled", cap=3.0, scale_window=2), [0, 0, 4 / 1.5, -8 / 3])
+    np.testing.assert_allclose(bk.positions(df, mode="scaled", cap=1.0, scale_window=2), [0, 0, 1, -1])
+    np.testing.assert_allclose(bk.positions(df[::-1], mode="scaled", cap=3.0, scale_window=2), [-8 / 3, 4 / 1.5, 0, 0])
 
 
 @settings(max_examples=15, deadline=None)
@@ -361,8 +362,8 @@ def test_costs_only_ever_lower_pnl(seed, cost, mode):
         np.tile(ts, 2), np.repeat(["A", "B"], 30), rng.standard_normal(60), ret_next=0.01 * rng.standard_normal(60)
     )
     kw = {"bar_seconds": HOUR, "mode": mode, "scale_window": 5, "trade_delay": seed % 3}
-    with_cost = ev.backtest(df, cost_bps=cost, **kw)
-    free = ev.backtest(df, cost_bps=0.0, **kw)
+    with_cost = bk.backtest(df, cost_bps=cost, **kw)
+    free = bk.backtest(df, cost_bps=0.0, **kw)
     assert (with_cost.pnl["net"] <= with_cost.pnl["gross"] + 1e-15).all()
     assert (with_cost.pnl["net"] < with_cost.pnl["gross"])[with_cost.pnl["turnover"] > 1e-12].all()
     np.testing.assert_array_equal(free.pnl["net"], free.pnl["gross"])
@@ -374,7 +375,7 @@ def test_trade_delay_trades_the_signal_one_bar_later():
     ts = pd.date_range("2024-01-01", periods=4, freq="h")
     simple = np.array([0.01, -0.02, -0.01, 0.02])
     df = frame(ts, ["A"] * 4, [1.0, -1.0, -1.0, 1.0], ret_next=np.log1p(simple))
-    bt = ev.backtest(df, cost_bps=10.0, bar_seconds=HOUR, trade_delay=1)
+    bt = bk.backtest(df, cost_bps=10.0, bar_seconds=HOUR, trade_delay=1)
     # held: 0 (no signal yet), +1, -1, -1 -> gross 0, -.02, .01, -.02; |dw| 0, 1, 2, 0
     np.testing.assert_allclose(bt.pnl["gross"], [0.0, -0.02, 0.01, -0.02])
     np.testing.assert_allclose(bt.pnl["turnover"], [0.0, 1.0, 2.0, 0.0])
@@ -382,7 +383,7 @@ def test_trade_delay_trades_the_signal_one_bar_later():
     assert bt.stats["trade_delay"] == 1
     # a delay of 2 on two symbols: each symbol's own signal, two timestamps later
     two = pd.concat([df, df.assign(symbol="B", prediction=-df["prediction"])], ignore_index=True)
-    bt2 = ev.backtest(two, cost_bps=0.0, bar_seconds=HOUR, trade_delay=2)
+    bt2 = bk.backtest(two, cost_bps=0.0, bar_seconds=HOUR, trade_delay=2)
     np.testing.assert_allclose(bt2.pnl["gross"], [0.0, 0.0, 0.0, 0.0])  # the two books cancel
     np.testing.assert_allclose(bt2.pnl["exposure"], [0.0, 0.0, 1.0, 1.0])
 
@@ -390,13 +391,13 @@ def test_trade_delay_trades_the_signal_one_bar_later():
 def test_neutral_book_is_demeaned_with_gross_one():
     ts = ["2024-01-01 00:00"] * 3 + ["2024-01-01 01:00"] * 3
     df = frame(ts, list("ABCABC"), [1.0, 2.0, 3.0, 5.0, 5.0, 5.0], ret_next=np.log1p([0.01, 0.02, 0.04, 0, 0, 0]))
-    w = ev.signal_weights(df, mode="neutral")
+    w = bk.signal_weights(df, mode="neutral")
     np.testing.assert_allclose(w, [-0.5, 0.0, 0.5, 0.0, 0.0, 0.0])  # demeaned [-1, 0, 1] / 2; all equal: flat
-    bt = ev.backtest(df, cost_bps=0.0, bar_seconds=HOUR, mode="neutral", trade_delay=0)
+    bt = bk.backtest(df, cost_bps=0.0, bar_seconds=HOUR, mode="neutral", trade_delay=0)
     np.testing.assert_allclose(bt.pnl["gross"], [0.015, 0.0])
     np.testing.assert_allclose(bt.pnl["net_exposure"], [0.0, 0.0], atol=1e-15)
     df = planted(n_sym=5, n_days=1, seed=2)
-    sign, neutral = (ev.backtest(df, bar_seconds=300, mode=m) for m in ("sign", "neutral"))
+    sign, neutral = (bk.backtest(df, bar_seconds=300, mode=m) for m in ("sign", "neutral"))
     assert sign.stats["abs_net_exposure"] > 0.2  # the sign book leans with the predictions
     assert neutral.stats["abs_net_exposure"] < 1e-12
     np.testing.assert_allclose(neutral.pnl["exposure"][1:], 1.0)  # flat at the first bar: nothing to trade yet
@@ -404,23 +405,23 @@ def test_neutral_book_is_demeaned_with_gross_one():
 
 def test_cost_sweep_and_break_even():
     df = planted(n_sym=4, n_days=2, rho=0.3, seed=8)  # a one-bar signal: it pays only if traded at once
-    bt = ev.backtest(df, cost_bps=5.0, bar_seconds=300, trade_delay=0)
-    sweep = ev.cost_sensitivity(bt)
+    bt = bk.backtest(df, cost_bps=5.0, bar_seconds=300, trade_delay=0)
+    sweep = bk.cost_sensitivity(bt)
     assert list(sweep["cost_bps"]) == [0, 1, 2, 5, 10, 20]
     assert sweep.set_index("cost_bps").loc[5.0, "net_sharpe"] == pytest.approx(bt.stats["net"]["sharpe"])
     assert sweep.set_index("cost_bps").loc[0.0, "net_sharpe"] == pytest.approx(bt.stats["gross"]["sharpe"])
     assert (np.diff(sweep["net_sharpe"]) < 0).all()
-    be = ev.break_even_bps(bt)
-    at_be = ev.cost_sensitivity(bt, [be]).loc[0, "net_sharpe"]
+    be = bk.break_even_bps(bt)
+    at_be = bk.cost_sensitivity(bt, [be]).loc[0, "net_sharpe"]
     assert be > 0 and abs(at_be) < 1e-9
-    flat = ev.backtest(df.assign(prediction=0.0), bar_seconds=300)
-    assert math.isnan(ev.break_even_bps(flat))
+    flat = bk.backtest(df.assign(prediction=0.0), bar_seconds=300)
+    assert math.isnan(bk.break_even_bps(flat))
 
 
 def test_zero_prediction_gives_zero_pnl():
     ts = pd.date_range("2024-01-01", periods=10, freq="h")
     df = frame(ts, ["A"] * 10, np.zeros(10), ret_next=np.linspace(-0.02, 0.03, 10))
-    bt = ev.backtest(df, cost_bps=10.0, bar_seconds=HOUR)
+    bt = bk.backtest(df, cost_bps=10.0, bar_seconds=HOUR)
     assert (bt.pnl[["gross", "net", "cost", "turnover"]] == 0).all().all()
     assert bt.stats["net"]["total_return"] == 0.0 and bt.stats["net"]["sharpe"] == 0.0
     assert bt.stats["net"]["max_drawdown"] == 0.0 and math.isnan(bt.stats["net"]["hit_rate"])
@@ -428,15 +429,15 @@ def test_zero_prediction_gives_zero_pnl():
 
 def test_sharpe_and_drawdown_by_hand():
     # mean .005, sample std sqrt(5e-4 / 3) = .0129099; 4 bars a year -> x2
-    assert ev.sharpe([0.01, -0.01, 0.02, 0.0], 4) == pytest.approx(0.7745967, rel=1e-6)
-    assert ev.sharpe(np.zeros(5), 252) == 0.0
-    assert math.isnan(ev.sharpe([0.01, 0.01], 252)) and math.isnan(ev.sharpe([0.01], 252))
-    assert ev.max_drawdown([1.0, 1.1, 0.88, 0.99, 1.21]) == pytest.approx(0.2)  # 1.1 -> 0.88
-    assert ev.max_drawdown([1.0, 1.1, 1.2]) == 0.0
-    np.testing.assert_allclose(ev.equity_curve([0.1, -0.2]), [1.1, 0.88])
-    np.testing.assert_allclose(ev.drawdown_curve([-0.1, 0.1, 0.5, -0.2]), [-0.1, -0.01, 0.0, -0.2])
+    assert bk.sharpe([0.01, -0.01, 0.02, 0.0], 4) == pytest.approx(0.7745967, rel=1e-6)
+    assert bk.sharpe(np.zeros(5), 252) == 0.0
+    assert math.isnan(bk.sharpe([0.01, 0.01], 252)) and math.isnan(bk.sharpe([0.01], 252))
+    assert bk.max_drawdown([1.0, 1.1, 0.88, 0.99, 1.21]) == pytest.approx(0.2)  # 1.1 -> 0.88
+    assert bk.max_drawdown([1.0, 1.1, 1.2]) == 0.0
+    np.testing.assert_allclose(bk.equity_curve([0.1, -0.2]), [1.1, 0.88])
+    np.testing.assert_allclose(bk.drawdown_curve([-0.1, 0.1, 0.5, -0.2]), [-0.1, -0.01, 0.0, -0.2])
     r = np.random.default_rng(0).normal(0, 0.01, 200)
-    assert -ev.drawdown_curve(r).min() == pytest.approx(ev.max_drawdown(np.r_[1.0, ev.equity_curve(r)]))
+    assert -bk.drawdown_curve(r).min() == pytest.approx(bk.max_drawdown(np.r_[1.0, bk.equity_curve(r)]))
 
 
 def test_infer_bar_seconds_ignores_gaps_and_reads_int_ns():

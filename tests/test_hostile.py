@@ -28,7 +28,7 @@ from tradelib.config import Config
 from tradelib.data import cache, dataset
 from tradelib.data.load import load_ohlcv
 from tradelib.paths import FileLock, repo_root
-from tradelib.report import report
+from tradelib.report.inputs import load_featureset
 
 ROOT = repo_root()
 SMALL = ["-p", "window", "4", "-p", "max_gap_bars", "50"]
@@ -517,7 +517,7 @@ def test_a_damaged_cache_of_raw_data_that_is_gone_is_one_line(tmp_path, capsys):
     run.mkdir()
     (run / "summary.json").write_text(json.dumps({"cache_dir": str(folder)}))
     capsys.readouterr()
-    assert report.load_featureset(run) is None
+    assert load_featureset(run) is None
     out = capsys.readouterr().out
     assert f"feature cache {folder} is damaged ({folder / 'X.npy'}: checksum differs" in out
     assert "ridge baseline and data quality left out" in out

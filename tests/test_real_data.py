@@ -13,6 +13,7 @@ from alphalens.performance import factor_information_coefficient
 from tradelib import runs
 from tradelib.config import Config
 from tradelib.data import dataset
+from tradelib.report import inputs as ri
 from tradelib.report import metrics as ev
 from tradelib.report import report as rp
 
@@ -51,7 +52,7 @@ def test_real_daily_calendar_gives_about_252_periods_a_year(real_fs):
 
 
 def test_sharpe_on_real_daily_bars_equals_empyrical(real_run, real_fs):
-    inputs = rp.load_inputs(real_run, cost_bps=5.0, fs=real_fs)
+    inputs = ri.load_inputs(real_run, cost_bps=5.0, fs=real_fs)
     s = rp.build_report(real_run, inputs=inputs)["summary"]
     ppy = s["periods_per_year"]
     assert 250 < ppy < 254 and inputs.annualisation["method"] == "sessions"
@@ -106,7 +107,7 @@ def test_the_sharpe_interval_and_psr_equal_a_hand_computation_on_real_daily_retu
     from scipy import stats
     from statsmodels.stats.sandwich_covariance import S_hac_simple
 
-    inputs = rp.load_inputs(real_run, cost_bps=5.0, fs=real_fs)
+    inputs = ri.load_inputs(real_run, cost_bps=5.0, fs=real_fs)
     s = rp.build_report(real_run, inputs=inputs)["summary"]
     r, ppy = inputs.backtest.pnl["net"].to_numpy(), s["periods_per_year"]
     n, d = len(r), r - r.mean()
@@ -129,7 +130,7 @@ def test_the_test_span_as_traded_on_real_daily_bars(real_run, real_fs):
     ends = window_ends(real_fs, 2, CFG.window)
     summary = {"run_id": real_run.name, "config": CFG.to_dict(), "test_windows": int(len(ends))}
     runs.write_summary(real_run, summary)
-    span = rp.load_inputs(real_run, fs=real_fs).test_span
+    span = ri.load_inputs(real_run, fs=real_fs).test_span
     cut = real_fs.meta["splits"]
     t = real_fs.timestamp
     purged = (real_fs.split == -1) & (t > cut["val_end"])
@@ -151,7 +152,7 @@ def test_the_daily_profile_sizes_the_run_for_daily_bars():
     fs = dataset.build(cfg.replace(data_path=str(REAL)))[0]
     steps = len(window_ends(fs, 0, cfg.window)) // (cfg.batch_size * cfg.grad_accum_steps) * cfg.epochs
     assert steps >= 10 * cfg.warmup_steps
-    assert ev.bar_words(rp._bar_seconds_from_fs(fs)) == "1 day"
+    assert ev.bar_words(ri._bar_seconds_from_fs(fs)) == "1 day"
 
 
 def test_cross_sectional_ic_equals_alphalens_on_a_wide_universe():

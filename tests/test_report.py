@@ -8,7 +8,11 @@ import pandas as pd
 import pytest
 
 from tradelib import runs as rn
+from tradelib.report import backtest as bk
+from tradelib.report import figures as rf
+from tradelib.report import inputs as ri
 from tradelib.report import report as rp
+from tradelib.report import words as rw
 
 RHO = 0.3  # planted corr(prediction, target)
 
@@ -117,7 +121,7 @@ def test_report_states_its_conventions(tmp_path):
     assert (c["trade_delay_bars"], c["cost_bps"], c["position_mode"]) == (2, 2.0, "neutral")
     assert c["splits"]["method"] == "fractions" and c["splits"]["test_start"].startswith("2024-05-01")
     assert report["summary"]["abs_net_exposure"] < 1e-9  # the neutral book
-    md = rp.summary_markdown(report) + "\n" + rp.conventions_markdown(report)
+    md = rw.summary_markdown(report) + "\n" + rw.conventions_markdown(report)
     for text in ("cross-sectional IC (per timestamp)", "Why this IC", "Hansen-Hodrick HAC, 2 lags",
                  "traded 2 bar(s) after", "break-even cost", "Headline IC =", "Splits by fractions", "neutral",
                  "test 2024-05-01 00:00 to"):
@@ -152,7 +156,7 @@ def test_annualisation_is_the_test_spans_own_and_says_so(tmp_path):
     assert "given" not in rep["backtest"]["annualisation"] and rep["backtest"]["annualisation_method"] == "sessions"
     given = rp.build_report(run, fs=fs, periods_per_year=252.0, **feats)
     assert given["backtest"]["annualisation"].startswith("given") and given["summary"]["periods_per_year"] == 252.0
-    assert rep["summary"]["bar"] == "1 day" and "6 symbols of 1 day bars" in rp.summary_markdown(rep)
+    assert rep["summary"]["bar"] == "1 day" and "6 symbols of 1 day bars" in rw.summary_markdown(rep)
     assert rep["summary"]["position_mode"] == "neutral" and "auto: 6 symbols" in rep["summary"]["position_mode_reason"]
 
 
@@ -165,7 +169,7 @@ def test_warnings_for_a_short_span_few_symbols_and_a_warm_up_as_long_as_the_run(
     assert "holds 40 periods (< 60)" in warnings
     assert "3 symbols at a typical timestamp (< 5)" in warnings
     assert rep["summary"]["position_mode"] == "sign"  # auto, below min_symbols_cs
-    md = rp.summary_markdown(rep)
+    md = rw.summary_markdown(rep)
     assert md.count("**Warning**") == 3
     run2, _ = make_run(tmp_path / "long", freq="B", n_bars=300, n_sym=6,
                        summary_extra={"config": {"warmup_steps": 5}, "optimizer_steps": 500})
@@ -179,7 +183,7 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
     rep = rp.build_report(run, cost_bps=5.0)
     s = rep["summary"]
     assert s["gross_sharpe"] > 10 and "gross_sharpe" in s["flags"] and "beyond 10" in s["flags"]["gross_sharpe"]
-    assert "flagged: Sharpe" in rp.summary_markdown(rep)
+    assert "flagged: Sharpe" in rw.summary_markdown(rep)
     from tradelib.report import tables
 
     shown = tables.backtest_table(rep["backtest"], s["flags"]).set_index("book")
@@ -191,15 +195,15 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
     quiet = rp.build_report(noise, cost_bps=0.5)["summary"]
     assert quiet["survives_costs"] is not True and quiet["flags"] == {}
     if quiet["survives_costs"] is None:
-        assert "cannot tell" in rp.summary_markdown(rp.build_report(noise, cost_bps=0.5))
+        assert "cannot tell" in rw.summary_markdown(rp.build_report(noise, cost_bps=0.5))
 
 
 def test_the_deflated_sharpe_counts_the_sweep_the_run_belongs_to(tmp_path):
     run, _ = make_run(tmp_path / "sweep-x" / "run-b")
-    alone = rp.load_inputs(run).trials
+    alone = ri.load_inputs(run).trials
     assert alone == {**alone, "predictors": 2, "sweep_runs": 1, "n_trials": 2}  # model and momentum trade
     (tmp_path / "sweep-x" / "sweep.json").write_text(json.dumps({"runs": {"run-a": {}, "run-b": {}, "run-c": {}}}))
-    inputs = rp.load_inputs(run)
+    inputs = ri.load_inputs(run)
     assert inputs.trials["sweep_runs"] == 3 and inputs.trials["n_trials"] == 6
     s = rp.summary_block(inputs)
     assert s["dsr_trials"] == 6 and s["net_sharpe_dsr"] <= s["net_sharpe_psr"]
@@ -226,7 +230,7 @@ def test_compare_block_and_markdown(tmp_path):
         assert cmp["metrics"][name]["other"] == pytest.approx(0.1, abs=0.05)
         assert cmp["metrics"][name]["delta"] == pytest.approx(report["summary"][name] - cmp["metrics"][name]["other"])
     assert cmp["this"]["periods_per_year"] == cmp["other"]["periods_per_year"]  # annualised alike
-    md = rp.summary_markdown(report)
+    md = rw.summary_markdown(report)
     assert f"cross-sectional IC (per timestamp) {report['summary']['cross_sectional_ic']:.3f}**" in md
     assert "zero n/a" in md and ", ridge 0." in md and md.count("oracle 0.") == 1
     assert "| model |" not in md and "|---" not in md  # the predictor table: once, in its own section
@@ -273,9 +277,9 @@ def test_runs_table_over_run_folders(tmp_path):
 @pytest.mark.slow
 def test_make_figures_writes_pngs(tmp_path):
     run, _ = make_run(tmp_path / "run-a", n_sym=2, n_days=2)
-    inputs = rp.load_inputs(run)
+    inputs = ri.load_inputs(run)
     inputs.quality = {"counts": [{"rule": "nonpositive_price", "symbol": "S0", "action": "dropped", "rows": 3}]}
-    figs = rp.make_figures(inputs, run)
+    figs = rf.make_figures(inputs, run)
     assert set(figs) == {"training", "equity", "underwater", "costs", "deciles", "ic", "ic_decay", "throughput",
                          "quality"}
     for name in figs:
@@ -283,7 +287,7 @@ def test_make_figures_writes_pngs(tmp_path):
 
 
 def test_loader_sweep_sets_the_two_loaders_side_by_side(tmp_path):
-    from tradelib.report.report import loader_sweep
+    from tradelib.report.inputs import loader_sweep
 
     assert loader_sweep(tmp_path) is None
     pd.DataFrame({"loader": ["dataloader", "device", "dataloader", "device"], "batch_size": [64, 64, 256, 256],
@@ -303,16 +307,16 @@ def test_best_predictors_never_the_oracle_nor_a_predictor_that_never_trades():
                                "sharpe_net": [2.0, 0.0, 1.0, 3.0, 9.0], "coverage": [1.0, 0.0, 1.0, 1.0, 1.0],
                                "sharpe_net_period": [0.2, 0.0, 0.1, 0.3, 0.9],
                                "sharpe_net_se_period": [0.05, np.nan, 0.05, 0.05, 0.05]})
-    trials = rp.trial_count(predictors, sweep_runs=1)
+    trials = bk.trial_count(predictors, sweep_runs=1)
     assert trials["n_trials"] == 3 and trials["predictors"] == 3  # model, momentum, ridge compete
     # zero's Sharpe of 0 and the oracle's 9 are the largest: neither is a result to beat
-    assert rp.best_predictors(predictors, "cross_sectional", trials) == {"cross_sectional_ic": "ridge",
+    assert bk.best_predictors(predictors, "cross_sectional", trials) == {"cross_sectional_ic": "ridge",
                                                                           "sharpe_net": "ridge"}
-    many = rp.trial_count(predictors, sweep_runs=10_000)  # after ten thousand tries, t = 4 is what luck gives
-    assert rp.best_predictors(predictors, "cross_sectional", many) == {}
+    many = bk.trial_count(predictors, sweep_runs=10_000)  # after ten thousand tries, t = 4 is what luck gives
+    assert bk.best_predictors(predictors, "cross_sectional", many) == {}
     losing = predictors.assign(sharpe_net=[-2.0, 0.0, -5.0, -1.0, 9.0], sharpe_net_period=[-0.2, 0, -0.5, -0.1, 0.9],
                                cross_sectional_ic=[-0.02, np.nan, -0.01, -0.03, 0.4])
-    assert rp.best_predictors(losing, "cross_sectional", trials) == {}  # never on a loss
+    assert bk.best_predictors(losing, "cross_sectional", trials) == {}  # never on a loss
     from tradelib.report import tables
 
     cells = tables.predictor_highlight(predictors, {"cross_sectional_ic": "ridge", "sharpe_net": "ridge"})
@@ -330,8 +334,8 @@ def test_lr_schedule_from_step_0_reproduces_every_logged_value(outputs):
     result = train(Config(**{**TINY, "run_id": "lr", "warmup_steps": 6, "epochs": 3, "max_steps": 60,
                              "log_every": 4}), progress=False)
     steps, _ = rn.training_curves(result.run_dir)
-    facts = rp.read_facts(result.run_dir)
-    curve = rp.lr_schedule(facts, steps, result.summary["optimizer_steps"])
+    facts = ri.read_facts(result.run_dir)
+    curve = ri.lr_schedule(facts, steps, result.summary["optimizer_steps"])
     assert curve is not None and curve["step"].iloc[0] == 0 and len(curve) == 61
     lr = result.summary["lr"]
     assert curve["lr"].iloc[0] == pytest.approx(lr / 6)  # the first update's rate: warm-up from step 0
@@ -340,15 +344,18 @@ def test_lr_schedule_from_step_0_reproduces_every_logged_value(outputs):
     assert logged == pytest.approx(steps["lr"].to_numpy(), rel=1e-9)
     assert facts["windows"]["test"] == result.summary["test_windows"]
     changed = {**facts, "lr": [v * 1.01 for v in facts["lr"]]}
-    assert rp.lr_schedule(changed, steps) is None  # a schedule that does not reproduce the log is not drawn
-    assert rp.lr_schedule(None, steps) is None  # a run without train_facts.json: the logged values only
+    assert ri.lr_schedule(changed, steps) is None  # a schedule that does not reproduce the log is not drawn
+    assert ri.lr_schedule(None, steps) is None  # a run without train_facts.json: the logged values only
     import ast
+    from pathlib import Path
 
-    from tradelib.report import report as module
+    import tradelib.report as package
 
-    tree = ast.parse(open(module.__file__).read())
-    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert not any(m and m.startswith("tradelib.train") for m in imported)  # the report never imports training
+    for path in Path(package.__file__).parent.glob("*.py"):  # the report never imports training
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any(m and m.startswith("tradelib.train") for m in imported), path.name
 
 
 def test_loss_context_measures_why_validation_sits_below_training(tiny_fs):
@@ -369,14 +376,14 @@ def test_loss_context_measures_why_validation_sits_below_training(tiny_fs):
     facts = split_windows(tiny_fs, window)
     epochs = pd.DataFrame({"epoch": [0.0], "train_loss": [5.0], "val_loss": [0.1]})
     inputs = SimpleNamespace(summary={"config": {"window": window, "dropout": 0.2}}, epochs=epochs, facts=facts)
-    ctx = rp.loss_context(inputs)
+    ctx = ri.loss_context(inputs)
     assert ctx["zero_mse"]["train"] == pytest.approx(naive_zero_mse(0), rel=1e-9)
     assert ctx["zero_mse"]["val"] == pytest.approx(naive_zero_mse(1), rel=1e-9)
     assert ctx["val_below_train"] and any("dropout 0.2" in r for r in ctx["reasons"])
     quieter = ctx["zero_mse"]["val"] < ctx["zero_mse"]["train"]
     assert quieter == any("validation period is quieter" in r for r in ctx["reasons"])
     inputs.epochs = epochs.assign(val_loss=6.0)
-    assert rp.loss_context(inputs)["reasons"] == []  # validation above training needs no excuse
+    assert ri.loss_context(inputs)["reasons"] == []  # validation above training needs no excuse
 
 
 def test_tables_print_integers_as_integers_and_flag_what_cannot_be_right():

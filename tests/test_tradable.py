@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.sandwich_covariance import S_hac_simple
 
+from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
 
 
@@ -88,7 +89,7 @@ def test_the_synthetic_markets_signal_lasts_past_the_default_delay():
 def test_sharpe_se_without_lags_is_the_iid_fat_tailed_formula():
     """Lags 0: Mertens (2002) / Opdyke (2007): (1 - skew SR + (kurtosis - 1) / 4 SR^2) / (n - 1)."""
     r = np.random.default_rng(3).standard_t(4, 800) * 0.01 + 0.002
-    out = ev.sharpe_inference(r, 252.0, lags=0)
+    out = bk.sharpe_inference(r, 252.0, lags=0)
     sr0 = r.mean() / r.std()  # the moments' own (ddof 0) Sharpe enters the variance
     g3, g4 = stats.skew(r), stats.kurtosis(r, fisher=False)
     se = math.sqrt((1 - g3 * sr0 + (g4 - 1) / 4 * sr0**2) / (len(r) - 1))
@@ -110,7 +111,7 @@ def test_sharpe_se_with_lags_uses_the_newey_west_covariance_of_the_moments():
     for t in range(1, 600):
         r[t] = 0.4 * r[t - 1] + rng.standard_normal()
     r = 0.01 * r + 0.001
-    out = ev.sharpe_inference(r, 252.0)
+    out = bk.sharpe_inference(r, 252.0)
     n, d = len(r), r - r.mean()
     m = np.column_stack([d, d * d - d @ d / n])
     S = S_hac_simple(m) / n  # its default bandwidth floor(4 (n/100)^(2/9))
@@ -118,7 +119,7 @@ def test_sharpe_se_with_lags_uses_the_newey_west_covariance_of_the_moments():
     g = np.array([1 / math.sqrt(v), -r.mean() / (2 * v**1.5)])
     assert out["lags"] == int(np.floor(4 * (n / 100.0) ** (2.0 / 9.0)))
     assert out["se_period"] == pytest.approx(math.sqrt(g @ S @ g / (n - 1)), rel=1e-12)
-    assert out["se_period"] > 1.2 * ev.sharpe_inference(r, 252.0, lags=0)["se_period"]  # positive autocorrelation
+    assert out["se_period"] > 1.2 * bk.sharpe_inference(r, 252.0, lags=0)["se_period"]  # positive autocorrelation
 
 
 def test_sharpe_interval_covers_the_true_sharpe_on_autocorrelated_returns():
@@ -135,26 +136,26 @@ def test_sharpe_interval_covers_the_true_sharpe_on_autocorrelated_returns():
             x[t] = phi * x[t - 1] + e[t]
         r = x[50:] + mu
         for key, lags in (("hac", None), ("iid", 0)):
-            out = ev.sharpe_inference(r, 1.0, lags=lags)
+            out = bk.sharpe_inference(r, 1.0, lags=lags)
             hits[key] += out["ci_low"] <= true_sr <= out["ci_high"]
     assert 0.91 <= hits["hac"] / reps <= 0.99
     assert hits["iid"] / reps < hits["hac"] / reps - 0.04
 
 
 def test_deflated_sharpe_raises_the_bar_with_the_trials():
-    assert ev.expected_max_z(1) == 0.0
+    assert bk.expected_max_z(1) == 0.0
     rng = np.random.default_rng(6)
     for n in (10, 100):  # the approximation (within a few hundredths) against simulated maxima of n normals
-        assert ev.expected_max_z(n) == pytest.approx(rng.standard_normal((20_000, n)).max(axis=1).mean(), abs=0.05)
+        assert bk.expected_max_z(n) == pytest.approx(rng.standard_normal((20_000, n)).max(axis=1).mean(), abs=0.05)
     sr, se = 0.1, 0.04
-    one = ev.deflated_sharpe(sr, se, 1, 0.0016)
+    one = bk.deflated_sharpe(sr, se, 1, 0.0016)
     assert one["dsr"] == pytest.approx(stats.norm.cdf(sr / se)) and one["sr0_period"] == 0.0  # the PSR
-    dsr = [ev.deflated_sharpe(sr, se, n, se**2)["dsr"] for n in (1, 2, 10, 100, 1000)]
+    dsr = [bk.deflated_sharpe(sr, se, n, se**2)["dsr"] for n in (1, 2, 10, 100, 1000)]
     assert all(a > b for a, b in zip(dsr, dsr[1:]))
-    sr0 = math.sqrt(se**2) * ((1 - ev.EULER_GAMMA) * stats.norm.ppf(1 - 1 / 10)
-                              + ev.EULER_GAMMA * stats.norm.ppf(1 - 1 / (10 * math.e)))
-    assert ev.deflated_sharpe(sr, se, 10, se**2)["dsr"] == pytest.approx(stats.norm.cdf((sr - sr0) / se), rel=1e-9)
-    assert ev.deflated_t(2.5, 1) == pytest.approx(stats.norm.cdf(2.5))
+    sr0 = math.sqrt(se**2) * ((1 - bk.EULER_GAMMA) * stats.norm.ppf(1 - 1 / 10)
+                              + bk.EULER_GAMMA * stats.norm.ppf(1 - 1 / (10 * math.e)))
+    assert bk.deflated_sharpe(sr, se, 10, se**2)["dsr"] == pytest.approx(stats.norm.cdf((sr - sr0) / se), rel=1e-9)
+    assert bk.deflated_t(2.5, 1) == pytest.approx(stats.norm.cdf(2.5))
 
 
 def book(n_sym=6, n_bars=400, rho=0.0, seed=0) -> pd.DataFrame:
@@ -168,35 +169,35 @@ def book(n_sym=6, n_bars=400, rho=0.0, seed=0) -> pd.DataFrame:
 
 
 def test_break_even_interval_is_seeded_and_brackets_the_estimate():
-    bt = ev.backtest(book(rho=0.3), bar_seconds=86_400, mode="neutral", periods_per_year=252)
-    a = ev.break_even_interval(bt, block=5, samples=400, seed=0)
-    assert a == ev.break_even_interval(bt, block=5, samples=400, seed=0)  # the same every time
-    assert a != ev.break_even_interval(bt, block=5, samples=400, seed=1)
-    assert a["low"] < ev.break_even_bps(bt) < a["high"] and a["low"] > 0
-    noise = ev.backtest(book(rho=0.0, seed=3), bar_seconds=86_400, mode="neutral", periods_per_year=252)
-    b = ev.break_even_interval(noise, block=5, samples=400, seed=0)
+    bt = bk.backtest(book(rho=0.3), bar_seconds=86_400, mode="neutral", periods_per_year=252)
+    a = bk.break_even_interval(bt, block=5, samples=400, seed=0)
+    assert a == bk.break_even_interval(bt, block=5, samples=400, seed=0)  # the same every time
+    assert a != bk.break_even_interval(bt, block=5, samples=400, seed=1)
+    assert a["low"] < bk.break_even_bps(bt) < a["high"] and a["low"] > 0
+    noise = bk.backtest(book(rho=0.0, seed=3), bar_seconds=86_400, mode="neutral", periods_per_year=252)
+    b = bk.break_even_interval(noise, block=5, samples=400, seed=0)
     assert b["low"] < 0 < b["high"]  # the data cannot tell
 
 
 def test_position_mode_auto_and_the_books_exposure_and_beta():
     wide, narrow = book(n_sym=6), book(n_sym=3)
-    assert ev.resolve_position_mode(wide, "auto", 5)[0] == "neutral"
-    assert ev.resolve_position_mode(narrow, "auto", 5)[0] == "sign"
-    assert ev.resolve_position_mode(narrow, "scaled", 5) == ("scaled", "as given")
+    assert bk.resolve_position_mode(wide, "auto", 5)[0] == "neutral"
+    assert bk.resolve_position_mode(narrow, "auto", 5)[0] == "sign"
+    assert bk.resolve_position_mode(narrow, "scaled", 5) == ("scaled", "as given")
     tilted = wide.assign(prediction=wide["prediction"] + 1.0)  # a biased mean prediction: long the market
-    sign = ev.backtest(tilted, bar_seconds=86_400, mode="sign", periods_per_year=252).stats
-    neutral = ev.backtest(tilted, bar_seconds=86_400, mode="neutral", periods_per_year=252).stats
+    sign = bk.backtest(tilted, bar_seconds=86_400, mode="sign", periods_per_year=252).stats
+    neutral = bk.backtest(tilted, bar_seconds=86_400, mode="neutral", periods_per_year=252).stats
     assert sign["net_exposure"] > 0.5 and sign["market_beta"] > 0.5
     assert abs(neutral["net_exposure"]) < 1e-12 and abs(neutral["market_beta"]) < 0.2
     market = np.random.default_rng(1).standard_normal(500)
-    assert ev.market_beta(0.5 * market + 0.01 * np.sin(np.arange(500)), market) == pytest.approx(0.5, abs=0.01)
+    assert bk.market_beta(0.5 * market + 0.01 * np.sin(np.arange(500)), market) == pytest.approx(0.5, abs=0.01)
 
 
 def test_bar_words_and_implausible_figures():
     assert [ev.bar_words(s) for s in (86_400, 300, 3_600, 7_200, 60, 604_800, 1.5)] == [
         "1 day", "5 min", "1 hour", "2 hours", "1 min", "1 week", "1.5 s"]
-    assert ev.implausible(2.0, 0.3) == []
-    flags = ev.implausible(12.0, 1.4e5)
+    assert bk.implausible(2.0, 0.3) == []
+    flags = bk.implausible(12.0, 1.4e5)
     assert len(flags) == 2 and "1000%" in flags[0] and "Sharpe 12" in flags[1]
 
 
@@ -223,7 +224,6 @@ def random_walk_market(seed: int, n_sym: int = 8, n_bars: int = 250) -> pd.DataF
 def test_false_discoveries_on_random_walk_markets_stay_rare():
     """40 random-walk markets: the tradable IC is 'significant' (|HAC t| >= 2) in at most 10% of them, and a
     predictor is marked 'best' in at most 10%."""
-    from tradelib.report import report as rp
 
     significant = best = 0
     for seed in range(40):
@@ -232,7 +232,7 @@ def test_false_discoveries_on_random_walk_markets_stay_rare():
         ic = ev.family_summary(df, "cross_sectional", 0, target_col="traded")
         significant += abs(ic["t_stat"]) >= 2
         baselines = ev.baseline_predictions(df)
-        table = ev.evaluate_all(df, baselines, "cross_sectional", 0, target_col="traded", cost_bps=5.0,
+        table = bk.evaluate_all(df, baselines, "cross_sectional", 0, target_col="traded", cost_bps=5.0,
                                 bar_seconds=86_400, mode="neutral", periods_per_year=252, trade_delay=1)
-        best += bool(rp.best_predictors(table, "cross_sectional", rp.trial_count(table, 1)))
+        best += bool(bk.best_predictors(table, "cross_sectional", bk.trial_count(table, 1)))
     assert significant <= 4 and best <= 4

@@ -16,7 +16,8 @@ from tradelib import runs
 from tradelib.config import Config
 from tradelib.data import cache, dataset
 from tradelib.data.features import build_features, feature_makers, fit_robust
-from tradelib.report import metrics, report
+from tradelib.report import backtest, metrics, report, words
+from tradelib.report.inputs import load_featureset, load_inputs
 from tradelib.train.run import TrainingRun, train
 from tradelib.train.walkforward import walk_forward
 
@@ -174,7 +175,7 @@ def test_warm_folds_continue_from_the_previous_folds_weights(walked):
 
 def test_the_report_has_every_fold_and_all_of_them(walked):
     top = walked.run_dir
-    inputs = report.load_inputs(top, fs=report.load_featureset(top))
+    inputs = load_inputs(top, fs=load_featureset(top))
     rep = report.build_report(top, inputs=inputs)
     table = pd.DataFrame(rep["folds"]["table"])
     assert table["fold"].tolist() == ["0", "1", "2", "all"] and rep["folds"]["n_folds"] == 3
@@ -184,13 +185,13 @@ def test_the_report_has_every_fold_and_all_of_them(walked):
         row = table.iloc[k]
         assert row["test_rows"] == len(mine)
         assert row["pooled_ic"] == pytest.approx(metrics.named_ics(mine, rep["summary"]["ic_lag"])["pooled_ic"])
-        assert row["net_sharpe"] == pytest.approx(metrics.backtest(
+        assert row["net_sharpe"] == pytest.approx(backtest.backtest(
             mine, periods_per_year=rep["summary"]["periods_per_year"],
             mode=rep["summary"]["position_mode"]).stats["net"]["sharpe"])
     assert table.iloc[3]["net_sharpe"] == pytest.approx(rep["summary"]["net_sharpe"])
     assert rep["conventions"]["splits"]["method"] == "walk-forward"
     assert "ridge" in set(inputs.predictors["predictor"])  # the per-fold ridge, though no single feature set
-    text = report.folds_markdown(rep)
+    text = words.folds_markdown(rep)
     assert "3 folds" in text and text.count("\n| ") == 5  # header + 3 folds + all
 
 

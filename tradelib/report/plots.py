@@ -30,7 +30,7 @@ _ensure_backend()
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from tradelib.report.metrics import BacktestResult, drawdown_curve, equity_curve  # noqa: E402
+from tradelib.report.backtest import BacktestResult, drawdown_curve, equity_curve  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 

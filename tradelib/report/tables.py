@@ -129,7 +129,7 @@ def predictor_table(predictors: pd.DataFrame, t_family: str) -> pd.DataFrame:
 
 
 def predictor_highlight(predictors: pd.DataFrame, best: dict[str, str]) -> tuple[tuple[int, str], ...]:
-    """The (row, column) cells of predictor_table to mark, from report.best_predictors' {column: predictor}."""
+    """The (row, column) cells of predictor_table to mark, from backtest.best_predictors' {column: predictor}."""
     names = {"cross_sectional_ic": "cross-sectional IC", "daily_ic": "per-day IC", "pooled_ic": "pooled IC",
              "sharpe_net": "net Sharpe"}
     rows = {str(p): i for i, p in enumerate(predictors["predictor"])}
@@ -179,7 +179,7 @@ def epochs_table(epochs: pd.DataFrame, loss_unit: str = "MSE") -> pd.DataFrame:
 
 
 def config_table(rows: list[tuple[str, str]]) -> pd.DataFrame:
-    """(setting, value) pairs, as report.run_configuration lists them."""
+    """(setting, value) pairs, as words.run_configuration lists them."""
     return pd.DataFrame(rows, columns=["setting", "value"])
 
 

@@ -16,7 +16,7 @@ from tradelib.paths import atomic_write_bytes
 from tradelib.train.sources import window_ends
 from tradelib.train.trainer import Trainer, lr_factor
 
-FACTS_FILE = "train_facts.json"  # report.FACTS_FILE reads it
+FACTS_FILE = "train_facts.json"  # report/inputs.py FACTS_FILE reads it
 
 
 def lr_by_step(trainer: Trainer, min_lr_ratio: float) -> list[float]:

@@ -494,7 +494,7 @@ class TrainingRun:
         stopping is on, write last.pt (those weights), predictions and the summary. A run that took no step,
         or whose weights or predictions are not finite, raises instead (TrainingFailed): no summary, no false
         success, and the checkpoints keep the last finite state."""
-        if self.main:  # what the report needs from training: report.py reads train_facts.json, never imports us
+        if self.main:  # what the report needs from training: report/inputs.py reads train_facts.json, never imports us
             write_train_facts(self.dir, self.trainer, self.fs_all() if self.sharded else self.fs, self.cfg)
         if self.sharded:
             return self._finish_sharded()

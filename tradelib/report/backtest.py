@@ -1,0 +1,521 @@
+"""Would the signal survive costs? The book: positions, the backtest with costs, Sharpe inference, the
+deflated Sharpe over the trials compared, the break-even cost and its bootstrap interval.
+
+The signal at the close of t trades `trade_delay` bars later (default 1: at the close of t+1) and earns the
+simple return exp(ret_next) - 1 of the bar after that; costs on every change of weight. `evaluate_all` sets
+every predictor (the model and `metrics.baseline_predictions`) side by side on the same rows; `trial_count`
+and `best_predictors` say what the deflated figures count and which predictor, if any, is marked best.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+
+from tradelib.report.metrics import (
+    annualisation,
+    coverage,
+    directional_accuracy,
+    ic_by_day,
+    ic_by_timestamp,
+    ic_summary,
+    infer_bar_seconds,
+    pooled_summary,
+    ts_ns,
+    typical_symbols,
+)
+
+COST_GRID_BPS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# returns, equity, drawdown
+
+
+def sharpe(returns: np.ndarray, periods_per_year: float) -> float:
+    """Annualised Sharpe mean/std(ddof=1) * sqrt(periods_per_year), zero risk-free rate (empyrical's
+    `sharpe_ratio` with `annualization=periods_per_year`).
+
+    A series that is all zero (never traded) has Sharpe 0; a constant non-zero one, or < 2 bars, has NaN.
+    """
+    r = np.asarray(returns, dtype=float)
+    r = r[np.isfinite(r)]
+    if r.size < 2:
+        return float("nan")
+    sd = r.std(ddof=1)
+    if sd == 0:
+        return 0.0 if r.mean() == 0 else float("nan")
+    return float(r.mean() / sd * math.sqrt(periods_per_year))
+
+
+def equity_curve(returns: np.ndarray | pd.Series) -> np.ndarray:
+    """Compounded wealth of 1 invested: cumprod(1 + r), r simple per-bar portfolio returns."""
+    return np.cumprod(1.0 + np.nan_to_num(np.asarray(returns, dtype=float)))
+
+
+def max_drawdown(equity: np.ndarray) -> float:
+    """Largest peak-to-trough loss as a positive fraction of the peak (0.2 = lost 20% from the high)."""
+    e = np.asarray(equity, dtype=float)
+    if e.size == 0:
+        return float("nan")
+    return float(np.max(1.0 - e / np.maximum.accumulate(e)))
+
+
+def drawdown_curve(returns: np.ndarray | pd.Series) -> np.ndarray:
+    """Underwater curve: equity / its running peak - 1 after each bar (0 at a new high, -0.2 = 20% below);
+    the peak starts at the 1 invested, so a first-bar loss is a drawdown."""
+    e = np.r_[1.0, equity_curve(returns)]
+    return (e / np.maximum.accumulate(e) - 1.0)[1:]
+
+
+# ----------------------------------------------------------------------------------------------------
+# positions
+
+
+def positions(
+    df: pd.DataFrame,
+    pred_col: str = "prediction",
+    mode: str = "sign",
+    cap: float = 1.0,
+    scale_window: int = 500,
+) -> np.ndarray:
+    """Target position per row (before equal weighting), in df's row order.
+
+    sign: sign(prediction). scaled: prediction / s, clipped to +-cap, where s is the median |prediction| of
+    the same symbol over the previous `scale_window` rows (t excluded, so no look-ahead; needs 10 rows, or
+    the whole window if shorter, before trading). Non-finite predictions or scales give a flat position.
+    """
+    p = df[pred_col].to_numpy(dtype=float)
+    if mode == "sign":
+        return np.sign(np.nan_to_num(p, nan=0.0))
+    if mode != "scaled":
+        raise ValueError(f"mode must be 'sign', 'scaled' or 'neutral', got {mode!r}")
+    order = np.lexsort((ts_ns(df["timestamp"]), pd.factorize(df["symbol"])[0]))
+    absp = pd.Series(np.abs(p[order]))
+    sym = df["symbol"].to_numpy()[order]
+    min_periods = min(10, scale_window)
+    scale_sorted = absp.groupby(sym).transform(
+        lambda s: s.shift(1).rolling(scale_window, min_periods=min_periods).median()
+    )
+    scale = np.empty_like(p)
+    scale[order] = scale_sorted.to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pos = np.clip(p / scale, -cap, cap)
+    return np.where(np.isfinite(pos) & (scale > 0), pos, 0.0)
+
+
+def signal_weights(df: pd.DataFrame, pred_col: str = "prediction", mode: str = "sign", cap: float = 1.0,
+                   scale_window: int = 500) -> np.ndarray:
+    """Portfolio weight per row at the row's own timestamp, before the trade delay, in df's row order.
+
+    sign / scaled: the position (`positions`) / N_t, N_t the symbols with a row at t. neutral: the prediction
+    demeaned across the symbols with a finite prediction at t, over the sum of |demeaned| (net 0, gross 1;
+    flat when they all agree).
+    """
+    tcode = pd.factorize(ts_ns(df["timestamp"]))[0]
+    if mode != "neutral":
+        return positions(df, pred_col, mode, cap, scale_window) / np.bincount(tcode)[tcode]
+    p = df[pred_col].to_numpy(dtype=float)
+    ok = np.isfinite(p)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.bincount(tcode[ok], p[ok], tcode.max() + 1) / np.bincount(tcode[ok], minlength=tcode.max() + 1)
+        dev = np.where(ok, p - mean[tcode], 0.0)
+        gross = np.bincount(tcode, np.abs(dev))[tcode]
+        return np.where(gross > 0, dev / gross, 0.0)
+
+
+def resolve_position_mode(df: pd.DataFrame, mode: str, min_symbols: int) -> tuple[str, str]:
+    """`auto`: neutral when a typical timestamp has at least `min_symbols` symbols (a cross-section to rank),
+    else sign. Returns (mode, why in words)."""
+    if mode != "auto":
+        return mode, "as given"
+    median = typical_symbols(df)
+    if median >= min_symbols:
+        return "neutral", f"auto: {median:g} symbols at a typical timestamp (>= {min_symbols}): market-neutral"
+    return "sign", f"auto: {median:g} symbol(s) at a typical timestamp (< {min_symbols}): sign of each prediction"
+
+
+# ----------------------------------------------------------------------------------------------------
+# the book
+
+
+@dataclass
+class BacktestResult:
+    """pnl: per timestamp `gross`, `net`, `buy_hold` simple portfolio returns, and `cost`, `turnover`,
+    `exposure` (gross), `net_exposure`. stats: {'gross': {...}, 'net': {...}, 'buy_hold': {...}} each with
+    total_return, annual_return, annual_volatility, sharpe, max_drawdown, turnover, hit_rate, n_bars; plus
+    the settings used and the mean exposures."""
+
+    pnl: pd.DataFrame
+    stats: dict = field(default_factory=dict)
+
+
+def _delayed(codes: np.ndarray, tidx: np.ndarray, w: np.ndarray, delay: int, n_times: int) -> np.ndarray:
+    """The weight held at each row: the signal weight of the same symbol `delay` timestamps earlier (flat
+    when that row is missing). Rows sorted by (symbol, time), so the keys below are sorted."""
+    if delay == 0 or len(w) == 0:
+        return w
+    span = n_times + delay + 1
+    src = codes.astype(np.int64) * span + tidx + delay  # the row each signal is executed at
+    dst = codes.astype(np.int64) * span + tidx
+    i = np.minimum(np.searchsorted(src, dst), len(src) - 1)
+    return np.where(src[i] == dst, w[i], 0.0)
+
+
+def _trade_flows(tidx: np.ndarray, sym: np.ndarray, w: np.ndarray, n_times: int) -> np.ndarray:
+    """|weight change| per timestamp over a long frame sorted by (symbol, time); a missing row means flat.
+
+    A row whose previous row of the same symbol is not at the previous timestamp opens from 0; a row whose
+    next row is not at the next timestamp is closed at the next timestamp (if the sample still runs then).
+    """
+    same_prev = np.r_[False, (sym[1:] == sym[:-1]) & (tidx[1:] == tidx[:-1] + 1)]
+    prev_w = np.where(same_prev, np.r_[0.0, w[:-1]], 0.0)
+    flows = np.bincount(tidx, weights=np.abs(w - prev_w), minlength=n_times)
+    closes = ~np.r_[same_prev[1:], False] & (tidx + 1 < n_times)
+    flows += np.bincount(tidx[closes] + 1, weights=np.abs(w[closes]), minlength=n_times)
+    return flows
+
+
+def _stats(r: np.ndarray, turnover: np.ndarray, exposure: np.ndarray, ppy: float) -> dict:
+    equity = np.r_[1.0, equity_curve(r)]  # start at 1 so a loss on the first bar is a drawdown
+    held = exposure > 0
+    years = r.size / ppy if ppy > 0 else float("nan")
+    return {
+        "total_return": float(equity[-1] - 1.0),
+        "annual_return": float(equity[-1] ** (1.0 / years) - 1.0) if r.size and equity[-1] > 0 else float("nan"),
+        "annual_volatility": float(r.std(ddof=1) * math.sqrt(ppy)) if r.size >= 2 else float("nan"),
+        "sharpe": sharpe(r, ppy),
+        "max_drawdown": max_drawdown(equity),
+        "turnover": float(turnover.mean()) if turnover.size else float("nan"),
+        "hit_rate": float((r[held] > 0).mean()) if held.any() else float("nan"),
+        "n_bars": int(r.size),
+    }
+
+
+def backtest(
+    df: pd.DataFrame,
+    pred_col: str = "prediction",
+    cost_bps: float = 5.0,
+    bar_seconds: float | None = None,
+    mode: str = "sign",
+    cap: float = 1.0,
+    scale_window: int = 500,
+    periods_per_year: float | None = None,
+    trade_delay: int = 1,
+    annualised: dict | None = None,
+) -> BacktestResult:
+    """Long/short backtest of a prediction column, with costs on every change of weight.
+
+    The weights of timestamp t (`signal_weights`: equal weight sign or scaled positions, or market-neutral)
+    are traded `trade_delay` timestamps later, at that bar's close, and held over the next bar for the simple
+    return exp(ret_next) - 1 (ret_next a log return; NaN -> 0). gross_t = sum w * r; cost_t = cost_bps/1e4 *
+    sum |w_t - w_{t-1}| (the first position is a change from 0, a symbol without a row is flat, the book is
+    not liquidated after the last bar); net = gross - cost; equity compounds: cumprod(1 + net). Sharpe,
+    annual return and volatility use `periods_per_year`, else the calendar of df's timestamps
+    (`annualisation`), or `annualised` (an `annualisation` dict the caller measured; its description is
+    kept). Buy-and-hold is long 1/N_t of every symbol present, pays cost_bps once at entry and rebalances for
+    free. `market_beta`: the net book's beta to buy-and-hold (the equal-weight market).
+    """
+    bar = float(bar_seconds) if bar_seconds else infer_bar_seconds(df)
+    ann = annualised or annualisation(df, bar, periods_per_year or 0.0)
+    ppy = ann["periods_per_year"]
+    d = pd.DataFrame(
+        {
+            "timestamp": ts_ns(df["timestamp"]),
+            "symbol": df["symbol"].to_numpy(),
+            "w": signal_weights(df, pred_col, mode, cap, scale_window),
+            "r": np.expm1(np.nan_to_num(df["ret_next"].to_numpy(dtype=float), nan=0.0)),
+        }
+    ).sort_values(["symbol", "timestamp"], kind="stable")
+    times, tidx = np.unique(d["timestamp"].to_numpy(), return_inverse=True)
+    tidx = tidx.ravel()
+    n_t = np.bincount(tidx, minlength=len(times))
+    sym = d["symbol"].to_numpy()
+    w = _delayed(pd.factorize(sym)[0], tidx, d["w"].to_numpy(), int(trade_delay), len(times))
+    r = d["r"].to_numpy()
+    gross = np.bincount(tidx, weights=w * r, minlength=len(times))
+    turnover = _trade_flows(tidx, sym, w, len(times))
+    net = gross - cost_bps / 1e4 * turnover
+    exposure = np.bincount(tidx, weights=np.abs(w), minlength=len(times))
+    net_exposure = np.bincount(tidx, weights=w, minlength=len(times))
+    wb = 1.0 / n_t[tidx]
+    bh = np.bincount(tidx, weights=wb * r, minlength=len(times))
+    bh_turnover = _trade_flows(tidx, sym, wb, len(times))
+    if len(bh):
+        bh[0] -= cost_bps / 1e4 * bh_turnover[0]
+    pnl = pd.DataFrame({"timestamp": pd.to_datetime(times, utc=True), "gross": gross, "net": net, "buy_hold": bh,
+                        "cost": cost_bps / 1e4 * turnover, "turnover": turnover, "exposure": exposure,
+                        "net_exposure": net_exposure})
+    stats = {
+        "gross": _stats(gross, turnover, exposure, ppy),
+        "net": _stats(net, turnover, exposure, ppy),
+        "buy_hold": _stats(bh, bh_turnover, np.ones(len(times)), ppy),
+        "cost_bps": float(cost_bps),
+        "mode": mode,
+        "trade_delay": int(trade_delay),
+        "bar_seconds": bar,
+        "periods_per_year": ppy,
+        "annualisation": ann["description"],
+        "annualisation_method": ann["method"],
+        "market_beta": market_beta(net, bh),
+        "gross_exposure": float(exposure.mean()) if len(times) else float("nan"),
+        "net_exposure": float(net_exposure.mean()) if len(times) else float("nan"),
+        "abs_net_exposure": float(np.abs(net_exposure).mean()) if len(times) else float("nan"),
+    }
+    return BacktestResult(pnl=pnl, stats=stats)
+
+
+def cost_sensitivity(bt: BacktestResult, costs_bps=COST_GRID_BPS) -> pd.DataFrame:
+    """Net Sharpe, annual and total return of the same book at each cost (bps per unit of weight traded):
+    net = gross - cost/1e4 * turnover, bar by bar."""
+    gross, turnover = bt.pnl["gross"].to_numpy(), bt.pnl["turnover"].to_numpy()
+    exposure, ppy = bt.pnl["exposure"].to_numpy(), bt.stats["periods_per_year"]
+    rows = []
+    for c in costs_bps:
+        s = _stats(gross - float(c) / 1e4 * turnover, turnover, exposure, ppy)
+        rows.append({"cost_bps": float(c), "net_sharpe": s["sharpe"], "net_annual_return": s["annual_return"],
+                     "net_total_return": s["total_return"]})
+    return pd.DataFrame(rows)
+
+
+def break_even_bps(bt: BacktestResult) -> float:
+    """The cost at which the net Sharpe reaches 0: net mean 0 <=> cost = 1e4 x mean(gross) / mean(turnover).
+    NaN when the book loses before costs or never trades."""
+    g, t = float(bt.pnl["gross"].mean()), float(bt.pnl["turnover"].mean())
+    return 1e4 * g / t if len(bt.pnl) and g > 0 and t > 0 else float("nan")
+
+
+def market_beta(book: np.ndarray, market: np.ndarray) -> float:
+    """The book's beta to the equal-weight market: cov(book, market) / var(market) over the bars."""
+    b, m = np.asarray(book, dtype=float), np.asarray(market, dtype=float)
+    ok = np.isfinite(b) & np.isfinite(m)
+    if ok.sum() < 3 or m[ok].std() == 0:
+        return float("nan")
+    b, m = b[ok], m[ok]
+    return float(((b - b.mean()) @ (m - m.mean())) / ((m - m.mean()) @ (m - m.mean())))
+
+
+# ----------------------------------------------------------------------------------------------------
+# error bars
+
+
+EULER_GAMMA = 0.5772156649015329
+_NORMAL = NormalDist()
+
+
+def newey_west_lags(n: int) -> int:
+    """The usual plug-in bandwidth floor(4 (n/100)^(2/9)) (Newey and West 1994)."""
+    return int(4 * (max(n, 1) / 100) ** (2 / 9))
+
+
+def sharpe_inference(returns: np.ndarray, periods_per_year: float, lags: int | None = None) -> dict:
+    """The Sharpe ratio with a standard error that allows for autocorrelation and fat tails, its 95% interval
+    and the probabilistic Sharpe ratio against 0.
+
+    Lo (2002), non-IID returns: SR = mu / sigma is a function of the moments (mu, sigma^2); its variance is
+    g' S g / (n - 1) with g = (1/sigma, -mu / (2 sigma^3)) the gradient and S the long-run (Newey-West,
+    Bartlett weights over `lags`, default `newey_west_lags`) covariance of (r - mu, (r - mu)^2 - sigma^2).
+    With lags 0 this is Mertens' (2002) / Opdyke's (2007) IID formula (1 - skew SR + (kurtosis - 1)/4 SR^2) /
+    (n - 1). PSR = Phi(SR / SE) (Bailey and Lopez de Prado 2012, with this SE). Per period, then annualised by
+    sqrt(periods_per_year) (the interval; PSR does not depend on it).
+    """
+    r = np.asarray(returns, dtype=float)
+    r = r[np.isfinite(r)]
+    n = r.size
+    nan = float("nan")
+    out = {"sharpe": sharpe(r, periods_per_year), "se": nan, "ci_low": nan, "ci_high": nan, "psr": nan,
+           "sharpe_period": nan, "se_period": nan, "lags": None, "n": int(n)}
+    if n < 3 or r.std() == 0:
+        return out
+    lags = newey_west_lags(n) if lags is None else max(int(lags), 0)
+    mu, d = r.mean(), r - r.mean()
+    var = d @ d / n
+    m = np.column_stack([d, d * d - var])
+    S = m.T @ m / n
+    for k in range(1, min(lags, n - 1) + 1):
+        g = m[k:].T @ m[:-k] / n
+        S += (1 - k / (lags + 1)) * (g + g.T)
+    grad = np.array([1 / math.sqrt(var), -mu / (2 * var**1.5)])
+    se_p = math.sqrt(max(grad @ S @ grad, 0.0) / (n - 1))
+    sr_p = float(r.mean() / r.std(ddof=1))
+    root = math.sqrt(periods_per_year)
+    out.update(sharpe_period=sr_p, se_period=se_p, se=se_p * root, ci_low=(sr_p - 1.96 * se_p) * root,
+               ci_high=(sr_p + 1.96 * se_p) * root, psr=_NORMAL.cdf(sr_p / se_p) if se_p > 0 else nan, lags=lags)
+    return out
+
+
+def expected_max_z(n_trials: int) -> float:
+    """E[max of n_trials independent standard normals], Bailey and Lopez de Prado's (2014) approximation
+    (1 - gamma) Phi^-1(1 - 1/N) + gamma Phi^-1(1 - 1/(N e)); 0 for one trial."""
+    n = int(n_trials)
+    if n <= 1:
+        return 0.0
+    return (1 - EULER_GAMMA) * _NORMAL.inv_cdf(1 - 1 / n) + EULER_GAMMA * _NORMAL.inv_cdf(1 - 1 / (n * math.e))
+
+
+def deflated_sharpe(sharpe_period: float, se_period: float, n_trials: int, trial_variance: float) -> dict:
+    """The deflated Sharpe ratio (Bailey and Lopez de Prado 2014): the PSR against SR0 = sqrt(V) E[max z of
+    N trials], the Sharpe the best of N skill-less trials would show, V the variance of the trials' Sharpe
+    ratios (per period). One trial: the PSR against 0."""
+    sr0 = math.sqrt(max(trial_variance, 0.0)) * expected_max_z(n_trials) if n_trials > 1 else 0.0
+    ok = math.isfinite(sharpe_period) and math.isfinite(se_period) and se_period > 0
+    return {"dsr": _NORMAL.cdf((sharpe_period - sr0) / se_period) if ok else float("nan"),
+            "sr0_period": sr0, "n_trials": int(n_trials)}
+
+
+def deflated_t(t: float, n_trials: int) -> float:
+    """The IC's t-statistic deflated the same way: Phi(t - E[max z of N trials]), the probability that the
+    best of N null t-statistics (variance 1) would not reach it."""
+    return _NORMAL.cdf(t - expected_max_z(n_trials)) if math.isfinite(t) else float("nan")
+
+
+def break_even_interval(bt: BacktestResult, block: int, samples: int, seed: int) -> dict:
+    """A 95% moving-block bootstrap interval of the break-even cost 1e4 mean(gross) / mean(turnover): blocks
+    of `block` bars of (gross, turnover) pairs resampled `samples` times (numpy's generator seeded with
+    `seed`, so the interval is the same every time). Negative bounds: losing before costs."""
+    g, t = bt.pnl["gross"].to_numpy(dtype=float), bt.pnl["turnover"].to_numpy(dtype=float)
+    n = g.size
+    nan = float("nan")
+    if n < 2 or samples < 1 or not t.sum() > 0:
+        return {"low": nan, "high": nan, "block": int(block), "samples": int(samples), "seed": int(seed)}
+    block = int(min(max(block, 1), n))
+    k = -(-n // block)
+    starts = np.random.default_rng(seed).integers(0, n - block + 1, size=(samples, k))
+    idx = (starts[:, :, None] + np.arange(block)).reshape(samples, -1)[:, :n]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        be = 1e4 * g[idx].mean(axis=1) / t[idx].mean(axis=1)
+    be = be[np.isfinite(be)]
+    low, high = (np.quantile(be, [0.025, 0.975]) if be.size else (nan, nan))
+    return {"low": float(low), "high": float(high), "block": block, "samples": int(samples), "seed": int(seed)}
+
+
+def bootstrap_block(n: int, horizon: int, trade_delay: int) -> int:
+    """Block length: n^(1/3) bars (the usual rate), at least the bars one position's return spans."""
+    return max(int(round(max(n, 1) ** (1 / 3))), int(horizon) + int(trade_delay))
+
+
+# ----------------------------------------------------------------------------------------------------
+# every predictor on the same rows, and the trials the deflated figures count
+
+
+SIGNIFICANT = 0.975  # "significant after deflation": a deflated probability above this (one trial: t > 1.96)
+
+
+def evaluate_all(
+    df: pd.DataFrame,
+    baselines: dict[str, np.ndarray],
+    family: str = "cross_sectional",
+    lags: int = 0,
+    pred_col: str = "prediction",
+    target_col: str = "target",
+    **backtest_kw,
+) -> pd.DataFrame:
+    """One row per predictor (the model first, then the baselines), every number on the same rows: the
+    three named ICs (against `target_col`: the report passes the target at the traded lag), the ICIR and
+    overlap-robust t of `family` (with `lags`), direction, and the net Sharpe of `backtest(**backtest_kw)`
+    with its standard error and PSR (`sharpe_inference`; per period too, for the deflated Sharpe)."""
+    preds = {
+        "model": df[pred_col].to_numpy(dtype=float),
+        **{k: np.asarray(v, dtype=float) for k, v in baselines.items()},
+    }
+    rows = []
+    for name, p in preds.items():
+        d = df.assign(_p=p)
+        cs = ic_summary(ic_by_timestamp(d, "_p", target_col), lags if family == "cross_sectional" else 0)
+        day = ic_summary(ic_by_day(d, "_p", target_col), lags if family == "daily" else 0)
+        pooled = pooled_summary(d, "_p", target_col, lags if family == "pooled" else 0)
+        head = {"cross_sectional": cs, "daily": day, "pooled": pooled}[family]
+        bt = backtest(d, "_p", **backtest_kw)
+        inf = sharpe_inference(bt.pnl["net"].to_numpy(), bt.stats["periods_per_year"])
+        rows.append(
+            {
+                "predictor": name,
+                "cross_sectional_ic": cs["ic"],
+                "cross_sectional_rank_ic": cs["rank_ic"],
+                "daily_ic": day["ic"],
+                "daily_rank_ic": day["rank_ic"],
+                "pooled_ic": pooled["ic"],
+                "icir": head.get("icir", float("nan")),
+                "t_stat": head["t_stat"],
+                "n_periods": head["n_periods"],
+                "directional_accuracy": directional_accuracy(p, d[target_col].to_numpy(dtype=float)),
+                "coverage": coverage(p),
+                "sharpe_net": bt.stats["net"]["sharpe"],
+                "sharpe_net_se": inf["se"],
+                "sharpe_net_psr": inf["psr"],
+                "sharpe_net_period": inf["sharpe_period"],
+                "sharpe_net_se_period": inf["se_period"],
+                "total_return_net": bt.stats["net"]["total_return"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def trial_count(predictors: pd.DataFrame, sweep_runs: int) -> dict:
+    """What the deflated Sharpe counts: the predictors that compete (not the oracle, not `zero`) times the runs
+    of the sweep this run belongs to; V, the variance of their net Sharpe ratios (per period), at least their
+    mean squared standard error (what skill-less trials would scatter by)."""
+    rivals = _rivals(predictors)
+    var = trial_variance(rivals["sharpe_net_period"], rivals["sharpe_net_se_period"])
+    return {"predictors": int(len(rivals)), "sweep_runs": int(sweep_runs),
+            "n_trials": max(int(len(rivals)) * int(sweep_runs), 1), "trial_variance": var}
+
+
+def trial_variance(sharpe_period: pd.Series, se_period: pd.Series) -> float:
+    """V for the deflated Sharpe: the variance of the trials' per-period Sharpe ratios, at least their mean
+    squared standard error (what skill-less trials would scatter by)."""
+    sr = sharpe_period.dropna().to_numpy(dtype=float)
+    se = se_period.dropna().to_numpy(dtype=float)
+    return max(float(sr.var(ddof=1)) if sr.size >= 2 else 0.0, float(np.mean(se**2)) if se.size else 0.0)
+
+
+def _rivals(predictors: pd.DataFrame) -> pd.DataFrame:
+    """The predictors that compete: the oracle is the planted signal (a ceiling) and `zero` never trades."""
+    return predictors[(predictors["predictor"] != "oracle") & (predictors["coverage"] > 0)]
+
+
+def best_predictors(predictors: pd.DataFrame, family: str, trials: dict) -> dict[str, str]:
+    """{column: predictor} with the best headline IC and the best net Sharpe among the predictors that compete
+    (`_rivals`), marked only when that figure is positive and significant after deflation over the report's
+    trials: the IC's t by `deflated_t`, the Sharpe by `deflated_sharpe`, each above SIGNIFICANT. Never on
+    noise, never on a loss; the oracle and `zero` are never marked."""
+    rivals, n = _rivals(predictors), int(trials.get("n_trials") or 1)
+    best = {}
+    col = f"{family}_ic"
+    if col in rivals and len(rivals[col].dropna()):
+        i = rivals[col].idxmax()
+        if rivals.loc[i, col] > 0 and deflated_t(float(rivals.loc[i, "t_stat"]), n) > SIGNIFICANT:
+            best[col] = str(rivals.loc[i, "predictor"])
+    if len(rivals["sharpe_net"].dropna()):
+        i = rivals["sharpe_net"].idxmax()
+        r = rivals.loc[i]
+        dsr = deflated_sharpe(float(r["sharpe_net_period"]), float(r["sharpe_net_se_period"]), n,
+                                 float(trials.get("trial_variance") or 0.0))["dsr"]
+        if r["sharpe_net"] > 0 and dsr > SIGNIFICANT:
+            best["sharpe_net"] = str(r["predictor"])
+    return best
+
+
+# ----------------------------------------------------------------------------------------------------
+# figures that cannot be right
+
+
+MAX_PLAUSIBLE_SHARPE = 10.0
+MAX_PLAUSIBLE_ANNUAL_RETURN = 10.0  # 1000%
+
+
+def implausible(sharpe_value: float | None, annual_return: float | None) -> list[str]:
+    """Reasons why a book's figures cannot be taken at face value: an annualised return above 1000% or a
+    Sharpe above 10 is no market's (a short test span extrapolated, a look-ahead, a bad print)."""
+    out = []
+    if annual_return is not None and math.isfinite(annual_return) and annual_return > MAX_PLAUSIBLE_ANNUAL_RETURN:
+        out.append(f"annual return {annual_return * 100:,.4g}% is above {MAX_PLAUSIBLE_ANNUAL_RETURN:.0%}: a short "
+                   f"test span compounded to a year, a look-ahead, or a bad print")
+    if sharpe_value is not None and math.isfinite(sharpe_value) and abs(sharpe_value) > MAX_PLAUSIBLE_SHARPE:
+        out.append(f"Sharpe {sharpe_value:.3g} is beyond {MAX_PLAUSIBLE_SHARPE:g}: no traded book holds one; look "
+                   f"for a look-ahead, a zero-cost trade at the signal's own close, or too few periods")
+    return out

@@ -1,0 +1,383 @@
+"""What the report is computed from: `load_inputs` reads a run folder (predictions, summary, curves, the
+facts training wrote, the feature cache when there) and computes every table into a `ReportInputs`.
+
+04_report calls `inputs = load_inputs(run_dir, fs=load_featureset(run_dir), **report_params(cfg))`, then
+`report.build_report` (report.json), `figures.make_figures` (the PNGs) and `words` (the text).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tradelib import runs
+from tradelib.config import Config
+from tradelib.data.sessions import Calendar
+from tradelib.report import backtest as bk
+from tradelib.report import metrics as ev
+
+TRADED = "target_traded"  # the predictions frame's column: the target at the traded lag (ev.lagged_target)
+FACTS_FILE = "train_facts.json"  # what training writes for the report (tradelib/train/facts.py)
+DECAY_LAGS = 10  # the IC decay table's last lag, in bars
+SHORT_SPAN_DAYS = 28  # a calendar over fewer days cannot tell a 24/7 market from an exchange
+MIN_TEST_PERIODS = 60  # fewer test periods than this: every figure is a few draws
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report is computed from, kept as frames so figures need not re-read the run folder.
+
+    Every IC here is against the target at the traded lag (`ic_lag` = trade_delay: the return from t+d to
+    t+d+h, `TRADED`), except `ic_lag0` (before the trade delay) and the decay over lags."""
+
+    run_dir: Path
+    summary: dict
+    predictions: pd.DataFrame  # with TRADED: the target at the traded lag
+    steps: pd.DataFrame
+    epochs: pd.DataFrame
+    bar_seconds: float
+    cost_bps: float
+    horizon: int
+    horizon_source: str
+    annualisation: dict
+    family: str  # the headline IC family
+    family_reason: str
+    ic_timestamp: pd.DataFrame  # cross-sectional IC per timestamp
+    ic_day: pd.DataFrame  # IC per UTC day
+    ic: dict  # family -> ev.ic_summary / ev.pooled_summary
+    deciles: pd.DataFrame
+    per_symbol: pd.DataFrame
+    predictors: pd.DataFrame
+    backtest: bk.BacktestResult
+    costs: pd.DataFrame
+    break_even_bps: float
+    splits: dict
+    ic_lag: int = 0
+    ic_lag0: dict = field(default_factory=dict)  # family -> summary against the lag-0 target
+    decay: pd.DataFrame | None = None  # the headline IC at lags 0..10
+    sharpe: dict = field(default_factory=dict)  # 'net', 'gross': bk.sharpe_inference
+    break_even_ci: dict = field(default_factory=dict)
+    trials: dict = field(default_factory=dict)  # what the deflated Sharpe counts
+    mode_reason: str = ""
+    test_span: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    facts: dict | None = None  # train_facts.json: what training wrote for the report
+    quality: dict | None = None
+    loss: dict | None = None  # loss_context: the loss's unit, and why validation sits below training
+    book: dict = field(default_factory=dict)  # `bk.backtest`'s settings, the same for every book the report trades
+
+    @property
+    def ic_series(self) -> pd.DataFrame:
+        """The headline family's IC per period (the per-timestamp one when the headline is the pooled IC)."""
+        return self.ic_day if self.family == "daily" else self.ic_timestamp
+
+
+def _knob(name: str):
+    """A report parameter's default: Config's, the one place defaults live."""
+    return Config.__dataclass_fields__[name].default
+
+
+def report_params(cfg: Config) -> dict:
+    """`load_inputs`' keyword arguments from a Config's report parameters (what 04_report and a sweep pass)."""
+    return {"cost_bps": cfg.cost_bps, "mode": cfg.position_mode, "periods_per_year": cfg.periods_per_year,
+            "trade_delay": cfg.trade_delay, "min_symbols_cs": cfg.min_symbols_cs,
+            "cost_grid_bps": [float(c) for c in cfg.cost_grid_bps.split(",") if c.strip()],
+            "bootstrap_samples": cfg.bootstrap_samples, "bootstrap_seed": cfg.bootstrap_seed}
+
+
+def load_inputs(
+    run_dir: Path,
+    cost_bps: float = 5.0,
+    fs=None,
+    X_train: np.ndarray | None = None,
+    y_train: np.ndarray | None = None,
+    X_test: np.ndarray | None = None,
+    bar_seconds: float | None = None,
+    mode: str | None = None,
+    ridge_alpha: float = 1.0,
+    periods_per_year: float = 0.0,
+    trade_delay: int = 1,
+    cost_grid_bps=bk.COST_GRID_BPS,
+    min_symbols_cs: int | None = None,
+    bootstrap_samples: int | None = None,
+    bootstrap_seed: int | None = None,
+) -> ReportInputs:
+    """Read a run folder and compute every table the report shows.
+
+    The ridge baseline needs features: pass `X_train, y_train, X_test` (X_test row-aligned with the
+    predictions), or a FeatureSet `fs` to take them from (its train rows, and fs.X[predictions.row]);
+    without either it is skipped. The bar size comes from `bar_seconds`, else fs.meta, else the timestamps;
+    periods per year from `periods_per_year` (> 0), else the test span's calendar (see `_annualisation`).
+    `mode`, `min_symbols_cs`, `bootstrap_samples`, `bootstrap_seed`: None takes Config's default.
+    """
+    run_dir = Path(run_dir)
+    mode = _knob("position_mode") if mode is None else mode
+    min_symbols_cs = _knob("min_symbols_cs") if min_symbols_cs is None else int(min_symbols_cs)
+    samples = _knob("bootstrap_samples") if bootstrap_samples is None else int(bootstrap_samples)
+    seed = _knob("bootstrap_seed") if bootstrap_seed is None else int(bootstrap_seed)
+    df = runs.read_predictions(run_dir)
+    df[TRADED] = ev.lagged_target(df, trade_delay)
+    summary = runs.read_summary(run_dir) or {}
+    steps, epochs = runs.training_curves(run_dir)
+    if fs is not None and X_train is None and "ridge" not in df:  # a walk-forward brings its ridge, fitted per fold
+        train = np.asarray(fs.split) == 0
+        X_train, y_train = fs.X[train], fs.y[train]
+        X_test = fs.X[df["row"].to_numpy()] if "row" in df else None
+    bar = bar_seconds or (_bar_seconds_from_fs(fs) if fs is not None else None) or ev.infer_bar_seconds(df)
+    ann, bars_per_session = _annualisation(df, fs, float(bar), periods_per_year)
+    horizon, horizon_source = _horizon(summary, fs)
+    family, reason = ev.headline_family(df)
+    mode, mode_reason = bk.resolve_position_mode(df, mode, min_symbols_cs)
+    lags = {f: ev.overlap_lags(horizon, f, bars_per_session) for f in ev.IC_FAMILIES}
+    by_ts, by_day = ev.ic_by_timestamp(df, target_col=TRADED), ev.ic_by_day(df, target_col=TRADED)
+    book = {"cost_bps": cost_bps, "bar_seconds": bar, "mode": mode, "periods_per_year": ann["periods_per_year"],
+            "trade_delay": trade_delay, "annualised": ann}
+    bt = bk.backtest(df, "prediction", **book)
+    baselines = ev.baseline_predictions(df, X_train, y_train, X_test, ridge_alpha)
+    quality = (getattr(fs, "meta", None) or {}).get("quality") if fs is not None else None
+    predictors = bk.evaluate_all(df, baselines, family, lags[family], target_col=TRADED, **book)
+    inputs = ReportInputs(
+        run_dir=run_dir, summary=summary, predictions=df, steps=steps, epochs=epochs, bar_seconds=float(bar),
+        cost_bps=float(cost_bps), horizon=horizon, horizon_source=horizon_source, annualisation=ann,
+        family=family, family_reason=reason, ic_timestamp=by_ts, ic_day=by_day,
+        ic={f: ev.family_summary(df, f, lags[f], target_col=TRADED) for f in ev.IC_FAMILIES},
+        deciles=ev.decile_table(df, target_col=TRADED), per_symbol=ev.per_symbol_metrics(df, target_col=TRADED),
+        predictors=predictors, backtest=bt, costs=bk.cost_sensitivity(bt, cost_grid_bps),
+        break_even_bps=bk.break_even_bps(bt), splits=split_dates(summary, fs, df), quality=quality or None,
+        ic_lag=int(trade_delay), ic_lag0={f: ev.family_summary(df, f, lags[f]) for f in ev.IC_FAMILIES},
+        decay=ev.ic_decay(df, family, lags[family], DECAY_LAGS),
+        sharpe={k: bk.sharpe_inference(bt.pnl[k].to_numpy(), ann["periods_per_year"]) for k in ("net", "gross")},
+        break_even_ci=bk.break_even_interval(bt, bk.bootstrap_block(len(bt.pnl), horizon, trade_delay), samples,
+                                             seed),
+        trials=bk.trial_count(predictors, _sweep_runs(run_dir)), mode_reason=mode_reason,
+        test_span=test_span(df, fs, summary), facts=read_facts(run_dir), book=book,
+    )
+    inputs.warnings = report_warnings(inputs, min_symbols_cs)
+    inputs.loss = loss_context(inputs)
+    return inputs
+
+
+def load_featureset(run_dir: Path):
+    """The FeatureSet a run trained on, from the cache folder its summary names; None (and says why) when
+    the cache is gone or damaged, in which case the ridge baseline and the data-quality section are left out:
+    the run's own figures do not need it."""
+    from tradelib.data import cache
+
+    summary = runs.read_summary(Path(run_dir)) or {}
+    folder = Path(summary.get("cache_dir") or "")
+    rebuild = "rebuild it with `tradelib prepare` and the run's parameters"
+    if not summary.get("cache_dir") or not cache.has(folder):
+        print(f"feature cache {folder} not found: ridge baseline and data quality left out ({rebuild})")
+        return None
+    try:
+        return cache.load(folder)
+    except cache.CacheError as exc:
+        print(f"feature cache {folder} is damaged ({exc}): ridge baseline and data quality left out ({rebuild})")
+        return None
+
+
+def read_facts(run_dir: Path) -> dict | None:
+    """train_facts.json (written by training: the LR at every optimizer step, the windows and the zero
+    yardstick per split); None for a run without it."""
+    path = Path(run_dir) / FACTS_FILE
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError) as exc:
+        print(f"{path} unreadable ({exc}): the LR schedule and the zero-prediction yardstick are left out")
+        return None
+
+
+def loader_sweep(run_dir: Path) -> pd.DataFrame | None:
+    """02_profiling's batch-size sweep of this run (the seed's DataLoader and the device loader measured side
+    by side on this device, `speedup` = device / dataloader at each batch size); None when 02 did not run."""
+    path = Path(run_dir) / "batch_size_sweep.csv"
+    if not path.exists():
+        return None
+    sweep = pd.read_csv(path)
+    return sweep[[c for c in ("loader", "batch_size", "samples_per_s", "speedup", "it_per_s", "data_wait_share",
+                              "batches_per_epoch", "peak_mem_bytes", "mfu", "gpu_busy_pct", "step_time_s",
+                              "mfu_invalid", "mfu_invalid_reason", "other_cores", "busy_note") if c in sweep]]
+
+
+def _bar_seconds_from_fs(fs) -> float | None:
+    bars = (getattr(fs, "meta", None) or {}).get("bar_seconds")
+    if isinstance(bars, dict):
+        vals = [float(v) for v in bars.values() if v is not None and np.isfinite(v)]
+        return float(np.median(vals)) if vals else None
+    return float(bars) if isinstance(bars, (int, float)) else None
+
+
+def _horizon(summary: dict, fs) -> tuple[int, str]:
+    """The target horizon in bars: the run's config, else the feature set's, else 1 (and the report says so)."""
+    for source, conf in (("the run's config", summary.get("config") or {}),
+                         ("the feature set", ((getattr(fs, "meta", None) or {}).get("feature_config") or {}))):
+        if isinstance(conf.get("horizon"), int):
+            return int(conf["horizon"]), source
+    return 1, "not recorded: assumed 1"
+
+
+def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float) -> tuple[dict, float]:
+    """(annualisation dict, bars per session): the given periods_per_year, else the calendar of the test span
+    itself (holes in the training years do not move it). A test span too short to see weekends (< 4 weeks)
+    takes the whole data's verdict on whether the market trades 24/7 (fs.meta, when the cache is there)."""
+    test = ev.annualisation(df, bar)
+    full = ((getattr(fs, "meta", None) or {}).get("calendar")) if fs is not None else None
+    if full and test["span_days"] < SHORT_SPAN_DAYS and (full["method"] == "continuous") != (
+            test["method"] == "continuous"):
+        keep = {k: test[k] for k in ("bar_seconds", "n_sessions", "span_days", "sessions_per_year",
+                                     "bars_per_session")}
+        test = Calendar(**keep, continuous=full["method"] == "continuous").to_dict()
+        test["description"] += f" (whether weekends trade: from all {full['n_sessions']:,} sessions of the data)"
+    bars_per_session = float(test.get("bars_per_session") or 1.0)
+    if periods_per_year and periods_per_year > 0:
+        return {**ev.annualisation(df, bar, periods_per_year), "source": "given"}, bars_per_session
+    return {**test, "source": "measured on the test span",
+            "description": f"measured on the test span: {test['description']}"}, bars_per_session
+
+
+def _sweep_runs(run_dir: Path) -> int:
+    """How many runs the sweep this run belongs to holds (its sweep.json), else 1."""
+    plan = Path(run_dir).parent / "sweep.json"
+    try:
+        return max(len(json.loads(plan.read_text()).get("runs") or []), 1) if plan.exists() else 1
+    except (OSError, ValueError):
+        return 1
+
+
+def _iso(ns) -> str | None:
+    """ISO time; an inclusive end of day (a date given as train_end / val_end) as the date itself."""
+    if ns is None:
+        return None
+    if (int(ns) + 1) % (86_400 * 10**9) == 0:
+        return pd.Timestamp(int(ns), tz="UTC").strftime("%Y-%m-%d") + " (whole day, UTC)"
+    return pd.Timestamp(int(ns), tz="UTC").isoformat()
+
+
+def split_dates(summary: dict, fs, predictions: pd.DataFrame) -> dict:
+    """The split boundaries as ISO times, whichever way they were set (fs.meta, else the run's config and
+    the test rows' own span); a walk-forward's from its summary, fold by fold."""
+    if summary.get("folds"):
+        return walk_forward_splits(summary)
+    cuts = ((getattr(fs, "meta", None) or {}).get("splits")) if fs is not None else None
+    if cuts:
+        out = {k: (_iso(v) if k not in ("method", "purge_bars") else v) for k, v in cuts.items()}
+        return {**out, "source": "feature set"}
+    conf = summary.get("config") or {}
+    ts = pd.to_datetime(predictions["timestamp"], utc=True)
+    dated = bool(conf.get("train_end"))
+    return {"method": "dates" if dated else "fractions", "train_end": conf.get("train_end") or None,
+            "val_end": conf.get("val_end") or None, "train_frac": None if dated else conf.get("train_frac"),
+            "val_frac": None if dated else conf.get("val_frac"),
+            "test_start": ts.min().isoformat() if len(ts) else None,
+            "test_end": ts.max().isoformat() if len(ts) else None, "source": "run config and test rows"}
+
+
+def walk_forward_splits(summary: dict) -> dict:
+    """A walk-forward's periods: the out-of-sample span its test periods tile, and each fold's periods."""
+    folds = summary["folds"]
+    keys = ("train_start", "train_end", "val_start", "val_end", "test_start", "test_end")
+    return {"method": "walk-forward", "n_folds": len(folds), "fold_window": summary.get("fold_window"),
+            "fold_init": summary.get("fold_init"), "test_start": folds[0].get("test_start"),
+            "test_end": folds[-1].get("test_end"), "folds": [{"fold": f["fold"], **{k: f.get(k) for k in keys}}
+                                                            for f in folds], "source": "run summary"}
+
+
+def test_span(df: pd.DataFrame, fs, summary: dict) -> dict:
+    """The test span as traded: the first and last prediction, the periods, and (with the feature cache, one
+    split) the rows lost before the first prediction: to the purge after the validation split, and to the
+    window's warm-up (test rows with a target but fewer than `window` test rows behind them)."""
+    ts = pd.to_datetime(df["timestamp"], utc=True)
+    out = {"first_prediction": ts.min().isoformat() if len(ts) else None,
+           "last_prediction": ts.max().isoformat() if len(ts) else None,
+           "periods": int(ts.nunique()), "predictions": int(len(df)),
+           "purged_rows": None, "warmup_rows": None, "test_rows": None}
+    cut = ((getattr(fs, "meta", None) or {}).get("splits")) if fs is not None else None
+    if not cut or summary.get("folds") or cut.get("val_end") is None:
+        return out
+    t, split = np.asarray(fs.timestamp), np.asarray(fs.split)
+    after = t > int(cut["val_end"])
+    if cut.get("test_end") is not None:
+        after &= t <= int(cut["test_end"])
+    test = split == 2
+    out.update(purged_rows=int(np.count_nonzero(after & (split == -1))), test_rows=int(np.count_nonzero(test)),
+               test_start=_iso(cut.get("test_start")))
+    windows = summary.get("test_windows")
+    if isinstance(windows, int):
+        out["warmup_rows"] = int(np.count_nonzero(test & np.isfinite(fs.y))) - windows
+    return out
+
+
+def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
+    """What a reader must know before trusting the figures: a warm-up as long as the run, a test span of few
+    periods, a cross-section of few symbols."""
+    out = []
+    c, s = inputs.summary.get("config") or {}, inputs.summary
+    steps, warm = s.get("optimizer_steps"), c.get("warmup_steps")
+    if isinstance(steps, int) and isinstance(warm, int) and warm >= steps:
+        out.append(f"warmup_steps {warm} reaches the run's {steps} optimizer steps (the schedule caps the warm-up at "
+                   f"a tenth of the run): size the run for this data (params/daily.yaml for daily bars)")
+    periods = inputs.test_span.get("periods") or 0
+    if periods < MIN_TEST_PERIODS:
+        out.append(f"the test span holds {periods} periods (< {MIN_TEST_PERIODS}): every figure below rests on a few "
+                   f"draws")
+    if inputs.family == "cross_sectional" or inputs.backtest.stats["mode"] == "neutral":
+        typical = ev.typical_symbols(inputs.predictions)
+        if typical < min_symbols_cs:
+            out.append(f"the cross-sectional figures rest on {typical:g} symbols at a typical timestamp "
+                       f"(< {min_symbols_cs}): a correlation across so few is noisy and biased towards 0")
+    return out
+
+
+def loss_context(inputs: ReportInputs) -> dict:
+    """The training loss's unit, and, when validation sits below training, why, from measurements: what
+    predicting 0 scores on each split's windows (a quieter validation period scores lower), dropout (on in
+    training only), and the training figure being a mean over an epoch of improving weights."""
+    conf = inputs.summary.get("config") or {}
+    out = {"unit": "mean squared error of the target in units of its training scale", "target_scale": None,
+           "zero_mse": {}, "val_below_train": None, "reasons": []}
+    facts = inputs.facts or {}
+    if facts.get("zero_mse"):  # measured by training on its own windows (train_facts.json)
+        out["target_scale"] = facts.get("target_scale")
+        out["zero_mse"] = {k: facts["zero_mse"].get(k) for k in ("train", "val")}
+    ep = inputs.epochs.dropna(subset=["train_loss", "val_loss"])
+    if not len(ep):
+        return out
+    train, val = float(ep["train_loss"].iloc[-1]), float(ep["val_loss"].iloc[-1])
+    out.update(last_train_loss=train, last_val_loss=val, val_below_train=val < train)
+    if val >= train:
+        return out
+    z = out["zero_mse"]
+    if z and z["val"] < z["train"]:
+        rel_val, rel_train = val / z["val"], train / z["train"]
+        out["reasons"].append(
+            f"the validation period is quieter: predicting 0 scores {z['val']:.3f} on its windows against "
+            f"{z['train']:.3f} on the training windows; against that yardstick validation is {rel_val:.3f} and "
+            f"training {rel_train:.3f}" + (", so the gap is the period's, not the model's" if rel_val >= rel_train
+                                          else ""))
+    if float(conf.get("dropout") or 0) > 0:
+        out["reasons"].append(f"dropout {conf['dropout']} is on while training and off for validation")
+    out["reasons"].append(("also, " if out["reasons"] else "") + "the training loss is the mean over an epoch in "
+                          "which the weights were still improving, the validation loss that of the weights at its end")
+    return out
+
+
+def lr_schedule(facts: dict | None, steps: pd.DataFrame, optimizer_steps: int | None = None) -> pd.DataFrame | None:
+    """The learning rate at every optimizer step from 0 (the warm-up included, which the logged values, one per
+    log interval, miss), as training wrote it (train_facts.json's `lr`, from the trainer's own schedule); None
+    without it, or when it does not reproduce every logged value (a resume that changed the run's length)."""
+    lr = np.asarray((facts or {}).get("lr") or [], dtype=float)
+    if not lr.size:
+        return None
+    logged = steps.dropna(subset=["lr"])
+    at = logged["step"].to_numpy(dtype=np.int64)
+    if (at >= lr.size).any() or not np.allclose(lr[at], logged["lr"], rtol=1e-6, atol=0):
+        return None
+    last = int(max(at.max() if at.size else 0, optimizer_steps or 0))
+    curve = pd.DataFrame({"step": np.arange(min(last, lr.size - 1) + 1)})
+    curve["lr"] = lr[: len(curve)]
+    curve.attrs["warmup"] = int(facts.get("warmup") or 0)
+    return curve

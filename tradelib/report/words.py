@@ -1,0 +1,364 @@
+"""The report's words: the markdown 04_report shows beside its tables and figures, each read from a report.json
+dict (`report.build_report`), so it says what the numbers say and nothing the numbers do not hold; and the
+run's configuration as (setting, value) lines.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pandas as pd
+
+from tradelib.report.metrics import FAMILY_WORDS, IC_FAMILIES, bar_words
+
+
+def summary_markdown(report: dict) -> str:
+    """A few lines for the top of the HTML report: the run, the signal and its baselines, the book after costs,
+    the throughput, and a comparison when asked. (The predictor table follows in its own section, once.)"""
+    g = report["summary"].get
+    lines = [
+        f"**Run `{g('run_id')}`**: {g('model')} on {g('device_name') or g('device')}, "
+        f"loader `{g('loader')}`, {g('n_test_rows'):,} test rows, {g('n_symbols')} symbols of "
+        f"{g('bar') or fmt(g('bar_seconds'), 'g') + ' s'} bars, target {g('horizon_bars')} bar(s) ahead.",
+        "",
+        *[f"**Warning**: {w}." for w in g("warnings") or []],
+        *([""] if g("warnings") else []),
+        *_signal_lines(report),
+        "",
+        *_book_lines(report),
+        "",
+        _throughput_line(report),
+        *_compare_lines(report),
+    ]
+    return "\n".join(lines)
+
+
+def _signal_lines(report: dict) -> list[str]:
+    """The headline IC at the traded lag, named, why it leads, its robust t; the lag-0 figure beside it; then
+    the other two and the baselines."""
+    g = report["summary"].get
+    fam = g("headline_ic")
+    word = FAMILY_WORDS.get(fam, fam)
+    lag = g("ic_lag") or 0
+    others = "".join(f", {k} {fmt(v)}" for k, v in (g("baseline_ic") or {}).items() if k != "oracle")
+    t = g("ic_t_stat")
+    at = f"at lag {lag} (the return the book earns, t+{lag} to t+{lag + (g('horizon_bars') or 1)})"
+    if fam == "pooled":
+        lead = f"Test **{word} {fmt(g('pooled_ic'))}** {at} (rank IC {fmt(g('pooled_rank_ic'))}"
+    else:
+        lead = (f"Test **{word} {fmt(g(f'{fam}_ic'))}** {at} (rank IC {fmt(g(f'{fam}_rank_ic'))}, ICIR "
+                f"{fmt(g(f'{fam}_icir'), '.2f')} over {g(f'{fam}_periods')} periods")
+    rest = [f"{FAMILY_WORDS[f]} {fmt(g(f'{f}_ic'))}" for f in IC_FAMILIES if f != fam]
+    before = (f" Before the trade delay (lag 0, from the signal's own close) it reads {fmt(g(f'{fam}_ic_lag0'))} "
+              f"(t {fmt(g('ic_t_stat_lag0'), '.2f')}): no book trading {lag} bar(s) later earns that." if lag else "")
+    return [
+        f"{lead}; t {fmt(t, '.2f')}, {g('ic_t_method')}: {_verdict(t)}). Why this IC: {g('headline_reason')}.{before}",
+        "",
+        f"The other two at lag {lag}: {'; '.join(rest)}. Baselines on the same {word}: oracle "
+        f"{fmt(g(f'oracle_{fam}_ic'))}{others}. Directional accuracy {fmt(g('directional_accuracy'), '.1%')}.",
+    ]
+
+
+def _book_lines(report: dict) -> list[str]:
+    g = report["summary"].get
+    grid = report.get("costs", {}).get("net_sharpe_by_cost") or []
+    sweep = ", ".join(f"{fmt(r['cost_bps'], 'g')} bps {fmt(r['net_sharpe'], '.2f')}" for r in grid)
+    ci, be = g("net_sharpe_ci") or [None, None], g("break_even_ci") or [None, None]
+    return [
+        f"Long/short `{g('position_mode')}` book ({g('position_mode_reason')}), traded {g('trade_delay')} bar(s) after "
+        f"the signal, at {fmt(g('cost_bps'), 'g')} bps: net Sharpe **{_figure(g, 'net_sharpe', '.2f')}** (SE "
+        f"{fmt(g('net_sharpe_se'), '.2f')}, 95% interval {fmt(ci[0], '.2f')} to {fmt(ci[1], '.2f')}, P(Sharpe > 0) "
+        f"{fmt(g('net_sharpe_psr'), '.2f')}, deflated over {g('dsr_trials')} trial(s) "
+        f"{fmt(g('net_sharpe_dsr'), '.2f')}; "
+        f"gross {_figure(g, 'gross_sharpe', '.2f')}, buy & hold {fmt(g('buy_hold_sharpe'), '.2f')}), net annual "
+        f"return {_figure(g, 'net_annual_return', '.1%')} at volatility {fmt(g('net_annual_volatility'), '.1%')}, max "
+        f"drawdown {fmt(g('max_drawdown'), '.1%')}, turnover {fmt(g('turnover'), '.2f')} per bar, net exposure "
+        f"{fmt(g('net_exposure'), '+.2f')} on average (|net| {fmt(g('abs_net_exposure'), '.2f')}, gross "
+        f"{fmt(g('gross_exposure'), '.2f')}), market beta {fmt(g('market_beta'), '+.2f')}.",
+        "",
+        f"Net Sharpe by cost: {sweep}; {break_even_text(g('break_even_bps'))}; 95% block-bootstrap interval "
+        f"{fmt(be[0], '.1f')} to {fmt(be[1], '.1f')} bps: {survival_text(g('survives_costs'), g('cost_bps'))}.",
+    ]
+
+
+def _figure(g, key: str, spec: str) -> str:
+    """A figure, or the reason it cannot be taken as it reads (summary `flags`)."""
+    why = (g("flags") or {}).get(key)
+    return f"{fmt(g(key), spec)} (flagged: {why})" if why else fmt(g(key), spec)
+
+
+def survival_text(survives, cost_bps) -> str:
+    """Whether the book survives its cost, said only as far as the break-even interval can tell."""
+    if survives is True:
+        return f"survives {fmt(cost_bps, 'g')} bps (the whole interval lies above it)"
+    if survives is False:
+        return f"does not survive {fmt(cost_bps, 'g')} bps (the whole interval lies below it)"
+    return f"the data cannot tell whether it survives {fmt(cost_bps, 'g')} bps (the interval spans it)"
+
+
+def break_even_text(bps) -> str:
+    """The break-even cost in words; there is none when the book loses (or never trades) before costs."""
+    if bps is None or not math.isfinite(bps):
+        return "no break-even cost: the book does not make money before costs"
+    return f"break-even cost **{bps:.1f} bps** per unit of weight traded (the cost at which the net Sharpe reaches 0)"
+
+
+def _throughput_line(report: dict) -> str:
+    g = report["summary"].get
+    on_gpu = str(g("device") or "").startswith("cuda")
+    memory = ("torch.cuda.max_memory_allocated" if on_gpu else "the training process's peak resident memory")
+    busy = f"GPU busy {fmt(g('gpu_util'), '.0f')}%" if on_gpu else "GPU busy n/a (a CPU run)"
+    epoch = (f"an epoch {fmt(g('epoch_time_s'), ',.1f')} s" if g("epoch_time_s") is not None
+             else "no epoch finished")
+    return (f"Training: **{_rate(g('samples_per_s'))} samples/s**, data wait {fmt(g('data_wait_share'), '.1%')}, "
+            f"{busy}, {mfu_words(g('mfu'))}, peak memory {_gb(g('peak_mem_gb'))} ({memory}), {epoch}.")
+
+
+def mfu_words(mfu: float | None, note: str | None = None) -> str:
+    """MFU for a sentence: the figure, or why there is none; above 1 it is impossible and flagged invalid."""
+    if note:
+        return f"MFU invalid ({note})"
+    if mfu is None or not math.isfinite(mfu):
+        return "MFU n/a (no peak FLOP/s known for this device)"
+    if mfu > 1:
+        return f"MFU invalid ({mfu:.2f} is above 1, which is impossible: the FLOP count or the peak is wrong)"
+    return f"MFU {mfu:.1%}"
+
+
+def _compare_lines(report: dict) -> list[str]:
+    cmp = report.get("compare")
+    if not cmp:
+        return []
+    m = cmp["metrics"]
+    fam = report["summary"].get("headline_ic")
+    sps, ic_ = m["samples_per_s"], m.get(f"{fam}_ic", m["pooled_ic"])
+    return [
+        "",
+        f"Against run `{cmp['run_id']}` (loader `{cmp['other'].get('loader')}`): samples/s "
+        f"{_rate(sps['other'])} -> {_rate(sps['this'])} (x{fmt(sps['ratio'], '.1f')}), {FAMILY_WORDS.get(fam, fam)} "
+        f"{fmt(ic_['other'])} -> {fmt(ic_['this'])}, net Sharpe "
+        f"{fmt(m['net_sharpe']['other'], '.2f')} -> {fmt(m['net_sharpe']['this'], '.2f')}.",
+    ]
+
+
+def conventions_markdown(report: dict) -> str:
+    """What the numbers mean here: which IC and t, the annualisation, the book, the split dates."""
+    return "\n".join(_convention_lines(report))
+
+
+def _convention_lines(report: dict) -> list[str]:
+    c = report.get("conventions") or {}
+    sp = c.get("splits") or {}
+    ann = c.get("annualisation") or {}
+    if sp.get("method") == "walk-forward":
+        dates = (f"{sp.get('n_folds')} folds ({sp.get('fold_window')} training window), test periods tiling "
+                 f"{_when(sp.get('test_start'))} to {_when(sp.get('test_end'))} (UTC), each fold's model trained and "
+                 f"validated on the data before its test period, features scaled on its own training rows")
+    elif sp.get("method") == "dates" or sp.get("val_start"):
+        dates = (f"training to {_when(sp.get('train_end'))}, validation {_when(sp.get('val_start'))} to "
+                 f"{_when(sp.get('val_end'))}, test {_when(sp.get('test_start'))} to {_when(sp.get('test_end'))} (UTC)")
+    else:
+        dates = (f"test {_when(sp.get('test_start'))} to {_when(sp.get('test_end'))} (UTC; the training and "
+                 f"validation dates need the feature cache)")
+    return [
+        f"Headline IC = {c.get('headline_ic_words')}; {c.get('ic_lag')}; t = {c.get('t_stat')}; significance on "
+        f"that t only. Sharpe errors: {c.get('sharpe_interval')}; {c.get('deflation')}. Annualisation: "
+        f"{_periods(ann.get('periods_per_year'))} periods a year, {ann.get('description')}. Trade delay "
+        f"{c.get('trade_delay_bars')} bar(s), cost {fmt(c.get('cost_bps'), 'g')} bps per unit of weight traded, "
+        f"positions `{c.get('position_mode')}` ({c.get('position_mode_reason')}), {c.get('bar')} bars. Splits by "
+        f"{sp.get('method')}: {dates}. See docs/metrics.md.",
+    ]
+
+
+def run_configuration(summary: dict, splits: dict) -> list[tuple[str, str]]:
+    """The run's configuration as (setting, value) lines: data, windows, model, batch, learning rate, length,
+    device, split dates."""
+    c, g = summary.get("config") or {}, summary.get
+    data = (f"synthetic market: {c.get('synth_symbols')} symbols x {fmt_count(c.get('synth_bars'))} 5-minute bars "
+            f"(seed {c.get('data_seed')})" if c.get("data_path") == "synthetic" else str(c.get("data_path")))
+    target = "vol-scaled forward log return" if c.get("vol_scaled_target") else "forward log return"
+    per_fold = " per fold" if g("folds") else ""
+    steps = f", at most {fmt_count(c['max_steps'])} steps{per_fold}" if c.get("max_steps") else ""
+    purge = f", {splits['purge_bars']} bars purged at each boundary" if splits.get("purge_bars") else ""
+    return [
+        ("data", data),
+        ("windows", f"{c.get('window')} bars of history each; {fmt_count(g('train_windows'))} training and "
+                    f"{fmt_count(g('test_windows'))} test windows"
+                    + (" (training: the last fold's)" if per_fold else "")),
+        ("target", f"{target} over {c.get('horizon')} bar(s)"),
+        ("model", f"{g('model')}: hidden {c.get('hidden')}, {c.get('layers')} layer(s), dropout {c.get('dropout')}; "
+                  f"{fmt_count(g('n_params'))} parameters"),
+        ("batch", f"{fmt_count(g('batch_size'))} windows x {fmt_count(g('grad_accum_steps'))} accumulation x "
+                  f"{fmt_count(g('world_size') or 1)} rank(s) = {fmt_count(g('global_batch'))} per optimizer step"),
+        ("learning rate", f"{fmt(g('lr'), 'g')} peak (lr {fmt(c.get('lr'), 'g')}, scaling {c.get('lr_scaling')}), "
+                          f"{c.get('warmup_steps')} warm-up steps at most, cosine to {c.get('min_lr_ratio')} x; "
+                          f"AdamW, weight decay {c.get('weight_decay')}, gradient clip {c.get('grad_clip')}"),
+        ("length", f"{c.get('epochs')} epoch(s){steps}: {fmt_count(g('optimizer_steps'))} optimizer steps taken "
+                   f"({fmt_count(g('skipped_steps'))} skipped), seed {c.get('seed')}"),
+        ("device", f"{g('device_name')} ({g('device')}), precision {c.get('precision')}, compile "
+                   f"{g('compiled')}, loader {g('loader')}"
+                   + (f"; step graph {g('cuda_graphs')} ({g('cuda_graphs_reason')})" if g("cuda_graphs") else "")),
+        ("splits", _split_words(splits, purge)),
+    ]
+
+
+def _split_words(splits: dict, purge: str) -> str:
+    if splits.get("method") == "walk-forward":
+        return (f"walk-forward: {splits.get('n_folds')} folds, {splits.get('fold_window')} training window, "
+                f"{splits.get('fold_init')} start; test periods {_when(splits.get('test_start'))} to "
+                f"{_when(splits.get('test_end'))} (UTC){purge}; each fold's dates under 'Does it hold through time?'")
+    return (f"by {splits.get('method')}: training to {_when(splits.get('train_end'))}, validation "
+            f"{_when(splits.get('val_start'))} to {_when(splits.get('val_end'))}, test "
+            f"{_when(splits.get('test_start'))} to {_when(splits.get('test_end'))} (UTC){purge}")
+
+
+def training_markdown(report: dict) -> str:
+    """The loss's unit, and why validation sits below training when it does."""
+    t = report.get("training") or {}
+    ctx = t.get("loss") or {}
+    z, scale = ctx.get("zero_mse") or {}, ctx.get("target_scale")
+    unit = ("**Loss**: the mean squared error of the target divided by its training scale s (1.4826 x the median "
+            "absolute deviation of the training targets" + (f", s = {scale:.3g} log return" if scale else "") +
+            "): a loss of 1 is an RMS error of one s.")
+    if z.get("train") is not None:
+        unit += (f" Predicting 0 scores {fmt(z.get('train'))} on the training windows and {fmt(z.get('val'))} on "
+                 f"the validation windows: the yardstick for the curves below.")
+    lines = [unit]
+    if ctx.get("val_below_train"):
+        lines += ["", f"Validation ({fmt(ctx.get('last_val_loss'), '.4f')}) ends below training "
+                      f"({fmt(ctx.get('last_train_loss'), '.4f')}) because " + "; and ".join(ctx["reasons"]) + "."]
+    lines += ["", "The learning rate is drawn from step 0, the warm-up included, with the trainer's own schedule "
+                  "(the dots are the values logged at each log interval)."
+              if t.get("lr_from_step_0") else "The learning rate shows the logged values only."]
+    return "\n".join(lines)
+
+
+def book_markdown(report: dict) -> str:
+    """The book's settings, said once for the backtest table below, and the test period's length."""
+    b, s = report["backtest"], report["summary"]
+    span = ""
+    if s.get("test_days") is not None and s["test_days"] < 0.25 * 365.25:
+        span = (f" The test split spans {s['test_days']:.1f} days: annualised figures extrapolate it "
+                f"{365.25 / max(s['test_days'], 1e-9):,.0f}-fold.")
+    ann = (report.get("conventions") or {}).get("annualisation") or {}
+    return (f"Book: `{b['mode']}` positions, traded {b['trade_delay']} bar(s) after the signal, "
+            f"{fmt(b['cost_bps'], 'g')} bps per unit of weight traded, {bar_words(b['bar_seconds'])} bars, "
+            f"{_periods(b['periods_per_year'])} periods a year ({ann.get('description') or b['annualisation']})."
+            f"{span} {test_span_text(report.get('test_span') or {})}")
+
+
+def test_span_text(span: dict) -> str:
+    """The test span as traded: first and last prediction, and the rows lost before the first one."""
+    if not span.get("first_prediction"):
+        return ""
+    lost = []
+    if span.get("purged_rows") is not None:
+        lost.append(f"{span['purged_rows']:,} rows purged after the validation split")
+    if span.get("warmup_rows") is not None:
+        lost.append(f"{span['warmup_rows']:,} test rows spent on the window's warm-up")
+    start = f" (the test split starts {_when(span['test_start'])})" if span.get("test_start") else ""
+    return (f"Traded from the first prediction {_when(span['first_prediction'])} to the last "
+            f"{_when(span['last_prediction'])} UTC{start}, {span['periods']:,} periods"
+            + (f"; {' and '.join(lost)}." if lost else "."))
+
+
+def decay_markdown(report: dict) -> str:
+    """What the IC decay says: how long the signal lasts, and where the book trades."""
+    rows = report.get("ic_decay") or []
+    if not rows:
+        return ""
+    lag = report["summary"].get("ic_lag") or 0
+    at = {r["lag"]: r for r in rows}
+    sig = [r["lag"] for r in rows if r.get("t_stat") is not None and r["t_stat"] >= 2 and (r.get("ic") or 0) > 0]
+    last = f"significant (t >= 2) at lags {', '.join(map(str, sig))}" if sig else "significant at no lag"
+    word = FAMILY_WORDS.get(report["summary"].get("headline_ic"), "")
+    return (f"IC by lag ({word}): {fmt(at[0].get('ic'))} at lag 0, "
+            f"{fmt((at.get(lag) or {}).get('ic'))} at the traded lag {lag}; {last}.")
+
+
+def folds_markdown(report: dict) -> str:
+    """The walk-forward in a few lines and a table, for 04: does the result hold in every test period?"""
+    block = report["folds"]
+    fam = block["headline_ic"]
+    col = f"{fam}_ic"
+    per = [r for r in block["table"] if r["fold"] != "all"]
+    every = next(r for r in block["table"] if r["fold"] == "all")
+    short = {"cross_sectional": "cross-sectional IC", "daily": "per-day IC", "pooled": "pooled IC"}.get(fam, fam)
+    positive = sum(1 for r in per if (r.get(col) or 0) > 0)
+    lines = [
+        f"**Walk-forward**: {block['n_folds']} folds, {block['fold_window']} training window, each fold's model "
+        f"started {'from the previous fold' if block['fold_init'] == 'warm' else 'from new weights'}. "
+        f"{FAMILY_WORDS.get(fam, fam)} positive in **{positive} of {len(per)}** test periods; over all of them "
+        f"{fmt(every.get(col))} (t {fmt(every.get('t_stat'), '.2f')}), net Sharpe "
+        f"{fmt(every.get('net_sharpe'), '.2f')}.",
+        "",
+        f"| fold | test period (UTC) | test rows | cross-sectional IC | per-day IC | pooled IC | t of the {short} "
+        f"(HAC) | ridge, {short} | net Sharpe | max drawdown |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in block["table"]:
+        span = f"{str(r.get('test_start'))[:16]} to {str(r.get('test_end'))[:16]}".replace("T", " ")
+        cells = [r["fold"], span, f"{r['test_rows']:,}", fmt(r.get("cross_sectional_ic")), fmt(r.get("daily_ic")),
+                 fmt(r.get("pooled_ic")), fmt(r.get("t_stat"), ".2f"), fmt(r.get("ridge_ic")),
+                 fmt(r.get("net_sharpe"), ".2f"), fmt(r.get("max_drawdown"), ".1%")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_notes(sweep: pd.DataFrame) -> list[str]:
+    """What a reader must know about 02's figures: why an MFU is marked invalid, and which configurations were
+    timed while other processes were busy (their samples/s are not comparable)."""
+    notes = [f"MFU marked *invalid*: {why}." for why in dict.fromkeys(sweep.get("mfu_invalid_reason", pd.Series(
+        dtype=object)).dropna())]
+    busy = sweep.dropna(subset=["busy_note"]) if "busy_note" in sweep else sweep.iloc[:0]
+    if len(busy):
+        which = "every configuration" if len(busy) == len(sweep) else ", ".join(
+            f"{r.loader} at {r.batch_size:,}" for r in busy.itertuples())
+        cores = os.cpu_count() or 1
+        notes.append(f"Timed while other processes kept up to {busy['other_cores'].max():.1f} of the {cores} cores "
+                     f"busy ({which}): those samples/s and their ratios are not comparable; rerun on an idle "
+                     f"machine.")
+    return notes
+
+
+# ----------------------------------------------------------------------------------------------------
+# numbers and times in words
+
+
+def fmt(value, spec: str = ".3f") -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def _rate(value) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    for unit, div in (("M", 1e6), ("k", 1e3)):
+        if abs(value) >= div:
+            return f"{value / div:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+def _gb(value) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3g} GB"
+
+
+def fmt_count(value) -> str:
+    return f"{int(value):,}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def _periods(value) -> str:
+    return fmt(value, ",.0f") if isinstance(value, (int, float)) and value >= 100 else fmt(value, ".2f")
+
+
+def _when(text) -> str:
+    """An ISO time as '2024-01-08 09:21' (UTC); a whole-day date as it came."""
+    if not text or "whole day" in str(text):
+        return str(text or "n/a")
+    return pd.Timestamp(text).tz_convert("UTC").strftime("%Y-%m-%d %H:%M") if pd.Timestamp(text).tzinfo else str(text)
+
+
+def _verdict(t) -> str:
+    if t is None:
+        return "n/a"
+    return "significant (|t| >= 2)" if abs(t) >= 2 else "not distinguishable from zero (|t| < 2)"
