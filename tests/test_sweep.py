@@ -62,7 +62,7 @@ def test_a_sweep_varies_how_the_data_reaches_the_device(outputs):
     ([("cost_bps", "1,5")], [], "'cost_bps' is a report parameter"),
     ([("steps", "5,10")], [], "'steps' does not shape a training run"),
     ([("run_id", "a")], [], "'run_id' is set by the sweep"),
-    ([("model", "lstm,cnn")], [], "parameter 'model' is 'cnn'; allowed: mlp | lstm | gru | tcn"),
+    ([("model", "lstm,cnn")], [], "parameter 'model' is 'cnn'; allowed: mlp | lstm | gru | tcn | transformer"),
     ([("lr", "1,2")], [("lr", "3,4")], "'lr' is given twice"),
     ([], [("batch_size", "1,2"), ("grad_accum_steps", "1,2,3")], "need as many values each"),
 ])

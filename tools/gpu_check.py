@@ -375,7 +375,7 @@ def collect_epoch(ctx: Ctx, lines: list[str]) -> dict:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["kind"] == "step"]
     gpu = [r for r in rows if r["kind"] == "gpu"]
-    epochs = [r for r in rows if r["kind"] == "epoch"]
+    epochs = [r for r in rows if r["kind"] == "epoch" and not r.get("partial")]  # a partial one: validation only
     steady, gpu_steady = steps[1:] or steps, gpu[1:] or gpu
     sps = sane_rate(median(steady, "samples_per_s"), "epoch samples/s (steady)")
     per_epoch = summary["train_samples_per_epoch"]

@@ -85,10 +85,14 @@ class Plan:
     configs: list[Config]
 
 
-def splits_on_comma(name: str) -> bool:
-    """Whether `,` separates a parameter's sweep values: numbers, booleans and fixed choices never hold one."""
+def splits_on_comma(name: str, text: str = "") -> bool:
+    """Whether `,` separates a parameter's sweep values: numbers, booleans and fixed choices never hold one, nor
+    does a patterned text (model) where the whole `text` is not a value."""
     f = FIELDS[name]
-    return f.type in ("int", "float", "bool") or bool(f.metadata["choices"])
+    if f.type in ("int", "float", "bool") or f.metadata["choices"]:
+        return True
+    pattern = f.metadata["pattern"]
+    return bool(pattern) and re.fullmatch(pattern, text) is None
 
 
 def split_values(name: str, text) -> list:
@@ -96,7 +100,7 @@ def split_values(name: str, text) -> list:
     types them."""
     if not isinstance(text, str):
         return [text]
-    sep = ";" if ";" in text else "," if splits_on_comma(name) else None
+    sep = ";" if ";" in text else "," if splits_on_comma(name, text) else None
     parts = [text] if sep is None else [p.strip() for p in text.split(sep)]
     if any(p == "" for p in parts) and len(parts) > 1:
         raise ConfigError(f"sweep: parameter {name!r} has an empty value in {text!r}")

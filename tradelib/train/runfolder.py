@@ -102,7 +102,7 @@ class RunFolder:
         memory, MFU and the loop's totals, of `run` (the TrainingRun writing into this folder)."""
         rows = runs.read_metrics(self.dir)
         steps = [r for r in rows if r["kind"] == "step"]
-        epochs = [r for r in rows if r["kind"] == "epoch"]
+        epochs = [r for r in rows if r["kind"] == "epoch" and not r.get("partial")]  # whole epochs: their time
         med = lambda rs, k: float(np.median([r[k] for r in rs])) if rs else float("nan")
         sps = med(steps, "samples_per_s")
         tr, cfg, device = run.trainer, run.cfg, run.device
