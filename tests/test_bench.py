@@ -16,17 +16,9 @@ import torch
 from tradelib import monitor
 from tradelib.cli import main
 from tradelib.config import Config
+from tradelib.hardware import CpuElsewhere, untrusted_peak
 from tradelib.monitor import GpuMonitor, summarise
-from tradelib.perf.measure import (
-    REQUIRED_KEYS,
-    CpuElsewhere,
-    add_ratios,
-    format_table,
-    make_setups,
-    mfu_fields,
-    parse_model_spec,
-    untrusted_peak,
-)
+from tradelib.perf.measure import REQUIRED_KEYS, add_ratios, format_table, make_setups, mfu_fields, parse_model_spec
 
 
 @pytest.mark.slow

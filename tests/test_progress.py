@@ -10,7 +10,7 @@ import pytest
 
 from tradelib import runs
 from tradelib.config import Config
-from tradelib.train.progress import LINE_FRACTIONS, PROGRESS_FILE, Follower, Progress, choose_mode, read_progress
+from tradelib.progress import LINE_FRACTIONS, PROGRESS_FILE, Follower, Progress, choose_mode, read_progress
 from tradelib.train.run import TrainingRun, train
 
 TINY = dict(synth_symbols=3, synth_bars=400, window=8, hidden=8, layers=1, model="mlp", batch_size=16, epochs=2,
@@ -161,10 +161,10 @@ def test_auto_mode_gives_lines_in_a_kernel_that_papermill_runs(tmp_path):
     import nbformat
     import papermill as pm
 
-    from tradelib.train.progress import HEADLESS_HISTORY, headless_kernel
+    from tradelib.progress import HEADLESS_HISTORY, headless_kernel
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("from tradelib.train.progress import choose_mode, has_widgets, in_kernel\n"
+    nb.cells = [nbformat.v4.new_code_cell("from tradelib.progress import choose_mode, has_widgets, in_kernel\n"
                                           "print(choose_mode('auto'), in_kernel(), has_widgets())")]
     nbformat.write(nb, tmp_path / "probe.ipynb")
     for history, mode in (None, "lines"), (tmp_path / "history.sqlite", "widget"):

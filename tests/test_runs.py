@@ -16,7 +16,7 @@ import pytest
 from tradelib import paths, runs
 from tradelib.cli import explain
 from tradelib.pipeline import NOTEBOOKS, headline, select_notebooks
-from tradelib.train.progress import GONE, PROGRESS_FILE, Progress, read_progress
+from tradelib.progress import GONE, PROGRESS_FILE, Progress, read_progress
 
 
 def gone_pid() -> int:

@@ -12,8 +12,8 @@ from pathlib import Path
 from tradelib.config import Config, read_params
 from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, notebooks_dir
+from tradelib.progress import PROGRESS_FILE, Follower
 from tradelib.runs import holding_run, new_run_id, newer_unfinished, read_summary, resolve_run, run_dir, run_state
-from tradelib.train.progress import PROGRESS_FILE, Follower
 
 NOTEBOOKS = ("01_data_cleaning", "02_profiling", "03_train", "04_report")
 TRAINS = "03_train"  # the notebook whose training progress the pipeline shows in the terminal

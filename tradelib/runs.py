@@ -109,7 +109,7 @@ def run_state(folder: Path) -> str:
     """"finished" (summary.json), else what progress.json says: "running (process N)", "stopped (process gone)"
     (it says running but its writer is dead: killed, or its machine went down), "interrupted", "stopped",
     "failed"; "not started" without either file."""
-    from tradelib.train.progress import PROGRESS_FILE, read_progress
+    from tradelib.progress import PROGRESS_FILE, read_progress
 
     if (Path(folder) / "summary.json").exists():
         return "finished"

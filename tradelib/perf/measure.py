@@ -28,7 +28,18 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from tradelib.config import Config
 from tradelib.data import cache, dataset
 from tradelib.data.features import FeatureSet
-from tradelib.hardware import device_name, mfu, peak_flops, pick_device, resolved_precision, sync, torch_flags
+from tradelib.hardware import (
+    CpuElsewhere,
+    busy_fields,
+    device_name,
+    mfu,
+    peak_flops,
+    pick_device,
+    resolved_precision,
+    sync,
+    torch_flags,
+    untrusted_peak,
+)
 from tradelib.monitor import GpuMonitor
 from tradelib.train.models import MODELS, USER_MODEL, model_for, n_params, training_flops_per_sample
 from tradelib.train.sources import Batch, BatchSource
@@ -290,70 +301,6 @@ def step_peak_bytes(fn) -> int:
 
 
 # -- measurements that cannot be right ---------------------------------------------------------------------------
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds the whole machine spent busy since boot (Linux /proc/stat: all but idle and iowait); None
-    elsewhere."""
-    try:
-        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    """CPU seconds of this process (all its threads) and of its live children (the DataLoader's workers)."""
-    me, tick, children = os.getpid(), os.sysconf("SC_CLK_TCK"), 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 12 and fields[1] == str(me):
-            children += int(fields[11]) + int(fields[12])  # utime, stime
-    return time.process_time() + children / tick
-
-
-class CpuElsewhere:
-    """`with CpuElsewhere() as other:` ... `other.cores`: the cores other processes kept busy while the block ran
-    (the machine's busy CPU time less this process's and its children's, over the wall time); None where the
-    machine does not say (not Linux)."""
-
-    cores: float | None = None
-
-    def __enter__(self) -> CpuElsewhere:
-        self.t0, self.own0, self.busy0 = time.perf_counter(), own_cpu_seconds(), busy_cpu_seconds()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        busy, own, wall = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter() - self.t0
-        if busy is not None and self.busy0 is not None and wall > 0:
-            self.cores = max(0.0, (busy - self.busy0 - (own - self.own0)) / wall)
-
-
-def untrusted_peak(source: str, other_cores: float | None, max_other_load: float) -> str | None:
-    """Why a peak FLOP/s measured on this machine cannot be trusted (None when it can): other processes took
-    cores from the matmul, so the peak reads low and every MFU over it high."""
-    cores = os.cpu_count() or 1
-    if not source.startswith("measured: ") or "CPU" not in source or other_cores is None:
-        return None
-    if other_cores <= max_other_load * cores:
-        return None
-    return (f"the CPU peak FLOP/s was measured while other processes kept {other_cores:.1f} of the {cores} cores "
-            f"busy (more than max_other_load {max_other_load:.0%}): it reads low and MFU high")
-
-
-def busy_fields(other_cores: list[float | None], max_other_load: float) -> dict:
-    """`other_cores`: the most cores other processes kept busy during a configuration's timed steps; `busy_note`
-    when above max_other_load of the machine: its samples/s (and every ratio to it) is not comparable."""
-    known = [c for c in other_cores if c is not None]
-    worst = max(known) if known else None
-    cores = os.cpu_count() or 1
-    note = (f"timed while other processes kept {worst:.1f} of the {cores} cores busy: samples/s and its ratios are "
-            f"not comparable (rerun on an idle machine)" if worst is not None and worst > max_other_load * cores
-            else None)
-    return {"other_cores": worst, "busy_note": note}
-
-
 def mfu_fields(value: float | None, peak_note: str | None) -> dict:
     """MFU as a figure only where it can be right: above 1 (impossible) or over an untrusted peak it is
     `mfu_invalid` with `mfu_invalid_reason`, and `mfu` is None, as tools/gpu_check.py reports it."""

@@ -41,16 +41,16 @@ from tradelib.distributed import (
     rank_rows,
 )
 from tradelib.hardware import (
+    CpuElsewhere,
     pick_device,
     say_determinism,
     torch_flags,
 )
 from tradelib.monitor import GpuMonitor
-from tradelib.perf.measure import CpuElsewhere
+from tradelib.progress import Progress
 from tradelib.train import checkpoint
 from tradelib.train.facts import write_train_facts
 from tradelib.train.models import model_for, n_params
-from tradelib.train.progress import Progress
 from tradelib.train.runfolder import RunFolder
 from tradelib.train.sources import DenseSource, PaddedSource, WindowSource
 from tradelib.train.stops import StopRequested, StopRequests, progress_state, signal_name

@@ -14,13 +14,12 @@ import numpy as np
 import torch
 
 from tradelib import runs
-from tradelib.hardware import device_name, mfu, peak_flops, peak_memory_bytes
+from tradelib.hardware import busy_fields, device_name, mfu, peak_flops, peak_memory_bytes
 from tradelib.paths import outputs_dir, remove_stale_tmp
-from tradelib.perf.measure import busy_fields
+from tradelib.progress import PROGRESS_FILE
 from tradelib.report import metrics
 from tradelib.train import checkpoint
 from tradelib.train.models import n_params
-from tradelib.train.progress import PROGRESS_FILE
 
 
 class RunFolder:
