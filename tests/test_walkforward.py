@@ -15,7 +15,8 @@ import torch
 from tradelib import runs
 from tradelib.config import Config
 from tradelib.data import cache, dataset
-from tradelib.data.features import build_features, feature_makers, fit_robust
+from tradelib.data.dataset import features_of as build_features
+from tradelib.data.features import feature_makers, fit_robust
 from tradelib.report import metrics, report
 from tradelib.train.run import TrainingRun, train
 from tradelib.train.walkforward import walk_forward

@@ -16,13 +16,13 @@ from tradelib.data.load import (
     NUM_COLS,
     PRICE_COLS,
     DataError,
-    freed_memory_reused,
     is_sorted,
     ns_since_epoch,
     sort_order,
     symbol_codes,
     unsorted_rows,
 )
+from tradelib.data.memory import freed_memory_reused
 
 # Thresholds (documented in docs/data.md)
 SPIKE_MIN_LOG_MOVE = 0.05  # a spike must also move the close by > 5% (log) in and out: ignores tick bounces
