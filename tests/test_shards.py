@@ -46,8 +46,8 @@ def assert_same_features(a, b) -> None:
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shard_rows=st.integers(1, 5000), workers=st.integers(1, 3))
 def test_cleaning_and_features_do_not_depend_on_the_shards(shard_rows, workers):
-    """clean_ohlcv and the features of its frame cut into shards of whole symbols (one symbol a shard, up to one shard) on
-    1-3 threads give the one-shard frame, report and FeatureSet exactly."""
+    """clean_ohlcv and the features of its frame, cut into shards of whole symbols (one symbol a shard, up to one
+    shard) on 1-3 threads, give the one-shard frame, report and FeatureSet exactly."""
     raw = hostile_raw()
     one, rep_one = clean.clean_ohlcv(raw, "x", min_rows=40, keep=("oracle",), shard_rows=10**9, workers=1)
     cut, rep_cut = clean.clean_ohlcv(raw, "x", min_rows=40, keep=("oracle",), shard_rows=shard_rows, workers=workers)
