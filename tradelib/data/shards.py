@@ -68,7 +68,7 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
     _, codes, symbols = load.symbol_codes(raw["symbol"])
     plan = clean.symbol_shards(codes, len(symbols), cfg.shard_rows)
     if work is not None and env.rank == 0:
-        _start(work, {"rows": len(raw), "shards": [[c.start, c.stop] for _, c in plan]}, verbose)
+        _start(work, {"rows": len(raw), "shards": [[sym.start, sym.stop] for _, sym in plan]}, verbose)
     barrier()
     mine = [k for k in range(len(plan)) if k % env.world == env.rank]
     workers = cfg.build_workers or os.cpu_count() or 1
@@ -240,13 +240,17 @@ class SharedFacts:
 
 
 def _distinct(t: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct values of t, rows (or summed weights) at each)."""
+    """(sorted distinct values of t, rows (or summed weights) at each). A stable sort merges the sorted runs of
+    rows in (symbol, time) order quickly."""
     if not len(t):
         return t.astype(np.int64), np.zeros(0, dtype=np.int64)
-    order = np.argsort(t, kind="stable")
-    t = t[order]
+    if weights is None:
+        t = np.sort(t, kind="stable")
+    else:
+        order = np.argsort(t, kind="stable")
+        t, weights = t[order], weights[order]
     at = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
-    counts = np.diff(np.r_[at, len(t)]) if weights is None else np.add.reduceat(weights[order], at)
+    counts = np.diff(np.r_[at, len(t)]) if weights is None else np.add.reduceat(weights, at)
     return t[at], counts.astype(np.int64)
 
 
@@ -414,7 +418,7 @@ def fit_shards(xs: list[np.ndarray], ys: list[np.ndarray], splits: list[np.ndarr
                 sample.put(i, xs[i][b0 : b0 + block].T, b0)
 
         list(run(gather, range(len(xs))))
-    y_fit = lambda: fit_robust(np.concatenate([a[r] for a, r in zip(ys, sample.rows)]), scratch=True)  # noqa: E731
+    y_fit = lambda: fit_robust(np.concatenate([y[r] for y, r in zip(ys, sample.rows)]), scratch=True)  # noqa: E731
     # the target's fit is one more task beside the features', not a serial step after them
     fits = list(run(lambda j: y_fit() if j < 0 else fit_robust(sample.X[j], scratch=True), range(-1, len(sample.X))))
     return {"median": [f[0] for f in fits[1:]], "scale": [f[1] for f in fits[1:]]}, fits[0][1]
@@ -535,8 +539,8 @@ def _open_shard(work: Path, k: int, cfg) -> tuple[clean.CleanShard, ShardRows, d
 
 def _close_shard(work: Path, k: int, out: dict[str, np.ndarray], made: dict) -> None:
     """Stage 2's files of shard k made whole (renamed into place); its clean rows deleted."""
-    for a in out.values():
-        a.flush()
+    for array in out.values():
+        array.flush()
     tmp = Path(next(iter(out.values())).filename).parent
     (tmp / "made.json").write_text(json.dumps(made))
     tmp.rename(work / f"shard-{k}")
@@ -547,8 +551,8 @@ def _write_folder(dest: Path, arrays: dict[str, np.ndarray]) -> None:
     """Arrays as .npy files in a folder that appears whole (renamed from a temporary name)."""
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     tmp.mkdir()
-    for name, a in arrays.items():
-        np.save(tmp / f"{name}.npy", a)
+    for name, array in arrays.items():
+        np.save(tmp / f"{name}.npy", array)
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
