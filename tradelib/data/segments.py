@@ -41,22 +41,19 @@ class Segments:
     """Rows in (symbol, time) order told apart into segments by `rank`, each row's number within its segment
     (rows may begin inside a segment: a block of rows with the LOOKBACK rows before it, given their true ranks).
 
-    For every offset m it finds once the rows t >= m whose row t - m lies in an earlier segment (`outside`):
-    an operation over rows m apart is taken over all rows at once and then put right at these few."""
+    A difference or sum over rows m apart is taken over all rows at once and then put right at the few rows whose
+    row t - m lies in an earlier segment (`outside`)."""
 
     def __init__(self, rank: np.ndarray) -> None:
         self.rank = rank
-        self._outside: dict[int, np.ndarray] = {}
 
     @staticmethod
     def of(seg: np.ndarray) -> Segments:
         return Segments(segment_rank(seg))
 
     def outside(self, m: int) -> np.ndarray:
-        """The rows t >= m with rank[t] < m: `np.flatnonzero(rank[m:] < m) + m`."""
-        if m not in self._outside:
-            self._outside[m] = np.flatnonzero(self.rank[m:] < m) + m
-        return self._outside[m]
+        """The rows t >= m with rank[t] < m."""
+        return np.flatnonzero(self.rank[m:] < m) + m
 
     def same(self, k: int) -> np.ndarray:
         """Whether rows t and t + k (k > 0) are in one segment, for t < n - k."""
@@ -74,16 +71,14 @@ class Segments:
         """x[t+k] where row t + k is in t's segment, else NaN (k > 0)."""
         out = np.full(len(x), np.nan)
         if k < len(x):
-            out[:-k] = x[k:]
-            out[self.outside(k) - k] = np.nan
+            out[:-k] = np.where(self.same(k), x[k:], np.nan)
         return out
 
     def ahead(self, flag: np.ndarray, k: int) -> np.ndarray:
         """flag[t+k] where row t + k is in t's segment, else False (k > 0)."""
         out = np.zeros(len(flag), dtype=bool)
         if k < len(flag):
-            out[:-k] = flag[k:]
-            out[self.outside(k) - k] = False
+            out[:-k] = flag[k:] & self.same(k)
         return out
 
     def trailing_sums(self, x: np.ndarray, lengths: tuple[int, ...]) -> list[np.ndarray]:

@@ -93,7 +93,6 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
             if work is not None:
                 _write_clean(work, k, shard)  # (before locate_rows takes the times and codes over)
             out = views(k) if work is None else _layout_arrays(len(shard))
-            memory.prefault(out.values())  # this thread writes these rows: its core takes their page faults
             rows = locate_rows(shard, cfg.max_gap_bars, out) if len(shard) else None
             facts = SharedFacts.of(rows) if rows is not None else None
             if work is None:
@@ -123,15 +122,10 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
         list(pool.map(lambda k: assign_splits(opened[k][1], bound, seg_at[at[k]], sym_at[at[k]], opened[k][2], cfg),
                       left))
         cal = calendar.result()
-        sample = None
-        if work is None:  # the fit's rows are taken as the features are made
-            cut = merge_cuts([opened[k][1].cut for k in present])
-            check_cut(cut, cfg)
-            sample = FitSample.of([opened[k][2]["split"] for k in present], cut, len(FEATURE_NAMES), pool.map)
 
         def stage_2(k: int) -> dict:
             shard, rows, out = opened[k]
-            made = shard_features(shard, rows, facts, cal.continuous, cfg, out, (sample, at[k]) if sample else None)
+            made = shard_features(shard, rows, facts, cal.continuous, cfg, out)
             made["cut"] = rows.cut
             if work is not None:
                 _close_shard(work, k, out, made)
@@ -148,7 +142,7 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
             cut = merge_cuts([m["cut"] for m in made])
             check_cut(cut, cfg)
             norm, target_scale = fit_shards([o["X"] for o in outs], [o["y"] for o in outs],
-                                            [o["split"] for o in outs], cut, pool, sample=sample)
+                                            [o["split"] for o in outs], cut, pool)
             meta = feature_meta(cfg, facts, cal, cut, made, norm, target_scale, report, fold)
             if work is None:
                 list(pool.map(lambda o: scale_rows(o["X"], norm, cfg.clip), outs))
@@ -291,13 +285,11 @@ def assign_splits(rows: ShardRows, bound: dict, seg_offset: int, sym_offset: int
 
 
 def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts, continuous: bool, cfg,
-                   out: dict[str, np.ndarray], sample: tuple[FitSample, int] | None = None, block: int = 1 << 16
-                   ) -> dict:
+                   out: dict[str, np.ndarray], block: int = 1 << 16) -> dict:
     """Fill `out` (this shard's rows of the FeatureSet's arrays; X unscaled) and return what the meta needs:
     each feature's range before scaling, the masked-target counts, the rows per split. Features are made a block
-    of rows at a time (with the LOOKBACK rows before it), so that every temporary stays in the cache.
-    `sample`: (the normalisation's FitSample, this shard's number), whose rows' features are put there as they are
-    made. The shard is released afterwards."""
+    of rows at a time (with the LOOKBACK rows before it), so that every temporary stays in the cache. The shard
+    is released afterwards."""
     rank = segment_rank(rows.seg)
     X, n = out["X"], len(rows.ts)
     ranges: list[dict] = []
@@ -309,15 +301,9 @@ def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts,
             col = make()[b0 - lo :]
             ranges.append(_finite_range(col))
             cols_t[j, : b1 - b0] = col
-        if sample is not None:  # (the fit's rows of these, while they are in the cache)
-            sample[0].put(sample[1], cols_t[:, : b1 - b0], b0)
-        for c0 in range(b0, b1, 1 << 13):  # transposing copies, each within the cache: a third of the time of one
-            #   copy of the block (whose rows of X span more than the cache) and of a strided write per column
-            c1 = min(c0 + (1 << 13), b1)
-            X[c0:c1] = cols_t[:, c0 - b0 : c1 - b0].T
+        X[b0:b1] = cols_t[:, : b1 - b0].T
     pos = sessions.bar_positions(rows.ts, rows.codes, rows.bar_ns, continuous, days=facts.days)
-    t = targets({k: shard.a[k] for k in BARS} | {"timestamp": rows.ts}, Segments(rank), rows.codes, pos, cfg,
-                _cleaning_spikes(shard, rows, cfg))
+    t = targets({k: shard.a[k] for k in BARS} | {"timestamp": rows.ts}, Segments(rank), rows.codes, pos, cfg)
     y = out["y"]
     y[:] = t["target"]
     y[~np.isfinite(y)] = np.nan  # also a target too large for float32
@@ -327,25 +313,10 @@ def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts,
     out["oracle"][:] = oracle if oracle is not None and cfg.horizon == 1 else np.nan  # planted: one bar ahead only
     shard.a.clear()
     shard.keep.clear()
-    shard.spike = None
     per = len(FEATURE_NAMES)
     return {"ranges": {name: _merge_range(ranges[j::per]) for j, name in enumerate(FEATURE_NAMES)},
             "spike_rows": int(t["spike"].sum()), "spans_missing_bar": int(t["spans_missing_bar"].sum()),
             "rows_per_split": [int(np.count_nonzero(rows.split == i)) for i in (-1, 0, 1, 2)]}
-
-
-def _cleaning_spikes(shard: clean.CleanShard, rows: ShardRows, cfg) -> np.ndarray | None:
-    """The price_spike rows cleaning found on these very rows, where they are what `targets` would find again: the
-    same spike_sigmas, and returns broken where the segments break (a symbol change or a gap of more than
-    max_gap_bars > 0 bars, a limit float64 holds exactly). None otherwise: targets then finds them."""
-    if shard.spike is None:
-        return None
-    spike, sigmas, gap_bars = shard.spike
-    if spike is None or len(spike) != len(rows.ts) or sigmas != cfg.spike_sigmas or gap_bars != cfg.max_gap_bars:
-        return None
-    if gap_bars <= 0 or int(rows.bar_of_code.max(initial=0)) * gap_bars >= 2**53:
-        return None
-    return spike
 
 
 def _merge_range(parts: list[dict]) -> dict:
@@ -371,70 +342,35 @@ def offsets(parts: list[SharedFacts]) -> tuple[list[int], list[int]]:
     return [int(x) for x in segs], [int(x) for x in syms]
 
 
-@dataclass
-class FitSample:
-    """The training rows the normalisation is fitted on: at most `max_rows` evenly spaced, every step-th training
-    row of all shards from the first (as fit_robust takes of one array), and their unscaled features, one
-    contiguous float32 row per feature (`X`, filled a shard at a time: `put`)."""
-
-    rows: list[np.ndarray]  # per shard: its sampled rows
-    at: np.ndarray  # where each shard's rows begin in X's columns
-    X: np.ndarray
-    step: int = 1  # the sampled rows are every step-th training row: at least `step` rows apart
-
-    @staticmethod
-    def of(splits: list[np.ndarray], cut: dict, n_features: int, run=map, max_rows: int = 2_000_000) -> FitSample:
-        trains = list(run(lambda sp: np.flatnonzero(sp == 0), splits))
-        if not any(len(t) for t in trains):
-            raise ValueError(f"the training split is empty: too little data before the train end "
-                             f"({pd.Timestamp(cut['train_end'], tz='UTC')}, set by {cut['method']})")
-        total = sum(len(t) for t in trains)
-        step, before, rows = (-(-total // max_rows) if total > max_rows else 1), 0, []
-        for t in trains:
-            rows.append(t[(-before) % step :: step])
-            before += len(t)
-        at = np.cumsum([0] + [len(r) for r in rows])
-        return FitSample(rows, at, np.empty((n_features, int(at[-1])), dtype=np.float32), step)
-
-    def put(self, i: int, cols: np.ndarray, b0: int) -> None:
-        """Shard i's sampled rows among rows b0.. of its features `cols` ([feature, row], unscaled float32)."""
-        rows, at = self.rows[i], int(self.at[i])
-        j0, j1 = np.searchsorted(rows, (b0, b0 + cols.shape[1]))
-        self.X[:, at + j0 : at + j1] = cols[:, rows[j0:j1] - b0]
-
-
 def fit_shards(xs: list[np.ndarray], ys: list[np.ndarray], splits: list[np.ndarray], cut: dict,
-               pool: ThreadPoolExecutor | None = None, max_rows: int = 2_000_000, sample: FitSample | None = None
-               ) -> tuple[dict, float]:
+               pool: ThreadPoolExecutor, max_rows: int = 2_000_000) -> tuple[dict, float]:
     """(normalisation {median, scale} per feature, target scale) fitted on the training rows of all shards,
-    whose unscaled X, targets and splits these are (in row order): the rows of `FitSample.of`, their features
-    taken from `xs` unless `sample` holds them already (`shard_features` fills it as it makes them)."""
-    run = pool.map if pool is not None else map
-    if sample is None:
-        sample = FitSample.of(splits, cut, xs[0].shape[1], run, max_rows)
-
-        def gather(i: int, block: int = 4096) -> None:  # a block of rows at a time: its transpose stays in the cache
-            for b0 in range(0, len(xs[i]), block):
-                sample.put(i, xs[i][b0 : b0 + block].T, b0)
-
-        list(run(gather, range(len(xs))))
-    y_fit = lambda: fit_robust(np.concatenate([y[r] for y, r in zip(ys, sample.rows)]), scratch=True)  # noqa: E731
-    # the target's fit is one more task beside the features', not a serial step after them
-    fits = list(run(lambda j: y_fit() if j < 0 else fit_robust(sample.X[j], scratch=True), range(-1, len(sample.X))))
+    whose unscaled X, targets and splits these are (in row order). Beyond `max_rows` training rows, on every
+    step-th of them counted over all shards (as `fit_robust` samples one array)."""
+    trains = list(pool.map(lambda split: np.flatnonzero(split == 0), splits))
+    total = sum(len(t) for t in trains)
+    if not total:
+        raise ValueError(f"the training split is empty: too little data before the train end "
+                         f"({pd.Timestamp(cut['train_end'], tz='UTC')}, set by {cut['method']})")
+    step, before, rows = (-(-total // max_rows) if total > max_rows else 1), 0, []
+    for t in trains:
+        rows.append(t[(-before) % step :: step])
+        before += len(t)
+    X = np.concatenate([x[r] for x, r in zip(xs, rows)])
+    target = np.concatenate([y[r] for y, r in zip(ys, rows)])
+    # the target's fit is one more task beside the features'
+    fits = list(pool.map(lambda j: fit_robust(target, scratch=True) if j < 0 else fit_robust(X[:, j]),
+                         range(-1, X.shape[1])))
     return {"median": [f[0] for f in fits[1:]], "scale": [f[1] for f in fits[1:]]}, fits[0][1]
 
 
-def scale_rows(X: np.ndarray, norm: dict, clip: float, block: int = 1 << 14) -> None:
-    """Robust-scale X in place, a block of rows at a time: (x - median) / scale, clipped, and what is still
-    unknown filled with 0 (the training median)."""
-    med = np.asarray(norm["median"], dtype=np.float32)
-    scale = np.asarray(norm["scale"], dtype=np.float32)
-    for i in range(0, len(X), block):
-        z = X[i : i + block]
-        np.subtract(z, med, out=z)
-        np.divide(z, scale, out=z)
-        np.clip(z, -clip, clip, out=z)
-        np.copyto(z, 0.0, where=np.isnan(z))
+def scale_rows(X: np.ndarray, norm: dict, clip: float) -> None:
+    """Robust-scale X in place: (x - median) / scale, clipped, and what is still unknown filled with 0 (the
+    training median)."""
+    np.subtract(X, np.asarray(norm["median"], dtype=np.float32), out=X)
+    np.divide(X, np.asarray(norm["scale"], dtype=np.float32), out=X)
+    np.clip(X, -clip, clip, out=X)
+    np.copyto(X, 0.0, where=np.isnan(X))
 
 
 def feature_meta(cfg, facts: SharedFacts, cal: sessions.Calendar, cut: dict, made: list[dict], norm: dict,
