@@ -22,7 +22,7 @@ from tradelib.data.load import (
     symbol_codes,
     unsorted_rows,
 )
-from tradelib.data.memory import freed_memory_reused
+from tradelib.data.memory import without_huge_pages
 
 # Thresholds (documented in docs/data.md)
 SPIKE_MIN_LOG_MOVE = 0.05  # a spike must also move the close by > 5% (log) in and out: ignores tick bounces
@@ -679,7 +679,7 @@ def clean_parts(raw: pd.DataFrame, source: str = "", *, min_rows: int = 0, max_g
         w = _clean_shard(a, symbols, own, raw.attrs, params, {k: v[rows] for k, v in extra.items()})
         return _shard_part(w, rows_in), CleanShard(w.a, symbols, w.keep, w.bar, (w.spike, spike_sigmas, max_gap_bars))
 
-    with freed_memory_reused(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    with without_huge_pages(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(one, range(len(shards))))
 
 

@@ -136,8 +136,7 @@ def minute_of_day(t) -> np.ndarray:
     return (ns // 60_000_000_000) % 1440
 
 
-def targets(bars: dict, seg: Segments, codes: np.ndarray, pos: np.ndarray, cfg, spike: np.ndarray | None = None
-            ) -> dict[str, np.ndarray]:
+def targets(bars: dict, seg: Segments, codes: np.ndarray, pos: np.ndarray, cfg) -> dict[str, np.ndarray]:
     """The forward log return over `horizon` bars (the target, optionally over trailing volatility), the next
     one-bar return (backtest PnL) and the last one (the momentum baseline); NaN where unknown.
 
@@ -145,14 +144,12 @@ def targets(bars: dict, seg: Segments, codes: np.ndarray, pos: np.ndarray, cfg, 
     counted, session breaks not): a target that would span a missing bar is masked, not stretched over more time.
     A target or return that starts or ends at a confirmed price spike (`spike_rows`, which needs the next bar) is
     masked too: the label side is the one place where information from after t may act. `ret_next` runs to the
-    symbol's next row (a position is held across a missing bar) and is masked only at spikes. `spike`: those rows
-    when cleaning found them already.
+    symbol's next row (a position is held across a missing bar) and is masked only at spikes.
     """
     h = cfg.horizon
     close = np.asarray(bars["close"], dtype=np.float64)
     log_close = np.log(close)
-    if spike is None:
-        spike = spike_rows(close, codes, seg.rank == 0, cfg.spike_sigmas)
+    spike = spike_rows(close, codes, seg.rank == 0, cfg.spike_sigmas)
     clear = ~spike & ~seg.ahead(spike, h)  # neither the start nor the end of the target is a spike
     whole = np.zeros(len(pos), dtype=bool)  # the target spans `horizon` bars: no bar missing in between
     if h < len(pos):

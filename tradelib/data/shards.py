@@ -22,6 +22,7 @@ machines), and rank 0 fits, scales and writes the cache.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -72,7 +73,7 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
     barrier()
     mine = [k for k in range(len(plan)) if k % env.world == env.rank]
     workers = cfg.build_workers or os.cpu_count() or 1
-    with memory.freed_memory_reused(), ThreadPoolExecutor(max_workers=workers) as pool:
+    with memory.without_huge_pages(), ThreadPoolExecutor(max_workers=workers) as pool:
         # 1. clean, and each shard's facts
         todo = [k for k in mine if work is None or not (work / f"facts-{k}.npz").exists()]
         if cleaned:
@@ -326,9 +327,15 @@ def _merge_range(parts: list[dict]) -> dict:
 
 def _finite_range(col: np.ndarray) -> dict:
     """min and max over the finite values, and how many are not finite."""
-    finite = np.isfinite(col)
-    return {"min": float(np.min(col, where=finite, initial=np.inf)),
-            "max": float(np.max(col, where=finite, initial=-np.inf)), "unknown": int(len(col) - finite.sum())}
+    if not len(col):
+        return {"min": np.inf, "max": -np.inf, "unknown": 0}
+    lo = float(col.min())  # NaN propagates: a NaN (most blocks have none) is known from one pass
+    hi = float(col.max()) if not math.isnan(lo) else lo
+    if math.isfinite(lo) and math.isfinite(hi):
+        return {"min": lo, "max": hi, "unknown": 0}
+    finite = col[np.isfinite(col)]
+    return {"min": float(np.min(finite, initial=np.inf)), "max": float(np.max(finite, initial=-np.inf)),
+            "unknown": len(col) - len(finite)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -356,11 +363,17 @@ def fit_shards(xs: list[np.ndarray], ys: list[np.ndarray], splits: list[np.ndarr
     for t in trains:
         rows.append(t[(-before) % step :: step])
         before += len(t)
-    X = np.concatenate([x[r] for x, r in zip(xs, rows)])
+    at = np.cumsum([0] + [len(r) for r in rows])
+    X = np.empty((xs[0].shape[1], int(at[-1])), dtype=np.float32)  # one contiguous row per feature
+
+    def gather(i: int) -> None:
+        X[:, at[i] : at[i + 1]] = xs[i][rows[i]].T
+
+    list(pool.map(gather, range(len(xs))))
     target = np.concatenate([y[r] for y, r in zip(ys, rows)])
     # the target's fit is one more task beside the features'
-    fits = list(pool.map(lambda j: fit_robust(target, scratch=True) if j < 0 else fit_robust(X[:, j]),
-                         range(-1, X.shape[1])))
+    fits = list(pool.map(lambda j: fit_robust(target, scratch=True) if j < 0 else fit_robust(X[j], scratch=True),
+                         range(-1, len(X))))
     return {"median": [f[0] for f in fits[1:]], "scale": [f[1] for f in fits[1:]]}, fits[0][1]
 
 
