@@ -12,7 +12,7 @@ the tests all run this one `build`.
 
 Every row's values depend on its own symbol's rows and on the facts alone, so the result does not depend on how
 the rows were cut. Building the cache, the stages leave files between them in a build folder beside it
-(`.<key>.build/`: `clean-K/` and `facts-K.npz` after stage 1, `shard-K/` after stage 2, each written under a
+(`.<key>.build/`: `clean-K/` and `facts-K.pickle` after stage 1, `shard-K/` after stage 2, each written under a
 temporary name and renamed whole), so a build that fails or is killed resumes from the shards done. Under torchrun
 (`spread`) rank r builds shards r, r + world, ...: the ranks meet at barriers between the stages and read each
 other's files (the outputs folder must be one they share: TRADELIB_OUTPUTS on a shared file system across
@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -75,7 +76,7 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
     workers = cfg.build_workers or os.cpu_count() or 1
     with memory.without_huge_pages(), ThreadPoolExecutor(max_workers=workers) as pool:
         # 1. clean, and each shard's facts
-        todo = [k for k in mine if work is None or not (work / f"facts-{k}.npz").exists()]
+        todo = [k for k in mine if work is None or not (work / f"facts-{k}.pickle").exists()]
         if cleaned:
             done = _frame_shards(raw, codes, symbols, plan, keep)
         else:
@@ -93,7 +94,7 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
             part, shard = done[k]
             if work is not None:
                 _write_clean(work, k, shard)  # (before locate_rows takes the times and codes over)
-            out = views(k) if work is None else _layout_arrays(len(shard))
+            out = views(k) if work is None else vars(FeatureSet.empty(len(shard)))  # (only the facts are kept)
             rows = locate_rows(shard, cfg.max_gap_bars, out) if len(shard) else None
             facts = SharedFacts.of(rows) if rows is not None else None
             if work is None:
@@ -428,12 +429,6 @@ def _start(work: Path, plan: dict, verbose: bool) -> None:
         print(f"resuming the feature build in {work}: {done} of {n} shards done", flush=True)
 
 
-def _layout_arrays(n: int) -> dict[str, np.ndarray]:
-    """Arrays for `locate_rows` of n rows, where stage 1 keeps only the facts."""
-    return {"timestamp": np.empty(n, dtype=np.int64), "symbol_id": np.empty(n, dtype=np.int32),
-            "segment": np.empty(n, dtype=np.int32)}
-
-
 def _write_clean(work: Path, k: int, shard: clean.CleanShard) -> None:
     """Shard k's clean rows (symbols recoded 0.. within the shard), written whole."""
     code = shard.a["code"]
@@ -446,28 +441,12 @@ def _write_clean(work: Path, k: int, shard: clean.CleanShard) -> None:
 
 
 def _write_facts(work: Path, k: int, facts: SharedFacts | None, part: dict) -> None:
-    arrays = {"empty": np.ones(1)}
-    if facts is not None:
-        days = sorted(facts.days.items())
-        arrays = {"times": facts.times, "counts": facts.counts, "bars": facts.bars,
-                  "day_bar": np.concatenate([np.full(len(d), b, dtype=np.int64) for b, d in days]),
-                  "day": np.concatenate([d for _, d in days]), "segments": np.array([facts.segments]),
-                  "names": np.frombuffer(json.dumps(facts.names).encode(), dtype=np.uint8)}
-    tmp = work / f"facts-{k}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays, part=np.frombuffer(json.dumps(part).encode(), dtype=np.uint8))
-    tmp.rename(work / f"facts-{k}.npz")
+    """Shard k's facts and report part, written whole (a pickle: the build folder is this build's own)."""
+    atomic_write_bytes(pickle.dumps((facts, part)), work / f"facts-{k}.pickle")
 
 
 def _read_facts(work: Path, k: int) -> tuple[SharedFacts | None, dict]:
-    with np.load(work / f"facts-{k}.npz") as z:
-        part = json.loads(z["part"].tobytes())
-        if "empty" in z:
-            return None, part
-        day_bar, day = z["day_bar"], z["day"]
-        days = {int(b): day[day_bar == b] for b in np.unique(day_bar)}
-        return SharedFacts(z["times"], z["counts"], z["bars"], days, json.loads(z["names"].tobytes()),
-                           int(z["segments"][0])), part
+    return pickle.loads((work / f"facts-{k}.pickle").read_bytes())
 
 
 def _open_shard(work: Path, k: int, cfg) -> tuple[clean.CleanShard, ShardRows, dict[str, np.ndarray]]:
