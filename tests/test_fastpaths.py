@@ -1,13 +1,12 @@
-"""The build's faster paths (docs/perf.md, issue 13's fourth pass) against the direct definitions they replace:
-run ids and ranks filled per run, `_outside` from the segments' first rows, shifts without `np.where`, segments and
-bar sizes a symbol at a time, the clean rows' range stats derived from the dropped rows, and bad prints judged a
-block of rows at a time."""
+"""The fast evaluation under the definitions, against the definitions: the segment operations the features are
+written with (segments.py), bar sizes a symbol at a time, the clean rows' range stats derived from the dropped
+rows, and bad prints judged a block of rows at a time."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tradelib.data import clean, detect, features, load, quality, synth
+from tradelib.data import clean, detect, load, quality, segments, synth
 
 
 def _runs(n: int, n_runs: int, rng) -> np.ndarray:
@@ -18,46 +17,63 @@ def _runs(n: int, n_runs: int, rng) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n_runs", [1, 7, 300, 5000])
-def test_run_ids_ranks_and_outside_match_their_definitions(n_runs):
+def test_run_ids_and_ranks_match_their_definitions(n_runs):
     rng = np.random.default_rng(n_runs)
     new = _runs(20_000, n_runs, rng)
     ids = np.cumsum(new) - 1
-    assert np.array_equal(features._run_ids(new), ids)
-    starts = np.flatnonzero(new)
-    rank = np.arange(len(new)) - starts[ids]
-    assert np.array_equal(features._run_rank(new), rank)
-    assert np.array_equal(features.segment_rank(ids.astype(np.int32)), rank)
-    for lo in (0, 37):  # a block of rows may begin inside a segment
-        cache: dict = {}
-        for m in (1, 2, 3, 4, 8, 16, 32, 64):
-            block = rank[lo:]
-            assert np.array_equal(features._outside(block, m, cache), np.flatnonzero(block[m:] < m) + m)
+    assert np.array_equal(segments.run_ids(new), ids)
+    rank = np.arange(len(new)) - np.flatnonzero(new)[ids]
+    assert np.array_equal(segments.run_rank(new), rank)
+    assert np.array_equal(segments.segment_rank(ids.astype(np.int32)), rank)
 
 
-def test_shift_matches_where():
-    rng = np.random.default_rng(1)
-    seg = np.cumsum(_runs(5_000, 40, rng)) - 1
-    x = rng.normal(size=len(seg))
-    for k in (1, 3, -1, -4, 6000):
-        m = abs(k)
-        ref = np.full(len(x), np.nan)
-        if m < len(x):
-            if k > 0:
-                ref[k:] = np.where(seg[k:] == seg[:-k], x[:-k], np.nan)
-            else:
-                ref[:-m] = np.where(seg[:-m] == seg[m:], x[m:], np.nan)
-        assert np.array_equal(features._shift(x, k, seg), ref, equal_nan=True)
+def _lag(x: np.ndarray, k: int, seg: np.ndarray, fill=np.nan) -> np.ndarray:
+    """The definition: x[t-k] (k > 0) or x[t+|k|] (k < 0) where that row is in t's segment, else `fill`."""
+    n, m = len(x), abs(k)
+    out = np.full(n, fill, dtype=x.dtype if fill is False else np.float64)
+    if m < n:
+        if k > 0:
+            out[k:] = np.where(seg[k:] == seg[:-k], x[:-k], fill)
+        else:
+            out[:-m] = np.where(seg[:-m] == seg[m:], x[m:], fill)
+    return out
 
 
-@pytest.mark.parametrize("n_symbols", [3, 400])  # few symbols: a symbol at a time; many: over all rows at once
-def test_segment_ids_match_the_per_row_rule(n_symbols):
-    rng = np.random.default_rng(n_symbols)
-    codes = np.sort(rng.integers(0, n_symbols, 30_000))
-    bar_of_code = rng.choice([60, 300, 3600], n_symbols).astype(np.int64) * 10**9
-    steps = bar_of_code[codes] * rng.choice([1, 1, 1, 2, 60], len(codes))
-    ts = np.cumsum(steps)
-    new = np.r_[True, (codes[1:] != codes[:-1]) | (np.diff(ts) > 50 * bar_of_code[codes][1:])]
-    assert np.array_equal(features.segment_ids(codes, ts, bar_of_code, 50), np.cumsum(new) - 1)
+def _trailing_mean(x: np.ndarray, length: int, seg: np.ndarray) -> np.ndarray:
+    """The definition: the mean of the finite x over the segment's last `length` rows up to t, NaN if none."""
+    out = np.full(len(x), np.nan)
+    for t in range(len(x)):
+        lo = max(t - length + 1, 0)
+        window = x[lo : t + 1][seg[lo : t + 1] == seg[t]]
+        window = window[np.isfinite(window)]
+        if len(window):
+            out[t] = window.mean()
+    return out
+
+
+@pytest.mark.parametrize("n_runs", [1, 40, 900])
+def test_segment_operations_match_their_definitions(n_runs):
+    """Lags, leads and differences are the definitions exactly; trailing means (summed by doubling, NaN left out)
+    equal the mean over each window to rounding. A block that begins inside a segment (given its rows' true ranks)
+    gives the same values as all rows."""
+    rng = np.random.default_rng(n_runs)
+    seg = np.cumsum(_runs(3_000, n_runs, rng)) - 1
+    x = rng.lognormal(size=len(seg)) * 10.0 ** rng.integers(-8, 15, len(seg))  # magnitudes of every size
+    x[rng.choice(len(x), 30, replace=False)] = np.nan
+    flag = rng.random(len(seg)) < 0.05
+    s = segments.Segments.of(seg)
+    for k in (1, 3, 16, 64, 5000):
+        np.testing.assert_array_equal(s.diff(x, k), x - _lag(x, k, seg))
+        np.testing.assert_array_equal(s.lead(x, k), _lag(x, -k, seg))
+        np.testing.assert_array_equal(s.ahead(flag, k), _lag(flag, -k, seg, fill=False))
+        assert np.array_equal(s.outside(k), np.flatnonzero(s.rank[k:] < k) + k)
+    for lengths in ((8, 32), (64,), (5, 1, 3)):
+        for mean, length in zip(s.trailing_means(x, lengths), lengths):
+            np.testing.assert_allclose(mean, _trailing_mean(x, length, seg), rtol=1e-12)
+    lo = 37  # a block of rows from inside a segment
+    block = segments.Segments(s.rank[lo:])
+    np.testing.assert_array_equal(block.trailing_means(x[lo:], (8, 32))[1][64:],
+                                  s.trailing_means(x, (8, 32))[1][lo + 64 :])
 
 
 @pytest.mark.parametrize("kind", ["regular", "gaps", "irregular", "tie", "one_step"])

@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 
 from tradelib.config import Config, ConfigError
 from tradelib.data import clean, dataset
-from tradelib.data.features import build_features, feature_makers, feature_params, segment_ids
+from tradelib.data.dataset import features_of as build_features
+from tradelib.data.features import feature_makers, feature_params
+from tradelib.data.segments import segment_ids
 from tradelib.data.synth import generate_market
 from tradelib.train.sources import window_ends
 
@@ -23,7 +25,7 @@ def clean_market(n_symbols=3, n_bars=800, seed=1, hostile=True):
 def raw_feature_matrix(clean: pd.DataFrame) -> np.ndarray:
     codes = pd.factorize(clean["symbol"])[0]
     ts = pd.DatetimeIndex(clean["timestamp"]).as_unit("ns").asi8
-    seg = segment_ids(codes, ts, np.full(len(ts), 300 * 10**9), 50)
+    seg = segment_ids(codes, ts, np.full(codes.max() + 1, 300 * 10**9), 50)
     return raw_features(clean, seg)
 
 

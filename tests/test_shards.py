@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from tradelib.config import Config
 from tradelib.data import cache, clean, dataset, shards
-from tradelib.data.features import build_features, fold_bounds, split_bounds
+from tradelib.data.dataset import features_of
+from tradelib.data.features import fold_bounds, split_bounds
 from tradelib.data.synth import generate_market
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +46,8 @@ def assert_same_features(a, b) -> None:
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shard_rows=st.integers(1, 5000), workers=st.integers(1, 3))
 def test_cleaning_and_features_do_not_depend_on_the_shards(shard_rows, workers):
-    """clean_ohlcv and build_features cut into shards of whole symbols (one symbol a shard, up to one shard) on
-    1-3 threads give the one-shard frame, report and FeatureSet exactly."""
+    """clean_ohlcv and the features of its frame, cut into shards of whole symbols (one symbol a shard, up to one
+    shard) on 1-3 threads, give the one-shard frame, report and FeatureSet exactly."""
     raw = hostile_raw()
     one, rep_one = clean.clean_ohlcv(raw, "x", min_rows=40, keep=("oracle",), shard_rows=10**9, workers=1)
     cut, rep_cut = clean.clean_ohlcv(raw, "x", min_rows=40, keep=("oracle",), shard_rows=shard_rows, workers=workers)
@@ -54,8 +55,8 @@ def test_cleaning_and_features_do_not_depend_on_the_shards(shard_rows, workers):
     assert rep_one.to_dict() == rep_cut.to_dict()
     assert {"bad_symbol", "unsorted", "duplicate", "too_short"} <= set(rep_one.totals())
     cfg = Config(window=16)
-    assert_same_features(build_features(one, cfg, shard_rows=10**9, workers=1),
-                         build_features(cut, cfg, shard_rows=shard_rows, workers=workers))
+    assert_same_features(features_of(one, cfg.replace(shard_rows=10**9, build_workers=1)),
+                         features_of(cut, cfg.replace(shard_rows=shard_rows, build_workers=workers)))
 
 
 def test_the_cache_built_in_shards_is_the_in_memory_build(outputs):
@@ -79,16 +80,18 @@ def test_a_failed_build_resumes_from_the_shards_done(outputs, monkeypatch, capsy
     builds only the rest and gives exactly a fresh build's cache."""
     cfg = Config(synth_symbols=4, synth_bars=1200, window=16, shard_rows=1000, build_workers=1)
     built, failed = [], []
-    stage = shards._feature_stage
+    make = shards.shard_features
+    symbols = sorted(dataset.load_raw(cfg)["symbol"].unique())
 
-    def flaky(work, k, *args):
+    def flaky(shard, rows, *args):
+        k = symbols.index(rows.names[0])  # one symbol a shard
         if k == 2 and not failed:
             failed.append(k)
             raise RuntimeError("disk unplugged")
         built.append(k)
-        return stage(work, k, *args)
+        return make(shard, rows, *args)
 
-    monkeypatch.setattr(shards, "_feature_stage", flaky)
+    monkeypatch.setattr(shards, "shard_features", flaky)
     with pytest.raises(RuntimeError, match="disk unplugged"):
         dataset.prepare(cfg, verbose=False)
     first = set(built)  # the threads may have finished the shard after it
@@ -161,11 +164,11 @@ def test_walk_forward_folds_do_not_depend_on_the_shards(outputs, window):
     raw = hostile_raw()
     frame, _ = clean.clean_ohlcv(raw, "x", min_rows=40, keep=("oracle",))
     for k in range(3):
-        assert_same_features(build_features(frame, cfg, shard_rows=10**9, workers=1, fold=k),
-                             build_features(frame, cfg, shard_rows=1, workers=2, fold=k))
+        assert_same_features(features_of(frame, cfg.replace(shard_rows=10**9, build_workers=1), fold=k),
+                             features_of(frame, cfg.replace(shard_rows=1, build_workers=2), fold=k))
     fs = dataset.prepare(cfg, verbose=False, fold=1)
     assert len(cache.shards_of(Path(fs.meta["cache_dir"]))) == 4 and fs.meta["splits"]["fold"] == 1
     assert_same_features(fs, dataset.build(cfg, fold=1)[0])
     for shard_rows in (1, 10**9):
         with pytest.raises(ValueError, match="walk-forward fold 0 of 40: the test split holds no window of 16 bars"):
-            build_features(frame, cfg.replace(folds=40), shard_rows=shard_rows)
+            features_of(frame, cfg.replace(folds=40, shard_rows=shard_rows))

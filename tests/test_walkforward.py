@@ -15,7 +15,8 @@ import torch
 from tradelib import runs
 from tradelib.config import Config
 from tradelib.data import cache, dataset
-from tradelib.data.features import build_features, feature_makers, fit_robust
+from tradelib.data.dataset import features_of
+from tradelib.data.features import feature_makers, fit_robust
 from tradelib.report import backtest, metrics, report, words
 from tradelib.report.inputs import load_featureset, load_inputs
 from tradelib.train.run import TrainingRun, train
@@ -39,9 +40,9 @@ def clean():
 @pytest.mark.parametrize("window", ["expanding", "rolling"])
 def test_each_folds_test_period_follows_its_training_and_the_test_periods_tile(clean, window):
     cfg = Config(**FOLDS, fold_window=window)
-    sets = [build_features(clean, cfg, fold=k) for k in range(3)]
+    sets = [features_of(clean, cfg, fold=k) for k in range(3)]
     ts = sets[0].timestamp
-    single = build_features(clean, Config(window=16, horizon=2, train_frac=0.4, val_frac=0.1))
+    single = features_of(clean, Config(window=16, horizon=2, train_frac=0.4, val_frac=0.1))
     gap = (cfg.horizon + cfg.window) * BAR  # the purge, in bars of each symbol: at least this much time
     cuts = [fs.meta["splits"] for fs in sets]
     for k, fs in enumerate(sets):
@@ -73,7 +74,7 @@ def test_each_fold_is_scaled_on_its_own_training_rows_only(clean):
     fold; moving only rows after a fold's training period changes nothing of that fold's scaling. (The build
     fits the unscaled features as its shards hold them, float32: so does the fit here.)"""
     cfg = Config(**FOLDS)
-    sets = [build_features(clean, cfg, fold=k) for k in range(3)]
+    sets = [features_of(clean, cfg, fold=k) for k in range(3)]
     makers = feature_makers(clean, sets[0].segment)
     for fs in sets:
         for j, name in enumerate(fs.feature_names):
@@ -83,13 +84,13 @@ def test_each_fold_is_scaled_on_its_own_training_rows_only(clean):
     late = clean.copy()
     after = sets[1].timestamp > sets[1].meta["splits"]["train_end"]
     late.loc[after, "volume"] *= 1000  # only rows after fold 1's training period move
-    assert build_features(late, cfg, fold=1).meta["norm"] == sets[1].meta["norm"]
-    assert build_features(late, cfg, fold=2).meta["norm"] != sets[2].meta["norm"]
+    assert features_of(late, cfg, fold=1).meta["norm"] == sets[1].meta["norm"]
+    assert features_of(late, cfg, fold=2).meta["norm"] != sets[2].meta["norm"]
 
 
 def test_one_fold_is_the_single_split_and_the_cache_keys_on_the_fold(clean):
-    plain = build_features(clean, Config(window=16))
-    one = build_features(clean, Config(window=16, folds=1, fold_window="rolling"))
+    plain = features_of(clean, Config(window=16))
+    one = features_of(clean, Config(window=16, folds=1, fold_window="rolling"))
     assert (plain.split == one.split).all() and plain.meta["splits"] == one.meta["splits"]
     assert plain.meta["feature_config"] == one.meta["feature_config"]
     base = Config(synth_symbols=3, synth_bars=600)
@@ -98,9 +99,9 @@ def test_one_fold_is_the_single_split_and_the_cache_keys_on_the_fold(clean):
     keys = {cache.cache_key(three, k) for k in range(3)} | {cache.cache_key(base)}
     assert len(keys) == 4 and cache.cache_key(three.replace(fold_window="rolling"), 1) not in keys
     with pytest.raises(ValueError, match="fold 3 does not exist"):
-        build_features(clean, Config(**FOLDS), fold=3)
+        features_of(clean, Config(**FOLDS), fold=3)
     with pytest.raises(ValueError, match="walk-forward fold 0 of 40: the test split holds no window of 16 bars"):
-        build_features(clean, Config(**{**FOLDS, "folds": 40}))
+        features_of(clean, Config(**{**FOLDS, "folds": 40}))
 
 
 def test_a_run_starts_from_the_weights_it_is_given(tiny_cfg, tiny_fs):

@@ -23,17 +23,18 @@ import os
 import shutil
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from tradelib.data.features import FEATURE_NAMES, FeatureSet, feature_params, scale_rows
+from tradelib.data.features import FEATURE_NAMES, FeatureSet, feature_params
 from tradelib.data.load import DataError, data_files
 from tradelib.paths import Busy, FileLock, left_by_dead_writer, outputs_dir
 
 CODE_MODULES = ("tradelib.data.load", "tradelib.data.clean", "tradelib.data.detect", "tradelib.data.quality",
-                "tradelib.data.features", "tradelib.data.sessions", "tradelib.data.synth", "tradelib.data.dataset",
-                "tradelib.data.shards")
+                "tradelib.data.features", "tradelib.data.segments", "tradelib.data.sessions", "tradelib.data.synth",
+                "tradelib.data.dataset", "tradelib.data.shards")
 CACHE_VERSION = 3  # 2: checksums in the manifest; 3: shards
 
 
@@ -95,34 +96,35 @@ def checksum(a: np.ndarray) -> str:
     return f"{zlib.crc32(_bytes(a)):08x}"
 
 
-def write(folder: Path, symbols: list[str], meta: dict, shards: list[dict[str, np.ndarray]], norm: dict,
-          clip: float) -> None:
-    """The cache of these shards' FeatureSet arrays (in row order; X unscaled, scaled here with `norm`), each
-    array's CRC-32 and each shard's, written to a temporary folder and renamed into place."""
+def write(folder: Path, symbols: list[str], meta: dict, shard_rows: list[int],
+          fill: Callable[[str, int, np.ndarray], None]) -> None:
+    """The cache of a FeatureSet built in shards of these row counts, in row order: `fill(name, i, rows)` writes
+    shard i's final values of array `name` into `rows`, the file's rows of it. Each array's CRC-32 and each
+    shard's are recorded; the folder is written under a temporary name and renamed into place."""
     _sweep(folder)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     tmp.mkdir(parents=True)
     try:
-        rows = np.cumsum([0] + [len(s["y"]) for s in shards])
-        table = [{"rows": [int(rows[i]), int(rows[i + 1])],
-                  "symbols": [int(s["symbol_id"][0]), int(s["symbol_id"][-1]) + 1], "crc32": {}}
-                 for i, s in enumerate(shards)]
+        rows = np.cumsum([0] + list(shard_rows))
+        table = [{"rows": [int(rows[i]), int(rows[i + 1])], "symbols": None, "crc32": {}}
+                 for i in range(len(shard_rows))]
         arrays = {}
+        template = FeatureSet.empty(0)
         for name in FeatureSet.ARRAYS:
-            first = shards[0][name]
-            shape = (int(rows[-1]), *first.shape[1:])
-            dest = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=first.dtype, shape=shape)
+            like = getattr(template, name)
+            shape = (int(rows[-1]), *like.shape[1:])
+            dest = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=like.dtype, shape=shape)
             crc = 0
-            for i, s in enumerate(shards):
+            for i, entry in enumerate(table):
                 part = dest[rows[i] : rows[i + 1]]
-                part[...] = s[name]
-                if name == "X":
-                    scale_rows(part, norm, clip)
-                table[i]["crc32"][name] = checksum(part)
+                fill(name, i, part)
+                if name == "symbol_id":
+                    entry["symbols"] = [int(part[0]), int(part[-1]) + 1]
+                entry["crc32"][name] = checksum(part)
                 crc = zlib.crc32(_bytes(part), crc)  # running over the rows: the whole array's
             dest.flush()
             del dest
-            arrays[name] = {"bytes": (tmp / f"{name}.npy").stat().st_size, "dtype": first.dtype.str,
+            arrays[name] = {"bytes": (tmp / f"{name}.npy").stat().st_size, "dtype": like.dtype.str,
                             "shape": list(shape), "crc32": f"{crc:08x}"}
         manifest = {"symbols": symbols, "feature_names": list(FEATURE_NAMES), "meta": meta, "rows": int(rows[-1]),
                     "arrays": arrays, "shards": table}

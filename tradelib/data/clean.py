@@ -23,7 +23,6 @@ from tradelib.data.detect import (
     bar_sizes_ns,
     corporate_action_rows,
     long_gap_rows,
-    run_bounds,  # noqa: F401 (features imports it from here; its home is detect)
     run_starts,
     spike_rows,
 )
@@ -38,7 +37,7 @@ from tradelib.data.load import (
     symbol_codes,
     unsorted_rows,
 )
-from tradelib.data.memory import freed_memory_reused
+from tradelib.data.memory import without_huge_pages
 from tradelib.data.quality import QualityReport, min_max, quality_report, range_stats, stats_after
 
 
@@ -537,7 +536,7 @@ def clean_parts(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, 
                                                    (w.flags.get("price_spike"), s.spike_sigmas, s.max_gap_bars),
                                                    restart)
 
-    with freed_memory_reused(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    with without_huge_pages(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(one, range(len(shards))))
 
 

@@ -2,7 +2,8 @@
 
 `prepare(cfg)` is what training, the bench and the notebooks call: the cached FeatureSet for this data,
 these feature parameters and this code, built when missing. `load_raw` and `build` are its two halves, for
-looking at the raw data (01) or building without the cache (tests, the data bench).
+looking at the raw data (01) or building without the cache (tests, the data bench); all build with
+`shards.build`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from tradelib import distributed
-from tradelib.data import cache, clean, load, shards, synth
-from tradelib.data.features import FeatureSet, build_from_shards
+from tradelib.data import cache, load, quality, shards, synth
+from tradelib.data.features import FeatureSet
 
 
 def load_raw(cfg) -> pd.DataFrame:
@@ -25,39 +26,40 @@ def load_raw(cfg) -> pd.DataFrame:
     return load.load_ohlcv(Path(cfg.data_path).expanduser(), date_format=cfg.date_format)
 
 
-def _check_rows(report: clean.QualityReport, cfg, source: str) -> str:
-    """A DataError when cleaning left no row, naming the rules that dropped them; else the rules that dropped
-    any, as text."""
+def _check_rows(report: quality.QualityReport, cfg, source: str) -> None:
+    """A DataError when cleaning left no row, naming the rules that dropped them."""
     dropped = ", ".join(f"{rule} {n:,}" for rule, n in report.totals().items()
                         if any(c["rule"] == rule and c["action"] == "dropped" for c in report.counts))
     if report.rows_kept == 0:
         raise load.DataError(f"{source}: no rows left after cleaning: {report.rows_in:,} rows in, dropped by "
                              f"{dropped or 'no rule'} (window + horizon + 1 = {cfg.window + cfg.horizon + 1} rows "
                              f"per symbol are needed; docs/data.md lists the rules)")
-    return dropped
 
 
-def build(cfg, raw: pd.DataFrame | None = None, fold: int = 0) -> tuple[FeatureSet, clean.QualityReport]:
-    """Raw -> clean -> features (of walk-forward fold `fold`), no cache involved, in shards of whole symbols on
-    every core (no clean frame is made). A symbol too short for one window and its target is dropped by
-    cleaning (rule too_short). Data that leaves nothing to learn from is a DataError naming the source and the
-    rules that dropped its rows."""
+def build(cfg, raw: pd.DataFrame | None = None, fold: int = 0) -> tuple[FeatureSet, quality.QualityReport]:
+    """Raw -> clean -> features (of walk-forward fold `fold`), no cache involved: `shards.build` in memory. A
+    symbol too short for one window and its target is dropped by cleaning (rule too_short). Data that leaves
+    nothing to learn from is a DataError naming the source and the rules that dropped its rows."""
     raw = load_raw(cfg) if raw is None else raw
-    with load.freed_memory_reused():  # one setting for both stages: cleaning's freed memory serves the features
-        return _build(cfg, raw, fold)
-
-
-def _build(cfg, raw: pd.DataFrame, fold: int) -> tuple[FeatureSet, clean.QualityReport]:
-    source = "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
-    shards, report = clean.clean_shards(raw, source, cfg, min_rows=cfg.window + cfg.horizon + 1,
-                                        keep=("oracle",) if "oracle" in raw else ())
-    dropped = _check_rows(report, cfg, source)
+    source = _source(cfg)
     try:
-        fs = build_from_shards(shards, cfg, quality=report.to_dict(), workers=cfg.build_workers, fold=fold)
+        fs, report = shards.build(cfg, raw, source, fold)
+    except load.DataError:
+        raise
     except ValueError as exc:  # too little data for a split or a bar size
-        raise load.DataError(f"{source}: {exc} ({report.rows_kept:,} of {report.rows_in:,} rows kept after "
-                             f"cleaning; dropped: {dropped or 'none'})") from None
+        raise load.DataError(f"{source}: {exc}") from None
+    _check_rows(report, cfg, source)
     return fs, report
+
+
+def features_of(clean_frame: pd.DataFrame, cfg, fold: int = 0) -> FeatureSet:
+    """The FeatureSet of a clean frame (`clean.clean_ohlcv`'s; sorted by symbol, timestamp) by the same stages,
+    cleaning skipped: for looking at what a change to clean rows does to the features."""
+    return shards.build(cfg, clean_frame, "<clean frame>", fold, cleaned=True)[0]
+
+
+def _source(cfg) -> str:
+    return "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
 
 
 def _cached(folder: Path, source: str, verbose: bool, share: tuple[int, int] | None = None, mmap: bool = False
@@ -102,9 +104,9 @@ def prepare(cfg, force: bool | None = None, verbose: bool = True, share: tuple[i
             fs = None if force else _cached(folder, source, say, share, mmap)  # built by the process we waited for
             if distributed.broadcast_object(fs is None) if spread else fs is None:
                 t0 = time.perf_counter()
-                name = "synthetic" if cache.is_synthetic(cfg.data_path) else str(cfg.data_path)
+                name = _source(cfg)
                 try:
-                    report = shards.build(cfg, load_raw(cfg), folder, name, say, spread, fold)
+                    report = shards.build(cfg, load_raw(cfg), name, fold, folder, say, spread)[1]
                 except load.DataError:
                     raise
                 except ValueError as exc:  # too little data for a split or a bar size

@@ -19,9 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# features, shards and dataset import these two from here (their home is memory)
-from tradelib.data.memory import freed_memory_reused, prefault  # noqa: F401
-
 PRICE_COLS = ("open", "high", "low", "close")
 NUM_COLS = PRICE_COLS + ("volume",)
 COLUMNS = ("timestamp", "symbol") + NUM_COLS

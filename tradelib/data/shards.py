@@ -1,94 +1,414 @@
-"""Preparing at scale: the feature cache built in shards of whole symbols, each stage on every core, resumable,
-and shared out over torchrun's processes (on one machine or several) when `tradelib prepare` runs under torchrun.
+"""The feature build: raw frame -> FeatureSet, or the feature cache, in one sequence of stages over shards of whole
+symbols, each stage on every core. `dataset.build` (in memory), `dataset.prepare` (the cache), the data bench and
+the tests all run this one `build`.
 
-`build` runs the stages of `features.build_from_shards` with files between them, in a build folder beside the
-cache (`.<key>.build/`), so that a build that fails or is killed resumes from the shards already done:
+1. clean: each shard's clean rows (`clean.clean_parts`) and what all rows must learn of it (`SharedFacts`: the
+   distinct timestamps, bar sizes, days traded, symbols, segments);
+2. features: with the facts of all shards merged, each shard's rows placed (symbol ids, segments, splits:
+   `ShardRows`), then its features and targets, X unscaled (`shard_features`);
+3. fit: the robust normalisation on the training rows of all shards (`fit_shards`);
+4. scale: X scaled with it (`scale_rows`);
+5. assemble: the FeatureSet with its meta, or (`folder`) the cache's arrays with their checksums (`cache.write`).
 
-1. clean: each shard's clean rows (`clean-K/`) and what the whole data set must learn of it (`facts-K.npz`: the
-   distinct timestamps, bar sizes, days traded, symbols, segments, and its part of the quality report);
-2. features: with the facts of all shards merged, each shard's arrays, X unscaled (`shard-K/`); its clean rows
-   are then deleted;
-3. assemble (rank 0): the normalisation fitted on the training rows of all shards, the cache's arrays written (X
-   scaled) with a checksum per shard (`cache.write`), the folder renamed into place, the build folder deleted.
-
-Every folder is written under a temporary name and renamed whole, so what a killed build leaves is either whole
-or swept. Under torchrun, rank r builds shards r, r + world, ...: the ranks meet at barriers between the stages
-and read each other's files, so the outputs folder must be one they share (TRADELIB_OUTPUTS on a shared file
-system when they run on several machines). The result does not depend on the shards or the ranks.
+Every row's values depend on its own symbol's rows and on the facts alone, so the result does not depend on how
+the rows were cut. Building the cache, the stages leave files between them in a build folder beside it
+(`.<key>.build/`: `clean-K/` and `facts-K.npz` after stage 1, `shard-K/` after stage 2, each written under a
+temporary name and renamed whole), so a build that fails or is killed resumes from the shards done. Under torchrun
+(`spread`) rank r builds shards r, r + world, ...: the ranks meet at barriers between the stages and read each
+other's files (the outputs folder must be one they share: TRADELIB_OUTPUTS on a shared file system across
+machines), and rank 0 fits, scales and writes the cache.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from tradelib import distributed
-from tradelib.data import cache, clean, load
+from tradelib.data import cache, clean, detect, load, memory, quality, sessions
 from tradelib.data.features import (
-    Facts,
+    FEATURE_NAMES,
+    LOOKBACK,
     FeatureSet,
     check_cut,
-    empty_feature_set,
-    feature_meta,
-    fit_shards,
+    feature_makers,
+    feature_params,
+    fit_robust,
     fold_bound,
     fold_bounds,
     merge_cuts,
-    offsets,
-    place,
-    shard_features,
-    shard_layout,
+    split_rows,
+    targets,
 )
+from tradelib.data.segments import Segments, segment_ids, segment_rank
 from tradelib.paths import atomic_write_bytes, left_by_dead_writer, writing
 
 CLEAN = ("ts", "code", "open", "high", "low", "close", "volume")
+BARS = ("open", "high", "low", "close", "volume")
 
 
-def build(cfg, raw: pd.DataFrame, folder: Path, source: str, verbose: bool = True, spread: bool = False,
-          fold: int = 0) -> clean.QualityReport:
-    """Build the feature cache of `cfg` (walk-forward fold `fold`) from `raw` into `folder` and return the quality
-    report; `spread`: this is one of torchrun's processes, which all run this together, each building its share.
-    The caller holds the key's build lock (rank 0 does)."""
+def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | None = None, verbose: bool = True,
+          spread: bool = False, cleaned: bool = False) -> tuple[FeatureSet | None, quality.QualityReport | None]:
+    """The FeatureSet of `cfg` (walk-forward fold `fold`) from `raw`, and the quality report; (None, report) when
+    cleaning left no row. `folder`: write the feature cache there instead (None returned); the caller holds the
+    key's build lock (rank 0 does). `spread`: this is one of torchrun's processes, which all run this together,
+    each building its share. `cleaned`: `raw` is a clean frame already, cut into shards as it is (no report)."""
     env = distributed.dist_env() if spread else distributed.DistEnv()
     barrier = distributed.barrier if spread else (lambda: None)
-    work = folder.with_name(f".{folder.name}.build")
+    work = None if folder is None else folder.with_name(f".{folder.name}.build")
     keep = ("oracle",) if "oracle" in raw else ()
     _, codes, symbols = load.symbol_codes(raw["symbol"])
     plan = clean.symbol_shards(codes, len(symbols), cfg.shard_rows)
-    if env.rank == 0:
-        _start(work, {"rows": len(raw), "shards": [[own.start, own.stop] for _, own in plan]}, verbose)
+    if work is not None and env.rank == 0:
+        _start(work, {"rows": len(raw), "shards": [[sym.start, sym.stop] for _, sym in plan]}, verbose)
     barrier()
     mine = [k for k in range(len(plan)) if k % env.world == env.rank]
     workers = cfg.build_workers or os.cpu_count() or 1
-    opts = dict(cfg=cfg, min_rows=cfg.window + cfg.horizon + 1, keep=keep, workers=workers)
-    todo = {k for k in mine if not (work / f"facts-{k}.npz").exists()}
-    with load.freed_memory_reused(), ThreadPoolExecutor(max_workers=workers) as pool:
-        done = clean.clean_parts(raw, source, only=todo, **opts) if todo else [None] * len(plan)
-        list(pool.map(lambda k: _clean_stage(work, k, *done[k], cfg), sorted(todo)))
+    with memory.without_huge_pages(), ThreadPoolExecutor(max_workers=workers) as pool:
+        # 1. clean, and each shard's facts
+        todo = [k for k in mine if work is None or not (work / f"facts-{k}.npz").exists()]
+        if cleaned:
+            done = _frame_shards(raw, codes, symbols, plan, keep)
+        else:
+            done = clean.clean_parts(raw, source, cfg, only=set(todo), min_rows=cfg.window + cfg.horizon + 1,
+                                     keep=keep, workers=workers) if todo else []
+        fs = None
+        if work is None:
+            at_row = np.cumsum([0] + [len(d[1]) for d in done])
+            fs = FeatureSet.empty(int(at_row[-1]))
+            views = lambda k: {n: getattr(fs, n)[at_row[k] : at_row[k + 1]] for n in FeatureSet.ARRAYS}  # noqa: E731
+        held = {}  # in memory: each shard's clean rows, placed rows and output arrays, for stage 2
+
+        def stage_1(k: int) -> tuple[SharedFacts | None, dict | None]:
+            part, shard = done[k]
+            if work is not None:
+                _write_clean(work, k, shard)  # (before locate_rows takes the times and codes over)
+            out = views(k) if work is None else vars(FeatureSet.empty(len(shard)))  # (only the facts are kept)
+            rows = locate_rows(shard, cfg.max_gap_bars, out) if len(shard) else None
+            facts = SharedFacts.of(rows) if rows is not None else None
+            if work is None:
+                held[k] = shard, rows, out
+            else:
+                _write_facts(work, k, facts, part)
+            return facts, part
+
+        firsts = dict(zip(todo, pool.map(stage_1, todo)))
         barrier()
-        parts = [_read_facts(work, k) for k in range(len(plan))]
-        report = clean.quality_report([p[1] for p in parts], raw, source, keep)
-        if report.rows_kept == 0:
-            return report  # dataset names the rules that dropped every row
-        facts = Facts.merge([p[0] for p in parts if p[0] is not None])
-        bound, cal = fold_bound(fold_bounds(facts.times, cfg, facts.counts), fold, cfg), facts.calendar()
-        segs, syms = offsets([p[0] for p in parts if p[0] is not None])
-        at = {k: i for i, k in enumerate(k for k, p in enumerate(parts) if p[0] is not None)}
-        left = [k for k in mine if k in at and not (work / f"shard-{k}").exists()]
-        list(pool.map(lambda k: _feature_stage(work, k, facts, bound, cal.continuous, segs[at[k]], syms[at[k]],
-                                               cfg), left))
+        parts = [firsts[k] if k in firsts else _read_facts(work, k) for k in range(len(plan))]
+        report = None if cleaned else quality.quality_report([p for _, p in parts], raw, source, keep)
+        present = [k for k, (f, _) in enumerate(parts) if f is not None]
+        if report is not None and report.rows_kept == 0:
+            return None, report  # dataset names the rules that dropped every row
+        if not present:
+            raise ValueError("no rows left after cleaning: nothing to build features from")
+        facts = SharedFacts.merge([parts[k][0] for k in present])
+        bound = fold_bound(fold_bounds(facts.times, cfg, facts.counts), fold, cfg)
+        calendar = pool.submit(facts.calendar)  # made beside the placing, not before it
+        at = {k: i for i, k in enumerate(present)}
+        seg_at, sym_at = offsets([parts[k][0] for k in present])
+
+        # 2. features of each shard, X unscaled
+        left = [k for k in mine if k in at and (work is None or not (work / f"shard-{k}").exists())]
+        opened = dict(zip(left, pool.map(lambda k: held.pop(k) if work is None else _open_shard(work, k, cfg), left)))
+        list(pool.map(lambda k: assign_splits(opened[k][1], bound, seg_at[at[k]], sym_at[at[k]], opened[k][2], cfg),
+                      left))
+        cal = calendar.result()
+
+        def stage_2(k: int) -> dict:
+            shard, rows, out = opened[k]
+            made = shard_features(shard, rows, facts, cal.continuous, cfg, out)
+            made["cut"] = rows.cut
+            if work is not None:
+                _close_shard(work, k, out, made)
+            return made
+
+        made = dict(zip(left, pool.map(stage_2, left)))
         barrier()
         if env.rank == 0:
-            _assemble(work, folder, sorted(at), facts, cal, cfg, report, pool, fold)
+            # 3. fit, 4. scale, 5. assemble
+            if work is not None:
+                opened = {k: (None, None, _read_folder(work / f"shard-{k}")) for k in present}
+                made = {k: json.loads((work / f"shard-{k}" / "made.json").read_text()) for k in present}
+            outs, made = [opened[k][2] for k in present], [made[k] for k in present]
+            cut = merge_cuts([m["cut"] for m in made])
+            check_cut(cut, cfg)
+            norm, target_scale = fit_shards([o["X"] for o in outs], [o["y"] for o in outs],
+                                            [o["split"] for o in outs], cut, pool)
+            meta = feature_meta(cfg, facts, cal, cut, made, norm, target_scale, report, fold)
+            if work is None:
+                list(pool.map(lambda o: scale_rows(o["X"], norm, cfg.clip), outs))
+                fs.symbols, fs.meta = facts.names, meta
+                return fs, report
+
+            def fill(name: str, i: int, dest: np.ndarray) -> None:
+                dest[...] = outs[i][name]
+                if name == "X":
+                    scale_rows(dest, norm, cfg.clip)
+
+            cache.write(folder, facts.names, {**meta, "cache_key": folder.name}, [len(o["y"]) for o in outs], fill)
+            shutil.rmtree(work, ignore_errors=True)
     barrier()
-    return report
+    return None, report
+
+
+def _frame_shards(frame: pd.DataFrame, codes: np.ndarray, symbols: np.ndarray, plan: list, keep: tuple[str, ...]
+                  ) -> list[tuple[None, clean.CleanShard]]:
+    """A clean frame (sorted by symbol, timestamp) cut into the shards of `plan`, as cleaning leaves them."""
+    ts = load.ns_since_epoch(frame["timestamp"])
+    bars = {k: frame[k].to_numpy(np.float64) for k in BARS}
+    kept = {k: frame[k].to_numpy(np.float32) for k in keep}
+    restart = frame["restart"].to_numpy(bool) if "restart" in frame else None
+    return [(None, clean.CleanShard({"ts": ts[rows], "code": codes[rows]} | {k: v[rows] for k, v in bars.items()},
+                                    symbols, {k: v[rows] for k, v in kept.items()},
+                                    restart=None if restart is None else restart[rows])) for rows, _ in plan]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the stages of one shard
+
+
+@dataclass
+class ShardRows:
+    """Where each row of some whole symbols sits: its symbol, time, contiguous segment, split and bar number.
+    The arrays are the shard's rows of the FeatureSet's own (written once, read in place)."""
+
+    codes: np.ndarray  # int32 symbol id per row (an index into the FeatureSet's symbols)
+    ts: np.ndarray  # int64 ns since the epoch, UTC
+    bar_of_code: np.ndarray  # int64 bar size of each symbol id (0 for the symbols of other shards)
+    seg: np.ndarray  # int32 segment id: breaks at a symbol change or a gap longer than max_gap_bars
+    split: np.ndarray | None = None  # int8: 0 train, 1 val, 2 test, -1 purged
+    cut: dict | None = None  # split_rows' cut of these rows
+    names: list[str] = field(default_factory=list)  # the shard's symbols, in order
+
+    @property
+    def bar_ns(self) -> np.ndarray:
+        """The bar size of each row's symbol."""
+        return self.bar_of_code[self.codes]
+
+
+@dataclass
+class SharedFacts:
+    """What only all the rows together know and every shard's features need: the distinct timestamps and their
+    row counts (the split quantiles, the calendar), each symbol's bar size, and the days each bar size traded
+    (bar numbers across a missing day). The facts of parts of the rows merge into the whole's exactly."""
+
+    times: np.ndarray  # int64 distinct timestamps, sorted
+    counts: np.ndarray  # int64 rows at each
+    bars: np.ndarray  # int64 bar size of each symbol, in symbol order
+    days: dict[int, np.ndarray]  # bar size (ns) -> sorted distinct UTC days (ns // DAY_NS) with a row of that size
+    names: list[str]  # the symbols, in order
+    segments: int  # contiguous segments
+
+    @staticmethod
+    def of(rows: ShardRows) -> SharedFacts:
+        times, counts = _distinct(rows.ts)
+        first = detect.run_starts(rows.codes)
+        day = rows.ts // sessions.DAY_NS
+        new = first.copy()
+        new[1:] |= day[1:] != day[:-1]  # (symbol, day) pairs: rows are in time order within a symbol
+        pair_day, pair_bar = day[new], rows.bar_of_code[rows.codes[new]]
+        days = {int(b): np.unique(pair_day[pair_bar == b]) for b in np.unique(pair_bar)}
+        return SharedFacts(times, counts, rows.bar_of_code[rows.codes[first]], days, list(rows.names),
+                           int(rows.seg[-1]) + 1 if len(rows.seg) else 0)
+
+    @staticmethod
+    def merge(parts: list[SharedFacts]) -> SharedFacts:
+        times, counts = _distinct(np.concatenate([p.times for p in parts]), np.concatenate([p.counts for p in parts]))
+        days: dict[int, list] = {}
+        for p in parts:
+            for b, d in p.days.items():
+                days.setdefault(b, []).append(d)
+        return SharedFacts(times, counts, np.concatenate([p.bars for p in parts]),
+                           {b: np.unique(np.concatenate(d)) for b, d in sorted(days.items())},
+                           [n for p in parts for n in p.names], sum(p.segments for p in parts))
+
+    def calendar(self) -> sessions.Calendar:
+        return sessions.calendar(self.times, float(np.median(self.bars)) / 1e9)
+
+
+def _distinct(t: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values of t, rows (or summed weights) at each). A stable sort merges the sorted runs of
+    rows in (symbol, time) order quickly."""
+    if not len(t):
+        return t.astype(np.int64), np.zeros(0, dtype=np.int64)
+    if weights is None:
+        t = np.sort(t, kind="stable")
+    else:
+        order = np.argsort(t, kind="stable")
+        t, weights = t[order], weights[order]
+    at = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+    counts = np.diff(np.r_[at, len(t)]) if weights is None else np.add.reduceat(weights, at)
+    return t[at], counts.astype(np.int64)
+
+
+def locate_rows(shard: clean.CleanShard, max_gap_bars: int, out: dict[str, np.ndarray]) -> ShardRows:
+    """The rows of a shard as far as they alone tell it (symbol ids and segments numbered from 0 within the
+    shard, bar sizes), written into `out`, the shard's rows of the FeatureSet's arrays. The shard's timestamps
+    and codes are taken over (released from the shard)."""
+    ts, codes = out["timestamp"], out["symbol_id"]
+    ts[:] = shard.a.pop("ts")
+    raw_codes = shard.a.pop("code")
+    first = detect.run_starts(raw_codes)
+    np.cumsum(first, out=codes)
+    codes -= 1
+    present = raw_codes[first]
+    if shard.bar is not None:  # cleaning found them on these very rows
+        bar_of_code = shard.bar[present].astype(np.int64)
+    else:
+        bar_of_code = detect.bar_sizes_ns(codes, ts, len(present))
+    names = [str(shard.symbols[c]) for c in present]
+    if (bar_of_code <= 0).any():
+        short = [names[i] for i in np.flatnonzero(bar_of_code <= 0)]
+        raise ValueError(f"symbol(s) {', '.join(short)}: fewer than two timestamps, no bar size")
+    out["segment"][:] = segment_ids(codes, ts, bar_of_code, max_gap_bars, shard.restart)
+    return ShardRows(codes, ts, bar_of_code, out["segment"], names=names)
+
+
+def assign_splits(rows: ShardRows, bound: dict, seg_offset: int, sym_offset: int, out: dict[str, np.ndarray],
+                  cfg) -> None:
+    """Complete a shard's rows with what needs all rows: their splits (`bound`: the fold's bounds of all rows,
+    `fold_bounds`), and segment and symbol ids counted from the offsets (the segments and symbols of the shards
+    before)."""
+    split, rows.cut = split_rows(rows.ts, rows.codes, cfg, bound=bound)
+    out["split"][:] = split
+    rows.split = out["split"]
+    rows.seg += np.int32(seg_offset)
+    rows.codes += np.int32(sym_offset)
+    rows.bar_of_code = np.r_[np.zeros(sym_offset, dtype=np.int64), rows.bar_of_code]
+
+
+def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts, continuous: bool, cfg,
+                   out: dict[str, np.ndarray], block: int = 1 << 16) -> dict:
+    """Fill `out` (this shard's rows of the FeatureSet's arrays; X unscaled) and return what the meta needs:
+    each feature's range before scaling, the masked-target counts, the rows per split. Features are made a block
+    of rows at a time (with the LOOKBACK rows before it), so that every temporary stays in the cache. The shard
+    is released afterwards."""
+    rank = segment_rank(rows.seg)
+    X, n = out["X"], len(rows.ts)
+    ranges: list[dict] = []
+    cols_t = np.empty((X.shape[1], min(block, n)), dtype=np.float32)  # the block's columns, each contiguous
+    for b0 in range(0, n, block):
+        lo, b1 = max(b0 - LOOKBACK, 0), min(b0 + block, n)
+        bars = {k: shard.a[k][lo:b1] for k in BARS} | {"timestamp": rows.ts[lo:b1]}
+        for j, make in enumerate(feature_makers(bars, Segments(rank[lo:b1])).values()):
+            col = make()[b0 - lo :]
+            ranges.append(_finite_range(col))
+            cols_t[j, : b1 - b0] = col
+        X[b0:b1] = cols_t[:, : b1 - b0].T
+    pos = sessions.bar_positions(rows.ts, rows.codes, rows.bar_ns, continuous, days=facts.days)
+    t = targets({k: shard.a[k] for k in BARS} | {"timestamp": rows.ts}, Segments(rank), rows.codes, pos, cfg)
+    y = out["y"]
+    y[:] = t["target"]
+    y[~np.isfinite(y)] = np.nan  # also a target too large for float32
+    for k in ("fwd_return", "ret_next", "last_return"):
+        out[k][:] = t[k]
+    oracle = shard.keep.get("oracle")
+    out["oracle"][:] = oracle if oracle is not None and cfg.horizon == 1 else np.nan  # planted: one bar ahead only
+    shard.a.clear()
+    shard.keep.clear()
+    per = len(FEATURE_NAMES)
+    return {"ranges": {name: _merge_range(ranges[j::per]) for j, name in enumerate(FEATURE_NAMES)},
+            "spike_rows": int(t["spike"].sum()), "spans_missing_bar": int(t["spans_missing_bar"].sum()),
+            "rows_per_split": [int(np.count_nonzero(rows.split == i)) for i in (-1, 0, 1, 2)]}
+
+
+def _merge_range(parts: list[dict]) -> dict:
+    return {"min": min(p["min"] for p in parts), "max": max(p["max"] for p in parts),
+            "unknown": sum(p["unknown"] for p in parts)}
+
+
+def _finite_range(col: np.ndarray) -> dict:
+    """min and max over the finite values, and how many are not finite."""
+    if not len(col):
+        return {"min": np.inf, "max": -np.inf, "unknown": 0}
+    lo = float(col.min())  # NaN propagates: a NaN (most blocks have none) is known from one pass
+    hi = float(col.max()) if not math.isnan(lo) else lo
+    if math.isfinite(lo) and math.isfinite(hi):
+        return {"min": lo, "max": hi, "unknown": 0}
+    finite = col[np.isfinite(col)]
+    return {"min": float(np.min(finite, initial=np.inf)), "max": float(np.max(finite, initial=-np.inf)),
+            "unknown": len(col) - len(finite)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fit, scale, assemble
+
+
+def offsets(parts: list[SharedFacts]) -> tuple[list[int], list[int]]:
+    """Per shard: the segments and the symbols of the shards before it."""
+    segs = np.cumsum([0] + [p.segments for p in parts])[:-1]
+    syms = np.cumsum([0] + [len(p.names) for p in parts])[:-1]
+    return [int(x) for x in segs], [int(x) for x in syms]
+
+
+def fit_shards(xs: list[np.ndarray], ys: list[np.ndarray], splits: list[np.ndarray], cut: dict,
+               pool: ThreadPoolExecutor, max_rows: int = 2_000_000) -> tuple[dict, float]:
+    """(normalisation {median, scale} per feature, target scale) fitted on the training rows of all shards,
+    whose unscaled X, targets and splits these are (in row order). Beyond `max_rows` training rows, on every
+    step-th of them counted over all shards (as `fit_robust` samples one array)."""
+    trains = list(pool.map(lambda split: np.flatnonzero(split == 0), splits))
+    total = sum(len(t) for t in trains)
+    if not total:
+        raise ValueError(f"the training split is empty: too little data before the train end "
+                         f"({pd.Timestamp(cut['train_end'], tz='UTC')}, set by {cut['method']})")
+    step, before, rows = (-(-total // max_rows) if total > max_rows else 1), 0, []
+    for t in trains:
+        rows.append(t[(-before) % step :: step])
+        before += len(t)
+    at = np.cumsum([0] + [len(r) for r in rows])
+    X = np.empty((xs[0].shape[1], int(at[-1])), dtype=np.float32)  # one contiguous row per feature
+
+    def gather(i: int) -> None:
+        X[:, at[i] : at[i + 1]] = xs[i][rows[i]].T
+
+    list(pool.map(gather, range(len(xs))))
+    target = np.concatenate([y[r] for y, r in zip(ys, rows)])
+    # the target's fit is one more task beside the features'
+    fits = list(pool.map(lambda j: fit_robust(target, scratch=True) if j < 0 else fit_robust(X[j], scratch=True),
+                         range(-1, len(X))))
+    return {"median": [f[0] for f in fits[1:]], "scale": [f[1] for f in fits[1:]]}, fits[0][1]
+
+
+def scale_rows(X: np.ndarray, norm: dict, clip: float) -> None:
+    """Robust-scale X in place: (x - median) / scale, clipped, and what is still unknown filled with 0 (the
+    training median)."""
+    np.subtract(X, np.asarray(norm["median"], dtype=np.float32), out=X)
+    np.divide(X, np.asarray(norm["scale"], dtype=np.float32), out=X)
+    np.clip(X, -clip, clip, out=X)
+    np.copyto(X, 0.0, where=np.isnan(X))
+
+
+def feature_meta(cfg, facts: SharedFacts, cal: sessions.Calendar, cut: dict, made: list[dict], norm: dict,
+                 target_scale: float, report: quality.QualityReport | None, fold: int = 0) -> dict:
+    """The FeatureSet's meta from what the stages found (see docs/design.md)."""
+    per_split = np.sum([m["rows_per_split"] for m in made], axis=0)
+    return {
+        "feature_config": feature_params(cfg, fold),
+        "norm": norm,
+        "raw_ranges": {name: _merge_range([m["ranges"][name] for m in made]) for name in FEATURE_NAMES},
+        "target_scale": target_scale,
+        "bar_seconds": {name: int(b) / 1e9 for name, b in zip(facts.names, facts.bars)},
+        "calendar": cal.to_dict(),  # sessions a year, bars a session: the data's own annualisation
+        "splits": cut,
+        "rows_per_split": {name: int(per_split[i + 1]) for i, name in ((0, "train"), (1, "val"), (2, "test"))},
+        "purged_rows": int(per_split[0]) - cut.get("outside_rows", 0),  # not the rows outside a fold
+        "masked_targets": {k: sum(m[k] for m in made) for k in ("spike_rows", "spans_missing_bar")},
+        "n_segments": int(facts.segments),
+        "quality": report.to_dict() if report is not None else {},
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the build folder (the cache's build only)
 
 
 def _start(work: Path, plan: dict, verbose: bool) -> None:
@@ -109,11 +429,10 @@ def _start(work: Path, plan: dict, verbose: bool) -> None:
         print(f"resuming the feature build in {work}: {done} of {n} shards done", flush=True)
 
 
-def _clean_stage(work: Path, k: int, part: dict, shard: clean.CleanShard, cfg) -> None:
-    """Stage 1 of shard k: its clean rows (symbols recoded 0.. within the shard) and its facts, each written
-    whole."""
+def _write_clean(work: Path, k: int, shard: clean.CleanShard) -> None:
+    """Shard k's clean rows (symbols recoded 0.. within the shard), written whole."""
     code = shard.a["code"]
-    first = clean.run_starts(code)
+    first = detect.run_starts(code)
     present = code[first]
     arrays = {name: shard.a[name] for name in CLEAN} | {f"keep_{n}": v for n, v in shard.keep.items()}
     arrays |= {"code": (np.cumsum(first) - 1).astype(np.int32), "bar": shard.bar[present],
@@ -121,89 +440,68 @@ def _clean_stage(work: Path, k: int, part: dict, shard: clean.CleanShard, cfg) -
     if shard.restart is not None:
         arrays["restart"] = shard.restart
     _write_folder(work / f"clean-{k}", arrays)
-    facts = None
-    if len(shard):
-        out = {"timestamp": np.empty(len(shard), dtype=np.int64), "symbol_id": np.empty(len(shard), np.int32),
-               "segment": np.empty(len(shard), dtype=np.int32)}
-        facts = Facts.of(shard_layout(_clean_shard(arrays), cfg.max_gap_bars, out))
+
+
+def _write_facts(work: Path, k: int, facts: SharedFacts | None, part: dict) -> None:
+    """Shard k's facts and report part, written whole as arrays and JSON (no pickle: nothing read back runs
+    code)."""
+    arrays = {"part": np.frombuffer(json.dumps(part).encode(), np.uint8)}
+    if facts is not None:
+        arrays |= {"times": facts.times, "counts": facts.counts, "bars": facts.bars,
+                   "names": np.frombuffer(json.dumps(facts.names).encode(), np.uint8),
+                   "segments": np.asarray(facts.segments, np.int64),
+                   "day_bars": np.asarray(list(facts.days), np.int64)}
+        arrays |= {f"days_{i}": d for i, d in enumerate(facts.days.values())}
     tmp = work / f"facts-{k}.{os.getpid()}.{time.monotonic_ns()}.tmp"
     with writing(tmp), open(tmp, "wb") as f:
-        np.savez(f, **_facts_arrays(facts), part=np.frombuffer(json.dumps(part).encode(), dtype=np.uint8))
+        np.savez(f, **arrays)
     tmp.rename(work / f"facts-{k}.npz")
 
 
-def _clean_shard(arrays: dict[str, np.ndarray]) -> clean.CleanShard:
-    """A shard's clean rows as stage 1 wrote them (symbol codes local to the shard)."""
+def _read_facts(work: Path, k: int) -> tuple[SharedFacts | None, dict]:
+    with np.load(work / f"facts-{k}.npz", allow_pickle=False) as z:
+        part = json.loads(z["part"].tobytes())
+        if "times" not in z:
+            return None, part
+        days = {int(b): z[f"days_{i}"] for i, b in enumerate(z["day_bars"])}
+        return SharedFacts(z["times"], z["counts"], z["bars"], days, json.loads(z["names"].tobytes()),
+                           int(z["segments"])), part
+
+
+def _open_shard(work: Path, k: int, cfg) -> tuple[clean.CleanShard, ShardRows, dict[str, np.ndarray]]:
+    """Shard k's clean rows as stage 1 wrote them, and its FeatureSet arrays (files in `shard-K.<tmp>`) with
+    its rows located in them."""
+    arrays = _read_folder(work / f"clean-{k}")
     names = np.asarray(json.loads(np.asarray(arrays["symbols"]).tobytes()), dtype=object)
     keep = {n[5:]: v for n, v in arrays.items() if n.startswith("keep_")}
     restart = np.asarray(arrays["restart"]) if "restart" in arrays else None
-    return clean.CleanShard({n: arrays[n] for n in CLEAN}, names, keep, np.asarray(arrays["bar"]), restart=restart)
-
-
-def _facts_arrays(facts: Facts | None) -> dict:
-    if facts is None:
-        return {"empty": np.ones(1)}
-    days = sorted(facts.days.items())
-    return {"times": facts.times, "counts": facts.counts, "bars": facts.bars,
-            "day_bar": np.concatenate([np.full(len(d), b, dtype=np.int64) for b, d in days]),
-            "day": np.concatenate([d for _, d in days]), "segments": np.array([facts.segments]),
-            "names": np.frombuffer(json.dumps(facts.names).encode(), dtype=np.uint8)}
-
-
-def _read_facts(work: Path, k: int) -> tuple[Facts | None, dict]:
-    with np.load(work / f"facts-{k}.npz") as z:
-        part = json.loads(z["part"].tobytes())
-        if "empty" in z:
-            return None, part
-        day_bar, day = z["day_bar"], z["day"]
-        days = {int(b): day[day_bar == b] for b in np.unique(day_bar)}
-        return Facts(z["times"], z["counts"], z["bars"], days, json.loads(z["names"].tobytes()),
-                     int(z["segments"][0])), part
-
-
-def _feature_stage(work: Path, k: int, facts: Facts, bound: dict, continuous: bool, seg_offset: int,
-                   sym_offset: int, cfg) -> None:
-    """Stage 2 of shard k: its FeatureSet arrays (X unscaled) from its clean rows, written whole; then its clean
-    rows deleted."""
-    shard = _clean_shard(_read_folder(work / f"clean-{k}"))
+    shard = clean.CleanShard({n: arrays[n] for n in CLEAN}, names, keep, np.asarray(arrays["bar"]), restart=restart)
     tmp = work / f"shard-{k}.{os.getpid()}.{time.monotonic_ns()}.tmp"
     tmp.mkdir()
-    template = empty_feature_set(0, [])
+    template = FeatureSet.empty(0)
     out = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=getattr(template, name).dtype,
                                            shape=(len(shard), *getattr(template, name).shape[1:]))
            for name in FeatureSet.ARRAYS}
-    lay = shard_layout(shard, cfg.max_gap_bars, out)
-    place(lay, bound, seg_offset, sym_offset, out, cfg)
-    made = shard_features(shard, lay, facts, continuous, cfg, out)
-    for a in out.values():
-        a.flush()
-    (tmp / "made.json").write_text(json.dumps({**made, "cut": lay.cut}))
+    return shard, locate_rows(shard, cfg.max_gap_bars, out), out
+
+
+def _close_shard(work: Path, k: int, out: dict[str, np.ndarray], made: dict) -> None:
+    """Stage 2's files of shard k made whole (renamed into place); its clean rows deleted."""
+    for array in out.values():
+        array.flush()
+    tmp = Path(next(iter(out.values())).filename).parent
+    (tmp / "made.json").write_text(json.dumps(made))
     tmp.rename(work / f"shard-{k}")
     shutil.rmtree(work / f"clean-{k}", ignore_errors=True)
-
-
-def _assemble(work: Path, folder: Path, ks: list[int], facts: Facts, cal, cfg, report: clean.QualityReport,
-              pool: ThreadPoolExecutor, fold: int = 0) -> None:
-    """Stage 3: fit on the training rows of all shards, write the cache (X scaled), delete the build folder."""
-    shards = [_read_folder(work / f"shard-{k}") for k in ks]
-    made = [json.loads((work / f"shard-{k}" / "made.json").read_text()) for k in ks]
-    cut = merge_cuts([m["cut"] for m in made])
-    check_cut(cut, cfg)
-    norm, target_scale = fit_shards([s["X"] for s in shards], [s["y"] for s in shards],
-                                    [s["split"] for s in shards], cut, pool)
-    meta = feature_meta(cfg, facts, cal, cut, made, norm, target_scale, report.to_dict(), fold)
-    meta["cache_key"] = folder.name
-    cache.write(folder, facts.names, meta, shards, norm, cfg.clip)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def _write_folder(dest: Path, arrays: dict[str, np.ndarray]) -> None:
     """Arrays as .npy files in a folder that appears whole (renamed from a temporary name)."""
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     tmp.mkdir()
-    for name, a in arrays.items():
+    for name, array in arrays.items():
         with writing(tmp / f"{name}.npy"):
-            np.save(tmp / f"{name}.npy", a)
+            np.save(tmp / f"{name}.npy", array)
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
