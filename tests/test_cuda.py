@@ -39,7 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tradelib.config import Config
 from tradelib.train import stream
 from tradelib.train.models import MODELS, build_model, model_for
-from tradelib.train.sources import DataLoaderSource, DenseSource, Windows, WindowSource, dense_chunks, make_sources
+from tradelib.train.sources import DataLoaderSource, DenseSource, Windows, WindowSource, dense_chunks, resident_sources
 from tradelib.train.trainer import StepGraph, Trainer, cudnn_dropout_rnns, graphs_refused, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def make_trainer(fs, device: str, **changes) -> Trainer:
     dev = torch.device(device)
     seed_everything(cfg.seed)
     model = model_for(cfg, fs.n_features).to(dev)
-    windows, source = make_sources(fs, model, cfg, dev)
+    windows, source = resident_sources(fs, model, cfg, dev)
     return Trainer(cfg, model, windows, source, dev, verbose=False)
 
 

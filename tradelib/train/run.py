@@ -52,7 +52,7 @@ from tradelib.train import checkpoint
 from tradelib.train.facts import write_train_facts
 from tradelib.train.models import model_for, n_params
 from tradelib.train.runfolder import RunFolder
-from tradelib.train.sources import DenseSource, PaddedSource, WindowSource
+from tradelib.train.sources import PaddedSource
 from tradelib.train.stops import StopRequested, StopRequests, progress_state, signal_name
 from tradelib.train.stream import make_sources
 from tradelib.train.trainer import StepStats, Trainer, seed_everything
@@ -471,7 +471,7 @@ class TrainingRun:
         """Targets trained per epoch (all ranks): windows, or valid chunk positions in dense mode."""
         if not hasattr(self, "_epoch_targets"):
             src = self.trainer.source
-            ids = torch.arange(len(src), device=src.device if isinstance(src, (WindowSource, DenseSource)) else "cpu")
+            ids = torch.arange(len(src), device=src.ids_device)
             self._epoch_targets = float(src.count(ids))  # (shard_data: this rank's, set for all in _setup)
         return self._epoch_targets
 

@@ -34,7 +34,8 @@ class Batch(NamedTuple):
 
 @runtime_checkable
 class BatchSource(Protocol):
-    device: torch.device
+    device: torch.device  # where its batches are
+    ids_device: torch.device  # where its item ids live: the device for resident sources, else the host
 
     def __len__(self) -> int:
         """Items in one epoch over all ranks (windows or chunks)."""
@@ -123,6 +124,7 @@ class WindowSource:
 
     def __init__(self, windows: Windows, split: int = 0) -> None:
         self.windows, self.device = windows, windows.device
+        self.ids_device = self.device
         self.ends = windows.ends(split)
 
     def __len__(self) -> int:
@@ -178,6 +180,7 @@ class DenseSource:
 
     def __init__(self, windows: Windows, length: int, receptive_field: int) -> None:
         self.windows, self.device, self.length = windows, windows.device, length
+        self.ids_device = self.device
         starts, first = dense_chunks(windows.fs, 0, length, receptive_field)
         self.chunk_starts = torch.from_numpy(starts).to(self.device)
         self.chunk_first = torch.from_numpy(first).to(self.device)
@@ -255,7 +258,7 @@ class DataLoaderSource:
 
     def __init__(self, fs: FeatureSet, window: int, device: torch.device, batch_size: int, num_workers: int = 8,
                  pin_memory: bool = True, prefetch_factor: int = 4, persistent_workers: bool = True) -> None:
-        self.device, self.window = device, window
+        self.device, self.window, self.ids_device = device, window, torch.device("cpu")
         y = np.nan_to_num(fs.y / float(fs.meta.get("target_scale", 1.0)), nan=0.0).astype(np.float32)
         self.ends = window_ends(fs, 0, window)
         self.dataset = WindowDataset(fs.X, y, self.ends, window)
@@ -302,6 +305,7 @@ class PaddedSource:
 
     def __init__(self, inner: BatchSource, per_rank: int, world: int) -> None:
         self.inner, self.device, self.per_rank, self.world = inner, inner.device, per_rank, world
+        self.ids_device = torch.device("cpu")  # its epoch pads the inner ids on the host
         self.n = len(inner)
 
     def __len__(self) -> int:
@@ -313,7 +317,7 @@ class PaddedSource:
 
     def _real(self, ids: torch.Tensor) -> torch.Tensor:
         """The rank's own items among `ids` (on the host: no device sync), where the inner source takes them."""
-        return ids[ids < self.n].to(self.inner_ids_device)
+        return ids[ids < self.n].to(self.inner.ids_device)
 
     def begin(self, ids: torch.Tensor) -> None:
         self.inner.begin(self._real(ids))
@@ -322,7 +326,7 @@ class PaddedSource:
         real = self._real(ids)
         if len(real):
             return self.inner.fetch(real)
-        b = self.inner.fetch(torch.tensor([self.n - 1], device=self.inner_ids_device))  # a stand-in, masked out
+        b = self.inner.fetch(torch.tensor([self.n - 1], device=self.inner.ids_device))  # a stand-in, masked out
         mask = torch.zeros(b.y.shape, dtype=torch.bool, device=b.y.device)
         return Batch(b.x, b.y, mask)
 
@@ -333,20 +337,16 @@ class PaddedSource:
     def order_key(self):
         return getattr(self.inner, "order_key", None)
 
-    @property
-    def inner_ids_device(self) -> torch.device:
-        """Where the inner source takes its item ids: the device for the resident sources, the host otherwise."""
-        return self.device if isinstance(self.inner, (WindowSource, DenseSource)) else torch.device("cpu")
-
     def close(self) -> None:
         close = getattr(self.inner, "close", None)
         if close is not None:
             close()
 
 
-def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.device) -> tuple[Windows, BatchSource]:
+def resident_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.device
+                     ) -> tuple[Windows, BatchSource]:
     """(the evaluation windows, the training batch source) that `cfg` asks for, the data resident on the device
-    (stream.make_sources decides between this and streaming)."""
+    (`stream.make_sources`, the one entry, decides between this and streaming)."""
     windows = Windows(fs, cfg.window, device)
     if cfg.dense:
         if not hasattr(model, "forward_dense"):

@@ -4,7 +4,7 @@ blocks of rows are copied to the device ahead of use, where windows are gathered
 The device holds two slots of `K` blocks each (`BlockStream`): training reads one while a loader thread fills the
 other (on CUDA: from pinned host buffers on a side stream, ordered by events, so the training thread never waits
 on the host for a copy). A block carries the `span - 1` rows before it, so every window (or dense chunk) ending
-in it is whole there. `device_memory_budget` decides: the data resident when it fits (`sources.make_sources`),
+in it is whole there. `device_memory_budget` decides: the data resident when it fits (`sources.resident_sources`),
 streamed otherwise; `make_sources` here says which and why.
 
 Shuffling is on two levels: an epoch permutes the blocks, takes them `K` at a time (a group, resident together),
@@ -29,8 +29,16 @@ import numpy as np
 import torch
 
 from tradelib.data.features import FeatureSet
-from tradelib.train.sources import Batch, BatchSource, Windows, dense_chunks, epoch_order, take_spans, window_ends
-from tradelib.train.sources import make_sources as resident_sources
+from tradelib.train.sources import (
+    Batch,
+    BatchSource,
+    Windows,
+    dense_chunks,
+    epoch_order,
+    resident_sources,
+    take_spans,
+    window_ends,
+)
 
 ROW_BYTES_EXTRA = 4 + 1  # per row on the device besides the features: the scaled target (float32), its validity
 
@@ -256,6 +264,7 @@ class StreamSource:
                  = None, rank_weight: int = 1) -> None:
         self.stream, self.items, self.span, self.ledger = stream, items, span, ledger
         self.device = stream.device
+        self.ids_device = torch.device("cpu")  # items are announced and cut into runs on the host
         self.dense_first = dense_first  # dense mode: the first row each chunk trains on
         if dense_first is not None:  # its valid targets: known targets from its first trained row to its anchor
             known = np.r_[0, np.cumsum(np.isfinite(stream.fs.y))]
@@ -520,7 +529,7 @@ def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
 
 def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.device, verbose: bool = False
                  ) -> tuple[Windows | StreamWindows, BatchSource]:
-    """(evaluation windows, training source) for `cfg`: resident (`sources.make_sources`) when the data fits
+    """(evaluation windows, training source) for `cfg`: resident (`sources.resident_sources`) when the data fits
     `device_memory_budget`, else streamed; says which when `verbose`."""
     span = cfg.dense_chunk if cfg.dense else cfg.window
     p = plan(fs, cfg, device, span)
