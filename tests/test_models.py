@@ -205,6 +205,7 @@ def test_a_user_model_trains_checkpoints_resumes_and_reports_like_a_built_in(tmp
     one uninterrupted run ends (CPU); the checkpoint and summary.json hold the import path (a string); the report
     is built; resuming with another model is refused."""
     from tradelib.config import Config
+    from tradelib.report.inputs import ReportSettings
     from tradelib.report.report import build_report
     from tradelib.train import checkpoint
     from tradelib.train.run import TrainingRun, train
@@ -233,7 +234,7 @@ def test_a_user_model_trains_checkpoints_resumes_and_reports_like_a_built_in(tmp
     last = lambda run_id: checkpoint.load(outputs / run_id / "checkpoints" / "last.pt")["model"]
     a, b = last("mine-whole"), last("mine-cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    build_report(resumed.run_dir)
+    build_report(resumed.run_dir, settings=ReportSettings.of())
     assert json.loads((resumed.run_dir / "report.json").read_text())
     with pytest.raises(ValueError, match="model"):
         train(cfg("mine-cut", resume=True, model="mlp", max_steps=20), progress=False)
