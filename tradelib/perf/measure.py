@@ -96,8 +96,6 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], g
     CUDA, so on another device its rows are skipped with the reason; a spec that sets cuda_graphs itself
     keeps it. Without `modes` the config's own cuda_graphs is measured, labelled NAME/LOADER. A spec's `as=LABEL`
     replaces NAME in its labels."""
-    from tradelib.train.models import build_model
-
     name, overrides = parse_model_spec(spec)
     shown = overrides.pop("as", name)  # `as=NAME` names a spec's rows (two specs of one model side by side)
     if "loaders" in overrides:
@@ -122,7 +120,7 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], g
         if loader not in LOADERS:
             raise ValueError(f"unknown loader {loader!r}: choose from {', '.join(LOADERS)}")
         if loader == "dense":
-            probe = build_model(cfg.model, 1, cfg.window, cfg.hidden, cfg.layers, heads=cfg.heads, cfg=cfg)
+            probe = model_for(cfg, 1)
             if not hasattr(probe, "forward_dense"):
                 if verbose:
                     print(f"measure: no dense mode for {cfg.model} (not a causal model); skipped")
