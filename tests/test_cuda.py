@@ -38,7 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tradelib.config import Config
 from tradelib.train import stream
-from tradelib.train.models import MODELS, build_model, model_for
+from tradelib.train.models import MODELS, model_for
 from tradelib.train.sources import DataLoaderSource, DenseSource, Windows, WindowSource, dense_chunks, resident_sources
 from tradelib.train.trainer import StepGraph, Trainer, cudnn_dropout_rnns, graphs_refused, seed_everything
 
@@ -111,7 +111,7 @@ def test_device_windows_chunks_and_the_dataloader_equal_naive_slices(tiny_fs, de
         assert torch.equal(x.cpu(), torch.from_numpy(np.stack([fs.X[e - W + 1 : e + 1] for e in rows])))
         assert torch.equal(y.cpu(), torch.from_numpy(y_scaled[rows]))
 
-    rf = build_model("tcn", fs.n_features, W, 8, 2).receptive_field
+    rf = model_for(Config(model="tcn", window=W, hidden=8, layers=2), fs.n_features).receptive_field
     dense = DenseSource(windows, CHUNK, rf)
     ids = torch.arange(len(dense), device=dev)
     x, y, mask = dense.fetch(ids)
@@ -614,14 +614,16 @@ def test_the_step_graph_is_refused_where_it_cannot_work(tiny_fs, capsys):
     tr = make_trainer(tiny_fs, "cpu", cuda_graphs="true")
     assert not tr.graphs and "cuda_graphs: off (CUDA graphs need a CUDA device" in capsys.readouterr().out
     cuda, ok = torch.device("cuda"), Config(cuda_graphs="true")
-    lstm = build_model("lstm", 4, W, 8, 2)
+    small = Config(window=W, hidden=8, layers=2)
+    lstm = model_for(small.replace(model="lstm"), 4)
     assert graphs_refused(ok, cuda, 1, True, lstm) is None
     assert graphs_refused(ok.replace(grad_accum_steps=2), cuda, 1, True, lstm) is None  # accumulation is recorded
     assert "DDP" in graphs_refused(ok, cuda, 2, True, lstm)
     assert "reduce-overhead" in graphs_refused(ok.replace(compile="reduce-overhead"), cuda, 1, True, lstm)
     assert "fused AdamW" in graphs_refused(ok, cuda, 1, False, lstm)
-    assert "cuDNN's LSTM/GRU dropout (rnn" in graphs_refused(ok, cuda, 1, True, build_model("lstm", 4, W, 8, 2, 0.1))
-    assert graphs_refused(ok, cuda, 1, True, build_model("mlp", 4, W, 8, 2, 0.1)) is None  # torch's own dropout
+    dropped = {m: model_for(small.replace(model=m, dropout=0.1), 4) for m in ("lstm", "mlp")}
+    assert "cuDNN's LSTM/GRU dropout (rnn" in graphs_refused(ok, cuda, 1, True, dropped["lstm"])
+    assert graphs_refused(ok, cuda, 1, True, dropped["mlp"]) is None  # torch's own dropout
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from tradelib.config import Config
 from tradelib.data import dataset
 from tradelib.distributed import launch_distributed, needs_launch
 from tradelib.train import stream
-from tradelib.train.models import build_model
+from tradelib.train.models import model_for
 from tradelib.train.run import train
 from tradelib.train.sources import window_ends
 from tradelib.train.trainer import seed_everything
@@ -48,7 +48,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(outputs, cap
     for k, v in single["model"].items():
         assert torch.allclose(ddp["model"][k], v, rtol=1e-5, atol=1e-6), k
     seed_everything(5)
-    start = build_model(base["model"], len(single["feature_names"]), 16, 8, 2).state_dict()
+    small = Config(model=base["model"], window=16, hidden=8, layers=2)
+    start = model_for(small, len(single["feature_names"])).state_dict()
     assert not any(torch.equal(start[k], v) for k, v in ddp["model"].items() if v.dim() >= 2)  # it did train
 
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]

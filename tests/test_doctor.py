@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from tradelib.cli import main
+from tradelib.config import Config
 from tradelib.perf.doctor import INPUT_BOUND, Measured, examine, largest_matmul, verdict
 from tradelib.perf.profiling import _runner
-from tradelib.train.models import build_model
+from tradelib.train.models import model_for
 
 GPU = Measured(device="cuda", device_name="NVIDIA H100 80GB HBM3", model="lstm", loader="device", batch_size=1024,
                grad_accum_steps=1, graphs=False, graphs_refused=None, precision="bf16", samples_per_s=100_000.0,
@@ -93,9 +94,10 @@ def test_device_seconds_count_the_device_side_events_once():
 
 def test_largest_matmul_of_each_family():
     x = torch.randn(8, 16, 5)
-    assert largest_matmul(build_model("mlp", 5, 16, hidden=32, layers=2), x) == (8, 80, 32)
-    assert largest_matmul(build_model("lstm", 5, 16, hidden=32, layers=1), x) == (8, 32, 128)
-    assert largest_matmul(build_model("transformer", 5, 16, hidden=32, layers=1, heads=4), x) == (128, 32, 128)
+    assert largest_matmul(model_for(Config(model="mlp", window=16, hidden=32, layers=2), 5), x) == (8, 80, 32)
+    assert largest_matmul(model_for(Config(model="lstm", window=16, hidden=32, layers=1), 5), x) == (8, 32, 128)
+    transformer = model_for(Config(model="transformer", window=16, hidden=32, layers=1, heads=4), 5)
+    assert largest_matmul(transformer, x) == (128, 32, 128)
 
 
 class Sleepy:

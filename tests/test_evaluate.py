@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from tradelib import runs
 from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
+from tradelib.report.inputs import ReportSettings
 
 HOUR = 3600.0
 
@@ -284,7 +285,8 @@ def test_baseline_predictions():
 
 def test_evaluate_all_model_first_and_baselines_on_same_rows():
     df = planted(n_sym=3, n_days=2, rho=0.3)
-    out = bk.evaluate_all(df, ev.baseline_predictions(df), family="cross_sectional", cost_bps=0.0)
+    out = bk.evaluate_all(df, ev.baseline_predictions(df), family="cross_sectional", cost_bps=0.0,
+                          trade_delay=1)
     assert list(out["predictor"]) == ["model", "zero", "momentum", "oracle"]
     for col in ["cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "daily_rank_ic", "pooled_ic", "icir",
                 "t_stat", "directional_accuracy", "sharpe_net"]:
@@ -397,7 +399,7 @@ def test_neutral_book_is_demeaned_with_gross_one():
     np.testing.assert_allclose(bt.pnl["gross"], [0.015, 0.0])
     np.testing.assert_allclose(bt.pnl["net_exposure"], [0.0, 0.0], atol=1e-15)
     df = planted(n_sym=5, n_days=1, seed=2)
-    sign, neutral = (bk.backtest(df, bar_seconds=300, mode=m) for m in ("sign", "neutral"))
+    sign, neutral = (bk.backtest(df, cost_bps=5.0, trade_delay=1, bar_seconds=300, mode=m) for m in ("sign", "neutral"))
     assert sign.stats["abs_net_exposure"] > 0.2  # the sign book leans with the predictions
     assert neutral.stats["abs_net_exposure"] < 1e-12
     np.testing.assert_allclose(neutral.pnl["exposure"][1:], 1.0)  # flat at the first bar: nothing to trade yet
@@ -406,7 +408,7 @@ def test_neutral_book_is_demeaned_with_gross_one():
 def test_cost_sweep_and_break_even():
     df = planted(n_sym=4, n_days=2, rho=0.3, seed=8)  # a one-bar signal: it pays only if traded at once
     bt = bk.backtest(df, cost_bps=5.0, bar_seconds=300, trade_delay=0)
-    sweep = bk.cost_sensitivity(bt)
+    sweep = bk.cost_sensitivity(bt, ReportSettings.of().cost_grid_bps)
     assert list(sweep["cost_bps"]) == [0, 1, 2, 5, 10, 20]
     assert sweep.set_index("cost_bps").loc[5.0, "net_sharpe"] == pytest.approx(bt.stats["net"]["sharpe"])
     assert sweep.set_index("cost_bps").loc[0.0, "net_sharpe"] == pytest.approx(bt.stats["gross"]["sharpe"])
@@ -414,14 +416,14 @@ def test_cost_sweep_and_break_even():
     be = bk.break_even_bps(bt)
     at_be = bk.cost_sensitivity(bt, [be]).loc[0, "net_sharpe"]
     assert be > 0 and abs(at_be) < 1e-9
-    flat = bk.backtest(df.assign(prediction=0.0), bar_seconds=300)
+    flat = bk.backtest(df.assign(prediction=0.0), cost_bps=5.0, trade_delay=1, bar_seconds=300)
     assert math.isnan(bk.break_even_bps(flat))
 
 
 def test_zero_prediction_gives_zero_pnl():
     ts = pd.date_range("2024-01-01", periods=10, freq="h")
     df = frame(ts, ["A"] * 10, np.zeros(10), ret_next=np.linspace(-0.02, 0.03, 10))
-    bt = bk.backtest(df, cost_bps=10.0, bar_seconds=HOUR)
+    bt = bk.backtest(df, cost_bps=10.0, trade_delay=1, bar_seconds=HOUR)
     assert (bt.pnl[["gross", "net", "cost", "turnover"]] == 0).all().all()
     assert bt.stats["net"]["total_return"] == 0.0 and bt.stats["net"]["sharpe"] == 0.0
     assert bt.stats["net"]["max_drawdown"] == 0.0 and math.isnan(bt.stats["net"]["hit_rate"])

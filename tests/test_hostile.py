@@ -95,13 +95,14 @@ def test_ambiguous_day_first_dates_take_the_regular_grid_and_say_so(tmp_path, ca
     assert code == 0, err
     assert counts(out) == (240, 240, 0)
     assert "timestamps: dates read day-first (%d/%m/%Y %H:%M)" in out
-    pd.testing.assert_series_equal(load_ohlcv(path).timestamp, df.timestamp.astype("datetime64[ns, UTC]"))
+    pd.testing.assert_series_equal(load_ohlcv(path, date_format="").timestamp,
+                                   df.timestamp.astype("datetime64[ns, UTC]"))
 
 
 def test_seven_daily_bars_day_first_are_not_read_as_months(tmp_path):
     """The issue's case: 01/01/2024 .. 07/01/2024 are seven days, not January to July."""
     df = bars(7)
-    raw = load_ohlcv(write_csv(tmp_path / "x.csv", df, date_fmt="%d/%m/%Y"))
+    raw = load_ohlcv(write_csv(tmp_path / "x.csv", df, date_fmt="%d/%m/%Y"), date_format="")
     assert raw.timestamp.dt.day.tolist() == list(range(1, 8)) and (raw.timestamp.dt.month == 1).all()
     assert raw.attrs["timestamp_notes"] and "day-first" in raw.attrs["timestamp_notes"][0]
 
@@ -134,7 +135,7 @@ def test_bom_and_crlf(tmp_path, capsys):
     code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
     assert code == 0, err
     assert counts(out) == (150, 150, 0)
-    np.testing.assert_allclose(load_ohlcv(path).close, df.close, rtol=1e-12)
+    np.testing.assert_allclose(load_ohlcv(path, date_format="").close, df.close, rtol=1e-12)
 
 
 def test_semicolons_with_decimal_commas(tmp_path, capsys):
@@ -144,14 +145,14 @@ def test_semicolons_with_decimal_commas(tmp_path, capsys):
     code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
     assert code == 0, err
     assert counts(out) == (150, 150, 0)
-    raw = load_ohlcv(path)
+    raw = load_ohlcv(path, date_format="")
     np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
     assert raw.attrs["decimal_comma"] == ["DAX.csv"]
 
 
 def test_semicolons_with_decimal_points(tmp_path):
     df = bars(50)
-    raw = load_ohlcv(write_csv(tmp_path / "x.csv", df, sep=";"))
+    raw = load_ohlcv(write_csv(tmp_path / "x.csv", df, sep=";"), date_format="")
     np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
 
 
@@ -177,7 +178,7 @@ def test_out_of_range_timestamps_in_other_formats(tmp_path, fmt):
     col = col.astype(object)
     col[50] = bad
     df.assign(timestamp=col).to_csv(tmp_path / "x.csv", index=False)
-    raw = load_ohlcv(tmp_path / "x.csv")
+    raw = load_ohlcv(tmp_path / "x.csv", date_format="")
     assert raw.attrs["bad_timestamps"] == 1 and raw.timestamp.isna().sum() == 1
 
 
@@ -279,7 +280,7 @@ REAL = ROOT / "tests" / "data" / "real" / "MSFT.csv.gz"
 @pytest.fixture(scope="module")
 def msft() -> tuple[pd.DataFrame, Config, object, object]:
     """Real daily bars (MSFT 1986-2017, early prices near 0.07), loaded and built once."""
-    raw = load_ohlcv(REAL)
+    raw = load_ohlcv(REAL, date_format="")
     cfg = Config(data_path=str(REAL))
     return (raw, cfg, *dataset.build(cfg, raw))
 

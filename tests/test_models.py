@@ -6,33 +6,34 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from tradelib.train.models import MODELS, build_model, n_params, training_flops_per_sample
+from tradelib.config import Config
+from tradelib.train.models import MODELS, build_model, model_for, n_params, training_flops_per_sample
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_shapes_and_flops(name):
-    model = build_model(name, n_features=5, window=32, hidden=8, layers=2)
+    model = model_for(Config(model=name, window=32, hidden=8, layers=2), 5)
     out = model(torch.randn(4, 32, 5))
     assert out.shape == (4,)
-    assert training_flops_per_sample(model) > 0 and n_params(model) > 0
+    assert training_flops_per_sample(model, dense=False) > 0 and n_params(model) > 0
 
 
 def test_init_gain_scales_weights():
-    small = build_model("mlp", 5, 16, hidden=32, init_gain=0.5)
-    big = build_model("mlp", 5, 16, hidden=32, init_gain=2.0)
+    small = model_for(Config(model="mlp", window=16, hidden=32, init_gain=0.5), 5)
+    big = model_for(Config(model="mlp", window=16, hidden=32, init_gain=2.0), 5)
     ratio = big.body[0].weight.abs().max() / small.body[0].weight.abs().max()
     assert 3.0 < ratio < 5.0  # xavier-uniform bound is proportional to the gain
 
 
 def test_output_clip_bounds_predictions():
-    model = build_model("mlp", 5, 16, hidden=8, init_gain=50.0, output_clip=0.5)
+    model = model_for(Config(model="mlp", window=16, hidden=8, init_gain=50.0, output_clip=0.5), 5)
     out = model(torch.randn(64, 16, 5) * 100)
     assert out.abs().max() <= 0.5
 
 
 def test_tcn_is_causal_and_receptive_field_is_exact():
     torch.manual_seed(0)
-    model = build_model("tcn", 3, window=32, hidden=8, layers=2).eval()
+    model = model_for(Config(model="tcn", window=32, hidden=8, layers=2), 3).eval()
     R = model.receptive_field
     x = torch.randn(1, 40, 3)
     y = x.clone()
@@ -48,12 +49,13 @@ def test_tcn_is_causal_and_receptive_field_is_exact():
 
 def test_tcn_refuses_a_window_shorter_than_its_receptive_field():
     with pytest.raises(ValueError, match="receptive field"):
-        build_model("tcn", 3, window=8, hidden=8, layers=3)
+        model_for(Config(model="tcn", window=8, hidden=8, layers=3), 3)
 
 
 def test_unknown_model():
     with pytest.raises(ValueError, match="choose one of"):
-        build_model("transformer9000", 3, 8)
+        build_model("transformer9000", 3, 8, hidden=8, layers=1, dropout=0.0, init_gain=1.0, output_clip=0.0, heads=1,
+                    positions="learned")  # Config itself refuses the name: the builder is asked directly
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -61,7 +63,7 @@ def test_every_model_at_initialisation_depends_on_its_input(name):
     """Init by module type: norms keep weight 1 (the MLP's LayerNorms, named body.1, body.5, ..., were once
     zeroed by a name test, and the MLP then gave exactly 0 for every input)."""
     torch.manual_seed(0)
-    model = build_model(name, n_features=5, window=32, hidden=16, layers=2)
+    model = model_for(Config(model=name, window=32, hidden=16, layers=2), 5)
     out = model(torch.randn(64, 32, 5))
     assert out.std() > 1e-4, out[:5]
     for m in model.modules():
@@ -92,27 +94,27 @@ def counted_flops(fn, x: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
 def test_transformer_flops_match_torchs_counter(positions):
-    model = build_model("transformer", 12, 32, hidden=64, layers=3, heads=4, positions=positions)
+    model = model_for(Config(model="transformer", window=32, hidden=64, layers=3, heads=4, positions=positions), 12)
     x = torch.randn(3, 32, 12)
-    assert model.flops_per_sample() == pytest.approx(counted_flops(model, x) / 3, rel=0.03)
+    assert model.flops_per_sample(dense=False) == pytest.approx(counted_flops(model, x) / 3, rel=0.03)
     # dense: a window-long chunk's FLOPs shared among its 32 trained positions
     assert model.flops_per_sample(dense=True) == pytest.approx(counted_flops(model.forward_dense, x) / (3 * 32),
                                                                rel=0.03)
-    assert training_flops_per_sample(model) == 3 * model.flops_per_sample()
+    assert training_flops_per_sample(model, dense=False) == 3 * model.flops_per_sample(dense=False)
 
 
 @pytest.mark.parametrize("name", ["mlp", "tcn"])
 def test_built_in_flops_match_torchs_counter(name):
     """The models whose kernels torch's counter sees (it does not count the fused LSTM/GRU kernels); the TCN's
     per-window forward pays its whole receptive field (its causal padding's zeros counted by torch: within 10%)."""
-    model = build_model(name, 5, 32, hidden=16, layers=2)
+    model = model_for(Config(model=name, window=32, hidden=16, layers=2), 5)
     x = torch.randn(4, 32, 5)
-    assert model.flops_per_sample() == pytest.approx(counted_flops(model, x) / 4, rel=0.1)
+    assert model.flops_per_sample(dense=False) == pytest.approx(counted_flops(model, x) / 4, rel=0.1)
 
 
 def test_transformer_is_causal_and_dense_is_the_window_forward():
     torch.manual_seed(0)
-    model = build_model("transformer", 4, 16, hidden=32, layers=2, heads=4).eval()
+    model = model_for(Config(model="transformer", window=16, hidden=32, layers=2, heads=4), 4).eval()
     x = torch.randn(2, 16, 4)
     dense = model.forward_dense(x)
     torch.testing.assert_close(dense[:, -1], model(x))
@@ -124,11 +126,11 @@ def test_transformer_is_causal_and_dense_is_the_window_forward():
     with pytest.raises(ValueError, match="dense_chunk"):
         model.forward_dense(torch.randn(1, 17, 4))
     with pytest.raises(ValueError, match="multiple of heads"):
-        build_model("transformer", 4, 16, hidden=30, layers=1, heads=4)
+        model_for(Config(model="transformer", window=16, hidden=30, layers=1, heads=4), 4)
 
 
 def test_transformer_runs_in_bf16_autocast():
-    model = build_model("transformer", 4, 16, hidden=32, layers=1, heads=4)
+    model = model_for(Config(model="transformer", window=16, hidden=32, layers=1, heads=4), 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(3, 16, 4))
     out.float().sum().backward()
@@ -138,9 +140,9 @@ def test_transformer_runs_in_bf16_autocast():
 def test_the_gpu_sized_transformer_projection():
     """The bench's transformer (window 64, hidden 512, 4 layers) on full.yaml's features: about 1.6 GFLOP a window
     forward, 4.9 training; the projection in docs/perf.md is computed from this count."""
-    model = build_model("transformer", 12, 64, hidden=512, layers=4, heads=8)
-    assert 1.6e9 < model.flops_per_sample() < 1.7e9
-    assert 4.8e9 < training_flops_per_sample(model) < 5.1e9
+    model = model_for(Config(model="transformer", window=64, hidden=512, layers=4, heads=8), 12)
+    assert 1.6e9 < model.flops_per_sample(dense=False) < 1.7e9
+    assert 4.8e9 < training_flops_per_sample(model, dense=False) < 5.1e9
 
 
 USER_MODULE = """
@@ -189,15 +191,15 @@ def test_a_user_model_by_import_path(tmp_path, monkeypatch):
     cfg = Config(model="mine_models_a:Net", hidden=7, window=8)
     model = model_for(cfg, 3)
     assert model.lin.out_features == 7 and model(torch.randn(5, 8, 3)).shape == (5,)
-    assert training_flops_per_sample(model) == 3 * 2.0 * (24 * 7 + 7)
-    plain = build_model("mine_models_a:NoCfg", 3, 8)
-    assert training_flops_per_sample(plain) is None  # MFU n/a for it
+    assert training_flops_per_sample(model, dense=False) == 3 * 2.0 * (24 * 7 + 7)
+    plain = model_for(Config(model="mine_models_a:NoCfg", window=8), 3)
+    assert training_flops_per_sample(plain, dense=False) is None  # MFU n/a for it
     with pytest.raises(ValueError, match=r"gave \(2, 8, 1\); the protocol is"):
-        build_model("mine_models_a:Wrong", 3, 8)
+        model_for(Config(model="mine_models_a:Wrong", window=8), 3)
     with pytest.raises(ValueError, match="no nn.Module subclass named 'Absent'"):
-        build_model("mine_models_a:Absent", 3, 8)
+        model_for(Config(model="mine_models_a:Absent", window=8), 3)
     with pytest.raises(ValueError, match="cannot import 'nowhere_to_be_found'"):
-        build_model("nowhere_to_be_found:Net", 3, 8)
+        model_for(Config(model="nowhere_to_be_found:Net", window=8), 3)
 
 
 def test_a_user_model_trains_checkpoints_resumes_and_reports_like_a_built_in(tmp_path, monkeypatch, outputs):
@@ -205,6 +207,7 @@ def test_a_user_model_trains_checkpoints_resumes_and_reports_like_a_built_in(tmp
     one uninterrupted run ends (CPU); the checkpoint and summary.json hold the import path (a string); the report
     is built; resuming with another model is refused."""
     from tradelib.config import Config
+    from tradelib.report.inputs import ReportSettings
     from tradelib.report.report import build_report
     from tradelib.train import checkpoint
     from tradelib.train.run import TrainingRun, train
@@ -233,7 +236,7 @@ def test_a_user_model_trains_checkpoints_resumes_and_reports_like_a_built_in(tmp
     last = lambda run_id: checkpoint.load(outputs / run_id / "checkpoints" / "last.pt")["model"]
     a, b = last("mine-whole"), last("mine-cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    build_report(resumed.run_dir)
+    build_report(resumed.run_dir, settings=ReportSettings.of())
     assert json.loads((resumed.run_dir / "report.json").read_text())
     with pytest.raises(ValueError, match="model"):
         train(cfg("mine-cut", resume=True, model="mlp", max_steps=20), progress=False)

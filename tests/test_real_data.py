@@ -52,7 +52,7 @@ def test_real_daily_calendar_gives_about_252_periods_a_year(real_fs):
 
 
 def test_sharpe_on_real_daily_bars_equals_empyrical(real_run, real_fs):
-    inputs = ri.load_inputs(real_run, cost_bps=5.0, fs=real_fs)
+    inputs = ri.load_inputs(real_run, ri.ReportSettings.of(cost_bps=5.0), fs=real_fs)
     s = rp.build_report(real_run, inputs=inputs)["summary"]
     ppy = s["periods_per_year"]
     assert 250 < ppy < 254 and inputs.annualisation["method"] == "sessions"
@@ -82,7 +82,7 @@ def test_cross_sectional_ic_equals_alphalens_on_real_predictions(real_run, real_
     assert len(ours) == len(theirs) > 500
     np.testing.assert_array_equal(ours["period"].to_numpy(), theirs.index.to_numpy())
     np.testing.assert_allclose(ours["rank_ic"].to_numpy(), theirs.to_numpy(), atol=1e-12)
-    s = rp.build_report(real_run, fs=real_fs)["summary"]
+    s = rp.build_report(real_run, settings=ri.ReportSettings.of(), fs=real_fs)["summary"]
     assert s["headline_ic"] == "cross_sectional" and s["ic_lag"] == 1
     assert s["cross_sectional_rank_ic_lag0"] == pytest.approx(theirs.mean(), abs=1e-12)  # before the trade delay
 
@@ -96,7 +96,7 @@ def test_the_headline_ic_is_alphalens_on_returns_shifted_by_the_trade_delay(real
     df = df.join(shifted, on=["timestamp", "symbol"]).dropna(subset=["shifted"])
     enough = df.groupby("timestamp")["symbol"].transform("nunique") >= 3
     theirs = alphalens_rank_ic(df[enough].drop(columns="target").rename(columns={"shifted": "target"}))
-    s = rp.build_report(real_run, fs=real_fs, trade_delay=1)["summary"]
+    s = rp.build_report(real_run, settings=ri.ReportSettings.of(trade_delay=1), fs=real_fs)["summary"]
     assert len(theirs) > 500
     assert s["cross_sectional_rank_ic"] == pytest.approx(theirs.mean(), abs=1e-12)
     assert s["cross_sectional_rank_ic"] != pytest.approx(s["cross_sectional_rank_ic_lag0"], abs=1e-6)
@@ -107,7 +107,7 @@ def test_the_sharpe_interval_and_psr_equal_a_hand_computation_on_real_daily_retu
     from scipy import stats
     from statsmodels.stats.sandwich_covariance import S_hac_simple
 
-    inputs = ri.load_inputs(real_run, cost_bps=5.0, fs=real_fs)
+    inputs = ri.load_inputs(real_run, ri.ReportSettings.of(cost_bps=5.0), fs=real_fs)
     s = rp.build_report(real_run, inputs=inputs)["summary"]
     r, ppy = inputs.backtest.pnl["net"].to_numpy(), s["periods_per_year"]
     n, d = len(r), r - r.mean()
@@ -130,7 +130,7 @@ def test_the_test_span_as_traded_on_real_daily_bars(real_run, real_fs):
     ends = window_ends(real_fs, 2, CFG.window)
     summary = {"run_id": real_run.name, "config": CFG.to_dict(), "test_windows": int(len(ends))}
     runs.write_summary(real_run, summary)
-    span = ri.load_inputs(real_run, fs=real_fs).test_span
+    span = ri.load_inputs(real_run, ri.ReportSettings.of(), fs=real_fs).test_span
     cut = real_fs.meta["splits"]
     t = real_fs.timestamp
     purged = (real_fs.split == -1) & (t > cut["val_end"])

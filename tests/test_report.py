@@ -14,6 +14,8 @@ from tradelib.report import inputs as ri
 from tradelib.report import report as rp
 from tradelib.report import words as rw
 
+DEFAULTS = ri.ReportSettings.of()  # Config's report settings
+
 RHO = 0.3  # planted corr(prediction, target)
 
 
@@ -73,7 +75,7 @@ def strict_json(path):
 
 def test_build_report_writes_strict_json_with_planted_ic(tmp_path):
     run, feats = make_run(tmp_path / "run-a")
-    report = rp.build_report(run, cost_bps=5.0, **feats)
+    report = rp.build_report(run, settings=ri.ReportSettings.of(cost_bps=5.0), **feats)
     on_disk = strict_json(run / "report.json")
     assert on_disk["summary"] == report["summary"]
     for key in ["summary", "conventions", "ic", "ic_by_timestamp", "ic_by_day", "predictors", "per_symbol",
@@ -112,7 +114,8 @@ def test_report_states_its_conventions(tmp_path):
     """Which IC, which t, which annualisation, the delay, the cost, the positions and the split dates."""
     run, _ = make_run(tmp_path / "run-a", summary_extra={"config": {"horizon": 3, "train_frac": 0.7,
                                                                      "val_frac": 0.15}})
-    report = rp.build_report(run, cost_bps=2.0, mode="neutral", trade_delay=2)
+    settings = ri.ReportSettings.of(cost_bps=2.0, position_mode="neutral", trade_delay=2)
+    report = rp.build_report(run, settings=settings)
     c = report["conventions"]
     assert c["headline_ic"] == "cross_sectional" and c["horizon_bars"] == 3
     assert c["t_stat"].startswith("Hansen-Hodrick HAC, 2 lags")  # a 3-bar target overlaps 2 timestamps
@@ -130,8 +133,8 @@ def test_report_states_its_conventions(tmp_path):
 
 def test_periods_per_year_overrides_the_calendar(tmp_path):
     run, _ = make_run(tmp_path / "run-a")
-    auto = rp.build_report(run)["summary"]
-    given = rp.build_report(run, periods_per_year=252.0)
+    auto = rp.build_report(run, settings=DEFAULTS)["summary"]
+    given = rp.build_report(run, settings=ri.ReportSettings.of(periods_per_year=252.0))
     assert given["summary"]["periods_per_year"] == 252.0
     assert given["conventions"]["annualisation"]["method"] == "given"
     ratio = math.sqrt(252.0 / (365.25 * 288))
@@ -149,12 +152,12 @@ def test_annualisation_is_the_test_spans_own_and_says_so(tmp_path):
              "bar_seconds": 86_400.0, "n_sessions": 2000, "span_days": 3100.0, "sessions_per_year": 234.2,
              "bars_per_session": 1.0}
     fs = SimpleNamespace(meta={"calendar": holes})
-    rep = rp.build_report(run, fs=fs, **feats)
+    rep = rp.build_report(run, settings=DEFAULTS, fs=fs, **feats)
     ann = rep["conventions"]["annualisation"]
     assert ann["source"] == "measured on the test span" and 255 < ann["periods_per_year"] < 265  # 5 days a week
     assert rep["backtest"]["annualisation"].startswith("measured on the test span")
     assert "given" not in rep["backtest"]["annualisation"] and rep["backtest"]["annualisation_method"] == "sessions"
-    given = rp.build_report(run, fs=fs, periods_per_year=252.0, **feats)
+    given = rp.build_report(run, settings=ri.ReportSettings.of(periods_per_year=252.0), fs=fs, **feats)
     assert given["backtest"]["annualisation"].startswith("given") and given["summary"]["periods_per_year"] == 252.0
     assert rep["summary"]["bar"] == "1 day" and "6 symbols of 1 day bars" in rw.summary_markdown(rep)
     assert rep["summary"]["position_mode"] == "neutral" and "auto: 6 symbols" in rep["summary"]["position_mode_reason"]
@@ -163,7 +166,7 @@ def test_annualisation_is_the_test_spans_own_and_says_so(tmp_path):
 def test_warnings_for_a_short_span_few_symbols_and_a_warm_up_as_long_as_the_run(tmp_path):
     run, _ = make_run(tmp_path / "short", freq="B", n_bars=40, n_sym=3,
                       summary_extra={"config": {"warmup_steps": 50}, "optimizer_steps": 21})
-    rep = rp.build_report(run)
+    rep = rp.build_report(run, settings=DEFAULTS)
     warnings = " | ".join(rep["warnings"])
     assert "warmup_steps 50 reaches the run's 21 optimizer steps" in warnings
     assert "holds 40 periods (< 60)" in warnings
@@ -173,14 +176,14 @@ def test_warnings_for_a_short_span_few_symbols_and_a_warm_up_as_long_as_the_run(
     assert md.count("**Warning**") == 3
     run2, _ = make_run(tmp_path / "long", freq="B", n_bars=300, n_sym=6,
                        summary_extra={"config": {"warmup_steps": 5}, "optimizer_steps": 500})
-    assert rp.build_report(run2)["warnings"] == []
+    assert rp.build_report(run2, settings=DEFAULTS)["warnings"] == []
 
 
 def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(tmp_path):
     """Three days of 5-minute bars with a planted signal annualise to an impossible Sharpe: flagged with a reason;
     'survives costs' is said only when the break-even interval lies above the cost."""
     run, _ = make_run(tmp_path / "run-a")
-    rep = rp.build_report(run, cost_bps=5.0)
+    rep = rp.build_report(run, settings=ri.ReportSettings.of(cost_bps=5.0))
     s = rep["summary"]
     assert s["gross_sharpe"] > 10 and "gross_sharpe" in s["flags"] and "beyond 10" in s["flags"]["gross_sharpe"]
     assert "flagged: Sharpe" in rw.summary_markdown(rep)
@@ -192,18 +195,19 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
     low, high = s["break_even_ci"]
     assert s["survives_costs"] is (True if low > 5.0 else False if high < 5.0 else None)
     noise, _ = make_run(tmp_path / "noise", rho=0.0, seed=3, freq="B", n_bars=300, n_sym=6)
-    quiet = rp.build_report(noise, cost_bps=0.5)["summary"]
+    cheap = ri.ReportSettings.of(cost_bps=0.5)
+    quiet = rp.build_report(noise, settings=cheap)["summary"]
     assert quiet["survives_costs"] is not True and quiet["flags"] == {}
     if quiet["survives_costs"] is None:
-        assert "cannot tell" in rw.summary_markdown(rp.build_report(noise, cost_bps=0.5))
+        assert "cannot tell" in rw.summary_markdown(rp.build_report(noise, settings=cheap))
 
 
 def test_the_deflated_sharpe_counts_the_sweep_the_run_belongs_to(tmp_path):
     run, _ = make_run(tmp_path / "sweep-x" / "run-b")
-    alone = ri.load_inputs(run).trials
+    alone = ri.load_inputs(run, DEFAULTS).trials
     assert alone == {**alone, "predictors": 2, "sweep_runs": 1, "n_trials": 2}  # model and momentum trade
     (tmp_path / "sweep-x" / "sweep.json").write_text(json.dumps({"runs": {"run-a": {}, "run-b": {}, "run-c": {}}}))
-    inputs = ri.load_inputs(run)
+    inputs = ri.load_inputs(run, DEFAULTS)
     assert inputs.trials["sweep_runs"] == 3 and inputs.trials["n_trials"] == 6
     s = rp.summary_block(inputs)
     assert s["dsr_trials"] == 6 and s["net_sharpe_dsr"] <= s["net_sharpe_psr"]
@@ -211,7 +215,7 @@ def test_the_deflated_sharpe_counts_the_sweep_the_run_belongs_to(tmp_path):
 
 def test_build_report_without_features_skips_ridge(tmp_path):
     run, _ = make_run(tmp_path / "run-a")
-    report = rp.build_report(run)
+    report = rp.build_report(run, settings=DEFAULTS)
     assert "ridge" not in report["summary"]["baseline_ic"]
     assert "ridge" not in [p["predictor"] for p in report["predictors"]]
 
@@ -220,7 +224,7 @@ def test_compare_block_and_markdown(tmp_path):
     slow = {"samples_per_s": 1900.0, "loader": "dataloader"}
     base, _ = make_run(tmp_path / "baseline", seed=1, rho=0.1, summary_extra=slow)
     run, feats = make_run(tmp_path / "fast", seed=2)
-    report = rp.build_report(run, compare_with=base, **feats)
+    report = rp.build_report(run, compare_with=base, settings=DEFAULTS, **feats)
     cmp = strict_json(run / "report.json")["compare"]
     assert cmp["run_id"] == "baseline" and cmp["other"]["loader"] == "dataloader"
     sps = cmp["metrics"]["samples_per_s"]
@@ -244,7 +248,7 @@ def test_compare_with_a_throughput_only_run_uses_its_named_ics(tmp_path):
     (other / "summary.json").write_text(json.dumps({"samples_per_s": 1000.0, "cross_sectional_ic": 0.05,
                                                     "pooled_ic": 0.07, "loader": "dataloader"}))
     run, _ = make_run(tmp_path / "run")
-    m = rp.build_report(run, compare_with=other)["compare"]["metrics"]
+    m = rp.build_report(run, compare_with=other, settings=DEFAULTS)["compare"]["metrics"]
     assert m["cross_sectional_ic"]["other"] == 0.05 and m["pooled_ic"]["other"] == 0.07
     assert m["daily_ic"]["other"] is None  # not in that summary: nothing to compare, never another IC
 
@@ -277,7 +281,7 @@ def test_runs_table_over_run_folders(tmp_path):
 @pytest.mark.slow
 def test_make_figures_writes_pngs(tmp_path):
     run, _ = make_run(tmp_path / "run-a", n_sym=2, n_days=2)
-    inputs = ri.load_inputs(run)
+    inputs = ri.load_inputs(run, DEFAULTS)
     inputs.quality = {"counts": [{"rule": "nonpositive_price", "symbol": "S0", "action": "dropped", "rows": 3}]}
     figs = rf.make_figures(inputs, run)
     assert set(figs) == {"training", "equity", "underwater", "costs", "deciles", "ic", "ic_decay", "throughput",

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tradelib.config import Config
 from tradelib.data import dataset
 from tradelib.train import stream
-from tradelib.train.models import build_model
+from tradelib.train.models import model_for
 from tradelib.train.run import TrainingRun, train
 from tradelib.train.sources import DenseSource, Windows, WindowSource, window_ends
 
@@ -118,7 +118,7 @@ def test_streamed_batches_equal_resident_gathers(tiny_fs):
             want_x, want_y = res.gather(ends)
             assert torch.equal(x, want_x) and torch.equal(y, want_y)
             assert torch.equal(sw.targets(ends), res.targets(ends))
-        rf = build_model("tcn", fs.n_features, 16, 8, 2).receptive_field
+        rf = model_for(Config(model="tcn", window=16, hidden=8, layers=2), fs.n_features).receptive_field
         dense = DenseSource(res, 40, rf)
         starts, first = stream.dense_chunks(fs, 0, 40, rf)
         streamed = stream.StreamSource(blocks, stream.Items(starts + 39, 300, blocks.n_blocks), 40, ledger,
@@ -164,7 +164,7 @@ def test_an_announced_order_is_fetched_from_one_index_upload_per_run(tiny_fs, bl
     the same items, and the stream uploads each run's index once (rows; dense: and the first trained offsets),
     not once a batch. A run is never longer than its group's items: what the budget leaves room for."""
     fs, ledger = tiny_fs, stream.Ledger()
-    rf = build_model("tcn", fs.n_features, 16, 8, 2).receptive_field
+    rf = model_for(Config(model="tcn", window=16, hidden=8, layers=2), fs.n_features).receptive_field
     span = 40 if dense else 16
     blocks = stream.BlockStream(fs, span - 1, block_rows, k, CPU, ledger)
     try:

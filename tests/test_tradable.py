@@ -168,13 +168,16 @@ def book(n_sym=6, n_bars=400, rho=0.0, seed=0) -> pd.DataFrame:
     return df
 
 
+DAILY = {"cost_bps": 5.0, "trade_delay": 1, "bar_seconds": 86_400, "periods_per_year": 252}  # a daily book
+
+
 def test_break_even_interval_is_seeded_and_brackets_the_estimate():
-    bt = bk.backtest(book(rho=0.3), bar_seconds=86_400, mode="neutral", periods_per_year=252)
+    bt = bk.backtest(book(rho=0.3), mode="neutral", **DAILY)
     a = bk.break_even_interval(bt, block=5, samples=400, seed=0)
     assert a == bk.break_even_interval(bt, block=5, samples=400, seed=0)  # the same every time
     assert a != bk.break_even_interval(bt, block=5, samples=400, seed=1)
     assert a["low"] < bk.break_even_bps(bt) < a["high"] and a["low"] > 0
-    noise = bk.backtest(book(rho=0.0, seed=3), bar_seconds=86_400, mode="neutral", periods_per_year=252)
+    noise = bk.backtest(book(rho=0.0, seed=3), mode="neutral", **DAILY)
     b = bk.break_even_interval(noise, block=5, samples=400, seed=0)
     assert b["low"] < 0 < b["high"]  # the data cannot tell
 
@@ -185,8 +188,8 @@ def test_position_mode_auto_and_the_books_exposure_and_beta():
     assert bk.resolve_position_mode(narrow, "auto", 5)[0] == "sign"
     assert bk.resolve_position_mode(narrow, "scaled", 5) == ("scaled", "as given")
     tilted = wide.assign(prediction=wide["prediction"] + 1.0)  # a biased mean prediction: long the market
-    sign = bk.backtest(tilted, bar_seconds=86_400, mode="sign", periods_per_year=252).stats
-    neutral = bk.backtest(tilted, bar_seconds=86_400, mode="neutral", periods_per_year=252).stats
+    sign = bk.backtest(tilted, mode="sign", **DAILY).stats
+    neutral = bk.backtest(tilted, mode="neutral", **DAILY).stats
     assert sign["net_exposure"] > 0.5 and sign["market_beta"] > 0.5
     assert abs(neutral["net_exposure"]) < 1e-12 and abs(neutral["market_beta"]) < 0.2
     market = np.random.default_rng(1).standard_normal(500)

@@ -18,7 +18,7 @@ from tradelib.data import cache, dataset
 from tradelib.data.dataset import features_of
 from tradelib.data.features import feature_makers, fit_robust
 from tradelib.report import backtest, metrics, report, words
-from tradelib.report.inputs import load_featureset, load_inputs
+from tradelib.report.inputs import ReportSettings, load_featureset, load_inputs
 from tradelib.train.run import TrainingRun, train
 from tradelib.train.walkforward import walk_forward
 
@@ -176,7 +176,7 @@ def test_warm_folds_continue_from_the_previous_folds_weights(walked):
 
 def test_the_report_has_every_fold_and_all_of_them(walked):
     top = walked.run_dir
-    inputs = load_inputs(top, fs=load_featureset(top))
+    inputs = load_inputs(top, ReportSettings.of(), fs=load_featureset(top))
     rep = report.build_report(top, inputs=inputs)
     table = pd.DataFrame(rep["folds"]["table"])
     assert table["fold"].tolist() == ["0", "1", "2", "all"] and rep["folds"]["n_folds"] == 3
@@ -186,9 +186,10 @@ def test_the_report_has_every_fold_and_all_of_them(walked):
         row = table.iloc[k]
         assert row["test_rows"] == len(mine)
         assert row["pooled_ic"] == pytest.approx(metrics.named_ics(mine, rep["summary"]["ic_lag"])["pooled_ic"])
+        s = rep["summary"]
         assert row["net_sharpe"] == pytest.approx(backtest.backtest(
-            mine, periods_per_year=rep["summary"]["periods_per_year"],
-            mode=rep["summary"]["position_mode"]).stats["net"]["sharpe"])
+            mine, cost_bps=s["cost_bps"], trade_delay=s["trade_delay"], periods_per_year=s["periods_per_year"],
+            mode=s["position_mode"]).stats["net"]["sharpe"])
     assert table.iloc[3]["net_sharpe"] == pytest.approx(rep["summary"]["net_sharpe"])
     assert rep["conventions"]["splits"]["method"] == "walk-forward"
     assert "ridge" in set(inputs.predictors["predictor"])  # the per-fold ridge, though no single feature set

@@ -9,7 +9,8 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tradelib.train.models import build_model
+from tradelib.config import Config
+from tradelib.train.models import model_for
 from tradelib.train.sources import (
     BatchSource,
     DataLoaderSource,
@@ -93,7 +94,7 @@ def dense_targets(fs, rf: int, length: int) -> tuple[set[int], set[int]]:
 @pytest.mark.parametrize("length", [CHUNK, 300])  # 300: longer than one training run (277 rows), left out
 def test_dense_chunks_cover_every_training_target_once_per_epoch(tiny_fs, length):
     fs = tiny_fs
-    rf = build_model("tcn", fs.n_features, W, 8, 2).receptive_field
+    rf = model_for(Config(model="tcn", window=W, hidden=8, layers=2), fs.n_features).receptive_field
     data = DenseSource(Windows(fs, W, CPU), length, rf)
     rows, mask = data.rows_and_mask(data.epoch(epoch=0, seed=0))
     covered = rows[mask].tolist()
@@ -116,7 +117,7 @@ def test_dense_chunks_cover_every_training_target_once_per_epoch(tiny_fs, length
 def test_dense_predictions_equal_per_window_predictions(tiny_fs):
     fs = tiny_fs
     torch.manual_seed(0)
-    model = build_model("tcn", fs.n_features, W, hidden=8, layers=2, init_gain=1.0).eval()
+    model = model_for(Config(model="tcn", window=W, hidden=8, layers=2, init_gain=1.0), fs.n_features).eval()
     rf = model.receptive_field
     data = DenseSource(Windows(fs, W, CPU), CHUNK, rf)
     ids = torch.arange(len(data))
@@ -162,9 +163,10 @@ def test_dataloader_yields_the_device_loaders_batches(tiny_fs, workers):
 
 def test_every_source_implements_the_protocol(tiny_fs):
     windows = Windows(tiny_fs, W, CPU)
-    rf = build_model("tcn", tiny_fs.n_features, W, 8, 2).receptive_field
+    rf = model_for(Config(model="tcn", window=W, hidden=8, layers=2), tiny_fs.n_features).receptive_field
     sources = [WindowSource(windows), DenseSource(windows, CHUNK, rf),
-               DataLoaderSource(tiny_fs, W, CPU, 8, num_workers=0)]
+               DataLoaderSource(tiny_fs, W, CPU, 8, num_workers=0, pin_memory=False, prefetch_factor=2,
+                                persistent_workers=False)]
     for src in sources:
         assert isinstance(src, BatchSource)
         ids = src.epoch(0, seed=1)[:8]

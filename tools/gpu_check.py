@@ -492,7 +492,7 @@ def helper_env(plan: Plan, work: Path) -> None:
     mon = GpuMonitor(device=dev, interval_s=0.1).start()
     time.sleep(0.5)
     nv = mon.stop()
-    peak, source = peak_flops(dev, measure=True)
+    peak, source = peak_flops(dev, measure=True, peak_tflops=0.0)  # the chip's own: the table's or measured
     info.update(packages=packages, peak_flops=peak, peak_flops_source=source,
                 nvml={"available": nv["available"], "samples": nv["gpu_samples"], "reason": nv["reason"],
                       "driver": nvml_driver()})

@@ -128,7 +128,7 @@ def sync(device: torch.device) -> None:
 
 
 @contextlib.contextmanager
-def torch_flags(deterministic: bool = False) -> Iterator[None]:
+def torch_flags(deterministic: bool) -> Iterator[None]:
     """TF32 matmuls, and deterministic kernels when asked, for the duration of a run; the previous settings
     come back on exit, so a notebook kernel is left as it was."""
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
@@ -223,7 +223,7 @@ def measured_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float
     return best
 
 
-def peak_flops(device: torch.device, measure: bool = False, peak_tflops: float = 0.0) -> tuple[float | None, str]:
+def peak_flops(device: torch.device, measure: bool = False, *, peak_tflops: float) -> tuple[float | None, str]:
     """(peak FLOP/s, where it came from) for MFU: `peak_tflops` when the user set it (Config.peak_tflops); else
     the chip's table figure; else, on a CPU with `measure`, an fp32 matmul rate measured now; else (None, why):
     a GPU not in the table gets no MFU rather than one over a matmul rate that is not its peak."""

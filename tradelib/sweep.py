@@ -61,7 +61,7 @@ from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, notebooks_dir, outputs_dir
 from tradelib.pipeline import NotebookFailed, execute_notebooks
 from tradelib.report import report
-from tradelib.report.inputs import load_featureset, load_inputs, report_params
+from tradelib.report.inputs import ReportSettings, load_featureset, load_inputs
 
 NOTEBOOK = "03_train"
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -250,7 +250,7 @@ def run_sweep(plan: Plan, progress: bool = True) -> pd.DataFrame:
 def run_figures(folder: Path, cfg: Config) -> dict:
     """One finished run's numbers for the table, computed as its report computes them (report.summary_block
     with the sweep's report parameters)."""
-    inputs = load_inputs(folder, fs=load_featureset(folder), **report_params(cfg))
+    inputs = load_inputs(folder, ReportSettings.of(cfg), fs=load_featureset(folder))
     block = report.summary_block(inputs)
     return {k: block.get(k, inputs.summary.get(k)) for k in NUMBERS}
 

@@ -77,7 +77,7 @@ def _short(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
 
 
-def _read_table(path: Path, date_format: str = "") -> pd.DataFrame:
+def _read_table(path: Path, date_format: str) -> pd.DataFrame:
     """Read one CSV or Parquet file as-is; every failure becomes a one-line DataError naming the file."""
     suffix = _suffix(path)
     if suffix in PARQUET_SUFFIXES:
@@ -280,7 +280,7 @@ def _read_day_month(s: pd.Series, fmt: str, groups: pd.Series | None, where: str
     return best, f"format {best_fmt}", note
 
 
-def _parse_time(s: pd.Series, date_format: str = "", groups: pd.Series | None = None,
+def _parse_time(s: pd.Series, date_format: str, groups: pd.Series | None = None,
                 where: str = "timestamps") -> tuple[pd.Series, str, str]:
     """Any accepted timestamp column -> (UTC datetimes (naive = UTC), how it was read, a note for the report).
     Unparseable values become NaT. `date_format` (strftime) is used as given on text and numbers."""
@@ -312,7 +312,7 @@ def _parse_time(s: pd.Series, date_format: str = "", groups: pd.Series | None = 
     return best[0], best[1], note
 
 
-def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_format: str = ""
+def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_format: str
                       ) -> tuple[pd.DataFrame, dict]:
     """One file's table -> canonical columns (unsorted, nothing repaired) and facts for the report."""
     found = _match_columns(df)
@@ -449,14 +449,14 @@ def data_files(path: Path) -> tuple[list[Path], list[Path]]:
     return files, skipped
 
 
-def load_ohlcv(path: str | Path, symbol: str | None = None, date_format: str = "") -> pd.DataFrame:
+def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str) -> pd.DataFrame:
     """Read a CSV/Parquet file or a directory of per-symbol files into the canonical raw frame.
 
     Nothing is repaired here: bad values are kept (NaN/NaT included) so `clean_ohlcv` can count them. The
     frame is stably sorted by (symbol, timestamp); how many rows were out of order in the file as read is
     kept in `attrs` for the quality report. `symbol` names a single-symbol file without a symbol column
-    (default: the file stem) or selects one symbol from a long file. `date_format` (strftime) reads text
-    timestamps as given instead of inferring the format.
+    (default: the file stem) or selects one symbol from a long file. `date_format` (strftime; Config.date_format)
+    reads text timestamps as given; "" infers the format.
     """
     path = Path(path)
     if not path.exists():

@@ -32,11 +32,11 @@ def run_bench(cfg: Config, json_path: str | Path | None = None, verbose: bool = 
     cfg = cfg.replace(device=str(pick_device(cfg.device, verbose=verbose)))
     loaders = split_list(cfg.loaders)
     steps = split_list(cfg.graph_modes) if modes else None
-    setups = [s for spec in cfg.bench_models.split() for s in make_setups(cfg, spec, loaders, cfg.dense_batch,
-                                                                            verbose=verbose, modes=steps)]
+    setups = [s for spec in cfg.bench_models.split() for s in make_setups(cfg, spec, loaders, verbose=verbose,
+                                                                            modes=steps)]
     if not setups:
         raise ValueError("nothing to measure: no (model, loader) configuration applies")
-    records = measure(setups, cfg.steps, cfg.warmup, cfg.repeats, verbose=verbose,
+    records = measure(setups, steps=cfg.steps, warmup=cfg.warmup, repeats=cfg.repeats, verbose=verbose,
                       max_other_load=cfg.max_other_load)
     if verbose:
         print()

@@ -52,7 +52,7 @@ def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, fu
     }
     del fs
     if ingest:
-        result["ingest"] = ingest_rates(raw, repeats, say)
+        result["ingest"] = ingest_rates(raw, cfg, repeats, say)
     del raw
     gc.collect()
     if full_profile:
@@ -84,7 +84,7 @@ def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, fu
     return result
 
 
-def ingest_rates(raw, repeats: int, say) -> dict:
+def ingest_rates(raw, cfg: Config, repeats: int, say) -> dict:
     """The raw rows written once as a CSV and a Parquet file (a temporary folder under outputs/bench), then read
     with `load.load_ohlcv` and cleaned with `clean.clean_ohlcv` `repeats` times: rows/s file -> clean frame
     (median), and the read and clean seconds of that run."""
@@ -102,7 +102,7 @@ def ingest_rates(raw, repeats: int, say) -> dict:
             for _ in range(repeats):
                 gc.collect()
                 t0 = time.perf_counter()
-                loaded = load.load_ohlcv(path)
+                loaded = load.load_ohlcv(path, date_format=cfg.date_format)
                 t1 = time.perf_counter()
                 clean.clean_ohlcv(loaded, str(path))
                 runs.append((time.perf_counter() - t0, t1 - t0))

@@ -98,17 +98,15 @@ def with_graphs(cfg: Config, on: bool) -> Config:
     return Config.from_dict({**cfg.to_dict(), "cuda_graphs": "true" if on else "false"})
 
 
-def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], dense_batch: int = 0,
-                group: str | None = None, verbose: bool = True, modes: Sequence[str] | None = None) -> list[Setup]:
+def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], group: str | None = None,
+                verbose: bool = True, modes: Sequence[str] | None = None) -> list[Setup]:
     """The configurations of one model spec (a spec's own `loaders=a+b` replaces `loaders`). Dense mode (causal
-    models only) gets as many chunks per batch as make about the same number of trained targets as
-    `base.batch_size` windows: the same global batch. `modes` (eager, graph) measures each loader with the
+    models only) gets `dense_batch` chunks per batch, or (0) as many as make about the same number of trained
+    targets as `base.batch_size` windows: the same global batch. `modes` (eager, graph) measures each loader with the
     step's kernels launched one by one and with the step graph, labelled NAME/LOADER/MODE; the graph needs
     CUDA, so on another device its rows are skipped with the reason; a spec that sets cuda_graphs itself
     keeps it. Without `modes` the config's own cuda_graphs is measured, labelled NAME/LOADER. A spec's `as=LABEL`
     replaces NAME in its labels."""
-    from tradelib.train.models import build_model
-
     name, overrides = parse_model_spec(spec)
     shown = overrides.pop("as", name)  # `as=NAME` names a spec's rows (two specs of one model side by side)
     if "loaders" in overrides:
@@ -133,14 +131,14 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], d
         if loader not in LOADERS:
             raise ValueError(f"unknown loader {loader!r}: choose from {', '.join(LOADERS)}")
         if loader == "dense":
-            probe = build_model(cfg.model, 1, cfg.window, cfg.hidden, cfg.layers, heads=cfg.heads, cfg=cfg)
+            probe = model_for(cfg, 1)
             if not hasattr(probe, "forward_dense"):
                 if verbose:
                     print(f"measure: no dense mode for {cfg.model} (not a causal model); skipped")
                 continue
             chunk = min(cfg.dense_chunk, getattr(probe, "max_chunk", cfg.dense_chunk))
             per_chunk = chunk - probe.receptive_field + 1
-            chunks = dense_batch or max(1, round(cfg.batch_size / max(per_chunk, 1)))
+            chunks = cfg.dense_batch or max(1, round(cfg.batch_size / max(per_chunk, 1)))
             run = cfg.replace(dense=True, loader="device", batch_size=chunks, dense_chunk=chunk)
         else:  # stream: the windows streamed in blocks, through a budget of cfg.stream_budget of the data (Runner)
             run = cfg.replace(dense=False, loader=loader)
@@ -334,14 +332,13 @@ def feature_sets(setups: Sequence[Setup], verbose: bool) -> dict[str, FeatureSet
 
 
 # -- measuring ------------------------------------------------------------------------------------------------
-def measure(setups: Sequence[Setup], steps: int = 20, warmup: int = 5, repeats: int = 1,
-            monitor_interval_s: float = 0.1, verbose: bool = True,
-            max_other_load: float = Config.__dataclass_fields__["max_other_load"].default) -> list[dict]:
+def measure(setups: Sequence[Setup], *, steps: int, warmup: int, repeats: int, max_other_load: float,
+            monitor_interval_s: float = 0.1, verbose: bool = True) -> list[dict]:
     """Measure every setup, interleaved: repeat r runs setup 1, 2, ... in turn. One record per setup. An MFU
     that cannot be right (above 1, or over a CPU peak measured while other processes were busy) is flagged
     (`mfu_invalid`, `mfu_invalid_reason`), never given as `mfu`."""
     runners: list[Runner] = []
-    with torch_flags():
+    with torch_flags(deterministic=False):  # off, as a default run has them
         try:
             fsets = feature_sets(setups, verbose)
             runners = [Runner(s, fsets[cache.cache_key(s.cfg)]) for s in setups]

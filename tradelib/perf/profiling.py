@@ -48,9 +48,9 @@ def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, load
     def setups_at(group: list[int]) -> list:
         setups = []
         for bs in group:
-            base = cfg.replace(batch_size=bs)
-            for s in make_setups(base, cfg.model, loaders or split_list(cfg.loaders), dense_batch=bs,
-                                 group=f"@{bs}", verbose=verbose):
+            base = cfg.replace(batch_size=bs, dense_batch=bs)
+            for s in make_setups(base, cfg.model, loaders or split_list(cfg.loaders), group=f"@{bs}",
+                                 verbose=verbose):
                 s.label = f"{s.label}@{bs}"
                 setups.append(s)
         return setups
@@ -91,8 +91,8 @@ def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, load
 def _runner(cfg: Config) -> Runner:
     """A Runner for this config's data, model and loader."""
     cfg = cfg.replace(device=str(pick_device(cfg.device, verbose=False)))
-    setup = make_setups(cfg, cfg.model, ["dense" if cfg.dense else cfg.loader],
-                        dense_batch=cfg.batch_size if cfg.dense else 0, verbose=False)[0]
+    setup = make_setups(cfg.replace(dense_batch=cfg.batch_size), cfg.model, ["dense" if cfg.dense else cfg.loader],
+                        verbose=False)[0]
     return Runner(setup, dataset.prepare(cfg, verbose=False))
 
 

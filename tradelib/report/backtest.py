@@ -29,9 +29,6 @@ from tradelib.report.metrics import (
     typical_symbols,
 )
 
-COST_GRID_BPS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0)
-
-
 # ----------------------------------------------------------------------------------------------------
 # returns, equity, drawdown
 
@@ -199,13 +196,14 @@ def _stats(r: np.ndarray, turnover: np.ndarray, exposure: np.ndarray, ppy: float
 def backtest(
     df: pd.DataFrame,
     pred_col: str = "prediction",
-    cost_bps: float = 5.0,
+    *,
+    cost_bps: float,
+    trade_delay: int,
     bar_seconds: float | None = None,
     mode: str = "sign",
     cap: float = 1.0,
     scale_window: int = 500,
     periods_per_year: float | None = None,
-    trade_delay: int = 1,
     annualised: dict | None = None,
 ) -> BacktestResult:
     """Long/short backtest of a prediction column, with costs on every change of weight.
@@ -221,7 +219,7 @@ def backtest(
     free. `market_beta`: the net book's beta to buy-and-hold (the equal-weight market).
     """
     bar = float(bar_seconds) if bar_seconds else infer_bar_seconds(df)
-    ann = annualised or annualisation(df, bar, periods_per_year or 0.0)
+    ann = annualised or annualisation(df, bar, periods_per_year=periods_per_year or 0.0)
     ppy = ann["periods_per_year"]
     d = pd.DataFrame(
         {
@@ -269,7 +267,7 @@ def backtest(
     return BacktestResult(pnl=pnl, stats=stats)
 
 
-def cost_sensitivity(bt: BacktestResult, costs_bps=COST_GRID_BPS) -> pd.DataFrame:
+def cost_sensitivity(bt: BacktestResult, costs_bps) -> pd.DataFrame:
     """Net Sharpe, annual and total return of the same book at each cost (bps per unit of weight traded):
     net = gross - cost/1e4 * turnover, bar by bar."""
     gross, turnover = bt.pnl["gross"].to_numpy(), bt.pnl["turnover"].to_numpy()

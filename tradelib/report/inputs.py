@@ -1,14 +1,14 @@
 """What the report is computed from: `load_inputs` reads a run folder (predictions, summary, curves, the
 facts training wrote, the feature cache when there) and computes every table into a `ReportInputs`.
 
-04_report calls `inputs = load_inputs(run_dir, fs=load_featureset(run_dir), **report_params(cfg))`, then
+04_report calls `inputs = load_inputs(run_dir, ReportSettings.of(cfg), fs=load_featureset(run_dir))`, then
 `report.build_report` (report.json), `figures.make_figures` (the PNGs) and `words` (the text).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -76,49 +76,55 @@ class ReportInputs:
         return self.ic_day if self.family == "daily" else self.ic_timestamp
 
 
-def _knob(name: str):
-    """A report parameter's default: Config's, the one place defaults live."""
-    return Config.__dataclass_fields__[name].default
+@dataclass(frozen=True)
+class ReportSettings:
+    """What the report is computed with: Config's report knobs (where their defaults live), the cost grid parsed."""
 
+    cost_bps: float
+    position_mode: str
+    periods_per_year: float
+    trade_delay: int
+    min_symbols_cs: int
+    cost_grid_bps: tuple[float, ...]
+    bootstrap_samples: int
+    bootstrap_seed: int
 
-def report_params(cfg: Config) -> dict:
-    """`load_inputs`' keyword arguments from a Config's report parameters (what 04_report and a sweep pass)."""
-    return {"cost_bps": cfg.cost_bps, "mode": cfg.position_mode, "periods_per_year": cfg.periods_per_year,
-            "trade_delay": cfg.trade_delay, "min_symbols_cs": cfg.min_symbols_cs,
-            "cost_grid_bps": [float(c) for c in cfg.cost_grid_bps.split(",") if c.strip()],
-            "bootstrap_samples": cfg.bootstrap_samples, "bootstrap_seed": cfg.bootstrap_seed}
+    @classmethod
+    def of(cls, cfg: Config | None = None, **overrides) -> ReportSettings:
+        """The settings of `cfg` (default: Config's defaults), with `overrides` by name (04_report and a sweep
+        pass the run's Config; a comparison this run's book)."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise TypeError(f"unknown report setting(s) {', '.join(unknown)} (known: {', '.join(names)})")
+        cfg = Config() if cfg is None else cfg
+        values = {n: getattr(cfg, n) for n in names} | overrides
+        grid = values["cost_grid_bps"]
+        values["cost_grid_bps"] = tuple(float(c) for c in (grid.split(",") if isinstance(grid, str) else grid)
+                                        if str(c).strip())
+        return cls(**values)
 
 
 def load_inputs(
     run_dir: Path,
-    cost_bps: float = 5.0,
+    settings: ReportSettings,
     fs=None,
     X_train: np.ndarray | None = None,
     y_train: np.ndarray | None = None,
     X_test: np.ndarray | None = None,
     bar_seconds: float | None = None,
-    mode: str | None = None,
     ridge_alpha: float = 1.0,
-    periods_per_year: float = 0.0,
-    trade_delay: int = 1,
-    cost_grid_bps=bk.COST_GRID_BPS,
-    min_symbols_cs: int | None = None,
-    bootstrap_samples: int | None = None,
-    bootstrap_seed: int | None = None,
 ) -> ReportInputs:
     """Read a run folder and compute every table the report shows.
 
     The ridge baseline needs features: pass `X_train, y_train, X_test` (X_test row-aligned with the
     predictions), or a FeatureSet `fs` to take them from (its train rows, and fs.X[predictions.row]);
     without either it is skipped. The bar size comes from `bar_seconds`, else fs.meta, else the timestamps;
-    periods per year from `periods_per_year` (> 0), else the test span's calendar (see `_annualisation`).
-    `mode`, `min_symbols_cs`, `bootstrap_samples`, `bootstrap_seed`: None takes Config's default.
+    periods per year from `settings.periods_per_year` (> 0), else the test span's calendar (see `_annualisation`).
     """
     run_dir = Path(run_dir)
-    mode = _knob("position_mode") if mode is None else mode
-    min_symbols_cs = _knob("min_symbols_cs") if min_symbols_cs is None else int(min_symbols_cs)
-    samples = _knob("bootstrap_samples") if bootstrap_samples is None else int(bootstrap_samples)
-    seed = _knob("bootstrap_seed") if bootstrap_seed is None else int(bootstrap_seed)
+    cost_bps, trade_delay, min_symbols_cs = settings.cost_bps, settings.trade_delay, int(settings.min_symbols_cs)
+    samples, seed = int(settings.bootstrap_samples), int(settings.bootstrap_seed)
     df = runs.read_predictions(run_dir)
     df[TRADED] = ev.lagged_target(df, trade_delay)
     summary = runs.read_summary(run_dir) or {}
@@ -128,10 +134,10 @@ def load_inputs(
         X_train, y_train = fs.X[train], fs.y[train]
         X_test = fs.X[df["row"].to_numpy()] if "row" in df else None
     bar = bar_seconds or (_bar_seconds_from_fs(fs) if fs is not None else None) or ev.infer_bar_seconds(df)
-    ann, bars_per_session = _annualisation(df, fs, float(bar), periods_per_year)
+    ann, bars_per_session = _annualisation(df, fs, float(bar), settings.periods_per_year)
     horizon, horizon_source = _horizon(summary, fs)
     family, reason = ev.headline_family(df)
-    mode, mode_reason = bk.resolve_position_mode(df, mode, min_symbols_cs)
+    mode, mode_reason = bk.resolve_position_mode(df, settings.position_mode, min_symbols_cs)
     lags = {f: ev.overlap_lags(horizon, f, bars_per_session) for f in ev.IC_FAMILIES}
     by_ts, by_day = ev.ic_by_timestamp(df, target_col=TRADED), ev.ic_by_day(df, target_col=TRADED)
     book = {"cost_bps": cost_bps, "bar_seconds": bar, "mode": mode, "periods_per_year": ann["periods_per_year"],
@@ -146,7 +152,7 @@ def load_inputs(
         family=family, family_reason=reason, ic_timestamp=by_ts, ic_day=by_day,
         ic={f: ev.family_summary(df, f, lags[f], target_col=TRADED) for f in ev.IC_FAMILIES},
         deciles=ev.decile_table(df, target_col=TRADED), per_symbol=ev.per_symbol_metrics(df, target_col=TRADED),
-        predictors=predictors, backtest=bt, costs=bk.cost_sensitivity(bt, cost_grid_bps),
+        predictors=predictors, backtest=bt, costs=bk.cost_sensitivity(bt, settings.cost_grid_bps),
         break_even_bps=bk.break_even_bps(bt), splits=split_dates(summary, fs, df), quality=quality or None,
         ic_lag=int(trade_delay), ic_lag0={f: ev.family_summary(df, f, lags[f]) for f in ev.IC_FAMILIES},
         decay=ev.ic_decay(df, family, lags[family], DECAY_LAGS),
@@ -224,7 +230,7 @@ def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float) ->
     """(annualisation dict, bars per session): the given periods_per_year, else the calendar of the test span
     itself (holes in the training years do not move it). A test span too short to see weekends (< 4 weeks)
     takes the whole data's verdict on whether the market trades 24/7 (fs.meta, when the cache is there)."""
-    test = ev.annualisation(df, bar)
+    test = ev.annualisation(df, bar, periods_per_year=0.0)
     full = ((getattr(fs, "meta", None) or {}).get("calendar")) if fs is not None else None
     if full and test["span_days"] < SHORT_SPAN_DAYS and (full["method"] == "continuous") != (
             test["method"] == "continuous"):
@@ -234,7 +240,7 @@ def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float) ->
         test["description"] += f" (whether weekends trade: from all {full['n_sessions']:,} sessions of the data)"
     bars_per_session = float(test.get("bars_per_session") or 1.0)
     if periods_per_year and periods_per_year > 0:
-        return {**ev.annualisation(df, bar, periods_per_year), "source": "given"}, bars_per_session
+        return {**ev.annualisation(df, bar, periods_per_year=periods_per_year), "source": "given"}, bars_per_session
     return {**test, "source": "measured on the test span",
             "description": f"measured on the test span: {test['description']}"}, bars_per_session
 

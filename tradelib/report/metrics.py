@@ -70,7 +70,7 @@ def infer_bar_seconds(df: pd.DataFrame) -> float:
     return float(np.median(bars)) / 1e9
 
 
-def annualisation(df: pd.DataFrame, bar_seconds: float | None = None, periods_per_year: float = 0.0) -> dict:
+def annualisation(df: pd.DataFrame, bar_seconds: float | None = None, *, periods_per_year: float) -> dict:
     """Periods per year and how they were found: `periods_per_year` when given (> 0), else the calendar of
     the frame's timestamps (`sessions.calendar`; pass the longest span you have, e.g. every split)."""
     if periods_per_year and periods_per_year > 0:

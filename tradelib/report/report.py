@@ -20,7 +20,7 @@ from tradelib import runs
 from tradelib.paths import atomic_write_bytes
 from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
-from tradelib.report.inputs import TRADED, ReportInputs, load_inputs, loader_sweep, lr_schedule
+from tradelib.report.inputs import TRADED, ReportInputs, ReportSettings, load_inputs, loader_sweep, lr_schedule
 from tradelib.report.words import run_configuration
 
 IC_NUMBERS = [
@@ -37,17 +37,16 @@ PERIOD_WORDS = {"cross_sectional": "per-timestamp ICs", "daily": "per-day ICs",
                 "pooled": "per-timestamp terms of the pooled correlation"}
 
 
-def build_report(run_dir: Path, compare_with: Path | None = None, cost_bps: float = 5.0, *,
-                 inputs: ReportInputs | None = None, **load_kwargs) -> dict:
+def build_report(run_dir: Path, compare_with: Path | None = None, *, inputs: ReportInputs | None = None,
+                 **load_kwargs) -> dict:
     """Compute the report of one run, write it to run_dir/report.json (strict JSON, NaN -> null), return it.
 
     Pass `inputs` from `load_inputs` to reuse them for `figures.make_figures`; otherwise they are loaded here, with
-    `load_kwargs` (fs, X_train, y_train, X_test, bar_seconds, mode, periods_per_year, trade_delay,
-    cost_grid_bps) passed on to `load_inputs`.
+    `load_kwargs` (settings, fs, X_train, y_train, X_test, bar_seconds) passed on to `load_inputs`.
     """
     run_dir = Path(run_dir)
     if inputs is None:
-        inputs = load_inputs(run_dir, cost_bps, **load_kwargs)
+        inputs = load_inputs(run_dir, **load_kwargs)
     summary = summary_block(inputs)
     report = {
         "run_id": summary["run_id"],
@@ -246,9 +245,10 @@ def compare_block(this: dict, other_dir: Path) -> dict:
     try:
         bar = ev.infer_bar_seconds(runs.read_predictions(other_dir))
         same_bar = math.isclose(bar, as_float(this.get("bar_seconds")), rel_tol=1e-6)
-        other = summary_block(load_inputs(
-            other_dir, cost_bps=this["cost_bps"], mode=this["position_mode"], trade_delay=this["trade_delay"],
-            periods_per_year=this["periods_per_year"] if same_bar else 0.0))
+        book = ReportSettings.of(cost_bps=this["cost_bps"], position_mode=this["position_mode"],
+                                 trade_delay=this["trade_delay"],
+                                 periods_per_year=this["periods_per_year"] if same_bar else 0.0)
+        other = summary_block(load_inputs(other_dir, book))
     except (FileNotFoundError, ValueError):  # a throughput-only run: compare what summary.json holds
         s = runs.read_summary(other_dir) or {}
         other = {k: as_float(s.get(k)) for k in SUMMARY_NUMBERS}  # its named test ICs, the throughput

@@ -12,7 +12,7 @@ this protocol:
   weights (tradelib's `init_gain` is not applied to it);
 - `forward(x)`: x `[batch, window, n_features]` (float32; bf16 inside autocast) -> `[batch]`, one prediction per
   window. No host syncs (`.item()`, data-dependent shapes) if it is to run under the step graph;
-- optional `flops_per_sample(dense=False) -> float`: forward FLOPs per prediction (2 per multiply-add), for MFU
+- optional `flops_per_sample(dense: bool) -> float`: forward FLOPs per prediction (2 per multiply-add), for MFU
   (without it MFU is n/a, and says why);
 - optional dense training (`dense: true`): `receptive_field: int` (an output sees that many rows, itself
   included) and `forward_dense(x) -> [batch, length]`, a prediction at every position of a chunk.
@@ -66,7 +66,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x.flatten(1)))
 
-    def flops_per_sample(self, dense: bool = False) -> float:
+    def flops_per_sample(self, dense: bool) -> float:
         """Forward matmul FLOPs per window (2 per multiply-add)."""
         d = self.n_features * self.window
         return 2.0 * (d * self.hidden + (self.layers - 1) * self.hidden**2 + self.hidden)
@@ -88,7 +88,7 @@ class RNN(nn.Module):
         out, _ = self.rnn(x)
         return self.head(self.norm(out[:, -1]))
 
-    def flops_per_sample(self, dense: bool = False) -> float:
+    def flops_per_sample(self, dense: bool) -> float:
         per_step = sum(
             2.0 * self.gates * ((self.n_features if i == 0 else self.hidden) + self.hidden) * self.hidden
             for i in range(self.layers)
@@ -134,7 +134,7 @@ class TCN(nn.Module):
         # only the last receptive field matters for the last output: slice it off and save the FLOPs
         return self.forward_dense(x[:, -self.receptive_field :])[:, -1]
 
-    def flops_per_sample(self, dense: bool = False) -> float:
+    def flops_per_sample(self, dense: bool) -> float:
         """Per prediction: dense mode pays one output position per trained target; `forward` computes the whole
         receptive field to give its last position."""
         per_pos = 2.0 * self.n_features * self.hidden
@@ -183,7 +183,7 @@ class Transformer(nn.Module):
     """
 
     def __init__(self, n_features: int, window: int, d_model: int, layers: int, heads: int, dropout: float,
-                 output_clip: float, positions: str = "learned") -> None:
+                 output_clip: float, positions: str) -> None:
         super().__init__()
         if d_model % heads:
             raise ValueError(f"transformer: hidden {d_model} is not a multiple of heads {heads}")
@@ -217,7 +217,7 @@ class Transformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encode(x)[:, -1])
 
-    def flops_per_sample(self, dense: bool = False) -> float:
+    def flops_per_sample(self, dense: bool) -> float:
         """Forward matmul FLOPs per prediction (2 per multiply-add): the input projection, per layer the QKV and
         output projections, attention's two matmuls (q k^T and att v, counted whole over the window's square, as
         nanoGPT and torch's FlopCounterMode do, though a causal kernel skips about half) and the 4x MLP, and
@@ -245,11 +245,10 @@ def init_weights(model: nn.Module, gain: float) -> None:
             nn.init.zeros_(module.bias)
 
 
-def build_model(name: str, n_features: int, window: int, hidden: int = 64, layers: int = 2,
-                dropout: float = 0.0, init_gain: float = 0.5, output_clip: float = 0.0, heads: int = 8,
-                positions: str = "learned", cfg=None) -> nn.Module:
+def build_model(name: str, n_features: int, window: int, *, hidden: int, layers: int, dropout: float,
+                init_gain: float, output_clip: float, heads: int, positions: str, cfg=None) -> nn.Module:
     """A built-in model by name, initialised; or the user's `package.module:Class` (see the module's docstring),
-    built with `cfg` where its constructor takes one."""
+    built with `cfg` where its constructor takes one. `model_for(cfg, n_features)` passes a Config's knobs."""
     if USER_MODEL.fullmatch(name):
         return user_model(name, n_features, window, cfg)
     name = name.lower()
@@ -311,13 +310,13 @@ def user_model(path: str, n_features: int, window: int, cfg=None) -> nn.Module:
     return model
 
 
-def training_flops_per_sample(model: nn.Module, dense: bool = False) -> float | None:
+def training_flops_per_sample(model: nn.Module, dense: bool) -> float | None:
     """Forward + backward ~ 3x the forward FLOPs (the usual 6N-per-token rule for matmuls), per trained target;
     None for a model of the user's without `flops_per_sample`."""
     count = getattr(model, "flops_per_sample", None)
     if count is None:
         return None
-    return 3.0 * (count(dense=True) if dense else count())
+    return 3.0 * count(dense=dense)
 
 
 def n_params(model: nn.Module) -> int:
@@ -326,5 +325,6 @@ def n_params(model: nn.Module) -> int:
 
 def model_for(cfg, n_features: int) -> nn.Module:
     """The model a Config asks for."""
-    return build_model(cfg.model, n_features, cfg.window, cfg.hidden, cfg.layers, cfg.dropout, cfg.init_gain,
-                       cfg.output_clip, cfg.heads, cfg.positions, cfg)
+    return build_model(cfg.model, n_features, cfg.window, hidden=cfg.hidden, layers=cfg.layers, dropout=cfg.dropout,
+                       init_gain=cfg.init_gain, output_clip=cfg.output_clip, heads=cfg.heads,
+                       positions=cfg.positions, cfg=cfg)

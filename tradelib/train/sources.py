@@ -256,8 +256,8 @@ def loader_settings(num_workers: int, pin_memory: bool, prefetch_factor: int, pe
 class DataLoaderSource:
     """The training windows through a torch DataLoader, in the same order and batches as `WindowSource`."""
 
-    def __init__(self, fs: FeatureSet, window: int, device: torch.device, batch_size: int, num_workers: int = 8,
-                 pin_memory: bool = True, prefetch_factor: int = 4, persistent_workers: bool = True) -> None:
+    def __init__(self, fs: FeatureSet, window: int, device: torch.device, batch_size: int, *, num_workers: int,
+                 pin_memory: bool, prefetch_factor: int, persistent_workers: bool) -> None:
         self.device, self.window, self.ids_device = device, window, torch.device("cpu")
         y = np.nan_to_num(fs.y / float(fs.meta.get("target_scale", 1.0)), nan=0.0).astype(np.float32)
         self.ends = window_ends(fs, 0, window)
@@ -355,6 +355,7 @@ def resident_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.
             raise ValueError("dense=True gathers chunks on the device: use loader='device'")
         return windows, DenseSource(windows, cfg.dense_chunk, model.receptive_field)
     if cfg.loader == "dataloader":
-        return windows, DataLoaderSource(fs, cfg.window, device, cfg.batch_size, cfg.num_workers, cfg.pin_memory,
-                                         cfg.prefetch_factor, cfg.persistent_workers)
+        return windows, DataLoaderSource(fs, cfg.window, device, cfg.batch_size, num_workers=cfg.num_workers,
+                                         pin_memory=cfg.pin_memory, prefetch_factor=cfg.prefetch_factor,
+                                         persistent_workers=cfg.persistent_workers)
     return windows, WindowSource(windows, 0)
