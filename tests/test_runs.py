@@ -110,13 +110,15 @@ def test_a_notebook_name_that_names_none_is_refused():
 
 def test_the_headline_reads_what_report_json_has(tmp_path):
     path = tmp_path / "report.json"
-    summary = {"headline_ic": "cross_sectional", "cross_sectional_ic": 0.0123, "ic_t_stat": 2.5,
+    summary = {"headline_ic": "cross_sectional", "ic_lag": 1, "cross_sectional_ic": 0.0123, "ic_t_stat": 2.5,
                "ic_t_method": "HAC, 3 lags", "net_sharpe": 1.234, "cost_bps": 1.0}
     path.write_text(json.dumps({"summary": summary}))
-    assert headline(path) == ["headline IC (cross-sectional, test split): 0.0123, t 2.50 (HAC, 3 lags)",
+    assert headline(path) == ["headline IC (cross-sectional, at the traded lag of 1 bar): 0.0123, t 2.50 (HAC, 3 lags)",
                               "net Sharpe after 1 bps costs: 1.23"]
-    path.write_text(json.dumps({"summary": {**summary, "net_sharpe_ci": [0.5, 2.0]}}))
-    assert headline(path)[1] == "net Sharpe after 1 bps costs: 1.23, interval 0.50 to 2.00"
+    path.write_text(json.dumps({"summary": {**summary, "net_sharpe_ci": [0.5, 2.0], "flags": {"net_sharpe": "why"},
+                                            "warnings": ["few symbols"]}}))
+    assert headline(path)[1:] == ["net Sharpe after 1 bps costs: 1.23, 95% interval 0.50 to 2.00",
+                                  "flagged (net sharpe): why", "warning: few symbols"]
     path.write_text(json.dumps({"summary": {"net_sharpe": None}}))
     assert headline(path) == []
     assert headline(tmp_path / "missing.json") == []

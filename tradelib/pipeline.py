@@ -72,42 +72,30 @@ def select_notebooks(skip: str = "", only: str = "") -> tuple[str, ...]:
 
 
 def headline(report_json: Path) -> list[str]:
-    """The result in a few lines, from report.json (read by key: a figure it lacks is left out): the headline IC
-    with its t-statistic, the net Sharpe with its interval where the report gives one."""
+    """The result in a few lines, from report.json's summary: the headline IC at the lag the book trades with its
+    t-statistic, the net Sharpe with its 95% interval, and beside them the report's flags (a figure no market
+    makes) and warnings. A figure the summary lacks, or holds as NaN, is left out."""
     try:
         s = json.loads(Path(report_json).read_text()).get("summary") or {}
     except (OSError, ValueError, AttributeError):
         return []
     num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     lines = []
-    family = s.get("headline_ic")
+    family, lag = s.get("headline_ic"), s.get("ic_lag")
     ic, t = s.get(f"{family}_ic"), s.get("ic_t_stat")
     if num(ic):
-        lines.append(f"headline IC ({str(family).replace('_', '-')}, test split): {ic:.4f}"
-                     + (f", t {t:.2f} ({s.get('ic_t_method')})" if num(t) and s.get("ic_t_method") else
-                        f", t {t:.2f}" if num(t) else ""))
-    sharpe = s.get("net_sharpe")
+        at = f", at the traded lag of {lag} bar{'s' if lag != 1 else ''}" if lag is not None else ""
+        lines.append(f"headline IC ({str(family).replace('_', '-')}{at}): {ic:.4f}"
+                     + (f", t {t:.2f} ({s['ic_t_method']})" if num(t) and s.get("ic_t_method") else ""))
+    sharpe, ci = s.get("net_sharpe"), s.get("net_sharpe_ci")
     if num(sharpe):
-        ci = sharpe_interval(s)
         cost = f" after {s['cost_bps']:g} bps costs" if num(s.get("cost_bps")) else ""
-        lines.append(f"net Sharpe{cost}: {sharpe:.2f}" + (f", interval {ci[0]:.2f} to {ci[1]:.2f}" if ci else ""))
+        interval = f", 95% interval {ci[0]:.2f} to {ci[1]:.2f}" if isinstance(ci, list) and all(map(num, ci)) else ""
+        lines.append(f"net Sharpe{cost}: {sharpe:.2f}{interval}")
+    flags = s.get("flags") or {}
+    lines += [f"flagged ({name.replace('_', ' ')}): {why}" for name, why in flags.items()]
+    lines += [f"warning: {w}" for w in s.get("warnings") or []]
     return lines
-
-
-def sharpe_interval(s: dict) -> tuple[float, float] | None:
-    """The net Sharpe's interval from report.json's summary, under the names it may have: net_sharpe_ci as a
-    pair or {low, high}, or net_sharpe_ci_low / _high (also sharpe_ci...)."""
-    for key in ("net_sharpe_ci", "sharpe_ci"):
-        v = s.get(key)
-        if isinstance(v, (list, tuple)) and len(v) == 2:
-            lo, hi = v
-        elif isinstance(v, dict):
-            lo, hi = v.get("low", v.get("lo")), v.get("high", v.get("hi"))
-        else:
-            lo, hi = s.get(f"{key}_low", s.get(f"{key}_lo")), s.get(f"{key}_high", s.get(f"{key}_hi"))
-        if all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in (lo, hi)):
-            return float(lo), float(hi)
-    return None
 
 
 def render_html(notebook: Path, html: Path) -> Path:

@@ -157,7 +157,9 @@ def summary_block(inputs: ReportInputs) -> dict:
              "gross_sharpe": bk.implausible(bt["gross"]["sharpe"], None),
              "net_annual_return": bk.implausible(None, bt["net"]["annual_return"]),
              "gross_annual_return": bk.implausible(None, bt["gross"]["annual_return"])}
-    out["flags"] = {k: why[0] for k, why in flags.items() if why}  # figures that cannot be taken as they read
+    planted = (" (here the embedded synthetic market, whose planted signal is far stronger than a real market's)"
+               if (s.get("config") or {}).get("data_path") == "synthetic" else "")
+    out["flags"] = {k: why[0] + planted for k, why in flags.items() if why}  # figures that cannot be taken as read
     out["warnings"] = list(inputs.warnings)
     return out
 
