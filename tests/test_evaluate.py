@@ -1,4 +1,4 @@
-"""evaluate.py against numbers worked out by hand on small arrays, plus a few invariants."""
+"""report/metrics.py and report/backtest.py against numbers worked out by hand on small arrays, and invariants."""
 
 import json
 import math

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from tradelib.config import Config, ConfigError
 from tradelib.data import clean, dataset
-from tradelib.data.dataset import features_of as build_features
+from tradelib.data.dataset import features_of
 from tradelib.data.features import feature_makers, feature_params
 from tradelib.data.segments import segment_ids
 from tradelib.data.synth import generate_market
@@ -35,7 +35,7 @@ def raw_features(clean: pd.DataFrame, seg: np.ndarray) -> np.ndarray:
 
 
 def test_features_finite_bounded_float32_on_hostile_synthetic():
-    fs = build_features(clean_market(), FCFG)
+    fs = features_of(clean_market(), FCFG)
     assert fs.X.dtype == np.float32 and np.isfinite(fs.X).all()
     assert np.abs(fs.X).max() <= FCFG.clip
     assert set(np.unique(fs.split)) <= {-1, 0, 1, 2}
@@ -67,7 +67,7 @@ def test_scale_free(price_exp, volume_exp):
     for col in ("open", "high", "low", "close"):
         scaled[col] = scaled[col] * 10.0**price_exp
     scaled["volume"] = scaled["volume"] * 10.0**volume_exp
-    a, b = build_features(clean, FCFG), build_features(scaled, FCFG)
+    a, b = features_of(clean, FCFG), features_of(scaled, FCFG)
     np.testing.assert_allclose(a.X, b.X, atol=1e-4)
     np.testing.assert_allclose(a.y, b.y, atol=1e-9, equal_nan=True)
 
@@ -82,12 +82,12 @@ def test_micro_token_features_match_a_large_cap():
     big = clean.copy()
     for col in ("open", "high", "low", "close"):
         big[col] = big[col] / big["close"].iloc[0] * 100
-    np.testing.assert_allclose(build_features(micro, FCFG).X, build_features(big, FCFG).X, atol=1e-4)
+    np.testing.assert_allclose(features_of(micro, FCFG).X, features_of(big, FCFG).X, atol=1e-4)
 
 
 def test_splits_are_chronological_and_purged():
     fcfg = Config(window=16, horizon=3)
-    fs = build_features(clean_market(n_bars=1200), fcfg)
+    fs = features_of(clean_market(n_bars=1200), fcfg)
     ts = fs.timestamp
     assert ts[fs.split == 0].max() < ts[fs.split == 1].min() < ts[fs.split == 1].max() < ts[fs.split == 2].min()
     bar = 300 * 10**9
@@ -101,16 +101,16 @@ def test_splits_are_chronological_and_purged():
 
 def test_normalisation_is_fitted_on_training_rows_only():
     clean = clean_market(n_bars=1000)
-    fs = build_features(clean, FCFG)
+    fs = features_of(clean, FCFG)
     late = clean.copy()
     test_rows = fs.split == 2
     late.loc[test_rows, "volume"] = late.loc[test_rows, "volume"] * 1000  # only test-period rows move
-    fs2 = build_features(late, FCFG)
+    fs2 = features_of(late, FCFG)
     assert fs.meta["norm"] == fs2.meta["norm"]
 
 
 def test_unknown_targets_stay_nan_not_zero():
-    fs = build_features(clean_market(n_symbols=2, n_bars=500), Config(window=8, horizon=4))
+    fs = features_of(clean_market(n_symbols=2, n_bars=500), Config(window=8, horizon=4))
     for s in np.unique(fs.symbol_id):
         last4 = np.flatnonzero(fs.symbol_id == s)[-4:]
         assert np.isnan(fs.y[last4]).all()
@@ -119,8 +119,8 @@ def test_unknown_targets_stay_nan_not_zero():
 
 def test_vol_scaled_target():
     clean = clean_market(n_symbols=2, n_bars=600, hostile=False)
-    plain = build_features(clean, FCFG)
-    scaled = build_features(clean, Config(window=16, vol_scaled_target=True))
+    plain = features_of(clean, FCFG)
+    scaled = features_of(clean, Config(window=16, vol_scaled_target=True))
     rvol = raw_features(clean, plain.segment)[:, plain.feature_names.index("rvol_32")]
     ok = np.isfinite(scaled.y) & (rvol > 0)
     np.testing.assert_allclose(scaled.y[ok], (plain.fwd_return[ok] / rvol[ok]).astype(np.float32), rtol=1e-4)
@@ -129,14 +129,14 @@ def test_vol_scaled_target():
 def test_feature_parameters_are_configs_features_group():
     params = feature_params(Config(window=48, horizon=2))
     assert params["window"] == 48 and params["horizon"] == 2 and "lr" not in params and "data_path" not in params
-    assert build_features(clean_market(n_bars=600), Config(window=48, horizon=2)).meta["feature_config"] == params
+    assert features_of(clean_market(n_bars=600), Config(window=48, horizon=2)).meta["feature_config"] == params
 
 
 def test_feature_ranges_before_scaling_are_recorded_and_finite():
     """01 shows each feature's range before and after scaling; before is finite even on hostile data."""
     from tradelib.report.explore import feature_table
 
-    fs = build_features(clean_market(), FCFG)
+    fs = features_of(clean_market(), FCFG)
     raw = fs.meta["raw_ranges"]
     assert list(raw) == fs.feature_names
     assert all(np.isfinite([r["min"], r["max"]]).all() and r["min"] <= r["max"] for r in raw.values())
@@ -162,7 +162,7 @@ def test_features_finite_and_bounded_on_hostile_input(cells, scale):
         raw.loc[row, col] = value
     frame, report = clean.clean_ohlcv(raw, "hostile", keep=("oracle",))
     assert report.rows_in == report.rows_kept + report.rows_dropped == len(raw)
-    fs = build_features(frame, FCFG)
+    fs = features_of(frame, FCFG)
     assert np.isfinite(fs.X).all() and np.abs(fs.X).max() <= FCFG.clip
     assert np.isfinite(fs.y[window_ends(fs, 0, FCFG.window)]).all()
 
@@ -219,7 +219,7 @@ def test_a_hole_just_under_max_gap_bars_is_never_spanned():
     raw = generate_market(n_symbols=1, n_bars=2400, seed=4, hostile=False)
     cfg = Config(window=16, horizon=3, max_gap_bars=50, train_end=_iso(raw, 1000), val_end=_iso(raw, 1700))
     holed = raw.drop(index=range(990, 1031)).reset_index(drop=True)  # bars 990..1030 missing
-    fs = build_features(clean.clean_ohlcv(holed, "holed", keep=("oracle",))[0], cfg)
+    fs = features_of(clean.clean_ohlcv(holed, "holed", keep=("oracle",))[0], cfg)
     assert fs.segment.max() == 0  # one segment: windows may cross the hole, targets may not
     last_train = np.flatnonzero(fs.split == 0)[-1]  # bar 989
     np.testing.assert_array_equal(np.isnan(fs.y[last_train - 3: last_train + 1]), [False, True, True, True])
@@ -235,7 +235,7 @@ def test_a_hole_just_under_max_gap_bars_is_never_spanned():
 
 def test_date_splits_keep_whole_days_and_are_stated():
     raw = generate_market(n_symbols=2, n_bars=2000, seed=5, hostile=False)  # 2024-01-01 .. 2024-01-07, 5 minutes
-    fs = build_features(clean.clean_ohlcv(raw, "dated", keep=("oracle",))[0],
+    fs = features_of(clean.clean_ohlcv(raw, "dated", keep=("oracle",))[0],
                         Config(window=8, horizon=1, train_end="2024-01-03", val_end="2024-01-05 12:00"))
     ts = pd.to_datetime(fs.timestamp, utc=True)
     assert ts[fs.split == 0].max() == pd.Timestamp("2024-01-03 23:55", tz="UTC")  # the whole of Jan 3rd
@@ -247,7 +247,7 @@ def test_date_splits_keep_whole_days_and_are_stated():
     # every symbol purges horizon + window of its own rows after each of the two boundaries
     assert (np.bincount(fs.symbol_id[fs.split == -1]) == 2 * 9).all()
     with pytest.raises(ValueError, match="test split is empty"):
-        build_features(clean.clean_ohlcv(raw, "dated")[0], Config(train_end="2024-01-03", val_end="2024-02-01"))
+        features_of(clean.clean_ohlcv(raw, "dated")[0], Config(train_end="2024-01-03", val_end="2024-02-01"))
 
 
 @pytest.mark.parametrize("values, problem", [
