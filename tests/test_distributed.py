@@ -85,6 +85,18 @@ def test_repeated_two_rank_torchrun_launches_all_exit_0(outputs):
     assert len(list(outputs.glob("launch-*/summary.json"))) == 10
 
 
+def run_two_ranks(script: str, params: dict, out: Path) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """`script` run by torchrun on two CPU ranks with `params` as its argument (it writes rank<r>.json into OUT);
+    returns the finished process and what each rank wrote."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OUT=str(out))
+    path = out / "script.py"
+    path.write_text(script)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(path), json.dumps(params)], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return res, [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
 SHARDED = """
 import json, os, sys
 import numpy as np
@@ -118,14 +130,8 @@ def test_sharded_ranks_visit_every_window_of_an_epoch_once(outputs, tmp_path, pa
     fs = dataset.prepare(Config(**params), verbose=False)
     if path == "streamed":
         params["device_memory_budget"] = 0.35 * stream.resident_bytes(fs, Config(**params))  # 70% of a share
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OUT=str(tmp_path))
-    script = tmp_path / "sharded.py"
-    script.write_text(SHARDED)
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script), json.dumps(params)], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    res, ranks = run_two_ranks(SHARDED, params, tmp_path)
     assert ("data streamed to cpu (the data" in res.stdout) == (path == "streamed")  # the budget chose
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     rows = np.concatenate([r["rows"] for r in ranks])
     np.testing.assert_array_equal(np.sort(rows), window_ends(fs, 0, 16))  # all of them, each once
     assert ranks[0]["lo"] == 0 and ranks[1]["lo"] == ranks[0]["n"] and ranks[1]["lo"] + ranks[1]["n"] == len(fs)
@@ -161,13 +167,7 @@ def test_a_sigterm_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoi
     every 2 steps all ranks stop after step 4, and rank 0 writes that step's checkpoint."""
     params = {**BASE, "model": "mlp", "batch_size": 4, "max_steps": 0, "log_every": 2, "checkpoint_every": 0,
               "run_id": "ddp-stopped"}
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OUT=str(tmp_path))
-    script = tmp_path / "stopped.py"
-    script.write_text(STOPPED)
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script), json.dumps(params)], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    res, ranks = run_two_ranks(STOPPED, params, tmp_path)
     assert ranks == [{"step": 4, "signal": 15}] * 2
     assert "stopped by SIGTERM at step 4" in res.stdout
     assert (outputs / "ddp-stopped" / "checkpoints" / "step-4.pt").exists()
