@@ -110,10 +110,6 @@ def resolved_precision(precision: str, device: torch.device) -> str:
     return precision_for(precision, device.type, native)
 
 
-def uses_bf16(precision: str, device: torch.device) -> bool:
-    return resolved_precision(precision, device) == "bf16"
-
-
 def autocast(device: torch.device, precision: str, cache: bool = True):
     """Autocast to the precision's dtype (off for fp32). `cache=False` while recording a CUDA graph: autocast's
     cache of cast weights would outlive the recording and be read stale at replay."""
@@ -206,10 +202,12 @@ def table_peak_flops(device: torch.device) -> tuple[float | None, str]:
 
 
 def measured_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024,
-                          seconds: float = 0.5) -> float:
-    """FLOP/s of a square matmul on this device (best burst): the MFU denominator where no peak is known."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+                          seconds: float = 0.5, m: int | None = None, k: int | None = None) -> float:
+    """FLOP/s of an [m, k] @ [k, n] matmul on this device (square n x n unless m, k are given; the best burst):
+    the MFU denominator where no peak is known, and the doctor's rate of a model's own largest matmul."""
+    m, k = m or n, k or n
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
     sync(device)
@@ -219,7 +217,7 @@ def measured_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float
         for _ in range(4):
             a @ b
         sync(device)
-        best = max(best, 4 * 2.0 * n**3 / (time.perf_counter() - t0))
+        best = max(best, 4 * 2.0 * m * k * n / (time.perf_counter() - t0))
     return best
 
 

@@ -22,10 +22,20 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from tradelib.config import Config
-from tradelib.hardware import device_name, mfu, peak_flops, peak_memory_bytes, sync, torch_flags
-from tradelib.perf.measure import Runner, quiet_profiler
+from tradelib.hardware import (
+    AUTOCAST_DTYPES,
+    CpuElsewhere,
+    device_name,
+    measured_matmul_flops,
+    mfu,
+    peak_flops,
+    peak_memory_bytes,
+    sync,
+    torch_flags,
+    untrusted_peak,
+)
+from tradelib.perf.measure import Runner, mfu_fields, quiet_profiler
 from tradelib.perf.profiling import _runner
-from tradelib.train.models import training_flops_per_sample
 
 # where a figure tips the verdict (shares of step time, ratios of times, shares of memory)
 INPUT_BOUND = 0.2  # data wait share from which the input pipeline is the limit
@@ -97,7 +107,7 @@ def bound(m: Measured) -> Finding:
         if not m.graphs and m.graphs_refused is None:
             gain = m.host_s / m.device_s
             return Finding("launch-bound", f"{head}: set cuda_graphs true (about {gain:.1f}x)",
-                           {"cuda_graphs": True}, gain)
+                           {"cuda_graphs": "true"}, gain)
         # the host's work is per step, the GPU's per sample: a double batch costs the host the same
         gain = 2 * m.host_s / max(m.host_s, 2 * m.device_s)
         why = "with the step graph already" if m.graphs else f"the step graph is off here ({m.graphs_refused})"
@@ -178,20 +188,10 @@ def largest_matmul(model: nn.Module, x: torch.Tensor) -> tuple[int, int, int] | 
     return max(shapes, key=lambda s: s[0] * s[1] * s[2]) if shapes else None
 
 
-def matmul_rate(device: torch.device, m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 0.3) -> float:
-    """FLOP/s of an [m, k] @ [k, n] matmul on this device (the best of short bursts)."""
-    a = torch.randn(m, k, device=device, dtype=dtype)
-    b = torch.randn(k, n, device=device, dtype=dtype)
-    a @ b
-    sync(device)
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        for _ in range(3):
-            a @ b
-        sync(device)
-        best = max(best, 3 * 2.0 * m * k * n / (time.perf_counter() - t0))
-    return best
+def matmul_rate(device: torch.device, shape: tuple[int, int, int], dtype: torch.dtype, seconds: float) -> float:
+    """FLOP/s of the [m, k] @ [k, n] matmul `shape` alone on this device."""
+    m, k, n = shape
+    return measured_matmul_flops(device, dtype, n, seconds, m=m, k=k)
 
 
 def matmul_ceiling(device: torch.device, shape: tuple[int, int, int], dtype: torch.dtype, peak: float,
@@ -200,12 +200,12 @@ def matmul_ceiling(device: torch.device, shape: tuple[int, int, int], dtype: tor
     measured (a CPU, a card not in the table), over a square matmul's rate measured in turns with it (the best of
     each), so that other load on the machine cancels; at most 1."""
     if not peak_src.startswith("measured"):
-        return min(1.0, matmul_rate(device, *shape, dtype) / peak)
+        return min(1.0, matmul_rate(device, shape, dtype, 0.3) / peak)
     n = 4096 if device.type == "cuda" else 1024
     own = square = 0.0
     for _ in range(3):
-        own = max(own, matmul_rate(device, *shape, dtype, 0.1))
-        square = max(square, matmul_rate(device, n, n, n, dtype, 0.1))
+        own = max(own, matmul_rate(device, shape, dtype, 0.1))
+        square = max(square, measured_matmul_flops(device, dtype, n, 0.1))
     return min(1.0, own / square)
 
 
@@ -285,18 +285,19 @@ def examine(cfg: Config, seconds: float | None = None, runner: Runner | None = N
             if device.type == "cuda":
                 host_s, device_s = host_and_device(runner)
             sps = tot["samples"] / tot["seconds"]
-            flops = training_flops_per_sample(tr.model, tr.cfg.dense)
-            peak, peak_src = peak_flops(device, measure=True, peak_tflops=cfg.peak_tflops)
-            value = mfu(sps, flops, peak)
-            note = "" if value is not None else (peak_src if not peak else
-                                                  f"{tr.cfg.model} gives no flops_per_sample")
+            flops = tr.flops_per_sample()
+            with CpuElsewhere() as other:
+                peak, peak_src = peak_flops(device, measure=True, peak_tflops=cfg.peak_tflops)
+            checked = mfu_fields(mfu(sps, flops, peak), untrusted_peak(peak_src, other.cores, cfg.max_other_load))
+            value = checked["mfu"]
+            note = checked.get("mfu_invalid_reason") or ("" if value is not None else peak_src if not peak else
+                                                          f"{tr.cfg.model} gives no flops_per_sample")
             precision = tr.precision  # fp32, bf16 or fp16, as the trainer resolved it
             ends = tr.windows.ends(0)[: tr.cfg.batch_size]
             shape = largest_matmul(tr.model, next(tr.windows.batches(ends, len(ends)))[0])
             ceiling, largest = None, ""
             if shape and peak:
-                dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-                ceiling = matmul_ceiling(device, shape, dtype, peak, peak_src)
+                ceiling = matmul_ceiling(device, shape, AUTOCAST_DTYPES.get(precision, torch.float32), peak, peak_src)
                 largest = f"[{shape[0]} x {shape[1]}] @ [{shape[1]} x {shape[2]}]"
             why_not = None if tr.graphs else graphs_reason(tr)
             measured = Measured(
@@ -318,10 +319,14 @@ def examine(cfg: Config, seconds: float | None = None, runner: Runner | None = N
 
 
 def graphs_reason(tr) -> str | None:
-    """Why the step graph is not used here (None where it could be): the trainer's own rule."""
+    """Why the step graph is not used here, None where it could be: where the run turned it off
+    (cuda_graphs false), the trainer's rule says whether it would be allowed; otherwise the trainer said why (it was
+    refused, or its recording failed)."""
     from tradelib.train.trainer import graphs_refused
 
-    return graphs_refused(tr.cfg, tr.device, tr.world, tr.fused, tr.model)
+    if tr.cfg.cuda_graphs == "false":
+        return graphs_refused(tr.cfg, tr.device, tr.world, tr.fused, tr.model)
+    return tr.graphs_reason
 
 
 def diagnose(cfg: Config, seconds: float | None = None, verbose: bool = True) -> tuple[Measured, list[Finding]]:

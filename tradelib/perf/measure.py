@@ -41,7 +41,7 @@ from tradelib.hardware import (
     untrusted_peak,
 )
 from tradelib.monitor import GpuMonitor
-from tradelib.train.models import MODELS, USER_MODEL, model_for, n_params, training_flops_per_sample
+from tradelib.train.models import MODELS, USER_MODEL, model_for, n_params
 from tradelib.train.sources import Batch, BatchSource
 from tradelib.train.stream import make_sources, min_budget, resident_bytes
 from tradelib.train.trainer import Trainer, seed_everything
@@ -94,8 +94,8 @@ def split_list(text: str | int) -> list[str]:
 
 
 def with_graphs(cfg: Config, on: bool) -> Config:
-    """`cfg` with the step graph asked for or not, in the words Config reads (a bool or auto|true|false)."""
-    return Config.from_dict({**cfg.to_dict(), "cuda_graphs": "true" if on else "false"})
+    """`cfg` with the step graph asked for (true) or not (false)."""
+    return cfg.replace(cuda_graphs="true" if on else "false")
 
 
 def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], group: str | None = None,
@@ -115,7 +115,7 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], g
     if "loaders" in overrides:
         loaders = split_list(cfg.loaders)
     if modes is not None and "cuda_graphs" in overrides:
-        modes = ["graph" if str(cfg.cuda_graphs).lower() in ("true", "on") else "eager"]
+        modes = ["graph" if cfg.cuda_graphs == "true" else "eager"]
     for mode in modes or ():
         if mode not in MODES:
             raise ValueError(f"unknown step mode {mode!r}: choose from {', '.join(MODES)}")
@@ -394,12 +394,13 @@ def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak:
     sps = [r["samples"] / r["seconds"] for r in runs]
     busy = [r["gpu"]["gpu_util_median"] for r in runs if r["gpu"].get("gpu_util_median") is not None]
     gmem = [r["gpu"]["gpu_mem_used_max_bytes"] for r in runs if r["gpu"].get("gpu_mem_used_max_bytes")]
-    flops = training_flops_per_sample(tr.model, s.cfg.dense)
+    flops = tr.flops_per_sample()
     med = statistics.median(sps)
     hosts = [r["fetch_host_s"] for r in runs if r.get("fetch_host_s") is not None]
     return {
         "label": s.label, "spec": s.spec, "group": s.group, "loader": s.loader, "model": s.cfg.model,
-        "mode": s.mode or ("graph" if tr.graphs else "eager"), "graph_refused": None if tr.graphs else graph_note(tr),
+        "mode": s.mode or ("graph" if tr.graphs else "eager"),
+        "graph_refused": tr.graphs_reason if tr.cfg.cuda_graphs == "true" and not tr.graphs else None,
         "batch_size": s.cfg.batch_size, "batch_unit": "chunks" if s.loader == "dense" else "windows",
         "targets_per_batch": statistics.median(r["samples"] / r["micro_batches"] for r in runs),
         "grad_accum_steps": s.cfg.grad_accum_steps,
@@ -430,13 +431,6 @@ def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak:
         "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def graph_note(tr: Trainer) -> str | None:
-    """Why a configuration that asked for the step graph ran without it: the trainer printed the reason."""
-    if str(tr.cfg.cuda_graphs).lower() not in ("true", "on"):
-        return None
-    return "the step graph was asked for but not used: the trainer's printed line says why"
 
 
 def add_ratios(records: list[dict]) -> None:
