@@ -259,3 +259,13 @@ def test_date_splits_keep_whole_days_and_are_stated():
 def test_bad_split_dates_and_cost_grid_are_refused(values, problem):
     with pytest.raises(ConfigError, match=problem):
         Config(**values)
+
+
+def test_segments_break_at_long_gaps_and_max_gap_bars_0_breaks_none():
+    """A gap of more than max_gap_bars bars starts a segment; max_gap_bars 0 turns gaps off (as cleaning reads it),
+    leaving one segment per symbol, not one per row."""
+    bar = 300 * 10**9
+    codes = np.array([0, 0, 0, 0, 1, 1, 1])
+    ts = np.array([0, 1, 2, 60, 0, 1, 2]) * bar
+    assert segment_ids(codes, ts, np.array([bar, bar]), 50).tolist() == [0, 0, 0, 1, 2, 2, 2]
+    assert segment_ids(codes, ts, np.array([bar, bar]), 0).tolist() == [0, 0, 0, 0, 1, 1, 1]

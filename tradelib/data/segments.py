@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from tradelib.data.detect import run_starts
+from tradelib.data.detect import long_gap_rows, run_starts
 
 
 def segment_ids(codes: np.ndarray, ts_ns: np.ndarray, bar_of_code: np.ndarray, max_gap_bars: int,
                 restart: np.ndarray | None = None) -> np.ndarray:
     """0, 1, ... numbering the segments of rows in (symbol, time) order, as int32: a new one at every symbol change,
-    step longer than max_gap_bars bars of the symbol (`bar_of_code`: the bar size in ns of each symbol code), and
-    `restart` row (cleaning's masked corporate actions)."""
+    step longer than max_gap_bars bars of the symbol (cleaning's own `long_gap_rows`: none when max_gap_bars is 0;
+    `bar_of_code`: the bar size in ns of each symbol code), and `restart` row (cleaning's masked corporate
+    actions)."""
     new = run_starts(codes)
-    new[1:] |= np.diff(ts_ns) > max_gap_bars * bar_of_code[codes[1:]]
+    new |= long_gap_rows(ts_ns, codes, bar_of_code, max_gap_bars)
     if restart is not None:
         new |= restart
     return run_ids(new)
