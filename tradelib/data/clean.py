@@ -416,7 +416,6 @@ class CleanShard:
     symbols: np.ndarray
     keep: dict[str, np.ndarray] = field(default_factory=dict)
     bar: np.ndarray | None = None  # bar size in ns per symbol code (bar_sizes_ns of these rows), when known
-    spike: tuple | None = None  # (spike_rows of these rows, spike_sigmas, max_gap_bars), when cleaning found them
     restart: np.ndarray | None = None  # rows where the series restarts (corporate actions, corporate_actions mask)
 
     def __len__(self) -> int:
@@ -532,9 +531,7 @@ def clean_parts(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, 
         rows_in = len(a["ts"])
         w = _clean_shard(a, symbols, own, raw.attrs, s, {k: v[rows] for k, v in extra.items()})
         restart = w.flags.get("corporate_action") if s.corporate_actions == "mask" else None
-        return _shard_part(w, rows_in), CleanShard(w.a, symbols, w.keep, w.bar,
-                                                   (w.flags.get("price_spike"), s.spike_sigmas, s.max_gap_bars),
-                                                   restart)
+        return _shard_part(w, rows_in), CleanShard(w.a, symbols, w.keep, w.bar, restart)
 
     with without_huge_pages(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(one, range(len(shards))))

@@ -28,9 +28,9 @@ def load_raw(cfg) -> pd.DataFrame:
 
 def _check_rows(report: quality.QualityReport, cfg, source: str) -> None:
     """A DataError when cleaning left no row, naming the rules that dropped them."""
-    dropped = ", ".join(f"{rule} {n:,}" for rule, n in report.totals().items()
-                        if any(c["rule"] == rule and c["action"] == "dropped" for c in report.counts))
     if report.rows_kept == 0:
+        dropping = report.totals("dropped")
+        dropped = ", ".join(f"{rule} {n:,}" for rule, n in report.totals().items() if rule in dropping)
         raise load.DataError(f"{source}: no rows left after cleaning: {report.rows_in:,} rows in, dropped by "
                              f"{dropped or 'no rule'} (window + horizon + 1 = {cfg.window + cfg.horizon + 1} rows "
                              f"per symbol are needed; docs/data.md lists the rules)")
