@@ -414,3 +414,22 @@ def test_tables_print_integers_as_integers_and_flag_what_cannot_be_right():
     row = tables.runs_table(runs).iloc[0]
     assert (row["batch x accum"], row["MFU"], row["samples/s"], row["peak memory"]) == ("256 x 2", "invalid",
                                                                                         "1,900", "0.84 GB")
+
+
+def test_a_test_span_too_short_for_weekends_takes_the_whole_datas_sessions_a_year():
+    """Hourly bars, 7 a session: a Monday-Friday test span looks like a 24/7 market (every day it holds traded);
+    the year of weekdays behind it says exchange, and its sessions a year (not the span's 365) annualise."""
+    from types import SimpleNamespace
+
+    from tradelib.data.sessions import calendar
+
+    hours = pd.to_timedelta(np.arange(9, 16), unit="h")
+    days = pd.bdate_range("2023-01-02", "2023-12-29", tz="UTC")
+    year = (days.values[:, None] + hours.values[None, :]).ravel()
+    full = calendar(pd.DatetimeIndex(year).as_unit("ns").asi8, 3600.0).to_dict()
+    span = pd.bdate_range("2024-01-08", "2024-01-12", tz="UTC")
+    test = pd.DataFrame({"timestamp": pd.DatetimeIndex((span.values[:, None] + hours.values[None, :]).ravel(),
+                                                       tz="UTC")})
+    ann, _ = ri._annualisation(test, SimpleNamespace(meta={"calendar": full}), 3600.0, 0.0)
+    assert full["method"] == ann["method"] == "sessions"
+    assert ann["periods_per_year"] == pytest.approx(full["sessions_per_year"] * 7)

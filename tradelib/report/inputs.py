@@ -229,15 +229,17 @@ def _horizon(summary: dict, fs) -> tuple[int, str]:
 def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float) -> tuple[dict, float]:
     """(annualisation dict, bars per session): the given periods_per_year, else the calendar of the test span
     itself (holes in the training years do not move it). A test span too short to see weekends (< 4 weeks)
-    takes the whole data's verdict on whether the market trades 24/7 (fs.meta, when the cache is there)."""
+    takes the whole data's verdict on whether the market trades 24/7, and its sessions a year (a short span counts
+    every day a session; fs.meta, when the cache is there)."""
     test = ev.annualisation(df, bar, periods_per_year=0.0)
     full = ((getattr(fs, "meta", None) or {}).get("calendar")) if fs is not None else None
     if full and test["span_days"] < SHORT_SPAN_DAYS and (full["method"] == "continuous") != (
             test["method"] == "continuous"):
-        keep = {k: test[k] for k in ("bar_seconds", "n_sessions", "span_days", "sessions_per_year",
-                                     "bars_per_session")}
-        test = Calendar(**keep, continuous=full["method"] == "continuous").to_dict()
-        test["description"] += f" (whether weekends trade: from all {full['n_sessions']:,} sessions of the data)"
+        keep = {k: test[k] for k in ("bar_seconds", "n_sessions", "span_days", "bars_per_session")}
+        test = Calendar(**keep, sessions_per_year=full["sessions_per_year"],
+                        continuous=full["method"] == "continuous").to_dict()
+        test["description"] += (f" (whether weekends trade and the sessions a year: from all {full['n_sessions']:,} "
+                                f"sessions of the data)")
     bars_per_session = float(test.get("bars_per_session") or 1.0)
     if periods_per_year and periods_per_year > 0:
         return {**ev.annualisation(df, bar, periods_per_year=periods_per_year), "source": "given"}, bars_per_session
