@@ -272,6 +272,9 @@ def test_cpu_elsewhere_counts_other_processes_not_this_one():
         t = time.perf_counter()
         while time.perf_counter() - t < 1.0:
             pass
+    with CpuElsewhere() as reaped:  # a child that burns a core and exits inside the block: ours, not "elsewhere"
+        code = "import time; t = time.time(); [0 for _ in iter(lambda: time.time() - t < 1.0, False)]"
+        subprocess.run([sys.executable, "-c", code], check=True)
     proc = burner(2.5)
     time.sleep(0.3)
     with CpuElsewhere() as other:
@@ -279,6 +282,7 @@ def test_cpu_elsewhere_counts_other_processes_not_this_one():
     proc.wait()
     assert other.cores >= 0.5  # the burning process: most of a core (other sessions may add to it)
     assert mine.cores <= idle.cores + 0.5  # our own busy core is not counted
+    assert reaped.cores <= idle.cores + 0.5  # nor an exited child's
 
 
 def test_a_peak_measured_beside_a_busy_process_flags_every_mfu(tiny_cfg):

@@ -254,7 +254,8 @@ def busy_cpu_seconds() -> float | None:
 
 
 def own_cpu_seconds() -> float:
-    """CPU seconds of this process (all its threads) and of its live children (the DataLoader's workers)."""
+    """CPU seconds of this process (all its threads) and of its children: the live ones (the DataLoader's workers)
+    from /proc, the exited and reaped ones (an epoch's workers without persistent_workers) from getrusage."""
     me, tick, children = os.getpid(), os.sysconf("SC_CLK_TCK"), 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -263,7 +264,8 @@ def own_cpu_seconds() -> float:
             continue
         if len(fields) > 12 and fields[1] == str(me):
             children += int(fields[11]) + int(fields[12])  # utime, stime
-    return time.process_time() + children / tick
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children / tick + reaped.ru_utime + reaped.ru_stime
 
 
 class CpuElsewhere:
