@@ -354,6 +354,24 @@ def test_max_minutes_ends_the_run_cleanly_inside_an_epoch(outputs, capsys):
     assert len(epochs) == 1 and epochs[0]["partial"] and epochs[0]["step"] == 12 and np.isfinite(epochs[0]["val_loss"])
 
 
+def test_every_checkpoint_is_written_once(outputs, monkeypatch):
+    """A run ending on a checkpoint step (max_steps 10, checkpoint_every 5) writes step-10 once, after its
+    validation; a stop at an epoch's end (step 19, written there) writes nothing more."""
+    from tradelib.train.runfolder import RunFolder
+
+    written = []
+    save = RunFolder.save
+    monkeypatch.setattr(RunFolder, "save", lambda self, state, tag: written.append(tag) or save(self, state, tag))
+    train(tiny("once", epochs=1, max_steps=10), progress=False)
+    assert written.count("step-10") == 1 and written.count("step-5") == 1
+    written.clear()
+    run = TrainingRun(tiny("once-stopped", epochs=2), progress=False)
+    run.on_step = lambda r: os.kill(os.getpid(), signal.SIGTERM) if r.step == 19 else None
+    with pytest.raises(KeyboardInterrupt):
+        run.fit()
+    assert run.step == 19 and written.count("step-19") == 1
+
+
 @pytest.fixture(scope="module")
 def short_run(outputs):
     train(tiny("short", epochs=1, max_steps=3), progress=False)

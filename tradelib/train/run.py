@@ -249,13 +249,15 @@ class TrainingRun:
     def save_checkpoint(self, tag: str) -> Path | None:
         """Rank 0 writes `tag`.pt; of the step-N.pt files the newest keep_checkpoints stay. Weights that are no
         longer finite are never written (nor do they push a finite checkpoint out of the rotation)."""
-        if tag.startswith("step-"):
+        step_file = tag.startswith("step-")
+        if step_file:
             self.t_ckpt = self.clock()  # (every rank: the next time-due checkpoint is agreed on)
         if not self.main:
+            self._saved_step = self.step if step_file else self._saved_step  # (every rank knows what rank 0 saved)
             return None
         self.check_finite_weights()
         path = self.folder.save(self.state(), tag)
-        if tag.startswith("step-"):
+        if step_file:
             self._saved_step = self.step
             self.folder.rotate(self.cfg.keep_checkpoints)
         return path
@@ -369,7 +371,7 @@ class TrainingRun:
                 if ckpt_due or epoch_end or self.step % cfg.log_every == 0 or self.step >= tr.total_steps:
                     time_due = self.log_point()
                     ckpt_due = (ckpt_due or time_due) and not epoch_end
-                if ckpt_due:  # (at an epoch's end, end_epoch writes it after validation)
+                if ckpt_due and not self.done():  # (at an epoch's or the run's end, it is written after validation)
                     self.save_checkpoint(f"step-{self.step}")
                     self.t_log = self.clock()  # checkpoint I/O is not training time
                 self._clean = True
@@ -477,9 +479,12 @@ class TrainingRun:
 
     def _on_interrupt(self, signum: int) -> None:
         if self._clean and (self.world == 1 or self._agreed_stop):
-            if self.tally.steps:
-                self.log_point()  # the metric sums up to this step go into the checkpoint
-            where = f"checkpoint {self.save_checkpoint(f'step-{self.step}')}"
+            if self._saved_step == self.step:  # (an epoch's end wrote this step's checkpoint a moment ago)
+                where = f"checkpoint {self.latest_checkpoint()}"
+            else:
+                if self.tally.steps:
+                    self.log_point()  # the metric sums up to this step go into the checkpoint
+                where = f"checkpoint {self.save_checkpoint(f'step-{self.step}')}"
         else:  # stopped inside a step (or under DDP): the last checkpoint is the resume point
             where = f"no checkpoint written mid-step; resume starts from {self.latest_checkpoint()}"
         if self.main:
