@@ -150,7 +150,9 @@ def load_inputs(
         run_dir=run_dir, summary=summary, predictions=df, steps=steps, epochs=epochs, bar_seconds=float(bar),
         cost_bps=float(cost_bps), horizon=horizon, horizon_source=horizon_source, annualisation=ann,
         family=family, family_reason=reason, ic_timestamp=by_ts, ic_day=by_day,
-        ic={f: ev.family_summary(df, f, lags[f], target_col=TRADED) for f in ev.IC_FAMILIES},
+        ic={"cross_sectional": ev.ic_summary(by_ts, lags["cross_sectional"]),  # (the series computed above)
+            "daily": ev.ic_summary(by_day, lags["daily"]),
+            "pooled": ev.pooled_summary(df, "prediction", TRADED, lags["pooled"])},
         deciles=ev.decile_table(df, target_col=TRADED), per_symbol=ev.per_symbol_metrics(df, target_col=TRADED),
         predictors=predictors, backtest=bt, costs=bk.cost_sensitivity(bt, settings.cost_grid_bps),
         break_even_bps=bk.break_even_bps(bt), splits=split_dates(summary, fs, df), quality=quality or None,
