@@ -158,6 +158,7 @@ def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, 
     """Each notebook of `src` executed in order by papermill into `out` with its parameters; 03's training
     progress followed in the terminal. 04 is rendered to report.html."""
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
     notebooks = tuple(src)
     if TRAINS in per_nb and "progress" not in per_nb[TRAINS]:  # a few lines in the saved notebook; the bar here
@@ -176,9 +177,7 @@ def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, 
         except pm.PapermillExecutionError as exc:
             raise NotebookFailed(f"{name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
                                  f"(the executed notebook with the traceback: {out / (name + '.ipynb')})") from None
-        except RuntimeError as exc:  # the kernel died (killed, out of memory): nbclient's DeadKernelError
-            if type(exc).__name__ != "DeadKernelError":
-                raise
+        except DeadKernelError as exc:  # the kernel died (killed, out of memory)
             training = f"; its training {run_state(out)}" if name == TRAINS else ""
             raise NotebookFailed(f"{name}: the notebook's kernel died ({exc}){training} (the notebook as far as it "
                                  f"ran: {out / (name + '.ipynb')})") from None
