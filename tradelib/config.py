@@ -447,9 +447,9 @@ def _bounds(m: dict) -> str:
     return ",".join(parts)
 
 
-def parameters_help(groups: tuple[str, ...], width: int = 100) -> str:
-    """The parameters a command takes, by group: `name: type = default`, then the help (with the allowed values
-    or bounds where the help does not give them), wrapped: the CLI's --help, from Config's fields."""
+def parameters_help(groups: tuple[str, ...], width: int = 100, exclude: tuple[str, ...] = ()) -> str:
+    """The parameters a command takes, by group (less `exclude`): `name: type = default`, then the help (with the
+    allowed values or bounds where the help does not give them), wrapped: the CLI's --help, from Config's fields."""
     import textwrap
 
     out = ["parameters (-p NAME VALUE, repeatable; or -f FILE, a YAML file of NAME: VALUE lines):"]
@@ -458,7 +458,7 @@ def parameters_help(groups: tuple[str, ...], width: int = 100) -> str:
             continue
         out += ["", f"  {GROUP_TITLES.get(group, group)}"]
         for f in fields(Config):
-            if f.metadata["group"] != group or f.type not in ("int", "float", "str", "bool"):
+            if f.metadata["group"] != group or f.type not in ("int", "float", "str", "bool") or f.name in exclude:
                 continue
             m, text = f.metadata, f.metadata["help"]
             if m["choices"] and not all(str(c) in text for c in m["choices"]):

@@ -380,13 +380,13 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="", help="the sweep id, its folder under outputs/ (default: made from the "
                                               "parameters, so the same command finds its finished runs)")
     p.add_argument("--dry-run", action="store_true", help="check every combination and list the runs; run none")
-    said = ["VALUES: `,` separates the values of numbers, true/false and parameters with fixed choices; the other "
-            "text parameters (loaders, batch_sizes, cost_grid_bps, data_path, ...) keep their commas and split on `;` "
-            "only; `;` works for every parameter. The sweep sets run_id and resume of each run itself.",
+    said = ["VALUES: `,` separates the values of numbers, true/false, parameters with fixed choices and model; the "
+            "other text parameters (loaders, batch_sizes, cost_grid_bps, data_path, ...) keep their commas and split "
+            "on `;` only; `;` works for every parameter. The sweep sets run_id and resume of each run itself.",
             "e.g. the seed's before/after table: tradelib sweep -f params/full.yaml -z batch_size 128,512,1024 "
             "-z grad_accum_steps 1,2,1 -p loader dataloader,device -p max_steps 200"]
     p.epilog = ("\n".join(textwrap.fill(t, 100) for t in said) + "\n\n"
-                + parameters_help(("data", "features", "model", "training", "system", "report")))
+                + parameters_help(("data", "features", "model", "training", "system", "report"), exclude=MANAGED))
     p.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
