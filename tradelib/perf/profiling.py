@@ -64,9 +64,12 @@ def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, load
         records = run(sizes, cfg.steps, cfg.warmup)
     else:
         t0 = time.perf_counter()
-        run(sizes[:1], 2, 1)  # the pilot: its figures are not kept
-        per_step = (time.perf_counter() - t0) / 3 / sizes[0]  # seconds per step per window, set-up included
-        left = seconds - (time.perf_counter() - t0)
+        pilot = run(sizes[:1], 2, 1)  # the pilot: its figures are not kept
+        spent = time.perf_counter() - t0
+        step_s = sum(cfg.grad_accum_steps / r["it_per_s"] for r in pilot)  # a step of every loader at sizes[0]
+        per_step = step_s / sizes[0]  # seconds per step per window of batch, for all the loaders
+        fixed = max(0.0, spent - 3 * step_s * cfg.repeats)  # each measure(): the data, the models, the peak
+        left = seconds - spent - fixed * len(sizes)
         work = sum(sizes) * per_step * cfg.repeats
         steps = max(3, min(cfg.steps, int(left / work) - cfg.warmup)) if work > 0 else cfg.steps
         if steps < cfg.steps:
@@ -75,7 +78,7 @@ def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, load
         records = []
         for i, bs in enumerate(sizes):
             elapsed = time.perf_counter() - t0
-            if records and elapsed + (steps + cfg.warmup) * per_step * bs * cfg.repeats > seconds:
+            if records and elapsed + fixed + (steps + cfg.warmup) * per_step * bs * cfg.repeats > seconds:
                 skipped = sizes[i:]
                 print(f"batch sizes {', '.join(map(str, skipped))} left out: they would not finish within the "
                       f"profile_seconds budget of {seconds:.0f} s ({elapsed:.0f} s spent)")
