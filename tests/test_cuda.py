@@ -616,14 +616,16 @@ def test_the_step_graph_is_refused_where_it_cannot_work(tiny_fs, capsys):
     cuda, ok = torch.device("cuda"), Config(cuda_graphs="true")
     small = Config(window=W, hidden=8, layers=2)
     lstm = model_for(small.replace(model="lstm"), 4)
-    assert graphs_refused(ok, cuda, 1, True, lstm) is None
-    assert graphs_refused(ok.replace(grad_accum_steps=2), cuda, 1, True, lstm) is None  # accumulation is recorded
-    assert "DDP" in graphs_refused(ok, cuda, 2, True, lstm)
-    assert "reduce-overhead" in graphs_refused(ok.replace(compile="reduce-overhead"), cuda, 1, True, lstm)
-    assert "fused AdamW" in graphs_refused(ok, cuda, 1, False, lstm)
+    assert graphs_refused(ok, cuda, 1, True, lstm, "on") is None
+    assert graphs_refused(ok.replace(grad_accum_steps=2), cuda, 1, True, lstm, "on") is None  # accumulation recorded
+    assert "DDP" in graphs_refused(ok, cuda, 2, True, lstm, "on")
+    overhead = ok.replace(compile="reduce-overhead")
+    assert "reduce-overhead" in graphs_refused(overhead, cuda, 1, True, lstm, "reduce-overhead")
+    assert graphs_refused(overhead, cuda, 1, True, lstm, "on") is None  # its graphs dropped (accumulation, failure)
+    assert "fused AdamW" in graphs_refused(ok, cuda, 1, False, lstm, "on")
     dropped = {m: model_for(small.replace(model=m, dropout=0.1), 4) for m in ("lstm", "mlp")}
-    assert "cuDNN's LSTM/GRU dropout (rnn" in graphs_refused(ok, cuda, 1, True, dropped["lstm"])
-    assert graphs_refused(ok, cuda, 1, True, dropped["mlp"]) is None  # torch's own dropout
+    assert "cuDNN's LSTM/GRU dropout (rnn" in graphs_refused(ok, cuda, 1, True, dropped["lstm"], "on")
+    assert graphs_refused(ok, cuda, 1, True, dropped["mlp"], "on") is None  # torch's own dropout
 
 
 # ---------------------------------------------------------------------------------------------------------

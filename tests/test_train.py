@@ -646,16 +646,21 @@ def test_auto_uses_the_step_graph_wherever_it_is_allowed(outputs, reference):
         for (world, fused, model) in [(w, f, m) for w in (1, 2) for f in (True, False) for m in models.values()]:
             for mode in ("auto", "true"):
                 cfg = Config(**changes, cuda_graphs=mode)
-                on, why = use_step_graph(cfg, cuda, world, fused, model)
-                refused = graphs_refused(cfg, cuda, world, fused, model)
+                on, why = use_step_graph(cfg, cuda, world, fused, model, cfg.compile)
+                refused = graphs_refused(cfg, cuda, world, fused, model, cfg.compile)
                 assert on == (refused is None) and (on or why == refused), (changes, world, fused)
-            assert use_step_graph(Config(**changes, cuda_graphs="false"), cuda, world, fused, model)[0] is False
+            off = Config(**changes, cuda_graphs="false")
+            assert use_step_graph(off, cuda, world, fused, model, off.compile)[0] is False
     default = models["lstm", 0.0]  # the default configuration, accumulating or not; torch's own dropout too
-    assert use_step_graph(Config(), cuda, 1, True, default)[0]
-    assert use_step_graph(Config(grad_accum_steps=2), cuda, 1, True, default)[0]
-    assert use_step_graph(Config(dropout=0.1), cuda, 1, True, models["mlp", 0.1])[0]
-    assert not use_step_graph(Config(dropout=0.1), cuda, 1, True, models["lstm", 0.1])[0]  # cuDNN's dropout
-    on, why = use_step_graph(Config(), torch.device("cpu"), 1, True, default)
+    assert use_step_graph(Config(), cuda, 1, True, default, "on")[0]
+    assert use_step_graph(Config(grad_accum_steps=2), cuda, 1, True, default, "on")[0]
+    assert use_step_graph(Config(dropout=0.1), cuda, 1, True, models["mlp", 0.1], "on")[0]
+    assert not use_step_graph(Config(dropout=0.1), cuda, 1, True, models["lstm", 0.1], "on")[0]  # cuDNN's dropout
+    # reduce-overhead's own graphs refuse the step graph only where they were made (accumulation compiles without)
+    overhead = Config(compile="reduce-overhead", grad_accum_steps=2)
+    assert not use_step_graph(overhead, cuda, 1, True, default, "reduce-overhead")[0]
+    assert use_step_graph(overhead, cuda, 1, True, default, "on")[0]
+    on, why = use_step_graph(Config(), torch.device("cpu"), 1, True, default, "off")
     assert not on and why.startswith("CUDA graphs need a CUDA device")
     summary = json.loads((outputs / "reference" / "summary.json").read_text())
     assert summary["cuda_graphs"] == "off" and summary["cuda_graphs_reason"].startswith("CUDA graphs need a CUDA")

@@ -178,7 +178,7 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.train_fwd = DDP(self.train_fwd, device_ids=ids, find_unused_parameters=bool(unused))
         # the step graph is recorded at the first step; graphs_reason says why it is on or off
-        self.graphs, self.graphs_reason = use_step_graph(cfg, device, world, self.fused, model)
+        self.graphs, self.graphs_reason = use_step_graph(cfg, device, world, self.fused, model, self.compiled)
         if verbose or (cfg.cuda_graphs == "true" and not self.graphs):
             print(f"cuda_graphs: {'on' if self.graphs else 'off'} ({self.graphs_reason})")
         self.graph: StepGraph | None = None
@@ -387,14 +387,16 @@ def make_scaler(device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type)
 
 
-def graphs_refused(cfg: Config, device: torch.device, world: int, fused: bool, model: torch.nn.Module) -> str | None:
-    """Why the step graph cannot be used here, or None when it can."""
+def graphs_refused(cfg: Config, device: torch.device, world: int, fused: bool, model: torch.nn.Module,
+                   compiled: str) -> str | None:
+    """Why the step graph cannot be used here, or None when it can. `compiled`: what `maybe_compile` made of
+    cfg.compile (off, on, reduce-overhead), which drops reduce-overhead's graphs under accumulation or a failure."""
     if device.type != "cuda":
         return f"CUDA graphs need a CUDA device, this run is on {device}"
     if world > 1:
         return ("not with DDP: its gradient all-reduce would have to be recorded in the graph, which needs a fixed "
                 "bucket layout and NCCL set up for capture, not done or tested here (docs/distributed.md)")
-    if cfg.compile == "reduce-overhead":
+    if compiled == "reduce-overhead":
         return "compile=reduce-overhead already replays the forward and backward as CUDA graphs"
     if not fused:
         return "it needs fused AdamW, which skips a non-finite step on the device"
@@ -407,13 +409,13 @@ def graphs_refused(cfg: Config, device: torch.device, world: int, fused: bool, m
     return None
 
 
-def use_step_graph(cfg: Config, device: torch.device, world: int, fused: bool,
-                   model: torch.nn.Module) -> tuple[bool, str]:
+def use_step_graph(cfg: Config, device: torch.device, world: int, fused: bool, model: torch.nn.Module,
+                   compiled: str) -> tuple[bool, str]:
     """(whether the step graph is used, why): `auto` and `true` use it wherever `graphs_refused` allows it,
     `false` never."""
     if cfg.cuda_graphs == "false":
         return False, "cuda_graphs=false"
-    why_not = graphs_refused(cfg, device, world, fused, model)
+    why_not = graphs_refused(cfg, device, world, fused, model, compiled)
     if why_not:
         return False, why_not
     return True, f"cuda_graphs={cfg.cuda_graphs}: one CUDA process with fused AdamW"
