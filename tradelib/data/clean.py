@@ -501,10 +501,13 @@ def clean_shards(raw: pd.DataFrame, source: str = "", cfg: Config | None = None,
 
 def clean_parts(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, *, keep: tuple[str, ...] = (),
                 shard_rows: int | None = None, workers: int | None = None, only: set[int] | None = None,
+                plan: tuple[np.ndarray, np.ndarray, list] | None = None,
                 **settings) -> list[tuple[dict, CleanShard] | None]:
     """Per shard of whole symbols (`symbol_shards`): its report part (`quality_report` merges them) and its clean
     rows; only the shards in `only` (the others None). `cfg` (default: Config's defaults) gives the cleaning
-    knobs, `shard_rows` and `workers` (its build_workers) unless given; `settings` override CleanSettings."""
+    knobs, `shard_rows` and `workers` (its build_workers) unless given; `settings` override CleanSettings.
+    `plan`: the (codes, symbols, shards) of `symbol_codes` and `symbol_shards` where the caller has them (the
+    build, whose `only` counts its own shards)."""
     cfg = Config() if cfg is None else cfg
     s = CleanSettings.of(cfg, **settings)
     shard_rows = cfg.shard_rows if shard_rows is None else shard_rows
@@ -517,11 +520,13 @@ def clean_parts(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, 
     if not isinstance(tcol.dtype, pd.DatetimeTZDtype) and not pd.api.types.is_datetime64_dtype(tcol.dtype):
         raise DataError(f"{source or '<frame>'}: column 'timestamp' is {tcol.dtype}, not datetime "
                         "(read files with load_ohlcv)")
-    _, codes, symbols = symbol_codes(raw["symbol"])
+    if plan is None:
+        _, codes, symbols = symbol_codes(raw["symbol"])
+        plan = codes, symbols, symbol_shards(codes, len(symbols), shard_rows)
+    codes, symbols, shards = plan
     times = tcol.array  # each shard's converted to int64 ns on its own thread
     num = {c: _float_column(raw[c]) for c in NUM_COLS}
     extra = {k: raw[k].to_numpy() for k in keep}
-    shards = symbol_shards(codes, len(symbols), shard_rows)
 
     def one(k: int) -> tuple[dict, CleanShard] | None:
         if only is not None and k not in only:

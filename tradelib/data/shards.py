@@ -80,7 +80,7 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
             done = _frame_shards(raw, codes, symbols, plan, keep)
         else:
             done = clean.clean_parts(raw, source, cfg, only=set(todo), min_rows=cfg.window + cfg.horizon + 1,
-                                     keep=keep, workers=workers) if todo else []
+                                     keep=keep, workers=workers, plan=(codes, symbols, plan)) if todo else []
         fs = None
         if work is None:
             at_row = np.cumsum([0] + [len(d[1]) for d in done])

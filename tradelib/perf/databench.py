@@ -104,7 +104,7 @@ def ingest_rates(raw, cfg: Config, repeats: int, say) -> dict:
                 t0 = time.perf_counter()
                 loaded = load.load_ohlcv(path, date_format=cfg.date_format)
                 t1 = time.perf_counter()
-                clean.clean_ohlcv(loaded, str(path))
+                clean.clean_ohlcv(loaded, str(path), cfg)
                 runs.append((time.perf_counter() - t0, t1 - t0))
                 del loaded
             total, read = sorted(runs)[len(runs) // 2]
