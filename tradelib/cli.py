@@ -15,6 +15,7 @@ import difflib
 import errno
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -199,8 +200,10 @@ def explain(exc: BaseException) -> tuple[int, str]:
     from tradelib.train.run import TrainingFailed
 
     if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or a stop on SIGTERM / SIGHUP (train.stops): 128 + signal
-        signum = getattr(exc, "signum", 2)
-        return 128 + signum, "interrupted" if signum == 2 else f"stopped by {exc} (the resume command is above)"
+        from tradelib.train.stops import stopped_by
+
+        signum = getattr(exc, "signum", signal.SIGINT)
+        return 128 + signum, stopped_by(signum) + ("" if signum == signal.SIGINT else " (the resume command is above)")
     if isinstance(exc, (TrainingFailed, NotebookFailed, LaunchFailed)):
         code, text = 1, str(exc)
     elif isinstance(exc, (ValueError, RunBusy, Busy)):  # ConfigError, DataError, CacheError are ValueErrors

@@ -53,7 +53,7 @@ from tradelib.train.facts import write_train_facts
 from tradelib.train.models import model_for, n_params
 from tradelib.train.runfolder import RunFolder
 from tradelib.train.sources import PaddedSource
-from tradelib.train.stops import StopRequested, StopRequests, progress_state, signal_name
+from tradelib.train.stops import StopRequested, StopRequests, progress_state, stopped_by
 from tradelib.train.stream import make_sources
 from tradelib.train.trainer import StepStats, Trainer, seed_everything
 
@@ -488,8 +488,7 @@ class TrainingRun:
         else:  # stopped inside a step (or under DDP): the last checkpoint is the resume point
             where = f"no checkpoint written mid-step; resume starts from {self.latest_checkpoint()}"
         if self.main:
-            what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
-            print(f"\n{what} at step {self.step} (epoch {self.epoch}); {where}.\n"
+            print(f"\n{stopped_by(signum)} at step {self.step} (epoch {self.epoch}); {where}.\n"
                   f"Resume: run_id={self.run_id!r}, resume=True (notebook or papermill: -p run_id {self.run_id} "
                   f"-p resume True; CLI: tradelib train ... -p run_id {self.run_id} -p resume True)", flush=True)
 

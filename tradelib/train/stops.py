@@ -32,6 +32,11 @@ def progress_state(signum: int) -> str:
     return "interrupted" if signum == signal.SIGINT else "stopped"
 
 
+def stopped_by(signum: int) -> str:
+    """How a stop on `signum` is told: "interrupted" (Ctrl-C), else "stopped by SIGTERM" (SIGHUP)."""
+    return "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
+
+
 class StopRequests:
     """While entered (main thread only), SIGINT / SIGTERM / SIGHUP set `requested` (the signal's number) instead of
     ending the process. A second one stops at once when `escalate` (one process); under DDP it is left to the
