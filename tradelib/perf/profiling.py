@@ -188,6 +188,10 @@ class StepProbe:
         _release_memory(self.device)
 
 
+class _BudgetSpent(Exception):
+    """find_max_batch's time budget ran out (its own: a TimeoutError from torch or a DataLoader is not this)."""
+
+
 def find_max_batch(cfg: Config, start: int = 256, limit: int = 1 << 20, budget_bytes: int | None = None,
                    rel_tol: float = 1 / 32, verbose: bool = True, seconds: float = 0.0) -> int:
     """The largest micro-batch (windows, or chunks with dense=True) whose training step fits in memory.
@@ -210,7 +214,7 @@ def find_max_batch(cfg: Config, start: int = 256, limit: int = 1 << 20, budget_b
 
     def fits(b: int) -> bool:
         if lo and time.perf_counter() > deadline:
-            raise TimeoutError
+            raise _BudgetSpent
         used = probe.peak_bytes(b)
         ok = used is not None and (budget_bytes is None or used <= budget_bytes)
         if verbose:
@@ -232,7 +236,7 @@ def find_max_batch(cfg: Config, start: int = 256, limit: int = 1 << 20, budget_b
             while hi <= limit and hi - lo > max(1, int(lo * rel_tol)):  # bisect inside (lo, hi)
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        except TimeoutError:
+        except _BudgetSpent:
             print(f"find_max_batch: the time budget of {seconds:.0f} s is spent: at least {lo:,} fits (not searched "
                   f"further; raise profile_seconds for the exact figure)")
         if lo == 0:
