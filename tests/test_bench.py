@@ -16,7 +16,7 @@ import torch
 from tradelib import monitor
 from tradelib.cli import main
 from tradelib.config import Config
-from tradelib.hardware import CpuElsewhere, untrusted_peak
+from tradelib.hardware import CpuElsewhere, busy_elsewhere, busy_fields, mfu_peak
 from tradelib.monitor import GpuMonitor, summarise
 from tradelib.perf.measure import REQUIRED_KEYS, add_ratios, format_table, make_setups, mfu_fields, parse_model_spec
 
@@ -225,19 +225,21 @@ def test_features_bench_times_csv_and_parquet_ingestion(outputs):
     assert not list((outputs / "bench").glob("ingest-*"))  # the files are gone
 
 
-CPU_PEAK = "measured: fp32 1024x1024 matmul on this CPU (2 threads)"
-
-
 def test_an_mfu_that_cannot_be_right_is_flagged_never_a_figure():
     assert mfu_fields(0.3, None) == {"mfu": 0.3}
     assert mfu_fields(None, None) == {"mfu": None}
     above = mfu_fields(2.433, None)  # the seed DataLoader's figure in issue 12
     assert above["mfu"] is None and above["mfu_invalid"] == 2.433 and "above 1" in above["mfu_invalid_reason"]
     cores = os.cpu_count() or 1
-    busy = untrusted_peak(CPU_PEAK, 0.5 * cores, max_other_load=0.1)
+    busy = busy_elsewhere(0.5 * cores, max_other_load=0.1)
     assert busy and f"of the {cores} cores busy" in busy
-    assert untrusted_peak(CPU_PEAK, 0.05 * cores, max_other_load=0.1) is None
-    assert untrusted_peak("table: dense bf16 peak of NVIDIA H200", 0.9 * cores, 0.1) is None  # not measured here
+    assert busy_elsewhere(0.05 * cores, max_other_load=0.1) is None
+    assert busy_fields([None, 0.5 * cores], 0.1)["busy_note"].startswith(f"timed while {busy}: samples/s")
+    # only a peak measured here can be untrusted; one the user set is neither measured nor flagged
+    user = mfu_peak(torch.device("cpu"), peak_tflops=2.5, max_other_load=0.0)
+    assert user.flops == 2.5e12 and not user.measured and user.untrusted is None
+    measured = mfu_peak(torch.device("cpu"), peak_tflops=0.0, max_other_load=1.0)
+    assert measured.measured and measured.source.startswith("measured: fp32 1024x1024 matmul on this CPU")
     flagged = mfu_fields(0.2, busy)
     assert flagged["mfu"] is None and flagged["mfu_invalid_reason"] == busy
     table = format_table([{"label": "lstm/device", "batch_size": 64, "batch_unit": "windows", "samples_per_s": 1e4,

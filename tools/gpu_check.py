@@ -469,7 +469,7 @@ def helper_env(plan: Plan, work: Path) -> None:
 
     import torch
 
-    from tradelib.hardware import device_name, peak_flops, pick_device
+    from tradelib.hardware import device_name, mfu_peak, pick_device
     from tradelib.monitor import GpuMonitor
 
     dev = pick_device(plan.device)
@@ -492,8 +492,8 @@ def helper_env(plan: Plan, work: Path) -> None:
     mon = GpuMonitor(device=dev, interval_s=0.1).start()
     time.sleep(0.5)
     nv = mon.stop()
-    peak, source = peak_flops(dev, measure=True, peak_tflops=0.0)  # the chip's own: the table's or measured
-    info.update(packages=packages, peak_flops=peak, peak_flops_source=source,
+    peak = mfu_peak(dev, peak_tflops=0.0, max_other_load=1.0)  # the chip's own: the table's or measured
+    info.update(packages=packages, peak_flops=peak.flops, peak_flops_source=peak.source,
                 nvml={"available": nv["available"], "samples": nv["gpu_samples"], "reason": nv["reason"],
                       "driver": nvml_driver()})
     (work / "env.json").write_text(json.dumps(info, indent=1))

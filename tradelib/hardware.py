@@ -194,13 +194,6 @@ def lookup_peak(name: str, memory_bytes: int | None) -> tuple[float | None, str]
     return peak.tflops * 1e12, f"table: {name}, dense bf16/fp16 tensor peak {peak.tflops:g} TFLOP/s ({peak.source})"
 
 
-def table_peak_flops(device: torch.device) -> tuple[float | None, str]:
-    """The chip's dense peak from PEAKS, by its exact name and memory; (None, why) for a CPU or a chip not in it."""
-    if device.type != "cuda":
-        return None, f"no peak table for {device.type}"
-    return lookup_peak(torch.cuda.get_device_name(device), torch.cuda.get_device_properties(device).total_memory)
-
-
 def measured_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024,
                           seconds: float = 0.5, m: int | None = None, k: int | None = None) -> float:
     """FLOP/s of an [m, k] @ [k, n] matmul on this device (square n x n unless m, k are given; the best burst):
@@ -221,19 +214,14 @@ def measured_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float
     return best
 
 
-def peak_flops(device: torch.device, measure: bool = False, *, peak_tflops: float) -> tuple[float | None, str]:
+def peak_flops(device: torch.device, *, peak_tflops: float) -> tuple[float | None, str]:
     """(peak FLOP/s, where it came from) for MFU: `peak_tflops` when the user set it (Config.peak_tflops); else
-    the chip's table figure; else, on a CPU with `measure`, an fp32 matmul rate measured now; else (None, why):
-    a GPU not in the table gets no MFU rather than one over a matmul rate that is not its peak."""
+    the chip's dense peak from PEAKS, by its exact name and memory; else (None, why). `mfu_peak` measures a CPU's."""
     if peak_tflops > 0:
         return peak_tflops * 1e12, f"peak_tflops: {peak_tflops:g} TFLOP/s, set by the user for {device_name(device)}"
-    table, why = table_peak_flops(device)
-    if table:
-        return table, why
-    if not measure or device.type == "cuda":
-        return None, why
-    return (measured_matmul_flops(device, torch.float32, 1024),
-            f"measured: fp32 1024x1024 matmul on this CPU ({torch.get_num_threads()} threads)")
+    if device.type != "cuda":
+        return None, f"no peak table for {device.type}"
+    return lookup_peak(torch.cuda.get_device_name(device), torch.cuda.get_device_properties(device).total_memory)
 
 
 def mfu(samples_per_s: float, flops_per_sample: float | None, peak: float | None) -> float | None:
@@ -285,16 +273,13 @@ class CpuElsewhere:
             self.cores = max(0.0, (busy - self.busy0 - (own - self.own0)) / wall)
 
 
-def untrusted_peak(source: str, other_cores: float | None, max_other_load: float) -> str | None:
-    """Why a peak FLOP/s measured on this machine cannot be trusted (None when it can): other processes took
-    cores from the matmul, so the peak reads low and every MFU over it high."""
+def busy_elsewhere(other_cores: float | None, max_other_load: float) -> str | None:
+    """'other processes kept X of the N cores busy' when that is more than `max_other_load` of the machine (a
+    timing or a peak measured then is not comparable), else None."""
     cores = os.cpu_count() or 1
-    if not source.startswith("measured: ") or "CPU" not in source or other_cores is None:
+    if other_cores is None or other_cores <= max_other_load * cores:
         return None
-    if other_cores <= max_other_load * cores:
-        return None
-    return (f"the CPU peak FLOP/s was measured while other processes kept {other_cores:.1f} of the {cores} cores "
-            f"busy (more than max_other_load {max_other_load:.0%}): it reads low and MFU high")
+    return f"other processes kept {other_cores:.1f} of the {cores} cores busy"
 
 
 def busy_fields(other_cores: list[float | None], max_other_load: float) -> dict:
@@ -302,8 +287,33 @@ def busy_fields(other_cores: list[float | None], max_other_load: float) -> dict:
     when above max_other_load of the machine: its samples/s (and every ratio to it) is not comparable."""
     known = [c for c in other_cores if c is not None]
     worst = max(known) if known else None
-    cores = os.cpu_count() or 1
-    note = (f"timed while other processes kept {worst:.1f} of the {cores} cores busy: samples/s and its ratios are "
-            f"not comparable (rerun on an idle machine)" if worst is not None and worst > max_other_load * cores
-            else None)
-    return {"other_cores": worst, "busy_note": note}
+    busy = busy_elsewhere(worst, max_other_load)
+    return {"other_cores": worst, "busy_note": busy and f"timed while {busy}: samples/s and its ratios are not "
+                                                      f"comparable (rerun on an idle machine)"}
+
+
+@dataclass(frozen=True)
+class MfuPeak:
+    """The MFU denominator: `flops` (None: MFU n/a) and where it came from; for a rate measured now on this CPU,
+    the cores other processes kept busy meanwhile, and `untrusted`: why it cannot be trusted (they took cores
+    from the matmul, so it reads low and every MFU over it high)."""
+
+    flops: float | None
+    source: str
+    measured: bool = False
+    other_cores: float | None = None
+    untrusted: str | None = None
+
+
+def mfu_peak(device: torch.device, peak_tflops: float, max_other_load: float) -> MfuPeak:
+    """`peak_flops`; else, on a CPU, an fp32 matmul rate measured now, beside the load of other processes. A GPU
+    not in the table gets no MFU rather than one over a matmul rate that is not its peak."""
+    flops, source = peak_flops(device, peak_tflops=peak_tflops)
+    if flops or device.type == "cuda":
+        return MfuPeak(flops, source)
+    with CpuElsewhere() as other:
+        flops = measured_matmul_flops(device, torch.float32, 1024)
+    busy = busy_elsewhere(other.cores, max_other_load)
+    return MfuPeak(flops, f"measured: fp32 1024x1024 matmul on this CPU ({torch.get_num_threads()} threads)", True,
+                   other.cores, busy and f"the CPU peak FLOP/s was measured while {busy} (more than max_other_load "
+                                         f"{max_other_load:.0%}): it reads low and MFU high")

@@ -21,7 +21,7 @@ from pathlib import Path
 from tradelib.config import Config, add_param_args, load_config
 from tradelib.hardware import pick_device
 from tradelib.paths import outputs_dir, write_bytes
-from tradelib.perf.measure import format_table, invalid_lines, make_setups, measure, speedup_lines, split_list
+from tradelib.perf.measure import format_table, make_setups, measure, split_list, summary_lines
 
 
 def run_bench(cfg: Config, json_path: str | Path | None = None, verbose: bool = True, modes: bool = True
@@ -39,17 +39,18 @@ def run_bench(cfg: Config, json_path: str | Path | None = None, verbose: bool = 
     records = measure(setups, steps=cfg.steps, warmup=cfg.warmup, repeats=cfg.repeats, verbose=verbose,
                       max_other_load=cfg.max_other_load)
     if verbose:
-        print()
-        print(format_table(records))
-        print("\n".join(speedup_lines(records) + invalid_lines(records)))
-        print(f"peak memory: {records[0]['peak_mem_kind']}")
-        print(f"MFU peak: {records[0]['peak_flops_source']}")
-    path = Path(json_path) if json_path else outputs_dir() / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        print("\n" + format_table(records) + "\n" + "\n".join(summary_lines(records)))
+    write_json(records, json_path, "bench", verbose)
+    return records
+
+
+def write_json(result, json_path: str | Path | None, kind: str, verbose: bool = True) -> None:
+    """The bench's result as JSON, to `json_path` or by default outputs/bench/<kind>-<timestamp>.json."""
+    path = Path(json_path) if json_path else outputs_dir() / "bench" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(json.dumps(records, indent=1, default=str).encode(), path)
+    write_bytes(json.dumps(result, indent=1, default=str).encode(), path)
     if verbose:
         print(f"wrote {path}")
-    return records
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
@@ -69,14 +70,9 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.features:
         from tradelib.perf.databench import bench_data
 
-        result = bench_data(cfg.synth_symbols, cfg.synth_bars, repeats=cfg.repeats, ingest=cfg.ingest_files)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path(args.json) if args.json else outputs_dir() / "bench" / f"features-{stamp}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(json.dumps(result, indent=1).encode(), path)
-        print(f"wrote {path}")
-        return 0
-    if args.stream:  # resident against streamed, each with the config's own step
+        write_json(bench_data(cfg.synth_symbols, cfg.synth_bars, repeats=cfg.repeats, ingest=cfg.ingest_files),
+                   args.json, "features")
+    elif args.stream:  # resident against streamed, each with the config's own step
         run_bench(cfg.replace(loaders="device,stream"), args.json, modes=False)
     else:
         run_bench(cfg, args.json)

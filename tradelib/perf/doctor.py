@@ -12,27 +12,28 @@ MFU, and the MFU the model's largest matmul reaches alone on this device (what t
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from tradelib.config import Config
+from tradelib.config import Config, load_config
 from tradelib.hardware import (
     AUTOCAST_DTYPES,
-    CpuElsewhere,
+    MfuPeak,
     device_name,
     measured_matmul_flops,
     mfu,
-    peak_flops,
+    mfu_peak,
     peak_memory_bytes,
     sync,
     torch_flags,
-    untrusted_peak,
 )
 from tradelib.perf.measure import Runner, mfu_fields, quiet_profiler
 from tradelib.perf.profiling import _runner
@@ -188,24 +189,17 @@ def largest_matmul(model: nn.Module, x: torch.Tensor) -> tuple[int, int, int] | 
     return max(shapes, key=lambda s: s[0] * s[1] * s[2]) if shapes else None
 
 
-def matmul_rate(device: torch.device, shape: tuple[int, int, int], dtype: torch.dtype, seconds: float) -> float:
-    """FLOP/s of the [m, k] @ [k, n] matmul `shape` alone on this device."""
+def matmul_ceiling(device: torch.device, shape: tuple[int, int, int], dtype: torch.dtype, peak: MfuPeak) -> float:
+    """The MFU the model's largest matmul [m, k] @ [k, n] reaches alone: its rate over the peak. Where the peak
+    was itself measured (a CPU), over a square matmul's rate measured in turns with it (the best of each), so that
+    other load on the machine cancels; at most 1."""
     m, k, n = shape
-    return measured_matmul_flops(device, dtype, n, seconds, m=m, k=k)
-
-
-def matmul_ceiling(device: torch.device, shape: tuple[int, int, int], dtype: torch.dtype, peak: float,
-                   peak_src: str) -> float:
-    """The MFU the model's largest matmul reaches alone: its rate over the peak. Where the peak was itself
-    measured (a CPU, a card not in the table), over a square matmul's rate measured in turns with it (the best of
-    each), so that other load on the machine cancels; at most 1."""
-    if not peak_src.startswith("measured"):
-        return min(1.0, matmul_rate(device, shape, dtype, 0.3) / peak)
-    n = 4096 if device.type == "cuda" else 1024
+    if not peak.measured:
+        return min(1.0, measured_matmul_flops(device, dtype, n, 0.3, m=m, k=k) / peak.flops)
     own = square = 0.0
     for _ in range(3):
-        own = max(own, matmul_rate(device, shape, dtype, 0.1))
-        square = max(square, measured_matmul_flops(device, dtype, n, 0.1))
+        own = max(own, measured_matmul_flops(device, dtype, n, 0.1, m=m, k=k))
+        square = max(square, measured_matmul_flops(device, dtype, 4096 if device.type == "cuda" else 1024, 0.1))
     return min(1.0, own / square)
 
 
@@ -286,18 +280,17 @@ def examine(cfg: Config, seconds: float | None = None, runner: Runner | None = N
                 host_s, device_s = host_and_device(runner)
             sps = tot["samples"] / tot["seconds"]
             flops = tr.flops_per_sample()
-            with CpuElsewhere() as other:
-                peak, peak_src = peak_flops(device, measure=True, peak_tflops=cfg.peak_tflops)
-            checked = mfu_fields(mfu(sps, flops, peak), untrusted_peak(peak_src, other.cores, cfg.max_other_load))
+            peak = mfu_peak(device, cfg.peak_tflops, cfg.max_other_load)
+            checked = mfu_fields(mfu(sps, flops, peak.flops), peak.untrusted)
             value = checked["mfu"]
-            note = checked.get("mfu_invalid_reason") or ("" if value is not None else peak_src if not peak else
-                                                          f"{tr.cfg.model} gives no flops_per_sample")
+            note = checked.get("mfu_invalid_reason") or ("" if value is not None else peak.source if not peak.flops
+                                                          else f"{tr.cfg.model} gives no flops_per_sample")
             precision = tr.precision  # fp32, bf16 or fp16, as the trainer resolved it
             ends = tr.windows.ends(0)[: tr.cfg.batch_size]
             shape = largest_matmul(tr.model, next(tr.windows.batches(ends, len(ends)))[0])
             ceiling, largest = None, ""
-            if shape and peak:
-                ceiling = matmul_ceiling(device, shape, AUTOCAST_DTYPES.get(precision, torch.float32), peak, peak_src)
+            if shape and peak.flops:
+                ceiling = matmul_ceiling(device, shape, AUTOCAST_DTYPES.get(precision, torch.float32), peak)
                 largest = f"[{shape[0]} x {shape[1]}] @ [{shape[1]} x {shape[2]}]"
             why_not = None if tr.graphs else graphs_reason(tr)
             measured = Measured(
@@ -340,11 +333,6 @@ def diagnose(cfg: Config, seconds: float | None = None, verbose: bool = True) ->
 
 
 def doctor_command(args) -> int:
-    import json
-    from pathlib import Path
-
-    from tradelib.config import load_config
-
     cfg = load_config(args.files, [tuple(p) for p in args.params])
     measured, findings = diagnose(cfg)
     if args.json:

@@ -30,15 +30,15 @@ from tradelib.data import cache, dataset
 from tradelib.data.features import FeatureSet
 from tradelib.hardware import (
     CpuElsewhere,
+    MfuPeak,
     busy_fields,
     device_name,
     mfu,
-    peak_flops,
+    mfu_peak,
     pick_device,
     resolved_precision,
     sync,
     torch_flags,
-    untrusted_peak,
 )
 from tradelib.monitor import GpuMonitor
 from tradelib.train.models import MODELS, USER_MODEL, model_for, n_params
@@ -93,20 +93,15 @@ def split_list(text: str | int) -> list[str]:
     return [s for s in str(text).replace(",", " ").split() if s]
 
 
-def with_graphs(cfg: Config, on: bool) -> Config:
-    """`cfg` with the step graph asked for (true) or not (false)."""
-    return cfg.replace(cuda_graphs="true" if on else "false")
-
-
 def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], group: str | None = None,
                 verbose: bool = True, modes: Sequence[str] | None = None) -> list[Setup]:
     """The configurations of one model spec (a spec's own `loaders=a+b` replaces `loaders`). Dense mode (causal
     models only) gets `dense_batch` chunks per batch, or (0) as many as make about the same number of trained
     targets as `base.batch_size` windows: the same global batch. `modes` (eager, graph) measures each loader with the
     step's kernels launched one by one and with the step graph, labelled NAME/LOADER/MODE; the graph needs
-    CUDA, so on another device its rows are skipped with the reason; a spec that sets cuda_graphs itself
-    keeps it. Without `modes` the config's own cuda_graphs is measured, labelled NAME/LOADER. A spec's `as=LABEL`
-    replaces NAME in its labels."""
+    CUDA, so on another device its rows are skipped with the reason. A spec that sets cuda_graphs itself keeps
+    it (auto: the trainer's choice, labelled NAME/LOADER, its record's `mode` what ran), as does a run without
+    `modes`. A spec's `as=LABEL` replaces NAME in its labels."""
     name, overrides = parse_model_spec(spec)
     shown = overrides.pop("as", name)  # `as=NAME` names a spec's rows (two specs of one model side by side)
     if "loaders" in overrides:
@@ -114,11 +109,11 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], g
     cfg = Config.from_dict({**base.to_dict(), **overrides, "model": name}, source=f"model spec {spec!r}")
     if "loaders" in overrides:
         loaders = split_list(cfg.loaders)
-    if modes is not None and "cuda_graphs" in overrides:
-        modes = ["graph" if cfg.cuda_graphs == "true" else "eager"]
     for mode in modes or ():
         if mode not in MODES:
             raise ValueError(f"unknown step mode {mode!r}: choose from {', '.join(MODES)}")
+    if modes is not None and "cuda_graphs" in overrides:
+        modes = [{"true": "graph", "false": "eager"}.get(cfg.cuda_graphs, "")]
     if modes and "graph" in modes and not str(cfg.device).startswith("cuda"):
         if verbose:
             print(f"measure: {shown}'s graph rows skipped: the step graph is a CUDA graph and this runs on "
@@ -144,8 +139,8 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], g
             run = cfg.replace(dense=False, loader=loader)
         for mode in modes or [""]:
             label = f"{shown}/{loader}" + (f"/{mode}" if mode else "")
-            setups.append(Setup(label, loader, with_graphs(run, mode == "graph") if mode else run, spec,
-                                group or spec, mode))
+            step = run.replace(cuda_graphs="true" if mode == "graph" else "false") if mode else run
+            setups.append(Setup(label, loader, step, spec, group or spec, mode))
     return setups
 
 
@@ -162,11 +157,8 @@ class TimedSource:
     def __len__(self) -> int:
         return len(self.inner)
 
-    def epoch(self, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
-        return self.inner.epoch(epoch, seed, rank, world)
-
-    def begin(self, ids: torch.Tensor) -> None:
-        self.inner.begin(ids)
+    def __getattr__(self, name: str):  # the rest of the BatchSource protocol (epoch, begin, count, ...) as it is
+        return getattr(self.inner, name)
 
     def fetch(self, ids: torch.Tensor) -> Batch:
         sync(self.device)
@@ -178,9 +170,6 @@ class TimedSource:
         self.wait += time.perf_counter() - t0
         self.host.append(t1 - t0)
         return out
-
-    def count(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.inner.count(ids)
 
 
 class Runner:
@@ -321,16 +310,6 @@ def mfu_text(record: dict, spec: str = ".2%") -> str:
     return format(value, spec) if isinstance(value, (int, float)) and value == value else "n/a"
 
 
-def feature_sets(setups: Sequence[Setup], verbose: bool) -> dict[str, FeatureSet]:
-    """One FeatureSet per distinct cache key among the setups (the same data is built or loaded once)."""
-    out: dict[str, FeatureSet] = {}
-    for s in setups:
-        key = cache.cache_key(s.cfg)
-        if key not in out:
-            out[key] = dataset.prepare(s.cfg, verbose=verbose)
-    return out
-
-
 # -- measuring ------------------------------------------------------------------------------------------------
 def measure(setups: Sequence[Setup], *, steps: int, warmup: int, repeats: int, max_other_load: float,
             monitor_interval_s: float = 0.1, verbose: bool = True) -> list[dict]:
@@ -340,15 +319,17 @@ def measure(setups: Sequence[Setup], *, steps: int, warmup: int, repeats: int, m
     runners: list[Runner] = []
     with torch_flags(deterministic=False):  # off, as a default run has them
         try:
-            fsets = feature_sets(setups, verbose)
-            runners = [Runner(s, fsets[cache.cache_key(s.cfg)]) for s in setups]
+            fsets: dict[str, FeatureSet] = {}  # the same data is built or loaded once
+            for s in setups:
+                key = cache.cache_key(s.cfg)
+                if key not in fsets:
+                    fsets[key] = dataset.prepare(s.cfg, verbose=verbose)
+                runners.append(Runner(s, fsets[key]))
             device = runners[0].device
-            with CpuElsewhere() as other:
-                peak, peak_src = peak_flops(device, measure=True, peak_tflops=setups[0].cfg.peak_tflops)
-            peak_note = untrusted_peak(peak_src, other.cores, max_other_load)
+            peak = mfu_peak(device, setups[0].cfg.peak_tflops, max_other_load)
             if verbose:
-                print((f"MFU peak: {peak / 1e9:,.1f} GFLOP/s ({peak_src})" if peak else f"MFU n/a: {peak_src}")
-                      + (f"; NOT TRUSTED: {peak_note}" if peak_note else ""))
+                print((f"MFU peak: {peak.flops / 1e9:,.1f} GFLOP/s ({peak.source})" if peak.flops else
+                       f"MFU n/a: {peak.source}") + (f"; NOT TRUSTED: {peak.untrusted}" if peak.untrusted else ""))
             monitor = GpuMonitor(interval_s=monitor_interval_s, device=device, verbose=verbose).start()
             runs: list[list[dict]] = [[] for _ in runners]
             for rep in range(repeats):
@@ -377,10 +358,8 @@ def measure(setups: Sequence[Setup], *, steps: int, warmup: int, repeats: int, m
                     mem = step_peak_bytes(lambda r=runner: r.run(0, 1))
                     mem_kind = ("cpu: peak bytes of CPU tensors allocated during one training step "
                                 "(torch.profiler memory events; DataLoader workers not counted)")
-                rec = make_record(runner, out, mem, mem_kind, peak, peak_src, steps, warmup, repeats)
-                rec.update(peak_other_cores=other.cores, **mfu_fields(rec["mfu"], peak_note),
-                           **busy_fields([r["other_cores"] for r in out], max_other_load))
-                records.append(rec)
+                records.append({**make_record(runner, out, mem, mem_kind, peak, steps, warmup, repeats),
+                                **busy_fields([r["other_cores"] for r in out], max_other_load)})
             add_ratios(records)
             return records
         finally:
@@ -388,8 +367,8 @@ def measure(setups: Sequence[Setup], *, steps: int, warmup: int, repeats: int, m
                 runner.close()
 
 
-def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak: float, peak_src: str,
-                steps: int, warmup: int, repeats: int) -> dict:
+def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak: MfuPeak, steps: int, warmup: int,
+                repeats: int) -> dict:
     tr, s = runner.trainer, runner.setup
     sps = [r["samples"] / r["seconds"] for r in runs]
     busy = [r["gpu"]["gpu_util_median"] for r in runs if r["gpu"].get("gpu_util_median") is not None]
@@ -411,8 +390,8 @@ def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak:
         "batches_per_epoch": tr.steps_per_epoch * s.cfg.grad_accum_steps,
         "step_time_s": statistics.median(r["seconds"] / r["micro_batches"] for r in runs),
         "peak_mem_bytes": int(mem), "peak_mem_kind": mem_kind,
-        "flops_per_sample": flops, "peak_flops": peak, "peak_flops_source": peak_src,
-        "mfu": mfu(med, flops, peak),
+        "flops_per_sample": flops, "peak_flops": peak.flops, "peak_flops_source": peak.source,
+        "peak_other_cores": peak.other_cores, **mfu_fields(mfu(med, flops, peak.flops), peak.untrusted),
         "gpu_busy_pct": statistics.median(busy) if busy else None,
         "gpu_mem_used_max_bytes": max(gmem) if gmem else None,
         "device": str(runner.device), "device_name": device_name(runner.device),
@@ -446,19 +425,23 @@ def add_ratios(records: list[dict]) -> None:
         ratios = {}
         for name, (num, den) in RATIOS.items():
             if num in group and den in group:
-                a, b = group[num], group[den]
-                ratios[name] = a["samples_per_s"] / b["samples_per_s"]
-                ratios[name + "_runs"] = [x / y for x, y in zip(a["samples_per_s_runs"], b["samples_per_s_runs"])]
+                ratios[name], ratios[name + "_runs"] = speed_ratio(group[num], group[den])
         for r in group.values():
             r["ratios"] = ratios
-            key = next((name for name, (num, _) in RATIOS.items() if num == r["loader"]), None)
-            r["speedup"] = ratios.get(key) if key else None
+            r["speedup"] = ratios.get(next((name for name, (num, _) in RATIOS.items() if num == r["loader"]), ""))
     eager = {(r["group"], r["loader"]): r for r in records if r.get("mode") == "eager"}
     for r in records:
         base = eager.get((r["group"], r["loader"])) if r.get("mode") == "graph" else None
-        r["graph_speedup"] = base and r["samples_per_s"] / base["samples_per_s"]
+        r["graph_speedup"] = None
         if base:
-            r["graph_speedup_runs"] = [x / y for x, y in zip(r["samples_per_s_runs"], base["samples_per_s_runs"])]
+            r["graph_speedup"], r["graph_speedup_runs"] = speed_ratio(r, base)
+
+
+def speed_ratio(a: dict, b: dict) -> tuple[float, list[float]]:
+    """Record a's samples/s over record b's: of the medians, and per interleaved repetition (the perf side's one
+    speed ratio: loader over loader, graph over eager)."""
+    return a["samples_per_s"] / b["samples_per_s"], [x / y for x, y in zip(a["samples_per_s_runs"],
+                                                                           b["samples_per_s_runs"])]
 
 
 def format_table(records: list[dict]) -> str:
@@ -477,18 +460,17 @@ def format_table(records: list[dict]) -> str:
     return pd.DataFrame(rows).to_string(index=False)
 
 
-def invalid_lines(records: list[dict]) -> list[str]:
-    """One line per distinct reason an MFU of the table was flagged invalid, and one per busy configuration."""
-    reasons = dict.fromkeys(r["mfu_invalid_reason"] for r in records if r.get("mfu_invalid_reason"))
-    return ([f"MFU invalid, not reported: {why}" for why in reasons]
-            + [f"{r['label']}: {r['busy_note']}" for r in records if r.get("busy_note")])
-
-
-def speedup_lines(records: list[dict]) -> list[str]:
+def summary_lines(records: list[dict]) -> list[str]:
+    """The lines under the table: each speed-up with its baseline, one line per distinct reason an MFU was
+    flagged invalid, one per configuration timed on a busy machine, then how peak memory and the MFU peak were
+    had."""
     names = {"device": "seed DataLoader", "dense": "per-window", "stream": "resident"}
     same = lambda r: f" ({r['mode']}, both)" if r.get("mode") else ""
+    reasons = dict.fromkeys(r["mfu_invalid_reason"] for r in records if r.get("mfu_invalid_reason"))
     return ([f"{r['label']}: {r['speedup']:.2f}x the {names[r['loader']]} samples/s{same(r)} (median of "
              f"{r['repeats']})" for r in records if r.get("speedup")]
             + [f"{r['label']}: {r['graph_speedup']:.2f}x the same loader's eager step (median of {r['repeats']})"
-               for r in records if r.get("graph_speedup")])
-
+               for r in records if r.get("graph_speedup")]
+            + [f"MFU invalid, not reported: {why}" for why in reasons]
+            + [f"{r['label']}: {r['busy_note']}" for r in records if r.get("busy_note")]
+            + [f"peak memory: {records[0]['peak_mem_kind']}", f"MFU peak: {records[0]['peak_flops_source']}"])
