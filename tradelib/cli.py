@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from tradelib.config import add_param_args, load_config
-from tradelib.perf import bench
+from tradelib.perf import bench, doctor
 from tradelib.sweep import add_sweep_args, sweep_command
 
 
@@ -79,12 +79,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     print("\n" + "\n".join(headline(paths["report.json"])))
     print(f"report: {paths['report.html']}\nnumbers: {paths['report.json']}")
     return 0
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    from tradelib.perf.doctor import doctor_command
-
-    return doctor_command(args)
 
 
 def nearest(word: str, names) -> str | None:
@@ -168,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "it (input, launches, compute, memory) and the change that would help")
     p.add_argument("--json", default=None, help="also write the measured figures and the verdict to this file")
     add_param_args(p, ("data", "features", "model", "training", "system", "measure"))
-    p.set_defaults(func=cmd_doctor)
+    p.set_defaults(func=doctor.doctor_command)
     parser.commands = dict(sub.choices)
     return parser
 

@@ -347,12 +347,7 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
     bad_lo = lo is not None and (value <= lo if m["lo_open"] else value < lo)
     bad_hi = hi is not None and (value >= hi if m["hi_open"] else value > hi)
     if bad_lo or bad_hi or value != value:
-        parts = []
-        if lo is not None:
-            parts.append(f"{'>' if m['lo_open'] else '>='} {lo:g}")
-        if hi is not None:
-            parts.append(f"{'<' if m['hi_open'] else '<='} {hi:g}")
-        raise ConfigError(f"parameter {f.name!r} is {value!r}; it must be {' and '.join(parts)}")
+        raise ConfigError(f"parameter {f.name!r} is {value!r}; it must be {' and '.join(_bounds(m, ' '))}")
 
 
 def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
@@ -437,14 +432,15 @@ GROUP_TITLES = {
 }  # fmt: skip
 
 
-def _bounds(m: dict) -> str:
-    """'>=1', '>0,<1': no space, so that wrapping never splits it."""
+def _bounds(m: dict, space: str = "") -> list[str]:
+    """A field's bounds, ['>=1'] or ['>0', '<1'] (`space` between sign and number: `--help` has none, so that
+    wrapping never splits one)."""
     parts = []
     if m["lo"] is not None:
-        parts.append(f"{'>' if m['lo_open'] else '>='}{m['lo']:g}")
+        parts.append(f"{'>' if m['lo_open'] else '>='}{space}{m['lo']:g}")
     if m["hi"] is not None:
-        parts.append(f"{'<' if m['hi_open'] else '<='}{m['hi']:g}")
-    return ",".join(parts)
+        parts.append(f"{'<' if m['hi_open'] else '<='}{space}{m['hi']:g}")
+    return parts
 
 
 def parameters_help(groups: tuple[str, ...], width: int = 100, exclude: tuple[str, ...] = ()) -> str:
@@ -464,7 +460,7 @@ def parameters_help(groups: tuple[str, ...], width: int = 100, exclude: tuple[st
             if m["choices"] and not all(str(c) in text for c in m["choices"]):
                 text += f" (one of: {' | '.join(map(str, m['choices']))})"
             if _bounds(m):
-                text += f" [{_bounds(m)}]"
+                text += f" [{','.join(_bounds(m))}]"
             out.append(f"    {f.name}: {f.type} = {_literal(f.default)}")
             out += textwrap.wrap(text, width, initial_indent=" " * 8, subsequent_indent=" " * 8)
     return "\n".join(out)

@@ -114,13 +114,9 @@ def profile_step(cfg: Config, trace_path: str | Path | None = None, top: int = 2
         if trace_path:
             Path(trace_path).parent.mkdir(parents=True, exist_ok=True)
             prof.export_chrome_trace(str(trace_path))
-        rows = []
-        for e in prof.key_averages():
-            dev_total = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0))
-            dev_self = getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
-            rows.append({"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
-                         "cpu_total_ms": e.cpu_time_total / 1e3, "self_device_ms": dev_self / 1e3,
-                         "device_total_ms": dev_total / 1e3})
+        rows = [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                 "cpu_total_ms": e.cpu_time_total / 1e3, "self_device_ms": e.self_device_time_total / 1e3,
+                 "device_total_ms": e.device_time_total / 1e3} for e in prof.key_averages()]
         df = pd.DataFrame(rows)
         key = "self_device_ms" if device.type == "cuda" else "self_cpu_ms"
         df = df.sort_values(key, ascending=False, ignore_index=True).head(top)
@@ -139,17 +135,6 @@ def _release_memory(device: torch.device) -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):
             pass
-
-
-def default_cpu_budget() -> int:
-    """A quarter of the memory available now (Linux /proc/meminfo), else 4 GiB."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024 // 4
-    except OSError:
-        pass
-    return 4 << 30
 
 
 class StepProbe:
@@ -199,13 +184,13 @@ def find_max_batch(cfg: Config, start: int = 256, limit: int = 1 << 20, budget_b
     Doubles from `start` until a step fails (or `limit`), then bisects to within `rel_tol`. On CUDA a step
     fails on torch.cuda.OutOfMemoryError, or when `budget_bytes` is given and max_memory_allocated exceeds
     it; the feature matrix resident on the device counts, as in training with the device loader. On the CPU
-    nothing runs out, so the bound is `budget_bytes` (default a quarter of the available RAM) on the peak
+    nothing runs out, so the bound is `budget_bytes` (default cfg.cpu_budget_mb) on the peak
     bytes of CPU tensors one step allocates (torch.profiler memory events), resident data not counted.
     `seconds` > 0: a time budget; the search stops when it is spent, with the largest batch found to fit."""
     deadline = time.perf_counter() + seconds if seconds > 0 else float("inf")
     probe = StepProbe(cfg, limit)
     if not probe.cuda and budget_bytes is None:
-        budget_bytes = default_cpu_budget()
+        budget_bytes = cfg.cpu_budget_mb * 2**20
     if verbose:
         where = f"{torch.cuda.get_device_name(probe.device)} memory" if probe.cuda else "the CPU"
         bound = f" within a budget of {budget_bytes / 2**20:,.1f} MiB" if budget_bytes else ""
