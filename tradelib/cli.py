@@ -214,11 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
-        if os.environ.get("TRADELIB_DEBUG"):
-            raise
-        code, text = explain(exc)
-    except KeyboardInterrupt as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
         if os.environ.get("TRADELIB_DEBUG"):
             raise
         code, text = explain(exc)

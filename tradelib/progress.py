@@ -40,11 +40,16 @@ def _widget_bar() -> type:
     return type("_WidgetBar", (notebook_tqdm,), {"monitor_interval": 0})
 
 
+def _shell():
+    """IPython's running shell, None outside IPython."""
+    get = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    return get() if get else None
+
+
 def in_kernel() -> bool:
     """Inside a Jupyter kernel (JupyterLab, or papermill's)."""
-    shell = sys.modules.get("IPython")
-    get = getattr(shell, "get_ipython", None)
-    return bool(get and get() is not None and "IPKernelApp" in get().config)
+    shell = _shell()
+    return shell is not None and "IPKernelApp" in shell.config
 
 
 HEADLESS_HISTORY = "--HistoryManager.hist_file=:memory:"
@@ -54,12 +59,9 @@ def headless_kernel() -> bool:
     """A kernel that nbclient started: papermill or `jupyter nbconvert --execute`, where no one watches a widget
     and the saved notebook would keep it half drawn. nbclient starts every ipykernel with an in-memory history
     (`--HistoryManager.hist_file=:memory:`, its `ipython_hist_file` default); JupyterLab's kernels keep a file."""
-    if HEADLESS_HISTORY in sys.argv:
-        return True
-    get = getattr(sys.modules.get("IPython"), "get_ipython", None)
-    shell = get() if get else None
+    shell = _shell()
     hist = shell.config.get("HistoryManager", {}).get("hist_file") if shell is not None else None
-    return str(hist) == ":memory:"
+    return HEADLESS_HISTORY in sys.argv or str(hist) == ":memory:"
 
 
 def has_widgets() -> bool:

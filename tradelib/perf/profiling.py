@@ -209,25 +209,24 @@ def find_max_batch(cfg: Config, start: int = 256, limit: int = 1 << 20, budget_b
 
     lo, hi, b = 0, limit + 1, min(start, limit)
     try:
-        try:
-            while b <= limit:  # double until a failure brackets the answer
-                if not fits(b):
-                    hi = b
-                    break
-                lo = b
-                if b == limit:
-                    break
-                b = min(2 * b, limit)
-            while hi <= limit and hi - lo > max(1, int(lo * rel_tol)):  # bisect inside (lo, hi)
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        except _BudgetSpent:
-            print(f"find_max_batch: the time budget of {seconds:.0f} s is spent: at least {lo:,} fits (not searched "
-                  f"further; raise profile_seconds for the exact figure)")
-        if lo == 0:
-            raise RuntimeError(f"find_max_batch: not even a batch of 1 fits ({cfg.model}, budget {budget_bytes} bytes)")
-        if verbose:
-            print(f"find_max_batch: {lo:,}" + (" (the limit)" if lo == limit else ""))
-        return lo
+        while b <= limit:  # double until a failure brackets the answer
+            if not fits(b):
+                hi = b
+                break
+            lo = b
+            if b == limit:
+                break
+            b = min(2 * b, limit)
+        while hi <= limit and hi - lo > max(1, int(lo * rel_tol)):  # bisect inside (lo, hi)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    except _BudgetSpent:
+        print(f"find_max_batch: the time budget of {seconds:.0f} s is spent: at least {lo:,} fits (not searched "
+              f"further; raise profile_seconds for the exact figure)")
     finally:
         probe.close()
+    if lo == 0:
+        raise RuntimeError(f"find_max_batch: not even a batch of 1 fits ({cfg.model}, budget {budget_bytes} bytes)")
+    if verbose:
+        print(f"find_max_batch: {lo:,}" + (" (the limit)" if lo == limit else ""))
+    return lo
