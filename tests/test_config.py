@@ -1,6 +1,6 @@
 import pytest
 
-from tradelib.config import Config, load_config, parse_value
+from tradelib.config import Config, load_config, notebook_config, parse_value
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -28,6 +28,6 @@ def test_parse_value_reads_yaml_scalars_like_papermill():
     assert parse_value("lstm") == "lstm"
 
 
-def test_from_namespace_picks_only_config_names():
-    cfg = Config.from_namespace({"batch_size": 8, "force_recreate": True, "__name__": "x"})
+def test_a_notebook_config_picks_only_config_names():
+    cfg = notebook_config({"batch_size": 8, "force_recreate": True, "__name__": "x"}, "03_train")
     assert cfg.batch_size == 8

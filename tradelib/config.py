@@ -275,12 +275,6 @@ class Config:
             kwargs[name] = _coerce(name, value, known[name].type, source)
         return cls(**kwargs)
 
-    @classmethod
-    def from_namespace(cls, ns: dict[str, Any], source: str = "notebook parameters") -> Config:
-        """Pick this config's names out of a notebook's globals() (see `notebook_config`)."""
-        names = {f.name for f in fields(cls)}
-        return cls.from_dict({k: v for k, v in ns.items() if k in names}, source=source)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -507,13 +501,15 @@ def injected_parameters(ns: dict[str, Any]) -> list[str]:
 
 def notebook_config(ns: dict[str, Any], notebook: str) -> Config:
     """The first code cell of a numbered notebook: refuse a parameter it does not declare (papermill only warns
-    about one and runs on with the default), as the CLI does, then build and check the Config."""
+    about one and runs on with the default), as the CLI does, then build and check the Config from the notebook's
+    globals() `ns` (its names that are Config's)."""
     declared = declared_parameters(notebook)
     for name in injected_parameters(ns):
         if name not in declared:
             raise ConfigError(f"{notebook}: {unknown_message(name, declared)}; this notebook's parameters: "
                               f"papermill --help-notebook notebooks/{notebook}.ipynb")
-    return Config.from_namespace(ns, source=f"{notebook} parameters")
+    names = {f.name for f in fields(Config)}
+    return Config.from_dict({k: v for k, v in ns.items() if k in names}, source=f"{notebook} parameters")
 
 
 def resume_may_change() -> frozenset[str]:

@@ -28,15 +28,12 @@ class NotebookFailed(RuntimeError):
     """A notebook raised: the pipeline stops there, naming the cell and the saved notebook."""
 
 
-def notebook_parameters(path: Path) -> dict[str, dict]:
-    """The names, types, defaults and help of a notebook's `parameters` cell (papermill's own reading)."""
+def split_params(params: dict, names: tuple[str, ...], files: list[str] | None) -> tuple[dict[str, dict], Config]:
+    """Each notebook of `names` gets the parameters its `parameters` cell declares (papermill's own reading); a
+    name none declares is an error, and so is a value the Config refuses. Returns them and the Config."""
     import papermill as pm
 
-    return pm.inspect_notebook(str(path))
-
-
-def split_params(params: dict, notebooks: dict[str, dict]) -> dict[str, dict]:
-    """Each notebook gets the parameters it declares; a name no notebook declares is an error."""
+    notebooks = {name: pm.inspect_notebook(str(notebooks_dir() / f"{name}.ipynb")) for name in names}
     declared = set().union(*(set(p) for p in notebooks.values()))
     unknown = sorted(set(params) - declared)
     if unknown:
@@ -46,7 +43,8 @@ def split_params(params: dict, notebooks: dict[str, dict]) -> dict[str, dict]:
         raise ValueError(f"unknown parameter(s) {', '.join(unknown)}: no notebook declares them"
                          + (f" (did you mean {said}?)" if hints else "")
                          + f" (see `tradelib {'pipeline' if len(notebooks) > 1 else 'report'} --help`)")
-    return {name: {k: v for k, v in params.items() if k in decl} for name, decl in notebooks.items()}
+    cfg = Config.from_dict(params, source=", ".join(files or []) or "parameters")
+    return {name: {k: v for k, v in params.items() if k in decl} for name, decl in notebooks.items()}, cfg
 
 
 def select_notebooks(skip: str = "", only: str = "") -> tuple[str, ...]:
@@ -120,10 +118,8 @@ def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]
     params = read_params(files, overrides)
     run_id = str(params.get("run_id") or new_run_id())
     params["run_id"] = run_id
-    every = {name: notebooks_dir() / f"{name}.ipynb" for name in NOTEBOOKS}
-    per_nb = split_params(params, {name: notebook_parameters(p) for name, p in every.items()})
-    src = {name: every[name] for name in notebooks}
-    cfg = Config.from_dict(params, source=", ".join(files or []) or "parameters")
+    per_nb, cfg = split_params(params, NOTEBOOKS, files)
+    src = {name: notebooks_dir() / f"{name}.ipynb" for name in notebooks}
     pick_device(cfg.device, verbose=False)  # CUDA asked for but absent: say so now
     out = run_dir(run_id)
     with holding_run(out):
@@ -137,8 +133,7 @@ def run_report(run: str = "", files: list[str] | None = None, overrides: list[tu
     (-f / -p, e.g. compare_with, cost_bps) are checked first, and the folder is held while it is written."""
     params = read_params(files, overrides)
     src = {"04_report": notebooks_dir() / "04_report.ipynb"}
-    per_nb = split_params(params, {"04_report": notebook_parameters(src["04_report"])})
-    Config.from_dict(params, source=", ".join(files or []) or "parameters")
+    per_nb, _ = split_params(params, ("04_report",), files)
     named = run or params.get("run_id") or None
     folder = resolve_run(named)
     if not named:  # the latest finished run; say so where a newer one is still going, or was stopped

@@ -13,7 +13,6 @@ MFU, and the MFU the model's largest matmul reaches alone on this device (what t
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ from tradelib.hardware import (
 )
 from tradelib.perf.measure import Runner, mfu_fields, quiet_profiler
 from tradelib.perf.profiling import _runner
+from tradelib.train.stream import device_memory
 
 # where a figure tips the verdict (shares of step time, ratios of times, shares of memory)
 INPUT_BOUND = 0.2  # data wait share from which the input pipeline is the limit
@@ -252,15 +252,6 @@ def device_seconds(events) -> float:
     return sum(e.time_range.elapsed_us() for e in events if e.device_type == DeviceType.CUDA) / 1e6
 
 
-def total_memory(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory)
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def examine(cfg: Config, seconds: float | None = None, runner: Runner | None = None, verbose: bool = True
             ) -> Measured:
     """Measure `cfg` (its model, loader, batch and step) on its device for about `seconds` (cfg.doctor_seconds).
@@ -299,7 +290,7 @@ def examine(cfg: Config, seconds: float | None = None, runner: Runner | None = N
                 graphs_refused=why_not, precision=precision, samples_per_s=sps,
                 step_s=tot["seconds"] / tot["steps"], wait_share=tot["wait_s"] / tot["seconds"], host_s=host_s,
                 device_s=device_s, mfu=value, mfu_ceiling=ceiling, mfu_note=note, largest_matmul=largest,
-                mem_peak_bytes=peak_memory_bytes(device), mem_total_bytes=total_memory(device))
+                mem_peak_bytes=peak_memory_bytes(device), mem_total_bytes=device_memory(device))
     finally:
         if own:
             runner.close()
