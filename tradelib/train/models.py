@@ -73,7 +73,8 @@ class MLP(nn.Module):
 
 
 class RNN(nn.Module):
-    def __init__(self, kind: str, n_features: int, hidden: int, layers: int, dropout: float, output_clip: float):
+    def __init__(self, kind: str, n_features: int, window: int, hidden: int, layers: int, dropout: float,
+                 output_clip: float):
         super().__init__()
         cls = nn.LSTM if kind == "lstm" else nn.GRU
         self.rnn = cls(n_features, hidden, num_layers=max(layers, 1), batch_first=True,
@@ -81,8 +82,7 @@ class RNN(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.head = Head(hidden, output_clip)
         self.gates = 4 if kind == "lstm" else 3
-        self.n_features, self.hidden, self.layers = n_features, hidden, max(layers, 1)
-        self.window = 0  # set by build_model: FLOPs scale with it
+        self.n_features, self.window, self.hidden, self.layers = n_features, window, hidden, max(layers, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(x)
@@ -255,8 +255,7 @@ def build_model(name: str, n_features: int, window: int, *, hidden: int, layers:
     if name == "mlp":
         model = MLP(n_features, window, hidden, layers, dropout, output_clip)
     elif name in ("lstm", "gru"):
-        model = RNN(name, n_features, hidden, layers, dropout, output_clip)
-        model.window = window
+        model = RNN(name, n_features, window, hidden, layers, dropout, output_clip)
     elif name == "tcn":
         model = TCN(n_features, hidden, layers, dropout, output_clip)
         if model.receptive_field > window:
