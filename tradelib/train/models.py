@@ -245,13 +245,13 @@ def init_weights(model: nn.Module, gain: float) -> None:
             nn.init.zeros_(module.bias)
 
 
-def build_model(name: str, n_features: int, window: int, *, hidden: int, layers: int, dropout: float,
-                init_gain: float, output_clip: float, heads: int, positions: str, cfg=None) -> nn.Module:
-    """A built-in model by name, initialised; or the user's `package.module:Class` (see the module's docstring),
-    built with `cfg` where its constructor takes one. `model_for(cfg, n_features)` passes a Config's knobs."""
-    if USER_MODEL.fullmatch(name):
-        return user_model(name, n_features, window, cfg)
-    name = name.lower()
+def model_for(cfg, n_features: int) -> nn.Module:
+    """The model a Config asks for: a built-in by name, initialised; or the user's `package.module:Class` (see the
+    module's docstring), built with `cfg` where its constructor takes one."""
+    window, hidden, layers, dropout, output_clip = cfg.window, cfg.hidden, cfg.layers, cfg.dropout, cfg.output_clip
+    if USER_MODEL.fullmatch(cfg.model):
+        return user_model(cfg.model, n_features, window, cfg)
+    name = cfg.model.lower()
     if name == "mlp":
         model = MLP(n_features, window, hidden, layers, dropout, output_clip)
     elif name in ("lstm", "gru"):
@@ -262,10 +262,10 @@ def build_model(name: str, n_features: int, window: int, *, hidden: int, layers:
             raise ValueError(f"tcn: receptive field {model.receptive_field} exceeds window {window}: "
                              f"use fewer layers or a longer window")
     elif name == "transformer":
-        model = Transformer(n_features, window, hidden, layers, heads, dropout, output_clip, positions)
+        model = Transformer(n_features, window, hidden, layers, cfg.heads, dropout, output_clip, cfg.positions)
     else:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}, or package.module:Class")
-    init_weights(model, init_gain)
+    init_weights(model, cfg.init_gain)
     return model
 
 
@@ -321,9 +321,3 @@ def training_flops_per_sample(model: nn.Module, dense: bool) -> float | None:
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-def model_for(cfg, n_features: int) -> nn.Module:
-    """The model a Config asks for."""
-    return build_model(cfg.model, n_features, cfg.window, hidden=cfg.hidden, layers=cfg.layers, dropout=cfg.dropout,
-                       init_gain=cfg.init_gain, output_clip=cfg.output_clip, heads=cfg.heads,
-                       positions=cfg.positions, cfg=cfg)

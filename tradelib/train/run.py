@@ -190,8 +190,9 @@ class TrainingRun:
             most = all_reduce(torch.tensor(float(len(source)), device=self.device), "max")
             batch = cfg.batch_size * cfg.grad_accum_steps
             source = PaddedSource(source, math.ceil(float(most) / batch) * batch, self.world)
-            ids = torch.arange(len(source))
-            self._epoch_targets = float(all_reduce(source.count(ids).to(self.device)))  # every rank's, added up
+        # targets trained per epoch over all ranks: windows, or valid chunk positions in dense mode
+        counted = source.count(torch.arange(len(source), device=source.ids_device))
+        self.epoch_targets = float(all_reduce(counted) if self.sharded else counted)  # (shard_data: every rank's)
         counts = torch.tensor([float(len(self.windows.ends(s))) for s in (0, 1, 2)], device=self.device)
         self.n_windows = [int(c) for c in (all_reduce(counts) if self.sharded else counts).tolist()]  # all ranks
         self.trainer = Trainer(cfg, model, self.windows, source, self.device, self.world, verbose=self.main)
@@ -425,7 +426,7 @@ class TrainingRun:
         epoch and early stopping (seen by done()). A run that ends inside an epoch (max_steps, max_minutes:
         `partial`) validates once all the same and keeps its position, so a longer resume goes on."""
         val = self.validate()
-        trained = self.epoch_n if partial else self.targets_per_epoch()
+        trained = self.epoch_n if partial else self.epoch_targets
         self.log({"kind": "epoch", "epoch": self.epoch, "step": self.step, **({"partial": True} if partial else {}),
                   "train_loss": self.epoch_sse / self.epoch_n if self.epoch_n else float("nan"),
                   "val_loss": val, "epoch_time_s": self.epoch_time,
@@ -454,14 +455,6 @@ class TrainingRun:
             sse, n = (float(x) for x in all_reduce(torch.stack(self.trainer.sse_count(1))).tolist())
             return sse / n if n else float("nan")
         return float(broadcast_object(self.trainer.loss(1) if self.main else 0.0))
-
-    def targets_per_epoch(self) -> float:
-        """Targets trained per epoch (all ranks): windows, or valid chunk positions in dense mode."""
-        if not hasattr(self, "_epoch_targets"):
-            src = self.trainer.source
-            ids = torch.arange(len(src), device=src.ids_device)
-            self._epoch_targets = float(src.count(ids))  # (shard_data: this rank's, set for all in _setup)
-        return self._epoch_targets
 
     def _on_interrupt(self, signum: int) -> None:
         if self._clean and (self.world == 1 or self._agreed_stop):

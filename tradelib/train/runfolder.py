@@ -133,7 +133,7 @@ class RunFolder:
             "optimizer_steps": run.step, "skipped_steps": run.skipped,
             "best_val_loss": run.best_val if math.isfinite(run.best_val) else None,
             "cache_key": run.cache_key, "cache_dir": run.fs.meta.get("cache_dir", ""),
-            "train_windows": run.n_windows[0], "train_samples_per_epoch": run.targets_per_epoch(),
+            "train_windows": run.n_windows[0], "train_samples_per_epoch": run.epoch_targets,
             "test_windows": run.n_windows[2], "shard_data": run.sharded,
             **busy_fields([run.other_cores], cfg.max_other_load),  # samples/s timed on a busy machine: flagged
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -40,13 +40,12 @@ from tradelib.train.sources import (
     window_ends,
 )
 
-ROW_BYTES_EXTRA = 4 + 1  # per row on the device besides the features: the scaled target (float32), its validity
 
-
-def index_bytes(cfg) -> int:
-    """Device bytes per slot row for the index of the items a slot's group trains (at most one item per row): the
-    device row each ends at (int64), and in dense mode the offset of its first trained row (int64)."""
-    return 16 if cfg.dense else 8
+def row_bytes(fs: FeatureSet, cfg) -> int:
+    """Device bytes per slot row: its features and scaled target (float32), the target's validity, and the index
+    of the items a slot's group trains (at most one item per row): the device row each ends at (int64), and in
+    dense mode the offset of its first trained row (int64)."""
+    return fs.n_features * 4 + 4 + 1 + (16 if cfg.dense else 8)
 
 
 def device_memory(device: torch.device) -> int:
@@ -502,7 +501,7 @@ def batch_bytes(fs: FeatureSet, cfg, span: int) -> int:
 def min_budget(fs: FeatureSet, cfg, span: int) -> int:
     """The smallest budget that streams: three batches and two slots of one block each (with their items' index)."""
     rows = min(cfg.stream_block_rows, max(1, len(fs))) + span - 1
-    return 3 * batch_bytes(fs, cfg, span) + 2 * rows * (fs.n_features * 4 + ROW_BYTES_EXTRA + index_bytes(cfg))
+    return 3 * batch_bytes(fs, cfg, span) + 2 * rows * row_bytes(fs, cfg)
 
 
 def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
@@ -513,7 +512,7 @@ def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
     if cfg.loader != "stream" and data <= budget:
         return Plan(False, budget, reason=f"data resident on {device}: {gb(data)} within the budget {gb(budget)}")
     block_rows = min(cfg.stream_block_rows, max(1, len(fs)))
-    row, halo, batch = fs.n_features * 4 + ROW_BYTES_EXTRA + index_bytes(cfg), span - 1, batch_bytes(fs, cfg, span)
+    row, halo, batch = row_bytes(fs, cfg), span - 1, batch_bytes(fs, cfg, span)
     free = budget - 3 * batch
     k = min(free // (2 * (block_rows + halo) * row) if free > 0 else 0, math.ceil(len(fs) / block_rows))
     if k < 1:
