@@ -534,16 +534,10 @@ def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init
           leave_group: bool = True) -> RunResult:
     """Train one run end to end; the function 03_train and `tradelib train` both call (through
     walkforward.train_or_walk). `init_state`: the model's starting weights (a warm-started walk-forward fold).
-    `leave_group` False: under torchrun, after a clean finish the ranks meet at a barrier but keep the process
-    group for the next run of the same processes (a walk-forward's next fold; joining a group again after
-    leaving it can hang in gloo's rendezvous). After an error the group is always left.
-
-    Under torchrun every process calls it: each joins the process group, trains its share, and at the end
-    stops its DataLoader workers, waits at a barrier until every rank (rank 0 writing the outputs) is done,
-    and leaves the group (also on an error, then without the barrier). Only rank 0 prints and writes, and it
-    holds the run folder's lock for the run's life. Torch's global flags (TF32, determinism) are set for the
-    run and put back afterwards.
-    """
+    Under torchrun every process calls it and leaves the process group at the end (also on an error);
+    `leave_group` False keeps it after a clean finish, the ranks meeting at a barrier, for the next run of the
+    same processes (a walk-forward's next fold: joining a group again after leaving it can hang in gloo's
+    rendezvous). Torch's global flags (TF32, determinism) are set for the run and put back afterwards."""
     run, finished = None, False
     with torch_flags(cfg.deterministic):
         try:

@@ -478,7 +478,6 @@ class Plan:
     """How the data goes to the device: resident or streamed, and why."""
 
     streamed: bool
-    budget: int
     block_rows: int = 0
     blocks_per_slot: int = 0
     reason: str = ""
@@ -510,7 +509,7 @@ def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
     data, budget = resident_bytes(fs, cfg), budget_bytes(cfg.device_memory_budget, device)
     gb = human_bytes
     if cfg.loader != "stream" and data <= budget:
-        return Plan(False, budget, reason=f"data resident on {device}: {gb(data)} within the budget {gb(budget)}")
+        return Plan(False, reason=f"data resident on {device}: {gb(data)} within the budget {gb(budget)}")
     block_rows = min(cfg.stream_block_rows, max(1, len(fs)))
     row, halo, batch = row_bytes(fs, cfg), span - 1, batch_bytes(fs, cfg, span)
     free = budget - 3 * batch
@@ -520,7 +519,7 @@ def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
                          f"{block_rows:,} rows per slot and three batches ({gb(min_budget(fs, cfg, span))} needed): "
                          f"raise it, or lower stream_block_rows, batch_size or eval_batch_size")
     why = "loader=stream" if cfg.loader == "stream" else f"the data ({gb(data)}) exceeds the budget {gb(budget)}"
-    return Plan(True, budget, block_rows, int(k),
+    return Plan(True, block_rows, int(k),
                 f"data streamed to {device} ({why}): 2 slots of {int(k)} blocks of {block_rows:,} rows, "
                 f"{gb(2 * int(k) * (block_rows + halo) * row)} resident")
 
