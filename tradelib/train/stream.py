@@ -544,4 +544,6 @@ def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.devi
         anchors = starts + cfg.dense_chunk - 1
     else:
         anchors, first = window_ends(fs, 0, cfg.window), None
-    return windows, StreamSource(stream, Items(anchors, p.block_rows, stream.n_blocks), span, ledger, first)
+    source = StreamSource(stream, Items(anchors, p.block_rows, stream.n_blocks), span, ledger, first)
+    source.plan = p  # (the bench reports its reason)
+    return windows, source

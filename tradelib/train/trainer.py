@@ -7,7 +7,7 @@ The LR schedule advances once per optimizer step. A non-finite loss or gradient 
 device (fused AdamW's `found_inf`), with no host sync. The loss is `masked_sse`, which validation calls too.
 
 `Trainer.step(ids)` is the whole step and the only thing the run loop, the bench and 02_profiling call; it
-knows nothing of files, epochs or logging (train.py holds those).
+knows nothing of files, epochs or logging (run.py holds those).
 """
 
 from __future__ import annotations
