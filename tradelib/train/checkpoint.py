@@ -121,25 +121,6 @@ def resume_candidates(folder: Path) -> list[Path]:
     return steps + ([last] if last.exists() else [])
 
 
-def set_aside(path: Path) -> Path:
-    """Rename a damaged checkpoint to `<name>.damaged`: no longer a resume candidate nor rotated, not deleted."""
-    aside = path.with_name(path.name + ".damaged")
-    path.replace(aside)
-    return aside
-
-
-def load_latest(folder: Path) -> tuple[dict | None, Path | None, list[tuple[Path, str]]]:
-    """The newest checkpoint that loads: (state, its path, [(skipped path, why)]); (None, None, skipped) when
-    none does."""
-    skipped = []
-    for path in resume_candidates(folder):
-        try:
-            return load(path), path, skipped
-        except ValueError as exc:
-            skipped.append((path, str(exc)))
-    return None, None, skipped
-
-
 def check_resumable(ck: dict, path: Path | str, cfg: Config, cache_key: str, world: int) -> None:
     """Refuse a resume that would not continue the same training: other features, settings or world size."""
     if ck["cache_key"] != cache_key:

@@ -73,7 +73,8 @@ class MLP(nn.Module):
 
 
 class RNN(nn.Module):
-    def __init__(self, kind: str, n_features: int, hidden: int, layers: int, dropout: float, output_clip: float):
+    def __init__(self, kind: str, n_features: int, window: int, hidden: int, layers: int, dropout: float,
+                 output_clip: float):
         super().__init__()
         cls = nn.LSTM if kind == "lstm" else nn.GRU
         self.rnn = cls(n_features, hidden, num_layers=max(layers, 1), batch_first=True,
@@ -81,8 +82,7 @@ class RNN(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.head = Head(hidden, output_clip)
         self.gates = 4 if kind == "lstm" else 3
-        self.n_features, self.hidden, self.layers = n_features, hidden, max(layers, 1)
-        self.window = 0  # set by build_model: FLOPs scale with it
+        self.n_features, self.window, self.hidden, self.layers = n_features, window, hidden, max(layers, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(x)
@@ -245,28 +245,27 @@ def init_weights(model: nn.Module, gain: float) -> None:
             nn.init.zeros_(module.bias)
 
 
-def build_model(name: str, n_features: int, window: int, *, hidden: int, layers: int, dropout: float,
-                init_gain: float, output_clip: float, heads: int, positions: str, cfg=None) -> nn.Module:
-    """A built-in model by name, initialised; or the user's `package.module:Class` (see the module's docstring),
-    built with `cfg` where its constructor takes one. `model_for(cfg, n_features)` passes a Config's knobs."""
-    if USER_MODEL.fullmatch(name):
-        return user_model(name, n_features, window, cfg)
-    name = name.lower()
+def model_for(cfg, n_features: int) -> nn.Module:
+    """The model a Config asks for: a built-in by name, initialised; or the user's `package.module:Class` (see the
+    module's docstring), built with `cfg` where its constructor takes one."""
+    window, hidden, layers, dropout, output_clip = cfg.window, cfg.hidden, cfg.layers, cfg.dropout, cfg.output_clip
+    if USER_MODEL.fullmatch(cfg.model):
+        return user_model(cfg.model, n_features, window, cfg)
+    name = cfg.model.lower()
     if name == "mlp":
         model = MLP(n_features, window, hidden, layers, dropout, output_clip)
     elif name in ("lstm", "gru"):
-        model = RNN(name, n_features, hidden, layers, dropout, output_clip)
-        model.window = window
+        model = RNN(name, n_features, window, hidden, layers, dropout, output_clip)
     elif name == "tcn":
         model = TCN(n_features, hidden, layers, dropout, output_clip)
         if model.receptive_field > window:
             raise ValueError(f"tcn: receptive field {model.receptive_field} exceeds window {window}: "
                              f"use fewer layers or a longer window")
     elif name == "transformer":
-        model = Transformer(n_features, window, hidden, layers, heads, dropout, output_clip, positions)
+        model = Transformer(n_features, window, hidden, layers, cfg.heads, dropout, output_clip, cfg.positions)
     else:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}, or package.module:Class")
-    init_weights(model, init_gain)
+    init_weights(model, cfg.init_gain)
     return model
 
 
@@ -322,9 +321,3 @@ def training_flops_per_sample(model: nn.Module, dense: bool) -> float | None:
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-def model_for(cfg, n_features: int) -> nn.Module:
-    """The model a Config asks for."""
-    return build_model(cfg.model, n_features, cfg.window, hidden=cfg.hidden, layers=cfg.layers, dropout=cfg.dropout,
-                       init_gain=cfg.init_gain, output_clip=cfg.output_clip, heads=cfg.heads,
-                       positions=cfg.positions, cfg=cfg)

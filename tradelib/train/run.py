@@ -190,8 +190,9 @@ class TrainingRun:
             most = all_reduce(torch.tensor(float(len(source)), device=self.device), "max")
             batch = cfg.batch_size * cfg.grad_accum_steps
             source = PaddedSource(source, math.ceil(float(most) / batch) * batch, self.world)
-            ids = torch.arange(len(source))
-            self._epoch_targets = float(all_reduce(source.count(ids).to(self.device)))  # every rank's, added up
+        # targets trained per epoch over all ranks: windows, or valid chunk positions in dense mode
+        counted = source.count(torch.arange(len(source), device=source.ids_device))
+        self.epoch_targets = float(all_reduce(counted) if self.sharded else counted)  # (shard_data: every rank's)
         counts = torch.tensor([float(len(self.windows.ends(s))) for s in (0, 1, 2)], device=self.device)
         self.n_windows = [int(c) for c in (all_reduce(counts) if self.sharded else counts).tolist()]  # all ranks
         self.trainer = Trainer(cfg, model, self.windows, source, self.device, self.world, verbose=self.main)
@@ -240,7 +241,7 @@ class TrainingRun:
             "bad_run": float(self.tally.bad_run),
             "rng": checkpoint.rng_state(self.device),
             "config": self.cfg.to_dict(),
-            "order": getattr(self.trainer.source, "order_key", None),
+            "order": self.state_order(),
             "cache_key": self.cache_key,
             "feature_names": self.fs.feature_names,
             "target_scale": float(self.windows.target_scale),
@@ -271,10 +272,8 @@ class TrainingRun:
         raise TrainingDiverged(
             f"run {self.run_id!r} stopped at step {self.step}: the weights are no longer finite ({', '.join(bad[:3])}"
             f"{' ...' if len(bad) > 3 else ''}); nothing more is written and the last checkpoint, "
-            f"{self.latest_checkpoint()}, holds the last finite state. Lower lr or set grad_clip, and check the data.")
-
-    def latest_checkpoint(self) -> Path | None:
-        return self.folder.latest_checkpoint()
+            f"{self.folder.latest_checkpoint()}, holds the last finite state. Lower lr or set grad_clip, and check the "
+            f"data.")
 
     def _resume(self) -> None:
         # only rank 0 may see the run folder (another node's disk): it hands the state to all
@@ -378,10 +377,7 @@ class TrainingRun:
                 if self.on_step is not None:
                     self.on_step(self)
             self._clean = False
-            if self.pos >= n:
-                self.end_epoch()
-            else:  # ended inside the epoch (max_steps, max_minutes): validated once all the same
-                self.end_inside_epoch()
+            self.end_epoch(partial=self.pos < n)  # (inside the epoch: max_steps, max_minutes)
             self._clean = True
 
     def log_point(self) -> bool:
@@ -417,7 +413,7 @@ class TrainingRun:
                   f"ending with a validation, a checkpoint and the results", flush=True)
         self.t_log = self.clock()
         if t["bad_max"] >= self.cfg.max_bad_steps:
-            last = self.latest_checkpoint() if self.main else None
+            last = self.folder.latest_checkpoint() if self.main else None
             raise TrainingDiverged(
                 f"training stopped at step {self.step}: {int(t['bad_max'])} optimizer steps in a row had a "
                 f"non-finite loss or gradient (max_bad_steps={self.cfg.max_bad_steps}); {self.skipped} skipped in "
@@ -425,40 +421,31 @@ class TrainingRun:
                 f"good weights. Look for non-finite features or targets, lower lr, or set grad_clip.")
         return due
 
-    def end_epoch(self) -> None:
-        """Validation, the best checkpoint, an epoch checkpoint, early stopping (seen by done())."""
+    def end_epoch(self, partial: bool = False) -> None:
+        """Validation, best.pt when it is the best so far, a step checkpoint; at an epoch's end also the next
+        epoch and early stopping (seen by done()). A run that ends inside an epoch (max_steps, max_minutes:
+        `partial`) validates once all the same and keeps its position, so a longer resume goes on."""
         val = self.validate()
-        self.log({"kind": "epoch", "epoch": self.epoch, "step": self.step,
+        trained = self.epoch_n if partial else self.epoch_targets
+        self.log({"kind": "epoch", "epoch": self.epoch, "step": self.step, **({"partial": True} if partial else {}),
                   "train_loss": self.epoch_sse / self.epoch_n if self.epoch_n else float("nan"),
                   "val_loss": val, "epoch_time_s": self.epoch_time,
-                  "samples_per_s": self.targets_per_epoch() / max(self.epoch_time, 1e-9)})
-        self.epoch += 1
-        self.bar.set_epoch(self.epoch)
-        self.pos = 0
-        self.epoch_sse, self.epoch_n, self.epoch_time = 0.0, 0.0, 0.0
-        if val < self.best_val:
-            self.best_val, self.epochs_since_best = val, 0
-            self.save_checkpoint("best")
-        elif math.isfinite(val):  # no validation windows: nothing to stop on
-            self.epochs_since_best += 1
-        self.save_checkpoint(f"step-{self.step}")
-        if self.main and self.cfg.patience and self.epochs_since_best >= self.cfg.patience:
-            print(f"early stop after epoch {self.epoch}: val loss has not improved for {self.epochs_since_best} "
-                  f"epochs (best {self.best_val:.5f})")
-        self.t_log = self.clock()
-
-    def end_inside_epoch(self) -> None:
-        """A run that ends inside an epoch (max_steps, max_minutes) validates once: a partial epoch row, best.pt
-        when it is the best so far, and a step checkpoint. The position stays, so a longer resume goes on."""
-        val = self.validate()
-        self.log({"kind": "epoch", "epoch": self.epoch, "step": self.step, "partial": True,
-                  "train_loss": self.epoch_sse / self.epoch_n if self.epoch_n else float("nan"),
-                  "val_loss": val, "epoch_time_s": self.epoch_time,
-                  "samples_per_s": self.epoch_n / max(self.epoch_time, 1e-9)})
-        if val < self.best_val:
+                  "samples_per_s": trained / max(self.epoch_time, 1e-9)})
+        better = val < self.best_val
+        if not partial:
+            self.epoch += 1
+            self.bar.set_epoch(self.epoch)
+            self.pos = 0
+            self.epoch_sse, self.epoch_n, self.epoch_time = 0.0, 0.0, 0.0
+            # no validation windows (a NaN loss): nothing to stop on
+            self.epochs_since_best = 0 if better else self.epochs_since_best + int(math.isfinite(val))
+        if better:
             self.best_val = val
             self.save_checkpoint("best")
         self.save_checkpoint(f"step-{self.step}")
+        if not partial and self.main and self.cfg.patience and self.epochs_since_best >= self.cfg.patience:
+            print(f"early stop after epoch {self.epoch}: val loss has not improved for {self.epochs_since_best} "
+                  f"epochs (best {self.best_val:.5f})")
         self.t_log = self.clock()
 
     def validate(self) -> float:
@@ -469,24 +456,16 @@ class TrainingRun:
             return sse / n if n else float("nan")
         return float(broadcast_object(self.trainer.loss(1) if self.main else 0.0))
 
-    def targets_per_epoch(self) -> float:
-        """Targets trained per epoch (all ranks): windows, or valid chunk positions in dense mode."""
-        if not hasattr(self, "_epoch_targets"):
-            src = self.trainer.source
-            ids = torch.arange(len(src), device=src.ids_device)
-            self._epoch_targets = float(src.count(ids))  # (shard_data: this rank's, set for all in _setup)
-        return self._epoch_targets
-
     def _on_interrupt(self, signum: int) -> None:
         if self._clean and (self.world == 1 or self._agreed_stop):
             if self._saved_step == self.step:  # (an epoch's end wrote this step's checkpoint a moment ago)
-                where = f"checkpoint {self.latest_checkpoint()}"
+                where = f"checkpoint {self.folder.latest_checkpoint()}"
             else:
                 if self.tally.steps:
                     self.log_point()  # the metric sums up to this step go into the checkpoint
                 where = f"checkpoint {self.save_checkpoint(f'step-{self.step}')}"
         else:  # stopped inside a step (or under DDP): the last checkpoint is the resume point
-            where = f"no checkpoint written mid-step; resume starts from {self.latest_checkpoint()}"
+            where = f"no checkpoint written mid-step; resume starts from {self.folder.latest_checkpoint()}"
         if self.main:
             print(f"\n{stopped_by(signum)} at step {self.step} (epoch {self.epoch}); {where}.\n"
                   f"Resume: run_id={self.run_id!r}, resume=True (notebook or papermill: -p run_id {self.run_id} "
@@ -497,63 +476,51 @@ class TrainingRun:
         """Write the final state as step-N.pt (the resume point), restore the best weights when early
         stopping is on, write last.pt (those weights), predictions and the summary. A run that took no step,
         or whose weights or predictions are not finite, raises instead (TrainingFailed): no summary, no false
-        success, and the checkpoints keep the last finite state."""
+        success, and the checkpoints keep the last finite state. With shard_data every rank predicts its own test
+        windows with the final weights (rank 0's best.pt sent to all) and rank 0 writes them all."""
         if self.main:  # what the report needs from training: report/inputs.py reads train_facts.json, never imports us
             write_train_facts(self.dir, self.trainer, self.fs_all() if self.sharded else self.fs, self.cfg)
-        if self.sharded:
-            return self._finish_sharded()
-        if not self.main:
+        if not (self.main or self.sharded):
             return {"run_id": self.run_id, "rank": self.rank}
-        if self.step - self.skipped <= 0:
+        if self.step - self.skipped <= 0:  # (shard_data: the same on every rank)
             raise TrainingFailed(
                 f"run {self.run_id!r} trained nothing: {self.step} optimizer steps, {self.skipped} of them skipped "
                 f"(non-finite loss or gradient); no predictions or summary written. Check the data and lr.")
-        if self._saved_step != self.step:
-            self.save_checkpoint(f"step-{self.step}")
-        best = self.folder.best_weights(self.device) if self.cfg.patience else None
-        restored = best is not None
-        if restored:
-            self.model.load_state_dict(best)
-        self.check_finite_weights()
-        self.folder.save({**self.state(), "restored_best": restored}, "last")
-        ends = self.windows.ends(2)
-        pred = self.trainer.predict(ends).cpu().numpy() * self.windows.target_scale
-        if not np.isfinite(pred).all():
-            raise TrainingFailed(
-                f"run {self.run_id!r}: {int((~np.isfinite(pred)).sum()):,} of {len(pred):,} test predictions are not "
-                f"finite although the weights are; no predictions or summary written (checkpoints kept in "
-                f"{self.ckpt_dir}). Set output_clip, or lower lr.")
-        return self.folder.write_results(self.fs, ends.cpu().numpy(), pred, self.folder.summary(self))
-
-    def _finish_sharded(self) -> dict:
-        """finish() when every rank holds its own windows (shard_data): each predicts its test windows with the
-        final weights (rank 0's best.pt, when early stopping restores it, sent to all) and rank 0 writes them all."""
-        if self.step - self.skipped <= 0:  # the same on every rank
-            raise TrainingFailed(f"run {self.run_id!r} trained nothing: {self.step} optimizer steps, {self.skipped} of "
-                                 f"them skipped (non-finite loss or gradient); nothing written.")
         best = None
         if self.main:
             if self._saved_step != self.step:
                 self.save_checkpoint(f"step-{self.step}")
             if self.cfg.patience:
-                best = self.folder.best_weights(torch.device("cpu"))
-        best = broadcast_object(best)
+                best = self.folder.best_weights(torch.device("cpu") if self.sharded else self.device)
+        if self.sharded:
+            best = broadcast_object(best)
         if best is not None:
             self.model.load_state_dict(best)
+        if not self.sharded:  # (shard_data: after the gather below, which every rank must reach)
+            self.save_last(restored=best is not None)
         ends = self.windows.ends(2)
+        rows = ends.cpu().numpy()
         pred = self.trainer.predict(ends).cpu().numpy() * self.windows.target_scale
-        parts = gather_object((self.row0 + ends.cpu().numpy(), pred))
-        if not self.main:
-            return {"run_id": self.run_id, "rank": self.rank}
-        self.check_finite_weights()
-        self.folder.save({**self.state(), "restored_best": best is not None}, "last")
-        rows, pred = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        if self.sharded:
+            parts = gather_object((self.row0 + rows, pred))
+            if not self.main:
+                return {"run_id": self.run_id, "rank": self.rank}
+            self.save_last(restored=best is not None)
+            rows, pred = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            order = np.argsort(rows, kind="stable")
+            rows, pred = rows[order], pred[order]
         if not np.isfinite(pred).all():
-            raise TrainingFailed(f"run {self.run_id!r}: {int((~np.isfinite(pred)).sum()):,} of {len(pred):,} test "
-                                 f"predictions are not finite; no predictions or summary written. Set output_clip, "
-                                 f"or lower lr.")
-        order = np.argsort(rows, kind="stable")
-        return self.folder.write_results(self.fs_all(), rows[order], pred[order], self.folder.summary(self))
+            raise TrainingFailed(
+                f"run {self.run_id!r}: {int((~np.isfinite(pred)).sum()):,} of {len(pred):,} test predictions are not "
+                f"finite although the weights are; no predictions or summary written (checkpoints kept in "
+                f"{self.ckpt_dir}). Set output_clip, or lower lr.")
+        return self.folder.write_results(self.fs_all() if self.sharded else self.fs, rows, pred,
+                                         self.folder.summary(self))
+
+    def save_last(self, restored: bool) -> None:
+        """last.pt: the final weights (the best ones when `restored`), once they are known to be finite."""
+        self.check_finite_weights()
+        self.folder.save({**self.state(), "restored_best": restored}, "last")
 
     def fs_all(self) -> FeatureSet:
         """The whole FeatureSet (rank 0's predictions need every rank's rows): as given, or mapped from the cache
@@ -567,16 +534,10 @@ def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init
           leave_group: bool = True) -> RunResult:
     """Train one run end to end; the function 03_train and `tradelib train` both call (through
     walkforward.train_or_walk). `init_state`: the model's starting weights (a warm-started walk-forward fold).
-    `leave_group` False: under torchrun, after a clean finish the ranks meet at a barrier but keep the process
-    group for the next run of the same processes (a walk-forward's next fold; joining a group again after
-    leaving it can hang in gloo's rendezvous). After an error the group is always left.
-
-    Under torchrun every process calls it: each joins the process group, trains its share, and at the end
-    stops its DataLoader workers, waits at a barrier until every rank (rank 0 writing the outputs) is done,
-    and leaves the group (also on an error, then without the barrier). Only rank 0 prints and writes, and it
-    holds the run folder's lock for the run's life. Torch's global flags (TF32, determinism) are set for the
-    run and put back afterwards.
-    """
+    Under torchrun every process calls it and leaves the process group at the end (also on an error);
+    `leave_group` False keeps it after a clean finish, the ranks meeting at a barrier, for the next run of the
+    same processes (a walk-forward's next fold: joining a group again after leaving it can hang in gloo's
+    rendezvous). Torch's global flags (TF32, determinism) are set for the run and put back afterwards."""
     run, finished = None, False
     with torch_flags(cfg.deterministic):
         try:

@@ -77,15 +77,22 @@ class RunFolder:
         return found[0] if found else None
 
     def load_resume_point(self) -> tuple[dict | None, Path | None]:
-        """The newest checkpoint that loads (rank 0); the ones that do not are set aside, saying why."""
-        ck, path, skipped = checkpoint.load_latest(self.ckpt_dir)
+        """The newest checkpoint that loads (rank 0); the newer ones that do not are set aside, saying why, as
+        `<name>.damaged`: no longer a resume candidate nor rotated, not deleted."""
+        ck, path, skipped = None, None, []
+        for candidate in checkpoint.resume_candidates(self.ckpt_dir):
+            try:
+                ck, path = checkpoint.load(candidate), candidate
+                break
+            except ValueError as exc:
+                skipped.append((candidate, str(exc)))
         if ck is None and skipped:
             raise FileNotFoundError(f"resume: none of the {len(skipped)} checkpoints in {self.ckpt_dir} loads "
                                     f"({'; '.join(why for _, why in skipped)}); start the run again without "
                                     f"resume, or with another run_id")
-        for bad, why in skipped:  # moved aside, out of the rotation, kept for a look
-            aside = checkpoint.set_aside(bad)
-            print(f"resume: skipped {why}; kept as {aside.name}")
+        for bad, why in skipped:
+            bad.replace(bad.with_name(bad.name + ".damaged"))
+            print(f"resume: skipped {why}; kept as {bad.name}.damaged")
         return ck, path
 
     def best_weights(self, device: torch.device) -> dict | None:
@@ -126,7 +133,7 @@ class RunFolder:
             "optimizer_steps": run.step, "skipped_steps": run.skipped,
             "best_val_loss": run.best_val if math.isfinite(run.best_val) else None,
             "cache_key": run.cache_key, "cache_dir": run.fs.meta.get("cache_dir", ""),
-            "train_windows": run.n_windows[0], "train_samples_per_epoch": run.targets_per_epoch(),
+            "train_windows": run.n_windows[0], "train_samples_per_epoch": run.epoch_targets,
             "test_windows": run.n_windows[2], "shard_data": run.sharded,
             **busy_fields([run.other_cores], cfg.max_other_load),  # samples/s timed on a busy machine: flagged
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

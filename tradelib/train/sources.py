@@ -196,11 +196,6 @@ class DenseSource:
     def begin(self, ids: torch.Tensor) -> None:
         pass
 
-    def rows_and_mask(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The chunks' rows [B, L] and the positions that train (`mask`)."""
-        starts = self.chunk_starts[ids]
-        return starts[:, None] + self.chunk_offsets, self.mask(ids, starts)
-
     def mask(self, ids: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
         """[B, L]: from each chunk's first trained row on, where the target is known (`starts`: the chunks' first
         rows)."""
@@ -346,11 +341,10 @@ class PaddedSource:
 def resident_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.device
                      ) -> tuple[Windows, BatchSource]:
     """(the evaluation windows, the training batch source) that `cfg` asks for, the data resident on the device
-    (`stream.make_sources`, the one entry, decides between this and streaming)."""
+    (`stream.make_sources`, the one entry, decides between this and streaming, and checks the model's
+    forward_dense)."""
     windows = Windows(fs, cfg.window, device)
     if cfg.dense:
-        if not hasattr(model, "forward_dense"):
-            raise ValueError(f"dense=True needs a causal model with forward_dense (tcn), not {cfg.model!r}")
         if cfg.loader != "device":
             raise ValueError("dense=True gathers chunks on the device: use loader='device'")
         return windows, DenseSource(windows, cfg.dense_chunk, model.receptive_field)

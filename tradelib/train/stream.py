@@ -40,13 +40,12 @@ from tradelib.train.sources import (
     window_ends,
 )
 
-ROW_BYTES_EXTRA = 4 + 1  # per row on the device besides the features: the scaled target (float32), its validity
 
-
-def index_bytes(cfg) -> int:
-    """Device bytes per slot row for the index of the items a slot's group trains (at most one item per row): the
-    device row each ends at (int64), and in dense mode the offset of its first trained row (int64)."""
-    return 16 if cfg.dense else 8
+def row_bytes(fs: FeatureSet, cfg) -> int:
+    """Device bytes per slot row: its features and scaled target (float32), the target's validity, and the index
+    of the items a slot's group trains (at most one item per row): the device row each ends at (int64), and in
+    dense mode the offset of its first trained row (int64)."""
+    return fs.n_features * 4 + 4 + 1 + (16 if cfg.dense else 8)
 
 
 def device_memory(device: torch.device) -> int:
@@ -260,8 +259,8 @@ class StreamSource:
     device index and the gather kernels: no per-batch upload, no host sync, O(1) bookkeeping beyond checking that
     the ids are the announced ones. Other ids (a probe, or no `begin`) take the general path, one upload a batch."""
 
-    def __init__(self, stream: BlockStream, items: Items, span: int, ledger: Ledger, dense_first: np.ndarray | None
-                 = None, rank_weight: int = 1) -> None:
+    def __init__(self, stream: BlockStream, items: Items, span: int, ledger: Ledger,
+                 dense_first: np.ndarray | None = None) -> None:
         self.stream, self.items, self.span, self.ledger = stream, items, span, ledger
         self.device = stream.device
         self.ids_device = torch.device("cpu")  # items are announced and cut into runs on the host
@@ -433,7 +432,7 @@ class StreamWindows:
     def __init__(self, fs: FeatureSet, window: int, stream: BlockStream, ledger: Ledger) -> None:
         self.fs, self.window, self.stream, self.ledger = fs, window, stream, ledger
         self.device = stream.device
-        self.target_scale = float(fs.meta.get("target_scale", 1.0))
+        self.target_scale = stream.scale
         self._ends = {s: torch.from_numpy(window_ends(fs, s, window)) for s in (0, 1, 2)}
 
     def ends(self, split: int) -> torch.Tensor:
@@ -479,8 +478,6 @@ class Plan:
     """How the data goes to the device: resident or streamed, and why."""
 
     streamed: bool
-    data_bytes: int
-    budget: int
     block_rows: int = 0
     blocks_per_slot: int = 0
     reason: str = ""
@@ -503,7 +500,7 @@ def batch_bytes(fs: FeatureSet, cfg, span: int) -> int:
 def min_budget(fs: FeatureSet, cfg, span: int) -> int:
     """The smallest budget that streams: three batches and two slots of one block each (with their items' index)."""
     rows = min(cfg.stream_block_rows, max(1, len(fs))) + span - 1
-    return 3 * batch_bytes(fs, cfg, span) + 2 * rows * (fs.n_features * 4 + ROW_BYTES_EXTRA + index_bytes(cfg))
+    return 3 * batch_bytes(fs, cfg, span) + 2 * rows * row_bytes(fs, cfg)
 
 
 def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
@@ -512,9 +509,9 @@ def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
     data, budget = resident_bytes(fs, cfg), budget_bytes(cfg.device_memory_budget, device)
     gb = human_bytes
     if cfg.loader != "stream" and data <= budget:
-        return Plan(False, data, budget, reason=f"data resident on {device}: {gb(data)} within the budget {gb(budget)}")
+        return Plan(False, reason=f"data resident on {device}: {gb(data)} within the budget {gb(budget)}")
     block_rows = min(cfg.stream_block_rows, max(1, len(fs)))
-    row, halo, batch = fs.n_features * 4 + ROW_BYTES_EXTRA + index_bytes(cfg), span - 1, batch_bytes(fs, cfg, span)
+    row, halo, batch = row_bytes(fs, cfg), span - 1, batch_bytes(fs, cfg, span)
     free = budget - 3 * batch
     k = min(free // (2 * (block_rows + halo) * row) if free > 0 else 0, math.ceil(len(fs) / block_rows))
     if k < 1:
@@ -522,7 +519,7 @@ def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
                          f"{block_rows:,} rows per slot and three batches ({gb(min_budget(fs, cfg, span))} needed): "
                          f"raise it, or lower stream_block_rows, batch_size or eval_batch_size")
     why = "loader=stream" if cfg.loader == "stream" else f"the data ({gb(data)}) exceeds the budget {gb(budget)}"
-    return Plan(True, data, budget, block_rows, int(k),
+    return Plan(True, block_rows, int(k),
                 f"data streamed to {device} ({why}): 2 slots of {int(k)} blocks of {block_rows:,} rows, "
                 f"{gb(2 * int(k) * (block_rows + halo) * row)} resident")
 
@@ -531,23 +528,22 @@ def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.devi
                  ) -> tuple[Windows | StreamWindows, BatchSource]:
     """(evaluation windows, training source) for `cfg`: resident (`sources.resident_sources`) when the data fits
     `device_memory_budget`, else streamed; says which when `verbose`."""
+    if cfg.dense and not hasattr(model, "forward_dense"):
+        raise ValueError(f"dense=True needs a causal model with forward_dense (tcn), not {cfg.model!r}")
     span = cfg.dense_chunk if cfg.dense else cfg.window
     p = plan(fs, cfg, device, span)
     if verbose:
         print(p.reason)
     if not p.streamed:
         return resident_sources(fs, model, cfg, device)
-    if cfg.dense and not hasattr(model, "forward_dense"):
-        raise ValueError(f"dense=True needs a causal model with forward_dense (tcn), not {cfg.model!r}")
     ledger = Ledger()
     stream = BlockStream(fs, span - 1, p.block_rows, p.blocks_per_slot, device, ledger)
     windows = StreamWindows(fs, cfg.window, stream, ledger)
-    if cfg.dense:
+    if cfg.dense:  # items end at their chunk's last row
         starts, first = dense_chunks(fs, 0, cfg.dense_chunk, model.receptive_field)
-        source = StreamSource(stream, Items(starts + cfg.dense_chunk - 1, p.block_rows, stream.n_blocks), span,
-                              ledger, dense_first=first)
+        anchors = starts + cfg.dense_chunk - 1
     else:
-        source = StreamSource(stream, Items(window_ends(fs, 0, cfg.window), p.block_rows, stream.n_blocks), span,
-                              ledger)
-    source.plan = p
+        anchors, first = window_ends(fs, 0, cfg.window), None
+    source = StreamSource(stream, Items(anchors, p.block_rows, stream.n_blocks), span, ledger, first)
+    source.plan = p  # (the bench reports its reason)
     return windows, source

@@ -7,7 +7,7 @@ The LR schedule advances once per optimizer step. A non-finite loss or gradient 
 device (fused AdamW's `found_inf`), with no host sync. The loss is `masked_sse`, which validation calls too.
 
 `Trainer.step(ids)` is the whole step and the only thing the run loop, the bench and 02_profiling call; it
-knows nothing of files, epochs or logging (train.py holds those).
+knows nothing of files, epochs or logging (run.py holds those).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tradelib.config import Config
 from tradelib.distributed import all_reduce
 from tradelib.hardware import autocast, resolved_precision
+from tradelib.train.checkpoint import rng_state, set_rng_state
 from tradelib.train.sources import Batch, BatchSource, Windows
 from tradelib.train.stream import StreamWindows
 
@@ -196,10 +197,8 @@ class Trainer:
     def graph_step(self, ids: torch.Tensor) -> StepStats:
         """The step by replaying the step graph (recorded at the first call): its micro-batches are fetched first,
         then copied into the graph's buffers. If the recording failed, the same step eagerly."""
-        n_valid = self.source.count(ids).clamp(min=1)
-        fetched = [self.fetch(part) for part in ids.split(self.cfg.batch_size)]
-        batches = [batch for batch, _, _ in fetched]
-        fetch_s, marks = sum(s for _, s, _ in fetched), [m for _, _, ms in fetched for m in ms]
+        n_valid, seconds, marks = self.valid_count(ids), [], []
+        batches = list(self.fetched(ids.split(self.cfg.batch_size), seconds, marks))
         if self.graph is None:
             self.graph = self.record(batches, n_valid)
         if self.graph is not None and self.graph.fits(batches):
@@ -209,7 +208,7 @@ class Trainer:
         else:
             sse = self.backward_all(batches, len(batches), n_valid)
             norm, bad = self.update(sse)
-        return StepStats(sse, n_valid, norm, bad, len(batches), fetch_s, marks)
+        return StepStats(sse, n_valid, norm, bad, len(batches), sum(seconds), marks)
 
     def record(self, batches: list[Batch], n_valid: torch.Tensor) -> StepGraph | None:
         """The step graph for steps shaped like this one; None, said and for the rest of the run, if the
@@ -228,30 +227,29 @@ class Trainer:
                   f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
             return None
 
-    def fetch(self, ids: torch.Tensor) -> tuple[Batch, float, list]:
-        """The source's batch, the host seconds it took and, on CUDA, the stream events around it."""
-        t0, start = time.perf_counter(), self._cuda_mark()
-        batch = self.source.fetch(ids)
-        seconds = time.perf_counter() - t0
-        return batch, seconds, [] if start is None else [(start, self._cuda_mark())]
+    def valid_count(self, ids: torch.Tensor) -> torch.Tensor:
+        """Valid targets of the step over all ranks (at least 1: the loss's divisor)."""
+        return all_reduce(self.source.count(ids).clone()).clamp_(min=1)
+
+    def fetched(self, chunks: Iterable[torch.Tensor], seconds: list, marks: list) -> Iterator[Batch]:
+        """The micro-batches of these chunks of ids, each fetched when it is asked for; the host seconds of each
+        fetch go into `seconds` and, on CUDA, the stream events around it into `marks`."""
+        for part in chunks:
+            t0, start = time.perf_counter(), self._cuda_mark()
+            batch = self.source.fetch(part)
+            seconds.append(time.perf_counter() - t0)
+            if start is not None:
+                marks.append((start, self._cuda_mark()))
+            yield batch
 
     def accumulate(self, ids: torch.Tensor) -> StepStats:
         """Forward and backward of every micro-batch of `ids`, each fetched just before its forward: the
         gradients of the mean loss over the whole step are left in the parameters' .grad."""
-        n_valid = all_reduce(self.source.count(ids).clone()).clamp_(min=1)
+        n_valid, seconds, marks = self.valid_count(ids), [], []
         chunks = ids.split(self.cfg.batch_size)
-        timings = []  # (host seconds, CUDA marks) of each fetch
-
-        def batches() -> Iterable[Batch]:
-            for part in chunks:
-                batch, seconds, marks = self.fetch(part)
-                timings.append((seconds, marks))
-                yield batch
-
-        sse = self.backward_all(batches(), len(chunks), n_valid)
+        sse = self.backward_all(self.fetched(chunks, seconds, marks), len(chunks), n_valid)
         nothing = torch.zeros((), device=self.device)
-        return StepStats(sse, n_valid, nothing, nothing.bool(), len(chunks), sum(s for s, _ in timings),
-                         [m for _, ms in timings for m in ms])
+        return StepStats(sse, n_valid, nothing, nothing.bool(), len(chunks), sum(seconds), marks)
 
     def backward_all(self, batches: Iterable[Batch], count: int, n_valid: torch.Tensor,
                      cache: bool = True) -> torch.Tensor:
@@ -353,10 +351,8 @@ class Trainer:
         return masked_sse(self.predict(ends), self.windows.targets(ends), dtype=dtype)
 
     def loss(self, split: int) -> float:
-        """Mean squared error (scaled target units) over a split's windows; NaN when it has none. Summed in
+        """Mean squared error (scaled target units) over a split's windows; NaN (0 / 0) when it has none. Summed in
         float32, as every run so far has logged it."""
-        if len(self.windows.ends(split)) == 0:
-            return float("nan")
         sse, n = self.sse_count(split, torch.float32)
         return float(sse / n)
 
@@ -514,11 +510,9 @@ class StepGraph:
 
     def save(self) -> dict:
         tr = self.tr
-        cuda = tr.device.type == "cuda"
         return {"model": {k: v.detach().clone() for k, v in tr.model.state_dict().items()},
                 "opt": {p: {k: v.clone() for k, v in st.items()} for p, st in tr.opt.state.items()},
-                "scaler": None if tr.scaler is None else tr.scaler.state_dict(),
-                "cpu_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(tr.device) if cuda else None}
+                "scaler": None if tr.scaler is None else tr.scaler.state_dict(), "rng": rng_state(tr.device)}
 
     def restore(self, saved: dict) -> None:
         tr = self.tr
@@ -534,6 +528,4 @@ class StepGraph:
                         v.copy_(before[k])
         if saved["scaler"] is not None:
             tr.scaler.load_state_dict(saved["scaler"])  # in place (fill_) once the factor's tensor exists
-        torch.set_rng_state(saved["cpu_rng"])
-        if saved["cuda_rng"] is not None:
-            torch.cuda.set_rng_state(saved["cuda_rng"], tr.device)
+        set_rng_state(saved["rng"], tr.device)
