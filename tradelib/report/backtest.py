@@ -25,8 +25,8 @@ from tradelib.report.metrics import (
     ic_summary,
     infer_bar_seconds,
     pooled_summary,
+    shift_rows,
     ts_ns,
-    typical_symbols,
 )
 
 # ----------------------------------------------------------------------------------------------------
@@ -125,12 +125,11 @@ def signal_weights(df: pd.DataFrame, pred_col: str = "prediction", mode: str = "
         return np.where(gross > 0, dev / gross, 0.0)
 
 
-def resolve_position_mode(df: pd.DataFrame, mode: str, min_symbols: int) -> tuple[str, str]:
-    """`auto`: neutral when a typical timestamp has at least `min_symbols` symbols (a cross-section to rank),
-    else sign. Returns (mode, why in words)."""
+def resolve_position_mode(median: float, mode: str, min_symbols: int) -> tuple[str, str]:
+    """`auto`: neutral when a typical timestamp has at least `min_symbols` symbols (`median`, of
+    `metrics.typical_symbols`: a cross-section to rank), else sign. Returns (mode, why in words)."""
     if mode != "auto":
         return mode, "as given"
-    median = typical_symbols(df)
     if median >= min_symbols:
         return "neutral", f"auto: {median:g} symbols at a typical timestamp (>= {min_symbols}): market-neutral"
     return "sign", f"auto: {median:g} symbol(s) at a typical timestamp (< {min_symbols}): sign of each prediction"
@@ -149,18 +148,6 @@ class BacktestResult:
 
     pnl: pd.DataFrame
     stats: dict = field(default_factory=dict)
-
-
-def _delayed(codes: np.ndarray, tidx: np.ndarray, w: np.ndarray, delay: int, n_times: int) -> np.ndarray:
-    """The weight held at each row: the signal weight of the same symbol `delay` timestamps earlier (flat
-    when that row is missing). Rows sorted by (symbol, time), so the keys below are sorted."""
-    if delay == 0 or len(w) == 0:
-        return w
-    span = n_times + delay + 1
-    src = codes.astype(np.int64) * span + tidx + delay  # the row each signal is executed at
-    dst = codes.astype(np.int64) * span + tidx
-    i = np.minimum(np.searchsorted(src, dst), len(src) - 1)
-    return np.where(src[i] == dst, w[i], 0.0)
 
 
 def _trade_flows(tidx: np.ndarray, sym: np.ndarray, w: np.ndarray, n_times: int) -> np.ndarray:
@@ -233,7 +220,7 @@ def backtest(
     tidx = tidx.ravel()
     n_t = np.bincount(tidx, minlength=len(times))
     sym = d["symbol"].to_numpy()
-    w = _delayed(pd.factorize(sym)[0], tidx, d["w"].to_numpy(), int(trade_delay), len(times))
+    w = shift_rows(sym, d["timestamp"].to_numpy(), d["w"].to_numpy(), -int(trade_delay), 0.0)  # held at each row
     r = d["r"].to_numpy()
     gross = np.bincount(tidx, weights=w * r, minlength=len(times))
     turnover = _trade_flows(tidx, sym, w, len(times))

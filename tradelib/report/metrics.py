@@ -85,9 +85,9 @@ def symbols_per_timestamp(df: pd.DataFrame) -> pd.Series:
     return df.groupby(ts_ns(df["timestamp"]))["symbol"].nunique()
 
 
-def typical_symbols(df: pd.DataFrame, per_ts: pd.Series | None = None) -> float:
-    """The median number of symbols at a timestamp: the cross-section a ranking or a neutral book sees."""
-    per_ts = symbols_per_timestamp(df) if per_ts is None else per_ts
+def typical_symbols(per_ts: pd.Series) -> float:
+    """The median number of symbols at a timestamp (of `symbols_per_timestamp`): the cross-section a ranking or a
+    neutral book sees."""
     return float(per_ts.median()) if len(per_ts) else 0.0
 
 
@@ -250,21 +250,27 @@ def pooled_summary(df: pd.DataFrame, pred_col: str = "prediction", target_col: s
     return {**out, "t_stat": t, "t_method": method, "lags": int(lags), "n_periods": int(len(times))}
 
 
+def shift_rows(symbols, ts: np.ndarray, values: np.ndarray, lag: int, fill: float) -> np.ndarray:
+    """Each row's value of the same symbol `lag` timestamps later (earlier when negative), counted over the
+    distinct timestamps `ts` (int64 ns) of the frame, in the rows' own order; `fill` where that row is missing."""
+    values = np.asarray(values, dtype=float)
+    if int(lag) == 0 or len(values) == 0:
+        return values
+    times, tidx = np.unique(ts, return_inverse=True)
+    span = np.int64(len(times) + abs(int(lag)) + 1)
+    key = pd.factorize(symbols)[0].astype(np.int64) * span + tidx.ravel()
+    order = np.argsort(key, kind="stable")
+    want = key + int(lag)
+    i = np.minimum(np.searchsorted(key[order], want), len(key) - 1)
+    return np.where(key[order][i] == want, values[order][i], fill)
+
+
 def lagged_target(df: pd.DataFrame, lag: int, target_col: str = "target") -> np.ndarray:
     """The target of the same symbol `lag` timestamps later (counted over the frame's distinct timestamps, as
     the backtest counts its delay), in df's row order; NaN where that row is missing. With `lag` = trade_delay
     d and an h-bar target this is the return from t+d to t+d+h: the one a book trading d bars after the signal
     earns. lag 0 is the target itself."""
-    y = df[target_col].to_numpy(dtype=float)
-    if int(lag) == 0 or len(df) == 0:
-        return y
-    times, tidx = np.unique(ts_ns(df["timestamp"]), return_inverse=True)
-    span = np.int64(len(times) + int(lag) + 1)
-    key = pd.factorize(df["symbol"])[0].astype(np.int64) * span + tidx.ravel()
-    order = np.argsort(key, kind="stable")
-    want = key + int(lag)
-    i = np.minimum(np.searchsorted(key[order], want), len(key) - 1)
-    return np.where(key[order][i] == want, y[order][i], np.nan)
+    return shift_rows(df["symbol"], ts_ns(df["timestamp"]), df[target_col].to_numpy(dtype=float), lag, np.nan)
 
 
 def named_ics(df: pd.DataFrame, lag: int, pred_col: str = "prediction", target_col: str = "target") -> dict:
@@ -316,10 +322,9 @@ def ic_decay(df: pd.DataFrame, family: str, overlap: int, max_lag: int = 10, pre
     return pd.DataFrame(rows)
 
 
-def headline_family(df: pd.DataFrame) -> tuple[str, str]:
-    """Which IC the report leads with for this universe, and why, in words."""
-    per_ts = symbols_per_timestamp(df)
-    median = typical_symbols(df, per_ts)
+def headline_family(per_ts: pd.Series) -> tuple[str, str]:
+    """Which IC the report leads with for this universe (`symbols_per_timestamp`), and why, in words."""
+    median = typical_symbols(per_ts)
     if median >= MIN_PERIOD_ROWS:
         return "cross_sectional", (f"{median:g} symbols at a typical timestamp: the cross-sectional IC ranks them "
                                    f"against each other at each timestamp, as alphalens and Qlib compute it")

@@ -18,6 +18,11 @@ def _ok(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _col(df: pd.DataFrame, col: str) -> pd.Series:
+    """A column of df, or NaN throughout when df has none."""
+    return df[col] if col in df else pd.Series([float("nan")] * len(df), index=df.index)
+
+
 def num(v, digits: int = 3) -> str:
     return f"{v:,.{digits}f}" if _ok(v) else NA
 
@@ -117,7 +122,7 @@ def predictor_table(predictors: pd.DataFrame, t_family: str) -> pd.DataFrame:
     """The model and the baselines on the same rows; `t (HAC)` is of the headline family `t_family`."""
     out = pd.DataFrame({"predictor": predictors["predictor"].astype(str)})
     for col, name in PREDICTOR_COLUMNS.items():
-        values = predictors[col] if col in predictors else pd.Series([float("nan")] * len(predictors))
+        values = _col(predictors, col)
         if col in ("directional_accuracy", "coverage"):
             out[name] = [pct(v) for v in values]
         elif col == "total_return_net":
@@ -190,7 +195,7 @@ LOADER_SHORT = {"dataloader": "DataLoader", "device": "device", "dense": "dense"
 
 def sweep_table(sweep: pd.DataFrame) -> pd.DataFrame:
     """02_profiling's sweep: each loader at each micro-batch, with the speed-up over the seed's pipeline."""
-    g = lambda col: sweep[col] if col in sweep else pd.Series([float("nan")] * len(sweep), index=sweep.index)
+    g = lambda col: _col(sweep, col)
     return pd.DataFrame({
         "loader": [LOADER_NAMES.get(v, v) for v in sweep["loader"]],
         "micro-batch": [integer(v) for v in sweep["batch_size"]],
@@ -209,7 +214,7 @@ def sweep_table(sweep: pd.DataFrame) -> pd.DataFrame:
 
 def runs_table(runs_df: pd.DataFrame) -> pd.DataFrame:
     """Every run under outputs/, side by side: the throughput figures and the named test ICs."""
-    g = lambda col: runs_df[col] if col in runs_df else pd.Series([float("nan")] * len(runs_df), index=runs_df.index)
+    g = lambda col: _col(runs_df, col)
     when = pd.to_datetime(g("finished"), utc=True, errors="coerce")
     return pd.DataFrame({
         "run": runs_df["run_id"].astype(str),
@@ -257,7 +262,7 @@ def run_summary_table(summary: dict) -> pd.DataFrame:
 
 def ops_table(top: pd.DataFrame) -> pd.DataFrame:
     """02's torch.profiler top ops: milliseconds over the profiled steps, and each op's share of the self time."""
-    g = lambda col: top[col] if col in top else pd.Series([float("nan")] * len(top), index=top.index)
+    g = lambda col: _col(top, col)
     return pd.DataFrame({"op": top["op"].astype(str), "calls": [integer(v) for v in g("calls")],
                          "self CPU (ms)": [num(v, 2) for v in g("self_cpu_ms")],
                          "CPU total (ms)": [num(v, 2) for v in g("cpu_total_ms")],
