@@ -17,14 +17,12 @@ import numpy as np
 import pandas as pd
 
 from tradelib.report.metrics import (
+    IC_FAMILIES,
     annualisation,
     coverage,
     directional_accuracy,
-    ic_by_day,
-    ic_by_timestamp,
-    ic_summary,
+    family_summary,
     infer_bar_seconds,
-    pooled_summary,
     shift_rows,
     ts_ns,
 )
@@ -410,9 +408,7 @@ def evaluate_all(
     rows = []
     for name, p in preds.items():
         d = df.assign(_p=p)
-        cs = ic_summary(ic_by_timestamp(d, "_p", target_col), lags if family == "cross_sectional" else 0)
-        day = ic_summary(ic_by_day(d, "_p", target_col), lags if family == "daily" else 0)
-        pooled = pooled_summary(d, "_p", target_col, lags if family == "pooled" else 0)
+        cs, day, pooled = (family_summary(d, f, lags if f == family else 0, "_p", target_col) for f in IC_FAMILIES)
         head = {"cross_sectional": cs, "daily": day, "pooled": pooled}[family]
         bt = backtest(d, "_p", **backtest_kw)
         inf = sharpe_inference(bt.pnl["net"].to_numpy(), bt.stats["periods_per_year"])
@@ -441,9 +437,8 @@ def evaluate_all(
 
 
 def trial_count(predictors: pd.DataFrame, sweep_runs: int) -> dict:
-    """What the deflated Sharpe counts: the predictors that compete (not the oracle, not `zero`) times the runs
-    of the sweep this run belongs to; V, the variance of their net Sharpe ratios (per period), at least their
-    mean squared standard error (what skill-less trials would scatter by)."""
+    """What the deflated Sharpe counts: the predictors that compete (`_rivals`) times the runs of the sweep this
+    run belongs to, and their `trial_variance`."""
     rivals = _rivals(predictors)
     var = trial_variance(rivals["sharpe_net_period"], rivals["sharpe_net_se_period"])
     return {"predictors": int(len(rivals)), "sweep_runs": int(sweep_runs),

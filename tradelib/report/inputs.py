@@ -134,12 +134,12 @@ def load_inputs(
         train = np.asarray(fs.split) == 0  # its ridge, fitted per fold
         X_train, y_train = fs.X[train], fs.y[train]
         X_test = fs.X[df["row"].to_numpy()] if "row" in df else None
-    bar = bar_seconds or (_bar_seconds_from_fs(fs) if fs is not None else None) or ev.infer_bar_seconds(df)
+    bar = bar_seconds or _bar_seconds_from_fs(fs) or ev.infer_bar_seconds(df)
     ann, bars_per_session = _annualisation(df, fs, float(bar), settings.periods_per_year)
     horizon, horizon_source = _horizon(summary, fs)
     per_ts = ev.symbols_per_timestamp(df)
-    family, reason = ev.headline_family(per_ts)
-    mode, mode_reason = bk.resolve_position_mode(ev.typical_symbols(per_ts), settings.position_mode, min_symbols_cs)
+    typical, (family, reason) = ev.typical_symbols(per_ts), ev.headline_family(per_ts)
+    mode, mode_reason = bk.resolve_position_mode(typical, settings.position_mode, min_symbols_cs)
     lags = {f: ev.overlap_lags(horizon, f, bars_per_session) for f in ev.IC_FAMILIES}
     by_ts, by_day = ev.ic_by_timestamp(df, target_col=TRADED), ev.ic_by_day(df, target_col=TRADED)
     book = {"cost_bps": float(settings.cost_bps), "bar_seconds": float(bar), "mode": mode,
@@ -150,7 +150,7 @@ def load_inputs(
         baselines = {k: v for k, v in baselines.items() if k == "oracle"}
     inputs = ReportInputs(
         run_dir=run_dir, summary=summary, predictions=df, steps=steps, epochs=epochs, book=book, horizon=horizon,
-        horizon_source=horizon_source, typical_symbols=ev.typical_symbols(per_ts), family=family,
+        horizon_source=horizon_source, typical_symbols=typical, family=family,
         family_reason=reason, mode_reason=mode_reason, ic_timestamp=by_ts, ic_day=by_day,
         ic={"cross_sectional": ev.ic_summary(by_ts, lags["cross_sectional"]),  # (the series computed above)
             "daily": ev.ic_summary(by_day, lags["daily"]),
@@ -164,14 +164,15 @@ def load_inputs(
     block = bk.bootstrap_block(len(bt.pnl), horizon, trade_delay)
     inputs.deciles = ev.decile_table(df, target_col=TRADED)
     inputs.per_symbol = ev.per_symbol_metrics(df, target_col=TRADED)
-    inputs.costs, inputs.splits = bk.cost_sensitivity(bt, settings.cost_grid_bps), split_dates(summary, fs, df)
+    inputs.costs = bk.cost_sensitivity(bt, settings.cost_grid_bps)
     inputs.decay = ev.ic_decay(df, family, lags[family], DECAY_LAGS)
     inputs.sharpe = {k: bk.sharpe_inference(bt.pnl[k].to_numpy(), ann["periods_per_year"]) for k in ("net", "gross")}
     inputs.break_even_ci = bk.break_even_interval(bt, block, int(settings.bootstrap_samples),
                                                   int(settings.bootstrap_seed))
     inputs.trials = bk.trial_count(inputs.predictors, _sweep_runs(run_dir))
     inputs.test_span, inputs.facts = test_span(df, fs, summary), read_facts(run_dir)
-    inputs.quality = ((getattr(fs, "meta", None) or {}).get("quality") if fs is not None else None) or None
+    inputs.splits = split_dates(summary, fs, inputs.test_span)
+    inputs.quality = _meta(fs).get("quality") or None
     inputs.warnings = report_warnings(inputs, min_symbols_cs)
     inputs.loss = loss_context(inputs)
     inputs.folds = fold_table(inputs) if "fold" in df else None
@@ -220,8 +221,13 @@ def loader_sweep(run_dir: Path) -> pd.DataFrame | None:
                               "mfu_invalid", "mfu_invalid_reason", "other_cores", "busy_note") if c in sweep]]
 
 
+def _meta(fs) -> dict:
+    """A FeatureSet's meta; {} without a feature set."""
+    return getattr(fs, "meta", None) or {}
+
+
 def _bar_seconds_from_fs(fs) -> float | None:
-    bars = (getattr(fs, "meta", None) or {}).get("bar_seconds")
+    bars = _meta(fs).get("bar_seconds")
     if isinstance(bars, dict):
         vals = [float(v) for v in bars.values() if v is not None and np.isfinite(v)]
         return float(np.median(vals)) if vals else None
@@ -231,7 +237,7 @@ def _bar_seconds_from_fs(fs) -> float | None:
 def _horizon(summary: dict, fs) -> tuple[int, str]:
     """The target horizon in bars: the run's config, else the feature set's, else 1 (and the report says so)."""
     for source, conf in (("the run's config", summary.get("config") or {}),
-                         ("the feature set", ((getattr(fs, "meta", None) or {}).get("feature_config") or {}))):
+                         ("the feature set", _meta(fs).get("feature_config") or {})):
         if isinstance(conf.get("horizon"), int):
             return int(conf["horizon"]), source
     return 1, "not recorded: assumed 1"
@@ -243,7 +249,7 @@ def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float) ->
     takes the whole data's verdict on whether the market trades 24/7, and its sessions a year (a short span counts
     every day a session; fs.meta, when the cache is there)."""
     test = ev.annualisation(df, bar, periods_per_year=0.0)
-    full = ((getattr(fs, "meta", None) or {}).get("calendar")) if fs is not None else None
+    full = _meta(fs).get("calendar")
     if full and test["span_days"] < SHORT_SPAN_DAYS and (full["method"] == "continuous") != (
             test["method"] == "continuous"):
         keep = {k: test[k] for k in ("bar_seconds", "n_sessions", "span_days", "bars_per_session")}
@@ -276,23 +282,22 @@ def _iso(ns) -> str | None:
     return pd.Timestamp(int(ns), tz="UTC").isoformat()
 
 
-def split_dates(summary: dict, fs, predictions: pd.DataFrame) -> dict:
+def split_dates(summary: dict, fs, span: dict) -> dict:
     """The split boundaries as ISO times, whichever way they were set (fs.meta, else the run's config and
-    the test rows' own span); a walk-forward's from its summary, fold by fold."""
+    the test rows' own `test_span`); a walk-forward's from its summary, fold by fold."""
     if summary.get("folds"):
         return walk_forward_splits(summary)
-    cuts = ((getattr(fs, "meta", None) or {}).get("splits")) if fs is not None else None
+    cuts = _meta(fs).get("splits")
     if cuts:
         out = {k: (_iso(v) if k not in ("method", "purge_bars") else v) for k, v in cuts.items()}
         return {**out, "source": "feature set"}
     conf = summary.get("config") or {}
-    ts = pd.to_datetime(predictions["timestamp"], utc=True)
     dated = bool(conf.get("train_end"))
     return {"method": "dates" if dated else "fractions", "train_end": conf.get("train_end") or None,
             "val_end": conf.get("val_end") or None, "train_frac": None if dated else conf.get("train_frac"),
             "val_frac": None if dated else conf.get("val_frac"),
-            "test_start": ts.min().isoformat() if len(ts) else None,
-            "test_end": ts.max().isoformat() if len(ts) else None, "source": "run config and test rows"}
+            "test_start": span["first_prediction"], "test_end": span["last_prediction"],
+            "source": "run config and test rows"}
 
 
 def walk_forward_splits(summary: dict) -> dict:
@@ -314,7 +319,7 @@ def test_span(df: pd.DataFrame, fs, summary: dict) -> dict:
            "last_prediction": ts.max().isoformat() if len(ts) else None,
            "periods": int(ts.nunique()), "predictions": int(len(df)),
            "purged_rows": None, "warmup_rows": None, "test_rows": None}
-    cut = ((getattr(fs, "meta", None) or {}).get("splits")) if fs is not None else None
+    cut = _meta(fs).get("splits")
     if not cut or summary.get("folds") or cut.get("val_end") is None:
         return out
     t, split = np.asarray(fs.timestamp), np.asarray(fs.split)

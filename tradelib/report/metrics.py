@@ -278,23 +278,16 @@ def named_ics(df: pd.DataFrame, lag: int, pred_col: str = "prediction", target_c
     lag = the run's trade_delay: the return the book earns), and the oracle's at the same lag (None without
     one); the model's lag-0 figures beside them as `*_lag0` ("before the trade delay"). What summary.json and
     the runs table hold. NaN where undefined."""
-    nan = float("nan")
     out: dict = {"ic_lag": int(lag)}
     oracle = "oracle" in df and df["oracle"].notna().any()
     traded = df.assign(_traded=lagged_target(df, lag, target_col))
     for who, col, d, tcol, tail in (("", pred_col, traded, "_traded", ""), ("oracle_", "oracle", traded, "_traded", ""),
                                     ("", pred_col, df, target_col, "_lag0")):
-        if who and not oracle:
-            out.update({f"oracle_{f}_ic": None for f in IC_FAMILIES})
-            continue
-        cs, day = ic_by_timestamp(d, col, tcol), ic_by_day(d, col, tcol)
-        out[f"{who}cross_sectional_ic{tail}"] = float(cs["ic"].mean()) if len(cs) else nan
-        out[f"{who}daily_ic{tail}"] = float(day["ic"].mean()) if len(day) else nan
-        out[f"{who}pooled_ic{tail}"] = ic(d[col], d[tcol])
-        if not who:
-            out[f"cross_sectional_rank_ic{tail}"] = float(cs["rank_ic"].mean()) if len(cs) else nan
-            out[f"daily_rank_ic{tail}"] = float(day["rank_ic"].mean()) if len(day) else nan
-            out[f"pooled_rank_ic{tail}"] = rank_ic(d[col], d[tcol])
+        for f in IC_FAMILIES:
+            s = family_summary(d, f, 0, col, tcol) if oracle or not who else {"ic": None}
+            out[f"{who}{f}_ic{tail}"] = s["ic"]
+            if not who:
+                out[f"{f}_rank_ic{tail}"] = s["rank_ic"]
     return {**out, "test_rows": int(len(df))}
 
 

@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from tradelib.report.backtest import BacktestResult, drawdown_curve, equity_curve  # noqa: E402
+from tradelib.report.tables import LOADER_NAMES  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -227,7 +228,6 @@ def plot_cost_sensitivity(costs: pd.DataFrame, break_even: float, cost_bps: floa
     return _save(fig, save_to)
 
 
-LOADER_NAMES = {"dataloader": "seed-style DataLoader", "device": "device loader", "dense": "dense chunks"}
 LOADER_COLOURS = {"dataloader": "tab:orange", "device": "tab:blue", "dense": "tab:green"}
 
 

@@ -112,13 +112,12 @@ def _throughput_line(report: dict) -> str:
     epoch = (f"an epoch {fmt(g('epoch_time_s'), ',.1f')} s" if g("epoch_time_s") is not None
              else "no epoch finished")
     return (f"Training: **{_rate(g('samples_per_s'))} samples/s**, data wait {fmt(g('data_wait_share'), '.1%')}, "
-            f"{busy}, {mfu_words(g('mfu'))}, peak memory {_gb(g('peak_mem_gb'))} ({memory}), {epoch}.")
+            f"{busy}, {mfu_words(g('mfu_invalid') or g('mfu'))}, peak memory {_gb(g('peak_mem_gb'))} ({memory}), "
+            f"{epoch}.")
 
 
-def mfu_words(mfu: float | None, note: str | None = None) -> str:
+def mfu_words(mfu: float | None) -> str:
     """MFU for a sentence: the figure, or why there is none; above 1 it is impossible and flagged invalid."""
-    if note:
-        return f"MFU invalid ({note})"
     if mfu is None or not math.isfinite(mfu):
         return "MFU n/a (no peak FLOP/s known for this device)"
     if mfu > 1:
