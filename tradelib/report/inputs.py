@@ -211,14 +211,10 @@ def read_facts(run_dir: Path) -> dict | None:
 
 def loader_sweep(run_dir: Path) -> pd.DataFrame | None:
     """02_profiling's batch-size sweep of this run (the seed's DataLoader and the device loader measured side
-    by side on this device, `speedup` = device / dataloader at each batch size); None when 02 did not run."""
+    by side on this device, `speedup` = device / dataloader at each batch size; the columns of
+    `profiling.batch_size_sweep`); None when 02 did not run."""
     path = Path(run_dir) / "batch_size_sweep.csv"
-    if not path.exists():
-        return None
-    sweep = pd.read_csv(path)
-    return sweep[[c for c in ("loader", "batch_size", "samples_per_s", "speedup", "it_per_s", "data_wait_share",
-                              "batches_per_epoch", "peak_mem_bytes", "mfu", "gpu_busy_pct", "step_time_s",
-                              "mfu_invalid", "mfu_invalid_reason", "other_cores", "busy_note") if c in sweep]]
+    return pd.read_csv(path) if path.exists() else None
 
 
 def _meta(fs) -> dict:

@@ -135,10 +135,9 @@ def predictor_table(predictors: pd.DataFrame, t_family: str) -> pd.DataFrame:
 
 def predictor_highlight(predictors: pd.DataFrame, best: dict[str, str]) -> tuple[tuple[int, str], ...]:
     """The (row, column) cells of predictor_table to mark, from backtest.best_predictors' {column: predictor}."""
-    names = {"cross_sectional_ic": "cross-sectional IC", "daily_ic": "per-day IC", "pooled_ic": "pooled IC",
-             "sharpe_net": "net Sharpe"}
     rows = {str(p): i for i, p in enumerate(predictors["predictor"])}
-    return tuple((rows[name], names[col]) for col, name in best.items() if col in names and name in rows)
+    return tuple((rows[name], PREDICTOR_COLUMNS[col]) for col, name in best.items()
+                 if col in PREDICTOR_COLUMNS and name in rows)
 
 
 BOOKS = {"gross": "gross (before costs)", "net": "net of costs", "buy_hold": "buy & hold"}
