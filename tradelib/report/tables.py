@@ -57,8 +57,9 @@ def rate(v) -> str:
 
 
 def mfu(value, invalid=None) -> str:
-    """MFU as a percentage; `invalid` (the flagged value) wins: an MFU that cannot be right is no figure."""
-    if _ok(invalid):
+    """MFU as a percentage; `invalid` (the flagged value) or a value above 1 wins: an MFU that cannot be right is
+    no figure."""
+    if _ok(invalid) or (_ok(value) and value > 1):
         return "invalid"
     return pct(value, 2)
 
@@ -224,7 +225,7 @@ def runs_table(runs_df: pd.DataFrame) -> pd.DataFrame:
         "samples/s": [rate(v) for v in g("samples_per_s")],
         "data wait": [pct(v) for v in g("data_wait_share")],
         "GPU busy": [busy(v) for v in g("gpu_util")],
-        "MFU": [mfu(v, v if _ok(v) and v > 1 else None) for v in g("mfu")],
+        "MFU": [mfu(v) for v in g("mfu")],
         "peak memory": [f"{v:.3g} GB" if _ok(v) else NA for v in g("peak_mem_gb")],
         "epoch (s)": [num(v, 1) for v in g("epoch_time_s")],
         "cross-sect. IC": [num(v, 4) for v in g("cross_sectional_ic")],
@@ -236,7 +237,6 @@ def runs_table(runs_df: pd.DataFrame) -> pd.DataFrame:
 def run_summary_table(summary: dict) -> pd.DataFrame:
     """One run's figures from its summary.json, each with its unit (03_train's summary)."""
     g = summary.get
-    bad = g("mfu") if _ok(g("mfu")) and g("mfu") > 1 else None
     rows = [
         ("model", f"{g('model')}, {integer(g('n_params'))} parameters"),
         ("device", f"{g('device_name')} ({g('device')}), loader {g('loader')}, compile {g('compiled')}"
@@ -248,7 +248,7 @@ def run_summary_table(summary: dict) -> pd.DataFrame:
         ("samples/s", f"{rate(g('samples_per_s'))} (median over the log intervals)"),
         ("data wait", pct(g("data_wait_share"))),
         ("GPU busy", busy(g("gpu_util")) if _ok(g("gpu_util")) else f"{NA} (no NVML reading)"),
-        ("MFU", mfu(g("mfu"), bad) if g("mfu") is not None else f"{NA} (no peak FLOP/s known for this device)"),
+        ("MFU", mfu(g("mfu")) if g("mfu") is not None else f"{NA} (no peak FLOP/s known for this device)"),
         ("peak memory", gb(g("peak_mem_bytes"))),
         ("epoch time", f"{num(g('epoch_time_s'), 1)} s" if _ok(g("epoch_time_s")) else f"{NA} (no epoch finished)"),
         ("training time", f"{num(g('train_time_s'), 1)} s"),
