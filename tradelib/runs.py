@@ -268,18 +268,6 @@ def read_summary(run: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _parse_time(value) -> pd.Timestamp:
-    """ISO strings or epoch seconds -> UTC Timestamp; anything else -> NaT."""
-    if value is None:
-        return pd.NaT
-    try:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return pd.Timestamp(value, unit="s", tz="UTC")
-        return pd.to_datetime(value, utc=True)
-    except (ValueError, TypeError, OverflowError):
-        return pd.NaT
-
-
 def runs_table(root: Path) -> pd.DataFrame:
     """One row per run folder with a readable summary.json, sorted by finish time. Missing keys are NaN;
     peak_mem_gb is peak_mem_bytes / 1e9."""
@@ -293,12 +281,11 @@ def runs_table(root: Path) -> pd.DataFrame:
         row["run_id"] = run.name
         mem = s.get("peak_mem_bytes")
         row["peak_mem_gb"] = mem / 1e9 if isinstance(mem, (int, float)) and not isinstance(mem, bool) else None
-        row["finished"] = _parse_time(s.get("finished"))
         rows.append(row)
     out = pd.DataFrame(rows, columns=RUN_COLUMNS)
     for c in _NUMERIC_RUN_COLUMNS:
         out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
-    out["finished"] = pd.to_datetime(out["finished"], utc=True)
+    out["finished"] = pd.to_datetime(out["finished"], utc=True, errors="coerce", format="ISO8601")
     return out.sort_values("finished", na_position="last", kind="stable").reset_index(drop=True)
 
 
