@@ -223,11 +223,9 @@ def _meta(fs) -> dict:
 
 
 def _bar_seconds_from_fs(fs) -> float | None:
-    bars = _meta(fs).get("bar_seconds")
-    if isinstance(bars, dict):
-        vals = [float(v) for v in bars.values() if v is not None and np.isfinite(v)]
-        return float(np.median(vals)) if vals else None
-    return float(bars) if isinstance(bars, (int, float)) else None
+    """The median of the feature set's bar size per symbol; None without one."""
+    bars = [float(v) for v in (_meta(fs).get("bar_seconds") or {}).values() if v is not None and np.isfinite(v)]
+    return float(np.median(bars)) if bars else None
 
 
 def _horizon(summary: dict, fs) -> tuple[int, str]:
