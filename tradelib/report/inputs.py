@@ -400,10 +400,6 @@ def lr_schedule(facts: dict | None, steps: pd.DataFrame, optimizer_steps: int | 
     return curve
 
 
-def _has(d: pd.DataFrame, col: str) -> bool:
-    return col in d and bool(np.isfinite(d[col].to_numpy(dtype=float)).any())
-
-
 def fold_table(inputs: ReportInputs) -> pd.DataFrame:
     """A walk-forward's figures per fold and over all folds (`fold` "all": the stitched predictions, the report's
     own figures), each on that fold's test rows with the report's book: the three named ICs, the headline IC's
@@ -431,8 +427,8 @@ def fold_table(inputs: ReportInputs) -> pd.DataFrame:
             "test_rows": int(len(d)), "cross_sectional_ic": ics["cross_sectional"]["ic"],
             "cross_sectional_rank_ic": ics["cross_sectional"]["rank_ic"], "daily_ic": ics["daily"]["ic"],
             "daily_rank_ic": ics["daily"]["rank_ic"], "pooled_ic": ics["pooled"]["ic"], "t_stat": ics[fam]["t_stat"],
-            "ridge_ic": ev.family_summary(d, fam, lags, "ridge", TRADED)["ic"] if _has(d, "ridge") else nan,
-            "oracle_ic": ev.family_summary(d, fam, lags, "oracle", TRADED)["ic"] if _has(d, "oracle") else nan,
+            "ridge_ic": ev.family_summary(d, fam, lags, "ridge", TRADED)["ic"] if "ridge" in d else nan,
+            "oracle_ic": ev.family_summary(d, fam, lags, "oracle", TRADED)["ic"] if "oracle" in d else nan,
             "net_sharpe": net["sharpe"], "net_sharpe_se": inf["se"], "net_sharpe_psr": inf["psr"],
             "net_sharpe_period": inf["sharpe_period"], "net_sharpe_se_period": inf["se_period"],
             "gross_sharpe": book.stats["gross"]["sharpe"], "net_total_return": net["total_return"],
