@@ -110,10 +110,10 @@ def test_cross_sectional_ic_equals_a_hand_computation_per_timestamp():
 
 
 def test_headline_family_follows_the_universe():
-    assert ev.headline_family(planted(n_sym=4, n_days=1))[0] == "cross_sectional"
-    assert ev.headline_family(planted(n_sym=2, n_days=1))[0] == "daily"
+    assert ev.headline_family(ev.symbols_per_timestamp(planted(n_sym=4, n_days=1)))[0] == "cross_sectional"
+    assert ev.headline_family(ev.symbols_per_timestamp(planted(n_sym=2, n_days=1)))[0] == "daily"
     days = frame(pd.date_range("2024-01-01", periods=30, freq="D"), ["A"] * 30, np.arange(30.0))
-    family, reason = ev.headline_family(days)
+    family, reason = ev.headline_family(ev.symbols_per_timestamp(days))
     assert family == "pooled" and "time-series" in reason
 
 

@@ -55,7 +55,7 @@ def test_sharpe_on_real_daily_bars_equals_empyrical(real_run, real_fs):
     inputs = ri.load_inputs(real_run, ri.ReportSettings.of(cost_bps=5.0), fs=real_fs)
     s = rp.build_report(real_run, inputs=inputs)["summary"]
     ppy = s["periods_per_year"]
-    assert 250 < ppy < 254 and inputs.annualisation["method"] == "sessions"
+    assert 250 < ppy < 254 and inputs.book["annualised"]["method"] == "sessions"
     net = inputs.backtest.pnl["net"].to_numpy()
     assert net.std() > 0 and len(net) > 500
     assert s["net_sharpe"] == pytest.approx(empyrical.sharpe_ratio(net, annualization=ppy), rel=1e-10)

@@ -184,9 +184,10 @@ def test_break_even_interval_is_seeded_and_brackets_the_estimate():
 
 def test_position_mode_auto_and_the_books_exposure_and_beta():
     wide, narrow = book(n_sym=6), book(n_sym=3)
-    assert bk.resolve_position_mode(wide, "auto", 5)[0] == "neutral"
-    assert bk.resolve_position_mode(narrow, "auto", 5)[0] == "sign"
-    assert bk.resolve_position_mode(narrow, "scaled", 5) == ("scaled", "as given")
+    typical = {k: ev.typical_symbols(ev.symbols_per_timestamp(d)) for k, d in (("wide", wide), ("narrow", narrow))}
+    assert bk.resolve_position_mode(typical["wide"], "auto", 5)[0] == "neutral"
+    assert bk.resolve_position_mode(typical["narrow"], "auto", 5)[0] == "sign"
+    assert bk.resolve_position_mode(typical["narrow"], "scaled", 5) == ("scaled", "as given")
     tilted = wide.assign(prediction=wide["prediction"] + 1.0)  # a biased mean prediction: long the market
     sign = bk.backtest(tilted, mode="sign", **DAILY).stats
     neutral = bk.backtest(tilted, mode="neutral", **DAILY).stats

@@ -262,7 +262,7 @@ class Config:
             raise ConfigError(f"train_frac + val_frac must be below 1 (the test split is the rest), got "
                               f"{self.train_frac} + {self.val_frac}")
         _check_split_dates(self.train_end, self.val_end)
-        _check_cost_grid(self.cost_grid_bps)
+        cost_grid(self.cost_grid_bps)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "parameters") -> Config:
@@ -312,13 +312,15 @@ def _check_split_dates(train_end: str, val_end: str) -> None:
         raise ConfigError(f"train_end {train_end!r} must come before val_end {val_end!r}")
 
 
-def _check_cost_grid(text: str) -> None:
+def cost_grid(text: str) -> tuple[float, ...]:
+    """The costs (bps) of a `cost_grid_bps` comma list; ConfigError unless every one is a number >= 0."""
     try:
         costs = [float(c) for c in str(text).split(",") if c.strip()]
     except ValueError:
         costs = []
     if not costs or any(not math.isfinite(c) or c < 0 for c in costs):
         raise ConfigError(f"parameter 'cost_grid_bps' is {text!r}; expected a comma list of costs >= 0 in bps")
+    return tuple(costs)
 
 
 def unknown_message(name: str, known) -> str:

@@ -38,11 +38,7 @@ RUN_COLUMNS = [
     "it_per_s", "batches_per_epoch", "data_wait_share", "gpu_util", "peak_mem_gb", "mfu", "epoch_time_s",
     "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "pooled_ic", "finished",
 ]  # fmt: skip
-_NUMERIC_RUN_COLUMNS = [
-    "batch_size", "grad_accum_steps", "samples_per_s", "it_per_s", "batches_per_epoch", "data_wait_share",
-    "gpu_util", "peak_mem_gb", "mfu", "epoch_time_s", "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic",
-    "pooled_ic",
-]  # fmt: skip
+_NUMERIC_RUN_COLUMNS = RUN_COLUMNS[RUN_COLUMNS.index("batch_size"):-1]
 
 
 def new_run_id() -> str:
@@ -272,44 +268,24 @@ def read_summary(run: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _parse_time(value) -> pd.Timestamp:
-    """ISO strings or epoch seconds -> UTC Timestamp; anything else -> NaT."""
-    if value is None:
-        return pd.NaT
-    try:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return pd.Timestamp(value, unit="s", tz="UTC")
-        return pd.to_datetime(value, utc=True)
-    except (ValueError, TypeError, OverflowError):
-        return pd.NaT
-
-
-def runs_table(root: Path, unfinished: bool = False) -> pd.DataFrame:
-    """One row per run folder with a readable summary.json, sorted by finish time; `state` says "finished".
-    `unfinished`: also the run folders without one, last, with their state (run_state: running, stopped, stopped
-    (process gone), ...) and NaN figures.
-
-    Missing keys are NaN; peak_mem_gb is peak_mem_bytes / 1e9.
-    """
+def runs_table(root: Path) -> pd.DataFrame:
+    """One row per run folder with a readable summary.json, sorted by finish time. Missing keys are NaN;
+    peak_mem_gb is peak_mem_bytes / 1e9."""
     rows = []
     root = Path(root)
     for run in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         s = read_summary(run)
         if s is None:
-            if unfinished and (run / "metrics.jsonl").exists():
-                rows.append({"run_id": run.name, "state": run_state(run)})
             continue
         row = {c: s.get(c) for c in RUN_COLUMNS}
         row["run_id"] = run.name
         mem = s.get("peak_mem_bytes")
         row["peak_mem_gb"] = mem / 1e9 if isinstance(mem, (int, float)) and not isinstance(mem, bool) else None
-        row["finished"] = _parse_time(s.get("finished"))
-        row["state"] = "finished"
         rows.append(row)
-    out = pd.DataFrame(rows, columns=[*RUN_COLUMNS, "state"])
+    out = pd.DataFrame(rows, columns=RUN_COLUMNS)
     for c in _NUMERIC_RUN_COLUMNS:
         out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
-    out["finished"] = pd.to_datetime(out["finished"], utc=True)
+    out["finished"] = pd.to_datetime(out["finished"], utc=True, errors="coerce", format="ISO8601")
     return out.sort_values("finished", na_position="last", kind="stable").reset_index(drop=True)
 
 

@@ -26,7 +26,7 @@ sweep folder; each is a normal run folder, so every tool that reads a run reads 
 The sweep id is named by `--name`, else made from the parameters (the same command gives the same id).
 Rerunning the same command skips the runs that finished with the same parameters, resumes any that was
 interrupted, and writes the table again. A run that fails is reported in the table and the sweep goes on;
-the command then ends with exit code 1. Net Sharpe and the ICs are the report's (report.summary_block), with
+the command then ends with exit code 1. Net Sharpe and the ICs are the report's (report.headline_numbers), with
 the report parameters given to the sweep (cost_bps, position_mode, trade_delay, ...).
 """
 
@@ -66,7 +66,7 @@ from tradelib.report.inputs import ReportSettings, load_featureset, load_inputs
 NOTEBOOK = "03_train"
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 MANAGED = ("run_id", "resume")  # the sweep names each run and resumes it
-# the comparison table's figures, after each run's values and status (report.summary_block's names)
+# the comparison table's figures, after each run's values and status (report.headline_numbers' names)
 NUMBERS = ["samples_per_s", "it_per_s", "global_batch", "data_wait_share", "peak_mem_gb", "gpu_util", "mfu",
            "train_time_s", "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "pooled_ic", "net_sharpe",
            "gross_sharpe", "break_even_bps"]
@@ -248,10 +248,10 @@ def run_sweep(plan: Plan, progress: bool = True) -> pd.DataFrame:
 
 
 def run_figures(folder: Path, cfg: Config) -> dict:
-    """One finished run's numbers for the table, computed as its report computes them (report.summary_block
-    with the sweep's report parameters)."""
-    inputs = load_inputs(folder, ReportSettings.of(cfg), fs=load_featureset(folder))
-    block = report.summary_block(inputs)
+    """One finished run's numbers for the table, computed as its report computes them (report.headline_numbers
+    with the sweep's report parameters), the rest from its summary.json."""
+    inputs = load_inputs(folder, ReportSettings.of(cfg), fs=load_featureset(folder), headline_only=True)
+    block = report.headline_numbers(inputs)
     return {k: block.get(k, inputs.summary.get(k)) for k in NUMBERS}
 
 

@@ -17,16 +17,14 @@ import numpy as np
 import pandas as pd
 
 from tradelib.report.metrics import (
+    IC_FAMILIES,
     annualisation,
     coverage,
     directional_accuracy,
-    ic_by_day,
-    ic_by_timestamp,
-    ic_summary,
+    family_summary,
     infer_bar_seconds,
-    pooled_summary,
+    shift_rows,
     ts_ns,
-    typical_symbols,
 )
 
 # ----------------------------------------------------------------------------------------------------
@@ -125,12 +123,11 @@ def signal_weights(df: pd.DataFrame, pred_col: str = "prediction", mode: str = "
         return np.where(gross > 0, dev / gross, 0.0)
 
 
-def resolve_position_mode(df: pd.DataFrame, mode: str, min_symbols: int) -> tuple[str, str]:
-    """`auto`: neutral when a typical timestamp has at least `min_symbols` symbols (a cross-section to rank),
-    else sign. Returns (mode, why in words)."""
+def resolve_position_mode(median: float, mode: str, min_symbols: int) -> tuple[str, str]:
+    """`auto`: neutral when a typical timestamp has at least `min_symbols` symbols (`median`, of
+    `metrics.typical_symbols`: a cross-section to rank), else sign. Returns (mode, why in words)."""
     if mode != "auto":
         return mode, "as given"
-    median = typical_symbols(df)
     if median >= min_symbols:
         return "neutral", f"auto: {median:g} symbols at a typical timestamp (>= {min_symbols}): market-neutral"
     return "sign", f"auto: {median:g} symbol(s) at a typical timestamp (< {min_symbols}): sign of each prediction"
@@ -149,18 +146,6 @@ class BacktestResult:
 
     pnl: pd.DataFrame
     stats: dict = field(default_factory=dict)
-
-
-def _delayed(codes: np.ndarray, tidx: np.ndarray, w: np.ndarray, delay: int, n_times: int) -> np.ndarray:
-    """The weight held at each row: the signal weight of the same symbol `delay` timestamps earlier (flat
-    when that row is missing). Rows sorted by (symbol, time), so the keys below are sorted."""
-    if delay == 0 or len(w) == 0:
-        return w
-    span = n_times + delay + 1
-    src = codes.astype(np.int64) * span + tidx + delay  # the row each signal is executed at
-    dst = codes.astype(np.int64) * span + tidx
-    i = np.minimum(np.searchsorted(src, dst), len(src) - 1)
-    return np.where(src[i] == dst, w[i], 0.0)
 
 
 def _trade_flows(tidx: np.ndarray, sym: np.ndarray, w: np.ndarray, n_times: int) -> np.ndarray:
@@ -233,7 +218,7 @@ def backtest(
     tidx = tidx.ravel()
     n_t = np.bincount(tidx, minlength=len(times))
     sym = d["symbol"].to_numpy()
-    w = _delayed(pd.factorize(sym)[0], tidx, d["w"].to_numpy(), int(trade_delay), len(times))
+    w = shift_rows(sym, d["timestamp"].to_numpy(), d["w"].to_numpy(), -int(trade_delay), 0.0)  # held at each row
     r = d["r"].to_numpy()
     gross = np.bincount(tidx, weights=w * r, minlength=len(times))
     turnover = _trade_flows(tidx, sym, w, len(times))
@@ -423,9 +408,7 @@ def evaluate_all(
     rows = []
     for name, p in preds.items():
         d = df.assign(_p=p)
-        cs = ic_summary(ic_by_timestamp(d, "_p", target_col), lags if family == "cross_sectional" else 0)
-        day = ic_summary(ic_by_day(d, "_p", target_col), lags if family == "daily" else 0)
-        pooled = pooled_summary(d, "_p", target_col, lags if family == "pooled" else 0)
+        cs, day, pooled = (family_summary(d, f, lags if f == family else 0, "_p", target_col) for f in IC_FAMILIES)
         head = {"cross_sectional": cs, "daily": day, "pooled": pooled}[family]
         bt = backtest(d, "_p", **backtest_kw)
         inf = sharpe_inference(bt.pnl["net"].to_numpy(), bt.stats["periods_per_year"])
@@ -454,9 +437,8 @@ def evaluate_all(
 
 
 def trial_count(predictors: pd.DataFrame, sweep_runs: int) -> dict:
-    """What the deflated Sharpe counts: the predictors that compete (not the oracle, not `zero`) times the runs
-    of the sweep this run belongs to; V, the variance of their net Sharpe ratios (per period), at least their
-    mean squared standard error (what skill-less trials would scatter by)."""
+    """What the deflated Sharpe counts: the predictors that compete (`_rivals`) times the runs of the sweep this
+    run belongs to, and their `trial_variance`."""
     rivals = _rivals(predictors)
     var = trial_variance(rivals["sharpe_net_period"], rivals["sharpe_net_se_period"])
     return {"predictors": int(len(rivals)), "sweep_runs": int(sweep_runs),

@@ -11,7 +11,7 @@ import pandas as pd
 from tradelib import runs
 from tradelib.report.inputs import ReportInputs, loader_sweep, lr_schedule
 from tradelib.report.metrics import FAMILY_WORDS
-from tradelib.report.report import as_float, fold_table
+from tradelib.report.report import as_float
 from tradelib.report.words import fmt, fmt_count
 
 LOSS_LABEL = "MSE (target / its training scale)"  # the training loss's unit on every axis
@@ -28,7 +28,7 @@ def make_figures(inputs: ReportInputs, run_dir: Path | None = None, runs_df: pd.
     if runs_df is None:
         runs_df = runs.runs_table(run_dir.parent)
     fam = "daily" if inputs.family == "daily" else "cross_sectional"  # the pooled IC has no series
-    head = inputs.ic[fam]
+    head, lag = inputs.ic[fam], inputs.book["trade_delay"]
     note = f"mean {fmt(head['ic'])}, t {fmt(head['t_stat'], '.2f')} ({head['t_method']})"
     figs = {
         "training": plots.plot_training(inputs.steps, inputs.epochs, run_dir / "training.png",
@@ -37,22 +37,22 @@ def make_figures(inputs: ReportInputs, run_dir: Path | None = None, runs_df: pd.
                                         loss_label=LOSS_LABEL),
         "equity": plots.plot_equity(inputs.backtest, run_dir / "equity.png"),
         "underwater": plots.plot_underwater(inputs.backtest, run_dir / "underwater.png"),
-        "costs": plots.plot_cost_sensitivity(inputs.costs, inputs.break_even_bps, inputs.cost_bps,
+        "costs": plots.plot_cost_sensitivity(inputs.costs, inputs.break_even_bps, inputs.book["cost_bps"],
                                              run_dir / "costs.png"),
         "deciles": plots.plot_deciles(inputs.deciles, run_dir / "deciles.png", unit=(
             "vol-scaled log return" if (inputs.summary.get("config") or {}).get("vol_scaled_target")
             else "forward log return")),
-        "ic": plots.plot_ic(inputs.ic_series, run_dir / "ic.png", label=f"{FAMILY_WORDS[fam]}, lag {inputs.ic_lag}",
+        "ic": plots.plot_ic(inputs.ic_series, run_dir / "ic.png", label=f"{FAMILY_WORDS[fam]}, lag {lag}",
                             note=note),
     }
     if inputs.decay is not None:
         figs["ic_decay"] = plots.plot_ic_decay(inputs.decay, run_dir / "ic_decay.png", FAMILY_WORDS[inputs.family],
-                                               inputs.ic_lag)
+                                               lag)
     figs.update(throughput_figures(inputs, run_dir, runs_df))
     if inputs.quality:
         figs["quality"] = plots.plot_quality(inputs.quality, run_dir / "quality.png")
-    if "fold" in inputs.predictions:
-        figs["folds"] = plots.plot_folds(fold_table(inputs), inputs.family, run_dir / "folds.png")
+    if inputs.folds is not None:
+        figs["folds"] = plots.plot_folds(inputs.folds, inputs.family, run_dir / "folds.png")
     return figs
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tradelib import runs
-from tradelib.config import Config
+from tradelib.config import Config, cost_grid
 from tradelib.data.sessions import Calendar
 from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
@@ -31,44 +31,44 @@ MIN_TEST_PERIODS = 60  # fewer test periods than this: every figure is a few dra
 class ReportInputs:
     """Everything the report is computed from, kept as frames so figures need not re-read the run folder.
 
-    Every IC here is against the target at the traded lag (`ic_lag` = trade_delay: the return from t+d to
-    t+d+h, `TRADED`), except `ic_lag0` (before the trade delay) and the decay over lags."""
+    Every IC here is against the target at the traded lag (trade_delay: the return from t+d to t+d+h,
+    `TRADED`), except `ic_lag0` (before the trade delay) and the decay over lags. `book` holds the backtest's
+    settings (cost, bar, mode, periods a year, delay, annualisation), the same for every book the report trades.
+    With `headline_only` (`load_inputs`) the fields after `predictors` keep their defaults."""
 
     run_dir: Path
     summary: dict
     predictions: pd.DataFrame  # with TRADED: the target at the traded lag
     steps: pd.DataFrame
     epochs: pd.DataFrame
-    bar_seconds: float
-    cost_bps: float
+    book: dict  # `bk.backtest`'s settings
     horizon: int
     horizon_source: str
-    annualisation: dict
+    typical_symbols: float  # symbols at a typical timestamp
     family: str  # the headline IC family
     family_reason: str
+    mode_reason: str
     ic_timestamp: pd.DataFrame  # cross-sectional IC per timestamp
     ic_day: pd.DataFrame  # IC per UTC day
     ic: dict  # family -> ev.ic_summary / ev.pooled_summary
-    deciles: pd.DataFrame
-    per_symbol: pd.DataFrame
-    predictors: pd.DataFrame
+    ic_lag0: dict  # family -> summary against the lag-0 target
     backtest: bk.BacktestResult
-    costs: pd.DataFrame
     break_even_bps: float
-    splits: dict
-    ic_lag: int = 0
-    ic_lag0: dict = field(default_factory=dict)  # family -> summary against the lag-0 target
+    predictors: pd.DataFrame  # (headline_only: the model and the oracle)
+    deciles: pd.DataFrame | None = None
+    per_symbol: pd.DataFrame | None = None
+    costs: pd.DataFrame | None = None
+    splits: dict = field(default_factory=dict)
     decay: pd.DataFrame | None = None  # the headline IC at lags 0..10
     sharpe: dict = field(default_factory=dict)  # 'net', 'gross': bk.sharpe_inference
     break_even_ci: dict = field(default_factory=dict)
     trials: dict = field(default_factory=dict)  # what the deflated Sharpe counts
-    mode_reason: str = ""
     test_span: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     facts: dict | None = None  # train_facts.json: what training wrote for the report
     quality: dict | None = None
     loss: dict | None = None  # loss_context: the loss's unit, and why validation sits below training
-    book: dict = field(default_factory=dict)  # `bk.backtest`'s settings, the same for every book the report trades
+    folds: pd.DataFrame | None = None  # a walk-forward's `fold_table`
 
     @property
     def ic_series(self) -> pd.DataFrame:
@@ -100,8 +100,7 @@ class ReportSettings:
         cfg = Config() if cfg is None else cfg
         values = {n: getattr(cfg, n) for n in names} | overrides
         grid = values["cost_grid_bps"]
-        values["cost_grid_bps"] = tuple(float(c) for c in (grid.split(",") if isinstance(grid, str) else grid)
-                                        if str(c).strip())
+        values["cost_grid_bps"] = cost_grid(grid) if isinstance(grid, str) else tuple(float(c) for c in grid)
         return cls(**values)
 
 
@@ -114,6 +113,7 @@ def load_inputs(
     X_test: np.ndarray | None = None,
     bar_seconds: float | None = None,
     ridge_alpha: float = 1.0,
+    headline_only: bool = False,
 ) -> ReportInputs:
     """Read a run folder and compute every table the report shows.
 
@@ -121,51 +121,61 @@ def load_inputs(
     predictions), or a FeatureSet `fs` to take them from (its train rows, and fs.X[predictions.row]);
     without either it is skipped. The bar size comes from `bar_seconds`, else fs.meta, else the timestamps;
     periods per year from `settings.periods_per_year` (> 0), else the test span's calendar (see `_annualisation`).
+    `headline_only`: only what `report.headline_numbers` reads (a sweep's table, a comparison): the ICs, the
+    book, the model and the oracle side by side; no other baseline, table or error bar.
     """
     run_dir = Path(run_dir)
-    cost_bps, trade_delay, min_symbols_cs = settings.cost_bps, settings.trade_delay, int(settings.min_symbols_cs)
-    samples, seed = int(settings.bootstrap_samples), int(settings.bootstrap_seed)
+    trade_delay, min_symbols_cs = settings.trade_delay, int(settings.min_symbols_cs)
     df = runs.read_predictions(run_dir)
     df[TRADED] = ev.lagged_target(df, trade_delay)
     summary = runs.read_summary(run_dir) or {}
     steps, epochs = runs.training_curves(run_dir)
-    if fs is not None and X_train is None and "ridge" not in df:  # a walk-forward brings its ridge, fitted per fold
-        train = np.asarray(fs.split) == 0
+    if fs is not None and X_train is None and "ridge" not in df and not headline_only:  # a walk-forward brings
+        train = np.asarray(fs.split) == 0  # its ridge, fitted per fold
         X_train, y_train = fs.X[train], fs.y[train]
         X_test = fs.X[df["row"].to_numpy()] if "row" in df else None
-    bar = bar_seconds or (_bar_seconds_from_fs(fs) if fs is not None else None) or ev.infer_bar_seconds(df)
+    bar = bar_seconds or _bar_seconds_from_fs(fs) or ev.infer_bar_seconds(df)
     ann, bars_per_session = _annualisation(df, fs, float(bar), settings.periods_per_year)
     horizon, horizon_source = _horizon(summary, fs)
-    family, reason = ev.headline_family(df)
-    mode, mode_reason = bk.resolve_position_mode(df, settings.position_mode, min_symbols_cs)
+    per_ts = ev.symbols_per_timestamp(df)
+    typical, (family, reason) = ev.typical_symbols(per_ts), ev.headline_family(per_ts)
+    mode, mode_reason = bk.resolve_position_mode(typical, settings.position_mode, min_symbols_cs)
     lags = {f: ev.overlap_lags(horizon, f, bars_per_session) for f in ev.IC_FAMILIES}
     by_ts, by_day = ev.ic_by_timestamp(df, target_col=TRADED), ev.ic_by_day(df, target_col=TRADED)
-    book = {"cost_bps": cost_bps, "bar_seconds": bar, "mode": mode, "periods_per_year": ann["periods_per_year"],
-            "trade_delay": trade_delay, "annualised": ann}
+    book = {"cost_bps": float(settings.cost_bps), "bar_seconds": float(bar), "mode": mode,
+            "periods_per_year": ann["periods_per_year"], "trade_delay": trade_delay, "annualised": ann}
     bt = bk.backtest(df, "prediction", **book)
     baselines = ev.baseline_predictions(df, X_train, y_train, X_test, ridge_alpha)
-    quality = (getattr(fs, "meta", None) or {}).get("quality") if fs is not None else None
-    predictors = bk.evaluate_all(df, baselines, family, lags[family], target_col=TRADED, **book)
+    if headline_only:
+        baselines = {k: v for k, v in baselines.items() if k == "oracle"}
     inputs = ReportInputs(
-        run_dir=run_dir, summary=summary, predictions=df, steps=steps, epochs=epochs, bar_seconds=float(bar),
-        cost_bps=float(cost_bps), horizon=horizon, horizon_source=horizon_source, annualisation=ann,
-        family=family, family_reason=reason, ic_timestamp=by_ts, ic_day=by_day,
+        run_dir=run_dir, summary=summary, predictions=df, steps=steps, epochs=epochs, book=book, horizon=horizon,
+        horizon_source=horizon_source, typical_symbols=typical, family=family,
+        family_reason=reason, mode_reason=mode_reason, ic_timestamp=by_ts, ic_day=by_day,
         ic={"cross_sectional": ev.ic_summary(by_ts, lags["cross_sectional"]),  # (the series computed above)
             "daily": ev.ic_summary(by_day, lags["daily"]),
             "pooled": ev.pooled_summary(df, "prediction", TRADED, lags["pooled"])},
-        deciles=ev.decile_table(df, target_col=TRADED), per_symbol=ev.per_symbol_metrics(df, target_col=TRADED),
-        predictors=predictors, backtest=bt, costs=bk.cost_sensitivity(bt, settings.cost_grid_bps),
-        break_even_bps=bk.break_even_bps(bt), splits=split_dates(summary, fs, df), quality=quality or None,
-        ic_lag=int(trade_delay), ic_lag0={f: ev.family_summary(df, f, lags[f]) for f in ev.IC_FAMILIES},
-        decay=ev.ic_decay(df, family, lags[family], DECAY_LAGS),
-        sharpe={k: bk.sharpe_inference(bt.pnl[k].to_numpy(), ann["periods_per_year"]) for k in ("net", "gross")},
-        break_even_ci=bk.break_even_interval(bt, bk.bootstrap_block(len(bt.pnl), horizon, trade_delay), samples,
-                                             seed),
-        trials=bk.trial_count(predictors, _sweep_runs(run_dir)), mode_reason=mode_reason,
-        test_span=test_span(df, fs, summary), facts=read_facts(run_dir), book=book,
+        ic_lag0={f: ev.family_summary(df, f, lags[f]) for f in ev.IC_FAMILIES}, backtest=bt,
+        break_even_bps=bk.break_even_bps(bt),
+        predictors=bk.evaluate_all(df, baselines, family, lags[family], target_col=TRADED, **book),
     )
+    if headline_only:
+        return inputs
+    block = bk.bootstrap_block(len(bt.pnl), horizon, trade_delay)
+    inputs.deciles = ev.decile_table(df, target_col=TRADED)
+    inputs.per_symbol = ev.per_symbol_metrics(df, target_col=TRADED)
+    inputs.costs = bk.cost_sensitivity(bt, settings.cost_grid_bps)
+    inputs.decay = ev.ic_decay(df, family, lags[family], DECAY_LAGS)
+    inputs.sharpe = {k: bk.sharpe_inference(bt.pnl[k].to_numpy(), ann["periods_per_year"]) for k in ("net", "gross")}
+    inputs.break_even_ci = bk.break_even_interval(bt, block, int(settings.bootstrap_samples),
+                                                  int(settings.bootstrap_seed))
+    inputs.trials = bk.trial_count(inputs.predictors, _sweep_runs(run_dir))
+    inputs.test_span, inputs.facts = test_span(df, fs, summary), read_facts(run_dir)
+    inputs.splits = split_dates(summary, fs, inputs.test_span)
+    inputs.quality = _meta(fs).get("quality") or None
     inputs.warnings = report_warnings(inputs, min_symbols_cs)
     inputs.loss = loss_context(inputs)
+    inputs.folds = fold_table(inputs) if "fold" in df else None
     return inputs
 
 
@@ -201,28 +211,27 @@ def read_facts(run_dir: Path) -> dict | None:
 
 def loader_sweep(run_dir: Path) -> pd.DataFrame | None:
     """02_profiling's batch-size sweep of this run (the seed's DataLoader and the device loader measured side
-    by side on this device, `speedup` = device / dataloader at each batch size); None when 02 did not run."""
+    by side on this device, `speedup` = device / dataloader at each batch size; the columns of
+    `profiling.batch_size_sweep`); None when 02 did not run."""
     path = Path(run_dir) / "batch_size_sweep.csv"
-    if not path.exists():
-        return None
-    sweep = pd.read_csv(path)
-    return sweep[[c for c in ("loader", "batch_size", "samples_per_s", "speedup", "it_per_s", "data_wait_share",
-                              "batches_per_epoch", "peak_mem_bytes", "mfu", "gpu_busy_pct", "step_time_s",
-                              "mfu_invalid", "mfu_invalid_reason", "other_cores", "busy_note") if c in sweep]]
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _meta(fs) -> dict:
+    """A FeatureSet's meta; {} without a feature set."""
+    return getattr(fs, "meta", None) or {}
 
 
 def _bar_seconds_from_fs(fs) -> float | None:
-    bars = (getattr(fs, "meta", None) or {}).get("bar_seconds")
-    if isinstance(bars, dict):
-        vals = [float(v) for v in bars.values() if v is not None and np.isfinite(v)]
-        return float(np.median(vals)) if vals else None
-    return float(bars) if isinstance(bars, (int, float)) else None
+    """The median of the feature set's bar size per symbol; None without one."""
+    bars = [float(v) for v in (_meta(fs).get("bar_seconds") or {}).values() if v is not None and np.isfinite(v)]
+    return float(np.median(bars)) if bars else None
 
 
 def _horizon(summary: dict, fs) -> tuple[int, str]:
     """The target horizon in bars: the run's config, else the feature set's, else 1 (and the report says so)."""
     for source, conf in (("the run's config", summary.get("config") or {}),
-                         ("the feature set", ((getattr(fs, "meta", None) or {}).get("feature_config") or {}))):
+                         ("the feature set", _meta(fs).get("feature_config") or {})):
         if isinstance(conf.get("horizon"), int):
             return int(conf["horizon"]), source
     return 1, "not recorded: assumed 1"
@@ -234,7 +243,7 @@ def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float) ->
     takes the whole data's verdict on whether the market trades 24/7, and its sessions a year (a short span counts
     every day a session; fs.meta, when the cache is there)."""
     test = ev.annualisation(df, bar, periods_per_year=0.0)
-    full = ((getattr(fs, "meta", None) or {}).get("calendar")) if fs is not None else None
+    full = _meta(fs).get("calendar")
     if full and test["span_days"] < SHORT_SPAN_DAYS and (full["method"] == "continuous") != (
             test["method"] == "continuous"):
         keep = {k: test[k] for k in ("bar_seconds", "n_sessions", "span_days", "bars_per_session")}
@@ -267,23 +276,22 @@ def _iso(ns) -> str | None:
     return pd.Timestamp(int(ns), tz="UTC").isoformat()
 
 
-def split_dates(summary: dict, fs, predictions: pd.DataFrame) -> dict:
+def split_dates(summary: dict, fs, span: dict) -> dict:
     """The split boundaries as ISO times, whichever way they were set (fs.meta, else the run's config and
-    the test rows' own span); a walk-forward's from its summary, fold by fold."""
+    the test rows' own `test_span`); a walk-forward's from its summary, fold by fold."""
     if summary.get("folds"):
         return walk_forward_splits(summary)
-    cuts = ((getattr(fs, "meta", None) or {}).get("splits")) if fs is not None else None
+    cuts = _meta(fs).get("splits")
     if cuts:
         out = {k: (_iso(v) if k not in ("method", "purge_bars") else v) for k, v in cuts.items()}
         return {**out, "source": "feature set"}
     conf = summary.get("config") or {}
-    ts = pd.to_datetime(predictions["timestamp"], utc=True)
     dated = bool(conf.get("train_end"))
     return {"method": "dates" if dated else "fractions", "train_end": conf.get("train_end") or None,
             "val_end": conf.get("val_end") or None, "train_frac": None if dated else conf.get("train_frac"),
             "val_frac": None if dated else conf.get("val_frac"),
-            "test_start": ts.min().isoformat() if len(ts) else None,
-            "test_end": ts.max().isoformat() if len(ts) else None, "source": "run config and test rows"}
+            "test_start": span["first_prediction"], "test_end": span["last_prediction"],
+            "source": "run config and test rows"}
 
 
 def walk_forward_splits(summary: dict) -> dict:
@@ -305,7 +313,7 @@ def test_span(df: pd.DataFrame, fs, summary: dict) -> dict:
            "last_prediction": ts.max().isoformat() if len(ts) else None,
            "periods": int(ts.nunique()), "predictions": int(len(df)),
            "purged_rows": None, "warmup_rows": None, "test_rows": None}
-    cut = ((getattr(fs, "meta", None) or {}).get("splits")) if fs is not None else None
+    cut = _meta(fs).get("splits")
     if not cut or summary.get("folds") or cut.get("val_end") is None:
         return out
     t, split = np.asarray(fs.timestamp), np.asarray(fs.split)
@@ -334,11 +342,10 @@ def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
     if periods < MIN_TEST_PERIODS:
         out.append(f"the test span holds {periods} periods (< {MIN_TEST_PERIODS}): every figure below rests on a few "
                    f"draws")
-    if inputs.family == "cross_sectional" or inputs.backtest.stats["mode"] == "neutral":
-        typical = ev.typical_symbols(inputs.predictions)
-        if typical < min_symbols_cs:
-            out.append(f"the cross-sectional figures rest on {typical:g} symbols at a typical timestamp "
-                       f"(< {min_symbols_cs}): a correlation across so few is noisy and biased towards 0")
+    typical = inputs.typical_symbols
+    if (inputs.family == "cross_sectional" or inputs.book["mode"] == "neutral") and typical < min_symbols_cs:
+        out.append(f"the cross-sectional figures rest on {typical:g} symbols at a typical timestamp "
+                   f"(< {min_symbols_cs}): a correlation across so few is noisy and biased towards 0")
     return out
 
 
@@ -391,3 +398,46 @@ def lr_schedule(facts: dict | None, steps: pd.DataFrame, optimizer_steps: int | 
     curve["lr"] = lr[: len(curve)]
     curve.attrs["warmup"] = int(facts.get("warmup") or 0)
     return curve
+
+
+def fold_table(inputs: ReportInputs) -> pd.DataFrame:
+    """A walk-forward's figures per fold and over all folds (`fold` "all": the stitched predictions, the report's
+    own figures), each on that fold's test rows with the report's book: the three named ICs, the headline IC's
+    overlap-robust t, the ridge baseline (fitted per fold) and the oracle on the headline IC, and the backtest.
+    Every IC against the target at the traded lag; each fold's net Sharpe with its standard error and its
+    deflated Sharpe over the folds (trials: the folds compared, so the best fold is not read as skill)."""
+    df, fam, ppy = inputs.predictions, inputs.family, inputs.book["periods_per_year"]
+    lags = inputs.ic[fam]["lags"]
+    periods = {f["fold"]: f for f in inputs.summary.get("folds") or []}
+    everything = {"test_start": (periods.get(0) or {}).get("test_start"),
+                  "test_end": (periods.get(len(periods) - 1) or {}).get("test_end")}
+    rows = []
+    for k, d in [*df.groupby("fold", sort=True), ("all", df)]:
+        if k == "all":
+            when, ics, book, inf = everything, inputs.ic, inputs.backtest, inputs.sharpe["net"]
+        else:  # a fold's own rows: its last targets do not reach into the next fold (as in summary.json)
+            d = d.assign(**{TRADED: ev.lagged_target(d, inputs.book["trade_delay"])})
+            when = periods.get(int(k), {})
+            ics = {f: ev.family_summary(d, f, lags, target_col=TRADED) for f in ev.IC_FAMILIES}
+            book = bk.backtest(d, "prediction", **inputs.book)
+            inf = bk.sharpe_inference(book.pnl["net"].to_numpy(), ppy)
+        net, nan = book.stats["net"], float("nan")
+        rows.append({
+            "fold": str(k), **{key: when.get(key) for key in ("train_start", "train_end", "test_start", "test_end")},
+            "test_rows": int(len(d)), "cross_sectional_ic": ics["cross_sectional"]["ic"],
+            "cross_sectional_rank_ic": ics["cross_sectional"]["rank_ic"], "daily_ic": ics["daily"]["ic"],
+            "daily_rank_ic": ics["daily"]["rank_ic"], "pooled_ic": ics["pooled"]["ic"], "t_stat": ics[fam]["t_stat"],
+            "ridge_ic": ev.family_summary(d, fam, lags, "ridge", TRADED)["ic"] if "ridge" in d else nan,
+            "oracle_ic": ev.family_summary(d, fam, lags, "oracle", TRADED)["ic"] if "oracle" in d else nan,
+            "net_sharpe": net["sharpe"], "net_sharpe_se": inf["se"], "net_sharpe_psr": inf["psr"],
+            "net_sharpe_period": inf["sharpe_period"], "net_sharpe_se_period": inf["se_period"],
+            "gross_sharpe": book.stats["gross"]["sharpe"], "net_total_return": net["total_return"],
+            "max_drawdown": net["max_drawdown"], "turnover": net["turnover"], "break_even_bps": bk.break_even_bps(book),
+        })
+    table = pd.DataFrame(rows)
+    per = table[table["fold"] != "all"]
+    var = bk.trial_variance(per["net_sharpe_period"], per["net_sharpe_se_period"])
+    table["net_sharpe_dsr"] = [bk.deflated_sharpe(r.net_sharpe_period, r.net_sharpe_se_period,
+                                                  1 if r.fold == "all" else len(per), var)["dsr"]
+                               for r in table.itertuples()]
+    return table

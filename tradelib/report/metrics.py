@@ -85,9 +85,9 @@ def symbols_per_timestamp(df: pd.DataFrame) -> pd.Series:
     return df.groupby(ts_ns(df["timestamp"]))["symbol"].nunique()
 
 
-def typical_symbols(df: pd.DataFrame, per_ts: pd.Series | None = None) -> float:
-    """The median number of symbols at a timestamp: the cross-section a ranking or a neutral book sees."""
-    per_ts = symbols_per_timestamp(df) if per_ts is None else per_ts
+def typical_symbols(per_ts: pd.Series) -> float:
+    """The median number of symbols at a timestamp (of `symbols_per_timestamp`): the cross-section a ranking or a
+    neutral book sees."""
     return float(per_ts.median()) if len(per_ts) else 0.0
 
 
@@ -250,21 +250,27 @@ def pooled_summary(df: pd.DataFrame, pred_col: str = "prediction", target_col: s
     return {**out, "t_stat": t, "t_method": method, "lags": int(lags), "n_periods": int(len(times))}
 
 
+def shift_rows(symbols, ts: np.ndarray, values: np.ndarray, lag: int, fill: float) -> np.ndarray:
+    """Each row's value of the same symbol `lag` timestamps later (earlier when negative), counted over the
+    distinct timestamps `ts` (int64 ns) of the frame, in the rows' own order; `fill` where that row is missing."""
+    values = np.asarray(values, dtype=float)
+    if int(lag) == 0 or len(values) == 0:
+        return values
+    times, tidx = np.unique(ts, return_inverse=True)
+    span = np.int64(len(times) + abs(int(lag)) + 1)
+    key = pd.factorize(symbols)[0].astype(np.int64) * span + tidx.ravel()
+    order = np.argsort(key, kind="stable")
+    want = key + int(lag)
+    i = np.minimum(np.searchsorted(key[order], want), len(key) - 1)
+    return np.where(key[order][i] == want, values[order][i], fill)
+
+
 def lagged_target(df: pd.DataFrame, lag: int, target_col: str = "target") -> np.ndarray:
     """The target of the same symbol `lag` timestamps later (counted over the frame's distinct timestamps, as
     the backtest counts its delay), in df's row order; NaN where that row is missing. With `lag` = trade_delay
     d and an h-bar target this is the return from t+d to t+d+h: the one a book trading d bars after the signal
     earns. lag 0 is the target itself."""
-    y = df[target_col].to_numpy(dtype=float)
-    if int(lag) == 0 or len(df) == 0:
-        return y
-    times, tidx = np.unique(ts_ns(df["timestamp"]), return_inverse=True)
-    span = np.int64(len(times) + int(lag) + 1)
-    key = pd.factorize(df["symbol"])[0].astype(np.int64) * span + tidx.ravel()
-    order = np.argsort(key, kind="stable")
-    want = key + int(lag)
-    i = np.minimum(np.searchsorted(key[order], want), len(key) - 1)
-    return np.where(key[order][i] == want, y[order][i], np.nan)
+    return shift_rows(df["symbol"], ts_ns(df["timestamp"]), df[target_col].to_numpy(dtype=float), lag, np.nan)
 
 
 def named_ics(df: pd.DataFrame, lag: int, pred_col: str = "prediction", target_col: str = "target") -> dict:
@@ -272,23 +278,16 @@ def named_ics(df: pd.DataFrame, lag: int, pred_col: str = "prediction", target_c
     lag = the run's trade_delay: the return the book earns), and the oracle's at the same lag (None without
     one); the model's lag-0 figures beside them as `*_lag0` ("before the trade delay"). What summary.json and
     the runs table hold. NaN where undefined."""
-    nan = float("nan")
     out: dict = {"ic_lag": int(lag)}
     oracle = "oracle" in df and df["oracle"].notna().any()
     traded = df.assign(_traded=lagged_target(df, lag, target_col))
     for who, col, d, tcol, tail in (("", pred_col, traded, "_traded", ""), ("oracle_", "oracle", traded, "_traded", ""),
                                     ("", pred_col, df, target_col, "_lag0")):
-        if who and not oracle:
-            out.update({f"oracle_{f}_ic": None for f in IC_FAMILIES})
-            continue
-        cs, day = ic_by_timestamp(d, col, tcol), ic_by_day(d, col, tcol)
-        out[f"{who}cross_sectional_ic{tail}"] = float(cs["ic"].mean()) if len(cs) else nan
-        out[f"{who}daily_ic{tail}"] = float(day["ic"].mean()) if len(day) else nan
-        out[f"{who}pooled_ic{tail}"] = ic(d[col], d[tcol])
-        if not who:
-            out[f"cross_sectional_rank_ic{tail}"] = float(cs["rank_ic"].mean()) if len(cs) else nan
-            out[f"daily_rank_ic{tail}"] = float(day["rank_ic"].mean()) if len(day) else nan
-            out[f"pooled_rank_ic{tail}"] = rank_ic(d[col], d[tcol])
+        for f in IC_FAMILIES:
+            s = family_summary(d, f, 0, col, tcol) if oracle or not who else {"ic": None}
+            out[f"{who}{f}_ic{tail}"] = s["ic"]
+            if not who:
+                out[f"{f}_rank_ic{tail}"] = s["rank_ic"]
     return {**out, "test_rows": int(len(df))}
 
 
@@ -316,10 +315,9 @@ def ic_decay(df: pd.DataFrame, family: str, overlap: int, max_lag: int = 10, pre
     return pd.DataFrame(rows)
 
 
-def headline_family(df: pd.DataFrame) -> tuple[str, str]:
-    """Which IC the report leads with for this universe, and why, in words."""
-    per_ts = symbols_per_timestamp(df)
-    median = typical_symbols(df, per_ts)
+def headline_family(per_ts: pd.Series) -> tuple[str, str]:
+    """Which IC the report leads with for this universe (`symbols_per_timestamp`), and why, in words."""
+    median = typical_symbols(per_ts)
     if median >= MIN_PERIOD_ROWS:
         return "cross_sectional", (f"{median:g} symbols at a typical timestamp: the cross-sectional IC ranks them "
                                    f"against each other at each timestamp, as alphalens and Qlib compute it")

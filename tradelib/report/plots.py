@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from tradelib.report.backtest import BacktestResult, drawdown_curve, equity_curve  # noqa: E402
+from tradelib.report.tables import LOADER_NAMES  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -227,7 +228,6 @@ def plot_cost_sensitivity(costs: pd.DataFrame, break_even: float, cost_bps: floa
     return _save(fig, save_to)
 
 
-LOADER_NAMES = {"dataloader": "seed-style DataLoader", "device": "device loader", "dense": "dense chunks"}
 LOADER_COLOURS = {"dataloader": "tab:orange", "device": "tab:blue", "dense": "tab:green"}
 
 
@@ -346,29 +346,12 @@ def plot_sweep(table: pd.DataFrame, save_to: str | Path | None = None) -> plt.Fi
     return _save(fig, save_to)
 
 
-def _quality_counts(report: dict) -> pd.DataFrame:
-    """(what, rule, rows) from a QualityReport dict: its `counts` list of {rule, symbol, action, rows} summed
-    over symbols; failing that, nested {'dropped': {rule: n}} or flat {rule: n} numbers."""
-    counts = report.get("counts")
-    if isinstance(counts, list):
-        frame = pd.DataFrame(counts, columns=["rule", "symbol", "action", "rows"])
-        frame["rows"] = pd.to_numeric(frame["rows"], errors="coerce")
-        out = frame.groupby(["action", "rule"], as_index=False)["rows"].sum()
-        return out.rename(columns={"action": "what"})[["what", "rule", "rows"]]
-    rows = []
-    for key, value in report.items():
-        if isinstance(value, dict):
-            rows += [
-                (key, str(k), v) for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-            ]
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            rows.append(("count", key, value))
-    return pd.DataFrame(rows, columns=["what", "rule", "rows"])
-
-
 def plot_quality(report_dict: dict, save_to: str | Path | None = None) -> plt.Figure:
-    """Rows dropped or changed per cleaning rule (horizontal bars, log scale when counts span decades)."""
-    counts = _quality_counts(report_dict)
+    """Rows dropped or changed per cleaning rule (a QualityReport dict's `counts`, summed over symbols; horizontal
+    bars, log scale when counts span decades)."""
+    frame = pd.DataFrame(report_dict.get("counts") or [], columns=["rule", "symbol", "action", "rows"])
+    frame["rows"] = pd.to_numeric(frame["rows"], errors="coerce")
+    counts = frame.groupby(["action", "rule"], as_index=False)["rows"].sum().rename(columns={"action": "what"})
     counts = counts[counts["rows"] > 0]
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(counts) + 1)))
     if len(counts) == 0:

@@ -20,7 +20,7 @@ from tradelib import runs
 from tradelib.paths import atomic_write_bytes
 from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
-from tradelib.report.inputs import TRADED, ReportInputs, ReportSettings, load_inputs, loader_sweep, lr_schedule
+from tradelib.report.inputs import ReportInputs, ReportSettings, load_inputs, loader_sweep, lr_schedule
 from tradelib.report.words import run_configuration
 
 IC_NUMBERS = [
@@ -54,7 +54,7 @@ def build_report(run_dir: Path, compare_with: Path | None = None, *, inputs: Rep
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "summary": summary,
         "conventions": conventions(inputs),
-        "ic": {**inputs.ic, "headline": inputs.family, "lag": inputs.ic_lag},
+        "ic": {**inputs.ic, "headline": inputs.family, "lag": inputs.book["trade_delay"]},
         "ic_lag0": inputs.ic_lag0,
         "ic_decay": inputs.decay,
         "test_span": inputs.test_span,
@@ -77,7 +77,7 @@ def build_report(run_dir: Path, compare_with: Path | None = None, *, inputs: Rep
     sweep = loader_sweep(run_dir)
     if sweep is not None:
         report["loader_sweep"] = sweep
-    if "fold" in inputs.predictions:
+    if inputs.folds is not None:
         report["folds"] = fold_block(inputs)
     if compare_with is not None:
         report["compare"] = compare_block(summary, Path(compare_with))
@@ -86,29 +86,21 @@ def build_report(run_dir: Path, compare_with: Path | None = None, *, inputs: Rep
     return report
 
 
-def summary_block(inputs: ReportInputs) -> dict:
-    """The numbers that matter, flat: the three named ICs, which one leads and why, tradability after
-    costs, and training throughput."""
-    s, bt, p, icd = inputs.summary, inputs.backtest.stats, inputs.predictors, inputs.ic
-    head = icd[inputs.family]
+def headline_numbers(inputs: ReportInputs) -> dict:
+    """The figures a sweep's table and a comparison show (what `load_inputs(headline_only=True)` computes): the
+    run, the named ICs (at the traded lag, the oracle's, before the delay), the book after costs, throughput."""
+    s, bt, p, icd, book = inputs.summary, inputs.backtest.stats, inputs.predictors, inputs.ic, inputs.book
+    mfu = as_float(s.get("mfu"))
     out = {
         "run_id": s.get("run_id") or inputs.run_dir.name,
         "device": s.get("device"),
         "device_name": s.get("device_name"),
         "model": s.get("model"),
         "loader": s.get("loader"),
-        "n_test_rows": int(len(inputs.predictions)),
-        "test_days": _span_days(inputs.predictions),
-        "n_symbols": int(inputs.predictions["symbol"].nunique()),
-        "bar_seconds": inputs.bar_seconds,
-        "bar": ev.bar_words(inputs.bar_seconds),
-        "horizon_bars": inputs.horizon,
+        "bar_seconds": book["bar_seconds"],
         "headline_ic": inputs.family,
-        "headline_reason": inputs.family_reason,
-        "ic_t_stat": head["t_stat"],  # overlap-robust, of the headline family
-        "ic_t_method": head["t_method"],
+        "ic_lag": book["trade_delay"],  # every *_ic below is against the return the book earns at this lag
     }
-    out["ic_lag"] = inputs.ic_lag  # every *_ic below is against the return the book earns at this lag
     for fam in ("cross_sectional", "daily"):
         f = icd[fam]
         out.update({f"{fam}_ic": f["ic"], f"{fam}_rank_ic": f["rank_ic"], f"{fam}_icir": f["icir"],
@@ -118,40 +110,57 @@ def summary_block(inputs: ReportInputs) -> dict:
     for fam in ev.IC_FAMILIES:  # before the trade delay: against the return from the signal's own close
         f = inputs.ic_lag0[fam]
         out.update({f"{fam}_ic_lag0": f["ic"], f"{fam}_rank_ic_lag0": f["rank_ic"], f"{fam}_t_stat_lag0": f["t_stat"]})
-    out["ic_t_stat_lag0"] = inputs.ic_lag0[inputs.family]["t_stat"]
     for fam in ev.IC_FAMILIES:
         out[f"oracle_{fam}_ic"] = _predictor(p, "oracle", f"{fam}_ic")
-    out["baseline_ic"] = {name: _predictor(p, name, f"{inputs.family}_ic") for name in p["predictor"]
-                          if name != "model"}
     out.update({
         "directional_accuracy": _predictor(p, "model", "directional_accuracy"),
-        "cost_bps": inputs.cost_bps,
-        "position_mode": bt["mode"],
-        "position_mode_reason": inputs.mode_reason,
-        "trade_delay": bt["trade_delay"],
         "periods_per_year": bt["periods_per_year"],
-        "annualisation_source": inputs.annualisation.get("source"),
         "net_sharpe": bt["net"]["sharpe"],
         "gross_sharpe": bt["gross"]["sharpe"],
         "buy_hold_sharpe": bt["buy_hold"]["sharpe"],
         "net_total_return": bt["net"]["total_return"],
-        "net_annual_return": bt["net"]["annual_return"],
-        "net_annual_volatility": bt["net"]["annual_volatility"],
         "max_drawdown": bt["net"]["max_drawdown"],
         "turnover": bt["net"]["turnover"],
+        "break_even_bps": inputs.break_even_bps,
+        "samples_per_s": as_float(s.get("samples_per_s")),
+        "data_wait_share": as_float(s.get("data_wait_share")),
+        "gpu_util": as_float(s.get("gpu_util")),
+        "mfu": mfu if not mfu > 1 else float("nan"),  # above 1: impossible
+        "mfu_invalid": mfu if mfu > 1 else None,
+        "peak_mem_gb": as_float(s.get("peak_mem_bytes")) / 1e9,
+        "epoch_time_s": as_float(s.get("epoch_time_s")),
+    })
+    return out
+
+
+def summary_block(inputs: ReportInputs) -> dict:
+    """The numbers that matter, flat: `headline_numbers`, which IC leads and why, the baselines, the book's
+    settings and its error bars, and the figures that cannot be taken as they read."""
+    s, bt, p, head = inputs.summary, inputs.backtest.stats, inputs.predictors, inputs.ic[inputs.family]
+    out = headline_numbers(inputs)
+    out.update({
+        "n_test_rows": int(len(inputs.predictions)),
+        "test_days": _span_days(inputs.predictions),
+        "n_symbols": int(inputs.predictions["symbol"].nunique()),
+        "bar": ev.bar_words(inputs.book["bar_seconds"]),
+        "horizon_bars": inputs.horizon,
+        "headline_reason": inputs.family_reason,
+        "ic_t_stat": head["t_stat"],  # overlap-robust, of the headline family
+        "ic_t_method": head["t_method"],
+        "ic_t_stat_lag0": inputs.ic_lag0[inputs.family]["t_stat"],
+        "baseline_ic": {name: _predictor(p, name, f"{inputs.family}_ic") for name in p["predictor"] if name != "model"},
+        "cost_bps": inputs.book["cost_bps"],
+        "position_mode": bt["mode"],
+        "position_mode_reason": inputs.mode_reason,
+        "trade_delay": bt["trade_delay"],
+        "annualisation_source": inputs.book["annualised"].get("source"),
+        "net_annual_return": bt["net"]["annual_return"],
+        "net_annual_volatility": bt["net"]["annual_volatility"],
         "gross_exposure": bt["gross_exposure"],
         "net_exposure": bt["net_exposure"],
         "abs_net_exposure": bt["abs_net_exposure"],
         "market_beta": bt["market_beta"],
-        "break_even_bps": inputs.break_even_bps,
         **sharpe_block(inputs),
-        "samples_per_s": as_float(s.get("samples_per_s")),
-        "data_wait_share": as_float(s.get("data_wait_share")),
-        "gpu_util": as_float(s.get("gpu_util")),
-        "mfu": as_float(s.get("mfu")) if not as_float(s.get("mfu")) > 1 else float("nan"),  # above 1: impossible
-        "mfu_invalid": as_float(s.get("mfu")) if as_float(s.get("mfu")) > 1 else None,
-        "peak_mem_gb": as_float(s.get("peak_mem_bytes")) / 1e9,
-        "epoch_time_s": as_float(s.get("epoch_time_s")),
     })
     flags = {"net_sharpe": bk.implausible(bt["net"]["sharpe"], None),
              "gross_sharpe": bk.implausible(bt["gross"]["sharpe"], None),
@@ -170,11 +179,11 @@ def sharpe_block(inputs: ReportInputs) -> dict:
     interval lies above the cost; otherwise the data cannot tell (or it does not)."""
     net, gross, ci, n = inputs.sharpe["net"], inputs.sharpe["gross"], inputs.break_even_ci, inputs.trials
     dsr = bk.deflated_sharpe(net["sharpe_period"], net["se_period"], n["n_trials"], n["trial_variance"])
-    low, high = ci.get("low", float("nan")), ci.get("high", float("nan"))
+    low, high, cost = ci.get("low", float("nan")), ci.get("high", float("nan")), inputs.book["cost_bps"]
     survives = None
-    if math.isfinite(low) and low > inputs.cost_bps:
+    if math.isfinite(low) and low > cost:
         survives = True
-    elif math.isfinite(high) and high < inputs.cost_bps:
+    elif math.isfinite(high) and high < cost:
         survives = False
     return {
         "net_sharpe_se": net["se"], "net_sharpe_ci": [net["ci_low"], net["ci_high"]], "net_sharpe_psr": net["psr"],
@@ -189,8 +198,7 @@ def sharpe_block(inputs: ReportInputs) -> dict:
 def conventions(inputs: ReportInputs) -> dict:
     """What the numbers mean here: which IC leads and why, the t-statistic, the annualisation, the book
     (delay, cost, positions) and the split dates. The report states all of it."""
-    head = inputs.ic[inputs.family]
-    bt = inputs.backtest.stats
+    head, bt, lag = inputs.ic[inputs.family], inputs.backtest.stats, inputs.book["trade_delay"]
     return {
         "headline_ic": inputs.family,
         "headline_ic_words": ev.FAMILY_WORDS[inputs.family],
@@ -204,18 +212,18 @@ def conventions(inputs: ReportInputs) -> dict:
         "t_stat": f"{head['t_method']}, over {PERIOD_WORDS[inputs.family]}; the target spans {inputs.horizon} "
                   f"bar(s) (horizon from {inputs.horizon_source})",
         "significance": "|t| >= 2 on the overlap-robust t only",
-        "ic_lag": f"every IC against the target {inputs.ic_lag} bar(s) after the signal (the return from t+"
-                  f"{inputs.ic_lag} to t+{inputs.ic_lag + inputs.horizon}, the one a book trading "
-                  f"{inputs.ic_lag} bar(s) later earns); the lag-0 figures (before the trade delay) beside them",
+        "ic_lag": f"every IC against the target {lag} bar(s) after the signal (the return from t+{lag} to t+"
+                  f"{lag + inputs.horizon}, the one a book trading {lag} bar(s) later earns); the lag-0 figures "
+                  f"(before the trade delay) beside them",
         "sharpe_interval": "Lo (2002) non-IID standard error (delta method, Newey-West covariance of the first two "
                            "moments): allows for autocorrelation and fat tails; 95% interval SR +- 1.96 SE",
         "deflation": f"deflated Sharpe over {inputs.trials.get('n_trials')} trial(s) ("
                      f"{inputs.trials.get('predictors')} predictor(s) x {inputs.trials.get('sweep_runs')} sweep "
                      f"run(s)); 'best' only for a positive figure whose deflated probability exceeds {bk.SIGNIFICANT}",
-        "bar": ev.bar_words(inputs.bar_seconds),
+        "bar": ev.bar_words(inputs.book["bar_seconds"]),
         "position_mode_reason": inputs.mode_reason,
         "horizon_bars": inputs.horizon,
-        "annualisation": inputs.annualisation,
+        "annualisation": inputs.book["annualised"],
         "trade_delay_bars": bt["trade_delay"],
         "cost_bps": bt["cost_bps"],
         "position_mode": bt["mode"],
@@ -250,7 +258,7 @@ def compare_block(this: dict, other_dir: Path) -> dict:
         book = ReportSettings.of(cost_bps=this["cost_bps"], position_mode=this["position_mode"],
                                  trade_delay=this["trade_delay"],
                                  periods_per_year=this["periods_per_year"] if same_bar else 0.0)
-        other = summary_block(load_inputs(other_dir, book))
+        other = headline_numbers(load_inputs(other_dir, book, headline_only=True))
     except (FileNotFoundError, ValueError):  # a throughput-only run: compare what summary.json holds
         s = runs.read_summary(other_dir) or {}
         other = {k: as_float(s.get(k)) for k in SUMMARY_NUMBERS}  # its named test ICs, the throughput
@@ -310,63 +318,8 @@ def _span_days(df: pd.DataFrame) -> float:
     return float((ts.max() - ts.min()) / pd.Timedelta(days=1)) if len(ts) else float("nan")
 
 
-# ----------------------------------------------------------------------------------------------------
-# walk-forward: per fold
-
-
-FOLD_ICS = ("cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "daily_rank_ic", "pooled_ic")
-
-
-def _has(d: pd.DataFrame, col: str) -> bool:
-    return col in d and bool(np.isfinite(d[col].to_numpy(dtype=float)).any())
-
-
-def fold_table(inputs: ReportInputs) -> pd.DataFrame:
-    """A walk-forward's figures per fold and over all folds (`fold` "all": the stitched predictions), each on
-    that fold's test rows with the report's book: the three named ICs, the headline IC's overlap-robust t, the
-    ridge baseline (fitted per fold) and the oracle on the headline IC, and the backtest. Every IC against
-    the target at the traded lag; each fold's net Sharpe with its standard error and its deflated Sharpe over
-    the folds (trials: the folds compared, so the best fold is not read as skill)."""
-    df, fam = inputs.predictions, inputs.family
-    lags = inputs.ic[fam]["lags"]
-    bt = inputs.backtest.stats
-    periods = {f["fold"]: f for f in inputs.summary.get("folds") or []}
-    everything = {"test_start": (periods.get(0) or {}).get("test_start"),
-                  "test_end": (periods.get(len(periods) - 1) or {}).get("test_end")}
-    rows = []
-    for k, d in [*df.groupby("fold", sort=True), ("all", df)]:
-        when = everything if k == "all" else periods.get(int(k), {})
-        if k != "all":  # a fold's own rows: its last targets do not reach into the next fold (as in summary.json)
-            d = d.assign(**{TRADED: ev.lagged_target(d, bt["trade_delay"])})
-        head = ev.family_summary(d, fam, lags, target_col=TRADED)
-        book_k = bk.backtest(d, "prediction", **inputs.book)
-        net, gross = book_k.stats["net"], book_k.stats["gross"]
-        inf = bk.sharpe_inference(book_k.pnl["net"].to_numpy(), bt["periods_per_year"])
-        rows.append({
-            "fold": str(k), "train_start": when.get("train_start"), "train_end": when.get("train_end"),
-            "test_start": when.get("test_start"), "test_end": when.get("test_end"), "test_rows": int(len(d)),
-            **{key: v for key, v in ev.named_ics(d, 0, target_col=TRADED).items() if key in FOLD_ICS},
-            "t_stat": head["t_stat"],
-            "ridge_ic": ev.family_summary(d, fam, lags, "ridge", TRADED)["ic"] if _has(d, "ridge") else float("nan"),
-            "oracle_ic": ev.family_summary(d, fam, lags, "oracle", TRADED)["ic"] if _has(d, "oracle") else float("nan"),
-            "net_sharpe": net["sharpe"], "net_sharpe_se": inf["se"], "net_sharpe_psr": inf["psr"],
-            "net_sharpe_period": inf["sharpe_period"], "net_sharpe_se_period": inf["se_period"],
-            "gross_sharpe": gross["sharpe"], "net_total_return": net["total_return"],
-            "max_drawdown": net["max_drawdown"], "turnover": net["turnover"],
-            "break_even_bps": bk.break_even_bps(book_k),
-        })
-    table = pd.DataFrame(rows)
-    per = table[table["fold"] != "all"]
-    var = bk.trial_variance(per["net_sharpe_period"], per["net_sharpe_se_period"])
-    n = int(len(per))
-    table["net_sharpe_dsr"] = [bk.deflated_sharpe(r.net_sharpe_period, r.net_sharpe_se_period, 1 if r.fold == "all"
-                                                  else n, var)["dsr"] for r in table.itertuples()]
-    return table
-
-
 def fold_block(inputs: ReportInputs) -> dict:
-    """report.json's `folds`: how the walk-forward was set up, and `fold_table`."""
+    """report.json's `folds`: how the walk-forward was set up, and `inputs.fold_table`."""
     s = inputs.summary
     return {"n_folds": len(s.get("folds") or []), "fold_window": s.get("fold_window"), "fold_init": s.get("fold_init"),
-            "headline_ic": inputs.family, "t_method": inputs.ic[inputs.family]["t_method"],
-            "table": fold_table(inputs)}
+            "headline_ic": inputs.family, "t_method": inputs.ic[inputs.family]["t_method"], "table": inputs.folds}

@@ -18,6 +18,11 @@ def _ok(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _col(df: pd.DataFrame, col: str) -> pd.Series:
+    """A column of df, or NaN throughout when df has none."""
+    return df[col] if col in df else pd.Series([float("nan")] * len(df), index=df.index)
+
+
 def num(v, digits: int = 3) -> str:
     return f"{v:,.{digits}f}" if _ok(v) else NA
 
@@ -52,8 +57,9 @@ def rate(v) -> str:
 
 
 def mfu(value, invalid=None) -> str:
-    """MFU as a percentage; `invalid` (the flagged value) wins: an MFU that cannot be right is no figure."""
-    if _ok(invalid):
+    """MFU as a percentage; `invalid` (the flagged value) or a value above 1 wins: an MFU that cannot be right is
+    no figure."""
+    if _ok(invalid) or (_ok(value) and value > 1):
         return "invalid"
     return pct(value, 2)
 
@@ -117,7 +123,7 @@ def predictor_table(predictors: pd.DataFrame, t_family: str) -> pd.DataFrame:
     """The model and the baselines on the same rows; `t (HAC)` is of the headline family `t_family`."""
     out = pd.DataFrame({"predictor": predictors["predictor"].astype(str)})
     for col, name in PREDICTOR_COLUMNS.items():
-        values = predictors[col] if col in predictors else pd.Series([float("nan")] * len(predictors))
+        values = _col(predictors, col)
         if col in ("directional_accuracy", "coverage"):
             out[name] = [pct(v) for v in values]
         elif col == "total_return_net":
@@ -130,10 +136,9 @@ def predictor_table(predictors: pd.DataFrame, t_family: str) -> pd.DataFrame:
 
 def predictor_highlight(predictors: pd.DataFrame, best: dict[str, str]) -> tuple[tuple[int, str], ...]:
     """The (row, column) cells of predictor_table to mark, from backtest.best_predictors' {column: predictor}."""
-    names = {"cross_sectional_ic": "cross-sectional IC", "daily_ic": "per-day IC", "pooled_ic": "pooled IC",
-             "sharpe_net": "net Sharpe"}
     rows = {str(p): i for i, p in enumerate(predictors["predictor"])}
-    return tuple((rows[name], names[col]) for col, name in best.items() if col in names and name in rows)
+    return tuple((rows[name], PREDICTOR_COLUMNS[col]) for col, name in best.items()
+                 if col in PREDICTOR_COLUMNS and name in rows)
 
 
 BOOKS = {"gross": "gross (before costs)", "net": "net of costs", "buy_hold": "buy & hold"}
@@ -190,7 +195,7 @@ LOADER_SHORT = {"dataloader": "DataLoader", "device": "device", "dense": "dense"
 
 def sweep_table(sweep: pd.DataFrame) -> pd.DataFrame:
     """02_profiling's sweep: each loader at each micro-batch, with the speed-up over the seed's pipeline."""
-    g = lambda col: sweep[col] if col in sweep else pd.Series([float("nan")] * len(sweep), index=sweep.index)
+    g = lambda col: _col(sweep, col)
     return pd.DataFrame({
         "loader": [LOADER_NAMES.get(v, v) for v in sweep["loader"]],
         "micro-batch": [integer(v) for v in sweep["batch_size"]],
@@ -209,7 +214,7 @@ def sweep_table(sweep: pd.DataFrame) -> pd.DataFrame:
 
 def runs_table(runs_df: pd.DataFrame) -> pd.DataFrame:
     """Every run under outputs/, side by side: the throughput figures and the named test ICs."""
-    g = lambda col: runs_df[col] if col in runs_df else pd.Series([float("nan")] * len(runs_df), index=runs_df.index)
+    g = lambda col: _col(runs_df, col)
     when = pd.to_datetime(g("finished"), utc=True, errors="coerce")
     return pd.DataFrame({
         "run": runs_df["run_id"].astype(str),
@@ -220,7 +225,7 @@ def runs_table(runs_df: pd.DataFrame) -> pd.DataFrame:
         "samples/s": [rate(v) for v in g("samples_per_s")],
         "data wait": [pct(v) for v in g("data_wait_share")],
         "GPU busy": [busy(v) for v in g("gpu_util")],
-        "MFU": [mfu(v, v if _ok(v) and v > 1 else None) for v in g("mfu")],
+        "MFU": [mfu(v) for v in g("mfu")],
         "peak memory": [f"{v:.3g} GB" if _ok(v) else NA for v in g("peak_mem_gb")],
         "epoch (s)": [num(v, 1) for v in g("epoch_time_s")],
         "cross-sect. IC": [num(v, 4) for v in g("cross_sectional_ic")],
@@ -232,7 +237,6 @@ def runs_table(runs_df: pd.DataFrame) -> pd.DataFrame:
 def run_summary_table(summary: dict) -> pd.DataFrame:
     """One run's figures from its summary.json, each with its unit (03_train's summary)."""
     g = summary.get
-    bad = g("mfu") if _ok(g("mfu")) and g("mfu") > 1 else None
     rows = [
         ("model", f"{g('model')}, {integer(g('n_params'))} parameters"),
         ("device", f"{g('device_name')} ({g('device')}), loader {g('loader')}, compile {g('compiled')}"
@@ -244,7 +248,7 @@ def run_summary_table(summary: dict) -> pd.DataFrame:
         ("samples/s", f"{rate(g('samples_per_s'))} (median over the log intervals)"),
         ("data wait", pct(g("data_wait_share"))),
         ("GPU busy", busy(g("gpu_util")) if _ok(g("gpu_util")) else f"{NA} (no NVML reading)"),
-        ("MFU", mfu(g("mfu"), bad) if g("mfu") is not None else f"{NA} (no peak FLOP/s known for this device)"),
+        ("MFU", mfu(g("mfu")) if g("mfu") is not None else f"{NA} (no peak FLOP/s known for this device)"),
         ("peak memory", gb(g("peak_mem_bytes"))),
         ("epoch time", f"{num(g('epoch_time_s'), 1)} s" if _ok(g("epoch_time_s")) else f"{NA} (no epoch finished)"),
         ("training time", f"{num(g('train_time_s'), 1)} s"),
@@ -257,7 +261,7 @@ def run_summary_table(summary: dict) -> pd.DataFrame:
 
 def ops_table(top: pd.DataFrame) -> pd.DataFrame:
     """02's torch.profiler top ops: milliseconds over the profiled steps, and each op's share of the self time."""
-    g = lambda col: top[col] if col in top else pd.Series([float("nan")] * len(top), index=top.index)
+    g = lambda col: _col(top, col)
     return pd.DataFrame({"op": top["op"].astype(str), "calls": [integer(v) for v in g("calls")],
                          "self CPU (ms)": [num(v, 2) for v in g("self_cpu_ms")],
                          "CPU total (ms)": [num(v, 2) for v in g("cpu_total_ms")],

@@ -112,13 +112,12 @@ def _throughput_line(report: dict) -> str:
     epoch = (f"an epoch {fmt(g('epoch_time_s'), ',.1f')} s" if g("epoch_time_s") is not None
              else "no epoch finished")
     return (f"Training: **{_rate(g('samples_per_s'))} samples/s**, data wait {fmt(g('data_wait_share'), '.1%')}, "
-            f"{busy}, {mfu_words(g('mfu'))}, peak memory {_gb(g('peak_mem_gb'))} ({memory}), {epoch}.")
+            f"{busy}, {mfu_words(g('mfu_invalid') or g('mfu'))}, peak memory {_gb(g('peak_mem_gb'))} ({memory}), "
+            f"{epoch}.")
 
 
-def mfu_words(mfu: float | None, note: str | None = None) -> str:
+def mfu_words(mfu: float | None) -> str:
     """MFU for a sentence: the figure, or why there is none; above 1 it is impossible and flagged invalid."""
-    if note:
-        return f"MFU invalid ({note})"
     if mfu is None or not math.isfinite(mfu):
         return "MFU n/a (no peak FLOP/s known for this device)"
     if mfu > 1:
@@ -144,10 +143,6 @@ def _compare_lines(report: dict) -> list[str]:
 
 def conventions_markdown(report: dict) -> str:
     """What the numbers mean here: which IC and t, the annualisation, the book, the split dates."""
-    return "\n".join(_convention_lines(report))
-
-
-def _convention_lines(report: dict) -> list[str]:
     c = report.get("conventions") or {}
     sp = c.get("splits") or {}
     ann = c.get("annualisation") or {}
@@ -156,19 +151,16 @@ def _convention_lines(report: dict) -> list[str]:
                  f"{_when(sp.get('test_start'))} to {_when(sp.get('test_end'))} (UTC), each fold's model trained and "
                  f"validated on the data before its test period, features scaled on its own training rows")
     elif sp.get("method") == "dates" or sp.get("val_start"):
-        dates = (f"training to {_when(sp.get('train_end'))}, validation {_when(sp.get('val_start'))} to "
-                 f"{_when(sp.get('val_end'))}, test {_when(sp.get('test_start'))} to {_when(sp.get('test_end'))} (UTC)")
+        dates = _split_periods(sp)
     else:
         dates = (f"test {_when(sp.get('test_start'))} to {_when(sp.get('test_end'))} (UTC; the training and "
                  f"validation dates need the feature cache)")
-    return [
-        f"Headline IC = {c.get('headline_ic_words')}; {c.get('ic_lag')}; t = {c.get('t_stat')}; significance on "
-        f"that t only. Sharpe errors: {c.get('sharpe_interval')}; {c.get('deflation')}. Annualisation: "
-        f"{_periods(ann.get('periods_per_year'))} periods a year, {ann.get('description')}. Trade delay "
-        f"{c.get('trade_delay_bars')} bar(s), cost {fmt(c.get('cost_bps'), 'g')} bps per unit of weight traded, "
-        f"positions `{c.get('position_mode')}` ({c.get('position_mode_reason')}), {c.get('bar')} bars. Splits by "
-        f"{sp.get('method')}: {dates}. See docs/metrics.md.",
-    ]
+    return (f"Headline IC = {c.get('headline_ic_words')}; {c.get('ic_lag')}; t = {c.get('t_stat')}; significance on "
+            f"that t only. Sharpe errors: {c.get('sharpe_interval')}; {c.get('deflation')}. Annualisation: "
+            f"{_periods(ann.get('periods_per_year'))} periods a year, {ann.get('description')}. Trade delay "
+            f"{c.get('trade_delay_bars')} bar(s), cost {fmt(c.get('cost_bps'), 'g')} bps per unit of weight traded, "
+            f"positions `{c.get('position_mode')}` ({c.get('position_mode_reason')}), {c.get('bar')} bars. Splits by "
+            f"{sp.get('method')}: {dates}. See docs/metrics.md.")
 
 
 def run_configuration(summary: dict, splits: dict) -> list[tuple[str, str]]:
@@ -208,9 +200,12 @@ def _split_words(splits: dict, purge: str) -> str:
         return (f"walk-forward: {splits.get('n_folds')} folds, {splits.get('fold_window')} training window, "
                 f"{splits.get('fold_init')} start; test periods {_when(splits.get('test_start'))} to "
                 f"{_when(splits.get('test_end'))} (UTC){purge}; each fold's dates under 'Does it hold through time?'")
-    return (f"by {splits.get('method')}: training to {_when(splits.get('train_end'))}, validation "
-            f"{_when(splits.get('val_start'))} to {_when(splits.get('val_end'))}, test "
-            f"{_when(splits.get('test_start'))} to {_when(splits.get('test_end'))} (UTC){purge}")
+    return f"by {splits.get('method')}: {_split_periods(splits)}{purge}"
+
+
+def _split_periods(sp: dict) -> str:
+    return (f"training to {_when(sp.get('train_end'))}, validation {_when(sp.get('val_start'))} to "
+            f"{_when(sp.get('val_end'))}, test {_when(sp.get('test_start'))} to {_when(sp.get('test_end'))} (UTC)")
 
 
 def training_markdown(report: dict) -> str:

@@ -39,7 +39,7 @@ from tradelib.train.run import RunResult, prepare_features, train, train_or_laun
 # summary.json figures of a walk-forward: the median over folds, the sum, or the largest
 MEDIAN_OVER_FOLDS = ("samples_per_s", "it_per_s", "data_wait_share", "gpu_util", "mfu", "epoch_time_s")
 SUM_OVER_FOLDS = ("train_time_s", "optimizer_steps", "skipped_steps", "test_windows")
-MAX_OVER_FOLDS = ("peak_mem_bytes", "gpu_mem_used_max_bytes")
+MAX_OVER_FOLDS = ("peak_mem_bytes", "gpu_mem_used_max_bytes", "train_windows")
 
 
 @dataclass
@@ -56,10 +56,6 @@ def train_or_walk(cfg: Config) -> Path:
     if needs_launch(cfg):
         return launch_distributed(cfg)
     return walk_forward(cfg).run_dir
-
-
-def fold_run_id(run_id: str, fold: int) -> str:
-    return f"{run_id}/fold-{fold}"
 
 
 def walk_forward(cfg: Config, progress: bool = True) -> RunResult:
@@ -95,7 +91,7 @@ def train_fold(cfg: Config, run_id: str, k: int, previous: FoldResult | None, pr
     """Fold k: its feature set (scaled on its training rows; with shard_data under torchrun, this rank's shards of
     it), then a normal run in outputs/<run_id>/fold-k/."""
     env = dist_env()
-    fid = fold_run_id(run_id, k)
+    fid = f"{run_id}/fold-{k}"
     resume = cfg.resume and any((outputs_dir() / fid / "checkpoints").glob("*.pt"))
     if env.main:
         print(f"\nwalk-forward fold {k + 1} of {cfg.folds} ({cfg.fold_window} training window, "
@@ -175,16 +171,15 @@ def write_outputs(cfg: Config, top: Path, folds: list[FoldResult]) -> dict:
     runs.write_prediction_frame(top, pred)
     runs.write_metrics(top, stitched_metrics(folds))
     per = [f.run.summary for f in folds]
-    summary = dict(per[-1])  # what all folds share: device, model, batch, parameters ...
+    # what all folds share (device, model, batch, parameters ...) and the data's calendar and quality, the same for
+    # every fold: the last fold's (its cache_dir too; each fold's own cache is in `folds`)
+    summary = dict(per[-1])
     for keys, how in ((MEDIAN_OVER_FOLDS, lambda v: float(np.median(v))), (SUM_OVER_FOLDS, sum),
                       (MAX_OVER_FOLDS, max)):
         summary.update({k: _over_folds([s.get(k) for s in per], how) for k in keys})
     summary.update({
         "run_id": cfg.run_id, "config": cfg.to_dict(),
-        "train_windows": _over_folds([s.get("train_windows") for s in per], max),
         "best_val_loss": None,  # one per fold, in `folds`
-        # the data's calendar and quality (the same for every fold); each fold's own cache is in `folds`
-        "cache_dir": per[-1].get("cache_dir"), "cache_key": per[-1].get("cache_key"),
         "folds": [fold_entry(f, pred) for f in folds], "fold_window": cfg.fold_window, "fold_init": cfg.fold_init,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **metrics.named_ics(pred, cfg.trade_delay),
