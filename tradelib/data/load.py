@@ -127,14 +127,13 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 
 def _read_csv(path: Path, sep: str, decimal: str, header: str, date_format: str) -> pd.DataFrame:
-    """A CSV file as it is, with pyarrow's reader: types inferred per column (numbers, ISO timestamps and dates,
-    else text, which `_frame_from_table` reads as pandas would), pandas' strings for a missing value. Kept as
-    text: a `time` column beside a `date` column (the two are joined) and, where a `date_format` is given, every
-    column that may hold the timestamps (read with that format); read as float64: the price and volume columns.
-    Read a block at a time with the types of the
-    first block (a third of the memory of reading the whole file at once); where a later block does not fit
-    them (text in a number column further down), the whole file is read again with types inferred from all of
-    it: the same frame either way."""
+    """A CSV file as it is, with pyarrow's reader (blocks parsed on all cores), pandas' strings for a missing
+    value. Kept as text: a `time` column beside a `date` column (the two are joined) and, where a `date_format` is
+    given, every column that may hold the timestamps (read with that format); read as float64: the price and
+    volume columns; the other columns used take the types pyarrow infers from the first block (numbers, ISO
+    timestamps and dates, else text, which `_frame_from_table` reads as pandas would), so that no block is
+    inferred again. Where a later block does not fit them (text in a number column further down), the file is
+    read again with types inferred from all of it: the same frame either way."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -151,7 +150,10 @@ def _read_csv(path: Path, sep: str, decimal: str, header: str, date_format: str)
                                     column_types=types)
 
     try:
-        table = pacsv.open_csv(path, parse_options=parse, convert_options=convert(texts | numbers)).read_all()
+        first = pacsv.open_csv(path, parse_options=parse, convert_options=convert(texts | numbers)).schema
+        used = {f.name: f.type for f in first if f.name in found.values()}
+        table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(block_size=16 << 20), parse_options=parse,
+                               convert_options=convert(used | texts | numbers))
     except pa.ArrowInvalid as e:
         if "conversion error" not in str(e):
             raise
