@@ -82,7 +82,9 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
     suffix = _suffix(path)
     if suffix in PARQUET_SUFFIXES:
         try:
-            df = _read_parquet(path)
+            import pyarrow.parquet as pq
+
+            df = _to_pandas(pq.read_table(path))  # as pandas reads it (the index from pandas' metadata)
         except Exception as e:  # pyarrow raises many types for a corrupt file
             raise DataError(f"{path}: cannot read as Parquet ({_short(e)})") from None
         if not isinstance(df.index, pd.RangeIndex):  # a time index saved by pandas becomes a column
@@ -100,7 +102,7 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
             decimal = "," if sep != "," and re.search(r"\d,\d", second) else "."
             if not second:  # a header and nothing else
                 raise DataError(f"{path}: no rows")
-            df = _read_csv(path, sep, decimal, first, date_format)
+            df = _to_pandas(_read_csv(path, sep, decimal, first, date_format), date_as_object=False)
             df.attrs["decimal_comma"] = decimal == ","
         except DataError:
             raise
@@ -114,27 +116,25 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
     return df
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
-    """A Parquet file as pandas would read it (its index restored from pandas' metadata), each column handed
-    over as it is converted and not copied again into one block per dtype (pd.read_parquet does: a copy of
-    every price column); the reader's freed buffers handed back to the system."""
+def _to_pandas(table, **options) -> pd.DataFrame:
+    """An Arrow table as a frame, each column handed over as it is converted (numbers without a missing value
+    without a copy) and not copied again into one block per dtype (pd.read_parquet does); the reader's freed
+    buffers handed back to the system, for what follows (numpy does not allocate from Arrow's pool)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    df = pq.read_table(path).to_pandas(split_blocks=True, self_destruct=True)
+    df = table.to_pandas(split_blocks=True, self_destruct=True, **options)
     pa.default_memory_pool().release_unused()
     return df
 
 
-def _read_csv(path: Path, sep: str, decimal: str, header: str, date_format: str) -> pd.DataFrame:
-    """A CSV file as it is, with pyarrow's reader: types inferred per column (numbers, ISO timestamps and dates,
-    else text, which `_frame_from_table` reads as pandas would), pandas' strings for a missing value. Kept as
-    text: a `time` column beside a `date` column (the two are joined) and, where a `date_format` is given, every
-    column that may hold the timestamps (read with that format); read as float64: the price and volume columns.
-    Read a block at a time with the types of the
-    first block (a third of the memory of reading the whole file at once); where a later block does not fit
-    them (text in a number column further down), the whole file is read again with types inferred from all of
-    it: the same frame either way."""
+def _read_csv(path: Path, sep: str, decimal: str, header: str, date_format: str):
+    """A CSV file as it is, as an Arrow table, with pyarrow's reader (blocks parsed on all cores); pandas' strings
+    mean a missing value. Kept as text: a `time` column beside a `date` column (the two are joined) and, where a
+    `date_format` is given, every column that may hold the timestamps; read as float64: the price and volume
+    columns; the other columns used take the types inferred from the first block (numbers, ISO timestamps and
+    dates, else text, which `_frame_from_table` reads as pandas would). Where a later block does not fit them
+    (text in a number column further down), the file is read again with types inferred from all of it: the
+    same frame either way."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -151,16 +151,14 @@ def _read_csv(path: Path, sep: str, decimal: str, header: str, date_format: str)
                                     column_types=types)
 
     try:
-        table = pacsv.open_csv(path, parse_options=parse, convert_options=convert(texts | numbers)).read_all()
+        first = pacsv.open_csv(path, parse_options=parse, convert_options=convert(texts | numbers)).schema
+        used = {f.name: f.type for f in first if f.name in found.values()}
+        return pacsv.read_csv(path, read_options=pacsv.ReadOptions(block_size=16 << 20), parse_options=parse,
+                              convert_options=convert(used | texts | numbers))
     except pa.ArrowInvalid as e:
         if "conversion error" not in str(e):
             raise
-        table = pacsv.read_csv(path, parse_options=parse, convert_options=convert(texts))
-    # each column handed over as it is converted (numbers without a missing value without a copy); the reader's
-    # freed buffers handed back to the system, for what follows (numpy does not allocate from Arrow's pool)
-    df = table.to_pandas(date_as_object=False, split_blocks=True, self_destruct=True)
-    pa.default_memory_pool().release_unused()
-    return df
+    return pacsv.read_csv(path, parse_options=parse, convert_options=convert(texts))
 
 
 def _norm(name) -> str:
