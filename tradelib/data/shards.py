@@ -183,16 +183,11 @@ class ShardRows:
 
     codes: np.ndarray  # int32 symbol id per row (an index into the FeatureSet's symbols)
     ts: np.ndarray  # int64 ns since the epoch, UTC
-    bar_of_code: np.ndarray  # int64 bar size of each symbol id (0 for the symbols of other shards)
+    bar_of_code: np.ndarray  # int64 bar size of each of the shard's symbols, in order
     seg: np.ndarray  # int32 segment id: breaks at a symbol change or a gap longer than max_gap_bars
     split: np.ndarray | None = None  # int8: 0 train, 1 val, 2 test, -1 purged
     cut: dict | None = None  # split_rows' cut of these rows
     names: list[str] = field(default_factory=list)  # the shard's symbols, in order
-
-    @property
-    def bar_ns(self) -> np.ndarray:
-        """The bar size of each row's symbol."""
-        return self.bar_of_code[self.codes]
 
 
 @dataclass
@@ -283,7 +278,6 @@ def assign_splits(rows: ShardRows, bound: dict, seg_offset: int, sym_offset: int
     rows.split = out["split"]
     rows.seg += np.int32(seg_offset)
     rows.codes += np.int32(sym_offset)
-    rows.bar_of_code = np.r_[np.zeros(sym_offset, dtype=np.int64), rows.bar_of_code]
 
 
 def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts, continuous: bool, cfg,
@@ -304,7 +298,7 @@ def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts,
             ranges.append(_finite_range(col))
             cols_t[j, : b1 - b0] = col
         X[b0:b1] = cols_t[:, : b1 - b0].T
-    pos = sessions.bar_positions(rows.ts, rows.codes, rows.bar_ns, continuous, days=facts.days)
+    pos = sessions.bar_positions(rows.ts, rows.codes, facts.bars[rows.codes], continuous, days=facts.days)
     t = targets({k: shard.a[k] for k in BARS} | {"timestamp": rows.ts}, Segments(rank), rows.codes, pos, cfg)
     y = out["y"]
     y[:] = t["target"]
