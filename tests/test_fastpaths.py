@@ -1,12 +1,11 @@
 """The fast evaluation under the definitions, against the definitions: the segment operations the features are
-written with (segments.py), bar sizes from the majority step, the clean rows' range stats derived from the
-dropped rows, and bad prints judged a block of rows at a time."""
+written with (segments.py), bar sizes from the majority step, and bad prints judged a block of rows at a
+time."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from tradelib.data import clean, detect, load, quality, segments, synth
+from tradelib.data import detect, load, segments
 
 
 def _runs(n: int, n_runs: int, rng) -> np.ndarray:
@@ -93,29 +92,6 @@ def test_bar_sizes_from_the_majority_step_match_the_counting_path(kind, monkeypa
     fast = detect.bar_sizes_ns(codes, ts, 6)
     monkeypatch.setattr(detect, "_majority_steps", lambda *a: None)
     assert np.array_equal(fast, detect.bar_sizes_ns(codes, ts, 6))
-
-
-def test_clean_range_stats_derived_from_dropped_rows_match_a_fresh_pass():
-    """Rows dropped holding a column's extreme, a zero of either sign, NaN and inf: the clean rows' range stats (from
-    the stats before and the dropped values where no rule repaired the column) equal a pass over the clean rows."""
-    derived = 0
-    for seed in range(6):
-        rng = np.random.default_rng(seed)
-        raw = synth.generate_market(n_symbols=3, n_bars=2_000, seed=seed)
-        for col in load.NUM_COLS:
-            v = raw[col].to_numpy().copy()
-            at = rng.choice(len(v), 4, replace=False)
-            v[at] = rng.choice([np.nan, np.inf, -np.inf, 0.0, -0.0, -1.0, np.nanmin(v), np.nanmax(v)], 4)
-            raw[col] = v
-        close = raw["close"].to_numpy().copy()
-        close[int(np.nanargmax(np.where(np.isfinite(close), close, np.nan)))] = np.nan  # drops the largest close
-        raw["close"] = close
-        raw = pd.concat([raw.iloc[:1], raw]).reset_index(drop=True)  # a duplicate
-        for part, shard in clean.clean_parts(raw, "x", min_rows=20, shard_rows=2_500):
-            fresh = quality.range_stats({c: shard.a[c] for c in load.NUM_COLS}, shard.a["ts"])
-            assert repr(part["after"]) == repr(fresh)  # values, None, ints and the sign of a zero alike
-            derived += part["rows_in"] > part["rows_kept"]
-    assert derived  # shards with dropped rows were checked
 
 
 def _trailing_level(x: np.ndarray, code: np.ndarray) -> np.ndarray:

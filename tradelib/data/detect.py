@@ -178,8 +178,8 @@ def trailing_sigma(r: np.ndarray, code: np.ndarray, rows: np.ndarray) -> np.ndar
 
 
 def _first_block_levels(x: np.ndarray, starts: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """The trailing level (`bad_print_rows`) of the rows of each symbol's first block ([symbols, LEVEL_BLOCK], NaN where it has none),
-    all symbols at once a row number at a time."""
+    """The trailing level (`bad_print_rows`) of the rows of each symbol's first block ([symbols, LEVEL_BLOCK],
+    NaN where it has none), all symbols at once a row number at a time."""
     out = np.full((len(starts), LEVEL_BLOCK), np.nan)
     for j in range(LEVEL_MIN_ROWS, LEVEL_BLOCK):
         have = np.flatnonzero(length > j)
