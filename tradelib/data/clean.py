@@ -74,7 +74,7 @@ class Work:
     volume; `keep`: the extra columns carried along, which no rule reads), with the rows still kept (`alive`) and
     the counts so far. Rules only read it and return a `Verdict`; `apply` carries the verdict out (copying an
     array before its first change: the raw frame is never touched) and counts it. Symbols never share a rule's
-    decision, so the shards of a frame are cleaned apart (and at once) and their counts merged (`clean_shards`)."""
+    decision, so the shards of a frame are cleaned apart (and at once) and their counts merged (`quality_report`)."""
 
     def __init__(self, a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict,
                  settings: CleanSettings, keep: dict[str, np.ndarray] | None = None) -> None:
@@ -449,16 +449,6 @@ def _check_clean(a: dict[str, np.ndarray], stats: dict, masked: dict[str, int]) 
             "not sorted/unique after cleaning"
 
 
-def clean_shards(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, *, keep: tuple[str, ...] = (),
-                 shard_rows: int | None = None, workers: int | None = None, **settings
-                 ) -> tuple[list[CleanShard], QualityReport]:
-    """`clean_ohlcv` without the frame: the clean rows as shards of whole symbols (about `shard_rows` rows each),
-    cleaned on `workers` threads (0: every core), and the report of them all."""
-    source = source or str(raw.attrs.get("source", ""))
-    done = clean_parts(raw, source, cfg, keep=keep, shard_rows=shard_rows, workers=workers, **settings)
-    return [d[1] for d in done], quality_report([d[0] for d in done], raw, source, keep)
-
-
 def clean_parts(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, *, keep: tuple[str, ...] = (),
                 shard_rows: int | None = None, workers: int | None = None, only: set[int] | None = None,
                 plan: tuple[np.ndarray, np.ndarray, list] | None = None,
@@ -511,12 +501,14 @@ def clean_ohlcv(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, 
     rows; a dropped row is counted by the first rule that drops it. `cfg` gives the cleaning knobs (default:
     Config's defaults); `settings` override them by name (`CleanSettings`: max_gap_bars, spike_sigmas, min_rows,
     ...). `keep` names extra columns carried along row-aligned (e.g. the synthetic `oracle`). No rule looks
-    across symbols, so the frame is cleaned in shards of whole symbols on several cores (`clean_shards`); the
+    across symbols, so the frame is cleaned in shards of whole symbols on several cores (`clean_parts`); the
     result does not depend on how it was cut. Where corporate_actions is mask and one was found, the frame has
     a boolean column `restart` (True where the series restarts).
     """
-    shards, report = clean_shards(raw, source, cfg, keep=keep, shard_rows=shard_rows, workers=workers, **settings)
-    out = clean_frame(shards, keep, raw)
+    source = source or str(raw.attrs.get("source", ""))
+    done = clean_parts(raw, source, cfg, keep=keep, shard_rows=shard_rows, workers=workers, **settings)
+    report = quality_report([d[0] for d in done], raw, source, keep)
+    out = clean_frame([d[1] for d in done], keep, raw)
     out.attrs = {"source": report.source, "bar_size_s": report.bar_size_s}
     return out, report
 
