@@ -83,14 +83,8 @@ def _majority_steps(c: np.ndarray, d_ms: np.ndarray, n_sym: int) -> np.ndarray |
     total = np.diff(edges)
     cand = d_ms[np.minimum(edges[:-1] + total // 2, len(d_ms) - 1)]
     hits = total - np.bincount(c[np.flatnonzero(d_ms != np.repeat(cand, total))], minlength=n_sym)
-    mode = _is_majority(hits, total)
+    mode = (hits >= 2) & (2 * hits > total) & (hits >= BAR_MODE_SHARE * total)  # more than half: the mode
     return np.where(total > 0, cand * 1_000_000, 0) if (mode | (total == 0)).all() else None
-
-
-def _is_majority(hits: np.ndarray | int, total: np.ndarray | int) -> np.ndarray | bool:
-    """A step that `hits` of a symbol's `total` positive steps take is its bar size without counting the others:
-    more than half of them (so it is the mode), at least two, and the mode's own share (arrays or ints)."""
-    return (hits >= 2) & (2 * hits > total) & (hits >= BAR_MODE_SHARE * total)
 
 
 def long_gap_rows(ts: np.ndarray, code: np.ndarray, bar: np.ndarray, k: int) -> np.ndarray:
