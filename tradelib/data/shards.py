@@ -12,7 +12,7 @@ the tests all run this one `build`.
 
 Every row's values depend on its own symbol's rows and on the facts alone, so the result does not depend on how
 the rows were cut. Building the cache, the stages leave files between them in a build folder beside it
-(`.<key>.build/`: `clean-K/` and `facts-K.npz` after stage 1, `shard-K/` after stage 2, each written under a
+(`.<key>.build/`: `clean-K/` and `facts-K/` after stage 1, `shard-K/` after stage 2, each written under a
 temporary name and renamed whole), so a build that fails or is killed resumes from the shards done. Under torchrun
 (`spread`) rank r builds shards r, r + world, ...: the ranks meet at barriers between the stages and read each
 other's files (the outputs folder must be one they share: TRADELIB_OUTPUTS on a shared file system across
@@ -75,7 +75,7 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
     workers = cfg.build_workers or os.cpu_count() or 1
     with memory.without_huge_pages(), ThreadPoolExecutor(max_workers=workers) as pool:
         # 1. clean, and each shard's facts
-        todo = [k for k in mine if work is None or not (work / f"facts-{k}.npz").exists()]
+        todo = [k for k in mine if work is None or not (work / f"facts-{k}").exists()]
         if cleaned:
             done = _frame_shards(raw, codes, symbols, plan, keep)
         else:
@@ -446,20 +446,17 @@ def _write_facts(work: Path, k: int, facts: SharedFacts | None, part: dict) -> N
                    "segments": np.asarray(facts.segments, np.int64),
                    "day_bars": np.asarray(list(facts.days), np.int64)}
         arrays |= {f"days_{i}": d for i, d in enumerate(facts.days.values())}
-    tmp = work / f"facts-{k}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    with writing(tmp), open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    tmp.rename(work / f"facts-{k}.npz")
+    _write_folder(work / f"facts-{k}", arrays)
 
 
 def _read_facts(work: Path, k: int) -> tuple[SharedFacts | None, dict]:
-    with np.load(work / f"facts-{k}.npz", allow_pickle=False) as z:
-        part = json.loads(z["part"].tobytes())
-        if "times" not in z:
-            return None, part
-        days = {int(b): z[f"days_{i}"] for i, b in enumerate(z["day_bars"])}
-        return SharedFacts(z["times"], z["counts"], z["bars"], days, json.loads(z["names"].tobytes()),
-                           int(z["segments"])), part
+    z = _read_folder(work / f"facts-{k}")
+    part = json.loads(z["part"].tobytes())
+    if "times" not in z:
+        return None, part
+    days = {int(b): z[f"days_{i}"] for i, b in enumerate(z["day_bars"])}
+    return SharedFacts(z["times"], z["counts"], z["bars"], days, json.loads(z["names"].tobytes()),
+                       int(z["segments"])), part
 
 
 def _open_shard(work: Path, k: int, cfg) -> tuple[clean.CleanShard, ShardRows, dict[str, np.ndarray]]:
