@@ -235,7 +235,7 @@ def load(folder: Path, part: tuple[int, int] | None = None, mmap: bool = False, 
         a = _load_array(folder / f"{name}.npy", entry, rows, mmap or not whole)
         for shard in table[part[0] : part[1]] if verify else []:
             a_lo, a_hi = shard["rows"]
-            if checksum(a[a_lo:a_hi]) != shard["crc32"][name]:
+            if checksum(a[a_lo:a_hi]) != shard.get("crc32", {}).get(name):  # (none recorded: damaged)
                 raise CacheError(folder / f"{name}.npy", f"checksum differs from the manifest in rows "
                                                          f"{a_lo:,}..{a_hi:,} (the bytes changed)")
         arrays[name] = a[lo:hi] if mmap or whole else np.array(a[lo:hi])
