@@ -1,12 +1,11 @@
 """The fast evaluation under the definitions, against the definitions: the segment operations the features are
-written with (segments.py), bar sizes a symbol at a time, the clean rows' range stats derived from the dropped
-rows, and bad prints judged a block of rows at a time."""
+written with (segments.py), bar sizes from the majority step, and bad prints judged a block of rows at a
+time."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from tradelib.data import clean, detect, load, quality, segments, synth
+from tradelib.data import detect, load, segments
 
 
 def _runs(n: int, n_runs: int, rng) -> np.ndarray:
@@ -77,7 +76,7 @@ def test_segment_operations_match_their_definitions(n_runs):
 
 
 @pytest.mark.parametrize("kind", ["regular", "gaps", "irregular", "tie", "one_step"])
-def test_bar_sizes_a_symbol_at_a_time_match_the_counting_path(kind, monkeypatch):
+def test_bar_sizes_from_the_majority_step_match_the_counting_path(kind, monkeypatch):
     rng = np.random.default_rng(len(kind))
     per = 3 if kind == "one_step" else 2_000
     codes = np.repeat(np.arange(5), per)
@@ -91,36 +90,26 @@ def test_bar_sizes_a_symbol_at_a_time_match_the_counting_path(kind, monkeypatch)
         steps = steps * np.tile([1, 2], len(steps) // 2)
     ts = np.concatenate([np.cumsum(steps[codes == c]) for c in range(5)])
     fast = detect.bar_sizes_ns(codes, ts, 6)
-    monkeypatch.setattr(detect, "_majority_by_symbol", lambda *a: None)
     monkeypatch.setattr(detect, "_majority_steps", lambda *a: None)
     assert np.array_equal(fast, detect.bar_sizes_ns(codes, ts, 6))
 
 
-def test_clean_range_stats_derived_from_dropped_rows_match_a_fresh_pass():
-    """Rows dropped holding a column's extreme, a zero of either sign, NaN and inf: the clean rows' range stats (from
-    the stats before and the dropped values where no rule repaired the column) equal a pass over the clean rows."""
-    derived = 0
-    for seed in range(6):
-        rng = np.random.default_rng(seed)
-        raw = synth.generate_market(n_symbols=3, n_bars=2_000, seed=seed)
-        for col in load.NUM_COLS:
-            v = raw[col].to_numpy().copy()
-            at = rng.choice(len(v), 4, replace=False)
-            v[at] = rng.choice([np.nan, np.inf, -np.inf, 0.0, -0.0, -1.0, np.nanmin(v), np.nanmax(v)], 4)
-            raw[col] = v
-        close = raw["close"].to_numpy().copy()
-        close[int(np.nanargmax(np.where(np.isfinite(close), close, np.nan)))] = np.nan  # drops the largest close
-        raw["close"] = close
-        raw = pd.concat([raw.iloc[:1], raw]).reset_index(drop=True)  # a duplicate
-        for part, shard in clean.clean_parts(raw, "x", min_rows=20, shard_rows=2_500):
-            fresh = quality.range_stats({c: shard.a[c] for c in load.NUM_COLS}, shard.a["ts"])
-            assert repr(part["after"]) == repr(fresh)  # values, None, ints and the sign of a zero alike
-            derived += part["rows_in"] > part["rows_kept"]
-    assert derived  # shards with dropped rows were checked
+def _trailing_level(x: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """The definition: per row t, the median of the symbol's values in the last full block of LEVEL_BLOCK rows
+    before t's own block, or in the first block, of all the symbol's earlier rows (NaN with fewer than
+    LEVEL_MIN_ROWS)."""
+    level = np.full(len(x), np.nan)
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    for a, b in zip(starts, np.r_[starts[1:], len(x)]):
+        for t in range(a + detect.LEVEL_MIN_ROWS, b):
+            j, block = t - a, detect.LEVEL_BLOCK
+            lo = a + (j // block - 1) * block if j >= block else a
+            level[t] = np.median(x[lo : lo + block] if j >= block else x[a:t])
+    return level
 
 
 def test_bad_print_rows_match_their_definition():
-    """bad_print_rows compares a block of rows at a time; trailing_level is the per-row definition."""
+    """bad_print_rows compares a block of rows at a time against the per-row definition."""
     rng = np.random.default_rng(1)
     for _ in range(20):
         lens = rng.integers(1, 300, rng.integers(1, 6))
@@ -132,7 +121,7 @@ def test_bad_print_rows_match_their_definition():
         for k in a:
             a[k][rng.integers(0, n, 5)] *= 10.0 ** rng.choice([-6, -2, 2, 8], 5)
         want: dict[str, np.ndarray] = {}
-        lev, vol = detect.trailing_level(a["close"], code), detect.trailing_level(a["volume"], code)
+        lev, vol = _trailing_level(a["close"], code), _trailing_level(a["volume"], code)
         for k in load.PRICE_COLS:
             want[k] = (a[k] > lev * 10**1.5) | (a[k] < lev * 10**-1.5)
         want["volume"] = (a["volume"] > vol * 100.0) & (vol > 0)

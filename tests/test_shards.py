@@ -129,7 +129,8 @@ def test_two_torchrun_processes_build_the_same_cache_as_one(tmp_path):
 
 def fold_bounds_of_rows(ts: np.ndarray, cfg) -> list[dict]:
     """Walk-forward bounds straight from the rows, with numpy's quantile: the single-process definition."""
-    t_train, t_val, how = split_bounds(ts, cfg)
+    distinct, counts = np.unique(ts, return_counts=True)
+    t_train, t_val, how = split_bounds(distinct, cfg, counts)
     k_folds = max(cfg.folds, 1)
     at = lambda q: int(np.quantile(ts, min(max(q, 0.0), 1.0), method="inverted_cdf"))  # noqa: E731
     q_train, q_val = float(np.mean(ts <= t_train)), float(np.mean(ts <= t_val))

@@ -6,11 +6,11 @@ fix invalidates old caches by itself; `force_recreate` rebuilds anyway. This mod
 dataset.py builds.
 
 A cache is written to a temporary folder and renamed into place (a kill leaves no half cache), one builder
-per key at a time (`build_lock`). Its manifest records each array's file size, dtype, shape and CRC-32, and
-per shard of whole symbols (shards.py builds them) its rows, symbols and the CRC-32 of its rows of each array.
-`load` maps the arrays from disk (nothing is read twice into memory) and checks them, whole or a run of shards
-(`part`: what one DDP rank reads), and that the features are finite and within +-clip: a damaged cache is never
-used.
+per key at a time (`build_lock`). Its manifest records each array's file size, dtype and shape, and per shard of
+whole symbols (shards.py builds them) its rows, symbols and the CRC-32 of its rows of each array. `load` maps
+the arrays from disk (nothing is read twice into memory) and checks them by those checksums, whole or a run of
+shards (`part`: what one DDP rank reads), and that the features are finite and within +-clip: a damaged cache
+is never used.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tradelib.paths import Busy, FileLock, left_by_dead_writer, outputs_dir
 CODE_MODULES = ("tradelib.data.load", "tradelib.data.clean", "tradelib.data.detect", "tradelib.data.quality",
                 "tradelib.data.features", "tradelib.data.segments", "tradelib.data.sessions", "tradelib.data.synth",
                 "tradelib.data.dataset", "tradelib.data.shards")
-CACHE_VERSION = 3  # 2: checksums in the manifest; 3: shards
+CACHE_VERSION = 4  # 2: checksums in the manifest; 3: shards; 4: checksums per shard only
 
 
 class CacheError(ValueError):
@@ -93,14 +93,14 @@ def folder_for(key: str) -> Path:
 
 def checksum(a: np.ndarray) -> str:
     """CRC-32 of an array's bytes: about 2 GB/s, so the verified warm load stays fast (docs/perf.md)."""
-    return f"{zlib.crc32(_bytes(a)):08x}"
+    return f"{zlib.crc32(memoryview(np.ascontiguousarray(a)).cast('B')):08x}"
 
 
 def write(folder: Path, symbols: list[str], meta: dict, shard_rows: list[int],
           fill: Callable[[str, int, np.ndarray], None]) -> None:
     """The cache of a FeatureSet built in shards of these row counts, in row order: `fill(name, i, rows)` writes
-    shard i's final values of array `name` into `rows`, the file's rows of it. Each array's CRC-32 and each
-    shard's are recorded; the folder is written under a temporary name and renamed into place."""
+    shard i's final values of array `name` into `rows`, the file's rows of it. Each shard's CRC-32 of each array
+    is recorded; the folder is written under a temporary name and renamed into place."""
     _sweep(folder)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     tmp.mkdir(parents=True)
@@ -114,28 +114,22 @@ def write(folder: Path, symbols: list[str], meta: dict, shard_rows: list[int],
             like = getattr(template, name)
             shape = (int(rows[-1]), *like.shape[1:])
             dest = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=like.dtype, shape=shape)
-            crc = 0
             for i, entry in enumerate(table):
                 part = dest[rows[i] : rows[i + 1]]
                 fill(name, i, part)
                 if name == "symbol_id":
                     entry["symbols"] = [int(part[0]), int(part[-1]) + 1]
                 entry["crc32"][name] = checksum(part)
-                crc = zlib.crc32(_bytes(part), crc)  # running over the rows: the whole array's
             dest.flush()
             del dest
             arrays[name] = {"bytes": (tmp / f"{name}.npy").stat().st_size, "dtype": like.dtype.str,
-                            "shape": list(shape), "crc32": f"{crc:08x}"}
+                            "shape": list(shape)}
         manifest = {"symbols": symbols, "feature_names": list(FEATURE_NAMES), "meta": meta, "rows": int(rows[-1]),
                     "arrays": arrays, "shards": table}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
         _swap_in(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _bytes(a: np.ndarray) -> memoryview:
-    return memoryview(np.ascontiguousarray(a)).cast("B")
 
 
 def _sweep(folder: Path) -> None:
@@ -177,15 +171,15 @@ def _read_manifest(folder: Path) -> dict:
         raise CacheError(path, f"unreadable ({exc.strerror or exc})") from None
     except ValueError:
         raise CacheError(path, "not valid JSON (truncated?)") from None
-    need = {"symbols", "feature_names", "meta", "rows", "arrays"}
+    need = {"symbols", "feature_names", "meta", "rows", "arrays", "shards"}
     if not isinstance(manifest, dict) or not need <= set(manifest):
         raise CacheError(path, f"missing entries ({', '.join(sorted(need - set(manifest or {})))})")
     return manifest
 
 
-def _load_array(path: Path, entry: dict, rows: int, whole: bool, mmap: bool) -> np.ndarray:
+def _load_array(path: Path, entry: dict, rows: int, mmap: bool) -> np.ndarray:
     """One array, read (or mapped, `mmap`) from disk and checked against its manifest entry: size, a readable
-    .npy, dtype, shape, and (`whole`) its checksum."""
+    .npy, dtype and shape."""
     try:
         size = path.stat().st_size
         if size != entry["bytes"]:
@@ -198,15 +192,12 @@ def _load_array(path: Path, entry: dict, rows: int, whole: bool, mmap: bool) -> 
     if a.dtype.str != entry["dtype"] or list(a.shape) != entry["shape"] or (a.ndim and len(a) != rows):
         raise CacheError(path, f"holds {a.dtype.str} {list(a.shape)}, the manifest says {entry['dtype']} "
                                f"{entry['shape']}")
-    if whole and checksum(a) != entry["crc32"]:
-        raise CacheError(path, "checksum differs from the manifest (the bytes changed)")
     return a
 
 
 def shards_of(folder: Path) -> list[dict]:
     """The cache's shards: rows [lo, hi), symbol ids [lo, hi) and checksums of each."""
-    manifest = _read_manifest(folder)
-    return manifest.get("shards") or [{"rows": [0, int(manifest["rows"])], "symbols": [0, len(manifest["symbols"])]}]
+    return _read_manifest(folder)["shards"]
 
 
 def rank_part(table: list[dict], rank: int, world: int) -> tuple[int, int]:
@@ -226,27 +217,28 @@ def rank_part(table: list[dict], rank: int, world: int) -> tuple[int, int]:
 
 def load(folder: Path, part: tuple[int, int] | None = None, mmap: bool = False, verify: bool = True) -> FeatureSet:
     """The FeatureSet of a cache folder, verified: every array against the manifest, the features finite and
-    within +-clip, symbols and splits in range. `part` = (first, end) shard: only those shards' rows, checked
-    by their own checksums (`meta["rows"]` says which rows). `mmap`: the arrays mapped from disk, read-only, not
-    read into memory (what streaming reads from; a run holds only the pages it touches). `verify=False` skips
-    the checksums and the range check (rows other processes verified). Raises CacheError naming the file and
-    what is wrong."""
+    within +-clip, symbols and splits in range. `part` = (first, end) shard: only those shards' rows
+    (`meta["rows"]` says which rows); each shard read is checked by its own checksums. `mmap`: the arrays mapped
+    from disk, read-only, not read into memory (what streaming reads from; a run holds only the pages it
+    touches). `verify=False` skips the checksums and the range check (rows other processes verified). Raises
+    CacheError naming the file and what is wrong."""
     manifest = _read_manifest(folder)
-    rows = int(manifest["rows"])
-    table = manifest.get("shards") or [{"rows": [0, rows]}]
-    lo, hi = (0, rows) if part is None else (table[part[0]]["rows"][0], table[part[1] - 1]["rows"][1])
+    rows, table = int(manifest["rows"]), manifest["shards"]
+    part = (0, len(table)) if part is None else part
+    whole = part == (0, len(table))
+    lo, hi = (0, rows) if whole else (table[part[0]]["rows"][0], table[part[1] - 1]["rows"][1])
     arrays = {}
     for name in FeatureSet.ARRAYS:
         entry = manifest["arrays"].get(name)
-        if not isinstance(entry, dict) or not {"bytes", "dtype", "shape", "crc32"} <= set(entry):
+        if not isinstance(entry, dict) or not {"bytes", "dtype", "shape"} <= set(entry):
             raise CacheError(folder / "manifest.json", f"no complete entry for {name}.npy")
-        a = _load_array(folder / f"{name}.npy", entry, rows, verify and part is None, mmap or part is not None)
-        for shard in ([] if part is None or not verify else table[part[0] : part[1]]):
+        a = _load_array(folder / f"{name}.npy", entry, rows, mmap or not whole)
+        for shard in table[part[0] : part[1]] if verify else []:
             a_lo, a_hi = shard["rows"]
-            if checksum(a[a_lo:a_hi]) != shard["crc32"][name]:
-                raise CacheError(folder / f"{name}.npy", f"checksum of rows {a_lo:,}..{a_hi:,} differs from the "
-                                                         f"manifest (the bytes changed)")
-        arrays[name] = a[lo:hi] if mmap or part is None else np.array(a[lo:hi])
+            if checksum(a[a_lo:a_hi]) != shard.get("crc32", {}).get(name):  # (none recorded: damaged)
+                raise CacheError(folder / f"{name}.npy", f"checksum differs from the manifest in rows "
+                                                         f"{a_lo:,}..{a_hi:,} (the bytes changed)")
+        arrays[name] = a[lo:hi] if mmap or whole else np.array(a[lo:hi])
     clip = float(manifest["meta"].get("feature_config", {}).get("clip", np.inf))
     X = arrays["X"]
     lo_x, hi_x = (float(X.min()), float(X.max())) if X.size and verify else (0.0, 0.0)  # NaN propagates

@@ -38,7 +38,7 @@ from tradelib.data.load import (
     unsorted_rows,
 )
 from tradelib.data.memory import without_huge_pages
-from tradelib.data.quality import QualityReport, min_max, quality_report, range_stats, stats_after
+from tradelib.data.quality import QualityReport, quality_report, range_stats
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class Work:
     volume; `keep`: the extra columns carried along, which no rule reads), with the rows still kept (`alive`) and
     the counts so far. Rules only read it and return a `Verdict`; `apply` carries the verdict out (copying an
     array before its first change: the raw frame is never touched) and counts it. Symbols never share a rule's
-    decision, so the shards of a frame are cleaned apart (and at once) and their counts merged (`clean_shards`)."""
+    decision, so the shards of a frame are cleaned apart (and at once) and their counts merged (`quality_report`)."""
 
     def __init__(self, a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict,
                  settings: CleanSettings, keep: dict[str, np.ndarray] | None = None) -> None:
@@ -87,17 +87,17 @@ class Work:
         self._bar: np.ndarray | None = None
         self._gap: np.ndarray | None = None
         self.owned: set[str] = set()  # the arrays copied already: the others may be views of the raw frame
-        self.ohlc_checked = False  # a rule that ensures_ohlc ran and no price changed since
-        self.changed: set[str] = set()  # the columns a rule repaired or masked
         self.masked = dict.fromkeys(NUM_COLS, 0)  # values masked (NaN) per column
-        self.dropped: dict[str, list[np.ndarray]] | None = {}  # the dropped rows' values (None: too many kept)
         self.before: dict = {}
         self.after: dict = {}
 
     def apply(self, rule: Rule, v: Verdict) -> None:
         """Carry out a rule's verdict and count it: its notes, then a new order, the drops (of rows still kept;
-        a dropped row is counted by the first rule that drops it), the repairs and masks."""
+        a dropped row is counted by the first rule that drops it), the repairs and masks. A verdict that found
+        no row does nothing."""
         action = v.action
+        if v.found is not None and v.order is None and not v.found.any():
+            v = Verdict(notes=v.notes)
         for symbol, n in v.notes.items():  # what the loader did, under the rule's own action
             self.note(rule.name, symbol, rule.action, n, phase=0)
         if v.order is not None:
@@ -112,8 +112,6 @@ class Work:
             col = self._writable(k)
             self.masked[k] += int(np.count_nonzero(~np.isnan(col[rows])))
             col[rows] = np.nan
-        if rule.ensures_ohlc:
-            self.ohlc_checked = True
         if found is not None:
             if action == "kept":
                 self.flags[rule.name] = found
@@ -124,9 +122,6 @@ class Work:
         if k not in self.owned:
             self.a[k] = self.a[k].copy()
             self.owned.add(k)
-        if k in PRICE_COLS:
-            self.ohlc_checked = False
-        self.changed.add(k)
         return self.a[k]
 
     def note(self, rule: str, symbol: str, action: str, rows: int, phase: int = 1) -> None:
@@ -150,12 +145,9 @@ class Work:
         drop = np.flatnonzero(~sel) if sel.dtype == bool else None
         if drop is not None and len(drop) <= 1024:  # a few rows dropped: copy the runs between them
             runs = [slice(a, b) for a, b in zip([0, *(drop + 1)], [*drop, len(sel)])]
-            for k in (*NUM_COLS, "ts") if self.dropped is not None else ():
-                self.dropped.setdefault(k, []).append(self.a[k][drop])
             pick = lambda v: np.concatenate([v[r] for r in runs])  # noqa: E731
         else:
             pick = (lambda v: v[sel]) if drop is not None else (lambda v: v.take(sel))  # noqa: E731
-            self.dropped = self.dropped if drop is None else None  # (a reordering keeps every value)
         self.a = {k: pick(v) for k, v in self.a.items()}
         self.keep = {k: pick(v) for k, v in self.keep.items()}
         self.flags = {k: pick(v) for k, v in self.flags.items()}
@@ -210,10 +202,14 @@ class Verdict:
 NOTHING = Verdict()
 
 
-def _positive_finite(x: np.ndarray, zero_ok: bool = False) -> bool:
-    """Every value finite and > 0 (>= 0 with zero_ok), in two passes (NaN fails both tests)."""
-    lo, hi = min_max(x) if len(x) else (1.0, 1.0)
-    return bool((lo >= 0 if zero_ok else lo > 0) and hi < np.inf)
+def _not_positive(x: np.ndarray, zero_ok: bool = False) -> np.ndarray | None:
+    """The rows whose value is not finite and > 0 (>= 0 with zero_ok); None where the column's range shows that
+    there is none (a NaN fails both tests)."""
+    lo, hi = x.min(initial=np.inf), x.max(initial=-np.inf)
+    if (lo >= 0 if zero_ok else lo > 0) and hi < np.inf:
+        return None
+    with np.errstate(invalid="ignore"):
+        return ~(np.isfinite(x) & ((x >= 0) if zero_ok else (x > 0)))
 
 
 # -- the rules, in the order they run. Drop rules see only the rows still kept; the first drop counts. -----------
@@ -227,8 +223,7 @@ def _bad_symbol(w: Work) -> Verdict:
 
 
 def _bad_timestamp(w: Work) -> Verdict:
-    bad = w.a["ts"] == np.iinfo(np.int64).min
-    return Verdict(bad, drop=True) if bad.any() else NOTHING
+    return Verdict(w.a["ts"] == np.iinfo(np.int64).min, drop=True)
 
 
 def _unsorted(w: Work) -> Verdict:
@@ -243,11 +238,7 @@ def _unsorted(w: Work) -> Verdict:
 
 
 def _bad_close(w: Work) -> Verdict:
-    c = w.a["close"]
-    if _positive_finite(c):
-        return NOTHING
-    with np.errstate(invalid="ignore"):
-        return Verdict(~(np.isfinite(c) & (c > 0)), drop=True)
+    return Verdict(_not_positive(w.a["close"]), drop=True)
 
 
 def _duplicate(w: Work) -> Verdict:
@@ -269,32 +260,20 @@ def _too_short(w: Work) -> Verdict:
     code = w.a["code"]
     kept = code if w.alive.all() else code[w.alive]  # sorted by the rule unsorted, no missing symbol left
     per_sym = np.diff(np.searchsorted(kept, np.arange(len(w.symbols) + 1, dtype=kept.dtype)))
-    short = np.flatnonzero((per_sym > 0) & (per_sym < min_rows))
-    if not len(short):  # (a symbol with no row left has none to drop)
-        return NOTHING
     return Verdict(per_sym[code] < min_rows, drop=True)
 
 
 def _bad_ohl(w: Work) -> Verdict:
     """Open/high/low unusable -> close (close is finite and > 0 here)."""
-    c, changed, repair = w.a["close"], np.zeros(len(w.alive), dtype=bool), {}
-    for k in ("open", "high", "low"):
-        if _positive_finite(w.a[k]):
-            continue
-        with np.errstate(invalid="ignore"):
-            bad = ~(np.isfinite(w.a[k]) & (w.a[k] > 0))
-        repair[k] = (bad, c[bad])
-        changed |= bad
-    return Verdict(changed, repair=repair) if repair else NOTHING
+    bad = {k: rows for k in ("open", "high", "low") if (rows := _not_positive(w.a[k])) is not None}
+    if not bad:
+        return NOTHING
+    return Verdict(np.logical_or.reduce(list(bad.values())), repair={k: (r, w.a["close"][r]) for k, r in bad.items()})
 
 
 def _bad_volume(w: Work) -> Verdict:
-    v = w.a["volume"]
-    if _positive_finite(v, zero_ok=True):
-        return NOTHING
-    with np.errstate(invalid="ignore"):
-        bad = ~(np.isfinite(v) & (v >= 0))
-    return Verdict(bad, repair={"volume": (bad, 0.0)})
+    bad = _not_positive(w.a["volume"], zero_ok=True)
+    return NOTHING if bad is None else Verdict(bad, repair={"volume": (bad, 0.0)})
 
 
 def _bad_print(w: Work) -> Verdict:
@@ -302,32 +281,20 @@ def _bad_print(w: Work) -> Verdict:
     masked (NaN), so the features and targets that read them see a missing value."""
     s = w.settings
     mask = bad_print_rows(w.a, w.a["code"], s.bad_print_decades, s.bad_volume_decades)
-    if not mask:
-        return NOTHING
-    found = np.zeros(len(w.alive), dtype=bool)
-    for rows in mask.values():
-        found |= rows
-    return Verdict(found, mask=mask)
+    return Verdict(np.logical_or.reduce(list(mask.values())), mask=mask) if mask else NOTHING
 
 
 def _high_below_low(w: Work) -> Verdict:
     h, lo = w.a["high"], w.a["low"]
     swap = h < lo
-    if not swap.any():
-        return NOTHING
     return Verdict(swap, repair={"high": (swap, lo[swap]), "low": (swap, h[swap])})
 
 
 def _ohlc_outside_range(w: Work) -> Verdict:
     o, h, lo, c = (w.a[k] for k in PRICE_COLS)
     top, bottom = np.maximum(o, c), np.minimum(o, c)
-    above, below = h < top, lo > bottom
-    repair = {}
-    if above.any():  # high widened to max(open, close)
-        repair["high"] = (above, top[above])
-    if below.any():
-        repair["low"] = (below, bottom[below])
-    return Verdict(above | below, repair=repair) if repair else NOTHING
+    above, below = h < top, lo > bottom  # high widened to max(open, close), low to min(open, close)
+    return Verdict(above | below, repair={"high": (above, top[above]), "low": (below, bottom[below])})
 
 
 def _corporate_action(w: Work) -> Verdict:
@@ -336,9 +303,7 @@ def _corporate_action(w: Work) -> Verdict:
     scaled by the jump and the volumes inversely (back-adjusted), counted as changed."""
     s = w.settings
     rows, ratio = corporate_action_rows(w.a, w.a["code"], w.new_symbol, s.split_sigmas)
-    if not rows.any():
-        return NOTHING
-    if s.corporate_actions != "adjust":
+    if s.corporate_actions != "adjust" or not rows.any():
         return Verdict(rows)
     factor = back_adjustment(rows, ratio, w.a["code"])
     repair = {k: (slice(None), w.a[k] * factor) for k in PRICE_COLS}
@@ -368,12 +333,10 @@ class Rule:
     action: str  # dropped | changed | masked | kept
     doc: str
     judge: Callable[[Work], Verdict]
-    ensures_ohlc: bool = False  # after it, every row's high and low lie around its open and close
 
     @property
     def text(self) -> str:
-        return {"dropped": "drop", "changed": "changed", "masked": "masked", "kept": "kept"}[self.action] + ": " \
-            + self.doc
+        return ("drop" if self.action == "dropped" else self.action) + ": " + self.doc
 
 
 RULES: tuple[Rule, ...] = (
@@ -390,8 +353,7 @@ RULES: tuple[Rule, ...] = (
          "median close, or a volume more than bad_volume_decades above its trailing median volume; set to NaN "
          "(missing)", _bad_print),
     Rule("high_below_low", "changed", "swapped", _high_below_low),
-    Rule("ohlc_outside_range", "changed", "high/low widened to contain open and close", _ohlc_outside_range,
-         ensures_ohlc=True),
+    Rule("ohlc_outside_range", "changed", "high/low widened to contain open and close", _ohlc_outside_range),
     Rule("corporate_action", "kept", "a split-like jump from the last close to the open that stays (ratio within "
          "1% of 2, 3, 4, 5, 10 or their inverses, or beyond split_sigmas trailing sigmas); corporate_actions: "
          "flag, mask (the series restarts there) or adjust (prices before it back-adjusted: changed)",
@@ -464,39 +426,27 @@ def _clean_shard(a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attr
             w.compact()
         w.apply(rule, rule.judge(w))
     w.compact()
-    w.after = stats_after(w.a, w.before, w.dropped, w.changed)
-    _check_clean(w.a, w.after, w.masked, ohlc=not w.ohlc_checked)
+    w.after = range_stats({c: w.a[c] for c in NUM_COLS}, w.a["ts"])
+    _check_clean(w.a, w.after, w.masked)
     return w
 
 
-def _check_clean(a: dict[str, np.ndarray], stats: dict, masked: dict[str, int], ohlc: bool = True) -> None:
+def _check_clean(a: dict[str, np.ndarray], stats: dict, masked: dict[str, int]) -> None:
     """The clean rows' promises, from their range stats and a few passes; cheap enough to check on every call.
-    Every value is finite or a masked bad print (NaN; `masked` counts them per column). `ohlc`: check high and
-    low around open and close again (not where ohlc_outside_range's own pass over every row made them so and no
-    price changed since: its four passes over the prices were 6% of cleaning)."""
+    Every value is finite or a masked bad print (NaN; `masked` counts them per column)."""
     assert all(stats[k]["nan"] == masked[k] and not stats[k]["inf"] for k in NUM_COLS), \
         "non-finite value after cleaning (other than a masked bad print)"
     lows = [stats[k]["min"] for k in PRICE_COLS if stats[k]["min"] is not None]
     assert all(m > 0 for m in lows) and (stats["volume"]["min"] is None or stats["volume"]["min"] >= 0), \
         "non-positive price or negative volume after cleaning"
     o, h, lo, c = (a[k] for k in PRICE_COLS)
-    assert not ohlc or not ((np.minimum(o, c) < lo).any() or (np.maximum(o, c) > h).any()), \
+    assert not ((np.minimum(o, c) < lo).any() or (np.maximum(o, c) > h).any()), \
         "OHLC out of range after cleaning"
     code, ts = a["code"], a["ts"]
     if len(ts) > 1:
         same = code[1:] == code[:-1]
         assert (code[1:] >= code[:-1]).all() and ((ts[1:] > ts[:-1]) | ~same).all(), \
             "not sorted/unique after cleaning"
-
-
-def clean_shards(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, *, keep: tuple[str, ...] = (),
-                 shard_rows: int | None = None, workers: int | None = None, **settings
-                 ) -> tuple[list[CleanShard], QualityReport]:
-    """`clean_ohlcv` without the frame: the clean rows as shards of whole symbols (about `shard_rows` rows each),
-    cleaned on `workers` threads (0: every core), and the report of them all."""
-    source = source or str(raw.attrs.get("source", ""))
-    done = clean_parts(raw, source, cfg, keep=keep, shard_rows=shard_rows, workers=workers, **settings)
-    return [d[1] for d in done], quality_report([d[0] for d in done], raw, source, keep)
 
 
 def clean_parts(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, *, keep: tuple[str, ...] = (),
@@ -551,12 +501,14 @@ def clean_ohlcv(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, 
     rows; a dropped row is counted by the first rule that drops it. `cfg` gives the cleaning knobs (default:
     Config's defaults); `settings` override them by name (`CleanSettings`: max_gap_bars, spike_sigmas, min_rows,
     ...). `keep` names extra columns carried along row-aligned (e.g. the synthetic `oracle`). No rule looks
-    across symbols, so the frame is cleaned in shards of whole symbols on several cores (`clean_shards`); the
+    across symbols, so the frame is cleaned in shards of whole symbols on several cores (`clean_parts`); the
     result does not depend on how it was cut. Where corporate_actions is mask and one was found, the frame has
     a boolean column `restart` (True where the series restarts).
     """
-    shards, report = clean_shards(raw, source, cfg, keep=keep, shard_rows=shard_rows, workers=workers, **settings)
-    out = clean_frame(shards, keep, raw)
+    source = source or str(raw.attrs.get("source", ""))
+    done = clean_parts(raw, source, cfg, keep=keep, shard_rows=shard_rows, workers=workers, **settings)
+    report = quality_report([d[0] for d in done], raw, source, keep)
+    out = clean_frame([d[1] for d in done], keep, raw)
     out.attrs = {"source": report.source, "bar_size_s": report.bar_size_s}
     return out, report
 

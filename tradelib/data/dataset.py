@@ -26,30 +26,29 @@ def load_raw(cfg) -> pd.DataFrame:
     return load.load_ohlcv(Path(cfg.data_path).expanduser(), date_format=cfg.date_format)
 
 
-def _check_rows(report: quality.QualityReport, cfg, source: str) -> None:
-    """A DataError when cleaning left no row, naming the rules that dropped them."""
+def _build(cfg, raw: pd.DataFrame, source: str, fold: int, *args) -> tuple[FeatureSet | None, quality.QualityReport]:
+    """`shards.build`, where too little data for a split or a bar size (a ValueError) or cleaning that left no
+    row is a DataError naming the source (and the rules that dropped the rows)."""
+    try:
+        fs, report = shards.build(cfg, raw, source, fold, *args)
+    except load.DataError:
+        raise
+    except ValueError as exc:
+        raise load.DataError(f"{source}: {exc}") from None
     if report.rows_kept == 0:
         dropping = report.totals("dropped")
         dropped = ", ".join(f"{rule} {n:,}" for rule, n in report.totals().items() if rule in dropping)
         raise load.DataError(f"{source}: no rows left after cleaning: {report.rows_in:,} rows in, dropped by "
                              f"{dropped or 'no rule'} (window + horizon + 1 = {cfg.window + cfg.horizon + 1} rows "
                              f"per symbol are needed; docs/data.md lists the rules)")
+    return fs, report
 
 
 def build(cfg, raw: pd.DataFrame | None = None, fold: int = 0) -> tuple[FeatureSet, quality.QualityReport]:
     """Raw -> clean -> features (of walk-forward fold `fold`), no cache involved: `shards.build` in memory. A
     symbol too short for one window and its target is dropped by cleaning (rule too_short). Data that leaves
     nothing to learn from is a DataError naming the source and the rules that dropped its rows."""
-    raw = load_raw(cfg) if raw is None else raw
-    source = _source(cfg)
-    try:
-        fs, report = shards.build(cfg, raw, source, fold)
-    except load.DataError:
-        raise
-    except ValueError as exc:  # too little data for a split or a bar size
-        raise load.DataError(f"{source}: {exc}") from None
-    _check_rows(report, cfg, source)
-    return fs, report
+    return _build(cfg, load_raw(cfg) if raw is None else raw, _source(cfg), fold)
 
 
 def features_of(clean_frame: pd.DataFrame, cfg, fold: int = 0) -> FeatureSet:
@@ -104,14 +103,7 @@ def prepare(cfg, force: bool | None = None, verbose: bool = True, share: tuple[i
             fs = None if force else _cached(folder, source, say, share, mmap)  # built by the process we waited for
             if distributed.broadcast_object(fs is None) if spread else fs is None:
                 t0 = time.perf_counter()
-                name = _source(cfg)
-                try:
-                    report = shards.build(cfg, load_raw(cfg), name, fold, folder, say, spread)[1]
-                except load.DataError:
-                    raise
-                except ValueError as exc:  # too little data for a split or a bar size
-                    raise load.DataError(f"{name}: {exc}") from None
-                _check_rows(report, cfg, name)
+                report = _build(cfg, load_raw(cfg), _source(cfg), fold, folder, say, spread)[1]
                 fs = _load(folder, share, mmap)
                 if say:
                     print(report.summary())

@@ -1,8 +1,8 @@
 """What the cleaning rules detect, over the rows of whole symbols sorted by (symbol code, time): each symbol's
 bar size and its long gaps, one-bar price spikes, bad prints, corporate actions. Plain numpy functions of the
 arrays (no frame, no counting: the rules in `clean` call them and the walker keeps the books); where a faster
-path replaces a plain definition (`trailing_level`, the bar-size majorities), tests/test_fastpaths.py holds
-them equal. Thresholds are documented in docs/data.md."""
+path replaces a plain definition (bad prints' trailing level, the bar-size majority), tests/test_fastpaths.py
+holds them equal. Thresholds are documented in docs/data.md."""
 
 from __future__ import annotations
 
@@ -41,15 +41,6 @@ def run_starts(a: np.ndarray) -> np.ndarray:
     return new
 
 
-def run_bounds(new: np.ndarray) -> tuple[list[int], list[int], bool]:
-    """(first rows, end rows) of the runs that start where `new` is True (new[0] True), and whether they are few
-    and long (symbols, segments): a slice of each is then worked on in the cache, a few times faster than
-    passes over all rows with their temporaries."""
-    starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:], len(new)]
-    return starts.tolist(), ends.tolist(), len(starts) <= len(new) // 256
-
-
 def bar_sizes_ns(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray:
     """Per symbol code: the bar size in ns (mode of positive diffs, or median when no diff dominates).
 
@@ -58,9 +49,6 @@ def bar_sizes_ns(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray:
     out = np.zeros(n_sym, dtype=np.int64)
     if len(ts) < 2:
         return out
-    regular = _majority_by_symbol(codes, ts, n_sym)
-    if regular is not None:
-        return regular
     d = np.diff(ts)
     ok = (codes[1:] == codes[:-1]) & (d > 0)
     d, c = d[ok], codes[1:][ok]
@@ -95,37 +83,8 @@ def _majority_steps(c: np.ndarray, d_ms: np.ndarray, n_sym: int) -> np.ndarray |
     total = np.diff(edges)
     cand = d_ms[np.minimum(edges[:-1] + total // 2, len(d_ms) - 1)]
     hits = total - np.bincount(c[np.flatnonzero(d_ms != np.repeat(cand, total))], minlength=n_sym)
-    mode = _is_majority(hits, total)
+    mode = (hits >= 2) & (2 * hits > total) & (hits >= BAR_MODE_SHARE * total)  # more than half: the mode
     return np.where(total > 0, cand * 1_000_000, 0) if (mode | (total == 0)).all() else None
-
-
-def _majority_by_symbol(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray | None:
-    """`_majority_steps` a symbol at a time on its own rows (few symbols, grouped in code order), not on all
-    steps filtered and divided at once; None where a symbol's middle step is not positive or not a majority."""
-    starts, ends, few = run_bounds(run_starts(codes))
-    present = codes[starts]
-    if not few or (present[1:] <= present[:-1]).any() or present[0] < 0:
-        return None
-    out = np.zeros(n_sym, dtype=np.int64)
-    for c, a, b in zip(present.tolist(), starts, ends):
-        d = np.diff(ts[a:b])
-        if len(d) == 0:
-            continue
-        step_ms = int(d[len(d) // 2]) // 1_000_000  # the candidate, in bar_sizes_ns' ms resolution
-        if d[len(d) // 2] <= 0 or step_ms + 1 > np.iinfo(np.int64).max // 1_000_000:
-            return None
-        total = np.count_nonzero(d > 0)
-        hits = np.count_nonzero((d >= max(step_ms * 1_000_000, 1)) & (d < (step_ms + 1) * 1_000_000))
-        if not _is_majority(hits, total):
-            return None
-        out[c] = step_ms * 1_000_000
-    return out
-
-
-def _is_majority(hits: np.ndarray | int, total: np.ndarray | int) -> np.ndarray | bool:
-    """A step that `hits` of a symbol's `total` positive steps take is its bar size without counting the others:
-    more than half of them (so it is the mode), at least two, and the mode's own share (arrays or ints)."""
-    return (hits >= 2) & (2 * hits > total) & (hits >= BAR_MODE_SHARE * total)
 
 
 def long_gap_rows(ts: np.ndarray, code: np.ndarray, bar: np.ndarray, k: int) -> np.ndarray:
@@ -134,13 +93,8 @@ def long_gap_rows(ts: np.ndarray, code: np.ndarray, bar: np.ndarray, k: int) -> 
     gap = np.zeros(n, dtype=bool)
     if n < 2 or k <= 0:
         return gap
-    starts, ends, few = run_bounds(run_starts(code))
-    if not few:
-        step = bar[code[1:]]
-        gap[1:] = (code[1:] == code[:-1]) & (step > 0) & (np.diff(ts) > step.astype(np.float64) * k)
-    for a, b in zip(starts, ends) if few else ():  # a symbol at a time, in the cache
-        if bar[code[a]] > 0:
-            np.greater(np.diff(ts[a:b]), np.float64(bar[code[a]]) * k, out=gap[a + 1 : b])
+    step = bar[code[1:]]
+    gap[1:] = (code[1:] == code[:-1]) & (step > 0) & (np.diff(ts) > step.astype(np.float64) * k)
     return gap
 
 
@@ -217,24 +171,9 @@ def trailing_sigma(r: np.ndarray, code: np.ndarray, rows: np.ndarray) -> np.ndar
 # bad prints and corporate actions
 
 
-def trailing_level(x: np.ndarray, code: np.ndarray) -> np.ndarray:
-    """Per row t: the median of the symbol's values in the last full block of LEVEL_BLOCK rows before t's own
-    block (blocks counted from the symbol's first row), or in the first block, of all the symbol's earlier rows
-    (NaN with fewer than LEVEL_MIN_ROWS). Never row t or a later one, so a level is known at t. Rows sorted by
-    symbol. (The definition; `bad_print_rows` compares against it a block at a time.)"""
-    level = np.full(len(x), np.nan)
-    starts, ends, _ = run_bounds(run_starts(code)) if len(x) else ([], [], True)
-    for a, b in zip(starts, ends):
-        for t in range(a + LEVEL_MIN_ROWS, b):
-            j = t - a
-            lo = a + (j // LEVEL_BLOCK - 1) * LEVEL_BLOCK if j >= LEVEL_BLOCK else a
-            level[t] = np.median(x[lo : lo + LEVEL_BLOCK] if j >= LEVEL_BLOCK else x[a:t])
-    return level
-
-
 def _first_block_levels(x: np.ndarray, starts: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """`trailing_level` of the rows of each symbol's first block ([symbols, LEVEL_BLOCK], NaN where it has none),
-    all symbols at once a row number at a time."""
+    """The trailing level (`bad_print_rows`) of the rows of each symbol's first block ([symbols, LEVEL_BLOCK],
+    NaN where it has none), all symbols at once a row number at a time."""
     out = np.full((len(starts), LEVEL_BLOCK), np.nan)
     for j in range(LEVEL_MIN_ROWS, LEVEL_BLOCK):
         have = np.flatnonzero(length > j)
@@ -255,16 +194,18 @@ def bad_print_rows(a: dict[str, np.ndarray], code: np.ndarray, price_decades: fl
                    ) -> dict[str, np.ndarray]:
     """Per column (only those with any), the rows whose value no market prints in one bar: a price (open, high,
     low or close) more than `price_decades` powers of ten above or below the symbol's trailing level of closes,
-    or a volume more than `volume_decades` above its trailing level of volumes (`trailing_level`; a small volume
-    is always possible, and a zero level judges nothing). Judged on ratios, so a 1e-8 token trading 1e15 units
-    is as ordinary as a stock; the level comes from earlier rows only, so the verdict at t is known at t.
-    inf turns a test off. Each symbol's blocks are compared with the level of the block before at once."""
+    or a volume more than `volume_decades` above its trailing level of volumes (a small volume is always possible,
+    and a zero level judges nothing). Judged on ratios, so a 1e-8 token trading 1e15 units is as ordinary as a
+    stock. inf turns a test off. The trailing level of row t: the median of the symbol's values in the last full
+    block of LEVEL_BLOCK rows before t's own block (blocks counted from the symbol's first row), or in the first
+    block, of all its earlier rows (NaN with fewer than LEVEL_MIN_ROWS): never row t or a later one, so the
+    verdict at t is known at t. Each symbol's blocks are compared with the level of the block before at once."""
     out: dict[str, np.ndarray] = {}
     n, B = len(code), LEVEL_BLOCK
     if n == 0:
         return out
-    starts, ends, _ = run_bounds(run_starts(code))
-    starts, ends = np.asarray(starts), np.asarray(ends)
+    starts = np.flatnonzero(run_starts(code))
+    ends = np.r_[starts[1:], n]
     checks = [(PRICE_COLS, "close", price_decades, True), (("volume",), "volume", volume_decades, False)]
     for cols, of, decades, both in checks:
         if not math.isfinite(decades):

@@ -208,14 +208,12 @@ def split_time(text: str) -> int:
     return int(ts.as_unit("ns").value)
 
 
-def split_bounds(ts_ns: np.ndarray, cfg, counts: np.ndarray | None = None) -> tuple[int, int, str]:
+def split_bounds(ts_ns: np.ndarray, cfg, counts: np.ndarray) -> tuple[int, int, str]:
     """(last train time, last validation time, how they were set): `train_end`/`val_end` when given, else the
     times of the rows at the `train_frac` and `train_frac + val_frac` quantiles (rows in time order; the row at
-    rank floor(q * (n - 1))). `ts_ns` may be the distinct times with their row `counts`."""
+    rank floor(q * (n - 1))). `ts_ns`: the distinct times, with their row `counts`."""
     if cfg.train_end or cfg.val_end:
         return split_time(cfg.train_end), split_time(cfg.val_end), "dates"
-    if counts is None:
-        ts_ns, counts = np.unique(ts_ns, return_counts=True)
     cum = np.cumsum(counts)
     at = lambda q: int(ts_ns[np.searchsorted(cum, math.floor(q * (int(cum[-1]) - 1)), side="right")])
     return at(cfg.train_frac), at(cfg.train_frac + cfg.val_frac), "fractions"

@@ -12,7 +12,7 @@ the tests all run this one `build`.
 
 Every row's values depend on its own symbol's rows and on the facts alone, so the result does not depend on how
 the rows were cut. Building the cache, the stages leave files between them in a build folder beside it
-(`.<key>.build/`: `clean-K/` and `facts-K.npz` after stage 1, `shard-K/` after stage 2, each written under a
+(`.<key>.build/`: `clean-K/` and `facts-K/` after stage 1, `shard-K/` after stage 2, each written under a
 temporary name and renamed whole), so a build that fails or is killed resumes from the shards done. Under torchrun
 (`spread`) rank r builds shards r, r + world, ...: the ranks meet at barriers between the stages and read each
 other's files (the outputs folder must be one they share: TRADELIB_OUTPUTS on a shared file system across
@@ -75,7 +75,7 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
     workers = cfg.build_workers or os.cpu_count() or 1
     with memory.without_huge_pages(), ThreadPoolExecutor(max_workers=workers) as pool:
         # 1. clean, and each shard's facts
-        todo = [k for k in mine if work is None or not (work / f"facts-{k}.npz").exists()]
+        todo = [k for k in mine if work is None or not (work / f"facts-{k}").exists()]
         if cleaned:
             done = _frame_shards(raw, codes, symbols, plan, keep)
         else:
@@ -183,16 +183,11 @@ class ShardRows:
 
     codes: np.ndarray  # int32 symbol id per row (an index into the FeatureSet's symbols)
     ts: np.ndarray  # int64 ns since the epoch, UTC
-    bar_of_code: np.ndarray  # int64 bar size of each symbol id (0 for the symbols of other shards)
+    bar_of_code: np.ndarray  # int64 bar size of each of the shard's symbols, in order
     seg: np.ndarray  # int32 segment id: breaks at a symbol change or a gap longer than max_gap_bars
     split: np.ndarray | None = None  # int8: 0 train, 1 val, 2 test, -1 purged
     cut: dict | None = None  # split_rows' cut of these rows
     names: list[str] = field(default_factory=list)  # the shard's symbols, in order
-
-    @property
-    def bar_ns(self) -> np.ndarray:
-        """The bar size of each row's symbol."""
-        return self.bar_of_code[self.codes]
 
 
 @dataclass
@@ -283,7 +278,6 @@ def assign_splits(rows: ShardRows, bound: dict, seg_offset: int, sym_offset: int
     rows.split = out["split"]
     rows.seg += np.int32(seg_offset)
     rows.codes += np.int32(sym_offset)
-    rows.bar_of_code = np.r_[np.zeros(sym_offset, dtype=np.int64), rows.bar_of_code]
 
 
 def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts, continuous: bool, cfg,
@@ -304,7 +298,7 @@ def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts,
             ranges.append(_finite_range(col))
             cols_t[j, : b1 - b0] = col
         X[b0:b1] = cols_t[:, : b1 - b0].T
-    pos = sessions.bar_positions(rows.ts, rows.codes, rows.bar_ns, continuous, days=facts.days)
+    pos = sessions.bar_positions(rows.ts, rows.codes, facts.bars[rows.codes], continuous, days=facts.days)
     t = targets({k: shard.a[k] for k in BARS} | {"timestamp": rows.ts}, Segments(rank), rows.codes, pos, cfg)
     y = out["y"]
     y[:] = t["target"]
@@ -452,20 +446,17 @@ def _write_facts(work: Path, k: int, facts: SharedFacts | None, part: dict) -> N
                    "segments": np.asarray(facts.segments, np.int64),
                    "day_bars": np.asarray(list(facts.days), np.int64)}
         arrays |= {f"days_{i}": d for i, d in enumerate(facts.days.values())}
-    tmp = work / f"facts-{k}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    with writing(tmp), open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    tmp.rename(work / f"facts-{k}.npz")
+    _write_folder(work / f"facts-{k}", arrays)
 
 
 def _read_facts(work: Path, k: int) -> tuple[SharedFacts | None, dict]:
-    with np.load(work / f"facts-{k}.npz", allow_pickle=False) as z:
-        part = json.loads(z["part"].tobytes())
-        if "times" not in z:
-            return None, part
-        days = {int(b): z[f"days_{i}"] for i, b in enumerate(z["day_bars"])}
-        return SharedFacts(z["times"], z["counts"], z["bars"], days, json.loads(z["names"].tobytes()),
-                           int(z["segments"])), part
+    z = _read_folder(work / f"facts-{k}")
+    part = json.loads(z["part"].tobytes())
+    if "times" not in z:
+        return None, part
+    days = {int(b): z[f"days_{i}"] for i, b in enumerate(z["day_bars"])}
+    return SharedFacts(z["times"], z["counts"], z["bars"], days, json.loads(z["names"].tobytes()),
+                       int(z["segments"])), part
 
 
 def _open_shard(work: Path, k: int, cfg) -> tuple[clean.CleanShard, ShardRows, dict[str, np.ndarray]]:

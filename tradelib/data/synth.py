@@ -53,10 +53,8 @@ def generate_market(
     symbols = [f"SYM{i:02d}" for i in range(n_symbols)]
     if hostile:
         symbols[-1] = "MICRO"
-        close[:, -1] *= 1e-8 / base_price[-1]
-        open_[:, -1] *= 1e-8 / base_price[-1]
-        high[:, -1] *= 1e-8 / base_price[-1]
-        low[:, -1] *= 1e-8 / base_price[-1]
+        for prices in (close, open_, high, low):
+            prices[:, -1] *= 1e-8 / base_price[-1]
         volume[:, -1] *= 1e15 / base_volume[-1]
 
     ts = START + BAR * np.arange(n_bars)
