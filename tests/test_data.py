@@ -977,3 +977,24 @@ def test_every_rule_documented_in_the_order_it_runs():
     assert documented == [(r.name, r.text) for r in RULES]
 
 
+
+
+def test_ingest_compare_reads_each_side_with_its_own_code(tmp_path):
+    """tools/ingest_compare.py (docs/perf.md's CSV figure) runs the older commit's loader, not this checkout's."""
+    import subprocess
+    import sys
+
+    from tradelib.data.synth import generate_market
+
+    root = Path(__file__).resolve().parents[1]
+    old = "9cbeb95"  # the last commit with the flat tradelib/data.py
+    if subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{old}^{{commit}}"]).returncode:
+        pytest.skip(f"commit {old} is not in this clone (shallow)")
+    path = tmp_path / "prices.csv"
+    market = generate_market(n_symbols=2, n_bars=300).drop(columns="oracle")
+    market.to_csv(path, index=False)
+    out = subprocess.run([sys.executable, str(root / "tools" / "ingest_compare.py"), str(path), "--old", old,
+                          "--rounds", "1"], capture_output=True, text=True, check=True).stdout.splitlines()
+    runs = {r["which"]: r for r in map(json.loads, out[:2])}
+    assert runs["old"]["module"] == "tradelib.data" and runs["new"]["module"] == "tradelib.data.load"
+    assert runs["old"]["rows"] == runs["new"]["rows"] == len(market) and out[2].startswith(f"old {old}:")

@@ -13,6 +13,7 @@ import gzip
 import os
 import re
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
         try:
             import pyarrow.parquet as pq
 
-            df = _to_pandas(pq.read_table(path))  # as pandas reads it (the index from pandas' metadata)
+            df = _to_pandas(lambda: pq.read_table(path))  # as pandas reads it (the index from pandas' metadata)
         except Exception as e:  # pyarrow raises many types for a corrupt file
             raise DataError(f"{path}: cannot read as Parquet ({_short(e)})") from None
         if not isinstance(df.index, pd.RangeIndex):  # a time index saved by pandas becomes a column
@@ -102,7 +103,7 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
             decimal = "," if sep != "," and re.search(r"\d,\d", second) else "."
             if not second:  # a header and nothing else
                 raise DataError(f"{path}: no rows")
-            df = _to_pandas(_read_csv(path, sep, decimal, first, date_format), date_as_object=False)
+            df = _to_pandas(lambda: _read_csv(path, sep, decimal, first, date_format), date_as_object=False)
             df.attrs["decimal_comma"] = decimal == ","
         except DataError:
             raise
@@ -116,13 +117,14 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
     return df
 
 
-def _to_pandas(table, **options) -> pd.DataFrame:
-    """An Arrow table as a frame, each column handed over as it is converted (numbers without a missing value
-    without a copy) and not copied again into one block per dtype (pd.read_parquet does); the reader's freed
-    buffers handed back to the system, for what follows (numpy does not allocate from Arrow's pool)."""
+def _to_pandas(read: Callable, **options) -> pd.DataFrame:
+    """The Arrow table `read()` returns as a frame, each column handed over as it is converted (numbers without a
+    missing value without a copy) and not copied again into one block per dtype (pd.read_parquet does); the
+    reader's freed buffers handed back to the system once no reference to the table is left (numpy does not
+    allocate from Arrow's pool)."""
     import pyarrow as pa
 
-    df = table.to_pandas(split_blocks=True, self_destruct=True, **options)
+    df = read().to_pandas(split_blocks=True, self_destruct=True, **options)  # (no reference left to the table)
     pa.default_memory_pool().release_unused()
     return df
 
