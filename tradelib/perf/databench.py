@@ -5,16 +5,19 @@ load of a cached full-profile dataset."""
 from __future__ import annotations
 
 import gc
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
 from tradelib.config import Config, load_config
-from tradelib.data import cache, clean, dataset, load, synth
+from tradelib.data import cache, dataset, load, synth
 from tradelib.paths import outputs_dir, repo_root
 
 
@@ -52,7 +55,7 @@ def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, fu
     }
     del fs
     if ingest:
-        result["ingest"] = ingest_rates(raw, cfg, repeats, say)
+        result["ingest"] = ingest_rates(raw, repeats, say)
     del raw
     gc.collect()
     if full_profile:
@@ -84,10 +87,46 @@ def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, fu
     return result
 
 
-def ingest_rates(raw, cfg: Config, repeats: int, say) -> dict:
+# One read and clean of a file in a fresh process, as a notebook does it (a second read in the process that built
+# the features is not what anyone runs, and its allocator state made it up to twice as slow). The flat layout is
+# an older commit's, which tools/ingest_compare.py runs with this script.
+INGEST_ONCE = r"""
+import json, os, resource, sys, time
+path = sys.argv[1]
+try:
+    from tradelib.data.load import load_ohlcv
+    from tradelib.data.clean import clean_ohlcv
+except ImportError:  # before tradelib/data became a package
+    from tradelib.data import clean_ohlcv, load_ohlcv
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+base, load = rss(), os.getloadavg()[0]
+c0, t0 = time.process_time(), time.perf_counter()
+raw = load_ohlcv(path, date_format="")
+read, peak = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+clean_ohlcv(raw, path)
+total = time.perf_counter() - t0
+print(json.dumps({"module": load_ohlcv.__module__, "rows": len(raw), "read_s": read, "seconds": total,
+                  "clean_s": total - read, "cpu_s": time.process_time() - c0, "read_peak_bytes": peak - base,
+                  "rows_per_s": len(raw) / total, "load_avg_1min": load}))
+"""
+
+
+def ingest_once(path: Path, tree: Path | None = None) -> dict:
+    """`INGEST_ONCE` of `path` with the Config's default cleaning, in a fresh Python that imports tradelib from
+    `tree` (default: this checkout), run in `tree` since `-c` puts the working folder first on the path."""
+    tree = tree or repo_root()
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run([sys.executable, "-c", INGEST_ONCE, str(Path(path).resolve())], env=env, cwd=tree,
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"reading {path} in a fresh process failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ingest_rates(raw, repeats: int, say) -> dict:
     """The raw rows written once as a CSV and a Parquet file (a temporary folder under outputs/bench), then read
-    with `load.load_ohlcv` and cleaned with `clean.clean_ohlcv` `repeats` times: rows/s file -> clean frame
-    (median), and the read and clean seconds of that run."""
+    and cleaned `repeats` times, each in a fresh process (`ingest_once`): rows/s file -> clean frame (median),
+    and the read and clean seconds of that run."""
     (outputs_dir() / "bench").mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="ingest-", dir=outputs_dir() / "bench"))
     out = {}
@@ -98,18 +137,8 @@ def ingest_rates(raw, cfg: Config, repeats: int, say) -> dict:
             path = folder / f"prices.{kind}"
             say(f"writing {len(frame):,} rows as {kind} ...")
             write(path)
-            runs = []
-            for _ in range(repeats):
-                gc.collect()
-                t0 = time.perf_counter()
-                loaded = load.load_ohlcv(path, date_format=cfg.date_format)
-                t1 = time.perf_counter()
-                clean.clean_ohlcv(loaded, str(path), cfg)
-                runs.append((time.perf_counter() - t0, t1 - t0))
-                del loaded
-            total, read = sorted(runs)[len(runs) // 2]
-            out[kind] = {"rows_per_s": len(frame) / total, "seconds": total, "read_s": read, "clean_s": total - read,
-                         "file_bytes": path.stat().st_size, "load_avg_1min": os.getloadavg()[0]}
+            runs = sorted((ingest_once(path) for _ in range(repeats)), key=lambda r: r["seconds"])
+            out[kind] = {**runs[len(runs) // 2], "file_bytes": path.stat().st_size}
             say(f"  {kind}: {out[kind]['rows_per_s']:,.0f} rows/s")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
