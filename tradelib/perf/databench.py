@@ -87,9 +87,9 @@ def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, fu
     return result
 
 
-# One read and clean of a file in a fresh process, as a notebook does it (a second read in the process that built
-# the features is not what anyone runs, and its allocator state made it up to twice as slow). The flat layout is
-# an older commit's, which tools/ingest_compare.py runs with this script.
+# One read and clean of a file in a fresh process, as a notebook does it (reads repeated in the process that built
+# the features are not what anyone runs, and there they varied 0.4-1.2 s from run to run). The flat layout is an
+# older commit's, which tools/ingest_compare.py runs with this script.
 INGEST_ONCE = r"""
 import json, os, resource, sys, time
 path = sys.argv[1]
