@@ -33,12 +33,12 @@ RUN_LOCK_ENV = "TRADELIB_RUN_LOCK"
 STEP_COLUMNS = ["step", "epoch", "samples", "loss", "lr", "grad_norm", "samples_per_s", "it_per_s",
                 "data_wait_share", "skipped_steps", "elapsed_s"]  # fmt: skip
 EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "epoch_time_s", "samples_per_s"]
-RUN_COLUMNS = [
-    "run_id", "model", "loader", "device", "device_name", "batch_size", "grad_accum_steps", "samples_per_s",
-    "it_per_s", "batches_per_epoch", "data_wait_share", "gpu_util", "peak_mem_gb", "mfu", "epoch_time_s",
-    "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "pooled_ic", "finished",
+_NUMERIC_RUN_COLUMNS = [
+    "batch_size", "grad_accum_steps", "samples_per_s", "it_per_s", "batches_per_epoch", "data_wait_share",
+    "gpu_util", "peak_mem_gb", "mfu", "epoch_time_s", "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic",
+    "pooled_ic",
 ]  # fmt: skip
-_NUMERIC_RUN_COLUMNS = RUN_COLUMNS[RUN_COLUMNS.index("batch_size"):-1]
+RUN_COLUMNS = ["run_id", "model", "loader", "device", "device_name", *_NUMERIC_RUN_COLUMNS, "finished"]
 
 
 def new_run_id() -> str:
