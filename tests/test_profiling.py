@@ -75,3 +75,25 @@ def test_a_time_budget_sizes_the_sweep_and_the_search(tiny_cfg, capsys):
     found = find_max_batch(cfg.replace(model="mlp"), start=32, limit=4096, budget_bytes=1 << 40, seconds=1e-6,
                            verbose=False)
     assert found == 32 and "at least 32 fits" in capsys.readouterr().out
+
+
+def test_quiet_profiler_passes_on_everything_but_the_profilers_own_chatter(capfd):
+    """Kineto's start/stop lines, its no-driver error (a CUDA build of torch on a machine without a GPU) and
+    torch 2.11's one-cycle warning are held back; any other line or warning reaches the user."""
+    import os
+    import warnings
+
+    from tradelib.perf.measure import quiet_profiler
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_profiler():
+            os.write(2, b"STAGE:2026-12-07 02:59:15 10079:10079 ActivityProfilerController.cpp:312] Completed Stage\n")
+            os.write(2, b"ERROR:2026-12-07 02:59:15 10079:10079 DeviceProperties.cpp:48] gpuGetDeviceCount failed "
+                        b"with code 35\n")
+            os.write(2, b"a real error from the profiled step\n")
+            warnings.warn("Warning: Profiler clears events at the end of each cycle.Only events from the current "
+                          "cycle will be reported.", UserWarning, stacklevel=1)
+            warnings.warn("a real warning", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["a real warning"]
+    assert capfd.readouterr().err == "a real error from the profiled step\n"

@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,9 +237,12 @@ class Runner:
             close()
 
 
-# what torch.profiler's kineto prints on the process's stderr at every start and stop of a profile
+# what torch.profiler's kineto prints on the process's stderr at every start and stop of a profile; and, with a
+# CUDA build of torch on a machine without a GPU driver, its "no device" error (code 35: cudaErrorInsufficientDriver)
 PROFILER_NOISE = re.compile(r"^(USDT|STAGE):\S+ \S+ \d+:\d+ \S+\] |^\[W\S* \S+ CPUAllocator\.cpp:\d+\] Memory block "
-                            r"of unknown size was allocated before the profiling started")
+                            r"of unknown size was allocated before the profiling started"
+                            r"|^ERROR:\S+ \S+ \d+:\d+ DeviceProperties\.cpp:\d+\] gpuGetDeviceCount failed "
+                            r"with code 35$")
 
 
 @contextlib.contextmanager
@@ -246,6 +250,14 @@ def quiet_profiler() -> Iterator[None]:
     """Hold the process's stderr (file descriptor 2) in a file while torch.profiler runs, then pass on all of it
     but kineto's `USDT: ... profiler_start / profiler_stop` lines (two per profile, dozens in a sweep, in the
     terminal and in the notebook). KINETO_LOG_LEVEL could hide them only with kineto's errors."""
+    # torch 2.11 warns at every profile that events of earlier cycles are dropped: every profile here is one cycle
+    with warnings.catch_warnings(), _held_stderr():
+        warnings.filterwarnings("ignore", message="Warning: Profiler clears events at the end of each cycle")
+        yield
+
+
+@contextlib.contextmanager
+def _held_stderr() -> Iterator[None]:
     sys.stderr.flush()
     try:
         saved = os.dup(2)
