@@ -425,11 +425,11 @@ def test_a_test_span_too_short_for_weekends_takes_the_whole_datas_sessions_a_yea
 
     hours = pd.to_timedelta(np.arange(9, 16), unit="h")
     days = pd.bdate_range("2023-01-02", "2023-12-29", tz="UTC")
-    year = (days.values[:, None] + hours.values[None, :]).ravel()
+    year = (days.tz_convert(None).to_numpy()[:, None] + hours.to_numpy()[None, :]).ravel()
     full = calendar(pd.DatetimeIndex(year).as_unit("ns").asi8, 3600.0).to_dict()
     span = pd.bdate_range("2024-01-08", "2024-01-12", tz="UTC")
-    test = pd.DataFrame({"timestamp": pd.DatetimeIndex((span.values[:, None] + hours.values[None, :]).ravel(),
-                                                       tz="UTC")})
+    stamps = (span.tz_convert(None).to_numpy()[:, None] + hours.to_numpy()[None, :]).ravel()
+    test = pd.DataFrame({"timestamp": pd.DatetimeIndex(stamps, tz="UTC")})
     ann, _ = ri._annualisation(test, SimpleNamespace(meta={"calendar": full}), 3600.0, 0.0)
     assert full["method"] == ann["method"] == "sessions"
     assert ann["periods_per_year"] == pytest.approx(full["sessions_per_year"] * 7)
