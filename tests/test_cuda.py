@@ -824,6 +824,9 @@ def test_the_step_graph_gives_the_eager_run_where_it_is_used(tiny_fs, model):
     the step graph chosen by `auto` (an epoch's partial last step eager in both): per-step losses and final
     weights within USED_TOL (vectors USED_VECTOR_TOL), the validation loss within 1%. cuDNN's LSTM/GRU dropout
     is refused, with its reason: those families run full.yaml's own setting, dropout 0."""
+    # compiled as in a fresh process: the compile tests leave entries of their own on MLP.forward (fp32, bf16, two
+    # backends, inference and training), and past dynamo's recompile_limit (8) a frame runs eagerly, unsaid
+    torch._dynamo.reset()
     spec = dict(model=model, hidden=128, layers=2, dropout=0.1, window=64, compile="auto", precision="bf16",
                 batch_size=256, warmup_steps=30, eval_batch_size=4096)
     graphed = make_trainer(tiny_fs, "cuda", **{**spec, "cuda_graphs": "auto"})
