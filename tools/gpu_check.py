@@ -255,7 +255,8 @@ def collect_prepare(ctx: Ctx, lines: list[str]) -> dict:
 
 
 def tests_command(ctx: Ctx) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=10", "tests/test_cuda.py",
+    """-v: each test's outcome is in the log as it ends (the XML is written only by a pytest that finishes)."""
+    return [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--durations=10", "tests/test_cuda.py",
             *ctx.plan.tests, f"--junitxml={ctx.work / 'cuda-tests.xml'}"]
 
 
