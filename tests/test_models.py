@@ -18,6 +18,20 @@ def test_shapes_and_flops(name):
     assert training_flops_per_sample(model, dense=False) > 0 and n_params(model) > 0
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_every_weight_is_trained(name):
+    """Each element of each parameter gets a gradient above rounding noise (float64, a random batch): a weight the
+    loss cannot see (a transformer's key bias, which softmax ignores) is walked by AdamW on rounding noise alone."""
+    torch.manual_seed(0)
+    model = model_for(Config(model=name, window=16, hidden=16, layers=2, heads=4), 5).double()
+    x, y = torch.randn(64, 16, 5, dtype=torch.float64), torch.randn(64, dtype=torch.float64)
+    (model(x) - y).pow(2).mean().backward()
+    grads = {n: p.grad.abs() for n, p in model.named_parameters()}
+    scale = max(float(g.max()) for g in grads.values())
+    untrained = {n: int((g <= 1e-9 * scale).sum()) for n, g in grads.items() if (g <= 1e-9 * scale).any()}
+    assert not untrained, untrained
+
+
 def test_init_gain_scales_weights():
     small = model_for(Config(model="mlp", window=16, hidden=32, init_gain=0.5), 5)
     big = model_for(Config(model="mlp", window=16, hidden=32, init_gain=2.0), 5)

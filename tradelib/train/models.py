@@ -149,7 +149,9 @@ class EncoderBlock(nn.Module):
         super().__init__()
         self.heads = heads
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d)
+        # no bias: norm1's own bias gives the query one, and a key bias would add the same to all of a query's
+        # scores, which softmax ignores (a weight with no gradient, which AdamW walks on rounding noise)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.proj = nn.Linear(d, d)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
         self.drop = nn.Dropout(dropout)
