@@ -141,9 +141,10 @@ class StepProbe:
     """Runs single training steps at any micro-batch size and reports their peak memory."""
 
     def __init__(self, cfg: Config, limit: int = 1 << 20) -> None:
-        # one micro-batch per step whatever its size: batch_size is the largest size probed
+        # one micro-batch per step whatever its size: batch_size is the largest size probed; eager steps, measured
+        # one at a time (a step of exactly batch_size would record a step graph: three warm-up steps and a capture)
         self.runner = _runner(cfg.replace(loader="device", batch_size=max(limit, cfg.batch_size),
-                                          grad_accum_steps=1))
+                                          grad_accum_steps=1, cuda_graphs="false"))
         self.trainer, self.device = self.runner.trainer, self.runner.device
         self.cuda = self.device.type == "cuda"
         self.gen = torch.Generator().manual_seed(0)
