@@ -113,6 +113,7 @@ def test_a_hung_stage_is_killed_with_its_workers_at_its_budget(tmp_path):
 def test_an_mfu_above_one_is_flagged_never_a_figure():
     assert gpu_check.checked_mfu(0.25) == {"mfu": 0.25}
     assert gpu_check.checked_mfu(None) == {"mfu": None}
+    assert gpu_check.checked_mfu(float("nan")) == {"mfu": None}  # no MFU in that row: n/a, not invalid
     bad = gpu_check.checked_mfu(1.7)
     assert bad == {"mfu": None, "mfu_invalid": 1.7}
     assert "INVALID" in gpu_check.mfu_text(bad) and "170" not in gpu_check.mfu_text(bad)

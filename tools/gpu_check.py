@@ -188,7 +188,7 @@ class Ctx:
 def checked_mfu(value: float | None) -> dict:
     """{'mfu': v} for 0 <= v <= 1; an MFU above 1 is impossible, so it is kept only as `mfu_invalid` (a bug in
     the FLOP count or the peak), never as a figure."""
-    if value is None:
+    if value is None or value != value:  # (NaN: a table row with no MFU beside rows with one)
         return {"mfu": None}
     if not 0 <= value <= 1:
         return {"mfu": None, "mfu_invalid": value}
