@@ -80,9 +80,22 @@ def test_cpu_dry_run_figures_are_present_and_sane(dry_run):
     assert 0 <= f["stream"]["streamed_data_wait_share"] <= 1
     e = f["epoch"]
     assert e["optimizer_steps"] == 6 and not e["epoch_complete"] and e["projected_epoch_s"] > 0
+    assert e["epoch_time_s"] is None and e["batches_per_epoch"] > 6
+    assert e["epoch_measured"] == f"not measured (6 of its {e['batches_per_epoch']} steps run)"
     assert e["projected_epoch_s"] == pytest.approx(e["train_samples_per_epoch"] / e["samples_per_s"])
     assert e["graph_steps"] == 0  # no step graph on a CPU
     assert len(result["targets"]) == 8 and all(t["met"] is None for t in result["targets"])  # a CPU is not judged
+
+
+def test_the_measured_epoch_says_which_epoch_it_is():
+    e = {"epoch_time_s": 4.2, "first_epoch_time_s": 31.0, "epochs_complete": 2, "optimizer_steps": 5412,
+         "batches_per_epoch": 2706}
+    assert gpu_check.epoch_measured(e) == ("4.2 s measured (the second epoch; the first, with the compilation and "
+                                           "the step graph's recording, 31.0 s)")
+    one = {**e, "epoch_time_s": 31.0, "epochs_complete": 1}
+    assert gpu_check.epoch_measured(one) == "31.0 s measured (wall, the first step's compilation included)"
+    none = {**e, "epoch_time_s": None, "epochs_complete": 0, "optimizer_steps": 878}
+    assert gpu_check.epoch_measured(none) == "not measured (878 of its 2706 steps run)"
 
 
 def alive(pid: int) -> bool:
@@ -150,19 +163,22 @@ def test_a_rerun_of_some_stages_is_filed_beside_the_whole_check_not_over_it():
     assert gpu_check.run_name(part) == "2026-12-07-nvidia-h100-80gb-hbm3-0123456789-only-cuda_tests"
 
 
-def test_the_epoch_stage_runs_a_whole_epoch_when_the_bench_says_it_fits(tmp_path):
+def test_the_epoch_stage_runs_whole_epochs_when_the_bench_says_they_fit(tmp_path):
+    """Two epochs where they fit (the second one's time holds no compilation), one where one fits, else steps."""
     ctx = gpu_check.Ctx(gpu_check.make_plan("cuda", quick=False), tmp_path)
 
-    def steps() -> str | None:
+    def length() -> tuple[str, str] | None:
         cmd = gpu_check.epoch_command(ctx)
-        return cmd[cmd.index("max_steps") + 1] if "max_steps" in cmd else None
+        return next(((k, cmd[cmd.index(k) + 1]) for k in ("max_steps", "epochs") if k in cmd), None)
 
-    assert steps() == "1000"  # no bench figure: about a third of an epoch
+    assert length() == ("max_steps", "1000")  # no bench figure: about a third of an epoch
     lstm = {"label": "lstm/device/graph", "train_items_per_epoch": 2_771_000, "batch_size": 1024}
     ctx.figures["bench"] = {"records": [{**lstm, "samples_per_s": 300_000.0}]}  # 9 s an epoch
-    assert steps() is None
+    assert length() == ("epochs", "2")
+    ctx.figures["bench"] = {"records": [{**lstm, "samples_per_s": 100_000.0}]}  # 28 s an epoch
+    assert length() is None  # full.yaml's own one epoch
     ctx.figures["bench"] = {"records": [{**lstm, "samples_per_s": 20_000.0}]}  # 139 s: 45 s of it
-    assert steps() == str(int(45 * 20_000 / 1024))
+    assert length() == ("max_steps", str(int(45 * 20_000 / 1024)))
     cmd = gpu_check.epoch_command(ctx)
     assert cmd[cmd.index("-f") + 1] == "params/full.yaml" and cmd[cmd.index("device") + 1] == "cuda"
     assert "cuda_graphs" not in cmd  # full.yaml with no flags: the defaults choose the step

@@ -14,9 +14,10 @@ helpers (which import tradelib); nothing needs papermill or Jupyter, nothing is 
               LSTM at batch 1024 with the seed-style DataLoader (8 workers) and the device loader (the loader's
               gain and the graph's apart), the LSTM at 512 x 2 (accumulation), the transformer (window 64,
               hidden 512, 4 layers: the model sized for a GPU); and the TCN per window vs dense, eager
-  epoch       `python -m tradelib train` on full.yaml with no flags (the defaults decide the step): a whole epoch
-              when the bench says it fits the budget, else as many steps as fit; samples/s, the measured and the
-              projected epoch time, NVML busy and data wait
+  epoch       `python -m tradelib train` on full.yaml with no flags (the defaults decide the step): two whole
+              epochs when the bench says they fit the budget (the second one measured without the first step's
+              compilation and recording, the first's time beside it), else one, else as many steps as fit;
+              samples/s, the measured and the projected epoch time, NVML busy and data wait
   stream      `python -m tradelib bench --stream` on full.yaml: the LSTM at batch 1024 with its data resident and
               streamed (a quarter of it on the GPU at a time: pinned buffers, a side stream), and the data wait
   sweep       02's batch-size sweep (`profiling.batch_size_sweep`) up to 16,384, device loader vs DataLoader
@@ -77,7 +78,7 @@ class Plan:
     sweep: dict  # steps, warmup, repeats of the sweep
     budgets: dict  # seconds per stage: a hard limit each
     total_s: float  # the whole check
-    epoch_target_s: float = 45.0  # the epoch stage runs a whole epoch when the bench says one takes this or less
+    epoch_target_s: float = 45.0  # the epoch stage runs whole epochs when the bench says they take this or less
     epoch_max_steps: int = 0  # quick: a fixed number of steps instead
 
 
@@ -355,9 +356,10 @@ def collect_stream(ctx: Ctx, lines: list[str]) -> dict:
 
 
 def epoch_command(ctx: Ctx) -> list[str]:
-    """full.yaml with no flags: a whole epoch when the bench's device-loader LSTM (with the step graph, where there
-    is one) says it takes epoch_target_s or less; else the steps that fit in that time (the projected epoch time
-    is read from samples/s either way, and said to be projected)."""
+    """full.yaml with no flags: two whole epochs when the bench's device-loader LSTM (with the step graph, where
+    there is one) says they take epoch_target_s or less (the second is an epoch's time without the first step's
+    compilation: `epochs` sets how long the run is, not how it steps), one when one does; else the steps that fit
+    in that time (the projected epoch time is read from samples/s either way, and said to be projected)."""
     plan, steps = ctx.plan, []
     records = (ctx.figures.get("bench") or {}).get("records", [])
     by = {r["label"]: r for r in records}
@@ -366,9 +368,11 @@ def epoch_command(ctx: Ctx) -> list[str]:
         steps = ["-p", "max_steps", str(plan.epoch_max_steps)]
     elif lstm is None:
         steps = ["-p", "max_steps", "1000"]  # no bench figure: about a third of a full.yaml epoch
-    elif lstm["train_items_per_epoch"] / lstm["samples_per_s"] > plan.epoch_target_s:
+    elif (one := lstm["train_items_per_epoch"] / lstm["samples_per_s"]) > plan.epoch_target_s:
         fit = int(plan.epoch_target_s * lstm["samples_per_s"] / lstm["batch_size"])
         steps = ["-p", "max_steps", str(max(100, fit))]
+    elif 2 * one <= plan.epoch_target_s:
+        steps = ["-p", "epochs", "2"]
     return ctx.tradelib("train", "-p", "run_id", f"gpu-check-{ctx.stamp}", *steps)  # no flags: the defaults
 
 
@@ -394,7 +398,9 @@ def collect_epoch(ctx: Ctx, lines: list[str]) -> dict:
         "data_wait_share": sane_share(median(steady, "data_wait_share"), "epoch data-wait share"),
         "gpu_busy_pct": median(gpu_steady, "gpu_util_median"), "gpu_busy_pct_whole_run": summary["gpu_util"],
         "projected_epoch_s": per_epoch / sps,
-        "epoch_time_s": epochs[0]["epoch_time_s"] if epochs else None,  # wall, with the first step's compile
+        # wall time of the last whole epoch: the second's where two ran, the first's (compilation included) else
+        "epoch_time_s": epochs[-1]["epoch_time_s"] if epochs else None, "epochs_complete": len(epochs),
+        "first_epoch_time_s": epochs[0]["epoch_time_s"] if epochs else None,
         "train_time_s": summary["train_time_s"], "peak_mem_bytes": summary["peak_mem_bytes"],
         "flops_per_sample": summary["flops_per_sample"], "peak_flops": peak,
         "skipped_steps": summary["skipped_steps"], "pooled_ic": summary.get("pooled_ic"),
@@ -403,7 +409,18 @@ def collect_epoch(ctx: Ctx, lines: list[str]) -> dict:
     }
     if fig["gpu_busy_pct"] is not None and not 0 <= fig["gpu_busy_pct"] <= 100:
         raise CheckError(f"GPU busy {fig['gpu_busy_pct']} is not a percentage")
+    fig["epoch_measured"] = epoch_measured(fig)
     return fig
+
+
+def epoch_measured(e: dict) -> str:
+    """What the epoch's measured time is, in words (kept in the JSON, which the log and docs/perf.md quote)."""
+    if e["epoch_time_s"] is None:
+        return f"not measured ({e['optimizer_steps']} of its {e['batches_per_epoch']} steps run)"
+    if e["epochs_complete"] >= 2:
+        return (f"{e['epoch_time_s']:.1f} s measured (the second epoch; the first, with the compilation and the step "
+                f"graph's recording, {e['first_epoch_time_s']:.1f} s)")
+    return f"{e['epoch_time_s']:.1f} s measured (wall, the first step's compilation included)"
 
 
 def collect_sweep(ctx: Ctx, lines: list[str]) -> dict:
@@ -585,7 +602,7 @@ def judge(result: dict) -> list[dict]:
          epoch.get("gpu_busy_pct"), lambda v: v >= 90, pct),
         ("data wait training full.yaml with no flags (CUDA events around each fetch)", "<= 2%",
          epoch.get("data_wait_share"), lambda v: v <= 0.02, share),
-        ("one full.yaml epoch with no flags, measured (wall, the first step's compile included)", "<= 5 s",
+        ("one full.yaml epoch with no flags, measured (its wall time; the second epoch's where two ran)", "<= 5 s",
          epoch.get("epoch_time_s"), lambda v: v <= 5, secs),
         ("the loader's own gain: device + graph / dataloader + graph, LSTM at batch 1024", ">= 3x",
          bench.get("lstm_graph_device_over_dataloader"), lambda v: v >= 3, times),
@@ -623,13 +640,11 @@ def throughput_lines(figures: dict) -> list[str]:
     e = figures.get("epoch")
     if e:
         busy = f"{e['gpu_busy_pct']:.0f}%" if e.get("gpu_busy_pct") is not None else "n/a"
-        measured = (f"measured {e['epoch_time_s']:.1f} s with the first step's compile" if e.get("epoch_time_s")
-                    is not None else f"{e['optimizer_steps']} of its {e['batches_per_epoch']} steps run")
         graph = f"step graph replayed {e['graph_steps']} steps" if e.get("graph_steps") else "step graph NOT used"
         lines.append(f"epoch {e['model']}/{e['loader']} batch {e['batch_size']}, no flags ({graph}): "
                      f"{e['samples_per_s']:,.0f} samples/s "
                      f"(steady), PROJECTED epoch {e['projected_epoch_s']:.1f} s for "
-                     f"{e['train_samples_per_epoch']:,.0f} windows ({measured}), GPU busy {busy}, "
+                     f"{e['train_samples_per_epoch']:,.0f} windows ({e['epoch_measured']}), GPU busy {busy}, "
                      f"data wait {e['data_wait_share']:.1%}, {mfu_text(e)}")
     for r in (figures.get("sweep") or {}).get("rows", []):
         busy = r.get("gpu_busy_pct")

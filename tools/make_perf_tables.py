@@ -65,14 +65,11 @@ def run_section(name: str, result: dict) -> list[str]:
                        num(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else "")] for r in bench]) + [""]
     e = f.get("epoch")
     if e:
-        measured = (f"{e['epoch_time_s']:.1f} s measured (wall, the first step's compile included)"
-                    if e.get("epoch_time_s") is not None else
-                    f"not measured ({e['optimizer_steps']} of its {e['batches_per_epoch']} steps run)")
         out += [f"Epoch, full.yaml with no flags ({e['model']}, {e['loader']} loader, batch {e['batch_size']}, step "
                 f"graph {'replayed ' + str(e['graph_steps']) + ' steps' if e.get('graph_steps') else 'not used'}): "
                 f"{num(e['samples_per_s'], ',.0f')} samples/s steady, data wait {num(e['data_wait_share'], '.1%')}, "
-                f"MFU {mfu(e)} with NVML busy {busy(e)}; the epoch {measured}; **projected** from the steady rate: "
-                f"{num(e['projected_epoch_s'], '.1f')} s.", ""]
+                f"MFU {mfu(e)} with NVML busy {busy(e)}; the epoch {e['epoch_measured']}; **projected** from the "
+                f"steady rate: {num(e['projected_epoch_s'], '.1f')} s.", ""]
     streamed = (f.get("stream") or {}).get("records", [])
     if streamed:
         out += table(["streamed data (`bench --stream`)", "samples/s", "data wait", "MFU", "NVML busy"],
