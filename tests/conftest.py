@@ -37,3 +37,16 @@ def tiny_cfg() -> Config:
 def tiny_fs(tmp_path_factory):
     """A small synthetic FeatureSet built once per session (no cache involved)."""
     return dataset.build(Config(**TINY))[0]
+
+
+def fit_until_interrupted(run, step: int) -> None:
+    """Fit `run` until it has taken `step` optimizer steps, then stop it as Ctrl-C would (a KeyboardInterrupt
+    out of `on_step`): what a resume test starts from."""
+
+    def interrupt(t) -> None:
+        if t.step == step:
+            raise KeyboardInterrupt
+
+    run.on_step = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        run.fit()

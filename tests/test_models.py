@@ -227,7 +227,7 @@ def test_a_user_model_trains_checkpoints_resumes_and_reports_like_a_built_in(tmp
     from tradelib.train import checkpoint
     from tradelib.train.run import TrainingRun, train
 
-    from .conftest import TINY
+    from .conftest import TINY, fit_until_interrupted
 
     (tmp_path / "mine_models_b.py").write_text(USER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -236,15 +236,7 @@ def test_a_user_model_trains_checkpoints_resumes_and_reports_like_a_built_in(tmp
     whole = train(cfg("mine-whole"), progress=False)
     assert whole.summary["model"] == "mine_models_b:Net" and whole.summary["optimizer_steps"] == 12
     assert whole.summary["flops_per_sample"] == 3 * 2.0 * (16 * whole.fs.n_features * 8 + 8)
-    run = TrainingRun(cfg("mine-cut"), progress=False)
-
-    def interrupt(t: TrainingRun) -> None:
-        if t.step == 5:
-            raise KeyboardInterrupt
-
-    run.on_step = interrupt
-    with pytest.raises(KeyboardInterrupt):
-        run.fit()
+    fit_until_interrupted(TrainingRun(cfg("mine-cut"), progress=False), 5)
     ck = checkpoint.load(outputs / "mine-cut" / "checkpoints" / "step-5.pt")
     assert ck["config"]["model"] == "mine_models_b:Net"
     resumed = train(cfg("mine-cut", resume=True), progress=False)

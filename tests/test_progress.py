@@ -13,6 +13,8 @@ from tradelib.config import Config
 from tradelib.progress import LINE_FRACTIONS, PROGRESS_FILE, Follower, Progress, choose_mode, read_progress
 from tradelib.train.run import TrainingRun, train
 
+from .conftest import fit_until_interrupted
+
 TINY = dict(synth_symbols=3, synth_bars=400, window=8, hidden=8, layers=1, model="mlp", batch_size=16, epochs=2,
             device="cpu", compile="off", log_every=2, checkpoint_every=5, seed=3, warmup_steps=5)
 
@@ -128,15 +130,7 @@ def test_tensorboard_events_equal_metrics_jsonl(outputs):
 def test_a_resumed_run_purges_the_events_after_its_checkpoint(outputs):
     """Interrupted at step 7 (after the step-5 checkpoint), resumed: the events TensorBoard shows are exactly the
     rows metrics.jsonl keeps, none twice."""
-    run = TrainingRun(Config(**TINY, run_id="tb-resumed"), progress=False)
-
-    def stop(t: TrainingRun) -> None:
-        if t.step == 7:
-            raise KeyboardInterrupt
-
-    run.on_step = stop
-    with pytest.raises(KeyboardInterrupt):
-        run.fit()
+    fit_until_interrupted(TrainingRun(Config(**TINY, run_id="tb-resumed"), progress=False), 7)
     train(Config(**TINY, run_id="tb-resumed", resume=True), progress=False)
     folder = outputs / "tb-resumed"
     assert len(list(folder.glob("events.out.tfevents.*"))) == 2
