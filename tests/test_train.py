@@ -647,7 +647,7 @@ def test_auto_uses_the_step_graph_wherever_it_is_allowed(outputs, reference):
             for mode in ("auto", "true"):
                 cfg = Config(**changes, cuda_graphs=mode)
                 on, why = use_step_graph(cfg, cuda, world, fused, model, cfg.compile)
-                refused = graphs_refused(cfg, cuda, world, fused, model, cfg.compile)
+                refused = graphs_refused(cuda, world, fused, model, cfg.compile)
                 assert on == (refused is None) and (on or why == refused), (changes, world, fused)
             off = Config(**changes, cuda_graphs="false")
             assert use_step_graph(off, cuda, world, fused, model, off.compile)[0] is False

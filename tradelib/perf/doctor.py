@@ -309,7 +309,7 @@ def graphs_reason(tr) -> str | None:
     from tradelib.train.trainer import graphs_refused
 
     if tr.cfg.cuda_graphs == "false":
-        return graphs_refused(tr.cfg, tr.device, tr.world, tr.fused, tr.model, tr.compiled)
+        return graphs_refused(tr.device, tr.world, tr.fused, tr.model, tr.compiled)
     return tr.graphs_reason
 
 

@@ -383,8 +383,8 @@ def make_scaler(device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type)
 
 
-def graphs_refused(cfg: Config, device: torch.device, world: int, fused: bool, model: torch.nn.Module,
-                   compiled: str) -> str | None:
+def graphs_refused(device: torch.device, world: int, fused: bool, model: torch.nn.Module, compiled: str
+                   ) -> str | None:
     """Why the step graph cannot be used here, or None when it can. `compiled`: what `maybe_compile` made of
     cfg.compile (off, on, reduce-overhead), which drops reduce-overhead's graphs under accumulation or a failure."""
     if device.type != "cuda":
@@ -411,7 +411,7 @@ def use_step_graph(cfg: Config, device: torch.device, world: int, fused: bool, m
     `false` never."""
     if cfg.cuda_graphs == "false":
         return False, "cuda_graphs=false"
-    why_not = graphs_refused(cfg, device, world, fused, model, compiled)
+    why_not = graphs_refused(device, world, fused, model, compiled)
     if why_not:
         return False, why_not
     return True, f"cuda_graphs={cfg.cuda_graphs}: one CUDA process with fused AdamW"
