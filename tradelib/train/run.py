@@ -366,11 +366,10 @@ class TrainingRun:
                 self.step += 1
                 self.bar.advance()
                 epoch_end = self.pos >= n
-                ckpt_due = cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0 and not epoch_end
+                ckpt_due = cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0
                 if ckpt_due or epoch_end or self.step % cfg.log_every == 0 or self.step >= tr.total_steps:
-                    time_due = self.log_point()
-                    ckpt_due = (ckpt_due or time_due) and not epoch_end
-                if ckpt_due and not self.done():  # (at an epoch's or the run's end, it is written after validation)
+                    ckpt_due = self.log_point() or ckpt_due  # (log_point: every rank, every time)
+                if ckpt_due and not (epoch_end or self.done()):  # (at an epoch's or the run's end: after validation)
                     self.save_checkpoint(f"step-{self.step}")
                     self.t_log = self.clock()  # checkpoint I/O is not training time
                 self._clean = True
