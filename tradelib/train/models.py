@@ -252,7 +252,7 @@ def model_for(cfg, n_features: int) -> nn.Module:
     module's docstring), built with `cfg` where its constructor takes one."""
     window, hidden, layers, dropout, output_clip = cfg.window, cfg.hidden, cfg.layers, cfg.dropout, cfg.output_clip
     if USER_MODEL.fullmatch(cfg.model):
-        return user_model(cfg.model, n_features, window, cfg)
+        return user_model(cfg, n_features)
     name = cfg.model.lower()
     if name == "mlp":
         model = MLP(n_features, window, hidden, layers, dropout, output_clip)
@@ -292,8 +292,10 @@ def user_class(path: str) -> type:
     return cls
 
 
-def user_model(path: str, n_features: int, window: int, cfg=None) -> nn.Module:
-    """The user's model, checked against the protocol on a probe batch of 2 windows (CPU, no gradient)."""
+def user_model(cfg, n_features: int) -> nn.Module:
+    """The user's model `cfg.model`, checked against the protocol on a probe batch of 2 windows (CPU, no
+    gradient)."""
+    path, window = cfg.model, cfg.window
     cls = user_class(path)
     takes_cfg = "cfg" in inspect.signature(cls).parameters
     model = cls(n_features, window, cfg) if takes_cfg else cls(n_features, window)
