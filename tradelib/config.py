@@ -323,6 +323,18 @@ def cost_grid(text: str) -> tuple[float, ...]:
     return tuple(costs)
 
 
+def settings_values(cls: type, cfg: Config | None, overrides: dict[str, Any], what: str) -> dict[str, Any]:
+    """The values of the settings dataclass `cls`: its fields that are Config fields from `cfg` (default: Config's
+    defaults), then `overrides` by name; a name `cls` does not have is a TypeError."""
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise TypeError(f"unknown {what} setting(s) {', '.join(unknown)} (known: {', '.join(names)})")
+    cfg = Config() if cfg is None else cfg
+    known = {f.name for f in fields(cfg)}
+    return {n: getattr(cfg, n) for n in names if n in known} | overrides
+
+
 def unknown_message(name: str, known) -> str:
     hint = difflib.get_close_matches(name, list(known), n=1)
     return f"unknown parameter {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")

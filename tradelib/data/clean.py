@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from tradelib.config import Config
+from tradelib.config import Config, settings_values
 from tradelib.data.detect import (
     back_adjustment,
     bad_print_rows,
@@ -61,12 +61,7 @@ class CleanSettings:
     @classmethod
     def of(cls, cfg: Config | None = None, **overrides) -> CleanSettings:
         """The settings of `cfg` (default: Config's defaults), with `overrides` by name."""
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(overrides) - set(names))
-        if unknown:
-            raise TypeError(f"unknown cleaning setting(s) {', '.join(unknown)} (known: {', '.join(names)})")
-        cfg = Config() if cfg is None else cfg
-        return cls(**{n: getattr(cfg, n) for n in names if n != "min_rows"} | overrides)
+        return cls(**settings_values(cls, cfg, overrides, "cleaning"))
 
 
 class Work:

@@ -8,14 +8,14 @@ facts training wrote, the feature cache when there) and computes every table int
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from tradelib import runs
-from tradelib.config import Config, cost_grid
+from tradelib.config import Config, cost_grid, settings_values
 from tradelib.data.sessions import Calendar
 from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
@@ -93,14 +93,8 @@ class ReportSettings:
     def of(cls, cfg: Config | None = None, **overrides) -> ReportSettings:
         """The settings of `cfg` (default: Config's defaults), with `overrides` by name (04_report and a sweep
         pass the run's Config; a comparison this run's book)."""
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(overrides) - set(names))
-        if unknown:
-            raise TypeError(f"unknown report setting(s) {', '.join(unknown)} (known: {', '.join(names)})")
-        cfg = Config() if cfg is None else cfg
-        values = {n: getattr(cfg, n) for n in names} | overrides
-        grid = values["cost_grid_bps"]
-        values["cost_grid_bps"] = cost_grid(grid) if isinstance(grid, str) else tuple(float(c) for c in grid)
+        values = settings_values(cls, cfg, overrides, "report")
+        values["cost_grid_bps"] = cost_grid(values["cost_grid_bps"])
         return cls(**values)
 
 
