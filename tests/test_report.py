@@ -188,9 +188,11 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
     assert s["gross_sharpe"] > 10 and "gross_sharpe" in s["flags"] and "beyond 10" in s["flags"]["gross_sharpe"]
     assert "synthetic market" not in s["flags"]["gross_sharpe"]
     assert "flagged: Sharpe" in rw.summary_markdown(rep)
-    planted, _ = make_run(tmp_path / "run-s", summary_extra={"config": {"data_path": "synthetic"}})
-    flag = rp.build_report(planted, settings=ri.ReportSettings.of(cost_bps=5.0))["summary"]["flags"]["gross_sharpe"]
-    assert "beyond 10" in flag and "embedded synthetic market" in flag  # the reason where the data is ours
+    for data_path in ("synthetic", " Synthetic", ""):  # every spelling Config reads as the embedded market
+        planted, _ = make_run(tmp_path / f"run-s{len(data_path)}", summary_extra={"config": {"data_path": data_path}})
+        flag = rp.build_report(planted, settings=ri.ReportSettings.of(cost_bps=5.0))["summary"]["flags"]["gross_sharpe"]
+        assert "beyond 10" in flag and "embedded synthetic market" in flag, data_path  # the reason: the data is ours
+        assert rw.run_configuration({"config": {"data_path": data_path}}, {})[0][1].startswith("synthetic market")
     from tradelib.report import tables
 
     shown = tables.backtest_table(rep["backtest"], s["flags"]).set_index("book")

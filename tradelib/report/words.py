@@ -10,6 +10,7 @@ import os
 
 import pandas as pd
 
+from tradelib.data import cache
 from tradelib.report.metrics import FAMILY_WORDS, IC_FAMILIES, bar_words
 
 
@@ -168,7 +169,7 @@ def run_configuration(summary: dict, splits: dict) -> list[tuple[str, str]]:
     device, split dates."""
     c, g = summary.get("config") or {}, summary.get
     data = (f"synthetic market: {c.get('synth_symbols')} symbols x {fmt_count(c.get('synth_bars'))} 5-minute bars "
-            f"(seed {c.get('data_seed')})" if c.get("data_path") == "synthetic" else str(c.get("data_path")))
+            f"(seed {c.get('data_seed')})" if cache.is_synthetic(c.get("data_path")) else str(c.get("data_path")))
     target = "vol-scaled forward log return" if c.get("vol_scaled_target") else "forward log return"
     per_fold = " per fold" if g("folds") else ""
     steps = f", at most {fmt_count(c['max_steps'])} steps{per_fold}" if c.get("max_steps") else ""
