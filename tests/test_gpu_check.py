@@ -79,7 +79,7 @@ def test_cpu_dry_run_figures_are_present_and_sane(dry_run):
     assert f["stream"]["plan"].startswith("data streamed to cpu") and f["stream"]["stream_over_resident"] > 0
     assert 0 <= f["stream"]["streamed_data_wait_share"] <= 1
     e = f["epoch"]
-    assert e["optimizer_steps"] == 6 and not e["epoch_complete"] and e["projected_epoch_s"] > 0
+    assert e["optimizer_steps"] == 6 and e["epochs_complete"] == 0 and e["projected_epoch_s"] > 0
     assert e["epoch_time_s"] is None and e["batches_per_epoch"] > 6
     assert e["epoch_measured"] == f"not measured (6 of its {e['batches_per_epoch']} steps run)"
     assert e["projected_epoch_s"] == pytest.approx(e["train_samples_per_epoch"] / e["samples_per_s"])

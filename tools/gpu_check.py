@@ -393,7 +393,7 @@ def collect_epoch(ctx: Ctx, lines: list[str]) -> dict:
         "batch_size": summary["batch_size"], "compiled": summary["compiled"], "device_name": summary["device_name"],
         "graph_steps": summary.get("graph_steps"),
         "optimizer_steps": summary["optimizer_steps"], "batches_per_epoch": summary["batches_per_epoch"],
-        "train_samples_per_epoch": per_epoch, "epoch_complete": bool(epochs),
+        "train_samples_per_epoch": per_epoch,
         "samples_per_s": sps, "samples_per_s_run_median": summary["samples_per_s"],
         "data_wait_share": sane_share(median(steady, "data_wait_share"), "epoch data-wait share"),
         "gpu_busy_pct": median(gpu_steady, "gpu_util_median"), "gpu_busy_pct_whole_run": summary["gpu_util"],
