@@ -452,7 +452,8 @@ def clean_parts(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, 
     rows; only the shards in `only` (the others None). `cfg` (default: Config's defaults) gives the cleaning
     knobs, `shard_rows` and `workers` (its build_workers) unless given; `settings` override CleanSettings.
     `plan`: the (codes, symbols, shards) of `symbol_codes` and `symbol_shards` where the caller has them (the
-    build, whose `only` counts its own shards)."""
+    build, whose `only` counts its own shards). Its callers (clean_ohlcv, the build) run it under
+    `without_huge_pages`, which their later stages need too."""
     cfg = Config() if cfg is None else cfg
     s = CleanSettings.of(cfg, **settings)
     shard_rows = cfg.shard_rows if shard_rows is None else shard_rows
@@ -483,7 +484,7 @@ def clean_parts(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, 
         restart = w.flags.get("corporate_action") if s.corporate_actions == "mask" else None
         return _shard_part(w, rows_in), CleanShard(w.a, symbols, w.keep, w.bar, restart)
 
-    with without_huge_pages(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(one, range(len(shards))))
 
 
@@ -501,9 +502,9 @@ def clean_ohlcv(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, 
     a boolean column `restart` (True where the series restarts).
     """
     source = source or str(raw.attrs.get("source", ""))
-    done = clean_parts(raw, source, cfg, keep=keep, shard_rows=shard_rows, workers=workers, **settings)
-    report = quality_report([d[0] for d in done], raw, source, keep)
-    with without_huge_pages():  # its columns' first touch stalls on huge pages too (0.5 of 1.7 s at 10M rows)
+    with without_huge_pages():  # the clean frame's columns' first touch stalls on them too (0.5 of 1.7 s at 10M rows)
+        done = clean_parts(raw, source, cfg, keep=keep, shard_rows=shard_rows, workers=workers, **settings)
+        report = quality_report([d[0] for d in done], raw, source, keep)
         out = clean_frame([d[1] for d in done], keep, raw)
     out.attrs = {"source": report.source, "bar_size_s": report.bar_size_s}
     return out, report
