@@ -36,8 +36,7 @@ def _build(cfg, raw: pd.DataFrame, source: str, fold: int, *args) -> tuple[Featu
     except ValueError as exc:
         raise load.DataError(f"{source}: {exc}") from None
     if report.rows_kept == 0:
-        dropping = report.totals("dropped")
-        dropped = ", ".join(f"{rule} {n:,}" for rule, n in report.totals().items() if rule in dropping)
+        dropped = ", ".join(f"{rule} {n:,}" for rule, n in report.totals("dropped").items())
         raise load.DataError(f"{source}: no rows left after cleaning: {report.rows_in:,} rows in, dropped by "
                              f"{dropped or 'no rule'} (window + horizon + 1 = {cfg.window + cfg.horizon + 1} rows "
                              f"per symbol are needed; docs/data.md lists the rules)")
