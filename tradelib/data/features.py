@@ -270,28 +270,26 @@ def fold_bound(bounds: list[dict], fold: int, cfg) -> dict:
     return {**bounds[fold], "fold": fold}
 
 
-def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, fold: int = 0, bound: dict | None = None
-               ) -> tuple[np.ndarray, dict]:
+def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, bound: dict) -> tuple[np.ndarray, dict]:
     """Chronological split by time across all symbols, then a purge of the first (horizon + window) rows of
     every symbol after each boundary, counted in that symbol's own bars (not in clock time, which a weekend or
     a hole would shorten). With targets that never span a missing bar (`targets`), no training target or
     window reaches a validation or test target. Rows are sorted by (symbol, time).
 
-    With `folds` > 1 this is walk-forward fold `fold` (`fold_bounds`): rows outside its training, validation
-    and test periods (before a rolling window, after its test period) are -1, like purged rows. `bound` (the
-    fold's bounds of all the rows) when these are some symbols of them; the cut then covers these rows only
-    (`merge_cuts`) and is checked once merged (`check_cut`); `fold` is then the bound's."""
-    b = bound if bound is not None else fold_bound(fold_bounds(ts_ns, cfg), fold, cfg)
-    t_train, t_val = b["train_end"], b["val_end"]
+    `bound` is a fold's bounds of all the rows (`fold_bound`); these rows may be some symbols of them, so the
+    cut covers these rows only: the caller merges the parts' cuts (`merge_cuts`) and checks the whole
+    (`check_cut`). With `folds` > 1 rows outside the fold's training, validation and test periods (before a
+    rolling window, after its test period) are -1, like purged rows."""
+    t_train, t_val = bound["train_end"], bound["val_end"]
     if t_train <= t_val:  # 0, 1, 2 as two comparisons summed: no int64 temporaries
         part = np.greater(ts_ns, t_train).view(np.int8)
         part += ts_ns > t_val
     else:
         part = np.where(ts_ns <= t_train, 0, np.where(ts_ns <= t_val, 1, 2)).astype(np.int8)
-    if b["train_start"] is not None:
-        part[ts_ns <= b["train_start"]] = -1
-    if b["test_end"] is not None:
-        part[ts_ns > b["test_end"]] = -1
+    if bound["train_start"] is not None:
+        part[ts_ns <= bound["train_start"]] = -1
+    if bound["test_end"] is not None:
+        part[ts_ns > bound["test_end"]] = -1
     n = len(part)
     block = np.ones(n, dtype=bool)
     block[1:] = (codes[1:] != codes[:-1]) | (part[1:] != part[:-1])
@@ -304,14 +302,13 @@ def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, fold: int = 0, bound: 
         t = ts_ns[split == s]
         return int(t.min()) if len(t) else None
 
-    cut = {"method": b["method"], "train_end": t_train, "val_start": first_time(1), "val_end": t_val,
-           "test_start": first_time(2), "test_end": b["test_end"], "purge_bars": purge}
+    cut = {"method": bound["method"], "train_end": t_train, "val_start": first_time(1), "val_end": t_val,
+           "test_start": first_time(2), "test_end": bound["test_end"], "purge_bars": purge}
     if cfg.folds > 1:
         windowed = lambda s: int(np.count_nonzero((part == s) & (rank >= purge + cfg.window - 1)))  # noqa: E731
-        cut.update(fold=b["fold"], folds=int(cfg.folds), fold_window=cfg.fold_window, train_start=b["train_start"],
-                   outside_rows=int((part == -1).sum()), window_rows=[windowed(1), windowed(2)])
-    if bound is None:
-        check_cut(cut, cfg)
+        cut.update(fold=bound["fold"], folds=int(cfg.folds), fold_window=cfg.fold_window,
+                   train_start=bound["train_start"], outside_rows=int((part == -1).sum()),
+                   window_rows=[windowed(1), windowed(2)])
     return split, cut
 
 

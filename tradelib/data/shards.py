@@ -273,7 +273,7 @@ def assign_splits(rows: ShardRows, bound: dict, seg_offset: int, sym_offset: int
     """Complete a shard's rows with what needs all rows: their splits (`bound`: the fold's bounds of all rows,
     `fold_bounds`), and segment and symbol ids counted from the offsets (the segments and symbols of the shards
     before)."""
-    split, rows.cut = split_rows(rows.ts, rows.codes, cfg, bound=bound)
+    split, rows.cut = split_rows(rows.ts, rows.codes, cfg, bound)
     out["split"][:] = split
     rows.split = out["split"]
     rows.seg += np.int32(seg_offset)
