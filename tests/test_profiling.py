@@ -77,6 +77,16 @@ def test_a_time_budget_sizes_the_sweep_and_the_search(tiny_cfg, capsys):
     assert found == 32 and "at least 32 fits" in capsys.readouterr().out
 
 
+def test_a_budgeted_sweep_gives_every_batch_size_the_same_mfu_peak(tiny_cfg):
+    """With a budget each batch size is its own measure() call; their MFUs are still over one peak (on a CPU a
+    matmul rate measured once), so the sizes' MFUs compare."""
+    df = batch_size_sweep(tiny_cfg.replace(steps=3, warmup=1, loaders="device"), [32, 64], seconds=600)
+    records = df.attrs["records"]
+    assert sorted(r["batch_size"] for r in records) == [32, 64]
+    assert len({(r["peak_flops"], r["peak_flops_source"]) for r in records}) == 1
+    assert records[0]["peak_flops"] > 0
+
+
 def test_quiet_profiler_passes_on_everything_but_the_profilers_own_chatter(capfd):
     """Kineto's start/stop lines, its no-driver error (a CUDA build of torch on a machine without a GPU) and
     torch 2.11's one-cycle warning are held back; any other line or warning reaches the user."""

@@ -324,10 +324,11 @@ def mfu_text(record: dict, spec: str = ".2%") -> str:
 
 # -- measuring ------------------------------------------------------------------------------------------------
 def measure(setups: Sequence[Setup], *, steps: int, warmup: int, repeats: int, max_other_load: float,
-            monitor_interval_s: float = 0.1, verbose: bool = True) -> list[dict]:
+            monitor_interval_s: float = 0.1, verbose: bool = True, peak: MfuPeak | None = None) -> list[dict]:
     """Measure every setup, interleaved: repeat r runs setup 1, 2, ... in turn. One record per setup. An MFU
     that cannot be right (above 1, or over a CPU peak measured while other processes were busy) is flagged
-    (`mfu_invalid`, `mfu_invalid_reason`), never given as `mfu`."""
+    (`mfu_invalid`, `mfu_invalid_reason`), never given as `mfu`. `peak`: the MFU denominator of calls that
+    are one measurement in parts (the sweep's batch sizes); else `mfu_peak` now."""
     runners: list[Runner] = []
     with torch_flags(deterministic=False):  # off, as a default run has them
         try:
@@ -338,7 +339,7 @@ def measure(setups: Sequence[Setup], *, steps: int, warmup: int, repeats: int, m
                     fsets[key] = dataset.prepare(s.cfg, verbose=verbose)
                 runners.append(Runner(s, fsets[key]))
             device = runners[0].device
-            peak = mfu_peak(device, setups[0].cfg.peak_tflops, max_other_load)
+            peak = peak or mfu_peak(device, setups[0].cfg.peak_tflops, max_other_load)
             if verbose:
                 print((f"MFU peak: {peak.flops / 1e9:,.1f} GFLOP/s ({peak.source})" if peak.flops else
                        f"MFU n/a: {peak.source}") + (f"; NOT TRUSTED: {peak.untrusted}" if peak.untrusted else ""))

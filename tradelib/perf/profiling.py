@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from tradelib.config import Config
 from tradelib.data import dataset
-from tradelib.hardware import pick_device, sync
+from tradelib.hardware import mfu_peak, pick_device, sync
 from tradelib.perf.measure import Runner, make_setups, measure, quiet_profiler, split_list, step_peak_bytes
 
 SWEEP_COLUMNS = ["loader", "batch_size", "samples_per_s", "speedup", "it_per_s", "data_wait_share",
@@ -41,9 +41,13 @@ def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, load
     `seconds` > 0: a time budget the work is sized to. A pilot (one warm-up and two timed steps of each loader
     at the smallest batch size) gives the time a step costs; the timed steps per configuration are then as many
     as fit (at least 3, at most cfg.steps), and the batch sizes, measured one after another smallest first,
-    stop where the next would end past the budget (named in the `skipped_sizes` attribute)."""
-    cfg = cfg.replace(device=str(pick_device(cfg.device, verbose=False)))
+    stop where the next would end past the budget (named in the `skipped_sizes` attribute). Every row's MFU is
+    over the same peak (`mfu_peak`, taken once: on a CPU a measured matmul rate)."""
+    device = pick_device(cfg.device, verbose=False)
+    cfg = cfg.replace(device=str(device))
     sizes = sorted({int(b) for b in (batch_sizes or split_list(cfg.batch_sizes))})
+    t0 = time.perf_counter()
+    peak = mfu_peak(device, cfg.peak_tflops, cfg.max_other_load)  # one MFU denominator for every batch size
 
     def setups_at(group: list[int]) -> list:
         setups = []
@@ -57,19 +61,18 @@ def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, load
 
     def run(group: list[int], steps: int, warmup: int) -> list[dict]:
         return measure(setups_at(group), steps=steps, warmup=warmup, repeats=cfg.repeats, verbose=verbose,
-                       max_other_load=cfg.max_other_load)
+                       max_other_load=cfg.max_other_load, peak=peak)
 
     skipped: list[int] = []
     if seconds <= 0:
         records = run(sizes, cfg.steps, cfg.warmup)
     else:
-        t0 = time.perf_counter()
+        t1 = time.perf_counter()
         pilot = run(sizes[:1], 2, 1)  # the pilot: its figures are not kept
-        spent = time.perf_counter() - t0
         step_s = sum(cfg.grad_accum_steps / r["it_per_s"] for r in pilot)  # a step of every loader at sizes[0]
         per_step = step_s / sizes[0]  # seconds per step per window of batch, for all the loaders
-        fixed = max(0.0, spent - 3 * step_s * cfg.repeats)  # each measure(): the data, the models, the peak
-        left = seconds - spent - fixed * len(sizes)
+        fixed = max(0.0, time.perf_counter() - t1 - 3 * step_s * cfg.repeats)  # each measure(): data, models
+        left = seconds - (time.perf_counter() - t0) - fixed * len(sizes)
         work = sum(sizes) * per_step * cfg.repeats
         steps = max(3, min(cfg.steps, int(left / work) - cfg.warmup)) if work > 0 else cfg.steps
         if steps < cfg.steps:
