@@ -217,6 +217,30 @@ def test_a_user_model_by_import_path(tmp_path, monkeypatch):
         model_for(Config(model="nowhere_to_be_found:Net", window=8), 3)
 
 
+def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path, monkeypatch, outputs):
+    """A typo in the import path costs a second, not a feature build: no cache, no run folder. A model that breaks
+    the protocol fails after the build: the cache stays, the empty run folder goes; a folder the run did not
+    create (here one holding a colleague's note) stays."""
+    from tradelib.config import Config
+    from tradelib.train.run import train
+
+    from .conftest import TINY
+
+    with pytest.raises(ValueError, match="cannot import 'nowhere_to_be_found'"):
+        train(Config(**{**TINY, "model": "nowhere_to_be_found:Net"}), progress=False)
+    assert not outputs.exists() or list(outputs.iterdir()) == []
+    (tmp_path / "mine_models_c.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match="the protocol is"):
+        train(Config(**{**TINY, "model": "mine_models_c:Wrong"}), progress=False)
+    assert sorted(p.name for p in outputs.iterdir()) == ["cache"]
+    (outputs / "mine").mkdir()
+    (outputs / "mine" / "note.txt").write_text("kept")
+    with pytest.raises(ValueError, match="the protocol is"):
+        train(Config(**{**TINY, "model": "mine_models_c:Wrong", "run_id": "mine"}), progress=False)
+    assert sorted(p.name for p in (outputs / "mine").iterdir()) == [".lock", "checkpoints", "note.txt"]
+
+
 def test_a_user_model_trains_checkpoints_resumes_and_reports_like_a_built_in(tmp_path, monkeypatch, outputs):
     """`model: package.module:Class` through the run: interrupted at step 5 and resumed, it ends bit for bit where
     one uninterrupted run ends (CPU); the checkpoint and summary.json hold the import path (a string); the report

@@ -30,6 +30,7 @@ class RunFolder:
         self.dir = outputs_dir() / run_id
         self.ckpt_dir = self.dir / "checkpoints"
         self.events: runs.TensorBoardLog | None = None
+        self.created = main and not self.dir.exists()
         self.lock = runs.lock_run(self.dir) if main else None  # held for the run's life (close releases it)
 
     @property
@@ -145,6 +146,23 @@ class RunFolder:
         summary = {**summary, **metrics.named_ics(runs.read_predictions(self.dir), summary["config"]["trade_delay"])}
         runs.write_summary(self.dir, summary)
         return summary
+
+    def discard_if_unused(self) -> None:
+        """Remove the folder if this run created it and wrote nothing in it (only the lock and an empty
+        checkpoints/): a run that fails to start leaves no empty folder in outputs/. Before close()."""
+        if not self.created or self.lock is None or self.lock.fd is None:
+            return
+        if {p.name for p in self.dir.iterdir()} - {".lock", "checkpoints"}:
+            return
+        if self.ckpt_dir.is_dir():
+            if any(self.ckpt_dir.iterdir()):
+                return
+            self.ckpt_dir.rmdir()
+        self.lock.path.unlink()  # while held: no other process takes the run meanwhile
+        try:
+            self.dir.rmdir()
+        except OSError:  # another process with this run_id wrote into it since: the folder is its
+            pass
 
     def close(self) -> None:
         """Let go of the events writer and the lock. Safe to call twice."""
