@@ -260,6 +260,46 @@ def test_ridge_closed_form_by_hand():
     assert b == pytest.approx(3.0)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 120), st.integers(1, 4), st.integers(1, 50), st.floats(1e-6, 10.0), st.integers(0, 2**32 - 1))
+def test_ridge_in_blocks_equals_ridge_on_the_copied_rows(n, k, block, alpha, seed):
+    """ridge_fit_rows / ridge_predict (the report's, over a memory map in blocks) against the definition on the
+    rows copied out: non-finite features and targets, empty blocks and one-row blocks included."""
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_normal((n, k)) * rng.uniform(0.1, 5.0, k) + rng.uniform(-3, 3, k)).astype(np.float32)
+    y = (X.astype(np.float64) @ rng.standard_normal(k) + rng.standard_normal(n)).astype(np.float32)
+    X[rng.random((n, k)) < 0.05] = np.nan
+    y[rng.random(n) < 0.05] = np.inf
+    rows = rng.random(n) < 0.7
+    finite = rows & np.isfinite(y) & np.isfinite(X).all(axis=1)
+    if not finite.any():
+        with pytest.raises(ValueError, match="no finite training rows"):
+            ev.ridge_fit_rows(X, y, rows, alpha, block_rows=block)
+        return
+    w, b = ev.ridge_fit(X[rows], y[rows], alpha)
+    w2, b2 = ev.ridge_fit_rows(X, y, rows, alpha, block_rows=block)
+    np.testing.assert_allclose(w2, w, rtol=1e-9, atol=1e-10)
+    assert b2 == pytest.approx(b, rel=1e-9, abs=1e-10)
+    test = rng.permutation(n)[: max(1, n // 3)]
+    np.testing.assert_allclose(ev.ridge_predict(X, test, w, b, block_rows=block),
+                               X[test].astype(np.float64) @ w + b, rtol=1e-12, atol=1e-12)
+
+
+def test_ridge_in_blocks_reads_a_memory_map(tmp_path):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((1000, 3)).astype(np.float32)
+    y = (X @ np.array([1.0, -2.0, 0.5], dtype=np.float32) + 0.1).astype(np.float32)
+    np.save(tmp_path / "X.npy", X)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    rows = np.arange(1000) < 700
+    w, b = ev.ridge_fit_rows(mapped, y, rows, 1.0, block_rows=64)
+    w0, b0 = ev.ridge_fit(X[rows], y[rows], 1.0)
+    np.testing.assert_allclose(w, w0, rtol=1e-9)
+    assert b == pytest.approx(b0, rel=1e-9, abs=1e-12)
+    np.testing.assert_allclose(ev.ridge_predict(mapped, np.arange(700, 1000), w, b, block_rows=64),
+                               X[700:].astype(np.float64) @ w + b, rtol=1e-12)
+
+
 def test_baseline_predictions():
     df = frame(
         ["2024-01-01"] * 4,
@@ -279,6 +319,10 @@ def test_baseline_predictions():
     )
     np.testing.assert_allclose(b["ridge"], [5.0, 2.0, 3.0, 1.0])
     assert "oracle" in b
+    made = np.array([0.5, 0.1, -0.2, 0.0])  # predictions made already (the report's): taken as they are
+    np.testing.assert_array_equal(ev.baseline_predictions(df, ridge=made)["ridge"], made)
+    with pytest.raises(ValueError, match="ridge has 3 predictions"):
+        ev.baseline_predictions(df, ridge=made[:3])
     with pytest.raises(ValueError, match="X_test"):
         ev.baseline_predictions(df, X_train, y_train, np.zeros((3, 1)))
 

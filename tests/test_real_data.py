@@ -123,6 +123,14 @@ def test_the_sharpe_interval_and_psr_equal_a_hand_computation_on_real_daily_retu
     assert s["survives_costs"] in (True, False, None) and len(s["break_even_ci"]) == 2
 
 
+def test_the_reports_ridge_baseline_is_the_ridge_fitted_on_the_copied_training_rows(real_run, real_fs):
+    """real_run's predictions are ridge_fit on fs.X[train] copied out (the definition); the report fits its
+    baseline in blocks over the same FeatureSet: the two predict alike, so their figures are the same."""
+    p = ri.load_inputs(real_run, ri.ReportSettings.of(), fs=real_fs).predictors.set_index("predictor")
+    for col in ("cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "pooled_ic"):
+        assert p.loc["ridge", col] == pytest.approx(p.loc["model", col], rel=1e-6)
+
+
 def test_the_test_span_as_traded_on_real_daily_bars(real_run, real_fs):
     """First and last prediction, the rows purged after validation and the window's warm-up, counted by hand."""
     from tradelib.train.sources import window_ends

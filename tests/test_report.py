@@ -435,3 +435,24 @@ def test_a_test_span_too_short_for_weekends_takes_the_whole_datas_sessions_a_yea
     ann, _ = ri._annualisation(test, SimpleNamespace(meta={"calendar": full}), 3600.0, 0.0)
     assert full["method"] == ann["method"] == "sessions"
     assert ann["periods_per_year"] == pytest.approx(full["sessions_per_year"] * 7)
+
+
+@pytest.mark.slow
+def test_report_memory_runs_each_side_with_its_own_code():
+    """tools/report_memory.py (docs/perf.md's report figure): the older commit's report and this checkout's, each
+    asserted to import its own tradelib, give the same ridge baseline on the same run folder."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    old = "601b05c"  # the last commit that fitted the report's ridge on the rows copied out
+    if subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{old}^{{commit}}"]).returncode:
+        pytest.skip(f"commit {old} is not in this clone (shallow)")
+    out = subprocess.run([sys.executable, str(root / "tools" / "report_memory.py"), "-f",
+                          str(root / "params" / "tiny.yaml"), "--old", old, "--rounds", "1"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    rows = {r["which"]: r for r in map(json.loads, [line for line in out if line.startswith("{")])}
+    assert set(rows) == {"old", "new"} and rows["old"]["X_gb"] == rows["new"]["X_gb"] > 0
+    assert rows["new"]["ridge_ic"] == pytest.approx(rows["old"]["ridge_ic"], rel=1e-9)
+    assert out[-1].startswith("new: traced peak") and out[-2].startswith("old: traced peak")

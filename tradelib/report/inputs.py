@@ -124,10 +124,10 @@ def load_inputs(
     df[TRADED] = ev.lagged_target(df, trade_delay)
     summary = runs.read_summary(run_dir) or {}
     steps, epochs = runs.training_curves(run_dir)
-    if fs is not None and X_train is None and "ridge" not in df and not headline_only:  # a walk-forward brings
-        train = np.asarray(fs.split) == 0  # its ridge, fitted per fold
-        X_train, y_train = fs.X[train], fs.y[train]
-        X_test = fs.X[df["row"].to_numpy()] if "row" in df else None
+    ridge = None  # (a walk-forward brings its own, fitted per fold); in blocks: a cache may exceed memory
+    if fs is not None and X_train is None and "ridge" not in df and "row" in df and not headline_only:
+        w, b = ev.ridge_fit_rows(fs.X, fs.y, np.asarray(fs.split) == 0, ridge_alpha)
+        ridge = ev.ridge_predict(fs.X, df["row"].to_numpy(), w, b)
     bar = bar_seconds or _bar_seconds_from_fs(fs) or ev.infer_bar_seconds(df)
     ann, bars_per_session = _annualisation(df, fs, float(bar), settings.periods_per_year)
     horizon, horizon_source = _horizon(summary, fs)
@@ -139,7 +139,7 @@ def load_inputs(
     book = {"cost_bps": float(settings.cost_bps), "bar_seconds": float(bar), "mode": mode,
             "periods_per_year": ann["periods_per_year"], "trade_delay": trade_delay, "annualised": ann}
     bt = bk.backtest(df, "prediction", **book)
-    baselines = ev.baseline_predictions(df, X_train, y_train, X_test, ridge_alpha)
+    baselines = ev.baseline_predictions(df, X_train, y_train, X_test, ridge_alpha, ridge=ridge)
     if headline_only:
         baselines = {k: v for k, v in baselines.items() if k == "oracle"}
     inputs = ReportInputs(
@@ -186,7 +186,7 @@ def load_featureset(run_dir: Path):
         print(f"feature cache {folder} not found: ridge baseline and data quality left out ({rebuild})")
         return None
     try:
-        return cache.load(folder)
+        return cache.load(folder, mmap=True)  # verified, read from disk as used: the cache may exceed memory
     except cache.CacheError as exc:
         print(f"feature cache {folder} is damaged ({exc}): ridge baseline and data quality left out ({rebuild})")
         return None

@@ -416,25 +416,69 @@ def ridge_fit(X: np.ndarray, y: np.ndarray, alpha: float = 1.0) -> tuple[np.ndar
     return w, float(ym - xm @ w)
 
 
+def ridge_fit_rows(X: np.ndarray, y: np.ndarray, rows: np.ndarray, alpha: float = 1.0,
+                   block_rows: int = 1 << 18) -> tuple[np.ndarray, float]:
+    """`ridge_fit(X[rows], y[rows], alpha)` without copying the rows out: float64 sums over blocks of rows, the
+    means first, then the centred products. X may be a memory map larger than memory (a feature cache a run
+    streamed). `rows`: a boolean mask over X's rows."""
+    def blocks():
+        for lo in range(0, len(X), block_rows):
+            take = rows[lo : lo + block_rows]
+            Xb = np.asarray(X[lo : lo + block_rows][take], dtype=np.float64)
+            yb = np.asarray(y[lo : lo + block_rows][take], dtype=np.float64)
+            ok = np.isfinite(yb) & np.isfinite(Xb).all(axis=1)
+            yield Xb[ok], yb[ok]
+
+    n, sx, sy = 0, np.zeros(X.shape[1]), 0.0
+    for Xb, yb in blocks():
+        n, sx, sy = n + len(yb), sx + Xb.sum(axis=0), sy + yb.sum()
+    if n == 0:
+        raise ValueError("ridge_fit: no finite training rows")
+    xm, ym = sx / n, sy / n
+    gram, cross = np.zeros((X.shape[1], X.shape[1])), np.zeros(X.shape[1])
+    for Xb, yb in blocks():
+        Xc = Xb - xm
+        gram += Xc.T @ Xc
+        cross += Xc.T @ (yb - ym)
+    w = np.linalg.solve(gram + alpha * np.eye(X.shape[1]), cross)
+    return w, float(ym - xm @ w)
+
+
+def ridge_predict(X: np.ndarray, rows: np.ndarray, w: np.ndarray, b: float, block_rows: int = 1 << 18
+                  ) -> np.ndarray:
+    """X[rows] @ w + b in float64 (`rows`: row numbers), a block of rows at a time (X may be a memory map)."""
+    out = np.empty(len(rows))
+    for lo in range(0, len(rows), block_rows):
+        out[lo : lo + block_rows] = np.asarray(X[rows[lo : lo + block_rows]], dtype=np.float64) @ w + b
+    return out
+
+
 def baseline_predictions(
     df: pd.DataFrame,
     X_train: np.ndarray | None = None,
     y_train: np.ndarray | None = None,
     X_test: np.ndarray | None = None,
     ridge_alpha: float = 1.0,
+    ridge: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """What the model must beat, on the same rows as `df`.
 
     zero: predicts 0 (IC undefined, PnL 0). momentum: sign of the last one-bar return (NaN -> 0).
-    ridge: linear model on the feature row at t, fitted on the train rows only (X_test row-aligned with df,
-    e.g. fs.X[df.row]); without X/y, df's own `ridge` column if it has one (a walk-forward's, fitted per fold),
-    else skipped. oracle: the planted expected target (synthetic only).
+    ridge: linear model on the feature row at t, fitted on the train rows only: `ridge`, its predictions made
+    already (row-aligned with df: the report's, `ridge_fit_rows` over the feature cache), else fitted here on
+    X_train, y_train (X_test row-aligned with df, e.g. fs.X[df.row]); without either, df's own `ridge` column
+    if it has one (a walk-forward's, fitted per fold), else skipped. oracle: the planted expected target
+    (synthetic only).
     """
     n = len(df)
     out: dict[str, np.ndarray] = {"zero": np.zeros(n)}
     if "last_return" in df:
         out["momentum"] = np.sign(np.nan_to_num(df["last_return"].to_numpy(dtype=float), nan=0.0))
-    if X_train is not None and y_train is not None and X_test is not None:
+    if ridge is not None:
+        if len(ridge) != n:
+            raise ValueError(f"ridge has {len(ridge)} predictions, df has {n} rows")
+        out["ridge"] = np.asarray(ridge, dtype=np.float64)
+    elif X_train is not None and y_train is not None and X_test is not None:
         X_test = np.asarray(X_test, dtype=np.float64)
         if len(X_test) != n:
             raise ValueError(f"X_test has {len(X_test)} rows, predictions have {n}: pass X[df.row]")

@@ -112,10 +112,9 @@ def stitched_predictions(folds: list[FoldResult]) -> pd.DataFrame:
     for f in folds:
         df = runs.read_predictions(f.run.run_dir)
         fs: FeatureSet = f.run.fs
-        train_rows = fs.split == 0
-        w, b = metrics.ridge_fit(fs.X[train_rows], fs.y[train_rows])
+        w, b = metrics.ridge_fit_rows(fs.X, fs.y, np.asarray(fs.split) == 0)  # in blocks: X may be a map
         df.insert(1, "fold", np.int32(f.fold))
-        df["ridge"] = fs.X[df["row"].to_numpy()].astype(np.float64) @ w + b
+        df["ridge"] = metrics.ridge_predict(fs.X, df["row"].to_numpy(), w, b)
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
