@@ -339,7 +339,7 @@ def measure(setups: Sequence[Setup], *, steps: int, warmup: int, repeats: int, m
                     fsets[key] = dataset.prepare(s.cfg, verbose=verbose)
                 runners.append(Runner(s, fsets[key]))
             device = runners[0].device
-            peak = peak or mfu_peak(device, setups[0].cfg.peak_tflops, max_other_load)
+            peak = peak if peak is not None else mfu_peak(device, setups[0].cfg.peak_tflops, max_other_load)
             if verbose:
                 print((f"MFU peak: {peak.flops / 1e9:,.1f} GFLOP/s ({peak.source})" if peak.flops else
                        f"MFU n/a: {peak.source}") + (f"; NOT TRUSTED: {peak.untrusted}" if peak.untrusted else ""))
