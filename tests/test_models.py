@@ -236,9 +236,31 @@ def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path, monkeypatch, o
     assert sorted(p.name for p in outputs.iterdir()) == ["cache"]
     (outputs / "mine").mkdir()
     (outputs / "mine" / "note.txt").write_text("kept")
-    with pytest.raises(ValueError, match="the protocol is"):
-        train(Config(**{**TINY, "model": "mine_models_c:Wrong", "run_id": "mine"}), progress=False)
+    (outputs / "empty").mkdir()
+    for run_id in ("mine", "empty"):
+        with pytest.raises(ValueError, match="the protocol is"):
+            train(Config(**{**TINY, "model": "mine_models_c:Wrong", "run_id": run_id}), progress=False)
     assert sorted(p.name for p in (outputs / "mine").iterdir()) == [".lock", "checkpoints", "note.txt"]
+    assert sorted(p.name for p in (outputs / "empty").iterdir()) == [".lock", "checkpoints"]
+
+
+def test_a_walk_forward_that_fails_to_start_leaves_no_run_folder(tmp_path, monkeypatch, outputs):
+    """The same for a walk-forward (`train_or_walk`, what the CLI and 03 call): the import path before its
+    folder, a protocol error in fold 0 removes fold 0's folder and then the walk-forward's own."""
+    from tradelib.config import Config
+    from tradelib.train.walkforward import train_or_walk
+
+    from .conftest import TINY
+
+    walk = {**TINY, "folds": 2, "synth_bars": 3000}
+    with pytest.raises(ValueError, match="cannot import 'nowhere_to_be_found'"):
+        train_or_walk(Config(**{**walk, "model": "nowhere_to_be_found:Net"}))
+    assert not outputs.exists() or list(outputs.iterdir()) == []
+    (tmp_path / "mine_models_d.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match="the protocol is"):
+        train_or_walk(Config(**{**walk, "model": "mine_models_d:Wrong"}))
+    assert sorted(p.name for p in outputs.iterdir()) == ["cache"]
 
 
 def test_a_user_model_trains_checkpoints_resumes_and_reports_like_a_built_in(tmp_path, monkeypatch, outputs):

@@ -70,6 +70,26 @@ def lock_run(folder: Path) -> FileLock | None:
                       f"end, or choose another run_id") from None
 
 
+def remove_if_unused(folder: Path, lock: FileLock | None) -> None:
+    """Remove `folder`, which this process created and holds `lock` on, if nothing was written in it (only the
+    lock and an empty checkpoints/): a run that fails to start leaves no empty folder in outputs/. Never raises:
+    it runs while another error is on its way to the user, and a folder it cannot remove just stays."""
+    if lock is None or lock.fd is None:
+        return
+    try:
+        if {p.name for p in folder.iterdir()} - {".lock", "checkpoints"}:
+            return
+        ckpt = folder / "checkpoints"
+        if ckpt.is_dir():
+            if any(ckpt.iterdir()):
+                return
+            ckpt.rmdir()
+        lock.path.unlink(missing_ok=True)  # while held: no other process takes the run meanwhile
+        folder.rmdir()  # (not empty: another process with this run_id wrote into it since; the folder is its)
+    except OSError:
+        pass
+
+
 def check_run_free(folder: Path) -> None:
     """Raise RunBusy now if another process holds `folder` (a check, the lock is not kept)."""
     lock = lock_run(folder)

@@ -292,6 +292,13 @@ def user_class(path: str) -> type:
     return cls
 
 
+def import_user_model(cfg) -> None:
+    """Import the user's model class now (nothing for a built-in): a path that does not import fails before a
+    run folder or a feature build, not after."""
+    if USER_MODEL.fullmatch(cfg.model):
+        user_class(cfg.model)
+
+
 def user_model(cfg, n_features: int) -> nn.Module:
     """The user's model `cfg.model`, checked against the protocol on a probe batch of 2 windows (CPU, no
     gradient)."""

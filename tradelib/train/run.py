@@ -50,7 +50,7 @@ from tradelib.monitor import GpuMonitor
 from tradelib.progress import Progress
 from tradelib.train import checkpoint
 from tradelib.train.facts import write_train_facts
-from tradelib.train.models import USER_MODEL, model_for, n_params, user_class
+from tradelib.train.models import import_user_model, model_for, n_params
 from tradelib.train.runfolder import RunFolder
 from tradelib.train.sources import PaddedSource
 from tradelib.train.stops import StopRequested, StopRequests, progress_state, stopped_by
@@ -153,8 +153,7 @@ class TrainingRun:
         self.device = init_distributed(env, pick_device(cfg.device, verbose=self.main))
         if cfg.resume and not cfg.run_id:
             raise ValueError("resume=True needs the run_id of the run to continue")
-        if USER_MODEL.fullmatch(cfg.model):  # a path that does not import fails now, not after the feature build
-            user_class(cfg.model)
+        import_user_model(cfg)
         self.run_id = cfg.run_id or broadcast_object(runs.new_run_id())  # every rank writes to rank 0's folder
         self.trainer: Trainer | None = None
         self.folder = RunFolder(self.run_id, self.main)

@@ -148,21 +148,10 @@ class RunFolder:
         return summary
 
     def discard_if_unused(self) -> None:
-        """Remove the folder if this run created it and wrote nothing in it (only the lock and an empty
-        checkpoints/): a run that fails to start leaves no empty folder in outputs/. Before close()."""
-        if not self.created or self.lock is None or self.lock.fd is None:
-            return
-        if {p.name for p in self.dir.iterdir()} - {".lock", "checkpoints"}:
-            return
-        if self.ckpt_dir.is_dir():
-            if any(self.ckpt_dir.iterdir()):
-                return
-            self.ckpt_dir.rmdir()
-        self.lock.path.unlink()  # while held: no other process takes the run meanwhile
-        try:
-            self.dir.rmdir()
-        except OSError:  # another process with this run_id wrote into it since: the folder is its
-            pass
+        """Remove the folder if this run created it and wrote nothing in it (`runs.remove_if_unused`). Before
+        close(), while the lock is held."""
+        if self.created:
+            runs.remove_if_unused(self.dir, self.lock)
 
     def close(self) -> None:
         """Let go of the events writer and the lock. Safe to call twice."""

@@ -34,6 +34,7 @@ from tradelib.data.features import FeatureSet
 from tradelib.distributed import dist_env, launch_distributed, needs_launch
 from tradelib.paths import outputs_dir
 from tradelib.report import metrics
+from tradelib.train.models import import_user_model
 from tradelib.train.run import RunResult, prepare_features, train, train_or_launch
 
 # summary.json figures of a walk-forward: the median over folds, the sum, or the largest
@@ -51,6 +52,7 @@ class FoldResult:
 def train_or_walk(cfg: Config) -> Path:
     """What `tradelib train` and 03_train call: one run (`train.train_or_launch`), or with `folds` > 1 the
     walk-forward (under torchrun when `n_gpus` > 1: every rank walks the folds). Returns the run folder."""
+    import_user_model(cfg)  # before any run folder, feature build or launch
     if cfg.folds <= 1:
         return train_or_launch(cfg)
     if needs_launch(cfg):
@@ -68,6 +70,7 @@ def walk_forward(cfg: Config, progress: bool = True) -> RunResult:
         raise ValueError("a walk-forward under torchrun needs run_id (tradelib train -p n_gpus N sets one)")
     run_id = cfg.run_id or runs.new_run_id()
     top = outputs_dir() / run_id
+    created = not top.exists()
     top.mkdir(parents=True, exist_ok=True)
     lock = runs.lock_run(top) if env.main else None  # the folds lock their own folders
     try:
@@ -82,6 +85,10 @@ def walk_forward(cfg: Config, progress: bool = True) -> RunResult:
         summary = write_outputs(cfg.replace(run_id=run_id), top, folds)
         print(fold_lines(summary))
         return RunResult(top, summary, folds[-1].run.model, folds[-1].run.fs)
+    except BaseException:
+        if created:  # a fold that failed to start removed its own folder: this one may be empty now
+            runs.remove_if_unused(top, lock)
+        raise
     finally:
         if lock is not None:
             lock.release()
