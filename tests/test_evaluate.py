@@ -270,14 +270,14 @@ def test_ridge_in_blocks_equals_ridge_on_the_copied_rows(n, k, block, alpha, see
     y = (X.astype(np.float64) @ rng.standard_normal(k) + rng.standard_normal(n)).astype(np.float32)
     X[rng.random((n, k)) < 0.05] = np.nan
     y[rng.random(n) < 0.05] = np.inf
-    rows = rng.random(n) < 0.7
-    finite = rows & np.isfinite(y) & np.isfinite(X).all(axis=1)
+    mask = rng.random(n) < 0.7
+    finite = mask & np.isfinite(y) & np.isfinite(X).all(axis=1)
     if not finite.any():
         with pytest.raises(ValueError, match="no finite training rows"):
-            ev.ridge_fit_rows(X, y, rows, alpha, block_rows=block)
+            ev.ridge_fit_rows(X, y, mask, alpha, block_rows=block)
         return
-    w, b = ev.ridge_fit(X[rows], y[rows], alpha)
-    w2, b2 = ev.ridge_fit_rows(X, y, rows, alpha, block_rows=block)
+    w, b = ev.ridge_fit(X[mask], y[mask], alpha)
+    w2, b2 = ev.ridge_fit_rows(X, y, mask, alpha, block_rows=block)
     np.testing.assert_allclose(w2, w, rtol=1e-9, atol=1e-10)
     assert b2 == pytest.approx(b, rel=1e-9, abs=1e-10)
     test = rng.permutation(n)[: max(1, n // 3)]
@@ -291,13 +291,15 @@ def test_ridge_in_blocks_reads_a_memory_map(tmp_path):
     y = (X @ np.array([1.0, -2.0, 0.5], dtype=np.float32) + 0.1).astype(np.float32)
     np.save(tmp_path / "X.npy", X)
     mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
-    rows = np.arange(1000) < 700
-    w, b = ev.ridge_fit_rows(mapped, y, rows, 1.0, block_rows=64)
-    w0, b0 = ev.ridge_fit(X[rows], y[rows], 1.0)
+    mask = np.arange(1000) < 700
+    w, b = ev.ridge_fit_rows(mapped, y, mask, 1.0, block_rows=64)
+    w0, b0 = ev.ridge_fit(X[mask], y[mask], 1.0)
     np.testing.assert_allclose(w, w0, rtol=1e-9)
     assert b == pytest.approx(b0, rel=1e-9, abs=1e-12)
     np.testing.assert_allclose(ev.ridge_predict(mapped, np.arange(700, 1000), w, b, block_rows=64),
                                X[700:].astype(np.float64) @ w + b, rtol=1e-12)
+    with pytest.raises(ValueError, match="the mask boolean"):  # row numbers where a mask belongs
+        ev.ridge_fit_rows(mapped, y, np.flatnonzero(mask))
 
 
 def test_baseline_predictions():
@@ -312,19 +314,14 @@ def test_baseline_predictions():
     assert set(b) == {"zero", "momentum"}  # no X -> no ridge; all-NaN oracle -> no oracle
     np.testing.assert_array_equal(b["zero"], [0, 0, 0, 0])
     np.testing.assert_array_equal(b["momentum"], [1, -1, 0, 0])
-    X_train = np.array([[-1.0], [0.0], [1.0]])
-    y_train = np.array([0.0, 2.0, 4.0])
-    b = ev.baseline_predictions(
-        df.assign(oracle=[0.1, np.nan, 0.2, 0.3]), X_train, y_train, np.array([[3.0], [0], [1], [-1]]), 2.0
-    )
-    np.testing.assert_allclose(b["ridge"], [5.0, 2.0, 3.0, 1.0])
+    made = np.array([0.5, 0.1, -0.2, 0.0])  # a ridge's predictions (load_inputs makes them): taken as they are
+    b = ev.baseline_predictions(df.assign(oracle=[0.1, np.nan, 0.2, 0.3]), made)
+    np.testing.assert_array_equal(b["ridge"], made)
     assert "oracle" in b
-    made = np.array([0.5, 0.1, -0.2, 0.0])  # predictions made already (the report's): taken as they are
-    np.testing.assert_array_equal(ev.baseline_predictions(df, ridge=made)["ridge"], made)
-    with pytest.raises(ValueError, match="ridge has 3 predictions"):
-        ev.baseline_predictions(df, ridge=made[:3])
-    with pytest.raises(ValueError, match="X_test"):
-        ev.baseline_predictions(df, X_train, y_train, np.zeros((3, 1)))
+    with pytest.raises(ValueError, match="ridge has 3 predictions, df has 4 rows"):
+        ev.baseline_predictions(df, made[:3])
+    walked = ev.baseline_predictions(df.assign(ridge=[1.0, 2.0, 3.0, 4.0]))  # a walk-forward's own column
+    np.testing.assert_array_equal(walked["ridge"], [1.0, 2.0, 3.0, 4.0])
 
 
 def test_evaluate_all_model_first_and_baselines_on_same_rows():

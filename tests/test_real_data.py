@@ -125,8 +125,15 @@ def test_the_sharpe_interval_and_psr_equal_a_hand_computation_on_real_daily_retu
 
 def test_the_reports_ridge_baseline_is_the_ridge_fitted_on_the_copied_training_rows(real_run, real_fs):
     """real_run's predictions are ridge_fit on fs.X[train] copied out (the definition); the report fits its
-    baseline in blocks over the same FeatureSet: the two predict alike, so their figures are the same."""
-    p = ri.load_inputs(real_run, ri.ReportSettings.of(), fs=real_fs).predictors.set_index("predictor")
+    baseline in blocks over the same features, read as 04 reads them (the cache mapped by load_featureset): the
+    two predict alike, so their figures are the same."""
+    cached = dataset.prepare(CFG, verbose=False)
+    assert np.array_equal(cached.X, real_fs.X)
+    summary = runs.read_summary(real_run)
+    runs.write_summary(real_run, {**summary, "cache_dir": cached.meta["cache_dir"]})
+    fs = ri.load_featureset(real_run)
+    assert isinstance(fs.X, np.memmap)
+    p = ri.load_inputs(real_run, ri.ReportSettings.of(), fs=fs).predictors.set_index("predictor")
     for col in ("cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "pooled_ic"):
         assert p.loc["ridge", col] == pytest.approx(p.loc["model", col], rel=1e-6)
 

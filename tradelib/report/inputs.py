@@ -112,9 +112,11 @@ def load_inputs(
     """Read a run folder and compute every table the report shows.
 
     The ridge baseline needs features: pass `X_train, y_train, X_test` (X_test row-aligned with the
-    predictions), or a FeatureSet `fs` to take them from (its train rows, and fs.X[predictions.row]);
-    without either it is skipped. The bar size comes from `bar_seconds`, else fs.meta, else the timestamps;
-    periods per year from `settings.periods_per_year` (> 0), else the test span's calendar (see `_annualisation`).
+    predictions), or a FeatureSet `fs`: fitted on its training rows and applied to fs.X[predictions.row] a block
+    of rows at a time (`ridge_fit_rows`: the cache may be mapped, larger than memory); without either it is
+    skipped (a walk-forward's predictions bring their own). The bar size comes from `bar_seconds`, else fs.meta,
+    else the timestamps; periods per year from `settings.periods_per_year` (> 0), else the test span's calendar
+    (see `_annualisation`).
     `headline_only`: only what `report.headline_numbers` reads (a sweep's table, a comparison): the ICs, the
     book, the model and the oracle side by side; no other baseline, table or error bar.
     """
@@ -124,8 +126,13 @@ def load_inputs(
     df[TRADED] = ev.lagged_target(df, trade_delay)
     summary = runs.read_summary(run_dir) or {}
     steps, epochs = runs.training_curves(run_dir)
-    ridge = None  # (a walk-forward brings its own, fitted per fold); in blocks: a cache may exceed memory
-    if fs is not None and X_train is None and "ridge" not in df and "row" in df and not headline_only:
+    ridge = None
+    if headline_only:
+        pass
+    elif X_train is not None and y_train is not None and X_test is not None:
+        w, b = ev.ridge_fit(X_train, y_train, ridge_alpha)
+        ridge = np.asarray(X_test, dtype=np.float64) @ w + b
+    elif fs is not None and "row" in df and "ridge" not in df:  # (a walk-forward brings its own, per fold)
         w, b = ev.ridge_fit_rows(fs.X, fs.y, np.asarray(fs.split) == 0, ridge_alpha)
         ridge = ev.ridge_predict(fs.X, df["row"].to_numpy(), w, b)
     bar = bar_seconds or _bar_seconds_from_fs(fs) or ev.infer_bar_seconds(df)
@@ -139,7 +146,7 @@ def load_inputs(
     book = {"cost_bps": float(settings.cost_bps), "bar_seconds": float(bar), "mode": mode,
             "periods_per_year": ann["periods_per_year"], "trade_delay": trade_delay, "annualised": ann}
     bt = bk.backtest(df, "prediction", **book)
-    baselines = ev.baseline_predictions(df, X_train, y_train, X_test, ridge_alpha, ridge=ridge)
+    baselines = ev.baseline_predictions(df, ridge)
     if headline_only:
         baselines = {k: v for k, v in baselines.items() if k == "oracle"}
     inputs = ReportInputs(

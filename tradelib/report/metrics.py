@@ -416,14 +416,18 @@ def ridge_fit(X: np.ndarray, y: np.ndarray, alpha: float = 1.0) -> tuple[np.ndar
     return w, float(ym - xm @ w)
 
 
-def ridge_fit_rows(X: np.ndarray, y: np.ndarray, rows: np.ndarray, alpha: float = 1.0,
+def ridge_fit_rows(X: np.ndarray, y: np.ndarray, mask: np.ndarray, alpha: float = 1.0,
                    block_rows: int = 1 << 18) -> tuple[np.ndarray, float]:
-    """`ridge_fit(X[rows], y[rows], alpha)` without copying the rows out: float64 sums over blocks of rows, the
+    """`ridge_fit(X[mask], y[mask], alpha)` without copying the rows out: float64 sums over blocks of rows, the
     means first, then the centred products. X may be a memory map larger than memory (a feature cache a run
-    streamed). `rows`: a boolean mask over X's rows."""
+    streamed)."""
+    if mask.dtype != bool or len(mask) != len(X) or len(y) != len(X):
+        raise ValueError(f"ridge_fit_rows: mask ({mask.dtype}, {len(mask)}) and y ({len(y)}) must be one per row "
+                         f"of X ({len(X)}), the mask boolean")
+
     def blocks():
         for lo in range(0, len(X), block_rows):
-            take = rows[lo : lo + block_rows]
+            take = mask[lo : lo + block_rows]
             Xb = np.asarray(X[lo : lo + block_rows][take], dtype=np.float64)
             yb = np.asarray(y[lo : lo + block_rows][take], dtype=np.float64)
             ok = np.isfinite(yb) & np.isfinite(Xb).all(axis=1)
@@ -453,22 +457,13 @@ def ridge_predict(X: np.ndarray, rows: np.ndarray, w: np.ndarray, b: float, bloc
     return out
 
 
-def baseline_predictions(
-    df: pd.DataFrame,
-    X_train: np.ndarray | None = None,
-    y_train: np.ndarray | None = None,
-    X_test: np.ndarray | None = None,
-    ridge_alpha: float = 1.0,
-    ridge: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
+def baseline_predictions(df: pd.DataFrame, ridge: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """What the model must beat, on the same rows as `df`.
 
     zero: predicts 0 (IC undefined, PnL 0). momentum: sign of the last one-bar return (NaN -> 0).
-    ridge: linear model on the feature row at t, fitted on the train rows only: `ridge`, its predictions made
-    already (row-aligned with df: the report's, `ridge_fit_rows` over the feature cache), else fitted here on
-    X_train, y_train (X_test row-aligned with df, e.g. fs.X[df.row]); without either, df's own `ridge` column
-    if it has one (a walk-forward's, fitted per fold), else skipped. oracle: the planted expected target
-    (synthetic only).
+    ridge: a linear model on the feature row at t fitted on the train rows only: `ridge`, its predictions
+    row-aligned with df (`load_inputs` makes them), else df's own `ridge` column if it has one (a walk-forward's,
+    fitted per fold), else skipped. oracle: the planted expected target (synthetic only).
     """
     n = len(df)
     out: dict[str, np.ndarray] = {"zero": np.zeros(n)}
@@ -476,14 +471,8 @@ def baseline_predictions(
         out["momentum"] = np.sign(np.nan_to_num(df["last_return"].to_numpy(dtype=float), nan=0.0))
     if ridge is not None:
         if len(ridge) != n:
-            raise ValueError(f"ridge has {len(ridge)} predictions, df has {n} rows")
+            raise ValueError(f"ridge has {len(ridge)} predictions, df has {n} rows: predict X[df.row]")
         out["ridge"] = np.asarray(ridge, dtype=np.float64)
-    elif X_train is not None and y_train is not None and X_test is not None:
-        X_test = np.asarray(X_test, dtype=np.float64)
-        if len(X_test) != n:
-            raise ValueError(f"X_test has {len(X_test)} rows, predictions have {n}: pass X[df.row]")
-        w, b = ridge_fit(X_train, y_train, ridge_alpha)
-        out["ridge"] = X_test @ w + b
     elif "ridge" in df:
         out["ridge"] = df["ridge"].to_numpy(dtype=float)
     if "oracle" in df and np.isfinite(df["oracle"].to_numpy(dtype=float)).any():
