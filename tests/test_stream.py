@@ -15,6 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tradelib import hardware
 from tradelib.config import Config
 from tradelib.data import dataset
 from tradelib.train import stream
@@ -151,7 +152,7 @@ def test_the_budget_chooses_resident_or_streamed(tiny_fs):
     data = stream.resident_bytes(tiny_fs, cfg)
     assert not stream.plan(tiny_fs, cfg.replace(device_memory_budget=data + 1), CPU, 16).streamed
     assert stream.plan(tiny_fs, cfg.replace(device_memory_budget=data - 1), CPU, 16).streamed
-    assert stream.budget_bytes(0.5, CPU) == stream.device_memory(CPU) // 2
+    assert stream.budget_bytes(0.5, CPU) == hardware.device_memory(CPU) // 2
 
 
 @settings(max_examples=12, deadline=None)

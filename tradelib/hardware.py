@@ -171,6 +171,13 @@ def say_determinism(device: torch.device, deterministic: bool) -> None:
               "gradient, so no scatter-add atomics. deterministic=True narrows this, at some speed")
 
 
+def device_memory(device: torch.device) -> int:
+    """The device's memory in bytes (on a CPU: the machine's physical memory)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     """CUDA: the allocator's peak; CPU: the process's peak resident set (Linux reports KiB)."""
     if device.type == "cuda":

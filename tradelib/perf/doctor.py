@@ -26,6 +26,7 @@ from tradelib.config import Config, load_config
 from tradelib.hardware import (
     AUTOCAST_DTYPES,
     MfuPeak,
+    device_memory,
     device_name,
     measured_matmul_flops,
     mfu,
@@ -36,7 +37,6 @@ from tradelib.hardware import (
 )
 from tradelib.perf.measure import Runner, mfu_fields, quiet_profiler
 from tradelib.perf.profiling import _runner
-from tradelib.train.stream import device_memory
 
 # where a figure tips the verdict (shares of step time, ratios of times, shares of memory)
 INPUT_BOUND = 0.2  # data wait share from which the input pipeline is the limit

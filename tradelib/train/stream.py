@@ -17,7 +17,6 @@ all. When one group holds every block, the order is the resident path's own: bot
 from __future__ import annotations
 
 import math
-import os
 import queue
 import threading
 import time
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from tradelib.data.features import FeatureSet
+from tradelib.hardware import device_memory
 from tradelib.train.sources import (
     Batch,
     BatchSource,
@@ -46,13 +46,6 @@ def row_bytes(fs: FeatureSet, cfg) -> int:
     of the items a slot's group trains (at most one item per row): the device row each ends at (int64), and in
     dense mode the offset of its first trained row (int64)."""
     return fs.n_features * 4 + 4 + 1 + (16 if cfg.dense else 8)
-
-
-def device_memory(device: torch.device) -> int:
-    """The device's memory in bytes (on a CPU: the machine's physical memory)."""
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory)
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def budget_bytes(value: float, device: torch.device) -> int:
