@@ -199,7 +199,7 @@ def matmul_ceiling(device: torch.device, shape: tuple[int, int, int], dtype: tor
     own = square = 0.0
     for _ in range(3):
         own = max(own, measured_matmul_flops(device, dtype, n, 0.1, m=m, k=k))
-        square = max(square, measured_matmul_flops(device, dtype, 4096 if device.type == "cuda" else 1024, 0.1))
+        square = max(square, measured_matmul_flops(device, dtype, 1024, 0.1))
     return min(1.0, own / square)
 
 
