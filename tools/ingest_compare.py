@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tradelib.perf.databench import ingest_once  # noqa: E402
+from tradelib.perf.databench import commit_tree, ingest_once  # noqa: E402
 
 
 def main() -> None:
@@ -32,12 +31,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.old, "tradelib"], capture_output=True,
-                                 check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        old = commit_tree(args.old, Path(tmp))
         runs: dict[str, list[dict]] = {"old": [], "new": []}
         for _ in range(args.rounds):
-            for name, tree in (("old", Path(tmp)), ("new", ROOT)):
+            for name, tree in (("old", old), ("new", ROOT)):
                 runs[name].append(ingest_once(args.file, tree))
                 print(json.dumps({"which": name, **runs[name][-1]}), flush=True)
     med = {k: statistics.median(r["rows_per_s"] for r in v) for k, v in runs.items()}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,19 +26,19 @@ import numpy as np  # noqa: E402
 from tradelib import runs  # noqa: E402
 from tradelib.config import load_config  # noqa: E402
 from tradelib.data import dataset  # noqa: E402
+from tradelib.perf.databench import commit_tree, fresh_json  # noqa: E402
 
 MEASURE = """
 import json, os, resource, sys, time, tracemalloc
-sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 import tradelib
 from tradelib.report.inputs import ReportSettings, load_featureset, load_inputs
-assert Path(tradelib.__file__).is_relative_to(sys.argv[1]), tradelib.__file__
+assert Path(tradelib.__file__).is_relative_to(os.getcwd()), tradelib.__file__  # the tree fresh_json runs in
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tracemalloc.start()
 t = time.perf_counter()
-fs = load_featureset(Path(sys.argv[2]))
-inputs = load_inputs(Path(sys.argv[2]), ReportSettings.of(), fs=fs)
+fs = load_featureset(Path(sys.argv[1]))
+inputs = load_inputs(Path(sys.argv[1]), ReportSettings.of(), fs=fs)
 seconds = time.perf_counter() - t
 peak = tracemalloc.get_traced_memory()[1]
 p = inputs.predictors.set_index("predictor")
@@ -73,17 +72,11 @@ def main() -> None:
         run = Path(tmp) / "run"
         run.mkdir()
         make_run(run, args.files)
-        old = Path(tmp) / "old"
-        old.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.old, "tradelib"], capture_output=True,
-                                 check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        old = commit_tree(args.old, Path(tmp) / "old")
         out: dict[str, list[dict]] = {"old": [], "new": []}
         for _ in range(args.rounds):
             for name, tree in (("old", old), ("new", ROOT)):
-                done = subprocess.run([sys.executable, "-c", MEASURE, str(tree), str(run)], capture_output=True,
-                                      text=True, check=True)
-                out[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                out[name].append(fresh_json(MEASURE, [str(run)], tree, f"the report of {run}"))
                 print(json.dumps({"which": name, **out[name][-1]}), flush=True)
     med = {k: {f: statistics.median(r[f] for r in v) for f in ("seconds", "traced_peak_gb", "rss_growth_gb")}
            for k, v in out.items()}

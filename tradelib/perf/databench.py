@@ -111,16 +111,30 @@ print(json.dumps({"module": load_ohlcv.__module__, "rows": len(raw), "read_s": r
 """
 
 
-def ingest_once(path: Path, tree: Path | None = None) -> dict:
-    """`INGEST_ONCE` of `path` with the Config's default cleaning, in a fresh Python that imports tradelib from
-    `tree` (default: this checkout), run in `tree` since `-c` puts the working folder first on the path."""
+def fresh_json(script: str, args: list[str], tree: Path | None, what: str) -> dict:
+    """`script` run in a fresh Python that imports tradelib from `tree` (default: this checkout), run in `tree`
+    since `-c` puts the working folder first on the path; the JSON of its last line."""
     tree = tree or repo_root()
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, "-c", INGEST_ONCE, str(Path(path).resolve())], env=env, cwd=tree,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=tree, capture_output=True, text=True)
     if out.returncode:
-        raise RuntimeError(f"reading {path} in a fresh process failed: {out.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"{what} in a fresh process failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ingest_once(path: Path, tree: Path | None = None) -> dict:
+    """`INGEST_ONCE` of `path` with the Config's default cleaning, in a fresh process (`fresh_json`)."""
+    return fresh_json(INGEST_ONCE, [str(Path(path).resolve())], tree, f"reading {path}")
+
+
+def commit_tree(commit: str, dest: Path) -> Path:
+    """`commit`'s tradelib/ extracted into `dest` with `git archive`, for `fresh_json` (the tools that measure
+    this checkout against an older commit side by side)."""
+    archive = subprocess.run(["git", "-C", str(repo_root()), "archive", commit, "tradelib"], capture_output=True,
+                             check=True).stdout
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
 
 
 def ingest_rates(raw, repeats: int, say) -> dict:
