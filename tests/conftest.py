@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from tradelib.config import Config
 from tradelib.data import dataset
+from tradelib.paths import repo_root
 
 TINY = dict(synth_symbols=3, synth_bars=1500, window=16, hidden=16, layers=1, batch_size=64, epochs=1,
             log_every=4, device="cpu", compile="off")
@@ -50,3 +54,12 @@ def fit_until_interrupted(run, step: int) -> None:
     run.on_step = interrupt
     with pytest.raises(KeyboardInterrupt):
         run.fit()
+
+
+def older_commit(commit: str) -> Path:
+    """The checkout's root, for a tool that runs `commit`'s code beside this one's; the test is skipped where the
+    clone does not have that commit (a shallow one)."""
+    root = repo_root()
+    if subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{commit}^{{commit}}"]).returncode:
+        pytest.skip(f"commit {commit} is not in this clone (shallow)")
+    return root

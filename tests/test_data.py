@@ -986,10 +986,10 @@ def test_ingest_compare_reads_each_side_with_its_own_code(tmp_path):
 
     from tradelib.data.synth import generate_market
 
-    root = Path(__file__).resolve().parents[1]
+    from .conftest import older_commit
+
     old = "9cbeb95"  # the last commit with the flat tradelib/data.py
-    if subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{old}^{{commit}}"]).returncode:
-        pytest.skip(f"commit {old} is not in this clone (shallow)")
+    root = older_commit(old)
     path = tmp_path / "prices.csv"
     market = generate_market(n_symbols=2, n_bars=300).drop(columns="oracle")
     market.to_csv(path, index=False)

@@ -443,12 +443,11 @@ def test_report_memory_runs_each_side_with_its_own_code():
     asserted to import its own tradelib, give the same ridge baseline on the same run folder."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    from .conftest import older_commit
+
     old = "601b05c"  # the last commit that fitted the report's ridge on the rows copied out
-    if subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{old}^{{commit}}"]).returncode:
-        pytest.skip(f"commit {old} is not in this clone (shallow)")
+    root = older_commit(old)
     out = subprocess.run([sys.executable, str(root / "tools" / "report_memory.py"), "-f",
                           str(root / "params" / "tiny.yaml"), "--old", old, "--rounds", "1"],
                          capture_output=True, text=True, check=True).stdout.splitlines()
