@@ -289,7 +289,8 @@ def _ohlc_outside_range(w: Work) -> Verdict:
     o, h, lo, c = (w.a[k] for k in PRICE_COLS)
     top, bottom = np.maximum(o, c), np.minimum(o, c)
     above, below = h < top, lo > bottom  # high widened to max(open, close), low to min(open, close)
-    return Verdict(above | below, repair={"high": (above, top[above]), "low": (below, bottom[below])})
+    sides = (("high", above, top), ("low", below, bottom))  # a side with no row is not listed: not copied
+    return Verdict(above | below, repair={k: (rows, v[rows]) for k, rows, v in sides if rows.any()})
 
 
 def _corporate_action(w: Work) -> Verdict:
