@@ -247,22 +247,26 @@ def run_sweep(plan: Plan, progress: bool = True) -> pd.DataFrame:
     return table
 
 
-def run_figures(folder: Path, cfg: Config) -> dict:
+def run_figures(folder: Path, cfg: Config, fs) -> dict:
     """One finished run's numbers for the table, computed as its report computes them (report.headline_numbers
-    with the sweep's report parameters), the rest from its summary.json."""
-    inputs = load_inputs(folder, ReportSettings.of(cfg), fs=load_featureset(folder), headline_only=True)
+    with the sweep's report parameters and the run's FeatureSet `fs`, `load_featureset`'s), the rest from its
+    summary.json."""
+    inputs = load_inputs(folder, ReportSettings.of(cfg), fs=fs, headline_only=True)
     block = report.headline_numbers(inputs)
     return {k: block.get(k, inputs.summary.get(k)) for k in NUMBERS}
 
 
 def sweep_table(plan: Plan, status: list[str]) -> pd.DataFrame:
     """One row per run: its varying values, run folder, status, and NUMBERS (NaN for a run without results)."""
-    rows = []
+    rows, caches = [], {}  # each feature cache loaded and verified once: the runs of a sweep often share one
     for name, values, cfg, st in zip(plan.names, plan.values, plan.configs, status):
         row = {**values, "run": name, "status": st.split(":")[0]}
         summary = runs.read_summary(plan.folder / name)
         if summary is not None:
-            row.update(run_figures(plan.folder / name, cfg))
+            cache_dir = summary.get("cache_dir") or ""
+            if cache_dir not in caches:
+                caches[cache_dir] = load_featureset(plan.folder / name)
+            row.update(run_figures(plan.folder / name, cfg, caches[cache_dir]))
             row["busy"] = busy_flag(summary)
         rows.append(row)
     table = pd.DataFrame(rows).reindex(columns=[*plan.axes, "run", "status", "busy", *NUMBERS])
