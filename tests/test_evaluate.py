@@ -454,6 +454,14 @@ def test_cost_sweep_and_break_even():
     assert sweep.set_index("cost_bps").loc[5.0, "net_sharpe"] == pytest.approx(bt.stats["net"]["sharpe"])
     assert sweep.set_index("cost_bps").loc[0.0, "net_sharpe"] == pytest.approx(bt.stats["gross"]["sharpe"])
     assert (np.diff(sweep["net_sharpe"]) < 0).all()
+    for book in ("gross", "net", "buy_hold"):  # every book's Sharpe carries its error bars, from its own returns
+        assert bt.stats[book]["sharpe_inference"] == bk.sharpe_inference(bt.pnl[book].to_numpy(), bt.stats[
+            "periods_per_year"])
+    at5 = sweep.set_index("cost_bps").loc[5.0]
+    net = bt.stats["net"]["sharpe_inference"]
+    assert (at5["net_sharpe_ci_low"], at5["net_sharpe_ci_high"]) == pytest.approx((net["ci_low"], net["ci_high"]))
+    assert (sweep["net_sharpe_ci_low"] < sweep["net_sharpe"]).all() and (sweep["net_sharpe"] < sweep[
+        "net_sharpe_ci_high"]).all()
     be = bk.break_even_bps(bt)
     at_be = bk.cost_sensitivity(bt, [be]).loc[0, "net_sharpe"]
     assert be > 0 and abs(at_be) < 1e-9

@@ -197,6 +197,16 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
 
     shown = tables.backtest_table(rep["backtest"], s["flags"]).set_index("book")
     assert shown.loc["gross (before costs)", "Sharpe"].endswith("(implausible)")
+    for book, key in (("net of costs", "net_sharpe_ci"), ("gross (before costs)", "gross_sharpe_ci"),
+                      ("buy & hold", "buy_hold_sharpe_ci")):  # every Sharpe with its interval, as the summary has it
+        assert shown.loc[book, "Sharpe 95% interval"] == f"{s[key][0]:,.2f} to {s[key][1]:,.2f}"
+    md = rw.summary_markdown(rep)
+    for key in ("net_sharpe_ci", "gross_sharpe_ci", "buy_hold_sharpe_ci"):
+        assert f"95% {s[key][0]:.2f} to {s[key][1]:.2f}" in md, key
+    for row in rep["costs"]["net_sharpe_by_cost"]:
+        assert f"95% {row['net_sharpe_ci_low']:.2f} to {row['net_sharpe_ci_high']:.2f}" in md
+    costs = tables.costs_table(pd.DataFrame(rep["costs"]["net_sharpe_by_cost"]))
+    assert costs["95% interval"].str.contains(" to ").all()
     assert not shown.loc["buy & hold", "Sharpe"].endswith("(implausible)")
     low, high = s["break_even_ci"]
     assert s["survives_costs"] is (True if low > 5.0 else False if high < 5.0 else None)
@@ -241,6 +251,9 @@ def test_compare_block_and_markdown(tmp_path):
         assert cmp["metrics"][name]["delta"] == pytest.approx(report["summary"][name] - cmp["metrics"][name]["other"])
     assert cmp["this"]["periods_per_year"] == cmp["other"]["periods_per_year"]  # annualised alike
     md = rw.summary_markdown(report)
+    ci = {k: cmp["net_sharpe_ci"][k] for k in ("this", "other")}  # both runs' net Sharpe with error bars
+    assert ci["this"] == report["summary"]["net_sharpe_ci"] and ci["other"][0] < ci["other"][1]
+    assert all(f"95% {c[0]:.2f} to {c[1]:.2f}" in md for c in ci.values())
     assert f"cross-sectional IC (per timestamp) {report['summary']['cross_sectional_ic']:.3f}**" in md
     assert "zero n/a" in md and ", ridge 0." in md and md.count("oracle 0.") == 1
     assert "| model |" not in md and "|---" not in md  # the predictor table: once, in its own section
@@ -400,10 +413,12 @@ def test_tables_print_integers_as_integers_and_flag_what_cannot_be_right():
     from tradelib.report import tables
 
     stats = {b: {"total_return": 0.01, "annual_return": 2.5e5, "annual_volatility": 0.2, "sharpe": 1.234,
-                 "max_drawdown": 0.05, "turnover": 0.5, "hit_rate": 0.51, "n_bars": 4431.0}
+                 "max_drawdown": 0.05, "turnover": 0.5, "hit_rate": 0.51, "n_bars": 4431.0,
+                 "sharpe_inference": {"ci_low": -0.5, "ci_high": float("nan")}}
              for b in ("gross", "net", "buy_hold")}
     bt = tables.backtest_table(stats)
     assert list(bt["bars"]) == ["4,431"] * 3 and bt["annual return"][0] == "+2.5e+07%"
+    assert list(bt["Sharpe 95% interval"]) == ["–"] * 3  # an interval with an unknown end is not shown as one
     sweep = pd.DataFrame({"loader": ["dataloader", "device"], "batch_size": [64.0, 64.0],
                           "samples_per_s": [7145.2, 471.0], "speedup": [np.nan, 0.066], "mfu": [np.nan, 0.1],
                           "mfu_invalid": [2.433, np.nan], "peak_mem_bytes": [1_705_732, 1_705_732],

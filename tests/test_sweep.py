@@ -92,6 +92,9 @@ def test_a_sweep_runs_notebook_03_per_combination_and_compares_them(outputs, tmp
     page = (folder / "sweep.html").read_text()
     assert "samples/s" in page and "net Sharpe" in page and "data:image/png;base64," in page
     assert (folder / "sweep.png").stat().st_size > 0 and (folder / "sweep.md").read_text().count("| ran |") == 2
+    for r in table.itertuples():  # every run's net Sharpe with its 95% interval, in the csv and the page
+        assert r.net_sharpe_ci_low < r.net_sharpe < r.net_sharpe_ci_high
+        assert f"{r.net_sharpe:.2f} ({r.net_sharpe_ci_low:,.2f} to {r.net_sharpe_ci_high:,.2f})" in page
     assert str(folder / "sweep.html") in res.stdout
 
     stamp = (folder / "folds=2" / "03_train.ipynb").stat().st_mtime_ns

@@ -187,14 +187,18 @@ def test_the_report_has_every_fold_and_all_of_them(walked):
         assert row["test_rows"] == len(mine)
         assert row["pooled_ic"] == pytest.approx(metrics.named_ics(mine, rep["summary"]["ic_lag"])["pooled_ic"])
         s = rep["summary"]
-        assert row["net_sharpe"] == pytest.approx(backtest.backtest(
-            mine, cost_bps=s["cost_bps"], trade_delay=s["trade_delay"], periods_per_year=s["periods_per_year"],
-            mode=s["position_mode"]).stats["net"]["sharpe"])
+        net = backtest.backtest(mine, cost_bps=s["cost_bps"], trade_delay=s["trade_delay"],
+                                periods_per_year=s["periods_per_year"], mode=s["position_mode"]).stats["net"]
+        assert row["net_sharpe"] == pytest.approx(net["sharpe"])
+        inf = net["sharpe_inference"]  # each fold's Sharpe with its own error bars
+        assert (row["net_sharpe_ci_low"], row["net_sharpe_ci_high"]) == pytest.approx((inf["ci_low"], inf["ci_high"]))
     assert table.iloc[3]["net_sharpe"] == pytest.approx(rep["summary"]["net_sharpe"])
+    assert [table.iloc[3]["net_sharpe_ci_low"], table.iloc[3]["net_sharpe_ci_high"]] == rep["summary"]["net_sharpe_ci"]
     assert rep["conventions"]["splits"]["method"] == "walk-forward"
     assert "ridge" in set(inputs.predictors["predictor"])  # the per-fold ridge, though no single feature set
     text = words.folds_markdown(rep)
     assert "3 folds" in text and text.count("\n| ") == 5  # header + 3 folds + all
+    assert text.count("(95% ") == 5  # the net Sharpe over all folds, then each row's
 
 
 def test_resume_continues_the_folds_with_checkpoints_and_trains_the_rest(walked):

@@ -60,7 +60,7 @@ from tradelib.config import (
 from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, notebooks_dir, outputs_dir
 from tradelib.pipeline import NotebookFailed, execute_notebooks
-from tradelib.report import report
+from tradelib.report import report, tables
 from tradelib.report.inputs import ReportSettings, load_featureset, load_inputs
 
 NOTEBOOK = "03_train"
@@ -69,7 +69,7 @@ MANAGED = ("run_id", "resume")  # the sweep names each run and resumes it
 # the comparison table's figures, after each run's values and status (report.headline_numbers' names)
 NUMBERS = ["samples_per_s", "it_per_s", "global_batch", "data_wait_share", "peak_mem_gb", "gpu_util", "mfu",
            "train_time_s", "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "pooled_ic", "net_sharpe",
-           "gross_sharpe", "break_even_bps"]
+           "net_sharpe_ci_low", "net_sharpe_ci_high", "gross_sharpe", "break_even_bps"]
 
 
 @dataclass
@@ -253,6 +253,7 @@ def run_figures(folder: Path, cfg: Config, fs) -> dict:
     summary.json."""
     inputs = load_inputs(folder, ReportSettings.of(cfg), fs=fs, headline_only=True)
     block = report.headline_numbers(inputs)
+    block["net_sharpe_ci_low"], block["net_sharpe_ci_high"] = block["net_sharpe_ci"]
     return {k: block.get(k, inputs.summary.get(k)) for k in NUMBERS}
 
 
@@ -291,7 +292,7 @@ HEADERS = {"samples_per_s": "samples/s", "it_per_s": "it/s", "global_batch": "gl
            "data_wait_share": "data wait", "peak_mem_gb": "peak memory (GB)", "gpu_util": "GPU busy (%)",
            "mfu": "MFU", "train_time_s": "train time (s)", "cross_sectional_ic": "cross-sectional IC",
            "cross_sectional_rank_ic": "cross-sectional rank IC", "daily_ic": "per-day IC",
-           "pooled_ic": "pooled IC", "net_sharpe": "net Sharpe", "gross_sharpe": "gross Sharpe",
+           "pooled_ic": "pooled IC", "net_sharpe": "net Sharpe (95% interval)", "gross_sharpe": "gross Sharpe",
            "break_even_bps": "break-even (bps)"}
 
 
@@ -302,16 +303,18 @@ SHOWN = ["samples_per_s", "global_batch", "data_wait_share", "peak_mem_gb", "gpu
 
 def readable(table: pd.DataFrame) -> pd.DataFrame:
     """The table for reading: the varying values, the status and SHOWN, integers as integers, shares as
-    percentages, ICs to 4 places, '-' where unknown."""
-    table = table[[c for c in table.columns if c not in NUMBERS and c != "run"] + SHOWN]
-    out = pd.DataFrame(index=table.index)
-    for c in table.columns:
+    percentages, ICs to 4 places, the net Sharpe with its 95% interval, '-' where unknown."""
+    shown = table[[c for c in table.columns if c not in NUMBERS and c != "run"] + SHOWN]
+    out = pd.DataFrame(index=shown.index)
+    for c in shown.columns:
         fmt = FORMATS.get(c, "{:.4f}" if c in NUMBERS else None)
-        col = table[c]
+        col = shown[c]
         if fmt is None:
             out[c] = col.map(lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
         else:
             out[c] = col.map(lambda v, f=fmt: "-" if pd.isna(v) else f.format(v))
+    ci = [tables.span(lo, hi) for lo, hi in zip(table["net_sharpe_ci_low"], table["net_sharpe_ci_high"])]
+    out["net_sharpe"] = [s if s == "-" else f"{s} ({c})" for s, c in zip(out["net_sharpe"], ci)]
     return out.rename(columns=HEADERS)
 
 

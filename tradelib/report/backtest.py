@@ -163,14 +163,17 @@ def _trade_flows(tidx: np.ndarray, sym: np.ndarray, w: np.ndarray, n_times: int)
 
 
 def _stats(r: np.ndarray, turnover: np.ndarray, exposure: np.ndarray, ppy: float) -> dict:
+    """One book's figures; its Sharpe always with its error bars (`sharpe_inference`), wherever it is shown."""
     equity = np.r_[1.0, equity_curve(r)]  # start at 1 so a loss on the first bar is a drawdown
     held = exposure > 0
     years = r.size / ppy if ppy > 0 else float("nan")
+    inf = sharpe_inference(r, ppy)
     return {
         "total_return": float(equity[-1] - 1.0),
         "annual_return": float(equity[-1] ** (1.0 / years) - 1.0) if r.size and equity[-1] > 0 else float("nan"),
         "annual_volatility": float(r.std(ddof=1) * math.sqrt(ppy)) if r.size >= 2 else float("nan"),
-        "sharpe": sharpe(r, ppy),
+        "sharpe": inf["sharpe"],
+        "sharpe_inference": inf,
         "max_drawdown": max_drawdown(equity),
         "turnover": float(turnover.mean()) if turnover.size else float("nan"),
         "hit_rate": float((r[held] > 0).mean()) if held.any() else float("nan"),
@@ -253,14 +256,16 @@ def backtest(
 
 
 def cost_sensitivity(bt: BacktestResult, costs_bps) -> pd.DataFrame:
-    """Net Sharpe, annual and total return of the same book at each cost (bps per unit of weight traded):
-    net = gross - cost/1e4 * turnover, bar by bar."""
+    """Net Sharpe with its 95% interval, annual and total return of the same book at each cost (bps per unit of
+    weight traded): net = gross - cost/1e4 * turnover, bar by bar."""
     gross, turnover = bt.pnl["gross"].to_numpy(), bt.pnl["turnover"].to_numpy()
     exposure, ppy = bt.pnl["exposure"].to_numpy(), bt.stats["periods_per_year"]
     rows = []
     for c in costs_bps:
         s = _stats(gross - float(c) / 1e4 * turnover, turnover, exposure, ppy)
-        rows.append({"cost_bps": float(c), "net_sharpe": s["sharpe"], "net_annual_return": s["annual_return"],
+        inf = s["sharpe_inference"]
+        rows.append({"cost_bps": float(c), "net_sharpe": s["sharpe"], "net_sharpe_ci_low": inf["ci_low"],
+                     "net_sharpe_ci_high": inf["ci_high"], "net_annual_return": s["annual_return"],
                      "net_total_return": s["total_return"]})
     return pd.DataFrame(rows)
 
@@ -411,7 +416,7 @@ def evaluate_all(
         cs, day, pooled = (family_summary(d, f, lags if f == family else 0, "_p", target_col) for f in IC_FAMILIES)
         head = {"cross_sectional": cs, "daily": day, "pooled": pooled}[family]
         bt = backtest(d, "_p", **backtest_kw)
-        inf = sharpe_inference(bt.pnl["net"].to_numpy(), bt.stats["periods_per_year"])
+        inf = bt.stats["net"]["sharpe_inference"]
         rows.append(
             {
                 "predictor": name,

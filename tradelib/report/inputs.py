@@ -60,7 +60,6 @@ class ReportInputs:
     costs: pd.DataFrame | None = None
     splits: dict = field(default_factory=dict)
     decay: pd.DataFrame | None = None  # the headline IC at lags 0..10
-    sharpe: dict = field(default_factory=dict)  # 'net', 'gross': bk.sharpe_inference
     break_even_ci: dict = field(default_factory=dict)
     trials: dict = field(default_factory=dict)  # what the deflated Sharpe counts
     test_span: dict = field(default_factory=dict)
@@ -167,7 +166,6 @@ def load_inputs(
     inputs.per_symbol = ev.per_symbol_metrics(df, target_col=TRADED)
     inputs.costs = bk.cost_sensitivity(bt, settings.cost_grid_bps)
     inputs.decay = ev.ic_decay(df, family, lags[family], DECAY_LAGS)
-    inputs.sharpe = {k: bk.sharpe_inference(bt.pnl[k].to_numpy(), ann["periods_per_year"]) for k in ("net", "gross")}
     inputs.break_even_ci = bk.break_even_interval(bt, block, int(settings.bootstrap_samples),
                                                   int(settings.bootstrap_seed))
     inputs.trials = bk.trial_count(inputs.predictors, _sweep_runs(run_dir))
@@ -405,9 +403,9 @@ def fold_table(inputs: ReportInputs) -> pd.DataFrame:
     """A walk-forward's figures per fold and over all folds (`fold` "all": the stitched predictions, the report's
     own figures), each on that fold's test rows with the report's book: the three named ICs, the headline IC's
     overlap-robust t, the ridge baseline (fitted per fold) and the oracle on the headline IC, and the backtest.
-    Every IC against the target at the traded lag; each fold's net Sharpe with its standard error and its
-    deflated Sharpe over the folds (trials: the folds compared, so the best fold is not read as skill)."""
-    df, fam, ppy = inputs.predictions, inputs.family, inputs.book["periods_per_year"]
+    Every IC against the target at the traded lag; each fold's net Sharpe with its standard error, 95% interval and
+    its deflated Sharpe over the folds (trials: the folds compared, so the best fold is not read as skill)."""
+    df, fam = inputs.predictions, inputs.family
     lags = inputs.ic[fam]["lags"]
     periods = {f["fold"]: f for f in inputs.summary.get("folds") or []}
     everything = {"test_start": (periods.get(0) or {}).get("test_start"),
@@ -415,14 +413,14 @@ def fold_table(inputs: ReportInputs) -> pd.DataFrame:
     rows = []
     for k, d in [*df.groupby("fold", sort=True), ("all", df)]:
         if k == "all":
-            when, ics, book, inf = everything, inputs.ic, inputs.backtest, inputs.sharpe["net"]
+            when, ics, book = everything, inputs.ic, inputs.backtest
         else:  # a fold's own rows: its last targets do not reach into the next fold (as in summary.json)
             d = d.assign(**{TRADED: ev.lagged_target(d, inputs.book["trade_delay"])})
             when = periods.get(int(k), {})
             ics = {f: ev.family_summary(d, f, lags, target_col=TRADED) for f in ev.IC_FAMILIES}
             book = bk.backtest(d, "prediction", **inputs.book)
-            inf = bk.sharpe_inference(book.pnl["net"].to_numpy(), ppy)
         net, nan = book.stats["net"], float("nan")
+        inf = net["sharpe_inference"]
         rows.append({
             "fold": str(k), **{key: when.get(key) for key in ("train_start", "train_end", "test_start", "test_end")},
             "test_rows": int(len(d)), "cross_sectional_ic": ics["cross_sectional"]["ic"],
@@ -430,7 +428,8 @@ def fold_table(inputs: ReportInputs) -> pd.DataFrame:
             "daily_rank_ic": ics["daily"]["rank_ic"], "pooled_ic": ics["pooled"]["ic"], "t_stat": ics[fam]["t_stat"],
             "ridge_ic": ev.family_summary(d, fam, lags, "ridge", TRADED)["ic"] if "ridge" in d else nan,
             "oracle_ic": ev.family_summary(d, fam, lags, "oracle", TRADED)["ic"] if "oracle" in d else nan,
-            "net_sharpe": net["sharpe"], "net_sharpe_se": inf["se"], "net_sharpe_psr": inf["psr"],
+            "net_sharpe": net["sharpe"], "net_sharpe_se": inf["se"], "net_sharpe_ci_low": inf["ci_low"],
+            "net_sharpe_ci_high": inf["ci_high"], "net_sharpe_psr": inf["psr"],
             "net_sharpe_period": inf["sharpe_period"], "net_sharpe_se_period": inf["se_period"],
             "gross_sharpe": book.stats["gross"]["sharpe"], "net_total_return": net["total_return"],
             "max_drawdown": net["max_drawdown"], "turnover": net["turnover"], "break_even_bps": bk.break_even_bps(book),

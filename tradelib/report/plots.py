@@ -214,9 +214,12 @@ def plot_underwater(bt: BacktestResult, save_to: str | Path | None = None) -> pl
 
 def plot_cost_sensitivity(costs: pd.DataFrame, break_even: float, cost_bps: float | None = None,
                           save_to: str | Path | None = None) -> plt.Figure:
-    """Net Sharpe against the cost per unit traded (bps), with the break-even cost and the report's cost."""
+    """Net Sharpe with its 95% interval against the cost per unit traded (bps), with the break-even cost and the
+    report's cost."""
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(costs["cost_bps"], costs["net_sharpe"], marker="o", color="tab:blue", label="net Sharpe")
+    ax.fill_between(costs["cost_bps"], costs["net_sharpe_ci_low"], costs["net_sharpe_ci_high"], color="tab:blue",
+                    alpha=0.15, lw=0, label="95% interval")
     ax.axhline(0.0, color="grey", lw=0.8)
     if np.isfinite(break_even):
         ax.axvline(break_even, color="tab:red", ls="--", lw=1, label=f"break-even {break_even:.1f} bps")
@@ -292,7 +295,7 @@ def plot_runs(runs_df: pd.DataFrame, save_to: str | Path | None = None) -> plt.F
 
 def plot_folds(folds: pd.DataFrame, family: str, save_to: str | Path | None = None) -> plt.Figure:
     """A walk-forward fold by fold, then all folds together (the stitched record, hatched): the headline IC of
-    each test period beside the ridge baseline refitted per fold, and the net Sharpe."""
+    each test period beside the ridge baseline refitted per fold, and the net Sharpe with its interval."""
     labels = [f"{'fold ' + r.fold if r.fold != 'all' else 'all folds'}\n{str(r.test_start)[:10]}\n"
               f"to {str(r.test_end)[:10]}" for r in folds.itertuples()]
     x = np.arange(len(folds))
@@ -308,22 +311,29 @@ def plot_folds(folds: pd.DataFrame, family: str, save_to: str | Path | None = No
     ax.legend(fontsize="small", loc="upper left", ncol=2)
     ax = axes[1]
     ax.bar(x, folds["net_sharpe"], width=0.5, hatch=hatch, edgecolor="white",
-           color=np.where(folds["net_sharpe"] >= 0, "tab:green", "tab:red"))
-    ax.set(title="net Sharpe per fold (annualised)", ylabel="net Sharpe")
+           color=np.where(folds["net_sharpe"] >= 0, "tab:green", "tab:red"),
+           yerr=_error_bars(folds["net_sharpe"], folds["net_sharpe_ci_low"], folds["net_sharpe_ci_high"]), capsize=4)
+    ax.set(title="net Sharpe per fold (annualised), 95% intervals", ylabel="net Sharpe")
     for ax in axes:
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(x, labels, fontsize="small")
     return _save(fig, save_to)
 
 
+def _error_bars(value: pd.Series, low: pd.Series, high: pd.Series) -> np.ndarray:
+    """Matplotlib's [2, n] asymmetric error bars of an interval around each value (0 where unknown)."""
+    return np.nan_to_num(np.vstack([value - low, high - value]).astype(float), nan=0.0)
+
+
 def plot_sweep(table: pd.DataFrame, save_to: str | Path | None = None) -> plt.Figure:
     """A sweep's runs side by side, one bar per run in each panel: samples/s, data-wait share, peak memory, the
-    three named test ICs and the net Sharpe. Runs are labelled by their folder names (the values that vary)."""
+    three named test ICs and the net Sharpe with its interval. Runs are labelled by their folder names (the values
+    that vary)."""
     label = table["run"].astype(str).str.replace(",", ", ")
     y = np.arange(len(table))
     panels = [("samples_per_s", "samples / s", "{:,.0f}"), ("data_wait_share", "data-wait share", "{:.1%}"),
               ("peak_mem_gb", "peak memory (GB)", "{:.2f}"), (None, "test IC", None),
-              ("net_sharpe", "net Sharpe (annualised)", "{:.2f}")]
+              ("net_sharpe", "net Sharpe (annualised), 95% intervals", "{:.2f}")]
     fig, axs = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 2, 0.45 * len(table) + 2), sharey=True)
     for ax, (col, title, fmt) in zip(axs, panels):
         if col is None:
@@ -334,7 +344,10 @@ def plot_sweep(table: pd.DataFrame, save_to: str | Path | None = None) -> plt.Fi
             ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
         else:
             vals = table[col]
-            bars = ax.barh(y, vals.fillna(0), color="tab:red" if col == "net_sharpe" else "tab:blue")
+            err = (_error_bars(vals, table["net_sharpe_ci_low"], table["net_sharpe_ci_high"])
+                   if col == "net_sharpe" else None)
+            bars = ax.barh(y, vals.fillna(0), color="tab:red" if col == "net_sharpe" else "tab:blue", xerr=err,
+                           capsize=3)
             ax.bar_label(bars, labels=["-" if pd.isna(v) else fmt.format(v) for v in vals], fontsize="x-small",
                          padding=2)
             ax.margins(x=0.25)

@@ -89,9 +89,10 @@ def build_report(run_dir: Path, compare_with: Path | None = None, *, inputs: Rep
 
 def headline_numbers(inputs: ReportInputs) -> dict:
     """The figures a sweep's table and a comparison show (what `load_inputs(headline_only=True)` computes): the
-    run, the named ICs (at the traded lag, the oracle's, before the delay), the book after costs, throughput."""
+    run, the named ICs (at the traded lag, the oracle's, before the delay), the book after costs (its net Sharpe
+    with error bars), throughput."""
     s, bt, p, icd, book = inputs.summary, inputs.backtest.stats, inputs.predictors, inputs.ic, inputs.book
-    mfu = as_float(s.get("mfu"))
+    mfu, net = as_float(s.get("mfu")), bt["net"]["sharpe_inference"]
     out = {
         "run_id": s.get("run_id") or inputs.run_dir.name,
         "device": s.get("device"),
@@ -117,6 +118,8 @@ def headline_numbers(inputs: ReportInputs) -> dict:
         "directional_accuracy": _predictor(p, "model", "directional_accuracy"),
         "periods_per_year": bt["periods_per_year"],
         "net_sharpe": bt["net"]["sharpe"],
+        "net_sharpe_se": net["se"],
+        "net_sharpe_ci": [net["ci_low"], net["ci_high"]],
         "gross_sharpe": bt["gross"]["sharpe"],
         "buy_hold_sharpe": bt["buy_hold"]["sharpe"],
         "net_total_return": bt["net"]["total_return"],
@@ -175,10 +178,12 @@ def summary_block(inputs: ReportInputs) -> dict:
 
 
 def sharpe_block(inputs: ReportInputs) -> dict:
-    """The net Sharpe's error bars (`bk.sharpe_inference`), its deflated Sharpe over the trials the report
+    """The net Sharpe's PSR, the gross and buy-and-hold Sharpes' error bars (`bk.sharpe_inference`; the net
+    one's are in `headline_numbers`), the net Sharpe's deflated Sharpe over the trials the report
     knows, the break-even cost's bootstrap interval, and whether the book survives its cost: only where that
     interval lies above the cost; otherwise the data cannot tell (or it does not)."""
-    net, gross, ci, n = inputs.sharpe["net"], inputs.sharpe["gross"], inputs.break_even_ci, inputs.trials
+    stats, ci, n = inputs.backtest.stats, inputs.break_even_ci, inputs.trials
+    net, gross, hold = (stats[k]["sharpe_inference"] for k in ("net", "gross", "buy_hold"))
     dsr = bk.deflated_sharpe(net["sharpe_period"], net["se_period"], n["n_trials"], n["trial_variance"])
     low, high, cost = ci.get("low", float("nan")), ci.get("high", float("nan")), inputs.book["cost_bps"]
     survives = None
@@ -187,9 +192,9 @@ def sharpe_block(inputs: ReportInputs) -> dict:
     elif math.isfinite(high) and high < cost:
         survives = False
     return {
-        "net_sharpe_se": net["se"], "net_sharpe_ci": [net["ci_low"], net["ci_high"]], "net_sharpe_psr": net["psr"],
-        "net_sharpe_se_lags": net["lags"], "gross_sharpe_se": gross["se"],
+        "net_sharpe_psr": net["psr"], "net_sharpe_se_lags": net["lags"], "gross_sharpe_se": gross["se"],
         "gross_sharpe_ci": [gross["ci_low"], gross["ci_high"]], "gross_sharpe_psr": gross["psr"],
+        "buy_hold_sharpe_ci": [hold["ci_low"], hold["ci_high"]],
         "net_sharpe_dsr": dsr["dsr"], "dsr_trials": dsr["n_trials"], "dsr_sr0": dsr["sr0_period"],
         "break_even_ci": [low, high], "break_even_block": ci.get("block"), "break_even_samples": ci.get("samples"),
         "survives_costs": survives,
@@ -276,6 +281,7 @@ def compare_block(this: dict, other_dir: Path) -> dict:
         "this": {k: this.get(k) for k in keys},
         "other": {k: other.get(k) for k in keys},
         "metrics": metrics,
+        "net_sharpe_ci": {"this": this.get("net_sharpe_ci"), "other": other.get("net_sharpe_ci")},
     }
 
 

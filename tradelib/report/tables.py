@@ -27,6 +27,11 @@ def num(v, digits: int = 3) -> str:
     return f"{v:,.{digits}f}" if _ok(v) else NA
 
 
+def span(low, high, digits: int = 2) -> str:
+    """A 95% interval's cell: '-1.20 to 3.40'."""
+    return f"{num(low, digits)} to {num(high, digits)}" if _ok(low) and _ok(high) else NA
+
+
 def integer(v) -> str:
     return f"{int(round(v)):,}" if _ok(v) else NA
 
@@ -145,17 +150,19 @@ BOOKS = {"gross": "gross (before costs)", "net": "net of costs", "buy_hold": "bu
 
 
 def backtest_table(stats: dict, flags: dict | None = None) -> pd.DataFrame:
-    """Gross, net and buy-and-hold, one row each; the book's settings are said once, beside the table. A figure
-    the report flags (report.json's `summary.flags`, e.g. `net_sharpe`) reads "implausible" beside it."""
+    """Gross, net and buy-and-hold, one row each, each Sharpe with its 95% interval; the book's settings are said
+    once, beside the table. A figure the report flags (report.json's `summary.flags`, e.g. `net_sharpe`) reads
+    "implausible" beside it."""
     flags = flags or {}
     mark = lambda text, key: f"{text} (implausible)" if key in flags else text  # noqa: E731
     rows = []
     for key, name in BOOKS.items():
-        b = stats[key]
+        b, inf = stats[key], stats[key]["sharpe_inference"]
         rows.append({"book": name, "total return": signed_pct(b["total_return"]),
                      "annual return": mark(signed_pct(b["annual_return"]), f"{key}_annual_return"),
                      "annual volatility": pct(b["annual_volatility"]),
-                     "Sharpe": mark(num(b["sharpe"], 2), f"{key}_sharpe"), "max drawdown": pct(b["max_drawdown"]),
+                     "Sharpe": mark(num(b["sharpe"], 2), f"{key}_sharpe"),
+                     "Sharpe 95% interval": span(inf["ci_low"], inf["ci_high"]), "max drawdown": pct(b["max_drawdown"]),
                      "turnover / bar": num(b["turnover"], 3), "hit rate": pct(b["hit_rate"]),
                      "bars": integer(b["n_bars"])})
     return pd.DataFrame(rows)
@@ -164,6 +171,8 @@ def backtest_table(stats: dict, flags: dict | None = None) -> pd.DataFrame:
 def costs_table(costs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"cost (bps)": [f"{c:g}" if _ok(c) else NA for c in costs["cost_bps"]],
                          "net Sharpe": [num(v, 2) for v in costs["net_sharpe"]],
+                         "95% interval": [span(lo, hi) for lo, hi in zip(costs["net_sharpe_ci_low"],
+                                                                         costs["net_sharpe_ci_high"])],
                          "net annual return": [signed_pct(v) for v in costs["net_annual_return"]],
                          "net total return": [signed_pct(v, 2) for v in costs["net_total_return"]]})
 

@@ -64,7 +64,8 @@ def _signal_lines(report: dict) -> list[str]:
 def _book_lines(report: dict) -> list[str]:
     g = report["summary"].get
     grid = report.get("costs", {}).get("net_sharpe_by_cost") or []
-    sweep = ", ".join(f"{fmt(r['cost_bps'], 'g')} bps {fmt(r['net_sharpe'], '.2f')}" for r in grid)
+    sweep = ", ".join(f"{fmt(r['cost_bps'], 'g')} bps {fmt(r['net_sharpe'], '.2f')} "
+                      f"({interval(net_ci(r))})" for r in grid)
     ci, be = g("net_sharpe_ci") or [None, None], g("break_even_ci") or [None, None]
     return [
         f"Long/short `{g('position_mode')}` book ({g('position_mode_reason')}), traded {g('trade_delay')} bar(s) after "
@@ -72,8 +73,9 @@ def _book_lines(report: dict) -> list[str]:
         f"{fmt(g('net_sharpe_se'), '.2f')}, 95% interval {fmt(ci[0], '.2f')} to {fmt(ci[1], '.2f')}, P(Sharpe > 0) "
         f"{fmt(g('net_sharpe_psr'), '.2f')}, deflated over {g('dsr_trials')} trial(s) "
         f"{fmt(g('net_sharpe_dsr'), '.2f')}; "
-        f"gross {_figure(g, 'gross_sharpe', '.2f')}, buy & hold {fmt(g('buy_hold_sharpe'), '.2f')}), net annual "
-        f"return {_figure(g, 'net_annual_return', '.1%')} at volatility {fmt(g('net_annual_volatility'), '.1%')}, max "
+        f"gross {_figure(g, 'gross_sharpe', '.2f')} ({interval(g('gross_sharpe_ci'))}), buy & hold "
+        f"{fmt(g('buy_hold_sharpe'), '.2f')} ({interval(g('buy_hold_sharpe_ci'))})), net annual return "
+        f" {_figure(g, 'net_annual_return', '.1%')} at volatility {fmt(g('net_annual_volatility'), '.1%')}, max "
         f"drawdown {fmt(g('max_drawdown'), '.1%')}, turnover {fmt(g('turnover'), '.2f')} per bar, net exposure "
         f"{fmt(g('net_exposure'), '+.2f')} on average (|net| {fmt(g('abs_net_exposure'), '.2f')}, gross "
         f"{fmt(g('gross_exposure'), '.2f')}), market beta {fmt(g('market_beta'), '+.2f')}.",
@@ -81,6 +83,17 @@ def _book_lines(report: dict) -> list[str]:
         f"Net Sharpe by cost: {sweep}; {break_even_text(g('break_even_bps'))}; 95% block-bootstrap interval "
         f"{fmt(be[0], '.1f')} to {fmt(be[1], '.1f')} bps: {survival_text(g('survives_costs'), g('cost_bps'))}.",
     ]
+
+
+def interval(pair, spec: str = ".2f") -> str:
+    """A 95% interval (low, high) in words, 'n/a' for an unknown one: every Sharpe the report shows carries one."""
+    low, high = pair or (None, None)
+    return f"95% {fmt(low, spec)} to {fmt(high, spec)}"
+
+
+def net_ci(row: dict) -> tuple:
+    """A table row's net Sharpe interval (its `net_sharpe_ci_low`, `net_sharpe_ci_high`)."""
+    return row.get("net_sharpe_ci_low"), row.get("net_sharpe_ci_high")
 
 
 def _figure(g, key: str, spec: str) -> str:
@@ -133,12 +146,14 @@ def _compare_lines(report: dict) -> list[str]:
     m = cmp["metrics"]
     fam = report["summary"].get("headline_ic")
     sps, ic_ = m["samples_per_s"], m.get(f"{fam}_ic", m["pooled_ic"])
+    ci = cmp.get("net_sharpe_ci") or {}
     return [
         "",
         f"Against run `{cmp['run_id']}` (loader `{cmp['other'].get('loader')}`): samples/s "
         f"{_rate(sps['other'])} -> {_rate(sps['this'])} (x{fmt(sps['ratio'], '.1f')}), {FAMILY_WORDS.get(fam, fam)} "
         f"{fmt(ic_['other'])} -> {fmt(ic_['this'])}, net Sharpe "
-        f"{fmt(m['net_sharpe']['other'], '.2f')} -> {fmt(m['net_sharpe']['this'], '.2f')}.",
+        f"{fmt(m['net_sharpe']['other'], '.2f')} ({interval(ci.get('other'))}) -> "
+        f"{fmt(m['net_sharpe']['this'], '.2f')} ({interval(ci.get('this'))}).",
     ]
 
 
@@ -287,7 +302,7 @@ def folds_markdown(report: dict) -> str:
         f"started {'from the previous fold' if block['fold_init'] == 'warm' else 'from new weights'}. "
         f"{FAMILY_WORDS.get(fam, fam)} positive in **{positive} of {len(per)}** test periods; over all of them "
         f"{fmt(every.get(col))} (t {fmt(every.get('t_stat'), '.2f')}), net Sharpe "
-        f"{fmt(every.get('net_sharpe'), '.2f')}.",
+        f"{fmt(every.get('net_sharpe'), '.2f')} ({interval(net_ci(every))}).",
         "",
         f"| fold | test period (UTC) | test rows | cross-sectional IC | per-day IC | pooled IC | t of the {short} "
         f"(HAC) | ridge, {short} | net Sharpe | max drawdown |",
@@ -297,7 +312,7 @@ def folds_markdown(report: dict) -> str:
         span = f"{str(r.get('test_start'))[:16]} to {str(r.get('test_end'))[:16]}".replace("T", " ")
         cells = [r["fold"], span, f"{r['test_rows']:,}", fmt(r.get("cross_sectional_ic")), fmt(r.get("daily_ic")),
                  fmt(r.get("pooled_ic")), fmt(r.get("t_stat"), ".2f"), fmt(r.get("ridge_ic")),
-                 fmt(r.get("net_sharpe"), ".2f"), fmt(r.get("max_drawdown"), ".1%")]
+                 f"{fmt(r.get('net_sharpe'), '.2f')} ({interval(net_ci(r))})", fmt(r.get("max_drawdown"), ".1%")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
