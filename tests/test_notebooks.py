@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import re
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -206,3 +207,25 @@ def test_a_failing_notebook_stops_the_pipeline_with_one_line(outputs):
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: 02_profiling failed in cell") and "receptive field" in last
     assert str(outputs / "bad" / "02_profiling.ipynb") in last
+
+
+def test_a_second_checkout_sharing_the_environment_runs_its_own_code_in_the_kernels(tmp_path):
+    """A copy of tradelib outside this checkout (a git worktree sharing one virtual environment, which has this
+    checkout installed) executes a notebook: its kernel imports the copy, as the process that launched it did,
+    not the installed one (which would also write into the installed checkout's outputs/)."""
+    second = tmp_path / "worktree"
+    shutil.copytree(ROOT / "tradelib", second / "tradelib", ignore=shutil.ignore_patterns("__pycache__"))
+    (second / "notebooks").mkdir()
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    probe = "import pathlib, tradelib\npathlib.Path(where).write_text(tradelib.__file__)"
+    nb.cells = [nbformat.v4.new_code_cell("where = ''", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(probe)]
+    nbformat.write(nb, second / "notebooks" / "probe.ipynb")
+    script = ("import sys; from pathlib import Path; from tradelib.pipeline import execute_notebooks; "
+              "execute_notebooks({'probe': Path('notebooks/probe.ipynb')}, {'probe': {'where': sys.argv[1]}}, "
+              "Path(sys.argv[2]), progress=False)")
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path / "where.txt"), str(tmp_path)], cwd=second,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "where.txt").read_text() == str(second / "tradelib" / "__init__.py")

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import yaml
 
 from tradelib.config import Config
-from tradelib.paths import atomic_write_bytes, outputs_dir
+from tradelib.paths import atomic_write_bytes, child_env, outputs_dir
 from tradelib.runs import check_run_free, new_run_id
 
 
@@ -171,10 +171,7 @@ def launch_distributed(cfg: Config) -> Path:
     atomic_write_bytes(yaml.safe_dump(cfg.replace(run_id=run_id).to_dict(), sort_keys=False).encode(), config_file)
     cmd = torchrun_command(config_file, cfg.n_gpus)
     print("launching: torchrun " + " ".join(cmd[3:]), flush=True)
-    env = dict(os.environ)
-    package_parent = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env())
     try:
         # bytes as they come (tqdm redraws with \r, not \n), so progress shows live in a terminal or notebook
         for chunk in iter(lambda: proc.stdout.read1(4096), b""):

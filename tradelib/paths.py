@@ -31,6 +31,31 @@ def notebooks_dir() -> Path:
     return repo_root() / "notebooks"
 
 
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process that must run this very tradelib (torchrun's workers, the notebooks'
+    kernels): PYTHONPATH led by the folder holding this package. A second checkout (a git worktree) sharing one
+    virtual environment otherwise runs the installed checkout's code, and writes into its outputs/."""
+    env = dict(os.environ if env is None else env)
+    parent = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (parent, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+@contextlib.contextmanager
+def child_environment() -> Iterator[None]:
+    """os.environ as `child_env` makes it, for children started by a library that takes no environment
+    (papermill's kernels); put back afterwards."""
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = child_env()["PYTHONPATH"]
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
 def unique_tmp(path: Path) -> Path:
     """A temporary name beside `path` that no other process or call uses (pid and a clock in it)."""
     return path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tradelib.config import Config, read_params
 from tradelib.hardware import pick_device
-from tradelib.paths import atomic_write_bytes, notebooks_dir
+from tradelib.paths import atomic_write_bytes, child_environment, notebooks_dir
 from tradelib.progress import PROGRESS_FILE, Follower
 from tradelib.runs import holding_run, new_run_id, newer_unfinished, read_summary, resolve_run, run_dir, run_state
 
@@ -165,7 +165,7 @@ def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, 
         # 03_train: the training's own bar (step, epoch, loss, samples/s, ETA) instead of papermill's cell count
         follow = Follower(out / PROGRESS_FILE, f"{label} {name}") if progress and name == TRAINS else None
         try:
-            with follow or contextlib.nullcontext():
+            with follow or contextlib.nullcontext(), child_environment():
                 pm.execute_notebook(str(src[name]), str(out / f"{name}.ipynb"), parameters=per_nb[name],
                                     cwd=str(notebooks_dir()), progress_bar=progress and follow is None,
                                     log_output=False, extra_arguments=KERNEL_ARGS)
