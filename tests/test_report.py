@@ -11,6 +11,7 @@ from tradelib import runs as rn
 from tradelib.report import backtest as bk
 from tradelib.report import figures as rf
 from tradelib.report import inputs as ri
+from tradelib.report import metrics as ev
 from tradelib.report import report as rp
 from tradelib.report import words as rw
 
@@ -470,3 +471,17 @@ def test_report_memory_runs_each_side_with_its_own_code():
     assert set(rows) == {"old", "new"} and rows["old"]["X_gb"] == rows["new"]["X_gb"] > 0
     assert rows["new"]["ridge_ic"] == pytest.approx(rows["old"]["ridge_ic"], rel=1e-9)
     assert out[-1].startswith("new: traced peak") and out[-2].startswith("old: traced peak")
+
+
+@pytest.mark.parametrize("n_sym, freq, family", [(4, "5min", "cross_sectional"), (2, "5min", "daily"),
+                                                 (2, "B", "pooled")])
+def test_the_model_row_reuses_the_reports_own_ics_and_book_bit_for_bit(tmp_path, n_sym, freq, family):
+    """load_inputs hands its model ICs and backtest to evaluate_all: the predictor table equals the one made
+    from scratch exactly, whichever family leads (its HAC lags) and whatever the other families' lags."""
+    run, _ = make_run(tmp_path / "run", n_sym=n_sym, freq=freq, n_bars=400)
+    inputs = ri.load_inputs(run, DEFAULTS)
+    df, fam = inputs.predictions, inputs.family
+    assert fam == family
+    again = bk.evaluate_all(df, ev.baseline_predictions(df), fam, inputs.ic[fam]["lags"], target_col=ri.TRADED,
+                            **inputs.book)
+    pd.testing.assert_frame_equal(inputs.predictors, again, check_exact=True)

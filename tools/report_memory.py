@@ -3,6 +3,9 @@
 `--rounds` times, on one run folder over the cache of `-f` (its test rows predicted by the target plus noise).
 
     python tools/report_memory.py -f params/full.yaml --old 601b05c --rounds 3
+    python tools/report_memory.py -f params/full.yaml --old f888d8d --rounds 3 --headline-only
+
+`--headline-only`: `load_inputs(headline_only=True)`, what a sweep's table and a comparison compute of a run.
 
 Prints one JSON line per process (seconds, the traced peak of Python and numpy allocations, the peak RSS over the
 imports, which counts mapped cache pages too, the ridge baseline's IC, the load average) and the medians. The
@@ -38,13 +41,14 @@ rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tracemalloc.start()
 t = time.perf_counter()
 fs = load_featureset(Path(sys.argv[1]))
-inputs = load_inputs(Path(sys.argv[1]), ReportSettings.of(), fs=fs)
+inputs = load_inputs(Path(sys.argv[1]), ReportSettings.of(), fs=fs, headline_only=sys.argv[2] == "headline")
 seconds = time.perf_counter() - t
 peak = tracemalloc.get_traced_memory()[1]
 p = inputs.predictors.set_index("predictor")
 print(json.dumps({"seconds": seconds, "traced_peak_gb": peak / 1e9, "X_gb": fs.X.nbytes / 1e9,
                   "rss_growth_gb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1e6,
-                  "ridge_ic": float(p.loc["ridge", "cross_sectional_ic"]), "load": os.getloadavg()[0]}))
+                  "ridge_ic": float(p.loc["ridge", "cross_sectional_ic"]) if "ridge" in p.index else None,
+                  "model_ic": float(p.loc["model", "cross_sectional_ic"]), "load": os.getloadavg()[0]}))
 """
 
 
@@ -67,6 +71,7 @@ def main() -> None:
     ap.add_argument("-f", dest="files", action="append", default=[], help="parameter file(s) naming the data")
     ap.add_argument("--old", required=True, help="the commit to compare with")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--headline-only", action="store_true", help="what a sweep's table computes of a run")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
@@ -76,7 +81,8 @@ def main() -> None:
         out: dict[str, list[dict]] = {"old": [], "new": []}
         for _ in range(args.rounds):
             for name, tree in (("old", old), ("new", ROOT)):
-                out[name].append(fresh_json(MEASURE, [str(run)], tree, f"the report of {run}"))
+                what = "headline" if args.headline_only else "all"
+                out[name].append(fresh_json(MEASURE, [str(run), what], tree, f"the report of {run}"))
                 print(json.dumps({"which": name, **out[name][-1]}), flush=True)
     med = {k: {f: statistics.median(r[f] for r in v) for f in ("seconds", "traced_peak_gb", "rss_growth_gb")}
            for k, v in out.items()}

@@ -400,22 +400,28 @@ def evaluate_all(
     lags: int = 0,
     pred_col: str = "prediction",
     target_col: str = "target",
+    model: tuple[dict, BacktestResult] | None = None,
     **backtest_kw,
 ) -> pd.DataFrame:
     """One row per predictor (the model first, then the baselines), every number on the same rows: the
     three named ICs (against `target_col`: the report passes the target at the traded lag), the ICIR and
     overlap-robust t of `family` (with `lags`), direction, and the net Sharpe of `backtest(**backtest_kw)`
-    with its standard error and PSR (`sharpe_inference`; per period too, for the deflated Sharpe)."""
+    with its standard error and PSR (`sharpe_inference`; per period too, for the deflated Sharpe).
+    `model`: the model's {family: `family_summary`} and backtest where the caller has made them on these rows,
+    target and book (`load_inputs` has), taken instead of being made again."""
     preds = {
         "model": df[pred_col].to_numpy(dtype=float),
         **{k: np.asarray(v, dtype=float) for k, v in baselines.items()},
     }
     rows = []
     for name, p in preds.items():
-        d = df.assign(_p=p)
-        cs, day, pooled = (family_summary(d, f, lags if f == family else 0, "_p", target_col) for f in IC_FAMILIES)
-        head = {"cross_sectional": cs, "daily": day, "pooled": pooled}[family]
-        bt = backtest(d, "_p", **backtest_kw)
+        if name == "model" and model is not None:
+            ics, bt = model
+        else:
+            d = df.assign(_p=p)
+            ics = {f: family_summary(d, f, lags if f == family else 0, "_p", target_col) for f in IC_FAMILIES}
+            bt = backtest(d, "_p", **backtest_kw)
+        cs, day, pooled, head = ics["cross_sectional"], ics["daily"], ics["pooled"], ics[family]
         inf = bt.stats["net"]["sharpe_inference"]
         rows.append(
             {
@@ -428,7 +434,7 @@ def evaluate_all(
                 "icir": head.get("icir", float("nan")),
                 "t_stat": head["t_stat"],
                 "n_periods": head["n_periods"],
-                "directional_accuracy": directional_accuracy(p, d[target_col].to_numpy(dtype=float)),
+                "directional_accuracy": directional_accuracy(p, df[target_col].to_numpy(dtype=float)),
                 "coverage": coverage(p),
                 "sharpe_net": bt.stats["net"]["sharpe"],
                 "sharpe_net_se": inf["se"],

@@ -145,19 +145,19 @@ def load_inputs(
     book = {"cost_bps": float(settings.cost_bps), "bar_seconds": float(bar), "mode": mode,
             "periods_per_year": ann["periods_per_year"], "trade_delay": trade_delay, "annualised": ann}
     bt = bk.backtest(df, "prediction", **book)
+    ic = {"cross_sectional": ev.ic_summary(by_ts, lags["cross_sectional"]),  # (the series computed above)
+          "daily": ev.ic_summary(by_day, lags["daily"]),
+          "pooled": ev.pooled_summary(df, "prediction", TRADED, lags["pooled"])}
     baselines = ev.baseline_predictions(df, ridge)
     if headline_only:
         baselines = {k: v for k, v in baselines.items() if k == "oracle"}
     inputs = ReportInputs(
         run_dir=run_dir, summary=summary, predictions=df, steps=steps, epochs=epochs, book=book, horizon=horizon,
         horizon_source=horizon_source, typical_symbols=typical, family=family,
-        family_reason=reason, mode_reason=mode_reason, ic_timestamp=by_ts, ic_day=by_day,
-        ic={"cross_sectional": ev.ic_summary(by_ts, lags["cross_sectional"]),  # (the series computed above)
-            "daily": ev.ic_summary(by_day, lags["daily"]),
-            "pooled": ev.pooled_summary(df, "prediction", TRADED, lags["pooled"])},
+        family_reason=reason, mode_reason=mode_reason, ic_timestamp=by_ts, ic_day=by_day, ic=ic,
         ic_lag0={f: ev.family_summary(df, f, lags[f]) for f in ev.IC_FAMILIES}, backtest=bt,
         break_even_bps=bk.break_even_bps(bt),
-        predictors=bk.evaluate_all(df, baselines, family, lags[family], target_col=TRADED, **book),
+        predictors=bk.evaluate_all(df, baselines, family, lags[family], target_col=TRADED, model=(ic, bt), **book),
     )
     if headline_only:
         return inputs
