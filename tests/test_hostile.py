@@ -26,9 +26,10 @@ from hypothesis import strategies as st
 from tradelib.cli import main
 from tradelib.config import Config
 from tradelib.data import cache, dataset
-from tradelib.data.load import load_ohlcv
+from tradelib.data.load import DataError, load_ohlcv, resolve_data_path
 from tradelib.paths import FileLock, repo_root
 from tradelib.report.inputs import load_featureset
+from tradelib.sweep import make_plan
 
 ROOT = repo_root()
 SMALL = ["-p", "window", "4", "-p", "max_gap_bars", "50"]
@@ -344,6 +345,49 @@ def test_cuda_asked_for_but_absent(capsys, command):
     code, out, err = cli(capsys, command, "-p", "device", "cuda")
     line = one_error(err)
     assert code == 2 and "CUDA is not available" in line and "-p device cpu" in line
+
+
+@pytest.mark.parametrize("command", ["pipeline", "sweep"])
+def test_a_data_path_that_does_not_exist_is_one_line_before_any_notebook(tmp_path, capsys, outputs, command):
+    extra = ["-p", "batch_size", "64,128"] if command == "sweep" else []
+    code, out, err = cli(capsys, command, "-p", "data_path", "no/such/prices.csv", *extra)
+    line = one_error(err)
+    assert code == 2 and "no/such/prices.csv: path does not exist" in line and str(Path.cwd()) in line, line
+    assert not outputs.exists() or not any(outputs.iterdir())  # no run folder, no notebook started
+
+
+def test_a_relative_data_path_is_read_from_where_it_was_typed_then_from_the_checkout(tmp_path, monkeypatch):
+    """The kernels of the pipeline and a sweep run in notebooks/: a relative data path is made absolute where
+    the command runs (the working directory), and a notebook's own (JupyterLab, in notebooks/) finds the
+    README's paths, written from the checkout's root, there."""
+    real = ROOT / "tests" / "data" / "real"
+    monkeypatch.chdir(ROOT / "notebooks")
+    assert resolve_data_path("tests/data/real") == str(real)  # not in notebooks/: the checkout's root
+    assert resolve_data_path("../tests/data/real") == str(ROOT / "notebooks" / ".." / "tests" / "data" / "real")
+    mine = tmp_path / "tests" / "data" / "real"
+    mine.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_data_path("tests/data/real") == str(mine)  # where it was typed wins
+    assert resolve_data_path(str(real)) == str(real) and resolve_data_path(" Synthetic") == " Synthetic"
+    assert resolve_data_path("nowhere.csv") == str(tmp_path / "nowhere.csv")
+    with pytest.raises(DataError, match=re.escape(f"nowhere.csv: path does not exist (data_path, looked for at "
+                                                  f"{tmp_path / 'nowhere.csv'})")):
+        resolve_data_path("nowhere.csv", check=True)
+    monkeypatch.chdir(ROOT)
+    plan = make_plan(None, [("data_path", f"tests/data/real;{real}"), ("window", "16")], [], "rel")
+    assert [c.data_path for c in plan.configs] == [str(real)] * 2 and plan.names[0] == "data_path=tests_data_real"
+
+
+@pytest.mark.slow
+def test_the_pipeline_reads_a_relative_data_path_from_where_it_runs(outputs):
+    """params/daily.yaml's own command: its data_path is relative to the checkout's root, where the pipeline
+    runs, not to notebooks/, where 01's kernel runs."""
+    res = subprocess.run([sys.executable, "-m", "tradelib", "pipeline", "-f", "params/daily.yaml", "-f",
+                          "params/tiny.yaml", "-p", "data_path", "tests/data/real", "--only", "01", "-p", "run_id",
+                          "rel"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    executed = (outputs / "rel" / "01_data_cleaning.ipynb").read_text()
+    assert "SP500" in executed and str(ROOT / "tests" / "data" / "real") in executed
 
 
 @pytest.mark.parametrize("command", ["prepare", "train", "pipeline", "bench"])

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from tradelib.data.load import resolve_data_path
+
 # which groups of fields each numbered notebook declares in its parameters cell (plus single names)
 NOTEBOOK_PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "01_data_cleaning": (("data", "features"), ("run_id",)),
@@ -516,14 +518,17 @@ def injected_parameters(ns: dict[str, Any]) -> list[str]:
 def notebook_config(ns: dict[str, Any], notebook: str) -> Config:
     """The first code cell of a numbered notebook: refuse a parameter it does not declare (papermill only warns
     about one and runs on with the default), as the CLI does, then build and check the Config from the notebook's
-    globals() `ns` (its names that are Config's)."""
+    globals() `ns` (its names that are Config's), a relative data path made absolute."""
     declared = declared_parameters(notebook)
     for name in injected_parameters(ns):
         if name not in declared:
             raise ConfigError(f"{notebook}: {unknown_message(name, declared)}; this notebook's parameters: "
                               f"papermill --help-notebook notebooks/{notebook}.ipynb")
     names = {f.name for f in fields(Config)}
-    return Config.from_dict({k: v for k, v in ns.items() if k in names}, source=f"{notebook} parameters")
+    values = {k: v for k, v in ns.items() if k in names}
+    if isinstance(values.get("data_path"), str):  # the kernel runs in notebooks/: see resolve_data_path
+        values["data_path"] = resolve_data_path(values["data_path"])
+    return Config.from_dict(values, source=f"{notebook} parameters")
 
 
 def resume_may_change() -> frozenset[str]:

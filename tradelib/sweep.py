@@ -57,6 +57,7 @@ from tradelib.config import (
     read_params,
     unknown_message,
 )
+from tradelib.data.load import resolve_data_path
 from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, notebooks_dir, outputs_dir
 from tradelib.pipeline import NotebookFailed, execute_notebooks
@@ -183,8 +184,11 @@ def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list
     run_names = [run_name(c) for c in combos]
     configs = []
     for run, values in zip(run_names, combos):
+        given = {**shared, **values, "run_id": f"{sweep_id}/{run}"}
+        if "data_path" in given:  # relative to where the sweep runs, not to notebooks/ where the kernels run
+            given["data_path"] = resolve_data_path(str(given["data_path"]), check=True)
         try:
-            configs.append(Config.from_dict({**shared, **values, "run_id": f"{sweep_id}/{run}"}, source="sweep"))
+            configs.append(Config.from_dict(given, source="sweep"))
         except ConfigError as exc:
             raise ConfigError(f"sweep run {run}: {exc}") from None
     for device in {c.device for c in configs}:
@@ -218,6 +222,8 @@ def run_one(plan: Plan, i: int, progress: bool) -> str:
     declared = set(declared_parameters(NOTEBOOK))
     params = {k: v for k, v in {**plan.shared, **plan.values[i]}.items() if k in declared}
     params.update(run_id=cfg.run_id, resume=resume)
+    if "data_path" in params:
+        params["data_path"] = cfg.data_path  # as make_plan resolved it
     print(f"{head}: {'resuming' if resume else 'running'} {NOTEBOOK}", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
     try:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from tradelib.data.features import FEATURE_NAMES, FeatureSet, feature_params
-from tradelib.data.load import DataError, data_files
+from tradelib.data.load import DataError, data_files, is_synthetic
 from tradelib.paths import Busy, FileLock, left_by_dead_writer, outputs_dir
 
 CODE_MODULES = ("tradelib.data.load", "tradelib.data.clean", "tradelib.data.detect", "tradelib.data.quality",
@@ -52,10 +52,6 @@ def code_fingerprint() -> str:
     for name in CODE_MODULES:
         h.update(inspect.getsource(importlib.import_module(name)).encode())
     return h.hexdigest()[:16]
-
-
-def is_synthetic(data_path: str) -> bool:
-    return str(data_path).strip().lower() in {"", "synthetic"}
 
 
 def synth_params(cfg) -> dict:

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tradelib.paths import repo_root
+
 PRICE_COLS = ("open", "high", "low", "close")
 NUM_COLS = PRICE_COLS + ("volume",)
 COLUMNS = ("timestamp", "symbol") + NUM_COLS
@@ -53,6 +55,26 @@ class DataError(ValueError):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+def is_synthetic(data_path: str) -> bool:
+    return str(data_path).strip().lower() in {"", "synthetic"}
+
+
+def resolve_data_path(data_path: str, check: bool = False) -> str:
+    """A relative data path as the researcher meant it, made absolute: against the working directory where it
+    exists there, else against the checkout's root (the README's paths are written from it; a notebook's kernel
+    runs in notebooks/), else against the working directory. 'synthetic' and absolute paths are kept. `check`:
+    one that exists nowhere is a DataError now, before any notebook starts."""
+    if is_synthetic(data_path):
+        return data_path
+    path = Path(data_path).expanduser()
+    if not path.is_absolute():
+        here, root = Path.cwd() / path, repo_root() / path
+        path = root if not here.exists() and root.exists() else here
+    if check and not path.exists():
+        raise DataError(f"{data_path}: path does not exist (data_path, looked for at {path})")
+    return str(path)
 
 
 # ----------------------------------------------------------------------------------------------------------
