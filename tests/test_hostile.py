@@ -406,6 +406,22 @@ def test_an_unknown_parameter_is_refused_with_a_suggestion(capsys, command):
     assert code == 2 and "batchsize" in line
 
 
+@pytest.mark.parametrize("command", ["train", "pipeline", "sweep"])
+def test_a_bad_parameter_is_blamed_on_where_it_was_given(tmp_path, capsys, command):
+    """A typo or a bad value given with -p is said to come from -p, not from the -f file beside it; one from a
+    file names that file."""
+    extra = ["-p", "batch_size", "64,128"] if command == "sweep" else []
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("window: 16\nlayers: two\n")
+    code, out, err = cli(capsys, command, "-f", "params/tiny.yaml", "-p", "epochs", "x", *extra)
+    assert code == 2 and "-p: parameter 'epochs' expects int, got 'x'" in one_error(err)
+    code, out, err = cli(capsys, command, "-f", "params/tiny.yaml", "-p", "epoch", "3", *extra)
+    assert code == 2 and re.search(r"-p: unknown parameter 'epoch'|parameter\(s\) epoch \(-p\)|'epoch' \(-p\)",
+                                   one_error(err)), err
+    code, out, err = cli(capsys, command, "-f", "params/tiny.yaml", "-f", mine, "-p", "epochs", "2", *extra)
+    assert code == 2 and f"{mine}: parameter 'layers' expects int, got 'two'" in one_error(err)
+
+
 @pytest.mark.slow
 def test_papermill_refuses_what_the_notebook_does_not_declare(tmp_path, outputs):
     """papermill itself only warns about `-p batchsize 64` and would train with the default batch: the

@@ -267,14 +267,16 @@ class Config:
         cost_grid(self.cost_grid_bps)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "parameters") -> Config:
-        """Build from a mapping, coercing types and refusing unknown names with a suggestion."""
+    def from_dict(cls, values: dict[str, Any], source: str | dict[str, str] = "parameters") -> Config:
+        """Build from a mapping, coercing types and refusing unknown names with a suggestion. `source` names
+        where the values came from, in errors: one place, or each name's (`read_params`' `origins`)."""
         known = {f.name: f for f in fields(cls)}
         kwargs = {}
         for name, value in values.items():
+            where = source.get(name, "parameters") if isinstance(source, dict) else source
             if name not in known:
-                raise ConfigError(f"{source}: {unknown_message(name, known)}")
-            kwargs[name] = _coerce(name, value, known[name].type, source)
+                raise ConfigError(f"{where}: {unknown_message(name, known)}")
+            kwargs[name] = _coerce(name, value, known[name].type, where)
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -401,8 +403,11 @@ def parse_value(text: str) -> Any:
     return {"True": True, "False": False, "None": None, "true": True, "false": False}.get(text, text)
 
 
-def read_params(files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None) -> dict:
-    """Merge YAML parameter files then NAME VALUE overrides into one dict (not yet validated)."""
+def read_params(files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None,
+                origins: dict[str, str] | None = None) -> dict:
+    """Merge YAML parameter files then NAME VALUE overrides into one dict (not yet validated). `origins`, when
+    given, is filled with where each value came from (its file, or "-p"), for the errors to name."""
+    origins = {} if origins is None else origins
     merged: dict[str, Any] = {}
     for f in files or []:
         try:
@@ -416,8 +421,10 @@ def read_params(files: list[str] | None = None, overrides: list[tuple[str, str]]
         if not isinstance(data, dict):
             raise ConfigError(f"{f}: a parameter file must hold a mapping of NAME: VALUE")
         merged.update(data)
+        origins.update(dict.fromkeys(data, str(f)))
     for name, value in overrides or []:
         merged[name] = parse_value(value) if isinstance(value, str) else value
+        origins[name] = "-p"
     return merged
 
 
@@ -477,7 +484,8 @@ def parameters_help(groups: tuple[str, ...], width: int = 100, exclude: tuple[st
 
 
 def load_config(files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None) -> Config:
-    return Config.from_dict(read_params(files, overrides), source=", ".join(files or []) or "parameters")
+    origins: dict[str, str] = {}
+    return Config.from_dict(read_params(files, overrides, origins), source=origins)
 
 
 # -- notebooks ----------------------------------------------------------------------------------------------

@@ -29,9 +29,10 @@ class NotebookFailed(RuntimeError):
     """A notebook raised: the pipeline stops there, naming the cell and the saved notebook."""
 
 
-def split_params(params: dict, names: tuple[str, ...], files: list[str] | None) -> tuple[dict[str, dict], Config]:
+def split_params(params: dict, names: tuple[str, ...], origins: dict[str, str]) -> tuple[dict[str, dict], Config]:
     """Each notebook of `names` gets the parameters its `parameters` cell declares (papermill's own reading); a
-    name none declares is an error, and so is a value the Config refuses. Returns them and the Config."""
+    name none declares is an error, and so is a value the Config refuses (named with its `origins`, the file or
+    -p it came from). Returns them and the Config."""
     import papermill as pm
 
     notebooks = {name: pm.inspect_notebook(str(notebooks_dir() / f"{name}.ipynb")) for name in names}
@@ -41,10 +42,11 @@ def split_params(params: dict, names: tuple[str, ...], files: list[str] | None) 
         hints = {name: hint[0] for name in unknown if (hint := difflib.get_close_matches(name, sorted(declared), n=1))}
         said = (repr(next(iter(hints.values()))) if len(hints) == 1 and len(unknown) == 1
                 else ", ".join(f"{k!r} -> {v!r}" for k, v in hints.items()))
-        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}: no notebook declares them"
+        named = ", ".join(f"{n} ({origins.get(n, 'parameters')})" for n in unknown)
+        raise ValueError(f"unknown parameter(s) {named}: no notebook declares them"
                          + (f" (did you mean {said}?)" if hints else "")
                          + f" (see `tradelib {'pipeline' if len(notebooks) > 1 else 'report'} --help`)")
-    cfg = Config.from_dict(params, source=", ".join(files or []) or "parameters")
+    cfg = Config.from_dict(params, source=origins)
     return {name: {k: v for k, v in params.items() if k in decl} for name, decl in notebooks.items()}, cfg
 
 
@@ -117,12 +119,13 @@ def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]
     path exists; a relative one is made absolute, `resolve_data_path`), so a bad
     one ends with one line, not a failed notebook; one that only a skipped notebook takes is accepted. The run
     folder is locked for the pipeline's life; its notebooks' kernels inherit the lock."""
-    params = read_params(files, overrides)
+    origins: dict[str, str] = {}
+    params = read_params(files, overrides, origins)
     if "data_path" in params:  # relative to where the command runs, not to notebooks/ where the kernels run
         params["data_path"] = resolve_data_path(str(params["data_path"]), check=True)
     run_id = str(params.get("run_id") or new_run_id())
     params["run_id"] = run_id
-    per_nb, cfg = split_params(params, NOTEBOOKS, files)
+    per_nb, cfg = split_params(params, NOTEBOOKS, origins)
     src = {name: notebooks_dir() / f"{name}.ipynb" for name in notebooks}
     pick_device(cfg.device, verbose=False)  # CUDA asked for but absent: say so now
     out = run_dir(run_id)
@@ -135,9 +138,10 @@ def run_report(run: str = "", files: list[str] | None = None, overrides: list[tu
     """`tradelib report`: 04_report for one finished run (an id or a folder; the latest when empty), executed
     with papermill into the run's folder and rendered to report.html beside report.json. The report's parameters
     (-f / -p, e.g. compare_with, cost_bps) are checked first, and the folder is held while it is written."""
-    params = read_params(files, overrides)
+    origins: dict[str, str] = {}
+    params = read_params(files, overrides, origins)
     src = {"04_report": notebooks_dir() / "04_report.ipynb"}
-    per_nb, _ = split_params(params, ("04_report",), files)
+    per_nb, _ = split_params(params, ("04_report",), origins)
     named = run or params.get("run_id") or None
     folder = resolve_run(named)
     if not named:  # the latest finished run; say so where a newer one is still going, or was stopped

@@ -108,14 +108,16 @@ def split_values(name: str, text) -> list:
     return [parse_value(p) for p in parts]
 
 
-def _check_name(name: str, allowed: set[str]) -> None:
+def _check_name(name: str, allowed: set[str], where: str) -> None:
+    """A name the sweep may set; `where` it was given (a file, -p or -z) is said with a refusal."""
     if name not in FIELDS:
-        raise ConfigError(f"sweep: {unknown_message(name, FIELDS)}")
+        raise ConfigError(f"sweep: {where}: {unknown_message(name, FIELDS)}")
     if name in MANAGED:
-        raise ConfigError(f"sweep: parameter {name!r} is set by the sweep for each run (name the sweep with --name)")
+        raise ConfigError(f"sweep: {where}: parameter {name!r} is set by the sweep for each run (name the sweep with "
+                          f"--name)")
     if name not in allowed and FIELDS[name].metadata["group"] != "report":
-        raise ConfigError(f"sweep: parameter {name!r} does not shape a training run ({NOTEBOOK} does not declare "
-                          f"it; `tradelib sweep --help` lists those that do)")
+        raise ConfigError(f"sweep: {where}: parameter {name!r} does not shape a training run ({NOTEBOOK} does not "
+                          f"declare it; `tradelib sweep --help` lists those that do)")
 
 
 def _slug(value) -> str:
@@ -144,7 +146,7 @@ def grid_axes(grid: list[tuple[str, str]], linked: list[tuple[str, str]], shared
         if name in seen:
             raise ConfigError(f"sweep: parameter {name!r} is given twice")
         seen.add(name)
-        _check_name(name, allowed)
+        _check_name(name, allowed, "-z" if linked_ else "-p")
         vals = split_values(name, text)
         if FIELDS[name].metadata["group"] == "report" and (len(vals) > 1 or linked_):
             raise ConfigError(f"sweep: {name!r} is a report parameter: every run is evaluated with one value of it "
@@ -171,10 +173,12 @@ def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list
               sweep_id: str = "") -> Plan:
     """Read and check the whole sweep: every name, and the Config of every combination, before anything runs."""
     allowed = set(declared_parameters(NOTEBOOK))
-    shared = read_params(files)
+    origins: dict[str, str] = {}
+    shared = read_params(files, origins=origins)
     for name in shared:
-        _check_name(name, allowed)
+        _check_name(name, allowed, origins[name])
     axes = grid_axes(grid, linked or [], shared, allowed)
+    origins.update({**{n: "-p" for n, _ in grid}, **{n: "-z" for n, _ in linked or []}})
     axis_names = [n for names, _ in axes for n in names]
     for name in axis_names:  # a file's value of a swept parameter is replaced in every run
         shared.pop(name, None)
@@ -188,7 +192,7 @@ def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list
         if "data_path" in given:  # relative to where the sweep runs, not to notebooks/ where the kernels run
             given["data_path"] = resolve_data_path(str(given["data_path"]), check=True)
         try:
-            configs.append(Config.from_dict(given, source="sweep"))
+            configs.append(Config.from_dict(given, source=origins))
         except ConfigError as exc:
             raise ConfigError(f"sweep run {run}: {exc}") from None
     for device in {c.device for c in configs}:
