@@ -56,6 +56,18 @@ def test_a_sweep_varies_how_the_data_reaches_the_device(outputs):
     assert plan.names[3] == "loader=stream,device_memory_budget=2000000.0"
 
 
+def test_a_profile_files_settings_of_other_notebooks_are_left_out_with_a_note(outputs, tmp_path, capsys):
+    """params/quick.yaml sets 02's profile_seconds and loaders beside its training: a sweep over it trains with
+    the rest and says what it left out; the same names given with -p are still refused."""
+    plan = make_plan([str(ROOT / "params" / "quick.yaml")], [("batch_size", "64,128")], [])
+    assert [c.batch_size for c in plan.configs] == [64, 128] and all(c.hidden == 32 for c in plan.configs)
+    assert "profile_seconds" not in plan.shared and "loaders" not in plan.shared
+    note = capsys.readouterr().out
+    assert "left out, as they do not shape a training run: profile_seconds" in note and "quick.yaml" in note
+    with pytest.raises(ConfigError, match="-p: parameter 'profile_seconds' does not shape a training run"):
+        make_plan([str(ROOT / "params" / "quick.yaml")], [("batch_size", "64,128"), ("profile_seconds", "5")], [])
+
+
 @pytest.mark.parametrize("grid, linked, problem", [
     ([("batch_size", "64,0")], [], "sweep run batch_size=0: parameter 'batch_size' is 0; it must be >= 1"),
     ([("batchsize", "64,128")], [], "did you mean 'batch_size'"),

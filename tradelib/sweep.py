@@ -171,10 +171,18 @@ def grid_axes(grid: list[tuple[str, str]], linked: list[tuple[str, str]], shared
 
 def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list[tuple[str, str]] | None = None,
               sweep_id: str = "") -> Plan:
-    """Read and check the whole sweep: every name, and the Config of every combination, before anything runs."""
+    """Read and check the whole sweep: every name, and the Config of every combination, before anything runs.
+    A parameter file's settings of the other notebooks (a profile such as params/quick.yaml sets 02's
+    `profile_seconds`) are left out with a note; given with -p or -z they are refused."""
     allowed = set(declared_parameters(NOTEBOOK))
     origins: dict[str, str] = {}
     shared = read_params(files, origins=origins)
+    other = [n for n in shared if n in FIELDS and n not in MANAGED and n not in allowed
+             and FIELDS[n].metadata["group"] != "report"]
+    if other:
+        named = ", ".join(f"{n} ({origins[n]})" for n in other)
+        print(f"sweep: left out, as they do not shape a training run: {named}", flush=True)
+    shared = {k: v for k, v in shared.items() if k not in other}
     for name in shared:
         _check_name(name, allowed, origins[name])
     axes = grid_axes(grid, linked or [], shared, allowed)
