@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="render 04_report for a run into its folder: report.html and report.json")
     p.add_argument("run", nargs="?", default="", metavar="RUN",
-                   help="run id or folder (default: the latest run under outputs/)")
+                   help="run id or folder (default: the latest finished run under outputs/)")
     p.add_argument("--compare-with", default="", metavar="RUN", help="another run id or folder to set beside it")
     add_param_args(p, ("report",))
     p.set_defaults(func=cmd_report)

@@ -409,7 +409,7 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
             "other text parameters (loaders, batch_sizes, cost_grid_bps, data_path, ...) keep their commas and split "
             "on `;` only; `;` works for every parameter. The sweep sets run_id and resume of each run itself.",
             "e.g. the seed's before/after table: tradelib sweep -f params/full.yaml -z batch_size 128,512,1024 "
-            "-z grad_accum_steps 1,2,1 -p loader dataloader,device -p max_steps 200"]
+            "-z grad_accum_steps 1,2,1 -p loader dataloader,device -p max_steps 300"]
     p.epilog = ("\n".join(textwrap.fill(t, 100) for t in said) + "\n\n"
                 + parameters_help(("data", "features", "model", "training", "system", "report"), exclude=MANAGED))
     p.formatter_class = argparse.RawDescriptionHelpFormatter
