@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from tradelib.cli import main
 from tradelib.config import Config
 from tradelib.data import cache, dataset
-from tradelib.data.load import DataError, load_ohlcv, resolve_data_path
-from tradelib.paths import FileLock, repo_root
+from tradelib.data.load import DataError, existing_data_path, load_ohlcv
+from tradelib.paths import FileLock, repo_root, resolve_data_path
 from tradelib.report.inputs import load_featureset
 from tradelib.sweep import make_plan
 
@@ -372,7 +372,7 @@ def test_a_relative_data_path_is_read_from_where_it_was_typed_then_from_the_chec
     assert resolve_data_path("nowhere.csv") == str(tmp_path / "nowhere.csv")
     with pytest.raises(DataError, match=re.escape(f"nowhere.csv: path does not exist (data_path, looked for at "
                                                   f"{tmp_path / 'nowhere.csv'})")):
-        resolve_data_path("nowhere.csv", check=True)
+        existing_data_path("nowhere.csv")
     monkeypatch.chdir(ROOT)
     plan = make_plan(None, [("data_path", f"tests/data/real;{real}"), ("window", "16")], [], "rel")
     assert [c.data_path for c in plan.configs] == [str(real)] * 2 and plan.names[0] == "data_path=tests_data_real"

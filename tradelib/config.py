@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from tradelib.data.load import resolve_data_path
+from tradelib.paths import resolve_data_path
 
 # which groups of fields each numbered notebook declares in its parameters cell (plus single names)
 NOTEBOOK_PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

@@ -31,6 +31,23 @@ def notebooks_dir() -> Path:
     return repo_root() / "notebooks"
 
 
+def is_synthetic(data_path: str) -> bool:
+    return str(data_path).strip().lower() in {"", "synthetic"}
+
+
+def resolve_data_path(data_path: str) -> str:
+    """A relative data path as the researcher meant it, made absolute: against the working directory where it
+    exists there, else against the checkout's root (the README's paths are written from it; a notebook's kernel
+    runs in notebooks/), else against the working directory. 'synthetic' and absolute paths are kept."""
+    if is_synthetic(data_path):
+        return data_path
+    path = Path(data_path).expanduser()
+    if not path.is_absolute():
+        here, root = Path.cwd() / path, repo_root() / path
+        path = root if not here.exists() and root.exists() else here
+    return str(path)
+
+
 def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a process that must run this very tradelib (torchrun's workers, the notebooks'
     kernels): PYTHONPATH led by the folder holding this package. A second checkout (a git worktree) sharing one

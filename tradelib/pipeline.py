@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from tradelib.config import Config, read_params
-from tradelib.data.load import resolve_data_path
+from tradelib.data.load import existing_data_path
 from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, child_environment, notebooks_dir
 from tradelib.progress import PROGRESS_FILE, Follower
@@ -116,13 +116,13 @@ def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]
     the report; returns the paths.
 
     Every parameter is checked before the first notebook starts (its name, its value, the device, that the data
-    path exists; a relative one is made absolute, `resolve_data_path`), so a bad
+    path exists; a relative one is made absolute, `paths.resolve_data_path`), so a bad
     one ends with one line, not a failed notebook; one that only a skipped notebook takes is accepted. The run
     folder is locked for the pipeline's life; its notebooks' kernels inherit the lock."""
     origins: dict[str, str] = {}
     params = read_params(files, overrides, origins)
     if "data_path" in params:  # relative to where the command runs, not to notebooks/ where the kernels run
-        params["data_path"] = resolve_data_path(str(params["data_path"]), check=True)
+        params["data_path"] = existing_data_path(str(params["data_path"]))
     run_id = str(params.get("run_id") or new_run_id())
     params["run_id"] = run_id
     per_nb, cfg = split_params(params, NOTEBOOKS, origins)

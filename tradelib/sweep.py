@@ -57,7 +57,7 @@ from tradelib.config import (
     read_params,
     unknown_message,
 )
-from tradelib.data.load import resolve_data_path
+from tradelib.data.load import existing_data_path
 from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, notebooks_dir, outputs_dir
 from tradelib.pipeline import NotebookFailed, execute_notebooks
@@ -198,7 +198,7 @@ def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list
     for run, values in zip(run_names, combos):
         given = {**shared, **values, "run_id": f"{sweep_id}/{run}"}
         if "data_path" in given:  # relative to where the sweep runs, not to notebooks/ where the kernels run
-            given["data_path"] = resolve_data_path(str(given["data_path"]), check=True)
+            given["data_path"] = existing_data_path(str(given["data_path"]))
         try:
             configs.append(Config.from_dict(given, source=origins))
         except ConfigError as exc:

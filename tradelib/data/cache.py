@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from tradelib.data.features import FEATURE_NAMES, FeatureSet, feature_params
-from tradelib.data.load import DataError, data_files, is_synthetic
-from tradelib.paths import Busy, FileLock, left_by_dead_writer, outputs_dir
+from tradelib.data.load import DataError, data_files
+from tradelib.paths import Busy, FileLock, is_synthetic, left_by_dead_writer, outputs_dir
 
 CODE_MODULES = ("tradelib.data.load", "tradelib.data.clean", "tradelib.data.detect", "tradelib.data.quality",
                 "tradelib.data.features", "tradelib.data.segments", "tradelib.data.sessions", "tradelib.data.synth",

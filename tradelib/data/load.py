@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tradelib.paths import repo_root
+from tradelib.paths import is_synthetic, resolve_data_path
 
 PRICE_COLS = ("open", "high", "low", "close")
 NUM_COLS = PRICE_COLS + ("volume",)
@@ -57,24 +57,12 @@ class DataError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
-def is_synthetic(data_path: str) -> bool:
-    return str(data_path).strip().lower() in {"", "synthetic"}
-
-
-def resolve_data_path(data_path: str, check: bool = False) -> str:
-    """A relative data path as the researcher meant it, made absolute: against the working directory where it
-    exists there, else against the checkout's root (the README's paths are written from it; a notebook's kernel
-    runs in notebooks/), else against the working directory. 'synthetic' and absolute paths are kept. `check`:
-    one that exists nowhere is a DataError now, before any notebook starts."""
-    if is_synthetic(data_path):
-        return data_path
-    path = Path(data_path).expanduser()
-    if not path.is_absolute():
-        here, root = Path.cwd() / path, repo_root() / path
-        path = root if not here.exists() and root.exists() else here
-    if check and not path.exists():
-        raise DataError(f"{data_path}: path does not exist (data_path, looked for at {path})")
-    return str(path)
+def existing_data_path(data_path: str) -> str:
+    """`resolve_data_path`, and a DataError now where the data is nowhere: said before any notebook starts."""
+    resolved = resolve_data_path(data_path)
+    if not is_synthetic(resolved) and not Path(resolved).exists():
+        raise DataError(f"{data_path}: path does not exist (data_path, looked for at {resolved})")
+    return resolved
 
 
 # ----------------------------------------------------------------------------------------------------------
