@@ -363,7 +363,7 @@ def test_a_relative_data_path_is_read_from_where_it_was_typed_then_from_the_chec
     real = ROOT / "tests" / "data" / "real"
     monkeypatch.chdir(ROOT / "notebooks")
     assert resolve_data_path("tests/data/real") == str(real)  # not in notebooks/: the checkout's root
-    assert resolve_data_path("../tests/data/real") == str(ROOT / "notebooks" / ".." / "tests" / "data" / "real")
+    assert resolve_data_path("../tests/data/real") == str(real)  # one spelling of it
     mine = tmp_path / "tests" / "data" / "real"
     mine.mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
@@ -371,7 +371,7 @@ def test_a_relative_data_path_is_read_from_where_it_was_typed_then_from_the_chec
     assert resolve_data_path(str(real)) == str(real) and resolve_data_path(" Synthetic") == " Synthetic"
     assert resolve_data_path("nowhere.csv") == str(tmp_path / "nowhere.csv")
     with pytest.raises(DataError, match=re.escape(f"nowhere.csv: path does not exist (data_path, looked for at "
-                                                  f"{tmp_path / 'nowhere.csv'})")):
+                                                  f"{tmp_path / 'nowhere.csv'} and at {ROOT / 'nowhere.csv'})")):
         existing_data_path("nowhere.csv")
     monkeypatch.chdir(ROOT)
     plan = make_plan(None, [("data_path", f"tests/data/real;{real}"), ("window", "16")], [], "rel")
@@ -768,3 +768,26 @@ def test_prepare_killed_at_any_moment_leaves_a_valid_cache(outputs, moment):
     folder = Path(fs.meta["cache_dir"])
     cache.load(folder)
     assert [p.name for p in folder.parent.iterdir() if p.is_dir()] == [folder.name]
+
+
+def test_a_run_resumes_with_its_data_moved_or_spelled_otherwise(outputs, capsys, tmp_path, monkeypatch):
+    """The data path is kept absolute, and may change on resume: the cache key (the files' bytes) is what must
+    not. A run started on a relative path resumes from the data moved elsewhere; other bytes are refused."""
+    import shutil
+
+    first = tmp_path / "a" / "real"
+    shutil.copytree(ROOT / "tests" / "data" / "real", first)
+    monkeypatch.chdir(tmp_path / "a")
+    ckpts = tiny_run(outputs, capsys, "moved", "-p", "data_path", "real", "-p", "max_steps", "2")
+    assert json.loads((outputs / "moved" / "summary.json").read_text())["config"]["data_path"] == str(first)
+    moved = tmp_path / "b" / "daily"
+    first.parent.rename(tmp_path / "b")
+    (tmp_path / "b" / "real").rename(moved)
+    code, out, err = cli(capsys, "train", *TINY_TRAIN, "-p", "run_id", "moved", "-p", "checkpoint_every", "2",
+                         "-p", "max_steps", "4", "-p", "resume", "True", "-p", "data_path", moved)
+    assert code == 0, err
+    assert "from step-2.pt at step 2" in out and (ckpts / "step-4.pt").exists()
+    sorted(moved.glob("*.csv*"))[0].unlink()  # other data: one symbol fewer
+    code, out, err = cli(capsys, "train", *TINY_TRAIN, "-p", "run_id", "moved", "-p", "max_steps", "6", "-p",
+                         "resume", "True", "-p", "data_path", moved)
+    assert code == 2 and "resume refused" in one_error(err) and "feature cache" in one_error(err)

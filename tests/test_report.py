@@ -475,11 +475,16 @@ def test_report_memory_runs_each_side_with_its_own_code():
 
 @pytest.mark.parametrize("n_sym, freq, family", [(4, "5min", "cross_sectional"), (2, "5min", "daily"),
                                                  (2, "B", "pooled")])
-def test_the_model_row_reuses_the_reports_own_ics_and_book_bit_for_bit(tmp_path, n_sym, freq, family):
-    """load_inputs hands its model ICs and backtest to evaluate_all: the predictor table equals the one made
-    from scratch exactly, whichever family leads (its HAC lags) and whatever the other families' lags."""
+def test_the_model_row_reuses_the_reports_own_ics_and_book_bit_for_bit(tmp_path, monkeypatch, n_sym, freq, family):
+    """load_inputs hands its model ICs and backtest to evaluate_all (one backtest for the model, one per
+    baseline): the predictor table equals the one made from scratch exactly, whichever family leads (its HAC
+    lags) and whatever the other families' lags."""
     run, _ = make_run(tmp_path / "run", n_sym=n_sym, freq=freq, n_bars=400)
+    books = []
+    monkeypatch.setattr(bk, "backtest", lambda *a, _real=bk.backtest, **k: books.append(a[1]) or _real(*a, **k))
     inputs = ri.load_inputs(run, DEFAULTS)
+    assert books == ["prediction"] + ["_p"] * (len(inputs.predictors) - 1)
+    monkeypatch.undo()
     df, fam = inputs.predictions, inputs.family
     assert fam == family
     again = bk.evaluate_all(df, ev.baseline_predictions(df), fam, inputs.ic[fam]["lags"], target_col=ri.TRADED,

@@ -11,7 +11,7 @@ import pytest
 from tradelib import runs
 from tradelib.config import ConfigError
 from tradelib.paths import repo_root
-from tradelib.sweep import make_plan, run_sweep, split_values
+from tradelib.sweep import make_plan, markdown_table, read_sweep, run_sweep, split_values
 
 ROOT = repo_root()
 TINY = str(ROOT / "params" / "tiny.yaml")
@@ -66,6 +66,20 @@ def test_a_profile_files_settings_of_other_notebooks_are_left_out_with_a_note(ou
     assert "left out, as they do not shape a training run: profile_seconds" in note and "quick.yaml" in note
     with pytest.raises(ConfigError, match="-p: parameter 'profile_seconds' does not shape a training run"):
         make_plan([str(ROOT / "params" / "quick.yaml")], [("batch_size", "64,128"), ("profile_seconds", "5")], [])
+
+
+def test_a_sweep_table_from_before_the_sharpe_intervals_still_reads(tmp_path):
+    """04 shows the sweep a run belongs to: a sweep.csv written without the interval columns reads with NaN for
+    them, and its net Sharpe shows bare; an unknown interval (a book that never traded) is not shown as one."""
+    old = pd.DataFrame({"batch_size": [64, 128], "run": ["batch_size=64", "batch_size=128"], "status": ["ran"] * 2,
+                        "busy": ["no"] * 2, "samples_per_s": [1e4, 2e4], "net_sharpe": [1.5, 0.0]})
+    old.to_csv(tmp_path / "sweep.csv", index=False)
+    table, _ = read_sweep(tmp_path)
+    assert table["net_sharpe_ci_low"].isna().all()
+    text = markdown_table(table)
+    assert "| 1.50 |" in text and "| 0.00 |" in text and "(" not in text.split("\n", 2)[2]
+    table.loc[0, ["net_sharpe_ci_low", "net_sharpe_ci_high"]] = [-0.5, 3.5]
+    assert "| 1.50 (-0.50 to 3.50) |" in markdown_table(table) and "| 0.00 |" in markdown_table(table)
 
 
 @pytest.mark.parametrize("grid, linked, problem", [

@@ -50,7 +50,8 @@ def knob(default: Any, help: str, group: str, *, resume: bool = False, choices: 
 @dataclass
 class Config:
     # data: where the bars come from and how they are cleaned
-    data_path: str = knob("synthetic", "synthetic (the embedded market) or a CSV/Parquet file or folder", "data")
+    data_path: str = knob("synthetic", "synthetic (the embedded market) or a CSV/Parquet file or folder (relative: to "
+                          "the working directory, else the checkout's root)", "data", resume=True)
     synth_symbols: int = knob(8, "synthetic market: number of symbols", "data", lo=1)
     synth_bars: int = knob(30_000, "synthetic market: 5-minute bars per symbol (30,000: about 104 days)", "data",
                            lo=2)
@@ -260,6 +261,9 @@ class Config:
     def __post_init__(self) -> None:
         for f in fields(self):
             check_value(f, getattr(self, f.name))
+        # one spelling wherever the Config is made (a notebook's kernel runs in notebooks/); a resume checks the
+        # data's bytes by the cache key, not this path
+        self.data_path = resolve_data_path(self.data_path)
         if self.train_frac + self.val_frac >= 1:
             raise ConfigError(f"train_frac + val_frac must be below 1 (the test split is the rest), got "
                               f"{self.train_frac} + {self.val_frac}")
@@ -526,17 +530,14 @@ def injected_parameters(ns: dict[str, Any]) -> list[str]:
 def notebook_config(ns: dict[str, Any], notebook: str) -> Config:
     """The first code cell of a numbered notebook: refuse a parameter it does not declare (papermill only warns
     about one and runs on with the default), as the CLI does, then build and check the Config from the notebook's
-    globals() `ns` (its names that are Config's), a relative data path made absolute."""
+    globals() `ns` (its names that are Config's)."""
     declared = declared_parameters(notebook)
     for name in injected_parameters(ns):
         if name not in declared:
             raise ConfigError(f"{notebook}: {unknown_message(name, declared)}; this notebook's parameters: "
                               f"papermill --help-notebook notebooks/{notebook}.ipynb")
     names = {f.name for f in fields(Config)}
-    values = {k: v for k, v in ns.items() if k in names}
-    if isinstance(values.get("data_path"), str):  # the kernel runs in notebooks/: see resolve_data_path
-        values["data_path"] = resolve_data_path(values["data_path"])
-    return Config.from_dict(values, source=f"{notebook} parameters")
+    return Config.from_dict({k: v for k, v in ns.items() if k in names}, source=f"{notebook} parameters")
 
 
 def resume_may_change() -> frozenset[str]:

@@ -35,17 +35,22 @@ def is_synthetic(data_path: str) -> bool:
     return str(data_path).strip().lower() in {"", "synthetic"}
 
 
+def data_places(data_path: str) -> list[str]:
+    """Where a data path may be, in order: itself if absolute, else from the working directory, then from the
+    checkout's root (the README's paths are written from it; a notebook's kernel runs in notebooks/)."""
+    path = Path(data_path).expanduser()
+    if path.is_absolute():
+        return [os.path.normpath(path)]
+    return list(dict.fromkeys(os.path.normpath(base / path) for base in (Path.cwd(), repo_root())))
+
+
 def resolve_data_path(data_path: str) -> str:
-    """A relative data path as the researcher meant it, made absolute: against the working directory where it
-    exists there, else against the checkout's root (the README's paths are written from it; a notebook's kernel
-    runs in notebooks/), else against the working directory. 'synthetic' and absolute paths are kept."""
+    """A data path as the researcher meant it, absolute: the first of `data_places` that exists, else the first.
+    'synthetic' is kept."""
     if is_synthetic(data_path):
         return data_path
-    path = Path(data_path).expanduser()
-    if not path.is_absolute():
-        here, root = Path.cwd() / path, repo_root() / path
-        path = root if not here.exists() and root.exists() else here
-    return str(path)
+    places = data_places(data_path)
+    return next((p for p in places if Path(p).exists()), places[0])
 
 
 def child_env(env: dict[str, str] | None = None) -> dict[str, str]:

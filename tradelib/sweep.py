@@ -13,7 +13,10 @@ How VALUES is split: `,` separates the values of a number, a true/false, or a pa
 hold them (`loaders`, `batch_sizes`, `cost_grid_bps`, `bench_models`, a `data_path`): only `;` separates its
 values (`-p data_path 'a.csv;b.csv'`). `;` works for every parameter; a value with `;` splits on `;` only.
 
-Every combination is checked (names, values, the device) before the first run starts. The runs go into one
+Every combination is checked (names, values, the device, that the data path exists; a relative one is read
+from where the sweep runs) before the first run starts. A `-f` file's settings of the other notebooks (a
+profile such as params/quick.yaml sets 02's `profile_seconds`) are left out with a note; with -p they are
+refused. The runs go into one
 sweep folder; each is a normal run folder, so every tool that reads a run reads it (04_report with run_id
 `<sweep_id>/<run>`):
 
@@ -21,6 +24,7 @@ sweep folder; each is a normal run folder, so every tool that reads a run reads 
       <run>/               e.g. batch_size=512,model=tcn: 03_train.ipynb as executed, and the run's own files
       sweep.json           the sweep's definition: shared parameters, axes, runs
       sweep.csv            one row per run: its values, status, throughput, memory, the named ICs, net Sharpe
+                           and its 95% interval
       sweep.md, sweep.html, sweep.png    the same table for reading, and its figure
 
 The sweep id is named by `--name`, else made from the parameters (the same command gives the same id).
@@ -332,7 +336,7 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
         else:
             out[c] = col.map(lambda v, f=fmt: "-" if pd.isna(v) else f.format(v))
     ci = [tables.span(lo, hi) for lo, hi in zip(table["net_sharpe_ci_low"], table["net_sharpe_ci_high"])]
-    out["net_sharpe"] = [s if s == "-" else f"{s} ({c})" for s, c in zip(out["net_sharpe"], ci)]
+    out["net_sharpe"] = [s if c == tables.NA else f"{s} ({c})" for s, c in zip(out["net_sharpe"], ci)]
     return out.rename(columns=HEADERS)
 
 
@@ -390,13 +394,15 @@ def read_sweep(folder: Path) -> tuple[pd.DataFrame, Path] | None:
     folder = Path(folder)
     if not (folder / "sweep.csv").exists():
         return None
-    return pd.read_csv(folder / "sweep.csv"), folder / "sweep.png"
+    table = pd.read_csv(folder / "sweep.csv")  # a sweep written before a figure was added has NaN for it
+    return table.reindex(columns=[*table.columns, *(c for c in NUMBERS if c not in table)]), folder / "sweep.png"
 
 
 # -- the command --------------------------------------------------------------------------------------------
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--parameters-file", dest="files", action="append", default=[], metavar="FILE",
-                   help="YAML parameter file shared by every run (repeatable; later files win)")
+                   help="YAML parameter file shared by every run (repeatable; later files win); its settings of "
+                        "other notebooks (02's profile_seconds, ...) are left out with a note")
     p.add_argument("-p", "--parameter", dest="params", action="append", nargs=2, default=[],
                    metavar=("NAME", "VALUES"), help="an axis of the grid: VALUES separated by , (numbers, true/false, "
                    "choices) or ; (any parameter); one value: the same in every run")

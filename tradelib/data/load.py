@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tradelib.paths import is_synthetic, resolve_data_path
+from tradelib.paths import data_places, is_synthetic, resolve_data_path
 
 PRICE_COLS = ("open", "high", "low", "close")
 NUM_COLS = PRICE_COLS + ("volume",)
@@ -61,7 +61,8 @@ def existing_data_path(data_path: str) -> str:
     """`resolve_data_path`, and a DataError now where the data is nowhere: said before any notebook starts."""
     resolved = resolve_data_path(data_path)
     if not is_synthetic(resolved) and not Path(resolved).exists():
-        raise DataError(f"{data_path}: path does not exist (data_path, looked for at {resolved})")
+        raise DataError(f"{data_path}: path does not exist (data_path, looked for at "
+                        f"{' and at '.join(data_places(data_path))})")
     return resolved
 
 

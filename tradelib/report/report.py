@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tradelib import runs
-from tradelib.data import cache
-from tradelib.paths import atomic_write_bytes
+from tradelib.paths import atomic_write_bytes, is_synthetic
 from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
 from tradelib.report.inputs import ReportInputs, ReportSettings, load_inputs, loader_sweep, lr_schedule
@@ -171,7 +170,7 @@ def summary_block(inputs: ReportInputs) -> dict:
              "net_annual_return": bk.implausible(None, bt["net"]["annual_return"]),
              "gross_annual_return": bk.implausible(None, bt["gross"]["annual_return"])}
     planted = (" (here the embedded synthetic market, whose planted signal is far stronger than a real market's)"
-               if cache.is_synthetic((s.get("config") or {}).get("data_path")) else "")
+               if is_synthetic((s.get("config") or {}).get("data_path")) else "")
     out["flags"] = {k: why[0] + planted for k, why in flags.items() if why}  # figures that cannot be taken as read
     out["warnings"] = list(inputs.warnings)
     return out

@@ -10,7 +10,7 @@ import os
 
 import pandas as pd
 
-from tradelib.data import cache
+from tradelib.paths import is_synthetic
 from tradelib.report.metrics import FAMILY_WORDS, IC_FAMILIES, bar_words
 
 
@@ -75,7 +75,7 @@ def _book_lines(report: dict) -> list[str]:
         f"{fmt(g('net_sharpe_dsr'), '.2f')}; "
         f"gross {_figure(g, 'gross_sharpe', '.2f')} ({interval(g('gross_sharpe_ci'))}), buy & hold "
         f"{fmt(g('buy_hold_sharpe'), '.2f')} ({interval(g('buy_hold_sharpe_ci'))})), net annual return "
-        f" {_figure(g, 'net_annual_return', '.1%')} at volatility {fmt(g('net_annual_volatility'), '.1%')}, max "
+        f"{_figure(g, 'net_annual_return', '.1%')} at volatility {fmt(g('net_annual_volatility'), '.1%')}, max "
         f"drawdown {fmt(g('max_drawdown'), '.1%')}, turnover {fmt(g('turnover'), '.2f')} per bar, net exposure "
         f"{fmt(g('net_exposure'), '+.2f')} on average (|net| {fmt(g('abs_net_exposure'), '.2f')}, gross "
         f"{fmt(g('gross_exposure'), '.2f')}), market beta {fmt(g('market_beta'), '+.2f')}.",
@@ -86,8 +86,11 @@ def _book_lines(report: dict) -> list[str]:
 
 
 def interval(pair, spec: str = ".2f") -> str:
-    """A 95% interval (low, high) in words, 'n/a' for an unknown one: every Sharpe the report shows carries one."""
+    """A 95% interval (low, high) in words, 'n/a' unless both ends are known: every Sharpe the report shows
+    carries one."""
     low, high = pair or (None, None)
+    if "n/a" in (fmt(low), fmt(high)):
+        return "95% interval n/a"
     return f"95% {fmt(low, spec)} to {fmt(high, spec)}"
 
 
@@ -184,7 +187,7 @@ def run_configuration(summary: dict, splits: dict) -> list[tuple[str, str]]:
     device, split dates."""
     c, g = summary.get("config") or {}, summary.get
     data = (f"synthetic market: {c.get('synth_symbols')} symbols x {fmt_count(c.get('synth_bars'))} 5-minute bars "
-            f"(seed {c.get('data_seed')})" if cache.is_synthetic(c.get("data_path")) else str(c.get("data_path")))
+            f"(seed {c.get('data_seed')})" if is_synthetic(c.get("data_path")) else str(c.get("data_path")))
     target = "vol-scaled forward log return" if c.get("vol_scaled_target") else "forward log return"
     per_fold = " per fold" if g("folds") else ""
     steps = f", at most {fmt_count(c['max_steps'])} steps{per_fold}" if c.get("max_steps") else ""
