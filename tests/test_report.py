@@ -296,6 +296,12 @@ def test_runs_table_over_run_folders(tmp_path):
     assert math.isnan(runs.loc[1, "mfu"]) and runs.loc[0, "mfu"] == 0.12
     assert runs["gpu_util"].isna().all() and pd.isna(runs.loc[1, "loader"])
     assert len(rn.runs_table(tmp_path / "nowhere")) == 0
+    from tradelib.report import tables
+
+    (tmp_path / "e-lag0").mkdir()  # a run whose ICs were taken before the trade delay says so beside them
+    (tmp_path / "e-lag0" / "summary.json").write_text(json.dumps({"run_id": "e", "ic_lag": 0, "pooled_ic": 0.2}))
+    shown = tables.runs_table(rn.runs_table(tmp_path)).set_index("run")
+    assert shown.loc["e-lag0", "IC lag"] == "0" and shown.loc["b-late", "IC lag"] == "–"  # b: not recorded
 
 
 @pytest.mark.slow

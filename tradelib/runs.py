@@ -35,8 +35,8 @@ STEP_COLUMNS = ["step", "epoch", "samples", "loss", "lr", "grad_norm", "samples_
 EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "epoch_time_s", "samples_per_s"]
 _NUMERIC_RUN_COLUMNS = [
     "batch_size", "grad_accum_steps", "samples_per_s", "it_per_s", "batches_per_epoch", "data_wait_share",
-    "gpu_util", "peak_mem_gb", "mfu", "epoch_time_s", "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic",
-    "pooled_ic",
+    "gpu_util", "peak_mem_gb", "mfu", "epoch_time_s", "ic_lag", "cross_sectional_ic", "cross_sectional_rank_ic",
+    "daily_ic", "pooled_ic",
 ]  # fmt: skip
 RUN_COLUMNS = ["run_id", "model", "loader", "device", "device_name", *_NUMERIC_RUN_COLUMNS, "finished"]
 

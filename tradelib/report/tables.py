@@ -222,7 +222,8 @@ def sweep_table(sweep: pd.DataFrame) -> pd.DataFrame:
 
 
 def runs_table(runs_df: pd.DataFrame) -> pd.DataFrame:
-    """Every run under outputs/, side by side: the throughput figures and the named test ICs."""
+    """Every run under outputs/, side by side: the throughput figures and the named test ICs, at the lag each was
+    taken at (the run's trade_delay; unknown for a summary written before it was recorded)."""
     g = lambda col: _col(runs_df, col)
     when = pd.to_datetime(g("finished"), utc=True, errors="coerce")
     return pd.DataFrame({
@@ -237,6 +238,7 @@ def runs_table(runs_df: pd.DataFrame) -> pd.DataFrame:
         "MFU": [mfu(v) for v in g("mfu")],
         "peak memory": [f"{v:.3g} GB" if _ok(v) else NA for v in g("peak_mem_gb")],
         "epoch (s)": [num(v, 1) for v in g("epoch_time_s")],
+        "IC lag": [integer(v) for v in g("ic_lag")],
         "cross-sect. IC": [num(v, 4) for v in g("cross_sectional_ic")],
         "pooled IC": [num(v, 4) for v in g("pooled_ic")],
         "finished (UTC)": [t.strftime("%Y-%m-%d %H:%M") if not pd.isna(t) else NA for t in when],
