@@ -116,9 +116,9 @@ def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]
     the report; returns the paths.
 
     Every parameter is checked before the first notebook starts (its name, its value, the device, that the data
-    path exists; a relative one is made absolute, `paths.resolve_data_path`), so a bad
-    one ends with one line, not a failed notebook; one that only a skipped notebook takes is accepted. The run
-    folder is locked for the pipeline's life; its notebooks' kernels inherit the lock."""
+    path exists; a relative one is made absolute, `paths.resolve_data_path`), so a bad one ends with one line,
+    not a failed notebook; one that only a skipped notebook takes is accepted. The run folder is locked for the
+    pipeline's life; its notebooks' kernels inherit the lock."""
     origins: dict[str, str] = {}
     params = read_params(files, overrides, origins)
     if "data_path" in params:  # relative to where the command runs, not to notebooks/ where the kernels run

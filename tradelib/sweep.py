@@ -16,9 +16,8 @@ values (`-p data_path 'a.csv;b.csv'`). `;` works for every parameter; a value wi
 Every combination is checked (names, values, the device, that the data path exists; a relative one is read
 from where the sweep runs) before the first run starts. A `-f` file's settings of the other notebooks (a
 profile such as params/quick.yaml sets 02's `profile_seconds`) are left out with a note; with -p they are
-refused. The runs go into one
-sweep folder; each is a normal run folder, so every tool that reads a run reads it (04_report with run_id
-`<sweep_id>/<run>`):
+refused. The runs go into one sweep folder; each is a normal run folder, so every tool that reads a run reads it
+(04_report with run_id `<sweep_id>/<run>`):
 
     outputs/<sweep_id>/
       <run>/               e.g. batch_size=512,model=tcn: 03_train.ipynb as executed, and the run's own files
