@@ -171,3 +171,24 @@ def test_a_sigterm_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoi
     assert ranks == [{"step": 4, "signal": 15}] * 2
     assert "stopped by SIGTERM at step 4" in res.stdout
     assert (outputs / "ddp-stopped" / "checkpoints" / "step-4.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_launch_whose_ranks_all_fail_at_setup_leaves_no_run_folder(outputs, tmp_path, capfd):
+    """Every rank stops at the data (a file that is not OHLCV) before writing anything: the launch says so and
+    removes the folder it made for its launch.yaml; a run folder that was there before stays."""
+    from tradelib.distributed import LaunchFailed
+
+    bad = tmp_path / "prices.csv"
+    bad.write_text("when,what\n2024-01-01,1\n")
+    cfg = Config(data_path=str(bad), window=8, hidden=4, layers=1, model="mlp", device="cpu", compile="off",
+                 batch_size=8, max_steps=2, n_gpus=2, run_id="bad-launch")
+    with pytest.raises(LaunchFailed, match="torchrun exited with code 1"):
+        launch_distributed(cfg)
+    assert str(bad) in capfd.readouterr().out  # the ranks' one-line data error, passed on
+    assert not (outputs / "bad-launch").exists()
+    (outputs / "kept").mkdir()
+    (outputs / "kept" / "notes.txt").write_text("mine")
+    with pytest.raises(LaunchFailed):
+        launch_distributed(cfg.replace(run_id="kept"))
+    assert (outputs / "kept" / "notes.txt").exists() and (outputs / "kept" / "launch.yaml").exists()

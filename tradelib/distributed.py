@@ -24,7 +24,7 @@ import yaml
 
 from tradelib.config import Config
 from tradelib.paths import atomic_write_bytes, child_env, outputs_dir
-from tradelib.runs import check_run_free, new_run_id
+from tradelib.runs import RunBusy, check_run_free, lock_run, new_run_id, remove_if_unused
 
 
 class LaunchFailed(RuntimeError):
@@ -166,6 +166,7 @@ def launch_distributed(cfg: Config) -> Path:
     """
     run_id = cfg.run_id or new_run_id()
     folder = outputs_dir() / run_id
+    created = not folder.exists()
     check_run_free(folder)  # say it now, not after torchrun has started every process
     config_file = folder / "launch.yaml"
     atomic_write_bytes(yaml.safe_dump(cfg.replace(run_id=run_id).to_dict(), sort_keys=False).encode(), config_file)
@@ -183,5 +184,21 @@ def launch_distributed(cfg: Config) -> Path:
         proc.wait()
         raise
     if rc != 0:
+        if created:
+            discard_launch(folder)
         raise LaunchFailed(f"torchrun exited with code {rc} (run {run_id}); its output is above")
     return folder
+
+
+def discard_launch(folder: Path) -> None:
+    """A launch whose every process failed before writing anything leaves no run folder (it held only the
+    launch's own launch.yaml). Never raises; a folder another process holds stays."""
+    try:
+        lock = lock_run(folder)
+    except RunBusy:
+        return
+    try:
+        remove_if_unused(folder, lock, also=("launch.yaml",))
+    finally:
+        if lock is not None:
+            lock.release()

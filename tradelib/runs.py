@@ -70,15 +70,18 @@ def lock_run(folder: Path) -> FileLock | None:
                       f"end, or choose another run_id") from None
 
 
-def remove_if_unused(folder: Path, lock: FileLock | None) -> None:
+def remove_if_unused(folder: Path, lock: FileLock | None, also: tuple[str, ...] = ()) -> None:
     """Remove `folder`, which this process created and holds `lock` on, if nothing was written in it (only the
-    lock and an empty checkpoints/): a run that fails to start leaves no empty folder in outputs/. Never raises:
-    it runs while another error is on its way to the user, and a folder it cannot remove just stays."""
+    lock, an empty checkpoints/ and the files named in `also`, which the caller wrote): a run that fails to start
+    leaves no empty folder in outputs/. Never raises: it runs while another error is on its way to the user, and
+    a folder it cannot remove just stays."""
     if lock is None or lock.fd is None:
         return
     try:
-        if {p.name for p in folder.iterdir()} - {".lock", "checkpoints"}:
+        if {p.name for p in folder.iterdir()} - {".lock", "checkpoints", *also}:
             return
+        for name in also:
+            (folder / name).unlink(missing_ok=True)
         ckpt = folder / "checkpoints"
         if ckpt.is_dir():
             if any(ckpt.iterdir()):
