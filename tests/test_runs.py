@@ -131,3 +131,18 @@ def test_progress_lines_name_the_run_folder_first_and_last(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith(f"run folder {tmp_path}") and out[-1].endswith(f"run folder {tmp_path}")
     assert not any(line.endswith(str(tmp_path)) for line in out[1:-1])
+
+
+def test_remove_if_unused_keeps_a_folder_with_anything_written_and_then_the_callers_files(tmp_path):
+    """Only the lock, an empty checkpoints/ and the caller's own files (a launch's launch.yaml) count as unused;
+    with a checkpoint in it the folder stays whole, the caller's files too."""
+    for kept in (True, False):
+        folder = tmp_path / f"run-{kept}"
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "launch.yaml").write_text("run_id: x\n")
+        if kept:
+            (folder / "checkpoints" / "step-2.pt").write_bytes(b"weights")
+        lock = runs.lock_run(folder)
+        runs.remove_if_unused(folder, lock, also=("launch.yaml",))
+        lock.release()
+        assert folder.exists() is kept and (folder / "launch.yaml").exists() is kept

@@ -195,7 +195,7 @@ def discard_launch(folder: Path) -> None:
     launch's own launch.yaml). Never raises; a folder another process holds stays."""
     try:
         lock = lock_run(folder)
-    except RunBusy:
+    except (RunBusy, OSError):
         return
     try:
         remove_if_unused(folder, lock, also=("launch.yaml",))

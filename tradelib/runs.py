@@ -80,13 +80,13 @@ def remove_if_unused(folder: Path, lock: FileLock | None, also: tuple[str, ...] 
     try:
         if {p.name for p in folder.iterdir()} - {".lock", "checkpoints", *also}:
             return
-        for name in also:
-            (folder / name).unlink(missing_ok=True)
         ckpt = folder / "checkpoints"
         if ckpt.is_dir():
             if any(ckpt.iterdir()):
                 return
             ckpt.rmdir()
+        for name in also:
+            (folder / name).unlink(missing_ok=True)
         lock.path.unlink(missing_ok=True)  # while held: no other process takes the run meanwhile
         folder.rmdir()  # (not empty: another process with this run_id wrote into it since; the folder is its)
     except OSError:
