@@ -73,7 +73,7 @@ def _book_lines(report: dict) -> list[str]:
         f"{fmt(g('net_sharpe_se'), '.2f')}, 95% interval {fmt(ci[0], '.2f')} to {fmt(ci[1], '.2f')}, P(Sharpe > 0) "
         f"{fmt(g('net_sharpe_psr'), '.2f')}, deflated over {g('dsr_trials')} trial(s) "
         f"{fmt(g('net_sharpe_dsr'), '.2f')}; "
-        f"gross {_figure(g, 'gross_sharpe', '.2f')} ({interval(g('gross_sharpe_ci'))}), buy & hold "
+        f"gross {_figure(g, 'gross_sharpe', '.2f', interval(g('gross_sharpe_ci')))}, buy & hold "
         f"{fmt(g('buy_hold_sharpe'), '.2f')} ({interval(g('buy_hold_sharpe_ci'))})), net annual return "
         f"{_figure(g, 'net_annual_return', '.1%')} at volatility {fmt(g('net_annual_volatility'), '.1%')}, max "
         f"drawdown {fmt(g('max_drawdown'), '.1%')}, turnover {fmt(g('turnover'), '.2f')} per bar, net exposure "
@@ -99,10 +99,12 @@ def net_ci(row: dict) -> tuple:
     return row.get("net_sharpe_ci_low"), row.get("net_sharpe_ci_high")
 
 
-def _figure(g, key: str, spec: str) -> str:
-    """A figure, or the reason it cannot be taken as it reads (summary `flags`)."""
+def _figure(g, key: str, spec: str, beside: str = "") -> str:
+    """A figure (with what stands `beside` it, its interval), then the reason it cannot be taken as it reads
+    (summary `flags`)."""
     why = (g("flags") or {}).get(key)
-    return f"{fmt(g(key), spec)} (flagged: {why})" if why else fmt(g(key), spec)
+    text = f"{fmt(g(key), spec)} ({beside})" if beside else fmt(g(key), spec)
+    return f"{text} (flagged: {why})" if why else text
 
 
 def survival_text(survives, cost_bps) -> str:
