@@ -202,6 +202,8 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
                       ("buy & hold", "buy_hold_sharpe_ci")):  # every Sharpe with its interval, as the summary has it
         assert shown.loc[book, "Sharpe 95% interval"] == f"{s[key][0]:,.2f} to {s[key][1]:,.2f}"
     md = rw.summary_markdown(rep)
+    assert f"net Sharpe **{s['net_sharpe']:.2f}** (SE " in md and "** (flagged" not in md  # the interval, then why
+    assert f"gross {s['gross_sharpe']:.2f} (95% {s['gross_sharpe_ci'][0]:.2f} to" in md
     for key in ("net_sharpe_ci", "gross_sharpe_ci", "buy_hold_sharpe_ci"):
         assert f"95% {s[key][0]:.2f} to {s[key][1]:.2f}" in md, key
     for row in rep["costs"]["net_sharpe_by_cost"]:

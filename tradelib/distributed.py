@@ -182,6 +182,8 @@ def launch_distributed(cfg: Config) -> Path:
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)  # torchrun passes it on to the workers
         proc.wait()
+        if created:
+            discard_launch(folder)
         raise
     if rc != 0:
         if created:

@@ -66,15 +66,15 @@ def _book_lines(report: dict) -> list[str]:
     grid = report.get("costs", {}).get("net_sharpe_by_cost") or []
     sweep = ", ".join(f"{fmt(r['cost_bps'], 'g')} bps {fmt(r['net_sharpe'], '.2f')} "
                       f"({interval(net_ci(r))})" for r in grid)
-    ci, be = g("net_sharpe_ci") or [None, None], g("break_even_ci") or [None, None]
+    be = g("break_even_ci") or [None, None]
+    net = (f"SE {fmt(g('net_sharpe_se'), '.2f')}, {interval(g('net_sharpe_ci'))}, P(Sharpe > 0) "
+           f"{fmt(g('net_sharpe_psr'), '.2f')}, deflated over {g('dsr_trials')} trial(s) "
+           f"{fmt(g('net_sharpe_dsr'), '.2f')}")
     return [
         f"Long/short `{g('position_mode')}` book ({g('position_mode_reason')}), traded {g('trade_delay')} bar(s) after "
-        f"the signal, at {fmt(g('cost_bps'), 'g')} bps: net Sharpe **{_figure(g, 'net_sharpe', '.2f')}** (SE "
-        f"{fmt(g('net_sharpe_se'), '.2f')}, 95% interval {fmt(ci[0], '.2f')} to {fmt(ci[1], '.2f')}, P(Sharpe > 0) "
-        f"{fmt(g('net_sharpe_psr'), '.2f')}, deflated over {g('dsr_trials')} trial(s) "
-        f"{fmt(g('net_sharpe_dsr'), '.2f')}; "
-        f"gross {_figure(g, 'gross_sharpe', '.2f', interval(g('gross_sharpe_ci')))}, buy & hold "
-        f"{fmt(g('buy_hold_sharpe'), '.2f')} ({interval(g('buy_hold_sharpe_ci'))})), net annual return "
+        f"the signal, at {fmt(g('cost_bps'), 'g')} bps: net Sharpe **{fmt(g('net_sharpe'), '.2f')}** ({net})"
+        f"{_flag(g, 'net_sharpe')}; gross {_figure(g, 'gross_sharpe', '.2f', interval(g('gross_sharpe_ci')))}, "
+        f"buy & hold {fmt(g('buy_hold_sharpe'), '.2f')} ({interval(g('buy_hold_sharpe_ci'))}), net annual return "
         f"{_figure(g, 'net_annual_return', '.1%')} at volatility {fmt(g('net_annual_volatility'), '.1%')}, max "
         f"drawdown {fmt(g('max_drawdown'), '.1%')}, turnover {fmt(g('turnover'), '.2f')} per bar, net exposure "
         f"{fmt(g('net_exposure'), '+.2f')} on average (|net| {fmt(g('abs_net_exposure'), '.2f')}, gross "
@@ -100,11 +100,14 @@ def net_ci(row: dict) -> tuple:
 
 
 def _figure(g, key: str, spec: str, beside: str = "") -> str:
-    """A figure (with what stands `beside` it, its interval), then the reason it cannot be taken as it reads
-    (summary `flags`)."""
+    """A figure (with what stands `beside` it, its interval), then the reason it cannot be taken as it reads."""
+    return (f"{fmt(g(key), spec)} ({beside})" if beside else fmt(g(key), spec)) + _flag(g, key)
+
+
+def _flag(g, key: str) -> str:
+    """' (flagged: why)' where the summary's `flags` say the figure cannot be taken as it reads, else ''."""
     why = (g("flags") or {}).get(key)
-    text = f"{fmt(g(key), spec)} ({beside})" if beside else fmt(g(key), spec)
-    return f"{text} (flagged: {why})" if why else text
+    return f" (flagged: {why})" if why else ""
 
 
 def survival_text(survives, cost_bps) -> str:
