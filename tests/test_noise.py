@@ -1,8 +1,9 @@
 """The whole path (a CSV read and cleaned, features, device windows, training, predictions, the report) on
 markets tradelib did not generate, written here with numpy: on random walks the model finds nothing; with a
 planted drift that lasts it finds a signal the book can trade; with a planted one-bar reversal the report
-shows the signal before the trade delay and says no book trading a bar later earns it. A look-ahead anywhere
-on the path (a window reaching past t, a target starting before it) would show on the random walks."""
+shows the signal before the trade delay and says no book trading a bar later earns it. Three ways through: an
+LSTM over windows, a causal TCN trained on dense chunks, a walk-forward of two folds. A look-ahead in what the
+predictions see (a window reaching past t, a target starting before it) would show on the random walks."""
 
 import math
 
@@ -14,7 +15,7 @@ from tradelib.config import Config
 from tradelib.report import report as rp
 from tradelib.report import words as rw
 from tradelib.report.inputs import ReportSettings, load_featureset, load_inputs
-from tradelib.train.run import train
+from tradelib.train.walkforward import train_or_walk
 
 pytestmark = pytest.mark.slow
 
@@ -46,21 +47,31 @@ def write_market(path, seed: int, reversal: float = 0.0, drift: float = 0.0) -> 
     pd.concat(frames).to_csv(path, index=False)
 
 
-def trained_report(tmp_path, name: str, **market) -> dict:
-    """Train a small LSTM on the market's CSV for 150 steps, then compute its report as 04 does."""
+def trained_report(tmp_path, name: str, run: dict | None = None, **market) -> dict:
+    """Train a small LSTM (or what `run` sets) on the market's CSV for 150 steps (per fold), then compute its
+    report as 04 does."""
     csv = tmp_path / f"{name}.csv"
     write_market(csv, **market)
-    cfg = Config(data_path=str(csv), window=16, hidden=16, layers=1, batch_size=64, epochs=1, max_steps=150,
-                 log_every=25, device="cpu", compile="off", tensorboard=False, run_id=name)
-    run_dir = train(cfg, progress=False).run_dir
+    cfg = Config(**{"data_path": str(csv), "window": 16, "hidden": 16, "layers": 1, "batch_size": 64, "epochs": 1,
+                    "max_steps": 150, "log_every": 25, "device": "cpu", "compile": "off", "tensorboard": False,
+                    "run_id": name, **(run or {})})
+    run_dir = train_or_walk(cfg)
     return rp.build_report(run_dir, inputs=load_inputs(run_dir, ReportSettings.of(cfg), fs=load_featureset(run_dir)))
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_on_random_walks_the_model_finds_nothing(tmp_path, seed):
+# the path each way it can go: windows into a recurrent model, dense chunks of a causal TCN, walk-forward folds
+PATHS = {"lstm": {}, "tcn-dense": {"model": "tcn", "dense": True, "layers": 2, "dense_chunk": 64, "batch_size": 4,
+                                   "epochs": 3}, "walk-forward": {"folds": 2}}
+NULL_RUNS = {"lstm-0": ("lstm", 0), "lstm-1": ("lstm", 1), "lstm-2": ("lstm", 2), "tcn-dense": ("tcn-dense", 3),
+             "walk-forward": ("walk-forward", 4)}
+
+
+@pytest.mark.parametrize("case", NULL_RUNS)
+def test_on_random_walks_the_model_finds_nothing(tmp_path, case):
     """Neither the traded-lag IC nor the lag-0 one is distinguishable from zero (a window that saw t+1 would
     make the lag-0 one huge), no predictor is marked best, and the gross Sharpe's interval holds 0."""
-    report = trained_report(tmp_path, f"walk{seed}", seed=seed)
+    path, seed = NULL_RUNS[case]
+    report = trained_report(tmp_path, case, PATHS[path], seed=seed)
     s = report["summary"]
     assert s["headline_ic"] == "cross_sectional" and s["ic_lag"] == 1
     assert abs(s["ic_t_stat"]) < 3 and abs(s["ic_t_stat_lag0"]) < 3, s
@@ -71,9 +82,10 @@ def test_on_random_walks_the_model_finds_nothing(tmp_path, seed):
     assert not s["survives_costs"]
 
 
-def test_a_planted_drift_is_found_and_traded(tmp_path):
-    """The same path finds a signal that lasts past the trade delay: the test (the random walks) can fail."""
-    s = trained_report(tmp_path, "drift", seed=0, drift=0.97)["summary"]
+@pytest.mark.parametrize("path", PATHS)
+def test_a_planted_drift_is_found_and_traded(tmp_path, path):
+    """Each path finds a signal that lasts past the trade delay: the test on random walks can fail."""
+    s = trained_report(tmp_path, f"drift-{path}", PATHS[path], seed=0, drift=0.97)["summary"]
     assert s["ic_t_stat"] > 5 and s["cross_sectional_ic"] > 0.08
     assert s["net_sharpe_ci"][0] > 0  # after 5 bps costs, with its error bars
     assert s["baseline_ic"]["ridge"] > 0.08  # the ridge on the same features finds it too
