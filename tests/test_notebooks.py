@@ -229,3 +229,36 @@ def test_a_second_checkout_sharing_the_environment_runs_its_own_code_in_the_kern
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "where.txt").read_text() == str(second / "tradelib" / "__init__.py")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_scheduler_stopping_the_pipeline_stops_training_at_a_step_with_a_checkpoint(outputs, sig):
+    """SIGTERM (a scheduler, docker stop) or SIGHUP to the pipeline stops 03's kernel the way Ctrl-C does: its
+    training stops at a step with a checkpoint, the pipeline says how to resume and exits 128 + the signal, and
+    the resumed run goes on from that step. Unhandled, the signal ended the pipeline and its kernel at once."""
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "tradelib", "pipeline", "-f", TINY_PARAMS, "--only", "03", "-p", "epochs", "200",
+            "-p", "max_steps", "0", "-p", "run_id", "held", "-p", "device", "cpu", "-p", "compile", "off"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    progress, t0 = outputs / "held" / "progress.json", time.monotonic()
+    while time.monotonic() - t0 < 120:  # well into training, between two epoch ends
+        try:
+            if json.loads(progress.read_text()).get("step", 0) > 60:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    proc.send_signal(getattr(signal, sig))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + getattr(signal, sig), out[-2000:]
+    assert "03_train stopped (its training interrupted; resume: the same command with -p run_id held -p resume " \
+           "True" in out
+    step = json.loads(progress.read_text())["step"]
+    assert (outputs / "held" / "checkpoints" / f"step-{step}.pt").exists()  # the step it stopped at
+    res = subprocess.run([*args, "-p", "resume", "True", "-p", "max_steps", str(step + 5)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((outputs / "held" / "summary.json").read_text())["optimizer_steps"] == step + 5

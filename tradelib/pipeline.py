@@ -15,6 +15,7 @@ from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, child_environment, notebooks_dir
 from tradelib.progress import PROGRESS_FILE, Follower
 from tradelib.runs import holding_run, new_run_id, newer_unfinished, read_summary, resolve_run, run_dir, run_state
+from tradelib.train.stops import signals_interrupt
 
 NOTEBOOKS = ("01_data_cleaning", "02_profiling", "03_train", "04_report")
 TRAINS = "03_train"  # the notebook whose training progress the pipeline shows in the terminal
@@ -130,7 +131,8 @@ def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]
     pick_device(cfg.device, verbose=False)  # CUDA asked for but absent: say so now
     out = run_dir(run_id)
     with holding_run(out):
-        return execute_notebooks(src, per_nb, out, progress)
+        again = f"the same command with -p run_id {run_id} -p resume True (--only 03,04 skips 01 and 02)"
+        return execute_notebooks(src, per_nb, out, progress, resume=again)
 
 
 def run_report(run: str = "", files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None,
@@ -157,9 +159,11 @@ def run_report(run: str = "", files: list[str] | None = None, overrides: list[tu
 
 
 def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, progress: bool,
-                      label: str = "[pipeline]") -> dict[str, Path]:
+                      label: str = "[pipeline]", resume: str = "") -> dict[str, Path]:
     """Each notebook of `src` executed in order by papermill into `out` with its parameters; 03's training
-    progress followed in the terminal. 04 is rendered to report.html."""
+    progress followed in the terminal. 04 is rendered to report.html. Ctrl-C, SIGTERM or SIGHUP stop the
+    notebook's kernel as Ctrl-C does (03's training: at a step, with a checkpoint), then say how to go on:
+    `resume` for a stopped 03, else to run the command again."""
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
@@ -173,13 +177,18 @@ def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, 
         # 03_train: the training's own bar (step, epoch, loss, samples/s, ETA) instead of papermill's cell count
         follow = Follower(out / PROGRESS_FILE, f"{label} {name}") if progress and name == TRAINS else None
         try:
-            with follow or contextlib.nullcontext(), child_environment():
+            with follow or contextlib.nullcontext(), child_environment(), signals_interrupt():
                 pm.execute_notebook(str(src[name]), str(out / f"{name}.ipynb"), parameters=per_nb[name],
                                     cwd=str(notebooks_dir()), progress_bar=progress and follow is None,
                                     log_output=False, extra_arguments=KERNEL_ARGS)
         except pm.PapermillExecutionError as exc:
             raise NotebookFailed(f"{name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
                                  f"(the executed notebook with the traceback: {out / (name + '.ipynb')})") from None
+        except KeyboardInterrupt:
+            how = f"its training {run_state(out)}; resume: {resume}" if name == TRAINS and resume else \
+                "run the same command again"
+            print(f"{label} {name} stopped ({how})", flush=True)
+            raise
         except DeadKernelError as exc:  # the kernel died (killed, out of memory)
             training = f"; its training {run_state(out)}" if name == TRAINS else ""
             raise NotebookFailed(f"{name}: the notebook's kernel died ({exc}){training} (the notebook as far as it "

@@ -243,7 +243,8 @@ def run_one(plan: Plan, i: int, progress: bool) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     try:
         execute_notebooks({NOTEBOOK: notebooks_dir() / f"{NOTEBOOK}.ipynb"}, {NOTEBOOK: params}, folder, progress,
-                          label="[sweep]")
+                          label="[sweep]", resume="the same sweep command again (finished runs are skipped, this one "
+                                                  "resumes)")
     except NotebookFailed as exc:
         print(f"{head}: failed: {exc}", flush=True)
         return f"failed: {exc}"

@@ -9,8 +9,10 @@ the checkpoint is exact. The run then raises StopRequested, which the CLI turns 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -35,6 +37,27 @@ def progress_state(signum: int) -> str:
 def stopped_by(signum: int) -> str:
     """How a stop on `signum` is told: "interrupted" (Ctrl-C), else "stopped by SIGTERM" (SIGHUP)."""
     return "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """While entered (main thread), SIGTERM and SIGHUP raise StopRequested where SIGINT raises KeyboardInterrupt:
+    for a process whose training runs in a child it stops the way Ctrl-C does (the pipeline's papermill kernels,
+    interrupted on a KeyboardInterrupt, stop their run at a step with a checkpoint). Unhandled, SIGTERM ended the
+    pipeline at once and its kernel with it, without one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame) -> None:
+        raise StopRequested(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, p in previous.items():
+            signal.signal(s, p if p is not None else signal.SIG_DFL)
 
 
 class StopRequests:
