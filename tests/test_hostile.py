@@ -791,3 +791,20 @@ def test_a_run_resumes_with_its_data_moved_or_spelled_otherwise(outputs, capsys,
     code, out, err = cli(capsys, "train", *TINY_TRAIN, "-p", "run_id", "moved", "-p", "max_steps", "6", "-p",
                          "resume", "True", "-p", "data_path", moved)
     assert code == 2 and "resume refused" in one_error(err) and "feature cache" in one_error(err)
+
+
+def test_a_copied_run_reports_on_the_cache_of_its_key_rebuilt_here(outputs, capsys, tmp_path):
+    """A run folder from a colleague names their cache folder; with that gone, the report finds the cache of
+    the same key in this outputs/ (built here from the same data and code), and says so where there is none."""
+    fs = dataset.prepare(Config(synth_symbols=3, synth_bars=400, window=8), verbose=False)
+    key = fs.meta["cache_key"]
+    run = tmp_path / "colleague"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"run_id": "colleague", "cache_key": key,
+                                                  "cache_dir": f"/home/someone/outputs/cache/{key}"}))
+    found = load_featureset(run)
+    assert found is not None and found.meta["cache_key"] == key and len(found) == len(fs)
+    (run / "summary.json").write_text(json.dumps({"run_id": "colleague", "cache_key": "0" * 20,
+                                                  "cache_dir": "/home/someone/outputs/cache/x"}))
+    assert load_featureset(run) is None and "not found: ridge baseline and data quality left out" in \
+        capsys.readouterr().out

@@ -179,15 +179,18 @@ def load_inputs(
 
 
 def load_featureset(run_dir: Path):
-    """The FeatureSet a run trained on, from the cache folder its summary names; None (and says why) when
-    the cache is gone or damaged, in which case the ridge baseline and the data-quality section are left out:
-    the run's own figures do not need it."""
+    """The FeatureSet a run trained on, from the cache folder its summary names, else from this outputs/'s
+    cache of the same key (a run folder copied from a colleague, its cache rebuilt here); None (and says why)
+    when the cache is gone or damaged, in which case the ridge baseline and the data-quality section are left
+    out: the run's own figures do not need it."""
     from tradelib.data import cache
 
     summary = runs.read_summary(Path(run_dir)) or {}
     folder = Path(summary.get("cache_dir") or "")
+    if summary.get("cache_key") and not cache.has(folder):
+        folder = cache.folder_for(summary["cache_key"])  # keyed by the data's bytes and the feature code
     rebuild = "rebuild it with `tradelib prepare` and the run's parameters"
-    if not summary.get("cache_dir") or not cache.has(folder):
+    if not (summary.get("cache_dir") or summary.get("cache_key")) or not cache.has(folder):
         print(f"feature cache {folder} not found: ridge baseline and data quality left out ({rebuild})")
         return None
     try:
