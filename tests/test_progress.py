@@ -168,3 +168,18 @@ def test_auto_mode_gives_lines_in_a_kernel_that_papermill_runs(tmp_path):
         text = "".join(o.get("text", "") for o in nbformat.read(tmp_path / "out.ipynb", 4).cells[0].outputs)
         assert text.split() == [mode, "True", "True"]
     assert not headless_kernel() and HEADLESS_HISTORY not in sys.argv  # this process is no kernel
+
+
+def test_a_resumed_runs_first_line_and_its_follower_show_its_epoch(tmp_path, capsys):
+    """A run resumed at step 5,808 of 8,800 in its 133rd epoch says so from its first line, and so does the
+    pipeline's follower reading its progress.json (before its first log point brings the figures)."""
+    path = tmp_path / PROGRESS_FILE
+    with Follower(path, "[pipeline] 03_train", mode="lines", poll_s=0.01):
+        run = Progress(8800, 5808, desc="train lstm", mode="lines", epochs=200, path=path, file_interval_s=0.0,
+                       epoch=132)
+        time.sleep(0.1)
+        run.close("interrupted")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("train lstm:  66% 5808/8800 steps, epoch 133/200"), out
+    followed = [line for line in out if line.startswith("[pipeline]")]
+    assert followed and "epoch 133/200" in followed[0], out

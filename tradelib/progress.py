@@ -115,12 +115,12 @@ class Progress:
     `figures()` at log points (the loss and samples/s read there), `close()` at the end."""
 
     def __init__(self, total: int, initial: int = 0, desc: str = "train", mode: str = "auto", epochs: int = 0,
-                 path: Path | None = None, file_interval_s: float = 1.0) -> None:
+                 path: Path | None = None, file_interval_s: float = 1.0, epoch: int = 0) -> None:
         self.total, self.step, self.desc, self.epochs = int(total), int(initial), desc, epochs
         self.mode = choose_mode(mode)
         # papermill / nbconvert run by hand (`auto`; the pipeline asks for `lines`): the lines reach their terminal too
         self.echo = mode == "auto" and self.mode == "lines" and in_kernel() and headless_kernel()
-        self.epoch, self.loss, self.samples_per_s = 0, float("nan"), float("nan")
+        self.epoch, self.loss, self.samples_per_s = epoch, float("nan"), float("nan")  # a resumed run's epoch
         self.path, self.file_interval_s, self._written = path, file_interval_s, 0.0
         self.t0, self.step0 = time.perf_counter(), self.step
         self._next_line = 0  # lines mode: index into the marks still to print
@@ -286,7 +286,8 @@ class Follower:
     def _show(self, data: dict, fold: str) -> None:
         if self.shown is None:
             desc = f"{self.label}: {fold + ' ' if fold else ''}{data.get('desc', 'train')}"
-            self.shown = Progress(data["total"], data["step"], desc, self.mode, data.get("epochs") or 0)
+            self.shown = Progress(data["total"], data["step"], desc, self.mode, data.get("epochs") or 0,
+                                  epoch=int(data.get("epoch") or 0))
         gap = int(data["step"]) - self.shown.step
         if gap > 0:
             self.shown.advance(gap)

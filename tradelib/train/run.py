@@ -326,8 +326,8 @@ class TrainingRun:
         try:
             show = self.progress and self.main
             self.bar = Progress(self.trainer.total_steps, self.step, f"train {self.cfg.model}",
-                                self.cfg.progress if show else "off", self.cfg.epochs, path=self.folder.progress_path)
-            self.bar.set_epoch(self.epoch)
+                                self.cfg.progress if show else "off", self.cfg.epochs, path=self.folder.progress_path,
+                                epoch=self.epoch)
             if self.cfg.tensorboard:
                 self.folder.open_events(self.step + 1 if self.cfg.resume else None)
             self.monitor = GpuMonitor(device=self.device, enabled=self.main, verbose=self.main).start()
