@@ -262,3 +262,36 @@ def test_a_scheduler_stopping_the_pipeline_stops_training_at_a_step_with_a_check
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((outputs / "held" / "summary.json").read_text())["optimizer_steps"] == step + 5
+
+
+@pytest.mark.slow
+def test_a_stopped_kernel_has_time_to_write_its_checkpoint(tmp_path):
+    """The pipeline's papermill kernel, interrupted on SIGTERM, takes 4 s to end its step and save (a large
+    model's checkpoint): the pipeline waits for it, and signals it no second time meanwhile (jupyter_client's
+    own manager signals again after 2.5 s and kills after 5)."""
+    import signal
+    import time
+
+    probe = ("import pathlib, signal, time\nseen = []\n"
+             "def stop(s, f):\n    seen.append(s)\n    pathlib.Path(out, f'signal-{len(seen)}').write_text(str(s))\n"
+             "signal.signal(signal.SIGINT, stop)\nsignal.signal(signal.SIGTERM, stop)\n"
+             "pathlib.Path(out, 'started').write_text('')\nwhile not seen:\n    time.sleep(0.05)\n"
+             "time.sleep(4)\npathlib.Path(out, 'saved').write_text(str(seen))\nraise KeyboardInterrupt")
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell("out = ''", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(probe)]
+    nbformat.write(nb, tmp_path / "probe.ipynb")
+    script = ("import sys; from pathlib import Path; from tradelib.pipeline import execute_notebooks; "
+              "execute_notebooks({'probe': Path(sys.argv[1]) / 'probe.ipynb'}, {'probe': {'out': sys.argv[1]}}, "
+              "Path(sys.argv[1]), progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    t0 = time.monotonic()
+    while not (tmp_path / "started").exists() and time.monotonic() - t0 < 60:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert (tmp_path / "saved").exists(), out[-2000:]
+    assert (tmp_path / "signal-1").read_text() == str(int(signal.SIGINT)) and not (tmp_path / "signal-2").exists()
+    assert "probe stopped (start again: " in out

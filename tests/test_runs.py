@@ -146,3 +146,45 @@ def test_remove_if_unused_keeps_a_folder_with_anything_written_and_then_the_call
         runs.remove_if_unused(folder, lock, also=("launch.yaml",))
         lock.release()
         assert folder.exists() is kept and (folder / "launch.yaml").exists() is kept
+
+
+def test_how_to_go_on_after_a_stopped_notebook(tmp_path):
+    """The pipeline's line after a stop: 04 alone as a report; 03 resumed where it has a checkpoint (a
+    walk-forward's are in its folds, and so is its state), else started again; 01 and 02 started again."""
+    from tradelib.pipeline import go_on
+    from tradelib.progress import PROGRESS_FILE, Progress
+
+    run = tmp_path / "r"
+    (run / "fold-0" / "checkpoints").mkdir(parents=True)
+    assert go_on("04_report", run, "RESUME", "RERUN") == f"the report alone: tradelib report {run}"
+    assert go_on("03_train", run, "RESUME", "RERUN") == "no checkpoint yet; start again: RERUN"
+    assert go_on("01_data_cleaning", run, "RESUME", "RERUN") == "start again: RERUN"
+    (run / "fold-0" / "checkpoints" / "step-4.pt").write_bytes(b"weights")
+    Progress(10, mode="off", path=run / "fold-0" / PROGRESS_FILE).close("interrupted")
+    assert runs.has_checkpoints(run) and runs.run_state(run) == "interrupted"
+    assert go_on("03_train", run, "RESUME", "RERUN") == "its training interrupted; resume: RESUME"
+
+
+def test_stop_handlers_are_put_back_and_an_ignored_signal_stays_ignored():
+    """signals_interrupt raises StopRequested on SIGTERM and SIGHUP while entered and puts the handlers back; a
+    signal the process was started ignoring (nohup's SIGHUP) is left ignored, by it and by StopRequests."""
+    import signal
+
+    from tradelib.train.stops import StopRequested, StopRequests, signals_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with pytest.raises(StopRequested) as stop:
+            with signals_interrupt():
+                assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+        assert stop.value.signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is before
+        with StopRequests(enabled=True) as stops:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: the run goes on
+            time.sleep(0.1)
+            assert stops.requested is None
+    finally:
+        signal.signal(signal.SIGHUP, previous_hup)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import json
 import math
 import time
@@ -14,7 +15,16 @@ from tradelib.data.load import existing_data_path
 from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, child_environment, notebooks_dir
 from tradelib.progress import PROGRESS_FILE, Follower
-from tradelib.runs import holding_run, new_run_id, newer_unfinished, read_summary, resolve_run, run_dir, run_state
+from tradelib.runs import (
+    has_checkpoints,
+    holding_run,
+    new_run_id,
+    newer_unfinished,
+    read_summary,
+    resolve_run,
+    run_dir,
+    run_state,
+)
 from tradelib.train.stops import signals_interrupt
 
 NOTEBOOKS = ("01_data_cleaning", "02_profiling", "03_train", "04_report")
@@ -24,6 +34,21 @@ TRAINS = "03_train"  # the notebook whose training progress the pipeline shows i
 # jupyter_client interrupts every kernel as it shuts it down; ipykernel logs that as "ERROR | KeyboardInterrupt
 # caught in kernel" when it lands between cells. A notebook's own errors come back through papermill either way.
 KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
+KERNEL_STOP_S = 120.0  # how long a stopped notebook's kernel has to end its step and write its checkpoint
+
+
+@functools.cache
+def patient_kernel_manager() -> type:
+    """papermill's kernel manager, waiting KERNEL_STOP_S (not jupyter_client's 5 s) for a kernel it has
+    interrupted to end before it signals it again and kills it: a training kernel stops at its next step and
+    writes a checkpoint first, which can take longer than 5 s (a large model, a validation under way)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import Float
+
+    class PatientKernelManager(AsyncKernelManager):
+        shutdown_wait_time = Float(KERNEL_STOP_S, config=True)
+
+    return PatientKernelManager
 
 
 class NotebookFailed(RuntimeError):
@@ -100,6 +125,16 @@ def headline(report_json: Path) -> list[str]:
     return lines
 
 
+def go_on(name: str, out: Path, resume: str, rerun: str) -> str:
+    """How to go on after notebook `name` of the run in `out` was stopped: its report alone, the training resumed
+    from its checkpoint, or the command run again."""
+    if name == "04_report":
+        return f"the report alone: tradelib report {out}"
+    if name == TRAINS and resume and has_checkpoints(out):
+        return f"its training {run_state(out)}; resume: {resume}"
+    return f"no checkpoint yet; start again: {rerun}" if name == TRAINS else f"start again: {rerun}"
+
+
 def render_html(notebook: Path, html: Path) -> Path:
     """The executed notebook as HTML without code cells: what a researcher reads."""
     import nbformat
@@ -131,8 +166,9 @@ def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]
     pick_device(cfg.device, verbose=False)  # CUDA asked for but absent: say so now
     out = run_dir(run_id)
     with holding_run(out):
-        again = f"the same command with -p run_id {run_id} -p resume True (--only 03,04 skips 01 and 02)"
-        return execute_notebooks(src, per_nb, out, progress, resume=again)
+        same = f"the same command with -p run_id {run_id}"
+        again = (f"{same} -p resume True (--only 03,04 skips 01 and 02)", same)
+        return execute_notebooks(src, per_nb, out, progress, again=again)
 
 
 def run_report(run: str = "", files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None,
@@ -159,11 +195,12 @@ def run_report(run: str = "", files: list[str] | None = None, overrides: list[tu
 
 
 def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, progress: bool,
-                      label: str = "[pipeline]", resume: str = "") -> dict[str, Path]:
+                      label: str = "[pipeline]", again: tuple[str, str] = ("", "")) -> dict[str, Path]:
     """Each notebook of `src` executed in order by papermill into `out` with its parameters; 03's training
     progress followed in the terminal. 04 is rendered to report.html. Ctrl-C, SIGTERM or SIGHUP stop the
-    notebook's kernel as Ctrl-C does (03's training: at a step, with a checkpoint), then say how to go on:
-    `resume` for a stopped 03, else to run the command again."""
+    notebook's kernel as Ctrl-C does (03's training: at a step, with a checkpoint; the kernel is given
+    KERNEL_STOP_S for it), then say how to go on (`again`: the command that resumes a stopped training, and the
+    one that runs the rest again)."""
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
@@ -180,14 +217,13 @@ def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, 
             with follow or contextlib.nullcontext(), child_environment(), signals_interrupt():
                 pm.execute_notebook(str(src[name]), str(out / f"{name}.ipynb"), parameters=per_nb[name],
                                     cwd=str(notebooks_dir()), progress_bar=progress and follow is None,
-                                    log_output=False, extra_arguments=KERNEL_ARGS)
+                                    log_output=False, extra_arguments=KERNEL_ARGS,
+                                    kernel_manager_class=patient_kernel_manager())
         except pm.PapermillExecutionError as exc:
             raise NotebookFailed(f"{name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
                                  f"(the executed notebook with the traceback: {out / (name + '.ipynb')})") from None
         except KeyboardInterrupt:
-            how = f"its training {run_state(out)}; resume: {resume}" if name == TRAINS and resume else \
-                "run the same command again"
-            print(f"{label} {name} stopped ({how})", flush=True)
+            print(f"{label} {name} stopped ({go_on(name, out, *again)})", flush=True)
             raise
         except DeadKernelError as exc:  # the kernel died (killed, out of memory)
             training = f"; its training {run_state(out)}" if name == TRAINS else ""

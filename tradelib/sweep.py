@@ -233,7 +233,7 @@ def run_one(plan: Plan, i: int, progress: bool) -> str:
             return "done earlier"
         raise ConfigError(f"sweep {plan.sweep_id!r}: run {name!r} finished with other parameters ({'; '.join(diff)})"
                           f": name this sweep differently with --name")
-    resume = any(folder.glob("checkpoints/*.pt")) or any(folder.glob("fold-*/checkpoints/*.pt"))
+    resume = runs.has_checkpoints(folder)
     declared = set(declared_parameters(NOTEBOOK))
     params = {k: v for k, v in {**plan.shared, **plan.values[i]}.items() if k in declared}
     params.update(run_id=cfg.run_id, resume=resume)
@@ -243,8 +243,8 @@ def run_one(plan: Plan, i: int, progress: bool) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     try:
         execute_notebooks({NOTEBOOK: notebooks_dir() / f"{NOTEBOOK}.ipynb"}, {NOTEBOOK: params}, folder, progress,
-                          label="[sweep]", resume="the same sweep command again (finished runs are skipped, this one "
-                                                  "resumes)")
+                          label="[sweep]", again=("the same sweep command again (finished runs are skipped, this one "
+                                                  "resumes)", "the same sweep command again"))
     except NotebookFailed as exc:
         print(f"{head}: failed: {exc}", flush=True)
         return f"failed: {exc}"
@@ -286,10 +286,10 @@ def sweep_table(plan: Plan, status: list[str]) -> pd.DataFrame:
         row = {**values, "run": name, "status": st.split(":")[0]}
         summary = runs.read_summary(plan.folder / name)
         if summary is not None:
-            cache_dir = summary.get("cache_dir") or ""
-            if cache_dir not in caches:
-                caches[cache_dir] = load_featureset(plan.folder / name)
-            row.update(run_figures(plan.folder / name, cfg, caches[cache_dir]))
+            key = summary.get("cache_key") or summary.get("cache_dir") or ""
+            if key not in caches:
+                caches[key] = load_featureset(plan.folder / name)
+            row.update(run_figures(plan.folder / name, cfg, caches[key]))
             row["busy"] = busy_flag(summary)
         rows.append(row)
     table = pd.DataFrame(rows).reindex(columns=[*plan.axes, "run", "status", "busy", *NUMBERS])

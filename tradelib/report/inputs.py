@@ -180,24 +180,26 @@ def load_inputs(
 
 def load_featureset(run_dir: Path):
     """The FeatureSet a run trained on, from the cache folder its summary names, else from this outputs/'s
-    cache of the same key (a run folder copied from a colleague, its cache rebuilt here); None (and says why)
-    when the cache is gone or damaged, in which case the ridge baseline and the data-quality section are left
-    out: the run's own figures do not need it."""
+    cache of the same key (a run folder copied from a colleague, its cache rebuilt here: the key holds the data's
+    bytes, the feature parameters and the feature code); None (and says why) when neither loads, in which case
+    the ridge baseline and the data-quality section are left out: the run's own figures do not need it."""
     from tradelib.data import cache
 
     summary = runs.read_summary(Path(run_dir)) or {}
-    folder = Path(summary.get("cache_dir") or "")
-    if summary.get("cache_key") and not cache.has(folder):
-        folder = cache.folder_for(summary["cache_key"])  # keyed by the data's bytes and the feature code
-    rebuild = "rebuild it with `tradelib prepare` and the run's parameters"
-    if not (summary.get("cache_dir") or summary.get("cache_key")) or not cache.has(folder):
-        print(f"feature cache {folder} not found: ridge baseline and data quality left out ({rebuild})")
-        return None
-    try:
-        return cache.load(folder, mmap=True)  # verified, read from disk as used: the cache may exceed memory
-    except cache.CacheError as exc:
-        print(f"feature cache {folder} is damaged ({exc}): ridge baseline and data quality left out ({rebuild})")
-        return None
+    named, key = summary.get("cache_dir"), summary.get("cache_key")
+    places = list(dict.fromkeys(p for p in (named and Path(named), key and cache.folder_for(key)) if p))
+    problems = []
+    for folder in places:
+        if not cache.has(folder):
+            problems.append(f"{folder} not found")
+            continue
+        try:
+            return cache.load(folder, mmap=True)  # verified, read from disk as used: the cache may exceed memory
+        except cache.CacheError as exc:
+            problems.append(f"{folder} is damaged ({exc})")
+    print(f"feature cache {'; '.join(problems) or 'not named in summary.json'}: ridge baseline and data quality left "
+          f"out (rebuild it with `tradelib prepare` and the run's parameters, from the same data and code)")
+    return None
 
 
 def read_facts(run_dir: Path) -> dict | None:

@@ -47,7 +47,7 @@ from tradelib.hardware import (
     torch_flags,
 )
 from tradelib.monitor import GpuMonitor
-from tradelib.progress import Progress
+from tradelib.progress import Progress, headless_kernel
 from tradelib.train import checkpoint
 from tradelib.train.facts import write_train_facts
 from tradelib.train.models import import_user_model, model_for, n_params
@@ -334,7 +334,9 @@ class TrainingRun:
             self.t_log = self.t_ckpt = self.clock()
             state = "failed"
             try:
-                with StopRequests(enabled=True, escalate=self.world == 1) as self.stop, CpuElsewhere() as other:
+                waits = ("the ranks agree on the step at the next log point" if self.world > 1 else
+                         "a second signal waits for the step" if headless_kernel() else "")
+                with StopRequests(enabled=True, escalate=not waits, waits=waits) as self.stop, CpuElsewhere() as other:
                     try:
                         self._loop()
                     except KeyboardInterrupt as exc:

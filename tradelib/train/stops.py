@@ -39,6 +39,12 @@ def stopped_by(signum: int) -> str:
     return "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
 
 
+def caught(signals: tuple[int, ...]) -> list[int]:
+    """The signals a stop handler takes over: not one this process was started ignoring (`nohup` ignores SIGHUP,
+    so a run under it goes on when the terminal closes, as its user asked)."""
+    return [s for s in signals if signal.getsignal(s) is not signal.SIG_IGN]
+
+
 @contextlib.contextmanager
 def signals_interrupt() -> Iterator[None]:
     """While entered (main thread), SIGTERM and SIGHUP raise StopRequested where SIGINT raises KeyboardInterrupt:
@@ -52,7 +58,7 @@ def signals_interrupt() -> Iterator[None]:
     def handler(signum, frame) -> None:
         raise StopRequested(signum)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {s: signal.signal(s, handler) for s in caught((signal.SIGTERM, signal.SIGHUP))}
     try:
         yield
     finally:
@@ -62,18 +68,20 @@ def signals_interrupt() -> Iterator[None]:
 
 class StopRequests:
     """While entered (main thread only), SIGINT / SIGTERM / SIGHUP set `requested` (the signal's number) instead of
-    ending the process. A second one stops at once when `escalate` (one process); under DDP it is left to the
-    agreed stop, since torchrun passes its own signal on again and kills late workers after its timeout."""
+    ending the process. A second one stops at once when `escalate` (one process, watched by a person); else it
+    waits for the step: under DDP, where torchrun passes its own signal on again and kills late workers after its
+    timeout, and in a notebook's kernel that papermill runs, which a scheduler's SIGTERM to every process and then
+    the pipeline's interrupt reach one after the other (its kernel manager kills it after KERNEL_STOP_S)."""
 
-    def __init__(self, enabled: bool, escalate: bool = True) -> None:
+    def __init__(self, enabled: bool, escalate: bool = True, waits: str = "") -> None:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.escalate = escalate
+        self.escalate, self.waits = escalate, waits  # `waits`: said, without escalation, of a second signal
         self.requested: int | None = None
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequests:
         if self.enabled:
-            for s in STOP_SIGNALS:
+            for s in caught(STOP_SIGNALS):
                 self._previous[s] = signal.signal(s, self._handler)
         return self
 
@@ -89,5 +97,5 @@ class StopRequests:
             return
         self.requested = signum
         again = f"{'interrupt' if signum == signal.SIGINT else 'signal'} again to stop at once" if self.escalate \
-            else "the ranks agree on the step at the next log point"
+            else self.waits
         print(f"\n{signal_name(signum)}: stopping after this optimizer step with a checkpoint ({again})", flush=True)
