@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -773,8 +774,6 @@ def test_prepare_killed_at_any_moment_leaves_a_valid_cache(outputs, moment):
 def test_a_run_resumes_with_its_data_moved_or_spelled_otherwise(outputs, capsys, tmp_path, monkeypatch):
     """The data path is kept absolute, and may change on resume: the cache key (the files' bytes) is what must
     not. A run started on a relative path resumes from the data moved elsewhere; other bytes are refused."""
-    import shutil
-
     first = tmp_path / "a" / "real"
     shutil.copytree(ROOT / "tests" / "data" / "real", first)
     monkeypatch.chdir(tmp_path / "a")
@@ -804,6 +803,12 @@ def test_a_copied_run_reports_on_the_cache_of_its_key_rebuilt_here(outputs, caps
                                                   "cache_dir": f"/home/someone/outputs/cache/{key}"}))
     found = load_featureset(run)
     assert found is not None and found.meta["cache_key"] == key and len(found) == len(fs)
+    damaged = tmp_path / "theirs" / key  # the folder it names is there but damaged: the local one of its key
+    shutil.copytree(fs.meta["cache_dir"], damaged)
+    nan_bytes(damaged)
+    (run / "summary.json").write_text(json.dumps({"run_id": "colleague", "cache_key": key, "cache_dir": str(damaged)}))
+    capsys.readouterr()
+    assert load_featureset(run) is not None and capsys.readouterr().out == ""
     (run / "summary.json").write_text(json.dumps({"run_id": "colleague", "cache_key": "0" * 20,
                                                   "cache_dir": "/home/someone/outputs/cache/x"}))
     assert load_featureset(run) is None and "not found: ridge baseline and data quality left out" in \

@@ -266,9 +266,9 @@ def test_a_scheduler_stopping_the_pipeline_stops_training_at_a_step_with_a_check
 
 @pytest.mark.slow
 def test_a_stopped_kernel_has_time_to_write_its_checkpoint(tmp_path):
-    """The pipeline's papermill kernel, interrupted on SIGTERM, takes 4 s to end its step and save (a large
-    model's checkpoint): the pipeline waits for it, and signals it no second time meanwhile (jupyter_client's
-    own manager signals again after 2.5 s and kills after 5)."""
+    """The pipeline's papermill kernel, interrupted on SIGTERM, takes 7 s to end its step and save (a large
+    model's checkpoint): the pipeline says it waits, waits, and signals it no second time meanwhile, not even on
+    a second SIGTERM to the pipeline (jupyter_client's own manager signals again after 2.5 s and kills after 5)."""
     import signal
     import time
 
@@ -276,7 +276,7 @@ def test_a_stopped_kernel_has_time_to_write_its_checkpoint(tmp_path):
              "def stop(s, f):\n    seen.append(s)\n    pathlib.Path(out, f'signal-{len(seen)}').write_text(str(s))\n"
              "signal.signal(signal.SIGINT, stop)\nsignal.signal(signal.SIGTERM, stop)\n"
              "pathlib.Path(out, 'started').write_text('')\nwhile not seen:\n    time.sleep(0.05)\n"
-             "time.sleep(4)\npathlib.Path(out, 'saved').write_text(str(seen))\nraise KeyboardInterrupt")
+             "time.sleep(7)\npathlib.Path(out, 'saved').write_text(str(seen))\nraise KeyboardInterrupt")
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                            "language": "python"}})
     nb.cells = [nbformat.v4.new_code_cell("out = ''", metadata={"tags": ["parameters"]}),
@@ -291,7 +291,10 @@ def test_a_stopped_kernel_has_time_to_write_its_checkpoint(tmp_path):
     while not (tmp_path / "started").exists() and time.monotonic() - t0 < 60:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)  # a scheduler's second, or the session's SIGHUP: it waits with the first
     out, _ = proc.communicate(timeout=120)
     assert (tmp_path / "saved").exists(), out[-2000:]
     assert (tmp_path / "signal-1").read_text() == str(int(signal.SIGINT)) and not (tmp_path / "signal-2").exists()
-    assert "probe stopped (start again: " in out
+    assert "SIGTERM: stopping probe: its kernel ends its step, waited for up to 120 s" in out
+    assert "probe stopped (start again with the same command)" in out

@@ -156,13 +156,15 @@ def test_how_to_go_on_after_a_stopped_notebook(tmp_path):
 
     run = tmp_path / "r"
     (run / "fold-0" / "checkpoints").mkdir(parents=True)
-    assert go_on("04_report", run, "RESUME", "RERUN") == f"the report alone: tradelib report {run}"
+    assert go_on("04_report", run, "RESUME", "RERUN") == f"the report alone: tradelib report {run}, with the same -f " \
+                                                         "/ -p"
     assert go_on("03_train", run, "RESUME", "RERUN") == "no checkpoint yet; start again: RERUN"
     assert go_on("01_data_cleaning", run, "RESUME", "RERUN") == "start again: RERUN"
     (run / "fold-0" / "checkpoints" / "step-4.pt").write_bytes(b"weights")
     Progress(10, mode="off", path=run / "fold-0" / PROGRESS_FILE).close("interrupted")
-    assert runs.has_checkpoints(run) and runs.run_state(run) == "interrupted"
-    assert go_on("03_train", run, "RESUME", "RERUN") == "its training interrupted; resume: RESUME"
+    assert runs.has_checkpoints(run) and runs.run_state(run) == "interrupted in fold-0"
+    assert go_on("03_train", run, "RESUME", "RERUN") == "its training interrupted in fold-0; resume: RESUME"
+    assert go_on("02_profiling", run, "", "") == "start again with the same command"
 
 
 def test_stop_handlers_are_put_back_and_an_ignored_signal_stays_ignored():

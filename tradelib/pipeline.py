@@ -129,10 +129,11 @@ def go_on(name: str, out: Path, resume: str, rerun: str) -> str:
     """How to go on after notebook `name` of the run in `out` was stopped: its report alone, the training resumed
     from its checkpoint, or the command run again."""
     if name == "04_report":
-        return f"the report alone: tradelib report {out}"
+        return f"the report alone: tradelib report {out}, with the same -f / -p"
     if name == TRAINS and resume and has_checkpoints(out):
         return f"its training {run_state(out)}; resume: {resume}"
-    return f"no checkpoint yet; start again: {rerun}" if name == TRAINS else f"start again: {rerun}"
+    again = f"start again: {rerun}" if rerun else "start again with the same command"
+    return f"no checkpoint yet; {again}" if name == TRAINS else again
 
 
 def render_html(notebook: Path, html: Path) -> Path:
@@ -214,7 +215,9 @@ def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, 
         # 03_train: the training's own bar (step, epoch, loss, samples/s, ETA) instead of papermill's cell count
         follow = Follower(out / PROGRESS_FILE, f"{label} {name}") if progress and name == TRAINS else None
         try:
-            with follow or contextlib.nullcontext(), child_environment(), signals_interrupt():
+            saves = " and writes a checkpoint" if name == TRAINS else ""
+            waiting = f"stopping {name}: its kernel ends its step{saves}, waited for up to {KERNEL_STOP_S:.0f} s"
+            with follow or contextlib.nullcontext(), child_environment(), signals_interrupt(waiting):
                 pm.execute_notebook(str(src[name]), str(out / f"{name}.ipynb"), parameters=per_nb[name],
                                     cwd=str(notebooks_dir()), progress_bar=progress and follow is None,
                                     log_output=False, extra_arguments=KERNEL_ARGS,

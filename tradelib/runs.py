@@ -127,19 +127,20 @@ def run_folders(root: Path | None = None) -> list[Path]:
 def run_state(folder: Path) -> str:
     """"finished" (summary.json), else what progress.json (a walk-forward: its latest fold's) says: "running
     (process N)", "stopped (process gone)" (it says running but its writer is dead: killed, or its machine went
-    down), "interrupted", "stopped", "failed"; "not started" without either file."""
+    down), "interrupted", "stopped", "failed", a walk-forward's with its fold ("done in fold-0": stopped before
+    the next); "not started" without either file."""
     from tradelib.progress import PROGRESS_FILE, read_progress
 
     if (Path(folder) / "summary.json").exists():
         return "finished"
-    path = Path(folder) / PROGRESS_FILE
+    path, fold = Path(folder) / PROGRESS_FILE, ""
     if not path.exists():  # a walk-forward: its folds' progress, the latest one's
         folds = sorted(Path(folder).glob(f"fold-*/{PROGRESS_FILE}"), key=lambda p: p.stat().st_mtime)
-        path = folds[-1] if folds else path
+        path, fold = (folds[-1], f" in {folds[-1].parent.name}") if folds else (path, "")
     data = read_progress(path)
     if data is None:
         return "not started"
-    return f"running (process {data['pid']})" if data["state"] == "running" else str(data["state"])
+    return (f"running (process {data['pid']})" if data["state"] == "running" else str(data["state"])) + fold
 
 
 def has_checkpoints(folder: Path) -> bool:

@@ -197,8 +197,9 @@ def load_featureset(run_dir: Path):
             return cache.load(folder, mmap=True)  # verified, read from disk as used: the cache may exceed memory
         except cache.CacheError as exc:
             problems.append(f"{folder} is damaged ({exc})")
+    rebuild = " (rebuild it with `tradelib prepare` and the run's parameters, from the same data and code)"
     print(f"feature cache {'; '.join(problems) or 'not named in summary.json'}: ridge baseline and data quality left "
-          f"out (rebuild it with `tradelib prepare` and the run's parameters, from the same data and code)")
+          f"out{rebuild if key else ''}")
     return None
 
 

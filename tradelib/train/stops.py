@@ -46,19 +46,28 @@ def caught(signals: tuple[int, ...]) -> list[int]:
 
 
 @contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """While entered (main thread), SIGTERM and SIGHUP raise StopRequested where SIGINT raises KeyboardInterrupt:
-    for a process whose training runs in a child it stops the way Ctrl-C does (the pipeline's papermill kernels,
-    interrupted on a KeyboardInterrupt, stop their run at a step with a checkpoint). Unhandled, SIGTERM ended the
-    pipeline at once and its kernel with it, without one."""
+def signals_interrupt(waiting: str = "") -> Iterator[None]:
+    """While entered (main thread), the first SIGINT, SIGTERM or SIGHUP raises StopRequested, a KeyboardInterrupt,
+    after saying `waiting` (what happens next): for a process whose training runs in a child, which it stops the
+    way Ctrl-C does (the pipeline's papermill kernels, interrupted on a KeyboardInterrupt, stop their run at a
+    step with a checkpoint, and the pipeline waits for them). Later SIGTERM / SIGHUP wait with it (a scheduler
+    that signals again, a closed ssh session); a second Ctrl-C stops at once, without the checkpoint. Unhandled,
+    SIGTERM ended the pipeline at once and its kernel with it, without one."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    first: list[int] = []
 
     def handler(signum, frame) -> None:
+        if first:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        first.append(signum)
+        print(f"\n{signal_name(signum)}: {waiting or 'stopping'} (Ctrl-C to stop at once, without it)", flush=True)
         raise StopRequested(signum)
 
-    previous = {s: signal.signal(s, handler) for s in caught((signal.SIGTERM, signal.SIGHUP))}
+    previous = {s: signal.signal(s, handler) for s in caught(STOP_SIGNALS)}
     try:
         yield
     finally:
@@ -71,7 +80,8 @@ class StopRequests:
     ending the process. A second one stops at once when `escalate` (one process, watched by a person); else it
     waits for the step: under DDP, where torchrun passes its own signal on again and kills late workers after its
     timeout, and in a notebook's kernel that papermill runs, which a scheduler's SIGTERM to every process and then
-    the pipeline's interrupt reach one after the other (its kernel manager kills it after KERNEL_STOP_S)."""
+    the pipeline's interrupt reach one after the other (the pipeline's kernel manager kills it after KERNEL_STOP_S,
+    papermill's own command's after 5 s)."""
 
     def __init__(self, enabled: bool, escalate: bool = True, waits: str = "") -> None:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
