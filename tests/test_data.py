@@ -546,7 +546,8 @@ def test_a_masked_split_restarts_the_series_so_no_feature_or_target_spans_it(rea
     for symbol, t in when.items():
         at = int(np.flatnonzero((fs.timestamp == t.value) & (fs.symbol_id == fs.symbols.index(symbol)))[0])
         assert fs.segment[at] == fs.segment[at - 1] + 1
-        assert np.isnan(fs.y[at - 3 : at]).all() and np.isfinite(fs.y[at - 4])  # no target over the split
+        reach = cfg.target_reach  # no target over the split
+        assert np.isnan(fs.y[at - reach : at]).all() and np.isfinite(fs.y[at - reach - 1])
         assert (fs.X[at : at + 3] != base.X[at : at + 3]).any()  # the features restart there ...
     assert np.isfinite(fs.X).all() and np.abs(fs.X).max() <= cfg.clip
     flagged, _ = dataset.build(cfg.replace(corporate_actions="flag"), raw)

@@ -91,11 +91,11 @@ def test_splits_are_chronological_and_purged():
     ts = fs.timestamp
     assert ts[fs.split == 0].max() < ts[fs.split == 1].min() < ts[fs.split == 1].max() < ts[fs.split == 2].min()
     bar = 300 * 10**9
-    gap = (fcfg.horizon + fcfg.window) * bar
+    gap = (fcfg.target_reach + fcfg.window) * bar
     assert ts[fs.split == 1].min() - ts[fs.split == 0].max() >= gap
     assert ts[fs.split == 2].min() - ts[fs.split == 1].max() >= gap
     # no training target reaches a validation row: the last training target ends before validation starts
-    last_train_target_end = ts[window_ends(fs, 0, fcfg.window)].max() + fcfg.horizon * bar
+    last_train_target_end = ts[window_ends(fs, 0, fcfg.window)].max() + fcfg.target_reach * bar
     assert last_train_target_end < ts[fs.split == 1].min()
 
 
@@ -110,17 +110,42 @@ def test_normalisation_is_fitted_on_training_rows_only():
 
 
 def test_unknown_targets_stay_nan_not_zero():
-    fs = features_of(clean_market(n_symbols=2, n_bars=500), Config(window=8, horizon=4))
+    cfg = Config(window=8, horizon=4)
+    fs = features_of(clean_market(n_symbols=2, n_bars=500), cfg)
     for s in np.unique(fs.symbol_id):
-        last4 = np.flatnonzero(fs.symbol_id == s)[-4:]
-        assert np.isnan(fs.y[last4]).all()
+        rows = np.flatnonzero(fs.symbol_id == s)
+        assert np.isnan(fs.y[rows[-cfg.target_reach:]]).all() and np.isfinite(fs.y[rows[-cfg.target_reach - 1]])
     assert np.isfinite(fs.y[window_ends(fs, 0, 8)]).all()
+
+
+@pytest.mark.parametrize("delay", [1, 3])
+def test_the_target_starts_target_delay_bars_after_t(delay):
+    """y at t is the target from t of the row `target_delay` rows later in t's segment (the return a book
+    trading that many bars after its signal earns), NaN where that row is in another segment; nothing else
+    moves but the purge, which grows by the delay. The predictions' lag-0 target (`target_from_t`) is the
+    undelayed one again, so a report shifts it by its own trade delay."""
+    clean = clean_market(n_symbols=3, n_bars=900)  # hostile: gaps that cut segments, masked targets
+    base = features_of(clean, Config(window=16, horizon=2, target_delay=0))
+    late = features_of(clean, Config(window=16, horizon=2, target_delay=delay))
+    n = len(base)
+    assert base.segment.max() + 1 > 3 and np.isnan(base.y).sum() > 3 * 2  # segments and masks to get right
+    at = np.minimum(np.arange(n) + delay, n - 1)
+    same = (np.arange(n) + delay < n) & (base.segment[at] == base.segment)
+    np.testing.assert_array_equal(late.y, np.where(same, base.y[at], np.nan).astype(np.float32))
+    for name in ("X", "fwd_return", "ret_next", "last_return", "timestamp", "segment"):
+        np.testing.assert_array_equal(getattr(late, name), getattr(base, name), err_msg=name)
+    assert late.meta["splits"]["purge_bars"] == base.meta["splits"]["purge_bars"] + delay
+    assert ((late.split == base.split) | ((late.split == -1) & (base.split > 0))).all()
+    for split in (0, 1, 2):
+        rows = window_ends(late, split, 16)
+        np.testing.assert_array_equal(late.target_from_t(rows), base.y[rows])
+    assert late.target_delay == delay and base.target_delay == 0
 
 
 def test_vol_scaled_target():
     clean = clean_market(n_symbols=2, n_bars=600, hostile=False)
-    plain = features_of(clean, FCFG)
-    scaled = features_of(clean, Config(window=16, vol_scaled_target=True))
+    plain = features_of(clean, Config(window=16, target_delay=0))
+    scaled = features_of(clean, Config(window=16, vol_scaled_target=True, target_delay=0))
     rvol = raw_features(clean, plain.segment)[:, plain.feature_names.index("rvol_32")]
     ok = np.isfinite(scaled.y) & (rvol > 0)
     np.testing.assert_allclose(scaled.y[ok], (plain.fwd_return[ok] / rvol[ok]).astype(np.float32), rtol=1e-4)
@@ -202,13 +227,14 @@ def test_cleaning_and_features_never_look_ahead(cut, cells, spikes, dups):
         np.testing.assert_array_equal(getattr(full, name)[upto], getattr(part, name), err_msg=name)
     assert full.meta["norm"] == part.meta["norm"] and full.meta["target_scale"] == part.meta["target_scale"]
     idx, sid = np.arange(len(part)), part.symbol_id
-    for name, ahead in (("y", cfg.horizon + 1), ("fwd_return", cfg.horizon + 1), ("ret_next", 2)):
+    for name, ahead in (("y", cfg.target_reach + 1), ("fwd_return", cfg.horizon + 1), ("ret_next", 2)):
         known = (idx + ahead < len(part)) & (sid[np.minimum(idx + ahead, len(part) - 1)] == sid)
         np.testing.assert_array_equal(getattr(full, name)[upto][known], getattr(part, name)[known], err_msg=name)
     if not cells and not spikes:  # the spike at T alone: the full history (the bar after T) confirms it ...
         assert full.meta["masked_targets"]["spike_rows"] == part.meta["masked_targets"]["spike_rows"] + 1 == 1
         t = int(np.flatnonzero(part.timestamp == pd.Timestamp(when).value)[0])  # ... so the target ending at T
-        assert np.isnan(full.y[t - cfg.horizon]) and np.isfinite(part.y[t - cfg.horizon])  # is masked there only
+        end = t - cfg.target_reach  # the row whose target ends at T
+        assert np.isnan(full.y[end]) and np.isfinite(part.y[end])  # is masked there only
 
 
 def test_a_hole_just_under_max_gap_bars_is_never_spanned():
@@ -217,7 +243,8 @@ def test_a_hole_just_under_max_gap_bars_is_never_spanned():
     bars of the calendar (a target over the hole is masked) and the purge is horizon + window rows of each
     symbol, so none does."""
     raw = generate_market(n_symbols=1, n_bars=2400, seed=4, hostile=False)
-    cfg = Config(window=16, horizon=3, max_gap_bars=50, train_end=_iso(raw, 1000), val_end=_iso(raw, 1700))
+    cfg = Config(window=16, horizon=3, target_delay=0, max_gap_bars=50, train_end=_iso(raw, 1000),
+                 val_end=_iso(raw, 1700))
     holed = raw.drop(index=range(990, 1031)).reset_index(drop=True)  # bars 990..1030 missing
     fs = features_of(clean.clean_ohlcv(holed, "holed", keep=("oracle",))[0], cfg)
     assert fs.segment.max() == 0  # one segment: windows may cross the hole, targets may not
@@ -242,10 +269,10 @@ def test_date_splits_keep_whole_days_and_are_stated():
     assert ts[fs.split == 1].min() > pd.Timestamp("2024-01-04", tz="UTC")
     assert ts[fs.split == 1].max() <= pd.Timestamp("2024-01-05 12:00", tz="UTC") < ts[fs.split == 2].min()
     cut = fs.meta["splits"]
-    assert cut["method"] == "dates" and cut["purge_bars"] == 9
+    assert cut["method"] == "dates" and cut["purge_bars"] == 10
     assert pd.Timestamp(cut["test_start"], tz="UTC") == ts[fs.split == 2].min()
-    # every symbol purges horizon + window of its own rows after each of the two boundaries
-    assert (np.bincount(fs.symbol_id[fs.split == -1]) == 2 * 9).all()
+    # every symbol purges target_delay + horizon + window of its own rows after each of the two boundaries
+    assert (np.bincount(fs.symbol_id[fs.split == -1]) == 2 * 10).all()
     with pytest.raises(ValueError, match="test split is empty"):
         features_of(clean.clean_ohlcv(raw, "dated")[0], Config(train_end="2024-01-03", val_end="2024-02-01"))
 

@@ -1,8 +1,9 @@
 """The whole path (a CSV read and cleaned, features, device windows, training, predictions, the report) on
 markets tradelib did not generate, written here with numpy: on random walks the model finds nothing; with a
-planted drift that lasts it finds a signal the book can trade; with a planted one-bar reversal the report
-shows the signal before the trade delay and says no book trading a bar later earns it. Three ways through: an
-LSTM over windows, a causal TCN trained on dense chunks, a walk-forward of two folds. A look-ahead in what the
+planted drift that lasts it finds a signal the book can trade; with a planted one-bar reversal, a model trained
+on the return from t learns it and the report says no book trading a bar later earns it, while the default
+model, trained on the return the book earns, does not chase it. Three ways through: an LSTM over windows, a
+causal TCN trained on dense chunks, a walk-forward of two folds. A look-ahead in what the
 predictions see (a window reaching past t, a target starting before it) would show on the random walks."""
 
 import math
@@ -91,12 +92,19 @@ def test_a_planted_drift_is_found_and_traded(tmp_path, path):
     assert s["baseline_ic"]["ridge"] > 0.08  # the ridge on the same features finds it too
 
 
-def test_a_one_bar_reversal_shows_before_the_delay_and_is_called_untradable(tmp_path):
-    """phi = -0.2: the model learns the bounce (lag-0 IC about -phi), but a book trading one bar later earns
-    phi^2 of it with the opposite sign, and the report's words say so."""
-    report = trained_report(tmp_path, "bounce", seed=0, reversal=-0.2)
+def test_a_one_bar_reversal_is_not_learned_for_a_book_that_cannot_trade_it(tmp_path):
+    """phi = -0.2. Trained on the return from t (target_delay 0), the model learns the bounce (lag-0 IC about
+    -phi), but a book trading one bar later earns phi^2 of it with the opposite sign and loses; the report says
+    so, and warns that the model learned another target than the book trades. Trained as by default on the
+    return the book earns (target_delay 1 = trade_delay), the model does not chase the bounce: its traded IC is
+    not below zero and its gross book does not lose beyond its error bars."""
+    report = trained_report(tmp_path, "bounce", {"target_delay": 0}, seed=0, reversal=-0.2)
     s = report["summary"]
     assert s["cross_sectional_ic_lag0"] > 0.12 and s["ic_t_stat_lag0"] > 5
     assert s["cross_sectional_ic"] < 0.02 < s["cross_sectional_ic_lag0"] - 0.1
     assert s["net_sharpe_ci"][1] < 0  # the book that trades it a bar late loses
     assert "no book trading 1 bar(s) later earns that" in rw.summary_markdown(report)
+    assert any("learned the return starting 0 bar(s) after its signal" in w for w in report["warnings"])
+    s = trained_report(tmp_path, "bounce-delayed", seed=0, reversal=-0.2)["summary"]
+    assert s["cross_sectional_ic_lag0"] < 0.05 and s["cross_sectional_ic"] > -0.01
+    assert s["gross_sharpe_ci"][1] > 0

@@ -149,7 +149,7 @@ def test_the_test_span_as_traded_on_real_daily_bars(real_run, real_fs):
     cut = real_fs.meta["splits"]
     t = real_fs.timestamp
     purged = (real_fs.split == -1) & (t > cut["val_end"])
-    assert span["purged_rows"] == int(purged.sum()) == 3 * (CFG.horizon + CFG.window)  # per symbol
+    assert span["purged_rows"] == int(purged.sum()) == 3 * (CFG.target_reach + CFG.window)  # per symbol
     targets = int(((real_fs.split == 2) & np.isfinite(real_fs.y)).sum())
     assert span["warmup_rows"] == targets - len(ends) >= 3 * (CFG.window - 1)
     first = pd.Timestamp(span["first_prediction"])

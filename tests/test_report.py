@@ -53,13 +53,15 @@ def make_run(run_dir, seed=0, rho=RHO, summary_extra=None, n_sym=4, n_days=3, la
     lines.append({"kind": "epoch", "epoch": 0, "train_loss": 0.5, "val_loss": 0.7, "epoch_time_s": 4.0})
     (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     summary = {
-        "run_id": run_dir.name, "config": {"batch_size": 1024}, "device": "cuda", "device_name": "NVIDIA H200",
+        "run_id": run_dir.name, "config": {"batch_size": 1024, "target_delay": 1}, "device": "cuda",
+        "device_name": "NVIDIA H200",
         "loader": "device", "model": "lstm", "batch_size": 1024, "grad_accum_steps": 1, "samples_per_s": 5e4,
         "it_per_s": 48.8, "batches_per_epoch": 100, "data_wait_share": 0.02, "peak_mem_bytes": 2_500_000_000,
         "gpu_util": None, "mfu": 0.12, "epoch_time_s": 4.0, "cross_sectional_ic": 0.3, "daily_ic": 0.3,
         "pooled_ic": 0.3, "finished": "2024-06-01T10:00:00",
     }  # fmt: skip
-    summary.update(summary_extra or {})
+    extra = summary_extra or {}
+    summary.update({**extra, "config": {**summary["config"], **extra.get("config", {})}})
     (run_dir / "summary.json").write_text(json.dumps(summary))
     features = {"X_train": feature[:, None], "y_train": ahead, "X_test": feature[:, None]}
     return run_dir, features
@@ -178,6 +180,30 @@ def test_warnings_for_a_short_span_few_symbols_and_a_warm_up_as_long_as_the_run(
     run2, _ = make_run(tmp_path / "long", freq="B", n_bars=300, n_sym=6,
                        summary_extra={"config": {"warmup_steps": 5}, "optimizer_steps": 500})
     assert rp.build_report(run2, settings=DEFAULTS)["warnings"] == []
+
+
+def test_a_book_trading_another_delay_than_the_model_learned_is_warned(tmp_path):
+    """A run that learned the return from t (target_delay 0, and every run from before the setting), reported
+    for a book trading a bar later: the headline measures a target the model was not trained for."""
+    for learned, config in ((0, {"target_delay": 0}), (0, {"target_delay": None}), (1, {})):
+        run, _ = make_run(tmp_path / f"d{learned}-{config.get('target_delay', 1)}", summary_extra={"config": config})
+        if config.get("target_delay", 1) is None:  # a summary written before the setting
+            s = json.loads((run / "summary.json").read_text())
+            del s["config"]["target_delay"]
+            (run / "summary.json").write_text(json.dumps(s))
+        rep = rp.build_report(run, settings=DEFAULTS)
+        said = [w for w in rep["warnings"] if "target_delay" in w]
+        if learned == 1:
+            assert said == [] and "learned target: the return from t+1 to t+2" in rw.summary_markdown(rep)
+            assert "bar(s) after its signal (target_delay), the book trades it 0" in " ".join(
+                rp.build_report(run, settings=ri.ReportSettings.of(trade_delay=0))["warnings"])
+        else:
+            assert said == ["the model learned the return starting 0 bar(s) after its signal (target_delay), the "
+                            "book trades it 1 bar(s) after (trade_delay): the headline IC and the book measure a "
+                            "target it was not trained for; train with target_delay 1, or report with trade_delay 0"]
+            again = rp.build_report(run, settings=ri.ReportSettings.of(trade_delay=0))["warnings"]
+            assert not [w for w in again if "target_delay" in w]
+            assert "learned target: the return from t+0 to t+1" in rw.summary_markdown(rep)
 
 
 def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(tmp_path):

@@ -80,6 +80,9 @@ class Config:
                                lo_open=True)
     window: int = knob(32, "bars of history per sample", "features", lo=1)
     horizon: int = knob(1, "target: forward log return over this many bars", "features", lo=1)
+    target_delay: int = knob(1, "target: starts this many bars after t, the return a book trading that many bars "
+                             "after its signal earns (1: t+1 to t+1+horizon, as trade_delay 1 trades; 0: from t "
+                             "itself)", "features", lo=0)
     vol_scaled_target: bool = knob(False, "divide the target by trailing realised volatility", "features")
     clip: float = knob(5.0, "normalised features are clipped to +-clip", "features", lo=0, lo_open=True,
                        finite=True)
@@ -288,6 +291,12 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def target_reach(self) -> int:
+        """Bars after t at which t's target ends (target_delay + horizon): what a purge and a symbol's length
+        must allow for."""
+        return self.target_delay + self.horizon
 
     def group(self, *names: str) -> dict[str, Any]:
         """The values of the fields in these groups, e.g. cfg.group("features"): what the feature cache keys on."""

@@ -325,13 +325,15 @@ def runs_table(root: Path) -> pd.DataFrame:
 
 # -- predictions.parquet --------------------------------------------------------------------------------------
 def write_predictions(run: Path, fs, rows: np.ndarray, prediction: np.ndarray) -> Path:
-    """The test split's predictions beside everything the report needs of those rows (written atomically)."""
+    """The test split's predictions beside everything the report needs of those rows (written atomically).
+    `target` is the return from t (lag 0), whatever delay the model was trained for: the report shifts it by its
+    trade_delay."""
     return write_prediction_frame(run, pd.DataFrame({
         "row": rows,
         "timestamp": pd.to_datetime(fs.timestamp[rows], utc=True),
         "symbol": np.asarray(fs.symbols, dtype=object)[fs.symbol_id[rows]],
         "prediction": prediction,
-        "target": fs.y[rows], "fwd_return": fs.fwd_return[rows], "ret_next": fs.ret_next[rows],
+        "target": fs.target_from_t(rows), "fwd_return": fs.fwd_return[rows], "ret_next": fs.ret_next[rows],
         "last_return": fs.last_return[rows], "oracle": fs.oracle[rows],
     }))
 

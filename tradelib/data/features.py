@@ -63,6 +63,23 @@ class FeatureSet:
     def n_features(self) -> int:
         return self.X.shape[1]
 
+    @property
+    def target_delay(self) -> int:
+        """Bars between t and the start of y's return (0 for a cache written before the setting)."""
+        return int(self.meta.get("feature_config", {}).get("target_delay", 0))
+
+    def target_from_t(self, rows: np.ndarray) -> np.ndarray:
+        """These rows' target counted from t itself (the return from t to t+horizon): y holds it target_delay
+        rows earlier. What the predictions keep, so that a report takes its own trade delay from it; NaN where
+        that row is in another segment (a row with a whole window has it whenever target_delay < window)."""
+        rows = np.asarray(rows)
+        d = self.target_delay
+        if d == 0:
+            return self.y[rows]
+        src = np.maximum(rows - d, 0)
+        ok = (rows >= d) & (self.segment[src] == self.segment[rows])
+        return np.where(ok, self.y[src], np.nan).astype(self.y.dtype)
+
     def frame(self) -> pd.DataFrame:
         """The features as a DataFrame, for looking at them."""
         df = pd.DataFrame(self.X, columns=self.feature_names)
@@ -137,14 +154,17 @@ def minute_of_day(t) -> np.ndarray:
 
 
 def targets(bars: dict, seg: Segments, codes: np.ndarray, pos: np.ndarray, cfg) -> dict[str, np.ndarray]:
-    """The forward log return over `horizon` bars (the target, optionally over trailing volatility), the next
-    one-bar return (backtest PnL) and the last one (the momentum baseline); NaN where unknown.
+    """The target: the forward log return over `horizon` bars that starts `target_delay` bars after t (the one
+    a book trading that many bars after its signal earns), optionally over the trailing volatility at its start;
+    `fwd_return`, the unscaled return over `horizon` bars from t itself; the next one-bar return (backtest PnL)
+    and the last one (the momentum baseline); NaN where unknown.
 
     The horizon is in bars (`pos`: each row's bar number in its symbol, `sessions.bar_positions`: missing bars
     counted, session breaks not): a target that would span a missing bar is masked, not stretched over more time.
     A target or return that starts or ends at a confirmed price spike (`spike_rows`, which needs the next bar) is
     masked too: the label side is the one place where information from after t may act. `ret_next` runs to the
-    symbol's next row (a position is held across a missing bar) and is masked only at spikes.
+    symbol's next row (a position is held across a missing bar) and is masked only at spikes. The delay is in
+    rows, as a book's delay is (the target of row t + target_delay, NaN where that row is in another segment).
     """
     h = cfg.horizon
     close = np.asarray(bars["close"], dtype=np.float64)
@@ -162,6 +182,8 @@ def targets(bars: dict, seg: Segments, codes: np.ndarray, pos: np.ndarray, cfg) 
         rvol = feature_makers(bars, seg)[f"rvol_{VOL_WINDOWS[-1]}"]() * np.sqrt(h)
         with np.errstate(invalid="ignore", divide="ignore"):
             target = np.where(rvol > 0, fwd / rvol, np.nan)
+    if cfg.target_delay:
+        target = seg.lead(target, cfg.target_delay)
     ret_next = seg.lead(log_close, 1) - log_close
     ret_next[spike | seg.ahead(spike, 1)] = np.nan
     return {"target": target, "fwd_return": fwd, "ret_next": ret_next, "last_return": seg.diff(log_close, 1),
@@ -271,9 +293,9 @@ def fold_bound(bounds: list[dict], fold: int, cfg) -> dict:
 
 
 def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, bound: dict) -> tuple[np.ndarray, dict]:
-    """Chronological split by time across all symbols, then a purge of the first (horizon + window) rows of
-    every symbol after each boundary, counted in that symbol's own bars (not in clock time, which a weekend or
-    a hole would shorten). With targets that never span a missing bar (`targets`), no training target or
+    """Chronological split by time across all symbols, then a purge of the first (target_delay + horizon +
+    window) rows of every symbol after each boundary, counted in that symbol's own bars (not in clock time, which
+    a weekend or a hole would shorten). With targets that never span a missing bar (`targets`), no training target or
     window reaches a validation or test target. Rows are sorted by (symbol, time).
 
     `bound` is a fold's bounds of all the rows (`fold_bound`); these rows may be some symbols of them, so the
@@ -294,7 +316,7 @@ def split_rows(ts_ns: np.ndarray, codes: np.ndarray, cfg, bound: dict) -> tuple[
     block = np.ones(n, dtype=bool)
     block[1:] = (codes[1:] != codes[:-1]) | (part[1:] != part[:-1])
     rank = run_rank(block)  # number in its (symbol, part) run
-    purge = cfg.horizon + cfg.window
+    purge = cfg.target_reach + cfg.window
     split = part.copy()
     split[(part > 0) & (rank < purge)] = -1
 

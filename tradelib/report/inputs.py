@@ -335,10 +335,15 @@ def test_span(df: pd.DataFrame, fs, summary: dict) -> dict:
 
 
 def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
-    """What a reader must know before trusting the figures: a warm-up as long as the run, a test span of few
-    periods, a cross-section of few symbols."""
+    """What a reader must know before trusting the figures: a model trained for another trade delay than the
+    book's, a warm-up as long as the run, a test span of few periods, a cross-section of few symbols."""
     out = []
     c, s = inputs.summary.get("config") or {}, inputs.summary
+    learned, traded = int(c.get("target_delay", 0)), inputs.book["trade_delay"]  # 0: a run from before the setting
+    if learned != traded:
+        out.append(f"the model learned the return starting {learned} bar(s) after its signal (target_delay), the book "
+                   f"trades it {traded} bar(s) after (trade_delay): the headline IC and the book measure a target "
+                   f"it was not trained for; train with target_delay {traded}, or report with trade_delay {learned}")
     steps, warm = s.get("optimizer_steps"), c.get("warmup_steps")
     if isinstance(steps, int) and isinstance(warm, int) and warm >= steps:
         out.append(f"warmup_steps {warm} reaches the run's {steps} optimizer steps (the schedule caps the warm-up at "

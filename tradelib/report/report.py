@@ -147,6 +147,7 @@ def summary_block(inputs: ReportInputs) -> dict:
         "n_symbols": int(inputs.predictions["symbol"].nunique()),
         "bar": ev.bar_words(inputs.book["bar_seconds"]),
         "horizon_bars": inputs.horizon,
+        "target_delay_bars": int((s.get("config") or {}).get("target_delay", 0)),  # 0: a run from before it
         "headline_reason": inputs.family_reason,
         "ic_t_stat": head["t_stat"],  # overlap-robust, of the headline family
         "ic_t_method": head["t_method"],

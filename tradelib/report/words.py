@@ -18,10 +18,12 @@ def summary_markdown(report: dict) -> str:
     """A few lines for the top of the HTML report: the run, the signal and its baselines, the book after costs,
     the throughput, and a comparison when asked. (The predictor table follows in its own section, once.)"""
     g = report["summary"].get
+    delay, horizon = g("target_delay_bars") or 0, g("horizon_bars") or 1
     lines = [
         f"**Run `{g('run_id')}`**: {g('model')} on {g('device_name') or g('device')}, "
         f"loader `{g('loader')}`, {g('n_test_rows'):,} test rows, {g('n_symbols')} symbols of "
-        f"{g('bar') or fmt(g('bar_seconds'), 'g') + ' s'} bars, target {g('horizon_bars')} bar(s) ahead.",
+        f"{g('bar') or fmt(g('bar_seconds'), 'g') + ' s'} bars, learned target: the return from t+{delay} to "
+        f"t+{delay + horizon}.",
         "",
         *[f"**Warning**: {w}." for w in g("warnings") or []],
         *([""] if g("warnings") else []),
@@ -194,6 +196,8 @@ def run_configuration(summary: dict, splits: dict) -> list[tuple[str, str]]:
     data = (f"synthetic market: {c.get('synth_symbols')} symbols x {fmt_count(c.get('synth_bars'))} 5-minute bars "
             f"(seed {c.get('data_seed')})" if is_synthetic(c.get("data_path")) else str(c.get("data_path")))
     target = "vol-scaled forward log return" if c.get("vol_scaled_target") else "forward log return"
+    delay = c.get("target_delay", 0)  # a run from before the setting learned the return from t
+    start = f"from {delay} bar(s) after the window's last bar t" if delay else "from the window's last bar t"
     per_fold = " per fold" if g("folds") else ""
     steps = f", at most {fmt_count(c['max_steps'])} steps{per_fold}" if c.get("max_steps") else ""
     purge = f", {splits['purge_bars']} bars purged at each boundary" if splits.get("purge_bars") else ""
@@ -202,7 +206,7 @@ def run_configuration(summary: dict, splits: dict) -> list[tuple[str, str]]:
         ("windows", f"{c.get('window')} bars of history each; {fmt_count(g('train_windows'))} training and "
                     f"{fmt_count(g('test_windows'))} test windows"
                     + (" (training: the last fold's)" if per_fold else "")),
-        ("target", f"{target} over {c.get('horizon')} bar(s)"),
+        ("target", f"{target} over {c.get('horizon')} bar(s), {start}"),
         ("model", f"{g('model')}: hidden {c.get('hidden')}, {c.get('layers')} layer(s), dropout {c.get('dropout')}; "
                   f"{fmt_count(g('n_params'))} parameters"),
         ("batch", f"{fmt_count(g('batch_size'))} windows x {fmt_count(g('grad_accum_steps'))} accumulation x "
