@@ -182,6 +182,15 @@ def test_warnings_for_a_short_span_few_symbols_and_a_warm_up_as_long_as_the_run(
     assert rp.build_report(run2, settings=DEFAULTS)["warnings"] == []
 
 
+def test_the_lag_0_ic_is_called_untradable_only_when_it_exceeds_the_traded_one(tmp_path):
+    """A signal planted at the traded lag lasts past the delay; one planted at lag 0 is one no book a bar later
+    earns."""
+    for lag, said in ((1, "the signal lasts past the trade delay."), (0, "no book trading 1 bar(s) later earns that.")):
+        run, _ = make_run(tmp_path / f"lag{lag}", lag=lag)
+        md = rw.summary_markdown(rp.build_report(run, settings=DEFAULTS))
+        assert said in md and md.count("earns that") + md.count("lasts past") == 1
+
+
 def test_a_book_trading_another_delay_than_the_model_learned_is_warned(tmp_path):
     """A run that learned the return from t (target_delay 0, and every run from before the setting), reported
     for a book trading a bar later: the headline measures a target the model was not trained for."""

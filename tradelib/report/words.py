@@ -53,8 +53,11 @@ def _signal_lines(report: dict) -> list[str]:
         lead = (f"Test **{word} {fmt(g(f'{fam}_ic'))}** {at} (rank IC {fmt(g(f'{fam}_rank_ic'))}, ICIR "
                 f"{fmt(g(f'{fam}_icir'), '.2f')} over {g(f'{fam}_periods')} periods")
     rest = [f"{FAMILY_WORDS[f]} {fmt(g(f'{f}_ic'))}" for f in IC_FAMILIES if f != fam]
-    before = (f" Before the trade delay (lag 0, from the signal's own close) it reads {fmt(g(f'{fam}_ic_lag0'))} "
-              f"(t {fmt(g('ic_t_stat_lag0'), '.2f')}): no book trading {lag} bar(s) later earns that." if lag else "")
+    ic, ic0 = g(f"{fam}_ic"), g(f"{fam}_ic_lag0")
+    lasts = isinstance(ic, (int, float)) and isinstance(ic0, (int, float)) and ic >= ic0
+    said = "the signal lasts past the trade delay" if lasts else f"no book trading {lag} bar(s) later earns that"
+    before = (f" Before the trade delay (lag 0, from the signal's own close) it reads {fmt(ic0)} "
+              f"(t {fmt(g('ic_t_stat_lag0'), '.2f')}): {said}." if lag else "")
     return [
         f"{lead}; t {fmt(t, '.2f')}, {g('ic_t_method')}: {_verdict(t)}). Why this IC: {g('headline_reason')}.{before}",
         "",
