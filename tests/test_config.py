@@ -31,3 +31,23 @@ def test_parse_value_reads_yaml_scalars_like_papermill():
 def test_a_notebook_config_picks_only_config_names():
     cfg = notebook_config({"batch_size": 8, "force_recreate": True, "__name__": "x"}, "03_train")
     assert cfg.batch_size == 8
+
+
+def test_a_config_written_before_a_setting_reads_as_what_the_run_did():
+    """A finished sweep run or a checkpoint from before `target_delay` learned the return from t: it reads as
+    target_delay 0 (a sweep goes on with that, a resume is refused with 1); a setting whose default is what
+    every older run did (`heads`) takes its default."""
+    from tradelib import sweep
+    from tradelib.config import as_written, run_setting
+    from tradelib.train import checkpoint
+
+    old = Config(target_delay=0).to_dict()
+    del old["target_delay"], old["heads"]
+    assert as_written(old)["target_delay"] == run_setting(old, "target_delay") == 0
+    assert as_written(old)["heads"] == run_setting(old, "heads") == Config().heads
+    assert sweep._differences(old, Config(target_delay=0).to_dict()) == []
+    assert sweep._differences(old, Config().to_dict()) == ["target_delay: 0 -> 1"]
+    ck = {"cache_key": "k", "config": old}
+    checkpoint.check_resumable(ck, "step-4.pt", Config(target_delay=0), "k", 1)
+    with pytest.raises(ValueError, match="target_delay was 0, now 1"):
+        checkpoint.check_resumable(ck, "step-4.pt", Config(), "k", 1)

@@ -118,12 +118,13 @@ def test_unknown_targets_stay_nan_not_zero():
     assert np.isfinite(fs.y[window_ends(fs, 0, 8)]).all()
 
 
-@pytest.mark.parametrize("delay", [1, 3])
+@pytest.mark.parametrize("delay", [1, 3, 20])
 def test_the_target_starts_target_delay_bars_after_t(delay):
     """y at t is the target from t of the row `target_delay` rows later in t's segment (the return a book
     trading that many bars after its signal earns), NaN where that row is in another segment; nothing else
     moves but the purge, which grows by the delay. The predictions' lag-0 target (`target_from_t`) is the
-    undelayed one again, so a report shifts it by its own trade delay."""
+    undelayed one again, so a report shifts it by its own trade delay; with a delay beyond the window, NaN
+    where the row that delay before is in another segment (never another symbol's)."""
     clean = clean_market(n_symbols=3, n_bars=900)  # hostile: gaps that cut segments, masked targets
     base = features_of(clean, Config(window=16, horizon=2, target_delay=0))
     late = features_of(clean, Config(window=16, horizon=2, target_delay=delay))
@@ -136,10 +137,22 @@ def test_the_target_starts_target_delay_bars_after_t(delay):
         np.testing.assert_array_equal(getattr(late, name), getattr(base, name), err_msg=name)
     assert late.meta["splits"]["purge_bars"] == base.meta["splits"]["purge_bars"] + delay
     assert ((late.split == base.split) | ((late.split == -1) & (base.split > 0))).all()
-    for split in (0, 1, 2):
-        rows = window_ends(late, split, 16)
-        np.testing.assert_array_equal(late.target_from_t(rows), base.y[rows])
+    rows = np.concatenate([window_ends(late, split, 16) for split in (0, 1, 2)])
+    back = (rows >= delay) & (base.segment[np.maximum(rows - delay, 0)] == base.segment[rows])
+    np.testing.assert_array_equal(late.target_from_t(rows), np.where(back, base.y[rows], np.nan))
+    assert back.all() == (delay < 16)  # a window's first row is in t's segment: so is the row delay < window before
     assert late.target_delay == delay and base.target_delay == 0
+
+
+def test_a_symbol_needs_a_window_and_its_delayed_target():
+    """Cleaning keeps a symbol with window + target_delay + horizon + 1 rows and drops one a row shorter."""
+    cfg = Config(window=8, horizon=2, target_delay=3)
+    need = cfg.window + cfg.target_reach + 1
+    raw = generate_market(n_symbols=4, n_bars=600, seed=2, hostile=False)
+    first = raw.groupby("symbol").cumcount()
+    raw = raw[~((raw["symbol"] == "SYM02") & (first >= need)) & ~((raw["symbol"] == "SYM03") & (first >= need - 1))]
+    fs, rep = dataset.build(cfg, raw.reset_index(drop=True))
+    assert fs.symbols == ["SYM00", "SYM01", "SYM02"] and rep.totals("dropped") == {"too_short": need - 1}
 
 
 def test_vol_scaled_target():

@@ -190,3 +190,24 @@ def test_stop_handlers_are_put_back_and_an_ignored_signal_stays_ignored():
             assert stops.requested is None
     finally:
         signal.signal(signal.SIGHUP, previous_hup)
+
+
+@pytest.mark.parametrize("vol_scaled", [False, True])
+def test_the_predictions_keep_the_target_from_t_whatever_the_model_learned(tmp_path, vol_scaled):
+    """predictions.parquet's `target` is the return from t (lag 0) of a run trained on the delayed one: the
+    target_delay 0 features' y on the same rows (and, unscaled, the forward return beside it), so that the
+    report's trade_delay shift means the same for every run."""
+    from tradelib.config import Config
+    from tradelib.data import clean
+    from tradelib.data.dataset import features_of
+    from tradelib.data.synth import generate_market
+    from tradelib.train.sources import window_ends
+
+    bars = clean.clean_ohlcv(generate_market(n_symbols=3, n_bars=900, seed=3), "synthetic", keep=("oracle",))[0]
+    base, late = (features_of(bars, Config(window=16, target_delay=d, vol_scaled_target=vol_scaled)) for d in (0, 1))
+    rows = window_ends(late, 2, 16)
+    pred = runs.read_predictions(runs.write_predictions(tmp_path, late, rows, np.zeros(len(rows))).parent)
+    np.testing.assert_array_equal(pred["target"].to_numpy(np.float32), base.y[rows])
+    assert not np.array_equal(late.y[rows], base.y[rows], equal_nan=True)  # what the model learned differs
+    if not vol_scaled:
+        np.testing.assert_array_equal(pred["target"], pred["fwd_return"])

@@ -80,9 +80,9 @@ class Config:
                                lo_open=True)
     window: int = knob(32, "bars of history per sample", "features", lo=1)
     horizon: int = knob(1, "target: forward log return over this many bars", "features", lo=1)
-    target_delay: int = knob(1, "target: starts this many bars after t, the return a book trading that many bars "
-                             "after its signal earns (1: t+1 to t+1+horizon, as trade_delay 1 trades; 0: from t "
-                             "itself)", "features", lo=0)
+    target_delay: int = knob(1, "target: starts this many of its symbol's rows (bars) after t: the return a book "
+                             "trading that many bars after its signal earns (1: t+1 to t+1+horizon, as trade_delay 1 "
+                             "trades; 0: from t itself)", "features", lo=0)
     vol_scaled_target: bool = knob(False, "divide the target by trailing realised volatility", "features")
     clip: float = knob(5.0, "normalised features are clipped to +-clip", "features", lo=0, lo_open=True,
                        finite=True)
@@ -294,8 +294,8 @@ class Config:
 
     @property
     def target_reach(self) -> int:
-        """Bars after t at which t's target ends (target_delay + horizon): what a purge and a symbol's length
-        must allow for."""
+        """Rows after t at which t's target ends (target_delay + horizon; more bars if one is missing): what a
+        purge and a symbol's length must allow for."""
         return self.target_delay + self.horizon
 
     def group(self, *names: str) -> dict[str, Any]:
@@ -547,6 +547,21 @@ def notebook_config(ns: dict[str, Any], notebook: str) -> Config:
                               f"papermill --help-notebook notebooks/{notebook}.ipynb")
     names = {f.name for f in fields(Config)}
     return Config.from_dict({k: v for k, v in ns.items() if k in names}, source=f"{notebook} parameters")
+
+
+# what a run did before a setting existed, where that differs from the setting's default
+BEFORE_SETTING: dict[str, Any] = {"target_delay": 0}
+
+
+def as_written(config: dict[str, Any]) -> dict[str, Any]:
+    """A config read from a run, checkpoint or summary, completed with today's settings: one added since takes
+    the value that says what the run did (BEFORE_SETTING), else its default."""
+    return {**Config().to_dict(), **BEFORE_SETTING, **config}
+
+
+def run_setting(config: dict[str, Any], name: str) -> Any:
+    """One setting of a config read from a run (`as_written`'s value when the run predates it)."""
+    return config[name] if name in config else BEFORE_SETTING.get(name, getattr(Config(), name))
 
 
 def resume_may_change() -> frozenset[str]:

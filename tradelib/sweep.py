@@ -54,6 +54,7 @@ from tradelib import runs
 from tradelib.config import (
     Config,
     ConfigError,
+    as_written,
     declared_parameters,
     parameters_help,
     parse_value,
@@ -216,6 +217,7 @@ def _differences(done: dict, want: dict) -> list[str]:
     """The training parameters (03's) in which a finished run's config differs from the one wanted; how a run
     shows its progress or whether it wrote TensorBoard events changes nothing it trained."""
     trained = set(declared_parameters(NOTEBOOK)) - {"resume", "progress", "tensorboard"}
+    done = as_written(done)  # a run from before a setting: what it did
     return [f"{k}: {done.get(k)!r} -> {v!r}" for k, v in want.items() if k in trained and done.get(k) != v]
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tradelib import runs
-from tradelib.config import Config, cost_grid, settings_values
+from tradelib.config import Config, cost_grid, run_setting, settings_values
 from tradelib.data.sessions import Calendar
 from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
@@ -339,7 +339,7 @@ def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
     book's, a warm-up as long as the run, a test span of few periods, a cross-section of few symbols."""
     out = []
     c, s = inputs.summary.get("config") or {}, inputs.summary
-    learned, traded = int(c.get("target_delay", 0)), inputs.book["trade_delay"]  # 0: a run from before the setting
+    learned, traded = int(run_setting(c, "target_delay")), inputs.book["trade_delay"]
     if learned != traded:
         out.append(f"the model learned the return starting {learned} bar(s) after its signal (target_delay), the book "
                    f"trades it {traded} bar(s) after (trade_delay): the headline IC and the book measure a target "

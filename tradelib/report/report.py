@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tradelib import runs
+from tradelib.config import run_setting
 from tradelib.paths import atomic_write_bytes, is_synthetic
 from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
@@ -147,7 +148,7 @@ def summary_block(inputs: ReportInputs) -> dict:
         "n_symbols": int(inputs.predictions["symbol"].nunique()),
         "bar": ev.bar_words(inputs.book["bar_seconds"]),
         "horizon_bars": inputs.horizon,
-        "target_delay_bars": int((s.get("config") or {}).get("target_delay", 0)),  # 0: a run from before it
+        "target_delay_bars": int(run_setting(s.get("config") or {}, "target_delay")),
         "headline_reason": inputs.family_reason,
         "ic_t_stat": head["t_stat"],  # overlap-robust, of the headline family
         "ic_t_method": head["t_method"],

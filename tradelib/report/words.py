@@ -10,6 +10,7 @@ import os
 
 import pandas as pd
 
+from tradelib.config import run_setting
 from tradelib.paths import is_synthetic
 from tradelib.report.metrics import FAMILY_WORDS, IC_FAMILIES, bar_words
 
@@ -199,7 +200,7 @@ def run_configuration(summary: dict, splits: dict) -> list[tuple[str, str]]:
     data = (f"synthetic market: {c.get('synth_symbols')} symbols x {fmt_count(c.get('synth_bars'))} 5-minute bars "
             f"(seed {c.get('data_seed')})" if is_synthetic(c.get("data_path")) else str(c.get("data_path")))
     target = "vol-scaled forward log return" if c.get("vol_scaled_target") else "forward log return"
-    delay = c.get("target_delay", 0)  # a run from before the setting learned the return from t
+    delay = run_setting(c, "target_delay")
     start = f"from {delay} bar(s) after the window's last bar t" if delay else "from the window's last bar t"
     per_fold = " per fold" if g("folds") else ""
     steps = f", at most {fmt_count(c['max_steps'])} steps{per_fold}" if c.get("max_steps") else ""

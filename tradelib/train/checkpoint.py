@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tradelib.config import Config, resume_may_change
+from tradelib.config import Config, as_written, resume_may_change
 from tradelib.paths import atomic_write_bytes
 
 MANIFEST = "manifest.json"
@@ -129,7 +129,7 @@ def check_resumable(ck: dict, path: Path | str, cfg: Config, cache_key: str, wor
             f"parameters and feature code give cache {cache_key}. Continuing would mix two feature definitions: "
             f"start a new run (another run_id), or go back to the data and code the run was started with.")
     free = resume_may_change()
-    old = {**Config().to_dict(), **ck["config"]}  # settings added since the checkpoint take their defaults
+    old = as_written(ck["config"])  # settings added since the checkpoint: what the run did
     diff = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if k not in free and old.get(k) != v}
     if diff:
         raise ValueError(f"resume refused: the config differs from {path} in settings that change the training: " +
