@@ -160,9 +160,19 @@ def test_sigkill_mid_run_then_resume_gives_the_same_bits(outputs, reference, tmp
     assert comparable(metric_rows(outputs, "killed")) == comparable(ref_rows)
 
 
+@pytest.fixture
+def interactive_sigint():
+    """Ctrl-C as an interactive Python has it, also where pytest was started in the background with SIGINT
+    ignored (which a run rightly keeps ignored)."""
+    started = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, started)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["signal", "raise"])
-def test_interrupt_writes_a_checkpoint_and_resumes_to_the_same_bits(outputs, reference, capsys, how):
+def test_interrupt_writes_a_checkpoint_and_resumes_to_the_same_bits(outputs, reference, capsys, how,
+                                                                    interactive_sigint):
     ref_model, _ = reference
     run_id = f"interrupted-{how}"
     run = TrainingRun(tiny(run_id), progress=False)
