@@ -3,8 +3,8 @@ markets tradelib did not generate, written here with numpy: on random walks the 
 planted drift that lasts it finds a signal the book can trade; with a planted one-bar reversal, a model trained
 on the return from t learns it and the report says no book trading a bar later earns it, while the default
 model, trained on the return the book earns, does not chase it. Three ways through: an LSTM over windows, a
-causal TCN trained on dense chunks, a walk-forward of two folds. A look-ahead in what the
-predictions see (a window reaching past t, a target starting before it) would show on the random walks."""
+causal TCN trained on dense chunks, a walk-forward of two folds. A look-ahead in what the predictions see (a
+window reaching past t, a target starting before it) would show on the random walks."""
 
 import math
 
