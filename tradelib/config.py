@@ -561,7 +561,7 @@ def as_written(config: dict[str, Any]) -> dict[str, Any]:
 
 def run_setting(config: dict[str, Any], name: str) -> Any:
     """One setting of a config read from a run (`as_written`'s value when the run predates it)."""
-    return config[name] if name in config else BEFORE_SETTING.get(name, getattr(Config(), name))
+    return as_written(config)[name]
 
 
 def resume_may_change() -> frozenset[str]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from tradelib.config import run_setting
 from tradelib.data.detect import spike_rows
 from tradelib.data.load import ns_since_epoch
 from tradelib.data.segments import Segments, run_rank
@@ -65,8 +66,8 @@ class FeatureSet:
 
     @property
     def target_delay(self) -> int:
-        """Bars between t and the start of y's return (0 for a cache written before the setting)."""
-        return int(self.meta.get("feature_config", {}).get("target_delay", 0))
+        """Rows between t and the start of y's return (a cache from before the setting: what it did)."""
+        return int(run_setting(self.meta.get("feature_config", {}), "target_delay"))
 
     def target_from_t(self, rows: np.ndarray) -> np.ndarray:
         """These rows' target counted from t itself (the return from t to t+horizon): y holds it target_delay
@@ -164,7 +165,7 @@ def targets(bars: dict, seg: Segments, codes: np.ndarray, pos: np.ndarray, cfg) 
     A target or return that starts or ends at a confirmed price spike (`spike_rows`, which needs the next bar) is
     masked too: the label side is the one place where information from after t may act. `ret_next` runs to the
     symbol's next row (a position is held across a missing bar) and is masked only at spikes. The delay is in
-    rows, as a book's delay is (the target of row t + target_delay, NaN where that row is in another segment).
+    the symbol's rows (the target of row t + target_delay, NaN where that row is in another segment).
     """
     h = cfg.horizon
     close = np.asarray(bars["close"], dtype=np.float64)
