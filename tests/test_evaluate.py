@@ -109,12 +109,22 @@ def test_cross_sectional_ic_equals_a_hand_computation_per_timestamp():
     assert named["oracle_cross_sectional_ic"] > named["cross_sectional_ic"] and named["test_rows"] == len(df)
 
 
-def test_headline_family_follows_the_universe():
-    assert ev.headline_family(ev.symbols_per_timestamp(planted(n_sym=4, n_days=1)))[0] == "cross_sectional"
-    assert ev.headline_family(ev.symbols_per_timestamp(planted(n_sym=2, n_days=1)))[0] == "daily"
-    days = frame(pd.date_range("2024-01-01", periods=30, freq="D"), ["A"] * 30, np.arange(30.0))
-    family, reason = ev.headline_family(ev.symbols_per_timestamp(days))
-    assert family == "pooled" and "time-series" in reason
+def test_the_headline_family_is_the_ic_of_what_the_book_earns_from():
+    """A neutral book ranks the cross-section: the cross-sectional IC; a directional book (sign, scaled) earns
+    from each symbol's moves over time too: the pooled IC, whatever the number of symbols or the bar; a neutral
+    book over too few to rank falls back to it."""
+    n = 30
+    days = frame(np.repeat(pd.date_range("2024-01-01", periods=n, freq="D"), 12), [f"S{i}" for i in range(12)] * n,
+                 np.arange(12.0 * n))
+    for df in (planted(n_sym=12, n_days=1), days):
+        per_ts = ev.symbols_per_timestamp(df)
+        family, reason = ev.headline_family(per_ts, "neutral")
+        assert family == "cross_sectional" and "neutral book over 12 symbols" in reason
+        for mode in ("sign", "scaled"):
+            family, reason = ev.headline_family(per_ts, mode)
+            assert family == "pooled" and f"directional ({mode}) book over 12 symbol(s)" in reason
+    family, reason = ev.headline_family(ev.symbols_per_timestamp(planted(n_sym=2, n_days=1)), "neutral")
+    assert family == "pooled" and "2 symbol(s) at a typical timestamp, too few to rank" in reason
 
 
 DF_AFFINE = planted(n_sym=4, n_days=3, rho=0.2, seed=3)
@@ -197,6 +207,25 @@ def test_pooled_t_is_the_mean_of_per_timestamp_products():
     assert s["t_stat"] > 5 and s["n_periods"] == df["timestamp"].nunique()
     noise = df.assign(prediction=np.random.default_rng(0).standard_normal(len(df)))
     assert abs(ev.pooled_summary(noise)["t_stat"]) < 3
+
+
+def test_the_pooled_ic_over_time_is_each_timestamps_share_of_it():
+    """`pooled_by_timestamp`: one share per timestamp, by hand from z-scores over all rows; their mean is the
+    pooled Pearson and (on ranks among all rows) the pooled Spearman, as pandas computes them."""
+    df = planted(n_sym=3, n_days=2, rho=0.3, seed=6)
+    df.loc[5, "target"] = np.nan  # a row without a target leaves every figure
+    shares = ev.pooled_by_timestamp(df)
+    d = df.dropna(subset=["target"])
+    z = (d["prediction"] - d["prediction"].mean()) / d["prediction"].std(ddof=0) * (
+        (d["target"] - d["target"].mean()) / d["target"].std(ddof=0))
+    n_t = d["timestamp"].nunique()
+    hand = z.groupby(d["timestamp"]).sum() * n_t / len(d)
+    assert len(shares) == n_t and shares["n"].sum() == len(d)
+    np.testing.assert_allclose(shares["ic"].to_numpy(), hand.to_numpy(), rtol=1e-12)
+    assert shares["ic"].mean() == pytest.approx(d["prediction"].corr(d["target"]), rel=1e-12)
+    assert shares["rank_ic"].mean() == pytest.approx(d["prediction"].corr(d["target"], method="spearman"), rel=1e-12)
+    assert shares["ic"].mean() == pytest.approx(ev.pooled_summary(df)["ic"], rel=1e-12)
+    assert ev.pooled_by_timestamp(df.assign(prediction=1.0)).empty  # no pooled IC, no series
 
 
 # ---------------------------------------------------------------------------------------------------------

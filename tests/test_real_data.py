@@ -83,23 +83,47 @@ def test_cross_sectional_ic_equals_alphalens_on_real_predictions(real_run, real_
     np.testing.assert_array_equal(ours["period"].to_numpy(), theirs.index.to_numpy())
     np.testing.assert_allclose(ours["rank_ic"].to_numpy(), theirs.to_numpy(), atol=1e-12)
     s = rp.build_report(real_run, settings=ri.ReportSettings.of(), fs=real_fs)["summary"]
-    assert s["headline_ic"] == "cross_sectional" and s["ic_lag"] == 1
     assert s["cross_sectional_rank_ic_lag0"] == pytest.approx(theirs.mean(), abs=1e-12)  # before the trade delay
 
 
-def test_the_headline_ic_is_alphalens_on_returns_shifted_by_the_trade_delay(real_run, real_fs):
-    """trade_delay 1: the headline IC is against the t+1 to t+2 return, alphalens-reloaded's IC on each asset's
-    forward returns shifted one date (pandas' pivot and shift, not tradelib's lookup)."""
-    df = runs.read_predictions(real_run)
+def shifted_by_a_bar(df: pd.DataFrame) -> pd.DataFrame:
+    """df's rows with `shifted`: each asset's target one date later (pandas' pivot and shift, not tradelib's
+    lookup), where there is one."""
     wide = df.pivot(index="timestamp", columns="symbol", values="target").sort_index()
     shifted = wide.shift(-1).stack().rename("shifted")
-    df = df.join(shifted, on=["timestamp", "symbol"]).dropna(subset=["shifted"])
+    return df.join(shifted, on=["timestamp", "symbol"]).dropna(subset=["shifted"])
+
+
+def test_the_cross_sectional_ic_is_alphalens_on_returns_shifted_by_the_trade_delay(real_run, real_fs):
+    """trade_delay 1: every IC is against the t+1 to t+2 return; the cross-sectional one is alphalens-reloaded's
+    IC on each asset's forward returns shifted one date."""
+    df = shifted_by_a_bar(runs.read_predictions(real_run))
     enough = df.groupby("timestamp")["symbol"].transform("nunique") >= 3
     theirs = alphalens_rank_ic(df[enough].drop(columns="target").rename(columns={"shifted": "target"}))
     s = rp.build_report(real_run, settings=ri.ReportSettings.of(trade_delay=1), fs=real_fs)["summary"]
     assert len(theirs) > 500
     assert s["cross_sectional_rank_ic"] == pytest.approx(theirs.mean(), abs=1e-12)
     assert s["cross_sectional_rank_ic"] != pytest.approx(s["cross_sectional_rank_ic_lag0"], abs=1e-6)
+
+
+def test_the_headline_on_three_stocks_is_the_pooled_ic_of_the_sign_book_as_scipy_computes_it(real_run, real_fs):
+    """3 symbols of daily bars: auto trades each one's sign (fewer than min_symbols_cs 5 to rank), so the headline
+    is the IC of that book, the pooled one over every test row against the shifted returns: scipy's Pearson and
+    Spearman, and its t scipy's one-sample t of each date's share of it (horizon 1: no overlap)."""
+    from scipy import stats
+
+    df = shifted_by_a_bar(runs.read_predictions(real_run))
+    s = rp.build_report(real_run, settings=ri.ReportSettings.of(), fs=real_fs)["summary"]
+    assert (s["position_mode"], s["headline_ic"], s["ic_lag"]) == ("sign", "pooled", 1)
+    assert "directional (sign) book over 3 symbol(s)" in s["headline_reason"]
+    x, y = df["prediction"].to_numpy(float), df["shifted"].to_numpy(float)
+    assert len(x) > 1500
+    assert s["pooled_ic"] == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
+    assert s["pooled_rank_ic"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    z = pd.Series(stats.zscore(x) * stats.zscore(y)).groupby(df["timestamp"].to_numpy())
+    shares = z.sum() * z.ngroups / len(x)
+    assert s["ic_t_stat"] == pytest.approx(stats.ttest_1samp(shares, 0.0).statistic, rel=1e-10)
+    assert s["ic_t_method"].startswith("iid")
 
 
 def test_the_sharpe_interval_and_psr_equal_a_hand_computation_on_real_daily_returns(real_run, real_fs):

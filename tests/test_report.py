@@ -91,11 +91,13 @@ def test_build_report_writes_strict_json_with_planted_ic(tmp_path):
         assert s[name] == pytest.approx(RHO, abs=0.05), name
         assert s[name + "_lag0"] == pytest.approx(0.0, abs=0.05), name  # before the trade delay: nothing planted
     decay = {r["lag"]: r["ic"] for r in on_disk["ic_decay"]}
-    assert list(decay) == list(range(11)) and decay[1] == s["cross_sectional_ic"] and abs(decay[0]) < 0.05
+    assert list(decay) == list(range(11)) and decay[1] == s["pooled_ic"] and abs(decay[0]) < 0.05
     assert 0.15 < s["cross_sectional_ic"] < RHO  # a correlation over 4 symbols is biased towards 0
-    assert s["headline_ic"] == "cross_sectional" and "4 symbols" in s["headline_reason"]
+    # 4 symbols: auto trades each one's sign (min_symbols_cs 5), so the IC of that book leads, not a ranking's
+    assert s["position_mode"] == "sign" and s["headline_ic"] == "pooled"
+    assert "directional (sign) book over 4 symbol(s)" in s["headline_reason"]
     assert s["cross_sectional_periods"] == 288 * 3 - 1 and s["daily_periods"] == 3 and s["bar_seconds"] == 300.0
-    assert s["ic_t_stat"] == s["cross_sectional_t_stat"] > 2 and s["ic_t_method"].startswith("iid")  # horizon 1
+    assert s["ic_t_stat"] == s["pooled_t_stat"] > 2 and s["ic_t_method"].startswith("iid")  # horizon 1
     assert s["oracle_daily_ic"] == pytest.approx(0.8, abs=0.05) and s["oracle_cross_sectional_ic"] > 0.6
     assert s["directional_accuracy"] > 0.55 and s["net_sharpe"] is not None
     assert s["samples_per_s"] == 5e4 and s["peak_mem_gb"] == pytest.approx(2.5)
@@ -104,7 +106,7 @@ def test_build_report_writes_strict_json_with_planted_ic(tmp_path):
     assert [p["predictor"] for p in on_disk["predictors"]] == ["model", "zero", "momentum", "ridge", "oracle"]
     ridge = on_disk["predictors"][3]
     assert ridge["daily_ic"] == pytest.approx(math.sqrt(0.5), abs=0.05)
-    assert s["baseline_ic"]["ridge"] == ridge["cross_sectional_ic"]  # the baselines in the headline's IC
+    assert s["baseline_ic"]["ridge"] == ridge["pooled_ic"]  # the baselines in the headline's IC
     assert len(on_disk["deciles"]) == 10 and on_disk["per_symbol"][-1]["symbol"] == "ALL"
     assert on_disk["backtest"]["net"]["sharpe"] <= on_disk["backtest"]["gross"]["sharpe"]
     assert on_disk["training"]["best_val_loss"] == 0.7
@@ -173,10 +175,14 @@ def test_warnings_for_a_short_span_few_symbols_and_a_warm_up_as_long_as_the_run(
     warnings = " | ".join(rep["warnings"])
     assert "warmup_steps 50 reaches the run's 21 optimizer steps" in warnings
     assert "holds 40 periods (< 60)" in warnings
-    assert "3 symbols at a typical timestamp (< 5)" in warnings
-    assert rep["summary"]["position_mode"] == "sign"  # auto, below min_symbols_cs
-    md = rw.summary_markdown(rep)
-    assert md.count("**Warning**") == 3
+    # auto, below min_symbols_cs: a sign book, led by the pooled IC (one bar a day): no ranking to warn about
+    assert rep["summary"]["position_mode"] == "sign" and rep["summary"]["headline_ic"] == "pooled"
+    assert "symbols at a typical timestamp" not in warnings
+    assert rw.summary_markdown(rep).count("**Warning**") == 2
+    neutral = rp.build_report(run, settings=ri.ReportSettings.of(position_mode="neutral"))
+    assert neutral["summary"]["headline_ic"] == "cross_sectional"
+    assert "the neutral book and the cross-sectional IC rest on 3 symbols at a typical timestamp (< 5)" in (
+        " | ".join(neutral["warnings"]))
     run2, _ = make_run(tmp_path / "long", freq="B", n_bars=300, n_sym=6,
                        summary_extra={"config": {"warmup_steps": 5}, "optimizer_steps": 500})
     assert rp.build_report(run2, settings=DEFAULTS)["warnings"] == []
@@ -292,7 +298,7 @@ def test_compare_block_and_markdown(tmp_path):
     ci = {k: cmp["net_sharpe_ci"][k] for k in ("this", "other")}  # both runs' net Sharpe with error bars
     assert ci["this"] == report["summary"]["net_sharpe_ci"] and ci["other"][0] < ci["other"][1]
     assert all(f"95% {c[0]:.2f} to {c[1]:.2f}" in md for c in ci.values())
-    assert f"cross-sectional IC (per timestamp) {report['summary']['cross_sectional_ic']:.3f}**" in md
+    assert f"pooled IC (all test rows) {report['summary']['pooled_ic']:.3f}**" in md  # a 4-symbol sign book's
     assert "zero n/a" in md and ", ridge 0." in md and md.count("oracle 0.") == 1
     assert "| model |" not in md and "|---" not in md  # the predictor table: once, in its own section
     assert "baseline" in md and "26.3" in md  # the speed-up 5e4 / 1900
@@ -516,7 +522,7 @@ def test_report_memory_runs_each_side_with_its_own_code():
     assert out[-1].startswith("new: traced peak") and out[-2].startswith("old: traced peak")
 
 
-@pytest.mark.parametrize("n_sym, freq, family", [(4, "5min", "cross_sectional"), (2, "5min", "daily"),
+@pytest.mark.parametrize("n_sym, freq, family", [(6, "5min", "cross_sectional"), (2, "5min", "pooled"),
                                                  (2, "B", "pooled")])
 def test_the_model_row_reuses_the_reports_own_ics_and_book_bit_for_bit(tmp_path, monkeypatch, n_sym, freq, family):
     """load_inputs hands its model ICs and backtest to evaluate_all (one backtest for the model, one per

@@ -247,8 +247,8 @@ class Config:
                               "sign), sign, scaled (capped at 1), or neutral (demeaned, gross 1)", "report",
                               choices=("auto", "sign", "scaled", "neutral"))
     min_symbols_cs: int = knob(5, "symbols at a typical timestamp for a cross-section: position_mode auto trades it "
-                               "neutral from here, and fewer get a warning beside the cross-sectional figures",
-                               "report", lo=2)
+                               "neutral, led by the cross-sectional IC, from here, and fewer as a sign book led by "
+                               "the pooled IC", "report", lo=2)
     periods_per_year: float = knob(0.0, "annualisation (0: from the data's calendar, ~252 for daily stock bars)",
                                    "report", lo=0, finite=True)
     trade_delay: int = knob(1, "bars between a signal and its trade (1: the signal at the close of t trades at "

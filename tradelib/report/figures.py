@@ -27,8 +27,9 @@ def make_figures(inputs: ReportInputs, run_dir: Path | None = None, runs_df: pd.
     run_dir = Path(run_dir or inputs.run_dir)
     if runs_df is None:
         runs_df = runs.runs_table(run_dir.parent)
-    fam = "daily" if inputs.family == "daily" else "cross_sectional"  # the pooled IC has no series
-    head, lag = inputs.ic[fam], inputs.book["trade_delay"]
+    fam, lag = inputs.family, inputs.book["trade_delay"]
+    head = inputs.ic[fam]
+    share = fam == "pooled"  # a series of each timestamp's share of the IC, not of correlations
     note = f"mean {fmt(head['ic'])}, t {fmt(head['t_stat'], '.2f')} ({head['t_method']})"
     figs = {
         "training": plots.plot_training(inputs.steps, inputs.epochs, run_dir / "training.png",
@@ -42,8 +43,9 @@ def make_figures(inputs: ReportInputs, run_dir: Path | None = None, runs_df: pd.
         "deciles": plots.plot_deciles(inputs.deciles, run_dir / "deciles.png", unit=(
             "vol-scaled log return" if (inputs.summary.get("config") or {}).get("vol_scaled_target")
             else "forward log return")),
-        "ic": plots.plot_ic(inputs.ic_series, run_dir / "ic.png", label=f"{FAMILY_WORDS[fam]}, lag {lag}",
-                            note=note),
+        "ic": plots.plot_ic(inputs.ic_series(), run_dir / "ic.png", note=note,
+                            label=f"{FAMILY_WORDS[fam]}, lag {lag}" + (": each timestamp's share" if share else ""),
+                            unit="share of the pooled IC" if share else "IC (correlation)"),
     }
     if inputs.decay is not None:
         figs["ic_decay"] = plots.plot_ic_decay(inputs.decay, run_dir / "ic_decay.png", FAMILY_WORDS[inputs.family],

@@ -69,9 +69,11 @@ class ReportInputs:
     loss: dict | None = None  # loss_context: the loss's unit, and why validation sits below training
     folds: pd.DataFrame | None = None  # a walk-forward's `fold_table`
 
-    @property
     def ic_series(self) -> pd.DataFrame:
-        """The headline family's IC per period (the per-timestamp one when the headline is the pooled IC)."""
+        """The headline family's IC per period: per timestamp, per day, or, for the pooled IC, each timestamp's
+        share of it (`metrics.pooled_by_timestamp`)."""
+        if self.family == "pooled":
+            return ev.pooled_by_timestamp(self.predictions, target_col=TRADED)
         return self.ic_day if self.family == "daily" else self.ic_timestamp
 
 
@@ -138,8 +140,9 @@ def load_inputs(
     ann, bars_per_session = _annualisation(df, fs, float(bar), settings.periods_per_year)
     horizon, horizon_source = _horizon(summary, fs)
     per_ts = ev.symbols_per_timestamp(df)
-    typical, (family, reason) = ev.typical_symbols(per_ts), ev.headline_family(per_ts)
+    typical = ev.typical_symbols(per_ts)
     mode, mode_reason = bk.resolve_position_mode(typical, settings.position_mode, min_symbols_cs)
+    family, reason = ev.headline_family(per_ts, mode)  # the IC of what this book earns from
     lags = {f: ev.overlap_lags(horizon, f, bars_per_session) for f in ev.IC_FAMILIES}
     by_ts, by_day = ev.ic_by_timestamp(df, target_col=TRADED), ev.ic_by_day(df, target_col=TRADED)
     book = {"cost_bps": float(settings.cost_bps), "bar_seconds": float(bar), "mode": mode,
@@ -353,8 +356,8 @@ def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
         out.append(f"the test span holds {periods} periods (< {MIN_TEST_PERIODS}): every figure below rests on a few "
                    f"draws")
     typical = inputs.typical_symbols
-    if (inputs.family == "cross_sectional" or inputs.book["mode"] == "neutral") and typical < min_symbols_cs:
-        out.append(f"the cross-sectional figures rest on {typical:g} symbols at a typical timestamp "
+    if inputs.book["mode"] == "neutral" and typical < min_symbols_cs:
+        out.append(f"the neutral book and the cross-sectional IC rest on {typical:g} symbols at a typical timestamp "
                    f"(< {min_symbols_cs}): a correlation across so few is noisy and biased towards 0")
     return out
 

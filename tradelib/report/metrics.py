@@ -9,6 +9,7 @@ Conventions (the numbers in the report depend on them):
   (timestamps with >= 3 symbols), averaged over timestamps: what alphalens and Qlib call IC. `daily`: the
   correlation over every row of a UTC day (all symbols and bars pooled), averaged over days. `pooled`: one
   correlation over every test row. Each comes as Pearson (`ic`) and Spearman (`rank_ic`).
+  The one that leads is the IC of what the book earns from (`headline_family`).
 - t-statistics are overlap-robust: a target over h bars shares h-1 bars with the next one, so consecutive IC
   periods are correlated. `hac_t_stat` uses the Hansen-Hodrick HAC variance (equal weights on the lags the
   targets overlap, h-1 for per-timestamp ICs). "Significant" is said only of that figure.
@@ -234,19 +235,39 @@ def ic_summary(ic_df: pd.DataFrame, lags: int = 0) -> dict:
     }
 
 
+def _pooled_shares(codes: np.ndarray, n_times: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """s_t = sum_i zx_it * zy_it * T / N over the rows of timestamp code t (z standardised over all N rows, T
+    timestamps): the mean of s over timestamps is the pooled correlation of x and y."""
+    z = (x - x.mean()) / x.std() * (y - y.mean()) / y.std()
+    return np.bincount(codes, z, n_times) * n_times / len(z)
+
+
+def pooled_by_timestamp(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target") -> pd.DataFrame:
+    """Each timestamp's share of the pooled IC (`_pooled_shares`; their mean is the pooled IC), and of the pooled
+    rank IC on the rows' ranks among all rows: the pooled IC as a series over time. A share is not a correlation
+    and can exceed 1. Columns period, ic, rank_ic, n; empty where the pooled IC is undefined."""
+    d = _finite_rows(df, [pred_col, target_col])
+    x, y = d[pred_col].to_numpy(dtype=float), d[target_col].to_numpy(dtype=float)
+    if not math.isfinite(ic(x, y)):
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in ("period", "ic", "rank_ic", "n")})
+    codes, times = pd.factorize(_timestamps(d["timestamp"]), sort=True)
+    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
+    return pd.DataFrame({"period": times, "ic": _pooled_shares(codes, len(times), x, y),
+                         "rank_ic": _pooled_shares(codes, len(times), rx, ry),
+                         "n": np.bincount(codes, minlength=len(times))})
+
+
 def pooled_summary(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target",
                    lags: int = 0) -> dict:
-    """The pooled IC (one correlation over every row) and its t: the pooled correlation is the mean over
-    timestamps of s_t = sum_i zx_it * zy_it / N (z: globally standardised), whose HAC t is taken."""
+    """The pooled IC (one correlation over every row) and its t: the HAC t of the mean of each timestamp's
+    share (`_pooled_shares`), whose mean is the pooled correlation."""
     d = _finite_rows(df, [pred_col, target_col])
     x, y = d[pred_col].to_numpy(dtype=float), d[target_col].to_numpy(dtype=float)
     out = {"ic": ic(x, y), "rank_ic": rank_ic(x, y), "n_rows": int(len(d))}
     if not math.isfinite(out["ic"]):
         return {**out, "t_stat": float("nan"), "t_method": "undefined IC", "lags": int(lags), "n_periods": 0}
-    z = (x - x.mean()) / x.std() * (y - y.mean()) / y.std()
     codes, times = pd.factorize(ts_ns(d["timestamp"]), sort=True)
-    s = np.bincount(codes, z, len(times)) * len(times) / len(z)  # mean of s == the pooled correlation
-    t, method = hac_t_stat(s, lags)
+    t, method = hac_t_stat(_pooled_shares(codes, len(times), x, y), lags)
     return {**out, "t_stat": t, "t_method": method, "lags": int(lags), "n_periods": int(len(times))}
 
 
@@ -315,17 +336,22 @@ def ic_decay(df: pd.DataFrame, family: str, overlap: int, max_lag: int = 10, pre
     return pd.DataFrame(rows)
 
 
-def headline_family(per_ts: pd.Series) -> tuple[str, str]:
-    """Which IC the report leads with for this universe (`symbols_per_timestamp`), and why, in words."""
+def headline_family(per_ts: pd.Series, mode: str) -> tuple[str, str]:
+    """Which IC the report leads with, and why in words: the one that measures what the book (`mode`, as
+    `backtest.resolve_position_mode` resolved it) earns from. A neutral book earns from ranking the symbols at
+    each timestamp: the cross-sectional IC. A directional one (sign, scaled) earns from each symbol's moves over
+    time as well, across days too: the pooled IC, one correlation over every test row, sees both (the per-day
+    IC sees no day's level, and the cross-sectional IC no timestamp's). `per_ts`: `symbols_per_timestamp`."""
     median = typical_symbols(per_ts)
-    if median >= MIN_PERIOD_ROWS:
-        return "cross_sectional", (f"{median:g} symbols at a typical timestamp: the cross-sectional IC ranks them "
-                                   f"against each other at each timestamp, as alphalens and Qlib compute it")
-    if len(per_ts) and (per_ts.index // 86_400_000_000_000).value_counts().median() >= MIN_PERIOD_ROWS:
-        return "daily", (f"{median:g} symbol(s) at a typical timestamp, too few to rank: the per-day IC pools "
-                         f"each UTC day's bars")
-    return "pooled", (f"{median:g} symbol(s) and too few bars a day for a per-timestamp or per-day IC: the pooled "
-                      f"IC is one correlation over all test rows (a time-series IC)")
+    if mode == "neutral" and median >= MIN_PERIOD_ROWS:
+        return "cross_sectional", (f"a neutral book over {median:g} symbols at a typical timestamp earns from "
+                                   f"ranking them: the cross-sectional IC measures that ranking at each timestamp, "
+                                   f"as alphalens and Qlib compute it")
+    if mode == "neutral":
+        return "pooled", (f"{median:g} symbol(s) at a typical timestamp, too few to rank: the pooled IC is one "
+                          f"correlation over every test row")
+    return "pooled", (f"a directional ({mode}) book over {median:g} symbol(s) earns from each one's moves over time, "
+                      f"not only from ranking them: the pooled IC, one correlation over every test row, sees both")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -154,26 +154,37 @@ def plot_deciles(decile_df: pd.DataFrame, save_to: str | Path | None = None,
 
 
 def plot_ic(ic_df: pd.DataFrame, save_to: str | Path | None = None, window: int | None = None,
-            label: str = "IC per period", note: str = "") -> plt.Figure:
-    """IC per period (bars, on a time axis) with a rolling mean and the overall mean; rank IC as dots. `label`
-    names the IC family, `note` (the mean and its overlap-robust t, with the method) goes beside it in the title."""
-    fig, ax = plt.subplots(figsize=(10, 4))
+            label: str = "IC per period", note: str = "", unit: str = "IC (correlation)") -> plt.Figure:
+    """Above: IC per period (bars, on a time axis) with a rolling mean and the overall mean; rank IC as dots.
+    Below: the mean so far, from the first period to each date, ending at the mean: where the IC was earned (a
+    step is a few periods carrying it). `label` names the IC family, `note` (the mean and its overlap-robust t,
+    with the method) goes beside it in the title, `unit` on the y axis (the pooled IC's per-timestamp shares are
+    not correlations)."""
+    fig, (ax, low) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True, height_ratios=(2, 1))
     if len(ic_df) == 0:
         _empty(ax, "no period with a defined IC")
+        low.set_visible(False)
         return _save(fig, save_to)
     when = pd.to_datetime(ic_df["period"]).reset_index(drop=True)
     gaps = when.diff().dropna()
     width = 0.8 * (gaps.median() if len(gaps) else pd.Timedelta(days=1))
     window = window or max(1, min(20, len(ic_df) // 5))
+    mean = ic_df["ic"].mean()
     colours = np.where(ic_df["ic"] > 0, "tab:green", "tab:red")
     ax.bar(when, ic_df["ic"].to_numpy(), width=width, color=colours, alpha=0.6, label="IC")
     ax.plot(when, ic_df["rank_ic"].to_numpy(), "k.", ms=3, label="rank IC")
     ax.plot(when, ic_df["ic"].rolling(window, min_periods=1).mean().to_numpy(), color="tab:blue",
             label=f"rolling mean ({window} periods)")
-    ax.axhline(ic_df["ic"].mean(), color="tab:blue", ls="--", lw=0.8, label=f"mean {ic_df['ic'].mean():.3f}")
-    _dates(ax)
-    ax.set(title=label + (f"\n{note}" if note else ""), ylabel="IC (correlation)")
+    ax.axhline(mean, color="tab:blue", ls="--", lw=0.8, label=f"mean {mean:.3f}")
+    ax.set(title=label + (f"\n{note}" if note else ""), ylabel=unit)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    low.plot(when, ic_df["ic"].expanding().mean().to_numpy(), color="tab:blue", label="IC")
+    low.plot(when, ic_df["rank_ic"].expanding().mean().to_numpy(), color="black", lw=0.8, label="rank IC")
+    low.axhline(mean, color="tab:blue", ls="--", lw=0.8)
+    low.axhline(0, color="grey", lw=0.6)
+    low.set(ylabel="mean so far")
+    low.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _dates(low)
     return _save(fig, save_to)
 
 
