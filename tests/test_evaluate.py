@@ -209,6 +209,19 @@ def test_pooled_t_is_the_mean_of_per_timestamp_products():
     assert abs(ev.pooled_summary(noise)["t_stat"]) < 3
 
 
+def test_the_ic_without_its_largest_periods():
+    """Both tails by |IC|, ceil(1%) of the periods, ties the earliest first; nothing left: NaN."""
+    when = pd.date_range("2024-01-01", periods=4, freq="D", tz="UTC")
+    ic_df = pd.DataFrame({"period": when, "ic": [0.1, -0.5, 0.2, -3.0]})
+    out = ev.without_largest(ic_df, share=0.25)
+    assert out == {"ic": pytest.approx(-0.2 / 3), "periods": 1, "of": 4, "largest": when[3].isoformat()}
+    assert ev.without_largest(ic_df, share=0.5)["ic"] == pytest.approx(0.15)
+    ties = ic_df.assign(ic=[1.0, -1.0, 1.0, 0.5])
+    assert ev.without_largest(ties, share=0.25)["ic"] == pytest.approx(0.5 / 3)  # the first 1.0 leaves
+    assert ev.without_largest(ic_df)["periods"] == 1  # ceil(1% of 4)
+    assert math.isnan(ev.without_largest(ic_df.iloc[:1])["ic"]) and ev.without_largest(ic_df.iloc[:0])["of"] == 0
+
+
 def test_the_pooled_ic_over_time_is_each_timestamps_share_of_it():
     """`pooled_by_timestamp`: one share per timestamp, by hand from z-scores over all rows; their mean is the
     pooled Pearson and (on ranks among all rows) the pooled Spearman, as pandas computes them."""

@@ -2,6 +2,7 @@
 figures on them checked against peer tools: alphalens-reloaded for the cross-sectional IC, empyrical-reloaded
 for Sharpe, annual return and volatility. No model is trained: a ridge on the features stands in for one."""
 
+import math
 from pathlib import Path
 
 import empyrical
@@ -124,6 +125,11 @@ def test_the_headline_on_three_stocks_is_the_pooled_ic_of_the_sign_book_as_scipy
     shares = z.sum() * z.ngroups / len(x)
     assert s["ic_t_stat"] == pytest.approx(stats.ttest_1samp(shares, 0.0).statistic, rel=1e-10)
     assert s["ic_t_method"].startswith("iid")
+    k = math.ceil(0.01 * len(shares))  # and without its 1% largest dates: the crash week of August 2015 leads
+    rest = s["ic_without_largest"]
+    assert rest["ic"] == pytest.approx(shares.drop(shares.abs().sort_values(ascending=False).index[:k]).mean(),
+                                       rel=1e-9)
+    assert (rest["periods"], rest["of"]) == (k, len(shares)) and rest["largest"].startswith("2015-08-2")
 
 
 def test_the_sharpe_interval_and_psr_equal_a_hand_computation_on_real_daily_returns(real_run, real_fs):

@@ -188,6 +188,28 @@ def test_warnings_for_a_short_span_few_symbols_and_a_warm_up_as_long_as_the_run(
     assert rp.build_report(run2, settings=DEFAULTS)["warnings"] == []
 
 
+def test_an_ic_that_rests_on_one_timestamp_is_said_to(tmp_path):
+    """Predictions of noise but at one timestamp, 5 sd each, whose traded returns are 50 sd in their direction:
+    the pooled IC of the 4-symbol sign book is positive, and the report says it rests on a few periods, naming
+    that timestamp; a signal spread over every timestamp (make_run's) keeps its figure without them."""
+    run, _ = make_run(tmp_path / "one-day", rho=0.0)
+    df = pd.read_parquet(run / "predictions.parquet")
+    times = np.sort(df["timestamp"].unique())
+    signal, traded = (df["timestamp"] == times[100]).to_numpy(), (df["timestamp"] == times[101]).to_numpy()
+    side = np.sign(df.loc[signal, "prediction"].to_numpy())
+    df.loc[signal, "prediction"], df.loc[traded, "target"] = 5 * side, 50 * side  # rows in the same symbol order
+    df.to_parquet(run / "predictions.parquet", index=False)
+    report = rp.build_report(run, settings=DEFAULTS)
+    s, md = report["summary"], rw.summary_markdown(report)
+    assert s["headline_ic"] == "pooled" and s["pooled_ic"] > 0.1
+    assert s["ic_without_largest"]["largest"] == pd.Timestamp(times[100]).tz_convert("UTC").isoformat()
+    assert abs(s["ic_without_largest"]["ic"]) < 0.05
+    assert "by |share| (of 863; the largest 2024-05-01 08:20) it reads" in md and "rests on a few periods" in md
+    run, _ = make_run(tmp_path / "spread")
+    md = rw.summary_markdown(rp.build_report(run, settings=DEFAULTS))
+    assert "Without its 9 largest period(s) by |share|" in md and "rests on a few periods" not in md
+
+
 def test_the_lag_0_ic_is_called_untradable_only_when_it_exceeds_the_traded_one(tmp_path):
     """A signal planted at the traded lag lasts past the delay; one planted at lag 0 is one no book a bar later
     earns."""

@@ -336,6 +336,20 @@ def ic_decay(df: pd.DataFrame, family: str, overlap: int, max_lag: int = 10, pre
     return pd.DataFrame(rows)
 
 
+def without_largest(ic_df: pd.DataFrame, share: float = 0.01) -> dict:
+    """The mean IC without the ceil(`share` x n) periods of largest |IC| (both tails; ties: the earliest go
+    first): does the figure rest on a few periods? A pooled IC, whose per-timestamp shares are unbounded, can be
+    one crash week. `ic_df`: a per-period IC frame (period, ic), e.g. `ReportInputs.ic_series()`. Returns ic
+    (NaN when nothing is left), periods (how many left out), of (n), largest (the period of largest |IC|)."""
+    x = ic_df["ic"].to_numpy(dtype=float) if len(ic_df) else np.array([])
+    k = int(math.ceil(share * x.size))
+    if x.size <= k:
+        return {"ic": float("nan"), "periods": k, "of": int(x.size), "largest": None}
+    order = np.argsort(-np.abs(x), kind="stable")
+    return {"ic": float(x[order[k:]].mean()), "periods": k, "of": int(x.size),
+            "largest": pd.Timestamp(ic_df["period"].iloc[order[0]]).isoformat()}
+
+
 def headline_family(per_ts: pd.Series, mode: str) -> tuple[str, str]:
     """Which IC the report leads with, and why in words: the one that measures what the book (`mode`, as
     `backtest.resolve_position_mode` resolved it) earns from. A neutral book earns from ranking the symbols at

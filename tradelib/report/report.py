@@ -153,6 +153,7 @@ def summary_block(inputs: ReportInputs) -> dict:
         "ic_t_stat": head["t_stat"],  # overlap-robust, of the headline family
         "ic_t_method": head["t_method"],
         "ic_t_stat_lag0": inputs.ic_lag0[inputs.family]["t_stat"],
+        "ic_without_largest": ev.without_largest(inputs.ic_series()),  # does it rest on a few periods?
         "baseline_ic": {name: _predictor(p, name, f"{inputs.family}_ic") for name in p["predictor"] if name != "model"},
         "cost_bps": inputs.book["cost_bps"],
         "position_mode": bt["mode"],

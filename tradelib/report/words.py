@@ -60,11 +60,23 @@ def _signal_lines(report: dict) -> list[str]:
     before = (f" Before the trade delay (lag 0, from the signal's own close) it reads {fmt(ic0)} "
               f"(t {fmt(g('ic_t_stat_lag0'), '.2f')}): {said}." if lag else "")
     return [
-        f"{lead}; t {fmt(t, '.2f')}, {g('ic_t_method')}: {_verdict(t)}). Why this IC: {g('headline_reason')}.{before}",
+        f"{lead}; t {fmt(t, '.2f')}, {g('ic_t_method')}: {_verdict(t)}). Why this IC: {g('headline_reason')}.{before}"
+        f"{_few_periods(ic, g('ic_without_largest'), 'share' if fam == 'pooled' else 'IC')}",
         "",
         f"The other two at lag {lag}: {'; '.join(rest)}. Baselines on the same {word}: oracle "
         f"{fmt(g(f'oracle_{fam}_ic'))}{others}. Directional accuracy {fmt(g('directional_accuracy'), '.1%')}.",
     ]
+
+
+def _few_periods(ic, trimmed: dict | None, unit: str) -> str:
+    """The headline IC without its largest periods (`metrics.without_largest`), said to rest on a few periods
+    when that halves it or turns its sign."""
+    if not trimmed or trimmed.get("ic") is None:
+        return ""
+    rest = trimmed["ic"]
+    few = isinstance(ic, (int, float)) and (rest * ic <= 0 or abs(rest) < abs(ic) / 2)
+    return (f" Without its {trimmed['periods']} largest period(s) by |{unit}| (of {trimmed['of']}; the largest "
+            f"{_when(trimmed['largest'])}) it reads {fmt(rest)}{': it rests on a few periods' if few else ''}.")
 
 
 def _book_lines(report: dict) -> list[str]:
