@@ -109,22 +109,22 @@ def test_cross_sectional_ic_equals_a_hand_computation_per_timestamp():
     assert named["oracle_cross_sectional_ic"] > named["cross_sectional_ic"] and named["test_rows"] == len(df)
 
 
-def test_the_headline_family_is_the_ic_of_what_the_book_earns_from():
-    """A neutral book ranks the cross-section: the cross-sectional IC; a directional book (sign, scaled) earns
-    from each symbol's moves over time too: the pooled IC, whatever the number of symbols or the bar; a neutral
-    book over too few to rank falls back to it."""
+def test_the_headline_family_is_the_ic_of_the_bet_the_book_makes():
+    """A neutral book bets on the ranking of the cross-section: the cross-sectional IC (n/a below 3 symbols,
+    and said so); a directional book (sign, scaled) also on each symbol's moves over time: the pooled IC,
+    whatever the number of symbols or the bar."""
     n = 30
     days = frame(np.repeat(pd.date_range("2024-01-01", periods=n, freq="D"), 12), [f"S{i}" for i in range(12)] * n,
                  np.arange(12.0 * n))
     for df in (planted(n_sym=12, n_days=1), days):
         per_ts = ev.symbols_per_timestamp(df)
         family, reason = ev.headline_family(per_ts, "neutral")
-        assert family == "cross_sectional" and "neutral book over 12 symbols" in reason
+        assert family == "cross_sectional" and "neutral book over 12 symbol(s)" in reason and "n/a" not in reason
         for mode in ("sign", "scaled"):
             family, reason = ev.headline_family(per_ts, mode)
             assert family == "pooled" and f"directional ({mode}) book over 12 symbol(s)" in reason
     family, reason = ev.headline_family(ev.symbols_per_timestamp(planted(n_sym=2, n_days=1)), "neutral")
-    assert family == "pooled" and "2 symbol(s) at a typical timestamp, too few to rank" in reason
+    assert family == "cross_sectional" and "below 3 symbols no correlation ranks them, so it is n/a" in reason
 
 
 DF_AFFINE = planted(n_sym=4, n_days=3, rho=0.2, seed=3)
@@ -209,17 +209,28 @@ def test_pooled_t_is_the_mean_of_per_timestamp_products():
     assert abs(ev.pooled_summary(noise)["t_stat"]) < 3
 
 
-def test_the_ic_without_its_largest_periods():
-    """Both tails by |IC|, ceil(1%) of the periods, ties the earliest first; nothing left: NaN."""
-    when = pd.date_range("2024-01-01", periods=4, freq="D", tz="UTC")
-    ic_df = pd.DataFrame({"period": when, "ic": [0.1, -0.5, 0.2, -3.0]})
-    out = ev.without_largest(ic_df, share=0.25)
-    assert out == {"ic": pytest.approx(-0.2 / 3), "periods": 1, "of": 4, "largest": when[3].isoformat()}
-    assert ev.without_largest(ic_df, share=0.5)["ic"] == pytest.approx(0.15)
-    ties = ic_df.assign(ic=[1.0, -1.0, 1.0, 0.5])
-    assert ev.without_largest(ties, share=0.25)["ic"] == pytest.approx(0.5 / 3)  # the first 1.0 leaves
-    assert ev.without_largest(ic_df)["periods"] == 1  # ceil(1% of 4)
-    assert math.isnan(ev.without_largest(ic_df.iloc[:1])["ic"]) and ev.without_largest(ic_df.iloc[:0])["of"] == 0
+def test_the_ic_without_the_periods_that_carried_it_most():
+    """The ceil(1%) largest ICs in the IC's direction, ties the earliest first, leave; the family's IC is
+    recomputed over the other rows (for a per-timestamp IC, the mean of the other periods'); nothing left: NaN."""
+    df = planted(n_sym=4, n_days=1, rho=0.3, seed=2)
+    df = df[df["timestamp"] < df["timestamp"].min() + pd.Timedelta(minutes=5 * 130)]  # ceil(1% of 130) = 2
+    by_ts = ev.ic_by_timestamp(df)
+    out = ev.without_best(df, "cross_sectional", by_ts)
+    top = by_ts.sort_values("ic", ascending=False, kind="stable").iloc[:2]
+    assert out["periods"] == 2 and out["of"] == len(by_ts) == 130 and out["best"] == top["period"].iloc[0].isoformat()
+    assert out["ic"] == pytest.approx(by_ts.drop(top.index)["ic"].mean(), rel=1e-12)
+    flipped = df.assign(prediction=-df["prediction"])  # a negative IC: its most negative periods leave
+    assert ev.without_best(flipped, "cross_sectional", ev.ic_by_timestamp(flipped))["ic"] == pytest.approx(-out["ic"])
+    pooled = ev.without_best(df, "pooled", ev.pooled_by_timestamp(df))
+    shares = ev.pooled_by_timestamp(df).sort_values("ic", ascending=False, kind="stable")
+    kept = df[~df["timestamp"].isin(shares["period"].iloc[:2])]
+    assert pooled["ic"] == pytest.approx(kept["prediction"].corr(kept["target"]), rel=1e-12)  # not the shares' mean
+    when = pd.date_range("2024-01-01", periods=1000, freq="D", tz="UTC")  # (numpy sorts a few stably anyway)
+    ties = pd.DataFrame({"period": when, "ic": np.where(np.isin(np.arange(1000), [750, 142, 500]), 0.5, 0.1)})
+    rows = frame(when, ["A"] * 1000, np.zeros(1000))
+    assert ev.without_best(rows, "cross_sectional", ties)["best"] == when[142].isoformat()
+    one = ev.without_best(df, "cross_sectional", by_ts.iloc[:1])
+    assert math.isnan(one["ic"]) and one["best"] is None
 
 
 def test_the_pooled_ic_over_time_is_each_timestamps_share_of_it():

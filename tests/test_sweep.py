@@ -110,6 +110,7 @@ def test_a_sweep_runs_notebook_03_per_combination_and_compares_them(outputs, tmp
     table = pd.read_csv(folder / "sweep.csv")
     assert table["run"].tolist() == ["folds=0", "folds=2"] and set(table["status"]) == {"ran"}
     assert (table["samples_per_s"] > 0).all() and table["pooled_ic"].notna().all() and table["net_sharpe"].notna().all()
+    assert set(table["headline_ic"]) == {"pooled"}  # tiny.yaml's 3 symbols: a sign book, led by the pooled IC
     for run in ("folds=0", "folds=2"):
         summary = runs.read_summary(folder / run)
         assert summary["run_id"] == f"s/{run}" and (folder / run / "03_train.ipynb").exists()

@@ -278,7 +278,7 @@ def run_figures(folder: Path, cfg: Config, fs) -> dict:
     inputs = load_inputs(folder, ReportSettings.of(cfg), fs=fs, headline_only=True)
     block = report.headline_numbers(inputs)
     block["net_sharpe_ci_low"], block["net_sharpe_ci_high"] = block["net_sharpe_ci"]
-    return {k: block.get(k, inputs.summary.get(k)) for k in NUMBERS}
+    return {"headline_ic": block["headline_ic"], **{k: block.get(k, inputs.summary.get(k)) for k in NUMBERS}}
 
 
 def sweep_table(plan: Plan, status: list[str]) -> pd.DataFrame:
@@ -294,7 +294,7 @@ def sweep_table(plan: Plan, status: list[str]) -> pd.DataFrame:
             row.update(run_figures(plan.folder / name, cfg, caches[key]))
             row["busy"] = busy_flag(summary)
         rows.append(row)
-    table = pd.DataFrame(rows).reindex(columns=[*plan.axes, "run", "status", "busy", *NUMBERS])
+    table = pd.DataFrame(rows).reindex(columns=[*plan.axes, "run", "status", "busy", "headline_ic", *NUMBERS])
     for c in NUMBERS:
         table[c] = pd.to_numeric(table[c], errors="coerce").astype(float)
     return table
@@ -314,7 +314,8 @@ FORMATS = {"samples_per_s": "{:,.0f}", "it_per_s": "{:,.1f}", "global_batch": "{
            "net_sharpe": "{:.2f}", "gross_sharpe": "{:.2f}", "break_even_bps": "{:.1f}"}
 HEADERS = {"samples_per_s": "samples/s", "it_per_s": "it/s", "global_batch": "global batch",
            "data_wait_share": "data wait", "peak_mem_gb": "peak memory (GB)", "gpu_util": "GPU busy (%)",
-           "mfu": "MFU", "train_time_s": "train time (s)", "cross_sectional_ic": "cross-sectional IC",
+           "mfu": "MFU", "train_time_s": "train time (s)", "headline_ic": "headline IC",
+           "cross_sectional_ic": "cross-sectional IC",
            "cross_sectional_rank_ic": "cross-sectional rank IC", "daily_ic": "per-day IC",
            "pooled_ic": "pooled IC", "net_sharpe": "net Sharpe (95% interval)", "gross_sharpe": "gross Sharpe",
            "break_even_bps": "break-even (bps)"}
@@ -337,6 +338,8 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
             out[c] = col.map(lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
         else:
             out[c] = col.map(lambda v, f=fmt: "-" if pd.isna(v) else f.format(v))
+    if "headline_ic" in out:  # which of the ICs beside it leads each run's report (its book's)
+        out["headline_ic"] = out["headline_ic"].str.replace("_", "-")
     ci = [tables.span(lo, hi) for lo, hi in zip(table["net_sharpe_ci_low"], table["net_sharpe_ci_high"])]
     out["net_sharpe"] = [s if c == tables.NA else f"{s} ({c})" for s, c in zip(out["net_sharpe"], ci)]
     return out.rename(columns=HEADERS)

@@ -43,7 +43,7 @@ def make_figures(inputs: ReportInputs, run_dir: Path | None = None, runs_df: pd.
         "deciles": plots.plot_deciles(inputs.deciles, run_dir / "deciles.png", unit=(
             "vol-scaled log return" if (inputs.summary.get("config") or {}).get("vol_scaled_target")
             else "forward log return")),
-        "ic": plots.plot_ic(inputs.ic_series(), run_dir / "ic.png", note=note,
+        "ic": plots.plot_ic(inputs.ic_series, run_dir / "ic.png", note=note,
                             label=f"{FAMILY_WORDS[fam]}, lag {lag}" + (": each timestamp's share" if share else ""),
                             unit="share of the pooled IC" if share else "IC (correlation)"),
     }

@@ -68,13 +68,8 @@ class ReportInputs:
     quality: dict | None = None
     loss: dict | None = None  # loss_context: the loss's unit, and why validation sits below training
     folds: pd.DataFrame | None = None  # a walk-forward's `fold_table`
-
-    def ic_series(self) -> pd.DataFrame:
-        """The headline family's IC per period: per timestamp, per day, or, for the pooled IC, each timestamp's
-        share of it (`metrics.pooled_by_timestamp`)."""
-        if self.family == "pooled":
-            return ev.pooled_by_timestamp(self.predictions, target_col=TRADED)
-        return self.ic_day if self.family == "daily" else self.ic_timestamp
+    # the headline IC per period: per timestamp, or each timestamp's share of the pooled IC
+    ic_series: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +164,7 @@ def load_inputs(
     inputs.per_symbol = ev.per_symbol_metrics(df, target_col=TRADED)
     inputs.costs = bk.cost_sensitivity(bt, settings.cost_grid_bps)
     inputs.decay = ev.ic_decay(df, family, lags[family], DECAY_LAGS)
+    inputs.ic_series = ev.pooled_by_timestamp(df, target_col=TRADED) if family == "pooled" else by_ts
     inputs.break_even_ci = bk.break_even_interval(bt, block, int(settings.bootstrap_samples),
                                                   int(settings.bootstrap_seed))
     inputs.trials = bk.trial_count(inputs.predictors, _sweep_runs(run_dir))
@@ -356,7 +352,10 @@ def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
         out.append(f"the test span holds {periods} periods (< {MIN_TEST_PERIODS}): every figure below rests on a few "
                    f"draws")
     typical = inputs.typical_symbols
-    if inputs.book["mode"] == "neutral" and typical < min_symbols_cs:
+    if inputs.book["mode"] == "neutral" and typical < ev.MIN_PERIOD_ROWS:
+        out.append(f"the neutral book rests on {typical:g} symbol(s) at a typical timestamp: too few to rank, so the "
+                   f"cross-sectional IC is n/a; position_mode sign trades each one's direction")
+    elif inputs.book["mode"] == "neutral" and typical < min_symbols_cs:
         out.append(f"the neutral book and the cross-sectional IC rest on {typical:g} symbols at a typical timestamp "
                    f"(< {min_symbols_cs}): a correlation across so few is noisy and biased towards 0")
     return out

@@ -336,36 +336,41 @@ def ic_decay(df: pd.DataFrame, family: str, overlap: int, max_lag: int = 10, pre
     return pd.DataFrame(rows)
 
 
-def without_largest(ic_df: pd.DataFrame, share: float = 0.01) -> dict:
-    """The mean IC without the ceil(`share` x n) periods of largest |IC| (both tails; ties: the earliest go
-    first): does the figure rest on a few periods? A pooled IC, whose per-timestamp shares are unbounded, can be
-    one crash week. `ic_df`: a per-period IC frame (period, ic), e.g. `ReportInputs.ic_series()`. Returns ic
-    (NaN when nothing is left), periods (how many left out), of (n), largest (the period of largest |IC|)."""
-    x = ic_df["ic"].to_numpy(dtype=float) if len(ic_df) else np.array([])
+def without_best(df: pd.DataFrame, family: str, ic_df: pd.DataFrame, share: float = 0.01,
+                 pred_col: str = "prediction", target_col: str = "target") -> dict:
+    """The sceptic's question of an IC: what is left without the ceil(`share` x n) periods that carried it most
+    (the largest ICs in the direction of its sign; ties, the earliest first)? The family's IC over df's rows
+    outside those periods, recomputed (a pooled IC, whose per-timestamp shares are unbounded, can be one crash
+    week). `ic_df`: the family's IC per period (period, ic) on df (`ReportInputs.ic_series`). Returns ic (NaN when
+    nothing is left), periods (how many left out), of (n), best (the period that carried it most)."""
+    ic_df = ic_df[np.isfinite(ic_df["ic"].to_numpy(dtype=float))]
+    x = ic_df["ic"].to_numpy(dtype=float)
     k = int(math.ceil(share * x.size))
     if x.size <= k:
-        return {"ic": float("nan"), "periods": k, "of": int(x.size), "largest": None}
-    order = np.argsort(-np.abs(x), kind="stable")
-    return {"ic": float(x[order[k:]].mean()), "periods": k, "of": int(x.size),
-            "largest": pd.Timestamp(ic_df["period"].iloc[order[0]]).isoformat()}
+        return {"ic": float("nan"), "periods": k, "of": int(x.size), "best": None}
+    out = np.argsort(-np.sign(x.mean()) * x, kind="stable")[:k]
+    left = _timestamps(ic_df["period"].iloc[out])
+    when = _timestamps(df["timestamp"])
+    kept = df.loc[~(when.dt.floor("D") if family == "daily" else when).isin(left).to_numpy()]
+    return {"ic": family_summary(kept, family, 0, pred_col, target_col)["ic"], "periods": k, "of": int(x.size),
+            "best": left.iloc[0].isoformat()}
 
 
 def headline_family(per_ts: pd.Series, mode: str) -> tuple[str, str]:
-    """Which IC the report leads with, and why in words: the one that measures what the book (`mode`, as
-    `backtest.resolve_position_mode` resolved it) earns from. A neutral book earns from ranking the symbols at
-    each timestamp: the cross-sectional IC. A directional one (sign, scaled) earns from each symbol's moves over
-    time as well, across days too: the pooled IC, one correlation over every test row, sees both (the per-day
-    IC sees no day's level, and the cross-sectional IC no timestamp's). `per_ts`: `symbols_per_timestamp`."""
+    """Which IC the report leads with, and why in words: the one of the bet the book (`mode`, as
+    `backtest.resolve_position_mode` resolved it) makes. A neutral book bets on the ranking of the symbols at
+    each timestamp: the cross-sectional IC (n/a below 3 symbols, which no correlation ranks). A directional one
+    (sign, scaled) also bets on each symbol's moves over time, across days too: the pooled IC, one correlation
+    over every test row, sees both (the per-day IC sees no day's level, the cross-sectional IC no timestamp's).
+    So the per-day IC never leads. `per_ts`: `symbols_per_timestamp`."""
     median = typical_symbols(per_ts)
-    if mode == "neutral" and median >= MIN_PERIOD_ROWS:
-        return "cross_sectional", (f"a neutral book over {median:g} symbols at a typical timestamp earns from "
-                                   f"ranking them: the cross-sectional IC measures that ranking at each timestamp, "
-                                   f"as alphalens and Qlib compute it")
     if mode == "neutral":
-        return "pooled", (f"{median:g} symbol(s) at a typical timestamp, too few to rank: the pooled IC is one "
-                          f"correlation over every test row")
-    return "pooled", (f"a directional ({mode}) book over {median:g} symbol(s) earns from each one's moves over time, "
-                      f"not only from ranking them: the pooled IC, one correlation over every test row, sees both")
+        few = (f"; below {MIN_PERIOD_ROWS} symbols no correlation ranks them, so it is n/a"
+               if median < MIN_PERIOD_ROWS else ", as alphalens and Qlib compute it")
+        return "cross_sectional", (f"a neutral book over {median:g} symbol(s) at a typical timestamp bets on ranking "
+                                   f"them: the cross-sectional IC measures that ranking at each timestamp{few}")
+    return "pooled", (f"a directional ({mode}) book over {median:g} symbol(s) bets on each one's moves over time, not "
+                      f"only on ranking them: the pooled IC, one correlation over every test row, sees both")
 
 
 # ----------------------------------------------------------------------------------------------------

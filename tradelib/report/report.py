@@ -21,7 +21,7 @@ from tradelib.config import run_setting
 from tradelib.paths import atomic_write_bytes, is_synthetic
 from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
-from tradelib.report.inputs import ReportInputs, ReportSettings, load_inputs, loader_sweep, lr_schedule
+from tradelib.report.inputs import TRADED, ReportInputs, ReportSettings, load_inputs, loader_sweep, lr_schedule
 from tradelib.report.words import run_configuration
 
 IC_NUMBERS = [
@@ -153,7 +153,7 @@ def summary_block(inputs: ReportInputs) -> dict:
         "ic_t_stat": head["t_stat"],  # overlap-robust, of the headline family
         "ic_t_method": head["t_method"],
         "ic_t_stat_lag0": inputs.ic_lag0[inputs.family]["t_stat"],
-        "ic_without_largest": ev.without_largest(inputs.ic_series()),  # does it rest on a few periods?
+        "ic_without_best": ev.without_best(inputs.predictions, inputs.family, inputs.ic_series, target_col=TRADED),
         "baseline_ic": {name: _predictor(p, name, f"{inputs.family}_ic") for name in p["predictor"] if name != "model"},
         "cost_bps": inputs.book["cost_bps"],
         "position_mode": bt["mode"],

@@ -55,28 +55,30 @@ def _signal_lines(report: dict) -> list[str]:
                 f"{fmt(g(f'{fam}_icir'), '.2f')} over {g(f'{fam}_periods')} periods")
     rest = [f"{FAMILY_WORDS[f]} {fmt(g(f'{f}_ic'))}" for f in IC_FAMILIES if f != fam]
     ic, ic0 = g(f"{fam}_ic"), g(f"{fam}_ic_lag0")
-    lasts = isinstance(ic, (int, float)) and isinstance(ic0, (int, float)) and ic >= ic0
-    said = "the signal lasts past the trade delay" if lasts else f"no book trading {lag} bar(s) later earns that"
+    known = isinstance(ic, (int, float)) and isinstance(ic0, (int, float))
+    said = ("" if not known else ": the signal lasts past the trade delay" if ic >= ic0 else
+            f": no book trading {lag} bar(s) later earns that")
     before = (f" Before the trade delay (lag 0, from the signal's own close) it reads {fmt(ic0)} "
-              f"(t {fmt(g('ic_t_stat_lag0'), '.2f')}): {said}." if lag else "")
+              f"(t {fmt(g('ic_t_stat_lag0'), '.2f')}){said}." if lag else "")
     return [
         f"{lead}; t {fmt(t, '.2f')}, {g('ic_t_method')}: {_verdict(t)}). Why this IC: {g('headline_reason')}.{before}"
-        f"{_few_periods(ic, g('ic_without_largest'), 'share' if fam == 'pooled' else 'IC')}",
+        f"{_without_best(ic, t, g('ic_without_best'), 'share' if fam == 'pooled' else 'IC')}",
         "",
         f"The other two at lag {lag}: {'; '.join(rest)}. Baselines on the same {word}: oracle "
         f"{fmt(g(f'oracle_{fam}_ic'))}{others}. Directional accuracy {fmt(g('directional_accuracy'), '.1%')}.",
     ]
 
 
-def _few_periods(ic, trimmed: dict | None, unit: str) -> str:
-    """The headline IC without its largest periods (`metrics.without_largest`), said to rest on a few periods
-    when that halves it or turns its sign."""
-    if not trimmed or trimmed.get("ic") is None:
+def _without_best(ic, t, rest: dict | None, unit: str) -> str:
+    """The headline IC without the periods that carried it most (`metrics.without_best`); a significant one is
+    said to rest on a few periods when that halves it or turns its sign."""
+    if not rest or rest.get("ic") is None:
         return ""
-    rest = trimmed["ic"]
-    few = isinstance(ic, (int, float)) and (rest * ic <= 0 or abs(rest) < abs(ic) / 2)
-    return (f" Without its {trimmed['periods']} largest period(s) by |{unit}| (of {trimmed['of']}; the largest "
-            f"{_when(trimmed['largest'])}) it reads {fmt(rest)}{': it rests on a few periods' if few else ''}.")
+    few = isinstance(ic, (int, float)) and isinstance(t, (int, float)) and abs(t) >= 2 and (
+        rest["ic"] * math.copysign(1.0, ic) < abs(ic) / 2)
+    return (f" Without the {rest['periods']} of its {rest['of']} periods that carried it most (the largest {unit}s "
+            f"in its direction, first the signal at {_when(rest['best'])}) it reads {fmt(rest['ic'])}"
+            f"{': significant, but it rests on a few periods' if few else ''}.")
 
 
 def _book_lines(report: dict) -> list[str]:
