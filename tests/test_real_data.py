@@ -134,7 +134,8 @@ def test_the_headline_on_three_stocks_is_the_pooled_ic_of_the_sign_book_as_scipy
 
 
 def test_the_sharpe_interval_and_psr_equal_a_hand_computation_on_real_daily_returns(real_run, real_fs):
-    """Lo (2002) with a Newey-West covariance (statsmodels) of the net book's daily returns, and PSR = Phi(SR/SE)."""
+    """Lo (2002) with a Newey-West covariance (statsmodels) of the net book's daily returns, and PSR = Phi(SR/SE);
+    the annual return's interval from the same covariance of the log growth."""
     from scipy import stats
     from statsmodels.stats.sandwich_covariance import S_hac_simple
 
@@ -151,6 +152,11 @@ def test_the_sharpe_interval_and_psr_equal_a_hand_computation_on_real_daily_retu
     assert s["net_sharpe_ci"] == pytest.approx([(sr - 1.96 * se) * np.sqrt(ppy), (sr + 1.96 * se) * np.sqrt(ppy)],
                                                rel=1e-10)
     assert s["net_sharpe_psr"] == pytest.approx(stats.norm.cdf(sr / se), rel=1e-10)
+    g = np.log1p(r)  # the annual return's interval: the mean log growth with the same Newey-West error
+    se_g = np.sqrt(S_hac_simple((g - g.mean())[:, None])[0, 0] / n / n)
+    assert s["net_annual_return_ci"] == pytest.approx([np.expm1(ppy * (g.mean() + z * se_g)) for z in (-1.96, 1.96)],
+                                                      rel=1e-10)
+    assert s["net_annual_return_ci"][0] < s["net_annual_return"] < s["net_annual_return_ci"][1]
     assert s["survives_costs"] in (True, False, None) and len(s["break_even_ci"]) == 2
 
 

@@ -171,6 +171,7 @@ def _stats(r: np.ndarray, turnover: np.ndarray, exposure: np.ndarray, ppy: float
     return {
         "total_return": float(equity[-1] - 1.0),
         "annual_return": float(equity[-1] ** (1.0 / years) - 1.0) if r.size and equity[-1] > 0 else float("nan"),
+        "annual_return_ci": annual_return_interval(r, ppy),
         "annual_volatility": float(r.std(ddof=1) * math.sqrt(ppy)) if r.size >= 2 else float("nan"),
         "sharpe": inf["sharpe"],
         "sharpe_inference": inf,
@@ -300,6 +301,32 @@ def newey_west_lags(n: int) -> int:
     return int(4 * (max(n, 1) / 100) ** (2 / 9))
 
 
+def long_run_covariance(m: np.ndarray, lags: int) -> np.ndarray:
+    """Newey-West: the covariance of the columns of `m` (n x k, centred) with Bartlett-weighted
+    autocovariances up to `lags`, each over n."""
+    n = len(m)
+    S = m.T @ m / n
+    for k in range(1, min(lags, n - 1) + 1):
+        g = m[k:].T @ m[:-k] / n
+        S += (1 - k / (lags + 1)) * (g + g.T)
+    return S
+
+
+def annual_return_interval(returns: np.ndarray, periods_per_year: float, lags: int | None = None) -> list[float]:
+    """A 95% interval of the compound annual return exp(P m) - 1 (P periods a year, m the mean log growth
+    log(1 + r) per period, whose exp(P m) - 1 is `_stats`' annual_return): m +- 1.96 Newey-West standard errors
+    (Bartlett weights over `lags`, default `newey_west_lags`, as the Sharpe's), mapped through exp(P x) - 1.
+    NaN ends with fewer than 3 returns or a period that lost everything."""
+    r = np.asarray(returns, dtype=float)
+    r = r[np.isfinite(r)]
+    if r.size < 3 or (r <= -1).any():
+        return [float("nan")] * 2
+    g = np.log1p(r)
+    lags = newey_west_lags(r.size) if lags is None else max(int(lags), 0)
+    se = math.sqrt(max(long_run_covariance((g - g.mean())[:, None], lags)[0, 0], 0.0) / r.size)
+    return [math.expm1(periods_per_year * (g.mean() + z * se)) for z in (-1.96, 1.96)]
+
+
 def sharpe_inference(returns: np.ndarray, periods_per_year: float, lags: int | None = None) -> dict:
     """The Sharpe ratio with a standard error that allows for autocorrelation and fat tails, its 95% interval
     and the probabilistic Sharpe ratio against 0.
@@ -322,11 +349,7 @@ def sharpe_inference(returns: np.ndarray, periods_per_year: float, lags: int | N
     lags = newey_west_lags(n) if lags is None else max(int(lags), 0)
     mu, d = r.mean(), r - r.mean()
     var = d @ d / n
-    m = np.column_stack([d, d * d - var])
-    S = m.T @ m / n
-    for k in range(1, min(lags, n - 1) + 1):
-        g = m[k:].T @ m[:-k] / n
-        S += (1 - k / (lags + 1)) * (g + g.T)
+    S = long_run_covariance(np.column_stack([d, d * d - var]), lags)
     grad = np.array([1 / math.sqrt(var), -mu / (2 * var**1.5)])
     se_p = math.sqrt(max(grad @ S @ grad, 0.0) / (n - 1))
     sr_p = float(r.mean() / r.std(ddof=1))

@@ -161,6 +161,7 @@ def summary_block(inputs: ReportInputs) -> dict:
         "trade_delay": bt["trade_delay"],
         "annualisation_source": inputs.book["annualised"].get("source"),
         "net_annual_return": bt["net"]["annual_return"],
+        "net_annual_return_ci": bt["net"]["annual_return_ci"],
         "net_annual_volatility": bt["net"]["annual_volatility"],
         "gross_exposure": bt["gross_exposure"],
         "net_exposure": bt["net_exposure"],

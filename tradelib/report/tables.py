@@ -32,6 +32,11 @@ def span(low, high, digits: int = 2) -> str:
     return f"{num(low, digits)} to {num(high, digits)}" if _ok(low) and _ok(high) else NA
 
 
+def pct_span(low, high) -> str:
+    """A 95% interval of returns: '-7.2% to +25.9%'."""
+    return f"{signed_pct(low)} to {signed_pct(high)}" if _ok(low) and _ok(high) else NA
+
+
 def integer(v) -> str:
     return f"{int(round(v)):,}" if _ok(v) else NA
 
@@ -150,7 +155,8 @@ BOOKS = {"gross": "gross (before costs)", "net": "net of costs", "buy_hold": "bu
 
 
 def backtest_table(stats: dict, flags: dict | None = None) -> pd.DataFrame:
-    """Gross, net and buy-and-hold, one row each, each Sharpe with its 95% interval; the book's settings are said
+    """Gross, net and buy-and-hold, one row each, each Sharpe and annual return with its 95% interval; the book's
+    settings are said
     once, beside the table. A figure the report flags (report.json's `summary.flags`, e.g. `net_sharpe`) reads
     "implausible" beside it."""
     flags = flags or {}
@@ -160,6 +166,7 @@ def backtest_table(stats: dict, flags: dict | None = None) -> pd.DataFrame:
         b, inf = stats[key], stats[key]["sharpe_inference"]
         rows.append({"book": name, "total return": signed_pct(b["total_return"]),
                      "annual return": mark(signed_pct(b["annual_return"]), f"{key}_annual_return"),
+                     "annual return 95% interval": pct_span(*b["annual_return_ci"]),
                      "annual volatility": pct(b["annual_volatility"]),
                      "Sharpe": mark(num(b["sharpe"], 2), f"{key}_sharpe"),
                      "Sharpe 95% interval": span(inf["ci_low"], inf["ci_high"]), "max drawdown": pct(b["max_drawdown"]),

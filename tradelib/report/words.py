@@ -95,8 +95,9 @@ def _book_lines(report: dict) -> list[str]:
         f"the signal, at {fmt(g('cost_bps'), 'g')} bps: net Sharpe **{fmt(g('net_sharpe'), '.2f')}** ({net})"
         f"{_flag(g, 'net_sharpe')}; gross {_figure(g, 'gross_sharpe', '.2f', interval(g('gross_sharpe_ci')))}, "
         f"buy & hold {fmt(g('buy_hold_sharpe'), '.2f')} ({interval(g('buy_hold_sharpe_ci'))}), net annual return "
-        f"{_figure(g, 'net_annual_return', '.1%')} at volatility {fmt(g('net_annual_volatility'), '.1%')}, max "
-        f"drawdown {fmt(g('max_drawdown'), '.1%')}, turnover {fmt(g('turnover'), '.2f')} per bar, net exposure "
+        f"{_figure(g, 'net_annual_return', '.1%', interval(g('net_annual_return_ci'), '.1%'))} at volatility "
+        f"{fmt(g('net_annual_volatility'), '.1%')}, max drawdown {fmt(g('max_drawdown'), '.1%')}, turnover "
+        f"{fmt(g('turnover'), '.2f')} per bar, net exposure "
         f"{fmt(g('net_exposure'), '+.2f')} on average (|net| {fmt(g('abs_net_exposure'), '.2f')}, gross "
         f"{fmt(g('gross_exposure'), '.2f')}), market beta {fmt(g('market_beta'), '+.2f')}.",
         "",
