@@ -299,6 +299,9 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
         assert f"95% {row['net_sharpe_ci_low']:.2f} to {row['net_sharpe_ci_high']:.2f}" in md
     costs = tables.costs_table(pd.DataFrame(rep["costs"]["net_sharpe_by_cost"]))
     assert costs["95% interval"].str.contains(" to ").all()
+    row = rep["costs"]["net_sharpe_by_cost"][3]  # the report's 5 bps: the summary's annual return and interval
+    assert [row["net_annual_return_ci_low"], row["net_annual_return_ci_high"]] == s["net_annual_return_ci"]
+    assert costs["its 95% interval"][3] == f"{low:+.1%} to {high:+.1%}"
     assert not shown.loc["buy & hold", "Sharpe"].endswith("(implausible)")
     low, high = s["break_even_ci"]
     assert s["survives_costs"] is (True if low > 5.0 else False if high < 5.0 else None)

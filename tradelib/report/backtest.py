@@ -257,8 +257,8 @@ def backtest(
 
 
 def cost_sensitivity(bt: BacktestResult, costs_bps) -> pd.DataFrame:
-    """Net Sharpe with its 95% interval, annual and total return of the same book at each cost (bps per unit of
-    weight traded): net = gross - cost/1e4 * turnover, bar by bar."""
+    """Net Sharpe and annual return with their 95% intervals, and total return, of the same book at each cost
+    (bps per unit of weight traded): net = gross - cost/1e4 * turnover, bar by bar."""
     gross, turnover = bt.pnl["gross"].to_numpy(), bt.pnl["turnover"].to_numpy()
     exposure, ppy = bt.pnl["exposure"].to_numpy(), bt.stats["periods_per_year"]
     rows = []
@@ -267,6 +267,8 @@ def cost_sensitivity(bt: BacktestResult, costs_bps) -> pd.DataFrame:
         inf = s["sharpe_inference"]
         rows.append({"cost_bps": float(c), "net_sharpe": s["sharpe"], "net_sharpe_ci_low": inf["ci_low"],
                      "net_sharpe_ci_high": inf["ci_high"], "net_annual_return": s["annual_return"],
+                     "net_annual_return_ci_low": s["annual_return_ci"][0],
+                     "net_annual_return_ci_high": s["annual_return_ci"][1],
                      "net_total_return": s["total_return"]})
     return pd.DataFrame(rows)
 

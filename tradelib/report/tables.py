@@ -181,6 +181,8 @@ def costs_table(costs: pd.DataFrame) -> pd.DataFrame:
                          "95% interval": [span(lo, hi) for lo, hi in zip(costs["net_sharpe_ci_low"],
                                                                          costs["net_sharpe_ci_high"])],
                          "net annual return": [signed_pct(v) for v in costs["net_annual_return"]],
+                         "its 95% interval": [pct_span(lo, hi) for lo, hi in zip(costs["net_annual_return_ci_low"],
+                                                                                 costs["net_annual_return_ci_high"])],
                          "net total return": [signed_pct(v, 2) for v in costs["net_total_return"]]})
 
 
