@@ -66,6 +66,10 @@ def test_sharpe_on_real_daily_bars_equals_empyrical(real_run, real_fs):
                                                        rel=1e-10)
     gross = inputs.backtest.pnl["gross"].to_numpy()
     assert s["gross_sharpe"] == pytest.approx(empyrical.sharpe_ratio(gross, annualization=ppy), rel=1e-10)
+    # from the 1 invested: a flat bar first puts it in empyrical's running peak too
+    assert s["max_drawdown"] == pytest.approx(-empyrical.max_drawdown(np.r_[0.0, net]), rel=1e-10)
+    assert s["market_beta"] == pytest.approx(empyrical.beta(net, inputs.backtest.pnl["buy_hold"].to_numpy()),
+                                             rel=1e-10)
 
 
 def alphalens_rank_ic(df: pd.DataFrame) -> pd.Series:
