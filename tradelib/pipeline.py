@@ -100,8 +100,9 @@ def select_notebooks(skip: str = "", only: str = "") -> tuple[str, ...]:
 
 def headline(report_json: Path) -> list[str]:
     """The result in a few lines, from report.json's summary: the headline IC at the lag the book trades with its
-    t-statistic, the net Sharpe with its 95% interval, and beside them the report's flags (a figure no market
-    makes) and warnings. A figure the summary lacks, or holds as NaN, is left out."""
+    t-statistic and without the periods that carried it most, the net Sharpe with its 95% interval, and beside
+    them the report's flags (a figure no market makes) and warnings. A figure the summary lacks, or holds as
+    NaN, is left out."""
     try:
         s = json.loads(Path(report_json).read_text()).get("summary") or {}
     except (OSError, ValueError, AttributeError):
@@ -112,8 +113,11 @@ def headline(report_json: Path) -> list[str]:
     ic, t = s.get(f"{family}_ic"), s.get("ic_t_stat")
     if num(ic):
         at = f", at the traded lag of {lag} bar{'s' if lag != 1 else ''}" if lag is not None else ""
+        rest = s.get("ic_without_best") or {}
         lines.append(f"headline IC ({str(family).replace('_', '-')}{at}): {ic:.4f}"
-                     + (f", t {t:.2f} ({s['ic_t_method']})" if num(t) and s.get("ic_t_method") else ""))
+                     + (f", t {t:.2f} ({s['ic_t_method']})" if num(t) and s.get("ic_t_method") else "")
+                     + (f"; {rest['ic']:.4f} without its {rest['periods']} best of {rest['of']} periods"
+                        if num(rest.get("ic")) else ""))
     sharpe, ci = s.get("net_sharpe"), s.get("net_sharpe_ci")
     if num(sharpe):
         cost = f" after {s['cost_bps']:g} bps costs" if num(s.get("cost_bps")) else ""
