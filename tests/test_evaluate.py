@@ -229,6 +229,12 @@ def test_the_ic_without_the_periods_that_carried_it_most():
     ties = pd.DataFrame({"period": when, "ic": np.where(np.isin(np.arange(1000), [750, 142, 500]), 0.5, 0.1)})
     rows = frame(when, ["A"] * 1000, np.zeros(1000))
     assert ev.without_best(rows, "cross_sectional", ties)["best"] == when[142].isoformat()
+    days = planted(n_sym=3, n_days=3, rho=0.3, seed=4)  # per day: the best day's rows leave
+    by_day = ev.ic_by_day(days)
+    best = by_day["ic"].idxmax()
+    out = ev.without_best(days, "daily", by_day)
+    assert out["best"] == by_day["period"][best].isoformat()
+    assert out["ic"] == pytest.approx(by_day.drop(best)["ic"].mean(), rel=1e-12)
     one = ev.without_best(df, "cross_sectional", by_ts.iloc[:1])
     assert math.isnan(one["ic"]) and one["best"] is None
 

@@ -137,7 +137,7 @@ def load_inputs(
     per_ts = ev.symbols_per_timestamp(df)
     typical = ev.typical_symbols(per_ts)
     mode, mode_reason = bk.resolve_position_mode(typical, settings.position_mode, min_symbols_cs)
-    family, reason = ev.headline_family(per_ts, mode)  # the IC of what this book earns from
+    family, reason = ev.headline_family(per_ts, mode)  # the IC of this book's bet
     lags = {f: ev.overlap_lags(horizon, f, bars_per_session) for f in ev.IC_FAMILIES}
     by_ts, by_day = ev.ic_by_timestamp(df, target_col=TRADED), ev.ic_by_day(df, target_col=TRADED)
     book = {"cost_bps": float(settings.cost_bps), "bar_seconds": float(bar), "mode": mode,

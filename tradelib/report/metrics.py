@@ -9,7 +9,7 @@ Conventions (the numbers in the report depend on them):
   (timestamps with >= 3 symbols), averaged over timestamps: what alphalens and Qlib call IC. `daily`: the
   correlation over every row of a UTC day (all symbols and bars pooled), averaged over days. `pooled`: one
   correlation over every test row. Each comes as Pearson (`ic`) and Spearman (`rank_ic`).
-  The one that leads is the IC of what the book earns from (`headline_family`).
+  The one that leads is the IC of the bet the book makes (`headline_family`).
 - t-statistics are overlap-robust: a target over h bars shares h-1 bars with the next one, so consecutive IC
   periods are correlated. `hac_t_stat` uses the Hansen-Hodrick HAC variance (equal weights on the lags the
   targets overlap, h-1 for per-timestamp ICs). "Significant" is said only of that figure.
