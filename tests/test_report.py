@@ -282,13 +282,13 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
         assert rw.run_configuration({"config": {"data_path": data_path}}, {})[0][1].startswith("synthetic market")
     from tradelib.report import tables
 
-    shown = tables.backtest_table(rep["backtest"], s["flags"]).set_index("book")
-    assert shown.loc["gross (before costs)", "Sharpe"].endswith("(implausible)")
+    shown = tables.backtest_table(rep["backtest"], s["flags"]).set_index("figure")
+    assert shown.loc["Sharpe", "gross (before costs)"].endswith("(implausible)")
     for book, key in (("net of costs", "net_sharpe_ci"), ("gross (before costs)", "gross_sharpe_ci"),
                       ("buy & hold", "buy_hold_sharpe_ci")):  # every Sharpe with its interval, as the summary has it
-        assert shown.loc[book, "Sharpe 95% interval"] == f"{s[key][0]:,.2f} to {s[key][1]:,.2f}"
+        assert shown.loc["Sharpe 95% interval", book] == f"{s[key][0]:,.2f} to {s[key][1]:,.2f}"
     low, high = s["net_annual_return_ci"]  # and the annual return with its own
-    assert shown.loc["net of costs", "annual return 95% interval"] == f"{low:+.1%} to {high:+.1%}"
+    assert shown.loc["annual return 95% interval", "net of costs"] == f"{low:+.1%} to {high:+.1%}"
     md = rw.summary_markdown(rep)
     assert f"net annual return {s['net_annual_return']:.1%} (95% {low:.1%} to {high:.1%})" in md
     assert f"net Sharpe **{s['net_sharpe']:.2f}** (SE " in md and "** (flagged" not in md  # the interval, then why
@@ -302,7 +302,7 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
     row = rep["costs"]["net_sharpe_by_cost"][3]  # the report's 5 bps: the summary's annual return and interval
     assert [row["net_annual_return_ci_low"], row["net_annual_return_ci_high"]] == s["net_annual_return_ci"]
     assert costs["its 95% interval"][3] == f"{low:+.1%} to {high:+.1%}"
-    assert not shown.loc["buy & hold", "Sharpe"].endswith("(implausible)")
+    assert not shown.loc["Sharpe", "buy & hold"].endswith("(implausible)")
     low, high = s["break_even_ci"]
     assert s["survives_costs"] is (True if low > 5.0 else False if high < 5.0 else None)
     noise, _ = make_run(tmp_path / "noise", rho=0.0, seed=3, freq="B", n_bars=300, n_sym=6)
@@ -517,10 +517,10 @@ def test_tables_print_integers_as_integers_and_flag_what_cannot_be_right():
                  "max_drawdown": 0.05, "turnover": 0.5, "hit_rate": 0.51, "n_bars": 4431.0,
                  "sharpe_inference": {"ci_low": -0.5, "ci_high": float("nan")}, "annual_return_ci": [-0.1, 0.25]}
              for b in ("gross", "net", "buy_hold")}
-    bt = tables.backtest_table(stats)
-    assert list(bt["bars"]) == ["4,431"] * 3 and bt["annual return"][0] == "+2.5e+07%"
-    assert list(bt["Sharpe 95% interval"]) == ["–"] * 3  # an interval with an unknown end is not shown as one
-    assert list(bt["annual return 95% interval"]) == ["-10.0% to +25.0%"] * 3
+    bt = tables.backtest_table(stats).set_index("figure")
+    assert list(bt.loc["bars"]) == ["4,431"] * 3 and bt.loc["annual return", "gross (before costs)"] == "+2.5e+07%"
+    assert list(bt.loc["Sharpe 95% interval"]) == ["–"] * 3  # an interval with an unknown end is not shown as one
+    assert list(bt.loc["annual return 95% interval"]) == ["-10.0% to +25.0%"] * 3
     sweep = pd.DataFrame({"loader": ["dataloader", "device"], "batch_size": [64.0, 64.0],
                           "samples_per_s": [7145.2, 471.0], "speedup": [np.nan, 0.066], "mfu": [np.nan, 0.1],
                           "mfu_invalid": [2.433, np.nan], "peak_mem_bytes": [1_705_732, 1_705_732],

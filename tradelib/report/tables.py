@@ -155,24 +155,20 @@ BOOKS = {"gross": "gross (before costs)", "net": "net of costs", "buy_hold": "bu
 
 
 def backtest_table(stats: dict, flags: dict | None = None) -> pd.DataFrame:
-    """Gross, net and buy-and-hold, one row each, each Sharpe and annual return with its 95% interval; the book's
-    settings are said
-    once, beside the table. A figure the report flags (report.json's `summary.flags`, e.g. `net_sharpe`) reads
-    "implausible" beside it."""
+    """Gross, net of costs and buy-and-hold side by side, a figure a row, each Sharpe and annual return with its
+    95% interval on the row below it; the book's settings are said once, beside the table. A figure the report
+    flags (report.json's `summary.flags`, e.g. `net_sharpe`) reads "implausible" beside it."""
     flags = flags or {}
     mark = lambda text, key: f"{text} (implausible)" if key in flags else text  # noqa: E731
-    rows = []
+    table = {"figure": ["total return", "annual return", "annual return 95% interval", "annual volatility", "Sharpe",
+                        "Sharpe 95% interval", "max drawdown", "turnover / bar", "hit rate", "bars"]}
     for key, name in BOOKS.items():
         b, inf = stats[key], stats[key]["sharpe_inference"]
-        rows.append({"book": name, "total return": signed_pct(b["total_return"]),
-                     "annual return": mark(signed_pct(b["annual_return"]), f"{key}_annual_return"),
-                     "annual return 95% interval": pct_span(*b["annual_return_ci"]),
-                     "annual volatility": pct(b["annual_volatility"]),
-                     "Sharpe": mark(num(b["sharpe"], 2), f"{key}_sharpe"),
-                     "Sharpe 95% interval": span(inf["ci_low"], inf["ci_high"]), "max drawdown": pct(b["max_drawdown"]),
-                     "turnover / bar": num(b["turnover"], 3), "hit rate": pct(b["hit_rate"]),
-                     "bars": integer(b["n_bars"])})
-    return pd.DataFrame(rows)
+        table[name] = [signed_pct(b["total_return"]), mark(signed_pct(b["annual_return"]), f"{key}_annual_return"),
+                       pct_span(*b["annual_return_ci"]), pct(b["annual_volatility"]),
+                       mark(num(b["sharpe"], 2), f"{key}_sharpe"), span(inf["ci_low"], inf["ci_high"]),
+                       pct(b["max_drawdown"]), num(b["turnover"], 3), pct(b["hit_rate"]), integer(b["n_bars"])]
+    return pd.DataFrame(table)
 
 
 def costs_table(costs: pd.DataFrame) -> pd.DataFrame:
