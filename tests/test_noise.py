@@ -115,8 +115,8 @@ def test_a_one_bar_reversal_is_not_learned_for_a_book_that_cannot_trade_it(tmp_p
 def test_three_symbols_are_traded_and_judged_as_a_directional_book(tmp_path, drift):
     """Too few symbols to rank: auto trades each one's sign and leads with the pooled IC, the IC of that book.
     On random walks it finds nothing; a drift that lasts it finds, and the sign book earns it gross, with its
-    error bars (at 5 bps the turnover of a sign book on 5-minute bars costs it; the per-day IC, over the two
-    days of this test span, cannot say either)."""
+    error bars (at 5 bps a sign book's turnover on 5-minute bars leaves its net Sharpe undecided; the per-day
+    IC, over the two days of this test span, cannot tell either)."""
     s = trained_report(tmp_path, f"three-{drift}", {"epochs": 2}, seed=7, drift=drift, n_sym=3)["summary"]
     assert (s["position_mode"], s["headline_ic"], s["ic_lag"]) == ("sign", "pooled", 1)
     if drift == 0:
