@@ -72,6 +72,25 @@ def test_sharpe_on_real_daily_bars_equals_empyrical(real_run, real_fs):
                                              rel=1e-10)
 
 
+def test_the_alpha_beyond_the_market_equals_statsmodels_ols_with_a_newey_west_covariance(real_run, real_fs):
+    """The net book regressed on buy & hold: statsmodels' OLS with HAC errors (Bartlett, the Sharpe's lags, no
+    small-sample correction) gives the same alpha, interval and t."""
+    import statsmodels.api as sm
+
+    from tradelib.report import backtest as bk
+
+    inputs = ri.load_inputs(real_run, ri.ReportSettings.of(cost_bps=5.0), fs=real_fs)
+    s = rp.build_report(real_run, inputs=inputs)["summary"]
+    net, market = inputs.backtest.pnl["net"].to_numpy(), inputs.backtest.pnl["buy_hold"].to_numpy()
+    ppy, lags = s["periods_per_year"], bk.newey_west_lags(len(net))
+    fit = sm.OLS(net, sm.add_constant(market)).fit(cov_type="HAC", cov_kwds={"maxlags": lags, "use_correction": False})
+    assert s["market_alpha"] == pytest.approx(fit.params[0] * ppy, rel=1e-10)
+    assert s["market_alpha_t"] == pytest.approx(fit.tvalues[0], rel=1e-10)
+    assert s["market_alpha_ci"] == pytest.approx([(fit.params[0] + z * fit.bse[0]) * ppy for z in (-1.96, 1.96)],
+                                                 rel=1e-10)
+    assert s["market_beta"] == pytest.approx(fit.params[1], rel=1e-10)
+
+
 def alphalens_rank_ic(df: pd.DataFrame) -> pd.Series:
     """alphalens-reloaded's per-date Spearman IC of `prediction` against `target` (its forward return)."""
     factor = df.rename(columns={"timestamp": "date", "symbol": "asset", "prediction": "factor", "target": "1D"})

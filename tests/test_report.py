@@ -291,6 +291,9 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
     assert shown.loc["annual return 95% interval", "net of costs"] == f"{low:+.1%} to {high:+.1%}"
     md = rw.summary_markdown(rep)
     assert f"net annual return {s['net_annual_return']:.1%} (95% {low:.1%} to {high:.1%})" in md
+    a_low, a_high = s["market_alpha_ci"]  # what the book earns beyond its market exposure, with its error bars
+    assert (f"alpha beyond it {s['market_alpha']:+.1%} a year (95% {a_low:+.1%} to {a_high:+.1%}, t "
+            f"{s['market_alpha_t']:.2f})") in md
     assert f"net Sharpe **{s['net_sharpe']:.2f}** (SE " in md and "** (flagged" not in md  # the interval, then why
     assert f"gross {s['gross_sharpe']:.2f} (95% {s['gross_sharpe_ci'][0]:.2f} to" in md
     for key in ("net_sharpe_ci", "gross_sharpe_ci", "buy_hold_sharpe_ci"):

@@ -205,7 +205,8 @@ def backtest(
     annual return and volatility use `periods_per_year`, else the calendar of df's timestamps
     (`annualisation`), or `annualised` (an `annualisation` dict the caller measured; its description is
     kept). Buy-and-hold is long 1/N_t of every symbol present, pays cost_bps once at entry and rebalances for
-    free. `market_beta`: the net book's beta to buy-and-hold (the equal-weight market).
+    free. `market_beta`: the net book's beta to buy-and-hold (the equal-weight market); `market_alpha` what it
+    earns beyond that exposure.
     """
     bar = float(bar_seconds) if bar_seconds else infer_bar_seconds(df)
     ann = annualised or annualisation(df, bar, periods_per_year=periods_per_year or 0.0)
@@ -249,6 +250,7 @@ def backtest(
         "annualisation": ann["description"],
         "annualisation_method": ann["method"],
         "market_beta": market_beta(net, bh),
+        "market_alpha": market_alpha(net, bh, ppy),
         "gross_exposure": float(exposure.mean()) if len(times) else float("nan"),
         "net_exposure": float(net_exposure.mean()) if len(times) else float("nan"),
         "abs_net_exposure": float(np.abs(net_exposure).mean()) if len(times) else float("nan"),
@@ -288,6 +290,27 @@ def market_beta(book: np.ndarray, market: np.ndarray) -> float:
         return float("nan")
     b, m = b[ok], m[ok]
     return float(((b - b.mean()) @ (m - m.mean())) / ((m - m.mean()) @ (m - m.mean())))
+
+
+def market_alpha(book: np.ndarray, market: np.ndarray, periods_per_year: float, lags: int | None = None) -> dict:
+    """What the book earns beyond its exposure to the equal-weight market: alpha of the OLS book = alpha + beta
+    market + e over the bars, a year's worth (x periods a year, arithmetic), with a 95% interval and t from the
+    Newey-West covariance of the regression's scores (Bartlett weights over `lags`, default `newey_west_lags`,
+    as the Sharpe's). A directional book that is mostly long earns the market's drift; this is the rest."""
+    b, m = np.asarray(book, dtype=float), np.asarray(market, dtype=float)
+    ok = np.isfinite(b) & np.isfinite(m)
+    b, m = b[ok], m[ok]
+    nan = float("nan")
+    if b.size < 3 or m.std() == 0:
+        return {"alpha": nan, "ci": [nan, nan], "t_stat": nan}
+    X = np.column_stack([np.ones_like(m), m])
+    coef = np.linalg.lstsq(X, b, rcond=None)[0]
+    lags = newey_west_lags(b.size) if lags is None else max(int(lags), 0)
+    bread = np.linalg.inv(X.T @ X / b.size)
+    cov = bread @ long_run_covariance(X * (b - X @ coef)[:, None], lags) @ bread / b.size
+    a, se = float(coef[0]), math.sqrt(max(cov[0, 0], 0.0))
+    return {"alpha": a * periods_per_year, "ci": [(a + z * se) * periods_per_year for z in (-1.96, 1.96)],
+            "t_stat": a / se if se > 0 else nan}
 
 
 # ----------------------------------------------------------------------------------------------------

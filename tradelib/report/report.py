@@ -167,6 +167,9 @@ def summary_block(inputs: ReportInputs) -> dict:
         "net_exposure": bt["net_exposure"],
         "abs_net_exposure": bt["abs_net_exposure"],
         "market_beta": bt["market_beta"],
+        "market_alpha": bt["market_alpha"]["alpha"],  # a year's worth, beyond the market exposure
+        "market_alpha_ci": bt["market_alpha"]["ci"],
+        "market_alpha_t": bt["market_alpha"]["t_stat"],
         **sharpe_block(inputs),
     })
     flags = {"net_sharpe": bk.implausible(bt["net"]["sharpe"], None),
