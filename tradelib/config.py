@@ -298,6 +298,11 @@ class Config:
         purge and a symbol's length must allow for."""
         return self.target_delay + self.horizon
 
+    @property
+    def min_symbol_rows(self) -> int:
+        """Rows a symbol needs to keep (window + target_reach + 1): cleaning drops a shorter one."""
+        return self.window + self.target_reach + 1
+
     def group(self, *names: str) -> dict[str, Any]:
         """The values of the fields in these groups, e.g. cfg.group("features"): what the feature cache keys on."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["group"] in names}

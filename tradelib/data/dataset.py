@@ -37,10 +37,9 @@ def _build(cfg, raw: pd.DataFrame, source: str, fold: int, *args) -> tuple[Featu
         raise load.DataError(f"{source}: {exc}") from None
     if report.rows_kept == 0:
         dropped = ", ".join(f"{rule} {n:,}" for rule, n in report.totals("dropped").items())
-        need = cfg.window + cfg.target_reach + 1
         raise load.DataError(f"{source}: no rows left after cleaning: {report.rows_in:,} rows in, dropped by "
-                             f"{dropped or 'no rule'} (window + target_delay + horizon + 1 = {need} rows per symbol "
-                             f"are needed; docs/data.md lists the rules)")
+                             f"{dropped or 'no rule'} (window + target_delay + horizon + 1 = {cfg.min_symbol_rows} "
+                             f"rows per symbol are needed; docs/data.md lists the rules)")
     return fs, report
 
 

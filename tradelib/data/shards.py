@@ -79,7 +79,7 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
         if cleaned:
             done = _frame_shards(raw, codes, symbols, plan, keep)
         else:
-            done = clean.clean_parts(raw, source, cfg, only=set(todo), min_rows=cfg.window + cfg.target_reach + 1,
+            done = clean.clean_parts(raw, source, cfg, only=set(todo), min_rows=cfg.min_symbol_rows,
                                      keep=keep, workers=workers, plan=(codes, symbols, plan)) if todo else []
         fs = None
         if work is None:
