@@ -74,7 +74,7 @@ def test_sharpe_on_real_daily_bars_equals_empyrical(real_run, real_fs):
 
 def test_the_alpha_beyond_the_market_equals_statsmodels_ols_with_a_newey_west_covariance(real_run, real_fs):
     """The net book regressed on buy & hold: statsmodels' OLS with HAC errors (Bartlett, the Sharpe's lags, no
-    small-sample correction) gives the same alpha, interval and t."""
+    small-sample correction) gives the same alpha, interval and t, and the same beta and interval."""
     import statsmodels.api as sm
 
     from tradelib.report import backtest as bk
@@ -89,6 +89,7 @@ def test_the_alpha_beyond_the_market_equals_statsmodels_ols_with_a_newey_west_co
     assert s["market_alpha_ci"] == pytest.approx([(fit.params[0] + z * fit.bse[0]) * ppy for z in (-1.96, 1.96)],
                                                  rel=1e-10)
     assert s["market_beta"] == pytest.approx(fit.params[1], rel=1e-10)
+    assert s["market_beta_ci"] == pytest.approx([fit.params[1] + z * fit.bse[1] for z in (-1.96, 1.96)], rel=1e-10)
 
 
 def alphalens_rank_ic(df: pd.DataFrame) -> pd.Series:

@@ -292,8 +292,11 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
     md = rw.summary_markdown(rep)
     assert f"net annual return {s['net_annual_return']:.1%} (95% {low:.1%} to {high:.1%})" in md
     a_low, a_high = s["market_alpha_ci"]  # what the book earns beyond its market exposure, with its error bars
-    assert (f"alpha beyond it {s['market_alpha']:+.1%} a year (95% {a_low:+.1%} to {a_high:+.1%}, t "
-            f"{s['market_alpha_t']:.2f})") in md
+    b_low, b_high = s["market_beta_ci"]
+    assert (f"market beta {s['market_beta']:+.2f} (95% {b_low:+.2f} to {b_high:+.2f}) and alpha beyond it "
+            f"{s['market_alpha']:+.1%} a year (95% {a_low:+.1%} to {a_high:+.1%}, t {s['market_alpha_t']:.2f})") in md
+    assert ("market_alpha" in s["flags"]) is (abs(s["market_alpha"]) > 10)  # an arithmetic year beyond +-1000%
+    assert ("(flagged: alpha" in md) is ("market_alpha" in s["flags"])
     assert f"net Sharpe **{s['net_sharpe']:.2f}** (SE " in md and "** (flagged" not in md  # the interval, then why
     assert f"gross {s['gross_sharpe']:.2f} (95% {s['gross_sharpe_ci'][0]:.2f} to" in md
     for key in ("net_sharpe_ci", "gross_sharpe_ci", "buy_hold_sharpe_ci"):

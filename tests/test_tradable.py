@@ -214,24 +214,26 @@ def test_position_mode_auto_and_the_books_exposure_and_beta():
     tilted = wide.assign(prediction=wide["prediction"] + 1.0)  # a biased mean prediction: long the market
     sign = bk.backtest(tilted, mode="sign", **DAILY).stats
     neutral = bk.backtest(tilted, mode="neutral", **DAILY).stats
-    assert sign["net_exposure"] > 0.5 and sign["market_beta"] > 0.5
-    assert abs(neutral["net_exposure"]) < 1e-12 and abs(neutral["market_beta"]) < 0.2
+    assert sign["net_exposure"] > 0.5 and sign["market"]["beta"] > 0.5
+    assert abs(neutral["net_exposure"]) < 1e-12 and abs(neutral["market"]["beta"]) < 0.2
     market = np.random.default_rng(1).standard_normal(500)
-    assert bk.market_beta(0.5 * market + 0.01 * np.sin(np.arange(500)), market) == pytest.approx(0.5, abs=0.01)
+    fit = bk.market_regression(0.5 * market + 0.01 * np.sin(np.arange(500)), market, 252.0)
+    assert fit["beta"] == pytest.approx(0.5, abs=0.01) and fit["beta_ci"][0] < 0.5 < fit["beta_ci"][1]
 
 
-def test_market_alpha_is_what_the_book_earns_beyond_its_beta():
+def test_market_alpha_and_beta_with_their_error_bars():
     """A book of 0.8 x the market plus 2 bp a bar: alpha 2 bp x 252 a year, inside its interval and significant;
     the same exposure without the 2 bp: alpha indistinguishable from 0, though the book earns the market's drift;
-    AR(1) noise around a known alpha: the interval covers it in about 95% of samples."""
+    AR(1) noise around a known alpha and beta: the intervals cover them in about 95% of samples."""
     rng = np.random.default_rng(2)
     market = 0.0005 + 0.01 * rng.standard_normal(2000)
     noise = 0.002 * rng.standard_normal(2000)
-    skill = bk.market_alpha(0.8 * market + 0.0002 + noise, market, 252.0)
-    assert skill["ci"][0] < 0.0002 * 252 < skill["ci"][1] and skill["t_stat"] > 3
-    drift = bk.market_alpha(0.8 * market + noise, market, 252.0)
-    assert abs(drift["t_stat"]) < 2 and (0.8 * market + noise).mean() > 0
-    hits = {"hac": 0, "iid": 0}
+    skill = bk.market_regression(0.8 * market + 0.0002 + noise, market, 252.0)
+    assert skill["alpha_ci"][0] < 0.0002 * 252 < skill["alpha_ci"][1] and skill["alpha_t"] > 3
+    assert skill["beta_ci"][0] < 0.8 < skill["beta_ci"][1] and skill["beta_t"] > 100
+    drift = bk.market_regression(0.8 * market + noise, market, 252.0)
+    assert abs(drift["alpha_t"]) < 2 and (0.8 * market + noise).mean() > 0
+    hits = {"hac": 0, "iid": 0, "beta": 0}
     for _ in range(200):
         e = rng.standard_normal(550)
         x = np.zeros(550)
@@ -239,10 +241,13 @@ def test_market_alpha_is_what_the_book_earns_beyond_its_beta():
             x[t] = 0.3 * x[t - 1] + e[t]
         m = 0.01 * rng.standard_normal(500)
         for key, lags in (("hac", None), ("iid", 0)):
-            low, high = bk.market_alpha(0.5 * m + 0.0001 + 0.002 * x[50:], m, 252.0, lags=lags)["ci"]
+            fit = bk.market_regression(0.5 * m + 0.0001 + 0.002 * x[50:], m, 252.0, lags=lags)
+            low, high = fit["alpha_ci"]
             hits[key] += low <= 0.0001 * 252 <= high
+            hits["beta"] += key == "hac" and fit["beta_ci"][0] <= 0.5 <= fit["beta_ci"][1]
     assert 0.9 <= hits["hac"] / 200 <= 0.99 and hits["iid"] < hits["hac"] - 8  # about 98% and 89%
-    assert math.isnan(bk.market_alpha(market[:2], market[:2], 252.0)["alpha"])
+    assert 0.9 <= hits["beta"] / 200 <= 0.99, hits
+    assert math.isnan(bk.market_regression(market[:2], market[:2], 252.0)["alpha"])
 
 
 def test_bar_words_and_implausible_figures():
@@ -251,6 +256,9 @@ def test_bar_words_and_implausible_figures():
     assert bk.implausible(2.0, 0.3) == []
     flags = bk.implausible(12.0, 1.4e5)
     assert len(flags) == 2 and "1000%" in flags[0] and "Sharpe 12" in flags[1]
+    assert bk.implausible(None, None, -9.5) == [] and bk.implausible(None, None, 9.5) == []
+    assert [f[:20] for f in bk.implausible(None, None, -14.2)] == ["alpha -1,420% a year"]  # either way
+    assert len(bk.implausible(None, None, 10.5)) == 1 and bk.implausible(None, None, float("nan")) == []
 
 
 # -- the false-discovery rate ------------------------------------------------------------------------------------

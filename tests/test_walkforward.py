@@ -187,9 +187,13 @@ def test_the_report_has_every_fold_and_all_of_them(walked):
         assert row["test_rows"] == len(mine)
         assert row["pooled_ic"] == pytest.approx(metrics.named_ics(mine, rep["summary"]["ic_lag"])["pooled_ic"])
         s = rep["summary"]
-        net = backtest.backtest(mine, cost_bps=s["cost_bps"], trade_delay=s["trade_delay"],
-                                periods_per_year=s["periods_per_year"], mode=s["position_mode"]).stats["net"]
+        book = backtest.backtest(mine, cost_bps=s["cost_bps"], trade_delay=s["trade_delay"],
+                                 periods_per_year=s["periods_per_year"], mode=s["position_mode"])
+        net, pnl = book.stats["net"], book.pnl
         assert row["net_sharpe"] == pytest.approx(net["sharpe"])
+        beta = np.cov(pnl["net"], pnl["buy_hold"])[0, 1] / np.var(pnl["buy_hold"], ddof=1)  # the fold's own market
+        alpha = (pnl["net"].mean() - beta * pnl["buy_hold"].mean()) * s["periods_per_year"]
+        assert (row["market_beta"], row["market_alpha"]) == pytest.approx((beta, alpha), rel=1e-9)
         inf = net["sharpe_inference"]  # each fold's Sharpe with its own error bars
         assert (row["net_sharpe_ci_low"], row["net_sharpe_ci_high"]) == pytest.approx((inf["ci_low"], inf["ci_high"]))
     assert table.iloc[3]["net_sharpe"] == pytest.approx(rep["summary"]["net_sharpe"])

@@ -205,8 +205,8 @@ def backtest(
     annual return and volatility use `periods_per_year`, else the calendar of df's timestamps
     (`annualisation`), or `annualised` (an `annualisation` dict the caller measured; its description is
     kept). Buy-and-hold is long 1/N_t of every symbol present, pays cost_bps once at entry and rebalances for
-    free. `market_beta`: the net book's beta to buy-and-hold (the equal-weight market); `market_alpha` what it
-    earns beyond that exposure.
+    free. `market`: the net book's beta to buy-and-hold (the equal-weight market) and the alpha it earns beyond
+    that exposure, with their error bars (`market_regression`).
     """
     bar = float(bar_seconds) if bar_seconds else infer_bar_seconds(df)
     ann = annualised or annualisation(df, bar, periods_per_year=periods_per_year or 0.0)
@@ -249,8 +249,7 @@ def backtest(
         "periods_per_year": ppy,
         "annualisation": ann["description"],
         "annualisation_method": ann["method"],
-        "market_beta": market_beta(net, bh),
-        "market_alpha": market_alpha(net, bh, ppy),
+        "market": market_regression(net, bh, ppy),
         "gross_exposure": float(exposure.mean()) if len(times) else float("nan"),
         "net_exposure": float(net_exposure.mean()) if len(times) else float("nan"),
         "abs_net_exposure": float(np.abs(net_exposure).mean()) if len(times) else float("nan"),
@@ -282,35 +281,30 @@ def break_even_bps(bt: BacktestResult) -> float:
     return 1e4 * g / t if len(bt.pnl) and g > 0 and t > 0 else float("nan")
 
 
-def market_beta(book: np.ndarray, market: np.ndarray) -> float:
-    """The book's beta to the equal-weight market: cov(book, market) / var(market) over the bars."""
-    b, m = np.asarray(book, dtype=float), np.asarray(market, dtype=float)
-    ok = np.isfinite(b) & np.isfinite(m)
-    if ok.sum() < 3 or m[ok].std() == 0:
-        return float("nan")
-    b, m = b[ok], m[ok]
-    return float(((b - b.mean()) @ (m - m.mean())) / ((m - m.mean()) @ (m - m.mean())))
-
-
-def market_alpha(book: np.ndarray, market: np.ndarray, periods_per_year: float, lags: int | None = None) -> dict:
-    """What the book earns beyond its exposure to the equal-weight market: alpha of the OLS book = alpha + beta
-    market + e over the bars, a year's worth (x periods a year, arithmetic), with a 95% interval and t from the
-    Newey-West covariance of the regression's scores (Bartlett weights over `lags`, default `newey_west_lags`,
-    as the Sharpe's). A directional book that is mostly long earns the market's drift; this is the rest."""
+def market_regression(book: np.ndarray, market: np.ndarray, periods_per_year: float, lags: int | None = None
+                      ) -> dict:
+    """The book against the equal-weight market, OLS book = alpha + beta market + e over the finite bars: `beta`
+    (= cov / var, empyrical's) and `alpha`, what the book earns beyond that exposure, a year's worth (x periods a
+    year, arithmetic), each with a 95% interval and t from the Newey-West covariance of the regression's scores
+    (Bartlett weights over `lags`, default `newey_west_lags`, as the Sharpe's). A directional book that is mostly
+    long earns the market's drift; alpha is the rest. A neutral book can still carry beta: weights that lean
+    towards the names about to move most."""
     b, m = np.asarray(book, dtype=float), np.asarray(market, dtype=float)
     ok = np.isfinite(b) & np.isfinite(m)
     b, m = b[ok], m[ok]
     nan = float("nan")
     if b.size < 3 or m.std() == 0:
-        return {"alpha": nan, "ci": [nan, nan], "t_stat": nan}
+        return {"alpha": nan, "alpha_ci": [nan, nan], "alpha_t": nan, "beta": nan, "beta_ci": [nan, nan],
+                "beta_t": nan}
     X = np.column_stack([np.ones_like(m), m])
     coef = np.linalg.lstsq(X, b, rcond=None)[0]
     lags = newey_west_lags(b.size) if lags is None else max(int(lags), 0)
     bread = np.linalg.inv(X.T @ X / b.size)
     cov = bread @ long_run_covariance(X * (b - X @ coef)[:, None], lags) @ bread / b.size
-    a, se = float(coef[0]), math.sqrt(max(cov[0, 0], 0.0))
-    return {"alpha": a * periods_per_year, "ci": [(a + z * se) * periods_per_year for z in (-1.96, 1.96)],
-            "t_stat": a / se if se > 0 else nan}
+    (a, beta), (se_a, se_b) = coef.astype(float), np.sqrt(np.maximum(np.diag(cov), 0.0))
+    return {"alpha": a * periods_per_year, "alpha_ci": [(a + z * se_a) * periods_per_year for z in (-1.96, 1.96)],
+            "alpha_t": a / se_a if se_a > 0 else nan, "beta": float(beta),
+            "beta_ci": [float(beta + z * se_b) for z in (-1.96, 1.96)], "beta_t": beta / se_b if se_b > 0 else nan}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -547,13 +541,17 @@ MAX_PLAUSIBLE_SHARPE = 10.0
 MAX_PLAUSIBLE_ANNUAL_RETURN = 10.0  # 1000%
 
 
-def implausible(sharpe_value: float | None, annual_return: float | None) -> list[str]:
-    """Reasons why a book's figures cannot be taken at face value: an annualised return above 1000% or a
-    Sharpe above 10 is no market's (a short test span extrapolated, a look-ahead, a bad print)."""
+def implausible(sharpe_value: float | None, annual_return: float | None, alpha: float | None = None) -> list[str]:
+    """Reasons why a book's figures cannot be taken at face value: an annualised return above 1000%, an alpha
+    beyond +-1000% a year or a Sharpe above 10 is no market's (a short test span extrapolated, a look-ahead, a
+    bad print)."""
     out = []
     if annual_return is not None and math.isfinite(annual_return) and annual_return > MAX_PLAUSIBLE_ANNUAL_RETURN:
         out.append(f"annual return {annual_return * 100:,.4g}% is above {MAX_PLAUSIBLE_ANNUAL_RETURN:.0%}: a short "
                    f"test span compounded to a year, a look-ahead, or a bad print")
+    if alpha is not None and math.isfinite(alpha) and abs(alpha) > MAX_PLAUSIBLE_ANNUAL_RETURN:
+        out.append(f"alpha {alpha * 100:+,.4g}% a year is beyond +-{MAX_PLAUSIBLE_ANNUAL_RETURN:.0%}: a short test "
+                   f"span's mean return times the bars in a year, a look-ahead, or a bad print")
     if sharpe_value is not None and math.isfinite(sharpe_value) and abs(sharpe_value) > MAX_PLAUSIBLE_SHARPE:
         out.append(f"Sharpe {sharpe_value:.3g} is beyond {MAX_PLAUSIBLE_SHARPE:g}: no traded book holds one; look "
                    f"for a look-ahead, a zero-cost trade at the signal's own close, or too few periods")

@@ -417,7 +417,8 @@ def fold_table(inputs: ReportInputs) -> pd.DataFrame:
     own figures), each on that fold's test rows with the report's book: the three named ICs, the headline IC's
     overlap-robust t, the ridge baseline (fitted per fold) and the oracle on the headline IC, and the backtest.
     Every IC against the target at the traded lag; each fold's net Sharpe with its standard error, 95% interval and
-    its deflated Sharpe over the folds (trials: the folds compared, so the best fold is not read as skill)."""
+    its deflated Sharpe over the folds (trials: the folds compared, so the best fold is not read as skill); its
+    market beta and its alpha beyond it (a year's worth, with its t)."""
     df, fam = inputs.predictions, inputs.family
     lags = inputs.ic[fam]["lags"]
     periods = {f["fold"]: f for f in inputs.summary.get("folds") or []}
@@ -446,6 +447,8 @@ def fold_table(inputs: ReportInputs) -> pd.DataFrame:
             "net_sharpe_period": inf["sharpe_period"], "net_sharpe_se_period": inf["se_period"],
             "gross_sharpe": book.stats["gross"]["sharpe"], "net_total_return": net["total_return"],
             "max_drawdown": net["max_drawdown"], "turnover": net["turnover"], "break_even_bps": bk.break_even_bps(book),
+            "market_beta": book.stats["market"]["beta"], "market_alpha": book.stats["market"]["alpha"],
+            "market_alpha_t": book.stats["market"]["alpha_t"],
         })
     table = pd.DataFrame(rows)
     per = table[table["fold"] != "all"]

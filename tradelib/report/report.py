@@ -166,16 +166,18 @@ def summary_block(inputs: ReportInputs) -> dict:
         "gross_exposure": bt["gross_exposure"],
         "net_exposure": bt["net_exposure"],
         "abs_net_exposure": bt["abs_net_exposure"],
-        "market_beta": bt["market_beta"],
-        "market_alpha": bt["market_alpha"]["alpha"],  # a year's worth, beyond the market exposure
-        "market_alpha_ci": bt["market_alpha"]["ci"],
-        "market_alpha_t": bt["market_alpha"]["t_stat"],
+        "market_beta": bt["market"]["beta"],
+        "market_beta_ci": bt["market"]["beta_ci"],
+        "market_alpha": bt["market"]["alpha"],  # a year's worth, beyond the market exposure
+        "market_alpha_ci": bt["market"]["alpha_ci"],
+        "market_alpha_t": bt["market"]["alpha_t"],
         **sharpe_block(inputs),
     })
     flags = {"net_sharpe": bk.implausible(bt["net"]["sharpe"], None),
              "gross_sharpe": bk.implausible(bt["gross"]["sharpe"], None),
              "net_annual_return": bk.implausible(None, bt["net"]["annual_return"]),
-             "gross_annual_return": bk.implausible(None, bt["gross"]["annual_return"])}
+             "gross_annual_return": bk.implausible(None, bt["gross"]["annual_return"]),
+             "market_alpha": bk.implausible(None, None, bt["market"]["alpha"])}
     planted = (" (here the embedded synthetic market, whose planted signal is far stronger than a real market's)"
                if is_synthetic((s.get("config") or {}).get("data_path")) else "")
     out["flags"] = {k: why[0] + planted for k, why in flags.items() if why}  # figures that cannot be taken as read

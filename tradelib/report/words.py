@@ -99,9 +99,9 @@ def _book_lines(report: dict) -> list[str]:
         f"{fmt(g('net_annual_volatility'), '.1%')}, max drawdown {fmt(g('max_drawdown'), '.1%')}, turnover "
         f"{fmt(g('turnover'), '.2f')} per bar, net exposure "
         f"{fmt(g('net_exposure'), '+.2f')} on average (|net| {fmt(g('abs_net_exposure'), '.2f')}, gross "
-        f"{fmt(g('gross_exposure'), '.2f')}), market beta {fmt(g('market_beta'), '+.2f')} and alpha beyond it "
-        f"{fmt(g('market_alpha'), '+.1%')} a year ({interval(g('market_alpha_ci'), '+.1%')}, t "
-        f"{fmt(g('market_alpha_t'), '.2f')}).",
+        f"{fmt(g('gross_exposure'), '.2f')}), market beta {fmt(g('market_beta'), '+.2f')} "
+        f"({interval(g('market_beta_ci'), '+.2f')}) and alpha beyond it {fmt(g('market_alpha'), '+.1%')} a year "
+        f"({interval(g('market_alpha_ci'), '+.1%')}, t {fmt(g('market_alpha_t'), '.2f')}){_flag(g, 'market_alpha')}.",
         "",
         f"Net Sharpe by cost: {sweep}; {break_even_text(g('break_even_bps'))}; 95% block-bootstrap interval "
         f"{fmt(be[0], '.1f')} to {fmt(be[1], '.1f')} bps: {survival_text(g('survives_costs'), g('cost_bps'))}.",
