@@ -416,6 +416,36 @@ def test_make_figures_writes_pngs(tmp_path):
         assert (run / f"{name}.png").stat().st_size > 1000
 
 
+def test_box_stats_are_matplotlibs_per_symbol_with_only_the_extreme_fliers():
+    """01's raw and feature boxes: per symbol, what matplotlib's boxplot_stats gives on that symbol's finite
+    values (in log10 space on a log axis, read back), rows in any order; the fliers cut to the lowest and highest."""
+    from matplotlib import cbook
+
+    from tradelib.report import plots
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    codes = rng.integers(-1, 4, n)  # -1: a row without a symbol; code 3 has no name below, 2 no finite value
+    values = np.exp(rng.standard_t(3, n) * 3)
+    values[rng.choice(n, 40, replace=False)] = np.nan
+    values[rng.choice(n, 5, replace=False)] = np.inf
+    values[rng.choice(n, 30, replace=False)] = 0.0  # no log: dropped on the log axis, kept on the linear one
+    values[codes == 2] = np.nan
+    names = ["A", "B", "C"]
+    for log in (False, True):
+        boxes = plots.box_stats(values, codes, names, log=log)
+        assert [b["label"] for b in boxes] == ["A", "B"]
+        for box, code in zip(boxes, (0, 1)):
+            v = values[(codes == code) & np.isfinite(values) & ((values > 0) if log else True)]
+            theirs = cbook.boxplot_stats(np.log10(v) if log else v)[0]
+            back = (lambda x: 10.0 ** x) if log else (lambda x: x)  # noqa: E731
+            for key in ("med", "q1", "q3", "whislo", "whishi", "mean"):
+                assert box[key] == pytest.approx(back(theirs[key]), rel=1e-12), (log, key)
+            fliers = back(theirs["fliers"])
+            assert fliers.size > 2 and list(box["fliers"]) == pytest.approx([fliers.min(), fliers.max()], rel=1e-12)
+    assert plots.box_stats(np.ones(4), np.zeros(4, dtype=int), ["A"])[0]["fliers"].size == 0
+
+
 def test_loader_sweep_sets_the_two_loaders_side_by_side(tmp_path):
     from tradelib.report.inputs import loader_sweep
 
@@ -578,6 +608,28 @@ def test_report_memory_runs_each_side_with_its_own_code():
     assert set(rows) == {"old", "new"} and rows["old"]["X_gb"] == rows["new"]["X_gb"] > 0
     assert rows["new"]["ridge_ic"] == pytest.approx(rows["old"]["ridge_ic"], rel=1e-9)
     assert out[-1].startswith("new: traced peak") and out[-2].startswith("old: traced peak")
+
+
+@pytest.mark.slow
+def test_notebook01_time_runs_each_side_with_its_own_code(tmp_path):
+    """tools/notebook01_time.py (docs/perf.md's cleaning-notebook figure): 01's steps on the same data under the
+    older commit and this checkout, each asserted to import its own tradelib, with the figure written by both."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import older_commit
+
+    old = "94c6aad"  # the last commit that drew 01's boxes with seaborn
+    root = older_commit(old)
+    env = {**os.environ, "TRADELIB_OUTPUTS": str(tmp_path)}
+    out = subprocess.run([sys.executable, str(root / "tools" / "notebook01_time.py"), "-f",
+                          str(root / "params" / "tiny.yaml"), "--old", old, "--rounds", "1"],
+                         capture_output=True, text=True, check=True, env=env).stdout.splitlines()
+    rows = {r["which"]: r for r in map(json.loads, [line for line in out if line.startswith("{")])}
+    assert set(rows) == {"old", "new"} and rows["old"]["rows"] == rows["new"]["rows"] > 0
+    assert all(rows[k][step] > 0 for k in rows for step in ("read", "cache", "feature_table", "figure"))
+    assert out[-1].startswith("new: read") and out[-2].startswith("old: read")
 
 
 @pytest.mark.parametrize("n_sym, freq, family", [(6, "5min", "cross_sectional"), (6, "B", "cross_sectional"),

@@ -14,6 +14,7 @@ import matplotlib.dates
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
+from matplotlib import cbook
 
 
 def _ensure_backend() -> None:
@@ -389,21 +390,61 @@ def plot_quality(report_dict: dict, save_to: str | Path | None = None) -> plt.Fi
     return _save(fig, save_to)
 
 
+def box_stats(values: np.ndarray, codes: np.ndarray, names, log: bool = False) -> list[dict]:
+    """One box per name (`codes` index `names`; finite values only, positive ones when `log`), as
+    matplotlib's `cbook.boxplot_stats` defines it: quartiles by linear interpolation, whiskers at the last value
+    within 1.5 IQR of the box, computed in log10 space when `log` (as a box on a log axis reads) and drawn back on
+    the values' scale. Each box's fliers are cut to its lowest and highest: a flier per row is millions of points
+    on real data (seaborn's boxplot took 8 s a panel on 10M rows, these 0.1 s)."""
+    v, c = np.asarray(values, dtype=float), np.asarray(codes)
+    ok = np.isfinite(v) & (c >= 0) & ((v > 0) if log else True)
+    v, c = (np.log10(v[ok]) if log else v[ok]), c[ok]
+    order = np.argsort(c, kind="stable")
+    v, c = v[order], c[order]
+    bounds = np.searchsorted(c, np.arange(len(names) + 1))
+    back = (lambda x: 10.0 ** np.asarray(x)) if log else np.asarray  # noqa: E731
+    boxes = []
+    for name, a, b in zip(names, bounds[:-1], bounds[1:]):
+        if a == b:
+            continue
+        box = cbook.boxplot_stats(v[a:b], labels=[str(name)])[0]
+        fliers = box["fliers"]
+        box["fliers"] = np.unique([fliers.min(), fliers.max()]) if fliers.size else fliers
+        boxes.append({k: (back(x) if k in _BOX_VALUES else x) for k, x in box.items()})
+    return boxes
+
+
+_BOX_VALUES = ("mean", "iqr", "cilo", "cihi", "whishi", "whislo", "fliers", "q1", "med", "q3")
+
+
+def _draw_boxes(ax: plt.Axes, boxes: list[dict], log: bool) -> None:
+    if log:
+        ax.set_yscale("log")
+    if not boxes:
+        _empty(ax, "no finite value")
+        return
+    ax.bxp([{k: v for k, v in b.items() if k != "iqr"} for b in boxes], patch_artist=True,
+           boxprops={"facecolor": "#a6cee3"}, medianprops={"color": "#1f3b5c"}, flierprops={"markersize": 2})
+    ax.tick_params(axis="x", rotation=45)
+
+
 def plot_raw_vs_features(raw: pd.DataFrame, fs, save_to: Path | None = None,
                          features: tuple[str, ...] = ("ret_1", "log_volume_rel")):
     """Raw close and volume per symbol on a log scale (where the 1e-8 prices and 1e15 volumes show) next to
-    the cleaned features per symbol (where they are gone)."""
+    the cleaned features per symbol (where they are gone). Boxes per symbol (`box_stats`), their fliers only
+    the extremes."""
     fig, axes = plt.subplots(2, 2, figsize=(13, 7))
-    finite = raw[np.isfinite(raw["close"]) & np.isfinite(raw["volume"])]
+    finite = np.isfinite(raw["close"].to_numpy(dtype=float)) & np.isfinite(raw["volume"].to_numpy(dtype=float))
+    codes, names = pd.factorize(raw["symbol"].to_numpy()[finite], sort=True)
     for ax, col in zip(axes[0], ("close", "volume")):
-        vals = finite[finite[col] > 0]
-        sns.boxplot(data=vals, x="symbol", y=col, ax=ax, log_scale=True, fliersize=1)
-        ax.set_title(f"raw {col} (log scale): spans {vals[col].min():.1e} to {vals[col].max():.1e}")
-        ax.tick_params(axis="x", rotation=45)
-    frame = fs.frame()
-    frame = frame[frame["split"] == 0]
+        vals = raw[col].to_numpy(dtype=float)[finite]
+        _draw_boxes(ax, box_stats(vals, codes, names, log=True), log=True)
+        pos = vals[vals > 0]
+        span = f"spans {pos.min():.1e} to {pos.max():.1e}" if pos.size else "no positive value"
+        ax.set(title=f"raw {col} (log scale): {span}", xlabel="symbol", ylabel=col)
+    train = np.flatnonzero(fs.split == 0)
     for ax, col in zip(axes[1], features):
-        sns.boxplot(data=frame, x="symbol", y=col, ax=ax, fliersize=1)
-        ax.set_title(f"feature {col}, scaled (train split): one scale for all")
-        ax.tick_params(axis="x", rotation=45)
+        j = fs.feature_names.index(col)
+        _draw_boxes(ax, box_stats(fs.X[train, j], fs.symbol_id[train], fs.symbols), log=False)
+        ax.set(title=f"feature {col}, scaled (train split): one scale for all", xlabel="symbol", ylabel=col)
     return _save(fig, save_to)
