@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.collections
 import matplotlib.dates
 import matplotlib.ticker
 import numpy as np
@@ -154,6 +155,21 @@ def plot_deciles(decile_df: pd.DataFrame, save_to: str | Path | None = None,
     return _save(fig, save_to)
 
 
+def _time_bars(ax: plt.Axes, when: pd.Series, heights: np.ndarray, width: pd.Timedelta, label: str) -> None:
+    """Bars at `when` (green up, red down), as `ax.bar` draws them but as one collection: a test span of 11,700
+    periods took `ax.bar` 5.8 s (a patch per bar), and a year of minute bars would take minutes."""
+    x = matplotlib.dates.date2num(when)
+    half = (width / pd.Timedelta(days=1)) / 2
+    h = np.nan_to_num(heights)
+    boxes = np.stack([np.c_[x - half, np.zeros_like(h)], np.c_[x - half, h], np.c_[x + half, h],
+                      np.c_[x + half, np.zeros_like(h)]], axis=1)
+    bars = matplotlib.collections.PolyCollection(boxes, facecolors=np.where(h > 0, "tab:green", "tab:red"),
+                                                 alpha=0.6, linewidths=0, label=label)
+    ax.add_collection(bars)
+    ax.xaxis_date()
+    ax.autoscale_view()
+
+
 def plot_ic(ic_df: pd.DataFrame, save_to: str | Path | None = None, window: int | None = None,
             label: str = "IC per period", note: str = "", unit: str = "IC (correlation)") -> plt.Figure:
     """Above: IC per period (bars, on a time axis) with a rolling mean and the overall mean; rank IC as dots.
@@ -171,8 +187,7 @@ def plot_ic(ic_df: pd.DataFrame, save_to: str | Path | None = None, window: int 
     width = 0.8 * (gaps.median() if len(gaps) else pd.Timedelta(days=1))
     window = window or max(1, min(20, len(ic_df) // 5))
     mean = ic_df["ic"].mean()
-    colours = np.where(ic_df["ic"] > 0, "tab:green", "tab:red")
-    ax.bar(when, ic_df["ic"].to_numpy(), width=width, color=colours, alpha=0.6, label="IC")
+    _time_bars(ax, when, ic_df["ic"].to_numpy(dtype=float), width, label="IC")
     ax.plot(when, ic_df["rank_ic"].to_numpy(), "k.", ms=3, label="rank IC")
     ax.plot(when, ic_df["ic"].rolling(window, min_periods=1).mean().to_numpy(), color="tab:blue",
             label=f"rolling mean ({window} periods)")
