@@ -266,6 +266,36 @@ def test_a_book_trading_another_delay_than_the_model_learned_is_warned(tmp_path)
             assert "learned target: the return from t+0 to t+1" in rw.summary_markdown(rep)
 
 
+def test_a_neutral_book_long_the_names_that_move_with_the_market_is_said_to_carry_beta(tmp_path):
+    """Six names whose returns load 0.4 to 1.6 on one market factor: a neutral book whose predictions lean to the
+    high-loading names has net exposure 0 and beta well above 0, said in a warning with its interval; the same
+    market with predictions blind to the loadings carries none (its interval holds 0) and is not warned about."""
+    rng = np.random.default_rng(11)
+    loading = np.linspace(0.4, 1.6, 6)
+    said = {}
+    for lean in (1.0, 0.0):
+        run, _ = make_run(tmp_path / f"lean{lean:g}", n_sym=6)
+        df = pd.read_parquet(run / "predictions.parquet")
+        market = np.tile(rng.standard_normal(df["timestamp"].nunique()), 6)
+        b = np.repeat(loading, len(df) // 6)
+        df["ret_next"] = 1e-3 * (b * market + 0.5 * rng.standard_normal(len(df)))
+        df["prediction"] = lean * (b - 1.0) + 0.3 * rng.standard_normal(len(df))
+        df.to_parquet(run / "predictions.parquet", index=False)
+        rep = rp.build_report(run, settings=ri.ReportSettings.of(position_mode="neutral"))
+        s = rep["summary"]
+        assert abs(s["net_exposure"]) < 1e-12
+        said[lean] = [w for w in rep["warnings"] if "carries market beta" in w]
+        if lean:
+            low, high = s["market_beta_ci"]
+            assert low > 0.1 and said[lean] == [
+                f"the market-neutral book (net exposure {s['net_exposure']:+.2f}) carries market beta "
+                f"{s['market_beta']:+.2f} (95% {low:+.2f} to {high:+.2f}): it is long names that move more with the "
+                f"market than those it is short, so part of what it earns or loses is the market's; its alpha beyond "
+                f"the market is what it earns of its own"]
+        else:
+            assert s["market_beta_ci"][0] < 0 < s["market_beta_ci"][1] and said[lean] == []
+
+
 def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(tmp_path):
     """Three days of 5-minute bars with a planted signal annualise to an impossible Sharpe: flagged with a reason;
     'survives costs' is said only when the break-even interval lies above the cost."""

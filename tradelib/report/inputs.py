@@ -335,7 +335,8 @@ def test_span(df: pd.DataFrame, fs, summary: dict) -> dict:
 
 def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
     """What a reader must know before trusting the figures: a model trained for another trade delay than the
-    book's, a warm-up as long as the run, a test span of few periods, a cross-section of few symbols."""
+    book's, a warm-up as long as the run, a test span of few periods, a cross-section of few symbols, a
+    market-neutral book that carries market beta all the same."""
     out = []
     c, s = inputs.summary.get("config") or {}, inputs.summary
     learned, traded = int(run_setting(c, "target_delay")), inputs.book["trade_delay"]
@@ -358,6 +359,13 @@ def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
     elif inputs.book["mode"] == "neutral" and typical < min_symbols_cs:
         out.append(f"the neutral book and the cross-sectional IC rest on {typical:g} symbols at a typical timestamp "
                    f"(< {min_symbols_cs}): a correlation across so few is noisy and biased towards 0")
+    market, stats = inputs.backtest.stats["market"], inputs.backtest.stats
+    low, high = market["beta_ci"]
+    if inputs.book["mode"] == "neutral" and (low > 0 or high < 0):
+        out.append(f"the market-neutral book (net exposure {stats['net_exposure']:+.2f}) carries market beta "
+                   f"{market['beta']:+.2f} (95% {low:+.2f} to {high:+.2f}): it is long names that move "
+                   f"{'more' if low > 0 else 'less'} with the market than those it is short, so part of what it "
+                   f"earns or loses is the market's; its alpha beyond the market is what it earns of its own")
     return out
 
 
