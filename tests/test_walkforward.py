@@ -202,7 +202,12 @@ def test_the_report_has_every_fold_and_all_of_them(walked):
     assert "ridge" in set(inputs.predictors["predictor"])  # the per-fold ridge, though no single feature set
     text = words.folds_markdown(rep)
     assert "3 folds" in text and text.count("\n| ") == 5  # header + 3 folds + all
-    assert text.count("(95% ") == 5  # the net Sharpe over all folds, then each row's
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+    assert [r[-2] for r in rows] == ["beta"] + [f"{b:+.2f}" for b in table["market_beta"]]
+    assert [r[-3] for r in rows[1:]] == [f"{r.net_sharpe:.2f} ({r.net_sharpe_ci_low:.2f} to {r.net_sharpe_ci_high:.2f})"
+                                         for r in table.itertuples()]  # each fold's net Sharpe with its interval
+    width = sum(max(len(r[i]) for r in rows) * 7.8 + 16 for i in range(len(rows[0])))  # as test_notebooks reads
+    assert width <= 1300, round(width)  # a 1400 px page
 
 
 def test_resume_continues_the_folds_with_checkpoints_and_trains_the_rest(walked):

@@ -335,17 +335,20 @@ def folds_markdown(report: dict) -> str:
         f"started {'from the previous fold' if block['fold_init'] == 'warm' else 'from new weights'}. "
         f"{FAMILY_WORDS.get(fam, fam)} positive in **{positive} of {len(per)}** test periods; over all of them "
         f"{fmt(every.get(col))} (t {fmt(every.get('t_stat'), '.2f')}), net Sharpe "
-        f"{fmt(every.get('net_sharpe'), '.2f')} ({interval(net_ci(every))}).",
+        f"{fmt(every.get('net_sharpe'), '.2f')} ({interval(net_ci(every))}). Below, t (overlap-robust) and ridge "
+        f"(the baseline refitted per fold) are the {short}'s, beta the net book's to the market.",
         "",
-        f"| fold | test period (UTC) | test rows | cross-sectional IC | per-day IC | pooled IC | t of the {short} "
-        f"(HAC) | ridge, {short} | net Sharpe | max drawdown |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| fold | test period (UTC) | test rows | cross-sectional IC | per-day IC | pooled IC | t | ridge | "
+        "net Sharpe (95% interval) | beta | max drawdown |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in block["table"]:
         span = f"{str(r.get('test_start'))[:16]} to {str(r.get('test_end'))[:16]}".replace("T", " ")
+        low, high = net_ci(r)
         cells = [r["fold"], span, f"{r['test_rows']:,}", fmt(r.get("cross_sectional_ic")), fmt(r.get("daily_ic")),
                  fmt(r.get("pooled_ic")), fmt(r.get("t_stat"), ".2f"), fmt(r.get("ridge_ic")),
-                 f"{fmt(r.get('net_sharpe'), '.2f')} ({interval(net_ci(r))})", fmt(r.get("max_drawdown"), ".1%")]
+                 f"{fmt(r.get('net_sharpe'), '.2f')} ({fmt(low, '.2f')} to {fmt(high, '.2f')})",
+                 fmt(r.get("market_beta"), "+.2f"), fmt(r.get("max_drawdown"), ".1%")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
