@@ -116,6 +116,8 @@ def test_a_sweep_runs_notebook_03_per_combination_and_compares_them(outputs, tmp
         assert summary["run_id"] == f"s/{run}" and (folder / run / "03_train.ipynb").exists()
         assert summary["pooled_ic"] == pytest.approx(table.set_index("run").loc[run, "pooled_ic"])
     assert len(runs.read_summary(folder / "folds=2")["folds"]) == 2 and (folder / "folds=2" / "fold-1").is_dir()
+    shown = {name: (folder / name / "03_train.ipynb").read_text() for name in ("folds=0", "folds=2")}
+    assert "trained on (UTC)" in shown["folds=2"] and "trained on (UTC)" not in shown["folds=0"]  # 03's fold table
     page = (folder / "sweep.html").read_text()
     assert "samples/s" in page and "net Sharpe" in page and "data:image/png;base64," in page
     assert (folder / "sweep.png").stat().st_size > 0 and (folder / "sweep.md").read_text().count("| ran |") == 2

@@ -17,7 +17,7 @@ from tradelib.config import Config
 from tradelib.data import cache, dataset
 from tradelib.data.dataset import features_of
 from tradelib.data.features import feature_makers, fit_robust
-from tradelib.report import backtest, metrics, report, words
+from tradelib.report import backtest, metrics, report, tables, words
 from tradelib.report.inputs import ReportSettings, load_featureset, load_inputs
 from tradelib.train.run import TrainingRun, train
 from tradelib.train.walkforward import walk_forward
@@ -148,6 +148,12 @@ def test_stitched_predictions_are_the_folds_predictions_in_their_test_periods(wa
     assert folds[1]["pooled_ic"] == metrics.named_ics(per[1], walked.summary["ic_lag"])["pooled_ic"]
     steps = [r["step"] for r in runs.read_metrics(top) if r["kind"] == "step"]
     assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == 18
+    shown = tables.folds_table(folds)  # 03's table of the folds
+    assert shown["fold"].tolist() == ["0", "1", "2"] and shown["pooled IC"][1] == f"{folds[1]['pooled_ic']:.4f}"
+    start = "the start" if folds[0]["train_start"] is None else pd.Timestamp(folds[0]["train_start"]).strftime(
+        "%Y-%m-%d %H:%M")  # an expanding window's first fold trains from the data's start
+    assert shown["trained on (UTC)"][0] == f"{start} to {pd.Timestamp(folds[0]['train_end']):%Y-%m-%d %H:%M}"
+    assert shown["windows (train / test)"][2] == f"{folds[2]['train_windows']:,} / {folds[2]['test_windows']:,}"
 
 
 def test_the_ridge_baseline_is_refitted_on_each_folds_training_rows(walked):

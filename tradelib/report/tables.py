@@ -250,6 +250,30 @@ def runs_table(runs_df: pd.DataFrame) -> pd.DataFrame:
     })  # fmt: skip
 
 
+def when(value, start: str = NA) -> str:
+    """A timestamp of summary.json (ISO, UTC) to the minute; None as `start` (an expanding window's first fold
+    trains from the data's start)."""
+    t = pd.to_datetime(value, utc=True, errors="coerce") if value is not None else pd.NaT
+    return start if value is None else t.strftime("%Y-%m-%d %H:%M") if not pd.isna(t) else NA
+
+
+def folds_table(folds: list[dict]) -> pd.DataFrame:
+    """03's walk-forward: each fold's training and test spans, its windows and optimizer steps, and its named test
+    ICs (summary.json's `folds`)."""
+    g = lambda key: [f.get(key) for f in folds]  # noqa: E731
+    return pd.DataFrame({
+        "fold": [integer(v) for v in g("fold")],
+        "trained on (UTC)": [f"{when(a, 'the start')} to {when(b)}" for a, b in zip(g("train_start"), g("train_end"))],
+        "tested on (UTC)": [f"{when(a)} to {when(b)}" for a, b in zip(g("test_start"), g("test_end"))],
+        "windows (train / test)": [f"{integer(a)} / {integer(b)}" for a, b in zip(g("train_windows"),
+                                                                                  g("test_windows"))],
+        "steps": [integer(v) for v in g("optimizer_steps")],
+        "cross-sectional IC": [num(v, 4) for v in g("cross_sectional_ic")],
+        "per-day IC": [num(v, 4) for v in g("daily_ic")],
+        "pooled IC": [num(v, 4) for v in g("pooled_ic")],
+    })  # fmt: skip
+
+
 def run_summary_table(summary: dict) -> pd.DataFrame:
     """One run's figures from its summary.json, each with its unit (03_train's summary)."""
     g = summary.get
