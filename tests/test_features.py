@@ -184,6 +184,39 @@ def test_feature_ranges_before_scaling_are_recorded_and_finite():
     assert (table["max"] <= FCFG.clip).all() and (table["non_finite"] == 0).all()
 
 
+def test_01s_tables_read_the_quality_report_and_the_features_as_they_are():
+    """01's three tables: rows per cleaning rule (the report's totals, the symbols touched, the one touched most),
+    each raw column's range and bad-value counts, each feature's range before and after scaling."""
+    from tradelib.report import explore, tables
+
+    raw = generate_market(n_symbols=5, n_bars=900, seed=4)
+    fs, report = dataset.build(Config(window=16, horizon=1), raw)
+    quality = report.to_dict()
+    counts = explore.counts_table(quality)
+    shown = tables.cleaning_table(counts).set_index(["action", "rule"])
+    actions = set(counts["action"])
+    assert actions == {"dropped", "changed", "kept"}  # kept: flagged, the row stays
+    for action in actions:
+        for rule, rows in report.totals(action).items():
+            if rows:
+                mine = counts[(counts["action"] == action) & (counts["rule"] == rule) & (counts["rows"] > 0)]
+                top = mine.sort_values(["rows", "symbol"], ascending=[False, True]).iloc[0]
+                assert shown.loc[(action, rule)].tolist() == [f"{rows:,}", str(mine["symbol"].nunique()),
+                                                              f"{top['symbol']} ({top['rows']:,})"]
+    assert len(shown) == sum(1 for a in actions for n in report.totals(a).values() if n)
+    ranges = explore.ranges_table(quality)
+    view = tables.ranges_view(ranges)
+    assert view.columns.tolist() == ["stage", "column", "min", "max", "NaN", "inf", "zero", "negative"]
+    assert view["min"].tolist() == [f"{v:.3g}" for v in ranges["min"]]
+    assert view["NaN"].tolist() == [f"{v:,}" for v in ranges["nan"]] and (view["NaN"] != "0").any()
+    ft = explore.feature_table(fs)
+    train = ft[ft["split"] == "train"]
+    features = tables.features_view(train)
+    assert features["feature"].tolist() == fs.feature_names
+    assert features["scaled"].tolist() == [f"{a:,.3f} to {b:,.3f}" for a, b in zip(train["min"], train["max"])]
+    assert features["at the clip"].tolist() == [f"{v:.2%}" for v in train["at_clip"]]
+
+
 HOSTILE = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -1.0, 1e-12, 1e15, 1e19])
 
 

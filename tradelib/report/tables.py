@@ -93,6 +93,46 @@ def show(df: pd.DataFrame, caption: str = "", highlight: tuple[tuple[int, str], 
     return style
 
 
+# -- 01's tables ---------------------------------------------------------------------------------------------------
+def cleaning_table(counts: pd.DataFrame) -> pd.DataFrame:
+    """Rows per cleaning rule (`explore.counts_table`'s rows per rule and symbol, summed): what it did, the rows
+    and the symbols it touched, and the symbol it touched most, so that a universe of hundreds of symbols reads
+    in a few lines."""
+    counts = counts[counts["rows"] > 0]
+    rows = []
+    for (action, rule), g in counts.groupby(["action", "rule"], sort=True):
+        top = g.sort_values(["rows", "symbol"], ascending=[False, True]).iloc[0]
+        rows.append({"action": action, "rule": rule, "rows": integer(int(g["rows"].sum())),
+                     "symbols": integer(g["symbol"].nunique()),
+                     "most in": f"{top['symbol']} ({integer(int(top['rows']))})"})
+    return pd.DataFrame(rows, columns=["action", "rule", "rows", "symbols", "most in"])
+
+
+def ranges_view(ranges: pd.DataFrame) -> pd.DataFrame:
+    """`explore.ranges_table` as read: each raw column's finite range (3 significant digits) and its counts of
+    NaN, inf, zero and negative values, before and after cleaning."""
+    sig = lambda v: f"{v:.3g}" if _ok(v) else NA  # noqa: E731
+    return pd.DataFrame({"stage": ranges["stage"], "column": ranges["column"], "min": [sig(v) for v in ranges["min"]],
+                         "max": [sig(v) for v in ranges["max"]],
+                         **{name: [integer(float(v)) for v in ranges[key]] for key, name in
+                            (("nan", "NaN"), ("inf", "inf"), ("zero", "zero"), ("negative", "negative"))}})
+
+
+def features_view(features: pd.DataFrame) -> pd.DataFrame:
+    """`explore.feature_table`'s rows of one split as read: each feature's range before scaling (every row), the
+    rows without the history it needs, then this split's scaled range, median, spread and share at the clip."""
+    return pd.DataFrame({
+        "feature": features["feature"],
+        "before scaling": [f"{a:.3g} to {b:.3g}" if _ok(a) and _ok(b) else NA
+                           for a, b in zip(features["raw_min"], features["raw_max"])],
+        "rows without history": [integer(float(v)) for v in features["no_history"]],
+        "scaled": [span(a, b, 3) for a, b in zip(features["min"], features["max"])],
+        "median": [num(v, 3) for v in features["median"]],
+        "std": [num(v, 3) for v in features["std"]],
+        "at the clip": [pct(v, 2) for v in features["at_clip"]],
+    })  # fmt: skip
+
+
 # -- the report's tables ------------------------------------------------------------------------------------------
 def ic_table(ic: dict, headline: str, before: dict | None = None) -> pd.DataFrame:
     """The three named ICs at the traded lag (`ic["lag"]`), one row each, the headline first; with `before`
