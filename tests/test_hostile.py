@@ -388,7 +388,8 @@ def test_the_pipeline_reads_a_relative_data_path_from_where_it_runs(outputs):
                           "rel"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     executed = (outputs / "rel" / "01_data_cleaning.ipynb").read_text()
-    assert "SP500" in executed and str(ROOT / "tests" / "data" / "real") in executed
+    assert "18,045 raw rows, 3 symbols" in executed  # SP500, NASDAQ and MSFT: 5,031 + 5,031 + 7,983 rows
+    assert "MSFT" in executed and str(ROOT / "tests" / "data" / "real") in executed
 
 
 @pytest.mark.parametrize("command", ["prepare", "train", "pipeline", "bench"])
