@@ -287,8 +287,8 @@ def market_regression(book: np.ndarray, market: np.ndarray, periods_per_year: fl
     (= cov / var, empyrical's) and `alpha`, what the book earns beyond that exposure, a year's worth (x periods a
     year, arithmetic), each with a 95% interval and t from the Newey-West covariance of the regression's scores
     (Bartlett weights over `lags`, default `newey_west_lags`, as the Sharpe's). A directional book that is mostly
-    long earns the market's drift; alpha is the rest. A neutral book can still carry beta: weights that lean
-    towards the names about to move most."""
+    long earns the market's drift; alpha is the rest. A neutral book can still carry beta: long names that move
+    more with the market than those it is short."""
     b, m = np.asarray(book, dtype=float), np.asarray(market, dtype=float)
     ok = np.isfinite(b) & np.isfinite(m)
     b, m = b[ok], m[ok]

@@ -359,7 +359,8 @@ def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
     elif inputs.book["mode"] == "neutral" and typical < min_symbols_cs:
         out.append(f"the neutral book and the cross-sectional IC rest on {typical:g} symbols at a typical timestamp "
                    f"(< {min_symbols_cs}): a correlation across so few is noisy and biased towards 0")
-    market, stats = inputs.backtest.stats["market"], inputs.backtest.stats
+    stats = inputs.backtest.stats
+    market = stats["market"]
     low, high = market["beta_ci"]
     if inputs.book["mode"] == "neutral" and (low > 0 or high < 0):
         out.append(f"the market-neutral book (net exposure {stats['net_exposure']:+.2f}) carries market beta "

@@ -8,6 +8,7 @@ strings; `show` renders one compactly (no index, no wrapping inside a cell), so 
 from __future__ import annotations
 
 import math
+import numbers
 
 import pandas as pd
 
@@ -15,7 +16,7 @@ NA = "–"
 
 
 def _ok(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)  # numpy's numbers too
 
 
 def _col(df: pd.DataFrame, col: str) -> pd.Series:
@@ -102,9 +103,8 @@ def cleaning_table(counts: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (action, rule), g in counts.groupby(["action", "rule"], sort=True):
         top = g.sort_values(["rows", "symbol"], ascending=[False, True]).iloc[0]
-        rows.append({"action": action, "rule": rule, "rows": integer(int(g["rows"].sum())),
-                     "symbols": integer(g["symbol"].nunique()),
-                     "most in": f"{top['symbol']} ({integer(int(top['rows']))})"})
+        rows.append({"action": action, "rule": rule, "rows": integer(g["rows"].sum()),
+                     "symbols": integer(g["symbol"].nunique()), "most in": f"{top['symbol']} ({integer(top['rows'])})"})
     return pd.DataFrame(rows, columns=["action", "rule", "rows", "symbols", "most in"])
 
 
@@ -114,7 +114,7 @@ def ranges_view(ranges: pd.DataFrame) -> pd.DataFrame:
     sig = lambda v: f"{v:.3g}" if _ok(v) else NA  # noqa: E731
     return pd.DataFrame({"stage": ranges["stage"], "column": ranges["column"], "min": [sig(v) for v in ranges["min"]],
                          "max": [sig(v) for v in ranges["max"]],
-                         **{name: [integer(float(v)) for v in ranges[key]] for key, name in
+                         **{name: [integer(v) for v in ranges[key]] for key, name in
                             (("nan", "NaN"), ("inf", "inf"), ("zero", "zero"), ("negative", "negative"))}})
 
 
@@ -125,7 +125,7 @@ def features_view(features: pd.DataFrame) -> pd.DataFrame:
         "feature": features["feature"],
         "before scaling": [f"{a:.3g} to {b:.3g}" if _ok(a) and _ok(b) else NA
                            for a, b in zip(features["raw_min"], features["raw_max"])],
-        "rows without history": [integer(float(v)) for v in features["no_history"]],
+        "rows without history": [integer(v) for v in features["no_history"]],
         "scaled": [span(a, b, 3) for a, b in zip(features["min"], features["max"])],
         "median": [num(v, 3) for v in features["median"]],
         "std": [num(v, 3) for v in features["std"]],
@@ -290,11 +290,13 @@ def runs_table(runs_df: pd.DataFrame) -> pd.DataFrame:
     })  # fmt: skip
 
 
-def when(value, start: str = NA) -> str:
+def _minute(value, start: str = NA) -> str:
     """A timestamp of summary.json (ISO, UTC) to the minute; None as `start` (an expanding window's first fold
     trains from the data's start)."""
-    t = pd.to_datetime(value, utc=True, errors="coerce") if value is not None else pd.NaT
-    return start if value is None else t.strftime("%Y-%m-%d %H:%M") if not pd.isna(t) else NA
+    if value is None:
+        return start
+    t = pd.to_datetime(value, utc=True, errors="coerce")
+    return NA if pd.isna(t) else t.strftime("%Y-%m-%d %H:%M")
 
 
 def folds_table(folds: list[dict]) -> pd.DataFrame:
@@ -303,8 +305,9 @@ def folds_table(folds: list[dict]) -> pd.DataFrame:
     g = lambda key: [f.get(key) for f in folds]  # noqa: E731
     return pd.DataFrame({
         "fold": [integer(v) for v in g("fold")],
-        "trained on (UTC)": [f"{when(a, 'the start')} to {when(b)}" for a, b in zip(g("train_start"), g("train_end"))],
-        "tested on (UTC)": [f"{when(a)} to {when(b)}" for a, b in zip(g("test_start"), g("test_end"))],
+        "trained on (UTC)": [f"{_minute(a, 'the start')} to {_minute(b)}"
+                             for a, b in zip(g("train_start"), g("train_end"))],
+        "tested on (UTC)": [f"{_minute(a)} to {_minute(b)}" for a, b in zip(g("test_start"), g("test_end"))],
         "windows (train / test)": [f"{integer(a)} / {integer(b)}" for a, b in zip(g("train_windows"),
                                                                                   g("test_windows"))],
         "steps": [integer(v) for v in g("optimizer_steps")],
