@@ -622,7 +622,7 @@ def test_tables_print_integers_as_integers_and_flag_what_cannot_be_right():
     runs = pd.DataFrame({"run_id": ["a"], "batch_size": [256.0], "grad_accum_steps": [2.0], "mfu": [1.7],
                          "samples_per_s": [1900.0], "peak_mem_gb": [0.84]})
     row = tables.runs_table(runs).iloc[0]
-    assert (row["batch x accum"], row["MFU"], row["samples/s"], row["peak memory"]) == ("256 x 2", "invalid",
+    assert (row["batch"], row["MFU"], row["samples/s"], row["peak memory"]) == ("256 x 2", "invalid",
                                                                                         "1,900", "0.84 GB")
 
 

@@ -276,7 +276,7 @@ def runs_table(runs_df: pd.DataFrame) -> pd.DataFrame:
         "model": [v if isinstance(v, str) else NA for v in g("model")],
         "loader": [LOADER_SHORT.get(v, v) if isinstance(v, str) else NA for v in g("loader")],
         "device": [v if isinstance(v, str) else NA for v in g("device")],
-        "batch x accum": [f"{integer(b)} x {integer(a)}" for b, a in zip(g("batch_size"), g("grad_accum_steps"))],
+        "batch": [f"{integer(b)} x {integer(a)}" for b, a in zip(g("batch_size"), g("grad_accum_steps"))],
         "samples/s": [rate(v) for v in g("samples_per_s")],
         "data wait": [pct(v) for v in g("data_wait_share")],
         "GPU busy": [busy(v) for v in g("gpu_util")],
