@@ -71,7 +71,8 @@ NULL_RUNS = {"lstm-0": ("lstm", 0), "lstm-1": ("lstm", 1), "lstm-2": ("lstm", 2)
 @pytest.mark.parametrize("case", NULL_RUNS)
 def test_on_random_walks_the_model_finds_nothing(tmp_path, case):
     """Neither the traded-lag IC nor the lag-0 one is distinguishable from zero (a window that saw t+1 would
-    make the lag-0 one huge), no predictor is marked best, and the gross Sharpe's interval holds 0."""
+    make the lag-0 one huge), no predictor is marked best, the gross Sharpe's interval holds 0, and the book's
+    beta is within chance of 0."""
     path, seed = NULL_RUNS[case]
     report = trained_report(tmp_path, case, PATHS[path], seed=seed)
     s = report["summary"]
@@ -82,6 +83,8 @@ def test_on_random_walks_the_model_finds_nothing(tmp_path, case):
     low, high = s["gross_sharpe_ci"]
     assert low < 0 < high
     assert not s["survives_costs"]
+    assert abs(report["backtest"]["market"]["beta_t"]) < 3  # nor a market exposure: the neutral book's beta
+    assert not [w for w in report["warnings"] if "carries market beta" in w]  # within chance of 0, not warned about
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -268,8 +268,9 @@ def test_a_book_trading_another_delay_than_the_model_learned_is_warned(tmp_path)
 
 def test_a_neutral_book_long_the_names_that_move_with_the_market_is_said_to_carry_beta(tmp_path):
     """Six names whose returns load 0.4 to 1.6 on one market factor: a neutral book whose predictions lean to the
-    high-loading names has net exposure 0 and beta well above 0, said in a warning with its interval; the same
-    market with predictions blind to the loadings carries none (its interval holds 0) and is not warned about."""
+    high-loading names has net exposure 0 and beta well above 0 (t above 3), said in a warning with its interval;
+    the same market with predictions blind to the loadings carries none (its interval holds 0) and is not warned
+    about."""
     rng = np.random.default_rng(11)
     loading = np.linspace(0.4, 1.6, 6)
     said = {}
@@ -287,11 +288,12 @@ def test_a_neutral_book_long_the_names_that_move_with_the_market_is_said_to_carr
         said[lean] = [w for w in rep["warnings"] if "carries market beta" in w]
         if lean:
             low, high = s["market_beta_ci"]
-            assert low > 0.1 and said[lean] == [
+            t = rep["backtest"]["market"]["beta_t"]
+            assert low > 0.1 and t > 3 and said[lean] == [
                 f"the market-neutral book (net exposure {s['net_exposure']:+.2f}) carries market beta "
-                f"{s['market_beta']:+.2f} (95% {low:+.2f} to {high:+.2f}): it is long names that move more with the "
-                f"market than those it is short, so part of what it earns or loses is the market's; its alpha beyond "
-                f"the market is what it earns of its own"]
+                f"{s['market_beta']:+.2f} (95% {low:+.2f} to {high:+.2f}, t {t:.1f}): it is long names that move "
+                f"more with the market than those it is short, so part of what it earns or loses is the market's; "
+                f"its alpha beyond the market is what it earns of its own"]
         else:
             assert s["market_beta_ci"][0] < 0 < s["market_beta_ci"][1] and said[lean] == []
 

@@ -25,6 +25,7 @@ FACTS_FILE = "train_facts.json"  # what training writes for the report (tradelib
 DECAY_LAGS = 10  # the IC decay table's last lag, in bars
 SHORT_SPAN_DAYS = 28  # a calendar over fewer days cannot tell a 24/7 market from an exchange
 MIN_TEST_PERIODS = 60  # fewer test periods than this: every figure is a few draws
+BETA_T = 3.0  # a neutral book's beta this many standard errors from 0 is warned about
 
 
 @dataclass
@@ -336,7 +337,8 @@ def test_span(df: pd.DataFrame, fs, summary: dict) -> dict:
 def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
     """What a reader must know before trusting the figures: a model trained for another trade delay than the
     book's, a warm-up as long as the run, a test span of few periods, a cross-section of few symbols, a
-    market-neutral book that carries market beta all the same."""
+    market-neutral book that carries market beta all the same (|t| >= `BETA_T`: at |t| >= 1.96 one of the five
+    random-walk markets of tests/test_noise.py, t 2.4, would be warned about)."""
     out = []
     c, s = inputs.summary.get("config") or {}, inputs.summary
     learned, traded = int(run_setting(c, "target_delay")), inputs.book["trade_delay"]
@@ -361,12 +363,13 @@ def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
                    f"(< {min_symbols_cs}): a correlation across so few is noisy and biased towards 0")
     stats = inputs.backtest.stats
     market = stats["market"]
-    low, high = market["beta_ci"]
-    if inputs.book["mode"] == "neutral" and (low > 0 or high < 0):
+    if inputs.book["mode"] == "neutral" and abs(market["beta_t"]) >= BETA_T:
+        low, high = market["beta_ci"]
         out.append(f"the market-neutral book (net exposure {stats['net_exposure']:+.2f}) carries market beta "
-                   f"{market['beta']:+.2f} (95% {low:+.2f} to {high:+.2f}): it is long names that move "
-                   f"{'more' if low > 0 else 'less'} with the market than those it is short, so part of what it "
-                   f"earns or loses is the market's; its alpha beyond the market is what it earns of its own")
+                   f"{market['beta']:+.2f} (95% {low:+.2f} to {high:+.2f}, t {market['beta_t']:.1f}): it is long "
+                   f"names that move {'more' if market['beta'] > 0 else 'less'} with the market than those it is "
+                   f"short, so part of what it earns or loses is the market's; its alpha beyond the market is what "
+                   f"it earns of its own")
     return out
 
 
