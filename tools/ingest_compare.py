@@ -12,7 +12,6 @@ extracted with `git archive` into a temporary folder and imported from there.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tradelib.perf.databench import commit_tree, ingest_once  # noqa: E402
+from tradelib.perf.databench import commit_tree, ingest_once, side_by_side  # noqa: E402
 
 
 def main() -> None:
@@ -32,11 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         old = commit_tree(args.old, Path(tmp))
-        runs: dict[str, list[dict]] = {"old": [], "new": []}
-        for _ in range(args.rounds):
-            for name, tree in (("old", old), ("new", ROOT)):
-                runs[name].append(ingest_once(args.file, tree))
-                print(json.dumps({"which": name, **runs[name][-1]}), flush=True)
+        runs = side_by_side(lambda tree: ingest_once(args.file, tree), old, args.rounds)
     med = {k: statistics.median(r["rows_per_s"] for r in v) for k, v in runs.items()}
     pairs = [n["rows_per_s"] / o["rows_per_s"] for o, n in zip(runs["old"], runs["new"])]
     print(f"old {args.old}: {med['old'] / 1e6:.2f}M rows/s, new: {med['new'] / 1e6:.2f}M rows/s (medians); "

@@ -10,8 +10,6 @@ Prints one JSON line per process (seconds per step, the load average) and the me
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -22,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from tradelib.config import load_config  # noqa: E402
 from tradelib.data import dataset  # noqa: E402
-from tradelib.perf.databench import commit_tree, fresh_json  # noqa: E402
+from tradelib.perf.databench import commit_tree, compare_parser, fresh_json, side_by_side  # noqa: E402
 
 STEPS = ("read", "cache", "feature_table", "figure")
 MEASURE = """
@@ -51,21 +49,14 @@ print(json.dumps({**out, "rows": len(raw), "load": os.getloadavg()[0]}))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-f", dest="files", action="append", default=[], help="parameter file(s) naming the data")
-    ap.add_argument("--old", required=True, help="the commit to compare with")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap = compare_parser(__doc__)
     args = ap.parse_args()
     files = [str(Path(f).resolve()) for f in args.files]
     dataset.prepare(load_config(files), verbose=True)  # built once: both trees load the same cache
     with tempfile.TemporaryDirectory() as tmp:
         old = commit_tree(args.old, Path(tmp) / "old")
-        out: dict[str, list[dict]] = {"old": [], "new": []}
-        for _ in range(args.rounds):
-            for name, tree in (("old", old), ("new", ROOT)):
-                png = str(Path(tmp) / f"{name}.png")
-                out[name].append(fresh_json(MEASURE, [*files, png], tree, "01's steps"))
-                print(json.dumps({"which": name, **out[name][-1]}), flush=True)
+        out = side_by_side(lambda tree: fresh_json(MEASURE, [*files, str(Path(tmp) / "figure.png")], tree,
+                                                   "01's steps"), old, args.rounds)
     for k, v in out.items():
         med = {s: statistics.median(r[s] for r in v) for s in STEPS}
         print(f"{k}: " + ", ".join(f"{s} {med[s]:.2f} s" for s in STEPS) + f" (medians of {len(v)}, "

@@ -11,8 +11,6 @@ commit's `tradelib/` is extracted with `git archive` into a temporary folder and
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -24,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from report_memory import make_run  # noqa: E402
 
-from tradelib.perf.databench import commit_tree, fresh_json  # noqa: E402
+from tradelib.perf.databench import commit_tree, compare_parser, fresh_json, side_by_side  # noqa: E402
 
 MEASURE = """
 import json, os, sys, time
@@ -53,21 +51,13 @@ print(json.dumps({"all": time.perf_counter() - t, **seconds, "periods": len(inpu
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-f", dest="files", action="append", default=[], help="parameter file(s) naming the data")
-    ap.add_argument("--old", required=True, help="the commit to compare with")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap = compare_parser(__doc__)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        run.mkdir()
-        make_run(run, args.files)
+        run = make_run(Path(tmp) / "run", args.files)
         old = commit_tree(args.old, Path(tmp) / "old")
-        out: dict[str, list[dict]] = {"old": [], "new": []}
-        for _ in range(args.rounds):
-            for name, tree in (("old", old), ("new", ROOT)):
-                out[name].append(fresh_json(MEASURE, [str(run)], tree, f"the figures of {run}"))
-                print(json.dumps({"which": name, **out[name][-1]}), flush=True)
+        out = side_by_side(lambda tree: fresh_json(MEASURE, [str(run)], tree, f"the figures of {run}"), old,
+                           args.rounds)
     for k, v in out.items():
         keys = [f for f in v[0] if f not in ("periods", "load")]
         med = {f: statistics.median(r[f] for r in v) for f in keys}

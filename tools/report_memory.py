@@ -14,8 +14,6 @@ older commit's `tradelib/` is extracted with `git archive` into a temporary fold
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -29,7 +27,7 @@ import numpy as np  # noqa: E402
 from tradelib import runs  # noqa: E402
 from tradelib.config import load_config  # noqa: E402
 from tradelib.data import dataset  # noqa: E402
-from tradelib.perf.databench import commit_tree, fresh_json  # noqa: E402
+from tradelib.perf.databench import commit_tree, compare_parser, fresh_json, side_by_side  # noqa: E402
 
 MEASURE = """
 import json, os, resource, sys, time, tracemalloc
@@ -52,9 +50,10 @@ print(json.dumps({"seconds": seconds, "traced_peak_gb": peak / 1e9, "X_gb": fs.X
 """
 
 
-def make_run(folder: Path, files: list[str]) -> None:
-    """A run folder as training writes it over `files`' feature cache: the test rows with a target, predicted
-    by that target plus noise."""
+def make_run(folder: Path, files: list[str]) -> Path:
+    """A run folder (made here) as training writes it over `files`' feature cache: the test rows with a target,
+    predicted by that target plus noise."""
+    folder.mkdir(parents=True)
     cfg = load_config(files)
     fs = dataset.prepare(cfg, verbose=False, mmap=True)
     rows = np.flatnonzero((np.asarray(fs.split) == 2) & np.isfinite(fs.y))
@@ -64,26 +63,19 @@ def make_run(folder: Path, files: list[str]) -> None:
                                 "cache_dir": fs.meta["cache_dir"]})
     print(f"run folder {folder}: {len(rows):,} predictions over {fs.meta['cache_dir']} "
           f"(X {fs.X.nbytes / 1e9:.2f} GB)", flush=True)
+    return folder
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-f", dest="files", action="append", default=[], help="parameter file(s) naming the data")
-    ap.add_argument("--old", required=True, help="the commit to compare with")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap = compare_parser(__doc__)
     ap.add_argument("--headline-only", action="store_true", help="what a sweep's table computes of a run")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        run.mkdir()
-        make_run(run, args.files)
+        run = make_run(Path(tmp) / "run", args.files)
         old = commit_tree(args.old, Path(tmp) / "old")
-        out: dict[str, list[dict]] = {"old": [], "new": []}
-        for _ in range(args.rounds):
-            for name, tree in (("old", old), ("new", ROOT)):
-                what = "headline" if args.headline_only else "all"
-                out[name].append(fresh_json(MEASURE, [str(run), what], tree, f"the report of {run}"))
-                print(json.dumps({"which": name, **out[name][-1]}), flush=True)
+        what = "headline" if args.headline_only else "all"
+        out = side_by_side(lambda tree: fresh_json(MEASURE, [str(run), what], tree, f"the report of {run}"), old,
+                           args.rounds)
     med = {k: {f: statistics.median(r[f] for r in v) for f in ("seconds", "traced_peak_gb", "rss_growth_gb")}
            for k, v in out.items()}
     x = out["new"][0]["X_gb"]

@@ -4,6 +4,7 @@ load of a cached full-profile dataset."""
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 from tradelib.config import Config, load_config
@@ -120,6 +122,29 @@ def fresh_json(script: str, args: list[str], tree: Path | None, what: str) -> di
     if out.returncode:
         raise RuntimeError(f"{what} in a fresh process failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments of the tools that time this checkout against an older commit over the data of parameter
+    files: `-f FILE` (repeatable), `--old COMMIT`, `--rounds N` (3)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("-f", dest="files", action="append", default=[], help="parameter file(s) naming the data")
+    ap.add_argument("--old", required=True, help="the commit to compare with")
+    ap.add_argument("--rounds", type=int, default=3)
+    return ap
+
+
+def side_by_side(measure: Callable[[Path | None], dict], old: Path, rounds: int) -> dict[str, list[dict]]:
+    """`measure(tree)` under the older commit's tree (`commit_tree`) and this checkout's (None), in turn, `rounds`
+    times: each result printed as a JSON line tagged with its side ("which": old or new), and returned by side.
+    The loop of the tools that time a change against the code before it (tools/ingest_compare.py,
+    report_memory.py, notebook01_time.py, report_figures_time.py)."""
+    out: dict[str, list[dict]] = {"old": [], "new": []}
+    for _ in range(rounds):
+        for name, tree in (("old", old), ("new", None)):
+            out[name].append(measure(tree))
+            print(json.dumps({"which": name, **out[name][-1]}), flush=True)
+    return out
 
 
 def ingest_once(path: Path, tree: Path | None = None) -> dict:
