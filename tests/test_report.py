@@ -647,7 +647,7 @@ def test_a_test_span_too_short_for_weekends_takes_the_whole_datas_sessions_a_yea
     assert ann["periods_per_year"] == pytest.approx(full["sessions_per_year"] * 7)
 
 
-def side_by_side(tool: str, old: str, *args: str) -> tuple[dict[str, dict], list[str]]:
+def tool_side_by_side(tool: str, old: str, *args: str) -> tuple[dict[str, dict], list[str]]:
     """tools/<tool> on tiny.yaml against commit `old`, one round (skipped where the clone lacks `old`): the JSON
     line of each side (the measuring script asserts it imported its own tree's tradelib), and all it printed."""
     import subprocess
@@ -668,7 +668,7 @@ def side_by_side(tool: str, old: str, *args: str) -> tuple[dict[str, dict], list
 def test_report_memory_runs_each_side_with_its_own_code():
     """tools/report_memory.py (docs/perf.md's report figure): the older commit's report and this checkout's give
     the same ridge baseline on the same run folder."""
-    rows, out = side_by_side("report_memory.py", "601b05c")  # the last commit that fitted the ridge on copied rows
+    rows, out = tool_side_by_side("report_memory.py", "601b05c")  # the last commit that fitted the ridge on copied rows
     assert rows["old"]["X_gb"] == rows["new"]["X_gb"] > 0
     assert rows["new"]["ridge_ic"] == pytest.approx(rows["old"]["ridge_ic"], rel=1e-9)
     assert out[-1].startswith("new: traced peak") and out[-2].startswith("old: traced peak")
@@ -678,7 +678,7 @@ def test_report_memory_runs_each_side_with_its_own_code():
 def test_notebook01_time_runs_each_side_with_its_own_code():
     """tools/notebook01_time.py (docs/perf.md's cleaning-notebook figure): 01's steps on the same data under the
     older commit and this checkout, the figure drawn by both."""
-    rows, out = side_by_side("notebook01_time.py", "94c6aad")  # the last commit that drew 01's boxes with seaborn
+    rows, out = tool_side_by_side("notebook01_time.py", "94c6aad")  # the last commit that drew 01's boxes with seaborn
     assert rows["old"]["rows"] == rows["new"]["rows"] > 0
     assert all(rows[k][step] > 0 for k in rows for step in ("read", "cache", "feature_table", "figure"))
     assert out[-1].startswith("new: read") and out[-2].startswith("old: read")
@@ -688,7 +688,7 @@ def test_notebook01_time_runs_each_side_with_its_own_code():
 def test_report_figures_time_runs_each_side_with_its_own_code():
     """tools/report_figures_time.py (docs/perf.md's figure timings): every report figure drawn under the older
     commit and this checkout, on the same run folder."""
-    rows, out = side_by_side("report_figures_time.py", "eabe78f")  # the last commit that drew the IC with ax.bar
+    rows, out = tool_side_by_side("report_figures_time.py", "eabe78f")  # the last commit that drew the IC with ax.bar
     assert rows["old"]["periods"] == rows["new"]["periods"] > 0
     assert all(rows[k][fig] > 0 for k in rows for fig in ("ic", "equity", "deciles", "training"))
     assert out[-1].startswith("new: all") and out[-2].startswith("old: all")

@@ -405,7 +405,7 @@ def plot_quality(report_dict: dict, save_to: str | Path | None = None) -> plt.Fi
     return _save(fig, save_to)
 
 
-_BOX_VALUES = ("mean", "iqr", "cilo", "cihi", "whishi", "whislo", "fliers", "q1", "med", "q3")
+_BOX_VALUES = ("mean", "cilo", "cihi", "whishi", "whislo", "fliers", "q1", "med", "q3")
 
 
 def box_stats(values: np.ndarray, codes: np.ndarray, names, log: bool = False) -> list[dict]:
@@ -428,6 +428,7 @@ def box_stats(values: np.ndarray, codes: np.ndarray, names, log: bool = False) -
         box = cbook.boxplot_stats(v[a:b], labels=[str(name)])[0]
         fliers = box["fliers"]
         box["fliers"] = np.unique([fliers.min(), fliers.max()]) if fliers.size else fliers
+        del box["iqr"]  # a width, not a value: nothing to draw back on a log axis, and bxp does not read it
         boxes.append({k: (back(x) if k in _BOX_VALUES else x) for k, x in box.items()})
     return boxes
 
@@ -438,7 +439,7 @@ def _draw_boxes(ax: plt.Axes, boxes: list[dict], log: bool) -> None:
     if not boxes:
         _empty(ax, "no finite value")
         return
-    ax.bxp([{k: v for k, v in b.items() if k != "iqr"} for b in boxes], patch_artist=True,
+    ax.bxp(boxes, patch_artist=True,
            boxprops={"facecolor": "#a6cee3"}, medianprops={"color": "#1f3b5c"}, flierprops={"markersize": 2})
     ax.tick_params(axis="x", rotation=45)
 
