@@ -628,6 +628,24 @@ def test_tables_print_integers_as_integers_and_flag_what_cannot_be_right():
                                                                                         "1,900", "0.84 GB")
 
 
+def test_a_figure_that_rounds_to_zero_has_no_minus_and_every_time_reads_as_one_utc_minute():
+    """-0.0004 at '+.2f' is '+0.00' (the quick run printed 'net exposure -0.00'); and the report, 03's tables and
+    the walk-forward's lines write a time one way: to the minute in UTC, whatever zone the text came in."""
+    from tradelib.report import tables
+    from tradelib.report.words import fmt
+
+    assert [fmt(-0.0004, "+.2f"), fmt(-0.0004, ".2f"), fmt(-0.004, "+.2f"), fmt(-0.006, "+.2f")] == [
+        "+0.00", "0.00", "+0.00", "-0.01"]
+    assert (tables.num(-1e-5), tables.pct(-1e-6), tables.signed_pct(-1e-6), fmt(-1e-9, ".1e")) == (
+        "0.000", "0.0%", "+0.0%", "-1.0e-09")
+    assert tables.minute("2024-01-08T09:21:59+05:00") == "2024-01-08 04:21"
+    assert tables.minute(pd.Timestamp("2024-01-08 09:21", tz="America/New_York")) == "2024-01-08 14:21"
+    assert tables.minute("2024-01-08T09:21:00") == "2024-01-08 09:21"  # naive: read as UTC
+    assert tables.minute("2024-01-08 (whole day, UTC)") == "2024-01-08 (whole day, UTC)"
+    assert (tables.minute(None), tables.minute("", "n/a"), tables.minute(None, "the start")) == (
+        "–", "n/a", "the start")
+
+
 def test_a_test_span_too_short_for_weekends_takes_the_whole_datas_sessions_a_year():
     """Hourly bars, 7 a session: a Monday-Friday test span looks like a 24/7 market (every day it holds traded);
     the year of weekdays behind it says exchange, and its sessions a year (not the span's 365) annualise."""

@@ -24,8 +24,26 @@ def _col(df: pd.DataFrame, col: str) -> pd.Series:
     return df[col] if col in df else pd.Series([float("nan")] * len(df), index=df.index)
 
 
+def number(v, spec: str) -> str:
+    """format(v, spec), except that a value rounding to zero carries no minus sign: a net exposure of -0.0004 reads
+    '+0.00' at '+.2f', never '-0.00'."""
+    out = format(v, spec)
+    if out.startswith("-") and not any(c in "123456789" for c in out):
+        out = ("+" if spec.startswith("+") else "") + out[1:]
+    return out
+
+
+def minute(value, missing: str = NA) -> str:
+    """A time as '2024-01-08 09:21' in UTC (a naive one read as UTC), from summary.json's ISO text or a
+    timestamp; None as `missing`, and a text that is no time ('2024-01-08 (whole day, UTC)') as it came."""
+    if value is None or value is pd.NaT or value == "":
+        return missing
+    t = pd.to_datetime(value, utc=True, errors="coerce") if isinstance(value, (str, pd.Timestamp)) else pd.NaT
+    return str(value) if pd.isna(t) else t.strftime("%Y-%m-%d %H:%M")
+
+
 def num(v, digits: int = 3) -> str:
-    return f"{v:,.{digits}f}" if _ok(v) else NA
+    return number(v, f",.{digits}f") if _ok(v) else NA
 
 
 def span(low, high, digits: int = 2) -> str:
@@ -43,7 +61,7 @@ def integer(v) -> str:
 
 
 def pct(v, digits: int = 1) -> str:
-    return f"{v:.{digits}%}" if _ok(v) else NA
+    return number(v, f".{digits}%") if _ok(v) else NA
 
 
 def busy(v) -> str:
@@ -55,7 +73,7 @@ def signed_pct(v, digits: int = 1) -> str:
     """A return: +1.2%, -100.0%; one beyond 10,000% as a power of ten (an annualised few days)."""
     if not _ok(v):
         return NA
-    return f"{v:+.{digits}%}" if abs(v) < 100 else f"{v * 100:+.1e}%"
+    return number(v, f"+.{digits}%") if abs(v) < 100 else f"{v * 100:+.1e}%"
 
 
 def gb(nbytes) -> str:
@@ -290,24 +308,15 @@ def runs_table(runs_df: pd.DataFrame) -> pd.DataFrame:
     })  # fmt: skip
 
 
-def _minute(value, start: str = NA) -> str:
-    """A timestamp of summary.json (ISO, UTC) to the minute; None as `start` (an expanding window's first fold
-    trains from the data's start)."""
-    if value is None:
-        return start
-    t = pd.to_datetime(value, utc=True, errors="coerce")
-    return NA if pd.isna(t) else t.strftime("%Y-%m-%d %H:%M")
-
-
 def folds_table(folds: list[dict]) -> pd.DataFrame:
     """03's walk-forward: each fold's training and test spans, its windows and optimizer steps, and its named test
     ICs (summary.json's `folds`)."""
     g = lambda key: [f.get(key) for f in folds]  # noqa: E731
     return pd.DataFrame({
         "fold": [integer(v) for v in g("fold")],
-        "trained on (UTC)": [f"{_minute(a, 'the start')} to {_minute(b)}"
+        "trained on (UTC)": [f"{minute(a, 'the start')} to {minute(b)}"
                              for a, b in zip(g("train_start"), g("train_end"))],
-        "tested on (UTC)": [f"{_minute(a)} to {_minute(b)}" for a, b in zip(g("test_start"), g("test_end"))],
+        "tested on (UTC)": [f"{minute(a)} to {minute(b)}" for a, b in zip(g("test_start"), g("test_end"))],
         "windows (train / test)": [f"{integer(a)} / {integer(b)}" for a, b in zip(g("train_windows"),
                                                                                   g("test_windows"))],
         "steps": [integer(v) for v in g("optimizer_steps")],

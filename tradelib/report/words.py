@@ -13,6 +13,7 @@ import pandas as pd
 from tradelib.config import run_setting
 from tradelib.paths import is_synthetic
 from tradelib.report.metrics import FAMILY_WORDS, IC_FAMILIES, bar_words
+from tradelib.report.tables import minute, number
 
 
 def summary_markdown(report: dict) -> str:
@@ -343,7 +344,7 @@ def folds_markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in block["table"]:
-        span = f"{str(r.get('test_start'))[:16]} to {str(r.get('test_end'))[:16]}".replace("T", " ")
+        span = f"{_when(r.get('test_start'))} to {_when(r.get('test_end'))}"
         low, high = net_ci(r)
         cells = [r["fold"], span, f"{r['test_rows']:,}", fmt(r.get("cross_sectional_ic")), fmt(r.get("daily_ic")),
                  fmt(r.get("pooled_ic")), fmt(r.get("t_stat"), ".2f"), fmt(r.get("ridge_ic")),
@@ -374,7 +375,7 @@ def sweep_notes(sweep: pd.DataFrame) -> list[str]:
 
 
 def fmt(value, spec: str = ".3f") -> str:
-    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else number(value, spec)
 
 
 def _rate(value) -> str:
@@ -398,11 +399,9 @@ def _periods(value) -> str:
     return fmt(value, ",.0f") if isinstance(value, (int, float)) and value >= 100 else fmt(value, ".2f")
 
 
-def _when(text) -> str:
-    """An ISO time as '2024-01-08 09:21' (UTC); a whole-day date as it came."""
-    if not text or "whole day" in str(text):
-        return str(text or "n/a")
-    return pd.Timestamp(text).tz_convert("UTC").strftime("%Y-%m-%d %H:%M") if pd.Timestamp(text).tzinfo else str(text)
+def _when(value) -> str:
+    """A time in words: tables.minute's UTC minute, 'n/a' where there is none."""
+    return minute(value, "n/a")
 
 
 def _verdict(t) -> str:

@@ -34,6 +34,7 @@ from tradelib.data.features import FeatureSet
 from tradelib.distributed import dist_env, launch_distributed, needs_launch
 from tradelib.paths import outputs_dir
 from tradelib.report import metrics
+from tradelib.report.tables import minute
 from tradelib.train.models import import_user_model
 from tradelib.train.run import RunResult, prepare_features, train, train_or_launch
 
@@ -200,7 +201,7 @@ def fold_lines(summary: dict) -> str:
              f"{summary['fold_init']} start; out-of-sample pooled IC {summary['pooled_ic']:.4f}, cross-sectional IC "
              f"{summary['cross_sectional_ic']:.4f} over {summary['test_rows']:,} test rows"]
     for f in summary["folds"]:
-        lines.append(f"  fold {f['fold']}: train {(f['train_start'] or 'start')[:16]} .. {f['train_end'][:16]}, test "
-                     f"{f['test_start'][:16]} .. {f['test_end'][:16]}: {f['test_rows']:,} rows, pooled IC "
+        lines.append(f"  fold {f['fold']}: train {minute(f['train_start'], 'start')} .. {minute(f['train_end'])}, test "
+                     f"{minute(f['test_start'])} .. {minute(f['test_end'])}: {f['test_rows']:,} rows, pooled IC "
                      f"{f['pooled_ic']:.4f}, cross-sectional IC {f['cross_sectional_ic']:.4f}")
     return "\n".join(lines)
