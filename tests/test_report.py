@@ -646,9 +646,10 @@ def test_a_figure_that_rounds_to_zero_has_no_minus_and_every_time_reads_as_one_u
         "–", "n/a", "the start")
 
 
-def test_a_test_span_too_short_for_weekends_takes_the_whole_datas_sessions_a_year():
-    """Hourly bars, 7 a session: a Monday-Friday test span looks like a 24/7 market (every day it holds traded);
-    the year of weekdays behind it says exchange, and its sessions a year (not the span's 365) annualise."""
+def test_a_test_span_too_short_for_weekends_takes_the_whole_datas_periods_a_year():
+    """Hourly bars, 7 a session: a Monday-Friday test span looks like a 24/7 market (every day it holds traded),
+    and its marks per time count no weekend; the year of weekdays behind it says exchange, and its marks a year
+    (5 x 7 x 52.18 = 1,826) annualise."""
     from types import SimpleNamespace
 
     from tradelib.data.sessions import calendar
@@ -662,7 +663,9 @@ def test_a_test_span_too_short_for_weekends_takes_the_whole_datas_sessions_a_yea
     test = pd.DataFrame({"timestamp": pd.DatetimeIndex(stamps, tz="UTC")})
     ann, _ = ri._annualisation(test, SimpleNamespace(meta={"calendar": full}), 3600.0, 0.0)
     assert full["method"] == ann["method"] == "sessions"
-    assert ann["periods_per_year"] == pytest.approx(full["sessions_per_year"] * 7)
+    assert ann["periods_per_year"] == full["periods_per_year"] == pytest.approx(365.25 * 5 / 7 * 7)
+    assert ri.ev.annualisation(test, 3600.0, periods_per_year=0.0)["periods_per_year"] > 1.3 * 1826.25
+    assert "too short to see a week's pattern" in ann["description"]
 
 
 def tool_side_by_side(tool: str, old: str, *args: str) -> tuple[dict[str, dict], list[str]]:

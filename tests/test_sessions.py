@@ -21,18 +21,59 @@ def us_session_bars(days: pd.DatetimeIndex) -> np.ndarray:
 
 
 def test_calendar_of_each_kind_of_market():
-    weekdays = pd.bdate_range("2023-01-02", "2024-12-31", tz="UTC")  # no holidays: 261 a year
+    weekdays = pd.bdate_range("2023-01-02", "2024-12-31", tz="UTC")  # no holidays: 260.9 a year
     daily = calendar(ns(weekdays), 86_400)
-    assert not daily.continuous and daily.bars_per_session == 1
-    span = (weekdays[-1] - weekdays[0]).days + 1  # first to last session, both included
-    assert daily.periods_per_year == pytest.approx(len(weekdays) / span * 365.25)
-    intraday = calendar(us_session_bars(weekdays[:60]), 300)
+    assert not daily.continuous and daily.bars_per_session == 1 and daily.long_gaps == 0
+    assert daily.periods_per_year == pytest.approx(520 / 728 * 365.25)  # the marks in 104 whole weeks
+    intraday = calendar(us_session_bars(weekdays[:60]), 300)  # 12 weeks, Monday to Friday: 11 whole weeks
     assert not intraday.continuous and intraday.bars_per_session == 78
-    assert intraday.periods_per_year == pytest.approx(intraday.sessions_per_year * 78)
+    assert intraday.periods_per_year == pytest.approx(365.25 * 5 / 7 * 78)
     crypto = calendar(ns(pd.date_range("2024-01-01", periods=288 * 40, freq="5min")), 300)
     assert crypto.continuous and crypto.periods_per_year == pytest.approx(365.25 * 288)
-    assert "continuous" in crypto.describe() and "sessions a year" in daily.describe()
+    assert "continuous" in crypto.describe() and "exchange calendar" in daily.describe()
     assert calendar(ns(pd.date_range("2024-01-01", periods=400, freq="D")), 86_400).periods_per_year == 365.25
+
+
+def week_hours(start: str, end: str, first: str, length: str, days: str = "B") -> np.ndarray:
+    """5-minute bars of a session that opens at `first` (UTC, the day before when negative) for `length`, on the
+    days of `days` between start and end."""
+    opens = pd.date_range(start, end, freq=days, tz="UTC") + pd.Timedelta(first)
+    bars = pd.timedelta_range(0, pd.Timedelta(length), freq="5min", closed="left")
+    return np.concatenate([ns(o + bars) for o in opens])
+
+
+def test_a_market_that_crosses_utc_midnight_counts_its_marks_not_its_dates():
+    """Sessions that cross UTC midnight fill six dates a week: the count of dates once made them 24/7 (105,192 marks
+    a year of 5-minute bars, the Sharpe sqrt(105,192 / true) too high). The marks a year are counted: FX from
+    Sunday 22:00 to Friday 22:00 UTC, 5 x 288 a week; Sydney's 23:00-05:00 UTC session, 261 x 72 a year."""
+    fx = week_hours("2024-01-07", "2024-12-22", "22h", "5D", days="W-SUN")
+    cal = calendar(fx, 300)
+    assert not cal.continuous and cal.periods_per_year == pytest.approx(365.25 / 7 * 5 * 288, rel=0.01)
+    asx = week_hours("2024-01-01", "2024-12-31", "-1h", "6h")  # opens 23:00 UTC the day before
+    cal = calendar(asx, 300)
+    assert not cal.continuous and cal.periods_per_year == pytest.approx(365.25 * 5 / 7 * 72, rel=0.01)
+
+
+def test_a_long_gap_is_missing_data_not_time_a_year_of_marks_spans():
+    """A stray placeholder row in 1970, two downloads eleven years apart, the purge between walk-forward folds of
+    daily bars: a gap over ten days is left out of the time (as one typical step), so it neither divides the
+    marks a year by 165 nor by 4; a holiday weekend stays inside it."""
+    days = ns(pd.date_range("2024-01-01", periods=120, freq="D", tz="UTC"))
+    stray = days.copy()
+    stray[0] = 0
+    assert calendar(stray, 86_400).periods_per_year == pytest.approx(365.25)
+    assert calendar(stray, 86_400).long_gaps == 1
+    assert "1 gap(s) over 10 days left out" in calendar(stray, 86_400).describe()
+    pulls = np.r_[ns(pd.bdate_range("2000-01-03", "2001-12-31", tz="UTC")),
+                  ns(pd.bdate_range("2012-01-02", "2013-12-31", tz="UTC"))]
+    assert calendar(pulls, 86_400).periods_per_year == pytest.approx(365.25 * 5 / 7, rel=0.002)
+    folds = ns(pd.bdate_range("2020-01-01", "2023-12-31", tz="UTC"))
+    folds = np.r_[folds[:300], folds[345:600], folds[645:]]  # two purges of 45 sessions (9 weeks)
+    assert calendar(folds, 86_400).periods_per_year == pytest.approx(365.25 * 5 / 7, rel=0.002)
+    easter = ns(pd.bdate_range("2024-01-01", "2024-12-31", tz="UTC").drop(pd.to_datetime(
+        ["2024-03-29", "2024-04-01"]).tz_localize("UTC")))  # Friday and Monday off: a four-day gap is time
+    assert calendar(easter, 86_400).long_gaps == 0
+    assert calendar(easter, 86_400).periods_per_year == pytest.approx(len(easter), rel=0.01)
 
 
 def test_bar_positions_count_missing_bars_but_not_session_breaks():

@@ -16,14 +16,13 @@ import pandas as pd
 
 from tradelib import runs
 from tradelib.config import Config, cost_grid, run_setting, settings_values
-from tradelib.data.sessions import Calendar
 from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
 
 TRADED = "target_traded"  # the predictions frame's column: the target at the traded lag (ev.lagged_target)
 FACTS_FILE = "train_facts.json"  # what training writes for the report (tradelib/train/facts.py)
 DECAY_LAGS = 10  # the IC decay table's last lag, in bars
-SHORT_SPAN_DAYS = 28  # a calendar over fewer days cannot tell a 24/7 market from an exchange
+SHORT_SPAN_DAYS = 28  # a calendar over fewer days sees too few weekends to count a year of marks
 MIN_TEST_PERIODS = 60  # fewer test periods than this: every figure is a few draws
 BETA_T = 3.0  # a neutral book's beta this many standard errors from 0 is warned about
 
@@ -245,17 +244,14 @@ def _horizon(summary: dict, fs) -> tuple[int, str]:
 def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float) -> tuple[dict, float]:
     """(annualisation dict, bars per session): the given periods_per_year, else the calendar of the test span
     itself (holes in the training years do not move it). A test span too short to see weekends (< 4 weeks)
-    takes the whole data's verdict on whether the market trades 24/7, and its sessions a year (a short span counts
-    every day a session; fs.meta, when the cache is there)."""
+    takes the whole data's periods a year (fs.meta, when the cache is there): over a few days an exchange shows
+    no weekend, and its marks a year would count none."""
     test = ev.annualisation(df, bar, periods_per_year=0.0)
     full = _meta(fs).get("calendar")
-    if full and test["span_days"] < SHORT_SPAN_DAYS and (full["method"] == "continuous") != (
-            test["method"] == "continuous"):
-        keep = {k: test[k] for k in ("bar_seconds", "n_sessions", "span_days", "bars_per_session")}
-        test = Calendar(**keep, sessions_per_year=full["sessions_per_year"],
-                        continuous=full["method"] == "continuous").to_dict()
-        test["description"] += (f" (whether weekends trade and the sessions a year: from all {full['n_sessions']:,} "
-                                f"sessions of the data)")
+    if full and test["span_days"] < SHORT_SPAN_DAYS and full.get("span_days", 0) >= SHORT_SPAN_DAYS:
+        test = {**test, "periods_per_year": full["periods_per_year"], "method": full["method"],
+                "description": f"{test['description']}; too short to see a week's pattern, so periods a year are "
+                               f"the whole data's: {full['description']}"}
     bars_per_session = float(test.get("bars_per_session") or 1.0)
     if periods_per_year and periods_per_year > 0:
         return {**ev.annualisation(df, bar, periods_per_year=periods_per_year), "source": "given"}, bars_per_session
