@@ -120,7 +120,7 @@ def test_the_headline_reads_what_report_json_has(tmp_path):
                                   "flagged (net sharpe): why", "warning: few symbols"]
     rest = {"ic": -0.0021, "periods": 10, "of": 953, "best": "2015-08-25T00:00:00+00:00"}
     path.write_text(json.dumps({"summary": {**summary, "ic_without_best": rest}}))
-    assert headline(path)[0].endswith("t 2.50 (HAC, 3 lags); -0.0021 without its 10 best of 953 periods")
+    assert headline(path)[0].endswith("t 2.50 (HAC, 3 lags); -0.0021 without its 10 best and 10 worst of 953 periods")
     path.write_text(json.dumps({"summary": {"net_sharpe": None}}))
     assert headline(path) == []
     assert headline(tmp_path / "missing.json") == []

@@ -338,18 +338,21 @@ def ic_decay(df: pd.DataFrame, family: str, overlap: int, max_lag: int = 10, pre
 
 def without_best(df: pd.DataFrame, family: str, ic_df: pd.DataFrame, share: float = 0.01,
                  pred_col: str = "prediction", target_col: str = "target") -> dict:
-    """The sceptic's question of an IC: what is left without the ceil(`share` x n) periods that carried it most
-    (the largest ICs in the direction of its sign; ties, the earliest first)? The family's IC over df's rows
-    outside those periods, recomputed (a pooled IC, whose per-timestamp shares are unbounded, can be one crash
-    week). `ic_df`: the family's IC per period (period, ic) on df (`ReportInputs.ic_series`). Returns ic (NaN when
-    nothing is left), periods (how many left out), of (n), best (the period that carried it most)."""
+    """The sceptic's question of an IC: does it rest on a few periods? The family's IC recomputed over df's rows
+    outside the ceil(`share` x n) periods that carried it most (the largest ICs in the direction of its sign; ties,
+    the earliest first) and as many that went most against it (a pooled IC, whose per-timestamp shares are
+    unbounded, can be one crash week). Trimmed on both sides, an IC spread evenly over its periods keeps its
+    value at any n; trimmed only of its best it would fall by about 0.027 sd per period whatever n, which on
+    20,000 periods halves an IC of t 4. `ic_df`: the family's IC per period (period, ic) on df
+    (`ReportInputs.ic_series`). Returns ic (NaN when nothing is left), periods (how many left out on each side),
+    of (n), best (the period that carried it most)."""
     ic_df = ic_df[np.isfinite(ic_df["ic"].to_numpy(dtype=float))]
     x = ic_df["ic"].to_numpy(dtype=float)
     k = int(math.ceil(share * x.size))
-    if x.size <= k:
+    if x.size <= 2 * k:
         return {"ic": float("nan"), "periods": k, "of": int(x.size), "best": None}
-    out = np.argsort(-np.sign(x.mean()) * x, kind="stable")[:k]
-    left = _timestamps(ic_df["period"].iloc[out])
+    order = np.argsort(-np.sign(x.mean()) * x, kind="stable")
+    left = _timestamps(ic_df["period"].iloc[np.r_[order[:k], order[-k:]]])
     when = _timestamps(df["timestamp"])
     kept = df.loc[~(when.dt.floor("D") if family == "daily" else when).isin(left).to_numpy()]
     return {"ic": family_summary(kept, family, 0, pred_col, target_col)["ic"], "periods": k, "of": int(x.size),

@@ -71,15 +71,17 @@ def _signal_lines(report: dict) -> list[str]:
 
 
 def _without_best(ic, t, rest: dict | None, unit: str) -> str:
-    """The headline IC without the periods that carried it most (`metrics.without_best`); a significant one is
-    said to rest on a few periods when that halves it or turns its sign."""
+    """The headline IC without the periods that carried it most and as many that went most against it
+    (`metrics.without_best`); a significant one is said to rest on a few periods when that halves it or turns its
+    sign."""
     if not rest or rest.get("ic") is None:
         return ""
     few = isinstance(ic, (int, float)) and isinstance(t, (int, float)) and abs(t) >= 2 and (
         rest["ic"] * math.copysign(1.0, ic) < abs(ic) / 2)
-    return (f" Without the {rest['periods']} of its {rest['of']} periods that carried it most (the largest {unit}s "
-            f"in its direction, first the signal at {_when(rest['best'])}) it reads {fmt(rest['ic'])}"
-            f"{': significant, but it rests on a few periods' if few else ''}.")
+    k = rest["periods"]
+    return (f" Without the {k} of its {rest['of']} periods that carried it most (the largest {unit}s in its "
+            f"direction, first the signal at {_when(rest['best'])}) and the {k} that went most against it, it reads "
+            f"{fmt(rest['ic'])}{': significant, but it rests on a few periods' if few else ''}.")
 
 
 def _book_lines(report: dict) -> list[str]:
