@@ -160,7 +160,7 @@ def load_inputs(
     if headline_only:
         return inputs
     block = bk.bootstrap_block(len(bt.pnl), horizon, trade_delay)
-    inputs.deciles = ev.decile_table(df, target_col=TRADED)
+    inputs.deciles = ev.decile_table(df, target_col=TRADED, lags=lags["pooled"])
     inputs.per_symbol = ev.per_symbol_metrics(df, target_col=TRADED)
     inputs.costs = bk.cost_sensitivity(bt, settings.cost_grid_bps)
     inputs.decay = ev.ic_decay(df, family, lags[family], DECAY_LAGS)

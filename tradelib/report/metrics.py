@@ -12,7 +12,8 @@ Conventions (the numbers in the report depend on them):
   The one that leads is the IC of the bet the book makes (`headline_family`).
 - t-statistics are overlap-robust: a target over h bars shares h-1 bars with the next one, so consecutive IC
   periods are correlated. `hac_t_stat` uses the Hansen-Hodrick HAC variance (equal weights on the lags the
-  targets overlap, h-1 for per-timestamp ICs). "Significant" is said only of that figure.
+  targets overlap, h-1 for per-timestamp ICs). "Significant" is said only of that figure. The decile table's
+  error bars use the same variance (`hac_se`) over per-timestamp sums (Driscoll-Kraay), not std/sqrt(rows).
 - Annualisation comes from the data's own calendar (`sessions.calendar`): sessions a year x bars a session
   for exchange data (~252 for daily stock bars), 365.25 x 86400 / bar seconds for a 24/7 market; or a
   `periods_per_year` given by the researcher.
@@ -170,13 +171,14 @@ def ic_by_day(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = 
     return _ic_by_key(d, _timestamps(d["timestamp"]).dt.floor("D"), pred_col, target_col)
 
 
-def hac_t_stat(x: np.ndarray, lags: int) -> tuple[float, str]:
-    """t-statistic of the mean of a series whose neighbours up to `lags` apart may be correlated.
+def hac_se(x: np.ndarray, lags: int) -> tuple[float, str]:
+    """Standard error of the mean of a series whose neighbours up to `lags` apart may be correlated.
 
     Hansen-Hodrick: the long-run variance gamma_0 + 2 * sum_{k=1..lags} gamma_k (equal weights: the right
     ones for the overlap of h-bar targets, which correlates lags 1..h-1 and no further), scaled by n/(n-1) so
-    that lags = 0 gives the ordinary t. When that variance is not positive (short, noisy series) Newey-West's
-    Bartlett weights over 2 x lags take over. Returns (t, the method in words).
+    that lags = 0 gives the ordinary std/sqrt(n). When that variance is not positive (short, noisy series)
+    Newey-West's Bartlett weights over 2 x lags take over. Returns (s.e., the method in words); NaN when the
+    series is too short for its lags.
     """
     x = np.asarray(x, dtype=float)
     x = x[np.isfinite(x)]
@@ -194,9 +196,21 @@ def hac_t_stat(x: np.ndarray, lags: int) -> tuple[float, str]:
         w = 1 - np.arange(len(g)) / (wide + 1)
         lrv, method = g[0] + 2 * (w[1:] * g[1:]).sum(), f"Newey-West HAC, {wide} lags"
     lrv *= n / (n - 1)
-    if lrv <= 0:
-        return (0.0 if x.mean() == 0 else float("nan")), method
-    return float(x.mean() / math.sqrt(lrv / n)), method
+    return math.sqrt(max(lrv, 0.0) / n), method
+
+
+def hac_t_stat(x: np.ndarray, lags: int) -> tuple[float, str]:
+    """t-statistic of the mean of a series whose neighbours up to `lags` apart may be correlated: its mean over
+    `hac_se` (Hansen-Hodrick, Newey-West where that variance is not positive). Returns (t, the method in words);
+    0 for a series of zeros, NaN for a constant non-zero one or one too short for its lags."""
+    se, method = hac_se(x, lags)
+    if math.isnan(se):
+        return se, method
+    x = np.asarray(x, dtype=float)
+    mean = float(x[np.isfinite(x)].mean())
+    if se <= 0:
+        return (0.0 if mean == 0 else float("nan")), method
+    return mean / se, method
 
 
 def overlap_lags(horizon: int, family: str, bars_per_session: float = 1.0) -> int:
@@ -398,12 +412,14 @@ def coverage(pred: np.ndarray) -> float:
 
 
 def decile_table(
-    df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target", n_bins: int = 10
+    df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target", n_bins: int = 10, lags: int = 0
 ) -> pd.DataFrame:
     """Predicted vs realised mean target by prediction decile, pooled over symbols and time.
 
-    Bins hold equal counts by prediction rank (ties broken by row order), so a constant prediction still bins.
-    A monotone realised column is what a useful signal looks like; `realised_se` = std/sqrt(n) per bin.
+    Bins hold equal counts by prediction rank over all rows (ties broken by row order), so a constant prediction
+    still bins. A monotone realised column is what a useful signal looks like. `realised_mean` is the mean over
+    the bin's rows; `realised_se` is its standard error (`decile_se`): a timestamp's rows share its market move
+    and overlap the targets of the `lags` timestamps beside them, so they are not independent rows.
     """
     d = _finite_rows(df, [pred_col, target_col])
     p = d[pred_col].to_numpy(dtype=float)
@@ -411,18 +427,33 @@ def decile_table(
     rank = np.empty(p.size, dtype=np.int64)
     rank[order] = np.arange(p.size)
     bins = (rank * n_bins) // max(p.size, 1) + 1
-    frame = pd.DataFrame({"decile": bins, "pred": p, "real": d[target_col].to_numpy(dtype=float)})
+    real = d[target_col].to_numpy(dtype=float)
+    codes, times = pd.factorize(ts_ns(d["timestamp"]), sort=True)
+    frame = pd.DataFrame({"decile": bins, "pred": p, "real": real})
     g = frame.groupby("decile", sort=True)
+    se = pd.Series({k: decile_se(real[rows], codes[rows], len(times), lags) for k, rows in g.indices.items()},
+                   dtype=float)
     out = pd.DataFrame(
         {
             "n": g.size(),
             "pred_mean": g["pred"].mean(),
             "realised_mean": g["real"].mean(),
-            "realised_se": g["real"].std(ddof=1) / np.sqrt(g.size()),
+            "realised_se": se.rename_axis("decile"),
             "hit_rate": g["real"].apply(lambda s: float((s > 0).mean())),
         }
     )
     return out.reset_index()
+
+
+def decile_se(y: np.ndarray, codes: np.ndarray, n_times: int, lags: int) -> float:
+    """Standard error of the mean of the rows `y` (one decile's targets) at timestamp codes `codes` (0..n_times-1,
+    in time order): Driscoll-Kraay, the HAC (`hac_se`, `lags` timestamps) of the series over every timestamp of
+    u_t = T / N * sum of the bin's (y - mean(y)) at t, whose mean is 0. A timestamp's rows enter it as one term,
+    a timestamp without the bin's rows as 0, so that the lags count timestamps. NaN with fewer than 2 timestamps."""
+    if np.unique(codes).size < 2:
+        return float("nan")
+    u = np.bincount(codes, y - y.mean(), n_times) * n_times / len(y)
+    return hac_se(u, lags)[0]
 
 
 def per_symbol_metrics(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target") -> pd.DataFrame:

@@ -142,7 +142,8 @@ def plot_equity(bt: BacktestResult, save_to: str | Path | None = None) -> plt.Fi
 
 def plot_deciles(decile_df: pd.DataFrame, save_to: str | Path | None = None,
                  unit: str = "forward log return") -> plt.Figure:
-    """Realised mean target per prediction decile (bars, +-1 s.e.) against the predicted mean (line)."""
+    """Realised mean target per prediction decile (bars, +-1 s.e.: `metrics.decile_table`'s `realised_se`, the
+    overlap- and timestamp-robust s.e. of that mean) against the predicted mean (line)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     x = decile_df["decile"].to_numpy()
     ax.bar(x, decile_df["realised_mean"], yerr=decile_df["realised_se"], color="tab:blue", alpha=0.7,
