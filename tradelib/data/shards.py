@@ -391,7 +391,7 @@ def feature_meta(cfg, facts: SharedFacts, cal: sessions.Calendar, cut: dict, mad
         "raw_ranges": {name: _merge_range([m["ranges"][name] for m in made]) for name in FEATURE_NAMES},
         "target_scale": target_scale,
         "bar_seconds": {name: int(b) / 1e9 for name, b in zip(facts.names, facts.bars)},
-        "calendar": cal.to_dict(),  # sessions a year, bars a session: the data's own annualisation
+        "calendar": cal.to_dict(),  # periods a year, continuous or exchange: the data's own annualisation
         "splits": cut,
         "rows_per_split": {name: int(per_split[i + 1]) for i, name in ((0, "train"), (1, "val"), (2, "test"))},
         "purged_rows": int(per_split[0]) - cut.get("outside_rows", 0),  # not the rows outside a fold

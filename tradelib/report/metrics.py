@@ -14,9 +14,9 @@ Conventions (the numbers in the report depend on them):
   periods are correlated. `hac_t_stat` uses the Hansen-Hodrick HAC variance (equal weights on the lags the
   targets overlap, h-1 for per-timestamp ICs). "Significant" is said only of that figure. The decile table's
   error bars use the same variance (`hac_se`) over per-timestamp sums (Driscoll-Kraay), not std/sqrt(rows).
-- Annualisation comes from the data's own calendar (`sessions.calendar`): sessions a year x bars a session
-  for exchange data (~252 for daily stock bars), 365.25 x 86400 / bar seconds for a 24/7 market; or a
-  `periods_per_year` given by the researcher.
+- Annualisation comes from the data's own calendar (`sessions.calendar`): the distinct timestamps a year, counted
+  in whole weeks with gaps over ten days left out (~252 for daily stock bars, 365.25 x 288 for 5-minute bars of a
+  24/7 market); or a `periods_per_year` given by the researcher.
 """
 
 from __future__ import annotations
