@@ -387,6 +387,11 @@ def test_compare_block_and_markdown(tmp_path):
     ci = {k: cmp["net_sharpe_ci"][k] for k in ("this", "other")}  # both runs' net Sharpe with error bars
     assert ci["this"] == report["summary"]["net_sharpe_ci"] and ci["other"][0] < ci["other"][1]
     assert all(f"95% {c[0]:.2f} to {c[1]:.2f}" in md for c in ci.values())
+    beta, beta_ci = cmp["metrics"]["market_beta"], cmp["market_beta_ci"]  # and each book's beta with its own
+    other_beta = rp.build_report(base, settings=DEFAULTS)["summary"]
+    assert (beta["this"], beta_ci["this"]) == (report["summary"]["market_beta"], report["summary"]["market_beta_ci"])
+    assert (beta["other"], beta_ci["other"]) == (other_beta["market_beta"], other_beta["market_beta_ci"])
+    assert f"market beta {beta['other']:+.2f} (95% {beta_ci['other'][0]:+.2f} to" in md
     assert f"pooled IC (all test rows) {report['summary']['pooled_ic']:.3f}**" in md  # a 4-symbol sign book's
     assert "zero n/a" in md and ", ridge 0." in md and md.count("oracle 0.") == 1
     assert "| model |" not in md and "|---" not in md  # the predictor table: once, in its own section

@@ -31,8 +31,8 @@ IC_NUMBERS = [
 ]  # fmt: skip
 SUMMARY_NUMBERS = IC_NUMBERS + [
     "directional_accuracy", "net_sharpe", "gross_sharpe", "buy_hold_sharpe", "net_total_return", "max_drawdown",
-    "turnover", "break_even_bps", "samples_per_s", "data_wait_share", "gpu_util", "mfu", "peak_mem_gb",
-    "epoch_time_s",
+    "turnover", "market_beta", "market_alpha", "break_even_bps", "samples_per_s", "data_wait_share", "gpu_util",
+    "mfu", "peak_mem_gb", "epoch_time_s",
 ]  # fmt: skip
 PERIOD_WORDS = {"cross_sectional": "per-timestamp ICs", "daily": "per-day ICs",
                 "pooled": "per-timestamp terms of the pooled correlation"}
@@ -125,6 +125,11 @@ def headline_numbers(inputs: ReportInputs) -> dict:
         "net_total_return": bt["net"]["total_return"],
         "max_drawdown": bt["net"]["max_drawdown"],
         "turnover": bt["net"]["turnover"],
+        "market_beta": bt["market"]["beta"],
+        "market_beta_ci": bt["market"]["beta_ci"],
+        "market_alpha": bt["market"]["alpha"],  # a year's worth, beyond the market exposure
+        "market_alpha_ci": bt["market"]["alpha_ci"],
+        "market_alpha_t": bt["market"]["alpha_t"],
         "break_even_bps": inputs.break_even_bps,
         "samples_per_s": as_float(s.get("samples_per_s")),
         "data_wait_share": as_float(s.get("data_wait_share")),
@@ -166,11 +171,6 @@ def summary_block(inputs: ReportInputs) -> dict:
         "gross_exposure": bt["gross_exposure"],
         "net_exposure": bt["net_exposure"],
         "abs_net_exposure": bt["abs_net_exposure"],
-        "market_beta": bt["market"]["beta"],
-        "market_beta_ci": bt["market"]["beta_ci"],
-        "market_alpha": bt["market"]["alpha"],  # a year's worth, beyond the market exposure
-        "market_alpha_ci": bt["market"]["alpha_ci"],
-        "market_alpha_t": bt["market"]["alpha_t"],
         **sharpe_block(inputs),
     })
     flags = {"net_sharpe": bk.implausible(bt["net"]["sharpe"], None),
@@ -290,6 +290,7 @@ def compare_block(this: dict, other_dir: Path) -> dict:
         "other": {k: other.get(k) for k in keys},
         "metrics": metrics,
         "net_sharpe_ci": {"this": this.get("net_sharpe_ci"), "other": other.get("net_sharpe_ci")},
+        "market_beta_ci": {"this": this.get("market_beta_ci"), "other": other.get("market_beta_ci")},
     }
 
 

@@ -180,14 +180,17 @@ def _compare_lines(report: dict) -> list[str]:
     m = cmp["metrics"]
     fam = report["summary"].get("headline_ic")
     sps, ic_ = m["samples_per_s"], m.get(f"{fam}_ic", m["pooled_ic"])
-    ci = cmp.get("net_sharpe_ci") or {}
+    ci, beta_ci = cmp.get("net_sharpe_ci") or {}, cmp.get("market_beta_ci") or {}
+    beta = m.get("market_beta") or {}
     return [
         "",
         f"Against run `{cmp['run_id']}` (loader `{cmp['other'].get('loader')}`): samples/s "
         f"{_rate(sps['other'])} -> {_rate(sps['this'])} (x{fmt(sps['ratio'], '.1f')}), {FAMILY_WORDS.get(fam, fam)} "
         f"{fmt(ic_['other'])} -> {fmt(ic_['this'])}, net Sharpe "
         f"{fmt(m['net_sharpe']['other'], '.2f')} ({interval(ci.get('other'))}) -> "
-        f"{fmt(m['net_sharpe']['this'], '.2f')} ({interval(ci.get('this'))}).",
+        f"{fmt(m['net_sharpe']['this'], '.2f')} ({interval(ci.get('this'))}), market beta "
+        f"{fmt(beta.get('other'), '+.2f')} ({interval(beta_ci.get('other'), '+.2f')}) -> "
+        f"{fmt(beta.get('this'), '+.2f')} ({interval(beta_ci.get('this'), '+.2f')}).",
     ]
 
 
