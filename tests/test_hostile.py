@@ -218,6 +218,20 @@ def test_one_corrupt_file_in_a_per_symbol_folder_is_named(tmp_path, capsys):
     assert code == 0 and counts(out) == (360, 360, 0)
 
 
+def test_two_files_of_one_stem_in_a_folder_are_refused_naming_both(tmp_path):
+    """AAA.csv and AAA.parquet (two series, 3x apart) would both be symbol AAA: merged, the one's rows would be
+    read as duplicates of the other's. Refused, naming both files."""
+    df = bars(50)
+    write_csv(tmp_path / "AAA.csv", df, date_fmt="%Y-%m-%d")
+    df.assign(open=df.open * 3, high=df.high * 3, low=df.low * 3, close=df.close * 3).to_parquet(
+        tmp_path / "AAA.parquet")
+    write_csv(tmp_path / "BBB.csv", df, date_fmt="%Y-%m-%d")
+    with pytest.raises(DataError) as e:
+        load_ohlcv(tmp_path, date_format="")
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path}: ") and "'AAA.csv' and 'AAA.parquet'" in msg and "symbol 'AAA'" in msg
+
+
 @pytest.mark.parametrize("content,problem", [(b"", "empty file"), (b"\x00\x01\x02 garbage", "no rows"),
                                              (b"date,open\n2024-01-01,1\n", "missing required columns")])
 def test_unusable_files(tmp_path, capsys, content, problem):

@@ -460,6 +460,17 @@ def data_files(path: Path) -> tuple[list[Path], list[Path]]:
     return files, skipped
 
 
+def _one_file_per_stem(folder: Path, files: list[Path]) -> None:
+    """Two files of one stem (AAA.csv and AAA.parquet) would be one symbol: their rows merged, the one file's read
+    as duplicates of the other's and its order as disorder. Refused, naming both."""
+    seen: dict[str, Path] = {}
+    for p in files:
+        first = seen.setdefault(_stem(p), p)
+        if first is not p:
+            raise DataError(f"{folder}: files '{first.name}' and '{p.name}' would both be symbol '{_stem(p)}' (the "
+                            f"file name without its suffix): keep one of them in the folder")
+
+
 def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str) -> pd.DataFrame:
     """Read a CSV/Parquet file or a directory of per-symbol files into the canonical raw frame.
 
@@ -476,6 +487,7 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str)
     if path.is_dir():
         if not files:
             raise DataError(f"{path}: directory has no CSV or Parquet files")
+        _one_file_per_stem(path, files)
         parts = [_frame_from_table(_read_table(p, date_format), p, None, date_format) for p in files]
     else:
         parts = [_frame_from_table(_read_table(path, date_format), path, symbol, date_format)]
