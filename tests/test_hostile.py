@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from tradelib.cli import main
 from tradelib.config import Config
 from tradelib.data import cache, dataset
+from tradelib.data.clean import clean_ohlcv
 from tradelib.data.load import DataError, existing_data_path, load_ohlcv
 from tradelib.paths import FileLock, repo_root, resolve_data_path
 from tradelib.report.inputs import load_featureset
@@ -156,6 +157,30 @@ def test_semicolons_with_decimal_points(tmp_path):
     df = bars(50)
     raw = load_ohlcv(write_csv(tmp_path / "x.csv", df, sep=";"), date_format="")
     np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
+
+
+@pytest.mark.parametrize("text_cell", [False, True])
+def test_csv_symbols_are_text_and_only_an_empty_one_is_missing(tmp_path, text_cell):
+    """Hong Kong codes keep their leading zeros ('0700' is not '700'), and tickers that are pandas' missing-value
+    strings ('NA': National Bank of Canada on the TSX) are symbols: only an empty cell is a missing symbol. In a
+    number column those strings still mean a missing value. `text_cell`: a cell that is not a number ('abc') sends
+    the read to the path that infers types from the whole file; the symbols read the same."""
+    names = ["0700", "0005", "NA", "NULL", "None", "nan", "N/A", ""]
+    df = pd.concat([bars(20, seed=i).assign(symbol=name) for i, name in enumerate(names)], ignore_index=True)
+    df = df.astype({"close": object, "volume": object})
+    df.loc[3, "close"] = "NA"
+    if text_cell:
+        df.loc[5, "volume"] = "abc"
+    path = write_csv(tmp_path / "long.csv", df, date_fmt="%Y-%m-%d")
+    raw = load_ohlcv(path, date_format="")
+    assert raw.attrs["non_numeric"] == ({"volume": 1} if text_cell else {})
+    assert raw.groupby("symbol").size().to_dict() == {name: 20 for name in names}
+    assert raw.close.isna().sum() == 1
+    assert len(load_ohlcv(path, symbol="0700", date_format="")) == 20
+    clean, rep = clean_ohlcv(raw)
+    assert sorted(clean.symbol.unique()) == sorted(names[:-1])
+    assert [(c["rule"], c["symbol"], c["rows"]) for c in rep.counts if c["action"] == "dropped"] == [
+        ("bad_symbol", "", 20), ("bad_close", "0700", 1)]
 
 
 def test_year_9999_among_2000_rows_is_one_counted_bad_timestamp(tmp_path, capsys):

@@ -142,7 +142,8 @@ def _to_pandas(read: Callable, **options) -> pd.DataFrame:
 
 def _read_csv(path: Path, sep: str, decimal: str, header: str, date_format: str):
     """A CSV file as it is, as an Arrow table, with pyarrow's reader (blocks parsed on all cores); pandas' strings
-    mean a missing value. Kept as text: a `time` column beside a `date` column (the two are joined) and, where a
+    mean a missing value, but in the symbol column (`_na_text_as_null`). Kept as text: the symbol column (a code
+    such as '0700' keeps its zero), a `time` column beside a `date` column (the two are joined) and, where a
     `date_format` is given, every column that may hold the timestamps; read as float64: the price and volume
     columns; the other columns used take the types inferred from the first block (numbers, ISO timestamps and
     dates, else text, which `_frame_from_table` reads as pandas would). Where a later block does not fit them
@@ -151,27 +152,46 @@ def _read_csv(path: Path, sep: str, decimal: str, header: str, date_format: str)
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    names = [n.strip().strip('"') for n in header.lstrip("\ufeff").rstrip("\r\n").split(sep)]
+    cells = [n.strip('"') for n in header.lstrip("\ufeff").rstrip("\r\n").split(sep)]
+    names = [n.strip().strip('"') for n in cells]
     normed = [_norm(n) for n in names]
     timelike = ALIASES["timestamp"] + INDEX_LIKE if date_format else ()
     texts = {n: pa.string() for n, m in zip(names, normed) if (m == "time" and "date" in normed) or m in timelike}
     found = _match_columns(pd.DataFrame(columns=names))
+    symbol = {cells[names.index(found["symbol"])], found["symbol"]} if "symbol" in found else set()
+    texts |= {n: pa.string() for n in symbol}  # (as the header has it, and stripped as pyarrow may not)
     numbers = {found[c]: pa.float64() for c in NUM_COLS if c in found and found[c] not in texts}
     parse = pacsv.ParseOptions(delimiter=sep)
 
     def convert(types: dict) -> pacsv.ConvertOptions:
-        return pacsv.ConvertOptions(decimal_point=decimal, null_values=NA_STRINGS, strings_can_be_null=True,
+        return pacsv.ConvertOptions(decimal_point=decimal, null_values=NA_STRINGS, strings_can_be_null=False,
                                     column_types=types)
 
     try:
         first = pacsv.open_csv(path, parse_options=parse, convert_options=convert(texts | numbers)).schema
         used = {f.name: f.type for f in first if f.name in found.values()}
-        return pacsv.read_csv(path, read_options=pacsv.ReadOptions(block_size=16 << 20), parse_options=parse,
-                              convert_options=convert(used | texts | numbers))
+        return _na_text_as_null(pacsv.read_csv(
+            path, read_options=pacsv.ReadOptions(block_size=16 << 20), parse_options=parse,
+            convert_options=convert(used | texts | numbers)), symbol)
     except pa.ArrowInvalid as e:
         if "conversion error" not in str(e):
             raise
-    return pacsv.read_csv(path, parse_options=parse, convert_options=convert(texts))
+    return _na_text_as_null(pacsv.read_csv(path, parse_options=parse, convert_options=convert(texts)), symbol)
+
+
+def _na_text_as_null(table, keep: set[str]):
+    """pandas' missing-value strings as null in the text columns but `keep`: a symbol column, where 'NA' (National
+    Bank of Canada), 'NULL' or 'nan' are tickers and only an empty cell is missing (rule bad_symbol)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    na = pa.array(NA_STRINGS)
+    for i, field in enumerate(table.schema):
+        if (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)) and field.name not in keep:
+            col = table.column(i)
+            table = table.set_column(i, field, pc.if_else(pc.is_in(col, value_set=na), pa.scalar(None, field.type),
+                                                          col))
+    return table
 
 
 def _norm(name) -> str:
