@@ -159,6 +159,50 @@ def test_semicolons_with_decimal_points(tmp_path):
     np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
 
 
+EU_HEAD = "Date;Open;High;Low;Close;Volume"
+
+
+def eu_file(path: Path, volumes: list[str] | None = None, closes: list[str] | None = None) -> Path:
+    """20 daily bars of a `;`-separated decimal-comma export (a German broker's), with these volume and close
+    cells where given."""
+    volumes = volumes or [str(1000 + d) for d in range(20)]
+    closes = closes or ["100,90"] * 20
+    rows = [f"2024-01-{d + 1:02d};100,35;101,20;99,80;{c};{v}" for d, (v, c) in enumerate(zip(volumes, closes))]
+    path.write_text("\n".join([EU_HEAD, *rows]) + "\n")
+    return path
+
+
+def test_a_placeholder_in_a_decimal_comma_file_is_the_one_counted_bad_cell(tmp_path):
+    """One '-' close sends the read to the text path; the other closes are still read with the decimal comma,
+    and the '-' is one non-numeric cell whose row is dropped (bad_close)."""
+    path = eu_file(tmp_path / "eu_dash.csv", closes=["100,90"] * 10 + ["-"] + ["100,90"] * 9)
+    raw = load_ohlcv(path, date_format="")
+    assert raw.attrs["non_numeric"] == {"close": 1} and raw.attrs["decimal_comma"] == ["eu_dash.csv"]
+    assert np.isnan(raw.close[10]) and (raw.close.drop(index=10) == 100.9).all() and (raw.open == 100.35).all()
+    clean, rep = clean_ohlcv(raw)
+    assert len(clean) == 19 and [(c["rule"], c["rows"]) for c in rep.counts] == [("bad_close", 1)]
+
+
+@pytest.mark.parametrize("cells,sep,example", [
+    ({"volumes": [f"{23 + d}.300" for d in range(20)]}, ";", "'23.300'"),  # 23,300 units: read as 23.3 it was
+    ({"volumes": ["950", "1.200"] * 10}, ";", "'1.200'"),
+    ({"closes": ["100,90"] * 19 + ["1.100,90"]}, ";", "'1.100,90'"),
+    ({"closes": ['"100.90"'] * 19 + ['"1,100.90"']}, ",", "'1,100.90'"),
+])
+def test_numbers_with_thousands_separators_are_refused(tmp_path, cells, sep, example):
+    """'23.300' in a decimal-comma file is 23,300 with a thousands dot: read with a decimal point it would be
+    23.3, 1000x off. Thousands separators are not accepted: the file, column and an example are named."""
+    path = eu_file(tmp_path / "x.csv", **cells)
+    if sep == ",":
+        path.write_text(path.read_text().replace(";", ",").replace('"100,90"', '"100.90"')
+                        .replace("100,35", "100.35").replace("101,20", "101.20").replace("99,80", "99.80"))
+    column = "Volume" if "volumes" in cells else "Close"
+    with pytest.raises(DataError) as e:
+        load_ohlcv(path, date_format="")
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: column '{column}': ") and example in msg and "thousands separators" in msg
+
+
 @pytest.mark.parametrize("text_cell", [False, True])
 def test_csv_symbols_are_text_and_only_an_empty_one_is_missing(tmp_path, text_cell):
     """Hong Kong codes keep their leading zeros ('0700' is not '700'), and tickers that are pandas' missing-value

@@ -343,6 +343,24 @@ def _parse_time(s: pd.Series, date_format: str, groups: pd.Series | None = None,
     return best[0], best[1], note
 
 
+def _numbers_from_text(col: pd.Series, decimal_comma: bool, where: str) -> pd.Series:
+    """A number column read as text (a cell that is not a number sent it there) -> numbers, NaN where a cell is not
+    one (the caller counts them), read with the file's decimal mark: in a decimal-comma file '100,90' is 100.9 and
+    a value holding a '.' is not a number. A number with thousands separators ('23.300' there, '1,234.5' in a
+    file of decimal points) is refused: read by the other mark it would be 1000x off."""
+    mark, other = (",", ".") if decimal_comma else (".", ",")
+    text = col.astype("str").str.strip().mask(col.isna())
+    grouped = text.str.fullmatch(rf"[+-]?\d{{1,3}}(?:\{other}\d{{3}})+(?:\{mark}\d*)?").fillna(False).to_numpy(bool)
+    if grouped.any():
+        raise DataError(f"{where}: {int(grouped.sum())} of {len(col)} values such as {text[grouped].iloc[0]!r} "
+                        f"have '{other}' between groups of three digits: thousands separators are not accepted (the "
+                        f"decimal mark of this file is '{mark}'); export the numbers without them")
+    if not decimal_comma:
+        return pd.to_numeric(col, errors="coerce")
+    text = text.mask(text.str.contains(".", regex=False).fillna(False).to_numpy(bool))
+    return pd.to_numeric(text.str.replace(",", ".", regex=False), errors="coerce")
+
+
 def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_format: str
                       ) -> tuple[pd.DataFrame, dict]:
     """One file's table -> canonical columns (unsorted, nothing repaired) and facts for the report."""
@@ -383,7 +401,7 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
         elif pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
             v = col.to_numpy(dtype="float64", na_value=np.nan)
         else:
-            num = pd.to_numeric(col, errors="coerce")
+            num = _numbers_from_text(col, facts["decimal_comma"], where=f"{path}: column '{found[c]}'")
             non_num = (num.isna() & col.notna()).to_numpy()
             if non_num.sum() > MAX_BAD_SHARE * len(df):
                 example = repr(str(col[non_num].iloc[0]))
