@@ -253,6 +253,33 @@ def test_out_of_range_timestamps_in_other_formats(tmp_path, fmt):
     assert raw.attrs["bad_timestamps"] == 1 and raw.timestamp.isna().sum() == 1
 
 
+@pytest.mark.parametrize("kind", ["excel_csv", "excel_parquet", "excel_with_a_text_cell", "epoch_1971"])
+def test_epoch_seconds_before_1973_are_refused_and_excel_serials_named(tmp_path, kind):
+    """Excel serial days (44928 is 2023-01-02) read as epoch seconds were 1970-01-01 12:28 onwards: 300 daily bars
+    as 1-second bars, nothing said. An epoch reading before 1973 is refused, naming the file and column; numbers
+    in the range of Excel serials are said to look like them."""
+    days = pd.bdate_range("2023-01-02", periods=300)
+    serial = pd.Series((days - pd.Timestamp("1899-12-30")).days)
+    date = {"excel_csv": serial, "excel_parquet": serial + 0.5,  # (noon: a fractional Excel date-time)
+            "excel_with_a_text_cell": serial.astype(object).where(serial.index != 7, "n.a."),
+            "epoch_1971": pd.Series((pd.date_range("1971-06-01", periods=300, freq="1h") - pd.Timestamp(0))
+                                    // pd.Timedelta(1, "s"))}[kind]
+    df = bars(300).drop(columns="timestamp")
+    df.insert(0, "Date", date)
+    path = tmp_path / ("x.parquet" if kind == "excel_parquet" else "x.csv")
+    df.to_parquet(path) if kind == "excel_parquet" else df.to_csv(path, index=False)
+    with pytest.raises(DataError) as e:
+        load_ohlcv(path, date_format="")
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: column 'Date': ") and "before 1973" in msg
+    if kind == "epoch_1971":
+        assert "1971-06" in msg and "Excel" not in msg
+    else:
+        assert "Excel serial day numbers" in msg and "export the dates as text" in msg
+        number, day = re.search(r"\(([\d.]+) is (\d{4}-\d\d-\d\d)", msg).groups()
+        assert pd.Timestamp("1899-12-30") + pd.Timedelta(float(number) // 1, "D") == pd.Timestamp(day) in days
+
+
 def test_a_few_unparseable_timestamps_are_counted(tmp_path, capsys):
     df = bars(300, freq="1h")
     lines = write_csv(tmp_path / "x.csv", df).read_text().splitlines()

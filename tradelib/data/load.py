@@ -46,6 +46,8 @@ PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 # own scale (price_spike).
 MAX_BAD_SHARE = 0.5  # when more than this share of a column is unparseable the file is rejected
 DATE_ORDER_RATIO = 1.5  # day-first vs month-first: the chosen reading's grid regularity is at least 1.5x the other's
+EPOCH_MIN = pd.Timestamp("1973-01-01", tz="UTC")  # epoch numbers read before it are refused: not told apart
+EXCEL_SERIALS = (1e4, 1e5)  # numbers in this range look like Excel serial days (1927 .. 2173)
 NS_MIN, NS_MAX = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")  # datetime64[ns] range
 NA_STRINGS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
               "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]  # a missing value in a CSV cell (pandas' list)
@@ -223,7 +225,7 @@ def _epoch_unit(values: np.ndarray) -> str:
     return "s" if med < 1e11 else "ms" if med < 1e14 else "us" if med < 1e17 else "ns"
 
 
-def _parse_numeric_time(s: pd.Series) -> tuple[pd.Series, str]:
+def _parse_numeric_time(s: pd.Series, where: str) -> tuple[pd.Series, str]:
     v = s.to_numpy(dtype="float64", na_value=np.nan)
     fin = v[np.isfinite(v)]
     if len(fin) == 0:
@@ -233,9 +235,26 @@ def _parse_numeric_time(s: pd.Series) -> tuple[pd.Series, str]:
         txt = s.astype("Int64").astype("str")
         return pd.to_datetime(txt, format="%Y%m%d", utc=True, errors="coerce"), "yyyymmdd"
     unit = _epoch_unit(fin)
+    if unit == "s" and np.median(fin) < EPOCH_MIN.timestamp():
+        raise DataError(_before_1973(fin, where))
     if unit == "ns" and pd.api.types.is_integer_dtype(s.dtype):  # exact, no float rounding
         return pd.to_datetime(s.astype("int64"), unit="ns", utc=True, errors="coerce"), "epoch_ns"
     return pd.to_datetime(v, unit=unit, utc=True, errors="coerce").to_series(index=s.index), f"epoch_{unit}"
+
+
+def _before_1973(fin: np.ndarray, where: str) -> str:
+    """Why numbers read as epoch seconds before 1973 are refused: they may well count something else (Excel
+    serial days: 44928, 2023-01-02, would be 1970-01-01 12:28:48, daily bars read as 1-second bars)."""
+    x = float(fin[np.argmin(np.abs(fin - np.median(fin)))])  # a typical one
+    what = (f"{where}: numbers such as {x:.10g} read as epoch seconds are "
+            f"{pd.Timestamp(x, unit='s', tz='UTC'):%Y-%m-%d %H:%M:%S} UTC, before 1973, where epoch numbers cannot "
+            f"be told from other counts")
+    if not EXCEL_SERIALS[0] <= float(np.median(fin)) < EXCEL_SERIALS[1]:
+        return f"{what}: write the timestamps as text (e.g. 2024-01-02 10:00:00)"
+    day = pd.Timestamp("1899-12-30") + pd.Timedelta(x, unit="D")
+    return (f"{what}; they look like Excel serial day numbers ({x:.10g} is "
+            f"{day:%Y-%m-%d}{'' if day == day.normalize() else f' {day:%H:%M}'}): export the dates as text "
+            f"(yyyy-mm-dd), or convert them (days since 1899-12-30)")
 
 
 def _guess_format(s: pd.Series) -> str | None:
@@ -323,7 +342,7 @@ def _parse_time(s: pd.Series, date_format: str, groups: pd.Series | None = None,
         text = s.astype("str").mask(s.isna())
         return pd.to_datetime(text, utc=True, errors="coerce", format=date_format), f"format {date_format}", ""
     if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
-        return (*_parse_numeric_time(s), "")
+        return (*_parse_numeric_time(s, where), "")
     note = ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -331,7 +350,7 @@ def _parse_time(s: pd.Series, date_format: str, groups: pd.Series | None = None,
         if best[0].isna().mean() > MAX_BAD_SHARE / 10:
             num = pd.to_numeric(s, errors="coerce")
             if num.notna().mean() > 0.5:
-                cand = _parse_numeric_time(num)
+                cand = _parse_numeric_time(num, where)
                 if cand[0].isna().sum() < best[0].isna().sum():
                     best = cand
         if best[0].isna().mean() > MAX_BAD_SHARE / 10:  # e.g. "01/02/2024 10:00": guess the format
