@@ -362,6 +362,35 @@ def _parse_time(s: pd.Series, date_format: str, groups: pd.Series | None = None,
     return best[0], best[1], note
 
 
+def _as_text(col: pd.Series) -> pd.Series:
+    """Cells as text, missing ones missing; whole numbers as integers (a column of them with a missing value is
+    float64: 20240102.0)."""
+    if pd.api.types.is_float_dtype(col.dtype):
+        v = col.dropna()
+        if np.isfinite(v).all() and (v == v.round()).all():
+            col = col.astype("Int64")
+    return col.astype("str").str.strip().mask(col.isna())
+
+
+def _time_of_day(col: pd.Series, where: str) -> pd.Series:
+    """A time-of-day column as text to join to its date. Times written as integers (HHMMSS or HHMM, which many
+    exports write without their leading zeros: 500 is 00:05:00) are zero-padded: to 6 digits where one is above
+    2359 or has more than 4 digits, else to 4 (HHMM) where one has hours (100 or more) or 4 digits, or all are 0.
+    Times all from 1 to 99 read both ways (59: 00:59 or 00:00:59) and are refused. Other text is kept as written."""
+    text = _as_text(col)
+    given = pd.Series(text.dropna().unique(), dtype="str")  # (at most 86,400 times of day)
+    if not len(given) or not given.str.fullmatch(r"\d{1,6}").all():
+        return text
+    values = given.astype("int64")
+    top, longest = int(values.max()), int(given.str.len().max())
+    if top > 2359 or longest > 4:
+        return text.str.zfill(6)
+    if top >= 100 or longest == 4 or top == 0:
+        return text.str.zfill(4)
+    raise DataError(f"{where}: integer times of day from {values.min()} to {top} read both as HHMM "
+                    f"(00:{top:02d}) and as HHMMSS (00:00:{top:02d}): write them as HH:MM:SS, or zero-padded")
+
+
 def _numbers_from_text(col: pd.Series, decimal_comma: bool, where: str) -> pd.Series:
     """A number column read as text (a cell that is not a number sent it there) -> numbers, NaN where a cell is not
     one (the caller counts them), read with the file's decimal mark: in a decimal-comma file '100,90' is 100.9 and
@@ -397,7 +426,8 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
         by_norm = {_norm(c): c for c in df.columns}
         if "time" in by_norm and by_norm["time"] not in found.values():
             found["time_of_day"] = by_norm["time"]
-            raw_t = raw_t.astype("str") + " " + df[by_norm["time"]].astype("str")
+            clock = _time_of_day(df[by_norm["time"]], where=f"{path}: column '{by_norm['time']}'")
+            raw_t = _as_text(raw_t) + " " + clock
     groups = df[found["symbol"]] if "symbol" in found else None
     ts, fmt, note = _parse_time(raw_t, date_format, groups, where=f"{path}: column '{tcol}'")
     ts = _to_ns(ts)
