@@ -23,6 +23,8 @@ from tradelib.data import cache, dataset
 from tradelib.train.run import TrainingDiverged, TrainingRun, train
 from tradelib.train.trainer import Trainer, lr_factor
 
+from .conftest import fit_until_interrupted
+
 # 595 training windows, 32 per optimizer step: 19 steps per epoch (the last one partial, 19 windows), 38 in all
 TINY = dict(synth_symbols=3, synth_bars=400, window=8, hidden=8, layers=1, model="mlp", dropout=0.1,
             batch_size=16, grad_accum_steps=2, epochs=2, device="cpu", compile="off", precision="fp32",
@@ -310,6 +312,25 @@ def test_sighup_stops_like_ctrl_c_and_lets_go_of_the_run_folder(outputs, capsys)
     assert (folder / "checkpoints" / "step-7.pt").exists()
     assert json.loads((folder / "progress.json").read_text())["state"] == "stopped"
     runs.check_run_free(folder)  # the lock is released: another process may take the folder
+
+
+def test_a_resume_that_trains_on_sets_the_finished_results_aside(outputs, reference):
+    """A finished run resumed with more epochs: until it finishes again its old summary, predictions and last.pt
+    are set aside, so a stop reads as a stop, not as the old finished run; finished again, it has new ones."""
+    from tradelib import runs
+
+    first = train(tiny("extended", epochs=1), progress=False).summary
+    folder = outputs / "extended"
+    run = TrainingRun(tiny("extended", epochs=2, resume=True), progress=False)
+    fit_until_interrupted(run, 25)
+    for name in ("summary.json", "predictions.parquet", "checkpoints/last.pt"):
+        assert not (folder / name).exists() and (folder / f"{name}.superseded").exists(), name
+    assert runs.run_state(folder) == "interrupted"
+    assert runs.latest_run().name != "extended"
+    again = train(tiny("extended", epochs=2, resume=True), progress=False).summary
+    assert (first["optimizer_steps"], again["optimizer_steps"]) == (19, 38)
+    assert runs.read_summary(folder)["optimizer_steps"] == 38 and runs.run_state(folder) == "finished"
+    assert (folder / "predictions.parquet").exists() and (folder / "checkpoints" / "last.pt").exists()
 
 
 class FakeClock:

@@ -143,6 +143,22 @@ def run_state(folder: Path) -> str:
     return (f"running (process {data['pid']})" if data["state"] == "running" else str(data["state"])) + fold
 
 
+# what says a run finished, and with what: set aside (renamed <name>.superseded) while a resume trains on
+RESULTS = ("summary.json", "predictions.parquet", "checkpoints/last.pt")
+
+
+def set_aside_results(folder: Path) -> list[str]:
+    """Rename a finished run's results to `<name>.superseded` (summary.json first) when a resume trains it further:
+    until it finishes again it reads as running or stopped, never as finished with the old model's results."""
+    moved = []
+    for name in RESULTS:
+        path = Path(folder) / name
+        if path.exists():
+            path.replace(path.with_name(path.name + ".superseded"))
+            moved.append(name)
+    return moved
+
+
 def has_checkpoints(folder: Path) -> bool:
     """Whether a run (or a walk-forward's folds) has a checkpoint to resume from."""
     folder = Path(folder)

@@ -47,6 +47,7 @@ from tradelib.hardware import (
     torch_flags,
 )
 from tradelib.monitor import GpuMonitor
+from tradelib.paths import outputs_dir
 from tradelib.progress import Progress, headless_kernel
 from tradelib.train import checkpoint
 from tradelib.train.facts import write_train_facts
@@ -146,8 +147,9 @@ class TrainingRun:
     Checkpoints are written at log points, so the metric sums they carry are complete up to `step`."""
 
     def __init__(self, cfg: Config, fs: FeatureSet | None = None, progress: bool = True,
-                 init_state: dict | None = None) -> None:
-        self.cfg, self.progress, self.init_state = cfg, progress, init_state
+                 init_state: dict | None = None, walk: str = "") -> None:
+        # `walk`: the run id of the walk-forward this run is a fold of, the one a resume names
+        self.cfg, self.progress, self.init_state, self.walk = cfg, progress, init_state, walk
         env = dist_env()
         self.rank, self.world, self.main = env.rank, env.world, env.main
         self.device = init_distributed(env, pick_device(cfg.device, verbose=self.main))
@@ -301,6 +303,17 @@ class TrainingRun:
                   f"{self.pos} items into its order); metrics.jsonl keeps its {kept} rows up to that step")
             if self.done():
                 print("the run had already finished: rewriting its outputs (raise epochs or max_steps to go on)")
+            else:
+                self.set_aside_results()
+
+    def set_aside_results(self) -> None:
+        """A resume that trains on: the results of an earlier finish (this run's, and its walk-forward's) are set
+        aside, so that a stop now leaves a stopped run, not a finished one with the old model's results."""
+        for folder in (self.dir, *([outputs_dir() / self.walk] if self.walk else [])):
+            moved = runs.set_aside_results(folder)
+            if moved:
+                print(f"it trains on: the results of its earlier finish in {folder} are set aside until it finishes "
+                      f"again ({', '.join(f'{m}.superseded' for m in moved)})")
 
     def state_order(self):
         return getattr(self.trainer.source, "order_key", None)
@@ -534,17 +547,18 @@ class TrainingRun:
 
 
 def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init_state: dict | None = None,
-          leave_group: bool = True) -> RunResult:
+          leave_group: bool = True, walk: str = "") -> RunResult:
     """Train one run end to end; the function 03_train and `tradelib train` both call (through
     walkforward.train_or_walk). `init_state`: the model's starting weights (a warm-started walk-forward fold).
     Under torchrun every process calls it and leaves the process group at the end (also on an error);
     `leave_group` False keeps it after a clean finish, the ranks meeting at a barrier, for the next run of the
     same processes (a walk-forward's next fold: joining a group again after leaving it can hang in gloo's
-    rendezvous). Torch's global flags (TF32, determinism) are set for the run and put back afterwards."""
+    rendezvous). `walk`: the walk-forward's run id, when this run is one of its folds. Torch's global flags
+    (TF32, determinism) are set for the run and put back afterwards."""
     run, finished = None, False
     with torch_flags(cfg.deterministic):
         try:
-            run = TrainingRun(cfg, fs, progress, init_state)
+            run = TrainingRun(cfg, fs, progress, init_state, walk)
             tr = run.trainer
             if run.main:
                 print(f"run {run.run_id} (folder {run.dir}): {cfg.model}, {n_params(run.model):,} parameters, "

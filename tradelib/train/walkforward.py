@@ -110,7 +110,7 @@ def train_fold(cfg: Config, run_id: str, k: int, previous: FoldResult | None, pr
         init = {name: t.detach().clone() for name, t in previous.run.model.state_dict().items()}
     # under torchrun the ranks keep one process group through all the folds and leave it after the last one
     return FoldResult(k, train(cfg.replace(run_id=fid, resume=resume), fs=fs, progress=progress, init_state=init,
-                               leave_group=k == cfg.folds - 1))
+                               leave_group=k == cfg.folds - 1, walk=run_id))
 
 
 def stitched_predictions(folds: list[FoldResult]) -> pd.DataFrame:
