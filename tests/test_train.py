@@ -314,6 +314,42 @@ def test_sighup_stops_like_ctrl_c_and_lets_go_of_the_run_folder(outputs, capsys)
     runs.check_run_free(folder)  # the lock is released: another process may take the folder
 
 
+PROCESS_GROUP_CHILD = r"""
+import os, signal, sys, time
+import tradelib.train.sources as sources
+from tradelib.cli import main
+fetch, calls = sources.DataLoaderSource.fetch, []
+
+def fetch_hit(self, ids):
+    calls.append(1)
+    if len(calls) == 27:  # inside optimizer step 14 (2 micro-batches a step): what Slurm, systemd and
+        os.killpg(os.getpgid(0), signal.SIGTERM)  # `kill -TERM -PGID` do, the DataLoader's workers included
+        time.sleep(0.5)  # (a scheduler does not wait for the step)
+    return fetch(self, ids)
+
+sources.DataLoaderSource.fetch = fetch_hit
+sys.exit(main(["train", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_stops_a_dataloader_run_with_workers_at_a_step(outputs):
+    """The DataLoader's worker processes get the process group's SIGTERM too; they go on serving the step, the
+    run stops after it with a checkpoint and the resume command, and the resume continues."""
+    params = [*cli_params(tiny("group-stopped")), "-p", "loader", "dataloader", "-p", "num_workers", "2"]
+    child = subprocess.run([sys.executable, "-c", PROCESS_GROUP_CHILD, *params], capture_output=True, text=True,
+                           timeout=300, start_new_session=True)  # its own process group: the test's is not signalled
+    assert child.returncode == 143, child.stderr[-3000:]
+    assert "stopped by SIGTERM at step 14" in child.stdout and "-p run_id group-stopped -p resume True" in child.stdout
+    folder = outputs / "group-stopped"
+    assert torch.load(folder / "checkpoints" / "step-14.pt", weights_only=True)["step"] == 14
+    assert json.loads((folder / "progress.json").read_text())["state"] == "stopped"
+    done = subprocess.run([sys.executable, "-m", "tradelib", "train", *params, "-p", "resume", "True"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed group-stopped from step-14.pt at step 14" in done.stdout
+
+
 def test_a_resume_that_trains_on_sets_the_finished_results_aside(outputs, reference):
     """A finished run resumed with more epochs: until it finishes again its old summary, predictions and last.pt
     are set aside, so a stop reads as a stop, not as the old finished run; finished again, it has new ones."""

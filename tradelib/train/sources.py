@@ -15,6 +15,7 @@ Items are numbered 0..len(source)-1; `epoch()` gives this rank's share of a shuf
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -248,6 +249,14 @@ def loader_settings(num_workers: int, pin_memory: bool, prefetch_factor: int, pe
     return kw
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's start: it ignores SIGINT, SIGTERM and SIGHUP. Slurm, systemd and `kill -TERM -PGID`
+    signal every process of the group, and a worker killed mid-batch fails the step; the main process stops the
+    run at the step, with its checkpoint, and shuts the workers down."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+
+
 class DataLoaderSource:
     """The training windows through a torch DataLoader, in the same order and batches as `WindowSource`."""
 
@@ -259,7 +268,8 @@ class DataLoaderSource:
         self.dataset = WindowDataset(fs.X, y, self.ends, window)
         self.sampler = ListSampler()
         self.settings = loader_settings(num_workers, pin_memory, prefetch_factor, persistent_workers, device)
-        self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler, **self.settings)
+        self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler,
+                                 worker_init_fn=ignore_stop_signals, **self.settings)
         self._it: Iterator | None = None
 
     def __len__(self) -> int:
