@@ -314,6 +314,64 @@ def test_sighup_stops_like_ctrl_c_and_lets_go_of_the_run_folder(outputs, capsys)
     runs.check_run_free(folder)  # the lock is released: another process may take the folder
 
 
+SECOND_SIGNAL_CHILD = r"""
+import os, signal, sys
+import tradelib.train.checkpoint as checkpoint
+import tradelib.train.run as run_module
+from tradelib.cli import main
+second = getattr(signal, sys.argv[1])
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as a terminal has it (also under a background pytest)
+fit, save, first = run_module.TrainingRun.fit, checkpoint.save, []
+
+def hold(run):
+    if run.step == 13 and not first:  # a scheduler's SIGTERM between two steps
+        first.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+def save_hit(state, path):
+    if first and path.name == "step-13.pt":  # the second signal arrives while the stop's checkpoint is written
+        os.kill(os.getpid(), second)
+    return save(state, path)
+
+def fit_held(run):
+    run.on_step = hold
+    return fit(run)
+
+checkpoint.save = save_hit
+run_module.TrainingRun.fit = fit_held
+sys.exit(main(["train", *sys.argv[2:]]))
+"""
+
+
+@pytest.mark.parametrize("second", ["SIGTERM", "SIGINT"])
+def test_a_second_sigterm_waits_for_the_checkpoint_and_a_second_ctrl_c_stops_at_once(outputs, second):
+    """A scheduler that signals again (or a wrapper forwarding its own SIGTERM) while the stop's checkpoint is
+    written: the checkpoint is written all the same and the resume command printed. A second Ctrl-C stops at once,
+    without them, and the last line then points to no resume command."""
+    run_id = f"twice-{second.lower()}"
+    child = subprocess.run([sys.executable, "-c", SECOND_SIGNAL_CHILD, second, *cli_params(tiny(run_id))],
+                           capture_output=True, text=True, timeout=300)
+    last = child.stderr.strip().splitlines()[-1]
+    step13 = outputs / run_id / "checkpoints" / "step-13.pt"
+    if second == "SIGTERM":
+        assert child.returncode == 143, child.stderr[-3000:]
+        assert "stopped by SIGTERM at step 13" in child.stdout and f"-p run_id {run_id} -p resume True" in child.stdout
+        assert last == "error: stopped by SIGTERM (the resume command is above)"
+        assert torch.load(step13, weights_only=True)["step"] == 13
+    else:
+        assert child.returncode == 130, child.stderr[-3000:]
+        assert "Resume:" not in child.stdout and not step13.exists()
+        assert last == "error: interrupted"
+
+
+def test_the_last_line_points_to_the_resume_command_only_where_it_was_printed():
+    from tradelib.cli import explain
+    from tradelib.train.stops import StopRequested
+
+    assert explain(StopRequested(signal.SIGTERM)) == (143, "stopped by SIGTERM")  # stopped before it was printed
+    assert explain(KeyboardInterrupt()) == (130, "interrupted")
+
+
 PROCESS_GROUP_CHILD = r"""
 import os, signal, sys, time
 import tradelib.train.sources as sources

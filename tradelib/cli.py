@@ -197,7 +197,8 @@ def explain(exc: BaseException) -> tuple[int, str]:
         from tradelib.train.stops import stopped_by
 
         signum = getattr(exc, "signum", signal.SIGINT)
-        return 128 + signum, stopped_by(signum) + ("" if signum == signal.SIGINT else " (the resume command is above)")
+        said = getattr(exc, "resume_said", False)  # (not where a second Ctrl-C stopped before it was printed)
+        return 128 + signum, stopped_by(signum) + (" (the resume command is above)" if said else "")
     if isinstance(exc, (TrainingFailed, NotebookFailed, LaunchFailed)):
         code, text = 1, str(exc)
     elif isinstance(exc, (ValueError, RunBusy, Busy)):  # ConfigError, DataError, CacheError are ValueErrors

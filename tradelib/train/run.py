@@ -356,6 +356,7 @@ class TrainingRun:
                         signum = getattr(exc, "signum", signal.SIGINT)
                         state = progress_state(signum)
                         self._on_interrupt(signum)
+                        exc.resume_said = True  # (by rank 0)
                         raise
                 state = "done"
             finally:

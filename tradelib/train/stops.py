@@ -23,6 +23,7 @@ class StopRequested(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal_name(signum))
         self.signum = signum
+        self.resume_said = False  # whether the resume command was printed (the run's checkpoint written)
 
 
 def signal_name(signum: int) -> str:
@@ -77,11 +78,12 @@ def signals_interrupt(waiting: str = "") -> Iterator[None]:
 
 class StopRequests:
     """While entered (main thread only), SIGINT / SIGTERM / SIGHUP set `requested` (the signal's number) instead of
-    ending the process. A second one stops at once when `escalate` (one process, watched by a person); else it
-    waits for the step: under DDP, where torchrun passes its own signal on again and kills late workers after its
-    timeout, and in a notebook's kernel that papermill runs, which a scheduler's SIGTERM to every process and then
-    the pipeline's interrupt reach one after the other (the pipeline's kernel manager kills it after KERNEL_STOP_S,
-    papermill's own command's after 5 s)."""
+    ending the process. A second Ctrl-C (SIGINT) stops at once when `escalate` (one process, watched by a person);
+    a second SIGTERM or SIGHUP waits for the step and its checkpoint (a scheduler that signals again, a wrapper
+    passing its own SIGTERM on). Without `escalate` every second signal waits: under DDP, where torchrun passes
+    its own signal on again and kills late workers after its timeout, and in a notebook's kernel that papermill
+    runs, which a scheduler's SIGTERM to every process and then the pipeline's interrupt reach one after the other
+    (the pipeline's kernel manager kills it after KERNEL_STOP_S, papermill's own command's after 5 s)."""
 
     def __init__(self, enabled: bool, escalate: bool = True, waits: str = "") -> None:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
@@ -102,10 +104,10 @@ class StopRequests:
 
     def _handler(self, signum, frame) -> None:
         if self.requested is not None:
-            if self.escalate:
+            if self.escalate and signum == signal.SIGINT:
                 raise StopRequested(signum)
             return
         self.requested = signum
-        again = f"{'interrupt' if signum == signal.SIGINT else 'signal'} again to stop at once" if self.escalate \
-            else self.waits
+        again = ("interrupt again to stop at once" if signum == signal.SIGINT else
+                 "Ctrl-C to stop at once, without it") if self.escalate else self.waits
         print(f"\n{signal_name(signum)}: stopping after this optimizer step with a checkpoint ({again})", flush=True)
