@@ -427,6 +427,42 @@ def test_a_resume_that_trains_on_sets_the_finished_results_aside(outputs, refere
     assert (folder / "predictions.parquet").exists() and (folder / "checkpoints" / "last.pt").exists()
 
 
+def test_a_stopped_walk_forward_prints_the_resume_command_that_resumes_it(outputs, monkeypatch, capsys):
+    """A finished walk-forward resumed with another epoch and stopped by SIGTERM in its second fold: its results
+    are set aside (it reads as stopped), and the printed command, the walk-forward's run id with the same folds
+    parameters, resumes it to the end."""
+    import re
+
+    import tradelib.train.run as run_module
+    from tradelib import runs
+    from tradelib.train.walkforward import walk_forward
+
+    walk = dict(folds=2, train_frac=0.5, val_frac=0.15, synth_bars=800, fold_init="warm", epochs=1)
+    walk_forward(tiny("walked", **walk), progress=False)
+    fit, stop = run_module.TrainingRun.fit, []
+
+    def fit_held(run):
+        if run.run_id.endswith("fold-1"):  # two steps into its second epoch
+            stop.append(run.step + 2)
+            run.on_step = lambda r: os.kill(os.getpid(), signal.SIGTERM) if r.step == stop[0] else None
+        return fit(run)
+
+    monkeypatch.setattr(run_module.TrainingRun, "fit", fit_held)
+    more = {**walk, "epochs": 2}
+    with pytest.raises(KeyboardInterrupt):
+        walk_forward(tiny("walked", resume=True, **more), progress=False)
+    folder = outputs / "walked"
+    assert not (folder / "summary.json").exists() and runs.run_state(folder) == "stopped in fold-1"
+    printed = re.search(r"CLI: tradelib train \.\.\. (.*)\)", capsys.readouterr().out).group(1)
+    assert printed == "-p run_id walked -p resume True"
+    same = [a for k, v in more.items() for a in ("-p", k, str(v))]
+    done = subprocess.run([sys.executable, "-m", "tradelib", "train", *cli_params(tiny("walked")), *same,
+                           *printed.split()], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed walked/fold-1 from step-{stop[0]}.pt at step {stop[0]}" in done.stdout
+    assert runs.run_state(folder) == "finished" and runs.read_summary(folder)["config"]["epochs"] == 2
+
+
 class FakeClock:
     """A clock the test moves: a minute per optimizer step."""
 

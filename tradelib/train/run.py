@@ -483,10 +483,12 @@ class TrainingRun:
                 where = f"checkpoint {self.save_checkpoint(f'step-{self.step}')}"
         else:  # stopped inside a step (or under DDP): the last checkpoint is the resume point
             where = f"no checkpoint written mid-step; resume starts from {self.folder.latest_checkpoint()}"
-        if self.main:
+        if self.main:  # a fold resumes as its walk-forward does
+            rid = self.walk or self.run_id
+            same = " and the same folds parameters" if self.walk else ""
             print(f"\n{stopped_by(signum)} at step {self.step} (epoch {self.epoch}); {where}.\n"
-                  f"Resume: run_id={self.run_id!r}, resume=True (notebook or papermill: -p run_id {self.run_id} "
-                  f"-p resume True; CLI: tradelib train ... -p run_id {self.run_id} -p resume True)", flush=True)
+                  f"Resume: run_id={rid!r}, resume=True{same} (notebook or papermill: -p run_id {rid} "
+                  f"-p resume True; CLI: tradelib train ... -p run_id {rid} -p resume True)", flush=True)
 
     # -- the end -------------------------------------------------------------------------------------------
     def finish(self) -> dict:
