@@ -408,6 +408,20 @@ def test_sigterm_to_the_process_group_stops_a_dataloader_run_with_workers_at_a_s
     assert "resumed group-stopped from step-14.pt at step 14" in done.stdout
 
 
+@pytest.mark.slow
+def test_a_resumed_dataloader_run_with_dropout_ends_where_the_uninterrupted_one_does(outputs, reference):
+    """The DataLoader's iterator takes its seed from its own generator, not from the RNG the dropout masks are
+    drawn from: resumed mid-epoch, the run ends bit for bit where the uninterrupted one does (and, the batches
+    being the same, where the device loader's run does)."""
+    dl = dict(loader="dataloader", num_workers=0, dropout=0.1)
+    train(tiny("dataloader", **dl), progress=False)
+    run = TrainingRun(tiny("dataloader-resumed", **dl), progress=False)
+    fit_until_interrupted(run, 13)
+    train(tiny("dataloader-resumed", resume=True, **dl), progress=False)
+    assert_bitwise(final_model(outputs, "dataloader-resumed"), final_model(outputs, "dataloader"))
+    assert_bitwise(final_model(outputs, "dataloader"), reference[0])
+
+
 def test_a_resume_that_trains_on_sets_the_finished_results_aside(outputs, reference):
     """A finished run resumed with more epochs: until it finishes again its old summary, predictions and last.pt
     are set aside, so a stop reads as a stop, not as the old finished run; finished again, it has new ones."""

@@ -268,7 +268,10 @@ class DataLoaderSource:
         self.dataset = WindowDataset(fs.X, y, self.ends, window)
         self.sampler = ListSampler()
         self.settings = loader_settings(num_workers, pin_memory, prefetch_factor, persistent_workers, device)
-        self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler,
+        # its own generator (seeded per epoch in begin), so that starting its iterator leaves the RNG that dropout
+        # draws from untouched: a resume mid-epoch draws the same masks as the uninterrupted run
+        self.generator, self.seed = torch.Generator(), 0
+        self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler, generator=self.generator,
                                  worker_init_fn=ignore_stop_signals, **self.settings)
         self._it: Iterator | None = None
 
@@ -276,11 +279,13 @@ class DataLoaderSource:
         return len(self.ends)
 
     def epoch(self, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+        self.seed = (seed * 1_000_003 + epoch) * 1_009 + rank  # the workers' seeds: a function of the epoch
         return epoch_order(len(self.ends), epoch, seed, rank, world)  # on the CPU: the sampler's indices
 
     def begin(self, ids: torch.Tensor) -> None:
         """Start the DataLoader on these items (an epoch, or its rest on resume)."""
         self.sampler.ids = ids.tolist()
+        self.generator.manual_seed(self.seed)
         self._it = iter(self.loader)
 
     def fetch(self, ids: torch.Tensor) -> Batch:
