@@ -477,6 +477,28 @@ def test_a_stopped_walk_forward_prints_the_resume_command_that_resumes_it(output
     assert runs.run_state(folder) == "finished" and runs.read_summary(folder)["config"]["epochs"] == 2
 
 
+def test_a_checkpoint_of_the_wrong_content_is_set_aside_and_one_that_does_not_fit_is_named(outputs, capsys):
+    """A file that loads but is no training checkpoint (another program's weights) is set aside like a damaged
+    one and the resume goes on from the newest good one; weights of other shapes than the model's are refused,
+    naming the file and the first parameter that does not fit."""
+    from tradelib.train import checkpoint
+
+    train(tiny("foreign", epochs=1, max_steps=12), progress=False)
+    folder = outputs / "foreign" / "checkpoints"
+    torch.save({"model": torch.nn.Linear(3, 1).state_dict()}, folder / "step-99.pt")
+    run = TrainingRun(tiny("foreign", epochs=1, max_steps=14, resume=True), progress=False)
+    run.close()
+    out = capsys.readouterr().out
+    assert run.step == 12 and "step-99.pt: not a tradelib training checkpoint" in out
+    assert (folder / "step-99.pt.damaged").exists()
+    ck = checkpoint.load(folder / "step-12.pt")
+    ck["model"]["head.proj.weight"] = torch.zeros(3, 5)
+    checkpoint.save({**ck, "step": 13}, folder / "step-13.pt")
+    with pytest.raises(ValueError, match=r"resume refused: .*step-13.pt: its weights do not fit model mlp: "
+                                         r"head.proj.weight is \[3, 5\] in the file, \[1, 8\] in the model"):
+        TrainingRun(tiny("foreign", epochs=1, max_steps=14, resume=True), progress=False)
+
+
 class FakeClock:
     """A clock the test moves: a minute per optimizer step."""
 

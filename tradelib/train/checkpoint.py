@@ -88,9 +88,45 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
                          f"program's, or a tradelib checkpoint older than weights_only loading); not loaded") from None
     except Exception as exc:  # noqa: BLE001 - unpickling a damaged file raises many types
         raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path}: not a tradelib checkpoint (no model state)")
+    problem = schema_problem(state)
+    if problem:
+        raise ValueError(f"{path}: not a tradelib training checkpoint ({problem})")
     return state
+
+
+# what every checkpoint a run writes holds (TrainingRun.state), and the type of each
+REQUIRED = {"model": dict, "optimizer": dict, "scheduler": dict, "rng": dict, "config": dict, "cache_key": str,
+            "step": int, "epoch": int, "pos": int}
+
+
+def schema_problem(state) -> str:
+    """What keeps a loaded file from being a training checkpoint (another program's weights, a hand-made dict),
+    or "": checked at the load, so such a file is set aside like a damaged one rather than failing the resume."""
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__}, not a dict"
+    for key, kind in REQUIRED.items():
+        if key not in state:
+            return f"no {key}"
+        if not isinstance(state[key], kind):
+            return f"{key} is a {type(state[key]).__name__}, not a {kind.__name__}"
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        return "model holds something other than tensors"
+    return ""
+
+
+def check_fits(ck: dict, path: Path | str, model: torch.nn.Module, name: str) -> None:
+    """Refuse weights that do not fit the model (its code changed since the checkpoint), naming the file and the
+    first parameter that differs, before loading them."""
+    own, theirs = model.state_dict(), ck["model"]
+    problem = next((f"{k} is {list(theirs[k].shape)} in the file, {list(v.shape)} in the model"
+                    for k, v in own.items() if k in theirs and theirs[k].shape != v.shape), "")
+    missing = [k for k in own if k not in theirs]
+    extra = [k for k in theirs if k not in own]
+    problem = problem or (f"the file has no {missing[0]}" if missing else f"the model has no {extra[0]}" if extra
+                          else "")
+    if problem:
+        raise ValueError(f"resume refused: {path}: its weights do not fit model {name}: {problem}. The model's code "
+                         f"changed since the checkpoint: go back to that code, or start a new run (another run_id)")
 
 
 def rng_state(device: torch.device) -> dict:

@@ -291,7 +291,13 @@ class TrainingRun:
                              f"(block rows, blocks per group), this run would stream {self.state_order()}: the "
                              f"epoch's order would change. Resume on the same device with the same "
                              f"device_memory_budget, stream_block_rows and batch sizes")
-        self.trainer.load_state_dict(ck)
+        checkpoint.check_fits(ck, path, self.model, self.cfg.model)
+        try:
+            self.trainer.load_state_dict(ck)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # the optimizer's or schedule's state
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ValueError(f"resume refused: {path}: its training state does not load into this run "
+                             f"({type(exc).__name__}: {first[:200]})") from None
         for k in LOOP_STATE:
             setattr(self, k, ck[k])
         self.tally.bad_run.fill_(ck["bad_run"])
