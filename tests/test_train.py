@@ -499,6 +499,19 @@ def test_a_checkpoint_of_the_wrong_content_is_set_aside_and_one_that_does_not_fi
         TrainingRun(tiny("foreign", epochs=1, max_steps=14, resume=True), progress=False)
 
 
+def test_a_last_pt_holding_the_restored_best_weights_is_no_point_to_train_on_from(outputs):
+    """With early stopping on, last.pt holds the best epoch's weights beside the final step's optimizer and
+    position: with its step files gone it may rewrite the finished run's outputs, not train on."""
+    train(tiny("restored", patience=5), progress=False)
+    folder = outputs / "restored" / "checkpoints"
+    assert torch.load(folder / "last.pt", weights_only=True)["restored_best"]
+    for p in folder.glob("step-*.pt"):
+        p.unlink()
+    with pytest.raises(ValueError, match=r"resume refused: .*last.pt holds the restored best weights"):
+        TrainingRun(tiny("restored", patience=5, epochs=3, resume=True), progress=False)
+    TrainingRun(tiny("restored", patience=5, resume=True), progress=False).close()  # done: rewrites its outputs
+
+
 class FakeClock:
     """A clock the test moves: a minute per optimizer step."""
 

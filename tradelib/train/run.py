@@ -300,6 +300,11 @@ class TrainingRun:
                              f"({type(exc).__name__}: {first[:200]})") from None
         for k in LOOP_STATE:
             setattr(self, k, ck[k])
+        if ck.get("restored_best") and not self.done():  # last.pt of a run with early stopping, its step files gone
+            raise ValueError(f"resume refused: {path} holds the restored best weights (early stopping), not the "
+                             f"training state at step {self.step} that its optimizer, schedule and position belong to; "
+                             f"no step-N.pt to go on from is left. It can rewrite the finished run's outputs (resume "
+                             f"with its epochs and max_steps), not train on: start a new run (another run_id)")
         self.tally.bad_run.fill_(ck["bad_run"])
         self._saved_step = self.step
         checkpoint.set_rng_state(ck["rng"], self.device)
