@@ -1,5 +1,6 @@
 """The feature cache is keyed on the data, the parameters and the feature code: it cannot go stale."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tradelib.config import Config
 from tradelib.data import cache, dataset
@@ -82,3 +84,19 @@ def test_key_follows_only_the_files_the_loader_reads(tmp_path):
     assert cache.cache_key(cfg) == key
     (folder / "BBB.csv").write_text("timestamp,open,high,low,close,volume\n2024-01-01,2,2,2,2,2\n")
     assert cache.cache_key(cfg) != key
+
+
+@pytest.mark.parametrize("entry, value", [("arrays", []), ("shards", {}), ("meta", []), ("rows", "x"),
+                                          ("shards", [{"rows": "x"}])])
+def test_a_manifest_of_the_wrong_structure_is_a_damaged_cache_and_rebuilt(capsys, entry, value):
+    """Valid JSON that is not a cache's manifest (an entry of another type) is a damaged cache: named, and rebuilt."""
+    cfg = Config(**TINY)
+    first = dataset.prepare(cfg)
+    manifest = Path(first.meta["cache_dir"]) / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), entry: value}))
+    capsys.readouterr()
+    again = dataset.prepare(cfg)
+    out = capsys.readouterr().out
+    assert f"{manifest}: " in out and "the feature cache is damaged; rebuilding it" in out
+    for name in first.ARRAYS:
+        np.testing.assert_array_equal(getattr(first, name), getattr(again, name))

@@ -159,6 +159,10 @@ def build_lock(folder: Path, verbose: bool = True) -> FileLock:
         return lock.acquire(wait=True)
 
 
+# a manifest's entries and their types: valid JSON of another structure is a damaged cache, rebuilt
+MANIFEST_ENTRIES = {"symbols": list, "feature_names": list, "meta": dict, "rows": int, "arrays": dict, "shards": list}
+
+
 def _read_manifest(folder: Path) -> dict:
     path = folder / "manifest.json"
     try:
@@ -167,10 +171,21 @@ def _read_manifest(folder: Path) -> dict:
         raise CacheError(path, f"unreadable ({exc.strerror or exc})") from None
     except ValueError:
         raise CacheError(path, "not valid JSON (truncated?)") from None
-    need = {"symbols", "feature_names", "meta", "rows", "arrays", "shards"}
-    if not isinstance(manifest, dict) or not need <= set(manifest):
-        raise CacheError(path, f"missing entries ({', '.join(sorted(need - set(manifest or {})))})")
+    if not isinstance(manifest, dict):
+        raise CacheError(path, f"a JSON {type(manifest).__name__}, not an object")
+    if not MANIFEST_ENTRIES.keys() <= set(manifest):
+        raise CacheError(path, f"missing entries ({', '.join(sorted(MANIFEST_ENTRIES.keys() - set(manifest)))})")
+    wrong = [k for k, kind in MANIFEST_ENTRIES.items() if not isinstance(manifest[k], kind)]
+    if "shards" not in wrong and not all(_is_shard(s) for s in manifest["shards"]):
+        wrong.append("shards")
+    if wrong:
+        raise CacheError(path, f"entries of the wrong type ({', '.join(wrong)})")
     return manifest
+
+
+def _is_shard(entry) -> bool:
+    rows = entry.get("rows") if isinstance(entry, dict) else None
+    return isinstance(rows, list) and len(rows) == 2 and all(isinstance(r, int) for r in rows)
 
 
 def _load_array(path: Path, entry: dict, rows: int, mmap: bool) -> np.ndarray:
@@ -217,7 +232,15 @@ def load(folder: Path, part: tuple[int, int] | None = None, mmap: bool = False, 
     (`meta["rows"]` says which rows); each shard read is checked by its own checksums. `mmap`: the arrays mapped
     from disk, read-only, not read into memory (what streaming reads from; a run holds only the pages it
     touches). `verify=False` skips the checksums and the range check (rows other processes verified). Raises
-    CacheError naming the file and what is wrong."""
+    CacheError naming the file and what is wrong (a manifest of the wrong structure included)."""
+    try:
+        return _load(folder, part, mmap, verify)
+    except (AttributeError, TypeError, KeyError, IndexError) as exc:  # an entry deeper in the manifest
+        raise CacheError(folder / "manifest.json", f"entries of the wrong structure ({type(exc).__name__}: "
+                                                   f"{str(exc)[:100]})") from None
+
+
+def _load(folder: Path, part: tuple[int, int] | None, mmap: bool, verify: bool) -> FeatureSet:
     manifest = _read_manifest(folder)
     rows, table = int(manifest["rows"]), manifest["shards"]
     part = (0, len(table)) if part is None else part
