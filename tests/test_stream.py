@@ -141,6 +141,27 @@ def test_streamed_batches_equal_resident_gathers(tiny_fs):
         blocks.close()
 
 
+@pytest.mark.parametrize("name", ["transformer", "tcn"])
+def test_dense_chunks_shorter_than_the_window_stream_whole_evaluation_windows(tiny_fs, name):
+    """dense_chunk 8 under window 16 (a transformer trains chunks no longer than its window): a block carries the
+    window's 15 rows before it, not the chunk's 7, so each validation and test window streams whole, with one block
+    per slot too (a window near a block's start read another block's rows, or past its slot)."""
+    cfg = Config(model=name, window=16, hidden=8, layers=1, heads=2, dense=True, dense_chunk=8, loader="stream",
+                 stream_block_rows=300, batch_size=32, eval_batch_size=64)
+    model = model_for(cfg, tiny_fs.n_features)
+    cfg = cfg.replace(device_memory_budget=float(stream.min_budget(tiny_fs, cfg, 8)))  # one block per slot
+    windows, source = stream.make_sources(tiny_fs, model, cfg, CPU)
+    try:
+        assert source.plan.blocks_per_slot == 1 and windows.stream.halo == 15
+        res = Windows(tiny_fs, 16, CPU)
+        for split in (0, 1, 2):
+            ends = windows.ends(split)
+            x = torch.cat([b[0] for b in windows.batches(ends, 64)])
+            assert torch.equal(x, res.gather(ends)[0])
+    finally:
+        source.close()
+
+
 def test_a_budget_too_small_for_one_block_is_one_clear_line(tiny_fs):
     cfg = Config(window=16, batch_size=64, loader="stream", device_memory_budget=10_000)
     with pytest.raises(ValueError, match=r"parameter 'device_memory_budget' .* holds not even one block"):

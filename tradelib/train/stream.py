@@ -3,7 +3,7 @@ blocks of rows are copied to the device ahead of use, where windows are gathered
 
 The device holds two slots of `K` blocks each (`BlockStream`): training reads one while a loader thread fills the
 other (on CUDA: from pinned host buffers on a side stream, ordered by events, so the training thread never waits
-on the host for a copy). A block carries the `span - 1` rows before it, so every window (or dense chunk) ending
+on the host for a copy). A block carries the rows before it (`halo_rows`), so every window (or dense chunk) ending
 in it is whole there. `device_memory_budget` decides: the data resident when it fits (`sources.resident_sources`),
 streamed otherwise; `make_sources` here says which and why.
 
@@ -490,9 +490,15 @@ def batch_bytes(fs: FeatureSet, cfg, span: int) -> int:
     return max(train, cfg.eval_batch_size * (cfg.window * (f4 + 8) + 12))
 
 
+def halo_rows(cfg, span: int) -> int:
+    """The rows a block carries from before it: enough for a training item (a window, or a dense chunk of `span`)
+    and for an evaluation window (`window`: a dense chunk may be shorter) that ends on its first row."""
+    return max(span, cfg.window) - 1
+
+
 def min_budget(fs: FeatureSet, cfg, span: int) -> int:
     """The smallest budget that streams: three batches and two slots of one block each (with their items' index)."""
-    rows = min(cfg.stream_block_rows, max(1, len(fs))) + span - 1
+    rows = min(cfg.stream_block_rows, max(1, len(fs))) + halo_rows(cfg, span)
     return 3 * batch_bytes(fs, cfg, span) + 2 * rows * row_bytes(fs, cfg)
 
 
@@ -504,7 +510,7 @@ def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
     if cfg.loader != "stream" and data <= budget:
         return Plan(False, reason=f"data resident on {device}: {gb(data)} within the budget {gb(budget)}")
     block_rows = min(cfg.stream_block_rows, max(1, len(fs)))
-    row, halo, batch = row_bytes(fs, cfg), span - 1, batch_bytes(fs, cfg, span)
+    row, halo, batch = row_bytes(fs, cfg), halo_rows(cfg, span), batch_bytes(fs, cfg, span)
     free = budget - 3 * batch
     k = min(free // (2 * (block_rows + halo) * row) if free > 0 else 0, math.ceil(len(fs) / block_rows))
     if k < 1:
@@ -530,7 +536,7 @@ def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.devi
     if not p.streamed:
         return resident_sources(fs, model, cfg, device)
     ledger = Ledger()
-    stream = BlockStream(fs, span - 1, p.block_rows, p.blocks_per_slot, device, ledger)
+    stream = BlockStream(fs, halo_rows(cfg, span), p.block_rows, p.blocks_per_slot, device, ledger)
     windows = StreamWindows(fs, cfg.window, stream, ledger)
     if cfg.dense:  # items end at their chunk's last row
         starts, first = dense_chunks(fs, 0, cfg.dense_chunk, model.receptive_field)
