@@ -35,7 +35,7 @@ CASES = {"dense": dict(model="tcn", dense=True, dense_chunk=32), "windows": dict
 def test_two_processes_match_one_process_with_the_same_global_batch(outputs, capfd, case):
     base = {**BASE, **CASES[case]}
     # 2 ranks x micro-batch 2 x 2 micro-steps = 1 process x micro-batch 4 x 2 micro-steps: 8 per optimizer step
-    two = Config(**base, batch_size=2, grad_accum_steps=2, n_gpus=2, run_id="ddp")
+    two = Config(**base, batch_size=2, grad_accum_steps=2, n_gpus=2, run_id="ddp", peak_tflops=1.0)
     assert needs_launch(two)
     folder = launch_distributed(two)
     out = capfd.readouterr().out  # torchrun's output, streamed through
@@ -60,6 +60,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(outputs, cap
         assert a["samples"] == b["samples"] and abs(a["loss"] - b["loss"]) < 1e-5
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch"] == 8
+    # samples/s counts both ranks; the peak is one device's, so the MFU is each rank's share over it
+    assert summary["mfu"] == pytest.approx(summary["samples_per_s"] / 2 * summary["flops_per_sample"] / 1e12)
 
 
 @pytest.mark.slow

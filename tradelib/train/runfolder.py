@@ -114,7 +114,7 @@ class RunFolder:
         sps = med(steps, "samples_per_s")
         tr, cfg, device = run.trainer, run.cfg, run.device
         flops = tr.flops_per_sample()
-        peak, peak_source = peak_flops(device, peak_tflops=cfg.peak_tflops)
+        peak, peak_source = peak_flops(device, peak_tflops=cfg.peak_tflops)  # one device's: MFU per rank
         return {
             "run_id": self.run_id, "config": cfg.to_dict(), "device": str(device),
             "device_name": device_name(device), "loader": cfg.loader, "model": cfg.model,
@@ -129,7 +129,7 @@ class RunFolder:
             "data_wait_share": med(steps, "data_wait_share"), "peak_mem_bytes": peak_memory_bytes(device),
             "gpu_util": run.gpu_stats.get("gpu_util_median"),  # NVML busy %, median
             "gpu_mem_used_max_bytes": run.gpu_stats.get("gpu_mem_used_max_bytes"),
-            "flops_per_sample": flops, "mfu": mfu(sps, flops, peak), "peak_flops_source": peak_source,
+            "flops_per_sample": flops, "mfu": mfu(sps / run.world, flops, peak), "peak_flops_source": peak_source,
             "epoch_time_s": med(epochs, "epoch_time_s"), "train_time_s": run.train_time,
             "optimizer_steps": run.step, "skipped_steps": run.skipped,
             "best_val_loss": run.best_val if math.isfinite(run.best_val) else None,
