@@ -395,7 +395,32 @@ def test_compare_block_and_markdown(tmp_path):
     assert f"pooled IC (all test rows) {report['summary']['pooled_ic']:.3f}**" in md  # a 4-symbol sign book's
     assert "zero n/a" in md and ", ridge 0." in md and md.count("oracle 0.") == 1
     assert "| model |" not in md and "|---" not in md  # the predictor table: once, in its own section
-    assert "baseline" in md and "26.3" in md  # the speed-up 5e4 / 1900
+    assert "baseline" in md and "(x26.3)" in md  # the speed-up 5e4 / 1900
+    noisy = {**slow, "busy_note": "timed while 1.5 of 2 cores were busy elsewhere"}  # not comparable: no ratio
+    busy, _ = make_run(tmp_path / "busy", seed=1, rho=0.1, summary_extra=noisy)
+    md = rw.summary_markdown(rp.build_report(run, compare_with=busy, settings=DEFAULTS, **feats))
+    assert "(not comparable: `busy` timed while other processes kept the machine busy)" in md and "x26" not in md
+
+
+def test_compare_with_a_run_on_another_calendar_annualises_it_by_its_own(tmp_path):
+    """5-minute bars both, a 24/7 market against a US session (weekdays, 78 bars): the other run's net Sharpe is
+    the one its own report gives (its own periods a year), not re-annualised by this run's 105,192; a
+    periods_per_year given to this run applies to both."""
+    other, _ = make_run(tmp_path / "session", seed=1, n_days=35)
+    preds = pd.read_parquet(other / "predictions.parquet")
+    t = pd.to_datetime(preds["timestamp"], utc=True)
+    minute = t.dt.hour * 60 + t.dt.minute
+    preds[(t.dt.day_of_week < 5) & (minute >= 14 * 60 + 30) & (minute < 21 * 60)].to_parquet(
+        other / "predictions.parquet", index=False)
+    own = rp.build_report(other, settings=DEFAULTS)["summary"]
+    assert own["periods_per_year"] == pytest.approx(365.25 * 5 / 7 * 78, rel=0.01)
+    run, feats = make_run(tmp_path / "crypto", seed=2)
+    cmp = rp.build_report(run, compare_with=other, settings=DEFAULTS, **feats)["compare"]
+    assert cmp["this"]["periods_per_year"] == pytest.approx(365.25 * 288)
+    assert cmp["other"]["periods_per_year"] == pytest.approx(own["periods_per_year"])
+    assert cmp["metrics"]["net_sharpe"]["other"] == pytest.approx(own["net_sharpe"])
+    given = rp.build_report(run, compare_with=other, settings=ri.ReportSettings.of(periods_per_year=252.0 * 78))
+    assert given["compare"]["other"]["periods_per_year"] == 252.0 * 78
 
 
 def test_compare_with_a_throughput_only_run_uses_its_named_ics(tmp_path):

@@ -138,6 +138,7 @@ def headline_numbers(inputs: ReportInputs) -> dict:
         "mfu_invalid": mfu if mfu > 1 else None,
         "peak_mem_gb": as_float(s.get("peak_mem_bytes")) / 1e9,
         "epoch_time_s": as_float(s.get("epoch_time_s")),
+        "busy_note": s.get("busy_note"),  # samples/s timed while other processes were busy: not comparable
     })
     return out
 
@@ -263,26 +264,29 @@ def _training_block(inputs: ReportInputs) -> dict:
 
 def compare_block(this: dict, other_dir: Path) -> dict:
     """This run's summary numbers beside another run's, each figure against the same figure (delta = this -
-    other, ratio = this / other). The other run is evaluated with this run's book (cost, positions, delay)
-    and, on data of the same bar size, this run's periods per year, so the two are measured alike."""
+    other, ratio = this / other). The other run is evaluated with this run's book (cost, positions, delay), so
+    the two are measured alike, and annualised by its own calendar: a 24/7 market and an exchange session of one
+    bar size have different periods a year. Only a `periods_per_year` the researcher gave this run applies to the
+    other too, on data of the same bar size."""
     other_dir = Path(other_dir)
     try:
         bar = ev.infer_bar_seconds(runs.read_predictions(other_dir))
         same_bar = math.isclose(bar, as_float(this.get("bar_seconds")), rel_tol=1e-6)
+        given = same_bar and this.get("annualisation_source") == "given"
         book = ReportSettings.of(cost_bps=this["cost_bps"], position_mode=this["position_mode"],
                                  trade_delay=this["trade_delay"],
-                                 periods_per_year=this["periods_per_year"] if same_bar else 0.0)
+                                 periods_per_year=this["periods_per_year"] if given else 0.0)
         other = headline_numbers(load_inputs(other_dir, book, headline_only=True))
     except (FileNotFoundError, ValueError):  # a throughput-only run: compare what summary.json holds
         s = runs.read_summary(other_dir) or {}
         other = {k: as_float(s.get(k)) for k in SUMMARY_NUMBERS}  # its named test ICs, the throughput
         other.update(peak_mem_gb=as_float(s.get("peak_mem_bytes")) / 1e9)
-        other.update({k: s.get(k) for k in ("device", "device_name", "model", "loader")})
+        other.update({k: s.get(k) for k in ("device", "device_name", "model", "loader", "busy_note")})
     metrics = {}
     for k in SUMMARY_NUMBERS:
         a, b = as_float(this.get(k)), as_float(other.get(k))
         metrics[k] = {"this": a, "other": b, "delta": a - b, "ratio": a / b if b != 0 else float("nan")}
-    keys = ("device", "device_name", "model", "loader", "headline_ic", "periods_per_year", "bar_seconds")
+    keys = ("device", "device_name", "model", "loader", "headline_ic", "periods_per_year", "bar_seconds", "busy_note")
     return {
         "run_id": other_dir.name,
         "run_dir": str(other_dir),

@@ -182,10 +182,13 @@ def _compare_lines(report: dict) -> list[str]:
     sps, ic_ = m["samples_per_s"], m.get(f"{fam}_ic", m["pooled_ic"])
     ci, beta_ci = cmp.get("net_sharpe_ci") or {}, cmp.get("market_beta_ci") or {}
     beta = m.get("market_beta") or {}
+    busy = [f"`{who}`" for who, side in ((cmp["run_id"], "other"), ("this run", "this")) if cmp[side].get("busy_note")]
+    ratio = (f"x{fmt(sps['ratio'], '.1f')}" if not busy else
+             f"not comparable: {' and '.join(busy)} timed while other processes kept the machine busy")
     return [
         "",
         f"Against run `{cmp['run_id']}` (loader `{cmp['other'].get('loader')}`): samples/s "
-        f"{_rate(sps['other'])} -> {_rate(sps['this'])} (x{fmt(sps['ratio'], '.1f')}), {FAMILY_WORDS.get(fam, fam)} "
+        f"{_rate(sps['other'])} -> {_rate(sps['this'])} ({ratio}), {FAMILY_WORDS.get(fam, fam)} "
         f"{fmt(ic_['other'])} -> {fmt(ic_['this'])}, net Sharpe "
         f"{fmt(m['net_sharpe']['other'], '.2f')} ({interval(ci.get('other'))}) -> "
         f"{fmt(m['net_sharpe']['this'], '.2f')} ({interval(ci.get('this'))}), market beta "
