@@ -235,11 +235,14 @@ def test_an_ic_carried_by_a_few_timestamps_is_said_to_rest_on_them(tmp_path):
 
 def test_the_lag_0_ic_is_called_untradable_only_when_it_exceeds_the_traded_one(tmp_path):
     """A signal planted at the traded lag lasts past the delay; one planted at lag 0 is one no book a bar later
-    earns."""
+    earns; one planted against the prediction at lag 0 (an IC of -0.3 there, noise at lag 1) does neither."""
     for lag, said in ((1, "the signal lasts past the trade delay."), (0, "no book trading 1 bar(s) later earns that.")):
         run, _ = make_run(tmp_path / f"lag{lag}", lag=lag)
         md = rw.summary_markdown(rp.build_report(run, settings=DEFAULTS))
         assert said in md and md.count("earns that") + md.count("lasts past") == 1
+    run, _ = make_run(tmp_path / "inverted", lag=0, rho=-RHO)  # significant against the prediction at lag 0, noise
+    md = rw.summary_markdown(rp.build_report(run, settings=DEFAULTS))  # at lag 1: neither lasts nor is earned
+    assert "Before the trade delay" in md and "earns that" not in md and "lasts past" not in md
 
 
 def test_a_book_trading_another_delay_than_the_model_learned_is_warned(tmp_path):

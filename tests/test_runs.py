@@ -112,7 +112,7 @@ def test_the_headline_reads_what_report_json_has(tmp_path):
     summary = {"headline_ic": "cross_sectional", "ic_lag": 1, "cross_sectional_ic": 0.0123, "ic_t_stat": 2.5,
                "ic_t_method": "HAC, 3 lags", "net_sharpe": 1.234, "cost_bps": 1.0}
     path.write_text(json.dumps({"summary": summary}))
-    assert headline(path) == ["headline IC (cross-sectional, at the traded lag of 1 bar): 0.0123, t 2.50 (HAC, 3 lags)",
+    assert headline(path) == ["headline IC (cross-sectional, at the traded lag of 1 bar): 0.0123, t 2.50 [HAC, 3 lags]",
                               "net Sharpe after 1 bps costs: 1.23"]
     path.write_text(json.dumps({"summary": {**summary, "net_sharpe_ci": [0.5, 2.0], "flags": {"net_sharpe": "why"},
                                             "warnings": ["few symbols"]}}))
@@ -120,7 +120,7 @@ def test_the_headline_reads_what_report_json_has(tmp_path):
                                   "flagged (net sharpe): why", "warning: few symbols"]
     rest = {"ic": -0.0021, "periods": 10, "of": 953, "best": "2015-08-25T00:00:00+00:00"}
     path.write_text(json.dumps({"summary": {**summary, "ic_without_best": rest}}))
-    assert headline(path)[0].endswith("t 2.50 (HAC, 3 lags); -0.0021 without its 10 best and 10 worst of 953 periods")
+    assert headline(path)[0].endswith("t 2.50 [HAC, 3 lags]; -0.0021 without its 10 best and 10 worst of 953 periods")
     path.write_text(json.dumps({"summary": {"net_sharpe": None}}))
     assert headline(path) == []
     assert headline(tmp_path / "missing.json") == []

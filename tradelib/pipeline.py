@@ -115,7 +115,7 @@ def headline(report_json: Path) -> list[str]:
         at = f", at the traded lag of {lag} bar{'s' if lag != 1 else ''}" if lag is not None else ""
         rest = s.get("ic_without_best") or {}
         lines.append(f"headline IC ({str(family).replace('_', '-')}{at}): {ic:.4f}"
-                     + (f", t {t:.2f} ({s['ic_t_method']})" if num(t) and s.get("ic_t_method") else "")
+                     + (f", t {t:.2f} [{s['ic_t_method']}]" if num(t) and s.get("ic_t_method") else "")
                      + (f"; {rest['ic']:.4f} without its {rest['periods']} best and {rest['periods']} worst of "
                           f"{rest['of']} periods"
                         if num(rest.get("ic")) else ""))

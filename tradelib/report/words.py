@@ -55,10 +55,8 @@ def _signal_lines(report: dict) -> list[str]:
         lead = (f"Test **{word} {fmt(g(f'{fam}_ic'))}** {at} (rank IC {fmt(g(f'{fam}_rank_ic'))}, ICIR "
                 f"{fmt(g(f'{fam}_icir'), '.2f')} over {g(f'{fam}_periods')} periods")
     rest = [f"{FAMILY_WORDS[f]} {fmt(g(f'{f}_ic'))}" for f in IC_FAMILIES if f != fam]
-    ic, ic0 = g(f"{fam}_ic"), g(f"{fam}_ic_lag0")
-    known = isinstance(ic, (int, float)) and isinstance(ic0, (int, float))
-    said = ("" if not known else ": the signal lasts past the trade delay" if ic >= ic0 else
-            f": no book trading {lag} bar(s) later earns that")
+    ic, ic0, t0 = g(f"{fam}_ic"), g(f"{fam}_ic_lag0"), g("ic_t_stat_lag0")
+    said = _lasts(ic, t, ic0, t0, lag)
     before = (f" Before the trade delay (lag 0, from the signal's own close) it reads {fmt(ic0)} "
               f"(t {fmt(g('ic_t_stat_lag0'), '.2f')}){said}." if lag else "")
     return [
@@ -68,6 +66,19 @@ def _signal_lines(report: dict) -> list[str]:
         f"The other two at lag {lag}: {'; '.join(rest)}. Baselines on the same {word}: oracle "
         f"{fmt(g(f'oracle_{fam}_ic'))}{others}. Directional accuracy {fmt(g('directional_accuracy'), '.1%')}.",
     ]
+
+
+def _lasts(ic, t, ic0, t0, lag: int) -> str:
+    """Whether the signal lasts past the trade delay, said only of a significant positive IC (the book goes long
+    what it predicts up): the traded one at least the lag-0 one, or a lag-0 one the traded lag falls short of.
+    Of a negative or insignificant pair nothing is said (-0.055 at lag 0 and -0.001 at lag 1 last nothing)."""
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (ic, t, ic0, t0)):
+        return ""
+    if ic > 0 and t >= 2 and ic >= ic0:
+        return ": the signal lasts past the trade delay"
+    if ic0 > 0 and t0 >= 2 and ic < ic0:
+        return f": no book trading {lag} bar(s) later earns that"
+    return ""
 
 
 def _without_best(ic, t, rest: dict | None, unit: str) -> str:
