@@ -314,6 +314,8 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
         planted, _ = make_run(tmp_path / f"run-s{len(data_path)}", summary_extra={"config": {"data_path": data_path}})
         flag = rp.build_report(planted, settings=ri.ReportSettings.of(cost_bps=5.0))["summary"]["flags"]["gross_sharpe"]
         assert "beyond 10" in flag and "embedded synthetic market" in flag, data_path  # the reason: the data is ours
+        flags = rp.build_report(planted, settings=ri.ReportSettings.of(cost_bps=50.0))["summary"]["flags"]
+        assert "embedded synthetic" not in flags["net_sharpe"]  # costs lost it: no strong signal explains a loss
         assert rw.run_configuration({"config": {"data_path": data_path}}, {})[0][1].startswith("synthetic market")
     from tradelib.report import tables
 

@@ -174,14 +174,18 @@ def summary_block(inputs: ReportInputs) -> dict:
         "abs_net_exposure": bt["abs_net_exposure"],
         **sharpe_block(inputs),
     })
-    flags = {"net_sharpe": bk.implausible(bt["net"]["sharpe"], None),
-             "gross_sharpe": bk.implausible(bt["gross"]["sharpe"], None),
-             "net_annual_return": bk.implausible(None, bt["net"]["annual_return"]),
-             "gross_annual_return": bk.implausible(None, bt["gross"]["annual_return"]),
-             "market_alpha": bk.implausible(None, None, bt["market"]["alpha"])}
-    planted = (" (here the embedded synthetic market, whose planted signal is far stronger than a real market's)"
-               if is_synthetic((s.get("config") or {}).get("data_path")) else "")
-    out["flags"] = {k: why[0] + planted for k, why in flags.items() if why}  # figures that cannot be taken as read
+    figures = {"net_sharpe": bt["net"]["sharpe"], "gross_sharpe": bt["gross"]["sharpe"],
+               "net_annual_return": bt["net"]["annual_return"], "gross_annual_return": bt["gross"]["annual_return"],
+               "market_alpha": bt["market"]["alpha"]}
+    flags = {"net_sharpe": bk.implausible(figures["net_sharpe"], None),
+             "gross_sharpe": bk.implausible(figures["gross_sharpe"], None),
+             "net_annual_return": bk.implausible(None, figures["net_annual_return"]),
+             "gross_annual_return": bk.implausible(None, figures["gross_annual_return"]),
+             "market_alpha": bk.implausible(None, None, figures["market_alpha"])}
+    synthetic = is_synthetic((s.get("config") or {}).get("data_path"))
+    planted = " (here the embedded synthetic market, whose planted signal is far stronger than a real market's)"
+    out["flags"] = {k: why[0] + (planted if synthetic and figures[k] > 0 else "")  # a loss is not the signal's
+                    for k, why in flags.items() if why}  # figures that cannot be taken as read
     out["warnings"] = list(inputs.warnings)
     return out
 
