@@ -314,7 +314,7 @@ FORMATS = {"samples_per_s": "{:,.0f}", "it_per_s": "{:,.1f}", "global_batch": "{
            "net_sharpe": "{:.2f}", "gross_sharpe": "{:.2f}", "break_even_bps": "{:.1f}"}
 HEADERS = {"samples_per_s": "samples/s", "it_per_s": "it/s", "global_batch": "global batch",
            "data_wait_share": "data wait", "peak_mem_gb": "peak memory (GB)", "gpu_util": "GPU busy (%)",
-           "mfu": "MFU", "train_time_s": "train time (s)", "headline_ic": "headline IC",
+           "mfu": "MFU", "train_time_s": "train time (s)", "headline_ic": "report leads with",
            "cross_sectional_ic": "cross-sectional IC",
            "cross_sectional_rank_ic": "cross-sectional rank IC", "daily_ic": "per-day IC",
            "pooled_ic": "pooled IC", "net_sharpe": "net Sharpe (95% interval)", "gross_sharpe": "gross Sharpe",
