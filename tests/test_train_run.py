@@ -67,3 +67,18 @@ def test_unknown_compile_mode_is_refused(tiny_cfg):
 
     with pytest.raises(ConfigError, match="reduce-overhead"):
         tiny_cfg.replace(compile="fast")
+
+
+def test_a_split_without_windows_is_refused_before_training(outputs):
+    """A window longer than the test split's bars once purged used to train, exit 0 with NaN ICs and 0
+    predictions, and leave a report that failed on the calendar: now it is refused first, naming the split,
+    its bars, the window and purge it needs and what to change; no run folder is left."""
+    cfg = Config(**{**TINY, "synth_bars": 1500, "window": 64, "train_frac": 0.8, "val_frac": 0.15,
+                    "run_id": "no-test"})  # test: ~75 bars per symbol < purge 66 + window 64
+    with pytest.raises(ValueError) as err:
+        train(cfg, progress=False)
+    text = str(err.value)
+    assert text.startswith("test split: at most ") and "validation" not in text, text
+    assert "purge of 66 (target 2 + window 64) plus one window of 64 bars (130 in all): no test windows" in text
+    assert "use a smaller window, or lower train_frac + val_frac" in text
+    assert not (outputs / "no-test").exists()

@@ -53,7 +53,7 @@ from tradelib.train import checkpoint
 from tradelib.train.facts import write_train_facts
 from tradelib.train.models import import_user_model, model_for, n_params
 from tradelib.train.runfolder import RunFolder
-from tradelib.train.sources import PaddedSource
+from tradelib.train.sources import PaddedSource, check_split_windows
 from tradelib.train.stops import StopRequested, StopRequests, progress_state, stopped_by
 from tradelib.train.stream import make_sources
 from tradelib.train.trainer import StepStats, Trainer, seed_everything
@@ -199,6 +199,7 @@ class TrainingRun:
         self.epoch_targets = float(all_reduce(counted) if self.sharded else counted)  # (shard_data: every rank's)
         counts = torch.tensor([float(len(self.windows.ends(s))) for s in (0, 1, 2)], device=self.device)
         self.n_windows = [int(c) for c in (all_reduce(counts) if self.sharded else counts).tolist()]  # all ranks
+        check_split_windows(self.fs, cfg, self.n_windows)  # a split without windows: refused before training
         self.trainer = Trainer(cfg, model, self.windows, source, self.device, self.world, verbose=self.main)
         self.step, self.epoch, self.pos = 0, 0, 0
         self.skipped, self.best_val, self.epochs_since_best = 0, float("inf"), 0

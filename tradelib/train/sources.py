@@ -72,6 +72,39 @@ def window_ends(fs: FeatureSet, split: int, window: int, need_target: bool = Tru
     return t[ok]
 
 
+SPLIT_NAMES = ("training", "validation", "test")
+
+
+def check_split_windows(fs: FeatureSet, cfg, n_windows: list[int]) -> None:
+    """A validation or test split without one window is an error before anything trains (a run without them
+    would train, evaluate nothing and leave 0 predictions): one line per empty split, naming its bars per symbol,
+    the window and purge it needs, and what to change. `n_windows`: the windows of each split (all ranks)."""
+    cut = fs.meta.get("splits") or {}
+    if "fold" in cut:  # a walk-forward fold: the cache's check_cut names the fold and its remedy
+        return
+    purge = int(cut.get("purge_bars", cfg.target_reach + cfg.window))
+    lines = []
+    for s in (1, 2):
+        if n_windows[s] > 0:
+            continue
+        bars = ""
+        if cut.get("train_end") is not None and cut.get("val_end") is not None and len(fs):
+            ts = np.asarray(fs.timestamp).astype(np.int64)
+            inside = (ts > int(cut["train_end"])) & (ts <= int(cut["val_end"])) if s == 1 else ts > int(cut["val_end"])
+            if s == 2 and cut.get("test_end") is not None:
+                inside &= ts <= int(cut["test_end"])
+            per_symbol = np.bincount(fs.symbol_id[inside], minlength=len(fs.symbols)) if inside.any() else [0]
+            bars = f"at most {int(np.max(per_symbol)):,} bars per symbol, "
+        more = ("raise val_frac" if s == 1 else "lower train_frac + val_frac (the test split is the rest)") \
+            if not (cfg.train_end or cfg.val_end) else ("move train_end and val_end apart" if s == 1
+                                                          else "move val_end earlier")
+        lines.append(f"{SPLIT_NAMES[s]} split: {bars}fewer than the purge of {purge} (target {cfg.target_reach} + "
+                     f"window {cfg.window}) plus one window of {cfg.window} bars ({purge + cfg.window} in all): no "
+                     f"{SPLIT_NAMES[s]} windows; use a smaller window, or {more}")
+    if lines:
+        raise ValueError("; ".join(lines) + " (nothing was trained)")
+
+
 def _count(n: int, device: torch.device) -> torch.Tensor:
     return torch.full((), float(n), dtype=torch.float64, device=device)  # a fill kernel: no copy, no sync
 
