@@ -51,3 +51,32 @@ def test_a_config_written_before_a_setting_reads_as_what_the_run_did():
     checkpoint.check_resumable(ck, "step-4.pt", Config(target_delay=0), "k", 1)
     with pytest.raises(ValueError, match="target_delay was 0, now 1"):
         checkpoint.check_resumable(ck, "step-4.pt", Config(), "k", 1)
+
+
+def test_a_notebook_ignores_another_notebooks_parameter_and_refuses_a_typo(capsys):
+    """papermill -f params/quick.yaml on 01 or 04: the profile's training and report parameters are Config
+    fields that other notebooks declare, so this one ignores them with one note (and keeps its defaults); a name
+    no notebook or Config knows is still a typo, refused with the nearest name (also another notebook's)."""
+    from tradelib.config import ConfigError
+
+    injected = "# Parameters\nwindow = 16\nhidden = 8\ncost_bps = 2.0\nbench_models = 'mlp'\n"
+    ns = {"window": 16, "hidden": 8, "cost_bps": 2.0, "bench_models": "mlp", "run_id": "", "In": ["", injected]}
+    cfg = notebook_config(ns, "01_data_cleaning")
+    assert cfg.window == 16 and cfg.hidden == Config().hidden and cfg.cost_bps == Config().cost_bps
+    assert capsys.readouterr().out.strip() == ("01_data_cleaning ignores hidden, cost_bps, bench_models: other "
+                                               "notebooks' or commands' parameters, not its own")
+    with pytest.raises(ConfigError, match=r"01_data_cleaning: unknown parameter 'hiden' \(did you mean 'hidden'\?\)"):
+        notebook_config({**ns, "hiden": 8, "In": ["", "# Parameters\nhiden = 8\n"]}, "01_data_cleaning")
+    with pytest.raises(ConfigError, match=r"04_report: unknown parameter 'cost_bsp' \(did you mean 'cost_bps'\?\)"):
+        notebook_config({"cost_bsp": 2.0, "In": ["", "# Parameters\ncost_bsp = 2.0\n"]}, "04_report")
+
+
+def test_a_value_out_of_range_in_a_yaml_file_names_the_file(tmp_path):
+    from tradelib.config import ConfigError
+
+    f = tmp_path / "bad.yaml"
+    f.write_text("batch_size: -3\n")
+    with pytest.raises(ConfigError, match=rf"^{f}: parameter 'batch_size' is -3; it must be >= 1$"):
+        load_config([str(f)])
+    with pytest.raises(ConfigError, match=r"^parameter 'batch_size' is -3; it must be >= 1$"):  # -p: as before
+        load_config([str(f)], [("batch_size", "-3")])

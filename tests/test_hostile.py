@@ -587,8 +587,8 @@ def test_notebook_config_reads_what_papermill_injected():
     params = {"batch_size": 64, "lr": 2e-3, "run_id": ""}
     ns = {**params, "In": ["", "batch_size: int = 256  # ...", "# Parameters\nbatch_size = 64\nlr = 0.002\n"]}
     assert notebook_config(ns, "03_train").batch_size == 64
-    with pytest.raises(ConfigError, match=r"03_train: unknown parameter 'cost_bps'"):  # 04's, not 03's
-        notebook_config({**ns, "cost_bps": 3.0, "In": ns["In"] + ["# Parameters\ncost_bps = 3.0\n"]}, "03_train")
+    with pytest.raises(ConfigError, match=r"03_train: unknown parameter 'cost_bsp' \(did you mean 'cost_bps'\?\)"):
+        notebook_config({**ns, "cost_bsp": 3.0, "In": ns["In"] + ["# Parameters\ncost_bsp = 3.0\n"]}, "03_train")
     with pytest.raises(ConfigError, match=r"parameter 'lr' is inf; it must be a finite number"):
         notebook_config({**ns, "lr": float("inf")}, "03_train")
     assert notebook_config({**ns, "raw": object(), "In": ["x = 1"]}, "03_train").lr == 2e-3

@@ -76,6 +76,20 @@ def test_train_notebook_from_repo_root_with_papermill_cli(tmp_path, outputs):
 
 
 @pytest.mark.slow
+def test_papermill_runs_a_notebook_with_a_profile_holding_other_notebooks_parameters(tmp_path, outputs):
+    """`papermill notebooks/01_data_cleaning.ipynb out.ipynb -f params/tiny.yaml`: the profile's model and
+    training parameters are 03's, which 01 ignores with one note (it used to refuse `hidden`)."""
+    out = tmp_path / "out.ipynb"
+    res = subprocess.run([sys.executable, "-m", "papermill", "notebooks/01_data_cleaning.ipynb", str(out), "-f",
+                          TINY_PARAMS, "--no-progress-bar"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    first = next(c for c in nbformat.read(out, as_version=4).cells if "notebook_config(" in c.source)
+    text = "".join(o.get("text", "") for o in first.outputs)
+    assert "01_data_cleaning ignores hidden, layers, batch_size, epochs, max_steps, log_every: other notebooks'" \
+        in text, text
+
+
+@pytest.mark.slow
 def test_pipeline_runs_all_notebooks_and_renders_the_report(outputs):
     res = subprocess.run([sys.executable, "-m", "tradelib", "pipeline", "-f", TINY_PARAMS, "-p", "run_id", "pipe",
                           "-p", "doctor_seconds", "1"], cwd=ROOT, capture_output=True, text=True)

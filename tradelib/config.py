@@ -284,6 +284,11 @@ class Config:
             if name not in known:
                 raise ConfigError(f"{where}: {unknown_message(name, known)}")
             kwargs[name] = _coerce(name, value, known[name].type, where)
+            if where not in ("-p", "parameters"):  # a value out of range names its file (a -p names itself)
+                try:
+                    check_value(known[name], kwargs[name])
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: {exc}") from None
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -541,17 +546,29 @@ def injected_parameters(ns: dict[str, Any]) -> list[str]:
     return names
 
 
+def declaring_notebooks(name: str) -> list[str]:
+    """The numbered notebooks whose parameters cell declares `name`."""
+    return [nb for nb in NOTEBOOK_PARAMS if name in declared_parameters(nb)]
+
+
 def notebook_config(ns: dict[str, Any], notebook: str) -> Config:
-    """The first code cell of a numbered notebook: refuse a parameter it does not declare (papermill only warns
-    about one and runs on with the default), as the CLI does, then build and check the Config from the notebook's
-    globals() `ns` (its names that are Config's)."""
+    """The first code cell of a numbered notebook: build and check the Config from the notebook's globals() `ns`
+    (its names that are Config's). What papermill injected (`-p`, `-f`) that this notebook does not declare: a
+    Config field (another notebook's, as the repo's profiles in params/ hold them for every notebook) is ignored
+    with one printed note; any other name is refused with the nearest name, as the CLI does (papermill only warns
+    about one and runs on with the default)."""
     declared = declared_parameters(notebook)
-    for name in injected_parameters(ns):
-        if name not in declared:
-            raise ConfigError(f"{notebook}: {unknown_message(name, declared)}; this notebook's parameters: "
-                              f"papermill --help-notebook notebooks/{notebook}.ipynb")
     names = {f.name for f in fields(Config)}
-    return Config.from_dict({k: v for k, v in ns.items() if k in names}, source=f"{notebook} parameters")
+    foreign = [n for n in dict.fromkeys(injected_parameters(ns)) if n not in declared]
+    for name in foreign:
+        if name not in names:
+            near = unknown_message(name, declared)
+            raise ConfigError(f"{notebook}: {near if '(did you mean' in near else unknown_message(name, names)}; "
+                              f"this notebook's parameters: papermill --help-notebook notebooks/{notebook}.ipynb")
+    if foreign:
+        print(f"{notebook} ignores {', '.join(foreign)}: other notebooks' or commands' parameters, not its own")
+    return Config.from_dict({k: v for k, v in ns.items() if k in names and k not in foreign},
+                            source=f"{notebook} parameters")
 
 
 # what a run did before a setting existed, where that differs from the setting's default
