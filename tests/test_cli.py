@@ -102,3 +102,48 @@ def test_report_renders_04_for_a_run_into_its_folder(outputs, capsys):
     (outputs / "unfinished" / "metrics.jsonl").write_text("")
     assert main(["report", "unfinished"]) == 2
     assert "has not finished" in capsys.readouterr().err
+
+
+def _finished_run(folder, rows: int = 3):
+    """A run folder as `report` first checks it: summary.json and predictions.parquet (`rows` rows)."""
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"window": 200, "finished": "2024-01-01T00:00:00"}))
+    pd.DataFrame({"row": range(rows), "prediction": [0.0] * rows}).to_parquet(folder / "predictions.parquet")
+    (folder / "04_report.ipynb").write_text("the run's own report")
+    return folder
+
+
+def test_report_refuses_a_bad_compare_with_before_the_notebook_runs(outputs, capsys):
+    """`report RUN --compare-with NOSUCH` used to fail inside 04 and overwrite RUN's 04_report.ipynb."""
+    run = _finished_run(outputs / "run")
+    assert main(["report", "run", "--compare-with", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: compare_with: run 'nosuch' not found") and "run folder" in err, err
+    (outputs / "unfinished").mkdir()
+    assert main(["report", "run", "--compare-with", "unfinished"]) == 2
+    assert "compare_with: run 'unfinished' has no summary.json" in capsys.readouterr().err
+    assert (run / "04_report.ipynb").read_text() == "the run's own report"
+
+
+def test_report_of_a_run_without_test_predictions_says_so(outputs, capsys):
+    run = _finished_run(outputs / "empty", rows=0)
+    assert main(["report", "empty"]) == 2
+    err = capsys.readouterr().err
+    assert "run 'empty' has no test predictions" in err and "held no window of 200 bars" in err, err
+    assert "calendar" not in err and (run / "04_report.ipynb").read_text() == "the run's own report"
+    from tradelib.report.inputs import ReportSettings, load_inputs
+    from tradelib.runs import NoPredictions
+
+    with pytest.raises(NoPredictions, match="no test predictions"):  # 04 run alone on it says the same
+        load_inputs(run, ReportSettings.of(Config()))
+
+
+def test_report_names_another_notebooks_parameter_as_not_a_report_parameter(capsys):
+    assert main(["report", "-p", "hidden", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: not a report parameter: hidden (-p) is 02_profiling and 03_train's"), err
+    assert "no notebook declares" not in err
+    assert main(["report", "-p", "hiden", "8"]) == 2
+    assert "unknown parameter(s) hiden (-p): no notebook declares them" in capsys.readouterr().err

@@ -10,12 +10,13 @@ import math
 import time
 from pathlib import Path
 
-from tradelib.config import Config, read_params
+from tradelib.config import Config, declaring_notebooks, read_params
 from tradelib.data.load import existing_data_path
 from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, child_environment, notebooks_dir
 from tradelib.progress import PROGRESS_FILE, Follower
 from tradelib.runs import (
+    check_predictions,
     has_checkpoints,
     holding_run,
     new_run_id,
@@ -69,6 +70,14 @@ def split_params(params: dict, names: tuple[str, ...], origins: dict[str, str]) 
         said = (repr(next(iter(hints.values()))) if len(hints) == 1 and len(unknown) == 1
                 else ", ".join(f"{k!r} -> {v!r}" for k, v in hints.items()))
         named = ", ".join(f"{n} ({origins.get(n, 'parameters')})" for n in unknown)
+        elsewhere = {n: declaring_notebooks(n) for n in unknown} if len(notebooks) == 1 else {}
+        if any(elsewhere.values()):  # `report -p hidden 8`: 03's, not the report's
+            whose = "; ".join(f"{n} ({origins.get(n, 'parameters')}) is {' and '.join(nbs)}'s"
+                              for n, nbs in elsewhere.items() if nbs)
+            typos = ", ".join(n for n, nbs in elsewhere.items() if not nbs)
+            raise ValueError(f"not a report parameter: {whose}: it changes only with a new run (tradelib train or "
+                             f"pipeline)" + (f"; unknown parameter(s) {typos}: no notebook declares them" if typos
+                                              else "") + " (see `tradelib report --help`)")
         raise ValueError(f"unknown parameter(s) {named}: no notebook declares them"
                          + (f" (did you mean {said}?)" if hints else "")
                          + f" (see `tradelib {'pipeline' if len(notebooks) > 1 else 'report'} --help`)")
@@ -195,9 +204,25 @@ def run_report(run: str = "", files: list[str] | None = None, overrides: list[tu
     if read_summary(folder) is None or not (folder / "predictions.parquet").exists():
         raise FileNotFoundError(f"run {folder.name!r} has no summary.json and predictions.parquet ({folder}): it "
                                 f"has not finished; train it to the end first (or resume it)")
+    check_predictions(folder)
+    if per_nb["04_report"].get("compare_with"):  # resolved here, so that a bad one never reaches the notebook
+        per_nb["04_report"]["compare_with"] = str(comparable_run(str(per_nb["04_report"]["compare_with"])))
     per_nb["04_report"]["run_id"] = str(folder)
     with holding_run(folder):
         return execute_notebooks(src, per_nb, folder, progress, label="[report]")
+
+
+def comparable_run(name: str) -> Path:
+    """The run `--compare-with` / compare_with names, resolved: an error naming it unless it exists and has
+    finished (its summary.json: a run with test predictions is compared on them, one without on its summary)."""
+    try:
+        other = resolve_run(name)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"compare_with: {exc}; name a run id under outputs/ or a run folder") from None
+    if read_summary(other) is None:
+        raise FileNotFoundError(f"compare_with: run {other.name!r} has no summary.json ({other}): it has not "
+                                f"finished; train it to the end first (or resume it), or compare with another run")
+    return other
 
 
 def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, progress: bool,

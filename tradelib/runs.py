@@ -368,3 +368,22 @@ def read_predictions(run: Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: the run has not finished (train writes it last)")
     return pd.read_parquet(path)
+
+
+class NoPredictions(ValueError):
+    """A finished run whose predictions.parquet holds no row: nothing to report."""
+
+
+def check_predictions(run: Path, rows: int | None = None) -> None:
+    """NoPredictions, saying so, where the run's predictions.parquet holds no row (`rows`: its row count, else
+    read from the file's footer): a run whose test split held no window (older runs were not refused for it)."""
+    path = Path(run) / "predictions.parquet"
+    if rows is None:
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(path).metadata.num_rows
+    if rows == 0:
+        s = read_summary(Path(run)) or {}
+        raise NoPredictions(f"run {Path(run).name!r} has no test predictions ({path} holds 0 rows: its test split "
+                            f"held no window of {s.get('window', '?')} bars): nothing to report; train it again with "
+                            f"a smaller window or a longer test split")

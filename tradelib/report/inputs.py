@@ -119,6 +119,7 @@ def load_inputs(
     run_dir = Path(run_dir)
     trade_delay, min_symbols_cs = settings.trade_delay, int(settings.min_symbols_cs)
     df = runs.read_predictions(run_dir)
+    runs.check_predictions(run_dir, len(df))  # none: say so, not what the empty calendar or IC would
     df[TRADED] = ev.lagged_target(df, trade_delay)
     summary = runs.read_summary(run_dir) or {}
     steps, epochs = runs.training_curves(run_dir)
