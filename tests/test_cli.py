@@ -147,3 +147,22 @@ def test_report_names_another_notebooks_parameter_as_not_a_report_parameter(caps
     assert "no notebook declares" not in err
     assert main(["report", "-p", "hiden", "8"]) == 2
     assert "unknown parameter(s) hiden (-p): no notebook declares them" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("skip,only,runs", [("02", "", "03,04"), ("", "01,03", "03"), ("", "", "03,04")])
+def test_the_pipelines_resume_hint_is_a_command_the_cli_accepts(skip, only, runs):
+    """A pipeline stopped in 03_train prints a command that resumes it: --only the training and what follows it
+    (never --skip beside --only, which the CLI refuses), with the run's own settings."""
+    import shlex
+
+    from tradelib.config import load_config
+    from tradelib.pipeline import resume_pipeline, select_notebooks
+
+    cfg = Config(window=16, synth_bars=1500, cost_bps=2.0, run_id="p1")
+    hint = resume_pipeline(cfg, "p1", select_notebooks(skip, only))
+    args = build_parser().parse_args(shlex.split(hint)[3:])
+    assert args.command == "pipeline" and args.only == runs and not args.skip
+    assert select_notebooks(args.skip, args.only) == tuple(n for n in ("03_train", "04_report") if n[:2] in runs)
+    back = load_config(args.files, [tuple(p) for p in args.params])
+    assert (back.window, back.synth_bars, back.run_id, back.resume) == (16, 1500, "p1", True)
+    assert back.cost_bps == (2.0 if "04" in runs else 5.0)  # 04_report's own settings where it runs

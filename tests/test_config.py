@@ -80,3 +80,22 @@ def test_a_value_out_of_range_in_a_yaml_file_names_the_file(tmp_path):
         load_config([str(f)])
     with pytest.raises(ConfigError, match=r"^parameter 'batch_size' is -3; it must be >= 1$"):  # -p: as before
         load_config([str(f)], [("batch_size", "-3")])
+
+
+def test_the_resume_command_names_the_runs_own_settings_quoted_and_reads_back_as_the_same_config():
+    """Only the settings that differ from the defaults (and that 03_train declares), quoted for a shell where
+    they need it; read back by the CLI's parser they give the same Config, with run_id and resume."""
+    import shlex
+
+    from tradelib.cli import build_parser
+    from tradelib.config import resume_command
+
+    cfg = Config(window=16, lr=3e-4, train_end="2022-12-31 23:00", val_end="2023-06-30", cuda_graphs="false",
+                 vol_scaled_target=True, date_format="", progress="lines", cost_bps=2.0, run_id="old", resume=True)
+    command = resume_command(cfg, "r 1")
+    assert command == ("python -m tradelib train -p window 16 -p vol_scaled_target True -p train_end "
+                       "'2022-12-31 23:00' -p val_end 2023-06-30 -p lr 0.0003 -p cuda_graphs false "
+                       "-p run_id 'r 1' -p resume True")
+    args = build_parser().parse_args(shlex.split(command)[3:])
+    back = load_config(args.files, [tuple(p) for p in args.params])
+    assert back == Config(**{**cfg.to_dict(), "run_id": "r 1", "progress": "auto", "cost_bps": 5.0})

@@ -226,6 +226,15 @@ sys.exit(main(["train", *sys.argv[4:]]))
 """
 
 
+def printed_command(line: str) -> list[str]:
+    """A printed `python -m tradelib ...` command as this interpreter runs it."""
+    import shlex
+
+    words = shlex.split(line)
+    assert words[:3] == ["python", "-m", "tradelib"], line
+    return [sys.executable, *words[1:]]
+
+
 def cli_params(cfg: Config) -> list[str]:
     return [a for k, v in cfg.to_dict().items() if k in TINY or k in ("run_id", "resume") for a in ("-p", k, str(v))]
 
@@ -467,11 +476,11 @@ def test_a_stopped_walk_forward_prints_the_resume_command_that_resumes_it(output
         walk_forward(tiny("walked", resume=True, **more), progress=False)
     folder = outputs / "walked"
     assert not (folder / "summary.json").exists() and runs.run_state(folder) == "stopped in fold-1"
-    printed = re.search(r"CLI: tradelib train \.\.\. (.*)\)", capsys.readouterr().out).group(1)
-    assert printed == "-p run_id walked -p resume True"
-    same = [a for k, v in more.items() for a in ("-p", k, str(v))]
-    done = subprocess.run([sys.executable, "-m", "tradelib", "train", *cli_params(tiny("walked")), *same,
-                           *printed.split()], capture_output=True, text=True, timeout=300)
+    printed = re.search(r"^Resume: (.*)$", capsys.readouterr().out, re.M).group(1)
+    for pair in ("folds 2", "fold_init warm", "epochs 2", "synth_bars 800", "train_frac 0.5"):  # the run's own
+        assert f"-p {pair} " in printed, pair
+    assert printed.endswith("-p run_id walked -p resume True")
+    done = subprocess.run(printed_command(printed), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resumed walked/fold-1 from step-{stop[0]}.pt at step {stop[0]}" in done.stdout
     assert runs.run_state(folder) == "finished" and runs.read_summary(folder)["config"]["epochs"] == 2
@@ -591,8 +600,68 @@ def short_run(outputs):
 def test_resume_refuses_another_feature_cache(outputs, short_run, monkeypatch):
     # what a fix to the feature code does: a new code fingerprint, so a new cache key
     monkeypatch.setattr(cache, "code_fingerprint", lambda: "feature-code-after-a-fix")
-    with pytest.raises(ValueError, match=r"resume refused: .* trained on feature cache .* give cache"):
+    with pytest.raises(ValueError, match=r"resume refused: .* trained on feature cache .* give cache .*: no data or "
+                                         r"feature parameter differs, so the data's contents or the feature code"):
         TrainingRun(tiny(short_run, epochs=1, resume=True), progress=False)
+
+
+def test_resume_with_other_data_parameters_is_refused_naming_them_before_a_cache_is_built(outputs, short_run):
+    """Resumed without the run's data parameters (the printed command followed without the original -f / -p):
+    refused from the checkpoint's config, naming each parameter with both values and the command that resumes
+    the run, before this run's features are built."""
+    import shlex
+
+    cfg = tiny(short_run, epochs=1, synth_bars=500, window=12, resume=True)
+    with pytest.raises(ValueError) as refused:
+        TrainingRun(cfg, progress=False)
+    text = str(refused.value)
+    assert "synth_bars was 400, now 500" in text and "window was 8, now 12" in text
+    assert not cache.folder_for(cache.cache_key(cfg)).exists()  # no feature cache built for the other data
+    command = text.split("The run's own settings resume it: ")[1]
+    words = shlex.split(command)
+    assert ["-p", "synth_bars", "400"] == words[words.index("synth_bars") - 1:][:3]
+    assert words[-6:] == ["-p", "run_id", short_run, "-p", "resume", "True"]
+
+
+def test_a_resume_that_changes_the_length_says_what_it_does_to_the_lr_schedule(outputs, capsys):
+    """epochs or max_steps changed on resume: the schedule is fitted to the new total, and one line says so,
+    with the LR at the resume step under the run's schedule and under the new one."""
+    run = TrainingRun(tiny("shortened", checkpoint_every=0, log_every=1), progress=False)
+    fit_until_interrupted(run, 10)
+    logged = {r["step"]: r["lr"] for r in metric_rows(outputs, "shortened") if r["kind"] == "step"}
+    capsys.readouterr()
+    resumed = TrainingRun(tiny("shortened", epochs=1, checkpoint_every=0, log_every=1, resume=True), progress=False)
+    resumed.close()
+    out = capsys.readouterr().out
+    lr, tr = resumed.trainer.lr, resumed.trainer
+    after = lr * lr_factor(10, tr.warmup, 19, Config().min_lr_ratio)
+    assert (tr.total_steps, tr.warmup) == (19, 1)
+    assert (f"the resume changes the run's length (epochs 2 -> 1): its LR schedule (warm-up, cosine decay) is "
+            f"fitted to 19 optimizer steps, was 38: the LR at step 10 goes from {logged[10]:.3g} to {after:.3g} "
+            f"(resume with epochs 2 and max_steps 0 to keep the run's schedule)") in out
+    capsys.readouterr()
+    TrainingRun(tiny("shortened", checkpoint_every=0, log_every=1, resume=True), progress=False).close()
+    assert "LR schedule" not in capsys.readouterr().out  # the same length: nothing said
+
+
+@pytest.mark.slow
+def test_the_printed_resume_command_resumes_the_run_as_printed(outputs, reference, capsys):
+    """Stopped at a step, the run prints a command with its own settings (those that differ from the defaults):
+    run as printed, in a new process, it resumes the run and ends bit for bit where the uninterrupted one did."""
+    import re
+
+    ref_model, _ = reference
+    run = TrainingRun(tiny("as-printed"), progress=False)
+    fit_until_interrupted(run, 23)
+    out = capsys.readouterr().out
+    printed = re.search(r"^Resume: (.*)$", out, re.M).group(1)
+    assert "notebook 03_train or papermill: the same -p NAME VALUE pairs" in out
+    assert printed.startswith("python -m tradelib train -p synth_symbols 3 -p synth_bars 400 -p window 8 ")
+    assert printed.endswith("-p run_id as-printed -p resume True") and "-p lr " not in printed  # defaults left out
+    done = subprocess.run(printed_command(printed), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed as-printed from step-23.pt at step 23" in done.stdout
+    assert_bitwise(final_model(outputs, "as-printed"), ref_model)
 
 
 def test_resume_refuses_a_changed_setting_and_a_fresh_run_over_checkpoints(outputs, short_run):

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import math
 import re
+import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -589,3 +590,32 @@ def run_setting(config: dict[str, Any], name: str) -> Any:
 def resume_may_change() -> frozenset[str]:
     """Settings a resumed run may change: length, bookkeeping, hardware, loader plumbing, reporting."""
     return frozenset(f.name for f in fields(Config) if f.metadata["resume"])
+
+
+# never in a printed resume command: the command names the run and the resume itself, and these only rebuild the
+# cache or choose how progress is shown
+NOT_IN_RESUME = ("run_id", "resume", "force_recreate", "progress")
+
+
+def nondefault_params(config: Config | dict[str, Any], names: tuple[str, ...] | list[str] | None = None) -> list[str]:
+    """`-p NAME VALUE` words for a run's settings that differ from Config's defaults, in Config's order: among
+    `names` (default: what 03_train declares, so the same list serves the CLI and papermill), never NOT_IN_RESUME.
+    `config`: a Config, or a config read from a run or checkpoint."""
+    values = as_written(config) if isinstance(config, dict) else config.to_dict()
+    names = set(declared_parameters("03_train") if names is None else names)
+    words: list[str] = []
+    for f in fields(Config):
+        if f.name not in names or f.name in NOT_IN_RESUME or f.type not in ("int", "float", "str", "bool"):
+            continue
+        value = values.get(f.name, f.default)
+        if value != f.default:
+            words += ["-p", f.name, str(value)]  # str(): what -p (parse_value) and papermill's -p read back
+    return words
+
+
+def resume_command(config: Config | dict[str, Any], run_id: str, command: str = "train",
+                   names: tuple[str, ...] | list[str] | None = None) -> str:
+    """The shell command that resumes run `run_id` as it was started: `python -m tradelib COMMAND`, its settings
+    that differ from the defaults (nondefault_params), then `-p run_id RUN -p resume True`, quoted for a shell."""
+    words = [*nondefault_params(config, names), "-p", "run_id", run_id, "-p", "resume", "True"]
+    return f"python -m tradelib {command} " + " ".join(shlex.quote(w) for w in words)

@@ -10,7 +10,7 @@ import math
 import time
 from pathlib import Path
 
-from tradelib.config import Config, declaring_notebooks, read_params
+from tradelib.config import Config, declared_parameters, declaring_notebooks, read_params, resume_command
 from tradelib.data.load import existing_data_path
 from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, child_environment, notebooks_dir
@@ -150,6 +150,15 @@ def go_on(name: str, out: Path, resume: str, rerun: str) -> str:
     return f"no checkpoint yet; {again}" if name == TRAINS else again
 
 
+def resume_pipeline(cfg: Config, run_id: str, notebooks: tuple[str, ...]) -> str:
+    """The command that resumes the pipeline's stopped training: --only the training and the notebooks after it
+    that this pipeline runs (never with --skip, which the CLI refuses beside --only), with the run's settings that
+    differ from the defaults among those the notebooks declare."""
+    rest = tuple(n for n in notebooks if n >= TRAINS) or (TRAINS,)
+    names = [name for n in rest for name in declared_parameters(n)]
+    return resume_command(cfg, run_id, f"pipeline --only {','.join(n[:2] for n in rest)}", names)
+
+
 def render_html(notebook: Path, html: Path) -> Path:
     """The executed notebook as HTML without code cells: what a researcher reads."""
     import nbformat
@@ -181,8 +190,7 @@ def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]
     pick_device(cfg.device, verbose=False)  # CUDA asked for but absent: say so now
     out = run_dir(run_id)
     with holding_run(out):
-        same = f"the same command with -p run_id {run_id}"
-        again = (f"{same} -p resume True (--only 03,04 skips 01 and 02)", same)
+        again = (resume_pipeline(cfg, run_id, notebooks), f"the same command with -p run_id {run_id}")
         return execute_notebooks(src, per_nb, out, progress, again=again)
 
 

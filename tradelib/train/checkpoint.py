@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tradelib.config import Config, as_written, resume_may_change
+from tradelib.config import Config, as_written, resume_command, resume_may_change
 from tradelib.paths import atomic_write_bytes
 
 MANIFEST = "manifest.json"
@@ -157,20 +157,38 @@ def resume_candidates(folder: Path) -> list[Path]:
     return steps + ([last] if last.exists() else [])
 
 
-def check_resumable(ck: dict, path: Path | str, cfg: Config, cache_key: str, world: int) -> None:
-    """Refuse a resume that would not continue the same training: other features, settings or world size."""
-    if ck["cache_key"] != cache_key:
-        raise ValueError(
-            f"resume refused: {path} was trained on feature cache {ck['cache_key']}, but this run's data, feature "
-            f"parameters and feature code give cache {cache_key}. Continuing would mix two feature definitions: "
-            f"start a new run (another run_id), or go back to the data and code the run was started with.")
+# data parameters the feature cache's key leaves out (the features do not depend on them)
+NOT_KEYED = ("force_recreate", "shard_rows", "build_workers")
+
+
+def check_settings(ck: dict, path: Path | str, cfg: Config, run_id: str = "") -> None:
+    """Refuse a resume whose settings would change the training, naming each (its checkpoint value and this
+    run's) and printing the command with the run's own settings: checked before this run builds its features.
+    `run_id`: the run the printed command resumes (a walk-forward's, for one of its folds)."""
     free = resume_may_change()
     old = as_written(ck["config"])  # settings added since the checkpoint: what the run did
     diff = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if k not in free and old.get(k) != v}
     if diff:
         raise ValueError(f"resume refused: the config differs from {path} in settings that change the training: " +
                          ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()) +
-                         f". Only these may change on resume: {', '.join(sorted(free))}")
+                         f". Only these may change on resume: {', '.join(sorted(free))}. The run's own settings "
+                         f"resume it: {resume_command(ck['config'], run_id or cfg.run_id)}")
+
+
+def check_resumable(ck: dict, path: Path | str, cfg: Config, cache_key: str, world: int, run_id: str = "") -> None:
+    """Refuse a resume that would not continue the same training: other settings, features or world size."""
+    check_settings(ck, path, cfg, run_id)
+    if ck["cache_key"] != cache_key:
+        old = as_written(ck["config"])
+        differ = [f"{k}: {old.get(k)!r} in the checkpoint vs {v!r} now"
+                  for k, v in cfg.group("data", "features").items() if k not in NOT_KEYED and old.get(k) != v]
+        why = (f"these data and feature parameters differ ({'; '.join(differ)})" if differ else
+               "no data or feature parameter differs, so the data's contents or the feature code changed")
+        raise ValueError(
+            f"resume refused: {path} was trained on feature cache {ck['cache_key']}, but this run's data, feature "
+            f"parameters and feature code give cache {cache_key}: {why}. Continuing would mix two feature "
+            f"definitions: start a new run (another run_id), or go back to the data and code the run was started "
+            f"with.")
     if ck.get("world", 1) != world:
         raise ValueError(f"resume refused: {path} was written by {ck.get('world', 1)} processes, this run has {world}: "
                          f"each process's place in the epoch depends on it; resume with the same number")

@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tradelib import runs
-from tradelib.config import Config
+from tradelib.config import Config, as_written, resume_command
 from tradelib.data import cache, dataset
 from tradelib.data.features import FeatureSet
 from tradelib.distributed import (
@@ -56,7 +56,7 @@ from tradelib.train.runfolder import RunFolder
 from tradelib.train.sources import PaddedSource, check_split_windows
 from tradelib.train.stops import StopRequested, StopRequests, progress_state, stopped_by
 from tradelib.train.stream import make_sources
-from tradelib.train.trainer import StepStats, Trainer, seed_everything
+from tradelib.train.trainer import StepStats, Trainer, lr_factor, seed_everything
 
 
 class TrainingFailed(RuntimeError):
@@ -176,6 +176,10 @@ class TrainingRun:
         self.sharded = self.world > 1 and cfg.shard_data
         if self.sharded and cfg.loader == "dataloader":
             raise ValueError("shard_data=True needs loader device or stream (the seed-style DataLoader reads all rows)")
+        self.resume_point: tuple[dict | None, Path | None] = (None, None)
+        if cfg.resume:  # the checkpoint's settings checked before this run builds (or maps) its features
+            self.resume_point = self.load_resume_point()
+            checkpoint.check_settings(*self.resume_point, cfg, self.walk or self.run_id)
         self.fs = fs if fs is not None else prepare_features(cfg, env, self.sharded)
         whole = self.fs.meta.get("rows", [0, len(self.fs)]) == [0, self.fs.meta.get("rows_total", len(self.fs))]
         self._fs_all = self.fs if whole else None
@@ -280,13 +284,19 @@ class TrainingRun:
             f"{self.folder.latest_checkpoint()}, holds the last finite state. Lower lr or set grad_clip, and check the "
             f"data.")
 
-    def _resume(self) -> None:
-        # only rank 0 may see the run folder (another node's disk): it hands the state to all
+    def load_resume_point(self) -> tuple[dict, Path]:
+        """The checkpoint a resume goes on from: only rank 0 may see the run folder (another node's disk), so it
+        hands it to all."""
         ck, path = broadcast_object(self.folder.load_resume_point() if self.main else (None, None))
         if ck is None:
             raise FileNotFoundError(f"resume: no checkpoint in {self.ckpt_dir} (run_id {self.run_id!r}): the run wrote "
                                     f"none before it stopped; start it again without resume")
-        checkpoint.check_resumable(ck, path, self.cfg, self.cache_key, self.world)
+        return ck, path
+
+    def _resume(self) -> None:
+        ck, path = self.resume_point
+        self.resume_point = (None, None)  # (not held for the run's life)
+        checkpoint.check_resumable(ck, path, self.cfg, self.cache_key, self.world, self.walk or self.run_id)
         if ck.get("order") != self.state_order():
             raise ValueError(f"resume refused: {path} was trained streaming its data in groups of {ck.get('order')} "
                              f"(block rows, blocks per group), this run would stream {self.state_order()}: the "
@@ -316,7 +326,24 @@ class TrainingRun:
             if self.done():
                 print("the run had already finished: rewriting its outputs (raise epochs or max_steps to go on)")
             else:
+                self.say_schedule_change(ck["config"])
                 self.set_aside_results()
+
+    def say_schedule_change(self, config: dict) -> None:
+        """One line where the resume's epochs or max_steps change the run's length: the LR schedule (warm-up,
+        cosine decay) is fitted to the new total, so the LR moves at the resume point; the line gives the new
+        total and the LR at the resume step under the run's schedule and under this one."""
+        old, tr, cfg = as_written(config), self.trainer, self.cfg
+        changed = [f"{k} {old[k]} -> {getattr(cfg, k)}" for k in ("epochs", "max_steps") if old[k] != getattr(cfg, k)]
+        total, warmup = tr.schedule(old["epochs"], old["max_steps"])
+        if not changed or (total, warmup) == (tr.total_steps, tr.warmup):
+            return
+        before = tr.lr * lr_factor(self.step, warmup, total, cfg.min_lr_ratio)
+        after = tr.lr * lr_factor(self.step, tr.warmup, tr.total_steps, cfg.min_lr_ratio)
+        print(f"the resume changes the run's length ({', '.join(changed)}): its LR schedule (warm-up, cosine decay) "
+              f"is fitted to {tr.total_steps} optimizer steps, was {total}: the LR at step {self.step} goes from "
+              f"{before:.3g} to {after:.3g} (resume with epochs {old['epochs']} and max_steps {old['max_steps']} "
+              f"to keep the run's schedule)", flush=True)
 
     def set_aside_results(self) -> None:
         """A resume that trains on: the results of an earlier finish (this run's, and its walk-forward's) are set
@@ -496,11 +523,10 @@ class TrainingRun:
         else:  # stopped inside a step (or under DDP): the last checkpoint is the resume point
             where = f"no checkpoint written mid-step; resume starts from {self.folder.latest_checkpoint()}"
         if self.main:  # a fold resumes as its walk-forward does
-            rid = self.walk or self.run_id
-            same = " and the same folds parameters" if self.walk else ""
+            command = resume_command(self.cfg, self.walk or self.run_id)
             print(f"\n{stopped_by(signum)} at step {self.step} (epoch {self.epoch}); {where}.\n"
-                  f"Resume: run_id={rid!r}, resume=True{same} (notebook or papermill: -p run_id {rid} "
-                  f"-p resume True; CLI: tradelib train ... -p run_id {rid} -p resume True)", flush=True)
+                  f"Resume: {command}\n(notebook 03_train or papermill: the same -p NAME VALUE pairs, those not "
+                  f"given left at their defaults)", flush=True)
 
     # -- the end -------------------------------------------------------------------------------------------
     def finish(self) -> dict:

@@ -145,8 +145,7 @@ class Trainer:
             raise ValueError("no training windows: the data is shorter than one window per split")
         self.global_batch = cfg.batch_size * cfg.grad_accum_steps  # per rank; x world for the whole step
         self.steps_per_epoch = math.ceil(n_train / self.global_batch)
-        total = self.steps_per_epoch * cfg.epochs
-        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
+        self.total_steps, self.warmup = self.schedule(cfg.epochs, cfg.max_steps)
         self.lr = scaled_lr(cfg, world)
         self.precision = resolved_precision(cfg.precision, device)  # fp32, bf16 or fp16
         if self.precision == "fp16" and device.type == "cpu" and any(
@@ -160,7 +159,6 @@ class Trainer:
                 " with a GradScaler (this card has no native bf16)" if self.scaler else ""))
         self.opt = make_optimizer(model, cfg, self.lr, device)
         self.fused = bool(self.opt.defaults.get("fused"))
-        self.warmup = min(cfg.warmup_steps, max(1, self.total_steps // 10))
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, self.warmup, self.total_steps, cfg.min_lr_ratio))
         probe = next(windows.batches(windows.ends(0)[:2], 2))[0]
@@ -184,6 +182,12 @@ class Trainer:
             print(f"cuda_graphs: {'on' if self.graphs else 'off'} ({self.graphs_reason})")
         self.graph: StepGraph | None = None
         self.graph_steps = 0  # steps taken by replaying the step graph
+
+    def schedule(self, epochs: int, max_steps: int) -> tuple[int, int]:
+        """(total optimizer steps, warm-up steps) of a run of this length: the LR schedule is fitted to them."""
+        total = self.steps_per_epoch * epochs
+        total = min(total, max_steps) if max_steps > 0 else total
+        return total, min(self.cfg.warmup_steps, max(1, total // 10))
 
     # -- the step ------------------------------------------------------------------------------------------
     def step(self, ids: torch.Tensor) -> StepStats:
