@@ -157,7 +157,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_bits(outputs, reference, tmp
               for a in ("-p", k, str(v))]
     done = subprocess.run([sys.executable, "-m", "tradelib", "train", *params], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resumed killed from step-10.pt at step 10" in done.stdout
+    assert "resumed killed from step-10.pt at step 10 (epoch 1 of " in done.stdout  # counted as the bar counts
     assert_bitwise(final_model(outputs, "killed"), ref_model)
     assert comparable(metric_rows(outputs, "killed")) == comparable(ref_rows)
 
@@ -192,7 +192,8 @@ def test_interrupt_writes_a_checkpoint_and_resumes_to_the_same_bits(outputs, ref
         run.fit()
     assert signal.getsignal(signal.SIGINT) is handler_before
     out = capsys.readouterr().out
-    assert "interrupted at step 23" in out and f"-p run_id {run_id} -p resume True" in out
+    assert f"interrupted at step 23 (epoch {run.epoch + 1} of {run.cfg.epochs})" in out  # as the bar counts
+    assert f"-p run_id {run_id} -p resume True" in out
     folder = outputs / run_id / "checkpoints"
     ck = torch.load(folder / "step-23.pt", weights_only=False)
     assert (ck["step"], ck["epoch"], ck["pos"]) == (23, 1, 4 * 32)

@@ -321,7 +321,7 @@ class TrainingRun:
         checkpoint.set_rng_state(ck["rng"], self.device)
         if self.main:
             kept = self.folder.truncate_metrics(self.step)
-            print(f"resumed {self.run_id} from {Path(path).name} at step {self.step} (epoch {self.epoch}, "
+            print(f"resumed {self.run_id} from {Path(path).name} at step {self.step} ({self.epoch_words()}, "
                   f"{self.pos} items into its order); metrics.jsonl keeps its {kept} rows up to that step")
             if self.done():
                 print("the run had already finished: rewriting its outputs (raise epochs or max_steps to go on)")
@@ -344,6 +344,10 @@ class TrainingRun:
               f"is fitted to {tr.total_steps} optimizer steps, was {total}: the LR at step {self.step} goes from "
               f"{before:.3g} to {after:.3g} (resume with epochs {old['epochs']} and max_steps {old['max_steps']} "
               f"to keep the run's schedule)", flush=True)
+
+    def epoch_words(self) -> str:
+        """The epoch a step is in, counted from 1 as the progress bar counts it: 'epoch 2 of 3'."""
+        return f"epoch {min(self.epoch + 1, self.cfg.epochs)} of {self.cfg.epochs}"
 
     def set_aside_results(self) -> None:
         """A resume that trains on: the results of an earlier finish (this run's, and its walk-forward's) are set
@@ -524,7 +528,7 @@ class TrainingRun:
             where = f"no checkpoint written mid-step; resume starts from {self.folder.latest_checkpoint()}"
         if self.main:  # a fold resumes as its walk-forward does
             command = resume_command(self.cfg, self.walk or self.run_id)
-            print(f"\n{stopped_by(signum)} at step {self.step} (epoch {self.epoch}); {where}.\n"
+            print(f"\n{stopped_by(signum)} at step {self.step} ({self.epoch_words()}); {where}.\n"
                   f"Resume: {command}\n(notebook 03_train or papermill: the same -p NAME VALUE pairs, those not "
                   f"given left at their defaults)", flush=True)
 
