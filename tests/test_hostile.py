@@ -492,13 +492,14 @@ def test_cuda_asked_for_but_absent(capsys, command):
     assert code == 2 and "CUDA is not available" in line and "-p device cpu" in line
 
 
-@pytest.mark.parametrize("command", ["pipeline", "sweep"])
+@pytest.mark.parametrize("command", ["pipeline", "sweep", "train"])
 def test_a_data_path_that_does_not_exist_is_one_line_before_any_notebook(tmp_path, capsys, outputs, command):
     extra = ["-p", "batch_size", "64,128"] if command == "sweep" else []
     code, out, err = cli(capsys, command, "-p", "data_path", "no/such/prices.csv", *extra)
     line = one_error(err)
     assert code == 2 and "no/such/prices.csv: path does not exist" in line and str(Path.cwd()) in line, line
     assert not outputs.exists() or not any(outputs.iterdir())  # no run folder, no notebook started
+    assert "CUDA" not in out + err  # nor a word about the device first
 
 
 def test_a_relative_data_path_is_read_from_where_it_was_typed_then_from_the_checkout(tmp_path, monkeypatch):

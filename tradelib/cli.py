@@ -51,9 +51,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from tradelib.data.load import existing_data_path
     from tradelib.train.walkforward import train_or_walk
 
-    train_or_walk(load_config(args.files, [tuple(p) for p in args.params]))
+    cfg = load_config(args.files, [tuple(p) for p in args.params])
+    existing_data_path(cfg.data_path)  # data that is nowhere: said before the device or anything else
+    train_or_walk(cfg)
     return 0
 
 
