@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tradelib.data.sessions import bar_positions, calendar
+from tradelib.data.sessions import bar_positions, calendar, long_gap_rows
 
 MIN5 = 300 * 10**9
 DAY = 86_400 * 10**9
@@ -100,3 +100,138 @@ def test_intraday_holes_inside_a_session_count_but_overnight_does_not():
     steps = np.diff(pos[len(eu):])
     assert steps[9] == 3 and steps[76] == 1  # the hole counts; the night does not, whatever Europe traded
     assert (np.delete(steps, 9) == 1).all()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# long gaps: counted in the calendar's bars, as the horizon counts them
+
+
+def us_frame(n_days: int = 20, symbols=("AAA", "BBB", "CCC"), seed: int = 0) -> pd.DataFrame:
+    """5-minute bars of the US regular session (09:30-16:00 New York time, 78 a day) on weekdays, as a raw frame."""
+    rng = np.random.default_rng(seed)
+    one = pd.timedelta_range("09:30:00", periods=78, freq="5min")
+    stamps = pd.DatetimeIndex(np.concatenate([
+        (pd.Timestamp(d.date()).tz_localize("America/New_York") + one).tz_convert("UTC")
+        for d in pd.bdate_range("2024-03-04", periods=n_days)]))
+    frames = []
+    for sym in symbols:
+        c = 100 * np.exp(np.cumsum(rng.normal(0, 0.002, len(stamps))))
+        o = np.r_[c[0], c[:-1]]
+        frames.append(pd.DataFrame({"timestamp": stamps, "symbol": sym, "open": o, "high": np.maximum(o, c) * 1.001,
+                                    "low": np.minimum(o, c) * 0.999, "close": c,
+                                    "volume": rng.integers(1000, 5000, len(c)).astype(float)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def build_csv(frame: pd.DataFrame, tmp_path, **knobs):
+    """dataset.build of the frame written as a CSV (the normal path: load, clean, features), and the report."""
+    from tradelib.config import Config
+    from tradelib.data import dataset
+
+    path = tmp_path / "bars.csv"
+    frame.assign(timestamp=frame["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(path, index=False)
+    return dataset.build(Config(data_path=str(path), **knobs))
+
+
+def long_gaps(report) -> dict[str, int]:
+    return {c["symbol"]: c["rows"] for c in report.counts if c["rule"] == "long_gap"}
+
+
+def assert_gaps_are_the_segment_breaks(fs, report):
+    """Every long_gap row counted is a segment break, and every break past a symbol's start is one."""
+    breaks = int(np.count_nonzero(fs.segment[1:] != fs.segment[:-1]) - np.count_nonzero(np.diff(fs.symbol_id)))
+    assert sum(long_gaps(report).values()) == breaks == fs.meta["n_segments"] - len(fs.symbols)
+    assert report.gaps == long_gaps(report)
+
+
+def test_us_session_nights_are_no_long_gap_and_windows_cross_them(tmp_path):
+    """The night (17.5 h, 210 bars by the clock) and the weekend are one bar on an exchange: no long gap, one
+    segment per symbol, and a window of 32 bars ends at 09:30 of every session but the first (12:05 there)."""
+    from tradelib.data import clean
+    from tradelib.train.sources import window_ends
+
+    raw = us_frame()
+    fs, report = build_csv(raw, tmp_path, window=32)
+    assert long_gaps(report) == {} and report.gaps == {}
+    assert fs.meta["n_segments"] == 3
+    assert_gaps_are_the_segment_breaks(fs, report)
+    assert "long_gap" not in clean.clean_ohlcv(raw)[1].totals()  # cleaning alone counts as the build does
+    t = window_ends(fs, 0, 32)
+    ny = pd.DatetimeIndex(fs.timestamp[t].view("datetime64[ns]")).tz_localize("UTC").tz_convert("America/New_York")
+    first = pd.Series(ny).groupby(ny.date).min().dt.strftime("%H:%M")
+    assert first.iloc[0] == "12:05"  # 09:30 + 31 bars: the data's first session only
+    assert (first.iloc[1:] == "09:30").all() and len(first) >= 10
+
+
+def test_a_missing_afternoon_inside_a_session_is_a_long_gap(tmp_path):
+    raw = us_frame(n_days=15)  # three weeks: the calendar sees the weekends
+    day3 = raw.index[raw["symbol"] == "AAA"][3 * 78 :]
+    fs, report = build_csv(raw.drop(index=day3[10:70]), tmp_path, window=16)  # 60 bars missing: > 50
+    assert long_gaps(report) == {"AAA": 1}
+    assert_gaps_are_the_segment_breaks(fs, report)
+    fs, report = build_csv(raw.drop(index=day3[10:50]), tmp_path, window=16)  # 40: not long
+    assert long_gaps(report) == {} and fs.meta["n_segments"] == 3
+
+
+def test_a_session_one_symbol_lacks_that_others_traded_is_a_long_gap(tmp_path):
+    """A session the others traded counts its 78 bars: one is already more than max_gap_bars (50). A session no
+    symbol traded (a holiday) is none."""
+    from tradelib.data import clean
+
+    raw = us_frame(n_days=15)  # three weeks: the calendar sees the weekends
+    day = pd.DatetimeIndex(raw["timestamp"]).tz_convert("America/New_York").date
+    lacks = raw.index[(raw["symbol"] == "BBB") & (day == day[4 * 78])]
+    fs, report = build_csv(raw.drop(index=lacks), tmp_path, window=16)
+    assert long_gaps(report) == {"BBB": 1}
+    assert_gaps_are_the_segment_breaks(fs, report)
+    assert clean.clean_ohlcv(raw.drop(index=lacks))[1].gaps == {"BBB": 1}
+    holiday = raw.index[day == day[4 * 78]]
+    fs, report = build_csv(raw.drop(index=holiday), tmp_path, window=16)
+    assert long_gaps(report) == {} and fs.meta["n_segments"] == 3
+
+
+def test_a_24_7_market_outage_across_utc_midnight_is_a_long_gap(tmp_path):
+    """A continuous market counts every step by the clock: 5 hours (60 bars) missing across midnight is long."""
+    stamps = pd.date_range("2024-03-01", "2024-03-22", freq="5min", tz="UTC", inclusive="left")
+    frames = []
+    for sym in ("BTC", "ETH"):
+        c = 100 * np.exp(np.cumsum(np.random.default_rng(len(sym)).normal(0, 0.002, len(stamps))))
+        frames.append(pd.DataFrame({"timestamp": stamps, "symbol": sym, "open": c, "high": c * 1.001,
+                                    "low": c * 0.999, "close": c, "volume": 1000.0}))
+    raw = pd.concat(frames, ignore_index=True)
+    t = raw["timestamp"]
+    out = (raw["symbol"] == "ETH") & (t >= "2024-03-10 22:00Z") & (t < "2024-03-11 03:00Z")
+    fs, report = build_csv(raw[~out], tmp_path, window=16)
+    assert fs.meta["calendar"]["method"] == "continuous"
+    assert long_gaps(report) == {"ETH": 1}
+    assert_gaps_are_the_segment_breaks(fs, report)
+
+
+def test_long_gap_rows_count_the_calendars_bars():
+    """Daily exchange bars: a weekend is one bar, never a gap; a hole of 60 days no symbol traded is counted by
+    the clock (missing data, over ten days) and is one. By the clock a step is long beyond k bars exactly."""
+    days = pd.bdate_range("2022-01-03", periods=400, tz="UTC")
+    ts = ns(days.delete(range(200, 245)))  # 63 days without a session
+    codes = np.zeros(len(ts), dtype=int)
+    gap = long_gap_rows(ts, codes, np.full(len(ts), DAY), 50, continuous=False)
+    assert np.flatnonzero(gap).tolist() == [200]
+    assert not long_gap_rows(ns(days), np.zeros(400, int), np.full(400, DAY), 1, continuous=False).any()
+    t = np.array([0, 50, 101, 151]) * MIN5  # steps of 50, 51 and 50 bars on a continuous market
+    assert long_gap_rows(t, np.zeros(4, int), np.full(4, MIN5), 50).tolist() == [False, False, True, False]
+    assert not long_gap_rows(t, np.zeros(4, int), np.full(4, MIN5), 0).any()
+
+
+def test_a_missing_session_counts_its_bars_in_the_positions_and_the_gaps_alike():
+    """US 5-minute bars, B lacking the third session A traded: B's step over it is 1 + 78 bars, for the horizon
+    and for the long gaps; the night is one bar for both."""
+    days = pd.bdate_range("2024-01-01", periods=5, tz="UTC")
+    a, b = us_session_bars(days), us_session_bars(days.delete(2))
+    ts, codes = np.r_[a, b], np.r_[np.zeros(len(a)), np.ones(len(b))].astype(int)
+    bars = np.full(len(ts), MIN5)
+    steps = np.diff(bar_positions(ts, codes, bars, continuous=False))
+    assert set(steps[: len(a) - 1]) == {1} and steps[len(a) - 1] == 0
+    b_steps = steps[len(a):]
+    assert b_steps[2 * 78 - 1] == 79 and np.delete(b_steps, 2 * 78 - 1).tolist() == [1] * (len(b) - 2)
+    gap = long_gap_rows(ts, codes, bars, 50, continuous=False)
+    assert np.flatnonzero(gap).tolist() == [len(a) + 2 * 78]
+    assert not long_gap_rows(ts, codes, bars, 79, continuous=False).any()

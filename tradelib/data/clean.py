@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 
 from tradelib.config import Config, settings_values
+from tradelib.data import sessions
 from tradelib.data.detect import (
     back_adjustment,
     bad_print_rows,
     bar_sizes_ns,
     corporate_action_rows,
-    long_gap_rows,
     run_starts,
     spike_rows,
 )
@@ -69,7 +69,8 @@ class Work:
     volume; `keep`: the extra columns carried along, which no rule reads), with the rows still kept (`alive`) and
     the counts so far. Rules only read it and return a `Verdict`; `apply` carries the verdict out (copying an
     array before its first change: the raw frame is never touched) and counts it. Symbols never share a rule's
-    decision, so the shards of a frame are cleaned apart (and at once) and their counts merged (`quality_report`)."""
+    decision, so the shards of a frame are cleaned apart (and at once) and their counts merged (`quality_report`);
+    the CALENDAR_RULES alone read what all shards tell together, the market's calendar (`calendar`)."""
 
     def __init__(self, a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict,
                  settings: CleanSettings, keep: dict[str, np.ndarray] | None = None) -> None:
@@ -81,6 +82,7 @@ class Work:
         self.flags: dict[str, np.ndarray] = {}  # the rows each "kept" rule found (row-aligned, like `a`)
         self._bar: np.ndarray | None = None
         self._gap: np.ndarray | None = None
+        self.calendar: tuple[bool, dict] | None = None  # (continuous, traded days) of all symbols: `finish_shards`
         self.owned: set[str] = set()  # the arrays copied already: the others may be views of the raw frame
         self.masked = dict.fromkeys(NUM_COLS, 0)  # values masked (NaN) per column
         self.before: dict = {}
@@ -167,9 +169,13 @@ class Work:
 
     @property
     def gap(self) -> np.ndarray:
-        """Rows that follow a gap longer than max_gap_bars bars of their symbol (made once for these rows)."""
+        """Rows that follow a gap longer than max_gap_bars bars of their symbol on the market's calendar (made once
+        for these rows; `sessions.long_gap_rows`, as the build's segments break)."""
         if self._gap is None:
-            self._gap = long_gap_rows(self.a["ts"], self.a["code"], self.bar, self.settings.max_gap_bars)
+            assert self.calendar is not None, "the long gaps need the calendar of all symbols (finish_shards)"
+            continuous, days = self.calendar
+            self._gap = sessions.long_gap_rows(self.a["ts"], self.a["code"], self.bar[self.a["code"]],
+                                               self.settings.max_gap_bars, continuous, days)
         return self._gap
 
 
@@ -357,9 +363,11 @@ RULES: tuple[Rule, ...] = (
     Rule("price_spike", "kept", "a one-bar spike that reverts (abs log move > spike_sigmas trailing robust sigmas, "
          "and > 0.05, both in and out, the move out undoing the move in to within a quarter); prices kept, the "
          "targets and returns that start or end at it masked", _price_spike),
-    Rule("long_gap", "kept", "gap longer than max_gap_bars bars; windows do not cross it", _long_gaps),
+    Rule("long_gap", "kept", "gap longer than max_gap_bars bars of the market's calendar (a night or a weekend "
+         "on an exchange is no gap); windows do not cross it", _long_gaps),
 )
 RULE_POS = {rule.name: i for i, rule in enumerate(RULES)}
+CALENDAR_RULES = ("price_spike", "long_gap")  # read the long gaps, counted on the calendar of all symbols' clean rows
 
 
 @dataclass
@@ -414,10 +422,13 @@ def _float_column(col: pd.Series) -> np.ndarray:
 
 def _clean_shard(a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict, settings: CleanSettings,
                  keep: dict[str, np.ndarray] | None = None) -> Work:
-    """Walk `RULES` over the rows of some whole symbols (see clean_ohlcv): each rule judges, the walker applies."""
+    """Walk `RULES` over the rows of some whole symbols (see clean_ohlcv): each rule judges, the walker applies.
+    The CALENDAR_RULES (kept rows only) wait for the calendar of all symbols (`finish_shards`)."""
     w = Work(a, symbols, own, attrs, settings, keep)
     w.before = range_stats({c: w.a[c] for c in NUM_COLS}, w.a["ts"])
     for rule in RULES:
+        if rule.name in CALENDAR_RULES:
+            continue
         if rule.action != "dropped":  # a rule that keeps rows sees only the rows kept
             w.compact()
         w.apply(rule, rule.judge(w))
@@ -425,6 +436,34 @@ def _clean_shard(a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attr
     w.after = range_stats({c: w.a[c] for c in NUM_COLS}, w.a["ts"])
     _check_clean(w.a, w.after, w.masked)
     return w
+
+
+def market_calendar(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[bool, dict]:
+    """(whether the market is continuous, the UTC days each bar size traded) of the clean rows of all symbols,
+    given per shard as (ts, code, bar size per row): what `sessions.bar_steps` counts bars with. The build finds
+    the same from its SharedFacts."""
+    days = sessions.merge_days([sessions.traded_days(*p) for p in parts])
+    return sessions.continuous_market(days), days
+
+
+def finish_shards(works: list[Work], pool: ThreadPoolExecutor) -> None:
+    """The CALENDAR_RULES walked over every shard, with the calendar of all of them (`market_calendar`)."""
+    cal = market_calendar(list(pool.map(lambda w: (w.a["ts"], w.a["code"], w.bar[w.a["code"]]), works)))
+
+    def finish(w: Work) -> None:
+        w.calendar = cal
+        for rule in (r for r in RULES if r.name in CALENDAR_RULES):
+            w.apply(rule, rule.judge(w))
+
+    list(pool.map(finish, works))
+
+
+def add_kept(part: dict, rule: str, per_symbol: dict[str, int]) -> None:
+    """Count the rows a calendar rule (price_spike, long_gap) found per symbol into a shard's report part: the
+    build finds them where the calendar of all shards is known (its segments), not while cleaning."""
+    part["counts"] += [[RULE_POS[rule], 1, sym, "kept", rule, int(n)] for sym, n in per_symbol.items() if n]
+    if rule == "long_gap":
+        part["gaps"] = {sym: int(n) for sym, n in per_symbol.items() if n}
 
 
 def _check_clean(a: dict[str, np.ndarray], stats: dict, masked: dict[str, int]) -> None:
@@ -447,13 +486,15 @@ def _check_clean(a: dict[str, np.ndarray], stats: dict, masked: dict[str, int]) 
 
 def clean_parts(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, *, keep: tuple[str, ...] = (),
                 shard_rows: int | None = None, workers: int | None = None, only: set[int] | None = None,
-                plan: tuple[np.ndarray, np.ndarray, list] | None = None,
+                plan: tuple[np.ndarray, np.ndarray, list] | None = None, defer: bool = False,
                 **settings) -> list[tuple[dict, CleanShard] | None]:
     """Per shard of whole symbols (`symbol_shards`): its report part (`quality_report` merges them) and its clean
     rows; only the shards in `only` (the others None). `cfg` (default: Config's defaults) gives the cleaning
     knobs, `shard_rows` and `workers` (its build_workers) unless given; `settings` override CleanSettings.
     `plan`: the (codes, symbols, shards) of `symbol_codes` and `symbol_shards` where the caller has them (the
-    build, whose `only` counts its own shards). Its callers (clean_ohlcv, the build) run it under
+    build, whose `only` counts its own shards). `defer`: leave the CALENDAR_RULES (price_spike, long_gap) to the
+    caller, who knows the calendar of all shards (the build: `add_kept` counts them), else they run here over all
+    shards (`finish_shards`). Its callers (clean_ohlcv, the build) run it under
     `without_huge_pages`, which their later stages need too."""
     cfg = Config() if cfg is None else cfg
     s = CleanSettings.of(cfg, **settings)
@@ -475,18 +516,27 @@ def clean_parts(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, 
     num = {c: _float_column(raw[c]) for c in NUM_COLS}
     extra = {k: raw[k].to_numpy() for k in keep}
 
-    def one(k: int) -> tuple[dict, CleanShard] | None:
+    def one(k: int) -> tuple[Work, int] | None:
         if only is not None and k not in only:
             return None
         rows, own = shards[k]
         a = {"ts": ns_since_epoch(times[rows]), "code": codes[rows]} | {c: num[c][rows] for c in NUM_COLS}
         rows_in = len(a["ts"])
-        w = _clean_shard(a, symbols, own, raw.attrs, s, {k: v[rows] for k, v in extra.items()})
+        return _clean_shard(a, symbols, own, raw.attrs, s, {k: v[rows] for k, v in extra.items()}), rows_in
+
+    def part(done: tuple[Work, int] | None) -> tuple[dict, CleanShard] | None:
+        if done is None:
+            return None
+        w, rows_in = done
         restart = w.flags.get("corporate_action") if s.corporate_actions == "mask" else None
         return _shard_part(w, rows_in), CleanShard(w.a, symbols, w.keep, w.bar, restart)
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(one, range(len(shards))))
+        done = list(pool.map(one, range(len(shards))))
+        if not defer:
+            assert only is None or len(only) >= len(shards), "the calendar rules need every shard (defer them)"
+            finish_shards([d[0] for d in done if d is not None], pool)
+        return list(pool.map(part, done))
 
 
 def clean_ohlcv(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, *, keep: tuple[str, ...] = (),
@@ -498,9 +548,11 @@ def clean_ohlcv(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, 
     rows; a dropped row is counted by the first rule that drops it. `cfg` gives the cleaning knobs (default:
     Config's defaults); `settings` override them by name (`CleanSettings`: max_gap_bars, spike_sigmas, min_rows,
     ...). `keep` names extra columns carried along row-aligned (e.g. the synthetic `oracle`). No rule looks
-    across symbols, so the frame is cleaned in shards of whole symbols on several cores (`clean_parts`); the
-    result does not depend on how it was cut. Where corporate_actions is mask and one was found, the frame has
-    a boolean column `restart` (True where the series restarts).
+    at other symbols' values, so the frame is cleaned in shards of whole symbols on several cores (`clean_parts`);
+    the calendar the long gaps are counted on (the days traded, and whether every day of the week is one) is
+    gathered from all shards before the CALENDAR_RULES run; the result does not depend on how it was cut. Where
+    corporate_actions is mask and one was found, the frame has a boolean column `restart` (True where the series
+    restarts).
     """
     source = source or str(raw.attrs.get("source", ""))
     with without_huge_pages():  # the clean frame's columns' first touch stalls on them too (0.5 of 1.7 s at 10M rows)
@@ -534,7 +586,7 @@ def _shard_part(w: Work, rows_in: int) -> dict:
     """What the quality report needs of one cleaned shard, JSON-serialisable (a sharded build stores it)."""
     symbols, code, bar = w.symbols, w.a["code"], w.bar
     kept = code[run_starts(code)]  # sorted: the distinct codes
-    per = np.bincount(code[w.gap], minlength=len(symbols))
+    per = np.bincount(code[w.gap], minlength=len(symbols)) if w.calendar is not None else np.zeros(0, np.int64)
     return {"rows_in": rows_in, "rows_kept": len(code),
             "counts": [[*key, c["action"], c["rule"], c["rows"]] for key, c in zip(w.keys, w.counts)],
             "bar_size_s": {str(symbols[i]): (float(bar[i]) / 1e9 if bar[i] > 0 else None) for i in kept},

@@ -1,5 +1,5 @@
 """What the cleaning rules detect, over the rows of whole symbols sorted by (symbol code, time): each symbol's
-bar size and its long gaps, one-bar price spikes, bad prints, corporate actions. Plain numpy functions of the
+bar size, one-bar price spikes, bad prints, corporate actions. Plain numpy functions of the
 arrays (no frame, no counting: the rules in `clean` call them and the walker keeps the books); where a faster
 path replaces a plain definition (bad prints' trailing level, the bar-size majority), tests/test_fastpaths.py
 holds them equal. Thresholds are documented in docs/data.md."""
@@ -30,7 +30,7 @@ SPLIT_STAYS = 0.75  # ... keeps this share of the jump
 
 
 # ----------------------------------------------------------------------------------------------------------
-# rows, bar sizes and long gaps
+# rows and bar sizes
 
 
 def run_starts(a: np.ndarray) -> np.ndarray:
@@ -85,18 +85,6 @@ def _majority_steps(c: np.ndarray, d_ms: np.ndarray, n_sym: int) -> np.ndarray |
     hits = total - np.bincount(c[np.flatnonzero(d_ms != np.repeat(cand, total))], minlength=n_sym)
     mode = (hits >= 2) & (2 * hits > total) & (hits >= BAR_MODE_SHARE * total)  # more than half: the mode
     return np.where(total > 0, cand * 1_000_000, 0) if (mode | (total == 0)).all() else None
-
-
-def long_gap_rows(ts: np.ndarray, code: np.ndarray, bar: np.ndarray, k: int) -> np.ndarray:
-    """Rows that follow a gap longer than `k` bars of their symbol (`bar`: ns per code); none when k <= 0."""
-    n = len(ts)
-    gap = np.zeros(n, dtype=bool)
-    if n < 2 or k <= 0:
-        return gap
-    step = bar[code[1:]]
-    gap[1:] = (code[1:] == code[:-1]) & (step > 0) & (np.diff(ts) > step.astype(np.float64) * k)
-    return gap
-
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -9,9 +9,11 @@ holiday but missing data (a stray placeholder row, two downloads years apart, th
 folds): it is left out of the time, as one typical step.
 
 A session is a UTC calendar date with at least one bar. A market is continuous when it trades on every day of the
-week; an exchange has days it never trades (a weekend). The horizon of the targets (`bar_positions`: a target
-spans `horizon` bars, not rows) counts bars by the clock on a continuous market and inside a UTC date, and a step
-to the next session as one bar, so a researcher's data is measured on its own calendar, never an assumed one.
+week; an exchange has days it never trades (a weekend). Bars are counted on that calendar (`bar_steps`): by the
+clock on a continuous market and inside a UTC date, and a step to the next session as one bar plus the sessions
+of a missing day, so that the horizon of the targets (`bar_positions`: a target spans `horizon` bars, not rows)
+and the long gaps that break a series (`long_gap_rows`, max_gap_bars) read one count, and a researcher's data is
+measured on its own calendar, never an assumed one: a night or a weekend on an exchange is no missing data.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 DAY_NS = 86_400 * 10**9
 DAYS_PER_YEAR = 365.25
@@ -94,6 +97,108 @@ def calendar(ts_ns: np.ndarray, bar_seconds: float) -> Calendar:
     else:  # one timestamp: a bar's worth of time per mark
         ppy = YEAR_NS / (float(bar_seconds) * 1e9)
     days, per_day = np.unique(u // DAY_NS, return_counts=True)
+    spy, continuous = _sessions(days)
+    return Calendar(bar_seconds=float(bar_seconds), periods_per_year=float(ppy), n_timestamps=int(u.size),
+                    n_sessions=int(days.size), span_days=float(t[-1]) / DAY_NS, long_gaps=gaps,
+                    sessions_per_year=float(spy), bars_per_session=float(np.median(per_day)),
+                    continuous=continuous)
+
+
+def traded_days(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> dict[int, np.ndarray]:
+    """Bar size (ns) -> the sorted distinct UTC days (ns // DAY_NS) with a row of that size. Rows sorted by
+    (symbol, time); `bar_ns` per row. The days of parts of the rows merge into the whole's (`merge_days`)."""
+    day = np.asarray(ts_ns, dtype=np.int64) // DAY_NS
+    new = np.ones(len(day), dtype=bool)
+    new[1:] = (codes[1:] != codes[:-1]) | (day[1:] != day[:-1])  # (symbol, day) pairs
+    pair_day, pair_bar = day[new], np.asarray(bar_ns)[new]
+    return {int(b): np.unique(pair_day[pair_bar == b]) for b in np.unique(pair_bar)}
+
+
+def merge_days(parts: list[dict[int, np.ndarray]]) -> dict[int, np.ndarray]:
+    """The `traded_days` of all rows from those of parts of them."""
+    days: dict[int, list] = {}
+    for p in parts:
+        for b, d in p.items():
+            days.setdefault(b, []).append(d)
+    return {b: np.unique(np.concatenate(d)) for b, d in sorted(days.items())}
+
+
+def _bars_per_session(day: np.ndarray, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """At each of `rows`: the median number of rows its symbol has on a UTC date (rounded, at least 1), what a
+    session of the symbol holds. `day`: each row's UTC day, rows sorted by (symbol, time)."""
+    n = len(day)
+    sym = np.ones(n, dtype=bool)
+    sym[1:] = codes[1:] != codes[:-1]
+    pair = sym.copy()
+    pair[1:] |= day[1:] != day[:-1]
+    starts, sym_starts = np.flatnonzero(pair), np.flatnonzero(sym)
+    med = pd.Series(np.diff(np.r_[starts, n])).groupby(np.searchsorted(sym_starts, starts, side="right") - 1).median()
+    return np.maximum(1, np.rint(med.to_numpy()[np.searchsorted(sym_starts, rows, side="right") - 1])).astype(np.int64)
+
+
+def bar_steps(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuous: bool,
+              days: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The bars each step from a row to its symbol's next one spans (0 at a symbol change), and whether they were
+    counted by the clock: the one count of bars that the targets' horizon (`bar_positions`) and the long gaps
+    (`long_gap_rows`) read.
+
+    Rows sorted by (symbol, time), `bar_ns` the bar size of each row's symbol. By the clock (round(step / bar),
+    at least 1) on a continuous market, inside a UTC date (bars missing inside a session), and for a step longer
+    than `long_gap_ns` (missing data, as the calendar reads it). Otherwise, on an exchange calendar, a step to a
+    later date counts as one bar (overnight, a weekend, a holiday: nothing is missing there) plus, for every
+    session in between that symbols of the same bar size traded and this one lacks (a missing day), the bars the
+    symbol has in a session (its median per UTC date). `days` (bar size -> the sorted UTC days it traded,
+    `traded_days`) when these rows are some symbols of the data: the sessions are counted over all of them.
+    """
+    ts_ns, bar_ns = np.asarray(ts_ns, dtype=np.int64), np.asarray(bar_ns, dtype=np.int64)
+    codes = np.asarray(codes)
+    n = len(ts_ns)
+    if n < 2:
+        return np.zeros(0, dtype=np.int64), np.ones(0, dtype=bool)
+    d, bar = np.diff(ts_ns), bar_ns[1:]
+    step = np.ones(n - 1, dtype=np.int64)  # one bar, except where the step is not the bar size
+    odd = np.flatnonzero(d != bar)
+    step[odd] = np.maximum(1, np.rint(d[odd] / np.maximum(bar[odd], 1)))
+    clock = np.ones(n - 1, dtype=bool)
+    same = codes[1:] == codes[:-1]
+    if not continuous:
+        day = ts_ns // DAY_NS
+        clock = (day[1:] == day[:-1]) | (d > np.maximum(LONG_GAP_DAYS * DAY_NS, 10 * bar))
+        cross = np.flatnonzero(~clock & same)  # steps to a later session (one a session and symbol: few)
+        d0, d1, size = day[cross], day[cross + 1], bar[cross]
+        missing = np.zeros(len(cross), dtype=np.int64)  # sessions of the bar size strictly between the two days
+        for b in np.unique(size):
+            at = size == b
+            traded = days[int(b)] if days is not None else np.unique(day[bar_ns == b])
+            missing[at] = np.searchsorted(traded, d1[at]) - np.searchsorted(traded, d0[at], side="right")
+        lacks = np.flatnonzero(missing > 0)
+        per = np.ones(len(cross), dtype=np.int64)
+        if lacks.size:
+            per[lacks] = _bars_per_session(day, codes, cross[lacks] + 1)
+        step[cross] = 1 + missing * per
+    step[~same] = 0
+    return step, clock
+
+
+def long_gap_rows(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, k: int, continuous: bool = True,
+                  days: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """Rows that follow a gap longer than `k` bars of their symbol (`bar_ns`: per row), none when k <= 0: a step
+    of more than k bars as `bar_steps` counts them, so that overnight and a weekend on an exchange are no gap. A
+    step counted by the clock is long when it is more than k bars long (step > k x bar)."""
+    n = len(ts_ns)
+    gap = np.zeros(n, dtype=bool)
+    if n < 2 or k <= 0:
+        return gap
+    ts_ns, bar_ns = np.asarray(ts_ns, dtype=np.int64), np.asarray(bar_ns, dtype=np.int64)
+    step, clock = bar_steps(ts_ns, codes, bar_ns, continuous, days)
+    bar = bar_ns[1:]
+    long = np.where(clock, np.diff(ts_ns) > bar.astype(np.float64) * k, step > k)
+    gap[1:] = (codes[1:] == codes[:-1]) & (bar > 0) & long
+    return gap
+
+
+def _sessions(days: np.ndarray) -> tuple[float, bool]:
+    """(sessions a year, whether the market is continuous) of the sorted distinct UTC days (ns // DAY_NS) traded."""
     day_span = _time(days * DAY_NS)[0][-1] / DAY_NS + 1  # first to last session, both included
     spy = days.size / day_span * DAYS_PER_YEAR
     if day_span >= 14:  # two weeks: each day of the week seen twice
@@ -101,41 +206,22 @@ def calendar(ts_ns: np.ndarray, bar_seconds: float) -> Calendar:
         continuous = bool(weekdays.min() >= 0.5 * weekdays.max())
     else:
         continuous = bool(spy > CONTINUOUS_SESSIONS)
-    return Calendar(bar_seconds=float(bar_seconds), periods_per_year=float(ppy), n_timestamps=int(u.size),
-                    n_sessions=int(days.size), span_days=float(t[-1]) / DAY_NS, long_gaps=gaps,
-                    sessions_per_year=float(spy), bars_per_session=float(np.median(per_day)),
-                    continuous=continuous)
+    return float(spy), continuous
+
+
+def continuous_market(days: dict[int, np.ndarray]) -> bool:
+    """`calendar(ts).continuous` of the rows whose `traded_days` these are: whether they trade on every day of the
+    week (True when there are none)."""
+    traded = np.unique(np.concatenate(list(days.values()))) if days else np.zeros(0, dtype=np.int64)
+    return _sessions(traded)[1] if traded.size else True
 
 
 def bar_positions(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuous: bool,
                   days: dict[int, np.ndarray] | None = None) -> np.ndarray:
-    """Each row's bar number within its symbol, so that `horizon` bars can be counted in bars, not rows.
-
-    Rows sorted by (symbol, time). A step to the symbol's next row counts the bars it spans by the clock
-    (round(step / bar)) on a continuous market or inside a UTC date (bars missing inside a session). A step
-    across dates on an exchange calendar counts as one bar (overnight, a weekend, a holiday: nothing is
-    missing there) plus one for every session in between that other symbols of the same bar size traded
-    and this one lacks (a missing day). `days` (bar size -> the sorted UTC days it traded) when these rows are
-    some symbols of the data: the sessions are counted over all of them.
-    """
-    ts_ns, bar_ns = np.asarray(ts_ns, dtype=np.int64), np.asarray(bar_ns, dtype=np.int64)
+    """Each row's bar number within its symbol, so that `horizon` bars can be counted in bars, not rows: the
+    running sum of `bar_steps` (rows sorted by (symbol, time); `bar_ns` per row; `days` as there)."""
     n = len(ts_ns)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    d = np.diff(ts_ns)
-    step = np.ones(n - 1, dtype=np.int64)  # one bar, except where the step is not the bar size
-    odd = np.flatnonzero(d != bar_ns[1:])
-    step[odd] = np.maximum(1, np.rint(d[odd] / np.maximum(bar_ns[1:][odd], 1)))
-    if not continuous:
-        day = ts_ns // DAY_NS
-        session = np.zeros(n, dtype=np.int64)  # the row's session number among its bar size's sessions
-        for bar in np.unique(bar_ns):
-            rows = bar_ns == bar
-            traded = days[int(bar)] if days is not None else np.unique(day[rows])
-            session[rows] = np.searchsorted(traded, day[rows])
-        step = np.where(day[1:] == day[:-1], step, np.diff(session))
-    step[codes[1:] != codes[:-1]] = 0
-    pos = np.empty(n, dtype=np.int64)
-    pos[0] = 0
-    np.cumsum(step, out=pos[1:])
+    pos = np.zeros(n, dtype=np.int64)
+    if n > 1:
+        np.cumsum(bar_steps(ts_ns, codes, bar_ns, continuous, days)[0], out=pos[1:])
     return pos

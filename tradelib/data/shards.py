@@ -2,10 +2,12 @@
 symbols, each stage on every core. `dataset.build` (in memory), `dataset.prepare` (the cache), the data bench and
 the tests all run this one `build`.
 
-1. clean: each shard's clean rows (`clean.clean_parts`) and what all rows must learn of it (`SharedFacts`: the
-   distinct timestamps, bar sizes, days traded, symbols, segments);
-2. features: with the facts of all shards merged, each shard's rows placed (symbol ids, segments, splits:
-   `ShardRows`), then its features and targets, X unscaled (`shard_features`);
+1. clean: each shard's clean rows (`clean.clean_parts`, the calendar rules left for stage 2) and what all rows
+   must learn of it (`SharedFacts`: the distinct timestamps, bar sizes, days traded, symbols);
+2. features: with the facts of all shards merged, each shard's rows placed (symbol ids, splits: `ShardRows`),
+   its segments (long gaps counted on the calendar of all shards: `sessions.bar_steps`; they and the spikes
+   found with them are counted into the quality report), then its features and targets, X unscaled
+   (`shard_features`);
 3. fit: the robust normalisation on the training rows of all shards (`fit_shards`);
 4. scale: X scaled with it (`scale_rows`);
 5. assemble: the FeatureSet with its meta, or (`folder`) the cache's arrays with their checksums (`cache.write`).
@@ -49,7 +51,7 @@ from tradelib.data.features import (
     split_rows,
     targets,
 )
-from tradelib.data.segments import Segments, segment_ids, segment_rank
+from tradelib.data.segments import Segments, run_ids, segment_rank
 from tradelib.paths import atomic_write_bytes, left_by_dead_writer, writing
 
 CLEAN = ("ts", "code", "open", "high", "low", "close", "volume")
@@ -61,7 +63,9 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
     """The FeatureSet of `cfg` (walk-forward fold `fold`) from `raw`, and the quality report; (None, report) when
     cleaning left no row. `folder`: write the feature cache there instead (None returned); the caller holds the
     key's build lock (rank 0 does). `spread`: this is one of torchrun's processes, which all run this together,
-    each building its share. `cleaned`: `raw` is a clean frame already, cut into shards as it is (no report)."""
+    each building its share. `cleaned`: `raw` is a clean frame already, cut into shards as it is (no report).
+    The report's price_spike and long_gap counts are found with the segments (stage 2) and merged by rank 0: under
+    torchrun, only rank 0's report holds them (the one printed; the cache's meta holds rank 0's)."""
     env = distributed.dist_env() if spread else distributed.DistEnv()
     barrier = distributed.barrier if spread else (lambda: None)
     work = None if folder is None else folder.with_name(f".{folder.name}.build")
@@ -80,7 +84,8 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
             done = _frame_shards(raw, codes, symbols, plan, keep)
         else:
             done = clean.clean_parts(raw, source, cfg, only=set(todo), min_rows=cfg.min_symbol_rows,
-                                     keep=keep, workers=workers, plan=(codes, symbols, plan)) if todo else []
+                                     keep=keep, workers=workers, plan=(codes, symbols, plan),
+                                     defer=True) if todo else []
         fs = None
         if work is None:
             at_row = np.cumsum([0] + [len(d[1]) for d in done])
@@ -93,7 +98,7 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
             if work is not None:
                 _write_clean(work, k, shard)  # (before locate_rows takes the times and codes over)
             out = views(k) if work is None else vars(FeatureSet.empty(len(shard)))  # (only the facts are kept)
-            rows = locate_rows(shard, cfg.max_gap_bars, out) if len(shard) else None
+            rows = locate_rows(shard, out) if len(shard) else None
             facts = SharedFacts.of(rows) if rows is not None else None
             if work is None:
                 held[k] = shard, rows, out
@@ -114,13 +119,12 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
         bound = fold_bound(fold_bounds(facts.times, cfg, facts.counts), fold, cfg)
         calendar = pool.submit(facts.calendar)  # made beside the placing, not before it
         at = {k: i for i, k in enumerate(present)}
-        seg_at, sym_at = offsets([parts[k][0] for k in present])
+        sym_at = offsets([parts[k][0] for k in present])
 
         # 2. features of each shard, X unscaled
         left = [k for k in mine if k in at and (work is None or not (work / f"shard-{k}").exists())]
         opened = dict(zip(left, pool.map(lambda k: held.pop(k) if work is None else _open_shard(work, k, cfg), left)))
-        list(pool.map(lambda k: assign_splits(opened[k][1], bound, seg_at[at[k]], sym_at[at[k]], opened[k][2], cfg),
-                      left))
+        list(pool.map(lambda k: assign_splits(opened[k][1], bound, sym_at[at[k]], opened[k][2], cfg), left))
         cal = calendar.result()
 
         def stage_2(k: int) -> dict:
@@ -139,6 +143,12 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
                 opened = {k: (None, None, _read_folder(work / f"shard-{k}")) for k in present}
                 made = {k: json.loads((work / f"shard-{k}" / "made.json").read_text()) for k in present}
             outs, made = [opened[k][2] for k in present], [made[k] for k in present]
+            seg_at = np.cumsum([0] + [m["segments"] for m in made])  # segments were numbered within each shard
+            if report is not None:  # the calendar rules' counts, found with the segments
+                for k, m in zip(present, made):
+                    for rule in ("price_spike", "long_gap"):
+                        clean.add_kept(parts[k][1], rule, m[rule])
+                report = quality.quality_report([p for _, p in parts], raw, source, keep)
             cut = merge_cuts([m["cut"] for m in made])
             check_cut(cut, cfg)
             norm, target_scale = fit_shards([o["X"] for o in outs], [o["y"] for o in outs],
@@ -146,6 +156,8 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
             meta = feature_meta(cfg, facts, cal, cut, made, norm, target_scale, report, fold)
             if work is None:
                 list(pool.map(lambda o: scale_rows(o["X"], norm, cfg.clip), outs))
+                for o, first in zip(outs, seg_at.tolist()):
+                    o["segment"] += np.int32(first)
                 fs.symbols, fs.meta = facts.names, meta
                 return fs, report
 
@@ -153,6 +165,8 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
                 dest[...] = outs[i][name]
                 if name == "X":
                     scale_rows(dest, norm, cfg.clip)
+                elif name == "segment":
+                    dest += np.int32(seg_at[i])
 
             cache.write(folder, facts.names, {**meta, "cache_key": folder.name}, [len(o["y"]) for o in outs], fill)
             shutil.rmtree(work, ignore_errors=True)
@@ -184,7 +198,7 @@ class ShardRows:
     codes: np.ndarray  # int32 symbol id per row (an index into the FeatureSet's symbols)
     ts: np.ndarray  # int64 ns since the epoch, UTC
     bar_of_code: np.ndarray  # int64 bar size of each of the shard's symbols, in order
-    seg: np.ndarray  # int32 segment id: breaks at a symbol change or a gap longer than max_gap_bars
+    seg: np.ndarray  # int32 segment id: breaks at a symbol change or a gap longer than max_gap_bars (stage 2)
     split: np.ndarray | None = None  # int8: 0 train, 1 val, 2 test, -1 purged
     cut: dict | None = None  # split_rows' cut of these rows
     names: list[str] = field(default_factory=list)  # the shard's symbols, in order
@@ -194,37 +208,26 @@ class ShardRows:
 class SharedFacts:
     """What only all the rows together know and every shard's features need: the distinct timestamps and their
     row counts (the split quantiles, the calendar), each symbol's bar size, and the days each bar size traded
-    (bar numbers across a missing day). The facts of parts of the rows merge into the whole's exactly."""
+    (bar numbers and long gaps across a missing day). The facts of parts of the rows merge into the whole's exactly."""
 
     times: np.ndarray  # int64 distinct timestamps, sorted
     counts: np.ndarray  # int64 rows at each
     bars: np.ndarray  # int64 bar size of each symbol, in symbol order
     days: dict[int, np.ndarray]  # bar size (ns) -> sorted distinct UTC days (ns // DAY_NS) with a row of that size
     names: list[str]  # the symbols, in order
-    segments: int  # contiguous segments
 
     @staticmethod
     def of(rows: ShardRows) -> SharedFacts:
         times, counts = _distinct(rows.ts)
         first = detect.run_starts(rows.codes)
-        day = rows.ts // sessions.DAY_NS
-        new = first.copy()
-        new[1:] |= day[1:] != day[:-1]  # (symbol, day) pairs: rows are in time order within a symbol
-        pair_day, pair_bar = day[new], rows.bar_of_code[rows.codes[new]]
-        days = {int(b): np.unique(pair_day[pair_bar == b]) for b in np.unique(pair_bar)}
-        return SharedFacts(times, counts, rows.bar_of_code[rows.codes[first]], days, list(rows.names),
-                           int(rows.seg[-1]) + 1 if len(rows.seg) else 0)
+        days = sessions.traded_days(rows.ts, rows.codes, rows.bar_of_code[rows.codes])
+        return SharedFacts(times, counts, rows.bar_of_code[rows.codes[first]], days, list(rows.names))
 
     @staticmethod
     def merge(parts: list[SharedFacts]) -> SharedFacts:
         times, counts = _distinct(np.concatenate([p.times for p in parts]), np.concatenate([p.counts for p in parts]))
-        days: dict[int, list] = {}
-        for p in parts:
-            for b, d in p.days.items():
-                days.setdefault(b, []).append(d)
         return SharedFacts(times, counts, np.concatenate([p.bars for p in parts]),
-                           {b: np.unique(np.concatenate(d)) for b, d in sorted(days.items())},
-                           [n for p in parts for n in p.names], sum(p.segments for p in parts))
+                           sessions.merge_days([p.days for p in parts]), [n for p in parts for n in p.names])
 
     def calendar(self) -> sessions.Calendar:
         return sessions.calendar(self.times, float(np.median(self.bars)) / 1e9)
@@ -245,9 +248,9 @@ def _distinct(t: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndar
     return t[at], counts.astype(np.int64)
 
 
-def locate_rows(shard: clean.CleanShard, max_gap_bars: int, out: dict[str, np.ndarray]) -> ShardRows:
-    """The rows of a shard as far as they alone tell it (symbol ids and segments numbered from 0 within the
-    shard, bar sizes), written into `out`, the shard's rows of the FeatureSet's arrays. The shard's timestamps
+def locate_rows(shard: clean.CleanShard, out: dict[str, np.ndarray]) -> ShardRows:
+    """The rows of a shard as far as they alone tell it (symbol ids numbered from 0 within the shard, bar
+    sizes), written into `out`, the shard's rows of the FeatureSet's arrays. The shard's timestamps
     and codes are taken over (released from the shard)."""
     ts, codes = out["timestamp"], out["symbol_id"]
     ts[:] = shard.a.pop("ts")
@@ -264,19 +267,15 @@ def locate_rows(shard: clean.CleanShard, max_gap_bars: int, out: dict[str, np.nd
     if (bar_of_code <= 0).any():
         short = [names[i] for i in np.flatnonzero(bar_of_code <= 0)]
         raise ValueError(f"symbol(s) {', '.join(short)}: fewer than two timestamps, no bar size")
-    out["segment"][:] = segment_ids(codes, ts, bar_of_code, max_gap_bars, shard.restart)
     return ShardRows(codes, ts, bar_of_code, out["segment"], names=names)
 
 
-def assign_splits(rows: ShardRows, bound: dict, seg_offset: int, sym_offset: int, out: dict[str, np.ndarray],
-                  cfg) -> None:
+def assign_splits(rows: ShardRows, bound: dict, sym_offset: int, out: dict[str, np.ndarray], cfg) -> None:
     """Complete a shard's rows with what needs all rows: their splits (`bound`: the fold's bounds of all rows,
-    `fold_bounds`), and segment and symbol ids counted from the offsets (the segments and symbols of the shards
-    before)."""
+    `fold_bounds`), and symbol ids counted from the offset (the symbols of the shards before)."""
     split, rows.cut = split_rows(rows.ts, rows.codes, cfg, bound)
     out["split"][:] = split
     rows.split = out["split"]
-    rows.seg += np.int32(seg_offset)
     rows.codes += np.int32(sym_offset)
 
 
@@ -285,7 +284,16 @@ def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts,
     """Fill `out` (this shard's rows of the FeatureSet's arrays; X unscaled) and return what the meta needs:
     each feature's range before scaling, the masked-target counts, the rows per split. Features are made a block
     of rows at a time (with the LOOKBACK rows before it), so that every temporary stays in the cache. The shard
-    is released afterwards."""
+    is released afterwards. The segments come first: they break at the long gaps counted on the calendar of all
+    shards (`facts.days`, `continuous`: the positions' own count, `sessions.bar_steps`), numbered from 0 within
+    the shard (the assembly adds the segments of the shards before); the long gaps and the spikes found with them
+    are counted per symbol for the report."""
+    bar = facts.bars[rows.codes]
+    gap = sessions.long_gap_rows(rows.ts, rows.codes, bar, cfg.max_gap_bars, continuous, facts.days)
+    new = detect.run_starts(rows.codes) | gap
+    if shard.restart is not None:
+        new |= shard.restart
+    rows.seg[:] = run_ids(new)
     rank = segment_rank(rows.seg)
     X, n = out["X"], len(rows.ts)
     ranges: list[dict] = []
@@ -298,7 +306,7 @@ def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts,
             ranges.append(_finite_range(col))
             cols_t[j, : b1 - b0] = col
         X[b0:b1] = cols_t[:, : b1 - b0].T
-    pos = sessions.bar_positions(rows.ts, rows.codes, facts.bars[rows.codes], continuous, days=facts.days)
+    pos = sessions.bar_positions(rows.ts, rows.codes, bar, continuous, days=facts.days)
     t = targets({k: shard.a[k] for k in BARS} | {"timestamp": rows.ts}, Segments(rank), rows.codes, pos, cfg)
     y = out["y"]
     y[:] = t["target"]
@@ -312,7 +320,16 @@ def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts,
     per = len(FEATURE_NAMES)
     return {"ranges": {name: _merge_range(ranges[j::per]) for j, name in enumerate(FEATURE_NAMES)},
             "spike_rows": int(t["spike"].sum()), "spans_missing_bar": int(t["spans_missing_bar"].sum()),
-            "rows_per_split": [int(np.count_nonzero(rows.split == i)) for i in (-1, 0, 1, 2)]}
+            "rows_per_split": [int(np.count_nonzero(rows.split == i)) for i in (-1, 0, 1, 2)],
+            "segments": int(rows.seg[-1]) + 1 if n else 0,
+            "long_gap": _per_symbol(gap, rows.codes, facts.names), "price_spike": _per_symbol(t["spike"], rows.codes,
+                                                                                          facts.names)}
+
+
+def _per_symbol(flag: np.ndarray, codes: np.ndarray, names: list[str]) -> dict[str, int]:
+    """The rows of `flag` per symbol name (only symbols with any)."""
+    per = np.bincount(codes[flag], minlength=len(names))
+    return {names[i]: int(per[i]) for i in np.flatnonzero(per)}
 
 
 def _merge_range(parts: list[dict]) -> dict:
@@ -337,11 +354,9 @@ def _finite_range(col: np.ndarray) -> dict:
 # fit, scale, assemble
 
 
-def offsets(parts: list[SharedFacts]) -> tuple[list[int], list[int]]:
-    """Per shard: the segments and the symbols of the shards before it."""
-    segs = np.cumsum([0] + [p.segments for p in parts])[:-1]
-    syms = np.cumsum([0] + [len(p.names) for p in parts])[:-1]
-    return [int(x) for x in segs], [int(x) for x in syms]
+def offsets(parts: list[SharedFacts]) -> list[int]:
+    """Per shard: the symbols of the shards before it."""
+    return [int(x) for x in np.cumsum([0] + [len(p.names) for p in parts])[:-1]]
 
 
 def fit_shards(xs: list[np.ndarray], ys: list[np.ndarray], splits: list[np.ndarray], cut: dict,
@@ -396,7 +411,7 @@ def feature_meta(cfg, facts: SharedFacts, cal: sessions.Calendar, cut: dict, mad
         "rows_per_split": {name: int(per_split[i + 1]) for i, name in ((0, "train"), (1, "val"), (2, "test"))},
         "purged_rows": int(per_split[0]) - cut.get("outside_rows", 0),  # not the rows outside a fold
         "masked_targets": {k: sum(m[k] for m in made) for k in ("spike_rows", "spans_missing_bar")},
-        "n_segments": int(facts.segments),
+        "n_segments": sum(m["segments"] for m in made),
         "quality": report.to_dict() if report is not None else {},
     }
 
@@ -443,7 +458,6 @@ def _write_facts(work: Path, k: int, facts: SharedFacts | None, part: dict) -> N
     if facts is not None:
         arrays |= {"times": facts.times, "counts": facts.counts, "bars": facts.bars,
                    "names": np.frombuffer(json.dumps(facts.names).encode(), np.uint8),
-                   "segments": np.asarray(facts.segments, np.int64),
                    "day_bars": np.asarray(list(facts.days), np.int64)}
         arrays |= {f"days_{i}": d for i, d in enumerate(facts.days.values())}
     _write_folder(work / f"facts-{k}", arrays)
@@ -455,8 +469,7 @@ def _read_facts(work: Path, k: int) -> tuple[SharedFacts | None, dict]:
     if "times" not in z:
         return None, part
     days = {int(b): z[f"days_{i}"] for i, b in enumerate(z["day_bars"])}
-    return SharedFacts(z["times"], z["counts"], z["bars"], days, json.loads(z["names"].tobytes()),
-                       int(z["segments"])), part
+    return SharedFacts(z["times"], z["counts"], z["bars"], days, json.loads(z["names"].tobytes())), part
 
 
 def _open_shard(work: Path, k: int, cfg) -> tuple[clean.CleanShard, ShardRows, dict[str, np.ndarray]]:
@@ -473,7 +486,7 @@ def _open_shard(work: Path, k: int, cfg) -> tuple[clean.CleanShard, ShardRows, d
     out = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=getattr(template, name).dtype,
                                            shape=(len(shard), *getattr(template, name).shape[1:]))
            for name in FeatureSet.ARRAYS}
-    return shard, locate_rows(shard, cfg.max_gap_bars, out), out
+    return shard, locate_rows(shard, out), out
 
 
 def _close_shard(work: Path, k: int, out: dict[str, np.ndarray], made: dict) -> None:
