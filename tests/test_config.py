@@ -48,9 +48,9 @@ def test_a_config_written_before_a_setting_reads_as_what_the_run_did():
     assert sweep._differences(old, Config(target_delay=0).to_dict()) == []
     assert sweep._differences(old, Config().to_dict()) == ["target_delay: 0 -> 1"]
     ck = {"cache_key": "k", "config": old}
-    checkpoint.check_resumable(ck, "step-4.pt", Config(target_delay=0), "k", 1)
+    checkpoint.check_resumable(ck, "step-4.pt", Config(target_delay=0), "k", 1, "r")
     with pytest.raises(ValueError, match="target_delay was 0, now 1"):
-        checkpoint.check_resumable(ck, "step-4.pt", Config(), "k", 1)
+        checkpoint.check_resumable(ck, "step-4.pt", Config(), "k", 1, "r")
 
 
 def test_a_notebook_ignores_another_notebooks_parameter_and_refuses_a_typo(capsys):

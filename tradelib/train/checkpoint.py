@@ -161,7 +161,7 @@ def resume_candidates(folder: Path) -> list[Path]:
 NOT_KEYED = ("force_recreate", "shard_rows", "build_workers")
 
 
-def check_settings(ck: dict, path: Path | str, cfg: Config, run_id: str = "") -> None:
+def check_settings(ck: dict, path: Path | str, cfg: Config, run_id: str) -> None:
     """Refuse a resume whose settings would change the training, naming each (its checkpoint value and this
     run's) and printing the command with the run's own settings: checked before this run builds its features.
     `run_id`: the run the printed command resumes (a walk-forward's, for one of its folds)."""
@@ -172,10 +172,10 @@ def check_settings(ck: dict, path: Path | str, cfg: Config, run_id: str = "") ->
         raise ValueError(f"resume refused: the config differs from {path} in settings that change the training: " +
                          ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()) +
                          f". Only these may change on resume: {', '.join(sorted(free))}. The run's own settings "
-                         f"resume it: {resume_command(ck['config'], run_id or cfg.run_id)}")
+                         f"resume it: {resume_command(ck['config'], run_id)}")
 
 
-def check_resumable(ck: dict, path: Path | str, cfg: Config, cache_key: str, world: int, run_id: str = "") -> None:
+def check_resumable(ck: dict, path: Path | str, cfg: Config, cache_key: str, world: int, run_id: str) -> None:
     """Refuse a resume that would not continue the same training: other settings, features or world size."""
     check_settings(ck, path, cfg, run_id)
     if ck["cache_key"] != cache_key:
