@@ -85,8 +85,8 @@ def test_papermill_runs_a_notebook_with_a_profile_holding_other_notebooks_parame
     assert res.returncode == 0, res.stderr[-2000:]
     first = next(c for c in nbformat.read(out, as_version=4).cells if "notebook_config(" in c.source)
     text = "".join(o.get("text", "") for o in first.outputs)
-    assert "01_data_cleaning ignores hidden, layers, batch_size, epochs, max_steps, log_every: other notebooks'" \
-        in text, text
+    assert ("01_data_cleaning ignores hidden, layers, batch_size, epochs, max_steps, warmup_steps, log_every: other "
+            "notebooks'") in text, text
 
 
 @pytest.mark.slow
@@ -268,8 +268,10 @@ def test_a_scheduler_stopping_the_pipeline_stops_training_at_a_step_with_a_check
     proc.send_signal(getattr(signal, sig))
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + getattr(signal, sig), out[-2000:]
-    assert "03_train stopped (its training interrupted; resume: the same command with -p run_id held -p resume " \
-           "True" in out
+    said = out[out.index("03_train stopped (its training interrupted; resume: "):]
+    hint = said[len("03_train stopped (its training interrupted; resume: "):said.index(")\n")]
+    assert hint.startswith("python -m tradelib pipeline --only 03 ") and "-p epochs 200" in hint, hint
+    assert hint.endswith("-p run_id held -p resume True"), hint  # the run's own settings: it works as printed
     step = json.loads(progress.read_text())["step"]
     assert (outputs / "held" / "checkpoints" / f"step-{step}.pt").exists()  # the step it stopped at
     res = subprocess.run([*args, "-p", "resume", "True", "-p", "max_steps", str(step + 5)], cwd=ROOT,
