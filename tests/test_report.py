@@ -293,7 +293,7 @@ def test_a_neutral_book_long_the_names_that_move_with_the_market_is_said_to_carr
             low, high = s["market_beta_ci"]
             t = rep["backtest"]["market"]["beta_t"]
             assert low > 0.1 and t > 3 and said[lean] == [
-                f"the market-neutral book (net exposure {s['net_exposure']:+.2f}) carries market beta "
+                "the market-neutral book (net exposure +0.00) carries market beta "  # never '-0.00'
                 f"{s['market_beta']:+.2f} (95% {low:+.2f} to {high:+.2f}, t {t:.1f}): it is long names that move "
                 f"more with the market than those it is short, so part of what it earns or loses is the market's; "
                 f"its alpha beyond the market is what it earns of its own"]

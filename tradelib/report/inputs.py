@@ -18,6 +18,7 @@ from tradelib import runs
 from tradelib.config import Config, cost_grid, run_setting, settings_values
 from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
+from tradelib.report.tables import number
 
 TRADED = "target_traded"  # the predictions frame's column: the target at the traded lag (ev.lagged_target)
 FACTS_FILE = "train_facts.json"  # what training writes for the report (tradelib/train/facts.py)
@@ -362,8 +363,9 @@ def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
     market = stats["market"]
     if inputs.book["mode"] == "neutral" and abs(market["beta_t"]) >= BETA_T:
         low, high = market["beta_ci"]
-        out.append(f"the market-neutral book (net exposure {stats['net_exposure']:+.2f}) carries market beta "
-                   f"{market['beta']:+.2f} (95% {low:+.2f} to {high:+.2f}, t {market['beta_t']:.1f}): it is long "
+        out.append(f"the market-neutral book (net exposure {number(stats['net_exposure'], '+.2f')}) carries market "
+                   f"beta {number(market['beta'], '+.2f')} (95% {number(low, '+.2f')} to {number(high, '+.2f')}, t "
+                   f"{market['beta_t']:.1f}): it is long "
                    f"names that move {'more' if market['beta'] > 0 else 'less'} with the market than those it is "
                    f"short, so part of what it earns or loses is the market's; its alpha beyond the market is what "
                    f"it earns of its own")
