@@ -11,6 +11,7 @@ from tradelib.data import clean, dataset
 from tradelib.data.dataset import features_of
 from tradelib.data.features import feature_makers, feature_params
 from tradelib.data.segments import segment_ids
+from tradelib.data.sessions import long_gap_rows
 from tradelib.data.synth import generate_market
 from tradelib.train.sources import window_ends
 
@@ -25,7 +26,7 @@ def clean_market(n_symbols=3, n_bars=800, seed=1, hostile=True):
 def raw_feature_matrix(clean: pd.DataFrame) -> np.ndarray:
     codes = pd.factorize(clean["symbol"])[0]
     ts = pd.DatetimeIndex(clean["timestamp"]).as_unit("ns").asi8
-    seg = segment_ids(codes, ts, np.full(codes.max() + 1, 300 * 10**9), 50)
+    seg = segment_ids(codes, long_gap_rows(ts, codes, np.full(len(codes), 300 * 10**9), 50))
     return raw_features(clean, seg)
 
 
@@ -340,5 +341,6 @@ def test_segments_break_at_long_gaps_and_max_gap_bars_0_breaks_none():
     bar = 300 * 10**9
     codes = np.array([0, 0, 0, 0, 1, 1, 1])
     ts = np.array([0, 1, 2, 60, 0, 1, 2]) * bar
-    assert segment_ids(codes, ts, np.array([bar, bar]), 50).tolist() == [0, 0, 0, 1, 2, 2, 2]
-    assert segment_ids(codes, ts, np.array([bar, bar]), 0).tolist() == [0, 0, 0, 0, 1, 1, 1]
+    bars = np.full(len(codes), bar)
+    assert segment_ids(codes, long_gap_rows(ts, codes, bars, 50)).tolist() == [0, 0, 0, 1, 2, 2, 2]
+    assert segment_ids(codes, long_gap_rows(ts, codes, bars, 0)).tolist() == [0, 0, 0, 0, 1, 1, 1]

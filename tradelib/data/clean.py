@@ -301,7 +301,7 @@ def _ohlc_outside_range(w: Work) -> Verdict:
 
 def _corporate_action(w: Work) -> Verdict:
     """A split-like jump that stays (`corporate_action_rows`). flag: counted only; mask: the series restarts
-    there (features.segment_ids), so no feature, window or target spans it; adjust: the prices before it
+    there (segments.segment_ids), so no feature, window or target spans it; adjust: the prices before it
     scaled by the jump and the volumes inversely (back-adjusted), counted as changed."""
     s = w.settings
     rows, ratio = corporate_action_rows(w.a, w.a["code"], w.new_symbol, s.split_sigmas)

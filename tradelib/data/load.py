@@ -397,7 +397,7 @@ def _numbers_from_text(col: pd.Series, decimal_comma: bool, where: str) -> pd.Se
     a value holding a '.' is not a number. A number with thousands separators ('23.300' there, '1,234.5' in a
     file of decimal points) is refused: read by the other mark it would be 1000x off."""
     mark, other = (",", ".") if decimal_comma else (".", ",")
-    text = col.astype("str").str.strip().mask(col.isna())
+    text = _as_text(col)
     grouped = text.str.fullmatch(rf"[+-]?\d{{1,3}}(?:\{other}\d{{3}})+(?:\{mark}\d*)?").fillna(False).to_numpy(bool)
     if grouped.any():
         raise DataError(f"{where}: {int(grouped.sum())} of {len(col)} values such as {text[grouped].iloc[0]!r} "

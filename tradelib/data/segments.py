@@ -11,19 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from tradelib.data.detect import run_starts
-from tradelib.data.sessions import long_gap_rows
 
 
-def segment_ids(codes: np.ndarray, ts_ns: np.ndarray, bar_of_code: np.ndarray, max_gap_bars: int,
-                restart: np.ndarray | None = None, continuous: bool = True,
-                days: dict[int, np.ndarray] | None = None) -> np.ndarray:
+def segment_ids(codes: np.ndarray, gap: np.ndarray, restart: np.ndarray | None = None) -> np.ndarray:
     """0, 1, ... numbering the segments of rows in (symbol, time) order, as int32: a new one at every symbol change,
-    step longer than max_gap_bars bars of the symbol on the market's calendar (`sessions.long_gap_rows`, what
-    cleaning's long_gap rule counts: none when max_gap_bars is 0; `bar_of_code`: the bar size in ns of each symbol
-    code; `continuous` and `days` as `sessions.bar_steps` reads them), and `restart` row (cleaning's masked
-    corporate actions)."""
-    new = run_starts(codes)
-    new |= long_gap_rows(ts_ns, codes, bar_of_code[codes], max_gap_bars, continuous, days)
+    `gap` row (one that follows a step longer than max_gap_bars bars of the market's calendar:
+    `sessions.long_gap_rows`, what cleaning's long_gap rule counts) and `restart` row (cleaning's masked corporate
+    actions)."""
+    new = run_starts(codes) | gap
     if restart is not None:
         new |= restart
     return run_ids(new)

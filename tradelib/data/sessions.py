@@ -61,9 +61,10 @@ class Calendar:
                 "sessions_per_year": self.sessions_per_year, "bars_per_session": self.bars_per_session}
 
 
-def long_gap_ns(step_ns: float) -> float:
-    """The gap beyond which marks `step_ns` apart (the median step) are missing data: ten days, or ten steps."""
-    return max(LONG_GAP_DAYS * DAY_NS, 10 * step_ns)
+def long_gap_ns(step_ns):
+    """The gap beyond which marks `step_ns` apart (the median step, or each row's bar) are missing data: ten days,
+    or ten steps."""
+    return np.maximum(LONG_GAP_DAYS * DAY_NS, 10 * step_ns)
 
 
 def _time(points: np.ndarray) -> tuple[np.ndarray, int]:
@@ -163,7 +164,7 @@ def bar_steps(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuo
     same = codes[1:] == codes[:-1]
     if not continuous:
         day = ts_ns // DAY_NS
-        clock = (day[1:] == day[:-1]) | (d > np.maximum(LONG_GAP_DAYS * DAY_NS, 10 * bar))
+        clock = (day[1:] == day[:-1]) | (d > long_gap_ns(bar))
         cross = np.flatnonzero(~clock & same)  # steps to a later session (one a session and symbol: few)
         d0, d1, size = day[cross], day[cross + 1], bar[cross]
         missing = np.zeros(len(cross), dtype=np.int64)  # sessions of the bar size strictly between the two days

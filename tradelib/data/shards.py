@@ -51,7 +51,7 @@ from tradelib.data.features import (
     split_rows,
     targets,
 )
-from tradelib.data.segments import Segments, run_ids, segment_rank
+from tradelib.data.segments import Segments, segment_ids, segment_rank
 from tradelib.paths import atomic_write_bytes, left_by_dead_writer, writing
 
 CLEAN = ("ts", "code", "open", "high", "low", "close", "volume")
@@ -290,10 +290,7 @@ def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts,
     are counted per symbol for the report."""
     bar = facts.bars[rows.codes]
     gap = sessions.long_gap_rows(rows.ts, rows.codes, bar, cfg.max_gap_bars, continuous, facts.days)
-    new = detect.run_starts(rows.codes) | gap
-    if shard.restart is not None:
-        new |= shard.restart
-    rows.seg[:] = run_ids(new)
+    rows.seg[:] = segment_ids(rows.codes, gap, shard.restart)
     rank = segment_rank(rows.seg)
     X, n = out["X"], len(rows.ts)
     ranges: list[dict] = []
