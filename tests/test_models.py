@@ -244,6 +244,28 @@ def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path, monkeypatch, o
     assert sorted(p.name for p in (outputs / "empty").iterdir()) == [".lock", "checkpoints"]
 
 
+@pytest.mark.parametrize("settings, refusal", [
+    ({"model": "lstm", "dense": True}, "dense=True needs a causal model"),
+    ({"model": "tcn", "layers": 6, "window": 32}, "receptive field 253 exceeds window 32"),
+    ({"model": "transformer", "hidden": 30, "heads": 8}, "hidden 30 is not a multiple of heads 8"),
+    ({"model": "transformer", "dense": True, "dense_chunk": 64, "window": 32}, "dense_chunk 64 is longer than"),
+])
+def test_model_settings_are_refused_before_the_feature_build(settings, refusal, outputs):
+    """Settings the model alone refuses cost a second, not a feature build: the run and the walk-forward say so
+    before a cache or a run folder exists."""
+    from tradelib.config import Config
+    from tradelib.train.run import train
+    from tradelib.train.walkforward import train_or_walk
+
+    from .conftest import TINY
+
+    with pytest.raises(ValueError, match=refusal):
+        train(Config(**{**TINY, **settings}), progress=False)
+    with pytest.raises(ValueError, match=refusal):
+        train_or_walk(Config(**{**TINY, **settings, "folds": 2}))
+    assert not outputs.exists() or list(outputs.iterdir()) == []
+
+
 def test_a_walk_forward_that_fails_to_start_leaves_no_run_folder(tmp_path, monkeypatch, outputs):
     """The same for a walk-forward (`train_or_walk`, what the CLI and 03 call): the import path before its
     folder, a protocol error in fold 0 removes fold 0's folder and then the walk-forward's own."""

@@ -292,11 +292,21 @@ def user_class(path: str) -> type:
     return cls
 
 
-def import_user_model(cfg) -> None:
-    """Import the user's model class now (nothing for a built-in): a path that does not import fails before a
-    run folder or a feature build, not after."""
+def check_model(cfg) -> None:
+    """What the model settings alone refuse, said before a run folder, a feature build or a launch, not once the
+    data is loaded: the user's class must import, a built-in's constructor must accept the settings (built on the
+    meta device: no memory, no random draws), dense needs a causal model whose positions cover `dense_chunk`."""
     if USER_MODEL.fullmatch(cfg.model):
-        user_class(cfg.model)
+        model = user_class(cfg.model)
+    else:
+        with torch.device("meta"):
+            model = model_for(cfg, 1)
+    if cfg.dense and not hasattr(model, "forward_dense"):
+        raise ValueError(f"dense=True needs a causal model with forward_dense (tcn, transformer), not {cfg.model!r}")
+    max_chunk = getattr(model, "max_chunk", None)
+    if cfg.dense and isinstance(max_chunk, int) and cfg.dense_chunk > max_chunk:
+        raise ValueError(f"{cfg.model}: dense_chunk {cfg.dense_chunk} is longer than the window {max_chunk} its "
+                         f"positions cover: set dense_chunk to the window")
 
 
 def user_model(cfg, n_features: int) -> nn.Module:

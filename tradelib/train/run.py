@@ -51,7 +51,7 @@ from tradelib.paths import outputs_dir
 from tradelib.progress import Progress, headless_kernel
 from tradelib.train import checkpoint
 from tradelib.train.facts import write_train_facts
-from tradelib.train.models import import_user_model, model_for, n_params
+from tradelib.train.models import check_model, model_for, n_params
 from tradelib.train.runfolder import RunFolder
 from tradelib.train.sources import PaddedSource, check_split_windows
 from tradelib.train.stops import StopRequested, StopRequests, progress_state, stopped_by
@@ -155,7 +155,7 @@ class TrainingRun:
         self.device = init_distributed(env, pick_device(cfg.device, verbose=self.main))
         if cfg.resume and not cfg.run_id:
             raise ValueError("resume=True needs the run_id of the run to continue")
-        import_user_model(cfg)
+        check_model(cfg)
         self.run_id = cfg.run_id or broadcast_object(runs.new_run_id())  # every rank writes to rank 0's folder
         self.trainer: Trainer | None = None
         self.folder = RunFolder(self.run_id, self.main)

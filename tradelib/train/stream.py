@@ -528,7 +528,7 @@ def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.devi
     """(evaluation windows, training source) for `cfg`: resident (`sources.resident_sources`) when the data fits
     `device_memory_budget`, else streamed; says which when `verbose`."""
     if cfg.dense and not hasattr(model, "forward_dense"):
-        raise ValueError(f"dense=True needs a causal model with forward_dense (tcn), not {cfg.model!r}")
+        raise ValueError(f"dense=True needs a causal model with forward_dense (tcn, transformer), not {cfg.model!r}")
     span = cfg.dense_chunk if cfg.dense else cfg.window
     p = plan(fs, cfg, device, span)
     if verbose:

@@ -35,7 +35,7 @@ from tradelib.distributed import dist_env, launch_distributed, needs_launch
 from tradelib.paths import outputs_dir
 from tradelib.report import metrics
 from tradelib.report.tables import minute
-from tradelib.train.models import import_user_model
+from tradelib.train.models import check_model
 from tradelib.train.run import RunResult, prepare_features, train, train_or_launch
 
 # summary.json figures of a walk-forward: the median over folds, the sum, or the largest
@@ -53,7 +53,7 @@ class FoldResult:
 def train_or_walk(cfg: Config) -> Path:
     """What `tradelib train` and 03_train call: one run (`train.train_or_launch`), or with `folds` > 1 the
     walk-forward (under torchrun when `n_gpus` > 1: every rank walks the folds). Returns the run folder."""
-    import_user_model(cfg)  # before any run folder, feature build or launch
+    check_model(cfg)  # before any run folder, feature build or launch
     if cfg.folds <= 1:
         return train_or_launch(cfg)
     if needs_launch(cfg):
