@@ -163,6 +163,20 @@ def test_us_session_nights_are_no_long_gap_and_windows_cross_them(tmp_path):
     assert (first.iloc[1:] == "09:30").all() and len(first) >= 10
 
 
+def test_two_weeks_of_an_exchange_see_its_weekend_and_no_night_is_a_long_gap(tmp_path):
+    """Ten sessions Monday to Friday span 12 days (304 dates a year): the weekend inside them shows the exchange.
+    Read by the count of dates it was 24/7, and all 9 nights of each symbol were long gaps (27 segment breaks)."""
+    from tradelib.data import clean
+
+    raw = us_frame(n_days=10)
+    assert not calendar(ns(raw["timestamp"]), 300).continuous
+    assert "long_gap" not in clean.clean_ohlcv(raw)[1].totals()
+    fs, report = build_csv(raw, tmp_path, window=16)
+    assert long_gaps(report) == {} and fs.meta["n_segments"] == 3
+    crypto = ns(pd.date_range("2024-03-04", periods=288 * 10, freq="5min"))  # ten days of a 24/7 market: still one
+    assert calendar(crypto, 300).continuous
+
+
 def test_a_missing_afternoon_inside_a_session_is_a_long_gap(tmp_path):
     raw = us_frame(n_days=15)  # three weeks: the calendar sees the weekends
     day3 = raw.index[raw["symbol"] == "AAA"][3 * 78 :]

@@ -27,7 +27,7 @@ DAY_NS = 86_400 * 10**9
 DAYS_PER_YEAR = 365.25
 YEAR_NS = DAYS_PER_YEAR * DAY_NS
 LONG_GAP_DAYS = 10  # a longer gap between marks is missing data, not a weekend or a holiday
-CONTINUOUS_SESSIONS = 300  # under two weeks of data: more dates a year than this reads as a 24/7 market
+CONTINUOUS_SESSIONS = 300  # under a week of data (no weekend seen): more dates a year than this reads as 24/7
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,8 @@ def _sessions(days: np.ndarray) -> tuple[float, bool]:
     """(sessions a year, whether the market is continuous) of the sorted distinct UTC days (ns // DAY_NS) traded."""
     day_span = _time(days * DAY_NS)[0][-1] / DAY_NS + 1  # first to last session, both included
     spy = days.size / day_span * DAYS_PER_YEAR
-    if day_span >= 14:  # two weeks: each day of the week seen twice
+    if day_span >= 7:  # a week: each day of the week seen, so a weekend never traded shows (two weeks Monday to
+        # Friday hold 10 dates in 12 days, 304 a year: read by the count, every night was a long gap)
         weekdays = np.bincount((days + 3) % 7, minlength=7)  # 1970-01-01 was a Thursday (Monday = 0)
         continuous = bool(weekdays.min() >= 0.5 * weekdays.max())
     else:
