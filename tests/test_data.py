@@ -517,9 +517,18 @@ def test_planted_splits_are_found_counted_and_handled(real_raw, mode):
     raw, when = plant_splits(real_raw, spin_off=True)
     out, rep = clean_ohlcv(raw, "real", corporate_actions=mode)
     assert_clean(out)
-    action = "changed" if mode == "adjust" else "kept"
-    assert [c for c in rep.counts if c["rule"] == "corporate_action"] == [
-        {"rule": "corporate_action", "symbol": s, "action": action, "rows": 1} for s in ("MSFT", "NASDAQ", "SP500")]
+    assert [c for c in rep.counts if c["rule"] == "corporate_action" and c["action"] == "kept"] == [
+        {"rule": "corporate_action", "symbol": s, "action": "kept", "rows": 1} for s in ("MSFT", "NASDAQ", "SP500")]
+    changed = {c["symbol"]: c["rows"] for c in rep.counts
+               if c["rule"] == "corporate_action" and c["action"] == "changed"}
+    if mode == "adjust":  # every row it scaled counted, as a diff of the frames counts them: those before each jump
+        got = out.set_index(["symbol", "timestamp"])[PRICES + ["volume"]]
+        rows_before = raw.set_index(["symbol", "timestamp"]).loc[got.index, PRICES + ["volume"]]
+        differ = (got != rows_before).any(axis=1).groupby(level="symbol").sum()
+        assert changed == {s: int(differ[s]) for s in ("MSFT", "NASDAQ", "SP500")}
+        assert changed == {s: int(((raw.symbol == s) & (raw.timestamp < t)).sum()) for s, t in when.items()}
+    else:
+        assert changed == {}
     _, rep = clean_ohlcv(raw, "real", corporate_actions=mode, split_sigmas=float("inf"))  # split ratios only
     assert {c["symbol"] for c in rep.counts if c["rule"] == "corporate_action"} == {"MSFT", "SP500"}
     assert ("restart" in out) == (mode == "mask")

@@ -95,7 +95,7 @@ class Work:
         action = v.action
         if v.found is not None and v.order is None and not v.found.any():
             v = Verdict(notes=v.notes)
-        for symbol, n in v.notes.items():  # what the loader did, under the rule's own action
+        for symbol, n in v.notes.items():  # under the rule's own action (what the loader did, the jumps adjusted)
             self.note(rule.name, symbol, rule.action, n, phase=0)
         if v.order is not None:
             self.take(v.order)
@@ -190,7 +190,8 @@ class Verdict:
     repair: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # column -> (rows, new values)
     mask: dict[str, np.ndarray] = field(default_factory=dict)  # column -> rows whose value is unknown (NaN)
     order: np.ndarray | None = None  # a new order of all rows (`found` then marks the moved rows, in the new order)
-    notes: dict[str, int] = field(default_factory=dict)  # rows per symbol the loader already changed (counted first)
+    notes: dict[str, int] = field(default_factory=dict)  # rows per symbol counted first, under the rule's own action:
+    # those the loader already changed (unsorted), the jumps of the corporate actions whose rows adjust changed
 
     @property
     def action(self) -> str:
@@ -302,14 +303,17 @@ def _ohlc_outside_range(w: Work) -> Verdict:
 def _corporate_action(w: Work) -> Verdict:
     """A split-like jump that stays (`corporate_action_rows`). flag: counted only; mask: the series restarts
     there (segments.segment_ids), so no feature, window or target spans it; adjust: the prices before it
-    scaled by the jump and the volumes inversely (back-adjusted), counted as changed."""
+    scaled by the jump and the volumes inversely (back-adjusted): every row scaled is counted as changed (the
+    report counts each row it changed), the jumps themselves as kept."""
     s = w.settings
     rows, ratio = corporate_action_rows(w.a, w.a["code"], w.new_symbol, s.split_sigmas)
     if s.corporate_actions != "adjust" or not rows.any():
         return Verdict(rows)
     factor = back_adjustment(rows, ratio, w.a["code"])
     repair = {k: (slice(None), w.a[k] * factor) for k in PRICE_COLS}
-    return Verdict(rows, repair=repair | {"volume": (slice(None), w.a["volume"] / factor)})
+    jumps = np.bincount(w.a["code"][rows], minlength=len(w.symbols))
+    notes = {str(w.symbols[i]): int(jumps[i]) for i in np.flatnonzero(jumps)}
+    return Verdict(factor != 1, repair=repair | {"volume": (slice(None), w.a["volume"] / factor)}, notes=notes)
 
 
 def _price_spike(w: Work) -> Verdict:
