@@ -579,6 +579,25 @@ def test_prepare_in_shards_on_disk_restarts_where_the_in_memory_build_does(real_
         np.testing.assert_array_equal(getattr(fs, name), getattr(mem, name), err_msg=name)
 
 
+def test_a_move_across_weeks_without_data_is_no_corporate_action(real_raw):
+    """MSFT without 100 sessions of 2005, its price 50% higher after them: over those 21 weeks a move of 50% is
+    no corporate action (2 sigmas of the time, 24 of one bar's), so nothing is flagged and adjust leaves the prices
+    as they were (it scaled the 4,744 rows before the hole by 1.5). A 2:1 split across the hole is still found."""
+    raw = real_raw[real_raw.symbol == "MSFT"].reset_index(drop=True)
+    t = raw.timestamp
+    hole = (t >= pd.Timestamp("2005-01-03", tz=UTC)) & (t < pd.Timestamp("2005-05-26", tz=UTC))
+    after = t >= pd.Timestamp("2005-05-26", tz=UTC)
+    last, first = raw.close[hole.idxmax() - 1], raw.open[after.idxmax()]
+    for ratio, found in ((1.5 * last / first, False), (0.5 * last / first, True)):
+        moved = raw.copy()
+        moved.loc[after, PRICES] *= ratio
+        moved = moved[~hole]
+        out, rep = clean_ohlcv(moved, "real", corporate_actions="adjust")
+        assert ("corporate_action" in rep.totals()) == found
+        if not found:
+            np.testing.assert_array_equal(out[PRICES].to_numpy(), moved[PRICES].to_numpy())
+
+
 def test_adjusted_splits_give_the_features_of_the_unsplit_prices(real_raw):
     from tradelib.config import Config
     from tradelib.data import dataset

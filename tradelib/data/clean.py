@@ -306,7 +306,7 @@ def _corporate_action(w: Work) -> Verdict:
     scaled by the jump and the volumes inversely (back-adjusted): every row scaled is counted as changed (the
     report counts each row it changed), the jumps themselves as kept."""
     s = w.settings
-    rows, ratio = corporate_action_rows(w.a, w.a["code"], w.new_symbol, s.split_sigmas)
+    rows, ratio = corporate_action_rows(w.a, w.a["code"], w.new_symbol, s.split_sigmas, _missing_spans(w))
     if s.corporate_actions != "adjust" or not rows.any():
         return Verdict(rows)
     factor = back_adjustment(rows, ratio, w.a["code"])
@@ -314,6 +314,20 @@ def _corporate_action(w: Work) -> Verdict:
     jumps = np.bincount(w.a["code"][rows], minlength=len(w.symbols))
     notes = {str(w.symbols[i]): int(jumps[i]) for i in np.flatnonzero(jumps)}
     return Verdict(factor != 1, repair=repair | {"volume": (slice(None), w.a["volume"] / factor)}, notes=notes)
+
+
+def _missing_spans(w: Work) -> np.ndarray:
+    """Per row: the bars of its symbol that the step to it spans by the clock where that step is missing data
+    (longer than `sessions.long_gap_ns`: ten days, or ten bars), else 1. A price moves further over twenty weeks
+    without data than over one bar: a 36% rise across them was taken for a corporate action (and adjust scaled
+    it away)."""
+    ts, code = w.a["ts"], w.a["code"]
+    spans = np.ones(len(ts))
+    if len(ts) > 1:
+        d, bar = np.diff(ts), w.bar[code[1:]]
+        long = (code[1:] == code[:-1]) & (bar > 0) & (d > sessions.long_gap_ns(bar))
+        spans[1:][long] = d[long] / bar[long]
+    return spans
 
 
 def _price_spike(w: Work) -> Verdict:

@@ -222,8 +222,8 @@ def bad_print_rows(a: dict[str, np.ndarray], code: np.ndarray, price_decades: fl
     return out
 
 
-def corporate_action_rows(a: dict[str, np.ndarray], code: np.ndarray, new_symbol: np.ndarray, k: float
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def corporate_action_rows(a: dict[str, np.ndarray], code: np.ndarray, new_symbol: np.ndarray, k: float,
+                          spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows t where a symbol's price jumps from the close of t-1 to the open of t as a split or a similar action
     does, and the ratio of that jump (the split's exact ratio where it is one). The jump g = log(open_t /
     close_t-1) counts when it is beyond SPLIT_MIN_MOVE and either its ratio is within SPLIT_TOLERANCE of a
@@ -232,7 +232,9 @@ def corporate_action_rows(a: dict[str, np.ndarray], code: np.ndarray, new_symbol
     returns before t); and it stays: the median log close of bars t .. t+SPLIT_CONFIRM-1 is away from that of the
     SPLIT_CONFIRM bars before t by at least SPLIT_STAYS of it, the same way (a bad print before t, or one that reverts,
     moves neither median). Judging needs those bars, so a symbol's first and last SPLIT_CONFIRM bars are never
-    one."""
+    one. `spans`: per row, the bars the step to it spans where that step is missing data (1 elsewhere): a jump
+    across it that is no split's ratio is judged against sigma x sqrt(span), the spread of a move over that time,
+    not of one bar's (a split's ratio, to within 1%, is evidence enough)."""
     n = len(code)
     rows, ratio = np.zeros(n, dtype=bool), np.ones(n)
     if n < SPLIT_CONFIRM + 1:
@@ -262,7 +264,7 @@ def corporate_action_rows(a: dict[str, np.ndarray], code: np.ndarray, new_symbol
     near = off.min(axis=1) <= SPLIT_TOLERANCE
     span = np.arange(SPLIT_CONFIRM)
     with np.errstate(invalid="ignore"):
-        big = (near & (np.abs(gc) > SPLIT_MIN_SIGMAS * sigma)) | (np.abs(gc) > k * sigma)
+        big = (near & (np.abs(gc) > SPLIT_MIN_SIGMAS * sigma)) | (np.abs(gc) > k * sigma * np.sqrt(spans[cand]))
         stay = np.median(lc[at[:, None] + span], axis=1) - np.median(lc[at[:, None] - 1 - span], axis=1)
         kept = big & (np.sign(stay) == np.sign(gc)) & (np.abs(stay) >= SPLIT_STAYS * np.abs(gc))
     hit, exact = cand[kept], split[off[kept].argmin(axis=1)]
