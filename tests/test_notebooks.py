@@ -87,6 +87,14 @@ def test_papermill_runs_a_notebook_with_a_profile_holding_other_notebooks_parame
     text = "".join(o.get("text", "") for o in first.outputs)
     assert ("01_data_cleaning ignores hidden, layers, batch_size, epochs, max_steps, warmup_steps, log_every: other "
             "notebooks'") in text, text
+    said = {c.source.splitlines()[0]: "".join(o.get("text", "") for o in c.outputs) for c in
+            nbformat.read(out, as_version=4).cells if c.cell_type == "code" and c.source}
+    raw_rows = int(re.search(r"([\d,]+) raw rows", said["raw = dataset.load_raw(cfg)"])[1].replace(",", ""))
+    rows = re.search(r"([\d,]+) rows in = ([\d,]+) kept \+ ([\d,]+) dropped", said["fs = dataset.prepare(cfg)"])
+    assert rows, "01 says the rows in, kept and dropped, cache hit or not"
+    rows_in, kept, dropped = (int(g.replace(",", "")) for g in rows.groups())
+    features = int(re.search(r"([\d,]+) rows x", said["ft = explore.feature_table(fs)"])[1].replace(",", ""))
+    assert rows_in == raw_rows and rows_in == kept + dropped and kept == features
 
 
 @pytest.mark.slow

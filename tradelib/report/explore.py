@@ -23,7 +23,7 @@ def ranges_table(quality: dict) -> pd.DataFrame:
 
 
 def counts_table(quality: dict) -> pd.DataFrame:
-    """Rows dropped or changed per rule and symbol, with the totals line a reader checks first."""
+    """Rows dropped, changed, masked or flagged per rule and symbol (01 prints rows in, kept and dropped above it)."""
     df = pd.DataFrame(quality.get("counts", []), columns=["rule", "symbol", "action", "rows"])
     return df.sort_values(["action", "rule", "symbol"]).reset_index(drop=True)
 
