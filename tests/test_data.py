@@ -359,6 +359,20 @@ def test_bad_timestamp_and_bad_symbol_dropped():
     assert by_rule_symbol(rep) == {("bad_timestamp", "AAA"): 2, ("bad_symbol", ""): 2}
 
 
+@pytest.mark.parametrize("zone", [None, "UTC", "America/New_York"])
+def test_a_frame_of_pandas_3_timestamps_out_of_the_ns_range_is_counted_not_a_crash(zone):
+    """pandas 3 reads '9999-12-31' (a placeholder) in us: clean_ohlcv counts it as bad_timestamp, as load_ohlcv's
+    NaT is (the conversion to ns raised OutOfBoundsDatetime)."""
+    raw = two_symbols()
+    stamps = raw["timestamp"].dt.strftime("%Y-%m-%d %H:%M:%S").to_numpy(dtype=object)
+    stamps[[3, 4]] = ["9999-12-31 00:00:00", "1500-01-01 00:00:00"]
+    raw["timestamp"] = pd.to_datetime(pd.Series(stamps)).dt.as_unit("us")
+    if zone:
+        raw["timestamp"] = raw["timestamp"].dt.tz_localize(zone)
+    out, rep = clean(raw)
+    assert by_rule_symbol(rep) == {("bad_timestamp", "AAA"): 2} and len(out) == len(raw) - 2
+
+
 def test_unsorted_frame_is_reordered_and_counted():
     raw = two_symbols()
     moved = raw.loc[[10, 20, 30]]

@@ -438,6 +438,20 @@ def _float_column(col: pd.Series) -> np.ndarray:
     return pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 
 
+def _within_ns(times: pd.arrays.DatetimeArray) -> pd.arrays.DatetimeArray:
+    """The timestamps, those that datetime64[ns] cannot hold (before 1677, after 2262: a year-9999 placeholder,
+    which pandas 3 reads in us) made NaT, so that bad_timestamp counts them rather than the conversion failing."""
+    if times.unit == "ns" or not len(times):
+        return times
+    utc = times.tz_convert("UTC").tz_localize(None) if times.tz is not None else times
+    out = (utc < pd.Timestamp.min) | (utc > pd.Timestamp.max)
+    if not out.any():
+        return times
+    times = times.copy()
+    times[out] = pd.NaT
+    return times
+
+
 def _clean_shard(a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attrs: dict, settings: CleanSettings,
                  keep: dict[str, np.ndarray] | None = None) -> Work:
     """Walk `RULES` over the rows of some whole symbols (see clean_ohlcv): each rule judges, the walker applies.
@@ -530,7 +544,7 @@ def clean_parts(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, 
         _, codes, symbols = symbol_codes(raw["symbol"])
         plan = codes, symbols, symbol_shards(codes, len(symbols), shard_rows)
     codes, symbols, shards = plan
-    times = tcol.array  # each shard's converted to int64 ns on its own thread
+    times = _within_ns(tcol.array)  # each shard's converted to int64 ns on its own thread
     num = {c: _float_column(raw[c]) for c in NUM_COLS}
     extra = {k: raw[k].to_numpy() for k in keep}
 
