@@ -344,3 +344,23 @@ def test_segments_break_at_long_gaps_and_max_gap_bars_0_breaks_none():
     bars = np.full(len(codes), bar)
     assert segment_ids(codes, long_gap_rows(ts, codes, bars, 50)).tolist() == [0, 0, 0, 1, 2, 2, 2]
     assert segment_ids(codes, long_gap_rows(ts, codes, bars, 0)).tolist() == [0, 0, 0, 0, 1, 1, 1]
+
+
+def test_a_column_mostly_at_its_median_is_scaled_by_its_mean_deviation():
+    """Prices of about $4 on a one-cent grid: most one-bar returns are 0, so the MAD of ret_1 (and body) is 0.
+    Their scale is then 1.2533 x the mean absolute deviation from the median, not 1, which left them at their
+    raw size (a std of 0.002 beside features of 1): the model could not see the last bar's return."""
+    raw = generate_market(n_symbols=4, n_bars=4000, seed=1, hostile=False)
+    for _, g in raw.groupby("symbol"):
+        raw.loc[g.index, ["open", "high", "low", "close"]] = np.round(g[["open", "high", "low", "close"]]
+                                                                      * (4.0 / g["close"].iloc[0]), 2)
+    fs = dataset.build(Config(window=16), raw)[0]
+    train = fs.split == 0
+    for name in ("ret_1", "body"):
+        j = fs.feature_names.index(name)
+        x = feature_makers(raw, fs.segment)[name]()[train].astype(np.float32).astype(np.float64)
+        x = x[np.isfinite(x)]
+        assert np.median(np.abs(x - np.median(x))) == 0  # more than half of them at the median
+        assert fs.meta["norm"]["scale"][j] == pytest.approx(1.2533 * np.mean(np.abs(x - np.median(x))), rel=1e-12)
+        assert 0.5 < fs.X[train, j].std() < 2
+    assert np.abs(fs.X).max() <= 5.0

@@ -3,8 +3,10 @@
 Every input is a log ratio or a ratio of like quantities, so a token priced 1e-8 with volumes of 1e15 gives
 the same features as a large-cap stock (the seed's 1e15 inputs came from raw prices and volumes). Scaling
 is Qlib's RobustZScoreNorm, (x - median) / (1.4826 * MAD), fitted on the training period only, then
-clipped. Nothing at row t uses data after t: a feature at t reads the rows of t's segment (a symbol's run
-without a gap longer than max_gap_bars) up to t. Horizons and purges are counted in bars (of the market
+clipped (where more than half the values sit at the median, as one-bar returns of a price on a tick grid do, the
+MAD is 0 and the scale is 1.2533 * the mean absolute deviation from the median instead). Nothing at row t uses
+data after t: a feature at t reads the rows of t's segment (a symbol's run without a gap longer than
+max_gap_bars) up to t. Horizons and purges are counted in bars (of the market
 calendar, and of each symbol), never in clock time.
 
 The definitions below are written with a few segment-wise operations (`segments.Segments`: the value k rows back,
@@ -30,6 +32,7 @@ RETURN_LAGS = (1, 4, 16, 64)
 VOL_WINDOWS = (8, 32)
 VOLUME_WINDOW = 64
 MAD_SCALE = 1.4826
+MEAN_AD_SCALE = 1.2533  # sqrt(pi / 2): sigma from the mean absolute deviation of a normal, where the MAD is 0
 FEATURE_NAMES = [f"ret_{k}" for k in RETURN_LAGS] + [f"rvol_{w}" for w in VOL_WINDOWS] + [
     "log_range", "close_loc", "body", "log_volume_rel", "tod_sin", "tod_cos"]
 LOOKBACK = max(*RETURN_LAGS, *VOL_WINDOWS, VOLUME_WINDOW)  # the rows before t a feature at t may read
@@ -192,7 +195,10 @@ def targets(bars: dict, seg: Segments, codes: np.ndarray, pos: np.ndarray, cfg) 
 
 
 def fit_robust(x: np.ndarray, max_rows: int = 2_000_000, scratch: bool = False) -> tuple[float, float]:
-    """Median and 1.4826*MAD of one column's finite values; a constant or empty column gets scale 1.
+    """Median and 1.4826*MAD of one column's finite values; a constant or empty column gets scale 1. Where more
+    than half the values equal the median (the MAD is 0: most one-bar returns of a price a few ticks in size),
+    the scale is 1.2533 * their mean absolute deviation from it, not 1, which would leave such a column at its
+    raw size (returns of 1e-3 beside features of 1) and the model without it.
 
     Beyond `max_rows` values the statistics come from an evenly spaced sample of that many (deterministic;
     the sampling error of a median of 2M values is far below the features' own noise). float32 values give the
@@ -206,8 +212,10 @@ def fit_robust(x: np.ndarray, max_rows: int = 2_000_000, scratch: bool = False) 
     if len(x) == 0:
         return 0.0, 1.0
     med = _median_inplace(x)
-    dev = np.subtract(x, med, dtype=np.float64)
-    mad = MAD_SCALE * _median_inplace(np.abs(dev, out=dev))
+    dev = np.abs(np.subtract(x, med, dtype=np.float64))
+    mad = MAD_SCALE * _median_inplace(dev)
+    if mad <= 1e-12:  # more than half the values at the median: their mean distance from it (0 if constant)
+        mad = MEAN_AD_SCALE * float(dev.mean())
     return med, (mad if mad > 1e-12 else 1.0)
 
 
