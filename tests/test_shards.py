@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tradelib.config import Config
-from tradelib.data import cache, clean, dataset, shards
+from tradelib.data import cache, clean, dataset, load, shards
 from tradelib.data.dataset import features_of
 from tradelib.data.features import fold_bounds, split_bounds
 from tradelib.data.synth import generate_market
@@ -103,6 +103,20 @@ def test_a_failed_build_resumes_from_the_shards_done(outputs, monkeypatch, capsy
     assert sorted(built) == sorted({0, 1, 2, 3} - first)
     assert_same_features(fs, dataset.build(cfg)[0])
     cache.load(Path(fs.meta["cache_dir"]))
+
+
+@pytest.mark.parametrize("settings, says", [
+    ({"train_end": "2024-01-02", "val_end": "2025-01-01"}, "the test split is empty"),
+    ({"window": 2000}, "no rows left after cleaning"),
+])
+def test_a_build_that_fails_the_same_way_every_time_leaves_no_build_folder(outputs, settings, says):
+    """Split dates that leave the test split empty, or a window longer than every symbol: the build fails after
+    its shards are made, and would fail so on every rerun of the key. Its build folder (the shards of the whole
+    data) is deleted, not left hidden beside the cache once the setting is corrected (another key)."""
+    cfg = Config(**{"synth_symbols": 3, "synth_bars": 1200, "window": 16, "shard_rows": 1000, **settings})
+    with pytest.raises(load.DataError, match=says):
+        dataset.prepare(cfg, verbose=False)
+    assert [p.name for p in (outputs / "cache").iterdir() if p.is_dir()] == []
 
 
 @pytest.mark.slow

@@ -15,7 +15,8 @@ the tests all run this one `build`.
 Every row's values depend on its own symbol's rows and on the facts alone, so the result does not depend on how
 the rows were cut. Building the cache, the stages leave files between them in a build folder beside it
 (`.<key>.build/`: `clean-K/` and `facts-K/` after stage 1, `shard-K/` after stage 2, each written under a
-temporary name and renamed whole), so a build that fails or is killed resumes from the shards done. Under torchrun
+temporary name and renamed whole), so a build that fails or is killed resumes from the shards done (one that
+fails as it would on every rerun, a ValueError, deletes it). Under torchrun
 (`spread`) rank r builds shards r, r + world, ...: the ranks meet at barriers between the stages and read each
 other's files (the outputs folder must be one they share: TRADELIB_OUTPUTS on a shared file system across
 machines), and rank 0 fits, scales and writes the cache.
@@ -65,10 +66,38 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
     key's build lock (rank 0 does). `spread`: this is one of torchrun's processes, which all run this together,
     each building its share. `cleaned`: `raw` is a clean frame already, cut into shards as it is (no report).
     The report's price_spike and long_gap counts are found with the segments (stage 2) and merged by rank 0: under
-    torchrun, only rank 0's report holds them (the one printed; the cache's meta holds rank 0's)."""
+    torchrun, only rank 0's report holds them (the one printed; the cache's meta holds rank 0's).
+
+    A build that ends in a ValueError (a split left empty, no training rows, cleaning that left nothing) ends so
+    every time for this key, so its build folder is deleted: kept, nothing would resume it, and a corrected
+    setting is another key, which left the shards of the whole data behind in a hidden folder for good."""
+    try:
+        fs, report = _stages(cfg, raw, source, fold, folder, verbose, spread, cleaned)
+    except ValueError:
+        _drop_work(folder, spread)
+        raise
+    if report is not None and report.rows_kept == 0:
+        _drop_work(folder, spread)
+    return fs, report
+
+
+def _drop_work(folder: Path | None, spread: bool) -> None:
+    """Delete the build folder of the cache `folder` (rank 0 of a spread build)."""
+    if folder is not None and (not spread or distributed.dist_env().rank == 0):
+        shutil.rmtree(work_folder(folder), ignore_errors=True)
+
+
+def work_folder(folder: Path) -> Path:
+    """Where the build of the cache `folder` keeps its stages' files."""
+    return folder.with_name(f".{folder.name}.build")
+
+
+def _stages(cfg, raw: pd.DataFrame, source: str, fold: int, folder: Path | None, verbose: bool, spread: bool,
+            cleaned: bool) -> tuple[FeatureSet | None, quality.QualityReport | None]:
+    """`build`'s stages."""
     env = distributed.dist_env() if spread else distributed.DistEnv()
     barrier = distributed.barrier if spread else (lambda: None)
-    work = None if folder is None else folder.with_name(f".{folder.name}.build")
+    work = None if folder is None else work_folder(folder)
     keep = ("oracle",) if "oracle" in raw else ()
     _, codes, symbols = load.symbol_codes(raw["symbol"])
     plan = clean.symbol_shards(codes, len(symbols), cfg.shard_rows)
