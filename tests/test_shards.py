@@ -105,6 +105,30 @@ def test_a_failed_build_resumes_from_the_shards_done(outputs, monkeypatch, capsy
     cache.load(Path(fs.meta["cache_dir"]))
 
 
+def test_a_forced_rebuild_does_not_resume_a_failed_build(outputs, monkeypatch, capsys):
+    """force_recreate is for a cache the key cannot tell is stale (a library upgraded, code outside the key's
+    modules): it builds every shard again, not only those a failed build of the same key left undone."""
+    cfg = Config(synth_symbols=4, synth_bars=1200, window=16, shard_rows=1000, build_workers=1)
+    built, fail = [], [True]
+    make = shards.shard_features
+
+    def flaky(shard, rows, *args):
+        if fail[0] and len(built) == 2:
+            raise RuntimeError("disk unplugged")
+        built.append(rows.names[0])
+        return make(shard, rows, *args)
+
+    monkeypatch.setattr(shards, "shard_features", flaky)
+    with pytest.raises(RuntimeError, match="disk unplugged"):
+        dataset.prepare(cfg, verbose=False)
+    built.clear()
+    fail[0] = False
+    capsys.readouterr()
+    fs = dataset.prepare(cfg, force=True)
+    assert "resuming" not in capsys.readouterr().out and len(built) == 4
+    assert_same_features(fs, dataset.build(cfg)[0])
+
+
 @pytest.mark.parametrize("settings, says", [
     ({"train_end": "2024-01-02", "val_end": "2025-01-01"}, "the test split is empty"),
     ({"window": 2000}, "no rows left after cleaning"),

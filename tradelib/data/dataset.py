@@ -9,6 +9,7 @@ looking at the raw data (01) or building without the cache (tests, the data benc
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def prepare(cfg, force: bool | None = None, verbose: bool = True, share: tuple[i
             spread: bool = False, mmap: bool = False, fold: int = 0) -> FeatureSet:
     """The cached FeatureSet for this data, feature parameters and code (and walk-forward fold `fold` when
     `folds` > 1: each fold is scaled on its own training rows); built when missing or damaged (or when `force`,
-    which defaults to cfg.force_recreate), in shards on every core (shards.py). One process builds a key at a
+    which defaults to cfg.force_recreate, and then from the start: not resumed from a failed build's shards), in
+    shards on every core (shards.py). One process builds a key at a
     time: another one waits for it, then loads its cache. `share` = (rank, world): only that rank's run of whole
     shards (shard_data: a DDP rank's rows; `meta["rows"]`). `spread`: every torchrun process runs this together
     and builds its share of the shards (`tradelib prepare` under torchrun). `mmap`: the arrays mapped from the
@@ -101,6 +103,8 @@ def prepare(cfg, force: bool | None = None, verbose: bool = True, share: tuple[i
         with cache.build_lock(folder, say) if lead else contextlib.nullcontext():
             fs = None if force else _cached(folder, source, say, share, mmap)  # built by the process we waited for
             if distributed.broadcast_object(fs is None) if spread else fs is None:
+                if force and lead:  # afresh: shards a failed build left are what a forced rebuild may be meant to redo
+                    shutil.rmtree(shards.work_folder(folder), ignore_errors=True)
                 t0 = time.perf_counter()
                 report = _build(cfg, load_raw(cfg), _source(cfg), fold, folder, say, spread)[1]
                 fs = _load(folder, share, mmap)
