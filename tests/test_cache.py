@@ -64,6 +64,26 @@ def test_editing_the_feature_code_invalidates_the_cache(tmp_path):
     assert "cache hit" in outs["orig"][1]  # the untouched code still finds its own cache
 
 
+def test_editing_the_code_of_config_that_shapes_the_features_changes_the_key(tmp_path):
+    """config.py's target_reach sets the purge and the rows a symbol needs: an edit to it changes the code
+    fingerprint; an edit to a knob's help there does not (the cache stays reused)."""
+    pkg = Path(cache.__file__).parents[1]
+    edits = {"orig": ("", ""), "reach": ("return self.target_delay + self.horizon\n",
+                                         "return self.target_delay + self.horizon + 1\n"),
+             "help": ("bars of history per sample", "rows of history per sample")}
+    prints = {}
+    for variant, (old, new) in edits.items():
+        shutil.copytree(pkg, tmp_path / variant / "tradelib", ignore=shutil.ignore_patterns("__pycache__"))
+        config = tmp_path / variant / "tradelib" / "config.py"
+        assert old in config.read_text()
+        config.write_text(config.read_text().replace(old, new))
+        prints[variant] = subprocess.run([sys.executable, "-c", "from tradelib.data import cache; "
+                                          "print(cache.code_fingerprint())"], cwd=tmp_path / variant,
+                                         env={**os.environ, "PYTHONPATH": ""}, capture_output=True, text=True,
+                                         check=True).stdout
+    assert prints["reach"] != prints["orig"] == prints["help"]
+
+
 def test_missing_path_is_a_clear_error(tmp_path):
     import pytest
 

@@ -1,9 +1,9 @@
 """The feature cache: keyed on the raw data, the feature parameters and the feature code itself.
 
 The seed's stale cache survived a fix to feature_engineering.py. Here the key hashes the source of the
-modules that shape features (cleaning, features, the generator, the composition in dataset.py), so a code
-fix invalidates old caches by itself; `force_recreate` rebuilds anyway. This module only stores and finds;
-dataset.py builds.
+modules that shape features (cleaning, features, the generator, the composition in dataset.py) and of the few
+functions of config.py that do (`CONFIG_CODE`), so a code fix invalidates old caches by itself; `force_recreate`
+rebuilds anyway. This module only stores and finds; dataset.py builds.
 
 A cache is written to a temporary folder and renamed into place (a kill leaves no half cache), one builder
 per key at a time (`build_lock`). Its manifest records each array's file size, dtype and shape, and per shard of
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tradelib.config import Config, settings_values
 from tradelib.data.features import FEATURE_NAMES, FeatureSet, feature_params
 from tradelib.data.load import DataError, data_files
 from tradelib.paths import Busy, FileLock, is_synthetic, left_by_dead_writer, outputs_dir
@@ -35,6 +36,9 @@ from tradelib.paths import Busy, FileLock, is_synthetic, left_by_dead_writer, ou
 CODE_MODULES = ("tradelib.data.load", "tradelib.data.clean", "tradelib.data.detect", "tradelib.data.quality",
                 "tradelib.data.features", "tradelib.data.segments", "tradelib.data.sessions", "tradelib.data.synth",
                 "tradelib.data.dataset", "tradelib.data.shards")
+# config.py's code that shapes the features: the purge and the rows a symbol needs (target_reach, min_symbol_rows),
+# and cleaning's settings taken from the Config; not the rest of it (a knob's help changes no feature)
+CONFIG_CODE = (Config.target_reach.fget, Config.min_symbol_rows.fget, settings_values)
 CACHE_VERSION = 4  # 2: checksums in the manifest; 3: shards; 4: checksums per shard only
 
 
@@ -48,9 +52,12 @@ class CacheError(ValueError):
 
 
 def code_fingerprint() -> str:
+    """A hash of the source of CODE_MODULES and CONFIG_CODE."""
     h = hashlib.sha256()
     for name in CODE_MODULES:
         h.update(inspect.getsource(importlib.import_module(name)).encode())
+    for fn in CONFIG_CODE:
+        h.update(inspect.getsource(fn).encode())
     return h.hexdigest()[:16]
 
 
