@@ -69,12 +69,12 @@ def test_ic_hand_values():
     assert ev.ic([1, 2, np.nan, 3], [1, 3, 5, 2]) == pytest.approx(0.5)  # NaN pair left out
 
 
-def test_ic_by_day_pools_symbols_per_utc_day():
+def test_ic_by_day_pools_symbols_per_session():
     d1, d2, d3, d4 = "2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"
-    ts = [f"{d1} 00:00", f"{d1} 00:05", f"{d1} 00:00"]  # day 1: A, A, B -> pooled n = 3
-    ts += [f"{d2} 23:50", f"{d2} 23:55", f"{d2} 23:50", f"{d2} 23:55"]  # day 2: n = 4
-    ts += [f"{d3} 00:00", f"{d3} 00:05"]  # day 3: n = 2 -> dropped
-    ts += [f"{d4} 00:00", f"{d4} 00:05", f"{d4} 00:10"]  # day 4: constant prediction -> dropped
+    ts = [f"{d1} 10:00", f"{d1} 10:05", f"{d1} 10:00"]  # day 1: A, A, B -> pooled n = 3
+    ts += [f"{d2} 14:50", f"{d2} 14:55", f"{d2} 14:50", f"{d2} 14:55"]  # day 2: n = 4
+    ts += [f"{d3} 10:00", f"{d3} 10:05"]  # day 3: n = 2 -> dropped
+    ts += [f"{d4} 10:00", f"{d4} 10:05", f"{d4} 10:10"]  # day 4: constant prediction -> dropped
     sym = ["A", "A", "B", "A", "A", "B", "B", "A", "A", "A", "A", "A"]
     pred = [1, 2, 3, 1, 2, 3, 4, 1, 2, 5, 5, 5]
     tgt = [1, 3, 2, 1, 2, 3, 10, 1, 2, 1, 2, 3]

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tradelib.data.sessions import bar_positions, calendar, long_gap_rows
+from tradelib.data.sessions import bar_positions, calendar, day_start, long_gap_rows, session_days
 
 MIN5 = 300 * 10**9
 DAY = 86_400 * 10**9
@@ -106,12 +106,14 @@ def test_intraday_holes_inside_a_session_count_but_overnight_does_not():
 # long gaps: counted in the calendar's bars, as the horizon counts them
 
 
-def us_frame(n_days: int = 20, symbols=("AAA", "BBB", "CCC"), seed: int = 0) -> pd.DataFrame:
-    """5-minute bars of the US regular session (09:30-16:00 New York time, 78 a day) on weekdays, as a raw frame."""
+def us_frame(n_days: int = 20, symbols=("AAA", "BBB", "CCC"), seed: int = 0, tz: str = "America/New_York",
+             first: str = "09:30:00", bars: int = 78) -> pd.DataFrame:
+    """5-minute bars of the US regular session (09:30-16:00 New York time, 78 a day; or another session) on
+    weekdays, as a raw frame."""
     rng = np.random.default_rng(seed)
-    one = pd.timedelta_range("09:30:00", periods=78, freq="5min")
+    one = pd.timedelta_range(first, periods=bars, freq="5min")
     stamps = pd.DatetimeIndex(np.concatenate([
-        (pd.Timestamp(d.date()).tz_localize("America/New_York") + one).tz_convert("UTC")
+        (pd.Timestamp(d.date()).tz_localize(tz) + one).tz_convert("UTC")
         for d in pd.bdate_range("2024-03-04", periods=n_days)]))
     frames = []
     for sym in symbols:
@@ -161,6 +163,46 @@ def test_us_session_nights_are_no_long_gap_and_windows_cross_them(tmp_path):
     first = pd.Series(ny).groupby(ny.date).min().dt.strftime("%H:%M")
     assert first.iloc[0] == "12:05"  # 09:30 + 31 bars: the data's first session only
     assert (first.iloc[1:] == "09:30").all() and len(first) >= 10
+
+
+def test_a_session_across_utc_midnight_is_one_session_and_its_night_no_gap(tmp_path):
+    """Sydney's 10:00-16:00 session is 23:00-05:00 UTC in March: by UTC dates each night fell inside one date,
+    counted by the clock (216 bars, a long gap each night, a segment each session) and each session was two days
+    of the per-day IC. Counted from the market's start of day (23:00 UTC) a session is one day, its night one bar."""
+    from tradelib.data import clean
+    from tradelib.report.metrics import ic_by_day
+    from tradelib.train.sources import window_ends
+
+    raw = us_frame(tz="Australia/Sydney", first="10:00:00", bars=72)
+    ts = ns(raw["timestamp"])
+    assert day_start(ts, MIN5) == 23 * 3600 * 10**9
+    cal = calendar(ts, 300)
+    assert not cal.continuous and cal.n_sessions == 20 and cal.bars_per_session == 72
+    assert "long_gap" not in clean.clean_ohlcv(raw)[1].totals()
+    fs, report = build_csv(raw, tmp_path, window=32)
+    assert long_gaps(report) == {} and fs.meta["n_segments"] == 3
+    t = window_ends(fs, 0, 32)
+    syd = pd.DatetimeIndex(fs.timestamp[t].view("datetime64[ns]")).tz_localize("UTC").tz_convert("Australia/Sydney")
+    first = pd.Series(syd).groupby(syd.date).min().dt.strftime("%H:%M")
+    assert first.iloc[0] == "12:35" and (first.iloc[1:] == "10:00").all()  # 10:00 + 31 bars on the first only
+    preds = raw.assign(prediction=np.random.default_rng(1).normal(size=len(raw)), target=raw["close"])
+    assert len(ic_by_day(preds)) == 20  # a session a day, not two halves
+
+
+def test_the_start_of_day_is_the_hour_after_the_longest_quiet_stretch():
+    """UTC midnight where no quiet stretch of the day is longer than a bar (24/7, 4-hour bars, daily bars, daily
+    bars of two vendors' labels, 00:00 and 21:00); else the hour the session opens in: the same session number
+    for every bar of a session, whichever symbols are counted."""
+    hour = 3600 * 10**9
+    assert day_start(ns(pd.date_range("2024-01-01", periods=288 * 3, freq="5min")), MIN5) == 0
+    assert day_start(ns(pd.date_range("2024-01-01", periods=60, freq="4h")), 4 * hour) == 0
+    days = pd.bdate_range("2024-01-01", periods=30, tz="UTC")
+    assert day_start(ns(days), DAY) == 0 and day_start(ns(days.append(days + pd.Timedelta("21h"))), DAY) == 0
+    us = us_frame(n_days=5)
+    ts, codes = ns(us["timestamp"]), us["symbol"].astype("category").cat.codes.to_numpy()
+    assert day_start(ts, MIN5) == 14 * hour  # 14:30 UTC before daylight saving time
+    sessions = session_days(ts, codes, np.full(len(ts), MIN5))
+    assert np.unique(sessions).size == 5 and (np.diff(sessions) < 0).sum() == 2  # back to day 1 at B and C
 
 
 def test_two_weeks_of_an_exchange_see_its_weekend_and_no_night_is_a_long_gap(tmp_path):

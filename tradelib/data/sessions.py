@@ -8,12 +8,15 @@ sessions cross. A gap longer than `long_gap_ns` (ten days, or ten bars of a coar
 holiday but missing data (a stray placeholder row, two downloads years apart, the purge between walk-forward
 folds): it is left out of the time, as one typical step.
 
-A session is a UTC calendar date with at least one bar. A market is continuous when it trades on every day of the
-week; an exchange has days it never trades (a weekend). Bars are counted on that calendar (`bar_steps`): by the
-clock on a continuous market and inside a UTC date, and a step to the next session as one bar plus the sessions
-of a missing day, so that the horizon of the targets (`bar_positions`: a target spans `horizon` bars, not rows)
-and the long gaps that break a series (`long_gap_rows`, max_gap_bars) read one count, and a researcher's data is
-measured on its own calendar, never an assumed one: a night or a weekend on an exchange is no missing data.
+A session is a day with at least one bar, counted from the market's own start of day (`day_start`: the hour
+after its longest quiet stretch of the day, UTC midnight for a market with none), so that a session crossing UTC
+midnight (Sydney's 23:00 to 05:00 UTC) is one session, and its night no part of one. A market is continuous when
+it trades on every day of the week; an exchange has days it never trades (a weekend). Bars are counted on that
+calendar (`bar_steps`): by the clock on a continuous market and inside a session, and a step to the next session
+as one bar plus the sessions of a missing day, so that the horizon of the targets (`bar_positions`: a target
+spans `horizon` bars, not rows) and the long gaps that break a series (`long_gap_rows`, max_gap_bars) read one
+count, and a researcher's data is measured on its own calendar, never an assumed one: a night or a weekend on an
+exchange is no missing data.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 DAY_NS = 86_400 * 10**9
+HOUR_NS = 3_600 * 10**9
 DAYS_PER_YEAR = 365.25
 YEAR_NS = DAYS_PER_YEAR * DAY_NS
 LONG_GAP_DAYS = 10  # a longer gap between marks is missing data, not a weekend or a holiday
@@ -50,7 +54,7 @@ class Calendar:
                 f"{self.n_timestamps:,} distinct timestamps over {self.span_days:.2f} days (under a week)")
         gaps = f", {self.long_gaps} gap(s) over {LONG_GAP_DAYS} days left out as missing data" if self.long_gaps else ""
         kind = ("a continuous market (trades every day of the week)" if self.continuous else
-                f"an exchange calendar (days of the week it never trades; {self.sessions_per_year:.1f} UTC dates a "
+                f"an exchange calendar (days of the week it never trades; {self.sessions_per_year:.1f} sessions a "
                 f"year traded, a median {self.bars_per_session:g} bar(s) on each)")
         return f"{self.periods_per_year:,.1f} a year, {over}{gaps}: {kind}"
 
@@ -59,6 +63,49 @@ class Calendar:
                 "description": self.describe(), "bar_seconds": self.bar_seconds, "n_timestamps": self.n_timestamps,
                 "n_sessions": self.n_sessions, "span_days": self.span_days, "long_gaps": self.long_gaps,
                 "sessions_per_year": self.sessions_per_year, "bars_per_session": self.bars_per_session}
+
+
+def _quiet(occupied: np.ndarray) -> tuple[int, int]:
+    """(the hour (0-23) after the longest run of hours of the day without a mark, the first such run; its length
+    in hours); (0, 0) when every hour has a mark."""
+    if occupied.all() or not occupied.any():
+        return 0, 0
+    best, run, start = -1, 0, 0
+    for i in range(48):  # twice round the clock: a quiet stretch may span midnight
+        if occupied[i % 24]:
+            if run > best:
+                best, start = run, i % 24
+            run = 0
+        else:
+            run += 1
+    return start, best
+
+
+def day_start(ts_ns: np.ndarray, bar_ns: float) -> int:
+    """Where the day of these marks (bars of `bar_ns`) begins, in ns after UTC midnight: the hour after their
+    longest quiet stretch of the day (13:00 for US equities in summer, 23:00 for Sydney's 23:00 to 05:00 UTC
+    session), so a session is one day however it sits across UTC dates. UTC midnight where no stretch is longer
+    than a bar: a 24/7 market, daily bars (the hours between two bars are no night)."""
+    hours = (np.asarray(ts_ns, dtype=np.int64) % DAY_NS) // HOUR_NS
+    start, quiet = _quiet(np.bincount(hours, minlength=24) > 0)
+    return start * HOUR_NS if quiet * HOUR_NS > bar_ns else 0
+
+
+def session_days(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> np.ndarray:
+    """Each row's session: its day counted from its own symbol's `day_start` (rows sorted by symbol, `bar_ns` per
+    row). Symbols of one exchange share their quiet hours, so any start inside them numbers their sessions alike,
+    whichever symbols a shard holds."""
+    ts_ns, codes = np.asarray(ts_ns, dtype=np.int64), np.asarray(codes)
+    if not len(ts_ns):
+        return ts_ns // DAY_NS
+    first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    sym = np.repeat(np.arange(len(first)), np.diff(np.r_[first, len(codes)]))
+    occupied = np.zeros((len(first), 24), dtype=bool)
+    occupied[sym, (ts_ns % DAY_NS) // HOUR_NS] = True
+    bar = np.asarray(bar_ns)[first]
+    quiet = [_quiet(o) for o in occupied]
+    start = np.array([h * HOUR_NS if q * HOUR_NS > b else 0 for (h, q), b in zip(quiet, bar)], dtype=np.int64)
+    return (ts_ns - start[sym]) // DAY_NS
 
 
 def long_gap_ns(step_ns):
@@ -97,7 +144,7 @@ def calendar(ts_ns: np.ndarray, bar_seconds: float) -> Calendar:
         ppy = (u.size - 1) / t[-1] * YEAR_NS
     else:  # one timestamp: a bar's worth of time per mark
         ppy = YEAR_NS / (float(bar_seconds) * 1e9)
-    days, per_day = np.unique(u // DAY_NS, return_counts=True)
+    days, per_day = np.unique((u - day_start(u, float(bar_seconds) * 1e9)) // DAY_NS, return_counts=True)
     spy, continuous = _sessions(days)
     return Calendar(bar_seconds=float(bar_seconds), periods_per_year=float(ppy), n_timestamps=int(u.size),
                     n_sessions=int(days.size), span_days=float(t[-1]) / DAY_NS, long_gaps=gaps,
@@ -106,9 +153,9 @@ def calendar(ts_ns: np.ndarray, bar_seconds: float) -> Calendar:
 
 
 def traded_days(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> dict[int, np.ndarray]:
-    """Bar size (ns) -> the sorted distinct UTC days (ns // DAY_NS) with a row of that size. Rows sorted by
+    """Bar size (ns) -> the sorted distinct sessions (`session_days`) with a row of that size. Rows sorted by
     (symbol, time); `bar_ns` per row. The days of parts of the rows merge into the whole's (`merge_days`)."""
-    day = np.asarray(ts_ns, dtype=np.int64) // DAY_NS
+    day = session_days(ts_ns, codes, bar_ns)
     new = np.ones(len(day), dtype=bool)
     new[1:] = (codes[1:] != codes[:-1]) | (day[1:] != day[:-1])  # (symbol, day) pairs
     pair_day, pair_bar = day[new], np.asarray(bar_ns)[new]
@@ -125,8 +172,8 @@ def merge_days(parts: list[dict[int, np.ndarray]]) -> dict[int, np.ndarray]:
 
 
 def _bars_per_session(day: np.ndarray, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """At each of `rows`: the median number of rows its symbol has on a UTC date (rounded, at least 1), what a
-    session of the symbol holds. `day`: each row's UTC day, rows sorted by (symbol, time)."""
+    """At each of `rows`: the median number of rows its symbol has in a session (rounded, at least 1). `day`: each
+    row's session (`session_days`), rows sorted by (symbol, time)."""
     n = len(day)
     sym = np.ones(n, dtype=bool)
     sym[1:] = codes[1:] != codes[:-1]
@@ -144,12 +191,12 @@ def bar_steps(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuo
     (`long_gap_rows`) read.
 
     Rows sorted by (symbol, time), `bar_ns` the bar size of each row's symbol. By the clock (round(step / bar),
-    at least 1) on a continuous market, inside a UTC date (bars missing inside a session), and for a step longer
-    than `long_gap_ns` (missing data, as the calendar reads it). Otherwise, on an exchange calendar, a step to a
-    later date counts as one bar (overnight, a weekend, a holiday: nothing is missing there) plus, for every
+    at least 1) on a continuous market, inside a session (bars missing inside it), and for a step longer than
+    `long_gap_ns` (missing data, as the calendar reads it). Otherwise, on an exchange calendar, a step to a later
+    session counts as one bar (overnight, a weekend, a holiday: nothing is missing there) plus, for every
     session in between that symbols of the same bar size traded and this one lacks (a missing day), the bars the
-    symbol has in a session (its median per UTC date). `days` (bar size -> the sorted UTC days it traded,
-    `traded_days`) when these rows are some symbols of the data: the sessions are counted over all of them.
+    symbol has in a session (its median). `days` (bar size -> the sorted sessions it traded, `traded_days`) when
+    these rows are some symbols of the data: the sessions are counted over all of them.
     """
     ts_ns, bar_ns = np.asarray(ts_ns, dtype=np.int64), np.asarray(bar_ns, dtype=np.int64)
     codes = np.asarray(codes)
@@ -163,7 +210,7 @@ def bar_steps(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuo
     clock = np.ones(n - 1, dtype=bool)
     same = codes[1:] == codes[:-1]
     if not continuous:
-        day = ts_ns // DAY_NS
+        day = session_days(ts_ns, codes, bar_ns)
         clock = (day[1:] == day[:-1]) | (d > long_gap_ns(bar))
         cross = np.flatnonzero(~clock & same)  # steps to a later session (one a session and symbol: few)
         d0, d1, size = day[cross], day[cross + 1], bar[cross]
@@ -199,7 +246,7 @@ def long_gap_rows(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, k: i
 
 
 def _sessions(days: np.ndarray) -> tuple[float, bool]:
-    """(sessions a year, whether the market is continuous) of the sorted distinct UTC days (ns // DAY_NS) traded."""
+    """(sessions a year, whether the market is continuous) of the sorted distinct days traded (`session_days`)."""
     day_span = _time(days * DAY_NS)[0][-1] / DAY_NS + 1  # first to last session, both included
     spy = days.size / day_span * DAYS_PER_YEAR
     if day_span >= 7:  # a week: each day of the week seen, so a weekend never traded shows (two weeks Monday to

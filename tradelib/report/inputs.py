@@ -50,7 +50,7 @@ class ReportInputs:
     family_reason: str
     mode_reason: str
     ic_timestamp: pd.DataFrame  # cross-sectional IC per timestamp
-    ic_day: pd.DataFrame  # IC per UTC day
+    ic_day: pd.DataFrame  # IC per session (metrics.session_dates)
     ic: dict  # family -> ev.ic_summary / ev.pooled_summary
     ic_lag0: dict  # family -> summary against the lag-0 target
     backtest: bk.BacktestResult

@@ -7,7 +7,7 @@ docs/metrics.md says which figure is which and how each is computed.
 Conventions (the numbers in the report depend on them):
 - Three ICs, each named for what it is. `cross_sectional`: the correlation across symbols at each timestamp
   (timestamps with >= 3 symbols), averaged over timestamps: what alphalens and Qlib call IC. `daily`: the
-  correlation over every row of a UTC day (all symbols and bars pooled), averaged over days. `pooled`: one
+  correlation over every row of a session (all symbols and bars pooled), averaged over days. `pooled`: one
   correlation over every test row. Each comes as Pearson (`ic`) and Spearman (`rank_ic`).
   The one that leads is the IC of the bet the book makes (`headline_family`).
 - t-statistics are overlap-robust: a target over h bars shares h-1 bars with the next one, so consecutive IC
@@ -28,7 +28,7 @@ import pandas as pd
 
 from tradelib.data.clean import bar_sizes_ns
 from tradelib.data.load import ns_since_epoch
-from tradelib.data.sessions import calendar
+from tradelib.data.sessions import DAY_NS, calendar, day_start
 
 MIN_PERIOD_ROWS = 3  # a correlation over fewer rows is noise, and over 2 rows it is always +-1
 IC_FAMILIES = ("cross_sectional", "daily", "pooled")
@@ -70,6 +70,17 @@ def infer_bar_seconds(df: pd.DataFrame) -> float:
     if bars.size == 0:
         raise ValueError("cannot infer the bar size: no symbol has two rows at different times; pass bar_seconds")
     return float(np.median(bars)) / 1e9
+
+
+def session_dates(df: pd.DataFrame) -> pd.Series:
+    """Each row's session, as the UTC date it starts on (`sessions.day_start`): the per-day IC's days, so a
+    session across UTC midnight (Sydney's 23:00 to 05:00 UTC) is one day, not two halves."""
+    when = _timestamps(df["timestamp"])
+    try:
+        bar = infer_bar_seconds(df) * 1e9
+    except ValueError:  # no symbol with two bars: no night between them to find
+        bar = float(DAY_NS)
+    return (when - pd.Timedelta(int(day_start(ts_ns(when), bar)), "ns")).dt.floor("D")
 
 
 def annualisation(df: pd.DataFrame, bar_seconds: float | None = None, *, periods_per_year: float) -> dict:
@@ -165,10 +176,10 @@ def ic_by_timestamp(df: pd.DataFrame, pred_col: str = "prediction", target_col: 
 
 
 def ic_by_day(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target") -> pd.DataFrame:
-    """The per-day IC: one correlation over every row of a UTC day, all symbols and bars pooled (for daily
-    bars this is the cross-sectional IC). Columns period (the day), ic, rank_ic, n."""
+    """The per-day IC: one correlation over every row of a session (`session_dates`), all symbols and bars pooled
+    (for daily bars this is the cross-sectional IC). Columns period (the day), ic, rank_ic, n."""
     d = _finite_rows(df, [pred_col, target_col])
-    return _ic_by_key(d, _timestamps(d["timestamp"]).dt.floor("D"), pred_col, target_col)
+    return _ic_by_key(d, session_dates(d), pred_col, target_col)
 
 
 def hac_se(x: np.ndarray, lags: int) -> tuple[float, str]:
@@ -367,8 +378,8 @@ def without_best(df: pd.DataFrame, family: str, ic_df: pd.DataFrame, share: floa
         return {"ic": float("nan"), "periods": k, "of": int(x.size), "best": None}
     order = np.argsort(-np.sign(x.mean()) * x, kind="stable")
     left = _timestamps(ic_df["period"].iloc[np.r_[order[:k], order[-k:]]])
-    when = _timestamps(df["timestamp"])
-    kept = df.loc[~(when.dt.floor("D") if family == "daily" else when).isin(left).to_numpy()]
+    when = session_dates(df) if family == "daily" else _timestamps(df["timestamp"])
+    kept = df.loc[~when.isin(left).to_numpy()]
     return {"ic": family_summary(kept, family, 0, pred_col, target_col)["ic"], "periods": k, "of": int(x.size),
             "best": left.iloc[0].isoformat()}
 

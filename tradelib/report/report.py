@@ -225,7 +225,8 @@ def conventions(inputs: ReportInputs) -> dict:
         "ic_families": {
             "cross_sectional": "Pearson (and Spearman) correlation across symbols at each timestamp with >= 3 "
                                "symbols, averaged over timestamps (alphalens, Qlib)",
-            "daily": "correlation over every row of a UTC day (all symbols and bars), averaged over days",
+            "daily": "correlation over every row of a session (a day from the market's start of day; all symbols "
+                     "and bars), averaged over days",
             "pooled": "one correlation over every test row",
         },
         "t_stat": f"{head['t_method']}, over {PERIOD_WORDS[inputs.family]}; the target spans {inputs.horizon} "
