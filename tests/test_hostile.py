@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -915,6 +916,27 @@ def test_prepare_killed_at_any_moment_leaves_a_valid_cache(outputs, moment):
     folder = Path(fs.meta["cache_dir"])
     cache.load(folder)
     assert [p.name for p in folder.parent.iterdir() if p.is_dir()] == [folder.name]
+
+
+@pytest.mark.slow
+def test_prepare_stopped_by_sigterm_says_so_and_the_next_one_resumes(outputs):
+    """A scheduler's SIGTERM to `tradelib prepare` ends it as Ctrl-C does: one error line and exit 143 (it died
+    in silence, by the default handler); the next prepare resumes the build from the shards done."""
+    params = ["-p", "synth_symbols", "8", "-p", "synth_bars", "50000", "-p", "window", "8", "-p", "shard_rows",
+              "60000"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("TRADELIB_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "tradelib", "prepare", *params], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not any((outputs / "cache").glob(".*.build/shard-*")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "error: stopped by SIGTERM", (out, err)
+    res = subprocess.run([sys.executable, "-m", "tradelib", "prepare", *params], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "resuming the feature build" in res.stdout, res.stderr
 
 
 def test_a_run_resumes_with_its_data_moved_or_spelled_otherwise(outputs, capsys, tmp_path, monkeypatch):

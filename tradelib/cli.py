@@ -4,7 +4,7 @@ Every failure ends with one line on stderr, `error: ...`, naming the file or par
 exit code: 2 for bad input or an unusable environment (a parameter, a data file, a damaged cache, a busy run
 folder, a read-only or full disk, CUDA asked for but absent), 1 for a run that failed (training diverged or
 trained nothing, a notebook raised, torchrun failed, an internal error), 130 when interrupted (Ctrl-C), 143 when
-stopped by SIGTERM, 129 by SIGHUP (training stops at a step with a checkpoint first). Set
+stopped by SIGTERM, 129 by SIGHUP, whatever the command (training stops at a step with a checkpoint first). Set
 TRADELIB_DEBUG=1 for the traceback.
 """
 
@@ -215,9 +215,15 @@ def explain(exc: BaseException) -> tuple[int, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. SIGTERM and SIGHUP end it as Ctrl-C does, with its one line and exit code, wherever the
+    command has no handler of its own (a training stops at a step with a checkpoint, the pipeline waits for its
+    kernel): unhandled, they ended `prepare` mid-build in silence."""
+    from tradelib.train.stops import signals_interrupt
+
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with signals_interrupt():
+            return args.func(args)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
         if os.environ.get("TRADELIB_DEBUG"):
             raise
