@@ -137,6 +137,24 @@ def test_a_sleeping_source_reads_input_bound(tiny_cfg, outputs):
     assert mem.kind in ("memory headroom", "memory")
 
 
+def streaming_cfg(tiny_cfg, loader: str, budget: float) -> Config:
+    return tiny_cfg.replace(device="cpu", warmup=1, loader=loader, device_memory_budget=budget, eval_batch_size=64,
+                            stream_block_rows=256)
+
+
+@pytest.mark.parametrize("loader,budget", [("stream", 1.0), ("device", 230_000.0)])
+def test_the_doctor_streams_as_a_run_of_the_config_does(tiny_cfg, outputs, loader, budget):
+    """loader stream, or the device loader over its budget: the doctor (and 02's trace) stream with the config's
+    own budget and blocks, not the bench's quarter of the data in 32 blocks."""
+    runner = _runner(streaming_cfg(tiny_cfg, loader, budget))
+    try:
+        plan = runner.source.inner.plan
+        assert plan.streamed and plan.block_rows == 256
+        assert runner.trainer.cfg.device_memory_budget == budget
+    finally:
+        runner.close()
+
+
 USER_MODULE = """
 import torch
 from torch import nn

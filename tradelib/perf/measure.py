@@ -61,7 +61,9 @@ RATIOS = {"device/dataloader": ("device", "dataloader"), "dense/per_window": ("d
 class Setup:
     """One configuration to measure: a label, the loader kind, the full run config, the model spec it came
     from, the group whose members are compared as ratios (one model spec, or one batch size of a sweep), and the
-    step mode asked for (eager, graph, or "" for what the config says)."""
+    step mode asked for (eager, graph, or "" for what the config says). A `stream` setup streams through the
+    bench's budget (`stream_budget` of the data, at least 32 blocks) unless `own_budget`: the config's own
+    device_memory_budget and stream_block_rows, as a run of that config streams (the doctor, 02's trace)."""
 
     label: str
     loader: str  # dataloader | device | dense | stream
@@ -69,6 +71,7 @@ class Setup:
     spec: str  # e.g. "tcn:window=64,layers=4"
     group: str
     mode: str = ""
+    own_budget: bool = False
 
 
 def parse_model_spec(spec: str) -> tuple[str, dict]:
@@ -180,7 +183,7 @@ class Runner:
     def __init__(self, setup: Setup, fs: FeatureSet) -> None:
         self.setup, cfg = setup, setup.cfg
         self.device = pick_device(cfg.device, verbose=False)
-        if setup.loader == "stream":  # a budget of a share of the data, at least 32 blocks: the data really streams
+        if setup.loader == "stream" and not setup.own_budget:  # a share of the data, >= 32 blocks: it really streams
             cfg = cfg.replace(stream_block_rows=max(1, min(cfg.stream_block_rows, len(fs) // 32)),
                               eval_batch_size=cfg.batch_size)  # (the bench does not evaluate)
             budget = max(cfg.stream_budget * resident_bytes(fs, cfg), min_budget(fs, cfg, cfg.window))

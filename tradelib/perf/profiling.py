@@ -95,10 +95,12 @@ def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, load
 
 
 def _runner(cfg: Config) -> Runner:
-    """A Runner for this config's data, model and loader."""
+    """A Runner for this config's data, model and loader, streamed (loader stream, or data above
+    device_memory_budget) as a run of it streams: its own budget and blocks, not the bench's."""
     cfg = cfg.replace(device=str(pick_device(cfg.device, verbose=False)))
     setup = make_setups(cfg.replace(dense_batch=cfg.batch_size), cfg.model, ["dense" if cfg.dense else cfg.loader],
                         verbose=False)[0]
+    setup.own_budget = True
     return Runner(setup, dataset.prepare(cfg, verbose=False))
 
 
