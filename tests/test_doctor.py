@@ -34,6 +34,10 @@ def test_input_bound_names_the_loader_and_the_gain():
                                  "device (about 2.5x")
     streamed, _ = verdict(case(loader="stream", wait_share=0.3))
     assert streamed.change == {"device_memory_budget": 1.0}
+    # the device loader streams data above device_memory_budget: its wait is the stream's, not the gather's
+    over, _ = verdict(case(loader="device", streamed=True, wait_share=0.3))
+    assert over.change == {"device_memory_budget": 1.0}
+    assert "(device loader, the data streamed: it exceeds device_memory_budget)" in over.text
 
 
 def test_launch_bound_says_set_cuda_graphs_with_the_ratio():
@@ -153,6 +157,15 @@ def test_the_doctor_streams_as_a_run_of_the_config_does(tiny_cfg, outputs, loade
         assert runner.trainer.cfg.device_memory_budget == budget
     finally:
         runner.close()
+
+
+def test_a_device_loader_over_its_budget_is_diagnosed_as_streamed(tiny_cfg, outputs):
+    """Its wait is the stream's: the change that helps is the budget, not a larger batch for a slow gather."""
+    cfg = streaming_cfg(tiny_cfg, "device", 230_000.0)
+    measured = examine(cfg, seconds=0.5, verbose=False)
+    assert measured.streamed and measured.loader == "device"
+    first, _ = verdict(dataclasses.replace(measured, wait_share=0.3))
+    assert first.kind == "input-bound" and first.change == {"device_memory_budget": 1.0}
 
 
 USER_MODULE = """

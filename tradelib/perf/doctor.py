@@ -71,6 +71,7 @@ class Measured:
     largest_matmul: str = ""  # e.g. "[65536 x 512] @ [512 x 1536]"
     mem_peak_bytes: int | None = None
     mem_total_bytes: int | None = None
+    streamed: bool = False  # the data streamed in blocks: loader stream, or the device loader over its budget
 
 
 @dataclass
@@ -93,11 +94,12 @@ def bound(m: Measured) -> Finding:
     """What limits the step, first match wins: the data, the host's launches, the arithmetic; else between."""
     if m.wait_share >= INPUT_BOUND:
         gain = 1 / max(1 - m.wait_share, 1e-3)  # the step without its wait
-        head = f"input-bound: {m.wait_share:.0%} of each step waits for data ({m.loader} loader)"
+        over = ", the data streamed: it exceeds device_memory_budget" if m.streamed and m.loader == "device" else ""
+        head = f"input-bound: {m.wait_share:.0%} of each step waits for data ({m.loader} loader{over})"
         if m.loader == "dataloader":
             return Finding("input-bound", f"{head}: set loader device (about {gain:.1f}x: windows gathered on the "
                                           f"device, no per-window Python)", {"loader": "device"}, gain)
-        if m.loader == "stream":
+        if m.loader == "stream" or m.streamed:
             return Finding("input-bound", f"{head}: raise device_memory_budget so the data stays resident (up to "
                                           f"about {gain:.1f}x)", {"device_memory_budget": 1.0}, gain)
         return Finding("input-bound", f"{head}: the batch source itself is slow; a larger batch_size gathers "
@@ -290,13 +292,15 @@ def examine(cfg: Config, seconds: float | None = None, runner: Runner | None = N
                 graphs_refused=why_not, precision=precision, samples_per_s=sps,
                 step_s=tot["seconds"] / tot["steps"], wait_share=tot["wait_s"] / tot["seconds"], host_s=host_s,
                 device_s=device_s, mfu=value, mfu_ceiling=ceiling, mfu_note=note, largest_matmul=largest,
-                mem_peak_bytes=peak_memory_bytes(device), mem_total_bytes=device_memory(device))
+                mem_peak_bytes=peak_memory_bytes(device), mem_total_bytes=device_memory(device),
+                streamed=bool(getattr(getattr(runner.source.inner, "plan", None), "streamed", False)))
     finally:
         if own:
             runner.close()
     if verbose:
+        streamed = " (data streamed)" if measured.streamed else ""
         print(f"doctor: {measured.model} on {measured.device_name}, batch {measured.batch_size} x "
-              f"{measured.grad_accum_steps}, {measured.loader} loader, step graph "
+              f"{measured.grad_accum_steps}, {measured.loader} loader{streamed}, step graph "
               f"{'on' if measured.graphs else 'off'}, {precision}: {measured.samples_per_s:,.0f} samples/s over "
               f"{tot['steps']} steps ({tot['seconds']:.1f} s)")
     return measured
