@@ -35,6 +35,8 @@ PEAKS: dict[str, Peak] = {
     "NVIDIA H100 80GB HBM3": Peak(989.5, 80, f"{H100_DS}, SXM (1,979 sparse)"),
     "NVIDIA H100 PCIe": Peak(756.5, 80, f"{H100_DS}, PCIe (1,513 sparse)"),
     "NVIDIA H100 NVL": Peak(835.5, 94, f"{H100_DS}, NVL (1,671 sparse)"),
+    "NVIDIA GH200 480GB": Peak(989.5, 96, "NVIDIA GH200 Grace Hopper Superchip datasheet, its 96 GB HBM3 GPU "
+                                          "(1,979 sparse; the 480 GB is the CPU's LPDDR5X)"),
     "NVIDIA A100-SXM4-40GB": Peak(312, 40, "NVIDIA A100 datasheet, SXM 40GB (624 sparse)"),
     "NVIDIA A100-SXM4-80GB": Peak(312, 80, "NVIDIA A100 datasheet, SXM 80GB (624 sparse)"),
     "NVIDIA A100-PCIE-40GB": Peak(312, 40, "NVIDIA A100 datasheet, PCIe 40GB (624 sparse)"),
