@@ -303,3 +303,26 @@ def test_a_peak_measured_beside_a_busy_process_flags_every_mfu(tiny_cfg):
     assert rec["mfu"] is None and rec["mfu_invalid"] > 0 and rec["peak_other_cores"] >= 0.5
     assert "measured while other processes kept" in rec["mfu_invalid_reason"]
     assert df["mfu"].isna().all() and df["mfu_invalid_reason"].str.contains("other processes").all()
+
+
+@pytest.mark.slow
+def test_configurations_measured_together_put_the_data_on_the_device_once(tiny_cfg, outputs, monkeypatch):
+    """Every configuration of a bench or sweep is alive at once (interleaved repetitions): each with its own copy of
+    the data on the device, data that fits a run's device_memory_budget fills the device N times over."""
+    from tradelib.perf.measure import measure
+    from tradelib.train import sources
+
+    made = []
+
+    class Counted(sources.Windows):
+        def __init__(self, *args) -> None:
+            made.append(1)
+            super().__init__(*args)
+
+    monkeypatch.setattr(sources, "Windows", Counted)
+    cfg = tiny_cfg.replace(device="cpu", num_workers=0)
+    setups = [*make_setups(cfg, "lstm", ["device", "dataloader"], verbose=False),
+              *make_setups(cfg, "tcn:layers=2", ["device", "dense"], verbose=False)]
+    records = measure(setups, steps=1, warmup=0, repeats=1, max_other_load=1.0, verbose=False)
+    assert len(records) == 4 and all(r["samples_per_s"] > 0 for r in records)
+    assert len(made) == 1

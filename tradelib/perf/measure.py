@@ -43,7 +43,7 @@ from tradelib.hardware import (
 )
 from tradelib.monitor import GpuMonitor
 from tradelib.train.models import MODELS, USER_MODEL, model_for, n_params
-from tradelib.train.sources import Batch, BatchSource
+from tradelib.train.sources import Batch, BatchSource, Windows
 from tradelib.train.stream import make_sources, min_budget, resident_bytes
 from tradelib.train.trainer import Trainer, seed_everything
 
@@ -178,9 +178,11 @@ class TimedSource:
 
 class Runner:
     """One configuration: its Trainer (the real step, fed through a TimedSource) and the stream of its
-    batches, epoch after epoch."""
+    batches, epoch after epoch. `shared`: the resident windows of the configurations measured beside it, by
+    (data, window, device), so that N configurations hold one copy of the data on the device, not N (N copies of
+    data that fits a run's device_memory_budget can fill the device)."""
 
-    def __init__(self, setup: Setup, fs: FeatureSet) -> None:
+    def __init__(self, setup: Setup, fs: FeatureSet, shared: dict | None = None) -> None:
         self.setup, cfg = setup, setup.cfg
         self.device = pick_device(cfg.device, verbose=False)
         if setup.loader == "stream" and not setup.own_budget:  # a share of the data, >= 32 blocks: it really streams
@@ -190,7 +192,10 @@ class Runner:
             cfg = setup.cfg = cfg.replace(device_memory_budget=float(budget))
         seed_everything(cfg.seed)
         model = model_for(cfg, fs.n_features).to(self.device)
-        windows, source = make_sources(fs, model, cfg, self.device)
+        key = (id(fs), cfg.window, str(self.device))
+        windows, source = make_sources(fs, model, cfg, self.device, windows=(shared or {}).get(key))
+        if shared is not None and isinstance(windows, Windows):
+            shared.setdefault(key, windows)
         self.source = TimedSource(source)
         self.trainer = Trainer(cfg, model, windows, self.source, self.device, verbose=False)
         self.fs, self.epoch = fs, 0
@@ -335,12 +340,13 @@ def measure(setups: Sequence[Setup], *, steps: int, warmup: int, repeats: int, m
     runners: list[Runner] = []
     with torch_flags(deterministic=False):  # off, as a default run has them
         try:
-            fsets: dict[str, FeatureSet] = {}  # the same data is built or loaded once
+            fsets: dict[str, FeatureSet] = {}  # the same data is built or loaded once, and put on the device once
+            shared: dict = {}
             for s in setups:
                 key = cache.cache_key(s.cfg)
                 if key not in fsets:
                     fsets[key] = dataset.prepare(s.cfg, verbose=verbose)
-                runners.append(Runner(s, fsets[key]))
+                runners.append(Runner(s, fsets[key], shared))
             device = runners[0].device
             peak = peak if peak is not None else mfu_peak(device, setups[0].cfg.peak_tflops, max_other_load)
             if verbose:

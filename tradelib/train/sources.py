@@ -386,12 +386,13 @@ class PaddedSource:
             close()
 
 
-def resident_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.device
-                     ) -> tuple[Windows, BatchSource]:
+def resident_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.device,
+                     windows: Windows | None = None) -> tuple[Windows, BatchSource]:
     """(the evaluation windows, the training batch source) that `cfg` asks for, the data resident on the device
     (`stream.make_sources`, the one entry, decides between this and streaming, and checks the model's
-    forward_dense)."""
-    windows = Windows(fs, cfg.window, device)
+    forward_dense). `windows`: these data's windows already on the device, shared (read only) rather than a
+    second copy of the data (the configurations a measurement holds side by side)."""
+    windows = windows if windows is not None else Windows(fs, cfg.window, device)
     if cfg.dense:
         if cfg.loader != "device":
             raise ValueError("dense=True gathers chunks on the device: use loader='device'")

@@ -523,10 +523,10 @@ def plan(fs: FeatureSet, cfg, device: torch.device, span: int) -> Plan:
                 f"{gb(2 * int(k) * (block_rows + halo) * row)} resident")
 
 
-def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.device, verbose: bool = False
-                 ) -> tuple[Windows | StreamWindows, BatchSource]:
-    """(evaluation windows, training source) for `cfg`: resident (`sources.resident_sources`) when the data fits
-    `device_memory_budget`, else streamed; says which when `verbose`."""
+def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.device, verbose: bool = False,
+                 windows: Windows | None = None) -> tuple[Windows | StreamWindows, BatchSource]:
+    """(evaluation windows, training source) for `cfg`: resident (`sources.resident_sources`, reusing `windows`
+    when given) when the data fits `device_memory_budget`, else streamed; says which when `verbose`."""
     if cfg.dense and not hasattr(model, "forward_dense"):
         raise ValueError(f"dense=True needs a causal model with forward_dense (tcn, transformer), not {cfg.model!r}")
     span = cfg.dense_chunk if cfg.dense else cfg.window
@@ -534,7 +534,7 @@ def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.devi
     if verbose:
         print(p.reason)
     if not p.streamed:
-        return resident_sources(fs, model, cfg, device)
+        return resident_sources(fs, model, cfg, device, windows)
     ledger = Ledger()
     stream = BlockStream(fs, halo_rows(cfg, span), p.block_rows, p.blocks_per_slot, device, ledger)
     windows = StreamWindows(fs, cfg.window, stream, ledger)
