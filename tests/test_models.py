@@ -127,6 +127,19 @@ def test_built_in_flops_match_torchs_counter(name):
     assert model.flops_per_sample(dense=False) == pytest.approx(counted_flops(model, x) / 4, rel=0.1)
 
 
+def test_dense_tcn_flops_per_trained_target_count_the_whole_chunk():
+    """A dense chunk computes all its positions and trains the last chunk - receptive_field + 1 of them: MFU's
+    FLOPs per target are the chunk's over those (per window, the receptive field's over its one target)."""
+    model = model_for(Config(model="tcn", window=64, hidden=16, layers=4), 5)
+    chunk = 128
+    targets = chunk - model.receptive_field + 1
+    x = torch.randn(2, chunk, 5)
+    with FlopCounterMode(display=False) as counter:
+        model.forward_dense(x).sum().backward()
+    per_target = counter.get_total_flops() / (2 * targets)
+    assert training_flops_per_sample(model, dense=True, chunk=chunk) == pytest.approx(per_target, rel=0.03)
+
+
 def test_transformer_is_causal_and_dense_is_the_window_forward():
     torch.manual_seed(0)
     model = model_for(Config(model="transformer", window=16, hidden=32, layers=2, heads=4), 4).eval()

@@ -135,8 +135,9 @@ class TCN(nn.Module):
         return self.forward_dense(x[:, -self.receptive_field :])[:, -1]
 
     def flops_per_sample(self, dense: bool) -> float:
-        """Per prediction: dense mode pays one output position per trained target; `forward` computes the whole
-        receptive field to give its last position."""
+        """Per prediction: dense mode one output position (a chunk's first receptive_field - 1 positions are
+        computed untrained: `training_flops_per_sample` spreads them over its targets); `forward` computes the
+        whole receptive field to give its last position."""
         per_pos = 2.0 * self.n_features * self.hidden
         per_pos += sum(2 * 2.0 * self.kernel * self.hidden**2 for _ in self.blocks) + 2.0 * self.hidden
         return per_pos if dense else per_pos * self.receptive_field
@@ -330,13 +331,17 @@ def user_model(cfg, n_features: int) -> nn.Module:
     return model
 
 
-def training_flops_per_sample(model: nn.Module, dense: bool) -> float | None:
+def training_flops_per_sample(model: nn.Module, dense: bool, chunk: int | None = None) -> float | None:
     """Forward + backward ~ 3x the forward FLOPs (the usual 6N-per-token rule for matmuls), per trained target;
-    None for a model of the user's without `flops_per_sample`."""
+    None for a model of the user's without `flops_per_sample`. Dense, a chunk of `chunk` rows computes every
+    position and trains only the last chunk - receptive_field + 1: per target, chunk / that many positions."""
     count = getattr(model, "flops_per_sample", None)
     if count is None:
         return None
-    return 3.0 * count(dense=dense)
+    share = 1.0
+    if dense and chunk:
+        share = chunk / max(chunk - getattr(model, "receptive_field", 1) + 1, 1)
+    return 3.0 * count(dense=dense) * share
 
 
 def n_params(model: nn.Module) -> int:

@@ -379,7 +379,7 @@ class Trainer:
     def flops_per_sample(self) -> float | None:
         from tradelib.train.models import training_flops_per_sample
 
-        return training_flops_per_sample(self.model, self.cfg.dense)
+        return training_flops_per_sample(self.model, self.cfg.dense, self.cfg.dense_chunk)
 
 
 def make_scaler(device: torch.device) -> torch.amp.GradScaler:
