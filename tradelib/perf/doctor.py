@@ -99,7 +99,10 @@ def bound(m: Measured) -> Finding:
         if m.loader == "dataloader":
             return Finding("input-bound", f"{head}: set loader device (about {gain:.1f}x: windows gathered on the "
                                           f"device, no per-window Python)", {"loader": "device"}, gain)
-        if m.loader == "stream" or m.streamed:
+        if m.loader == "stream":  # always streams, whatever the budget
+            return Finding("input-bound", f"{head}: set loader device, which keeps the data resident where it fits "
+                                          f"device_memory_budget (up to about {gain:.1f}x)", {"loader": "device"}, gain)
+        if m.streamed:
             return Finding("input-bound", f"{head}: raise device_memory_budget so the data stays resident (up to "
                                           f"about {gain:.1f}x)", {"device_memory_budget": 1.0}, gain)
         return Finding("input-bound", f"{head}: the batch source itself is slow; a larger batch_size gathers "
