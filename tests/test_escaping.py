@@ -59,3 +59,42 @@ def test_a_symbol_named_like_markup_is_text_in_report_html(outputs, tmp_path):
     assert EVIL_SYMBOL not in page and "onerror=alert(1)>" not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page  # the per-symbol table shows it, as text
     assert "<img src=y" not in page
+
+
+# what a colleague's summary.json may hold where the report's words name the run, its model, device and loader
+EVIL_SUMMARY = {"run_id": "q`<img src=y onerror=alert(5)>`", "device_name": "<script>alert(6)</script>",
+                "loader": "dev`<img src=z onerror=alert(7)>`", "model": "<b>m</b>|*x*"}
+
+
+def rendered(markdown: str) -> str:
+    """The markdown as report.html shows it (nbconvert renders 04's Markdown outputs with mistune)."""
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+
+    return markdown2html_mistune(markdown)
+
+
+def test_the_report_words_show_a_run_folders_text_as_text(tmp_path):
+    from tradelib.report import inputs as ri
+    from tradelib.report import report as rp
+    from tradelib.report import words
+
+    from .test_report import make_run
+
+    other, _ = make_run(tmp_path / "other", seed=1, summary_extra=EVIL_SUMMARY)
+    run, feats = make_run(tmp_path / "run", summary_extra=EVIL_SUMMARY)
+    page = rendered(words.summary_markdown(rp.build_report(run, compare_with=other, settings=ri.ReportSettings.of(),
+                                                           **feats)))
+    assert "<img" not in page and "<script" not in page and "<b>" not in page and "<em>" not in page
+    assert "<code>q`&lt;img src=y onerror=alert(5)&gt;`</code>" in page  # the whole id, one code span
+    assert "<code>dev`&lt;img src=z onerror=alert(7)&gt;`</code>" in page
+    assert "&lt;script&gt;alert(6)&lt;/script&gt;" in page and "&lt;b&gt;m&lt;/b&gt;|*x*" in page
+
+
+def test_the_sweep_markdown_table_shows_its_values_as_text():
+    from tradelib import sweep
+
+    table = pd.DataFrame([{"data_path": "a|<img src=x onerror=alert(1)>.csv", "run": "r0", "status": "done"}])
+    table = table.reindex(columns=["data_path", "run", "status", *sweep.NUMBERS])
+    page = rendered(sweep.markdown_table(table))
+    assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert page.count("<td>") == page.count("<th>")  # the | in the value split no cell

@@ -346,9 +346,9 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    text = readable(table)
-    lines = ["| " + " | ".join(text.columns) + " |", "|" + "---|" * len(text.columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in text.itertuples(index=False)]
+    text = readable(table)  # (the values a sweep's folder holds, and 04 shows it as markdown: escaped)
+    lines = ["| " + " | ".join(map(tables.markdown_text, text.columns)) + " |", "|" + "---|" * len(text.columns)]
+    lines += ["| " + " | ".join(map(tables.markdown_text, row)) + " |" for row in text.itertuples(index=False)]
     return "\n".join(lines)
 
 

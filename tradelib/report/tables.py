@@ -7,8 +7,10 @@ strings; `show` renders one compactly (no index, no wrapping inside a cell), so 
 
 from __future__ import annotations
 
+import html
 import math
 import numbers
+import re
 
 import pandas as pd
 
@@ -91,6 +93,23 @@ def mfu(value, invalid=None) -> str:
     if _ok(invalid) or (_ok(value) and value > 1):
         return "invalid"
     return pct(value, 2)
+
+
+def markdown_text(value) -> str:
+    """Text from a file (a run's summary.json, a sweep's table, the data) as markdown that shows it as written: its
+    markup escaped (a colleague's run folder must not put live HTML into report.html), its markdown punctuation
+    taken literally, on one line."""
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    return re.sub(r"([\\`*_\[\]|~#!])", r"\\\1", text)
+
+
+def markdown_code(value) -> str:
+    """Text from a file as a markdown code span, whatever backticks it holds (a fence longer than its longest run of
+    them): inside a span markup is text, but a backtick of its own would end a plain one and let the rest through."""
+    text = " ".join(str(value).split())
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def show(df: pd.DataFrame, caption: str = "", highlight: tuple[tuple[int, str], ...] = (), text: bool = False):

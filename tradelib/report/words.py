@@ -13,7 +13,7 @@ import pandas as pd
 from tradelib.config import run_setting
 from tradelib.paths import is_synthetic
 from tradelib.report.metrics import FAMILY_WORDS, IC_FAMILIES, bar_words
-from tradelib.report.tables import minute, number
+from tradelib.report.tables import markdown_code, markdown_text, minute, number
 
 
 def summary_markdown(report: dict) -> str:
@@ -22,8 +22,9 @@ def summary_markdown(report: dict) -> str:
     g = report["summary"].get
     delay, horizon = g("target_delay_bars") or 0, g("horizon_bars") or 1
     lines = [
-        f"**Run `{g('run_id')}`**: {g('model')} on {g('device_name') or g('device')}, "
-        f"loader `{g('loader')}`, {g('n_test_rows'):,} test rows, {g('n_symbols')} symbols of "
+        f"**Run {markdown_code(g('run_id'))}**: {markdown_text(g('model'))} on "
+        f"{markdown_text(g('device_name') or g('device'))}, loader {markdown_code(g('loader'))}, "
+        f"{g('n_test_rows'):,} test rows, {g('n_symbols')} symbols of "
         f"{g('bar') or fmt(g('bar_seconds'), 'g') + ' s'} bars, learned target: the return from t+{delay} to "
         f"t+{delay + horizon}.",
         "",
@@ -193,12 +194,13 @@ def _compare_lines(report: dict) -> list[str]:
     sps, ic_ = m["samples_per_s"], m.get(f"{fam}_ic", m["pooled_ic"])
     ci, beta_ci = cmp.get("net_sharpe_ci") or {}, cmp.get("market_beta_ci") or {}
     beta = m.get("market_beta") or {}
-    busy = [f"`{who}`" for who, side in ((cmp["run_id"], "other"), ("this run", "this")) if cmp[side].get("busy_note")]
+    busy = [markdown_code(who) for who, side in ((cmp["run_id"], "other"), ("this run", "this"))
+            if cmp[side].get("busy_note")]
     ratio = (f"x{fmt(sps['ratio'], '.1f')}" if not busy else
              f"not comparable: {' and '.join(busy)} timed while other processes kept the machine busy")
     return [
         "",
-        f"Against run `{cmp['run_id']}` (loader `{cmp['other'].get('loader')}`): samples/s "
+        f"Against run {markdown_code(cmp['run_id'])} (loader {markdown_code(cmp['other'].get('loader'))}): samples/s "
         f"{_rate(sps['other'])} -> {_rate(sps['this'])} ({ratio}), {FAMILY_WORDS.get(fam, fam)} "
         f"{fmt(ic_['other'])} -> {fmt(ic_['this'])}, net Sharpe "
         f"{fmt(m['net_sharpe']['other'], '.2f')} ({interval(ci.get('other'))}) -> "
