@@ -98,3 +98,19 @@ def test_the_sweep_markdown_table_shows_its_values_as_text():
     page = rendered(sweep.markdown_table(table))
     assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert page.count("<td>") == page.count("<th>")  # the | in the value split no cell
+
+
+def test_the_report_words_show_a_feature_caches_calendar_as_text(tmp_path):
+    """The annualisation's words can be a feature cache's (its manifest's calendar, when the test span is short):
+    the cache a colleague's summary.json names is a file like any other."""
+    from tradelib.report import inputs as ri
+    from tradelib.report import report as rp
+    from tradelib.report import words
+
+    from .test_report import make_run
+
+    run, feats = make_run(tmp_path / "run")
+    rep = rp.build_report(run, settings=ri.ReportSettings.of(), **feats)
+    rep["conventions"]["annualisation"]["description"] = EVIL_SYMBOL
+    for page in (rendered(words.conventions_markdown(rep)), rendered(words.book_markdown(rep))):
+        assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page

@@ -226,10 +226,10 @@ def conventions_markdown(report: dict) -> str:
                  f"validation dates need the feature cache)")
     return (f"Headline IC = {c.get('headline_ic_words')}; {c.get('ic_lag')}; t = {c.get('t_stat')}; significance on "
             f"that t only. Sharpe errors: {c.get('sharpe_interval')}; {c.get('deflation')}. Annualisation: "
-            f"{_periods(ann.get('periods_per_year'))} periods a year, {ann.get('description')}. Trade delay "
-            f"{c.get('trade_delay_bars')} bar(s), cost {fmt(c.get('cost_bps'), 'g')} bps per unit of weight traded, "
-            f"positions `{c.get('position_mode')}` ({c.get('position_mode_reason')}), {c.get('bar')} bars. Splits by "
-            f"{sp.get('method')}: {dates}. See docs/metrics.md.")
+            f"{_periods(ann.get('periods_per_year'))} periods a year, {markdown_text(ann.get('description'))}. "
+            f"Trade delay {c.get('trade_delay_bars')} bar(s), cost {fmt(c.get('cost_bps'), 'g')} bps per unit of "
+            f"weight traded, positions `{c.get('position_mode')}` ({c.get('position_mode_reason')}), {c.get('bar')} "
+            f"bars. Splits by {sp.get('method')}: {dates}. See docs/metrics.md.")
 
 
 def run_configuration(summary: dict, splits: dict) -> list[tuple[str, str]]:
@@ -308,9 +308,10 @@ def book_markdown(report: dict) -> str:
         span = (f" The test split spans {s['test_days']:.1f} days: annualised figures extrapolate it "
                 f"{365.25 / max(s['test_days'], 1e-9):,.0f}-fold.")
     ann = (report.get("conventions") or {}).get("annualisation") or {}
+    how = markdown_text(ann.get("description") or b["annualisation"])  # (a feature cache's calendar: a file's text)
     return (f"Book: `{b['mode']}` positions, traded {b['trade_delay']} bar(s) after the signal, "
             f"{fmt(b['cost_bps'], 'g')} bps per unit of weight traded, {bar_words(b['bar_seconds'])} bars, "
-            f"{_periods(b['periods_per_year'])} periods a year ({ann.get('description') or b['annualisation']})."
+            f"{_periods(b['periods_per_year'])} periods a year ({how})."
             f"{span} {test_span_text(report.get('test_span') or {})}")
 
 
