@@ -214,3 +214,17 @@ def test_the_predictions_keep_the_target_from_t_whatever_the_model_learned(tmp_p
     assert not np.array_equal(late.y[rows], base.y[rows], equal_nan=True)  # what the model learned differs
     if not vol_scaled:
         np.testing.assert_array_equal(pred["target"], pred["fwd_return"])
+
+
+def test_the_requirements_allow_no_pyarrow_that_runs_a_parquet_files_pickles():
+    """pyarrow 0.14 to 14.0.0 unpickle a Parquet file's PyExtensionType columns as they read it (CVE-2023-47248):
+    with 14.0.0, which `pyarrow>=14` allowed, a colleague's predictions.parquet ran its code in `tradelib report`
+    (runs.read_predictions). 14.0.1 refuses such a column."""
+    import re
+    from pathlib import Path
+
+    from packaging.version import Version
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    floor = re.search(r'"pyarrow>=([\d.]+)"', text)
+    assert floor is not None and Version(floor.group(1)) >= Version("14.0.1")
