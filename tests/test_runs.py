@@ -228,3 +228,25 @@ def test_the_requirements_allow_no_pyarrow_that_runs_a_parquet_files_pickles():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     floor = re.search(r'"pyarrow>=([\d.]+)"', text)
     assert floor is not None and Version(floor.group(1)) >= Version("14.0.1")
+
+
+def test_the_report_alone_after_a_stopped_pipeline_is_a_command_the_report_takes(tmp_path):
+    """A pipeline stopped in 04 said `tradelib report RUN, with the same -f / -p`: the same -f (any profile, its
+    training settings) is refused by the report. It now prints the command, with the report's own settings."""
+    import shlex
+    from pathlib import Path
+
+    from tradelib.config import read_params
+    from tradelib.pipeline import NOTEBOOKS, go_on, report_command, split_params
+
+    origins: dict[str, str] = {}
+    tiny = Path(__file__).resolve().parents[1] / "params" / "tiny.yaml"
+    params = read_params([str(tiny)], [("cost_bps", "2"), ("run_id", "r")], origins)
+    _, cfg = split_params(params, NOTEBOOKS, origins)
+    said = go_on("04_report", tmp_path / "r", "RESUME", "RERUN", report_command(cfg, tmp_path / "r"))
+    words = shlex.split(said.split(": ", 1)[1])
+    assert words[:5] == ["python", "-m", "tradelib", "report", str(tmp_path / "r")]
+    pairs = [tuple(words[i + 1 : i + 3]) for i in range(5, len(words), 3)]
+    assert all(words[i] == "-p" for i in range(5, len(words), 3)) and pairs == [("cost_bps", "2.0")]
+    given: dict[str, str] = {}
+    split_params(read_params(None, pairs, given), ("04_report",), given)  # what `tradelib report` checks: no error

@@ -7,10 +7,18 @@ import difflib
 import functools
 import json
 import math
+import shlex
 import time
 from pathlib import Path
 
-from tradelib.config import Config, declared_parameters, declaring_notebooks, read_params, resume_command
+from tradelib.config import (
+    Config,
+    declared_parameters,
+    declaring_notebooks,
+    nondefault_params,
+    read_params,
+    resume_command,
+)
 from tradelib.data.load import existing_data_path
 from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, child_environment, notebooks_dir
@@ -139,11 +147,11 @@ def headline(report_json: Path) -> list[str]:
     return lines
 
 
-def go_on(name: str, out: Path, resume: str, rerun: str) -> str:
-    """How to go on after notebook `name` of the run in `out` was stopped: its report alone, the training resumed
-    from its checkpoint, or the command run again."""
+def go_on(name: str, out: Path, resume: str, rerun: str, report: str = "") -> str:
+    """How to go on after notebook `name` of the run in `out` was stopped: its report alone (`report`: the command,
+    where it is not the same command again), the training resumed from its checkpoint, or the command run again."""
     if name == "04_report":
-        return f"the report alone: tradelib report {out}, with the same -f / -p"
+        return f"the report alone: {report or f'tradelib report {out}, with the same -f / -p'}"
     if name == TRAINS and resume and has_checkpoints(out):
         return f"its training {run_state(out)}; resume: {resume}"
     again = f"start again: {rerun}" if rerun else "start again with the same command"
@@ -157,6 +165,13 @@ def resume_pipeline(cfg: Config, run_id: str, notebooks: tuple[str, ...]) -> str
     rest = tuple(n for n in notebooks if n >= TRAINS) or (TRAINS,)
     names = [name for n in rest for name in declared_parameters(n)]
     return resume_command(cfg, run_id, f"pipeline --only {','.join(n[:2] for n in rest)}", names)
+
+
+def report_command(cfg: Config, out: Path) -> str:
+    """The command that writes the report of the run in `out` alone, with the pipeline's report settings that differ
+    from the defaults: not the pipeline's -f / -p, whose training settings `tradelib report` refuses."""
+    words = ["report", str(out), *nondefault_params(cfg, declared_parameters("04_report"))]
+    return "python -m tradelib " + " ".join(shlex.quote(w) for w in words)
 
 
 def render_html(notebook: Path, html: Path) -> Path:
@@ -190,7 +205,8 @@ def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]
     pick_device(cfg.device, verbose=False)  # CUDA asked for but absent: say so now
     out = run_dir(run_id)
     with holding_run(out):
-        again = (resume_pipeline(cfg, run_id, notebooks), f"the same command with -p run_id {run_id}")
+        again = (resume_pipeline(cfg, run_id, notebooks), f"the same command with -p run_id {run_id}",
+                 report_command(cfg, out))
         return execute_notebooks(src, per_nb, out, progress, again=again)
 
 
@@ -234,12 +250,12 @@ def comparable_run(name: str) -> Path:
 
 
 def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, progress: bool,
-                      label: str = "[pipeline]", again: tuple[str, str] = ("", "")) -> dict[str, Path]:
+                      label: str = "[pipeline]", again: tuple[str, str, str] = ("", "", "")) -> dict[str, Path]:
     """Each notebook of `src` executed in order by papermill into `out` with its parameters; 03's training
     progress followed in the terminal. 04 is rendered to report.html. Ctrl-C, SIGTERM or SIGHUP stop the
     notebook's kernel as Ctrl-C does (03's training: at a step, with a checkpoint; the kernel is given
-    KERNEL_STOP_S for it), then say how to go on (`again`: the command that resumes a stopped training, and the
-    one that runs the rest again)."""
+    KERNEL_STOP_S for it), then say how to go on (`again`: the command that resumes a stopped training, the one
+    that runs the rest again, and the one that writes the report alone)."""
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
