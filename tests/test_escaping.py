@@ -114,3 +114,24 @@ def test_the_report_words_show_a_feature_caches_calendar_as_text(tmp_path):
     rep["conventions"]["annualisation"]["description"] = EVIL_SYMBOL
     for page in (rendered(words.conventions_markdown(rep)), rendered(words.book_markdown(rep))):
         assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_04_names_the_sweep_a_run_belongs_to_as_text(tmp_path):
+    """04's section on the sweep around a run names the sweep's folder: a backtick in its name ended the code span
+    it stood in and let the rest through as HTML."""
+    import matplotlib.pyplot as plt
+    import nbformat
+
+    from tradelib import sweep
+    from tradelib.paths import notebooks_dir
+
+    folder = tmp_path / "s`<img src=x onerror=alert(1)>`"
+    folder.mkdir()
+    table = pd.DataFrame([{"max_steps": 1, "run": "r0", "status": "done"}])
+    table.reindex(columns=["max_steps", "run", "status", *sweep.NUMBERS]).to_csv(folder / "sweep.csv", index=False)
+    plt.imsave(folder / "sweep.png", np.zeros((2, 2)))
+    cell = next(c.source for c in nbformat.read(notebooks_dir() / "04_report.ipynb", as_version=4).cells
+                if "sweep.read_sweep" in c.source)
+    shown: list = []
+    exec(cell, {"run": folder / "r0", "tables": tables, "Markdown": rendered, "display": shown.append})
+    assert "<img" not in shown[0] and "&lt;img src=x onerror=alert(1)&gt;" in shown[0]
