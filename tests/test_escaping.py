@@ -135,3 +135,26 @@ def test_04_names_the_sweep_a_run_belongs_to_as_text(tmp_path):
     shown: list = []
     exec(cell, {"run": folder / "r0", "tables": tables, "Markdown": rendered, "display": shown.append})
     assert "<img" not in shown[0] and "&lt;img src=x onerror=alert(1)&gt;" in shown[0]
+
+
+def test_the_report_words_show_a_runs_dates_and_02s_notes_as_text(tmp_path):
+    """The split dates come from the run's config when the feature cache is gone (a text that is no time is shown
+    as it came), a walk-forward's window from its summary.json, and 02's notes from the run folder's
+    batch_size_sweep.csv: files, all of them."""
+    from tradelib.report import inputs as ri
+    from tradelib.report import report as rp
+    from tradelib.report import words
+
+    from .test_report import make_run
+
+    dated = {"config": {"train_end": EVIL_SYMBOL, "val_end": "2024-05-02"}}
+    run, feats = make_run(tmp_path / "run", summary_extra=dated)
+    rep = rp.build_report(run, settings=ri.ReportSettings.of(), **feats)
+    assert rep["conventions"]["splits"]["method"] == "dates"
+    walk = {**rep, "conventions": {**rep["conventions"], "splits": {
+        **rep["conventions"]["splits"], "method": "walk-forward", "fold_window": EVIL_SYMBOL}}}
+    sweep = pd.DataFrame({"loader": [EVIL_SYMBOL, "device"], "batch_size": [64, 64], "busy_note": ["busy", None],
+                          "other_cores": [1.0, None], "mfu_invalid_reason": [EVIL_SYMBOL, None]})
+    for markdown in (words.conventions_markdown(rep), words.conventions_markdown(walk), *words.sweep_notes(sweep)):
+        page = rendered(markdown)
+        assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page

@@ -216,9 +216,10 @@ def conventions_markdown(report: dict) -> str:
     sp = c.get("splits") or {}
     ann = c.get("annualisation") or {}
     if sp.get("method") == "walk-forward":
-        dates = (f"{sp.get('n_folds')} folds ({sp.get('fold_window')} training window), test periods tiling "
-                 f"{_when(sp.get('test_start'))} to {_when(sp.get('test_end'))} (UTC), each fold's model trained and "
-                 f"validated on the data before its test period, features scaled on its own training rows")
+        dates = (f"{markdown_text(sp.get('n_folds'))} folds ({markdown_text(sp.get('fold_window'))} training window), "
+                 f"test periods tiling {_when(sp.get('test_start'))} to {_when(sp.get('test_end'))} (UTC), each fold's "
+                 f"model trained and validated on the data before its test period, features scaled on its own training "
+                 f"rows")
     elif sp.get("method") == "dates" or sp.get("val_start"):
         dates = _split_periods(sp)
     else:
@@ -354,8 +355,8 @@ def folds_markdown(report: dict) -> str:
     short = {"cross_sectional": "cross-sectional IC", "daily": "per-day IC", "pooled": "pooled IC"}.get(fam, fam)
     positive = sum(1 for r in per if (r.get(col) or 0) > 0)
     lines = [
-        f"**Walk-forward**: {block['n_folds']} folds, {block['fold_window']} training window, each fold's model "
-        f"started {'from the previous fold' if block['fold_init'] == 'warm' else 'from new weights'}. "
+        f"**Walk-forward**: {block['n_folds']} folds, {markdown_text(block['fold_window'])} training window, each "
+        f"fold's model started {'from the previous fold' if block['fold_init'] == 'warm' else 'from new weights'}. "
         f"{FAMILY_WORDS.get(fam, fam)} positive in **{positive} of {len(per)}** test periods; over all of them "
         f"{fmt(every.get(col))} (t {fmt(every.get('t_stat'), '.2f')}), net Sharpe "
         f"{fmt(every.get('net_sharpe'), '.2f')} ({interval(net_ci(every))}). Below, t (overlap-robust) and ridge "
@@ -379,12 +380,12 @@ def folds_markdown(report: dict) -> str:
 def sweep_notes(sweep: pd.DataFrame) -> list[str]:
     """What a reader must know about 02's figures: why an MFU is marked invalid, and which configurations were
     timed while other processes were busy (their samples/s are not comparable)."""
-    notes = [f"MFU marked *invalid*: {why}." for why in dict.fromkeys(sweep.get("mfu_invalid_reason", pd.Series(
-        dtype=object)).dropna())]
+    reasons = sweep.get("mfu_invalid_reason", pd.Series(dtype=object)).dropna()  # (the run folder's csv: a file's)
+    notes = [f"MFU marked *invalid*: {markdown_text(why)}." for why in dict.fromkeys(reasons)]
     busy = sweep.dropna(subset=["busy_note"]) if "busy_note" in sweep else sweep.iloc[:0]
     if len(busy):
         which = "every configuration" if len(busy) == len(sweep) else ", ".join(
-            f"{r.loader} at {r.batch_size:,}" for r in busy.itertuples())
+            f"{markdown_text(r.loader)} at {r.batch_size:,}" for r in busy.itertuples())
         cores = os.cpu_count() or 1
         notes.append(f"Timed while other processes kept up to {busy['other_cores'].max():.1f} of the {cores} cores "
                      f"busy ({which}): those samples/s and their ratios are not comparable; rerun on an idle "
@@ -422,8 +423,9 @@ def _periods(value) -> str:
 
 
 def _when(value) -> str:
-    """A time in words: tables.minute's UTC minute, 'n/a' where there is none."""
-    return minute(value, "n/a")
+    """A time in words: tables.minute's UTC minute, 'n/a' where there is none; a text that is no time as it came
+    (a run's config or summary.json: a file's), escaped."""
+    return markdown_text(minute(value, "n/a"))
 
 
 def _verdict(t) -> str:
