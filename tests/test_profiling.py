@@ -107,3 +107,31 @@ def test_quiet_profiler_passes_on_everything_but_the_profilers_own_chatter(capfd
             warnings.warn("a real warning", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["a real warning"]
     assert capfd.readouterr().err == "a real error from the profiled step\n"
+
+
+def test_02_stopped_while_writing_its_sweep_leaves_the_csv_it_had(tmp_path):
+    """02 wrote batch_size_sweep.csv, which the report reads back, straight onto its name: a stop (the pipeline's
+    interrupt of the kernel) in the middle left half a new file or an empty one. Run 02's own cell with a sweep
+    whose second row stops the write."""
+    import nbformat
+    import pandas as pd
+
+    from tradelib.paths import notebooks_dir
+    from tradelib.report.inputs import loader_sweep
+
+    class Stop:
+        def __str__(self) -> str:
+            raise KeyboardInterrupt
+
+    first = pd.DataFrame({"loader": ["device"], "batch_size": [64], "samples_per_s": [1000.0]})
+    first.to_csv(tmp_path / "batch_size_sweep.csv", index=False)
+    cell = next(c.source for c in nbformat.read(notebooks_dir() / "02_profiling.ipynb", as_version=4).cells
+                if "batch_size_sweep(cfg" in c.source)
+    stopping = pd.DataFrame({"loader": ["device"] * 2000 + [Stop()], "batch_size": 64, "samples_per_s": 1.0})
+    from tradelib.perf import profiling
+
+    namespace = {"write_sweep": getattr(profiling, "write_sweep", None), "out": tmp_path,
+                 "cfg": type("Cfg", (), {"profile_seconds": 0})(), "batch_size_sweep": lambda cfg, seconds: stopping}
+    with pytest.raises(KeyboardInterrupt):
+        exec(cell.split("for note in")[0], namespace)
+    pd.testing.assert_frame_equal(loader_sweep(tmp_path), first)

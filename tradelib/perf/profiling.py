@@ -21,12 +21,20 @@ from torch.profiler import ProfilerActivity, profile
 from tradelib.config import Config
 from tradelib.data import dataset
 from tradelib.hardware import mfu_peak, pick_device, sync
+from tradelib.paths import atomic_write_bytes
 from tradelib.perf.measure import Runner, make_setups, measure, quiet_profiler, split_list, step_peak_bytes
 
 SWEEP_COLUMNS = ["loader", "batch_size", "samples_per_s", "speedup", "it_per_s", "data_wait_share",
                  "batches_per_epoch", "peak_mem_bytes", "mfu", "gpu_busy_pct", "step_time_s", "mfu_invalid",
                  "mfu_invalid_reason", "other_cores", "busy_note"]
 # (an MFU that cannot be right: mfu empty, the value and why beside it; busy_note: timed on a busy machine)
+
+
+def write_sweep(sweep: pd.DataFrame, path: Path) -> Path:
+    """The sweep as CSV (batch_size_sweep.csv, which the report reads back), written whole or not at all: 02 stopped
+    while writing it leaves the file it had, never half of a new one."""
+    atomic_write_bytes(sweep.to_csv(index=False).encode(), Path(path))
+    return Path(path)
 
 
 def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, loaders: Sequence[str] | None = None,
