@@ -250,3 +250,28 @@ def test_the_report_alone_after_a_stopped_pipeline_is_a_command_the_report_takes
     assert all(words[i] == "-p" for i in range(5, len(words), 3)) and pairs == [("cost_bps", "2.0")]
     given: dict[str, str] = {}
     split_params(read_params(None, pairs, given), ("04_report",), given)  # what `tradelib report` checks: no error
+
+
+def test_a_run_folder_with_symbolic_links_is_refused_before_anything_is_written(tmp_path):
+    """A colleague's run folder unpacked from a tar keeps its links: `tradelib report` locked it through `.lock` (the
+    file it names truncated to a PID) and wrote its figures and notebook through `ic.png` and `04_report.ipynb`."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(precious)
+    (run / "ic.png").symlink_to(precious)
+    with pytest.raises(ValueError, match=r"2 symbolic link\(s\) \(\.lock -> .*precious\.txt, ic\.png -> "):
+        with runs.holding_run(run):
+            pass
+    assert precious.read_text() == "keep me\n"
+    (run / ".lock").unlink()
+    with pytest.raises(ValueError, match="ic.png"):
+        runs.lock_run(run)
+    (run / "ic.png").unlink()
+    runs.lock_run(run).release()
+    lock = tmp_path / "cache.lock"
+    lock.symlink_to(precious)  # a lock elsewhere (a cache key's) is never written through either
+    with pytest.raises(OSError):
+        paths.FileLock(lock).acquire()
+    assert precious.read_text() == "keep me\n"

@@ -55,11 +55,28 @@ class RunBusy(RuntimeError):
     """Another live process trains (or runs the pipeline) into this run folder."""
 
 
+def check_no_links(folder: Path) -> None:
+    """Refuse a run folder that holds symbolic links (one unpacked from a colleague's tar, or copied with rsync -a):
+    tradelib writes its files by name (the lock, the notebooks, the figures, the checkpoints), and a write through a
+    link lands on whatever file it names, outside the folder. Raises ValueError naming them."""
+    links = []
+    for top, dirs, files in os.walk(folder):  # (a linked folder is listed, not entered)
+        links += [Path(top) / name for name in dirs + files if os.path.islink(Path(top) / name)]
+    if links:
+        named = ", ".join(f"{p.relative_to(folder)} -> {os.readlink(p)}" for p in sorted(links)[:3])
+        more = ", ..." if len(links) > 3 else ""
+        raise ValueError(f"run folder {folder} holds {len(links)} symbolic link(s) ({named}{more}): tradelib would "
+                         f"write through them, outside the folder; copy it without links (cp -rL, tar -h) or remove "
+                         f"them")
+
+
 def lock_run(folder: Path) -> FileLock | None:
     """Hold `folder`/.lock for the run's life, so that a second run with the same run_id stops at once with one
     line naming the holder, instead of interleaving its metrics and checkpoints with the first's. Returns the
     lock (release it at the end; a killed process releases it by dying), or None when the process that started
-    this one holds it on our behalf (the pipeline for its notebooks; RUN_LOCK_ENV says so)."""
+    this one holds it on our behalf (the pipeline for its notebooks; RUN_LOCK_ENV says so). A folder holding
+    symbolic links is refused first (`check_no_links`)."""
+    check_no_links(Path(folder))
     lock = FileLock(Path(folder) / ".lock")
     try:
         return lock.acquire()
