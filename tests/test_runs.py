@@ -216,7 +216,7 @@ def test_the_predictions_keep_the_target_from_t_whatever_the_model_learned(tmp_p
         np.testing.assert_array_equal(pred["target"], pred["fwd_return"])
 
 
-def test_the_requirements_allow_no_pyarrow_that_runs_a_parquet_files_pickles():
+def test_the_requirements_allow_no_pyarrow_or_torch_that_runs_a_files_pickles():
     """pyarrow 0.14 to 14.0.0 unpickle a Parquet file's PyExtensionType columns as they read it (CVE-2023-47248):
     with 14.0.0, which `pyarrow>=14` allowed, a colleague's predictions.parquet ran its code in `tradelib report`
     (runs.read_predictions). 14.0.1 refuses such a column."""
@@ -228,6 +228,10 @@ def test_the_requirements_allow_no_pyarrow_that_runs_a_parquet_files_pickles():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     floor = re.search(r'"pyarrow>=([\d.]+)"', text)
     assert floor is not None and Version(floor.group(1)) >= Version("14.0.1")
+    # torch's weights_only loading (checkpoint.load) could be made to run a crafted checkpoint's code up to 2.9.1
+    # (GHSA-63cw-57p8-fm3p; before 2.6, GHSA-53q9-r3pm-6pq6): `torch>=2.4` allowed both
+    floor = re.search(r'"torch>=([\d.]+)"', text)
+    assert floor is not None and Version(floor.group(1)) >= Version("2.10")
 
 
 def test_the_report_alone_after_a_stopped_pipeline_is_a_command_the_report_takes(tmp_path):
