@@ -183,3 +183,12 @@ def test_a_resumed_runs_first_line_and_its_follower_show_its_epoch(tmp_path, cap
     assert out[0].startswith("train lstm:  66% 5808/8800 steps, epoch 133/200"), out
     followed = [line for line in out if line.startswith("[pipeline]")]
     assert followed and "epoch 133/200" in followed[0], out
+
+
+def test_a_progress_file_naming_a_pid_no_process_can_have_reads_as_a_dead_run(tmp_path):
+    """progress.json comes with a colleague's folder: a pid of 10**20 overflowed os.kill ('internal error:
+    OverflowError' from `tradelib report` with no run named), and 0 or -1 name process groups (read as alive)."""
+    for pid in (10**20, 0, -1):
+        path = tmp_path / PROGRESS_FILE
+        path.write_text(json.dumps({"step": 1, "total": 2, "state": "running", "pid": pid}))
+        assert read_progress(path)["state"] == "stopped (process gone)"

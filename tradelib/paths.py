@@ -99,6 +99,10 @@ def remove_stale_tmp(folder: Path) -> int:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` lives. A pid read from a file (progress.json, a lock) that no process can have is
+    none: 0 and negatives name process groups to os.kill, and 10**20 overflows it."""
+    if not 0 < pid < 2**31:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
