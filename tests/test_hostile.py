@@ -981,3 +981,10 @@ def test_a_copied_run_reports_on_the_cache_of_its_key_rebuilt_here(outputs, caps
                                                   "cache_dir": "/home/someone/outputs/cache/x"}))
     assert load_featureset(run) is None and "not found: ridge baseline and data quality left out" in \
         capsys.readouterr().out
+    other = dataset.prepare(Config(synth_symbols=4, synth_bars=400, window=8), verbose=False).meta["cache_dir"]
+    (run / "summary.json").write_text(json.dumps({"run_id": "colleague", "cache_key": key, "cache_dir": other}))
+    found = load_featureset(run)  # the folder named holds another key's features: the local one of the run's key
+    assert found is not None and found.meta["cache_key"] == key and "not the run's" not in capsys.readouterr().out
+    shutil.rmtree(fs.meta["cache_dir"])
+    assert load_featureset(run) is None and f"holds the cache {Path(other).name}, not the run's {key}" in \
+        capsys.readouterr().out

@@ -195,9 +195,14 @@ def load_featureset(run_dir: Path):
             problems.append(f"{folder} not found")
             continue
         try:
-            return cache.load(folder, mmap=True)  # verified, read from disk as used: the cache may exceed memory
+            fs = cache.load(folder, mmap=True)  # verified, read from disk as used: the cache may exceed memory
         except cache.CacheError as exc:
             problems.append(f"{folder} is damaged ({exc})")
+            continue
+        if key and fs.meta.get("cache_key") != key:  # the folder a copied summary.json names holds other features
+            problems.append(f"{folder} holds the cache {fs.meta.get('cache_key')}, not the run's {key}")
+            continue
+        return fs
     rebuild = " (rebuild it with `tradelib prepare` and the run's parameters, from the same data and code)"
     print(f"feature cache {'; '.join(problems) or 'not named in summary.json'}: ridge baseline and data quality left "
           f"out{rebuild if key else ''}")
