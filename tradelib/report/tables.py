@@ -293,7 +293,7 @@ def sweep_table(sweep: pd.DataFrame) -> pd.DataFrame:
         "samples/s": [rate(v) for v in sweep["samples_per_s"]],
         "vs seed": [f"{v:.2f}x" if _ok(v) else NA for v in g("speedup")],
         "data wait": [pct(v) for v in g("data_wait_share")],
-        "step (ms)": [num(v * 1e3, 1) for v in g("step_time_s")],
+        "ms / micro-batch": [num(v * 1e3, 1) for v in g("step_time_s")],  # (an optimizer step: x grad_accum_steps)
         "batches / epoch": [integer(v) for v in g("batches_per_epoch")],
         "peak memory": [gb(v) for v in g("peak_mem_bytes")],
         "MFU": [mfu(m, bad) for m, bad in zip(g("mfu"), g("mfu_invalid"))],
