@@ -78,7 +78,9 @@ def strict_json(path):
 
 def test_build_report_writes_strict_json_with_planted_ic(tmp_path):
     run, feats = make_run(tmp_path / "run-a")
+    (run / "report.html").write_text("the previous report")  # of another report.json: not left beside this one
     report = rp.build_report(run, settings=ri.ReportSettings.of(cost_bps=5.0), **feats)
+    assert not (run / "report.html").exists()
     on_disk = strict_json(run / "report.json")
     assert on_disk["summary"] == report["summary"]
     for key in ["summary", "conventions", "ic", "ic_by_timestamp", "ic_by_day", "predictors", "per_symbol",

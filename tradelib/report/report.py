@@ -84,6 +84,8 @@ def build_report(run_dir: Path, compare_with: Path | None = None, *, inputs: Rep
         report["compare"] = compare_block(summary, Path(compare_with))
     report = to_jsonable(report)
     atomic_write_bytes(json.dumps(report, indent=1, allow_nan=False).encode(), run_dir / "report.json")
+    # report.html is the previous report.json's until 04 is rendered again: a stop before that left the two apart
+    (run_dir / "report.html").unlink(missing_ok=True)
     return report
 
 
