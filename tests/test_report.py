@@ -577,6 +577,53 @@ def test_best_predictors_never_the_oracle_nor_a_predictor_that_never_trades():
     assert cells == ((3, "cross-sectional IC"), (3, "net Sharpe"))
 
 
+def test_the_decay_words_call_a_lag_significant_only_after_allowing_for_the_lags_scanned():
+    """A t of 2.4 at one of the 9 lags besides lag 0 and the traded lag is what a scan of noise shows (docs/metrics.md):
+    the words say it is short of significance; a t of 6 there is significant after deflating over the 9. Lag 0 and
+    the traded lag keep the headline's verdict, t >= 2."""
+    rows = pd.DataFrame({"lag": range(11), "ic": 0.001, "rank_ic": 0.0, "t_stat": 0.3, "n_periods": 120})
+    rows.loc[10, ["ic", "t_stat"]] = 0.03, 2.4
+    decay = ri.decay_judged(rows, 1)
+    assert not decay["significant"].any() and decay.loc[10, "deflated_t"] == pytest.approx(bk.deflated_t(2.4, 9))
+    text = rw.decay_markdown({"ic_decay": decay.to_dict("records"), "summary": {"ic_lag": 1}})
+    assert "significant at no lag (lag 0 and the traded lag at t >= 2, as above; the 9 other lags after allowing " \
+           "for the scan, at a deflated t > 0.975); t >= 2 at lag(s) 10, short of significance once the 9 lags " \
+           "scanned are allowed for (deflated t 0.81)" in text
+    assert "significant (t >= 2) at lags 10" not in text  # what it said before
+    rows.loc[3, ["ic", "t_stat"]] = 0.08, 6.0
+    rows.loc[1, ["ic", "t_stat"]] = 0.03, 2.1  # the traded lag: the headline's t >= 2, a single test
+    decay = ri.decay_judged(rows, 1)
+    assert decay["significant"].tolist() == [k in (1, 3) for k in range(11)]
+    text = rw.decay_markdown({"ic_decay": decay.to_dict("records"), "summary": {"ic_lag": 1}})
+    assert "; significant at lag(s) 1, 3 (lag 0 and" in text and "t >= 2 at lag(s) 10, short" in text
+    rows.loc[3, "ic"] = -0.08  # a negative IC is no signal the book takes, however large its t
+    assert ri.decay_judged(rows, 1)["significant"].tolist() == [k == 1 for k in range(11)]
+    plain = rows.assign(ic=0.001, t_stat=0.3)
+    assert rw.decay_markdown({"ic_decay": ri.decay_judged(plain, 1).to_dict("records"),
+                              "summary": {"ic_lag": 1}}).endswith("; significant at no lag.")
+
+
+@pytest.mark.slow
+def test_the_decay_words_on_random_walks_find_no_scanned_lag_significant():
+    """40 random-walk panels (120 days x 10 symbols) and a persistent useless prediction (AR 0.9): one of the 9
+    lags besides 0 and the traded one reaches t >= 2 in several of them, as a scan does; none is called
+    significant."""
+    scanned = called = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        ts = pd.date_range("2022-01-03", periods=120, freq="B", tz="UTC")
+        e, x = np.zeros((120, 10)), rng.normal(size=(120, 10))
+        for t in range(1, 120):
+            e[t] = 0.9 * e[t - 1] + x[t]
+        df = pd.DataFrame({"timestamp": np.repeat(ts, 10), "symbol": np.tile([f"S{i}" for i in range(10)], 120),
+                           "prediction": e.ravel(), "target": rng.normal(0, 0.01, 1200)})
+        decay = ri.decay_judged(ev.ic_decay(df, "cross_sectional", 0), 1)
+        rest = decay[decay["lag"] > 1]
+        scanned += bool(((rest["t_stat"] >= 2) & (rest["ic"] > 0)).any())
+        called += bool(rest["significant"].any())
+    assert scanned >= 3 and called == 0
+
+
 @pytest.mark.slow
 def test_lr_schedule_from_step_0_reproduces_every_logged_value(outputs):
     """Training writes the LR of every optimizer step (train_facts.json); the report draws it from there."""

@@ -332,14 +332,27 @@ def test_span_text(span: dict) -> str:
 
 
 def decay_markdown(report: dict) -> str:
-    """What the IC decay says: how long the signal lasts, and where the book trades."""
+    """What the IC decay says: how long the signal lasts, and where the book trades. Lag 0 and the traded lag are
+    judged as the headline judges them; another lag is significant only after allowing for the lags scanned
+    (`inputs.decay_judged`), and one with t >= 2 short of that is said to be."""
     rows = report.get("ic_decay") or []
     if not rows:
         return ""
     lag = report["summary"].get("ic_lag") or 0
     at = {r["lag"]: r for r in rows}
-    sig = [r["lag"] for r in rows if r.get("t_stat") is not None and r["t_stat"] >= 2 and (r.get("ic") or 0) > 0]
-    last = f"significant (t >= 2) at lags {', '.join(map(str, sig))}" if sig else "significant at no lag"
+    sig = [r["lag"] for r in rows if r.get("significant")]
+    scanned = [r for r in rows if r["lag"] not in (0, lag)]
+    loose = [r for r in scanned if not r.get("significant") and r.get("t_stat") is not None and r["t_stat"] >= 2
+             and (r.get("ic") or 0) > 0]
+    last = (f"significant at lag(s) {', '.join(map(str, sig))}" if sig else "significant at no lag")
+    if any(r.get("significant") for r in scanned) or loose:
+        last += (f" (lag 0 and the traded lag at t >= 2, as above; the {len(scanned)} other lags after allowing for "
+                 f"the scan, at a deflated t > 0.975)")
+    if loose:
+        last += (f"; t >= 2 at lag(s) {', '.join(str(r['lag']) for r in loose)}, short of significance once the "
+                 f"{len(scanned)} lags scanned are allowed for (deflated t "
+                 f"{', '.join(fmt(r.get('deflated_t'), '.2f') for r in loose)}): a scan of that many lags of a "
+                 f"random walk often shows one")
     word = FAMILY_WORDS.get(report["summary"].get("headline_ic"), "")
     return (f"IC by lag ({word}): {fmt(at[0].get('ic'))} at lag 0, "
             f"{fmt((at.get(lag) or {}).get('ic'))} at the traded lag {lag}; {last}.")
