@@ -2,6 +2,7 @@
 
 import json
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -369,6 +370,29 @@ def test_the_deflated_sharpe_counts_the_sweep_the_run_belongs_to(tmp_path):
     assert s["dsr_trials"] == 6 and s["net_sharpe_dsr"] <= s["net_sharpe_psr"]
 
 
+def test_the_headline_of_a_sweeps_run_is_significant_only_after_allowing_for_the_sweeps_runs(tmp_path):
+    """A pooled IC of t 2.4 is significant as one test, and the signal lasts past the delay; as one of a sweep's 4
+    runs (the best of which a reader picks) its |t| deflated over them, Phi(2.4 - E[max z of 4]) = 0.91, is not.
+    On a random walk the best of a sweep of 4 seeds read 'significant' and 'lasts past the trade delay' (t 2.56)."""
+    run, _ = make_run(tmp_path / "sweep-x" / "run-b", rho=0.05)
+    alone = rp.build_report(run, settings=DEFAULTS)
+    s = alone["summary"]
+    assert 2 < s["ic_t_stat"] < 2.8 and s["sweep_runs"] == 1
+    assert s["ic_t_deflated"] == pytest.approx(NormalDist().cdf(s["ic_t_stat"]))
+    md = rw.summary_markdown(alone)
+    assert "significant (|t| >= 2))" in md and "the signal lasts past the trade delay" in md
+    (tmp_path / "sweep-x" / "sweep.json").write_text(json.dumps({"runs": {f"run-{c}": {} for c in "abcd"}}))
+    swept = rp.build_report(run, settings=DEFAULTS)
+    s = swept["summary"]
+    assert s["sweep_runs"] == 4 and s["ic_t_deflated"] == pytest.approx(bk.deflated_t(s["ic_t_stat"], 4))
+    assert s["ic_t_deflated"] < 0.975
+    md = rw.summary_markdown(swept)
+    assert "|t| >= 2, but not significant once the 4 runs of its sweep are allowed for (deflated t 0.91" in md
+    assert "significant (|t| >= 2)" not in md and "lasts past the trade delay" not in md
+    strong = swept | {"summary": s | {"ic_t_deflated": 0.99}}
+    assert "significant (|t| >= 2; deflated over the 4 runs of its sweep 0.99 > 0.975)" in rw.summary_markdown(strong)
+
+
 def test_build_report_without_features_skips_ridge(tmp_path):
     run, _ = make_run(tmp_path / "run-a")
     report = rp.build_report(run, settings=DEFAULTS)
@@ -598,6 +622,9 @@ def test_the_decay_words_call_a_lag_significant_only_after_allowing_for_the_lags
     assert "; significant at lag(s) 1, 3 (lag 0 and" in text and "t >= 2 at lag(s) 10, short" in text
     rows.loc[3, "ic"] = -0.08  # a negative IC is no signal the book takes, however large its t
     assert ri.decay_judged(rows, 1)["significant"].tolist() == [k == 1 for k in range(11)]
+    swept = ri.decay_judged(rows, 1, runs=4)  # in a sweep of 4: the traded lag's t of 2.1 is deflated over them
+    assert not swept.loc[1, "significant"] and swept.loc[1, "deflated_t"] == pytest.approx(bk.deflated_t(2.1, 4))
+    assert swept.loc[10, "deflated_t"] == pytest.approx(bk.deflated_t(2.4, 36))
     plain = rows.assign(ic=0.001, t_stat=0.3)
     assert rw.decay_markdown({"ic_decay": ri.decay_judged(plain, 1).to_dict("records"),
                               "summary": {"ic_lag": 1}}).endswith("; significant at no lag.")

@@ -165,7 +165,8 @@ def load_inputs(
     inputs.deciles = ev.decile_table(df, target_col=TRADED, lags=lags["pooled"])
     inputs.per_symbol = ev.per_symbol_metrics(df, target_col=TRADED)
     inputs.costs = bk.cost_sensitivity(bt, settings.cost_grid_bps)
-    inputs.decay = decay_judged(ev.ic_decay(df, family, lags[family], DECAY_LAGS), trade_delay)
+    inputs.decay = decay_judged(ev.ic_decay(df, family, lags[family], DECAY_LAGS), trade_delay,
+                                _sweep_runs(run_dir))
     inputs.ic_series = ev.pooled_by_timestamp(df, target_col=TRADED) if family == "pooled" else by_ts
     inputs.break_even_ci = bk.break_even_interval(bt, block, int(settings.bootstrap_samples),
                                                   int(settings.bootstrap_seed))
@@ -266,18 +267,19 @@ def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float) ->
             "description": f"measured on the test span: {test['description']}"}, bars_per_session
 
 
-def decay_judged(decay: pd.DataFrame, traded_lag: int) -> pd.DataFrame:
+def decay_judged(decay: pd.DataFrame, traded_lag: int, runs: int = 1) -> pd.DataFrame:
     """The IC decay with the report's verdict at each lag (`significant`, of a positive IC) and the t it rests on,
-    deflated over the lags it is judged among (`deflated_t`, `bk.deflated_t`). Lag 0 and the traded lag are the
-    headline's, judged alone as it judges them (t >= 2; deflated over 1 trial: Phi(t)); the other lags are a scan,
-    and a scan of 9 lags of a random walk shows a t >= 2 at some lag far more often than one lag does, so each is
-    deflated over them and significant above `bk.SIGNIFICANT`, as the best predictor is over the predictors."""
+    deflated over the trials it is judged among (`deflated_t`, `bk.deflated_t`). Lag 0 and the traded lag are the
+    headline's, judged as it judges them: t >= 2, and in a sweep of `runs` runs also deflated over them. The other
+    lags are a scan, and a scan of 9 lags of a random walk shows a t >= 2 at some lag far more often than one lag
+    does, so each is deflated over them (times the runs) and significant above `bk.SIGNIFICANT`, as the best
+    predictor is over the predictors."""
     alone = decay["lag"].isin([0, traded_lag]).to_numpy()
     scanned = int((~alone).sum())
     t = decay["t_stat"].to_numpy(dtype=float)
     ic = decay["ic"].to_numpy(dtype=float)
-    deflated = [bk.deflated_t(v, 1 if one else scanned) for v, one in zip(t, alone)]
-    significant = [bool(i > 0 and (v >= 2 if one else d > bk.SIGNIFICANT))
+    deflated = [bk.deflated_t(v, runs if one else scanned * runs) for v, one in zip(t, alone)]
+    significant = [bool(i > 0 and (v >= 2 and (runs <= 1 or d > bk.SIGNIFICANT) if one else d > bk.SIGNIFICANT))
                    for i, v, d, one in zip(ic, t, deflated, alone)]
     return decay.assign(deflated_t=deflated, significant=significant)
 

@@ -149,6 +149,7 @@ def summary_block(inputs: ReportInputs) -> dict:
     """The numbers that matter, flat: `headline_numbers`, which IC leads and why, the baselines, the book's
     settings and its error bars, and the figures that cannot be taken as they read."""
     s, bt, p, head = inputs.summary, inputs.backtest.stats, inputs.predictors, inputs.ic[inputs.family]
+    runs = int(inputs.trials.get("sweep_runs") or 1)
     out = headline_numbers(inputs)
     out.update({
         "n_test_rows": int(len(inputs.predictions)),
@@ -161,6 +162,10 @@ def summary_block(inputs: ReportInputs) -> dict:
         "ic_t_stat": head["t_stat"],  # overlap-robust, of the headline family
         "ic_t_method": head["t_method"],
         "ic_t_stat_lag0": inputs.ic_lag0[inputs.family]["t_stat"],
+        # the best of a sweep's runs is no single test: each |t| deflated over them, as the best predictor's t is
+        "sweep_runs": runs,
+        "ic_t_deflated": bk.deflated_t(abs(as_float(head["t_stat"])), runs),
+        "ic_t_deflated_lag0": bk.deflated_t(abs(as_float(inputs.ic_lag0[inputs.family]["t_stat"])), runs),
         "ic_without_best": ev.without_best(inputs.predictions, inputs.family, inputs.ic_series, target_col=TRADED),
         "baseline_ic": {name: _predictor(p, name, f"{inputs.family}_ic") for name in p["predictor"] if name != "model"},
         "cost_bps": inputs.book["cost_bps"],

@@ -57,38 +57,51 @@ def _signal_lines(report: dict) -> list[str]:
                 f"{fmt(g(f'{fam}_icir'), '.2f')} over {g(f'{fam}_periods')} periods")
     rest = [f"{FAMILY_WORDS[f]} {fmt(g(f'{f}_ic'))}" for f in IC_FAMILIES if f != fam]
     ic, ic0, t0 = g(f"{fam}_ic"), g(f"{fam}_ic_lag0"), g("ic_t_stat_lag0")
-    said = _lasts(ic, t, ic0, t0, lag)
+    runs = g("sweep_runs") or 1
+    sig, sig0 = _significant(t, g("ic_t_deflated"), runs), _significant(t0, g("ic_t_deflated_lag0"), runs)
+    said = _lasts(ic, t, ic0, t0, lag, sig, sig0)
     before = (f" Before the trade delay (lag 0, from the signal's own close) it reads {fmt(ic0)} "
               f"(t {fmt(g('ic_t_stat_lag0'), '.2f')}){said}." if lag else "")
     return [
-        f"{lead}; t {fmt(t, '.2f')}, {g('ic_t_method')}: {_verdict(t)}). Why this IC: {g('headline_reason')}.{before}"
-        f"{_without_best(ic, t, g('ic_without_best'), 'share' if fam == 'pooled' else 'IC')}",
+        f"{lead}; t {fmt(t, '.2f')}, {g('ic_t_method')}: {_verdict(t, g('ic_t_deflated'), runs)}). Why this IC: "
+        f"{g('headline_reason')}.{before}"
+        f"{_without_best(ic, sig, g('ic_without_best'), 'share' if fam == 'pooled' else 'IC')}",
         "",
         f"The other two at lag {lag}: {'; '.join(rest)}. Baselines on the same {word}: oracle "
         f"{fmt(g(f'oracle_{fam}_ic'))}{others}. Directional accuracy {fmt(g('directional_accuracy'), '.1%')}.",
     ]
 
 
-def _lasts(ic, t, ic0, t0, lag: int) -> str:
+def _significant(t, deflated, runs: int) -> bool:
+    """Whether the report calls an IC significant: |t| >= 2, and in a sweep of several runs also its |t| deflated
+    over them (`ic_t_deflated`, as the best predictor's t is over the trials) above 0.975: the best of a sweep's
+    runs on noise passes |t| >= 2 far more often than one run does."""
+    if not (isinstance(t, (int, float)) and math.isfinite(t) and abs(t) >= 2):
+        return False
+    return runs <= 1 or (isinstance(deflated, (int, float)) and deflated > 0.975)
+
+
+def _lasts(ic, t, ic0, t0, lag: int, sig: bool, sig0: bool) -> str:
     """Whether the signal lasts past the trade delay, said only of a significant positive IC (the book goes long
-    what it predicts up): the traded one at least the lag-0 one, or a lag-0 one the traded lag falls short of.
-    Of a negative or insignificant pair nothing is said (-0.055 at lag 0 and -0.001 at lag 1 last nothing)."""
+    what it predicts up; `sig`, `sig0`: `_significant` of the traded and the lag-0 IC): the traded one at least the
+    lag-0 one, or a lag-0 one the traded lag falls short of. Of a negative or insignificant pair nothing is said
+    (-0.055 at lag 0 and -0.001 at lag 1 last nothing)."""
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (ic, t, ic0, t0)):
         return ""
-    if ic > 0 and t >= 2 and ic >= ic0:
+    if ic > 0 and t >= 2 and sig and ic >= ic0:
         return ": the signal lasts past the trade delay"
-    if ic0 > 0 and t0 >= 2 and ic < ic0:
+    if ic0 > 0 and t0 >= 2 and sig0 and ic < ic0:
         return f": no book trading {lag} bar(s) later earns that"
     return ""
 
 
-def _without_best(ic, t, rest: dict | None, unit: str) -> str:
+def _without_best(ic, sig: bool, rest: dict | None, unit: str) -> str:
     """The headline IC without the periods that carried it most and as many that went most against it
-    (`metrics.without_best`); a significant one is said to rest on a few periods when that halves it or turns its
-    sign."""
+    (`metrics.without_best`); a significant one (`sig`, `_significant`) is said to rest on a few periods when that
+    halves it or turns its sign."""
     if not rest or rest.get("ic") is None:
         return ""
-    few = isinstance(ic, (int, float)) and isinstance(t, (int, float)) and abs(t) >= 2 and (
+    few = isinstance(ic, (int, float)) and sig and (
         rest["ic"] * math.copysign(1.0, ic) < abs(ic) / 2)
     k = rest["periods"]
     return (f" Without the {k} of its {rest['of']} periods that carried it most (the largest {unit}s in its "
@@ -441,7 +454,15 @@ def _when(value) -> str:
     return markdown_text(minute(value, "n/a"))
 
 
-def _verdict(t) -> str:
+def _verdict(t, deflated, runs: int) -> str:
+    """The headline IC's verdict; in a sweep of several runs with its t deflated over them (`_significant`)."""
     if t is None:
         return "n/a"
-    return "significant (|t| >= 2)" if abs(t) >= 2 else "not distinguishable from zero (|t| < 2)"
+    if not abs(t) >= 2:
+        return "not distinguishable from zero (|t| < 2)"
+    if runs <= 1:
+        return "significant (|t| >= 2)"
+    if _significant(t, deflated, runs):
+        return f"significant (|t| >= 2; deflated over the {runs} runs of its sweep {fmt(deflated, '.2f')} > 0.975)"
+    return (f"|t| >= 2, but not significant once the {runs} runs of its sweep are allowed for (deflated t "
+            f"{fmt(deflated, '.2f')}, not above 0.975)")
