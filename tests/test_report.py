@@ -393,6 +393,23 @@ def test_the_headline_of_a_sweeps_run_is_significant_only_after_allowing_for_the
     assert "significant (|t| >= 2; deflated over the 4 runs of its sweep 0.99 > 0.975)" in rw.summary_markdown(strong)
 
 
+def test_the_walk_forwards_all_row_deflates_the_stitched_book_as_the_summary_does(tmp_path):
+    """The fold table's `all` row is the report's own book: its deflated Sharpe is the summary's, over the report's
+    trials, not the PSR (1 trial) under the deflated Sharpe's name (on a random walk's 3-fold run, 0.96 beside the
+    summary's 0.54)."""
+    run, _ = make_run(tmp_path / "run-a", rho=0.03)
+    pred = pd.read_parquet(run / "predictions.parquet")
+    pred["fold"] = pd.factorize(pred["timestamp"])[0] * 3 // pred["timestamp"].nunique()
+    pred.to_parquet(run / "predictions.parquet", index=False)
+    inputs = ri.load_inputs(run, ri.ReportSettings.of(cost_bps=0.0))
+    s = rp.summary_block(inputs)
+    assert inputs.trials["n_trials"] > 1 and 0.05 < s["net_sharpe_psr"] < 0.999
+    every = inputs.folds.set_index("fold").loc["all"]
+    assert every["net_sharpe_psr"] == pytest.approx(s["net_sharpe_psr"])
+    assert every["net_sharpe_dsr"] == pytest.approx(s["net_sharpe_dsr"])
+    assert every["net_sharpe_dsr"] < s["net_sharpe_psr"] - 0.01
+
+
 def test_build_report_without_features_skips_ridge(tmp_path):
     run, _ = make_run(tmp_path / "run-a")
     report = rp.build_report(run, settings=DEFAULTS)

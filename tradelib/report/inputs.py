@@ -451,7 +451,8 @@ def fold_table(inputs: ReportInputs) -> pd.DataFrame:
     own figures), each on that fold's test rows with the report's book: the three named ICs, the headline IC's
     overlap-robust t, the ridge baseline (fitted per fold) and the oracle on the headline IC, and the backtest.
     Every IC against the target at the traded lag; each fold's net Sharpe with its standard error, 95% interval and
-    its deflated Sharpe over the folds (trials: the folds compared, so the best fold is not read as skill); its
+    its deflated Sharpe over the folds (trials: the folds compared, so the best fold is not read as skill; "all":
+    the summary's `net_sharpe_dsr`, over the report's trials); its
     market beta and its alpha beyond it (a year's worth, with its t)."""
     df, fam = inputs.predictions, inputs.family
     lags = inputs.ic[fam]["lags"]
@@ -487,7 +488,9 @@ def fold_table(inputs: ReportInputs) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     per = table[table["fold"] != "all"]
     var = bk.trial_variance(per["net_sharpe_period"], per["net_sharpe_se_period"])
+    # a fold is one of the folds compared; "all" is the report's own book, deflated over the report's trials
+    n, v = inputs.trials.get("n_trials") or 1, inputs.trials.get("trial_variance") or 0.0
     table["net_sharpe_dsr"] = [bk.deflated_sharpe(r.net_sharpe_period, r.net_sharpe_se_period,
-                                                  1 if r.fold == "all" else len(per), var)["dsr"]
+                                                  *((n, v) if r.fold == "all" else (len(per), var)))["dsr"]
                                for r in table.itertuples()]
     return table
