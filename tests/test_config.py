@@ -99,3 +99,21 @@ def test_the_resume_command_names_the_runs_own_settings_quoted_and_reads_back_as
     args = build_parser().parse_args(shlex.split(command)[3:])
     back = load_config(args.files, [tuple(p) for p in args.params])
     assert back == Config(**{**cfg.to_dict(), "run_id": "r 1", "progress": "auto", "cost_bps": 5.0})
+
+
+def test_the_resume_command_of_a_torchrun_worker_starts_torchrun_with_as_many_processes(monkeypatch):
+    """A run started as `torchrun --nproc_per_node 2 -m tradelib train ...` printed `python -m tradelib train ...`
+    on a stop, which one process runs and the resume refuses (2 processes wrote the checkpoint). A run launched
+    by `n_gpus` resumes with the command as before: its -p n_gpus 2 launches torchrun again."""
+    from tradelib.config import resume_command
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert resume_command(Config(window=16), "r").startswith(
+        "torchrun --standalone --nproc_per_node 2 -m tradelib train -p window 16 ")
+    assert resume_command(Config(window=16, n_gpus=2).to_dict(), "r").startswith("python -m tradelib train ")
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert resume_command(Config(n_gpus=16), "r").startswith("torchrun --nnodes 2 --nproc_per_node 8 [")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert resume_command(Config(), "r") == "python -m tradelib train -p run_id r -p resume True"

@@ -172,6 +172,7 @@ def test_a_sigterm_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoi
     res, ranks = run_two_ranks(STOPPED, params, tmp_path)
     assert ranks == [{"step": 4, "signal": 15}] * 2
     assert "stopped by SIGTERM at step 4" in res.stdout
+    assert "Resume: torchrun --standalone --nproc_per_node 2 -m tradelib train " in res.stdout  # as many processes
     assert (outputs / "ddp-stopped" / "checkpoints" / "step-4.pt").exists()
 
 

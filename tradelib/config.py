@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import difflib
 import math
+import os
 import re
 import shlex
 from dataclasses import dataclass, field, fields
@@ -617,7 +618,22 @@ def nondefault_params(config: Config | dict[str, Any], names: tuple[str, ...] | 
 
 def resume_command(config: Config | dict[str, Any], run_id: str, command: str = "train",
                    names: tuple[str, ...] | list[str] | None = None) -> str:
-    """The shell command that resumes run `run_id` as it was started: `python -m tradelib COMMAND`, its settings
-    that differ from the defaults (nondefault_params), then `-p run_id RUN -p resume True`, quoted for a shell."""
+    """The shell command that resumes run `run_id` as it was started: `python -m tradelib COMMAND` (or torchrun's,
+    `launcher`), its settings that differ from the defaults (nondefault_params), then `-p run_id RUN -p resume
+    True`, quoted for a shell."""
     words = [*nondefault_params(config, names), "-p", "run_id", run_id, "-p", "resume", "True"]
-    return f"python -m tradelib {command} " + " ".join(shlex.quote(w) for w in words)
+    return f"{launcher(config)} {command} " + " ".join(shlex.quote(w) for w in words)
+
+
+def launcher(config: Config | dict[str, Any]) -> str:
+    """How a resume starts tradelib: `python -m tradelib`, or, in a process torchrun started itself (not launched
+    by `n_gpus`, which the resume's own -p n_gpus does again), torchrun with as many processes, since a resume
+    with another number is refused; across nodes its rendezvous options are the user's to repeat."""
+    world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_WORLD_SIZE", 0))
+    n_gpus = (as_written(config) if isinstance(config, dict) else config.to_dict()).get("n_gpus", 1)
+    if world <= 1 or (n_gpus == world and local in (0, world)):
+        return "python -m tradelib"
+    if local in (0, world):
+        return f"torchrun --standalone --nproc_per_node {world} -m tradelib"
+    return (f"torchrun --nnodes {world // local} --nproc_per_node {local} [its rendezvous options, on every node] "
+            f"-m tradelib")
