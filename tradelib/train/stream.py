@@ -281,8 +281,10 @@ class StreamSource:
         return None if self.n_groups == 1 else (self.stream.block_rows, self.stream.k)
 
     def epoch(self, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
-        """This rank's share of each group's permuted items, group after group; the resident order when one group
-        holds every block."""
+        """This rank's share of the epoch's order: each group's permuted items, group after group (the resident
+        order when one group holds every block), dealt out as the resident path deals its order: `len // world`
+        items to each rank, the last `len % world` left out. The trainer counts an epoch's steps from that (cut
+        per group, the remainders of all groups left out made an epoch a step shorter than its schedule)."""
         k, nb = self.stream.k, self.items.n_blocks
         if self.n_groups == 1:
             self._set_groups([tuple(range(nb))])
@@ -294,8 +296,9 @@ class StreamSource:
         for group in self.groups:
             ids = np.concatenate([np.arange(self.items.first[b], self.items.first[b + 1]) for b in group])
             perm = torch.from_numpy(ids)[torch.randperm(len(ids), generator=g)]
-            parts.append(perm[rank : (len(perm) // world) * world : world])
-        return torch.cat(parts)
+            parts.append(perm)
+        order = torch.cat(parts)
+        return order[rank : (len(order) // world) * world : world]
 
     def _set_groups(self, groups: list[tuple]) -> None:
         self.groups = groups
