@@ -194,3 +194,52 @@ def test_a_launch_whose_ranks_all_fail_at_setup_leaves_no_run_folder(outputs, tm
     with pytest.raises(LaunchFailed):
         launch_distributed(cfg.replace(run_id="kept"))
     assert (outputs / "kept" / "launch.yaml").exists()
+
+
+SIBLINGS = """
+import json, os, sys, time
+from pathlib import Path
+from tradelib import hardware
+from tradelib.config import Config
+from tradelib.distributed import cleanup_distributed
+from tradelib.train.run import TrainingRun
+
+def ranks_cpu_seconds():  # the machine as if it ran nothing but this job's ranks (torchrun's children)
+    agent, total = str(os.getppid()), 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == agent:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+def spin(run):
+    if run.rank == 1 and run.step == 1:
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.6:
+            pass
+
+hardware.busy_cpu_seconds = ranks_cpu_seconds
+run = TrainingRun(Config(**json.loads(sys.argv[1])), progress=False)
+run.on_step = spin
+run.fit()
+json.dump({"other_cores": run.other_cores},
+          open(os.path.join(os.environ["OUT"], f"rank{run.rank}.json"), "w"))
+cleanup_distributed()
+"""
+
+
+@pytest.mark.slow
+def test_the_other_ranks_of_a_cpu_run_are_not_counted_as_load_from_other_processes(outputs, tmp_path):
+    """Rank 0 flags samples/s timed while other processes kept the cores busy (`other_cores`, `busy_note`): the
+    machine's busy CPU time less its own and its children's. The other ranks are torchrun's children, not rank
+    0's, so their training counted as load from elsewhere and every CPU run of several processes was flagged busy
+    (2 ranks on 2 idle cores: about 1 core 'elsewhere'). On a machine that runs nothing but the two ranks (its busy
+    time faked as theirs), with rank 1 spinning 0.6 CPU seconds more, rank 0 now sees no other load."""
+    params = {**BASE, "model": "mlp", "batch_size": 4, "max_steps": 4, "run_id": "ddp-siblings"}
+    _, ranks = run_two_ranks(SIBLINGS, params, tmp_path)
+    assert ranks[0]["other_cores"] < 0.1, ranks  # none but the rounding of /proc's ticks of 10 ms
+    summary = json.loads((outputs / "ddp-siblings" / "summary.json").read_text())
+    assert summary["busy_note"] is None and summary["other_cores"] == ranks[0]["other_cores"]

@@ -118,6 +118,17 @@ def gather_object(obj: Any, dst: int = 0) -> list | None:
     return out
 
 
+def node_others_sum(value: float) -> float:
+    """On rank 0, the sum of `value` over the other ranks on its machine (torchrun's GROUP_RANK: the node);
+    0 elsewhere and in one process."""
+    if not active():
+        return 0.0
+    parts = gather_object((os.environ.get("GROUP_RANK", "0"), value))
+    if parts is None:
+        return 0.0
+    return float(sum(v for node, v in parts[1:] if node == parts[0][0]))
+
+
 def rank_rows(symbol_id: np.ndarray, rank: int, world: int) -> tuple[int, int]:
     """Rank `rank`'s rows [lo, hi) of a FeatureSet when every rank keeps only its share (shard_data): a run of
     whole symbols with about a world-th of the rows (rows are in symbol order)."""

@@ -271,6 +271,8 @@ class CpuElsewhere:
     machine does not say (not Linux)."""
 
     cores: float | None = None
+    own: float = 0.0  # CPU seconds of this process and its children in the block
+    wall: float = 0.0  # the block's wall seconds
 
     def __enter__(self) -> CpuElsewhere:
         self.t0, self.own0, self.busy0 = time.perf_counter(), own_cpu_seconds(), busy_cpu_seconds()
@@ -278,8 +280,9 @@ class CpuElsewhere:
 
     def __exit__(self, *exc) -> None:
         busy, own, wall = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter() - self.t0
+        self.own, self.wall = own - self.own0, wall
         if busy is not None and self.busy0 is not None and wall > 0:
-            self.cores = max(0.0, (busy - self.busy0 - (own - self.own0)) / wall)
+            self.cores = max(0.0, (busy - self.busy0 - self.own) / wall)
 
 
 def busy_elsewhere(other_cores: float | None, max_other_load: float) -> str | None:

@@ -38,6 +38,7 @@ from tradelib.distributed import (
     init_distributed,
     launch_distributed,
     needs_launch,
+    node_others_sum,
     rank_rows,
 )
 from tradelib.hardware import (
@@ -218,6 +219,7 @@ class TrainingRun:
         self._agreed_stop: int | None = None  # DDP: the signal every rank stops on at the same step
         self.gpu_stats: dict = {}
         self.other_cores: float | None = None  # the cores other processes kept busy while it trained (CPU runs)
+        self.cpu_own_s = self.cpu_wall_s = 0.0  # this process's CPU seconds and the wall seconds of its training
         # after the compile probe, which may draw dropout masks: the restored RNG is then exactly the saved one
         if cfg.resume:
             self._resume()
@@ -404,6 +406,7 @@ class TrainingRun:
                 state = "done"
             finally:
                 self.other_cores = other.cores if self.device.type == "cpu" else None  # (the GPU's time is its own)
+                self.cpu_own_s, self.cpu_wall_s = other.own, other.wall
                 self.gpu_stats = self.monitor.stop()
                 self.bar.close(state)
             return self.finish()
@@ -539,6 +542,7 @@ class TrainingRun:
         or whose weights or predictions are not finite, raises instead (TrainingFailed): no summary, no false
         success, and the checkpoints keep the last finite state. With shard_data every rank predicts its own test
         windows with the final weights (rank 0's best.pt sent to all) and rank 0 writes them all."""
+        self.discount_sibling_ranks()
         if self.main:  # what the report needs from training: report/inputs.py reads train_facts.json, never imports us
             write_train_facts(self.dir, self.trainer, self.fs_all() if self.sharded else self.fs, self.cfg)
         if not (self.main or self.sharded):
@@ -577,6 +581,17 @@ class TrainingRun:
                 f"{self.ckpt_dir}). Set output_clip, or lower lr.")
         return self.folder.write_results(self.fs_all() if self.sharded else self.fs, rows, pred,
                                          self.folder.summary(self))
+
+    def discount_sibling_ranks(self) -> None:
+        """Under DDP on CPUs, rank 0's measure of the cores other processes kept busy (`other_cores`, which flags
+        samples/s timed on a busy machine) less this run's other ranks on its machine: torchrun's children, not
+        rank 0's, they counted as load from elsewhere and flagged every CPU run of several processes busy. Every
+        rank calls it (a gather)."""
+        if self.world == 1 or self.device.type != "cpu":
+            return
+        siblings = node_others_sum(self.cpu_own_s)
+        if self.other_cores is not None and self.cpu_wall_s > 0:
+            self.other_cores = max(0.0, self.other_cores - siblings / self.cpu_wall_s)
 
     def save_last(self, restored: bool) -> None:
         """last.pt: the final weights (the best ones when `restored`), once they are known to be finite."""
