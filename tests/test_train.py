@@ -553,6 +553,27 @@ def test_checkpoints_by_time_follow_the_clock_and_change_nothing_trained(outputs
     assert sorted(checkpoint_steps(outputs / "by-time-off" / "checkpoints")) == [19, 38]
 
 
+def test_a_ddp_run_says_when_its_log_points_are_further_apart_than_torchruns_shutdown_wait(outputs, capsys,
+                                                                                           monkeypatch):
+    """Under torchrun a stop is agreed at the next log point, and torchrun kills its workers 30 s (its
+    --shutdown-timeout) after passing a SIGTERM or Ctrl-C on: with log points further apart the workers died
+    without the checkpoint that "stopping after this optimizer step with a checkpoint" had promised, and nothing
+    said why. Rank 0 now says so once, at the first log point that comes too late (a minute per step, every 2
+    steps: 60 to 120 s apart; the world of 2 faked, its collectives no-ops without a process group)."""
+    clock = FakeClock()
+    run = TrainingRun(tiny("grace", max_steps=6, checkpoint_every=0, checkpoint_minutes=0), progress=False)
+    run.world, run.clock, run.on_step = 2, clock, clock.tick
+    run.fit()
+    out = capsys.readouterr().out
+    assert out.count("log points are ") == 1 and "torchrun kills its workers 30 s after" in out
+    monkeypatch.setenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")
+    clock = FakeClock()
+    run = TrainingRun(tiny("grace-long", max_steps=6, checkpoint_every=0, checkpoint_minutes=0), progress=False)
+    run.world, run.clock, run.on_step = 2, clock, clock.tick
+    run.fit()
+    assert "log points are" not in capsys.readouterr().out
+
+
 def checkpoint_steps(folder: Path) -> list[int]:
     return [int(p.stem.split("-")[1]) for p in folder.glob("step-*.pt")]
 

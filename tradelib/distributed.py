@@ -118,6 +118,12 @@ def gather_object(obj: Any, dst: int = 0) -> list | None:
     return out
 
 
+def shutdown_grace() -> float:
+    """Seconds torchrun waits for its workers after passing a Ctrl-C or SIGTERM on, before it kills them: its
+    --shutdown-timeout, which reaches the workers only as TORCH_ELASTIC_SHUTDOWN_TIMEOUT (30 when unset)."""
+    return float(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 30))
+
+
 def node_others_sum(value: float) -> float:
     """On rank 0, the sum of `value` over the other ranks on its machine (torchrun's GROUP_RANK: the node);
     0 elsewhere and in one process."""

@@ -40,6 +40,7 @@ from tradelib.distributed import (
     needs_launch,
     node_others_sum,
     rank_rows,
+    shutdown_grace,
 )
 from tradelib.hardware import (
     CpuElsewhere,
@@ -217,6 +218,7 @@ class TrainingRun:
         self._clean, self._saved_step = True, -1
         self.stop = StopRequests(enabled=False)  # fit() enters a live one
         self._agreed_stop: int | None = None  # DDP: the signal every rank stops on at the same step
+        self._grace_said = False  # DDP: whether log points too far apart for torchrun's shutdown wait were named
         self.gpu_stats: dict = {}
         self.other_cores: float | None = None  # the cores other processes kept busy while it trained (CPU runs)
         self.cpu_own_s = self.cpu_wall_s = 0.0  # this process's CPU seconds and the wall seconds of its training
@@ -466,6 +468,12 @@ class TrainingRun:
         if gpu["gpu_samples"]:
             self.log({"kind": "gpu", "step": self.step, "elapsed_s": self.train_time, **gpu})
         self.bar.figures(self.epoch, loss, row["samples_per_s"])
+        if self.world > 1 and self.main and not self._grace_said and dt > shutdown_grace():
+            self._grace_said = True
+            print(f"log points are {dt:.0f} s apart: a stop (Ctrl-C or SIGTERM to torchrun) is agreed at the next one, "
+                  f"but torchrun kills its workers {shutdown_grace():.0f} s after passing the signal on (its "
+                  f"--shutdown-timeout), before they get there: no checkpoint, the steps since the last one lost. "
+                  f"Lower log_every ({self.cfg.log_every}) or raise --shutdown-timeout", flush=True)
         due = self.cfg.checkpoint_minutes > 0 and now - self.t_ckpt >= 60 * self.cfg.checkpoint_minutes
         if self.world > 1:
             agreed = all_reduce(torch.tensor([self.train_time, float(due), float(self.stop.requested or 0)],
