@@ -38,6 +38,22 @@ def test_lagged_target_is_the_same_symbols_target_lag_bars_later():
     assert np.isnan(ev.lagged_target(df, 1)[df["timestamp"].to_numpy() == df["timestamp"].max()]).all()
 
 
+
+def test_lagged_target_of_stitched_folds_stays_inside_each_fold():
+    """A walk-forward's stitched predictions skip each fold's purge gap: the frame's next timestamp after a fold's
+    last is the next fold's first test bar, whose target is not the return the fold's last signal's book earns."""
+    rng = np.random.default_rng(3)
+    df = grid(4, 60)
+    df["target"] = rng.standard_normal(len(df))
+    df["fold"] = np.where(df["timestamp"] < df["timestamp"].unique()[30], 0, 1)
+    df = df[(df["timestamp"] < df["timestamp"].unique()[20]) | (df["timestamp"] >= df["timestamp"].unique()[30])]
+    for lag in (1, 2):
+        alone = pd.concat([pd.Series(lagged_by_pandas(d, lag), index=d.index) for _, d in df.groupby("fold")])
+        expected = alone.reindex(df.index).to_numpy()  # each fold alone
+        np.testing.assert_array_equal(ev.lagged_target(df, lag), expected)
+    last0 = df["timestamp"] == df.loc[df["fold"] == 0, "timestamp"].max()
+    assert np.isnan(ev.lagged_target(df, 1)[last0.to_numpy()]).all()
+
 def planted_at(lag: int, rho: float = 0.3, n_sym: int = 12, n_bars: int = 300, seed: int = 1) -> pd.DataFrame:
     """Predictions correlated `rho` with the target `lag` bars later, and with nothing at lag 0."""
     rng = np.random.default_rng(seed)

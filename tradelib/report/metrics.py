@@ -315,8 +315,11 @@ def lagged_target(df: pd.DataFrame, lag: int, target_col: str = "target") -> np.
     """The target of the same symbol `lag` timestamps later (counted over the frame's distinct timestamps, as
     the backtest counts its delay), in df's row order; NaN where that row is missing. With `lag` = trade_delay
     d and an h-bar target this is the return from t+d to t+d+h: the one a book trading d bars after the signal
-    earns. lag 0 is the target itself."""
-    return shift_rows(df["symbol"], ts_ns(df["timestamp"]), df[target_col].to_numpy(dtype=float), lag, np.nan)
+    earns. lag 0 is the target itself. In a walk-forward's stitched predictions (a `fold` column) the shift stays
+    inside each fold: the frame's next timestamp after a fold's last is the next fold's first test bar, after the
+    purge gap, whose target is not the return the signal's book earns; those rows are NaN, as in the fold alone."""
+    who = df["symbol"] if "fold" not in df else pd.MultiIndex.from_arrays([df["symbol"], df["fold"]])
+    return shift_rows(who, ts_ns(df["timestamp"]), df[target_col].to_numpy(dtype=float), lag, np.nan)
 
 
 def named_ics(df: pd.DataFrame, lag: int, pred_col: str = "prediction", target_col: str = "target") -> dict:
