@@ -9,9 +9,21 @@ import papermill as pm
 import pytest
 
 from tradelib import runs
-from tradelib.config import ConfigError
+from tradelib.config import Config, ConfigError
 from tradelib.paths import repo_root
-from tradelib.sweep import make_plan, markdown_table, read_sweep, run_sweep, split_values
+from tradelib.report import report as rp
+from tradelib.sweep import (
+    Plan,
+    make_plan,
+    markdown_table,
+    read_sweep,
+    run_sweep,
+    split_values,
+    sweep_table,
+    write_outputs,
+)
+
+from .test_report import make_run
 
 ROOT = repo_root()
 TINY = str(ROOT / "params" / "tiny.yaml")
@@ -81,6 +93,30 @@ def test_a_sweep_table_from_before_the_sharpe_intervals_still_reads(tmp_path):
     table.loc[0, ["net_sharpe_ci_low", "net_sharpe_ci_high"]] = [-0.5, 3.5]
     assert "| 1.50 (-0.50 to 3.50) |" in markdown_table(table) and "| 0.00 |" in markdown_table(table)
 
+
+
+def test_the_sweep_table_gives_each_runs_ic_t_and_its_verdict_over_the_sweeps_runs(tmp_path):
+    """A reader picks the best run of a sweep by eye: beside each run's ICs the table shows the headline IC's t and
+    whether that run's report calls it significant once the sweep's runs are allowed for, and says why. Here a
+    run of t about 2.4 passes |t| >= 2 alone but not over 4 runs; a strong one passes both."""
+    folder, rhos, seeds = tmp_path / "sw", [0.0, 0.01, 0.05, 0.15], [1, 2, 0, 3]
+    names = [f"rho={r}" for r in rhos]
+    for name, rho, seed in zip(names, rhos, seeds):
+        make_run(folder / name, seed=seed, rho=rho)
+    (folder / "sweep.json").write_text(json.dumps({"runs": {n: {} for n in names}}))
+    plan = Plan("sw", folder, {}, ["rho"], names, [{"rho": r} for r in rhos], [Config()] * 4)
+    table = sweep_table(plan, ["ran"] * 4)
+    for name, row in zip(names, table.itertuples()):
+        s = rp.build_report(folder / name, settings=rp.ReportSettings.of())["summary"]
+        assert s["sweep_runs"] == 4
+        assert (row.ic_t_stat, row.ic_t_deflated) == pytest.approx((s["ic_t_stat"], s["ic_t_deflated"]))
+        assert row.ic_significant == ("yes" if abs(s["ic_t_stat"]) >= 2 and s["ic_t_deflated"] > 0.975 else "no")
+    assert 2 < table["ic_t_stat"][2] < 2.8 and table["ic_significant"].tolist()[2:] == ["no", "yes"]
+    write_outputs(plan, table)
+    text = (folder / "sweep.md").read_text()
+    assert "| lead IC's t | significant over runs |" in text
+    assert f"| {table['ic_t_stat'][2]:.2f} | no |" in text and "deflated over the 4 runs above 0.975" in text
+    assert "significant over runs" in (folder / "sweep.html").read_text()
 
 @pytest.mark.parametrize("grid, linked, problem", [
     ([("batch_size", "64,0")], [], "sweep run batch_size=0: parameter 'batch_size' is 0; it must be >= 1"),

@@ -22,8 +22,9 @@ refused. The runs go into one sweep folder; each is a normal run folder, so ever
     outputs/<sweep_id>/
       <run>/               e.g. batch_size=512,model=tcn: 03_train.ipynb as executed, and the run's own files
       sweep.json           the sweep's definition: shared parameters, axes, runs
-      sweep.csv            one row per run: its values, status, throughput, memory, the named ICs, net Sharpe
-                           and its 95% interval
+      sweep.csv            one row per run: its values, status, throughput, memory, the named ICs, the headline
+                           IC's t and whether it is significant once the sweep's runs are allowed for, net
+                           Sharpe and its 95% interval
       sweep.md, sweep.html, sweep.png    the same table for reading, and its figure
 
 The sweep id is named by `--name`, else made from the parameters (the same command gives the same id).
@@ -73,8 +74,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 MANAGED = ("run_id", "resume")  # the sweep names each run and resumes it
 # the comparison table's figures, after each run's values and status (report.headline_numbers' names)
 NUMBERS = ["samples_per_s", "it_per_s", "global_batch", "data_wait_share", "peak_mem_gb", "gpu_util", "mfu",
-           "train_time_s", "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "pooled_ic", "net_sharpe",
-           "net_sharpe_ci_low", "net_sharpe_ci_high", "gross_sharpe", "break_even_bps"]
+           "train_time_s", "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "pooled_ic", "ic_t_stat",
+           "ic_t_deflated", "net_sharpe", "net_sharpe_ci_low", "net_sharpe_ci_high", "gross_sharpe", "break_even_bps"]
 
 
 @dataclass
@@ -274,11 +275,13 @@ def run_sweep(plan: Plan, progress: bool = True) -> pd.DataFrame:
 def run_figures(folder: Path, cfg: Config, fs) -> dict:
     """One finished run's numbers for the table, computed as its report computes them (report.headline_numbers
     with the sweep's report parameters and the run's FeatureSet `fs`, `load_featureset`'s), the rest from its
-    summary.json."""
+    summary.json; `ic_significant` is the report's verdict on the headline IC, its |t| deflated over the sweep's
+    runs (the best of several runs by eye is no single test)."""
     inputs = load_inputs(folder, ReportSettings.of(cfg), fs=fs, headline_only=True)
     block = report.headline_numbers(inputs)
     block["net_sharpe_ci_low"], block["net_sharpe_ci_high"] = block["net_sharpe_ci"]
-    return {"headline_ic": block["headline_ic"], **{k: block.get(k, inputs.summary.get(k)) for k in NUMBERS}}
+    return {"headline_ic": block["headline_ic"], "ic_significant": "yes" if block["ic_significant"] else "no",
+            **{k: block.get(k, inputs.summary.get(k)) for k in NUMBERS}}
 
 
 def sweep_table(plan: Plan, status: list[str]) -> pd.DataFrame:
@@ -294,7 +297,8 @@ def sweep_table(plan: Plan, status: list[str]) -> pd.DataFrame:
             row.update(run_figures(plan.folder / name, cfg, caches[key]))
             row["busy"] = busy_flag(summary)
         rows.append(row)
-    table = pd.DataFrame(rows).reindex(columns=[*plan.axes, "run", "status", "busy", "headline_ic", *NUMBERS])
+    table = pd.DataFrame(rows).reindex(columns=[*plan.axes, "run", "status", "busy", "headline_ic", "ic_significant",
+                                                *NUMBERS])
     for c in NUMBERS:
         table[c] = pd.to_numeric(table[c], errors="coerce").astype(float)
     return table
@@ -311,25 +315,30 @@ def busy_flag(summary: dict) -> str:
 # -- the table for reading ----------------------------------------------------------------------------------
 FORMATS = {"samples_per_s": "{:,.0f}", "it_per_s": "{:,.1f}", "global_batch": "{:,.0f}", "data_wait_share": "{:.1%}",
            "peak_mem_gb": "{:.2f}", "gpu_util": "{:.0f}", "mfu": "{:.1%}", "train_time_s": "{:,.1f}",
-           "net_sharpe": "{:.2f}", "gross_sharpe": "{:.2f}", "break_even_bps": "{:.1f}"}
+           "net_sharpe": "{:.2f}", "gross_sharpe": "{:.2f}", "break_even_bps": "{:.1f}", "ic_t_stat": "{:.2f}",
+           "ic_t_deflated": "{:.3f}"}
 HEADERS = {"samples_per_s": "samples/s", "it_per_s": "it/s", "global_batch": "global batch",
            "data_wait_share": "data wait", "peak_mem_gb": "peak memory (GB)", "gpu_util": "GPU busy (%)",
            "mfu": "MFU", "train_time_s": "train time (s)", "headline_ic": "report leads with",
            "cross_sectional_ic": "cross-sectional IC",
            "cross_sectional_rank_ic": "cross-sectional rank IC", "daily_ic": "per-day IC",
-           "pooled_ic": "pooled IC", "net_sharpe": "net Sharpe (95% interval)", "gross_sharpe": "gross Sharpe",
+           "pooled_ic": "pooled IC", "ic_t_stat": "lead IC's t",
+           "ic_significant": "significant over runs", "net_sharpe": "net Sharpe (95% interval)",
+           "gross_sharpe": "gross Sharpe",
            "break_even_bps": "break-even (bps)"}
 
 
 # what sweep.md and sweep.html show of the table (sweep.csv has every column): it fits a 1400 px page
 SHOWN = ["samples_per_s", "global_batch", "data_wait_share", "peak_mem_gb", "gpu_util", "mfu", "cross_sectional_ic",
-         "daily_ic", "pooled_ic", "net_sharpe", "break_even_bps"]
+         "daily_ic", "pooled_ic", "ic_t_stat", "ic_significant", "net_sharpe", "break_even_bps"]
 
 
 def readable(table: pd.DataFrame) -> pd.DataFrame:
     """The table for reading: the varying values, the status and SHOWN, integers as integers, shares as
     percentages, ICs to 4 places, the net Sharpe with its 95% interval, '-' where unknown."""
-    shown = table[[c for c in table.columns if c not in NUMBERS and c != "run"] + SHOWN]
+    # (a table from before a column was added: '-' for it)
+    shown = table.reindex(columns=[c for c in table.columns if c not in NUMBERS and c not in SHOWN and c != "run"]
+                          + SHOWN)
     out = pd.DataFrame(index=shown.index)
     for c in shown.columns:
         fmt = FORMATS.get(c, "{:.4f}" if c in NUMBERS else None)
@@ -382,6 +391,12 @@ def write_outputs(plan: Plan, table: pd.DataFrame) -> dict[str, Path]:
     notes = ("samples/s, it/s and the data-wait share are medians over each run's log intervals; memory is the "
              "peak of the training device; the ICs are on the test split (docs/metrics.md); net Sharpe is the "
              "report's long/short book after costs.")
+    if len(plan.names) > 1:
+        n = len(plan.names)
+        notes += (f" Picking the best of {n} runs by eye is not one test: the best of several runs on noise reaches "
+                  f"|t| >= 2 far more often than one run does. 'significant over runs' is each run's report verdict "
+                  f"on the IC it leads with: |t| >= 2 and its |t| deflated over the {n} runs above 0.975 (about "
+                  f"|t| > 3.0 at 4 runs; docs/metrics.md); each net Sharpe interval is its run's alone.")
     if table["busy"].astype(str).str.startswith("busy").any():
         notes += (" Runs marked busy were timed while other processes kept more than max_other_load of the cores "
                   "busy: their samples/s are not comparable; rerun them on an idle machine.")

@@ -166,11 +166,11 @@ def load_inputs(
     inputs.per_symbol = ev.per_symbol_metrics(df, target_col=TRADED)
     inputs.costs = bk.cost_sensitivity(bt, settings.cost_grid_bps)
     inputs.decay = decay_judged(ev.ic_decay(df, family, lags[family], DECAY_LAGS), trade_delay,
-                                _sweep_runs(run_dir))
+                                sweep_runs(run_dir))
     inputs.ic_series = ev.pooled_by_timestamp(df, target_col=TRADED) if family == "pooled" else by_ts
     inputs.break_even_ci = bk.break_even_interval(bt, block, int(settings.bootstrap_samples),
                                                   int(settings.bootstrap_seed))
-    inputs.trials = bk.trial_count(inputs.predictors, _sweep_runs(run_dir))
+    inputs.trials = bk.trial_count(inputs.predictors, sweep_runs(run_dir))
     inputs.test_span, inputs.facts = test_span(df, fs, summary), read_facts(run_dir)
     inputs.splits = split_dates(summary, fs, inputs.test_span)
     inputs.quality = _meta(fs).get("quality") or None
@@ -284,7 +284,7 @@ def decay_judged(decay: pd.DataFrame, traded_lag: int, runs: int = 1) -> pd.Data
     return decay.assign(deflated_t=deflated, significant=significant)
 
 
-def _sweep_runs(run_dir: Path) -> int:
+def sweep_runs(run_dir: Path) -> int:
     """How many runs the sweep this run belongs to holds (its sweep.json), else 1."""
     plan = Path(run_dir).parent / "sweep.json"
     try:

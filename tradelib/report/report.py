@@ -21,8 +21,16 @@ from tradelib.config import run_setting
 from tradelib.paths import atomic_write_bytes, is_synthetic
 from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
-from tradelib.report.inputs import TRADED, ReportInputs, ReportSettings, load_inputs, loader_sweep, lr_schedule
-from tradelib.report.words import run_configuration
+from tradelib.report.inputs import (
+    TRADED,
+    ReportInputs,
+    ReportSettings,
+    load_inputs,
+    loader_sweep,
+    lr_schedule,
+    sweep_runs,
+)
+from tradelib.report.words import run_configuration, significant
 
 IC_NUMBERS = [
     "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "daily_rank_ic", "pooled_ic",
@@ -91,10 +99,13 @@ def build_report(run_dir: Path, compare_with: Path | None = None, *, inputs: Rep
 
 def headline_numbers(inputs: ReportInputs) -> dict:
     """The figures a sweep's table and a comparison show (what `load_inputs(headline_only=True)` computes): the
-    run, the named ICs (at the traded lag, the oracle's, before the delay), the book after costs (its net Sharpe
+    run, the named ICs (at the traded lag, the oracle's, before the delay), the headline IC's t and whether the report
+    calls it significant (in a sweep: once the sweep's runs are allowed for), the book after costs (its net Sharpe
     with error bars), throughput."""
     s, bt, p, icd, book = inputs.summary, inputs.backtest.stats, inputs.predictors, inputs.ic, inputs.book
     mfu, net = as_float(s.get("mfu")), bt["net"]["sharpe_inference"]
+    t, runs = as_float(icd[inputs.family]["t_stat"]), sweep_runs(inputs.run_dir)
+    deflated = bk.deflated_t(abs(t), runs)
     out = {
         "run_id": s.get("run_id") or inputs.run_dir.name,
         "device": s.get("device"),
@@ -111,6 +122,10 @@ def headline_numbers(inputs: ReportInputs) -> dict:
                     f"{fam}_t_stat": f["t_stat"], f"{fam}_periods": f["n_periods"]})
     out.update({"pooled_ic": icd["pooled"]["ic"], "pooled_rank_ic": icd["pooled"]["rank_ic"],
                 "pooled_t_stat": icd["pooled"]["t_stat"]})
+    # the headline IC's t; the best of a sweep's runs is no single test: its |t| deflated over them, as the best
+    # predictor's t is, and the report's verdict (a sweep's table shows it beside each run's ICs)
+    out.update({"ic_t_stat": icd[inputs.family]["t_stat"], "sweep_runs": runs, "ic_t_deflated": deflated,
+                "ic_significant": significant(t, deflated, runs)})
     for fam in ev.IC_FAMILIES:  # before the trade delay: against the return from the signal's own close
         f = inputs.ic_lag0[fam]
         out.update({f"{fam}_ic_lag0": f["ic"], f"{fam}_rank_ic_lag0": f["rank_ic"], f"{fam}_t_stat_lag0": f["t_stat"]})
@@ -149,8 +164,8 @@ def summary_block(inputs: ReportInputs) -> dict:
     """The numbers that matter, flat: `headline_numbers`, which IC leads and why, the baselines, the book's
     settings and its error bars, and the figures that cannot be taken as they read."""
     s, bt, p, head = inputs.summary, inputs.backtest.stats, inputs.predictors, inputs.ic[inputs.family]
-    runs = int(inputs.trials.get("sweep_runs") or 1)
     out = headline_numbers(inputs)
+    runs = out["sweep_runs"]
     out.update({
         "n_test_rows": int(len(inputs.predictions)),
         "test_days": _span_days(inputs.predictions),
@@ -159,12 +174,8 @@ def summary_block(inputs: ReportInputs) -> dict:
         "horizon_bars": inputs.horizon,
         "target_delay_bars": int(run_setting(s.get("config") or {}, "target_delay")),
         "headline_reason": inputs.family_reason,
-        "ic_t_stat": head["t_stat"],  # overlap-robust, of the headline family
-        "ic_t_method": head["t_method"],
+        "ic_t_method": head["t_method"],  # of ic_t_stat: overlap-robust, of the headline family
         "ic_t_stat_lag0": inputs.ic_lag0[inputs.family]["t_stat"],
-        # the best of a sweep's runs is no single test: each |t| deflated over them, as the best predictor's t is
-        "sweep_runs": runs,
-        "ic_t_deflated": bk.deflated_t(abs(as_float(head["t_stat"])), runs),
         "ic_t_deflated_lag0": bk.deflated_t(abs(as_float(inputs.ic_lag0[inputs.family]["t_stat"])), runs),
         "ic_without_best": ev.without_best(inputs.predictions, inputs.family, inputs.ic_series, target_col=TRADED),
         "baseline_ic": {name: _predictor(p, name, f"{inputs.family}_ic") for name in p["predictor"] if name != "model"},

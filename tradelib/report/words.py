@@ -58,7 +58,7 @@ def _signal_lines(report: dict) -> list[str]:
     rest = [f"{FAMILY_WORDS[f]} {fmt(g(f'{f}_ic'))}" for f in IC_FAMILIES if f != fam]
     ic, ic0, t0 = g(f"{fam}_ic"), g(f"{fam}_ic_lag0"), g("ic_t_stat_lag0")
     runs = g("sweep_runs") or 1
-    sig, sig0 = _significant(t, g("ic_t_deflated"), runs), _significant(t0, g("ic_t_deflated_lag0"), runs)
+    sig, sig0 = significant(t, g("ic_t_deflated"), runs), significant(t0, g("ic_t_deflated_lag0"), runs)
     said = _lasts(ic, t, ic0, t0, lag, sig, sig0)
     before = (f" Before the trade delay (lag 0, from the signal's own close) it reads {fmt(ic0)} "
               f"(t {fmt(g('ic_t_stat_lag0'), '.2f')}){said}." if lag else "")
@@ -72,7 +72,7 @@ def _signal_lines(report: dict) -> list[str]:
     ]
 
 
-def _significant(t, deflated, runs: int) -> bool:
+def significant(t, deflated, runs: int) -> bool:
     """Whether the report calls an IC significant: |t| >= 2, and in a sweep of several runs also its |t| deflated
     over them (`ic_t_deflated`, as the best predictor's t is over the trials) above 0.975: the best of a sweep's
     runs on noise passes |t| >= 2 far more often than one run does."""
@@ -83,7 +83,7 @@ def _significant(t, deflated, runs: int) -> bool:
 
 def _lasts(ic, t, ic0, t0, lag: int, sig: bool, sig0: bool) -> str:
     """Whether the signal lasts past the trade delay, said only of a significant positive IC (the book goes long
-    what it predicts up; `sig`, `sig0`: `_significant` of the traded and the lag-0 IC): the traded one at least the
+    what it predicts up; `sig`, `sig0`: `significant` of the traded and the lag-0 IC): the traded one at least the
     lag-0 one, or a lag-0 one the traded lag falls short of. Of a negative or insignificant pair nothing is said
     (-0.055 at lag 0 and -0.001 at lag 1 last nothing)."""
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (ic, t, ic0, t0)):
@@ -97,7 +97,7 @@ def _lasts(ic, t, ic0, t0, lag: int, sig: bool, sig0: bool) -> str:
 
 def _without_best(ic, sig: bool, rest: dict | None, unit: str) -> str:
     """The headline IC without the periods that carried it most and as many that went most against it
-    (`metrics.without_best`); a significant one (`sig`, `_significant`) is said to rest on a few periods when that
+    (`metrics.without_best`); a significant one (`sig`, `significant`) is said to rest on a few periods when that
     halves it or turns its sign."""
     if not rest or rest.get("ic") is None:
         return ""
@@ -455,14 +455,14 @@ def _when(value) -> str:
 
 
 def _verdict(t, deflated, runs: int) -> str:
-    """The headline IC's verdict; in a sweep of several runs with its t deflated over them (`_significant`)."""
+    """The headline IC's verdict; in a sweep of several runs with its t deflated over them (`significant`)."""
     if t is None:
         return "n/a"
     if not abs(t) >= 2:
         return "not distinguishable from zero (|t| < 2)"
     if runs <= 1:
         return "significant (|t| >= 2)"
-    if _significant(t, deflated, runs):
+    if significant(t, deflated, runs):
         return f"significant (|t| >= 2; deflated over the {runs} runs of its sweep {fmt(deflated, '.2f')} > 0.975)"
     return (f"|t| >= 2, but not significant once the {runs} runs of its sweep are allowed for (deflated t "
             f"{fmt(deflated, '.2f')}, not above 0.975)")
