@@ -666,6 +666,21 @@ def test_a_resume_that_changes_the_length_says_what_it_does_to_the_lr_schedule(o
     assert "LR schedule" not in capsys.readouterr().out  # the same length: nothing said
 
 
+def test_the_first_step_after_a_resume_that_changes_the_length_takes_the_new_schedules_lr(outputs):
+    """The optimizer's saved state carries the LR of the run's old schedule: the resume step must take the LR
+    that the refitted schedule gives (and the line above announces), and a same-length resume the very same."""
+    run = TrainingRun(tiny("relength", checkpoint_every=0, log_every=1), progress=False)
+    fit_until_interrupted(run, 10)
+    for changes, total in (({"epochs": 3}, 57), ({}, 38)):
+        resumed = TrainingRun(tiny("relength", checkpoint_every=0, log_every=1, resume=True, **changes),
+                              progress=False)
+        resumed.close()
+        tr = resumed.trainer
+        want = tr.lr * lr_factor(10, tr.warmup, total, Config().min_lr_ratio)
+        assert tr.total_steps == total
+        assert [g["lr"] for g in tr.opt.param_groups] == [want, want] and tr.sched.get_last_lr() == [want, want]
+
+
 @pytest.mark.slow
 def test_the_printed_resume_command_resumes_the_run_as_printed(outputs, reference, capsys):
     """Stopped at a step, the run prints a command with its own settings (those that differ from the defaults):

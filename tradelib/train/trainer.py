@@ -372,9 +372,20 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])  # new optimizer state tensors: a step graph reads the old
         self.sched.load_state_dict(state["scheduler"])
+        self.set_scheduled_lr()
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.graph = None  # recorded again at the next step
+
+    def set_scheduled_lr(self) -> None:
+        """The learning rates this run's schedule gives at the loaded step. The optimizer's state brings the LR its
+        writer's schedule set, which differs when a resume changes epochs or max_steps (the schedule is refitted):
+        without this the first step after such a resume would take the old schedule's LR. The same expression as
+        LambdaLR's, so an unchanged schedule gives the very same floats."""
+        factor = lr_factor(self.sched.last_epoch, self.warmup, self.total_steps, self.cfg.min_lr_ratio)
+        for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
+            group["lr"] = base * factor
+        self.sched._last_lr = [group["lr"] for group in self.opt.param_groups]  # what get_last_lr() reports
 
     def flops_per_sample(self) -> float | None:
         from tradelib.train.models import training_flops_per_sample
