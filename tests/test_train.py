@@ -595,6 +595,28 @@ def test_max_minutes_ends_the_run_cleanly_inside_an_epoch(outputs, capsys):
     assert len(epochs) == 1 and epochs[0]["partial"] and epochs[0]["step"] == 12 and np.isfinite(epochs[0]["val_loss"])
 
 
+def test_a_finished_run_resumed_says_which_limit_ended_it_and_what_to_raise(outputs, capsys):
+    """A resume of a finished run names what ended it: raising epochs goes on after a run that reached its
+    length, not after one that early stopping or the max_minutes budget ended."""
+    clock = FakeClock()
+    run = TrainingRun(tiny("budget-said", checkpoint_every=0, checkpoint_minutes=0, max_minutes=10), progress=False)
+    run.clock, run.on_step = clock, clock.tick
+    run.fit()
+    train(tiny("early-said", epochs=6, patience=1, lr=0.02, checkpoint_every=0), progress=False)
+    capsys.readouterr()
+    TrainingRun(tiny("budget-said", checkpoint_every=0, checkpoint_minutes=0, max_minutes=10, epochs=4,
+                     resume=True), progress=False).close()
+    TrainingRun(tiny("early-said", epochs=9, patience=1, lr=0.02, checkpoint_every=0, resume=True),
+                progress=False).close()
+    said = [line for line in capsys.readouterr().out.splitlines() if "had already finished" in line]
+    assert len(said) == 2 and not any("raise epochs" in line for line in said), said
+    assert "its training budget is spent, 11.0 min: raise max_minutes 10 (0: none) to go on" in said[0]
+    assert "early stopping ended it, 1 epoch without a better val loss: raise patience 1 (0: off)" in said[1]
+    TrainingRun(tiny("early-said", epochs=6, patience=1, lr=0.02, checkpoint_every=0, max_steps=5, resume=True),
+                progress=False).close()
+    assert "it reached its length, " in capsys.readouterr().out
+
+
 def test_every_checkpoint_is_written_once(outputs, monkeypatch):
     """A run ending on a checkpoint step (max_steps 10, checkpoint_every 5) writes step-10 once, after its
     validation; a stop at an epoch's end (step 19, written there) writes nothing more."""

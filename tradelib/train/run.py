@@ -328,7 +328,7 @@ class TrainingRun:
             print(f"resumed {self.run_id} from {Path(path).name} at step {self.step} ({self.epoch_words()}, "
                   f"{self.pos} items into its order); metrics.jsonl keeps its {kept} rows up to that step")
             if self.done():
-                print("the run had already finished: rewriting its outputs (raise epochs or max_steps to go on)")
+                print(f"the run had already finished: rewriting its outputs ({self.what_ended()} to go on)")
             else:
                 self.say_schedule_change(ck["config"])
                 self.set_aside_results()
@@ -380,6 +380,22 @@ class TrainingRun:
 
     def out_of_time(self) -> bool:
         return self.cfg.max_minutes > 0 and self.train_time >= 60 * self.cfg.max_minutes
+
+    def what_ended(self) -> str:
+        """What ended a finished run, each limit that holds with the setting a resume must raise to go on: raising
+        epochs does not resume a run that early stopping or the max_minutes budget ended."""
+        cfg, said = self.cfg, []
+        if self.epoch >= cfg.epochs or self.step >= self.trainer.total_steps:
+            said.append(f"it reached its length, {self.step} optimizer steps of epochs {cfg.epochs} and max_steps "
+                        f"{cfg.max_steps}: raise epochs or max_steps")
+        if cfg.patience > 0 and self.epochs_since_best >= cfg.patience:
+            n = self.epochs_since_best
+            said.append(f"early stopping ended it, {n} epoch{'s' if n != 1 else ''} without a better val loss: raise "
+                        f"patience {cfg.patience} (0: off)")
+        if self.out_of_time():
+            said.append(f"its training budget is spent, {self.train_time / 60:.1f} min: raise max_minutes "
+                        f"{cfg.max_minutes:g} (0: none)")
+        return "; ".join(said)
 
     def fit(self) -> dict:
         """Train to the end, then finish(); the run is closed afterwards, also after an error or an interrupt."""
