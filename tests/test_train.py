@@ -934,6 +934,19 @@ def test_a_whole_epoch_with_accumulation_matches_big_batches_and_steps_the_sched
     assert t.opt.param_groups[0]["lr"] == pytest.approx(t.lr * lr_factor(19, warmup, 19, t.cfg.min_lr_ratio))
 
 
+def test_the_warm_up_is_capped_at_a_tenth_of_the_run_as_its_help_says(outputs):
+    """warmup_steps is a most: a run of T optimizer steps warms up over min(warmup_steps, max(1, T // 10)), which
+    the parameter's help (the CLI's --help and the notebooks' comments) says."""
+    import dataclasses as dc
+
+    help_text = {f.name: f.metadata["help"] for f in dc.fields(Config)}["warmup_steps"]
+    assert "capped at a tenth of the run's optimizer steps (at least 1)" in help_text
+    for max_steps, warmup_steps, want in ((300, 50, 30), (8, 50, 1), (0, 50, 38), (300, 10, 10), (300, 0, 0)):
+        run = TrainingRun(tiny("warm-cap", epochs=20, max_steps=max_steps, warmup_steps=warmup_steps), progress=False)
+        run.close()
+        assert run.trainer.warmup == want, (max_steps, warmup_steps, run.trainer.total_steps)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the loss once; the step graph and the precision chosen by `auto`
 

@@ -127,7 +127,8 @@ class Config:
     reference_batch: int = knob(256, "global batch that `lr` was tuned for", "training", lo=1)
     weight_decay: float = knob(0.01, "AdamW weight decay (not on biases and norms)", "training", lo=0,
                                finite=True)
-    warmup_steps: int = knob(50, "optimizer steps of linear warm-up, then cosine decay", "training", lo=0)
+    warmup_steps: int = knob(50, "optimizer steps of linear warm-up, then cosine decay; capped at a tenth of "
+                             "the run's optimizer steps (at least 1)", "training", lo=0)
     min_lr_ratio: float = knob(0.1, "cosine decays to lr * min_lr_ratio", "training", lo=0, hi=1)
     epochs: int = knob(3, "passes over the training windows", "training", lo=1, resume=True)
     max_steps: int = knob(0, "stop after this many optimizer steps (0: no limit)", "training", lo=0, resume=True)
