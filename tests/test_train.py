@@ -1019,6 +1019,20 @@ def test_auto_uses_the_step_graph_wherever_it_is_allowed(outputs, reference):
     assert Config.from_dict({"cuda_graphs": False}).cuda_graphs == "false"
 
 
+def test_the_summary_and_the_report_say_which_precision_auto_chose(outputs, reference):
+    """summary.json records the precision the run computed in (what `auto` chose) and whether a GradScaler scaled
+    its loss; the report's configuration line says it, not the setting 'auto' alone."""
+    from tradelib.report.words import precision_words, run_configuration
+
+    summary = json.loads((outputs / "reference" / "summary.json").read_text())
+    assert (summary["config"]["precision"], summary["precision"], summary["grad_scaler"]) == ("fp32", "fp32", False)
+    auto = {**summary, "config": {**summary["config"], "precision": "auto"}}
+    assert dict(run_configuration(auto, {}))["device"].startswith("cpu (cpu), precision fp32 (auto), compile off")
+    on_a_t4 = {"precision": "fp16", "grad_scaler": True, "config": {"precision": "auto"}}
+    assert precision_words(on_a_t4) == "fp16 with a GradScaler (auto)"
+    assert precision_words({"config": {"precision": "auto"}}) == "auto"  # a summary written before it said
+
+
 def test_precision_auto_is_bf16_where_the_card_has_it_else_fp16_and_fp32_on_the_cpu(outputs):
     from tradelib.hardware import precision_for, resolved_precision
 

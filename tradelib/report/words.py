@@ -246,6 +246,16 @@ def conventions_markdown(report: dict) -> str:
             f"bars. Splits by {sp.get('method')}: {dates}. See docs/metrics.md.")
 
 
+def precision_words(summary: dict) -> str:
+    """The precision the run computed in ('bf16 (auto)', 'fp16 with a GradScaler (auto)'); the setting alone for a
+    summary written before it recorded what `auto` chose."""
+    chosen, asked = summary.get("precision"), (summary.get("config") or {}).get("precision")
+    if not chosen:
+        return str(asked)
+    return chosen + (" with a GradScaler" if summary.get("grad_scaler") else "") + (f" ({asked})" if asked != chosen
+                                                                                   else "")
+
+
 def run_configuration(summary: dict, splits: dict) -> list[tuple[str, str]]:
     """The run's configuration as (setting, value) lines: data, windows, model, batch, learning rate, length,
     device, split dates."""
@@ -273,7 +283,7 @@ def run_configuration(summary: dict, splits: dict) -> list[tuple[str, str]]:
                           f"AdamW, weight decay {c.get('weight_decay')}, gradient clip {c.get('grad_clip')}"),
         ("length", f"{c.get('epochs')} epoch(s){steps}: {fmt_count(g('optimizer_steps'))} optimizer steps taken "
                    f"({fmt_count(g('skipped_steps'))} skipped), seed {c.get('seed')}"),
-        ("device", f"{g('device_name')} ({g('device')}), precision {c.get('precision')}, compile "
+        ("device", f"{g('device_name')} ({g('device')}), precision {precision_words(summary)}, compile "
                    f"{g('compiled')}, loader {g('loader')}"
                    + (f"; step graph {g('cuda_graphs')} ({g('cuda_graphs_reason')})" if g("cuda_graphs") else "")),
         ("splits", _split_words(splits, purge)),

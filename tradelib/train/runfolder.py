@@ -123,6 +123,7 @@ class RunFolder:
             "global_batch": tr.global_batch * run.world, "lr": tr.lr, "base_lr": cfg.lr,
             "lr_scaling": cfg.lr_scaling, "reference_batch": cfg.reference_batch,
             "compiled": tr.compiled, "graph_steps": tr.graph_steps, "fused_adamw": tr.fused, "samples_per_s": sps,
+            "precision": tr.precision, "grad_scaler": tr.scaler is not None,  # what precision auto chose
             "cuda_graphs": "on" if tr.graphs else "off", "cuda_graphs_reason": tr.graphs_reason,
             "it_per_s": med(steps, "it_per_s"),
             "batches_per_epoch": tr.steps_per_epoch * cfg.grad_accum_steps, "dense": cfg.dense,
