@@ -237,3 +237,26 @@ def test_evaluation_between_fetches_of_an_announced_order_leaves_the_batches_rig
             assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y), j
     finally:
         blocks.close()
+
+
+def test_dense_training_says_what_chunks_longer_than_a_stretch_leave_untrained(tiny_fs, capsys):
+    """A stretch of one segment in the training split shorter than dense_chunk trains nothing: said with the
+    positions it holds (those with a full receptive field), counted here row by row; nothing said when chunks fit."""
+    from .conftest import TINY
+
+    cfg = Config(**{**TINY, "model": "tcn", "dense": True, "dense_chunk": 300, "layers": 2})
+    model = model_for(cfg, tiny_fs.n_features)
+    rf, runs, run = model.receptive_field, [], 0
+    for i in range(len(tiny_fs)):  # the training split's stretches, row by row
+        same = i > 0 and tiny_fs.segment[i] == tiny_fs.segment[i - 1] and tiny_fs.split[i] == tiny_fs.split[i - 1]
+        if not same and run:
+            runs.append(run)
+        run = (run + 1 if same else 1) if tiny_fs.split[i] == 0 else 0
+    runs.append(run)
+    positions = [max(n - rf + 1, 0) for n in runs if n]
+    left = sum(p for p, n in zip(positions, [n for n in runs if n]) if n < 300)
+    assert left > 0
+    stream.make_sources(tiny_fs, model, cfg, CPU, verbose=True)
+    assert f"dense: {left:,} of {sum(positions):,} training positions" in capsys.readouterr().out
+    stream.make_sources(tiny_fs, model, cfg.replace(dense_chunk=64), CPU, verbose=True)
+    assert "dense:" not in capsys.readouterr().out

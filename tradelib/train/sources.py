@@ -208,6 +208,22 @@ def dense_chunks(fs: FeatureSet, split: int, length: int, receptive_field: int) 
     return np.concatenate(starts).astype(np.int64), np.concatenate(first).astype(np.int64)
 
 
+def dense_left_out(fs: FeatureSet, split: int, length: int, receptive_field: int) -> str:
+    """What dense chunks of `length` rows leave untrained of `split`, in words ("" when under 1%): the positions with
+    a full receptive field in runs of one segment and split shorter than a chunk, which `dense_chunks` skips."""
+    key_change = np.r_[True, (fs.segment[1:] != fs.segment[:-1]) | (fs.split[1:] != fs.split[:-1])]
+    start = np.flatnonzero(key_change)
+    size = np.diff(np.r_[start, len(fs)])
+    size = size[fs.split[start] == split]
+    positions = np.maximum(size - receptive_field + 1, 0)
+    left, total = int(positions[size < length].sum()), int(positions.sum())
+    if total == 0 or left < 0.01 * total:
+        return ""
+    return (f"dense: {left:,} of {total:,} training positions ({left / total:.0%}) lie in stretches (a segment's rows "
+            f"in one split) shorter than dense_chunk {length} and are not trained: a smaller dense_chunk (at least "
+            f"the receptive field, {receptive_field}) trains them")
+
+
 class DenseSource:
     """Chunks of the training split for dense training: x [B, L, F], y [B, L] and the mask of the positions
     that train (full history and a known target)."""

@@ -34,6 +34,7 @@ from tradelib.train.sources import (
     BatchSource,
     Windows,
     dense_chunks,
+    dense_left_out,
     epoch_order,
     resident_sources,
     take_spans,
@@ -536,6 +537,8 @@ def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.devi
     p = plan(fs, cfg, device, span)
     if verbose:
         print(p.reason)
+        if cfg.dense and (left := dense_left_out(fs, 0, cfg.dense_chunk, model.receptive_field)):
+            print(left)
     if not p.streamed:
         return resident_sources(fs, model, cfg, device, windows)
     ledger = Ledger()
