@@ -70,7 +70,9 @@ def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, save_to: str | Path
         for col, label in (("train_loss", "training (mean over the epoch)"), ("val_loss", "validation (at its end)")):
             if epochs[col].notna().any():
                 ax.plot(epochs["epoch"] + 1, epochs[col], marker="o", label=label)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        first, last = int(epochs["epoch"].min()) + 1, int(epochs["epoch"].max()) + 1
+        ax.set_xlim(first - 0.5, last + 0.5)  # whole epochs: one epoch's span alone gets ticks 0.945 .. 1.05
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
         ax.legend(fontsize="small")
     else:
         _empty(ax, "no epoch finished\n(max_steps ended the run first)")

@@ -1,0 +1,31 @@
+"""What a figure's axes say: units, scales and ticks a reader takes at their word (read from matplotlib's objects)."""
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+matplotlib.use("Agg")
+
+from tradelib.report import plots  # noqa: E402
+
+
+def _steps(n: int, grad_norm: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"step": np.arange(1, n + 1), "loss": np.linspace(2, 1, n), "loss_ema": np.linspace(2, 1, n),
+                         "lr": np.full(n, 1e-3), "grad_norm": grad_norm, "skipped_steps": 0})
+
+
+def _visible_ticks(ax) -> list[float]:
+    lo, hi = ax.get_xlim()
+    return [t for t in ax.get_xticks() if lo <= t <= hi]
+
+
+def test_loss_per_epoch_ticks_are_whole_epochs_even_for_one_epoch():
+    # the README's first run (params/quick.yaml) trains one epoch: its ticks read 0.945 .. 1.05
+    for n_epochs in (1, 2, 7):
+        epochs = pd.DataFrame({"epoch": range(n_epochs), "train_loss": np.linspace(2, 1, n_epochs),
+                               "val_loss": np.linspace(2.1, 1.2, n_epochs)})
+        fig = plots.plot_training(_steps(8, np.linspace(4, 3, 8)), epochs)
+        ticks = _visible_ticks(fig.axes[1])
+        assert ticks and all(float(t).is_integer() for t in ticks), (n_epochs, ticks)
+        assert 1 in ticks and n_epochs in ticks
+
