@@ -29,3 +29,14 @@ def test_loss_per_epoch_ticks_are_whole_epochs_even_for_one_epoch():
         assert ticks and all(float(t).is_integer() for t in ticks), (n_epochs, ticks)
         assert 1 in ticks and n_epochs in ticks
 
+
+def test_a_log_axis_says_so():
+    fig = plots.plot_training(_steps(8, np.geomspace(100, 1, 8)), pd.DataFrame(columns=["epoch", "train_loss",
+                                                                                     "val_loss"]))
+    grad = fig.axes[3]
+    assert grad.get_yscale() == "log" and "log scale" in grad.get_ylabel()
+    quality = {"counts": [["duplicate", "A", "dropped", 5000], ["bad_ohl", "A", "changed", 3]]}
+    ax = plots.plot_quality(quality).axes[0]
+    assert ax.get_xscale() == "log" and "log scale" in ax.get_xlabel()
+    ax = plots.plot_quality({"counts": [["duplicate", "A", "dropped", 5], ["bad_ohl", "A", "changed", 3]]}).axes[0]
+    assert ax.get_xscale() == "linear" and "log" not in ax.get_xlabel()

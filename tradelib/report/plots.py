@@ -106,6 +106,7 @@ def _plot_grad_norm(ax: plt.Axes, steps: pd.DataFrame) -> None:
     if steps["grad_norm"].notna().any():
         ax.plot(steps["step"], steps["grad_norm"], lw=0.8)
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 1)))
     else:
         _empty(ax, "no grad norm logged")
     skipped = steps["skipped_steps"].fillna(0)
@@ -114,7 +115,7 @@ def _plot_grad_norm(ax: plt.Axes, steps: pd.DataFrame) -> None:
         twin.step(steps["step"], skipped, color="tab:red", where="post")
         twin.set_ylabel("skipped steps (cumulative)", color="tab:red")
         twin.grid(False)
-    ax.set(title="gradient norm (before clipping)", xlabel="optimizer step", ylabel="L2 norm")
+    ax.set(title="gradient norm (before clipping)", xlabel="optimizer step", ylabel="L2 norm (log scale)")
 
 
 def _dates(ax: plt.Axes) -> None:
@@ -402,9 +403,10 @@ def plot_quality(report_dict: dict, save_to: str | Path | None = None) -> plt.Fi
         return _save(fig, save_to)
     counts = counts.sort_values("rows", ascending=False)
     sns.barplot(data=counts, y="rule", x="rows", hue="what", dodge=False, orient="h", ax=ax)
-    if counts["rows"].max() > 100 * max(counts["rows"].min(), 1):
+    log = counts["rows"].max() > 100 * max(counts["rows"].min(), 1)
+    if log:
         ax.set_xscale("log")
-    ax.set(title="data quality: rows per rule", xlabel="rows", ylabel="")
+    ax.set(title="data quality: rows per rule", xlabel="rows (log scale)" if log else "rows", ylabel="")
     return _save(fig, save_to)
 
 
