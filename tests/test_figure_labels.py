@@ -40,3 +40,11 @@ def test_a_log_axis_says_so():
     assert ax.get_xscale() == "log" and "log scale" in ax.get_xlabel()
     ax = plots.plot_quality({"counts": [["duplicate", "A", "dropped", 5], ["bad_ohl", "A", "changed", 3]]}).axes[0]
     assert ax.get_xscale() == "linear" and "log" not in ax.get_xlabel()
+
+
+def test_the_decile_error_bars_say_what_they_are():
+    deciles = pd.DataFrame({"decile": range(1, 11), "pred_mean": np.linspace(-1, 1, 10),
+                            "realised_mean": np.linspace(-0.5, 0.5, 10), "realised_se": np.full(10, 0.2)})
+    ax = plots.plot_deciles(deciles).axes[0]
+    _, labels = ax.get_legend_handles_labels()
+    assert any("1 s.e." in label for label in labels), labels  # not a 95% interval, which a reader would assume

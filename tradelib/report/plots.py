@@ -150,7 +150,7 @@ def plot_deciles(decile_df: pd.DataFrame, save_to: str | Path | None = None,
     fig, ax = plt.subplots(figsize=(7, 4))
     x = decile_df["decile"].to_numpy()
     ax.bar(x, decile_df["realised_mean"], yerr=decile_df["realised_se"], color="tab:blue", alpha=0.7,
-           capsize=3, label="realised")  # fmt: skip
+           capsize=3, label="realised (error bars: ±1 s.e.)")  # fmt: skip
     ax.plot(x, decile_df["pred_mean"], color="tab:orange", marker="o", label="predicted")
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set(title="target by prediction decile", xlabel="prediction decile (1: lowest predictions)",
