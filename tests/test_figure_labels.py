@@ -48,3 +48,20 @@ def test_the_decile_error_bars_say_what_they_are():
     ax = plots.plot_deciles(deciles).axes[0]
     _, labels = ax.get_legend_handles_labels()
     assert any("1 s.e." in label for label in labels), labels  # not a 95% interval, which a reader would assume
+
+
+def test_the_raw_volume_title_counts_the_zero_volumes_its_log_axis_cannot_show():
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    n = 200
+    raw = pd.DataFrame({"symbol": np.repeat(["A", "B"], n // 2), "close": rng.uniform(10, 20, n),
+                        "volume": rng.uniform(1e5, 1e6, n)})
+    raw.loc[[3, 150, 151], "volume"] = 0.0  # what tests/data/real's MSFT has: days of zero volume
+    fs = SimpleNamespace(split=np.zeros(n, dtype=np.int8), X=rng.normal(size=(n, 2)).astype(np.float32),
+                         symbol_id=np.repeat([0, 1], n // 2), symbols=["A", "B"],
+                         feature_names=["ret_1", "log_volume_rel"])
+    fig = plots.plot_raw_vs_features(raw, fs)
+    close, volume = fig.axes[0].get_title(), fig.axes[1].get_title()
+    assert "3 zero or negative not shown" in volume, volume
+    assert "not shown" not in close, close

@@ -462,6 +462,8 @@ def plot_raw_vs_features(raw: pd.DataFrame, fs, save_to: Path | None = None,
         _draw_boxes(ax, box_stats(vals, codes, names, log=True), log=True)
         pos = vals[vals > 0]
         span = f"spans {pos.min():.1e} to {pos.max():.1e}" if pos.size else "no positive value"
+        if pos.size < vals.size:  # a log axis cannot show them: said, so a zero volume is not read as absent
+            span += f"\n{vals.size - pos.size:,} zero or negative not shown"
         ax.set(title=f"raw {col} (log scale): {span}", xlabel="symbol", ylabel=col)
     train = np.flatnonzero(fs.split == 0)
     for ax, col in zip(axes[1], features):
