@@ -135,3 +135,11 @@ def test_02_stopped_while_writing_its_sweep_leaves_the_csv_it_had(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         exec(cell.split("for note in")[0], namespace)
     pd.testing.assert_frame_equal(loader_sweep(tmp_path), first)
+
+
+def test_02s_sweep_says_once_that_it_skipped_the_dense_loader_for_a_model_without_one(tiny_cfg, capsys):
+    """02 printed 'loaders device,dataloader,dense' and then a table without dense rows, saying nothing."""
+    df = batch_size_sweep(tiny_cfg.replace(steps=1, warmup=0, loaders="device,dense"), [32, 64])
+    assert set(df["loader"]) == {"device"}
+    out = capsys.readouterr().out
+    assert out.count("no dense mode for lstm") == 1, out

@@ -133,7 +133,8 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], g
             probe = model_for(cfg, 1)
             if not hasattr(probe, "forward_dense"):
                 if verbose:
-                    print(f"measure: no dense mode for {cfg.model} (not a causal model); skipped")
+                    print(f"measure: no dense mode for {cfg.model} (forward_dense: tcn, transformer); "
+                          "loader dense skipped")
                 continue
             chunk = min(cfg.dense_chunk, getattr(probe, "max_chunk", cfg.dense_chunk))
             per_chunk = chunk - probe.receptive_field + 1

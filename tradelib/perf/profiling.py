@@ -57,14 +57,17 @@ def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, load
     t0 = time.perf_counter()
     peak = mfu_peak(device, cfg.peak_tflops, cfg.max_other_load)  # one MFU denominator for every batch size
 
+    said: list[bool] = []  # a loader skipped (dense for a model without it) is said once, not left out silently
+
     def setups_at(group: list[int]) -> list:
         setups = []
         for bs in group:
             base = cfg.replace(batch_size=bs, dense_batch=bs)
             for s in make_setups(base, cfg.model, loaders or split_list(cfg.loaders), group=f"@{bs}",
-                                 verbose=verbose):
+                                 verbose=verbose or not said):
                 s.label = f"{s.label}@{bs}"
                 setups.append(s)
+            said.append(True)
         return setups
 
     def run(group: list[int], steps: int, warmup: int) -> list[dict]:
