@@ -71,6 +71,23 @@ def test_a_notebook_ignores_another_notebooks_parameter_and_refuses_a_typo(capsy
         notebook_config({"cost_bsp": 2.0, "In": ["", "# Parameters\ncost_bsp = 2.0\n"]}, "04_report")
 
 
+def test_a_notebooks_data_path_that_is_nowhere_names_the_parameter_and_both_places(tmp_path, monkeypatch):
+    """JupyterLab's kernel runs in notebooks/: a relative data_path is looked for there, then at the checkout's
+    root. Where it is in neither, the notebook's first cell says so as the CLI does; the kernel's DataError named
+    only notebooks/<path>, as if the root had not been tried."""
+    from tradelib.config import ConfigError
+    from tradelib.paths import repo_root
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        notebook_config({"data_path": "data/prices.csv"}, "01_data_cleaning")
+    said = str(err.value)
+    assert said.startswith("01_data_cleaning: data_path 'data/prices.csv' does not exist"), said
+    assert str(tmp_path / "data/prices.csv") in said and str(repo_root() / "data/prices.csv") in said
+    assert notebook_config({"data_path": "tests/data/real"}, "01_data_cleaning").data_path == str(
+        repo_root() / "tests/data/real")  # found at the root from anywhere
+    notebook_config({"data_path": "data/prices.csv"}, "04_report")  # 04 takes no data_path: nothing to check
+
 def test_a_value_out_of_range_in_a_yaml_file_names_the_file(tmp_path):
     from tradelib.config import ConfigError
 

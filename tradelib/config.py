@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tradelib.paths import resolve_data_path
+from tradelib.paths import data_places, is_synthetic, resolve_data_path
 
 # which groups of fields each numbered notebook declares in its parameters cell (plus single names)
 NOTEBOOK_PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -572,8 +572,14 @@ def notebook_config(ns: dict[str, Any], notebook: str) -> Config:
                               f"this notebook's parameters: papermill --help-notebook notebooks/{notebook}.ipynb")
     if foreign:
         print(f"{notebook} ignores {', '.join(foreign)}: other notebooks' or commands' parameters, not its own")
-    return Config.from_dict({k: v for k, v in ns.items() if k in names and k not in foreign},
-                            source=f"{notebook} parameters")
+    cfg = Config.from_dict({k: v for k, v in ns.items() if k in names and k not in foreign},
+                           source=f"{notebook} parameters")
+    given = str(ns.get("data_path", "synthetic"))
+    if "data_path" in declared and not is_synthetic(given) and not Path(cfg.data_path).exists():
+        # said here as the CLI says it: the kernel's DataError later named only notebooks/<path>, not the root
+        raise ConfigError(f"{notebook}: data_path {given!r} does not exist (looked for at "
+                          f"{' and at '.join(data_places(given))})")
+    return cfg
 
 
 # what a run did before a setting existed, where that differs from the setting's default
