@@ -71,6 +71,7 @@ def test_a_time_budget_sizes_the_sweep_and_the_search(tiny_cfg, capsys):
     assert df["batch_size"].tolist() == [32] and df.attrs["skipped_sizes"] == [64, 128]
     out = capsys.readouterr().out
     assert "3 timed steps per configuration" in out and "batch sizes 64, 128 left out" in out
+    assert "profile_seconds 0 s" not in out and "share of profile_seconds 20 s" in out  # not called its budget
     assert [r["steps"] for r in df.attrs["records"]] == [3]
     found = find_max_batch(cfg.replace(model="mlp"), start=32, limit=4096, budget_bytes=1 << 40, seconds=1e-6,
                            verbose=False)

@@ -75,6 +75,8 @@ def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, load
                        max_other_load=cfg.max_other_load, peak=peak)
 
     skipped: list[int] = []
+    # 02 gives the sweep a share of profile_seconds (12 s of 20 had read 'profile_seconds 12 s')
+    share = f"(its share of profile_seconds {cfg.profile_seconds:g} s)"
     if seconds <= 0:
         records = run(sizes, cfg.steps, cfg.warmup)
     else:
@@ -87,7 +89,7 @@ def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, load
         work = sum(sizes) * per_step * cfg.repeats
         steps = max(3, min(cfg.steps, int(left / work) - cfg.warmup)) if work > 0 else cfg.steps
         if steps < cfg.steps:
-            print(f"profile_seconds {seconds:.0f} s: {steps} timed steps per configuration (steps={cfg.steps} "
+            print(f"sweep budget {seconds:.0f} s {share}: {steps} timed steps per configuration (steps={cfg.steps} "
                   f"would not fit; a step takes about {per_step * sizes[0]:.2f} s at batch {sizes[0]})")
         records = []
         for i, bs in enumerate(sizes):
@@ -95,7 +97,7 @@ def batch_size_sweep(cfg: Config, batch_sizes: Sequence[int] | None = None, load
             if records and elapsed + fixed + (steps + cfg.warmup) * per_step * bs * cfg.repeats > seconds:
                 skipped = sizes[i:]
                 print(f"batch sizes {', '.join(map(str, skipped))} left out: they would not finish within the "
-                      f"profile_seconds budget of {seconds:.0f} s ({elapsed:.0f} s spent)")
+                      f"sweep's budget of {seconds:.0f} s {share} ({elapsed:.0f} s spent)")
                 break
             records += run([bs], steps, cfg.warmup)
     df = pd.DataFrame(records).reindex(columns=SWEEP_COLUMNS)
