@@ -65,3 +65,22 @@ def test_the_raw_volume_title_counts_the_zero_volumes_its_log_axis_cannot_show()
     close, volume = fig.axes[0].get_title(), fig.axes[1].get_title()
     assert "3 zero or negative not shown" in volume, volume
     assert "not shown" not in close, close
+
+
+def test_a_walk_forwards_training_figure_and_epochs_table_name_its_folds():
+    """A walk-forward's metrics.jsonl counts steps and epochs across its folds (walkforward.stitched_metrics):
+    the figure read 'epoch 1, 2, 3' for three one-epoch folds and drew no line where a fold restarts its model."""
+    from tradelib.report import tables
+
+    steps = _steps(24, np.linspace(4, 2, 24)).assign(fold=np.repeat([0, 1, 2], 8))
+    epochs = pd.DataFrame({"epoch": [0, 1, 2], "step": [8, 16, 24], "fold": [0, 1, 2], "train_loss": [2.5, 1.9, 2.6],
+                           "val_loss": [0.9, 0.8, 0.8], "epoch_time_s": 1.0, "samples_per_s": 300.0})
+    fig = plots.plot_training(steps, epochs)
+    fig.canvas.draw()
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["1\nfold 0", "1\nfold 1", "1\nfold 2"]
+    for ax in (fig.axes[0], fig.axes[2], fig.axes[3]):
+        assert sorted(line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":") == [8.5, 16.5]
+    table = tables.epochs_table(epochs)
+    assert table["fold"].tolist() == ["0", "1", "2"] and table["epoch"].tolist() == ["1", "1", "1"]
+    single = tables.epochs_table(epochs.drop(columns="fold"))
+    assert "fold" not in single and single["epoch"].tolist() == ["1", "2", "3"]

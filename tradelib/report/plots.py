@@ -73,6 +73,8 @@ def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, save_to: str | Path
         first, last = int(epochs["epoch"].min()) + 1, int(epochs["epoch"].max()) + 1
         ax.set_xlim(first - 0.5, last + 0.5)  # whole epochs: one epoch's span alone gets ticks 0.945 .. 1.05
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
+        if _folds(epochs) > 1:  # a walk-forward's epochs run on across its folds: each tick says whose it is
+            ax.set_xticks(epochs["epoch"] + 1, labels=[f"{e}\nfold {f}" for e, f in fold_epochs(epochs)])
         ax.legend(fontsize="small")
     else:
         _empty(ax, "no epoch finished\n(max_steps ended the run first)")
@@ -81,7 +83,24 @@ def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, save_to: str | Path
     _plot_grad_norm(axes[1, 1], steps)
     for ax in (axes[0, 0], axes[1, 0], axes[1, 1]):  # optimizer steps are whole numbers
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if _folds(steps) > 1:  # each fold restarts its model and LR schedule: where, on the step axes
+        rows = pd.concat([steps[["fold", "step"]], epochs.reindex(columns=["fold", "step"])])
+        ends = rows.groupby("fold")["step"].max().sort_index().iloc[:-1]  # a fold's last step: its epoch row's
+        for ax in (axes[0, 0], axes[1, 0], axes[1, 1]):
+            for i, step in enumerate(ends):
+                ax.axvline(step + 0.5, color="grey", ls=":", lw=1, label="a fold starts" if i == 0 else None)
+        axes[0, 0].legend(fontsize="small")
     return _save(fig, save_to)
+
+
+def _folds(frame: pd.DataFrame) -> int:
+    return int(frame["fold"].nunique()) if "fold" in frame else 0
+
+
+def fold_epochs(epochs: pd.DataFrame) -> list[tuple[int, int]]:
+    """(epoch within its fold from 1, fold) of each epoch row of a walk-forward, whose epochs count across folds."""
+    within = epochs.groupby("fold", sort=False).cumcount() + 1
+    return [(int(e), int(f)) for e, f in zip(within, epochs["fold"])]
 
 
 def _plot_lr(ax: plt.Axes, steps: pd.DataFrame, schedule: pd.DataFrame | None) -> None:

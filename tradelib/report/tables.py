@@ -267,11 +267,17 @@ def per_symbol_table(per_symbol: pd.DataFrame) -> pd.DataFrame:
 
 
 def epochs_table(epochs: pd.DataFrame, loss_unit: str = "MSE") -> pd.DataFrame:
-    return pd.DataFrame({"epoch": [integer(e + 1) for e in epochs["epoch"]],
-                         f"train loss ({loss_unit})": [num(v, 4) for v in epochs["train_loss"]],
-                         f"val loss ({loss_unit})": [num(v, 4) for v in epochs["val_loss"]],
-                         "time (s)": [num(v, 1) for v in epochs["epoch_time_s"]],
-                         "samples/s": [rate(v) for v in epochs["samples_per_s"]]})
+    """One row per epoch; a walk-forward's (whose epochs count across its folds) as its fold and the epoch in it."""
+    folds = "fold" in epochs and epochs["fold"].nunique() > 1
+    within = epochs.groupby("fold", sort=False).cumcount() + 1 if folds else epochs["epoch"] + 1
+    table = pd.DataFrame({"epoch": [integer(e) for e in within],
+                          f"train loss ({loss_unit})": [num(v, 4) for v in epochs["train_loss"]],
+                          f"val loss ({loss_unit})": [num(v, 4) for v in epochs["val_loss"]],
+                          "time (s)": [num(v, 1) for v in epochs["epoch_time_s"]],
+                          "samples/s": [rate(v) for v in epochs["samples_per_s"]]})
+    if folds:
+        table.insert(0, "fold", [integer(f) for f in epochs["fold"]])
+    return table
 
 
 def config_table(rows: list[tuple[str, str]]) -> pd.DataFrame:
