@@ -175,7 +175,9 @@ def load_inputs(
     inputs.splits = split_dates(summary, fs, inputs.test_span)
     inputs.quality = _meta(fs).get("quality") or None
     inputs.warnings = report_warnings(inputs, min_symbols_cs)
-    inputs.loss = loss_context(inputs)
+    folds = summary.get("folds") or []
+    last = f"fold-{folds[-1].get('fold', len(folds) - 1)}" if folds and not inputs.facts else ""
+    inputs.loss = loss_context(inputs, read_facts(run_dir / last) if last else None, last)
     inputs.folds = fold_table(inputs) if "fold" in df else None
     return inputs
 
@@ -395,14 +397,15 @@ def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
     return out
 
 
-def loss_context(inputs: ReportInputs) -> dict:
+def loss_context(inputs: ReportInputs, facts: dict | None = None, whose: str = "") -> dict:
     """The training loss's unit, and, when validation sits below training, why, from measurements: what
     predicting 0 scores on each split's windows (a quieter validation period scores lower), dropout (on in
-    training only), and the training figure being a mean over an epoch of improving weights."""
+    training only), and the training figure being a mean over an epoch of improving weights. `facts`: another
+    train_facts.json than the run's, `whose` (a walk-forward's last fold, whose epoch the last epoch row is)."""
     conf = inputs.summary.get("config") or {}
     out = {"unit": "mean squared error of the target in units of its training scale", "target_scale": None,
-           "zero_mse": {}, "val_below_train": None, "reasons": []}
-    facts = inputs.facts or {}
+           "zero_mse": {}, "val_below_train": None, "reasons": [], "whose": whose if facts else ""}
+    facts = facts or inputs.facts or {}
     if facts.get("zero_mse"):  # measured by training on its own windows (train_facts.json)
         out["target_scale"] = facts.get("target_scale")
         out["zero_mse"] = {k: facts["zero_mse"].get(k) for k in ("train", "val")}
@@ -417,7 +420,8 @@ def loss_context(inputs: ReportInputs) -> dict:
     if z and z["val"] < z["train"]:
         rel_val, rel_train = val / z["val"], train / z["train"]
         out["reasons"].append(
-            f"the validation period is quieter: predicting 0 scores {z['val']:.3f} on its windows against "
+            f"the validation period{f' of {whose}' if whose else ''} is quieter: predicting 0 scores "
+            f"{z['val']:.3f} on its windows against "
             f"{z['train']:.3f} on the training windows; against that yardstick validation is {rel_val:.3f} and "
             f"training {rel_train:.3f}" + (", so the gap is the period's, not the model's" if rel_val >= rel_train
                                           else ""))

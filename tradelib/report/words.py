@@ -307,13 +307,14 @@ def training_markdown(report: dict) -> str:
     """The loss's unit, and why validation sits below training when it does."""
     t = report.get("training") or {}
     ctx = t.get("loss") or {}
-    z, scale = ctx.get("zero_mse") or {}, ctx.get("target_scale")
+    z, scale, whose = ctx.get("zero_mse") or {}, ctx.get("target_scale"), ctx.get("whose")
+    of = f" of {whose} (the last fold; each fold has its own)" if whose else ""
     unit = ("**Loss**: the mean squared error of the target divided by its training scale s (1.4826 x the median "
-            "absolute deviation of the training targets" + (f", s = {scale:.3g} log return" if scale else "") +
+            "absolute deviation of the training targets" + (f", s = {scale:.3g} log return{of}" if scale else "") +
             "): a loss of 1 is an RMS error of one s.")
     if z.get("train") is not None:
         unit += (f" Predicting 0 scores {fmt(z.get('train'))} on the training windows and {fmt(z.get('val'))} on "
-                 f"the validation windows: the yardstick for the curves below.")
+                 f"the validation windows{f' of {whose}' if whose else ''}: the yardstick for the curves below.")
     lines = [unit]
     if ctx.get("val_below_train"):
         lines += ["", f"Validation ({fmt(ctx.get('last_val_loss'), '.4f')}) ends below training "
