@@ -84,3 +84,21 @@ def test_a_walk_forwards_training_figure_and_epochs_table_name_its_folds():
     assert table["fold"].tolist() == ["0", "1", "2"] and table["epoch"].tolist() == ["1", "1", "1"]
     single = tables.epochs_table(epochs.drop(columns="fold"))
     assert "fold" not in single and single["epoch"].tolist() == ["1", "2", "3"]
+
+
+def test_the_sweep_figures_tick_labels_do_not_overlap():
+    """A two-run sweep on a CPU (tiny profile): its data-wait panel's ticks read '0.000%0.050%0.100%...' as one."""
+    table = pd.DataFrame({"run": ["batch_size=32", "batch_size=64"], "samples_per_s": [503.0, 2079.0],
+                          "data_wait_share": [0.00094, 0.00218], "peak_mem_gb": [0.53, 0.53],
+                          "cross_sectional_ic": [0.0324, 0.0096], "daily_ic": [0.005, -0.0014],
+                          "pooled_ic": [0.005, -0.0014], "net_sharpe": [-70.15, -95.44],
+                          "net_sharpe_ci_low": [-109.96, -145.86], "net_sharpe_ci_high": [-30.33, -45.02]})
+    fig = plots.plot_sweep(table)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        boxes = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels()
+                        if t.get_text() and lo <= t.get_position()[0] <= hi), key=lambda b: b.x0)
+        for left, right in zip(boxes, boxes[1:]):
+            assert left.x1 <= right.x0, (ax.get_title(), [t.get_text() for t in ax.get_xticklabels()])

@@ -403,6 +403,7 @@ def plot_sweep(table: pd.DataFrame, save_to: str | Path | None = None) -> plt.Fi
             ax.margins(x=0.25)
         if col == "data_wait_share":
             ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=4))  # a narrow panel: ticks that fit it
         ax.set_title(title, fontsize="medium")
     axs[0].set_yticks(y, label, fontsize="small")
     axs[0].invert_yaxis()
