@@ -207,7 +207,7 @@ def _compare_lines(report: dict) -> list[str]:
     sps, ic_ = m["samples_per_s"], m.get(f"{fam}_ic", m["pooled_ic"])
     ci, beta_ci = cmp.get("net_sharpe_ci") or {}, cmp.get("market_beta_ci") or {}
     beta = m.get("market_beta") or {}
-    busy = [markdown_code(who) for who, side in ((cmp["run_id"], "other"), ("this run", "this"))
+    busy = [who for who, side in ((markdown_code(cmp["run_id"]), "other"), ("this run", "this"))  # words, not an id
             if cmp[side].get("busy_note")]
     ratio = (f"x{fmt(sps['ratio'], '.1f')}" if not busy else
              f"not comparable: {' and '.join(busy)} timed while other processes kept the machine busy")
