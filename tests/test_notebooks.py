@@ -322,3 +322,10 @@ def test_a_stopped_kernel_has_time_to_write_its_checkpoint(tmp_path):
     assert (tmp_path / "signal-1").read_text() == str(int(signal.SIGINT)) and not (tmp_path / "signal-2").exists()
     assert "SIGTERM: stopping probe: its kernel ends its step, waited for up to 120 s" in out
     assert "probe stopped (start again with the same command)" in out
+
+
+def test_04_calls_the_per_day_ic_a_sessions_not_a_utc_dates():
+    # metrics.ic_by_day groups by session_dates (a day from the market's start of day), not by the UTC date
+    cells = json.loads((repo_root() / "notebooks" / "04_report.ipynb").read_text())["cells"]
+    words = next("".join(c["source"]) for c in cells if "**per-day** IC" in "".join(c["source"]))
+    assert "UTC day" not in words and "session" in words

@@ -860,3 +860,34 @@ def test_the_model_row_reuses_the_reports_own_ics_and_book_bit_for_bit(tmp_path,
     again = bk.evaluate_all(df, ev.baseline_predictions(df), fam, inputs.ic[fam]["lags"], target_col=ri.TRADED,
                             **inputs.book)
     pd.testing.assert_frame_equal(inputs.predictors, again, check_exact=True)
+
+
+def test_a_walk_forward_explains_its_gap_with_its_last_folds_yardstick():
+    """A walk-forward has no train_facts.json of its own (its folds have theirs): 04 gave 'the training loss is the
+    mean over an epoch of improving weights' as the sole cause of a validation loss 3.3x below training, where
+    the last fold's yardstick shows its validation period is that much quieter (tests/data/real, folds 3)."""
+    from types import SimpleNamespace
+
+    epochs = pd.DataFrame({"epoch": [0, 1, 2], "fold": [0, 1, 2], "train_loss": [2.56, 1.95, 2.5907],
+                           "val_loss": [0.88, 0.84, 0.7887]})
+    inputs = SimpleNamespace(summary={"config": {}}, epochs=epochs, facts=None)
+    fold_facts = {"target_scale": 0.0125, "zero_mse": {"train": 2.538, "val": 0.746}}
+    ctx = ri.loss_context(inputs, fold_facts, "fold-2")
+    assert ctx["reasons"][0].startswith("the validation period of fold-2 is quieter: predicting 0 scores 0.746")
+    said = rw.training_markdown({"training": {"loss": ctx}})
+    assert "s = 0.0125 log return of fold-2 (the last fold" in said and "validation windows of fold-2" in said
+    single = ri.loss_context(SimpleNamespace(summary={"config": {}}, epochs=epochs, facts=fold_facts))
+    assert single["reasons"][0].startswith("the validation period is quieter") and not single["whose"]
+
+
+def test_both_runs_timed_busy_names_the_other_by_its_id_and_this_one_in_words():
+    """04's line setting this run beside `compare_with` (`words._compare_lines`)."""
+    # read "(not comparable: `20261207-191337` and `this run` timed ...)": 'this run' set as if it were a run id
+    side = {"other": 307.0, "this": 123.0, "ratio": 0.4}
+    report = {"summary": {"headline_ic": "pooled"},
+              "compare": {"run_id": "20261207-191337", "other": {"loader": "device", "busy_note": "busy"},
+                          "this": {"busy_note": "busy"},
+                          "metrics": {"samples_per_s": side, "pooled_ic": {"other": 0.01, "this": 0.07},
+                                      "net_sharpe": {"other": -45.0, "this": 13.4}}}}
+    line = "".join(rw._compare_lines(report))
+    assert "(not comparable: `20261207-191337` and this run timed while" in line, line

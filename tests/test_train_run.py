@@ -82,3 +82,18 @@ def test_a_split_without_windows_is_refused_before_training(outputs):
     assert "purge of 66 (target 2 + window 64) plus one window of 64 bars (130 in all): no test windows" in text
     assert "use a smaller window, or lower train_frac + val_frac" in text
     assert not (outputs / "no-test").exists()
+
+
+def test_each_ic_has_the_oracle_of_its_own_family_beside_it():
+    """The line a finished training ends with (`train.run.done_line`)."""
+    from pathlib import Path
+
+    from tradelib.train.run import done_line
+
+    # the 03_train line of a tiny synthetic run: the cross-sectional oracle (0.0726) stood after the pooled IC
+    summary = {"samples_per_s": 307.0, "ic_lag": 1, "cross_sectional_ic": 0.0096, "pooled_ic": -0.0014,
+               "oracle_cross_sectional_ic": 0.0726, "oracle_daily_ic": 0.1601, "oracle_pooled_ic": 0.1601}
+    line = done_line(summary, Path("/runs/r"))
+    assert "cross-sectional 0.0096 (oracle 0.0726), pooled -0.0014 (oracle 0.1601)" in line, line
+    real = {**summary, "oracle_cross_sectional_ic": None, "oracle_pooled_ic": None}  # data without a planted signal
+    assert "oracle" not in done_line(real, Path("/runs/r"))
