@@ -281,3 +281,20 @@ def test_two_sharded_ranks_walk_the_folds(outputs):
     cols = ["row", "fold", "timestamp", "symbol", "target", "ridge"]
     pd.testing.assert_frame_equal(a[cols], b[cols])
     assert all(runs.read_summary(outputs / "sharded-wf" / f"fold-{k}")["shard_data"] for k in range(2))
+
+
+def test_04s_first_run_trains_with_the_parameters_papermill_gave_it(outputs, capsys):
+    """`papermill 04_report.ipynb out.ipynb -f params/tiny.yaml` on a fresh clone: 04 ignores the training
+    parameters as its own, but the run it trains first takes them (it trained the defaults: 1,926 steps on 2 cores);
+    with none given, 03_train's defaults."""
+    from tradelib.train.walkforward import first_run
+
+    given = {"synth_symbols": 3, "synth_bars": 1500, "window": 16, "hidden": 8, "max_steps": 4, "device": "cpu",
+             "compile": "off", "cost_bps": 2.0}
+    ns = {**given, "unrelated": 1, "In": ["import x", "# Parameters\n" + "\n".join(f"{k} = {v!r}" for k, v in
+                                                                                   given.items())]}
+    run = first_run(ns)
+    config = runs.read_summary(run)["config"]
+    assert {k: config[k] for k in given} == given
+    assert "training one as 03_train would, with the parameters given (synth_symbols, synth_bars" in \
+        capsys.readouterr().out

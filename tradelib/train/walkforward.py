@@ -21,6 +21,7 @@ trains the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from tradelib import runs
-from tradelib.config import Config
+from tradelib.config import Config, injected_parameters
 from tradelib.data.features import FeatureSet
 from tradelib.distributed import dist_env, launch_distributed, needs_launch
 from tradelib.paths import outputs_dir
@@ -48,6 +49,18 @@ MAX_OVER_FOLDS = ("peak_mem_bytes", "gpu_mem_used_max_bytes", "train_windows")
 class FoldResult:
     fold: int
     run: RunResult
+
+
+def first_run(ns: dict) -> Path:
+    """The run 04_report trains when outputs/ holds none (a fresh clone): 03_train's, with every Config parameter
+    papermill gave the notebook (its globals() `ns`), the training ones 04 itself ignores included, so that
+    `papermill 04_report.ipynb out.ipynb -f params/tiny.yaml` trains tiny's run, not the defaults' (minutes)."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    given = {n: ns[n] for n in dict.fromkeys(injected_parameters(ns)) if n in names}
+    cfg = Config.from_dict(given, source="04_report parameters")
+    said = f", with the parameters given ({', '.join(given)})" if given else ""
+    print(f"no run under outputs/ yet: training one as 03_train would{said}", flush=True)
+    return train_or_walk(cfg)
 
 
 def train_or_walk(cfg: Config) -> Path:
