@@ -42,6 +42,13 @@ def test_a_log_axis_says_so():
     assert ax.get_xscale() == "linear" and "log" not in ax.get_xlabel()
 
 
+def test_a_quality_figure_with_nothing_to_count_says_so_without_empty_axes():
+    """The real daily bars drop nothing: quality.png was a 0-1 frame with no title and a grey line of text."""
+    ax = plots.plot_quality({"counts": []}).axes[0]
+    assert ax.get_title() == "data quality: rows per rule" and list(ax.get_xticks()) == list(ax.get_yticks()) == []
+    assert [t.get_text() for t in ax.texts] == ["no row dropped, changed, masked or flagged"]
+
+
 def test_the_decile_error_bars_say_what_they_are():
     deciles = pd.DataFrame({"decile": range(1, 11), "pred_mean": np.linspace(-1, 1, 10),
                             "realised_mean": np.linspace(-0.5, 0.5, 10), "realised_se": np.full(10, 0.2)})

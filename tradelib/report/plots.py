@@ -48,7 +48,10 @@ def _save(fig: plt.Figure, save_to: str | Path | None, tight: bool = True) -> pl
 
 
 def _empty(ax: plt.Axes, text: str) -> None:
+    """A panel with nothing to draw says why, without the 0-1 axes of no data."""
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, save_to: str | Path | None = None,
@@ -418,15 +421,16 @@ def plot_quality(report_dict: dict, save_to: str | Path | None = None) -> plt.Fi
     counts = frame.groupby(["action", "rule"], as_index=False)["rows"].sum().rename(columns={"action": "what"})
     counts = counts[counts["rows"] > 0]
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(counts) + 1)))
+    ax.set_title("data quality: rows per rule")
     if len(counts) == 0:
-        _empty(ax, "no row dropped or changed")
+        _empty(ax, "no row dropped, changed, masked or flagged")
         return _save(fig, save_to)
     counts = counts.sort_values("rows", ascending=False)
     sns.barplot(data=counts, y="rule", x="rows", hue="what", dodge=False, orient="h", ax=ax)
     log = counts["rows"].max() > 100 * max(counts["rows"].min(), 1)
     if log:
         ax.set_xscale("log")
-    ax.set(title="data quality: rows per rule", xlabel="rows (log scale)" if log else "rows", ylabel="")
+    ax.set(xlabel="rows (log scale)" if log else "rows", ylabel="")
     return _save(fig, save_to)
 
 
