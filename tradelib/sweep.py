@@ -449,7 +449,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     table = run_sweep(plan)
-    print(f"\nsweep {plan.sweep_id}:\n{markdown_table(table)}\n")
+    print(f"\nsweep {plan.sweep_id}:\n{readable(table).to_string(index=False)}\n")  # (sweep.md: the escaped one)
     for kind in ("csv", "md", "html", "png"):
         print(f"  sweep.{kind:5s} {plan.folder / f'sweep.{kind}'}")
     return 0
