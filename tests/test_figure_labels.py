@@ -3,10 +3,20 @@
 import matplotlib
 import numpy as np
 import pandas as pd
+import pytest
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
+
 from tradelib.report import plots  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Each test's figures closed after it (pyplot keeps them: later tests' figures warn past 20)."""
+    yield
+    plt.close("all")
 
 
 def _steps(n: int, grad_norm: np.ndarray) -> pd.DataFrame:
