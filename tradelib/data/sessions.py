@@ -81,14 +81,19 @@ def _quiet(occupied: np.ndarray) -> tuple[int, int]:
     return start, best
 
 
+def _start(occupied: np.ndarray, bar_ns: float) -> int:
+    """`day_start` of marks that fall in the hours `occupied` (24 bools)."""
+    start, quiet = _quiet(occupied)
+    return start * HOUR_NS if quiet * HOUR_NS > bar_ns else 0
+
+
 def day_start(ts_ns: np.ndarray, bar_ns: float) -> int:
     """Where the day of these marks (bars of `bar_ns`) begins, in ns after UTC midnight: the hour after their
     longest quiet stretch of the day (13:00 for US equities in summer, 23:00 for Sydney's 23:00 to 05:00 UTC
     session), so a session is one day however it sits across UTC dates. UTC midnight where no stretch is longer
     than a bar: a 24/7 market, daily bars (the hours between two bars are no night)."""
     hours = (np.asarray(ts_ns, dtype=np.int64) % DAY_NS) // HOUR_NS
-    start, quiet = _quiet(np.bincount(hours, minlength=24) > 0)
-    return start * HOUR_NS if quiet * HOUR_NS > bar_ns else 0
+    return _start(np.bincount(hours, minlength=24) > 0, bar_ns)
 
 
 def session_days(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> np.ndarray:
@@ -102,9 +107,7 @@ def session_days(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> np
     sym = np.repeat(np.arange(len(first)), np.diff(np.r_[first, len(codes)]))
     occupied = np.zeros((len(first), 24), dtype=bool)
     occupied[sym, (ts_ns % DAY_NS) // HOUR_NS] = True
-    bar = np.asarray(bar_ns)[first]
-    quiet = [_quiet(o) for o in occupied]
-    start = np.array([h * HOUR_NS if q * HOUR_NS > b else 0 for (h, q), b in zip(quiet, bar)], dtype=np.int64)
+    start = np.array([_start(o, b) for o, b in zip(occupied, np.asarray(bar_ns)[first])], dtype=np.int64)
     return (ts_ns - start[sym]) // DAY_NS
 
 
@@ -229,16 +232,18 @@ def bar_steps(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuo
 
 
 def long_gap_rows(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, k: int, continuous: bool = True,
-                  days: dict[int, np.ndarray] | None = None) -> np.ndarray:
+                  days: dict[int, np.ndarray] | None = None,
+                  steps: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Rows that follow a gap longer than `k` bars of their symbol (`bar_ns`: per row), none when k <= 0: a step
     of more than k bars as `bar_steps` counts them, so that overnight and a weekend on an exchange are no gap. A
-    step counted by the clock is long when it is more than k bars long (step > k x bar)."""
+    step counted by the clock is long when it is more than k bars long (step > k x bar). `steps`: these rows'
+    `bar_steps`, when the caller has them (a build counts the positions with them too)."""
     n = len(ts_ns)
     gap = np.zeros(n, dtype=bool)
     if n < 2 or k <= 0:
         return gap
     ts_ns, bar_ns = np.asarray(ts_ns, dtype=np.int64), np.asarray(bar_ns, dtype=np.int64)
-    step, clock = bar_steps(ts_ns, codes, bar_ns, continuous, days)
+    step, clock = steps if steps is not None else bar_steps(ts_ns, codes, bar_ns, continuous, days)
     bar = bar_ns[1:]
     long = np.where(clock, np.diff(ts_ns) > bar.astype(np.float64) * k, step > k)
     gap[1:] = (codes[1:] == codes[:-1]) & (bar > 0) & long
@@ -266,11 +271,13 @@ def continuous_market(days: dict[int, np.ndarray]) -> bool:
 
 
 def bar_positions(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuous: bool,
-                  days: dict[int, np.ndarray] | None = None) -> np.ndarray:
+                  days: dict[int, np.ndarray] | None = None,
+                  steps: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Each row's bar number within its symbol, so that `horizon` bars can be counted in bars, not rows: the
-    running sum of `bar_steps` (rows sorted by (symbol, time); `bar_ns` per row; `days` as there)."""
+    running sum of `bar_steps` (rows sorted by (symbol, time); `bar_ns` per row; `days` and `steps` as there)."""
     n = len(ts_ns)
     pos = np.zeros(n, dtype=np.int64)
     if n > 1:
-        np.cumsum(bar_steps(ts_ns, codes, bar_ns, continuous, days)[0], out=pos[1:])
+        step = steps[0] if steps is not None else bar_steps(ts_ns, codes, bar_ns, continuous, days)[0]
+        np.cumsum(step, out=pos[1:])
     return pos

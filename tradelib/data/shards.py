@@ -318,7 +318,8 @@ def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts,
     the shard (the assembly adds the segments of the shards before); the long gaps and the spikes found with them
     are counted per symbol for the report."""
     bar = facts.bars[rows.codes]
-    gap = sessions.long_gap_rows(rows.ts, rows.codes, bar, cfg.max_gap_bars, continuous, facts.days)
+    steps = sessions.bar_steps(rows.ts, rows.codes, bar, continuous, facts.days)  # for the gaps and the positions
+    gap = sessions.long_gap_rows(rows.ts, rows.codes, bar, cfg.max_gap_bars, continuous, facts.days, steps)
     rows.seg[:] = segment_ids(rows.codes, gap, shard.restart)
     rank = segment_rank(rows.seg)
     X, n = out["X"], len(rows.ts)
@@ -332,7 +333,7 @@ def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts,
             ranges.append(_finite_range(col))
             cols_t[j, : b1 - b0] = col
         X[b0:b1] = cols_t[:, : b1 - b0].T
-    pos = sessions.bar_positions(rows.ts, rows.codes, bar, continuous, days=facts.days)
+    pos = sessions.bar_positions(rows.ts, rows.codes, bar, continuous, facts.days, steps)
     t = targets({k: shard.a[k] for k in BARS} | {"timestamp": rows.ts}, Segments(rank), rows.codes, pos, cfg)
     y = out["y"]
     y[:] = t["target"]
