@@ -175,7 +175,7 @@ def _stages(cfg, raw: pd.DataFrame, source: str, fold: int, folder: Path | None,
             seg_at = np.cumsum([0] + [m["segments"] for m in made])  # segments were numbered within each shard
             if report is not None:  # the calendar rules' counts, found with the segments
                 for k, m in zip(present, made):
-                    for rule in ("price_spike", "long_gap"):
+                    for rule in clean.CALENDAR_RULES:
                         clean.add_kept(parts[k][1], rule, m[rule])
                 report = quality.quality_report([p for _, p in parts], raw, source, keep)
             cut = merge_cuts([m["cut"] for m in made])

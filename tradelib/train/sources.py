@@ -177,6 +177,13 @@ class WindowSource:
         return _count(len(ids), self.device)  # every window has a known target
 
 
+def _stretches(fs: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
+    """(first row, rows) of each run of rows of one segment and one split: what dense chunks are cut from."""
+    key_change = np.r_[True, (fs.segment[1:] != fs.segment[:-1]) | (fs.split[1:] != fs.split[:-1])]
+    start = np.flatnonzero(key_change)
+    return start, np.diff(np.r_[start, len(fs)])
+
+
 def dense_chunks(fs: FeatureSet, split: int, length: int, receptive_field: int) -> tuple[np.ndarray, np.ndarray]:
     """Chunk starts and the first row each chunk trains on, for dense training of a causal model.
 
@@ -187,10 +194,8 @@ def dense_chunks(fs: FeatureSet, split: int, length: int, receptive_field: int) 
     """
     if length < receptive_field:
         raise ValueError(f"dense chunk length {length} is shorter than the receptive field {receptive_field}")
-    n = len(fs)
-    key_change = np.r_[True, (fs.segment[1:] != fs.segment[:-1]) | (fs.split[1:] != fs.split[:-1])]
-    run_start = np.flatnonzero(key_change)
-    run_end = np.r_[run_start[1:], n] - 1
+    run_start, size = _stretches(fs)
+    run_end = run_start + size - 1
     step = length - receptive_field + 1
     starts, first = [], []
     for a, b in zip(run_start, run_end):
@@ -211,9 +216,7 @@ def dense_chunks(fs: FeatureSet, split: int, length: int, receptive_field: int) 
 def dense_left_out(fs: FeatureSet, split: int, length: int, receptive_field: int) -> str:
     """What dense chunks of `length` rows leave untrained of `split`, in words ("" when under 1%): the positions with
     a full receptive field in runs of one segment and split shorter than a chunk, which `dense_chunks` skips."""
-    key_change = np.r_[True, (fs.segment[1:] != fs.segment[:-1]) | (fs.split[1:] != fs.split[:-1])]
-    start = np.flatnonzero(key_change)
-    size = np.diff(np.r_[start, len(fs)])
+    start, size = _stretches(fs)
     size = size[fs.split[start] == split]
     positions = np.maximum(size - receptive_field + 1, 0)
     left, total = int(positions[size < length].sum()), int(positions.sum())
