@@ -438,6 +438,15 @@ def bootstrap_block(n: int, horizon: int, trade_delay: int) -> int:
 SIGNIFICANT = 0.975  # "significant after deflation": a deflated probability above this (one trial: t > 1.96)
 
 
+def significant(t, deflated, runs: int) -> bool:
+    """Whether the report calls an IC significant: |t| >= 2, and in a sweep of several runs also its |t| deflated
+    over them (`deflated_t`, as the best predictor's t is over the trials) above SIGNIFICANT: the best of a
+    sweep's runs on noise passes |t| >= 2 far more often than one run does."""
+    if not (isinstance(t, (int, float)) and math.isfinite(t) and abs(t) >= 2):
+        return False
+    return runs <= 1 or (isinstance(deflated, (int, float)) and deflated > SIGNIFICANT)
+
+
 def evaluate_all(
     df: pd.DataFrame,
     baselines: dict[str, np.ndarray],

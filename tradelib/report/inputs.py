@@ -281,7 +281,7 @@ def decay_judged(decay: pd.DataFrame, traded_lag: int, runs: int = 1) -> pd.Data
     t = decay["t_stat"].to_numpy(dtype=float)
     ic = decay["ic"].to_numpy(dtype=float)
     deflated = [bk.deflated_t(v, runs if one else scanned * runs) for v, one in zip(t, alone)]
-    significant = [bool(i > 0 and (v >= 2 and (runs <= 1 or d > bk.SIGNIFICANT) if one else d > bk.SIGNIFICANT))
+    significant = [bool(i > 0 and (bk.significant(v, d, runs) if one else d > bk.SIGNIFICANT))
                    for i, v, d, one in zip(ic, t, deflated, alone)]
     return decay.assign(deflated_t=deflated, significant=significant)
 

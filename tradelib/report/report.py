@@ -30,7 +30,7 @@ from tradelib.report.inputs import (
     lr_schedule,
     sweep_runs,
 )
-from tradelib.report.words import run_configuration, significant
+from tradelib.report.words import run_configuration
 
 IC_NUMBERS = [
     "cross_sectional_ic", "cross_sectional_rank_ic", "daily_ic", "daily_rank_ic", "pooled_ic",
@@ -125,7 +125,7 @@ def headline_numbers(inputs: ReportInputs) -> dict:
     # the headline IC's t; the best of a sweep's runs is no single test: its |t| deflated over them, as the best
     # predictor's t is, and the report's verdict (a sweep's table shows it beside each run's ICs)
     out.update({"ic_t_stat": icd[inputs.family]["t_stat"], "sweep_runs": runs, "ic_t_deflated": deflated,
-                "ic_significant": significant(t, deflated, runs)})
+                "ic_significant": bk.significant(t, deflated, runs)})
     for fam in ev.IC_FAMILIES:  # before the trade delay: against the return from the signal's own close
         f = inputs.ic_lag0[fam]
         out.update({f"{fam}_ic_lag0": f["ic"], f"{fam}_rank_ic_lag0": f["rank_ic"], f"{fam}_t_stat_lag0": f["t_stat"]})

@@ -12,6 +12,7 @@ import pandas as pd
 
 from tradelib.config import run_setting
 from tradelib.paths import is_synthetic
+from tradelib.report.backtest import SIGNIFICANT, significant
 from tradelib.report.metrics import FAMILY_WORDS, IC_FAMILIES, bar_words
 from tradelib.report.tables import markdown_code, markdown_text, minute, number
 
@@ -70,15 +71,6 @@ def _signal_lines(report: dict) -> list[str]:
         f"The other two at lag {lag}: {'; '.join(rest)}. Baselines on the same {word}: oracle "
         f"{fmt(g(f'oracle_{fam}_ic'))}{others}. Directional accuracy {fmt(g('directional_accuracy'), '.1%')}.",
     ]
-
-
-def significant(t, deflated, runs: int) -> bool:
-    """Whether the report calls an IC significant: |t| >= 2, and in a sweep of several runs also its |t| deflated
-    over them (`ic_t_deflated`, as the best predictor's t is over the trials) above 0.975: the best of a sweep's
-    runs on noise passes |t| >= 2 far more often than one run does."""
-    if not (isinstance(t, (int, float)) and math.isfinite(t) and abs(t) >= 2):
-        return False
-    return runs <= 1 or (isinstance(deflated, (int, float)) and deflated > 0.975)
 
 
 def _lasts(ic, t, ic0, t0, lag: int, sig: bool, sig0: bool) -> str:
@@ -371,7 +363,7 @@ def decay_markdown(report: dict) -> str:
     last = (f"significant at lag(s) {', '.join(map(str, sig))}" if sig else "significant at no lag")
     if any(r.get("significant") for r in scanned) or loose:
         last += (f" (lag 0 and the traded lag at t >= 2, as above; the {len(scanned)} other lags after allowing for "
-                 f"the scan, at a deflated t > 0.975)")
+                 f"the scan, at a deflated t > {SIGNIFICANT:g})")
     if loose:
         last += (f"; t >= 2 at lag(s) {', '.join(str(r['lag']) for r in loose)}, short of significance once the "
                  f"{len(scanned)} lags scanned are allowed for (deflated t "
@@ -474,6 +466,7 @@ def _verdict(t, deflated, runs: int) -> str:
     if runs <= 1:
         return "significant (|t| >= 2)"
     if significant(t, deflated, runs):
-        return f"significant (|t| >= 2; deflated over the {runs} runs of its sweep {fmt(deflated, '.2f')} > 0.975)"
+        return (f"significant (|t| >= 2; deflated over the {runs} runs of its sweep {fmt(deflated, '.2f')} > "
+                f"{SIGNIFICANT:g})")
     return (f"|t| >= 2, but not significant once the {runs} runs of its sweep are allowed for (deflated t "
-            f"{fmt(deflated, '.2f')}, not above 0.975)")
+            f"{fmt(deflated, '.2f')}, not above {SIGNIFICANT:g})")
