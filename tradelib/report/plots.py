@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from tradelib.report.backtest import BacktestResult, drawdown_curve, equity_curve  # noqa: E402
-from tradelib.report.tables import LOADER_NAMES  # noqa: E402
+from tradelib.report.tables import LOADER_NAMES, epoch_in_fold  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -77,7 +77,8 @@ def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, save_to: str | Path
         ax.set_xlim(first - 0.5, last + 0.5)  # whole epochs: one epoch's span alone gets ticks 0.945 .. 1.05
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
         if _folds(epochs) > 1:  # a walk-forward's epochs run on across its folds: each tick says whose it is
-            ax.set_xticks(epochs["epoch"] + 1, labels=[f"{e}\nfold {f}" for e, f in fold_epochs(epochs)])
+            labels = [f"{e}\nfold {int(f)}" for e, f in zip(epoch_in_fold(epochs), epochs["fold"])]
+            ax.set_xticks(epochs["epoch"] + 1, labels=labels)
         ax.legend(fontsize="small")
     else:
         _empty(ax, "no epoch finished\n(max_steps ended the run first)")
@@ -98,12 +99,6 @@ def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, save_to: str | Path
 
 def _folds(frame: pd.DataFrame) -> int:
     return int(frame["fold"].nunique()) if "fold" in frame else 0
-
-
-def fold_epochs(epochs: pd.DataFrame) -> list[tuple[int, int]]:
-    """(epoch within its fold from 1, fold) of each epoch row of a walk-forward, whose epochs count across folds."""
-    within = epochs.groupby("fold", sort=False).cumcount() + 1
-    return [(int(e), int(f)) for e, f in zip(within, epochs["fold"])]
 
 
 def _plot_lr(ax: plt.Axes, steps: pd.DataFrame, schedule: pd.DataFrame | None) -> None:

@@ -266,10 +266,15 @@ def per_symbol_table(per_symbol: pd.DataFrame) -> pd.DataFrame:
                          "test rows": [integer(v) for v in per_symbol["n"]]})
 
 
+def epoch_in_fold(epochs: pd.DataFrame) -> pd.Series:
+    """Each epoch row's epoch within its walk-forward fold, from 1 (a walk-forward's epochs count across folds)."""
+    return epochs.groupby("fold", sort=False).cumcount() + 1
+
+
 def epochs_table(epochs: pd.DataFrame, loss_unit: str = "MSE") -> pd.DataFrame:
     """One row per epoch; a walk-forward's (whose epochs count across its folds) as its fold and the epoch in it."""
     folds = "fold" in epochs and epochs["fold"].nunique() > 1
-    within = epochs.groupby("fold", sort=False).cumcount() + 1 if folds else epochs["epoch"] + 1
+    within = epoch_in_fold(epochs) if folds else epochs["epoch"] + 1
     table = pd.DataFrame({"epoch": [integer(e) for e in within],
                           f"train loss ({loss_unit})": [num(v, 4) for v in epochs["train_loss"]],
                           f"val loss ({loss_unit})": [num(v, 4) for v in epochs["val_loss"]],
