@@ -43,6 +43,21 @@ def test_key_changes_with_data_and_feature_parameters(tmp_path):
     assert cache.cache_key(base.replace(data_path=str(f))) != k1
 
 
+def test_key_changes_with_a_numpy_or_pandas_minor_release(monkeypatch):
+    """The libraries that compute the features are part of the key; a patch release is not (a resume survives it)."""
+    import pandas as pd
+
+    base = Config(**TINY)
+    key = cache.cache_key(base)
+    major, minor, *_ = pd.__version__.split(".")
+    monkeypatch.setattr(pd, "__version__", f"{major}.{minor}.999")
+    assert cache.cache_key(base) == key
+    monkeypatch.setattr(pd, "__version__", f"{major}.{int(minor) + 1}.0")
+    assert cache.cache_key(base) != key
+    monkeypatch.setattr(np, "__version__", "0.1.0")
+    assert cache.library_versions() == {"numpy": "0.1", "pandas": f"{major}.{int(minor) + 1}"}
+
+
 def test_editing_the_feature_code_invalidates_the_cache(tmp_path):
     """A copy of the package with one edit to features.py computes another key and rebuilds."""
     pkg = Path(cache.__file__).parents[1]

@@ -2,8 +2,9 @@
 
 The seed's stale cache survived a fix to feature_engineering.py. Here the key hashes the source of the
 modules that shape features (cleaning, features, the generator, the composition in dataset.py) and of the few
-functions of config.py that do (`CONFIG_CODE`), so a code fix invalidates old caches by itself; `force_recreate`
-rebuilds anyway. This module only stores and finds; dataset.py builds.
+functions of config.py that do (`CONFIG_CODE`), so a code fix invalidates old caches by itself; and the
+numpy and pandas releases (major.minor) that compute them. `force_recreate` rebuilds anyway. This module only
+stores and finds; dataset.py builds.
 
 A cache is written to a temporary folder and renamed into place (a kill leaves no half cache), one builder
 per key at a time (`build_lock`). Its manifest records each array's file size, dtype and shape, and per shard of
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from tradelib.config import Config, settings_values
 from tradelib.data.features import FEATURE_NAMES, FeatureSet, feature_params
@@ -39,6 +41,7 @@ CODE_MODULES = ("tradelib.data.load", "tradelib.data.clean", "tradelib.data.dete
 # config.py's code that shapes the features: the purge and the rows a symbol needs (target_reach, min_symbol_rows),
 # and cleaning's settings taken from the Config; not the rest of it (a knob's help changes no feature)
 CONFIG_CODE = (Config.target_reach.fget, Config.min_symbol_rows.fget, settings_values)
+LIBRARIES = (np, pd)  # what computes the features: a new release may change a rolling sum or a parse
 CACHE_VERSION = 4  # 2: checksums in the manifest; 3: shards; 4: checksums per shard only
 
 
@@ -59,6 +62,12 @@ def code_fingerprint() -> str:
     for fn in CONFIG_CODE:
         h.update(inspect.getsource(fn).encode())
     return h.hexdigest()[:16]
+
+
+def library_versions() -> dict[str, str]:
+    """numpy's and pandas' major.minor: a feature-changing fix comes in a minor release, and a patch release
+    alone should not refuse a run's resume."""
+    return {lib.__name__: ".".join(lib.__version__.split(".")[:2]) for lib in LIBRARIES}
 
 
 def synth_params(cfg) -> dict:
@@ -84,7 +93,7 @@ def data_fingerprint(cfg) -> str:
 def cache_key(cfg, fold: int = 0) -> str:
     """The key of `cfg`'s features (walk-forward fold `fold` of them when `folds` > 1)."""
     parts = {"data": data_fingerprint(cfg), "features": feature_params(cfg, fold), "code": code_fingerprint(),
-             "v": CACHE_VERSION}
+             "libraries": library_versions(), "v": CACHE_VERSION}
     if not is_synthetic(cfg.data_path) and cfg.date_format:  # it changes how the files are read
         parts["date_format"] = cfg.date_format
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]

@@ -183,7 +183,8 @@ def check_resumable(ck: dict, path: Path | str, cfg: Config, cache_key: str, wor
         differ = [f"{k}: {old.get(k)!r} in the checkpoint vs {v!r} now"
                   for k, v in cfg.group("data", "features").items() if k not in NOT_KEYED and old.get(k) != v]
         why = (f"these data and feature parameters differ ({'; '.join(differ)})" if differ else
-               "no data or feature parameter differs, so the data's contents or the feature code changed")
+               "no data or feature parameter differs, so the data's contents, the feature code or the numpy or "
+               "pandas release (major.minor) changed")
         raise ValueError(
             f"resume refused: {path} was trained on feature cache {ck['cache_key']}, but this run's data, feature "
             f"parameters and feature code give cache {cache_key}: {why}. Continuing would mix two feature "
