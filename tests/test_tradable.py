@@ -266,6 +266,35 @@ def test_market_alpha_and_beta_with_their_error_bars():
     assert math.isnan(bk.market_regression(market[:2], market[:2], 252.0)["alpha"])
 
 
+def test_the_market_regressions_errors_allow_for_the_leverage_of_crash_bars():
+    """A sign book whose net exposure is long 3 bars in 4 (true beta 0.5) on fat-tailed market returns: at 0 lags
+    the intervals are statsmodels' HC3 (each residual over 1 - its leverage: a crash bar far out on the market axis
+    pulls the line to it and hides its own residual), at the Sharpe's lags statsmodels' Newey-West sum of those
+    HC3 scores. With plain residuals (HC0) the beta interval held 0.5 in 81% of 1000 such samples of 250 bars, with
+    HC3 in 87% (docs/metrics.md)."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(3)
+    m = 0.01 * rng.standard_t(3, 250)
+    book = np.where(rng.random(250) < 0.75, 1.0, -1.0) * m + 0.003 * rng.standard_normal(250)
+    X = sm.add_constant(m)
+    hc3 = sm.OLS(book, X).fit(cov_type="HC3")
+    fit = bk.market_regression(book, m, 252.0, lags=0)
+    assert fit["beta_ci"] == pytest.approx([hc3.params[1] + z * hc3.bse[1] for z in (-1.96, 1.96)], rel=1e-9)
+    assert fit["alpha_ci"] == pytest.approx([(hc3.params[0] + z * hc3.bse[0]) * 252 for z in (-1.96, 1.96)],
+                                            rel=1e-9)
+    assert fit["beta_t"] == pytest.approx(hc3.tvalues[1], rel=1e-9)
+    ols = sm.OLS(book, X).fit()
+    scores = X * (ols.resid / (1 - ols.get_influence().hat_matrix_diag))[:, None]
+    lags = bk.newey_west_lags(250)
+    se = np.sqrt(np.diag(ols.normalized_cov_params @ S_hac_simple(scores, lags) @ ols.normalized_cov_params))
+    hac = bk.market_regression(book, m, 252.0)
+    assert hac["beta_ci"] == pytest.approx([ols.params[1] + z * se[1] for z in (-1.96, 1.96)], rel=1e-9)
+    assert hac["alpha_t"] == pytest.approx(ols.params[0] / se[0], rel=1e-9)
+    flat = bk.market_regression(np.r_[0.0, 0.0, 0.0, 1.0], np.r_[0.0, 0.0, 0.0, 1.0], 252.0)  # one bar of leverage 1
+    assert flat["beta"] == pytest.approx(1.0) and all(math.isfinite(v) for v in flat["beta_ci"])
+
+
 def test_bar_words_and_implausible_figures():
     assert [ev.bar_words(s) for s in (86_400, 300, 3_600, 7_200, 60, 604_800, 1.5)] == [
         "1 day", "5 min", "1 hour", "2 hours", "1 min", "1 week", "1.5 s"]
