@@ -647,6 +647,23 @@ def test_the_decay_words_call_a_lag_significant_only_after_allowing_for_the_lags
                               "summary": {"ic_lag": 1}}).endswith("; significant at no lag.")
 
 
+def test_the_decay_figure_draws_solid_only_the_lags_the_words_call_significant(tmp_path):
+    """ic_decay.png's solid bars are the report's verdict (`decay_judged`), as the words say it: a scanned lag's t
+    of 2.4 (noise, at some lag of a scan) and a negative IC's t of -6 are pale; lag 0 and the traded lag at t >= 2
+    and a scanned t of 6 are solid. (Before, every |t| >= 2 was solid.)"""
+    from matplotlib.colors import to_rgba
+
+    from tradelib.report import plots
+
+    rows = pd.DataFrame({"lag": range(11), "ic": 0.001, "rank_ic": 0.0, "t_stat": 0.3, "n_periods": 120})
+    rows.loc[[0, 1, 3, 6, 10], ["ic", "t_stat"]] = [[0.04, 2.5], [0.03, 2.1], [0.08, 6.0], [-0.08, -6.0],
+                                                    [0.03, 2.4]]
+    decay = ri.decay_judged(rows, 1)
+    fig = plots.plot_ic_decay(decay, tmp_path / "ic_decay.png", traded_lag=1)
+    solid = [p.get_facecolor() == to_rgba("tab:blue") for p in fig.axes[0].patches[:11]]
+    assert solid == decay["significant"].tolist() == [k in (0, 1, 3) for k in range(11)]
+
+
 @pytest.mark.slow
 def test_the_decay_words_on_random_walks_find_no_scanned_lag_significant():
     """40 random-walk panels (120 days x 10 symbols) and a persistent useless prediction (AR 0.9): one of the 9

@@ -228,14 +228,16 @@ def plot_ic(ic_df: pd.DataFrame, save_to: str | Path | None = None, window: int 
 def plot_ic_decay(decay: pd.DataFrame, save_to: str | Path | None = None, label: str = "IC",
                   traded_lag: int | None = None) -> plt.Figure:
     """The mean IC and rank IC against the target 0..L bars after the signal (alphalens' "mean IC by period"):
-    how long the signal lasts. Bars whose HAC |t| >= 2 are solid; the traded lag is marked."""
+    how long the signal lasts. The bars the report calls significant are solid (`decay["significant"]`, of
+    `inputs.decay_judged`: a positive IC, t >= 2 at lag 0 and the traded lag, the 9 others deflated over the scan),
+    not every |t| >= 2, which a scan of noise shows at some lag; the traded lag is marked."""
     fig, ax = plt.subplots(figsize=(8, 3.5))
     if len(decay) == 0 or not np.isfinite(decay["ic"].to_numpy(dtype=float)).any():
         _empty(ax, "no lag with a defined IC")
         return _save(fig, save_to)
-    sig = np.abs(decay["t_stat"].to_numpy(dtype=float)) >= 2
+    sig = decay["significant"].to_numpy(dtype=bool)
     ax.bar(decay["lag"], decay["ic"], color=np.where(sig, "tab:blue", "lightsteelblue"),
-           label="mean IC (solid: |t| >= 2)")
+           label="mean IC (solid: significant, as the text judges it)")
     ax.plot(decay["lag"], decay["rank_ic"], "k.", label="rank IC")
     if traded_lag is not None:
         ax.axvline(traded_lag, color="tab:red", ls="--", lw=1, label=f"traded lag ({traded_lag})")
