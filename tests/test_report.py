@@ -304,6 +304,31 @@ def test_a_neutral_book_long_the_names_that_move_with_the_market_is_said_to_carr
             assert s["market_beta_ci"][0] < 0 < s["market_beta_ci"][1] and said[lean] == []
 
 
+def test_a_net_sharpe_that_costs_drive_below_minus_10_is_not_flagged(tmp_path):
+    """A book that trades every hourly bar at 20 bps loses the cost each bar, nearly the same each time, so its
+    net Sharpe falls far below -10 and its arithmetic alpha below -1000% a year beside a gross Sharpe of a few: real
+    figures of what the costs do, no look-ahead or bad print, so neither is flagged (nor marked implausible in the
+    table). A gross Sharpe beyond 10 still is, and the net one with it (the test below)."""
+    run, _ = make_run(tmp_path / "hourly", rho=0.0, seed=5, freq="1h", n_bars=24 * 120)
+    rep = rp.build_report(run, settings=ri.ReportSettings.of(cost_bps=20.0))
+    s = rep["summary"]
+    gross = s["gross_sharpe"]
+    net = s["net_sharpe"]
+    pnl = pd.read_parquet(run / "predictions.parquet")  # by hand: a sign book over the 4 symbols, traded a bar later
+    w = np.sign(pnl.pivot(index="timestamp", columns="symbol", values="prediction")).shift(1).fillna(0.0) / 4
+    r = np.expm1(pnl.pivot(index="timestamp", columns="symbol", values="ret_next"))
+    cost = 20e-4 * w.diff().fillna(w).abs().sum(axis=1)  # the first position a trade from 0
+    hand = ((w * r).sum(axis=1) - cost).agg(["mean", "std"])
+    assert net == pytest.approx(hand["mean"] / hand["std"] * math.sqrt(s["periods_per_year"]))
+    assert abs(gross) < 10 and net < -10 and s["market_alpha"] < -10  # the costs' doing: -17 a year is 20 bps an hour
+    assert s["flags"] == {}
+    assert "flagged" not in rw.summary_markdown(rep)
+    from tradelib.report import tables
+
+    assert not tables.backtest_table(rep["backtest"], s["flags"]).set_index("figure").loc[
+        "Sharpe", "net of costs"].endswith("(implausible)")
+
+
 def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(tmp_path):
     """Three days of 5-minute bars with a planted signal annualise to an impossible Sharpe: flagged with a reason;
     'survives costs' is said only when the break-even interval lies above the cost."""

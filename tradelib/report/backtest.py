@@ -573,3 +573,12 @@ def implausible(sharpe_value: float | None, annual_return: float | None, alpha: 
         out.append(f"Sharpe {sharpe_value:.3g} is beyond {MAX_PLAUSIBLE_SHARPE:g}: no traded book holds one; look "
                    f"for a look-ahead, a zero-cost trade at the signal's own close, or too few periods")
     return out
+
+
+def costs_explain(net: float, gross: float, bound: float) -> bool:
+    """Whether a net figure (a Sharpe, an arithmetic alpha a year) below -`bound` is what costs make of a gross one
+    within +-`bound`: a book that trades every bar pays nearly the same cost each bar, so on intraday bars its net
+    Sharpe falls far below -10 (5-minute bars, turnover 0.8 a bar, 5 bps: about -100) and its alpha below -1000% a
+    year, with no look-ahead or bad print behind them. Such a figure is real and not flagged (`implausible`)."""
+    known = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (net, gross))
+    return known and net < -bound and abs(gross) <= bound

@@ -195,6 +195,11 @@ def summary_block(inputs: ReportInputs) -> dict:
     figures = {"net_sharpe": bt["net"]["sharpe"], "gross_sharpe": bt["gross"]["sharpe"],
                "net_annual_return": bt["net"]["annual_return"], "gross_annual_return": bt["gross"]["annual_return"],
                "market_alpha": bt["market"]["alpha"]}
+    pnl = inputs.backtest.pnl  # the gross book's alpha: a net one far below it is the costs' (`costs_explain`)
+    gross_alpha = bk.market_regression(pnl["gross"].to_numpy(), pnl["buy_hold"].to_numpy(), bt["periods_per_year"])
+    costs = {"net_sharpe": bk.costs_explain(figures["net_sharpe"], figures["gross_sharpe"], bk.MAX_PLAUSIBLE_SHARPE),
+             "market_alpha": bk.costs_explain(figures["market_alpha"], gross_alpha["alpha"],
+                                              bk.MAX_PLAUSIBLE_ANNUAL_RETURN)}
     flags = {"net_sharpe": bk.implausible(figures["net_sharpe"], None),
              "gross_sharpe": bk.implausible(figures["gross_sharpe"], None),
              "net_annual_return": bk.implausible(None, figures["net_annual_return"]),
@@ -203,7 +208,7 @@ def summary_block(inputs: ReportInputs) -> dict:
     synthetic = is_synthetic((s.get("config") or {}).get("data_path"))
     planted = " (here the embedded synthetic market, whose planted signal is far stronger than a real market's)"
     out["flags"] = {k: why[0] + (planted if synthetic and figures[k] > 0 else "")  # a loss is not the signal's
-                    for k, why in flags.items() if why}  # figures that cannot be taken as read
+                    for k, why in flags.items() if why and not costs.get(k)}  # figures that cannot be taken as read
     out["warnings"] = list(inputs.warnings)
     return out
 
