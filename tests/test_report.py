@@ -496,6 +496,24 @@ def test_compare_with_a_run_on_another_calendar_annualises_it_by_its_own(tmp_pat
     assert given["compare"]["other"]["periods_per_year"] == 252.0 * 78
 
 
+def test_compare_with_a_run_of_a_short_test_span_annualises_it_by_its_data(tmp_path, monkeypatch):
+    """Three days of 5-minute bars are too short to see a week's pattern, so a report annualises by its whole data's
+    calendar (its feature cache's); compared with another run, that run is annualised the same way, by its own
+    cache, not by the 105,192 a year its three days read: the same run compared with itself reads the same."""
+    from types import SimpleNamespace
+
+    data = {"periods_per_year": 252.0 * 78, "method": "sessions", "span_days": 300.0,
+            "description": "the whole data's calendar"}
+    fs = SimpleNamespace(meta={"calendar": data, "bar_seconds": {"S0": 300.0}})
+    monkeypatch.setattr(rp, "load_featureset", lambda run_dir, left_out: fs, raising=False)
+    run, feats = make_run(tmp_path / "short", seed=2)
+    rep = rp.build_report(run, compare_with=run, settings=DEFAULTS, fs=fs, **feats)
+    assert rep["summary"]["periods_per_year"] == 252.0 * 78
+    cmp = rep["compare"]
+    assert cmp["other"]["periods_per_year"] == cmp["this"]["periods_per_year"] == 252.0 * 78
+    assert cmp["metrics"]["net_sharpe"]["other"] == pytest.approx(rep["summary"]["net_sharpe"])
+
+
 def test_compare_with_a_throughput_only_run_uses_its_named_ics(tmp_path):
     """A run without predictions compares what its summary.json holds, figure by figure."""
     other = tmp_path / "bench-only"

@@ -182,11 +182,13 @@ def load_inputs(
     return inputs
 
 
-def load_featureset(run_dir: Path):
+def load_featureset(run_dir: Path, left_out: str = f"ridge baseline and data quality left out, and a test span under "
+                                                   f"{SHORT_SPAN_DAYS} days annualised by its own days"):
     """The FeatureSet a run trained on, from the cache folder its summary names, else from this outputs/'s
     cache of the same key (a run folder copied from a colleague, its cache rebuilt here: the key holds the data's
-    bytes, the feature parameters and the feature code); None (and says why) when neither loads, in which case
-    the ridge baseline and the data-quality section are left out: the run's own figures do not need it."""
+    bytes, the feature parameters and the feature code); None (and says why, and what is `left_out` without it)
+    when neither loads, in which case the ridge baseline and the data-quality section are left out and a test span
+    under SHORT_SPAN_DAYS is annualised by its own days."""
     from tradelib.data import cache
 
     summary = runs.read_summary(Path(run_dir)) or {}
@@ -207,8 +209,7 @@ def load_featureset(run_dir: Path):
             continue
         return fs
     rebuild = " (rebuild it with `tradelib prepare` and the run's parameters, from the same data and code)"
-    print(f"feature cache {'; '.join(problems) or 'not named in summary.json'}: ridge baseline and data quality left "
-          f"out{rebuild if key else ''}")
+    print(f"feature cache {'; '.join(problems) or 'not named in summary.json'}: {left_out}{rebuild if key else ''}")
     return None
 
 

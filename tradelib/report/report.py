@@ -22,9 +22,11 @@ from tradelib.paths import atomic_write_bytes, is_synthetic
 from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
 from tradelib.report.inputs import (
+    SHORT_SPAN_DAYS,
     TRADED,
     ReportInputs,
     ReportSettings,
+    load_featureset,
     load_inputs,
     loader_sweep,
     lr_schedule,
@@ -293,8 +295,9 @@ def _training_block(inputs: ReportInputs) -> dict:
 def compare_block(this: dict, other_dir: Path) -> dict:
     """This run's summary numbers beside another run's, each figure against the same figure (delta = this -
     other, ratio = this / other). The other run is evaluated with this run's book (cost, positions, delay), so
-    the two are measured alike, and annualised by its own calendar: a 24/7 market and an exchange session of one
-    bar size have different periods a year. Only a `periods_per_year` the researcher gave this run applies to the
+    the two are measured alike, and annualised by its own calendar as its own report is (its feature cache's whole
+    data's over a short test span): a 24/7 market and an exchange session of one bar size have different periods a
+    year. Only a `periods_per_year` the researcher gave this run applies to the
     other too, on data of the same bar size."""
     other_dir = Path(other_dir)
     try:
@@ -304,7 +307,10 @@ def compare_block(this: dict, other_dir: Path) -> dict:
         book = ReportSettings.of(cost_bps=this["cost_bps"], position_mode=this["position_mode"],
                                  trade_delay=this["trade_delay"],
                                  periods_per_year=this["periods_per_year"] if given else 0.0)
-        other = headline_numbers(load_inputs(other_dir, book, headline_only=True))
+        # its feature cache: a test span too short to see a week's pattern is annualised by the whole data's
+        fs = load_featureset(other_dir, f"the compared run {other_dir.name}'s test span, if under {SHORT_SPAN_DAYS} "
+                                        f"days, is annualised by its own days, not its whole data's")
+        other = headline_numbers(load_inputs(other_dir, book, fs=fs, headline_only=True))
     except (FileNotFoundError, ValueError):  # a throughput-only run: compare what summary.json holds
         s = runs.read_summary(other_dir) or {}
         other = {k: as_float(s.get(k)) for k in SUMMARY_NUMBERS}  # its named test ICs, the throughput
