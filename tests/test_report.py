@@ -335,13 +335,13 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
     run, _ = make_run(tmp_path / "run-a")
     rep = rp.build_report(run, settings=ri.ReportSettings.of(cost_bps=5.0))
     s = rep["summary"]
-    assert s["gross_sharpe"] > 10 and "gross_sharpe" in s["flags"] and "beyond 10" in s["flags"]["gross_sharpe"]
+    assert s["gross_sharpe"] > 10 and "gross_sharpe" in s["flags"] and "beyond +-10" in s["flags"]["gross_sharpe"]
     assert "synthetic market" not in s["flags"]["gross_sharpe"]
     assert "flagged: Sharpe" in rw.summary_markdown(rep)
     for data_path in ("synthetic", " Synthetic", ""):  # every spelling Config reads as the embedded market
         planted, _ = make_run(tmp_path / f"run-s{len(data_path)}", summary_extra={"config": {"data_path": data_path}})
         flag = rp.build_report(planted, settings=ri.ReportSettings.of(cost_bps=5.0))["summary"]["flags"]["gross_sharpe"]
-        assert "beyond 10" in flag and "embedded synthetic market" in flag, data_path  # the reason: the data is ours
+        assert "beyond +-10" in flag and "embedded synthetic market" in flag, data_path  # the reason: the data is ours
         flags = rp.build_report(planted, settings=ri.ReportSettings.of(cost_bps=50.0))["summary"]["flags"]
         assert "embedded synthetic" not in flags["net_sharpe"]  # costs lost it: no strong signal explains a loss
         assert rw.run_configuration({"config": {"data_path": data_path}}, {})[0][1].startswith("synthetic market")

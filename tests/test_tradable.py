@@ -301,6 +301,9 @@ def test_bar_words_and_implausible_figures():
     assert bk.implausible(2.0, 0.3) == []
     flags = bk.implausible(12.0, 1.4e5)
     assert len(flags) == 2 and "1000%" in flags[0] and "Sharpe 12" in flags[1]
+    assert bk.implausible(-14.6, None) == [  # -14.6 is not 'beyond 10': the bound is on either side
+        "Sharpe -14.6 is beyond +-10: no traded book holds one; look for a look-ahead, a zero-cost trade at the "
+        "signal's own close, or too few periods"]
     assert bk.implausible(None, None, -9.5) == [] and bk.implausible(None, None, 9.5) == []
     assert [f[:20] for f in bk.implausible(None, None, -14.2)] == ["alpha -1,420% a year"]  # either way
     assert len(bk.implausible(None, None, 10.5)) == 1 and bk.implausible(None, None, float("nan")) == []

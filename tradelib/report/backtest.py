@@ -570,7 +570,7 @@ def implausible(sharpe_value: float | None, annual_return: float | None, alpha: 
         out.append(f"alpha {alpha * 100:+,.4g}% a year is beyond +-{MAX_PLAUSIBLE_ANNUAL_RETURN:.0%}: a short test "
                    f"span's mean return times the bars in a year, a look-ahead, or a bad print")
     if sharpe_value is not None and math.isfinite(sharpe_value) and abs(sharpe_value) > MAX_PLAUSIBLE_SHARPE:
-        out.append(f"Sharpe {sharpe_value:.3g} is beyond {MAX_PLAUSIBLE_SHARPE:g}: no traded book holds one; look "
+        out.append(f"Sharpe {sharpe_value:.3g} is beyond +-{MAX_PLAUSIBLE_SHARPE:g}: no traded book holds one; look "
                    f"for a look-ahead, a zero-cost trade at the signal's own close, or too few periods")
     return out
 

@@ -1,8 +1,8 @@
 """The notebooks' tables as a researcher reads them: chosen columns, a unit in every header that has one, integers
-as integers, shares as percentages, memory in GB everywhere, and a figure that cannot be right shown as `invalid`
-(never as a number). Each function turns a frame or dict of report.py, runs.py or profiling.py into a frame of
-strings; `show` renders one compactly (no index, no wrapping inside a cell), so that the HTML report reads at
-1400 px without scrolling sideways. Nothing here computes a figure.
+as integers, shares as percentages, memory in GB everywhere, an MFU that cannot be right shown as `invalid` (never as
+a number) and a flagged Sharpe or annual return with `(implausible)` beside it. Each function turns a frame or dict
+of report.py, runs.py or profiling.py into a frame of strings; `show` renders one compactly (no index, no wrapping
+inside a cell), so that the HTML report reads at 1400 px without scrolling sideways. Nothing here computes a figure.
 """
 
 from __future__ import annotations
