@@ -20,6 +20,19 @@ def us_session_bars(days: pd.DatetimeIndex) -> np.ndarray:
     return np.concatenate([ns(day + one) for day in days])
 
 
+def test_weekly_bars_name_the_long_gap_they_leave_out():
+    """On weekly bars a gap is missing data beyond ten bars (70 days), not ten days: a 6-week hole stays in the
+    time, a 13-week one is left out, and the description names the 70 days, not the ten of finer bars."""
+    weeks = pd.date_range("2004-01-05", "2023-12-25", freq="W-MON", tz="UTC")
+    kept = calendar(ns(weeks[(weeks < "2010-01-01") | (weeks >= "2010-02-08")]), 604_800)
+    left = calendar(ns(weeks[(weeks < "2010-01-01") | (weeks >= "2010-04-01")]), 604_800)
+    assert kept.long_gaps == 0 and "gap(s)" not in kept.describe()
+    assert left.long_gaps == 1 and left.periods_per_year == pytest.approx(365.25 / 7)
+    assert "1 gap(s) over 70 days left out as missing data" in left.describe()
+    daily = calendar(ns(pd.bdate_range("2020-01-01", "2021-12-31").delete(slice(100, 120))), 86_400)
+    assert daily.long_gaps == 1 and "1 gap(s) over 10 days left out" in daily.describe()
+
+
 def test_calendar_of_each_kind_of_market():
     weekdays = pd.bdate_range("2023-01-02", "2024-12-31", tz="UTC")  # no holidays: 260.9 a year
     daily = calendar(ns(weekdays), 86_400)

@@ -47,12 +47,14 @@ class Calendar:
     sessions_per_year: float
     bars_per_session: float  # median number of distinct timestamps per session
     continuous: bool
+    long_gap_days: float = LONG_GAP_DAYS  # a longer gap is left out (`long_gap_ns` of the median step: 70 for weeks)
 
     def describe(self) -> str:
         weeks = int(self.span_days // 7)
         over = (f"the distinct timestamps in the {weeks} whole week(s) from the first" if weeks else
                 f"{self.n_timestamps:,} distinct timestamps over {self.span_days:.2f} days (under a week)")
-        gaps = f", {self.long_gaps} gap(s) over {LONG_GAP_DAYS} days left out as missing data" if self.long_gaps else ""
+        gaps = (f", {self.long_gaps} gap(s) over {self.long_gap_days:g} days left out as missing data"
+                if self.long_gaps else "")
         kind = ("a continuous market (trades every day of the week)" if self.continuous else
                 f"an exchange calendar (days of the week it never trades; {self.sessions_per_year:.1f} sessions a "
                 f"year traded, a median {self.bars_per_session:g} bar(s) on each)")
@@ -62,6 +64,7 @@ class Calendar:
         return {"periods_per_year": self.periods_per_year, "method": "continuous" if self.continuous else "sessions",
                 "description": self.describe(), "bar_seconds": self.bar_seconds, "n_timestamps": self.n_timestamps,
                 "n_sessions": self.n_sessions, "span_days": self.span_days, "long_gaps": self.long_gaps,
+                "long_gap_days": self.long_gap_days,
                 "sessions_per_year": self.sessions_per_year, "bars_per_session": self.bars_per_session}
 
 
@@ -117,15 +120,17 @@ def long_gap_ns(step_ns):
     return np.maximum(LONG_GAP_DAYS * DAY_NS, 10 * step_ns)
 
 
-def _time(points: np.ndarray) -> tuple[np.ndarray, int]:
+def _time(points: np.ndarray) -> tuple[np.ndarray, int, float]:
     """(each of the sorted distinct `points` as the time since the first, with every gap longer than
-    `long_gap_ns` counted as one median step; how many such gaps)."""
+    `long_gap_ns` of the median step counted as one such step; how many such gaps; that length in ns, which the
+    description names: ten days, or ten steps of weekly bars)."""
     steps = np.diff(points).astype(np.float64)
     if steps.size == 0:
-        return np.zeros(points.size), 0
+        return np.zeros(points.size), 0, float(long_gap_ns(0.0))
     typical = float(np.median(steps))
-    long = steps > long_gap_ns(typical)
-    return np.r_[0.0, np.cumsum(np.where(long, typical, steps))], int(long.sum())
+    limit = float(long_gap_ns(typical))
+    long = steps > limit
+    return np.r_[0.0, np.cumsum(np.where(long, typical, steps))], int(long.sum()), limit
 
 
 def calendar(ts_ns: np.ndarray, bar_seconds: float) -> Calendar:
@@ -138,7 +143,7 @@ def calendar(ts_ns: np.ndarray, bar_seconds: float) -> Calendar:
     u = np.unique(np.asarray(ts_ns, dtype=np.int64))
     if u.size == 0:
         raise ValueError("no timestamps: cannot measure the calendar")
-    t, gaps = _time(u)
+    t, gaps, limit = _time(u)
     week = 7 * DAY_NS
     if t[-1] >= week:
         whole = np.floor(t[-1] / week) * week
@@ -152,7 +157,7 @@ def calendar(ts_ns: np.ndarray, bar_seconds: float) -> Calendar:
     return Calendar(bar_seconds=float(bar_seconds), periods_per_year=float(ppy), n_timestamps=int(u.size),
                     n_sessions=int(days.size), span_days=float(t[-1]) / DAY_NS, long_gaps=gaps,
                     sessions_per_year=float(spy), bars_per_session=float(np.median(per_day)),
-                    continuous=continuous)
+                    continuous=continuous, long_gap_days=limit / DAY_NS)
 
 
 def traded_days(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> dict[int, np.ndarray]:
