@@ -230,6 +230,32 @@ def test_a_user_model_by_import_path(tmp_path, monkeypatch):
         model_for(Config(model="nowhere_to_be_found:Net", window=8), 3)
 
 
+@pytest.mark.parametrize("case, source, said", [
+    ("syntax", "def f(:\n    pass\n", r"importing 'mine_broken_\w+' raised SyntaxError: invalid syntax \(mine_broken"),
+    ("raises", "import torch\nraise RuntimeError('no site config')\n",
+     r"importing 'mine_broken_\w+' raised RuntimeError \(.*mine_broken_\w+\.py, line 2\): no site config"),
+    ("name", "from torch import nn\nclass Net(nn.Module):\n    x = undefined_name\n",
+     r"raised NameError \(.*mine_broken_\w+\.py, line 3\): name 'undefined_name' is not defined"),
+    ("dependency", "import torch\nimport mine_absent_dependency\n",
+     r"'mine_broken_\w+' was found, but its own import failed \(.*mine_broken_\w+\.py, line 2\): "
+     r"No module named 'mine_absent_dependency'"),
+], ids=["syntax", "raises", "name", "dependency"])
+def test_a_user_module_that_fails_on_import_is_named_with_its_error(case, source, said, tmp_path, monkeypatch, outputs):
+    """The user's module that raises on import is a bad parameter (exit 2) naming the module, its file and line
+    and its error, before any feature build: it once surfaced as tradelib's 'internal error: SyntaxError ...',
+    and a missing dependency of the module as the module itself not being importable."""
+    from tradelib.cli import explain
+    from tradelib.train.models import check_model
+
+    name = f"mine_broken_{case}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=f"model '{name}:Net': .*{said}") as caught:
+        check_model(Config(model=f"{name}:Net", window=8))
+    assert explain(caught.value)[0] == 2
+    assert not outputs.exists()
+
+
 def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path, monkeypatch, outputs):
     """A typo in the import path costs a second, not a feature build: no cache, no run folder. A model that breaks
     the protocol fails after the build: the cache stays, the empty run folder goes; a folder the run did not

@@ -28,6 +28,7 @@ import importlib
 import inspect
 import math
 import re
+import traceback
 
 import torch
 from torch import nn
@@ -272,6 +273,13 @@ def model_for(cfg, n_features: int) -> nn.Module:
     return model
 
 
+def _where(exc: BaseException) -> str:
+    """' (file, line N)' of the innermost frame an exception passed through, where the user's own code failed
+    ('' when it has none: a SyntaxError names its line in its text)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames and not isinstance(exc, SyntaxError) else ""
+
+
 def user_class(path: str) -> type:
     """The class named by `package.module:Class`, imported from the working directory or PYTHONPATH."""
     import sys
@@ -284,8 +292,15 @@ def user_class(path: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        missing = exc.name or ""
+        if missing and not (module_name == missing or module_name.startswith(missing + ".")):
+            raise ValueError(f"model {path!r}: {module_name!r} was found, but its own import failed{_where(exc)}: "
+                             f"{exc}") from exc
         raise ValueError(f"model {path!r}: cannot import {module_name!r} ({exc}); it must be importable from the "
                          f"working directory or PYTHONPATH") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module raised on import: its error, not tradelib's
+        raise ValueError(f"model {path!r}: importing {module_name!r} raised {type(exc).__name__}{_where(exc)}: "
+                         f"{exc}") from exc
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ValueError(f"model {path!r}: {module_name} ({getattr(module, '__file__', '?')}) has no nn.Module "
