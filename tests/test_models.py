@@ -256,6 +256,65 @@ def test_a_user_module_that_fails_on_import_is_named_with_its_error(case, source
     assert not outputs.exists()
 
 
+CONSTRUCTORS = """
+import torch
+from torch import nn
+
+
+class KeywordCfg(nn.Module):
+    def __init__(self, n_features, window, *, cfg):
+        super().__init__()
+        self.lin = nn.Linear(n_features, cfg.hidden)
+        self.out = nn.Linear(cfg.hidden, 1)
+
+    def forward(self, x):
+        return self.out(self.lin(x[:, -1])).squeeze(-1)
+
+
+class Hidden(nn.Module):
+    def __init__(self, n_features, window, hidden):
+        super().__init__()
+
+
+class Refuses(nn.Module):
+    def __init__(self, n_features, window, cfg):
+        super().__init__()
+        raise ValueError("hidden too large")
+
+
+class SizedFor12(nn.Module):
+    def __init__(self, n_features, window):
+        super().__init__()
+        self.lin = nn.Linear(12 * window, 1)
+
+    def forward(self, x):
+        return self.lin(x.flatten(1)).squeeze(-1)
+"""
+
+
+def test_a_user_constructor_and_forward_fail_as_the_model_s_error(tmp_path, monkeypatch, outputs):
+    """The protocol's call: `cfg` by keyword (keyword-only is a parameter named cfg too); a constructor that cannot
+    take (n_features, window) is refused by check_model, before any feature build; one that raises, or a forward
+    that fails on the probe, names the model, the user's line and the error (each was tradelib's 'internal error:
+    TypeError/RuntimeError ...', after the build)."""
+    from tradelib.train.models import check_model
+
+    (tmp_path / "mine_models_e.py").write_text(CONSTRUCTORS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    file = re.escape(str(tmp_path / "mine_models_e.py"))
+    assert model_for(Config(model="mine_models_e:KeywordCfg", hidden=5, window=8), 3).lin.out_features == 5
+    with pytest.raises(ValueError, match=r"model 'mine_models_e:Hidden': the protocol calls Hidden\(n_features, "
+                                         r"window\), which its constructor \(n_features, window, hidden\) refuses"):
+        check_model(Config(model="mine_models_e:Hidden", window=8))
+    assert not outputs.exists()
+    with pytest.raises(ValueError, match=rf"Refuses\(n_features 3, window 8, cfg\) raised ValueError \({file}, line "
+                                         rf"\d+\): hidden too large"):
+        model_for(Config(model="mine_models_e:Refuses", window=8), 3)
+    with pytest.raises(ValueError, match=rf"forward of \[batch 2, window 8, features 3\] raised RuntimeError "
+                                         rf"\({file}, line \d+\): mat1 and mat2"):
+        model_for(Config(model="mine_models_e:SizedFor12", window=8), 3)
+
+
 def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path, monkeypatch, outputs):
     """A typo in the import path costs a second, not a feature build: no cache, no run folder. A model that breaks
     the protocol fails after the build: the cache stays, the empty run folder goes; a folder the run did not

@@ -273,10 +273,11 @@ def model_for(cfg, n_features: int) -> nn.Module:
     return model
 
 
-def _where(exc: BaseException) -> str:
-    """' (file, line N)' of the innermost frame an exception passed through, where the user's own code failed
-    ('' when it has none: a SyntaxError names its line in its text)."""
+def _where(exc: BaseException, file: str | None = None) -> str:
+    """' (file, line N)' where the user's own code failed: the innermost frame in `file` (the user's module) that the
+    exception passed through, else its innermost ('' when it has none: a SyntaxError names its line in its text)."""
     frames = traceback.extract_tb(exc.__traceback__)
+    frames = [f for f in frames if f.filename == file] or frames
     return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames and not isinstance(exc, SyntaxError) else ""
 
 
@@ -310,10 +311,12 @@ def user_class(path: str) -> type:
 
 def check_model(cfg) -> None:
     """What the model settings alone refuse, said before a run folder, a feature build or a launch, not once the
-    data is loaded: the user's class must import, a built-in's constructor must accept the settings (built on the
-    meta device: no memory, no random draws), dense needs a causal model whose positions cover `dense_chunk`."""
+    data is loaded: the user's class must import and its constructor take the protocol's arguments, a built-in's
+    constructor must accept the settings (built on the meta device: no memory, no random draws), dense needs a
+    causal model whose positions cover `dense_chunk`."""
     if USER_MODEL.fullmatch(cfg.model):
         model = user_class(cfg.model)
+        takes_cfg(model, cfg.model)
     else:
         with torch.device("meta"):
             model = model_for(cfg, 1)
@@ -325,17 +328,40 @@ def check_model(cfg) -> None:
                          f"positions cover: set dense_chunk to the window")
 
 
+def takes_cfg(cls: type, path: str) -> bool:
+    """Whether the user's class takes the run's Config (a parameter named `cfg`, given by keyword, so that it may
+    be keyword-only); a constructor that cannot be called as the protocol calls it is refused here, before any
+    feature build."""
+    signature = inspect.signature(cls)
+    wants = "cfg" in signature.parameters
+    try:
+        signature.bind(1, 1, cfg=None) if wants else signature.bind(1, 1)
+    except TypeError as exc:
+        called = f"{cls.__name__}(n_features, window{', cfg=cfg' if wants else ''})"
+        raise ValueError(f"model {path!r}: the protocol calls {called}, which its constructor {signature} refuses "
+                         f"({exc})") from None
+    return wants
+
+
 def user_model(cfg, n_features: int) -> nn.Module:
     """The user's model `cfg.model`, checked against the protocol on a probe batch of 2 windows (CPU, no
     gradient)."""
     path, window = cfg.model, cfg.window
     cls = user_class(path)
-    takes_cfg = "cfg" in inspect.signature(cls).parameters
-    model = cls(n_features, window, cfg) if takes_cfg else cls(n_features, window)
+    wants, file = takes_cfg(cls, path), getattr(inspect.getmodule(cls), "__file__", None)
+    try:
+        model = cls(n_features, window, cfg=cfg) if wants else cls(n_features, window)
+    except Exception as exc:  # noqa: BLE001 - the user's constructor failed: its error, not tradelib's
+        called = f"{cls.__name__}(n_features {n_features}, window {window}{', cfg' if wants else ''})"
+        raise ValueError(f"model {path!r}: {called} raised {type(exc).__name__}{_where(exc, file)}: {exc}") from exc
     probe = torch.zeros(2, window, n_features)
     model.eval()  # no dropout draws: the probe leaves the RNG as it found it
-    with torch.no_grad():
-        out = model(probe)
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except Exception as exc:  # noqa: BLE001 - the user's forward failed on the protocol's input
+        raise ValueError(f"model {path!r}: forward of [batch 2, window {window}, features {n_features}] raised "
+                         f"{type(exc).__name__}{_where(exc, file)}: {exc}") from exc
     model.train()
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
