@@ -315,6 +315,38 @@ def test_a_user_constructor_and_forward_fail_as_the_model_s_error(tmp_path, monk
         model_for(Config(model="mine_models_e:SizedFor12", window=8), 3)
 
 
+UNTRAINABLE = """
+import torch
+from torch import nn
+
+
+class Last(nn.Module):
+    def __init__(self, n_features, window):
+        super().__init__()
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, x):
+        return x[:, -1, 0] * self.scale
+
+
+class Frozen(Last):
+    def __init__(self, n_features, window):
+        super().__init__(n_features, window)
+        self.w = nn.Parameter(torch.ones(()), requires_grad=False)
+"""
+
+
+def test_a_user_model_without_trainable_parameters_is_refused_before_training(tmp_path, monkeypatch, outputs):
+    """A model with nothing to train (no parameters, or all frozen) is a bad parameter named as such: it once made a
+    run folder, started training and failed as 'internal error: RuntimeError: element 0 of tensors does not require
+    grad'."""
+    (tmp_path / "mine_models_f.py").write_text(UNTRAINABLE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("Last", "Frozen"):
+        with pytest.raises(ValueError, match=f"model 'mine_models_f:{name}': {name} has no trainable parameters"):
+            model_for(Config(model=f"mine_models_f:{name}", window=8), 3)
+
+
 def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path, monkeypatch, outputs):
     """A typo in the import path costs a second, not a feature build: no cache, no run folder. A model that breaks
     the protocol fails after the build: the cache stays, the empty run folder goes; a folder the run did not

@@ -354,6 +354,9 @@ def user_model(cfg, n_features: int) -> nn.Module:
     except Exception as exc:  # noqa: BLE001 - the user's constructor failed: its error, not tradelib's
         called = f"{cls.__name__}(n_features {n_features}, window {window}{', cfg' if wants else ''})"
         raise ValueError(f"model {path!r}: {called} raised {type(exc).__name__}{_where(exc, file)}: {exc}") from exc
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"model {path!r}: {cls.__name__} has no trainable parameters (none, or none with "
+                         f"requires_grad): nothing for the optimizer to train")
     probe = torch.zeros(2, window, n_features)
     model.eval()  # no dropout draws: the probe leaves the RNG as it found it
     try:
