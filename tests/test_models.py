@@ -347,6 +347,41 @@ def test_a_user_model_without_trainable_parameters_is_refused_before_training(tm
             model_for(Config(model=f"mine_models_f:{name}", window=8), 3)
 
 
+DENSE = """
+import torch
+from torch import nn
+
+
+class Short(nn.Module):
+    receptive_field = 3
+
+    def __init__(self, n_features, window):
+        super().__init__()
+        self.lin = nn.Linear(n_features, 1)
+
+    def forward(self, x):
+        return self.lin(x[:, -1]).squeeze(-1)
+
+    def forward_dense(self, x):
+        return self.lin(x).squeeze(-1)[:, 1:]  # drops the first position: [batch, length - 1]
+"""
+
+
+def test_a_user_forward_dense_is_probed_when_dense_trains_through_it(tmp_path, monkeypatch):
+    """With dense=True the probe also runs forward_dense on 2 chunks of dense_chunk rows: an output of another shape
+    is named before training (it was an 'internal error: RuntimeError: The size of tensor a (15) must match ...'
+    inside the first step); per window, forward_dense is not called and is not probed."""
+    (tmp_path / "mine_models_g.py").write_text(DENSE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model_for(Config(model="mine_models_g:Short", window=8), 3)
+    with pytest.raises(ValueError, match=r"model 'mine_models_g:Short': forward_dense of \[batch 2, dense_chunk 8, "
+                                         r"features 3\] gave \(2, 7\); the protocol is \[batch, length, features\] "
+                                         r"-> \[batch, length\]"):
+        model_for(Config(model="mine_models_g:Short", window=8, dense=True, dense_chunk=8), 3)
+    with pytest.raises(ValueError, match="dense_chunk 2 is shorter than its receptive_field 3"):
+        model_for(Config(model="mine_models_g:Short", window=8, dense=True, dense_chunk=2), 3)
+
+
 def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path, monkeypatch, outputs):
     """A typo in the import path costs a second, not a feature build: no cache, no run folder. A model that breaks
     the protocol fails after the build: the cache stays, the empty run folder goes; a folder the run did not

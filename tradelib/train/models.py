@@ -344,8 +344,8 @@ def takes_cfg(cls: type, path: str) -> bool:
 
 
 def user_model(cfg, n_features: int) -> nn.Module:
-    """The user's model `cfg.model`, checked against the protocol on a probe batch of 2 windows (CPU, no
-    gradient)."""
+    """The user's model `cfg.model`, checked against the protocol on a probe batch of 2 windows, and with `dense`
+    of 2 chunks (CPU, no gradient)."""
     path, window = cfg.model, cfg.window
     cls = user_class(path)
     wants, file = takes_cfg(cls, path), getattr(inspect.getmodule(cls), "__file__", None)
@@ -359,20 +359,33 @@ def user_model(cfg, n_features: int) -> nn.Module:
                          f"requires_grad): nothing for the optimizer to train")
     probe = torch.zeros(2, window, n_features)
     model.eval()  # no dropout draws: the probe leaves the RNG as it found it
-    try:
-        with torch.no_grad():
-            out = model(probe)
-    except Exception as exc:  # noqa: BLE001 - the user's forward failed on the protocol's input
-        raise ValueError(f"model {path!r}: forward of [batch 2, window {window}, features {n_features}] raised "
-                         f"{type(exc).__name__}{_where(exc, file)}: {exc}") from exc
-    model.train()
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"model {path!r}: forward of [batch 2, window {window}, features {n_features}] gave "
-                         f"{shape}; the protocol is [batch, window, features] -> [batch]")
+    _probe(model, probe, (2,), f"model {path!r}: forward of [batch 2, window {window}, features {n_features}]",
+           "[batch, window, features] -> [batch]", file)
     if hasattr(model, "forward_dense") and not isinstance(getattr(model, "receptive_field", None), int):
         raise ValueError(f"model {path!r}: forward_dense needs an int receptive_field (rows an output sees)")
+    if cfg.dense and hasattr(model, "forward_dense"):  # the chunks training will give it
+        length = cfg.dense_chunk
+        if length < model.receptive_field:
+            raise ValueError(f"model {path!r}: dense_chunk {length} is shorter than its receptive_field "
+                             f"{model.receptive_field}: no position of a chunk would train")
+        _probe(model.forward_dense, torch.zeros(2, length, n_features), (2, length),
+               f"model {path!r}: forward_dense of [batch 2, dense_chunk {length}, features {n_features}]",
+               "[batch, length, features] -> [batch, length]", file)
+    model.train()
     return model
+
+
+def _probe(fn, x: torch.Tensor, shape: tuple[int, ...], said: str, protocol: str, file: str | None) -> None:
+    """Run the user's `fn` on the probe `x` (no gradient) and refuse, as `said`, an error or an output of another
+    shape than `shape`: the protocol's failures said before training, not as errors inside its step."""
+    try:
+        with torch.no_grad():
+            out = fn(x)
+    except Exception as exc:  # noqa: BLE001 - the user's forward failed on the protocol's input
+        raise ValueError(f"{said} raised {type(exc).__name__}{_where(exc, file)}: {exc}") from exc
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{said} gave {got}; the protocol is {protocol}")
 
 
 def training_flops_per_sample(model: nn.Module, dense: bool, chunk: int | None = None) -> float | None:
