@@ -157,6 +157,17 @@ def test_transformer_is_causal_and_dense_is_the_window_forward():
         model_for(Config(model="transformer", window=16, hidden=30, layers=1, heads=4), 4)
 
 
+def test_dense_chunks_shorter_than_a_transformer_s_window_never_train_its_last_positions():
+    """Why check_model wants a transformer's dense_chunk to be its window: a chunk of 8 rows trains positions 0..7
+    only, and evaluation's 16-row windows read position 15 (its learned embedding, never trained)."""
+    model = model_for(Config(model="transformer", window=16, hidden=16, layers=1, heads=2), 3)
+    model.forward_dense(torch.randn(4, 8, 3)).pow(2).sum().backward()
+    assert model.pos.grad[:8].abs().min() > 0 and torch.equal(model.pos.grad[8:], torch.zeros(8, 16))
+    model.zero_grad()
+    model(torch.randn(4, 16, 3)).pow(2).sum().backward()
+    assert model.pos.grad[15].abs().min() > 0
+
+
 def test_transformer_runs_in_bf16_autocast():
     model = model_for(Config(model="transformer", window=16, hidden=32, layers=1, heads=4), 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -414,6 +425,8 @@ def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path, monkeypatch, o
     ({"model": "tcn", "layers": 6, "window": 32}, "receptive field 253 exceeds window 32"),
     ({"model": "transformer", "hidden": 30, "heads": 8}, "hidden 30 is not a multiple of heads 8"),
     ({"model": "transformer", "dense": True, "dense_chunk": 64, "window": 32}, "dense_chunk 64 is longer than"),
+    ({"model": "transformer", "dense": True, "dense_chunk": 8, "window": 16},
+     r"dense_chunk 8 is shorter than the window 16: its positions 8..15, where evaluation's windows end, would never"),
 ])
 def test_model_settings_are_refused_before_the_feature_build(settings, refusal, outputs):
     """Settings the model alone refuses cost a second, not a feature build: the run and the walk-forward say so

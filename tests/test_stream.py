@@ -144,9 +144,10 @@ def test_streamed_batches_equal_resident_gathers(tiny_fs):
 
 @pytest.mark.parametrize("name", ["transformer", "tcn"])
 def test_dense_chunks_shorter_than_the_window_stream_whole_evaluation_windows(tiny_fs, name):
-    """dense_chunk 8 under window 16 (a transformer trains chunks no longer than its window): a block carries the
-    window's 15 rows before it, not the chunk's 7, so each validation and test window streams whole, with one block
-    per slot too (a window near a block's start read another block's rows, or past its slot)."""
+    """dense_chunk 8 under window 16 (a tcn's chunks may be shorter than its window; a transformer's run refuses
+    them in check_model, but the stream does not depend on the model): a block carries the window's 15 rows before
+    it, not the chunk's 7, so each validation and test window streams whole, with one block per slot too (a window
+    near a block's start read another block's rows, or past its slot)."""
     cfg = Config(model=name, window=16, hidden=8, layers=1, heads=2, dense=True, dense_chunk=8, loader="stream",
                  stream_block_rows=300, batch_size=32, eval_batch_size=64)
     model = model_for(cfg, tiny_fs.n_features)

@@ -146,8 +146,8 @@ class Config:
                                     resume=True)
     dense: bool = knob(False, "causal models (tcn): a prediction and a loss at every position of a chunk",
                        "training")
-    dense_chunk: int = knob(512, "dense mode: rows per chunk (each chunk trains on length - receptive_field + 1)",
-                            "training", lo=2)
+    dense_chunk: int = knob(512, "dense mode: rows per chunk (each chunk trains on length - receptive_field + 1; "
+                            "a transformer's chunk is its window)", "training", lo=2)
     seed: int = knob(0, "seeds weights, shuffling and dropout: CPU runs repeat bit for bit", "training")
     log_every: int = knob(25, "optimizer steps between metric rows (the only host syncs)", "training", lo=1,
                           resume=True)

@@ -136,7 +136,7 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], g
                     print(f"measure: no dense mode for {cfg.model} (forward_dense: tcn, transformer); "
                           "loader dense skipped")
                 continue
-            chunk = min(cfg.dense_chunk, getattr(probe, "max_chunk", cfg.dense_chunk))
+            chunk = getattr(probe, "max_chunk", cfg.dense_chunk)  # a transformer's chunks are its window
             per_chunk = chunk - probe.receptive_field + 1
             chunks = cfg.dense_batch or max(1, round(cfg.batch_size / max(per_chunk, 1)))
             run = cfg.replace(dense=True, loader="device", batch_size=chunks, dense_chunk=chunk)

@@ -180,10 +180,11 @@ class Transformer(nn.Module):
     """A causal pre-norm transformer encoder over the window: the model a GPU is built for (its matmuls are
     [batch x window, hidden] by [hidden, hidden]-sized, where the recurrent models' are a row per time step).
 
-    Causal attention makes dense training GPT's: `forward_dense` predicts at every position of a chunk of at most
+    Causal attention makes dense training GPT's: `forward_dense` predicts at every position of a chunk of
     `window` rows, each from its prefix, and `forward` is the last position of a window (the same function).
-    Hence `receptive_field` 1: every position of a chunk trains; chunks must be no longer than the window,
-    where the positions were learned and where evaluation looks (set `dense_chunk` to `window`).
+    Hence `receptive_field` 1: every position of a chunk trains; chunks must be the window's length (`dense_chunk`
+    = `window`, `max_chunk`): a longer one has positions never learned, a shorter one never trains the last
+    positions, where evaluation reads its prediction.
     """
 
     def __init__(self, n_features: int, window: int, d_model: int, layers: int, heads: int, dropout: float,
@@ -202,7 +203,7 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.head = Head(d_model, output_clip)
         self.receptive_field = 1
-        self.max_chunk = window  # dense chunks no longer than this
+        self.max_chunk = window  # dense chunks of exactly this length (check_model)
         self.n_features, self.window, self.d, self.layers = n_features, window, d_model, max(layers, 1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -326,6 +327,10 @@ def check_model(cfg) -> None:
     if cfg.dense and isinstance(max_chunk, int) and cfg.dense_chunk > max_chunk:
         raise ValueError(f"{cfg.model}: dense_chunk {cfg.dense_chunk} is longer than the window {max_chunk} its "
                          f"positions cover: set dense_chunk to the window")
+    if cfg.dense and isinstance(max_chunk, int) and cfg.dense_chunk < max_chunk:
+        raise ValueError(f"{cfg.model}: dense_chunk {cfg.dense_chunk} is shorter than the window {max_chunk}: its "
+                         f"positions {cfg.dense_chunk}..{max_chunk - 1}, where evaluation's windows end, would never "
+                         f"train (they would keep their initial values): set dense_chunk to the window")
 
 
 def takes_cfg(cls: type, path: str) -> bool:

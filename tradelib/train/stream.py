@@ -537,7 +537,9 @@ def make_sources(fs: FeatureSet, model: torch.nn.Module, cfg, device: torch.devi
     p = plan(fs, cfg, device, span)
     if verbose:
         print(p.reason)
-        if cfg.dense and (left := dense_left_out(fs, 0, cfg.dense_chunk, model.receptive_field)):
+        # (not for a model whose chunks are its window: the stretches shorter than one hold no window either)
+        if cfg.dense and not hasattr(model, "max_chunk") and (
+                left := dense_left_out(fs, 0, cfg.dense_chunk, model.receptive_field)):
             print(left)
     if not p.streamed:
         return resident_sources(fs, model, cfg, device, windows)
