@@ -77,6 +77,38 @@ def test_model_specs_and_the_dense_batch_in_targets(capsys):
     assert tf["dense"].cfg.dense_chunk == 64 and tf["dense"].cfg.batch_size == 16
 
 
+SIZED = """
+from torch import nn
+
+
+class Net(nn.Module):
+    receptive_field = 1
+
+    def __init__(self, n_features, window):
+        super().__init__()
+        assert n_features == {n}, n_features
+        self.lin = nn.Linear(n_features, 1)
+
+    def forward(self, x):
+        return self.lin(x[:, -1]).squeeze(-1)
+
+    def forward_dense(self, x):
+        return self.lin(x).squeeze(-1)
+"""
+
+
+def test_the_dense_rows_of_a_user_model_build_it_with_the_features_runs_have(tmp_path, monkeypatch):
+    """The dense setup reads the model's receptive_field from a model built for the run's features: it was built
+    with 1 feature, and a user's model sized for the real ones failed the doctor and the bench ('Net(n_features 1,
+    ...) raised AssertionError')."""
+    from tradelib.data.features import FEATURE_NAMES
+
+    (tmp_path / "mine_bench_a.py").write_text(SIZED.format(n=len(FEATURE_NAMES)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (setup,) = make_setups(Config(batch_size=64, dense_chunk=32, window=16), "mine_bench_a:Net", ["dense"])
+    assert setup.cfg.dense and setup.cfg.dense_chunk == 32 and setup.cfg.batch_size == 2
+
+
 def test_the_bench_sets_eager_and_graph_rows_of_each_loader_on_cuda():
     """The loader's gain and the graph's apart: dataloader, dataloader + graph, device, device + graph (built for a
     CUDA device without needing one: the setups are configurations)."""

@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from tradelib.config import Config
 from tradelib.data import cache, dataset
-from tradelib.data.features import FeatureSet
+from tradelib.data.features import FEATURE_NAMES, FeatureSet
 from tradelib.hardware import (
     CpuElsewhere,
     MfuPeak,
@@ -130,7 +130,7 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], g
         if loader not in LOADERS:
             raise ValueError(f"unknown loader {loader!r}: choose from {', '.join(LOADERS)}")
         if loader == "dense":
-            probe = model_for(cfg, 1)
+            probe = model_for(cfg, len(FEATURE_NAMES))  # the features every build has: a user's model may need them
             if not hasattr(probe, "forward_dense"):
                 if verbose:
                     print(f"measure: no dense mode for {cfg.model} (forward_dense: tcn, transformer); "
