@@ -45,6 +45,27 @@ def test_output_clip_bounds_predictions():
     assert out.abs().max() <= 0.5
 
 
+def test_output_clip_is_in_units_of_the_target_scale_as_its_help_says(outputs):
+    """The model trains on the target divided by its training scale, so output_clip bounds that: a run's predictions
+    (in return units) reach +-output_clip x target_scale. The help said 'clip predictions to +-output_clip', which
+    read as +-0.5 in returns for output_clip 0.5 where the predictions stopped at +-0.0005."""
+    import dataclasses
+
+    import pandas as pd
+
+    from tradelib.train.run import train
+
+    from .conftest import TINY
+
+    run = train(Config(**{**TINY, "max_steps": 4, "output_clip": 0.5, "init_gain": 20.0, "run_id": "clip"}),
+                progress=False)
+    scale = run.fs.meta["target_scale"]
+    predictions = pd.read_parquet(outputs / "clip" / "predictions.parquet")["prediction"].abs()
+    assert predictions.max() <= 0.5 * scale * (1 + 1e-6) and predictions.max() > 0.45 * scale
+    help_text = next(f for f in dataclasses.fields(Config) if f.name == "output_clip").metadata["help"]
+    assert "target_scale" in help_text and "output_clip x target_scale" in help_text
+
+
 def test_tcn_is_causal_and_receptive_field_is_exact():
     torch.manual_seed(0)
     model = model_for(Config(model="tcn", window=32, hidden=8, layers=2), 3).eval()

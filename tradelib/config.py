@@ -114,7 +114,9 @@ class Config:
     dropout: float = knob(0.0, "dropout probability between layers", "model", lo=0, hi=1, hi_open=True)
     init_gain: float = knob(0.5, "xavier gain of the weights (the seed's 0.5)", "model", lo=0, lo_open=True,
                             finite=True)
-    output_clip: float = knob(0.0, "clip predictions to +-output_clip (0: off)", "model", lo=0, finite=True)
+    output_clip: float = knob(0.0, "soft-clip the model's output to +-output_clip in units of the target's training "
+                              "scale (meta target_scale; predictions within +-output_clip x target_scale; 0: off)",
+                              "model", lo=0, finite=True)
     heads: int = knob(8, "transformer: attention heads (hidden must be a multiple)", "model", lo=1)
     positions: str = knob("learned", "transformer: learned | sinusoidal position embeddings", "model",
                           choices=("learned", "sinusoidal"))
