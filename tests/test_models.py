@@ -402,7 +402,8 @@ class Short(nn.Module):
 def test_a_user_forward_dense_is_probed_when_dense_trains_through_it(tmp_path, monkeypatch):
     """With dense=True the probe also runs forward_dense on 2 chunks of dense_chunk rows: an output of another shape
     is named before training (it was an 'internal error: RuntimeError: The size of tensor a (15) must match ...'
-    inside the first step); per window, forward_dense is not called and is not probed."""
+    inside the first step); per window, forward_dense is not called and is not probed. A receptive field longer than
+    the window is refused as a tcn's is (dense training would see history evaluation's windows lack)."""
     (tmp_path / "mine_models_g.py").write_text(DENSE)
     monkeypatch.syspath_prepend(str(tmp_path))
     model_for(Config(model="mine_models_g:Short", window=8), 3)
@@ -412,6 +413,8 @@ def test_a_user_forward_dense_is_probed_when_dense_trains_through_it(tmp_path, m
         model_for(Config(model="mine_models_g:Short", window=8, dense=True, dense_chunk=8), 3)
     with pytest.raises(ValueError, match="dense_chunk 2 is shorter than its receptive_field 3"):
         model_for(Config(model="mine_models_g:Short", window=8, dense=True, dense_chunk=2), 3)
+    with pytest.raises(ValueError, match="receptive_field 3 exceeds window 2: dense training would learn"):
+        model_for(Config(model="mine_models_g:Short", window=2, dense=True, dense_chunk=8), 3)
 
 
 def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path, monkeypatch, outputs):

@@ -373,6 +373,10 @@ def user_model(cfg, n_features: int) -> nn.Module:
         if length < model.receptive_field:
             raise ValueError(f"model {path!r}: dense_chunk {length} is shorter than its receptive_field "
                              f"{model.receptive_field}: no position of a chunk would train")
+        if model.receptive_field > window:  # as model_for refuses a tcn's
+            raise ValueError(f"model {path!r}: receptive_field {model.receptive_field} exceeds window {window}: "
+                             f"dense training would learn from more history than evaluation's windows hold; "
+                             f"use a longer window")
         _probe(model.forward_dense, torch.zeros(2, length, n_features), (2, length),
                f"model {path!r}: forward_dense of [batch 2, dense_chunk {length}, features {n_features}]",
                "[batch, length, features] -> [batch, length]", file)
