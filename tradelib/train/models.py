@@ -7,15 +7,16 @@ Your own model: `model: package.module:Class` (importable from the working direc
 through the same device windows, step graph, accumulation, checkpoints, report and doctor as a built-in, given
 this protocol:
 
-- `Class(n_features, window)`, or `Class(n_features, window, cfg)` when its constructor has a parameter named
+- `Class(n_features, window)`, or `Class(n_features, window, cfg=cfg)` when its constructor has a parameter named
   `cfg` (the run's `Config`: hidden, layers, dropout, ... are yours to read). Your class initialises its own
-  weights (tradelib's `init_gain` is not applied to it);
+  weights (tradelib's `init_gain` is not applied to it) and has at least one trainable parameter;
 - `forward(x)`: x `[batch, window, n_features]` (float32; bf16 inside autocast) -> `[batch]`, one prediction per
   window. No host syncs (`.item()`, data-dependent shapes) if it is to run under the step graph;
 - optional `flops_per_sample(dense: bool) -> float`: forward FLOPs per prediction (2 per multiply-add), for MFU
   (without it MFU is n/a, and says why);
 - optional dense training (`dense: true`): `receptive_field: int` (an output sees that many rows, itself
-  included) and `forward_dense(x) -> [batch, length]`, a prediction at every position of a chunk.
+  included; at most the window) and `forward_dense(x) -> [batch, length]`, a prediction at every position of a
+  chunk.
 
 The import path is the `model` string of the run's Config, which the checkpoint and summary.json record (a
 string, never a pickled class: checkpoints load with weights_only=True); resuming with another `model` is
