@@ -104,6 +104,18 @@ def test_largest_matmul_of_each_family():
     assert largest_matmul(transformer, x) == (128, 32, 128)
 
 
+def test_the_largest_matmul_of_a_dense_run_is_its_step_s_over_chunks(tiny_cfg, outputs):
+    """Dense, a step's convolutions run over batch x chunk rows: the doctor's largest matmul (and the MFU ceiling
+    read from it) is that one, not the per-window forward's over batch x receptive field rows ([68 x 48] where the
+    step's is [272 x 48] for 4 chunks of 64 rows, 2 blocks of hidden 16)."""
+    from tradelib.perf.doctor import examine
+
+    cfg = tiny_cfg.replace(model="tcn", layers=2, dense=True, dense_chunk=64, batch_size=4, warmup=1)
+    measured = examine(cfg, seconds=0.2, verbose=False)
+    pad = 2 * 2  # the widest block's causal padding: (kernel 3 - 1) x dilation 2
+    assert measured.largest_matmul == f"[{4 * (64 + pad)} x 48] @ [48 x 16]"
+
+
 class Sleepy:
     """A batch source whose fetch sleeps: the input pipeline made slow on purpose."""
 

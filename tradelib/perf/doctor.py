@@ -194,6 +194,19 @@ def largest_matmul(model: nn.Module, x: torch.Tensor) -> tuple[int, int, int] | 
     return max(shapes, key=lambda s: s[0] * s[1] * s[2]) if shapes else None
 
 
+def step_input(tr) -> tuple[nn.Module, torch.Tensor]:
+    """(the module a training step runs, a micro-batch of its input): the model on a batch of windows, or with dense
+    its forward_dense on a batch of chunks (whose matmuls are batch x chunk rows, not batch x window)."""
+    if not tr.cfg.dense:
+        ends = tr.windows.ends(0)[: tr.cfg.batch_size]
+        return tr.model, next(tr.windows.batches(ends, len(ends)))[0]
+    from tradelib.train.trainer import DenseForward
+
+    source = getattr(tr.source, "inner", tr.source)  # (not the timed wrapper: the measurement is over)
+    ids = torch.arange(min(tr.cfg.batch_size, len(source)), device=source.ids_device)
+    return DenseForward(tr.model), source.fetch(ids).x
+
+
 def matmul_ceiling(device: torch.device, shape: tuple[int, int, int], dtype: torch.dtype, peak: MfuPeak) -> float:
     """The MFU the model's largest matmul [m, k] @ [k, n] reaches alone: its rate over the peak. Where the peak
     was itself measured (a CPU), over a square matmul's rate measured in turns with it (the best of each), so that
@@ -282,8 +295,7 @@ def examine(cfg: Config, seconds: float | None = None, runner: Runner | None = N
             note = checked.get("mfu_invalid_reason") or ("" if value is not None else peak.source if not peak.flops
                                                           else f"{tr.cfg.model} gives no flops_per_sample")
             precision = tr.precision  # fp32, bf16 or fp16, as the trainer resolved it
-            ends = tr.windows.ends(0)[: tr.cfg.batch_size]
-            shape = largest_matmul(tr.model, next(tr.windows.batches(ends, len(ends)))[0])
+            shape = largest_matmul(*step_input(tr))
             ceiling, largest = None, ""
             if shape and peak.flops:
                 ceiling = matmul_ceiling(device, shape, AUTOCAST_DTYPES.get(precision, torch.float32), peak)
