@@ -126,6 +126,7 @@ def test_the_sweep_table_gives_each_runs_ic_t_and_its_verdict_over_the_sweeps_ru
     ([("run_id", "a")], [], "'run_id' is set by the sweep"),
     ([("model", "lstm,cnn")], [], "parameter 'model' is 'cnn'; allowed: mlp | lstm | gru | tcn | transformer"),
     ([("lr", "1,2")], [("lr", "3,4")], "'lr' is given twice"),
+    ([("model", "tcn,lstm"), ("dense", "true")], [], "sweep run model=lstm: dense=True needs a causal"),
     ([], [("batch_size", "1,2"), ("grad_accum_steps", "1,2,3")], "need as many values each"),
 ])
 def test_a_bad_combination_is_refused_before_anything_runs(outputs, grid, linked, problem):

@@ -68,6 +68,7 @@ from tradelib.paths import atomic_write_bytes, notebooks_dir, outputs_dir
 from tradelib.pipeline import NotebookFailed, execute_notebooks
 from tradelib.report import report, tables
 from tradelib.report.inputs import ReportSettings, load_featureset, load_inputs
+from tradelib.train.models import check_model
 
 NOTEBOOK = "03_train"
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -176,7 +177,8 @@ def grid_axes(grid: list[tuple[str, str]], linked: list[tuple[str, str]], shared
 
 def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list[tuple[str, str]] | None = None,
               sweep_id: str = "") -> Plan:
-    """Read and check the whole sweep: every name, and the Config of every combination, before anything runs.
+    """Read and check the whole sweep: every name, and the Config and model settings of every combination, before
+    anything runs.
     A parameter file's settings of the other notebooks (a profile such as params/quick.yaml sets 02's
     `profile_seconds`) are left out with a note; given with -p or -z they are refused."""
     allowed = set(declared_parameters(NOTEBOOK))
@@ -207,6 +209,10 @@ def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list
         try:
             configs.append(Config.from_dict(given, source=origins))
         except ConfigError as exc:
+            raise ConfigError(f"sweep run {run}: {exc}") from None
+        try:  # what the model settings alone refuse (dense with an lstm, ...): now, not after the runs before it
+            check_model(configs[-1])
+        except ValueError as exc:
             raise ConfigError(f"sweep run {run}: {exc}") from None
     for device in {c.device for c in configs}:
         pick_device(device, verbose=False)  # CUDA asked for but absent: say so now
