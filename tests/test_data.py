@@ -305,7 +305,7 @@ def test_spike_threshold_comes_from_trailing_returns_only():
 
 def test_level_shift_and_small_moves_are_not_spikes():
     raw = two_symbols()
-    raw.loc[100:199, PRICES] *= 8.0  # a permanent jump (e.g. a split) does not revert
+    raw.loc[100:199, PRICES] /= 4.0  # a permanent jump (a 4:1 split) does not revert
     raw.loc[50, PRICES] *= 1.03  # a 3% blip is below the 5% floor
     _, rep = clean(raw)
     assert "price_spike" not in by_rule(rep)
@@ -509,7 +509,7 @@ def real_raw() -> pd.DataFrame:
 def plant_splits(raw: pd.DataFrame, spin_off: bool = False) -> tuple[pd.DataFrame, dict[str, pd.Timestamp]]:
     """A 2-for-1 split of MSFT in 2005 and a 1-for-3 reverse split of SP500 in 2010: every price from that day
     on divided by 2 (x3), every volume multiplied by 2 (/3), as an unadjusted feed prints them. `spin_off`: also
-    NASDAQ's prices x 0.6 from 2012 on (no split's ratio: found by its size in trailing sigmas)."""
+    NASDAQ's prices x 0.6 from 2012 on (no split's ratio: found by its size in trailing sigmas, with split_sigmas)."""
     out, when = raw.copy(), {}
     plants = [("MSFT", "2005-06-01", 0.5), ("SP500", "2010-03-01", 3.0)] + [("NASDAQ", "2012-06-01", 0.6)] * spin_off
     for symbol, day, ratio in plants:
@@ -529,7 +529,7 @@ def test_real_prices_have_no_corporate_action_found(real_raw):
 @pytest.mark.parametrize("mode", ["flag", "mask", "adjust"])
 def test_planted_splits_are_found_counted_and_handled(real_raw, mode):
     raw, when = plant_splits(real_raw, spin_off=True)
-    out, rep = clean_ohlcv(raw, "real", corporate_actions=mode)
+    out, rep = clean_ohlcv(raw, "real", corporate_actions=mode, split_sigmas=20.0)  # the spin-off's test asked for
     assert_clean(out)
     assert [c for c in rep.counts if c["rule"] == "corporate_action" and c["action"] == "kept"] == [
         {"rule": "corporate_action", "symbol": s, "action": "kept", "rows": 1} for s in ("MSFT", "NASDAQ", "SP500")]
@@ -543,7 +543,7 @@ def test_planted_splits_are_found_counted_and_handled(real_raw, mode):
         assert changed == {s: int(((raw.symbol == s) & (raw.timestamp < t)).sum()) for s, t in when.items()}
     else:
         assert changed == {}
-    _, rep = clean_ohlcv(raw, "real", corporate_actions=mode, split_sigmas=float("inf"))  # split ratios only
+    _, rep = clean_ohlcv(raw, "real", corporate_actions=mode)  # split ratios only (split_sigmas inf)
     assert {c["symbol"] for c in rep.counts if c["rule"] == "corporate_action"} == {"MSFT", "SP500"}
     assert ("restart" in out) == (mode == "mask")
     if mode == "mask":
@@ -585,7 +585,7 @@ def test_prepare_in_shards_on_disk_restarts_where_the_in_memory_build_does(real_
     raw, _ = plant_splits(real_raw, spin_off=True)
     path = tmp_path / "planted.parquet"
     raw.to_parquet(path)
-    cfg = Config(data_path=str(path), window=16, shard_rows=6000)
+    cfg = Config(data_path=str(path), window=16, shard_rows=6000, split_sigmas=20.0)
     fs = dataset.prepare(cfg, verbose=False)
     mem, rep = dataset.build(cfg)
     assert rep.totals()["corporate_action"] == 3
@@ -610,6 +610,53 @@ def test_a_move_across_weeks_without_data_is_no_corporate_action(real_raw):
         assert ("corporate_action" in rep.totals()) == found
         if not found:
             np.testing.assert_array_equal(out[PRICES].to_numpy(), moved[PRICES].to_numpy())
+
+
+def daily_name(symbol: str, sigma: float, factor: float = 1.0, night: float = 0.0, gap: int = 0, seed: int = 0,
+               n: int = 300, at: int = 200) -> pd.DataFrame:
+    """A stock's weekday bars moving `sigma` a day; from bar `at` on its prices times `factor` (and its volumes
+    divided by it, as a split's are), its open there the last close x factor x exp(`night`), the `gap` bars before
+    it missing (a halt, a hole in the feed)."""
+    rng = np.random.default_rng(seed)
+    overnight, intraday = rng.normal(0, sigma / 2, n), rng.normal(0, sigma * np.sqrt(0.75), n)
+    overnight[at] = night
+    log_open = np.log(50) + np.cumsum(overnight + intraday) - intraday
+    log_close = log_open + intraday
+    log_open[at:] += np.log(factor)
+    log_close[at:] += np.log(factor)
+    o, c = np.exp(log_open), np.exp(log_close)
+    volume = rng.lognormal(13, 0.3, n)
+    volume[at:] /= factor
+    frame = pd.DataFrame({"timestamp": pd.bdate_range("2015-01-01", periods=n, tz=UTC), "symbol": symbol,
+                          "open": o, "high": np.maximum(o, c) * 1.002, "low": np.minimum(o, c) * 0.998, "close": c,
+                          "volume": volume})
+    return frame.drop(range(at - gap, at)).reset_index(drop=True)
+
+
+def test_a_quiet_stocks_real_move_is_no_corporate_action_and_a_split_that_opens_off_its_ratio_is_one():
+    """A stock of 0.5% a day that moves 30-55% on news (a takeover, a failed trial), after a week's halt or not,
+    was taken for a corporate action at 20 trailing sigmas (it is 50 to 100), its move masked out of every target
+    (or with adjust scaled away): it is a real move. A 2:1, 3:1 or 1:10 split opens off its ratio by the night's
+    move (a 5%-a-day stock's 2.5% missed the 1% tolerance) and after a week without data by more: found, and
+    adjusted by the split's exact ratio."""
+    moves = [daily_name("QUIET_UP", 0.005, 1.40, seed=1), daily_name("QUIET_DOWN", 0.005, 0.65, seed=2),
+             daily_name("QUIET_HALT", 0.005, 1.55, gap=5, seed=3), daily_name("CALM_DOWN", 0.01, 0.62, gap=5, seed=4)]
+    splits = {"WILD_2": (daily_name("WILD_2", 0.05, 1 / 2, night=0.03, seed=5), 1 / 2),
+              "WILD_10": (daily_name("WILD_10", 0.05, 10.0, night=-0.03, seed=6), 10.0),
+              "QUIET_3": (daily_name("QUIET_3", 0.005, 1 / 3, night=-0.004, gap=5, seed=7), 1 / 3),
+              "CALM_2": (daily_name("CALM_2", 0.01, 1 / 2, night=0.012, gap=5, seed=8), 1 / 2),
+              "CALM_20": (daily_name("CALM_20", 0.02, 1 / 20, night=0.01, seed=9), 1 / 20),
+              "WILD_50": (daily_name("WILD_50", 0.08, 50.0, night=-0.05, seed=10), 50.0)}
+    raw = pd.concat(moves + [f for f, _ in splits.values()], ignore_index=True)
+    out, rep = clean_ohlcv(raw, "test", corporate_actions="adjust")
+    assert_clean(out)
+    assert {c["symbol"] for c in rep.counts if c["rule"] == "corporate_action" and c["action"] == "kept"} == set(splits)
+    for symbol, (frame, factor) in splits.items():  # the prices before the split scaled by its exact ratio
+        before = frame.timestamp < frame.timestamp[frame.close.pct_change().abs().idxmax()]
+        got = out[(out.symbol == symbol)].reset_index(drop=True)
+        np.testing.assert_allclose(got.loc[before, "close"], frame.loc[before, "close"] * factor, rtol=1e-12)
+    _, rep = clean(raw, corporate_actions="flag", split_sigmas=20.0)  # the spin-off test asked for: moves too
+    assert {c["symbol"] for c in rep.counts if c["rule"] == "corporate_action"} >= {"QUIET_UP", "QUIET_DOWN"}
 
 
 def test_adjusted_splits_give_the_features_of_the_unsplit_prices(real_raw):

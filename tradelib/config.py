@@ -77,9 +77,10 @@ class Config:
     corporate_actions: str = knob("mask", "a split-like jump that stays: flag (count it), mask (the series restarts "
                                   "there: no feature, window or target spans it) or adjust (back-adjust the prices "
                                   "before it, volumes inversely)", "features", choices=("flag", "mask", "adjust"))
-    split_sigmas: float = knob(20.0, "a jump to the open that stays, beyond this many trailing sigmas, is a corporate "
-                               "action even when its ratio is not a split's (inf: ratios only)", "features", lo=0,
-                               lo_open=True)
+    split_sigmas: float = knob(math.inf, "a jump to the open that stays, beyond this many trailing sigmas of a move "
+                               "over its step, is a corporate action even when its ratio is not a split's, as a "
+                               "spin-off's (inf: split ratios only, since a quiet stock's real 30% move is 20 sigmas "
+                               "too)", "features", lo=0, lo_open=True)
     window: int = knob(32, "bars of history per sample", "features", lo=1)
     horizon: int = knob(1, "target: forward log return over this many bars", "features", lo=1)
     target_delay: int = knob(1, "target: starts this many of its symbol's rows (bars) after t: the return a book "
@@ -508,7 +509,7 @@ def parameters_help(groups: tuple[str, ...], width: int = 100, exclude: tuple[st
                 text += f" (one of: {' | '.join(map(str, m['choices']))})"
             if _bounds(m):
                 text += f" [{','.join(_bounds(m))}]"
-            out.append(f"    {f.name}: {f.type} = {_literal(f.default)}")
+            out.append(f"    {f.name}: {f.type} = {_literal(f.default, python=False)}")
             out += textwrap.wrap(text, width, initial_indent=" " * 8, subsequent_indent=" " * 8)
     return "\n".join(out)
 
@@ -519,7 +520,10 @@ def load_config(files: list[str] | None = None, overrides: list[tuple[str, str]]
 
 
 # -- notebooks ----------------------------------------------------------------------------------------------
-def _literal(value: Any) -> str:
+def _literal(value: Any, python: bool = True) -> str:
+    """A default as the notebooks' parameter cells write it (`python`: inf as float('inf')), else as -p takes it."""
+    if python and isinstance(value, float) and math.isinf(value):
+        return "float('inf')" if value > 0 else "float('-inf')"
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
         return f"{value:_}"
     return repr(value)

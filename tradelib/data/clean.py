@@ -306,7 +306,7 @@ def _corporate_action(w: Work) -> Verdict:
     scaled by the jump and the volumes inversely (back-adjusted): every row scaled is counted as changed (the
     report counts each row it changed), the jumps themselves as kept."""
     s = w.settings
-    rows, ratio = corporate_action_rows(w.a, w.a["code"], w.new_symbol, s.split_sigmas, _missing_spans(w))
+    rows, ratio = corporate_action_rows(w.a, w.a["code"], w.new_symbol, s.split_sigmas, _step_spans(w))
     if s.corporate_actions != "adjust" or not rows.any():
         return Verdict(rows)
     factor = back_adjustment(rows, ratio, w.a["code"])
@@ -316,17 +316,17 @@ def _corporate_action(w: Work) -> Verdict:
     return Verdict(factor != 1, repair=repair | {"volume": (slice(None), w.a["volume"] / factor)}, notes=notes)
 
 
-def _missing_spans(w: Work) -> np.ndarray:
-    """Per row: the bars of its symbol that the step to it spans by the clock where that step is missing data
-    (longer than `sessions.long_gap_ns`: ten days, or ten bars), else 1. A price moves further over twenty weeks
-    without data than over one bar: a 36% rise across them was taken for a corporate action (and adjust scaled
-    it away)."""
+def _step_spans(w: Work) -> np.ndarray:
+    """Per row: the bars of its symbol that the step to it spans by the clock (at least 1): the time over which
+    the jump to its open was made. A price moves further over a weekend, a halt or twenty weeks without data than
+    over one bar: a 36% rise across twenty weeks was taken for a corporate action (and adjust scaled it away), and
+    a 2:1 split after a week without data moves by more than 1% off its ratio."""
     ts, code = w.a["ts"], w.a["code"]
     spans = np.ones(len(ts))
     if len(ts) > 1:
         d, bar = np.diff(ts), w.bar[code[1:]]
-        long = (code[1:] == code[:-1]) & (bar > 0) & (d > sessions.long_gap_ns(bar))
-        spans[1:][long] = d[long] / bar[long]
+        step = (code[1:] == code[:-1]) & (bar > 0) & (d > bar)
+        spans[1:][step] = d[step] / bar[step]
     return spans
 
 
@@ -374,8 +374,9 @@ RULES: tuple[Rule, ...] = (
          "(missing)", _bad_print),
     Rule("high_below_low", "changed", "swapped", _high_below_low),
     Rule("ohlc_outside_range", "changed", "high/low widened to contain open and close", _ohlc_outside_range),
-    Rule("corporate_action", "kept", "a split-like jump from the last close to the open that stays (ratio within "
-         "1% of 2, 3, 4, 5, 10 or their inverses, or beyond split_sigmas trailing sigmas); corporate_actions: "
+    Rule("corporate_action", "kept", "a split-like jump from the last close to the open that stays (ratio of 2 to "
+         "8, 10, 12, 15, 20, 25, 30, 40, 50, 100 or their inverses to within 1% or 2 trailing sigmas of a move over "
+         "its step, at most 7% of its log; or beyond split_sigmas such sigmas, off by default); corporate_actions: "
          "flag, mask (the series restarts there) or adjust (prices before it back-adjusted: changed)",
          _corporate_action),
     Rule("price_spike", "kept", "a one-bar spike that reverts (abs log move > spike_sigmas trailing robust sigmas, "

@@ -21,8 +21,12 @@ SPIKE_WINDOW = 1000  # robust sigma of bar t: the median |r| of the symbol's pre
 BAR_MODE_SHARE = 0.1  # the most common bar diff is the bar size when it covers >= 10% of diffs, else median
 LEVEL_BLOCK = 64  # a bad print's level: the median of the symbol's previous block of this many rows
 LEVEL_MIN_ROWS = 5  # ... or, in a symbol's first block, of at least this many earlier rows
-SPLIT_RATIOS = (2, 3, 4, 5, 10)  # a corporate action's jump: one of these ratios or their inverses ...
-SPLIT_TOLERANCE = 0.01  # ... to within 1%
+SPLIT_RATIOS = (2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40, 50, 100)  # a corporate action's jump: one of
+# these ratios or their inverses (AAPL's 7:1, AMZN's 20:1, a penny stock's 1:50; not 3:2, a real move's size) ...
+SPLIT_TOLERANCE = 0.01  # ... to within 1%, or within this many sigmas of the move over the step (a split's day
+SPLIT_TOL_SIGMAS = 2.0  # opens off its ratio by the night's move, more after a halt or missing weeks) ...
+SPLIT_MAX_TOLERANCE = 0.07  # ... up to this share of the ratio's log (5% for 2:1: a real fall of 45% or 55% is no
+# halving; 16% for 1:10)
 SPLIT_MIN_SIGMAS = 4.0  # ... and beyond this many trailing sigmas (prices a few ticks in size jump by 2x)
 SPLIT_MIN_MOVE = 0.1  # any corporate action's jump is beyond this abs log move (about 10%)
 SPLIT_CONFIRM = 10  # the median close of the jump's bar and the 9 after it, against the 10 before, ...
@@ -226,15 +230,16 @@ def corporate_action_rows(a: dict[str, np.ndarray], code: np.ndarray, new_symbol
                           spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows t where a symbol's price jumps from the close of t-1 to the open of t as a split or a similar action
     does, and the ratio of that jump (the split's exact ratio where it is one). The jump g = log(open_t /
-    close_t-1) counts when it is beyond SPLIT_MIN_MOVE and either its ratio is within SPLIT_TOLERANCE of a
-    SPLIT_RATIO or its inverse and beyond SPLIT_MIN_SIGMAS trailing sigmas (a price a tick or two in size moves
-    by such ratios all the time), or it is beyond `k` trailing sigmas (`trailing_sigma` of the close-to-close
-    returns before t); and it stays: the median log close of bars t .. t+SPLIT_CONFIRM-1 is away from that of the
-    SPLIT_CONFIRM bars before t by at least SPLIT_STAYS of it, the same way (a bad print before t, or one that reverts,
-    moves neither median). Judging needs those bars, so a symbol's first and last SPLIT_CONFIRM bars are never
-    one. `spans`: per row, the bars the step to it spans where that step is missing data (1 elsewhere): a jump
-    across it that is no split's ratio is judged against sigma x sqrt(span), the spread of a move over that time,
-    not of one bar's (a split's ratio, to within 1%, is evidence enough)."""
+    close_t-1) counts when it is beyond SPLIT_MIN_MOVE and either it is a split's ratio (one of SPLIT_RATIOS or its
+    inverse, to within SPLIT_TOLERANCE or SPLIT_TOL_SIGMAS x the move's sigma, at most SPLIT_MAX_TOLERANCE x its log)
+    beyond SPLIT_MIN_SIGMAS trailing sigmas (a price a tick or two in size moves by such ratios all the time), or it
+    is beyond `k` of the move's sigmas (a spin-off: a ratio of no split's, which a real move of a quiet stock has as
+    often; inf turns that test off); and it stays: the median log close of bars t .. t+SPLIT_CONFIRM-1 is away
+    from that of the SPLIT_CONFIRM bars before t by at least SPLIT_STAYS of it, the same way (a bad print before t,
+    or one that reverts, moves neither median). Judging needs those bars, so a symbol's first and last SPLIT_CONFIRM
+    bars are never one. The move's sigma is `trailing_sigma` of the close-to-close returns before t x sqrt(`spans`:
+    per row, the bars the step to it spans by the clock, at least 1): a price moves further over a night, a halt or
+    weeks without data than over one bar."""
     n = len(code)
     rows, ratio = np.zeros(n, dtype=bool), np.ones(n)
     if n < SPLIT_CONFIRM + 1:
@@ -260,11 +265,15 @@ def corporate_action_rows(a: dict[str, np.ndarray], code: np.ndarray, new_symbol
     sigma = trailing_sigma(r, code[sub], at)
     gc = np.log(q[cand - 1])
     split = np.asarray(SPLIT_RATIOS, dtype=float)
-    off = np.abs(np.exp(np.abs(gc))[:, None] / split - 1)  # how far the jump's ratio is from each split's
-    near = off.min(axis=1) <= SPLIT_TOLERANCE
+    move = sigma * np.sqrt(spans[cand])  # the spread of an ordinary move over the step
+    off = np.abs(np.abs(gc)[:, None] - np.log(split))  # how far the jump is from each split's ratio (log)
+    with np.errstate(invalid="ignore"):  # the tolerance of each ratio: 1% to a share of its own size
+        tol = np.fmax(np.fmin(SPLIT_TOL_SIGMAS * move[:, None], SPLIT_MAX_TOLERANCE * np.log(split)),
+                      math.log1p(SPLIT_TOLERANCE))
+    near = (off <= tol).any(axis=1)
     span = np.arange(SPLIT_CONFIRM)
     with np.errstate(invalid="ignore"):
-        big = (near & (np.abs(gc) > SPLIT_MIN_SIGMAS * sigma)) | (np.abs(gc) > k * sigma * np.sqrt(spans[cand]))
+        big = (near & (np.abs(gc) > SPLIT_MIN_SIGMAS * sigma)) | (np.abs(gc) > k * move)
         stay = np.median(lc[at[:, None] + span], axis=1) - np.median(lc[at[:, None] - 1 - span], axis=1)
         kept = big & (np.sign(stay) == np.sign(gc)) & (np.abs(stay) >= SPLIT_STAYS * np.abs(gc))
     hit, exact = cand[kept], split[off[kept].argmin(axis=1)]
