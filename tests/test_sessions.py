@@ -232,6 +232,31 @@ def test_two_weeks_of_an_exchange_see_its_weekend_and_no_night_is_a_long_gap(tmp
     assert calendar(crypto, 300).continuous
 
 
+def test_one_week_of_an_exchange_reads_as_one_by_its_nights_and_five_days_of_a_24_7_market_as_continuous(tmp_path):
+    """Five sessions Monday to Friday span 4.3 days: no weekend inside them. Read by the count of dates it was a
+    24/7 market: each of the 4 nights of each symbol a long gap (15 segments), 33,295 marks a year. Its nights show
+    the exchange: 78 bars a session, a five-day week's sessions. Five days of a 24/7 market have no night."""
+    from tradelib.data import clean
+
+    raw = us_frame(n_days=5)
+    cal = calendar(ns(raw["timestamp"]), 300)
+    assert not cal.continuous and cal.periods_per_year == pytest.approx(78 * 365.25 * 5 / 7)
+    assert "five-day week" in cal.describe()
+    assert "long_gap" not in clean.clean_ohlcv(raw)[1].totals()
+    fs, report = build_csv(raw, tmp_path, window=16)
+    assert long_gaps(report) == {} and fs.meta["n_segments"] == 3 and fs.meta["calendar"]["method"] == "sessions"
+    crypto = pd.date_range("2024-03-04", periods=288 * 5, freq="5min", tz="UTC")  # Monday to Friday, every hour
+    cal = calendar(ns(crypto), 300)
+    assert cal.continuous and cal.periods_per_year == pytest.approx(288 * 365.25)
+    close = 100 * np.exp(np.cumsum(np.random.default_rng(0).normal(0, 0.002, len(crypto))))
+    frame = pd.DataFrame({"timestamp": crypto, "symbol": "BTC", "open": close, "high": close * 1.001,
+                          "low": close * 0.999, "close": close, "volume": 1.0})
+    fs, report = build_csv(frame, tmp_path, window=16)
+    assert fs.meta["calendar"]["method"] == "continuous" and fs.meta["n_segments"] == 1
+    one_week_daily = calendar(ns(pd.bdate_range("2024-03-04", periods=5, tz="UTC")), 86_400)
+    assert one_week_daily.continuous  # five dates, no night: nothing tells an exchange's week from 24/7
+
+
 def test_a_missing_afternoon_inside_a_session_is_a_long_gap(tmp_path):
     raw = us_frame(n_days=15)  # three weeks: the calendar sees the weekends
     day3 = raw.index[raw["symbol"] == "AAA"][3 * 78 :]

@@ -474,9 +474,11 @@ def _clean_shard(a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attr
 def market_calendar(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[bool, dict]:
     """(whether the market is continuous, the UTC days each bar size traded) of the clean rows of all symbols,
     given per shard as (ts, code, bar size per row): what `sessions.bar_steps` counts bars with. The build finds
-    the same from its SharedFacts."""
+    the same from its SharedFacts (`sessions.calendar` of their timestamps and the median of their bar sizes)."""
     days = sessions.merge_days([sessions.traded_days(*p) for p in parts])
-    return sessions.continuous_market(days), days
+    hours = np.logical_or.reduce([sessions.hours_traded(ts) for ts, _, _ in parts] or [np.zeros(24, dtype=bool)])
+    bars = np.concatenate([bar[run_starts(code)] for _, code, bar in parts] or [np.zeros(0)])
+    return sessions.continuous_market(days, hours, float(np.median(bars)) if bars.size else 0.0), days
 
 
 def finish_shards(works: list[Work], pool: ThreadPoolExecutor) -> None:

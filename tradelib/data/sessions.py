@@ -8,15 +8,17 @@ sessions cross. A gap longer than `long_gap_ns` (ten days, or ten bars of a coar
 holiday but missing data (a stray placeholder row, two downloads years apart, the purge between walk-forward
 folds): it is left out of the time, as one typical step.
 
-A session is a day with at least one bar, counted from the market's own start of day (`day_start`: the hour
-after its longest quiet stretch of the day, UTC midnight for a market with none), so that a session crossing UTC
-midnight (Sydney's 23:00 to 05:00 UTC) is one session, and its night no part of one. A market is continuous when
-it trades on every day of the week; an exchange has days it never trades (a weekend). Bars are counted on that
-calendar (`bar_steps`): by the clock on a continuous market and inside a session, and a step to the next session
-as one bar plus the sessions of a missing day, so that the horizon of the targets (`bar_positions`: a target
-spans `horizon` bars, not rows) and the long gaps that break a series (`long_gap_rows`, max_gap_bars) read one
-count, and a researcher's data is measured on its own calendar, never an assumed one: a night or a weekend on an
-exchange is no missing data.
+A session is a day with at least one bar, counted from the market's own start of day (`day_start`: the hour after
+its longest quiet stretch of the day, UTC midnight for a market with none), so that a session crossing UTC midnight
+(Sydney's 23:00 to 05:00 UTC) is one session, and its night no part of one. A market is continuous when it trades
+on every day of the week; an exchange has days it never trades (a weekend). Data of under a week (one week Monday
+to Friday) shows no weekend: there an exchange shows by its nights (a quiet stretch of the day longer than a bar)
+or a day inside the span it did not trade, and its sessions a year are a five-day week's. Bars are counted on that
+calendar (`bar_steps`): by the clock on a continuous market and inside a session, and a step to the next session as
+one bar plus the sessions of a missing day, so that the horizon of the targets (`bar_positions`: a target spans
+`horizon` bars, not rows) and the long gaps that break a series (`long_gap_rows`, max_gap_bars) read one count, and
+a researcher's data is measured on its own calendar, never an assumed one: a night or a weekend on an exchange is
+no missing data.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ HOUR_NS = 3_600 * 10**9
 DAYS_PER_YEAR = 365.25
 YEAR_NS = DAYS_PER_YEAR * DAY_NS
 LONG_GAP_DAYS = 10  # a longer gap between marks is missing data, not a weekend or a holiday
-CONTINUOUS_SESSIONS = 300  # under a week of data (no weekend seen): more dates a year than this reads as 24/7
+EXCHANGE_DAYS = DAYS_PER_YEAR * 5 / 7  # sessions a year of an exchange seen for under a week (no weekend seen)
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,11 @@ class Calendar:
                 f"{self.n_timestamps:,} distinct timestamps over {self.span_days:.2f} days (under a week)")
         gaps = (f", {self.long_gaps} gap(s) over {self.long_gap_days:g} days left out as missing data"
                 if self.long_gaps else "")
+        seen = ("days of the week it never trades; " if weeks else
+                "nights, or a day it did not trade; under a week: a five-day week's ")
         kind = ("a continuous market (trades every day of the week)" if self.continuous else
-                f"an exchange calendar (days of the week it never trades; {self.sessions_per_year:.1f} sessions a "
-                f"year traded, a median {self.bars_per_session:g} bar(s) on each)")
+                f"an exchange calendar ({seen}{self.sessions_per_year:.1f} sessions a year traded, a median "
+                f"{self.bars_per_session:g} bar(s) on each)")
         return f"{self.periods_per_year:,.1f} a year, {over}{gaps}: {kind}"
 
     def to_dict(self) -> dict:
@@ -90,13 +94,23 @@ def _start(occupied: np.ndarray, bar_ns: float) -> int:
     return start * HOUR_NS if quiet * HOUR_NS > bar_ns else 0
 
 
+def hours_traded(ts_ns: np.ndarray) -> np.ndarray:
+    """The hours of the UTC day (24 bools) with a mark. Those of parts of the marks merge by `|`."""
+    return np.bincount((np.asarray(ts_ns, dtype=np.int64) % DAY_NS) // HOUR_NS, minlength=24) > 0
+
+
+def has_nights(occupied: np.ndarray, bar_ns: float) -> bool:
+    """Whether marks in the hours `occupied` (`hours_traded`) leave a quiet stretch of the day longer than a bar of
+    `bar_ns`: a night, as an exchange has and a 24/7 market has not (`day_start` begins the day after it)."""
+    return _quiet(occupied)[1] * HOUR_NS > bar_ns
+
+
 def day_start(ts_ns: np.ndarray, bar_ns: float) -> int:
     """Where the day of these marks (bars of `bar_ns`) begins, in ns after UTC midnight: the hour after their
     longest quiet stretch of the day (13:00 for US equities in summer, 23:00 for Sydney's 23:00 to 05:00 UTC
     session), so a session is one day however it sits across UTC dates. UTC midnight where no stretch is longer
     than a bar: a 24/7 market, daily bars (the hours between two bars are no night)."""
-    hours = (np.asarray(ts_ns, dtype=np.int64) % DAY_NS) // HOUR_NS
-    return _start(np.bincount(hours, minlength=24) > 0, bar_ns)
+    return _start(hours_traded(ts_ns), bar_ns)
 
 
 def session_days(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> np.ndarray:
@@ -137,23 +151,27 @@ def calendar(ts_ns: np.ndarray, bar_seconds: float) -> Calendar:
     """The calendar of these timestamps (all symbols together: the periods a portfolio is marked at).
 
     Periods a year are the marks in the whole weeks from the first (a span that ends on a Friday would count no
-    last weekend), over a shorter span the marks per time between the first and the last: there an exchange looks
-    continuous, and its marks a year count no weekend.
+    last weekend). Over a shorter span, a continuous market's are the marks per time between the first and the
+    last; an exchange's (`_sessions`: a night, or a day it did not trade) the marks per session times the sessions
+    of a five-day week (EXCHANGE_DAYS a year): a week Monday to Friday shows no weekend to count.
     """
     u = np.unique(np.asarray(ts_ns, dtype=np.int64))
     if u.size == 0:
         raise ValueError("no timestamps: cannot measure the calendar")
     t, gaps, limit = _time(u)
+    bar_ns = float(bar_seconds) * 1e9
+    days, per_day = np.unique((u - day_start(u, bar_ns)) // DAY_NS, return_counts=True)
+    spy, continuous = _sessions(days, has_nights(hours_traded(u), bar_ns))
     week = 7 * DAY_NS
     if t[-1] >= week:
         whole = np.floor(t[-1] / week) * week
         ppy = np.count_nonzero(t < whole) / whole * YEAR_NS
+    elif not continuous:
+        ppy = u.size / days.size * spy
     elif t[-1] > 0:
         ppy = (u.size - 1) / t[-1] * YEAR_NS
     else:  # one timestamp: a bar's worth of time per mark
-        ppy = YEAR_NS / (float(bar_seconds) * 1e9)
-    days, per_day = np.unique((u - day_start(u, float(bar_seconds) * 1e9)) // DAY_NS, return_counts=True)
-    spy, continuous = _sessions(days)
+        ppy = YEAR_NS / bar_ns
     return Calendar(bar_seconds=float(bar_seconds), periods_per_year=float(ppy), n_timestamps=int(u.size),
                     n_sessions=int(days.size), span_days=float(t[-1]) / DAY_NS, long_gaps=gaps,
                     sessions_per_year=float(spy), bars_per_session=float(np.median(per_day)),
@@ -255,24 +273,29 @@ def long_gap_rows(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, k: i
     return gap
 
 
-def _sessions(days: np.ndarray) -> tuple[float, bool]:
-    """(sessions a year, whether the market is continuous) of the sorted distinct days traded (`session_days`)."""
+def _sessions(days: np.ndarray, nights: bool) -> tuple[float, bool]:
+    """(sessions a year, whether the market is continuous) of the sorted distinct days traded (`session_days`);
+    `nights`: whether the marks leave a night each day (`has_nights`)."""
     day_span = _time(days * DAY_NS)[0][-1] / DAY_NS + 1  # first to last session, both included
     spy = days.size / day_span * DAYS_PER_YEAR
     if day_span >= 7:  # a week: each day of the week seen, so a weekend never traded shows (two weeks Monday to
         # Friday hold 10 dates in 12 days, 304 a year: read by the count, every night was a long gap)
         weekdays = np.bincount((days + 3) % 7, minlength=7)  # 1970-01-01 was a Thursday (Monday = 0)
-        continuous = bool(weekdays.min() >= 0.5 * weekdays.max())
-    else:
-        continuous = bool(spy > CONTINUOUS_SESSIONS)
-    return float(spy), continuous
+        return float(spy), bool(weekdays.min() >= 0.5 * weekdays.max())
+    # under a week no weekend need show (Monday to Friday): an exchange shows by a day inside the span it did not
+    # trade or by its nights between sessions (read as 24/7, each night was a long gap); a 24/7 market has
+    # neither, and a few hours of one no night between two sessions. Daily bars of every day in the span have no
+    # night to show: 24/7 (nothing in five dates tells an exchange's week apart)
+    continuous = days.size >= round(day_span) and not (nights and days.size > 1)
+    return (float(spy) if continuous else EXCHANGE_DAYS), continuous
 
 
-def continuous_market(days: dict[int, np.ndarray]) -> bool:
-    """`calendar(ts).continuous` of the rows whose `traded_days` these are: whether they trade on every day of the
-    week (True when there are none)."""
+def continuous_market(days: dict[int, np.ndarray], occupied: np.ndarray, bar_ns: float) -> bool:
+    """`calendar(ts, bar).continuous` of the rows whose `traded_days` these are, `occupied` their `hours_traded`
+    and `bar_ns` the median bar size of their symbols: whether they trade on every day of the week and, over
+    under a week, every hour of the day (True when there are none)."""
     traded = np.unique(np.concatenate(list(days.values()))) if days else np.zeros(0, dtype=np.int64)
-    return _sessions(traded)[1] if traded.size else True
+    return _sessions(traded, has_nights(occupied, bar_ns))[1] if traded.size else True
 
 
 def bar_positions(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuous: bool,
