@@ -506,6 +506,55 @@ def real_raw() -> pd.DataFrame:
     return load_ohlcv(REAL, date_format="")
 
 
+def bars_that_change(first: str, n_first: int, then: str, n_then: int, symbol: str = "SWITCH",
+                     start: str = "2024-01-01") -> pd.DataFrame:
+    """A symbol's bars of one size (`first`, n_first rows), then of another (`then`, n_then rows)."""
+    frame = make_frame(n_first + n_then, symbol, first, start, seed=3)
+    ts = frame["timestamp"].to_numpy().copy()
+    ts[n_first:] = ts[n_first - 1] + pd.Timedelta(then).to_timedelta64() * np.arange(1, n_then + 1)
+    return frame.assign(timestamp=pd.DatetimeIndex(ts, tz=UTC))
+
+
+def test_bars_that_change_size_are_named_with_the_time_and_restart_the_series(real_raw):
+    """1-minute bars (4,000) that become 5-minute ones (3,000), beside a symbol of 1-minute bars: counted in the
+    symbol's 1-minute bars, every 5-minute step spans missing bars, so all 3,000 of its targets were masked and
+    only 01's count of masked targets said anything. The change is counted, named with its time and its two sizes
+    in the summary, and the series restarts there (no window mixes the sizes). 5-minute bars that become 1-minute
+    ones, and daily bars that become weekly beside a daily symbol, the same; a holiday, a weekend, a night or a
+    hole is no change."""
+    from tradelib.config import Config
+    from tradelib.data import dataset
+
+    raw = pd.concat([bars_that_change("1min", 4000, "5min", 3000), make_frame(19000, "OTHER", "1min")],
+                    ignore_index=True)
+    at = raw.loc[4000, "timestamp"]
+    out, rep = clean(raw)
+    assert by_rule_symbol(rep) == {("bar_change", "SWITCH"): 1}
+    assert rep.bar_changes == [{"symbol": "SWITCH", "at": str(at), "from_s": 60.0, "to_s": 300.0, "rows": 3000}]
+    line = next(x for x in rep.summary().splitlines() if "bar size changes" in x)
+    assert "SWITCH" in line and str(at) in line and "1 min bars become 5 min" in line and "masked" in line
+    assert out.loc[out["restart"], "timestamp"].tolist() == [at]
+    fs, built = dataset.build(Config(window=16), raw)
+    row = int(np.flatnonzero((fs.timestamp == at.value) & (fs.symbol_id == fs.symbols.index("SWITCH")))[0])
+    assert fs.segment[row] == fs.segment[row - 1] + 1 and built.bar_changes == rep.bar_changes
+
+    back = bars_that_change("5min", 3000, "1min", 4000)  # its bar size is 1 minute: the change is where it begins
+    _, rep = clean(back)
+    assert rep.bar_changes == [{"symbol": "SWITCH", "at": str(back.loc[3000, "timestamp"]), "from_s": 300.0,
+                                "to_s": 60.0, "rows": 4000}]
+    assert "masked" not in rep.summary()  # a finer stretch: each of its steps is one bar
+
+    days = pd.bdate_range("2020-01-01", "2022-12-30", tz=UTC)
+    weekly = days.append(pd.date_range("2023-01-06", "2023-12-29", freq="W-FRI", tz=UTC))
+    daily = days.append(pd.bdate_range("2023-01-02", "2023-12-29", tz=UTC))
+    frames = [make_frame(len(t), s, "1D").assign(timestamp=t) for s, t in (("WEEKLY", weekly), ("DAILY", daily))]
+    _, rep = clean(pd.concat(frames, ignore_index=True))
+    changes = [(c["symbol"], c["at"], c["to_s"] / 86_400) for c in rep.bar_changes]
+    assert changes == [("WEEKLY", str(weekly[len(days)]), 7)]
+    for quiet in (real_raw, two_symbols()):  # daily bars over 31 years of holidays; hourly bars
+        assert "bar_change" not in clean(quiet)[1].totals()
+
+
 def plant_splits(raw: pd.DataFrame, spin_off: bool = False) -> tuple[pd.DataFrame, dict[str, pd.Timestamp]]:
     """A 2-for-1 split of MSFT in 2005 and a 1-for-3 reverse split of SP500 in 2010: every price from that day
     on divided by 2 (x3), every volume multiplied by 2 (/3), as an unadjusted feed prints them. `spin_off`: also

@@ -21,6 +21,7 @@ from tradelib.data import sessions
 from tradelib.data.detect import (
     back_adjustment,
     bad_print_rows,
+    bar_changes,
     bar_sizes_ns,
     corporate_action_rows,
     run_starts,
@@ -300,6 +301,16 @@ def _ohlc_outside_range(w: Work) -> Verdict:
     return Verdict(above | below, repair={k: (rows, v[rows]) for k, rows, v in sides if rows.any()})
 
 
+def _bar_change(w: Work) -> Verdict:
+    """Where a symbol's bars change size and stay changed (`bar_changes`): the series restarts there, so no window
+    mixes 1-minute and 5-minute rows; the quality report names the symbol, the time and the two sizes. Bars are
+    counted in the symbol's one bar size (its most common step), so the targets of a coarser stretch span missing
+    bars and are masked: that is what the report's line warns of."""
+    rows = np.zeros(len(w.a["ts"]), dtype=bool)
+    rows[[c[0] for c in bar_changes(w.a["code"], w.a["ts"], w.bar)]] = True
+    return Verdict(rows)
+
+
 def _corporate_action(w: Work) -> Verdict:
     """A split-like jump that stays (`corporate_action_rows`). flag: counted only; mask: the series restarts
     there (segments.segment_ids), so no feature, window or target spans it; adjust: the prices before it
@@ -335,13 +346,22 @@ def _price_spike(w: Work) -> Verdict:
     features at t keep the print a live feed showed (repairing it needs the next bar, after t); the targets
     and returns that start or end at it are masked on the label side (features.targets)."""
     breaks = w.new_symbol | w.gap
-    if w.settings.corporate_actions == "mask" and "corporate_action" in w.flags:
-        breaks |= w.flags["corporate_action"]  # where the features' segments break: what targets would find
+    restart = _restart(w)
+    if restart is not None:
+        breaks |= restart  # where the features' segments break: what targets would find
     return Verdict(spike_rows(w.a["close"], w.a["code"], breaks, w.settings.spike_sigmas))
 
 
 def _long_gaps(w: Work) -> Verdict:
     return Verdict(w.gap)
+
+
+def _restart(w: Work) -> np.ndarray | None:
+    """Rows where the series restarts (a new feature segment): bar size changes, and corporate actions where
+    corporate_actions is mask; None where there is none."""
+    found = [w.flags[k] for k in ("bar_change", "corporate_action") if k in w.flags
+             and (k == "bar_change" or w.settings.corporate_actions == "mask")]
+    return np.logical_or.reduce(found) if found else None
 
 
 @dataclass(frozen=True)
@@ -374,6 +394,9 @@ RULES: tuple[Rule, ...] = (
          "(missing)", _bad_print),
     Rule("high_below_low", "changed", "swapped", _high_below_low),
     Rule("ohlc_outside_range", "changed", "high/low widened to contain open and close", _ohlc_outside_range),
+    Rule("bar_change", "kept", "the symbol's bars change size and stay changed (20 steps or more in a row, none its "
+         "bar size, most of them one other size: 1-minute bars that become 5-minute ones); the series restarts "
+         "there, and the quality summary names the symbol, the time and the sizes", _bar_change),
     Rule("corporate_action", "kept", "a split-like jump from the last close to the open that stays (ratio of 2 to "
          "8, 10, 12, 15, 20, 25, 30, 40, 50, 100 or their inverses to within 1% or 2 trailing sigmas of a move over "
          "its step, at most 7% of its log; or beyond split_sigmas such sigmas, off by default); corporate_actions: "
@@ -401,7 +424,7 @@ class CleanShard:
     symbols: np.ndarray
     keep: dict[str, np.ndarray] = field(default_factory=dict)
     bar: np.ndarray | None = None  # bar size in ns per symbol code (bar_sizes_ns of these rows), when known
-    restart: np.ndarray | None = None  # rows where the series restarts (corporate actions, corporate_actions mask)
+    restart: np.ndarray | None = None  # rows where the series restarts (bar size changes; corporate actions, mask)
 
     def __len__(self) -> int:
         return len(self.a["ts"])
@@ -563,8 +586,7 @@ def clean_parts(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, 
         if done is None:
             return None
         w, rows_in = done
-        restart = w.flags.get("corporate_action") if s.corporate_actions == "mask" else None
-        return _shard_part(w, rows_in), CleanShard(w.a, symbols, w.keep, w.bar, restart)
+        return _shard_part(w, rows_in), CleanShard(w.a, symbols, w.keep, w.bar, _restart(w))
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         done = list(pool.map(one, range(len(shards))))
@@ -585,9 +607,9 @@ def clean_ohlcv(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, 
     ...). `keep` names extra columns carried along row-aligned (e.g. the synthetic `oracle`). No rule looks
     at other symbols' values, so the frame is cleaned in shards of whole symbols on several cores (`clean_parts`);
     the calendar the long gaps are counted on (the days traded, and whether every day of the week is one) is
-    gathered from all shards before the CALENDAR_RULES run; the result does not depend on how it was cut. Where
-    corporate_actions is mask and one was found, the frame has a boolean column `restart` (True where the series
-    restarts).
+    gathered from all shards before the CALENDAR_RULES run; the result does not depend on how it was cut. Where a
+    symbol's bars change size, or corporate_actions is mask and one was found, the frame has a boolean column
+    `restart` (True where the series restarts).
     """
     source = source or str(raw.attrs.get("source", ""))
     with without_huge_pages():  # the clean frame's columns' first touch stalls on them too (0.5 of 1.7 s at 10M rows)
@@ -622,7 +644,10 @@ def _shard_part(w: Work, rows_in: int) -> dict:
     symbols, code, bar = w.symbols, w.a["code"], w.bar
     kept = code[run_starts(code)]  # sorted: the distinct codes
     per = np.bincount(code[w.gap], minlength=len(symbols)) if w.calendar is not None else np.zeros(0, np.int64)
+    changes = bar_changes(code, w.a["ts"], bar) if "bar_change" in w.flags else []  # (rare: found again)
     return {"rows_in": rows_in, "rows_kept": len(code),
+            "bar_changes": [{"symbol": str(symbols[code[r]]), "at": str(pd.Timestamp(int(w.a["ts"][r]), tz="UTC")),
+                             "from_s": a / 1e9, "to_s": b / 1e9, "rows": int(k)} for r, a, b, k in changes],
             "counts": [[*key, c["action"], c["rule"], c["rows"]] for key, c in zip(w.keys, w.counts)],
             "bar_size_s": {str(symbols[i]): (float(bar[i]) / 1e9 if bar[i] > 0 else None) for i in kept},
             "gaps": {str(symbols[i]): int(per[i]) for i in np.flatnonzero(per)},

@@ -19,6 +19,8 @@ SPIKE_MAX_RESIDUAL = 0.25  # the return out undoes the return in to within a qua
 SPIKE_MIN_RETURNS = 10  # robust sigma needs at least this many non-zero returns per symbol
 SPIKE_WINDOW = 1000  # robust sigma of bar t: the median |r| of the symbol's previous block of this many returns
 BAR_MODE_SHARE = 0.1  # the most common bar diff is the bar size when it covers >= 10% of diffs, else median
+BAR_CHANGE_STEPS = 20  # a bar size change: this many steps in a row, none the symbol's bar size, ...
+BAR_CHANGE_SHARE = 0.5  # ... and at least this share of them one other step (a coarser or finer bar that stays)
 LEVEL_BLOCK = 64  # a bad print's level: the median of the symbol's previous block of this many rows
 LEVEL_MIN_ROWS = 5  # ... or, in a symbol's first block, of at least this many earlier rows
 SPLIT_RATIOS = (2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40, 50, 100)  # a corporate action's jump: one of
@@ -75,6 +77,37 @@ def bar_sizes_ns(codes: np.ndarray, ts: np.ndarray, n_sym: int) -> np.ndarray:
         med = pd.Series(d[sel]).groupby(c[sel]).median()
         out[med.index.to_numpy()] = med.to_numpy().astype(np.int64)
     return out
+
+
+def bar_changes(codes: np.ndarray, ts: np.ndarray, bar: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Where a symbol's bars change size and stay changed (1-minute bars that become 5-minute ones, daily that
+    become weekly): per change (row, the step before it, the step from it, rows from it to the next change or the
+    symbol's end), steps in ns. A stretch of BAR_CHANGE_STEPS or more steps in a row none of which is the symbol's
+    bar size (`bar`, per code: its most common step), at least BAR_CHANGE_SHARE of them one other step, begins at
+    its first row (unless that is the symbol's first row) and ends where the bar size comes back. A night, a
+    weekend or a hole is one step, and the steps of irregular bars share no one size. Rows sorted by (code, ts)."""
+    n = len(ts)
+    if n < 2:
+        return []
+    d = np.diff(ts)
+    same = codes[1:] == codes[:-1]
+    other = same & (d != bar[codes[1:]])  # steps i: from row i to row i + 1
+    edges = np.flatnonzero(np.diff(np.r_[0, other.astype(np.int8), 0]))
+    out = []
+    for s0, s1 in zip(edges[::2].tolist(), edges[1::2].tolist()):
+        if s1 - s0 < BAR_CHANGE_STEPS:
+            continue
+        values, counts = np.unique(d[s0:s1], return_counts=True)
+        if counts.max() < BAR_CHANGE_SHARE * (s1 - s0):
+            continue
+        size, usual = int(values[counts.argmax()]), int(bar[codes[s0 + 1]])
+        if s0 > 0 and same[s0 - 1]:  # the stretch begins after the symbol's first row
+            out.append((s0 + 1, usual, size))
+        if s1 < n - 1 and same[s1]:  # the bar size comes back
+            out.append((s1 + 1, size, usual))
+    ends = np.searchsorted(codes, codes[[r for r, _, _ in out]], side="right")
+    nxt = [r for r, _, _ in out[1:]] + [n]
+    return [(r, a, b, int(min(e, x)) - r) for (r, a, b), e, x in zip(out, ends.tolist(), nxt)]
 
 
 def _majority_steps(c: np.ndarray, d_ms: np.ndarray, n_sym: int) -> np.ndarray | None:

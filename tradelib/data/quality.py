@@ -85,6 +85,7 @@ class QualityReport:
     extra_columns: list[str] = field(default_factory=list)
     bar_size_s: dict[str, float | None] = field(default_factory=dict)
     gaps: dict[str, int] = field(default_factory=dict)  # long gaps per symbol (only symbols with any)
+    bar_changes: list[dict] = field(default_factory=list)  # {"symbol", "at", "from_s", "to_s", "rows"}: bar_change
     ranges_before: dict = field(default_factory=dict)
     ranges_after: dict = field(default_factory=dict)
     load_notes: dict = field(default_factory=dict)  # facts from load_ohlcv: files, formats, non-numeric cells
@@ -117,10 +118,33 @@ class QualityReport:
                 top = sorted(agg.items(), key=lambda kv: -kv[1])[:6]
                 label = {"kept": "flagged (kept)"}.get(action, action)
                 lines.append(f"  {label}: " + ", ".join(f"{r} {n:,}" for r, n in top))
+        lines += ["  " + line for line in bar_change_lines(self.bar_changes, self.bar_size_s)]
         if self.extra_columns:
             lines.append("  ignored columns: " + ", ".join(self.extra_columns))
         lines += [f"  timestamps: {note}" for note in self.load_notes.get("timestamp_notes", [])]
         return "\n".join(lines)
+
+
+def bar_change_lines(changes: list[dict], bar_size_s: dict[str, float | None]) -> list[str]:
+    """A line per bar size change (`QualityReport.bar_changes`: the series restarts there): the symbol, the time and
+    the two sizes. Its bars are still counted in the symbol's one bar size, so a coarser stretch's targets may span
+    missing bars and be masked: said, since 01's count of masked targets alone does not say why."""
+    lines = []
+    for c in changes:
+        bar = bar_size_s.get(c["symbol"]) or c["from_s"]
+        masked = (f"; counted in {duration(bar)} bars, a target over a step of more than one (by the clock, or "
+                  f"sessions others traded) is masked" if c["to_s"] > bar else "")
+        lines.append(f"bar size changes: {c['symbol']} from {c['at']}, {duration(c['from_s'])} bars become "
+                     f"{duration(c['to_s'])} ({c['rows']:,} rows; the series restarts there{masked})")
+    return lines
+
+
+def duration(seconds: float) -> str:
+    """A bar size in words: 1 min, 5 min, 4 h, 1 d, 30 s."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
 
 
 def _merged_counts(parts: list[dict]) -> list[dict]:
@@ -153,6 +177,7 @@ def quality_report(parts: list[dict], raw: pd.DataFrame, source: str, keep: tupl
         extra_columns=extra,
         bar_size_s={k: v for p in parts for k, v in p["bar_size_s"].items()},
         gaps={k: v for p in parts for k, v in p["gaps"].items()},
+        bar_changes=[c for p in parts for c in p.get("bar_changes", [])],
         ranges_before=_merge_ranges([p["before"] for p in parts] or [empty]),
         ranges_after=_merge_ranges([p["after"] for p in parts] or [empty]),
         load_notes=load_notes,

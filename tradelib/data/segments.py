@@ -16,8 +16,8 @@ from tradelib.data.detect import run_starts
 def segment_ids(codes: np.ndarray, gap: np.ndarray, restart: np.ndarray | None = None) -> np.ndarray:
     """0, 1, ... numbering the segments of rows in (symbol, time) order, as int32: a new one at every symbol change,
     `gap` row (one that follows a step longer than max_gap_bars bars of the market's calendar:
-    `sessions.long_gap_rows`, what cleaning's long_gap rule counts) and `restart` row (cleaning's masked corporate
-    actions)."""
+    `sessions.long_gap_rows`, what cleaning's long_gap rule counts) and `restart` row (cleaning's bar size changes and
+    masked corporate actions)."""
     new = run_starts(codes) | gap
     if restart is not None:
         new |= restart
