@@ -184,6 +184,27 @@ def test_a_placeholder_in_a_decimal_comma_file_is_the_one_counted_bad_cell(tmp_p
     assert len(clean) == 19 and [(c["rule"], c["rows"]) for c in rep.counts] == [("bad_close", 1)]
 
 
+def test_a_decimal_comma_file_whose_first_row_has_whole_numbers_reads_every_row(tmp_path):
+    """A `;` export whose first bar is quoted in whole numbers (38000) and some later closes with a decimal comma
+    (38001,5): the first row with a fraction settles the decimal mark, not the first row alone, where the closes
+    '38001,5' were not numbers and 60 of the 300 rows were dropped as bad_close."""
+    rows = [f"{pd.Timestamp('2024-01-01') + pd.Timedelta(days=d):%Y-%m-%d};{38000 + d % 7};{38010 + d % 7};"
+            f"{37990 + d % 7};{38000 + d % 7}{',5' if d % 5 == 1 else ''};5000" for d in range(300)]
+    path = tmp_path / "NI225.csv"
+    path.write_text("\n".join([EU_HEAD, *rows]) + "\n")
+    raw = load_ohlcv(path, date_format="")
+    expected = pd.read_csv(path, sep=";", decimal=",")
+    assert raw.attrs["decimal_comma"] == ["NI225.csv"] and raw.attrs["non_numeric"] == {}
+    np.testing.assert_array_equal(raw.close, expected.Close)
+    assert raw.close[1] == 38001.5
+    assert len(clean_ohlcv(raw)[0]) == 300
+    # the first row with a fraction settles the mark: decimal points, then a volume with a thousands comma
+    rows = [f"2024-01-{d + 1:02d};100.35;101.20;99.80;100.90;{'950' if d < 5 else '1,200'}" for d in range(20)]
+    path.write_text("\n".join([EU_HEAD, *rows]) + "\n")
+    with pytest.raises(DataError, match="'1,200' have ',' between groups of three digits"):
+        load_ohlcv(path, date_format="")
+
+
 @pytest.mark.parametrize("cells,sep,example", [
     ({"volumes": [f"{23 + d}.300" for d in range(20)]}, ";", "'23.300'"),  # 23,300 units: read as 23.3 it was
     ({"volumes": ["950", "1.200"] * 10}, ";", "'1.200'"),

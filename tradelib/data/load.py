@@ -45,6 +45,7 @@ PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 # positive is a possible market (a token at 1e-20 trading 1e20 units); outliers are judged against the symbol's
 # own scale (price_spike).
 MAX_BAD_SHARE = 0.5  # when more than this share of a column is unparseable the file is rejected
+DECIMAL_SAMPLE_BYTES = 1 << 20  # a CSV's decimal mark: its first row with a fraction within its first MiB
 DATE_ORDER_RATIO = 1.5  # day-first vs month-first: the chosen reading's grid regularity is at least 1.5x the other's
 EPOCH_MIN = pd.Timestamp("1973-01-01", tz="UTC")  # epoch numbers read before it are refused: not told apart
 EXCEL_SERIALS = (1e4, 1e5)  # numbers in this range look like Excel serial days (1927 .. 2173)
@@ -109,12 +110,11 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
         try:
             opener = gzip.open if suffix.endswith(".gz") else open
             with opener(path, "rt", encoding="utf-8-sig") as f:
-                first, second = f.readline(), f.readline()
+                first, rows = f.readline(), f.readlines(DECIMAL_SAMPLE_BYTES)
             seps = [",", ";", "\t", "|"]
             sep = "\t" if suffix.startswith(".tsv") else max(seps, key=first.count)
-            # "187,15" in a file whose fields are not comma-separated: a decimal comma (European exports)
-            decimal = "," if sep != "," and re.search(r"\d,\d", second) else "."
-            if not second:  # a header and nothing else
+            decimal = _decimal_mark(rows, sep)
+            if not rows:  # a header and nothing else
                 raise DataError(f"{path}: no rows")
             df = _to_pandas(lambda: _read_csv(path, sep, decimal, first, date_format), date_as_object=False)
             df.attrs["decimal_comma"] = decimal == ","
@@ -128,6 +128,20 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
     if len(df) == 0:
         raise DataError(f"{path}: no rows")
     return df
+
+
+def _decimal_mark(rows: list[str], sep: str) -> str:
+    """',' where the first of these rows to write a number with a fraction writes it with a comma ('187,15'), in a
+    file whose fields are not comma-separated (European exports); else '.'. A row of whole numbers (38000) or of
+    dates alone ('02.01.2024') settles nothing: the next one is read."""
+    if sep == ",":
+        return "."
+    for row in rows:
+        if re.search(r"\d,\d", row):
+            return ","
+        if any(re.fullmatch(r'\s*"?[+-]?\d*\.\d+(?:[eE][+-]?\d+)?"?\s*', cell) for cell in row.split(sep)):
+            return "."
+    return "."
 
 
 def _to_pandas(read: Callable, **options) -> pd.DataFrame:
