@@ -275,6 +275,39 @@ def test_out_of_range_timestamps_in_other_formats(tmp_path, fmt):
     assert raw.attrs["bad_timestamps"] == 1 and raw.timestamp.isna().sum() == 1
 
 
+@pytest.mark.parametrize("digits,fmt", [(12, "%Y%m%d%H%M"), (14, "%Y%m%d%H%M%S")])
+@pytest.mark.parametrize("kind", ["csv", "parquet", "csv_with_a_gap"])
+def test_date_and_time_written_as_one_integer_are_read_as_digits(tmp_path, digits, fmt, kind):
+    """Minute bars stamped 202401020930 (yyyymmddHHMM, as some vendors write them) were read as epoch
+    milliseconds: 1976-05-31 14:30:20.930, 1-millisecond bars, nothing said; 20240102093000 (yyyymmddHHMMSS) was
+    refused as unparseable. Both now read as the dates and times they spell (a missing cell too: a float column)."""
+    df = bars(300, start="2024-01-02 09:30", freq="1min")
+    stamps = df.timestamp.dt.strftime(fmt).astype("int64")
+    assert len(str(stamps[0])) == digits
+    date = stamps.astype("float64").where(stamps.index != 7) if kind == "csv_with_a_gap" else stamps
+    path = tmp_path / f"x.{'parquet' if kind == 'parquet' else 'csv'}"
+    table = df.drop(columns="timestamp").assign(Date=date)
+    table.to_parquet(path) if kind == "parquet" else table.to_csv(path, index=False)
+    raw = load_ohlcv(path, date_format="")
+    expected = pd.to_datetime(stamps.astype("str"), format=fmt, utc=True).astype("datetime64[ns, UTC]")
+    if kind == "csv_with_a_gap":
+        assert raw.attrs["bad_timestamps"] == 1 and raw.timestamp.isna().sum() == 1
+        expected = expected.drop(index=7).reset_index(drop=True)
+        raw = raw.dropna(subset=["timestamp"]).reset_index(drop=True)
+    pd.testing.assert_series_equal(raw.timestamp, expected, check_names=False)
+    assert raw.attrs["timestamp_format"] == [{12: "yyyymmddHHMM", 14: "yyyymmddHHMMSS"}[digits]]
+
+
+def test_epoch_milliseconds_of_the_1970s_are_not_read_as_digits(tmp_path):
+    """Epoch ms of 1975 have 12 digits too, but most do not spell a date and time: they stay epoch ms."""
+    ts = pd.date_range("1975-03-01", periods=200, freq="1h", tz="UTC")
+    df = bars(200).drop(columns="timestamp").assign(time=(ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "ms"))
+    df.to_csv(tmp_path / "x.csv", index=False)
+    raw = load_ohlcv(tmp_path / "x.csv", date_format="")
+    assert raw.attrs["timestamp_format"] == ["epoch_ms"]
+    pd.testing.assert_series_equal(raw.timestamp, pd.Series(ts, name="timestamp").astype("datetime64[ns, UTC]"))
+
+
 @pytest.mark.parametrize("kind", ["excel_csv", "excel_parquet", "excel_with_a_text_cell", "epoch_1971"])
 def test_epoch_seconds_before_1973_are_refused_and_excel_serials_named(tmp_path, kind):
     """Excel serial days (44928 is 2023-01-02) read as epoch seconds were 1970-01-01 12:28 onwards: 300 daily bars

@@ -48,6 +48,7 @@ MAX_BAD_SHARE = 0.5  # when more than this share of a column is unparseable the 
 DECIMAL_SAMPLE_BYTES = 1 << 20  # a CSV's decimal mark: its first row with a fraction within its first MiB
 DATE_ORDER_RATIO = 1.5  # day-first vs month-first: the chosen reading's grid regularity is at least 1.5x the other's
 EPOCH_MIN = pd.Timestamp("1973-01-01", tz="UTC")  # epoch numbers read before it are refused: not told apart
+DIGIT_FORMATS = {12: ("%Y%m%d%H%M", "yyyymmddHHMM"), 14: ("%Y%m%d%H%M%S", "yyyymmddHHMMSS")}  # date, time: one number
 EXCEL_SERIALS = (1e4, 1e5)  # numbers in this range look like Excel serial days (1927 .. 2173)
 NS_MIN, NS_MAX = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")  # datetime64[ns] range
 NA_STRINGS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
@@ -248,6 +249,14 @@ def _parse_numeric_time(s: pd.Series, where: str) -> tuple[pd.Series, str]:
     if fin.min() >= 1e7 and fin.max() < 1e8 and np.median(fin) < 3e7 and np.all(fin == np.round(fin)):
         txt = s.astype("Int64").astype("str")
         return pd.to_datetime(txt, format="%Y%m%d", utc=True, errors="coerce"), "yyyymmdd"
+    # a date and time as one integer, 202401020930 or 20240102093000 (12 or 14 digits, read as epoch ms they were
+    # 1976 or past 2262): taken where nearly every value spells one, as epoch ms of 1973-1979 mostly do not
+    for digits, (fmt, name) in DIGIT_FORMATS.items():
+        if 10 ** (digits - 1) <= fin.min() and fin.max() < 10**digits and np.median(fin) < 3 * 10 ** (digits - 1) \
+                and np.all(fin == np.round(fin)):
+            ts = pd.to_datetime(s.astype("Int64").astype("str"), format=fmt, utc=True, errors="coerce")
+            if ts.isna().sum() - (len(s) - len(fin)) <= MAX_BAD_SHARE / 10 * len(fin):
+                return ts, name
     unit = _epoch_unit(fin)
     if unit == "s" and np.median(fin) < EPOCH_MIN.timestamp():
         raise DataError(_before_1973(fin, where))
