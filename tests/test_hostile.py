@@ -427,6 +427,46 @@ def test_unusable_files(tmp_path, capsys, content, problem):
     assert code == 2 and str(path) in line and problem in line
 
 
+@pytest.mark.parametrize("layout", ["symbols", "time_of_day"])
+def test_several_bars_per_timestamp_in_a_file_without_a_symbol_column_are_refused(tmp_path, capsys, layout):
+    """Kaggle's all_stocks_5yr.csv names its ticker column 'Name', not an alias: the file was read as one symbol,
+    its three stocks' bars of each day as duplicates of one series (600 of 900 rows dropped, the kept closes a mix
+    of the three). Hourly bars with their time of day in 'Time (UTC)', not 'time', kept one bar a day (230 of 240
+    dropped). A file without a symbol column whose timestamps recur with other closes is refused, naming the file
+    and its text columns; with the column named 'symbol' (or 'time') it loads every row."""
+    if layout == "symbols":
+        df = pd.concat([bars(300, seed=i, price=p).assign(Name=n) for i, (n, p) in
+                        enumerate([("AAL", 40.0), ("AAPL", 100.0), ("MSFT", 300.0)])], ignore_index=True)
+        df, column, name, recur = df.assign(timestamp=df.timestamp.dt.strftime("%Y-%m-%d")), "Name", "symbol", 300
+    else:
+        df = bars(240, freq="1h")
+        df.insert(1, "Time (UTC)", df.timestamp.dt.strftime("%H:%M"))
+        df = df.assign(timestamp=df.timestamp.dt.strftime("%Y-%m-%d")).rename(columns={"timestamp": "Date"})
+        column, name, recur = "Time (UTC)", "time", 10
+    path = tmp_path / "x.csv"
+    df.to_csv(path, index=False)
+    code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
+    line = one_error(err)
+    assert code == 2 and str(path) in line and f"{recur} of {recur} timestamps" in line and f"'{column}'" in line
+    assert f"name it '{name}'" in line
+    df.rename(columns={column: name}).to_csv(path, index=False)
+    raw = load_ohlcv(path, date_format="")
+    assert len(raw) == len(df) and raw.groupby(["symbol", "timestamp"]).size().max() == 1
+
+
+def test_repeated_rows_of_one_series_still_load_and_are_counted(tmp_path):
+    """A file of one series with a stretch written twice (two overlapping downloads appended), and a bar
+    corrected once: the same closes recur, not other series: loaded, and cleaning counts the duplicates."""
+    df = bars(300)
+    again = df.iloc[100:200].copy()
+    again.loc[150, "close"] *= 1.001
+    path = write_csv(tmp_path / "AAA.csv", pd.concat([df, again], ignore_index=True), date_fmt="%Y-%m-%d")
+    raw = load_ohlcv(path, date_format="")
+    assert len(raw) == 400 and (raw.symbol == "AAA").all()
+    clean, rep = clean_ohlcv(raw)
+    assert len(clean) == 300 and {(c["rule"], c["rows"]) for c in rep.counts} >= {("duplicate", 100)}
+
+
 def test_no_rows_left_names_the_file_and_the_rules(tmp_path, capsys):
     df = bars(100)
     df.loc[:59, "close"] = -1.0

@@ -493,10 +493,32 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
             if len(frame) == 0:
                 raise DataError(f"{path}: no rows for symbol '{symbol}' in column '{found['symbol']}'")
     else:
+        _one_series(frame, df, path, tcol, [c for c in df.columns if c not in found.values()])
         frame.insert(1, "symbol", symbol if symbol is not None else _stem(path))
     frame["symbol"] = frame["symbol"].astype("str")
     facts["extra_columns"] = [str(c) for c in df.columns if c not in found.values()]
     return frame, facts
+
+
+def _one_series(frame: pd.DataFrame, df: pd.DataFrame, path: Path, tcol: str, extra: list) -> None:
+    """A file without a symbol column is one series of one bar per timestamp: where more than half its timestamps
+    recur with another close, it is not (a symbol column under a name that is no alias, such as Kaggle's 'Name', or
+    the time of day in a column not joined to the date), and all but the last row of each timestamp would be
+    dropped as duplicates. Refused, naming the file's text columns. Rows repeated with the same close (an overlap
+    written twice) are duplicates: cleaning counts them."""
+    t = ns_since_epoch(frame["timestamp"])
+    if len(t) < 2 or (t[1:] > t[:-1]).all():  # (the usual file: in time order, each time once)
+        return
+    rows = pd.DataFrame({"t": t, "close": frame["close"].to_numpy()})[t != np.iinfo(np.int64).min]
+    per_time = rows[rows["t"].duplicated(keep=False)].groupby("t")["close"].nunique(dropna=False)
+    recur, times = int((per_time > 1).sum()), int(rows["t"].nunique())
+    if recur > MAX_BAD_SHARE * times:
+        text = [f"'{c}'" for c in extra if not pd.api.types.is_numeric_dtype(df[c].dtype)]
+        which = f"if {' or '.join(text)} holds" if text else "if a column holds"
+        raise DataError(f"{path}: no symbol column, and {recur} of {times} timestamps (column '{tcol}') recur with "
+                        f"another close: read as one series, all but the last row of each would be dropped as "
+                        f"duplicates; {which} the symbols, name it 'symbol' (or ticker, asset, instrument), or the "
+                        f"time of day, name it 'time' and the dates' column 'date'")
 
 
 def ns_since_epoch(t) -> np.ndarray:
