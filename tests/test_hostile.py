@@ -467,6 +467,27 @@ def test_repeated_rows_of_one_series_still_load_and_are_counted(tmp_path):
     assert len(clean) == 300 and {(c["rule"], c["rows"]) for c in rep.counts} >= {("duplicate", 100)}
 
 
+@pytest.mark.parametrize("twice", ["Close", "Date", "Time", "Adj Close"])
+def test_a_column_named_twice_is_named_or_ignored(tmp_path, capsys, twice):
+    """A header naming a column it reads twice (two exports joined side by side) ended in 'internal error:
+    AttributeError: 'DataFrame' object has no attribute 'dtype'', exit 1, no file or column named: now one line
+    naming both, exit 2. A column it ignores ('Adj Close') may come twice."""
+    df = bars(50, freq="1h")
+    table = pd.DataFrame({"Date": df.timestamp.dt.strftime("%Y-%m-%d"), "Time": df.timestamp.dt.strftime("%H:%M"),
+                          "Open": df.open, "High": df.high, "Low": df.low, "Close": df.close,
+                          "Adj Close": df.close, "Volume": df.volume})
+    table.insert(len(table.columns), f"{twice}.1", table[twice])
+    path = tmp_path / "joined.csv"
+    path.write_text(table.to_csv(index=False).replace(f",{twice}.1\n", f",{twice}\n", 1))
+    assert path.read_text().splitlines()[0].count(twice) == (3 if twice == "Close" else 2)
+    if twice == "Adj Close":
+        np.testing.assert_allclose(load_ohlcv(path, date_format="").close, df.close, rtol=1e-12)
+        return
+    code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
+    line = one_error(err)
+    assert code == 2 and f"{path}: column '{twice}' appears 2 times in the header" in line
+
+
 def test_no_rows_left_names_the_file_and_the_rules(tmp_path, capsys):
     df = bars(100)
     df.loc[:59, "close"] = -1.0

@@ -432,6 +432,16 @@ def _numbers_from_text(col: pd.Series, decimal_comma: bool, where: str) -> pd.Se
     return pd.to_numeric(text.str.replace(",", ".", regex=False), errors="coerce")
 
 
+def _column(df: pd.DataFrame, name: str, path: Path) -> pd.Series:
+    """A column the load reads; one its header names twice (two exports joined side by side) is refused, naming
+    it, where pandas gives a frame of both."""
+    col = df[name]
+    if isinstance(col, pd.DataFrame):
+        raise DataError(f"{path}: column '{name}' appears {col.shape[1]} times in the header: keep one of them (or "
+                        f"rename the others)")
+    return col
+
+
 def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_format: str
                       ) -> tuple[pd.DataFrame, dict]:
     """One file's table -> canonical columns (unsorted, nothing repaired) and facts for the report."""
@@ -444,14 +454,14 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
         raise DataError(f"{path}: missing required {what} {names} (found: {cols})")
 
     tcol = found["timestamp"]
-    raw_t = df[tcol]
+    raw_t = _column(df, tcol, path)
     if _norm(tcol) == "date":  # a separate time-of-day column belongs to the date
         by_norm = {_norm(c): c for c in df.columns}
         if "time" in by_norm and by_norm["time"] not in found.values():
             found["time_of_day"] = by_norm["time"]
-            clock = _time_of_day(df[by_norm["time"]], where=f"{path}: column '{by_norm['time']}'")
+            clock = _time_of_day(_column(df, by_norm["time"], path), where=f"{path}: column '{by_norm['time']}'")
             raw_t = _as_text(raw_t) + " " + clock
-    groups = df[found["symbol"]] if "symbol" in found else None
+    groups = _column(df, found["symbol"], path) if "symbol" in found else None
     ts, fmt, note = _parse_time(raw_t, date_format, groups, where=f"{path}: column '{tcol}'")
     ts = _to_ns(ts)
     bad = ts.isna().to_numpy()
@@ -467,7 +477,7 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
     facts: dict = {"timestamp_format": fmt, "timestamp_note": note, "bad_timestamps": n_bad, "non_numeric": {},
                    "decimal_comma": bool(df.attrs.get("decimal_comma"))}
     for c in NUM_COLS:
-        col = df[found[c]]
+        col = _column(df, found[c], path)
         if col.dtype == np.float64:  # NaN already: no copy
             v = col.to_numpy()
         elif pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
@@ -485,7 +495,7 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
         out[c] = v
     frame = pd.DataFrame(out, copy=False)  # (a dict of arrays is copied into one block by default)
     if "symbol" in found:
-        col = df[found["symbol"]]
+        col = _column(df, found["symbol"], path)
         sym = col.astype("str").str.strip().mask(col.isna())  # missing stays missing: rule bad_symbol
         frame.insert(1, "symbol", sym.array)
         if symbol is not None:
@@ -513,7 +523,8 @@ def _one_series(frame: pd.DataFrame, df: pd.DataFrame, path: Path, tcol: str, ex
     per_time = rows[rows["t"].duplicated(keep=False)].groupby("t")["close"].nunique(dropna=False)
     recur, times = int((per_time > 1).sum()), int(rows["t"].nunique())
     if recur > MAX_BAD_SHARE * times:
-        text = [f"'{c}'" for c in extra if not pd.api.types.is_numeric_dtype(df[c].dtype)]
+        text = list(dict.fromkeys(f"'{c}'" for c, dtype in zip(df.columns, df.dtypes)
+                                  if c in extra and not pd.api.types.is_numeric_dtype(dtype)))
         which = f"if {' or '.join(text)} holds" if text else "if a column holds"
         raise DataError(f"{path}: no symbol column, and {recur} of {times} timestamps (column '{tcol}') recur with "
                         f"another close: read as one series, all but the last row of each would be dropped as "
