@@ -403,6 +403,22 @@ def test_one_corrupt_file_in_a_per_symbol_folder_is_named(tmp_path, capsys):
     assert code == 0 and counts(out) == (360, 360, 0)
 
 
+def test_office_lock_files_in_a_per_symbol_folder_are_ignored(tmp_path):
+    """AAA.csv open in Excel leaves its owner file '~$AAA.csv' (165 bytes: the user's name) beside it, and
+    LibreOffice '.~lock.AAA.csv#': the folder stopped with '~$AAA.csv: no rows', a file the user never wrote.
+    Both are ignored, as hidden files are, and not hashed into the cache key."""
+    folder = tmp_path / "daily"
+    folder.mkdir()
+    df = bars(120)
+    write_csv(folder / "AAA.csv", df, date_fmt="%Y-%m-%d")
+    (folder / "~$AAA.csv").write_bytes((b"\x05alice" + b" " * 48 + b"\x05\x00" + "alice".encode("utf-16-le"))
+                                        .ljust(165, b" "))
+    (folder / ".~lock.AAA.csv#").write_text(",alice,host,07.12.2026 21:00,file:///home/alice/.config;")
+    raw = load_ohlcv(folder, date_format="")
+    assert len(raw) == 120 and raw.attrs["skipped_files"] == []
+    np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
+
+
 def test_two_files_of_one_stem_in_a_folder_are_refused_naming_both(tmp_path):
     """AAA.csv and AAA.parquet (two series, 3x apart) would both be symbol AAA: merged, the one's rows would be
     read as duplicates of the other's. Refused, naming both files."""

@@ -591,13 +591,14 @@ def unsorted_rows(ts: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 def data_files(path: Path) -> tuple[list[Path], list[Path]]:
     """The files `load_ohlcv` reads from `path` and the ones it skips (a folder: its CSV/Parquet files, not
-    sub-folders or hidden files). The feature cache hashes exactly these."""
+    sub-folders, hidden files or the owner file '~$AAA.csv' Excel leaves beside a file it has open). The feature
+    cache hashes exactly these."""
     if not path.is_dir():
         return [path], []
     files: list[Path] = []
     skipped: list[Path] = []
     for p in sorted(path.iterdir()):
-        if p.name.startswith(".") or p.is_dir():
+        if p.name.startswith((".", "~$")) or p.is_dir():
             continue
         (files if _suffix(p) in CSV_SUFFIXES + PARQUET_SUFFIXES else skipped).append(p)
     return files, skipped
