@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -882,6 +883,16 @@ def test_directory_of_per_symbol_files(tmp_path):
     assert rep.source == str(tmp_path) and rep.load_notes["skipped_files"] == ["README.txt"]
     assert_clean(out)
     assert {p.name: sha(p) for p in tmp_path.iterdir()} == digests  # raw files are never modified
+
+
+def test_symbol_on_a_folder_is_refused_not_ignored(tmp_path):
+    """`symbol=` names or selects within one file; on a folder it was ignored without a word (asked for AAA, every
+    symbol came back). Refused, naming the folder and the file to read instead."""
+    make_frame(30, seed=1).drop(columns="symbol").to_csv(tmp_path / "AAA.csv", index=False)
+    make_frame(20, seed=2).drop(columns="symbol").to_csv(tmp_path / "BBB.csv", index=False)
+    with pytest.raises(DataError, match=f"^{re.escape(str(tmp_path))}: symbol='AAA' .* a folder"):
+        load_ohlcv(tmp_path, symbol="AAA", date_format="")
+    assert (load_ohlcv(tmp_path / "AAA.csv", symbol="AAA", date_format="").symbol == "AAA").all()
 
 
 def test_aliases_mixed_case_and_extra_columns(tmp_path):

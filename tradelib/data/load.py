@@ -621,14 +621,17 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str)
     Nothing is repaired here: bad values are kept (NaN/NaT included) so `clean_ohlcv` can count them. The
     frame is stably sorted by (symbol, timestamp); how many rows were out of order in the file as read is
     kept in `attrs` for the quality report. `symbol` names a single-symbol file without a symbol column
-    (default: the file stem) or selects one symbol from a long file. `date_format` (strftime; Config.date_format)
-    reads text timestamps as given; "" infers the format.
+    (default: the file stem) or selects one symbol from a long file; not a folder's. `date_format` (strftime;
+    Config.date_format) reads text timestamps as given; "" infers the format.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: path does not exist")
     files, skipped = data_files(path)
     if path.is_dir():
+        if symbol is not None:  # (it names or selects within one file; a folder's symbols are its files')
+            raise DataError(f"{path}: symbol={symbol!r} names or selects the symbol of one file, not of a folder: "
+                            f"read that symbol's file, or select it from the folder's frame")
         if not files:
             raise DataError(f"{path}: directory has no CSV or Parquet files")
         _one_file_per_stem(path, files)
