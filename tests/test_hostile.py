@@ -389,6 +389,17 @@ def test_truncated_gzip_is_one_line_naming_the_file(tmp_path, capsys):
     assert code == 2 and str(path) in line and "cannot parse as CSV" in line
 
 
+@pytest.mark.parametrize("encoding, byte", [("cp1252", "\\xe9"), ("utf-16", "\\xff")])
+def test_a_file_not_in_utf_8_is_named_with_how_to_convert_it(tmp_path, encoding, byte):
+    """An Excel 'CSV' in Windows-1252 (an accented company name) or UTF-16: said as such, not as a parse error."""
+    path = tmp_path / "AAA.csv"
+    path.write_bytes("timestamp,open,high,low,close,volume,name\n2024-01-02,1,1,1,1,1,Soci\u00e9t\u00e9\n"
+                     .encode(encoding))
+    with pytest.raises(DataError, match=re.escape(f"{path}: not UTF-8 text (byte b'{byte}' at offset ") +
+                       r"\d+\): save it as UTF-8"):
+        load_ohlcv(path, date_format="")
+
+
 def test_one_corrupt_file_in_a_per_symbol_folder_is_named(tmp_path, capsys):
     folder = tmp_path / "daily"
     folder.mkdir()

@@ -645,8 +645,8 @@ def test_resume_refuses_another_feature_cache(outputs, short_run, monkeypatch):
     # what a fix to the feature code does: a new code fingerprint, so a new cache key
     monkeypatch.setattr(cache, "code_fingerprint", lambda: "feature-code-after-a-fix")
     with pytest.raises(ValueError, match=r"resume refused: .* trained on feature cache .* give cache .*: no data or "
-                                         r"feature parameter differs, so the data's contents, the feature code or the numpy "
-                                         r"or pandas release"):
+                                         r"feature parameter differs, so the data's contents, the feature code or "
+                                         r"the numpy or pandas release"):
         TrainingRun(tiny(short_run, epochs=1, resume=True), progress=False)
 
 
