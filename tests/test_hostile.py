@@ -225,6 +225,17 @@ def test_numbers_with_thousands_separators_are_refused(tmp_path, cells, sep, exa
     assert msg.startswith(f"{path}: column '{column}': ") and example in msg and "thousands separators" in msg
 
 
+def test_decimal_commas_in_a_comma_separated_file_are_named_as_such(tmp_path):
+    """'"187,15"' quoted in a ','-separated file: the refusal says what the cells are and how to export them."""
+    path = tmp_path / "x.csv"
+    path.write_text("timestamp,open,high,low,close,volume\n" + "".join(
+        f'2024-01-{d:02d},"187,15","188,20","186,10","187,{d:02d}",1000\n' for d in range(1, 29)))
+    with pytest.raises(DataError, match=re.escape(f"{path}: column 'open': 28 of 28 values are not numbers (e.g. "
+                                                  f"'187,15'); decimal commas are read in files whose fields are "
+                                                  f"separated by ';' or tabs")):
+        load_ohlcv(path, date_format="")
+
+
 @pytest.mark.parametrize("text_cell", [False, True])
 def test_csv_symbols_are_text_and_only_an_empty_one_is_missing(tmp_path, text_cell):
     """Hong Kong codes keep their leading zeros ('0700' is not '700'), and tickers that are pandas' missing-value

@@ -490,9 +490,11 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
             num = _numbers_from_text(col, facts["decimal_comma"], where=f"{path}: column '{found[c]}'")
             non_num = (num.isna() & col.notna()).to_numpy()
             if non_num.sum() > MAX_BAD_SHARE * len(df):
-                example = repr(str(col[non_num].iloc[0]))
+                cell = str(col[non_num].iloc[0])
+                comma = ("; decimal commas are read in files whose fields are separated by ';' or tabs, not ',': "
+                         "export with ';' or with decimal points") if re.fullmatch(r"\s*[+-]?\d+,\d+\s*", cell) else ""
                 raise DataError(f"{path}: column '{found[c]}': {int(non_num.sum())} of {len(df)} values are "
-                                f"not numbers (e.g. {example})")
+                                f"not numbers (e.g. {cell!r}){comma}")
             if non_num.any():
                 facts["non_numeric"][c] = int(non_num.sum())
             v = num.to_numpy(dtype="float64", na_value=np.nan)
