@@ -228,6 +228,19 @@ def test_resume_continues_the_folds_with_checkpoints_and_trains_the_rest(walked)
         walk_forward(Config(**WF, run_id="wf"), progress=False)
 
 
+def test_a_single_split_run_is_refused_in_a_walk_forwards_folder(walked, outputs):
+    """`train -p run_id WF` without its folds (a resume too) wrote a single run's results over the stitched ones."""
+    top = outputs / "wf-single"
+    shutil.copytree(walked.run_dir, top)
+    before = {p.name: p.read_bytes() for p in top.iterdir() if p.is_file() and p.name != ".lock"}
+    for resume in (False, True):
+        with pytest.raises(ValueError, match=r"run 'wf-single' is a walk-forward \(fold-0, fold-1, fold-2 in .*"
+                                             r"\(-p folds 3\)"):
+            train(Config(**{**WF, "folds": 1}, run_id="wf-single", resume=resume), progress=False)
+    assert {p.name: p.read_bytes() for p in top.iterdir() if p.is_file() and p.name != ".lock"} == before
+    assert not (top / "checkpoints").exists()
+
+
 @pytest.mark.slow
 def test_two_ranks_walk_the_folds_like_one_process(outputs):
     """`tradelib train -p n_gpus 2 -p folds 2`: torchrun, every rank walks the folds in one process group; each

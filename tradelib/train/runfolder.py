@@ -22,6 +22,22 @@ from tradelib.train import checkpoint
 from tradelib.train.models import n_params
 
 
+def refuse_walk_forward(folder: Path, run_id: str) -> None:
+    """Refuse a single-split run in a walk-forward's folder (its `fold-k/` folders): it would write its
+    summary.json, predictions.parquet and metrics.jsonl over the walk-forward's stitched ones, and the walk-forward
+    could no longer be resumed. A resume that left out `folds` found no checkpoint at the top and said to start
+    again without resume, which did exactly that."""
+    folds = sorted((p for p in folder.glob("fold-*") if p.is_dir()), key=lambda p: p.name)
+    if not folds:
+        return
+    written = [runs.read_summary(p) for p in (folder, *folds)]
+    n = next((s["config"].get("folds") for s in written if s and isinstance(s.get("config"), dict)), None)
+    given = f"-p folds {n}" if n else "-p folds with the number of folds it was started with"
+    raise ValueError(f"run {run_id!r} is a walk-forward ({', '.join(p.name for p in folds)} in {folder}): a "
+                     f"single-split run would write over its results; to go on with it, give it its folds ({given}), "
+                     f"or choose another run_id")
+
+
 class RunFolder:
     """outputs/<run_id>/ for one run; on rank 0 (`main`) it holds the folder's lock until close()."""
 
@@ -41,6 +57,7 @@ class RunFolder:
         """Clear what a killed writer left; a fresh run refuses a folder that already has checkpoints."""
         if not self.main:
             return
+        refuse_walk_forward(self.dir, self.run_id)
         if self.ckpt_dir.is_dir():  # the run folder is locked: no writer of ours is alive in it
             n = remove_stale_tmp(self.ckpt_dir)
             if n:
