@@ -228,6 +228,15 @@ def test_resume_continues_the_folds_with_checkpoints_and_trains_the_rest(walked)
         walk_forward(Config(**WF, run_id="wf"), progress=False)
 
 
+def test_a_resume_with_other_settings_is_refused_before_a_fold_builds_its_features(walked, outputs):
+    """The README: a resume that would change the training is refused before any feature cache is built. A
+    walk-forward built the fold's cache first (on real data, minutes), then refused."""
+    caches = set((outputs / "cache").iterdir())
+    with pytest.raises(ValueError, match="resume refused: .*fold-0.* window was 8, now 12"):
+        walk_forward(Config(**{**WF, "window": 12}, run_id="wf", fold_init="warm", resume=True), progress=False)
+    assert set((outputs / "cache").iterdir()) == caches
+
+
 def test_a_single_split_run_is_refused_in_a_walk_forwards_folder(walked, outputs):
     """`train -p run_id WF` without its folds (a resume too) wrote a single run's results over the stitched ones."""
     top = outputs / "wf-single"

@@ -149,9 +149,9 @@ class TrainingRun:
     Checkpoints are written at log points, so the metric sums they carry are complete up to `step`."""
 
     def __init__(self, cfg: Config, fs: FeatureSet | None = None, progress: bool = True,
-                 init_state: dict | None = None, walk: str = "") -> None:
-        # `walk`: the run id of the walk-forward this run is a fold of, the one a resume names
-        self.cfg, self.progress, self.init_state, self.walk = cfg, progress, init_state, walk
+                 init_state: dict | None = None, walk: str = "", fold: int = 0) -> None:
+        # `walk`: the run id of the walk-forward this run is a fold of, the one a resume names; `fold`: which
+        self.cfg, self.progress, self.init_state, self.walk, self.fold = cfg, progress, init_state, walk, fold
         env = dist_env()
         self.rank, self.world, self.main = env.rank, env.world, env.main
         self.device = init_distributed(env, pick_device(cfg.device, verbose=self.main))
@@ -182,7 +182,7 @@ class TrainingRun:
         if cfg.resume:  # the checkpoint's settings checked before this run builds (or maps) its features
             self.resume_point = self.load_resume_point()
             checkpoint.check_settings(*self.resume_point, cfg, self.walk or self.run_id)
-        self.fs = fs if fs is not None else prepare_features(cfg, env, self.sharded)
+        self.fs = fs if fs is not None else prepare_features(cfg, env, self.sharded, self.fold)
         whole = self.fs.meta.get("rows", [0, len(self.fs)]) == [0, self.fs.meta.get("rows_total", len(self.fs))]
         self._fs_all = self.fs if whole else None
         if self.sharded and self._fs_all is not None:  # given whole (in memory): this rank's run of symbols
@@ -631,18 +631,19 @@ class TrainingRun:
 
 
 def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init_state: dict | None = None,
-          leave_group: bool = True, walk: str = "") -> RunResult:
+          leave_group: bool = True, walk: str = "", fold: int = 0) -> RunResult:
     """Train one run end to end; the function 03_train and `tradelib train` both call (through
     walkforward.train_or_walk). `init_state`: the model's starting weights (a warm-started walk-forward fold).
     Under torchrun every process calls it and leaves the process group at the end (also on an error);
     `leave_group` False keeps it after a clean finish, the ranks meeting at a barrier, for the next run of the
     same processes (a walk-forward's next fold: joining a group again after leaving it can hang in gloo's
-    rendezvous). `walk`: the walk-forward's run id, when this run is one of its folds. Torch's global flags
-    (TF32, determinism) are set for the run and put back afterwards."""
+    rendezvous). `walk`: the walk-forward's run id, when this run is one of its folds, and `fold` which one (its
+    features, built when `fs` is not given: after a resume's settings are checked). Torch's global flags (TF32,
+    determinism) are set for the run and put back afterwards."""
     run, finished = None, False
     with torch_flags(cfg.deterministic):
         try:
-            run = TrainingRun(cfg, fs, progress, init_state, walk)
+            run = TrainingRun(cfg, fs, progress, init_state, walk, fold)
             tr = run.trainer
             if run.main:
                 print(f"run {run.run_id} (folder {run.dir}): {cfg.model}, {n_params(run.model):,} parameters, "

@@ -37,7 +37,7 @@ from tradelib.paths import outputs_dir
 from tradelib.report import metrics
 from tradelib.report.tables import minute
 from tradelib.train.models import check_model
-from tradelib.train.run import RunResult, prepare_features, train, train_or_launch
+from tradelib.train.run import RunResult, train, train_or_launch
 
 # summary.json figures of a walk-forward: the median over folds, the sum, or the largest
 MEDIAN_OVER_FOLDS = ("samples_per_s", "it_per_s", "data_wait_share", "gpu_util", "mfu", "epoch_time_s")
@@ -109,21 +109,21 @@ def walk_forward(cfg: Config, progress: bool = True) -> RunResult:
 
 
 def train_fold(cfg: Config, run_id: str, k: int, previous: FoldResult | None, progress: bool) -> FoldResult:
-    """Fold k: its feature set (scaled on its training rows; with shard_data under torchrun, this rank's shards of
-    it), then a normal run in outputs/<run_id>/fold-k/."""
+    """Fold k: a normal run in outputs/<run_id>/fold-k/ on the fold's feature set (scaled on its training rows;
+    with shard_data under torchrun, this rank's shards of it), which the run builds itself: a resume's settings
+    are checked against the fold's checkpoint first, not after a feature build they refuse."""
     env = dist_env()
     fid = f"{run_id}/fold-{k}"
     resume = cfg.resume and any((outputs_dir() / fid / "checkpoints").glob("*.pt"))
     if env.main:
         print(f"\nwalk-forward fold {k + 1} of {cfg.folds} ({cfg.fold_window} training window, "
               f"{cfg.fold_init} start){': resuming' if resume else ''}", flush=True)
-    fs = prepare_features(cfg, env, sharded=cfg.shard_data and env.world > 1, fold=k)
     init = None
     if cfg.fold_init == "warm" and previous is not None and not resume:
         init = {name: t.detach().clone() for name, t in previous.run.model.state_dict().items()}
     # under torchrun the ranks keep one process group through all the folds and leave it after the last one
-    return FoldResult(k, train(cfg.replace(run_id=fid, resume=resume), fs=fs, progress=progress, init_state=init,
-                               leave_group=k == cfg.folds - 1, walk=run_id))
+    return FoldResult(k, train(cfg.replace(run_id=fid, resume=resume), progress=progress, init_state=init,
+                               leave_group=k == cfg.folds - 1, walk=run_id, fold=k))
 
 
 def stitched_predictions(folds: list[FoldResult]) -> pd.DataFrame:
