@@ -2,7 +2,9 @@
 
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -226,6 +228,34 @@ def test_resume_continues_the_folds_with_checkpoints_and_trains_the_rest(walked)
     assert again.summary["folds"][2]["optimizer_steps"] == 6
     with pytest.raises(ValueError, match="already has checkpoints"):
         walk_forward(Config(**WF, run_id="wf"), progress=False)
+
+
+def test_a_stop_between_folds_prints_the_resume_command_that_finishes_the_walk(walked, outputs, monkeypatch, capsys):
+    """SIGTERM while fold 1 built its features said only "stopped by SIGTERM": no resume command, though fold 0
+    was kept. Now the command is printed, and run as printed it ends where the uninterrupted walk-forward did."""
+    import tradelib.train.run as run_module
+    from tradelib.cli import main
+    from tradelib.train.stops import StopRequested
+
+    build = run_module.prepare_features
+
+    def stopped_at_fold_1(cfg, env, sharded=False, fold=0):
+        if fold == 1:
+            raise StopRequested(signal.SIGTERM)
+        return build(cfg, env, sharded, fold)
+
+    monkeypatch.setattr(run_module, "prepare_features", stopped_at_fold_1)
+    with pytest.raises(StopRequested) as stop:
+        walk_forward(Config(**WF, run_id="wf-stop", fold_init="warm"), progress=False)
+    assert stop.value.resume_said
+    said = capsys.readouterr().out
+    assert "stopped by SIGTERM: walk-forward wf-stop before fold 2 of 3 trained; the 1 fold(s) before are kept" in said
+    command = re.search(r"^Resume: python -m tradelib (.*)$", said, re.M).group(1)
+    assert "-p folds 3" in command and "-p fold_init warm" in command
+    assert not (outputs / "wf-stop" / "fold-1").exists()
+    monkeypatch.setattr(run_module, "prepare_features", build)
+    assert main(shlex.split(command)) == 0
+    pd.testing.assert_frame_equal(runs.read_predictions(outputs / "wf-stop"), runs.read_predictions(walked.run_dir))
 
 
 def test_a_resume_with_other_settings_is_refused_before_a_fold_builds_its_features(walked, outputs):

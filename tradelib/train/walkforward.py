@@ -22,6 +22,7 @@ trains the rest.
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from tradelib import runs
-from tradelib.config import Config, injected_parameters
+from tradelib.config import Config, injected_parameters, resume_command
 from tradelib.data.features import FeatureSet
 from tradelib.distributed import dist_env, launch_distributed, needs_launch
 from tradelib.paths import outputs_dir
@@ -38,6 +39,7 @@ from tradelib.report import metrics
 from tradelib.report.tables import minute
 from tradelib.train.models import check_model
 from tradelib.train.run import RunResult, train, train_or_launch
+from tradelib.train.stops import stopped_by
 
 # summary.json figures of a walk-forward: the median over folds, the sum, or the largest
 MEDIAN_OVER_FOLDS = ("samples_per_s", "it_per_s", "data_wait_share", "gpu_util", "mfu", "epoch_time_s")
@@ -99,6 +101,10 @@ def walk_forward(cfg: Config, progress: bool = True) -> RunResult:
         summary = write_outputs(cfg.replace(run_id=run_id), top, folds)
         print(fold_lines(summary))
         return RunResult(top, summary, folds[-1].run.model, folds[-1].run.fs)
+    except KeyboardInterrupt as exc:
+        if env.main and not getattr(exc, "resume_said", False) and runs.has_checkpoints(top):
+            say_resume(exc, cfg, run_id, len(folds))
+        raise
     except BaseException:
         if created:  # a fold that failed to start removed its own folder: this one may be empty now
             runs.remove_if_unused(top, lock)
@@ -106,6 +112,18 @@ def walk_forward(cfg: Config, progress: bool = True) -> RunResult:
     finally:
         if lock is not None:
             lock.release()
+
+
+def say_resume(exc: KeyboardInterrupt, cfg: Config, run_id: str, done: int) -> None:
+    """The resume command of a walk-forward stopped outside a fold's training (which prints its own): between two
+    folds (the next one's feature build, its setup) or while the stitched results were written. A stop there said
+    only "stopped by SIGTERM", though the folds before it are kept and a resume goes on from them."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    where = (f"before fold {done + 1} of {cfg.folds} trained" if done < cfg.folds else
+             "while its stitched results were written")
+    print(f"\n{stopped_by(signum)}: walk-forward {run_id} {where}; the {done} fold(s) before are kept.\n"
+          f"Resume: {resume_command(cfg, run_id)}", flush=True)
+    exc.resume_said = True
 
 
 def train_fold(cfg: Config, run_id: str, k: int, previous: FoldResult | None, progress: bool) -> FoldResult:
