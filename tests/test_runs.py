@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -78,6 +79,47 @@ def test_a_full_disk_names_the_file_and_the_outputs_folder(outputs, monkeypatch)
     assert code == 2 and line.startswith(f"{target}: disk full (No space left on device)")
     assert "TRADELIB_OUTPUTS" in line and str(outputs) in line
     assert not list(target.parent.iterdir())  # no temporary file left behind
+
+
+def test_a_feature_build_on_a_full_disk_names_the_file_and_the_build_goes_on_afterwards(outputs, monkeypatch):
+    """The build writes its arrays through memory maps: a full disk killed it with SIGBUS (exit 135, nothing said)
+    when a write through the map met a block the disk could not give. Their blocks are now allocated first, so a
+    full disk is an OSError naming the file, exit 2."""
+    from tradelib.config import Config
+    from tradelib.data import dataset
+
+    from .conftest import TINY
+
+    allocate = os.posix_fallocate
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError) as raised:
+        dataset.prepare(Config(**TINY), verbose=False)
+    code, line = explain(raised.value)
+    assert code == 2 and re.match(rf"{outputs / 'cache'}/.*\.npy: disk full \(No space left on device\)", line), line
+    monkeypatch.setattr(os, "posix_fallocate", allocate)
+    assert len(dataset.prepare(Config(**TINY), verbose=False)) > 0
+
+
+def test_a_real_full_disk_ends_a_feature_build_with_its_line(tmp_path):
+    """The same on a 600 kB tmpfs (where this test may mount one: as root): `prepare` ends with exit 2 and the
+    disk-full line, not SIGBUS."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode:
+        pytest.skip("no small file system to fill (mounting a tmpfs needs root)")
+    try:
+        env = {**paths.child_env(), "TRADELIB_OUTPUTS": str(disk / "outputs")}
+        done = subprocess.run([sys.executable, "-m", "tradelib", "prepare", "-p", "synth_symbols", "3", "-p",
+                               "synth_bars", "1500"], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run(["umount", str(disk)])
+    assert done.returncode == 2, (done.returncode, done.stderr[-500:])
+    assert re.match(r"error: .*\.npy: disk full \(No space left on device\)", done.stderr.splitlines()[-1])
 
 
 def test_numpys_short_write_reads_as_a_full_disk(tmp_path):

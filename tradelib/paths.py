@@ -126,6 +126,23 @@ def writing(path: Path) -> Iterator[None]:
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
 
 
+def writable_map(path: Path, dtype, shape: tuple[int, ...]):
+    """A new .npy file of `shape` memory-mapped for writing, its blocks allocated on disk first: writing through
+    the map into a block a full disk could not give killed the process with SIGBUS (exit 135, nothing said, the
+    run's stop unhandled). A full disk now raises ENOSPC here, naming the file (`writing`)."""
+    from numpy.lib.format import open_memmap
+
+    with writing(path):
+        array = open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        with open(path, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as exc:  # a file system that cannot allocate ahead: written as before
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+    return array
+
+
 def write_bytes(data: bytes, path: Path) -> None:
     """Write a file in place (a device, a path the user named); an error names the file."""
     with writing(path), open(path, "wb") as f:

@@ -33,7 +33,7 @@ import pandas as pd
 from tradelib.config import Config, settings_values
 from tradelib.data.features import FEATURE_NAMES, FeatureSet, feature_params
 from tradelib.data.load import DataError, data_files
-from tradelib.paths import Busy, FileLock, is_synthetic, left_by_dead_writer, outputs_dir
+from tradelib.paths import Busy, FileLock, is_synthetic, left_by_dead_writer, outputs_dir, writable_map
 
 CODE_MODULES = ("tradelib.data.load", "tradelib.data.clean", "tradelib.data.detect", "tradelib.data.quality",
                 "tradelib.data.features", "tradelib.data.segments", "tradelib.data.sessions", "tradelib.data.synth",
@@ -125,7 +125,7 @@ def write(folder: Path, symbols: list[str], meta: dict, shard_rows: list[int],
         for name in FeatureSet.ARRAYS:
             like = getattr(template, name)
             shape = (int(rows[-1]), *like.shape[1:])
-            dest = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=like.dtype, shape=shape)
+            dest = writable_map(tmp / f"{name}.npy", like.dtype, shape)
             for i, entry in enumerate(table):
                 part = dest[rows[i] : rows[i + 1]]
                 fill(name, i, part)

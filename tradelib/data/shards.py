@@ -53,7 +53,7 @@ from tradelib.data.features import (
     targets,
 )
 from tradelib.data.segments import Segments, segment_ids, segment_rank
-from tradelib.paths import atomic_write_bytes, left_by_dead_writer, writing
+from tradelib.paths import atomic_write_bytes, left_by_dead_writer, writable_map, writing
 
 CLEAN = ("ts", "code", "open", "high", "low", "close", "volume")
 BARS = ("open", "high", "low", "close", "volume")
@@ -510,8 +510,8 @@ def _open_shard(work: Path, k: int, cfg) -> tuple[clean.CleanShard, ShardRows, d
     tmp = work / f"shard-{k}.{os.getpid()}.{time.monotonic_ns()}.tmp"
     tmp.mkdir()
     template = FeatureSet.empty(0)
-    out = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=getattr(template, name).dtype,
-                                           shape=(len(shard), *getattr(template, name).shape[1:]))
+    out = {name: writable_map(tmp / f"{name}.npy", getattr(template, name).dtype,
+                              (len(shard), *getattr(template, name).shape[1:]))
            for name in FeatureSet.ARRAYS}
     return shard, locate_rows(shard, out), out
 
