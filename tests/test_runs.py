@@ -205,6 +205,8 @@ def test_how_to_go_on_after_a_stopped_notebook(tmp_path):
                                                          "/ -p"
     assert go_on("03_train", run, "RESUME", "RERUN") == "no checkpoint yet; start again: RERUN"
     assert go_on("01_data_cleaning", run, "RESUME", "RERUN") == "start again: RERUN"
+    (run / "fold-0" / "checkpoints" / "best.pt").write_bytes(b"weights")  # no training state: none to resume
+    assert not runs.has_checkpoints(run) and go_on("03_train", run, "RESUME", "RERUN").startswith("no checkpoint")
     (run / "fold-0" / "checkpoints" / "step-4.pt").write_bytes(b"weights")
     Progress(10, mode="off", path=run / "fold-0" / PROGRESS_FILE).close("interrupted")
     assert runs.has_checkpoints(run) and runs.run_state(run) == "interrupted in fold-0"

@@ -258,6 +258,26 @@ def test_a_stop_between_folds_prints_the_resume_command_that_finishes_the_walk(w
     pd.testing.assert_frame_equal(runs.read_predictions(outputs / "wf-stop"), runs.read_predictions(walked.run_dir))
 
 
+def test_a_fold_killed_between_best_pt_and_its_first_step_file_is_trained_again(walked, outputs):
+    """A kill after a fold's first best.pt and before its step file left only best.pt: the resume took it for a
+    checkpoint and failed ("no checkpoint ... start it again without resume"), and a fresh start was refused for
+    it ("already has checkpoints"). best.pt is no training state: the fold is trained again, as it would have been."""
+    top = outputs / "wf-best"
+    shutil.copytree(walked.run_dir, top)
+    for name in ("summary.json", "predictions.parquet", "metrics.jsonl"):
+        (top / name).unlink()
+    shutil.rmtree(top / "fold-2")
+    (top / "fold-2" / "checkpoints").mkdir(parents=True)
+    shutil.copy(walked.run_dir / "fold-1" / "checkpoints" / "best.pt", top / "fold-2" / "checkpoints" / "best.pt")
+    walk_forward(Config(**WF, run_id="wf-best", fold_init="warm", resume=True), progress=False)
+    pd.testing.assert_frame_equal(runs.read_predictions(top), runs.read_predictions(walked.run_dir))
+    single = outputs / "single-best" / "checkpoints"  # a single run left so starts again, its stale best.pt gone
+    single.mkdir(parents=True)
+    (single / "best.pt").write_bytes(b"not this run's weights")
+    train(Config(**{**WF, "folds": 1, "patience": 1}, run_id="single-best"), progress=False)
+    assert (single / "best.pt").read_bytes() != b"not this run's weights"
+
+
 def test_a_resume_with_other_settings_is_refused_before_a_fold_builds_its_features(walked, outputs):
     """The README: a resume that would change the training is refused before any feature cache is built. A
     walk-forward built the fold's cache first (on real data, minutes), then refused."""

@@ -176,10 +176,16 @@ def set_aside_results(folder: Path) -> list[str]:
     return moved
 
 
+# the checkpoints a run goes on from (checkpoint.resume_candidates): a training state, which best.pt is not
+RESUMABLE = ("step-*.pt", "last.pt")
+
+
 def has_checkpoints(folder: Path) -> bool:
-    """Whether a run (or a walk-forward's folds) has a checkpoint to resume from."""
+    """Whether a run (or a walk-forward's folds) has a checkpoint to resume from: a step file or last.pt. best.pt
+    alone (a kill between it and the first epoch's step file) is none: counted, its resume failed for want of a
+    training state and a fresh start was refused for the checkpoint it had, and a sweep or walk-forward stuck."""
     folder = Path(folder)
-    return any(folder.glob("checkpoints/*.pt")) or any(folder.glob("fold-*/checkpoints/*.pt"))
+    return any(any(folder.glob(f"{where}checkpoints/{name}")) for where in ("", "fold-*/") for name in RESUMABLE)
 
 
 def has_runs() -> bool:

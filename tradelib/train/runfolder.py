@@ -63,9 +63,13 @@ class RunFolder:
             if n:
                 print(f"removed {n} unfinished checkpoint file(s) of an earlier, killed write in {self.ckpt_dir}")
         if not resume:  # (a resume finds its checkpoints in load_resume_point, or says it found none)
-            if any(self.ckpt_dir.glob("*.pt")):
+            if runs.has_checkpoints(self.dir):
                 raise ValueError(f"run {self.run_id!r} already has checkpoints in {self.ckpt_dir}: pass resume=True "
                                  f"to continue it, or choose another run_id")
+            best = self.ckpt_dir / "best.pt"
+            if best.exists():  # an attempt killed before its first step file: no state to go on from
+                best.unlink()
+                print(f"removed {best}: its run was killed before it wrote a training state to resume from")
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     def start_metrics(self) -> None:

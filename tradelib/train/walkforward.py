@@ -132,7 +132,7 @@ def train_fold(cfg: Config, run_id: str, k: int, previous: FoldResult | None, pr
     are checked against the fold's checkpoint first, not after a feature build they refuse."""
     env = dist_env()
     fid = f"{run_id}/fold-{k}"
-    resume = cfg.resume and any((outputs_dir() / fid / "checkpoints").glob("*.pt"))
+    resume = cfg.resume and runs.has_checkpoints(outputs_dir() / fid)
     if env.main:
         print(f"\nwalk-forward fold {k + 1} of {cfg.folds} ({cfg.fold_window} training window, "
               f"{cfg.fold_init} start){': resuming' if resume else ''}", flush=True)
