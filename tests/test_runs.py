@@ -104,6 +104,16 @@ def test_a_feature_build_on_a_full_disk_names_the_file_and_the_build_goes_on_aft
     assert len(dataset.prepare(Config(**TINY), verbose=False)) > 0
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_metrics_row_on_a_full_disk_names_its_file(tmp_path):
+    """/dev/full answers every write with ENOSPC, as a full disk does a training's next metrics row: the error
+    said "a file: disk full", not which one."""
+    (tmp_path / "metrics.jsonl").symlink_to("/dev/full")
+    with pytest.raises(OSError) as raised:
+        runs.append_metrics(tmp_path, {"kind": "step", "step": 1})
+    assert explain(raised.value)[1].startswith(f"{tmp_path / 'metrics.jsonl'}: disk full")
+
+
 def test_a_real_full_disk_ends_a_feature_build_with_its_line(tmp_path):
     """The same on a 600 kB tmpfs (where this test may mount one: as root): `prepare` ends with exit 2 and the
     disk-full line, not SIGBUS."""

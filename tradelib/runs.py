@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tradelib.paths import Busy, FileLock, atomic_write_bytes, outputs_dir
+from tradelib.paths import Busy, FileLock, atomic_write_bytes, outputs_dir, writing
 
 # "<pid>:<lock path>": the run folder a parent process (the pipeline) holds on behalf of the processes it starts
 RUN_LOCK_ENV = "TRADELIB_RUN_LOCK"
@@ -230,7 +230,9 @@ def resolve_run(run: str | os.PathLike | None) -> Path:
 
 # -- metrics.jsonl --------------------------------------------------------------------------------------------
 def append_metrics(run: Path, row: dict) -> None:
-    with (Path(run) / "metrics.jsonl").open("a") as f:
+    """One row at the end of metrics.jsonl; a full disk names the file (`writing`), not "a file"."""
+    path = Path(run) / "metrics.jsonl"
+    with writing(path), path.open("a") as f:
         f.write(json.dumps(row) + "\n")
 
 

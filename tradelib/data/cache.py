@@ -33,7 +33,7 @@ import pandas as pd
 from tradelib.config import Config, settings_values
 from tradelib.data.features import FEATURE_NAMES, FeatureSet, feature_params
 from tradelib.data.load import DataError, data_files
-from tradelib.paths import Busy, FileLock, is_synthetic, left_by_dead_writer, outputs_dir, writable_map
+from tradelib.paths import Busy, FileLock, is_synthetic, left_by_dead_writer, outputs_dir, writable_map, writing
 
 CODE_MODULES = ("tradelib.data.load", "tradelib.data.clean", "tradelib.data.detect", "tradelib.data.quality",
                 "tradelib.data.features", "tradelib.data.segments", "tradelib.data.sessions", "tradelib.data.synth",
@@ -138,7 +138,8 @@ def write(folder: Path, symbols: list[str], meta: dict, shard_rows: list[int],
                             "shape": list(shape)}
         manifest = {"symbols": symbols, "feature_names": list(FEATURE_NAMES), "meta": meta, "rows": int(rows[-1]),
                     "arrays": arrays, "shards": table}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+        with writing(tmp / "manifest.json"):
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
         _swap_in(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

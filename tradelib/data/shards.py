@@ -521,7 +521,8 @@ def _close_shard(work: Path, k: int, out: dict[str, np.ndarray], made: dict) -> 
     for array in out.values():
         array.flush()
     tmp = Path(next(iter(out.values())).filename).parent
-    (tmp / "made.json").write_text(json.dumps(made))
+    with writing(tmp / "made.json"):
+        (tmp / "made.json").write_text(json.dumps(made))
     tmp.rename(work / f"shard-{k}")
     shutil.rmtree(work / f"clean-{k}", ignore_errors=True)
 

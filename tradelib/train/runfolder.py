@@ -15,7 +15,7 @@ import torch
 
 from tradelib import runs
 from tradelib.hardware import busy_fields, device_name, mfu, peak_flops, peak_memory_bytes
-from tradelib.paths import outputs_dir, remove_stale_tmp
+from tradelib.paths import outputs_dir, remove_stale_tmp, writing
 from tradelib.progress import PROGRESS_FILE
 from tradelib.report import metrics
 from tradelib.train import checkpoint
@@ -74,7 +74,8 @@ class RunFolder:
 
     def start_metrics(self) -> None:
         if self.main:
-            (self.dir / "metrics.jsonl").write_text("")
+            with writing(self.dir / "metrics.jsonl"):
+                (self.dir / "metrics.jsonl").write_text("")
 
     def open_events(self, purge_step: int | None) -> None:
         if self.main:
