@@ -278,6 +278,27 @@ def test_a_fold_killed_between_best_pt_and_its_first_step_file_is_trained_again(
     assert (single / "best.pt").read_bytes() != b"not this run's weights"
 
 
+def test_a_stop_during_a_folds_last_validation_stops_the_walk_after_that_fold(outputs, monkeypatch, capsys):
+    """SIGTERM during a fold's last step or its final validation said "stopping after this optimizer step", found
+    no step left to stop at, and was lost: the walk-forward trained every later fold and ended with exit 0. The
+    fold finishes, then the walk stops with its resume command."""
+    from tradelib.train.stops import StopRequested
+
+    validate = TrainingRun.validate
+
+    def signalled(run):
+        if run.run_id.endswith("fold-0"):
+            run.stop.requested = signal.SIGTERM  # what StopRequests' handler records
+        return validate(run)
+
+    monkeypatch.setattr(TrainingRun, "validate", signalled)
+    with pytest.raises(StopRequested) as stop:
+        walk_forward(Config(**WF, run_id="wf-late"), progress=False)
+    assert stop.value.signum == signal.SIGTERM and stop.value.resume_said
+    assert "walk-forward wf-late before fold 2 of 3 trained" in capsys.readouterr().out
+    assert (outputs / "wf-late" / "fold-0" / "summary.json").exists() and not (outputs / "wf-late" / "fold-1").exists()
+
+
 def test_a_resume_with_other_settings_is_refused_before_a_fold_builds_its_features(walked, outputs):
     """The README: a resume that would change the training is refused before any feature cache is built. A
     walk-forward built the fold's cache first (on real data, minutes), then refused."""

@@ -76,6 +76,7 @@ class RunResult:
     summary: dict
     model: torch.nn.Module
     fs: FeatureSet
+    stopped: int | None = None  # a stop signal that came during the run's last step or validation: nothing to stop
 
 
 def prepare_features(cfg: Config, env: DistEnv, sharded: bool = False, fold: int = 0) -> FeatureSet:
@@ -218,6 +219,7 @@ class TrainingRun:
         self._clean, self._saved_step = True, -1
         self.stop = StopRequests(enabled=False)  # fit() enters a live one
         self._agreed_stop: int | None = None  # DDP: the signal every rank stops on at the same step
+        self.stopped: int | None = None  # a stop asked for after the last step's check: the run finished (RunResult)
         self._grace_said = False  # DDP: whether log points too far apart for torchrun's shutdown wait were named
         self.gpu_stats: dict = {}
         self.other_cores: float | None = None  # the cores other processes kept busy while it trained (CPU runs)
@@ -422,6 +424,7 @@ class TrainingRun:
                         exc.resume_said = True  # (by rank 0)
                         raise
                 state = "done"
+                self.stopped = self._agreed_stop or (self.stop.requested if self.world == 1 else None)
             finally:
                 self.other_cores = other.cores if self.device.type == "cpu" else None  # (the GPU's time is its own)
                 self.cpu_own_s, self.cpu_wall_s = other.own, other.wall
@@ -663,7 +666,7 @@ def train(cfg: Config, fs: FeatureSet | None = None, progress: bool = True, init
     if run.main:
         print(done_line(summary, run.dir))
     # a sharded run's predictions index all rows: rank 0's result holds them all
-    return RunResult(run.dir, summary, run.model, run.fs_all() if run.sharded and run.main else run.fs)
+    return RunResult(run.dir, summary, run.model, run.fs_all() if run.sharded and run.main else run.fs, run.stopped)
 
 
 def done_line(summary: dict, run_dir: Path) -> str:

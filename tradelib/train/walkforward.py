@@ -39,7 +39,7 @@ from tradelib.report import metrics
 from tradelib.report.tables import minute
 from tradelib.train.models import check_model
 from tradelib.train.run import RunResult, train, train_or_launch
-from tradelib.train.stops import stopped_by
+from tradelib.train.stops import StopRequested, stopped_by
 
 # summary.json figures of a walk-forward: the median over folds, the sum, or the largest
 MEDIAN_OVER_FOLDS = ("samples_per_s", "it_per_s", "data_wait_share", "gpu_util", "mfu", "epoch_time_s")
@@ -96,6 +96,8 @@ def walk_forward(cfg: Config, progress: bool = True) -> RunResult:
         folds: list[FoldResult] = []
         for k in range(cfg.folds):
             folds.append(train_fold(cfg, run_id, k, folds[-1] if folds else None, progress))
+            if folds[-1].run.stopped and k < cfg.folds - 1:  # asked during the fold's last step: it finished first
+                raise StopRequested(folds[-1].run.stopped)
         if not env.main:
             return folds[-1].run
         summary = write_outputs(cfg.replace(run_id=run_id), top, folds)
