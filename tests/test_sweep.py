@@ -58,6 +58,26 @@ def test_the_plan_is_the_grid_and_links_the_zipped_parameters(outputs):
     assert not any(outputs.iterdir()), "planning writes nothing"
 
 
+def test_a_sweep_stopped_between_runs_says_how_to_go_on(outputs, monkeypatch, capsys):
+    """SIGTERM between two runs (no notebook running, so none said how to go on) ended with "stopped by SIGTERM"
+    alone."""
+    import signal
+
+    from tradelib import sweep
+    from tradelib.train.stops import StopRequested
+
+    def stopped_before_the_second(plan, i, progress):
+        if i == 1:
+            raise StopRequested(signal.SIGTERM)
+        return "ran"
+
+    monkeypatch.setattr(sweep, "run_one", stopped_before_the_second)
+    with pytest.raises(StopRequested) as stop:
+        run_sweep(make_plan(None, [("model", "lstm,tcn")], [], "between"), progress=False)
+    assert stop.value.resume_said
+    assert "[sweep] stopped after 1 of 2 runs; to go on: the same sweep command again" in capsys.readouterr().out
+
+
 def test_a_sweep_varies_how_the_data_reaches_the_device(outputs):
     """Streamed data and sharded data are parameters of 03 like any other: a sweep plans runs that differ in
     them (each run is a 03 run, so a streamed or sharded sweep run is a streamed or sharded run)."""

@@ -257,6 +257,9 @@ def run_one(plan: Plan, i: int, progress: bool) -> str:
     except NotebookFailed as exc:
         print(f"{head}: failed: {exc}", flush=True)
         return f"failed: {exc}"
+    except KeyboardInterrupt as exc:
+        exc.resume_said = True  # execute_notebooks said how to go on: the same sweep command again
+        raise
     return "ran"
 
 
@@ -268,9 +271,18 @@ def run_sweep(plan: Plan, progress: bool = True) -> pd.DataFrame:
         atomic_write_bytes(json.dumps({"sweep_id": plan.sweep_id, "shared": plan.shared, "axes": plan.axes,
                                        "runs": dict(zip(plan.names, plan.values))}, indent=1, default=str).encode(),
                            plan.folder / "sweep.json")
-        status = [run_one(plan, i, progress) for i in range(len(plan.names))]
-        table = sweep_table(plan, status)
-        write_outputs(plan, table)
+        status: list[str] = []
+        try:
+            for i in range(len(plan.names)):
+                status.append(run_one(plan, i, progress))
+            table = sweep_table(plan, status)
+            write_outputs(plan, table)
+        except KeyboardInterrupt as exc:  # a stop between runs, or while the table was written: how to go on
+            if not getattr(exc, "resume_said", False):
+                print(f"[sweep] stopped after {len(status)} of {len(plan.names)} runs; to go on: the same sweep "
+                      f"command again (finished runs are skipped)", flush=True)
+                exc.resume_said = True
+            raise
     failed = [n for n, s in zip(plan.names, status) if s.startswith("failed")]
     if failed:
         raise NotebookFailed(f"sweep {plan.sweep_id!r}: {len(failed)} of {len(plan.names)} runs failed "
