@@ -104,6 +104,20 @@ def test_a_feature_build_on_a_full_disk_names_the_file_and_the_build_goes_on_aft
     assert len(dataset.prepare(Config(**TINY), verbose=False)) > 0
 
 
+def test_a_report_of_an_unfinished_run_names_what_it_lacks(outputs):
+    """A walk-forward stopped while writing its results has predictions.parquet and no summary.json: the report
+    said it had neither."""
+    from tradelib.pipeline import run_report
+
+    run = outputs / "half"
+    (run / "fold-0").mkdir(parents=True)
+    (run / "predictions.parquet").write_bytes(b"")
+    Progress(10, mode="off", path=run / "fold-0" / PROGRESS_FILE).close("done")
+    with pytest.raises(FileNotFoundError, match=r"run 'half' has no summary.json \(.*\): it has not finished \(done "
+                                                r"in fold-0\)"):
+        run_report("half")
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_metrics_row_on_a_full_disk_names_its_file(tmp_path):
     """/dev/full answers every write with ENOSPC, as a full disk does a training's next metrics row: the error

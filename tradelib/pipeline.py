@@ -225,9 +225,12 @@ def run_report(run: str = "", files: list[str] | None = None, overrides: list[tu
         for other, state in newer_unfinished(folder):
             print(f"run {other.name!r} is newer but {state}: reporting the latest finished run, {folder.name!r}",
                   flush=True)
-    if read_summary(folder) is None or not (folder / "predictions.parquet").exists():
-        raise FileNotFoundError(f"run {folder.name!r} has no summary.json and predictions.parquet ({folder}): it "
-                                f"has not finished; train it to the end first (or resume it)")
+    found = {"summary.json": read_summary(folder) is not None,
+             "predictions.parquet": (folder / "predictions.parquet").exists()}
+    missing = [name for name, there in found.items() if not there]
+    if missing:  # (a walk-forward stopped while writing its results has its predictions and no summary)
+        raise FileNotFoundError(f"run {folder.name!r} has no {' and no '.join(missing)} ({folder}): it has not "
+                                f"finished ({run_state(folder)}); train it to the end first (or resume it)")
     check_predictions(folder)
     if per_nb["04_report"].get("compare_with"):  # resolved here, so that a bad one never reaches the notebook
         per_nb["04_report"]["compare_with"] = str(comparable_run(str(per_nb["04_report"]["compare_with"])))
