@@ -237,14 +237,18 @@ def test_a_stop_between_folds_prints_the_resume_command_that_finishes_the_walk(w
     from tradelib.cli import main
     from tradelib.train.stops import StopRequested
 
-    build = run_module.prepare_features
+    build, at = run_module.prepare_features, [0]
 
-    def stopped_at_fold_1(cfg, env, sharded=False, fold=0):
-        if fold == 1:
+    def stopped_at_fold(cfg, env, sharded=False, fold=0):
+        if fold == at[0]:
             raise StopRequested(signal.SIGTERM)
         return build(cfg, env, sharded, fold)
 
-    monkeypatch.setattr(run_module, "prepare_features", stopped_at_fold_1)
+    monkeypatch.setattr(run_module, "prepare_features", stopped_at_fold)
+    with pytest.raises(StopRequested) as stop:  # at fold 0: nothing kept, no folder left, no command
+        walk_forward(Config(**WF, run_id="wf-stop"), progress=False)
+    assert not stop.value.resume_said and not (outputs / "wf-stop").exists()
+    at[0] = 1
     with pytest.raises(StopRequested) as stop:
         walk_forward(Config(**WF, run_id="wf-stop", fold_init="warm"), progress=False)
     assert stop.value.resume_said

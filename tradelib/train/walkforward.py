@@ -89,11 +89,11 @@ def walk_forward(cfg: Config, progress: bool = True) -> RunResult:
     created = not top.exists()
     top.mkdir(parents=True, exist_ok=True)
     lock = runs.lock_run(top) if env.main else None  # the folds lock their own folders
+    folds: list[FoldResult] = []
     try:
         if env.main and any((top / "checkpoints").glob("*.pt")):
             raise ValueError(f"run {run_id!r} is a single-split run ({top / 'checkpoints'}): choose another run_id "
                              f"for a walk-forward")
-        folds: list[FoldResult] = []
         for k in range(cfg.folds):
             folds.append(train_fold(cfg, run_id, k, folds[-1] if folds else None, progress))
             if folds[-1].run.stopped and k < cfg.folds - 1:  # asked during the fold's last step: it finished first
@@ -103,11 +103,10 @@ def walk_forward(cfg: Config, progress: bool = True) -> RunResult:
         summary = write_outputs(cfg.replace(run_id=run_id), top, folds)
         print(fold_lines(summary))
         return RunResult(top, summary, folds[-1].run.model, folds[-1].run.fs)
-    except KeyboardInterrupt as exc:
-        if env.main and not getattr(exc, "resume_said", False) and runs.has_checkpoints(top):
+    except BaseException as exc:
+        stop = isinstance(exc, KeyboardInterrupt) and not getattr(exc, "resume_said", False)
+        if stop and env.main and runs.has_checkpoints(top):
             say_resume(exc, cfg, run_id, len(folds))
-        raise
-    except BaseException:
         if created:  # a fold that failed to start removed its own folder: this one may be empty now
             runs.remove_if_unused(top, lock)
         raise
