@@ -303,6 +303,25 @@ def test_a_stop_during_a_folds_last_validation_stops_the_walk_after_that_fold(ou
     assert (outputs / "wf-late" / "fold-0" / "summary.json").exists() and not (outputs / "wf-late" / "fold-1").exists()
 
 
+def test_a_resume_removes_what_a_killed_results_write_left(walked, outputs, capsys):
+    """A SIGKILL while the stitched predictions (or a fold's) were written left `.predictions.parquet.<pid>.<ns>.tmp`
+    in the run folder for good (only checkpoints/ was swept); the resume that holds the folder now deletes those of
+    dead processes, and a live writer's stays."""
+    top = outputs / "wf-litter"
+    shutil.copytree(walked.run_dir, top)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = [top / f".predictions.parquet.{dead.pid}.1.tmp", top / "fold-1" / f".summary.json.{dead.pid}.2.tmp"]
+    live = top / f".summary.json.{os.getpid()}.3.tmp"
+    for p in (*left, live):
+        p.write_bytes(b"partial")
+    walk_forward(Config(**WF, run_id="wf-litter", fold_init="warm", resume=True), progress=False)
+    assert not any(p.exists() for p in left) and live.exists()
+    out = capsys.readouterr().out
+    assert f"removed 1 unfinished file(s) of an earlier, killed write in {top}\n" in out
+    assert f"removed 1 unfinished file(s) of an earlier, killed write in {top / 'fold-1'}\n" in out
+
+
 def test_a_resume_with_other_settings_is_refused_before_a_fold_builds_its_features(walked, outputs):
     """The README: a resume that would change the training is refused before any feature cache is built. A
     walk-forward built the fold's cache first (on real data, minutes), then refused."""

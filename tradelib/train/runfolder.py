@@ -38,6 +38,14 @@ def refuse_walk_forward(folder: Path, run_id: str) -> None:
                      f"or choose another run_id")
 
 
+def say_removed(folder: Path) -> None:
+    """Delete what a killed write left in a run folder (a predictions.parquet or summary.json half written, as
+    large as the test set), saying so: only the checkpoints' were, and these stayed for good."""
+    n = remove_stale_tmp(folder) if folder.is_dir() else 0
+    if n:
+        print(f"removed {n} unfinished file(s) of an earlier, killed write in {folder}")
+
+
 class RunFolder:
     """outputs/<run_id>/ for one run; on rank 0 (`main`) it holds the folder's lock until close()."""
 
@@ -62,6 +70,7 @@ class RunFolder:
             n = remove_stale_tmp(self.ckpt_dir)
             if n:
                 print(f"removed {n} unfinished checkpoint file(s) of an earlier, killed write in {self.ckpt_dir}")
+        say_removed(self.dir)
         if not resume:  # (a resume finds its checkpoints in load_resume_point, or says it found none)
             if runs.has_checkpoints(self.dir):
                 raise ValueError(f"run {self.run_id!r} already has checkpoints in {self.ckpt_dir}: pass resume=True "

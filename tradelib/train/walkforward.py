@@ -39,6 +39,7 @@ from tradelib.report import metrics
 from tradelib.report.tables import minute
 from tradelib.train.models import check_model
 from tradelib.train.run import RunResult, train, train_or_launch
+from tradelib.train.runfolder import say_removed
 from tradelib.train.stops import StopRequested, stopped_by
 
 # summary.json figures of a walk-forward: the median over folds, the sum, or the largest
@@ -94,6 +95,8 @@ def walk_forward(cfg: Config, progress: bool = True) -> RunResult:
         if env.main and any((top / "checkpoints").glob("*.pt")):
             raise ValueError(f"run {run_id!r} is a single-split run ({top / 'checkpoints'}): choose another run_id "
                              f"for a walk-forward")
+        if env.main:
+            say_removed(top)
         for k in range(cfg.folds):
             folds.append(train_fold(cfg, run_id, k, folds[-1] if folds else None, progress))
             if folds[-1].run.stopped and k < cfg.folds - 1:  # asked during the fold's last step: it finished first
