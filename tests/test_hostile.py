@@ -407,7 +407,7 @@ def test_a_file_not_in_utf_8_is_named_with_how_to_convert_it(tmp_path, encoding,
     path.write_bytes("timestamp,open,high,low,close,volume,name\n2024-01-02,1,1,1,1,1,Soci\u00e9t\u00e9\n"
                      .encode(encoding))
     with pytest.raises(DataError, match=re.escape(f"{path}: not UTF-8 text (byte b'{byte}' at offset ") +
-                       r"\d+\): save it as UTF-8"):
+                       r"\d+(, a UTF-16 file)?\): save it as UTF-8 \(Excel: 'CSV UTF-8'; or `iconv -f " + encoding):
         load_ohlcv(path, date_format="")
 
 

@@ -121,10 +121,13 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
             df.attrs["decimal_comma"] = decimal == ","
         except DataError:
             raise
-        except UnicodeDecodeError as e:  # a cp1252 or UTF-16 export: the bytes are text, only not UTF-8
-            raise DataError(f"{path}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start}): "
-                            f"save it as UTF-8 (Excel: 'CSV UTF-8'; or `iconv -f cp1252 -t utf-8`, `-f utf-16` for "
-                            f"UTF-16)") from None
+        except UnicodeDecodeError as e:  # a cp1252 or UTF-16 export is text, only not UTF-8; NUL bytes are no text
+            utf16 = e.object[:2] in (b"\xff\xfe", b"\xfe\xff")
+            if b"\x00" in e.object and not utf16:
+                raise DataError(f"{path}: cannot parse as CSV (binary, not text: NUL bytes)") from None
+            raise DataError(f"{path}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start}"
+                            f"{', a UTF-16 file' if utf16 else ''}): save it as UTF-8 (Excel: 'CSV UTF-8'; or "
+                            f"`iconv -f {'utf-16' if utf16 else 'cp1252'} -t utf-8`)") from None
         except Exception as e:  # binary garbage, bad gzip, ragged rows ...
             raise DataError(f"{path}: cannot parse as CSV ({_short(e)})") from None
     else:
