@@ -329,3 +329,89 @@ def test_a_missing_session_counts_its_bars_in_the_positions_and_the_gaps_alike()
     gap = long_gap_rows(ts, codes, bars, 50, continuous=False)
     assert np.flatnonzero(gap).tolist() == [len(a) + 2 * 78]
     assert not long_gap_rows(ts, codes, bars, 79, continuous=False).any()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a lunch break inside the session: a break, as the night is
+
+
+def tokyo_bars(days: pd.DatetimeIndex) -> np.ndarray:
+    """5-minute bars of a Tokyo-style session with a lunch break (00:00-02:25 and 03:30-05:55 UTC: 60 bars)."""
+    one = pd.timedelta_range("00:00:00", periods=72, freq="5min").delete(range(30, 42))
+    return np.concatenate([ns(day + one) for day in days])
+
+
+def test_a_lunch_break_is_one_bar_and_a_halt_on_one_day_counts_its_bars():
+    """The 65 minutes from 02:25 to 03:30 UTC, quiet on every session, are a break (one bar), as the night is;
+    they were 13 bars by the clock, which masked every target over them and, with max_gap_bars under 13, split
+    the series every day. A 30-minute halt on one day (six bars missing) still counts its bars."""
+    days = pd.bdate_range("2024-01-08", periods=10, tz="UTC")
+    a = tokyo_bars(days)
+    halt = (a >= ns(["2024-01-10 01:00"])[0]) & (a < ns(["2024-01-10 01:30"])[0])
+    ts, codes = np.r_[a, a[~halt]], np.r_[np.zeros(len(a)), np.ones(len(a) - halt.sum())].astype(int)
+    bars = np.full(len(ts), MIN5)
+    steps = np.diff(bar_positions(ts, codes, bars, continuous=False))
+    assert set(steps[: len(a) - 1]) == {1}  # the lunch and the nights: one bar each
+    b_steps = steps[len(a):]
+    assert sorted(b_steps)[-1] == 7 and (np.sort(b_steps)[:-1] == 1).all()  # the halt: 7 bars, nothing else
+    gap = long_gap_rows(ts, codes, bars, 5, continuous=False)
+    assert np.flatnonzero(gap).tolist() == [len(a) + int(np.flatnonzero(halt)[0])]  # the halt alone is long
+    # one day's quiet hour on a symbol of two sessions is a halt, not a lunch break; so is any on one session
+    two = tokyo_bars(days[:2])
+    hole = (two >= ns(["2024-01-09 01:00"])[0]) & (two < ns(["2024-01-09 01:30"])[0])
+    assert np.diff(bar_positions(two[~hole], np.zeros(len(two) - 6, int), np.full(len(two) - 6, MIN5),
+                                 continuous=False)).max() == 7
+    one = tokyo_bars(days[:1])
+    assert np.diff(bar_positions(one, np.zeros(60, int), np.full(60, MIN5), continuous=False)).max() == 13
+
+
+def test_a_thin_symbol_missing_bars_at_random_keeps_them_missing():
+    """Symbols with a bar in only 40% of their slots, at random: over 10 sessions no slot is quiet beyond chance,
+    so every hole counts by the clock (half its median count alone made a slot of 60 of them quiet); over 60
+    sessions a thin symbol's lunch is seen (12 slots never traded), and a step over it counts the rest."""
+    rng = np.random.default_rng(3)
+    full = us_session_bars(pd.bdate_range("2024-01-08", periods=10, tz="UTC"))
+    keep = rng.random((60, len(full))) < 0.4
+    ts, codes = np.concatenate([full[k] for k in keep]), np.repeat(np.arange(60), keep.sum(axis=1))
+    same = (ts[1:] // DAY == ts[:-1] // DAY) & (codes[1:] == codes[:-1])
+    steps = np.diff(bar_positions(ts, codes, np.full(len(ts), MIN5), continuous=False))
+    np.testing.assert_array_equal(steps[same], np.diff(ts)[same] // MIN5)
+    tokyo = tokyo_bars(pd.bdate_range("2024-01-08", periods=60, tz="UTC"))
+    thin = tokyo[rng.random(len(tokyo)) < 0.4]
+    d = np.diff(thin)
+    steps = np.diff(bar_positions(thin, np.zeros(len(thin), int), np.full(len(thin), MIN5), continuous=False))
+    three = 3 * 3600 * 10**9  # 03:00 UTC, inside the lunch
+    lunch = (thin[1:] // DAY == thin[:-1] // DAY) & (thin[:-1] % DAY < three) & (thin[1:] % DAY > three)
+    assert lunch.sum() > 50
+    np.testing.assert_array_equal(steps[lunch], d[lunch] // MIN5 - 12)
+    inside = (thin[1:] // DAY == thin[:-1] // DAY) & ~lunch
+    np.testing.assert_array_equal(steps[inside], d[inside] // MIN5)
+
+
+def test_an_hour_that_daylight_saving_time_moves_in_utc_is_no_break():
+    """New York's session across the change to summer time (20 winter sessions, 37 summer): 20:00-21:00 UTC is
+    traded in winter only, inside no summer session; a bar missing there in winter, or at 13:45 UTC in summer,
+    still counts (the hour's bars on 20 of 57 sessions read it as a break)."""
+    one = pd.timedelta_range("09:30:00", periods=78, freq="5min")
+    stamps = pd.DatetimeIndex(np.concatenate([(pd.Timestamp(d.date()).tz_localize("America/New_York") + one)
+                                              .tz_convert("UTC") for d in pd.bdate_range("2024-02-12", "2024-04-30")]))
+    ts = ns(stamps[~stamps.isin(pd.to_datetime(["2024-02-20 20:40", "2024-04-16 13:45"], utc=True))])
+    steps = np.diff(bar_positions(ts, np.zeros(len(ts), int), np.full(len(ts), MIN5), continuous=False))
+    assert steps[np.diff(ts) == 2 * MIN5].tolist() == [2, 2] and (steps[np.diff(ts) == MIN5] == 1).all()
+
+
+def test_a_lunch_break_splits_no_series_and_masks_no_target(tmp_path):
+    """Tokyo's 11:30-12:30 lunch (02:30-03:30 UTC) in a build: with max_gap_bars 10 and a horizon of 12 bars no
+    long gap (there were 45, one a session and symbol) and no target masked (there were 12 of 60 a session);
+    an afternoon one symbol lacks on one day still is a gap."""
+    raw = us_frame(n_days=15, tz="Asia/Tokyo", first="09:00:00", bars=72)
+    local = pd.DatetimeIndex(raw["timestamp"]).tz_convert("Asia/Tokyo")
+    raw = raw[~((local.hour == 11) & (local.minute >= 30) | (local.hour == 12) & (local.minute < 30))]
+    fs, report = build_csv(raw, tmp_path, window=16, horizon=12, max_gap_bars=10)
+    assert long_gaps(report) == {} and fs.meta["n_segments"] == 3
+    assert fs.meta["masked_targets"]["spans_missing_bar"] == 0
+    local = pd.DatetimeIndex(raw["timestamp"]).tz_convert("Asia/Tokyo")
+    out = raw.index[(raw["symbol"] == "AAA") & (local.date == local.date[5 * 60]) & (local.hour == 13)]
+    fs, report = build_csv(raw.drop(index=out), tmp_path, window=16, horizon=12, max_gap_bars=10)
+    assert long_gaps(report) == {"AAA": 1}
+    assert_gaps_are_the_segment_breaks(fs, report)

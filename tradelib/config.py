@@ -90,8 +90,8 @@ class Config:
     clip: float = knob(5.0, "normalised features are clipped to +-clip", "features", lo=0, lo_open=True,
                        finite=True)
     max_gap_bars: int = knob(50, "a gap longer than this many bars of the market's calendar (by the clock inside a "
-                             "session and on a 24/7 market; a night or a weekend on an exchange is one bar, a missing "
-                             "session its bars) splits a series; windows never cross it",
+                             "session and on a 24/7 market; a night, a lunch break or a weekend on an exchange is one "
+                             "bar, a missing session its bars) splits a series; windows never cross it",
                              "features", lo=0)
     train_frac: float = knob(0.7, "chronological split by time across all symbols", "features", lo=0,
                              lo_open=True, hi=1, hi_open=True)

@@ -405,8 +405,8 @@ RULES: tuple[Rule, ...] = (
     Rule("price_spike", "kept", "a one-bar spike that reverts (abs log move > spike_sigmas trailing robust sigmas, "
          "and > 0.05, both in and out, the move out undoing the move in to within a quarter); prices kept, the "
          "targets and returns that start or end at it masked", _price_spike),
-    Rule("long_gap", "kept", "gap longer than max_gap_bars bars of the market's calendar (a night or a weekend "
-         "on an exchange is no gap); windows do not cross it", _long_gaps),
+    Rule("long_gap", "kept", "gap longer than max_gap_bars bars of the market's calendar (a night, a lunch "
+         "break or a weekend on an exchange is no gap); windows do not cross it", _long_gaps),
 )
 RULE_POS = {rule.name: i for i, rule in enumerate(RULES)}
 CALENDAR_RULES = ("price_spike", "long_gap")  # read the long gaps, counted on the calendar of all symbols' clean rows

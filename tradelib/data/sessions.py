@@ -18,7 +18,8 @@ calendar (`bar_steps`): by the clock on a continuous market and inside a session
 one bar plus the sessions of a missing day, so that the horizon of the targets (`bar_positions`: a target spans
 `horizon` bars, not rows) and the long gaps that break a series (`long_gap_rows`, max_gap_bars) read one count, and
 a researcher's data is measured on its own calendar, never an assumed one: a night or a weekend on an exchange is
-no missing data.
+no missing data, nor is a lunch break (a quiet stretch inside the session that recurs on most of a symbol's
+sessions at the same time of day: Tokyo's 02:30 to 03:30 UTC), which a step inside the session crosses as one bar.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ DAYS_PER_YEAR = 365.25
 YEAR_NS = DAYS_PER_YEAR * DAY_NS
 LONG_GAP_DAYS = 10  # a longer gap between marks is missing data, not a weekend or a holiday
 EXCHANGE_DAYS = DAYS_PER_YEAR * 5 / 7  # sessions a year of an exchange seen for under a week (no weekend seen)
+QUIET_SIGMAS = 5  # a slot of the day this far below a symbol's usual rate of bars is a break (`_regular_between`)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,16 @@ def day_start(ts_ns: np.ndarray, bar_ns: float) -> int:
     return _start(hours_traded(ts_ns), bar_ns)
 
 
+def _day_starts(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> np.ndarray:
+    """Each row's symbol's `day_start` (of that symbol's own rows; rows sorted by symbol, `bar_ns` per row)."""
+    first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    sym = np.repeat(np.arange(len(first)), np.diff(np.r_[first, len(codes)]))
+    occupied = np.zeros((len(first), 24), dtype=bool)
+    occupied[sym, (ts_ns % DAY_NS) // HOUR_NS] = True
+    start = np.array([_start(o, b) for o, b in zip(occupied, np.asarray(bar_ns)[first])], dtype=np.int64)
+    return start[sym]
+
+
 def session_days(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> np.ndarray:
     """Each row's session: its day counted from its own symbol's `day_start` (rows sorted by symbol, `bar_ns` per
     row). Symbols of one exchange share their quiet hours, so any start inside them numbers their sessions alike,
@@ -120,12 +132,40 @@ def session_days(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> np
     ts_ns, codes = np.asarray(ts_ns, dtype=np.int64), np.asarray(codes)
     if not len(ts_ns):
         return ts_ns // DAY_NS
-    first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    sym = np.repeat(np.arange(len(first)), np.diff(np.r_[first, len(codes)]))
-    occupied = np.zeros((len(first), 24), dtype=bool)
-    occupied[sym, (ts_ns % DAY_NS) // HOUR_NS] = True
-    start = np.array([_start(o, b) for o, b in zip(occupied, np.asarray(bar_ns)[first])], dtype=np.int64)
-    return (ts_ns - start[sym]) // DAY_NS
+    return (ts_ns - _day_starts(ts_ns, codes, bar_ns)) // DAY_NS
+
+
+def _regular_between(since: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """At the steps `at` (row i to row i + 1: one symbol, one session): how many of the bar slots of the day
+    strictly between the two rows are the symbol's trading time; -1 where the symbol can have no quiet slot.
+    `since`: each row's time since its symbol's `day_start` (rows sorted by (symbol, time), `bar_ns` per row).
+
+    A slot (a time of the session's day, in bars) is quiet, a break as the night is, when the symbol misses it on
+    two or more of the sessions that span it (from their first bar to their last) and has a bar there at under
+    half the rate of its median slot, beyond chance (QUIET_SIGMAS binomial sigmas below that rate). So a lunch
+    break (02:30 to 03:30 UTC in Tokyo), without a bar on most sessions, is a break; a halt or a hole on one
+    session is not, nor a slot that a thin symbol, missing bars at random, happens to miss more often than its
+    others, nor a winter session's last hour in UTC (summer sessions, an hour earlier, do not span it). A slot
+    where the symbol never has a bar is quiet when the symbol has sessions enough to tell (`below` > 0)."""
+    sym = np.r_[0, np.cumsum(codes[1:] != codes[:-1])]
+    day, slot = since // DAY_NS, (since % DAY_NS) // np.maximum(bar_ns, 1)
+    width = int(slot.max()) + 1
+    key, base = sym * width + slot, np.arange(sym[-1] + 1) * width
+    change = (sym[1:] != sym[:-1]) | (day[1:] != day[:-1])
+    first, last = np.sort(key[np.r_[True, change]]), np.sort(key[np.r_[change, True]])  # per (symbol, session)
+    sessions = np.bincount(sym[np.r_[True, change]])  # per symbol
+    keys, fill = np.unique(key[np.r_[True, change | (slot[1:] != slot[:-1])]], return_counts=True)  # sessions a slot
+    owner = keys // width
+    span = (np.searchsorted(first, keys, side="right") - np.searchsorted(first, base[owner])
+            - np.searchsorted(last, keys) + np.searchsorted(last, base[owner]))  # sessions spanning it
+    rate = pd.Series(fill / span).groupby(owner).median().to_numpy()  # per symbol: each has a slot
+
+    def below(n: np.ndarray, p: np.ndarray) -> np.ndarray:  # a slot of n sessions with a bar on fewer is quiet
+        return np.minimum(np.minimum(p * n / 2, p * n - QUIET_SIGMAS * np.sqrt(n * p * (1 - p))), n - 1.5)
+
+    trading = keys[fill >= below(span, rate[owner])]
+    between = np.searchsorted(trading, key[at + 1]) - np.searchsorted(trading, key[at], side="right")
+    return np.where(below(sessions, rate)[sym[at]] > 0, between, -1)  # where none is quiet, the clock's count stands
 
 
 def long_gap_ns(step_ns):
@@ -222,7 +262,10 @@ def bar_steps(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuo
     session counts as one bar (overnight, a weekend, a holiday: nothing is missing there) plus, for every
     session in between that symbols of the same bar size traded and this one lacks (a missing day), the bars the
     symbol has in a session (its median). `days` (bar size -> the sorted sessions it traded, `traded_days`) when
-    these rows are some symbols of the data: the sessions are counted over all of them.
+    these rows are some symbols of the data: the sessions are counted over all of them. A step inside a session
+    across a quiet stretch that recurs on most of the symbol's sessions (a lunch break, `_regular_between`) is a
+    break as the night is: one bar plus the bars missing around it, not counted by the clock (a lunch of 13 bars
+    read as missing masked every target over it and, with max_gap_bars under 13, split the series every day).
     """
     ts_ns, bar_ns = np.asarray(ts_ns, dtype=np.int64), np.asarray(bar_ns, dtype=np.int64)
     codes = np.asarray(codes)
@@ -236,7 +279,8 @@ def bar_steps(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuo
     clock = np.ones(n - 1, dtype=bool)
     same = codes[1:] == codes[:-1]
     if not continuous:
-        day = session_days(ts_ns, codes, bar_ns)
+        since = ts_ns - _day_starts(ts_ns, codes, bar_ns)
+        day = since // DAY_NS  # session_days
         clock = (day[1:] == day[:-1]) | (d > long_gap_ns(bar))
         cross = np.flatnonzero(~clock & same)  # steps to a later session (one a session and symbol: few)
         d0, d1, size = day[cross], day[cross + 1], bar[cross]
@@ -250,6 +294,12 @@ def bar_steps(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuo
         if lacks.size:
             per[lacks] = _bars_per_session(day, codes, cross[lacks] + 1)
         step[cross] = 1 + missing * per
+        inside = np.flatnonzero(clock & same & (d > bar) & (d <= long_gap_ns(bar)))  # bars missing in a session?
+        if inside.size:
+            regular = _regular_between(since, codes, bar_ns, inside)
+            quiet = (regular >= 0) & (1 + regular < step[inside])  # a recurring quiet stretch between the two
+            step[inside[quiet]] = 1 + regular[quiet]
+            clock[inside[quiet]] = False
     step[~same] = 0
     return step, clock
 
