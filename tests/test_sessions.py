@@ -284,6 +284,24 @@ def test_a_session_one_symbol_lacks_that_others_traded_is_a_long_gap(tmp_path):
     assert long_gaps(report) == {} and fs.meta["n_segments"] == 3
 
 
+def test_the_targets_over_a_long_gap_are_counted_masked(tmp_path):
+    """The 12 targets of horizon 12 that would span the session BBB lacks (1 + 78 bars: a long gap, so a new
+    segment) are masked and counted in masked_targets, as those over a shorter hole are: 01 said 0. A restart
+    without a missing bar (a corporate action, mask) masks its targets without counting them."""
+    raw = us_frame(n_days=15)
+    day = pd.DatetimeIndex(raw["timestamp"]).tz_convert("America/New_York").date
+    lacks = raw.index[(raw["symbol"] == "BBB") & (day == day[4 * 78])]
+    fs, report = build_csv(raw.drop(index=lacks), tmp_path, window=16, horizon=12, target_delay=0)
+    assert long_gaps(report) == {"BBB": 1}
+    has_end = np.r_[fs.symbol_id[12:] == fs.symbol_id[:-12], np.zeros(12, bool)]  # a row 12 on, same symbol
+    assert np.isnan(fs.fwd_return[has_end]).sum() == 12 == fs.meta["masked_targets"]["spans_missing_bar"]
+    split = raw.copy()
+    after = (split["symbol"] == "AAA") & (split.index >= 6 * 78)
+    split.loc[after, ["open", "high", "low", "close"]] /= 2  # a 2:1 split at the open of AAA's 7th session
+    fs, report = build_csv(split, tmp_path, window=16, horizon=12, target_delay=0)
+    assert fs.meta["n_segments"] == 4 and fs.meta["masked_targets"]["spans_missing_bar"] == 0
+
+
 def test_a_24_7_market_outage_across_utc_midnight_is_a_long_gap(tmp_path):
     """A continuous market counts every step by the clock: 5 hours (60 bars) missing across midnight is long."""
     stamps = pd.date_range("2024-03-01", "2024-03-22", freq="5min", tz="UTC", inclusive="left")

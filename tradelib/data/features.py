@@ -164,7 +164,8 @@ def targets(bars: dict, seg: Segments, codes: np.ndarray, pos: np.ndarray, cfg) 
     and the last one (the momentum baseline); NaN where unknown.
 
     The horizon is in bars (`pos`: each row's bar number in its symbol, `sessions.bar_positions`: missing bars
-    counted, session breaks not): a target that would span a missing bar is masked, not stretched over more time.
+    counted, session breaks not): a target that would span a missing bar is masked, not stretched over more time,
+    and counted (`spans_missing_bar`), also over a long gap, where the segment ends before the target would.
     A target or return that starts or ends at a confirmed price spike (`spike_rows`, which needs the next bar) is
     masked too: the label side is the one place where information from after t may act. `ret_next` runs to the
     symbol's next row (a position is held across a missing bar) and is masked only at spikes. The delay is in
@@ -176,8 +177,11 @@ def targets(bars: dict, seg: Segments, codes: np.ndarray, pos: np.ndarray, cfg) 
     spike = spike_rows(close, codes, seg.rank == 0, cfg.spike_sigmas)
     clear = ~spike & ~seg.ahead(spike, h)  # neither the start nor the end of the target is a spike
     whole = np.zeros(len(pos), dtype=bool)  # the target spans `horizon` bars: no bar missing in between
+    spans = np.zeros(len(pos), dtype=bool)  # its symbol has a price h rows on, more than h bars on: counted masked
     if h < len(pos):
-        whole[:-h] = (pos[h:] - pos[:-h] == h) & seg.same(h)
+        full = pos[h:] - pos[:-h] == h
+        whole[:-h] = full & seg.same(h)
+        spans[:-h] = ~full & (codes[h:] == codes[:-h]) & np.isfinite(log_close[h:])  # across a long gap too
     lc_h = seg.lead(log_close, h)
     fwd = lc_h - log_close
     fwd[~(whole & clear)] = np.nan
@@ -191,7 +195,7 @@ def targets(bars: dict, seg: Segments, codes: np.ndarray, pos: np.ndarray, cfg) 
     ret_next = seg.lead(log_close, 1) - log_close
     ret_next[spike | seg.ahead(spike, 1)] = np.nan
     return {"target": target, "fwd_return": fwd, "ret_next": ret_next, "last_return": seg.diff(log_close, 1),
-            "spike": spike, "spans_missing_bar": np.isfinite(lc_h) & ~whole}
+            "spike": spike, "spans_missing_bar": spans}
 
 
 def fit_robust(x: np.ndarray, max_rows: int = 2_000_000, scratch: bool = False) -> tuple[float, float]:
