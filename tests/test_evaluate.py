@@ -550,6 +550,51 @@ def test_backtest_equal_weight_and_flat_when_a_symbol_leaves():
     assert bt.stats["net"]["max_drawdown"] == pytest.approx(0.012)  # a first-bar loss counts: the peak is 1
 
 
+def unprinted_bar(a_rows=None, a_ret=0.03) -> pd.DataFrame:
+    """A misses its t2 bar (A's t1 ret_next, `a_ret`, runs t1 -> t3); B prints every bar and flips at t2."""
+    ts = pd.date_range("2024-01-01", periods=4, freq="h")
+    extra = {} if a_rows is None else {"row": [*a_rows, 20, 21, 22, 23]}
+    return frame([ts[0], ts[1], ts[3], *ts], ["A"] * 3 + ["B"] * 4, [1, 1, 1, 1, 1, -1, -1],
+                 ret_next=np.log1p([0.01, a_ret, 0.0, 0.02, -0.01, 0.01, 0.0]), **extra)
+
+
+def test_backtest_holds_a_symbol_through_a_bar_it_did_not_print():
+    """ret_next runs over A's missing bar, so A's position is held over it: no close, no reopen, and B keeps its
+    weight (N_t counts A, held); before, the book closed A at t2, reopened it a bar later and doubled B at t3."""
+    for a_rows in (None, [10, 11, 12]):  # the frame's rows are A's, or predictions.parquet's feature-set rows
+        bt = bk.backtest(unprinted_bar(a_rows), cost_bps=10.0, bar_seconds=HOUR, trade_delay=1)
+        # held (delay 1): t1 A .5 B .5; t2 A .5 (held, earns 0: its t1 return ran to t3) B .5; t3 A .5 B -.5
+        np.testing.assert_allclose(bt.pnl["gross"], [0.0, 0.5 * 0.03 - 0.5 * 0.01, 0.5 * 0.01, 0.0])
+        np.testing.assert_allclose(bt.pnl["turnover"], [0.0, 1.0, 0.0, 1.0])  # B's flip is the one trade
+        np.testing.assert_allclose(bt.pnl["exposure"], [0.0, 1.0, 1.0, 1.0])
+        np.testing.assert_allclose(bt.pnl["buy_hold"], [0.015 - 0.001, 0.01, 0.005, 0.0])
+    # a bar A printed without a prediction (its row 12 is not in the frame), or its return unknown: A is flat
+    for df in (unprinted_bar([10, 11, 13]), unprinted_bar(a_ret=np.nan)):
+        bt = bk.backtest(df, cost_bps=10.0, bar_seconds=HOUR, trade_delay=1)
+        np.testing.assert_allclose(bt.pnl["turnover"], [0.0, 1.0, 0.5, 1.5])  # closed at t2, B alone at t3
+        np.testing.assert_allclose(bt.pnl["exposure"], [0.0, 1.0, 0.5, 1.0])
+
+
+def test_held_bars_look_at_no_later_prediction():
+    """The book up to t + delay is the same whatever the predictions after t are, gaps held or not."""
+    rng = np.random.default_rng(5)
+    ts = pd.date_range("2024-01-01", periods=40, freq="h", tz="UTC")
+    keep = rng.random((3, 40)) > 0.2  # each symbol misses about a fifth of its bars
+    keep[:, 0] = True
+    sym = np.repeat(list("ABC"), 40)[keep.ravel()]
+    df = frame(np.tile(ts, 3)[keep.ravel()], sym, rng.standard_normal(keep.sum()),
+               ret_next=0.01 * rng.standard_normal(keep.sum()))
+    cut = ts[20]
+    later = df.assign(prediction=np.where(df["timestamp"] > cut, rng.standard_normal(len(df)), df["prediction"]))
+    for mode in ("sign", "scaled", "neutral"):
+        for delay in (0, 1, 2):
+            kw = {"cost_bps": 5.0, "bar_seconds": HOUR, "mode": mode, "scale_window": 5, "trade_delay": delay}
+            a, b = bk.backtest(df, **kw).pnl, bk.backtest(later, **kw).pnl
+            upto = a["timestamp"] <= ts[20 + delay]
+            assert upto.sum() >= 20 + delay
+            pd.testing.assert_frame_equal(a[upto], b[upto])
+
+
 def test_scaled_positions_use_past_median_and_cap():
     ts = pd.date_range("2024-01-01", periods=4, freq="h")
     df = frame(ts, ["A"] * 4, [1.0, 2.0, 4.0, -8.0])

@@ -2,7 +2,8 @@
 deflated Sharpe over the trials compared, the break-even cost and its bootstrap interval.
 
 The signal at the close of t trades `trade_delay` bars later (default 1: at the close of t+1) and earns the
-simple return exp(ret_next) - 1 of the bar after that; costs on every change of weight. `evaluate_all` sets
+simple return exp(ret_next) - 1 to the symbol's next row, held through the bars it did not print in between;
+costs on every change of weight. `evaluate_all` sets
 every predictor (the model and `metrics.baseline_predictions`) side by side on the same rows; `trial_count`
 and `best_predictors` say what the deflated figures count and which predictor, if any, is marked best.
 """
@@ -113,12 +114,18 @@ def signal_weights(df: pd.DataFrame, pred_col: str = "prediction", mode: str = "
     """
     tcode = pd.factorize(ts_ns(df["timestamp"]))[0]
     if mode != "neutral":
-        return positions(df, pred_col, mode, cap, scale_window) / np.bincount(tcode)[tcode]
-    p = df[pred_col].to_numpy(dtype=float)
-    ok = np.isfinite(p)
+        return _spread(tcode, positions(df, pred_col, mode, cap, scale_window), mode)
+    return _spread(tcode, df[pred_col].to_numpy(dtype=float), mode)
+
+
+def _spread(tcode: np.ndarray, x: np.ndarray, mode: str) -> np.ndarray:
+    """`signal_weights` from each row's timestamp code and its position (sign, scaled) or prediction (neutral)."""
+    if mode != "neutral":
+        return x / np.bincount(tcode)[tcode]
+    ok = np.isfinite(x)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.bincount(tcode[ok], p[ok], tcode.max() + 1) / np.bincount(tcode[ok], minlength=tcode.max() + 1)
-        dev = np.where(ok, p - mean[tcode], 0.0)
+        mean = np.bincount(tcode[ok], x[ok], tcode.max() + 1) / np.bincount(tcode[ok], minlength=tcode.max() + 1)
+        dev = np.where(ok, x - mean[tcode], 0.0)
         gross = np.bincount(tcode, np.abs(dev))[tcode]
         return np.where(gross > 0, dev / gross, 0.0)
 
@@ -146,6 +153,43 @@ class BacktestResult:
 
     pnl: pd.DataFrame
     stats: dict = field(default_factory=dict)
+
+
+def _runs_on(d: pd.DataFrame, tidx: np.ndarray) -> np.ndarray:
+    """Per row of `d` (sorted by symbol, time): whether its symbol's position runs on, untraded, over the
+    timestamps before the symbol's next row, at which it printed no bar. So when its `ret_next` (the return it
+    earns) is known and runs to that next row: where `d` has `row` (the feature set's, as predictions.parquet
+    has), the next row is the feature set's next one, so no bar printed between is left without its return (a
+    row without a prediction, e.g. one whose target spans the missing bar) and the two lie in one segment (a
+    gap longer than `max_gap_bars` ends the segment, and ret_next is NaN there); in a walk-forward, in one fold.
+    A frame without `row` is taken to hold each symbol's rows: its ret_next runs to the next one."""
+    sym = d["symbol"].to_numpy()
+    nxt = np.r_[sym[1:] == sym[:-1], False] & np.r_[tidx[1:] > tidx[:-1] + 1, False]
+    nxt &= np.isfinite(d["ret_next"].to_numpy(dtype=float))
+    for col, step in (("row", 1), ("fold", 0)):
+        if col in d:
+            v = d[col].to_numpy()
+            nxt[:-1] &= v[1:] == v[:-1] + step
+    return nxt
+
+
+def _fill_unprinted(d: pd.DataFrame, times: np.ndarray) -> pd.DataFrame:
+    """`d` with a row appended for each timestamp of `times` at which a symbol whose position runs on
+    (`_runs_on`) printed no bar: `printed` False, the prediction and position of its last row (what is known
+    then: no look-ahead), return 0 (its last row's ret_next already runs over the gap). Rows of `d` keep their
+    order and come first, so a frame without such gaps gives the same sums as before, bit for bit."""
+    order = np.lexsort((d["timestamp"].to_numpy(), pd.factorize(d["symbol"])[0]))
+    s = d.iloc[order]
+    tidx = np.searchsorted(times, s["timestamp"].to_numpy())
+    gap = _runs_on(s, tidx)
+    src = s[gap]
+    missing = (np.r_[tidx[1:], 0] - tidx - 1)[gap]  # timestamps without a bar before the symbol's next row
+    fill = src.loc[src.index.repeat(missing)].copy()
+    step = np.arange(len(fill)) - np.repeat(np.cumsum(missing) - missing, missing) + 1
+    fill["timestamp"] = times[np.repeat(tidx[gap], missing) + step]
+    fill["r"] = 0.0
+    fill["printed"] = False
+    return pd.concat([d.assign(printed=True), fill], ignore_index=True)
 
 
 def _trade_flows(tidx: np.ndarray, sym: np.ndarray, w: np.ndarray, n_times: int) -> np.ndarray:
@@ -199,9 +243,13 @@ def backtest(
 
     The weights of timestamp t (`signal_weights`: equal weight sign or scaled positions, or market-neutral)
     are traded `trade_delay` timestamps later, at that bar's close, and held over the next bar for the simple
-    return exp(ret_next) - 1 (ret_next a log return; NaN -> 0). gross_t = sum w * r; cost_t = cost_bps/1e4 *
-    sum |w_t - w_{t-1}| (the first position is a change from 0, a symbol without a row is flat, the book is
-    not liquidated after the last bar); net = gross - cost; equity compounds: cumprod(1 + net). Sharpe,
+    return exp(ret_next) - 1 (ret_next a log return to the symbol's next row; NaN -> 0). Where that next row
+    is timestamps later (bars the symbol did not print: `_runs_on`), the position is held through them untraded,
+    earning nothing more there, and the symbol counts in N_t and in the neutral cross-section with its last
+    prediction (`_fill_unprinted`); a symbol that ends, or whose return to its next row is not in df, is closed.
+    gross_t = sum w * r; cost_t = cost_bps/1e4 * sum |w_t - w_{t-1}| (the first position is a change from 0, a
+    symbol without a row is flat, the book is not liquidated after the last bar); net = gross - cost; equity
+    compounds: cumprod(1 + net). Sharpe,
     annual return and volatility use `periods_per_year`, else the calendar of df's timestamps
     (`annualisation`), or `annualised` (an `annualisation` dict the caller measured; its description is
     kept). Buy-and-hold is long 1/N_t of every symbol present, pays cost_bps once at entry and rebalances for
@@ -211,19 +259,28 @@ def backtest(
     bar = float(bar_seconds) if bar_seconds else infer_bar_seconds(df)
     ann = annualised or annualisation(df, bar, periods_per_year=periods_per_year or 0.0)
     ppy = ann["periods_per_year"]
+    neutral = mode == "neutral"
     d = pd.DataFrame(
         {
             "timestamp": ts_ns(df["timestamp"]),
             "symbol": df["symbol"].to_numpy(),
-            "w": signal_weights(df, pred_col, mode, cap, scale_window),
+            "x": df[pred_col].to_numpy(dtype=float) if neutral else positions(df, pred_col, mode, cap, scale_window),
             "r": np.expm1(np.nan_to_num(df["ret_next"].to_numpy(dtype=float), nan=0.0)),
+            "ret_next": df["ret_next"].to_numpy(dtype=float),
+            **{c: df[c].to_numpy() for c in ("row", "fold") if c in df},
         }
-    ).sort_values(["symbol", "timestamp"], kind="stable")
-    times, tidx = np.unique(d["timestamp"].to_numpy(), return_inverse=True)
-    tidx = tidx.ravel()
+    )
+    times = np.unique(d["timestamp"].to_numpy())
+    d = _fill_unprinted(d, times)  # a symbol is held through a bar it did not print
+    d["w"] = _spread(np.searchsorted(times, d["timestamp"].to_numpy()), d["x"].to_numpy(), mode)
+    d = d.sort_values(["symbol", "timestamp"], kind="stable")
+    tidx = np.searchsorted(times, d["timestamp"].to_numpy())
     n_t = np.bincount(tidx, minlength=len(times))
     sym = d["symbol"].to_numpy()
     w = shift_rows(sym, d["timestamp"].to_numpy(), d["w"].to_numpy(), -int(trade_delay), 0.0)  # held at each row
+    printed = d["printed"].to_numpy()
+    if not printed.all():  # no bar, no trade: a row without one holds what its symbol's last bar held
+        w = pd.Series(np.where(printed, w, np.nan)).ffill().to_numpy()
     r = d["r"].to_numpy()
     gross = np.bincount(tidx, weights=w * r, minlength=len(times))
     turnover = _trade_flows(tidx, sym, w, len(times))
