@@ -414,3 +414,23 @@ def test_04s_first_run_trains_with_the_parameters_papermill_gave_it(outputs, cap
     assert {k: config[k] for k in given} == given
     assert "training one as 03_train would, with the parameters given (synth_symbols, synth_bars" in \
         capsys.readouterr().out
+
+
+def test_04s_first_run_in_jupyterlab_trains_with_the_values_set_in_its_cells(capsys, monkeypatch):
+    """04 opened in JupyterLab on a fresh clone: nothing is injected, the researcher writes the training values in
+    its parameters cell; the run it trains first takes them (it trained the defaults, 1,926 steps on 2 cores, with
+    the cell's values silently dropped); 04's own report knobs are left as they are."""
+    from tradelib.config import declared_parameters
+    from tradelib.train import walkforward
+
+    trained = []
+    monkeypatch.setattr(walkforward, "train_or_walk", lambda cfg: trained.append(cfg) or Path("run"))
+    given = {"synth_symbols": 3, "synth_bars": 1500, "window": 16, "hidden": 8, "max_steps": 4, "device": "cpu",
+             "compile": "off"}
+    own = {name: Config().to_dict()[name] for name in declared_parameters("04_report")}  # its parameters cell
+    ns = {**own, **given, "unrelated": 1, "In": ["", "run_id: str = ''\n" + "\n".join(f"{k} = {v!r}" for k, v in
+                                                                                       given.items())]}
+    walkforward.first_run(ns)
+    assert {k: getattr(trained[0], k) for k in given} == given
+    said = capsys.readouterr().out
+    assert "with the parameters given (synth_symbols, synth_bars, window, hidden, max_steps, device, compile)" in said

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from tradelib import runs
-from tradelib.config import Config, injected_parameters, resume_command
+from tradelib.config import Config, declared_parameters, injected_parameters, resume_command
 from tradelib.data.features import FeatureSet
 from tradelib.distributed import dist_env, launch_distributed, needs_launch
 from tradelib.paths import outputs_dir
@@ -57,9 +57,13 @@ class FoldResult:
 def first_run(ns: dict) -> Path:
     """The run 04_report trains when outputs/ holds none (a fresh clone): 03_train's, with every Config parameter
     papermill gave the notebook (its globals() `ns`), the training ones 04 itself ignores included, so that
-    `papermill 04_report.ipynb out.ipynb -f params/tiny.yaml` trains tiny's run, not the defaults' (minutes)."""
+    `papermill 04_report.ipynb out.ipynb -f params/tiny.yaml` trains tiny's run, not the defaults' (minutes). In
+    JupyterLab nothing is injected: the Config parameters a researcher set in the notebook's cells that 04 does
+    not declare (its own are report knobs) are the ones given."""
     names = {f.name for f in dataclasses.fields(Config)}
-    given = {n: ns[n] for n in dict.fromkeys(injected_parameters(ns)) if n in names}
+    own = set(declared_parameters("04_report"))
+    typed = [n for n in ns if n in names and n not in own]
+    given = {n: ns[n] for n in dict.fromkeys([*injected_parameters(ns), *typed]) if n in names}
     cfg = Config.from_dict(given, source="04_report parameters")
     said = f", with the parameters given ({', '.join(given)})" if given else ""
     print(f"no run under outputs/ yet: training one as 03_train would{said}", flush=True)
