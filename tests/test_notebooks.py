@@ -329,3 +329,27 @@ def test_04_calls_the_per_day_ic_a_sessions_not_a_utc_dates():
     cells = json.loads((repo_root() / "notebooks" / "04_report.ipynb").read_text())["cells"]
     words = next("".join(c["source"]) for c in cells if "**per-day** IC" in "".join(c["source"]))
     assert "UTC day" not in words and "session" in words
+
+
+def test_04_with_no_run_named_says_a_newer_run_was_stopped(outputs, capsys):
+    """04 in JupyterLab after 03 was interrupted: the latest finished run is an older one, and 04 reported it in
+    silence (`tradelib report` named the newer one); its cell that picks the run now says so."""
+    import time
+
+    from tradelib import runs
+    from tradelib.progress import PROGRESS_FILE
+
+    for name in ("done", "stopped"):
+        (outputs / name).mkdir(parents=True)
+        (outputs / name / "metrics.jsonl").write_text("")
+        if name == "done":
+            runs.write_summary(outputs / name, {"run_id": name})
+            time.sleep(0.01)
+    (outputs / "stopped" / PROGRESS_FILE).write_text(json.dumps({"step": 5, "total": 10, "state": "interrupted"}))
+    cells = nbformat.read(NB / "04_report.ipynb", as_version=4).cells
+    picks = next(c.source.splitlines()[0] for c in cells if c.source.startswith("run = "))
+    ns = {"runs": runs, "run_id": ""}
+    exec(picks, ns)
+    assert ns["run"] == outputs / "done"
+    said = capsys.readouterr().out
+    assert "run 'stopped' is newer but interrupted: reporting the latest finished run, 'done'" in said

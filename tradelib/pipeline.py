@@ -28,8 +28,8 @@ from tradelib.runs import (
     has_checkpoints,
     holding_run,
     new_run_id,
-    newer_unfinished,
     read_summary,
+    report_run,
     resolve_run,
     run_dir,
     run_state,
@@ -219,12 +219,7 @@ def run_report(run: str = "", files: list[str] | None = None, overrides: list[tu
     params = read_params(files, overrides, origins)
     src = {"04_report": notebooks_dir() / "04_report.ipynb"}
     per_nb, _ = split_params(params, ("04_report",), origins)
-    named = run or params.get("run_id") or None
-    folder = resolve_run(named)
-    if not named:  # the latest finished run; say so where a newer one is still going, or was stopped
-        for other, state in newer_unfinished(folder):
-            print(f"run {other.name!r} is newer but {state}: reporting the latest finished run, {folder.name!r}",
-                  flush=True)
+    folder = report_run(run or params.get("run_id") or None)  # none named: the latest finished, newer ones named
     found = {"summary.json": read_summary(folder) is not None,
              "predictions.parquet": (folder / "predictions.parquet").exists()}
     missing = [name for name, there in found.items() if not there]

@@ -228,6 +228,17 @@ def resolve_run(run: str | os.PathLike | None) -> Path:
     raise FileNotFoundError(f"run {run!r} not found (looked for {p} and {outputs_dir() / str(run)})")
 
 
+def report_run(run: str | os.PathLike | None) -> Path:
+    """The run a report is of (`resolve_run`'s). With none named, the latest finished one, and each newer run
+    that has not finished is named: 04 in JupyterLab after 03 was stopped reported an older run in silence."""
+    folder = resolve_run(run)
+    if not run:
+        for other, state in newer_unfinished(folder):
+            print(f"run {other.name!r} is newer but {state}: reporting the latest finished run, {folder.name!r}",
+                  flush=True)
+    return folder
+
+
 # -- metrics.jsonl --------------------------------------------------------------------------------------------
 def append_metrics(run: Path, row: dict) -> None:
     """One row at the end of metrics.jsonl; a full disk names the file (`writing`), not "a file"."""
