@@ -192,3 +192,23 @@ def test_a_progress_file_naming_a_pid_no_process_can_have_reads_as_a_dead_run(tm
         path = tmp_path / PROGRESS_FILE
         path.write_text(json.dumps({"step": 1, "total": 2, "state": "running", "pid": pid}))
         assert read_progress(path)["state"] == "stopped (process gone)"
+
+
+def test_a_widget_of_a_run_ended_cleanly_short_of_its_steps_closes_green_not_red(monkeypatch):
+    """JupyterLab: tqdm draws a bar closed short of its total red, as an error, so a run that max_minutes or early
+    stopping ended cleanly read as failed; it closes green now. An interrupted or failed run's stays red."""
+    pytest.importorskip("ipywidgets")
+    from tradelib import progress
+
+    monkeypatch.setattr(progress, "in_kernel", lambda: True)
+    monkeypatch.setattr(progress, "headless_kernel", lambda: False)
+    styles = {}
+    for state, steps in (("done", 4), ("done", 10), ("interrupted", 4), ("failed", 4)):
+        shown = Progress(10, mode="widget")
+        assert shown.mode == "widget"
+        bar = shown.bar
+        shown.advance(steps)
+        shown.close(state)
+        styles[state, steps] = bar.container.children[1].bar_style
+    assert styles == {("done", 4): "success", ("done", 10): "success", ("interrupted", 4): "danger",
+                      ("failed", 4): "danger"}

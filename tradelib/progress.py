@@ -37,7 +37,20 @@ class _Bar(tqdm):
 def _widget_bar() -> type:
     from tqdm.notebook import tqdm as notebook_tqdm
 
-    return type("_WidgetBar", (notebook_tqdm,), {"monitor_interval": 0})
+    class _WidgetBar(notebook_tqdm):
+        """tqdm's widget, which draws a bar closed short of its total red, as an error: `ended` (a run that ended
+        as it should, by max_minutes or early stopping before its last step) closes it green."""
+
+        monitor_interval = 0
+        ended = False
+
+        def close(self) -> None:
+            if not (self.ended and not self.disable):
+                return super().close()
+            super(notebook_tqdm, self).close()
+            self.disp(bar_style="success", check_delay=False)
+
+    return _WidgetBar
 
 
 def _shell():
@@ -158,7 +171,9 @@ class Progress:
 
     def close(self, state: str = "done") -> None:
         """End the display (`state`: done, interrupted, failed) and write the last figures to the file."""
-        if self.bar is not None:  # (a bar short of its total closes red in a notebook)
+        if self.bar is not None:  # (a widget short of its total closes red unless the run ended as it should)
+            if self.mode == "widget":
+                self.bar.ended = state == "done"
             self.bar.set_postfix_str(self._postfix(), refresh=False)
             self.bar.close()
             self.bar = None
