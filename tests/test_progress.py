@@ -212,3 +212,27 @@ def test_a_widget_of_a_run_ended_cleanly_short_of_its_steps_closes_green_not_red
         styles[state, steps] = bar.container.children[1].bar_style
     assert styles == {("done", 4): "success", ("done", 10): "success", ("interrupted", 4): "danger",
                       ("failed", 4): "danger"}
+
+
+def test_a_closed_widget_shows_the_runs_own_rate_not_its_first_seconds(monkeypatch):
+    """JupyterLab: tqdm's widget keeps, once closed, the rate (and ETA) of its last redraw, a second or more before
+    the end: a run whose first step was slow closed reading `52/100 [00:01<00:26, 1.82step/s]`. It closes with the
+    run's own rate, the steps over the elapsed time, as tqdm's terminal bar does."""
+    pytest.importorskip("ipywidgets")
+    import re
+
+    from tradelib import progress
+
+    monkeypatch.setattr(progress, "in_kernel", lambda: True)
+    monkeypatch.setattr(progress, "headless_kernel", lambda: False)
+    shown = Progress(100, mode="widget")
+    bar = shown.bar
+    time.sleep(1.1)  # a slow first step (compilation, a cold cache): the one redraw the bar makes
+    shown.advance(2)
+    for _ in range(50):
+        time.sleep(0.002)
+        shown.advance()
+    shown.close("interrupted")
+    said = bar.container.children[2].value
+    rate = float(re.search(r"([\d.]+)step/s", said).group(1))
+    assert rate > 52 / 1.1 / 2, said  # 52 steps in about 1.2 s

@@ -39,12 +39,15 @@ def _widget_bar() -> type:
 
     class _WidgetBar(notebook_tqdm):
         """tqdm's widget, which draws a bar closed short of its total red, as an error: `ended` (a run that ended
-        as it should, by max_minutes or early stopping before its last step) closes it green."""
+        as it should, by max_minutes or early stopping before its last step) closes it green. Closed, it shows the
+        run's own rate (steps over elapsed time), as tqdm's terminal bar does, not its last redraw's (a slow first
+        step read as the rate of the whole run, with an ETA of minutes)."""
 
         monitor_interval = 0
         ended = False
 
         def close(self) -> None:
+            self._ema_dt = lambda: None  # (tqdm's own way: no rate of its own, so the display takes n / elapsed)
             if not (self.ended and not self.disable):
                 return super().close()
             super(notebook_tqdm, self).close()
