@@ -236,3 +236,27 @@ def test_a_closed_widget_shows_the_runs_own_rate_not_its_first_seconds(monkeypat
     said = bar.container.children[2].value
     rate = float(re.search(r"([\d.]+)step/s", said).group(1))
     assert rate > 52 / 1.1 / 2, said  # 52 steps in about 1.2 s
+
+
+def test_a_stop_while_the_results_are_written_says_so_and_how_to_resume(outputs, monkeypatch, capsys):
+    """Jupyter's stop pressed once the bar is full, while the run writes its results (train_facts.json's forward
+    pass over every split, the predictions, the summary): progress.json said "done" with no summary (04 then named
+    the run "newer but done") and nothing was said. It says the stop, and the resume command, which writes them."""
+    from tradelib.train import run as run_module
+
+    cfg = Config(**{**TINY, "epochs": 1, "run_id": "stopped-finishing"})
+
+    def stop(*args) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "write_train_facts", stop)
+        with pytest.raises(KeyboardInterrupt) as raised:
+            train(cfg)
+    folder = outputs / "stopped-finishing"
+    assert runs.run_state(folder) == "interrupted" and not (folder / "summary.json").exists()
+    said = capsys.readouterr().out
+    assert "interrupted while writing the run's results" in said and getattr(raised.value, "resume_said", False)
+    assert "-p run_id stopped-finishing -p resume True" in said
+    train(cfg.replace(resume=True))
+    assert runs.run_state(folder) == "finished"

@@ -184,6 +184,10 @@ class Progress:
             self._say("" if state == "done" and self.step >= self.total else state)
         self._write(state, force=True)
 
+    def mark(self, state: str) -> None:
+        """`state` in the file after close(): a run stopped while it wrote its results is not "done"."""
+        self._write(state, force=True)
+
     # -- rendering ---------------------------------------------------------------------------------------------
     def _postfix(self) -> str:
         """epoch 2/3, loss 0.9876, 12.3k samples/s (what is known so far)."""

@@ -430,7 +430,11 @@ class TrainingRun:
                 self.cpu_own_s, self.cpu_wall_s = other.own, other.wall
                 self.gpu_stats = self.monitor.stop()
                 self.bar.close(state)
-            return self.finish()
+            try:
+                return self.finish()
+            except KeyboardInterrupt as exc:
+                self._on_interrupted_finish(exc)
+                raise
         finally:
             self.close()
 
@@ -561,6 +565,21 @@ class TrainingRun:
             print(f"\n{stopped_by(signum)} at step {self.step} ({self.epoch_words()}); {where}.\n"
                   f"Resume: {command}\n(notebook 03_train or papermill: the same -p NAME VALUE pairs, those not "
                   f"given left at their defaults)", flush=True)
+
+    def _on_interrupted_finish(self, exc: KeyboardInterrupt) -> None:
+        """A stop once the training ended, while its results were written (train_facts.json's forward pass over
+        every split, the predictions, the summary: minutes on a large set): progress.json read "done" with no
+        results and nothing was said. Now it reads the stop, and the resume command, which writes them from the
+        final checkpoint, is printed."""
+        signum = getattr(exc, "signum", signal.SIGINT)
+        self.bar.mark(progress_state(signum))
+        if self.main:
+            command = resume_command(self.cfg, self.walk or self.run_id)
+            print(f"\n{stopped_by(signum)} while writing the run's results (its training had ended at step "
+                  f"{self.step}; checkpoint {self.folder.latest_checkpoint()}).\nResume, which writes them: {command}\n"
+                  f"(notebook 03_train or papermill: the same -p NAME VALUE pairs, those not given left at their "
+                  f"defaults)", flush=True)
+        exc.resume_said = True
 
     # -- the end -------------------------------------------------------------------------------------------
     def finish(self) -> dict:
