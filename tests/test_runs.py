@@ -347,3 +347,13 @@ def test_a_run_folder_with_symbolic_links_is_refused_before_anything_is_written(
     with pytest.raises(OSError):
         paths.FileLock(lock).acquire()
     assert precious.read_text() == "keep me\n"
+
+
+def test_a_newer_stopped_walk_forward_is_named_beside_the_latest_finished_run(outputs):
+    """A walk-forward writes its own metrics.jsonl once its folds are done: one stopped in a fold was no run
+    folder, so `tradelib report` and 04 reported an older run without naming it."""
+    make_run(outputs / "done", True)
+    time.sleep(0.01)
+    make_run(outputs / "walk" / "fold-0", False, gone_pid(), state="interrupted")
+    assert runs.latest_run() == outputs / "done"
+    assert [(p.name, s) for p, s in runs.newer_unfinished(outputs / "done")] == [("walk", "interrupted in fold-0")]

@@ -136,9 +136,16 @@ def holding_run(folder: Path) -> Iterator[None]:
 
 
 def run_folders(root: Path | None = None) -> list[Path]:
-    """The run folders directly under outputs/ (those a training wrote metrics.jsonl into)."""
+    """The run folders directly under outputs/: those a training wrote metrics.jsonl into, and a walk-forward's,
+    whose own metrics.jsonl is written once its folds are done (a stopped one has only its folds')."""
     root = Path(root) if root is not None else outputs_dir()
-    return [p for p in root.iterdir() if p.is_dir() and (p / "metrics.jsonl").exists()] if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return [p for p in root.iterdir() if p.is_dir() and ((p / "metrics.jsonl").exists() or _fold_metrics(p))]
+
+
+def _fold_metrics(folder: Path) -> list[Path]:
+    return list(folder.glob("fold-*/metrics.jsonl"))
 
 
 def run_state(folder: Path) -> str:
@@ -194,8 +201,11 @@ def has_runs() -> bool:
 
 
 def _stamp(p: Path) -> float:
-    s = p / "summary.json"
-    return (s if s.exists() else p / "metrics.jsonl").stat().st_mtime
+    """When the run last wrote: its summary.json, else its metrics.jsonl, else its folds' (a walk-forward's)."""
+    for f in (p / "summary.json", p / "metrics.jsonl"):
+        if f.exists():
+            return f.stat().st_mtime
+    return max((f.stat().st_mtime for f in _fold_metrics(p)), default=0.0)
 
 
 def latest_run() -> Path:
