@@ -357,3 +357,18 @@ def test_a_newer_stopped_walk_forward_is_named_beside_the_latest_finished_run(ou
     make_run(outputs / "walk" / "fold-0", False, gone_pid(), state="interrupted")
     assert runs.latest_run() == outputs / "done"
     assert [(p.name, s) for p, s in runs.newer_unfinished(outputs / "done")] == [("walk", "interrupted in fold-0")]
+
+
+def test_a_resume_with_no_run_id_names_the_newest_unfinished_run(outputs):
+    """03 in JupyterLab, stopped with run_id empty (a new time-stamped id): `resume = True` alone was refused with
+    no hint of the id to give; the refusal names the newest run that has not finished."""
+    from tradelib.config import Config
+    from tradelib.train.walkforward import train_or_walk
+
+    make_run(outputs / "done", True)
+    time.sleep(0.01)
+    make_run(outputs / "20260101-120000", False, gone_pid(), state="interrupted")
+    for folds in (0, 2):
+        with pytest.raises(ValueError, match=r"resume=True needs the run_id .*: the newest unfinished run here is "
+                                             r"'20260101-120000' \(interrupted\)"):
+            train_or_walk(Config(resume=True, folds=folds, device="cpu"))

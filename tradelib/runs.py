@@ -219,6 +219,16 @@ def latest_run() -> Path:
     return max(finished, key=_stamp)
 
 
+def unfinished_hint() -> str:
+    """For a resume that names no run (03 stopped with run_id empty, its id a new time-stamped one): the newest
+    run under outputs/ that has not finished, the run_id to give."""
+    left = [p for p in run_folders() if not (p / "summary.json").exists()]
+    if not left:
+        return ""
+    newest = max(left, key=_stamp)
+    return f": the newest unfinished run here is {newest.name!r} ({run_state(newest)})"
+
+
 def newer_unfinished(than: Path) -> list[tuple[Path, str]]:
     """Run folders started after `than` finished that have not finished, with their state (newest first)."""
     t = _stamp(than)

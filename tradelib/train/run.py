@@ -157,7 +157,8 @@ class TrainingRun:
         self.rank, self.world, self.main = env.rank, env.world, env.main
         self.device = init_distributed(env, pick_device(cfg.device, verbose=self.main))
         if cfg.resume and not cfg.run_id:
-            raise ValueError("resume=True needs the run_id of the run to continue")
+            raise ValueError(f"resume=True needs the run_id of the run to continue (the stop printed it)"
+                             f"{runs.unfinished_hint()}")
         check_model(cfg)
         self.run_id = cfg.run_id or broadcast_object(runs.new_run_id())  # every rank writes to rank 0's folder
         self.trainer: Trainer | None = None

@@ -86,7 +86,8 @@ def walk_forward(cfg: Config, progress: bool = True) -> RunResult:
     Returns the run (its summary, the last fold's model and feature set)."""
     env = dist_env()
     if cfg.resume and not cfg.run_id:
-        raise ValueError("resume=True needs the run_id of the walk-forward to continue")
+        raise ValueError(f"resume=True needs the run_id of the walk-forward to continue (the stop printed it)"
+                         f"{runs.unfinished_hint()}")
     if env.world > 1 and not cfg.run_id:
         raise ValueError("a walk-forward under torchrun needs run_id (tradelib train -p n_gpus N sets one)")
     run_id = cfg.run_id or runs.new_run_id()
