@@ -367,7 +367,8 @@ def run_summary_table(summary: dict) -> pd.DataFrame:
                   f"{integer(g('world_size') or 1)} rank(s) = {integer(g('global_batch'))} windows per step"),
         ("learning rate", f"{g('lr'):g} (lr_scaling {g('lr_scaling')})" if _ok(g("lr")) else NA),
         ("optimizer steps", f"{integer(g('optimizer_steps'))} ({integer(g('skipped_steps'))} skipped)"),
-        ("samples/s", f"{rate(g('samples_per_s'))} (median over the log intervals)"),
+        ("samples/s", f"{rate(g('samples_per_s'))} (median over the log intervals; "
+                      f"{rate(g('samples_per_s_whole'))} over the whole training time)"),
         ("data wait", pct(g("data_wait_share"))),
         ("GPU busy", busy(g("gpu_util")) if _ok(g("gpu_util")) else f"{NA} (no NVML reading)"),
         ("MFU", mfu(g("mfu")) if g("mfu") is not None else f"{NA} (no peak FLOP/s known for this device)"),

@@ -154,6 +154,9 @@ class RunFolder:
             "global_batch": tr.global_batch * run.world, "lr": tr.lr, "base_lr": cfg.lr,
             "lr_scaling": cfg.lr_scaling, "reference_batch": cfg.reference_batch,
             "compiled": tr.compiled, "graph_steps": tr.graph_steps, "fused_adamw": tr.fused, "samples_per_s": sps,
+            # the whole training time's rate beside the intervals' median: stalls (a busy machine, a slow first
+            # step) are in the first and not in the second, which then reads far above what the run did
+            "samples_per_s_whole": run.samples_seen / run.train_time if run.train_time > 0 else float("nan"),
             "precision": tr.precision, "grad_scaler": tr.scaler is not None,  # what precision auto chose
             "cuda_graphs": "on" if tr.graphs else "off", "cuda_graphs_reason": tr.graphs_reason,
             "it_per_s": med(steps, "it_per_s"),

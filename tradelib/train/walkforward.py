@@ -43,7 +43,8 @@ from tradelib.train.runfolder import say_removed
 from tradelib.train.stops import StopRequested, stopped_by
 
 # summary.json figures of a walk-forward: the median over folds, the sum, or the largest
-MEDIAN_OVER_FOLDS = ("samples_per_s", "it_per_s", "data_wait_share", "gpu_util", "mfu", "epoch_time_s")
+MEDIAN_OVER_FOLDS = ("samples_per_s", "samples_per_s_whole", "it_per_s", "data_wait_share", "gpu_util", "mfu",
+                     "epoch_time_s")
 SUM_OVER_FOLDS = ("train_time_s", "optimizer_steps", "skipped_steps", "test_windows")
 MAX_OVER_FOLDS = ("peak_mem_bytes", "gpu_mem_used_max_bytes", "train_windows")
 
