@@ -33,6 +33,15 @@ def test_a_notebook_config_picks_only_config_names():
     assert cfg.batch_size == 8
 
 
+def test_a_near_miss_typed_into_a_jupyterlab_cell_is_said_and_changes_nothing(capsys):
+    """In JupyterLab no papermill injection names the parameters, so `batchsize = 1024` in a cell would be
+    silently ignored; a plain value whose name is nearly a parameter is said, an unrelated variable is not."""
+    cfg = notebook_config({"batchsize": 1024, "batch_size": 8, "my_result": 3.0, "In": [], "np": pytest}, "03_train")
+    assert cfg.batch_size == 8
+    assert capsys.readouterr().out.strip() == ("03_train: batchsize = 1024 is no parameter and changes nothing "
+                                               "(did you mean 'batch_size'?)")
+
+
 def test_a_config_written_before_a_setting_reads_as_what_the_run_did():
     """A finished sweep run or a checkpoint from before `target_delay` learned the return from t: it reads as
     target_delay 0 (a sweep goes on with that, a resume is refused with 1); a setting whose default is what

@@ -578,6 +578,9 @@ def notebook_config(ns: dict[str, Any], notebook: str) -> Config:
                               f"this notebook's parameters: papermill --help-notebook notebooks/{notebook}.ipynb")
     if foreign:
         print(f"{notebook} ignores {', '.join(foreign)}: other notebooks' or commands' parameters, not its own")
+    for name in near_misses(ns, names):  # typed into a cell in JupyterLab, where papermill's check never runs
+        print(f"{notebook}: {name} = {ns[name]!r} is no parameter and changes nothing "
+              f"({unknown_message(name, names).split('(', 1)[1]}")
     cfg = Config.from_dict({k: v for k, v in ns.items() if k in names and k not in foreign},
                            source=f"{notebook} parameters")
     given = str(ns.get("data_path", "synthetic"))
@@ -586,6 +589,13 @@ def notebook_config(ns: dict[str, Any], notebook: str) -> Config:
         raise ConfigError(f"{notebook}: data_path {given!r} does not exist (looked for at "
                           f"{' and at '.join(data_places(given))})")
     return cfg
+
+
+def near_misses(ns: dict[str, Any], names: set[str]) -> list[str]:
+    """The notebook's own plain values (a number, a string, a bool) whose names are no parameter but nearly one
+    (`batchsize` for batch_size): set in a cell, they would change nothing without a word."""
+    return [n for n, v in ns.items() if not n.startswith("_") and n not in names
+            and isinstance(v, (bool, int, float, str)) and difflib.get_close_matches(n, names, n=1, cutoff=0.85)]
 
 
 # what a run did before a setting existed, where that differs from the setting's default
