@@ -219,10 +219,15 @@ def latest_run() -> Path:
     return max(finished, key=_stamp)
 
 
+def unfinished(root: Path | None = None) -> list[Path]:
+    """The run folders under `root` (outputs/) that have not finished: no summary.json."""
+    return [p for p in run_folders(root) if not (p / "summary.json").exists()]
+
+
 def unfinished_hint() -> str:
     """For a resume that names no run (03 stopped with run_id empty, its id a new time-stamped one): the newest
     run under outputs/ that has not finished, the run_id to give."""
-    left = [p for p in run_folders() if not (p / "summary.json").exists()]
+    left = unfinished()
     if not left:
         return ""
     newest = max(left, key=_stamp)
@@ -232,7 +237,7 @@ def unfinished_hint() -> str:
 def newer_unfinished(than: Path) -> list[tuple[Path, str]]:
     """Run folders started after `than` finished that have not finished, with their state (newest first)."""
     t = _stamp(than)
-    later = [p for p in run_folders(Path(than).parent) if _stamp(p) > t and not (p / "summary.json").exists()]
+    later = [p for p in unfinished(Path(than).parent) if _stamp(p) > t]
     return [(p, run_state(p)) for p in sorted(later, key=_stamp, reverse=True)]
 
 

@@ -561,11 +561,15 @@ class TrainingRun:
                 where = f"checkpoint {self.save_checkpoint(f'step-{self.step}')}"
         else:  # stopped inside a step (or under DDP): the last checkpoint is the resume point
             where = f"no checkpoint written mid-step; resume starts from {self.folder.latest_checkpoint()}"
-        if self.main:  # a fold resumes as its walk-forward does
-            command = resume_command(self.cfg, self.walk or self.run_id)
+        if self.main:
             print(f"\n{stopped_by(signum)} at step {self.step} ({self.epoch_words()}); {where}.\n"
-                  f"Resume: {command}\n(notebook 03_train or papermill: the same -p NAME VALUE pairs, those not "
-                  f"given left at their defaults)", flush=True)
+                  f"{self.resume_lines('Resume')}", flush=True)
+
+    def resume_lines(self, lead: str) -> str:
+        """`lead`, the command that resumes this run (a fold resumes as its walk-forward does), and how a notebook
+        or papermill does the same."""
+        return (f"{lead}: {resume_command(self.cfg, self.walk or self.run_id)}\n(notebook 03_train or papermill: the "
+                f"same -p NAME VALUE pairs, those not given left at their defaults)")
 
     def _on_interrupted_finish(self, exc: KeyboardInterrupt) -> None:
         """A stop once the training ended, while its results were written (train_facts.json's forward pass over
@@ -575,11 +579,9 @@ class TrainingRun:
         signum = getattr(exc, "signum", signal.SIGINT)
         self.bar.mark(progress_state(signum))
         if self.main:
-            command = resume_command(self.cfg, self.walk or self.run_id)
             print(f"\n{stopped_by(signum)} while writing the run's results (its training had ended at step "
-                  f"{self.step}; checkpoint {self.folder.latest_checkpoint()}).\nResume, which writes them: {command}\n"
-                  f"(notebook 03_train or papermill: the same -p NAME VALUE pairs, those not given left at their "
-                  f"defaults)", flush=True)
+                  f"{self.step}; checkpoint {self.folder.latest_checkpoint()}).\n"
+                  f"{self.resume_lines('Resume, which writes them')}", flush=True)
         exc.resume_said = True
 
     # -- the end -------------------------------------------------------------------------------------------

@@ -38,12 +38,12 @@ def refuse_walk_forward(folder: Path, run_id: str) -> None:
                      f"or choose another run_id")
 
 
-def say_removed(folder: Path) -> None:
-    """Delete what a killed write left in a run folder (a predictions.parquet or summary.json half written, as
-    large as the test set), saying so: only the checkpoints' were, and these stayed for good."""
+def say_removed(folder: Path, what: str = "file") -> None:
+    """Delete what a killed write left in a run folder or its checkpoints/ (a predictions.parquet, summary.json or
+    checkpoint half written, as large as the test set or the model), saying so."""
     n = remove_stale_tmp(folder) if folder.is_dir() else 0
     if n:
-        print(f"removed {n} unfinished file(s) of an earlier, killed write in {folder}")
+        print(f"removed {n} unfinished {what}(s) of an earlier, killed write in {folder}")
 
 
 class RunFolder:
@@ -66,10 +66,7 @@ class RunFolder:
         if not self.main:
             return
         refuse_walk_forward(self.dir, self.run_id)
-        if self.ckpt_dir.is_dir():  # the run folder is locked: no writer of ours is alive in it
-            n = remove_stale_tmp(self.ckpt_dir)
-            if n:
-                print(f"removed {n} unfinished checkpoint file(s) of an earlier, killed write in {self.ckpt_dir}")
+        say_removed(self.ckpt_dir, "checkpoint file")  # the run folder is locked: no writer of ours is alive in it
         say_removed(self.dir)
         if not resume:  # (a resume finds its checkpoints in load_resume_point, or says it found none)
             if runs.has_checkpoints(self.dir):
