@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from tradelib.data.load import COLUMNS, NUM_COLS
+from tradelib.data.sessions import bar_words
 
 
 def range_stats(cols: dict[str, np.ndarray], ts: np.ndarray) -> dict:
@@ -132,19 +133,11 @@ def bar_change_lines(changes: list[dict], bar_size_s: dict[str, float | None]) -
     lines = []
     for c in changes:
         bar = bar_size_s.get(c["symbol"]) or c["from_s"]
-        masked = (f"; counted in {duration(bar)} bars, a target over a step of more than one (by the clock, or "
+        masked = (f"; counted in {bar_words(bar)} bars, a target over a step of more than one (by the clock, or "
                   f"sessions others traded) is masked" if c["to_s"] > bar else "")
-        lines.append(f"bar size changes: {c['symbol']} from {c['at']}, {duration(c['from_s'])} bars become "
-                     f"{duration(c['to_s'])} ({c['rows']:,} rows; the series restarts there{masked})")
+        lines.append(f"bar size changes: {c['symbol']} from {c['at']}, {bar_words(c['from_s'])} bars become "
+                     f"{bar_words(c['to_s'])} ({c['rows']:,} rows; the series restarts there{masked})")
     return lines
-
-
-def duration(seconds: float) -> str:
-    """A bar size in words: 1 min, 5 min, 4 h, 1 d, 30 s."""
-    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g} {unit}"
-    return f"{seconds:g} s"
 
 
 def _merged_counts(parts: list[dict]) -> list[dict]:

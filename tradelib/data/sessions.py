@@ -24,6 +24,7 @@ sessions at the same time of day: Tokyo's 02:30 to 03:30 UTC), which a step insi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,6 +169,17 @@ def _regular_between(since: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, a
     return np.where(below(sessions, rate)[sym[at]] > 0, between, -1)  # where none is quiet, the clock's count stands
 
 
+def bar_words(seconds: float) -> str:
+    """A bar size as a reader says it: '1 day', '5 min', '1 hour', '30 s'."""
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        return "unknown"
+    for unit, size in (("week", 604_800), ("day", 86_400), ("hour", 3_600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            k = int(seconds // size)
+            return f"{k} {unit}" + ("s" if k > 1 and unit != "min" else "")
+    return f"{seconds:g} s"
+
+
 def long_gap_ns(step_ns):
     """The gap beyond which marks `step_ns` apart (the median step, or each row's bar) are missing data: ten days,
     or ten steps."""
@@ -199,9 +211,9 @@ def calendar(ts_ns: np.ndarray, bar_seconds: float) -> Calendar:
     if u.size == 0:
         raise ValueError("no timestamps: cannot measure the calendar")
     t, gaps, limit = _time(u)
-    bar_ns = float(bar_seconds) * 1e9
-    days, per_day = np.unique((u - day_start(u, bar_ns)) // DAY_NS, return_counts=True)
-    spy, continuous = _sessions(days, has_nights(hours_traded(u), bar_ns))
+    bar_ns, occupied = float(bar_seconds) * 1e9, hours_traded(u)
+    days, per_day = np.unique((u - _start(occupied, bar_ns)) // DAY_NS, return_counts=True)  # (day_start)
+    spy, continuous = _sessions(days, has_nights(occupied, bar_ns))
     week = 7 * DAY_NS
     if t[-1] >= week:
         whole = np.floor(t[-1] / week) * week

@@ -29,6 +29,7 @@ import pandas as pd
 from tradelib.data.clean import bar_sizes_ns
 from tradelib.data.load import ns_since_epoch
 from tradelib.data.sessions import DAY_NS, calendar, day_start
+from tradelib.data.sessions import bar_words as bar_words  # (the report says bar sizes as the quality report does)
 
 MIN_PERIOD_ROWS = 3  # a correlation over fewer rows is noise, and over 2 rows it is always +-1
 IC_FAMILIES = ("cross_sectional", "daily", "pooled")
@@ -102,17 +103,6 @@ def typical_symbols(per_ts: pd.Series) -> float:
     """The median number of symbols at a timestamp (of `symbols_per_timestamp`): the cross-section a ranking or a
     neutral book sees."""
     return float(per_ts.median()) if len(per_ts) else 0.0
-
-
-def bar_words(seconds: float) -> str:
-    """A bar size as a reader says it: '1 day', '5 min', '1 hour', '30 s'."""
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        return "unknown"
-    for unit, size in (("week", 604_800), ("day", 86_400), ("hour", 3_600), ("min", 60)):
-        if seconds >= size and seconds % size == 0:
-            k = int(seconds // size)
-            return f"{k} {unit}" + ("s" if k > 1 and unit != "min" else "")
-    return f"{seconds:g} s"
 
 
 def ic(x: np.ndarray, y: np.ndarray) -> float:
