@@ -67,6 +67,7 @@ from tradelib.hardware import pick_device
 from tradelib.paths import atomic_write_bytes, notebooks_dir, outputs_dir
 from tradelib.pipeline import NotebookFailed, execute_notebooks
 from tradelib.report import report, tables
+from tradelib.report.backtest import SIGNIFICANT
 from tradelib.report.inputs import ReportSettings, load_featureset, load_inputs
 from tradelib.train.models import check_model
 
@@ -413,8 +414,9 @@ def write_outputs(plan: Plan, table: pd.DataFrame) -> dict[str, Path]:
         n = len(plan.names)
         notes += (f" Picking the best of {n} runs by eye is not one test: the best of several runs on noise reaches "
                   f"|t| >= 2 far more often than one run does. 'significant over runs' is each run's report verdict "
-                  f"on the IC it leads with: |t| >= 2 and its |t| deflated over the {n} runs above 0.975 (about "
-                  f"|t| > 3.0 at 4 runs; docs/metrics.md); each net Sharpe interval is its run's alone.")
+                  f"on the IC it leads with: |t| >= 2 and its |t| deflated over the {n} runs above "
+                  f"{SIGNIFICANT:g} (about |t| > 3.0 at 4 runs; docs/metrics.md); each net Sharpe interval is its "
+                  f"run's alone.")
     if table["busy"].astype(str).str.startswith("busy").any():
         notes += (" Runs marked busy were timed while other processes kept more than max_other_load of the cores "
                   "busy: their samples/s are not comparable; rerun them on an idle machine.")
