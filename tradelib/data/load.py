@@ -503,6 +503,7 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
             v = num.to_numpy(dtype="float64", na_value=np.nan)
         out[c] = v
     frame = pd.DataFrame(out, copy=False)  # (a dict of arrays is copied into one block by default)
+    extra = [c for c in df.columns if c not in found.values()]
     if "symbol" in found:
         col = _column(df, found["symbol"], path)
         sym = col.astype("str").str.strip().mask(col.isna())  # missing stays missing: rule bad_symbol
@@ -512,10 +513,10 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
             if len(frame) == 0:
                 raise DataError(f"{path}: no rows for symbol '{symbol}' in column '{found['symbol']}'")
     else:
-        _one_series(frame, df, path, tcol, [c for c in df.columns if c not in found.values()])
+        _one_series(frame, df, path, tcol, extra)
         frame.insert(1, "symbol", symbol if symbol is not None else _stem(path))
     frame["symbol"] = frame["symbol"].astype("str")
-    facts["extra_columns"] = [str(c) for c in df.columns if c not in found.values()]
+    facts["extra_columns"] = [str(c) for c in extra]
     return frame, facts
 
 
