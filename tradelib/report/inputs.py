@@ -161,16 +161,15 @@ def load_inputs(
     )
     if headline_only:
         return inputs
-    block = bk.bootstrap_block(len(bt.pnl), horizon, trade_delay)
+    block, n_runs = bk.bootstrap_block(len(bt.pnl), horizon, trade_delay), sweep_runs(run_dir)
     inputs.deciles = ev.decile_table(df, target_col=TRADED, lags=lags["pooled"])
     inputs.per_symbol = ev.per_symbol_metrics(df, target_col=TRADED)
     inputs.costs = bk.cost_sensitivity(bt, settings.cost_grid_bps)
-    inputs.decay = decay_judged(ev.ic_decay(df, family, lags[family], DECAY_LAGS), trade_delay,
-                                sweep_runs(run_dir))
+    inputs.decay = decay_judged(ev.ic_decay(df, family, lags[family], DECAY_LAGS), trade_delay, n_runs)
     inputs.ic_series = ev.pooled_by_timestamp(df, target_col=TRADED) if family == "pooled" else by_ts
     inputs.break_even_ci = bk.break_even_interval(bt, block, int(settings.bootstrap_samples),
                                                   int(settings.bootstrap_seed))
-    inputs.trials = bk.trial_count(inputs.predictors, sweep_runs(run_dir))
+    inputs.trials = bk.trial_count(inputs.predictors, n_runs)
     inputs.test_span, inputs.facts = test_span(df, fs, summary), read_facts(run_dir)
     inputs.splits = split_dates(summary, fs, inputs.test_span)
     inputs.quality = _meta(fs).get("quality") or None
