@@ -113,9 +113,14 @@ def signal_weights(df: pd.DataFrame, pred_col: str = "prediction", mode: str = "
     flat when they all agree).
     """
     tcode = pd.factorize(ts_ns(df["timestamp"]))[0]
+    return _spread(tcode, _signal(df, pred_col, mode, cap, scale_window), mode)
+
+
+def _signal(df: pd.DataFrame, pred_col: str, mode: str, cap: float, scale_window: int) -> np.ndarray:
+    """What `_spread` weighs per row: the position (sign, scaled: `positions`) or the prediction (neutral)."""
     if mode != "neutral":
-        return _spread(tcode, positions(df, pred_col, mode, cap, scale_window), mode)
-    return _spread(tcode, df[pred_col].to_numpy(dtype=float), mode)
+        return positions(df, pred_col, mode, cap, scale_window)
+    return df[pred_col].to_numpy(dtype=float)
 
 
 def _spread(tcode: np.ndarray, x: np.ndarray, mode: str) -> np.ndarray:
@@ -259,12 +264,11 @@ def backtest(
     bar = float(bar_seconds) if bar_seconds else infer_bar_seconds(df)
     ann = annualised or annualisation(df, bar, periods_per_year=periods_per_year or 0.0)
     ppy = ann["periods_per_year"]
-    neutral = mode == "neutral"
     d = pd.DataFrame(
         {
             "timestamp": ts_ns(df["timestamp"]),
             "symbol": df["symbol"].to_numpy(),
-            "x": df[pred_col].to_numpy(dtype=float) if neutral else positions(df, pred_col, mode, cap, scale_window),
+            "x": _signal(df, pred_col, mode, cap, scale_window),
             "r": np.expm1(np.nan_to_num(df["ret_next"].to_numpy(dtype=float), nan=0.0)),
             "ret_next": df["ret_next"].to_numpy(dtype=float),
             **{c: df[c].to_numpy() for c in ("row", "fold") if c in df},
