@@ -455,6 +455,31 @@ def test_two_files_of_one_stem_in_a_folder_are_refused_naming_both(tmp_path):
     assert msg.startswith(f"{tmp_path}: ") and "'AAA.csv' and 'AAA.parquet'" in msg and "symbol 'AAA'" in msg
 
 
+def test_one_symbol_in_two_files_of_a_folder_joins_or_is_refused_where_they_disagree(tmp_path):
+    """Two files holding one symbol (a year a file; two vendors) merged with the last file winning on a shared
+    timestamp, said nowhere, and the later year read first (by file name) counted as 'unsorted'. Years that
+    follow each other join as one series, identical rows are duplicates, and rows the files give different values
+    are refused naming both files."""
+    df = bars(300).assign(symbol="AAPL")
+    write_csv(tmp_path / "a.csv", df.iloc[150:])  # 2024-05-30 onward: first by name
+    write_csv(tmp_path / "b.csv", df.iloc[:150])
+    raw = load_ohlcv(tmp_path, date_format="")
+    assert raw.attrs["unsorted_rows"] == 0 and raw.attrs["shared_symbols"] == {"AAPL": ["a.csv", "b.csv"]}
+    out, rep = clean_ohlcv(raw)
+    np.testing.assert_allclose(out.close, df.close, rtol=1e-12)
+    assert rep.rows_dropped == 0 and "files sharing a symbol: AAPL (a.csv, b.csv)" in rep.summary()
+    write_csv(tmp_path / "a.csv", df.iloc[100:])  # 50 rows in both files, the same
+    out, rep = clean_ohlcv(load_ohlcv(tmp_path, date_format=""))
+    assert rep.totals("dropped") == {"duplicate": 50} and len(out) == 300
+    other = df.iloc[100:].assign(close=df.close.iloc[100:] * 1.02)  # another vendor's closes, 2% apart
+    write_csv(tmp_path / "a.csv", other)
+    with pytest.raises(DataError) as e:
+        load_ohlcv(tmp_path, date_format="")
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path}: files 'a.csv' and 'b.csv' both hold symbol 'AAPL' and disagree on 50 ")
+    assert "close" in msg
+
+
 @pytest.mark.parametrize("content,problem", [(b"", "empty file"), (b"\x00\x01\x02 garbage", "no rows"),
                                              (b"date,open\n2024-01-01,1\n", "missing required columns")])
 def test_unusable_files(tmp_path, capsys, content, problem):

@@ -652,11 +652,14 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str)
     frame = pd.concat([f for f, _ in parts], ignore_index=True) if len(parts) > 1 else parts[0][0]
     ts = ns_since_epoch(frame["timestamp"]).view("datetime64[ns]")
     _, codes, uniques = symbol_codes(frame["symbol"])
+    file_of_row = np.repeat(np.arange(len(parts)), [len(f) for f, _ in parts])
+    shared = _shared_symbols(path, files, frame, codes, uniques, file_of_row) if len(parts) > 1 else {}
     ok = ~np.isnat(ts)
     unsorted = np.zeros(len(frame), dtype=bool)
     ordered = is_sorted(codes, ts.view("int64"))
-    if not ordered:  # (in order, no row has an earlier one of its symbol with a later time)
-        unsorted[ok] = unsorted_rows(ts[ok], codes[ok])
+    if not ordered:  # (in order, no row has an earlier one of its symbol with a later time in its file)
+        by_file = codes.astype(np.int64) * len(parts) + file_of_row
+        unsorted[ok] = unsorted_rows(ts[ok], by_file[ok])
     by_sym = np.bincount(codes[unsorted & (codes >= 0)], minlength=len(uniques))
     if not ordered:  # NaT and missing symbols go last (int64 max)
         key_ts = np.where(ok, ts.view("int64"), np.iinfo(np.int64).max)
@@ -681,8 +684,48 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str)
         "non_numeric": non_numeric,
         "unsorted_rows": int(unsorted.sum()),
         "unsorted_by_symbol": {str(uniques[i]): int(n) for i, n in enumerate(by_sym) if n},
+        "shared_symbols": shared,
     }
     return frame
+
+
+def _shared_symbols(folder: Path, files: list[Path], frame: pd.DataFrame, codes: np.ndarray, uniques: np.ndarray,
+                    file_of_row: np.ndarray) -> dict[str, list[str]]:
+    """The symbols that more than one file of a folder holds (years in files of their own, two vendors' exports),
+    with their files: their rows are one series. Where two files give one symbol's timestamp different values,
+    nothing tells which is right (keeping the last file's, as a duplicate in one file is, chose silently):
+    refused, naming both files, the rows they disagree on and an example."""
+    pairs = pd.DataFrame({"code": codes, "file": file_of_row}).drop_duplicates()
+    pairs = pairs[pairs["code"] >= 0]
+    many = pairs["code"].value_counts()
+    many = np.sort(many.index[many.to_numpy() > 1].to_numpy())
+    if not len(many):
+        return {}
+    rows = np.flatnonzero(np.isin(codes, many))
+    cols = ["open", "high", "low", "close", "volume"]
+    sub = pd.DataFrame({"code": codes[rows], "t": ns_since_epoch(frame["timestamp"])[rows], "file": file_of_row[rows]}
+                       | {c: frame[c].to_numpy()[rows] for c in cols})
+    sub = sub[sub["t"] != np.iinfo(np.int64).min].drop_duplicates(["code", "t", "file"], keep="last")  # (in a file:
+    #   the rule duplicate's)
+    sub = sub[sub.duplicated(["code", "t"], keep=False)]  # timestamps that two or more files hold
+    first = sub.groupby(["code", "t"], sort=False)[["file", *cols]].transform("first")
+    differ = np.zeros(len(sub), dtype=bool)
+    for c in cols:  # (NaN in both is no disagreement)
+        a, b = sub[c].to_numpy(), first[c].to_numpy()
+        differ |= (a != b) & ~(np.isnan(a) & np.isnan(b))
+    if differ.any():
+        at = np.flatnonzero(differ)
+        one, other = first["file"].to_numpy()[at], sub["file"].to_numpy()[at]
+        code = sub["code"].to_numpy()[at]
+        n = int(((one == one[0]) & (other == other[0]) & (code == code[0])).sum())
+        mine, theirs = sub[cols].to_numpy()[at[0]], first[cols].to_numpy()[at[0]]
+        c = int(np.flatnonzero((mine != theirs) & ~(np.isnan(mine) & np.isnan(theirs)))[0])
+        raise DataError(f"{folder}: files '{files[one[0]].name}' and '{files[other[0]].name}' both hold symbol "
+                        f"'{uniques[code[0]]}' and disagree on {n} of its timestamps (e.g. "
+                        f"{pd.Timestamp(int(sub['t'].to_numpy()[at[0]]), tz='UTC')}: {cols[c]} {theirs[c]:g} vs "
+                        f"{mine[c]:g}): keep one file's rows for those times, or give the two series different "
+                        f"symbols")
+    return {str(uniques[c]): [files[f].name for f in sorted(pairs.loc[pairs["code"] == c, "file"])] for c in many}
 
 
 def is_sorted(codes: np.ndarray, ts: np.ndarray) -> bool:
