@@ -260,6 +260,23 @@ def test_csv_symbols_are_text_and_only_an_empty_one_is_missing(tmp_path, text_ce
         ("bad_symbol", "", 20), ("bad_close", "0700", 1)]
 
 
+def test_rows_without_a_symbol_are_counted_under_their_file(tmp_path):
+    """Empty symbol cells were dropped as bad_symbol under symbol '' alone: in a folder of files, nothing said
+    which file held them. The report names the file and its count beside the rule's."""
+    for name in ("x", "y"):
+        df = bars(60).assign(symbol=name.upper())
+        if name == "y":
+            df.loc[[3, 10, 20], "symbol"] = ""
+            df.loc[30, "symbol"] = "  "
+        write_csv(tmp_path / f"{name}.csv", df, date_fmt="%Y-%m-%d")
+    raw = load_ohlcv(tmp_path, date_format="")
+    assert raw.attrs["missing_symbols"] == {"y.csv": 4}
+    _, rep = clean_ohlcv(raw)
+    assert rep.totals("dropped") == {"bad_symbol": 4} and rep.load_notes["missing_symbols"] == {"y.csv": 4}
+    assert "rows without a symbol (bad_symbol): y.csv 4" in rep.summary()
+    assert load_ohlcv(tmp_path / "y.csv", symbol="Y", date_format="").attrs["missing_symbols"] == {}
+
+
 def test_year_9999_among_2000_rows_is_one_counted_bad_timestamp(tmp_path, capsys):
     df = bars(2000, freq="1h")
     text = write_csv(tmp_path / "x.csv", df).read_text().splitlines()

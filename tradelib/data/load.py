@@ -482,7 +482,7 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
 
     out = {"timestamp": ts.array}
     facts: dict = {"timestamp_format": fmt, "timestamp_note": note, "bad_timestamps": n_bad, "non_numeric": {},
-                   "decimal_comma": bool(df.attrs.get("decimal_comma"))}
+                   "decimal_comma": bool(df.attrs.get("decimal_comma")), "missing_symbols": 0}
     for c in NUM_COLS:
         col = _column(df, found[c], path)
         if col.dtype == np.float64:  # NaN already: no copy
@@ -512,6 +512,7 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
             frame = frame[(sym == symbol).to_numpy()].reset_index(drop=True)
             if len(frame) == 0:
                 raise DataError(f"{path}: no rows for symbol '{symbol}' in column '{found['symbol']}'")
+        facts["missing_symbols"] = int((frame["symbol"].isna() | (frame["symbol"] == "")).sum())  # (bad_symbol's)
     else:
         _one_series(frame, df, path, tcol, extra)
         frame.insert(1, "symbol", symbol if symbol is not None else _stem(path))
@@ -681,6 +682,7 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str)
                             for p, (_, f) in zip(files, parts) if f["timestamp_note"]],
         "decimal_comma": [p.name for p, (_, f) in zip(files, parts) if f["decimal_comma"]],
         "bad_timestamps": int(sum(f["bad_timestamps"] for _, f in parts)),
+        "missing_symbols": {p.name: f["missing_symbols"] for p, (_, f) in zip(files, parts) if f["missing_symbols"]},
         "non_numeric": non_numeric,
         "unsorted_rows": int(unsorted.sum()),
         "unsorted_by_symbol": {str(uniques[i]): int(n) for i, n in enumerate(by_sym) if n},

@@ -123,6 +123,8 @@ class QualityReport:
         if self.extra_columns:
             lines.append("  ignored columns: " + ", ".join(self.extra_columns))
         lines += [f"  timestamps: {note}" for note in self.load_notes.get("timestamp_notes", [])]
+        lines += [f"  rows without a symbol (bad_symbol): {name} {n:,}"
+                  for name, n in self.load_notes.get("missing_symbols", {}).items()]
         lines += [f"  files sharing a symbol: {sym} ({', '.join(names)}): one series"
                   for sym, names in self.load_notes.get("shared_symbols", {}).items()]
         return "\n".join(lines)
@@ -160,7 +162,8 @@ def quality_report(parts: list[dict], raw: pd.DataFrame, source: str, keep: tupl
     extra = list(raw.attrs.get("extra_columns", []))
     extra += [str(col) for col in raw.columns if col not in COLUMNS and col not in keep]
     load_notes = {k: raw.attrs[k] for k in ("n_files", "skipped_files", "timestamp_format", "timestamp_notes",
-                                            "bad_timestamps", "non_numeric", "decimal_comma", "shared_symbols")
+                                            "bad_timestamps", "missing_symbols", "non_numeric", "decimal_comma",
+                                            "shared_symbols")
                   if k in raw.attrs}
     empty = range_stats({c: np.zeros(0) for c in NUM_COLS}, np.zeros(0, dtype=np.int64))
     rows_in, kept = sum(p["rows_in"] for p in parts), sum(p["rows_kept"] for p in parts)
