@@ -83,6 +83,7 @@ class Work:
         self.flags: dict[str, np.ndarray] = {}  # the rows each "kept" rule found (row-aligned, like `a`)
         self._bar: np.ndarray | None = None
         self._gap: np.ndarray | None = None
+        self._changes: list[tuple[int, int, int, int]] | None = None
         self.calendar: tuple[bool, dict] | None = None  # (continuous, traded days) of all symbols: `finish_shards`
         self.owned: set[str] = set()  # the arrays copied already: the others may be views of the raw frame
         self.masked = dict.fromkeys(NUM_COLS, 0)  # values masked (NaN) per column
@@ -151,7 +152,7 @@ class Work:
         self.flags = {k: pick(v) for k, v in self.flags.items()}
         self.alive = self.alive[sel]
         self.owned = set(self.a)
-        self._bar = self._gap = None
+        self._bar = self._gap = self._changes = None
 
     def compact(self) -> None:
         if not self.alive.all():
@@ -163,6 +164,14 @@ class Work:
         if self._bar is None:
             self._bar = bar_sizes_ns(self.a["code"], self.a["ts"], len(self.symbols))
         return self._bar
+
+    @property
+    def bar_changes(self) -> list[tuple[int, int, int, int]]:
+        """Where a symbol's bars change size (`bar_changes`: row, the sizes, the rows): found once, for the rule
+        bar_change and the report."""
+        if self._changes is None:
+            self._changes = bar_changes(self.a["code"], self.a["ts"], self.bar)
+        return self._changes
 
     @property
     def new_symbol(self) -> np.ndarray:
@@ -307,7 +316,7 @@ def _bar_change(w: Work) -> Verdict:
     counted in the symbol's one bar size (its most common step), so the targets of a coarser stretch span missing
     bars and are masked: that is what the report's line warns of."""
     rows = np.zeros(len(w.a["ts"]), dtype=bool)
-    rows[[c[0] for c in bar_changes(w.a["code"], w.a["ts"], w.bar)]] = True
+    rows[[c[0] for c in w.bar_changes]] = True
     return Verdict(rows)
 
 
@@ -644,7 +653,7 @@ def _shard_part(w: Work, rows_in: int) -> dict:
     symbols, code, bar = w.symbols, w.a["code"], w.bar
     kept = code[run_starts(code)]  # sorted: the distinct codes
     per = np.bincount(code[w.gap], minlength=len(symbols)) if w.calendar is not None else np.zeros(0, np.int64)
-    changes = bar_changes(code, w.a["ts"], bar) if "bar_change" in w.flags else []  # (rare: found again)
+    changes = w.bar_changes if "bar_change" in w.flags else []
     return {"rows_in": rows_in, "rows_kept": len(code),
             "bar_changes": [{"symbol": str(symbols[code[r]]), "at": str(pd.Timestamp(int(w.a["ts"][r]), tz="UTC")),
                              "from_s": a / 1e9, "to_s": b / 1e9, "rows": int(k)} for r, a, b, k in changes],
