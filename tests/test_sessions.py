@@ -232,6 +232,27 @@ def test_two_weeks_of_an_exchange_see_its_weekend_and_no_night_is_a_long_gap(tmp
     assert calendar(crypto, 300).continuous
 
 
+def test_a_folder_mixing_a_24_7_market_with_an_exchange_says_what_its_calendar_does(tmp_path):
+    """US stocks beside one 24/7 crypto pair make the calendar continuous: every night of the stocks became a long
+    gap (19 per symbol, their series restarted every session) and the report said only 'long_gap 57'. The calendar
+    is still one for all, and the summary now says why: which symbols trade every day, which an exchange's week."""
+    from tradelib.data import clean
+
+    raw = us_frame(n_days=20)
+    assert clean.clean_ohlcv(raw)[1].every_day == {"AAA": False, "BBB": False, "CCC": False}
+    assert "calendar: mixed markets" not in clean.clean_ohlcv(raw)[1].summary()
+    btc = pd.date_range(raw["timestamp"].min(), raw["timestamp"].max(), freq="5min", unit="ns")
+    c = 60_000 * np.exp(np.cumsum(np.random.default_rng(1).normal(0, 0.002, len(btc))))
+    crypto = pd.DataFrame({"timestamp": btc, "symbol": "BTC", "open": c, "high": c, "low": c, "close": c,
+                           "volume": 1.0})
+    _, report = clean.clean_ohlcv(pd.concat([raw, crypto], ignore_index=True))
+    assert report.every_day == {"AAA": False, "BBB": False, "BTC": True, "CCC": False}
+    assert report.gaps == {"AAA": 19, "BBB": 19, "CCC": 19}
+    assert ("calendar: mixed markets (BTC: every day of the week; AAA, BBB, CCC: an exchange's week): one calendar "
+            "for all, continuous, so each night and weekend of the latter counts as missing bars (57 long gaps "
+            "theirs") in report.summary()
+
+
 def test_one_week_of_an_exchange_reads_as_one_by_its_nights_and_five_days_of_a_24_7_market_as_continuous(tmp_path):
     """Five sessions Monday to Friday span 4.3 days: no weekend inside them. Read by the count of dates it was a
     24/7 market: each of the 4 nights of each symbol a long gap (15 segments), 33,295 marks a year. Its nights show

@@ -654,10 +654,12 @@ def _shard_part(w: Work, rows_in: int) -> dict:
     kept = code[run_starts(code)]  # sorted: the distinct codes
     per = np.bincount(code[w.gap], minlength=len(symbols)) if w.calendar is not None else np.zeros(0, np.int64)
     changes = w.bar_changes if "bar_change" in w.flags else []
+    judged, every_day = sessions.trades_every_day(w.a["ts"], code, bar[code])
     return {"rows_in": rows_in, "rows_kept": len(code),
             "bar_changes": [{"symbol": str(symbols[code[r]]), "at": str(pd.Timestamp(int(w.a["ts"][r]), tz="UTC")),
                              "from_s": a / 1e9, "to_s": b / 1e9, "rows": int(k)} for r, a, b, k in changes],
             "counts": [[*key, c["action"], c["rule"], c["rows"]] for key, c in zip(w.keys, w.counts)],
             "bar_size_s": {str(symbols[i]): (float(bar[i]) / 1e9 if bar[i] > 0 else None) for i in kept},
             "gaps": {str(symbols[i]): int(per[i]) for i in np.flatnonzero(per)},
+            "every_day": {str(symbols[i]): bool(e) for i, e in zip(judged, every_day)},
             "before": w.before, "after": w.after}

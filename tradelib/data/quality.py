@@ -87,6 +87,7 @@ class QualityReport:
     bar_size_s: dict[str, float | None] = field(default_factory=dict)
     gaps: dict[str, int] = field(default_factory=dict)  # long gaps per symbol (only symbols with any)
     bar_changes: list[dict] = field(default_factory=list)  # {"symbol", "at", "from_s", "to_s", "rows"}: bar_change
+    every_day: dict[str, bool] = field(default_factory=dict)  # per symbol of a week or more: trades every weekday
     ranges_before: dict = field(default_factory=dict)
     ranges_after: dict = field(default_factory=dict)
     load_notes: dict = field(default_factory=dict)  # facts from load_ohlcv: files, formats, non-numeric cells
@@ -120,6 +121,7 @@ class QualityReport:
                 label = {"kept": "flagged (kept)"}.get(action, action)
                 lines.append(f"  {label}: " + ", ".join(f"{r} {n:,}" for r, n in top))
         lines += ["  " + line for line in bar_change_lines(self.bar_changes, self.bar_size_s)]
+        lines += ["  " + line for line in mixed_calendar_lines(self.every_day, self.gaps)]
         if self.extra_columns:
             lines.append("  ignored columns: " + ", ".join(self.extra_columns))
         lines += [f"  timestamps: {note}" for note in self.load_notes.get("timestamp_notes", [])]
@@ -142,6 +144,21 @@ def bar_change_lines(changes: list[dict], bar_size_s: dict[str, float | None]) -
         lines.append(f"bar size changes: {c['symbol']} from {c['at']}, {bar_words(c['from_s'])} bars become "
                      f"{bar_words(c['to_s'])} ({c['rows']:,} rows; the series restarts there{masked})")
     return lines
+
+
+def mixed_calendar_lines(every_day: dict[str, bool], gaps: dict[str, int]) -> list[str]:
+    """A line where some symbols trade every day of the week and others an exchange's week (`every_day`): the
+    calendar is one for all, continuous, so the exchange's nights and weekends count as missing bars (long gaps
+    that restart its series, targets over them masked), which the gap count alone does not explain."""
+    daily = [s for s, e in every_day.items() if e]
+    weekly = [s for s, e in every_day.items() if not e]
+    if not daily or not weekly:
+        return []
+    names = lambda s: ", ".join(s[:5]) + (f" and {len(s) - 5} more" if len(s) > 5 else "")  # noqa: E731
+    lost = sum(gaps.get(s, 0) for s in weekly)
+    return [f"calendar: mixed markets ({names(daily)}: every day of the week; {names(weekly)}: an exchange's "
+            f"week): one calendar for all, continuous, so each night and weekend of the latter counts as missing "
+            f"bars ({lost:,} long gaps theirs, targets over them masked); load the two markets apart"]
 
 
 def _merged_counts(parts: list[dict]) -> list[dict]:
@@ -177,6 +194,7 @@ def quality_report(parts: list[dict], raw: pd.DataFrame, source: str, keep: tupl
         bar_size_s={k: v for p in parts for k, v in p["bar_size_s"].items()},
         gaps={k: v for p in parts for k, v in p["gaps"].items()},
         bar_changes=[c for p in parts for c in p.get("bar_changes", [])],
+        every_day={k: v for p in parts for k, v in p.get("every_day", {}).items()},
         ranges_before=_merge_ranges([p["before"] for p in parts] or [empty]),
         ranges_after=_merge_ranges([p["after"] for p in parts] or [empty]),
         load_notes=load_notes,

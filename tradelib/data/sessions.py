@@ -342,14 +342,42 @@ def _sessions(days: np.ndarray, nights: bool) -> tuple[float, bool]:
     spy = days.size / day_span * DAYS_PER_YEAR
     if day_span >= 7:  # a week: each day of the week seen, so a weekend never traded shows (two weeks Monday to
         # Friday hold 10 dates in 12 days, 304 a year: read by the count, every night was a long gap)
-        weekdays = np.bincount((days + 3) % 7, minlength=7)  # 1970-01-01 was a Thursday (Monday = 0)
-        return float(spy), bool(weekdays.min() >= 0.5 * weekdays.max())
+        return float(spy), bool(every_weekday(np.bincount(_weekday(days), minlength=7)))
     # under a week no weekend need show (Monday to Friday): an exchange shows by a day inside the span it did not
     # trade or by its nights between sessions (read as 24/7, each night was a long gap); a 24/7 market has
     # neither, and a few hours of one no night between two sessions. Daily bars of every day in the span have no
     # night to show: 24/7 (nothing in five dates tells an exchange's week apart)
     continuous = days.size >= round(day_span) and not (nights and days.size > 1)
     return (float(spy) if continuous else EXCHANGE_DAYS), continuous
+
+
+def _weekday(days: np.ndarray) -> np.ndarray:
+    """Monday = 0 of days counted from the epoch (1970-01-01 was a Thursday)."""
+    return (days + 3) % 7
+
+
+def every_weekday(weekdays: np.ndarray) -> np.ndarray:
+    """Whether sessions counted per day of the week (last axis) are a continuous market's, every day of the week
+    traded (each at least half as often as the most traded), rather than an exchange's week."""
+    return weekdays.min(axis=-1) >= 0.5 * weekdays.max(axis=-1)
+
+
+def trades_every_day(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the codes of the symbols whose sessions span a week or more, whether each trades every day of the week):
+    each symbol's own week, as `calendar` reads the market's. The calendar is one for all symbols: where some trade
+    every day (a crypto pair) and others an exchange's week, it is continuous, and each night and weekend of the
+    exchange's symbols counts as missing bars. Rows sorted by (symbol, time); `bar_ns` per row."""
+    codes = np.asarray(codes)
+    if not len(codes):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    day = session_days(ts_ns, codes, bar_ns)
+    new = np.r_[True, (codes[1:] != codes[:-1]) | (day[1:] != day[:-1])]  # (symbol, day) pairs
+    pair_code, pair_day = codes[new], day[new]
+    judged, at = np.unique(pair_code, return_inverse=True)
+    weekdays = np.bincount(at * 7 + _weekday(pair_day), minlength=len(judged) * 7).reshape(-1, 7)
+    first = np.flatnonzero(np.r_[True, at[1:] != at[:-1]])  # (pairs sorted by symbol, then day)
+    week = pair_day[np.r_[first[1:], len(at)] - 1] - pair_day[first] + 1 >= 7
+    return judged[week], every_weekday(weekdays[week])
 
 
 def continuous_market(days: dict[int, np.ndarray], occupied: np.ndarray, bar_ns: float) -> bool:
