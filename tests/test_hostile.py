@@ -495,6 +495,9 @@ def test_one_symbol_in_two_files_of_a_folder_joins_or_is_refused_where_they_disa
     msg = str(e.value)
     assert msg.startswith(f"{tmp_path}: files 'a.csv' and 'b.csv' both hold symbol 'AAPL' and disagree on 50 ")
     assert "close" in msg
+    write_csv(tmp_path / "a.csv", other.assign(symbol=""))  # rows without a symbol are no one's: bad_symbol
+    raw = load_ohlcv(tmp_path, date_format="")
+    assert raw.attrs["shared_symbols"] == {} and raw.attrs["missing_symbols"] == {"a.csv": 200}
 
 
 @pytest.mark.parametrize("content,problem", [(b"", "empty file"), (b"\x00\x01\x02 garbage", "no rows"),

@@ -654,7 +654,6 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str)
     ts = ns_since_epoch(frame["timestamp"]).view("datetime64[ns]")
     _, codes, uniques = symbol_codes(frame["symbol"])
     file_of_row = np.repeat(np.arange(len(parts)), [len(f) for f, _ in parts])
-    shared = _shared_symbols(path, files, frame, codes, uniques, file_of_row) if len(parts) > 1 else {}
     ok = ~np.isnat(ts)
     unsorted = np.zeros(len(frame), dtype=bool)
     ordered = is_sorted(codes, ts.view("int64"))
@@ -665,7 +664,11 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str)
     if not ordered:  # NaT and missing symbols go last (int64 max)
         key_ts = np.where(ok, ts.view("int64"), np.iinfo(np.int64).max)
         key_code = np.where(codes >= 0, codes, len(uniques))
-        frame = frame.take(sort_order(key_code, key_ts)).reset_index(drop=True)
+        order = sort_order(key_code, key_ts)
+        frame = frame.take(order).reset_index(drop=True)
+        codes, ts, file_of_row = codes[order], ts[order], file_of_row[order]
+    shared = {} if len(files) < 2 else _shared_symbols(path, files, frame, codes, uniques, ts.view("int64"),
+                                                       file_of_row)
 
     extra = sorted({c for _, f in parts for c in f["extra_columns"]})
     non_numeric: dict[str, int] = {}
@@ -692,42 +695,38 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str)
 
 
 def _shared_symbols(folder: Path, files: list[Path], frame: pd.DataFrame, codes: np.ndarray, uniques: np.ndarray,
-                    file_of_row: np.ndarray) -> dict[str, list[str]]:
+                    ts: np.ndarray, file_of_row: np.ndarray) -> dict[str, list[str]]:
     """The symbols that more than one file of a folder holds (years in files of their own, two vendors' exports),
     with their files: their rows are one series. Where two files give one symbol's timestamp different values,
     nothing tells which is right (keeping the last file's, as a duplicate in one file is, chose silently):
-    refused, naming both files, the rows they disagree on and an example."""
-    pairs = pd.DataFrame({"code": codes, "file": file_of_row}).drop_duplicates()
-    pairs = pairs[pairs["code"] >= 0]
-    many = pairs["code"].value_counts()
-    many = np.sort(many.index[many.to_numpy() > 1].to_numpy())
-    if not len(many):
+    refused, naming both files, the rows they disagree on and an example. Rows sorted by (code, ts), stably: the
+    rows of one symbol and time are neighbours, in file order."""
+    named = (codes >= 0) & ~np.isin(codes, np.flatnonzero(uniques == ""))  # (the others: rule bad_symbol)
+    run = np.r_[True, (codes[1:] != codes[:-1]) | (file_of_row[1:] != file_of_row[:-1])] & named
+    pairs = np.unique(codes[run].astype(np.int64) * len(files) + file_of_row[run])
+    owner, count = np.unique(pairs // len(files), return_counts=True)
+    if not (count > 1).any():
         return {}
-    rows = np.flatnonzero(np.isin(codes, many))
-    cols = ["open", "high", "low", "close", "volume"]
-    sub = pd.DataFrame({"code": codes[rows], "t": ns_since_epoch(frame["timestamp"])[rows], "file": file_of_row[rows]}
-                       | {c: frame[c].to_numpy()[rows] for c in cols})
-    sub = sub[sub["t"] != np.iinfo(np.int64).min].drop_duplicates(["code", "t", "file"], keep="last")  # (in a file:
-    #   the rule duplicate's)
-    sub = sub[sub.duplicated(["code", "t"], keep=False)]  # timestamps that two or more files hold
-    first = sub.groupby(["code", "t"], sort=False)[["file", *cols]].transform("first")
-    differ = np.zeros(len(sub), dtype=bool)
-    for c in cols:  # (NaN in both is no disagreement)
-        a, b = sub[c].to_numpy(), first[c].to_numpy()
-        differ |= (a != b) & ~(np.isnan(a) & np.isnan(b))
-    if differ.any():
-        at = np.flatnonzero(differ)
-        one, other = first["file"].to_numpy()[at], sub["file"].to_numpy()[at]
-        code = sub["code"].to_numpy()[at]
-        n = int(((one == one[0]) & (other == other[0]) & (code == code[0])).sum())
-        mine, theirs = sub[cols].to_numpy()[at[0]], first[cols].to_numpy()[at[0]]
-        c = int(np.flatnonzero((mine != theirs) & ~(np.isnan(mine) & np.isnan(theirs)))[0])
-        raise DataError(f"{folder}: files '{files[one[0]].name}' and '{files[other[0]].name}' both hold symbol "
-                        f"'{uniques[code[0]]}' and disagree on {n} of its timestamps (e.g. "
-                        f"{pd.Timestamp(int(sub['t'].to_numpy()[at[0]]), tz='UTC')}: {cols[c]} {theirs[c]:g} vs "
-                        f"{mine[c]:g}): keep one file's rows for those times, or give the two series different "
-                        f"symbols")
-    return {str(uniques[c]): [files[f].name for f in sorted(pairs.loc[pairs["code"] == c, "file"])] for c in many}
+    same = (codes[1:] == codes[:-1]) & (ts[1:] == ts[:-1]) & (ts[1:] != np.iinfo(np.int64).min) & named[1:]
+    last = np.flatnonzero(~np.r_[same & (file_of_row[1:] == file_of_row[:-1]), False])  # each file's last row of
+    #   a symbol and time: the one the rule duplicate keeps of it
+    a = last[:-1][same[last[:-1]]]  # a file's last row of a symbol and time that another file holds too,
+    b = last[1:][same[last[:-1]]]  # and the next file's
+    values = {c: frame[c].to_numpy() for c in NUM_COLS}
+    differ = {c: (v[a] != v[b]) & ~(np.isnan(v[a]) & np.isnan(v[b])) for c, v in values.items()}
+    bad = np.logical_or.reduce(list(differ.values()))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        one, other, code = file_of_row[a], file_of_row[b], codes[a]
+        n = int((bad & (one == one[i]) & (other == other[i]) & (code == code[i])).sum())
+        col = next(c for c in NUM_COLS if differ[c][i])
+        v = values[col]
+        raise DataError(f"{folder}: files '{files[one[i]].name}' and '{files[other[i]].name}' both hold symbol "
+                        f"'{uniques[code[i]]}' and disagree on {n} of its timestamps (e.g. "
+                        f"{pd.Timestamp(int(ts[a[i]]), tz='UTC')}: {col} {v[a[i]]:g} vs {v[b[i]]:g}): keep one "
+                        f"file's rows for those times, or give the two series different symbols")
+    return {str(uniques[c]): [files[f].name for f in pairs[pairs // len(files) == c] % len(files)]
+            for c in owner[count > 1]}
 
 
 def is_sorted(codes: np.ndarray, ts: np.ndarray) -> bool:
