@@ -260,6 +260,25 @@ def test_csv_symbols_are_text_and_only_an_empty_one_is_missing(tmp_path, text_ce
         ("bad_symbol", "", 20), ("bad_close", "0700", 1)]
 
 
+def test_stooq_bulk_files_load_and_a_folder_of_txt_files_says_what_to_rename(tmp_path):
+    """Stooq's bulk files ('aapl.us.txt': <TICKER>,<PER>,<DATE>,<TIME>,<OPEN>,...) were refused as missing every
+    column, and a folder of them said only 'directory has no CSV or Parquet files'. The angle brackets are not
+    part of the name; the folder's message names what it skipped and how to rename it."""
+    df = bars(30, freq="5min", start="2024-01-02 14:30")
+    text = pd.DataFrame({"<TICKER>": "AAPL.US", "<PER>": 5, "<DATE>": df.timestamp.dt.strftime("%Y%m%d"),
+                         "<TIME>": df.timestamp.dt.strftime("%H%M%S"), "<OPEN>": df.open, "<HIGH>": df.high,
+                         "<LOW>": df.low, "<CLOSE>": df.close, "<VOL>": df.volume, "<OPENINT>": 0}).to_csv(index=False)
+    (tmp_path / "aapl.us.txt").write_text(text)
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: directory has no CSV or Parquet files (1 other "
+                                                  "file(s), e.g. 'aapl.us.txt': a data file's name ends in .csv")):
+        load_ohlcv(tmp_path, date_format="")
+    (tmp_path / "aapl.us.txt").rename(tmp_path / "aapl.us.csv")
+    raw = load_ohlcv(tmp_path, date_format="")
+    assert raw.symbol.unique().tolist() == ["AAPL.US"] and raw.attrs["extra_columns"] == ["<OPENINT>", "<PER>"]
+    pd.testing.assert_series_equal(raw.timestamp, df.timestamp.dt.as_unit("ns"), check_names=False)
+    np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
+
+
 def test_rows_without_a_symbol_are_counted_under_their_file(tmp_path):
     """Empty symbol cells were dropped as bad_symbol under symbol '' alone: in a folder of files, nothing said
     which file held them. The report names the file and its count beside the rule's."""

@@ -219,7 +219,8 @@ def _na_text_as_null(table, keep: set[str]):
 
 
 def _norm(name) -> str:
-    return str(name).strip().lower().replace(" ", "_").replace("-", "_")
+    """A header as matched: Stooq's '<CLOSE>' is 'close'."""
+    return str(name).strip().strip("<>").lower().replace(" ", "_").replace("-", "_")
 
 
 def _match_columns(df: pd.DataFrame) -> dict[str, str]:
@@ -644,7 +645,10 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str)
             raise DataError(f"{path}: symbol={symbol!r} names or selects the symbol of one file, not of a folder: "
                             f"read that symbol's file, or select it from the folder's frame")
         if not files:
-            raise DataError(f"{path}: directory has no CSV or Parquet files")
+            other = (f" ({len(skipped)} other file(s), e.g. '{skipped[0].name}': a data file's name ends in "
+                     f"{', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)}; rename them, e.g. Stooq's and Kaggle's '.txt' "
+                     f"files to '.csv')") if skipped else ""
+            raise DataError(f"{path}: directory has no CSV or Parquet files{other}")
         _one_file_per_stem(path, files)
         parts = [_frame_from_table(_read_table(p, date_format), p, None, date_format) for p in files]
     else:
