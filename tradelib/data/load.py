@@ -659,19 +659,20 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str)
     _, codes, uniques = symbol_codes(frame["symbol"])
     file_of_row = np.repeat(np.arange(len(parts)), [len(f) for f, _ in parts])
     ok = ~np.isnat(ts)
+    named = (codes >= 0) & ~np.isin(codes, np.flatnonzero(uniques == ""))  # (the others: rule bad_symbol's)
     unsorted = np.zeros(len(frame), dtype=bool)
     ordered = is_sorted(codes, ts.view("int64"))
     if not ordered:  # (in order, no row has an earlier one of its symbol with a later time in its file)
         by_file = codes.astype(np.int64) * len(parts) + file_of_row
-        unsorted[ok] = unsorted_rows(ts[ok], by_file[ok])
-    by_sym = np.bincount(codes[unsorted & (codes >= 0)], minlength=len(uniques))
+        unsorted[ok & named] = unsorted_rows(ts[ok & named], by_file[ok & named])
+    by_sym = np.bincount(codes[unsorted], minlength=len(uniques))
     if not ordered:  # NaT and missing symbols go last (int64 max)
         key_ts = np.where(ok, ts.view("int64"), np.iinfo(np.int64).max)
         key_code = np.where(codes >= 0, codes, len(uniques))
         order = sort_order(key_code, key_ts)
         frame = frame.take(order).reset_index(drop=True)
-        codes, ts, file_of_row = codes[order], ts[order], file_of_row[order]
-    shared = {} if len(files) < 2 else _shared_symbols(path, files, frame, codes, uniques, ts.view("int64"),
+        codes, ts, file_of_row, named = codes[order], ts[order], file_of_row[order], named[order]
+    shared = {} if len(files) < 2 else _shared_symbols(path, files, frame, codes, uniques, named, ts.view("int64"),
                                                        file_of_row)
 
     extra = sorted({c for _, f in parts for c in f["extra_columns"]})
@@ -699,13 +700,12 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str)
 
 
 def _shared_symbols(folder: Path, files: list[Path], frame: pd.DataFrame, codes: np.ndarray, uniques: np.ndarray,
-                    ts: np.ndarray, file_of_row: np.ndarray) -> dict[str, list[str]]:
+                    named: np.ndarray, ts: np.ndarray, file_of_row: np.ndarray) -> dict[str, list[str]]:
     """The symbols that more than one file of a folder holds (years in files of their own, two vendors' exports),
     with their files: their rows are one series. Where two files give one symbol's timestamp different values,
     nothing tells which is right (keeping the last file's, as a duplicate in one file is, chose silently):
     refused, naming both files, the rows they disagree on and an example. Rows sorted by (code, ts), stably: the
-    rows of one symbol and time are neighbours, in file order."""
-    named = (codes >= 0) & ~np.isin(codes, np.flatnonzero(uniques == ""))  # (the others: rule bad_symbol)
+    rows of one symbol and time are neighbours, in file order; `named`: the rows with a symbol."""
     run = np.r_[True, (codes[1:] != codes[:-1]) | (file_of_row[1:] != file_of_row[:-1])] & named
     pairs = np.unique(codes[run].astype(np.int64) * len(files) + file_of_row[run])
     owner, count = np.unique(pairs // len(files), return_counts=True)
