@@ -536,7 +536,10 @@ def test_one_symbol_in_two_files_of_a_folder_joins_or_is_refused_where_they_disa
 
 
 @pytest.mark.parametrize("content,problem", [(b"", "empty file"), (b"\x00\x01\x02 garbage", "no rows"),
-                                             (b"date,open\n2024-01-01,1\n", "missing required columns")])
+                                             (b"date,open\n2024-01-01,1\n", "missing required columns"),
+                                             (b"1704205800000,100.01,100.2,99.9,100.1,1.5,1704206099999\n"
+                                              b"1704206100000,100.1,100.3,100.0,100.2,2.5,1704206399999\n",
+                                              "its first line is numbers, not names: the file has no header line")])
 def test_unusable_files(tmp_path, capsys, content, problem):
     path = tmp_path / "x.csv"
     path.write_bytes(content)

@@ -459,7 +459,10 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
         names = ", ".join(f"'{c}'" for c in missing)
         what = "column" if len(missing) == 1 else "columns"
         cols = ", ".join(str(c) for c in df.columns)
-        raise DataError(f"{path}: missing required {what} {names} (found: {cols})")
+        header = ("; its first line is numbers, not names: the file has no header line (Binance's klines): add "
+                  "one, e.g. open_time,open,high,low,close,volume,...") if all(
+            re.fullmatch(r"\s*[+-]?\d+(\.\d*)?([eE][+-]?\d+)?\s*", str(c)) for c in df.columns) else ""
+        raise DataError(f"{path}: missing required {what} {names} (found: {cols}){header}")
 
     tcol = found["timestamp"]
     raw_t = _column(df, tcol, path)
