@@ -249,8 +249,8 @@ def test_a_folder_mixing_a_24_7_market_with_an_exchange_says_what_its_calendar_d
     assert report.every_day == {"AAA": False, "BBB": False, "BTC": True, "CCC": False}
     assert report.gaps == {"AAA": 19, "BBB": 19, "CCC": 19}
     assert ("calendar: mixed markets (BTC: every day of the week; AAA, BBB, CCC: an exchange's week): one calendar "
-            "for all, continuous, so each night and weekend of the latter counts as missing bars (57 long gaps "
-            "theirs") in report.summary()
+            "for all symbols, 24/7 where the former fill the week, and on it each night and weekend of the latter "
+            "counts as missing bars (57 long gaps theirs") in report.summary()
 
 
 def test_one_week_of_an_exchange_reads_as_one_by_its_nights_and_five_days_of_a_24_7_market_as_continuous(tmp_path):

@@ -148,8 +148,9 @@ def bar_change_lines(changes: list[dict], bar_size_s: dict[str, float | None]) -
 
 def mixed_calendar_lines(every_day: dict[str, bool], gaps: dict[str, int]) -> list[str]:
     """A line where some symbols trade every day of the week and others an exchange's week (`every_day`): the
-    calendar is one for all, continuous, so the exchange's nights and weekends count as missing bars (long gaps
-    that restart its series, targets over them masked), which the gap count alone does not explain."""
+    calendar is one for all, continuous where the 24/7 symbols fill the week, and then the exchange's nights and
+    weekends count as missing bars (long gaps that restart its series, targets over them masked), which the gap
+    count alone does not explain."""
     daily = [s for s, e in every_day.items() if e]
     weekly = [s for s, e in every_day.items() if not e]
     if not daily or not weekly:
@@ -157,8 +158,9 @@ def mixed_calendar_lines(every_day: dict[str, bool], gaps: dict[str, int]) -> li
     names = lambda s: ", ".join(s[:5]) + (f" and {len(s) - 5} more" if len(s) > 5 else "")  # noqa: E731
     lost = sum(gaps.get(s, 0) for s in weekly)
     return [f"calendar: mixed markets ({names(daily)}: every day of the week; {names(weekly)}: an exchange's "
-            f"week): one calendar for all, continuous, so each night and weekend of the latter counts as missing "
-            f"bars ({lost:,} long gaps theirs, targets over them masked); load the two markets apart"]
+            f"week): one calendar for all symbols, 24/7 where the former fill the week, and on it each night and "
+            f"weekend of the latter counts as missing bars ({lost:,} long gaps theirs, targets over them masked); "
+            f"load the two markets apart"]
 
 
 def _merged_counts(parts: list[dict]) -> list[dict]:
