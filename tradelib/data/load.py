@@ -405,8 +405,9 @@ def _as_text(col: pd.Series) -> pd.Series:
 
 def _time_of_day(col: pd.Series, where: str) -> pd.Series:
     """A time-of-day column as text to join to its date. Times written as integers (HHMMSS or HHMM, which many
-    exports write without their leading zeros: 500 is 00:05:00) are zero-padded: to 6 digits where one is above
-    2359 or has more than 4 digits, else to 4 (HHMM) where one has hours (100 or more) or 4 digits, or all are 0.
+    exports write without their leading zeros: 500 is 05:00 as HHMM, 00:05:00 as HHMMSS) are zero-padded: to 6
+    digits where one is above 2359 or has more than 4 digits, else to 4 (HHMM) where one has hours (100 or more) or
+    4 digits, or all are 0.
     Times all from 1 to 99 read both ways (59: 00:59 or 00:00:59) and are refused. Other text is kept as written."""
     text = _as_text(col)
     given = pd.Series(text.dropna().unique(), dtype="str")  # (at most 86,400 times of day)
