@@ -186,7 +186,7 @@ class Config:
                                "system", resume=True)
     n_gpus: int = knob(1, ">1: train launches torchrun with this many processes", "system", lo=1, resume=True)
     run_id: str = knob("", "run folder name under outputs/ (empty: a new time-stamped id; 04_report: the latest "
-                       "run)", "system", resume=True)
+                       "finished run)", "system", resume=True)
     device_memory_budget: float = knob(0.5, "device memory the data may take, a fraction of the device's memory (up "
                                        "to 1) or bytes: above it the data is streamed in blocks", "system", lo=0,
                                        lo_open=True, finite=True)
