@@ -147,7 +147,7 @@ class Config:
                             resume=True)
     persistent_workers: bool = knob(True, "dataloader loader only: keep workers across epochs", "training",
                                     resume=True)
-    dense: bool = knob(False, "causal models (tcn): a prediction and a loss at every position of a chunk",
+    dense: bool = knob(False, "causal models (tcn, transformer): a prediction and a loss at every position of a chunk",
                        "training")
     dense_chunk: int = knob(512, "dense mode: rows per chunk (each chunk trains on length - receptive_field + 1; "
                             "a transformer's chunk is its window)", "training", lo=2)
