@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_args(p, ("data", "features"))
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train one run (the function 03_train calls)")
+    p = sub.add_parser("train", help="train one run, or a walk-forward with folds > 1 (what 03_train calls)")
     add_param_args(p, ("data", "features", "model", "training", "system"))
     p.set_defaults(func=cmd_train)
 
@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_args(p, ("report",))
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("bench", help="training throughput: seed-style DataLoader vs device loader vs dense")
+    p = sub.add_parser("bench", help="training throughput: seed-style DataLoader vs device loader vs dense "
+                                     "(--stream: resident vs streamed data; --features: the data side)")
     bench.add_bench_args(p)
     p.set_defaults(func=bench.bench_command)
     p = sub.add_parser("doctor", help="about doctor_seconds of this configuration on this device, then what limits "
