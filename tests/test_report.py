@@ -473,6 +473,8 @@ def test_compare_block_and_markdown(tmp_path):
     busy, _ = make_run(tmp_path / "busy", seed=1, rho=0.1, summary_extra=noisy)
     md = rw.summary_markdown(rp.build_report(run, compare_with=busy, settings=DEFAULTS, **feats))
     assert "(not comparable: `busy` timed while other processes kept the machine busy)" in md and "x26" not in md
+    sps = strict_json(run / "report.json")["compare"]["metrics"]["samples_per_s"]  # report.json gives none either
+    assert (sps["this"], sps["other"], sps["delta"], sps["ratio"]) == (5e4, 1900.0, None, None)
 
 
 def test_compare_with_a_run_on_another_calendar_annualises_it_by_its_own(tmp_path):

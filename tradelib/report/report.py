@@ -44,6 +44,7 @@ SUMMARY_NUMBERS = IC_NUMBERS + [
     "turnover", "market_beta", "market_alpha", "break_even_bps", "samples_per_s", "data_wait_share", "gpu_util",
     "mfu", "peak_mem_gb", "epoch_time_s",
 ]  # fmt: skip
+TIMED = ("samples_per_s", "epoch_time_s")  # throughput: compared only when neither run was timed on a busy machine
 PERIOD_WORDS = {"cross_sectional": "per-timestamp ICs", "daily": "per-day ICs",
                 "pooled": "per-timestamp terms of the pooled correlation"}
 
@@ -316,10 +317,13 @@ def compare_block(this: dict, other_dir: Path) -> dict:
         other = {k: as_float(s.get(k)) for k in SUMMARY_NUMBERS}  # its named test ICs, the throughput
         other.update(peak_mem_gb=as_float(s.get("peak_mem_bytes")) / 1e9)
         other.update({k: s.get(k) for k in ("device", "device_name", "model", "loader", "busy_note")})
+    busy = bool(this.get("busy_note") or other.get("busy_note"))  # either timed on a busy machine: no speed-up
     metrics = {}
     for k in SUMMARY_NUMBERS:
         a, b = as_float(this.get(k)), as_float(other.get(k))
-        metrics[k] = {"this": a, "other": b, "delta": a - b, "ratio": a / b if b != 0 else float("nan")}
+        apart = busy and k in TIMED
+        metrics[k] = {"this": a, "other": b, "delta": float("nan") if apart else a - b,
+                      "ratio": a / b if b != 0 and not apart else float("nan")}
     keys = ("device", "device_name", "model", "loader", "headline_ic", "periods_per_year", "bar_seconds", "busy_note")
     return {
         "run_id": other_dir.name,
