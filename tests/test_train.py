@@ -919,6 +919,31 @@ def test_masked_targets_are_normalised_over_the_whole_accumulated_batch(outputs)
     assert not close(per_micro_mean_grads(trainer, group, 2, 3), true, tol=1e-4)
 
 
+def test_a_step_without_a_valid_target_leaves_weights_and_adam_untouched(outputs):
+    """Every target of the step masked: its gradient is zero, and AdamW would still move the weights (momentum,
+    weight decay) and count a step; the update is skipped instead, not counted as non-finite."""
+    from tradelib.train.models import model_for
+    from tradelib.train.sources import dense_chunks
+
+    cfg = tiny("empty-step", model="tcn", layers=2, window=16, dense=True, dense_chunk=32, batch_size=2,
+               grad_accum_steps=1, dropout=0.0)
+    fs = dataset.prepare(cfg, verbose=False)
+    fs = dataclasses.replace(fs, y=fs.y.copy(), meta=dict(fs.meta))
+    starts, _ = dense_chunks(fs, 0, cfg.dense_chunk, model_for(cfg, fs.n_features).receptive_field)
+    for s in starts[[2, 3]]:
+        fs.y[s : s + cfg.dense_chunk] = np.nan  # chunks 2 and 3 keep no known target
+    trainer = TrainingRun(cfg, fs=fs, progress=False).trainer
+    trainer.step(torch.tensor([0, 1]))  # a real step first: AdamW has moments to carry on with
+    before, moments = snapshot(trainer.model), [s["exp_avg"].clone() for s in trainer.opt.state.values()]
+    stats = trainer.step(torch.tensor([2, 3]))
+    assert float(stats.n_valid) == 0 and not bool(stats.skipped)  # no target, nothing non-finite
+    assert_bitwise(snapshot(trainer.model), before)
+    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, trainer.opt.state.values()))
+    assert adam_steps(trainer) == {1.0} and trainer.sched.last_epoch == 2
+    trainer.step(torch.tensor([0, 4]))
+    assert adam_steps(trainer) == {2.0}
+
+
 @pytest.mark.slow
 def test_a_whole_epoch_with_accumulation_matches_big_batches_and_steps_the_schedule_per_update(outputs):
     runs = {}

@@ -4,7 +4,9 @@ One optimizer step = `grad_accum_steps` micro-batches. Each micro-batch adds sum
 gradients, N being the number of valid targets in the whole accumulated batch (over all DDP ranks), so the
 step equals one big batch of N: also for the last, partial window of an epoch and for masked dense targets.
 The LR schedule advances once per optimizer step. A non-finite loss or gradient norm skips the step on the
-device (fused AdamW's `found_inf`), with no host sync. The loss is `masked_sse`, which validation calls too.
+device (fused AdamW's `found_inf`), with no host sync; so does a step without one valid target (N = 0), whose
+zero gradient would otherwise still move the weights (AdamW's momentum and weight decay). The loss is
+`masked_sse`, which validation calls too.
 
 `Trainer.step(ids)` is the whole step and the only thing the run loop, the bench and 02_profiling call; it
 knows nothing of files, epochs or logging (run.py holds those).
@@ -36,7 +38,7 @@ class StepStats:
     """One optimizer step's figures. Tensors stay on the device: reading them syncs, so read at log points."""
 
     sse: torch.Tensor  # sum of squared errors over this rank's valid targets
-    n_valid: torch.Tensor  # valid targets of the step over all ranks (float64)
+    n_valid: torch.Tensor  # valid targets of the step over all ranks (float64; 0: the update was skipped)
     norm: torch.Tensor  # gradient norm before clipping
     skipped: torch.Tensor  # True where the loss or the gradient was non-finite: the update was skipped
     micro_batches: int
@@ -195,7 +197,7 @@ class Trainer:
         if self.graphs and len(ids) == self.global_batch:
             return self.graph_step(ids)
         stats = self.accumulate(ids)  # without the graph, or an epoch's last, partial step
-        stats.norm, stats.skipped = self.update(stats.sse)
+        stats.norm, stats.skipped = self.update(stats.sse, stats.n_valid)
         return stats
 
     def graph_step(self, ids: torch.Tensor) -> StepStats:
@@ -211,7 +213,7 @@ class Trainer:
             self.graph_steps += 1
         else:
             sse = self.backward_all(batches, len(batches), n_valid)
-            norm, bad = self.update(sse)
+            norm, bad = self.update(sse, n_valid)
         return StepStats(sse, n_valid, norm, bad, len(batches), sum(seconds), marks)
 
     def record(self, batches: list[Batch], n_valid: torch.Tensor) -> StepGraph | None:
@@ -232,8 +234,8 @@ class Trainer:
             return None
 
     def valid_count(self, ids: torch.Tensor) -> torch.Tensor:
-        """Valid targets of the step over all ranks (at least 1: the loss's divisor)."""
-        return all_reduce(self.source.count(ids).clone()).clamp_(min=1)
+        """Valid targets of the step over all ranks (0 when every target is masked: the update is skipped)."""
+        return all_reduce(self.source.count(ids).clone())
 
     def fetched(self, chunks: Iterable[torch.Tensor], seconds: list, marks: list) -> Iterator[Batch]:
         """The micro-batches of these chunks of ids, each fetched when it is asked for; the host seconds of each
@@ -280,24 +282,27 @@ class Trainer:
             with autocast(self.device, self.precision, cache):
                 pred = self.train_fwd(batch.x)
             sse, _ = masked_sse(pred, batch.y, batch.mask)
-            loss = sse * self.world / n_valid.float()  # fp32, as the loss; counts < 2^24 are exact
+            loss = sse * self.world / n_valid.clamp(min=1).float()  # fp32, as the loss; counts < 2^24 are exact
             (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         return sse.detach()
 
-    def update(self, loss: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clip, skip on a non-finite norm or loss (decided on the device), step, advance the schedule.
-        Returns (pre-clip gradient norm, skipped flag).
+    def update(self, loss: torch.Tensor | None = None, n_valid: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip, skip on a non-finite norm or loss or on no valid target (decided on the device), step, advance
+        the schedule. Returns (pre-clip gradient norm, the flag of a non-finite step).
 
         The LR schedule advances on a skipped step too: it follows the optimizer-step counter, which counts
         the batches consumed, so a skip costs one update, not a shift of the whole schedule."""
-        norm, bad = self.apply(loss)
+        norm, bad = self.apply(loss, n_valid)
         self.sched.step()
         return norm, bad
 
-    def apply(self, loss: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(self, loss: torch.Tensor | None = None, n_valid: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """The update without the schedule (what the step graph records). Fused AdamW takes the skip flag as
         `found_inf` (GradScaler's hook): it leaves weights, moments and its own step count untouched, with no
-        host sync. fp16: the GradScaler unscales the gradients first; an fp16 overflow leaves an inf or NaN in
+        host sync. A step with `n_valid` 0 is skipped too, without counting as non-finite (the returned flag).
+        fp16: the GradScaler unscales the gradients first; an fp16 overflow leaves an inf or NaN in
         them and so in the norm, which joins the overflow to this one skip. The scaler then backs its factor
         off (or grows it after growth_interval clean steps), on the device."""
         if self.scaler is not None:
@@ -310,10 +315,11 @@ class Trainer:
             bad = bad | ~torch.isfinite(loss)  # and an overflowing loss whose gradient stayed finite
         if self.world > 1:  # the gradients agree after DDP's all-reduce, the local losses need not
             bad = all_reduce(bad.float(), "max").bool()
+        skip = bad if n_valid is None else bad | (n_valid == 0)  # (n_valid is the same on every rank)
         if self.fused:
-            self.opt.found_inf = bad.float()  # fused AdamW skips the update when this is non-zero
+            self.opt.found_inf = skip.float()  # fused AdamW skips the update when this is non-zero
             self.opt.step()
-        elif not bool(bad):  # host sync: only without fused AdamW
+        elif not bool(skip):  # host sync: only without fused AdamW
             self.opt.step()
         if self.scaler is not None:
             self.scaler.update()
@@ -517,7 +523,7 @@ class StepGraph:
             g["lr"], g["capturable"] = t, capturing  # capturable: AdamW refuses to be recorded without it
         try:
             sse = self.tr.backward_all(self.batches, len(self.batches), self.n_valid, cache=False)
-            norm, bad = self.tr.apply(sse)
+            norm, bad = self.tr.apply(sse, self.n_valid)
         finally:
             for g, f in zip(groups, floats):
                 g["lr"], g["capturable"] = f, False
