@@ -960,6 +960,22 @@ def test_a_whole_epoch_with_accumulation_matches_big_batches_and_steps_the_sched
     assert t.opt.param_groups[0]["lr"] == pytest.approx(t.lr * lr_factor(19, warmup, 19, t.cfg.min_lr_ratio))
 
 
+def test_micro_batches_are_counted_as_taken_when_the_last_step_is_short(outputs):
+    """batches_per_epoch and it_per_s count the micro-batches fetched: an epoch's last, partial step takes fewer
+    than grad_accum_steps (583 windows in steps of 3 x 16: 12 full steps, then 7 windows in 1 micro-batch)."""
+    run = TrainingRun(tiny("micro-batches", grad_accum_steps=3, epochs=1, log_every=1, checkpoint_every=0),
+                      progress=False)
+    n = len(run.trainer.source)
+    summary = run.fit()
+    last = n - (run.step - 1) * 48
+    assert (n, run.step, last) == (583, 13, 7)
+    assert summary["batches_per_epoch"] == 12 * 3 + 1 == -(-n // 16)
+    rows = [r for r in metric_rows(outputs, "micro-batches") if r["kind"] == "step"]
+    # per log interval (one step here): micro-batches / windows, whatever the interval's duration
+    assert rows[0]["it_per_s"] / rows[0]["samples_per_s"] == pytest.approx(3 / 48)
+    assert rows[-1]["it_per_s"] / rows[-1]["samples_per_s"] == pytest.approx(1 / 7)
+
+
 def test_the_warm_up_is_capped_at_a_tenth_of_the_run_as_its_help_says(outputs):
     """warmup_steps is a most: a run of T optimizer steps warms up over min(warmup_steps, max(1, T // 10)), which
     the parameter's help (the CLI's --help and the notebooks' comments) says."""

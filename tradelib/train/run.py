@@ -108,7 +108,7 @@ class Tally:
         zero = lambda: torch.zeros((), device=device, dtype=torch.float64)
         self.sse, self.n_taken, self.n, self.skipped, self.bad_run, self.bad_max = (zero() for _ in range(6))
         self.norm_last = torch.zeros((), device=device)
-        self.wait_s, self.steps, self.marks = 0.0, 0, []
+        self.wait_s, self.steps, self.micro_batches, self.marks = 0.0, 0, 0, []
 
     def add(self, s: StepStats) -> None:
         good = ~s.skipped
@@ -122,6 +122,7 @@ class Tally:
         self.wait_s += s.fetch_s
         self.marks += s.fetch_marks
         self.steps += 1
+        self.micro_batches += s.micro_batches
 
     def read(self) -> dict:
         """The interval's figures as floats (a host sync), the loss summed over all ranks; then reset."""
@@ -132,10 +133,10 @@ class Tally:
         sse, n_taken, n, skipped, bad_max, norm = torch.stack([
             self.sse, self.n_taken, self.n, self.skipped, self.bad_max, self.norm_last.double()]).tolist()
         out = {"sse": sse, "n_taken": n_taken, "n": n, "skipped": int(skipped), "bad_max": bad_max, "norm": norm,
-               "wait_s": self.wait_s, "steps": self.steps}
+               "wait_s": self.wait_s, "steps": self.steps, "micro_batches": self.micro_batches}
         for t in (self.sse, self.n_taken, self.n, self.skipped, self.bad_max):
             t.zero_()
-        self.wait_s, self.steps, self.marks = 0.0, 0, []
+        self.wait_s, self.steps, self.micro_batches, self.marks = 0.0, 0, 0, []
         return out
 
 
@@ -485,7 +486,7 @@ class TrainingRun:
         loss = t["sse"] / t["n_taken"] if t["n_taken"] > 0 else float("nan")
         row = {"kind": "step", "step": self.step, "epoch": self.epoch, "samples": self.samples_seen, "loss": loss,
                "lr": self.trainer.sched.get_last_lr()[0], "grad_norm": t["norm"], "samples_per_s": t["n"] / dt,
-               "it_per_s": t["steps"] * self.cfg.grad_accum_steps / dt, "data_wait_share": t["wait_s"] / dt,
+               "it_per_s": t["micro_batches"] / dt, "data_wait_share": t["wait_s"] / dt,
                "skipped_steps": self.skipped, "elapsed_s": self.train_time}
         self.log(row)
         gpu = self.monitor.read()  # GPU busy % and memory over this log interval (NVML)

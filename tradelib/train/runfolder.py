@@ -157,7 +157,7 @@ class RunFolder:
             "precision": tr.precision, "grad_scaler": tr.scaler is not None,  # what precision auto chose
             "cuda_graphs": "on" if tr.graphs else "off", "cuda_graphs_reason": tr.graphs_reason,
             "it_per_s": med(steps, "it_per_s"),
-            "batches_per_epoch": tr.steps_per_epoch * cfg.grad_accum_steps, "dense": cfg.dense,
+            "batches_per_epoch": tr.batches_per_epoch, "dense": cfg.dense,
             "data_wait_share": med(steps, "data_wait_share"), "peak_mem_bytes": peak_memory_bytes(device),
             "gpu_util": run.gpu_stats.get("gpu_util_median"),  # NVML busy %, median
             "gpu_mem_used_max_bytes": run.gpu_stats.get("gpu_mem_used_max_bytes"),

@@ -147,6 +147,8 @@ class Trainer:
             raise ValueError("no training windows: the data is shorter than one window per split")
         self.global_batch = cfg.batch_size * cfg.grad_accum_steps  # per rank; x world for the whole step
         self.steps_per_epoch = math.ceil(n_train / self.global_batch)
+        # micro-batches: an epoch's last, partial step may take fewer than grad_accum_steps
+        self.batches_per_epoch = math.ceil(n_train / cfg.batch_size)
         self.total_steps, self.warmup = self.schedule(cfg.epochs, cfg.max_steps)
         self.lr = scaled_lr(cfg, world)
         self.precision = resolved_precision(cfg.precision, device)  # fp32, bf16 or fp16
