@@ -20,7 +20,7 @@ import torch
 
 from tradelib.config import Config
 from tradelib.data import cache, dataset
-from tradelib.train.run import TrainingDiverged, TrainingRun, train
+from tradelib.train.run import TrainingDiverged, TrainingFailed, TrainingRun, train
 from tradelib.train.trainer import Trainer, lr_factor
 
 from .conftest import fit_until_interrupted
@@ -839,6 +839,29 @@ def test_too_many_bad_steps_stop_with_a_message_and_the_last_good_checkpoint(out
     folder = outputs / "diverged" / "checkpoints"
     assert sorted(p.name for p in folder.glob("*.pt")) == ["step-5.pt"]
     assert_bitwise(torch.load(folder / "step-5.pt", weights_only=False)["model"], snapshot(run.model))
+
+
+def test_a_model_whose_output_is_nan_from_the_start_is_named_with_output_clip_and_no_checkpoint(outputs):
+    run = TrainingRun(tiny("nan-from-start", epochs=1, log_every=1, max_bad_steps=3), progress=False)
+    poison_outputs(run, lambda s: True)
+    with pytest.raises(TrainingDiverged) as caught:
+        run.fit()
+    said = str(caught.value)
+    assert "at step 3: 3 optimizer steps in a row had a non-finite loss, the model's output NaN or inf" in said
+    assert "no checkpoint was written yet" in said and "None" not in said
+    assert "output_clip" in said and "set grad_clip" not in said  # (grad_clip is on: 1.0)
+
+
+def test_a_validation_loss_that_is_not_finite_stops_the_run_at_that_epoch(outputs):
+    """Finite in training, NaN in eval mode: the run stops at the first validation, naming it, instead of training
+    every epoch and failing on the test predictions at the end."""
+    run = TrainingRun(tiny("nan-in-eval", epochs=3, checkpoint_every=0), progress=False)
+    run.model.register_forward_hook(lambda module, inputs, out: None if module.training else out * float("nan"))
+    with pytest.raises(TrainingFailed, match=r"stopped at step 19 \(epoch 1 of 3\): the validation loss is nan over "
+                                             r"\d[\d,]* windows although the weights are finite"):
+        run.fit()
+    assert run.step == run.trainer.steps_per_epoch == 19
+    assert not (outputs / "nan-in-eval" / "summary.json").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------

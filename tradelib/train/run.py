@@ -106,7 +106,8 @@ class Tally:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         zero = lambda: torch.zeros((), device=device, dtype=torch.float64)
-        self.sse, self.n_taken, self.n, self.skipped, self.bad_run, self.bad_max = (zero() for _ in range(6))
+        self.sse, self.n_taken, self.n, self.skipped, self.bad_run, self.bad_max, self.bad_loss = (
+            zero() for _ in range(7))
         self.norm_last = torch.zeros((), device=device)
         self.wait_s, self.steps, self.micro_batches, self.marks = 0.0, 0, 0, []
 
@@ -116,6 +117,7 @@ class Tally:
         self.n_taken += good * s.n_valid
         self.n += s.n_valid
         self.skipped += s.skipped
+        self.bad_loss += ~torch.isfinite(s.sse)  # a non-finite loss: the model's output, not only its gradient
         self.bad_run = (self.bad_run + s.skipped) * s.skipped  # consecutive skipped steps, on the device
         torch.maximum(self.bad_max, self.bad_run, out=self.bad_max)
         self.norm_last = s.norm
@@ -130,11 +132,12 @@ class Tally:
             torch.cuda.synchronize(self.device)
             self.wait_s = sum(a.elapsed_time(b) for a, b in self.marks) / 1e3
         all_reduce(self.sse)  # the counts already are global
-        sse, n_taken, n, skipped, bad_max, norm = torch.stack([
-            self.sse, self.n_taken, self.n, self.skipped, self.bad_max, self.norm_last.double()]).tolist()
-        out = {"sse": sse, "n_taken": n_taken, "n": n, "skipped": int(skipped), "bad_max": bad_max, "norm": norm,
+        sums = (self.sse, self.n_taken, self.n, self.skipped, self.bad_max, self.bad_loss, self.norm_last.double())
+        sse, n_taken, n, skipped, bad_max, bad_loss, norm = torch.stack(sums).tolist()
+        out = {"sse": sse, "n_taken": n_taken, "n": n, "skipped": int(skipped), "bad_max": bad_max,
+               "bad_loss": int(bad_loss), "norm": norm,
                "wait_s": self.wait_s, "steps": self.steps, "micro_batches": self.micro_batches}
-        for t in (self.sse, self.n_taken, self.n, self.skipped, self.bad_max):
+        for t in (self.sse, self.n_taken, self.n, self.skipped, self.bad_max, self.bad_loss):
             t.zero_()
         self.wait_s, self.steps, self.micro_batches, self.marks = 0.0, 0, 0, []
         return out
@@ -509,19 +512,44 @@ class TrainingRun:
                   f"ending with a validation, a checkpoint and the results", flush=True)
         self.t_log = self.clock()
         if t["bad_max"] >= self.cfg.max_bad_steps:
-            last = self.folder.latest_checkpoint() if self.main else None
-            raise TrainingDiverged(
-                f"training stopped at step {self.step}: {int(t['bad_max'])} optimizer steps in a row had a "
-                f"non-finite loss or gradient (max_bad_steps={self.cfg.max_bad_steps}); {self.skipped} skipped in "
-                f"all. Skipped steps leave the weights untouched, so the last checkpoint ({last}) holds the last "
-                f"good weights. Look for non-finite features or targets, lower lr, or set grad_clip.")
+            raise TrainingDiverged(self.diverged_words(t))
         return due
+
+    def diverged_words(self, t: dict) -> str:
+        """Why the run stops after max_bad_steps non-finite steps in a row (`t`: the log interval's figures): what
+        was not finite, where the last good weights are, and the settings that address it."""
+        cfg, tr = self.cfg, self.trainer
+        if t["bad_loss"]:  # the features are finite and unknown targets masked: the model's output was not
+            what = f"a non-finite loss, the model's output NaN or inf ({t['bad_loss']} of the last {t['steps']} steps"
+            fix = f"check the model's forward (your own model's), lower lr ({cfg.lr:g})" + (
+                ", or set output_clip (0: off)" if cfg.output_clip == 0 else "")
+        else:
+            what = f"a non-finite gradient with a finite loss ({t['bad_max']:.0f} steps"
+            fix = f"lower lr ({cfg.lr:g})" + (", or use precision bf16 or fp32" if tr.precision == "fp16" else "")
+        return (f"training stopped at step {self.step}: {int(t['bad_max'])} optimizer steps in a row had {what}; "
+                f"max_bad_steps={cfg.max_bad_steps}), {self.skipped} skipped in all. Skipped steps leave the weights "
+                f"untouched: {self.last_good()}. {fix[0].upper()}{fix[1:]}; look for non-finite features or targets.")
+
+    def last_good(self) -> str:
+        """Where the last good (finite) state of a run that stops on non-finite figures is kept, in words."""
+        last = self.folder.latest_checkpoint() if self.main else None
+        return (f"the last checkpoint, {last}, holds the last good weights" if last else
+                "no checkpoint was written yet (start the run again once that is fixed)")
 
     def end_epoch(self, partial: bool = False) -> None:
         """Validation, best.pt when it is the best so far, a step checkpoint; at an epoch's end also the next
         epoch and early stopping (seen by done()). A run that ends inside an epoch (max_steps, max_minutes:
         `partial`) validates once all the same and keeps its position, so a longer resume goes on."""
         val = self.validate()
+        # (non-finite weights, and a run whose every step was skipped, have their own messages)
+        if not math.isfinite(val) and self.n_windows[1] > 0 and self.step > self.skipped:
+            self.check_finite_weights()
+            raise TrainingFailed(
+                f"run {self.run_id!r} stopped at step {self.step} ({self.epoch_words()}): the validation loss is "
+                f"{val} over {self.n_windows[1]:,} windows although the weights are finite: the model's predictions "
+                f"in eval mode are NaN or inf (its eval path, e.g. your own model's, or outputs too large: set "
+                f"output_clip or lower lr); the test predictions would be too, so nothing more is trained or written: "
+                f"{self.last_good()}")
         trained = self.epoch_n if partial else self.epoch_targets
         self.log({"kind": "epoch", "epoch": self.epoch, "step": self.step, **({"partial": True} if partial else {}),
                   "train_loss": self.epoch_sse / self.epoch_n if self.epoch_n else float("nan"),
