@@ -372,3 +372,33 @@ def test_a_resume_with_no_run_id_names_the_newest_unfinished_run(outputs):
         with pytest.raises(ValueError, match=r"resume=True needs the run_id .*: the newest unfinished run here is "
                                              r"'20260101-120000' \(interrupted\)"):
             train_or_walk(Config(resume=True, folds=folds, device="cpu"))
+
+
+def test_a_stop_while_report_html_renders_says_it_is_missing_and_how_to_write_it(tmp_path, monkeypatch, capsys):
+    """SIGTERM after 04 is done, while nbconvert renders report.html: the notebook and report.json are there, the
+    HTML is not (no half file), and the line before the stop's names the command that writes it."""
+    import os
+    import signal
+
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from tradelib.pipeline import render_report
+    from tradelib.train.stops import StopRequested, signals_interrupt
+
+    out = tmp_path / "run"
+    out.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# report")]), out / "04_report.ipynb")
+    render = HTMLExporter.from_notebook_node
+
+    def sigterm_midway(self, nb, **kw):  # the signal arrives while the exporter works
+        os.kill(os.getpid(), signal.SIGTERM)
+        return render(self, nb, **kw)
+
+    monkeypatch.setattr(HTMLExporter, "from_notebook_node", sigterm_midway)
+    with pytest.raises(StopRequested), signals_interrupt():
+        render_report(out, "[report]", "python -m tradelib report RUN -p cost_bps 2.0")
+    said = capsys.readouterr().out
+    assert ("[report] stopped while rendering report.html: 04_report.ipynb and report.json are written, report.html "
+            "is not (the report alone: python -m tradelib report RUN -p cost_bps 2.0)") in said
+    assert sorted(p.name for p in out.iterdir()) == ["04_report.ipynb"]

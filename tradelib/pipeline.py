@@ -185,6 +185,18 @@ def render_html(notebook: Path, html: Path) -> Path:
     return html
 
 
+def render_report(out: Path, label: str, report: str = "") -> Path:
+    """report.html from the executed 04_report in `out`. A stop while it renders (seconds, after 04 said it was
+    done) leaves 04_report.ipynb and report.json and no report.html: said, with the command that writes it
+    (`report`, as `go_on` takes it)."""
+    try:
+        return render_html(out / "04_report.ipynb", out / "report.html")
+    except KeyboardInterrupt:
+        print(f"{label} stopped while rendering report.html: 04_report.ipynb and report.json are written, "
+              f"report.html is not ({go_on('04_report', out, '', '', report)})", flush=True)
+        raise
+
+
 def run_pipeline(files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None,
                  notebooks: tuple[str, ...] = NOTEBOOKS, progress: bool = True) -> dict[str, Path]:
     """Execute `notebooks` (all four, or those select_notebooks left) in order into outputs/<run_id>/ and render
@@ -287,7 +299,7 @@ def execute_notebooks(src: dict[str, Path], per_nb: dict[str, dict], out: Path, 
         print(f"{label} {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
         paths[name] = out / f"{name}.ipynb"
     if "04_report" in notebooks:
-        paths["report.html"] = render_html(out / "04_report.ipynb", out / "report.html")
+        paths["report.html"] = render_report(out, label, again[2])
         paths["report.json"] = out / "report.json"
     paths["run_dir"] = out
     return paths
