@@ -205,6 +205,19 @@ def test_interrupt_writes_a_checkpoint_and_resumes_to_the_same_bits(outputs, ref
     assert steps == sorted(set(steps)) and steps[-1] == 38
 
 
+def test_a_stop_between_log_points_resumes_to_the_uninterrupted_runs_metric_rows(outputs):
+    """The stop's checkpoint carries the log interval's sums so far: no extra row at the stop's step, and the next
+    row's loss covers the whole interval, as in the uninterrupted run (a walk-forward's folds resume the same)."""
+    cfg = dict(epochs=1, checkpoint_every=0, log_every=4)
+    train(tiny("rows-whole", **cfg), progress=False)
+    run = TrainingRun(tiny("rows-stopped", **cfg), progress=False)
+    fit_until_interrupted(run, 7)  # between the log points at steps 4 and 8
+    assert [r["step"] for r in metric_rows(outputs, "rows-stopped")] == [4]
+    train(tiny("rows-stopped", resume=True, **cfg), progress=False)
+    assert comparable(metric_rows(outputs, "rows-stopped")) == comparable(metric_rows(outputs, "rows-whole"))
+    assert_bitwise(final_model(outputs, "rows-stopped"), final_model(outputs, "rows-whole"))
+
+
 STOPPED_CHILD = r"""
 import json, os, sys, time
 import tradelib.train.run as run_module

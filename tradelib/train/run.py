@@ -101,7 +101,10 @@ def rows_of(fs: FeatureSet, lo: int, hi: int) -> FeatureSet:
 
 
 class Tally:
-    """The sums behind one log interval's metrics, kept on the device; `read()` syncs once and resets them."""
+    """The sums behind one log interval's metrics, kept on the device; `read()` syncs once and resets them. A stop
+    between log points checkpoints them (`state`), so the resumed run logs the rows the uninterrupted one does."""
+
+    SUMS = ("sse", "n_taken", "n", "skipped", "bad_max", "bad_loss", "norm_last")
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -142,6 +145,20 @@ class Tally:
         self.wait_s, self.steps, self.micro_batches, self.marks = 0.0, 0, 0, []
         return out
 
+    def state(self) -> dict:
+        """The interval's sums so far as plain values (a host sync; this rank's loss sum), for a checkpoint."""
+        if self.marks:
+            torch.cuda.synchronize(self.device)
+            self.wait_s = sum(a.elapsed_time(b) for a, b in self.marks) / 1e3
+            self.marks = []
+        return {**{k: float(getattr(self, k)) for k in self.SUMS}, "wait_s": self.wait_s, "steps": self.steps,
+                "micro_batches": self.micro_batches}
+
+    def load_state(self, state: dict) -> None:
+        for k in self.SUMS:
+            getattr(self, k).fill_(state[k])
+        self.wait_s, self.steps, self.micro_batches = state["wait_s"], state["steps"], state["micro_batches"]
+
 
 # the loop's position and the sums behind its metrics: all of it goes into a checkpoint
 LOOP_STATE = ("step", "epoch", "pos", "skipped", "best_val", "epochs_since_best", "train_time", "samples_seen",
@@ -151,7 +168,8 @@ LOOP_STATE = ("step", "epoch", "pos", "skipped", "best_val", "epochs_since_best"
 class TrainingRun:
     """A run: its Trainer, its folder, and the loop's position. Consistent (checkpointable) only between
     optimizer steps: `step` steps were taken and `pos` items of this epoch's order (this rank's share) consumed.
-    Checkpoints are written at log points, so the metric sums they carry are complete up to `step`."""
+    Checkpoints are written at log points, so the metric sums they carry are complete up to `step`; a stop's
+    checkpoint between them also carries the log interval's sums so far and its seconds (`tally`, `pending_s`)."""
 
     def __init__(self, cfg: Config, fs: FeatureSet | None = None, progress: bool = True,
                  init_state: dict | None = None, walk: str = "", fold: int = 0) -> None:
@@ -218,6 +236,7 @@ class TrainingRun:
         self.train_time, self.samples_seen = 0.0, 0
         self.epoch_sse, self.epoch_n, self.epoch_time = 0.0, 0.0, 0.0
         self.tally = Tally(self.device)
+        self.pending_s = 0.0  # seconds of the log interval a resume goes on with (a stop between log points)
         self.clock: Callable[[], float] = time.perf_counter  # every duration of the run (tests give a fake one)
         self.t_log = self.t_ckpt = self.clock()
         self.on_step: Callable[[TrainingRun], None] | None = None  # called between optimizer steps (tests)
@@ -259,6 +278,8 @@ class TrainingRun:
             **{k: getattr(self, k) for k in LOOP_STATE},
             "world": self.world,
             "bad_run": float(self.tally.bad_run),
+            "tally": self.tally.state(),  # (empty at a log point; a stop between them: the interval so far)
+            "pending_s": self.clock() - self.t_log if self.tally.steps else 0.0,
             "rng": checkpoint.rng_state(self.device),
             "config": self.cfg.to_dict(),
             "order": self.state_order(),
@@ -328,6 +349,9 @@ class TrainingRun:
                              f"no step-N.pt to go on from is left. It can rewrite the finished run's outputs (resume "
                              f"with its epochs and max_steps), not train on: start a new run (another run_id)")
         self.tally.bad_run.fill_(ck["bad_run"])
+        if "tally" in ck:
+            self.tally.load_state(ck["tally"])
+            self.pending_s = ck["pending_s"]
         self._saved_step = self.step
         checkpoint.set_rng_state(ck["rng"], self.device)
         if self.main:
@@ -414,7 +438,8 @@ class TrainingRun:
             if self.cfg.tensorboard:
                 self.folder.open_events(self.step + 1 if self.cfg.resume else None)
             self.monitor = GpuMonitor(device=self.device, enabled=self.main, verbose=self.main).start()
-            self.t_log = self.t_ckpt = self.clock()
+            self.t_ckpt = self.clock()
+            self.t_log = self.t_ckpt - self.pending_s
             state = "failed"
             try:
                 waits = ("the ranks agree on the step at the next log point" if self.world > 1 else
@@ -584,9 +609,7 @@ class TrainingRun:
         if self._clean and (self.world == 1 or self._agreed_stop):
             if self._saved_step == self.step:  # (an epoch's end wrote this step's checkpoint a moment ago)
                 where = f"checkpoint {self.folder.latest_checkpoint()}"
-            else:
-                if self.tally.steps:
-                    self.log_point()  # the metric sums up to this step go into the checkpoint
+            else:  # the log interval's sums so far go into the checkpoint: the resumed run logs this interval
                 where = f"checkpoint {self.save_checkpoint(f'step-{self.step}')}"
         else:  # stopped inside a step (or under DDP): the last checkpoint is the resume point
             where = f"no checkpoint written mid-step; resume starts from {self.folder.latest_checkpoint()}"
