@@ -143,3 +143,22 @@ def test_the_resume_command_of_a_torchrun_worker_starts_torchrun_with_as_many_pr
     assert resume_command(Config(n_gpus=16), "r").startswith("torchrun --nnodes 2 --nproc_per_node 8 [")
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert resume_command(Config(), "r") == "python -m tradelib train -p run_id r -p resume True"
+
+
+def test_a_parameter_file_of_nested_aliases_is_refused_at_once(tmp_path):
+    """A 'billion laughs' file: nine levels of nine aliases are 387 million strings once the value is printed in an
+    error or saved with the run; the read hung. Aliases are refused naming the file and line (here three levels,
+    which old code read), and so is a value nested past Python's recursion limit; an anchor alone still reads."""
+    levels = ['  a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 3)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("extra:\n" + "\n".join(levels) + "\nepochs: *a2\n")
+    with pytest.raises(ValueError, match=r"bomb\.yaml: not valid YAML at line 3, column 12 \(an alias"):
+        load_config([str(bomb)], [])
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("epochs: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ValueError, match=r"deep\.yaml: not a parameter file: its values are nested too deeply"):
+        load_config([str(deep)], [])
+    anchored = tmp_path / "anchored.yaml"
+    anchored.write_text("epochs: &e 2\n")
+    assert load_config([str(anchored)], []).epochs == 2

@@ -434,6 +434,18 @@ def parse_value(text: str) -> Any:
     return {"True": True, "False": False, "None": None, "true": True, "false": False}.get(text, text)
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing aliases (`*name`): nine nested levels of them expand to billions of values
+    once a value is printed or saved (a "billion laughs" file), which hung `-f` on a colleague's file. A parameter
+    file holds NAME: VALUE pairs, which never need one."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "an alias (*name): parameter files may not use them",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def read_params(files: list[str] | None = None, overrides: list[tuple[str, str]] | None = None,
                 origins: dict[str, str] | None = None) -> dict:
     """Merge YAML parameter files then NAME VALUE overrides into one dict (not yet validated). `origins`, when
@@ -442,13 +454,15 @@ def read_params(files: list[str] | None = None, overrides: list[tuple[str, str]]
     merged: dict[str, Any] = {}
     for f in files or []:
         try:
-            data = yaml.safe_load(Path(f).read_text()) or {}
+            data = yaml.load(Path(f).read_text(), Loader=ParamsLoader) or {}
         except OSError as exc:
             raise ConfigError(f"{f}: cannot read the parameter file ({exc.strerror or exc})") from None
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
             raise ConfigError(f"{f}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc})") from None
+        except RecursionError:
+            raise ConfigError(f"{f}: not a parameter file: its values are nested too deeply to read") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{f}: a parameter file must hold a mapping of NAME: VALUE")
         merged.update(data)
