@@ -402,3 +402,23 @@ def test_a_stop_while_report_html_renders_says_it_is_missing_and_how_to_write_it
     assert ("[report] stopped while rendering report.html: 04_report.ipynb and report.json are written, report.html "
             "is not (the report alone: python -m tradelib report RUN -p cost_bps 2.0)") in said
     assert sorted(p.name for p in out.iterdir()) == ["04_report.ipynb"]
+
+
+@pytest.mark.parametrize("run_id", ["../victim", "sweep/../../victim", "ABSOLUTE", "."])
+def test_a_run_id_outside_outputs_is_refused_before_anything_is_written(outputs, tmp_path, capsys, run_id):
+    """`-p run_id ../victim` (a colleague's parameter file) trained into outputs/../victim, writing its summary.json,
+    metrics and checkpoints over that folder's; an absolute path did the same anywhere, and '.' into outputs/."""
+    from tradelib.cli import main
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "summary.json").write_text("precious\n")
+    run_id = str(victim) if run_id == "ABSOLUTE" else run_id
+    outputs.mkdir()
+    code = main(["train", "-p", "synth_symbols", "3", "-p", "synth_bars", "400", "-p", "window", "8", "-p", "model",
+                 "mlp", "-p", "device", "cpu", "-p", "max_steps", "2", "-p", "run_id", run_id])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: run_id {run_id!r}: a run id names a folder under outputs/"), err
+    assert sorted(p.name for p in victim.iterdir()) == ["summary.json"]
+    assert (victim / "summary.json").read_text() == "precious\n" and not list(outputs.iterdir())
+    assert runs.run_path("sweep/run-0") == outputs / "sweep" / "run-0"

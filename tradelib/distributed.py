@@ -23,8 +23,8 @@ import torch.distributed as dist
 import yaml
 
 from tradelib.config import Config
-from tradelib.paths import atomic_write_bytes, child_env, outputs_dir
-from tradelib.runs import RunBusy, check_run_free, lock_run, new_run_id, remove_if_unused
+from tradelib.paths import atomic_write_bytes, child_env
+from tradelib.runs import RunBusy, check_run_free, lock_run, new_run_id, remove_if_unused, run_path
 
 
 class LaunchFailed(RuntimeError):
@@ -182,7 +182,7 @@ def launch_distributed(cfg: Config) -> Path:
     value reaches them exactly as given. A Ctrl-C (or a Jupyter interrupt) is passed on to torchrun.
     """
     run_id = cfg.run_id or new_run_id()
-    folder = outputs_dir() / run_id
+    folder = run_path(run_id)
     created = not folder.exists()
     check_run_free(folder)  # say it now, not after torchrun has started every process
     config_file = folder / "launch.yaml"

@@ -64,7 +64,7 @@ from tradelib.config import (
 )
 from tradelib.data.load import existing_data_path
 from tradelib.hardware import pick_device
-from tradelib.paths import atomic_write_bytes, notebooks_dir, outputs_dir
+from tradelib.paths import atomic_write_bytes, notebooks_dir
 from tradelib.pipeline import NotebookFailed, execute_notebooks
 from tradelib.report import report, tables
 from tradelib.report.backtest import SIGNIFICANT
@@ -217,7 +217,7 @@ def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list
             raise ConfigError(f"sweep run {run}: {exc}") from None
     for device in {c.device for c in configs}:
         pick_device(device, verbose=False)  # CUDA asked for but absent: say so now
-    return Plan(sweep_id, outputs_dir() / sweep_id, shared, axis_names, run_names, combos, configs)
+    return Plan(sweep_id, runs.run_path(sweep_id), shared, axis_names, run_names, combos, configs)
 
 
 # -- running ------------------------------------------------------------------------------------------------

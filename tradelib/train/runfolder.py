@@ -15,7 +15,7 @@ import torch
 
 from tradelib import runs
 from tradelib.hardware import busy_fields, device_name, mfu, peak_flops, peak_memory_bytes
-from tradelib.paths import outputs_dir, remove_stale_tmp, writing
+from tradelib.paths import remove_stale_tmp, writing
 from tradelib.progress import PROGRESS_FILE
 from tradelib.report import metrics
 from tradelib.train import checkpoint
@@ -51,7 +51,7 @@ class RunFolder:
 
     def __init__(self, run_id: str, main: bool) -> None:
         self.run_id, self.main = run_id, main
-        self.dir = outputs_dir() / run_id
+        self.dir = runs.run_path(run_id)
         self.ckpt_dir = self.dir / "checkpoints"
         self.events: runs.TensorBoardLog | None = None
         self.created = main and not self.dir.exists()

@@ -92,7 +92,7 @@ def walk_forward(cfg: Config, progress: bool = True) -> RunResult:
     if env.world > 1 and not cfg.run_id:
         raise ValueError("a walk-forward under torchrun needs run_id (tradelib train -p n_gpus N sets one)")
     run_id = cfg.run_id or runs.new_run_id()
-    top = outputs_dir() / run_id
+    top = runs.run_path(run_id)
     created = not top.exists()
     top.mkdir(parents=True, exist_ok=True)
     lock = runs.lock_run(top) if env.main else None  # the folds lock their own folders
