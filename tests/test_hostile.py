@@ -1058,6 +1058,47 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(outputs, capsys, 
     assert (ckpts / "step-6.pt.damaged").exists() and (ckpts / "step-8.pt").exists()
 
 
+CRAFTED = {  # a checkpoint of the right keys whose values would fail the resume half-way, or train on from garbage
+    "rng": (lambda ck: ck["rng"].__setitem__("numpy", "x"), "rng's numpy state is not np.random.get_state()'s"),
+    "step": (lambda ck: ck.__setitem__("step", -5), "step is -5, not a count"),
+    "loop": (lambda ck: ck.__setitem__("best_val", "x"), "best_val is 'x', not a number"),
+    "tally": (lambda ck: ck.pop("bad_run"), "bad_run is None, not a number"),
+    "config": (lambda ck: ck["config"].__setitem__("max_steps", [1]), "its config's max_steps is [1], not a int"),
+    "weights": (lambda ck: ck["model"].update({k: v * float("nan") for k, v in ck["model"].items()}),
+                "model holds weights that are not finite"),
+}
+
+
+def test_a_crafted_training_state_is_set_aside_and_the_resume_goes_on_from_the_last_good_one(outputs, capsys):
+    """A step file with the keys and types of a training state but values no run writes (an RNG state of another
+    shape, a negative step, a text where a number goes, NaN weights) failed the resume half-way with "internal
+    error: KeyError" or TypeError, or trained on from NaN weights; now it is set aside like a damaged file, naming
+    what is wrong. Weights of another dtype than the model's are refused by name."""
+    import torch
+
+    from tradelib.train import checkpoint
+
+    ckpts = tiny_run(outputs, capsys, "crafted", "-p", "max_steps", "4")
+    good = torch.load(ckpts / "step-4.pt", weights_only=True)
+    for kind, (craft, says) in CRAFTED.items():
+        ck = torch.load(ckpts / "step-4.pt", weights_only=True)
+        craft(ck)
+        checkpoint.save(ck, ckpts / f"{kind}.pt")  # with its checksum in the manifest: the bytes are as written
+        with pytest.raises(ValueError, match=re.escape(f"{ckpts / kind}.pt: not a tradelib training checkpoint "
+                                                       f"({says}")):
+            checkpoint.load(ckpts / f"{kind}.pt")
+    checkpoint.save(torch.load(ckpts / "rng.pt", weights_only=False), ckpts / "step-6.pt")
+    code, out, err = cli(capsys, "train", *TINY_TRAIN, "-p", "run_id", "crafted", "-p", "checkpoint_every", "2",
+                         "-p", "keep_checkpoints", "5", "-p", "max_steps", "8", "-p", "resume", "True")
+    assert code == 0, err
+    assert re.search(r"resume: skipped .*step-6\.pt: not a tradelib training checkpoint \(rng's numpy state", out)
+    assert "from step-4.pt at step 4" in out and (ckpts / "step-8.pt").exists()
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(ValueError, match=r"weight is torch.int64 in the file, torch.float32 in the model"):
+        checkpoint.check_fits({**good, "model": {"weight": torch.zeros(1, 2, dtype=torch.int64),
+                                                 "bias": torch.zeros(1)}}, "x.pt", model, "linear")
+
+
 def test_resume_when_no_checkpoint_loads_is_one_line(outputs, capsys):
     ckpts = tiny_run(outputs, capsys, "all-bad", "-p", "max_steps", "4")
     for p in ckpts.glob("*.pt"):

@@ -622,6 +622,18 @@ def as_written(config: dict[str, Any]) -> dict[str, Any]:
     return {**Config().to_dict(), **BEFORE_SETTING, **config}
 
 
+def written_problem(config: dict[str, Any]) -> str:
+    """What keeps a config read from a file (a checkpoint's, a summary.json's) from being one a run wrote: a setting
+    of another type than its field's (a crafted or hand-edited file), or ""; names unknown today are let be."""
+    kinds = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict}
+    for f in fields(Config):
+        value = config.get(f.name)
+        if f.name in config and (not isinstance(value, kinds[f.type]) or f.type in ("int", "float") and
+                                 isinstance(value, bool)):
+            return f"its config's {f.name} is {str(repr(value))[:60]}, not a {f.type}"
+    return ""
+
+
 def run_setting(config: dict[str, Any], name: str) -> Any:
     """One setting of a config read from a run (`as_written`'s value when the run predates it)."""
     return as_written(config)[name]

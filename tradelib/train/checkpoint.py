@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tradelib.config import Config, as_written, resume_command, resume_may_change
+from tradelib.config import Config, as_written, resume_command, resume_may_change, written_problem
 from tradelib.paths import atomic_write_bytes
 
 MANIFEST = "manifest.json"
@@ -95,8 +95,10 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
 
 
 # what every checkpoint a run writes holds (TrainingRun.state), and the type of each
-REQUIRED = {"model": dict, "optimizer": dict, "scheduler": dict, "rng": dict, "config": dict, "cache_key": str,
-            "step": int, "epoch": int, "pos": int}
+REQUIRED = {"model": dict, "optimizer": dict, "scheduler": dict, "rng": dict, "config": dict, "cache_key": str}
+# the loop's position and sums a resume sets back (run.LOOP_STATE)
+LOOP_COUNTS = ("step", "epoch", "pos", "skipped", "epochs_since_best", "samples_seen")  # ints, at least 0
+LOOP_NUMBERS = ("best_val", "train_time", "epoch_sse", "epoch_n", "epoch_time")  # real numbers
 
 
 def schema_problem(state) -> str:
@@ -109,8 +111,31 @@ def schema_problem(state) -> str:
             return f"no {key}"
         if not isinstance(state[key], kind):
             return f"{key} is a {type(state[key]).__name__}, not a {kind.__name__}"
+    for key in LOOP_COUNTS + LOOP_NUMBERS + ("bad_run",):  # (the failure tally's run of bad steps: a number)
+        value = state.get(key)
+        count = key in LOOP_COUNTS
+        if isinstance(value, bool) or not isinstance(value, int if count else (int, float)) or (count and value < 0):
+            return f"{key} is {value!r}, not {'a count (an int, at least 0)' if count else 'a number'}"
     if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
         return "model holds something other than tensors"
+    if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in state["model"].values()):
+        return "model holds weights that are not finite"  # (a run never writes them)
+    return written_problem(state["config"]) or _rng_problem(state["rng"])
+
+
+def _rng_problem(rng: dict) -> str:
+    """What keeps `rng` from being rng_state's (set_rng_state would fail on it half-way, the run half restored)."""
+    python, numpy, cpu = rng.get("python"), rng.get("numpy"), rng.get("torch")
+    if not (isinstance(python, (tuple, list)) and len(python) == 3 and isinstance(python[1], (tuple, list))
+            and len(python[1]) == 625 and all(isinstance(v, int) for v in python[1])):
+        return "rng's python state is not random.getstate()'s"
+    if not (isinstance(numpy, (tuple, list)) and len(numpy) == 5 and isinstance(numpy[1], torch.Tensor)
+            and numpy[1].shape == (624,) and all(isinstance(v, (int, float)) for v in numpy[2:])):
+        return "rng's numpy state is not np.random.get_state()'s"
+    if not (isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8):
+        return "rng's torch state is not a byte tensor"
+    if not (rng.get("cuda") is None or isinstance(rng["cuda"], torch.Tensor) and rng["cuda"].dtype == torch.uint8):
+        return "rng's cuda state is not a byte tensor"
     return ""
 
 
@@ -118,8 +143,10 @@ def check_fits(ck: dict, path: Path | str, model: torch.nn.Module, name: str) ->
     """Refuse weights that do not fit the model (its code changed since the checkpoint), naming the file and the
     first parameter that differs, before loading them."""
     own, theirs = model.state_dict(), ck["model"]
-    problem = next((f"{k} is {list(theirs[k].shape)} in the file, {list(v.shape)} in the model"
-                    for k, v in own.items() if k in theirs and theirs[k].shape != v.shape), "")
+    problem = next((f"{k} is {list(theirs[k].shape)} in the file, {list(v.shape)} in the model" if
+                    theirs[k].shape != v.shape else f"{k} is {theirs[k].dtype} in the file, {v.dtype} in the model"
+                    for k, v in own.items()
+                    if k in theirs and (theirs[k].shape != v.shape or theirs[k].dtype != v.dtype)), "")
     missing = [k for k in own if k not in theirs]
     extra = [k for k in theirs if k not in own]
     problem = problem or (f"the file has no {missing[0]}" if missing else f"the model has no {extra[0]}" if extra

@@ -161,8 +161,7 @@ class Tally:
 
 
 # the loop's position and the sums behind its metrics: all of it goes into a checkpoint
-LOOP_STATE = ("step", "epoch", "pos", "skipped", "best_val", "epochs_since_best", "train_time", "samples_seen",
-              "epoch_sse", "epoch_n", "epoch_time")
+LOOP_STATE = checkpoint.LOOP_COUNTS + checkpoint.LOOP_NUMBERS
 
 
 class TrainingRun:
