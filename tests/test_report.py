@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from statistics import NormalDist
 
 import numpy as np
@@ -954,3 +955,34 @@ def test_both_runs_timed_busy_names_the_other_by_its_id_and_this_one_in_words():
                                       "net_sharpe": {"other": -45.0, "this": 13.4}}}}
     line = "".join(rw._compare_lines(report))
     assert "(not comparable: `20261207-191337` and this run timed while" in line, line
+
+
+@pytest.mark.parametrize("file,craft,says", [
+    ("summary.json", lambda s, p: s.update(cache_dir=5), "cache_dir is 5, not text"),
+    ("summary.json", lambda s, p: s["config"].update(trade_delay="x"), "its config's trade_delay is 'x'"),
+    ("summary.json", lambda s, p: s.update(folds="x"), "folds is not a list of folds"),
+    ("predictions.parquet", lambda s, p: p.drop(columns="prediction"), "no column prediction"),
+    ("predictions.parquet", lambda s, p: p.assign(row=-p.row), "column row holds int64 below 0"),
+    ("predictions.parquet", lambda s, p: p.assign(timestamp=p.timestamp.astype(str)),
+     "column timestamp holds"),
+])
+def test_a_crafted_run_folder_is_refused_naming_the_file_and_entry(tmp_path, file, craft, says):
+    """A colleague's run folder whose summary.json or predictions.parquet holds entries of another kind than a run
+    writes failed 04 in a later cell (TypeError, KeyError, AttributeError), or with a negative `row` fitted the ridge
+    baseline's predictions on rows counted from the end; now the first read names the file and the entry."""
+    run, feats = make_run(tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    if file == "summary.json":
+        craft(summary, None)
+        (run / "summary.json").write_text(json.dumps(summary))
+    else:
+        craft(None, pd.read_parquet(run / "predictions.parquet")).to_parquet(run / "predictions.parquet")
+    with pytest.raises(ValueError, match=re.escape(f"{run / file}: {says}")):
+        ri.load_inputs(run, ri.ReportSettings.of(), **feats)
+
+
+def test_a_crafted_train_facts_json_is_left_out_saying_so(tmp_path, capsys):
+    run, feats = make_run(tmp_path / "run")
+    (run / ri.FACTS_FILE).write_text(json.dumps({"lr": ["x"], "warmup": 1}))
+    assert ri.load_inputs(run, ri.ReportSettings.of(), **feats).facts is None
+    assert "train_facts.json unreadable (lr is not a list of numbers): the LR schedule" in capsys.readouterr().out

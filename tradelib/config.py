@@ -630,7 +630,7 @@ def written_problem(config: dict[str, Any]) -> str:
         value = config.get(f.name)
         if f.name in config and (not isinstance(value, kinds[f.type]) or f.type in ("int", "float") and
                                  isinstance(value, bool)):
-            return f"its config's {f.name} is {str(repr(value))[:60]}, not a {f.type}"
+            return f"its config's {f.name} is {repr(value)[:60]}, not a {f.type}"
     return ""
 
 

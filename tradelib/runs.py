@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tradelib.config import written_problem
 from tradelib.paths import Busy, FileLock, atomic_write_bytes, outputs_dir, writing
 
 # "<pid>:<lock path>": the run folder a parent process (the pipeline) holds on behalf of the processes it starts
@@ -391,6 +392,36 @@ def read_summary(run: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+# summary.json's entries the report reads as text (or null)
+SUMMARY_TEXT = ("run_id", "model", "loader", "device", "device_name", "precision", "cache_key", "cache_dir",
+                "fold_window", "fold_init")
+
+
+def summary_problem(s: dict) -> str:
+    """What keeps a summary.json from being one a run writes, for the report that reads it: an entry of another
+    kind (a crafted or hand-edited file), which otherwise failed 04 in a later cell as a TypeError; or ""."""
+    text = next((k for k in SUMMARY_TEXT if s.get(k) is not None and not isinstance(s[k], str)), None)
+    if text:
+        return f"{text} is {repr(s[text])[:60]}, not text"
+    if not isinstance(s.get("config", {}), dict):
+        return "config is not an object"
+    folds = s.get("folds", [])
+    if not (isinstance(folds, list) and all(isinstance(f, dict) and isinstance(f.get("fold"), int) for f in folds)):
+        return "folds is not a list of folds"
+    return written_problem(s.get("config", {}))
+
+
+def report_summary(run: Path) -> dict:
+    """summary.json for the report: {} when missing or unreadable, a ValueError naming the file and the entry when
+    an entry is not of the kind a run writes (`summary_problem`)."""
+    s = read_summary(run) or {}
+    problem = summary_problem(s)
+    if problem:
+        raise ValueError(f"{Path(run) / 'summary.json'}: {problem}: not the summary a run writes (edited or crafted?); "
+                         f"the report is not made from it")
+    return s
+
+
 def runs_table(root: Path) -> pd.DataFrame:
     """One row per run folder with a readable summary.json, sorted by finish time. Missing keys are NaN;
     peak_mem_gb is peak_mem_bytes / 1e9."""
@@ -436,11 +467,41 @@ def write_prediction_frame(run: Path, frame: pd.DataFrame) -> Path:
     return path
 
 
+# predictions.parquet's columns of numbers: those every run writes, and those some write (a walk-forward's fold
+# and ridge, a run's row into its feature set)
+PREDICTION_NUMBERS = ("prediction", "target", "ret_next")
+PREDICTION_MAY_HAVE = ("row", "fwd_return", "last_return", "oracle", "ridge", "fold")
+
+
+def predictions_problem(df: pd.DataFrame) -> str:
+    """What keeps a predictions frame from being one a run writes: a column missing, or of another kind (numbers,
+    times; `row` and `fold` whole numbers from 0), which otherwise failed 04 as a KeyError or IndexError, or read
+    a negative `row` from the end of the feature set; or ""."""
+    missing = [c for c in ("timestamp", "symbol", *PREDICTION_NUMBERS) if c not in df]
+    if missing:
+        return f"no column {', '.join(missing)}"
+    if not pd.api.types.is_datetime64_any_dtype(df["timestamp"]):
+        return f"column timestamp holds {df['timestamp'].dtype}, not times"
+    for c in [c for c in (*PREDICTION_NUMBERS, *PREDICTION_MAY_HAVE) if c in df]:
+        whole = c in ("row", "fold")
+        kind = pd.api.types.is_integer_dtype if whole else pd.api.types.is_numeric_dtype
+        if not kind(df[c]) or pd.api.types.is_bool_dtype(df[c]) or (whole and len(df) and df[c].min() < 0):
+            return f"column {c} holds {df[c].dtype}{' below 0' if whole and kind(df[c]) else ''}, not " + \
+                ("whole numbers from 0" if whole else "numbers")
+    return ""
+
+
 def read_predictions(run: Path) -> pd.DataFrame:
+    """predictions.parquet, refused naming the file and column where it is not a frame a run writes."""
     path = Path(run) / "predictions.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: the run has not finished (train writes it last)")
-    return pd.read_parquet(path)
+    df = pd.read_parquet(path)
+    problem = predictions_problem(df) if len(df) else ""  # (none: check_predictions says the run has none)
+    if problem:
+        raise ValueError(f"{path}: {problem}: not the predictions a run writes (edited or crafted?); the report is not "
+                         f"made from it")
+    return df
 
 
 class NoPredictions(ValueError):

@@ -122,7 +122,7 @@ def load_inputs(
     df = runs.read_predictions(run_dir)
     runs.check_predictions(run_dir, len(df))  # none: say so, not what the empty calendar or IC would
     df[TRADED] = ev.lagged_target(df, trade_delay)
-    summary = runs.read_summary(run_dir) or {}
+    summary = runs.report_summary(run_dir)
     steps, epochs = runs.training_curves(run_dir)
     ridge = None
     if headline_only:
@@ -131,6 +131,9 @@ def load_inputs(
         w, b = ev.ridge_fit(X_train, y_train, ridge_alpha)
         ridge = np.asarray(X_test, dtype=np.float64) @ w + b
     elif fs is not None and "row" in df and "ridge" not in df:  # (a walk-forward brings its own, per fold)
+        if len(df) and df["row"].max() >= len(fs.X):
+            raise ValueError(f"{run_dir / 'predictions.parquet'}: row {df['row'].max():,} is past the {len(fs.X):,} "
+                             f"rows of the feature cache {fs.meta.get('cache_key')}: not predictions of those features")
         w, b = ev.ridge_fit_rows(fs.X, fs.y, np.asarray(fs.split) == 0, ridge_alpha)
         ridge = ev.ridge_predict(fs.X, df["row"].to_numpy(), w, b)
     bar = bar_seconds or _bar_seconds_from_fs(fs) or ev.infer_bar_seconds(df)
@@ -190,7 +193,7 @@ def load_featureset(run_dir: Path, left_out: str = f"ridge baseline and data qua
     under SHORT_SPAN_DAYS is annualised by its own days."""
     from tradelib.data import cache
 
-    summary = runs.read_summary(Path(run_dir)) or {}
+    summary = runs.report_summary(Path(run_dir))
     named, key = summary.get("cache_dir"), summary.get("cache_key")
     places = list(dict.fromkeys(p for p in (named and Path(named), key and cache.folder_for(key)) if p))
     problems = []
@@ -217,10 +220,31 @@ def read_facts(run_dir: Path) -> dict | None:
     yardstick per split); None for a run without it."""
     path = Path(run_dir) / FACTS_FILE
     try:
-        return json.loads(path.read_text()) if path.exists() else None
+        facts = json.loads(path.read_text()) if path.exists() else None
+        problem = facts_problem(facts) if facts is not None else ""
     except (OSError, ValueError) as exc:
-        print(f"{path} unreadable ({exc}): the LR schedule and the zero-prediction yardstick are left out")
+        problem = str(exc)
+    if problem:
+        print(f"{path} unreadable ({problem}): the LR schedule and the zero-prediction yardstick are left out")
         return None
+    return facts
+
+
+def facts_problem(facts) -> str:
+    """What keeps train_facts.json from being what training writes (an edited or crafted file), or ""."""
+    def numbers(values) -> bool:
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+    if not isinstance(facts, dict):
+        return f"a JSON {type(facts).__name__}, not an object"
+    lr, zero = facts.get("lr") or [], facts.get("zero_mse") or {}
+    if not (isinstance(lr, list) and numbers(lr)):
+        return "lr is not a list of numbers"
+    if not (isinstance(zero, dict) and numbers(zero.values()) and numbers([facts.get("target_scale") or 0])):
+        return "zero_mse or target_scale is not numbers"
+    if not numbers([facts.get("warmup") or 0]):
+        return "warmup is not a number"
+    return ""
 
 
 def loader_sweep(run_dir: Path) -> pd.DataFrame | None:
