@@ -1063,6 +1063,8 @@ CRAFTED = {  # a checkpoint of the right keys whose values would fail the resume
     "step": (lambda ck: ck.__setitem__("step", -5), "step is -5, not a count"),
     "loop": (lambda ck: ck.__setitem__("best_val", "x"), "best_val is 'x', not a number"),
     "tally": (lambda ck: ck.pop("bad_run"), "bad_run is None, not a number"),
+    "interval": (lambda ck: ck["tally"].__setitem__("steps", "x"), "tally's steps is 'x', not a count"),
+    "pending": (lambda ck: ck.__setitem__("pending_s", None), "pending_s is None, not a number"),
     "config": (lambda ck: ck["config"].__setitem__("max_steps", [1]), "its config's max_steps is [1], not a int"),
     "weights": (lambda ck: ck["model"].update({k: v * float("nan") for k, v in ck["model"].items()}),
                 "model holds weights that are not finite"),

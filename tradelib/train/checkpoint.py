@@ -99,6 +99,10 @@ REQUIRED = {"model": dict, "optimizer": dict, "scheduler": dict, "rng": dict, "c
 # the loop's position and sums a resume sets back (run.LOOP_STATE)
 LOOP_COUNTS = ("step", "epoch", "pos", "skipped", "epochs_since_best", "samples_seen")  # ints, at least 0
 LOOP_NUMBERS = ("best_val", "train_time", "epoch_sse", "epoch_n", "epoch_time")  # real numbers
+# the log interval's sums so far (run.Tally.state, with the interval's seconds `pending_s`): what a stop between log
+# points carries, so that the resumed run logs the rows an uninterrupted one does
+TALLY_COUNTS = ("steps", "micro_batches")
+TALLY_NUMBERS = ("sse", "n_taken", "n", "skipped", "bad_max", "bad_loss", "norm_last", "wait_s")
 
 
 def schema_problem(state) -> str:
@@ -111,16 +115,30 @@ def schema_problem(state) -> str:
             return f"no {key}"
         if not isinstance(state[key], kind):
             return f"{key} is a {type(state[key]).__name__}, not a {kind.__name__}"
-    for key in LOOP_COUNTS + LOOP_NUMBERS + ("bad_run",):  # (the failure tally's run of bad steps: a number)
-        value = state.get(key)
-        count = key in LOOP_COUNTS
-        if isinstance(value, bool) or not isinstance(value, int if count else (int, float)) or (count and value < 0):
-            return f"{key} is {value!r}, not {'a count (an int, at least 0)' if count else 'a number'}"
+    # (bad_run: the failure tally's run of bad steps, a number)
+    problem = _numbers_problem(state, LOOP_COUNTS, LOOP_NUMBERS + ("bad_run",), "")
+    if not problem and "tally" in state:
+        tally = state["tally"]
+        problem = (f"tally is a {type(tally).__name__}, not a dict" if not isinstance(tally, dict) else
+                   _numbers_problem(tally, TALLY_COUNTS, TALLY_NUMBERS, "tally's ")
+                   or _numbers_problem(state, (), ("pending_s",), ""))
+    if problem:
+        return problem
     if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
         return "model holds something other than tensors"
     if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in state["model"].values()):
         return "model holds weights that are not finite"  # (a run never writes them)
     return written_problem(state["config"]) or _rng_problem(state["rng"])
+
+
+def _numbers_problem(state: dict, counts: tuple[str, ...], numbers: tuple[str, ...], whose: str) -> str:
+    """The first of `counts` (ints, at least 0) and `numbers` (real numbers) in `state` that is not one, or ""."""
+    for key in counts + numbers:
+        value = state.get(key)
+        count = key in counts
+        if isinstance(value, bool) or not isinstance(value, int if count else (int, float)) or (count and value < 0):
+            return f"{whose}{key} is {value!r}, not {'a count (an int, at least 0)' if count else 'a number'}"
+    return ""
 
 
 def _rng_problem(rng: dict) -> str:

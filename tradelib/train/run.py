@@ -104,7 +104,7 @@ class Tally:
     """The sums behind one log interval's metrics, kept on the device; `read()` syncs once and resets them. A stop
     between log points checkpoints them (`state`), so the resumed run logs the rows the uninterrupted one does."""
 
-    SUMS = ("sse", "n_taken", "n", "skipped", "bad_max", "bad_loss", "norm_last")
+    SUMS = tuple(k for k in checkpoint.TALLY_NUMBERS if k != "wait_s")  # the sums on the device
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -112,7 +112,7 @@ class Tally:
         self.sse, self.n_taken, self.n, self.skipped, self.bad_run, self.bad_max, self.bad_loss = (
             zero() for _ in range(7))
         self.norm_last = torch.zeros((), device=device)
-        self.wait_s, self.steps, self.micro_batches, self.marks = 0.0, 0, 0, []
+        self.wait_s, self.steps, self.micro_batches, self.marks, self.carried_s = 0.0, 0, 0, [], 0.0
 
     def add(self, s: StepStats) -> None:
         good = ~s.skipped
@@ -132,8 +132,7 @@ class Tally:
     def read(self) -> dict:
         """The interval's figures as floats (a host sync), the loss summed over all ranks; then reset."""
         if self.marks:  # on CUDA: the stream's time between the marks around each fetch
-            torch.cuda.synchronize(self.device)
-            self.wait_s = sum(a.elapsed_time(b) for a, b in self.marks) / 1e3
+            self.wait_s = self.marked_wait()
         all_reduce(self.sse)  # the counts already are global
         sums = (self.sse, self.n_taken, self.n, self.skipped, self.bad_max, self.bad_loss, self.norm_last.double())
         sse, n_taken, n, skipped, bad_max, bad_loss, norm = torch.stack(sums).tolist()
@@ -142,22 +141,26 @@ class Tally:
                "wait_s": self.wait_s, "steps": self.steps, "micro_batches": self.micro_batches}
         for t in (self.sse, self.n_taken, self.n, self.skipped, self.bad_max, self.bad_loss):
             t.zero_()
-        self.wait_s, self.steps, self.micro_batches, self.marks = 0.0, 0, 0, []
+        self.wait_s, self.steps, self.micro_batches, self.marks, self.carried_s = 0.0, 0, 0, [], 0.0
         return out
 
+    def marked_wait(self) -> float:
+        """The data wait of the interval on CUDA (a sync): the marks' time, and what a resume carried over."""
+        torch.cuda.synchronize(self.device)
+        return self.carried_s + sum(a.elapsed_time(b) for a, b in self.marks) / 1e3
+
     def state(self) -> dict:
-        """The interval's sums so far as plain values (a host sync; this rank's loss sum), for a checkpoint."""
-        if self.marks:
-            torch.cuda.synchronize(self.device)
-            self.wait_s = sum(a.elapsed_time(b) for a, b in self.marks) / 1e3
-            self.marks = []
-        return {**{k: float(getattr(self, k)) for k in self.SUMS}, "wait_s": self.wait_s, "steps": self.steps,
+        """The interval's sums so far as plain values (a host sync; this rank's loss sum), for a checkpoint; the
+        interval goes on (an epoch's checkpoint)."""
+        return {**{k: float(getattr(self, k)) for k in self.SUMS},
+                "wait_s": self.marked_wait() if self.marks else self.wait_s, "steps": self.steps,
                 "micro_batches": self.micro_batches}
 
     def load_state(self, state: dict) -> None:
         for k in self.SUMS:
             getattr(self, k).fill_(state[k])
         self.wait_s, self.steps, self.micro_batches = state["wait_s"], state["steps"], state["micro_batches"]
+        self.carried_s = state["wait_s"]  # (on CUDA the marks' time replaces wait_s: this is added to it)
 
 
 # the loop's position and the sums behind its metrics: all of it goes into a checkpoint
