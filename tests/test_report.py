@@ -478,6 +478,21 @@ def test_compare_block_and_markdown(tmp_path):
     assert (sps["this"], sps["other"], sps["delta"], sps["ratio"]) == (5e4, 1900.0, None, None)
 
 
+def test_compare_with_a_run_whose_predictions_do_not_read_says_so(tmp_path):
+    """The compared run's predictions.parquet crafted or damaged (no prediction column): its summary.json's figures
+    stand in, as for a run without predictions, and the report says so with the reason, where it said nothing."""
+    run, feats = make_run(tmp_path / "run", seed=0)
+    other, _ = make_run(tmp_path / "other", seed=1)
+    pd.read_parquet(other / "predictions.parquet").drop(columns="prediction").to_parquet(
+        other / "predictions.parquet", index=False)
+    report = rp.build_report(run, compare_with=other, settings=DEFAULTS, **feats)
+    assert "predictions.parquet" in report["compare"]["unread"] and "prediction" in report["compare"]["unread"]
+    md = rw.summary_markdown(report)
+    assert "Its predictions were not read (" in md and "its figures are its summary.json's" in md
+    whole, _ = make_run(tmp_path / "whole", seed=2)  # a run that reads: no such line
+    assert "not read" not in rw.summary_markdown(rp.build_report(run, compare_with=whole, settings=DEFAULTS, **feats))
+
+
 def test_compare_with_a_run_on_another_calendar_annualises_it_by_its_own(tmp_path):
     """5-minute bars both, a 24/7 market against a US session (weekdays, 78 bars): the other run's net Sharpe is
     the one its own report gives (its own periods a year), not re-annualised by this run's 105,192; a

@@ -301,6 +301,7 @@ def compare_block(this: dict, other_dir: Path) -> dict:
     year. Only a `periods_per_year` the researcher gave this run applies to the
     other too, on data of the same bar size."""
     other_dir = Path(other_dir)
+    unread = ""  # why the other run's predictions were not read, where they were not (its summary's figures then)
     try:
         bar = ev.infer_bar_seconds(runs.read_predictions(other_dir))
         same_bar = math.isclose(bar, as_float(this.get("bar_seconds")), rel_tol=1e-6)
@@ -312,7 +313,8 @@ def compare_block(this: dict, other_dir: Path) -> dict:
         fs = load_featureset(other_dir, f"the compared run {other_dir.name}'s test span, if under {SHORT_SPAN_DAYS} "
                                         f"days, is annualised by its own days, not its whole data's")
         other = headline_numbers(load_inputs(other_dir, book, fs=fs, headline_only=True))
-    except (FileNotFoundError, ValueError):  # a throughput-only run: compare what summary.json holds
+    except (FileNotFoundError, ValueError) as exc:  # a throughput-only run: compare what summary.json holds
+        unread = " ".join(str(exc).split())
         s = runs.read_summary(other_dir) or {}
         other = {k: as_float(s.get(k)) for k in SUMMARY_NUMBERS}  # its named test ICs, the throughput
         other.update(peak_mem_gb=as_float(s.get("peak_mem_bytes")) / 1e9)
@@ -333,6 +335,7 @@ def compare_block(this: dict, other_dir: Path) -> dict:
         "metrics": metrics,
         "net_sharpe_ci": {"this": this.get("net_sharpe_ci"), "other": other.get("net_sharpe_ci")},
         "market_beta_ci": {"this": this.get("market_beta_ci"), "other": other.get("market_beta_ci")},
+        "unread": unread,
     }
 
 

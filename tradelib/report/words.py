@@ -212,6 +212,8 @@ def _compare_lines(report: dict) -> list[str]:
         f"{fmt(m['net_sharpe']['this'], '.2f')} ({interval(ci.get('this'))}), market beta "
         f"{fmt(beta.get('other'), '+.2f')} ({interval(beta_ci.get('other'), '+.2f')}) -> "
         f"{fmt(beta.get('this'), '+.2f')} ({interval(beta_ci.get('this'), '+.2f')}).",
+        *([f"Its predictions were not read ({markdown_text(cmp['unread'])}): its figures are its summary.json's, "
+           f"not scored with this run's book."] if cmp.get("unread") else []),
     ]
 
 
