@@ -75,6 +75,22 @@ def test_the_cache_built_in_shards_is_the_in_memory_build(outputs):
     assert [p.name for p in folder.parent.iterdir() if p.is_dir()] == [folder.name]  # no build folder left
 
 
+def test_the_cache_build_says_each_stage_as_it_begins(outputs, capsys):
+    """Building the cache of years of minute bars takes minutes: prepare prints a line as it reads the data and as
+    each stage begins, in order, before the summary; an in-memory build prints none of them."""
+    cfg = Config(synth_symbols=3, synth_bars=1200, window=16, shard_rows=1000, build_workers=1)
+    rows = len(dataset.load_raw(cfg))
+    dataset.prepare(cfg)
+    lines = capsys.readouterr().out.splitlines()
+    stages = ["reading the data", f"cleaning {rows:,} rows of 3 symbols, 3 shards on 1 thread", "cleaned: ",
+              "fitting the scaling", "scaling and writing the cache: "]
+    at = [next(i for i, line in enumerate(lines) if stage in line) for stage in stages]
+    assert at == sorted(at) and at[-1] < next(i for i, line in enumerate(lines) if "features built in" in line)
+    assert all(line.startswith("feature build, ") for line in lines[at[1] : at[-1] + 1])
+    dataset.build(cfg)
+    assert "feature build" not in capsys.readouterr().out
+
+
 def test_a_failed_build_resumes_from_the_shards_done(outputs, monkeypatch, capsys):
     """The features of the third of four shards fail: prepare fails, the shards done stay; the next prepare
     builds only the rest and gives exactly a fresh build's cache."""

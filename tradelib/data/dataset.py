@@ -106,6 +106,8 @@ def prepare(cfg, force: bool | None = None, verbose: bool = True, share: tuple[i
                 if force and lead:  # afresh: shards a failed build left are what a forced rebuild may be meant to redo
                     shutil.rmtree(shards.work_folder(folder), ignore_errors=True)
                 t0 = time.perf_counter()
+                if say:
+                    print(f"building the feature cache {folder} from {source}: reading the data", flush=True)
                 report = _build(cfg, load_raw(cfg), _source(cfg), fold, folder, say, spread)[1]
                 fs = _load(folder, share, mmap)
                 if say:

@@ -106,6 +106,9 @@ def _stages(cfg, raw: pd.DataFrame, source: str, fold: int, folder: Path | None,
     barrier()
     mine = [k for k in range(len(plan)) if k % env.world == env.rank]
     workers = cfg.build_workers or os.cpu_count() or 1
+    say = stage_lines(verbose and folder is not None and env.rank == 0)
+    say(f"cleaning {len(raw):,} rows of {len(symbols):,} symbols, {len(plan)} shards on {workers} "
+        f"thread{'s' * (workers > 1)}")
     with memory.without_huge_pages(), ThreadPoolExecutor(max_workers=workers) as pool:
         # 1. clean, and each shard's facts
         todo = [k for k in mine if work is None or not (work / f"facts-{k}").exists()]
@@ -151,6 +154,8 @@ def _stages(cfg, raw: pd.DataFrame, source: str, fold: int, folder: Path | None,
         sym_at = offsets([parts[k][0] for k in present])
 
         # 2. features of each shard, X unscaled
+        say(f"cleaned: {report.rows_kept:,} rows kept; the features of each shard" if report is not None
+            else "the features of each shard")
         left = [k for k in mine if k in at and (work is None or not (work / f"shard-{k}").exists())]
         opened = dict(zip(left, pool.map(lambda k: held.pop(k) if work is None else _open_shard(work, k, cfg), left)))
         list(pool.map(lambda k: assign_splits(opened[k][1], bound, sym_at[at[k]], opened[k][2], cfg), left))
@@ -180,6 +185,7 @@ def _stages(cfg, raw: pd.DataFrame, source: str, fold: int, folder: Path | None,
                 report = quality.quality_report([p for _, p in parts], raw, source, keep)
             cut = merge_cuts([m["cut"] for m in made])
             check_cut(cut, cfg)
+            say("fitting the scaling on the training rows")
             norm, target_scale = fit_shards([o["X"] for o in outs], [o["y"] for o in outs],
                                             [o["split"] for o in outs], cut, pool)
             meta = feature_meta(cfg, facts, cal, cut, made, norm, target_scale, report, fold)
@@ -197,6 +203,8 @@ def _stages(cfg, raw: pd.DataFrame, source: str, fold: int, folder: Path | None,
                 elif name == "segment":
                     dest += np.int32(seg_at[i])
 
+            rows = sum(len(o["y"]) for o in outs)
+            say(f"scaling and writing the cache: {rows:,} rows x {len(FEATURE_NAMES)} features")
             cache.write(folder, facts.names, {**meta, "cache_key": folder.name}, [len(o["y"]) for o in outs], fill)
             shutil.rmtree(work, ignore_errors=True)
     barrier()
@@ -441,6 +449,18 @@ def feature_meta(cfg, facts: SharedFacts, cal: sessions.Calendar, cut: dict, mad
         "n_segments": sum(m["segments"] for m in made),
         "quality": report.to_dict() if report is not None else {},
     }
+
+
+def stage_lines(on: bool):
+    """`say(what)`: a line as each stage of the cache's build begins, with the seconds since the first, since a
+    build of years of minute bars runs for minutes (a no-op when `on` is false)."""
+    t0 = time.perf_counter()
+
+    def say(what: str) -> None:
+        if on:
+            print(f"feature build, {time.perf_counter() - t0:.0f}s: {what}", flush=True)
+
+    return say
 
 
 # ----------------------------------------------------------------------------------------------------------
