@@ -147,6 +147,23 @@ def test_without_tensorboard_a_run_says_so_in_one_line_and_trains(outputs, monke
     assert result.summary["optimizer_steps"] > 0 and not list(result.run_dir.glob("events.out.tfevents.*"))
 
 
+def test_a_run_says_when_it_validates_and_predicts(outputs, capsys):
+    """The validation at each epoch's end and the test predictions after the last step run over whole splits
+    (minutes on years of minute bars, the bar standing still): a line says each, with its windows, in order; none
+    with progress off."""
+    run = TrainingRun(Config(**{**TINY, "run_id": "says", "progress": "lines"}))
+    windows = run.trainer.windows
+    val, test = len(windows.ends(1)), len(windows.ends(2))
+    run.fit()
+    lines = capsys.readouterr().out.splitlines()
+    said = [line for line in lines if line.startswith(("validating", "predicting"))]
+    assert said == [f"validating on {val:,} windows"] * 2 + [f"predicting {test:,} test windows"]
+    assert lines.index(said[-1]) > max(i for i, line in enumerate(lines) if line.startswith("train mlp: 100%"))
+    quiet = Progress(10, mode="off")
+    quiet.note("validating on 1 windows")
+    assert capsys.readouterr().out == ""
+
+
 @pytest.mark.slow
 def test_auto_mode_gives_lines_in_a_kernel_that_papermill_runs(tmp_path):
     """papermill (nbclient) runs the kernel headless: no widget, whose saved state would read `0% 0/483`. The

@@ -172,6 +172,18 @@ class Progress:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def note(self, what: str) -> None:
+        """A line on work between the steps (a validation, the test predictions: minutes on a large set, where the
+        bar would stand still), above a terminal bar; none when progress is off."""
+        if self.mode == "off":
+            return
+        if self.bar is not None and self.mode == "bar":
+            self.bar.write(what, file=sys.stderr)
+            return
+        print(what, flush=True)
+        if self.echo:
+            to_terminal(what)
+
     def close(self, state: str = "done") -> None:
         """End the display (`state`: done, interrupted, failed) and write the last figures to the file."""
         if self.bar is not None:  # (a widget short of its total closes red unless the run ended as it should)

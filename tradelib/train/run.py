@@ -602,6 +602,7 @@ class TrainingRun:
     def validate(self) -> float:
         """Validation loss, computed on rank 0 and shared, so every rank takes the same early-stop decision; with
         shard_data each rank's part of it, added up on every rank."""
+        self.bar.note(f"validating on {len(self.trainer.windows.ends(1)):,} windows")
         if self.sharded:
             sse, n = (float(x) for x in all_reduce(torch.stack(self.trainer.sse_count(1))).tolist())
             return sse / n if n else float("nan")
@@ -667,6 +668,7 @@ class TrainingRun:
         if not self.sharded:  # (shard_data: after the gather below, which every rank must reach)
             self.save_last(restored=best is not None)
         ends = self.windows.ends(2)
+        self.bar.note(f"predicting {len(ends):,} test windows")
         rows = ends.cpu().numpy()
         pred = self.trainer.predict(ends).cpu().numpy() * self.windows.target_scale
         if self.sharded:
