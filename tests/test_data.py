@@ -6,6 +6,8 @@ import gzip
 import hashlib
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -1148,3 +1150,20 @@ def test_ingest_compare_reads_each_side_with_its_own_code(tmp_path):
     runs = {r["which"]: r for r in map(json.loads, out[:2])}
     assert runs["old"]["module"] == "tradelib.data" and runs["new"]["module"] == "tradelib.data.load"
     assert runs["old"]["rows"] == runs["new"]["rows"] == len(market) and out[2].startswith(f"old {old}:")
+
+
+def test_a_parquet_file_beyond_the_memory_limit_is_said_to_be_out_of_memory(tmp_path):
+    """Under an address-space limit (ulimit -v, a scheduler's) reading a file too large for it said
+    "cannot read as Parquet", as if the file were damaged: now out of memory, with the file's size."""
+    n = 1_000_000
+    t = pd.date_range("2024-01-02", periods=n, freq="min", tz="UTC")
+    path = tmp_path / "big.parquet"
+    pd.DataFrame({"timestamp": t, "symbol": "AAA", **{c: np.linspace(1, 2, n) for c in
+                                                       ("open", "high", "low", "close", "volume")}}).to_parquet(path)
+    code = ("import resource, sys\nfrom tradelib.data.load import load_ohlcv\n"
+            "vm = next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmSize')) * 1024\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (vm + 20_000_000, resource.RLIM_INFINITY))\n"
+            f"load_ohlcv({str(path)!r}, date_format='')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("tradelib.data.load.DataError: ") and "out of memory reading it (0.0" in last, last

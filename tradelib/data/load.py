@@ -101,6 +101,8 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
             import pyarrow.parquet as pq
 
             df = _to_pandas(lambda: pq.read_table(path))  # as pandas reads it (the index from pandas' metadata)
+        except MemoryError:
+            raise _out_of_memory(path) from None
         except Exception as e:  # pyarrow raises many types for a corrupt file
             raise DataError(f"{path}: cannot read as Parquet ({_short(e)})") from None
         if not isinstance(df.index, pd.RangeIndex):  # a time index saved by pandas becomes a column
@@ -121,6 +123,8 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
             df.attrs["decimal_comma"] = decimal == ","
         except DataError:
             raise
+        except MemoryError:
+            raise _out_of_memory(path) from None
         except UnicodeDecodeError as e:  # a cp1252 or UTF-16 export is text, only not UTF-8; NUL bytes are no text
             utf16 = e.object[:2] in (b"\xff\xfe", b"\xfe\xff")
             if b"\x00" in e.object and not utf16:
@@ -136,6 +140,14 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
     if len(df) == 0:
         raise DataError(f"{path}: no rows")
     return df
+
+
+def _out_of_memory(path: Path) -> DataError:
+    """The file does not fit the memory this process may take (an address-space limit, ulimit -v; the kernel's
+    OOM killer ends a process without a word): said as such, not as a file that is no Parquet or CSV."""
+    return DataError(f"{path}: out of memory reading it ({path.stat().st_size / 1e9:.2f} GB on disk): the whole file "
+                     f"is read into memory, and the feature build takes about 170 bytes a row (docs/perf.md); free "
+                     f"memory or raise this process's limit, or train on fewer symbols or years")
 
 
 def _decimal_mark(rows: list[str], sep: str) -> str:
