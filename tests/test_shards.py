@@ -83,10 +83,11 @@ def test_the_cache_build_says_each_stage_as_it_begins(outputs, capsys):
     dataset.prepare(cfg)
     lines = capsys.readouterr().out.splitlines()
     stages = ["reading the data", f"cleaning {rows:,} rows of 3 symbols, 3 shards on 1 thread", "cleaned: ",
-              "fitting the scaling", "scaling and writing the cache: "]
+              "fitting the scaling", "scaling, then writing the cache ("]
     at = [next(i for i, line in enumerate(lines) if stage in line) for stage in stages]
     assert at == sorted(at) and at[-1] < next(i for i, line in enumerate(lines) if "features built in" in line)
     assert all(line.startswith("feature build, ") for line in lines[at[1] : at[-1] + 1])
+    assert sum("cache: " in line for line in lines) == 0  # `tradelib prepare`'s last line, "cache: PATH", stays unique
     dataset.build(cfg)
     assert "feature build" not in capsys.readouterr().out
 

@@ -204,7 +204,7 @@ def _stages(cfg, raw: pd.DataFrame, source: str, fold: int, folder: Path | None,
                     dest += np.int32(seg_at[i])
 
             rows = sum(len(o["y"]) for o in outs)
-            say(f"scaling and writing the cache: {rows:,} rows x {len(FEATURE_NAMES)} features")
+            say(f"scaling, then writing the cache ({rows:,} rows x {len(FEATURE_NAMES)} features)")
             cache.write(folder, facts.names, {**meta, "cache_key": folder.name}, [len(o["y"]) for o in outs], fill)
             shutil.rmtree(work, ignore_errors=True)
     barrier()
