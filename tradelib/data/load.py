@@ -146,7 +146,7 @@ def _out_of_memory(path: Path) -> DataError:
     """The file does not fit the memory this process may take (an address-space limit, ulimit -v; the kernel's
     OOM killer ends a process without a word): said as such, not as a file that is no Parquet or CSV."""
     return DataError(f"{path}: out of memory reading it ({path.stat().st_size / 1e9:.2f} GB on disk): the whole file "
-                     f"is read into memory, and the feature build takes about 170 bytes a row (docs/perf.md); free "
+                     f"is read into memory, and the feature build takes about 170 bytes a row (docs/data.md); free "
                      f"memory or raise this process's limit, or train on fewer symbols or years")
 
 
