@@ -1001,3 +1001,19 @@ def test_a_crafted_train_facts_json_is_left_out_saying_so(tmp_path, capsys):
     (run / ri.FACTS_FILE).write_text(json.dumps({"lr": ["x"], "warmup": 1}))
     assert ri.load_inputs(run, ri.ReportSettings.of(), **feats).facts is None
     assert "train_facts.json unreadable (lr is not a list of numbers): the LR schedule" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text,says", [
+    ("a,b\n1,2\n", "no column loader, batch_size, samples_per_s"),
+    ("loader,batch_size,samples_per_s\ndevice,x,3\n", "column batch_size is not numbers"),
+    ('"\n', ""),
+])
+def test_a_crafted_loader_sweep_is_left_out_saying_so(tmp_path, capsys, text, says):
+    """A batch_size_sweep.csv without 02's columns (another program's file, a colleague's folder) failed the
+    report with KeyError; now it is left out with a line naming the file and what is wrong, and the report builds."""
+    run, feats = make_run(tmp_path / "run")
+    (run / "batch_size_sweep.csv").write_text(text)
+    report = rp.build_report(run, settings=DEFAULTS, **feats)
+    assert "loader_sweep" not in report
+    out = capsys.readouterr().out
+    assert "batch_size_sweep.csv unreadable (" + says in out and "02's loader sweep is left out" in out

@@ -252,7 +252,21 @@ def loader_sweep(run_dir: Path) -> pd.DataFrame | None:
     by side on this device, `speedup` = device / dataloader at each batch size; the columns of
     `profiling.batch_size_sweep`); None when 02 did not run."""
     path = Path(run_dir) / "batch_size_sweep.csv"
-    return pd.read_csv(path) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        sweep = pd.read_csv(path)
+        missing = [c for c in ("loader", "batch_size", "samples_per_s") if c not in sweep.columns]
+        text = [c for c in ("batch_size", "samples_per_s") if c in sweep.columns
+                and not pd.api.types.is_numeric_dtype(sweep[c])]
+        problem = (f"no column {', '.join(missing)}" if missing else
+                   f"column {', '.join(text)} is not numbers" if text else "")
+    except (OSError, ValueError) as exc:  # (pandas' parser errors are ValueErrors)
+        problem = str(exc)
+    if problem:  # a colleague's folder, or another program's file of that name
+        print(f"{path} unreadable ({problem}): 02's loader sweep is left out")
+        return None
+    return sweep
 
 
 def _meta(fs) -> dict:
