@@ -1167,3 +1167,14 @@ def test_a_parquet_file_beyond_the_memory_limit_is_said_to_be_out_of_memory(tmp_
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("tradelib.data.load.DataError: ") and "out of memory reading it (0.0" in last, last
+
+
+@pytest.mark.parametrize("decades", [400.0, 1e300])
+def test_bad_print_decades_past_a_float_find_nothing_like_inf(decades):
+    """10**400 is no float: a threshold that far off finds no bad print, as inf does (an OverflowError before)."""
+    raw = two_symbols()
+    raw.loc[100, "close"] = 1e300
+    out, rep = clean(raw, bad_print_decades=decades, bad_volume_decades=decades)
+    off, _ = clean(raw, bad_print_decades=float("inf"), bad_volume_decades=float("inf"))
+    assert "bad_print" not in by_rule(rep)
+    pd.testing.assert_frame_equal(out, off)

@@ -235,7 +235,8 @@ def bad_print_rows(a: dict[str, np.ndarray], code: np.ndarray, price_decades: fl
     for cols, of, decades, both in checks:
         if not math.isfinite(decades):
             continue
-        up, down = 10.0**decades, 10.0**-decades
+        with np.errstate(over="ignore", under="ignore"):  # beyond 1e308: inf and 0, nothing is that far off
+            up, down = np.power(10.0, decades), np.power(10.0, -decades)
         first = _first_block_levels(a[of], starts, ends - starts)
         for i, (s0, s1) in enumerate(zip(starts.tolist(), ends.tolist())):
             nb = (s1 - s0) // B
