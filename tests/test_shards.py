@@ -207,7 +207,22 @@ def test_fold_bounds_from_the_distinct_times_are_the_rows_own(times, folds, roll
     cfg = Config(folds=folds, fold_window="rolling" if rolling else "expanding", train_frac=train_frac,
                  val_frac=val_frac)
     distinct, counts = np.unique(ts, return_counts=True)
+    t_val = split_bounds(distinct, cfg, counts)[1]
+    if max(folds, 1) > max(int((distinct > t_val).sum()), 1):  # a test period without a time: refused at once
+        with pytest.raises(ValueError, match=f"folds={folds}: the out-of-sample span"):
+            fold_bounds(distinct, cfg, counts)
+        return
     assert fold_bounds(distinct, cfg, counts) == fold_bounds(ts, cfg) == fold_bounds_of_rows(ts, cfg)
+
+
+def test_more_folds_than_out_of_sample_times_are_refused_at_once():
+    """folds=1e300 (a valid int) looped over every fold before any check: prepare ran out of memory. More folds
+    than timestamps after validation leave a test period empty: refused before the loop, naming folds."""
+    ts = np.arange(100, dtype=np.int64) * 300 * 10**9
+    for folds in (11, 10**300):
+        with pytest.raises(ValueError, match=rf"folds={folds}: the out-of-sample span .* holds 10 timestamps"):
+            fold_bounds(ts, Config(folds=folds, train_frac=0.7, val_frac=0.2))
+    assert len(fold_bounds(ts, Config(folds=10, train_frac=0.7, val_frac=0.2))) == 10
 
 
 @pytest.mark.parametrize("window", ["expanding", "rolling"])

@@ -276,6 +276,10 @@ def fold_bounds(ts_ns: np.ndarray, cfg, counts: np.ndarray | None = None) -> lis
     share = lambda t: int(np.r_[0, cum][np.searchsorted(ts_ns, t, side="right")]) / n  # noqa: E731 - rows <= t
     at = lambda q: _time_at(ts_ns, cum, q)  # noqa: E731 - a row's time
     q_train, q_val = share(t_train), share(t_val)
+    times_after = len(ts_ns) - int(np.searchsorted(ts_ns, t_val, side="right"))
+    if k_folds > max(times_after, 1):  # a test period without a timestamp; and the loop below is k_folds long
+        raise ValueError(f"folds={cfg.folds}: the out-of-sample span after the validation split holds {times_after:,} "
+                         f"timestamps, fewer than the folds' test periods: use fewer folds, or more data")
     step = (1.0 - q_val) / k_folds
     folds = []
     for k in range(k_folds):
