@@ -21,6 +21,7 @@ from tradelib.train.sources import (
     take_spans,
     window_ends,
 )
+from tradelib.train.trainer import seed_everything
 
 CPU = torch.device("cpu")
 W = 16  # TINY's window
@@ -165,6 +166,23 @@ def test_dataloader_yields_the_device_loaders_batches(tiny_fs, workers):
         with pytest.raises(StopIteration):
             src.fetch(ids[:B])
     src.close()
+
+
+@pytest.mark.parametrize("seed", [10**10, 10**14, 2**63, 10**30, -(10**30)])
+def test_any_int_seed_shuffles_and_seeds_torch(tiny_fs, seed):
+    """seed is any int; torch refuses one outside -2**63 .. 2**64 - 1, and the epoch's seed (seed x 1_000_003 +
+    epoch, and x 1_009 for the DataLoader's workers) left it from seed 2e10 (the DataLoader) or 2e13 on: 'Overflow
+    when unpacking long long' at the first epoch, after the features were built. Every seed works, and a seed
+    torch took (here -1) still gives the order it gave."""
+    seed_everything(seed)
+    src = DataLoaderSource(tiny_fs, W, CPU, 8, num_workers=0, pin_memory=False, prefetch_factor=2,
+                           persistent_workers=False)
+    ids = src.epoch(2, seed)[:8]
+    src.begin(ids)
+    assert src.fetch(ids).x.shape[0] == 8
+    assert sorted(WindowSource(Windows(tiny_fs, W, CPU)).epoch(2, seed).tolist()) == list(range(len(src)))
+    was = torch.randperm(len(src), generator=torch.Generator().manual_seed(-1 * 1_000_003 + 2))
+    assert torch.equal(src.epoch(2, -1), was)
 
 
 def test_every_source_implements_the_protocol(tiny_fs):

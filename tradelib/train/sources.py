@@ -54,10 +54,16 @@ class BatchSource(Protocol):
         """Valid targets among these items: a 0-dim float64 tensor on the device (no host sync)."""
 
 
+def torch_seed(x: int) -> int:
+    """A seed torch takes (it refuses one outside -2**63 .. 2**64 - 1, as `seed` x 1_000_003 soon is): x modulo
+    2**64, which torch does itself to the negative ones, so every seed it took gives the same numbers."""
+    return x % 2**64
+
+
 def epoch_order(n: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
     """This rank's share of a permutation of range(n) that is a pure function of (seed, epoch), so resume and
     DDP ranks agree on it. Shares are equal (the remainder is left out): every rank runs as many steps."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed(torch_seed(seed * 1_000_003 + epoch))
     perm = torch.randperm(n, generator=g)
     return perm[rank : (n // world) * world : world]
 
@@ -337,7 +343,7 @@ class DataLoaderSource:
     def begin(self, ids: torch.Tensor) -> None:
         """Start the DataLoader on these items (an epoch, or its rest on resume)."""
         self.sampler.ids = ids.tolist()
-        self.generator.manual_seed(self.seed)
+        self.generator.manual_seed(torch_seed(self.seed))
         self._it = iter(self.loader)
 
     def fetch(self, ids: torch.Tensor) -> Batch:

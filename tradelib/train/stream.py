@@ -38,6 +38,7 @@ from tradelib.train.sources import (
     epoch_order,
     resident_sources,
     take_spans,
+    torch_seed,
     window_ends,
 )
 
@@ -290,7 +291,7 @@ class StreamSource:
         if self.n_groups == 1:
             self._set_groups([tuple(range(nb))])
             return epoch_order(len(self), epoch, seed, rank, world)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(torch_seed(seed * 1_000_003 + epoch))
         blocks = torch.randperm(nb, generator=g).numpy()
         self._set_groups([tuple(sorted(blocks[i : i + k].tolist())) for i in range(0, nb, k)])
         parts = []

@@ -29,7 +29,7 @@ from tradelib.config import Config
 from tradelib.distributed import all_reduce
 from tradelib.hardware import autocast, resolved_precision
 from tradelib.train.checkpoint import rng_state, set_rng_state
-from tradelib.train.sources import Batch, BatchSource, Windows
+from tradelib.train.sources import Batch, BatchSource, Windows, torch_seed
 from tradelib.train.stream import StreamWindows
 
 
@@ -60,7 +60,7 @@ def masked_sse(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(torch_seed(seed))
 
 
 def scaled_lr(cfg: Config, world: int = 1) -> float:
