@@ -700,6 +700,7 @@ def test_prices_and_volumes_of_any_scale_keep_the_same_rows_and_features(msft, a
     ("loader", "gpu", "device | stream | dataloader"), ("lr_scaling", "cubic", "none | linear | sqrt"),
     ("position_mode", "kelly", "sign | scaled"), ("device", "gpu0", "cuda:N"), ("date_format", "dd/mm", "strftime"),
     ("loaders", "gpu", "device, dataloader, dense"), ("batch_sizes", "0,64", "sizes >= 1"),
+    ("data_seed", "-1", ">= 0"), ("bootstrap_seed", "-1", ">= 0"),  # numpy's generators refuse them, unnamed
 ])
 def test_bad_parameter_values_are_one_line_exit_2(capsys, name, value, allowed):
     for command in ("train", "pipeline"):

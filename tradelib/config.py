@@ -57,7 +57,7 @@ class Config:
     synth_symbols: int = knob(8, "synthetic market: number of symbols", "data", lo=1)
     synth_bars: int = knob(30_000, "synthetic market: 5-minute bars per symbol (30,000: about 104 days)", "data",
                            lo=2)
-    data_seed: int = knob(7, "synthetic market: seed", "data")
+    data_seed: int = knob(7, "synthetic market: seed", "data", lo=0)
     force_recreate: bool = knob(False, "rebuild the feature cache even if a valid one exists", "data",
                                 resume=True)
     date_format: str = knob("", "strftime format of text timestamps, e.g. %d/%m/%Y (empty: inferred; needed when "
@@ -266,7 +266,7 @@ class Config:
     bootstrap_samples: int = knob(1000, "block-bootstrap resamples of the break-even cost's 95% interval", "report",
                                   lo=1)
     bootstrap_seed: int = knob(0, "seed of the break-even cost's block bootstrap (the interval repeats exactly)",
-                               "report")
+                               "report", lo=0)
     extra: dict = knob({}, "free-form notes kept with the run", "system", resume=True)
 
     def __post_init__(self) -> None:
