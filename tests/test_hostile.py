@@ -784,6 +784,16 @@ def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys, command):
     assert code == 2 and str(bad) in line and "not valid YAML at line" in line
 
 
+def test_an_impossible_date_in_a_yaml_file_names_the_file(tmp_path, capsys):
+    """YAML reads 2024-13-45 as a date, and its constructor raises a ValueError, not a YAMLError: it was
+    'error: month must be in 1..12', naming no file."""
+    bad = tmp_path / "p.yaml"
+    bad.write_text("train_end: 2024-13-45\nval_end: 2025-01-01\n")
+    code, out, err = cli(capsys, "train", "-f", bad)
+    line = one_error(err)
+    assert code == 2 and str(bad) in line and "month must be in 1..12" in line
+
+
 @pytest.mark.parametrize("command", ["prepare", "train", "pipeline", "bench"])
 def test_an_unknown_parameter_is_refused_with_a_suggestion(capsys, command):
     code, out, err = cli(capsys, command, "-p", "batchsize", "64")
