@@ -784,6 +784,17 @@ def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys, command):
     assert code == 2 and str(bad) in line and "not valid YAML at line" in line
 
 
+@pytest.mark.parametrize("key", ["123", "2024-01-02", "true"])
+def test_a_yaml_key_that_is_no_text_is_an_unknown_parameter(tmp_path, capsys, key):
+    """YAML reads these keys as a number, a date, a bool: the suggestion for an unknown name took them for text
+    and ended in 'internal error: TypeError: ... is not iterable', exit 1."""
+    bad = tmp_path / "p.yaml"
+    bad.write_text(f"{key}: 4\n")
+    code, out, err = cli(capsys, "train", "-f", bad)
+    line = one_error(err)
+    assert code == 2 and str(bad) in line and "unknown parameter" in line
+
+
 def test_an_impossible_date_in_a_yaml_file_names_the_file(tmp_path, capsys):
     """YAML reads 2024-13-45 as a date, and its constructor raises a ValueError, not a YAMLError: it was
     'error: month must be in 1..12', naming no file."""

@@ -371,7 +371,7 @@ def settings_values(cls: type, cfg: Config | None, overrides: dict[str, Any], wh
 
 
 def unknown_message(name: str, known) -> str:
-    hint = difflib.get_close_matches(name, list(known), n=1)
+    hint = difflib.get_close_matches(str(name), list(known), n=1)  # (a YAML key may be a number, a date)
     return f"unknown parameter {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
 
 
