@@ -535,6 +535,55 @@ def test_one_symbol_in_two_files_of_a_folder_joins_or_is_refused_where_they_disa
     assert raw.attrs["shared_symbols"] == {} and raw.attrs["missing_symbols"] == {"a.csv": 200}
 
 
+HEADER_SPELLINGS = {"timestamp": ["timestamp", "Date", " TIME ", "open_time"], "symbol": ["symbol", "Ticker"],
+                    "open": ["open", "O"], "high": ["High", "h"], "low": ["low", "L"], "close": ["Close", "last"],
+                    "volume": ["volume", "Vol", "qty"], "Adj Close": ["Adj Close"]}
+CELLS = st.sampled_from(["100.5", "101", "99.5", "100", "0", "-1", "1e300", "nan", "inf", "", "NA", "abc", "1e-300"])
+
+
+@st.composite
+def csv_files(draw) -> str:
+    """CSV text as exports write it: any column order and spelling, separator, quoting, BOM, CRLF, blank lines,
+    timestamps as ISO text with or without an offset, epoch seconds or yyyymmdd, repeated and out of order."""
+    cols = draw(st.permutations([c for c in HEADER_SPELLINGS if c != "symbol" or draw(st.booleans())]))
+    sep, quote = draw(st.sampled_from([",", ";", "\t", "|"])), draw(st.sampled_from(["", '"']))
+    kind = draw(st.sampled_from(["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%z", "%Y%m%d", "epoch"]))
+    steps = draw(st.lists(st.sampled_from([1, 1, 1, 0, -1, 3]), min_size=1, max_size=40))
+    times = pd.Timestamp("2023-03-01", tz="UTC") + pd.to_timedelta(np.cumsum(steps), unit="D")
+    lines = [sep.join(quote + draw(st.sampled_from(HEADER_SPELLINGS[c])) + quote for c in cols)]
+    for t in times:
+        when = str(int(t.timestamp())) if kind == "epoch" else t.tz_convert("America/New_York").strftime(kind)
+        cells = {"timestamp": when, "symbol": draw(st.sampled_from(["AAA", "NA", "0700", ""]))}
+        lines.append(sep.join(quote + cells.get(c, draw(CELLS)) + quote for c in cols))
+    if draw(st.booleans()):
+        lines.insert(draw(st.integers(1, len(lines))), "")
+    return ("\ufeff" if draw(st.booleans()) else "") + draw(st.sampled_from(["\n", "\r\n"])).join(lines) + "\n"
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@example(text="timestamp,open,High,low,volume,Close,Adj Close\n2023-03-01 19:00:00,100.5,100.5,100.5,100.5,0,100.5\n")
+@given(text=csv_files())
+def test_any_csv_export_loads_with_counts_that_add_up_or_is_refused_naming_the_file(tmp_path_factory, text):
+    """Hostile but plausible CSV text: a one-line DataError naming the file, or a frame whose cleaning accounts
+    for every row (rows in = kept + dropped, the dropped the sum of the rules' drops) and keeps only finite,
+    positive, ordered bars."""
+    path = tmp_path_factory.mktemp("csv") / "SYM.csv"
+    path.write_text(text, encoding="utf-8")
+    try:
+        raw = load_ohlcv(path, date_format="")
+    except DataError as e:
+        assert str(e).startswith(f"{path}: ") and "\n" not in str(e)
+        return
+    out, rep = clean_ohlcv(raw)
+    counts = pd.DataFrame(rep.counts, columns=["rule", "symbol", "action", "rows"])
+    assert rep.rows_in == len(raw) == rep.rows_kept + rep.rows_dropped and len(out) == rep.rows_kept
+    assert counts.loc[counts.action == "dropped", "rows"].sum() == rep.rows_dropped
+    prices = out[["open", "high", "low", "close"]].to_numpy()
+    assert (np.isnan(prices) | (np.isfinite(prices) & (prices > 0))).all() and (out.volume.dropna() >= 0).all()
+    ts, sym = out.timestamp.to_numpy(), out.symbol.to_numpy()
+    assert (ts[1:] > ts[:-1])[sym[1:] == sym[:-1]].all()  # each symbol's bars unique and in time order
+
+
 @pytest.mark.parametrize("content,problem", [(b"", "empty file"), (b"\x00\x01\x02 garbage", "no rows"),
                                              (b"date,open\n2024-01-01,1\n", "missing required columns"),
                                              (b"1704205800000,100.01,100.2,99.9,100.1,1.5,1704206099999\n"
