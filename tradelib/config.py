@@ -463,8 +463,6 @@ def read_params(files: list[str] | None = None, overrides: list[tuple[str, str]]
             raise ConfigError(f"{f}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc})") from None
         except RecursionError:
             raise ConfigError(f"{f}: not a parameter file: its values are nested too deeply to read") from None
-
-
         except ValueError as exc:  # a scalar YAML reads as a date that does not exist (2024-13-45)
             raise ConfigError(f"{f}: not valid YAML ({exc}: a date that does not exist; quote it to pass it as text)") \
                 from None
