@@ -328,6 +328,10 @@ def test_date_splits_keep_whole_days_and_are_stated():
     ({"train_end": "2024-01-03"}, "go together"),
     ({"train_end": "2024-01-05", "val_end": "2024-01-03"}, "must come before"),
     ({"train_end": "yesterday-ish", "val_end": "2024-01-03"}, "expected a date"),
+    ({"train_end": "2023-12-31", "val_end": "today"}, "moves with the clock"),  # (pandas reads now and today)
+    ({"train_end": "now", "val_end": "2099-01-01"}, "moves with the clock"),
+    ({"train_end": "2023", "val_end": "2024-06-30"}, "a year or month that pandas reads as its first day only"),
+    ({"train_end": "2023-06-30", "val_end": "2024-06"}, "a year or month"),
     ({"cost_grid_bps": "0,-1"}, "cost_grid_bps"),
 ])
 def test_bad_split_dates_and_cost_grid_are_refused(values, problem):

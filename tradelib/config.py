@@ -336,6 +336,12 @@ def _check_split_dates(train_end: str, val_end: str) -> None:
 
     when = {}
     for name, text in (("train_end", train_end), ("val_end", val_end)):
+        if str(text).strip().lower() in ("now", "today"):  # pandas reads them: splits that move with the clock
+            raise ConfigError(f"parameter {name!r} is {text!r}, which moves with the clock while the feature cache "
+                              f"keys on the text: give the date, e.g. 2022-12-31")
+        if re.fullmatch(r"\s*\d{4}(-\d{1,2})?\s*", str(text)):  # pandas reads 2024 as 2024-01-01, not its end
+            raise ConfigError(f"parameter {name!r} is {text!r}, a year or month that pandas reads as its first day "
+                              f"only: give the last day, e.g. {str(text).strip()[:4]}-12-31")
         try:
             when[name] = pd.Timestamp(text)
         except (ValueError, TypeError):
