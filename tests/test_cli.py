@@ -166,3 +166,18 @@ def test_the_pipelines_resume_hint_is_a_command_the_cli_accepts(skip, only, runs
     back = load_config(args.files, [tuple(p) for p in args.params])
     assert (back.window, back.synth_bars, back.run_id, back.resume) == (16, 1500, "p1", True)
     assert back.cost_bps == (2.0 if "04" in runs else 5.0)  # 04_report's own settings where it runs
+
+
+def test_a_parameter_the_command_does_not_read_is_noted_as_ignored(tmp_path, capsys):
+    """`train -p cost_bps 2` trained as without it, saying nothing (the report reads it); now a note names it and
+    its group. Parameters the command reads, and unknown names (load_config's error), get no note."""
+    missing = str(tmp_path / "nowhere.csv")
+    assert main(["train", "-p", "cost_bps", "2", "-p", "profile_seconds", "5", "-p", "epochs", "2",
+                 "-p", "data_path", missing]) == 2  # (the data is nowhere: refused before any work)
+    err = capsys.readouterr().err
+    assert err.startswith("note: train does not use -p cost_bps (report), profile_seconds (profile): ignored"), err
+    assert main(["prepare", "-p", "window", "8", "-p", "data_path", missing]) == 2
+    assert "note:" not in capsys.readouterr().err
+    assert main(["report", "-p", "hidden", "8"]) == 2  # the report refuses them itself, saying whose they are
+    err = capsys.readouterr().err
+    assert "note:" not in err and "not a report parameter" in err

@@ -19,7 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tradelib.config import add_param_args, load_config
+from tradelib.config import add_param_args, load_config, unused_params
 from tradelib.perf import bench, doctor
 from tradelib.sweep import add_sweep_args, sweep_command
 
@@ -222,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     from tradelib.train.stops import signals_interrupt
 
     args = build_parser().parse_args(argv)
+    groups = getattr(args, "param_groups", None)  # (a sweep's parameters are its own)
+    unused = unused_params(args.params, groups) if groups else []
+    if unused and args.command != "report":  # (report refuses them, saying whose they are)
+        print(f"note: {args.command} does not use -p {', '.join(unused)}: ignored (`tradelib {args.command} --help` "
+              f"lists what it reads)", file=sys.stderr)
     try:
         with signals_interrupt():
             return args.func(args)

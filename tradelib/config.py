@@ -491,6 +491,15 @@ def add_param_args(parser: argparse.ArgumentParser, groups: tuple[str, ...] = ()
     if groups:
         parser.epilog = parameters_help(groups)
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.set_defaults(param_groups=groups)
+
+
+def unused_params(params: list[tuple[str, str]] | list[list[str]], groups: tuple[str, ...]) -> list[str]:
+    """`NAME (group)` for each `-p NAME` of a parameter outside `groups`, the ones a command reads: it changes
+    nothing there (`train -p cost_bps 2` trains as without it; the report takes it). Unknown names are left to
+    load_config's error."""
+    group = {f.name: f.metadata["group"] for f in fields(Config)}
+    return [f"{name} ({group[name]})" for name, _ in params if name in group and group[name] not in groups]
 
 
 GROUP_TITLES = {
