@@ -422,3 +422,6 @@ def test_a_run_id_outside_outputs_is_refused_before_anything_is_written(outputs,
     assert sorted(p.name for p in victim.iterdir()) == ["summary.json"]
     assert (victim / "summary.json").read_text() == "precious\n" and not list(outputs.iterdir())
     assert runs.run_path("sweep/run-0") == outputs / "sweep" / "run-0"
+    assert main(["sweep", "--name", run_id, "-p", "lr", "1e-3,2e-3", "--dry-run"]) == 2  # named as the sweep's name
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: sweep --name {run_id!r}: a run id names a folder under outputs/"), err

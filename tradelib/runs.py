@@ -46,14 +46,15 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
-def run_path(run_id: str) -> Path:
+def run_path(run_id: str, what: str = "run_id") -> Path:
     """outputs/<run_id>, the folder a run, a pipeline or a sweep writes into. A run id names a folder under outputs/
     (a sweep's runs and a walk-forward's folds hold a '/'); an absolute path, a '..' part or '.' would put the run's
     files (summary.json, checkpoints, ...) over whatever folder it names, as a colleague's parameter file could ask,
-    and is refused. (`tradelib report` and compare_with take a run folder's path: they read it.)"""
+    and is refused (`what`: the parameter that gave it). (`tradelib report` and compare_with take a run folder's
+    path: they read it.)"""
     parts = Path(run_id).parts
     if Path(run_id).is_absolute() or not parts or ".." in parts:
-        raise ValueError(f"run_id {run_id!r}: a run id names a folder under outputs/ ({outputs_dir()}), not an "
+        raise ValueError(f"{what} {run_id!r}: a run id names a folder under outputs/ ({outputs_dir()}), not an "
                          f"absolute path, '.' or a path with '..': choose a name such as 'my-run'")
     return outputs_dir() / run_id
 

@@ -201,6 +201,7 @@ def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list
     combos = [dict(zip(axis_names, (v for row in rows for v in row)))
               for rows in itertools.product(*(rows for _, rows in axes))]
     sweep_id = sweep_id or default_id(shared, [("+".join(n), r) for n, r in axes])
+    folder = runs.run_path(sweep_id, "sweep --name")  # (a name of the user's, before any run's settings)
     run_names = [run_name(c) for c in combos]
     configs = []
     for run, values in zip(run_names, combos):
@@ -217,7 +218,7 @@ def make_plan(files: list[str] | None, grid: list[tuple[str, str]], linked: list
             raise ConfigError(f"sweep run {run}: {exc}") from None
     for device in {c.device for c in configs}:
         pick_device(device, verbose=False)  # CUDA asked for but absent: say so now
-    return Plan(sweep_id, runs.run_path(sweep_id), shared, axis_names, run_names, combos, configs)
+    return Plan(sweep_id, folder, shared, axis_names, run_names, combos, configs)
 
 
 # -- running ------------------------------------------------------------------------------------------------
