@@ -1143,7 +1143,7 @@ def test_ingest_compare_reads_each_side_with_its_own_code(tmp_path):
     old = "9cbeb95"  # the last commit with the flat tradelib/data.py
     root = older_commit(old)
     path = tmp_path / "prices.csv"
-    market = generate_market(n_symbols=2, n_bars=300).drop(columns="oracle")
+    market = generate_market(n_symbols=2, n_bars=300, seed=7).drop(columns="oracle")
     market.to_csv(path, index=False)
     out = subprocess.run([sys.executable, str(root / "tools" / "ingest_compare.py"), str(path), "--old", old,
                           "--rounds", "1"], capture_output=True, text=True, check=True).stdout.splitlines()

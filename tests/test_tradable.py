@@ -91,7 +91,7 @@ def test_the_synthetic_markets_signal_lasts_past_the_default_delay():
     """The oracle's IC at lag 1 keeps most of its lag-0 value and is gone by lag 6 (docs/data.md)."""
     from tradelib.data.synth import generate_market
 
-    df = generate_market(n_symbols=6, n_bars=6000, hostile=False).sort_values(["symbol", "timestamp"])
+    df = generate_market(n_symbols=6, n_bars=6000, seed=7, hostile=False).sort_values(["symbol", "timestamp"])
     df["target"] = np.log(df.groupby("symbol")["close"].shift(-1) / df["close"])
     decay = ev.ic_decay(df, "cross_sectional", overlap=0, max_lag=6, pred_col="oracle")
     ic = decay.set_index("lag")["ic"]

@@ -18,14 +18,15 @@ START = pd.Timestamp("2024-01-01", tz="UTC")
 
 
 def generate_market(
-    n_symbols: int = 8,
-    n_bars: int = 12_000,
-    seed: int = 7,
+    n_symbols: int,
+    n_bars: int,
+    seed: int,
     hostile: bool = True,
     signal_strength: float = 0.2,
     signal_lookback: int = 6,
 ) -> pd.DataFrame:
-    """The raw frame (design.md layout) plus `oracle`; hostile values included unless hostile=False."""
+    """The raw frame (design.md layout) plus `oracle`; hostile values included unless hostile=False. The size and
+    seed have no defaults here: a run's are Config's (synth_symbols, synth_bars, data_seed; cache.synth_params)."""
     rng = np.random.default_rng(seed)
     bars_per_day = int(pd.Timedelta(days=1) / BAR)
     phase = (np.arange(n_bars) % bars_per_day) / bars_per_day
