@@ -1082,6 +1082,16 @@ def test_error_not_csv_or_parquet(tmp_path, name, content, problem):
     assert problem in load_error(tmp_path / name)
 
 
+def test_error_trailing_separator_is_named(tmp_path):
+    """Rows that end with the separator have one field more than the header: said as the likely cause."""
+    df = make_frame(5)
+    (tmp_path / "x.csv").write_text(df.to_csv(index=False, lineterminator=",\n").replace(",\n", "\n", 1))
+    msg = load_error(tmp_path / "x.csv")
+    assert "Expected 7 columns, got 8" in msg and "the rows end with the separator ','" in msg
+    df.to_csv(tmp_path / "y.csv", index=False)
+    (tmp_path / "y.csv").write_text((tmp_path / "y.csv").read_text() + "2024-01-01,AAA,1,1,1,1,1,9\n")
+    assert "rows end with" not in load_error(tmp_path / "y.csv")  # one field more, not at the end of the row
+
 def test_error_missing_column_lists_found(tmp_path):
     df = make_frame(5).drop(columns=["symbol", "close"]).rename(columns={"timestamp": "date",
                                                                         "volume": "vol"})

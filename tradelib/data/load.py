@@ -110,6 +110,7 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
     elif suffix in CSV_SUFFIXES:
         if path.stat().st_size == 0:
             raise DataError(f"{path}: empty file")
+        sep, rows = ",", []
         try:
             opener = gzip.open if suffix.endswith(".gz") else open
             with opener(path, "rt", encoding="utf-8-sig") as f:
@@ -133,13 +134,24 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
                             f"{', a UTF-16 file' if utf16 else ''}): save it as UTF-8 (Excel: 'CSV UTF-8'; or "
                             f"`iconv -f {'utf-16' if utf16 else 'cp1252'} -t utf-8`)") from None
         except Exception as e:  # binary garbage, bad gzip, ragged rows ...
-            raise DataError(f"{path}: cannot parse as CSV ({_short(e)})") from None
+            raise DataError(f"{path}: cannot parse as CSV ({_short(e)}){_trailing_separator(e, sep, rows)}") from None
     else:
         raise DataError(f"{path}: not a CSV or Parquet file (suffix '{suffix}'; expected .csv, .csv.gz, "
                         f".tsv or .parquet)")
     if len(df) == 0:
         raise DataError(f"{path}: no rows")
     return df
+
+
+def _trailing_separator(e: Exception, sep: str, rows: list[str]) -> str:
+    """Why a row has one field more than the header, where the file's rows end with the separator ('1,2,3,'): an
+    export that ends every row so reads as one more, empty column. (Arrow cuts a long row short in its message:
+    the file's first rows are looked at.)"""
+    m = re.search(r"Expected (\d+) columns, got (\d+)", str(e))
+    if not m or int(m[2]) != int(m[1]) + 1 or not any(r.rstrip("\r\n").endswith(sep) for r in rows[:100]):
+        return ""
+    return (f": the rows end with the separator {sep!r}, the likely cause (a trailing separator reads as one more, "
+            f"empty field); remove it from the end of every row, or add a name for it to the header")
 
 
 def _out_of_memory(path: Path) -> DataError:
