@@ -371,6 +371,21 @@ def test_epoch_milliseconds_of_the_1970s_are_not_read_as_digits(tmp_path):
     pd.testing.assert_series_equal(raw.timestamp, pd.Series(ts, name="timestamp").astype("datetime64[ns, UTC]"))
 
 
+@pytest.mark.parametrize("unit,strays", [("ms", [1700000060, 1700003000]), ("s", [-1700000000]), ("s", [0])])
+def test_epoch_numbers_read_before_1973_are_bad_timestamps(tmp_path, unit, strays):
+    """A few epoch seconds among milliseconds were 1970-01-20 bars, a lone negative epoch a 1916 bar (only the
+    median was checked against 1973): each is now a counted bad timestamp, the others read as before."""
+    df = bars(100)
+    col = ((df.timestamp - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, unit)).astype("int64")
+    at = [10 + 30 * i for i in range(len(strays))]
+    col[at] = strays
+    df.assign(timestamp=col).to_csv(tmp_path / "x.csv", index=False)
+    raw = load_ohlcv(tmp_path / "x.csv", date_format="")
+    assert raw.attrs["bad_timestamps"] == len(strays) and raw.attrs["timestamp_format"] == [f"epoch_{unit}"]
+    assert raw.timestamp.min() == df.timestamp.drop(index=at).min()
+    _, rep = clean_ohlcv(raw)
+    assert rep.totals("dropped") == {"bad_timestamp": len(strays)}
+
 @pytest.mark.parametrize("kind", ["excel_csv", "excel_parquet", "excel_with_a_text_cell", "epoch_1971"])
 def test_epoch_seconds_before_1973_are_refused_and_excel_serials_named(tmp_path, kind):
     """Excel serial days (44928 is 2023-01-02) read as epoch seconds were 1970-01-01 12:28 onwards: 300 daily bars

@@ -293,8 +293,12 @@ def _parse_numeric_time(s: pd.Series, where: str) -> tuple[pd.Series, str]:
     if unit == "s" and np.median(fin) < EPOCH_MIN.timestamp():
         raise DataError(_before_1973(fin, where))
     if unit == "ns" and pd.api.types.is_integer_dtype(s.dtype):  # exact, no float rounding
-        return pd.to_datetime(s.astype("int64"), unit="ns", utc=True, errors="coerce"), "epoch_ns"
-    return pd.to_datetime(v, unit=unit, utc=True, errors="coerce").to_series(index=s.index), f"epoch_{unit}"
+        ts = pd.to_datetime(s.astype("int64"), unit="ns", utc=True, errors="coerce")
+    else:
+        ts = pd.to_datetime(v, unit=unit, utc=True, errors="coerce").to_series(index=s.index)
+    # a value read before 1973 in the column's unit is no epoch number of it (seconds among milliseconds read as
+    # 1970-01-20, a negative one): a bad timestamp, as the column would be refused if most were
+    return ts.mask(ts < EPOCH_MIN), f"epoch_{unit}"
 
 
 def _before_1973(fin: np.ndarray, where: str) -> str:
