@@ -1044,6 +1044,20 @@ def test_non_numeric_cells_become_nan_and_are_counted(tmp_path):
     assert by_rule(rep) == {"bad_close": 1} and rep.load_notes["non_numeric"] == {"close": 1}
 
 
+
+def test_true_and_false_are_not_numbers(tmp_path):
+    """'true'/'false' in a volume column of 0s and 1s were read as booleans, 1.0 and 0.0, not counted; a Parquet
+    boolean column too: they are cells that are not numbers, counted (or, most of a column, an error)."""
+    df = make_frame(50).drop(columns="symbol").assign(volume=np.arange(50) % 2)
+    df["volume"] = df["volume"].astype(object)
+    df.loc[[5, 8], "volume"] = ["true", "false"]
+    df.to_csv(tmp_path / "X.csv", index=False)
+    raw = load_ohlcv(tmp_path / "X.csv", date_format="")
+    assert raw.attrs["non_numeric"] == {"volume": 2} and raw.volume.isna().sum() == 2
+    assert raw.volume.drop(index=[5, 8]).tolist() == (np.arange(50) % 2).astype(float)[np.r_[0:5, 6:8, 9:50]].tolist()
+    make_frame(10).assign(volume=[True, False] * 5).to_parquet(tmp_path / "b.parquet")
+    assert "column 'volume': 10 of 10 values are not numbers (e.g. 'True')" in load_error(tmp_path / "b.parquet")
+
 # ---------------------------------------------------------------------------------------------------------
 # errors: one line, naming the file and the problem
 

@@ -213,7 +213,8 @@ def _read_csv(path: Path, sep: str, decimal: str, header: str, date_format: str)
 
     def convert(types: dict) -> pacsv.ConvertOptions:
         return pacsv.ConvertOptions(decimal_point=decimal, null_values=NA_STRINGS, strings_can_be_null=False,
-                                    column_types=types)
+                                    column_types=types, true_values=[], false_values=[])  # no booleans: 'true'
+        #   in a column of 0 and 1 is no number
 
     try:
         first = pacsv.open_csv(path, parse_options=parse, convert_options=convert(texts | numbers)).schema
@@ -464,7 +465,7 @@ def _numbers_from_text(col: pd.Series, decimal_comma: bool, where: str) -> pd.Se
                         f"have '{other}' between groups of three digits: thousands separators are not accepted (the "
                         f"decimal mark of this file is '{mark}'); export the numbers without them")
     if not decimal_comma:
-        return pd.to_numeric(col, errors="coerce")
+        return pd.to_numeric(text, errors="coerce")  # (the text: a boolean True is no number, as 'True' is not)
     text = text.mask(text.str.contains(".", regex=False).fillna(False).to_numpy(bool))
     return pd.to_numeric(text.str.replace(",", ".", regex=False), errors="coerce")
 
