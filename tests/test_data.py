@@ -114,10 +114,11 @@ def epoch(ts: pd.Series, unit: str) -> pd.Series:
 
 
 def plant_duplicates(df: pd.DataFrame, rows: list[int]) -> tuple[pd.DataFrame, dict]:
-    """Append altered copies of `rows` at the end: the copies are the last, so they are kept."""
+    """Append altered copies of `rows` at the end: the copies are the last, so they are kept (the rows they
+    repeat differ: conflicting duplicates)."""
     dup = df.loc[rows].copy()
     dup["volume"] = 7.0
-    return pd.concat([df, dup], ignore_index=True), {"duplicate": len(rows), "unsorted": len(rows)}
+    return pd.concat([df, dup], ignore_index=True), {"conflicting_duplicate": len(rows), "unsorted": len(rows)}
 
 
 def plant_bad_close(df, rows):
@@ -223,9 +224,26 @@ def test_clean_all_problems_combined():
 def test_duplicates_keep_the_last_row():
     raw, _ = plant_duplicates(two_symbols(), [20, 21, 22])
     out, rep = clean(raw)
-    assert by_rule_symbol(rep) == {("duplicate", "AAA"): 3, ("unsorted", "AAA"): 3}
+    assert by_rule_symbol(rep) == {("conflicting_duplicate", "AAA"): 3, ("unsorted", "AAA"): 3}
     kept = out[out.timestamp.isin(raw.loc[[20, 21, 22], "timestamp"]) & (out.symbol == "AAA")]
     assert (kept["volume"] == 7.0).all() and len(kept) == 3
+
+
+def test_conflicting_duplicates_are_counted_apart():
+    """Repeats of (symbol, timestamp) were all 'duplicate', whether written twice or two series under one ticker
+    (closes 1.0 and 0.01): those that differ from the row kept are counted as conflicting_duplicate."""
+    raw = two_symbols()
+    same = raw.loc[[10, 11]]  # written twice
+    other = raw.loc[[20, 21, 22]].assign(close=raw.loc[[20, 21, 22], "close"] / 100)  # another series
+    nan_volume = raw.loc[[30]].assign(volume=np.nan)
+    raw.loc[30, "volume"] = np.nan  # the same row with a NaN volume twice: no conflict
+    chain = raw.loc[[40, 40]].copy()  # row 40 thrice, then a last row that differs: all three conflict with it
+    last = raw.loc[[40]].assign(open=raw.loc[40, "open"] * 1.01)
+    out, rep = clean(pd.concat([raw, same, other, nan_volume, chain, last], ignore_index=True))
+    assert rep.totals("dropped") == {"conflicting_duplicate": 3 + 3, "duplicate": 2 + 1}
+    assert len(out) == len(raw)
+    kept = out.set_index(["symbol", "timestamp"])
+    assert kept.loc[("AAA", raw.loc[40, "timestamp"]), "open"] == last["open"].iloc[0]
 
 
 def test_duplicate_keeps_last_usable_row():

@@ -253,15 +253,35 @@ def _bad_close(w: Work) -> Verdict:
     return Verdict(_not_positive(w.a["close"]), drop=True)
 
 
-def _duplicate(w: Work) -> Verdict:
-    """Same (symbol, timestamp) as the next kept row: rows are stably sorted, so the last one is the file's."""
+def _repeats(w: Work) -> tuple[np.ndarray, np.ndarray]:
+    """(the kept rows that share their symbol and timestamp with a later kept row, the row kept of each: the last
+    of them; rows are stably sorted, so the last one is the file's)."""
+    surv = None if w.alive.all() else np.flatnonzero(w.alive)  # (all kept: no copy of the columns)
+    sc, st = (w.a["code"], w.a["ts"]) if surv is None else (w.a["code"][surv], w.a["ts"][surv])
+    repeat = np.flatnonzero((sc[:-1] == sc[1:]) & (st[:-1] == st[1:]))
+    last = np.r_[repeat[1:] != repeat[:-1] + 1, True]  # the last repeat of each run: the kept row is the next
+    kept = np.repeat(repeat[last] + 1, np.diff(np.r_[0, np.flatnonzero(last) + 1])) if len(repeat) else repeat
+    return (repeat, kept) if surv is None else (surv[repeat], surv[kept])
+
+
+def _conflicting_duplicate(w: Work) -> Verdict:
+    """A repeat of (symbol, timestamp) whose values (open .. volume) differ from the row kept: the data disagrees
+    with itself (two series under one ticker, a correction), which the report says apart from a row written
+    twice."""
+    rows, kept = _repeats(w)
+    differ = np.zeros(len(rows), dtype=bool)
+    for c in NUM_COLS:
+        a, b = w.a[c][rows], w.a[c][kept]
+        differ |= (a != b) & ~(np.isnan(a) & np.isnan(b))
     out = np.zeros(len(w.alive), dtype=bool)
-    if w.alive.all():
-        sc, st, at = w.a["code"], w.a["ts"], slice(0, len(out) - 1)
-    else:
-        surv = np.flatnonzero(w.alive)
-        sc, st, at = w.a["code"][surv], w.a["ts"][surv], surv[:-1]
-    out[at] = (sc[:-1] == sc[1:]) & (st[:-1] == st[1:])
+    out[rows[differ]] = True
+    return Verdict(out, drop=True)
+
+
+def _duplicate(w: Work) -> Verdict:
+    """A repeat of (symbol, timestamp) with the same values as the row kept (those that differ went first)."""
+    out = np.zeros(len(w.alive), dtype=bool)
+    out[_repeats(w)[0]] = True
     return Verdict(out, drop=True)
 
 
@@ -394,7 +414,9 @@ RULES: tuple[Rule, ...] = (
          _bad_timestamp),
     Rule("unsorted", "changed", "reordered by time", _unsorted),
     Rule("bad_close", "dropped", "close non-finite or <= 0", _bad_close),
-    Rule("duplicate", "dropped", "same symbol and timestamp; keep the last", _duplicate),
+    Rule("conflicting_duplicate", "dropped", "same symbol and timestamp as a later row, other values (open .. "
+         "volume); keep the last", _conflicting_duplicate),
+    Rule("duplicate", "dropped", "same symbol and timestamp as a later row, same values; keep the last", _duplicate),
     Rule("too_short", "dropped", "symbol has fewer rows than min_rows", _too_short),
     Rule("bad_ohl", "changed", "open/high/low non-finite or <= 0 set from close", _bad_ohl),
     Rule("bad_volume", "changed", "negative or non-finite volume set to 0", _bad_volume),
