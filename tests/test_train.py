@@ -25,7 +25,7 @@ from tradelib.train.trainer import Trainer, lr_factor
 
 from .conftest import fit_until_interrupted
 
-# 595 training windows, 32 per optimizer step: 19 steps per epoch (the last one partial, 19 windows), 38 in all
+# 583 training windows, 32 per optimizer step: 19 steps per epoch (the last one partial, 7 windows), 38 in all
 TINY = dict(synth_symbols=3, synth_bars=400, window=8, hidden=8, layers=1, model="mlp", dropout=0.1,
             batch_size=16, grad_accum_steps=2, epochs=2, device="cpu", compile="off", precision="fp32",
             log_every=2, checkpoint_every=5, seed=3, warmup_steps=5)
@@ -990,7 +990,7 @@ def test_a_whole_epoch_with_accumulation_matches_big_batches_and_steps_the_sched
         runs[k] = run
     assert close(snapshot(runs[4].model), snapshot(runs[1].model), tol=1e-5)
     run, t = runs[4], runs[4].trainer
-    assert run.step == t.steps_per_epoch == 19  # ceil(595 / 32), not 595 / 8 micro-batches
+    assert run.step == t.steps_per_epoch == 19  # ceil(583 / 32), not ceil(583 / 8) micro-batches
     assert t.sched.last_epoch == 19 and adam_steps(t) == {19.0}
     warmup = min(t.cfg.warmup_steps, max(1, t.total_steps // 10))
     assert t.opt.param_groups[0]["lr"] == pytest.approx(t.lr * lr_factor(19, warmup, 19, t.cfg.min_lr_ratio))
