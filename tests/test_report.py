@@ -747,7 +747,7 @@ def test_the_decay_words_on_random_walks_find_no_scanned_lag_significant():
 
 
 @pytest.mark.slow
-def test_lr_schedule_from_step_0_reproduces_every_logged_value(outputs):
+def test_lr_schedule_from_step_1_reproduces_every_logged_value(outputs):
     """Training writes the LR of every optimizer step (train_facts.json); the report draws it from there."""
     from tradelib.config import Config
     from tradelib.train.run import train
@@ -759,10 +759,11 @@ def test_lr_schedule_from_step_0_reproduces_every_logged_value(outputs):
     steps, _ = rn.training_curves(result.run_dir)
     facts = ri.read_facts(result.run_dir)
     curve = ri.lr_schedule(facts, steps, result.summary["optimizer_steps"])
-    assert curve is not None and curve["step"].iloc[0] == 0 and len(curve) == 61
+    assert curve is not None and curve["step"].iloc[0] == 1 and len(curve) == 60
     lr = result.summary["lr"]
-    assert curve["lr"].iloc[0] == pytest.approx(lr / 6)  # the first update's rate: warm-up from step 0
-    assert curve["lr"].max() == pytest.approx(lr) and steps["step"].min() == 4  # the log starts past step 0
+    assert curve["lr"].iloc[0] == pytest.approx(lr / 6)  # the first update's rate: warm-up from step 1
+    assert curve["lr"].max() == pytest.approx(lr) and steps["step"].min() == 4  # the log starts past step 1
+    assert steps.set_index("step").loc[4, "lr"] == pytest.approx(lr * 4 / 6)  # step 4 trains at 4/6 of the peak
     logged = curve.set_index("step").loc[steps["step"], "lr"].to_numpy()
     assert logged == pytest.approx(steps["lr"].to_numpy(), rel=1e-9)
     assert facts["windows"]["test"] == result.summary["test_windows"]

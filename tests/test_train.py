@@ -692,10 +692,12 @@ def test_a_resume_that_changes_the_length_says_what_it_does_to_the_lr_schedule(o
     resumed.close()
     out = capsys.readouterr().out
     lr, tr = resumed.trainer.lr, resumed.trainer
+    before = lr * lr_factor(10, 3, 38, Config().min_lr_ratio)  # step 11 under the run's schedule (warm-up 3)
     after = lr * lr_factor(10, tr.warmup, 19, Config().min_lr_ratio)
     assert (tr.total_steps, tr.warmup) == (19, 1)
+    assert logged[10] == pytest.approx(lr * lr_factor(9, 3, 38, Config().min_lr_ratio), rel=1e-12)
     assert (f"the resume changes the run's length (epochs 2 -> 1): its LR schedule (warm-up, cosine decay) is "
-            f"fitted to 19 optimizer steps, was 38: the LR at step 10 goes from {logged[10]:.3g} to {after:.3g} "
+            f"fitted to 19 optimizer steps, was 38: the LR of step 11 goes from {before:.3g} to {after:.3g} "
             f"(resume with epochs 2 and max_steps 0 to keep the run's schedule)") in out
     capsys.readouterr()
     TrainingRun(tiny("shortened", checkpoint_every=0, log_every=1, resume=True), progress=False).close()
@@ -978,6 +980,29 @@ def test_a_step_without_a_valid_target_leaves_weights_and_adam_untouched(outputs
     assert adam_steps(trainer) == {1.0} and trainer.sched.last_epoch == 2
     trainer.step(torch.tensor([0, 4]))
     assert adam_steps(trainer) == {2.0}
+
+
+def test_the_logged_lr_is_the_rate_each_step_trained_at(outputs):
+    """metrics.jsonl's `lr` at step s and train_facts.json's entry s - 1 are the rate step s's update used, as
+    the optimizer held it at opt.step() and as a plain torch loop with the same LambdaLR schedule gives it."""
+    run = TrainingRun(tiny("lr-logged", log_every=1, checkpoint_every=0), progress=False)
+    held = []
+    run.trainer.opt.register_step_pre_hook(lambda opt, args, kwargs: held.append(opt.param_groups[0]["lr"]))
+    run.fit()
+    tr = run.trainer
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=tr.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, tr.warmup, tr.total_steps, tr.cfg.min_lr_ratio))
+    plain = []
+    for _ in range(tr.total_steps):
+        plain.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    logged = [r["lr"] for r in metric_rows(outputs, "lr-logged") if r["kind"] == "step"]
+    facts = json.loads((outputs / "lr-logged" / "train_facts.json").read_text())["lr"]
+    assert (tr.total_steps, tr.warmup) == (38, 3) and plain[:3] == pytest.approx([tr.lr / 3, tr.lr * 2 / 3, tr.lr])
+    assert held == plain and logged == plain and facts == plain
 
 
 @pytest.mark.slow

@@ -471,18 +471,19 @@ def loss_context(inputs: ReportInputs, facts: dict | None = None, whose: str = "
 
 
 def lr_schedule(facts: dict | None, steps: pd.DataFrame, optimizer_steps: int | None = None) -> pd.DataFrame | None:
-    """The learning rate at every optimizer step from 0 (the warm-up included, which the logged values, one per
-    log interval, miss), as training wrote it (train_facts.json's `lr`, from the trainer's own schedule); None
-    without it, or when it does not reproduce every logged value (a resume that changed the run's length)."""
+    """The learning rate of every optimizer step from step 1 (the warm-up included, which the logged values, one
+    per log interval, miss), as training wrote it (train_facts.json's `lr`, entry i the rate of step i + 1, from
+    the trainer's own schedule); None without it, or when it does not reproduce every logged value (a resume that
+    changed the run's length)."""
     lr = np.asarray((facts or {}).get("lr") or [], dtype=float)
     if not lr.size:
         return None
     logged = steps.dropna(subset=["lr"])
     at = logged["step"].to_numpy(dtype=np.int64)
-    if (at >= lr.size).any() or not np.allclose(lr[at], logged["lr"], rtol=1e-6, atol=0):
+    if (at < 1).any() or (at > lr.size).any() or not np.allclose(lr[at - 1], logged["lr"], rtol=1e-6, atol=0):
         return None
     last = int(max(at.max() if at.size else 0, optimizer_steps or 0))
-    curve = pd.DataFrame({"step": np.arange(min(last, lr.size - 1) + 1)})
+    curve = pd.DataFrame({"step": np.arange(1, min(last, lr.size) + 1)})
     curve["lr"] = lr[: len(curve)]
     curve.attrs["warmup"] = int(facts.get("warmup") or 0)
     return curve

@@ -1,5 +1,5 @@
 """What training knows that the report needs, written into the run folder at train time (`train_facts.json`),
-so that the report reads it there and never imports training: the learning rate at every optimizer step (the
+so that the report reads it there and never imports training: the learning rate of every optimizer step (the
 trainer's own schedule, warm-up included) and, per split, the windows and what predicting 0 scores on them
 (the loss's yardstick)."""
 
@@ -14,15 +14,14 @@ from tradelib.config import Config
 from tradelib.data.features import FeatureSet
 from tradelib.paths import atomic_write_bytes
 from tradelib.train.sources import window_ends
-from tradelib.train.trainer import Trainer, lr_factor
+from tradelib.train.trainer import Trainer
 
 FACTS_FILE = "train_facts.json"  # report/inputs.py FACTS_FILE reads it
 
 
-def lr_by_step(trainer: Trainer, min_lr_ratio: float) -> list[float]:
-    """The learning rate at optimizer steps 0..total_steps, from the trainer's own schedule."""
-    total = int(trainer.total_steps)
-    return [trainer.lr * lr_factor(s, trainer.warmup, total, min_lr_ratio) for s in range(total + 1)]
+def lr_by_step(trainer: Trainer) -> list[float]:
+    """The learning rate of optimizer steps 1..total_steps (entry i: step i + 1), from the trainer's own schedule."""
+    return [trainer.step_lr(s) for s in range(1, int(trainer.total_steps) + 1)]
 
 
 def split_windows(fs: FeatureSet, window: int) -> dict:
@@ -40,7 +39,7 @@ def split_windows(fs: FeatureSet, window: int) -> dict:
 
 def train_facts(trainer: Trainer, fs: FeatureSet, cfg: Config) -> dict:
     """Everything train_facts.json holds."""
-    return {"lr": lr_by_step(trainer, cfg.min_lr_ratio), "warmup": int(trainer.warmup),
+    return {"lr": lr_by_step(trainer), "warmup": int(trainer.warmup),
             "total_steps": int(trainer.total_steps), **split_windows(fs, cfg.window)}
 
 

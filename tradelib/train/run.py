@@ -58,7 +58,7 @@ from tradelib.train.runfolder import RunFolder
 from tradelib.train.sources import PaddedSource, check_split_windows
 from tradelib.train.stops import StopRequested, StopRequests, progress_state, stopped_by
 from tradelib.train.stream import make_sources
-from tradelib.train.trainer import StepStats, Trainer, lr_factor, seed_everything
+from tradelib.train.trainer import StepStats, Trainer, seed_everything
 
 
 class TrainingFailed(RuntimeError):
@@ -369,16 +369,15 @@ class TrainingRun:
     def say_schedule_change(self, config: dict) -> None:
         """One line where the resume's epochs or max_steps change the run's length: the LR schedule (warm-up,
         cosine decay) is fitted to the new total, so the LR moves at the resume point; the line gives the new
-        total and the LR at the resume step under the run's schedule and under this one."""
+        total and the LR of the step after the resume point under the run's schedule and under this one."""
         old, tr, cfg = as_written(config), self.trainer, self.cfg
         changed = [f"{k} {old[k]} -> {getattr(cfg, k)}" for k in ("epochs", "max_steps") if old[k] != getattr(cfg, k)]
         total, warmup = tr.schedule(old["epochs"], old["max_steps"])
         if not changed or (total, warmup) == (tr.total_steps, tr.warmup):
             return
-        before = tr.lr * lr_factor(self.step, warmup, total, cfg.min_lr_ratio)
-        after = tr.lr * lr_factor(self.step, tr.warmup, tr.total_steps, cfg.min_lr_ratio)
+        before, after = tr.step_lr(self.step + 1, (total, warmup)), tr.step_lr(self.step + 1)
         print(f"the resume changes the run's length ({', '.join(changed)}): its LR schedule (warm-up, cosine decay) "
-              f"is fitted to {tr.total_steps} optimizer steps, was {total}: the LR at step {self.step} goes from "
+              f"is fitted to {tr.total_steps} optimizer steps, was {total}: the LR of step {self.step + 1} goes from "
               f"{before:.3g} to {after:.3g} (resume with epochs {old['epochs']} and max_steps {old['max_steps']} "
               f"to keep the run's schedule)", flush=True)
 
@@ -515,7 +514,7 @@ class TrainingRun:
         self.skipped += t["skipped"]
         loss = t["sse"] / t["n_taken"] if t["n_taken"] > 0 else float("nan")
         row = {"kind": "step", "step": self.step, "epoch": self.epoch, "samples": self.samples_seen, "loss": loss,
-               "lr": self.trainer.sched.get_last_lr()[0], "grad_norm": t["norm"], "samples_per_s": t["n"] / dt,
+               "lr": self.trainer.step_lr(self.step), "grad_norm": t["norm"], "samples_per_s": t["n"] / dt,
                "it_per_s": t["micro_batches"] / dt, "data_wait_share": t["wait_s"] / dt,
                "skipped_steps": self.skipped, "elapsed_s": self.train_time}
         self.log(row)

@@ -193,6 +193,13 @@ class Trainer:
         total = min(total, max_steps) if max_steps > 0 else total
         return total, min(self.cfg.warmup_steps, max(1, total // 10))
 
+    def step_lr(self, step: int, schedule: tuple[int, int] | None = None) -> float:
+        """The learning rate optimizer step `step` trains at, steps counted from 1 as the run loop, metrics.jsonl
+        and train_facts.json count them: the schedule at position step - 1, since LambdaLR advances after the
+        step. `schedule`: (total steps, warm-up steps) of another run length; this run's by default."""
+        total, warmup = schedule or (self.total_steps, self.warmup)
+        return self.lr * lr_factor(step - 1, warmup, total, self.cfg.min_lr_ratio)
+
     # -- the step ------------------------------------------------------------------------------------------
     def step(self, ids: torch.Tensor) -> StepStats:
         """One optimizer step over these items (this rank's share of the step), in micro-batches of batch_size."""
