@@ -982,6 +982,36 @@ def test_a_step_without_a_valid_target_leaves_weights_and_adam_untouched(outputs
     assert adam_steps(trainer) == {2.0}
 
 
+def test_a_resumed_runs_summary_holds_the_configuration_that_retrains_it(outputs):
+    """summary.json's `config` is what `Config.from_dict` turns back into this run, resume false (true would
+    resume instead of retrain); `resumed` says the run went on from a checkpoint."""
+    fresh = tiny("summary-config", epochs=1, checkpoint_every=0)
+    run = TrainingRun(fresh.replace(checkpoint_every=5), progress=False)
+    fit_until_interrupted(run, 5)
+    TrainingRun(fresh.replace(checkpoint_every=5, resume=True), progress=False).fit()
+    summary = json.loads((outputs / "summary-config" / "summary.json").read_text())
+    assert summary["resumed"] is True and summary["config"]["resume"] is False
+    assert Config.from_dict(summary["config"]) == fresh.replace(checkpoint_every=5)
+    train(fresh.replace(run_id="summary-config-fresh"), progress=False)
+    summary = json.loads((outputs / "summary-config-fresh" / "summary.json").read_text())
+    assert summary["resumed"] is False
+    assert Config.from_dict(summary["config"]) == fresh.replace(run_id="summary-config-fresh")
+
+
+def test_a_resumed_walk_forwards_summaries_hold_the_configuration_that_retrains_it(outputs):
+    """The same for a walk-forward resumed (here finished, its outputs rewritten): its summary and every fold's."""
+    from tradelib.train.walkforward import walk_forward
+
+    walk = tiny("walk-config", folds=2, train_frac=0.5, val_frac=0.15, synth_bars=800, epochs=1, checkpoint_every=0)
+    walk_forward(walk, progress=False)
+    walk_forward(walk.replace(resume=True), progress=False)
+    for folder, want in ((outputs / "walk-config", walk),
+                         *((outputs / "walk-config" / f"fold-{k}", walk.replace(run_id=f"walk-config/fold-{k}"))
+                           for k in range(2))):
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["resumed"] is True and Config.from_dict(summary["config"]) == want, folder
+
+
 def test_the_logged_lr_is_the_rate_each_step_trained_at(outputs):
     """metrics.jsonl's `lr` at step s and train_facts.json's entry s - 1 are the rate step s's update used, as
     the optimizer held it at opt.step() and as a plain torch loop with the same LambdaLR schedule gives it."""

@@ -144,7 +144,10 @@ class RunFolder:
         flops = tr.flops_per_sample()
         peak, peak_source = peak_flops(device, peak_tflops=cfg.peak_tflops)  # one device's: MFU per rank
         return {
-            "run_id": self.run_id, "config": cfg.to_dict(), "device": str(device),
+            # the configuration that retrains this run (resume false: from_dict of it must not resume), and
+            # whether it went on from a checkpoint
+            "run_id": self.run_id, "config": cfg.replace(resume=False).to_dict(), "resumed": cfg.resume,
+            "device": str(device),
             "device_name": device_name(device), "loader": cfg.loader, "model": cfg.model,
             "n_params": n_params(run.model), "batch_size": cfg.batch_size,
             "grad_accum_steps": cfg.grad_accum_steps, "world_size": run.world,
