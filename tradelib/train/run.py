@@ -205,6 +205,7 @@ class TrainingRun:
         if self.sharded and cfg.loader == "dataloader":
             raise ValueError("shard_data=True needs loader device or stream (the seed-style DataLoader reads all rows)")
         self.resume_point: tuple[dict | None, Path | None] = (None, None)
+        self.resumed_from: Path | None = None  # the checkpoint a resume went on from
         if cfg.resume:  # the checkpoint's settings checked before this run builds (or maps) its features
             self.resume_point = self.load_resume_point()
             checkpoint.check_settings(*self.resume_point, cfg, self.walk or self.run_id)
@@ -329,7 +330,7 @@ class TrainingRun:
 
     def _resume(self) -> None:
         ck, path = self.resume_point
-        self.resume_point = (None, None)  # (not held for the run's life)
+        self.resume_point, self.resumed_from = (None, None), path  # (the state not held for the run's life)
         checkpoint.check_resumable(ck, path, self.cfg, self.cache_key, self.world, self.walk or self.run_id)
         if ck.get("order") != self.state_order():
             raise ValueError(f"resume refused: {path} was trained streaming its data in groups of {ck.get('order')} "
@@ -474,6 +475,9 @@ class TrainingRun:
         while not self.done():
             order = tr.source.epoch(self.epoch, cfg.seed, self.rank, self.world)
             n = len(order)
+            if self.pos > n:  # a run's position never passes its epoch's end: a crafted checkpoint's
+                raise ValueError(f"resume refused: {self.resumed_from}: not a tradelib training checkpoint (pos "
+                                 f"{self.pos} lies beyond the {n} items of epoch {self.epoch})")
             tr.source.begin(order[self.pos :])
             while self.pos < n and not self.done():
                 self._clean = True  # between optimizer steps: a checkpoint here is exact
