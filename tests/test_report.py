@@ -977,6 +977,7 @@ def test_both_runs_timed_busy_names_the_other_by_its_id_and_this_one_in_words():
     ("summary.json", lambda s, p: s.update(cache_dir=5), "cache_dir is 5, not text"),
     ("summary.json", lambda s, p: s["config"].update(trade_delay="x"), "its config's trade_delay is 'x'"),
     ("summary.json", lambda s, p: s.update(folds="x"), "folds is not a list of folds"),
+    ("summary.json", lambda s, p: s.update(cache_key="../../x"), "cache_key is '../../x', not a plain folder name"),
     ("predictions.parquet", lambda s, p: p.drop(columns="prediction"), "no column prediction"),
     ("predictions.parquet", lambda s, p: p.assign(row=-p.row), "column row holds int64 below 0"),
     ("predictions.parquet", lambda s, p: p.assign(timestamp=p.timestamp.astype(str)),

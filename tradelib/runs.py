@@ -404,6 +404,9 @@ def summary_problem(s: dict) -> str:
     text = next((k for k in SUMMARY_TEXT if s.get(k) is not None and not isinstance(s[k], str)), None)
     if text:
         return f"{text} is {repr(s[text])[:60]}, not text"
+    key = s.get("cache_key")
+    if key and (key in (".", "..") or Path(key).name != key):  # folder_for joins it under outputs/cache
+        return f"cache_key is {key[:60]!r}, not a plain folder name (of outputs/cache)"
     if not isinstance(s.get("config", {}), dict):
         return "config is not an object"
     folds = s.get("folds", [])
