@@ -227,7 +227,7 @@ def write_outputs(cfg: Config, top: Path, folds: list[FoldResult]) -> dict:
         summary.update({k: _over_folds([s.get(k) for s in per], how) for k in keys})
     summary.update({
         "run_id": cfg.run_id, "config": cfg.replace(resume=False).to_dict(),  # as a fold's (RunFolder.summary)
-        "resumed": any(s["resumed"] for s in per),
+        "resumed": any(s.get("resumed", False) for s in per),  # (a fold written before the fact: no key)
         "best_val_loss": None,  # one per fold, in `folds`
         "folds": [fold_entry(f, pred) for f in folds], "fold_window": cfg.fold_window, "fold_init": cfg.fold_init,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
