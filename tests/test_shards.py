@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,24 @@ def test_the_cache_build_says_each_stage_as_it_begins(outputs, capsys):
     assert sum("cache: " in line for line in lines) == 0  # `tradelib prepare`'s last line, "cache: PATH", stays unique
     dataset.build(cfg)
     assert "feature build" not in capsys.readouterr().out
+
+
+def test_the_stage_lines_count_from_the_read_as_the_total_does(outputs, monkeypatch, capsys):
+    """The `feature build, Ns` lines and "features built in" run on one clock, from before the data is read: the
+    lines once started after the read (minutes on a 20 GB CSV), so the first said 0s while the total held it."""
+    read = dataset.load_raw
+
+    def slow_read(cfg):  # the real read, made to take over a second
+        time.sleep(1.2)
+        return read(cfg)
+
+    monkeypatch.setattr(dataset, "load_raw", slow_read)
+    dataset.prepare(Config(synth_symbols=2, synth_bars=600, window=16, build_workers=1))
+    lines = capsys.readouterr().out.splitlines()
+    first = next(line for line in lines if line.startswith("feature build, "))
+    total = next(line for line in lines if line.startswith("features built in "))
+    seconds = int(first.split(",")[1].split("s:")[0])
+    assert 1 <= seconds <= float(total.split()[3].rstrip("s,")), (first, total)
 
 
 def test_a_failed_build_resumes_from_the_shards_done(outputs, monkeypatch, capsys):

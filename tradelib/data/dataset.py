@@ -27,11 +27,12 @@ def load_raw(cfg) -> pd.DataFrame:
     return load.load_ohlcv(Path(cfg.data_path).expanduser(), date_format=cfg.date_format)
 
 
-def _build(cfg, raw: pd.DataFrame, source: str, fold: int, *args) -> tuple[FeatureSet | None, quality.QualityReport]:
+def _build(cfg, raw: pd.DataFrame, source: str, fold: int, *args, **kwargs
+           ) -> tuple[FeatureSet | None, quality.QualityReport]:
     """`shards.build`, where too little data for a split or a bar size (a ValueError) or cleaning that left no
     row is a DataError naming the source (and the rules that dropped the rows)."""
     try:
-        fs, report = shards.build(cfg, raw, source, fold, *args)
+        fs, report = shards.build(cfg, raw, source, fold, *args, **kwargs)
     except load.DataError:
         raise
     except ValueError as exc:
@@ -108,7 +109,7 @@ def prepare(cfg, force: bool | None = None, verbose: bool = True, share: tuple[i
                 t0 = time.perf_counter()
                 if say:
                     print(f"building the feature cache {folder} from {source}: reading the data", flush=True)
-                report = _build(cfg, load_raw(cfg), _source(cfg), fold, folder, say, spread)[1]
+                report = _build(cfg, load_raw(cfg), _source(cfg), fold, folder, say, spread, started=t0)[1]
                 fs = _load(folder, share, mmap)
                 if say:
                     print(report.summary())

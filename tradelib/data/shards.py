@@ -60,11 +60,13 @@ BARS = ("open", "high", "low", "close", "volume")
 
 
 def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | None = None, verbose: bool = True,
-          spread: bool = False, cleaned: bool = False) -> tuple[FeatureSet | None, quality.QualityReport | None]:
+          spread: bool = False, cleaned: bool = False, started: float | None = None
+          ) -> tuple[FeatureSet | None, quality.QualityReport | None]:
     """The FeatureSet of `cfg` (walk-forward fold `fold`) from `raw`, and the quality report; (None, report) when
     cleaning left no row. `folder`: write the feature cache there instead (None returned); the caller holds the
     key's build lock (rank 0 does). `spread`: this is one of torchrun's processes, which all run this together,
     each building its share. `cleaned`: `raw` is a clean frame already, cut into shards as it is (no report).
+    `started`: the perf_counter time the build began (before `raw` was read), the stage lines' zero.
     The report's price_spike and long_gap counts are found with the segments (stage 2) and merged by rank 0: under
     torchrun, only rank 0's report holds them (the one printed; the cache's meta holds rank 0's).
 
@@ -72,7 +74,7 @@ def build(cfg, raw: pd.DataFrame, source: str, fold: int = 0, folder: Path | Non
     every time for this key, so its build folder is deleted: kept, nothing would resume it, and a corrected
     setting is another key, which left the shards of the whole data behind in a hidden folder for good."""
     try:
-        fs, report = _stages(cfg, raw, source, fold, folder, verbose, spread, cleaned)
+        fs, report = _stages(cfg, raw, source, fold, folder, verbose, spread, cleaned, started)
     except ValueError:
         _drop_work(folder, spread)
         raise
@@ -93,7 +95,7 @@ def work_folder(folder: Path) -> Path:
 
 
 def _stages(cfg, raw: pd.DataFrame, source: str, fold: int, folder: Path | None, verbose: bool, spread: bool,
-            cleaned: bool) -> tuple[FeatureSet | None, quality.QualityReport | None]:
+            cleaned: bool, started: float | None) -> tuple[FeatureSet | None, quality.QualityReport | None]:
     """`build`'s stages."""
     env = distributed.dist_env() if spread else distributed.DistEnv()
     barrier = distributed.barrier if spread else (lambda: None)
@@ -106,7 +108,7 @@ def _stages(cfg, raw: pd.DataFrame, source: str, fold: int, folder: Path | None,
     barrier()
     mine = [k for k in range(len(plan)) if k % env.world == env.rank]
     workers = cfg.build_workers or os.cpu_count() or 1
-    say = stage_lines(verbose and folder is not None and env.rank == 0)
+    say = stage_lines(verbose and folder is not None and env.rank == 0, started)
     say(f"cleaning {len(raw):,} rows of {len(symbols):,} symbols, {len(plan)} shards on {workers} "
         f"thread{'s' * (workers > 1)}")
     with memory.without_huge_pages(), ThreadPoolExecutor(max_workers=workers) as pool:
@@ -451,10 +453,11 @@ def feature_meta(cfg, facts: SharedFacts, cal: sessions.Calendar, cut: dict, mad
     }
 
 
-def stage_lines(on: bool):
-    """`say(what)`: a line as each stage of the cache's build begins, with the seconds since the first, since a
-    build of years of minute bars runs for minutes (a no-op when `on` is false)."""
-    t0 = time.perf_counter()
+def stage_lines(on: bool, started: float | None = None):
+    """`say(what)`: a line as each stage of the cache's build begins, with the seconds since `started` (a
+    perf_counter time; the first line when None), since a build of years of minute bars runs for minutes (a no-op
+    when `on` is false)."""
+    t0 = time.perf_counter() if started is None else started
 
     def say(what: str) -> None:
         if on:
