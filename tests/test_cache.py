@@ -121,6 +121,25 @@ def test_key_follows_only_the_files_the_loader_reads(tmp_path):
     assert cache.cache_key(cfg) != key
 
 
+def test_hashing_large_data_for_the_key_is_said_small_data_is_not(tmp_path, monkeypatch, capsys):
+    """The key hashes every byte of the data on every command: above SAY_HASH_BYTES (a GiB; tens of seconds) a
+    line names the path and size before it and the seconds after; below, nothing is printed."""
+    folder = tmp_path / "daily"
+    folder.mkdir()
+    for sym in ("AAA", "BBB"):
+        (folder / f"{sym}.csv").write_text("timestamp,open,high,low,close,volume\n2024-01-01,1,1,1,1,1\n" * 10)
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    cfg = Config(**TINY, data_path=str(folder))
+    monkeypatch.setattr(cache, "SAY_HASH_BYTES", size)
+    key = cache.cache_key(cfg)
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(cache, "SAY_HASH_BYTES", size - 1)
+    assert cache.cache_key(cfg) == key
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{folder}: hashing {size / 1e9:.1f} GB of data for the feature cache's key"
+    assert len(lines) == 2 and lines[1].startswith(f"{folder}: hashed in ")
+
+
 @pytest.mark.parametrize("entry, value", [("arrays", []), ("shards", {}), ("meta", []), ("rows", "x"),
                                           ("shards", [{"rows": "x"}])])
 def test_a_manifest_of_the_wrong_structure_is_a_damaged_cache_and_rebuilt(capsys, entry, value):

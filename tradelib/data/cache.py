@@ -43,6 +43,7 @@ CODE_MODULES = ("tradelib.data.load", "tradelib.data.clean", "tradelib.data.dete
 CONFIG_CODE = (Config.target_reach.fget, Config.min_symbol_rows.fget, settings_values)
 LIBRARIES = (np, pd)  # what computes the features: a new release may change a rolling sum or a parse
 CACHE_VERSION = 4  # 2: checksums in the manifest; 3: shards; 4: checksums per shard only
+SAY_HASH_BYTES = 1 << 30  # data files larger than this together: the key's hashing of them is said (tens of s)
 
 
 class CacheError(ValueError):
@@ -75,18 +76,28 @@ def synth_params(cfg) -> dict:
 
 
 def data_fingerprint(cfg) -> str:
-    """Content hash of the raw files the loader reads (name, size and bytes), or the generator's parameters."""
+    """Content hash of the raw files the loader reads (name, size and bytes), or the generator's parameters. It
+    reads every byte on every command (the key must follow any edit), so on large data it says so: a 20 GB CSV
+    took half a minute of silence."""
     if is_synthetic(cfg.data_path):
         return "synthetic:" + json.dumps(synth_params(cfg), sort_keys=True)
     path = Path(cfg.data_path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: path does not exist")
+    files = data_files(path)[0]  # what load_ohlcv reads, nothing else
+    size = sum(f.stat().st_size for f in files)
+    say = size > SAY_HASH_BYTES
+    if say:
+        print(f"{path}: hashing {size / 1e9:.1f} GB of data for the feature cache's key", flush=True)
+    t0 = time.perf_counter()
     h = hashlib.sha256()
-    for f in data_files(path)[0]:  # what load_ohlcv reads, nothing else
+    for f in files:
         h.update(f"{f.name}:{f.stat().st_size}".encode())
         with f.open("rb") as fh:
             while chunk := fh.read(1 << 22):
                 h.update(chunk)
+    if say:
+        print(f"{path}: hashed in {time.perf_counter() - t0:.0f}s", flush=True)
     return "file:" + h.hexdigest()
 
 
