@@ -1019,3 +1019,21 @@ def test_a_crafted_loader_sweep_is_left_out_saying_so(tmp_path, capsys, text, sa
     assert "loader_sweep" not in report
     out = capsys.readouterr().out
     assert "batch_size_sweep.csv unreadable (" + says in out and "02's loader sweep is left out" in out
+
+
+def test_a_large_report_says_each_stage_a_small_one_prints_nothing(tmp_path, monkeypatch, capsys):
+    """load_inputs on millions of predictions ran for minutes without a line: from STAGE_LINES_ROWS predictions a
+    line says each stage as it begins, in order, seconds counted from the read; below it the output is unchanged."""
+    run = make_run(tmp_path / "run")[0]
+    rows = len(pd.read_parquet(run / "predictions.parquet"))
+    small = ri.load_inputs(run, DEFAULTS)
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(ri, "STAGE_LINES_ROWS", rows)
+    large = ri.load_inputs(run, DEFAULTS)
+    lines = capsys.readouterr().out.splitlines()
+    assert all(re.fullmatch(r"report, \d+s: .+", line) for line in lines), lines
+    assert lines[0].endswith(f": {rows:,} test predictions of run read") and lines[-1].endswith(": the tables computed")
+    assert [line.split(": ", 1)[1] for line in lines[1:-1]] == [
+        "the model's ICs and backtest", "the ICs before the delay, and the 3 baselines' ICs and backtests",
+        "deciles, per symbol, IC decay, the break-even's bootstrap"]
+    assert large.ic["pooled"]["ic"] == small.ic["pooled"]["ic"]

@@ -108,6 +108,19 @@ def to_terminal(line: str) -> None:
         pass
 
 
+def stage_lines(name: str, on: bool, started: float | None = None):
+    """`say(what)`: a line `NAME, Ns: what` as each stage of long work begins (the feature build, a report of
+    millions of predictions), with the seconds since `started` (a perf_counter time; the first line when None):
+    minutes would pass without a word (a no-op when `on` is false)."""
+    t0 = time.perf_counter() if started is None else started
+
+    def say(what: str) -> None:
+        if on:
+            print(f"{name}, {time.perf_counter() - t0:.0f}s: {what}", flush=True)
+
+    return say
+
+
 def clock(seconds: float) -> str:
     """12s, 3m05s, 2h04m."""
     if not math.isfinite(seconds) or seconds < 0:

@@ -54,6 +54,7 @@ from tradelib.data.features import (
 )
 from tradelib.data.segments import Segments, segment_ids, segment_rank
 from tradelib.paths import atomic_write_bytes, left_by_dead_writer, writable_map, writing
+from tradelib.progress import stage_lines
 
 CLEAN = ("ts", "code", "open", "high", "low", "close", "volume")
 BARS = ("open", "high", "low", "close", "volume")
@@ -108,7 +109,7 @@ def _stages(cfg, raw: pd.DataFrame, source: str, fold: int, folder: Path | None,
     barrier()
     mine = [k for k in range(len(plan)) if k % env.world == env.rank]
     workers = cfg.build_workers or os.cpu_count() or 1
-    say = stage_lines(verbose and folder is not None and env.rank == 0, started)
+    say = stage_lines("feature build", verbose and folder is not None and env.rank == 0, started)
     say(f"cleaning {len(raw):,} rows of {len(symbols):,} symbols, {len(plan)} shards on {workers} "
         f"thread{'s' * (workers > 1)}")
     with memory.without_huge_pages(), ThreadPoolExecutor(max_workers=workers) as pool:
@@ -451,19 +452,6 @@ def feature_meta(cfg, facts: SharedFacts, cal: sessions.Calendar, cut: dict, mad
         "n_segments": sum(m["segments"] for m in made),
         "quality": report.to_dict() if report is not None else {},
     }
-
-
-def stage_lines(on: bool, started: float | None = None):
-    """`say(what)`: a line as each stage of the cache's build begins, with the seconds since `started` (a
-    perf_counter time; the first line when None), since a build of years of minute bars runs for minutes (a no-op
-    when `on` is false)."""
-    t0 = time.perf_counter() if started is None else started
-
-    def say(what: str) -> None:
-        if on:
-            print(f"feature build, {time.perf_counter() - t0:.0f}s: {what}", flush=True)
-
-    return say
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ facts training wrote, the feature cache when there) and computes every table int
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pandas as pd
 
 from tradelib import runs
 from tradelib.config import Config, cost_grid, run_setting, settings_values
+from tradelib.progress import stage_lines
 from tradelib.report import backtest as bk
 from tradelib.report import metrics as ev
 from tradelib.report.tables import number
@@ -25,6 +27,7 @@ FACTS_FILE = "train_facts.json"  # what training writes for the report (tradelib
 DECAY_LAGS = 10  # the IC decay table's last lag, in bars
 SHORT_SPAN_DAYS = 28  # a calendar over fewer days sees too few weekends to count a year of marks
 MIN_TEST_PERIODS = 60  # fewer test periods than this: every figure is a few draws
+STAGE_LINES_ROWS = 250_000  # from this many predictions (about 15 s on 2 cores) a line says each stage
 BETA_T = 3.0  # a neutral book's beta this many standard errors from 0 is warned about
 
 
@@ -116,11 +119,15 @@ def load_inputs(
     (see `_annualisation`).
     `headline_only`: only what `report.headline_numbers` reads (a sweep's table, a comparison): the ICs, the
     book, the model and the oracle side by side; no other baseline, table or error bar.
+    From STAGE_LINES_ROWS predictions on, a line says each stage as it begins (minutes on millions of them).
     """
+    t0 = time.perf_counter()
     run_dir = Path(run_dir)
     trade_delay, min_symbols_cs = settings.trade_delay, int(settings.min_symbols_cs)
     df = runs.read_predictions(run_dir)
     runs.check_predictions(run_dir, len(df))  # none: say so, not what the empty calendar or IC would
+    say = stage_lines("report", len(df) >= STAGE_LINES_ROWS, t0)
+    say(f"{len(df):,} test predictions of {run_dir.name} read")
     df[TRADED] = ev.lagged_target(df, trade_delay)
     summary = runs.report_summary(run_dir)
     steps, epochs = runs.training_curves(run_dir)
@@ -131,6 +138,7 @@ def load_inputs(
         w, b = ev.ridge_fit(X_train, y_train, ridge_alpha)
         ridge = np.asarray(X_test, dtype=np.float64) @ w + b
     elif fs is not None and "row" in df and "ridge" not in df:  # (a walk-forward brings its own, per fold)
+        say(f"the ridge baseline, fitted on the training rows of {len(fs.X):,}")
         if len(df) and df["row"].max() >= len(fs.X):
             raise ValueError(f"{run_dir / 'predictions.parquet'}: row {df['row'].max():,} is past the {len(fs.X):,} "
                              f"rows of the feature cache {fs.meta.get('cache_key')}: not predictions of those features")
@@ -142,6 +150,7 @@ def load_inputs(
     per_ts = ev.symbols_per_timestamp(df)
     typical = ev.typical_symbols(per_ts)
     mode, mode_reason = bk.resolve_position_mode(typical, settings.position_mode, min_symbols_cs)
+    say("the model's ICs and backtest")
     family, reason = ev.headline_family(per_ts, mode)  # the IC of this book's bet
     lags = {f: ev.overlap_lags(horizon, f, bars_per_session) for f in ev.IC_FAMILIES}
     by_ts, by_day = ev.ic_by_timestamp(df, target_col=TRADED), ev.ic_by_day(df, target_col=TRADED)
@@ -154,6 +163,7 @@ def load_inputs(
     baselines = ev.baseline_predictions(df, ridge)
     if headline_only:
         baselines = {k: v for k, v in baselines.items() if k == "oracle"}
+    say(f"the ICs before the delay, and the {len(baselines)} baselines' ICs and backtests")
     inputs = ReportInputs(
         run_dir=run_dir, summary=summary, predictions=df, steps=steps, epochs=epochs, book=book, horizon=horizon,
         horizon_source=horizon_source, typical_symbols=typical, family=family,
@@ -164,6 +174,7 @@ def load_inputs(
     )
     if headline_only:
         return inputs
+    say("deciles, per symbol, IC decay, the break-even's bootstrap")
     block, n_runs = bk.bootstrap_block(len(bt.pnl), horizon, trade_delay), sweep_runs(run_dir)
     inputs.deciles = ev.decile_table(df, target_col=TRADED, lags=lags["pooled"])
     inputs.per_symbol = ev.per_symbol_metrics(df, target_col=TRADED)
@@ -181,6 +192,7 @@ def load_inputs(
     last = f"fold-{folds[-1].get('fold', len(folds) - 1)}" if folds and not inputs.facts else ""
     inputs.loss = loss_context(inputs, read_facts(run_dir / last) if last else None, last)
     inputs.folds = fold_table(inputs) if "fold" in df else None
+    say("the tables computed")
     return inputs
 
 
