@@ -119,3 +119,19 @@ def test_the_sweep_figures_tick_labels_do_not_overlap():
                         if t.get_text() and lo <= t.get_position()[0] <= hi), key=lambda b: b.x0)
         for left, right in zip(boxes, boxes[1:]):
             assert left.x1 <= right.x0, (ax.get_title(), [t.get_text() for t in ax.get_xticklabels()])
+
+
+def test_an_epoch_the_run_stopped_inside_reads_partial_in_the_figure_and_the_table():
+    """tiny.yaml's max_steps 8 stops inside the first epoch: the report said 'no epoch finished' while the training
+    figure and the epochs table showed 'epoch 1' with its time (3.2 s) as if an epoch had run."""
+    from tradelib.report import tables
+
+    epochs = pd.DataFrame({"epoch": [0.0], "step": [8], "train_loss": [1.96], "val_loss": [1.92],
+                           "epoch_time_s": [3.2], "samples_per_s": [159.0], "partial": [True]})
+    fig = plots.plot_training(_steps(8, np.linspace(4, 3, 8)), epochs)
+    fig.canvas.draw()
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["1\n(partial)"]
+    assert tables.epochs_table(epochs)["epoch"].tolist() == ["1 (partial)"]
+    whole = pd.DataFrame({"epoch": [0.0, 1.0], "train_loss": [2.0, 1.9], "val_loss": [2.1, 2.0],
+                          "epoch_time_s": 1.0, "samples_per_s": 300.0, "partial": [float("nan"), True]})
+    assert tables.epochs_table(whole)["epoch"].tolist() == ["1", "2 (partial)"]

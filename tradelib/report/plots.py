@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from tradelib.report.backtest import BacktestResult, drawdown_curve, equity_curve  # noqa: E402
-from tradelib.report.tables import LOADER_NAMES, epoch_in_fold  # noqa: E402
+from tradelib.report.tables import LOADER_NAMES, epoch_labels, partial_epochs  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -76,8 +76,10 @@ def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, save_to: str | Path
         first, last = int(epochs["epoch"].min()) + 1, int(epochs["epoch"].max()) + 1
         ax.set_xlim(first - 0.5, last + 0.5)  # whole epochs: one epoch's span alone gets ticks 0.945 .. 1.05
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
+        labels = [e.replace(" ", "\n") for e in epoch_labels(epochs)]  # '(partial)': a run stopped inside it
         if _folds(epochs) > 1:  # a walk-forward's epochs run on across its folds: each tick says whose it is
-            labels = [f"{e}\nfold {int(f)}" for e, f in zip(epoch_in_fold(epochs), epochs["fold"])]
+            labels = [f"{e}\nfold {int(f)}" for e, f in zip(labels, epochs["fold"])]
+        if _folds(epochs) > 1 or partial_epochs(epochs).any():
             ax.set_xticks(epochs["epoch"] + 1, labels=labels)
         ax.legend(fontsize="small")
     else:

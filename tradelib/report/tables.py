@@ -271,11 +271,24 @@ def epoch_in_fold(epochs: pd.DataFrame) -> pd.Series:
     return epochs.groupby("fold", sort=False).cumcount() + 1
 
 
+def partial_epochs(epochs: pd.DataFrame) -> pd.Series:
+    """Whether each epoch row is the one validation of a run that stopped inside it (`max_steps`, `max_minutes`):
+    its loss is the mean over the steps it ran, its time theirs, not an epoch's."""
+    return _col(epochs, "partial").eq(True)
+
+
+def epoch_labels(epochs: pd.DataFrame) -> list[str]:
+    """Each epoch row as a reader counts it: from 1 (within its fold for a walk-forward, whose epochs count across
+    its folds), '(partial)' where the run stopped inside it."""
+    folds = "fold" in epochs and epochs["fold"].nunique() > 1
+    within = epoch_in_fold(epochs) if folds else epochs["epoch"] + 1
+    return [integer(e) + (" (partial)" if part else "") for e, part in zip(within, partial_epochs(epochs))]
+
+
 def epochs_table(epochs: pd.DataFrame, loss_unit: str = "MSE") -> pd.DataFrame:
     """One row per epoch; a walk-forward's (whose epochs count across its folds) as its fold and the epoch in it."""
     folds = "fold" in epochs and epochs["fold"].nunique() > 1
-    within = epoch_in_fold(epochs) if folds else epochs["epoch"] + 1
-    table = pd.DataFrame({"epoch": [integer(e) for e in within],
+    table = pd.DataFrame({"epoch": epoch_labels(epochs),
                           f"train loss ({loss_unit})": [num(v, 4) for v in epochs["train_loss"]],
                           f"val loss ({loss_unit})": [num(v, 4) for v in epochs["val_loss"]],
                           "time (s)": [num(v, 1) for v in epochs["epoch_time_s"]],
