@@ -135,3 +135,19 @@ def test_an_epoch_the_run_stopped_inside_reads_partial_in_the_figure_and_the_tab
     whole = pd.DataFrame({"epoch": [0.0, 1.0], "train_loss": [2.0, 1.9], "val_loss": [2.1, 2.0],
                           "epoch_time_s": 1.0, "samples_per_s": 300.0, "partial": [float("nan"), True]})
     assert tables.epochs_table(whole)["epoch"].tolist() == ["1", "2 (partial)"]
+
+
+def test_the_ic_decay_legend_covers_none_of_its_bars_or_dots():
+    """tiny.yaml's synthetic run: eleven lags left the legend no free corner, and it hid lag 7's rank IC."""
+    ic = [-0.0547, -0.0014, -0.0034, 0.0719, 0.0721, 0.0800, -0.0040, -0.0045, 0.0440, 0.0517, 0.0190]
+    rank = [-0.0489, -0.0031, -0.0113, 0.0727, 0.0730, 0.0920, 0.0236, -0.0157, 0.0172, -0.0030, -0.0080]
+    decay = pd.DataFrame({"lag": range(11), "ic": ic, "rank_ic": rank, "significant": False})
+    fig = plots.plot_ic_decay(decay, label="pooled IC", traded_lag=1)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legends = [lg.get_window_extent(renderer) for lg in [*fig.legends, ax.get_legend()] if lg is not None]
+    assert len(legends) == 1
+    dots = ax.transData.transform(np.c_[decay["lag"], decay["rank_ic"]])
+    assert not [lag for lag, (x, y) in zip(decay["lag"], dots) if legends[0].contains(x, y)]
+    assert not [p for p in ax.patches if p.get_window_extent(renderer).overlaps(legends[0])]

@@ -233,7 +233,7 @@ def plot_ic_decay(decay: pd.DataFrame, save_to: str | Path | None = None, label:
     how long the signal lasts. The bars the report calls significant are solid (`decay["significant"]`, of
     `inputs.decay_judged`: a positive IC, t >= 2 at lag 0 and the traded lag, the 9 others deflated over the scan),
     not every |t| >= 2, which a scan of noise shows at some lag; the traded lag is marked."""
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     if len(decay) == 0 or not np.isfinite(decay["ic"].to_numpy(dtype=float)).any():
         _empty(ax, "no lag with a defined IC")
         return _save(fig, save_to)
@@ -246,8 +246,10 @@ def plot_ic_decay(decay: pd.DataFrame, save_to: str | Path | None = None, label:
     ax.axhline(0, color="grey", lw=0.6)
     ax.set(title=f"{label} by lag", xlabel="lag (bars between the signal and the start of its target)",
            ylabel="mean IC", xticks=decay["lag"])
-    ax.legend(fontsize="small")
-    return _save(fig, save_to)
+    handles, labels = ax.get_legend_handles_labels()  # below the axes: over eleven bars and dots it hid one
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return _save(fig, save_to, tight=False)
 
 
 def plot_underwater(bt: BacktestResult, save_to: str | Path | None = None) -> plt.Figure:
