@@ -73,6 +73,10 @@ def test_train_notebook_from_repo_root_with_papermill_cli(tmp_path, outputs):
     assert not widgets and 2 <= len(lines) <= 5
     assert lines[0].endswith(str(outputs / "from-root")) and lines[-1].endswith(str(outputs / "from-root"))
     assert not [o for o in train_cell.outputs if o.get("name") == "stderr"], "no progress redraws, no warnings"
+    # the settings cell says what differs from the defaults in a line, not Config's repr of its 90-odd fields
+    config_cell = next(c for c in nbformat.read(out, as_version=4).cells if "cfg = notebook_config(" in c.source)
+    said = [o for o in config_cell.outputs if o.get("output_type") != "stream" or len(o["text"]) > 400]
+    assert not said and "-p batch_size 32" in "".join(o["text"] for o in config_cell.outputs)
 
 
 @pytest.mark.slow
