@@ -151,3 +151,22 @@ def test_the_ic_decay_legend_covers_none_of_its_bars_or_dots():
     dots = ax.transData.transform(np.c_[decay["lag"], decay["rank_ic"]])
     assert not [lag for lag, (x, y) in zip(decay["lag"], dots) if legends[0].contains(x, y)]
     assert not [p for p in ax.patches if p.get_window_extent(renderer).overlaps(legends[0])]
+
+
+def test_the_gradient_norm_ticks_neither_collide_nor_mix_notations():
+    """The random-walk market's run: norms 0.12 to 47 got 13 labels, '2e−01' '3e−01' '4e−01' running into each other
+    beside '10^0' and '20'."""
+    for lo, hi in ((0.13, 40.0), (0.2, 15.0), (0.05, 0.3), (1e-3, 5.0), (3.7, 4.3)):
+        steps = _steps(50, np.geomspace(hi, lo, 50))
+        fig = plots.plot_training(steps, pd.DataFrame(columns=["epoch", "train_loss", "val_loss"]))
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[3]
+        low, high = ax.get_ylim()
+        shown = sorted((t for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True)
+                        if t.get_text() and low <= t.get_position()[1] <= high), key=lambda t: t.get_position()[1])
+        texts = [t.get_text() for t in shown]
+        assert len(shown) >= 2 and not [t for t in texts if "e" in t or "mathdefault" in t], ((lo, hi), texts)
+        boxes = [t.get_window_extent(renderer) for t in shown]
+        assert all(a.y1 <= b.y0 for a, b in zip(boxes, boxes[1:])), ((lo, hi), texts)
+        plt.close(fig)

@@ -121,11 +121,20 @@ def _plot_lr(ax: plt.Axes, steps: pd.DataFrame, schedule: pd.DataFrame | None) -
     ax.set(title=title, xlabel="optimizer step", ylabel="learning rate")
 
 
+class _PlainLogFormatter(matplotlib.ticker.LogFormatter):
+    """LogFormatter's choice of which ticks to label, each as a plain number: 0.2, 1, 40 (not 2e-01 beside 10^0)."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:g}"
+
+
 def _plot_grad_norm(ax: plt.Axes, steps: pd.DataFrame) -> None:
     if steps["grad_norm"].notna().any():
         ax.plot(steps["step"], steps["grad_norm"], lw=0.8)
         ax.set_yscale("log")
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 1)))
+        ax.yaxis.set_major_formatter(_PlainLogFormatter())
+        # between decades only where at most one decade is ticked: over two, 2 3 4 6 per decade ran into each other
+        ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
     else:
         _empty(ax, "no grad norm logged")
     skipped = steps["skipped_steps"].fillna(0)
