@@ -99,6 +99,8 @@ def test_papermill_runs_a_notebook_with_a_profile_holding_other_notebooks_parame
     rows_in, kept, dropped = (int(g.replace(",", "")) for g in rows.groups())
     features = int(re.search(r"([\d,]+) rows x", said["ft = explore.feature_table(fs)"])[1].replace(",", ""))
     assert rows_in == raw_rows and rows_in == kept + dropped and kept == features
+    split_line = said["ft = explore.feature_table(fs)"]  # counts as words, not a dict's repr
+    assert "{" not in split_line and re.search(r"rows per split: train [\d,]+, val [\d,]+, test [\d,]+;", split_line)
 
 
 @pytest.mark.slow
