@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tradelib.perf.profiling import SWEEP_COLUMNS, StepProbe, batch_size_sweep, find_max_batch, profile_step
+from tradelib.report import tables
 from tradelib.train.run import train
 
 
@@ -32,6 +33,10 @@ def test_profile_step_writes_a_trace_and_a_top_ops_table(tiny_cfg, tmp_path):
     assert {"train step", "fetch batch"} <= names
     assert len(df) > 3 and {"op", "calls", "self_cpu_ms", "share_of_self_time"} <= set(df.columns)
     assert df["self_cpu_ms"].is_monotonic_decreasing
+    # a CPU run profiles no device activity: 02's table shows its device columns as unknown, never as 0.00 ms
+    shown = tables.ops_table(df)
+    assert df["self_device_ms"].isna().all() and set(shown["self device (ms)"]) == set(shown["device total (ms)"]) == {
+        tables.NA}
 
 
 @pytest.mark.slow

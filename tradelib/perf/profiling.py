@@ -132,11 +132,13 @@ def profile_step(cfg: Config, trace_path: str | Path | None = None, top: int = 2
         if trace_path:
             Path(trace_path).parent.mkdir(parents=True, exist_ok=True)
             prof.export_chrome_trace(str(trace_path))
+        timed = device.type == "cuda"  # else no device activity was profiled: its times are unknown, not 0 ms
         rows = [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
-                 "cpu_total_ms": e.cpu_time_total / 1e3, "self_device_ms": e.self_device_time_total / 1e3,
-                 "device_total_ms": e.device_time_total / 1e3} for e in prof.key_averages()]
+                 "cpu_total_ms": e.cpu_time_total / 1e3,
+                 "self_device_ms": e.self_device_time_total / 1e3 if timed else float("nan"),
+                 "device_total_ms": e.device_time_total / 1e3 if timed else float("nan")} for e in prof.key_averages()]
         df = pd.DataFrame(rows)
-        key = "self_device_ms" if device.type == "cuda" else "self_cpu_ms"
+        key = "self_device_ms" if timed else "self_cpu_ms"
         df = df.sort_values(key, ascending=False, ignore_index=True).head(top)
         df["share_of_self_time"] = df[key] / max(sum(r[key] for r in rows), 1e-12)
         return df
