@@ -170,3 +170,17 @@ def test_the_gradient_norm_ticks_neither_collide_nor_mix_notations():
         boxes = [t.get_window_extent(renderer) for t in shown]
         assert all(a.y1 <= b.y0 for a, b in zip(boxes, boxes[1:])), ((lo, hi), texts)
         plt.close(fig)
+
+
+def test_a_walk_forwards_loss_per_epoch_joins_no_two_folds():
+    """Each fold trains its own model: the line from fold 0's last epoch to fold 1's first joined two models."""
+    steps = _steps(24, np.linspace(4, 2, 24)).assign(fold=np.repeat([0, 1, 2], 8))
+    epochs = pd.DataFrame({"epoch": [0, 1, 2, 3], "step": [4, 8, 16, 24], "fold": [0, 0, 1, 2],
+                           "train_loss": [2.5, 2.2, 1.9, 2.6], "val_loss": [0.9, 0.85, 0.8, 0.8]})
+    ax = plots.plot_training(steps, epochs).axes[1]
+    fold_of = dict(zip(epochs["epoch"] + 1, epochs["fold"]))
+    lines = [line for line in ax.lines if len(line.get_xdata())]
+    assert {len({fold_of[x] for x in line.get_xdata()}) for line in lines} == {1}
+    assert len(lines) == 6 and len({line.get_color() for line in lines}) == 2  # a colour per loss, as before
+    _, labels = ax.get_legend_handles_labels()
+    assert labels == ["training (mean over the epoch)", "validation (at its end)"]

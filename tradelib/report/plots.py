@@ -70,9 +70,15 @@ def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, save_to: str | Path
     ax.set(title="training loss", xlabel="optimizer step", ylabel=loss_label)
     ax = axes[0, 1]
     if len(epochs) and epochs[["train_loss", "val_loss"]].notna().any().any():
+        # a walk-forward's folds are separate models: a line per fold, none joining one fold's epoch to the next's
+        parts = [g for _, g in epochs.groupby("fold", sort=False)] if _folds(epochs) > 1 else [epochs]
         for col, label in (("train_loss", "training (mean over the epoch)"), ("val_loss", "validation (at its end)")):
             if epochs[col].notna().any():
-                ax.plot(epochs["epoch"] + 1, epochs[col], marker="o", label=label)
+                colour = None
+                for i, part in enumerate(parts):
+                    (line,) = ax.plot(part["epoch"] + 1, part[col], marker="o", color=colour,
+                                      label=label if i == 0 else None)
+                    colour = line.get_color()
         first, last = int(epochs["epoch"].min()) + 1, int(epochs["epoch"].max()) + 1
         ax.set_xlim(first - 0.5, last + 0.5)  # whole epochs: one epoch's span alone gets ticks 0.945 .. 1.05
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
