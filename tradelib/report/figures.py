@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from tradelib import runs
-from tradelib.report.inputs import ReportInputs, loader_sweep, lr_schedule
+from tradelib.report.inputs import ReportInputs, lr_schedule
 from tradelib.report.metrics import FAMILY_WORDS
 from tradelib.report.report import as_float
 from tradelib.report.words import fmt, fmt_count
@@ -64,7 +64,7 @@ def throughput_figures(inputs: ReportInputs, run_dir: Path, runs_df: pd.DataFram
     samples/s, when there are two or more."""
     from tradelib.report import plots
 
-    sweep = loader_sweep(run_dir)
+    sweep = inputs.sweep
     s = inputs.summary
     figs = {}
     if sweep is not None and len(sweep):

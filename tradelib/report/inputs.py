@@ -69,6 +69,7 @@ class ReportInputs:
     test_span: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     facts: dict | None = None  # train_facts.json: what training wrote for the report
+    sweep: pd.DataFrame | None = None  # 02's batch-size sweep (`loader_sweep`): read once for the text and figures
     quality: dict | None = None
     loss: dict | None = None  # loss_context: the loss's unit, and why validation sits below training
     folds: pd.DataFrame | None = None  # a walk-forward's `fold_table`
@@ -185,6 +186,7 @@ def load_inputs(
                                                   int(settings.bootstrap_seed))
     inputs.trials = bk.trial_count(inputs.predictors, n_runs)
     inputs.test_span, inputs.facts = test_span(df, fs, summary), read_facts(run_dir)
+    inputs.sweep = loader_sweep(run_dir)
     inputs.splits = split_dates(summary, fs, inputs.test_span)
     inputs.quality = _meta(fs).get("quality") or None
     inputs.warnings = report_warnings(inputs, min_symbols_cs)

@@ -28,7 +28,6 @@ from tradelib.report.inputs import (
     ReportSettings,
     load_featureset,
     load_inputs,
-    loader_sweep,
     lr_schedule,
     sweep_runs,
 )
@@ -86,9 +85,8 @@ def build_report(run_dir: Path, compare_with: Path | None = None, *, inputs: Rep
         "config": inputs.summary.get("config", {}),
         "configuration": [list(kv) for kv in run_configuration(inputs.summary, inputs.splits)],
     }
-    sweep = loader_sweep(run_dir)
-    if sweep is not None:
-        report["loader_sweep"] = sweep
+    if inputs.sweep is not None:
+        report["loader_sweep"] = inputs.sweep
     if inputs.folds is not None:
         report["folds"] = fold_block(inputs)
     if compare_with is not None:
