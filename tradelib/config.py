@@ -155,8 +155,9 @@ class Config:
     log_every: int = knob(25, "optimizer steps between metric rows (the only host syncs)", "training", lo=1,
                           resume=True)
     eval_batch_size: int = knob(4096, "windows per forward pass when evaluating", "training", lo=1, resume=True)
-    checkpoint_every: int = knob(0, "optimizer steps between checkpoints (0: only at epoch ends)", "training",
-                                 lo=0, resume=True)
+    checkpoint_every: int = knob(0, "optimizer steps between step checkpoints (0: none by count; "
+                                 "checkpoint_minutes still writes them by time, and each epoch's end has one)",
+                                 "training", lo=0, resume=True)
     checkpoint_minutes: float = knob(10.0, "minutes of training between step checkpoints, checked at log points, so "
                                      "a kill loses at most about that much (0: off)", "training", lo=0, finite=True,
                                      resume=True)
