@@ -333,6 +333,8 @@ def test_date_splits_keep_whole_days_and_are_stated():
     ({"train_end": "2023", "val_end": "2024-06-30"}, "a year or month that pandas reads as its first day only"),
     ({"train_end": "2023-06-30", "val_end": "2024-06"}, "a year or month"),
     ({"cost_grid_bps": "0,-1"}, "cost_grid_bps"),
+    ({"cost_grid_bps": "0,1e6"}, "from 0 to 10000 bps"),  # beyond all of what is traded: not a cost
+    ({"cost_bps": 1e300}, "cost_bps"),
 ])
 def test_bad_split_dates_and_cost_grid_are_refused(values, problem):
     with pytest.raises(ConfigError, match=problem):

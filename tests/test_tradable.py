@@ -179,6 +179,10 @@ def test_annual_return_interval_covers_the_true_growth_on_autocorrelated_returns
     assert hits["iid"] / reps < hits["hac"] / reps - 0.04
     assert all(math.isnan(v) for v in bk.annual_return_interval(np.array([0.01, 0.02]), ppy))
     assert all(math.isnan(v) for v in bk.annual_return_interval(np.array([0.01, -1.0, 0.02, 0.03]), ppy))
+    # 500 noisy one-minute returns (about 525,600 a year): the upper end is beyond the float range, inf, not an
+    # OverflowError that stopped 04 (a report at cost_bps 10000 did)
+    low, high = bk.annual_return_interval(np.random.default_rng(0).normal(0.0, 0.04, 500), 525_600.0)
+    assert low == -1.0 and high == math.inf
 
 
 def test_deflated_sharpe_raises_the_bar_with_the_trials():

@@ -33,6 +33,7 @@ NOTEBOOK_PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 # groups whose fields never change what a run trains: free to change on resume
 FREE_GROUPS = ("measure", "profile", "bench", "report")
+MAX_COST_BPS = 10_000.0  # a cost of all of the value traded: beyond it a "cost" is no longer one
 
 
 def knob(default: Any, help: str, group: str, *, resume: bool = False, choices: tuple = (),
@@ -250,8 +251,8 @@ class Config:
                               "the clean frame", "bench")
     # report: 04_report and `tradelib report`
     compare_with: str = knob("", "another run id or folder to set beside this one (empty: none)", "report")
-    cost_bps: float = knob(5.0, "transaction cost per unit of position change, in basis points", "report", lo=0,
-                           finite=True)
+    cost_bps: float = knob(5.0, "transaction cost per unit of position change, in basis points (at most "
+                           "10,000: all of what is traded)", "report", lo=0, hi=MAX_COST_BPS, finite=True)
     position_mode: str = knob("auto", "backtest positions: auto (neutral with at least min_symbols_cs symbols, else "
                               "sign), sign, scaled (capped at 1), or neutral (demeaned, gross 1)", "report",
                               choices=("auto", "sign", "scaled", "neutral"))
@@ -355,13 +356,15 @@ def _check_split_dates(train_end: str, val_end: str) -> None:
 
 
 def cost_grid(text: str) -> tuple[float, ...]:
-    """The costs (bps) of a `cost_grid_bps` comma list; ConfigError unless every one is a number >= 0."""
+    """The costs (bps) of a `cost_grid_bps` comma list; ConfigError unless every one is a number from 0 to
+    MAX_COST_BPS."""
     try:
         costs = [float(c) for c in str(text).split(",") if c.strip()]
     except ValueError:
         costs = []
-    if not costs or any(not math.isfinite(c) or c < 0 for c in costs):
-        raise ConfigError(f"parameter 'cost_grid_bps' is {text!r}; expected a comma list of costs >= 0 in bps")
+    if not costs or any(not 0 <= c <= MAX_COST_BPS for c in costs):
+        raise ConfigError(f"parameter 'cost_grid_bps' is {text!r}; expected a comma list of costs from 0 to "
+                          f"{MAX_COST_BPS:g} bps")
     return tuple(costs)
 
 
