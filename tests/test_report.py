@@ -192,6 +192,21 @@ def test_warnings_for_a_short_span_few_symbols_and_a_warm_up_as_long_as_the_run(
     assert rp.build_report(run2, settings=DEFAULTS)["warnings"] == []
 
 
+def test_a_model_whose_predictions_are_one_value_is_warned_about(tmp_path):
+    """A model that outputs a constant (features clipped to nothing, a collapsed network) has every IC undefined;
+    the report said nothing of why (warnings []), and named_ics gave NaN without a reason."""
+    run, _ = make_run(tmp_path / "flat", freq="B", n_bars=300, n_sym=6,
+                      summary_extra={"config": {"warmup_steps": 5}, "optimizer_steps": 500})
+    df = pd.read_parquet(run / "predictions.parquet")
+    df.assign(prediction=np.float32(0.25)).to_parquet(run / "predictions.parquet")
+    rep = rp.build_report(run, settings=DEFAULTS)
+    assert [w for w in rep["warnings"] if f"model's {len(df):,} test predictions are one value" in w]
+    assert ev.named_ics(df.assign(prediction=0.25), 1)["constant_predictions"] is True
+    assert ev.named_ics(df, 1)["constant_predictions"] is False
+    assert ev.constant_predictions(np.array([np.nan, 1.0, np.inf, 1.0])) and ev.constant_predictions(np.array([]))
+    assert not ev.constant_predictions(np.array([1.0, np.nan, 1.0 + 1e-12]))
+
+
 def events_run(run_dir, at: list[int]):
     """make_run's 4 symbols with predictions of noise, but at the timestamps `at`: 5 sd each, and the traded
     returns a bar later 50 sd in their direction."""

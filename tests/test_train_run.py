@@ -97,3 +97,7 @@ def test_each_ic_has_the_oracle_of_its_own_family_beside_it():
     assert "cross-sectional 0.0096 (oracle 0.0726), pooled -0.0014 (oracle 0.1601)" in line, line
     real = {**summary, "oracle_cross_sectional_ic": None, "oracle_pooled_ic": None}  # data without a planted signal
     assert "oracle" not in done_line(real, Path("/runs/r"))
+    flat = {**summary, "cross_sectional_ic": float("nan"), "pooled_ic": float("nan"), "test_rows": 512,
+            "constant_predictions": True}  # a model that outputs one value: NaN said, not left to guess
+    assert "the model's 512 test predictions are one value, so every IC is undefined" in done_line(flat, Path("/r"))
+    assert "one value" not in line

@@ -411,9 +411,10 @@ def test_span(df: pd.DataFrame, fs, summary: dict) -> dict:
 
 def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
     """What a reader must know before trusting the figures: a model trained for another trade delay than the
-    book's, a warm-up as long as the run, a test span of few periods, a cross-section of few symbols, a
-    market-neutral book that carries market beta all the same (|t| >= `BETA_T`: at |t| >= 1.96 one of the five
-    random-walk markets of tests/test_noise.py, t 2.4, would be warned about)."""
+    book's, predictions that are one value (every IC undefined), a warm-up as long as the run, a test span of few
+    periods, a cross-section of few symbols, a market-neutral book that carries market beta all the same (|t| >=
+    `BETA_T`: at |t| >= 1.96 one of the five random-walk markets of tests/test_noise.py, t 2.4, would be warned
+    about)."""
     out = []
     c, s = inputs.summary.get("config") or {}, inputs.summary
     learned, traded = int(run_setting(c, "target_delay")), inputs.book["trade_delay"]
@@ -425,6 +426,10 @@ def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
     if isinstance(steps, int) and isinstance(warm, int) and warm >= steps:
         out.append(f"warmup_steps {warm} reaches the run's {steps} optimizer steps (the schedule caps the warm-up at "
                    f"a tenth of the run): size the run for this data (params/daily.yaml for daily bars)")
+    if ev.constant_predictions(inputs.predictions["prediction"]):
+        out.append(f"the model's {len(inputs.predictions):,} test predictions are one value: every IC is undefined "
+                   f"and the book's positions do not depend on the model; it learned nothing from its inputs (see "
+                   f"the training loss and the features' clip)")
     periods = inputs.test_span.get("periods") or 0
     if periods < MIN_TEST_PERIODS:
         out.append(f"the test span holds {periods} periods (< {MIN_TEST_PERIODS}): every figure below rests on a few "

@@ -318,11 +318,20 @@ def lagged_target(df: pd.DataFrame, lag: int, target_col: str = "target") -> np.
     return shift_rows(who, ts_ns(df["timestamp"]), df[target_col].to_numpy(dtype=float), lag, np.nan)
 
 
+def constant_predictions(pred: pd.Series | np.ndarray) -> bool:
+    """Whether the finite predictions are one value (or none): a model that outputs a constant has learned nothing
+    from its inputs, and every IC of it is undefined (NaN) for that reason, not for want of rows."""
+    p = np.asarray(pred, dtype=float)
+    p = p[np.isfinite(p)]
+    return len(p) == 0 or bool(p.min() == p.max())
+
+
 def named_ics(df: pd.DataFrame, lag: int, pred_col: str = "prediction", target_col: str = "target") -> dict:
     """The three named test ICs of a predictions frame against the target `lag` bars later (`lagged_target`,
     lag = the run's trade_delay: the return the book earns), and the oracle's at the same lag (None without
     one); the model's lag-0 figures beside them as `*_lag0` ("before the trade delay"). What summary.json and
-    the runs table hold. NaN where undefined."""
+    the runs table hold. NaN where undefined; `constant_predictions` says when that is because the model's
+    predictions are one value."""
     out: dict = {"ic_lag": int(lag)}
     oracle = "oracle" in df and df["oracle"].notna().any()
     traded = df.assign(_traded=lagged_target(df, lag, target_col))
@@ -333,7 +342,7 @@ def named_ics(df: pd.DataFrame, lag: int, pred_col: str = "prediction", target_c
             out[f"{who}{f}_ic{tail}"] = s["ic"]
             if not who:
                 out[f"{f}_rank_ic{tail}"] = s["rank_ic"]
-    return {**out, "test_rows": int(len(df))}
+    return {**out, "test_rows": int(len(df)), "constant_predictions": constant_predictions(df[pred_col])}
 
 
 def family_summary(d: pd.DataFrame, family: str, lags: int, pred_col: str = "prediction",

@@ -757,8 +757,11 @@ def done_line(summary: dict, run_dir: Path) -> str:
         oracle = summary.get(f"oracle_{family}_ic")
         return f"{summary[f'{family}_ic']:.4f}" + (f" (oracle {oracle:.4f})" if oracle is not None else "")
 
+    constant = (f"; the model's {summary['test_rows']:,} test predictions are one value, so every IC is undefined: "
+                f"it learned nothing from its inputs (see the training loss)" if summary.get("constant_predictions")
+                else "")
     return (f"done: {summary['samples_per_s']:,.0f} samples/s, test IC at the traded lag {summary['ic_lag']}: "
-            f"cross-sectional {ic('cross_sectional')}, pooled {ic('pooled')}, outputs in {run_dir}")
+            f"cross-sectional {ic('cross_sectional')}, pooled {ic('pooled')}{constant}, outputs in {run_dir}")
 
 
 def train_or_launch(cfg: Config) -> Path:
