@@ -1189,22 +1189,24 @@ def test_a_crafted_training_state_is_set_aside_and_the_resume_goes_on_from_the_l
 
 
 def test_a_checkpoint_whose_position_passes_its_epochs_end_is_refused(outputs, capsys):
-    """A `pos` beyond the epoch's items (checked where the epoch's size is known, at the loop) ended the epoch at
-    once, its steps untrained; now the resume is refused, naming the file."""
+    """A `pos` beyond the epoch's items ended the epoch at once, its steps untrained; now the resume is refused,
+    naming the file, before metrics.jsonl is cut back to the checkpoint's step (it was cut, then refused)."""
     import torch
 
     from tradelib.train import checkpoint
 
     ckpts = tiny_run(outputs, capsys, "far", "-p", "max_steps", "4")
     ck = torch.load(ckpts / "step-4.pt", weights_only=True)
-    ck["pos"] = 10**15
+    ck["pos"], ck["step"] = 10**15, 1
     checkpoint.save(ck, ckpts / "step-4.pt")
+    metrics = (ckpts.parent / "metrics.jsonl").read_bytes()
+    assert '"step": 4' in metrics.decode()
     code, out, err = cli(capsys, "train", *TINY_TRAIN, "-p", "run_id", "far", "-p", "checkpoint_every", "2",
                          "-p", "keep_checkpoints", "5", "-p", "max_steps", "8", "-p", "resume", "True")
     line = one_error(err)
     assert code == 2 and (f"resume refused: {ckpts / 'step-4.pt'}: not a tradelib training checkpoint (pos "
                           f"{10**15} lies beyond the 583 items of epoch 0)") in line
-    assert not (ckpts / "step-8.pt").exists()
+    assert not (ckpts / "step-8.pt").exists() and (ckpts.parent / "metrics.jsonl").read_bytes() == metrics
 
 
 def test_resume_when_no_checkpoint_loads_is_one_line(outputs, capsys):

@@ -346,6 +346,11 @@ class TrainingRun:
                              f"({type(exc).__name__}: {first[:200]})") from None
         for k in LOOP_STATE:
             setattr(self, k, ck[k])
+        n = len(self.trainer.source.epoch(self.epoch, self.cfg.seed, self.rank, self.world))
+        if self.pos > n:  # a run's position never passes its epoch's end: a crafted checkpoint's (refused before
+            # metrics.jsonl is cut back to its step)
+            raise ValueError(f"resume refused: {path}: not a tradelib training checkpoint (pos {self.pos} lies "
+                             f"beyond the {n} items of epoch {self.epoch})")
         if ck.get("restored_best") and not self.done():  # last.pt of a run with early stopping, its step files gone
             raise ValueError(f"resume refused: {path} holds the restored best weights (early stopping), not the "
                              f"training state at step {self.step} that its optimizer, schedule and position belong to; "
@@ -475,9 +480,6 @@ class TrainingRun:
         while not self.done():
             order = tr.source.epoch(self.epoch, cfg.seed, self.rank, self.world)
             n = len(order)
-            if self.pos > n:  # a run's position never passes its epoch's end: a crafted checkpoint's
-                raise ValueError(f"resume refused: {self.resumed_from}: not a tradelib training checkpoint (pos "
-                                 f"{self.pos} lies beyond the {n} items of epoch {self.epoch})")
             tr.source.begin(order[self.pos :])
             while self.pos < n and not self.done():
                 self._clean = True  # between optimizer steps: a checkpoint here is exact
