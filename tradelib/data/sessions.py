@@ -230,12 +230,19 @@ def calendar(ts_ns: np.ndarray, bar_seconds: float) -> Calendar:
                     continuous=continuous, long_gap_days=limit / DAY_NS)
 
 
+def pair_starts(codes: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Where each (symbol, session) run of rows begins: rows sorted by (symbol, time), `day` each row's session
+    (`session_days`)."""
+    new = np.ones(len(day), dtype=bool)
+    new[1:] = (codes[1:] != codes[:-1]) | (day[1:] != day[:-1])
+    return new
+
+
 def traded_days(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> dict[int, np.ndarray]:
     """Bar size (ns) -> the sorted distinct sessions (`session_days`) with a row of that size. Rows sorted by
     (symbol, time); `bar_ns` per row. The days of parts of the rows merge into the whole's (`merge_days`)."""
     day = session_days(ts_ns, codes, bar_ns)
-    new = np.ones(len(day), dtype=bool)
-    new[1:] = (codes[1:] != codes[:-1]) | (day[1:] != day[:-1])  # (symbol, day) pairs
+    new = pair_starts(codes, day)
     pair_day, pair_bar = day[new], np.asarray(bar_ns)[new]
     return {int(b): np.unique(pair_day[pair_bar == b]) for b in np.unique(pair_bar)}
 
@@ -255,9 +262,7 @@ def _bars_per_session(day: np.ndarray, codes: np.ndarray, rows: np.ndarray) -> n
     n = len(day)
     sym = np.ones(n, dtype=bool)
     sym[1:] = codes[1:] != codes[:-1]
-    pair = sym.copy()
-    pair[1:] |= day[1:] != day[:-1]
-    starts, sym_starts = np.flatnonzero(pair), np.flatnonzero(sym)
+    starts, sym_starts = np.flatnonzero(pair_starts(codes, day)), np.flatnonzero(sym)
     med = pd.Series(np.diff(np.r_[starts, n])).groupby(np.searchsorted(sym_starts, starts, side="right") - 1).median()
     return np.maximum(1, np.rint(med.to_numpy()[np.searchsorted(sym_starts, rows, side="right") - 1])).astype(np.int64)
 
@@ -371,7 +376,7 @@ def trades_every_day(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -
     if not len(codes):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
     day = session_days(ts_ns, codes, bar_ns)
-    new = np.r_[True, (codes[1:] != codes[:-1]) | (day[1:] != day[:-1])]  # (symbol, day) pairs
+    new = pair_starts(codes, day)
     pair_code, pair_day = codes[new], day[new]
     judged, at = np.unique(pair_code, return_inverse=True)
     weekdays = np.bincount(at * 7 + _weekday(pair_day), minlength=len(judged) * 7).reshape(-1, 7)
