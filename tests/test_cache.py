@@ -43,9 +43,11 @@ def test_key_changes_with_data_and_feature_parameters(tmp_path):
     assert cache.cache_key(base.replace(data_path=str(f))) != k1
 
 
-def test_key_changes_with_a_numpy_or_pandas_minor_release(monkeypatch):
-    """The libraries that compute the features are part of the key; a patch release is not (a resume survives it)."""
+def test_key_changes_with_a_numpy_pandas_or_pyarrow_minor_release(monkeypatch):
+    """The libraries that compute the features and read the files are part of the key; a patch release is not (a
+    resume survives it)."""
     import pandas as pd
+    import pyarrow as pa
 
     base = Config(**TINY)
     key = cache.cache_key(base)
@@ -55,7 +57,11 @@ def test_key_changes_with_a_numpy_or_pandas_minor_release(monkeypatch):
     monkeypatch.setattr(pd, "__version__", f"{major}.{int(minor) + 1}.0")
     assert cache.cache_key(base) != key
     monkeypatch.setattr(np, "__version__", "0.1.0")
-    assert cache.library_versions() == {"numpy": "0.1", "pandas": f"{major}.{int(minor) + 1}"}
+    monkeypatch.setattr(pa, "__version__", "99.0.0")
+    assert cache.library_versions() == {"numpy": "0.1", "pandas": f"{major}.{int(minor) + 1}", "pyarrow": "99.0"}
+    key = cache.cache_key(base)
+    monkeypatch.setattr(pa, "__version__", "99.1.0")  # a reader that parses a file otherwise builds afresh
+    assert cache.cache_key(base) != key
 
 
 def test_editing_the_feature_code_invalidates_the_cache(tmp_path):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from tradelib.config import Config, settings_values
 from tradelib.data.features import FEATURE_NAMES, FeatureSet, feature_params
@@ -41,7 +42,8 @@ CODE_MODULES = ("tradelib.data.load", "tradelib.data.clean", "tradelib.data.dete
 # config.py's code that shapes the features: the purge and the rows a symbol needs (target_reach, min_symbol_rows),
 # and cleaning's settings taken from the Config; not the rest of it (a knob's help changes no feature)
 CONFIG_CODE = (Config.target_reach.fget, Config.min_symbol_rows.fget, settings_values)
-LIBRARIES = (np, pd)  # what computes the features: a new release may change a rolling sum or a parse
+LIBRARIES = (np, pd, pa)  # what computes the features, and what reads the files: a new release may change a
+# rolling sum or a parse
 CACHE_VERSION = 4  # 2: checksums in the manifest; 3: shards; 4: checksums per shard only
 SAY_HASH_BYTES = 1 << 30  # data files larger than this together: the key's hashing of them is said (tens of s)
 
@@ -66,8 +68,8 @@ def code_fingerprint() -> str:
 
 
 def library_versions() -> dict[str, str]:
-    """numpy's and pandas' major.minor: a feature-changing fix comes in a minor release, and a patch release
-    alone should not refuse a run's resume."""
+    """numpy's, pandas' and pyarrow's (the CSV and Parquet reader) major.minor: a feature-changing fix comes in a
+    minor release, and a patch release alone should not refuse a run's resume."""
     return {lib.__name__: ".".join(lib.__version__.split(".")[:2]) for lib in LIBRARIES}
 
 
