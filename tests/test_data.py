@@ -524,7 +524,7 @@ REAL = Path(__file__).resolve().parent / "data" / "real"
 
 @pytest.fixture(scope="module")
 def real_raw() -> pd.DataFrame:
-    return load_ohlcv(REAL, date_format="")
+    return load_ohlcv(REAL, date_format="", data_timezone="UTC")
 
 
 def bars_that_change(first: str, n_first: int, then: str, n_then: int, symbol: str = "SWITCH",
@@ -856,13 +856,13 @@ def long_file_frame() -> pd.DataFrame:
 def test_long_csv_with_symbol_column(tmp_path):
     path = tmp_path / "long.csv"
     long_file_frame().to_csv(path, index=False)
-    raw = load_ohlcv(path, date_format="")
+    raw = load_ohlcv(path, date_format="", data_timezone="UTC")
     assert list(raw.columns) == CANON and str(raw.timestamp.dtype) == "datetime64[ns, UTC]"
     assert raw.attrs["unsorted_rows"] == 0 and raw.attrs["source"] == str(path)
     pd.testing.assert_frame_equal(raw, two_symbols(50), check_exact=False, rtol=1e-12)
-    assert load_ohlcv(path, symbol="BBB", date_format="").symbol.unique().tolist() == ["BBB"]
+    assert load_ohlcv(path, symbol="BBB", date_format="", data_timezone="UTC").symbol.unique().tolist() == ["BBB"]
     with pytest.raises(DataError, match="no rows for symbol 'CCC'"):
-        load_ohlcv(path, symbol="CCC", date_format="")
+        load_ohlcv(path, symbol="CCC", date_format="", data_timezone="UTC")
 
 
 def test_csv_gz_single_symbol_from_stem(tmp_path):
@@ -870,21 +870,21 @@ def test_csv_gz_single_symbol_from_stem(tmp_path):
     make_frame(30).drop(columns="symbol").to_csv(path, index=False)
     with gzip.open(path) as f:
         assert f.read(9) == b"timestamp"
-    raw = load_ohlcv(path, date_format="")
+    raw = load_ohlcv(path, date_format="", data_timezone="UTC")
     assert raw.symbol.unique().tolist() == ["AAPL"] and len(raw) == 30
-    assert load_ohlcv(path, symbol="MSFT", date_format="").symbol.unique().tolist() == ["MSFT"]
+    assert load_ohlcv(path, symbol="MSFT", date_format="", data_timezone="UTC").symbol.unique().tolist() == ["MSFT"]
     make_frame(30).drop(columns="symbol").to_csv(tmp_path / "SPY.tsv.gz", sep="\t", index=False)
-    pd.testing.assert_frame_equal(load_ohlcv(tmp_path / "SPY.tsv.gz", date_format="").drop(columns="symbol"),
-                                  raw.drop(columns="symbol"))
+    spy = load_ohlcv(tmp_path / "SPY.tsv.gz", date_format="", data_timezone="UTC")
+    pd.testing.assert_frame_equal(spy.drop(columns="symbol"), raw.drop(columns="symbol"))
 
 
 def test_parquet_long_and_with_time_index(tmp_path):
     df = two_symbols(40)
     df.to_parquet(tmp_path / "long.parquet")
-    pd.testing.assert_frame_equal(load_ohlcv(tmp_path / "long.parquet", date_format=""), df)
+    pd.testing.assert_frame_equal(load_ohlcv(tmp_path / "long.parquet", date_format="", data_timezone="UTC"), df)
     single = make_frame(40).drop(columns="symbol").set_index("timestamp")
     single.to_parquet(tmp_path / "ETH-USD.parquet")
-    raw = load_ohlcv(tmp_path / "ETH-USD.parquet", date_format="")
+    raw = load_ohlcv(tmp_path / "ETH-USD.parquet", date_format="", data_timezone="UTC")
     assert raw.symbol.unique().tolist() == ["ETH-USD"]
     pd.testing.assert_series_equal(raw.timestamp, make_frame(40).timestamp)
 
@@ -896,7 +896,7 @@ def test_directory_of_per_symbol_files(tmp_path):
     (tmp_path / "README.txt").write_text("not data")
     (tmp_path / ".hidden.csv").write_text("junk")
     digests = {p.name: sha(p) for p in tmp_path.iterdir()}
-    raw = load_ohlcv(tmp_path, date_format="")
+    raw = load_ohlcv(tmp_path, date_format="", data_timezone="UTC")
     assert raw.groupby("symbol").size().to_dict() == {"AAA": 30, "BBB": 20, "CCC": 10}
     assert raw.attrs["skipped_files"] == ["README.txt"] and raw.attrs["n_files"] == 3
     out, rep = clean_ohlcv(raw)
@@ -911,8 +911,8 @@ def test_symbol_on_a_folder_is_refused_not_ignored(tmp_path):
     make_frame(30, seed=1).drop(columns="symbol").to_csv(tmp_path / "AAA.csv", index=False)
     make_frame(20, seed=2).drop(columns="symbol").to_csv(tmp_path / "BBB.csv", index=False)
     with pytest.raises(DataError, match=f"^{re.escape(str(tmp_path))}: symbol='AAA' .* a folder"):
-        load_ohlcv(tmp_path, symbol="AAA", date_format="")
-    assert (load_ohlcv(tmp_path / "AAA.csv", symbol="AAA", date_format="").symbol == "AAA").all()
+        load_ohlcv(tmp_path, symbol="AAA", date_format="", data_timezone="UTC")
+    assert (load_ohlcv(tmp_path / "AAA.csv", symbol="AAA", date_format="", data_timezone="UTC").symbol == "AAA").all()
 
 
 def test_aliases_mixed_case_and_extra_columns(tmp_path):
@@ -920,7 +920,7 @@ def test_aliases_mixed_case_and_extra_columns(tmp_path):
     alias = pd.DataFrame({"Date": df.timestamp, "Ticker": "x", "O": df.open, "H": df.high, "L": df.low,
                           "Last": df.close, "Adj Close": df.close * 0.9, "VOL": df.volume, "note": "n"})
     alias.to_csv(tmp_path / "a.csv", index=False)
-    raw = load_ohlcv(tmp_path / "a.csv", date_format="")
+    raw = load_ohlcv(tmp_path / "a.csv", date_format="", data_timezone="UTC")
     assert raw.attrs["extra_columns"] == ["Adj Close", "note"]
     np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
     _, rep = clean_ohlcv(raw)
@@ -929,14 +929,14 @@ def test_aliases_mixed_case_and_extra_columns(tmp_path):
     other = pd.DataFrame({"DATETIME": df.timestamp, "Instrument": "y", "OPEN": df.open, "High": df.high,
                           "low": df.low, "Price": df.close, "qty": df.volume})
     other.to_csv(tmp_path / "b.csv", sep=";", index=False)
-    raw = load_ohlcv(tmp_path / "b.csv", date_format="")
+    raw = load_ohlcv(tmp_path / "b.csv", date_format="", data_timezone="UTC")
     assert raw.symbol.iloc[0] == "y"
     np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
 
 
 def test_unnamed_first_column_is_the_time(tmp_path):
     make_frame(20).drop(columns="symbol").set_index("timestamp").rename_axis(None).to_csv(tmp_path / "u.csv")
-    raw = load_ohlcv(tmp_path / "u.csv", date_format="")
+    raw = load_ohlcv(tmp_path / "u.csv", date_format="", data_timezone="UTC")
     pd.testing.assert_series_equal(raw.timestamp, make_frame(20).timestamp)
 
 
@@ -946,7 +946,7 @@ def test_date_and_time_columns_are_combined(tmp_path):
     df.insert(0, "time", ts.dt.strftime("%H:%M:%S"))
     df.insert(0, "date", ts.dt.strftime("%Y-%m-%d"))
     df.to_csv(tmp_path / "dt.csv", index=False)
-    pd.testing.assert_series_equal(load_ohlcv(tmp_path / "dt.csv", date_format="").timestamp, ts)
+    pd.testing.assert_series_equal(load_ohlcv(tmp_path / "dt.csv", date_format="", data_timezone="UTC").timestamp, ts)
 
 
 @pytest.mark.parametrize("fmt", ["iso_offset", "iso_z", "naive", "date", "s", "ms", "us", "ns", "yyyymmdd",
@@ -972,7 +972,7 @@ def test_timestamp_formats_normalised_to_utc(tmp_path, fmt):
         assert df.timestamp.iloc[0].endswith("+02:00") and df.timestamp.iloc[0][11:13] == "02"
     path = tmp_path / ("t.parquet" if fmt.startswith("parquet") else "t.csv")
     df.to_parquet(path) if fmt.startswith("parquet") else df.to_csv(path, index=False)
-    raw = load_ohlcv(path, date_format="")
+    raw = load_ohlcv(path, date_format="", data_timezone="UTC")
     assert str(raw.timestamp.dtype) == "datetime64[ns, UTC]"
     pd.testing.assert_series_equal(raw.timestamp, ts)
 
@@ -1017,7 +1017,7 @@ def test_hostile_csv_end_to_end(tmp_path):
     raw.to_csv(path, index=False)
     digest = sha(path)
 
-    loaded = load_ohlcv(path, date_format="")
+    loaded = load_ohlcv(path, date_format="", data_timezone="UTC")
     assert loaded.attrs["bad_timestamps"] == 2 and loaded.attrs["unsorted_rows"] > 0
     out, rep = clean(loaded, source="")  # the source comes from the frame's attrs
     got = by_rule(rep)
@@ -1035,7 +1035,7 @@ def test_missing_symbol_in_long_file_is_dropped(tmp_path):
     df.loc[[3, 40], "symbol"] = None
     df.loc[41, "symbol"] = " BBB "  # whitespace is not part of a ticker
     df.to_csv(tmp_path / "long.csv", index=False)
-    _, rep = clean(load_ohlcv(tmp_path / "long.csv", date_format=""))
+    _, rep = clean(load_ohlcv(tmp_path / "long.csv", date_format="", data_timezone="UTC"))
     assert by_rule_symbol(rep) == {("bad_symbol", ""): 2} and rep.rows_kept == 58
 
 
@@ -1045,7 +1045,7 @@ def test_other_time_formats_are_guessed(tmp_path):
     df["timestamp"] = ts.dt.strftime("%m/%d/%Y %H:%M")
     df.loc[7, "timestamp"] = "garbage"
     df.to_csv(tmp_path / "us.csv", index=False)
-    raw = load_ohlcv(tmp_path / "us.csv", date_format="")
+    raw = load_ohlcv(tmp_path / "us.csv", date_format="", data_timezone="UTC")
     assert raw.attrs["bad_timestamps"] == 1 and raw.attrs["timestamp_format"] == ["format %m/%d/%Y %H:%M"]
     pd.testing.assert_series_equal(raw.timestamp.drop(index=39), ts.drop(index=7).reset_index(drop=True),
                                    check_index=False)
@@ -1056,7 +1056,7 @@ def test_non_numeric_cells_become_nan_and_are_counted(tmp_path):
     df["close"] = df["close"].astype(object)
     df.loc[5, "close"] = "abc"
     df.to_csv(tmp_path / "X.csv", index=False)
-    raw = load_ohlcv(tmp_path / "X.csv", date_format="")
+    raw = load_ohlcv(tmp_path / "X.csv", date_format="", data_timezone="UTC")
     assert raw.attrs["non_numeric"] == {"close": 1}
     _, rep = clean(raw)
     assert by_rule(rep) == {"bad_close": 1} and rep.load_notes["non_numeric"] == {"close": 1}
@@ -1070,7 +1070,7 @@ def test_true_and_false_are_not_numbers(tmp_path):
     df["volume"] = df["volume"].astype(object)
     df.loc[[5, 8], "volume"] = ["true", "false"]
     df.to_csv(tmp_path / "X.csv", index=False)
-    raw = load_ohlcv(tmp_path / "X.csv", date_format="")
+    raw = load_ohlcv(tmp_path / "X.csv", date_format="", data_timezone="UTC")
     assert raw.attrs["non_numeric"] == {"volume": 2} and raw.volume.isna().sum() == 2
     assert raw.volume.drop(index=[5, 8]).tolist() == (np.arange(50) % 2).astype(float)[np.r_[0:5, 6:8, 9:50]].tolist()
     make_frame(10).assign(volume=[True, False] * 5).to_parquet(tmp_path / "b.parquet")
@@ -1082,7 +1082,7 @@ def test_true_and_false_are_not_numbers(tmp_path):
 
 def load_error(path: Path) -> str:
     with pytest.raises(DataError) as e:
-        load_ohlcv(path, date_format="")
+        load_ohlcv(path, date_format="", data_timezone="UTC")
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(str(path) + ": ")
     return msg
@@ -1157,7 +1157,7 @@ def test_error_in_directory_names_the_file(tmp_path):
     make_frame(10).to_csv(tmp_path / "AAA.csv", index=False)
     (tmp_path / "BBB.csv").write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match=r"BBB\.csv: missing required columns"):
-        load_ohlcv(tmp_path, date_format="")
+        load_ohlcv(tmp_path, date_format="", data_timezone="UTC")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1205,7 +1205,7 @@ def test_a_parquet_file_beyond_the_memory_limit_is_said_to_be_out_of_memory(tmp_
     code = ("import resource, sys\nfrom tradelib.data.load import load_ohlcv\n"
             "vm = next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmSize')) * 1024\n"
             "resource.setrlimit(resource.RLIMIT_AS, (vm + 20_000_000, resource.RLIM_INFINITY))\n"
-            f"load_ohlcv({str(path)!r}, date_format='')\n")
+            f"load_ohlcv({str(path)!r}, date_format='', data_timezone='UTC')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("tradelib.data.load.DataError: ") and "out of memory reading it (0.0" in last, last

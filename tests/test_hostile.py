@@ -99,14 +99,14 @@ def test_ambiguous_day_first_dates_take_the_regular_grid_and_say_so(tmp_path, ca
     assert code == 0, err
     assert counts(out) == (240, 240, 0)
     assert "timestamps: dates read day-first (%d/%m/%Y %H:%M)" in out
-    pd.testing.assert_series_equal(load_ohlcv(path, date_format="").timestamp,
+    pd.testing.assert_series_equal(load_ohlcv(path, date_format="", data_timezone="UTC").timestamp,
                                    df.timestamp.astype("datetime64[ns, UTC]"))
 
 
 def test_seven_daily_bars_day_first_are_not_read_as_months(tmp_path):
     """The issue's case: 01/01/2024 .. 07/01/2024 are seven days, not January to July."""
     df = bars(7)
-    raw = load_ohlcv(write_csv(tmp_path / "x.csv", df, date_fmt="%d/%m/%Y"), date_format="")
+    raw = load_ohlcv(write_csv(tmp_path / "x.csv", df, date_fmt="%d/%m/%Y"), date_format="", data_timezone="UTC")
     assert raw.timestamp.dt.day.tolist() == list(range(1, 8)) and (raw.timestamp.dt.month == 1).all()
     assert raw.attrs["timestamp_notes"] and "day-first" in raw.attrs["timestamp_notes"][0]
 
@@ -139,7 +139,7 @@ def test_bom_and_crlf(tmp_path, capsys):
     code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
     assert code == 0, err
     assert counts(out) == (150, 150, 0)
-    np.testing.assert_allclose(load_ohlcv(path, date_format="").close, df.close, rtol=1e-12)
+    np.testing.assert_allclose(load_ohlcv(path, date_format="", data_timezone="UTC").close, df.close, rtol=1e-12)
 
 
 def test_semicolons_with_decimal_commas(tmp_path, capsys):
@@ -149,14 +149,14 @@ def test_semicolons_with_decimal_commas(tmp_path, capsys):
     code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
     assert code == 0, err
     assert counts(out) == (150, 150, 0)
-    raw = load_ohlcv(path, date_format="")
+    raw = load_ohlcv(path, date_format="", data_timezone="UTC")
     np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
     assert raw.attrs["decimal_comma"] == ["DAX.csv"]
 
 
 def test_semicolons_with_decimal_points(tmp_path):
     df = bars(50)
-    raw = load_ohlcv(write_csv(tmp_path / "x.csv", df, sep=";"), date_format="")
+    raw = load_ohlcv(write_csv(tmp_path / "x.csv", df, sep=";"), date_format="", data_timezone="UTC")
     np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
 
 
@@ -177,7 +177,7 @@ def test_a_placeholder_in_a_decimal_comma_file_is_the_one_counted_bad_cell(tmp_p
     """One '-' close sends the read to the text path; the other closes are still read with the decimal comma,
     and the '-' is one non-numeric cell whose row is dropped (bad_close)."""
     path = eu_file(tmp_path / "eu_dash.csv", closes=["100,90"] * 10 + ["-"] + ["100,90"] * 9)
-    raw = load_ohlcv(path, date_format="")
+    raw = load_ohlcv(path, date_format="", data_timezone="UTC")
     assert raw.attrs["non_numeric"] == {"close": 1} and raw.attrs["decimal_comma"] == ["eu_dash.csv"]
     assert np.isnan(raw.close[10]) and (raw.close.drop(index=10) == 100.9).all() and (raw.open == 100.35).all()
     clean, rep = clean_ohlcv(raw)
@@ -192,7 +192,7 @@ def test_a_decimal_comma_file_whose_first_row_has_whole_numbers_reads_every_row(
             f"{37990 + d % 7};{38000 + d % 7}{',5' if d % 5 == 1 else ''};5000" for d in range(300)]
     path = tmp_path / "NI225.csv"
     path.write_text("\n".join([EU_HEAD, *rows]) + "\n")
-    raw = load_ohlcv(path, date_format="")
+    raw = load_ohlcv(path, date_format="", data_timezone="UTC")
     expected = pd.read_csv(path, sep=";", decimal=",")
     assert raw.attrs["decimal_comma"] == ["NI225.csv"] and raw.attrs["non_numeric"] == {}
     np.testing.assert_array_equal(raw.close, expected.Close)
@@ -202,7 +202,7 @@ def test_a_decimal_comma_file_whose_first_row_has_whole_numbers_reads_every_row(
     rows = [f"2024-01-{d + 1:02d};100.35;101.20;99.80;100.90;{'950' if d < 5 else '1,200'}" for d in range(20)]
     path.write_text("\n".join([EU_HEAD, *rows]) + "\n")
     with pytest.raises(DataError, match="'1,200' have ',' between groups of three digits"):
-        load_ohlcv(path, date_format="")
+        load_ohlcv(path, date_format="", data_timezone="UTC")
 
 
 @pytest.mark.parametrize("cells,sep,example", [
@@ -220,7 +220,7 @@ def test_numbers_with_thousands_separators_are_refused(tmp_path, cells, sep, exa
                         .replace("100,35", "100.35").replace("101,20", "101.20").replace("99,80", "99.80"))
     column = "Volume" if "volumes" in cells else "Close"
     with pytest.raises(DataError) as e:
-        load_ohlcv(path, date_format="")
+        load_ohlcv(path, date_format="", data_timezone="UTC")
     msg = str(e.value)
     assert msg.startswith(f"{path}: column '{column}': ") and example in msg and "thousands separators" in msg
 
@@ -233,7 +233,7 @@ def test_decimal_commas_in_a_comma_separated_file_are_named_as_such(tmp_path):
     with pytest.raises(DataError, match=re.escape(f"{path}: column 'open': 28 of 28 values are not numbers (e.g. "
                                                   f"'187,15'); decimal commas are read in files whose fields are "
                                                   f"separated by ';' or tabs")):
-        load_ohlcv(path, date_format="")
+        load_ohlcv(path, date_format="", data_timezone="UTC")
 
 
 @pytest.mark.parametrize("text_cell", [False, True])
@@ -249,11 +249,11 @@ def test_csv_symbols_are_text_and_only_an_empty_one_is_missing(tmp_path, text_ce
     if text_cell:
         df.loc[5, "volume"] = "abc"
     path = write_csv(tmp_path / "long.csv", df, date_fmt="%Y-%m-%d")
-    raw = load_ohlcv(path, date_format="")
+    raw = load_ohlcv(path, date_format="", data_timezone="UTC")
     assert raw.attrs["non_numeric"] == ({"volume": 1} if text_cell else {})
     assert raw.groupby("symbol").size().to_dict() == {name: 20 for name in names}
     assert raw.close.isna().sum() == 1
-    assert len(load_ohlcv(path, symbol="0700", date_format="")) == 20
+    assert len(load_ohlcv(path, symbol="0700", date_format="", data_timezone="UTC")) == 20
     clean, rep = clean_ohlcv(raw)
     assert sorted(clean.symbol.unique()) == sorted(names[:-1])
     assert [(c["rule"], c["symbol"], c["rows"]) for c in rep.counts if c["action"] == "dropped"] == [
@@ -271,9 +271,9 @@ def test_stooq_bulk_files_load_and_a_folder_of_txt_files_says_what_to_rename(tmp
     (tmp_path / "aapl.us.txt").write_text(text)
     with pytest.raises(DataError, match=re.escape(f"{tmp_path}: directory has no CSV or Parquet files (1 other "
                                                   "file(s), e.g. 'aapl.us.txt': a data file's name ends in .csv")):
-        load_ohlcv(tmp_path, date_format="")
+        load_ohlcv(tmp_path, date_format="", data_timezone="UTC")
     (tmp_path / "aapl.us.txt").rename(tmp_path / "aapl.us.csv")
-    raw = load_ohlcv(tmp_path, date_format="")
+    raw = load_ohlcv(tmp_path, date_format="", data_timezone="UTC")
     assert raw.symbol.unique().tolist() == ["AAPL.US"] and raw.attrs["extra_columns"] == ["<OPENINT>", "<PER>"]
     pd.testing.assert_series_equal(raw.timestamp, df.timestamp.dt.as_unit("ns"), check_names=False)
     np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
@@ -288,12 +288,13 @@ def test_rows_without_a_symbol_are_counted_under_their_file(tmp_path):
             df.loc[[3, 10, 20], "symbol"] = ""
             df.loc[30, "symbol"] = "  "
         write_csv(tmp_path / f"{name}.csv", df, date_fmt="%Y-%m-%d")
-    raw = load_ohlcv(tmp_path, date_format="")
+    raw = load_ohlcv(tmp_path, date_format="", data_timezone="UTC")
     assert raw.attrs["missing_symbols"] == {"y.csv": 4}
     _, rep = clean_ohlcv(raw)
     assert rep.totals("dropped") == {"bad_symbol": 4} and rep.load_notes["missing_symbols"] == {"y.csv": 4}
     assert "rows without a symbol (bad_symbol): y.csv 4" in rep.summary()
-    assert load_ohlcv(tmp_path / "y.csv", symbol="Y", date_format="").attrs["missing_symbols"] == {}
+    y = load_ohlcv(tmp_path / "y.csv", symbol="Y", date_format="", data_timezone="UTC")
+    assert y.attrs["missing_symbols"] == {}
 
 
 def test_rows_without_a_symbol_are_not_counted_as_reordered(tmp_path):
@@ -303,13 +304,14 @@ def test_rows_without_a_symbol_are_not_counted_as_reordered(tmp_path):
     df = pd.concat([bars(50, seed=i).assign(symbol=s) for i, s in enumerate(("AAA", "BBB"))], ignore_index=True)
     df = df.sample(frac=1, random_state=0).reset_index(drop=True)
     df.loc[df.index[::10], "symbol"] = ""
-    raw = load_ohlcv(write_csv(tmp_path / "long.csv", df, date_fmt="%Y-%m-%d"), date_format="")
+    raw = load_ohlcv(write_csv(tmp_path / "long.csv", df, date_fmt="%Y-%m-%d"), date_format="", data_timezone="UTC")
     named = df[df.symbol != ""]
     expected = (named.timestamp < named.groupby("symbol").timestamp.cummax().groupby(named.symbol).shift())
     assert raw.attrs["unsorted_by_symbol"] == expected.groupby(named.symbol).sum().to_dict()
     assert raw.attrs["unsorted_rows"] == int(expected.sum())
     df.assign(symbol=df.symbol.replace("", None)).to_parquet(tmp_path / "long.parquet")
-    assert load_ohlcv(tmp_path / "long.parquet", date_format="").attrs["unsorted_rows"] == int(expected.sum())
+    long = load_ohlcv(tmp_path / "long.parquet", date_format="", data_timezone="UTC")
+    assert long.attrs["unsorted_rows"] == int(expected.sum())
 
 
 def test_year_9999_among_2000_rows_is_one_counted_bad_timestamp(tmp_path, capsys):
@@ -334,7 +336,7 @@ def test_out_of_range_timestamps_in_other_formats(tmp_path, fmt):
     col = col.astype(object)
     col[50] = bad
     df.assign(timestamp=col).to_csv(tmp_path / "x.csv", index=False)
-    raw = load_ohlcv(tmp_path / "x.csv", date_format="")
+    raw = load_ohlcv(tmp_path / "x.csv", date_format="", data_timezone="UTC")
     assert raw.attrs["bad_timestamps"] == 1 and raw.timestamp.isna().sum() == 1
 
 
@@ -351,7 +353,7 @@ def test_date_and_time_written_as_one_integer_are_read_as_digits(tmp_path, digit
     path = tmp_path / f"x.{'parquet' if kind == 'parquet' else 'csv'}"
     table = df.drop(columns="timestamp").assign(Date=date)
     table.to_parquet(path) if kind == "parquet" else table.to_csv(path, index=False)
-    raw = load_ohlcv(path, date_format="")
+    raw = load_ohlcv(path, date_format="", data_timezone="UTC")
     expected = pd.to_datetime(stamps.astype("str"), format=fmt, utc=True).astype("datetime64[ns, UTC]")
     if kind == "csv_with_a_gap":
         assert raw.attrs["bad_timestamps"] == 1 and raw.timestamp.isna().sum() == 1
@@ -366,7 +368,7 @@ def test_epoch_milliseconds_of_the_1970s_are_not_read_as_digits(tmp_path):
     ts = pd.date_range("1975-03-01", periods=200, freq="1h", tz="UTC")
     df = bars(200).drop(columns="timestamp").assign(time=(ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "ms"))
     df.to_csv(tmp_path / "x.csv", index=False)
-    raw = load_ohlcv(tmp_path / "x.csv", date_format="")
+    raw = load_ohlcv(tmp_path / "x.csv", date_format="", data_timezone="UTC")
     assert raw.attrs["timestamp_format"] == ["epoch_ms"]
     pd.testing.assert_series_equal(raw.timestamp, pd.Series(ts, name="timestamp").astype("datetime64[ns, UTC]"))
 
@@ -380,7 +382,7 @@ def test_epoch_numbers_read_before_1973_are_bad_timestamps(tmp_path, unit, stray
     at = [10 + 30 * i for i in range(len(strays))]
     col[at] = strays
     df.assign(timestamp=col).to_csv(tmp_path / "x.csv", index=False)
-    raw = load_ohlcv(tmp_path / "x.csv", date_format="")
+    raw = load_ohlcv(tmp_path / "x.csv", date_format="", data_timezone="UTC")
     assert raw.attrs["bad_timestamps"] == len(strays) and raw.attrs["timestamp_format"] == [f"epoch_{unit}"]
     assert raw.timestamp.min() == df.timestamp.drop(index=at).min()
     _, rep = clean_ohlcv(raw)
@@ -402,7 +404,7 @@ def test_epoch_seconds_before_1973_are_refused_and_excel_serials_named(tmp_path,
     path = tmp_path / ("x.parquet" if kind == "excel_parquet" else "x.csv")
     df.to_parquet(path) if kind == "excel_parquet" else df.to_csv(path, index=False)
     with pytest.raises(DataError) as e:
-        load_ohlcv(path, date_format="")
+        load_ohlcv(path, date_format="", data_timezone="UTC")
     msg = str(e.value)
     assert msg.startswith(f"{path}: column 'Date': ") and "before 1973" in msg
     if kind == "epoch_1971":
@@ -428,7 +430,7 @@ def test_integer_times_beside_a_date_are_zero_padded(tmp_path, layout):
     path = tmp_path / ("x.parquet" if layout.endswith("parquet") else "x.csv")
     files = df.drop(columns="timestamp")
     files.to_parquet(path) if layout.endswith("parquet") else files.to_csv(path, index=False)
-    raw = load_ohlcv(path, date_format="")
+    raw = load_ohlcv(path, date_format="", data_timezone="UTC")
     assert raw.attrs["bad_timestamps"] == 0 and raw.attrs["unsorted_rows"] == 0
     pd.testing.assert_series_equal(raw.timestamp, df.timestamp.astype("datetime64[ns, UTC]"))
 
@@ -442,7 +444,7 @@ def test_integer_times_that_read_as_hhmm_and_hhmmss_are_refused(tmp_path):
     path = tmp_path / "x.csv"
     df.drop(columns="timestamp").to_csv(path, index=False)
     with pytest.raises(DataError) as e:
-        load_ohlcv(path, date_format="")
+        load_ohlcv(path, date_format="", data_timezone="UTC")
     msg = str(e.value)
     assert msg.startswith(f"{path}: column 'time': ") and "HHMM (00:59)" in msg and "HHMMSS (00:00:59)" in msg
 
@@ -475,7 +477,7 @@ def test_a_file_not_in_utf_8_is_named_with_how_to_convert_it(tmp_path, encoding,
                      .encode(encoding))
     with pytest.raises(DataError, match=re.escape(f"{path}: not UTF-8 text (byte b'{byte}' at offset ") +
                        r"\d+(, a UTF-16 file)?\): save it as UTF-8 \(Excel: 'CSV UTF-8'; or `iconv -f " + encoding):
-        load_ohlcv(path, date_format="")
+        load_ohlcv(path, date_format="", data_timezone="UTC")
 
 
 def test_one_corrupt_file_in_a_per_symbol_folder_is_named(tmp_path, capsys):
@@ -503,7 +505,7 @@ def test_office_lock_files_in_a_per_symbol_folder_are_ignored(tmp_path):
     (folder / "~$AAA.csv").write_bytes((b"\x05alice" + b" " * 48 + b"\x05\x00" + "alice".encode("utf-16-le"))
                                         .ljust(165, b" "))
     (folder / ".~lock.AAA.csv#").write_text(",alice,host,07.12.2026 21:00,file:///home/alice/.config;")
-    raw = load_ohlcv(folder, date_format="")
+    raw = load_ohlcv(folder, date_format="", data_timezone="UTC")
     assert len(raw) == 120 and raw.attrs["skipped_files"] == []
     np.testing.assert_allclose(raw.close, df.close, rtol=1e-12)
 
@@ -517,7 +519,7 @@ def test_two_files_of_one_stem_in_a_folder_are_refused_naming_both(tmp_path):
         tmp_path / "AAA.parquet")
     write_csv(tmp_path / "BBB.csv", df, date_fmt="%Y-%m-%d")
     with pytest.raises(DataError) as e:
-        load_ohlcv(tmp_path, date_format="")
+        load_ohlcv(tmp_path, date_format="", data_timezone="UTC")
     msg = str(e.value)
     assert msg.startswith(f"{tmp_path}: ") and "'AAA.csv' and 'AAA.parquet'" in msg and "symbol 'AAA'" in msg
 
@@ -530,23 +532,23 @@ def test_one_symbol_in_two_files_of_a_folder_joins_or_is_refused_where_they_disa
     df = bars(300).assign(symbol="AAPL")
     write_csv(tmp_path / "a.csv", df.iloc[150:])  # 2024-05-30 onward: first by name
     write_csv(tmp_path / "b.csv", df.iloc[:150])
-    raw = load_ohlcv(tmp_path, date_format="")
+    raw = load_ohlcv(tmp_path, date_format="", data_timezone="UTC")
     assert raw.attrs["unsorted_rows"] == 0 and raw.attrs["shared_symbols"] == {"AAPL": ["a.csv", "b.csv"]}
     out, rep = clean_ohlcv(raw)
     np.testing.assert_allclose(out.close, df.close, rtol=1e-12)
     assert rep.rows_dropped == 0 and "files sharing a symbol: AAPL (a.csv, b.csv)" in rep.summary()
     write_csv(tmp_path / "a.csv", df.iloc[100:])  # 50 rows in both files, the same
-    out, rep = clean_ohlcv(load_ohlcv(tmp_path, date_format=""))
+    out, rep = clean_ohlcv(load_ohlcv(tmp_path, date_format="", data_timezone="UTC"))
     assert rep.totals("dropped") == {"duplicate": 50} and len(out) == 300
     other = df.iloc[100:].assign(close=df.close.iloc[100:] * 1.02)  # another vendor's closes, 2% apart
     write_csv(tmp_path / "a.csv", other)
     with pytest.raises(DataError) as e:
-        load_ohlcv(tmp_path, date_format="")
+        load_ohlcv(tmp_path, date_format="", data_timezone="UTC")
     msg = str(e.value)
     assert msg.startswith(f"{tmp_path}: files 'a.csv' and 'b.csv' both hold symbol 'AAPL' and disagree on 50 ")
     assert "close" in msg
     write_csv(tmp_path / "a.csv", other.assign(symbol=""))  # rows without a symbol are no one's: bad_symbol
-    raw = load_ohlcv(tmp_path, date_format="")
+    raw = load_ohlcv(tmp_path, date_format="", data_timezone="UTC")
     assert raw.attrs["shared_symbols"] == {} and raw.attrs["missing_symbols"] == {"a.csv": 200}
 
 
@@ -585,7 +587,7 @@ def test_any_csv_export_loads_with_counts_that_add_up_or_is_refused_naming_the_f
     path = tmp_path_factory.mktemp("csv") / "SYM.csv"
     path.write_text(text, encoding="utf-8")
     try:
-        raw = load_ohlcv(path, date_format="")
+        raw = load_ohlcv(path, date_format="", data_timezone="UTC")
     except DataError as e:
         assert str(e).startswith(f"{path}: ") and "\n" not in str(e)
         return
@@ -635,7 +637,7 @@ def test_several_bars_per_timestamp_in_a_file_without_a_symbol_column_are_refuse
     assert code == 2 and str(path) in line and f"{recur} of {recur} timestamps" in line and f"'{column}'" in line
     assert f"name it '{name}'" in line
     df.rename(columns={column: name}).to_csv(path, index=False)
-    raw = load_ohlcv(path, date_format="")
+    raw = load_ohlcv(path, date_format="", data_timezone="UTC")
     assert len(raw) == len(df) and raw.groupby(["symbol", "timestamp"]).size().max() == 1
 
 
@@ -647,7 +649,7 @@ def test_repeated_rows_of_one_series_still_load_and_are_counted(tmp_path):
     again = df.iloc[100:200].copy()
     again.loc[150, "close"] *= 1.001
     path = write_csv(tmp_path / "AAA.csv", pd.concat([df, again], ignore_index=True), date_fmt="%Y-%m-%d")
-    raw = load_ohlcv(path, date_format="")
+    raw = load_ohlcv(path, date_format="", data_timezone="UTC")
     assert len(raw) == 400 and (raw.symbol == "AAA").all()
     clean, rep = clean_ohlcv(raw)
     assert len(clean) == 300 and rep.totals("dropped") == {"duplicate": 99, "conflicting_duplicate": 1}
@@ -667,7 +669,7 @@ def test_a_column_named_twice_is_named_or_ignored(tmp_path, capsys, twice):
     path.write_text(table.to_csv(index=False).replace(f",{twice}.1\n", f",{twice}\n", 1))
     assert path.read_text().splitlines()[0].count(twice) == (3 if twice == "Close" else 2)
     if twice == "Adj Close":
-        np.testing.assert_allclose(load_ohlcv(path, date_format="").close, df.close, rtol=1e-12)
+        np.testing.assert_allclose(load_ohlcv(path, date_format="", data_timezone="UTC").close, df.close, rtol=1e-12)
         return
     code, out, err = cli(capsys, "prepare", "--data", path, *SMALL)
     line = one_error(err)
@@ -728,7 +730,7 @@ REAL = ROOT / "tests" / "data" / "real" / "MSFT.csv.gz"
 @pytest.fixture(scope="module")
 def msft() -> tuple[pd.DataFrame, Config, object, object]:
     """Real daily bars (MSFT 1986-2017, early prices near 0.07), loaded and built once."""
-    raw = load_ohlcv(REAL, date_format="")
+    raw = load_ohlcv(REAL, date_format="", data_timezone="UTC")
     cfg = Config(data_path=str(REAL))
     return (raw, cfg, *dataset.build(cfg, raw))
 

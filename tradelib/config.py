@@ -16,6 +16,7 @@ import math
 import os
 import re
 import shlex
+import zoneinfo
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,9 @@ class Config:
     date_format: str = knob("", "strftime format of text timestamps, e.g. %d/%m/%Y (empty: inferred; needed when "
                             "dates read both day-first and month-first)", "data", pattern=r"|.*%.*",
                             allowed="empty, or a strftime format such as %d/%m/%Y %H:%M")
+    data_timezone: str = knob("UTC", "time zone of timestamps written without one: UTC, or an IANA name such as "
+                              "America/New_York (exchange-local exports) or Europe/Berlin (CET/CEST); DST's skipped "
+                              "and repeated local hours are dropped as bad_timestamp", "data")
     shard_rows: int = knob(1_000_000, "building features: rows per shard of whole symbols, cleaned and made in "
                            "parallel and cached apart (the features do not depend on it)", "data", lo=1, resume=True)
     build_workers: int = knob(0, "building features: threads (0: every core)", "data", lo=0, resume=True)
@@ -282,6 +286,7 @@ class Config:
                               f"{self.train_frac} + {self.val_frac}")
         _check_split_dates(self.train_end, self.val_end)
         cost_grid(self.cost_grid_bps)
+        _check_timezone(self.data_timezone)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str | dict[str, str] = "parameters") -> Config:
@@ -353,6 +358,15 @@ def _check_split_dates(train_end: str, val_end: str) -> None:
         when = {k: (v.tz_localize("UTC") if v.tzinfo is None else v) for k, v in when.items()}
     if when["train_end"] >= when["val_end"]:
         raise ConfigError(f"train_end {train_end!r} must come before val_end {val_end!r}")
+
+
+def _check_timezone(name: str) -> None:
+    """An IANA time zone name the system's zone database knows (the tz database: America/New_York, UTC)."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ConfigError(f"parameter 'data_timezone' is {name!r}; expected an IANA time zone name such as UTC, "
+                          f"America/New_York or Europe/Berlin") from None
 
 
 def cost_grid(text: str) -> tuple[float, ...]:

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from tradelib.config import Config, settings_values
 from tradelib.data.features import FEATURE_NAMES, FeatureSet, feature_params
-from tradelib.data.load import DataError, data_files
+from tradelib.data.load import UTC, DataError, data_files
 from tradelib.paths import Busy, FileLock, is_synthetic, left_by_dead_writer, outputs_dir, writable_map, writing
 
 CODE_MODULES = ("tradelib.data.load", "tradelib.data.clean", "tradelib.data.detect", "tradelib.data.quality",
@@ -109,6 +109,8 @@ def cache_key(cfg, fold: int = 0) -> str:
              "libraries": library_versions(), "v": CACHE_VERSION}
     if not is_synthetic(cfg.data_path) and cfg.date_format:  # it changes how the files are read
         parts["date_format"] = cfg.date_format
+    if not is_synthetic(cfg.data_path) and cfg.data_timezone != UTC:  # so does it (UTC: the keys made before it)
+        parts["data_timezone"] = cfg.data_timezone
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -410,8 +410,8 @@ class Rule:
 
 RULES: tuple[Rule, ...] = (
     Rule("bad_symbol", "dropped", "symbol missing or empty", _bad_symbol),
-    Rule("bad_timestamp", "dropped", "timestamp missing, unparseable or out of range (before 1677, after 2262)",
-         _bad_timestamp),
+    Rule("bad_timestamp", "dropped", "timestamp missing, unparseable, out of range (before 1677, after 2262) or a "
+         "data_timezone local time that DST skips or repeats", _bad_timestamp),
     Rule("unsorted", "changed", "reordered by time", _unsorted),
     Rule("bad_close", "dropped", "close non-finite or <= 0", _bad_close),
     Rule("conflicting_duplicate", "dropped", "same symbol and timestamp as a later row, other values (open .. "

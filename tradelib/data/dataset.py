@@ -24,7 +24,8 @@ def load_raw(cfg) -> pd.DataFrame:
     """The raw frame, untouched: the generator's output or the researcher's files as read."""
     if cache.is_synthetic(cfg.data_path):
         return synth.generate_market(**cache.synth_params(cfg))
-    return load.load_ohlcv(Path(cfg.data_path).expanduser(), date_format=cfg.date_format)
+    return load.load_ohlcv(Path(cfg.data_path).expanduser(), date_format=cfg.date_format,
+                           data_timezone=cfg.data_timezone)
 
 
 def _build(cfg, raw: pd.DataFrame, source: str, fold: int, *args, **kwargs

@@ -51,6 +51,8 @@ EPOCH_MIN = pd.Timestamp("1973-01-01", tz="UTC")  # epoch numbers read before it
 DIGIT_FORMATS = {12: ("%Y%m%d%H%M", "yyyymmddHHMM"), 14: ("%Y%m%d%H%M%S", "yyyymmddHHMMSS")}  # date, time: one number
 EXCEL_SERIALS = (1e4, 1e5)  # numbers in this range look like Excel serial days (1927 .. 2173)
 NS_MIN, NS_MAX = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")  # datetime64[ns] range
+UTC = "UTC"  # data_timezone's default: a timestamp without a zone is UTC
+ZONE_SUFFIX = r"(?:Z|[+-]\d{2}(?::?\d{2})?)\s*$"  # a time written with its zone: ...Z, +02:00, -0500, +02
 NA_STRINGS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
               "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]  # a missing value in a CSV cell (pandas' list)
 
@@ -391,35 +393,87 @@ def _read_day_month(s: pd.Series, fmt: str, groups: pd.Series | None, where: str
 
 
 def _parse_time(s: pd.Series, date_format: str, groups: pd.Series | None = None,
-                where: str = "timestamps") -> tuple[pd.Series, str, str]:
-    """Any accepted timestamp column -> (UTC datetimes (naive = UTC), how it was read, a note for the report).
+                where: str = "timestamps") -> tuple[pd.Series, str, str, np.ndarray | bool]:
+    """Any accepted timestamp column -> (UTC datetimes (naive = UTC), how it was read, a note for the report, which
+    values were written without a zone: True/False for the whole column, or a mask where it mixes both).
     Unparseable values become NaT. `date_format` (strftime) is used as given on text and numbers."""
     if isinstance(s.dtype, pd.DatetimeTZDtype):
-        return s.dt.tz_convert("UTC"), "datetime", ""
+        return s.dt.tz_convert("UTC"), "datetime", "", False
     if pd.api.types.is_datetime64_dtype(s.dtype):
-        return s.dt.tz_localize("UTC"), "datetime", ""
+        return s.dt.tz_localize("UTC"), "datetime", "", True
     if date_format:
         text = s.astype("str").mask(s.isna())
-        return pd.to_datetime(text, utc=True, errors="coerce", format=date_format), f"format {date_format}", ""
+        return (pd.to_datetime(text, utc=True, errors="coerce", format=date_format), f"format {date_format}", "",
+                not _zoned(date_format))
     if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
-        return (*_parse_numeric_time(s, where), "")
+        ts, how = _parse_numeric_time(s, where)
+        return ts, how, "", not how.startswith("epoch")  # (epoch numbers count from UTC; yyyymmdd has no zone)
     note = ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        best = pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601"), "iso"
+        best = (*_parse_iso(s), "")
         if best[0].isna().mean() > MAX_BAD_SHARE / 10:
             num = pd.to_numeric(s, errors="coerce")
             if num.notna().mean() > 0.5:
-                cand = _parse_numeric_time(num, where)
-                if cand[0].isna().sum() < best[0].isna().sum():
-                    best = cand
+                ts, how = _parse_numeric_time(num, where)
+                if ts.isna().sum() < best[0].isna().sum():
+                    best = (ts, how, not how.startswith("epoch"))
         if best[0].isna().mean() > MAX_BAD_SHARE / 10:  # e.g. "01/02/2024 10:00": guess the format
             fmt = _guess_format(s)
             if fmt:
-                *cand, cand_note = _read_day_month(s, fmt, groups, where)
-                if cand[0].isna().sum() < best[0].isna().sum():
-                    best, note = tuple(cand), cand_note
-    return best[0], best[1], note
+                ts, how, cand_note = _read_day_month(s, fmt, groups, where)
+                if ts.isna().sum() < best[0].isna().sum():
+                    best, note = (ts, how, not _zoned(how)), cand_note
+    return best[0], best[1], note, best[2]
+
+
+def _zoned(fmt: str) -> bool:
+    """Whether a strftime format reads a zone (%z, %Z): its timestamps are no local times."""
+    return "%z" in fmt or "%Z" in fmt
+
+
+def _parse_iso(s: pd.Series) -> tuple[pd.Series, str, np.ndarray | bool]:
+    """ISO 8601 text -> (UTC datetimes, "iso", which values were written without a zone). One parse where every
+    value has the same offset or none; a column of several offsets (a zone's winter and summer) is parsed to UTC,
+    and its values without one are found by their text."""
+    sample = s.iloc[np.linspace(0, len(s) - 1, min(len(s), 1000)).astype(int)]  # (a failed parse of all costs half
+    #   of one: a sample of several offsets goes straight to the parse to UTC)
+    try:
+        pd.to_datetime(sample, errors="coerce", format="ISO8601")
+        ts = pd.to_datetime(s, errors="coerce", format="ISO8601")
+    except ValueError:  # offsets differ, or some values have none
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        ts = pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601")
+        zoned = pc.fill_null(pc.match_substring_regex(pa.array(s.astype("str")), ZONE_SUFFIX), True)  # (15x pandas')
+        return ts, "iso", ~zoned.to_numpy(zero_copy_only=False)
+    if isinstance(ts.dtype, pd.DatetimeTZDtype):
+        return ts.dt.tz_convert("UTC"), "iso", False
+    return ts.dt.tz_localize("UTC"), "iso", True
+
+
+def _local_to_utc(ts: pd.Series, naive: np.ndarray | bool, zone: str) -> tuple[pd.Series, dict]:
+    """The values written without a zone (`naive`) read as wall-clock times of `zone` (data_timezone) instead of
+    UTC, and how many there were. A column of dates (every value at midnight: daily bars) stays at midnight UTC: a
+    date is a day, not an instant, and localised its bars would step 23 and 25 hours at a DST change. A local time
+    that does not exist (the hour skipped when clocks go forward) or exists twice (the hour repeated when they go
+    back: nothing in a value tells which) becomes NaT, a `bad_timestamp` row, counted here."""
+    mask = np.broadcast_to(np.asarray(naive, dtype=bool), (len(ts),)) & ts.notna().to_numpy()
+    facts = {"naive": int(mask.sum()), "nonexistent": 0, "ambiguous": 0, "dates": False}
+    if zone == UTC or not mask.any():
+        return ts, facts
+    wall = ts[mask].dt.tz_localize(None)
+    if (wall == wall.dt.normalize()).all():
+        facts["dates"] = True
+        return ts, facts
+    local = wall.dt.tz_localize(zone, nonexistent="NaT", ambiguous="NaT")
+    skipped = wall.dt.tz_localize(zone, nonexistent="NaT", ambiguous=np.zeros(len(wall), dtype=bool)).isna()
+    facts["nonexistent"] = int(skipped.sum())
+    facts["ambiguous"] = int(local.isna().sum()) - facts["nonexistent"]
+    out = ts.copy()
+    out[mask] = local.dt.tz_convert("UTC").astype(ts.dtype)
+    return out, facts
 
 
 def _as_text(col: pd.Series) -> pd.Series:
@@ -480,7 +534,7 @@ def _column(df: pd.DataFrame, name: str, path: Path) -> pd.Series:
     return col
 
 
-def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_format: str
+def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_format: str, data_timezone: str
                       ) -> tuple[pd.DataFrame, dict]:
     """One file's table -> canonical columns (unsorted, nothing repaired) and facts for the report."""
     found = _match_columns(df)
@@ -503,8 +557,8 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
             clock = _time_of_day(_column(df, by_norm["time"], path), where=f"{path}: column '{by_norm['time']}'")
             raw_t = _as_text(raw_t) + " " + clock
     groups = _column(df, found["symbol"], path) if "symbol" in found else None
-    ts, fmt, note = _parse_time(raw_t, date_format, groups, where=f"{path}: column '{tcol}'")
-    ts = _to_ns(ts)
+    ts, fmt, note, naive = _parse_time(raw_t, date_format, groups, where=f"{path}: column '{tcol}'")
+    ts, zone = _local_to_utc(_to_ns(ts), naive, data_timezone)
     bad = ts.isna().to_numpy()
     n_bad = int(bad.sum())
     if n_bad > MAX_BAD_SHARE * len(df):
@@ -515,7 +569,8 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
                         f"(e.g. {example})")
 
     out = {"timestamp": ts.array}
-    facts: dict = {"timestamp_format": fmt, "timestamp_note": note, "bad_timestamps": n_bad, "non_numeric": {},
+    facts: dict = {"timestamp_format": fmt, "timestamp_note": note, "bad_timestamps": n_bad, "zone": zone,
+                   "non_numeric": {},
                    "decimal_comma": bool(df.attrs.get("decimal_comma")), "missing_symbols": 0}
     for c in NUM_COLS:
         col = _column(df, found[c], path)
@@ -660,14 +715,16 @@ def _one_file_per_stem(folder: Path, files: list[Path]) -> None:
                             f"file name without its suffix): keep one of them in the folder")
 
 
-def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str) -> pd.DataFrame:
+def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str, data_timezone: str
+               ) -> pd.DataFrame:
     """Read a CSV/Parquet file or a directory of per-symbol files into the canonical raw frame.
 
     Nothing is repaired here: bad values are kept (NaN/NaT included) so `clean_ohlcv` can count them. The
     frame is stably sorted by (symbol, timestamp); how many rows were out of order in the file as read is
     kept in `attrs` for the quality report. `symbol` names a single-symbol file without a symbol column
     (default: the file stem) or selects one symbol from a long file; not a folder's. `date_format` (strftime;
-    Config.date_format) reads text timestamps as given; "" infers the format.
+    Config.date_format) reads text timestamps as given; "" infers the format. `data_timezone` (an IANA name;
+    Config.data_timezone) is the zone of the timestamps written without one.
     """
     path = Path(path)
     if not path.exists():
@@ -683,9 +740,9 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str)
                      f"files to '.csv')") if skipped else ""
             raise DataError(f"{path}: directory has no CSV or Parquet files{other}")
         _one_file_per_stem(path, files)
-        parts = [_frame_from_table(_read_table(p, date_format), p, None, date_format) for p in files]
+        parts = [_frame_from_table(_read_table(p, date_format), p, None, date_format, data_timezone) for p in files]
     else:
-        parts = [_frame_from_table(_read_table(path, date_format), path, symbol, date_format)]
+        parts = [_frame_from_table(_read_table(path, date_format), path, symbol, date_format, data_timezone)]
 
     frame = pd.concat([f for f, _ in parts], ignore_index=True) if len(parts) > 1 else parts[0][0]
     ts = ns_since_epoch(frame["timestamp"]).view("datetime64[ns]")
@@ -723,6 +780,9 @@ def load_ohlcv(path: str | Path, symbol: str | None = None, *, date_format: str)
                             for p, (_, f) in zip(files, parts) if f["timestamp_note"]],
         "decimal_comma": [p.name for p, (_, f) in zip(files, parts) if f["decimal_comma"]],
         "bad_timestamps": int(sum(f["bad_timestamps"] for _, f in parts)),
+        "timezone": {"zone": data_timezone, **{k: int(sum(f["zone"][k] for _, f in parts))
+                                               for k in ("naive", "nonexistent", "ambiguous")},
+                     "dates": [p.name for p, (_, f) in zip(files, parts) if f["zone"]["dates"]]},
         "missing_symbols": {p.name: f["missing_symbols"] for p, (_, f) in zip(files, parts) if f["missing_symbols"]},
         "non_numeric": non_numeric,
         "unsorted_rows": int(unsorted.sum()),

@@ -125,11 +125,25 @@ class QualityReport:
         if self.extra_columns:
             lines.append("  ignored columns: " + ", ".join(self.extra_columns))
         lines += [f"  timestamps: {note}" for note in self.load_notes.get("timestamp_notes", [])]
+        lines += [f"  timestamps: {line}" for line in zone_lines(self.load_notes.get("timezone", {}))]
         lines += [f"  rows without a symbol (bad_symbol): {name} {n:,}"
                   for name, n in self.load_notes.get("missing_symbols", {}).items()]
         lines += [f"  files sharing a symbol: {sym} ({', '.join(names)}): one series"
                   for sym, names in self.load_notes.get("shared_symbols", {}).items()]
         return "\n".join(lines)
+
+
+def zone_lines(zone: dict) -> list[str]:
+    """What the timestamps written without a zone were read as (data_timezone), and the local times at a DST
+    change that were dropped (bad_timestamp)."""
+    if not zone.get("naive"):
+        return []
+    line = f"{zone['naive']:,} written without a zone read as {zone['zone']} (data_timezone)"
+    if zone["dates"]:
+        line += f"; dates alone stay midnight UTC ({', '.join(zone['dates'])})"
+    dst = [f"{zone[k]:,} {what}" for k, what in (("nonexistent", "skipped by the clocks going forward"),
+                                                  ("ambiguous", "repeated by the clocks going back")) if zone[k]]
+    return [line] + ([f"local times dropped as bad_timestamp: {', '.join(dst)}"] if dst else [])
 
 
 def bar_change_lines(changes: list[dict], bar_size_s: dict[str, float | None]) -> list[str]:
@@ -182,7 +196,7 @@ def quality_report(parts: list[dict], raw: pd.DataFrame, source: str, keep: tupl
     extra += [str(col) for col in raw.columns if col not in COLUMNS and col not in keep]
     load_notes = {k: raw.attrs[k] for k in ("n_files", "skipped_files", "timestamp_format", "timestamp_notes",
                                             "bad_timestamps", "missing_symbols", "non_numeric", "decimal_comma",
-                                            "shared_symbols")
+                                            "shared_symbols", "timezone")
                   if k in raw.attrs}
     empty = range_stats({c: np.zeros(0) for c in NUM_COLS}, np.zeros(0, dtype=np.int64))
     rows_in, kept = sum(p["rows_in"] for p in parts), sum(p["rows_kept"] for p in parts)

@@ -93,7 +93,7 @@ def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, fu
 # the features are not what anyone runs, and there they varied 0.4-1.2 s from run to run). The flat layout is an
 # older commit's, which tools/ingest_compare.py runs with this script.
 INGEST_ONCE = r"""
-import json, os, resource, sys, time
+import inspect, json, os, resource, sys, time
 path = sys.argv[1]
 try:
     from tradelib.data.load import load_ohlcv
@@ -103,7 +103,8 @@ except ImportError:  # before tradelib/data became a package
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 base, load = rss(), os.getloadavg()[0]
 c0, t0 = time.process_time(), time.perf_counter()
-raw = load_ohlcv(path, date_format="")
+zone = {"data_timezone": "UTC"} if "data_timezone" in inspect.signature(load_ohlcv).parameters else {}  # (older)
+raw = load_ohlcv(path, date_format="", **zone)
 read, peak = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 clean_ohlcv(raw, path)
 total = time.perf_counter() - t0
