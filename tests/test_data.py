@@ -1119,10 +1119,39 @@ def test_error_trailing_separator_is_named(tmp_path):
     df = make_frame(5)
     (tmp_path / "x.csv").write_text(df.to_csv(index=False, lineterminator=",\n").replace(",\n", "\n", 1))
     msg = load_error(tmp_path / "x.csv")
-    assert "Expected 7 columns, got 8" in msg and "the rows end with the separator ','" in msg
+    assert "Expected 7 columns, got 8" in msg and "line 2 (the first of one field more) ends with the separator ','" \
+        in msg
     df.to_csv(tmp_path / "y.csv", index=False)
     (tmp_path / "y.csv").write_text((tmp_path / "y.csv").read_text() + "2024-01-01,AAA,1,1,1,1,1,9\n")
-    assert "rows end with" not in load_error(tmp_path / "y.csv")  # one field more, not at the end of the row
+    assert "ends with the separator" not in load_error(tmp_path / "y.csv")  # one field more, not at the end
+
+
+def test_trailing_separator_past_the_first_mib_is_named(tmp_path):
+    """A file whose later rows end with the separator (an export appended to one that did not) is named so too,
+    with the line, though the rows read for the file's decimal mark (its first MiB) show none."""
+    big = make_frame(30_000)
+    big.to_csv(tmp_path / "x.csv", index=False)
+    assert (tmp_path / "x.csv").stat().st_size > 1 << 20
+    with open(tmp_path / "x.csv", "a") as f:
+        f.write(big.iloc[:3].to_csv(index=False, header=False, lineterminator=",\n"))
+    assert f"line {len(big) + 2} (the first of one field more) ends with the separator ','" in load_error(
+        tmp_path / "x.csv")
+
+
+def test_a_header_ending_with_the_separator_is_no_unnamed_column(tmp_path):
+    """Header and rows ending with the separator: the empty column it reads as is said as such, never as a column
+    '' (a blank in 'ignored columns' and in the columns a message lists; beside an unnamed first column, a column
+    named twice)."""
+    df = make_frame(5).drop(columns="symbol")
+    (tmp_path / "x.csv").write_text(df.to_csv(index=False, lineterminator=",\n"))
+    raw = load_ohlcv(tmp_path / "x.csv", date_format="", data_timezone="UTC")
+    assert raw.attrs["extra_columns"] == ["(empty: the rows end with the separator)"]
+    assert "ignored columns: (empty: the rows end with the separator)" in clean(raw)[1].summary()
+    (tmp_path / "i.csv").write_text(df.rename(columns={"timestamp": ""}).to_csv(index=False, lineterminator=",\n"))
+    pd.testing.assert_series_equal(load_ohlcv(tmp_path / "i.csv", date_format="", data_timezone="UTC")["timestamp"],
+                                   raw["timestamp"])
+    (tmp_path / "m.csv").write_text(df.drop(columns="close").to_csv(index=False, lineterminator=",\n"))
+    assert "(found: timestamp, open, high, low, volume)" in load_error(tmp_path / "m.csv")
 
 def test_error_missing_column_lists_found(tmp_path):
     df = make_frame(5).drop(columns=["symbol", "close"]).rename(columns={"timestamp": "date",

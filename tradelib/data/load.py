@@ -123,6 +123,7 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
             if not rows:  # a header and nothing else
                 raise DataError(f"{path}: no rows")
             df = _to_pandas(lambda: _read_csv(path, sep, decimal, first, date_format), date_as_object=False)
+            df = _without_empty_last_column(df, first, sep)
             df.attrs["decimal_comma"] = decimal == ","
         except DataError:
             raise
@@ -136,7 +137,7 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
                             f"{', a UTF-16 file' if utf16 else ''}): save it as UTF-8 (Excel: 'CSV UTF-8'; or "
                             f"`iconv -f {'utf-16' if utf16 else 'cp1252'} -t utf-8`)") from None
         except Exception as e:  # binary garbage, bad gzip, ragged rows ...
-            raise DataError(f"{path}: cannot parse as CSV ({_short(e)}){_trailing_separator(e, sep, rows)}") from None
+            raise DataError(f"{path}: cannot parse as CSV ({_short(e)}){_trailing_separator(e, sep, path)}") from None
     else:
         raise DataError(f"{path}: not a CSV or Parquet file (suffix '{suffix}'; expected .csv, .csv.gz, "
                         f".tsv or .parquet)")
@@ -145,15 +146,39 @@ def _read_table(path: Path, date_format: str) -> pd.DataFrame:
     return df
 
 
-def _trailing_separator(e: Exception, sep: str, rows: list[str]) -> str:
-    """Why a row has one field more than the header, where the file's rows end with the separator ('1,2,3,'): an
-    export that ends every row so reads as one more, empty column. (Arrow cuts a long row short in its message:
-    the file's first rows are looked at.)"""
+def _without_empty_last_column(df: pd.DataFrame, header: str, sep: str) -> pd.DataFrame:
+    """A header and rows that end with the separator ('...,volume,') read as one more column, unnamed and empty:
+    no column of the file, but the separator at the end of its lines. Dropped (said in `extra_columns`), where it
+    was listed as a column '' (twice, beside an unnamed first column: refused as a column named twice)."""
+    if not header.rstrip("\r\n").endswith(sep) or df.shape[1] < 2 or str(df.columns[-1]).strip() \
+            or df.iloc[:, -1].notna().any():
+        return df
+    df = df.iloc[:, :-1]
+    df.attrs["empty_last_column"] = True
+    return df
+
+
+def _label(column) -> str:
+    """A column's name as listed in a message: an unnamed one said so, not as nothing."""
+    return str(column) if str(column).strip() else "(unnamed)"
+
+
+def _trailing_separator(e: Exception, sep: str, path: Path) -> str:
+    """Why a row has one field more than the header, where it ends with the separator ('1,2,3,'): an export that
+    ends its rows so reads as one more, empty column. The file is read to its first row of one field more (Arrow
+    cuts a long row short in its message; it may lie past the first MiB: a later export appended)."""
     m = re.search(r"Expected (\d+) columns, got (\d+)", str(e))
-    if not m or int(m[2]) != int(m[1]) + 1 or not any(r.rstrip("\r\n").endswith(sep) for r in rows[:100]):
+    if not m or int(m[2]) != int(m[1]) + 1:
         return ""
-    return (f": the rows end with the separator {sep!r}, the likely cause (a trailing separator reads as one more, "
-            f"empty field); remove it from the end of every row, or add a name for it to the header")
+    opener = gzip.open if _suffix(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8-sig") as f:
+        fields = f.readline().count(sep)
+        line, row = next(((n, row) for n, row in enumerate(f, 2) if row.count(sep) == fields + 1), (0, ""))
+    if not row.rstrip("\r\n").endswith(sep):
+        return ""
+    return (f": line {line} (the first of one field more) ends with the separator {sep!r}, the likely cause (a "
+            f"trailing separator reads as one more, empty field); remove it from the end of every row, or add a "
+            f"name for it to the header")
 
 
 def _out_of_memory(path: Path) -> DataError:
@@ -542,7 +567,7 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
     if missing:
         names = ", ".join(f"'{c}'" for c in missing)
         what = "column" if len(missing) == 1 else "columns"
-        cols = ", ".join(str(c) for c in df.columns)
+        cols = ", ".join(_label(c) for c in df.columns)
         header = ("; its first line is numbers, not names: the file has no header line (Binance's klines): add "
                   "one, e.g. open_time,open,high,low,close,volume,...") if all(
             re.fullmatch(r"\s*[+-]?\d+(\.\d*)?([eE][+-]?\d+)?\s*", str(c)) for c in df.columns) else ""
@@ -606,7 +631,8 @@ def _frame_from_table(df: pd.DataFrame, path: Path, symbol: str | None, date_for
         _one_series(frame, df, path, tcol, extra)
         frame.insert(1, "symbol", symbol if symbol is not None else _stem(path))
     frame["symbol"] = frame["symbol"].astype("str")
-    facts["extra_columns"] = [str(c) for c in extra]
+    facts["extra_columns"] = [_label(c) for c in extra] + (
+        ["(empty: the rows end with the separator)"] if df.attrs.get("empty_last_column") else [])
     return frame, facts
 
 
