@@ -13,7 +13,9 @@ this protocol:
 - `forward(x)`: x `[batch, window, n_features]` (float32; bf16 inside autocast) -> `[batch]`, one prediction per
   window. No host syncs (`.item()`, data-dependent shapes) if it is to run under the step graph;
 - optional `flops_per_sample(dense: bool) -> float`: forward FLOPs per prediction (2 per multiply-add), for MFU
-  (without it MFU is n/a, and says why);
+  (without it MFU is n/a, and says why); training counts 3x that, less `input_flops(dense: bool) -> float` where
+  the model gives it: the forward FLOPs of its layer that reads the data, whose backward makes no gradient for
+  the data (`training_flops_per_sample`);
 - optional dense training (`dense: true`): `receptive_field: int` (an output sees that many rows, itself
   included; at most the window) and `forward_dense(x) -> [batch, length]`, a prediction at every position of a
   chunk.
@@ -73,6 +75,10 @@ class MLP(nn.Module):
         d = self.n_features * self.window
         return 2.0 * (d * self.hidden + (self.layers - 1) * self.hidden**2 + self.hidden)
 
+    def input_flops(self, dense: bool) -> float:
+        """The first layer's forward FLOPs (see `training_flops_per_sample`)."""
+        return 2.0 * self.n_features * self.window * self.hidden
+
 
 class RNN(nn.Module):
     def __init__(self, kind: str, n_features: int, window: int, hidden: int, layers: int, dropout: float,
@@ -96,6 +102,10 @@ class RNN(nn.Module):
             for i in range(self.layers)
         )
         return per_step * self.window + 2.0 * self.hidden
+
+    def input_flops(self, dense: bool) -> float:
+        """The first layer's input projection, every time step (see `training_flops_per_sample`)."""
+        return 2.0 * self.gates * self.n_features * self.hidden * self.window
 
 
 class CausalBlock(nn.Module):
@@ -143,6 +153,10 @@ class TCN(nn.Module):
         per_pos = 2.0 * self.n_features * self.hidden
         per_pos += sum(2 * 2.0 * self.kernel * self.hidden**2 for _ in self.blocks) + 2.0 * self.hidden
         return per_pos if dense else per_pos * self.receptive_field
+
+    def input_flops(self, dense: bool) -> float:
+        """The 1x1 input convolution, per position as `flops_per_sample` counts them."""
+        return 2.0 * self.n_features * self.hidden * (1 if dense else self.receptive_field)
 
 
 class EncoderBlock(nn.Module):
@@ -233,6 +247,10 @@ class Transformer(nn.Module):
         per_layer = 2.0 * w * d * 3 * d + 2.0 * w * w * d * 2 + 2.0 * w * d * d + 2.0 * w * d * 4 * d * 2
         body = 2.0 * w * f * d + self.layers * per_layer
         return (body / w if dense else body) + 2.0 * d
+
+    def input_flops(self, dense: bool) -> float:
+        """The input projection, per position as `flops_per_sample` counts them."""
+        return 2.0 * self.n_features * self.d * (1 if dense else self.window)
 
 
 def init_weights(model: nn.Module, gain: float) -> None:
@@ -399,16 +417,20 @@ def _probe(fn, x: torch.Tensor, shape: tuple[int, ...], said: str, protocol: str
 
 
 def training_flops_per_sample(model: nn.Module, dense: bool, chunk: int | None = None) -> float | None:
-    """Forward + backward ~ 3x the forward FLOPs (the usual 6N-per-token rule for matmuls), per trained target;
-    None for a model of the user's without `flops_per_sample`. Dense, a chunk of `chunk` rows computes every
-    position and trains only the last chunk - receptive_field + 1: per target, chunk / that many positions."""
+    """Forward + backward per trained target, as torch's FlopCounterMode counts them: a matmul's backward is twice
+    its forward (the gradients of its input and of its weight; the usual 6N-per-token rule), except the layer that
+    reads the data, whose backward makes no gradient for the data: 3x the forward less `input_flops` (an MLP's
+    first layer is most of its FLOPs). None for a model of the user's without `flops_per_sample`. Dense, a chunk of
+    `chunk` rows computes every position and trains only the last chunk - receptive_field + 1: per target, chunk /
+    that many positions."""
     count = getattr(model, "flops_per_sample", None)
     if count is None:
         return None
     share = 1.0
     if dense and chunk:
         share = chunk / max(chunk - getattr(model, "receptive_field", 1) + 1, 1)
-    return 3.0 * count(dense=dense) * share
+    input_flops = getattr(model, "input_flops", None)
+    return (3.0 * count(dense=dense) - (input_flops(dense=dense) if input_flops else 0.0)) * share
 
 
 def n_params(model: nn.Module) -> int:
