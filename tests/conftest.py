@@ -63,3 +63,26 @@ def older_commit(commit: str) -> Path:
     if subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{commit}^{{commit}}"]).returncode:
         pytest.skip(f"commit {commit} is not in this clone (shallow)")
     return root
+
+
+def cuda_trace():
+    """A CUDA step's trace as torch's profiler parses it (its own FunctionEvent class; the events a GPU gives):
+    a CPU op carrying its kernel's time, the kernels (300 + 30 us), and the record_function ranges `train step` and
+    `Optimizer.step#AdamW.step` on the CPU and again on the GPU (gpu_user_annotation spans over those kernels)."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import EventList, FunctionEvent
+
+    def ev(i, name, start, end, device=DeviceType.CPU, annotation=False):
+        return FunctionEvent(i, name, thread=0, start_us=start, end_us=end, stack=[], use_device="cuda",
+                             device_type=device, is_user_annotation=annotation)
+
+    mm = ev(1, "aten::mm", 10, 12)
+    mm.append_kernel("gemm", 0, 300)
+    events = EventList([ev(0, "train step", 0, 500, annotation=True), mm, ev(2, "gemm", 100, 400, DeviceType.CUDA),
+                        ev(3, "Optimizer.step#AdamW.step", 400, 450, annotation=True),
+                        ev(4, "adamw", 410, 440, DeviceType.CUDA),
+                        ev(5, "train step", 90, 450, DeviceType.CUDA, annotation=True),
+                        ev(6, "Optimizer.step#AdamW.step", 410, 440, DeviceType.CUDA, annotation=True)],
+                       use_device="cuda")
+    events._build_tree()
+    return events

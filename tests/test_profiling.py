@@ -40,6 +40,18 @@ def test_profile_step_writes_a_trace_and_a_top_ops_table(tiny_cfg, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_top_ops_of_a_cuda_trace_share_its_kernel_time():
+    """On a GPU the table ranks the kernels and shares their time, as torch's own table: the rows of CPU ops and of
+    the record_function spans on the device repeat it (gemm read 29% of 1,020 us, not 91% of 330)."""
+    from tradelib.perf.profiling import top_ops
+
+    from .conftest import cuda_trace
+
+    df = top_ops(cuda_trace().key_averages(), on_device=True, top=10)
+    assert df["op"].tolist() == ["gemm", "adamw"]
+    assert df["share_of_self_time"].tolist() == pytest.approx([300 / 330, 30 / 330])
+
+
 def test_find_max_batch_on_cpu_respects_its_budget(tiny_cfg):
     cfg = tiny_cfg.replace(model="mlp")
     probe = StepProbe(cfg)

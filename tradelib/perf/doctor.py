@@ -35,7 +35,7 @@ from tradelib.hardware import (
     sync,
     torch_flags,
 )
-from tradelib.perf.measure import Runner, mfu_fields, quiet_profiler
+from tradelib.perf.measure import Runner, device_events, mfu_fields, quiet_profiler
 from tradelib.perf.profiling import _runner
 
 # where a figure tips the verdict (shares of step time, ratios of times, shares of memory)
@@ -263,11 +263,9 @@ def host_and_device(runner: Runner, n: int = 5) -> tuple[float, float]:
 
 
 def device_seconds(events) -> float:
-    """Seconds of the device-side events of a torch.profiler trace (kernels, copies, graph replays' kernels).
-    Only those: a CPU op's device time is its kernels' again, so summing every row would count them twice."""
-    from torch.autograd import DeviceType
-
-    return sum(e.time_range.elapsed_us() for e in events if e.device_type == DeviceType.CUDA) / 1e6
+    """Seconds of the device-side events of a torch.profiler trace (kernels, copies, graph replays' kernels), each
+    once (`device_events`)."""
+    return sum(e.time_range.elapsed_us() for e in device_events(events)) / 1e6
 
 
 def examine(cfg: Config, seconds: float | None = None, runner: Runner | None = None, verbose: bool = True

@@ -289,6 +289,16 @@ def _held_stderr() -> Iterator[None]:
                 sys.stderr.flush()
 
 
+def device_events(events) -> list:
+    """The device-side events of a torch.profiler trace (kernels, copies, memsets; its events or its key_averages):
+    each device second once. A CPU op's device time repeats its kernels', and a record_function range (`train step`,
+    torch's `Optimizer.step#...`, torch.compile's regions) is mirrored on the device as a span over kernels that are
+    events of their own (`gpu_user_annotation`): neither is counted again."""
+    from torch.autograd import DeviceType
+
+    return [e for e in events if e.device_type != DeviceType.CPU and not e.is_user_annotation]
+
+
 def step_peak_bytes(fn) -> int:
     """Peak bytes held by CPU tensors allocated while `fn()` runs, relative to its start (torch.profiler
     memory events). The CPU stand-in for torch.cuda.max_memory_allocated: deterministic, unlike RSS; the

@@ -22,7 +22,15 @@ from tradelib.config import Config
 from tradelib.data import dataset
 from tradelib.hardware import mfu_peak, pick_device, sync
 from tradelib.paths import atomic_write_bytes
-from tradelib.perf.measure import Runner, make_setups, measure, quiet_profiler, split_list, step_peak_bytes
+from tradelib.perf.measure import (
+    Runner,
+    device_events,
+    make_setups,
+    measure,
+    quiet_profiler,
+    split_list,
+    step_peak_bytes,
+)
 
 SWEEP_COLUMNS = ["loader", "batch_size", "samples_per_s", "speedup", "it_per_s", "data_wait_share",
                  "batches_per_epoch", "peak_mem_bytes", "mfu", "gpu_busy_pct", "step_time_s", "mfu_invalid",
@@ -132,18 +140,26 @@ def profile_step(cfg: Config, trace_path: str | Path | None = None, top: int = 2
         if trace_path:
             Path(trace_path).parent.mkdir(parents=True, exist_ok=True)
             prof.export_chrome_trace(str(trace_path))
-        timed = device.type == "cuda"  # else no device activity was profiled: its times are unknown, not 0 ms
-        rows = [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
-                 "cpu_total_ms": e.cpu_time_total / 1e3,
-                 "self_device_ms": e.self_device_time_total / 1e3 if timed else float("nan"),
-                 "device_total_ms": e.device_time_total / 1e3 if timed else float("nan")} for e in prof.key_averages()]
-        df = pd.DataFrame(rows)
-        key = "self_device_ms" if timed else "self_cpu_ms"
-        df = df.sort_values(key, ascending=False, ignore_index=True).head(top)
-        df["share_of_self_time"] = df[key] / max(sum(r[key] for r in rows), 1e-12)
-        return df
+        return top_ops(prof.key_averages(), device.type == "cuda", top)
     finally:
         runner.close()
+
+
+def top_ops(averages, on_device: bool, top: int) -> pd.DataFrame:
+    """The `top` rows of a trace's key_averages by self time, with their share of it: on a CPU the ops' self CPU
+    time; on a GPU (`on_device`) the device's kernels and copies alone (`device_events`), as torch's own table
+    shares them: a CPU op's device time and a record_function range's span on the device repeat those kernels."""
+    rows = [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+             "cpu_total_ms": e.cpu_time_total / 1e3,
+             # off a GPU no device activity was profiled: its times are unknown, not 0 ms
+             "self_device_ms": e.self_device_time_total / 1e3 if on_device else float("nan"),
+             "device_total_ms": e.device_time_total / 1e3 if on_device else float("nan")}
+            for e in (device_events(averages) if on_device else averages)]
+    df = pd.DataFrame(rows)
+    key = "self_device_ms" if on_device else "self_cpu_ms"
+    df = df.sort_values(key, ascending=False, ignore_index=True).head(top)
+    df["share_of_self_time"] = df[key] / max(sum(r[key] for r in rows), 1e-12)
+    return df
 
 
 def _release_memory(device: torch.device) -> None:
