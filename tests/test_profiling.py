@@ -52,6 +52,21 @@ def test_the_top_ops_of_a_cuda_trace_share_its_kernel_time():
     assert df["share_of_self_time"].tolist() == pytest.approx([300 / 330, 30 / 330])
 
 
+def test_the_timed_steps_start_after_the_warm_up(tiny_cfg, outputs):
+    """What measure reads the GPU monitor at, so that a row's GPU busy % is its timed steps' (the warm-up holds
+    compilation and the step graph's recording, a GPU idle for seconds): once the 3 warm-up steps of 2
+    micro-batches are done, before the first timed fetch."""
+    from tradelib.perf.profiling import _runner
+
+    runner = _runner(tiny_cfg.replace(device="cpu", grad_accum_steps=2))
+    try:
+        fetched = []
+        runner.run(3, 2, timed=lambda: fetched.append(len(runner.source.host)))
+        assert fetched == [6] and len(runner.source.host) == 4
+    finally:
+        runner.close()
+
+
 def test_find_max_batch_on_cpu_respects_its_budget(tiny_cfg):
     cfg = tiny_cfg.replace(model="mlp")
     probe = StepProbe(cfg)

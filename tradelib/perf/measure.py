@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,16 +217,19 @@ class Runner:
         self.queue = ids[need:]
         return list(ids[:need].split(tr.global_batch))
 
-    def run(self, n_warmup: int, n_steps: int) -> dict:
+    def run(self, n_warmup: int, n_steps: int, timed: Callable[[], object] | None = None) -> dict:
         """n_warmup untimed then n_steps timed optimizer steps, each `Trainer.step` (micro-batches, gradient
         accumulation, clipping, the optimizer and the LR). Data wait is the time blocked in the source's
-        fetch (the DataLoader's next(), or the device gather)."""
+        fetch (the DataLoader's next(), or the device gather). `timed` is called as the timed steps start (the
+        GPU monitor's read: its busy % is then theirs, not the warm-up's compilation or graph recording)."""
         tr = self.trainer
         groups = self.take(n_warmup + n_steps)
         self.source.begin(torch.cat(groups))  # the DataLoader gets exactly these batches: no prefetch beyond
         for group in groups[:n_warmup]:
             tr.step(group)
         sync(self.device)
+        if timed is not None:
+            timed()
         self.source.wait, self.source.host, counts, micro = 0.0, [], [], 0
         t0 = time.perf_counter()
         for group in groups[n_warmup:]:
@@ -369,9 +372,8 @@ def measure(setups: Sequence[Setup], *, steps: int, warmup: int, repeats: int, m
                 for runner, out in zip(runners, runs):
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
-                    monitor.read()
                     with CpuElsewhere() as others:
-                        res = runner.run(warmup, steps)
+                        res = runner.run(warmup, steps, timed=monitor.read)
                     res["gpu"], res["other_cores"] = monitor.read(), others.cores
                     if device.type == "cuda":
                         res["peak_mem"] = int(torch.cuda.max_memory_allocated(device))
