@@ -147,6 +147,7 @@ def test_built_in_flops_match_torchs_counter(name):
     assert model.flops_per_sample(dense=False) == pytest.approx(counted_flops(model, x) / 4, rel=0.1)
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # (mkldnn.flags sets it, on any build)
 @pytest.mark.parametrize("name, window, hidden, layers", [
     ("mlp", 32, 64, 2), ("mlp", 8, 256, 1), ("lstm", 16, 32, 2), ("gru", 16, 32, 1), ("tcn", 32, 16, 3),
     ("transformer", 16, 32, 2)])
