@@ -218,6 +218,19 @@ def test_01s_tables_read_the_quality_report_and_the_features_as_they_are():
     assert features["at the clip"].tolist() == [f"{v:.2%}" for v in train["at_clip"]]
 
 
+def test_01s_cleaning_table_on_clean_data_says_nothing_was_cleaned():
+    """The real daily bars drop nothing: the table was a header with no row under it."""
+    from tradelib.report import explore, tables
+
+    raw = generate_market(n_symbols=2, n_bars=300, seed=3, hostile=False)
+    frame, report = clean.clean_ohlcv(raw, "clean", keep=("oracle",))
+    counts = explore.counts_table(report.to_dict())
+    assert (counts["rows"] == 0).all()  # rules that found nothing, if listed at all
+    shown = tables.cleaning_table(counts)
+    assert shown.to_dict("records") == [{"action": "–", "rule": "no row dropped, changed, masked or flagged",
+                                         "rows": "0", "symbols": "0", "most in": "–"}]
+
+
 HOSTILE = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -1.0, 1e-12, 1e15, 1e19])
 
 

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from tradelib.report.backtest import BacktestResult, drawdown_curve, equity_curve  # noqa: E402
-from tradelib.report.tables import LOADER_NAMES, epoch_labels, partial_epochs  # noqa: E402
+from tradelib.report.tables import LOADER_NAMES, NOTHING_CLEANED, epoch_labels, partial_epochs  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -439,7 +439,7 @@ def plot_quality(report_dict: dict, save_to: str | Path | None = None) -> plt.Fi
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(counts) + 1)))
     ax.set_title("data quality: rows per rule")
     if len(counts) == 0:
-        _empty(ax, "no row dropped, changed, masked or flagged")
+        _empty(ax, NOTHING_CLEANED)
         return _save(fig, save_to)
     counts = counts.sort_values("rows", ascending=False)
     sns.barplot(data=counts, y="rule", x="rows", hue="what", dodge=False, orient="h", ax=ax)

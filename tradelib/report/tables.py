@@ -132,11 +132,16 @@ def show(df: pd.DataFrame, caption: str = "", highlight: tuple[tuple[int, str], 
 
 
 # -- 01's tables ---------------------------------------------------------------------------------------------------
+NOTHING_CLEANED = "no row dropped, changed, masked or flagged"  # what clean data's table and figure say
+
+
 def cleaning_table(counts: pd.DataFrame) -> pd.DataFrame:
     """Rows per cleaning rule (`explore.counts_table`'s rows per rule and symbol, summed): what it did, the rows
     and the symbols it touched, and the symbol it touched most, so that a universe of hundreds of symbols reads
-    in a few lines."""
+    in a few lines. Clean data gets one row saying so (a bare header reads as a table that failed to fill)."""
     counts = counts[counts["rows"] > 0]
+    if not len(counts):
+        return pd.DataFrame([{"action": NA, "rule": NOTHING_CLEANED, "rows": "0", "symbols": "0", "most in": NA}])
     rows = []
     for (action, rule), g in counts.groupby(["action", "rule"], sort=True):
         top = g.sort_values(["rows", "symbol"], ascending=[False, True]).iloc[0]
