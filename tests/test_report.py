@@ -345,6 +345,34 @@ def test_a_net_sharpe_that_costs_drive_below_minus_10_is_not_flagged(tmp_path):
         "Sharpe", "net of costs"].endswith("(implausible)")
 
 
+def test_a_buy_and_hold_figure_no_market_makes_is_flagged_as_the_books_are(tmp_path):
+    """The default synthetic run's buy & hold read Sharpe 16.4 over a few days, unflagged beside the book's flagged
+    ones: it is flagged the same way, without the look-ahead (buy & hold trades no signal) or the planted signal."""
+    from tradelib.report import tables
+
+    run, _ = make_run(tmp_path / "drift", summary_extra={"config": {"data_path": "synthetic"}})
+    frame = pd.read_parquet(run / "predictions.parquet")
+    frame[["ret_next", "fwd_return"]] += 3e-4  # every symbol drifts up: a market rising 9% a day
+    frame.to_parquet(run / "predictions.parquet", index=False)
+    rep = rp.build_report(run, settings=ri.ReportSettings.of(cost_bps=5.0))
+    s = rep["summary"]
+    hold = rep["backtest"]["buy_hold"]
+    r = np.expm1(frame.pivot(index="timestamp", columns="symbol", values="ret_next")).mean(axis=1)
+    r.iloc[0] -= 5e-4  # buy & hold pays the cost once, at entry
+    assert s["buy_hold_sharpe"] == pytest.approx(r.mean() / r.std() * math.sqrt(s["periods_per_year"]), rel=1e-3)
+    assert s["buy_hold_sharpe"] > 10 and hold["annual_return"] > 10
+    for key in ("buy_hold_sharpe", "buy_hold_annual_return"):
+        assert key in s["flags"], key
+        assert "look-ahead" not in s["flags"][key] and "planted" not in s["flags"][key]
+    assert s["flags"]["buy_hold_sharpe"].startswith(f"Sharpe {s['buy_hold_sharpe']:.3g} is beyond +-10: no market")
+    low, high = s["buy_hold_sharpe_ci"]
+    assert (f"buy & hold {s['buy_hold_sharpe']:.2f} (95% {low:.2f} to {high:.2f}) (flagged: Sharpe "
+            in rw.summary_markdown(rep))
+    shown = tables.backtest_table(rep["backtest"], s["flags"]).set_index("figure")["buy & hold"]
+    assert shown["Sharpe"] == f"{s['buy_hold_sharpe']:.2f} (implausible)"
+    assert shown["annual return"].endswith("(implausible)")
+
+
 def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(tmp_path):
     """Three days of 5-minute bars with a planted signal annualise to an impossible Sharpe: flagged with a reason;
     'survives costs' is said only when the break-even interval lies above the cost."""
@@ -389,7 +417,7 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
     row = rep["costs"]["net_sharpe_by_cost"][3]  # the report's 5 bps: the summary's annual return and interval
     assert [row["net_annual_return_ci_low"], row["net_annual_return_ci_high"]] == s["net_annual_return_ci"]
     assert costs["its 95% interval"][3] == f"{low:+.1%} to {high:+.1%}"
-    assert not shown.loc["Sharpe", "buy & hold"].endswith("(implausible)")
+    assert shown.loc["Sharpe", "buy & hold"].endswith("(implausible)") is (abs(s["buy_hold_sharpe"]) > 10)
     low, high = s["break_even_ci"]
     assert s["survives_costs"] is (True if low > 5.0 else False if high < 5.0 else None)
     noise, _ = make_run(tmp_path / "noise", rho=0.0, seed=3, freq="B", n_bars=300, n_sym=6)

@@ -311,6 +311,10 @@ def test_bar_words_and_implausible_figures():
     assert bk.implausible(None, None, -9.5) == [] and bk.implausible(None, None, 9.5) == []
     assert [f[:20] for f in bk.implausible(None, None, -14.2)] == ["alpha -1,420% a year"]  # either way
     assert len(bk.implausible(None, None, 10.5)) == 1 and bk.implausible(None, None, float("nan")) == []
+    assert bk.implausible(16.4, 12.0, market=True) == [  # buy & hold: no signal, so no look-ahead to look for
+        "annual return 1,200% is above 1000%: a short test span compounded to a year, or a bad print",
+        "Sharpe 16.4 is beyond +-10: no market holds one; look for too few periods (a short test span annualised) or "
+        "a bad print"]
 
 
 # -- the false-discovery rate ------------------------------------------------------------------------------------

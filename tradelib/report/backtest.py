@@ -621,20 +621,24 @@ MAX_PLAUSIBLE_SHARPE = 10.0
 MAX_PLAUSIBLE_ANNUAL_RETURN = 10.0  # 1000%
 
 
-def implausible(sharpe_value: float | None, annual_return: float | None, alpha: float | None = None) -> list[str]:
+def implausible(sharpe_value: float | None, annual_return: float | None, alpha: float | None = None,
+               market: bool = False) -> list[str]:
     """Reasons why a book's figures cannot be taken at face value: an annualised return above 1000%, an alpha
     beyond +-1000% a year or a Sharpe beyond +-10 is no market's (a short test span extrapolated, a look-ahead, a
-    bad print)."""
+    bad print). `market`: buy & hold's figures, which no signal trades: no look-ahead can be behind them."""
+    ahead = "" if market else " a look-ahead,"
     out = []
     if annual_return is not None and math.isfinite(annual_return) and annual_return > MAX_PLAUSIBLE_ANNUAL_RETURN:
         out.append(f"annual return {annual_return * 100:,.4g}% is above {MAX_PLAUSIBLE_ANNUAL_RETURN:.0%}: a short "
-                   f"test span compounded to a year, a look-ahead, or a bad print")
+                   f"test span compounded to a year,{ahead} or a bad print")
     if alpha is not None and math.isfinite(alpha) and abs(alpha) > MAX_PLAUSIBLE_ANNUAL_RETURN:
         out.append(f"alpha {alpha * 100:+,.4g}% a year is beyond +-{MAX_PLAUSIBLE_ANNUAL_RETURN:.0%}: a short test "
                    f"span's mean return times the bars in a year, a look-ahead, or a bad print")
     if sharpe_value is not None and math.isfinite(sharpe_value) and abs(sharpe_value) > MAX_PLAUSIBLE_SHARPE:
-        out.append(f"Sharpe {sharpe_value:.3g} is beyond +-{MAX_PLAUSIBLE_SHARPE:g}: no traded book holds one; look "
-                   f"for a look-ahead, a zero-cost trade at the signal's own close, or too few periods")
+        out.append(f"Sharpe {sharpe_value:.3g} is beyond +-{MAX_PLAUSIBLE_SHARPE:g}: " + (
+            "no market holds one; look for too few periods (a short test span annualised) or a bad print" if market
+            else "no traded book holds one; look for a look-ahead, a zero-cost trade at the signal's own close, or "
+                 "too few periods"))
     return out
 
 

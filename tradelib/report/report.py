@@ -195,7 +195,8 @@ def summary_block(inputs: ReportInputs) -> dict:
     })
     figures = {"net_sharpe": bt["net"]["sharpe"], "gross_sharpe": bt["gross"]["sharpe"],
                "net_annual_return": bt["net"]["annual_return"], "gross_annual_return": bt["gross"]["annual_return"],
-               "market_alpha": bt["market"]["alpha"]}
+               "market_alpha": bt["market"]["alpha"], "buy_hold_sharpe": bt["buy_hold"]["sharpe"],
+               "buy_hold_annual_return": bt["buy_hold"]["annual_return"]}
     pnl = inputs.backtest.pnl  # the gross book's alpha: a net one far below it is the costs' (`costs_explain`)
     gross_alpha = bk.market_regression(pnl["gross"].to_numpy(), pnl["buy_hold"].to_numpy(), bt["periods_per_year"])
     costs = {"net_sharpe": bk.costs_explain(figures["net_sharpe"], figures["gross_sharpe"], bk.MAX_PLAUSIBLE_SHARPE),
@@ -205,11 +206,14 @@ def summary_block(inputs: ReportInputs) -> dict:
              "gross_sharpe": bk.implausible(figures["gross_sharpe"], None),
              "net_annual_return": bk.implausible(None, figures["net_annual_return"]),
              "gross_annual_return": bk.implausible(None, figures["gross_annual_return"]),
-             "market_alpha": bk.implausible(None, None, figures["market_alpha"])}
+             "market_alpha": bk.implausible(None, None, figures["market_alpha"]),
+             "buy_hold_sharpe": bk.implausible(figures["buy_hold_sharpe"], None, market=True),
+             "buy_hold_annual_return": bk.implausible(None, figures["buy_hold_annual_return"], market=True)}
     synthetic = is_synthetic((s.get("config") or {}).get("data_path"))
     planted = " (here the embedded synthetic market, whose planted signal is far stronger than a real market's)"
-    out["flags"] = {k: why[0] + (planted if synthetic and figures[k] > 0 else "")  # a loss is not the signal's
+    out["flags"] = {k: why[0] + (planted if synthetic and figures[k] > 0 and not k.startswith("buy_hold") else "")
                     for k, why in flags.items() if why and not costs.get(k)}  # figures that cannot be taken as read
+    # (a loss is not the signal's, and buy & hold holds no signal)
     out["warnings"] = list(inputs.warnings)
     return out
 

@@ -114,7 +114,7 @@ def _book_lines(report: dict) -> list[str]:
         f"Long/short `{g('position_mode')}` book ({g('position_mode_reason')}), traded {g('trade_delay')} bar(s) after "
         f"the signal, at {fmt(g('cost_bps'), 'g')} bps: net Sharpe **{fmt(g('net_sharpe'), '.2f')}** ({net})"
         f"{_flag(g, 'net_sharpe')}; gross {_figure(g, 'gross_sharpe', '.2f', interval(g('gross_sharpe_ci')))}, "
-        f"buy & hold {fmt(g('buy_hold_sharpe'), '.2f')} ({interval(g('buy_hold_sharpe_ci'))}), net annual return "
+        f"buy & hold {_figure(g, 'buy_hold_sharpe', '.2f', interval(g('buy_hold_sharpe_ci')))}, net annual return "
         f"{_figure(g, 'net_annual_return', '.1%', interval(g('net_annual_return_ci'), '.1%'))} at volatility "
         f"{fmt(g('net_annual_volatility'), '.1%')}, max drawdown {fmt(g('max_drawdown'), '.1%')}, turnover "
         f"{fmt(g('turnover'), '.2f')} per bar, net exposure "
