@@ -184,3 +184,41 @@ def test_a_walk_forwards_loss_per_epoch_joins_no_two_folds():
     assert len(lines) == 6 and len({line.get_color() for line in lines}) == 2  # a colour per loss, as before
     _, labels = ax.get_legend_handles_labels()
     assert labels == ["training (mean over the epoch)", "validation (at its end)"]
+
+
+def _shown_y_labels(ax) -> list[str]:
+    ax.figure.canvas.draw()
+    low, high = ax.get_ylim()
+    return [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True)
+            if t.get_text() and low <= t.get_position()[1] <= high]
+
+
+def test_the_gradient_norm_labels_are_plain_numbers_on_the_ticks_log_formatter_chooses():
+    """plots.PlainLogFormatter (public matplotlib API, no private `_num_to_string` override): the labels the old
+    subclass drew, read off its figures, for ranges over decades, within one, and below 1e-4 (unicode minus)."""
+    expected = {(0.13, 40.0): ["0.1", "1", "10"], (0.2, 15.0): ["1", "10"], (0.05, 0.3): ["0.1", "0.06", "0.2", "0.3"],
+                (1e-3, 5.0): ["0.001", "0.01", "0.1", "1"], (3.7, 4.3): ["3.7", "3.8", "3.9", "4", "4.1", "4.2", "4.3"],
+                (2e-6, 3e-5): ["1e\u221205", "2e\u221206", "3e\u221206", "4e\u221206", "6e\u221206", "2e\u221205",
+                               "3e\u221205"]}
+    for (lo, hi), labels in expected.items():
+        fig = plots.plot_training(_steps(50, np.geomspace(hi, lo, 50)),
+                                  pd.DataFrame(columns=["epoch", "train_loss", "val_loss"]))
+        assert _shown_y_labels(fig.axes[3]) == labels, (lo, hi)
+        plt.close(fig)
+
+
+def test_the_raw_close_panel_labels_plain_numbers_where_they_fit():
+    """Closes of 40 to 90 (under a decade) read '4x10^1' .. '9x10^1' in mathtext; plain numbers where every tick
+    fits one, 10^k where the range needs exponents (one notation on the axis either way)."""
+    from types import SimpleNamespace
+
+    n = 200
+    fs = SimpleNamespace(split=np.zeros(n, dtype=np.int8), X=np.zeros((n, 2), dtype=np.float32),
+                         symbol_id=np.repeat([0, 1], n // 2), symbols=["A", "B"],
+                         feature_names=["ret_1", "log_volume_rel"])
+    raw = pd.DataFrame({"symbol": np.repeat(["A", "B"], n // 2), "close": np.geomspace(40, 90, n),
+                        "volume": np.geomspace(3e6, 1.1e10, n)})
+    fig = plots.plot_raw_vs_features(raw, fs)
+    assert _shown_y_labels(fig.axes[0]) == ["40", "50", "60", "70", "80", "90"]
+    volume = _shown_y_labels(fig.axes[1])
+    assert volume and all(t.startswith("$\\mathdefault{10^{") for t in volume), volume

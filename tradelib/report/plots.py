@@ -127,20 +127,40 @@ def _plot_lr(ax: plt.Axes, steps: pd.DataFrame, schedule: pd.DataFrame | None) -
     ax.set(title=title, xlabel="optimizer step", ylabel="learning rate")
 
 
-class _PlainLogFormatter(matplotlib.ticker.LogFormatter):
-    """LogFormatter's choice of which ticks to label, each as a plain number: 0.2, 1, 40 (not 2e-01 beside 10^0)."""
+class PlainLogFormatter(matplotlib.ticker.Formatter):
+    """A log axis's labels as plain numbers (0.2, 1, 40: not 2e-01 beside 10^0, nor 6x10^1), on the ticks matplotlib's
+    `LogFormatter(**choice)` would label: its `labelOnlyBase` and `minor_thresholds` choose which, this says how."""
 
-    def _num_to_string(self, x, vmin, vmax):
-        return f"{x:g}"
+    def __init__(self, **choice):
+        self.choice = matplotlib.ticker.LogFormatter(**choice)
+
+    def set_axis(self, axis):
+        super().set_axis(axis)
+        self.choice.set_axis(axis)
+
+    def set_locs(self, locs):
+        super().set_locs(locs)
+        self.choice.set_locs(locs)
+
+    def __call__(self, x, pos=None):
+        return self.fix_minus(f"{x:g}") if self.choice(x, pos) else ""
+
+
+PLAIN_RANGE = (1e-4, 1e6)  # where f"{x:g}" writes every tick without an exponent
+
+
+def _plain_log_labels(axis: matplotlib.axis.Axis) -> None:
+    """Plain-number labels on a log axis; between decades only where at most one decade is ticked (over two, 2 3 4 6
+    per decade ran into each other)."""
+    axis.set_major_formatter(PlainLogFormatter())
+    axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
 
 
 def _plot_grad_norm(ax: plt.Axes, steps: pd.DataFrame) -> None:
     if steps["grad_norm"].notna().any():
         ax.plot(steps["step"], steps["grad_norm"], lw=0.8)
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(_PlainLogFormatter())
-        # between decades only where at most one decade is ticked: over two, 2 3 4 6 per decade ran into each other
-        ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+        _plain_log_labels(ax.yaxis)
     else:
         _empty(ax, "no grad norm logged")
     skipped = steps["skipped_steps"].fillna(0)
@@ -487,6 +507,9 @@ def _draw_boxes(ax: plt.Axes, boxes: list[dict], log: bool) -> None:
     ax.bxp(boxes, patch_artist=True,
            boxprops={"facecolor": "#a6cee3"}, medianprops={"color": "#1f3b5c"}, flierprops={"markersize": 2})
     ax.tick_params(axis="x", rotation=45)
+    drawn = np.concatenate([np.r_[b["whislo"], b["whishi"], b["fliers"]] for b in boxes])
+    if log and PLAIN_RANGE[0] <= drawn.min() and drawn.max() < PLAIN_RANGE[1]:  # else 10^k, one notation throughout
+        _plain_log_labels(ax.yaxis)
 
 
 def plot_raw_vs_features(raw: pd.DataFrame, fs, save_to: Path | None = None,
