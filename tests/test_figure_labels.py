@@ -222,3 +222,39 @@ def test_the_raw_close_panel_labels_plain_numbers_where_they_fit():
     assert _shown_y_labels(fig.axes[0]) == ["40", "50", "60", "70", "80", "90"]
     volume = _shown_y_labels(fig.axes[1])
     assert volume and all(t.startswith("$\\mathdefault{10^{") for t in volume), volume
+
+
+def test_the_ic_panel_reads_past_a_few_outliers_and_a_thousand_bars():
+    """The real daily run's ic.png: 929 pooled-IC shares, a few at -10.6 and 9.7, the rest mostly within +-2, drawn
+    0.6 px wide. The axis now spans the bulk, each period beyond it marked at the edge it passes (a triangle at its
+    date), its count and extremes in the legend; the bars are still every period's own value; past MANY_BARS each
+    bar has an edge so that it shows."""
+    rng = np.random.default_rng(1)
+    n = 900
+    when = pd.date_range("2015-01-01", periods=n, freq="B")
+    ic = rng.normal(0, 0.5, n)
+    ic[[100, 400]], ic[700] = [10.5, 9.0], -12.0
+    ic_df = pd.DataFrame({"period": when, "ic": ic, "rank_ic": rng.normal(0, 0.5, n)})
+    fig = plots.plot_ic(ic_df)
+    ax = fig.axes[0]
+    bars = ax.collections[0]
+    heights = [p.vertices[1, 1] for p in bars.get_paths()]  # (x - w/2, 0), (x - w/2, h), ...
+    assert heights == pytest.approx(ic, abs=0) and bars.get_linewidths()[0] > 0
+    low, high = ax.get_ylim()
+    assert -3 < low < -1 and 1 < high < 3, (low, high)
+    inside = np.delete(ic, [100, 400, 700])
+    assert ((inside > low) & (inside < high)).mean() > 0.99
+    marks = {line.get_marker(): line for line in ax.lines if line.get_marker() in ("^", "v")}
+    above, below = marks["^"], marks["v"]
+    up = np.flatnonzero((ic > high) | (ic_df["rank_ic"].to_numpy() > high))
+    down = np.flatnonzero((ic < low) | (ic_df["rank_ic"].to_numpy() < low))
+    assert list(above.get_xdata()) == list(when[up]) and list(below.get_xdata()) == list(when[down])
+    assert {100, 400} <= set(up) and 700 in set(down)
+    assert set(above.get_ydata()) == {high} and set(below.get_ydata()) == {low}
+    _, labels = ax.get_legend_handles_labels()
+    assert f"{len(up) + len(down)} off the axis\n(-12 to 10.5)" in labels
+    plt.close(fig)
+    ok = plots.plot_ic(pd.DataFrame({"period": when[:50], "ic": np.linspace(-0.9, 0.9, 50), "rank_ic": 0.1}))
+    ax = ok.axes[0]
+    assert not [line for line in ax.lines if line.get_marker() in ("^", "v")]
+    assert ax.get_ylim()[0] < -0.9 and ax.get_ylim()[1] > 0.9 and ax.collections[0].get_linewidths()[0] == 0

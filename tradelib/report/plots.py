@@ -213,16 +213,23 @@ def plot_deciles(decile_df: pd.DataFrame, save_to: str | Path | None = None,
     return _save(fig, save_to)
 
 
+MANY_BARS = 300  # beyond this many periods a bar is under a pixel wide in plot_ic's 10-inch figure
+
+
 def _time_bars(ax: plt.Axes, when: pd.Series, heights: np.ndarray, width: pd.Timedelta, label: str) -> None:
     """Bars at `when` (green up, red down), as `ax.bar` draws them but as one collection: a test span of 11,700
-    periods took `ax.bar` 5.8 s (a patch per bar), and a year of minute bars would take minutes."""
+    periods took `ax.bar` 5.8 s (a patch per bar), and a year of minute bars would take minutes. Beyond MANY_BARS
+    each bar gets an edge of its own colour, a hairline at least (the real daily test span's 929 bars were 0.6 px
+    wide and drawn faint)."""
     x = matplotlib.dates.date2num(when)
     half = (width / pd.Timedelta(days=1)) / 2
     h = np.nan_to_num(heights)
     boxes = np.stack([np.c_[x - half, np.zeros_like(h)], np.c_[x - half, h], np.c_[x + half, h],
                       np.c_[x + half, np.zeros_like(h)]], axis=1)
-    bars = matplotlib.collections.PolyCollection(boxes, facecolors=np.where(h > 0, "tab:green", "tab:red"),
-                                                 alpha=0.6, linewidths=0, label=label)
+    colours = np.where(h > 0, "tab:green", "tab:red")
+    many = len(h) > MANY_BARS
+    bars = matplotlib.collections.PolyCollection(boxes, facecolors=colours, edgecolors=colours if many else "none",
+                                                 alpha=0.6, linewidths=0.5 if many else 0, label=label)
     ax.add_collection(bars)
     ax.xaxis_date()
     ax.autoscale_view()
@@ -250,6 +257,7 @@ def plot_ic(ic_df: pd.DataFrame, save_to: str | Path | None = None, window: int 
     ax.plot(when, ic_df["ic"].rolling(window, min_periods=1).mean().to_numpy(), color="tab:blue",
             label=f"rolling mean ({window} periods)")
     ax.axhline(mean, color="tab:blue", ls="--", lw=0.8, label=f"mean {mean:.3f}")
+    _clip_outliers(ax, when, ic_df["ic"].to_numpy(dtype=float), ic_df["rank_ic"].to_numpy(dtype=float))
     ax.set(title=label + (f"\n{note}" if note else ""), ylabel=unit)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     low.plot(when, ic_df["ic"].expanding().mean().to_numpy(), color="tab:blue", label="IC")
@@ -260,6 +268,43 @@ def plot_ic(ic_df: pd.DataFrame, save_to: str | Path | None = None, window: int 
     low.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _dates(low)
     return _save(fig, save_to)
+
+
+def robust_limits(values: np.ndarray, margin: float = 0.1) -> tuple[float, float] | None:
+    """y limits spanning the 1st to 99th percentile of the finite `values` and 0, widened by `margin` of that span
+    each side, where the values reach beyond 1.5 times it (the real daily run's pooled-IC shares: 1st..99th
+    percentile -4.1..3.9, a few at -10.6 and 9.7 squeezing the rest into a tenth of the panel); None where the
+    values' own range reads well."""
+    v = values[np.isfinite(values)]
+    if not len(v):
+        return None
+    lo, hi = np.percentile(v, [1, 99])
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if v.max() - v.min() <= 1.5 * (hi - lo):
+        return None
+    pad = margin * (hi - lo)
+    return float(lo - pad), float(hi + pad)
+
+
+def _clip_outliers(ax: plt.Axes, when: pd.Series, *series: np.ndarray) -> None:
+    """Robust y limits (`robust_limits`) on a time panel, each period with a value beyond them marked at the edge
+    it passes (a triangle pointing out), their count and extremes in the legend. The data drawn stays as it is."""
+    values = np.concatenate(series)
+    limits = robust_limits(values)
+    if limits is None:
+        return
+    lo, hi = limits
+    stacked = np.vstack(series)
+    with np.errstate(invalid="ignore"):
+        above, below = (stacked > hi).any(axis=0), (stacked < lo).any(axis=0)
+    ax.set_ylim(lo, hi)
+    finite = values[np.isfinite(values)]
+    label = f"{int((above | below).sum())} off the axis\n({finite.min():.3g} to {finite.max():.3g})"
+    for rows, y, marker in ((above, hi, "^"), (below, lo, "v")):
+        if rows.any():
+            ax.plot(when[rows], np.full(int(rows.sum()), y), marker, color="black", ms=5, ls="none", label=label,
+                    clip_on=False)  # on the frame, half beyond it
+            label = None
 
 
 def plot_ic_decay(decay: pd.DataFrame, save_to: str | Path | None = None, label: str = "IC",
