@@ -258,3 +258,22 @@ def test_the_ic_panel_reads_past_a_few_outliers_and_a_thousand_bars():
     ax = ok.axes[0]
     assert not [line for line in ax.lines if line.get_marker() in ("^", "v")]
     assert ax.get_ylim()[0] < -0.9 and ax.get_ylim()[1] > 0.9 and ax.collections[0].get_linewidths()[0] == 0
+
+
+def test_no_throughput_bar_label_sits_on_the_training_line():
+    """A device loader at 870 samples/s under this run's training line at 900: its label '870' was struck through.
+    Such a label moves inside its bar; the others stay above theirs, every label still its bar's value."""
+    sweep = pd.DataFrame({"loader": ["dataloader", "device", "dataloader", "device"], "batch_size": [64, 64, 256, 256],
+                          "samples_per_s": [2258.0, 870.0, 3000.0, 1500.0], "data_wait_share": [0.2, 0.0, 0.1, 0.0]})
+    for training in (880.0, 900.0, 930.0, 1200.0):
+        fig = plots.plot_loader_sweep(sweep, training=(training, "this run"))
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        line = ax.transData.transform((0, training))[1]
+        labels = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+        assert set(labels) == {"2,258", "870", "3,000", "1,500"}
+        assert not [text for text, box in labels.items() if box.y0 <= line <= box.y1], training
+        top = {p.get_height(): ax.transData.transform((0, p.get_height()))[1] for p in ax.patches}
+        assert labels["3,000"].y0 >= top[3000.0]  # untouched: above its bar
+        plt.close(fig)
