@@ -417,6 +417,9 @@ def test_implausible_figures_are_flagged_and_survival_needs_the_whole_interval(t
     row = rep["costs"]["net_sharpe_by_cost"][3]  # the report's 5 bps: the summary's annual return and interval
     assert [row["net_annual_return_ci_low"], row["net_annual_return_ci_high"]] == s["net_annual_return_ci"]
     assert costs["its 95% interval"][3] == f"{low:+.1%} to {high:+.1%}"
+    # the same net total return in both tables, to the same digit (the costs table read -7.21%, the backtest -7.2%)
+    net_total = f"{row['net_total_return']:+.1%}"
+    assert costs["net total return"][3] == shown.loc["total return", "net of costs"] == net_total
     assert shown.loc["Sharpe", "buy & hold"].endswith("(implausible)") is (abs(s["buy_hold_sharpe"]) > 10)
     low, high = s["break_even_ci"]
     assert s["survives_costs"] is (True if low > 5.0 else False if high < 5.0 else None)

@@ -261,7 +261,7 @@ def costs_table(costs: pd.DataFrame) -> pd.DataFrame:
                          "net annual return": [signed_pct(v) for v in costs["net_annual_return"]],
                          "its 95% interval": [pct_span(lo, hi) for lo, hi in zip(costs["net_annual_return_ci_low"],
                                                                                  costs["net_annual_return_ci_high"])],
-                         "net total return": [signed_pct(v, 2) for v in costs["net_total_return"]]})
+                         "net total return": [signed_pct(v) for v in costs["net_total_return"]]})  # as backtest_table
 
 
 def per_symbol_table(per_symbol: pd.DataFrame) -> pd.DataFrame:
