@@ -231,6 +231,22 @@ def test_01s_cleaning_table_on_clean_data_says_nothing_was_cleaned():
                                          "rows": "0", "symbols": "0", "most in": "–"}]
 
 
+def test_the_time_of_day_features_are_found_constant_on_daily_bars_only():
+    """tod_sin and tod_cos of daily bars: every bar at midnight UTC, one value, scaled to 0 throughout (the report
+    and 01 say so); on 5-minute bars every feature varies. Read in blocks smaller than the rows, as a cache is."""
+    from tradelib.report import explore
+
+    raw = generate_market(n_symbols=3, n_bars=400, seed=1, hostile=False)
+    fs, _ = dataset.build(Config(window=16, horizon=1), raw)
+    assert explore.constant_features(fs, block=100) == []
+    days = pd.Series(pd.bdate_range("2001-01-01", periods=400, tz="UTC"))
+    raw["timestamp"] = days.iloc[raw.groupby("symbol").cumcount()].to_numpy()
+    fs, _ = dataset.build(Config(window=16, horizon=1), raw)
+    train = fs.X[fs.split == 0]
+    assert (train.min(axis=0) == train.max(axis=0)).tolist() == [f.startswith("tod_") for f in fs.feature_names]
+    assert explore.constant_features(fs, block=100) == ["tod_sin", "tod_cos"]
+
+
 HOSTILE = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -1.0, 1e-12, 1e15, 1e19])
 
 

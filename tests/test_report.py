@@ -172,6 +172,31 @@ def test_annualisation_is_the_test_spans_own_and_says_so(tmp_path):
     assert rep["summary"]["position_mode"] == "neutral" and "auto: 6 symbols" in rep["summary"]["position_mode_reason"]
 
 
+def test_inputs_that_hold_one_value_over_the_training_rows_are_warned_about(tmp_path):
+    """Daily bars: tod_sin and tod_cos are one value on every row, scaled to columns of zeros the model cannot use;
+    nothing said them. The report warns, naming them; a feature that varies on the training rows alone is not
+    named, nor one that is constant only outside them."""
+    from types import SimpleNamespace
+
+    run, feats = make_run(tmp_path / "daily", freq="B", n_bars=300, n_sym=6)
+    rng = np.random.default_rng(0)
+    split = np.repeat(np.int8([0, 1, 2]), [800, 400, 600])
+    X = rng.normal(size=(len(split), 4)).astype(np.float32)
+    X[:, 1:3] = 0.0  # what scaling makes of a constant column
+    X[split != 0, 1] = 0.7  # constant on the training rows: named all the same
+    X[split != 0, 3] = 0.0  # varies on the training rows: not named
+    fs = SimpleNamespace(meta={}, X=X, split=split, feature_names=["ret_1", "tod_sin", "tod_cos", "body"])
+    rep = rp.build_report(run, settings=DEFAULTS, fs=fs, **feats)
+    said = [w for w in rep["summary"]["warnings"] if "one value" in w]
+    assert said == ["2 of the model's inputs (tod_sin, tod_cos) hold one value over the training rows: scaled to 0 "
+                    "throughout, they tell the model nothing (the time-of-day features on daily bars, every bar at "
+                    "the same time)"]
+    assert f"**Warning**: {said[0]}." in rw.summary_markdown(rep)
+    quiet = rp.build_report(run, settings=DEFAULTS, fs=SimpleNamespace(meta={}, X=X[:, [0, 3]], split=split,
+                                                                        feature_names=["ret_1", "body"]), **feats)
+    assert not [w for w in quiet["summary"]["warnings"] if "one value" in w]
+
+
 def test_warnings_for_a_short_span_few_symbols_and_a_warm_up_as_long_as_the_run(tmp_path):
     run, _ = make_run(tmp_path / "short", freq="B", n_bars=40, n_sym=3,
                       summary_extra={"config": {"warmup_steps": 50}, "optimizer_steps": 21})

@@ -47,3 +47,16 @@ def feature_table(fs: FeatureSet) -> pd.DataFrame:
                          "non_finite": int((~np.isfinite(x)).sum()),
                          "at_clip": float((np.abs(x) >= clip).mean()) if len(x) else np.nan})
     return pd.DataFrame(rows)
+
+
+def constant_features(fs: FeatureSet, block: int = 1_000_000) -> list[str]:
+    """The features holding one value over the training rows, which scaling turns into a column of zeros: an input
+    the model cannot use (tod_sin and tod_cos on daily bars, every bar at the same time of day). Read in blocks of
+    rows, so that a memory-mapped cache is read once and never whole."""
+    lo = np.full(fs.X.shape[1], np.inf)
+    hi = -lo
+    for a in range(0, len(fs.X), block):
+        rows = np.asarray(fs.X[a : a + block])[np.asarray(fs.split[a : a + block]) == 0]
+        if len(rows):
+            lo, hi = np.fmin(lo, np.fmin.reduce(rows, axis=0)), np.fmax(hi, np.fmax.reduce(rows, axis=0))
+    return [name for name, a, b in zip(fs.feature_names, lo, hi) if a == b]

@@ -19,6 +19,7 @@ from tradelib import runs
 from tradelib.config import Config, cost_grid, run_setting, settings_values
 from tradelib.progress import stage_lines
 from tradelib.report import backtest as bk
+from tradelib.report import explore
 from tradelib.report import metrics as ev
 from tradelib.report.tables import number
 
@@ -71,6 +72,7 @@ class ReportInputs:
     facts: dict | None = None  # train_facts.json: what training wrote for the report
     sweep: pd.DataFrame | None = None  # 02's batch-size sweep (`loader_sweep`): read once for the text and figures
     quality: dict | None = None
+    constant_features: list = field(default_factory=list)  # `explore.constant_features` (none known without a cache)
     loss: dict | None = None  # loss_context: the loss's unit, and why validation sits below training
     folds: pd.DataFrame | None = None  # a walk-forward's `fold_table`
     # the headline IC per period: per timestamp, or each timestamp's share of the pooled IC
@@ -189,6 +191,7 @@ def load_inputs(
     inputs.sweep = loader_sweep(run_dir)
     inputs.splits = split_dates(summary, fs, inputs.test_span)
     inputs.quality = _meta(fs).get("quality") or None
+    inputs.constant_features = explore.constant_features(fs) if getattr(fs, "X", None) is not None else []
     inputs.warnings = report_warnings(inputs, min_symbols_cs)
     folds = summary.get("folds") or []
     last = f"fold-{folds[-1].get('fold', len(folds) - 1)}" if folds and not inputs.facts else ""
@@ -411,10 +414,10 @@ def test_span(df: pd.DataFrame, fs, summary: dict) -> dict:
 
 def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
     """What a reader must know before trusting the figures: a model trained for another trade delay than the
-    book's, predictions that are one value (every IC undefined), a warm-up as long as the run, a test span of few
-    periods, a cross-section of few symbols, a market-neutral book that carries market beta all the same (|t| >=
-    `BETA_T`: at |t| >= 1.96 one of the five random-walk markets of tests/test_noise.py, t 2.4, would be warned
-    about)."""
+    book's, predictions that are one value (every IC undefined), a warm-up as long as the run, inputs that hold one
+    value over the training rows, a test span of few periods, a cross-section of few symbols, a market-neutral book
+    that carries market beta all the same (|t| >= `BETA_T`: at |t| >= 1.96 one of the five random-walk markets of
+    tests/test_noise.py, t 2.4, would be warned about)."""
     out = []
     c, s = inputs.summary.get("config") or {}, inputs.summary
     learned, traded = int(run_setting(c, "target_delay")), inputs.book["trade_delay"]
@@ -430,6 +433,11 @@ def report_warnings(inputs: ReportInputs, min_symbols_cs: int) -> list[str]:
         out.append(f"the model's {len(inputs.predictions):,} test predictions are one value: every IC is undefined "
                    f"and the book's positions do not depend on the model; it learned nothing from its inputs (see "
                    f"the training loss and the features' clip)")
+    if inputs.constant_features:
+        tod = all(name.startswith("tod_") for name in inputs.constant_features)
+        out.append(f"{len(inputs.constant_features)} of the model's inputs ({', '.join(inputs.constant_features)}) "
+                   f"hold one value over the training rows: scaled to 0 throughout, they tell the model nothing"
+                   + (" (the time-of-day features on daily bars, every bar at the same time)" if tod else ""))
     periods = inputs.test_span.get("periods") or 0
     if periods < MIN_TEST_PERIODS:
         out.append(f"the test span holds {periods} periods (< {MIN_TEST_PERIODS}): every figure below rests on a few "
