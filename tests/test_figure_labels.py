@@ -233,7 +233,7 @@ def test_the_ic_panel_reads_past_a_few_outliers_and_a_thousand_bars():
     n = 900
     when = pd.date_range("2015-01-01", periods=n, freq="B")
     ic = rng.normal(0, 0.5, n)
-    ic[[100, 400]], ic[700] = [10.5, 9.0], -12.0
+    ic[[0, 100, 400]], ic[700] = [8.0, 10.5, 9.0], -12.0
     ic_df = pd.DataFrame({"period": when, "ic": ic, "rank_ic": rng.normal(0, 0.5, n)})
     fig = plots.plot_ic(ic_df)
     ax = fig.axes[0]
@@ -249,10 +249,16 @@ def test_the_ic_panel_reads_past_a_few_outliers_and_a_thousand_bars():
     up = np.flatnonzero((ic > high) | (ic_df["rank_ic"].to_numpy() > high))
     down = np.flatnonzero((ic < low) | (ic_df["rank_ic"].to_numpy() < low))
     assert list(above.get_xdata()) == list(when[up]) and list(below.get_xdata()) == list(when[down])
-    assert {100, 400} <= set(up) and 700 in set(down)
+    assert {0, 100, 400} <= set(up) and 700 in set(down)
     assert set(above.get_ydata()) == {high} and set(below.get_ydata()) == {low}
     _, labels = ax.get_legend_handles_labels()
     assert f"{len(up) + len(down)} off the axis\n(-12 to 10.5)" in labels
+    so_far = fig.axes[1]  # the mean so far starts at the first period's 8: the rest of it within a few tenths
+    means = ic_df[["ic", "rank_ic"]].expanding().mean()
+    for line, col in zip(so_far.lines[:2], ("ic", "rank_ic")):
+        assert np.allclose(line.get_ydata(), means[col], rtol=0, atol=1e-12)
+    low, high = so_far.get_ylim()
+    assert high < 1 and [line.get_xdata()[0] for line in so_far.lines if line.get_marker() == "^"] == [when[0]]
     plt.close(fig)
     ok = plots.plot_ic(pd.DataFrame({"period": when[:50], "ic": np.linspace(-0.9, 0.9, 50), "rank_ic": 0.1}))
     ax = ok.axes[0]

@@ -260,9 +260,11 @@ def plot_ic(ic_df: pd.DataFrame, save_to: str | Path | None = None, window: int 
     _clip_outliers(ax, when, ic_df["ic"].to_numpy(dtype=float), ic_df["rank_ic"].to_numpy(dtype=float))
     ax.set(title=label + (f"\n{note}" if note else ""), ylabel=unit)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    low.plot(when, ic_df["ic"].expanding().mean().to_numpy(), color="tab:blue", label="IC")
-    low.plot(when, ic_df["rank_ic"].expanding().mean().to_numpy(), color="black", lw=0.8, label="rank IC")
+    so_far = [ic_df[col].expanding().mean().to_numpy(dtype=float) for col in ("ic", "rank_ic")]
+    low.plot(when, so_far[0], color="tab:blue", label="IC")
+    low.plot(when, so_far[1], color="black", lw=0.8, label="rank IC")
     low.axhline(mean, color="tab:blue", ls="--", lw=0.8)
+    _clip_outliers(low, when, *so_far)  # the first few periods' means, over one or two of them
     low.axhline(0, color="grey", lw=0.6)
     low.set(ylabel="mean so far")
     low.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
