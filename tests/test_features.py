@@ -32,7 +32,7 @@ def raw_feature_matrix(clean: pd.DataFrame) -> np.ndarray:
 
 def raw_features(clean: pd.DataFrame, seg: np.ndarray) -> np.ndarray:
     """Every feature before scaling, as one float64 [n, F] matrix."""
-    return np.column_stack([make() for make in feature_makers(clean, seg).values()])
+    return np.column_stack([make() for make in feature_makers(clean, seg, "UTC").values()])
 
 
 def test_features_finite_bounded_float32_on_hostile_synthetic():
@@ -393,7 +393,7 @@ def test_a_column_mostly_at_its_median_is_scaled_by_its_mean_deviation():
     train = fs.split == 0
     for name in ("ret_1", "body"):
         j = fs.feature_names.index(name)
-        x = feature_makers(raw, fs.segment)[name]()[train].astype(np.float32).astype(np.float64)
+        x = feature_makers(raw, fs.segment, "UTC")[name]()[train].astype(np.float32).astype(np.float64)
         x = x[np.isfinite(x)]
         assert np.median(np.abs(x - np.median(x))) == 0  # more than half of them at the median
         assert fs.meta["norm"]["scale"][j] == pytest.approx(1.2533 * np.mean(np.abs(x - np.median(x))), rel=1e-12)

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from tradelib.config import Config, ConfigError
-from tradelib.data import cache
+from tradelib.data import cache, dataset
 from tradelib.data.clean import clean_ohlcv
+from tradelib.data.features import FEATURE_NAMES, feature_makers
 from tradelib.data.load import load_ohlcv
 
 NY = "America/New_York"
@@ -112,3 +113,61 @@ def test_a_zone_name_is_checked_and_keys_the_cache(tmp_path):
     path = ny_session_bars().pipe(write, tmp_path / "AAA.csv", NY)
     keys = {cache.cache_key(Config(data_path=str(path), data_timezone=z)) for z in ("UTC", NY, "Europe/Berlin")}
     assert len(keys) == 3
+
+
+def test_a_market_zone_keys_the_cache_only_when_it_is_not_utc(tmp_path):
+    """market_timezone changes the time-of-day features: in the key when the market's clock is not UTC, absent
+    (the key made before it) by default."""
+    with pytest.raises(ConfigError, match="parameter 'market_timezone' is 'New York'; expected an IANA"):
+        Config(market_timezone="New York")
+    path = ny_session_bars().pipe(write, tmp_path / "AAA.csv", "UTC")
+    for data_path in (str(path), "synthetic"):
+        parts = cache.key_parts(Config(data_path=data_path))
+        assert "market_timezone" not in parts and "data_timezone" not in parts
+        assert cache.key_parts(Config(data_path=data_path, market_timezone="UTC")) == parts
+        assert cache.key_parts(Config(data_path=data_path, market_timezone=NY))["market_timezone"] == NY
+    keys = {cache.cache_key(Config(data_path=str(path), data_timezone=d, market_timezone=m))
+            for d, m in (("UTC", ""), ("UTC", NY), (NY, ""), (NY, "UTC"))}
+    assert len(keys) == 4
+
+
+
+def test_time_of_day_reads_the_market_clock_across_a_dst_change(tmp_path):
+    """New York's 09:30 open was minute 870 of the UTC day before 2024-03-10 and 810 after it on tod_sin/tod_cos:
+    now one minute, 570, on both sides, whether the file is written in New York time (data_timezone, the market's
+    clock by default) or in UTC (market_timezone). Both builds are the same, and pandas' tz_convert agrees."""
+    df = ny_session_bars()
+    (tmp_path / "utc").mkdir()
+    local, utc = write(df, tmp_path / "AAA.csv", NY), write(df, tmp_path / "utc" / "AAA.csv", "UTC")
+    fs, _ = dataset.build(Config(data_path=str(local), data_timezone=NY, window=16))
+    wall = pd.to_datetime(fs.timestamp, utc=True).tz_convert(NY)
+    opens = wall.strftime("%H:%M") == "09:30"
+    assert opens.sum() == 10 and len(set(wall[opens].strftime("%Z"))) == 2  # EST and EDT opens
+    tod = fs.X[:, [FEATURE_NAMES.index("tod_sin"), FEATURE_NAMES.index("tod_cos")]]
+    assert len(np.unique(tod[opens], axis=0)) == 1
+    other, _ = dataset.build(Config(data_path=str(utc), market_timezone=NY, window=16))
+    np.testing.assert_array_equal(fs.X, other.X)
+    np.testing.assert_array_equal(fs.timestamp, other.timestamp)
+
+    clean, _ = clean_ohlcv(load_ohlcv(utc, date_format="", data_timezone="UTC"))
+    makers = feature_makers(clean, np.zeros(len(clean), dtype=np.int32), NY)
+    minute = wall.hour * 60 + wall.minute  # (the clean rows are the build's: one symbol, no row masked)
+    np.testing.assert_allclose(makers["tod_sin"](), np.sin(2 * np.pi * minute / 1440), atol=1e-12)
+    np.testing.assert_allclose(makers["tod_cos"](), np.cos(2 * np.pi * minute / 1440), atol=1e-12)
+
+
+
+@pytest.mark.parametrize("data_path", ["synthetic", "tests/data/real"])
+def test_by_default_time_of_day_is_the_utc_clock(data_path):
+    """The default (data_timezone UTC, market_timezone empty) keeps the UTC minute of the day: the scaled tod
+    columns are an affine map of the sine and cosine of each bar's UTC minute, and the build is the one with
+    market_timezone UTC."""
+    cfg = Config(data_path=data_path, synth_symbols=2, synth_bars=3000)
+    fs, _ = dataset.build(cfg)
+    np.testing.assert_array_equal(fs.X, dataset.build(cfg.replace(market_timezone="UTC"))[0].X)
+    t = pd.to_datetime(fs.timestamp, utc=True)
+    angle = 2 * np.pi * np.asarray(t.hour * 60 + t.minute) / 1440
+    for name, fn in (("tod_sin", np.sin), ("tod_cos", np.cos)):
+        x, want = fs.X[:, FEATURE_NAMES.index(name)].astype(np.float64), fn(angle)
+        scale, shift = np.polyfit(want, x, 1) if np.ptp(want) > 0 else (0.0, x[0])
+        np.testing.assert_allclose(x, scale * want + shift, atol=1e-5)

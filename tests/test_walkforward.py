@@ -77,7 +77,7 @@ def test_each_fold_is_scaled_on_its_own_training_rows_only(clean):
     fits the unscaled features as its shards hold them, float32: so does the fit here.)"""
     cfg = Config(**FOLDS)
     sets = [features_of(clean, cfg, fold=k) for k in range(3)]
-    makers = feature_makers(clean, sets[0].segment)
+    makers = feature_makers(clean, sets[0].segment, "UTC")
     for fs in sets:
         for j, name in enumerate(fs.feature_names):
             med, scale = fit_robust(makers[name]()[fs.split == 0].astype(np.float32).astype(np.float64))

@@ -68,6 +68,9 @@ class Config:
     data_timezone: str = knob("UTC", "time zone of timestamps written without one: UTC, or an IANA name such as "
                               "America/New_York (exchange-local exports) or Europe/Berlin (CET/CEST); DST's skipped "
                               "and repeated local hours are dropped as bad_timestamp", "data")
+    market_timezone: str = knob("", "the market's clock, whose local time of day the tod_sin/tod_cos features read: an "
+                                "IANA name such as America/New_York for an exchange that keeps local time in a file "
+                                "written in UTC (empty: data_timezone)", "data")
     shard_rows: int = knob(1_000_000, "building features: rows per shard of whole symbols, cleaned and made in "
                            "parallel and cached apart (the features do not depend on it)", "data", lo=1, resume=True)
     build_workers: int = knob(0, "building features: threads (0: every core)", "data", lo=0, resume=True)
@@ -286,7 +289,9 @@ class Config:
                               f"{self.train_frac} + {self.val_frac}")
         _check_split_dates(self.train_end, self.val_end)
         cost_grid(self.cost_grid_bps)
-        _check_timezone(self.data_timezone)
+        _check_timezone("data_timezone", self.data_timezone)
+        if self.market_timezone:
+            _check_timezone("market_timezone", self.market_timezone)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str | dict[str, str] = "parameters") -> Config:
@@ -322,6 +327,11 @@ class Config:
     def min_symbol_rows(self) -> int:
         """Rows a symbol needs to keep (window + target_reach + 1): cleaning drops a shorter one."""
         return self.window + self.target_reach + 1
+
+    @property
+    def market_zone(self) -> str:
+        """The zone of the market's clock (market_timezone, else data_timezone): what a time of day is read in."""
+        return self.market_timezone or self.data_timezone
 
     def group(self, *names: str) -> dict[str, Any]:
         """The values of the fields in these groups, e.g. cfg.group("features"): what the feature cache keys on."""
@@ -360,12 +370,12 @@ def _check_split_dates(train_end: str, val_end: str) -> None:
         raise ConfigError(f"train_end {train_end!r} must come before val_end {val_end!r}")
 
 
-def _check_timezone(name: str) -> None:
+def _check_timezone(param: str, name: str) -> None:
     """An IANA time zone name the system's zone database knows (the tz database: America/New_York, UTC)."""
     try:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
-        raise ConfigError(f"parameter 'data_timezone' is {name!r}; expected an IANA time zone name such as UTC, "
+        raise ConfigError(f"parameter {param!r} is {name!r}; expected an IANA time zone name such as UTC, "
                           f"America/New_York or Europe/Berlin") from None
 
 

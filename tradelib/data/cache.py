@@ -105,13 +105,20 @@ def data_fingerprint(cfg) -> str:
 
 def cache_key(cfg, fold: int = 0) -> str:
     """The key of `cfg`'s features (walk-forward fold `fold` of them when `folds` > 1)."""
+    return hashlib.sha256(json.dumps(key_parts(cfg, fold), sort_keys=True).encode()).hexdigest()[:20]
+
+
+def key_parts(cfg, fold: int = 0) -> dict:
+    """What `cache_key` hashes: everything that shapes the features."""
     parts = {"data": data_fingerprint(cfg), "features": feature_params(cfg, fold), "code": code_fingerprint(),
              "libraries": library_versions(), "v": CACHE_VERSION}
     if not is_synthetic(cfg.data_path) and cfg.date_format:  # it changes how the files are read
         parts["date_format"] = cfg.date_format
     if not is_synthetic(cfg.data_path) and cfg.data_timezone != UTC:  # so does it (UTC: the keys made before it)
         parts["data_timezone"] = cfg.data_timezone
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+    if cfg.market_zone != UTC:  # the time-of-day features read its clock, synthetic data's too
+        parts["market_timezone"] = cfg.market_zone
+    return parts
 
 
 def folder_for(key: str) -> Path:

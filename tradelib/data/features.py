@@ -25,7 +25,7 @@ import pandas as pd
 
 from tradelib.config import run_setting
 from tradelib.data.detect import spike_rows
-from tradelib.data.load import ns_since_epoch
+from tradelib.data.load import UTC, ns_since_epoch
 from tradelib.data.segments import Segments, run_rank
 
 RETURN_LAGS = (1, 4, 16, 64)
@@ -103,12 +103,14 @@ class FeatureSet:
                           split=np.empty(n, dtype=np.int8), symbols=[], feature_names=list(FEATURE_NAMES))
 
 
-def feature_makers(bars: pd.DataFrame | dict, seg: np.ndarray | Segments) -> dict[str, Callable[[], np.ndarray]]:
+def feature_makers(bars: pd.DataFrame | dict, seg: np.ndarray | Segments, zone: str
+                   ) -> dict[str, Callable[[], np.ndarray]]:
     """Name -> a function computing that unscaled, scale-free float64 column (NaN where history is too short).
 
     `bars`: open, high, low, close, volume and timestamp of rows in (symbol, time) order; `seg`: their segment ids,
     or their `Segments` (a block of rows given with the LOOKBACK rows before it and their true ranks in their
-    segments makes the same values as all rows). Columns are made one at a time: no [n, F] matrix is held.
+    segments makes the same values as all rows); `zone`: the market's clock (Config.market_zone), whose local time
+    of day tod_sin/tod_cos read. Columns are made one at a time: no [n, F] matrix is held.
     """
     s = seg if isinstance(seg, Segments) else Segments.of(seg)
     close, high, low = (np.asarray(bars[k], dtype=np.float64) for k in ("close", "high", "low"))
@@ -128,9 +130,9 @@ def feature_makers(bars: pd.DataFrame | dict, seg: np.ndarray | Segments) -> dic
             # the floor is relative to the level, so multiplying volume by any constant changes nothing
             return np.where(level > 0, np.log((v + 1e-3 * level) / level), 0.0)
 
-    minute = functools.cache(lambda: minute_of_day(bars["timestamp"]))
+    minute = functools.cache(lambda: minute_of_day(bars["timestamp"], zone))
 
-    def time_of_day(fn: Callable) -> Callable[[], np.ndarray]:  # the UTC minute of the day on the unit circle
+    def time_of_day(fn: Callable) -> Callable[[], np.ndarray]:  # the market's minute of the day on the unit circle
         return lambda: fn(2 * np.pi * np.arange(1440) / 1440)[minute()]
 
     makers: dict[str, Callable[[], np.ndarray]] = {
@@ -150,10 +152,13 @@ def feature_makers(bars: pd.DataFrame | dict, seg: np.ndarray | Segments) -> dic
     return makers
 
 
-def minute_of_day(t) -> np.ndarray:
-    """The UTC minute of the day of each timestamp (datetimes, or int64 ns since the epoch)."""
+def minute_of_day(t, zone: str) -> np.ndarray:
+    """The minute of the day of each timestamp (datetimes, or int64 ns since the epoch) on the wall clock of
+    `zone` (an IANA name): a New York open is 09:30 on both sides of a DST change, where UTC's moves an hour."""
     t = np.asarray(t) if not isinstance(t, pd.Series) else t
     ns = t if isinstance(t, np.ndarray) and t.dtype == np.int64 else ns_since_epoch(t)
+    if zone != UTC:
+        ns = pd.DatetimeIndex(ns, tz=UTC).tz_convert(zone).tz_localize(None).asi8
     return (ns // 60_000_000_000) % 1440
 
 
@@ -187,7 +192,7 @@ def targets(bars: dict, seg: Segments, codes: np.ndarray, pos: np.ndarray, cfg) 
     fwd[~(whole & clear)] = np.nan
     target = fwd
     if cfg.vol_scaled_target:
-        rvol = feature_makers(bars, seg)[f"rvol_{VOL_WINDOWS[-1]}"]() * np.sqrt(h)
+        rvol = feature_makers(bars, seg, cfg.market_zone)[f"rvol_{VOL_WINDOWS[-1]}"]() * np.sqrt(h)
         with np.errstate(invalid="ignore", divide="ignore"):
             target = np.where(rvol > 0, fwd / rvol, np.nan)
     if cfg.target_delay:

@@ -339,7 +339,7 @@ def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts,
     for b0 in range(0, n, block):
         lo, b1 = max(b0 - LOOKBACK, 0), min(b0 + block, n)
         bars = {k: shard.a[k][lo:b1] for k in BARS} | {"timestamp": rows.ts[lo:b1]}
-        for j, make in enumerate(feature_makers(bars, Segments(rank[lo:b1])).values()):
+        for j, make in enumerate(feature_makers(bars, Segments(rank[lo:b1]), cfg.market_zone).values()):
             col = make()[b0 - lo :]
             ranges.append(_finite_range(col))
             cols_t[j, : b1 - b0] = col
