@@ -1063,6 +1063,27 @@ def test_non_numeric_cells_become_nan_and_are_counted(tmp_path):
 
 
 
+def test_a_folders_bad_timestamps_and_non_numeric_cells_name_their_files(tmp_path):
+    """The load notes of a folder counted its bad timestamps and text cells in all: the file that holds them was
+    for the researcher to find. They are kept per file, and the summary names the files with their counts."""
+    for name in ("AAA", "BBB", "CCC"):
+        df = make_frame(50).drop(columns="symbol").astype({"timestamp": str, "close": object, "volume": object})
+        if name == "BBB":
+            df.loc[[3, 7], "timestamp"] = ["garbage", "nope"]
+            df.loc[5, "close"] = "abc"
+        if name == "CCC":
+            df.loc[[9, 11], "volume"] = "-"
+        df.to_csv(tmp_path / f"{name}.csv", index=False)
+    raw = load_ohlcv(tmp_path, date_format="")
+    assert raw.attrs["bad_timestamps"] == 2 and raw.attrs["bad_timestamps_by_file"] == {"BBB.csv": 2}
+    assert raw.attrs["non_numeric"] == {"close": 1, "volume": 2}
+    assert raw.attrs["non_numeric_by_file"] == {"BBB.csv": {"close": 1}, "CCC.csv": {"volume": 2}}
+    lines = clean(raw)[1].summary().splitlines()
+    assert "  unparseable timestamps (bad_timestamp): 2 in 1 file: BBB.csv 2" in lines
+    assert ("  cells not numbers (read as missing): 3 in 2 files: CCC.csv 2 (volume 2), BBB.csv 1 (close 1)"
+            in lines)
+
+
 def test_true_and_false_are_not_numbers(tmp_path):
     """'true'/'false' in a volume column of 0s and 1s were read as booleans, 1.0 and 0.0, not counted; a Parquet
     boolean column too: they are cells that are not numbers, counted (or, most of a column, an error)."""

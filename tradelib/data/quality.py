@@ -128,6 +128,8 @@ class QualityReport:
         lines += [f"  timestamps: {line}" for line in zone_lines(self.load_notes.get("timezone", {}))]
         lines += [f"  rows without a symbol (bad_symbol): {name} {n:,}"
                   for name, n in self.load_notes.get("missing_symbols", {}).items()]
+        lines += file_lines("unparseable timestamps (bad_timestamp)", self.load_notes.get("bad_timestamps_by_file", {}))
+        lines += file_lines("cells not numbers (read as missing)", self.load_notes.get("non_numeric_by_file", {}))
         lines += [f"  files sharing a symbol: {sym} ({', '.join(names)}): one series"
                   for sym, names in self.load_notes.get("shared_symbols", {}).items()]
         return "\n".join(lines)
@@ -144,6 +146,20 @@ def zone_lines(zone: dict) -> list[str]:
     dst = [f"{zone[k]:,} {what}" for k, what in (("nonexistent", "skipped by the clocks going forward"),
                                                   ("ambiguous", "repeated by the clocks going back")) if zone[k]]
     return [line] + ([f"local times dropped as bad_timestamp: {', '.join(dst)}"] if dst else [])
+
+
+def file_lines(what: str, by_file: dict, shown: int = 5) -> list[str]:
+    """A line naming the files that hold the most of a loader's finding, `by_file` {file: count, or {column:
+    count}}, with their counts: a folder's total alone leaves the researcher to search every file."""
+    if not by_file:
+        return []
+    count = lambda v: sum(v.values()) if isinstance(v, dict) else v  # noqa: E731
+    cols = lambda v: f" ({', '.join(f'{c} {n:,}' for c, n in v.items())})" if isinstance(v, dict) else ""  # noqa: E731
+    top = sorted(by_file.items(), key=lambda kv: -count(kv[1]))
+    more = f" and {len(top) - shown} more files" if len(top) > shown else ""
+    total = sum(count(v) for v in by_file.values())
+    return [f"  {what}: {total:,} in {len(top)} file{'s' * (len(top) > 1)}: "
+            + ", ".join(f"{name} {count(v):,}{cols(v)}" for name, v in top[:shown]) + more]
 
 
 def bar_change_lines(changes: list[dict], bar_size_s: dict[str, float | None]) -> list[str]:
@@ -195,8 +211,9 @@ def quality_report(parts: list[dict], raw: pd.DataFrame, source: str, keep: tupl
     extra = list(raw.attrs.get("extra_columns", []))
     extra += [str(col) for col in raw.columns if col not in COLUMNS and col not in keep]
     load_notes = {k: raw.attrs[k] for k in ("n_files", "skipped_files", "timestamp_format", "timestamp_notes",
-                                            "bad_timestamps", "missing_symbols", "non_numeric", "decimal_comma",
-                                            "shared_symbols", "timezone")
+                                            "bad_timestamps", "bad_timestamps_by_file", "missing_symbols",
+                                            "non_numeric", "non_numeric_by_file", "decimal_comma", "shared_symbols",
+                                            "timezone")
                   if k in raw.attrs}
     empty = range_stats({c: np.zeros(0) for c in NUM_COLS}, np.zeros(0, dtype=np.int64))
     rows_in, kept = sum(p["rows_in"] for p in parts), sum(p["rows_kept"] for p in parts)
