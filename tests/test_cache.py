@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,36 @@ def test_hashing_large_data_for_the_key_is_said_small_data_is_not(tmp_path, monk
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{folder}: hashing {size / 1e9:.1f} GB of data for the feature cache's key"
     assert len(lines) == 2 and lines[1].startswith(f"{folder}: hashed in ")
+
+
+def bytes_read() -> int:
+    """This process's bytes read by read() calls so far (Linux's /proc/self/io rchar)."""
+    return int(dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())["rchar"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="reads /proc/self/io (Linux)")
+def test_a_processs_folds_hash_the_data_once_until_a_file_changes(tmp_path):
+    """A walk-forward asks for each fold's key, and each read every byte of the data again (seconds a GB, per
+    fold). Files left as they were are hashed once per process; a file written since is hashed again, and so is
+    one written within SETTLED_NS of the hash (the file clock's tick could hide a second write)."""
+    f = tmp_path / "a.csv"
+    row = "2024-01-01,1,1,1,1,1\n"
+    f.write_text("timestamp,open,high,low,close,volume\n" + row * 200_000)  # 4 MB
+    size = f.stat().st_size
+    cfg = Config(**TINY, data_path=str(f))
+    before = bytes_read()
+    key = cache.cache_key(cfg, 0)
+    assert bytes_read() - before >= size and cache.cache_key(cfg, 0) == key  # just written: not reused yet
+    assert bytes_read() - before >= 2 * size
+    time.sleep(cache.SETTLED_NS / 1e9 + 0.1)
+    keys = [cache.cache_key(cfg, k) for k in range(3)]  # hashed once, reused by the other two
+    before = bytes_read()
+    assert [cache.cache_key(cfg, k) for k in range(3)] == keys and keys[0] == key
+    assert bytes_read() - before < size / 10
+    with f.open("r+") as fh:  # one byte changed in place: same size, same inode
+        fh.seek(size - 3)
+        fh.write("2")
+    assert cache.cache_key(cfg, 0) != key
 
 
 @pytest.mark.parametrize("entry, value", [("arrays", []), ("shards", {}), ("meta", []), ("rows", "x"),

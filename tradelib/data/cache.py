@@ -46,6 +46,9 @@ LIBRARIES = (np, pd, pa)  # what computes the features, and what reads the files
 # rolling sum or a parse
 CACHE_VERSION = 4  # 2: checksums in the manifest; 3: shards; 4: checksums per shard only
 SAY_HASH_BYTES = 1 << 30  # data files larger than this together: the key's hashing of them is said (tens of s)
+SETTLED_NS = 2_000_000_000  # a hash is reused only for files last written this long before it began: file times
+#   come from a coarse clock, so a write within its tick of the hash would leave the stamp as it was
+_HASHED: dict[tuple, str] = {}  # this process's data hashes by file_stamps: a walk-forward's folds hash once
 
 
 class CacheError(ValueError):
@@ -80,13 +83,18 @@ def synth_params(cfg) -> dict:
 def data_fingerprint(cfg) -> str:
     """Content hash of the raw files the loader reads (name, size and bytes), or the generator's parameters. It
     reads every byte on every command (the key must follow any edit), so on large data it says so: a 20 GB CSV
-    took half a minute of silence."""
+    took half a minute of silence. Within one process the files are hashed once while none of them changes
+    (`_HASHED`): a walk-forward's folds each ask for their key."""
     if is_synthetic(cfg.data_path):
         return "synthetic:" + json.dumps(synth_params(cfg), sort_keys=True)
     path = Path(cfg.data_path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: path does not exist")
     files = data_files(path)[0]  # what load_ohlcv reads, nothing else
+    stamp = file_stamps(files)
+    if stamp in _HASHED:
+        return _HASHED[stamp]
+    started = time.time_ns()
     size = sum(f.stat().st_size for f in files)
     say = size > SAY_HASH_BYTES
     if say:
@@ -100,7 +108,20 @@ def data_fingerprint(cfg) -> str:
                 h.update(chunk)
     if say:
         print(f"{path}: hashed in {time.perf_counter() - t0:.0f}s", flush=True)
-    return "file:" + h.hexdigest()
+    digest = "file:" + h.hexdigest()
+    if max((max(s[3:]) for s in stamp), default=started) < started - SETTLED_NS:  # (SETTLED_NS: why not sooner)
+        _HASHED[stamp] = digest
+    return digest
+
+
+def file_stamps(files: list[Path]) -> tuple:
+    """What the kernel changes on any write to a file or any swap of it: path, inode, size, mtime and ctime (ns;
+    ctime cannot be set back by a program, as mtime can)."""
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append((str(f.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
 
 
 def cache_key(cfg, fold: int = 0) -> str:
