@@ -177,6 +177,31 @@ def test_a_processs_folds_hash_the_data_once_until_a_file_changes(tmp_path):
     assert cache.cache_key(cfg, 0) != key
 
 
+def test_a_build_that_would_not_fit_in_memory_is_refused_before_the_read(tmp_path):
+    """Past the memory left the kernel killed `prepare` minutes in with no word but "Killed". The rows are
+    estimated from the files before any is read, their build's memory set against what is available (here a
+    made-up 1 MB), and a build that would not fit is refused naming the rows, the estimate, the memory and what
+    to change; one that fits goes on."""
+    from tradelib.data import memory
+    from tradelib.data.load import DataError, estimated_rows
+
+    f = tmp_path / "a.csv"
+    f.write_text("timestamp,open,high,low,close,volume\n" + "".join(
+        f"2024-01-01T{h:02d}:{m:02d}:00Z,1,1,1,1,1\n" for h in range(24) for m in range(60)) * 20)  # 28,800 rows
+    assert estimated_rows([f]) == 28_800
+    cfg = Config(**TINY, data_path=str(f))
+    need = memory.build_bytes(28_800)
+    with pytest.raises(DataError) as err:
+        dataset.check_memory(cfg, available=(1_000_000, "a test's budget"))
+    said = str(err.value)
+    assert said.startswith(f"{f} (") and "about 28,800 rows" in said and f"{need / 1e9:.1f} GB" in said
+    assert "the 0.0 GB this process can take (a test's budget)" in said and "fewer symbols" in said
+    assert f"at most about {1_000_000 // memory.BUILD_BYTES_PER_ROW:,} rows" in said
+    dataset.check_memory(cfg, available=(need + 1, "a test's budget"))
+    with pytest.raises(DataError, match="the synthetic market: about 4,500 rows"):
+        dataset.check_memory(Config(**TINY), available=(1000, "a test's budget"))
+
+
 @pytest.mark.parametrize("entry, value", [("arrays", []), ("shards", {}), ("meta", []), ("rows", "x"),
                                           ("shards", [{"rows": "x"}])])
 def test_a_manifest_of_the_wrong_structure_is_a_damaged_cache_and_rebuilt(capsys, entry, value):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from tradelib import distributed
-from tradelib.data import cache, load, quality, shards, synth
+from tradelib.data import cache, load, memory, quality, shards, synth
 from tradelib.data.features import FeatureSet
 
 
@@ -26,6 +26,29 @@ def load_raw(cfg) -> pd.DataFrame:
         return synth.generate_market(**cache.synth_params(cfg))
     return load.load_ohlcv(Path(cfg.data_path).expanduser(), date_format=cfg.date_format,
                            data_timezone=cfg.data_timezone)
+
+
+def check_memory(cfg, available: tuple[int, str] | None = None) -> None:
+    """Refuse a build that would not fit in memory, before the data is read: the whole raw frame is held while it
+    is cleaned and its features made (about `memory.BUILD_BYTES_PER_ROW` a row at the peak), and past the memory
+    left the kernel ends the process with no word but "Killed", minutes in. The rows are estimated from the files
+    (`load.estimated_rows`), or the generator's size; `available` = (bytes, what sets them), by default
+    `memory.available_bytes()`."""
+    if cache.is_synthetic(cfg.data_path):
+        rows, what = cfg.synth_symbols * cfg.synth_bars, "the synthetic market"
+    else:
+        files = load.data_files(Path(cfg.data_path).expanduser())[0]
+        rows, what = load.estimated_rows(files), str(cfg.data_path)
+        what += f" ({sum(f.stat().st_size for f in files) / 1e9:.2f} GB on disk)"
+    need = memory.build_bytes(rows)
+    free, bound = available or memory.available_bytes()
+    if need > free:
+        raise load.DataError(f"{what}: about {rows:,} rows, whose feature build takes about {need / 1e9:.1f} GB "
+                             f"({memory.BUILD_BYTES_PER_ROW} bytes a row, docs/data.md), more than the "
+                             f"{free / 1e9:.1f} GB this process can take ({bound}): the kernel would end it without a "
+                             f"word. Build from fewer rows: fewer symbols (a folder: fewer files) or fewer years (cut "
+                             f"the files), at most about {free // memory.BUILD_BYTES_PER_ROW:,} rows; or free memory, "
+                             f"or run on a machine with more")
 
 
 def _build(cfg, raw: pd.DataFrame, source: str, fold: int, *args, **kwargs
@@ -107,6 +130,7 @@ def prepare(cfg, force: bool | None = None, verbose: bool = True, share: tuple[i
             if distributed.broadcast_object(fs is None) if spread else fs is None:
                 if force and lead:  # afresh: shards a failed build left are what a forced rebuild may be meant to redo
                     shutil.rmtree(shards.work_folder(folder), ignore_errors=True)
+                check_memory(cfg)
                 t0 = time.perf_counter()
                 if say:
                     print(f"building the feature cache {folder} from {source}: reading the data", flush=True)
