@@ -164,6 +164,28 @@ def test_a_run_says_when_it_validates_and_predicts(outputs, capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_stage_lines_in_a_notebook_papermill_runs_reach_its_terminal_too(tmp_path, capfd, monkeypatch):
+    """The pipeline runs 01-04 with papermill, showing only its count of cells: the feature build's and the
+    report's stage lines went into the saved notebook alone, and minutes passed in the terminal without a word.
+    In a headless kernel they reach the terminal that started it too (its stderr), and stay in the notebook."""
+    import nbformat
+    import papermill as pm
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("from tradelib.progress import stage_lines\n"
+                                          "say = stage_lines('feature build', True)\nsay('cleaning 9 rows')\n"
+                                          "stage_lines('report', False)('not said')")]
+    nbformat.write(nb, tmp_path / "probe.ipynb")
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")  # (ipykernel keeps no descriptor of its terminal under pytest)
+    pm.execute_notebook(str(tmp_path / "probe.ipynb"), str(tmp_path / "out.ipynb"), progress_bar=False,
+                        log_output=False, kernel_name="python3")
+    err = capfd.readouterr().err
+    terminal = [line for line in err.splitlines() if line.startswith(("feature build", "report"))]
+    assert terminal == ["feature build, 0s: cleaning 9 rows"]
+    text = "".join(o.get("text", "") for o in nbformat.read(tmp_path / "out.ipynb", 4).cells[0].outputs)
+    assert text == "feature build, 0s: cleaning 9 rows\n"
+
+
 @pytest.mark.slow
 def test_auto_mode_gives_lines_in_a_kernel_that_papermill_runs(tmp_path):
     """papermill (nbclient) runs the kernel headless: no widget, whose saved state would read `0% 0/483`. The

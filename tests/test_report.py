@@ -658,6 +658,21 @@ def test_make_figures_writes_pngs(tmp_path):
         assert (run / f"{name}.png").stat().st_size > 1000
 
 
+def test_a_large_reports_figures_say_each_figure(tmp_path, monkeypatch, capsys):
+    """04's figures cell drew for 25 s without a word on 590k predictions: from STAGE_LINES_ROWS predictions (as
+    load_inputs says its stages) a line names each figure as it is drawn."""
+    run, _ = make_run(tmp_path / "run", n_sym=2, n_days=2)
+    inputs = ri.load_inputs(run, DEFAULTS)
+    capsys.readouterr()
+    monkeypatch.setattr(rf, "STAGE_LINES_ROWS", len(inputs.predictions))
+    figs = rf.make_figures(inputs, run)
+    lines = capsys.readouterr().out.splitlines()
+    assert all(re.fullmatch(r"figures, \d+s: .+", line) for line in lines), lines
+    names = ["training", "equity", "underwater", "costs", "deciles", "ic", "ic_decay", "throughput"]
+    assert [line.split(": ", 1)[1] for line in lines] == [f"{n}.png ({i} of 8)" for i, n in enumerate(names, 1)]
+    assert set(figs) == set(names)
+
+
 def test_box_stats_are_matplotlibs_per_symbol_with_only_the_extreme_fliers():
     """01's raw and feature boxes: per symbol, what matplotlib's boxplot_stats gives on that symbol's finite
     values (in log10 space on a log axis, read back), rows in any order; the fliers cut to the lowest and highest."""

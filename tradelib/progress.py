@@ -101,22 +101,30 @@ def choose_mode(mode: str) -> str:
 
 def to_terminal(line: str) -> None:
     """A line on the terminal that started the kernel (papermill's, nbconvert's), not into the notebook: ipykernel
-    hands out the original stream's descriptor as sys.stderr.fileno()."""
+    hands out the original stream's descriptor as sys.stderr.fileno(). On a terminal it starts by clearing the
+    line it is on, where papermill's bar of cells stands (the bar draws itself again below)."""
     try:
-        os.write(sys.stderr.fileno(), (line + "\n").encode())
+        fd = sys.stderr.fileno()
+        os.write(fd, (("\r\x1b[K" if os.isatty(fd) else "") + line + "\n").encode())
     except (OSError, ValueError, AttributeError):  # (io.UnsupportedOperation is an OSError and a ValueError)
         pass
 
 
 def stage_lines(name: str, on: bool, started: float | None = None):
     """`say(what)`: a line `NAME, Ns: what` as each stage of long work begins (the feature build, a report of
-    millions of predictions), with the seconds since `started` (a perf_counter time; the first line when None):
-    minutes would pass without a word (a no-op when `on` is false)."""
+    millions of predictions, its figures), with the seconds since `started` (a perf_counter time; the first line
+    when None): minutes would pass without a word (a no-op when `on` is false). In a kernel that papermill or
+    nbconvert runs (the pipeline's notebooks) the line also reaches the terminal that started it, where only
+    papermill's count of cells shows (`to_terminal`): a few lines, not the notebook's output."""
     t0 = time.perf_counter() if started is None else started
+    echo = on and in_kernel() and headless_kernel()
 
     def say(what: str) -> None:
         if on:
-            print(f"{name}, {time.perf_counter() - t0:.0f}s: {what}", flush=True)
+            line = f"{name}, {time.perf_counter() - t0:.0f}s: {what}"
+            print(line, flush=True)
+            if echo:
+                to_terminal(line)
 
     return say
 
