@@ -48,7 +48,8 @@ def check_memory(cfg, available: tuple[int, str] | None = None) -> None:
                              f"{free / 1e9:.1f} GB this process can take ({bound}): the kernel would end it without a "
                              f"word. Build from fewer rows: fewer symbols (a folder: fewer files) or fewer years (cut "
                              f"the files), at most about {free // memory.BUILD_BYTES_PER_ROW:,} rows; or free memory, "
-                             f"or run on a machine with more")
+                             f"or run on a machine with more (a lower shard_rows trims only the shards in flight: "
+                             f"14% of the peak on 4M rows at 250,000)")
 
 
 def _build(cfg, raw: pd.DataFrame, source: str, fold: int, *args, **kwargs
