@@ -21,7 +21,9 @@ from tradelib.data.features import FeatureSet
 
 
 def load_raw(cfg) -> pd.DataFrame:
-    """The raw frame, untouched: the generator's output or the researcher's files as read."""
+    """The raw frame, untouched: the generator's output or the researcher's files as read; refused first where
+    their feature build would not fit in memory (`check_memory`: 01 reads the frame, then builds beside it)."""
+    check_memory(cfg)
     if cache.is_synthetic(cfg.data_path):
         return synth.generate_market(**cache.synth_params(cfg))
     return load.load_ohlcv(Path(cfg.data_path).expanduser(), date_format=cfg.date_format,
@@ -131,7 +133,6 @@ def prepare(cfg, force: bool | None = None, verbose: bool = True, share: tuple[i
             if distributed.broadcast_object(fs is None) if spread else fs is None:
                 if force and lead:  # afresh: shards a failed build left are what a forced rebuild may be meant to redo
                     shutil.rmtree(shards.work_folder(folder), ignore_errors=True)
-                check_memory(cfg)
                 t0 = time.perf_counter()
                 if say:
                     print(f"building the feature cache {folder} from {source}: reading the data", flush=True)
