@@ -74,6 +74,9 @@ class Config:
     shard_rows: int = knob(1_000_000, "building features: rows per shard of whole symbols, cleaned and made in "
                            "parallel and cached apart (the features do not depend on it)", "data", lo=1, resume=True)
     build_workers: int = knob(0, "building features: threads (0: every core)", "data", lo=0, resume=True)
+    memory_check: bool = knob(True, "refuse a feature build whose estimated peak memory exceeds what the process can "
+                              "take, before the data is read (false: try anyway, where the estimate is wrong)",
+                              "data", resume=True)
     # features: what the model sees and predicts, and the splits (the feature cache is keyed on these)
     spike_sigmas: float = knob(12.0, "a reverting one-bar spike beyond this many trailing sigmas masks its targets "
                                      "(inf: off)", "features", lo=0, lo_open=True)

@@ -35,7 +35,9 @@ def check_memory(cfg, available: tuple[int, str] | None = None) -> None:
     is cleaned and its features made (about `memory.BUILD_BYTES_PER_ROW` a row at the peak), and past the memory
     left the kernel ends the process with no word but "Killed", minutes in. The rows are estimated from the files
     (`load.estimated_rows`), or the generator's size; `available` = (bytes, what sets them), by default
-    `memory.available_bytes()`."""
+    `memory.available_bytes()`. Off with memory_check false (an estimate is of data shaped like the bench's)."""
+    if not cfg.memory_check:
+        return
     if cache.is_synthetic(cfg.data_path):
         rows, what = cfg.synth_symbols * cfg.synth_bars, "the synthetic market"
     else:
@@ -51,7 +53,7 @@ def check_memory(cfg, available: tuple[int, str] | None = None) -> None:
                              f"word. Build from fewer rows: fewer symbols (a folder: fewer files) or fewer years (cut "
                              f"the files), at most about {free // memory.BUILD_BYTES_PER_ROW:,} rows; or free memory, "
                              f"or run on a machine with more (a lower shard_rows trims only the shards in flight: "
-                             f"14% of the peak on 4M rows at 250,000)")
+                             f"14% of the peak on 4M rows at 250,000); memory_check false tries anyway")
 
 
 def _build(cfg, raw: pd.DataFrame, source: str, fold: int, *args, **kwargs
