@@ -1074,7 +1074,7 @@ def test_a_folders_bad_timestamps_and_non_numeric_cells_name_their_files(tmp_pat
         if name == "CCC":
             df.loc[[9, 11], "volume"] = "-"
         df.to_csv(tmp_path / f"{name}.csv", index=False)
-    raw = load_ohlcv(tmp_path, date_format="")
+    raw = load_ohlcv(tmp_path, date_format="", data_timezone="UTC")
     assert raw.attrs["bad_timestamps"] == 2 and raw.attrs["bad_timestamps_by_file"] == {"BBB.csv": 2}
     assert raw.attrs["non_numeric"] == {"close": 1, "volume": 2}
     assert raw.attrs["non_numeric_by_file"] == {"BBB.csv": {"close": 1}, "CCC.csv": {"volume": 2}}
