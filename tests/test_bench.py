@@ -18,7 +18,15 @@ from tradelib.cli import main
 from tradelib.config import Config
 from tradelib.hardware import CpuElsewhere, busy_elsewhere, busy_fields, mfu_peak
 from tradelib.monitor import GpuMonitor, summarise
-from tradelib.perf.measure import REQUIRED_KEYS, add_ratios, format_table, make_setups, mfu_fields, parse_model_spec
+from tradelib.perf.measure import (
+    REQUIRED_KEYS,
+    add_ratios,
+    format_table,
+    make_setups,
+    mfu_fields,
+    parse_model_spec,
+    summary_lines,
+)
 
 
 @pytest.mark.slow
@@ -68,8 +76,9 @@ def test_model_specs_and_the_dense_batch_in_targets(capsys):
         parse_model_spec("tcn:window")
     setups = make_setups(Config(batch_size=1024, dense_chunk=256), "tcn:window=64,layers=4")
     dense = {s.loader: s for s in setups}["dense"]
-    # receptive field 61, chunks of 256 train 196 targets each: 5 chunks ~ 1024 windows
-    assert dense.cfg.batch_size == 5 and dense.cfg.dense and dense.cfg.window == 64 and dense.cfg.layers == 4
+    # receptive field 61, chunks of at most 256 rows train at most 196 targets: 8 chunks of 188 rows train 128 each
+    assert dense.cfg.batch_size == 8 and dense.cfg.dense_chunk == 188 and dense.targets_per_step == 1024
+    assert dense.cfg.dense and dense.cfg.window == 64 and dense.cfg.layers == 4
     assert [s.loader for s in make_setups(Config(), "lstm")] == ["dataloader", "device"]
     assert "no dense mode for lstm" in capsys.readouterr().out
     # the transformer trains dense on window-long chunks, every position a target: 1024 / 64 = 16 chunks
@@ -95,6 +104,30 @@ class Net(nn.Module):
     def forward_dense(self, x):
         return self.lin(x).squeeze(-1)
 """
+
+
+def test_the_dense_row_trains_the_per_window_row_s_targets_a_step():
+    """The dense/per_window ratio compares like with like: at batch 256 the TCN's dense row was 1 chunk of 512 rows,
+    452 targets a step against 256 windows."""
+    by = {s.loader: s for s in make_setups(Config(batch_size=256, grad_accum_steps=2), "tcn:window=64,layers=4",
+                                           ["device", "dense"], verbose=False)}
+    dense, rf = by["dense"].cfg, 61
+    assert dense.batch_size * (dense.dense_chunk - rf + 1) == 256 and dense.dense_chunk <= Config().dense_chunk
+    assert by["dense"].targets_per_step == by["device"].targets_per_step == 512
+    # an explicit dense_batch, or a transformer's window that does not divide the batch: not the same batch, and said
+    tf = {s.loader: s for s in make_setups(Config(batch_size=100), "transformer:window=64,hidden=32,heads=4",
+                                           ["device", "dense"], verbose=False)}
+    assert (tf["dense"].cfg.batch_size, tf["device"].targets_per_step, tf["dense"].targets_per_step) == (2, 100, 128)
+    rec = lambda s, sps: {"group": "g", "loader": s.loader, "label": s.label, "repeats": 1, "mode": "",
+                          "targets_per_step": s.targets_per_step, "samples_per_s": sps, "samples_per_s_runs": [sps]}
+    records = [rec(tf["device"], 10.0), rec(tf["dense"], 30.0)]
+    add_ratios(records)
+    assert records[1]["unlike"] == "128 targets a step against 100 for the device row"
+    assert "NOT the same batch: 128 targets a step against 100" in summary_lines(
+        [{**r, "peak_mem_kind": "", "peak_flops_source": ""} for r in records])[0]
+    same = [rec(by["device"], 10.0), rec(by["dense"], 30.0)]
+    add_ratios(same)
+    assert same[1]["speedup"] == 3.0 and "unlike" not in same[1]
 
 
 def test_the_dense_rows_of_a_user_model_build_it_with_the_features_runs_have(tmp_path, monkeypatch):

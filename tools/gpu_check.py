@@ -289,9 +289,11 @@ def bench_command(ctx: Ctx) -> list[str]:
 
 
 BENCH_KEYS = ("label", "spec", "mode", "graph_speedup", "graph_refused", "graph_steps", "grad_accum_steps", "loader",
-              "model", "batch_size", "batch_unit", "samples_per_s", "samples_per_s_runs",
+              "model", "batch_size", "batch_unit", "targets_per_step", "unlike", "dense_chunk", "samples_per_s",
+              "samples_per_s_runs",
               "data_wait_share", "it_per_s", "gpu_busy_pct", "peak_mem_bytes", "speedup", "compiled", "precision",
-              "num_workers", "n_params", "flops_per_sample", "peak_flops", "peak_flops_source",
+              "num_workers", "n_params", "flops_per_sample", "peak_flops",
+              "peak_flops_source",
               "train_items_per_epoch", "steps", "warmup", "repeats", "load_avg", "other_cores", "busy_note")
 
 

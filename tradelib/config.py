@@ -253,8 +253,8 @@ class Config:
                              "space-separated model specs NAME or "
                              "NAME:key=value,... measured side by side (a spec's loaders=a+b: its own loaders)",
                              "bench")
-    dense_batch: int = knob(0, "chunks per dense batch (0: as many as make batch_size trained targets)", "bench",
-                            lo=0)
+    dense_batch: int = knob(0, "chunks per dense batch (0: chunks of at most dense_chunk rows that train exactly "
+                            "batch_size targets)", "bench", lo=0)
     stream_budget: float = knob(0.25, "bench --stream: the streamed configuration's device_memory_budget, as a share "
                                 "of the data's size on the device", "bench", lo=0, lo_open=True, hi=1)
     ingest_files: bool = knob(True, "bench --features: also time reading the raw rows from CSV and Parquet files to "

@@ -61,7 +61,8 @@ RATIOS = {"device/dataloader": ("device", "dataloader"), "dense/per_window": ("d
 class Setup:
     """One configuration to measure: a label, the loader kind, the full run config, the model spec it came
     from, the group whose members are compared as ratios (one model spec, or one batch size of a sweep), and the
-    step mode asked for (eager, graph, or "" for what the config says). A `stream` setup streams through the
+    step mode asked for (eager, graph, or "" for what the config says), and the targets a step trains (loaders are
+    compared at the same number). A `stream` setup streams through the
     bench's budget (`stream_budget` of the data, at least 32 blocks) unless `own_budget`: the config's own
     device_memory_budget and stream_block_rows, as a run of that config streams (the doctor, 02's trace)."""
 
@@ -72,6 +73,7 @@ class Setup:
     group: str
     mode: str = ""
     own_budget: bool = False
+    targets_per_step: int = 0  # the targets an optimizer step trains, by design (a dense run's unknown targets aside)
 
 
 def parse_model_spec(spec: str) -> tuple[str, dict]:
@@ -100,8 +102,8 @@ def split_list(text: str | int) -> list[str]:
 def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], group: str | None = None,
                 verbose: bool = True, modes: Sequence[str] | None = None) -> list[Setup]:
     """The configurations of one model spec (a spec's own `loaders=a+b` replaces `loaders`). Dense mode (causal
-    models only) gets `dense_batch` chunks per batch, or (0) as many as make about the same number of trained
-    targets as `base.batch_size` windows: the same global batch. `modes` (eager, graph) measures each loader with the
+    models only) gets `dense_batch` chunks per batch, or (0) chunks that train as many targets as `base.batch_size`
+    windows (`dense_shape`): the same global batch. `modes` (eager, graph) measures each loader with the
     step's kernels launched one by one and with the step graph, labelled NAME/LOADER/MODE; the graph needs
     CUDA, so on another device its rows are skipped with the reason. A spec that sets cuda_graphs itself keeps
     it (auto: the trainer's choice, labelled NAME/LOADER, its record's `mode` what ran), as does a run without
@@ -136,17 +138,34 @@ def make_setups(base: Config, spec: str, loaders: Sequence[str] = LOADERS[:3], g
                     print(f"measure: no dense mode for {cfg.model} (forward_dense: tcn, transformer); "
                           "loader dense skipped")
                 continue
-            chunk = getattr(probe, "max_chunk", cfg.dense_chunk)  # a transformer's chunks are its window
-            per_chunk = chunk - probe.receptive_field + 1
-            chunks = cfg.dense_batch or max(1, round(cfg.batch_size / max(per_chunk, 1)))
+            chunks, chunk = dense_shape(cfg.batch_size, cfg.dense_batch, getattr(probe, "max_chunk", None),
+                                        cfg.dense_chunk, probe.receptive_field)
             run = cfg.replace(dense=True, loader="device", batch_size=chunks, dense_chunk=chunk)
+            targets = chunks * (chunk - probe.receptive_field + 1)
         else:  # stream: the windows streamed in blocks, through a budget of cfg.stream_budget of the data (Runner)
-            run = cfg.replace(dense=False, loader=loader)
+            run, targets = cfg.replace(dense=False, loader=loader), cfg.batch_size
         for mode in modes or [""]:
             label = f"{shown}/{loader}" + (f"/{mode}" if mode else "")
             step = run.replace(cuda_graphs="true" if mode == "graph" else "false") if mode else run
-            setups.append(Setup(label, loader, step, spec, group or spec, mode))
+            setups.append(Setup(label, loader, step, spec, group or spec, mode,
+                                targets_per_step=targets * cfg.grad_accum_steps))
     return setups
+
+
+def dense_shape(batch_size: int, dense_batch: int, fixed_chunk: int | None, dense_chunk: int, receptive_field: int
+                ) -> tuple[int, int]:
+    """(chunks per batch, chunk rows) of a dense row. `dense_batch` chunks of `dense_chunk` rows if given; else
+    chunks of at most `dense_chunk` rows that train exactly `batch_size` targets (each trains its rows from the
+    receptive_field-th on): the fewest whose count divides batch_size. A model whose chunks have one length
+    (`fixed_chunk`: a transformer's window) gets the nearest count, exact only where that length divides."""
+    chunk = fixed_chunk or dense_chunk
+    per_chunk = max(chunk - receptive_field + 1, 1)
+    if dense_batch or fixed_chunk:
+        return dense_batch or max(1, round(batch_size / per_chunk)), chunk
+    chunks = -(-batch_size // per_chunk)
+    while batch_size % chunks:
+        chunks += 1
+    return chunks, batch_size // chunks + receptive_field - 1
 
 
 # -- driving the trainer's step ------------------------------------------------------------------------------
@@ -417,6 +436,7 @@ def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak:
         "graph_refused": tr.graphs_reason if tr.cfg.cuda_graphs == "true" and not tr.graphs else None,
         "batch_size": s.cfg.batch_size, "batch_unit": "chunks" if s.loader == "dense" else "windows",
         "targets_per_batch": statistics.median(r["samples"] / r["micro_batches"] for r in runs),
+        "targets_per_step": s.targets_per_step,
         "grad_accum_steps": s.cfg.grad_accum_steps,
         "samples_per_s": med, "samples_per_s_runs": sps,
         "data_wait_share": statistics.median(r["wait_s"] / r["seconds"] for r in runs),
@@ -452,7 +472,9 @@ def add_ratios(records: list[dict]) -> None:
     of the medians and per interleaved repetition; per group and loader, graph / eager. Every record carries its
     group's loader ratios (`ratios`, those of its own mode); `speedup` is the record's own against its baseline
     loader (dataloader for the device loader, the per-window device loader for dense); `graph_speedup` a graph
-    row's against the same loader's eager row."""
+    row's against the same loader's eager row. A ratio of rows whose steps train different numbers of targets (an
+    explicit dense_batch; a transformer's window that does not divide batch_size) says so in `unlike` (samples/s
+    are per target, but a bigger step is faster per target)."""
     by_group: dict[tuple[str, str], dict[str, dict]] = {}
     for r in records:
         by_group.setdefault((r["group"], r.get("mode", "")), {})[r["loader"]] = r
@@ -461,6 +483,9 @@ def add_ratios(records: list[dict]) -> None:
         for name, (num, den) in RATIOS.items():
             if num in group and den in group:
                 ratios[name], ratios[name + "_runs"] = speed_ratio(group[num], group[den])
+                a, b = (group[k].get("targets_per_step") for k in (num, den))
+                if a != b:
+                    group[num]["unlike"] = f"{a} targets a step against {b} for the {den} row"
         for r in group.values():
             r["ratios"] = ratios
             r["speedup"] = ratios.get(next((name for name, (num, _) in RATIOS.items() if num == r["loader"]), ""))
@@ -482,8 +507,8 @@ def speed_ratio(a: dict, b: dict) -> tuple[float, list[float]]:
 def format_table(records: list[dict]) -> str:
     rows = [{
         "config": r["label"], "batch": f"{r['batch_size']} {r['batch_unit']}",
-        "samples/s": f"{r['samples_per_s']:,.0f}",
-        "speedup": f"{r['speedup']:.2f}x" if r.get("speedup") else "",
+        "targets/step": r.get("targets_per_step", ""), "samples/s": f"{r['samples_per_s']:,.0f}",
+        "speedup": f"{r['speedup']:.2f}x" + ("*" if r.get("unlike") else "") if r.get("speedup") else "",
         "graph/eager": f"{r['graph_speedup']:.2f}x" if r.get("graph_speedup") else "",
         "data wait": f"{r['data_wait_share']:.1%}",
         "host us/fetch": f"{r['fetch_host_us']:,.1f}" if r.get("fetch_host_us") is not None else "n/a",
@@ -502,8 +527,9 @@ def summary_lines(records: list[dict]) -> list[str]:
     names = {"device": "seed DataLoader", "dense": "per-window", "stream": "resident"}
     same = lambda r: f" ({r['mode']}, both)" if r.get("mode") else ""
     reasons = dict.fromkeys(r["mfu_invalid_reason"] for r in records if r.get("mfu_invalid_reason"))
+    unlike = lambda r: f"; * NOT the same batch: {r['unlike']}" if r.get("unlike") else ""
     return ([f"{r['label']}: {r['speedup']:.2f}x the {names[r['loader']]} samples/s{same(r)} (median of "
-             f"{r['repeats']})" for r in records if r.get("speedup")]
+             f"{r['repeats']}{unlike(r)})" for r in records if r.get("speedup")]
             + [f"{r['label']}: {r['graph_speedup']:.2f}x the same loader's eager step (median of {r['repeats']})"
                for r in records if r.get("graph_speedup")]
             + [f"MFU invalid, not reported: {why}" for why in reasons]
