@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -10,23 +11,29 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from tradelib import monitor
 from tradelib.cli import main
 from tradelib.config import Config
-from tradelib.hardware import CpuElsewhere, busy_elsewhere, busy_fields, mfu_peak
+from tradelib.hardware import CpuElsewhere, MfuPeak, busy_elsewhere, busy_fields, mfu_peak
 from tradelib.monitor import GpuMonitor, summarise
 from tradelib.perf.measure import (
     REQUIRED_KEYS,
+    Runner,
+    Setup,
     add_ratios,
     format_table,
+    make_record,
     make_setups,
     mfu_fields,
     parse_model_spec,
     summary_lines,
 )
+from tradelib.train.models import model_for
 
 
 @pytest.mark.slow
@@ -128,6 +135,27 @@ def test_the_dense_row_trains_the_per_window_row_s_targets_a_step():
     same = [rec(by["device"], 10.0), rec(by["dense"], 30.0)]
     add_ratios(same)
     assert same[1]["speedup"] == 3.0 and "unlike" not in same[1]
+
+
+def test_dense_mfu_counts_every_row_of_its_chunks_whatever_their_targets(tiny_fs, tiny_cfg):
+    """MFU's rate and FLOPs count the same thing: a dense chunk computes all its rows, known targets or not. With
+    half the targets unknown the bench's dense MFU read half what ran (valid targets/s x FLOPs per trained row)."""
+    fs = dataclasses.replace(tiny_fs, y=tiny_fs.y.copy())
+    fs.y[::2] = np.nan
+    cfg = tiny_cfg.replace(model="tcn", layers=2, dense=True, dense_chunk=32, batch_size=4)
+    runner = Runner(Setup("tcn/dense", "dense", cfg, "tcn", "g"), fs)
+    try:
+        out = {**runner.run(0, 2), "gpu": {}}  # (no GPU monitor on a CPU)
+        peak = MfuPeak(1e12, "given")
+        record = make_record(runner, [out], 1, "", peak, 2, 0, 1)
+    finally:
+        runner.close()
+    model = model_for(cfg, fs.n_features)
+    with FlopCounterMode(display=False) as counter:
+        model.forward_dense(torch.randn(1, 32, fs.n_features)).sum().backward()
+    per_chunk = counter.get_total_flops() - 2.0 * fs.n_features * cfg.hidden * 32  # no gradient for the data
+    assert out["samples"] < 0.6 * 2 * 4 * (32 - model.receptive_field + 1)  # half the trained rows have no target
+    assert record["mfu"] == pytest.approx(2 * 4 / out["seconds"] * per_chunk / peak.flops, rel=0.03)
 
 
 def test_the_dense_rows_of_a_user_model_build_it_with_the_features_runs_have(tmp_path, monkeypatch):

@@ -292,7 +292,7 @@ BENCH_KEYS = ("label", "spec", "mode", "graph_speedup", "graph_refused", "graph_
               "model", "batch_size", "batch_unit", "targets_per_step", "unlike", "dense_chunk", "samples_per_s",
               "samples_per_s_runs",
               "data_wait_share", "it_per_s", "gpu_busy_pct", "peak_mem_bytes", "speedup", "compiled", "precision",
-              "num_workers", "n_params", "flops_per_sample", "peak_flops",
+              "num_workers", "n_params", "flops_per_sample", "flops_per_item", "items_per_s", "peak_flops",
               "peak_flops_source",
               "train_items_per_epoch", "steps", "warmup", "repeats", "load_avg", "other_cores", "busy_note")
 

@@ -235,7 +235,8 @@ def peak_flops(device: torch.device, *, peak_tflops: float) -> tuple[float | Non
 
 def mfu(samples_per_s: float, flops_per_sample: float | None, peak: float | None) -> float | None:
     """Model-FLOP utilisation: achieved training FLOP/s over the peak (None without a peak or a FLOP count: a
-    model of the user's that gives no flops_per_sample)."""
+    model of the user's that gives no flops_per_sample). The rate and the FLOPs must count the same thing: windows,
+    or dense chunks (`Trainer.flops_per_item`)."""
     return samples_per_s * flops_per_sample / peak if peak and flops_per_sample else None
 
 

@@ -223,12 +223,12 @@ def matmul_ceiling(device: torch.device, shape: tuple[int, int, int], dtype: tor
 
 def timed_steps(runner: Runner, seconds: float) -> dict:
     """Steps of the real training step for about `seconds` of wall time, in stretches that grow while they fit:
-    totals of time, wait, samples and steps."""
-    tot = {"seconds": 0.0, "wait_s": 0.0, "samples": 0, "steps": 0}
+    totals of time, wait, samples, items (windows or dense chunks) and steps."""
+    tot = {"seconds": 0.0, "wait_s": 0.0, "samples": 0, "items": 0, "steps": 0}
     end, n = time.perf_counter() + seconds, 1
     while True:
         res = runner.run(0, n)
-        for k in ("seconds", "wait_s", "samples"):
+        for k in ("seconds", "wait_s", "samples", "items"):
             tot[k] += res[k]
         tot["steps"] += n
         left = end - time.perf_counter()
@@ -286,9 +286,9 @@ def examine(cfg: Config, seconds: float | None = None, runner: Runner | None = N
             if device.type == "cuda":
                 host_s, device_s = host_and_device(runner)
             sps = tot["samples"] / tot["seconds"]
-            flops = tr.flops_per_sample()
+            flops = tr.flops_per_item()
             peak = mfu_peak(device, cfg.peak_tflops, cfg.max_other_load)
-            checked = mfu_fields(mfu(sps, flops, peak.flops), peak.untrusted)
+            checked = mfu_fields(mfu(tot["items"] / tot["seconds"], flops, peak.flops), peak.untrusted)
             value = checked["mfu"]
             note = checked.get("mfu_invalid_reason") or ("" if value is not None else peak.source if not peak.flops
                                                           else f"{tr.cfg.model} gives no flops_per_sample")

@@ -260,6 +260,7 @@ class Runner:
         seconds = time.perf_counter() - t0
         samples = int(round(float(torch.stack(counts).sum()))) if counts else 0
         return {"seconds": seconds, "wait_s": self.source.wait, "micro_batches": micro, "samples": samples,
+                "items": sum(len(g) for g in groups[n_warmup:]),  # windows, or dense chunks: what MFU counts
                 "fetch_host_s": statistics.median(self.source.host) if self.source.host else None}
 
     def close(self) -> None:
@@ -425,9 +426,10 @@ def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak:
                 repeats: int) -> dict:
     tr, s = runner.trainer, runner.setup
     sps = [r["samples"] / r["seconds"] for r in runs]
+    items = statistics.median(r["items"] / r["seconds"] for r in runs)
     busy = [r["gpu"]["gpu_util_median"] for r in runs if r["gpu"].get("gpu_util_median") is not None]
     gmem = [r["gpu"]["gpu_mem_used_max_bytes"] for r in runs if r["gpu"].get("gpu_mem_used_max_bytes")]
-    flops = tr.flops_per_sample()
+    flops, per_item = tr.flops_per_sample(), tr.flops_per_item()
     med = statistics.median(sps)
     hosts = [r["fetch_host_s"] for r in runs if r.get("fetch_host_s") is not None]
     return {
@@ -446,7 +448,8 @@ def make_record(runner: Runner, runs: list[dict], mem: int, mem_kind: str, peak:
         "step_time_s": statistics.median(r["seconds"] / r["micro_batches"] for r in runs),
         "peak_mem_bytes": int(mem), "peak_mem_kind": mem_kind,
         "flops_per_sample": flops, "peak_flops": peak.flops, "peak_flops_source": peak.source,
-        "peak_other_cores": peak.other_cores, **mfu_fields(mfu(med, flops, peak.flops), peak.untrusted),
+        "flops_per_item": per_item, "items_per_s": items,
+        "peak_other_cores": peak.other_cores, **mfu_fields(mfu(items, per_item, peak.flops), peak.untrusted),
         "gpu_busy_pct": statistics.median(busy) if busy else None,
         "gpu_mem_used_max_bytes": max(gmem) if gmem else None,
         "device": str(runner.device), "device_name": device_name(runner.device),

@@ -15,7 +15,7 @@ this protocol:
 - optional `flops_per_sample(dense: bool) -> float`: forward FLOPs per prediction (2 per multiply-add), for MFU
   (without it MFU is n/a, and says why); training counts 3x that, less `input_flops(dense: bool) -> float` where
   the model gives it: the forward FLOPs of its layer that reads the data, whose backward makes no gradient for
-  the data (`training_flops_per_sample`);
+  the data (`training_flops_per_item`);
 - optional dense training (`dense: true`): `receptive_field: int` (an output sees that many rows, itself
   included; at most the window) and `forward_dense(x) -> [batch, length]`, a prediction at every position of a
   chunk.
@@ -76,7 +76,7 @@ class MLP(nn.Module):
         return 2.0 * (d * self.hidden + (self.layers - 1) * self.hidden**2 + self.hidden)
 
     def input_flops(self, dense: bool) -> float:
-        """The first layer's forward FLOPs (see `training_flops_per_sample`)."""
+        """The first layer's forward FLOPs (see `training_flops_per_item`)."""
         return 2.0 * self.n_features * self.window * self.hidden
 
 
@@ -104,7 +104,7 @@ class RNN(nn.Module):
         return per_step * self.window + 2.0 * self.hidden
 
     def input_flops(self, dense: bool) -> float:
-        """The first layer's input projection, every time step (see `training_flops_per_sample`)."""
+        """The first layer's input projection, every time step (see `training_flops_per_item`)."""
         return 2.0 * self.gates * self.n_features * self.hidden * self.window
 
 
@@ -416,21 +416,27 @@ def _probe(fn, x: torch.Tensor, shape: tuple[int, ...], said: str, protocol: str
         raise ValueError(f"{said} gave {got}; the protocol is {protocol}")
 
 
-def training_flops_per_sample(model: nn.Module, dense: bool, chunk: int | None = None) -> float | None:
-    """Forward + backward per trained target, as torch's FlopCounterMode counts them: a matmul's backward is twice
-    its forward (the gradients of its input and of its weight; the usual 6N-per-token rule), except the layer that
-    reads the data, whose backward makes no gradient for the data: 3x the forward less `input_flops` (an MLP's
-    first layer is most of its FLOPs). None for a model of the user's without `flops_per_sample`. Dense, a chunk of
-    `chunk` rows computes every position and trains only the last chunk - receptive_field + 1: per target, chunk /
-    that many positions."""
+def training_flops_per_item(model: nn.Module, dense: bool, chunk: int | None = None) -> float | None:
+    """Forward + backward per item a step trains on, as torch's FlopCounterMode counts them: a window, or dense, a
+    chunk of `chunk` rows, every one of them computed. A matmul's backward is twice its forward (the gradients of its
+    input and of its weight; the usual 6N-per-token rule), except the layer that reads the data, whose backward
+    makes no gradient for the data: 3x the forward less `input_flops` (an MLP's first layer is most of its FLOPs).
+    None for a model of the user's without `flops_per_sample`."""
     count = getattr(model, "flops_per_sample", None)
     if count is None:
         return None
-    share = 1.0
-    if dense and chunk:
-        share = chunk / max(chunk - getattr(model, "receptive_field", 1) + 1, 1)
     input_flops = getattr(model, "input_flops", None)
-    return (3.0 * count(dense=dense) - (input_flops(dense=dense) if input_flops else 0.0)) * share
+    per = 3.0 * count(dense=dense) - (input_flops(dense=dense) if input_flops else 0.0)
+    return per * chunk if dense and chunk else per
+
+
+def training_flops_per_sample(model: nn.Module, dense: bool, chunk: int | None = None) -> float | None:
+    """`training_flops_per_item` per trained target: dense, a chunk trains only its last chunk - receptive_field + 1
+    positions, so each carries chunk / that many positions' FLOPs."""
+    per_item = training_flops_per_item(model, dense, chunk)
+    if per_item is None or not (dense and chunk):
+        return per_item
+    return per_item / max(chunk - getattr(model, "receptive_field", 1) + 1, 1)
 
 
 def n_params(model: nn.Module) -> int:

@@ -407,6 +407,13 @@ class Trainer:
 
         return training_flops_per_sample(self.model, self.cfg.dense, self.cfg.dense_chunk)
 
+    def flops_per_item(self) -> float | None:
+        """Training FLOPs per item of a step's ids (a window, or a dense chunk): what MFU counts, since a chunk
+        computes all its rows whatever number of them have a known target."""
+        from tradelib.train.models import training_flops_per_item
+
+        return training_flops_per_item(self.model, self.cfg.dense, self.cfg.dense_chunk)
+
 
 def make_scaler(device: torch.device) -> torch.amp.GradScaler:
     """fp16's loss scaling, torch's defaults (2^16, halved after an overflow, doubled after 2000 clean steps)."""
