@@ -7,8 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,24 +204,42 @@ def lookup_peak(name: str, memory_bytes: int | None) -> tuple[float | None, str]
     return peak.tflops * 1e12, f"table: {name}, dense bf16/fp16 tensor peak {peak.tflops:g} TFLOP/s ({peak.source})"
 
 
+MIN_BURST_S = 0.02  # a timed burst of matmuls lasts at least this long: longer than a time slice of other load
+
+
 def measured_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024,
                           seconds: float = 0.5, m: int | None = None, k: int | None = None) -> float:
-    """FLOP/s of an [m, k] @ [k, n] matmul on this device (square n x n unless m, k are given; the best burst):
-    the MFU denominator where no peak is known, and the doctor's rate of a model's own largest matmul."""
+    """FLOP/s of an [m, k] @ [k, n] matmul on this device (square n x n unless m, k are given), sustained
+    (`sustained_rate` over bursts of at least MIN_BURST_S): the MFU denominator where no peak is known, and the
+    doctor's rate of a model's own largest matmul."""
     m, k = m or n, k or n
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
     sync(device)
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:  # the best of short bursts: a peak, robust to other load on the machine
+    calls, bursts, end = 1, [], time.perf_counter() + seconds
+    while len(bursts) < 3 or time.perf_counter() < end:
         t0 = time.perf_counter()
-        for _ in range(4):
+        for _ in range(calls):
             a @ b
         sync(device)
-        best = max(best, 4 * 2.0 * m * k * n / (time.perf_counter() - t0))
-    return best
+        elapsed = time.perf_counter() - t0
+        if elapsed < MIN_BURST_S:  # too short to time honestly: a longer burst
+            calls = max(2 * calls, int(calls * 1.2 * MIN_BURST_S / max(elapsed, 1e-9)))
+            continue
+        bursts.append((calls * 2.0 * m * k * n, elapsed))
+    return sustained_rate(bursts)
+
+
+def sustained_rate(bursts: Sequence[tuple[float, float]]) -> float:
+    """FLOP/s of the median burst of (FLOPs, seconds), over bursts of at least MIN_BURST_S: a rate the device keeps
+    up. The best of bursts of a few microseconds read a small matmul's rate in the gaps between other processes'
+    time slices, on a loaded CPU 45 GFLOP/s for one that sustained 16."""
+    rates = [f / s for f, s in bursts if s >= MIN_BURST_S]
+    if not rates:
+        raise ValueError(f"no burst of at least {MIN_BURST_S} s among {len(bursts)} to take a sustained rate from")
+    return statistics.median(rates)
 
 
 def peak_flops(device: torch.device, *, peak_tflops: float) -> tuple[float | None, str]:

@@ -208,17 +208,15 @@ def step_input(tr) -> tuple[nn.Module, torch.Tensor]:
 
 
 def matmul_ceiling(device: torch.device, shape: tuple[int, int, int], dtype: torch.dtype, peak: MfuPeak) -> float:
-    """The MFU the model's largest matmul [m, k] @ [k, n] reaches alone: its rate over the peak. Where the peak
-    was itself measured (a CPU), over a square matmul's rate measured in turns with it (the best of each), so that
-    other load on the machine cancels; at most 1."""
+    """The MFU the model's largest matmul [m, k] @ [k, n] reaches alone: its sustained rate over the peak. Where
+    the peak was itself measured (a CPU), over a square matmul's rate measured in turns with it (the median turn's
+    ratio), so that other load on the machine cancels; at most 1."""
     m, k, n = shape
     if not peak.measured:
         return min(1.0, measured_matmul_flops(device, dtype, n, 0.3, m=m, k=k) / peak.flops)
-    own = square = 0.0
-    for _ in range(3):
-        own = max(own, measured_matmul_flops(device, dtype, n, 0.1, m=m, k=k))
-        square = max(square, measured_matmul_flops(device, dtype, 1024, 0.1))
-    return min(1.0, own / square)
+    ratios = [measured_matmul_flops(device, dtype, n, 0.1, m=m, k=k) / measured_matmul_flops(device, dtype, 1024, 0.1)
+              for _ in range(3)]
+    return min(1.0, statistics.median(ratios))
 
 
 def timed_steps(runner: Runner, seconds: float) -> dict:
