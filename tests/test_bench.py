@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,12 +286,17 @@ def test_summarise():
     assert s == {"gpu_util_median": 80.0, "gpu_util_mean": 60.0, "gpu_mem_used_max_bytes": 300, "gpu_samples": 3}
 
 
-def test_features_bench_measures_rows_memory_and_warm_load(tmp_path):
-    from tradelib.perf.databench import bench_data
+def test_features_bench_measures_rows_memory_and_warm_load(tmp_path, tiny_cfg):
+    from tradelib.data import dataset
+    from tradelib.perf.databench import bench_data, warm_load
 
     r = bench_data(n_symbols=2, n_bars=3000, repeats=1, full_profile=False, verbose=False)
     assert r["rows"] > 5000 and 0 < r["feature_rows"] <= r["rows"]
     assert r["rows_per_s"] > 0 and r["peak_traced_bytes"] > r["raw_frame_bytes"] * 0.5
+    fs = dataset.prepare(tiny_cfg, verbose=False)
+    warm = warm_load(Path(fs.meta["cache_dir"]), 2)  # (full.yaml's cache in `tradelib bench --features`)
+    assert warm["full_rows"] == len(fs) and warm["warm_load_s_median"] > 0
+    assert warm["warm_load_load_avg_1min"] >= 0  # like every figure of the data bench, with the machine's load
 
 
 def test_bench_stream_sets_resident_and_streamed_side_by_side(tmp_path, capsys):

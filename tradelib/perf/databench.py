@@ -67,26 +67,33 @@ def bench_data(n_symbols: int = 100, n_bars: int = 100_000, repeats: int = 3, fu
         result["full_build_s"] = time.perf_counter() - t0
         folder = fs.meta["cache_dir"]
         del fs
-        loads = []
-        for _ in range(repeats):
-            gc.collect()
-            t0 = time.perf_counter()
-            fs = cache.load(Path(folder))
-            loads.append(time.perf_counter() - t0)
-            n = len(fs)
-            del fs
-        result.update(full_rows=n, full_cache_dir=folder, warm_load_s_median=statistics.median(loads))
+        result.update(full_cache_dir=folder, **warm_load(Path(folder), repeats))
     say(f"clean + features: {result['rows']:,} rows in {result['seconds_median']:.2f} s "
         f"= {result['rows_per_s']:,.0f} rows/s (median of {repeats}); peak memory {peak / 1e9:.2f} GB = "
         f"{result['peak_over_raw']:.2f} x the raw frame ({raw_bytes / 1e9:.2f} GB)")
     if full_profile:
         say(f"full.yaml cache: {result['full_rows']:,} rows, warm load {result['warm_load_s_median']:.2f} s "
-            f"(median of {repeats})")
+            f"(median of {repeats}; load average {result['warm_load_load_avg_1min']:.1f})")
     if ingest:
         for kind, r in result["ingest"].items():
             say(f"{kind} file -> clean frame: {r['rows_per_s']:,.0f} rows/s (read {r['read_s']:.1f} s, clean "
                 f"{r['clean_s']:.1f} s; {r['file_bytes'] / 1e9:.2f} GB file)")
     return result
+
+
+def warm_load(folder: Path, repeats: int) -> dict:
+    """The cache in `folder` loaded `repeats` times: its rows, the median seconds, and the load average of the
+    minute before the last load."""
+    loads = []
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        fs = cache.load(folder)
+        loads.append(time.perf_counter() - t0)
+        n = len(fs)
+        del fs
+    return {"full_rows": n, "warm_load_s_median": statistics.median(loads),
+            "warm_load_load_avg_1min": os.getloadavg()[0]}
 
 
 # One read and clean of a file in a fresh process, as a notebook does it (reads repeated in the process that built
