@@ -170,6 +170,15 @@ def test_02_stopped_while_writing_its_sweep_leaves_the_csv_it_had(tmp_path):
     pd.testing.assert_frame_equal(loader_sweep(tmp_path), first)
 
 
+def test_the_sweep_s_dense_rows_say_they_train_another_batch_than_the_per_window_rows(tiny_cfg):
+    """The sweep's dense batch is in chunks (8 chunks of 64 rows, 8 x 52 targets, against 8 windows): its speed-up
+    over the per-window row compares different batches, which its table now says."""
+    cfg = tiny_cfg.replace(model="tcn", layers=2, dense_chunk=64, steps=1, warmup=0, loaders="device,dense")
+    df = batch_size_sweep(cfg, [8]).set_index("loader")
+    assert df.loc["device", "targets_per_step"] == 8 and df.loc["dense", "targets_per_step"] == 8 * (64 - 13 + 1)
+    assert df.loc["dense", "unlike"] == "416 targets a step against 8 for the device row"
+
+
 def test_02s_sweep_says_once_that_it_skipped_the_dense_loader_for_a_model_without_one(tiny_cfg, capsys):
     """02 printed 'loaders device,dataloader,dense' and then a table without dense rows, saying nothing."""
     df = batch_size_sweep(tiny_cfg.replace(steps=1, warmup=0, loaders="device,dense"), [32, 64])

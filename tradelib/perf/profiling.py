@@ -32,10 +32,12 @@ from tradelib.perf.measure import (
     step_peak_bytes,
 )
 
-SWEEP_COLUMNS = ["loader", "batch_size", "samples_per_s", "speedup", "it_per_s", "data_wait_share",
+SWEEP_COLUMNS = ["loader", "batch_size", "targets_per_step", "samples_per_s", "speedup", "unlike", "it_per_s",
+                 "data_wait_share",
                  "batches_per_epoch", "peak_mem_bytes", "mfu", "gpu_busy_pct", "step_time_s", "mfu_invalid",
                  "mfu_invalid_reason", "other_cores", "busy_note"]
-# (an MFU that cannot be right: mfu empty, the value and why beside it; busy_note: timed on a busy machine)
+# (an MFU that cannot be right: mfu empty, the value and why beside it; busy_note: timed on a busy machine; unlike:
+# a speed-up over a row that trains another number of targets a step, as dense's batch of chunks does)
 
 
 def write_sweep(sweep: pd.DataFrame, path: Path) -> Path:
