@@ -957,6 +957,21 @@ def test_masked_targets_are_normalised_over_the_whole_accumulated_batch(outputs)
     assert not close(per_micro_mean_grads(trainer, group, 2, 3), true, tol=1e-4)
 
 
+def test_a_dense_runs_mfu_counts_every_row_its_chunks_compute(outputs):
+    """A dense chunk computes all its rows, known target or not; summary.json's MFU took valid targets/s x FLOPs per
+    trained target, low by the share of unknown targets (the bench's and the doctor's were fixed alike)."""
+    from tradelib.train.models import model_for, training_flops_per_item, training_flops_per_sample
+
+    cfg = tiny("dense-mfu", model="tcn", layers=2, window=16, dense=True, dense_chunk=32, batch_size=2,
+               peak_tflops=1.0, max_steps=12, log_every=4)
+    summary = train(cfg, progress=False).summary
+    model = model_for(cfg, len(dataset.prepare(cfg, verbose=False).feature_names))
+    per_chunk = training_flops_per_item(model, True, cfg.dense_chunk)
+    assert summary["mfu"] == pytest.approx(summary["it_per_s"] * cfg.batch_size * per_chunk / 1e12, rel=1e-9)
+    valid_only = summary["samples_per_s"] * training_flops_per_sample(model, True, cfg.dense_chunk) / 1e12
+    assert valid_only < 0.999 * summary["mfu"]  # the old figure: some targets of the trained rows are unknown
+
+
 def test_a_step_without_a_valid_target_leaves_weights_and_adam_untouched(outputs):
     """Every target of the step masked: its gradient is zero, and AdamW would still move the weights (momentum,
     weight decay) and count a step; the update is skipped instead, not counted as non-finite."""

@@ -143,6 +143,9 @@ class RunFolder:
         tr, cfg, device = run.trainer, run.cfg, run.device
         flops = tr.flops_per_sample()
         peak, peak_source = peak_flops(device, peak_tflops=cfg.peak_tflops)  # one device's: MFU per rank
+        # a rank's items a second: its micro-batches' chunks, dense (a chunk computes its rows whatever number have
+        # a known target, which samples/s counts alone); else its windows, every one with a known target
+        items_per_s = med(steps, "it_per_s") * cfg.batch_size if cfg.dense else sps / run.world
         return {
             # the configuration that retrains this run (resume false: from_dict of it must not resume), and
             # whether it went on from a checkpoint
@@ -164,7 +167,9 @@ class RunFolder:
             "data_wait_share": med(steps, "data_wait_share"), "peak_mem_bytes": peak_memory_bytes(device),
             "gpu_util": run.gpu_stats.get("gpu_util_median"),  # NVML busy %, median
             "gpu_mem_used_max_bytes": run.gpu_stats.get("gpu_mem_used_max_bytes"),
-            "flops_per_sample": flops, "mfu": mfu(sps / run.world, flops, peak), "peak_flops_source": peak_source,
+            # MFU counts items (a window, or a dense chunk with every row computed, known target or not) per rank
+            "flops_per_sample": flops, "mfu": mfu(items_per_s, tr.flops_per_item(), peak),
+            "peak_flops_source": peak_source,
             "epoch_time_s": med(epochs, "epoch_time_s"), "train_time_s": run.train_time,
             "optimizer_steps": run.step, "skipped_steps": run.skipped,
             "best_val_loss": run.best_val if math.isfinite(run.best_val) else None,
