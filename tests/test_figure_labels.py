@@ -283,3 +283,22 @@ def test_no_throughput_bar_label_sits_on_the_training_line():
         top = {p.get_height(): ax.transData.transform((0, p.get_height()))[1] for p in ax.patches}
         assert labels["3,000"].y0 >= top[3000.0]  # untouched: above its bar
         plt.close(fig)
+
+
+def _ringed(ax) -> list[tuple[float, float]]:
+    """The points the cost figure rings as implausible (its scatter with that legend label)."""
+    rings = [c for c in ax.collections if "implausible" in str(c.get_label())]
+    return [tuple(p) for ring in rings for p in ring.get_offsets()]
+
+
+def test_the_cost_figure_rings_the_net_sharpes_the_report_flags_and_only_those():
+    # the synthetic quick run: gross 36.2, net -51.9 at 5 bps, -267 at 20 bps, flagged in the text, bare on costs.png
+    net = np.array([36.2, 18.4, 0.7, -51.9, -134.5, -267.4])
+    costs = pd.DataFrame({"cost_bps": [0.0, 1, 2, 5, 10, 20], "net_sharpe": net, "net_sharpe_ci_low": net - 18,
+                          "net_sharpe_ci_high": net + 18})
+    ax = plots.plot_cost_sensitivity(costs, 2.0, gross_sharpe=36.2, cost_bps=5.0).axes[0]
+    assert _ringed(ax) == [(0.0, 36.2), (1.0, 18.4), (5.0, -51.9), (10.0, -134.5), (20.0, -267.4)]
+    assert any("implausible" in t.get_text() for t in ax.get_legend().get_texts())
+    # a gross Sharpe within +-10: the costs explain a net one far below -10 (`costs_explain`), nothing is ringed
+    ax = plots.plot_cost_sensitivity(costs.assign(net_sharpe=net / 10), 2.0, gross_sharpe=3.6, cost_bps=5.0).axes[0]
+    assert _ringed(ax) == []

@@ -649,3 +649,9 @@ def costs_explain(net: float, gross: float, bound: float) -> bool:
     year, with no look-ahead or bad print behind them. Such a figure is real and not flagged (`implausible`)."""
     known = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (net, gross))
     return known and net < -bound and abs(gross) <= bound
+
+
+def net_sharpe_flags(net: float, gross: float) -> list[str]:
+    """`implausible`'s reasons for a net Sharpe beside its book's gross one: none where the costs explain it
+    (`costs_explain`). The summary's `net_sharpe` flag and each cost of `costs.png` and the cost table."""
+    return [] if costs_explain(net, gross, MAX_PLAUSIBLE_SHARPE) else implausible(net, None)

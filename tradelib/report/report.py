@@ -199,10 +199,9 @@ def summary_block(inputs: ReportInputs) -> dict:
                "buy_hold_annual_return": bt["buy_hold"]["annual_return"]}
     pnl = inputs.backtest.pnl  # the gross book's alpha: a net one far below it is the costs' (`costs_explain`)
     gross_alpha = bk.market_regression(pnl["gross"].to_numpy(), pnl["buy_hold"].to_numpy(), bt["periods_per_year"])
-    costs = {"net_sharpe": bk.costs_explain(figures["net_sharpe"], figures["gross_sharpe"], bk.MAX_PLAUSIBLE_SHARPE),
-             "market_alpha": bk.costs_explain(figures["market_alpha"], gross_alpha["alpha"],
+    costs = {"market_alpha": bk.costs_explain(figures["market_alpha"], gross_alpha["alpha"],
                                               bk.MAX_PLAUSIBLE_ANNUAL_RETURN)}
-    flags = {"net_sharpe": bk.implausible(figures["net_sharpe"], None),
+    flags = {"net_sharpe": bk.net_sharpe_flags(figures["net_sharpe"], figures["gross_sharpe"]),
              "gross_sharpe": bk.implausible(figures["gross_sharpe"], None),
              "net_annual_return": bk.implausible(None, figures["net_annual_return"]),
              "gross_annual_return": bk.implausible(None, figures["gross_annual_return"]),
