@@ -302,3 +302,17 @@ def test_the_cost_figure_rings_the_net_sharpes_the_report_flags_and_only_those()
     # a gross Sharpe within +-10: the costs explain a net one far below -10 (`costs_explain`), nothing is ringed
     ax = plots.plot_cost_sensitivity(costs.assign(net_sharpe=net / 10), 2.0, gross_sharpe=3.6, cost_bps=5.0).axes[0]
     assert _ringed(ax) == []
+
+
+def test_the_data_wait_panel_reads_one_way_on_its_axis_and_bars_and_never_a_nonzero_wait_as_zero():
+    # the synthetic quick run's sweep: the axis read "12.0%" beside bars of "11%" and "0%" (a 0.27% wait)
+    sweep = pd.DataFrame({"loader": ["dataloader", "device"], "batch_size": [64, 64],
+                          "samples_per_s": [956.0, 814.0], "data_wait_share": [0.107988, 0.002729]})
+    fig = plots.plot_loader_sweep(sweep)
+    fig.canvas.draw()
+    ax = fig.axes[1]
+    assert [t.get_text() for t in ax.texts] == ["11%", "0.27%"]
+    ticks = [t.get_text() for t in ax.get_yticklabels()]
+    assert "12%" in ticks and not any(".0%" in t for t in ticks)
+    from tradelib.report.tables import share
+    assert [share(v) for v in (0.0, 1.6e-4, 1e-6, 0.025, 0.0995)] == ["0%", "0.016%", "<0.01%", "2.5%", "10%"]

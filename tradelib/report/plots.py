@@ -39,7 +39,7 @@ from tradelib.report.backtest import (  # noqa: E402
     equity_curve,
     net_sharpe_flags,
 )
-from tradelib.report.tables import LOADER_NAMES, NOTHING_CLEANED, epoch_labels, partial_epochs  # noqa: E402
+from tradelib.report.tables import LOADER_NAMES, NOTHING_CLEANED, epoch_labels, partial_epochs, share  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -401,7 +401,7 @@ def plot_loader_sweep(sweep: pd.DataFrame, save_to: str | Path | None = None,
             vals = [by[col].get((loader, b), np.nan) for b in sizes]
             bars = ax.bar(x + (i - (len(loaders) - 1) / 2) * width, vals, width, label=LOADER_NAMES[loader],
                           color=LOADER_COLOURS[loader])
-            labels = [_k(v) if col == "samples_per_s" else f"{v:.0%}" for v in vals]
+            labels = [_k(v) if col == "samples_per_s" else share(v) for v in vals]
             ax.bar_label(bars, labels=["" if np.isnan(v) else t for v, t in zip(vals, labels)], fontsize="x-small")
         ax.set_xticks(x, [f"{b:,}" for b in sizes])
         ax.set_xlabel("micro-batch (windows; chunks for dense)")
@@ -410,7 +410,7 @@ def plot_loader_sweep(sweep: pd.DataFrame, save_to: str | Path | None = None,
     axes[0].set(title="training throughput by loader", ylabel="samples / s")
     axes[0].yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _k(v)))
     axes[1].set(title="share of step time waiting for data", ylabel="data wait")
-    axes[1].yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    axes[1].yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: share(v)))
     for ax in axes:
         ax.margins(y=0.15)
     handles, labels = axes[0].get_legend_handles_labels()
@@ -492,7 +492,7 @@ def plot_sweep(table: pd.DataFrame, save_to: str | Path | None = None) -> plt.Fi
     that vary)."""
     label = table["run"].astype(str).str.replace(",", ", ")
     y = np.arange(len(table))
-    panels = [("samples_per_s", "samples / s", "{:,.0f}"), ("data_wait_share", "data-wait share", "{:.1%}"),
+    panels = [("samples_per_s", "samples / s", "{:,.0f}"), ("data_wait_share", "data-wait share", share),
               ("peak_mem_gb", "peak memory (GB)", "{:.2f}"), (None, "test IC", None),
               ("net_sharpe", "net Sharpe (annualised), 95% intervals", "{:.2f}")]
     fig, axs = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 2, 0.45 * len(table) + 2), sharey=True)
@@ -509,11 +509,11 @@ def plot_sweep(table: pd.DataFrame, save_to: str | Path | None = None) -> plt.Fi
                    if col == "net_sharpe" else None)
             bars = ax.barh(y, vals.fillna(0), color="tab:red" if col == "net_sharpe" else "tab:blue", xerr=err,
                            capsize=3)
-            ax.bar_label(bars, labels=["-" if pd.isna(v) else fmt.format(v) for v in vals], fontsize="x-small",
-                         padding=2)
+            text = fmt if callable(fmt) else fmt.format
+            ax.bar_label(bars, labels=["-" if pd.isna(v) else text(v) for v in vals], fontsize="x-small", padding=2)
             ax.margins(x=0.25)
         if col == "data_wait_share":
-            ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: share(v)))
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=4))  # a narrow panel: ticks that fit it
         ax.set_title(title, fontsize="medium")
     axs[0].set_yticks(y, label, fontsize="small")

@@ -66,6 +66,17 @@ def pct(v, digits: int = 1) -> str:
     return number(v, f".{digits}%") if _ok(v) else NA
 
 
+def share(v) -> str:
+    """A share of time in a figure, axis and bar labels alike: two significant digits ('11%', '2.5%', '0.27%'),
+    whole percent from 10%; never a nonzero share as '0%' (below 0.01%: '<0.01%')."""
+    if not _ok(v):
+        return NA
+    p = float(v) * 100
+    if p == 0 or abs(p) >= 9.95:
+        return f"{p:.0f}%"
+    return f"{p:.2g}%" if abs(p) >= 0.01 else ("<0.01%" if p > 0 else ">-0.01%")
+
+
 def busy(v) -> str:
     """A GPU busy percentage as NVML gives it (0-100)."""
     return f"{v:.0f}%" if _ok(v) else NA
