@@ -222,6 +222,9 @@ def test_the_raw_close_panel_labels_plain_numbers_where_they_fit():
     assert _shown_y_labels(fig.axes[0]) == ["40", "50", "60", "70", "80", "90"]
     volume = _shown_y_labels(fig.axes[1])
     assert volume and all(t.startswith("$\\mathdefault{10^{") for t in volume), volume
+    # the titles' spans in the axis's notation: "40 to 90" (was "4.0e+01 to 9.0e+01"), powers of ten for volume
+    assert "spans 40 to 90" in fig.axes[0].get_title(), fig.axes[0].get_title()
+    assert "spans $3.0\\times10^{6}$ to $1.1\\times10^{10}$" in fig.axes[1].get_title(), fig.axes[1].get_title()
 
 
 def test_the_ic_panel_reads_past_a_few_outliers_and_a_thousand_bars():

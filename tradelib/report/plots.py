@@ -155,6 +155,11 @@ class PlainLogFormatter(matplotlib.ticker.Formatter):
 PLAIN_RANGE = (1e-4, 1e6)  # where f"{x:g}" writes every tick without an exponent
 
 
+def _plain(low: float, high: float) -> bool:
+    """Whether a log axis from `low` to `high` reads in plain numbers (`PLAIN_RANGE`) rather than 10^k."""
+    return PLAIN_RANGE[0] <= low and high < PLAIN_RANGE[1]
+
+
 def _plain_log_labels(axis: matplotlib.axis.Axis) -> None:
     """Plain-number labels on a log axis; between decades only where at most one decade is ticked (over two, 2 3 4 6
     per decade ran into each other)."""
@@ -580,8 +585,17 @@ def _draw_boxes(ax: plt.Axes, boxes: list[dict], log: bool) -> None:
            boxprops={"facecolor": "#a6cee3"}, medianprops={"color": "#1f3b5c"}, flierprops={"markersize": 2})
     ax.tick_params(axis="x", rotation=45)
     drawn = np.concatenate([np.r_[b["whislo"], b["whishi"], b["fliers"]] for b in boxes])
-    if log and PLAIN_RANGE[0] <= drawn.min() and drawn.max() < PLAIN_RANGE[1]:  # else 10^k, one notation throughout
+    if log and _plain(drawn.min(), drawn.max()):  # else 10^k, one notation throughout
         _plain_log_labels(ax.yaxis)
+
+
+def _as_axis(x: float, plain: bool) -> str:
+    """A value in a log axis's own notation: plain (0.067, 8100) where its labels are (`PLAIN_RANGE`), else
+    as a power of ten (6.7x10^-2) beside its 10^k ticks."""
+    if plain:
+        return f"{x:.0f}" if x >= 100 else f"{x:.3g}"  # no thousands separator: the ticks (f"{x:g}") have none
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return rf"${mantissa}\times10^{{{int(exponent)}}}$"
 
 
 def plot_raw_vs_features(raw: pd.DataFrame, fs, save_to: Path | None = None,
@@ -596,7 +610,9 @@ def plot_raw_vs_features(raw: pd.DataFrame, fs, save_to: Path | None = None,
         vals = raw[col].to_numpy(dtype=float)[finite]
         _draw_boxes(ax, box_stats(vals, codes, names, log=True), log=True)
         pos = vals[vals > 0]
-        span = f"spans {pos.min():.1e} to {pos.max():.1e}" if pos.size else "no positive value"
+        plain = pos.size and _plain(pos.min(), pos.max())  # the axis's notation (`_draw_boxes`: the same extremes)
+        span = (f"spans {_as_axis(pos.min(), plain)} to {_as_axis(pos.max(), plain)}" if pos.size
+                else "no positive value")
         if pos.size < vals.size:  # a log axis cannot show them: said, so a zero volume is not read as absent
             span += f"\n{vals.size - pos.size:,} zero or negative not shown"
         ax.set(title=f"raw {col} (log scale): {span}", xlabel="symbol", ylabel=col)
