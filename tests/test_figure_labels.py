@@ -80,8 +80,15 @@ def test_the_raw_volume_title_counts_the_zero_volumes_its_log_axis_cannot_show()
                          feature_names=["ret_1", "log_volume_rel"])
     fig = plots.plot_raw_vs_features(raw, fs)
     close, volume = fig.axes[0].get_title(), fig.axes[1].get_title()
-    assert "3 zero or negative not shown" in volume, volume
+    assert "not shown: 3 zero volumes kept: no rule counts them" in volume, volume
     assert "not shown" not in close, close
+    # quality.png said "no row ... flagged" and nothing of them (tests/data/real: MSFT 1, NASDAQ 2): now the same count
+    quality = {"counts": [], "ranges_before": {"volume": {"min": 0.0, "max": 1e6, "zero": 3}}}
+    assert plots.plot_quality(quality).axes[0].get_title() == "data quality: rows per rule\n3 zero volumes kept: " \
+        "no rule counts them"
+    raw.loc[4, "volume"] = -1.0  # a negative volume is bad_volume's (set to 0, counted): not "kept"
+    volume = plots.plot_raw_vs_features(raw, fs).axes[1].get_title()
+    assert "not shown: 4 zero or negative" in volume, volume
 
 
 def test_a_walk_forwards_training_figure_and_epochs_table_name_its_folds():

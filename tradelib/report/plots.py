@@ -39,7 +39,14 @@ from tradelib.report.backtest import (  # noqa: E402
     equity_curve,
     net_sharpe_flags,
 )
-from tradelib.report.tables import LOADER_NAMES, NOTHING_CLEANED, epoch_labels, partial_epochs, share  # noqa: E402
+from tradelib.report.tables import (  # noqa: E402
+    LOADER_NAMES,
+    NOTHING_CLEANED,
+    epoch_labels,
+    partial_epochs,
+    share,
+    zero_volumes,
+)
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -528,13 +535,14 @@ def plot_sweep(table: pd.DataFrame, save_to: str | Path | None = None) -> plt.Fi
 
 def plot_quality(report_dict: dict, save_to: str | Path | None = None) -> plt.Figure:
     """Rows dropped or changed per cleaning rule (a QualityReport dict's `counts`, summed over symbols; horizontal
-    bars, log scale when counts span decades)."""
+    bars, log scale when counts span decades), and the raw data's zero volumes, which no rule counts."""
     frame = pd.DataFrame(report_dict.get("counts") or [], columns=["rule", "symbol", "action", "rows"])
     frame["rows"] = pd.to_numeric(frame["rows"], errors="coerce")
     counts = frame.groupby(["action", "rule"], as_index=False)["rows"].sum().rename(columns={"action": "what"})
     counts = counts[counts["rows"] > 0]
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(counts) + 1)))
-    ax.set_title("data quality: rows per rule")
+    zeros = ((report_dict.get("ranges_before") or {}).get("volume") or {}).get("zero") or 0
+    ax.set_title("data quality: rows per rule" + (f"\n{zero_volumes(zeros)}" if zeros else ""))
     if len(counts) == 0:
         _empty(ax, NOTHING_CLEANED)
         return _save(fig, save_to)
@@ -609,12 +617,13 @@ def plot_raw_vs_features(raw: pd.DataFrame, fs, save_to: Path | None = None,
     for ax, col in zip(axes[0], ("close", "volume")):
         vals = raw[col].to_numpy(dtype=float)[finite]
         _draw_boxes(ax, box_stats(vals, codes, names, log=True), log=True)
-        pos = vals[vals > 0]
+        pos, zeros = vals[vals > 0], int(np.count_nonzero(vals == 0))
         plain = pos.size and _plain(pos.min(), pos.max())  # the axis's notation (`_draw_boxes`: the same extremes)
         span = (f"spans {_as_axis(pos.min(), plain)} to {_as_axis(pos.max(), plain)}" if pos.size
                 else "no positive value")
         if pos.size < vals.size:  # a log axis cannot show them: said, so a zero volume is not read as absent
-            span += f"\n{vals.size - pos.size:,} zero or negative not shown"
+            span += "\nnot shown: " + (zero_volumes(zeros) if col == "volume" and zeros == vals.size - pos.size
+                                        else f"{vals.size - pos.size:,} zero or negative")
         ax.set(title=f"raw {col} (log scale): {span}", xlabel="symbol", ylabel=col)
     train = np.flatnonzero(fs.split == 0)
     for ax, col in zip(axes[1], features):

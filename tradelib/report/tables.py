@@ -146,6 +146,11 @@ def show(df: pd.DataFrame, caption: str = "", highlight: tuple[tuple[int, str], 
 NOTHING_CLEANED = "no row dropped, changed, masked or flagged"  # what clean data's table and figure say
 
 
+def zero_volumes(n: int) -> str:
+    """What 01's raw panel and quality.png say of the data's zero volumes, which no rule counts (docs/data.md)."""
+    return f"{n:,} zero volume{'s' if n != 1 else ''} kept: no rule counts {'them' if n != 1 else 'it'}"
+
+
 def cleaning_table(counts: pd.DataFrame) -> pd.DataFrame:
     """Rows per cleaning rule (`explore.counts_table`'s rows per rule and symbol, summed): what it did, the rows
     and the symbols it touched, and the symbol it touched most, so that a universe of hundreds of symbols reads
