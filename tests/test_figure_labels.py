@@ -326,3 +326,17 @@ def test_the_data_wait_panel_reads_one_way_on_its_axis_and_bars_and_never_a_nonz
     assert "12%" in ticks and not any(".0%" in t for t in ticks)
     from tradelib.report.tables import share
     assert [share(v) for v in (0.0, 1.6e-4, 1e-6, 0.025, 0.0995)] == ["0%", "0.016%", "<0.01%", "2.5%", "10%"]
+
+
+def test_the_ic_legend_shows_both_bar_colours_whichever_bar_comes_first():
+    # ic.png's "IC" key took the first bar's colour: red in the synthetic run, green in the real daily one
+    from matplotlib.colors import to_rgb
+    from matplotlib.patches import Rectangle
+
+    when = pd.date_range("2024-01-01", periods=40, freq="B")
+    keys = []
+    for first in (-0.3, 0.3):
+        ic = np.r_[first, np.linspace(-0.2, 0.2, 39)]
+        legend = plots.plot_ic(pd.DataFrame({"period": when, "ic": ic, "rank_ic": ic / 2})).axes[0].get_legend()
+        keys.append([to_rgb(p.get_facecolor()) for p in legend.findobj(Rectangle)])  # every key patch drawn
+    assert keys[0] == keys[1] == [to_rgb("tab:green"), to_rgb("tab:red")], keys
