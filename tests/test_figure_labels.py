@@ -340,3 +340,17 @@ def test_the_ic_legend_shows_both_bar_colours_whichever_bar_comes_first():
         legend = plots.plot_ic(pd.DataFrame({"period": when, "ic": ic, "rank_ic": ic / 2})).axes[0].get_legend()
         keys.append([to_rgb(p.get_facecolor()) for p in legend.findobj(Rectangle)])  # every key patch drawn
     assert keys[0] == keys[1] == [to_rgb("tab:green"), to_rgb("tab:red")], keys
+
+
+def test_the_sweep_figure_hatches_the_configurations_timed_on_a_busy_machine():
+    # the real daily run's 02: the device loader's 24 samples/s (busy, "not comparable" in the table) beside
+    # training's 176 read as a plain figure
+    sweep = pd.DataFrame({"loader": ["dataloader", "device"], "batch_size": [64, 64], "samples_per_s": [258.0, 24.0],
+                          "data_wait_share": [0.11, 0.0005], "busy_note": [None, "timed while other processes ..."]})
+    fig = plots.plot_loader_sweep(sweep, training=(176.0, "this run"))
+    hatches = [p.get_hatch() or "" for p in fig.axes[0].patches]
+    assert len(hatches) == 2 and not hatches[0] and hatches[1], hatches  # the busy device loader's bar alone
+    assert "timed on a busy machine: not comparable" in [t.get_text() for t in fig.legends[0].get_texts()]
+    fig = plots.plot_loader_sweep(sweep.drop(columns="busy_note"))
+    assert not any(p.get_hatch() for p in fig.axes[0].patches)
+    assert not any("busy" in t.get_text() for t in fig.legends[0].get_texts())

@@ -406,6 +406,7 @@ def plot_cost_sensitivity(costs: pd.DataFrame, break_even: float, gross_sharpe: 
 
 
 LOADER_COLOURS = {"dataloader": "tab:orange", "device": "tab:blue", "dense": "tab:green"}
+BUSY_HATCH = "//"  # a bar timed while other processes kept the machine busy (`busy_note`)
 
 
 def _k(value: float) -> str:
@@ -416,19 +417,21 @@ def plot_loader_sweep(sweep: pd.DataFrame, save_to: str | Path | None = None,
                       training: tuple[float, str] | None = None) -> plt.Figure:
     """02_profiling's sweep: samples/s of each loader at each micro-batch, side by side (the seed-style DataLoader
     beside the device loader, with the device loader's speed-up over it), and the share of step time spent
-    waiting for data. `training` = (samples/s, label) draws a run's own training throughput across the first
-    panel."""
+    waiting for data; a configuration timed on a busy machine (`busy_note`) hatched. `training` = (samples/s,
+    label) draws a run's own training throughput across the first panel."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     loaders = [name for name in LOADER_NAMES if name in set(sweep["loader"])]
     sizes = sorted(sweep["batch_size"].unique())
     x, width = np.arange(len(sizes)), 0.8 / max(len(loaders), 1)
     by = sweep.set_index(["loader", "batch_size"])
+    busy = by["busy_note"].notna() if "busy_note" in by else pd.Series(False, index=by.index)
     for panel, col in ((0, "samples_per_s"), (1, "data_wait_share")):
         ax = axes[panel]
         for i, loader in enumerate(loaders):
             vals = [by[col].get((loader, b), np.nan) for b in sizes]
             bars = ax.bar(x + (i - (len(loaders) - 1) / 2) * width, vals, width, label=LOADER_NAMES[loader],
-                          color=LOADER_COLOURS[loader])
+                          color=LOADER_COLOURS[loader],
+                          hatch=[BUSY_HATCH if busy.get((loader, b), False) else "" for b in sizes], edgecolor="white")
             labels = [_k(v) if col == "samples_per_s" else share(v) for v in vals]
             ax.bar_label(bars, labels=["" if np.isnan(v) else t for v, t in zip(vals, labels)], fontsize="x-small")
         ax.set_xticks(x, [f"{b:,}" for b in sizes])
@@ -442,6 +445,11 @@ def plot_loader_sweep(sweep: pd.DataFrame, save_to: str | Path | None = None,
     for ax in axes:
         ax.margins(y=0.15)
     handles, labels = axes[0].get_legend_handles_labels()
+    colour = {LOADER_NAMES[name]: LOADER_COLOURS[name] for name in loaders}  # a loader's key: its colour, unhatched
+    handles = [matplotlib.patches.Patch(color=colour[t]) if t in colour else h for h, t in zip(handles, labels)]
+    if busy.any():
+        handles.append(matplotlib.patches.Patch(facecolor="grey", edgecolor="white", hatch=BUSY_HATCH))
+        labels.append("timed on a busy machine: not comparable")
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     if training is not None and np.isfinite(training[0]):
