@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tradelib.report import plots  # noqa: E402
+from tradelib.report import plots, tables  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -303,15 +303,25 @@ def _ringed(ax) -> list[tuple[float, float]]:
 
 def test_the_cost_figure_rings_the_net_sharpes_the_report_flags_and_only_those():
     # the synthetic quick run: gross 36.2, net -51.9 at 5 bps, -267 at 20 bps, flagged in the text, bare on costs.png
+    from tradelib.report.backtest import net_sharpe_flags
+
     net = np.array([36.2, 18.4, 0.7, -51.9, -134.5, -267.4])
-    costs = pd.DataFrame({"cost_bps": [0.0, 1, 2, 5, 10, 20], "net_sharpe": net, "net_sharpe_ci_low": net - 18,
-                          "net_sharpe_ci_high": net + 18})
-    ax = plots.plot_cost_sensitivity(costs, 2.0, gross_sharpe=36.2, cost_bps=5.0).axes[0]
+
+    def costs(net: np.ndarray, gross: float) -> pd.DataFrame:  # as cost_sensitivity gives them
+        return pd.DataFrame({"cost_bps": [0.0, 1, 2, 5, 10, 20], "net_sharpe": net, "net_sharpe_ci_low": net - 18,
+                             "net_sharpe_ci_high": net + 18, "net_annual_return": 0.1, "net_annual_return_ci_low": 0.0,
+                             "net_annual_return_ci_high": 0.2, "net_total_return": 0.01,
+                             "net_sharpe_implausible": [bool(net_sharpe_flags(v, gross)) for v in net]})
+
+    ax = plots.plot_cost_sensitivity(costs(net, 36.2), 2.0, cost_bps=5.0).axes[0]
     assert _ringed(ax) == [(0.0, 36.2), (1.0, 18.4), (5.0, -51.9), (10.0, -134.5), (20.0, -267.4)]
     assert any("implausible" in t.get_text() for t in ax.get_legend().get_texts())
+    assert tables.costs_table(costs(net, 36.2))["net Sharpe"].tolist() == [
+        "36.20 (implausible)", "18.40 (implausible)", "0.70", "-51.90 (implausible)", "-134.50 (implausible)",
+        "-267.40 (implausible)"]  # the table printed -267.40 bare
     # a gross Sharpe within +-10: the costs explain a net one far below -10 (`costs_explain`), nothing is ringed
-    ax = plots.plot_cost_sensitivity(costs.assign(net_sharpe=net / 10), 2.0, gross_sharpe=3.6, cost_bps=5.0).axes[0]
-    assert _ringed(ax) == []
+    ax = plots.plot_cost_sensitivity(costs(net / 10, 3.6), 2.0, cost_bps=5.0).axes[0]
+    assert _ringed(ax) == [] and not tables.costs_table(costs(net / 10, 3.6))["net Sharpe"].str.contains("impl").any()
 
 
 def test_the_data_wait_panel_reads_one_way_on_its_axis_and_bars_and_never_a_nonzero_wait_as_zero():

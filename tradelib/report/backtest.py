@@ -320,7 +320,8 @@ def backtest(
 
 def cost_sensitivity(bt: BacktestResult, costs_bps) -> pd.DataFrame:
     """Net Sharpe and annual return with their 95% intervals, and total return, of the same book at each cost
-    (bps per unit of weight traded): net = gross - cost/1e4 * turnover, bar by bar."""
+    (bps per unit of weight traded): net = gross - cost/1e4 * turnover, bar by bar; `net_sharpe_implausible` where
+    the report flags that net Sharpe (`net_sharpe_flags`: costs.png rings it, the cost table marks it)."""
     gross, turnover = bt.pnl["gross"].to_numpy(), bt.pnl["turnover"].to_numpy()
     exposure, ppy = bt.pnl["exposure"].to_numpy(), bt.stats["periods_per_year"]
     rows = []
@@ -331,7 +332,8 @@ def cost_sensitivity(bt: BacktestResult, costs_bps) -> pd.DataFrame:
                      "net_sharpe_ci_high": inf["ci_high"], "net_annual_return": s["annual_return"],
                      "net_annual_return_ci_low": s["annual_return_ci"][0],
                      "net_annual_return_ci_high": s["annual_return_ci"][1],
-                     "net_total_return": s["total_return"]})
+                     "net_total_return": s["total_return"],
+                     "net_sharpe_implausible": bool(net_sharpe_flags(s["sharpe"], bt.stats["gross"]["sharpe"]))})
     return pd.DataFrame(rows)
 
 

@@ -40,8 +40,7 @@ def make_figures(inputs: ReportInputs, run_dir: Path | None = None, runs_df: pd.
                                                 loss_label=LOSS_LABEL),
         "equity": lambda: plots.plot_equity(inputs.backtest, run_dir / "equity.png"),
         "underwater": lambda: plots.plot_underwater(inputs.backtest, run_dir / "underwater.png"),
-        "costs": lambda: plots.plot_cost_sensitivity(inputs.costs, inputs.break_even_bps,
-                                                     inputs.backtest.stats["gross"]["sharpe"], inputs.book["cost_bps"],
+        "costs": lambda: plots.plot_cost_sensitivity(inputs.costs, inputs.break_even_bps, inputs.book["cost_bps"],
                                                      run_dir / "costs.png"),
         "deciles": lambda: plots.plot_deciles(inputs.deciles, run_dir / "deciles.png", unit=(
             "vol-scaled log return" if (inputs.summary.get("config") or {}).get("vol_scaled_target")

@@ -39,7 +39,6 @@ from tradelib.report.backtest import (  # noqa: E402
     BacktestResult,
     drawdown_curve,
     equity_curve,
-    net_sharpe_flags,
 )
 from tradelib.report.tables import (  # noqa: E402
     LOADER_NAMES,
@@ -382,15 +381,15 @@ def plot_underwater(bt: BacktestResult, save_to: str | Path | None = None) -> pl
     return _save(fig, save_to)
 
 
-def plot_cost_sensitivity(costs: pd.DataFrame, break_even: float, gross_sharpe: float, cost_bps: float | None = None,
+def plot_cost_sensitivity(costs: pd.DataFrame, break_even: float, cost_bps: float | None = None,
                           save_to: str | Path | None = None) -> plt.Figure:
     """Net Sharpe with its 95% interval against the cost per unit traded (bps), with the break-even cost and the
-    report's cost; a net Sharpe the report flags (`net_sharpe_flags`, beside the book's `gross_sharpe`) is ringed."""
+    report's cost; a net Sharpe the report flags (`cost_sensitivity`'s net_sharpe_implausible) is ringed."""
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(costs["cost_bps"], costs["net_sharpe"], marker="o", color="tab:blue", label="net Sharpe")
     ax.fill_between(costs["cost_bps"], costs["net_sharpe_ci_low"], costs["net_sharpe_ci_high"], color="tab:blue",
                     alpha=0.15, lw=0, label="95% interval")
-    flagged = costs[[bool(net_sharpe_flags(v, gross_sharpe)) for v in costs["net_sharpe"]]]
+    flagged = costs[costs["net_sharpe_implausible"].astype(bool)]
     if len(flagged):
         ax.scatter(flagged["cost_bps"], flagged["net_sharpe"], s=120, facecolors="none", edgecolors="tab:red", lw=1.5,
                    zorder=3, label=f"implausible (beyond +-{MAX_PLAUSIBLE_SHARPE:g})")

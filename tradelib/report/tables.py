@@ -270,8 +270,11 @@ def backtest_table(stats: dict, flags: dict | None = None) -> pd.DataFrame:
 
 
 def costs_table(costs: pd.DataFrame) -> pd.DataFrame:
+    """`cost_sensitivity`'s rows; a net Sharpe the report flags reads "(implausible)", as in `backtest_table`."""
+    flagged = costs["net_sharpe_implausible"] if "net_sharpe_implausible" in costs else [False] * len(costs)
     return pd.DataFrame({"cost (bps)": [f"{c:g}" if _ok(c) else NA for c in costs["cost_bps"]],
-                         "net Sharpe": [num(v, 2) for v in costs["net_sharpe"]],
+                         "net Sharpe": [num(v, 2) + (" (implausible)" if f else "")
+                                        for v, f in zip(costs["net_sharpe"], flagged)],
                          "95% interval": [span(lo, hi) for lo, hi in zip(costs["net_sharpe_ci_low"],
                                                                          costs["net_sharpe_ci_high"])],
                          "net annual return": [signed_pct(v) for v in costs["net_annual_return"]],
