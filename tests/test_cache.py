@@ -199,6 +199,8 @@ def test_a_build_that_would_not_fit_in_memory_is_refused_before_the_read(tmp_pat
     assert f"at most about {1_000_000 // memory.BUILD_BYTES_PER_ROW:,} rows" in said
     dataset.check_memory(cfg, available=(need + 1, "a test's budget"))
     dataset.check_memory(cfg.replace(memory_check=False), available=(1_000_000, "a test's budget"))  # tries anyway
+    with pytest.raises(DataError, match="x 2 processes on this machine: torchrun's ranks each read"):
+        dataset.check_memory(cfg, available=(need + 1, "a test's budget"), processes=2)
     assert "memory_check false tries anyway" in said
     with pytest.raises(DataError, match="the synthetic market: about 4,500 rows"):
         dataset.check_memory(Config(**TINY), available=(1000, "a test's budget"))

@@ -9,6 +9,7 @@ looking at the raw data (01) or building without the cache (tests, the data benc
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -20,22 +21,24 @@ from tradelib.data import cache, load, memory, quality, shards, synth
 from tradelib.data.features import FeatureSet
 
 
-def load_raw(cfg) -> pd.DataFrame:
+def load_raw(cfg, processes: int = 1) -> pd.DataFrame:
     """The raw frame, untouched: the generator's output or the researcher's files as read; refused first where
-    their feature build would not fit in memory (`check_memory`: 01 reads the frame, then builds beside it)."""
-    check_memory(cfg)
+    their feature build would not fit in memory (`check_memory`: 01 reads the frame, then builds beside it), by
+    `processes` on this machine each reading it (`tradelib prepare` under torchrun)."""
+    check_memory(cfg, processes=processes)
     if cache.is_synthetic(cfg.data_path):
         return synth.generate_market(**cache.synth_params(cfg))
     return load.load_ohlcv(Path(cfg.data_path).expanduser(), date_format=cfg.date_format,
                            data_timezone=cfg.data_timezone)
 
 
-def check_memory(cfg, available: tuple[int, str] | None = None) -> None:
+def check_memory(cfg, available: tuple[int, str] | None = None, processes: int = 1) -> None:
     """Refuse a build that would not fit in memory, before the data is read: the whole raw frame is held while it
     is cleaned and its features made (about `memory.BUILD_BYTES_PER_ROW` a row at the peak), and past the memory
     left the kernel ends the process with no word but "Killed", minutes in. The rows are estimated from the files
     (`load.estimated_rows`), or the generator's size; `available` = (bytes, what sets them), by default
-    `memory.available_bytes()`. Off with memory_check false (an estimate is of data shaped like the bench's)."""
+    `memory.available_bytes()`; `processes` on this machine each build beside the others. Off with memory_check
+    false (an estimate is of data shaped like the bench's)."""
     if not cfg.memory_check:
         return
     if cache.is_synthetic(cfg.data_path):
@@ -44,14 +47,17 @@ def check_memory(cfg, available: tuple[int, str] | None = None) -> None:
         files = load.data_files(Path(cfg.data_path).expanduser())[0]
         rows, what = load.estimated_rows(files), str(cfg.data_path)
         what += f" ({sum(f.stat().st_size for f in files) / 1e9:.2f} GB on disk)"
-    need = memory.build_bytes(rows)
+    need = memory.build_bytes(rows) * processes
     free, bound = available or memory.available_bytes()
     if need > free:
+        each = (f", x {processes} processes on this machine: torchrun's ranks each read the data, where "
+                f"`tradelib prepare` alone reads it once" if processes > 1 else "")
         raise load.DataError(f"{what}: about {rows:,} rows, whose feature build takes about {need / 1e9:.1f} GB "
-                             f"({memory.BUILD_BYTES_PER_ROW} bytes a row, docs/data.md), more than the "
+                             f"({memory.BUILD_BYTES_PER_ROW} bytes a row, docs/data.md{each}), more than the "
                              f"{free / 1e9:.1f} GB this process can take ({bound}): the kernel would end it without a "
                              f"word. Build from fewer rows: fewer symbols (a folder: fewer files) or fewer years (cut "
-                             f"the files), at most about {free // memory.BUILD_BYTES_PER_ROW:,} rows; or free memory, "
+                             f"the files), at most about {free // memory.BUILD_BYTES_PER_ROW // processes:,} rows; or "
+                             f"free memory, "
                              f"or run on a machine with more (a lower shard_rows trims only the shards in flight: "
                              f"14% of the peak on 4M rows at 250,000); memory_check false tries anyway")
 
@@ -138,7 +144,8 @@ def prepare(cfg, force: bool | None = None, verbose: bool = True, share: tuple[i
                 t0 = time.perf_counter()
                 if say:
                     print(f"building the feature cache {folder} from {source}: reading the data", flush=True)
-                report = _build(cfg, load_raw(cfg), _source(cfg), fold, folder, say, spread, started=t0)[1]
+                here = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if spread else 1  # (torchrun sets it)
+                report = _build(cfg, load_raw(cfg, here), _source(cfg), fold, folder, say, spread, started=t0)[1]
                 fs = _load(folder, share, mmap)
                 if say:
                     print(report.summary())
