@@ -56,8 +56,11 @@ def test_parameter_cells_are_configs_fields(name):
 
 
 @pytest.mark.slow
-def test_train_notebook_from_repo_root_with_papermill_cli(tmp_path, outputs):
-    """`papermill notebooks/03_train.ipynb out.ipynb -p batch_size ...` from the repo root."""
+def test_train_notebook_from_repo_root_with_papermill_cli_then_report_from_notebooks_dir(tmp_path, outputs,
+                                                                                         monkeypatch):
+    """`papermill notebooks/03_train.ipynb out.ipynb -p batch_size ...` from the repo root (03 builds the feature
+    cache it needs by itself); then `cd notebooks && papermill 04_report.ipynb ...` with no run named reports on
+    that run, the latest."""
     out = tmp_path / "out.ipynb"
     subprocess.run([sys.executable, "-m", "papermill", "notebooks/03_train.ipynb", str(out), "-f", TINY_PARAMS,
                     "-p", "batch_size", "32", "-p", "run_id", "from-root", "--no-progress-bar"],
@@ -77,6 +80,10 @@ def test_train_notebook_from_repo_root_with_papermill_cli(tmp_path, outputs):
     config_cell = next(c for c in nbformat.read(out, as_version=4).cells if "cfg = notebook_config(" in c.source)
     said = [o for o in config_cell.outputs if o.get("output_type") != "stream" or len(o["text"]) > 400]
     assert not said and "-p batch_size 32" in "".join(o["text"] for o in config_cell.outputs)
+    assert not (outputs / "from-root" / "report.json").exists()
+    monkeypatch.chdir(NB)
+    pm.execute_notebook(str(NB / "04_report.ipynb"), str(tmp_path / "04.ipynb"), cwd=str(NB), progress_bar=False)
+    assert (outputs / "from-root" / "report.json").exists()
 
 
 @pytest.mark.slow
@@ -202,39 +209,23 @@ def assert_few_progress_outputs(run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_train_then_report_from_notebooks_dir_reports_the_latest_run(tmp_path, outputs, monkeypatch):
-    """`cd notebooks && papermill 03_train.ipynb ...`, then 04 with no run named reports on that run; 03 builds
-    the feature cache it needs by itself."""
-    out = tmp_path / "04.ipynb"
-    monkeypatch.chdir(NB)
-    pm.execute_notebook(str(NB / "03_train.ipynb"), str(tmp_path / "03.ipynb"), cwd=str(NB), progress_bar=False,
-                        parameters={**_tiny(), "run_id": "alone"})
-    pm.execute_notebook(str(NB / "04_report.ipynb"), str(out), cwd=str(NB), progress_bar=False)
-    assert (outputs / "alone" / "report.json").exists()
-
-
-@pytest.mark.slow
 def test_pipeline_rejects_an_unknown_parameter():
     res = subprocess.run([sys.executable, "-m", "tradelib", "pipeline", "-p", "batchsize", "3"], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 2 and "unknown parameter(s) batchsize" in res.stderr
 
 
-def _tiny() -> dict:
-    import yaml
-
-    params = yaml.safe_load(Path(TINY_PARAMS).read_text())
-    return {k: v for k, v in params.items() if k in declared("03_train")}
-
-
 @pytest.mark.slow
 def test_a_failing_notebook_stops_the_pipeline_with_one_line(outputs):
+    """02 fails (01, which it does not need, is left out: a kernel start fewer); 03 and 04 never start."""
     res = subprocess.run([sys.executable, "-m", "tradelib", "pipeline", "-f", TINY_PARAMS, "-p", "model", "tcn",
-                          "-p", "layers", "9", "-p", "run_id", "bad"], cwd=ROOT, capture_output=True, text=True)
+                          "-p", "layers", "9", "-p", "run_id", "bad", "--skip", "01"], cwd=ROOT, capture_output=True,
+                         text=True)
     assert res.returncode == 1
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: 02_profiling failed in cell") and "receptive field" in last
     assert str(outputs / "bad" / "02_profiling.ipynb") in last
+    assert sorted(p.name for p in (outputs / "bad").glob("*.ipynb")) == ["02_profiling.ipynb"]
 
 
 def test_a_second_checkout_sharing_the_environment_runs_its_own_code_in_the_kernels(tmp_path):
@@ -259,39 +250,49 @@ def test_a_second_checkout_sharing_the_environment_runs_its_own_code_in_the_kern
     assert (tmp_path / "where.txt").read_text() == str(second / "tradelib" / "__init__.py")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
-def test_a_scheduler_stopping_the_pipeline_stops_training_at_a_step_with_a_checkpoint(outputs, sig):
-    """SIGTERM (a scheduler, docker stop) or SIGHUP to the pipeline stops 03's kernel the way Ctrl-C does: its
-    training stops at a step with a checkpoint, the pipeline says how to resume and exits 128 + the signal, and
-    the resumed run goes on from that step. Unhandled, the signal ended the pipeline and its kernel at once."""
+def stop_pipeline(args: list[str], sig: str, progress: Path, past: int) -> int:
+    """Start the pipeline with `args`, send it `sig` once its training's progress.json is past step `past`, and
+    check how it stops: exit 128 + the signal, the resume hint with the run's own settings, the checkpoint of
+    the step it stopped at (returned)."""
     import signal
     import time
 
-    args = [sys.executable, "-m", "tradelib", "pipeline", "-f", TINY_PARAMS, "--only", "03", "-p", "epochs", "200",
-            "-p", "max_steps", "0", "-p", "run_id", "held", "-p", "device", "cpu", "-p", "compile", "off"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    progress, t0 = outputs / "held" / "progress.json", time.monotonic()
+    t0 = time.monotonic()
     while time.monotonic() - t0 < 120:  # well into training, between two epoch ends
         try:
-            if json.loads(progress.read_text()).get("step", 0) > 60:
+            if json.loads(progress.read_text()).get("step", 0) > past:
                 break
         except (OSError, ValueError):
             pass
         time.sleep(0.1)
     proc.send_signal(getattr(signal, sig))
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + getattr(signal, sig), out[-2000:]
+    assert proc.returncode == 128 + getattr(signal, sig), (sig, out[-2000:])
     said = out[out.index("03_train stopped (its training interrupted; resume: "):]
     hint = said[len("03_train stopped (its training interrupted; resume: "):said.index(")\n")]
     assert hint.startswith("python -m tradelib pipeline --only 03 ") and "-p epochs 200" in hint, hint
     assert hint.endswith("-p run_id held -p resume True"), hint  # the run's own settings: it works as printed
     step = json.loads(progress.read_text())["step"]
-    assert (outputs / "held" / "checkpoints" / f"step-{step}.pt").exists()  # the step it stopped at
-    res = subprocess.run([*args, "-p", "resume", "True", "-p", "max_steps", str(step + 5)], cwd=ROOT,
-                         capture_output=True, text=True)
+    assert (progress.parent / "checkpoints" / f"step-{step}.pt").exists()  # the step it stopped at
+    return step
+
+
+@pytest.mark.slow
+def test_a_scheduler_stopping_the_pipeline_stops_training_at_a_step_with_a_checkpoint(outputs):
+    """SIGTERM (a scheduler, docker stop) or SIGHUP to the pipeline stops 03's kernel the way Ctrl-C does: its
+    training stops at a step with a checkpoint, the pipeline says how to resume and exits 128 + the signal, and
+    the resumed run goes on from that step. Unhandled, the signal ended the pipeline and its kernel at once.
+    SIGTERM stops the first run, SIGHUP the resumed one (one pipeline start fewer than a run per signal)."""
+    args = [sys.executable, "-m", "tradelib", "pipeline", "-f", TINY_PARAMS, "--only", "03", "-p", "epochs", "200",
+            "-p", "max_steps", "0", "-p", "run_id", "held", "-p", "device", "cpu", "-p", "compile", "off"]
+    progress = outputs / "held" / "progress.json"
+    first = stop_pipeline(args, "SIGTERM", progress, 60)
+    resumed = [*args, "-p", "resume", "True"]
+    second = stop_pipeline(resumed, "SIGHUP", progress, first + 20)  # the resumed run, well past the first stop
+    res = subprocess.run([*resumed, "-p", "max_steps", str(second + 5)], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert json.loads((outputs / "held" / "summary.json").read_text())["optimizer_steps"] == step + 5
+    assert json.loads((outputs / "held" / "summary.json").read_text())["optimizer_steps"] == second + 5
 
 
 @pytest.mark.slow
