@@ -202,7 +202,9 @@ def assert_few_progress_outputs(run: Path) -> None:
     train_cell = next(c for c in nb["03_train"].cells if "train_or_walk(cfg)" in c.source)
     text = "".join(o.get("text", "") for o in train_cell.outputs if o.output_type == "stream")
     progress = [line for line in text.splitlines() if line.startswith("train lstm:")]
-    assert 2 <= len(progress) <= 5 and len(train_cell.outputs) <= 10, train_cell.outputs
+    # the lines, not the outputs: nbclient keeps each of the kernel's stdout flushes as an output of its own, and a
+    # loaded machine flushes in more pieces (11 outputs once at load 8, where 10 was the bound)
+    assert 2 <= len(progress) <= 5, train_cell.outputs
     for name, book in nb.items():
         stderr = [o.text for c in book.cells if c.cell_type == "code" for o in c.outputs if o.get("name") == "stderr"]
         assert not stderr, (name, stderr[:3])
