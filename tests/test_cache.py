@@ -189,6 +189,8 @@ def test_a_build_that_would_not_fit_in_memory_is_refused_before_the_read(tmp_pat
     f.write_text("timestamp,open,high,low,close,volume\n" + "".join(
         f"2024-01-01T{h:02d}:{m:02d}:00Z,1,1,1,1,1\n" for h in range(24) for m in range(60)) * 20)  # 28,800 rows
     assert estimated_rows([f]) == 28_800
+    (tmp_path / "b.csv.gz").write_bytes(b"not gzip")  # the loader's to name (BadGzipFile), not an internal error
+    assert estimated_rows([tmp_path / "b.csv.gz"]) == 0
     cfg = Config(**TINY, data_path=str(f))
     need = memory.build_bytes(28_800)
     with pytest.raises(DataError) as err:

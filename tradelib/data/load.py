@@ -751,7 +751,10 @@ def estimated_rows(files: list[Path], sample_bytes: int = DECIMAL_SAMPLE_BYTES, 
         with f.open("rb") as fh:
             if _suffix(f).endswith(".gz"):
                 head = fh.read(sample_bytes)
-                lines, read = zlib.decompressobj(wbits=31).decompress(head).count(b"\n"), len(head)
+                try:
+                    lines, read = zlib.decompressobj(wbits=31).decompress(head).count(b"\n"), len(head)
+                except zlib.error:  # not gzip: the loader names the file
+                    lines, read = 0, 1
             elif size <= sample_bytes:
                 text = fh.read()
                 lines, read = text.count(b"\n") + (not text.endswith(b"\n")), size
