@@ -60,8 +60,15 @@ def test_two_processes_match_one_process_with_the_same_global_batch(outputs, cap
         assert a["samples"] == b["samples"] and abs(a["loss"] - b["loss"]) < 1e-5
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch"] == 8
-    # samples/s counts both ranks; the peak is one device's, so the MFU is each rank's share over it
-    assert summary["mfu"] == pytest.approx(summary["samples_per_s"] / 2 * summary["flops_per_sample"] / 1e12)
+    # samples/s counts both ranks; the peak is one device's, so the MFU is each rank's share over it; dense, a rank's
+    # chunks a second (micro-batches x chunks) x a chunk's FLOPs, every row computed whether its target is known
+    if case == "dense":
+        from tradelib.train.models import training_flops_per_item
+
+        chunk = training_flops_per_item(model_for(two, len(single["feature_names"])), True, two.dense_chunk)
+        assert summary["mfu"] == pytest.approx(summary["it_per_s"] * two.batch_size * chunk / 1e12)
+    else:
+        assert summary["mfu"] == pytest.approx(summary["samples_per_s"] / 2 * summary["flops_per_sample"] / 1e12)
 
 
 @pytest.mark.slow
