@@ -259,8 +259,10 @@ def test_an_ic_carried_by_a_few_timestamps_is_said_to_rest_on_them(tmp_path):
     s, md = report["summary"], rw.summary_markdown(report)
     assert s["headline_ic"] == "pooled" and s["pooled_ic"] > 0.3 and s["ic_t_stat"] > 2
     assert inputs.ic_series["ic"].mean() == pytest.approx(s["pooled_ic"], rel=1e-9)
-    low = rf.make_figures(inputs)["ic"].axes[1]  # the mean so far
+    figs = rf.make_figures(inputs)
+    low = figs["ic"].axes[1]  # the mean so far
     assert low.lines[0].get_ydata()[-1] == pytest.approx(s["pooled_ic"], rel=1e-9)
+    close(figs)
     rest = s["ic_without_best"]
     assert (rest["periods"], rest["of"]) == (9, 863)
     assert rest["best"] in {pd.Timestamp(times[i]).isoformat() for i in at}
@@ -656,6 +658,7 @@ def test_make_figures_writes_pngs(tmp_path):
                          "quality"}
     for name in figs:
         assert (run / f"{name}.png").stat().st_size > 1000
+    close(figs)
 
 
 def test_a_large_reports_figures_say_each_figure(tmp_path, monkeypatch, capsys):
@@ -671,6 +674,16 @@ def test_a_large_reports_figures_say_each_figure(tmp_path, monkeypatch, capsys):
     names = ["training", "equity", "underwater", "costs", "deciles", "ic", "ic_decay", "throughput"]
     assert [line.split(": ", 1)[1] for line in lines] == [f"{n}.png ({i} of 8)" for i, n in enumerate(names, 1)]
     assert set(figs) == set(names)
+    close(figs)
+
+
+def close(figs: dict) -> None:
+    """make_figures' figures closed: pyplot keeps each open (a notebook shows them), and a module's third set
+    passed matplotlib's 20-figure warning."""
+    import matplotlib.pyplot as plt
+
+    for fig in figs.values():
+        plt.close(fig)
 
 
 def test_box_stats_are_matplotlibs_per_symbol_with_only_the_extreme_fliers():

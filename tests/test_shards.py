@@ -98,9 +98,9 @@ def test_the_stage_lines_count_from_the_read_as_the_total_does(outputs, monkeypa
     lines once started after the read (minutes on a 20 GB CSV), so the first said 0s while the total held it."""
     read = dataset.load_raw
 
-    def slow_read(cfg):  # the real read, made to take over a second
+    def slow_read(cfg, processes=1):  # the real read, made to take over a second
         time.sleep(1.2)
-        return read(cfg)
+        return read(cfg, processes)
 
     monkeypatch.setattr(dataset, "load_raw", slow_read)
     dataset.prepare(Config(synth_symbols=2, synth_bars=600, window=16, build_workers=1))
