@@ -336,6 +336,12 @@ def test_the_data_wait_panel_reads_one_way_on_its_axis_and_bars_and_never_a_nonz
     assert "12%" in ticks and not any(".0%" in t for t in ticks)
     from tradelib.report.tables import share
     assert [share(v) for v in (0.0, 1.6e-4, 1e-6, 0.025, 0.0995)] == ["0%", "0.016%", "<0.01%", "2.5%", "10%"]
+    # 02's table and the sweep's read as the figure does (they printed a 0.04% wait as "0.0%")
+    assert tables.sweep_table(sweep.assign(data_wait_share=[0.107988, 0.0004]))["data wait"].tolist() == ["11%",
+                                                                                                         "0.04%"]
+    from tradelib.sweep import FORMATS
+
+    assert FORMATS["data_wait_share"](0.0004) == "0.04%"
 
 
 def test_the_ic_legend_shows_both_bar_colours_whichever_bar_comes_first():

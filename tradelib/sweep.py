@@ -333,8 +333,9 @@ def busy_flag(summary: dict) -> str:
 
 
 # -- the table for reading ----------------------------------------------------------------------------------
-FORMATS = {"samples_per_s": "{:,.0f}", "it_per_s": "{:,.1f}", "global_batch": "{:,.0f}", "data_wait_share": "{:.1%}",
-           "peak_mem_gb": "{:.2f}", "gpu_util": "{:.0f}", "mfu": "{:.1%}", "train_time_s": "{:,.1f}",
+FORMATS = {"samples_per_s": "{:,.0f}", "it_per_s": "{:,.1f}", "global_batch": "{:,.0f}",
+           "data_wait_share": tables.share, "peak_mem_gb": "{:.2f}", "gpu_util": "{:.0f}", "mfu": "{:.1%}",
+           "train_time_s": "{:,.1f}",
            "net_sharpe": "{:.2f}", "gross_sharpe": "{:.2f}", "break_even_bps": "{:.1f}", "ic_t_stat": "{:.2f}",
            "ic_t_deflated": "{:.3f}"}
 HEADERS = {"samples_per_s": "samples/s", "it_per_s": "it/s", "global_batch": "global batch",
@@ -366,7 +367,8 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
         if fmt is None:
             out[c] = col.map(lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
         else:
-            out[c] = col.map(lambda v, f=fmt: "-" if pd.isna(v) else f.format(v))
+            text = fmt if callable(fmt) else fmt.format
+            out[c] = col.map(lambda v, f=text: "-" if pd.isna(v) else f(v))
     if "headline_ic" in out:  # which of the ICs beside it leads each run's report (its book's)
         out["headline_ic"] = out["headline_ic"].str.replace("_", "-")
     ci = [tables.span(lo, hi) for lo, hi in zip(table["net_sharpe_ci_low"], table["net_sharpe_ci_high"])]

@@ -67,7 +67,7 @@ def pct(v, digits: int = 1) -> str:
 
 
 def share(v) -> str:
-    """A share of time in a figure, axis and bar labels alike: two significant digits ('11%', '2.5%', '0.27%'),
+    """A share of time (a data wait) in figures and tables alike: two significant digits ('11%', '2.5%', '0.27%'),
     whole percent from 10%; never a nonzero share as '0%' (below 0.01%: '<0.01%')."""
     if not _ok(v):
         return NA
@@ -340,7 +340,7 @@ def sweep_table(sweep: pd.DataFrame) -> pd.DataFrame:
         "micro-batch": [integer(v) for v in sweep["batch_size"]],
         "samples/s": [rate(v) for v in sweep["samples_per_s"]],
         "vs seed": [f"{v:.2f}x" if _ok(v) else NA for v in g("speedup")],
-        "data wait": [pct(v) for v in g("data_wait_share")],
+        "data wait": [share(v) for v in g("data_wait_share")],
         "ms / micro-batch": [num(v * 1e3, 1) for v in g("step_time_s")],  # (an optimizer step: x grad_accum_steps)
         "batches / epoch": [integer(v) for v in g("batches_per_epoch")],
         "peak memory": [gb(v) for v in g("peak_mem_bytes")],
@@ -363,7 +363,7 @@ def runs_table(runs_df: pd.DataFrame) -> pd.DataFrame:
         "device": [v if isinstance(v, str) else NA for v in g("device")],
         "batch": [f"{integer(b)} x {integer(a)}" for b, a in zip(g("batch_size"), g("grad_accum_steps"))],
         "samples/s": [rate(v) for v in g("samples_per_s")],
-        "data wait": [pct(v) for v in g("data_wait_share")],
+        "data wait": [share(v) for v in g("data_wait_share")],
         "GPU busy": [busy(v) for v in g("gpu_util")],
         "MFU": [mfu(v) for v in g("mfu")],
         "peak memory": [f"{v:.3g} GB" if _ok(v) else NA for v in g("peak_mem_gb")],
@@ -406,7 +406,7 @@ def run_summary_table(summary: dict) -> pd.DataFrame:
         ("optimizer steps", f"{integer(g('optimizer_steps'))} ({integer(g('skipped_steps'))} skipped)"),
         ("samples/s", f"{rate(g('samples_per_s'))} (median over the log intervals; "
                       f"{rate(g('samples_per_s_whole'))} over the whole training time)"),
-        ("data wait", pct(g("data_wait_share"))),
+        ("data wait", share(g("data_wait_share"))),
         ("GPU busy", busy(g("gpu_util")) if _ok(g("gpu_util")) else f"{NA} (no NVML reading)"),
         ("MFU", mfu(g("mfu")) if g("mfu") is not None else f"{NA} (no peak FLOP/s known for this device)"),
         ("peak memory", gb(g("peak_mem_bytes"))),
