@@ -454,3 +454,39 @@ def test_a_lunch_break_splits_no_series_and_masks_no_target(tmp_path):
     fs, report = build_csv(raw.drop(index=out), tmp_path, window=16, horizon=12, max_gap_bars=10)
     assert long_gaps(report) == {"AAA": 1}
     assert_gaps_are_the_segment_breaks(fs, report)
+
+
+def globex_frame(bar: str = "30min", symbols=("ES", "NQ")) -> pd.DataFrame:
+    """CME Globex-like bars, written in UTC: Sunday 18:00 to Friday 17:00 New York with a daily break 17:00-18:00,
+    2024-01-07 to 2024-05-31, across the 2024-03-10 DST change (the open is 23:00 UTC in winter, 22:00 in summer)."""
+    local = pd.date_range("2024-01-07 18:00", "2024-05-31 16:30", freq=bar)
+    hour, wd = local.hour, local.day_of_week
+    local = local[(hour != 17) & (wd != 5) & ~((wd == 6) & (hour < 18)) & ~((wd == 4) & (hour >= 17))]
+    stamps = local.tz_localize("America/New_York").tz_convert("UTC")
+    rng = np.random.default_rng(0)
+    frames = []
+    for sym in symbols:
+        c = 100 * np.exp(np.cumsum(rng.normal(0, 0.002, len(stamps))))
+        frames.append(pd.DataFrame({"timestamp": stamps, "symbol": sym, "open": c, "high": c * 1.001,
+                                    "low": c * 0.999, "close": c, "volume": 1000.0}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_sessions_are_days_of_the_market_clock_across_a_dst_change(tmp_path):
+    """Globex in UTC with market_timezone New York: a session is 18:00 to 17:00 New York all year. On the UTC
+    clock the open moved from 23:00 to 22:00 at the DST change, so a summer session's first hour fell on the day
+    before (315.2 sessions a year instead of 264.5) and the winter break (22:00-23:00 UTC), traded in summer, was
+    counted as missing bars: 72 targets masked as spanning one."""
+    raw = globex_frame()
+    ny = pd.DatetimeIndex(raw["timestamp"]).tz_convert("America/New_York").tz_localize(None)
+    days = (ny - pd.Timedelta(hours=18)).normalize().unique()  # a session is named by the evening it opens
+    expect = len(days) / ((days.max() - days.min()).days + 1) * 365.25
+    fs, report = build_csv(raw, tmp_path, window=16, market_timezone="America/New_York")
+    cal = fs.meta["calendar"]
+    assert len(days) == cal["n_sessions"] == 105 and cal["bars_per_session"] == 46
+    assert cal["sessions_per_year"] == pytest.approx(expect) and round(cal["sessions_per_year"], 1) == 264.5
+    assert fs.meta["masked_targets"]["spans_missing_bar"] == 0 and long_gaps(report) == {}
+    assert fs.meta["n_segments"] == 2
+    ts = ns(raw["timestamp"])
+    assert day_start(ts, 1800e9, "America/New_York") == 18 * 3600 * 10**9
+    assert calendar(ts, 1800, "America/New_York").n_sessions == 105

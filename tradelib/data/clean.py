@@ -31,6 +31,7 @@ from tradelib.data.load import (
     COLUMNS,
     NUM_COLS,
     PRICE_COLS,
+    UTC,
     DataError,
     is_sorted,
     ns_since_epoch,
@@ -44,8 +45,9 @@ from tradelib.data.quality import QualityReport, quality_report, range_stats
 
 @dataclass(frozen=True)
 class CleanSettings:
-    """What cleaning reads: Config's cleaning knobs (where their defaults live) and the rows a symbol needs
-    (`min_rows`: the build asks for a window and its target; 0: any)."""
+    """What cleaning reads: Config's cleaning knobs (where their defaults live), the rows a symbol needs
+    (`min_rows`: the build asks for a window and its target; 0: any) and the market's clock (`zone`:
+    Config.market_zone, whose days the long gaps count sessions on)."""
 
     max_gap_bars: int
     spike_sigmas: float
@@ -54,6 +56,7 @@ class CleanSettings:
     corporate_actions: str
     split_sigmas: float
     min_rows: int = 0
+    zone: str = UTC
 
     def __post_init__(self):
         if self.corporate_actions not in ("flag", "mask", "adjust"):
@@ -62,7 +65,8 @@ class CleanSettings:
     @classmethod
     def of(cls, cfg: Config | None = None, **overrides) -> CleanSettings:
         """The settings of `cfg` (default: Config's defaults), with `overrides` by name."""
-        return cls(**settings_values(cls, cfg, overrides, "cleaning"))
+        cfg = Config() if cfg is None else cfg
+        return cls(**settings_values(cls, cfg, {"zone": cfg.market_zone} | overrides, "cleaning"))
 
 
 class Work:
@@ -185,7 +189,8 @@ class Work:
             assert self.calendar is not None, "the long gaps need the calendar of all symbols (finish_shards)"
             continuous, days = self.calendar
             self._gap = sessions.long_gap_rows(self.a["ts"], self.a["code"], self.bar[self.a["code"]],
-                                               self.settings.max_gap_bars, continuous, days)
+                                               self.settings.max_gap_bars, continuous, days,
+                                               zone=self.settings.zone)
         return self._gap
 
 
@@ -525,19 +530,22 @@ def _clean_shard(a: dict[str, np.ndarray], symbols: np.ndarray, own: range, attr
     return w
 
 
-def market_calendar(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[bool, dict]:
-    """(whether the market is continuous, the UTC days each bar size traded) of the clean rows of all symbols,
-    given per shard as (ts, code, bar size per row): what `sessions.bar_steps` counts bars with. The build finds
-    the same from its SharedFacts (`sessions.calendar` of their timestamps and the median of their bar sizes)."""
-    days = sessions.merge_days([sessions.traded_days(*p) for p in parts])
-    hours = np.logical_or.reduce([sessions.hours_traded(ts) for ts, _, _ in parts] or [np.zeros(24, dtype=bool)])
+def market_calendar(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], zone: str) -> tuple[bool, dict]:
+    """(whether the market is continuous, the sessions each bar size traded) of the clean rows of all symbols,
+    given per shard as (ts, code, bar size per row), on the market's clock `zone`: what `sessions.bar_steps`
+    counts bars with. The build finds the same from its SharedFacts (`sessions.calendar` of their timestamps and
+    the median of their bar sizes)."""
+    days = sessions.merge_days([sessions.traded_days(*p, zone) for p in parts])
+    hours = np.logical_or.reduce([sessions.hours_traded(ts, zone) for ts, _, _ in parts]
+                                 or [np.zeros(24, dtype=bool)])
     bars = np.concatenate([bar[run_starts(code)] for _, code, bar in parts] or [np.zeros(0)])
     return sessions.continuous_market(days, hours, float(np.median(bars)) if bars.size else 0.0), days
 
 
-def finish_shards(works: list[Work], pool: ThreadPoolExecutor) -> None:
-    """The CALENDAR_RULES walked over every shard, with the calendar of all of them (`market_calendar`)."""
-    cal = market_calendar(list(pool.map(lambda w: (w.a["ts"], w.a["code"], w.bar[w.a["code"]]), works)))
+def finish_shards(works: list[Work], pool: ThreadPoolExecutor, zone: str) -> None:
+    """The CALENDAR_RULES walked over every shard, with the calendar of all of them (`market_calendar`, on the
+    market's clock `zone`)."""
+    cal = market_calendar(list(pool.map(lambda w: (w.a["ts"], w.a["code"], w.bar[w.a["code"]]), works)), zone)
 
     def finish(w: Work) -> None:
         w.calendar = cal
@@ -623,7 +631,7 @@ def clean_parts(raw: pd.DataFrame, source: str = "", cfg: Config | None = None, 
         done = list(pool.map(one, range(len(shards))))
         if not defer:
             assert only is None or len(only) >= len(shards), "the calendar rules need every shard (defer them)"
-            finish_shards([d[0] for d in done if d is not None], pool)
+            finish_shards([d[0] for d in done if d is not None], pool, s.zone)
         return list(pool.map(part, done))
 
 
@@ -676,7 +684,7 @@ def _shard_part(w: Work, rows_in: int) -> dict:
     kept = code[run_starts(code)]  # sorted: the distinct codes
     per = np.bincount(code[w.gap], minlength=len(symbols)) if w.calendar is not None else np.zeros(0, np.int64)
     changes = w.bar_changes if "bar_change" in w.flags else []
-    judged, every_day = sessions.trades_every_day(w.a["ts"], code, bar[code])
+    judged, every_day = sessions.trades_every_day(w.a["ts"], code, bar[code], w.settings.zone)
     return {"rows_in": rows_in, "rows_kept": len(code),
             "bar_changes": [{"symbol": str(symbols[code[r]]), "at": str(pd.Timestamp(int(w.a["ts"][r]), tz="UTC")),
                              "from_s": a / 1e9, "to_s": b / 1e9, "rows": int(k)} for r, a, b, k in changes],

@@ -25,7 +25,7 @@ import pandas as pd
 
 from tradelib.config import run_setting
 from tradelib.data.detect import spike_rows
-from tradelib.data.load import UTC, ns_since_epoch
+from tradelib.data.load import ns_since_epoch, wall_ns
 from tradelib.data.segments import Segments, run_rank
 
 RETURN_LAGS = (1, 4, 16, 64)
@@ -157,9 +157,7 @@ def minute_of_day(t, zone: str) -> np.ndarray:
     `zone` (an IANA name): a New York open is 09:30 on both sides of a DST change, where UTC's moves an hour."""
     t = np.asarray(t) if not isinstance(t, pd.Series) else t
     ns = t if isinstance(t, np.ndarray) and t.dtype == np.int64 else ns_since_epoch(t)
-    if zone != UTC:
-        ns = pd.DatetimeIndex(ns, tz=UTC).tz_convert(zone).tz_localize(None).asi8
-    return (ns // 60_000_000_000) % 1440
+    return (wall_ns(ns, zone) // 60_000_000_000) % 1440
 
 
 def targets(bars: dict, seg: Segments, codes: np.ndarray, pos: np.ndarray, cfg) -> dict[str, np.ndarray]:

@@ -658,6 +658,13 @@ def _one_series(frame: pd.DataFrame, df: pd.DataFrame, path: Path, tcol: str, ex
                         f"time of day, name it 'time' and the dates' column 'date'")
 
 
+def wall_ns(ns: np.ndarray, zone: str) -> np.ndarray:
+    """Int64 ns since the epoch -> the same instants on the wall clock of `zone` (an IANA name), as ns: what a time
+    of day or a day of the market is read from (a New York open is 09:30 on both sides of a DST change)."""
+    ns = np.asarray(ns, dtype=np.int64)
+    return ns if zone == UTC else pd.DatetimeIndex(ns, tz=UTC).tz_convert(zone).tz_localize(None).asi8
+
+
 def ns_since_epoch(t) -> np.ndarray:
     """Datetimes (tz-aware, or naive = UTC) -> int64 ns since the epoch, NaT as int64 min; no object arrays.
     The one conversion every module uses (pandas 3 may hold datetimes in us)."""

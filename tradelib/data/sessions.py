@@ -8,18 +8,21 @@ sessions cross. A gap longer than `long_gap_ns` (ten days, or ten bars of a coar
 holiday but missing data (a stray placeholder row, two downloads years apart, the purge between walk-forward
 folds): it is left out of the time, as one typical step.
 
-A session is a day with at least one bar, counted from the market's own start of day (`day_start`: the hour after
-its longest quiet stretch of the day, UTC midnight for a market with none), so that a session crossing UTC midnight
-(Sydney's 23:00 to 05:00 UTC) is one session, and its night no part of one. A market is continuous when it trades
-on every day of the week; an exchange has days it never trades (a weekend). Data of under a week (one week Monday
-to Friday) shows no weekend: there an exchange shows by its nights (a quiet stretch of the day longer than a bar)
-or a day inside the span it did not trade, and its sessions a year are a five-day week's. Bars are counted on that
-calendar (`bar_steps`): by the clock on a continuous market and inside a session, and a step to the next session as
-one bar plus the sessions of a missing day, so that the horizon of the targets (`bar_positions`: a target spans
-`horizon` bars, not rows) and the long gaps that break a series (`long_gap_rows`, max_gap_bars) read one count, and
-a researcher's data is measured on its own calendar, never an assumed one: a night or a weekend on an exchange is
-no missing data, nor is a lunch break (a quiet stretch inside the session that recurs on most of a symbol's
-sessions at the same time of day: Tokyo's 02:30 to 03:30 UTC), which a step inside the session crosses as one bar.
+A session is a day with at least one bar on the market's clock (Config.market_zone: UTC unless set, as in the
+examples here), counted from the market's own start of day (`day_start`: the hour after its longest quiet stretch of
+the day, midnight for a market with none), so that a session crossing midnight (Sydney's 23:00 to 05:00 UTC) is one
+session, and its night no part of one; on the market's own clock a session and its night keep their hours across a
+DST change (Globex's 18:00 New York open is 23:00 UTC in winter, 22:00 in summer). A market is continuous when it
+trades on every day of the week; an exchange has days it never trades (a weekend). Data of under a week (one week
+Monday to Friday) shows no weekend: there an exchange shows by its nights (a quiet stretch of the day longer than a
+bar) or a day inside the span it did not trade, and its sessions a year are a five-day week's. Bars are counted on
+that calendar (`bar_steps`): by the clock on a continuous market and inside a session, and a step to the next
+session as one bar plus the sessions of a missing day, so that the horizon of the targets (`bar_positions`: a target
+spans `horizon` bars, not rows) and the long gaps that break a series (`long_gap_rows`, max_gap_bars) read one
+count, and a researcher's data is measured on its own calendar, never an assumed one: a night or a weekend on an
+exchange is no missing data, nor is a lunch break (a quiet stretch inside the session that recurs on most of a
+symbol's sessions at the same time of day: Tokyo's 02:30 to 03:30 UTC), which a step inside the session crosses as
+one bar.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from tradelib.data.load import UTC, wall_ns
 
 DAY_NS = 86_400 * 10**9
 HOUR_NS = 3_600 * 10**9
@@ -97,9 +102,10 @@ def _start(occupied: np.ndarray, bar_ns: float) -> int:
     return start * HOUR_NS if quiet * HOUR_NS > bar_ns else 0
 
 
-def hours_traded(ts_ns: np.ndarray) -> np.ndarray:
-    """The hours of the UTC day (24 bools) with a mark. Those of parts of the marks merge by `|`."""
-    return np.bincount((np.asarray(ts_ns, dtype=np.int64) % DAY_NS) // HOUR_NS, minlength=24) > 0
+def hours_traded(ts_ns: np.ndarray, zone: str = UTC) -> np.ndarray:
+    """The hours of the day on the market's clock `zone` (24 bools) with a mark. Those of parts of the marks merge
+    by `|`."""
+    return np.bincount((wall_ns(ts_ns, zone) % DAY_NS) // HOUR_NS, minlength=24) > 0
 
 
 def has_nights(occupied: np.ndarray, bar_ns: float) -> bool:
@@ -108,32 +114,35 @@ def has_nights(occupied: np.ndarray, bar_ns: float) -> bool:
     return _quiet(occupied)[1] * HOUR_NS > bar_ns
 
 
-def day_start(ts_ns: np.ndarray, bar_ns: float) -> int:
-    """Where the day of these marks (bars of `bar_ns`) begins, in ns after UTC midnight: the hour after their
+def day_start(ts_ns: np.ndarray, bar_ns: float, zone: str = UTC) -> int:
+    """Where the day of these marks (bars of `bar_ns`) begins, in ns after midnight on the market's clock `zone`
+    (UTC in these examples): the hour after their
     longest quiet stretch of the day (13:00 for US equities in summer, 23:00 for Sydney's 23:00 to 05:00 UTC
-    session), so a session is one day however it sits across UTC dates. UTC midnight where no stretch is longer
+    session), so a session is one day however it sits across dates. Midnight where no stretch is longer
     than a bar: a 24/7 market, daily bars (the hours between two bars are no night)."""
-    return _start(hours_traded(ts_ns), bar_ns)
+    return _start(hours_traded(ts_ns, zone), bar_ns)
 
 
-def _day_starts(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> np.ndarray:
-    """Each row's symbol's `day_start` (of that symbol's own rows; rows sorted by symbol, `bar_ns` per row)."""
+def _day_starts(wall: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> np.ndarray:
+    """Each row's symbol's `day_start` (of that symbol's own rows; rows sorted by symbol, `bar_ns` per row; `wall`:
+    their times on the market's clock, `wall_ns`)."""
     first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
     sym = np.repeat(np.arange(len(first)), np.diff(np.r_[first, len(codes)]))
     occupied = np.zeros((len(first), 24), dtype=bool)
-    occupied[sym, (ts_ns % DAY_NS) // HOUR_NS] = True
+    occupied[sym, (wall % DAY_NS) // HOUR_NS] = True
     start = np.array([_start(o, b) for o, b in zip(occupied, np.asarray(bar_ns)[first])], dtype=np.int64)
     return start[sym]
 
 
-def session_days(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> np.ndarray:
-    """Each row's session: its day counted from its own symbol's `day_start` (rows sorted by symbol, `bar_ns` per
-    row). Symbols of one exchange share their quiet hours, so any start inside them numbers their sessions alike,
-    whichever symbols a shard holds."""
-    ts_ns, codes = np.asarray(ts_ns, dtype=np.int64), np.asarray(codes)
-    if not len(ts_ns):
-        return ts_ns // DAY_NS
-    return (ts_ns - _day_starts(ts_ns, codes, bar_ns)) // DAY_NS
+def session_days(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, zone: str = UTC) -> np.ndarray:
+    """Each row's session: its day on the market's clock `zone`, counted from its own symbol's `day_start` (rows
+    sorted by symbol, `bar_ns` per row). Symbols of one exchange share their quiet hours, so any start inside them
+    numbers their sessions alike, whichever symbols a shard holds. On the market's clock a session keeps its day
+    and its quiet hours across a DST change (Globex's 18:00 New York open is 22:00 or 23:00 UTC)."""
+    wall, codes = wall_ns(ts_ns, zone), np.asarray(codes)
+    if not len(wall):
+        return wall // DAY_NS
+    return (wall - _day_starts(wall, codes, bar_ns)) // DAY_NS
 
 
 def _regular_between(since: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -199,20 +208,21 @@ def _time(points: np.ndarray) -> tuple[np.ndarray, int, float]:
     return np.r_[0.0, np.cumsum(np.where(long, typical, steps))], int(long.sum()), limit
 
 
-def calendar(ts_ns: np.ndarray, bar_seconds: float) -> Calendar:
+def calendar(ts_ns: np.ndarray, bar_seconds: float, zone: str = UTC) -> Calendar:
     """The calendar of these timestamps (all symbols together: the periods a portfolio is marked at).
 
     Periods a year are the marks in the whole weeks from the first (a span that ends on a Friday would count no
     last weekend). Over a shorter span, a continuous market's are the marks per time between the first and the
     last; an exchange's (`_sessions`: a night, or a day it did not trade) the marks per session times the sessions
-    of a five-day week (EXCHANGE_DAYS a year): a week Monday to Friday shows no weekend to count.
+    of a five-day week (EXCHANGE_DAYS a year): a week Monday to Friday shows no weekend to count. Sessions are
+    days on the market's clock `zone`; the time they span is true elapsed time.
     """
     u = np.unique(np.asarray(ts_ns, dtype=np.int64))
     if u.size == 0:
         raise ValueError("no timestamps: cannot measure the calendar")
     t, gaps, limit = _time(u)
-    bar_ns, occupied = float(bar_seconds) * 1e9, hours_traded(u)
-    days, per_day = np.unique((u - _start(occupied, bar_ns)) // DAY_NS, return_counts=True)  # (day_start)
+    bar_ns, occupied = float(bar_seconds) * 1e9, hours_traded(u, zone)
+    days, per_day = np.unique((wall_ns(u, zone) - _start(occupied, bar_ns)) // DAY_NS, return_counts=True)
     spy, continuous = _sessions(days, has_nights(occupied, bar_ns))
     week = 7 * DAY_NS
     if t[-1] >= week:
@@ -238,10 +248,10 @@ def pair_starts(codes: np.ndarray, day: np.ndarray) -> np.ndarray:
     return new
 
 
-def traded_days(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> dict[int, np.ndarray]:
+def traded_days(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, zone: str = UTC) -> dict[int, np.ndarray]:
     """Bar size (ns) -> the sorted distinct sessions (`session_days`) with a row of that size. Rows sorted by
     (symbol, time); `bar_ns` per row. The days of parts of the rows merge into the whole's (`merge_days`)."""
-    day = session_days(ts_ns, codes, bar_ns)
+    day = session_days(ts_ns, codes, bar_ns, zone)
     new = pair_starts(codes, day)
     pair_day, pair_bar = day[new], np.asarray(bar_ns)[new]
     return {int(b): np.unique(pair_day[pair_bar == b]) for b in np.unique(pair_bar)}
@@ -268,7 +278,7 @@ def _bars_per_session(day: np.ndarray, codes: np.ndarray, rows: np.ndarray) -> n
 
 
 def bar_steps(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuous: bool,
-              days: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+              days: dict[int, np.ndarray] | None = None, zone: str = UTC) -> tuple[np.ndarray, np.ndarray]:
     """The bars each step from a row to its symbol's next one spans (0 at a symbol change), and whether they were
     counted by the clock: the one count of bars that the targets' horizon (`bar_positions`) and the long gaps
     (`long_gap_rows`) read.
@@ -283,6 +293,7 @@ def bar_steps(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuo
     across a quiet stretch that recurs on most of the symbol's sessions (a lunch break, `_regular_between`) is a
     break as the night is: one bar plus the bars missing around it, not counted by the clock (a lunch of 13 bars
     read as missing masked every target over it and, with max_gap_bars under 13, split the series every day).
+    Sessions and the time of day are read on the market's clock `zone` (`session_days`); steps are elapsed time.
     """
     ts_ns, bar_ns = np.asarray(ts_ns, dtype=np.int64), np.asarray(bar_ns, dtype=np.int64)
     codes = np.asarray(codes)
@@ -296,7 +307,8 @@ def bar_steps(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuo
     clock = np.ones(n - 1, dtype=bool)
     same = codes[1:] == codes[:-1]
     if not continuous:
-        since = ts_ns - _day_starts(ts_ns, codes, bar_ns)
+        wall = wall_ns(ts_ns, zone)
+        since = wall - _day_starts(wall, codes, bar_ns)
         day = since // DAY_NS  # session_days
         clock = (day[1:] == day[:-1]) | (d > long_gap_ns(bar))
         cross = np.flatnonzero(~clock & same)  # steps to a later session (one a session and symbol: few)
@@ -323,17 +335,17 @@ def bar_steps(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuo
 
 def long_gap_rows(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, k: int, continuous: bool = True,
                   days: dict[int, np.ndarray] | None = None,
-                  steps: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                  steps: tuple[np.ndarray, np.ndarray] | None = None, zone: str = UTC) -> np.ndarray:
     """Rows that follow a gap longer than `k` bars of their symbol (`bar_ns`: per row), none when k <= 0: a step
     of more than k bars as `bar_steps` counts them, so that overnight and a weekend on an exchange are no gap. A
     step counted by the clock is long when it is more than k bars long (step > k x bar). `steps`: these rows'
-    `bar_steps`, when the caller has them (a build counts the positions with them too)."""
+    `bar_steps`, when the caller has them (a build counts the positions with them too); `zone` as there."""
     n = len(ts_ns)
     gap = np.zeros(n, dtype=bool)
     if n < 2 or k <= 0:
         return gap
     ts_ns, bar_ns = np.asarray(ts_ns, dtype=np.int64), np.asarray(bar_ns, dtype=np.int64)
-    step, clock = steps if steps is not None else bar_steps(ts_ns, codes, bar_ns, continuous, days)
+    step, clock = steps if steps is not None else bar_steps(ts_ns, codes, bar_ns, continuous, days, zone)
     bar = bar_ns[1:]
     long = np.where(clock, np.diff(ts_ns) > bar.astype(np.float64) * k, step > k)
     gap[1:] = (codes[1:] == codes[:-1]) & (bar > 0) & long
@@ -367,15 +379,17 @@ def every_weekday(weekdays: np.ndarray) -> np.ndarray:
     return weekdays.min(axis=-1) >= 0.5 * weekdays.max(axis=-1)
 
 
-def trades_every_day(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def trades_every_day(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, zone: str = UTC
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """(the codes of the symbols whose sessions span a week or more, whether each trades every day of the week):
     each symbol's own week, as `calendar` reads the market's. The calendar is one for all symbols: where some trade
     every day (a crypto pair) and others an exchange's week, it is continuous, and each night and weekend of the
-    exchange's symbols counts as missing bars. Rows sorted by (symbol, time); `bar_ns` per row."""
+    exchange's symbols counts as missing bars. Rows sorted by (symbol, time); `bar_ns` per row; `zone`: the
+    market's clock."""
     codes = np.asarray(codes)
     if not len(codes):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
-    day = session_days(ts_ns, codes, bar_ns)
+    day = session_days(ts_ns, codes, bar_ns, zone)
     new = pair_starts(codes, day)
     pair_code, pair_day = codes[new], day[new]
     judged, at = np.unique(pair_code, return_inverse=True)
@@ -395,12 +409,12 @@ def continuous_market(days: dict[int, np.ndarray], occupied: np.ndarray, bar_ns:
 
 def bar_positions(ts_ns: np.ndarray, codes: np.ndarray, bar_ns: np.ndarray, continuous: bool,
                   days: dict[int, np.ndarray] | None = None,
-                  steps: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                  steps: tuple[np.ndarray, np.ndarray] | None = None, zone: str = UTC) -> np.ndarray:
     """Each row's bar number within its symbol, so that `horizon` bars can be counted in bars, not rows: the
-    running sum of `bar_steps` (rows sorted by (symbol, time); `bar_ns` per row; `days` and `steps` as there)."""
+    running sum of `bar_steps` (rows sorted by (symbol, time); `bar_ns` per row; `days`, `steps`, `zone` as there)."""
     n = len(ts_ns)
     pos = np.zeros(n, dtype=np.int64)
     if n > 1:
-        step = steps[0] if steps is not None else bar_steps(ts_ns, codes, bar_ns, continuous, days)[0]
+        step = steps[0] if steps is not None else bar_steps(ts_ns, codes, bar_ns, continuous, days, zone)[0]
         np.cumsum(step, out=pos[1:])
     return pos

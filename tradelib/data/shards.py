@@ -134,7 +134,7 @@ def _stages(cfg, raw: pd.DataFrame, source: str, fold: int, folder: Path | None,
                 _write_clean(work, k, shard)  # (before locate_rows takes the times and codes over)
             out = views(k) if work is None else vars(FeatureSet.empty(len(shard)))  # (only the facts are kept)
             rows = locate_rows(shard, out) if len(shard) else None
-            facts = SharedFacts.of(rows) if rows is not None else None
+            facts = SharedFacts.of(rows, cfg.market_zone) if rows is not None else None
             if work is None:
                 held[k] = shard, rows, out
             else:
@@ -152,7 +152,7 @@ def _stages(cfg, raw: pd.DataFrame, source: str, fold: int, folder: Path | None,
             raise ValueError("no rows left after cleaning: nothing to build features from")
         facts = SharedFacts.merge([parts[k][0] for k in present])
         bound = fold_bound(fold_bounds(facts.times, cfg, facts.counts), fold, cfg)
-        calendar = pool.submit(facts.calendar)  # made beside the placing, not before it
+        calendar = pool.submit(facts.calendar, cfg.market_zone)  # made beside the placing, not before it
         at = {k: i for i, k in enumerate(present)}
         sym_at = offsets([parts[k][0] for k in present])
 
@@ -253,14 +253,15 @@ class SharedFacts:
     times: np.ndarray  # int64 distinct timestamps, sorted
     counts: np.ndarray  # int64 rows at each
     bars: np.ndarray  # int64 bar size of each symbol, in symbol order
-    days: dict[int, np.ndarray]  # bar size (ns) -> sorted distinct UTC days (ns // DAY_NS) with a row of that size
+    days: dict[int, np.ndarray]  # bar size (ns) -> sorted distinct sessions (`sessions.traded_days`) of that size
     names: list[str]  # the symbols, in order
 
     @staticmethod
-    def of(rows: ShardRows) -> SharedFacts:
+    def of(rows: ShardRows, zone: str) -> SharedFacts:
+        """The facts of these rows, their sessions on the market's clock `zone` (Config.market_zone)."""
         times, counts = _distinct(rows.ts)
         first = detect.run_starts(rows.codes)
-        days = sessions.traded_days(rows.ts, rows.codes, rows.bar_of_code[rows.codes])
+        days = sessions.traded_days(rows.ts, rows.codes, rows.bar_of_code[rows.codes], zone)
         return SharedFacts(times, counts, rows.bar_of_code[rows.codes[first]], days, list(rows.names))
 
     @staticmethod
@@ -269,8 +270,8 @@ class SharedFacts:
         return SharedFacts(times, counts, np.concatenate([p.bars for p in parts]),
                            sessions.merge_days([p.days for p in parts]), [n for p in parts for n in p.names])
 
-    def calendar(self) -> sessions.Calendar:
-        return sessions.calendar(self.times, float(np.median(self.bars)) / 1e9)
+    def calendar(self, zone: str) -> sessions.Calendar:
+        return sessions.calendar(self.times, float(np.median(self.bars)) / 1e9, zone)
 
 
 def _distinct(t: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -329,7 +330,7 @@ def shard_features(shard: clean.CleanShard, rows: ShardRows, facts: SharedFacts,
     the shard (the assembly adds the segments of the shards before); the long gaps and the spikes found with them
     are counted per symbol for the report."""
     bar = facts.bars[rows.codes]
-    steps = sessions.bar_steps(rows.ts, rows.codes, bar, continuous, facts.days)  # for the gaps and the positions
+    steps = sessions.bar_steps(rows.ts, rows.codes, bar, continuous, facts.days, cfg.market_zone)  # gaps, positions
     gap = sessions.long_gap_rows(rows.ts, rows.codes, bar, cfg.max_gap_bars, continuous, facts.days, steps)
     rows.seg[:] = segment_ids(rows.codes, gap, shard.restart)
     rank = segment_rank(rows.seg)
