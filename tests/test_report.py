@@ -172,6 +172,29 @@ def test_annualisation_is_the_test_spans_own_and_says_so(tmp_path):
     assert rep["summary"]["position_mode"] == "neutral" and "auto: 6 symbols" in rep["summary"]["position_mode_reason"]
 
 
+def test_the_per_day_ic_and_the_calendar_read_days_on_the_runs_market_clock(tmp_path):
+    """Globex bars written in UTC (18:00 to 17:00 New York), a run with market_timezone New York: the per-day IC's
+    days are its sessions, as the build counts them (105: New York time less 18 h, by pandas); on the UTC clock
+    the summer sessions' first hour (22:00-23:00 UTC) was a day of its own (126). A run from before the time
+    zone settings reads as UTC."""
+    from .test_sessions import globex_frame
+
+    stamps = pd.DatetimeIndex(globex_frame()["timestamp"].unique())
+    ny = stamps.tz_convert("America/New_York").tz_localize(None)
+    sessions = (ny - pd.Timedelta(hours=18)).normalize()
+    reports = {}
+    for name, config in [("ny", {"market_timezone": "America/New_York"}), ("before", {})]:
+        run, _ = make_run(tmp_path / name, n_bars=len(stamps), summary_extra={"config": config})
+        df = pd.read_parquet(run / "predictions.parquet")
+        df.assign(timestamp=np.tile(stamps, 4)).to_parquet(run / "predictions.parquet", index=False)
+        reports[name] = ri.load_inputs(run, DEFAULTS, headline_only=True)
+    ny_run, before = reports["ny"], reports["before"]
+    assert sessions.nunique() == 105 and len(ny_run.ic_day) == ny_run.ic["daily"]["n_periods"] == 105
+    assert list(ny_run.ic_day["period"].dt.tz_localize(None)) == sorted(sessions.unique())
+    assert ny_run.zone == "America/New_York" and before.zone == "UTC" and len(before.ic_day) == 126
+    assert ny_run.book["annualised"]["n_sessions"] == 105 and before.book["annualised"]["n_sessions"] == 126
+
+
 def test_inputs_that_hold_one_value_over_the_training_rows_are_warned_about(tmp_path):
     """Daily bars: tod_sin and tod_cos are one value on every row, scaled to columns of zeros the model cannot use;
     nothing said them. The report warns, naming them; a feature that varies on the training rows alone is not
@@ -967,7 +990,7 @@ def test_a_test_span_too_short_for_weekends_takes_the_whole_datas_periods_a_year
     span = pd.bdate_range("2024-01-08", "2024-01-12", tz="UTC")
     stamps = (span.tz_convert(None).to_numpy()[:, None] + hours.to_numpy()[None, :]).ravel()
     test = pd.DataFrame({"timestamp": pd.DatetimeIndex(stamps, tz="UTC")})
-    ann, _ = ri._annualisation(test, SimpleNamespace(meta={"calendar": full}), 3600.0, 0.0)
+    ann, _ = ri._annualisation(test, SimpleNamespace(meta={"calendar": full}), 3600.0, 0.0, "UTC")
     assert full["method"] == ann["method"] == "sessions"
     assert ann["periods_per_year"] == full["periods_per_year"] == pytest.approx(365.25 * 5 / 7 * 7)
     own = ri.ev.annualisation(test, 3600.0, periods_per_year=0.0)

@@ -19,6 +19,7 @@ import shlex
 import zoneinfo
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -686,6 +687,12 @@ def written_problem(config: dict[str, Any]) -> str:
 def run_setting(config: dict[str, Any], name: str) -> Any:
     """One setting of a config read from a run (`as_written`'s value when the run predates it)."""
     return as_written(config)[name]
+
+
+def run_market_zone(config: dict[str, Any]) -> str:
+    """`Config.market_zone` of a config read from a run, as written (a run from before the time zone settings reads
+    as UTC): the clock its sessions were read on, so the report reads its days on it too."""
+    return Config.market_zone.fget(SimpleNamespace(**as_written(config)))
 
 
 def resume_may_change() -> frozenset[str]:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from tradelib.report.metrics import (
     IC_FAMILIES,
+    UTC,
     annualisation,
     coverage,
     directional_accuracy,
@@ -525,6 +526,7 @@ def evaluate_all(
     pred_col: str = "prediction",
     target_col: str = "target",
     model: tuple[dict, BacktestResult] | None = None,
+    zone: str = UTC,
     **backtest_kw,
 ) -> pd.DataFrame:
     """One row per predictor (the model first, then the baselines), every number on the same rows: the
@@ -532,7 +534,8 @@ def evaluate_all(
     overlap-robust t of `family` (with `lags`), direction, and the net Sharpe of `backtest(**backtest_kw)`
     with its standard error and PSR (`sharpe_inference`; per period too, for the deflated Sharpe).
     `model`: the model's {family: `family_summary`} and backtest where the caller has made them on these rows,
-    target and book (`load_inputs` has), taken instead of being made again."""
+    target and book (`load_inputs` has), taken instead of being made again. `zone`: the market's clock, whose days
+    the per-day IC reads."""
     preds = {
         "model": df[pred_col].to_numpy(dtype=float),
         **{k: np.asarray(v, dtype=float) for k, v in baselines.items()},
@@ -543,7 +546,7 @@ def evaluate_all(
             ics, bt = model
         else:
             d = df.assign(_p=p)
-            ics = {f: family_summary(d, f, lags if f == family else 0, "_p", target_col) for f in IC_FAMILIES}
+            ics = {f: family_summary(d, f, lags if f == family else 0, "_p", target_col, zone) for f in IC_FAMILIES}
             bt = backtest(d, "_p", **backtest_kw)
         cs, day, pooled, head = ics["cross_sectional"], ics["daily"], ics["pooled"], ics[family]
         inf = bt.stats["net"]["sharpe_inference"]

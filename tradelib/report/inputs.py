@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tradelib import runs
-from tradelib.config import Config, cost_grid, run_setting, settings_values
+from tradelib.config import Config, cost_grid, run_market_zone, run_setting, settings_values
 from tradelib.progress import stage_lines
 from tradelib.report import backtest as bk
 from tradelib.report import explore
@@ -55,6 +55,7 @@ class ReportInputs:
     mode_reason: str
     ic_timestamp: pd.DataFrame  # cross-sectional IC per timestamp
     ic_day: pd.DataFrame  # IC per session (metrics.session_dates)
+    zone: str  # the market's clock the run read its sessions on (config.run_market_zone): the per-day IC's days
     ic: dict  # family -> ev.ic_summary / ev.pooled_summary
     ic_lag0: dict  # family -> summary against the lag-0 target
     backtest: bk.BacktestResult
@@ -148,7 +149,8 @@ def load_inputs(
         w, b = ev.ridge_fit_rows(fs.X, fs.y, np.asarray(fs.split) == 0, ridge_alpha)
         ridge = ev.ridge_predict(fs.X, df["row"].to_numpy(), w, b)
     bar = bar_seconds or _bar_seconds_from_fs(fs) or ev.infer_bar_seconds(df)
-    ann, bars_per_session = _annualisation(df, fs, float(bar), settings.periods_per_year)
+    zone = run_market_zone(summary.get("config") or {})
+    ann, bars_per_session = _annualisation(df, fs, float(bar), settings.periods_per_year, zone)
     horizon, horizon_source = _horizon(summary, fs)
     per_ts = ev.symbols_per_timestamp(df)
     typical = ev.typical_symbols(per_ts)
@@ -156,7 +158,7 @@ def load_inputs(
     say("the model's ICs and backtest")
     family, reason = ev.headline_family(per_ts, mode)  # the IC of this book's bet
     lags = {f: ev.overlap_lags(horizon, f, bars_per_session) for f in ev.IC_FAMILIES}
-    by_ts, by_day = ev.ic_by_timestamp(df, target_col=TRADED), ev.ic_by_day(df, target_col=TRADED)
+    by_ts, by_day = ev.ic_by_timestamp(df, target_col=TRADED), ev.ic_by_day(df, target_col=TRADED, zone=zone)
     book = {"cost_bps": float(settings.cost_bps), "bar_seconds": float(bar), "mode": mode,
             "periods_per_year": ann["periods_per_year"], "trade_delay": trade_delay, "annualised": ann}
     bt = bk.backtest(df, "prediction", **book)
@@ -170,10 +172,11 @@ def load_inputs(
     inputs = ReportInputs(
         run_dir=run_dir, summary=summary, predictions=df, steps=steps, epochs=epochs, book=book, horizon=horizon,
         horizon_source=horizon_source, typical_symbols=typical, family=family,
-        family_reason=reason, mode_reason=mode_reason, ic_timestamp=by_ts, ic_day=by_day, ic=ic,
-        ic_lag0={f: ev.family_summary(df, f, lags[f]) for f in ev.IC_FAMILIES}, backtest=bt,
+        family_reason=reason, mode_reason=mode_reason, ic_timestamp=by_ts, ic_day=by_day, zone=zone, ic=ic,
+        ic_lag0={f: ev.family_summary(df, f, lags[f], zone=zone) for f in ev.IC_FAMILIES}, backtest=bt,
         break_even_bps=bk.break_even_bps(bt),
-        predictors=bk.evaluate_all(df, baselines, family, lags[family], target_col=TRADED, model=(ic, bt), **book),
+        predictors=bk.evaluate_all(df, baselines, family, lags[family], target_col=TRADED, model=(ic, bt), zone=zone,
+                                   **book),
     )
     if headline_only:
         return inputs
@@ -306,12 +309,12 @@ def _horizon(summary: dict, fs) -> tuple[int, str]:
     return 1, "not recorded: assumed 1"
 
 
-def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float) -> tuple[dict, float]:
+def _annualisation(df: pd.DataFrame, fs, bar: float, periods_per_year: float, zone: str) -> tuple[dict, float]:
     """(annualisation dict, bars per session): the given periods_per_year, else the calendar of the test span
-    itself (holes in the training years do not move it). A test span too short to see weekends (< 4 weeks)
-    takes the whole data's periods a year (fs.meta, when the cache is there): over a few days an exchange shows
-    no weekend, and its marks a year would count none."""
-    test = ev.annualisation(df, bar, periods_per_year=0.0)
+    itself, its days on the market's clock `zone` (holes in the training years do not move it). A test span too
+    short to see weekends (< 4 weeks) takes the whole data's periods a year (fs.meta, when the cache is there): over
+    a few days an exchange shows no weekend, and its marks a year would count none."""
+    test = ev.annualisation(df, bar, periods_per_year=0.0, zone=zone)
     full = _meta(fs).get("calendar")
     if full and test["span_days"] < SHORT_SPAN_DAYS and full.get("span_days", 0) >= SHORT_SPAN_DAYS:
         test = {**test, "periods_per_year": full["periods_per_year"], "method": full["method"],
@@ -536,7 +539,7 @@ def fold_table(inputs: ReportInputs) -> pd.DataFrame:
         else:  # a fold's own rows: its last targets do not reach into the next fold (as in summary.json)
             d = d.assign(**{TRADED: ev.lagged_target(d, inputs.book["trade_delay"])})
             when = periods.get(int(k), {})
-            ics = {f: ev.family_summary(d, f, lags, target_col=TRADED) for f in ev.IC_FAMILIES}
+            ics = {f: ev.family_summary(d, f, lags, target_col=TRADED, zone=inputs.zone) for f in ev.IC_FAMILIES}
             book = bk.backtest(d, "prediction", **inputs.book)
         net, nan = book.stats["net"], float("nan")
         inf = net["sharpe_inference"]

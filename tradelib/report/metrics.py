@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from tradelib.data.clean import bar_sizes_ns
-from tradelib.data.load import ns_since_epoch
+from tradelib.data.load import UTC, ns_since_epoch
 from tradelib.data.sessions import DAY_NS, calendar, day_start
 from tradelib.data.sessions import bar_words as bar_words  # (the report says bar sizes as the quality report does)
 
@@ -73,25 +73,29 @@ def infer_bar_seconds(df: pd.DataFrame) -> float:
     return float(np.median(bars)) / 1e9
 
 
-def session_dates(df: pd.DataFrame) -> pd.Series:
-    """Each row's session, as the UTC date it starts on (`sessions.day_start`): the per-day IC's days, so a
-    session across UTC midnight (Sydney's 23:00 to 05:00 UTC) is one day, not two halves."""
+def session_dates(df: pd.DataFrame, zone: str = UTC) -> pd.Series:
+    """Each row's session, as the date it starts on on the market's clock `zone` (`sessions.day_start`; the date
+    written as that day's UTC midnight): the per-day IC's days, the build's sessions, so a session across midnight
+    (Sydney's 23:00 to 05:00 UTC, Globex's 18:00 to 17:00 New York) is one day, not two halves."""
     when = _timestamps(df["timestamp"])
     try:
         bar = infer_bar_seconds(df) * 1e9
     except ValueError:  # no symbol with two bars: no night between them to find
         bar = float(DAY_NS)
-    return (when - pd.Timedelta(int(day_start(ts_ns(when), bar)), "ns")).dt.floor("D")
+    wall = when.dt.tz_convert(zone).dt.tz_localize(None)
+    return (wall - pd.Timedelta(int(day_start(ts_ns(when), bar, zone)), "ns")).dt.floor("D").dt.tz_localize(UTC)
 
 
-def annualisation(df: pd.DataFrame, bar_seconds: float | None = None, *, periods_per_year: float) -> dict:
+def annualisation(df: pd.DataFrame, bar_seconds: float | None = None, *, periods_per_year: float,
+                  zone: str = UTC) -> dict:
     """Periods per year and how they were found: `periods_per_year` when given (> 0), else the calendar of
-    the frame's timestamps (`sessions.calendar`; pass the longest span you have, e.g. every split)."""
+    the frame's timestamps (`sessions.calendar`, its days on the market's clock `zone`; pass the longest span you
+    have, e.g. every split)."""
     if periods_per_year and periods_per_year > 0:
         return {"periods_per_year": float(periods_per_year), "method": "given",
                 "description": f"given: periods_per_year = {float(periods_per_year):g}"}
     bar = float(bar_seconds) if bar_seconds else infer_bar_seconds(df)
-    return calendar(ts_ns(df["timestamp"]), bar).to_dict()
+    return calendar(ts_ns(df["timestamp"]), bar, zone).to_dict()
 
 
 def symbols_per_timestamp(df: pd.DataFrame) -> pd.Series:
@@ -165,11 +169,13 @@ def ic_by_timestamp(df: pd.DataFrame, pred_col: str = "prediction", target_col: 
     return _ic_by_key(d, _timestamps(d["timestamp"]), pred_col, target_col)
 
 
-def ic_by_day(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target") -> pd.DataFrame:
-    """The per-day IC: one correlation over every row of a session (`session_dates`), all symbols and bars pooled
-    (for daily bars this is the cross-sectional IC). Columns period (the day), ic, rank_ic, n."""
+def ic_by_day(df: pd.DataFrame, pred_col: str = "prediction", target_col: str = "target",
+              zone: str = UTC) -> pd.DataFrame:
+    """The per-day IC: one correlation over every row of a session (`session_dates` on the market's clock `zone`),
+    all symbols and bars pooled (for daily bars this is the cross-sectional IC). Columns period (the day), ic,
+    rank_ic, n."""
     d = _finite_rows(df, [pred_col, target_col])
-    return _ic_by_key(d, session_dates(d), pred_col, target_col)
+    return _ic_by_key(d, session_dates(d, zone), pred_col, target_col)
 
 
 def hac_se(x: np.ndarray, lags: int) -> tuple[float, str]:
@@ -346,12 +352,12 @@ def named_ics(df: pd.DataFrame, lag: int, pred_col: str = "prediction", target_c
 
 
 def family_summary(d: pd.DataFrame, family: str, lags: int, pred_col: str = "prediction",
-                   target_col: str = "target") -> dict:
-    """`ic_summary` (or `pooled_summary`) of one IC family."""
+                   target_col: str = "target", zone: str = UTC) -> dict:
+    """`ic_summary` (or `pooled_summary`) of one IC family; the per-day IC's days on the market's clock `zone`."""
     if family == "cross_sectional":
         return ic_summary(ic_by_timestamp(d, pred_col, target_col), lags)
     if family == "daily":
-        return ic_summary(ic_by_day(d, pred_col, target_col), lags)
+        return ic_summary(ic_by_day(d, pred_col, target_col, zone), lags)
     return pooled_summary(d, pred_col, target_col, lags)
 
 
@@ -370,15 +376,15 @@ def ic_decay(df: pd.DataFrame, family: str, overlap: int, max_lag: int = 10, pre
 
 
 def without_best(df: pd.DataFrame, family: str, ic_df: pd.DataFrame, share: float = 0.01,
-                 pred_col: str = "prediction", target_col: str = "target") -> dict:
+                 pred_col: str = "prediction", target_col: str = "target", zone: str = UTC) -> dict:
     """The sceptic's question of an IC: does it rest on a few periods? The family's IC recomputed over df's rows
     outside the ceil(`share` x n) periods that carried it most (the largest ICs in the direction of its sign; ties,
     the earliest first) and as many that went most against it (a pooled IC, whose per-timestamp shares are
     unbounded, can be one crash week). Trimmed on both sides, an IC spread evenly over its periods keeps its
     value at any n; trimmed only of its best it would fall by about 0.027 sd per period whatever n, which on
     20,000 periods halves an IC of t 4. `ic_df`: the family's IC per period (period, ic) on df
-    (`ReportInputs.ic_series`). Returns ic (NaN when nothing is left), periods (how many left out on each side),
-    of (n), best (the period that carried it most)."""
+    (`ReportInputs.ic_series`); `zone`: the market's clock, whose days the per-day IC reads. Returns ic (NaN when
+    nothing is left), periods (how many left out on each side), of (n), best (the period that carried it most)."""
     ic_df = ic_df[np.isfinite(ic_df["ic"].to_numpy(dtype=float))]
     x = ic_df["ic"].to_numpy(dtype=float)
     k = int(math.ceil(share * x.size))
@@ -386,9 +392,9 @@ def without_best(df: pd.DataFrame, family: str, ic_df: pd.DataFrame, share: floa
         return {"ic": float("nan"), "periods": k, "of": int(x.size), "best": None}
     order = np.argsort(-np.sign(x.mean()) * x, kind="stable")
     left = _timestamps(ic_df["period"].iloc[np.r_[order[:k], order[-k:]]])
-    when = session_dates(df) if family == "daily" else _timestamps(df["timestamp"])
+    when = session_dates(df, zone) if family == "daily" else _timestamps(df["timestamp"])
     kept = df.loc[~when.isin(left).to_numpy()]
-    return {"ic": family_summary(kept, family, 0, pred_col, target_col)["ic"], "periods": k, "of": int(x.size),
+    return {"ic": family_summary(kept, family, 0, pred_col, target_col, zone)["ic"], "periods": k, "of": int(x.size),
             "best": left.iloc[0].isoformat()}
 
 

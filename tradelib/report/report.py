@@ -178,7 +178,8 @@ def summary_block(inputs: ReportInputs) -> dict:
         "ic_t_method": head["t_method"],  # of ic_t_stat: overlap-robust, of the headline family
         "ic_t_stat_lag0": inputs.ic_lag0[inputs.family]["t_stat"],
         "ic_t_deflated_lag0": bk.deflated_t(abs(as_float(inputs.ic_lag0[inputs.family]["t_stat"])), runs),
-        "ic_without_best": ev.without_best(inputs.predictions, inputs.family, inputs.ic_series, target_col=TRADED),
+        "ic_without_best": ev.without_best(inputs.predictions, inputs.family, inputs.ic_series, target_col=TRADED,
+                                          zone=inputs.zone),
         "baseline_ic": {name: _predictor(p, name, f"{inputs.family}_ic") for name in p["predictor"] if name != "model"},
         "cost_bps": inputs.book["cost_bps"],
         "position_mode": bt["mode"],
