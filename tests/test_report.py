@@ -193,6 +193,10 @@ def test_the_per_day_ic_and_the_calendar_read_days_on_the_runs_market_clock(tmp_
     assert list(ny_run.ic_day["period"].dt.tz_localize(None)) == sorted(sessions.unique())
     assert ny_run.zone == "America/New_York" and before.zone == "UTC" and len(before.ic_day) == 126
     assert ny_run.book["annualised"]["n_sessions"] == 105 and before.book["annualised"]["n_sessions"] == 126
+    # summary.json's per-day IC (named_ics, what training writes) reads the same days as the report's
+    named = {zone: ev.named_ics(ny_run.predictions, 1, zone=zone)["daily_ic"] for zone in ("America/New_York", "UTC")}
+    assert named["America/New_York"] == pytest.approx(ny_run.ic["daily"]["ic"], rel=1e-12)
+    assert named["UTC"] == pytest.approx(before.ic["daily"]["ic"], rel=1e-12) != named["America/New_York"]
 
 
 def test_inputs_that_hold_one_value_over_the_training_rows_are_warned_about(tmp_path):

@@ -332,19 +332,20 @@ def constant_predictions(pred: pd.Series | np.ndarray) -> bool:
     return len(p) == 0 or bool(p.min() == p.max())
 
 
-def named_ics(df: pd.DataFrame, lag: int, pred_col: str = "prediction", target_col: str = "target") -> dict:
+def named_ics(df: pd.DataFrame, lag: int, pred_col: str = "prediction", target_col: str = "target",
+              zone: str = UTC) -> dict:
     """The three named test ICs of a predictions frame against the target `lag` bars later (`lagged_target`,
     lag = the run's trade_delay: the return the book earns), and the oracle's at the same lag (None without
     one); the model's lag-0 figures beside them as `*_lag0` ("before the trade delay"). What summary.json and
     the runs table hold. NaN where undefined; `constant_predictions` says when that is because the model's
-    predictions are one value."""
+    predictions are one value. `zone`: the market's clock, whose days the per-day IC reads (as the report's)."""
     out: dict = {"ic_lag": int(lag)}
     oracle = "oracle" in df and df["oracle"].notna().any()
     traded = df.assign(_traded=lagged_target(df, lag, target_col))
     for who, col, d, tcol, tail in (("", pred_col, traded, "_traded", ""), ("oracle_", "oracle", traded, "_traded", ""),
                                     ("", pred_col, df, target_col, "_lag0")):
         for f in IC_FAMILIES:
-            s = family_summary(d, f, 0, col, tcol) if oracle or not who else {"ic": None}
+            s = family_summary(d, f, 0, col, tcol, zone) if oracle or not who else {"ic": None}
             out[f"{who}{f}_ic{tail}"] = s["ic"]
             if not who:
                 out[f"{f}_rank_ic{tail}"] = s["rank_ic"]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tradelib import runs
+from tradelib.config import run_market_zone
 from tradelib.hardware import busy_fields, device_name, mfu, peak_flops, peak_memory_bytes
 from tradelib.paths import remove_stale_tmp, writing
 from tradelib.progress import PROGRESS_FILE
@@ -183,7 +184,8 @@ class RunFolder:
     def write_results(self, fs, rows: np.ndarray, pred: np.ndarray, summary: dict) -> dict:
         """predictions.parquet, then summary.json with the named test ICs added; returns the summary."""
         runs.write_predictions(self.dir, fs, rows, pred)
-        summary = {**summary, **metrics.named_ics(runs.read_predictions(self.dir), summary["config"]["trade_delay"])}
+        summary = {**summary, **metrics.named_ics(runs.read_predictions(self.dir), summary["config"]["trade_delay"],
+                                                  zone=run_market_zone(summary["config"]))}
         runs.write_summary(self.dir, summary)
         return summary
 

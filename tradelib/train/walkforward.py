@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from tradelib import runs
-from tradelib.config import Config, declared_parameters, injected_parameters, resume_command
+from tradelib.config import Config, declared_parameters, injected_parameters, resume_command, run_market_zone
 from tradelib.data.features import FeatureSet
 from tradelib.distributed import dist_env, launch_distributed, needs_launch
 from tradelib.paths import outputs_dir
@@ -204,7 +204,7 @@ def fold_entry(f: FoldResult, predictions: pd.DataFrame) -> dict:
         "optimizer_steps": s.get("optimizer_steps"), "best_val_loss": s.get("best_val_loss"),
         "samples_per_s": s.get("samples_per_s"), "cache_dir": s.get("cache_dir"),
         "norm_median": f.run.fs.meta["norm"]["median"], "norm_scale": f.run.fs.meta["norm"]["scale"],
-        **metrics.named_ics(mine, s["config"]["trade_delay"]),
+        **metrics.named_ics(mine, s["config"]["trade_delay"], zone=run_market_zone(s["config"])),
     }
 
 
@@ -231,7 +231,7 @@ def write_outputs(cfg: Config, top: Path, folds: list[FoldResult]) -> dict:
         "best_val_loss": None,  # one per fold, in `folds`
         "folds": [fold_entry(f, pred) for f in folds], "fold_window": cfg.fold_window, "fold_init": cfg.fold_init,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **metrics.named_ics(pred, cfg.trade_delay),
+        **metrics.named_ics(pred, cfg.trade_delay, zone=cfg.market_zone),
     })
     runs.write_summary(top, summary)
     return summary
