@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tradelib.data.memory import BUILD_BYTES_PER_ROW
 from tradelib.paths import data_places, is_synthetic, resolve_data_path
 
 PRICE_COLS = ("open", "high", "low", "close")
@@ -185,8 +186,8 @@ def _out_of_memory(path: Path) -> DataError:
     """The file does not fit the memory this process may take (an address-space limit, ulimit -v; the kernel's
     OOM killer ends a process without a word): said as such, not as a file that is no Parquet or CSV."""
     return DataError(f"{path}: out of memory reading it ({path.stat().st_size / 1e9:.2f} GB on disk): the whole file "
-                     f"is read into memory, and the feature build takes about 200 bytes a row (docs/data.md); free "
-                     f"memory or raise this process's limit, or train on fewer symbols or years")
+                     f"is read into memory, and the feature build takes about {BUILD_BYTES_PER_ROW} bytes a row "
+                     f"(docs/data.md); free memory or raise this process's limit, or train on fewer symbols or years")
 
 
 def _decimal_mark(rows: list[str], sep: str) -> str:
